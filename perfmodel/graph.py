@@ -1,0 +1,119 @@
+"""The op graph of a model: layer groups of ops, and the symbol values a spec gives them.
+
+Layers come in up to four groups (dense or MoE MLP × full or windowed attention); their
+counts are expressions in N_layers, N_dense and N_window, so sweeps over those stay
+vectorized. Where dense and windowed layers both exist, windowed layers are assumed spread
+evenly over dense and MoE layers (exact for every zoo model: in each, one of the two kinds is
+all or none of the layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from perfmodel.ops import LayerGroup, Op
+from perfmodel.ops.attention import gqa_ops, mla_ops
+from perfmodel.ops.comm import all_reduce, pipeline_send
+from perfmodel.ops.elementwise import norm
+from perfmodel.ops.embedding import embedding, lm_head
+from perfmodel.ops.moe import dense_block, moe_block
+from perfmodel.specs.model import ModelSpec
+from perfmodel import symbols as s
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """Engine choices that change which ops run (not just how fast).
+
+    ``mla_cache``: "latent" stores MLA's compressed latent (vLLM, SGLang); "expanded" stores
+    per-head keys and values (transformers). ``mla_absorb_decode``: decode attends over the
+    latent with absorbed up-projections (needs the latent cache).
+    """
+
+    mla_cache: str = "latent"
+    mla_absorb_decode: bool = True
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """Ops of one forward pass: per-layer groups plus the ops outside the layers."""
+
+    groups: tuple[LayerGroup, ...]
+    head_ops: tuple[Op, ...]
+    tail_ops: tuple[Op, ...]
+
+    def all_ops(self) -> list[tuple[sp.Expr, Op]]:
+        """(count, op) for every op of the pass, layers expanded by their group count."""
+        out: list[tuple[sp.Expr, Op]] = [(sp.Integer(1), op) for op in self.head_ops]
+        for group in self.groups:
+            out += [(group.count, op) for op in group.ops]
+        out += [(sp.Integer(1), op) for op in self.tail_ops]
+        return out
+
+    def total(self, quantity: str) -> sp.Expr:
+        """Sum of one quantity (flops, bytes, params, ...) over the whole pass."""
+        return sp.Add(*[count * op.quantity(quantity) for count, op in self.all_ops()])
+
+
+def _attention(model: ModelSpec, windowed: bool, decode: bool, options: GraphOptions) -> list[Op]:
+    spec = model.attention
+    if spec.kind == "mla":
+        latent = options.mla_cache == "latent"
+        return mla_ops(spec, windowed=windowed, norm_kind=model.norm, latent_cache=latent,
+                       absorbed=decode and latent and options.mla_absorb_decode)
+    return gqa_ops(spec, windowed=windowed, norm_kind=model.norm)
+
+
+def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = GraphOptions()) -> ModelGraph:
+    """The op graph of one forward pass (prefill if not ``decode``)."""
+    n_moe = s.N_layers - s.N_dense
+    window_frac = s.N_window / s.N_layers
+    counts = {
+        ("dense", False): s.N_dense * (1 - window_frac),
+        ("dense", True): s.N_dense * window_frac,
+        ("moe", False): n_moe * (1 - window_frac),
+        ("moe", True): n_moe * window_frac,
+    }
+    present = {
+        ("dense", False): model.n_dense_layers > 0 and model.n_window_layers < model.n_layers,
+        ("dense", True): model.n_dense_layers > 0 and model.n_window_layers > 0,
+        ("moe", False): model.n_moe_layers > 0 and model.n_window_layers < model.n_layers,
+        ("moe", True): model.n_moe_layers > 0 and model.n_window_layers > 0,
+    }
+    groups = []
+    for (mlp, windowed), count in counts.items():
+        if not present[(mlp, windowed)]:
+            continue
+        ops = _attention(model, windowed, decode, options) + [all_reduce("comm.attn_all_reduce")]
+        if mlp == "moe":
+            assert model.moe is not None
+            ops += moe_block(model.moe, model.norm)
+        else:
+            ops += dense_block(model.norm, model.mlp_bias)
+        ops.append(all_reduce("comm.mlp_all_reduce"))
+        name = f"{mlp}{'-window' if windowed else ''}"
+        groups.append(LayerGroup(name=name, count=count, ops=tuple(ops)))
+    tail = (norm("final_norm", s.H, model.norm, residual=True),
+            lm_head(model.tie_embeddings, model.lm_head_bias), pipeline_send("comm.pipeline"))
+    return ModelGraph(groups=tuple(groups), head_ops=(embedding(),), tail_ops=tail)
+
+
+def model_values(model: ModelSpec) -> dict[sp.Symbol, float]:
+    """The architecture symbols' values for one model."""
+    a = model.attention
+    values: dict[sp.Symbol, float] = {
+        s.H: model.hidden, s.V: model.vocab, s.N_layers: model.n_layers,
+        s.N_dense: model.n_dense_layers, s.N_window: model.n_window_layers,
+        s.W: model.window or 1, s.n_h: a.n_heads, s.n_kv: a.n_kv_heads, s.d_h: a.head_dim,
+        s.I_d: model.dense_intermediate, s.r_q: a.q_lora_rank, s.r_kv: a.kv_lora_rank or 1,
+        s.d_nope: a.qk_nope_head_dim or 1, s.d_rope: a.qk_rope_head_dim or 1,
+        s.d_v: a.v_head_dim or 1,
+        s.E: 1, s.k: 1, s.I_e: 1, s.n_sh: 0, s.I_sh: 0,
+    }
+    if model.moe is not None:
+        m = model.moe
+        values.update({s.E: m.n_experts, s.k: m.top_k, s.I_e: m.expert_intermediate,
+                       s.n_sh: m.n_shared, s.I_sh: m.shared_intermediate})
+    return values

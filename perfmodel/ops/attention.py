@@ -1,0 +1,135 @@
+"""Self-attention: projections and the attention core, for GQA/MHA and MLA.
+
+The attention core of one layer sees B sequences, ``P`` query-key pairs and ``K`` cached
+tokens read per sequence (``P_w``/``K_w`` on sliding-window layers); phases say what those
+are (:mod:`perfmodel.phases`). QKᵀ and PV each cost 2 FLOPs per pair per channel.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from perfmodel.ops.base import Op
+from perfmodel.ops.elementwise import norm, qk_norm, rope
+from perfmodel.specs.model import AttentionSpec
+from perfmodel.symbols import (
+    B, H, Kw, Pw, T, K, P, b_a, b_kv, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
+)
+
+
+def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
+               sharded: bool = True) -> Op:
+    """A linear layer applied to all T tokens: T×d_in by d_in×d_out (column/row sharded by tp)."""
+    shard = tp if sharded else 1
+    params = d_in * d_out + (d_out if bias else 0)
+    return Op(
+        name=name,
+        op_class="gemm",
+        flops=2 * T * d_in * d_out / shard,
+        weight_bytes=d_in * d_out * b_w / shard,
+        act_bytes=T * (d_in + d_out) * b_a / shard if sharded else T * (d_in + d_out) * b_a,
+        params=params,
+        stored_bytes=params * b_w / shard,
+        size=T,
+    )
+
+
+def per_head_projection(name: str, d_in: sp.Expr, d_out: sp.Expr) -> Op:
+    """A separate d_in×d_out matrix per query head (MLA's absorbed up-projections), sharded by tp."""
+    params = n_h * d_in * d_out
+    return Op(
+        name=name,
+        op_class="gemm",
+        flops=2 * T * params / tp,
+        weight_bytes=params * b_w / tp,
+        act_bytes=T * n_h * (d_in + d_out) * b_a / tp,
+        params=params,
+        stored_bytes=params * b_w / tp,
+        size=T,
+    )
+
+
+def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr,
+                   cache_per_token: sp.Expr, windowed: bool, sinks: bool) -> Op:
+    """Softmax(QKᵀ)V over the cache: FLOPs per pair 2·heads·(qk_dim + v_dim).
+
+    Bytes: Q read and O written once; the cache read once per sequence (K tokens) and the
+    T new tokens written to it. ``cache_per_token`` is elements per token on one GPU.
+    """
+    pairs, keys = (Pw, Kw) if windowed else (P, K)
+    return Op(
+        name=name,
+        op_class="attention",
+        flops=2 * B * pairs * heads * (qk_dim + v_dim) / tp,
+        act_bytes=T * heads * (qk_dim + v_dim) * b_a / tp,
+        kv_bytes=(B * keys + T) * cache_per_token * b_kv,
+        params=n_h if sinks else 0,
+        stored_bytes=(n_h * b_w / tp) if sinks else 0,
+        kv_bytes_per_token=cache_per_token * b_kv,
+        size=B * keys,
+        kernels=2,  # cache write + attention kernel
+    )
+
+
+def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str) -> list[Op]:
+    """Ops of a GQA/MHA attention block (MHA when n_kv = n_h), norm before it included."""
+    q_w, kv_w = n_h * d_h, n_kv * d_h
+    ops = [
+        norm("attn.norm", H, norm_kind),
+        projection("attn.qkv_proj", H, q_w + 2 * kv_w, bias=spec.qkv_bias),
+    ]
+    if spec.qk_norm == "per_head":
+        ops.append(qk_norm("attn.qk_norm", q_w + kv_w, 2 * d_h))
+    elif spec.qk_norm == "full_width":
+        ops.append(qk_norm("attn.qk_norm", q_w + kv_w, q_w + kv_w))
+    elif spec.qk_norm == "weightless":
+        ops.append(qk_norm("attn.qk_norm", q_w + kv_w, sp.Integer(0)))
+    ops += [
+        rope("attn.rope", (q_w + kv_w) / tp),
+        attention_core("attn.core", qk_dim=d_h, v_dim=d_h, heads=n_h,
+                       cache_per_token=2 * kv_w / tp, windowed=windowed, sinks=spec.sinks),
+        projection("attn.o_proj", q_w, H, bias=spec.o_bias),
+    ]
+    return ops
+
+
+def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache: bool,
+            absorbed: bool) -> list[Op]:
+    """Ops of multi-head latent attention (DeepSeek-V2/V3).
+
+    ``latent_cache``: the cache keeps the compressed latent (r_kv + d_rope per token, not
+    split by tp) instead of the expanded per-head keys and values. ``absorbed``: the decode
+    formulation that folds the key/value up-projections into the query and output sides, so
+    attention runs over the latent (needs ``latent_cache``).
+    """
+    qk = d_nope + d_rope
+    ops = [norm("attn.norm", H, norm_kind)]
+    if spec.q_lora_rank:
+        ops += [
+            projection("attn.q_a_proj", H, r_q, bias=spec.qkv_bias, sharded=False),
+            norm("attn.q_a_norm", r_q, "rms", residual=False),
+            projection("attn.q_b_proj", r_q, n_h * qk),
+        ]
+    else:
+        ops.append(projection("attn.q_proj", H, n_h * qk))
+    ops += [
+        projection("attn.kv_a_proj", H, r_kv + d_rope, bias=spec.qkv_bias, sharded=False),
+        norm("attn.kv_a_norm", r_kv, "rms", residual=False),
+        rope("attn.rope", n_h * d_rope / tp + d_rope),
+    ]
+    if absorbed:
+        ops += [
+            per_head_projection("attn.q_absorb", d_nope, r_kv),
+            attention_core("attn.core", qk_dim=r_kv + d_rope, v_dim=r_kv, heads=n_h,
+                           cache_per_token=r_kv + d_rope, windowed=windowed, sinks=False),
+            per_head_projection("attn.v_up", r_kv, d_v),
+        ]
+    else:
+        cache = (r_kv + d_rope) if latent_cache else n_h * (qk + d_v) / tp
+        ops += [
+            projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v)),
+            attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
+                           cache_per_token=cache, windowed=windowed, sinks=False),
+        ]
+    ops.append(projection("attn.o_proj", n_h * d_v, H, bias=spec.o_bias))
+    return ops

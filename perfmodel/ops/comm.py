@@ -1,0 +1,57 @@
+"""Collectives between GPUs of one node (ring all-reduce, all-to-all, point-to-point).
+
+Bytes are those one GPU sends; each collective step adds the link latency. All vanish at a
+parallel degree of 1.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from perfmodel.ops.base import Op
+from perfmodel.symbols import H, T, b_a, ep, k, link_lat, pp, tp
+
+
+def all_reduce(name: str) -> Op:
+    """Ring all-reduce of the T×H hidden states over the tensor-parallel group."""
+    return Op(
+        name=name,
+        op_class="comm",
+        comm_bytes=2 * (tp - 1) / tp * T * H * b_a,
+        fixed_latency=2 * (tp - 1) * link_lat,
+        size=T * H,
+        kernels=0,
+    )
+
+
+def all_to_all(name: str) -> Op:
+    """Dispatch and combine of routed tokens across the expert-parallel group.
+
+    Each of the T·k routed copies leaves the GPU with probability (ep − 1)/ep, once to be
+    dispatched and once to come back.
+    """
+    return Op(
+        name=name,
+        op_class="comm",
+        comm_bytes=2 * T * k * H * b_a * (ep - 1) / ep,
+        fixed_latency=2 * (ep - 1) * link_lat,
+        size=T * H,
+        kernels=0,
+    )
+
+
+def pipeline_send(name: str) -> Op:
+    """Activations sent between the pp pipeline stages of one forward pass."""
+    return Op(
+        name=name,
+        op_class="comm",
+        comm_bytes=(pp - 1) * T * H * b_a,
+        fixed_latency=(pp - 1) * link_lat,
+        size=T * H,
+        kernels=0,
+    )
+
+
+def collectives_free(expr: sp.Expr) -> sp.Expr:
+    """An expression with every parallel degree set to 1 (no communication)."""
+    return expr.subs({tp: 1, ep: 1, pp: 1})

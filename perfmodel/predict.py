@@ -1,0 +1,329 @@
+"""Predictions: a model, a GPU, an engine profile and a workload → times, throughput, memory.
+
+The cost expressions of a model's op graph are lambdified once per graph structure and phase
+(cached), then evaluated with numbers: a warm prediction is one call of a compiled function.
+Request metrics follow the seed study: TTFT is the prefill pass (it yields the first token),
+ITL = (E2E − TTFT)/(O − 1) is the mean decode step, throughput = B·(S+O)/E2E and output
+throughput = B·O/E2E.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import sympy as sp
+
+from perfmodel import codecache
+from perfmodel import symbols as s
+from perfmodel.errors import InputError, SpecError
+from perfmodel.graph import GraphOptions, ModelGraph, build_graph, model_values
+from perfmodel.memory import (
+    activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
+)
+from perfmodel.phases import decode_mean_substitutions, decode_substitutions, prefill_substitutions
+from perfmodel.profile import OP_CLASSES, EngineProfile, load_profile
+from perfmodel.roofline import op_time
+from perfmodel.specs.hardware import GPUSpec, load_gpu
+from perfmodel.specs.model import ModelSpec, load_model
+
+Phase = Literal["request", "prefill", "decode"]
+
+#: Bytes per element of each storage dtype (fp4: 4 bits + one 8-bit scale per 32 values).
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5 + 1 / 32}
+#: The matmul peak a weight dtype computes at (fp8/int8/fp4 weights with matching activations).
+COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "fp4": "fp4"}
+
+#: Metrics a prediction reports (NaN where a phase has none, e.g. ITL of a prefill).
+METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
+           "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
+           "activation_bytes", "memory_bytes")
+#: Per-op quantities reported for each pass.
+OP_FIELDS = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "latency_s", "time_s")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A fixed batch: B sequences, S input tokens, O output tokens; decode steps at context L."""
+
+    batch: int = 1
+    input_len: int = 128
+    output_len: int = 128
+    context: int | None = None  # decode phase: keys attended (default: input_len)
+    tp: int = 1
+    ep: int = 1
+    pp: int = 1
+    dtype: str = "bf16"
+    kv_dtype: str | None = None
+    skew: float = 0.0
+
+    def check(self, model: ModelSpec) -> None:
+        """Raise :class:`InputError` on a workload that makes no sense for this model."""
+        for name in ("batch", "input_len", "output_len", "tp", "ep", "pp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise InputError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.context is not None and (not isinstance(self.context, (int, np.integer)) or self.context <= 0):
+            raise InputError(f"context must be a positive integer, got {self.context}")
+        for name in ("dtype", "kv_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPE_BYTES:
+                raise InputError(f"unknown {name.replace('_', '-')} '{value}' (known: {', '.join(DTYPE_BYTES)})")
+        if not 0.0 <= self.skew <= 1.0:
+            raise InputError(f"skew must be in [0, 1], got {self.skew}")
+        if model.moe is not None and model.moe.n_experts % self.ep:
+            raise InputError(f"ep ({self.ep}) must divide the number of experts ({model.moe.n_experts})")
+        if model.moe is None and self.ep != 1:
+            raise InputError("ep > 1 needs a model with experts")
+        if model.n_layers % self.pp:
+            raise InputError(f"pp ({self.pp}) must divide the number of layers ({model.n_layers})")
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """Lambdified cost expressions of one graph structure and phase."""
+
+    phase: str
+    passes: tuple[tuple[str, tuple[str, ...]], ...]  # (pass name, op names)
+    args: tuple[str, ...]  # symbol names, in the compiled function's argument order
+    fn: Any
+    expressions: dict[str, sp.Expr | None] = field(repr=False)  # None when loaded from disk
+
+
+def structure_key(model: ModelSpec) -> tuple:
+    """Everything about a model that changes its op graph (not just the numbers in it)."""
+    a, m = model.attention, model.moe
+    return (
+        a.kind, a.qk_norm, a.sinks, a.qkv_bias, a.o_bias, a.q_lora_rank > 0, model.norm,
+        model.tie_embeddings, model.lm_head_bias, model.mlp_bias,
+        model.n_dense_layers > 0, model.n_moe_layers > 0,
+        model.n_window_layers > 0, model.n_window_layers < model.n_layers,
+        None if m is None else (m.n_shared > 0, m.shared_gate, m.router_bias, m.expert_bias),
+    )
+
+
+def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
+    """(pass name, is decode, substitutions) of the passes a phase is made of."""
+    if phase == "prefill":
+        return [("prefill", False, prefill_substitutions())]
+    if phase == "decode":
+        return [("decode", True, decode_substitutions(span))]
+    return [("prefill", False, prefill_substitutions()),
+            ("decode", True, decode_mean_substitutions(span))]
+
+
+def _pass_time(graph: ModelGraph, subs: dict) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+    rows, total = [], sp.Integer(0)
+    for count, op in graph.all_ops():
+        t = op_time(op, subs)
+        rows.append([count * op.flops.subs(subs), count * op.bytes.subs(subs),
+                     count * op.comm_bytes.subs(subs), count * t.compute, count * t.memory,
+                     count * t.link, count * t.latency, count * t.total])
+        total += count * t.total
+    return total + s.t_step + s.N_layers * s.t_layer, rows
+
+
+def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
+    """TTFT, ITL, E2E and throughputs of a phase from its pass times (seed study's definitions).
+
+    request: E2E = TTFT + (O − 1)·ITL, throughput = B·(S + O)/E2E, output = B·O/E2E;
+    prefill: B·S tokens in, B first tokens out; decode: B tokens per step.
+    """
+    B, S, O = s.B, s.S, s.O
+    if phase == "request":
+        ttft, itl = t["prefill_s"], t["decode_step_s"]
+        e2e = ttft + (O - 1) * itl
+        return dict(ttft_s=ttft, itl_s=itl, e2e_s=e2e, throughput_tok_s=B * (S + O) / e2e,
+                    output_throughput_tok_s=B * O / e2e)
+    if phase == "prefill":
+        ttft = t["prefill_s"]
+        return dict(ttft_s=ttft, e2e_s=ttft, throughput_tok_s=B * S / ttft,
+                    output_throughput_tok_s=B / ttft)
+    step = t["decode_step_s"]
+    return dict(itl_s=step, throughput_tok_s=B / step, output_throughput_tok_s=B / step)
+
+
+def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile) -> tuple[dict[str, sp.Expr], list, list]:
+    """Totals and per-op rows of a phase as sympy (before numbers)."""
+    opts = profile.options
+    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode)
+    span = opts.decode_attention_span
+    totals: dict[str, sp.Expr] = {}
+    passes, rows = [], []
+    graphs = {}
+    for name, decode, subs in pass_substitutions(phase, span):
+        graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
+        total, op_rows = _pass_time(graph, subs)
+        totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
+        passes.append((name, tuple(op.name for _, op in graph.all_ops())))
+        rows += op_rows
+    any_graph = next(iter(graphs.values()))
+    prefill_graph = graphs.get(False) or build_graph(model, decode=False, options=options)
+    cached = {"request": s.S + s.O, "prefill": s.S, "decode": s.L}[phase]
+    last_subs = pass_substitutions(phase, span)[0][2]
+    totals.update(
+        weights_bytes=weights_bytes(prefill_graph),
+        kv_cache_bytes=kv_cache_bytes(any_graph, cached),
+        activation_bytes=activation_peak_bytes(prefill_graph if phase != "decode" else any_graph, last_subs),
+        params=parameter_count(prefill_graph),
+        active_params=active_parameter_count(prefill_graph),
+    )
+    totals.update(request_metrics(phase, totals))
+    totals["memory_bytes"] = totals["weights_bytes"] + totals["kv_cache_bytes"] + totals["activation_bytes"]
+    return totals, passes, rows
+
+
+_COMPILED: dict[tuple, CompiledModel] = {}
+
+
+def compile_model(model: ModelSpec, phase: str, profile: EngineProfile) -> CompiledModel:
+    """Lambdified expressions for a model structure, phase and profile options.
+
+    Cached in memory, and on disk (:mod:`perfmodel.codecache`) as the generated numpy source,
+    so a new process skips building and lambdifying the expressions.
+    """
+    key = (structure_key(model), phase, profile.options)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    disk_key = codecache.cache_key(repr(key))
+    hit = codecache.load(disk_key)
+    if hit is not None:
+        compiled = CompiledModel(phase=phase, passes=hit.passes, args=hit.args, fn=hit.fn,
+                                 expressions=dict.fromkeys(hit.outputs))
+    else:
+        totals, passes, rows = phase_expressions(model, phase, profile)
+        exprs = list(totals.values()) + [e for row in rows for e in row]
+        symbols = sorted(set().union(*[e.free_symbols for e in exprs]), key=lambda x: x.name)
+        fn = sp.lambdify(symbols, exprs, modules="numpy", cse=True)
+        args = tuple(x.name for x in symbols)
+        codecache.store(disk_key, fn, args=args, passes=passes, outputs=list(totals))
+        compiled = CompiledModel(phase=phase, passes=tuple(passes), args=args, fn=fn,
+                                 expressions=totals)
+    _COMPILED[key] = compiled
+    return compiled
+
+
+def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Workload) -> dict[str, Any]:
+    """Every symbol's number for one prediction, keyed by symbol name."""
+    values: dict[sp.Symbol, Any] = dict(model_values(model))
+    kv = w.kv_dtype or ("bf16" if w.dtype in ("fp8", "int8", "fp4") else w.dtype)
+    L = w.context if w.context is not None else w.input_len
+    values.update({
+        s.B: w.batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
+        s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.sigma: w.skew,
+        s.b_w: DTYPE_BYTES[w.dtype], s.b_e: DTYPE_BYTES[w.dtype], s.b_a: 2.0,
+        s.b_kv: DTYPE_BYTES[kv],
+    })
+    values.update(hardware_values(gpu, profile, w.dtype))
+    return {sym.name: v for sym, v in values.items()}
+
+
+def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp.Symbol, float]:
+    """Peaks, bandwidths, efficiencies and latencies for a GPU under a profile."""
+    compute_dtype = COMPUTE_DTYPE[dtype]
+    if compute_dtype not in gpu.peak_tflops and compute_dtype not in ("fp16",):
+        raise InputError(f"GPU '{gpu.name}' has no {compute_dtype} peak (dtype {dtype})")
+    f_peak, f_attn, mem_bw = gpu.peak(compute_dtype), gpu.peak("bf16"), gpu.hbm_bandwidth
+    if profile.peaks == "measured":
+        if gpu.measured is None:
+            raise SpecError(f"profile '{profile.name}' needs measured ceilings for GPU '{gpu.name}'")
+        m = gpu.measured
+        scale = (m.matmul_bf16_tflops * 1e12 / gpu.peak("bf16")) if m.matmul_bf16_tflops else 1.0
+        f_peak, f_attn = f_peak * scale, f_attn * scale
+        mem_bw = m.copy_tb_s * 1e12 if m.copy_tb_s else mem_bw
+    link = gpu.interconnect.bandwidth_gb_s * 1e9 if gpu.interconnect else gpu.pcie_gb_s * 1e9
+    link_lat = (profile.latency.link_step_s if profile.latency.link_step_s is not None
+                else (gpu.interconnect.latency_us * 1e-6 if gpu.interconnect else 5e-6))
+    values = {
+        s.peak: f_peak, s.peak_attn: f_attn, s.bw: mem_bw, s.link_bw: link, s.link_lat: link_lat,
+        s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
+        s.t_step: profile.latency.per_step_s,
+    }
+    for op_class in OP_CLASSES:
+        eta = profile.efficiency[op_class]
+        syms = s.efficiency_symbols(op_class)
+        values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
+                       syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half})
+    return values
+
+
+@dataclass
+class Prediction:
+    """One prediction: metrics (seconds, bytes, tokens/s), the op breakdown and provenance."""
+
+    model: str
+    phase: str
+    workload: Workload
+    metrics: dict[str, float]
+    ops: list[dict[str, Any]]
+    provenance: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: metrics at the top level, then ops and provenance."""
+        w = self.workload
+        return {
+            "model": self.model, "phase": self.phase,
+            "workload": {"batch": w.batch, "input_len": w.input_len, "output_len": w.output_len,
+                         "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp,
+                         "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew},
+            **self.metrics, "ops": self.ops, "provenance": self.provenance,
+        }
+
+
+def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: Workload,
+             phase: Phase = "request") -> Prediction:
+    """Predict one workload (the fast path: a compiled function call)."""
+    if phase not in ("request", "prefill", "decode"):
+        raise InputError(f"unknown phase '{phase}' (request, prefill or decode)")
+    workload.check(model)
+    compiled = compile_model(model, phase, profile)
+    values = numeric_values(model, gpu, profile, workload)
+    out = compiled.fn(*[values[a] for a in compiled.args])
+    names = list(compiled.expressions)
+    totals = {n: float(v) for n, v in zip(names, out)}
+    flat = out[len(names):]
+    ops, i = [], 0
+    for pass_name, op_names in compiled.passes:
+        for op_name in op_names:
+            row = dict(zip(OP_FIELDS, (float(x) for x in flat[i:i + len(OP_FIELDS)])))
+            i += len(OP_FIELDS)
+            parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
+            row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
+            ops.append({"name": op_name, "pass": pass_name, **row})
+    metrics = _metrics(totals, gpu, profile)
+    provenance = {
+        "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
+        "calibrated": profile.calibrated,
+        "transfer": bool(profile.gpu) and profile.gpu != gpu.name,
+        "peaks": profile.peaks, "options": profile.options.model_dump(),
+        "error_band": profile.error_band.model_dump() if profile.error_band else None,
+    }
+    return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
+                      ops=ops, provenance=provenance)
+
+
+def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[str, Any]:
+    nan = float("nan")
+    m: dict[str, Any] = {name: t.get(name, nan) for name in METRICS}
+    m["memory_capacity_bytes"] = gpu.hbm_capacity_bytes * profile.options.memory_usable_fraction
+    m["fits_in_memory"] = bool(m["memory_bytes"] <= m["memory_capacity_bytes"])
+    return m
+
+
+def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = "roofline",
+            phase: Phase = "request", batch: int = 1, input_len: int = 128, output_len: int = 128,
+            context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dtype: str = "bf16",
+            kv_dtype: str | None = None, skew: float = 0.0,
+            overrides: list[str] | dict[str, Any] | None = None) -> Prediction:
+    """Predict TTFT, ITL, E2E, throughput and memory for one workload.
+
+    ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
+    ``--set`` style (``["top_k=4"]`` or ``{"top_k": 4}``). Times in seconds, sizes in bytes.
+    """
+    spec = model if isinstance(model, ModelSpec) else load_model(model, overrides)
+    gpu_spec = load_gpu(gpu)
+    profile = load_profile(engine, gpu_spec.name)
+    workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
+                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew)
+    return evaluate(spec, gpu_spec, profile, workload, phase)

@@ -1,0 +1,240 @@
+"""The model zoo and Hugging Face ``config.json`` files: loading, overriding, validating.
+
+A zoo entry is ``specs/models/<name>.yaml`` holding the published ``config.json`` fields under
+``config:``. Any local ``config.json`` works the same way. ``--set KEY=VALUE`` overrides
+take friendly names (``num_experts``, ``top_k``, ``moe_intermediate_size``, ``num_layers``...)
+that are translated to each architecture's own field, or the raw config field itself.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dataclasses import dataclass, field
+
+from perfmodel.errors import InputError, SpecError
+from perfmodel.paths import MODELS_DIR
+
+#: Model types the symbolic model understands (MoE families and dense baselines).
+SUPPORTED_MODEL_TYPES = (
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "olmoe",
+    "phimoe",
+    "gpt_oss",
+    "llama4_text",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+)
+
+#: Friendly override names → the config field each architecture stores them in.
+_FRIENDLY: dict[str, dict[str, str]] = {
+    "num_layers": {"*": "num_hidden_layers"},
+    "hidden_size": {"*": "hidden_size"},
+    "num_heads": {"*": "num_attention_heads"},
+    "num_kv_heads": {"*": "num_key_value_heads"},
+    "head_dim": {"*": "head_dim"},
+    "vocab_size": {"*": "vocab_size"},
+    "top_k": {"*": "num_experts_per_tok"},
+    "num_experts": {
+        "mixtral": "num_local_experts",
+        "phimoe": "num_local_experts",
+        "gpt_oss": "num_local_experts",
+        "llama4_text": "num_local_experts",
+        "deepseek_v2": "n_routed_experts",
+        "deepseek_v3": "n_routed_experts",
+        "*": "num_experts",
+    },
+    "moe_intermediate_size": {
+        "mixtral": "intermediate_size",
+        "phimoe": "intermediate_size",
+        "gpt_oss": "intermediate_size",
+        "olmoe": "intermediate_size",
+        "llama4_text": "intermediate_size",
+        "*": "moe_intermediate_size",
+    },
+    "ffn": {  # alias used by the seed study's sweeps: the expert FFN width
+        "mixtral": "intermediate_size",
+        "phimoe": "intermediate_size",
+        "gpt_oss": "intermediate_size",
+        "olmoe": "intermediate_size",
+        "llama4_text": "intermediate_size",
+        "*": "moe_intermediate_size",
+    },
+    "dense_intermediate_size": {"llama4_text": "intermediate_size_mlp", "*": "intermediate_size"},
+    "num_shared_experts": {"*": "n_shared_experts"},
+    "shared_expert_intermediate_size": {"*": "shared_expert_intermediate_size"},
+    "first_k_dense": {"*": "first_k_dense_replace"},
+    "sliding_window": {"*": "sliding_window"},
+}
+
+#: Derived per-layer lists that must be rebuilt when the layer count changes.
+_PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "moe_layers", "mlp_only_layers")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One named model of the zoo (a plain dataclass: the GPU side imports this without pydantic)."""
+
+    name: str
+    display_name: str
+    source: str
+    config: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, dict) or "model_type" not in self.config:
+            raise TypeError("config: expected a mapping with a model_type")
+
+
+@cache
+def zoo() -> dict[str, ZooEntry]:
+    """All zoo entries keyed by lower-case name and alias."""
+    entries: dict[str, ZooEntry] = {}
+    for path in sorted(MODELS_DIR.glob("*.yaml")):
+        try:
+            entry = ZooEntry(**yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, TypeError) as exc:
+            raise SpecError(f"invalid zoo file {path.name}: {str(exc).splitlines()[0]}") from None
+        for key in [entry.name, *entry.aliases]:
+            entries[key.lower()] = entry
+    return entries
+
+
+def zoo_names() -> list[str]:
+    """Canonical names of the zoo's models, sorted."""
+    return sorted({e.name for e in zoo().values()})
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"malformed config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"malformed config file {path}: expected a JSON object")
+    if "config" in data and isinstance(data["config"], dict) and "model_type" not in data:
+        data = data["config"]  # a zoo-style YAML file given by path
+    if "text_config" in data and isinstance(data["text_config"], dict):
+        data = {**data["text_config"], "model_type": data["text_config"].get("model_type", "")}
+        if data["model_type"] == "llama4":
+            data["model_type"] = "llama4_text"
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE``; the value is read as YAML (ints, floats, bools, null, lists)."""
+    if "=" not in item:
+        raise InputError(f"bad --set '{item}': expected KEY=VALUE")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key.isidentifier():
+        raise InputError(f"bad --set key '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise InputError(f"bad --set value for '{key}': '{raw}'") from None
+    if value is None and raw.strip() not in ("null", "none", "None", "~"):
+        raise InputError(f"bad --set value for '{key}': empty")
+    return key, value
+
+
+def config_field(model_type: str, key: str) -> str:
+    """The config field a friendly override name maps to for this architecture."""
+    if key in _FRIENDLY:
+        table = _FRIENDLY[key]
+        return table.get(model_type, table["*"])
+    return key
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with overrides applied (friendly or raw field names)."""
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    out = dict(config)
+    model_type = out.get("model_type", "")
+    for key, value in items:
+        field = config_field(model_type, key)
+        if key not in _FRIENDLY and field not in out and field not in _KNOWN_OPTIONAL_FIELDS:
+            raise InputError(
+                f"unknown --set key '{key}' for {model_type or 'this model'} "
+                f"(try one of: {', '.join(sorted(_FRIENDLY))})"
+            )
+        out[field] = value
+        if field == "num_hidden_layers":
+            for derived in _PER_LAYER_FIELDS:
+                out.pop(derived, None)
+    return out
+
+
+#: Config fields that a zoo entry may leave to its architecture's default but a user may set.
+_KNOWN_OPTIONAL_FIELDS = frozenset(
+    {
+        "head_dim",
+        "sliding_window",
+        "n_shared_experts",
+        "shared_expert_intermediate_size",
+        "first_k_dense_replace",
+        "attention_bias",
+        "mlp_bias",
+        "qkv_bias",
+        "norm_topk_prob",
+        "decoder_sparse_step",
+        "mlp_only_layers",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "interleave_moe_layer_step",
+        "attention_chunk_size",
+        "use_qk_norm",
+        "lm_head_bias",
+        "q_lora_rank",
+        "kv_lora_rank",
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "v_head_dim",
+        "moe_intermediate_size",
+        "intermediate_size_mlp",
+    }
+)
+
+
+def load_hf_config(model: str, overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Hugging Face config dict of a zoo name, alias, or path, with overrides applied.
+
+    ``model`` is a zoo name (``mixtral-8x7b``), an alias (``mixtral``), a path to a
+    ``config.json``, or a directory holding one. Raises :class:`InputError` on bad input.
+    """
+    entry = zoo().get(model.lower())
+    if entry is not None:
+        config = dict(entry.config)
+    elif model.endswith((".json", ".yaml", ".yml")) or Path(model).is_dir():
+        config = _read_config_file(Path(model))
+    else:
+        raise InputError(f"unknown model '{model}' (a zoo name, or a path to a config.json)")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(
+            f"unsupported model_type '{model_type}' "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    return apply_overrides(config, overrides or [])
+
+
+def display_name(model: str) -> str:
+    """The zoo's display name for a model, or the argument itself for a path."""
+    entry = zoo().get(model.lower())
+    return entry.display_name if entry else model

@@ -1,0 +1,80 @@
+"""The base symbols of the cost model, declared once.
+
+Every formula in :mod:`perfmodel.ops` is a sympy expression in these symbols. Numbers enter
+only through :func:`sympy.lambdify` at the end. Units: token counts and sizes are element
+counts; ``b_*`` are bytes per element; hardware rates are per second.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+_pos_int = dict(positive=True, integer=True)
+_nonneg_int = dict(nonnegative=True, integer=True)
+
+# --- workload -------------------------------------------------------------------------------
+B = sp.Symbol("B", **_pos_int)  #: sequences in the batch
+S = sp.Symbol("S", **_pos_int)  #: input (prompt) tokens per sequence
+O = sp.Symbol("O", **_pos_int)  #: output tokens per sequence
+L = sp.Symbol("L", **_pos_int)  #: keys a decode step attends to (context length)
+
+# --- one forward pass (phases substitute these) ------------------------------------------
+T = sp.Symbol("T", positive=True)  #: tokens processed in the pass, all sequences
+P = sp.Symbol("P", positive=True)  #: query-key pairs per sequence per (full-attention) layer
+K = sp.Symbol("K", positive=True)  #: KV-cache tokens read per sequence per layer
+Pw = sp.Symbol("P_w", positive=True)  #: query-key pairs per sequence, windowed layers
+Kw = sp.Symbol("K_w", positive=True)  #: KV-cache tokens read per sequence, windowed layers
+
+# --- architecture -------------------------------------------------------------------------
+H = sp.Symbol("H", **_pos_int)  #: hidden size
+V = sp.Symbol("V", **_pos_int)  #: vocabulary size
+N_layers = sp.Symbol("N_layers", **_pos_int)  #: decoder layers
+N_dense = sp.Symbol("N_dense", **_nonneg_int)  #: layers with a dense MLP
+N_window = sp.Symbol("N_window", **_nonneg_int)  #: layers with sliding/chunked attention
+W = sp.Symbol("W", positive=True)  #: attention window, tokens
+n_h = sp.Symbol("n_h", **_pos_int)  #: query heads
+n_kv = sp.Symbol("n_kv", **_pos_int)  #: key/value heads
+d_h = sp.Symbol("d_h", **_pos_int)  #: head dimension
+I_d = sp.Symbol("I_d", **_nonneg_int)  #: dense-MLP intermediate size
+E = sp.Symbol("E", **_pos_int)  #: routed experts
+k = sp.Symbol("k", **_pos_int)  #: experts per token (top-k)
+I_e = sp.Symbol("I_e", **_pos_int)  #: routed-expert intermediate size
+n_sh = sp.Symbol("n_sh", **_nonneg_int)  #: shared experts
+I_sh = sp.Symbol("I_sh", **_nonneg_int)  #: intermediate size of one shared expert
+r_q = sp.Symbol("r_q", **_nonneg_int)  #: MLA query LoRA rank
+r_kv = sp.Symbol("r_kv", **_pos_int)  #: MLA key/value latent rank
+d_nope = sp.Symbol("d_nope", **_pos_int)  #: MLA non-rotary q/k head dim
+d_rope = sp.Symbol("d_rope", **_pos_int)  #: MLA rotary q/k head dim
+d_v = sp.Symbol("d_v", **_pos_int)  #: MLA value head dim
+sigma = sp.Symbol("sigma", nonnegative=True)  #: routing skew, 0 = uniform, → 1 = k hot experts
+
+# --- numerics (bytes per element) ----------------------------------------------------------
+b_w = sp.Symbol("b_w", positive=True)  #: dense weights
+b_e = sp.Symbol("b_e", positive=True)  #: routed-expert weights
+b_a = sp.Symbol("b_a", positive=True)  #: activations
+b_kv = sp.Symbol("b_kv", positive=True)  #: KV cache
+
+# --- parallelism ---------------------------------------------------------------------------
+tp = sp.Symbol("tp", **_pos_int)  #: tensor-parallel degree
+ep = sp.Symbol("ep", **_pos_int)  #: expert-parallel degree
+pp = sp.Symbol("pp", **_pos_int)  #: pipeline-parallel degree
+
+# --- hardware and engine (roofline) ---------------------------------------------------------
+peak = sp.Symbol("F_peak", positive=True)  #: dense matmul peak for the compute dtype, FLOP/s
+peak_attn = sp.Symbol("F_peak_attn", positive=True)  #: matmul peak of the attention core (bf16), FLOP/s
+bw = sp.Symbol("BW", positive=True)  #: HBM bandwidth, B/s
+link_bw = sp.Symbol("BW_link", positive=True)  #: scale-up link bandwidth per GPU, B/s
+link_lat = sp.Symbol("t_link", nonnegative=True)  #: latency of one collective step, s
+t_kernel = sp.Symbol("t_kernel", nonnegative=True)  #: fixed cost per kernel launch, s
+t_layer = sp.Symbol("t_layer", nonnegative=True)  #: fixed cost per layer per pass, s
+t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, s
+
+
+def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
+    """η symbols of one op class: compute/memory maxima and half-saturation sizes."""
+    return {
+        "compute": sp.Symbol(f"eta_c_{op_class}", positive=True),
+        "memory": sp.Symbol(f"eta_m_{op_class}", positive=True),
+        "compute_half": sp.Symbol(f"x_c_{op_class}", nonnegative=True),
+        "memory_half": sp.Symbol(f"x_m_{op_class}", nonnegative=True),
+    }
