@@ -1,0 +1,36 @@
+"""perfmodel: a symbolic, calibrated performance model of Mixture-of-Experts LLM inference.
+
+Python API::
+
+    from perfmodel import predict, sweep
+    p = predict("mixtral-8x7b", gpu="h200", batch=16, input_len=2048, output_len=2048)
+    p.metrics["ttft_s"], p.metrics["throughput_tok_s"]
+    df = sweep("mixtral-8x7b", {"batch": [1, 16, 64], "top_k": [1, 2, 4, 8]})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["predict", "sweep", "load_model", "load_gpu"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import perfmodel` cheap
+    if name == "predict":
+        from perfmodel.predict import predict
+
+        return predict
+    if name == "sweep":
+        from perfmodel.sweep import sweep
+
+        return sweep
+    if name == "load_model":
+        from perfmodel.specs.model import load_model
+
+        return load_model
+    if name == "load_gpu":
+        from perfmodel.specs.hardware import load_gpu
+
+        return load_gpu
+    raise AttributeError(name)

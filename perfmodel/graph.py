@@ -27,9 +27,10 @@ from perfmodel import symbols as s
 class GraphOptions:
     """Engine choices that change which ops run (not just how fast).
 
-    ``mla_cache``: "latent" stores MLA's compressed latent (vLLM, SGLang); "expanded" stores
-    per-head keys and values (transformers). ``mla_absorb_decode``: decode attends over the
-    latent with absorbed up-projections (needs the latent cache).
+    ``mla_cache``: "latent" stores MLA's compressed latent (vLLM, SGLang, transformers 5.x);
+    "expanded" stores per-head keys and values. ``mla_absorb_decode``: decode attends over the
+    latent with absorbed up-projections (needs the latent cache); without it a latent cache is
+    re-expanded to per-head keys and values every step (transformers 5.x eager/SDPA).
     """
 
     mla_cache: str = "latent"

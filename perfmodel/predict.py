@@ -26,7 +26,7 @@ from perfmodel.phases import decode_mean_substitutions, decode_substitutions, pr
 from perfmodel.profile import OP_CLASSES, EngineProfile, load_profile
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
-from perfmodel.specs.model import ModelSpec, load_model
+from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 
 Phase = Literal["request", "prefill", "decode"]
 
@@ -64,8 +64,12 @@ class Workload:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise InputError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
+            if value > MAX_INT:
+                raise InputError(f"{name.replace('_', '-')} is too large, got {value} (at most 2^53)")
         if self.context is not None and (not isinstance(self.context, (int, np.integer)) or self.context <= 0):
             raise InputError(f"context must be a positive integer, got {self.context}")
+        if self.context is not None and self.context > MAX_INT:
+            raise InputError(f"context is too large, got {self.context} (at most 2^53)")
         for name in ("dtype", "kv_dtype"):
             value = getattr(self, name)
             if value is not None and value not in DTYPE_BYTES:
@@ -177,13 +181,14 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile) -> t
 _COMPILED: dict[tuple, CompiledModel] = {}
 
 
-def compile_model(model: ModelSpec, phase: str, profile: EngineProfile) -> CompiledModel:
+def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
+                  with_ops: bool = True) -> CompiledModel:
     """Lambdified expressions for a model structure, phase and profile options.
 
-    Cached in memory, and on disk (:mod:`perfmodel.codecache`) as the generated numpy source,
+    ``with_ops=False`` compiles the totals only (what a sweep needs). Cached in memory, and on disk (:mod:`perfmodel.codecache`) as the generated numpy source,
     so a new process skips building and lambdifying the expressions.
     """
-    key = (structure_key(model), phase, profile.options)
+    key = (structure_key(model), phase, profile.options, with_ops)
     if key in _COMPILED:
         return _COMPILED[key]
     disk_key = codecache.cache_key(repr(key))
@@ -193,6 +198,8 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile) -> Compi
                                  expressions=dict.fromkeys(hit.outputs))
     else:
         totals, passes, rows = phase_expressions(model, phase, profile)
+        if not with_ops:
+            passes, rows = [], []
         exprs = list(totals.values()) + [e for row in rows for e in row]
         symbols = sorted(set().union(*[e.free_symbols for e in exprs]), key=lambda x: x.name)
         fn = sp.lambdify(symbols, exprs, modules="numpy", cse=True)

@@ -25,7 +25,7 @@ OP_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise", "comm")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Efficiency(_Strict):

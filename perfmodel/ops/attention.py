@@ -18,19 +18,20 @@ from perfmodel.symbols import (
 
 
 def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
-               sharded: bool = True) -> Op:
-    """A linear layer applied to all T tokens: T×d_in by d_in×d_out (column/row sharded by tp)."""
+               sharded: bool = True, rows: sp.Expr = T) -> Op:
+    """A linear layer applied to ``rows`` rows (default: all T tokens): rows×d_in by d_in×d_out
+    (column/row sharded by tp)."""
     shard = tp if sharded else 1
     params = d_in * d_out + (d_out if bias else 0)
     return Op(
         name=name,
         op_class="gemm",
-        flops=2 * T * d_in * d_out / shard,
+        flops=2 * rows * d_in * d_out / shard,
         weight_bytes=d_in * d_out * b_w / shard,
-        act_bytes=T * (d_in + d_out) * b_a / shard if sharded else T * (d_in + d_out) * b_a,
+        act_bytes=rows * (d_in + d_out) * b_a / shard if sharded else rows * (d_in + d_out) * b_a,
         params=params,
         stored_bytes=params * b_w / shard,
-        size=T,
+        size=rows,
     )
 
 
@@ -126,8 +127,11 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
         ]
     else:
         cache = (r_kv + d_rope) if latent_cache else n_h * (qk + d_v) / tp
+        # A latent cache is re-expanded to per-head keys and values for every cached token
+        # read (B·K rows; = T in a prefill); an expanded cache only expands the new T tokens.
+        expand_rows = B * (Kw if windowed else K) if latent_cache else T
         ops += [
-            projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v)),
+            projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows),
             attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
                            cache_per_token=cache, windowed=windowed, sinks=False),
         ]

@@ -125,14 +125,21 @@ def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+#: Largest integer a count may be (float64 holds every integer up to it exactly).
+MAX_INT = 2**53
+
+
 def _int(cfg: dict[str, Any], key: str, default: Any = None) -> int:
     value = _get(cfg, key, default)
     if value is None:
         raise InputError(f"config is missing '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):  # also rejects inf and nan
         raise InputError(f"config field '{key}' must be an integer, got {value!r}")
     if value < 0:
         raise InputError(f"config field '{key}' must not be negative, got {value}")
+    if value > MAX_INT:
+        raise InputError(f"config field '{key}' is too large, got {value} (at most 2^53)")
     return int(value)
 
 
@@ -153,16 +160,34 @@ def _window_layers(cfg: dict[str, Any], mt: str, n_layers: int) -> tuple[int, in
         return _int(cfg, "sliding_window", 128), n
     if mt == "llama4_text":
         chunk = _int(cfg, "attention_chunk_size", 8192)
+        types, no_rope = _get(cfg, "layer_types", None), _get(cfg, "no_rope_layers", None)
+        if types:
+            return chunk, sum(t == "chunked_attention" for t in types)
+        if no_rope:  # 1 marks a RoPE layer, which is the chunked one
+            return chunk, sum(1 for flag in no_rope if flag)
         interval = _int(cfg, "no_rope_layer_interval", 4)
         n = sum(1 for i in range(n_layers) if (i + 1) % interval != 0) if interval else n_layers
         return chunk, n
     if mt in ("mixtral", "mistral", "phimoe"):
-        w = _int(cfg, "sliding_window", 0)
+        # transformers' MistralConfig defaults to a 4096 window; Mixtral and PhiMoE to none
+        w = _int(cfg, "sliding_window", 0) if mt != "mistral" or "sliding_window" in cfg else 4096
         return (w, n_layers) if w else (0, 0)
     if mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window"):
-        w = _int(cfg, "sliding_window", 0)
-        max_window_layers = _int(cfg, "max_window_layers", n_layers)
-        return (w, max(0, n_layers - max_window_layers)) if w else (0, 0)
+        # Which layers slide, as transformers decides: every layer (Qwen3-MoE), the
+        # even-indexed layers below max_window_layers (Qwen2-MoE), the layers from
+        # max_window_layers on (Qwen2, Qwen3); an explicit layer_types list wins (not Qwen3-MoE).
+        w = _int(cfg, "sliding_window", 0) if "sliding_window" in cfg else 4096
+        if not w:
+            return 0, 0
+        if mt == "qwen3_moe":
+            return w, n_layers
+        types = _get(cfg, "layer_types", None)
+        if types:
+            return w, sum(t == "sliding_attention" for t in types)
+        max_window_layers = _int(cfg, "max_window_layers", 28)
+        if mt == "qwen2_moe":
+            return w, sum(1 for i in range(n_layers) if i % 2 == 0 and i < max_window_layers)
+        return w, max(0, n_layers - max_window_layers)
     return 0, 0
 
 

@@ -77,6 +77,15 @@ _FRIENDLY: dict[str, dict[str, str]] = {
     "sliding_window": {"*": "sliding_window"},
 }
 
+#: Dense model types, and the override names and config fields that only experts have
+#: (setting them on a dense model would be silently ignored).
+_DENSE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_EXPERT_KEYS = frozenset({"top_k", "num_experts", "moe_intermediate_size", "ffn", "num_shared_experts",
+                          "shared_expert_intermediate_size", "first_k_dense"})
+_EXPERT_FIELDS = frozenset({"num_experts_per_tok", "num_local_experts", "n_routed_experts", "num_experts",
+                            "moe_intermediate_size", "n_shared_experts", "shared_expert_intermediate_size",
+                            "first_k_dense_replace"})
+
 #: Derived per-layer lists that must be rebuilt when the layer count changes.
 _PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "moe_layers", "mlp_only_layers")
 
@@ -169,6 +178,8 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
     model_type = out.get("model_type", "")
     for key, value in items:
         field = config_field(model_type, key)
+        if model_type in _DENSE_MODEL_TYPES and (key in _EXPERT_KEYS or field in _EXPERT_FIELDS):
+            raise InputError(f"--set {key}: a {model_type} model has no experts")
         if key not in _FRIENDLY and field not in out and field not in _KNOWN_OPTIONAL_FIELDS:
             raise InputError(
                 f"unknown --set key '{key}' for {model_type or 'this model'} "

@@ -1,0 +1,69 @@
+"""Rich tables of a prediction for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from perfmodel.predict import Prediction
+
+
+def _time(seconds: float) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "–"
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def print_prediction(p: Prediction, console: Console) -> None:
+    """Metrics, memory and the per-op breakdown (with each op's bound)."""
+    m, w, prov = p.metrics, p.workload, p.provenance
+    band = prov.get("error_band")
+    title = (f"{p.model} on {prov['gpu']} · {prov['profile']}"
+             f"{' (calibrated)' if prov['calibrated'] else ' (uncalibrated roofline)'}"
+             f" · B={w.batch} S={w.input_len} O={w.output_len} {w.dtype}"
+             f"{f' TP={w.tp}' if w.tp > 1 else ''}{f' EP={w.ep}' if w.ep > 1 else ''}")
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("± band", justify="right")
+    rows = [("TTFT", _time(m["ttft_s"]), band and band["ttft"]),
+            ("ITL (decode step)", _time(m["itl_s"]), band and band["decode_step"]),
+            ("E2E", _time(m["e2e_s"]), band and band["e2e"]),
+            ("throughput B·(S+O)/E2E", f"{m['throughput_tok_s']:,.0f} tok/s", band and band["throughput"]),
+            ("output tokens/s", f"{m['output_throughput_tok_s']:,.0f} tok/s", None),
+            ("params / active", f"{m['params'] / 1e9:.2f} B / {m['active_params'] / 1e9:.2f} B", None),
+            ("weights", _bytes(m["weights_bytes"]), None),
+            ("KV cache", _bytes(m["kv_cache_bytes"]), None),
+            ("activations (peak op)", _bytes(m["activation_bytes"]), None),
+            ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
+             f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None)]
+    for name, value, rel in rows:
+        if value.startswith("nan") or value == "–":
+            continue
+        table.add_row(name, value, f"±{rel:.0%}" if rel else "")
+    console.print(table)
+    ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
+    for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound"):
+        ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right")
+    by_pass: dict[str, float] = {}
+    for op in p.ops:
+        by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
+    for op in p.ops:
+        if op["time_s"] <= 0:
+            continue
+        share = op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0
+        ops.add_row(op["pass"], op["name"], f"{op['flops'] / 1e9:,.1f}", f"{op['bytes'] / 1e9:,.3f}",
+                    _time(op["time_s"]), f"{share:.1%}", op["bound"])
+    console.print(ops)
+    console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
+                  f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")

@@ -1,0 +1,305 @@
+"""The measurement result schema and its JSONL file: validation, atomic appends, resume.
+
+One JSON object per line, one line per sweep point. A point is identified by ``point_id``
+(:func:`validate.sweep_spec.SweepPoint.point_id`); a file never holds two rows with the same id.
+
+Writes are append-only: a row is serialised to one line, written with a single ``write``,
+flushed and ``fsync``-ed. A run killed mid-write can leave a partial last line (no trailing
+newline); :func:`repair_tail` cuts it off before the next append, so the point is measured again.
+
+Units: times in milliseconds (``*_ms``), wall durations in seconds (``*_s``), memory in GiB
+(``*_gib``), throughputs in tokens per second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "oom", "error")
+DECODE_METHODS = ("cuda_graph", "kernel_sum", "eager", "vllm_engine")
+PROFILE_CATEGORIES = (
+    "attention",
+    "expert_gemm",
+    "dense_gemm",
+    "router_topk",
+    "norm_elementwise",
+    "copy",
+    "other",
+)
+
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+_OPT_DICT = (dict, type(None))
+_OPT_LIST = (list, type(None))
+
+#: Fields every row carries (any status): name -> accepted types.
+REQUIRED: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "point_id": (str,),
+    "status": (str,),
+    "error": _OPT_STR,
+    "backend": (str,),
+    "model": (str,),
+    "model_type": _OPT_STR,
+    "overrides": (list,),
+    "layers": _OPT_INT,
+    "batch": (int,),
+    "input_len": (int,),
+    "output_len": (int,),
+    "full_run": (bool,),
+    # engine settings
+    "engine": (dict,),
+    # provenance
+    "gpu_name": (str,),
+    "driver": _OPT_STR,
+    "cuda": _OPT_STR,
+    "torch": _OPT_STR,
+    "transformers": _OPT_STR,
+    "vllm": _OPT_STR,
+    "date": (str,),
+    "git_commit": _OPT_STR,
+    "wall_s": _OPT_NUM,
+}
+
+#: Keys of the ``engine`` settings dict (all rows).
+ENGINE_KEYS = (
+    "cuda_graphs",
+    "experts_implementation",
+    "attn_implementation",
+    "dtype",
+    "max_cache_len",
+)
+
+#: Fields required (and non-null) when ``status == "ok"``.
+REQUIRED_OK: dict[str, tuple[type, ...]] = {
+    "ttft_ms": _NUM,
+    "e2e_ms": _NUM,
+    "itl_ms": _NUM,
+    "decode_total_ms": _NUM,
+    "throughput_tok_s": _NUM,
+    "output_tok_s": _NUM,
+    "decode_method": (str,),
+    "decode_samples": (list,),
+}
+
+#: Optional fields (may be absent or null) with their types when present.
+OPTIONAL: dict[str, tuple[type, ...]] = {
+    "display_name": _OPT_STR,
+    "num_hidden_layers": _OPT_INT,
+    "num_experts": _OPT_INT,
+    "top_k": _OPT_INT,
+    "ttft_p10_ms": _OPT_NUM,
+    "ttft_p90_ms": _OPT_NUM,
+    "ttft_reps": _OPT_INT,
+    "full_decode_ms": _OPT_NUM,
+    "full_e2e_ms": _OPT_NUM,
+    "full_itl_ms": _OPT_NUM,
+    "full_vs_sampled": _OPT_NUM,
+    "prefill_profile": _OPT_DICT,
+    "decode_profile": _OPT_DICT,
+    "prefill_tokens_per_expert": _OPT_LIST,
+    "routing_layer": _OPT_INT,
+    "decode_experts_hit_mean": _OPT_NUM,
+    "peak_mem_gib": _OPT_NUM,
+    "weights_gib": _OPT_NUM,
+    "kv_cache_gib": _OPT_NUM,
+    "params_total": _OPT_INT,
+    "params_active": _OPT_INT,
+    "build_s": _OPT_NUM,
+    "patches": _OPT_LIST,
+    "notes": _OPT_LIST,
+    "gpu_count": _OPT_INT,
+    "triton": _OPT_STR,
+    "python": _OPT_STR,
+    "hostname": _OPT_STR,
+    "gpu_sm_count": _OPT_INT,
+    "gpu_memory_bytes": _OPT_INT,
+    "gpu_l2_bytes": _OPT_INT,
+    "gpu_capability": _OPT_STR,
+    "moe_backend": _OPT_STR,
+    "engine_detail": _OPT_DICT,
+    "ttft_first_ms": _OPT_NUM,
+}
+
+#: Keys of each entry of ``decode_samples``.
+SAMPLE_KEYS = ("step", "context_len", "ms", "p10_ms", "p90_ms", "reps")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return "|".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check(name: str, value: Any, types: tuple[type, ...]) -> str | None:
+    if isinstance(value, bool) and bool not in types:
+        return f"{name}: expected {_type_name(types)}, got bool"
+    if not isinstance(value, types):
+        return f"{name}: expected {_type_name(types)}, got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name}: not finite ({value})"
+    return None
+
+
+def validate_row(row: dict[str, Any]) -> list[str]:
+    """Problems with a result row (empty list when it is valid)."""
+    if not isinstance(row, dict):
+        return ["row: expected a JSON object"]
+    errors: list[str] = []
+    for name, types in REQUIRED.items():
+        if name not in row:
+            errors.append(f"{name}: missing")
+        elif (msg := _check(name, row[name], types)) is not None:
+            errors.append(msg)
+    for name, types in OPTIONAL.items():
+        if name in row and (msg := _check(name, row[name], types)) is not None:
+            errors.append(msg)
+    if row.get("status") not in STATUSES:
+        errors.append(f"status: expected one of {STATUSES}, got {row.get('status')!r}")
+    if row.get("schema_version") != SCHEMA_VERSION and "schema_version" in row:
+        errors.append(f"schema_version: expected {SCHEMA_VERSION}")
+    engine = row.get("engine")
+    if isinstance(engine, dict):
+        errors += [f"engine.{k}: missing" for k in ENGINE_KEYS if k not in engine]
+    for name in ("batch", "input_len", "output_len"):
+        if isinstance(row.get(name), int) and row[name] < 1:
+            errors.append(f"{name}: must be >= 1")
+    if row.get("status") in ("oom", "error") and not row.get("error"):
+        errors.append("error: a one-line message is required for status oom/error")
+    if row.get("status") == "ok":
+        errors += _validate_ok(row)
+    return errors
+
+
+def _validate_ok(row: dict[str, Any]) -> list[str]:
+    errors: list[str] = []
+    for name, types in REQUIRED_OK.items():
+        if row.get(name) is None:
+            errors.append(f"{name}: required when status is ok")
+        elif (msg := _check(name, row[name], types)) is not None:
+            errors.append(msg)
+    if errors:
+        return errors
+    if row["decode_method"] not in DECODE_METHODS:
+        errors.append(f"decode_method: expected one of {DECODE_METHODS}")
+    for name in ("ttft_ms", "e2e_ms", "throughput_tok_s", "output_tok_s"):
+        if row[name] <= 0:
+            errors.append(f"{name}: must be > 0")
+    if row["e2e_ms"] + 1e-9 < row["ttft_ms"]:
+        errors.append("e2e_ms: smaller than ttft_ms")
+    if row["output_len"] > 1 and row["itl_ms"] <= 0:
+        errors.append("itl_ms: must be > 0 when output_len > 1")
+    for i, sample in enumerate(row["decode_samples"]):
+        if not isinstance(sample, dict) or any(k not in sample for k in SAMPLE_KEYS):
+            errors.append(f"decode_samples[{i}]: expected keys {SAMPLE_KEYS}")
+        elif not (isinstance(sample["ms"], _NUM) and sample["ms"] > 0):
+            errors.append(f"decode_samples[{i}].ms: must be > 0")
+    for key in ("prefill_profile", "decode_profile"):
+        prof = row.get(key)
+        if prof:
+            errors += _validate_profile(key, prof)
+    return errors
+
+
+def _validate_profile(key: str, prof: dict[str, Any]) -> list[str]:
+    split = prof.get("split_ms")
+    total = prof.get("kernel_ms")
+    if not isinstance(split, dict) or not isinstance(total, _NUM):
+        return [f"{key}: expected kernel_ms and split_ms"]
+    errors = [f"{key}.split_ms: unknown category {c}" for c in split if c not in PROFILE_CATEGORIES]
+    if abs(sum(split.values()) - total) > 1e-3 * max(1.0, total):
+        errors.append(f"{key}: categories sum to {sum(split.values()):.4f}, total {total:.4f}")
+    return errors
+
+
+# --------------------------------------------------------------------------- file IO
+
+
+@dataclass
+class ReadResult:
+    """Rows read from a result file, with what was skipped."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of unparsable lines
+    partial_tail: bool = False  # the file ended without a newline (a killed write)
+
+
+def read_rows(path: Path) -> ReadResult:
+    """All complete, parsable rows of ``path`` (missing file: no rows).
+
+    A last line without a newline is a partial write and is ignored (``partial_tail``);
+    a line that is not a JSON object is skipped and reported in ``bad_lines``.
+    """
+    result = ReadResult()
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return result
+    lines = data.split(b"\n")
+    if lines and lines[-1] != b"":
+        result.partial_tail = True
+    complete = lines[:-1]  # the element after the last newline is '' or a partial line
+    for number, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            result.bad_lines.append(number)
+            continue
+        if isinstance(row, dict):
+            result.rows.append(row)
+        else:
+            result.bad_lines.append(number)
+    return result
+
+
+def repair_tail(path: Path) -> bool:
+    """Cut a partial last line (no trailing newline) off ``path``; True when something was cut."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        keep = data.rfind(b"\n") + 1  # 0 when the only line is partial
+        fh.seek(keep)
+        fh.truncate()
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def completed_ids(rows: Iterable[dict[str, Any]]) -> set[str]:
+    """Point ids that already have a row (any status: ok, oom and error are all final)."""
+    return {r["point_id"] for r in rows if isinstance(r.get("point_id"), str)}
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace non-finite floats by None so the line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row as one line: a single write, flush and fsync (creates parent folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_jsonable(row), separators=(",", ":"), allow_nan=False) + "\n"
+    with open(path, "ab") as fh:
+        fh.write(line.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
