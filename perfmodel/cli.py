@@ -81,17 +81,23 @@ def predict(
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
                  pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [])
     if as_json:
-        print(json.dumps(result.to_dict(), default=_json_default, allow_nan=True))
+        print(json.dumps(_strict_json(result.to_dict()), default=str, allow_nan=False))
         return
     from perfmodel.report_terminal import print_prediction
 
     print_prediction(result, _console())
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities (a metric a phase does not have) as null: json.dumps would write
+    NaN, which is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 @app.command()

@@ -59,7 +59,9 @@ def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]
         full, windowed = S + O, sp.Min(S + O, W)
     elif span == "context":
         full = S + O / 2
-        windowed = window_sum(S + 1, S + O - 1) / sp.Max(O - 1, 1)
+        # O = 1 has no decode step: take the step at L = S + 1 rather than an empty window
+        # sum (zero keys would make the attention's efficiency 0/0 and the request's E2E NaN)
+        windowed = window_sum(S + 1, S + sp.Max(O - 1, 1)) / sp.Max(O - 1, 1)
     else:
         raise ValueError(f"unknown decode span '{span}'")
     return {T: B, P: full, K: full, Pw: windowed, Kw: windowed}

@@ -284,8 +284,8 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     if phase not in ("request", "prefill", "decode"):
         raise InputError(f"unknown phase '{phase}' (request, prefill or decode)")
     workload.check(model)
+    values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
     compiled = compile_model(model, phase, profile)
-    values = numeric_values(model, gpu, profile, workload)
     out = compiled.fn(*[values[a] for a in compiled.args])
     names = list(compiled.expressions)
     totals = {n: float(v) for n, v in zip(names, out)}

@@ -7,16 +7,18 @@ DataFrame with one row per valid combination.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any, Iterable
 
 import numpy as np
 
 from perfmodel.errors import InputError
-from perfmodel.predict import METRICS, Workload, compile_model, numeric_values
+from perfmodel.predict import METRICS, Workload, compile_model, numeric_values, structure_key
 from perfmodel.profile import load_profile
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
+from perfmodel.specs.zoo import load_hf_config, parse_override
 
 #: Numeric grid keys → the symbol they set.
 GRID_SYMBOLS = {
@@ -85,6 +87,42 @@ def _check_model(spec: ModelSpec, numeric: dict[str, np.ndarray]) -> None:
         raise InputError("this model has no shared experts to sweep (add them with --set first)")
 
 
+def _derived_axes(model: str | ModelSpec, overrides: list[str] | dict[str, Any] | None,
+                  spec: ModelSpec, axes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Symbols that ``--set KEY=VALUE`` of a swept key changes besides the key's own, so that a
+    grid point predicts what ``predict(..., overrides=point)`` predicts:
+
+    - the head width, H // n_heads, when the config leaves head_dim to its default;
+    - the KV heads, equal to the heads, when the config leaves num_key_value_heads out;
+    - the dense and windowed layer counts, which follow num_layers (per architecture).
+
+    A :class:`ModelSpec` (no config to consult) is swept as its symbols.
+    """
+    if not isinstance(model, str):
+        return {}
+    config = load_hf_config(model, overrides)
+    derived: dict[str, np.ndarray] = {}
+    heads = axes.get("num_heads", spec.attention.n_heads)
+    if spec.attention.kind == "gqa" and config.get("head_dim") is None and "head_dim" not in axes \
+            and ("hidden_size" in axes or "num_heads" in axes):
+        derived["d_h"] = np.floor_divide(axes.get("hidden_size", spec.hidden), heads)
+    if config.get("num_key_value_heads") is None and "num_heads" in axes and "num_kv_heads" not in axes:
+        derived["n_kv"] = axes["num_heads"]
+    if "num_layers" in axes:
+        layers = axes["num_layers"]
+        dense, window = np.empty_like(layers), np.empty_like(layers)
+        base = list(overrides.items()) if isinstance(overrides, dict) else [
+            parse_override(o) for o in overrides or []]
+        for index, n in np.ndenumerate(layers):
+            variant = load_model(model, dict([*base, ("num_layers", int(n))]))
+            if structure_key(variant) != structure_key(spec):
+                raise InputError(f"num_layers={int(n)} changes which kinds of layers {spec.name} "
+                                 "has (dense, MoE, windowed): predict it with --set instead")
+            dense[index], window[index] = variant.n_dense_layers, variant.n_window_layers
+        derived["N_dense"], derived["N_window"] = dense, window
+    return derived
+
+
 def _valid_combinations(spec: ModelSpec, axes: dict[str, np.ndarray], fixed: dict[str, Any],
                         shape: tuple[int, ...]) -> np.ndarray:
     """Which combinations describe a valid model and parallel layout (see :func:`sweep`).
@@ -95,8 +133,8 @@ def _valid_combinations(spec: ModelSpec, axes: dict[str, np.ndarray], fixed: dic
         return axes[key] if key in axes else default
 
     layers = axis("num_layers", spec.n_layers)
-    valid = (layers % axis("pp", fixed.get("pp", 1)) == 0) & (
-        layers >= max(spec.n_dense_layers, spec.n_window_layers))
+    valid = (layers % axis("pp", fixed.get("pp", 1)) == 0) & (layers >= axis(
+        "N_dense", spec.n_dense_layers)) & (layers >= axis("N_window", spec.n_window_layers))
     if "num_heads" in axes or "num_kv_heads" in axes:
         valid = valid & (axis("num_heads", spec.attention.n_heads)
                          % axis("num_kv_heads", spec.attention.n_kv_heads) == 0)
@@ -117,6 +155,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, list[Any]], *, gpu: str = "h20
     valid model or layout are dropped: top_k > num_experts, ep not dividing num_experts, pp
     not dividing num_layers, num_layers below the model's dense or windowed layer count,
     num_heads not a multiple of num_kv_heads. A grid with no valid combination is an error.
+    A swept key changes what ``--set`` of it would change (see :func:`_derived_axes`), so each
+    row equals :func:`perfmodel.predict.predict` with the row's values as overrides.
 
     The numeric keys are fed to the compiled function as an open (sparse) mesh: each
     intermediate is computed over the grid axes it depends on only, and just the outputs are
@@ -144,7 +184,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, list[Any]], *, gpu: str = "h20
     names = list(numeric)
     shape = tuple(len(v) for v in numeric.values())
     axes = np.meshgrid(*numeric.values(), indexing="ij", sparse=True) if names else []
-    valid = _valid_combinations(spec, dict(zip(names, axes)), fixed, shape)
+    derived = _derived_axes(model, overrides, spec, dict(zip(names, axes)))
+    valid = _valid_combinations(spec, {**dict(zip(names, axes)), **derived}, fixed, shape)
     if not valid.any():
         raise InputError("no valid combination in the grid (each has top_k > num_experts, or "
                          "ep/pp/num_kv_heads not dividing num_experts/num_layers/num_heads)")
@@ -160,19 +201,24 @@ def sweep(model: str | ModelSpec, grid: dict[str, list[Any]], *, gpu: str = "h20
     n_rows = int(valid.sum())
     metric_parts: list[dict[str, np.ndarray]] = []
     combos = list(itertools.product(*categorical.values()))
+    setups = []  # every combination checked before any is evaluated
     for combo in combos:
         cat = dict(zip(categorical, combo))
         gpu_spec = load_gpu(cat.get("gpu", gpu))
         profile = load_profile(cat.get("engine", engine), gpu_spec.name)
         workload = Workload(**{**fixed, **{k: cat[k] for k in ("dtype", "kv_dtype") if k in cat}})
         workload.check(spec)
+        setups.append((gpu_spec, profile, workload, numeric_values(spec, gpu_spec, profile, workload)))
+    for gpu_spec, profile, workload, values in setups:
         compiled = compile_model(spec, phase, profile, with_ops=False)
-        values: dict[str, Any] = numeric_values(spec, gpu_spec, profile, workload)
         if "context" not in numeric and "input_len" in numeric and phase == "decode" and workload.context is None:
             values["L"] = axes[names.index("input_len")]
         for key, axis in zip(names, axes):
             values[GRID_SYMBOLS[key]] = axis
-        out = compiled.fn(*[values[a] for a in compiled.args])
+        values.update(derived)
+        # the open mesh evaluates invalid combinations too (dropped below): no warnings for them
+        with np.errstate(divide="ignore", invalid="ignore") if not keep_all else contextlib.nullcontext():
+            out = compiled.fn(*[values[a] for a in compiled.args])
         metrics = {name: flatten(np.asarray(value, dtype=float))
                    for name, value in zip(compiled.expressions, out) if name in METRICS}
         capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sympy as sp
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import Llama4ForCausalLM, Llama4TextConfig
 
 from perfmodel import symbols as s
 from perfmodel.graph import model_values
 from perfmodel.specs.model import ModelSpec
-
-warnings.filterwarnings("ignore", module="transformers")
-logging.getLogger("transformers").setLevel(logging.ERROR)
-
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from transformers import Llama4ForCausalLM, Llama4TextConfig  # noqa: E402
 
 #: Batch and prompt length of the tiny forward passes.
 B, S = 2, 5
@@ -80,13 +78,52 @@ def tiny(family: str, **overrides: Any) -> dict[str, Any]:
     return {**_BASE, **TINY[family], **overrides}
 
 
+#: Every family's tiny config, plus windowed variants whose window (3) is below S, so the
+#: windowed layers' caches and decode attention are capped by it.
+CASES: dict[str, dict[str, Any]] = {family: tiny(family) for family in TINY}
+CASES.update({
+    "gpt_oss-window3": tiny("gpt_oss", sliding_window=3),  # layers 0 and 2 slide
+    "mixtral-window3": tiny("mixtral", sliding_window=3),  # every layer slides
+    # transformers 5.17: Qwen3-MoE slides every layer; Qwen2-MoE the even layers below
+    # max_window_layers (here 0 and 2); Qwen3 the layers from max_window_layers on (1 and 2).
+    "qwen3_moe-window3": tiny("qwen3_moe", use_sliding_window=True, sliding_window=3,
+                              num_hidden_layers=3),
+    "qwen2_moe-window3": tiny("qwen2_moe", use_sliding_window=True, sliding_window=3,
+                              max_window_layers=3, num_hidden_layers=4),
+    "qwen3-window3": tiny("qwen3", use_sliding_window=True, sliding_window=3,
+                          max_window_layers=1, num_hidden_layers=3),
+    # chunked layers 0-2 (RoPE layers), MoE layers 1 and 3, dense layers 0 and 2
+    "llama4_text-chunk3-interleaved": tiny("llama4_text", attention_chunk_size=3,
+                                           num_hidden_layers=4, interleave_moe_layer_step=2),
+})
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """One torch thread (the matmuls are tiny; threads only contend on a busy 2-core machine)
+    and no transformers warnings (tiny configs trip its token-id checks); both restored after."""
+    threads = torch.get_num_threads()
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    torch.set_num_threads(1)
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logger.setLevel(level)
+        torch.set_num_threads(threads)
+
+
 def hf_config(cfg: dict[str, Any], *, eager: bool = True):
     """The transformers configuration object of a config dict."""
     impl = dict(attn_implementation="eager", experts_implementation="eager") if eager else {}
-    if cfg["model_type"] == "llama4_text":
-        fields = {k: v for k, v in cfg.items() if k != "model_type"}
-        return Llama4TextConfig(**fields, **impl)
-    return AutoConfig.for_model(**cfg, **impl)
+    with quiet():
+        if cfg["model_type"] == "llama4_text":
+            fields = {k: v for k, v in cfg.items() if k != "model_type"}
+            return Llama4TextConfig(**fields, **impl)
+        return AutoConfig.for_model(**cfg, **impl)
 
 
 def build(cfg: dict[str, Any], *, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -94,7 +131,7 @@ def build(cfg: dict[str, Any], *, device: str = "cpu", dtype: torch.dtype = torc
     """A randomly initialized transformers causal LM of the config, in eval mode."""
     config = hf_config(cfg, eager=device != "meta")
     torch.manual_seed(seed)
-    with torch.device(device):
+    with quiet(), torch.device(device):
         if cfg["model_type"] == "llama4_text":
             model = Llama4ForCausalLM(config)
         else:

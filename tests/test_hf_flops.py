@@ -16,7 +16,8 @@ module; elementwise work (norms, activations, softmax, RoPE rotations, bias adds
 - decode: after a prefill of S tokens into the model's own DynamicCache, one new token per
   sequence: every full-attention layer attends L = S + 1 keys. A sliding-window (or Llama 4
   chunked) layer's DynamicSlidingWindowLayer keeps the last W − 1 tokens and attends them
-  plus the new one, min(L, W) keys, which is what ``decode_substitutions()`` says.
+  plus the new one, min(L, W) keys, which is what ``decode_substitutions()`` says. The
+  windowed variants of ``hf_tiny.CASES`` (W = 3 < L) check that, and which layers slide.
 
 Our side: ``build_graph(...).total("flops")``, i.e. QKV/O projections (MLA: q or q_a/q_b,
 kv_a, kv_b, o), QKᵀ and PV, router logits, the routed experts (2·T·k·3·H·I: eager experts
@@ -62,22 +63,7 @@ B, S = hf_tiny.B, hf_tiny.S
 L = S + 1
 HF_MLA = GraphOptions(mla_cache="latent", mla_absorb_decode=False)
 
-#: Each family's tiny config, plus windowed variants whose window (3) is below S, so decode
-#: attends min(L, W) keys on the windowed layers.
-CASES: dict[str, dict] = {family: hf_tiny.tiny(family) for family in hf_tiny.TINY}
-CASES.update({
-    "gpt_oss-window3": hf_tiny.tiny("gpt_oss", sliding_window=3),
-    "mixtral-window3": hf_tiny.tiny("mixtral", sliding_window=3),
-    "qwen3_moe-window3": hf_tiny.tiny("qwen3_moe", use_sliding_window=True, sliding_window=3,
-                                      num_hidden_layers=3),
-    "qwen2_moe-window3": hf_tiny.tiny("qwen2_moe", use_sliding_window=True, sliding_window=3,
-                                      max_window_layers=3, num_hidden_layers=4),
-    "qwen3-window3": hf_tiny.tiny("qwen3", use_sliding_window=True, sliding_window=3,
-                                  max_window_layers=1, num_hidden_layers=3),
-    "llama4_text-chunk3-interleaved": hf_tiny.tiny("llama4_text", attention_chunk_size=3,
-                                                   num_hidden_layers=4,
-                                                   interleave_moe_layer_step=2),
-})
+CASES = hf_tiny.CASES
 MOE_CASES = [c for c, cfg in CASES.items() if model_from_config(cfg).is_moe]
 
 
@@ -93,7 +79,7 @@ def hf_flops(case: str) -> tuple[dict[str, int], dict[str, int]]:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg["vocab_size"], (B, S), generator=gen)
     new = torch.randint(0, cfg["vocab_size"], (B, 1), generator=gen)
-    with torch.no_grad():
+    with torch.no_grad(), hf_tiny.quiet():
         with FlopCounterMode(display=False) as prefill:
             model(ids, logits_to_keep=1, use_cache=False)
         cache_ = model(ids, logits_to_keep=1, use_cache=True).past_key_values
@@ -169,20 +155,28 @@ def test_routed_expert_flops_are_2_T_k_3HI(case: str, decode: bool) -> None:
 
 
 def test_expert_flops_do_not_depend_on_which_experts_are_hit() -> None:
-    """Eager experts run only routed rows: all tokens on the same two experts cost the same."""
+    """Eager experts run only routed rows: tokens spread over all experts (random router) and
+    all tokens on the same k experts (zero router, equal logits) cost the same expert FLOPs."""
     cfg = CASES["mixtral"]
-    model = hf_tiny.build(cfg)
-    for layer in model.model.layers:
-        torch.nn.init.zeros_(layer.mlp.gate.weight)  # equal logits: every token, same top-k
     ids = torch.randint(0, cfg["vocab_size"], (B, S), generator=torch.Generator().manual_seed(1))
-    hit = set()
-    hook = model.model.layers[0].mlp.gate.register_forward_hook(
-        lambda mod, inp, out: hit.update(out[-1].flatten().tolist()))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(ids, logits_to_keep=1, use_cache=False)
-    hook.remove()
-    assert len(hit) == model.config.num_experts_per_tok  # skewed: only k experts hit
-    assert _modules(_by_module(counter), ".experts") == _modules(hf_flops("mixtral")[0], ".experts")
+    hits, expert_flops = [], []
+    for skewed in (False, True):
+        model = hf_tiny.build(cfg)
+        if skewed:
+            for layer in model.model.layers:
+                torch.nn.init.zeros_(layer.mlp.gate.weight)
+        hit: set[int] = set()
+        hook = model.model.layers[0].mlp.gate.register_forward_hook(
+            lambda mod, inp, out: hit.update(out[-1].flatten().tolist()))  # out: (logits, scores, indices)
+        with torch.no_grad(), hf_tiny.quiet(), FlopCounterMode(display=False) as counter:
+            model(ids, logits_to_keep=1, use_cache=False)
+        hook.remove()
+        hits.append(len(hit))
+        expert_flops.append(_modules(_by_module(counter), ".experts"))
+    k, n_experts = cfg["num_experts_per_tok"], cfg["num_local_experts"]
+    assert hits == [n_experts, k]
+    assert expert_flops[0] == expert_flops[1] == _ours(model_from_config(cfg), False,
+                                                       ops=("moe.experts",))
 
 
 @pytest.mark.parametrize("case", ["deepseek_v2", "deepseek_v3"])

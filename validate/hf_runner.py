@@ -27,8 +27,10 @@ Protocol for one point (B sequences, S input tokens, O output tokens), all times
 Models that cannot be captured: one eager step runs under :class:`validate.hf_build.CaptureSpy`
 first; known host copies are patched at build time (PhiMoE's rotary embedding). If the spy still
 finds host syncs / copies, or capture raises, decode time at each sample is the profiler's summed
-GPU kernel time of one eager step (``decode_method="kernel_sum"``; no full run). On CPU (tests)
-decode steps are timed eagerly by wall clock (``decode_method="eager"``).
+GPU kernel time of one eager step (``decode_method="kernel_sum"``; no full run); should the
+profiler itself fail, CUDA events around eager steps are used (``decode_method="eager"``,
+launch-bound). On CPU (tests) decode steps are timed eagerly by wall clock (``"eager"``).
+Profiler failures never fail a point: the profile fields are then null, with a note.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -196,8 +197,11 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, device: str | None = None, profile: bool = True,
-                 log: Callable[[str], None] | None = None, decode_reps: int = 5) -> None:
-        self.device = device or env.device_kind()
+                 log: Callable[[str], None] | None = None, decode_reps: int = 5,
+                 gpu: bool | None = None) -> None:
+        self.device = device or env.device_kind()  # where tensors live
+        # whether to use the CUDA timing machinery (events, graphs); tests may fake it on CPU
+        self.gpu = (self.device == "cuda") if gpu is None else gpu
         self.profile = profile
         self.decode_reps = decode_reps
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -216,7 +220,7 @@ class HFBackend:
         return env.provenance()
 
     def uses_graphs(self, point: SweepPoint) -> bool:
-        return point.cuda_graphs and self.device == "cuda"
+        return point.cuda_graphs and self.gpu
 
     def describe(self, point: SweepPoint) -> dict[str, Any]:
         key = point.group_key
@@ -270,7 +274,7 @@ class HFBackend:
 
     def recover(self) -> None:
         gc.collect()
-        if self.device == "cuda":
+        if self.gpu:
             try:
                 torch.cuda.synchronize()
             except RuntimeError:
@@ -285,13 +289,13 @@ class HFBackend:
 
     def is_fatal(self, exc: BaseException) -> bool:
         text = str(exc).lower()
-        return self.device == "cuda" and any(m in text for m in _FATAL_MARKERS)
+        return self.gpu and any(m in text for m in _FATAL_MARKERS)
 
     # -- planning ---------------------------------------------------------------------------
 
     def estimate_s(self, handle: Handle | None, point: SweepPoint) -> float:
         """A rough, deliberately pessimistic wall-time estimate (s) for budget planning (GPU only)."""
-        if self.device != "cuda":
+        if not self.gpu:
             return 0.0
         info = handle.info if handle is not None else self._meta_info(point)
         return estimate_point_s(info, point, profile=self.profile, build=handle is None)
@@ -341,11 +345,11 @@ def estimate_point_s(info: ModelInfo, point: SweepPoint, *, profile: bool = True
     return t
 
 
-def _events_time(fn: Callable[[], Any], device: str, reps: int,
+def _events_time(fn: Callable[[], Any], gpu: bool, reps: int,
                  before: Callable[[], None] | None = None) -> list[float]:
     """Per-call times (ms) of ``fn``: CUDA events on GPU, wall clock on CPU; ``before`` runs untimed."""
     out = []
-    if device == "cuda":
+    if gpu:
         pairs = []
         for _ in range(reps):
             if before:
@@ -367,29 +371,36 @@ def _events_time(fn: Callable[[], Any], device: str, reps: int,
     return out
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
+def _safe_profile(fn: Callable[[], Any], dev: str, model: nn.Module, notes: list[str]) -> ProfileSplit | None:
+    """Profile ``fn`` once; a profiler failure (no CUPTI...) is a note, not a failed point.
+    Out-of-memory errors propagate (they are a result)."""
+    try:
+        return profile_call(fn, dev, model)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if "out of memory" in str(exc).lower():
+            raise
+        note = "profiler failed: " + (str(exc).splitlines() or [""])[0][:200]
+        if note not in notes:
+            notes.append(note)
+        return None
+
+
+def _sync(gpu: bool) -> None:
+    if gpu:
         torch.cuda.synchronize()
-
-
-@contextmanager
-def _maybe(recorder: RoutingRecorder | None) -> Iterator[None]:
-    if recorder is None:
-        yield
-    else:
-        with recorder:
-            yield
 
 
 def measure_point(backend: HFBackend, handle: Handle, point: SweepPoint) -> dict[str, Any]:
     """Measure one point (see the module docstring); returns the row's metric fields."""
     from transformers import StaticCache
 
-    dev = backend.device
+    dev, gpu = backend.device, backend.gpu
     model, config, info = handle.model, handle.config, handle.info
     b, s, o = point.batch, point.input_len, point.output_len
     notes: list[str] = list(info.notes)
-    if dev == "cuda":
+    if gpu:
         torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device=dev).manual_seed(1234)
     vocab = int(config.vocab_size)
@@ -414,7 +425,7 @@ def measure_point(backend: HFBackend, handle: Handle, point: SweepPoint) -> dict
     }
     try:
         with torch.inference_mode():
-            ttft = _measure_prefill(backend, model, cache, ids, row)
+            ttft = _measure_prefill(backend, model, cache, ids, row, notes)
             nxt = row.pop("_next_tokens")
             static_ids = nxt.reshape(b, 1).clone()
 
@@ -426,7 +437,7 @@ def measure_point(backend: HFBackend, handle: Handle, point: SweepPoint) -> dict
             method, graph, samples = _measure_decode(backend, point, model, cache, step, steps, row, notes)
             decode_total = integrate_steps([(d["step"], d["ms"]) for d in samples], o - 1)
             if point.full_run and o > 1:
-                _full_run(dev, method, graph, step, cache, s, o, row, notes)
+                _full_run(gpu, method, graph, step, cache, s, o, row, notes)
         e2e = ttft + decode_total
         row.update(_derived(b, s, o, ttft, decode_total, e2e))
         row["decode_method"] = method
@@ -437,7 +448,7 @@ def measure_point(backend: HFBackend, handle: Handle, point: SweepPoint) -> dict
             row["full_itl_ms"] = row["full_decode_ms"] / (o - 1)
             row["full_vs_sampled"] = full_e2e / e2e
         row["kv_cache_gib"] = round(cache_bytes(cache) / 2**30, 4)
-        if dev == "cuda":
+        if gpu:
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         row["notes"] = notes
         return row
@@ -446,7 +457,7 @@ def measure_point(backend: HFBackend, handle: Handle, point: SweepPoint) -> dict
             graph.reset()
         del graph, cache, ids
         gc.collect()
-        if dev == "cuda":
+        if gpu:
             torch.cuda.empty_cache()
 
 
@@ -462,8 +473,8 @@ def _derived(b: int, s: int, o: int, ttft: float, decode_total: float, e2e: floa
 
 
 def _measure_prefill(backend: HFBackend, model: nn.Module, cache: Any, ids: torch.Tensor,
-                     row: dict[str, Any]) -> float:
-    dev = backend.device
+                     row: dict[str, Any], notes: list[str]) -> float:
+    dev, gpu = backend.device, backend.gpu
     holder: dict[str, torch.Tensor] = {}
 
     def prefill() -> None:
@@ -475,20 +486,20 @@ def _measure_prefill(backend: HFBackend, model: nn.Module, cache: Any, ids: torc
 
     recorder = RoutingRecorder(model)
     with recorder:
-        first = _events_time(prefill, dev, 1)[0]
+        first = _events_time(prefill, gpu, 1)[0]
     row["routing_layer"], row["prefill_tokens_per_expert"] = recorder.first_layer_histogram()
     if backend.profile and first <= PREFILL_PROFILE_MAX_MS:
         reset()
-        split = profile_call(prefill, dev, model)
-        row["prefill_profile"] = split.as_dict()
-    elif backend.profile:
-        row["prefill_profile"] = None
+        split = _safe_profile(prefill, dev, model, notes)
+        row["prefill_profile"] = split.as_dict() if split is not None else None
+    else:
+        row["prefill_profile"] = None  # not profiled (--no-profile, or too long)
     reps = 5 if first < 200 else (3 if first < PREFILL_PROFILE_MAX_MS else 2)
     if first < 200 and not backend.profile:
         reset()
         prefill()  # a second warm-up for short prefills
-    times = _events_time(prefill, dev, reps, before=reset)
-    stats = summarize(times, "cuda_events" if dev == "cuda" else "wall")
+    times = _events_time(prefill, gpu, reps, before=reset)
+    stats = summarize(times, "cuda_events" if gpu else "wall")
     row["ttft_p10_ms"] = stats.p10_ms
     row["ttft_p90_ms"] = stats.p90_ms
     row["ttft_reps"] = stats.n_reps
@@ -501,18 +512,19 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
                     step: Callable[[], None], steps: list[int], row: dict[str, Any],
                     notes: list[str]):
     """Returns (decode_method, graph or None, samples)."""
-    dev = backend.device
+    dev, gpu = backend.device, backend.gpu
     s = point.input_len
     if not steps:
-        return ("cuda_graph" if backend.uses_graphs(point) else ("eager" if dev == "cpu" else "kernel_sum")), None, []
+        return ("cuda_graph" if backend.uses_graphs(point) else ("kernel_sum" if gpu else "eager")), None, []
     mid = steps[len(steps) // 2]
-    method = "eager" if dev != "cuda" else "kernel_sum"
+    method = "kernel_sum" if gpu else "eager"
     graph = None
     if backend.uses_graphs(point):
         graph = _try_capture(model, cache, step, s, notes)
         if graph is not None:
             method = "cuda_graph"
     samples: list[dict[str, Any]] = []
+    row["decode_profile"] = None
     if method == "cuda_graph":
         for j in steps:
             pos = s + j - 1
@@ -520,37 +532,47 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
             def before(p=pos) -> None:
                 set_cache_position(cache, p)
 
-            warm = _events_time(graph.replay, dev, 1, before=before)[0]
+            warm = _events_time(graph.replay, gpu, 1, before=before)[0]
             reps = backend.decode_reps if warm <= 30 else min(3, backend.decode_reps)
-            times = _events_time(graph.replay, dev, reps, before=before)
+            times = _events_time(graph.replay, gpu, reps, before=before)
             st = summarize(times, "cuda_graph")
             samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
     elif method == "eager":
         for j in steps:
             pos = s + j - 1
-            times = _events_time(step, dev, 2, before=lambda p=pos: set_cache_position(cache, p))
+            times = _events_time(step, gpu, 2, before=lambda p=pos: set_cache_position(cache, p))
             st = summarize(times, "wall")
             samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
-    else:  # kernel_sum
+    else:  # kernel_sum: summed GPU kernel time of one eager step per sample
         set_cache_position(cache, s)
         step()  # warm-up
         for j in steps:
             set_cache_position(cache, s + j - 1)
-            split = profile_call(step, dev, model)
+            split = _safe_profile(step, dev, model, notes)
+            if split is None:  # no profiler: CUDA events around eager steps (launch-bound)
+                method, samples = "eager", []
+                break
             samples.append(_sample(j, s + j - 1, split.kernel_ms, split.kernel_ms, split.kernel_ms, 1))
             if j == mid:
                 row["decode_profile"] = dict(split.as_dict(), context_len=s + j, graph_ms=None)
-    if backend.profile and "decode_profile" not in row:
+        if method == "eager":
+            for j in steps:
+                pos = s + j - 1
+                times = _events_time(step, gpu, 3, before=lambda p=pos: set_cache_position(cache, p))
+                st = summarize(times, "cuda_events")
+                samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
+    if backend.profile and row["decode_profile"] is None:
         set_cache_position(cache, s + mid - 1)
-        split = profile_call(step, dev, model)
+        split = _safe_profile(step, dev, model, notes)
         graph_ms = next((d["ms"] for d in samples if d["step"] == mid), None)
-        row["decode_profile"] = dict(split.as_dict(), context_len=s + mid, graph_ms=graph_ms)
+        if split is not None:
+            row["decode_profile"] = dict(split.as_dict(), context_len=s + mid, graph_ms=graph_ms)
     # routing of one decode step (a separate eager step: the hooks add small kernels and syncs)
     set_cache_position(cache, s + mid - 1)
     recorder = RoutingRecorder(model)
     with recorder:
         step()
-    _sync(dev)
+    _sync(gpu)
     row["decode_experts_hit_mean"] = recorder.mean_experts_hit()
     return method, graph, samples
 
@@ -560,9 +582,28 @@ def _sample(j: int, pos: int, ms: float, p10: float, p90: float, reps: int) -> d
             "p10_ms": p10, "p90_ms": p90, "reps": reps}
 
 
+def capture_step(step: Callable[[], None], reset: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """Warm ``step`` up twice on a side stream, then capture it in a CUDA graph (``reset`` before
+    each warm-up and before the capture; it is not part of the graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            reset()
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    torch.cuda.synchronize()
+    return graph
+
+
 def _try_capture(model: nn.Module, cache: Any, step: Callable[[], None], s: int,
-                 notes: list[str]) -> torch.cuda.CUDAGraph | None:
-    """Capture one decode step at cache position S, or None (with a note) when it cannot be."""
+                 notes: list[str]):
+    """A CUDA graph of one decode step (write position S when captured), or None (with a note)."""
     set_cache_position(cache, s)
     spy = CaptureSpy()
     with spy:
@@ -572,24 +613,11 @@ def _try_capture(model: nn.Module, cache: Any, step: Callable[[], None], s: int,
         notes.append("decode step not capturable: " + ", ".join(spy.issues[:5]))
         return None
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                set_cache_position(cache, s)
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.synchronize()
-        set_cache_position(cache, s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        torch.cuda.synchronize()
-        return graph
+        return capture_step(step, lambda: set_cache_position(cache, s))
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
             raise
-        notes.append("CUDA graph capture failed: " + str(exc).splitlines()[0][:200])
+        notes.append("CUDA graph capture failed: " + (str(exc).splitlines() or [""])[0][:200])
         try:
             torch.cuda.synchronize()
         except RuntimeError:
@@ -597,15 +625,16 @@ def _try_capture(model: nn.Module, cache: Any, step: Callable[[], None], s: int,
         return None
 
 
-def _full_run(dev: str, method: str, graph, step: Callable[[], None], cache: Any, s: int, o: int,
+def _full_run(gpu: bool, method: str, graph, step: Callable[[], None], cache: Any, s: int, o: int,
               row: dict[str, Any], notes: list[str]) -> None:
-    """All O-1 decode steps back to back (graph replays, or eager steps on CPU)."""
-    if method == "kernel_sum":
-        notes.append("full run skipped: no CUDA graph for this model")
+    """All O-1 decode steps back to back: graph replays on GPU (the graph advances the cache
+    position and feeds its argmax back itself), eager steps on CPU."""
+    if gpu and method != "cuda_graph":
+        notes.append("full run skipped: no CUDA graph for this point")
         return
     set_cache_position(cache, s)
     run = graph.replay if method == "cuda_graph" else step
-    if dev == "cuda":
+    if gpu:
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
@@ -613,11 +642,10 @@ def _full_run(dev: str, method: str, graph, step: Callable[[], None], cache: Any
             run()
         end.record()
         torch.cuda.synchronize()
-        row["full_decode_ms"] = start.elapsed_time(end)
+        ms = start.elapsed_time(end)
     else:
         t = time.perf_counter()
         for _ in range(o - 1):
             run()
-        row["full_decode_ms"] = (time.perf_counter() - t) * 1e3
-    if not math.isfinite(row["full_decode_ms"]) or row["full_decode_ms"] <= 0:
-        row["full_decode_ms"] = None
+        ms = (time.perf_counter() - t) * 1e3
+    row["full_decode_ms"] = ms if math.isfinite(ms) and ms > 0 else None

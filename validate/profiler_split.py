@@ -18,6 +18,8 @@ shared experts, ``shared_expert_gate``), ``norm`` (``*Norm*``), ``rope`` (``*Rot
 
 Rules, first match wins:
 
+0. a kernel launched inside an SDPA / attention aten op (e.g. its boolean-mask conversion)
+   -> ``attention``;
 1. scope ``router`` -> ``router_topk``; scope ``norm`` or ``rope`` -> ``norm_elementwise``;
 2. attention op/kernel (``scaled_dot_product``, ``flash``, ``fmha``, ``efficient_attention``,
    ``cudnn`` attention) -> ``attention``;
@@ -94,11 +96,13 @@ _ELEMENTWISE = re.compile(
 )
 
 
-def classify(kernel_name: str, op_name: str | None, scope: str | None) -> str:
+def classify(kernel_name: str, op_name: str | None, scope: str | None, inside_attention_op: bool = False) -> str:
     """The category of one kernel (see the module docstring for the rules)."""
     op = op_name or ""
     kernel = kernel_name or ""
     names = [n for n in (kernel, op) if n]
+    if inside_attention_op:
+        return "attention"
     if scope == "router":
         return "router_topk"
     if scope in ("norm", "rope"):
@@ -116,7 +120,7 @@ def classify(kernel_name: str, op_name: str | None, scope: str | None) -> str:
             return "router_topk"
     if scope in ("mlp", "experts", "moe", "attn", "lm_head"):
         return "norm_elementwise"
-    if any(_ELEMENTWISE.search(n) for n in names):
+    if _ELEMENTWISE.search(op) if op else _ELEMENTWISE.search(kernel):
         return "norm_elementwise"
     return "other"
 
@@ -214,6 +218,18 @@ class ProfileSplit:
         }
 
 
+def _inside_attention_op(event: Any) -> bool:
+    """Whether an enclosing CPU op is an SDPA / attention op (its mask conversion, padding... count
+    as attention)."""
+    parent = getattr(event, "cpu_parent", None)
+    while parent is not None:
+        name = getattr(parent, "name", "") or ""
+        if name.startswith("aten::") and _ATTN.search(name):
+            return True
+        parent = getattr(parent, "cpu_parent", None)
+    return False
+
+
 def _scope_of(event: Any) -> str | None:
     parent = event
     while parent is not None:
@@ -261,8 +277,9 @@ def split_events(events: Any, device: str) -> ProfileSplit:
             if not kernels:
                 continue
             scope = _scope_of(ev)
+            in_attn = _inside_attention_op(ev)
             for k in kernels:
-                cat = classify(k.name, ev.name, scope)
+                cat = classify(k.name, ev.name, scope, in_attn)
                 ms = k.duration / 1e3
                 split[cat] = split.get(cat, 0.0) + ms
                 per_kernel[k.name] = per_kernel.get(k.name, 0.0) + ms
@@ -286,7 +303,7 @@ def split_events(events: Any, device: str) -> ProfileSplit:
         if ms <= 0:
             continue
         op = _effective_op(ev)
-        cat = classify(op, op, _scope_of(ev))
+        cat = classify(op, op, _scope_of(ev), _inside_attention_op(ev))
         split[cat] = split.get(cat, 0.0) + ms
         per_kernel[op] = per_kernel.get(op, 0.0) + ms
         n += 1

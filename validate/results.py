@@ -9,6 +9,35 @@ newline); :func:`repair_tail` cuts it off before the next append, so the point i
 
 Units: times in milliseconds (``*_ms``), wall durations in seconds (``*_s``), memory in GiB
 (``*_gib``), throughputs in tokens per second.
+
+Fields (schema version 1):
+
+- identity: ``schema_version``, ``point_id``, ``status`` (ok | oom | error), ``error`` (one line or
+  null), ``backend`` (hf | vllm), ``model`` (as given), ``display_name``, ``model_type``,
+  ``overrides`` (``--set`` items), ``layers`` (``--layers`` or null), ``batch`` (B),
+  ``input_len`` (S), ``output_len`` (O), ``full_run``;
+- engine settings: ``engine`` = {``cuda_graphs``, ``experts_implementation``,
+  ``attn_implementation``, ``dtype``, ``max_cache_len`` (S + O), backend extras}, ``engine_detail``,
+  ``patches`` (capture patches applied), ``moe_backend`` (vllm);
+- provenance: ``gpu_name``, ``gpu_count``, ``driver``, ``cuda``, ``torch``, ``transformers``,
+  ``triton``, ``vllm``, ``python``, ``hostname``, ``date`` (UTC, when the row was written),
+  ``git_commit``, ``gpu_sm_count``, ``gpu_memory_bytes``, ``gpu_l2_bytes``, ``gpu_capability``;
+- model facts: ``num_hidden_layers``, ``num_experts``, ``top_k``, ``params_total``,
+  ``params_active``, ``weights_gib``, ``kv_cache_gib``, ``peak_mem_gib``, ``build_s``;
+- metrics (status ok): ``ttft_ms`` (median; ``ttft_p10_ms``, ``ttft_p90_ms``, ``ttft_reps``,
+  ``ttft_first_ms``), ``decode_method`` (cuda_graph | kernel_sum | eager | vllm_engine),
+  ``decode_samples`` (list of {``step``, ``cache_position``, ``context_len``, ``ms``, ``p10_ms``,
+  ``p90_ms``, ``reps``}), ``decode_total_ms`` (sum over the O-1 decode steps), ``e2e_ms``
+  (TTFT + decode total), ``itl_ms`` ((E2E - TTFT)/(O - 1)), ``throughput_tok_s`` (B(S+O)/E2E),
+  ``output_tok_s`` (B*O/E2E); full runs: ``full_decode_ms``, ``full_e2e_ms``, ``full_itl_ms``,
+  ``full_vs_sampled`` (full E2E / sampled E2E);
+- profiles: ``prefill_profile`` and ``decode_profile`` = {``kernel_ms``, ``split_ms`` (per
+  category of :data:`PROFILE_CATEGORIES`, summing to ``kernel_ms``), ``n_kernels``, ``unit``,
+  ``unlinked_ms``, ``top_kernels``; decode adds ``context_len`` and ``graph_ms``, the graph-replay
+  time of the same step} or null;
+- routing: ``prefill_tokens_per_expert`` (counts per expert of one layer's prefill routing),
+  ``routing_layer``, ``decode_experts_hit_mean`` (distinct experts per MoE layer in one decode step);
+- ``wall_s`` (seconds the point took), ``notes`` (list of strings).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ measures each point, appending one row per point to the JSONL file as soon as it
 
 from __future__ import annotations
 
+import datetime as _dt
 import gc
 import sys
 import time
@@ -149,6 +150,7 @@ def run_sweep(
         row["status"] = status
         row["error"] = error
         row["wall_s"] = round(clock() - started, 3)
+        row["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         results.append_row(out_path, row)
         summary.measured[status] += 1
         reporter.point_done(point, row)
@@ -159,7 +161,8 @@ def run_sweep(
             summary.deferred += [p.point_id for p in group]
             continue
         if budget_s is not None:
-            fits = [p for p in group if elapsed() + backend.estimate_s(None, p) <= budget_s]
+            now = elapsed()
+            fits = [p for p in group if now + _estimate(backend, None, p) <= budget_s]
             if not fits:
                 for p in group:
                     summary.deferred.append(p.point_id)
@@ -187,7 +190,7 @@ def run_sweep(
                     summary.deferred.append(point.point_id)
                     continue
                 if budget_s is not None:
-                    est = backend.estimate_s(handle, point)
+                    est = _estimate(backend, handle, point)
                     if elapsed() + est > budget_s:
                         summary.deferred.append(point.point_id)
                         reporter.skipped(point, f"estimated {est:.0f} s does not fit in the time budget")
@@ -219,6 +222,14 @@ def run_sweep(
     if summary.deferred and summary.stopped is None:
         summary.stopped = "time budget"
     return summary
+
+
+def _estimate(backend: Backend, handle: Any, point: SweepPoint) -> float:
+    """The backend's estimate, 0 when it cannot make one (the point is then simply tried)."""
+    try:
+        return float(backend.estimate_s(handle, point))
+    except Exception:  # noqa: BLE001 - planning must never stop a sweep
+        return 0.0
 
 
 def _base_row(point: SweepPoint, backend: Backend, prov: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,216 @@
+"""Bad input of every kind ends the CLI with exactly one stderr line and exit code 2.
+
+Each case runs ``perfmodel.cli.main(argv)`` in-process (a few run ``python -m perfmodel`` in a
+subprocess) and checks: exit status 2, stderr is one non-empty line starting with
+``perfmodel: error:`` that names the problem, and no traceback on either stream. Files the
+cases need (hardware specs, engine profiles, config.json) are written to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perfmodel.cli import main
+from perfmodel.paths import HARDWARE_DIR, PROFILES_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_MIXTRAL = {
+    "model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 4,
+    "num_experts_per_tok": 2, "vocab_size": 256,
+}
+
+
+def _hardware(tmp: Path, name: str, edit) -> str:
+    data = yaml.safe_load((HARDWARE_DIR / "h200-sxm.yaml").read_text())
+    edit(data)
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _profile(tmp: Path, name: str, edit) -> str:
+    data = yaml.safe_load((PROFILES_DIR / "roofline.yaml").read_text())
+    edit(data)
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _config(tmp: Path, name: str, content) -> str:
+    path = tmp / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def _write(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+#: (id, argv builder taking tmp_path, a fragment the error line must contain).
+CASES = [
+    # names
+    ("unknown-gpu", lambda t: ["predict", "mixtral", "--gpu", "h999"], "unknown GPU 'h999'"),
+    ("unknown-model", lambda t: ["predict", "no-such-model"], "unknown model 'no-such-model'"),
+    ("unknown-engine", lambda t: ["predict", "mixtral", "--engine", "warp9"], "unknown engine 'warp9'"),
+    ("unknown-dtype", lambda t: ["predict", "mixtral", "--dtype", "fp7"], "unknown dtype 'fp7'"),
+    ("unknown-kv-dtype", lambda t: ["predict", "mixtral", "--kv-dtype", "fp3"], "unknown kv-dtype 'fp3'"),
+    ("unknown-phase", lambda t: ["predict", "mixtral", "--phase", "middle"], "middle"),
+    ("unknown-command", lambda t: ["frobnicate"], "frobnicate"),
+    ("missing-model-argument", lambda t: ["predict"], "model"),
+    ("list-unknown-category", lambda t: ["list", "teapots"], "teapots"),
+    ("dtype-without-gpu-peak", lambda t: ["predict", "mixtral", "--gpu", "h100", "--dtype", "fp4"],
+     "no fp4 peak"),
+    # workload values
+    ("batch-zero", lambda t: ["predict", "mixtral", "--batch", "0"], "batch must be a positive integer"),
+    ("batch-negative", lambda t: ["predict", "mixtral", "-b", "-4"], "batch must be a positive integer"),
+    ("batch-not-a-number", lambda t: ["predict", "mixtral", "--batch", "lots"], "--batch"),
+    ("batch-too-large", lambda t: ["predict", "mixtral", "--batch", str(10**20)], "too large"),
+    ("input-len-zero", lambda t: ["predict", "mixtral", "--input-len", "0"], "input-len must be a positive"),
+    ("output-len-zero", lambda t: ["predict", "mixtral", "--output-len", "0"], "output-len must be a positive"),
+    ("context-zero", lambda t: ["predict", "mixtral", "--phase", "decode", "--context", "0"],
+     "context must be a positive"),
+    ("tp-zero", lambda t: ["predict", "mixtral", "--tp", "0"], "tp must be a positive integer"),
+    ("ep-negative", lambda t: ["predict", "mixtral", "--ep", "-2"], "ep must be a positive integer"),
+    ("pp-zero", lambda t: ["predict", "mixtral", "--pp", "0"], "pp must be a positive integer"),
+    ("skew-above-one", lambda t: ["predict", "mixtral", "--skew", "1.5"], "skew must be in [0, 1]"),
+    ("skew-negative", lambda t: ["predict", "mixtral", "--skew", "-0.1"], "skew must be in [0, 1]"),
+    ("skew-nan", lambda t: ["predict", "mixtral", "--skew", "nan"], "skew must be in [0, 1]"),
+    ("ep-not-dividing-experts", lambda t: ["predict", "mixtral", "--ep", "3"],
+     "ep (3) must divide the number of experts (8)"),
+    ("pp-not-dividing-layers", lambda t: ["predict", "mixtral", "--pp", "5"],
+     "pp (5) must divide the number of layers (32)"),
+    ("ep-on-dense-model", lambda t: ["predict", "llama-3.1-8b", "--ep", "2"], "needs a model with experts"),
+    # --set overrides
+    ("set-top-k-above-experts", lambda t: ["predict", "mixtral", "--set", "top_k=9"],
+     "top_k (9) exceeds num_experts (8)"),
+    ("set-negative-experts", lambda t: ["predict", "mixtral", "--set", "num_experts=-1"], "must not be negative"),
+    ("set-zero-hidden", lambda t: ["predict", "mixtral", "--set", "hidden_size=0"], "must be positive"),
+    ("set-zero-head-dim", lambda t: ["predict", "mixtral", "--set", "head_dim=0"], "head_dim"),
+    ("set-without-equals", lambda t: ["predict", "mixtral", "--set", "top_k"], "expected KEY=VALUE"),
+    ("set-empty-value", lambda t: ["predict", "mixtral", "--set", "top_k="], "empty"),
+    ("set-empty-key", lambda t: ["predict", "mixtral", "--set", "=4"], "bad --set key"),
+    ("set-unknown-key", lambda t: ["predict", "mixtral", "--set", "warp_factor=9"], "unknown --set key 'warp_factor'"),
+    ("set-non-numeric", lambda t: ["predict", "mixtral", "--set", "top_k=abc"], "must be an integer"),
+    ("set-bool-for-int", lambda t: ["predict", "mixtral", "--set", "top_k=true"], "must be an integer"),
+    ("set-fraction-for-int", lambda t: ["predict", "mixtral", "--set", "top_k=1.5"], "must be an integer"),
+    ("set-infinite", lambda t: ["predict", "mixtral", "--set", "top_k=.inf"], "must be an integer"),
+    ("set-nan", lambda t: ["predict", "mixtral", "--set", "num_layers=.nan"], "must be an integer"),
+    ("set-list-for-int", lambda t: ["predict", "mixtral", "--set", "top_k=[1, 2]"], "must be an integer"),
+    ("set-kv-heads-not-dividing", lambda t: ["predict", "mixtral", "--set", "num_kv_heads=7"],
+     "must be a multiple of num_key_value_heads"),
+    ("set-expert-field-on-dense", lambda t: ["predict", "llama-3.1-8b", "--set", "top_k=2"], "has no experts"),
+    # hardware files
+    ("gpu-file-malformed-yaml", lambda t: ["predict", "mixtral", "--gpu", _write(t, "bad.yaml", "name: x\n  oops: [\n")],
+     "malformed YAML"),
+    ("gpu-file-not-a-mapping", lambda t: ["predict", "mixtral", "--gpu", _write(t, "list.yaml", "- 1\n- 2\n")],
+     "expected a mapping"),
+    ("gpu-file-missing-field", lambda t: ["predict", "mixtral", "--gpu", _hardware(t, "gpu.yaml", lambda d: d.pop("hbm_bandwidth_tb_s"))],
+     "hbm_bandwidth_tb_s"),
+    ("gpu-file-extra-field", lambda t: ["predict", "mixtral", "--gpu", _hardware(t, "gpu.yaml", lambda d: d.update(flux_capacitor=1))],
+     "flux_capacitor"),
+    ("gpu-file-negative-bandwidth", lambda t: ["predict", "mixtral", "--gpu", _hardware(t, "gpu.yaml", lambda d: d.update(hbm_bandwidth_tb_s=-4.8))],
+     "hbm_bandwidth_tb_s"),
+    ("gpu-file-infinite-bandwidth", lambda t: ["predict", "mixtral", "--gpu", _hardware(t, "gpu.yaml", lambda d: d.update(hbm_bandwidth_tb_s=float("inf")))],
+     "finite"),
+    ("gpu-file-is-directory", lambda t: ["predict", "mixtral", "--gpu", str((t / "d.yaml").mkdir() or t / "d.yaml")],
+     "cannot read"),
+    # engine profiles
+    ("profile-malformed-yaml", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", "efficiency: [1\n")],
+     "malformed YAML"),
+    ("profile-missing-op-class", lambda t: ["predict", "mixtral", "--engine", _profile(t, "p.yaml", lambda d: d["efficiency"].pop("comm"))],
+     "missing op classes: comm"),
+    ("profile-efficiency-out-of-range", lambda t: ["predict", "mixtral", "--engine", _profile(t, "p.yaml", lambda d: d["efficiency"]["gemm"].update(compute=7))],
+     "efficiency.gemm.compute"),
+    ("profile-negative-latency", lambda t: ["predict", "mixtral", "--engine", _profile(t, "p.yaml", lambda d: d["latency"].update(per_kernel_s=-1))],
+     "per_kernel_s"),
+    ("profile-nonexistent-file", lambda t: ["predict", "mixtral", "--engine", str(t / "none.yaml")], "cannot read profile"),
+    # config.json files
+    ("config-invalid-json", lambda t: ["predict", _config(t, "config.json", "{not json")], "malformed config file"),
+    ("config-not-an-object", lambda t: ["predict", _config(t, "config.json", [1, 2, 3])], "expected a JSON object"),
+    ("config-unsupported-model-type", lambda t: ["predict", _config(t, "config.json", {**TINY_MIXTRAL, "model_type": "bert"})],
+     "unsupported model_type 'bert'"),
+    ("config-missing-hidden-size", lambda t: ["predict", _config(t, "config.json", {k: v for k, v in TINY_MIXTRAL.items() if k != "hidden_size"})],
+     "missing 'hidden_size'"),
+    ("config-heads-not-divisible", lambda t: ["predict", _config(t, "config.json", {**TINY_MIXTRAL, "num_key_value_heads": 3})],
+     "must be a multiple of num_key_value_heads"),
+    ("config-string-for-int", lambda t: ["predict", _config(t, "config.json", {**TINY_MIXTRAL, "num_hidden_layers": "2"})],
+     "must be an integer"),
+    ("config-nonexistent-path", lambda t: ["predict", str(t / "nowhere" / "config.json")], "cannot read"),
+    ("config-directory-without-file", lambda t: ["predict", str(t)], "cannot read"),
+    # formula
+    ("formula-unknown-op", lambda t: ["formula", "mixtral", "--op", "moe.teleport"], "unknown op 'moe.teleport'"),
+    ("formula-unknown-quantity", lambda t: ["formula", "mixtral", "--op", "moe.experts", "--quantity", "joules"],
+     "joules"),
+    ("formula-request-phase", lambda t: ["formula", "mixtral", "--op", "moe.experts", "--phase", "request"],
+     "prefill or decode"),
+    # sweep
+    ("grid-without-equals", lambda t: ["sweep", "mixtral", "--grid", "batch"], "expected KEY=V1,V2"),
+    ("grid-no-values", lambda t: ["sweep", "mixtral", "--grid", "batch=,"], "has no values"),
+    ("grid-unknown-key", lambda t: ["sweep", "mixtral", "--grid", "warp=1,2"], "unknown grid key 'warp'"),
+    ("grid-non-numeric", lambda t: ["sweep", "mixtral", "--grid", "batch=1,two"], "bad --grid values for 'batch'"),
+    ("grid-negative", lambda t: ["sweep", "mixtral", "--grid", "batch=-1,2"], "must be positive"),
+    ("grid-fraction", lambda t: ["sweep", "mixtral", "--grid", "batch=1.5"], "must be integers"),
+    ("grid-infinite", lambda t: ["sweep", "mixtral", "--grid", "input_len=inf"], "must be finite"),
+    ("grid-skew-out-of-range", lambda t: ["sweep", "mixtral", "--grid", "skew=0,2"], "skew must be in [0, 1]"),
+    ("grid-no-valid-combination", lambda t: ["sweep", "mixtral", "--grid", "top_k=9,10"], "no valid combination"),
+    ("grid-expert-key-on-dense", lambda t: ["sweep", "llama-3.1-8b", "--grid", "top_k=1,2"], "needs a model with experts"),
+    ("grid-unknown-dtype", lambda t: ["sweep", "mixtral", "--grid", "dtype=bf16,fp7"], "unknown dtype 'fp7'"),
+    ("grid-unknown-gpu", lambda t: ["sweep", "mixtral", "--grid", "gpu=h200,h999"], "unknown GPU 'h999'"),
+    ("sweep-csv-into-missing-directory", lambda t: ["sweep", "mixtral", "--grid", "batch=1,2", "--csv", str(t / "no" / "dir" / "out.csv")],
+     "cannot write"),
+]
+
+
+def _check_one_line(code, out: str, err: str, fragment: str) -> str:
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in out and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("perfmodel: error: ") and len(line) > len("perfmodel: error: "), line
+    assert fragment in line, line
+    return line
+
+
+@pytest.mark.parametrize("argv_of, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(argv_of, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(tmp_path / "cache"))
+    argv = argv_of(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    _check_one_line(exit_info.value.code, captured.out, captured.err, fragment)
+
+
+def test_case_ids_are_distinct():
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids)) >= 30
+
+
+def _run_module(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PERFMODEL_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "perfmodel", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["predict", "mixtral", "--gpu", "h999"], "unknown GPU"),
+    (["sweep", "mixtral", "--grid", "batch=0"], "must be positive"),
+    ([], "missing command"),
+], ids=["unknown-gpu", "grid-zero", "no-arguments"])
+def test_bad_input_through_python_dash_m(args, fragment, tmp_path):
+    """The real process: exit status 2 and one stderr line (the 'no arguments' case also prints
+    the help on stdout)."""
+    proc = _run_module(args, tmp_path)
+    _check_one_line(proc.returncode, proc.stdout, proc.stderr, fragment)

@@ -1,0 +1,164 @@
+"""The command line: predict (JSON and table), formula, list, sweep --csv, python -m perfmodel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfmodel.cli import main
+from perfmodel.predict import predict
+from perfmodel.profile import list_engines
+from perfmodel.specs.hardware import gpu_catalog
+from perfmodel.specs.model import load_model
+from perfmodel.specs.zoo import zoo_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+METRIC_KEYS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
+               "output_throughput_tok_s", "params", "active_params", "weights_bytes",
+               "kv_cache_bytes", "fits_in_memory")
+OP_KEYS = ("name", "flops", "bytes", "comm_bytes", "time_s", "bound")
+
+
+def cli(argv: list[str], capsys) -> str:
+    """Run the CLI in-process; it must succeed. Returns stdout."""
+    try:
+        main(argv)
+    except SystemExit as exc:  # typer may exit 0 explicitly
+        assert exc.code in (0, None), capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.out
+
+
+def strict_json(text: str) -> dict:
+    """Parse JSON, refusing NaN/Infinity (not JSON, though Python's json writes them)."""
+    def refuse(token):
+        raise ValueError(f"non-JSON constant {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_predict_json_has_every_key(capsys):
+    out = cli(["predict", "mixtral", "--batch", "8", "--input-len", "1024", "--output-len", "256",
+               "--json"], capsys)
+    data = strict_json(out)
+    for key in METRIC_KEYS:
+        assert key in data, key
+    assert isinstance(data["fits_in_memory"], bool)
+    for key in METRIC_KEYS[:-1]:
+        assert isinstance(data[key], (int, float)) and data[key] > 0, key
+    assert data["ops"], "no op breakdown"
+    for op in data["ops"]:
+        assert all(k in op for k in OP_KEYS), op
+        assert op["bound"] in ("compute", "memory", "link", "latency")
+    names = {op["name"] for op in data["ops"]}
+    assert {"moe.experts", "moe.router", "attn.core", "lm_head"} <= names
+    prov = data["provenance"]
+    assert prov["profile"] == "roofline" and prov["gpu"] == "h200-sxm"
+    assert prov["calibrated"] is False
+    # the same numbers as the Python API
+    api = predict("mixtral", batch=8, input_len=1024, output_len=256)
+    for key in METRIC_KEYS:
+        assert data[key] == pytest.approx(api.metrics[key], rel=1e-12), key
+    assert data["workload"]["batch"] == 8 and data["model"] == "mixtral-8x7b"
+
+
+def test_predict_json_is_strict_json_with_null_for_missing_metrics(capsys):
+    """A prefill has no ITL: the JSON says null, not NaN (which JSON parsers reject)."""
+    data = strict_json(cli(["predict", "mixtral", "--phase", "prefill", "--json"], capsys))
+    assert data["itl_s"] is None and data["decode_step_s"] is None
+    assert data["ttft_s"] > 0 and data["e2e_s"] == data["ttft_s"]
+    assert {op["pass"] for op in data["ops"]} == {"prefill"}
+
+
+def test_predict_table(capsys):
+    out = cli(["predict", "mixtral", "--batch", "4", "--tp", "2"], capsys)
+    for text in ("TTFT", "ITL", "E2E", "throughput", "fits in memory", "moe.experts", "attn.core",
+                 "per-op breakdown", "provenance: profile=roofline gpu=h200-sxm", "TP=2"):
+        assert text in out, text
+    m = predict("mixtral", batch=4, tp=2).metrics
+    assert f"{m['ttft_s'] * 1e3:.3f} ms" in out
+
+
+def test_formula_prints_the_expression(capsys):
+    out = cli(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops"], capsys)
+    model = load_model("mixtral")
+    coefficient = 2 * 3 * model.hidden * model.moe.expert_intermediate * model.moe.top_k
+    assert "moe.experts" in out and "grouped_gemm" in out
+    symbolic = out.split("symbolic", 1)[1].split("prefill:", 1)[0]
+    for symbol in ("H", "T", "k", "ep", "tp"):
+        assert symbol in symbolic, symbol
+    assert "I" in symbolic
+    assert "T = B*S" in out
+    assert f"{coefficient}⋅B⋅S" in out.split("with this model's numbers", 1)[1]
+
+
+def test_formula_latex(capsys):
+    out = cli(["formula", "mixtral", "--op", "moe.experts", "--quantity", "bytes", "--phase",
+               "decode", "--latex"], capsys)
+    assert "\\frac" in out and "I_{e}" in out and "b_{e}" in out
+    assert "⋅" not in out  # no pretty-printed unicode
+
+
+def test_formula_op_list(capsys):
+    out = cli(["formula", "deepseek-v2-lite", "--op", "list"], capsys)
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert "moe.shared" in names and "attn.kv_a_proj" in names and "mlp.ffn" in names
+
+
+@pytest.mark.parametrize("what, expected", [
+    ("models", lambda: zoo_names()),
+    ("gpus", lambda: sorted({g.name for g in gpu_catalog().values()})),
+    ("engines", lambda: list_engines()),
+])
+def test_list(what, expected, capsys):
+    out = cli(["list", what], capsys)
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert listed == expected()
+    assert len(listed) >= 1
+
+
+def test_list_models_includes_the_zoo(capsys):
+    out = cli(["list", "models"], capsys)
+    for name in ("mixtral-8x7b", "deepseek-v2-lite", "gpt-oss-20b", "qwen3-30b-a3b"):
+        assert name in out
+
+
+def test_sweep_csv(tmp_path, capsys):
+    path = tmp_path / "sweep.csv"
+    out = cli(["sweep", "mixtral", "--grid", "batch=1,4,16", "--grid", "top_k=1,2,4,16",
+               "--grid", "dtype=bf16,fp8", "--csv", str(path)], capsys)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 3 * 3 * 2  # top_k=16 > 8 experts is dropped
+    assert f"wrote {len(rows)} rows" in out
+    assert list(rows[0])[:3] == ["batch", "top_k", "dtype"]
+    assert {r["top_k"] for r in rows} == {"1", "2", "4"}
+    assert {r["dtype"] for r in rows} == {"bf16", "fp8"}
+    row = next(r for r in rows if r["batch"] == "4" and r["top_k"] == "4" and r["dtype"] == "fp8")
+    p = predict("mixtral", batch=4, dtype="fp8", overrides={"top_k": 4})
+    assert math.isclose(float(row["e2e_s"]), p.metrics["e2e_s"], rel_tol=1e-9)
+
+
+def test_sweep_table_to_stdout(capsys):
+    out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64"], capsys)
+    header = out.splitlines()[0].split()
+    assert header[0] == "batch" and "e2e_s" in header and "fits_in_memory" in header
+    assert len(out.strip().splitlines()) == 3
+
+
+def test_python_dash_m_help(tmp_path):
+    env = {**os.environ, "PERFMODEL_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "perfmodel", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("predict", "formula", "sweep", "list"):
+        assert command in proc.stdout
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,91 @@
+"""The vllm backend's translation (no vLLM needed) and its not-installed error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perfmodel.errors import InputError
+from validate import vllm_backend as vb
+from validate.cli import VLLM_MISSING, measure
+from validate.measure import main
+from validate.sweep_spec import build_points, parse_phases
+
+pytestmark = pytest.mark.skipif(vb.vllm_available(), reason="vllm is installed here")
+
+
+def _points(**kw):
+    settings = vb.point_settings(tp=2, expert_parallel=True, quantization="fp8", moe_backend="triton")
+    return build_points(["mixtral"], [1, 16, 64], parse_phases("128,512"), backend="vllm",
+                        settings=settings, experts_impl="vllm_fused_moe", **kw)
+
+
+def test_engine_kwargs_cover_the_group(tmp_path):
+    points = _points(overrides=["num_experts=16", "top_k=4"])
+    kw = vb.engine_kwargs(points, tmp_path)
+    assert kw["model"] == str(tmp_path)
+    assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"] is True
+    assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False
+    assert kw["tensor_parallel_size"] == 2 and kw["enable_expert_parallel"] is True
+    assert kw["quantization"] == "fp8"
+    assert kw["max_num_seqs"] == 64
+    assert kw["max_model_len"] == 1024
+    assert kw["max_num_batched_tokens"] == vb.DEFAULT_MAX_BATCHED_TOKENS  # 64 x 512 is capped
+    assert kw["hf_overrides"] == {"num_local_experts": 16, "num_experts_per_tok": 4}
+    assert kw["moe_backend"] == "triton"
+    small = vb.engine_kwargs([p for p in points if p.batch == 1 and p.input_len == 128], tmp_path)
+    assert small["max_num_seqs"] == 1 and small["max_model_len"] == 256
+    assert small["max_num_batched_tokens"] == 256  # at least one full sequence
+    # an older vLLM without the optional arguments
+    old = vb.engine_kwargs(points, tmp_path, accepted={"model", "dtype"})
+    assert "moe_backend" not in old and "enable_prefix_caching" not in old
+
+
+def test_config_json_and_requests():
+    point = _points(layers=4)[0]
+    cfg = vb.vllm_config_json(point)
+    assert cfg["architectures"] == ["MixtralForCausalLM"]
+    assert cfg["num_hidden_layers"] == 4
+    json.dumps(cfg)  # serialisable
+    reqs = vb.make_requests(3, 17, vocab_size=32000, seed=1)
+    assert len(reqs) == 3 and all(len(r["prompt_token_ids"]) == 17 for r in reqs)
+    assert all(10 <= t < 32000 - 10 for r in reqs for t in r["prompt_token_ids"])
+    assert reqs == vb.make_requests(3, 17, vocab_size=32000, seed=1)
+    assert vb.sampling_kwargs(128) == {"max_tokens": 128, "min_tokens": 128, "ignore_eos": True,
+                                       "temperature": 0.0, "detokenize": False}
+
+
+def test_settings_are_part_of_point_ids():
+    a = _points()[0]
+    b = build_points(["mixtral"], [1], [[128]], backend="vllm", settings=vb.point_settings(tp=1))[0]
+    assert a.point_id != b.point_id and "tp=2" in a.point_id and "quant=fp8" in a.point_id
+
+
+def test_describe_reports_the_engine():
+    d = vb.VLLMBackend().describe(_points()[0])
+    assert d["model_type"] == "mixtral" and d["engine"]["tp"] == 2 and d["moe_backend"] == "triton"
+
+
+def test_measure_without_vllm_raises_input_error(tmp_path):
+    with pytest.raises(InputError) as err:
+        measure(model="olmoe", backend="vllm", batch="1", input_len="128", output_len=None, set_=None,
+                layers=None, experts_impl="grouped_mm", full_run=None, out=tmp_path / "v.jsonl", budget_s=None,
+                cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
+                moe_backend="triton")
+    assert str(err.value) == VLLM_MISSING == "vllm is not installed (pip install 'perfmodel[vllm]')"
+    assert not (tmp_path / "v.jsonl").exists()
+
+
+def test_module_entry_prints_one_line_and_exits_2(tmp_path, capsys):
+    rc = main(["olmoe", "--backend", "vllm", "--out", str(tmp_path / "v.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip() == VLLM_MISSING
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert main(["no-such-model", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["olmoe", "--batch", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["olmoe", "--full-run", "16by128", "--out", str(tmp_path / "x.jsonl")]) == 2

@@ -1,0 +1,35 @@
+"""``python -m validate.measure MODEL[,MODEL...] [options]``: the ``measure`` command as a module.
+
+Exit codes: 0 done (or stopped by the time budget, resumable), 2 bad input (one line on stderr),
+3 the device became unusable mid-sweep (resume with the same command).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from perfmodel.errors import PerfModelError
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+
+    from validate.cli import app
+
+    try:
+        rc = app(args=argv, prog_name="python -m validate.measure", standalone_mode=False)
+    except PerfModelError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
