@@ -51,6 +51,12 @@ def _config(tmp: Path, name: str, content) -> str:
     return str(path)
 
 
+def _directory(tmp: Path, name: str) -> str:
+    path = tmp / name
+    path.mkdir()
+    return str(path)
+
+
 def _write(tmp: Path, name: str, text: str) -> str:
     path = tmp / name
     path.write_text(text)
@@ -123,7 +129,7 @@ CASES = [
      "hbm_bandwidth_tb_s"),
     ("gpu-file-infinite-bandwidth", lambda t: ["predict", "mixtral", "--gpu", _hardware(t, "gpu.yaml", lambda d: d.update(hbm_bandwidth_tb_s=float("inf")))],
      "finite"),
-    ("gpu-file-is-directory", lambda t: ["predict", "mixtral", "--gpu", str((t / "d.yaml").mkdir() or t / "d.yaml")],
+    ("gpu-file-is-directory", lambda t: ["predict", "mixtral", "--gpu", _directory(t, "d.yaml")],
      "cannot read"),
     # engine profiles
     ("profile-malformed-yaml", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", "efficiency: [1\n")],
