@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "cache")
         os.environ["PERFMODEL_CACHE_DIR"] = cache
-        from perfmodel.predict import predict
+        from perfmodel.prediction import predict
         from perfmodel.specs.model import load_model
 
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PERFMODEL_CACHE_DIR"] = cache
         t0 = time.perf_counter()
-        from perfmodel.sweep import sweep
+        from perfmodel.sweeps import sweep
 
         import_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -51,7 +51,7 @@ def main() -> None:
             n = len(table)
             del table
         assert n == n_expected, (n, n_expected)
-    print(f"import perfmodel.sweep:            {import_s:8.3f} s")
+    print(f"import perfmodel.sweeps:            {import_s:8.3f} s")
     print(f"warm-up sweep (cold compile):      {warmup_s:8.3f} s")
     for i, t in enumerate(times, 1):
         print(f"1M sweep, run {i}:                  {t:8.3f} s  ({t / n * 1e9:.0f} ns/config)")

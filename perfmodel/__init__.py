@@ -18,11 +18,11 @@ __all__ = ["predict", "sweep", "load_model", "load_gpu"]
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import perfmodel` cheap
     if name == "predict":
-        from perfmodel.predict import predict
+        from perfmodel.prediction import predict
 
         return predict
     if name == "sweep":
-        from perfmodel.sweep import sweep
+        from perfmodel.sweeps import sweep
 
         return sweep
     if name == "load_model":

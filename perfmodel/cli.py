@@ -75,7 +75,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict TTFT, ITL, E2E, throughput and memory of one fixed-batch workload."""
-    from perfmodel.predict import predict as run
+    from perfmodel.prediction import predict as run
 
     result = run(model, gpu=gpu, engine=engine, phase=phase.value, batch=batch,
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
@@ -152,7 +152,7 @@ def sweep(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
 ) -> None:
     """Evaluate a grid of workloads and hyperparameters (vectorized)."""
-    from perfmodel.sweep import parse_grid, sweep as run
+    from perfmodel.sweeps import parse_grid, sweep as run
 
     table = run(model, parse_grid(grid), gpu=gpu, engine=engine, phase=phase.value,
                 overrides=set_ or [], batch=batch, input_len=input_len, output_len=output_len,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-_FORMULA_FILES = ("symbols.py", "graph.py", "phases.py", "roofline.py", "memory.py", "predict.py",
+_FORMULA_FILES = ("symbols.py", "graph.py", "phases.py", "roofline.py", "memory.py", "prediction.py",
                   "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
                   "ops/embedding.py", "ops/comm.py")
 _PACKAGE_DIR = Path(__file__).resolve().parent

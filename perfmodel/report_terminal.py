@@ -7,7 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from perfmodel.predict import Prediction
+from perfmodel.prediction import Prediction
 
 
 def _time(seconds: float) -> str:

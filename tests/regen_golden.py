@@ -47,7 +47,7 @@ POINTS: list[dict[str, Any]] = [
 
 def evaluate_point(point: dict[str, Any]) -> dict[str, float | None]:
     """The golden metrics of one point, NaN as None."""
-    from perfmodel.predict import predict
+    from perfmodel.prediction import predict
 
     p = predict(point["model"], gpu=point["gpu"], engine="roofline", phase=point["phase"],
                 **point["workload"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from perfmodel.cli import main
-from perfmodel.predict import predict
+from perfmodel.prediction import predict
 from perfmodel.profile import list_engines
 from perfmodel.specs.hardware import gpu_catalog
 from perfmodel.specs.model import load_model

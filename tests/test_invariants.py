@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from perfmodel.ops.moe import distinct_experts
-from perfmodel.predict import METRICS, Prediction, predict
+from perfmodel.prediction import METRICS, Prediction, predict
 from perfmodel.profile import OP_CLASSES, load_profile
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.model import ModelSpec, load_model
-from perfmodel.sweep import sweep
+from perfmodel.sweeps import sweep
 from perfmodel.symbols import E, T, k, sigma
 
 #: MoE models covering every attention and MLP variant the graph builds: GQA (Mixtral,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from perfmodel.errors import InputError
-from perfmodel.predict import METRICS, predict
+from perfmodel.prediction import METRICS, predict
 from perfmodel.specs.model import load_model
-from perfmodel.sweep import parse_grid, sweep
+from perfmodel.sweeps import parse_grid, sweep
 
 REL = 1e-9
 

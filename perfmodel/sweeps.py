@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from perfmodel.errors import InputError
-from perfmodel.predict import METRICS, Workload, compile_model, numeric_values, structure_key
+from perfmodel.prediction import METRICS, Workload, compile_model, numeric_values, structure_key
 from perfmodel.profile import load_profile
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
@@ -151,12 +151,12 @@ def sweep(model: str | ModelSpec, grid: dict[str, list[Any]], *, gpu: str = "h20
     """Evaluate every combination of ``grid`` (other workload fields from ``fixed``).
 
     Returns a pandas DataFrame: one column per grid key, then the metrics of
-    :data:`perfmodel.predict.METRICS` and ``fits_in_memory``. Combinations that describe no
+    :data:`perfmodel.prediction.METRICS` and ``fits_in_memory``. Combinations that describe no
     valid model or layout are dropped: top_k > num_experts, ep not dividing num_experts, pp
     not dividing num_layers, num_layers below the model's dense or windowed layer count,
     num_heads not a multiple of num_kv_heads. A grid with no valid combination is an error.
     A swept key changes what ``--set`` of it would change (see :func:`_derived_axes`), so each
-    row equals :func:`perfmodel.predict.predict` with the row's values as overrides.
+    row equals :func:`perfmodel.prediction.predict` with the row's values as overrides.
 
     The numeric keys are fed to the compiled function as an open (sparse) mesh: each
     intermediate is computed over the grid axes it depends on only, and just the outputs are
