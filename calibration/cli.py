@@ -22,3 +22,30 @@ def bench(
     if budget_s is not None and budget_s <= 0:
         raise InputError("--budget-s must be > 0")
     run_bench(out or default_out_dir(), quick=quick, budget_s=budget_s)
+
+
+@app.command()
+def fit(
+    gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU whose committed data to fit."),
+    check: bool = typer.Option(False, "--check", help="Only report whether the committed profile is up to date."),
+) -> None:
+    """Fit the hf profile from the committed microbenchmarks and end-to-end runs (deterministic)."""
+    import yaml
+
+    from calibration.fit import fit_profile, write_profile
+    from perfmodel.errors import InputError
+    from perfmodel.paths import PROFILES_DIR
+
+    profile = fit_profile(gpu)
+    path = PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
+    if check:
+        current = yaml.safe_load(path.read_text()) if path.exists() else None
+        if current != profile:
+            raise InputError(f"{path.name} is not what the committed data fits: run perfmodel calibrate fit")
+        print(f"{path.name} is up to date")
+        return
+    write_profile(profile, path)
+    held = profile["fit"]["residuals"]["held-out"]
+    print(f"wrote {path}")
+    for metric, stats in held.items():
+        print(f"  held-out {metric:12s} MAPE {stats['mape_pct']:6.2f} %  p90 {stats['p90_abs_pct']:6.2f} %  (n={stats['n']})")

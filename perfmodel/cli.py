@@ -167,6 +167,26 @@ def sweep(
         print(table.to_string(index=False, max_rows=60))
 
 
+@app.command()
+def validate(
+    model: str = typer.Argument(..., help="Zoo name, or 'all'."),
+    backend: str = typer.Option("hf", "--backend", help="hf or vllm."),
+    gpu: str = _GPU,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
+) -> None:
+    """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
+    from validate.validation import run_validation
+
+    result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
+    if as_json:
+        print(json.dumps(result, default=_json_default))
+        return
+    from perfmodel.report_terminal import print_validation
+
+    print_validation(result, _console())
+
+
 def _mount_measuring_side() -> None:
     """The GPU-side commands live in calibration/ and validate/ (imported on use)."""
     try:

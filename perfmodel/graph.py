@@ -31,10 +31,14 @@ class GraphOptions:
     "expanded" stores per-head keys and values. ``mla_absorb_decode``: decode attends over the
     latent with absorbed up-projections (needs the latent cache); without it a latent cache is
     re-expanded to per-head keys and values every step (transformers 5.x eager/SDPA).
+    ``decode_kv_expand``: decode materializes per-head keys and values before the attention
+    kernel (transformers with a static cache: SDPA gets a mask, so grouped heads are repeated;
+    MLA's re-expanded keys are concatenated with their rotary part).
     """
 
     mla_cache: str = "latent"
     mla_absorb_decode: bool = True
+    decode_kv_expand: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,10 @@ def _attention(model: ModelSpec, windowed: bool, decode: bool, options: GraphOpt
     if spec.kind == "mla":
         latent = options.mla_cache == "latent"
         return mla_ops(spec, windowed=windowed, norm_kind=model.norm, latent_cache=latent,
-                       absorbed=decode and latent and options.mla_absorb_decode)
-    return gqa_ops(spec, windowed=windowed, norm_kind=model.norm)
+                       absorbed=decode and latent and options.mla_absorb_decode,
+                       expand_kv=options.decode_kv_expand, decode=decode)
+    return gqa_ops(spec, windowed=windowed, norm_kind=model.norm,
+                   expand_kv=decode and options.decode_kv_expand)
 
 
 def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = GraphOptions()) -> ModelGraph:

@@ -23,7 +23,7 @@ from perfmodel.memory import (
     activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
 )
 from perfmodel.phases import decode_mean_substitutions, decode_substitutions, prefill_substitutions
-from perfmodel.profile import OP_CLASSES, EngineProfile, load_profile
+from perfmodel.profile import OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
@@ -117,7 +117,12 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
             ("decode", True, decode_mean_substitutions(span))]
 
 
-def _pass_time(graph: ModelGraph, subs: dict) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+def _pass_time(graph: ModelGraph, subs: dict, eager: bool = False) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+    """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
+
+    An eager pass cannot finish before the host has launched it: its time is
+    max(GPU time, N_layers·t_eager_layer + t_eager_step).
+    """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
         t = op_time(op, subs)
@@ -125,7 +130,10 @@ def _pass_time(graph: ModelGraph, subs: dict) -> tuple[sp.Expr, list[list[sp.Exp
                      count * op.comm_bytes.subs(subs), count * t.compute, count * t.memory,
                      count * t.link, count * t.latency, count * t.total])
         total += count * t.total
-    return total + s.t_step + s.N_layers * s.t_layer, rows
+    gpu = total + s.t_step + s.N_layers * s.t_layer
+    if eager:
+        return sp.Max(gpu, s.N_layers * s.t_eager_layer + s.t_eager_step), rows
+    return gpu, rows
 
 
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
@@ -151,14 +159,15 @@ def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile) -> tuple[dict[str, sp.Expr], list, list]:
     """Totals and per-op rows of a phase as sympy (before numbers)."""
     opts = profile.options
-    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode)
+    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
+                           decode_kv_expand=opts.decode_kv_expand)
     span = opts.decode_attention_span
     totals: dict[str, sp.Expr] = {}
     passes, rows = [], []
     graphs = {}
     for name, decode, subs in pass_substitutions(phase, span):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
-        total, op_rows = _pass_time(graph, subs)
+        total, op_rows = _pass_time(graph, subs, eager=opts.prefill_eager and not decode)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
@@ -246,9 +255,10 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp
         s.peak: f_peak, s.peak_attn: f_attn, s.bw: mem_bw, s.link_bw: link, s.link_lat: link_lat,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
+        s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
     }
-    for op_class in OP_CLASSES:
-        eta = profile.efficiency[op_class]
+    for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
+        eta = profile.efficiency_of(op_class)
         syms = s.efficiency_symbols(op_class)
         values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
                        syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half})
@@ -303,6 +313,10 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,
         "transfer": bool(profile.gpu) and profile.gpu != gpu.name,
+        "note": (f"efficiencies fitted on {profile.gpu}, applied as fractions of {gpu.name}'s "
+                 "datasheet peaks" if profile.gpu and profile.gpu != gpu.name
+                 else ("uncalibrated: datasheet peaks with default derates" if not profile.calibrated
+                       else f"calibrated on {gpu.name}")),
         "peaks": profile.peaks, "options": profile.options.model_dump(),
         "error_band": profile.error_band.model_dump() if profile.error_band else None,
     }

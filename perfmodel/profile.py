@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
@@ -22,6 +22,10 @@ from perfmodel.errors import SpecError
 from perfmodel.paths import PROFILES_DIR
 
 OP_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise", "comm")
+#: Op classes a profile may tune separately; without an entry they run as their fallback.
+#: attention_masked: decode attention over a whole allocated cache with an explicit mask;
+#: copy: materializing per-head keys/values before the attention kernel.
+OPTIONAL_OP_CLASSES = {"attention_masked": "attention", "copy": "elementwise"}
 
 
 class _Strict(BaseModel):
@@ -43,6 +47,10 @@ class Latency(_Strict):
     per_kernel_s: NonNegativeFloat = 0.0
     per_layer_s: NonNegativeFloat = 0.0
     per_step_s: NonNegativeFloat = 0.0
+    eager_layer_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time to launch one layer's kernels in an eager pass.")
+    eager_step_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time of an eager pass outside its layers.")
     link_step_s: NonNegativeFloat | None = Field(
         default=None, description="One collective step; default: the GPU spec's link latency."
     )
@@ -54,6 +62,9 @@ class Options(_Strict):
     decode_attention_span: Literal["context", "allocated"] = "context"
     mla_cache: Literal["latent", "expanded"] = "latent"
     mla_absorb_decode: bool = True
+    decode_kv_expand: bool = False
+    prefill_eager: bool = Field(
+        default=False, description="Prefill runs eagerly: its time is at least the host's launch time.")
     memory_usable_fraction: float = Field(default=0.9, gt=0, le=1)
 
 
@@ -76,16 +87,25 @@ class EngineProfile(_Strict):
     calibrated: bool = False
     description: str = ""
     peaks: Literal["datasheet", "measured"] = "datasheet"
-    efficiency: dict[Literal["gemm", "grouped_gemm", "attention", "elementwise", "comm"], Efficiency]
+    efficiency: dict[Literal["gemm", "grouped_gemm", "attention", "elementwise", "comm",
+                             "attention_masked", "copy"], Efficiency]
     latency: Latency = Latency()
     options: Options = Options()
     error_band: ErrorBand | None = None
     fitted_from: str | None = None
+    fit: dict[str, Any] | None = Field(
+        default=None, description="How the profile was fitted: data, split, residual statistics.")
 
     def model_post_init(self, _context: object) -> None:
         missing = [c for c in OP_CLASSES if c not in self.efficiency]
         if missing:
             raise ValueError(f"efficiency is missing op classes: {', '.join(missing)}")
+
+    def efficiency_of(self, op_class: str) -> Efficiency:
+        """η of an op class, an optional class falling back to its base class."""
+        if op_class in self.efficiency:
+            return self.efficiency[op_class]  # type: ignore[index]
+        return self.efficiency[OPTIONAL_OP_CLASSES[op_class]]  # type: ignore[index]
 
 
 def load_profile_file(path: Path) -> EngineProfile:
@@ -108,16 +128,29 @@ def load_profile_file(path: Path) -> EngineProfile:
 
 @cache
 def load_profile(engine: str, gpu: str) -> EngineProfile:
-    """The profile for an engine on a GPU (GPU-specific file first, then the generic one)."""
+    """The profile for an engine on a GPU.
+
+    Lookup: ``<gpu>-<engine>.yaml`` (fitted on that GPU), else ``<engine>.yaml`` (any GPU),
+    else a profile of that engine fitted on another GPU, transferred: its efficiencies are
+    fractions of datasheet peaks, applied to this GPU's peaks (the prediction's provenance
+    says so).
+    """
     path = Path(engine)
     if path.suffix in (".yaml", ".yml"):
         return load_profile_file(path)
     for candidate in (PROFILES_DIR / f"{gpu}-{engine}.yaml", PROFILES_DIR / f"{engine}.yaml"):
         if candidate.exists():
             return load_profile_file(candidate)
+    fitted = sorted(PROFILES_DIR.glob(f"*-{engine}.yaml"))
+    if fitted:
+        return load_profile_file(fitted[0])
     raise SpecError(f"unknown engine '{engine}' for GPU '{gpu}' (known: {', '.join(list_engines())})")
 
 
 def list_engines() -> list[str]:
-    """Profile names available (file stems under calibration/profiles)."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    """Engine names available: generic profiles and the engines of fitted ones."""
+    names = set()
+    for path in PROFILES_DIR.glob("*.yaml"):
+        profile = load_profile_file(path)
+        names.add(profile.engine)
+    return sorted(names)

@@ -67,3 +67,37 @@ def print_prediction(p: Prediction, console: Console) -> None:
     console.print(ops)
     console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
                   f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")
+
+
+def print_validation(result: dict, console: Console) -> None:
+    """Per-point predicted vs measured (held-out marked) and MAPE per engine, split and metric."""
+    src = result["source"]
+    label = ("REPLAY of committed measurements" if src["mode"] == "replay" else "LIVE measurements")
+    console.print(f"[bold]{label}[/bold]: {src['results_file']} · {src['gpu']} · driver {src['driver']} · "
+                  f"torch {src['torch']} · transformers {src['transformers']} · measured {src['date']} "
+                  f"(commit {src['git_commit']})")
+    points = result["points"]
+    engines = list(dict.fromkeys(p["engine"] for p in points))
+    table = Table(title="predicted vs measured", header_style="bold")
+    for col in ("model", "B", "S=O", "split", "metric", "measured", *[f"{e}" for e in engines],
+                *[f"err {e}" for e in engines]):
+        table.add_column(col, justify="left" if col in ("model", "split", "metric") else "right")
+    by_key: dict[tuple, dict] = {}
+    for p in points:
+        key = (p["model"], p["batch"], p["input_len"], p["split"], p["metric"])
+        by_key.setdefault(key, {"measured": p["measured"]})[p["engine"]] = (p["predicted"], p["rel_error"])
+    for (model, b, s, split, metric), vals in by_key.items():
+        fmt = (lambda v: f"{v:,.0f}") if metric == "throughput" else _time
+        cells = [fmt(vals[e][0]) if e in vals else "" for e in engines]
+        errs = [f"{vals[e][1]:+.1%}" if e in vals else "" for e in engines]
+        table.add_row(model, str(b), str(s), "held-out" if split == "held-out" else "train", metric,
+                      fmt(vals["measured"]), *cells, *errs)
+    console.print(table)
+    mape = Table(title="MAPE (%)", header_style="bold")
+    for col in ("engine", "split", "metric", "mean", "median", "max", "n"):
+        mape.add_column(col)
+    for row in result["mape"]:
+        mape.add_row(row["engine"], row["split"], row["metric"], f"{row['mean']:.1f}",
+                     f"{row['median']:.1f}", f"{row['max']:.1f}", str(row["count"]))
+    console.print(mape)
+    console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")

@@ -68,6 +68,8 @@ link_lat = sp.Symbol("t_link", nonnegative=True)  #: latency of one collective s
 t_kernel = sp.Symbol("t_kernel", nonnegative=True)  #: fixed cost per kernel launch, s
 t_layer = sp.Symbol("t_layer", nonnegative=True)  #: fixed cost per layer per pass, s
 t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, s
+t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch time per layer (eager), s
+t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
 
 
 def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:

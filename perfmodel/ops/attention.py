@@ -51,19 +51,24 @@ def per_head_projection(name: str, d_in: sp.Expr, d_out: sp.Expr) -> Op:
 
 
 def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr,
-                   cache_per_token: sp.Expr, windowed: bool, sinks: bool) -> Op:
+                   cache_per_token: sp.Expr, windowed: bool, sinks: bool,
+                   read_per_token: sp.Expr | None = None, masked: bool = False) -> Op:
     """Softmax(QKᵀ)V over the cache: FLOPs per pair 2·heads·(qk_dim + v_dim).
 
     Bytes: Q read and O written once; the cache read once per sequence (K tokens) and the
-    T new tokens written to it. ``cache_per_token`` is elements per token on one GPU.
+    T new tokens written to it. ``cache_per_token`` is elements per token on one GPU;
+    ``read_per_token`` what the kernel reads per cached token when that differs (keys and
+    values re-expanded per head before the kernel). ``masked``: the kernel scores the whole
+    cache under an explicit mask (its own efficiency class).
     """
     pairs, keys = (Pw, Kw) if windowed else (P, K)
     return Op(
         name=name,
-        op_class="attention",
+        op_class="attention_masked" if masked else "attention",
         flops=2 * B * pairs * heads * (qk_dim + v_dim) / tp,
         act_bytes=T * heads * (qk_dim + v_dim) * b_a / tp,
-        kv_bytes=(B * keys + T) * cache_per_token * b_kv,
+        kv_bytes=(B * keys * (cache_per_token if read_per_token is None else read_per_token)
+                  + T * cache_per_token) * b_kv,
         params=n_h if sinks else 0,
         stored_bytes=(n_h * b_w / tp) if sinks else 0,
         kv_bytes_per_token=cache_per_token * b_kv,
@@ -72,8 +77,26 @@ def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr
     )
 
 
-def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str) -> list[Op]:
-    """Ops of a GQA/MHA attention block (MHA when n_kv = n_h), norm before it included."""
+def kv_expand(name: str, read: sp.Expr, write: sp.Expr, windowed: bool,
+              width: sp.Expr) -> Op:
+    """Materializing per-head keys/values from the cache before the attention kernel.
+
+    ``read`` and ``write`` are elements moved per cached token (B·K cached tokens per pass);
+    ``width`` the per-token width of the result (the op's size is B·K·width elements).
+    """
+    keys = Kw if windowed else K
+    return Op(name=name, op_class="copy", kv_bytes=B * keys * (read + write) * b_kv,
+              size=B * keys * width, kernels=2)
+
+
+def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
+            expand_kv: bool = False) -> list[Op]:
+    """Ops of a GQA/MHA attention block (MHA when n_kv = n_h), norm before it included.
+
+    ``expand_kv``: the cached keys and values are repeated to every query head before the
+    kernel (an attention call with an explicit mask cannot use grouped heads), a copy of
+    2·n_h·d_h per cached token whenever n_h > n_kv; the kernel then reads n_h heads.
+    """
     q_w, kv_w = n_h * d_h, n_kv * d_h
     ops = [
         norm("attn.norm", H, norm_kind),
@@ -85,23 +108,33 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str) -> list[Op]:
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, q_w + kv_w))
     elif spec.qk_norm == "weightless":
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, sp.Integer(0)))
+    ops.append(rope("attn.rope", (q_w + kv_w) / tp))
+    read = None
+    if expand_kv:
+        repeats = sp.Min(1, n_h - n_kv)  # 1 when heads are grouped, 0 for MHA
+        ops.append(kv_expand("attn.kv_expand", 2 * kv_w / tp * repeats, 2 * q_w / tp * repeats,
+                             windowed, width=2 * q_w / tp))
+        read = 2 * q_w / tp
     ops += [
-        rope("attn.rope", (q_w + kv_w) / tp),
         attention_core("attn.core", qk_dim=d_h, v_dim=d_h, heads=n_h,
-                       cache_per_token=2 * kv_w / tp, windowed=windowed, sinks=spec.sinks),
+                       cache_per_token=2 * kv_w / tp, windowed=windowed, sinks=spec.sinks,
+                       read_per_token=read, masked=expand_kv),
         projection("attn.o_proj", q_w, H, bias=spec.o_bias),
     ]
     return ops
 
 
 def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache: bool,
-            absorbed: bool) -> list[Op]:
+            absorbed: bool, expand_kv: bool = False, decode: bool = False) -> list[Op]:
     """Ops of multi-head latent attention (DeepSeek-V2/V3).
 
     ``latent_cache``: the cache keeps the compressed latent (r_kv + d_rope per token, not
     split by tp) instead of the expanded per-head keys and values. ``absorbed``: the decode
     formulation that folds the key/value up-projections into the query and output sides, so
-    attention runs over the latent (needs ``latent_cache``).
+    attention runs over the latent (needs ``latent_cache``). ``expand_kv`` (latent cache,
+    not absorbed): the re-expanded per-head keys are assembled from their non-rotary part and
+    the shared rotary part (a copy per cached token), and the kernel reads per-head keys and
+    values.
     """
     qk = d_nope + d_rope
     ops = [norm("attn.norm", H, norm_kind)]
@@ -130,10 +163,14 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
         # A latent cache is re-expanded to per-head keys and values for every cached token
         # read (B·K rows; = T in a prefill); an expanded cache only expands the new T tokens.
         expand_rows = B * (Kw if windowed else K) if latent_cache else T
-        ops += [
-            projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows),
-            attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
-                           cache_per_token=cache, windowed=windowed, sinks=False),
-        ]
+        ops.append(projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows))
+        read = None
+        if expand_kv and latent_cache:
+            ops.append(kv_expand("attn.kv_expand", (n_h * d_nope + d_rope) / tp, n_h * qk / tp,
+                                 windowed, width=n_h * qk / tp))
+            read = n_h * (qk + d_v) / tp
+        ops.append(attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
+                                  cache_per_token=cache, windowed=windowed, sinks=False,
+                                  read_per_token=read, masked=expand_kv and decode))
     ops.append(projection("attn.o_proj", n_h * d_v, H, bias=spec.o_bias))
     return ops

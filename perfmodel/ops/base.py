@@ -8,7 +8,8 @@ from typing import Literal
 import sympy as sp
 
 #: Efficiency classes: each has its own η curves in an engine profile.
-OpClass = Literal["gemm", "grouped_gemm", "attention", "elementwise", "comm"]
+OpClass = Literal["gemm", "grouped_gemm", "attention", "attention_masked", "elementwise", "copy",
+                  "comm"]
 
 ZERO = sp.Integer(0)
 

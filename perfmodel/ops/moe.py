@@ -104,10 +104,23 @@ def shared_experts(gate: bool) -> Op:
     return _with_storage(op, params * b_w / tp)
 
 
+def dispatch() -> Op:
+    """Moving routed rows in and out of expert order: gather the T·k copies of the tokens,
+    scale each by its routing weight, and add them back per token (index-add), each a read
+    and a write of T·k·H activations (6 passes), on the local T·k/ep rows."""
+    return Op(
+        name="moe.dispatch",
+        op_class="elementwise",
+        act_bytes=6 * T * k / ep * H * b_a,
+        size=T * k / ep * H,
+        kernels=4,  # sort/histogram, gather, scale, index-add
+    )
+
+
 def moe_block(spec: MoESpec, norm_kind: str) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts."""
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           all_to_all("comm.moe_all_to_all"), routed_experts(spec.expert_bias)]
+           all_to_all("comm.moe_all_to_all"), dispatch(), routed_experts(spec.expert_bias)]
     if spec.n_shared:
         ops.append(shared_experts(spec.shared_gate))
     return ops

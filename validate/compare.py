@@ -1,0 +1,111 @@
+"""Predicted against measured: one table row per (point, metric), and the per-op view.
+
+Metrics compared (the seed study's): TTFT, decode step (= ITL), E2E and throughput
+B·(S+O)/E2E. Relative error is predicted/measured − 1. Rows carry the split each point
+belongs to ("train" for models a profile was fitted on, "held-out" otherwise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from validate.results import read_rows
+
+#: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
+METRIC_FIELDS = {
+    "ttft": ("ttft_ms", 1e-3, "ttft_s"),
+    "decode_step": ("itl_ms", 1e-3, "itl_s"),
+    "e2e": ("e2e_ms", 1e-3, "e2e_s"),
+    "throughput": ("throughput_tok_s", 1.0, "throughput_tok_s"),
+}
+
+#: Our op names → the measured profiler categories they run as (hf engine, transformers 5.x).
+OP_CATEGORY = {
+    "attn.core": "attention",
+    "attn.kv_expand": "copy",
+    "moe.experts": "expert_gemm",
+    "moe.router": "router_topk",
+    "embed": "norm_elementwise",
+    "attn.norm": "norm_elementwise",
+    "mlp.norm": "norm_elementwise",
+    "final_norm": "norm_elementwise",
+    "attn.rope": "norm_elementwise",
+    "attn.qk_norm": "norm_elementwise",
+    "attn.q_a_norm": "norm_elementwise",
+    "attn.kv_a_norm": "norm_elementwise",
+}
+
+
+def op_category(name: str) -> str:
+    """The measured category an op's kernels are grouped under (GEMMs default to dense_gemm)."""
+    if name.startswith("comm."):
+        return "other"
+    return OP_CATEGORY.get(name, "dense_gemm")
+
+
+def load_measurements(path: Path) -> list[dict[str, Any]]:
+    """Rows of a committed results file (all statuses)."""
+    return read_rows(Path(path)).rows
+
+
+def row_overrides(row: dict[str, Any]) -> list[str]:
+    """The ``--set`` overrides a measured row was built with, layer truncation included."""
+    overrides = list(row.get("overrides") or [])
+    layers = row.get("layers")
+    if isinstance(layers, int):
+        overrides.append(f"num_layers={layers}")
+    return overrides
+
+
+def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
+            train_models: Iterable[str] = (), models: Iterable[str] | None = None):
+    """Predicted vs measured for every ok row (optionally of some models only).
+
+    Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
+    predicted, rel_error, split); ``ops`` the predicted per-op decode-step time (whole step, s)
+    and the measured kernel split of the same step, by category, per point.
+    """
+    import pandas as pd
+
+    from perfmodel.prediction import predict
+
+    train = {m.lower() for m in train_models}
+    wanted = None if models is None else {m.lower() for m in models}
+    points, ops = [], []
+    for row in rows:
+        if row.get("status") != "ok" or (wanted is not None and row["model"].lower() not in wanted):
+            continue
+        key = dict(model=row["model"], batch=row["batch"], input_len=row["input_len"],
+                   output_len=row["output_len"], point_id=row["point_id"])
+        p = predict(row["model"], gpu=gpu, engine=engine, batch=row["batch"],
+                    input_len=row["input_len"], output_len=row["output_len"],
+                    overrides=row_overrides(row))
+        split = "train" if row["model"].lower() in train else "held-out"
+        for metric, (field, scale, predicted) in METRIC_FIELDS.items():
+            measured = row.get(field)
+            if measured is None:
+                continue
+            measured = measured * scale
+            value = p.metrics[predicted]
+            points.append({**key, "engine": engine, "split": split, "metric": metric,
+                           "measured": measured, "predicted": value,
+                           "rel_error": value / measured - 1.0})
+        profile = row.get("decode_profile") or {}
+        measured_split = profile.get("split_ms") or {}
+        predicted_split: dict[str, float] = {}
+        for op in p.ops:
+            if op["pass"] == "decode":
+                cat = op_category(op["name"])
+                predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
+        for cat in sorted(set(measured_split) | set(predicted_split)):
+            ops.append({**key, "engine": engine, "split": split, "category": cat,
+                        "measured_s": measured_split.get(cat, 0.0) * 1e-3 if measured_split else None,
+                        "predicted_s": predicted_split.get(cat, 0.0)})
+    return pd.DataFrame(points), pd.DataFrame(ops)
+
+
+def mape(points, by: tuple[str, ...] = ("engine", "split", "metric")):
+    """Mean absolute percentage error, %, grouped (default: engine × split × metric)."""
+    table = points.assign(ape=points["rel_error"].abs() * 100)
+    return table.groupby(list(by))["ape"].agg(["mean", "median", "max", "count"]).reset_index()

@@ -1,0 +1,123 @@
+"""``perfmodel validate``: predicted against measured, live on a GPU or replayed from the repo.
+
+Live mode (a CUDA GPU and the backend are present) measures a small sweep now, then compares.
+Replay mode (anywhere else) reads the committed results of that backend and GPU and says so,
+with the measurements' date, GPU and software versions. Both compare the calibrated profile of
+the backend with the uncalibrated roofline, mark which models the profile was fitted on
+(train) and which it never saw (held-out), and write an HTML report and a markdown summary.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from perfmodel.errors import InputError
+from perfmodel.paths import RESULTS_DIR, ROOT
+
+#: The small live sweep: B × S (= O).
+LIVE_BATCHES = "1,16"
+LIVE_LENGTHS = "128"
+BASELINE_ENGINE = "roofline"
+
+
+def live_available(backend: str) -> bool:
+    """Whether this machine can measure ``backend`` now (a CUDA GPU and the engine installed)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    if backend == "vllm":
+        from validate import vllm_backend
+
+        return vllm_backend.vllm_available()
+    return True
+
+
+def results_file(backend: str, gpu: str) -> Path:
+    """The committed results of a backend on a GPU (``validate/results/<gpu>-<backend>.jsonl``)."""
+    return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"
+
+
+def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str) -> dict[str, Any]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    first = ok[0] if ok else {}
+    dates = sorted(str(r.get("date", ""))[:10] for r in ok if r.get("date"))
+    fit = profile.fit or {}
+    try:
+        shown = str(path.relative_to(ROOT))
+    except ValueError:
+        shown = str(path)
+    return {
+        "mode": mode, "backend": backend,
+        "date": (dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
+        "gpu": first.get("gpu_name", ""), "driver": first.get("driver", ""),
+        "torch": first.get("torch", ""), "transformers": first.get("transformers", ""),
+        "results_file": shown, "git_commit": first.get("git_commit", ""),
+        "calibrated_engine": profile.name, "baseline_engine": BASELINE_ENGINE,
+        "train_models": list(fit.get("train_models", [])),
+        "held_out_models": list(fit.get("held_out_models", [])),
+    }
+
+
+def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
+                   out_dir: Path | None = None, live: bool | None = None) -> dict[str, Any]:
+    """Compare predictions with measurements of ``model`` (or ``all``); write the reports.
+
+    Returns a dict: source (mode replay|live, date, GPU, versions), mape per engine × split ×
+    metric, points (predicted vs measured), and the report paths.
+    """
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
+    from validate.compare import compare, load_measurements, mape
+    from validate.report import write_report
+
+    if backend not in ("hf", "vllm"):
+        raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
+    gpu_spec = load_gpu(gpu)
+    profile = load_profile(backend, gpu_spec.name)
+    wanted = None if model == "all" else [load_model(model).name]
+    use_live = live_available(backend) if live is None else live
+    if use_live:
+        from validate.cli import measure
+
+        path = Path(tempfile.mkdtemp(prefix="perfmodel-validate-")) / f"live-{backend}.jsonl"
+        models = wanted or (profile.fit or {}).get("held_out_models") or ["olmoe-1b-7b"]
+        # every option spelled out: called from Python, typer's defaults are not applied
+        measure(model=",".join(models), backend=backend, batch=LIVE_BATCHES,
+                input_len=LIVE_LENGTHS, output_len=None, set_=None, layers=None,
+                experts_impl="grouped_mm", full_run=None, out=path, budget_s=None,
+                cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
+                moe_backend="triton")
+        mode = "live"
+    else:
+        path = results_file(backend, gpu_spec.name)
+        if not path.exists():
+            raise InputError(f"no GPU here and no committed {backend} measurements for {gpu_spec.name} "
+                             f"({path.relative_to(ROOT)})")
+        mode = "replay"
+    rows = load_measurements(path)
+    if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
+        raise InputError(f"no measurements of {wanted[0]} in {path.name}")
+    train = (profile.fit or {}).get("train_models", [])
+    import pandas as pd
+
+    points, ops = [], []
+    for engine, label in ((backend, profile.name), (BASELINE_ENGINE, BASELINE_ENGINE)):
+        pts, op = compare(rows, engine=engine, gpu=gpu_spec.name, train_models=train, models=wanted)
+        pts["engine"], op["engine"] = label, label
+        points.append(pts)
+        ops.append(op)
+    points_df, ops_df = pd.concat(points, ignore_index=True), pd.concat(ops, ignore_index=True)
+    source = _source(rows, mode, path, profile, backend)
+    out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
+    title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
+    html, md = write_report(points_df, ops_df, out_dir, title=title, source=source)
+    table = mape(points_df)
+    return {"source": source, "mape": table.to_dict(orient="records"),
+            "points": points_df.to_dict(orient="records"), "report_html": str(html),
+            "summary_md": str(md)}
