@@ -34,6 +34,10 @@ OP_CATEGORY = {
     "attn.qk_norm": "norm_elementwise",
     "attn.q_a_norm": "norm_elementwise",
     "attn.kv_a_norm": "norm_elementwise",
+    "moe.dispatch": "norm_elementwise",
+    "moe.experts_act": "norm_elementwise",
+    "moe.shared_act": "norm_elementwise",
+    "mlp.act": "norm_elementwise",
 }
 
 

@@ -284,11 +284,13 @@ def scatter_chart(points, metric: str, engines: list[str], engine_titles: dict[s
     xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
     band = pd.DataFrame({"x": xs, "lo": [0.9 * x for x in xs], "hi": [1.1 * x for x in xs]})
     domain = [lo, hi]
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
     color, shape = _scales(points)
     panels = []
     for engine in engines:
         sub = data[data["engine"] == engine]
-        axis = alt.Axis(labelOverlap="greedy", format="~g", grid=True)
+        axis = alt.Axis(values=ticks, format="~g", grid=True)
         x_axis = alt.X("x:Q", scale=alt.Scale(type="log", domain=domain, nice=False),
                        title=f"measured ({unit})", axis=axis)
         y_axis = alt.Y("lo:Q", scale=alt.Scale(type="log", domain=domain, nice=False),
@@ -296,8 +298,10 @@ def scatter_chart(points, metric: str, engines: list[str], engine_titles: dict[s
         area = alt.Chart(band).mark_area(opacity=0.35, color="#9e9e9e").encode(x=x_axis, y=y_axis, y2="hi:Q")
         line = alt.Chart(band).mark_line(color="#444", strokeDash=[4, 3]).encode(x="x:Q", y="x:Q")
         dots = alt.Chart(sub).mark_point(filled=True, size=60, opacity=0.85).encode(
-            x=alt.X("measured_d:Q", scale=alt.Scale(type="log", domain=domain, nice=False)),
-            y=alt.Y("predicted_d:Q", scale=alt.Scale(type="log", domain=domain, nice=False)),
+            x=alt.X("measured_d:Q", scale=alt.Scale(type="log", domain=domain, nice=False),
+                    title=f"measured ({unit})", axis=axis),
+            y=alt.Y("predicted_d:Q", scale=alt.Scale(type="log", domain=domain, nice=False),
+                    title=f"predicted ({unit})", axis=axis),
             color=color, shape=shape,
             tooltip=["model:N", "batch:Q", "input_len:Q", "output_len:Q", "split:N",
                      alt.Tooltip("measured_d:Q", format=".4g", title=f"measured ({unit})"),

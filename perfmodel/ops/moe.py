@@ -48,20 +48,27 @@ def gated_ffn(name: str, op_class: str, *, tokens: sp.Expr, width: sp.Expr, weig
               kernels: int) -> Op:
     """A gated FFN applied to ``tokens`` rows of width H with intermediate ``width``.
 
-    Activation traffic per row: read x (H), write and read gate|up (2·2·I), write and read
-    the activated product (2·I), write the output (H): 2H + 6I elements.
-    ``weight_mats`` is how many H×I matrices' worth of weights are read (3 per FFN touched).
+    GEMM activation traffic per row: read x (H), write gate|up (2·I), read the activated
+    product (I), write the output (H): 2H + 3I elements; the activation between the GEMMs
+    is its own op (:func:`activation`). ``weight_mats`` is how many H×I matrices' worth of
+    weights are read (3 per FFN touched).
     """
     return Op(
         name=name,
         op_class=op_class,  # type: ignore[arg-type]
         flops=2 * tokens * 3 * H * width / shard,
         weight_bytes=weight_mats * H * width * param_bytes / shard,
-        act_bytes=tokens * (2 * H + 6 * width / shard) * b_a,
+        act_bytes=tokens * (2 * H + 3 * width / shard) * b_a,
         params=params,
         size=size,
         kernels=kernels,
     )
+
+
+def activation(name: str, tokens: sp.Expr, width: sp.Expr, shard: sp.Expr = tp) -> Op:
+    """SiLU(gate)·up between a gated FFN's GEMMs: read gate|up (2·I), write the product (I)."""
+    return Op(name=name, op_class="elementwise", act_bytes=tokens * 3 * width / shard * b_a,
+              size=tokens * width / shard)
 
 
 def router(bias: bool) -> Op:
@@ -89,7 +96,7 @@ def routed_experts(bias: bool) -> Op:
     params = E * 3 * H * I_e + (E * (2 * I_e + H) if bias else 0)
     op = gated_ffn("moe.experts", "grouped_gemm", tokens=T * k / ep, width=I_e,
                    weight_mats=3 * d_local, param_bytes=b_e, shard=tp, params=params,
-                   size=tokens_per_expert(), kernels=6)  # sort, gather, 2 GEMMs, act, scatter
+                   size=tokens_per_expert(), kernels=2)  # the two grouped GEMMs
     return _with_storage(op, params * b_e / (tp * ep))
 
 
@@ -98,7 +105,7 @@ def shared_experts(gate: bool) -> Op:
     width = n_sh * I_sh
     params = 3 * H * width + (H if gate else 0)
     op = gated_ffn("moe.shared", "gemm", tokens=T, width=width, weight_mats=3, param_bytes=b_w,
-                   shard=tp, params=params, size=T, kernels=4 if gate else 3)
+                   shard=tp, params=params, size=T, kernels=3 if gate else 2)
     if gate:  # the gate is a T×H by H×1 GEMM on every token
         op = replace(op, flops=op.flops + 2 * T * H, weight_bytes=op.weight_bytes + H * b_w)
     return _with_storage(op, params * b_w / tp)
@@ -120,9 +127,10 @@ def dispatch() -> Op:
 def moe_block(spec: MoESpec, norm_kind: str) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts."""
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           all_to_all("comm.moe_all_to_all"), dispatch(), routed_experts(spec.expert_bias)]
+           all_to_all("comm.moe_all_to_all"), dispatch(), routed_experts(spec.expert_bias),
+           activation("moe.experts_act", T * k / ep, I_e)]
     if spec.n_shared:
-        ops.append(shared_experts(spec.shared_gate))
+        ops += [shared_experts(spec.shared_gate), activation("moe.shared_act", T, n_sh * I_sh)]
     return ops
 
 
@@ -130,8 +138,9 @@ def dense_block(norm_kind: str, bias: bool) -> list[Op]:
     """The dense-MLP block of one layer, norm before it included."""
     params = 3 * H * I_d + ((2 * I_d + H) if bias else 0)
     op = gated_ffn("mlp.ffn", "gemm", tokens=T, width=I_d, weight_mats=3, param_bytes=b_w,
-                   shard=tp, params=params, size=T, kernels=3)
-    return [norm("mlp.norm", H, norm_kind), _with_storage(op, params * b_w / tp)]
+                   shard=tp, params=params, size=T, kernels=2)
+    return [norm("mlp.norm", H, norm_kind), _with_storage(op, params * b_w / tp),
+            activation("mlp.act", T, I_d)]
 
 
 def _with_storage(op: Op, stored: sp.Expr) -> Op:
