@@ -180,7 +180,7 @@ def validate(
 
     result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
     if as_json:
-        print(json.dumps(result, default=_json_default))
+        print(json.dumps(_strict_json(result), default=str, allow_nan=False))
         return
     from perfmodel.report_terminal import print_validation
 
