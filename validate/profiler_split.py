@@ -54,15 +54,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-CATEGORIES = (
-    "attention",
-    "expert_gemm",
-    "dense_gemm",
-    "router_topk",
-    "norm_elementwise",
-    "copy",
-    "other",
-)
+from validate.results import PROFILE_CATEGORIES
+
+CATEGORIES = PROFILE_CATEGORIES
 
 SCOPE_PREFIX = "pm::"
 
