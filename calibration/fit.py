@@ -52,12 +52,12 @@ def _profile(base: dict[str, Any]):
 
 
 def _rows(results: Path, models: tuple[str, ...]) -> list[dict[str, Any]]:
-    from validate.compare import load_measurements
+    from validate.compare import is_variant, load_measurements
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
     rows = [r for r in load_measurements(results)
-            if r.get("status") == "ok" and r["model"] in models]
+            if r.get("status") == "ok" and r["model"] in models and not is_variant(r)]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows
@@ -139,7 +139,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
     from calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
-    from validate.compare import compare, load_measurements
+    from validate.compare import compare, load_measurements, what_if_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
@@ -162,6 +162,8 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     # held-out residuals → error band
     profile_path = _write_temp(base)
     all_rows = load_measurements(results)
+    if what_if_file(results).exists():  # hypothetical variants: held out by construction
+        all_rows += load_measurements(what_if_file(results))
     points, _ = compare(all_rows, engine=profile_path, gpu=gpu, train_models=train)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):
@@ -176,7 +178,8 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     base["error_band"] = {
         "ttft": _sig(held["ttft"]["p90_abs_pct"] / 100), "decode_step": _sig(held["decode_step"]["p90_abs_pct"] / 100),
         "e2e": _sig(held["e2e"]["p90_abs_pct"] / 100), "throughput": _sig(held["throughput"]["p90_abs_pct"] / 100),
-        "source": f"90th percentile of |relative error| on held-out models: {', '.join(held_out)}",
+        "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
+                   "and on hypothetical variants (what-if results)"),
     }
     meta = _metadata(data_dir)
     base["description"] = (

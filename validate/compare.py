@@ -2,7 +2,8 @@
 
 Metrics compared (the seed study's): TTFT, decode step (= ITL), E2E and throughput
 B·(S+O)/E2E. Relative error is predicted/measured − 1. Rows carry the split each point
-belongs to ("train" for models a profile was fitted on, "held-out" otherwise).
+belongs to ("train" for the unmodified models a profile was fitted on, "held-out" otherwise:
+other models, and hypothetical variants of any model, from the ``-whatif`` results file).
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def load_measurements(path: Path) -> list[dict[str, Any]]:
     return read_rows(Path(path)).rows
 
 
+def what_if_file(path: Path) -> Path:
+    """The companion file of hypothetical variants (``--set``/``--layers``) of a results file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-whatif{path.suffix}")
+
+
+def is_variant(row: dict[str, Any]) -> bool:
+    """Whether a row measured a hypothetical variant of its model (overrides or fewer layers)."""
+    return bool(row.get("overrides")) or isinstance(row.get("layers"), int)
+
+
 def row_overrides(row: dict[str, Any]) -> list[str]:
     """The ``--set`` overrides a measured row was built with, layer truncation included."""
     overrides = list(row.get("overrides") or [])
@@ -85,7 +97,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         p = predict(row["model"], gpu=gpu, engine=engine, batch=row["batch"],
                     input_len=row["input_len"], output_len=row["output_len"],
                     overrides=row_overrides(row))
-        split = "train" if row["model"].lower() in train else "held-out"
+        # hypothetical variants were never fitted on, even of a training model
+        split = "train" if row["model"].lower() in train and not is_variant(row) else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
             if measured is None:

@@ -73,7 +73,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
-    from validate.compare import compare, load_measurements, mape
+    from validate.compare import compare, load_measurements, mape, what_if_file
     from validate.report import write_report
 
     if backend not in ("hf", "vllm"):
@@ -101,6 +101,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                              f"({path.relative_to(ROOT)})")
         mode = "replay"
     rows = load_measurements(path)
+    if mode == "replay" and what_if_file(path).exists():
+        rows += load_measurements(what_if_file(path))
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     train = (profile.fit or {}).get("train_models", [])
