@@ -24,7 +24,7 @@ import torch
 
 from calibration.bench_io import CsvTable, Stage, error_fields, run_case, timing_fields
 from calibration.bench_plan import Plan
-from calibration.bench_timing import is_cuda, summarize, time_wall
+from calibration.bench_timing import capture_step, is_cuda, summarize, time_wall
 
 MOE_COLUMNS = ["model", "impl", "tokens", "hidden", "experts", "top_k", "ffn", "shared_ffn", "experts_hit"]
 MODULE_COLUMNS = ["model", "model_type", "phase", "batch", "seq", "alloc_len", "context_len", "heads",
@@ -205,18 +205,7 @@ def _time_with_reset(call, reset, device, plan):
     torch.cuda.synchronize()
     graph = None
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            reset()
-            call()
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.synchronize()
-        reset()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            call()
-        torch.cuda.synchronize()
+        graph = capture_step(call, reset)
         run, method = graph.replay, "cuda_graph"
     except RuntimeError:
         torch.cuda.synchronize()

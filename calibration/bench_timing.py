@@ -194,3 +194,22 @@ def auto_time(
         except RuntimeError:
             torch.cuda.synchronize()
     return time_events(fn, reps=plan_reps(est, target_ms, min_reps, max_reps), warmup=0)
+
+
+def capture_step(step: Callable[[], None], reset: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """Warm ``step`` up twice on a side stream, then capture it in a CUDA graph (``reset`` before
+    each warm-up and before the capture; it is not part of the graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            reset()
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    torch.cuda.synchronize()
+    return graph

@@ -119,6 +119,11 @@ def meta_info(config: Any, experts_impl: str | None = None) -> ModelInfo:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model_info(model, config, weight_bytes=None, experts_implementation=experts_impl)
+
+
+def model_info(model: nn.Module, config: Any, *, weight_bytes: int | None, **extra: Any) -> ModelInfo:
+    """Counts of a built model (``weight_bytes`` None: 2 bytes per parameter, as bf16)."""
     total, routed, active = count_params(model, config)
     e, k = moe_shape(config)
     return ModelInfo(
@@ -130,9 +135,9 @@ def meta_info(config: Any, experts_impl: str | None = None) -> ModelInfo:
         params_total=total,
         params_routed=routed,
         params_active=active,
-        weight_bytes=2 * total,
+        weight_bytes=2 * total if weight_bytes is None else weight_bytes,
         kv_bytes_per_token=kv_bytes_per_token(config),
-        experts_implementation=experts_impl,
+        **extra,
     )
 
 
@@ -215,19 +220,9 @@ def build_model(
     if device == "cuda":
         torch.cuda.synchronize()
     build_s = time.perf_counter() - t
-    total, routed, active = count_params(model, config)
-    e, k = moe_shape(config)
-    info = ModelInfo(
-        model_type=config.model_type,
-        display_name=config.model_type,
-        num_hidden_layers=int(config.num_hidden_layers),
-        num_experts=e,
-        top_k=k,
-        params_total=total,
-        params_routed=routed,
-        params_active=active,
+    info = model_info(
+        model, config,
         weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        kv_bytes_per_token=kv_bytes_per_token(config),
         build_s=build_s,
         attn_implementation=getattr(model.config, "_attn_implementation", attn_impl) or attn_impl,
         experts_implementation=getattr(model.config, "_experts_implementation", experts_impl) or experts_impl,

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from calibration.bench_timing import summarize
+from calibration.bench_timing import capture_step, summarize
 from validate import env
 from validate.hf_build import CaptureSpy, ModelInfo, build_model, make_config, meta_info
 from validate.profiler_split import ProfileSplit, profile_call
@@ -580,25 +580,6 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
 def _sample(j: int, pos: int, ms: float, p10: float, p90: float, reps: int) -> dict[str, Any]:
     return {"step": j, "cache_position": pos, "context_len": pos + 1, "ms": ms,
             "p10_ms": p10, "p90_ms": p90, "reps": reps}
-
-
-def capture_step(step: Callable[[], None], reset: Callable[[], None]) -> torch.cuda.CUDAGraph:
-    """Warm ``step`` up twice on a side stream, then capture it in a CUDA graph (``reset`` before
-    each warm-up and before the capture; it is not part of the graph)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            reset()
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    reset()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    torch.cuda.synchronize()
-    return graph
 
 
 def _try_capture(model: nn.Module, cache: Any, step: Callable[[], None], s: int,
