@@ -194,8 +194,9 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
                   with_ops: bool = True) -> CompiledModel:
     """Lambdified expressions for a model structure, phase and profile options.
 
-    ``with_ops=False`` compiles the totals only (what a sweep needs). Cached in memory, and on disk (:mod:`perfmodel.codecache`) as the generated numpy source,
-    so a new process skips building and lambdifying the expressions.
+    ``with_ops=False`` compiles the totals only (what a sweep needs). Cached in memory, and
+    on disk (:mod:`perfmodel.codecache`) as the generated numpy source, so a new process
+    skips building and lambdifying the expressions.
     """
     key = (structure_key(model), phase, profile.options, with_ops)
     if key in _COMPILED:
@@ -284,8 +285,20 @@ class Prediction:
             "workload": {"batch": w.batch, "input_len": w.input_len, "output_len": w.output_len,
                          "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp,
                          "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew},
-            **self.metrics, "ops": self.ops, "provenance": self.provenance,
+            **self.metrics, "intervals": self.intervals(), "ops": self.ops,
+            "provenance": self.provenance,
         }
+
+    def intervals(self) -> dict[str, list[float]] | None:
+        """[low, high] of TTFT, ITL, E2E and throughput from the profile's error band (its
+        held-out residuals' 90th percentile), or None for a profile without one."""
+        band = self.provenance.get("error_band")
+        if not band:
+            return None
+        bands = {"ttft_s": band["ttft"], "itl_s": band["decode_step"], "e2e_s": band["e2e"],
+                 "throughput_tok_s": band["throughput"]}
+        return {name: [self.metrics[name] * (1 - rel), self.metrics[name] * (1 + rel)]
+                for name, rel in bands.items() if self.metrics[name] == self.metrics[name]}
 
 
 def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: Workload,
