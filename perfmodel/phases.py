@@ -38,13 +38,12 @@ def prefill_substitutions(causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
     return {T: B * S, P: pairs, K: S, Pw: pairs_w, Kw: S}
 
 
-def decode_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]:
+def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:
     """One decode step at context L (keys attended, the new token included).
 
-    ``span="allocated"``: the attention reads and scores the whole allocated cache (a static
-    cache of L tokens handed to SDPA with a mask), so L is the allocated length.
+    For an engine that scores its whole allocated cache, L is the allocated length; the
+    decode spans differ only over a request (:func:`decode_mean_substitutions`).
     """
-    del span  # both spans read L keys at one step; they differ over a request
     return {T: B, P: L, K: L, Pw: sp.Min(L, W), Kw: sp.Min(L, W)}
 
 

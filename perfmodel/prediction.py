@@ -112,7 +112,7 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
     if phase == "prefill":
         return [("prefill", False, prefill_substitutions())]
     if phase == "decode":
-        return [("decode", True, decode_substitutions(span))]
+        return [("decode", True, decode_substitutions())]
     return [("prefill", False, prefill_substitutions()),
             ("decode", True, decode_mean_substitutions(span))]
 

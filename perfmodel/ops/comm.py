@@ -6,8 +6,6 @@ parallel degree of 1.
 
 from __future__ import annotations
 
-import sympy as sp
-
 from perfmodel.ops.base import Op
 from perfmodel.symbols import H, T, b_a, ep, k, link_lat, pp, tp
 
@@ -51,7 +49,3 @@ def pipeline_send(name: str) -> Op:
         kernels=0,
     )
 
-
-def collectives_free(expr: sp.Expr) -> sp.Expr:
-    """An expression with every parallel degree set to 1 (no communication)."""
-    return expr.subs({tp: 1, ep: 1, pp: 1})
