@@ -525,6 +525,17 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
             method = "cuda_graph"
     samples: list[dict[str, Any]] = []
     row["decode_profile"] = None
+
+    def eager_samples(reps: int, label: str) -> list[dict[str, Any]]:
+        """Eager decode steps timed with CUDA events at each sampled context."""
+        out = []
+        for j in steps:
+            pos = s + j - 1
+            times = _events_time(step, gpu, reps, before=lambda p=pos: set_cache_position(cache, p))
+            st = summarize(times, label)
+            out.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
+        return out
+
     if method == "cuda_graph":
         for j in steps:
             pos = s + j - 1
@@ -538,11 +549,7 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
             st = summarize(times, "cuda_graph")
             samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
     elif method == "eager":
-        for j in steps:
-            pos = s + j - 1
-            times = _events_time(step, gpu, 2, before=lambda p=pos: set_cache_position(cache, p))
-            st = summarize(times, "wall")
-            samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
+        samples = eager_samples(2, "wall")
     else:  # kernel_sum: summed GPU kernel time of one eager step per sample
         set_cache_position(cache, s)
         step()  # warm-up
@@ -556,11 +563,7 @@ def _measure_decode(backend: HFBackend, point: SweepPoint, model: nn.Module, cac
             if j == mid:
                 row["decode_profile"] = dict(split.as_dict(), context_len=s + j, graph_ms=None)
         if method == "eager":
-            for j in steps:
-                pos = s + j - 1
-                times = _events_time(step, gpu, 3, before=lambda p=pos: set_cache_position(cache, p))
-                st = summarize(times, "cuda_events")
-                samples.append(_sample(j, pos, st.median_ms, st.p10_ms, st.p90_ms, st.n_reps))
+            samples = eager_samples(3, "cuda_events")
     if backend.profile and row["decode_profile"] is None:
         set_cache_position(cache, s + mid - 1)
         split = _safe_profile(step, dev, model, notes)
