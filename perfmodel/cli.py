@@ -176,7 +176,7 @@ def validate(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
-    from validate.validation import run_validation
+    from perfmodel.validate.validation import run_validation
 
     result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
     if as_json:
@@ -190,13 +190,13 @@ def validate(
 def _mount_measuring_side() -> None:
     """The GPU-side commands live in calibration/ and validate/ (imported on use)."""
     try:
-        from calibration.cli import app as calibrate_app
+        from perfmodel.calibration.cli import app as calibrate_app
     except ImportError:  # pragma: no cover - the package ships both
         calibrate_app = None
     if calibrate_app is not None:
         app.add_typer(calibrate_app, name="calibrate", help="Measure kernels and fit profiles.")
     try:
-        from validate.cli import measure
+        from perfmodel.validate.cli import measure
     except ImportError:  # pragma: no cover
         return
     app.command("measure")(measure)

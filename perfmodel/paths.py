@@ -1,8 +1,25 @@
-"""Where the data folders live (specs, calibration profiles, results), relative to the repo."""
+"""Where the data folders live: specs, calibration profiles and tables, committed results.
+
+In a source checkout (an editable install, or the device running from the tree) they are the
+checkout's own ``specs/``, ``calibration/`` and ``validate/`` folders, so that what a command writes
+lands beside the committed data. An installed wheel carries a copy of them under
+``perfmodel/_data/`` (see ``[tool.setuptools.package-dir]`` in pyproject.toml).
+"""
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+_CHECKOUT = PACKAGE_DIR.parent
+_BUNDLED = PACKAGE_DIR / "_data"
+
+
+def _is_checkout(root: Path) -> bool:
+    return (root / "pyproject.toml").is_file() and (root / "specs" / "hardware").is_dir()
+
+
+#: The folder holding ``specs/``, ``calibration/`` and ``validate/`` data.
+ROOT = _CHECKOUT if _is_checkout(_CHECKOUT) else _BUNDLED
+IS_CHECKOUT = ROOT == _CHECKOUT
 SPECS_DIR = ROOT / "specs"
 HARDWARE_DIR = SPECS_DIR / "hardware"
 MODELS_DIR = SPECS_DIR / "models"

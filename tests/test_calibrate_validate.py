@@ -16,13 +16,13 @@ from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, RESULTS_DIR
 
 @pytest.fixture(scope="module")
 def fitted():
-    from calibration.fit import fit_profile
+    from perfmodel.calibration.fit import fit_profile
 
     return fit_profile("h200-sxm")
 
 
 def test_fit_is_deterministic_and_matches_the_committed_profile(fitted):
-    from calibration.fit import fit_profile
+    from perfmodel.calibration.fit import fit_profile
 
     again = fit_profile("h200-sxm")
     assert again == fitted
@@ -48,7 +48,7 @@ def test_held_out_errors_meet_the_targets(fitted):
 
 
 def test_fit_with_missing_tables_fails_clearly(tmp_path):
-    from calibration.fit import fit_profile
+    from perfmodel.calibration.fit import fit_profile
 
     data = tmp_path / "data"
     shutil.copytree(CALIBRATION_DATA_DIR / "h200-sxm", data)
@@ -59,7 +59,7 @@ def test_fit_with_missing_tables_fails_clearly(tmp_path):
 
 
 def test_fit_without_measurements_fails_clearly(tmp_path):
-    from calibration.fit import fit_profile
+    from perfmodel.calibration.fit import fit_profile
 
     with pytest.raises(SpecError) as err:
         fit_profile("h200-sxm", results=tmp_path / "none.jsonl")
@@ -67,7 +67,7 @@ def test_fit_without_measurements_fails_clearly(tmp_path):
 
 
 def test_fit_without_training_rows_fails_clearly(tmp_path):
-    from calibration.fit import fit_profile
+    from perfmodel.calibration.fit import fit_profile
 
     path = tmp_path / "rows.jsonl"
     rows = [json.loads(line) for line in (RESULTS_DIR / "h200-hf.jsonl").read_text().splitlines()]

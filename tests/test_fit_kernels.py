@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from calibration.fit_kernels import (
+from perfmodel.calibration.fit_kernels import (
     ELEMENTWISE_KERNELS, PARAM_KEYS, PROFILE_CLASSES, TABLES, _models, fit_kernel_efficiencies,
     kernel_fit_to_profile_dict,
 )

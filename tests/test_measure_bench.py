@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from calibration.bench import STAGES, TABLES, main, run_bench
-from calibration.bench_gemm import make_gemm_call, make_grouped_call, route, tokens_per_expert
-from calibration.bench_plan import make_plan
-from calibration.bench_shapes import gemm_shapes
+from perfmodel.calibration.bench import STAGES, TABLES, main, run_bench
+from perfmodel.calibration.bench_gemm import make_gemm_call, make_grouped_call, route, tokens_per_expert
+from perfmodel.calibration.bench_plan import make_plan
+from perfmodel.calibration.bench_shapes import gemm_shapes
 
 torch.set_num_threads(1)
 
@@ -127,7 +127,7 @@ class _Graph:
 
 
 def test_auto_time_graph_and_fallback_paths_with_faked_cuda(monkeypatch):
-    import calibration.bench_timing as bt
+    import perfmodel.calibration.bench_timing as bt
 
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from validate import results
-from validate.fake_backend import FakeBackend
-from validate.hf_runner import HFBackend
-from validate.sweep import run_sweep
-from validate.sweep_spec import build_points
+from perfmodel.validate import results
+from perfmodel.validate.fake_backend import FakeBackend
+from perfmodel.validate.hf_runner import HFBackend
+from perfmodel.validate.sweep import run_sweep
+from perfmodel.validate.sweep_spec import build_points
 
 
 def test_oom_point_is_recorded_and_sweep_continues(tmp_path):

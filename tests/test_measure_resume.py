@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from validate import results
-from validate.fake_backend import FakeBackend, Killed
-from validate.sweep import run_sweep
-from validate.sweep_spec import build_points
+from perfmodel.validate import results
+from perfmodel.validate.fake_backend import FakeBackend, Killed
+from perfmodel.validate.sweep import run_sweep
+from perfmodel.validate.sweep_spec import build_points
 
 
 def _points():

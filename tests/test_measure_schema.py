@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from validate import results
-from validate.fake_backend import FakeBackend
-from validate.sweep import run_sweep
-from validate.sweep_spec import FullRunSpec, SweepPoint, build_points, parse_phases
+from perfmodel.validate import results
+from perfmodel.validate.fake_backend import FakeBackend
+from perfmodel.validate.sweep import run_sweep
+from perfmodel.validate.sweep_spec import FullRunSpec, SweepPoint, build_points, parse_phases
 
 PROVENANCE = ("gpu_name", "driver", "cuda", "torch", "transformers", "vllm", "date", "git_commit")
 

@@ -12,7 +12,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("altair")
 
-from validate.report import METRICS, TARGETS, mape_table, verdict, write_report  # noqa: E402
+from perfmodel.validate.report import METRICS, TARGETS, mape_table, verdict, write_report  # noqa: E402
 
 TRAIN, HELD = "model-a", "model-b"
 CATEGORIES = ("attention", "expert_gemm", "dense_gemm", "norm_elementwise")

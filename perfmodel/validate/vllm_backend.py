@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
-from validate import env
-from validate.sweep_spec import SweepPoint
+from perfmodel.validate import env
+from perfmodel.validate.sweep_spec import SweepPoint
 
 #: model_type -> the vLLM architecture class name written into config.json.
 ARCHITECTURES = {

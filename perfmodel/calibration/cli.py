@@ -15,7 +15,7 @@ def bench(
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Wall-time budget in seconds (default 450; quick 60)."),
 ) -> None:
     """Run the microbenchmarks (GEMM, grouped GEMM, MoE block, attention, memory) into CSV tables."""
-    from calibration.bench import default_out_dir, run_bench
+    from perfmodel.calibration.bench import default_out_dir, run_bench
 
     from perfmodel.errors import InputError
 
@@ -32,7 +32,7 @@ def fit(
     """Fit the hf profile from the committed microbenchmarks and end-to-end runs (deterministic)."""
     import yaml
 
-    from calibration.fit import fit_profile, write_profile
+    from perfmodel.calibration.fit import fit_profile, write_profile
     from perfmodel.errors import InputError
     from perfmodel.paths import PROFILES_DIR
 

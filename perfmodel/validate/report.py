@@ -1,7 +1,7 @@
 """The validation report: predicted against measured, as an HTML page and a Markdown summary.
 
 ``write_report(points, ops, out_dir, title=..., source=...)`` takes the two tables of
-:func:`validate.compare.compare` for BOTH engines stacked (column ``engine``: the calibrated
+:func:`perfmodel.validate.compare.compare` for BOTH engines stacked (column ``engine``: the calibrated
 one and the uncalibrated baseline) and writes ``out_dir/report.html`` and
 ``out_dir/summary.md``.
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from calibration.bench_io import CsvTable, Stage, run_case
-from calibration.bench_plan import Plan
-from calibration.bench_timing import rotation_count, summarize, time_graph
+from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
+from perfmodel.calibration.bench_plan import Plan
+from perfmodel.calibration.bench_timing import rotation_count, summarize, time_graph
 
 MEM_COLUMNS = ["tokens", "hidden", "rows", "ffn", "size_bytes", "kernels"]
 

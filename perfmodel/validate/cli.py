@@ -1,6 +1,6 @@
 """The ``measure`` command: sweep real inference over models x B x S x O and append JSONL rows.
 
-The lead mounts :func:`measure` as ``perfmodel measure``; ``python -m validate.measure`` runs the
+The lead mounts :func:`measure` as ``perfmodel measure``; ``python -m perfmodel.validate.measure`` runs the
 same function through :data:`app`. Errors in the arguments raise
 :class:`perfmodel.errors.InputError` (the CLI turns it into one line on stderr and exit code 2).
 """
@@ -12,8 +12,8 @@ from typing import List, Optional
 import typer
 
 from perfmodel.errors import InputError
-from validate.sweep import Reporter, SweepSummary, run_sweep
-from validate.sweep_spec import FullRunSpec, build_points, parse_int_list, parse_models, parse_phases
+from perfmodel.validate.sweep import Reporter, SweepSummary, run_sweep
+from perfmodel.validate.sweep_spec import FullRunSpec, build_points, parse_int_list, parse_models, parse_phases
 
 app = typer.Typer(add_completion=False, help="Measure MoE inference (TTFT, ITL, E2E, throughput).")
 
@@ -24,7 +24,7 @@ VLLM_MISSING = "vllm is not installed (pip install 'perfmodel[vllm]')"
 def default_out(backend: str) -> Path:
     """``validate/results/<gpu-short-name>-<backend>.jsonl``."""
     from perfmodel.paths import RESULTS_DIR
-    from validate.env import gpu_short_name
+    from perfmodel.validate.env import gpu_short_name
 
     return RESULTS_DIR / f"{gpu_short_name()}-{backend}.jsonl"
 
@@ -118,12 +118,12 @@ def measure(
     if backend == "hf":
         if experts_impl not in EXPERTS_IMPLS:
             raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
-        from validate.hf_runner import HFBackend
+        from perfmodel.validate.hf_runner import HFBackend
 
         engine = HFBackend(profile=profile)
         settings = None
     elif backend == "vllm":
-        from validate import vllm_backend
+        from perfmodel.validate import vllm_backend
 
         if not vllm_backend.vllm_available():
             raise InputError(VLLM_MISSING)

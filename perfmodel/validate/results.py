@@ -1,7 +1,7 @@
 """The measurement result schema and its JSONL file: validation, atomic appends, resume.
 
 One JSON object per line, one line per sweep point. A point is identified by ``point_id``
-(:func:`validate.sweep_spec.SweepPoint.point_id`); a file never holds two rows with the same id.
+(:func:`perfmodel.validate.sweep_spec.SweepPoint.point_id`); a file never holds two rows with the same id.
 
 Writes are append-only: a row is serialised to one line, written with a single ``write``,
 flushed and ``fsync``-ed. A run killed mid-write can leave a partial last line (no trailing

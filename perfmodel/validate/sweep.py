@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from validate import results
-from validate.sweep_spec import SweepPoint, group_points
+from perfmodel.validate import results
+from perfmodel.validate.sweep_spec import SweepPoint, group_points
 
 
 class Backend(Protocol):

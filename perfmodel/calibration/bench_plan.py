@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from calibration.bench_shapes import (
+from perfmodel.calibration.bench_shapes import (
     BENCH_MODELS,
     GEMM_M,
     SEED_TOPK,

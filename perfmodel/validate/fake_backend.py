@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from validate.sweep_spec import SweepPoint
+from perfmodel.validate.sweep_spec import SweepPoint
 
 
 class Killed(BaseException):

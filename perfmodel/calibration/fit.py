@@ -3,7 +3,7 @@
 ``perfmodel calibrate fit`` regenerates ``calibration/profiles/<gpu>-hf.yaml`` from the
 committed data, deterministically:
 
-1. η curves per op class from the microbenchmark tables (:mod:`calibration.fit_kernels`),
+1. η curves per op class from the microbenchmark tables (:mod:`perfmodel.calibration.fit_kernels`),
    excluding every shape that only a held-out model uses;
    (the masked decode attention and the per-head key/value copies of the engine's decode
    included, from the benchmarked calls the engine makes);
@@ -52,7 +52,7 @@ def _profile(base: dict[str, Any]):
 
 
 def _rows(results: Path, models: tuple[str, ...]) -> list[dict[str, Any]]:
-    from validate.compare import is_variant, load_measurements
+    from perfmodel.validate.compare import is_variant, load_measurements
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
@@ -84,7 +84,7 @@ def _predict_many(rows, profile, gpu_spec):
     """Predicted (TTFT, decode step) in s for each row under a profile object."""
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.model import load_model
-    from validate.compare import row_overrides
+    from perfmodel.validate.compare import row_overrides
 
     out = []
     for row in rows:
@@ -137,9 +137,9 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                 results: Path | None = None, train: tuple[str, ...] = TRAIN_MODELS,
                 held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
-    from calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
+    from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
-    from validate.compare import compare, load_measurements, what_if_file
+    from perfmodel.validate.compare import compare, load_measurements, what_if_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from calibration.bench_io import CsvTable, Stage, run_case
-from calibration.bench_plan import Plan
-from calibration.bench_timing import l2_bytes, rotation_count
+from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
+from perfmodel.calibration.bench_plan import Plan
+from perfmodel.calibration.bench_timing import l2_bytes, rotation_count
 
 GEMM_COLUMNS = ["m", "n", "k", "roles"]
 GROUPED_COLUMNS = ["api", "source", "experts", "hidden", "ffn", "proj", "n", "k", "tokens", "top_k",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from calibration.bench_io import CsvTable, Stage, run_case
-from calibration.bench_plan import Plan
-from calibration.bench_timing import rotation_count
+from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
+from perfmodel.calibration.bench_plan import Plan
+from perfmodel.calibration.bench_timing import rotation_count
 
 ATTN_COLUMNS = ["batch", "seq", "alloc_len", "context_len", "heads", "kv_heads", "head_dim", "gqa", "models"]
 

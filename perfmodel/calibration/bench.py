@@ -21,7 +21,7 @@ Modes: ``full`` (default on a GPU; <= 8 min with the default budget), ``quick`` 
 Stages run in the order memory, gemm, grouped, attention, moe_block, grouped_fp8 (the least
 proven kernel last); each stage gets a share of the budget, unused time rolls over.
 
-Run: ``python -m calibration.bench --out DIR [--quick] [--budget-s S]``.
+Run: ``python -m perfmodel.calibration.bench --out DIR [--quick] [--budget-s S]``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ QUICK_BUDGET_S = 60.0
 
 def default_out_dir() -> Path:
     from perfmodel.paths import CALIBRATION_DATA_DIR
-    from validate.env import gpu_short_name
+    from perfmodel.validate.env import gpu_short_name
 
     return CALIBRATION_DATA_DIR / gpu_short_name()
 
@@ -64,13 +64,13 @@ def run_bench(
     """Run the benchmark stages into ``out_dir``; returns the metadata written to metadata.json."""
     import torch
 
-    from calibration.bench_attn import ATTN_COLUMNS, bench_sdpa
-    from calibration.bench_gemm import GEMM_COLUMNS, GROUPED_COLUMNS, bench_gemm, bench_grouped
-    from calibration.bench_io import Budget, CsvTable, FatalDeviceError, Stage
-    from calibration.bench_layers import MODULE_COLUMNS, MOE_COLUMNS, bench_attn_module, bench_moe_block
-    from calibration.bench_mem import MEM_COLUMNS, bench_memory
-    from calibration.bench_plan import make_plan
-    from validate.env import provenance
+    from perfmodel.calibration.bench_attn import ATTN_COLUMNS, bench_sdpa
+    from perfmodel.calibration.bench_gemm import GEMM_COLUMNS, GROUPED_COLUMNS, bench_gemm, bench_grouped
+    from perfmodel.calibration.bench_io import Budget, CsvTable, FatalDeviceError, Stage
+    from perfmodel.calibration.bench_layers import MODULE_COLUMNS, MOE_COLUMNS, bench_attn_module, bench_moe_block
+    from perfmodel.calibration.bench_mem import MEM_COLUMNS, bench_memory
+    from perfmodel.calibration.bench_plan import make_plan
+    from perfmodel.validate.env import provenance
 
     # imported before the clock starts: the first transformers import takes seconds
     import transformers.integrations.sdpa_attention  # noqa: F401
@@ -170,7 +170,7 @@ def _write_meta(path: Path, meta: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perfmodel.calibration.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default calibration/data/<gpu>/)")
     parser.add_argument("--quick", action="store_true", help="~1 minute smoke run")
     parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget in seconds")
