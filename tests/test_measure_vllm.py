@@ -31,12 +31,16 @@ def test_engine_kwargs_cover_the_group(tmp_path):
     assert kw["quantization"] == "fp8"
     assert kw["max_num_seqs"] == 64
     assert kw["max_model_len"] == 1024
-    assert kw["max_num_batched_tokens"] == vb.DEFAULT_MAX_BATCHED_TOKENS  # 64 x 512 is capped
+    assert "max_num_batched_tokens" not in kw  # vLLM's own default chunk (recorded per row)
+    assert kw["compilation_config"]["cudagraph_capture_sizes"][-1] == 64
+    assert kw["enable_prefix_caching"] is False and kw["disable_log_stats"] is False
     assert kw["hf_overrides"] == {"num_local_experts": 16, "num_experts_per_tok": 4}
     assert kw["moe_backend"] == "triton"
     small = vb.engine_kwargs([p for p in points if p.batch == 1 and p.input_len == 128], tmp_path)
     assert small["max_num_seqs"] == 1 and small["max_model_len"] == 256
-    assert small["max_num_batched_tokens"] == 256  # at least one full sequence
+    assert small["compilation_config"]["cudagraph_capture_sizes"] == [1]
+    chunked = vb.engine_kwargs(points[:1], tmp_path, max_batched_tokens=128)
+    assert chunked["max_num_batched_tokens"] == 256  # at least one full sequence
     # an older vLLM without the optional arguments
     old = vb.engine_kwargs(points, tmp_path, accepted={"model", "dtype"})
     assert "moe_backend" not in old and "enable_prefix_caching" not in old
@@ -89,3 +93,30 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["olmoe", "--batch", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert main(["olmoe", "--full-run", "16by128", "--out", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_capture_sizes_follow_vllms_default_list():
+    assert vb.capture_sizes(1) == [1]
+    assert vb.capture_sizes(16) == [1, 2, 4, 8, 16]
+    assert vb.capture_sizes(20) == [1, 2, 4, 8, 16, 24]  # the next captured size holds B
+    assert vb.capture_sizes(300)[-2:] == [288, 304]
+
+
+def test_fused_moe_config_names_match_vllms_files():
+    # names as shipped in vLLM 0.26's fused_moe/configs folder
+    assert vb.fused_moe_config_name(8, 14336, "NVIDIA H200") == "E=8,N=14336,device_name=NVIDIA_H200.json"
+    assert (vb.fused_moe_config_name(64, 1280, "NVIDIA H200 NVL", "fp8_w8a8")
+            == "E=64,N=1280,device_name=NVIDIA_H200,dtype=fp8_w8a8.json")
+    assert vb.fused_moe_config_name(60, 1408, "NVIDIA H100 80GB HBM3").endswith(
+        "device_name=NVIDIA_H100_80GB_HBM3.json")
+
+
+def test_engine_times_from_request_metrics():
+    from types import SimpleNamespace as NS
+
+    outs = [NS(metrics=NS(scheduled_ts=10.0, first_token_ts=10.05, last_token_ts=10.05 + 0.01 * 99)),
+            NS(metrics=NS(scheduled_ts=10.0, first_token_ts=10.07, last_token_ts=10.07 + 0.012 * 99))]
+    t = vb.engine_times(outs, 100)
+    assert t["engine_itl_ms"] == pytest.approx(11.0)
+    assert t["engine_ttft_ms"] == pytest.approx(60.0)
+    assert vb.engine_times([NS(metrics=None)], 100) == {"engine_itl_ms": None, "engine_ttft_ms": None}

@@ -5,18 +5,26 @@ Translation (pure functions, testable without vLLM):
 - :func:`vllm_config_json` - the model's config.json (zoo / path + overrides + ``architectures``)
   written into a temporary directory; ``load_format="dummy"`` needs nothing else.
 - :func:`engine_kwargs` - ``LLM(...)`` arguments for a group of points sharing one engine:
-  ``max_num_seqs`` = the largest B, ``max_model_len`` = the largest S + O,
-  ``max_num_batched_tokens`` = the largest B*S (capped; beyond the cap the prefill is chunked,
-  which the row records), CUDA graphs on (``enforce_eager=False``), TP / EP / quantization,
-  ``hf_overrides`` with the raw config fields of the ``--set`` overrides.
+  ``max_num_seqs`` = the largest B (every sequence of a batch is scheduled at once),
+  ``max_model_len`` = the largest S + O, ``max_num_batched_tokens`` left to vLLM's own default
+  (16384 for the offline engine on an H100/H200: a larger prefill is chunked, as users get it)
+  unless given, CUDA graphs on (``enforce_eager=False``; the capture sizes are vLLM's default list
+  cut at the largest B, so every measured B is a captured size), prefix caching off, per-request
+  engine timestamps on (``disable_log_stats=False``), TP / EP / quantization, ``hf_overrides``
+  with the raw config fields of the ``--set`` overrides.
 - :func:`make_requests` / :func:`sampling_kwargs` - B token-id prompts of length S and
   ``SamplingParams(max_tokens=O, min_tokens=O, ignore_eos=True, temperature=0)``.
+- :func:`fused_moe_config_name` - the tuned fused-MoE tile file vLLM looks up for the model's
+  expert shape (``E=..,N=..,device_name=..[,dtype=..].json``); the row records whether it exists.
 
 Measuring (needs vLLM): TTFT is the median wall time of ``generate`` with O = 1 (the seed's
 method), E2E the median of the full runs; ITL = (E2E - TTFT)/(O - 1). Times are host wall clock
-(``perf_counter``), the engine being host-driven. The requested MoE backend is passed as
-``moe_backend`` when the installed vLLM's ``EngineArgs`` has that field; the row records the
-request and whether it was applied.
+(``perf_counter``), the engine being host-driven. Each shape is warmed up first (one O = 1 run and
+one short decode), so no Triton JIT compile or first-use allocation is timed. The engine's own
+per-request timestamps give a second ITL, ``engine_itl_ms`` = (last token - first token)/(O - 1)
+averaged over the batch, and the engine-side TTFT (first token - scheduled). The requested MoE
+backend is passed as ``moe_backend`` when the installed vLLM's ``EngineArgs`` has that field; the
+row records the request and whether it was applied.
 """
 
 from __future__ import annotations
@@ -52,8 +60,29 @@ ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
 }
 
-#: Largest prefill chunk by default (tokens per engine step).
-DEFAULT_MAX_BATCHED_TOKENS = 32768
+#: vLLM's default CUDA-graph capture sizes: 1, 2, 4, then steps of 8 to 256, then steps of 16.
+DEFAULT_CAPTURE_SIZES = (1, 2, 4, *range(8, 256, 8), *range(256, 513, 16))
+
+#: Full runs timed per point (after one short warm-up decode); TTFT runs are cheap and use ``reps``.
+FULL_RUN_REPS = 2
+
+
+def capture_sizes(max_batch: int) -> list[int]:
+    """vLLM's default capture sizes up to the smallest one that holds ``max_batch`` sequences."""
+    sizes = [s for s in DEFAULT_CAPTURE_SIZES if s < max_batch]
+    sizes.append(next((s for s in DEFAULT_CAPTURE_SIZES if s >= max_batch), max_batch))
+    return sizes
+
+
+def fused_moe_config_name(num_experts: int, intermediate_per_shard: int, device_name: str,
+                          dtype: str | None = None) -> str:
+    """The file name vLLM's fused MoE looks up for tuned tile configs (``E`` experts,
+    ``N`` = expert FFN width per TP shard; H200 variants share ``NVIDIA_H200``)."""
+    device = device_name.replace(" ", "_").replace("-", "_")
+    if "H200" in device.split("_"):
+        device = "NVIDIA_H200"
+    suffix = f",dtype={dtype}" if dtype else ""
+    return f"E={num_experts},N={intermediate_per_shard},device_name={device}{suffix}.json"
 
 
 def vllm_available() -> bool:
@@ -104,20 +133,20 @@ def hf_overrides(point: SweepPoint) -> dict[str, Any]:
 
 
 def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
-                  max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
+                  max_batched_tokens: int | None = None,
                   gpu_memory_utilization: float = 0.9,
                   accepted: set[str] | None = None) -> dict[str, Any]:
     """``vllm.LLM(**kwargs)`` for a group of points sharing one engine.
 
-    ``accepted``: the installed vLLM's EngineArgs field names; optional arguments it lacks
-    (``moe_backend``) are dropped. None keeps everything (translation tests).
+    ``max_batched_tokens``: the prefill chunk (tokens per engine step); None leaves vLLM's
+    default. ``accepted``: the installed vLLM's EngineArgs field names; optional arguments it
+    lacks (``moe_backend``) are dropped. None keeps everything (translation tests).
     """
     if not points:
         raise ValueError("no points")
     p0 = points[0]
     s = _settings(p0)
     max_b = max(p.batch for p in points)
-    prefill_tokens = max(p.batch * p.input_len for p in points)
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "load_format": "dummy",
@@ -127,15 +156,18 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "enable_expert_parallel": s.get("ep", "0") == "1",
         "quantization": None if s.get("quant", "none") == "none" else s["quant"],
         "max_num_seqs": max_b,
-        "max_num_batched_tokens": max(min(prefill_tokens, max_batched_tokens), max(p.max_cache_len for p in points)),
         "max_model_len": max(p.max_cache_len for p in points),
         "enforce_eager": not p0.cuda_graphs,
+        "compilation_config": {"cudagraph_capture_sizes": capture_sizes(max_b)},
         "enable_prefix_caching": False,
+        "disable_log_stats": False,
         "gpu_memory_utilization": gpu_memory_utilization,
         "seed": 0,
         "hf_overrides": hf_overrides(p0),
         "moe_backend": s.get("moe_backend", "triton"),
     }
+    if max_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = max(int(max_batched_tokens), kwargs["max_model_len"])
     if accepted is not None:
         for optional in ("moe_backend", "enable_prefix_caching"):
             if optional not in accepted:
@@ -210,8 +242,14 @@ class VLLMBackend:
         accepted = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = engine_kwargs(points, model_dir, accepted=accepted)
         self.log(f"vllm engine: {kwargs}")
+        t0 = time.perf_counter()
         llm = LLM(**kwargs)
-        return {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs,
+        startup_s = time.perf_counter() - t0
+        settings = engine_settings(llm)
+        settings["startup_s"] = round(startup_s, 1)
+        settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))
+        self.log(f"vllm engine ready in {startup_s:.0f} s: {settings}")
+        return {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,
                 "moe_backend_applied": "moe_backend" in kwargs}
 
     def measure(self, handle, point: SweepPoint) -> dict[str, Any]:
@@ -219,45 +257,55 @@ class VLLMBackend:
 
         llm = handle["llm"]
         prompts = make_requests(point.batch, point.input_len, handle["vocab"])
+        o = point.output_len
 
-        def run(o: int) -> tuple[float, list]:
-            params = SamplingParams(**sampling_kwargs(o))
+        def run(n: int) -> tuple[float, list]:
+            params = SamplingParams(**sampling_kwargs(n))
             t = time.perf_counter()
             outs = llm.generate(prompts, params, use_tqdm=False)
             return (time.perf_counter() - t) * 1e3, outs
 
-        run(1)  # warm-up
+        run(1)  # warm-up: prefill shape (fused-MoE JIT, chunking)
+        if o > 1:
+            run(min(o, 16))  # warm-up: decode at this batch
         ttfts = [run(1)[0] for _ in range(self.reps)]
-        o = point.output_len
-        e2es = []
+        e2es, engine = [], []
         produced = None
-        for _ in range(self.reps + 1):
+        for _ in range(FULL_RUN_REPS if o > 1 else 0):
             ms, outs = run(o)
             e2es.append(ms)
+            engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
-        e2es = e2es[1:]  # the first full run is a warm-up
         ttft = statistics.median(ttfts)
-        e2e = max(statistics.median(e2es), ttft)
+        e2e = max(statistics.median(e2es), ttft) if e2es else ttft
         notes = []
         if produced and any(n != o for n in produced):
             notes.append(f"generated lengths {sorted(set(produced))} != O={o}")
         if not handle["moe_backend_applied"]:
             notes.append("this vLLM has no moe_backend engine argument: MoE kernel left to vLLM")
-        if point.batch * point.input_len > handle["kwargs"]["max_num_batched_tokens"]:
-            notes.append("prefill chunked (B*S > max_num_batched_tokens)")
+        chunk = handle["settings"].get("max_num_batched_tokens")
+        if isinstance(chunk, int) and point.batch * point.input_len > chunk:
+            notes.append(f"prefill chunked: B*S = {point.batch * point.input_len} > "
+                         f"max_num_batched_tokens = {chunk}")
         decode_total = e2e - ttft
+        itls = [e["engine_itl_ms"] for e in engine if e.get("engine_itl_ms") is not None]
+        ttfts_engine = [e["engine_ttft_ms"] for e in engine if e.get("engine_ttft_ms") is not None]
         return {
             "ttft_ms": ttft,
             "ttft_reps": len(ttfts),
             "e2e_ms": e2e,
+            "e2e_reps": len(e2es),
             "decode_total_ms": decode_total,
             "itl_ms": decode_total / (o - 1) if o > 1 else 0.0,
+            "engine_itl_ms": statistics.median(itls) if itls else None,
+            "engine_ttft_ms": statistics.median(ttfts_engine) if ttfts_engine else None,
             "throughput_tok_s": point.batch * (point.input_len + o) / (e2e / 1e3),
             "output_tok_s": point.batch * o / (e2e / 1e3),
             "decode_method": "vllm_engine",
             "decode_samples": [],
             "notes": notes,
-            "engine_detail": {k: v for k, v in handle["kwargs"].items() if k != "model"},
+            "engine_detail": {**{k: v for k, v in handle["kwargs"].items() if k != "model"},
+                              "resolved": handle["settings"]},
         }
 
     def release(self, handle) -> None:
@@ -286,3 +334,76 @@ class VLLMBackend:
 
     def is_fatal(self, exc: BaseException) -> bool:
         return "illegal memory access" in str(exc).lower()
+
+
+def engine_settings(llm) -> dict[str, Any]:
+    """What the engine resolved (chunk size, CUDA-graph mode and sizes, ...), JSON-safe; fields
+    this vLLM does not have are left out."""
+    cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    if cfg is None:
+        return {}
+    sched = getattr(cfg, "scheduler_config", None)
+    comp = getattr(cfg, "compilation_config", None)
+    model = getattr(cfg, "model_config", None)
+    cache = getattr(cfg, "cache_config", None)
+    fields = {
+        "max_num_batched_tokens": (sched, "max_num_batched_tokens"),
+        "max_num_seqs": (sched, "max_num_seqs"),
+        "chunked_prefill": (sched, "enable_chunked_prefill"),
+        "cudagraph_mode": (comp, "cudagraph_mode"),
+        "cudagraph_capture_sizes": (comp, "cudagraph_capture_sizes"),
+        "compilation_mode": (comp, "mode"),
+        "max_model_len": (model, "max_model_len"),
+        "kv_cache_dtype": (cache, "cache_dtype"),
+        "num_gpu_blocks": (cache, "num_gpu_blocks"),
+        "block_size": (cache, "block_size"),
+    }
+    out: dict[str, Any] = {}
+    for name, (obj, attr) in fields.items():
+        if obj is None or not hasattr(obj, attr):
+            continue
+        value = getattr(obj, attr)
+        if isinstance(value, (list, tuple)):
+            value = [v if isinstance(v, (int, float, str, bool)) else str(v) for v in value]
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dict[str, Any]:
+    """The tuned fused-MoE config file vLLM looks up for this model on this GPU, and whether this
+    vLLM ships it (vLLM falls back to a default tile config, with a warning, when it does not)."""
+    experts = next((cfg[k] for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                    if isinstance(cfg.get(k), int)), None)
+    width = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size")
+    if not experts or not isinstance(width, int):
+        return {}
+    try:
+        import torch
+        import vllm
+
+        device = torch.cuda.get_device_name()
+        quant = _settings(point).get("quant", "none")
+        name = fused_moe_config_name(experts, width // max(tp, 1), device,
+                                     "fp8_w8a8" if quant == "fp8" else None)
+        folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
+        return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
+    except Exception as exc:  # noqa: BLE001 - recorded, never fatal
+        return {"fused_moe_config_error": str(exc)[:200]}
+
+
+def engine_times(outputs, output_len: int) -> dict[str, float | None]:
+    """Per-request engine timestamps (``RequestOutput.metrics``, engine-core monotonic seconds):
+    mean (last - first token)/(O - 1) in ms and mean (first token - scheduled) in ms."""
+    itl, ttft = [], []
+    for out in outputs:
+        m = getattr(out, "metrics", None)
+        first, last = getattr(m, "first_token_ts", 0.0), getattr(m, "last_token_ts", 0.0)
+        scheduled = getattr(m, "scheduled_ts", 0.0)
+        if first and last and output_len > 1:
+            itl.append((last - first) * 1e3 / (output_len - 1))
+        if first and scheduled:
+            ttft.append((first - scheduled) * 1e3)
+    return {"engine_itl_ms": statistics.fmean(itl) if itl else None,
+            "engine_ttft_ms": statistics.fmean(ttft) if ttft else None}

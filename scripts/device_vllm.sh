@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Device call (lent GPU, <= 9.5 min wall): real vLLM on the seed study's models, one process each.
+#
+#   source scripts/vllm_setup.sh && bash scripts/device_vllm.sh [PLAN]     # from the repo root
+#
+# Needs the vLLM bundle assembled by scripts/vllm_setup.sh (see ../shared/vllm-device/README.md
+# for the three transfers). PLAN (or $PLAN) is a ';'-separated list of MODEL|BATCHES|LENGTHS|BUDGET_S
+# entries, measured in order, each in its own process (vLLM keeps GPU memory for the life of the
+# process) with its own time budget (engine start included: 60-140 s). LENGTHS uses the measure
+# command's syntax (S = O; ',' within a phase, ';' between phases -> written here as '/').
+# A model whose budget runs out keeps the rows it has; rerunning the same plan resumes.
+# Outputs: $OUT/vllm.jsonl (rows, the measure schema), $OUT/vllm.log (our log), $OUT/engine-*.log
+# (vLLM's own log per model, tail only).
+# Env: OUT, PLAN, RESUME_FROM (rows of earlier calls, copied first; default
+# validate/results/<gpu>-vllm.jsonl if present), TOTAL_BUDGET (default 540 s).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+OUT="${OUT:-/tmp/perfmodel-out}"
+PLAN="${1:-${PLAN:-olmoe-1b-7b|1,16,64|128,512|150}}"
+TOTAL_BUDGET="${TOTAL_BUDGET:-540}"
+mkdir -p "$OUT"
+LOG="$OUT/vllm.log"
+ROWS="$OUT/vllm.jsonl"
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$LOG"; }
+if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -f "$ROWS" ]; then
+    cp "$RESUME_FROM" "$ROWS"
+    say "resuming from $RESUME_FROM ($(wc -l < "$ROWS") rows)"
+fi
+say "device_vllm: total budget ${TOTAL_BUDGET} s, commit ${PERFMODEL_GIT_COMMIT:-unknown}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
+IFS=';' read -r -a ENTRIES <<< "$PLAN"
+for entry in "${ENTRIES[@]}"; do
+    IFS='|' read -r model batches lengths budget <<< "$entry"
+    left=$(( TOTAL_BUDGET - ($(date +%s) - t0) ))
+    [ "$budget" -gt "$left" ] && budget=$left
+    if [ "$budget" -lt 60 ]; then say "skip $model: ${left} s left"; continue; fi
+    say "measure $model B=$batches S=O=$lengths budget ${budget} s"
+    elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}.log"
+    timeout --kill-after=10 $(( budget + 60 )) "$PY" -m perfmodel.validate.measure "$model" \
+        --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
+        --budget-s "$budget" --out "$ROWS" > "$elog.full" 2>&1
+    rc=$?
+    grep -v "^\s*$" "$elog.full" | grep -iv "it/s\]$" | tail -n 150 > "$elog"
+    rm -f "$elog.full"
+    say "$model exit code $rc"
+    grep -E "^\[|done in|error|Error|vllm engine ready|default MoE config" "$elog" | tail -n 8 | tee -a "$LOG"
+done
+"$PY" - "$ROWS" <<'PY' 2>&1 | tee -a "$LOG"
+import json, sys
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+except OSError:
+    rows = []
+for r in rows:
+    print(r["model"], r["batch"], r["input_len"], r["status"], round(r.get("ttft_ms") or 0, 1),
+          round(r.get("itl_ms") or 0, 3), r.get("engine_itl_ms") and round(r["engine_itl_ms"], 3))
+print("rows:", len(rows))
+PY
+say "total $(( $(date +%s) - t0 )) s"
