@@ -10,7 +10,7 @@
 # command's syntax (S = O; ',' within a phase, ';' between phases -> written here as '/').
 # A model whose budget runs out keeps the rows it has; rerunning the same plan resumes.
 # Outputs: $OUT/vllm.jsonl (rows, the measure schema), $OUT/vllm.log (our log), $OUT/engine-*.log
-# (vLLM's own log per model, tail only).
+# (vLLM's own log per model, tail only; packed into $OUT/engine-logs.tgz at the end).
 # Env: OUT, PLAN, RESUME_FROM (rows of earlier calls, copied first; default
 # validate/results/<gpu>-vllm.jsonl if present), TOTAL_BUDGET (default 540 s).
 set -u -o pipefail
@@ -31,17 +31,18 @@ if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -f "$ROWS" ]; then
 fi
 say "device_vllm: total budget ${TOTAL_BUDGET} s, commit ${PERFMODEL_GIT_COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
+nx=0
 IFS=';' read -r -a ENTRIES <<< "$PLAN"
 for entry in "${ENTRIES[@]}"; do
-    IFS='|' read -r model batches lengths budget <<< "$entry"
+    IFS="|" read -r model batches lengths budget extra <<< "$entry"
     left=$(( TOTAL_BUDGET - ($(date +%s) - t0) ))
     [ "$budget" -gt "$left" ] && budget=$left
     if [ "$budget" -lt 60 ]; then say "skip $model: ${left} s left"; continue; fi
     say "measure $model B=$batches S=O=$lengths budget ${budget} s"
-    elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}.log"
+    elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}${extra:+-x$((++nx))}.log"
     timeout --kill-after=10 $(( budget + 60 )) "$PY" -m perfmodel.validate.measure "$model" \
         --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
-        --budget-s "$budget" --out "$ROWS" > "$elog.full" 2>&1
+        --budget-s "$budget" --out "$ROWS" ${extra:-} > "$elog.full" 2>&1
     rc=$?
     grep -v "^\s*$" "$elog.full" | grep -iv "it/s\]$" | tail -n 150 > "$elog"
     rm -f "$elog.full"
@@ -59,4 +60,5 @@ for r in rows:
           round(r.get("itl_ms") or 0, 3), r.get("engine_itl_ms") and round(r["engine_itl_ms"], 3))
 print("rows:", len(rows))
 PY
+(cd "$OUT" && tar czf engine-logs.tgz engine-*.log && rm -f engine-*.log)  # at most 8 files come back
 say "total $(( $(date +%s) - t0 )) s"
