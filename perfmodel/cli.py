@@ -1,6 +1,10 @@
 """The ``perfmodel`` command line: predict, formula, sweep, list (and the measuring side).
 
 Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
+Warnings (a workload that does not fit in memory, sweep points dropped) are one line each on
+stderr, ``perfmodel: warning: ...``; ``predict --strict`` exits 1 after a prediction that
+does not fit. ``--json`` prints one JSON object on stdout (strict JSON: null for a metric a
+phase lacks; counts of parameters, bytes and GPUs as integers).
 """
 
 from __future__ import annotations
@@ -47,12 +51,42 @@ class ListWhat(str, Enum):
 _GPU = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
 _ENGINE = typer.Option("roofline", "--engine", help="Engine profile (perfmodel list engines).")
 _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (repeatable).")
+_JSON = typer.Option(False, "--json", help="Print one JSON object.")
+
+#: Width of the tables when stdout is not a terminal (a file, a pipe): wide enough that no
+#: value is ever cut; a table takes only the width its cells need.
+_FILE_WIDTH = 10_000
 
 
 def _console():
+    """A rich console: the terminal's width on a terminal, else one that never cuts a value."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=_FILE_WIDTH)
+
+
+def _warn(message: str) -> None:
+    print(f"perfmodel: warning: {message}", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(_strict_json(data), default=str, allow_nan=False))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from perfmodel import __version__  # from the installed distribution's metadata
+
+        print(f"perfmodel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Symbolic, calibrated performance model of MoE LLM inference."""
 
 
 @app.command()
@@ -72,20 +106,33 @@ def predict(
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype (default bf16/dtype)."),
     skew: float = typer.Option(0.0, "--skew", help="Routing skew in [0, 1] (0 = uniform)."),
     set_: Optional[List[str]] = _SET,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = _JSON,
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
+                                "does not fit in memory (always warned about on stderr)."),
 ) -> None:
-    """Predict TTFT, ITL, E2E, throughput and memory of one fixed-batch workload."""
+    """Predict TTFT, ITL, E2E, throughput and memory of one fixed-batch workload.
+
+    A workload that does not fit in the GPU's usable memory is still predicted (exit 0) with a
+    warning on stderr; with --strict it exits 1.
+    """
     from perfmodel.prediction import predict as run
 
     result = run(model, gpu=gpu, engine=engine, phase=phase.value, batch=batch,
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
                  pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [])
     if as_json:
-        print(json.dumps(_strict_json(result.to_dict()), default=str, allow_nan=False))
-        return
-    from perfmodel.report_terminal import print_prediction
+        _print_json(result.to_dict())
+    else:
+        from perfmodel.report_terminal import print_prediction
 
-    print_prediction(result, _console())
+        print_prediction(result, _console())
+    m = result.metrics
+    if not m["fits_in_memory"]:
+        gib = 2**30
+        _warn(f"does not fit: needs {m['memory_bytes'] / gib:.2f} GiB per GPU of "
+              f"{m['memory_capacity_bytes'] / gib:.2f} GiB usable on {result.provenance['gpu']}")
+        if strict:
+            sys.exit(1)
 
 
 def _strict_json(value: Any) -> Any:
@@ -108,63 +155,151 @@ def formula(
     phase: PhaseName = typer.Option(PhaseName.prefill, "--phase", help="prefill or decode."),
     latex: bool = typer.Option(False, "--latex", help="Print LaTeX."),
     set_: Optional[List[str]] = _SET,
+    batch: int = typer.Option(1, "--batch", "-b", help="B of the value printed last."),
+    input_len: int = typer.Option(128, "--input-len", "-s", help="S of the value (prefill)."),
+    context: Optional[int] = typer.Option(None, "--context", "-l", help="L of the value (decode; default S)."),
+    gpu: str = _GPU,
+    engine: str = typer.Option("roofline", "--engine", help="Engine profile of a time's value."),
+    as_json: bool = _JSON,
 ) -> None:
-    """Print an op's cost formula: symbolic, with the phase substituted, and with the model's numbers."""
-    from perfmodel.formulas import op_formula
+    """Print an op's cost formula: symbolic, per phase, with the model's numbers, and its value.
 
-    lines = op_formula(model, op, quantity.value, phase.value, latex, set_ or [])
-    print("\n".join(lines))
+    The value is per layer at --batch and --input-len (prefill) or --context (decode); a time
+    is on --gpu under --engine.
+    """
+    from perfmodel.formulas import op_formula, op_formula_data
+
+    args = (model, op, quantity.value, phase.value)
+    workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine)
+    if as_json:
+        _print_json(op_formula_data(*args, set_ or [], **workload))
+        return
+    print("\n".join(op_formula(*args, latex, set_ or [], **workload)))
 
 
-@app.command("list")
-def list_(what: ListWhat = typer.Argument(..., help="models, gpus or engines")) -> None:
-    """List the zoo's models, the known GPUs or the engine profiles."""
+def _list_data(what: ListWhat) -> list[dict[str, Any]]:
+    """The models, GPUs or engines (each with its profiles) as JSON-ready objects."""
     if what is ListWhat.models:
         from perfmodel.specs.zoo import zoo, zoo_names
 
-        for name in zoo_names():
-            entry = zoo()[name]
-            print(f"{name:24s} {entry.config['model_type']:12s} {entry.display_name}")
-    elif what is ListWhat.gpus:
+        return [{"name": name, "model_type": zoo()[name].config["model_type"],
+                 "display_name": zoo()[name].display_name, "aliases": list(zoo()[name].aliases),
+                 "source": zoo()[name].source} for name in zoo_names()]
+    if what is ListWhat.gpus:
         from perfmodel.specs.hardware import gpu_catalog
 
-        for gpu in sorted({g.name: g for g in gpu_catalog().values()}.values(), key=lambda g: g.name):
-            print(f"{gpu.name:16s} bf16 {gpu.peak_tflops.get('bf16', 0):7.1f} TFLOP/s  "
-                  f"{gpu.hbm_bandwidth_tb_s:5.2f} TB/s  {gpu.hbm_capacity_gib:6.1f} GiB  {gpu.full_name}")
-    else:
-        from perfmodel.profile import list_engines
+        gpus = sorted({g.name: g for g in gpu_catalog().values()}.values(), key=lambda g: g.name)
+        return [gpu.model_dump(mode="json") for gpu in gpus]
+    from perfmodel.paths import PROFILES_DIR
+    from perfmodel.profile import list_engines, load_profile_file
 
-        print("\n".join(list_engines()))
+    profiles = [load_profile_file(path) for path in sorted(PROFILES_DIR.glob("*.yaml"))]
+    return [{"engine": engine, "profiles": [
+        {"name": p.name, "gpu": p.gpu, "calibrated": p.calibrated, "peaks": p.peaks,
+         "error_band": p.error_band.model_dump() if p.error_band else None,
+         "description": p.description} for p in profiles if p.engine == engine]}
+        for engine in list_engines()]
+
+
+@app.command("list")
+def list_(what: ListWhat = typer.Argument(..., help="models, gpus or engines"),
+          as_json: bool = _JSON) -> None:
+    """List the zoo's models, the known GPUs or the engine profiles."""
+    items = _list_data(what)
+    if as_json:
+        _print_json({what.value: items})
+    elif what is ListWhat.models:
+        for m in items:
+            print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}")
+    elif what is ListWhat.gpus:
+        for gpu in items:
+            print(f"{gpu['name']:16s} bf16 {gpu['peak_tflops'].get('bf16', 0):7.1f} TFLOP/s  "
+                  f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}")
+    else:
+        print("\n".join(e["engine"] for e in items))
 
 
 @app.command()
 def sweep(
     model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
-    grid: List[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (repeatable)."),
-    gpu: str = _GPU,
-    engine: str = _ENGINE,
+    grid: List[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (repeatable, each KEY once)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU name or alias (default h200-sxm)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default roofline)."),
     phase: PhaseName = typer.Option(PhaseName.request, "--phase"),
-    batch: int = typer.Option(1, "--batch", "-b"),
-    input_len: int = typer.Option(128, "--input-len", "-s"),
-    output_len: int = typer.Option(128, "--output-len", "-o"),
-    dtype: str = typer.Option("bf16", "--dtype"),
+    batch: Optional[int] = typer.Option(None, "--batch", "-b", help="B (default 1)."),
+    input_len: Optional[int] = typer.Option(None, "--input-len", "-s", help="S (default 128)."),
+    output_len: Optional[int] = typer.Option(None, "--output-len", "-o", help="O (default 128)."),
+    context: Optional[int] = typer.Option(None, "--context", "-l", help="Decode context L (default S)."),
+    tp: Optional[int] = typer.Option(None, "--tp"),
+    ep: Optional[int] = typer.Option(None, "--ep"),
+    pp: Optional[int] = typer.Option(None, "--pp"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights dtype (default bf16)."),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype"),
+    skew: Optional[float] = typer.Option(None, "--skew"),
     set_: Optional[List[str]] = _SET,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
+    as_json: bool = _JSON,
+    max_points: Optional[int] = typer.Option(
+        None, "--max-points", help="Refuse a grid of more combinations than this (default 10,000,000)."),
 ) -> None:
-    """Evaluate a grid of workloads and hyperparameters (vectorized)."""
+    """Evaluate a grid of workloads and hyperparameters (vectorized).
+
+    A key is given once: swept by --grid, or fixed by its flag or --set. Combinations that
+    predict would refuse are dropped, with a warning on stderr saying how many and why.
+    """
+    from perfmodel.prediction import check_overrides
     from perfmodel.sweeps import parse_grid, sweep as run
 
+    fixed = {k: v for k, v in dict(batch=batch, input_len=input_len, output_len=output_len,
+                                   context=context, tp=tp, ep=ep, pp=pp, dtype=dtype,
+                                   kv_dtype=kv_dtype, skew=skew).items() if v is not None}
+    if csv is not None and not csv.parent.is_dir():
+        raise InputError(f"cannot write {csv}: folder '{csv.parent}' does not exist")
+    overrides = check_overrides(set_ or [])
+    limit = {} if max_points is None else {"max_points": max_points}
     table = run(model, parse_grid(grid), gpu=gpu, engine=engine, phase=phase.value,
-                overrides=set_ or [], batch=batch, input_len=input_len, output_len=output_len,
-                dtype=dtype)
+                overrides=overrides, **limit, **fixed)
+    dropped = table.attrs.get("dropped") or {}
+    if dropped.get("count"):
+        _warn(f"dropped {dropped['count']:,} of {dropped['of']:,} combinations that predict "
+              f"refuses ({'; '.join(dropped['reasons'])})")
+    misfits = int((~table["fits_in_memory"]).sum())
+    if misfits:
+        _warn(f"{misfits:,} of {len(table):,} rows do not fit in memory (fits_in_memory False)")
+    header = {"model": model, "gpu": gpu or "h200-sxm", "engine": engine or "roofline",
+              "phase": phase.value, "fixed": fixed, "overrides": overrides}
     if csv is not None:
         try:
             table.to_csv(csv, index=False)
         except OSError as exc:
-            raise InputError(f"cannot write {csv}: {exc.strerror}") from None
+            raise InputError(f"cannot write {csv}: {exc.strerror or exc}") from None
+    if as_json:
+        _print_json({**header, "dropped": dropped, "rows": _records(table)})
+    elif csv is not None:
         print(f"wrote {len(table)} rows to {csv}")
     else:
+        from perfmodel.report_terminal import sweep_header
+
+        print(sweep_header(header))
         print(table.to_string(index=False, max_rows=60))
+
+
+def _records(table) -> list[dict[str, Any]]:
+    """A sweep's rows as JSON-ready objects: integer columns and counts (parameters, bytes,
+    GPUs) as ints, NaN as None, flags as bools."""
+    import numpy as np
+
+    from perfmodel.prediction import COUNT_METRICS
+
+    columns: dict[str, list[Any]] = {}
+    for name in table.columns:
+        values = table[name].to_numpy()
+        if name in COUNT_METRICS:
+            values = np.where(np.isfinite(values), np.rint(values), np.nan)
+            columns[name] = [int(v) if v == v else None for v in values.tolist()]
+        else:
+            columns[name] = [None if isinstance(v, float) and v != v else v for v in values.tolist()]
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 @app.command()
@@ -172,7 +307,7 @@ def validate(
     model: str = typer.Argument(..., help="Zoo name, or 'all'."),
     backend: str = typer.Option("hf", "--backend", help="hf or vllm."),
     gpu: str = _GPU,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = _JSON,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
@@ -180,7 +315,7 @@ def validate(
 
     result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
     if as_json:
-        print(json.dumps(_strict_json(result), default=str, allow_nan=False))
+        _print_json(result)
         return
     from perfmodel.report_terminal import print_validation
 

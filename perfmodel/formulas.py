@@ -1,4 +1,5 @@
-"""Printing an op's formula: symbolic, after the phase substitutions, and with numbers."""
+"""Printing an op's formula: symbolic, after the phase substitutions, with the model's numbers,
+and its value at one workload."""
 
 from __future__ import annotations
 
@@ -9,38 +10,101 @@ from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
-from perfmodel.symbols import b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
+from perfmodel.symbols import B, L, S, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
+
+#: What each quantity's value is counted in.
+UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
+         "kv_bytes": "bytes", "comm": "bytes", "params": "parameters", "time": "s"}
 
 
-def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: bool,
-               overrides: list[str]) -> list[str]:
-    """Lines to print for ``perfmodel formula``."""
+def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: list[str], *,
+           batch: int = 1, input_len: int = 128, context: int | None = None,
+           gpu: str = "h200-sxm", engine: str = "roofline") -> dict:
+    """An op's formula as sympy: symbolic, after the phase's substitutions, with the model's
+    numbers, and its value at B, S (prefill) or L (decode; default S); a time on ``gpu``
+    under ``engine``. For ``op_name == "list"``: the ops of the pass."""
+    from perfmodel.prediction import Workload, check_context, hardware_values
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+
     if phase not in ("prefill", "decode"):
         raise InputError("--phase must be prefill or decode for a formula")
+    check_context(phase, context)
+    w = Workload(batch=batch, input_len=input_len, context=context)
     model = load_model(model_name, overrides)
     graph = build_graph(model, decode=phase == "decode")
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
-        return [f"{name:24s} {op.op_class}" for name, (_, op) in ops.items()]
+        return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}
     if op_name not in ops:
         raise InputError(f"unknown op '{op_name}' for {model.name} (known: {', '.join(ops)})")
     count, op = ops[op_name]
     subs = prefill_substitutions() if phase == "prefill" else decode_substitutions()
     expr = op_time(op, subs).total if quantity == "time" else op.quantity(quantity)
-    show = sp.latex if latex else sp.pretty
     phased = expr.subs(subs)
     numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0,
                b_w: 2, b_e: 2, b_a: 2, b_kv: 2}
     concrete = sp.simplify(phased.subs(numbers))
+    at = {B: w.batch, S: w.input_len} if phase == "prefill" else {
+        B: w.batch, L: w.context if w.context is not None else w.input_len}
+    where = ", ".join(f"{k}={v}" for k, v in at.items())
+    values = dict(at)
+    if quantity == "time":
+        gpu_spec = load_gpu(gpu)
+        values.update(hardware_values(gpu_spec, load_profile(engine, gpu_spec.name), "bf16"))
+        where += f" on {gpu_spec.name} ({engine})"
+    value = concrete.subs(values)
+    return {"model": model, "op": op, "layers": count, "numbers": numbers, "expr": expr, "subs": subs,
+            "phased": sp.simplify(phased), "concrete": concrete, "at": at, "where": where,
+            "value": float(value) if not value.free_symbols else None}
+
+
+def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: bool,
+               overrides: list[str], **workload) -> list[str]:
+    """Lines to print for ``perfmodel formula`` (``workload``: see :func:`op_formula_data`)."""
+    parts = _parts(model_name, op_name, quantity, phase, overrides, **workload)
+    if op_name == "list":
+        return [f"{name:24s} {op.op_class}" for name, (_, op) in parts["ops"].items()]
+    show = sp.latex if latex else sp.pretty
+    op, value = parts["op"], parts["value"]
     return [
-        f"{model.name} · {op_name} · {quantity} per layer ({op.op_class}); layers: {count}",
+        f"{parts['model'].name} · {op_name} · {quantity} per layer ({op.op_class}); layers: {parts['layers']}",
         "",
         "symbolic (T tokens, P pairs and K cached tokens per sequence):",
-        show(expr),
+        show(parts["expr"]),
         "",
-        f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in subs.items()),
-        show(sp.simplify(phased)),
+        f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in parts["subs"].items()),
+        show(parts["phased"]),
         "",
         "with this model's numbers (bf16, TP=EP=PP=1, uniform routing):",
-        show(concrete),
+        show(parts["concrete"]),
+        "",
+        f"at {parts['where']}: " + (f"{value:.6g} {UNITS[quantity]} per layer" if value is not None
+                                    else "(not a number)"),
     ]
+
+
+def op_formula_data(model_name: str, op_name: str, quantity: str, phase: str,
+                    overrides: list[str], **workload) -> dict:
+    """``perfmodel formula --json``: the expressions as strings (sympy syntax) and the value
+    per layer at the workload (``batch``, ``input_len``, ``context``; a time on ``gpu`` under
+    ``engine``), in :data:`UNITS`. For ``op_name == "list"``: the ops with their class and
+    layer count."""
+    parts = _parts(model_name, op_name, quantity, phase, overrides, **workload)
+    if op_name == "list":
+        return {"model": parts["model"].name, "phase": phase, "ops": [
+            {"name": name, "op_class": op.op_class, "layers": str(count),
+             "layers_value": int(sp.sympify(count).subs(parts["numbers"]))}
+            for name, (count, op) in parts["ops"].items()]}
+    op = parts["op"]
+    return {
+        "model": parts["model"].name, "op": op_name, "op_class": op.op_class,
+        "quantity": quantity, "unit": UNITS[quantity], "phase": phase,
+        "layers": str(parts["layers"]), "layers_value": int(sp.sympify(parts["layers"]).subs(parts["numbers"])),
+        "symbolic": str(parts["expr"]),
+        "substitutions": {str(k): str(v) for k, v in parts["subs"].items()},
+        "phase_expression": str(parts["phased"]),
+        "with_model_numbers": str(parts["concrete"]),
+        "at": {str(k): int(v) for k, v in parts["at"].items()},
+        "value": parts["value"],
+    }

@@ -16,7 +16,9 @@ def weights_bytes(graph: ModelGraph) -> sp.Expr:
 def kv_cache_bytes(graph: ModelGraph, tokens: sp.Expr) -> sp.Expr:
     """KV-cache bytes on one GPU for B sequences of ``tokens`` cached tokens each.
 
-    Windowed layers keep at most W tokens.
+    Per token, each layer keeps what its attention op stores on one GPU
+    (``kv_bytes_per_token``: ⌈n_kv/tp⌉ KV heads for GQA, the whole latent for MLA); windowed
+    layers keep at most W tokens.
     """
     total = sp.Integer(0)
     for group in graph.groups:

@@ -9,6 +9,8 @@ throughput = B·O/E2E.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,9 +28,12 @@ from perfmodel.phases import decode_mean_substitutions, decode_substitutions, pr
 from perfmodel.profile import OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
+from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
+from perfmodel.specs.zoo import parse_override
 
 Phase = Literal["request", "prefill", "decode"]
+PHASES = ("request", "prefill", "decode")
 
 #: Bytes per element of each storage dtype (fp4: 4 bits + one 8-bit scale per 32 values).
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5 + 1 / 32}
@@ -39,8 +44,126 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
            "activation_bytes", "memory_bytes")
+#: Metrics that count whole things (parameters, bytes): integers in JSON.
+COUNT_METRICS = ("params", "active_params", "weights_bytes", "kv_cache_bytes", "activation_bytes",
+                 "memory_bytes", "memory_capacity_bytes")
 #: Per-op quantities reported for each pass.
 OP_FIELDS = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "latency_s", "time_s")
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: numbers plainly, anything else as its repr."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return str(value)
+    return repr(value)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number: int, float or a numpy one; a bool is not a number here."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_count(name: str, value: Any) -> int:
+    """A positive integer argument (batch, lengths, tp/ep/pp...) as an ``int``.
+
+    Accepted: a Python or numpy integer, or a float with an integral value (the rule config
+    fields and sweep grids follow too). Refused: bools, strings, None, fractions, NaN,
+    infinities, values below 1 or above 2^53.
+    """
+    label = name.replace("_", "-")
+    if not _is_number(value) or not float(value).is_integer() or value <= 0:
+        raise InputError(f"{label} must be a positive integer, got {_shown(value)}")
+    if value > MAX_INT:
+        raise InputError(f"{label} is too large, got {_shown(value)} (at most 2^53)")
+    return int(value)
+
+
+def check_skew(value: Any) -> float:
+    """Routing skew σ, a number in [0, 1], as a ``float``."""
+    if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails the comparison
+        raise InputError(f"skew must be in [0, 1], got {_shown(value)}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, known: Any, optional: bool = False) -> str | None:
+    """One of the ``known`` names (None allowed when ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or value not in known:
+        shown = f"'{value}'" if isinstance(value, str) else _shown(value)
+        raise InputError(f"unknown {name.replace('_', '-')} {shown} (known: {', '.join(known)})")
+    return value
+
+
+def check_name(what: str, value: Any) -> str:
+    """A GPU, engine or model given by name or by path, as a string."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} must be a name or a path, got {_shown(value)}")
+    return value
+
+
+def check_model(model: Any) -> str | ModelSpec:
+    """A model argument: a :class:`ModelSpec`, or a zoo name or config path as a string."""
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model.strip():
+        raise InputError(f"model must be a zoo name, a path to a config.json or a ModelSpec, "
+                         f"got {_shown(model)}")
+    return model
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (and lists of them) as the Python values a config holds."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_overrides(overrides: Any) -> dict[str, Any]:
+    """``--set`` overrides, given as ``["KEY=VALUE", ...]`` or ``{KEY: VALUE}``, as one dict.
+
+    numpy numbers become Python numbers (an integer field then takes ``np.int64(4)`` as it
+    takes ``4``); a key given twice is refused.
+    """
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+        for key, _ in items:
+            if not isinstance(key, str):
+                raise InputError(f"override keys must be strings, got {_shown(key)}")
+    elif isinstance(overrides, (list, tuple)):
+        for item in overrides:
+            if not isinstance(item, str):
+                raise InputError(f"overrides must be 'KEY=VALUE' strings, got {_shown(item)}")
+        items = [parse_override(item) for item in overrides]
+    else:
+        raise InputError("overrides must be a list of 'KEY=VALUE' strings or a dict, "
+                         f"got {type(overrides).__name__} {_shown(overrides)}")
+    result: dict[str, Any] = {}
+    for key, value in items:
+        if key in result:
+            raise InputError(f"--set {key} is given twice: give it once")
+        result[key] = _plain(value)
+    return result
+
+
+def layout_gpus(tp: Any, ep: Any, pp: Any) -> Any:
+    """GPUs a tp/ep/pp layout uses (:attr:`perfmodel.specs.layout.Layout.gpus`), for numbers
+    and numpy arrays alike."""
+    return Layout(tp, ep, pp).gpus
 
 
 @dataclass(frozen=True)
@@ -58,30 +181,30 @@ class Workload:
     kv_dtype: str | None = None
     skew: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Check every field's type and range (see :func:`check_count`) and store plain Python
+        values: an invalid workload cannot be built."""
+        for name in ("batch", "input_len", "output_len", "tp", "ep", "pp"):
+            object.__setattr__(self, name, check_count(name, getattr(self, name)))
+        if self.context is not None:
+            object.__setattr__(self, "context", check_count("context", self.context))
+        object.__setattr__(self, "dtype", check_choice("dtype", self.dtype, DTYPE_BYTES))
+        object.__setattr__(self, "kv_dtype", check_choice("kv_dtype", self.kv_dtype, DTYPE_BYTES, optional=True))
+        object.__setattr__(self, "skew", check_skew(self.skew))
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the tp/ep/pp layout uses (:func:`layout_gpus`)."""
+        return layout_gpus(self.tp, self.ep, self.pp)
+
+    @property
+    def kv_dtype_used(self) -> str:
+        """The KV cache's dtype: ``kv_dtype``, else bf16 under 8/4-bit weights, else ``dtype``."""
+        return self.kv_dtype or ("bf16" if self.dtype in ("fp8", "int8", "fp4") else self.dtype)
+
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` on a workload that makes no sense for this model."""
-        for name in ("batch", "input_len", "output_len", "tp", "ep", "pp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise InputError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
-            if value > MAX_INT:
-                raise InputError(f"{name.replace('_', '-')} is too large, got {value} (at most 2^53)")
-        if self.context is not None and (not isinstance(self.context, (int, np.integer)) or self.context <= 0):
-            raise InputError(f"context must be a positive integer, got {self.context}")
-        if self.context is not None and self.context > MAX_INT:
-            raise InputError(f"context is too large, got {self.context} (at most 2^53)")
-        for name in ("dtype", "kv_dtype"):
-            value = getattr(self, name)
-            if value is not None and value not in DTYPE_BYTES:
-                raise InputError(f"unknown {name.replace('_', '-')} '{value}' (known: {', '.join(DTYPE_BYTES)})")
-        if not 0.0 <= self.skew <= 1.0:
-            raise InputError(f"skew must be in [0, 1], got {self.skew}")
-        if model.moe is not None and model.moe.n_experts % self.ep:
-            raise InputError(f"ep ({self.ep}) must divide the number of experts ({model.moe.n_experts})")
-        if model.moe is None and self.ep != 1:
-            raise InputError("ep > 1 needs a model with experts")
-        if model.n_layers % self.pp:
-            raise InputError(f"pp ({self.pp}) must divide the number of layers ({model.n_layers})")
+        Layout(self.tp, self.ep, self.pp).check(model)
 
 
 @dataclass(frozen=True)
@@ -195,16 +318,17 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
     """Lambdified expressions for a model structure, phase and profile options.
 
     ``with_ops=False`` compiles the totals only (what a sweep needs). Cached in memory, and
-    on disk (:mod:`perfmodel.codecache`) as the generated numpy source, so a new process
-    skips building and lambdifying the expressions.
+    on disk (:mod:`perfmodel.codecache`) as the expressions after common-subexpression
+    elimination (data, lambdified again on load), so a new process skips building them.
     """
     key = (structure_key(model), phase, profile.options, with_ops)
     if key in _COMPILED:
         return _COMPILED[key]
     disk_key = codecache.cache_key(repr(key))
-    hit = codecache.load(disk_key)
+    hit = codecache.load(disk_key, op_fields=len(OP_FIELDS))
     if hit is not None:
-        compiled = CompiledModel(phase=phase, passes=hit.passes, args=hit.args, fn=hit.fn,
+        fn = codecache.lambdify(hit.symbols, hit.replacements, hit.exprs)
+        compiled = CompiledModel(phase=phase, passes=hit.passes, args=hit.args, fn=fn,
                                  expressions=dict.fromkeys(hit.outputs))
     else:
         totals, passes, rows = phase_expressions(model, phase, profile)
@@ -212,9 +336,11 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
             passes, rows = [], []
         exprs = list(totals.values()) + [e for row in rows for e in row]
         symbols = sorted(set().union(*[e.free_symbols for e in exprs]), key=lambda x: x.name)
-        fn = sp.lambdify(symbols, exprs, modules="numpy", cse=True)
+        replacements, reduced = sp.cse(exprs, list=False)
+        fn = codecache.lambdify(symbols, replacements, reduced)
         args = tuple(x.name for x in symbols)
-        codecache.store(disk_key, fn, args=args, passes=passes, outputs=list(totals))
+        codecache.store(disk_key, symbols=symbols, replacements=replacements, exprs=reduced,
+                        passes=passes, outputs=list(totals))
         compiled = CompiledModel(phase=phase, passes=tuple(passes), args=args, fn=fn,
                                  expressions=totals)
     _COMPILED[key] = compiled
@@ -224,7 +350,7 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
 def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Workload) -> dict[str, Any]:
     """Every symbol's number for one prediction, keyed by symbol name."""
     values: dict[sp.Symbol, Any] = dict(model_values(model))
-    kv = w.kv_dtype or ("bf16" if w.dtype in ("fp8", "int8", "fp4") else w.dtype)
+    kv = w.kv_dtype_used
     L = w.context if w.context is not None else w.input_len
     values.update({
         s.B: w.batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
@@ -266,6 +392,70 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp
     return values
 
 
+#: dtype names as a fit records them (torch's) → the names a workload uses.
+_FIT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8",
+               "int8": "int8"}
+
+
+def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
+    """Where a profile's error band was measured (None for a profile without a band).
+
+    ``gpu``: the profile's GPU; ``dtype``: the dtype of the runs behind its fit (``fit.dtype``,
+    else ``fit.kernel_fit.dtype``), weights and KV cache alike; ``gpus``: GPUs per run
+    (``fit.gpu_count``, else 1: the runs a profile is fitted to are single-GPU unless it says
+    otherwise). A field the profile does not state is None.
+    """
+    if profile.error_band is None:
+        return None
+    fit = profile.fit or {}
+    dtype = fit.get("dtype") or (fit.get("kernel_fit") or {}).get("dtype")
+    return {"gpu": profile.gpu, "dtype": _FIT_DTYPES.get(dtype, dtype),
+            "gpus": int(fit.get("gpu_count", 1))}
+
+
+def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload) -> tuple[dict[str, Any] | None, str]:
+    """The profile's error band if the prediction lies where the band was measured, and a line
+    saying so or why not.
+
+    The band (relative half-widths from held-out residuals) holds on the GPU, the dtype
+    (weights and KV cache) and the number of GPUs it was measured on (:func:`band_scope`).
+    Outside any of them there is no band: it is not widened, since how far the errors grow
+    there has not been measured.
+    """
+    band = profile.error_band
+    if band is None:
+        return None, ("no error band: uncalibrated profile" if not profile.calibrated
+                      else "no error band: the profile states none")
+    scope = band_scope(profile)
+    assert scope is not None
+    rels = [band.ttft, band.decode_step, band.e2e, band.throughput]
+    width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
+             else f"±{min(rels):.0%}–{max(rels):.0%}")
+    n = scope["gpus"]
+    where = (f"held-out {scope['gpu'] or '(unstated GPU)'} {scope['dtype'] or '(unstated dtype)'} "
+             f"points on {n} GPU{'s' if n != 1 else ''}")
+    outside = []
+    if scope["gpu"] is None:
+        outside.append("the profile does not say which GPU it was measured on")
+    elif scope["gpu"] != gpu.name:
+        outside.append(f"not measured on {gpu.name}")
+    if scope["dtype"] is None:
+        outside.append("the profile does not say which dtype it was measured at")
+    elif scope["dtype"] != w.dtype or scope["dtype"] != w.kv_dtype_used:
+        outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
+    if w.gpus != n:
+        outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
+                       f"(TP={w.tp} EP={w.ep} PP={w.pp})")
+    if outside:
+        return None, f"band {width} from {where}; {'; '.join(outside)}: no band"
+    return band.model_dump(), f"band {width} from {where}"
+
+
+def _count(value: float) -> Any:
+    """A count (parameters, bytes) as an int; NaN and infinities unchanged."""
+    return int(round(value)) if np.isfinite(value) else value
+
+
 @dataclass
 class Prediction:
     """One prediction: metrics (seconds, bytes, tokens/s), the op breakdown and provenance."""
@@ -276,16 +466,20 @@ class Prediction:
     metrics: dict[str, float]
     ops: list[dict[str, Any]]
     provenance: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)  # the --set values applied
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: metrics at the top level, then ops and provenance."""
+        """A JSON-ready dict: the workload, its GPU count and the overrides, metrics at the top
+        level (counts of parameters and bytes as integers), then ops and provenance."""
         w = self.workload
+        metrics = {k: _count(v) if k in COUNT_METRICS else v for k, v in self.metrics.items()}
         return {
-            "model": self.model, "phase": self.phase,
+            "model": self.model, "phase": self.phase, "gpus": w.gpus,
             "workload": {"batch": w.batch, "input_len": w.input_len, "output_len": w.output_len,
                          "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp,
                          "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew},
-            **self.metrics, "intervals": self.intervals(), "ops": self.ops,
+            "overrides": dict(self.overrides),
+            **metrics, "intervals": self.intervals(), "ops": self.ops,
             "provenance": self.provenance,
         }
 
@@ -301,11 +495,22 @@ class Prediction:
                 for name, rel in bands.items() if self.metrics[name] == self.metrics[name]}
 
 
+def check_context(phase: str, context: Any) -> None:
+    """The context length is a decode step's: refuse it for another phase."""
+    if context is not None and phase != "decode":
+        raise InputError(f"context (--context) applies to the decode phase only, not to phase "
+                         f"'{phase}': use phase decode, or leave it out")
+
+
 def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: Workload,
-             phase: Phase = "request") -> Prediction:
-    """Predict one workload (the fast path: a compiled function call)."""
-    if phase not in ("request", "prefill", "decode"):
+             phase: Phase = "request", overrides: dict[str, Any] | None = None) -> Prediction:
+    """Predict one workload (the fast path: a compiled function call).
+
+    ``overrides`` only records which ``--set`` values built ``model``.
+    """
+    if phase not in PHASES:
         raise InputError(f"unknown phase '{phase}' (request, prefill or decode)")
+    check_context(phase, workload.context)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
     compiled = compile_model(model, phase, profile)
@@ -322,6 +527,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
             row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
             ops.append({"name": op_name, "pass": pass_name, **row})
     metrics = _metrics(totals, gpu, profile)
+    band, band_note = error_band(profile, gpu, workload)
     provenance = {
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,
@@ -331,10 +537,10 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
                  else ("uncalibrated: datasheet peaks with default derates" if not profile.calibrated
                        else f"calibrated on {gpu.name}")),
         "peaks": profile.peaks, "options": profile.options.model_dump(),
-        "error_band": profile.error_band.model_dump() if profile.error_band else None,
+        "error_band": band, "error_band_scope": band_scope(profile), "error_band_note": band_note,
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
-                      ops=ops, provenance=provenance)
+                      ops=ops, provenance=provenance, overrides=dict(overrides or {}))
 
 
 def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[str, Any]:
@@ -354,10 +560,22 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = "roo
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
     ``--set`` style (``["top_k=4"]`` or ``{"top_k": 4}``). Times in seconds, sizes in bytes.
+    ``context`` (tokens attended) applies to the decode phase only.
+
+    Every argument is checked: a wrong type or value raises :class:`InputError` with one line.
+    Integer arguments take Python or numpy integers, or floats with an integral value; bools
+    are not numbers here.
     """
+    phase = check_choice("phase", phase, PHASES)
+    model = check_model(model)
+    overrides = check_overrides(overrides)
+    if isinstance(model, ModelSpec) and overrides:
+        raise InputError("overrides apply to a zoo name or a config.json, not to a ModelSpec")
+    gpu, engine = check_name("gpu", gpu), check_name("engine", engine)
+    workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
+                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew)
+    check_context(phase, workload.context)
     spec = model if isinstance(model, ModelSpec) else load_model(model, overrides)
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
-    workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
-                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew)
-    return evaluate(spec, gpu_spec, profile, workload, phase)
+    return evaluate(spec, gpu_spec, profile, workload, phase, overrides)  # type: ignore[arg-type]

@@ -1,9 +1,13 @@
 """Engine profiles: efficiencies, fixed latencies and engine options, as YAML data.
 
 A profile says how fast an engine runs each op class relative to the GPU's peaks. Efficiency
-η of an op class is a fraction of peak, constant or saturating in the op's size x:
+η of an op class is a fraction of peak, constant or saturating:
 
-    η(x) = η_max · x / (x + x_half)        (x_half = 0: constant η_max)
+    η(u) = η_max · u / (u + u_half)        (u_half = 0: constant η_max)
+
+in the op's size x for compute (GEMM rows, tokens per expert, keys attended: ``compute_half``
+in that unit) and in the bytes moved for memory and links (``memory_half`` in bytes). Those
+variables keep an op's time non-decreasing in its work (:mod:`perfmodel.roofline` says why).
 
 Lookup for ``--engine NAME --gpu G``: ``calibration/profiles/<G>-<NAME>.yaml`` (fitted to that
 GPU), else ``calibration/profiles/<NAME>.yaml`` (any GPU).
@@ -11,15 +15,16 @@ GPU), else ``calibration/profiles/<NAME>.yaml`` (any GPU).
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import PROFILES_DIR
+from perfmodel.specs.files import read_data
 
 OP_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise", "comm")
 #: Op classes a profile may tune separately; without an entry they run as their fallback.
@@ -33,7 +38,8 @@ class _Strict(BaseModel):
 
 
 class Efficiency(_Strict):
-    """η of one op class: compute and memory maxima (fractions of peak) and half sizes."""
+    """η of one op class: compute and memory maxima (fractions of peak) and half-saturation
+    points: ``compute_half`` in the op's size unit, ``memory_half`` in bytes."""
 
     compute: float = Field(gt=0, le=1.5)
     memory: float = Field(gt=0, le=1.5)
@@ -111,9 +117,9 @@ class EngineProfile(_Strict):
 def load_profile_file(path: Path) -> EngineProfile:
     """Load and validate one profile YAML."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"malformed YAML in {path}: {str(exc).splitlines()[0]}") from None
+        data = read_data(path)
+    except ValueError as exc:
+        raise SpecError(f"malformed YAML in {path}: {exc}") from None
     except OSError as exc:
         raise SpecError(f"cannot read profile {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
@@ -124,6 +130,10 @@ def load_profile_file(path: Path) -> EngineProfile:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise SpecError(f"invalid profile {path.name}: {loc + ': ' if loc else ''}{err['msg']}") from None
+
+
+#: What an engine name may be: letters, digits, '.', '_' and '-' (no path, no glob pattern).
+_ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @cache
@@ -138,12 +148,14 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
     path = Path(engine)
     if path.suffix in (".yaml", ".yml"):
         return load_profile_file(path)
-    for candidate in (PROFILES_DIR / f"{gpu}-{engine}.yaml", PROFILES_DIR / f"{engine}.yaml"):
-        if candidate.exists():
-            return load_profile_file(candidate)
-    fitted = sorted(PROFILES_DIR.glob(f"*-{engine}.yaml"))
-    if fitted:
-        return load_profile_file(fitted[0])
+    if _ENGINE_NAME.fullmatch(engine):  # a name, never a pattern or a path
+        for candidate in (PROFILES_DIR / f"{gpu}-{engine}.yaml", PROFILES_DIR / f"{engine}.yaml"):
+            if candidate.is_file():
+                return load_profile_file(candidate)
+        for candidate in sorted(PROFILES_DIR.glob(f"*-{engine}.yaml")):
+            fitted = load_profile_file(candidate)
+            if fitted.engine == engine:
+                return fitted
     raise SpecError(f"unknown engine '{engine}' for GPU '{gpu}' (known: {', '.join(list_engines())})")
 
 

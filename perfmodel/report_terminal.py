@@ -1,4 +1,8 @@
-"""Rich tables of a prediction for the terminal."""
+"""Rich tables of a prediction for the terminal.
+
+Columns fold a value that does not fit the terminal onto a second line rather than cut it;
+written to a file or a pipe, the CLI's console is wide enough that nothing folds.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from perfmodel.prediction import Prediction
 
@@ -24,18 +29,49 @@ def _bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _value(value: object) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
+
+
+def overrides_text(overrides: dict) -> str:
+    """``--set`` overrides as ``KEY=VALUE, ...`` ("none" without any)."""
+    return ", ".join(f"{k}={_value(v)}" for k, v in overrides.items()) or "none"
+
+
+def header_lines(p: Prediction) -> list[str]:
+    """What was predicted: model, GPU and profile; the workload and its GPU layout; the
+    ``--set`` overrides."""
+    w, prov = p.workload, p.provenance
+    kind = " (calibrated)" if prov["calibrated"] else " (uncalibrated roofline)"
+    workload = f"B={w.batch} S={w.input_len} O={w.output_len}"
+    if p.phase == "decode":
+        workload += f" L={w.context if w.context is not None else w.input_len}"
+    kv = f" (KV {w.kv_dtype})" if w.kv_dtype else ""
+    skew = f" skew={w.skew:g}" if w.skew else ""
+    return [f"{p.model} on {prov['gpu']} · {prov['profile']}{kind} · phase {p.phase}",
+            f"workload: {workload} {w.dtype}{kv}{skew} · layout: TP={w.tp} EP={w.ep} PP={w.pp} "
+            f"= {w.gpus} GPU{'s' if w.gpus != 1 else ''}",
+            f"overrides: {overrides_text(p.overrides)}"]
+
+
+def sweep_header(header: dict) -> str:
+    """The line above a sweep's table: model, GPU, engine, phase, fixed values, overrides."""
+    fixed = " ".join(f"{k}={v}" for k, v in header["fixed"].items())
+    return (f"{header['model']} on {header['gpu']} · {header['engine']} · phase {header['phase']}"
+            f"{f' · {fixed}' if fixed else ''} · overrides: {overrides_text(header['overrides'])}")
+
+
 def print_prediction(p: Prediction, console: Console) -> None:
-    """Metrics, memory and the per-op breakdown (with each op's bound)."""
-    m, w, prov = p.metrics, p.workload, p.provenance
+    """Header, metrics (with the error band where it applies, and why it does not elsewhere),
+    memory and the per-op breakdown (with each op's bound)."""
+    m, prov = p.metrics, p.provenance
     band = prov.get("error_band")
-    title = (f"{p.model} on {prov['gpu']} · {prov['profile']}"
-             f"{' (calibrated)' if prov['calibrated'] else ' (uncalibrated roofline)'}"
-             f" · B={w.batch} S={w.input_len} O={w.output_len} {w.dtype}"
-             f"{f' TP={w.tp}' if w.tp > 1 else ''}{f' EP={w.ep}' if w.ep > 1 else ''}")
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("± band", justify="right")
+    for line in header_lines(p):
+        console.print(line, highlight=False, markup=False)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_column("± band", justify="right", overflow="fold")
     rows = [("TTFT", _time(m["ttft_s"]), band and band["ttft"]),
             ("ITL (decode step)", _time(m["itl_s"]), band and band["decode_step"]),
             ("E2E", _time(m["e2e_s"]), band and band["e2e"]),
@@ -52,9 +88,11 @@ def print_prediction(p: Prediction, console: Console) -> None:
             continue
         table.add_row(name, value, f"±{rel:.0%}" if rel else "")
     console.print(table)
+    console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
     for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound"):
-        ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right")
+        ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right",
+                       overflow="fold")
     by_pass: dict[str, float] = {}
     for op in p.ops:
         by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
@@ -78,20 +116,27 @@ def print_validation(result: dict, console: Console) -> None:
                   f"(commit {src['git_commit']})")
     points = result["points"]
     engines = list(dict.fromkeys(p["engine"] for p in points))
+    same_len = all(p["input_len"] == p["output_len"] for p in points)
     table = Table(title="predicted vs measured", header_style="bold")
-    for col in ("model", "B", "S=O", "split", "metric", "measured", *[f"{e}" for e in engines],
-                *[f"err {e}" for e in engines]):
+    for col in ("model", "B", "S=O" if same_len else "S/O", "split", "metric", "measured",
+                *[f"{e}" for e in engines], *[f"err {e}" for e in engines]):
         table.add_column(col, justify="left" if col in ("model", "split", "metric") else "right")
+    # one row per point (its full identity: overrides, layers, B, S, O, dtype, settings) and metric
     by_key: dict[tuple, dict] = {}
     for p in points:
-        key = (p["model"], p["batch"], p["input_len"], p["split"], p["metric"])
-        by_key.setdefault(key, {"measured": p["measured"]})[p["engine"]] = (p["predicted"], p["rel_error"])
-    for (model, b, s, split, metric), vals in by_key.items():
+        point = p.get("point_id") or (p["model"], p["batch"], p["input_len"], p["output_len"])
+        key = (point, p["split"], p["metric"])
+        row = by_key.setdefault(key, {"measured": p["measured"], "point": p, "engines": {}})
+        row["engines"][p["engine"]] = (p["predicted"], p["rel_error"])
+    for (_, split, metric), vals in by_key.items():
+        point, by_engine = vals["point"], vals["engines"]
         fmt = (lambda v: f"{v:,.0f}") if metric == "throughput" else _time
-        cells = [fmt(vals[e][0]) if e in vals else "" for e in engines]
-        errs = [f"{vals[e][1]:+.1%}" if e in vals else "" for e in engines]
-        table.add_row(model, str(b), str(s), "held-out" if split == "held-out" else "train", metric,
-                      fmt(vals["measured"]), *cells, *errs)
+        cells = [fmt(by_engine[e][0]) if e in by_engine else "" for e in engines]
+        errs = [f"{by_engine[e][1]:+.1%}" if e in by_engine else "" for e in engines]
+        s, o = point["input_len"], point["output_len"]
+        table.add_row(Text(str(point.get("variant") or point["model"])), str(point["batch"]),
+                      str(s) if same_len else f"{s}/{o}", "held-out" if split == "held-out" else "train",
+                      metric, fmt(vals["measured"]), *cells, *errs)
     console.print(table)
     mape = Table(title="MAPE (%)", header_style="bold")
     for col in ("engine", "split", "metric", "mean", "median", "max", "n"):

@@ -1,10 +1,26 @@
 """Roofline time of one op, as sympy:
 
-    t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(x)),  comm / (BW_link · η_link))
+    t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes)),  comm / (BW_link · η_l(comm)))
         + kernels · t_kernel + fixed latency
 
-with η(x) = η_max · x / (x + x_half) over the op's size x (see :mod:`perfmodel.profile`).
-The attention core runs at the attention peak (bf16) whatever the weight dtype.
+Efficiencies saturate (see :mod:`perfmodel.profile`): η(u) = η_max · u / (u + u_half), where
+the compute curve's u is the op's size x (GEMM rows, tokens per expert, keys attended) and the
+memory and link curves' u is the bytes they move. The attention core runs at the attention
+peak (bf16) whatever the weight dtype.
+
+Why those variables. A performance model's time must never fall when the work grows. With
+η(u) = η_max·u/(u + u_half), work/η(u) = (work/u)·(u + u_half)/η_max, which is non-decreasing
+whenever u and work/u are. Both hold for the compute side: every op's FLOPs are its size
+times a per-unit cost that does not shrink as the workload grows (FLOPs per GEMM row; per
+row times the experts touched for a grouped GEMM; per key times the mean keys of a query for
+attention), so t_c = (FLOPs/x)·(x + x_half)/(F_peak·η_max) grows with B, S, L and top-k. Bytes
+are not proportional to the size: weights are read once whatever the rows (a grouped GEMM at
+decode reads every touched expert once, however many tokens each gets) and a decode step's
+queries are read once whatever the keys. A memory curve in the size would then let the time
+fall as rows or keys grow over fixed weights. In the bytes themselves, the memory time is
+affine, t_m = (bytes + bytes_half)/(BW·η_max) — the bytes a kernel must have in flight before
+it streams at its peak — and non-decreasing by construction; an op that moves no bytes takes
+no memory time. The max of non-decreasing parts, and sums of them, are non-decreasing.
 """
 
 from __future__ import annotations
@@ -15,6 +31,9 @@ import sympy as sp
 
 from perfmodel.ops import Op
 from perfmodel.symbols import bw, efficiency_symbols, link_bw, peak, peak_attn, t_kernel
+
+#: Op classes of the attention core, which runs at the attention peak (bf16).
+ATTENTION_CLASSES = ("attention", "attention_masked")
 
 
 @dataclass(frozen=True)
@@ -33,18 +52,28 @@ class OpTime:
 
 
 def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
-    """η_which(size) of an op class, which ∈ {compute, memory}."""
+    """η_which(size) = η_max·size/(size + half) of an op class, which ∈ {compute, memory};
+    ``size`` in the curve's unit (the op's size for compute, bytes for memory)."""
     eta = efficiency_symbols(op_class)
     return eta[which] * size / (size + eta[f"{which}_half"])
+
+
+def transfer_time(nbytes: sp.Expr, rate: sp.Expr, op_class: str) -> sp.Expr:
+    """Seconds to move ``nbytes`` bytes at ``rate`` B/s with η_m saturating in the bytes:
+    nbytes/(rate·η_m(nbytes)) = (nbytes + half)/(rate·η_max) when anything moves, and 0 when
+    nothing does (the half is weighted by the step θ(nbytes), 0 at 0). Never falling as the
+    bytes grow: both terms are non-decreasing in them."""
+    eta = efficiency_symbols(op_class)
+    return (nbytes + eta["memory_half"] * sp.Heaviside(nbytes, 0)) / (rate * eta["memory"])
 
 
 def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     """Roofline time parts of ``op`` after the phase substitutions ``subs``."""
     size = op.size.subs(subs)
-    f_peak = peak_attn if op.op_class == "attention" else peak
+    f_peak = peak_attn if op.op_class in ATTENTION_CLASSES else peak
     if op.op_class == "comm":
-        link = op.comm_bytes.subs(subs) / (link_bw * efficiency("comm", "memory", size))
+        link = transfer_time(op.comm_bytes.subs(subs), link_bw, "comm")
         return OpTime(sp.Integer(0), sp.Integer(0), link, op.fixed_latency)
     compute = op.flops.subs(subs) / (f_peak * efficiency(op.op_class, "compute", size))
-    memory = op.bytes.subs(subs) / (bw * efficiency(op.op_class, "memory", size))
+    memory = transfer_time(op.bytes.subs(subs), bw, op.op_class)
     return OpTime(compute, memory, sp.Integer(0), op.kernels * t_kernel + op.fixed_latency)

@@ -19,6 +19,7 @@ import yaml
 
 from perfmodel.cli import main
 from perfmodel.paths import HARDWARE_DIR, PROFILES_DIR
+from perfmodel.specs.zoo import load_hf_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,24 @@ def _write(tmp: Path, name: str, text: str) -> str:
     path = tmp / name
     path.write_text(text)
     return str(path)
+
+
+def _zoo_config(tmp: Path, model: str, **fields) -> str:
+    """A zoo model's config.json with raw fields set."""
+    return _config(tmp, "config.json", {**load_hf_config(model), **fields})
+
+
+def _not_utf8(tmp: Path, name: str, source: Path | None = None) -> str:
+    """A valid spec or config file (a copy of ``source``, else a tiny Mixtral config.json) with
+    one byte that is not UTF-8 inside a string."""
+    data = source.read_bytes() if source else json.dumps(TINY_MIXTRAL).encode()
+    marker = b"name: " if source else b'"mixtral'
+    path = tmp / name
+    path.write_bytes(data.replace(marker, marker + b"\xff", 1))
+    return str(path)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
 
 
 #: (id, argv builder taking tmp_path, a fragment the error line must contain).
@@ -173,6 +192,138 @@ CASES = [
     ("grid-expert-key-on-dense", lambda t: ["sweep", "llama-3.1-8b", "--grid", "top_k=1,2"], "needs a model with experts"),
     ("grid-unknown-dtype", lambda t: ["sweep", "mixtral", "--grid", "dtype=bf16,fp7"], "unknown dtype 'fp7'"),
     ("grid-unknown-gpu", lambda t: ["sweep", "mixtral", "--grid", "gpu=h200,h999"], "unknown GPU 'h999'"),
+    # per-layer list fields of config.json, each family that reads one
+    ("config-qwen2-moe-mlp-only-layers-int", lambda t: ["predict", _zoo_config(t, "qwen1.5-moe-a2.7b", mlp_only_layers=5)],
+     "'mlp_only_layers' must be a list of layer indices"),
+    ("config-qwen3-moe-mlp-only-layers-strings", lambda t: ["predict", _zoo_config(t, "qwen3-30b-a3b", mlp_only_layers=["0"])],
+     "'mlp_only_layers' must be a list of layer indices"),
+    ("config-mlp-only-layers-out-of-range", lambda t: ["predict", _zoo_config(t, "qwen3-30b-a3b", mlp_only_layers=[48])],
+     "names layer 48"),
+    ("config-gpt-oss-layer-types-string", lambda t: ["predict", _zoo_config(t, "gpt-oss-20b", layer_types="sliding_attention")],
+     "'layer_types' must be a list with one entry per layer"),
+    ("config-gpt-oss-layer-types-too-short", lambda t: ["predict", _zoo_config(t, "gpt-oss-20b", layer_types=["sliding_attention"])],
+     "'layer_types' has 1 entries, but the model has 24 layers"),
+    ("config-gpt-oss-layer-types-unknown-kind", lambda t: ["predict", _zoo_config(t, "gpt-oss-20b", layer_types=["chunked_attention"] * 24)],
+     "each entry must be one of full_attention, sliding_attention"),
+    ("config-llama4-moe-layers-int", lambda t: ["predict", _zoo_config(t, "llama-4-scout-17b-16e", moe_layers=3)],
+     "'moe_layers' must be a list of layer indices"),
+    ("config-llama4-moe-layers-repeated", lambda t: ["predict", _zoo_config(t, "llama-4-scout-17b-16e", moe_layers=[1, 1])],
+     "'moe_layers' names a layer twice"),
+    ("config-llama4-no-rope-layers-string", lambda t: ["predict", _zoo_config(t, "llama-4-scout-17b-16e", no_rope_layers="1")],
+     "'no_rope_layers' must be a list"),
+    ("config-llama4-no-rope-layers-not-flags", lambda t: ["predict", _zoo_config(t, "llama-4-scout-17b-16e", no_rope_layers=[2] * 48)],
+     "'no_rope_layers' must hold only 0 or 1"),
+    ("config-llama4-layer-types-sliding", lambda t: ["predict", _zoo_config(t, "llama-4-scout-17b-16e", layer_types=["sliding_attention"] * 48)],
+     "each entry must be one of full_attention, chunked_attention"),
+    ("config-qwen2-layer-types-int", lambda t: ["predict", _zoo_config(t, "qwen2-7b", use_sliding_window=True, layer_types=3)],
+     "'layer_types' must be a list"),
+    ("config-qwen3-layer-types-mapping", lambda t: ["predict", _zoo_config(t, "qwen3-8b", use_sliding_window=True, layer_types={"0": "full_attention"})],
+     "'layer_types' must be a list"),
+    ("config-qwen2-moe-layer-types-too-short", lambda t: ["predict", _zoo_config(t, "qwen1.5-moe-a2.7b", use_sliding_window=True, layer_types=["full_attention"])],
+     "'layer_types' has 1 entries"),
+    ("config-bool-field-string", lambda t: ["predict", _zoo_config(t, "llama-3.1-8b", mlp_bias="yes")],
+     "'mlp_bias' must be true or false"),
+    # files that crash a parser: too deep, too long a number, not UTF-8
+    ("config-nested-100000-deep", lambda t: ["predict", _config(t, "config.json", DEEP)], "nested too deeply"),
+    ("config-integer-too-long", lambda t: ["predict", _config(t, "config.json", '{"hidden_size": 1' + "0" * 5000 + "}")],
+     "malformed config file"),
+    ("gpu-file-nested-100000-deep", lambda t: ["predict", "mixtral", "--gpu", _write(t, "gpu.yaml", DEEP)], "nested too deeply"),
+    ("profile-nested-100000-deep", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", DEEP)], "nested too deeply"),
+    ("set-integer-too-long", lambda t: ["predict", "mixtral", "--set", "top_k=1" + "0" * 5000],
+     "bad --set value for 'top_k': '1000"),
+    ("set-value-nested-100000-deep", lambda t: ["predict", "mixtral", "--set", "top_k=" + DEEP], "bad --set value for 'top_k'"),
+    ("config-not-utf8-predict", lambda t: ["predict", _not_utf8(t, "config.json")], "not UTF-8"),
+    ("config-not-utf8-formula", lambda t: ["formula", _not_utf8(t, "config.json"), "--op", "list"], "not UTF-8"),
+    ("config-not-utf8-sweep", lambda t: ["sweep", _not_utf8(t, "config.json"), "--grid", "top_k=1,2"], "not UTF-8"),
+    ("config-not-utf8-measure", lambda t: ["measure", _not_utf8(t, "config.json")], "not UTF-8"),
+    ("gpu-file-not-utf8-predict", lambda t: ["predict", "mixtral", "--gpu", _not_utf8(t, "gpu.yaml", HARDWARE_DIR / "h200-sxm.yaml")],
+     "not UTF-8"),
+    ("gpu-file-not-utf8-sweep", lambda t: ["sweep", "mixtral", "--grid", "top_k=1,2", "--gpu", _not_utf8(t, "gpu.yaml", HARDWARE_DIR / "h200-sxm.yaml")],
+     "not UTF-8"),
+    ("gpu-file-not-utf8-validate", lambda t: ["validate", "mixtral", "--gpu", _not_utf8(t, "gpu.yaml", HARDWARE_DIR / "h200-sxm.yaml")],
+     "not UTF-8"),
+    ("profile-not-utf8-predict", lambda t: ["predict", "mixtral", "--engine", _not_utf8(t, "p.yaml", PROFILES_DIR / "roofline.yaml")],
+     "not UTF-8"),
+    ("profile-not-utf8-sweep", lambda t: ["sweep", "mixtral", "--grid", "top_k=1,2", "--engine", _not_utf8(t, "p.yaml", PROFILES_DIR / "roofline.yaml")],
+     "not UTF-8"),
+    # engine names are names, not patterns or paths
+    ("engine-glob-star", lambda t: ["predict", "mixtral", "--engine", "*"], "unknown engine '*'"),
+    ("engine-glob-class", lambda t: ["predict", "mixtral", "--engine", "[h]f"], "unknown engine '[h]f'"),
+    ("engine-glob-question-mark", lambda t: ["predict", "mixtral", "--engine", "h?"], "unknown engine 'h?'"),
+    ("engine-path-without-suffix", lambda t: ["predict", "mixtral", "--engine", "../profiles/vllm"],
+     "unknown engine '../profiles/vllm'"),
+    ("engine-tail-of-a-profile-name", lambda t: ["predict", "mixtral", "--engine", "sxm-hf", "--gpu", "h100"],
+     "unknown engine 'sxm-hf'"),
+    # parallel layouts
+    ("tp-not-dividing-heads", lambda t: ["predict", "mixtral", "--tp", "3"],
+     "tp (3) must divide the number of attention heads (32)"),
+    ("tp-above-heads", lambda t: ["predict", "llama-3.1-8b", "--tp", "64"],
+     "tp (64) must divide the number of attention heads (32)"),
+    ("tp-not-dividing-kv-heads", lambda t: ["predict", "mixtral", "--set", "num_heads=12", "--set", "num_kv_heads=3", "--tp", "2"],
+     "tp (2) must divide the number of KV heads (3) or be a multiple of it"),
+    ("tp-not-dividing-expert-width", lambda t: ["predict", "mixtral", "--set", "ffn=1000", "--tp", "16"],
+     "tp (16) must divide the experts' FFN width (1000)"),
+    ("tp-not-dividing-shared-width", lambda t: ["predict", "qwen1.5-moe-a2.7b", "--set", "shared_expert_intermediate_size=5630", "--tp", "4"],
+     "tp (4) must divide the shared experts' FFN width"),
+    ("tp-not-dividing-dense-width", lambda t: ["predict", "llama-3.1-8b", "--set", "dense_intermediate_size=1001", "--tp", "2"],
+     "tp (2) must divide the dense MLP width (1001)"),
+    ("pp-above-layers", lambda t: ["predict", "mixtral", "--pp", "64"], "pp (64) must divide the number of layers (32)"),
+    # --set of a field the family does not read
+    ("set-shared-experts-on-mixtral", lambda t: ["predict", "mixtral", "--set", "num_shared_experts=2"],
+     "--set num_shared_experts: this mixtral model does not use 'n_shared_experts'"),
+    ("set-sliding-window-on-olmoe", lambda t: ["predict", "olmoe-1b-7b", "--set", "sliding_window=128"],
+     "this olmoe model does not use 'sliding_window'"),
+    ("set-sliding-window-while-sliding-is-off", lambda t: ["predict", "qwen3-30b-a3b", "--set", "sliding_window=1024"],
+     "this qwen3_moe model does not use 'sliding_window'"),
+    ("set-head-dim-on-mla", lambda t: ["predict", "deepseek-v2-lite", "--set", "head_dim=64"],
+     "this deepseek_v2 model does not use 'head_dim'"),
+    ("set-kv-heads-on-mla", lambda t: ["predict", "deepseek-v2-lite", "--set", "num_kv_heads=4"],
+     "does not use 'num_key_value_heads'"),
+    ("set-attention-bias-on-mixtral", lambda t: ["predict", "mixtral", "--set", "attention_bias=true"],
+     "this mixtral model does not use 'attention_bias'"),
+    ("set-shared-width-on-deepseek", lambda t: ["predict", "deepseek-v2-lite", "--set", "shared_expert_intermediate_size=512"],
+     "does not use 'shared_expert_intermediate_size'"),
+    ("set-first-k-dense-on-qwen", lambda t: ["predict", "qwen3-30b-a3b", "--set", "first_k_dense=1"],
+     "does not use 'first_k_dense_replace'"),
+    ("set-dense-width-without-dense-layers", lambda t: ["predict", "qwen3-30b-a3b", "--set", "dense_intermediate_size=1024"],
+     "does not use 'intermediate_size'"),
+    ("formula-set-unused-key", lambda t: ["formula", "mixtral", "--op", "list", "--set", "num_shared_experts=2"],
+     "does not use 'n_shared_experts'"),
+    # --set values of per-layer fields, layer steps and windows
+    ("set-mlp-only-layers-int", lambda t: ["predict", "qwen1.5-moe-a2.7b", "--set", "mlp_only_layers=5"],
+     "'mlp_only_layers' must be a list of layer indices, got 5"),
+    ("set-mlp-only-layers-letters", lambda t: ["predict", "qwen1.5-moe-a2.7b", "--set", "mlp_only_layers=abc"],
+     "'mlp_only_layers' must be a list of layer indices, got 'abc'"),
+    ("set-mlp-only-layers-fraction", lambda t: ["predict", "qwen1.5-moe-a2.7b", "--set", "mlp_only_layers=[1.5]"],
+     "'mlp_only_layers' must be a list of layer indices"),
+    ("set-layer-types-letters", lambda t: ["predict", "gpt-oss-20b", "--set", "layer_types=abc"],
+     "'layer_types' must be a list"),
+    ("set-moe-layers-out-of-range", lambda t: ["predict", "llama-4-scout-17b-16e", "--set", "moe_layers=[0, 48]"],
+     "'moe_layers' names layer 48"),
+    ("set-decoder-sparse-step-zero", lambda t: ["predict", "qwen1.5-moe-a2.7b", "--set", "decoder_sparse_step=0"],
+     "'decoder_sparse_step' must be at least 1, got 0"),
+    ("set-decoder-sparse-step-negative", lambda t: ["predict", "qwen3-30b-a3b", "--set", "decoder_sparse_step=-2"],
+     "'decoder_sparse_step' must be at least 1, got -2"),
+    ("set-interleave-moe-layer-step-zero", lambda t: ["predict", "llama-4-scout-17b-16e", "--set", "interleave_moe_layer_step=0"],
+     "'interleave_moe_layer_step' must be at least 1"),
+    ("set-attention-chunk-size-zero", lambda t: ["predict", "llama-4-scout-17b-16e", "--set", "attention_chunk_size=0"],
+     "'attention_chunk_size' must be at least 1"),
+    ("set-no-rope-layer-interval-zero", lambda t: ["predict", "llama-4-scout-17b-16e", "--set", "no_rope_layer_interval=0"],
+     "'no_rope_layer_interval' must be at least 1"),
+    ("set-moe-layer-freq-zero", lambda t: ["predict", "deepseek-v2-lite", "--set", "moe_layer_freq=0"],
+     "'moe_layer_freq' must be at least 1"),
+    ("set-gpt-oss-window-zero", lambda t: ["predict", "gpt-oss-20b", "--set", "sliding_window=0"],
+     "'sliding_window' must be at least 1"),
+    ("set-mla-nope-dim-zero", lambda t: ["predict", "deepseek-v2-lite", "--set", "qk_nope_head_dim=0"],
+     "MLA needs positive"),
+    ("set-bool-field-letters", lambda t: ["predict", "llama-4-scout-17b-16e", "--set", "use_qk_norm=abc"],
+     "'use_qk_norm' must be true or false"),
+    ("set-bool-field-number", lambda t: ["predict", "mixtral", "--set", "tie_word_embeddings=2"],
+     "'tie_word_embeddings' must be true or false"),
+    ("set-use-sliding-window-number", lambda t: ["predict", "qwen3-30b-a3b", "--set", "use_sliding_window=1"],
+     "'use_sliding_window' must be true or false"),
+    ("set-mlp-bias-on-deepseek-v2", lambda t: ["predict", "deepseek-v2-lite", "--set", "mlp_bias=true"],
+     "not modelled for deepseek_v2"),
     ("sweep-csv-into-missing-directory", lambda t: ["sweep", "mixtral", "--grid", "batch=1,2", "--csv", str(t / "no" / "dir" / "out.csv")],
      "cannot write"),
 ]

@@ -148,10 +148,13 @@ def test_sweep_csv(tmp_path, capsys):
 
 
 def test_sweep_table_to_stdout(capsys):
-    out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64"], capsys)
-    header = out.splitlines()[0].split()
+    out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64", "--set", "top_k=4"], capsys)
+    lines = out.strip().splitlines()
+    assert lines[0] == ("mixtral on h200-sxm · roofline · phase request · output_len=64 · "
+                        "overrides: top_k=4")
+    header = lines[1].split()
     assert header[0] == "batch" and "e2e_s" in header and "fits_in_memory" in header
-    assert len(out.strip().splitlines()) == 3
+    assert len(lines) == 4
 
 
 def test_python_dash_m_help(tmp_path):

@@ -15,6 +15,7 @@ from perfmodel.calibration.fit_kernels import (
     ELEMENTWISE_KERNELS, PARAM_KEYS, PROFILE_CLASSES, TABLES, _models, fit_kernel_efficiencies,
     kernel_fit_to_profile_dict,
 )
+from perfmodel.calibration.fit import FIT_RTOL, profile_differences
 from perfmodel.errors import SpecError
 from perfmodel.specs.hardware import load_gpu
 
@@ -22,25 +23,28 @@ H200_DATA = Path(__file__).resolve().parents[1] / "calibration" / "data" / "h200
 GPU = load_gpu("h200-sxm")
 F_BF16, BW = GPU.peak("bf16"), GPU.hbm_bandwidth
 
-#: The known truth of the synthetic tables.
+#: The known truth of the synthetic tables (compute halves in the class's size unit, memory
+#: halves in bytes).
 T_KERNEL = 2e-6
 TRUE = {
     "gemm": {"compute": 0.7, "compute_half": 64.0, "memory": 0.8, "memory_half": 0.0},
-    "grouped_gemm": {"compute": 0.6, "compute_half": 100.0, "memory": 0.55, "memory_half": 2.0},
-    "attention": {"compute": 0.5, "compute_half": 1000.0, "memory": 0.7, "memory_half": 500.0},
-    "elementwise": {"compute": 1.0, "compute_half": 0.0, "memory": 0.75, "memory_half": 2e5},
+    "grouped_gemm": {"compute": 0.6, "compute_half": 100.0, "memory": 0.55, "memory_half": 2e6},
+    "attention": {"compute": 0.5, "compute_half": 1000.0, "memory": 0.7, "memory_half": 5e6},
+    "elementwise": {"compute": 1.0, "compute_half": 0.0, "memory": 0.75, "memory_half": 1e6},
 }
-TRUE_MASKED = {"memory": 0.85, "memory_half": 3000.0}
+TRUE_MASKED = {"memory": 0.85, "memory_half": 3e7}
 TRUE_COPY = 0.25
 
 
-def _eta(p: dict, which: str, x):
-    return p[which] * x / (x + p[f"{which}_half"])
+def _eta(p: dict, which: str, u):
+    return p[which] * u / (u + p[f"{which}_half"])
 
 
 def _time(p: dict, flops, nbytes, x, kernels=1, f_peak=F_BF16):
+    """The roofline time: η_c over the size x, η_m over the bytes (no time without bytes)."""
     tc = np.asarray(flops, float) / (f_peak * _eta(p, "compute", x))
-    tm = np.asarray(nbytes, float) / (BW * _eta(p, "memory", x))
+    nbytes = np.asarray(nbytes, float)
+    tm = np.where(nbytes > 0, nbytes / (BW * _eta(p, "memory", np.maximum(nbytes, 1.0))), 0.0)
     return np.maximum(tc, tm) + kernels * T_KERNEL
 
 
@@ -144,12 +148,28 @@ def real_fit():
 
 
 def test_deterministic(real_fit):
+    """The same tables give the same fit, up to rounding (never compared bit for bit)."""
     again = fit_kernel_efficiencies(H200_DATA, GPU)
-    assert again == real_fit
-    assert kernel_fit_to_profile_dict(again) == kernel_fit_to_profile_dict(real_fit)
-    assert repr(kernel_fit_to_profile_dict(again, include_extra=True)) == \
-        repr(kernel_fit_to_profile_dict(real_fit, include_extra=True))
-    assert yaml.safe_dump(again.summary()) == yaml.safe_dump(real_fit.summary())
+    assert again.per_kernel_s == pytest.approx(real_fit.per_kernel_s, rel=FIT_RTOL)
+    for a, b in ((kernel_fit_to_profile_dict(again, include_extra=True),
+                  kernel_fit_to_profile_dict(real_fit, include_extra=True)),
+                 (again.summary(), real_fit.summary())):
+        assert yaml.safe_dump(a, sort_keys=False).splitlines()[0] == \
+            yaml.safe_dump(b, sort_keys=False).splitlines()[0]  # same keys, same order
+        assert profile_differences(a, b) == []
+
+
+def test_parameters_on_a_bound_are_exactly_the_bound(synthetic):
+    """A weakly identified parameter ends on its bound exactly, not a rounding-noise distance
+    from it: a half of 0 is 0.0 and an efficiency at the datasheet is 1.0."""
+    path, _ = synthetic
+    fit = fit_kernel_efficiencies(path, GPU)
+    assert fit.efficiency["gemm"]["memory_half"] == 0.0
+    assert fit.efficiency["elementwise"]["compute_half"] == 0.0
+    real = fit_kernel_efficiencies(H200_DATA, GPU, per_kernel="gemm_intercept")
+    at_one = [(c, k) for c, p in {**real.efficiency, **real.extra}.items() for k in ("compute", "memory")
+              if abs(p[k] - 1.0) < 1e-5]
+    assert at_one and all({**real.efficiency, **real.extra}[c][k] == 1.0 for c, k in at_one)
 
 
 def test_recovers_known_efficiencies(synthetic):
@@ -160,7 +180,7 @@ def test_recovers_known_efficiencies(synthetic):
         got = fit.efficiency[cls]
         for key in PARAM_KEYS:
             if key.endswith("_half") and truth[key] == 0:
-                assert got[key] <= 1e-3 * max(1.0, truth[key]), (cls, key, got)
+                assert got[key] == 0.0, (cls, key, got)
             else:
                 assert got[key] == pytest.approx(truth[key], rel=0.03), (cls, key, got)
         assert fit.stats[cls].median_abs_rel_err < 0.01, cls
@@ -225,8 +245,8 @@ def test_missing_table_is_a_spec_error(synthetic, tmp_path, missing):
 
 
 def test_real_h200_fit_quality(real_fit):
-    # median |relative error| observed on the committed data: gemm 0.19, grouped 0.075,
-    # attention 0.13, elementwise 0.59 (rmsnorm vs residual_add differ ~13x in η), masked 0.04
+    # median |relative error| observed on the committed data: gemm 0.07, grouped 0.06,
+    # attention 0.13, elementwise 0.58 (rmsnorm vs residual_add differ ~13x in η), masked 0.03
     bounds = {"gemm": 0.25, "grouped_gemm": 0.12, "attention": 0.2, "elementwise": 0.7,
               "attention_masked": 0.08}
     for cls, bound in bounds.items():

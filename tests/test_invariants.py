@@ -12,7 +12,9 @@ import math
 from functools import cache
 
 import numpy as np
+import pytest
 import sympy as sp
+import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -420,3 +422,113 @@ def test_request_decode_equals_sum_of_steps(name, batch, input_len, output_len, 
     assert len(bounds) == 1, "an op changed bound during the decode: the closed form is not exact"
     assert math.isclose(request["e2e_s"] - request["ttft_s"], math.fsum(steps), rel_tol=1e-6)
     assert math.isclose(request["itl_s"], math.fsum(steps) / len(steps), rel_tol=1e-6)
+
+
+# --- (15) monotonicity on every engine ------------------------------------------------------------
+
+#: The fitted hf profile (efficiencies saturating in the op's size and bytes, eager prefill,
+#: allocated-cache decode), the assumed vllm profile and the roofline.
+ENGINES = ("hf", "vllm", "roofline")
+#: GQA with 8 experts, MHA with 64 experts and QK norm, and MLA with shared experts and a
+#: dense first layer (each structure compiles once per engine's options and phase).
+ENGINE_MODELS = ("mixtral-8x7b", "olmoe-1b-7b", "deepseek-v2-lite")
+#: The pass times a phase reports.
+PHASE_TIMES = {"prefill": ("prefill_s",), "decode": ("decode_step_s",),
+               "request": ("prefill_s", "decode_step_s", "e2e_s")}
+ENGINE_QUICK = settings(max_examples=60, deadline=None, database=None,
+                        suppress_health_check=[HealthCheck.too_slow])
+
+
+@cache
+def spec_with_top_k(name: str, top_k: int) -> ModelSpec:
+    return load_model(name, {"top_k": top_k})
+
+
+def engine_times(engine: str, name: str, phase: str, top_k: int | None = None, **kw) -> dict[str, float]:
+    model = spec(name) if top_k is None else spec_with_top_k(name, top_k)
+    m = predict(model, engine=engine, phase=phase, **kw).metrics
+    return {t: m[t] for t in PHASE_TIMES[phase]}
+
+
+def assert_not_faster(engine: str, name: str, phase: str, smaller: dict, larger: dict) -> None:
+    """The pass times of the larger workload are each at least those of the smaller one."""
+    a = engine_times(engine, name, phase, **smaller)
+    b = engine_times(engine, name, phase, **larger)
+    for t in a:
+        assert a[t] > 0 and le(a[t], b[t]), (t, a[t], b[t], smaller, larger)
+
+
+def sizes(largest: int) -> st.SearchStrategy[int]:
+    """Whole numbers up to ``largest``, half of them small (where saturating curves bend)."""
+    return st.integers(1, 32) | st.integers(1, largest)
+
+
+@ENGINE_QUICK
+@given(engine=st.sampled_from(ENGINES), name=st.sampled_from(ENGINE_MODELS),
+       phase=st.sampled_from(tuple(PHASE_TIMES)), gpu=st.sampled_from(("h200-sxm", "a100-sxm-80gb")),
+       batch=sizes(128), input_len=sizes(4096), output_len=sizes(1024), context=sizes(16384),
+       more_batch=sizes(256), more_tokens=sizes(4096), data=st.data())
+def test_every_engine_is_monotone_in_batch_length_context_and_top_k(
+        engine, name, phase, gpu, batch, input_len, output_len, context, more_batch, more_tokens, data):
+    """More sequences, longer prompts, more keys attended or more experts per token never make
+    a pass faster, on the fitted and assumed engines too: each op's time is non-decreasing in
+    its work by construction (:mod:`perfmodel.roofline`), and a pass sums such times."""
+    kw = dict(gpu=gpu, batch=batch, input_len=input_len, output_len=output_len)
+    if phase == "decode":
+        kw["context"] = context
+    n_experts = spec(name).moe.n_experts
+    top_k = data.draw(st.integers(1, n_experts - 1), label="top_k")
+    more_k = data.draw(st.integers(1, n_experts - top_k), label="more_k")
+    base = {**kw, "top_k": top_k}
+    assert_not_faster(engine, name, phase, base, {**base, "batch": batch + more_batch})
+    assert_not_faster(engine, name, phase, base, {**base, "top_k": top_k + more_k})
+    if phase == "decode":
+        assert_not_faster(engine, name, phase, base, {**base, "context": context + more_tokens})
+    else:
+        assert_not_faster(engine, name, phase, base, {**base, "input_len": input_len + more_tokens})
+
+
+@pytest.mark.parametrize("name, gpu, phase, smaller, larger", [
+    ("mixtral-8x7b", "h200-sxm", "decode", dict(batch=16, top_k=2), dict(batch=16, top_k=3)),
+    ("olmoe-1b-7b", "h200-sxm", "decode", dict(context=1), dict(context=98)),
+    ("mixtral-8x7b", "a100-sxm-80gb", "prefill", dict(batch=2, input_len=8), dict(batch=2, input_len=15)),
+], ids=["mixtral-decode-top_k", "olmoe-decode-context", "mixtral-a100-prefill-length"])
+def test_fitted_engine_is_monotone_where_a_rising_efficiency_once_beat_the_work(
+        name, gpu, phase, smaller, larger):
+    """Points where an efficiency curve rising faster than the work made the fitted hf
+    engine faster on more work (more experts per token over the same weights, more keys
+    over the same queries, more tokens per expert at a prefill)."""
+    assert_not_faster("hf", name, phase, dict(gpu=gpu, **smaller), dict(gpu=gpu, **larger))
+
+
+@QUICK
+@given(engine=st.sampled_from(ENGINES), name=st.sampled_from(ENGINE_MODELS),
+       batch=sizes(128), context=sizes(16384))
+def test_attention_core_computes_at_the_attention_peak_whatever_the_weight_dtype(
+        engine, name, batch, context):
+    """The attention core (masked or not) multiplies bf16 queries and keys: fp8 weights leave
+    its FLOPs and its compute time unchanged."""
+    core = lambda dtype: next(o for o in predict(spec(name), engine=engine, phase="decode", batch=batch,
+                                                 context=context, dtype=dtype, kv_dtype="bf16").ops
+                              if o["name"] == "attn.core")
+    bf16, fp8 = core("bf16"), core("fp8")
+    assert close(bf16["flops"], fp8["flops"]) and close(bf16["compute_s"], fp8["compute_s"])
+
+
+def test_an_op_that_moves_nothing_takes_no_memory_or_link_time(tmp_path):
+    """Memory and link times saturate in the bytes moved, (bytes + half)/(BW·η), but an op
+    that moves no bytes (the K/V expansion of an MHA model, collectives on one GPU) takes
+    none, whatever the profile's half."""
+    profile = load_profile("hf", "h200-sxm").model_dump()
+    for op_class in ("copy", "comm", "elementwise"):
+        profile["efficiency"][op_class] = {**profile["efficiency"][op_class], "memory_half": 1e6}
+    path = tmp_path / "halves.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    ops = predict(spec("olmoe-1b-7b"), engine=str(path), phase="decode", batch=4, context=64).ops
+    idle = [o for o in ops if o["bytes"] == 0 and o["comm_bytes"] == 0]
+    assert {o["name"] for o in idle} >= {"attn.kv_expand", "comm.attn_all_reduce"}
+    assert all(o["memory_s"] == 0 and o["link_s"] == 0 for o in idle), idle
+    norm = next(o for o in ops if o["name"] == "attn.norm")  # elementwise; once per layer
+    eta = profile["efficiency"]["elementwise"]["memory"]
+    layers = spec("olmoe-1b-7b").n_layers
+    assert close(norm["memory_s"], (norm["bytes"] + layers * 1e6) / (load_gpu("h200-sxm").hbm_bandwidth * eta))

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    meta = run_bench(out, budget_s=60, log=lambda m: None)
+    meta = run_bench(out, budget_s=60, log=lambda m: None, allow_cpu=True)  # tiny mode on CPU
     return out, meta
 
 
@@ -54,9 +54,9 @@ def test_tables_and_metadata(bench_dir):
 
 
 def test_module_entry(tmp_path):
-    assert main(["--out", str(tmp_path), "--stages", "memory,gemm"]) == 0
+    assert main(["--out", str(tmp_path), "--stages", "memory,gemm", "--allow-cpu"]) == 0
     assert len(_read(tmp_path / "gemm.csv")) == 3
-    assert main(["--out", str(tmp_path), "--stages", "nope"]) == 2
+    assert main(["--out", str(tmp_path), "--stages", "nope", "--allow-cpu"]) == 2
 
 
 def test_full_plan_covers_the_zoo_shapes():

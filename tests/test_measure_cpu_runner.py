@@ -84,7 +84,7 @@ def test_profile_categories_cover_the_total(sweep_rows):
 def test_module_entry_point_writes_rows(tmp_path):
     out = tmp_path / "m.jsonl"
     args = ["olmoe", "--batch", "2", "--input-len", "6", "--output-len", "3", "--layers", "1",
-            "--no-profile", "--out", str(out)] + [a for kv in TINY for a in ("--set", kv)]
+            "--no-profile", "--out", str(out), "--allow-cpu"] + [a for kv in TINY for a in ("--set", kv)]
     assert main(args) == 0
     rows = results.read_rows(out).rows
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["prefill_profile"] is None

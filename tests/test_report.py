@@ -228,3 +228,151 @@ def test_inlined_javascript_when_vl_convert_is_installed(tmp_path):
     assert "cdn.jsdelivr.net" not in html and "<script src" not in html
     assert "window.vegaEmbed" in html
     assert "the page needs no network" in html
+
+
+# --- point identity: hypothetical variants of one model ----------------------------------------
+
+WHATIF = "validate/results/h200-hf-whatif.jsonl"
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """The committed what-if variants (one model, --set and --layers), compared under two engines,
+    with the reports written (CDN path) and the terminal table rendered."""
+    from rich.console import Console
+
+    from perfmodel.paths import ROOT
+    from perfmodel.report_terminal import print_validation
+    from perfmodel.validate.compare import compare, is_variant, load_measurements, mape
+
+    rows = [r for r in load_measurements(ROOT / WHATIF) if r.get("status") == "ok" and is_variant(r)]
+    out = tmp_path_factory.mktemp("variants")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERFMODEL_CACHE_DIR", str(out / "cache"))
+        mp.setitem(sys.modules, "vl_convert", None)
+        points = pd.concat([compare(rows, engine=e, train_models=[rows[0]["model"]])[0]
+                            for e in ("hf", "roofline")], ignore_index=True)
+        src = dict(source("replay"), train_models=[rows[0]["model"]], held_out_models=[])
+        html_path, md_path = write_report(points, None, out / "report", title="Variants", source=src)
+    console = Console(record=True, width=400, color_system=None)
+    print_validation({"source": {**src, "mode": "replay"}, "points": points.to_dict(orient="records"),
+                      "mape": mape(points).to_dict(orient="records"), "report_html": "r.html",
+                      "summary_md": "s.md"}, console)
+    return (rows, points, html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8"),
+            console.export_text())
+
+
+def _expected(row: dict, engine: str) -> dict:
+    """Measured and predicted metrics of one results row, predicted through --set overrides."""
+    from perfmodel.prediction import predict
+    from perfmodel.validate.compare import METRIC_FIELDS, row_overrides
+
+    p = predict(row["model"], engine=engine, batch=row["batch"], input_len=row["input_len"],
+                output_len=row["output_len"], overrides=row_overrides(row))
+    return {metric: (row[field] * scale, p.metrics[name])
+            for metric, (field, scale, name) in METRIC_FIELDS.items()}
+
+
+def test_variants_are_distinct_points_with_their_own_numbers(variants):
+    rows, points, *_ = variants
+    assert len(rows) == 30 and len({r["point_id"] for r in rows}) == 30
+    assert len({r["model"] for r in rows}) == 1  # one model: its name alone cannot tell them apart
+    hf = points[points["engine"] == "hf"]
+    assert hf["point_id"].nunique() == 30
+    assert hf.groupby(["variant", "batch"]).ngroups == 30
+    assert set(hf["split"]) == {"held-out"}
+    for row in rows:
+        for engine in ("hf", "roofline"):
+            expected = _expected(row, engine)
+            got = points[(points["engine"] == engine) & (points["point_id"] == row["point_id"])]
+            assert len(got) == len(METRICS)
+            for _, r in got.iterrows():
+                measured, predicted = expected[r["metric"]]
+                assert r["measured"] == pytest.approx(measured, rel=1e-12)
+                assert r["predicted"] == pytest.approx(predicted, rel=1e-12)
+
+
+def test_variant_labels_name_layers_experts_top_k_and_ffn(variants):
+    rows, points, *_ = variants
+    labels = dict(zip(points["point_id"], points["variant"]))
+    for row in rows:
+        config = {k: int(v) for k, v in (o.split("=") for o in row["overrides"])}
+        label = labels[row["point_id"]]
+        assert label.startswith(f"{row['model']} [L={row['layers']} ")
+        assert f" E={config.get('num_experts', row['num_experts'])} " in label
+        assert f" k={config.get('top_k', row['top_k'])} " in label
+        if "ffn" in config:
+            assert label.endswith(f" F={config['ffn']}]")
+    assert len(set(labels.values())) == 10  # ten variants, each at three batch sizes
+
+
+def test_variant_label_of_plain_points_and_settings():
+    from perfmodel.validate.compare import variant_label
+
+    plain = {"model": "olmoe-1b-7b", "overrides": [], "layers": None,
+             "point_id": "hf|olmoe-1b-7b|set=|layers=all|B=1|S=8|O=8|experts=grouped_mm|dtype=bfloat16|graphs=1|full=0"}
+    assert variant_label(plain) == "olmoe-1b-7b"
+    eager = dict(plain, point_id=plain["point_id"].replace("graphs=1", "graphs=0").replace("bfloat16", "float16"))
+    assert variant_label(eager) == "olmoe-1b-7b [dtype=float16 graphs=0]"
+    wider = dict(plain, overrides=["hidden_size=1024", "top_k=2"])
+    assert variant_label(wider) == "olmoe-1b-7b [L=16 E=64 k=2 F=1024 hidden_size=1024]"
+
+
+def test_terminal_table_has_one_row_per_variant_and_metric(variants):
+    from perfmodel.report_terminal import _time
+
+    _, points, _, _, text = variants
+    hf, base = points[points["engine"] == "hf"], points[points["engine"] == "roofline"]
+    lines = [line for line in text.splitlines() if "mixtral-8x7b [" in line]
+    assert len(lines) == 30 * len(METRICS)
+    seen = set()
+    for line in lines:
+        cells = [c.strip() for c in line.strip("│|┃ ").split("│")]
+        variant, batch, metric = cells[0], int(cells[1]), cells[4]
+        seen.add((variant, batch, metric))
+        fmt = (lambda v: f"{v:,.0f}") if metric == "throughput" else _time
+        sel = (hf["variant"] == variant) & (hf["batch"] == batch) & (hf["metric"] == metric)
+        assert sel.sum() == 1, (variant, batch, metric)
+        r = hf[sel].iloc[0]
+        b = base[(base["point_id"] == r["point_id"]) & (base["metric"] == metric)].iloc[0]
+        assert cells[5:8] == [fmt(r["measured"]), fmt(r["predicted"]), fmt(b["predicted"])], line
+        assert cells[8:10] == [f"{r['rel_error']:+.1%}", f"{b['rel_error']:+.1%}"], line
+    assert len(seen) == 30 * len(METRICS)
+
+
+def _html_points_rows(html: str) -> list[list[str]]:
+    table = html.split("<table class='sortable points'>", 1)[1].split("</table>", 1)[0]
+    body = table.split("<tbody>", 1)[1]
+    return [re.findall(r'data-v="([^"]*)"', tr) for tr in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_html_points_table_shows_each_variant_beside_its_numbers(variants):
+    import html as html_lib
+
+    _, points, page, *_ = variants
+    hf = points[points["engine"] == "hf"].set_index(["variant", "batch", "metric"])
+    rows = _html_points_rows(page)
+    assert len(rows) == 30 * len(METRICS)
+    seen = set()
+    for cells in rows:
+        variant, batch, metric = html_lib.unescape(cells[0]), int(cells[1]), cells[4]
+        seen.add((variant, batch))
+        r = hf.loc[(variant, batch, metric)]
+        scale = 1.0 if metric == "throughput" else 1e3
+        assert float(cells[6]) == pytest.approx(r["measured"] * scale, rel=1e-9)
+        assert float(cells[7]) == pytest.approx(r["predicted"] * scale, rel=1e-9)
+    assert len(seen) == 30 and all("[L=8 E=" in v for v, _ in seen)
+
+
+def test_markdown_worst_points_name_the_variant(variants):
+    _, points, _, md, _ = variants
+    hf = points[points["engine"] == "hf"]
+    rows = _md_table(md, "## The 10 worst held-out points")[2:]
+    assert len(rows) == 10
+    labels = [m for m in METRICS if m in set(hf["metric"])]
+    for r in rows:
+        assert r[0].startswith("mixtral-8x7b [L=8 E=")
+        for metric, cell in zip(labels, r[4:4 + len(labels)]):
+            sel = hf[(hf["variant"] == r[0]) & (hf["batch"] == int(r[1])) & (hf["metric"] == metric)]
+            assert len(sel) == 1
+            assert float(cell) == pytest.approx(sel["rel_error"].iloc[0] * 100, abs=0.051)

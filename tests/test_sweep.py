@@ -35,7 +35,7 @@ def test_grid_size_is_the_product_in_c_order():
     expected = list(itertools.product(*grid.values()))
     assert list(zip(table["batch"], table["input_len"], table["output_len"])) == expected
     assert list(table.columns[:3]) == ["batch", "input_len", "output_len"]
-    assert list(table.columns[3:]) == [*METRICS, "fits_in_memory"]
+    assert list(table.columns[3:]) == [*METRICS, "fits_in_memory", "gpus"]
     assert all(table[k].dtype == np.int64 for k in grid)
 
 
@@ -107,10 +107,21 @@ def test_sweep_equals_predict_at_every_point(model, grid, fixed):
         assert_row_matches(row, predict(model, overrides=overrides, **fixed, **workload))
 
 
-def test_num_layers_that_change_the_layer_kinds_is_an_error():
-    """DeepSeek-V2-Lite's first layer is dense: one layer in all has no MoE layer left."""
-    with pytest.raises(InputError, match="changes which kinds of layers"):
-        sweep("deepseek-v2-lite", {"num_layers": [1, 2]})
+@pytest.mark.parametrize("model, grid", [
+    # DeepSeek-V2-Lite's first layer is dense: one layer in all has no MoE layer left
+    ("deepseek-v2-lite", {"num_layers": [1, 2, 27], "batch": [1, 8]}),
+    # a sliding window gives Mixtral windowed layers, which the model as built has none of
+    ("mixtral-8x7b", {"sliding_window": [1024, 4096], "input_len": [512, 8192]}),
+])
+def test_grid_points_of_other_layer_kinds_equal_predict(model, grid):
+    """A grid whose points have other kinds of layers than the model as built (each kind of
+    graph compiled once) still equals predict() at every point."""
+    table = sweep(model, grid)
+    assert len(table) == math.prod(len(v) for v in grid.values())
+    for _, row in table.iterrows():
+        overrides = {k: int(row[k]) for k in grid if k not in ("batch", "input_len")}
+        workload = {k: int(row[k]) for k in grid if k in ("batch", "input_len")}
+        assert_row_matches(row, predict(model, overrides=overrides, **workload))
 
 
 def test_decode_sweep_over_input_len_sets_the_context():
@@ -171,3 +182,23 @@ def test_parse_grid():
 def test_bad_grids(model, grid, match):
     with pytest.raises(InputError, match=match):
         sweep(model, grid)
+
+
+def test_layouts_predict_refuses_are_dropped():
+    """The tp/ep/pp rules predict applies (perfmodel.specs.layout) hold for every sweep row,
+    for the model of that row: tp=3 divides no head count of Mixtral; num_heads=48 takes tp=3."""
+    table = sweep("mixtral-8x7b", {"tp": [1, 2, 3], "num_heads": [32, 48]})
+    kept = list(zip(table["tp"], table["num_heads"]))
+    for tp in (1, 2, 3):
+        for heads in (32, 48):
+            try:
+                p = predict("mixtral-8x7b", tp=tp, overrides={"num_heads": heads})
+            except InputError:
+                assert (tp, heads) not in kept
+                continue
+            row = table[(table["tp"] == tp) & (table["num_heads"] == heads)].iloc[0]
+            assert_row_matches(row, p)
+    assert (3, 32) not in kept and table.attrs["dropped"]["count"] == 6 - len(kept)
+    assert any("tp (3) must divide" in r for r in table.attrs["dropped"]["reasons"])
+    with pytest.raises(InputError, match=r"no valid combination in the grid: batch=1: ep \(3\) must divide"):
+        sweep("mixtral-8x7b", {"batch": [1]}, ep=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,19 @@ COMMON = ["family", "op", "dtype", "median_ms", "p10_ms", "p90_ms", "n_reps", "m
 
 
 class CsvTable:
-    """One CSV file with a fixed header; each :meth:`add` writes and flushes one line."""
+    """One CSV table with a fixed header, built beside its final path and put in place when done.
+
+    Rows go to ``<name>.partial`` in the same folder (each :meth:`add` writes and flushes one
+    line, so a killed bench keeps what it measured there); :meth:`commit` atomically replaces
+    ``path`` with it (``os.replace``). A table already at ``path`` is never touched before then.
+    """
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
         self.columns = list(dict.fromkeys(columns + COMMON))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "w", newline="")
+        self._fh = open(self.partial_path, "w", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
         self._writer.writeheader()
         self._fh.flush()
@@ -36,7 +43,26 @@ class CsvTable:
         if row.get("status", "ok") != "ok":
             self.errors += 1
 
+    def commit(self) -> None:
+        """Close the table and move it into place (flushed and fsync-ed first)."""
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        os.replace(self.partial_path, self.path)
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)  # the rename itself survives a crash
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
+        """Close without committing: the rows stay in ``<name>.partial``, ``path`` is untouched."""
         if not self._fh.closed:
             self._fh.close()
 

@@ -13,15 +13,19 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/<gpu>/)."),
     quick: bool = typer.Option(False, "--quick", help="A ~1 minute smoke run."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Wall-time budget in seconds (default 450; quick 60)."),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
+                                   help="Run the tiny CPU mode without a GPU (tests; also PERFMODEL_ALLOW_CPU=1)."),
 ) -> None:
     """Run the microbenchmarks (GEMM, grouped GEMM, MoE block, attention, memory) into CSV tables."""
-    from perfmodel.calibration.bench import default_out_dir, run_bench
-
+    from perfmodel.calibration.bench import NO_GPU_HINT, default_out_dir, run_bench
     from perfmodel.errors import InputError
+    from perfmodel.validate.preflight import check_budget, require_gpu_stack
 
-    if budget_s is not None and budget_s <= 0:
-        raise InputError("--budget-s must be > 0")
-    run_bench(out or default_out_dir(), quick=quick, budget_s=budget_s)
+    budget_s = check_budget(budget_s)
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; the bench writes its tables into a folder")
+    require_gpu_stack("calibrate bench", NO_GPU_HINT, allow_cpu=allow_cpu is True)
+    run_bench(out or default_out_dir(), quick=quick, budget_s=budget_s, allow_cpu=allow_cpu is True)
 
 
 @app.command()
@@ -32,7 +36,7 @@ def fit(
     """Fit the hf profile from the committed microbenchmarks and end-to-end runs (deterministic)."""
     import yaml
 
-    from perfmodel.calibration.fit import fit_profile, write_profile
+    from perfmodel.calibration.fit import FIT_RTOL, fit_profile, profile_differences, write_profile
     from perfmodel.errors import InputError
     from perfmodel.paths import PROFILES_DIR
 
@@ -40,8 +44,11 @@ def fit(
     path = PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
     if check:
         current = yaml.safe_load(path.read_text()) if path.exists() else None
-        if current != profile:
-            raise InputError(f"{path.name} is not what the committed data fits: run perfmodel calibrate fit")
+        diff = profile_differences(current, profile) if current is not None else ["no profile"]
+        if diff:
+            raise InputError(f"{path.name} is not what the committed data fits (committed vs fitted, "
+                             f"tolerance {FIT_RTOL:g} relative: {'; '.join(diff[:3])}"
+                             f"{'; …' if len(diff) > 3 else ''}): run perfmodel calibrate fit")
         print(f"{path.name} is up to date")
         return
     write_profile(profile, path)

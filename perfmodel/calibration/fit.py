@@ -12,10 +12,19 @@ committed data, deterministically:
    log(predicted/measured) of the training models' decode steps and TTFTs;
 3. the residuals on the held-out models, which become the profile's error band (the 90th
    percentile of |relative error| per metric).
+
+The same data gives the same profile on any machine, up to rounding: a coefficient that ends
+within :data:`BOUND_SNAP` of its typical size from a bound is set to the bound exactly, every
+number written is rounded to :data:`SIG_DIGITS` significant digits, and two fits are compared
+with :func:`profile_differences` (relative tolerance :data:`FIT_RTOL`, absolute
+:data:`FIT_ATOL`), never bit for bit.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +48,41 @@ HF_OPTIONS = {
     "memory_usable_fraction": 0.95,
 }
 _LATENCY_KEYS = ("per_layer_s", "per_step_s", "eager_layer_s", "eager_step_s")
+#: Significant digits of every number a fit writes.
+SIG_DIGITS = 4
+#: A coefficient within this fraction of its typical size from a bound is set to the bound.
+BOUND_SNAP = 1e-6
+#: Two fits agree when each number matches within FIT_RTOL (relative) or FIT_ATOL (absolute,
+#: for values at zero): rounding to SIG_DIGITS digits alone can differ by 1e-3 of a value.
+FIT_RTOL = 1e-2
+FIT_ATOL = 1e-12
 
 
-def _sig(x: float, digits: int = 4) -> float:
+def _sig(x: float, digits: int = SIG_DIGITS) -> float:
     return float(f"{x:.{digits}g}")
+
+
+def profile_differences(a: Any, b: Any, *, rtol: float = FIT_RTOL, atol: float = FIT_ATOL,
+                        where: str = "") -> list[str]:
+    """Where two fitted profiles (YAML-ready dicts) differ: 'path: a vs b' per difference.
+
+    Numbers agree within ``rtol`` (relative) or ``atol`` (absolute); everything else (names,
+    flags, lists of models, counts) must be equal.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}{key}: only in one" for key in sorted(set(a) ^ set(b), key=str)]
+        for key in (k for k in a if k in b):
+            out += profile_differences(a[key], b[key], rtol=rtol, atol=atol, where=f"{where}{key}.")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b))
+                for d in profile_differences(x, y, rtol=rtol, atol=atol, where=f"{where}{i}.")]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers and (isinstance(a, float) or isinstance(b, float)):
+        same = math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+    else:
+        same = a == b and type(a) is type(b)
+    return [] if same else [f"{where.rstrip('.')}: {a!r} vs {b!r}"]
 
 
 def _profile(base: dict[str, Any]):
@@ -63,21 +103,20 @@ def _rows(results: Path, models: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
-_TEMP_PROFILES: dict[str, Path] = {}
+def _compare_with(base: dict[str, Any], rows: list[dict[str, Any]], gpu: str,
+                  train: tuple[str, ...]):
+    """Predicted vs measured points of ``rows`` under the profile dict ``base``.
 
+    The predictor loads profiles from files: ``base`` is written into a private temporary
+    folder (created afresh, readable only by this user) and removed with it.
+    """
+    from perfmodel.validate.compare import compare
 
-def _write_temp(base: dict[str, Any]) -> str:
-    """A profile dict as a YAML file the predictor can load (kept per content)."""
-    import hashlib
-    import tempfile
-
-    text = yaml.safe_dump(base, sort_keys=True)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    if key not in _TEMP_PROFILES:
-        path = Path(tempfile.gettempdir()) / f"perfmodel-fit-{key}.yaml"
-        path.write_text(text)
-        _TEMP_PROFILES[key] = path
-    return str(_TEMP_PROFILES[key])
+    with tempfile.TemporaryDirectory(prefix="perfmodel-fit-") as folder:
+        path = Path(folder) / "profile.yaml"
+        path.write_text(yaml.safe_dump(base, sort_keys=True))
+        points, _ = compare(rows, engine=str(path), gpu=gpu, train_models=train)
+    return points
 
 
 def _predict_many(rows, profile, gpu_spec):
@@ -128,7 +167,9 @@ def fit_overheads(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) ->
     lower = np.array([0.0, 0.0, 0.0, 0.0, 0.01 / scale[4]])
     upper = np.array([np.inf, np.inf, np.inf, np.inf, 1.0 / scale[4]])
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
-    values = result.x * scale
+    x = np.where(result.x - lower <= BOUND_SNAP, lower,
+                 np.where(upper - result.x <= BOUND_SNAP, upper, result.x))  # x is in units of scale
+    values = x * scale
     return {"latency": {key: _sig(float(v)) for key, v in zip(_LATENCY_KEYS, values[:4])},
             "elementwise_memory": _sig(float(values[4]))}
 
@@ -139,7 +180,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
     from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
-    from perfmodel.validate.compare import compare, load_measurements, what_if_file
+    from perfmodel.validate.compare import load_measurements, what_if_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
@@ -160,11 +201,10 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     base["latency"].update(overheads["latency"])
     base["efficiency"]["elementwise"].update(memory=overheads["elementwise_memory"], memory_half=0.0)
     # held-out residuals → error band
-    profile_path = _write_temp(base)
     all_rows = load_measurements(results)
     if what_if_file(results).exists():  # hypothetical variants: held out by construction
         all_rows += load_measurements(what_if_file(results))
-    points, _ = compare(all_rows, engine=profile_path, gpu=gpu, train_models=train)
+    points = _compare_with(base, all_rows, gpu, train)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):
         sub = points[points["split"] == split]
@@ -207,8 +247,26 @@ def _metadata(data_dir: Path) -> str:
 
 
 def write_profile(profile: dict[str, Any], path: Path | None = None) -> Path:
-    """Write a fitted profile YAML (stable key order) and return its path."""
-    path = path or PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
+    """Write a fitted profile YAML (stable key order) and return its path.
+
+    The text goes to a new temporary file in the same folder, which then replaces ``path``
+    in one step: a reader sees the old profile or the new one, never a partial file, and a
+    failed write leaves the old profile (a symbolic link at ``path`` is replaced, not
+    followed).
+    """
+    path = Path(path or PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml")
     header = "# Fitted by `perfmodel calibrate fit` from committed data; regenerate, do not edit.\n"
-    path.write_text(header + yaml.safe_dump(profile, sort_keys=False, width=100))
+    text = header + yaml.safe_dump(profile, sort_keys=False, width=100)
+    mode = path.stat().st_mode & 0o777 if path.is_file() and not path.is_symlink() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

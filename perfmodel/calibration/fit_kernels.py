@@ -2,11 +2,14 @@
 
 The roofline time of one op (:mod:`perfmodel.roofline`) is
 
-    t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(x))) + kernels · t_kernel,
-    η(x) = η_max · x / (x + x_half)                      (x_half = 0: constant η_max)
+    t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes))) + kernels · t_kernel,
+    η(u) = η_max · u / (u + u_half)                      (u_half = 0: constant η_max)
 
 with F_peak (FLOP/s) and BW (B/s) the GPU's *datasheet* peaks, so every fitted η is a fraction
-of the datasheet and transfers to another GPU as a fraction of its peaks. x is the op's size:
+of the datasheet and transfers to another GPU as a fraction of its peaks. The memory curve
+saturates in the bytes moved (its half, ``memory_half``, in bytes: the memory time is
+(bytes + memory_half)/(BW·η_m), never falling as the bytes grow); the compute curve in the
+op's size x (``compute_half`` in the unit of x):
 
 - ``gemm`` (gemm.csv): M, the GEMM rows (tokens);
 - ``grouped_gemm`` (grouped_gemm.csv): mean tokens per touched expert (routed rows / experts hit);
@@ -14,9 +17,12 @@ of the datasheet and transfers to another GPU as a fraction of its peaks. x is t
 - ``elementwise`` (memory.csv: rmsnorm, residual_add, silu_and_mul, copy): elements; costed by
   bytes only (perfmodel counts no FLOPs for elementwise ops), so its compute η is 1, not fitted.
 
-For each class the four parameters (η_c, x_c, η_m, x_m) minimize Σ (log t_pred − log t_meas)²
+For each class the four parameters (η_c, x_c, η_m, b_m) minimize Σ (log t_pred − log t_meas)²
 (:func:`scipy.optimize.least_squares`, bounded, fixed start points, no randomness): first with
 a smooth max (a p-norm, p = 8), then polished with the plain max that perfmodel evaluates.
+A parameter that ends within :data:`BOUND_SNAP` of a bound (as a fraction of its bounded
+range, in the fit's log coordinates) is set to the bound exactly, so a weakly identified
+parameter never carries the rounding noise of the machine that fitted it.
 
 ``t_kernel`` (s per kernel) is one constant, not fitted per class: by default the cost of a
 kernel node inside a CUDA graph, the slope of replay time against node count of the
@@ -31,8 +37,9 @@ size is x = B·A) and, when heads are grouped (n_kv < n_h), ``repeat_kv`` first 
 every query head (the masked kernel cannot group heads). These rows do not inform the base
 ``attention`` curve; they are fitted jointly as two extra classes matching perfmodel's
 ``attention_masked`` (the masked kernel reading per-head K/V) and ``copy`` (the K/V expansion:
-read the cache, write n_h heads; 2 kernels; size = elements written). The ``attn_module`` rows
-time a whole attention module (projections, RoPE, cache update, attention) and are not used.
+read the cache, write n_h heads; 2 kernels; its memory curve in the bytes copied). The
+``attn_module`` rows time a whole attention module (projections, RoPE, cache update,
+attention) and are not used.
 
 Causal prefill FLOPs: the bench counts 2·B·h·S²·d (S²/2 pairs at 4·d FLOPs); perfmodel counts
 the S(S+1)/2 causal pairs, so prefill FLOPs are rescaled by (S+1)/S.
@@ -72,6 +79,8 @@ _PEAK_KEY = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "flo
 _SMOOTH_P = 8.0
 _ETA_BOUNDS = (1e-3, 1.0)  # η_max ≤ 1: no row is faster than the datasheet (L2 rows dropped)
 _ETA_START = {"compute": 0.7, "memory": 0.8}
+#: A fitted parameter within this fraction of its bounded range from a bound is on the bound.
+BOUND_SNAP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -303,10 +312,16 @@ def _inv_eta(eta: float, half: float, x: np.ndarray) -> np.ndarray:
     return (1.0 + half / x) / eta
 
 
+def _memory_time(nbytes: np.ndarray, eta: float, half: float, bw: float) -> np.ndarray:
+    """bytes/(BW·η_m(bytes)) = (bytes + half)/(BW·η_m), s, as
+    :func:`perfmodel.roofline.transfer_time`: 0 for rows that move nothing."""
+    return (nbytes + half * (nbytes > 0)) / (bw * eta)
+
+
 def _predict(r: _Rows, p: dict[str, float], f_peak: float, bw: float, t_kernel: float,
              smooth: float | None = None) -> np.ndarray:
     """Roofline time per row, s (plain max, or a p-norm when ``smooth`` is p)."""
-    tm = r.bytes / bw * _inv_eta(p["memory"], p["memory_half"], r.x)
+    tm = _memory_time(r.bytes, p["memory"], p["memory_half"], bw)
     tc = r.flops / f_peak * _inv_eta(p["compute"], p["compute_half"], r.x)
     if smooth is None:
         roof = np.maximum(tc, tm)
@@ -318,35 +333,50 @@ def _predict(r: _Rows, p: dict[str, float], f_peak: float, bw: float, t_kernel: 
 
 
 class _Params:
-    """Maps named parameters to a bounded vector: log η, and w = log1p(x_half / x_ref)."""
+    """Maps named parameters to a bounded vector: log η, and w = log1p(half / ref).
 
-    def __init__(self, names: list[str], x_ref: float, x_max: float) -> None:
-        self.names, self.x_ref = names, x_ref
-        self.w_hi = float(np.log1p(100.0 * x_max / x_ref))
+    ``halves``: half name → (ref, largest value of its curve's variable over the rows).
+    """
+
+    def __init__(self, names: list[str], halves: dict[str, tuple[float, float]]) -> None:
+        self.names, self.ref = names, {n: ref for n, (ref, _) in halves.items()}
         lo, hi = [], []
         for n in names:
             if n == "t_kernel":
                 lo.append(np.log(1e-8)), hi.append(np.log(1e-4))
             elif n.endswith("_half"):
-                lo.append(0.0), hi.append(self.w_hi)
+                ref, top = halves[n]
+                lo.append(0.0), hi.append(float(np.log1p(100.0 * top / ref)))
             else:
                 lo.append(np.log(_ETA_BOUNDS[0])), hi.append(np.log(_ETA_BOUNDS[1]))
         self.bounds = (np.array(lo), np.array(hi))
 
     def encode(self, values: dict[str, float]) -> np.ndarray:
-        out = [np.log1p(values[n] / self.x_ref) if n.endswith("_half") else np.log(values[n])
+        out = [np.log1p(values[n] / self.ref[n]) if n.endswith("_half") else np.log(values[n])
                for n in self.names]
         return np.clip(out, self.bounds[0], self.bounds[1])
+
+    def snap(self, v: np.ndarray) -> np.ndarray:
+        """``v`` with every coordinate within :data:`BOUND_SNAP` of a bound set to it."""
+        lo, hi = self.bounds
+        tol = BOUND_SNAP * (hi - lo)
+        return np.where(v <= lo + tol, lo, np.where(v >= hi - tol, hi, v))
 
     def decode(self, v: np.ndarray) -> dict[str, float]:
         out = {}
         for i, n in enumerate(self.names):
-            if n.endswith("_half"):  # below 1e-6 of a size unit is 0 (a constant η)
-                h = float(self.x_ref * np.expm1(v[i]))
+            if n.endswith("_half"):  # below 1e-6 of a unit is 0 (a constant η)
+                h = float(self.ref[n] * np.expm1(v[i]))
                 out[n] = h if h >= 1e-6 else 0.0
             else:
                 out[n] = float(np.exp(v[i]))
         return out
+
+
+def _geo(x: np.ndarray) -> tuple[float, float]:
+    """(geometric mean, max) of the positive values of a curve's variable."""
+    pos = x[x > 0]
+    return float(np.exp(np.mean(np.log(pos)))), float(pos.max())
 
 
 def _least_squares(resid: Callable[[dict[str, float], float | None], np.ndarray], prm: _Params,
@@ -364,18 +394,19 @@ def _least_squares(resid: Callable[[dict[str, float], float | None], np.ndarray]
             cost = float(np.sum(resid(prm.decode(cand), None) ** 2))
             if cost < best_cost * (1 - 1e-9):
                 best, best_cost = cand, cost
+    best = prm.snap(best)
     lo, hi = prm.bounds
-    tol = 1e-6 * (hi - lo)
-    at = tuple(n for i, n in enumerate(prm.names) if best[i] >= hi[i] - tol[i]
-               or (best[i] <= lo[i] + tol[i] and not n.endswith("_half")))
+    at = tuple(n for i, n in enumerate(prm.names) if best[i] == hi[i]
+               or (best[i] == lo[i] and not n.endswith("_half")))
     return prm.decode(best), at
 
 
-def _starts(names: list[str], x: np.ndarray) -> list[dict[str, float]]:
-    """Deterministic start points: η at typical values, each half size at 0 or the median x."""
+def _starts(names: list[str], medians: dict[str, float]) -> list[dict[str, float]]:
+    """Deterministic start points: η at typical values, each half at 0 or the median of its
+    curve's variable (``medians``: half name → median)."""
     grid: list[dict[str, float]] = [{}]
     for h in (n for n in names if n.endswith("_half")):
-        grid = [{**g, h: v} for g in grid for v in (0.0, float(np.median(x)))]
+        grid = [{**g, h: v} for g in grid for v in (0.0, medians[h])]
     base = {n: _ETA_START.get(n, 3e-6 if n == "t_kernel" else 0.5) for n in names}
     return [{**base, **g} for g in grid]
 
@@ -387,14 +418,16 @@ def _fit_class(r: _Rows, f_peak: float, bw: float, t_kernel: float | None,
     if t_kernel is None:
         names.append("t_kernel")
     fixed = {} if compute else {"compute": 1.0, "compute_half": 0.0}
-    prm = _Params(names, float(np.exp(np.mean(np.log(r.x)))), float(r.x.max()))
+    var = {"compute_half": r.x, "memory_half": r.bytes}
+    prm = _Params(names, {h: _geo(var[h]) for h in names if h.endswith("_half")})
     log_t = np.log(r.t)
 
     def resid(p: dict[str, float], smooth: float | None) -> np.ndarray:
         full = {**fixed, **p}
         return np.log(_predict(r, full, f_peak, bw, full.get("t_kernel", t_kernel), smooth)) - log_t
 
-    p, at = _least_squares(resid, prm, _starts(names, r.x))
+    medians = {h: float(np.median(var[h])) for h in names if h.endswith("_half")}
+    p, at = _least_squares(resid, prm, _starts(names, medians))
     tk = p.pop("t_kernel", t_kernel)
     return {k: {**fixed, **p}[k] for k in PARAM_KEYS}, float(tk), at
 
@@ -414,8 +447,8 @@ def _fit_masked_decode(decode: pd.DataFrame, attn: dict[str, float], f_peak: flo
     copy = _Rows(t=kern.t, flops=np.zeros(len(kern)), bytes=(cache + per_head) * expand,
                  x=b * a * 2 * h * d, kernels=2.0 * expand, group=kern.group, index=kern.index)
     names = ["memory", "memory_half"] + (["copy", "copy_half"] if expand.any() else [])
-    x_all = np.concatenate([kern.x, copy.x[expand > 0]])
-    prm = _Params(names, float(np.exp(np.mean(np.log(x_all)))), float(x_all.max()))
+    var = {"memory_half": kern.bytes, "copy_half": copy.bytes[expand > 0]}
+    prm = _Params(names, {n: _geo(var[n]) for n in names if n.endswith("_half")})
 
     def split(p: dict[str, float]) -> dict[str, dict[str, float]]:
         return {"attention_masked": {"compute": attn["compute"], "memory": p["memory"],
@@ -430,7 +463,7 @@ def _fit_masked_decode(decode: pd.DataFrame, attn: dict[str, float], f_peak: flo
                 + _predict(copy, c["copy"], f_peak, bw, t_kernel, smooth) * expand)
 
     p, at = _least_squares(lambda q, sm: np.log(predict(q, sm)) - np.log(kern.t), prm,
-                           _starts(names, kern.x))
+                           _starts(names, {n: float(np.median(var[n])) for n in prm.ref}))
     out = split(p)
     if not expand.any():
         del out["copy"]
@@ -540,7 +573,8 @@ def _sig4(v: float) -> float:
 
 def kernel_fit_to_profile_dict(fit: KernelFit, include_extra: bool = False) -> dict:
     """The profile YAML ``efficiency:`` mapping: class → {compute, memory, compute_half,
-    memory_half} (η as fractions of datasheet peaks, halves in the class's size unit), to 4
+    memory_half} (η as fractions of datasheet peaks, compute_half in the class's size unit,
+    memory_half in bytes), to 4
     significant digits. ``include_extra`` adds ``attention_masked`` and ``copy`` when fitted
     (perfmodel's optional op classes)."""
     classes = list(PROFILE_CLASSES)

@@ -17,20 +17,28 @@ from perfmodel.symbols import (
 )
 
 
+def kv_heads_per_gpu() -> sp.Expr:
+    """KV heads one GPU holds: n_kv/tp, and one replicated head once tp exceeds n_kv (vLLM
+    replicates each KV head over tp/n_kv GPUs): ⌈n_kv/tp⌉."""
+    return sp.ceiling(n_kv / tp)
+
+
 def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
-               sharded: bool = True, rows: sp.Expr = T) -> Op:
+               sharded: bool = True, rows: sp.Expr = T, d_out_local: sp.Expr | None = None) -> Op:
     """A linear layer applied to ``rows`` rows (default: all T tokens): rows×d_in by d_in×d_out
-    (column/row sharded by tp)."""
+    (column/row sharded by tp). ``d_out_local``: the output columns one GPU holds when they
+    are not simply d_out/tp (replicated KV heads)."""
     shard = tp if sharded else 1
+    local = d_out / shard if d_out_local is None else d_out_local
     params = d_in * d_out + (d_out if bias else 0)
     return Op(
         name=name,
         op_class="gemm",
-        flops=2 * rows * d_in * d_out / shard,
-        weight_bytes=d_in * d_out * b_w / shard,
-        act_bytes=rows * (d_in + d_out) * b_a / shard if sharded else rows * (d_in + d_out) * b_a,
+        flops=2 * rows * d_in * local,
+        weight_bytes=d_in * local * b_w,
+        act_bytes=rows * (d_in / shard + local) * b_a,
         params=params,
-        stored_bytes=params * b_w / shard,
+        stored_bytes=(d_in + (1 if bias else 0)) * local * b_w,
         size=rows,
     )
 
@@ -98,9 +106,11 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
     2·n_h·d_h per cached token whenever n_h > n_kv; the kernel then reads n_h heads.
     """
     q_w, kv_w = n_h * d_h, n_kv * d_h
+    kv_local = kv_heads_per_gpu() * d_h  # K (or V) columns on one GPU
     ops = [
         norm("attn.norm", H, norm_kind),
-        projection("attn.qkv_proj", H, q_w + 2 * kv_w, bias=spec.qkv_bias),
+        projection("attn.qkv_proj", H, q_w + 2 * kv_w, bias=spec.qkv_bias,
+                   d_out_local=q_w / tp + 2 * kv_local),
     ]
     if spec.qk_norm == "per_head":
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, 2 * d_h))
@@ -108,16 +118,16 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, q_w + kv_w))
     elif spec.qk_norm == "weightless":
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, sp.Integer(0)))
-    ops.append(rope("attn.rope", (q_w + kv_w) / tp))
+    ops.append(rope("attn.rope", q_w / tp + kv_local))
     read = None
     if expand_kv:
         repeats = sp.Min(1, n_h - n_kv)  # 1 when heads are grouped, 0 for MHA
-        ops.append(kv_expand("attn.kv_expand", 2 * kv_w / tp * repeats, 2 * q_w / tp * repeats,
+        ops.append(kv_expand("attn.kv_expand", 2 * kv_local * repeats, 2 * q_w / tp * repeats,
                              windowed, width=2 * q_w / tp))
         read = 2 * q_w / tp
     ops += [
         attention_core("attn.core", qk_dim=d_h, v_dim=d_h, heads=n_h,
-                       cache_per_token=2 * kv_w / tp, windowed=windowed, sinks=spec.sinks,
+                       cache_per_token=2 * kv_local, windowed=windowed, sinks=spec.sinks,
                        read_per_token=read, masked=expand_kv),
         projection("attn.o_proj", q_w, H, bias=spec.o_bias),
     ]

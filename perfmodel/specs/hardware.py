@@ -12,11 +12,11 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import HARDWARE_DIR
+from perfmodel.specs.files import read_data
 
 #: Compute dtypes a GPU may list a dense peak for.
 PeakDtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp6", "fp4"]
@@ -96,9 +96,9 @@ class GPUSpec(_Strict):
 def load_gpu_file(path: Path) -> GPUSpec:
     """Load and validate one hardware YAML file."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"malformed YAML in {path}: {str(exc).splitlines()[0]}") from None
+        data = read_data(path)
+    except ValueError as exc:
+        raise SpecError(f"malformed YAML in {path}: {exc}") from None
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
@@ -115,10 +115,14 @@ def load_gpu_file(path: Path) -> GPUSpec:
 def gpu_catalog(directory: Path = HARDWARE_DIR) -> dict[str, GPUSpec]:
     """All GPUs in a spec folder, keyed by lower-case name and aliases."""
     catalog: dict[str, GPUSpec] = {}
+    owners: dict[str, Path] = {}
     for path in sorted(directory.glob("*.yaml")):
         spec = load_gpu_file(path)
-        for key in [spec.name, *spec.aliases]:
-            catalog[key.lower()] = spec
+        for key in {k.lower() for k in [spec.name, *spec.aliases]}:
+            if key in owners:
+                raise SpecError(f"GPU name '{key}' is given by both {owners[key].name} and {path.name} "
+                                f"in {directory}")
+            catalog[key], owners[key] = spec, path
     return catalog
 
 

@@ -49,8 +49,10 @@ class AttentionSpec(_Spec):
                 f"num_attention_heads ({self.n_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.n_kv_heads})"
             )
-        if self.kind == "mla" and min(self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim) <= 0:
-            raise ValueError("MLA needs positive kv_lora_rank, qk_rope_head_dim and v_head_dim")
+        if self.kind == "mla" and min(self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim,
+                                      self.v_head_dim) <= 0:
+            raise ValueError("MLA needs positive kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim "
+                             "and v_head_dim")
         return self
 
 
@@ -107,6 +109,8 @@ class ModelSpec(_Spec):
             raise ValueError("dense layers need a positive intermediate_size")
         if self.n_window_layers > self.n_layers:
             raise ValueError("more windowed layers than layers")
+        if self.n_window_layers and not self.window:
+            raise ValueError("windowed layers need a positive window")
         return self
 
     @property
@@ -129,50 +133,121 @@ def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
 MAX_INT = 2**53
 
 
-def _int(cfg: dict[str, Any], key: str, default: Any = None) -> int:
+def _shown(value: Any) -> str:
+    """A config value as an error message shows it (its repr, shortened)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to write out
+        return "a number too long to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return not isinstance(value, bool) and (isinstance(value, int) or (
+        isinstance(value, float) and value.is_integer()))  # also rejects inf and nan
+
+
+def _int(cfg: dict[str, Any], key: str, default: Any = None, minimum: int = 0) -> int:
     value = _get(cfg, key, default)
     if value is None:
         raise InputError(f"config is missing '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not value.is_integer()):  # also rejects inf and nan
-        raise InputError(f"config field '{key}' must be an integer, got {value!r}")
-    if value < 0:
-        raise InputError(f"config field '{key}' must not be negative, got {value}")
+    if not _is_int(value):
+        raise InputError(f"config field '{key}' must be an integer, got {_shown(value)}")
+    if value < minimum:
+        raise InputError(f"config field '{key}' must "
+                         f"{'not be negative' if minimum == 0 else f'be at least {minimum}'}, got {_shown(value)}")
     if value > MAX_INT:
-        raise InputError(f"config field '{key}' is too large, got {value} (at most 2^53)")
+        raise InputError(f"config field '{key}' is too large, got {_shown(value)} (at most 2^53)")
     return int(value)
+
+
+def _bool(cfg: dict[str, Any], key: str, default: bool) -> bool:
+    value = _get(cfg, key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"config field '{key}' must be true or false, got {_shown(value)}")
+    return value
+
+
+def _per_layer(cfg: dict[str, Any], key: str, n_layers: int) -> list[Any] | None:
+    """A per-layer list field (one entry per layer), or None when absent."""
+    value = _get(cfg, key, None)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InputError(f"config field '{key}' must be a list with one entry per layer, got {_shown(value)}")
+    if len(value) != n_layers:
+        raise InputError(f"config field '{key}' has {len(value)} entries, but the model has "
+                         f"{n_layers} layers (num_hidden_layers)")
+    return value
+
+
+def _layer_types(cfg: dict[str, Any], n_layers: int, allowed: tuple[str, ...]) -> list[str] | None:
+    """``layer_types``: one attention kind per layer, each one of ``allowed``."""
+    types = _per_layer(cfg, "layer_types", n_layers)
+    bad = [t for t in types or [] if t not in allowed]
+    if bad:
+        raise InputError(f"config field 'layer_types' holds {_shown(bad[0])}; "
+                         f"each entry must be one of {', '.join(allowed)}")
+    return types
+
+
+def _layer_flags(cfg: dict[str, Any], key: str, n_layers: int) -> list[int] | None:
+    """A per-layer list of 0/1 flags (an empty list counts as absent, as in transformers)."""
+    flags = _get(cfg, key, None)
+    if flags == []:
+        return None
+    flags = _per_layer(cfg, key, n_layers)
+    if flags is not None and any(not (_is_int(f) or isinstance(f, bool)) or f not in (0, 1)
+                                 for f in flags):
+        raise InputError(f"config field '{key}' must hold only 0 or 1, one per layer")
+    return flags
+
+
+def _layer_indices(cfg: dict[str, Any], key: str, n_layers: int) -> set[int] | None:
+    """A list of distinct layer indices in [0, n_layers), or None when absent."""
+    value = _get(cfg, key, None)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(_is_int(i) for i in value):
+        raise InputError(f"config field '{key}' must be a list of layer indices, got {_shown(value)}")
+    indices = [int(i) for i in value]
+    outside = [i for i in indices if not 0 <= i < n_layers]
+    if outside:
+        raise InputError(f"config field '{key}' names layer {outside[0]}, but the layers are "
+                         f"0 to {n_layers - 1} (num_hidden_layers = {n_layers})")
+    if len(set(indices)) != len(indices):
+        raise InputError(f"config field '{key}' names a layer twice")
+    return set(indices)
 
 
 def _moe_layer_count(cfg: dict[str, Any], n_layers: int) -> int:
     """MoE layers under the Qwen-MoE convention (decoder_sparse_step, mlp_only_layers)."""
-    step = _int(cfg, "decoder_sparse_step", 1)
-    only_dense = set(_get(cfg, "mlp_only_layers", []))
-    if step <= 0:
-        return 0
+    step = _int(cfg, "decoder_sparse_step", 1, minimum=1)
+    only_dense = _layer_indices(cfg, "mlp_only_layers", n_layers) or set()
     return sum(1 for i in range(n_layers) if i not in only_dense and (i + 1) % step == 0)
 
 
 def _window_layers(cfg: dict[str, Any], mt: str, n_layers: int) -> tuple[int, int]:
     """(window, number of layers using it) for sliding or chunked attention."""
     if mt == "gpt_oss":
-        types = _get(cfg, "layer_types", None)
-        n = sum(t == "sliding_attention" for t in types) if types else (n_layers + 1) // 2
-        return _int(cfg, "sliding_window", 128), n
+        types = _layer_types(cfg, n_layers, ("full_attention", "sliding_attention"))
+        n = sum(t == "sliding_attention" for t in types) if types is not None else (n_layers + 1) // 2
+        return _int(cfg, "sliding_window", 128, minimum=1), n
     if mt == "llama4_text":
-        chunk = _int(cfg, "attention_chunk_size", 8192)
-        types, no_rope = _get(cfg, "layer_types", None), _get(cfg, "no_rope_layers", None)
-        if types:
+        chunk = _int(cfg, "attention_chunk_size", 8192, minimum=1)
+        types = _layer_types(cfg, n_layers, ("full_attention", "chunked_attention"))
+        if types is not None:
             return chunk, sum(t == "chunked_attention" for t in types)
-        if no_rope:  # 1 marks a RoPE layer, which is the chunked one
+        no_rope = _layer_flags(cfg, "no_rope_layers", n_layers)
+        if no_rope is not None:  # 1 marks a RoPE layer, which is the chunked one
             return chunk, sum(1 for flag in no_rope if flag)
-        interval = _int(cfg, "no_rope_layer_interval", 4)
-        n = sum(1 for i in range(n_layers) if (i + 1) % interval != 0) if interval else n_layers
-        return chunk, n
+        interval = _int(cfg, "no_rope_layer_interval", 4, minimum=1)
+        return chunk, sum(1 for i in range(n_layers) if (i + 1) % interval != 0)
     if mt in ("mixtral", "mistral", "phimoe"):
         # transformers' MistralConfig defaults to a 4096 window; Mixtral and PhiMoE to none
         w = _int(cfg, "sliding_window", 0) if mt != "mistral" or "sliding_window" in cfg else 4096
         return (w, n_layers) if w else (0, 0)
-    if mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window"):
+    if mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and _bool(cfg, "use_sliding_window", False):
         # Which layers slide, as transformers decides: every layer (Qwen3-MoE), the
         # even-indexed layers below max_window_layers (Qwen2-MoE), the layers from
         # max_window_layers on (Qwen2, Qwen3); an explicit layer_types list wins (not Qwen3-MoE).
@@ -181,14 +256,19 @@ def _window_layers(cfg: dict[str, Any], mt: str, n_layers: int) -> tuple[int, in
             return 0, 0
         if mt == "qwen3_moe":
             return w, n_layers
-        types = _get(cfg, "layer_types", None)
-        if types:
+        types = _layer_types(cfg, n_layers, ("full_attention", "sliding_attention"))
+        if types is not None:
             return w, sum(t == "sliding_attention" for t in types)
         max_window_layers = _int(cfg, "max_window_layers", 28)
         if mt == "qwen2_moe":
             return w, sum(1 for i in range(n_layers) if i % 2 == 0 and i < max_window_layers)
         return w, max(0, n_layers - max_window_layers)
     return 0, 0
+
+
+_DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_ATTENTION_BIAS_TYPES = ("llama", "qwen3", "qwen3_moe", "olmoe", "phimoe", "gpt_oss", "llama4_text",
+                         "deepseek_v2", "deepseek_v3")
 
 
 def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
@@ -199,21 +279,22 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     n_heads = _int(cfg, "num_attention_heads")
     if n_heads == 0 or H == 0 or n_layers == 0:
         raise InputError("hidden_size, num_hidden_layers and num_attention_heads must be positive")
-    n_kv = _int(cfg, "num_key_value_heads", n_heads)
-    head_dim = _int(cfg, "head_dim", H // n_heads)
-    top_k = _int(cfg, "num_experts_per_tok", 0) if mt not in ("llama", "mistral", "qwen2", "qwen3") else 0
-    attn_bias = bool(_get(cfg, "attention_bias", False))
-    attention: dict[str, Any] = dict(
-        kind="gqa", n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
-        qkv_bias=attn_bias, o_bias=attn_bias,
-    )
+    mla = mt in ("deepseek_v2", "deepseek_v3")
+    top_k = _int(cfg, "num_experts_per_tok", 0) if mt not in _DENSE_TYPES else 0
+    # Families whose transformers attention takes its biases from attention_bias (the others
+    # fix them); gpt-oss defaults to biases.
+    attn_bias = _bool(cfg, "attention_bias", mt == "gpt_oss") if mt in _ATTENTION_BIAS_TYPES else False
+    attention: dict[str, Any] = dict(kind="gqa", n_heads=n_heads, qkv_bias=attn_bias, o_bias=attn_bias)
+    if not mla:  # MLA's head widths are its own fields
+        attention.update(n_kv_heads=_int(cfg, "num_key_value_heads", n_heads),
+                         head_dim=_int(cfg, "head_dim", H // n_heads))
     moe: dict[str, Any] | None = None
     dense_layers, dense_I = 0, 0
     norm, lm_head_bias, mlp_bias = "rms", False, False
 
-    if mt in ("llama", "mistral", "qwen2", "qwen3"):
+    if mt in _DENSE_TYPES:
         dense_layers, dense_I = n_layers, _int(cfg, "intermediate_size")
-        mlp_bias = bool(_get(cfg, "mlp_bias", False)) if mt == "llama" else False
+        mlp_bias = _bool(cfg, "mlp_bias", False) if mt == "llama" else False
         if mt == "qwen2":
             attention.update(qkv_bias=True, o_bias=False)
         if mt == "qwen3":
@@ -222,14 +303,14 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         moe = dict(n_experts=_int(cfg, "num_local_experts"), top_k=top_k,
                    expert_intermediate=_int(cfg, "intermediate_size"))
         if mt == "phimoe":
-            norm, lm_head_bias = "layer", bool(_get(cfg, "lm_head_bias", False))
+            norm, lm_head_bias = "layer", _bool(cfg, "lm_head_bias", False)
     elif mt in ("qwen2_moe", "qwen3_moe"):
         n_moe = _moe_layer_count(cfg, n_layers)
         dense_layers, dense_I = n_layers - n_moe, _int(cfg, "intermediate_size") if n_moe < n_layers else 0
         moe = dict(n_experts=_int(cfg, "num_experts"), top_k=top_k,
                    expert_intermediate=_int(cfg, "moe_intermediate_size"))
         if mt == "qwen2_moe":
-            attention.update(qkv_bias=bool(_get(cfg, "qkv_bias", True)), o_bias=False)
+            attention.update(qkv_bias=_bool(cfg, "qkv_bias", True), o_bias=False)
             shared = _int(cfg, "shared_expert_intermediate_size", 0)
             if shared:
                 moe.update(n_shared=1, shared_intermediate=shared, shared_gate=True)
@@ -240,8 +321,11 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
                    expert_intermediate=_int(cfg, "intermediate_size"))
         attention.update(qk_norm="full_width")
     elif mt in ("deepseek_v2", "deepseek_v3"):
+        if mt == "deepseek_v2" and _bool(cfg, "mlp_bias", False):
+            raise InputError("mlp_bias = true is not modelled for deepseek_v2 (biases on the "
+                             "dense and shared-expert MLPs)")
         first_dense = min(_int(cfg, "first_k_dense_replace", 0), n_layers)
-        freq = _int(cfg, "moe_layer_freq", 1) or 1
+        freq = _int(cfg, "moe_layer_freq", 1, minimum=1)
         n_moe = sum(1 for i in range(first_dense, n_layers) if i % freq == 0)
         dense_layers = n_layers - n_moe
         dense_I = _int(cfg, "intermediate_size") if dense_layers else 0
@@ -260,18 +344,20 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         moe = dict(n_experts=_int(cfg, "num_local_experts"), top_k=top_k,
                    expert_intermediate=_int(cfg, "intermediate_size"),
                    router_bias=True, expert_bias=True)
-        attention.update(qkv_bias=True, o_bias=True, sinks=True)
+        attention.update(sinks=True)
     elif mt == "llama4_text":
-        step = _int(cfg, "interleave_moe_layer_step", 1)
-        moe_layers = cfg.get("moe_layers")
-        n_moe = len(moe_layers) if moe_layers is not None else (
-            sum(1 for i in range(n_layers) if step and (i + 1) % step == 0))
+        moe_layers = _layer_indices(cfg, "moe_layers", n_layers)
+        if moe_layers is not None:
+            n_moe = len(moe_layers)
+        else:
+            step = _int(cfg, "interleave_moe_layer_step", 1, minimum=1)
+            n_moe = sum(1 for i in range(n_layers) if (i + 1) % step == 0)
         dense_layers = n_layers - n_moe
         dense_I = _int(cfg, "intermediate_size_mlp") if dense_layers else 0
         moe_I = _int(cfg, "intermediate_size")
         moe = dict(n_experts=_int(cfg, "num_local_experts"), top_k=top_k, expert_intermediate=moe_I,
                    n_shared=1, shared_intermediate=moe_I)
-        if _get(cfg, "use_qk_norm", True):
+        if _bool(cfg, "use_qk_norm", True):
             attention.update(qk_norm="weightless")
     else:
         raise InputError(f"unsupported model_type '{mt}'")
@@ -284,7 +370,7 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
             name=name, model_type=mt, hidden=H, vocab=_int(cfg, "vocab_size"), n_layers=n_layers,
             n_dense_layers=dense_layers, dense_intermediate=dense_I, mlp_bias=mlp_bias,
             attention=AttentionSpec(**attention), moe=MoESpec(**moe) if moe else None, norm=norm,
-            tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
+            tie_embeddings=_bool(cfg, "tie_word_embeddings", False),
             lm_head_bias=lm_head_bias, window=window, n_window_layers=n_window,
             max_position=_int(cfg, "max_position_embeddings", 0),
         )
@@ -295,10 +381,44 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         raise InputError(f"invalid model: {loc + ': ' if loc else ''}{msg}") from None
 
 
+class _ReadRecorder(dict):
+    """A config dict that records which fields were looked up."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)  # type: ignore[arg-type]
+        return super().__contains__(key)
+
+
 def load_model(model: str, overrides: list[str] | dict[str, Any] | None = None) -> ModelSpec:
-    """A zoo name, alias or config.json path, with ``--set`` overrides, as a :class:`ModelSpec`."""
-    from perfmodel.specs.zoo import zoo
+    """A zoo name, alias or config.json path, with ``--set`` overrides, as a :class:`ModelSpec`.
+
+    An override of a field the architecture does not read (as configured: e.g. a sliding
+    window while sliding is off) is refused, since it would change nothing.
+    """
+    from perfmodel.specs.zoo import config_field, override_items, zoo
 
     cfg = load_hf_config(model, overrides)
     entry = zoo().get(model.lower())
-    return model_from_config(cfg, name=entry.name if entry else model)
+    recorder = _ReadRecorder(cfg)
+    spec = model_from_config(recorder, name=entry.name if entry else model)
+    items = override_items(overrides or [])
+    # friendly names map by the architecture the overrides were applied to
+    model_type = load_hf_config(model)["model_type"] if "model_type" in dict(items) else cfg["model_type"]
+    for key, _ in items:
+        field = config_field(model_type, key)
+        if field not in recorder.read:
+            raise InputError(f"--set {key}: this {spec.model_type} model does not use '{field}', "
+                             "so setting it would change nothing")
+    return spec

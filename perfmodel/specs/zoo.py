@@ -8,7 +8,6 @@ that are translated to each architecture's own field, or the raw config field it
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 
 from perfmodel.errors import InputError, SpecError
 from perfmodel.paths import MODELS_DIR
+from perfmodel.specs.files import read_data
 
 #: Model types the symbolic model understands (MoE families and dense baselines).
 SUPPORTED_MODEL_TYPES = (
@@ -103,6 +103,9 @@ class ZooEntry:
     def __post_init__(self) -> None:
         if not isinstance(self.config, dict) or "model_type" not in self.config:
             raise TypeError("config: expected a mapping with a model_type")
+        if not isinstance(self.aliases, list) or not all(
+                isinstance(n, str) and n for n in [self.name, *self.aliases]):
+            raise TypeError("name and aliases: expected non-empty strings")
 
 
 @cache
@@ -111,11 +114,14 @@ def zoo() -> dict[str, ZooEntry]:
     entries: dict[str, ZooEntry] = {}
     for path in sorted(MODELS_DIR.glob("*.yaml")):
         try:
-            entry = ZooEntry(**yaml.safe_load(path.read_text()))
-        except (yaml.YAMLError, TypeError) as exc:
+            entry = ZooEntry(**read_data(path))
+        except (OSError, ValueError, TypeError) as exc:
             raise SpecError(f"invalid zoo file {path.name}: {str(exc).splitlines()[0]}") from None
-        for key in [entry.name, *entry.aliases]:
-            entries[key.lower()] = entry
+        for key in {k.lower() for k in [entry.name, *entry.aliases]}:
+            if key in entries:
+                raise SpecError(f"model name '{key}' is given by two zoo files ({path.name} and "
+                                f"the one of {entries[key].name})")
+            entries[key] = entry
     return entries
 
 
@@ -128,13 +134,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "config.json"
     try:
-        text = path.read_text()
+        data = read_data(path, as_json=path.suffix not in (".yaml", ".yml"))
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"malformed config file {path}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise InputError(f"malformed config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"malformed config file {path}: expected a JSON object")
     if "config" in data and isinstance(data["config"], dict) and "model_type" not in data:
@@ -156,8 +160,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise InputError(f"bad --set key '{key}'")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise InputError(f"bad --set value for '{key}': '{raw}'") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
+        shown = raw if len(raw) <= 60 else raw[:57] + "..."
+        raise InputError(f"bad --set value for '{key}': '{shown}'") from None
     if value is None and raw.strip() not in ("null", "none", "None", "~"):
         raise InputError(f"bad --set value for '{key}': empty")
     return key, value
@@ -171,13 +176,22 @@ def config_field(model_type: str, key: str) -> str:
     return key
 
 
+def override_items(overrides: list[str] | dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key, value) of each override, ``KEY=VALUE`` strings parsed."""
+    return list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with overrides applied (friendly or raw field names)."""
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    """A copy of ``config`` with overrides applied (friendly or raw field names).
+
+    Changing the layer count drops the config's per-layer lists (transformers rebuilds them
+    from the other fields), but not those the overrides set themselves.
+    """
+    items = override_items(overrides)
     out = dict(config)
     model_type = out.get("model_type", "")
-    for key, value in items:
-        field = config_field(model_type, key)
+    fields = [config_field(model_type, key) for key, _ in items]
+    for (key, value), field in zip(items, fields):
         if model_type in _DENSE_MODEL_TYPES and (key in _EXPERT_KEYS or field in _EXPERT_FIELDS):
             raise InputError(f"--set {key}: a {model_type} model has no experts")
         if key not in _FRIENDLY and field not in out and field not in _KNOWN_OPTIONAL_FIELDS:
@@ -186,8 +200,9 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
                 f"(try one of: {', '.join(sorted(_FRIENDLY))})"
             )
         out[field] = value
-        if field == "num_hidden_layers":
-            for derived in _PER_LAYER_FIELDS:
+    if "num_hidden_layers" in fields:
+        for derived in _PER_LAYER_FIELDS:
+            if derived not in fields:
                 out.pop(derived, None)
     return out
 
@@ -219,6 +234,11 @@ _KNOWN_OPTIONAL_FIELDS = frozenset(
         "v_head_dim",
         "moe_intermediate_size",
         "intermediate_size_mlp",
+        "moe_layer_freq",
+        "use_sliding_window",
+        "max_window_layers",
+        "no_rope_layer_interval",
+        *_PER_LAYER_FIELDS,
     }
 )
 

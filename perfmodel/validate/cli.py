@@ -2,7 +2,9 @@
 
 The lead mounts :func:`measure` as ``perfmodel measure``; ``python -m perfmodel.validate.measure`` runs the
 same function through :data:`app`. Errors in the arguments raise
-:class:`perfmodel.errors.InputError` (the CLI turns it into one line on stderr and exit code 2).
+:class:`perfmodel.errors.InputError` (the CLI turns it into one line on stderr and exit code 2),
+and so does a machine that cannot measure: without torch/transformers or without a CUDA GPU
+(:mod:`perfmodel.validate.preflight`; the hidden ``--allow-cpu`` lets tests run tiny models on CPU).
 """
 
 import sys
@@ -12,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from perfmodel.errors import InputError
+from perfmodel.validate.preflight import check_budget, require_gpu, require_gpu_libraries
 from perfmodel.validate.sweep import Reporter, SweepSummary, run_sweep
 from perfmodel.validate.sweep_spec import FullRunSpec, build_points, parse_int_list, parse_models, parse_phases
 
@@ -19,6 +22,8 @@ app = typer.Typer(add_completion=False, help="Measure MoE inference (TTFT, ITL, 
 
 EXPERTS_IMPLS = ("grouped_mm", "batched_mm", "eager", "deepgemm", "sonicmoe")
 VLLM_MISSING = "vllm is not installed (pip install 'perfmodel[vllm]')"
+#: What works without a GPU, said when measure refuses to run on one without.
+NO_GPU_HINT = "the committed results replay with `perfmodel validate`"
 
 
 def default_out(backend: str) -> Path:
@@ -101,6 +106,8 @@ def measure(
     expert_parallel: bool = typer.Option(False, "--expert-parallel", help="vllm: enable expert parallelism."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
+                                   help="Run without a GPU (tiny models in tests; also PERFMODEL_ALLOW_CPU=1)."),
 ) -> SweepSummary:
     """Measure TTFT, ITL, E2E and throughput for each (model, B, S, O); resumable JSONL output."""
     overrides = list(set_ or [])
@@ -110,29 +117,33 @@ def measure(
     outs = parse_int_list(output_len, "output length") if output_len else None
     if layers is not None and layers < 1:
         raise InputError("--layers must be >= 1")
-    if budget_s is not None and budget_s <= 0:
-        raise InputError("--budget-s must be > 0")
+    budget_s = check_budget(budget_s)
+    if out is not None and out.is_dir():
+        raise InputError(f"--out {out} is a folder; measure appends rows to a JSONL file")
     fr = FullRunSpec.parse(full_run)
     _check_models(models, overrides, layers)
     backend = backend.lower()
-    if backend == "hf":
-        if experts_impl not in EXPERTS_IMPLS:
-            raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
-        from perfmodel.validate.hf_runner import HFBackend
-
-        engine = HFBackend(profile=profile)
-        settings = None
-    elif backend == "vllm":
+    if backend not in ("hf", "vllm"):
+        raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
+    if backend == "hf" and experts_impl not in EXPERTS_IMPLS:
+        raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
+    require_gpu_libraries("measure")
+    if backend == "vllm":
         from perfmodel.validate import vllm_backend
 
         if not vllm_backend.vllm_available():
             raise InputError(VLLM_MISSING)
+    require_gpu("measure", NO_GPU_HINT, allow_cpu=allow_cpu is True)
+    if backend == "hf":
+        from perfmodel.validate.hf_runner import HFBackend
+
+        engine = HFBackend(profile=profile)
+        settings = None
+    else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend)
         engine = vllm_backend.VLLMBackend()
         experts_impl = "vllm_fused_moe"
-    else:
-        raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
     points = build_points(models, batches, phases, outs, backend=backend, overrides=overrides,
                           layers=layers, experts_impl=experts_impl, cuda_graphs=cuda_graphs,
                           full_run=fr, settings=settings)

@@ -4,6 +4,10 @@ Metrics compared (the seed study's): TTFT, decode step (= ITL), E2E and throughp
 B·(S+O)/E2E. Relative error is predicted/measured − 1. Rows carry the split each point
 belongs to ("train" for the unmodified models a profile was fitted on, "held-out" otherwise:
 other models, and hypothetical variants of any model, from the ``-whatif`` results file).
+
+A point is identified by its ``point_id`` (model, ``--set`` overrides, layers, B, S, O, dtype
+and engine settings); its ``variant`` column names it for people, e.g.
+``mixtral-8x7b [L=8 E=16 k=2 F=1792]`` for a variant, the plain model name otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perfmodel.validate.results import read_rows
+from perfmodel.validate.sweep_spec import SweepPoint
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {
@@ -74,29 +79,72 @@ def row_overrides(row: dict[str, Any]) -> list[str]:
     return overrides
 
 
+#: Engine settings every point id carries (after B, S, O) at their default values.
+_DEFAULT_SETTINGS = frozenset(SweepPoint("model", 1, 1, 1).point_id.split("|")[7:])
+
+
+def _settings_tags(point_id: str) -> list[str]:
+    """The engine settings of a point id that differ from the defaults (``dtype=float16``, ...)."""
+    parts = point_id.split("|")
+    return [p for p in parts[7:] if p not in _DEFAULT_SETTINGS] if len(parts) > 7 else []
+
+
+def variant_label(row: dict[str, Any], spec=None) -> str:
+    """A measured point's model as people read it: the model name, and for a hypothetical
+    variant its layers L, experts E, top-k k and expert FFN width F (dense: L and F) with any
+    other override, then engine settings that differ from the defaults, e.g.
+    ``mixtral-8x7b [L=8 E=16 k=2 F=1792]``. ``spec``: the variant's ModelSpec (built if None)."""
+    from perfmodel.specs.model import load_model
+    from perfmodel.specs.zoo import config_field, override_items
+
+    tags: list[str] = []
+    if is_variant(row):
+        spec = spec if spec is not None else load_model(row["model"], row_overrides(row))
+        tags.append(f"L={spec.n_layers}")
+        shown = ["num_layers", "ffn"]
+        if spec.moe is not None:
+            tags += [f"E={spec.moe.n_experts}", f"k={spec.moe.top_k}", f"F={spec.moe.expert_intermediate}"]
+            shown += ["num_experts", "top_k"]
+        else:
+            tags.append(f"F={spec.dense_intermediate}")
+            shown = ["num_layers", "intermediate_size"]
+        covered = {config_field(spec.model_type, key) for key in shown}
+        tags += [f"{key}={value}" for key, value in override_items(row_overrides(row))
+                 if config_field(spec.model_type, key) not in covered]
+    tags += _settings_tags(str(row.get("point_id", "")))
+    return f"{row['model']} [{' '.join(tags)}]" if tags else str(row["model"])
+
+
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
             train_models: Iterable[str] = (), models: Iterable[str] | None = None):
     """Predicted vs measured for every ok row (optionally of some models only).
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
-    predicted, rel_error, split); ``ops`` the predicted per-op decode-step time (whole step, s)
-    and the measured kernel split of the same step, by category, per point.
+    predicted, rel_error, split, and the point's identity: point_id, variant, model, batch,
+    input_len, output_len); ``ops`` the predicted per-op decode-step time (whole step, s) and
+    the measured kernel split of the same step, by category, per point.
     """
     import pandas as pd
 
     from perfmodel.prediction import predict
+    from perfmodel.specs.model import load_model
 
     train = {m.lower() for m in train_models}
     wanted = None if models is None else {m.lower() for m in models}
+    specs: dict[tuple, Any] = {}
     points, ops = [], []
     for row in rows:
         if row.get("status") != "ok" or (wanted is not None and row["model"].lower() not in wanted):
             continue
-        key = dict(model=row["model"], batch=row["batch"], input_len=row["input_len"],
-                   output_len=row["output_len"], point_id=row["point_id"])
-        p = predict(row["model"], gpu=gpu, engine=engine, batch=row["batch"],
-                    input_len=row["input_len"], output_len=row["output_len"],
-                    overrides=row_overrides(row))
+        overrides = row_overrides(row)
+        spec_key = (row["model"], tuple(overrides))
+        if spec_key not in specs:
+            specs[spec_key] = load_model(row["model"], overrides)
+        spec = specs[spec_key]
+        key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
+                   input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
+        p = predict(spec, gpu=gpu, engine=engine, batch=row["batch"],
+                    input_len=row["input_len"], output_len=row["output_len"])
         # hypothetical variants were never fitted on, even of a training model
         split = "train" if row["model"].lower() in train and not is_variant(row) else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():

@@ -3,7 +3,8 @@
 ``write_report(points, ops, out_dir, title=..., source=...)`` takes the two tables of
 :func:`perfmodel.validate.compare.compare` for BOTH engines stacked (column ``engine``: the calibrated
 one and the uncalibrated baseline) and writes ``out_dir/report.html`` and
-``out_dir/summary.md``.
+``out_dir/summary.md``. Points are told apart by ``point_id`` and shown by their ``variant``
+(e.g. ``mixtral-8x7b [L=8 E=16 k=2 F=1792]``; the model name where the tables have no such column).
 
 ``source`` says where the measurements come from. ``mode`` is ``"replay"`` (committed
 measurements read back from a results file, no GPU involved now) or ``"live"`` (measured by this
@@ -111,22 +112,34 @@ def _ordered_metrics(points) -> list[str]:
     return [m for m in METRICS if m in have] + sorted(have - set(METRICS))
 
 
+def _with_variant(frame):
+    """``frame`` with a ``variant`` column (the model name where it is missing or empty)."""
+    if frame is None or "model" not in frame.columns:
+        return frame
+    if "variant" not in frame.columns:
+        return frame.assign(variant=frame["model"].astype(str))
+    variant = frame["variant"].where(frame["variant"].notna() & (frame["variant"] != ""), frame["model"])
+    return frame.assign(variant=variant.astype(str))
+
+
 def _point_label(row) -> str:
-    return f"{row['model']} B={row['batch']} S={row['input_len']} O={row['output_len']}"
+    name = row.get("variant") if isinstance(row.get("variant"), str) and row.get("variant") else row["model"]
+    return f"{name} B={row['batch']} S={row['input_len']} O={row['output_len']}"
 
 
 def worst_points(points, engine: str, n: int = N_WORST):
     """Held-out points of ``engine`` ranked by their largest |error| over the metrics.
 
-    One row per point: model, batch, input_len, output_len, point_id, one error-% column per
-    metric, the worst metric and its |error| %.
+    One row per point: model, variant, batch, input_len, output_len, point_id, one error-%
+    column per metric, the worst metric and its |error| %.
     """
     import pandas as pd
 
     sel = points[(points["engine"] == engine) & (points["split"] == "held-out")]
     if sel.empty:
         return pd.DataFrame()
-    keys = ["model", "batch", "input_len", "output_len", "point_id"]
+    sel = _with_variant(sel)
+    keys = ["model", "variant", "batch", "input_len", "output_len", "point_id"]
     wide = sel.pivot_table(index=keys, columns="metric", values="rel_error", aggfunc="first")
     wide = wide[[m for m in _ordered_metrics(sel)]] * 100.0
     worst_metric = wide.abs().idxmax(axis=1)
@@ -230,7 +243,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any]) -> str:
         header = ["model", "B", "S", "O"] + [f"{METRIC_LABEL.get(m, m)} err %" for m in metrics] + ["worst"]
         rows = []
         for _, r in worst.iterrows():
-            rows.append([str(r["model"]), str(r["batch"]), str(r["input_len"]), str(r["output_len"])]
+            rows.append([str(r["variant"]), str(r["batch"]), str(r["input_len"]), str(r["output_len"])]
                         + [_signed(r[m]) for m in metrics]
                         + [METRIC_LABEL.get(r["worst_metric"], r["worst_metric"])])
         out += [_md_table(header, rows), ""]
@@ -253,6 +266,7 @@ def _display(points):
     """Points with display values: measured/predicted in the metric's display unit, error %."""
     unit = points["metric"].map(lambda m: METRIC_UNIT.get(m, ("", 1.0))[0])
     scale = points["metric"].map(lambda m: METRIC_UNIT.get(m, ("", 1.0))[1]).astype(float)
+    points = _with_variant(points)
     return points.assign(unit=unit,
                          measured_d=points["measured"].astype(float) * scale,
                          predicted_d=points["predicted"].astype(float) * scale,
@@ -303,7 +317,8 @@ def scatter_chart(points, metric: str, engines: list[str], engine_titles: dict[s
             y=alt.Y("predicted_d:Q", scale=alt.Scale(type="log", domain=domain, nice=False),
                     title=f"predicted ({unit})", axis=axis),
             color=color, shape=shape,
-            tooltip=["model:N", "batch:Q", "input_len:Q", "output_len:Q", "split:N",
+            tooltip=[alt.Tooltip("variant:N", title="model"), "batch:Q", "input_len:Q", "output_len:Q",
+                     "split:N",
                      alt.Tooltip("measured_d:Q", format=".4g", title=f"measured ({unit})"),
                      alt.Tooltip("predicted_d:Q", format=".4g", title=f"predicted ({unit})"),
                      alt.Tooltip("error_pct:Q", format="+.1f", title="error %")])
@@ -331,8 +346,8 @@ def error_chart(points, metric: str, engine: str, engine_title: str):
             xOffset=alt.XOffset("model:N"),
             y=alt.Y("error_pct:Q", title="error % (predicted/measured − 1)"),
             color=color, shape=shape,
-            tooltip=["model:N", "batch:Q", "input_len:Q", "output_len:Q", "split:N",
-                     alt.Tooltip("error_pct:Q", format="+.1f", title="error %")])
+            tooltip=[alt.Tooltip("variant:N", title="model"), "batch:Q", "input_len:Q", "output_len:Q",
+                     "split:N", alt.Tooltip("error_pct:Q", format="+.1f", title="error %")])
         rect = alt.Chart(band).mark_rect(opacity=0.15, color="#888").encode(y="lo:Q", y2="hi:Q")
         zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#444").encode(y="y:Q")
         dots = base.mark_point(filled=True, size=55, opacity=0.85)
@@ -358,7 +373,7 @@ def ops_chart(points, ops, engine: str):
     ids = ops_points(points, engine)
     if not ids or ops is None or ops.empty:
         return None
-    sel = ops[(ops["engine"] == engine) & (ops["point_id"].isin(ids))].copy()
+    sel = _with_variant(ops[(ops["engine"] == engine) & (ops["point_id"].isin(ids))].copy())
     if sel.empty:
         return None
     err = points[(points["engine"] == engine) & (points["metric"] == "decode_step")]
@@ -510,7 +525,8 @@ def _mape_html(points, calibrated: str, baseline: str | None) -> str:
 def _points_html(points, calibrated: str, baseline: str | None) -> str:
     import pandas as pd
 
-    keys = ["model", "batch", "input_len", "output_len", "point_id", "metric", "split"]
+    points = _with_variant(points)
+    keys = ["model", "variant", "batch", "input_len", "output_len", "point_id", "metric", "split"]
     cal = points[points["engine"] == calibrated].set_index(keys)
     frame = cal[["measured", "predicted", "rel_error"]].rename(
         columns={"predicted": "pred_cal", "rel_error": "err_cal"})
@@ -521,7 +537,7 @@ def _points_html(points, calibrated: str, baseline: str | None) -> str:
     frame = frame.reset_index()
     metric_rank = {m: i for i, m in enumerate(METRICS)}
     frame = frame.assign(_m=frame["metric"].map(lambda m: metric_rank.get(m, 99)))
-    frame = frame.sort_values(["split", "model", "batch", "input_len", "output_len", "_m"])
+    frame = frame.sort_values(["split", "model", "variant", "batch", "input_len", "output_len", "_m"])
     header = ["model", "B", "S", "O", "metric", "unit", "measured", f"{calibrated} predicted",
               f"{calibrated} error %"]
     if baseline:
@@ -541,7 +557,7 @@ def _points_html(points, calibrated: str, baseline: str | None) -> str:
             return ("" if v is None or pd.isna(v) else float(v) * 100,
                     "–" if v is None or pd.isna(v) else f"{float(v) * 100:+.1f}")
 
-        cells = [_cell(r["model"], cls="l"), _cell(r["batch"]), _cell(r["input_len"]),
+        cells = [_cell(r["variant"], cls="l"), _cell(r["batch"]), _cell(r["input_len"]),
                  _cell(r["output_len"]), _cell(r["metric"], METRIC_LABEL.get(r["metric"], r["metric"]), "l"),
                  _cell(unit, cls="l"), _cell(num(r["measured"]), shown(r["measured"])),
                  _cell(num(r["pred_cal"]), shown(r["pred_cal"]))]
@@ -568,7 +584,7 @@ def _worst_html(points, calibrated: str) -> str:
             + "<th class='l'>worst</th></tr>")
     rows = []
     for _, r in worst.iterrows():
-        rows.append("<tr>" + _cell(r["model"], cls="l") + _cell(r["batch"]) + _cell(r["input_len"])
+        rows.append("<tr>" + _cell(r["variant"], cls="l") + _cell(r["batch"]) + _cell(r["input_len"])
                     + _cell(r["output_len"])
                     + "".join(_cell(r[m], _signed(r[m]), "bad" if abs(r[m]) > 10 else "") for m in metrics)
                     + _cell(METRIC_LABEL.get(r["worst_metric"], r["worst_metric"]), cls="l") + "</tr>")

@@ -4,8 +4,18 @@ One JSON object per line, one line per sweep point. A point is identified by ``p
 (:func:`perfmodel.validate.sweep_spec.SweepPoint.point_id`); a file never holds two rows with the same id.
 
 Writes are append-only: a row is serialised to one line, written with a single ``write``,
-flushed and ``fsync``-ed. A run killed mid-write can leave a partial last line (no trailing
-newline); :func:`repair_tail` cuts it off before the next append, so the point is measured again.
+flushed and ``fsync``-ed, under an exclusive ``flock`` of the file (readers take a shared one),
+so two runs writing one file never interleave. A run killed mid-write can leave a partial last
+line; before the next append (:func:`repair_tail`) a last line that is a whole JSON object only
+lacking its newline gets the newline, anything else is cut off, so the point is measured again.
+
+Readers (:func:`read_rows`) keep a complete last row that lacks its newline, skip lines that are
+not JSON objects and warn once per file, in one line (logger ``perfmodel.validate.results``),
+with their count. They keep one row per point id: the sweep never writes a second row for an id
+it finds in the file (an oom or error row is as final as an ok one), so duplicates only come
+from two runs measuring the same point at once, or from files joined by hand. Of those rows a
+measured one (status ok) wins over an oom/error row, which another run holding the GPU may have
+caused; among rows of the same kind the last complete one wins.
 
 Units: times in milliseconds (``*_ms``), wall durations in seconds (``*_s``), memory in GiB
 (``*_gib``), throughputs in tokens per second.
@@ -43,11 +53,18 @@ Fields (schema version 1):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: appends are not locked
+    fcntl = None
 
 SCHEMA_VERSION = 1
 
@@ -251,60 +268,163 @@ def _validate_profile(key: str, prof: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- file IO
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class ReadResult:
     """Rows read from a result file, with what was skipped."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of unparsable lines
-    partial_tail: bool = False  # the file ended without a newline (a killed write)
+    partial_tail: bool = False  # the last line is a cut-off row (a killed write), skipped
+    duplicates: int = 0  # rows dropped because another row of the same point id won
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable rows skipped: unparsable lines and a cut-off last line."""
+        return len(self.bad_lines) + int(self.partial_tail)
 
 
-def read_rows(path: Path) -> ReadResult:
-    """All complete, parsable rows of ``path`` (missing file: no rows).
+@contextmanager
+def _locked(fh, exclusive: bool) -> Iterator[None]:
+    """Hold an exclusive (writers) or shared (readers) ``flock`` on an open file."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except OSError:  # a file system without locks: go on unlocked
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    A last line without a newline is a partial write and is ignored (``partial_tail``);
-    a line that is not a JSON object is skipped and reported in ``bad_lines``.
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object on one line, or None when it is not one."""
+    try:
+        row = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+_OK_RANK = {"ok": 1}
+
+
+def dedupe(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """One row per ``point_id`` (see the module docstring for which wins), and how many were dropped.
+
+    Rows keep the place of their id's first row; rows without a string ``point_id`` are all kept.
+    """
+    slots: list[Any] = []
+    best: dict[str, dict[str, Any]] = {}
+    dropped = 0
+    for row in rows:
+        pid = row.get("point_id")
+        if not isinstance(pid, str):
+            slots.append(row)
+            continue
+        if pid not in best:
+            best[pid] = row
+            slots.append(pid)
+            continue
+        dropped += 1
+        if _OK_RANK.get(row.get("status"), 0) >= _OK_RANK.get(best[pid].get("status"), 0):
+            best[pid] = row
+    return [best[s] if isinstance(s, str) else s for s in slots], dropped
+
+
+_warned: set[tuple] = set()
+
+
+def _warn_once(path: Path, data: bytes, result: ReadResult) -> None:
+    """One warning line per file content: rows skipped and duplicates dropped."""
+    if not result.skipped and not result.duplicates:
+        return
+    key = (str(Path(path).resolve()), len(data), hash(data))
+    if key in _warned:
+        return
+    _warned.add(key)
+    parts = []
+    if result.skipped:
+        where = [f"line {n}" for n in result.bad_lines[:5]] + (["a cut-off last line"] if result.partial_tail else [])
+        more = ", ..." if len(result.bad_lines) > 5 else ""
+        parts.append(f"skipped {result.skipped} unreadable row{'s' if result.skipped != 1 else ''} "
+                     f"({', '.join(where)}{more})")
+    if result.duplicates:
+        parts.append(f"dropped {result.duplicates} duplicate row{'s' if result.duplicates != 1 else ''} "
+                     "(one row kept per point: measured over oom/error, else the last)")
+    log.warning("perfmodel: warning: %s: %s", path, "; ".join(parts))
+
+
+def read_rows(path: Path, *, unique: bool = True, warn: bool = True) -> ReadResult:
+    """All complete, parsable rows of ``path`` (missing file: no rows), one per point id.
+
+    A last line without a newline is kept when it is a whole JSON object, else it is a cut-off
+    write and is skipped (``partial_tail``); a line that is not a JSON object is skipped and
+    reported in ``bad_lines``. ``unique`` keeps one row per point id (``duplicates`` counts the
+    others). ``warn`` logs one warning line per file content when anything was skipped or dropped.
     """
     result = ReadResult()
+    path = Path(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh, _locked(fh, exclusive=False):
+            data = fh.read()
     except FileNotFoundError:
         return result
     lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
-        result.partial_tail = True
-    complete = lines[:-1]  # the element after the last newline is '' or a partial line
-    for number, raw in enumerate(complete, start=1):
+    rows: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        try:
-            row = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            result.bad_lines.append(number)
-            continue
-        if isinstance(row, dict):
-            result.rows.append(row)
+        row = _parse(raw)
+        if row is not None:
+            rows.append(row)
+        elif number == len(lines):  # no newline after it: a write cut short
+            result.partial_tail = True
         else:
             result.bad_lines.append(number)
+    if unique:
+        rows, result.duplicates = dedupe(rows)
+    result.rows = rows
+    if warn:
+        _warn_once(path, data, result)
     return result
 
 
-def repair_tail(path: Path) -> bool:
-    """Cut a partial last line (no trailing newline) off ``path``; True when something was cut."""
+def _repair(fh) -> str | None:
+    """End an unterminated last line of an open ``a+b`` file (see :func:`repair_tail`)."""
+    fh.seek(0)
+    data = fh.read()
+    if not data or data.endswith(b"\n"):
+        return None
+    keep = data.rfind(b"\n") + 1  # 0 when the only line is unterminated
+    if _parse(data[keep:]) is not None:
+        fh.write(b"\n")
+        action = "newline"
+    else:
+        fh.truncate(keep)
+        action = "cut"
+    fh.flush()
+    os.fsync(fh.fileno())
+    return action
+
+
+def repair_tail(path: Path) -> str | None:
+    """Make ``path`` end with a newline, under the file's lock.
+
+    A last line that is a whole JSON object only lacking its newline gets one (``"newline"``);
+    a cut-off write is removed (``"cut"``); None when nothing needed doing.
+    """
     path = Path(path)
     if not path.exists():
-        return False
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        if not data or data.endswith(b"\n"):
-            return False
-        keep = data.rfind(b"\n") + 1  # 0 when the only line is partial
-        fh.seek(keep)
-        fh.truncate()
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
+        return None
+    with open(path, "a+b") as fh, _locked(fh, exclusive=True):
+        return _repair(fh)
 
 
 def completed_ids(rows: Iterable[dict[str, Any]]) -> set[str]:
@@ -324,11 +444,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row as one line: a single write, flush and fsync (creates parent folders)."""
+    """Append one row as one line (creates parent folders).
+
+    Under an exclusive lock of the file: the last line is ended or cut (:func:`repair_tail`),
+    then the row is written with a single write, flushed and fsync-ed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(_jsonable(row), separators=(",", ":"), allow_nan=False) + "\n"
-    with open(path, "ab") as fh:
+    with open(path, "a+b") as fh, _locked(fh, exclusive=True):
+        _repair(fh)
         fh.write(line.encode())
         fh.flush()
         os.fsync(fh.fileno())

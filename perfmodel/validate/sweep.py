@@ -3,13 +3,16 @@
 For each group of points sharing a model build, the driver asks the backend to build once, then
 measures each point, appending one row per point to the JSONL file as soon as it is known:
 
-- a point whose id already has a row in the file is skipped (resume after a kill);
+- a point whose id already has a row in the file is skipped (resume after a kill); the file is
+  read again before each group and each point, so a point another run has recorded meanwhile
+  is skipped too;
 - ``torch.OutOfMemoryError`` (or a backend-recognised OOM) gives a row with ``status="oom"``,
   memory is freed and the sweep goes on; other exceptions give ``status="error"`` with a
   one-line message; an error the backend calls fatal (a dead CUDA context) ends the sweep
   after its row is written, so a fresh process can resume;
 - with a budget (seconds), a point whose estimated cost does not fit in what is left is not
-  started (no row: a later run measures it); the sweep ends cleanly.
+  started (no row: a later run measures it); the sweep ends cleanly. The budget must be a
+  finite number of seconds > 0.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from perfmodel.validate import results
+from perfmodel.validate.preflight import check_budget
 from perfmodel.validate.sweep_spec import SweepPoint, group_points
 
 
@@ -125,14 +129,20 @@ def run_sweep(
     clock: Callable[[], float] = time.monotonic,
 ) -> SweepSummary:
     """Measure ``points`` with ``backend``, appending rows to ``out_path`` (see module docstring)."""
+    budget_s = check_budget(budget_s, "budget_s")
     reporter = reporter or Reporter()
     t0 = clock()
     out_path = Path(out_path)
-    if results.repair_tail(out_path):
+    repaired = results.repair_tail(out_path)
+    if repaired == "cut":
         reporter.log(f"{out_path}: removed a partial last line (an interrupted write)")
-    existing = results.read_rows(out_path)
+    elif repaired == "newline":
+        reporter.log(f"{out_path}: ended a complete last row that lacked its newline")
+    existing = results.read_rows(out_path, warn=False)
     if existing.bad_lines:
-        reporter.log(f"{out_path}: ignoring unparsable lines {existing.bad_lines[:10]}")
+        reporter.log(f"{out_path}: ignoring {len(existing.bad_lines)} unparsable line(s) {existing.bad_lines[:10]}")
+    if existing.duplicates:
+        reporter.log(f"{out_path}: {existing.duplicates} duplicate row(s) of one point (readers keep one per point)")
     done = results.completed_ids(existing.rows)
     summary = SweepSummary(total=len(points))
     todo = [p for p in points if p.point_id not in done]
@@ -142,6 +152,14 @@ def run_sweep(
 
     def elapsed() -> float:
         return clock() - t0
+
+    def recorded_meanwhile(point: SweepPoint) -> bool:
+        """Whether another run has written a row for ``point`` since this sweep started."""
+        if point.point_id not in results.completed_ids(results.read_rows(out_path, warn=False).rows):
+            return False
+        summary.already_done += 1
+        reporter.skipped(point, "recorded by another run meanwhile")
+        return True
 
     def write(point: SweepPoint, status: str, fields: dict[str, Any], error: str | None,
               started: float) -> dict[str, Any]:
@@ -159,6 +177,9 @@ def run_sweep(
     for group in group_points(todo):
         if summary.stopped:
             summary.deferred += [p.point_id for p in group]
+            continue
+        group = [p for p in group if not recorded_meanwhile(p)]
+        if not group:
             continue
         if budget_s is not None:
             now = elapsed()
@@ -195,6 +216,8 @@ def run_sweep(
                         summary.deferred.append(point.point_id)
                         reporter.skipped(point, f"estimated {est:.0f} s does not fit in the time budget")
                         continue
+                if recorded_meanwhile(point):
+                    continue
                 started = clock()
                 try:
                     fields = backend.measure(handle, point)

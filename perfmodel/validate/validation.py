@@ -63,6 +63,16 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
     }
 
 
+def _check_report_folder(out_dir: Path) -> None:
+    """Refuse (one line) a report folder that is a file or lies under one, before measuring anything."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out_dir else f"lies under {path}, a file"
+                raise InputError(f"--out {out_dir} {what}; the report folder must be a folder")
+            return
+
+
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                    out_dir: Path | None = None, live: bool | None = None) -> dict[str, Any]:
     """Compare predictions with measurements of ``model`` (or ``all``); write the reports.
@@ -78,6 +88,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
 
     if backend not in ("hf", "vllm"):
         raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
+    if out_dir is not None:
+        _check_report_folder(Path(out_dir))
     gpu_spec = load_gpu(gpu)
     profile = load_profile(backend, gpu_spec.name)
     wanted = None if model == "all" else [load_model(model).name]
@@ -92,7 +104,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                 input_len=LIVE_LENGTHS, output_len=None, set_=None, layers=None,
                 experts_impl="grouped_mm", full_run=None, out=path, budget_s=None,
                 cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
-                moe_backend="triton")
+                moe_backend="triton", allow_cpu=False)
         mode = "live"
     else:
         path = results_file(backend, gpu_spec.name)
@@ -118,6 +130,10 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     source = _source(rows, mode, path, profile, backend)
     out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
     html, md = write_report(points_df, ops_df, out_dir, title=title, source=source)
     table = mape(points_df)
     return {"source": source, "mape": table.to_dict(orient="records"),

@@ -1,0 +1,28 @@
+"""Reading spec and config files (YAML or JSON) without letting their content crash the reader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def read_data(path: Path, *, as_json: bool = False) -> Any:
+    """The parsed content of a UTF-8 YAML file (JSON when ``as_json``).
+
+    Raises :class:`OSError` when the file cannot be read, and :class:`ValueError` with a
+    one-line reason when it is not UTF-8 text, not well-formed, or nested too deeply to parse.
+    """
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return json.loads(text) if as_json else yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
+        raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

@@ -1,0 +1,98 @@
+"""Parallel layouts: how one model replica is split over GPUs (tensor, expert, pipeline).
+
+The cost formulas (:mod:`perfmodel.ops`) shard as follows, and the rules below are what those
+shardings need to put whole heads, experts and layers on every GPU:
+
+- ``tp``: query heads and the FFN widths (dense, routed experts, shared experts) are split
+  over tp GPUs. KV heads are split too while tp ≤ KV heads; beyond, each KV head is
+  replicated over tp/KV-heads GPUs, every GPU holding one (vLLM's rule: the KV heads must
+  divide tp or be divisible by it).
+- ``ep``: the routed experts are split over ep groups, each expert sharded over its group's
+  tp GPUs, so the expert layer spans tp·ep GPUs.
+- ``pp``: the layers are split evenly over pp stages.
+
+GPUs used: tp·ep·pp (:attr:`Layout.gpus`). This is not vLLM's expert parallelism, where EP
+reuses the tp (× data-parallel) GPUs and experts are not sharded by tp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from perfmodel.errors import InputError
+from perfmodel.specs.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A condition on the degrees and the model's sizes (keyed by the names of their symbols in
+    :mod:`perfmodel.symbols`); ``holds`` works on numbers and numpy arrays alike."""
+
+    applies: Callable[[ModelSpec], bool]
+    holds: Callable[[Mapping[str, Any]], Any]
+    message: str  # formatted with the degrees and sizes
+
+
+_RULES = (
+    _Rule(lambda m: m.moe is None, lambda v: v["ep"] == 1, "ep > 1 needs a model with experts"),
+    _Rule(lambda m: m.moe is not None, lambda v: v["E"] % v["ep"] == 0,
+          "ep ({ep}) must divide the number of experts ({E})"),
+    _Rule(lambda m: True, lambda v: v["N_layers"] % v["pp"] == 0,
+          "pp ({pp}) must divide the number of layers ({N_layers})"),
+    _Rule(lambda m: True, lambda v: v["n_h"] % v["tp"] == 0,
+          "tp ({tp}) must divide the number of attention heads ({n_h})"),
+    _Rule(lambda m: m.attention.kind == "gqa",
+          lambda v: (v["n_kv"] % v["tp"] == 0) | (v["tp"] % v["n_kv"] == 0),
+          "tp ({tp}) must divide the number of KV heads ({n_kv}) or be a multiple of it"),
+    _Rule(lambda m: m.is_moe, lambda v: v["I_e"] % v["tp"] == 0,
+          "tp ({tp}) must divide the experts' FFN width ({I_e})"),
+    _Rule(lambda m: m.is_moe and m.moe is not None and m.moe.n_shared > 0,
+          lambda v: (v["n_sh"] * v["I_sh"]) % v["tp"] == 0,
+          "tp ({tp}) must divide the shared experts' FFN width ({n_sh}×{I_sh})"),
+    _Rule(lambda m: m.n_dense_layers > 0, lambda v: v["I_d"] % v["tp"] == 0,
+          "tp ({tp}) must divide the dense MLP width ({I_d})"),
+)
+
+
+def sizes(model: ModelSpec) -> dict[str, int]:
+    """The model sizes the rules look at, keyed by symbol name."""
+    m = model.moe
+    return {"N_layers": model.n_layers, "n_h": model.attention.n_heads,
+            "n_kv": model.attention.n_kv_heads, "I_d": model.dense_intermediate,
+            "E": m.n_experts if m else 1, "I_e": m.expert_intermediate if m else 1,
+            "n_sh": m.n_shared if m else 0, "I_sh": m.shared_intermediate if m else 0}
+
+
+def layout_holds(model: ModelSpec, values: Mapping[str, Any]) -> Any:
+    """Whether a layout suits the model, for a sweep: ``values`` holds ``tp``, ``ep``, ``pp``
+    and any sizes to use instead of the model's, by symbol name (``n_h``, ``n_kv``, ``E``,
+    ``I_e``, ``I_d``, ``n_sh``, ``I_sh``, ``N_layers``), as numbers or numpy arrays; the result
+    broadcasts them. The model decides which rules apply (e.g. KV heads for GQA only)."""
+    v = {"tp": 1, "ep": 1, "pp": 1, **sizes(model), **values}
+    ok: Any = True
+    for rule in _RULES:
+        if rule.applies(model):
+            ok = ok & rule.holds(v)
+    return ok
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Degrees of tensor (``tp``), expert (``ep``) and pipeline (``pp``) parallelism."""
+
+    tp: int = 1
+    ep: int = 1
+    pp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the layout uses: tp·ep·pp (see the module's docstring)."""
+        return self.tp * self.ep * self.pp
+
+    def check(self, model: ModelSpec) -> None:
+        """Raise :class:`InputError` naming the first rule the layout breaks for this model."""
+        v = {**sizes(model), "tp": self.tp, "ep": self.ep, "pp": self.pp}
+        for rule in _RULES:
+            if rule.applies(model) and not rule.holds(v):
+                raise InputError(rule.message.format(**v))

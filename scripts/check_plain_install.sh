@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# A plain `pip install .` (no extras) into a fresh venv gives a working `perfmodel` from any directory:
+# the wheel carries specs, profiles and committed results, and needs no torch.
+#   bash scripts/check_plain_install.sh          # from the repo root; ~1-2 min (builds the wheel, installs deps)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 -m venv "$tmp/venv"
+"$tmp/venv/bin/pip" install -q "$repo"
+cd "$tmp"
+"$tmp/venv/bin/perfmodel" --version
+"$tmp/venv/bin/perfmodel" list models > models.txt && head -n 3 models.txt
+"$tmp/venv/bin/perfmodel" predict mixtral --engine hf --batch 16 -s 512 -o 512 --json > predict.json
+"$tmp/venv/bin/python" -c "import json; p = json.load(open('predict.json')); assert p['itl_s'] > 0 and p['fits_in_memory'], p; print('plain install: predict ok, ITL', round(p['itl_s'] * 1e3, 2), 'ms')"
+if "$tmp/venv/bin/python" -c "import torch" 2>/dev/null; then echo "plain install pulled torch" >&2; exit 1; fi
+echo "plain install ok"

@@ -1,0 +1,83 @@
+"""Bad input to predict and sweep on the command line: one stderr line, exit code 2."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from perfmodel.cli import main
+from perfmodel.sweeps import MAX_POINTS
+
+
+def fails(argv: list[str], capsys) -> str:
+    """The CLI exits 2 with one ``perfmodel: error:`` line; returns that line."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert info.value.code == 2, (info.value.code, err)
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("perfmodel: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("phase", ["prefill", "request"])
+def test_context_outside_the_decode_phase_is_refused(phase, capsys):
+    line = fails(["predict", "mixtral", "--phase", phase, "--context", "4096"], capsys)
+    assert f"applies to the decode phase only, not to phase '{phase}'" in line
+
+
+def test_sweep_context_outside_the_decode_phase_is_refused(capsys):
+    assert "decode phase only" in fails(["sweep", "mixtral", "--grid", "batch=1,2", "--context", "64"], capsys)
+    assert "decode phase only" in fails(["sweep", "mixtral", "--grid", "context=1,2"], capsys)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--grid", "batch=1", "--grid", "batch=2"], "--grid batch is given twice"),
+    (["--grid", "batch=1,2", "--batch", "4"], "'batch' is both swept (grid) and fixed (--batch"),
+    (["--grid", "input_len=1,2", "-s", "4"], "'input_len' is both swept"),
+    (["--grid", "dtype=bf16,fp8", "--dtype", "fp8"], "'dtype' is both swept"),
+    (["--grid", "gpu=h100,h200", "--gpu", "b200"], "'gpu' is both swept"),
+    (["--grid", "top_k=1,2", "--set", "top_k=2"], "'top_k' is both swept (grid) and set (--set top_k)"),
+    (["--grid", "ffn=1024", "--set", "moe_intermediate_size=2048"], "'ffn' is both swept (grid) and set"),
+    (["--grid", "ffn=1024", "--grid", "moe_intermediate_size=2048"], "set the same hyperparameter"),
+    (["--grid", "batch=1", "--set", "top_k=2", "--set", "top_k=4"], "--set top_k is given twice"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_value_given_twice_is_refused(argv, fragment, capsys):
+    assert fragment in fails(["sweep", "mixtral", *argv], capsys)
+
+
+def test_csv_into_a_missing_folder_names_the_folder(tmp_path, capsys):
+    target = tmp_path / "no" / "dir" / "out.csv"
+    line = fails(["sweep", "mixtral", "--grid", "batch=1,2", "--csv", str(target)], capsys)
+    assert line == f"perfmodel: error: cannot write {target}: folder '{target.parent}' does not exist"
+
+
+def test_a_grid_point_predict_refuses_is_refused(capsys):
+    line = fails(["sweep", "olmoe-1b-7b", "--grid", "hidden_size=3"], capsys)
+    assert "no valid combination" in line and "hidden_size=3" in line and "head_dim" in line
+
+
+def test_a_huge_grid_is_refused_before_it_is_built(capsys):
+    values = ",".join(str(i) for i in range(1, 101))
+    argv = ["sweep", "mixtral", *[a for key in ("batch", "input_len", "output_len", "top_k")
+                                  for a in ("--grid", f"{key}={values}")]]
+    start = time.perf_counter()
+    line = fails(argv, capsys)
+    assert time.perf_counter() - start < 5
+    assert f"the grid has 100,000,000 combinations, more than the limit of {MAX_POINTS:,}" in line
+    assert "--max-points" in line
+    line = fails(["sweep", "mixtral", "--grid", "batch=1,2,3", "--grid", "top_k=1,2",
+                  "--max-points", "5"], capsys)
+    assert "6 combinations, more than the limit of 5" in line
+    assert "max-points must be a positive integer" in fails(
+        ["sweep", "mixtral", "--grid", "batch=1", "--max-points", "0"], capsys)
+
+
+def test_max_points_help_states_the_default(capsys):
+    try:
+        main(["sweep", "--help"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert f"(default {MAX_POINTS:,})" in capsys.readouterr().out

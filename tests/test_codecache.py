@@ -1,0 +1,281 @@
+"""The on-disk cache of compiled expressions holds data, never code, and damage is harmless.
+
+An entry is a checksummed JSON tree of whitelisted sympy node types; loading rebuilds the
+expressions and lambdifies them in-process. These tests plant entries that would run code if
+anything read from the cache were executed, damage entries in each way a file can be damaged,
+and check that predictions from a loaded entry equal those of the uncached path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from perfmodel import codecache, prediction
+from perfmodel.prediction import OP_FIELDS, predict
+from perfmodel.sweeps import sweep
+
+MODEL = "olmoe-1b-7b"
+POINT = dict(batch=4, input_len=256, output_len=64, phase="decode")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder, and no compiled functions in memory (restored afterwards)."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(directory))
+    monkeypatch.setattr(prediction, "_COMPILED", {})
+    return directory
+
+
+def _forget_in_memory(monkeypatch):
+    monkeypatch.setattr(prediction, "_COMPILED", {})
+
+
+def _no_building(monkeypatch):
+    """Make building expressions fail, so a prediction can only come from the disk cache."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("expressions were rebuilt instead of loaded")
+    monkeypatch.setattr(prediction, "phase_expressions", refuse)
+
+
+def _numbers(p) -> np.ndarray:
+    metrics = [p.metrics[name] for name in prediction.METRICS]
+    ops = [op[f] for op in p.ops for f in OP_FIELDS]
+    return np.array(metrics + ops, dtype=float)
+
+
+def _entry(directory: Path) -> Path:
+    entries = sorted(directory.glob("*.json"))
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def _write_entry(path: Path, payload, *, header: bytes | None = None) -> None:
+    """An entry with a valid header and checksum around ``payload`` (an object or raw bytes)."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    if header is None:
+        header = b"%s %d %s" % (codecache._MAGIC, codecache.FORMAT, hashlib.sha256(body).hexdigest().encode())
+    path.write_bytes(header + b"\n" + body)
+
+
+def _payload(path: Path) -> dict:
+    return json.loads(path.read_bytes().partition(b"\n")[2])
+
+
+@pytest.fixture
+def stored(cache, monkeypatch):
+    """(entry path, its payload, the uncached prediction's numbers) for the test point."""
+    expected = _numbers(predict(MODEL, **POINT))
+    path = _entry(cache)
+    _forget_in_memory(monkeypatch)
+    return path, _payload(path), expected
+
+
+@pytest.mark.parametrize("model, engine, phase", [
+    ("mixtral-8x7b", "roofline", "request"),
+    ("deepseek-v2-lite", "hf", "decode"),
+    ("gpt-oss-20b", "vllm", "prefill"),
+])
+def test_loaded_entry_predicts_what_the_uncached_path_predicts(model, engine, phase, cache, monkeypatch):
+    points = [dict(engine=engine, phase=phase, batch=16, input_len=512, output_len=128),
+              dict(engine=engine, phase=phase, batch=3, input_len=77, output_len=9, dtype="fp8")]
+    uncached = [_numbers(predict(model, **point)) for point in points]
+    assert list(cache.glob("*.json"))
+    _forget_in_memory(monkeypatch)
+    _no_building(monkeypatch)
+    for point, expected in zip(points, uncached):
+        np.testing.assert_allclose(_numbers(predict(model, **point)), expected, rtol=1e-12, atol=0)
+
+
+def test_sweep_totals_come_from_the_cache_unchanged(cache, monkeypatch):
+    grid = {"batch": [1, 8, 64], "top_k": [1, 4]}
+    uncached = sweep(MODEL, grid, input_len=256, output_len=64)
+    _forget_in_memory(monkeypatch)
+    _no_building(monkeypatch)
+    loaded = sweep(MODEL, grid, input_len=256, output_len=64)
+    numeric = uncached.select_dtypes("number").columns
+    np.testing.assert_allclose(loaded[numeric].to_numpy(float), uncached[numeric].to_numpy(float), rtol=1e-12)
+
+
+def test_entry_is_data_with_private_permissions_and_no_leftovers(stored, cache):
+    path, payload, _ = stored
+    text = path.read_text()
+    assert "def " not in text and "lambdify" not in text and "import" not in text
+    assert set(payload) == {"args", "replacements", "exprs", "passes", "outputs"}
+    assert [p.name for p in cache.iterdir()] == [path.name]  # the temporary file was renamed
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(cache.stat().st_mode) & 0o077 == 0
+
+
+# --- planted entries that would run code if executed -----------------------------------------
+
+def _code_payloads(marker: Path, payload: dict) -> dict[str, object]:
+    """Entries that create ``marker`` if any part of them is executed or printed into code."""
+    touch = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
+    args = payload["args"]
+    old_format = {"function": "_lambdifygenerated", "args": args, "passes": payload["passes"],
+                  "outputs": payload["outputs"],
+                  "source": f"{touch}\ndef _lambdifygenerated(*a):\n    {touch}\n    return [0.0]\n"}
+    in_symbol = dict(payload, exprs=[touch, *payload["exprs"][1:]])
+    in_argument = dict(payload, args=sorted([*args, touch]), exprs=[touch, *payload["exprs"][1:]])
+    in_temporary = dict(payload, replacements=[[touch, 1], *payload["replacements"]])
+    in_node_type = dict(payload, exprs=[[touch, "B"], *payload["exprs"][1:]])
+    unknown_function = dict(payload, exprs=[["Function", "B"], *payload["exprs"][1:]])
+    in_float = dict(payload, exprs=[["Float", touch], *payload["exprs"][1:]])
+    return {"old-source-format": old_format, "symbol-name": in_symbol, "argument-name": in_argument,
+            "temporary-name": in_temporary, "node-type": in_node_type,
+            "unknown-function": unknown_function, "float-literal": in_float}
+
+
+@pytest.mark.parametrize("case", ["old-source-format", "symbol-name", "argument-name", "temporary-name",
+                                  "node-type", "unknown-function", "float-literal"])
+def test_planted_code_is_never_executed(case, stored, tmp_path, monkeypatch):
+    path, payload, expected = stored
+    marker = tmp_path / "marker"
+    planted = _code_payloads(marker, payload)[case]
+    if case == "old-source-format":
+        path.write_text(json.dumps(planted))  # the layout that used to be exec'd
+    else:
+        _write_entry(path, planted)
+    assert codecache.load(path.stem, op_fields=len(OP_FIELDS)) is None
+    np.testing.assert_allclose(_numbers(predict(MODEL, **POINT)), expected, rtol=1e-12)
+    assert not marker.exists()
+
+
+# --- damaged entries --------------------------------------------------------------------------
+
+def _damage(path: Path, payload: dict, kind: str) -> None:
+    raw = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "binary-garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "invalid-utf8":
+        _write_entry(path, b'{"args": "\xff\xfe"}')
+    elif kind == "bit-flip":  # a digit changed: still valid JSON, but not what was written
+        header, _, body = raw.partition(b"\n")
+        i = body.index(b'"exprs":')
+        while body[i] not in b"0123456789":
+            i += 1
+        path.write_bytes(header + b"\n" + body[:i] + bytes([body[i] ^ 1]) + body[i + 1:])
+    elif kind == "a-directory":
+        path.unlink()
+        path.mkdir()
+    elif kind == "json-nesting":
+        _write_entry(path, b"[" * 200_000 + b"]" * 200_000)
+    elif kind == "expression-nesting":
+        deep = "B"
+        for _ in range(codecache.MAX_DEPTH + 10):
+            deep = ["Add", deep, 1]
+        _write_entry(path, dict(payload, exprs=[deep, *payload["exprs"][1:]]))
+    elif kind == "not-an-object":
+        _write_entry(path, [1, 2, 3])
+    elif kind.startswith("wrong-type-"):
+        field, value = {"wrong-type-args": ("args", 5), "wrong-type-outputs": ("outputs", "ttft_s"),
+                        "wrong-type-passes": ("passes", [[1, 2]]), "wrong-type-exprs": ("exprs", {"a": 1}),
+                        "wrong-type-replacements": ("replacements", [["x0"]]),
+                        "wrong-type-ops": ("passes", [["decode", "moe.experts"]]),
+                        "wrong-type-bool": ("exprs", [True, *payload["exprs"][1:]]),
+                        "wrong-type-rational": ("exprs", [["Rational", 1, 0], *payload["exprs"][1:]]),
+                        "wrong-type-arity": ("exprs", [["Pow", "B"], *payload["exprs"][1:]]),
+                        }[kind]
+        _write_entry(path, dict(payload, **{field: value}))
+    elif kind == "missing-field":
+        _write_entry(path, {k: v for k, v in payload.items() if k != "outputs"})
+    elif kind == "too-few-expressions":
+        _write_entry(path, dict(payload, exprs=payload["exprs"][:-1]))
+    elif kind == "unknown-symbol":
+        _write_entry(path, dict(payload, exprs=["nonexistent", *payload["exprs"][1:]]))
+    elif kind == "self-reference":
+        first = payload["replacements"][0][0]
+        _write_entry(path, dict(payload, replacements=[[first, first], *payload["replacements"][1:]]))
+    elif kind == "shadowing-argument":  # would replace a numpy function the code calls
+        _write_entry(path, dict(payload, args=sorted([*payload["args"], "amax"]),
+                                exprs=["amax", *payload["exprs"][1:]]))
+    elif kind == "huge-exponent":  # an exact integer power that would not end
+        _write_entry(path, dict(payload, exprs=[["Pow", payload["args"][0], 10**12], *payload["exprs"][1:]]))
+    elif kind == "unused-argument":
+        _write_entry(path, dict(payload, args=sorted([*payload["args"], "zz_unused"])))
+    elif kind == "old-format-header":
+        _write_entry(path, payload, header=b"%s 1 %s" % (codecache._MAGIC, b"0" * 64))
+    elif kind == "too-large":
+        _write_entry(path, b" " * (codecache.MAX_ENTRY_BYTES + 1))
+    elif kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    else:
+        raise AssertionError(kind)
+
+
+DAMAGE = ["truncated", "empty", "binary-garbage", "invalid-utf8", "bit-flip", "a-directory",
+          "json-nesting", "expression-nesting", "not-an-object", "wrong-type-args",
+          "wrong-type-outputs", "wrong-type-passes", "wrong-type-exprs", "wrong-type-replacements",
+          "wrong-type-ops", "wrong-type-bool", "wrong-type-rational", "wrong-type-arity",
+          "missing-field", "too-few-expressions", "unknown-symbol", "self-reference",
+          "shadowing-argument", "huge-exponent", "unused-argument", "old-format-header", "too-large", "fifo"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_entry_is_ignored(kind, stored):
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    path, payload, _ = stored
+    _damage(path, payload, kind)
+    assert codecache.load(path.stem, op_fields=len(OP_FIELDS)) is None
+
+
+@pytest.mark.parametrize("kind", ["json-nesting", "wrong-type-outputs", "a-directory", "truncated"])
+def test_prediction_over_a_damaged_entry_equals_the_uncached_one(kind, stored):
+    path, payload, expected = stored
+    _damage(path, payload, kind)
+    np.testing.assert_allclose(_numbers(predict(MODEL, **POINT)), expected, rtol=1e-12)
+    if kind != "a-directory":
+        assert codecache.load(path.stem, op_fields=len(OP_FIELDS)) is not None  # rewritten whole
+
+
+def test_damaged_entry_through_the_cli_is_not_a_traceback(stored, cache):
+    import subprocess
+    path, payload, _ = stored
+    _damage(path, payload, "json-nesting")
+    env = {**os.environ, "PERFMODEL_CACHE_DIR": str(cache)}
+    argv = ["predict", MODEL, "--phase", "decode", "--batch", "4", "--input-len", "256",
+            "--output-len", "64", "--json"]
+    proc = subprocess.run([sys.executable, "-m", "perfmodel", *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["model"] == MODEL
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def test_expressions_outside_the_format_are_not_stored(cache):
+    x = sp.Symbol("B")
+    codecache.store("k" * 24, symbols=[x], replacements=[], exprs=[sp.sin(x)], passes=[], outputs=["y"])
+    assert not cache.exists() or not list(cache.iterdir())
+    codecache.store("k" * 24, symbols=[x], replacements=[], exprs=[sp.Max(x, 2) ** sp.Rational(1, 2)],
+                    passes=[], outputs=["y"])
+    hit = codecache.load("k" * 24, op_fields=len(OP_FIELDS))
+    assert hit is not None and hit.args == ("B",)
+    assert codecache.lambdify(hit.symbols, hit.replacements, hit.exprs)(9)[0] == pytest.approx(3.0)
+
+
+def test_unwritable_cache_is_silent(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PERFMODEL_CACHE_DIR", str(blocker / "cache"))
+    x = sp.Symbol("B")
+    codecache.store("k" * 24, symbols=[x], replacements=[], exprs=[x + 1], passes=[], outputs=["y"])
+    assert codecache.load("k" * 24, op_fields=len(OP_FIELDS)) is None

@@ -1,0 +1,257 @@
+"""What users read: tables written to a file or pipe (never cut), --json of every command
+(counts as integers, overrides and the GPU count echoed), --version, the warning for a workload
+that does not fit, and the error band only where it was measured."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perfmodel.cli import main
+from perfmodel.paths import PROFILES_DIR
+from perfmodel.prediction import COUNT_METRICS, predict
+from perfmodel.profile import list_engines
+from perfmodel.specs.hardware import gpu_catalog
+from perfmodel.specs.model import load_model
+from perfmodel.specs.zoo import load_hf_config, zoo_names
+from perfmodel.sweeps import sweep
+
+CALIBRATED = PROFILES_DIR / "h200-sxm-hf.yaml"
+
+
+def run(argv: list[str], capsys, code: int = 0) -> tuple[str, str]:
+    """Run the CLI in-process; returns (stdout, stderr) after checking the exit status."""
+    try:
+        main(argv)
+        status = 0
+    except SystemExit as exc:
+        status = exc.code or 0
+    out, err = capsys.readouterr()
+    assert status == code, (status, err)
+    assert "Traceback" not in err
+    return out, err
+
+
+def strict_json(text: str):
+    def refuse(token):
+        raise ValueError(f"non-JSON constant {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# tables to a file or a pipe
+
+def test_a_table_written_to_a_pipe_cuts_no_value(tmp_path, capsys):
+    """Captured stdout is not a terminal: every op name and value is printed whole, however
+    long (here a model given by a long path)."""
+    folder = tmp_path / ("a-rather-long-folder-name-for-a-config-" * 3)
+    folder.mkdir()
+    config = folder / "config.json"
+    config.write_text(json.dumps(load_hf_config("mixtral-8x7b")))
+    out, _ = run(["predict", str(config), "--batch", "4", "--set", "top_k=4"], capsys)
+    assert "…" not in out
+    p = predict(str(config), batch=4, overrides={"top_k": 4})
+    assert str(config) in out
+    for op in p.ops:
+        if op["time_s"] > 0:  # the table lists the ops that take time
+            assert op["name"] in out, op["name"]
+    assert f"{p.metrics['ttft_s'] * 1e3:.3f} ms" in out
+    assert max(len(line) for line in out.splitlines()) > 80  # wider than a default terminal
+
+
+def test_sweep_table_to_a_pipe_has_every_column(capsys):
+    out, _ = run(["sweep", "mixtral", "--grid", "batch=1,2"], capsys)
+    header = out.splitlines()[1].split()
+    assert header == [*sweep("mixtral", {"batch": [1, 2]}).columns]
+
+
+# header and JSON: overrides and GPU count
+
+def test_predict_header_shows_layout_gpus_and_overrides(capsys):
+    out, _ = run(["predict", "mixtral", "--tp", "2", "--ep", "2", "--set", "top_k=4",
+                  "--set", "num_experts=16"], capsys)
+    assert "layout: TP=2 EP=2 PP=1 = 4 GPUs" in out
+    assert "overrides: top_k=4, num_experts=16" in out
+    out, _ = run(["predict", "mixtral"], capsys)
+    assert "= 1 GPU" in out and "overrides: none" in out
+
+
+def test_predict_json_counts_are_integers_and_echo_overrides_and_gpus(capsys):
+    out, _ = run(["predict", "mixtral", "--tp", "2", "--pp", "2", "--set", "top_k=4", "--json"], capsys)
+    data = strict_json(out)
+    assert data["gpus"] == 4 and type(data["gpus"]) is int
+    assert data["overrides"] == {"top_k": 4}
+    for key in COUNT_METRICS:
+        assert type(data[key]) is int, key
+    for key in ("batch", "input_len", "output_len", "tp", "ep", "pp"):
+        assert type(data["workload"][key]) is int, key
+    api = predict("mixtral", tp=2, pp=2, overrides={"top_k": 4})
+    assert data["params"] == round(api.metrics["params"])
+    assert f'"params": {round(api.metrics["params"])},' in out  # written as an integer
+
+
+def test_formula_json(capsys):
+    out, _ = run(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops", "--json",
+                  "--batch", "4", "--input-len", "512"], capsys)
+    data = strict_json(out)
+    model = load_model("mixtral")
+    coefficient = 2 * 3 * model.hidden * model.moe.expert_intermediate * model.moe.top_k
+    assert data["symbolic"] == "6*H*I_e*T*k/(ep*tp)"
+    assert data["substitutions"]["T"] == "B*S"
+    assert data["with_model_numbers"] == f"{coefficient}*B*S"
+    assert data["at"] == {"B": 4, "S": 512}
+    assert data["value"] == coefficient * 4 * 512 and data["unit"] == "FLOP"
+    assert data["layers_value"] == model.n_layers
+    out, _ = run(["formula", "mixtral", "--op", "attn.core", "--quantity", "time", "--phase",
+                  "decode", "--context", "4096", "--json"], capsys)
+    data = strict_json(out)
+    assert data["at"] == {"B": 1, "L": 4096} and data["unit"] == "s" and 0 < data["value"] < 1
+    out, _ = run(["formula", "mixtral", "--op", "list", "--json"], capsys)
+    ops = strict_json(out)["ops"]
+    assert {"moe.experts", "attn.core"} <= {op["name"] for op in ops}
+
+
+def test_formula_text_ends_with_the_value(capsys):
+    out, _ = run(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops", "-b", "2"], capsys)
+    model = load_model("mixtral")
+    value = 6 * model.hidden * model.moe.expert_intermediate * model.moe.top_k * 2 * 128
+    assert out.strip().splitlines()[-1] == f"at B=2, S=128: {value:.6g} FLOP per layer"
+
+
+def test_sweep_json_rows(capsys):
+    out, _ = run(["sweep", "mixtral", "--grid", "batch=1,4", "--grid", "tp=1,2", "--set", "top_k=4",
+                  "--json"], capsys)
+    data = strict_json(out)
+    assert data["overrides"] == {"top_k": 4} and data["phase"] == "request"
+    assert data["dropped"] == {"count": 0, "of": 4, "reasons": []}
+    rows = data["rows"]
+    assert [(r["batch"], r["tp"], r["gpus"]) for r in rows] == [(1, 1, 1), (1, 2, 2), (4, 1, 1), (4, 2, 2)]
+    for row in rows:
+        assert type(row["batch"]) is int and type(row["params"]) is int
+        assert type(row["fits_in_memory"]) is bool
+        p = predict("mixtral", batch=row["batch"], tp=row["tp"], overrides={"top_k": 4})
+        assert math.isclose(row["e2e_s"], p.metrics["e2e_s"], rel_tol=1e-9)
+
+
+def test_sweep_json_null_for_missing_metrics(capsys):
+    out, _ = run(["sweep", "mixtral", "--grid", "batch=1,2", "--phase", "decode", "--json"], capsys)
+    row = strict_json(out)["rows"][0]
+    assert "ttft_s" not in row and row["itl_s"] > 0
+
+
+@pytest.mark.parametrize("what, names", [
+    ("models", lambda: zoo_names()),
+    ("gpus", lambda: sorted({g.name for g in gpu_catalog().values()})),
+    ("engines", lambda: list_engines()),
+])
+def test_list_json(what, names, capsys):
+    out, _ = run(["list", what, "--json"], capsys)
+    items = strict_json(out)[what]
+    key = "engine" if what == "engines" else "name"
+    assert [item[key] for item in items] == names()
+    if what == "models":
+        assert {"model_type", "display_name", "aliases"} <= set(items[0])
+    elif what == "gpus":
+        h200 = next(g for g in items if g["name"] == "h200-sxm")
+        assert h200["hbm_capacity_gib"] > 0 and h200["peak_tflops"]["bf16"] > 0
+    else:
+        hf = next(e for e in items if e["engine"] == "hf")
+        assert any(p["calibrated"] and p["error_band"] for p in hf["profiles"])
+
+
+def test_version(capsys):
+    out, _ = run(["--version"], capsys)
+    assert out.strip() == f"perfmodel {importlib.metadata.version('perfmodel')}"
+
+
+# does not fit in memory
+
+def test_a_workload_that_does_not_fit_is_warned_about(capsys):
+    argv = ["predict", "mixtral", "--batch", "256", "--input-len", "8192", "--output-len", "8192"]
+    p = predict("mixtral", batch=256, input_len=8192, output_len=8192)
+    assert not p.metrics["fits_in_memory"]
+    for extra in ([], ["--json"]):
+        out, err = run(argv + extra, capsys)
+        assert err.strip() == (f"perfmodel: warning: does not fit: needs "
+                               f"{p.metrics['memory_bytes'] / 2**30:.2f} GiB per GPU of "
+                               f"{p.metrics['memory_capacity_bytes'] / 2**30:.2f} GiB usable on h200-sxm")
+    strict_json(out)  # the warning stays off stdout
+    run(argv + ["--strict"], capsys, code=1)
+    out, err = run(["predict", "mixtral", "--strict"], capsys)
+    assert err == ""
+
+
+def test_sweep_warns_about_rows_that_do_not_fit_and_dropped_points(capsys):
+    _, err = run(["sweep", "mixtral", "--grid", "batch=1,512", "--grid", "top_k=2,9",
+                  "--input-len", "8192", "--output-len", "8192"], capsys)
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("perfmodel: warning: dropped 2 of 4 combinations that predict refuses")
+    assert "top_k=9" in lines[0]
+    assert lines[1] == "perfmodel: warning: 1 of 2 rows do not fit in memory (fits_in_memory False)"
+
+
+# error band
+
+def _profile(tmp_path: Path, name: str, edit) -> str:
+    data = yaml.safe_load(CALIBRATED.read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_the_band_applies_where_it_was_measured():
+    p = predict("qwen3-30b-a3b", engine="hf", gpu="h200", batch=16)
+    band = p.provenance["error_band"]
+    assert band and p.intervals()
+    assert p.provenance["error_band_scope"] == {"gpu": "h200-sxm", "dtype": "bf16", "gpus": 1}
+    assert "from held-out h200-sxm bf16 points on 1 GPU" in p.provenance["error_band_note"]
+    assert "no band" not in p.provenance["error_band_note"]
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(gpu="mi300x"), "not measured on mi300x"),
+    (dict(gpu="h100-sxm"), "not measured on h100-sxm"),
+    (dict(dtype="fp8"), "not measured at fp8 weights with a bf16 KV cache"),
+    (dict(kv_dtype="fp8"), "not measured at bf16 weights with a fp8 KV cache"),
+    (dict(tp=2), "not measured on 2 GPUs (TP=2 EP=1 PP=1)"),
+    (dict(ep=2, pp=2), "not measured on 4 GPUs (TP=1 EP=2 PP=2)"),
+])
+def test_no_band_where_it_was_not_measured(kwargs, why):
+    p = predict("qwen3-30b-a3b", engine="hf", batch=16, **kwargs)
+    note = p.provenance["error_band_note"]
+    assert p.provenance["error_band"] is None and p.intervals() is None
+    assert note.startswith("band ±") and "from held-out h200-sxm bf16 points on 1 GPU" in note
+    assert why in note and note.endswith(": no band")
+
+
+def test_the_band_scope_is_read_from_the_profile(tmp_path):
+    """Where a profile says it was measured (fit dtype, GPU count) is data, not code."""
+    def edit(data):
+        data["fit"]["kernel_fit"]["dtype"] = "float16"
+        data["fit"]["gpu_count"] = 2
+    engine = _profile(tmp_path, "fp16-2gpus.yaml", edit)
+    assert predict("olmoe-1b-7b", engine=engine, dtype="fp16", tp=2).provenance["error_band"]
+    assert predict("olmoe-1b-7b", engine=engine, dtype="bf16", tp=2).provenance["error_band"] is None
+    assert predict("olmoe-1b-7b", engine=engine, dtype="fp16").provenance["error_band"] is None
+    unstated = _profile(tmp_path, "unstated.yaml", lambda d: d["fit"]["kernel_fit"].pop("dtype"))
+    p = predict("olmoe-1b-7b", engine=unstated)
+    assert p.provenance["error_band"] is None
+    assert "does not say which dtype" in p.provenance["error_band_note"]
+
+
+def test_the_terminal_says_why_there_is_no_band(capsys):
+    out, _ = run(["predict", "qwen3-30b-a3b", "--engine", "hf", "--gpu", "mi300x"], capsys)
+    assert "not measured on mi300x" in out and "no band" in out
+    table = out.split("fits in memory")[0]
+    assert "%" not in table.split("± band", 1)[1]  # no band in the metrics table
+    out, _ = run(["predict", "qwen3-30b-a3b", "--engine", "hf"], capsys)
+    assert "from held-out h200-sxm bf16 points on 1 GPU" in out and "no band" not in out
+    assert "±" in out.split("± band", 1)[1].split("fits in memory")[0]
+    out, _ = run(["predict", "qwen3-30b-a3b"], capsys)
+    assert "no error band: uncalibrated profile" in out
