@@ -1,5 +1,5 @@
 """``python -m perfmodel``."""
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 
 main()

@@ -48,17 +48,17 @@ class ListWhat(str, Enum):
     engines = "engines"
 
 
-_GPU = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
+GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
 _ENGINE = typer.Option("roofline", "--engine", help="Engine profile (perfmodel list engines).")
 _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (repeatable).")
-_JSON = typer.Option(False, "--json", help="Print one JSON object.")
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object.")
 
 #: Width of the tables when stdout is not a terminal (a file, a pipe): wide enough that no
 #: value is ever cut; a table takes only the width its cells need.
 _FILE_WIDTH = 10_000
 
 
-def _console():
+def make_console():
     """A rich console: the terminal's width on a terminal, else one that never cuts a value."""
     from rich.console import Console
 
@@ -69,7 +69,7 @@ def _warn(message: str) -> None:
     print(f"perfmodel: warning: {message}", file=sys.stderr)
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     print(json.dumps(_strict_json(data), default=str, allow_nan=False))
 
 
@@ -92,7 +92,7 @@ def _main(
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
-    gpu: str = _GPU,
+    gpu: str = GPU_OPTION,
     engine: str = _ENGINE,
     phase: PhaseName = typer.Option(PhaseName.request, "--phase"),
     batch: int = typer.Option(1, "--batch", "-b", help="Sequences in the batch (B)."),
@@ -106,7 +106,7 @@ def predict(
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype (default bf16/dtype)."),
     skew: float = typer.Option(0.0, "--skew", help="Routing skew in [0, 1] (0 = uniform)."),
     set_: Optional[List[str]] = _SET,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
 ) -> None:
@@ -121,11 +121,11 @@ def predict(
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
                  pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [])
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         from perfmodel.report_terminal import print_prediction
 
-        print_prediction(result, _console())
+        print_prediction(result, make_console())
     m = result.metrics
     if not m["fits_in_memory"]:
         gib = 2**30
@@ -158,9 +158,9 @@ def formula(
     batch: int = typer.Option(1, "--batch", "-b", help="B of the value printed last."),
     input_len: int = typer.Option(128, "--input-len", "-s", help="S of the value (prefill)."),
     context: Optional[int] = typer.Option(None, "--context", "-l", help="L of the value (decode; default S)."),
-    gpu: str = _GPU,
+    gpu: str = GPU_OPTION,
     engine: str = typer.Option("roofline", "--engine", help="Engine profile of a time's value."),
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Print an op's cost formula: symbolic, per phase, with the model's numbers, and its value.
 
@@ -172,7 +172,7 @@ def formula(
     args = (model, op, quantity.value, phase.value)
     workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine)
     if as_json:
-        _print_json(op_formula_data(*args, set_ or [], **workload))
+        print_json(op_formula_data(*args, set_ or [], **workload))
         return
     print("\n".join(op_formula(*args, latex, set_ or [], **workload)))
 
@@ -203,11 +203,11 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
 
 @app.command("list")
 def list_(what: ListWhat = typer.Argument(..., help="models, gpus or engines"),
-          as_json: bool = _JSON) -> None:
+          as_json: bool = JSON_OPTION) -> None:
     """List the zoo's models, the known GPUs or the engine profiles."""
     items = _list_data(what)
     if as_json:
-        _print_json({what.value: items})
+        print_json({what.value: items})
     elif what is ListWhat.models:
         for m in items:
             print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}")
@@ -238,7 +238,7 @@ def sweep(
     skew: Optional[float] = typer.Option(None, "--skew"),
     set_: Optional[List[str]] = _SET,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
         None, "--max-points", help="Refuse a grid of more combinations than this (default 10,000,000)."),
 ) -> None:
@@ -274,7 +274,7 @@ def sweep(
         except OSError as exc:
             raise InputError(f"cannot write {csv}: {exc.strerror or exc}") from None
     if as_json:
-        _print_json({**header, "dropped": dropped, "rows": _records(table)})
+        print_json({**header, "dropped": dropped, "rows": _records(table)})
     elif csv is not None:
         print(f"wrote {len(table)} rows to {csv}")
     else:
@@ -300,44 +300,6 @@ def _records(table) -> list[dict[str, Any]]:
         else:
             columns[name] = [None if isinstance(v, float) and v != v else v for v in values.tolist()]
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
-
-
-@app.command()
-def validate(
-    model: str = typer.Argument(..., help="Zoo name, or 'all'."),
-    backend: str = typer.Option("hf", "--backend", help="hf or vllm."),
-    gpu: str = _GPU,
-    as_json: bool = _JSON,
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
-) -> None:
-    """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
-    from perfmodel.validate.validation import run_validation
-
-    result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
-    if as_json:
-        _print_json(result)
-        return
-    from perfmodel.report_terminal import print_validation
-
-    print_validation(result, _console())
-
-
-def _mount_measuring_side() -> None:
-    """The GPU-side commands live in calibration/ and validate/ (imported on use)."""
-    try:
-        from perfmodel.calibration.cli import app as calibrate_app
-    except ImportError:  # pragma: no cover - the package ships both
-        calibrate_app = None
-    if calibrate_app is not None:
-        app.add_typer(calibrate_app, name="calibrate", help="Measure kernels and fit profiles.")
-    try:
-        from perfmodel.validate.cli import measure
-    except ImportError:  # pragma: no cover
-        return
-    app.command("measure")(measure)
-
-
-_mount_measuring_side()
 
 
 #: Recent typer ships its own copy of click and raises that copy's exceptions (subclasses of

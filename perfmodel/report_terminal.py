@@ -15,7 +15,7 @@ from rich.text import Text
 from perfmodel.prediction import Prediction
 
 
-def _time(seconds: float) -> str:
+def format_time(seconds: float) -> str:
     if seconds is None or math.isnan(seconds):
         return "–"
     if seconds >= 1:
@@ -72,9 +72,9 @@ def print_prediction(p: Prediction, console: Console) -> None:
     table.add_column("metric", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     table.add_column("± band", justify="right", overflow="fold")
-    rows = [("TTFT", _time(m["ttft_s"]), band and band["ttft"]),
-            ("ITL (decode step)", _time(m["itl_s"]), band and band["decode_step"]),
-            ("E2E", _time(m["e2e_s"]), band and band["e2e"]),
+    rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
+            ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
+            ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),
             ("throughput B·(S+O)/E2E", f"{m['throughput_tok_s']:,.0f} tok/s", band and band["throughput"]),
             ("output tokens/s", f"{m['output_throughput_tok_s']:,.0f} tok/s", None),
             ("params / active", f"{m['params'] / 1e9:.2f} B / {m['active_params'] / 1e9:.2f} B", None),
@@ -101,48 +101,7 @@ def print_prediction(p: Prediction, console: Console) -> None:
             continue
         share = op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0
         ops.add_row(op["pass"], op["name"], f"{op['flops'] / 1e9:,.1f}", f"{op['bytes'] / 1e9:,.3f}",
-                    _time(op["time_s"]), f"{share:.1%}", op["bound"])
+                    format_time(op["time_s"]), f"{share:.1%}", op["bound"])
     console.print(ops)
     console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
                   f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")
-
-
-def print_validation(result: dict, console: Console) -> None:
-    """Per-point predicted vs measured (held-out marked) and MAPE per engine, split and metric."""
-    src = result["source"]
-    label = ("REPLAY of committed measurements" if src["mode"] == "replay" else "LIVE measurements")
-    console.print(f"[bold]{label}[/bold]: {src['results_file']} · {src['gpu']} · driver {src['driver']} · "
-                  f"torch {src['torch']} · transformers {src['transformers']} · measured {src['date']} "
-                  f"(commit {src['git_commit']})")
-    points = result["points"]
-    engines = list(dict.fromkeys(p["engine"] for p in points))
-    same_len = all(p["input_len"] == p["output_len"] for p in points)
-    table = Table(title="predicted vs measured", header_style="bold")
-    for col in ("model", "B", "S=O" if same_len else "S/O", "split", "metric", "measured",
-                *[f"{e}" for e in engines], *[f"err {e}" for e in engines]):
-        table.add_column(col, justify="left" if col in ("model", "split", "metric") else "right")
-    # one row per point (its full identity: overrides, layers, B, S, O, dtype, settings) and metric
-    by_key: dict[tuple, dict] = {}
-    for p in points:
-        point = p.get("point_id") or (p["model"], p["batch"], p["input_len"], p["output_len"])
-        key = (point, p["split"], p["metric"])
-        row = by_key.setdefault(key, {"measured": p["measured"], "point": p, "engines": {}})
-        row["engines"][p["engine"]] = (p["predicted"], p["rel_error"])
-    for (_, split, metric), vals in by_key.items():
-        point, by_engine = vals["point"], vals["engines"]
-        fmt = (lambda v: f"{v:,.0f}") if metric == "throughput" else _time
-        cells = [fmt(by_engine[e][0]) if e in by_engine else "" for e in engines]
-        errs = [f"{by_engine[e][1]:+.1%}" if e in by_engine else "" for e in engines]
-        s, o = point["input_len"], point["output_len"]
-        table.add_row(Text(str(point.get("variant") or point["model"])), str(point["batch"]),
-                      str(s) if same_len else f"{s}/{o}", "held-out" if split == "held-out" else "train",
-                      metric, fmt(vals["measured"]), *cells, *errs)
-    console.print(table)
-    mape = Table(title="MAPE (%)", header_style="bold")
-    for col in ("engine", "split", "metric", "mean", "median", "max", "n"):
-        mape.add_column(col)
-    for row in result["mape"]:
-        mape.add_row(row["engine"], row["split"], row["metric"], f"{row['mean']:.1f}",
-                     f"{row['median']:.1f}", f"{row['max']:.1f}", str(row["count"]))
-    console.print(mape)
-    console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")

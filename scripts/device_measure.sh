@@ -9,7 +9,7 @@
 # {128, 512} (cheapest model first), phase 2 = all six at S = O = 2048. The sweep does not start a
 # point whose estimate no longer fits in the budget, so it ends cleanly; rerun to resume.
 #
-# Estimates (H200, from perfmodel.validate.hf_runner.estimate_point_s plus model builds): phase 1 ~200 s,
+# Estimates (H200, from perfmodel.measuring.hf_runner.estimate_point_s plus model builds): phase 1 ~200 s,
 # phase 2 ~220 s (Mixtral B=64 S=O=2048 needs ~87 GiB weights + 32 GiB KV + >15 GiB of MoE
 # activations: expected OOM, recorded as a row), builds ~30 s, imports ~15 s. The budget
 # (470 s) plus one in-flight point (<= ~40 s) keeps the call under ~9 min; hard cap 540 s.
@@ -48,7 +48,7 @@ fi
 say "device_measure: budget ${BUDGET} s, commit ${PERFMODEL_GIT_COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
 
-cap $(( BUDGET + 70 )) "$PY" -m perfmodel.validate.measure "$MODELS" \
+cap $(( BUDGET + 70 )) "$PY" -m perfmodel.measuring.measure "$MODELS" \
     --batch "$BATCHES" --input-len "$LENGTHS" --full-run "$FULL_RUN" \
     --budget-s "$BUDGET" --out "$OUT/measure.jsonl" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee -a "$LOG"
 rc=$?

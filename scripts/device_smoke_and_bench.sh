@@ -39,7 +39,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limi
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" 2>&1 | tee -a "$LOG"
 
 say "part 1: smoke"
-cap 120 "$PY" -m perfmodel.validate.measure "$SMOKE_MODELS" \
+cap 120 "$PY" -m perfmodel.measuring.measure "$SMOKE_MODELS" \
     --layers 2 --batch 1,4 --input-len 32 --full-run 4x32 \
     --budget-s "$SMOKE_BUDGET" --out "$OUT/smoke.jsonl" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee -a "$LOG"
 smoke_rc=$?

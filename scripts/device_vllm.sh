@@ -40,7 +40,7 @@ for entry in "${ENTRIES[@]}"; do
     if [ "$budget" -lt 60 ]; then say "skip $model: ${left} s left"; continue; fi
     say "measure $model B=$batches S=O=$lengths budget ${budget} s"
     elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}${extra:+-x$((++nx))}.log"
-    timeout --kill-after=10 $(( budget + 60 )) "$PY" -m perfmodel.validate.measure "$model" \
+    timeout --kill-after=10 $(( budget + 60 )) "$PY" -m perfmodel.measuring.measure "$model" \
         --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
         --budget-s "$budget" --out "$ROWS" ${extra:-} > "$elog.full" 2>&1
     rc=$?

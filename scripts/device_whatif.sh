@@ -15,7 +15,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 OUT="${OUT:-/tmp/perfmodel-out}"
 mkdir -p "$OUT"
 LOG="$OUT/whatif.log"
-run() { "$PY" -m perfmodel.validate.measure "$@" --out "$OUT/whatif.jsonl" 2>&1 | tee -a "$LOG"; }
+run() { "$PY" -m perfmodel.measuring.measure "$@" --out "$OUT/whatif.jsonl" 2>&1 | tee -a "$LOG"; }
 for set in "ffn=1792" "ffn=3584" "ffn=7168" "ffn=14336" \
            "ffn=1792 num_experts=16" "ffn=1792 num_experts=32" "ffn=1792 num_experts=64" \
            "top_k=1" "top_k=4" "top_k=8"; do

@@ -1,6 +1,6 @@
 """Bad input of every kind ends the CLI with exactly one stderr line and exit code 2.
 
-Each case runs ``perfmodel.cli.main(argv)`` in-process (a few run ``python -m perfmodel`` in a
+Each case runs ``perfmodel.commands.main(argv)`` in-process (a few run ``python -m perfmodel`` in a
 subprocess) and checks: exit status 2, stderr is one non-empty line starting with
 ``perfmodel: error:`` that names the problem, and no traceback on either stream. Files the
 cases need (hardware specs, engine profiles, config.json) are written to ``tmp_path``.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 from perfmodel.paths import HARDWARE_DIR, PROFILES_DIR
 from perfmodel.specs.zoo import load_hf_config
 

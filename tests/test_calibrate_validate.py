@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 from perfmodel.errors import SpecError
 from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, RESULTS_DIR
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 from perfmodel.prediction import predict
 from perfmodel.profile import list_engines
 from perfmodel.specs.hardware import gpu_catalog

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 from perfmodel.sweeps import MAX_POINTS
 
 

@@ -127,7 +127,7 @@ class _Graph:
 
 
 def test_auto_time_graph_and_fallback_paths_with_faked_cuda(monkeypatch):
-    import perfmodel.calibration.bench_timing as bt
+    import perfmodel.measuring.timing as bt
 
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from perfmodel.validate import results
-from perfmodel.validate.hf_build import CaptureSpy, apply_capture_patches, build_model, make_config
-from perfmodel.validate.hf_runner import HFBackend, integrate_steps, sample_steps, set_cache_position
-from perfmodel.validate.measure import main
-from perfmodel.validate.profiler_split import CATEGORIES, classify, split_events
-from perfmodel.validate.sweep import run_sweep
-from perfmodel.validate.sweep_spec import FullRunSpec, build_points
+from perfmodel.measuring import results
+from perfmodel.measuring.hf_build import CaptureSpy, apply_capture_patches, build_model, make_config
+from perfmodel.measuring.hf_runner import HFBackend, integrate_steps, sample_steps, set_cache_position
+from perfmodel.measuring.measure import main
+from perfmodel.measuring.profiler_split import CATEGORIES, classify, split_events
+from perfmodel.measuring.runner import run_sweep
+from perfmodel.measuring.points import FullRunSpec, build_points
 
 torch.set_num_threads(1)  # tiny CPU ops are dominated by thread-pool overhead otherwise
 
@@ -235,7 +235,7 @@ def test_gpu_side_imports_need_no_pydantic_or_altair():
 
     code = (
         "import sys; sys.modules['pydantic'] = None; sys.modules['altair'] = None\n"
-        "import perfmodel.validate.cli, perfmodel.validate.measure, perfmodel.validate.hf_runner, perfmodel.validate.vllm_backend\n"
+        "import perfmodel.measuring.cli, perfmodel.measuring.measure, perfmodel.measuring.hf_runner, perfmodel.measuring.vllm_backend\n"
         "import perfmodel.calibration.bench, perfmodel.calibration.bench_gemm, perfmodel.calibration.bench_layers, perfmodel.calibration.bench_attn\n"
         "import perfmodel.calibration.bench_mem, perfmodel.calibration.cli\n"
         "print('ok')\n"
@@ -292,7 +292,7 @@ class _FakeGraph:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    import perfmodel.validate.hf_runner as hr
+    import perfmodel.measuring.hf_runner as hr
 
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
     for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):

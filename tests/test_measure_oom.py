@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from perfmodel.validate import results
-from perfmodel.validate.fake_backend import FakeBackend
-from perfmodel.validate.hf_runner import HFBackend
-from perfmodel.validate.sweep import run_sweep
-from perfmodel.validate.sweep_spec import build_points
+from perfmodel.measuring import results
+from perfmodel.measuring.fake_backend import FakeBackend
+from perfmodel.measuring.hf_runner import HFBackend
+from perfmodel.measuring.runner import run_sweep
+from perfmodel.measuring.points import build_points
 
 
 def test_oom_point_is_recorded_and_sweep_continues(tmp_path):

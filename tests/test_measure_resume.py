@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from perfmodel.validate import results
-from perfmodel.validate.fake_backend import FakeBackend, Killed
-from perfmodel.validate.sweep import run_sweep
-from perfmodel.validate.sweep_spec import build_points
+from perfmodel.measuring import results
+from perfmodel.measuring.fake_backend import FakeBackend, Killed
+from perfmodel.measuring.runner import run_sweep
+from perfmodel.measuring.points import build_points
 
 
 def _points():

@@ -19,10 +19,10 @@ import time
 import pytest
 
 from perfmodel.errors import InputError
-from perfmodel.validate import preflight, results
-from perfmodel.validate.fake_backend import FakeBackend
-from perfmodel.validate.sweep import run_sweep
-from perfmodel.validate.sweep_spec import build_points
+from perfmodel.measuring import preflight, results
+from perfmodel.measuring.fake_backend import FakeBackend
+from perfmodel.measuring.runner import run_sweep
+from perfmodel.measuring.points import build_points
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -72,7 +72,7 @@ def test_unreadable_rows_are_skipped_with_one_warning_naming_file_and_count(tmp_
     out, points = _measured(tmp_path)
     lines = out.read_text().splitlines()
     out.write_text("\n".join([lines[0], lines[1][:40], lines[2], "[1, 2]"]) + "\n" + lines[2][:30])
-    with caplog.at_level(logging.WARNING, logger="perfmodel.validate.results"):
+    with caplog.at_level(logging.WARNING, logger="perfmodel.measuring.results"):
         read = results.read_rows(out)
         results.read_rows(out)  # the same file again: no second warning
     assert [r["point_id"] for r in read.rows] == [points[0].point_id, points[2].point_id]
@@ -87,7 +87,7 @@ def test_the_warning_is_one_line_on_stderr(tmp_path):
     out, _ = _measured(tmp_path)
     lines = out.read_text().splitlines()
     out.write_text("\n".join([lines[0], "{broken", lines[2]]) + "\n")
-    code = ("import sys; from perfmodel.validate.compare import load_measurements\n"
+    code = ("import sys; from perfmodel.measuring.compare import load_measurements\n"
             f"print(len(load_measurements({str(out)!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "2"
@@ -103,7 +103,7 @@ def test_readers_keep_one_row_per_point(tmp_path, caplog):
     later_ok = {**rows[1], "wall_s": 7.0}
     for row in (err, later_ok):  # a second run appended the same points
         results.append_row(out, row)
-    with caplog.at_level(logging.WARNING, logger="perfmodel.validate.results"):
+    with caplog.at_level(logging.WARNING, logger="perfmodel.measuring.results"):
         read = results.read_rows(out)
     by_id = {r["point_id"]: r for r in read.rows}
     assert [r["point_id"] for r in read.rows] == [p.point_id for p in points]  # first-seen order
@@ -113,7 +113,7 @@ def test_readers_keep_one_row_per_point(tmp_path, caplog):
     assert any("dropped 2 duplicate rows" in r.getMessage() for r in caplog.records)
     assert len(results.read_rows(out, unique=False).rows) == 5
 
-    from perfmodel.validate.compare import load_measurements
+    from perfmodel.measuring.compare import load_measurements
 
     assert len(load_measurements(out)) == 3
 
@@ -268,7 +268,7 @@ def test_completed_stage_replaces_its_table_only(tmp_path, cpu_bench):
 
 
 def _cli(argv, capsys):
-    from perfmodel.cli import main
+    from perfmodel.commands import main
 
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -306,7 +306,7 @@ def no_gpu(monkeypatch):
     monkeypatch.delenv(preflight.ALLOW_CPU_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    import perfmodel.validate.hf_runner as hf_runner
+    import perfmodel.measuring.hf_runner as hf_runner
 
     def never(*a, **k):
         raise AssertionError("a model was built without a GPU")
@@ -351,7 +351,7 @@ def test_refusal_without_the_gpu_extra(missing, monkeypatch, tmp_path, capsys):
     assert err == f"perfmodel: error: {expected}"
     err = _cli(["calibrate", "bench", "--out", str(tmp_path / "b")], capsys)
     assert err == f"perfmodel: error: {expected.replace('measure', 'calibrate bench')}"
-    from perfmodel.validate.measure import main as measure_main
+    from perfmodel.measuring.measure import main as measure_main
 
     assert measure_main(["olmoe", "--out", str(tmp_path / "r.jsonl")]) == 2
     assert capsys.readouterr().err.strip() == expected

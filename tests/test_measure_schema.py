@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from perfmodel.validate import results
-from perfmodel.validate.fake_backend import FakeBackend
-from perfmodel.validate.sweep import run_sweep
-from perfmodel.validate.sweep_spec import FullRunSpec, SweepPoint, build_points, parse_phases
+from perfmodel.measuring import results
+from perfmodel.measuring.fake_backend import FakeBackend
+from perfmodel.measuring.runner import run_sweep
+from perfmodel.measuring.points import FullRunSpec, SweepPoint, build_points, parse_phases
 
 PROVENANCE = ("gpu_name", "driver", "cuda", "torch", "transformers", "vllm", "date", "git_commit")
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from perfmodel.errors import InputError
-from perfmodel.validate import vllm_backend as vb
-from perfmodel.validate.cli import VLLM_MISSING, measure
-from perfmodel.validate.measure import main
-from perfmodel.validate.sweep_spec import build_points, parse_phases
+from perfmodel.measuring import vllm_backend as vb
+from perfmodel.measuring.cli import VLLM_MISSING, measure
+from perfmodel.measuring.measure import main
+from perfmodel.measuring.points import build_points, parse_phases
 
 pytestmark = pytest.mark.skipif(vb.vllm_available(), reason="vllm is installed here")
 

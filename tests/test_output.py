@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perfmodel.cli import main
+from perfmodel.commands import main
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.prediction import COUNT_METRICS, predict
 from perfmodel.profile import list_engines

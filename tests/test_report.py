@@ -242,8 +242,8 @@ def variants(tmp_path_factory):
     from rich.console import Console
 
     from perfmodel.paths import ROOT
-    from perfmodel.report_terminal import print_validation
-    from perfmodel.validate.compare import compare, is_variant, load_measurements, mape
+    from perfmodel.validate.terminal import print_validation
+    from perfmodel.measuring.compare import compare, is_variant, load_measurements, mape
 
     rows = [r for r in load_measurements(ROOT / WHATIF) if r.get("status") == "ok" and is_variant(r)]
     out = tmp_path_factory.mktemp("variants")
@@ -265,7 +265,7 @@ def variants(tmp_path_factory):
 def _expected(row: dict, engine: str) -> dict:
     """Measured and predicted metrics of one results row, predicted through --set overrides."""
     from perfmodel.prediction import predict
-    from perfmodel.validate.compare import METRIC_FIELDS, row_overrides
+    from perfmodel.measuring.compare import METRIC_FIELDS, row_overrides
 
     p = predict(row["model"], engine=engine, batch=row["batch"], input_len=row["input_len"],
                 output_len=row["output_len"], overrides=row_overrides(row))
@@ -307,7 +307,7 @@ def test_variant_labels_name_layers_experts_top_k_and_ffn(variants):
 
 
 def test_variant_label_of_plain_points_and_settings():
-    from perfmodel.validate.compare import variant_label
+    from perfmodel.measuring.compare import variant_label
 
     plain = {"model": "olmoe-1b-7b", "overrides": [], "layers": None,
              "point_id": "hf|olmoe-1b-7b|set=|layers=all|B=1|S=8|O=8|experts=grouped_mm|dtype=bfloat16|graphs=1|full=0"}
@@ -319,7 +319,7 @@ def test_variant_label_of_plain_points_and_settings():
 
 
 def test_terminal_table_has_one_row_per_variant_and_metric(variants):
-    from perfmodel.report_terminal import _time
+    from perfmodel.report_terminal import format_time as _time
 
     _, points, _, _, text = variants
     hf, base = points[points["engine"] == "hf"], points[points["engine"] == "roofline"]

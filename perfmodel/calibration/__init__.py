@@ -1,5 +1,11 @@
-"""Measuring kernels on a GPU (microbenchmarks, :mod:`perfmodel.calibration.bench`) for the calibration fits.
+"""Calibration: microbenchmarks of the kernels an engine uses, and the fits of engine profiles.
 
-Measured tables live in ``calibration/data/<gpu>/``. Nothing here is imported by the ``perfmodel``
-formulas; the GPU machine has no pydantic or altair, so these modules do not import them.
+Stands on :mod:`perfmodel.measuring` (timing, environment, model builders, committed
+measurements) and the model; never imported by the model nor by :mod:`perfmodel.validate`.
+Measured tables live in ``calibration/data/<gpu>/``, fitted profiles in ``calibration/profiles/``.
+The GPU machine has no altair, so these modules do not import it.
+
+- :mod:`perfmodel.calibration.bench` (``perfmodel calibrate bench``) and its ``bench_*`` stages.
+- :mod:`perfmodel.calibration.fit_kernels` - efficiency curves from the tables.
+- :mod:`perfmodel.calibration.fit` (``perfmodel calibrate fit``) - the engine profile.
 """

@@ -66,7 +66,7 @@ NO_GPU_HINT = "the committed tables refit with `perfmodel calibrate fit`"
 
 def default_out_dir() -> Path:
     from perfmodel.paths import CALIBRATION_DATA_DIR
-    from perfmodel.validate.env import gpu_short_name
+    from perfmodel.measuring.env import gpu_short_name
 
     return CALIBRATION_DATA_DIR / gpu_short_name()
 
@@ -85,7 +85,7 @@ def run_bench(
     ``budget_s``: wall seconds (finite, > 0; default 450, 60 when quick or tiny).
     """
     from perfmodel.errors import InputError
-    from perfmodel.validate.preflight import check_budget, require_gpu_stack
+    from perfmodel.measuring.preflight import check_budget, require_gpu_stack
 
     budget_s = check_budget(budget_s, "budget_s")
     unknown = [s for s in stages if s not in STAGES]
@@ -100,7 +100,7 @@ def run_bench(
     from perfmodel.calibration.bench_layers import MODULE_COLUMNS, MOE_COLUMNS, bench_attn_module, bench_moe_block
     from perfmodel.calibration.bench_mem import MEM_COLUMNS, bench_memory
     from perfmodel.calibration.bench_plan import make_plan
-    from perfmodel.validate.env import provenance
+    from perfmodel.measuring.env import provenance
 
     # imported before the clock starts: the first transformers import takes seconds
     import transformers.integrations.sdpa_attention  # noqa: F401
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from perfmodel.errors import PerfModelError
 
     try:
-        from perfmodel.validate.preflight import check_budget
+        from perfmodel.measuring.preflight import check_budget
 
         check_budget(args.budget_s)
         run_bench(args.out or default_out_dir(), quick=args.quick, budget_s=args.budget_s, mode=args.mode,

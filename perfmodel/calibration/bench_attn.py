@@ -18,7 +18,7 @@ import torch
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
 from perfmodel.calibration.bench_plan import Plan
-from perfmodel.calibration.bench_timing import rotation_count
+from perfmodel.measuring.timing import rotation_count
 
 ATTN_COLUMNS = ["batch", "seq", "alloc_len", "context_len", "heads", "kv_heads", "head_dim", "gqa", "models"]
 

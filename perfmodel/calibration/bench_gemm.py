@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
 from perfmodel.calibration.bench_plan import Plan
-from perfmodel.calibration.bench_timing import l2_bytes, rotation_count
+from perfmodel.measuring.timing import l2_bytes, rotation_count
 
 GEMM_COLUMNS = ["m", "n", "k", "roles"]
 GROUPED_COLUMNS = ["api", "source", "experts", "hidden", "ffn", "proj", "n", "k", "tokens", "top_k",

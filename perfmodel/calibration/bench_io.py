@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfmodel.calibration.bench_timing import Stats
+from perfmodel.measuring.timing import Stats
 
 #: Columns shared by every table (timings in ms, throughputs in TFLOP/s and TB/s, sizes in bytes).
 COMMON = ["family", "op", "dtype", "median_ms", "p10_ms", "p90_ms", "n_reps", "method", "inner",
@@ -153,7 +153,7 @@ _FATAL = ("illegal memory access", "device-side assert", "unspecified launch fai
 
 def run_case(table: CsvTable, row: dict[str, Any], fn, flops: float, nbytes: float, device,
              **timing_kwargs: Any) -> dict[str, Any]:
-    """Time ``fn`` (see :func:`perfmodel.calibration.bench_timing.auto_time`) and add one row to ``table``.
+    """Time ``fn`` (see :func:`perfmodel.measuring.timing.auto_time`) and add one row to ``table``.
 
     Failures become rows with status ``oom``/``error``; a fatal device error is re-raised as
     :class:`FatalDeviceError` after its row is written.
@@ -162,7 +162,7 @@ def run_case(table: CsvTable, row: dict[str, Any], fn, flops: float, nbytes: flo
 
     import torch
 
-    from perfmodel.calibration.bench_timing import auto_time
+    from perfmodel.measuring.timing import auto_time
 
     try:
         stats = auto_time(fn, device, **timing_kwargs)

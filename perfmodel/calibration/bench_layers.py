@@ -24,7 +24,7 @@ import torch
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, error_fields, run_case, timing_fields
 from perfmodel.calibration.bench_plan import Plan
-from perfmodel.calibration.bench_timing import capture_step, is_cuda, summarize, time_wall
+from perfmodel.measuring.timing import capture_step, is_cuda, summarize, time_wall
 
 MOE_COLUMNS = ["model", "impl", "tokens", "hidden", "experts", "top_k", "ffn", "shared_ffn", "experts_hit"]
 MODULE_COLUMNS = ["model", "model_type", "phase", "batch", "seq", "alloc_len", "context_len", "heads",
@@ -33,7 +33,7 @@ MODULE_COLUMNS = ["model", "model_type", "phase", "batch", "seq", "alloc_len", "
 
 def one_layer_model(name: str, overrides: list[str], device: torch.device, impl: str = "grouped_mm"):
     """(model, config, info) with one MoE decoder layer and a small vocabulary."""
-    from perfmodel.validate.hf_build import build_model, make_config
+    from perfmodel.measuring.hf_build import build_model, make_config
 
     extra = ["vocab_size=256"] if not any(o.startswith("vocab_size=") for o in overrides) else []
     cfg, _ = make_config(name, overrides)
@@ -55,7 +55,7 @@ def _free(device: torch.device) -> None:
 
 
 def bench_moe_block(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, log) -> None:
-    from perfmodel.validate.hf_runner import RoutingRecorder
+    from perfmodel.measuring.hf_runner import RoutingRecorder
 
     for name, overrides in plan.moe_models:
         if not stage.ok():

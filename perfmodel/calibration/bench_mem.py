@@ -16,7 +16,7 @@ import torch
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
 from perfmodel.calibration.bench_plan import Plan
-from perfmodel.calibration.bench_timing import rotation_count, summarize, time_graph
+from perfmodel.measuring.timing import rotation_count, summarize, time_graph
 
 MEM_COLUMNS = ["tokens", "hidden", "rows", "ffn", "size_bytes", "kernels"]
 

@@ -19,7 +19,7 @@ def bench(
     """Run the microbenchmarks (GEMM, grouped GEMM, MoE block, attention, memory) into CSV tables."""
     from perfmodel.calibration.bench import NO_GPU_HINT, default_out_dir, run_bench
     from perfmodel.errors import InputError
-    from perfmodel.validate.preflight import check_budget, require_gpu_stack
+    from perfmodel.measuring.preflight import check_budget, require_gpu_stack
 
     budget_s = check_budget(budget_s)
     if out is not None and out.exists() and not out.is_dir():

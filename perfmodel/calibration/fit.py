@@ -92,7 +92,7 @@ def _profile(base: dict[str, Any]):
 
 
 def _rows(results: Path, models: tuple[str, ...]) -> list[dict[str, Any]]:
-    from perfmodel.validate.compare import is_variant, load_measurements
+    from perfmodel.measuring.compare import is_variant, load_measurements
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
@@ -110,7 +110,7 @@ def _compare_with(base: dict[str, Any], rows: list[dict[str, Any]], gpu: str,
     The predictor loads profiles from files: ``base`` is written into a private temporary
     folder (created afresh, readable only by this user) and removed with it.
     """
-    from perfmodel.validate.compare import compare
+    from perfmodel.measuring.compare import compare
 
     with tempfile.TemporaryDirectory(prefix="perfmodel-fit-") as folder:
         path = Path(folder) / "profile.yaml"
@@ -123,7 +123,7 @@ def _predict_many(rows, profile, gpu_spec):
     """Predicted (TTFT, decode step) in s for each row under a profile object."""
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.model import load_model
-    from perfmodel.validate.compare import row_overrides
+    from perfmodel.measuring.compare import row_overrides
 
     out = []
     for row in rows:
@@ -180,7 +180,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
     from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
-    from perfmodel.validate.compare import load_measurements, what_if_file
+    from perfmodel.measuring.compare import load_measurements, what_if_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"

@@ -1,12 +1,9 @@
-"""Measuring real MoE inference: sweep specs, the ``hf`` and ``vllm`` backends, result files.
+"""Validation: how far the model is from measured inference, on points it was not fitted on.
 
-Modules (the GPU machine has no pydantic and no altair, so nothing here imports them):
+Stands on :mod:`perfmodel.measuring` (measurements, live runs) and the model; never imported by
+the model nor by :mod:`perfmodel.calibration`.
 
-- :mod:`perfmodel.validate.sweep_spec` - the points of a sweep and their ids.
-- :mod:`perfmodel.validate.results` - the JSONL result schema, atomic appends, resume.
-- :mod:`perfmodel.validate.sweep` - the backend-agnostic sweep driver (resume, OOM rows, time budget).
-- :mod:`perfmodel.validate.hf_runner` - the ``hf`` backend: transformers modeling code, StaticCache,
-  CUDA-graph replay of decode steps, torch.profiler kernel split.
-- :mod:`perfmodel.validate.vllm_backend` - the ``vllm`` backend (offline engine).
-- :mod:`perfmodel.validate.cli` / :mod:`perfmodel.validate.measure` - the ``measure`` command.
+- :mod:`perfmodel.validate.validation` - live or replayed comparison, MAPE per split and metric.
+- :mod:`perfmodel.validate.report` - the HTML and markdown reports.
+- :mod:`perfmodel.validate.terminal` / :mod:`perfmodel.validate.cli` - the ``validate`` command.
 """

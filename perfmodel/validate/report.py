@@ -1,7 +1,7 @@
 """The validation report: predicted against measured, as an HTML page and a Markdown summary.
 
 ``write_report(points, ops, out_dir, title=..., source=...)`` takes the two tables of
-:func:`perfmodel.validate.compare.compare` for BOTH engines stacked (column ``engine``: the calibrated
+:func:`perfmodel.measuring.compare.compare` for BOTH engines stacked (column ``engine``: the calibrated
 one and the uncalibrated baseline) and writes ``out_dir/report.html`` and
 ``out_dir/summary.md``. Points are told apart by ``point_id`` and shown by their ``variant``
 (e.g. ``mixtral-8x7b [L=8 E=16 k=2 F=1792]``; the model name where the tables have no such column).

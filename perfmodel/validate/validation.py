@@ -31,7 +31,7 @@ def live_available(backend: str) -> bool:
     if not torch.cuda.is_available():
         return False
     if backend == "vllm":
-        from perfmodel.validate import vllm_backend
+        from perfmodel.measuring import vllm_backend
 
         return vllm_backend.vllm_available()
     return True
@@ -83,7 +83,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
-    from perfmodel.validate.compare import compare, load_measurements, mape, what_if_file
+    from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
     from perfmodel.validate.report import write_report
 
     if backend not in ("hf", "vllm"):
@@ -95,7 +95,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     wanted = None if model == "all" else [load_model(model).name]
     use_live = live_available(backend) if live is None else live
     if use_live:
-        from perfmodel.validate.cli import measure
+        from perfmodel.measuring.cli import measure
 
         path = Path(tempfile.mkdtemp(prefix="perfmodel-validate-")) / f"live-{backend}.jsonl"
         models = wanted or (profile.fit or {}).get("held_out_models") or ["olmoe-1b-7b"]

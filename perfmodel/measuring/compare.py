@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from perfmodel.validate.results import read_rows
-from perfmodel.validate.sweep_spec import SweepPoint
+from perfmodel.measuring.results import read_rows
+from perfmodel.measuring.points import SweepPoint
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {

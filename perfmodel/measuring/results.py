@@ -1,7 +1,7 @@
 """The measurement result schema and its JSONL file: validation, atomic appends, resume.
 
 One JSON object per line, one line per sweep point. A point is identified by ``point_id``
-(:func:`perfmodel.validate.sweep_spec.SweepPoint.point_id`); a file never holds two rows with the same id.
+(:func:`perfmodel.measuring.points.SweepPoint.point_id`); a file never holds two rows with the same id.
 
 Writes are append-only: a row is serialised to one line, written with a single ``write``,
 flushed and ``fsync``-ed, under an exclusive ``flock`` of the file (readers take a shared one),
@@ -10,7 +10,7 @@ line; before the next append (:func:`repair_tail`) a last line that is a whole J
 lacking its newline gets the newline, anything else is cut off, so the point is measured again.
 
 Readers (:func:`read_rows`) keep a complete last row that lacks its newline, skip lines that are
-not JSON objects and warn once per file, in one line (logger ``perfmodel.validate.results``),
+not JSON objects and warn once per file, in one line (logger ``perfmodel.measuring.results``),
 with their count. They keep one row per point id: the sweep never writes a second row for an id
 it finds in the file (an oom or error row is as final as an ok one), so duplicates only come
 from two runs measuring the same point at once, or from files joined by hand. Of those rows a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfmodel.validate.sweep_spec import SweepPoint
+from perfmodel.measuring.points import SweepPoint
 
 
 class Killed(BaseException):

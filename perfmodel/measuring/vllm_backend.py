@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
-from perfmodel.validate import env
-from perfmodel.validate.sweep_spec import SweepPoint
+from perfmodel.measuring import env
+from perfmodel.measuring.points import SweepPoint
 
 #: model_type -> the vLLM architecture class name written into config.json.
 ARCHITECTURES = {

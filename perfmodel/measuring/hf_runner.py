@@ -22,9 +22,9 @@ Protocol for one point (B sequences, S input tokens, O output tokens), all times
    report the full E2E and its ratio to the sampled estimate.
 6. torch.profiler: one prefill (skipped when the first prefill took over 1.5 s) and one decode step
    at the middle sample, eager, with scope hooks; GPU kernel time total and per category
-   (:mod:`perfmodel.validate.profiler_split`), next to the graph-replay time of that step.
+   (:mod:`perfmodel.measuring.profiler_split`), next to the graph-replay time of that step.
 
-Models that cannot be captured: one eager step runs under :class:`perfmodel.validate.hf_build.CaptureSpy`
+Models that cannot be captured: one eager step runs under :class:`perfmodel.measuring.hf_build.CaptureSpy`
 first; known host copies are patched at build time (PhiMoE's rotary embedding). If the spy still
 finds host syncs / copies, or capture raises, decode time at each sample is the profiler's summed
 GPU kernel time of one eager step (``decode_method="kernel_sum"``; no full run); should the
@@ -44,11 +44,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from perfmodel.calibration.bench_timing import capture_step, summarize
-from perfmodel.validate import env
-from perfmodel.validate.hf_build import CaptureSpy, ModelInfo, build_model, make_config, meta_info
-from perfmodel.validate.profiler_split import ProfileSplit, profile_call
-from perfmodel.validate.sweep_spec import SweepPoint
+from perfmodel.measuring.timing import capture_step, summarize
+from perfmodel.measuring import env
+from perfmodel.measuring.hf_build import CaptureSpy, ModelInfo, build_model, make_config, meta_info
+from perfmodel.measuring.profiler_split import ProfileSplit, profile_call
+from perfmodel.measuring.points import SweepPoint
 
 _FATAL_MARKERS = (
     "illegal memory access",

@@ -1,4 +1,4 @@
-"""``python -m perfmodel.validate.measure MODEL[,MODEL...] [options]``: the ``measure`` command as a module.
+"""``python -m perfmodel.measuring.measure MODEL[,MODEL...] [options]``: the ``measure`` command as a module.
 
 Exit codes: 0 done (or stopped by the time budget, resumable), 2 bad input (one line on stderr),
 3 the device became unusable mid-sweep (resume with the same command).
@@ -14,10 +14,10 @@ from perfmodel.errors import PerfModelError
 def main(argv: list[str] | None = None) -> int:
     import click
 
-    from perfmodel.validate.cli import app
+    from perfmodel.measuring.cli import app
 
     try:
-        rc = app(args=argv, prog_name="python -m perfmodel.validate.measure", standalone_mode=False)
+        rc = app(args=argv, prog_name="python -m perfmodel.measuring.measure", standalone_mode=False)
     except PerfModelError as exc:
         print(str(exc), file=sys.stderr)
         return 2

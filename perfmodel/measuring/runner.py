@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from perfmodel.validate import results
-from perfmodel.validate.preflight import check_budget
-from perfmodel.validate.sweep_spec import SweepPoint, group_points
+from perfmodel.measuring import results
+from perfmodel.measuring.preflight import check_budget
+from perfmodel.measuring.points import SweepPoint, group_points
 
 
 class Backend(Protocol):

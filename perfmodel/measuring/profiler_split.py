@@ -54,7 +54,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from perfmodel.validate.results import PROFILE_CATEGORIES
+from perfmodel.measuring.results import PROFILE_CATEGORIES
 
 CATEGORIES = PROFILE_CATEGORIES
 

@@ -1,0 +1,165 @@
+"""The ``measure`` command: sweep real inference over models x B x S x O and append JSONL rows.
+
+The lead mounts :func:`measure` as ``perfmodel measure``; ``python -m perfmodel.measuring.measure`` runs the
+same function through :data:`app`. Errors in the arguments raise
+:class:`perfmodel.errors.InputError` (the CLI turns it into one line on stderr and exit code 2),
+and so does a machine that cannot measure: without torch/transformers or without a CUDA GPU
+(:mod:`perfmodel.measuring.preflight`; the hidden ``--allow-cpu`` lets tests run tiny models on CPU).
+"""
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from perfmodel.errors import InputError
+from perfmodel.measuring.preflight import check_budget, require_gpu, require_gpu_libraries
+from perfmodel.measuring.runner import Reporter, SweepSummary, run_sweep
+from perfmodel.measuring.points import FullRunSpec, build_points, parse_int_list, parse_models, parse_phases
+
+app = typer.Typer(add_completion=False, help="Measure MoE inference (TTFT, ITL, E2E, throughput).")
+
+EXPERTS_IMPLS = ("grouped_mm", "batched_mm", "eager", "deepgemm", "sonicmoe")
+VLLM_MISSING = "vllm is not installed (pip install 'perfmodel[vllm]')"
+#: What works without a GPU, said when measure refuses to run on one without.
+NO_GPU_HINT = "the committed results replay with `perfmodel validate`"
+
+
+def default_out(backend: str) -> Path:
+    """``validate/results/<gpu-short-name>-<backend>.jsonl``."""
+    from perfmodel.paths import RESULTS_DIR
+    from perfmodel.measuring.env import gpu_short_name
+
+    return RESULTS_DIR / f"{gpu_short_name()}-{backend}.jsonl"
+
+
+class RichReporter(Reporter):
+    """A rich progress bar on a terminal; plain flushed lines otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.progress = None
+        self.task = None
+
+    def start(self, total: int, todo: int) -> None:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("measure"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("measure", total=todo)
+        super().start(total, todo)
+
+    def point_done(self, point, row) -> None:
+        super().point_done(point, row)
+        self._advance()
+
+    def skipped(self, point, reason: str) -> None:
+        super().skipped(point, reason)
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, flush=True)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _check_models(models: List[str], overrides: List[str], layers: Optional[int]) -> None:
+    from perfmodel.specs.zoo import load_hf_config
+
+    for m in models:
+        load_hf_config(m, list(overrides) + ([f"num_layers={layers}"] if layers else []))
+
+
+@app.command()
+def measure(
+    model: str = typer.Argument(..., help="Zoo name(s), alias(es) or config.json path(s), comma-separated."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers + CUDA graphs) or vllm."),
+    batch: str = typer.Option("1,16,32,64", "--batch", "-b", help="Batch sizes B, comma-separated."),
+    input_len: str = typer.Option("128,512,2048", "--input-len", "-s",
+                                  help="Input lengths S; ';' separates phases (all models per phase)."),
+    output_len: Optional[str] = typer.Option(None, "--output-len", "-o",
+                                             help="Output lengths O (default: O = S, paired)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE (repeatable)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Truncate the model to N layers."),
+    experts_impl: str = typer.Option("grouped_mm", "--experts-impl", help="grouped_mm, batched_mm or eager."),
+    full_run: Optional[str] = typer.Option(None, "--full-run",
+                                           help="Points that also get a full decode: [MODEL:]BxS,..."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file (default validate/results/<gpu>-<backend>.jsonl)."),
+    budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Stop starting points after this many seconds."),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay decode steps from CUDA graphs."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler kernel split per point."),
+    tp: int = typer.Option(1, "--tp", help="vllm: tensor parallel size."),
+    expert_parallel: bool = typer.Option(False, "--expert-parallel", help="vllm: enable expert parallelism."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
+    moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
+                                   help="Run without a GPU (tiny models in tests; also PERFMODEL_ALLOW_CPU=1)."),
+) -> SweepSummary:
+    """Measure TTFT, ITL, E2E and throughput for each (model, B, S, O); resumable JSONL output."""
+    overrides = list(set_ or [])
+    models = parse_models(model)
+    batches = parse_int_list(batch, "batch size")
+    phases = parse_phases(input_len)
+    outs = parse_int_list(output_len, "output length") if output_len else None
+    if layers is not None and layers < 1:
+        raise InputError("--layers must be >= 1")
+    budget_s = check_budget(budget_s)
+    if out is not None and out.is_dir():
+        raise InputError(f"--out {out} is a folder; measure appends rows to a JSONL file")
+    fr = FullRunSpec.parse(full_run)
+    _check_models(models, overrides, layers)
+    backend = backend.lower()
+    if backend not in ("hf", "vllm"):
+        raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
+    if backend == "hf" and experts_impl not in EXPERTS_IMPLS:
+        raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
+    require_gpu_libraries("measure")
+    if backend == "vllm":
+        from perfmodel.measuring import vllm_backend
+
+        if not vllm_backend.vllm_available():
+            raise InputError(VLLM_MISSING)
+    require_gpu("measure", NO_GPU_HINT, allow_cpu=allow_cpu is True)
+    if backend == "hf":
+        from perfmodel.measuring.hf_runner import HFBackend
+
+        engine = HFBackend(profile=profile)
+        settings = None
+    else:
+        settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
+                                               quantization=quantization, moe_backend=moe_backend)
+        engine = vllm_backend.VLLMBackend()
+        experts_impl = "vllm_fused_moe"
+    points = build_points(models, batches, phases, outs, backend=backend, overrides=overrides,
+                          layers=layers, experts_impl=experts_impl, cuda_graphs=cuda_graphs,
+                          full_run=fr, settings=settings)
+    out_path = out or default_out(backend)
+    reporter = RichReporter()
+    reporter.log(f"writing {out_path}")
+    try:
+        summary = run_sweep(points, engine, out_path, budget_s=budget_s, reporter=reporter)
+    finally:
+        reporter.stop()
+    reporter.log(
+        f"done in {summary.elapsed_s:.0f} s: " + ", ".join(f"{k} {v}" for k, v in summary.measured.items())
+        + f", already there {summary.already_done}, not started {len(summary.deferred)}"
+        + (f" (stopped: {summary.stopped})" if summary.stopped else "")
+    )
+    if summary.stopped == "fatal device error":
+        print("the device is in an unusable state; run the same command again to resume", file=sys.stderr)
+        raise typer.Exit(code=3)
+    return summary

@@ -1,0 +1,50 @@
+"""Terminal output of ``perfmodel validate``: predicted vs measured per point, and MAPE."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from perfmodel.report_terminal import format_time
+
+
+def print_validation(result: dict, console: Console) -> None:
+    """Per-point predicted vs measured (held-out marked) and MAPE per engine, split and metric."""
+    src = result["source"]
+    label = ("REPLAY of committed measurements" if src["mode"] == "replay" else "LIVE measurements")
+    console.print(f"[bold]{label}[/bold]: {src['results_file']} · {src['gpu']} · driver {src['driver']} · "
+                  f"torch {src['torch']} · transformers {src['transformers']} · measured {src['date']} "
+                  f"(commit {src['git_commit']})")
+    points = result["points"]
+    engines = list(dict.fromkeys(p["engine"] for p in points))
+    same_len = all(p["input_len"] == p["output_len"] for p in points)
+    table = Table(title="predicted vs measured", header_style="bold")
+    for col in ("model", "B", "S=O" if same_len else "S/O", "split", "metric", "measured",
+                *[f"{e}" for e in engines], *[f"err {e}" for e in engines]):
+        table.add_column(col, justify="left" if col in ("model", "split", "metric") else "right")
+    # one row per point (its full identity: overrides, layers, B, S, O, dtype, settings) and metric
+    by_key: dict[tuple, dict] = {}
+    for p in points:
+        point = p.get("point_id") or (p["model"], p["batch"], p["input_len"], p["output_len"])
+        key = (point, p["split"], p["metric"])
+        row = by_key.setdefault(key, {"measured": p["measured"], "point": p, "engines": {}})
+        row["engines"][p["engine"]] = (p["predicted"], p["rel_error"])
+    for (_, split, metric), vals in by_key.items():
+        point, by_engine = vals["point"], vals["engines"]
+        fmt = (lambda v: f"{v:,.0f}") if metric == "throughput" else format_time
+        cells = [fmt(by_engine[e][0]) if e in by_engine else "" for e in engines]
+        errs = [f"{by_engine[e][1]:+.1%}" if e in by_engine else "" for e in engines]
+        s, o = point["input_len"], point["output_len"]
+        table.add_row(Text(str(point.get("variant") or point["model"])), str(point["batch"]),
+                      str(s) if same_len else f"{s}/{o}", "held-out" if split == "held-out" else "train",
+                      metric, fmt(vals["measured"]), *cells, *errs)
+    console.print(table)
+    mape = Table(title="MAPE (%)", header_style="bold")
+    for col in ("engine", "split", "metric", "mean", "median", "max", "n"):
+        mape.add_column(col)
+    for row in result["mape"]:
+        mape.add_row(row["engine"], row["split"], row["metric"], f"{row['mean']:.1f}",
+                     f"{row['median']:.1f}", f"{row['max']:.1f}", str(row["count"]))
+    console.print(mape)
+    console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")
