@@ -167,7 +167,7 @@ def formula(
     The value is per layer at --batch and --input-len (prefill) or --context (decode); a time
     is on --gpu under --engine.
     """
-    from perfmodel.formulas import op_formula, op_formula_data
+    from perfmodel.formula_text import op_formula, op_formula_data
 
     args = (model, op, quantity.value, phase.value)
     workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine)

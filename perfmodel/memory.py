@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from perfmodel.graph import ModelGraph
+from perfmodel.ops import Role
 from perfmodel.symbols import B, E, W, k, pp
 
 
@@ -17,14 +18,15 @@ def kv_cache_bytes(graph: ModelGraph, tokens: sp.Expr) -> sp.Expr:
     """KV-cache bytes on one GPU for B sequences of ``tokens`` cached tokens each.
 
     Per token, each layer keeps what its attention op stores on one GPU
-    (``kv_bytes_per_token``: ⌈n_kv/tp⌉ KV heads for GQA, the whole latent for MLA); windowed
-    layers keep at most W tokens.
+    (``kv_bytes_per_token``: ⌈n_kv/tp⌉ KV heads for GQA, the whole latent for MLA); a
+    windowed op keeps at most W tokens.
     """
     total = sp.Integer(0)
     for group in graph.groups:
-        kept = sp.Min(tokens, W) if group.name.endswith("-window") else tokens
-        per_token = sp.Add(*[op.kv_bytes_per_token for op in group.ops])
-        total += group.count * per_token * kept
+        per_token = sp.Integer(0)
+        for op in group.ops:
+            per_token += op.kv_bytes_per_token * (sp.Min(tokens, W) if op.windowed else tokens)
+        total += group.count * per_token
     return B * total / pp
 
 
@@ -42,6 +44,6 @@ def active_parameter_count(graph: ModelGraph) -> sp.Expr:
     """Parameters one token uses: routed experts count k of E."""
     total = sp.Integer(0)
     for count, op in graph.all_ops():
-        share = k / E if op.name == "moe.experts" else 1
+        share = k / E if op.role is Role.ROUTED_EXPERTS else 1
         total += count * op.params * share
     return total

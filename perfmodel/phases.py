@@ -1,10 +1,10 @@
-"""Phases: what one forward pass sees, as substitutions for T, P, K (and windowed P_w, K_w).
+"""Phases: what one forward pass sees, as substitutions for T, P, C (and windowed P_w, C_w).
 
 - prefill of B×S tokens: T = B·S, causal pairs Σ_{i=1..S} min(i, W), every cached token read
-  once (K = S);
+  once (C = S);
 - a decode step at context L: T = B, one query against L keys (min(L, W) on windowed layers);
 - the decode part of a fixed-batch request: O − 1 steps at L = S+1 … S+O−1. Every cost is
-  linear in P and K, so the sum over steps equals (O − 1) steps at the mean pairs and mean
+  linear in P and C, so the sum over steps equals (O − 1) steps at the mean pairs and mean
   keys, a closed form (:func:`decode_mean_substitutions`). Its roofline time is exact while no
   op changes bound during the decode; an op's bound cannot change when its FLOPs and bytes
   grow in the same proportion with L, which holds for the attention core (both ∝ L) and for
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from perfmodel.symbols import B, K, Kw, L, O, P, Pw, S, T, W
+from perfmodel.symbols import B, C, Cw, L, O, P, Pw, S, T, W
 
 
 def _tri(n: sp.Expr) -> sp.Expr:
@@ -35,7 +35,7 @@ def prefill_substitutions(causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
     attention implementation that computes the full score matrix and masks it does."""
     pairs = _tri(S) if causal else S * S
     pairs_w = window_sum(1, S) if causal else S * S
-    return {T: B * S, P: pairs, K: S, Pw: pairs_w, Kw: S}
+    return {T: B * S, P: pairs, C: S, Pw: pairs_w, Cw: S}
 
 
 def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:
@@ -44,7 +44,7 @@ def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:
     For an engine that scores its whole allocated cache, L is the allocated length; the
     decode spans differ only over a request (:func:`decode_mean_substitutions`).
     """
-    return {T: B, P: L, K: L, Pw: sp.Min(L, W), Kw: sp.Min(L, W)}
+    return {T: B, P: L, C: L, Pw: sp.Min(L, W), Cw: sp.Min(L, W)}
 
 
 def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]:
@@ -63,4 +63,4 @@ def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]
         windowed = window_sum(S + 1, S + sp.Max(O - 1, 1)) / sp.Max(O - 1, 1)
     else:
         raise ValueError(f"unknown decode span '{span}'")
-    return {T: B, P: full, K: full, Pw: windowed, Kw: windowed}
+    return {T: B, P: full, C: full, Pw: windowed, Cw: windowed}

@@ -10,7 +10,7 @@ throughput = B·O/E2E.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -208,14 +208,53 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class CompiledOutputs:
+    """What a compiled model returns, by name: numbers for one prediction, numpy arrays for a
+    sweep (units as in :data:`METRICS` and :data:`OP_FIELDS`: seconds, FLOPs, bytes).
+
+    ``totals``: output name (``prefill_s``, ``decode_step_s``, ``ttft_s``, ``weights_bytes``, ...)
+    → value; ``ops``: one dict per op of each pass, ``name``, ``pass`` and the :data:`OP_FIELDS`.
+    """
+
+    totals: dict[str, Any]
+    ops: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class CompiledModel:
-    """Lambdified cost expressions of one graph structure and phase."""
+    """Lambdified cost expressions of one graph structure and phase.
+
+    ``fn`` takes the numbers of ``args`` (symbol names) and returns a flat list: the totals
+    named by ``expressions`` (in its order), then :data:`OP_FIELDS` for each op of each pass of
+    ``passes``. :meth:`evaluate` calls it and names what it returns.
+    """
 
     phase: str
     passes: tuple[tuple[str, tuple[str, ...]], ...]  # (pass name, op names)
     args: tuple[str, ...]  # symbol names, in the compiled function's argument order
     fn: Any
     expressions: dict[str, sp.Expr | None] = field(repr=False)  # None when loaded from disk
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the totals, in the order ``fn`` returns them."""
+        return tuple(self.expressions)
+
+    def named(self, out: Sequence[Any]) -> CompiledOutputs:
+        """``fn``'s flat result as named totals and per-op rows."""
+        names = self.outputs
+        n_ops = sum(len(op_names) for _, op_names in self.passes)
+        if len(out) != len(names) + n_ops * len(OP_FIELDS):
+            raise ValueError(f"compiled model returned {len(out)} values, expected "
+                             f"{len(names)} totals and {len(OP_FIELDS)} per op for {n_ops} ops")
+        values = iter(out[len(names):])
+        ops = [{"name": op_name, "pass": pass_name, **{f: next(values) for f in OP_FIELDS}}
+               for pass_name, op_names in self.passes for op_name in op_names]
+        return CompiledOutputs(totals=dict(zip(names, out)), ops=ops)
+
+    def evaluate(self, values: Mapping[str, Any]) -> CompiledOutputs:
+        """Evaluate at ``values`` (symbol name → number or numpy array); named outputs."""
+        return self.named(self.fn(*[values[a] for a in self.args]))
 
 
 def structure_key(model: ModelSpec) -> tuple:
@@ -392,9 +431,9 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp
     return values
 
 
-#: dtype names as a fit records them (torch's) → the names a workload uses.
-_FIT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8",
-               "int8": "int8"}
+#: dtype names as torch writes them (a fit, a measured row) → the names a workload uses.
+TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8",
+                "int8": "int8"}
 
 
 def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
@@ -409,7 +448,7 @@ def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
         return None
     fit = profile.fit or {}
     dtype = fit.get("dtype") or (fit.get("kernel_fit") or {}).get("dtype")
-    return {"gpu": profile.gpu, "dtype": _FIT_DTYPES.get(dtype, dtype),
+    return {"gpu": profile.gpu, "dtype": TORCH_DTYPES.get(dtype, dtype),
             "gpus": int(fit.get("gpu_count", 1))}
 
 
@@ -513,19 +552,14 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     check_context(phase, workload.context)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
-    compiled = compile_model(model, phase, profile)
-    out = compiled.fn(*[values[a] for a in compiled.args])
-    names = list(compiled.expressions)
-    totals = {n: float(v) for n, v in zip(names, out)}
-    flat = out[len(names):]
-    ops, i = [], 0
-    for pass_name, op_names in compiled.passes:
-        for op_name in op_names:
-            row = dict(zip(OP_FIELDS, (float(x) for x in flat[i:i + len(OP_FIELDS)])))
-            i += len(OP_FIELDS)
-            parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
-            row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
-            ops.append({"name": op_name, "pass": pass_name, **row})
+    outputs = compile_model(model, phase, profile).evaluate(values)
+    totals = {n: float(v) for n, v in outputs.totals.items()}
+    ops = []
+    for op in outputs.ops:
+        row = {f: float(op[f]) for f in OP_FIELDS}
+        parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
+        row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
+        ops.append({"name": op["name"], "pass": op["pass"], **row})
     metrics = _metrics(totals, gpu, profile)
     band, band_note = error_band(profile, gpu, workload)
     provenance = {

@@ -23,14 +23,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
 
 from perfmodel.errors import SpecError
+from perfmodel.ops.base import OpClass
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.specs.files import read_data
 
-OP_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise", "comm")
-#: Op classes a profile may tune separately; without an entry they run as their fallback.
-#: attention_masked: decode attention over a whole allocated cache with an explicit mask;
-#: copy: materializing per-head keys/values before the attention kernel.
-OPTIONAL_OP_CLASSES = {"attention_masked": "attention", "copy": "elementwise"}
+#: Op classes every profile gives η curves for (:meth:`perfmodel.ops.OpClass.required`).
+OP_CLASSES = tuple(c.value for c in OpClass.required())
+#: Op classes a profile may tune separately; without an entry they run as their fallback
+#: (:class:`perfmodel.ops.OpClass` says what each is).
+OPTIONAL_OP_CLASSES = {c.value: c.fallback.value for c in OpClass.optional()}
+#: Keys of a profile's ``efficiency`` mapping: the op classes' names.
+OpClassName = Literal[tuple(c.value for c in OpClass)]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -93,8 +96,7 @@ class EngineProfile(_Strict):
     calibrated: bool = False
     description: str = ""
     peaks: Literal["datasheet", "measured"] = "datasheet"
-    efficiency: dict[Literal["gemm", "grouped_gemm", "attention", "elementwise", "comm",
-                             "attention_masked", "copy"], Efficiency]
+    efficiency: dict[OpClassName, Efficiency]
     latency: Latency = Latency()
     options: Options = Options()
     error_band: ErrorBand | None = None

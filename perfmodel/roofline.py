@@ -4,9 +4,10 @@
         + kernels · t_kernel + fixed latency
 
 Efficiencies saturate (see :mod:`perfmodel.profile`): η(u) = η_max · u / (u + u_half), where
-the compute curve's u is the op's size x (GEMM rows, tokens per expert, keys attended) and the
-memory and link curves' u is the bytes they move. The attention core runs at the attention
-peak (bf16) whatever the weight dtype.
+the compute curve's u is the op's efficiency size x (GEMM rows, tokens per expert, keys
+attended) and the memory and link curves' u is the bytes they move. Each op class says which
+peak its FLOPs run at (:class:`perfmodel.ops.Peak`): the attention core runs at the attention
+peak (bf16) whatever the weight dtype; a class with no peak moves bytes only.
 
 Why those variables. A performance model's time must never fall when the work grows. With
 η(u) = η_max·u/(u + u_half), work/η(u) = (work/u)·(u + u_half)/η_max, which is non-decreasing
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from perfmodel.ops import Op
+from perfmodel.ops import Op, Peak
 from perfmodel.symbols import bw, efficiency_symbols, link_bw, peak, peak_attn, t_kernel
 
-#: Op classes of the attention core, which runs at the attention peak (bf16).
-ATTENTION_CLASSES = ("attention", "attention_masked")
+#: The FLOP/s symbol of each compute peak.
+PEAK_SYMBOLS = {Peak.MATMUL: peak, Peak.ATTENTION: peak_attn}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class OpTime:
 
 def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
     """η_which(size) = η_max·size/(size + half) of an op class, which ∈ {compute, memory};
-    ``size`` in the curve's unit (the op's size for compute, bytes for memory)."""
+    ``size`` in the curve's unit (the op's efficiency size for compute, bytes for memory)."""
     eta = efficiency_symbols(op_class)
     return eta[which] * size / (size + eta[f"{which}_half"])
 
@@ -69,11 +70,13 @@ def transfer_time(nbytes: sp.Expr, rate: sp.Expr, op_class: str) -> sp.Expr:
 
 def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     """Roofline time parts of ``op`` after the phase substitutions ``subs``."""
-    size = op.size.subs(subs)
-    f_peak = peak_attn if op.op_class in ATTENTION_CLASSES else peak
-    if op.op_class == "comm":
-        link = transfer_time(op.comm_bytes.subs(subs), link_bw, "comm")
+    cls = op.op_class
+    if cls.over_link:
+        link = transfer_time(op.comm_bytes.subs(subs), link_bw, cls)
         return OpTime(sp.Integer(0), sp.Integer(0), link, op.fixed_latency)
-    compute = op.flops.subs(subs) / (f_peak * efficiency(op.op_class, "compute", size))
-    memory = transfer_time(op.bytes.subs(subs), bw, op.op_class)
+    compute = sp.Integer(0)
+    if cls.peak is not Peak.NONE:
+        size = op.efficiency_size.subs(subs)
+        compute = op.flops.subs(subs) / (PEAK_SYMBOLS[cls.peak] * efficiency(cls, "compute", size))
+    memory = transfer_time(op.bytes.subs(subs), bw, cls)
     return OpTime(compute, memory, sp.Integer(0), op.kernels * t_kernel + op.fixed_latency)

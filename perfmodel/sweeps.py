@@ -28,16 +28,15 @@ from perfmodel.prediction import (
 from perfmodel.profile import load_profile
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.layout import Layout, layout_holds
+from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
 
-#: Numeric grid keys → the symbol they set.
+#: Numeric grid keys → the symbol they set: the workload's, then the friendly names of the
+#: model's hyperparameters (:data:`perfmodel.specs.families.KNOBS`) that have a symbol.
 GRID_SYMBOLS = {
     "batch": "B", "input_len": "S", "output_len": "O", "context": "L", "tp": "tp", "ep": "ep",
-    "pp": "pp", "skew": "sigma", "num_experts": "E", "top_k": "k", "moe_intermediate_size": "I_e",
-    "ffn": "I_e", "hidden_size": "H", "num_layers": "N_layers", "num_heads": "n_h",
-    "num_kv_heads": "n_kv", "head_dim": "d_h", "vocab_size": "V", "dense_intermediate_size": "I_d",
-    "shared_expert_intermediate_size": "I_sh", "num_shared_experts": "n_sh", "sliding_window": "W",
+    "pp": "pp", "skew": "sigma", **{k.name: k.symbol for k in KNOBS.values() if k.symbol},
 }
 #: Numeric grid keys of the workload; the others are the model's hyperparameters.
 WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "skew")
@@ -50,15 +49,7 @@ FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "
 MAX_POINTS = 10_000_000
 _INTEGER_KEYS = set(GRID_SYMBOLS) - {"skew"}
 #: Model grid keys → the ModelSpec field they set, for a sweep over a ModelSpec (no config).
-_SPEC_FIELDS = {
-    "hidden_size": ("hidden",), "num_layers": ("n_layers",), "vocab_size": ("vocab",),
-    "dense_intermediate_size": ("dense_intermediate",), "sliding_window": ("window",),
-    "num_heads": ("attention", "n_heads"), "num_kv_heads": ("attention", "n_kv_heads"),
-    "head_dim": ("attention", "head_dim"), "num_experts": ("moe", "n_experts"),
-    "top_k": ("moe", "top_k"), "moe_intermediate_size": ("moe", "expert_intermediate"),
-    "ffn": ("moe", "expert_intermediate"), "num_shared_experts": ("moe", "n_shared"),
-    "shared_expert_intermediate_size": ("moe", "shared_intermediate"),
-}
+_SPEC_FIELDS = {k.name: k.spec for k in KNOBS.values() if k.name in MODEL_KEYS}
 
 
 def _known_keys() -> str:
@@ -91,8 +82,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 #: Grid keys that only mean something for a model with routed experts.
-_MOE_KEYS = ("num_experts", "top_k", "moe_intermediate_size", "ffn", "num_shared_experts",
-             "shared_expert_intermediate_size")
+_MOE_KEYS = tuple(k for k in EXPERT_KNOBS if k in GRID_SYMBOLS)
 
 
 def _axis_values(key: str, values: Any) -> np.ndarray | list[Any]:

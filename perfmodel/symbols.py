@@ -21,9 +21,9 @@ L = sp.Symbol("L", **_pos_int)  #: keys a decode step attends to (context length
 # --- one forward pass (phases substitute these) ------------------------------------------
 T = sp.Symbol("T", positive=True)  #: tokens processed in the pass, all sequences
 P = sp.Symbol("P", positive=True)  #: query-key pairs per sequence per (full-attention) layer
-K = sp.Symbol("K", positive=True)  #: KV-cache tokens read per sequence per layer
+C = sp.Symbol("C", positive=True)  #: cached tokens (KV-cache entries) read per sequence per layer
 Pw = sp.Symbol("P_w", positive=True)  #: query-key pairs per sequence, windowed layers
-Kw = sp.Symbol("K_w", positive=True)  #: KV-cache tokens read per sequence, windowed layers
+Cw = sp.Symbol("C_w", positive=True)  #: cached tokens read per sequence, windowed layers
 
 # --- architecture -------------------------------------------------------------------------
 H = sp.Symbol("H", **_pos_int)  #: hidden size

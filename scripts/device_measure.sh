@@ -9,7 +9,7 @@
 # {128, 512} (cheapest model first), phase 2 = all six at S = O = 2048. The sweep does not start a
 # point whose estimate no longer fits in the budget, so it ends cleanly; rerun to resume.
 #
-# Estimates (H200, from perfmodel.measuring.hf_runner.estimate_point_s plus model builds): phase 1 ~200 s,
+# Estimates (H200, from perfmodel.measuring.hf_estimate, coarse without pydantic, plus model builds): phase 1 ~200 s,
 # phase 2 ~220 s (Mixtral B=64 S=O=2048 needs ~87 GiB weights + 32 GiB KV + >15 GiB of MoE
 # activations: expected OOM, recorded as a row), builds ~30 s, imports ~15 s. The budget
 # (470 s) plus one in-flight point (<= ~40 s) keeps the call under ~9 min; hard cap 540 s.

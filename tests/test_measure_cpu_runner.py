@@ -10,7 +10,8 @@ import torch
 
 from perfmodel.measuring import results
 from perfmodel.measuring.hf_build import CaptureSpy, apply_capture_patches, build_model, make_config
-from perfmodel.measuring.hf_runner import HFBackend, integrate_steps, sample_steps, set_cache_position
+from perfmodel.measuring.hf_runner import HFBackend
+from perfmodel.measuring.hf_steps import integrate_steps, sample_steps, set_cache_position
 from perfmodel.measuring.measure import main
 from perfmodel.measuring.profiler_split import CATEGORIES, classify, split_events
 from perfmodel.measuring.runner import run_sweep
@@ -236,6 +237,7 @@ def test_gpu_side_imports_need_no_pydantic_or_altair():
     code = (
         "import sys; sys.modules['pydantic'] = None; sys.modules['altair'] = None\n"
         "import perfmodel.measuring.cli, perfmodel.measuring.measure, perfmodel.measuring.hf_runner, perfmodel.measuring.vllm_backend\n"
+        "import perfmodel.measuring.hf_steps, perfmodel.measuring.hf_routing, perfmodel.measuring.hf_estimate\n"
         "import perfmodel.calibration.bench, perfmodel.calibration.bench_gemm, perfmodel.calibration.bench_layers, perfmodel.calibration.bench_attn\n"
         "import perfmodel.calibration.bench_mem, perfmodel.calibration.cli\n"
         "print('ok')\n"
@@ -292,7 +294,7 @@ class _FakeGraph:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    import perfmodel.measuring.hf_runner as hr
+    import perfmodel.measuring.hf_steps as hr
 
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
     for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):

@@ -1,4 +1,5 @@
-"""The validation report (validate/report.py) on small synthetic tables: files, labels, numbers."""
+"""The validation report (perfmodel/validate/report_*.py and its templates) on small synthetic tables:
+files, labels, numbers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("altair")
 
-from perfmodel.validate.report import METRICS, TARGETS, mape_table, verdict, write_report  # noqa: E402
+from perfmodel.validate.report_metrics import METRICS, TARGETS, mape_table, verdict  # noqa: E402
+from perfmodel.validate.report_pages import write_report  # noqa: E402
 
 TRAIN, HELD = "model-a", "model-b"
 CATEGORIES = ("attention", "expert_gemm", "dense_gemm", "norm_elementwise")
@@ -376,3 +378,41 @@ def test_markdown_worst_points_name_the_variant(variants):
             sel = hf[(hf["variant"] == r[0]) & (hf["batch"] == int(r[1])) & (hf["metric"] == metric)]
             assert len(sel) == 1
             assert float(cell) == pytest.approx(sel["rel_error"].iloc[0] * 100, abs=0.051)
+
+
+# --- templates: files shipped in the wheel, copied into the page as they are ------------------
+
+def test_templates_are_package_data_and_jinja2_a_dependency():
+    import tomllib
+
+    from perfmodel.paths import ROOT
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["perfmodel.validate"]
+    package = ROOT / "perfmodel" / "validate"
+    files = {p for p in (package / "templates").iterdir() if p.is_file()}
+    assert {p.name for p in files} >= {"report.html.j2", "summary.md.j2", "report.css", "report.js",
+                                       "banner-replay.css", "banner-live.css"}
+    assert files <= {p for g in globs for p in package.glob(g)}
+    assert any(d.replace(" ", "").lower().startswith("jinja2") for d in pyproject["project"]["dependencies"])
+
+
+def test_style_and_script_files_are_copied_into_the_page(replay):
+    from perfmodel.paths import ROOT
+
+    _, html, *_ = replay
+    folder = ROOT / "perfmodel" / "validate" / "templates"
+    for name in ("report.css", "banner-replay.css", "report.js"):
+        assert (folder / name).read_text(encoding="utf-8") in html, name
+    assert (folder / "banner-live.css").read_text(encoding="utf-8") not in html
+
+
+def test_text_is_escaped_in_the_page(tmp_path, no_vl_convert):
+    points = make_points()
+    src = dict(source("replay"), gpu="<b>GPU</b> & co")
+    html_path, md_path = write_report(points, make_ops(points), tmp_path, title="<script>x</script>",
+                                      source=src)
+    page = html_path.read_text(encoding="utf-8")
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "<b>GPU</b>" not in page and "&lt;b&gt;GPU&lt;/b&gt; &amp; co" in page
+    assert md_path.read_text(encoding="utf-8").startswith("# <script>x</script>\n")  # Markdown: as given

@@ -6,6 +6,10 @@ Measured tables live in ``calibration/data/<gpu>/``, fitted profiles in ``calibr
 The GPU machine has no altair, so these modules do not import it.
 
 - :mod:`perfmodel.calibration.bench` (``perfmodel calibrate bench``) and its ``bench_*`` stages.
-- :mod:`perfmodel.calibration.fit_kernels` - efficiency curves from the tables.
+- :mod:`perfmodel.calibration.bench_shapes` - the benchmark's shapes, and each benchmarked call as
+  the model's ops.
+- :mod:`perfmodel.calibration.fit_kernels` - efficiency curves from the tables: the tables read as
+  rows of model ops (:mod:`~perfmodel.calibration.fit_tables`), fitted through the model's
+  roofline (:mod:`~perfmodel.calibration.fit_curves`).
 - :mod:`perfmodel.calibration.fit` (``perfmodel calibrate fit``) - the engine profile.
 """

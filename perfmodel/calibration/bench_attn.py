@@ -2,11 +2,15 @@
 
 - ``sdpa_prefill``: B x S queries into an empty StaticCache of 2S slots: the mask is None, so
   transformers slices K/V to the first S positions and calls SDPA with ``is_causal=True`` and
-  ``enable_gqa`` (flash-attention eligible). FLOPs count the causal half: 2 B h S^2 d.
+  ``enable_gqa`` (flash-attention eligible).
 - ``sdpa_decode``: one query per sequence against a StaticCache of A slots: the StaticCache path
   materialises a boolean (B, 1, 1, A) mask, so transformers repeats K/V to all heads
   (``repeat_kv``, a copy) and SDPA runs the masked kernel over all A slots whatever the context.
-  The mask marks the first A/2 slots valid. FLOPs 4 B h A d; minimal bytes = the K/V cache + q + out.
+  The mask marks the first A/2 slots valid.
+
+FLOPs and bytes are the model's counts of the same calls (:func:`perfmodel.calibration.bench_shapes.sdpa_prefill_call`,
+:func:`~perfmodel.calibration.bench_shapes.sdpa_decode_call` at L = A): the S(S+1)/2 causal
+pairs of a prefill; a decode's key/value expansion and the masked kernel over all A slots.
 
 Inputs are laid out as the model produces them: q from a (B, S, h, d) projection transposed to
 (B, h, S, d); K/V cache tensors contiguous (B, kv, A, d).
@@ -18,7 +22,9 @@ import torch
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
 from perfmodel.calibration.bench_plan import Plan
+from perfmodel.calibration.bench_shapes import call_cost, sdpa_decode_call, sdpa_prefill_call
 from perfmodel.measuring.timing import rotation_count
+from perfmodel.symbols import B, L, S, d_h, n_h, n_kv
 
 ATTN_COLUMNS = ["batch", "seq", "alloc_len", "context_len", "heads", "kv_heads", "head_dim", "gqa", "models"]
 
@@ -54,8 +60,7 @@ def bench_sdpa(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, 
                 def fn(i: int, q=q, k=k, v=v):
                     return sdpa_attention_forward(stub, q, k, v, None, dropout=0.0, scaling=scale)[0]
 
-                flops = 2.0 * b * h * s * s * d
-                nbytes = 2.0 * (q.numel() * 2 + 2 * b * kv * s * d)
+                flops, nbytes = call_cost(sdpa_prefill_call(), {B: b, S: s, n_h: h, n_kv: kv, d_h: d})
                 run_case(table, {**common, "op": "sdpa_prefill", "batch": b, "seq": s, "alloc_len": alloc,
                                  "context_len": s, "rotate": 1}, fn, flops, nbytes, device,
                          graph=True, target_ms=plan.target_ms)
@@ -75,8 +80,8 @@ def bench_sdpa(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, 
                         j = i % rot
                         return sdpa_attention_forward(stub, qs[j], ks[j], vs[j], mask, dropout=0.0, scaling=scale)[0]
 
-                    flops = 4.0 * b * h * alloc * d
-                    nbytes = float(cache_bytes + 2 * 2 * b * h * d)
+                    flops, nbytes = call_cost(sdpa_decode_call(),
+                                              {B: b, L: alloc, n_h: h, n_kv: kv, d_h: d})
                     run_case(table, {**common, "op": "sdpa_decode", "batch": b, "seq": 1, "alloc_len": alloc,
                                      "context_len": alloc // 2, "rotate": rot}, fn, flops, nbytes, device,
                              graph=True, target_ms=plan.target_ms)

@@ -2,7 +2,7 @@
 
 Dense: ``y = F.linear(x[M, K], W[N, K])`` as ``nn.Linear`` calls it; fp8 is e4m3 with per-tensor
 scales, ``torch._scaled_mm(x8, W8.t(), scale_a, scale_b, out_dtype=bf16)`` (the activation
-quantisation kernel is not included). Minimal bytes = x + W + y.
+quantisation kernel is not included).
 
 Grouped: exactly the calls of transformers 5.17 ``grouped_mm_experts_forward``: tokens sorted by
 expert, ``offs = cumsum(tokens per expert)`` (int32), ``F.grouped_mm(x_sorted[R, H],
@@ -11,7 +11,10 @@ gate_up_proj.transpose(-2, -1), offs=offs)`` with the stored ``(E, 2I, H)`` layo
 ``(E, H, I)`` seen as ``(E, I, H)`` (``torch._grouped_mm`` where ``F.grouped_mm`` is missing).
 fp8: ``torch._scaled_grouped_mm`` with row-wise scales, when the build has it. Routing: T tokens
 each pick k distinct experts, uniformly or Zipf-skewed (s = 1.2 over a random expert order).
-Minimal bytes = hit experts' weights + inputs + outputs.
+
+FLOPs and bytes are the model's counts of the same call (:func:`perfmodel.calibration.bench_shapes.gemm_call`,
+:func:`~perfmodel.calibration.bench_shapes.grouped_gemm_call`): x + W + y (the hit experts'
+weights for a grouped GEMM), activations at 2 bytes as perfmodel counts them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch.nn.functional as F
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, run_case
 from perfmodel.calibration.bench_plan import Plan
+from perfmodel.calibration.bench_shapes import D_IN, D_OUT, EXPERTS_HIT, call_cost, gemm_call, grouped_gemm_call
 from perfmodel.measuring.timing import l2_bytes, rotation_count
+from perfmodel.symbols import T
 
 GEMM_COLUMNS = ["m", "n", "k", "roles"]
 GROUPED_COLUMNS = ["api", "source", "experts", "hidden", "ffn", "proj", "n", "k", "tokens", "top_k",
@@ -63,7 +68,7 @@ def bench_gemm(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, 
 
 
 def make_gemm_call(m: int, n: int, k: int, dtype: str, device: torch.device, rot: int = 1):
-    """(fn, flops, minimal bytes) of one dense GEMM case; ``fn(i)`` uses input copy ``i % rot``."""
+    """(fn, flops, bytes) of one dense GEMM case; ``fn(i)`` uses input copy ``i % rot``."""
     size = 1 if dtype.startswith("float8") else 2
     xs = [_randn((m, k), device) for _ in range(rot)]
     ws = [_randn((n, k), device).mul_(0.02) for _ in range(rot)]
@@ -78,7 +83,8 @@ def make_gemm_call(m: int, n: int, k: int, dtype: str, device: torch.device, rot
     else:
         def fn(i: int):
             return F.linear(xs[i % rot], ws[i % rot])
-    return fn, 2.0 * m * n * k, float(m * k * size + n * k * size + m * n * 2)
+    flops, nbytes = call_cost(gemm_call(), {T: m, D_IN: k, D_OUT: n}, dtype)
+    return fn, flops, nbytes
 
 
 def _gemm_case(m: int, shape: dict[str, Any], dtype: str, device: torch.device, table: CsvTable, plan: Plan) -> None:
@@ -178,8 +184,8 @@ def _grouped_case(shape, k, t, routing, w_gu, w_dn, fp8, device, table, plan, ge
             "mean_tokens_per_hit_expert": rows / hit if hit else 0.0, "rotate": rot}
     for proj, w, n, kk in (("gate_up", w_gu, 2 * ffn, h), ("down", w_dn, h, ffn)):
         fn = make_grouped_call(w, offs, rows, fp8, device)
-        flops = 2.0 * rows * n * kk
-        nbytes = float(hit * n * kk * size + rows * kk * size + rows * n * 2)
+        flops, nbytes = call_cost(grouped_gemm_call(), {T: rows, D_IN: kk, D_OUT: n, EXPERTS_HIT: hit},
+                                  base["dtype"])
         run_case(table, {**base, "proj": proj, "n": n, "k": kk}, fn, flops, nbytes, device,
                  graph=True, target_ms=plan.target_ms)
         del fn

@@ -55,7 +55,7 @@ def _free(device: torch.device) -> None:
 
 
 def bench_moe_block(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, log) -> None:
-    from perfmodel.measuring.hf_runner import RoutingRecorder
+    from perfmodel.measuring.hf_routing import RoutingRecorder
 
     for name, overrides in plan.moe_models:
         if not stage.ok():

@@ -1,15 +1,35 @@
-"""Benchmark shapes derived from the model zoo (and the seed study's sweep grid).
+"""Benchmark shapes derived from the model zoo (and the seed study's sweep grid), and each
+benchmarked call as the model's own ops.
 
 All sizes are element counts; GEMMs are ``y[M, N] = x[M, K] @ W[N, K]^T`` as ``nn.Linear`` runs
 them. Shapes are read from ``specs/models/*.yaml`` through :func:`perfmodel.specs.zoo.load_hf_config`.
+
+Benchmark ops. A benchmarked call is built with the op constructors the model uses
+(:mod:`perfmodel.ops`), in the model's symbols, with the benchmark's sizes substituted
+(:class:`BenchCall`): its FLOPs and bytes are the model's counts, and the kernel fit
+(:mod:`perfmodel.calibration.fit_kernels`) times it with :func:`perfmodel.roofline.op_time`.
+A call's sizes are numbers for :data:`D_IN`, :data:`D_OUT`, :data:`EXPERTS_HIT` and the
+model's symbols (T: GEMM rows or tokens; B, S, L, n_h, n_kv, d_h: attention), on one GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Any, Callable
 
+import numpy as np
+import sympy as sp
+
+from perfmodel.errors import InputError
+from perfmodel.ops import Op, OpClass
+from perfmodel.ops.attention import gqa_ops, projection
+from perfmodel.ops.elementwise import norm, residual_add, streaming
+from perfmodel.ops.moe import activation, gemm
+from perfmodel.phases import decode_substitutions, prefill_substitutions
+from perfmodel.specs.families import family
 from perfmodel.specs.zoo import load_hf_config
+from perfmodel.symbols import H, I_d, T, b_a, b_e, b_kv, b_w, ep, tp
 
 #: The zoo models the seed study measured (the benchmark's default set).
 BENCH_MODELS = (
@@ -54,24 +74,23 @@ class ModelShape:
 
 
 def model_shape(name: str) -> ModelShape:
+    """The shape of a zoo model with routed experts; its family's adapter
+    (:mod:`perfmodel.specs.families`) says where the experts, dense and shared MLPs are."""
     cfg = load_hf_config(name)
     mt = cfg["model_type"]
+    adapter = family(mt)
+    moe = adapter.moe_shape(cfg)
+    if moe is None:
+        raise InputError(f"{name} has no routed experts to benchmark")
+    layers = adapter.spec_fields(cfg)
     h = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     kv = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or h // heads)
-    experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
-    top_k = int(cfg.get("num_experts_per_tok") or 0)
-    if mt in ("mixtral", "phimoe", "olmoe", "gpt_oss", "llama4_text"):
-        moe_ffn = int(cfg["intermediate_size"])
-    else:
-        moe_ffn = int(cfg["moe_intermediate_size"])
-    dense = int(cfg["intermediate_size"]) if mt.startswith("deepseek") and cfg.get("first_k_dense_replace") else None
-    shared = None
-    if cfg.get("n_shared_experts"):
-        shared = int(cfg["n_shared_experts"]) * moe_ffn
-    elif cfg.get("shared_expert_intermediate_size"):
-        shared = int(cfg["shared_expert_intermediate_size"])
+    experts, top_k, moe_ffn = moe.experts or 0, moe.top_k or 0, int(moe.expert_width or 0)
+    dense = layers["dense_intermediate"] if layers["n_dense_layers"] else None
+    n_shared = layers["moe"].get("n_shared", 0)
+    shared = n_shared * layers["moe"]["shared_intermediate"] if n_shared else None
     mla = None
     if cfg.get("kv_lora_rank"):
         mla = {k: int(cfg[k]) for k in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
@@ -145,3 +164,122 @@ def attention_heads(models: tuple[str, ...] = BENCH_MODELS) -> list[dict[str, An
             continue
         seen.setdefault((m.heads, m.kv_heads, m.head_dim), []).append(name)
     return [{"heads": h, "kv_heads": kv, "head_dim": d, "models": ";".join(ms)} for (h, kv, d), ms in seen.items()]
+
+
+# --------------------------------------------------------------------------- benchmark ops
+
+#: Input width K of a benchmarked GEMM (elements).
+D_IN = sp.Symbol("d_in", positive=True)
+#: Output width N of a benchmarked GEMM (elements).
+D_OUT = sp.Symbol("d_out", positive=True)
+#: Experts a grouped GEMM's routed rows touch (weight matrices read).
+EXPERTS_HIT = sp.Symbol("D_hit", positive=True)
+
+#: Kernels the benchmarked eager implementations launch per call.
+#: MixtralRMSNorm: to(fp32), pow, mean, +eps, rsqrt, mul, to(bf16), mul weight.
+ELEMENTWISE_KERNELS = {"rmsnorm": 8, "residual_add": 1, "silu_and_mul": 2, "copy": 1}
+
+#: Bytes per element: torch dtype → the model's b_w/b_e (weights) and b_a/b_kv (activations
+#: and the KV cache, bf16), as perfmodel counts a workload of that dtype.
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+@dataclass(frozen=True, eq=False)
+class BenchCall:
+    """One kind of benchmarked call as model ops: ``ops`` run one after the other, under the
+    phase substitutions ``subs`` (attention) on one GPU (tp = ep = 1)."""
+
+    ops: tuple[Op, ...]
+    subs: dict[sp.Symbol, sp.Expr] | None = None
+
+    def substitutions(self, dtype: str = "bfloat16") -> dict[sp.Symbol, sp.Expr]:
+        """``subs`` plus one GPU and the bytes per element of ``dtype`` (weights; activations
+        and the KV cache stay bf16)."""
+        size = DTYPE_BYTES[dtype]
+        return {**(self.subs or {}), tp: 1, ep: 1, b_w: size, b_e: size, b_a: 2, b_kv: 2}
+
+
+@cache
+def gemm_call() -> BenchCall:
+    """``F.linear(x[M, K], W[N, K])``: the model's dense projection, M = T rows, K → N."""
+    return BenchCall((projection("gemm", D_IN, D_OUT, sharded=False),))
+
+
+@cache
+def grouped_gemm_call() -> BenchCall:
+    """One ``grouped_mm`` of T routed rows, K → N, over the :data:`EXPERTS_HIT` experts
+    touched: the model's expert GEMM (:func:`perfmodel.ops.moe.gemm`)."""
+    return BenchCall((gemm("grouped_gemm", OpClass.GROUPED_GEMM, rows=T, d_in=D_IN, d_out=D_OUT,
+                           matrices=EXPERTS_HIT, param_bytes=b_e),))
+
+
+@dataclass(frozen=True)
+class _KernelOnly:
+    """The options of an attention block (the fields of an ``AttentionSpec`` that
+    :func:`~perfmodel.ops.attention.gqa_ops` reads) that a bare SDPA call has none of. Not the
+    spec itself: it needs pydantic, which the GPU image lacks."""
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: str = "none"
+    sinks: bool = False
+
+
+def _gqa_core_ops(expand_kv: bool) -> list[Op]:
+    """The model's GQA attention ops after the projections, without the cache write: the
+    attention kernel and (``expand_kv``) the key/value expansion before it."""
+    spec = _KernelOnly()
+    kernel = (OpClass.ATTENTION, OpClass.ATTENTION_MASKED, OpClass.COPY)
+    return [op for op in gqa_ops(spec, windowed=False, norm_kind="rms", expand_kv=expand_kv,  # type: ignore[arg-type]
+                                 cache_write=False) if op.op_class in kernel]
+
+
+@cache
+def sdpa_prefill_call() -> BenchCall:
+    """SDPA over B×S causal queries and the S cached keys (no mask): the model's attention
+    core in a prefill (S(S+1)/2 pairs per sequence)."""
+    return BenchCall(tuple(_gqa_core_ops(expand_kv=False)), prefill_substitutions())
+
+
+@cache
+def sdpa_decode_call() -> BenchCall:
+    """One query per sequence against a StaticCache of L allocated slots under a mask: the
+    model's decode with the key/value expansion (``copy``) before the masked kernel
+    (``attention_masked``), in that order. With one KV head per query head transformers
+    copies nothing (the ``copy`` op is absent from those rows)."""
+    return BenchCall(tuple(_gqa_core_ops(expand_kv=True)), decode_substitutions())
+
+
+@cache
+def memory_calls() -> dict[str, BenchCall]:
+    """The memory.csv ops as model ops, with the kernels their eager implementations launch:
+    ``rmsnorm`` (T tokens × H), ``residual_add`` (T × H), ``silu_and_mul`` (T rows × I_d)
+    and ``copy`` (T elements)."""
+    k = ELEMENTWISE_KERNELS
+    ops = {"rmsnorm": norm("rmsnorm", H, "rms", residual=False),
+           "residual_add": residual_add("residual_add", H),
+           "silu_and_mul": activation("silu_and_mul", T, I_d, shard=1),
+           "copy": streaming("copy", T, passes=2)}
+    return {name: BenchCall((replace(op, kernels=k[name]),)) for name, op in ops.items()}
+
+
+@cache
+def residual_norm_call() -> BenchCall:
+    """The model's fused norm op (residual add + RMSNorm over T × H, 2 kernels)."""
+    return BenchCall((norm("residual_norm", H, "rms", residual=True),))
+
+
+@cache
+def _cost_function(call: BenchCall, dtype: str) -> tuple[tuple[sp.Symbol, ...], Callable]:
+    subs = call.substitutions(dtype)
+    exprs = [sp.Add(*[op.flops.subs(subs) for op in call.ops]),
+             sp.Add(*[op.bytes.subs(subs) for op in call.ops])]
+    symbols = tuple(sorted(set().union(*(e.free_symbols for e in exprs)), key=lambda x: x.name))
+    return symbols, sp.lambdify(symbols, exprs, modules="numpy")
+
+
+def call_cost(call: BenchCall, sizes: dict[sp.Symbol, float], dtype: str = "bfloat16") -> tuple[float, float]:
+    """(FLOPs, bytes) of one benchmarked call with the sizes ``sizes``, as the model counts them."""
+    symbols, fn = _cost_function(call, dtype)
+    flops, nbytes = fn(*[np.float64(sizes[x]) for x in symbols])
+    return float(flops), float(nbytes)

@@ -31,16 +31,24 @@ def bench(
 @app.command()
 def fit(
     gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU whose committed data to fit."),
+    engine: str = typer.Option("hf", "--engine", help="hf (microbenchmarks + end to end) or vllm (end to end)."),
     check: bool = typer.Option(False, "--check", help="Only report whether the committed profile is up to date."),
 ) -> None:
-    """Fit the hf profile from the committed microbenchmarks and end-to-end runs (deterministic)."""
+    """Fit an engine profile from the committed measurements (deterministic)."""
     import yaml
 
     from perfmodel.calibration.fit import FIT_RTOL, fit_profile, profile_differences, write_profile
     from perfmodel.errors import InputError
     from perfmodel.paths import PROFILES_DIR
 
-    profile = fit_profile(gpu)
+    if engine == "hf":
+        profile = fit_profile(gpu)
+    elif engine == "vllm":
+        from perfmodel.calibration.fit_vllm import fit_vllm_profile
+
+        profile = fit_vllm_profile(gpu)
+    else:
+        raise InputError(f"unknown --engine '{engine}' (hf or vllm)")
     path = PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
     if check:
         current = yaml.safe_load(path.read_text()) if path.exists() else None

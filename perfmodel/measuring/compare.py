@@ -26,32 +26,18 @@ METRIC_FIELDS = {
     "throughput": ("throughput_tok_s", 1.0, "throughput_tok_s"),
 }
 
-#: Our op names → the measured profiler categories they run as (hf engine, transformers 5.x).
-OP_CATEGORY = {
-    "attn.core": "attention",
-    "attn.kv_expand": "copy",
-    "moe.experts": "expert_gemm",
-    "moe.router": "router_topk",
-    "embed": "norm_elementwise",
-    "attn.norm": "norm_elementwise",
-    "mlp.norm": "norm_elementwise",
-    "final_norm": "norm_elementwise",
-    "attn.rope": "norm_elementwise",
-    "attn.qk_norm": "norm_elementwise",
-    "attn.q_a_norm": "norm_elementwise",
-    "attn.kv_a_norm": "norm_elementwise",
-    "moe.dispatch": "norm_elementwise",
-    "moe.experts_act": "norm_elementwise",
-    "moe.shared_act": "norm_elementwise",
-    "mlp.act": "norm_elementwise",
-}
+def op_categories(spec, engine: str, gpu: str) -> dict[str, str]:
+    """Op name → the measured profiler category its kernels run as (hf engine, transformers
+    5.x), for the decode graph ``engine`` builds of a model: each op's
+    :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
+    from perfmodel.graph import GraphOptions, build_graph
+    from perfmodel.profile import load_profile
 
-
-def op_category(name: str) -> str:
-    """The measured category an op's kernels are grouped under (GEMMs default to dense_gemm)."""
-    if name.startswith("comm."):
-        return "other"
-    return OP_CATEGORY.get(name, "dense_gemm")
+    opts = load_profile(engine, gpu).options
+    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
+                           decode_kv_expand=opts.decode_kv_expand)
+    graph = build_graph(spec, decode=True, options=options)
+    return {op.name: op.category.value for _, op in graph.all_ops()}
 
 
 def load_measurements(path: Path) -> list[dict[str, Any]]:
@@ -132,6 +118,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     train = {m.lower() for m in train_models}
     wanted = None if models is None else {m.lower() for m in models}
     specs: dict[tuple, Any] = {}
+    categories: dict[tuple, dict[str, str]] = {}
     points, ops = [], []
     for row in rows:
         if row.get("status") != "ok" or (wanted is not None and row["model"].lower() not in wanted):
@@ -141,6 +128,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         if spec_key not in specs:
             specs[spec_key] = load_model(row["model"], overrides)
         spec = specs[spec_key]
+        if spec_key not in categories:
+            categories[spec_key] = op_categories(spec, engine, gpu)
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
         p = predict(spec, gpu=gpu, engine=engine, batch=row["batch"],
@@ -161,7 +150,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         predicted_split: dict[str, float] = {}
         for op in p.ops:
             if op["pass"] == "decode":
-                cat = op_category(op["name"])
+                cat = categories[spec_key][op["name"]]
                 predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
         for cat in sorted(set(measured_split) | set(predicted_split)):
             ops.append({**key, "engine": engine, "split": split, "category": cat,

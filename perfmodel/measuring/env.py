@@ -1,6 +1,12 @@
 """Provenance of a measurement: GPU, driver, CUDA, library versions, date, git commit.
 
-Everything here is best effort and never raises: a missing tool gives ``None``.
+Everything here is best effort and never raises: a missing tool gives ``None``. The driver
+version is read the way ``torch.utils.collect_env`` reads it (``nvidia-smi``'s header), through
+a command runner with a time limit; the GPU name, CUDA and torch versions come from torch
+itself, as collect_env's do (its own GPU and Python strings carry more than the fields recorded
+here, e.g. ``GPU 0: NVIDIA H200`` and the compiler of the interpreter, so the plain values are
+kept). collect_env's full report (pip and conda packages, compilers, CPU) takes about a second
+and is not recorded per row.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _run(cmd: list[str], timeout_s: float = 5.0) -> str | None:
+def run_command(command: str | list[str], timeout_s: float = 5.0) -> tuple[int, str, str]:
+    """(return code, stdout, stderr) of a command, as ``torch.utils.collect_env.run`` returns
+    them, but never waiting longer than ``timeout_s`` (return code 1 on any failure)."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        out = subprocess.run(command, shell=isinstance(command, str), capture_output=True, text=True,
+                             timeout=timeout_s, check=False)
     except (OSError, subprocess.SubprocessError):
-        return None
-    text = out.stdout.strip()
-    return text if out.returncode == 0 and text else None
+        return 1, "", ""
+    return out.returncode, out.stdout.strip(), out.stderr.strip()
 
 
 @cache
@@ -44,14 +52,20 @@ def git_commit() -> str | None:
     env = os.environ.get("PERFMODEL_GIT_COMMIT", "").strip()
     if env:
         return env
-    return _run(["git", "-C", str(_REPO), "rev-parse", "HEAD"])
+    code, out, _ = run_command(["git", "-C", str(_REPO), "rev-parse", "HEAD"])
+    return out if code == 0 and out else None
 
 
 @cache
 def driver_version() -> str | None:
-    """The NVIDIA driver version from ``nvidia-smi`` (None without one)."""
-    text = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    return text.splitlines()[0].strip() if text else None
+    """The NVIDIA driver version, by ``torch.utils.collect_env`` from ``nvidia-smi`` (None
+    without either)."""
+    try:
+        from torch.utils import collect_env
+
+        return collect_env.get_nvidia_driver_version(run_command) or None
+    except Exception:  # noqa: BLE001 - no torch, or an output collect_env cannot parse
+        return None
 
 
 def _torch():

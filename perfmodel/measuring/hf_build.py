@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from perfmodel.specs.families import family
 from perfmodel.specs.zoo import display_name, load_hf_config
 
 #: What each patch does and why it keeps the computation the same.
@@ -53,15 +54,12 @@ def make_config(model: str, overrides: list[str] | tuple[str, ...] = (), layers:
 
 
 def moe_shape(config: Any) -> tuple[int | None, int | None]:
-    """(routed experts E, experts per token k) of a config, None for dense models."""
-    e = None
-    for name in ("num_local_experts", "num_experts", "n_routed_experts"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            e = value
-            break
-    k = getattr(config, "num_experts_per_tok", None)
-    return e, (k if isinstance(k, int) else None)
+    """(routed experts E, experts per token k) of a transformers config, by its family's fields
+    (:mod:`perfmodel.specs.families`); None for dense models."""
+    shape = family(config.model_type).moe_shape(config)
+    if shape is None:
+        return None, None
+    return (shape.experts if shape.experts and shape.experts > 0 else None), shape.top_k
 
 
 @dataclass

@@ -54,9 +54,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from perfmodel.measuring.results import PROFILE_CATEGORIES
+from perfmodel.ops.base import ProfilerCategory
 
-CATEGORIES = PROFILE_CATEGORIES
+#: The categories, in the order a split lists them (:class:`perfmodel.ops.ProfilerCategory`).
+CATEGORIES = tuple(c.value for c in ProfilerCategory)
 
 SCOPE_PREFIX = "pm::"
 

@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from perfmodel.ops.base import ProfilerCategory
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: appends are not locked
@@ -70,15 +72,8 @@ SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "oom", "error")
 DECODE_METHODS = ("cuda_graph", "kernel_sum", "eager", "vllm_engine")
-PROFILE_CATEGORIES = (
-    "attention",
-    "expert_gemm",
-    "dense_gemm",
-    "router_topk",
-    "norm_elementwise",
-    "copy",
-    "other",
-)
+#: Categories of a profiled step's kernel time (:class:`perfmodel.ops.ProfilerCategory`).
+PROFILE_CATEGORIES = tuple(c.value for c in ProfilerCategory)
 
 _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))

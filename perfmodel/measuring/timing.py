@@ -1,12 +1,22 @@
 """Timing primitives for microbenchmarks and the runner (all results in milliseconds).
 
-- :func:`time_graph` captures ``inner`` calls of ``fn`` in one CUDA graph, replays it ``reps``
-  times with CUDA events around each replay and divides by ``inner``: for small ops, whose
-  launch cost would otherwise dominate.
+- :func:`time_cudagraph` is ``triton.testing.do_bench_cudagraph``: it captures as many calls of
+  ``fn`` as fill a replay of ``rep_ms`` in one CUDA graph, replays it 10 times with CUDA events
+  around each replay and divides by the calls: for ops small enough to capture, when Triton and
+  a CUDA GPU are there (:func:`cudagraph_bench_available`).
+- :func:`time_graph` does the same with ``inner`` calls and ``reps`` replays chosen by the
+  caller: without Triton, and where the number of captured calls is itself what is measured
+  (the cost of a kernel inside a graph, ``calibration/bench_mem.py``), which
+  ``do_bench_cudagraph`` chooses on its own.
 - :func:`time_events` puts CUDA events around each of ``reps`` eager calls: for larger ops, and
   for code that cannot be captured (it then includes the CPU launch gaps, as a real run would).
 - :func:`time_wall` uses ``perf_counter`` with a device sync (CPU runs, or host-driven engines).
 - :func:`auto_time` picks among them from a first estimate of the op's duration.
+- :func:`call_times` and :func:`capture_step` serve the ``hf`` runner, whose decode step changes
+  state (the cache write position advances by one per call): its graph holds exactly one step,
+  is kept and replayed at chosen cache positions with an untimed reset before each replay, which
+  ``do_bench_cudagraph`` (many steps unrolled into one graph, no reset between replays, the graph
+  dropped at the end) cannot do.
 
 ``fn`` takes the call index ``i`` so that it can rotate through several input buffers
 (``inputs[i % n]``) when the working set would otherwise stay in the L2 cache.
@@ -14,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -119,6 +130,37 @@ def time_events(fn: Callable[[int], object], reps: int, warmup: int = 1) -> Stat
     return summarize([s.elapsed_time(e) for s, e in pairs], "cuda_events")
 
 
+def call_times(fn: Callable[[], object], gpu: bool, reps: int,
+               before: Callable[[], None] | None = None) -> list[float]:
+    """Per-call times (ms) of ``reps`` calls of ``fn``: CUDA events on GPU, wall clock on CPU.
+
+    ``before`` runs before each call, untimed (e.g. resetting a cache position). Unlike
+    :func:`time_events` the samples are returned as they are, and there is no warm-up: the
+    runner decides what is a warm-up and what is timed.
+    """
+    out = []
+    if gpu:
+        pairs = []
+        for _ in range(reps):
+            if before:
+                before()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in pairs]
+    for _ in range(reps):
+        if before:
+            before()
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
 def capture_graph(fn: Callable[[int], object], inner: int, warmup: int = 2) -> torch.cuda.CUDAGraph:
     """Warm ``fn`` up on a side stream, then capture ``inner`` calls (indices 0..inner-1)."""
     stream = torch.cuda.Stream()
@@ -156,6 +198,41 @@ def time_graph(fn: Callable[[int], object], inner: int, reps: int, warmup: int =
         del graph
 
 
+#: Replays ``do_bench_cudagraph`` times (each one a sample).
+CUDAGRAPH_REPLAYS = 10
+
+
+def cudagraph_bench_available() -> bool:
+    """Whether :func:`time_cudagraph` can run here: a CUDA GPU and Triton's ``do_bench_cudagraph``."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from triton.testing import do_bench_cudagraph  # noqa: F401
+    except Exception:  # noqa: BLE001 - Triton missing or broken: the torch-only path is used
+        return False
+    return True
+
+
+def time_cudagraph(fn: Callable[[int], object], rep_ms: float) -> Stats:
+    """``triton.testing.do_bench_cudagraph`` on ``fn``: per-call ms of each of its replays.
+
+    Triton warms ``fn`` up, estimates a call with CUDA events, captures as many calls as last
+    ``rep_ms`` in one graph and replays it :data:`CUDAGRAPH_REPLAYS` times. ``fn`` still gets a
+    running call index (for input rotation); ``inner`` counts the calls that were captured.
+    """
+    from triton.testing import do_bench_cudagraph
+
+    index, captured = itertools.count(), [0]
+
+    def call() -> None:
+        if torch.cuda.is_current_stream_capturing():
+            captured[0] += 1
+        fn(next(index))
+
+    samples = do_bench_cudagraph(call, rep=rep_ms, return_mode="all")
+    return summarize([float(x) for x in samples], "cuda_graph", max(1, captured[0]))
+
+
 def plan_reps(est_ms: float, target_ms: float, min_reps: int = 5, max_reps: int = 50) -> int:
     """Repetitions so that the timed loop lasts about ``target_ms``."""
     if est_ms <= 0:
@@ -178,18 +255,22 @@ def auto_time(
     """Time ``fn`` sensibly for its size.
 
     On CPU: wall clock, ``cpu_reps`` repetitions. On CUDA: a warm-up call, an events estimate,
-    then CUDA-graph replay (``inner`` calls per replay so that a replay lasts ~``graph_call_ms``)
-    when ``graph`` is true and capture succeeds, else CUDA events. About ``target_ms`` of GPU
-    time is spent in the timed loop.
+    then, when ``graph`` is true and capture succeeds, CUDA-graph replay: Triton's
+    ``do_bench_cudagraph`` where available (:func:`time_cudagraph`, replays of
+    ``target_ms / CUDAGRAPH_REPLAYS`` each), else :func:`time_graph` (``inner`` calls per replay
+    so that a replay lasts ~``graph_call_ms``, at most ``max_inner``); else CUDA events. About
+    ``target_ms`` of GPU time is spent in the timed loop.
     """
     if not is_cuda(device):
         return time_wall(fn, reps=cpu_reps, device=device, warmup=1)
     first = time_events(fn, reps=2, warmup=1)
     est = max(first.median_ms, 1e-4)
     if graph:
-        inner = int(min(max_inner, max(1, round(graph_call_ms / est))))
-        reps = plan_reps(est * inner, target_ms, min_reps, max_reps)
         try:
+            if cudagraph_bench_available():
+                return time_cudagraph(fn, rep_ms=max(est, target_ms / CUDAGRAPH_REPLAYS))
+            inner = int(min(max_inner, max(1, round(graph_call_ms / est))))
+            reps = plan_reps(est * inner, target_ms, min_reps, max_reps)
             return time_graph(fn, inner=inner, reps=reps)
         except RuntimeError:
             torch.cuda.synchronize()

@@ -39,26 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perfmodel.specs.families import FAMILIES
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
 from perfmodel.measuring import env
 from perfmodel.measuring.points import SweepPoint
 
-#: model_type -> the vLLM architecture class name written into config.json.
-ARCHITECTURES = {
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
-    "deepseek_v2": "DeepseekV2ForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM",
-    "olmoe": "OlmoeForCausalLM",
-    "phimoe": "PhiMoEForCausalLM",
-    "gpt_oss": "GptOssForCausalLM",
-    "llama4_text": "Llama4ForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
+#: model_type -> the vLLM architecture class name written into config.json (each family's).
+ARCHITECTURES = {model_type: adapter.vllm_architecture for model_type, adapter in FAMILIES.items()}
 
 #: vLLM's default CUDA-graph capture sizes: 1, 2, 4, then steps of 8 to 256, then steps of 16.
 DEFAULT_CAPTURE_SIZES = (1, 2, 4, *range(8, 256, 8), *range(256, 513, 16))

@@ -1,20 +1,24 @@
 """Self-attention: projections and the attention core, for GQA/MHA and MLA.
 
-The attention core of one layer sees B sequences, ``P`` query-key pairs and ``K`` cached
+The attention core of one layer sees B sequences, ``P`` query-key pairs and ``C`` cached
 tokens read per sequence (``P_w``/``K_w`` on sliding-window layers); phases say what those
 are (:mod:`perfmodel.phases`). QKᵀ and PV each cost 2 FLOPs per pair per channel.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sympy as sp
 
-from perfmodel.ops.base import Op
+from perfmodel.ops.base import Op, OpClass
 from perfmodel.ops.elementwise import norm, qk_norm, rope
-from perfmodel.specs.model import AttentionSpec
 from perfmodel.symbols import (
-    B, H, Kw, Pw, T, K, P, b_a, b_kv, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
+    B, C, Cw, H, Pw, T, P, b_a, b_kv, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
 )
+
+if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
+    from perfmodel.specs.model import AttentionSpec
 
 
 def kv_heads_per_gpu() -> sp.Expr:
@@ -33,13 +37,13 @@ def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
     params = d_in * d_out + (d_out if bias else 0)
     return Op(
         name=name,
-        op_class="gemm",
+        op_class=OpClass.GEMM,
         flops=2 * rows * d_in * local,
         weight_bytes=d_in * local * b_w,
         act_bytes=rows * (d_in / shard + local) * b_a,
         params=params,
         stored_bytes=(d_in + (1 if bias else 0)) * local * b_w,
-        size=rows,
+        efficiency_size=rows,
     )
 
 
@@ -48,40 +52,44 @@ def per_head_projection(name: str, d_in: sp.Expr, d_out: sp.Expr) -> Op:
     params = n_h * d_in * d_out
     return Op(
         name=name,
-        op_class="gemm",
+        op_class=OpClass.GEMM,
         flops=2 * T * params / tp,
         weight_bytes=params * b_w / tp,
         act_bytes=T * n_h * (d_in + d_out) * b_a / tp,
         params=params,
         stored_bytes=params * b_w / tp,
-        size=T,
+        efficiency_size=T,
     )
 
 
 def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr,
                    cache_per_token: sp.Expr, windowed: bool, sinks: bool,
-                   read_per_token: sp.Expr | None = None, masked: bool = False) -> Op:
+                   read_per_token: sp.Expr | None = None, masked: bool = False,
+                   cache_write: bool = True) -> Op:
     """Softmax(QKᵀ)V over the cache: FLOPs per pair 2·heads·(qk_dim + v_dim).
 
-    Bytes: Q read and O written once; the cache read once per sequence (K tokens) and the
+    Bytes: Q read and O written once; the cache read once per sequence (C tokens) and the
     T new tokens written to it. ``cache_per_token`` is elements per token on one GPU;
     ``read_per_token`` what the kernel reads per cached token when that differs (keys and
     values re-expanded per head before the kernel). ``masked``: the kernel scores the whole
-    cache under an explicit mask (its own efficiency class).
+    cache under an explicit mask (its own efficiency class). ``cache_write=False``: the
+    attention kernel alone, the cache already written (one kernel, no write).
     """
-    pairs, keys = (Pw, Kw) if windowed else (P, K)
+    pairs, keys = (Pw, Cw) if windowed else (P, C)
+    read = cache_per_token if read_per_token is None else read_per_token
+    written = T * cache_per_token if cache_write else 0
     return Op(
         name=name,
-        op_class="attention_masked" if masked else "attention",
+        op_class=OpClass.ATTENTION_MASKED if masked else OpClass.ATTENTION,
         flops=2 * B * pairs * heads * (qk_dim + v_dim) / tp,
         act_bytes=T * heads * (qk_dim + v_dim) * b_a / tp,
-        kv_bytes=(B * keys * (cache_per_token if read_per_token is None else read_per_token)
-                  + T * cache_per_token) * b_kv,
+        kv_bytes=(B * keys * read + written) * b_kv,
         params=n_h if sinks else 0,
         stored_bytes=(n_h * b_w / tp) if sinks else 0,
         kv_bytes_per_token=cache_per_token * b_kv,
-        size=B * keys,
-        kernels=2,  # cache write + attention kernel
+        efficiency_size=B * keys,
+        kernels=2 if cache_write else 1,  # cache write + attention kernel
+        windowed=windowed,
     )
 
 
@@ -89,21 +97,22 @@ def kv_expand(name: str, read: sp.Expr, write: sp.Expr, windowed: bool,
               width: sp.Expr) -> Op:
     """Materializing per-head keys/values from the cache before the attention kernel.
 
-    ``read`` and ``write`` are elements moved per cached token (B·K cached tokens per pass);
-    ``width`` the per-token width of the result (the op's size is B·K·width elements).
+    ``read`` and ``write`` are elements moved per cached token (B·C cached tokens per pass);
+    ``width`` the per-token width of the result (its efficiency size is B·C·width elements).
     """
-    keys = Kw if windowed else K
-    return Op(name=name, op_class="copy", kv_bytes=B * keys * (read + write) * b_kv,
-              size=B * keys * width, kernels=2)
+    keys = Cw if windowed else C
+    return Op(name=name, op_class=OpClass.COPY, kv_bytes=B * keys * (read + write) * b_kv,
+              efficiency_size=B * keys * width, kernels=2, windowed=windowed)
 
 
 def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
-            expand_kv: bool = False) -> list[Op]:
+            expand_kv: bool = False, cache_write: bool = True) -> list[Op]:
     """Ops of a GQA/MHA attention block (MHA when n_kv = n_h), norm before it included.
 
     ``expand_kv``: the cached keys and values are repeated to every query head before the
     kernel (an attention call with an explicit mask cannot use grouped heads), a copy of
     2·n_h·d_h per cached token whenever n_h > n_kv; the kernel then reads n_h heads.
+    ``cache_write=False``: the attention core without the cache write (the kernel alone).
     """
     q_w, kv_w = n_h * d_h, n_kv * d_h
     kv_local = kv_heads_per_gpu() * d_h  # K (or V) columns on one GPU
@@ -128,7 +137,7 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
     ops += [
         attention_core("attn.core", qk_dim=d_h, v_dim=d_h, heads=n_h,
                        cache_per_token=2 * kv_local, windowed=windowed, sinks=spec.sinks,
-                       read_per_token=read, masked=expand_kv),
+                       read_per_token=read, masked=expand_kv, cache_write=cache_write),
         projection("attn.o_proj", q_w, H, bias=spec.o_bias),
     ]
     return ops
@@ -171,8 +180,8 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
     else:
         cache = (r_kv + d_rope) if latent_cache else n_h * (qk + d_v) / tp
         # A latent cache is re-expanded to per-head keys and values for every cached token
-        # read (B·K rows; = T in a prefill); an expanded cache only expands the new T tokens.
-        expand_rows = B * (Kw if windowed else K) if latent_cache else T
+        # read (B·C rows; = T in a prefill); an expanded cache only expands the new T tokens.
+        expand_rows = B * (Cw if windowed else C) if latent_cache else T
         ops.append(projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows))
         read = None
         if expand_kv and latent_cache:

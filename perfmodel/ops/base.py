@@ -1,15 +1,109 @@
-"""The :class:`Op`: one kernel-level step of a forward pass and its cost, as sympy."""
+"""The :class:`Op`: one kernel-level step of a forward pass and its cost, as sympy.
+
+What kind of op it is lives in typed fields, never in its name: its :class:`OpClass` (which
+peak it runs at, which efficiency curves it has, which profiler category its kernels are
+measured under), its :class:`Role` in the model, and whether its attention is windowed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import Enum
 
 import sympy as sp
 
-#: Efficiency classes: each has its own η curves in an engine profile.
-OpClass = Literal["gemm", "grouped_gemm", "attention", "attention_masked", "elementwise", "copy",
-                  "comm"]
+
+class _Named(str, Enum):
+    """A string enum that prints (and formats) as its value, on every supported Python."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class Peak(_Named):
+    """The compute peak an op class's FLOPs run at."""
+
+    MATMUL = "matmul"  #: the dense matmul peak of the compute dtype, F_peak
+    ATTENTION = "attention"  #: the attention core's matmul peak (bf16), F_peak_attn
+    NONE = "none"  #: no FLOPs: costed by the bytes it moves only
+
+
+class ProfilerCategory(_Named):
+    """The categories a profiled step's kernel time is split into
+    (:mod:`perfmodel.measuring.profiler_split`), in the order a measured split lists them."""
+
+    ATTENTION = "attention"
+    EXPERT_GEMM = "expert_gemm"
+    DENSE_GEMM = "dense_gemm"
+    ROUTER_TOPK = "router_topk"
+    NORM_ELEMENTWISE = "norm_elementwise"
+    COPY = "copy"
+    OTHER = "other"
+
+
+class OpClass(_Named):
+    """Efficiency classes: each has its own η curves in an engine profile (keyed by the value).
+
+    Each member carries ``peak`` (:class:`Peak`), ``fallback`` (the class whose curves it
+    runs at when a profile gives it none; None for the classes every profile must give),
+    ``category`` (:class:`ProfilerCategory` of its kernels) and ``over_link`` (it moves
+    bytes over the scale-up link, not HBM).
+    """
+
+    GEMM = ("gemm", Peak.MATMUL, None, ProfilerCategory.DENSE_GEMM)
+    GROUPED_GEMM = ("grouped_gemm", Peak.MATMUL, None, ProfilerCategory.EXPERT_GEMM)
+    #: the attention core
+    ATTENTION = ("attention", Peak.ATTENTION, None, ProfilerCategory.ATTENTION)
+    #: decode attention over a whole allocated cache with an explicit mask
+    ATTENTION_MASKED = ("attention_masked", Peak.ATTENTION, "attention", ProfilerCategory.ATTENTION)
+    ELEMENTWISE = ("elementwise", Peak.NONE, None, ProfilerCategory.NORM_ELEMENTWISE)
+    #: materializing per-head keys/values before the attention kernel
+    COPY = ("copy", Peak.NONE, "elementwise", ProfilerCategory.COPY)
+    COMM = ("comm", Peak.NONE, None, ProfilerCategory.OTHER, True)
+
+    def __new__(cls, value: str, peak: Peak, fallback: str | None, category: ProfilerCategory,
+                over_link: bool = False) -> OpClass:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.peak = peak
+        member._fallback = fallback
+        member.category = category
+        member.over_link = over_link
+        return member
+
+    @property
+    def fallback(self) -> OpClass | None:
+        """The class whose η curves this one runs at when a profile gives it none."""
+        return None if self._fallback is None else OpClass(self._fallback)
+
+    @classmethod
+    def required(cls) -> tuple[OpClass, ...]:
+        """Classes every engine profile gives η curves for."""
+        return tuple(c for c in cls if c.fallback is None)
+
+    @classmethod
+    def optional(cls) -> tuple[OpClass, ...]:
+        """Classes a profile may tune separately (else they run as their fallback)."""
+        return tuple(c for c in cls if c.fallback is not None)
+
+
+class Role(Enum):
+    """What an op is in the model, where that changes how it is counted or measured.
+
+    ``category``: the profiler category its kernels are measured under when that is not its
+    class's (None: its class's).
+    """
+
+    NONE = ("none", None)
+    #: router logits, softmax and top-k: measured as routing, not as a dense GEMM
+    ROUTER = ("router", ProfilerCategory.ROUTER_TOPK)
+    #: the E routed experts, of which each token uses k (active parameters k/E)
+    ROUTED_EXPERTS = ("routed_experts", None)
+
+    def __init__(self, label: str, category: ProfilerCategory | None) -> None:
+        self.label = label
+        self.category = category
+
 
 ZERO = sp.Integer(0)
 
@@ -23,11 +117,13 @@ class Op:
     (parameters read), ``act_bytes`` (activations read + written) and ``kv_bytes`` (KV cache
     read + written). ``comm_bytes`` is what one GPU sends over the scale-up link. ``params``
     is the parameter count the op holds in one layer of the whole model (unsharded).
-    ``size`` is the op-size variable its efficiency curve is a function of (GEMM rows, tokens
-    per expert, ...). ``kernels`` counts kernel launches, for fixed per-kernel latency;
-    ``fixed_latency`` is any other fixed time, s (collective steps). ``stored_bytes`` is the
-    parameter memory the op keeps on one GPU and ``kv_bytes_per_token`` the KV-cache bytes it
-    keeps per cached token per sequence on one GPU.
+    ``efficiency_size`` is the argument x of its class's compute efficiency curve η_c(x), in
+    the class's unit (GEMM rows, tokens per expert, keys attended, elements). ``kernels``
+    counts kernel launches, for fixed per-kernel latency; ``fixed_latency`` is any other fixed
+    time, s (collective steps). ``stored_bytes`` is the parameter memory the op keeps on one
+    GPU and ``kv_bytes_per_token`` the KV-cache bytes it keeps per cached token per sequence
+    on one GPU. ``role``: what the op is in the model (:class:`Role`); ``windowed``: it
+    attends over a sliding (or chunked) window, so the cache it keeps holds at most W tokens.
     """
 
     name: str
@@ -38,16 +134,29 @@ class Op:
     kv_bytes: sp.Expr = ZERO
     comm_bytes: sp.Expr = ZERO
     params: sp.Expr = ZERO
-    size: sp.Expr = field(default_factory=lambda: sp.Integer(1))
+    efficiency_size: sp.Expr = field(default_factory=lambda: sp.Integer(1))
     kernels: int = 1
     fixed_latency: sp.Expr = ZERO
     stored_bytes: sp.Expr = ZERO
     kv_bytes_per_token: sp.Expr = ZERO
+    role: Role = Role.NONE
+    windowed: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "op_class", OpClass(self.op_class))
+        if self.op_class.peak is Peak.NONE and sp.sympify(self.flops) != 0:
+            raise ValueError(f"op {self.name}: class {self.op_class} runs at no compute peak "
+                             "but counts FLOPs")
 
     @property
     def bytes(self) -> sp.Expr:
         """All HBM bytes moved: weights + activations + KV cache."""
         return self.weight_bytes + self.act_bytes + self.kv_bytes
+
+    @property
+    def category(self) -> ProfilerCategory:
+        """The profiler category its kernels are measured under: its role's, else its class's."""
+        return self.role.category or self.op_class.category
 
     def quantity(self, name: str) -> sp.Expr:
         """One cost quantity by name: flops, bytes, weight_bytes, act_bytes, kv_bytes, comm, params."""

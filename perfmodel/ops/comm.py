@@ -6,7 +6,7 @@ parallel degree of 1.
 
 from __future__ import annotations
 
-from perfmodel.ops.base import Op
+from perfmodel.ops.base import Op, OpClass
 from perfmodel.symbols import H, T, b_a, ep, k, link_lat, pp, tp
 
 
@@ -14,10 +14,10 @@ def all_reduce(name: str) -> Op:
     """Ring all-reduce of the T×H hidden states over the tensor-parallel group."""
     return Op(
         name=name,
-        op_class="comm",
+        op_class=OpClass.COMM,
         comm_bytes=2 * (tp - 1) / tp * T * H * b_a,
         fixed_latency=2 * (tp - 1) * link_lat,
-        size=T * H,
+        efficiency_size=T * H,
         kernels=0,
     )
 
@@ -30,10 +30,10 @@ def all_to_all(name: str) -> Op:
     """
     return Op(
         name=name,
-        op_class="comm",
+        op_class=OpClass.COMM,
         comm_bytes=2 * T * k * H * b_a * (ep - 1) / ep,
         fixed_latency=2 * (ep - 1) * link_lat,
-        size=T * H,
+        efficiency_size=T * H,
         kernels=0,
     )
 
@@ -42,10 +42,10 @@ def pipeline_send(name: str) -> Op:
     """Activations sent between the pp pipeline stages of one forward pass."""
     return Op(
         name=name,
-        op_class="comm",
+        op_class=OpClass.COMM,
         comm_bytes=(pp - 1) * T * H * b_a,
         fixed_latency=(pp - 1) * link_lat,
-        size=T * H,
+        efficiency_size=T * H,
         kernels=0,
     )
 

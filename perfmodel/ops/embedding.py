@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from perfmodel.ops.base import Op
+from perfmodel.ops.base import Op, OpClass
 from perfmodel.symbols import B, H, T, V, b_a, b_w, tp
 
 
@@ -13,12 +13,12 @@ def embedding() -> Op:
     rows = sp.Min(T, V)
     return Op(
         name="embed",
-        op_class="elementwise",
+        op_class=OpClass.ELEMENTWISE,
         weight_bytes=rows * H * b_w,
         act_bytes=T * H * b_a,
         params=V * H,
         stored_bytes=V * H * b_w,
-        size=T * H,
+        efficiency_size=T * H,
     )
 
 
@@ -30,11 +30,11 @@ def lm_head(tied: bool, bias: bool) -> Op:
     params = (0 if tied else V * H) + (V if bias else 0)
     return Op(
         name="lm_head",
-        op_class="gemm",
+        op_class=OpClass.GEMM,
         flops=2 * B * H * V / tp,
         weight_bytes=H * V * b_w / tp,
         act_bytes=B * (H + V / tp) * b_a,
         params=params,
         stored_bytes=params * b_w / tp,
-        size=B,
+        efficiency_size=B,
     )

@@ -17,14 +17,17 @@ T·k, and a grouped GEMM's efficiency follows the tokens per expert T·k/D.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from perfmodel.ops.base import Op
+from perfmodel.ops.base import Op, OpClass, Role
 from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
-from perfmodel.specs.model import MoESpec
 from perfmodel.symbols import E, H, I_d, I_e, I_sh, T, b_a, b_e, b_w, ep, k, n_sh, sigma, tp
+
+if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
+    from perfmodel.specs.model import MoESpec
 
 
 def effective_experts() -> sp.Expr:
@@ -43,32 +46,52 @@ def tokens_per_expert(tokens: sp.Expr = T) -> sp.Expr:
     return tokens * k / distinct_experts(tokens)
 
 
-def gated_ffn(name: str, op_class: str, *, tokens: sp.Expr, width: sp.Expr, weight_mats: sp.Expr,
-              param_bytes: sp.Expr, shard: sp.Expr, params: sp.Expr, size: sp.Expr,
-              kernels: int) -> Op:
-    """A gated FFN applied to ``tokens`` rows of width H with intermediate ``width``.
-
-    GEMM activation traffic per row: read x (H), write gate|up (2·I), read the activated
-    product (I), write the output (H): 2H + 3I elements; the activation between the GEMMs
-    is its own op (:func:`activation`). ``weight_mats`` is how many H×I matrices' worth of
-    weights are read (3 per FFN touched).
-    """
+def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
+         matrices: sp.Expr = 1, param_bytes: sp.Expr = b_w) -> Op:
+    """One GEMM of ``rows`` rows of width ``d_in`` into ``d_out``, the rows split over
+    ``matrices`` d_in×d_out weight matrices (the experts they are routed to, each read once;
+    1 for a dense GEMM): FLOPs 2·rows·d_in·d_out; bytes: the matrices, the rows read (d_in)
+    and written (d_out). Its efficiency follows the rows per matrix (tokens per expert)."""
     return Op(
         name=name,
-        op_class=op_class,  # type: ignore[arg-type]
-        flops=2 * tokens * 3 * H * width / shard,
-        weight_bytes=weight_mats * H * width * param_bytes / shard,
-        act_bytes=tokens * (2 * H + 3 * width / shard) * b_a,
+        op_class=op_class,
+        flops=2 * rows * d_in * d_out,
+        weight_bytes=matrices * d_in * d_out * param_bytes,
+        act_bytes=rows * (d_in + d_out) * b_a,
+        efficiency_size=rows / matrices,
+    )
+
+
+def gated_ffn(name: str, op_class: OpClass, *, tokens: sp.Expr, width: sp.Expr,
+              experts: sp.Expr, param_bytes: sp.Expr, shard: sp.Expr, params: sp.Expr) -> Op:
+    """A gated FFN applied to ``tokens`` rows of width H with intermediate ``width``: the
+    gate|up GEMM (H → 2·I) and the down GEMM (I → H), each a :func:`gemm` over the
+    ``experts`` FFN copies the rows are split over (1 when dense), sharded by ``shard``.
+
+    Activation traffic per row: read x (H), write gate|up (2·I), read the activated product
+    (I), write the output (H): 2H + 3I elements; the activation between the GEMMs is its own
+    op (:func:`activation`).
+    """
+    up = gemm(f"{name}.gate_up", op_class, rows=tokens, d_in=H, d_out=2 * width / shard,
+              matrices=experts, param_bytes=param_bytes)
+    down = gemm(f"{name}.down", op_class, rows=tokens, d_in=width / shard, d_out=H,
+                matrices=experts, param_bytes=param_bytes)
+    return Op(
+        name=name,
+        op_class=op_class,
+        flops=up.flops + down.flops,
+        weight_bytes=up.weight_bytes + down.weight_bytes,
+        act_bytes=sp.factor_terms(up.act_bytes + down.act_bytes),
         params=params,
-        size=size,
-        kernels=kernels,
+        efficiency_size=up.efficiency_size,
+        kernels=up.kernels + down.kernels,
     )
 
 
 def activation(name: str, tokens: sp.Expr, width: sp.Expr, shard: sp.Expr = tp) -> Op:
     """SiLU(gate)·up between a gated FFN's GEMMs: read gate|up (2·I), write the product (I)."""
-    return Op(name=name, op_class="elementwise", act_bytes=tokens * 3 * width / shard * b_a,
-              size=tokens * width / shard)
+    return Op(name=name, op_class=OpClass.ELEMENTWISE, act_bytes=tokens * 3 * width / shard * b_a,
+              efficiency_size=tokens * width / shard)
 
 
 def router(bias: bool) -> Op:
@@ -76,14 +99,15 @@ def router(bias: bool) -> Op:
     params = H * E + (E if bias else 0)
     return Op(
         name="moe.router",
-        op_class="gemm",
+        op_class=OpClass.GEMM,
         flops=2 * T * H * E,
         weight_bytes=params * b_w,
         act_bytes=T * (H + 3 * E) * b_a,
         params=params,
         stored_bytes=params * b_w,
-        size=T,
+        efficiency_size=T,
         kernels=4,  # logits GEMM, softmax, top-k, renormalize
+        role=Role.ROUTER,
     )
 
 
@@ -94,20 +118,20 @@ def routed_experts(bias: bool) -> Op:
     """
     d_local = distinct_experts() / ep
     params = E * 3 * H * I_e + (E * (2 * I_e + H) if bias else 0)
-    op = gated_ffn("moe.experts", "grouped_gemm", tokens=T * k / ep, width=I_e,
-                   weight_mats=3 * d_local, param_bytes=b_e, shard=tp, params=params,
-                   size=tokens_per_expert(), kernels=2)  # the two grouped GEMMs
-    return _with_storage(op, params * b_e / (tp * ep))
+    op = gated_ffn("moe.experts", OpClass.GROUPED_GEMM, tokens=T * k / ep, width=I_e,
+                   experts=d_local, param_bytes=b_e, shard=tp, params=params)
+    return replace(op, stored_bytes=params * b_e / (tp * ep), role=Role.ROUTED_EXPERTS)
 
 
 def shared_experts(gate: bool) -> Op:
     """n_sh always-active experts of width I_sh (one fused FFN), with an optional sigmoid gate."""
     width = n_sh * I_sh
     params = 3 * H * width + (H if gate else 0)
-    op = gated_ffn("moe.shared", "gemm", tokens=T, width=width, weight_mats=3, param_bytes=b_w,
-                   shard=tp, params=params, size=T, kernels=3 if gate else 2)
+    op = gated_ffn("moe.shared", OpClass.GEMM, tokens=T, width=width, experts=1, param_bytes=b_w,
+                   shard=tp, params=params)
     if gate:  # the gate is a T×H by H×1 GEMM on every token
-        op = replace(op, flops=op.flops + 2 * T * H, weight_bytes=op.weight_bytes + H * b_w)
+        op = replace(op, flops=op.flops + 2 * T * H, weight_bytes=op.weight_bytes + H * b_w,
+                     kernels=op.kernels + 1)
     return _with_storage(op, params * b_w / tp)
 
 
@@ -117,9 +141,9 @@ def dispatch() -> Op:
     and a write of T·k·H activations (6 passes), on the local T·k/ep rows."""
     return Op(
         name="moe.dispatch",
-        op_class="elementwise",
+        op_class=OpClass.ELEMENTWISE,
         act_bytes=6 * T * k / ep * H * b_a,
-        size=T * k / ep * H,
+        efficiency_size=T * k / ep * H,
         kernels=4,  # sort/histogram, gather, scale, index-add
     )
 
@@ -137,8 +161,8 @@ def moe_block(spec: MoESpec, norm_kind: str) -> list[Op]:
 def dense_block(norm_kind: str, bias: bool) -> list[Op]:
     """The dense-MLP block of one layer, norm before it included."""
     params = 3 * H * I_d + ((2 * I_d + H) if bias else 0)
-    op = gated_ffn("mlp.ffn", "gemm", tokens=T, width=I_d, weight_mats=3, param_bytes=b_w,
-                   shard=tp, params=params, size=T, kernels=2)
+    op = gated_ffn("mlp.ffn", OpClass.GEMM, tokens=T, width=I_d, experts=1, param_bytes=b_w,
+                   shard=tp, params=params)
     return [norm("mlp.norm", H, norm_kind), _with_storage(op, params * b_w / tp),
             activation("mlp.act", T, I_d)]
 

@@ -3,7 +3,8 @@
 A zoo entry is ``specs/models/<name>.yaml`` holding the published ``config.json`` fields under
 ``config:``. Any local ``config.json`` works the same way. ``--set KEY=VALUE`` overrides
 take friendly names (``num_experts``, ``top_k``, ``moe_intermediate_size``, ``num_layers``...)
-that are translated to each architecture's own field, or the raw config field itself.
+that are translated to each architecture's own field (:func:`config_field`, by the adapters of
+:mod:`perfmodel.specs.families`), or the raw config field itself.
 """
 
 from __future__ import annotations
@@ -17,77 +18,11 @@ from dataclasses import dataclass, field
 
 from perfmodel.errors import InputError, SpecError
 from perfmodel.paths import MODELS_DIR
-from perfmodel.specs.files import read_data
-
-#: Model types the symbolic model understands (MoE families and dense baselines).
-SUPPORTED_MODEL_TYPES = (
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "deepseek_v2",
-    "deepseek_v3",
-    "olmoe",
-    "phimoe",
-    "gpt_oss",
-    "llama4_text",
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
+from perfmodel.specs.families import (
+    EXPERT_FIELDS, EXPERT_KNOBS, FAMILIES, KNOBS, OPTIONAL_FIELDS, PER_LAYER_FIELDS, SUPPORTED_MODEL_TYPES,
+    WRAPPED_TYPES, config_field,
 )
-
-#: Friendly override names → the config field each architecture stores them in.
-_FRIENDLY: dict[str, dict[str, str]] = {
-    "num_layers": {"*": "num_hidden_layers"},
-    "hidden_size": {"*": "hidden_size"},
-    "num_heads": {"*": "num_attention_heads"},
-    "num_kv_heads": {"*": "num_key_value_heads"},
-    "head_dim": {"*": "head_dim"},
-    "vocab_size": {"*": "vocab_size"},
-    "top_k": {"*": "num_experts_per_tok"},
-    "num_experts": {
-        "mixtral": "num_local_experts",
-        "phimoe": "num_local_experts",
-        "gpt_oss": "num_local_experts",
-        "llama4_text": "num_local_experts",
-        "deepseek_v2": "n_routed_experts",
-        "deepseek_v3": "n_routed_experts",
-        "*": "num_experts",
-    },
-    "moe_intermediate_size": {
-        "mixtral": "intermediate_size",
-        "phimoe": "intermediate_size",
-        "gpt_oss": "intermediate_size",
-        "olmoe": "intermediate_size",
-        "llama4_text": "intermediate_size",
-        "*": "moe_intermediate_size",
-    },
-    "ffn": {  # alias used by the seed study's sweeps: the expert FFN width
-        "mixtral": "intermediate_size",
-        "phimoe": "intermediate_size",
-        "gpt_oss": "intermediate_size",
-        "olmoe": "intermediate_size",
-        "llama4_text": "intermediate_size",
-        "*": "moe_intermediate_size",
-    },
-    "dense_intermediate_size": {"llama4_text": "intermediate_size_mlp", "*": "intermediate_size"},
-    "num_shared_experts": {"*": "n_shared_experts"},
-    "shared_expert_intermediate_size": {"*": "shared_expert_intermediate_size"},
-    "first_k_dense": {"*": "first_k_dense_replace"},
-    "sliding_window": {"*": "sliding_window"},
-}
-
-#: Dense model types, and the override names and config fields that only experts have
-#: (setting them on a dense model would be silently ignored).
-_DENSE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_EXPERT_KEYS = frozenset({"top_k", "num_experts", "moe_intermediate_size", "ffn", "num_shared_experts",
-                          "shared_expert_intermediate_size", "first_k_dense"})
-_EXPERT_FIELDS = frozenset({"num_experts_per_tok", "num_local_experts", "n_routed_experts", "num_experts",
-                            "moe_intermediate_size", "n_shared_experts", "shared_expert_intermediate_size",
-                            "first_k_dense_replace"})
-
-#: Derived per-layer lists that must be rebuilt when the layer count changes.
-_PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "moe_layers", "mlp_only_layers")
+from perfmodel.specs.files import read_data
 
 
 @dataclass(frozen=True)
@@ -145,8 +80,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         data = data["config"]  # a zoo-style YAML file given by path
     if "text_config" in data and isinstance(data["text_config"], dict):
         data = {**data["text_config"], "model_type": data["text_config"].get("model_type", "")}
-        if data["model_type"] == "llama4":
-            data["model_type"] = "llama4_text"
+        data["model_type"] = WRAPPED_TYPES.get(data["model_type"], data["model_type"])
     return data
 
 
@@ -168,14 +102,6 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def config_field(model_type: str, key: str) -> str:
-    """The config field a friendly override name maps to for this architecture."""
-    if key in _FRIENDLY:
-        table = _FRIENDLY[key]
-        return table.get(model_type, table["*"])
-    return key
-
-
 def override_items(overrides: list[str] | dict[str, Any]) -> list[tuple[str, Any]]:
     """(key, value) of each override, ``KEY=VALUE`` strings parsed."""
     return list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
@@ -191,56 +117,22 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
     out = dict(config)
     model_type = out.get("model_type", "")
     fields = [config_field(model_type, key) for key, _ in items]
+    adapter = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    dense = adapter is not None and not adapter.experts
     for (key, value), field in zip(items, fields):
-        if model_type in _DENSE_MODEL_TYPES and (key in _EXPERT_KEYS or field in _EXPERT_FIELDS):
+        if dense and (key in EXPERT_KNOBS or field in EXPERT_FIELDS):
             raise InputError(f"--set {key}: a {model_type} model has no experts")
-        if key not in _FRIENDLY and field not in out and field not in _KNOWN_OPTIONAL_FIELDS:
+        if key not in KNOBS and field not in out and field not in OPTIONAL_FIELDS:
             raise InputError(
                 f"unknown --set key '{key}' for {model_type or 'this model'} "
-                f"(try one of: {', '.join(sorted(_FRIENDLY))})"
+                f"(try one of: {', '.join(sorted(KNOBS))})"
             )
         out[field] = value
     if "num_hidden_layers" in fields:
-        for derived in _PER_LAYER_FIELDS:
+        for derived in PER_LAYER_FIELDS:
             if derived not in fields:
                 out.pop(derived, None)
     return out
-
-
-#: Config fields that a zoo entry may leave to its architecture's default but a user may set.
-_KNOWN_OPTIONAL_FIELDS = frozenset(
-    {
-        "head_dim",
-        "sliding_window",
-        "n_shared_experts",
-        "shared_expert_intermediate_size",
-        "first_k_dense_replace",
-        "attention_bias",
-        "mlp_bias",
-        "qkv_bias",
-        "norm_topk_prob",
-        "decoder_sparse_step",
-        "mlp_only_layers",
-        "max_position_embeddings",
-        "tie_word_embeddings",
-        "interleave_moe_layer_step",
-        "attention_chunk_size",
-        "use_qk_norm",
-        "lm_head_bias",
-        "q_lora_rank",
-        "kv_lora_rank",
-        "qk_nope_head_dim",
-        "qk_rope_head_dim",
-        "v_head_dim",
-        "moe_intermediate_size",
-        "intermediate_size_mlp",
-        "moe_layer_freq",
-        "use_sliding_window",
-        "max_window_layers",
-        "no_rope_layer_interval",
-        *_PER_LAYER_FIELDS,
-    }
-)
 
 
 def load_hf_config(model: str, overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:

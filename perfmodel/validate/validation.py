@@ -84,7 +84,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
-    from perfmodel.validate.report import write_report
+    from perfmodel.validate.report_pages import write_report
 
     if backend not in ("hf", "vllm"):
         raise InputError(f"unknown --backend '{backend}' (hf or vllm)")

@@ -70,7 +70,7 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
     return [
         f"{parts['model'].name} · {op_name} · {quantity} per layer ({op.op_class}); layers: {parts['layers']}",
         "",
-        "symbolic (T tokens, P pairs and K cached tokens per sequence):",
+        "symbolic (T tokens, P pairs and C cached tokens per sequence):",
         show(parts["expr"]),
         "",
         f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in parts["subs"].items()),

@@ -1,0 +1,203 @@
+"""The numbers and words of the validation report: MAPE tables, the verdict, the worst points,
+the provenance sentence, and how values are shown.
+
+Everything here works on the stacked points table of :func:`perfmodel.measuring.compare.compare`
+(column ``engine``: the calibrated engine and the uncalibrated baseline). Errors are relative,
+predicted/measured − 1; MAPE and error columns are in %.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: Held-out MAPE targets of the calibrated engine, % (metric → bound).
+TARGETS = {"decode_step": 8.0, "ttft": 10.0, "throughput": 8.0}
+
+#: Metric display order and labels.
+METRICS = ("ttft", "decode_step", "e2e", "throughput")
+METRIC_LABEL = {"ttft": "TTFT", "decode_step": "Decode step (ITL)", "e2e": "E2E latency",
+                "throughput": "Throughput"}
+#: Display unit of each metric and its scale from the table's unit (s or tok/s).
+METRIC_UNIT = {"ttft": ("ms", 1e3), "decode_step": ("ms", 1e3), "e2e": ("ms", 1e3),
+               "throughput": ("tok/s", 1.0)}
+
+SPLITS = ("held-out", "train")
+SOURCE_KEYS = ("mode", "date", "gpu", "driver", "torch", "transformers", "results_file",
+               "git_commit", "calibrated_engine", "baseline_engine", "train_models",
+               "held_out_models")
+#: How many held-out points the per-op chart shows, and the Markdown's worst-points table.
+N_OPS_POINTS = 6
+N_WORST = 10
+#: |error| (%) above which a table cell of the HTML page is marked bad.
+BAD_ERROR_PCT = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# MAPE and the verdict
+# --------------------------------------------------------------------------------------------
+
+def mape_table(points) -> "Any":
+    """MAPE (%) and friends per engine × split × metric: mean, median, max of |error|, count."""
+    import pandas as pd
+
+    if points.empty:
+        return pd.DataFrame(columns=["engine", "split", "metric", "mape", "median", "max", "count"])
+    table = points.assign(ape=points["rel_error"].abs() * 100.0)
+    out = (table.groupby(["engine", "split", "metric"])["ape"]
+           .agg(mape="mean", median="median", max="max", count="count").reset_index())
+    return out
+
+
+def lookup(table, engine: str, split: str, metric: str, column: str = "mape") -> float | None:
+    """One value of :func:`mape_table` (None where there is none)."""
+    hit = table[(table["engine"] == engine) & (table["split"] == split) & (table["metric"] == metric)]
+    if hit.empty:
+        return None
+    value = hit[column].iloc[0]
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    """A percentage as the tables show it ("–" for none)."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def signed(value: Any) -> str:
+    """A signed error % with one decimal ("–" for none)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.1f}"
+
+
+def num(x: float) -> str:
+    """4 significant digits without exponents: 0.01234, 12.34, 1,234, 123,457."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    digits = max(0, 3 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:,.{digits}f}"
+
+
+def verdict(points, calibrated: str) -> tuple[str, list[tuple[str, float | None, float, bool | None]]]:
+    """("PASS" | "FAIL" | "INCOMPLETE", [(metric, held-out MAPE, target, met)]) for the calibrated engine."""
+    table = mape_table(points)
+    checks = []
+    for metric, target in TARGETS.items():
+        value = lookup(table, calibrated, "held-out", metric)
+        checks.append((metric, value, target, None if value is None else value <= target))
+    if any(met is None for *_, met in checks):
+        word = "INCOMPLETE"
+    elif all(met for *_, met in checks):
+        word = "PASS"
+    else:
+        word = "FAIL"
+    return word, checks
+
+
+def verdict_line(points, calibrated: str) -> str:
+    """The verdict as one Markdown sentence (engine name in backticks)."""
+    word, checks = verdict(points, calibrated)
+    parts = []
+    for metric, value, target, met in checks:
+        mark = "no data" if met is None else ("met" if met else "missed")
+        parts.append(f"{METRIC_LABEL[metric]} {pct(value, 1)}% (target ≤ {target:g}%: {mark})")
+    return f"Verdict: {word} — held-out MAPE of `{calibrated}`: " + "; ".join(parts) + "."
+
+
+def engines(points, source: dict[str, Any]) -> tuple[str, str | None]:
+    """(calibrated engine, baseline engine or None): as the source names them, else as found."""
+    present = list(dict.fromkeys(points["engine"])) if not points.empty else []
+    calibrated = source.get("calibrated_engine") or (present[0] if present else "calibrated")
+    baseline = source.get("baseline_engine")
+    if baseline is None:
+        others = [e for e in present if e != calibrated]
+        baseline = others[0] if others else None
+    return calibrated, baseline
+
+
+def ordered_metrics(points) -> list[str]:
+    """The metrics present, in display order (unknown ones last, sorted)."""
+    have = set(points["metric"]) if not points.empty else set()
+    return [m for m in METRICS if m in have] + sorted(have - set(METRICS))
+
+
+def with_variant(frame):
+    """``frame`` with a ``variant`` column (the model name where it is missing or empty)."""
+    if frame is None or "model" not in frame.columns:
+        return frame
+    if "variant" not in frame.columns:
+        return frame.assign(variant=frame["model"].astype(str))
+    variant = frame["variant"].where(frame["variant"].notna() & (frame["variant"] != ""), frame["model"])
+    return frame.assign(variant=variant.astype(str))
+
+
+def point_label(row) -> str:
+    """``"<variant> B=.. S=.. O=.."`` of one point."""
+    name = row.get("variant") if isinstance(row.get("variant"), str) and row.get("variant") else row["model"]
+    return f"{name} B={row['batch']} S={row['input_len']} O={row['output_len']}"
+
+
+def worst_points(points, engine: str, n: int = N_WORST):
+    """Held-out points of ``engine`` ranked by their largest |error| over the metrics.
+
+    One row per point: model, variant, batch, input_len, output_len, point_id, one error-%
+    column per metric, the worst metric and its |error| %.
+    """
+    import pandas as pd
+
+    sel = points[(points["engine"] == engine) & (points["split"] == "held-out")]
+    if sel.empty:
+        return pd.DataFrame()
+    sel = with_variant(sel)
+    keys = ["model", "variant", "batch", "input_len", "output_len", "point_id"]
+    wide = sel.pivot_table(index=keys, columns="metric", values="rel_error", aggfunc="first")
+    wide = wide[[m for m in ordered_metrics(sel)]] * 100.0
+    worst_metric = wide.abs().idxmax(axis=1)
+    worst_abs = wide.abs().max(axis=1)
+    wide = wide.assign(worst_metric=worst_metric, worst_abs=worst_abs).reset_index()
+    return wide.sort_values("worst_abs", ascending=False).head(n).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Where the measurements come from
+# --------------------------------------------------------------------------------------------
+
+def source_value(value: Any) -> str:
+    """A source field as shown: "unknown" when empty, lists comma-separated ("none" when empty)."""
+    if value is None or value == "":
+        return "unknown"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+def source_items(source: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, shown value) of the source block: :data:`SOURCE_KEYS` first, then any other key."""
+    keys = list(SOURCE_KEYS) + [k for k in source if k not in SOURCE_KEYS]
+    return [(key, source_value(source.get(key))) for key in keys]
+
+
+def check_mode(source: dict[str, Any]) -> str:
+    """``source['mode']``, which must say ``replay`` or ``live`` (ValueError otherwise)."""
+    mode = str(source.get("mode", "")).lower()
+    if mode not in ("replay", "live"):
+        raise ValueError(f"source['mode'] must be 'replay' or 'live', not {source.get('mode')!r}")
+    return mode
+
+
+def provenance_line(source: dict[str, Any]) -> str:
+    """The one sentence saying where the measured numbers come from."""
+    mode = check_mode(source)
+    gpu = source_value(source.get("gpu"))
+    versions = (f"driver {source_value(source.get('driver'))}, "
+                f"torch {source_value(source.get('torch'))}, "
+                f"transformers {source_value(source.get('transformers'))}")
+    date = source_value(source.get("date"))
+    results = source_value(source.get("results_file"))
+    commit = source_value(source.get("git_commit"))
+    if mode == "replay":
+        return (f"REPLAY of committed measurements: the measured numbers are read back from "
+                f"{results} (commit {commit}); they were measured on {date} on {gpu} "
+                f"({versions}). No GPU ran for this report.")
+    return (f"LIVE RUN: the measured numbers were measured by this run on {date} on {gpu} "
+            f"({versions}) and written to {results} (commit {commit}).")

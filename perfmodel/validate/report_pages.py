@@ -1,0 +1,282 @@
+"""The validation report's two files: an HTML page and a Markdown summary, from templates.
+
+``write_report(points, ops, out_dir, title=..., source=...)`` takes the two tables of
+:func:`perfmodel.measuring.compare.compare` for BOTH engines stacked (column ``engine``: the
+calibrated one and the uncalibrated baseline) and writes ``out_dir/report.html`` and
+``out_dir/summary.md``. Points are told apart by ``point_id`` and shown by their ``variant``
+(e.g. ``mixtral-8x7b [L=8 E=16 k=2 F=1792]``; the model name where the tables have no such column).
+
+``source`` says where the measurements come from. ``mode`` is ``"replay"`` (committed
+measurements read back from a results file, no GPU involved now) or ``"live"`` (measured by this
+very run); the report says which at the top of both files, with the date, GPU and versions.
+
+The pages are jinja2 templates in ``perfmodel/validate/templates/`` (``report.html.j2``,
+``summary.md.j2``), with the page's style and script as plain files beside them
+(``report.css``, ``banner-<mode>.css``, ``report.js``), copied into the page as they are. This
+module only prepares what the templates show (numbers formatted, cells marked); the numbers
+come from :mod:`perfmodel.validate.report_metrics` and the charts from
+:mod:`perfmodel.validate.report_charts`. The HTML is self-contained when ``vl-convert-python``
+is installed (the Vega JavaScript is inlined, the page renders offline); otherwise it loads the
+scripts from a CDN and says so, and the tables still need no script.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perfmodel.validate import report_charts as charts
+from perfmodel.validate.report_metrics import (
+    BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, engines,
+    lookup, mape_table, num, ordered_metrics, pct, provenance_line, signed, source_items, verdict,
+    verdict_line, with_variant, worst_points,
+)
+
+#: The templates' package and folder.
+TEMPLATES = ("perfmodel.validate", "templates")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a sortable table: its sort key ``value``, the ``text`` shown, a CSS class."""
+
+    value: Any
+    text: str
+    cls: str = ""
+
+
+def _cell(value: Any, text: str | None = None, cls: str = "") -> Cell:
+    return Cell(value, str(value) if text is None else text, cls)
+
+
+@dataclass(frozen=True)
+class ChartSlot:
+    """Where a chart goes on the page (``id``), and whether there is one to draw."""
+
+    id: str
+    drawn: bool
+
+
+@functools.cache
+def _environments():
+    """(HTML environment, Markdown environment) over the templates folder."""
+    import jinja2
+    from markupsafe import Markup
+
+    loader = jinja2.PackageLoader(*TEMPLATES)
+
+    def static(name: str) -> Markup:
+        """A style or script file of the templates folder, as it is (no template syntax)."""
+        source, _, _ = loader.get_source(html_env, name)
+        return Markup(source)
+
+    options = dict(loader=loader, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                   undefined=jinja2.StrictUndefined)
+    html_env = jinja2.Environment(autoescape=True, **options)
+    html_env.globals["static"] = static
+    md_env = jinja2.Environment(autoescape=False, **options)
+    return html_env, md_env
+
+
+def _json_for_script(obj: Any) -> str:
+    """JSON that is safe inside a <script> element."""
+    from markupsafe import Markup
+
+    return Markup(json.dumps(obj).replace("</", "<\\/"))
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+
+def summary_markdown(points, *, title: str, source: dict[str, Any]) -> str:
+    """The Markdown summary (the file's text): provenance, source, verdict, MAPE per split, the
+    worst points."""
+    mode = check_mode(source)
+    calibrated, baseline = engines(points, source)
+    table = mape_table(points)
+    splits = []
+    for split in SPLITS:
+        header = ["metric", f"{calibrated} MAPE", f"{calibrated} median", f"{calibrated} max"]
+        if baseline:
+            header.append(f"{baseline} MAPE")
+        header += ["points", "target (held-out)"]
+        rows = []
+        for metric in ordered_metrics(points):
+            row = [METRIC_LABEL.get(metric, metric),
+                   pct(lookup(table, calibrated, split, metric)),
+                   pct(lookup(table, calibrated, split, metric, "median")),
+                   pct(lookup(table, calibrated, split, metric, "max"))]
+            if baseline:
+                row.append(pct(lookup(table, baseline, split, metric)))
+            count = lookup(table, calibrated, split, metric, "count")
+            row += ["–" if count is None else str(int(count)),
+                    f"≤ {TARGETS[metric]:g}" if metric in TARGETS else "–"]
+            rows.append(row)
+        models = sorted(set(points.loc[points["split"] == split, "model"])) if not points.empty else []
+        splits.append({"name": split, "models": models, "header": header, "rows": rows})
+
+    worst = worst_points(points, calibrated)
+    worst_table: dict[str, Any] = {"header": [], "rows": []}
+    if not worst.empty:
+        metrics = [m for m in ordered_metrics(points) if m in worst.columns]
+        worst_table["header"] = (["model", "B", "S", "O"]
+                                 + [f"{METRIC_LABEL.get(m, m)} err %" for m in metrics] + ["worst"])
+        worst_table["rows"] = [
+            [str(r["variant"]), str(r["batch"]), str(r["input_len"]), str(r["output_len"])]
+            + [signed(r[m]) for m in metrics]
+            + [METRIC_LABEL.get(r["worst_metric"], r["worst_metric"])]
+            for _, r in worst.iterrows()]
+    _, md_env = _environments()
+    text = md_env.get_template("summary.md.j2").render(
+        title=title, provenance=provenance_line(source), source_items=source_items(source),
+        verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
+        splits=splits, n_worst=N_WORST, worst=worst_table, replay=mode == "replay")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+def _bad(error_pct: Any) -> str:
+    return "bad" if error_pct != "" and abs(error_pct) > BAD_ERROR_PCT else ""
+
+
+def mape_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]:
+    """The MAPE table of the page: splits × engines, one row per metric; the calibrated engine's
+    held-out cells marked ok or bad against their target."""
+    table = mape_table(points)
+    shown = [calibrated] + ([baseline] if baseline else [])
+    rows = []
+    for metric in ordered_metrics(points):
+        cells = []
+        for split in SPLITS:
+            for engine in shown:
+                value = lookup(table, engine, split, metric)
+                n = lookup(table, engine, split, metric, "count")
+                cls = ""
+                if engine == calibrated and split == "held-out" and metric in TARGETS and value is not None:
+                    cls = "ok" if value <= TARGETS[metric] else "bad"
+                cells.append({"text": pct(value), "cls": cls,
+                              "title": "" if n is None else f"{int(n)} points"})
+        rows.append({"label": METRIC_LABEL.get(metric, metric), "cells": cells,
+                     "target": f"≤ {TARGETS[metric]:g}" if metric in TARGETS else "–"})
+    return {"splits": SPLITS, "engines": shown, "rows": rows}
+
+
+def points_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]:
+    """Every point × metric: measured, each engine's prediction and error %, split."""
+    import pandas as pd
+
+    points = with_variant(points)
+    keys = ["model", "variant", "batch", "input_len", "output_len", "point_id", "metric", "split"]
+    cal = points[points["engine"] == calibrated].set_index(keys)
+    frame = cal[["measured", "predicted", "rel_error"]].rename(
+        columns={"predicted": "pred_cal", "rel_error": "err_cal"})
+    if baseline:
+        base = points[points["engine"] == baseline].set_index(keys)[["predicted", "rel_error"]]
+        frame = frame.join(base.rename(columns={"predicted": "pred_base", "rel_error": "err_base"}),
+                           how="outer")
+    frame = frame.reset_index()
+    metric_rank = {m: i for i, m in enumerate(METRICS)}
+    frame = frame.assign(_m=frame["metric"].map(lambda m: metric_rank.get(m, 99)))
+    frame = frame.sort_values(["split", "model", "variant", "batch", "input_len", "output_len", "_m"])
+    header = ["model", "B", "S", "O", "metric", "unit", "measured", f"{calibrated} predicted",
+              f"{calibrated} error %"]
+    if baseline:
+        header += [f"{baseline} predicted", f"{baseline} error %"]
+    header.append("split")
+
+    def missing(v) -> bool:
+        return v is None or pd.isna(v)
+
+    rows = []
+    for _, r in frame.iterrows():
+        unit, scale = METRIC_UNIT.get(r["metric"], ("", 1.0))
+
+        def shown(v):
+            return _cell("", "–") if missing(v) else _cell(float(v) * scale, num(float(v) * scale))
+
+        def error(v):
+            if missing(v):
+                return _cell("", "–")
+            e = float(v) * 100
+            return _cell(e, f"{e:+.1f}", _bad(e))
+
+        row = [_cell(r["variant"], cls="l"), _cell(r["batch"]), _cell(r["input_len"]),
+               _cell(r["output_len"]), _cell(r["metric"], METRIC_LABEL.get(r["metric"], r["metric"]), "l"),
+               _cell(unit, cls="l"), shown(r["measured"]), shown(r["pred_cal"]), error(r["err_cal"])]
+        if baseline:
+            row += [shown(r["pred_base"]), error(r["err_base"])]
+        row.append(_cell(r["split"], cls="l"))
+        rows.append(row)
+    return {"header": [{"text": h, "cls": "l"} for h in header], "rows": rows}
+
+
+def worst_rows(points, calibrated: str) -> dict[str, Any]:
+    """The worst held-out points of the calibrated engine (:func:`worst_points`), as a table."""
+    worst = worst_points(points, calibrated)
+    if worst.empty:
+        return {"header": [], "rows": []}
+    metrics = [m for m in ordered_metrics(points) if m in worst.columns]
+    header = ([{"text": "model", "cls": "l"}] + [{"text": h, "cls": ""} for h in ("B", "S", "O")]
+              + [{"text": f"{METRIC_LABEL.get(m, m)} err %", "cls": ""} for m in metrics]
+              + [{"text": "worst", "cls": "l"}])
+    rows = [[_cell(r["variant"], cls="l"), _cell(r["batch"]), _cell(r["input_len"]), _cell(r["output_len"])]
+            + [_cell(r[m], signed(r[m]), _bad(r[m])) for m in metrics]
+            + [_cell(METRIC_LABEL.get(r["worst_metric"], r["worst_metric"]), cls="l")]
+            for _, r in worst.iterrows()]
+    return {"header": header, "rows": rows}
+
+
+def _slot(div_id: str, chart, specs: dict[str, Any]) -> ChartSlot:
+    if chart is not None:
+        specs[div_id] = chart.to_dict()
+    return ChartSlot(div_id, chart is not None)
+
+
+def report_html(points, ops, *, title: str, source: dict[str, Any]) -> str:
+    """The HTML page: provenance, verdict, source, MAPE, charts per metric, per-op breakdown,
+    the worst points and every point (sortable)."""
+    mode = check_mode(source)
+    calibrated, baseline = engines(points, source)
+    shown = [calibrated] + ([baseline] if baseline and baseline in set(points["engine"]) else [])
+    engine_titles = {calibrated: f"{calibrated} (calibrated)"}
+    if baseline:
+        engine_titles[baseline] = f"{baseline} (uncalibrated baseline)"
+    specs: dict[str, Any] = {}
+    metrics = []
+    for metric in ordered_metrics(points):
+        metrics.append({"key": metric, "label": METRIC_LABEL.get(metric, metric), "charts": [
+            _slot(f"chart-scatter-{metric}", charts.scatter_chart(points, metric, shown, engine_titles),
+                  specs),
+            _slot(f"chart-error-{metric}",
+                  charts.error_chart(points, metric, calibrated, engine_titles[calibrated]), specs)]})
+    ops_slot = _slot("chart-ops", charts.ops_chart(points, ops, calibrated), specs)
+    head, rest = provenance_line(source).split(": ", 1)
+    html_env, _ = _environments()
+    return html_env.get_template("report.html.j2").render(
+        title=title, mode=mode, banner_head=head, banner_rest=rest,
+        verdict_word=verdict(points, calibrated)[0],
+        verdict_text=verdict_line(points, calibrated).replace("`", ""),
+        source_items=source_items(source), vega=charts.vega_scripts(),
+        mape=mape_rows(points, calibrated, baseline), metrics=metrics, ops_chart=ops_slot,
+        calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
+        points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
+    ).rstrip("\n")
+
+
+def write_report(points, ops, out_dir: Path, *, title: str,
+                 source: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths."""
+    check_mode(source)  # refuse an unlabelled source before writing anything
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
+    html_path.write_text(report_html(points, ops, title=title, source=source), encoding="utf-8")
+    md_path.write_text(summary_markdown(points, title=title, source=source), encoding="utf-8")
+    return html_path, md_path

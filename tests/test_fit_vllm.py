@@ -1,0 +1,30 @@
+"""The vllm profile is fitted end to end from the committed vLLM runs, reproducibly and honestly."""
+
+from __future__ import annotations
+
+import yaml
+
+from perfmodel.calibration.fit import TRAIN_MODELS, profile_differences
+from perfmodel.calibration.fit_vllm import fit_vllm_profile
+from perfmodel.paths import PROFILES_DIR
+from perfmodel.profile import load_profile
+
+
+def test_committed_vllm_profile_is_what_the_data_fits():
+    fitted = fit_vllm_profile("h200-sxm")
+    committed = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    assert profile_differences(committed, fitted) == []
+    # the band is stated from held-out points only, and the training fit is tight
+    residuals = fitted["fit"]["residuals"]
+    assert set(fitted["fit"]["train_models"]) == set(TRAIN_MODELS)
+    assert residuals["held-out"]["decode_step"]["n"] > 0
+    assert residuals["train"]["decode_step"]["mape_pct"] < 5
+    assert fitted["error_band"]["decode_step"] == residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100
+    # models whose measured decode beat the HBM floor of uniform routing are named
+    assert set(fitted["fit"]["faster_than_uniform_routing_floor"]) == {"deepseek-v2-lite", "phi-3.5-moe"}
+
+
+def test_vllm_elsewhere_is_the_h200_fit_transferred():
+    fitted = load_profile("vllm", "h200-sxm")
+    assert fitted.calibrated and fitted.gpu == "h200-sxm" and fitted.options.prefill_eager
+    assert load_profile("vllm", "h100-sxm") == fitted  # applied as fractions of the H100's peaks
