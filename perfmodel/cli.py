@@ -20,6 +20,7 @@ import click
 import typer
 
 from perfmodel.errors import InputError, PerfModelError
+from perfmodel.profile import DEFAULT_ENGINE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Symbolic, calibrated performance model of MoE LLM inference.")
@@ -49,7 +50,7 @@ class ListWhat(str, Enum):
 
 
 GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
-_ENGINE = typer.Option("roofline", "--engine", help="Engine profile (perfmodel list engines).")
+_ENGINE = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine profile (perfmodel list engines).")
 _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (repeatable).")
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object.")
 
@@ -159,7 +160,7 @@ def formula(
     input_len: int = typer.Option(128, "--input-len", "-s", help="S of the value (prefill)."),
     context: Optional[int] = typer.Option(None, "--context", "-l", help="L of the value (decode; default S)."),
     gpu: str = GPU_OPTION,
-    engine: str = typer.Option("roofline", "--engine", help="Engine profile of a time's value."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine profile of a time's value."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Print an op's cost formula: symbolic, per phase, with the model's numbers, and its value.
@@ -266,7 +267,7 @@ def sweep(
     misfits = int((~table["fits_in_memory"]).sum())
     if misfits:
         _warn(f"{misfits:,} of {len(table):,} rows do not fit in memory (fits_in_memory False)")
-    header = {"model": model, "gpu": gpu or "h200-sxm", "engine": engine or "roofline",
+    header = {"model": model, "gpu": gpu or "h200-sxm", "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": fixed, "overrides": overrides}
     if csv is not None:
         try:

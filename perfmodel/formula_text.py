@@ -3,6 +3,8 @@ and its value at one workload."""
 
 from __future__ import annotations
 
+from perfmodel.profile import DEFAULT_ENGINE
+
 import sympy as sp
 
 from perfmodel.errors import InputError
@@ -19,7 +21,7 @@ UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes"
 
 def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: list[str], *,
            batch: int = 1, input_len: int = 128, context: int | None = None,
-           gpu: str = "h200-sxm", engine: str = "roofline") -> dict:
+           gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE) -> dict:
     """An op's formula as sympy: symbolic, after the phase's substitutions, with the model's
     numbers, and its value at B, S (prefill) or L (decode; default S); a time on ``gpu``
     under ``engine``. For ``op_name == "list"``: the ops of the pass."""

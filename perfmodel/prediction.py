@@ -25,7 +25,7 @@ from perfmodel.memory import (
     activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
 )
 from perfmodel.phases import decode_mean_substitutions, decode_substitutions, prefill_substitutions
-from perfmodel.profile import OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
+from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
 from perfmodel.specs.layout import Layout
@@ -585,7 +585,7 @@ def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[
     return m
 
 
-def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = "roofline",
+def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE,
             phase: Phase = "request", batch: int = 1, input_len: int = 128, output_len: int = 128,
             context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dtype: str = "bf16",
             kv_dtype: str | None = None, skew: float = 0.0,

@@ -134,6 +134,12 @@ def load_profile_file(path: Path) -> EngineProfile:
         raise SpecError(f"invalid profile {path.name}: {loc + ': ' if loc else ''}{err['msg']}") from None
 
 
+#: The engine a prediction uses unless told otherwise: vLLM, what users serve MoE models with,
+#: fitted on the H200 (``calibration/profiles/h200-sxm-vllm.yaml``) and transferred to other GPUs as
+#: fractions of their datasheet peaks. ``roofline`` (datasheet peaks, stated derates) stays
+#: available as the uncalibrated bound.
+DEFAULT_ENGINE = "vllm"
+
 #: What an engine name may be: letters, digits, '.', '_' and '-' (no path, no glob pattern).
 _ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

@@ -25,7 +25,7 @@ from perfmodel.prediction import (
     DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
     check_overrides, compile_model, layout_gpus, numeric_values, structure_key,
 )
-from perfmodel.profile import load_profile
+from perfmodel.profile import DEFAULT_ENGINE, load_profile
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.layout import Layout, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
@@ -280,7 +280,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         raise InputError("overrides apply to a zoo name or a config.json, not to a ModelSpec")
     given = {"gpu": gpu, "engine": engine}
     gpu = check_name("gpu", gpu) if gpu is not None else "h200-sxm"
-    engine = check_name("engine", engine) if engine is not None else "roofline"
+    engine = check_name("engine", engine) if engine is not None else DEFAULT_ENGINE
     max_points = check_count("max_points", max_points)
     unknown = [k for k in fixed if k not in FIXED_KEYS]
     if unknown:

@@ -62,8 +62,8 @@ def test_predict_json_has_every_key(capsys):
     names = {op["name"] for op in data["ops"]}
     assert {"moe.experts", "moe.router", "attn.core", "lm_head"} <= names
     prov = data["provenance"]
-    assert prov["profile"] == "roofline" and prov["gpu"] == "h200-sxm"
-    assert prov["calibrated"] is False
+    assert prov["profile"] == "h200-sxm-vllm" and prov["gpu"] == "h200-sxm"  # the default engine: vllm, fitted on the H200
+    assert prov["calibrated"] is True
     # the same numbers as the Python API
     api = predict("mixtral", batch=8, input_len=1024, output_len=256)
     for key in METRIC_KEYS:
@@ -82,7 +82,7 @@ def test_predict_json_is_strict_json_with_null_for_missing_metrics(capsys):
 def test_predict_table(capsys):
     out = cli(["predict", "mixtral", "--batch", "4", "--tp", "2"], capsys)
     for text in ("TTFT", "ITL", "E2E", "throughput", "fits in memory", "moe.experts", "attn.core",
-                 "per-op breakdown", "provenance: profile=roofline gpu=h200-sxm", "TP=2"):
+                 "per-op breakdown", "provenance: profile=h200-sxm-vllm gpu=h200-sxm", "TP=2"):
         assert text in out, text
     m = predict("mixtral", batch=4, tp=2).metrics
     assert f"{m['ttft_s'] * 1e3:.3f} ms" in out
@@ -150,7 +150,7 @@ def test_sweep_csv(tmp_path, capsys):
 def test_sweep_table_to_stdout(capsys):
     out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64", "--set", "top_k=4"], capsys)
     lines = out.strip().splitlines()
-    assert lines[0] == ("mixtral on h200-sxm · roofline · phase request · output_len=64 · "
+    assert lines[0] == ("mixtral on h200-sxm · vllm · phase request · output_len=64 · "
                         "overrides: top_k=4")
     header = lines[1].split()
     assert header[0] == "batch" and "e2e_s" in header and "fits_in_memory" in header

@@ -253,5 +253,5 @@ def test_the_terminal_says_why_there_is_no_band(capsys):
     out, _ = run(["predict", "qwen3-30b-a3b", "--engine", "hf"], capsys)
     assert "from held-out h200-sxm bf16 points on 1 GPU" in out and "no band" not in out
     assert "±" in out.split("± band", 1)[1].split("fits in memory")[0]
-    out, _ = run(["predict", "qwen3-30b-a3b"], capsys)
+    out, _ = run(["predict", "qwen3-30b-a3b", "--engine", "roofline"], capsys)
     assert "no error band: uncalibrated profile" in out

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.points import SweepPoint
+from perfmodel.measuring.vllm_backend import point_settings
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {
@@ -66,7 +67,11 @@ def row_overrides(row: dict[str, Any]) -> list[str]:
 
 
 #: Engine settings every point id carries (after B, S, O) at their default values.
-_DEFAULT_SETTINGS = frozenset(SweepPoint("model", 1, 1, 1).point_id.split("|")[7:])
+#: Settings of a point id that every measurement of its backend has (the backend's defaults).
+_DEFAULT_SETTINGS = frozenset(
+    SweepPoint("model", 1, 1, 1).point_id.split("|")[7:]
+    + SweepPoint("model", 1, 1, 1, backend="vllm", experts_impl="vllm_fused_moe",
+                 settings=tuple(sorted(point_settings().items()))).point_id.split("|")[7:])
 
 
 def _settings_tags(point_id: str) -> list[str]:

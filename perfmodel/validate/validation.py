@@ -60,6 +60,7 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         "calibrated_engine": profile.name, "baseline_engine": BASELINE_ENGINE,
         "train_models": list(fit.get("train_models", [])),
         "held_out_models": list(fit.get("held_out_models", [])),
+        **({"vllm": first["vllm"]} if first.get("vllm") else {}),
     }
 
 
