@@ -10,7 +10,6 @@ import math
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from perfmodel.prediction import Prediction
 

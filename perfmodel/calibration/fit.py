@@ -180,7 +180,6 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
     from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
-    from perfmodel.measuring.compare import load_measurements, what_if_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
@@ -200,27 +199,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     overheads = fit_overheads(rows, base, gpu)
     base["latency"].update(overheads["latency"])
     base["efficiency"]["elementwise"].update(memory=overheads["elementwise_memory"], memory_half=0.0)
-    # held-out residuals → error band
-    all_rows = load_measurements(results)
-    if what_if_file(results).exists():  # hypothetical variants: held out by construction
-        all_rows += load_measurements(what_if_file(results))
-    points = _compare_with(base, all_rows, gpu, train)
-    stats: dict[str, Any] = {}
-    for split in ("train", "held-out"):
-        sub = points[points["split"] == split]
-        stats[split] = {
-            metric: {"mape_pct": _sig(float(g["rel_error"].abs().mean() * 100)),
-                     "p90_abs_pct": _sig(float(g["rel_error"].abs().quantile(0.9) * 100)),
-                     "bias_pct": _sig(float(g["rel_error"].mean() * 100)), "n": int(len(g))}
-            for metric, g in sub.groupby("metric")
-        }
-    held = stats["held-out"]
-    base["error_band"] = {
-        "ttft": _sig(held["ttft"]["p90_abs_pct"] / 100), "decode_step": _sig(held["decode_step"]["p90_abs_pct"] / 100),
-        "e2e": _sig(held["e2e"]["p90_abs_pct"] / 100), "throughput": _sig(held["throughput"]["p90_abs_pct"] / 100),
-        "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
-                   "and on hypothetical variants (what-if results)"),
-    }
+    stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out)
     meta = _metadata(data_dir)
     base["description"] = (
         "transformers (SDPA, StaticCache, grouped_mm experts) with CUDA-graph decode and eager "
@@ -233,6 +212,37 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
         "residuals": stats,
     }
     return base
+
+
+def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
+                       held_out: tuple[str, ...], note: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Residuals of a profile on every committed row (``results`` and its what-if file), per split
+    and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band they give:
+    the held-out 90th percentiles. Hypothetical variants are held out by construction."""
+    from perfmodel.measuring.compare import load_measurements, what_if_file
+
+    rows = load_measurements(results)
+    if what_if_file(results).exists():
+        rows += load_measurements(what_if_file(results))
+    points = _compare_with(profile, rows, gpu, train)
+    stats: dict[str, Any] = {}
+    for split in ("train", "held-out"):
+        sub = points[points["split"] == split]
+        stats[split] = {
+            metric: {"mape_pct": _sig(float(g["rel_error"].abs().mean() * 100)),
+                     "p90_abs_pct": _sig(float(g["rel_error"].abs().quantile(0.9) * 100)),
+                     "bias_pct": _sig(float(g["rel_error"].mean() * 100)), "n": int(len(g))}
+            for metric, g in sub.groupby("metric")
+        }
+    held = stats["held-out"]
+    if not held:
+        raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
+    band = {
+        **{m: _sig(held[m]["p90_abs_pct"] / 100) for m in ("ttft", "decode_step", "e2e", "throughput")},
+        "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
+                   f"and on hypothetical variants (what-if results){note}"),
+    }
+    return stats, band
 
 
 def _metadata(data_dir: Path) -> str:

@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _compare_with,
-                                       _predict_many, _profile, _rows, _sig)
-from perfmodel.errors import SpecError
+from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _predict_many,
+                                       _profile, _rows, _sig, held_out_residuals)
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Options of vLLM's engine (paged attention over the context, absorbed MLA, graph decode,
@@ -155,27 +154,11 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train)
     values = fit_parameters(rows, base, gpu)
     base = _with(base, values)
+    stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out,
+                                                   ", vLLM dummy weights as measured")
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
-    points = _compare_with(base, all_rows, gpu, train)
-    stats: dict[str, Any] = {}
-    for split in ("train", "held-out"):
-        sub = points[points["split"] == split]
-        stats[split] = {
-            metric: {"mape_pct": _sig(float(g["rel_error"].abs().mean() * 100)),
-                     "p90_abs_pct": _sig(float(g["rel_error"].abs().quantile(0.9) * 100)),
-                     "bias_pct": _sig(float(g["rel_error"].mean() * 100)), "n": int(len(g))}
-            for metric, g in sub.groupby("metric")
-        }
-    if not stats["held-out"]:
-        raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
-    held = stats["held-out"]
-    base["error_band"] = {
-        **{m: _sig(held[m]["p90_abs_pct"] / 100) for m in ("ttft", "decode_step", "e2e", "throughput")},
-        "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
-                   "and on hypothetical variants (what-if results), vLLM dummy weights as measured"),
-    }
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
