@@ -106,6 +106,8 @@ def measure(
     expert_parallel: bool = typer.Option(False, "--expert-parallel", help="vllm: enable expert parallelism."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
+    routing_probe: bool = typer.Option(False, "--routing-probe",
+                                       help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
                                    help="Run without a GPU (tiny models in tests; also PERFMODEL_ALLOW_CPU=1)."),
 ) -> SweepSummary:
@@ -142,7 +144,9 @@ def measure(
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend)
-        engine = vllm_backend.VLLMBackend()
+        if routing_probe:
+            settings["probe"] = "routing"
+        engine = vllm_backend.VLLMBackend(routing_probe=routing_probe)
         experts_impl = "vllm_fused_moe"
     points = build_points(models, batches, phases, outs, backend=backend, overrides=overrides,
                           layers=layers, experts_impl=experts_impl, cuda_graphs=cuda_graphs,

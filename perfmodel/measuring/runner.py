@@ -72,9 +72,11 @@ class Reporter:
 
     def point_done(self, point: SweepPoint, row: dict[str, Any]) -> None:
         status = row["status"]
-        if status == "ok":
+        if status == "ok" and "ttft_ms" in row:
             extra = (f"ttft {row['ttft_ms']:.1f} ms, itl {row['itl_ms']:.2f} ms, "
                      f"{row['throughput_tok_s']:.0f} tok/s [{row['decode_method']}]")
+        elif status == "ok":  # a row without times (the routing probe)
+            extra = f"[{row.get('decode_method', '')}]"
         else:
             extra = row.get("error") or ""
         self.log(f"{status:5s} {point.point_id} ({row.get('wall_s', 0):.1f} s) {extra}")

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from perfmodel.specs.families import FAMILIES
+from perfmodel.specs.families import FAMILIES, family
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
 from perfmodel.measuring import env
 from perfmodel.measuring.points import SweepPoint
@@ -185,8 +185,9 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, reps: int = 3, log=None) -> None:
+    def __init__(self, reps: int = 3, log=None, routing_probe: bool = False) -> None:
         self.reps = reps
+        self.routing_probe = routing_probe
         self.log = log or (lambda msg: print(msg, flush=True))
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -228,6 +229,9 @@ class VLLMBackend:
         (model_dir / "config.json").write_text(json.dumps(cfg, indent=1))
         accepted = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = engine_kwargs(points, model_dir, accepted=accepted)
+        if self.routing_probe:  # hooks run only outside CUDA graphs and compiled graphs
+            kwargs.pop("compilation_config", None)
+            kwargs["enforce_eager"] = True
         self.log(f"vllm engine: {kwargs}")
         t0 = time.perf_counter()
         llm = LLM(**kwargs)
@@ -236,10 +240,18 @@ class VLLMBackend:
         settings["startup_s"] = round(startup_s, 1)
         settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))
         self.log(f"vllm engine ready in {startup_s:.0f} s: {settings}")
-        return {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,
-                "moe_backend_applied": "moe_backend" in kwargs}
+        handle = {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,
+                  "moe_backend_applied": "moe_backend" in kwargs}
+        if self.routing_probe:
+            shape = family(cfg["model_type"]).moe_shape(cfg)
+            if shape is None or not shape.experts or not shape.top_k:
+                raise ValueError(f"{cfg['model_type']}: no routed experts to probe")
+            handle["experts"] = (shape.experts, shape.top_k)
+        return handle
 
     def measure(self, handle, point: SweepPoint) -> dict[str, Any]:
+        if self.routing_probe:
+            return self.measure_routing(handle, point)
         from vllm import SamplingParams
 
         llm = handle["llm"]
@@ -294,6 +306,26 @@ class VLLMBackend:
             "engine_detail": {**{k: v for k, v in handle["kwargs"].items() if k != "model"},
                               "resolved": handle["settings"]},
         }
+
+    def measure_routing(self, handle, point: SweepPoint) -> dict[str, Any]:
+        """The routing of one point's prefill (T = B*S) and a few decode steps (T = B), per
+        :mod:`perfmodel.measuring.vllm_routing`; no times (the engine is eager)."""
+        from functools import partial
+
+        from vllm import SamplingParams
+
+        from perfmodel.measuring import vllm_routing
+
+        experts, top_k = handle["experts"]
+        llm = handle["llm"]
+        hooked = llm.apply_model(partial(vllm_routing.install, num_experts=experts, top_k=top_k))
+        prompts = make_requests(point.batch, point.input_len, handle["vocab"])
+        llm.generate(prompts, SamplingParams(**sampling_kwargs(min(point.output_len, 4))), use_tqdm=False)
+        records = [r for worker in llm.apply_model(vllm_routing.collect) for r in worker]
+        return {"decode_method": "routing_probe", "routers_hooked": hooked,
+                "routing": vllm_routing.summarize(records, experts, top_k),
+                "notes": [] if records else ["no router call was seen: nothing hooked"],
+                "engine_detail": {k: v for k, v in handle["kwargs"].items() if k != "model"}}
 
     def release(self, handle) -> None:
         if handle is not None:
@@ -361,11 +393,10 @@ def engine_settings(llm) -> dict[str, Any]:
 def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dict[str, Any]:
     """The tuned fused-MoE config file vLLM looks up for this model on this GPU, and whether this
     vLLM ships it (vLLM falls back to a default tile config, with a warning, when it does not)."""
-    experts = next((cfg[k] for k in ("num_local_experts", "num_experts", "n_routed_experts")
-                    if isinstance(cfg.get(k), int)), None)
-    width = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size")
-    if not experts or not isinstance(width, int):
+    shape = family(cfg["model_type"]).moe_shape(cfg)
+    if shape is None or not shape.experts or not shape.expert_width:
         return {}
+    experts, width = shape.experts, shape.expert_width
     try:
         import torch
         import vllm

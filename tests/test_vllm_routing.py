@@ -1,0 +1,139 @@
+"""The routing probe of the vllm backend: which experts a router picks, and the skew it implies.
+
+vLLM is not installed here: the end-to-end case runs the backend against a stand-in ``vllm``
+package whose engine is a tiny torch model with routers named like vLLM's (``*.mlp.gate``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from perfmodel.measuring import vllm_routing
+from perfmodel.measuring.vllm_routing import effective_skew
+
+
+class _Moe(torch.nn.Module):
+    def __init__(self, hidden: int, experts: int, collapse: bool) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(hidden, experts, bias=False)
+        if collapse:  # equal logits for every token: top-k ties resolve alike
+            torch.nn.init.zeros_(self.gate.weight)
+
+    def forward(self, x):
+        return self.gate(x)
+
+
+def _model(collapse: bool, layers: int = 3, hidden: int = 16, experts: int = 8):
+    torch.manual_seed(0)
+    return torch.nn.ModuleDict({f"l{i}": torch.nn.ModuleDict({"mlp": _Moe(hidden, experts, collapse)})
+                                for i in range(layers)})
+
+
+def _run(model, tokens: int, hidden: int = 16) -> None:
+    x = torch.randn(tokens, hidden)
+    for layer in model.values():
+        layer["mlp"](x)
+
+
+def test_uniform_and_collapsed_routers_give_skew_zero_and_one():
+    for collapse, expected in ((False, 0.0), (True, 1.0)):
+        model = _model(collapse)
+        assert vllm_routing.install(model, num_experts=8, top_k=2) == 3
+        _run(model, 64)
+        records = vllm_routing.collect(model)
+        assert len(records) == 3 and all(t == 64 for t, _, _ in records)
+        (summary,) = vllm_routing.summarize(records, 8, 2)
+        assert summary["router_calls"] == 3
+        if collapse:
+            assert summary["distinct_experts"] == 2 and summary["hottest_share"] == 0.5
+        else:
+            assert summary["distinct_experts"] == 8
+        assert summary["skew"] == pytest.approx(expected, abs=0.05)
+        _run(model, 64)
+        assert vllm_routing.collect(model) == []  # hooks removed
+
+
+def test_skew_solves_the_models_distinct_experts():
+    from perfmodel import symbols
+    from perfmodel.ops.moe import distinct_experts
+
+    for sigma in (0.2, 0.5, 0.9):
+        distinct = float(distinct_experts(symbols.T).subs(
+            {symbols.T: 16, symbols.E: 64, symbols.k: 6, symbols.sigma: sigma}))
+        assert effective_skew(16, distinct, 64, 6) == pytest.approx(sigma, abs=1e-4)
+    assert effective_skew(16, 64.0, 64, 6) == 0.0 and effective_skew(16, 3.0, 64, 6) == 1.0
+
+
+_FAKE_VLLM = '''
+import dataclasses, time
+from types import SimpleNamespace as NS
+import torch
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+class _Gate(torch.nn.Module):
+    def __init__(self, experts):
+        super().__init__()
+        self.w = torch.nn.Linear(8, experts, bias=False)
+        torch.nn.init.zeros_(self.w.weight)  # dummy weights: equal logits
+    def forward(self, x):
+        return self.w(x), None
+
+class LLM:
+    def __init__(self, **kw):
+        self.kw = kw
+        cfg = __import__("json").load(open(kw["model"] + "/config.json"))
+        experts = cfg.get("num_experts") or cfg.get("num_local_experts")
+        self.model = torch.nn.ModuleDict({f"layer{i}": torch.nn.ModuleDict({"mlp": torch.nn.ModuleDict(
+            {"gate": _Gate(experts)})}) for i in range(2)})
+        self.llm_engine = NS(vllm_config=NS(scheduler_config=NS(max_num_batched_tokens=16384)))
+    def apply_model(self, func):
+        return [func(self.model)]
+    def generate(self, prompts, params, use_tqdm=False):
+        n = params.kw["max_tokens"]
+        rows = [len(prompts[0]["prompt_token_ids"]) * len(prompts)] + [len(prompts)] * (n - 1)
+        for t in rows:
+            for layer in self.model.values():
+                layer["mlp"]["gate"](torch.randn(t, 8))
+        return [NS(outputs=[NS(token_ids=[1] * n)], metrics=None) for _ in prompts]
+'''
+
+_FAKE_ARGS = '''
+import dataclasses
+@dataclasses.dataclass
+class EngineArgs:
+    model: str = ""
+    enforce_eager: bool = False
+    moe_backend: str = "auto"
+    enable_prefix_caching: bool = False
+'''
+
+
+def test_routing_probe_end_to_end_with_a_stand_in_engine(tmp_path, monkeypatch):
+    pkg = tmp_path / "fake" / "vllm"
+    (pkg / "engine").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(_FAKE_VLLM))
+    (pkg / "engine" / "__init__.py").write_text("")
+    (pkg / "engine" / "arg_utils.py").write_text(textwrap.dedent(_FAKE_ARGS))
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from perfmodel.measuring.measure import main
+
+    out = tmp_path / "routing.jsonl"
+    rc = main(["olmoe-1b-7b", "--backend", "vllm", "--routing-probe", "--allow-cpu", "--batch", "2",
+               "--input-len", "8", "--layers", "2", "--out", str(out)])
+    assert rc == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    assert row["status"] == "ok" and "probe=routing" in row["point_id"]
+    assert row["routers_hooked"] == [2] and row["engine_detail"]["enforce_eager"] is True
+    by_tokens = {r["tokens"]: r for r in row["routing"]}
+    assert set(by_tokens) == {16, 2}  # the prefill (B*S) and the decode steps (B)
+    assert all(r["distinct_experts"] == 8 and r["skew"] == 1.0 for r in by_tokens.values())  # OLMoE: top-8 of 64
