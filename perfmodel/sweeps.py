@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from perfmodel.errors import InputError
 from perfmodel.graph import model_values
 from perfmodel.prediction import (
-    DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
+    COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
     check_overrides, compile_model, layout_gpus, numeric_values, structure_key,
 )
 from perfmodel.profile import DEFAULT_ENGINE, load_profile
@@ -385,6 +385,9 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         parts = [m[name] for m in metric_parts]
         data[name] = np.concatenate(parts) if n_combos > 1 else parts[0]
     data["gpus"] = np.tile(gpus, n_combos) if n_combos > 1 else gpus
+    for name in COUNT_METRICS:  # counts (parameters, bytes) are whole numbers in every output
+        if name in data and np.isfinite(data[name]).all():
+            data[name] = np.rint(data[name]).astype(np.int64)
     table = pd.DataFrame(data, copy=False)  # every column is a fresh array: no copy needed
     table.attrs["dropped"] = {"count": (math.prod(shape) - n_kept) * n_combos,
                               "of": math.prod(shape) * n_combos, "reasons": reasons}

@@ -202,3 +202,11 @@ def test_layouts_predict_refuses_are_dropped():
     assert any("tp (3) must divide" in r for r in table.attrs["dropped"]["reasons"])
     with pytest.raises(InputError, match=r"no valid combination in the grid: batch=1: ep \(3\) must divide"):
         sweep("mixtral-8x7b", {"batch": [1]}, ep=3)
+
+
+def test_counts_are_integers_in_the_table():
+    """Parameters and bytes are whole numbers in the DataFrame, hence in its CSV and printout."""
+    table = sweep("mixtral", {"top_k": [1, 2]})
+    for name in ("params", "active_params", "weights_bytes", "kv_cache_bytes", "memory_bytes"):
+        assert str(table[name].dtype) == "int64", name
+    assert "46702792704.0" not in table.to_csv(index=False)
