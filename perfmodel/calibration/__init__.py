@@ -12,4 +12,7 @@ The GPU machine has no altair, so these modules do not import it.
   rows of model ops (:mod:`~perfmodel.calibration.fit_tables`), fitted through the model's
   roofline (:mod:`~perfmodel.calibration.fit_curves`).
 - :mod:`perfmodel.calibration.fit` (``perfmodel calibrate fit``) - the engine profile.
+- :mod:`perfmodel.calibration.bench_collectives` (``perfmodel calibrate collectives``) - collectives
+  between the GPUs of one host; :mod:`~perfmodel.calibration.fit_collectives` fits the link
+  efficiency and per-step latency from its table.
 """

@@ -22,12 +22,13 @@ class CsvTable:
     Rows go to ``<name>.partial`` in the same folder (each :meth:`add` writes and flushes one
     line, so a killed bench keeps what it measured there); :meth:`commit` atomically replaces
     ``path`` with it (``os.replace``). A table already at ``path`` is never touched before then.
+    ``common``: the columns appended after ``columns`` (default :data:`COMMON`).
     """
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, columns: list[str], common: list[str] | None = None) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
-        self.columns = list(dict.fromkeys(columns + COMMON))
+        self.columns = list(dict.fromkeys(columns + (COMMON if common is None else common)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.partial_path, "w", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")

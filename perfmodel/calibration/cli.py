@@ -29,6 +29,39 @@ def bench(
 
 
 @app.command()
+def collectives(
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/<gpu>-x<N>/)."),
+    world_size: Optional[int] = typer.Option(None, "--world-size", help="Processes, one per GPU (default: every GPU visible)."),
+    max_bytes: str = typer.Option("1GiB", "--max-bytes", help="Largest message, e.g. 64MiB (sizes 4KiB, 8KiB, … up to it)."),
+    budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Wall time after which no new size starts (default 300)."),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
+                                   help="Run on CPU processes over gloo (tests; also PERFMODEL_ALLOW_CPU=1)."),
+) -> None:
+    """Time all-reduce, all-gather, reduce-scatter, all-to-all and send/recv between GPUs into collectives.csv."""
+    from perfmodel.calibration.bench_collectives import parse_bytes, run_collectives
+    from perfmodel.calibration.fit_collectives import fit_collectives
+    from perfmodel.errors import PerfModelError
+    from perfmodel.measuring.preflight import check_budget
+
+    meta = run_collectives(out, world_size=world_size, max_bytes=parse_bytes(max_bytes),
+                           budget_s=check_budget(budget_s), allow_cpu=allow_cpu is True)
+    table = Path(meta["out_dir"]) / "collectives.csv"
+    print(f"wrote {table} ({meta['rows']} rows, {meta['backend']}, {meta['world_size']} ranks"
+          f"{'; cut short by the budget' if meta['truncated'] else ''})")
+    if meta["gpu_spec"] is None:
+        return
+    try:
+        fitted = fit_collectives(table, meta["gpu_spec"])
+    except PerfModelError as exc:
+        print(f"no link fit: {exc}")
+        return
+    print(f"link fit against {fitted['gpu']} ({fitted['link_gb_s']:g} GB/s per direction):")
+    for name, f in {**fitted["collectives"], "joint": fitted["joint"]}.items():
+        print(f"  {name:15s} efficiency {f['efficiency']:.3f}  link step {f['link_step_s'] * 1e6:7.2f} us  "
+              f"MAPE {f['mape_pct']:5.1f} %  (n={f['rows']})")
+
+
+@app.command()
 def fit(
     gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU whose committed data to fit."),
     engine: str = typer.Option("hf", "--engine", help="hf (microbenchmarks + end to end) or vllm (end to end)."),
