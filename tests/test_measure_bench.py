@@ -12,6 +12,10 @@ from perfmodel.calibration.bench import STAGES, TABLES, main, run_bench
 from perfmodel.calibration.bench_gemm import make_gemm_call, make_grouped_call, route, tokens_per_expert
 from perfmodel.calibration.bench_plan import make_plan
 from perfmodel.calibration.bench_shapes import gemm_shapes
+try:
+    from tests.fake_cuda import WallClockEvent
+except ImportError:  # run from inside tests/
+    from fake_cuda import WallClockEvent
 
 torch.set_num_threads(1)
 
@@ -100,17 +104,6 @@ def test_grouped_calls_mirror_transformers_layout_on_meta(fp8):
     assert make_grouped_call(w_dn, offs, rows, fp8, meta)(0).shape == (rows, h)
 
 
-class _Event:
-    def __init__(self, enable_timing=False):
-        self.t = 0.0
-
-    def record(self, stream=None):
-        import time
-
-        self.t = time.perf_counter()
-
-    def elapsed_time(self, end):
-        return (end.t - self.t) * 1e3
 
 
 class _Graph:
@@ -129,7 +122,7 @@ class _Graph:
 def test_auto_time_graph_and_fallback_paths_with_faked_cuda(monkeypatch):
     import perfmodel.measuring.timing as bt
 
-    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "Event", WallClockEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     captured = []
 

@@ -11,6 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from perfmodel.measuring import env, timing  # noqa: E402
+try:
+    from tests.fake_cuda import WallClockEvent
+except ImportError:  # run from inside tests/
+    from fake_cuda import WallClockEvent
 
 SMI = """+-----------------------------------------------------------------------------------------+
 | NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |
@@ -69,17 +73,6 @@ def test_call_times_on_cpu_runs_before_untimed():
 
 # --- do_bench_cudagraph, faked ------------------------------------------------------------------
 
-class _Event:
-    def __init__(self, enable_timing=False):
-        self.t = 0.0
-
-    def record(self, stream=None):
-        import time
-
-        self.t = time.perf_counter()
-
-    def elapsed_time(self, end):
-        return (end.t - self.t) * 1e3
 
 
 @pytest.fixture
@@ -105,7 +98,7 @@ def fake_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton.testing", testing)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
-    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "Event", WallClockEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     return state
 

@@ -54,18 +54,27 @@ def _free(device: torch.device) -> None:
 # --------------------------------------------------------------------------- MoE block
 
 
-def bench_moe_block(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, log) -> None:
-    from perfmodel.measuring.hf_routing import RoutingRecorder
-
-    for name, overrides in plan.moe_models:
+def _built(models, device: torch.device, table: CsvTable, stage: Stage, family: str, op: str):
+    """(name, model, config, info) of each one-layer model of ``models`` ((name, overrides)
+    pairs) while the stage has time; a model that does not build becomes an error row."""
+    for name, overrides in models:
         if not stage.ok():
             return
         try:
             model, config, info = one_layer_model(name, overrides, device)
         except Exception as exc:  # noqa: BLE001
-            table.add({"family": "moe_block", "op": "moe_block", "model": name, **error_fields(exc)})
+            table.add({"family": family, "op": op, "model": name, **error_fields(exc)})
             _free(device)
             continue
+        yield name, model, config, info
+        del model, config, info  # this frame's references too, before the next model is built
+        _free(device)
+
+
+def bench_moe_block(plan: Plan, device: torch.device, table: CsvTable, stage: Stage, log) -> None:
+    from perfmodel.measuring.hf_routing import RoutingRecorder
+
+    for name, model, config, info in _built(plan.moe_models, device, table, stage, "moe_block", "moe_block"):
         block = model.model.layers[0].mlp
         e, k = info.num_experts, info.top_k
         h = int(config.hidden_size)
@@ -121,15 +130,7 @@ def bench_attn_module(plan: Plan, device: torch.device, table: CsvTable, stage: 
     from transformers import StaticCache
     from transformers.masking_utils import create_causal_mask
 
-    for name, overrides in plan.module_models:
-        if not stage.ok():
-            return
-        try:
-            model, config, info = one_layer_model(name, overrides, device)
-        except Exception as exc:  # noqa: BLE001
-            table.add({"family": "attention", "op": "attn_module", "model": name, **error_fields(exc)})
-            _free(device)
-            continue
+    for name, model, config, info in _built(plan.module_models, device, table, stage, "attention", "attn_module"):
         attn = model.model.layers[0].self_attn
         rotary = model.model.rotary_emb
         h = int(config.hidden_size)
