@@ -24,7 +24,7 @@ import torch
 
 from perfmodel.calibration.bench_io import CsvTable, Stage, error_fields, run_case, timing_fields
 from perfmodel.calibration.bench_plan import Plan
-from perfmodel.measuring.timing import capture_step, is_cuda, summarize, time_wall
+from perfmodel.measuring.timing import call_times, capture_step, is_cuda, summarize, time_wall
 
 MOE_COLUMNS = ["model", "impl", "tokens", "hidden", "experts", "top_k", "ffn", "shared_ffn", "experts_hit"]
 MODULE_COLUMNS = ["model", "model_type", "phase", "batch", "seq", "alloc_len", "context_len", "heads",
@@ -216,17 +216,8 @@ def _time_with_reset(call, reset, device, plan):
         reset()
         run()
         torch.cuda.synchronize()
-        pairs = []
-        for _ in range(10 if plan.mode == "full" else 5):
-            reset()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize()
-        return summarize([a.elapsed_time(z) for a, z in pairs], method)
+        times = call_times(run, True, 10 if plan.mode == "full" else 5, before=reset)
+        return summarize(times, method)
     finally:
         if graph is not None:
             graph.reset()
