@@ -12,7 +12,8 @@
 # Outputs: $OUT/vllm.jsonl (rows, the measure schema), $OUT/vllm.log (our log), $OUT/engine-*.log
 # (vLLM's own log per model, tail only; packed into $OUT/engine-logs.tgz at the end).
 # ROUTING=1 adds, per entry, a routing probe in a process of its own (an eager engine of the same
-# config and seed: which experts the router picks, and the skew that implies) -> $OUT/routing.jsonl.
+# config and seed: which experts the router picks under random and greedy sampling, and the skew
+# that implies) -> $OUT/routing.jsonl; ROUTING=model1,model2 probes only the entries of those models.
 # Env: OUT, PLAN, ROUTING, RESUME_FROM (rows of earlier calls, copied first; default
 # validate/results/<gpu>-vllm.jsonl if present), TOTAL_BUDGET (default 540 s).
 set -u -o pipefail
@@ -49,8 +50,8 @@ for entry in "${ENTRIES[@]}"; do
     grep -v "^\s*$" "$elog.full" | grep -iv "it/s\]$" | tail -n 150 > "$elog"
     rm -f "$elog.full"
     say "$model exit code $rc"
-    if [ "${ROUTING:-0}" = 1 ]; then  # which experts the router picks, from an eager engine (~30 s)
-        timeout --kill-after=10 180 "$PY" -m perfmodel.measuring.measure "$model" --backend vllm \
+    if [ "${ROUTING:-0}" = 1 ] || [[ ",${ROUTING:-}," == *",$model,"* ]]; then  # which experts the router picks, from an eager engine (~30 s)
+        timeout --kill-after=10 240 "$PY" -m perfmodel.measuring.measure "$model" --backend vllm \
             --routing-probe --batch "$batches" --input-len "${lengths//\//;}" --out "$OUT/routing.jsonl" \
             ${extra:-} >> "$elog" 2>&1
         say "$model routing probe exit code $?"

@@ -58,6 +58,17 @@ def test_config_json_and_requests():
     assert reqs == vb.make_requests(3, 17, vocab_size=32000, seed=1)
     assert vb.sampling_kwargs(128) == {"max_tokens": 128, "min_tokens": 128, "ignore_eos": True,
                                        "temperature": 0.0, "detokenize": False}
+    assert vb.sampling_kwargs(128, "random")["temperature"] == 1.0
+    with pytest.raises(ValueError, match="unknown sampling"):
+        vb.sampling_kwargs(128, "beam")
+
+
+def test_sampling_is_part_of_the_point_id_and_defaults_to_random():
+    assert vb.point_settings()["sampling"] == "random"
+    greedy = build_points(["olmoe"], [1], [[128]], backend="vllm",
+                          settings=vb.point_settings(sampling="greedy"))[0]
+    random_ = build_points(["olmoe"], [1], [[128]], backend="vllm", settings=vb.point_settings())[0]
+    assert "sampling=greedy" in greedy.point_id and "sampling=random" in random_.point_id
 
 
 def test_settings_are_part_of_point_ids():
@@ -76,7 +87,7 @@ def test_measure_without_vllm_raises_input_error(tmp_path):
         measure(model="olmoe", backend="vllm", batch="1", input_len="128", output_len=None, set_=None,
                 layers=None, experts_impl="grouped_mm", full_run=None, out=tmp_path / "v.jsonl", budget_s=None,
                 cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
-                moe_backend="triton")
+                moe_backend="triton", sampling="random")
     assert str(err.value) == VLLM_MISSING == "vllm is not installed (pip install 'perfmodel[vllm]')"
     assert not (tmp_path / "v.jsonl").exists()
 

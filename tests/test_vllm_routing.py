@@ -82,7 +82,7 @@ class _Gate(torch.nn.Module):
     def __init__(self, experts):
         super().__init__()
         self.w = torch.nn.Linear(8, experts, bias=False)
-        torch.nn.init.zeros_(self.w.weight)  # dummy weights: equal logits
+        torch.nn.init.normal_(self.w.weight)
     def forward(self, x):
         return self.w(x), None
 
@@ -99,9 +99,10 @@ class LLM:
     def generate(self, prompts, params, use_tqdm=False):
         n = params.kw["max_tokens"]
         rows = [len(prompts[0]["prompt_token_ids"]) * len(prompts)] + [len(prompts)] * (n - 1)
-        for t in rows:
+        for step, t in enumerate(rows):  # greedy decode: every sequence feeds the same token
+            x = torch.randn(t, 8) if step == 0 or params.kw["temperature"] > 0 else torch.ones(t, 8)
             for layer in self.model.values():
-                layer["mlp"]["gate"](torch.randn(t, 8))
+                layer["mlp"]["gate"](x)
         return [NS(outputs=[NS(token_ids=[1] * n)], metrics=None) for _ in prompts]
 '''
 
@@ -128,12 +129,17 @@ def test_routing_probe_end_to_end_with_a_stand_in_engine(tmp_path, monkeypatch):
     from perfmodel.measuring.measure import main
 
     out = tmp_path / "routing.jsonl"
-    rc = main(["olmoe-1b-7b", "--backend", "vllm", "--routing-probe", "--allow-cpu", "--batch", "2",
+    rc = main(["olmoe-1b-7b", "--backend", "vllm", "--routing-probe", "--allow-cpu", "--batch", "4",
                "--input-len", "8", "--layers", "2", "--out", str(out)])
     assert rc == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     assert row["status"] == "ok" and "probe=routing" in row["point_id"]
     assert row["routers_hooked"] == [2] and row["engine_detail"]["enforce_eager"] is True
-    by_tokens = {r["tokens"]: r for r in row["routing"]}
-    assert set(by_tokens) == {16, 2}  # the prefill (B*S) and the decode steps (B)
-    assert all(r["distinct_experts"] == 8 and r["skew"] == 1.0 for r in by_tokens.values())  # OLMoE: top-8 of 64
+    assert "sampling=random" in row["point_id"] and row["routing"] == row["routing_by_sampling"]["random"]
+    greedy = {r["tokens"]: r for r in row["routing_by_sampling"]["greedy"]}
+    sampled = {r["tokens"]: r for r in row["routing_by_sampling"]["random"]}
+    assert set(greedy) == set(sampled) == {32, 4}  # the prefill (B*S) and the decode steps (B)
+    assert greedy[4]["router_calls"] == 2 * 7  # two routers, O - 1 decode steps
+    assert greedy[4]["distinct_experts"] == 8 and greedy[4]["skew"] == 1.0  # OLMoE: top-8 of 64, one token
+    assert sampled[4]["distinct_experts"] > 8 and sampled[4]["skew"] < 1.0
+    assert greedy[32]["skew"] < 1.0  # distinct prompt tokens

@@ -106,6 +106,8 @@ def measure(
     expert_parallel: bool = typer.Option(False, "--expert-parallel", help="vllm: enable expert parallelism."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
+    sampling: str = typer.Option("random", "--sampling",
+                                 help="vllm: decode tokens sampled at temperature 1 (random) or greedy."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -129,6 +131,8 @@ def measure(
         raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
     if backend == "hf" and experts_impl not in EXPERTS_IMPLS:
         raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
+    if backend == "vllm" and sampling not in ("random", "greedy"):
+        raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
     require_gpu_libraries("measure")
     if backend == "vllm":
         from perfmodel.measuring import vllm_backend
@@ -143,7 +147,8 @@ def measure(
         settings = None
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
-                                               quantization=quantization, moe_backend=moe_backend)
+                                               quantization=quantization, moe_backend=moe_backend,
+                                               sampling=sampling)
         if routing_probe:
             settings["probe"] = "routing"
         engine = vllm_backend.VLLMBackend(routing_probe=routing_probe)

@@ -13,7 +13,13 @@ Translation (pure functions, testable without vLLM):
   engine timestamps on (``disable_log_stats=False``), TP / EP / quantization, ``hf_overrides``
   with the raw config fields of the ``--set`` overrides.
 - :func:`make_requests` / :func:`sampling_kwargs` - B token-id prompts of length S and
-  ``SamplingParams(max_tokens=O, min_tokens=O, ignore_eos=True, temperature=0)``.
+  ``SamplingParams(max_tokens=O, min_tokens=O, ignore_eos=True)``, sampled at temperature 1
+  (``sampling=random``, the default) or greedy (``sampling=greedy``, temperature 0). With dummy
+  weights the next-token logits are nearly flat and depend almost only on the current token, so
+  greedy decoding iterates one fixed token-to-token map: after some steps the sequences of a batch
+  run into the same few tokens and every router sends them to the same experts (decode then reads
+  far fewer expert weights than real traffic would). Random sampling keeps the decode tokens of a
+  batch distinct, so the routing is as spread as the prompts'.
 - :func:`fused_moe_config_name` - the tuned fused-MoE tile file vLLM looks up for the model's
   expert shape (``E=..,N=..,device_name=..[,dtype=..].json``); the row records whether it exists.
 
@@ -77,14 +83,22 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+#: Decode token choice: "random" (temperature 1) or "greedy" (temperature 0); rows measured before
+#: the setting existed were greedy.
+SAMPLINGS = ("random", "greedy")
+
+
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
-                   moe_backend: str = "triton") -> dict[str, str]:
+                   moe_backend: str = "triton", sampling: str = "random") -> dict[str, str]:
     """Engine settings that are part of each point's id."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     return {
         "tp": str(int(tp)),
         "ep": str(int(bool(expert_parallel))),
         "quant": quantization or "none",
         "moe_backend": moe_backend,
+        "sampling": sampling,
     }
 
 
@@ -162,13 +176,16 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
     return kwargs
 
 
-def sampling_kwargs(output_len: int) -> dict[str, Any]:
-    """``SamplingParams(**kwargs)``: exactly O greedy tokens, EOS ignored, no detokenizing."""
+def sampling_kwargs(output_len: int, sampling: str = "greedy") -> dict[str, Any]:
+    """``SamplingParams(**kwargs)``: exactly O tokens, EOS ignored, no detokenizing; greedy
+    (temperature 0) or sampled from the full distribution (temperature 1, no top-k/top-p)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     return {
         "max_tokens": int(output_len),
         "min_tokens": int(output_len),
         "ignore_eos": True,
-        "temperature": 0.0,
+        "temperature": 0.0 if sampling == "greedy" else 1.0,
         "detokenize": False,
     }
 
@@ -258,8 +275,10 @@ class VLLMBackend:
         prompts = make_requests(point.batch, point.input_len, handle["vocab"])
         o = point.output_len
 
+        sampling = _settings(point).get("sampling", "greedy")
+
         def run(n: int) -> tuple[float, list]:
-            params = SamplingParams(**sampling_kwargs(n))
+            params = SamplingParams(**sampling_kwargs(n, sampling))
             t = time.perf_counter()
             outs = llm.generate(prompts, params, use_tqdm=False)
             return (time.perf_counter() - t) * 1e3, outs
@@ -308,8 +327,10 @@ class VLLMBackend:
         }
 
     def measure_routing(self, handle, point: SweepPoint) -> dict[str, Any]:
-        """The routing of one point's prefill (T = B*S) and a few decode steps (T = B), per
-        :mod:`perfmodel.measuring.vllm_routing`; no times (the engine is eager)."""
+        """The routing of one point's whole request, prefill (T = B*S) and all O - 1 decode
+        steps (T = B), under each sampling of :data:`SAMPLINGS` (``routing`` is the point's own
+        sampling, ``routing_by_sampling`` all of them), per :mod:`perfmodel.measuring.vllm_routing`;
+        no times (the engine is eager)."""
         from functools import partial
 
         from vllm import SamplingParams
@@ -318,13 +339,18 @@ class VLLMBackend:
 
         experts, top_k = handle["experts"]
         llm = handle["llm"]
-        hooked = llm.apply_model(partial(vllm_routing.install, num_experts=experts, top_k=top_k))
         prompts = make_requests(point.batch, point.input_len, handle["vocab"])
-        llm.generate(prompts, SamplingParams(**sampling_kwargs(min(point.output_len, 4))), use_tqdm=False)
-        records = [r for worker in llm.apply_model(vllm_routing.collect) for r in worker]
+        by_sampling, hooked = {}, 0
+        for sampling in SAMPLINGS:
+            hooked = llm.apply_model(partial(vllm_routing.install, num_experts=experts, top_k=top_k))
+            llm.generate(prompts, SamplingParams(**sampling_kwargs(point.output_len, sampling)),
+                         use_tqdm=False)
+            records = [r for worker in llm.apply_model(vllm_routing.collect) for r in worker]
+            by_sampling[sampling] = vllm_routing.summarize(records, experts, top_k)
+        own = _settings(point).get("sampling", "greedy")
         return {"decode_method": "routing_probe", "routers_hooked": hooked,
-                "routing": vllm_routing.summarize(records, experts, top_k),
-                "notes": [] if records else ["no router call was seen: nothing hooked"],
+                "routing": by_sampling[own], "routing_by_sampling": by_sampling,
+                "notes": [] if any(by_sampling.values()) else ["no router call was seen: nothing hooked"],
                 "engine_detail": {k: v for k, v in handle["kwargs"].items() if k != "model"}}
 
     def release(self, handle) -> None:
