@@ -53,6 +53,20 @@ GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmode
 _ENGINE = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine profile (perfmodel list engines).")
 _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (repeatable).")
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object.")
+_QUANT_HELP = ("Quantization scheme of the linear layers (specs/quantization.yaml): none, fp8, "
+               "fp8-channel, fp8-block, w8a16, w4a16, int8-w8a8, mxfp4 (--dtype fp8 = --quant fp8).")
+_MOE_IMPL_HELP = "Routed experts: fused (one fused-MoE block) or unfused (a loop over touched experts)."
+_PRUNE_EXPERTS = typer.Option(None, "--prune-experts", help="Drop this fraction R of the routed "
+                              "experts, in [0, 1): E' = E - round(R*E).")
+_PRUNE_FFN = typer.Option(None, "--prune-ffn", help="Narrow every routed expert's FFN by this "
+                          "fraction R, in [0, 1): I' = I - round(R*I).")
+_SPEC_DRAFT = typer.Option(None, "--spec-draft", help="Speculative decoding: the draft model "
+                           "(zoo name or config.json).")
+_SPEC_TOKENS = typer.Option(None, "--spec-tokens", help="Draft tokens per step (gamma, at least 1).")
+_SPEC_ACCEPT = typer.Option(None, "--spec-accept", help="Acceptance rate of a draft token "
+                            "(alpha, in [0, 1)).")
+_SPEC_ACCEPTED_LEN = typer.Option(None, "--spec-accepted-len", help="Mean tokens per step, the "
+                                  "target's own included (tau, in [1, gamma+1]); instead of --spec-accept.")
 
 #: Width of the tables when stdout is not a terminal (a file, a pipe): wide enough that no
 #: value is ever cut; a table takes only the width its cells need.
@@ -106,7 +120,15 @@ def predict(
     dtype: str = typer.Option("bf16", "--dtype", help="Weights: fp32, bf16, fp16, fp8, int8, fp4."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype (default bf16/dtype)."),
     skew: float = typer.Option(0.0, "--skew", help="Routing skew in [0, 1] (0 = uniform)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help=_QUANT_HELP),
+    moe_impl: str = typer.Option("fused", "--moe-impl", help=_MOE_IMPL_HELP),
     set_: Optional[List[str]] = _SET,
+    prune_experts: Optional[float] = _PRUNE_EXPERTS,
+    prune_ffn: Optional[float] = _PRUNE_FFN,
+    spec_draft: Optional[str] = _SPEC_DRAFT,
+    spec_tokens: Optional[int] = _SPEC_TOKENS,
+    spec_accept: Optional[float] = _SPEC_ACCEPT,
+    spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
@@ -120,7 +142,9 @@ def predict(
 
     result = run(model, gpu=gpu, engine=engine, phase=phase.value, batch=batch,
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
-                 pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [])
+                 pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [],
+                 quant=quant, moe_impl=moe_impl, prune_experts=prune_experts, prune_ffn=prune_ffn, spec_draft=spec_draft,
+                 spec_tokens=spec_tokens, spec_accept=spec_accept, spec_accepted_len=spec_accepted_len)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -237,7 +261,15 @@ def sweep(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights dtype (default bf16)."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype"),
     skew: Optional[float] = typer.Option(None, "--skew"),
+    quant: Optional[str] = typer.Option(None, "--quant", help=_QUANT_HELP),
+    moe_impl: Optional[str] = typer.Option(None, "--moe-impl", help=_MOE_IMPL_HELP),
     set_: Optional[List[str]] = _SET,
+    prune_experts: Optional[float] = _PRUNE_EXPERTS,
+    prune_ffn: Optional[float] = _PRUNE_FFN,
+    spec_draft: Optional[str] = _SPEC_DRAFT,
+    spec_tokens: Optional[int] = _SPEC_TOKENS,
+    spec_accept: Optional[float] = _SPEC_ACCEPT,
+    spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
@@ -247,13 +279,19 @@ def sweep(
 
     A key is given once: swept by --grid, or fixed by its flag or --set. Combinations that
     predict would refuse are dropped, with a warning on stderr saying how many and why.
+    What-ifs sweep too: --grid prune_experts=0,0.25,0.5, --grid spec_draft=none,qwen3-1.7b,
+    --grid spec_tokens=1,3,5, --grid spec_accept=0.5,0.7,0.9.
     """
     from perfmodel.prediction import check_overrides
     from perfmodel.sweeps import parse_grid, sweep as run
 
     fixed = {k: v for k, v in dict(batch=batch, input_len=input_len, output_len=output_len,
                                    context=context, tp=tp, ep=ep, pp=pp, dtype=dtype,
-                                   kv_dtype=kv_dtype, skew=skew).items() if v is not None}
+                                   kv_dtype=kv_dtype, skew=skew, quant=quant, moe_impl=moe_impl,
+                                   prune_experts=prune_experts,
+                                   prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens,
+                                   spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
+                                   ).items() if v is not None}
     if csv is not None and not csv.parent.is_dir():
         raise InputError(f"cannot write {csv}: folder '{csv.parent}' does not exist")
     overrides = check_overrides(set_ or [])

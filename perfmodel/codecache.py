@@ -36,7 +36,7 @@ import sympy as sp
 
 _FORMULA_FILES = ("symbols.py", "graph.py", "phases.py", "roofline.py", "memory.py", "prediction.py",
                   "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
-                  "ops/embedding.py", "ops/comm.py")
+                  "ops/embedding.py", "ops/comm.py", "ops/quant.py")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 #: Version of the entry layout; part of every key.

@@ -25,6 +25,9 @@ def register() -> None:
     cli.app.command("measure")(measure)
     cli.app.add_typer(calibrate_app, name="calibrate", help="Measure kernels and fit profiles.")
     cli.app.command("validate")(validate)
+    from perfmodel.planning.cli import plan
+
+    cli.app.command("plan")(plan)
     _registered = True
 
 

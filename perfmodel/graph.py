@@ -18,7 +18,8 @@ from perfmodel.ops.attention import gqa_ops, mla_ops
 from perfmodel.ops.comm import all_reduce, pipeline_send
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.embedding import embedding, lm_head
-from perfmodel.ops.moe import dense_block, moe_block
+from perfmodel.ops.moe import MOE_IMPLS, NO_PADDING, dense_block, moe_block
+from perfmodel.ops.quant import with_activation_quant
 from perfmodel.specs.model import ModelSpec
 from perfmodel import symbols as s
 
@@ -34,11 +35,27 @@ class GraphOptions:
     ``decode_kv_expand``: decode materializes per-head keys and values before the attention
     kernel (transformers with a static cache: SDPA gets a mask, so grouped heads are repeated;
     MLA's re-expanded keys are concatenated with their rotary part).
+
+    ``moe_impl``: how the routed experts run (:data:`perfmodel.ops.moe.MOE_IMPLS`: one fused
+    block, or a loop over the touched experts). ``moe_block_m``: the fused-MoE tile rows by
+    tokens per pass, ((at most T, M), ...) (:func:`perfmodel.ops.moe.block_rows`; M = 1: no
+    padding). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
+    dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`);
+    ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
+    elementwise op before it.
     """
 
     mla_cache: str = "latent"
     mla_absorb_decode: bool = True
     decode_kv_expand: bool = False
+    moe_impl: str = "fused"
+    moe_block_m: tuple[tuple[float, int], ...] = NO_PADDING
+    quantized: bool = False
+    quantized_activations: bool = False
+
+    def __post_init__(self) -> None:
+        if self.moe_impl not in MOE_IMPLS:
+            raise ValueError(f"unknown MoE implementation '{self.moe_impl}' (known: {', '.join(MOE_IMPLS)})")
 
 
 @dataclass(frozen=True)
@@ -68,9 +85,9 @@ def _attention(model: ModelSpec, windowed: bool, decode: bool, options: GraphOpt
         latent = options.mla_cache == "latent"
         return mla_ops(spec, windowed=windowed, norm_kind=model.norm, latent_cache=latent,
                        absorbed=decode and latent and options.mla_absorb_decode,
-                       expand_kv=options.decode_kv_expand, decode=decode)
+                       expand_kv=options.decode_kv_expand, decode=decode, quantized=options.quantized)
     return gqa_ops(spec, windowed=windowed, norm_kind=model.norm,
-                   expand_kv=decode and options.decode_kv_expand)
+                   expand_kv=decode and options.decode_kv_expand, quantized=options.quantized)
 
 
 def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = GraphOptions()) -> ModelGraph:
@@ -96,10 +113,13 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
         ops = _attention(model, windowed, decode, options) + [all_reduce("comm.attn_all_reduce")]
         if mlp == "moe":
             assert model.moe is not None
-            ops += moe_block(model.moe, model.norm)
+            ops += moe_block(model.moe, model.norm, impl=options.moe_impl, tiers=options.moe_block_m,
+                             quantized=options.quantized)
         else:
-            ops += dense_block(model.norm, model.mlp_bias)
+            ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantized)
         ops.append(all_reduce("comm.mlp_all_reduce"))
+        if options.quantized_activations:
+            ops = with_activation_quant(ops)
         name = f"{mlp}{'-window' if windowed else ''}"
         groups.append(LayerGroup(name=name, count=count, ops=tuple(ops)))
     tail = (norm("final_norm", s.H, model.norm, residual=True),

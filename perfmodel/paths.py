@@ -23,6 +23,7 @@ IS_CHECKOUT = ROOT == _CHECKOUT
 SPECS_DIR = ROOT / "specs"
 HARDWARE_DIR = SPECS_DIR / "hardware"
 MODELS_DIR = SPECS_DIR / "models"
+STUDIES_DIR = SPECS_DIR / "studies"  # published studies' claims, as data
 PROFILES_DIR = ROOT / "calibration" / "profiles"
 CALIBRATION_DATA_DIR = ROOT / "calibration" / "data"
 RESULTS_DIR = ROOT / "validate" / "results"

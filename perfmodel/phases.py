@@ -8,7 +8,10 @@
   keys, a closed form (:func:`decode_mean_substitutions`). Its roofline time is exact while no
   op changes bound during the decode; an op's bound cannot change when its FLOPs and bytes
   grow in the same proportion with L, which holds for the attention core (both ∝ L) and for
-  every other op (independent of L).
+  every other op (independent of L);
+- the verify pass of speculative decoding: T = B·(γ+1), each sequence's γ+1 queries at
+  context L (:func:`verify_substitutions`); linear in L too, so a request's mean verify pass
+  is the one at the decode steps' mean substitutions.
 """
 
 from __future__ import annotations
@@ -64,3 +67,27 @@ def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]
     else:
         raise ValueError(f"unknown decode span '{span}'")
     return {T: B, P: full, C: full, Pw: windowed, Cw: windowed}
+
+
+def verify_substitutions(queries: sp.Expr, base: dict[sp.Symbol, sp.Expr] | None = None, *,
+                         causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
+    """A target model's verify pass of speculative decoding: each of the B sequences brings
+    q = ``queries`` tokens at once (its last token and the γ = q − 1 draft tokens), at the
+    context of ``base``, the substitutions of a decode step (default
+    :func:`decode_substitutions`, at context L; :func:`decode_mean_substitutions` for the mean
+    over a request).
+
+    A decode-like pass of T = B·q tokens. Query j (j = 0 … q−1) attends L + j keys, so the
+    pairs per sequence are q·L + q(q−1)/2 (the causal part among the new tokens) and the
+    cache read holds L + q − 1 tokens. On windowed layers a query attends at most W keys:
+    P_w = min(q·P_w,decode + q(q−1)/2, q·W) and C_w = min(C_w,decode + q − 1, W), exact when
+    the q queries all lie below the window or all beyond it. ``causal=False`` is for an
+    engine that scores its whole allocated cache under a mask (the causal part is inside
+    it): P = q·P_decode, C = C_decode. Units: tokens and pairs per sequence per layer.
+    """
+    q = queries
+    base = decode_substitutions() if base is None else base
+    causal_pairs = q * (q - 1) / 2 if causal else 0
+    new_keys = q - 1 if causal else 0
+    return {T: B * q, P: q * base[P] + causal_pairs, C: base[C] + new_keys,
+            Pw: sp.Min(q * base[Pw] + causal_pairs, q * W), Cw: sp.Min(base[Cw] + new_keys, W)}

@@ -10,8 +10,8 @@ throughput = B·O/E2E.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +26,9 @@ from perfmodel.memory import (
 )
 from perfmodel.phases import decode_mean_substitutions, decode_substitutions, prefill_substitutions
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
+from perfmodel import quantization
+from perfmodel.ops.moe import MOE_IMPLS
+from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
 from perfmodel.specs.layout import Layout
@@ -180,6 +183,8 @@ class Workload:
     dtype: str = "bf16"
     kv_dtype: str | None = None
     skew: float = 0.0
+    quant: str | None = None  # quantization scheme (specs/quantization.yaml); None: from dtype
+    moe_impl: str = "fused"  # routed experts: fused block, or a loop over the touched experts
 
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
@@ -191,6 +196,21 @@ class Workload:
         object.__setattr__(self, "dtype", check_choice("dtype", self.dtype, DTYPE_BYTES))
         object.__setattr__(self, "kv_dtype", check_choice("kv_dtype", self.kv_dtype, DTYPE_BYTES, optional=True))
         object.__setattr__(self, "skew", check_skew(self.skew))
+        object.__setattr__(self, "quant", quantization.check_quant(self.quant))
+        quantization.resolve(self.quant, self.dtype)  # a quant that contradicts an alias dtype fails here
+        object.__setattr__(self, "moe_impl", check_choice("moe_impl", self.moe_impl, MOE_IMPLS))
+
+    @property
+    def scheme(self) -> quantization.QuantScheme:
+        """The quantization scheme of the linear layers: ``quant``, else the one ``dtype`` is an
+        alias of (fp8, int8, fp4), else none (:func:`perfmodel.quantization.resolve`)."""
+        return quantization.resolve(self.quant, self.dtype)
+
+    @property
+    def base_dtype(self) -> str:
+        """The dtype of the unquantized weights and of the activations: ``dtype``, or bf16 when
+        ``dtype`` is a quantization scheme's alias."""
+        return quantization.base_dtype(self.dtype)
 
     @property
     def gpus(self) -> int:
@@ -199,8 +219,9 @@ class Workload:
 
     @property
     def kv_dtype_used(self) -> str:
-        """The KV cache's dtype: ``kv_dtype``, else bf16 under 8/4-bit weights, else ``dtype``."""
-        return self.kv_dtype or ("bf16" if self.dtype in ("fp8", "int8", "fp4") else self.dtype)
+        """The KV cache's dtype: ``kv_dtype``, else the unquantized dtype (:attr:`base_dtype`:
+        bf16 under ``--dtype fp8|int8|fp4``; a ``quant`` scheme leaves the cache alone)."""
+        return self.kv_dtype or self.base_dtype
 
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` on a workload that makes no sense for this model."""
@@ -279,7 +300,7 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
             ("decode", True, decode_mean_substitutions(span))]
 
 
-def _pass_time(graph: ModelGraph, subs: dict, eager: bool = False) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+def pass_time(graph: ModelGraph, subs: dict, eager: bool = False) -> tuple[sp.Expr, list[list[sp.Expr]]]:
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
 
     An eager pass cannot finish before the host has launched it: its time is
@@ -318,18 +339,31 @@ def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     return dict(itl_s=step, throughput_tok_s=B / step, output_throughput_tok_s=B / step)
 
 
-def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile) -> tuple[dict[str, sp.Expr], list, list]:
-    """Totals and per-op rows of a phase as sympy (before numbers)."""
+def graph_options(profile: EngineProfile, workload: Workload | None = None) -> GraphOptions:
+    """The engine choices of a profile, and of a workload (its quantization scheme and MoE
+    implementation; default: none and fused), that change which ops run (:class:`GraphOptions`)."""
     opts = profile.options
-    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
-                           decode_kv_expand=opts.decode_kv_expand)
+    w = workload if workload is not None else Workload()
+    scheme = w.scheme
+    return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
+                        decode_kv_expand=opts.decode_kv_expand, moe_impl=w.moe_impl,
+                        moe_block_m=profile.moe_block_tiers, quantized=scheme.quantizes_weights,
+                        quantized_activations=scheme.quantizes_activations)
+
+
+def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
+                      options: GraphOptions | None = None) -> tuple[dict[str, sp.Expr], list, list]:
+    """Totals and per-op rows of a phase as sympy (before numbers); ``options``: the graph's
+    (default: :func:`graph_options` of the profile alone)."""
+    opts = profile.options
+    options = options if options is not None else graph_options(profile)
     span = opts.decode_attention_span
     totals: dict[str, sp.Expr] = {}
     passes, rows = [], []
     graphs = {}
     for name, decode, subs in pass_substitutions(phase, span):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
-        total, op_rows = _pass_time(graph, subs, eager=opts.prefill_eager and not decode)
+        total, op_rows = pass_time(graph, subs, eager=opts.prefill_eager and not decode)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
@@ -353,14 +387,25 @@ _COMPILED: dict[tuple, CompiledModel] = {}
 
 
 def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
-                  with_ops: bool = True) -> CompiledModel:
-    """Lambdified expressions for a model structure, phase and profile options.
+                  with_ops: bool = True, options: GraphOptions | None = None) -> CompiledModel:
+    """Lambdified expressions for a model structure, phase, profile options and graph options
+    (``options``, default :func:`graph_options` of the profile alone: a workload's
+    quantization scheme and MoE implementation come in through ``graph_options(profile, w)``).
 
     ``with_ops=False`` compiles the totals only (what a sweep needs). Cached in memory, and
     on disk (:mod:`perfmodel.codecache`) as the expressions after common-subexpression
     elimination (data, lambdified again on load), so a new process skips building them.
     """
-    key = (structure_key(model), phase, profile.options, with_ops)
+    options = options if options is not None else graph_options(profile)
+    key = (structure_key(model), phase, profile.options, options, with_ops)
+    return compile_cached(key, phase, lambda: phase_expressions(model, phase, profile, options),
+                          with_ops=with_ops)
+
+
+def compile_cached(key: tuple, phase: str, build: Callable[[], tuple[dict[str, sp.Expr], list, list]], *,
+                   with_ops: bool = True) -> CompiledModel:
+    """Lambdified expressions of ``build()`` (totals, passes and op rows, as
+    :func:`phase_expressions` returns them), cached under ``key`` in memory and on disk."""
     if key in _COMPILED:
         return _COMPILED[key]
     disk_key = codecache.cache_key(repr(key))
@@ -370,7 +415,7 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
         compiled = CompiledModel(phase=phase, passes=hit.passes, args=hit.args, fn=fn,
                                  expressions=dict.fromkeys(hit.outputs))
     else:
-        totals, passes, rows = phase_expressions(model, phase, profile)
+        totals, passes, rows = build()
         if not with_ops:
             passes, rows = [], []
         exprs = list(totals.values()) + [e for row in rows for e in row]
@@ -394,31 +439,43 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     values.update({
         s.B: w.batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
         s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.sigma: w.skew,
-        s.b_w: DTYPE_BYTES[w.dtype], s.b_e: DTYPE_BYTES[w.dtype], s.b_a: 2.0,
+        s.b_w: DTYPE_BYTES[w.base_dtype], s.b_e: DTYPE_BYTES[w.base_dtype], s.b_a: 2.0,
         s.b_kv: DTYPE_BYTES[kv],
     })
-    values.update(hardware_values(gpu, profile, w.dtype))
+    values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
+    values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
     return {sym.name: v for sym, v in values.items()}
 
 
-def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp.Symbol, float]:
-    """Peaks, bandwidths, efficiencies and latencies for a GPU under a profile."""
+def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
+                    quant: str = quantization.NO_QUANT) -> dict[sp.Symbol, float]:
+    """Peaks, bandwidths, efficiencies and latencies for a GPU under a profile.
+
+    ``dtype``: the unquantized layers' (F_peak at its matmul peak); ``quant``: the scheme of
+    the quantized linear layers (F_peak_q at the peak it computes at; μ, its kernels'
+    efficiency multipliers from the profile's ``quantization``, 1.0 where not given).
+    """
     compute_dtype = COMPUTE_DTYPE[dtype]
-    if compute_dtype not in gpu.peak_tflops and compute_dtype not in ("fp16",):
-        raise InputError(f"GPU '{gpu.name}' has no {compute_dtype} peak (dtype {dtype})")
+    quant_dtype = quantization.load_schemes()[quant].compute_dtype(compute_dtype)
+    for needed in (compute_dtype, quant_dtype):
+        if needed not in gpu.peak_tflops and needed not in ("fp16",):
+            label = f"dtype {dtype}" if needed == compute_dtype else f"quant {quant}"
+            raise InputError(f"GPU '{gpu.name}' has no {needed} peak ({label})")
     f_peak, f_attn, mem_bw = gpu.peak(compute_dtype), gpu.peak("bf16"), gpu.hbm_bandwidth
+    f_peak_q = gpu.peak(quant_dtype)
     if profile.peaks == "measured":
         if gpu.measured is None:
             raise SpecError(f"profile '{profile.name}' needs measured ceilings for GPU '{gpu.name}'")
         m = gpu.measured
         scale = (m.matmul_bf16_tflops * 1e12 / gpu.peak("bf16")) if m.matmul_bf16_tflops else 1.0
-        f_peak, f_attn = f_peak * scale, f_attn * scale
+        f_peak, f_attn, f_peak_q = f_peak * scale, f_attn * scale, f_peak_q * scale
         mem_bw = m.copy_tb_s * 1e12 if m.copy_tb_s else mem_bw
     link = gpu.interconnect.bandwidth_gb_s * 1e9 if gpu.interconnect else gpu.pcie_gb_s * 1e9
     link_lat = (profile.latency.link_step_s if profile.latency.link_step_s is not None
                 else (gpu.interconnect.latency_us * 1e-6 if gpu.interconnect else 5e-6))
     values = {
-        s.peak: f_peak, s.peak_attn: f_attn, s.bw: mem_bw, s.link_bw: link, s.link_lat: link_lat,
+        s.peak: f_peak, s.peak_attn: f_attn, s.peak_q: f_peak_q, s.bw: mem_bw, s.link_bw: link,
+        s.link_lat: link_lat,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
@@ -428,6 +485,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str) -> dict[sp
         syms = s.efficiency_symbols(op_class)
         values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
                        syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half})
+        mu, scheme = s.quant_efficiency_symbols(op_class), profile.quant_efficiency(quant)
+        values.update({mu[which]: scheme.multiplier(op_class, which) for which in ("compute", "memory")})
     return values
 
 
@@ -482,6 +541,10 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload) -> tuple[dict[
         outside.append("the profile does not say which dtype it was measured at")
     elif scope["dtype"] != w.dtype or scope["dtype"] != w.kv_dtype_used:
         outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
+    if w.quant not in (None, quantization.NO_QUANT):
+        outside.append(f"not measured with {w.quant} quantization")
+    if w.moe_impl != "fused":
+        outside.append(f"not measured with the {w.moe_impl} MoE")
     if w.gpus != n:
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
                        f"(TP={w.tp} EP={w.ep} PP={w.pp})")
@@ -506,18 +569,26 @@ class Prediction:
     ops: list[dict[str, Any]]
     provenance: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)  # the --set values applied
+    #: what expert pruning did (:func:`perfmodel.pruning.pruning_record`), None without it
+    pruning: dict[str, Any] | None = None
+    #: speculative decoding: draft, γ, α or τ, tokens per step, step split (s), draft memory
+    #: (bytes); None without it (:func:`perfmodel.speculative.speculative_prediction`)
+    speculative: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: the workload, its GPU count and the overrides, metrics at the top
-        level (counts of parameters and bytes as integers), then ops and provenance."""
+        """A JSON-ready dict: the workload, its GPU count, the overrides, pruning and
+        speculative decoding (null without them), metrics at the top level (counts of
+        parameters and bytes as integers), then ops and provenance."""
         w = self.workload
         metrics = {k: _count(v) if k in COUNT_METRICS else v for k, v in self.metrics.items()}
         return {
             "model": self.model, "phase": self.phase, "gpus": w.gpus,
             "workload": {"batch": w.batch, "input_len": w.input_len, "output_len": w.output_len,
                          "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp,
-                         "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew},
-            "overrides": dict(self.overrides),
+                         "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew,
+                         "quant": w.scheme.name, "moe_impl": w.moe_impl},
+            "overrides": dict(self.overrides), "pruning": self.pruning,
+            "speculative": self.speculative,
             **metrics, "intervals": self.intervals(), "ops": self.ops,
             "provenance": self.provenance,
         }
@@ -532,6 +603,18 @@ class Prediction:
                  "throughput_tok_s": band["throughput"]}
         return {name: [self.metrics[name] * (1 - rel), self.metrics[name] * (1 + rel)]
                 for name, rel in bands.items() if self.metrics[name] == self.metrics[name]}
+
+
+def op_rows(ops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Compiled per-op values as a prediction's op rows: name, pass, :data:`OP_FIELDS` as
+    floats and the bound (compute, memory, link, or latency when none of them costs)."""
+    rows = []
+    for op in ops:
+        row = {f: float(op[f]) for f in OP_FIELDS}
+        parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
+        row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
+        rows.append({"name": op["name"], "pass": op["pass"], **row})
+    return rows
 
 
 def check_context(phase: str, context: Any) -> None:
@@ -552,14 +635,9 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     check_context(phase, workload.context)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
-    outputs = compile_model(model, phase, profile).evaluate(values)
+    outputs = compile_model(model, phase, profile, options=graph_options(profile, workload)).evaluate(values)
     totals = {n: float(v) for n, v in outputs.totals.items()}
-    ops = []
-    for op in outputs.ops:
-        row = {f: float(op[f]) for f in OP_FIELDS}
-        parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
-        row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
-        ops.append({"name": op["name"], "pass": op["pass"], **row})
+    ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
     band, band_note = error_band(profile, gpu, workload)
     provenance = {
@@ -589,12 +667,25 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             phase: Phase = "request", batch: int = 1, input_len: int = 128, output_len: int = 128,
             context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dtype: str = "bf16",
             kv_dtype: str | None = None, skew: float = 0.0,
-            overrides: list[str] | dict[str, Any] | None = None) -> Prediction:
+            overrides: list[str] | dict[str, Any] | None = None,
+            quant: str | None = None, moe_impl: str = "fused",
+            prune_experts: float | None = None, prune_ffn: float | None = None,
+            spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
+            spec_accept: float | None = None, spec_accepted_len: float | None = None) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
     ``--set`` style (``["top_k=4"]`` or ``{"top_k": 4}``). Times in seconds, sizes in bytes.
     ``context`` (tokens attended) applies to the decode phase only.
+
+    ``quant``: the quantization scheme of the linear layers (a name or alias of
+    ``specs/quantization.yaml``; ``dtype="fp8"`` is the ``fp8`` scheme); ``moe_impl``: ``fused``
+    (one fused-MoE block) or ``unfused`` (a loop over the touched experts).
+
+    ``prune_experts`` / ``prune_ffn``: drop a fraction of the routed experts / of each
+    expert's FFN width, after the overrides (:mod:`perfmodel.pruning`). ``spec_draft``,
+    ``spec_tokens`` (γ) and ``spec_accept`` (α) or ``spec_accepted_len`` (τ): speculative
+    decoding with a draft model (:mod:`perfmodel.speculative`).
 
     Every argument is checked: a wrong type or value raises :class:`InputError` with one line.
     Integer arguments take Python or numpy integers, or floats with an integral value; bools
@@ -607,9 +698,19 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
         raise InputError("overrides apply to a zoo name or a config.json, not to a ModelSpec")
     gpu, engine = check_name("gpu", gpu), check_name("engine", engine)
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
-                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew)
+                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew,
+                        quant=quant, moe_impl=moe_impl)
     check_context(phase, workload.context)
-    spec = model if isinstance(model, ModelSpec) else load_model(model, overrides)
+    from perfmodel.speculative import speculative_prediction, speculative_settings
+
+    ratios = check_ratio("prune_experts", prune_experts), check_ratio("prune_ffn", prune_ffn)
+    speculative = speculative_settings(spec_draft, spec_tokens, spec_accept, spec_accepted_len)
+    loaded = model if isinstance(model, ModelSpec) else load_model(model, overrides)
+    spec = prune(loaded, *ratios)
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
-    return evaluate(spec, gpu_spec, profile, workload, phase, overrides)  # type: ignore[arg-type]
+    result = evaluate(spec, gpu_spec, profile, workload, phase, overrides)  # type: ignore[arg-type]
+    result = replace(result, pruning=pruning_record(loaded, spec, *ratios))
+    if speculative is not None:
+        result = speculative_prediction(result, spec, gpu_spec, profile, speculative)
+    return result

@@ -15,12 +15,13 @@ GPU), else ``calibration/profiles/<NAME>.yaml`` (any GPU).
 
 from __future__ import annotations
 
+import math
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 
 from perfmodel.errors import SpecError
 from perfmodel.ops.base import OpClass
@@ -65,6 +66,21 @@ class Latency(_Strict):
     )
 
 
+class BlockTier(_Strict):
+    """One tier of a fused-MoE kernel's tile rows: BLOCK_SIZE_M = ``block_m`` for passes of at
+    most ``max_tokens`` tokens (null: any larger pass)."""
+
+    max_tokens: PositiveInt | None
+    block_m: PositiveInt
+
+
+#: BLOCK_SIZE_M of vLLM's default fused-MoE config (bf16 and fp8 per-tensor; vLLM 0.26
+#: ``get_default_config``: M ≤ 32 tokens → 16, ≤ 96 → 32, ≤ 512 → 64, else 128), for a vllm
+#: profile that states no ``moe_block_m``. Its tuned configs (e.g. Mixtral's on H200) pick
+#: similar tiles (16 at small M, 32–64 in between, 128 from 256 tokens).
+VLLM_MOE_BLOCK_M = ((32, 16), (96, 32), (512, 64), (None, 128))
+
+
 class Options(_Strict):
     """Engine behaviour that changes what is computed or stored."""
 
@@ -75,6 +91,34 @@ class Options(_Strict):
     prefill_eager: bool = Field(
         default=False, description="Prefill runs eagerly: its time is at least the host's launch time.")
     memory_usable_fraction: float = Field(default=0.9, gt=0, le=1)
+    moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
+        default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
+        "rows are padded to a multiple of it. One number, or tiers by tokens per pass "
+        "[{max_tokens, block_m}, ..., {max_tokens: null, block_m}]. Default: vLLM's default "
+        "config for engine vllm, else 1 (no padding).")
+
+    def model_post_init(self, _context: object) -> None:
+        tiers = self.moe_block_m
+        if isinstance(tiers, tuple):
+            bounds = [t.max_tokens for t in tiers]
+            inner = bounds[:-1]
+            if not bounds or bounds[-1] is not None or None in inner or inner != sorted(set(inner)):
+                raise ValueError("moe_block_m tiers need increasing max_tokens, the last one null")
+
+
+class QuantEfficiency(_Strict):
+    """A quantization scheme's kernels relative to the profile's fitted ones: multipliers of
+    the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as."""
+
+    gemm_compute: float = Field(default=1.0, gt=0, le=2)
+    gemm_memory: float = Field(default=1.0, gt=0, le=2)
+    grouped_gemm_compute: float = Field(default=1.0, gt=0, le=2)
+    grouped_gemm_memory: float = Field(default=1.0, gt=0, le=2)
+    reason: str = ""
+
+    def multiplier(self, op_class: str, which: str) -> float:
+        """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""
+        return float(getattr(self, f"{op_class}_{which}", 1.0))
 
 
 class ErrorBand(_Strict):
@@ -100,6 +144,9 @@ class EngineProfile(_Strict):
     latency: Latency = Latency()
     options: Options = Options()
     error_band: ErrorBand | None = None
+    quantization: dict[str, QuantEfficiency] = Field(
+        default_factory=dict, description="Per quantization scheme (specs/quantization.yaml): "
+        "its kernels' efficiency multipliers; a scheme not listed runs at 1.0.")
     fitted_from: str | None = None
     fit: dict[str, Any] | None = Field(
         default=None, description="How the profile was fitted: data, split, residual statistics.")
@@ -108,6 +155,30 @@ class EngineProfile(_Strict):
         missing = [c for c in OP_CLASSES if c not in self.efficiency]
         if missing:
             raise ValueError(f"efficiency is missing op classes: {', '.join(missing)}")
+        from perfmodel.quantization import scheme_names
+
+        unknown = [name for name in self.quantization if name not in scheme_names()]
+        if unknown:
+            raise ValueError(f"quantization: unknown scheme '{unknown[0]}' "
+                             f"(known: {', '.join(scheme_names())})")
+
+    def quant_efficiency(self, scheme: str) -> QuantEfficiency:
+        """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""
+        return self.quantization.get(scheme, QuantEfficiency())
+
+    @property
+    def moe_block_tiers(self) -> tuple[tuple[float, int], ...]:
+        """The fused-MoE tile rows by tokens per pass, ((at most T tokens, M), ...), the last
+        for any T (:func:`perfmodel.ops.moe.block_rows`): ``options.moe_block_m``, else vLLM's
+        default config for engine vllm (:data:`VLLM_MOE_BLOCK_M`), else no padding (M = 1)."""
+        given = self.options.moe_block_m
+        if given is None:
+            tiers = VLLM_MOE_BLOCK_M if self.engine == "vllm" else ((None, 1),)
+        elif isinstance(given, int):
+            tiers = ((None, given),)
+        else:
+            tiers = tuple((t.max_tokens, t.block_m) for t in given)
+        return tuple((math.inf if bound is None else float(bound), m) for bound, m in tiers)
 
     def efficiency_of(self, op_class: str) -> Efficiency:
         """η of an op class, an optional class falling back to its base class."""

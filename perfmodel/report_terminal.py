@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perfmodel.prediction import Prediction
+from perfmodel.pruning import pruning_text
 
 
 def format_time(seconds: float) -> str:
@@ -39,7 +40,7 @@ def overrides_text(overrides: dict) -> str:
 
 def header_lines(p: Prediction) -> list[str]:
     """What was predicted: model, GPU and profile; the workload and its GPU layout; the
-    ``--set`` overrides."""
+    ``--set`` overrides and the pruning applied after them."""
     w, prov = p.workload, p.provenance
     kind = " (calibrated)" if prov["calibrated"] else " (uncalibrated roofline)"
     workload = f"B={w.batch} S={w.input_len} O={w.output_len}"
@@ -47,10 +48,26 @@ def header_lines(p: Prediction) -> list[str]:
         workload += f" L={w.context if w.context is not None else w.input_len}"
     kv = f" (KV {w.kv_dtype})" if w.kv_dtype else ""
     skew = f" skew={w.skew:g}" if w.skew else ""
+    skew += (f" quant={w.quant}" if w.quant else "") + (f" moe={w.moe_impl}" if w.moe_impl != "fused" else "")
     return [f"{p.model} on {prov['gpu']} · {prov['profile']}{kind} · phase {p.phase}",
             f"workload: {workload} {w.dtype}{kv}{skew} · layout: TP={w.tp} EP={w.ep} PP={w.pp} "
             f"= {w.gpus} GPU{'s' if w.gpus != 1 else ''}",
-            f"overrides: {overrides_text(p.overrides)}"]
+            f"overrides: {overrides_text(p.overrides)}"
+            + (f" · pruning: {pruning_text(p.pruning)}" if p.pruning else "")]
+
+
+def speculative_text(record: dict) -> str:
+    """Speculative decoding in one line: draft, γ, α (or τ given), expected tokens per
+    target step and the split of a step's time into the draft's passes and the verify pass."""
+    given = (f"tau={record['spec_accepted_len']:g} given" if record["spec_accepted_len"] is not None
+             else f"alpha={record['spec_accept']:g}")
+    head = f"speculative: draft {record['draft']}, gamma={record['spec_tokens']}, {given}"
+    step, draft, verify = record["step_s"], record["draft_s"], record["verify_s"]
+    if math.isnan(step):  # a prefill has no step
+        return f"{head}; TTFT includes the draft's prefill"
+    return (f"{head}: {record['tokens_per_step']:.3f} tokens per target step; step "
+            f"{format_time(step)} = draft {format_time(draft)} ({draft / step:.0%}) + verify "
+            f"{format_time(verify)} ({verify / step:.0%})")
 
 
 def sweep_header(header: dict) -> str:
@@ -87,6 +104,8 @@ def print_prediction(p: Prediction, console: Console) -> None:
             continue
         table.add_row(name, value, f"±{rel:.0%}" if rel else "")
     console.print(table)
+    if p.speculative:
+        console.print(speculative_text(p.speculative), highlight=False, markup=False)
     console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
     for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound"):

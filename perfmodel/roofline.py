@@ -9,6 +9,14 @@ attended) and the memory and link curves' u is the bytes they move. Each op clas
 peak its FLOPs run at (:class:`perfmodel.ops.Peak`): the attention core runs at the attention
 peak (bf16) whatever the weight dtype; a class with no peak moves bytes only.
 
+A quantized linear layer (an op with ``quantized`` set, :mod:`perfmodel.ops.quant`) runs at
+the scheme's peak F_peak_q, its η_c and η_m scaled by the scheme's kernel multipliers μ_c and
+μ_m (profile key ``quantization``); a weight-only kernel also dequantizes every weight element
+it reads, n_dq matmul-FLOP equivalents each, at the class's η_c maximum (not its size curve:
+that work does not depend on the rows):
+
+    t_c = FLOPs/(F_peak_q·μ_c·η_c(x)) + n_dq·weights/(F_peak_q·μ_c·η_c,max)
+
 Why those variables. A performance model's time must never fall when the work grows. With
 η(u) = η_max·u/(u + u_half), work/η(u) = (work/u)·(u + u_half)/η_max, which is non-decreasing
 whenever u and work/u are. Both hold for the compute side: every op's FLOPs are its size
@@ -31,7 +39,9 @@ from dataclasses import dataclass
 import sympy as sp
 
 from perfmodel.ops import Op, Peak
-from perfmodel.symbols import bw, efficiency_symbols, link_bw, peak, peak_attn, t_kernel
+from perfmodel.symbols import (
+    bw, efficiency_symbols, link_bw, n_dq, peak, peak_attn, peak_q, quant_efficiency_symbols, t_kernel,
+)
 
 #: The FLOP/s symbol of each compute peak.
 PEAK_SYMBOLS = {Peak.MATMUL: peak, Peak.ATTENTION: peak_attn}
@@ -75,8 +85,14 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
         link = transfer_time(op.comm_bytes.subs(subs), link_bw, cls)
         return OpTime(sp.Integer(0), sp.Integer(0), link, op.fixed_latency)
     compute = sp.Integer(0)
+    q = op.quantized
+    mu = quant_efficiency_symbols(cls)
     if cls.peak is not Peak.NONE:
         size = op.efficiency_size.subs(subs)
-        compute = op.flops.subs(subs) / (PEAK_SYMBOLS[cls.peak] * efficiency(cls, "compute", size))
-    memory = transfer_time(op.bytes.subs(subs), bw, cls)
-    return OpTime(compute, memory, sp.Integer(0), op.kernels * t_kernel + op.fixed_latency)
+        rate = PEAK_SYMBOLS[cls.peak] if q is None else peak_q * mu["compute"]
+        compute = op.flops.subs(subs) / (rate * efficiency(cls, "compute", size))
+        if q is not None:  # weights dequantized in registers: n_dq FLOP-equivalents per weight read
+            compute += n_dq * q.weights.subs(subs) / (rate * efficiency_symbols(cls)["compute"])
+    memory = transfer_time(op.bytes.subs(subs), bw if q is None else bw * mu["memory"], cls)
+    kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
+    return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency)

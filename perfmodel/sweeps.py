@@ -4,8 +4,13 @@ Each distinct model of the grid (one combination of the hyperparameter keys) is 
 by the same loading and checks as :func:`perfmodel.prediction.predict` with those values as
 overrides; its numbers and the numeric workload keys are fed as numpy arrays to the same
 lambdified expressions a single prediction uses (one call per model structure); categorical
-keys (gpu, engine, dtype, kv_dtype) loop. The result is a pandas DataFrame with one row per
-valid combination.
+keys (gpu, engine, dtype, kv_dtype, quant, moe_impl, spec_draft) loop. The result is a pandas DataFrame with
+one row per valid combination.
+
+What-ifs: ``prune_experts`` / ``prune_ffn`` build each point's model pruned
+(:mod:`perfmodel.pruning`); ``spec_draft`` (a draft model, or ``none``), ``spec_tokens`` (γ)
+and ``spec_accept`` (α) evaluate speculative decoding (:mod:`perfmodel.speculative`), γ and α
+vectorized like the workload keys.
 """
 
 from __future__ import annotations
@@ -23,31 +28,50 @@ from perfmodel.errors import InputError
 from perfmodel.graph import model_values
 from perfmodel.prediction import (
     COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
-    check_overrides, compile_model, layout_gpus, numeric_values, structure_key,
+    check_overrides, compile_model, graph_options, layout_gpus, numeric_values, structure_key,
 )
+from perfmodel.ops.moe import MOE_IMPLS
+from perfmodel.quantization import check_quant
 from perfmodel.profile import DEFAULT_ENGINE, load_profile
+from perfmodel.pruning import PRUNE_KEYS, check_ratio, prune
+from perfmodel.speculative import (
+    SPEC_KEYS, SPEC_METRICS, check_acceptance, check_draft, draft_workload, load_draft, speculative_outputs,
+    tokens_per_step,
+)
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.layout import Layout, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
 
-#: Numeric grid keys → the symbol they set: the workload's, then the friendly names of the
-#: model's hyperparameters (:data:`perfmodel.specs.families.KNOBS`) that have a symbol.
+#: Numeric grid keys → the symbol they set: the workload's (speculative decoding's γ and α
+#: among them), then the friendly names of the model's hyperparameters
+#: (:data:`perfmodel.specs.families.KNOBS`) that have a symbol, then the pruning ratios (which
+#: set E and I_e through the pruned model).
 GRID_SYMBOLS = {
     "batch": "B", "input_len": "S", "output_len": "O", "context": "L", "tp": "tp", "ep": "ep",
-    "pp": "pp", "skew": "sigma", **{k.name: k.symbol for k in KNOBS.values() if k.symbol},
+    "pp": "pp", "skew": "sigma", "spec_tokens": "gamma", "spec_accept": "alpha",
+    **{k.name: k.symbol for k in KNOBS.values() if k.symbol},
+    "prune_experts": "E", "prune_ffn": "I_e",
 }
 #: Numeric grid keys of the workload; the others are the model's hyperparameters.
-WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "skew")
+WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "skew",
+                 "spec_tokens", "spec_accept")
 MODEL_KEYS = tuple(k for k in GRID_SYMBOLS if k not in WORKLOAD_KEYS)
-CATEGORICAL = ("gpu", "engine", "dtype", "kv_dtype")
+CATEGORICAL = ("gpu", "engine", "dtype", "kv_dtype", "quant", "moe_impl", "spec_draft")
 #: Workload fields a sweep takes as fixed keyword arguments.
-FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dtype", "kv_dtype", "skew")
+FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dtype", "kv_dtype", "skew",
+              "quant", "moe_impl")
+#: What-if options a sweep takes as fixed keyword arguments (pruning, speculative decoding).
+WHATIF_KEYS = (*PRUNE_KEYS, *SPEC_KEYS)
 #: Largest grid (combinations, before invalid ones are dropped) a sweep builds by default: a
 #: row takes about 200 bytes, so 10^7 rows are about 2 GB.
 MAX_POINTS = 10_000_000
-_INTEGER_KEYS = set(GRID_SYMBOLS) - {"skew"}
+#: Grid keys that are fractions, not counts.
+_FRACTION_KEYS = ("skew", "spec_accept", *PRUNE_KEYS)
+_INTEGER_KEYS = set(GRID_SYMBOLS) - set(_FRACTION_KEYS)
+#: The value of ``spec_draft`` that means no speculative decoding.
+NO_DRAFT = "none"
 #: Model grid keys → the ModelSpec field they set, for a sweep over a ModelSpec (no config).
 _SPEC_FIELDS = {k.name: k.spec for k in KNOBS.values() if k.name in MODEL_KEYS}
 
@@ -82,7 +106,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 #: Grid keys that only mean something for a model with routed experts.
-_MOE_KEYS = tuple(k for k in EXPERT_KNOBS if k in GRID_SYMBOLS)
+_MOE_KEYS = (*(k for k in EXPERT_KNOBS if k in GRID_SYMBOLS), *PRUNE_KEYS)
 
 
 def _axis_values(key: str, values: Any) -> np.ndarray | list[Any]:
@@ -113,6 +137,10 @@ def _check_numeric(key: str, values: np.ndarray) -> None:
         if np.any((values < 0) | (values > 1)):
             raise InputError("skew must be in [0, 1]")
         return
+    if key in ("spec_accept", *PRUNE_KEYS):
+        if np.any((values < 0) | (values >= 1)):
+            raise InputError(f"{key.replace('_', '-')} must be in [0, 1)")
+        return
     if np.any(values <= 0) and key not in ("num_shared_experts",):
         raise InputError(f"grid values of '{key}' must be positive")
     if np.any(values < 0):
@@ -129,6 +157,12 @@ def _check_categorical(key: str, values: list[Any]) -> None:
     for value in values:
         if key in ("gpu", "engine"):
             check_name(key, value)
+        elif key == "spec_draft":
+            check_draft(value)
+        elif key == "quant":
+            check_quant(value)
+        elif key == "moe_impl":
+            check_choice(key, value, MOE_IMPLS)
         else:
             check_choice(key, value, DTYPE_BYTES, optional=key == "kv_dtype")
 
@@ -174,14 +208,21 @@ class _Models:
     reasons: list[str]  # why points were refused (the first of each kind)
 
 
-def _variant(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
-             point: dict[str, int]) -> ModelSpec:
+def _variant(model: str | ModelSpec, overrides: dict[str, Any], point: dict[str, Any],
+             pruning: dict[str, float]) -> ModelSpec:
     """The model at one grid point: the model ``predict`` loads, by the same function, with
-    the point as overrides. A ModelSpec, which has no config, gets the point's values in its
-    fields, validated."""
-    if isinstance(model, str):
-        return load_model(model, {**overrides, **point})
-    data = spec.model_dump()
+    the point's hyperparameters as overrides, then pruned by the point's ratios (else the
+    fixed ``pruning`` ratios). A ModelSpec, which has no config, gets the point's values in
+    its fields, validated."""
+    ratios = {**pruning, **{k: v for k, v in point.items() if k in PRUNE_KEYS}}
+    point = {k: v for k, v in point.items() if k not in PRUNE_KEYS}
+    built = load_model(model, {**overrides, **point}) if isinstance(model, str) else _with_fields(model, point)
+    return prune(built, ratios.get("prune_experts"), ratios.get("prune_ffn"))
+
+
+def _with_fields(model: ModelSpec, point: dict[str, Any]) -> ModelSpec:
+    """A ModelSpec with the point's hyperparameters in its fields, validated."""
+    data = model.model_dump()
     for key, value in point.items():
         *path, last = _SPEC_FIELDS[key]
         target = data
@@ -197,8 +238,9 @@ def _variant(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
 
 
 def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
-            names: list[str], numeric: dict[str, np.ndarray]) -> _Models:
-    """Build and check each distinct model of the grid once (see :func:`_variant`)."""
+            names: list[str], numeric: dict[str, np.ndarray], pruning: dict[str, float]) -> _Models:
+    """Build and check each distinct model of the grid once (see :func:`_variant`); ``spec``
+    is the model without grid keys."""
     base = {sym.name: value for sym, value in model_values(spec).items()}
     keys = [n for n in names if n in MODEL_KEYS]
     mesh = tuple(len(numeric[n]) if n in MODEL_KEYS else 1 for n in names)
@@ -211,11 +253,11 @@ def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
     structures: dict[tuple, int] = {}
     specs: list[ModelSpec] = []
     reasons: list[str] = []
-    columns = [[int(v) for v in numeric[k]] for k in keys]
+    columns = [[float(v) if k in PRUNE_KEYS else int(v) for v in numeric[k]] for k in keys]
     for flat, values in enumerate(itertools.product(*columns)):
         point = dict(zip(keys, values))
         try:
-            variant = _variant(model, spec, overrides, point)
+            variant = _variant(model, overrides, point, pruning)
         except InputError as exc:
             if len(reasons) < 3:
                 reasons.append(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {exc}")
@@ -232,11 +274,12 @@ def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
     return _Models(group.reshape(mesh), specs, values, reasons)
 
 
-def _layout_reason(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
-                   workload: Workload, numeric: dict[str, np.ndarray], index: tuple) -> str:
+def _layout_reason(model: str | ModelSpec, overrides: dict[str, Any], workload: Workload,
+                   numeric: dict[str, np.ndarray], index: tuple, pruning: dict[str, float]) -> str:
     """Why the layout at one grid point does not suit that point's model (predict's message)."""
-    point = {k: int(v[i]) for (k, v), i in zip(numeric.items(), index) if k in _INTEGER_KEYS}
-    variant = _variant(model, spec, overrides, {k: v for k, v in point.items() if k in MODEL_KEYS})
+    point = {k: (float(v[i]) if k in PRUNE_KEYS else int(v[i]))
+             for (k, v), i in zip(numeric.items(), index) if k in _INTEGER_KEYS or k in PRUNE_KEYS}
+    variant = _variant(model, overrides, {k: v for k, v in point.items() if k in MODEL_KEYS}, pruning)
     layout = Layout(*(point.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp")))
     shown = ", ".join(f"{k}={v}" for k, v in point.items())
     try:
@@ -246,6 +289,65 @@ def _layout_reason(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str,
     return f"{shown}: the layout does not suit the model"  # pragma: no cover - rules agree
 
 
+@dataclass
+class _Speculation:
+    """Speculative decoding over a sweep: the fixed γ and α (by symbol name), or the fixed
+    accepted length τ, and the draft models by name (None for :data:`NO_DRAFT`)."""
+
+    fixed: dict[str, float]
+    accepted_len: float | None
+    drafts: dict[str, ModelSpec | None]
+
+    def tokens(self, values: dict[str, Any]) -> Any:
+        """τ at the values (numbers or arrays) of γ and α."""
+        return self.accepted_len if self.accepted_len is not None else tokens_per_step(values["alpha"], values["gamma"])
+
+
+def _speculation(spec: ModelSpec, numeric: dict[str, np.ndarray], categorical: dict[str, list[Any]],
+                 whatif: dict[str, Any], workload: Workload) -> _Speculation | None:
+    """Check the speculative-decoding keys of a sweep, swept or fixed, and load the drafts."""
+    names = categorical.get("spec_draft") or ([whatif["spec_draft"]] if "spec_draft" in whatif else [])
+    keys = [k for k in ("spec_tokens", "spec_accept", "spec_accepted_len") if k in numeric or k in whatif]
+    if not names:
+        if keys:
+            raise InputError(f"{keys[0]} needs a draft model (spec_draft)")
+        return None
+    swept = [k for k in ("tp", "ep", "pp") if k in numeric]
+    if swept:
+        raise InputError(f"with speculative decoding, {swept[0]} is a fixed value (the draft runs on the "
+                         "target's GPUs), not swept")
+    drafts = {name: None if name == NO_DRAFT else load_draft(check_draft(name), spec) for name in names}
+    for draft in drafts.values():
+        if draft is not None:
+            draft_workload(workload, draft)
+    fixed: dict[str, float] = {}
+    if "spec_tokens" in whatif:
+        fixed["gamma"] = check_count("spec_tokens", whatif["spec_tokens"])
+    elif "spec_tokens" not in numeric:
+        raise InputError("speculative decoding needs spec_tokens (γ, draft tokens per step)")
+    fewest = int(numeric["spec_tokens"].min()) if "spec_tokens" in numeric else int(fixed["gamma"])
+    if "spec_accept" in numeric:
+        if "spec_accepted_len" in whatif:
+            raise InputError("give spec-accept (α) or spec-accepted-len (τ), not both")
+        return _Speculation(fixed, None, drafts)
+    accept, accepted_len = check_acceptance(fewest, whatif.get("spec_accept"), whatif.get("spec_accepted_len"))
+    if accept is not None:
+        fixed["alpha"] = accept
+    return _Speculation(fixed, accepted_len, drafts)
+
+
+def _with_speculation(speculation: _Speculation, target: ModelSpec, draft: ModelSpec, phase: str,
+                      profile: Any, workload: Workload, values: dict[str, Any], draft_base: dict[str, Any],
+                      outputs: dict[str, Any]) -> dict[str, Any]:
+    """The outputs of one model of the grid with speculative decoding by ``draft``
+    (:func:`perfmodel.speculative.speculative_outputs`), at the grid's workload values."""
+    values = {**values, **speculation.fixed}
+    draft_values = {**draft_base, **{name: values[name] for name in ("B", "S", "O", "L")}}
+    spec_out, _ = speculative_outputs(target, draft, phase, profile, workload, values, draft_values,
+                                      outputs, speculation.tokens(values))
+    return {**outputs, **{n: v for n, v in spec_out.items() if n in METRICS or n in SPEC_METRICS}}
+
+
 def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = None,
           engine: str | None = None, phase: str = "request",
           overrides: list[str] | dict[str, Any] | None = None, max_points: int = MAX_POINTS,
@@ -253,13 +355,16 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     """Evaluate every combination of ``grid`` (other workload fields from ``fixed``).
 
     ``grid`` maps keys (:data:`GRID_SYMBOLS` and :data:`CATEGORICAL`) to lists of values;
-    ``fixed`` takes the workload fields of :data:`FIXED_KEYS`; ``gpu`` and ``engine`` default
-    to h200-sxm and roofline. A key may be given once: swept, fixed or set, not two of them.
-    A grid of more than ``max_points`` combinations is refused before it is built.
+    ``fixed`` takes the workload fields of :data:`FIXED_KEYS` and the what-ifs of
+    :data:`WHATIF_KEYS` (pruning ratios, speculative decoding: ``spec_accepted_len`` is fixed
+    only); ``gpu`` and ``engine`` default to h200-sxm and vllm. A key may be given once:
+    swept, fixed or set, not two of them. A grid of more than ``max_points`` combinations is
+    refused before it is built.
 
     Returns a pandas DataFrame: one column per grid key, then the metrics of
-    :data:`perfmodel.prediction.METRICS` (seconds, bytes, tokens/s), ``fits_in_memory`` and
-    ``gpus`` (GPUs of the tp/ep/pp layout). Each row equals
+    :data:`perfmodel.prediction.METRICS` (seconds, bytes, tokens/s), with speculative decoding
+    those of :data:`perfmodel.speculative.SPEC_METRICS` (NaN where ``spec_draft`` is
+    ``none``), ``fits_in_memory`` and ``gpus`` (GPUs of the tp/ep/pp layout). Each row equals
     :func:`perfmodel.prediction.predict` with the row's values (hyperparameters as overrides):
     each distinct model passes predict's checks, and combinations predict would refuse are
     dropped (top_k > num_experts, num_heads not a multiple of num_kv_heads, a head width of 0,
@@ -282,10 +387,13 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     gpu = check_name("gpu", gpu) if gpu is not None else "h200-sxm"
     engine = check_name("engine", engine) if engine is not None else DEFAULT_ENGINE
     max_points = check_count("max_points", max_points)
+    whatif = {k: fixed.pop(k) for k in WHATIF_KEYS if k in fixed and fixed[k] is not None}
+    fixed = {k: v for k, v in fixed.items() if k not in WHATIF_KEYS}
     unknown = [k for k in fixed if k not in FIXED_KEYS]
     if unknown:
         raise InputError(f"unknown sweep argument '{unknown[0]}' (known: gpu, engine, phase, "
-                         f"overrides, max_points, {', '.join(FIXED_KEYS)})")
+                         f"overrides, max_points, {', '.join((*FIXED_KEYS, *WHATIF_KEYS))})")
+    pruning = {k: check_ratio(k, whatif[k]) for k in PRUNE_KEYS if k in whatif}
     if not isinstance(grid, dict):
         raise InputError(f"grid must be a dict of KEY: [values], got {type(grid).__name__}")
     bad = [k for k in grid if k not in GRID_SYMBOLS and k not in CATEGORICAL]
@@ -306,15 +414,17 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         _check_numeric(key, values)  # type: ignore[arg-type]
     for key, cat_values in categorical.items():
         _check_categorical(key, cat_values)  # type: ignore[arg-type]
-    spec = model if isinstance(model, ModelSpec) else load_model(model, overrides)
-    _check_duplicates(spec, grid, fixed, overrides, given)
+    loaded = model if isinstance(model, ModelSpec) else load_model(model, overrides)
+    spec = prune(loaded, pruning.get("prune_experts"), pruning.get("prune_ffn"))
+    _check_duplicates(spec, grid, fixed, overrides, {**given, **whatif})
     _check_model(spec, numeric)  # type: ignore[arg-type]
+    speculation = _speculation(spec, numeric, categorical, whatif, workload)  # type: ignore[arg-type]
     if spec.moe is None and workload.ep != 1:
         raise InputError("ep > 1 needs a model with experts")
     names = list(numeric)
     shape = tuple(len(v) for v in numeric.values())
     axes = dict(zip(names, np.meshgrid(*numeric.values(), indexing="ij", sparse=True))) if names else {}
-    models = _models(model, spec, overrides, names, numeric)  # type: ignore[arg-type]
+    models = _models(model, spec, overrides, names, numeric, pruning)  # type: ignore[arg-type]
     degrees = {k: axes.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp")}
     built, suits = models.group >= 0, False
     for index, variant in enumerate(models.specs):  # the layout rules apply by model structure
@@ -323,8 +433,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     reasons = list(models.reasons)
     unsuited = np.broadcast_to(built & ~suits, shape)
     if unsuited.any():
-        reasons.append(_layout_reason(model, spec, overrides, workload, numeric,
-                                      np.unravel_index(int(np.argmax(unsuited)), shape)))
+        reasons.append(_layout_reason(model, overrides, workload, numeric,
+                                      np.unravel_index(int(np.argmax(unsuited)), shape), pruning))
     if not valid.any():
         raise InputError("no valid combination in the grid: " + "; ".join(reasons))
     keep_all = bool(valid.all())
@@ -344,15 +454,19 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         cat = dict(zip(categorical, combo))
         gpu_spec = load_gpu(cat.get("gpu", gpu))
         profile = load_profile(cat.get("engine", engine), gpu_spec.name)
-        point_workload = replace(workload, **{k: cat[k] for k in ("dtype", "kv_dtype") if k in cat})
+        point_workload = replace(workload, **{k: cat[k] for k in ("dtype", "kv_dtype", "quant", "moe_impl")
+                                              if k in cat})
+        draft = speculation and speculation.drafts[cat.get("spec_draft", whatif.get("spec_draft"))]
+        draft_base = draft and numeric_values(draft, gpu_spec, profile, draft_workload(point_workload, draft))
         setups.append((gpu_spec, profile, point_workload,
-                       numeric_values(models.specs[0], gpu_spec, profile, point_workload)))
+                       numeric_values(models.specs[0], gpu_spec, profile, point_workload), draft, draft_base))
     quiet = not keep_all or len(models.specs) > 1
     metric_parts: list[dict[str, np.ndarray]] = []
-    for gpu_spec, profile, point_workload, base_values in setups:
+    for gpu_spec, profile, point_workload, base_values, draft, draft_base in setups:
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
-            compiled = compile_model(variant, phase, profile, with_ops=False)
+            compiled = compile_model(variant, phase, profile, with_ops=False,
+                                     options=graph_options(profile, point_workload))
             values = {**base_values, **models.values}
             if "context" not in numeric and "input_len" in numeric and phase == "decode" \
                     and point_workload.context is None:
@@ -364,7 +478,10 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             # dropped below: no warnings for them
             with np.errstate(divide="ignore", invalid="ignore") if quiet else contextlib.nullcontext():
                 out = compiled.fn(*[values[a] for a in compiled.args])
-            outputs = {name: value for name, value in zip(compiled.expressions, out) if name in METRICS}
+                outputs = {name: value for name, value in zip(compiled.expressions, out) if name in METRICS}
+                if draft:
+                    outputs = _with_speculation(speculation, variant, draft, phase, profile, point_workload,
+                                                values, draft_base, outputs)
             if len(models.specs) == 1:
                 merged = outputs
             else:
@@ -372,6 +489,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                 merged = {name: np.where(mine, value, merged.get(name, np.nan))
                           for name, value in outputs.items()}
         metrics = {name: flatten(np.asarray(value, dtype=float)) for name, value in merged.items()}
+        for name in SPEC_METRICS if speculation else ():  # rows without a draft
+            metrics.setdefault(name, np.full(n_kept, np.nan))
         capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
         metrics["fits_in_memory"] = metrics["memory_bytes"] <= capacity
         metric_parts.append(metrics)
@@ -381,7 +500,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         data[key] = np.tile(column, n_combos) if n_combos > 1 else column
     for i, key in enumerate(categorical):
         data[key] = np.repeat(np.asarray([c[i] for c in combos], dtype=object), n_kept)
-    for name in [*[m for m in METRICS if m in metric_parts[0]], "fits_in_memory"]:
+    for name in [*[m for m in (*METRICS, *SPEC_METRICS) if m in metric_parts[0]], "fits_in_memory"]:
         parts = [m[name] for m in metric_parts]
         data[name] = np.concatenate(parts) if n_combos > 1 else parts[0]
     data["gpus"] = np.tile(gpus, n_combos) if n_combos > 1 else gpus

@@ -54,6 +54,15 @@ b_e = sp.Symbol("b_e", positive=True)  #: routed-expert weights
 b_a = sp.Symbol("b_a", positive=True)  #: activations
 b_kv = sp.Symbol("b_kv", positive=True)  #: KV cache
 
+# --- quantization of the linear layers (perfmodel.ops.quant; a scheme's numbers) -----------
+b_q = sp.Symbol("b_q", positive=True)  #: quantized linear weights (QKV/O, experts, shared, dense MLP)
+z_g = sp.Symbol("z_g", nonnegative=True)  #: weight-scale bytes per weight element (block/group scales)
+z_c = sp.Symbol("z_c", nonnegative=True)  #: weight-scale bytes per output channel (per-channel scales)
+b_aq = sp.Symbol("b_aq", nonnegative=True)  #: bytes per element of activations quantized on the fly
+z_ar = sp.Symbol("z_ar", nonnegative=True)  #: activation-scale bytes per row (per-token scales)
+z_ae = sp.Symbol("z_ae", nonnegative=True)  #: activation-scale bytes per element (per-group scales)
+n_dq = sp.Symbol("n_dq", nonnegative=True)  #: in-kernel dequantization per weight element read, matmul FLOP equivalents
+
 # --- parallelism ---------------------------------------------------------------------------
 tp = sp.Symbol("tp", **_pos_int)  #: tensor-parallel degree
 ep = sp.Symbol("ep", **_pos_int)  #: expert-parallel degree
@@ -62,6 +71,7 @@ pp = sp.Symbol("pp", **_pos_int)  #: pipeline-parallel degree
 # --- hardware and engine (roofline) ---------------------------------------------------------
 peak = sp.Symbol("F_peak", positive=True)  #: dense matmul peak for the compute dtype, FLOP/s
 peak_attn = sp.Symbol("F_peak_attn", positive=True)  #: matmul peak of the attention core (bf16), FLOP/s
+peak_q = sp.Symbol("F_peak_q", positive=True)  #: matmul peak of the quantized linear layers, FLOP/s
 bw = sp.Symbol("BW", positive=True)  #: HBM bandwidth, B/s
 link_bw = sp.Symbol("BW_link", positive=True)  #: scale-up link bandwidth per GPU, B/s
 link_lat = sp.Symbol("t_link", nonnegative=True)  #: latency of one collective step, s
@@ -79,4 +89,13 @@ def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
         "memory": sp.Symbol(f"eta_m_{op_class}", positive=True),
         "compute_half": sp.Symbol(f"x_c_{op_class}", nonnegative=True),
         "memory_half": sp.Symbol(f"x_m_{op_class}", nonnegative=True),
+    }
+
+
+def quant_efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
+    """μ symbols of one op class: a quantization scheme's kernels' efficiency, as multipliers
+    of the class's η_c (compute) and η_m (memory) maxima."""
+    return {
+        "compute": sp.Symbol(f"mu_c_{op_class}", positive=True),
+        "memory": sp.Symbol(f"mu_m_{op_class}", positive=True),
     }

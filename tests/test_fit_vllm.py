@@ -21,7 +21,14 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     assert residuals["train"]["decode_step"]["mape_pct"] < 5
     assert fitted["error_band"]["decode_step"] == residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100
     # models whose measured decode beat the HBM floor of uniform routing are named
-    assert set(fitted["fit"]["faster_than_uniform_routing_floor"]) == {"deepseek-v2-lite", "phi-3.5-moe"}
+    # (DeepSeek-V2-Lite and Phi-3.5-MoE in bf16, Qwen3-30B-A3B in fp8 at B = 64)
+    assert set(fitted["fit"]["faster_than_uniform_routing_floor"]) == {
+        "deepseek-v2-lite", "phi-3.5-moe", "qwen3-30b-a3b"}
+    # the fp8 kernels' multipliers come from the training model's fp8 rows, inside their bounds
+    fp8 = fitted["quantization"]["fp8"]
+    assert fitted["fit"]["quantization_rows"]["fp8"] > 0 and "mixtral-8x7b" in fp8["reason"]
+    assert all(0.3 < fp8[k] < 1.5 for k in ("gemm_memory", "gemm_compute"))
+    assert fp8["gemm_memory"] == fp8["grouped_gemm_memory"] and fp8["gemm_compute"] == fp8["grouped_gemm_compute"]
 
 
 def test_vllm_elsewhere_is_the_h200_fit_transferred():

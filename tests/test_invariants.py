@@ -222,19 +222,21 @@ def test_distinct_experts_monotone(r, other_skew, more_tokens):
 @PROPERTY
 @given(case=workloads())
 def test_fp8_moves_no_more_bytes_than_bf16(case):
-    """Halving the bytes per weight halves the stored weights and never adds traffic to any op;
-    FLOPs do not depend on the storage dtype."""
+    """The fp8 scheme (``--dtype fp8``) halves the bytes per weight of the linear layers and
+    never adds traffic to any op (its only new ops quantize activations on the fly); the
+    embedding and lm_head stay bf16; FLOPs do not depend on the storage dtype."""
     name, kw = case
     bf16 = run(name, **{**kw, "dtype": "bf16"})
     fp8 = run(name, **{**kw, "dtype": "fp8"})
-    assert close(fp8.metrics["weights_bytes"], 0.5 * bf16.metrics["weights_bytes"])
-    assert [o["name"] for o in fp8.ops] == [o["name"] for o in bf16.ops]
-    for a, b in zip(fp8.ops, bf16.ops):
+    assert 0.5 * bf16.metrics["weights_bytes"] < fp8.metrics["weights_bytes"] < bf16.metrics["weights_bytes"]
+    same = [o for o in fp8.ops if not o["name"].endswith(".act_quant")]
+    assert [o["name"] for o in same] == [o["name"] for o in bf16.ops]
+    for a, b in zip(same, bf16.ops):
         assert le(a["bytes"], b["bytes"]), a["name"]
         assert close(a["flops"], b["flops"]), a["name"]
-    weight_ops = [(a, b) for a, b in zip(fp8.ops, bf16.ops)
-                  if a["name"] in ("moe.experts", "mlp.ffn", "attn.o_proj", "lm_head")]
+    weight_ops = [(a, b) for a, b in zip(same, bf16.ops) if a["name"] in ("moe.experts", "mlp.ffn", "attn.o_proj")]
     assert weight_ops and all(a["bytes"] < b["bytes"] for a, b in weight_ops)
+    assert all(a["bytes"] == b["bytes"] for a, b in zip(same, bf16.ops) if a["name"] in ("embed", "lm_head"))
 
 
 @PROPERTY

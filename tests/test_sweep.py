@@ -72,9 +72,11 @@ def test_categorical_keys_loop_outside_the_numeric_grid():
     for _, row in table.iterrows():
         p = predict("olmoe-1b-7b", gpu=row["gpu"], dtype=row["dtype"], batch=int(row["batch"]))
         assert_row_matches(row, p)
-    # fp8 halves the weights; the GPU changes times, not sizes
+    # fp8 halves the linear layers' weights (the embedding and lm_head stay bf16); the GPU
+    # changes times, not sizes
     by = {(r["dtype"], r["gpu"], r["batch"]): r for _, r in table.iterrows()}
-    assert by[("fp8", "h200-sxm", 1)]["weights_bytes"] == pytest.approx(0.5 * by[("bf16", "h200-sxm", 1)]["weights_bytes"])
+    bf16_weights = by[("bf16", "h200-sxm", 1)]["weights_bytes"]
+    assert 0.5 * bf16_weights < by[("fp8", "h200-sxm", 1)]["weights_bytes"] < 0.55 * bf16_weights
     assert by[("bf16", "h100-sxm", 1)]["weights_bytes"] == by[("bf16", "h200-sxm", 1)]["weights_bytes"]
     assert by[("bf16", "h100-sxm", 32)]["e2e_s"] > by[("bf16", "h200-sxm", 32)]["e2e_s"]
 

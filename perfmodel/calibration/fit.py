@@ -91,13 +91,15 @@ def _profile(base: dict[str, Any]):
     return EngineProfile(**base)
 
 
-def _rows(results: Path, models: tuple[str, ...]) -> list[dict[str, Any]]:
-    from perfmodel.measuring.compare import is_variant, load_measurements
+def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> list[dict[str, Any]]:
+    """The ok rows of ``models`` as built (no variants) at one quantization (None: unquantized)."""
+    from perfmodel.measuring.compare import is_variant, load_measurements, row_quant
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
     rows = [r for r in load_measurements(results)
-            if r.get("status") == "ok" and r["model"] in models and not is_variant(r)]
+            if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
+            and row_quant(r) == quant]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows
@@ -123,12 +125,13 @@ def _predict_many(rows, profile, gpu_spec):
     """Predicted (TTFT, decode step) in s for each row under a profile object."""
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.model import load_model
-    from perfmodel.measuring.compare import row_overrides
+    from perfmodel.measuring.compare import row_overrides, row_quant
 
     out = []
     for row in rows:
         model = load_model(row["model"], row_overrides(row))
-        w = Workload(batch=row["batch"], input_len=row["input_len"], output_len=row["output_len"])
+        w = Workload(batch=row["batch"], input_len=row["input_len"], output_len=row["output_len"],
+                     quant=row_quant(row))
         m = evaluate(model, gpu_spec, profile, w, "request").metrics
         out.append((m["ttft_s"], m["itl_s"]))
     return np.array(out)

@@ -37,6 +37,7 @@ import numpy as np
 
 from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _predict_many,
                                        _profile, _rows, _sig, held_out_residuals)
+from perfmodel.errors import SpecError
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Options of vLLM's engine (paged attention over the context, absorbed MLA, graph decode,
@@ -122,10 +123,49 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
     return np.array([_sig(float(v)) for v in x * scale])
 
 
+#: Quantization schemes whose kernel multipliers are fitted when training rows exist at them. Two
+#: multipliers per scheme, each shared by the dense and the grouped GEMMs (memory μ_m: how much
+#: of the bf16 kernels' bandwidth fraction the quantized kernels reach; compute μ_c, likewise of
+#: the peak): the training rows (one model) cannot tell the two GEMM classes apart, since the
+#: expert GEMMs carry nearly all of the quantized bytes. Bounds: (lower, upper).
+FITTED_SCHEMES = ("fp8",)
+QUANT_MULTIPLIERS = (("memory", 0.3, 1.5), ("compute", 0.3, 1.5))
+
+
+def _quant_entry(x: np.ndarray) -> dict[str, float]:
+    memory, compute = (float(v) for v in x)
+    return {"gemm_memory": memory, "grouped_gemm_memory": memory,
+            "gemm_compute": compute, "grouped_gemm_compute": compute}
+
+
+def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
+                          scheme: str) -> dict[str, float]:
+    """The kernel multipliers of one quantization scheme (:data:`QUANT_MULTIPLIERS`), by least
+    squares on log(predicted/measured) TTFT and decode step of the training models' rows at that
+    scheme, every other parameter held at the bf16 fit's value."""
+    from scipy.optimize import least_squares
+
+    from perfmodel.specs.hardware import load_gpu
+
+    gpu_spec = load_gpu(gpu)
+    measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
+    lower = np.array([m[1] for m in QUANT_MULTIPLIERS])
+    upper = np.array([m[2] for m in QUANT_MULTIPLIERS])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        profile = _profile({**base, "quantization": {scheme: _quant_entry(x)}})
+        return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
+
+    result = least_squares(residuals, np.ones(len(QUANT_MULTIPLIERS)), bounds=(lower, upper), method="trf")
+    x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
+    return {name: _sig(value) for name, value in _quant_entry(x).items()}
+
+
 def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
     """Models whose measured decode step is shorter than the HBM floor of uniform routing
     (weights of the expected distinct experts, every other weight and the KV cache read once at
     the GPU's datasheet bandwidth): measured/floor, worst point per model, where < 1."""
+    from perfmodel.measuring.compare import row_quant
     from perfmodel.prediction import predict
     from perfmodel.specs.hardware import load_gpu
 
@@ -135,7 +175,7 @@ def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, 
         if row.get("status") != "ok" or row.get("overrides") or row.get("layers"):
             continue
         p = predict(row["model"], gpu=gpu, engine="roofline", phase="decode", batch=row["batch"],
-                    context=row["input_len"])
+                    context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth
         ratio = row["itl_ms"] * 1e-3 / floor
         if ratio < 1.0:
@@ -154,6 +194,18 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train)
     values = fit_parameters(rows, base, gpu)
     base = _with(base, values)
+    quant_fits: dict[str, int] = {}
+    for scheme in FITTED_SCHEMES:
+        try:
+            quant_rows = _rows(results, train, quant=scheme)
+        except SpecError:
+            continue
+        multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
+        models = sorted({r["model"] for r in quant_rows})
+        base.setdefault("quantization", {})[scheme] = {
+            **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
+                                      "(vLLM --quantization), the bf16 fit held fixed")}
+        quant_fits[scheme] = len(quant_rows)
     stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out,
                                                    ", vLLM dummy weights as measured")
     all_rows = load_measurements(results)
@@ -171,6 +223,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
         "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter"},
+        "quantization_rows": quant_fits,
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(all_rows, gpu),
     }

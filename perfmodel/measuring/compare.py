@@ -27,16 +27,15 @@ METRIC_FIELDS = {
     "throughput": ("throughput_tok_s", 1.0, "throughput_tok_s"),
 }
 
-def op_categories(spec, engine: str, gpu: str) -> dict[str, str]:
+def op_categories(spec, engine: str, gpu: str, quant: str | None = None) -> dict[str, str]:
     """Op name → the measured profiler category its kernels run as (hf engine, transformers
-    5.x), for the decode graph ``engine`` builds of a model: each op's
+    5.x), for the decode graph ``engine`` builds of a model at a quantization scheme: each op's
     :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
-    from perfmodel.graph import GraphOptions, build_graph
+    from perfmodel.graph import build_graph
+    from perfmodel.prediction import Workload, graph_options
     from perfmodel.profile import load_profile
 
-    opts = load_profile(engine, gpu).options
-    options = GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
-                           decode_kv_expand=opts.decode_kv_expand)
+    options = graph_options(load_profile(engine, gpu), Workload(quant=quant))
     graph = build_graph(spec, decode=True, options=options)
     return {op.name: op.category.value for _, op in graph.all_ops()}
 
@@ -55,6 +54,14 @@ def what_if_file(path: Path) -> Path:
 def is_variant(row: dict[str, Any]) -> bool:
     """Whether a row measured a hypothetical variant of its model (overrides or fewer layers)."""
     return bool(row.get("overrides")) or isinstance(row.get("layers"), int)
+
+
+def row_quant(row: dict[str, Any]) -> str | None:
+    """The quantization scheme a measured row ran its linear layers at (``engine.quantization``
+    of the row: vLLM's ``--quantization fp8`` is W8A8 with per-tensor weight scales and dynamic
+    per-token activation scales, the model's ``fp8`` scheme); None when unquantized."""
+    quant = (row.get("engine") or {}).get("quantization") or "none"
+    return None if quant == "none" else str(quant)
 
 
 def row_overrides(row: dict[str, Any]) -> list[str]:
@@ -133,12 +140,13 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         if spec_key not in specs:
             specs[spec_key] = load_model(row["model"], overrides)
         spec = specs[spec_key]
-        if spec_key not in categories:
-            categories[spec_key] = op_categories(spec, engine, gpu)
+        quant = row_quant(row)
+        if (spec_key, quant) not in categories:
+            categories[spec_key, quant] = op_categories(spec, engine, gpu, quant)
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
-        p = predict(spec, gpu=gpu, engine=engine, batch=row["batch"],
-                    input_len=row["input_len"], output_len=row["output_len"])
+        p = predict(spec, gpu=gpu, engine=engine, batch=row["batch"], input_len=row["input_len"],
+                    output_len=row["output_len"], quant=row_quant(row))
         # hypothetical variants were never fitted on, even of a training model
         split = "train" if row["model"].lower() in train and not is_variant(row) else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
@@ -155,7 +163,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         predicted_split: dict[str, float] = {}
         for op in p.ops:
             if op["pass"] == "decode":
-                cat = categories[spec_key][op["name"]]
+                cat = categories[spec_key, quant][op["name"]]
                 predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
         for cat in sorted(set(measured_split) | set(predicted_split)):
             ops.append({**key, "engine": engine, "split": split, "category": cat,

@@ -7,14 +7,16 @@ are (:mod:`perfmodel.phases`). QKᵀ and PV each cost 2 FLOPs per pair per chann
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from perfmodel.ops.base import Op, OpClass
+from perfmodel.ops.base import Op, OpClass, Quantized
 from perfmodel.ops.elementwise import norm, qk_norm, rope
+from perfmodel.ops.quant import weight_bytes
 from perfmodel.symbols import (
-    B, C, Cw, H, Pw, T, P, b_a, b_kv, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
+    B, C, Cw, H, Pw, T, P, b_a, b_kv, b_q, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
 )
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
@@ -28,14 +30,17 @@ def kv_heads_per_gpu() -> sp.Expr:
 
 
 def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
-               sharded: bool = True, rows: sp.Expr = T, d_out_local: sp.Expr | None = None) -> Op:
+               sharded: bool = True, rows: sp.Expr = T, d_out_local: sp.Expr | None = None,
+               quantized: bool = False) -> Op:
     """A linear layer applied to ``rows`` rows (default: all T tokens): rows×d_in by d_in×d_out
     (column/row sharded by tp). ``d_out_local``: the output columns one GPU holds when they
-    are not simply d_out/tp (replicated KV heads)."""
+    are not simply d_out/tp (replicated KV heads). ``quantized``: its weights are stored by a
+    quantization scheme (b_q per element plus scales, :mod:`perfmodel.ops.quant`; a bias
+    stays at b_w)."""
     shard = tp if sharded else 1
     local = d_out / shard if d_out_local is None else d_out_local
     params = d_in * d_out + (d_out if bias else 0)
-    return Op(
+    op = Op(
         name=name,
         op_class=OpClass.GEMM,
         flops=2 * rows * d_in * local,
@@ -45,6 +50,11 @@ def projection(name: str, d_in: sp.Expr, d_out: sp.Expr, *, bias: bool = False,
         stored_bytes=(d_in + (1 if bias else 0)) * local * b_w,
         efficiency_size=rows,
     )
+    if quantized:
+        weights = weight_bytes(d_in * local, local, b_q)
+        op = replace(op, weight_bytes=weights, stored_bytes=weights + (local * b_w if bias else 0),
+                     quantized=Quantized(weights=d_in * local, inputs=((rows, d_in / shard),)))
+    return op
 
 
 def per_head_projection(name: str, d_in: sp.Expr, d_out: sp.Expr) -> Op:
@@ -106,20 +116,21 @@ def kv_expand(name: str, read: sp.Expr, write: sp.Expr, windowed: bool,
 
 
 def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
-            expand_kv: bool = False, cache_write: bool = True) -> list[Op]:
+            expand_kv: bool = False, cache_write: bool = True, quantized: bool = False) -> list[Op]:
     """Ops of a GQA/MHA attention block (MHA when n_kv = n_h), norm before it included.
 
     ``expand_kv``: the cached keys and values are repeated to every query head before the
     kernel (an attention call with an explicit mask cannot use grouped heads), a copy of
     2·n_h·d_h per cached token whenever n_h > n_kv; the kernel then reads n_h heads.
     ``cache_write=False``: the attention core without the cache write (the kernel alone).
+    ``quantized``: the QKV and O projections are quantized linear layers.
     """
     q_w, kv_w = n_h * d_h, n_kv * d_h
     kv_local = kv_heads_per_gpu() * d_h  # K (or V) columns on one GPU
     ops = [
         norm("attn.norm", H, norm_kind),
         projection("attn.qkv_proj", H, q_w + 2 * kv_w, bias=spec.qkv_bias,
-                   d_out_local=q_w / tp + 2 * kv_local),
+                   d_out_local=q_w / tp + 2 * kv_local, quantized=quantized),
     ]
     if spec.qk_norm == "per_head":
         ops.append(qk_norm("attn.qk_norm", q_w + kv_w, 2 * d_h))
@@ -138,13 +149,14 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
         attention_core("attn.core", qk_dim=d_h, v_dim=d_h, heads=n_h,
                        cache_per_token=2 * kv_local, windowed=windowed, sinks=spec.sinks,
                        read_per_token=read, masked=expand_kv, cache_write=cache_write),
-        projection("attn.o_proj", q_w, H, bias=spec.o_bias),
+        projection("attn.o_proj", q_w, H, bias=spec.o_bias, quantized=quantized),
     ]
     return ops
 
 
 def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache: bool,
-            absorbed: bool, expand_kv: bool = False, decode: bool = False) -> list[Op]:
+            absorbed: bool, expand_kv: bool = False, decode: bool = False,
+            quantized: bool = False) -> list[Op]:
     """Ops of multi-head latent attention (DeepSeek-V2/V3).
 
     ``latent_cache``: the cache keeps the compressed latent (r_kv + d_rope per token, not
@@ -153,20 +165,23 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
     attention runs over the latent (needs ``latent_cache``). ``expand_kv`` (latent cache,
     not absorbed): the re-expanded per-head keys are assembled from their non-rotary part and
     the shared rotary part (a copy per cached token), and the kernel reads per-head keys and
-    values.
+    values. ``quantized``: the projections are quantized linear layers (the absorbed per-head
+    matrices stay at b_w: vLLM dequantizes them when it absorbs them).
     """
     qk = d_nope + d_rope
     ops = [norm("attn.norm", H, norm_kind)]
     if spec.q_lora_rank:
         ops += [
-            projection("attn.q_a_proj", H, r_q, bias=spec.qkv_bias, sharded=False),
+            projection("attn.q_a_proj", H, r_q, bias=spec.qkv_bias, sharded=False,
+                       quantized=quantized),
             norm("attn.q_a_norm", r_q, "rms", residual=False),
-            projection("attn.q_b_proj", r_q, n_h * qk),
+            projection("attn.q_b_proj", r_q, n_h * qk, quantized=quantized),
         ]
     else:
-        ops.append(projection("attn.q_proj", H, n_h * qk))
+        ops.append(projection("attn.q_proj", H, n_h * qk, quantized=quantized))
     ops += [
-        projection("attn.kv_a_proj", H, r_kv + d_rope, bias=spec.qkv_bias, sharded=False),
+        projection("attn.kv_a_proj", H, r_kv + d_rope, bias=spec.qkv_bias, sharded=False,
+                   quantized=quantized),
         norm("attn.kv_a_norm", r_kv, "rms", residual=False),
         rope("attn.rope", n_h * d_rope / tp + d_rope),
     ]
@@ -182,7 +197,8 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
         # A latent cache is re-expanded to per-head keys and values for every cached token
         # read (B·C rows; = T in a prefill); an expanded cache only expands the new T tokens.
         expand_rows = B * (Cw if windowed else C) if latent_cache else T
-        ops.append(projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows))
+        ops.append(projection("attn.kv_b_proj", r_kv, n_h * (d_nope + d_v), rows=expand_rows,
+                              quantized=quantized))
         read = None
         if expand_kv and latent_cache:
             ops.append(kv_expand("attn.kv_expand", (n_h * d_nope + d_rope) / tp, n_h * qk / tp,
@@ -191,5 +207,5 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
         ops.append(attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
                                   cache_per_token=cache, windowed=windowed, sinks=False,
                                   read_per_token=read, masked=expand_kv and decode))
-    ops.append(projection("attn.o_proj", n_h * d_v, H, bias=spec.o_bias))
+    ops.append(projection("attn.o_proj", n_h * d_v, H, bias=spec.o_bias, quantized=quantized))
     return ops

@@ -109,6 +109,20 @@ ZERO = sp.Integer(0)
 
 
 @dataclass(frozen=True)
+class Quantized:
+    """What a weight-quantization scheme changes in a linear layer (:mod:`perfmodel.ops.quant`):
+    its GEMMs run at the scheme's peak and kernel efficiency.
+
+    ``weights``: weight elements it reads per pass on one GPU (what a weight-only kernel
+    dequantizes); ``inputs``: (rows, width) of each activation matrix its GEMMs multiply, on
+    one GPU (what a W8A8 scheme quantizes on the fly before them).
+    """
+
+    weights: sp.Expr
+    inputs: tuple[tuple[sp.Expr, sp.Expr], ...] = ()
+
+
+@dataclass(frozen=True)
 class Op:
     """Cost of one op for one forward pass, per GPU, in the symbols of :mod:`perfmodel.symbols`.
 
@@ -124,6 +138,9 @@ class Op:
     GPU and ``kv_bytes_per_token`` the KV-cache bytes it keeps per cached token per sequence
     on one GPU. ``role``: what the op is in the model (:class:`Role`); ``windowed``: it
     attends over a sliding (or chunked) window, so the cache it keeps holds at most W tokens.
+    ``kernels`` may be an expression (a loop over the experts touched launches per expert).
+    ``quantized``: set on a linear layer whose weights a quantization scheme stores
+    (:class:`Quantized`); None for every other op.
     """
 
     name: str
@@ -135,18 +152,21 @@ class Op:
     comm_bytes: sp.Expr = ZERO
     params: sp.Expr = ZERO
     efficiency_size: sp.Expr = field(default_factory=lambda: sp.Integer(1))
-    kernels: int = 1
+    kernels: int | sp.Expr = 1
     fixed_latency: sp.Expr = ZERO
     stored_bytes: sp.Expr = ZERO
     kv_bytes_per_token: sp.Expr = ZERO
     role: Role = Role.NONE
     windowed: bool = False
+    quantized: Quantized | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))
         if self.op_class.peak is Peak.NONE and sp.sympify(self.flops) != 0:
             raise ValueError(f"op {self.name}: class {self.op_class} runs at no compute peak "
                              "but counts FLOPs")
+        if self.quantized is not None and self.op_class.peak is not Peak.MATMUL:
+            raise ValueError(f"op {self.name}: only a matmul-class op can be a quantized linear layer")
 
     @property
     def bytes(self) -> sp.Expr:

@@ -12,22 +12,42 @@ distinct experts. Skewed routing concentrates tokens on fewer experts: with skew
 the tokens route uniformly over an effective population E_σ = (1 − σ)·E + σ·k (σ = 0:
 uniform; σ = 1: the same k experts for every token). Weight traffic follows D, compute follows
 T·k, and a grouped GEMM's efficiency follows the tokens per expert T·k/D.
+
+Tile padding. A fused-MoE kernel (vLLM's ``moe_align_block_size``) pads each touched
+expert's rows to a multiple of BLOCK_SIZE_M = M; the grouped GEMM computes the padded rows
+(:func:`padded_rows`), while the bytes it moves follow the real rows.
+
+Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
+per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
+loop over the touched experts, as an engine without a fused MoE kernel runs them): per
+touched local expert a gather of its rows, a gate|up GEMM, an activation, a down GEMM, a
+scale by the routing weights and an index-add into the output, so kernel launches grow with
+the distinct experts D, and the gathered and scaled rows make extra trips through HBM.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from perfmodel.ops.base import Op, OpClass, Role
+from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
-from perfmodel.symbols import E, H, I_d, I_e, I_sh, T, b_a, b_e, b_w, ep, k, n_sh, sigma, tp
+from perfmodel.ops.quant import weight_bytes
+from perfmodel.symbols import E, H, I_d, I_e, I_sh, T, b_a, b_e, b_q, b_w, ep, k, n_sh, sigma, tp
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
+
+#: How the routed experts run: one fused grouped-GEMM block, or a loop over touched experts.
+MOE_IMPLS = ("fused", "unfused")
+
+#: Rows of a fused-MoE tile by tokens per pass, as ((at most T tokens, M rows), ...), the
+#: last for any larger T: here one tier of M = 1, i.e. no padding.
+NO_PADDING: tuple[tuple[float, int], ...] = ((math.inf, 1),)
 
 
 def effective_experts() -> sp.Expr:
@@ -46,36 +66,90 @@ def tokens_per_expert(tokens: sp.Expr = T) -> sp.Expr:
     return tokens * k / distinct_experts(tokens)
 
 
+def block_rows(tiers: tuple[tuple[float, int], ...], tokens: sp.Expr = T) -> sp.Expr:
+    """BLOCK_SIZE_M of a fused-MoE kernel as a step function of the pass's ``tokens``:
+    ``tiers`` = ((t_1, M_1), (t_2, M_2), ...): M_1 up to t_1 tokens, M_2 up to t_2, ...; the
+    last tier holds for any larger T. As sympy: M_1 + Σ_i (M_{i+1} − M_i)·θ(T − t_i), with
+    θ(0) = 0 (a tier includes its bound)."""
+    rows = sp.Integer(tiers[0][1])
+    for (bound, m), (_, m_next) in zip(tiers, tiers[1:]):
+        if m_next != m:
+            rows += (m_next - m) * sp.Heaviside(tokens - bound, 0)
+    return rows
+
+
+def padded_rows(rows: sp.Expr, experts: sp.Expr, block: sp.Expr) -> sp.Expr:
+    """Rows a fused-MoE grouped GEMM computes when ``rows`` routed rows fall on ``experts``
+    touched experts and each expert's rows are padded to a multiple of ``block`` (M):
+
+        max(D·M, rows + D·(M − 1)/2)
+
+    Every touched expert computes at least one tile of M rows (exact while each gets at most
+    M rows: decode, where the padding matters most); once experts get many rows, their counts
+    spread over every remainder mod M and pad (M − 1)/2 rows each on average. Never below
+    ``rows``; ``rows`` itself when M = 1 (no padding). The expectation over random routing, so
+    it does not vanish when the mean rows per expert happen to be a multiple of M: individual
+    counts still scatter around the mean."""
+    if sp.sympify(block) == 1:
+        return rows
+    return sp.Max(experts * block, rows + experts * (block - 1) / 2)
+
+
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
-         matrices: sp.Expr = 1, param_bytes: sp.Expr = b_w) -> Op:
+         matrices: sp.Expr = 1, param_bytes: sp.Expr = b_w, computed_rows: sp.Expr | None = None,
+         quantized: bool = False, input_rows: sp.Expr | None = None) -> Op:
     """One GEMM of ``rows`` rows of width ``d_in`` into ``d_out``, the rows split over
     ``matrices`` d_in×d_out weight matrices (the experts they are routed to, each read once;
     1 for a dense GEMM): FLOPs 2·rows·d_in·d_out; bytes: the matrices, the rows read (d_in)
-    and written (d_out). Its efficiency follows the rows per matrix (tokens per expert)."""
-    return Op(
+    and written (d_out). Its efficiency follows the rows per matrix (tokens per expert).
+
+    ``computed_rows``: the rows the kernel computes when it pads them to its tiles
+    (:func:`padded_rows`): FLOPs and the efficiency's rows per matrix follow them, bytes the
+    real ``rows``. ``quantized``: the matrices are stored by a quantization scheme
+    (``param_bytes`` per element plus scales, :mod:`perfmodel.ops.quant`); ``input_rows``: the
+    rows of its input a W8A8 scheme quantizes (default ``rows``).
+    """
+    computed = rows if computed_rows is None else computed_rows
+    elements = matrices * d_in * d_out
+    op = Op(
         name=name,
         op_class=op_class,
-        flops=2 * rows * d_in * d_out,
-        weight_bytes=matrices * d_in * d_out * param_bytes,
+        flops=2 * computed * d_in * d_out,
+        weight_bytes=elements * param_bytes,
         act_bytes=rows * (d_in + d_out) * b_a,
-        efficiency_size=rows / matrices,
+        efficiency_size=computed / matrices,
     )
+    if quantized:
+        op = replace(op, weight_bytes=weight_bytes(elements, matrices * d_out, param_bytes),
+                     quantized=Quantized(weights=elements,
+                                         inputs=((rows if input_rows is None else input_rows, d_in),)))
+    return op
 
 
 def gated_ffn(name: str, op_class: OpClass, *, tokens: sp.Expr, width: sp.Expr,
-              experts: sp.Expr, param_bytes: sp.Expr, shard: sp.Expr, params: sp.Expr) -> Op:
+              experts: sp.Expr, param_bytes: sp.Expr, shard: sp.Expr, params: sp.Expr,
+              computed_tokens: sp.Expr | None = None, quantized: bool = False,
+              input_tokens: sp.Expr | None = None) -> Op:
     """A gated FFN applied to ``tokens`` rows of width H with intermediate ``width``: the
     gate|up GEMM (H → 2·I) and the down GEMM (I → H), each a :func:`gemm` over the
     ``experts`` FFN copies the rows are split over (1 when dense), sharded by ``shard``.
 
     Activation traffic per row: read x (H), write gate|up (2·I), read the activated product
     (I), write the output (H): 2H + 3I elements; the activation between the GEMMs is its own
-    op (:func:`activation`).
+    op (:func:`activation`). ``computed_tokens``: rows computed after tile padding;
+    ``quantized``: quantized weights, whose gate|up input a W8A8 scheme quantizes as
+    ``input_tokens`` rows (default ``tokens``) and whose down input as ``tokens`` rows.
     """
+    common = dict(matrices=experts, param_bytes=param_bytes, computed_rows=computed_tokens,
+                  quantized=quantized)
     up = gemm(f"{name}.gate_up", op_class, rows=tokens, d_in=H, d_out=2 * width / shard,
-              matrices=experts, param_bytes=param_bytes)
-    down = gemm(f"{name}.down", op_class, rows=tokens, d_in=width / shard, d_out=H,
-                matrices=experts, param_bytes=param_bytes)
+              input_rows=input_tokens, **common)
+    down = gemm(f"{name}.down", op_class, rows=tokens, d_in=width / shard, d_out=H, **common)
+    quant = None
+    if quantized:
+        assert up.quantized is not None and down.quantized is not None
+        quant = Quantized(weights=up.quantized.weights + down.quantized.weights,
+                          inputs=up.quantized.inputs + down.quantized.inputs)
     return Op(
         name=name,
         op_class=op_class,
@@ -85,13 +159,16 @@ def gated_ffn(name: str, op_class: OpClass, *, tokens: sp.Expr, width: sp.Expr,
         params=params,
         efficiency_size=up.efficiency_size,
         kernels=up.kernels + down.kernels,
+        quantized=quant,
     )
 
 
-def activation(name: str, tokens: sp.Expr, width: sp.Expr, shard: sp.Expr = tp) -> Op:
-    """SiLU(gate)·up between a gated FFN's GEMMs: read gate|up (2·I), write the product (I)."""
+def activation(name: str, tokens: sp.Expr, width: sp.Expr, shard: sp.Expr = tp,
+               kernels: int | sp.Expr = 1) -> Op:
+    """SiLU(gate)·up between a gated FFN's GEMMs: read gate|up (2·I), write the product (I);
+    ``kernels`` launches (one per touched expert in a loop over experts)."""
     return Op(name=name, op_class=OpClass.ELEMENTWISE, act_bytes=tokens * 3 * width / shard * b_a,
-              efficiency_size=tokens * width / shard)
+              efficiency_size=tokens * width / shard, kernels=kernels)
 
 
 def router(bias: bool) -> Op:
@@ -111,34 +188,70 @@ def router(bias: bool) -> Op:
     )
 
 
-def routed_experts(bias: bool) -> Op:
+def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
+                   quantized: bool = False) -> Op:
     """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
 
-    Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched.
+    Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
+    follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`);
+    ``impl="unfused"`` launches the two GEMMs once per touched local expert (2·D/ep kernels),
+    each padded alike (a dense GEMM also computes whole tiles of rows) and at the grouped
+    GEMM's efficiency per touched expert. ``quantized``: the experts' weights are stored by a
+    quantization scheme (b_q per element plus scales, instead of b_e; biases at b_w).
     """
-    d_local = distinct_experts() / ep
-    params = E * 3 * H * I_e + (E * (2 * I_e + H) if bias else 0)
-    op = gated_ffn("moe.experts", OpClass.GROUPED_GEMM, tokens=T * k / ep, width=I_e,
-                   experts=d_local, param_bytes=b_e, shard=tp, params=params)
-    return replace(op, stored_bytes=params * b_e / (tp * ep), role=Role.ROUTED_EXPERTS)
+    rows, d_local = T * k / ep, distinct_experts() / ep
+    weights = E * 3 * H * I_e
+    params = weights + (E * (2 * I_e + H) if bias else 0)
+    op = gated_ffn("moe.experts", OpClass.GROUPED_GEMM, tokens=rows, width=I_e, experts=d_local,
+                   param_bytes=b_q if quantized else b_e, shard=tp, params=params,
+                   computed_tokens=padded_rows(rows, d_local, block_rows(tiers)),
+                   quantized=quantized, input_tokens=T)
+    stored = params * b_e / (tp * ep)
+    if quantized:
+        stored = (weight_bytes(weights / (tp * ep), E * (2 * I_e / tp + H) / ep, b_q)
+                  + (params - weights) * b_w / (tp * ep))
+    op = replace(op, stored_bytes=stored, role=Role.ROUTED_EXPERTS)
+    return replace(op, kernels=2 * d_local) if impl == "unfused" else op
 
 
-def shared_experts(gate: bool) -> Op:
-    """n_sh always-active experts of width I_sh (one fused FFN), with an optional sigmoid gate."""
+def shared_experts(gate: bool, quantized: bool = False) -> Op:
+    """n_sh always-active experts of width I_sh (one fused FFN), with an optional sigmoid gate
+    (kept at b_w when the FFN is ``quantized``)."""
     width = n_sh * I_sh
     params = 3 * H * width + (H if gate else 0)
-    op = gated_ffn("moe.shared", OpClass.GEMM, tokens=T, width=width, experts=1, param_bytes=b_w,
-                   shard=tp, params=params)
+    op = gated_ffn("moe.shared", OpClass.GEMM, tokens=T, width=width, experts=1,
+                   param_bytes=b_q if quantized else b_w, shard=tp, params=params, quantized=quantized)
+    stored = params * b_w / tp
+    if quantized:
+        stored = weight_bytes(3 * H * width / tp, 2 * width / tp + H, b_q) + (H * b_w / tp if gate else 0)
     if gate:  # the gate is a T×H by H×1 GEMM on every token
         op = replace(op, flops=op.flops + 2 * T * H, weight_bytes=op.weight_bytes + H * b_w,
                      kernels=op.kernels + 1)
-    return _with_storage(op, params * b_w / tp)
+    return _with_storage(op, stored)
 
 
-def dispatch() -> Op:
-    """Moving routed rows in and out of expert order: gather the T·k copies of the tokens,
-    scale each by its routing weight, and add them back per token (index-add), each a read
-    and a write of T·k·H activations (6 passes), on the local T·k/ep rows."""
+def dispatch(impl: str = "fused") -> Op:
+    """Moving routed rows in and out of expert order, on the local T·k/ep rows.
+
+    ``fused``: gather the T·k copies of the tokens, scale each by its routing weight, and add
+    them back per token (index-add), each a read and a write of T·k·H activations (6 passes),
+    in 4 kernels (sort/histogram, gather, scale, index-add).
+
+    ``unfused`` (a loop over the D/ep touched local experts): per expert, gather its rows
+    (read, write), scale them by their routing weights (read, write) and index-add them into
+    the output (read the rows, read and write the output rows): 7 passes over the T·k·H
+    routed rows, plus zero-filling the T×H output; 2 kernels (the routing mask, the zero
+    fill) plus 3 per touched local expert.
+    """
+    rows = T * k / ep
+    if impl == "unfused":
+        return Op(
+            name="moe.dispatch",
+            op_class=OpClass.ELEMENTWISE,
+            act_bytes=(7 * rows + T) * H * b_a,
+            efficiency_size=rows * H,
+            kernels=2 + 3 * distinct_experts() / ep,
+        )
     return Op(
         name="moe.dispatch",
         op_class=OpClass.ELEMENTWISE,
@@ -148,22 +261,37 @@ def dispatch() -> Op:
     )
 
 
-def moe_block(spec: MoESpec, norm_kind: str) -> list[Op]:
-    """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts."""
+def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
+              tiers: tuple[tuple[float, int], ...] = NO_PADDING, quantized: bool = False) -> list[Op]:
+    """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
+
+    ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
+    (:func:`block_rows`); ``quantized``: the experts' and shared experts' weights are stored
+    by a quantization scheme (:mod:`perfmodel.ops.quant`).
+    """
+    if impl not in MOE_IMPLS:
+        raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
+    loop = distinct_experts() / ep if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           all_to_all("comm.moe_all_to_all"), dispatch(), routed_experts(spec.expert_bias),
-           activation("moe.experts_act", T * k / ep, I_e)]
+           all_to_all("comm.moe_all_to_all"), dispatch(impl),
+           routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized),
+           activation("moe.experts_act", T * k / ep, I_e, kernels=loop)]
     if spec.n_shared:
-        ops += [shared_experts(spec.shared_gate), activation("moe.shared_act", T, n_sh * I_sh)]
+        ops += [shared_experts(spec.shared_gate, quantized), activation("moe.shared_act", T, n_sh * I_sh)]
     return ops
 
 
-def dense_block(norm_kind: str, bias: bool) -> list[Op]:
-    """The dense-MLP block of one layer, norm before it included."""
-    params = 3 * H * I_d + ((2 * I_d + H) if bias else 0)
-    op = gated_ffn("mlp.ffn", OpClass.GEMM, tokens=T, width=I_d, experts=1, param_bytes=b_w,
-                   shard=tp, params=params)
-    return [norm("mlp.norm", H, norm_kind), _with_storage(op, params * b_w / tp),
+def dense_block(norm_kind: str, bias: bool, quantized: bool = False) -> list[Op]:
+    """The dense-MLP block of one layer, norm before it included; ``quantized``: its weights
+    are stored by a quantization scheme (biases at b_w)."""
+    weights = 3 * H * I_d
+    params = weights + ((2 * I_d + H) if bias else 0)
+    op = gated_ffn("mlp.ffn", OpClass.GEMM, tokens=T, width=I_d, experts=1,
+                   param_bytes=b_q if quantized else b_w, shard=tp, params=params, quantized=quantized)
+    stored = params * b_w / tp
+    if quantized:
+        stored = weight_bytes(weights / tp, 2 * I_d / tp + H, b_q) + (params - weights) * b_w / tp
+    return [norm("mlp.norm", H, norm_kind), _with_storage(op, stored),
             activation("mlp.act", T, I_d)]
 
 

@@ -1,0 +1,59 @@
+"""Quantized linear layers: their weight bytes with scales, and on-the-fly activation quantization.
+
+A quantization scheme (:mod:`perfmodel.quantization`, data in ``specs/quantization.yaml``)
+applies to the linear layers: the QKV/O projections, the routed and shared experts and the
+dense MLP (not the embedding, the lm_head, the router or the norms, as vLLM leaves them). It
+stores their weights at b_q bytes per element plus scales: z_g bytes per weight element (one
+scale per 128×128 block, or per group of 128 weights along the input) and z_c bytes per output
+channel, so a matrix of ``elements`` weights and ``channels`` output channels takes
+
+    elements·(b_q + z_g) + channels·z_c   bytes
+
+(a per-tensor scale, 4 bytes per matrix, is left out as negligible). Its GEMMs run at the
+scheme's peak (F_peak_q) and kernel efficiency, and a weight-only kernel dequantizes in
+registers the weights it reads (:func:`perfmodel.roofline.op_time`).
+
+A W8A8 scheme with dynamic activation scales quantizes each GEMM's input just before it:
+one elementwise pass (:func:`activation_quant`) that reads the bf16 rows and writes them at
+b_aq bytes per element, plus their scales (z_ar bytes per row for per-token scales, z_ae per
+element for per-group scales).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from perfmodel.ops.base import Op, OpClass
+from perfmodel.symbols import b_a, b_aq, z_ae, z_ar, z_c, z_g
+
+
+def weight_bytes(elements: sp.Expr, channels: sp.Expr, bytes_per_element: sp.Expr) -> sp.Expr:
+    """Bytes of quantized weights: ``elements`` weights at ``bytes_per_element`` (b_q)
+    plus their block/group scales (z_g each) and per-channel scales (z_c per output channel)."""
+    return elements * (bytes_per_element + z_g) + channels * z_c
+
+
+def activation_quant(name: str, inputs: tuple[tuple[sp.Expr, sp.Expr], ...]) -> Op:
+    """Dynamic quantization of a quantized layer's GEMM inputs, one kernel per input matrix
+    of (rows, width): read each element (b_a), write it quantized (b_aq) and its scales
+    (z_ae per element, z_ar per row)."""
+    elements = sp.Add(*[rows * width for rows, width in inputs])
+    rows = sp.Add(*[rows for rows, _ in inputs])
+    return Op(
+        name=name,
+        op_class=OpClass.ELEMENTWISE,
+        act_bytes=elements * (b_a + b_aq + z_ae) + rows * z_ar,
+        efficiency_size=elements,
+        kernels=len(inputs),
+    )
+
+
+def with_activation_quant(ops: list[Op]) -> list[Op]:
+    """``ops`` with an :func:`activation_quant` op (``<name>.act_quant``) before each
+    quantized linear layer (an op whose ``quantized`` is set)."""
+    out: list[Op] = []
+    for op in ops:
+        if op.quantized is not None and op.quantized.inputs:
+            out.append(activation_quant(f"{op.name}.act_quant", op.quantized.inputs))
+        out.append(op)
+    return out

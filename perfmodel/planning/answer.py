@@ -1,0 +1,218 @@
+"""The plan's answer as data: the chosen deployment, its cost, latencies, goodput, margins, the
+profile it stands on, the frontiers, the latency-vs-rate sweep and the caveats (JSON-ready)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from perfmodel.planning.candidates import Evaluation
+from perfmodel.planning.search import Plan, Search
+from perfmodel.prediction import Workload, evaluate
+
+#: Multiples of the question's rate the chosen deployment is simulated at (latency vs rate).
+SWEEP_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def rate_sweep(search: Search, chosen: Evaluation) -> list[dict[str, Any]]:
+    """Latency percentiles of the chosen deployment at multiples of the rate (simulated)."""
+    from perfmodel.planning.disagg import simulate_pair
+
+    rows = []
+    for x in SWEEP_MULTIPLES:
+        rate = search.rate * x
+        if chosen.kind == "disaggregated":
+            p, d = chosen.pools
+            ev = simulate_pair(search, chosen.setups[0], p.engine, p.replicas, chosen.details["kv_transfer_s"],
+                               chosen.setups[1], d.engine, d.replicas, rate=rate)
+        else:
+            pool = chosen.pools[0]
+            ev = search.simulated(chosen.setups[0], pool.engine, pool.replicas, rate=rate)
+        rows.append({"rate": rate, "multiple": x, "stable": ev.stable, "meets": ev.meets,
+                     "goodput_fraction": ev.details.get("goodput_fraction"),
+                     **{f"{m}_{q}": ev.metrics[m][q] for m in ("ttft", "itl", "e2e") for q in ("p50", "p90", "p99")}})
+    return rows
+
+
+def pareto(points: list[dict[str, Any]], x: str, y: str, x_max: bool, y_max: bool) -> list[dict[str, Any]]:
+    """The points no other point beats on both ``x`` and ``y`` (max or min each)."""
+    sx, sy = (1 if x_max else -1), (1 if y_max else -1)
+    ordered = sorted(points, key=lambda p: (-sx * p[x], -sy * p[y]))
+    front, best = [], -math.inf
+    for p in ordered:
+        if sy * p[y] > best:
+            front.append(p)
+            best = sy * p[y]
+    return front
+
+
+def point(ev: Evaluation, rate: float, mean_in: float, mean_out: float) -> dict[str, Any]:
+    """One candidate as a frontier point."""
+    out_tok = rate * mean_out
+    tpot = ev.metrics["tpot"]["mean"]
+    return {"label": ev.label(), "kind": ev.kind, "gpu": "+".join(sorted({p.engine.gpu for p in ev.pools})),
+            "gpus": ev.gpus, "usd_per_hour": ev.usd_per_hour, "source": ev.source, "meets": ev.meets,
+            "outcome": ev.outcome,
+            "output_tok_s_per_gpu": out_tok / ev.gpus,
+            "tok_s_per_user": 1.0 / tpot if tpot and tpot > 0 and math.isfinite(tpot) else 0.0,
+            "usd_per_million_output_tokens": ev.usd_per_hour / (out_tok * 3600.0 / 1e6),
+            "ttft_p90_s": ev.metrics["ttft"]["p90"], "itl_p90_s": ev.metrics["itl"]["p90"]}
+
+
+def frontier_points(plan: Plan) -> list[dict[str, Any]]:
+    """Every stable candidate once (simulated numbers where it was simulated)."""
+    best: dict[str, Evaluation] = {}
+    for ev in plan.evaluations:
+        if not ev.stable:
+            continue
+        key = ev.label()
+        if key not in best or (best[key].source != "simulation" and ev.source == "simulation"):
+            best[key] = ev
+    return [point(ev, plan.question.traffic.rate, plan.mean_in, plan.mean_out) for ev in best.values()]
+
+
+def frontiers(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    return {"throughput_vs_interactivity": pareto(points, "tok_s_per_user", "output_tok_s_per_gpu", True, True),
+            "cost_vs_ttft": pareto(points, "ttft_p90_s", "usd_per_million_output_tokens", False, False)}
+
+
+def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
+    """The engine profile each pool's step times stand on, with its error band (from a
+    request prediction at the pool's mean batch)."""
+    out = []
+    for pool, setup in zip(ev.pools, ev.setups):
+        batch = max(1, round(ev.details.get("mean_batch") or 1))
+        t = pool.engine.layout
+        w = Workload(batch=batch, input_len=max(1, round(plan.mean_in)), output_len=max(2, round(plan.mean_out)),
+                     tp=t.tp, ep=t.ep, pp=t.pp, dtype=pool.engine.dtype)
+        pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
+        prov = pred.provenance
+        out.append({"pool": "prefill" if ev.kind == "disaggregated" and not out else
+                    ("decode" if ev.kind == "disaggregated" else "all"),
+                    "gpu": setup.offer.name, "profile": prov["profile"], "engine": prov["engine"],
+                    "fitted_on": setup.profile.gpu, "calibrated": prov["calibrated"],
+                    "transfer": prov["transfer"], "note": prov["note"],
+                    "error_band": prov["error_band"], "error_band_note": prov["error_band_note"],
+                    "intervals_at_mean_batch": pred.intervals(),
+                    "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None})
+    return out
+
+
+def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) -> list[str]:
+    out = ["Serving latencies come from a simulation of vLLM-style continuous batching (chunked "
+           "prefill, max_num_seqs, KV-cache preemption) on the model's step times; they have not "
+           "been validated against measured serving runs yet."]
+    if any(s.layout.gpus > 1 for s in plan.setups.values()):
+        out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
+                   "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
+    for p in prov:
+        out.append(f"{p['gpu']}: {p['note']}; {p['error_band_note']}.")
+        if p.get("prefill_step_floor_s") and p["pool"] == "all":
+            out.append(f"{p['gpu']}: a step holding prompt tokens takes at least "
+                       f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
+                       "on offline prefills), which sets the ITL of tokens that share a step with a prefill.")
+    out.append("Replicas (data parallel) split the traffic evenly at random; a PP replica is "
+               "modelled as pp interleaved micro-batch streams. Prices are examples "
+               "(specs/prices.yaml): edit them.")
+    if ev is not None and ev.kind == "disaggregated":
+        out.append("Disaggregated pools move each prompt's KV cache over the GPU's scale-up link "
+                   "(both pools in one NVLink domain); across nodes set --kv-link-gb-s.")
+    return out
+
+
+def margins(plan: Plan, ev: Evaluation) -> dict[str, Any]:
+    targets = plan.question.slo.targets()
+    slo = {}
+    for name, target in targets.items():
+        metric, pct = name.split("_")
+        value = ev.metrics[metric][pct]
+        slo[name] = {"target_s": target, "predicted_s": value, "headroom": 1.0 - value / target}
+    out: dict[str, Any] = {"slo": slo, "peak_kv_fraction": ev.details.get("peak_kv_fraction"),
+                           "preemptions": ev.details.get("preemptions")}
+    sat = ev.details.get("saturation_rate_per_replica")
+    if ev.kind == "colocated" and sat:
+        pool = ev.pools[0]
+        per_replica = ev.details.get("rate", plan.question.traffic.rate) / pool.replicas
+        out["utilization"] = per_replica / sat
+        out["saturation_rate_per_replica"] = sat
+        out["mean_batch_per_stream"] = ev.details.get("mean_batch")
+        out["max_num_seqs_per_stream"] = max(1, pool.engine.max_num_seqs // pool.engine.layout.pp)
+    return out
+
+
+def closest(plan: Plan) -> Optional[Evaluation]:
+    """The evaluation nearest to meeting every SLO (smallest worst ratio), simulated first."""
+    stable = [e for e in plan.evaluations if e.stable and e.ratios]
+    if not stable:
+        return None
+    return min(stable, key=lambda e: (e.source != "simulation", max(e.ratios.values()), e.usd_per_hour))
+
+
+def infeasible_message(plan: Plan) -> str:
+    q = plan.question
+    where = f"within {q.search.max_gpus} GPUs of {', '.join(q.search.gpus)} ({', '.join(q.search.dtypes)})"
+    near = closest(plan)
+    if near is None:
+        reasons = sorted({r["reason"].split(":")[0] for r in plan.rejected})
+        return f"no configuration can serve {q.traffic.rate:g} req/s {where}: {'; '.join(reasons) or 'none fits'}"
+    return (f"no configuration meets the SLOs {where}; closest: {near.label()} "
+            f"(${near.usd_per_hour:.2f}/h, {near.source}): {'; '.join(near.failures)}")
+
+
+def answer(plan: Plan, sweep: bool = True) -> dict[str, Any]:
+    """The whole answer (see the module docstring)."""
+    q = plan.question
+    rate = q.traffic.rate
+    ev = plan.chosen
+    points = frontier_points(plan)
+    data: dict[str, Any] = {
+        "model": plan.model.name,
+        "question": q.model_dump(mode="json"),
+        "traffic": {"rate_req_s": rate, "mean_input_len": plan.mean_in, "mean_output_len": plan.mean_out},
+        "chosen": None, "cost": None, "latency": None, "throughput": None, "goodput": None,
+        "margins": None, "profile": None,
+        "frontier": frontiers(points),
+        "candidates": {"evaluated": len(plan.evaluations), "simulated": plan.simulations,
+                       "rejected": plan.rejected},
+        "timings_s": plan.timings,
+    }
+    prov = provenance(plan, ev) if ev is not None else []
+    data["caveats"] = caveats(plan, ev, prov)
+    if ev is None:
+        data["infeasible"] = infeasible_message(plan)
+        near = closest(plan)
+        data["closest"] = None if near is None else {"label": near.label(), "source": near.source,
+                                                      "failures": near.failures, "ratios": near.ratios}
+        data["points"] = points
+        return data
+    out_tok = rate * plan.mean_out
+    pools = [{"role": role, **p.engine.to_dict(), "replicas": p.replicas, "gpus": p.gpus,
+              "usd_per_gpu_hour": p.usd_per_gpu_hour, "usd_per_hour": p.usd_per_hour}
+             for role, p in zip(("prefill", "decode") if ev.kind == "disaggregated" else ("all",), ev.pools)]
+    first = ev.pools[-1]
+    data["chosen"] = {"label": ev.label(), "kind": ev.kind, "gpu": first.engine.gpu, "gpus": ev.gpus,
+                      "replicas": first.replicas, "layout": pools[-1]["layout"], "dtype": first.engine.dtype,
+                      "max_num_seqs": first.engine.max_num_seqs,
+                      "max_batched_tokens": first.engine.max_batched_tokens, "pools": pools,
+                      "source": ev.source}
+    data["cost"] = {"usd_per_hour": ev.usd_per_hour,
+                    "usd_per_million_output_tokens": ev.usd_per_hour / (out_tok * 3600 / 1e6),
+                    "usd_per_million_tokens": ev.usd_per_hour / (rate * (plan.mean_in + plan.mean_out) * 3600 / 1e6),
+                    "price_sources": {s.offer.name: s.offer.price_source for s in ev.setups}}
+    data["latency"] = {f"{m}_s": ev.metrics[m] for m in ("ttft", "itl", "tpot", "e2e")}
+    tpot = ev.metrics["tpot"]["mean"]
+    data["throughput"] = {"requests_per_s": rate, "output_tokens_per_s": out_tok,
+                          "output_tokens_per_s_per_gpu": out_tok / ev.gpus,
+                          "tokens_per_s_per_user": 1.0 / tpot if tpot > 0 else None}
+    good = ev.details.get("goodput_fraction")
+    data["goodput"] = {"fraction": good, "requests_per_s": rate * good if good is not None else None,
+                       "output_tokens_per_s": out_tok * good if good is not None else None,
+                       "definition": "requests within TTFT <= the largest TTFT target, TPOT <= the "
+                                     "largest ITL target, E2E <= the E2E target (as vllm bench serve --goodput)"}
+    data["margins"] = margins(plan, ev)
+    data["profile"] = prov
+    data["simulation"] = {"measured_requests": ev.details.get("measured_requests"),
+                          "seed": q.simulation.seed, "mean_batch_per_stream": ev.details.get("mean_batch")}
+    data["rate_sweep"] = rate_sweep(plan.search, ev) if sweep else []
+    data["points"] = points
+    return data

@@ -1,0 +1,151 @@
+"""``perfmodel plan``: the cheapest deployment that meets latency targets at a request rate.
+
+Exit status: 0 with an answer; 1 when no configuration meets every SLO (one line on stderr
+says what failed closest, after the JSON and the report); 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from perfmodel.errors import InputError
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise InputError(f"empty list '{value}'")
+    return items
+
+
+def _ints(value: Optional[str], flag: str) -> Optional[list[int]]:
+    items = _csv(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise InputError(f"{flag} takes whole numbers separated by commas, got '{value}'") from None
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """The flags given, as the nested fields of a PlanQuestion."""
+    from perfmodel.planning.question import parse_length
+
+    sections: dict[str, dict[str, Any]] = {"traffic": {}, "slo": {}, "search": {}, "simulation": {}}
+    out: dict[str, Any] = {}
+    f = flags
+    if f["model"] is not None:
+        out["model"] = f["model"]
+    if f["set_"]:
+        out["set"] = list(f["set_"])
+    for key in ("engine", "prices"):
+        if f[key] is not None:
+            out[key] = f[key]
+    if f["rate"] is not None:
+        sections["traffic"]["rate"] = f["rate"]
+    if f["input_len"] is not None:
+        sections["traffic"]["input_len"] = parse_length(f["input_len"], "--input-len")
+    if f["output_len"] is not None:
+        sections["traffic"]["output_len"] = parse_length(f["output_len"], "--output-len")
+    if f["lengths_file"] is not None:
+        sections["traffic"]["lengths_file"] = f["lengths_file"]
+    for key in ("ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p90", "itl_p99", "e2e_p90"):
+        if f[key] is not None:
+            sections["slo"][key] = f[key]
+    search = sections["search"]
+    if f["gpu"] is not None:
+        search["gpus"] = _csv(f["gpu"])
+    if f["dtype"] is not None:
+        search["dtypes"] = _csv(f["dtype"])
+    if f["max_num_seqs"] is not None:
+        search["max_num_seqs"] = _ints(f["max_num_seqs"], "--max-num-seqs")
+    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s"):
+        if f[key] is not None:
+            search[key] = f[key]
+    if f["disaggregation"] is not None:
+        search["disaggregation"] = f["disaggregation"]
+    for key in ("requests", "seed"):
+        if f[key] is not None:
+            sections["simulation"][key] = f[key]
+    out.update({k: v for k, v in sections.items() if v})
+    return out
+
+
+def plan(
+    model: Optional[str] = typer.Argument(None, help="Zoo name or config.json (or 'model:' in --config)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file holding the whole question."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Arrival rate, requests/s (Poisson)."),
+    input_len: Optional[str] = typer.Option(None, "--input-len", "-s",
+                                            help="Prompt tokens: N, or percentiles p50=512,p90=4096."),
+    output_len: Optional[str] = typer.Option(None, "--output-len", "-o",
+                                             help="Output tokens: N, or percentiles p50=128,p90=1024."),
+    lengths_file: Optional[Path] = typer.Option(None, "--lengths-file", help="CSV of input,output token counts."),
+    ttft_p50: Optional[float] = typer.Option(None, "--ttft-p50", help="TTFT target, s."),
+    ttft_p90: Optional[float] = typer.Option(None, "--ttft-p90", help="TTFT target, s."),
+    ttft_p99: Optional[float] = typer.Option(None, "--ttft-p99", help="TTFT target, s."),
+    itl_p50: Optional[float] = typer.Option(None, "--itl-p50", help="Inter-token latency target, s."),
+    itl_p90: Optional[float] = typer.Option(None, "--itl-p90", help="Inter-token latency target, s."),
+    itl_p99: Optional[float] = typer.Option(None, "--itl-p99", help="Inter-token latency target, s."),
+    e2e_p90: Optional[float] = typer.Option(None, "--e2e-p90", help="End-to-end latency target, s."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU types to consider, comma-separated "
+                                      "(default h100-sxm,h200-sxm)."),
+    max_gpus: Optional[int] = typer.Option(None, "--max-gpus", help="Most GPUs in all (default 64)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtypes, comma-separated (default bf16)."),
+    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs",
+                                               help="Engine sequence limits to try (default 64,128,256)."),
+    max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens",
+                                                     help="Token budget of a step (default 8192)."),
+    disaggregation: Optional[bool] = typer.Option(None, "--disagg/--no-disagg",
+                                                  help="Also try separate prefill and decode pools."),
+    kv_link_gb_s: Optional[float] = typer.Option(None, "--kv-link-gb-s",
+                                                 help="KV transfer bandwidth between pools, GB/s per GPU."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="Price file (default specs/prices.yaml)."),
+    requests: Optional[int] = typer.Option(None, "--requests", help="Measured requests per simulation, at most."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the simulated traffic."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write report.html and summary.md here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Capacity planning: the cheapest GPU type × count × layout × dtype meeting the SLOs.
+
+    Searches TP/EP/PP layouts, data-parallel replicas, dtypes and max_num_seqs (and
+    prefill/decode disaggregation), pruned by a closed-form steady state and checked by a
+    seeded discrete-event simulation of continuous batching on the calibrated step times.
+    """
+    from perfmodel.cli import make_console, print_json
+    from perfmodel.planning.answer import answer
+    from perfmodel.planning.question import build_question
+    from perfmodel.planning.search import run_search
+    from perfmodel.planning.terminal import print_answer, progress_bar
+
+    question = build_question(config, _overrides(
+        model=model, set_=set_, engine=engine, prices=prices, rate=rate, input_len=input_len,
+        output_len=output_len, lengths_file=lengths_file, ttft_p50=ttft_p50, ttft_p90=ttft_p90,
+        ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
+        gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
+        max_batched_tokens=max_batched_tokens, disaggregation=disaggregation,
+        kv_link_gb_s=kv_link_gb_s, requests=requests, seed=seed))
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    with progress_bar() as progress:
+        result = run_search(question, progress)
+        data = answer(result)
+    if out is not None:
+        from perfmodel.planning.report import write_report
+
+        data["report"] = [str(p) for p in write_report(result, data, out)]
+    if as_json:
+        print_json(data)
+    else:
+        print_answer(data, make_console())
+    if data["chosen"] is None:
+        print(f"perfmodel: {data['infeasible']}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,271 @@
+"""A planning question: the model, the traffic, the latency targets and the limits of the search.
+
+One YAML file can hold a whole question (``perfmodel plan --config plan.yaml``)::
+
+    model: mixtral
+    set: [top_k=2]                 # --set overrides, as for predict
+    traffic:
+      rate: 20                     # requests/s, Poisson arrivals
+      input_len: 1024              # tokens: a number, or percentiles {p50: 512, p90: 4096}
+      output_len: 256
+      # lengths_file: lengths.csv  # CSV of input,output token counts, sampled with replacement
+    slo: {ttft_p90: 1.0, itl_p90: 0.05}   # seconds
+    search: {gpus: [h100, h200], max_gpus: 64, dtypes: [bf16], max_num_seqs: [64, 128, 256]}
+
+Command-line flags override the file's values. Times are seconds, rates requests per second.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+from pydantic import (
+    BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
+)
+
+from perfmodel.errors import InputError
+from perfmodel.specs.files import read_data
+
+#: Percentile keys a length distribution may be given by, and their standard-normal quantiles.
+LENGTH_QUANTILES = {"p50": 0.0, "p90": 1.2815515655446004, "p95": 1.6448536269514722,
+                    "p99": 2.3263478740408408}
+#: The longest sampled length, tokens (a lognormal's tail is cut here).
+MAX_SAMPLED_LEN = 131_072
+#: SLO fields: metric (ttft, itl, e2e) and percentile.
+SLO_FIELDS = ("ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p90", "itl_p99", "e2e_p90")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Length = Union[PositiveInt, dict[str, PositiveFloat]]
+
+
+class Traffic(_Strict):
+    """Requests: Poisson arrivals at ``rate`` req/s, input and output lengths in tokens."""
+
+    rate: PositiveFloat = Field(description="Arrival rate, requests per second.")
+    input_len: Length = Field(default=1024, description="Prompt tokens: fixed, or {p50: .., p90: ..}.")
+    output_len: Length = Field(default=256, description="Output tokens: fixed, or {p50: .., p90: ..}.")
+    lengths_file: Optional[Path] = Field(
+        default=None, description="CSV of input,output token counts (sampled with replacement).")
+
+    @field_validator("input_len", "output_len")
+    @classmethod
+    def _percentiles(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in LENGTH_QUANTILES]
+            if unknown:
+                raise ValueError(f"unknown percentile '{unknown[0]}' (known: {', '.join(LENGTH_QUANTILES)})")
+            if "p50" not in value or len(value) < 2:
+                raise ValueError("give p50 and one more percentile (p90, p95 or p99)")
+            ordered = [value[k] for k in LENGTH_QUANTILES if k in value]
+            if ordered != sorted(ordered):
+                raise ValueError("percentiles must not decrease (p50 <= p90 <= p99)")
+        return value
+
+
+class SLO(_Strict):
+    """Latency targets, seconds: TTFT and inter-token latency percentiles, E2E p90."""
+
+    ttft_p50: Optional[PositiveFloat] = None
+    ttft_p90: Optional[PositiveFloat] = None
+    ttft_p99: Optional[PositiveFloat] = None
+    itl_p50: Optional[PositiveFloat] = None
+    itl_p90: Optional[PositiveFloat] = None
+    itl_p99: Optional[PositiveFloat] = None
+    e2e_p90: Optional[PositiveFloat] = None
+
+    def targets(self) -> dict[str, float]:
+        """The targets given, name -> seconds."""
+        return {k: getattr(self, k) for k in SLO_FIELDS if getattr(self, k) is not None}
+
+
+class Search(_Strict):
+    """What the search may choose from."""
+
+    gpus: list[str] = Field(default_factory=lambda: ["h100-sxm", "h200-sxm"], min_length=1)
+    max_gpus: PositiveInt = Field(default=64, description="GPUs of all replicas together, at most.")
+    dtypes: list[str] = Field(default_factory=lambda: ["bf16"], min_length=1)
+    max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1)
+    max_batched_tokens: PositiveInt = Field(
+        default=8192, description="Token budget of one engine step (vLLM max_num_batched_tokens).")
+    disaggregation: bool = Field(default=True, description="Also try separate prefill and decode pools.")
+    kv_link_gb_s: Optional[PositiveFloat] = Field(
+        default=None, description="KV transfer bandwidth between pools per GPU, 10^9 B/s "
+                                  "(default: the GPU's scale-up link).")
+
+
+class Simulation(_Strict):
+    """The discrete-event simulation of each candidate."""
+
+    requests: PositiveInt = Field(default=400, ge=20, le=100_000, description="Measured requests.")
+    warmup: NonNegativeInt = Field(default=100, description="Requests simulated before measuring.")
+    seed: int = 0
+
+
+class PlanQuestion(_Strict):
+    """The whole planning question."""
+
+    model: str
+    set: list[str] = Field(default_factory=list)
+    engine: str = "vllm"
+    prices: Optional[Path] = None
+    traffic: Traffic
+    slo: SLO = SLO()
+    search: Search = Search()
+    simulation: Simulation = Simulation()
+
+
+def parse_length(text: str, flag: str) -> Length:
+    """``"1024"`` -> 1024; ``"p50=512,p90=4096"`` -> {"p50": 512.0, "p90": 4096.0}."""
+    text = text.strip()
+    if "=" not in text and ":" not in text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(f"bad {flag} '{text}': a token count, or percentiles like p50=512,p90=4096") from None
+        if not value.is_integer() or value < 1:
+            raise InputError(f"{flag} must be a positive integer, got {text}")
+        return int(value)
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        key, _, raw = part.replace(":", "=").partition("=")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError:
+            raise InputError(f"bad {flag} '{text}': expected percentiles like p50=512,p90=4096") from None
+    return out  # type: ignore[return-value]
+
+
+def _one_line(exc: ValidationError, where: str) -> InputError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return InputError(f"{where}: {loc + ': ' if loc else ''}{msg}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuestion:
+    """The question from a YAML file (optional) with ``overrides`` (nested dict, from flags) on top."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            raw = read_data(Path(config))
+        except ValueError as exc:
+            raise InputError(f"malformed YAML in {config}: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {config}: {exc.strerror or exc}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{config}: expected a mapping (model, traffic, slo, search, simulation)")
+        data = raw
+    data = _merge(data, overrides)
+    if "model" not in data:
+        raise InputError("no model: give MODEL, or 'model:' in the --config file")
+    if not isinstance(data.get("traffic"), dict) or "rate" not in data["traffic"]:
+        raise InputError("no arrival rate: give --rate (requests/s), or traffic.rate in the --config file")
+    try:
+        return PlanQuestion(**data)
+    except ValidationError as exc:
+        raise _one_line(exc, "invalid plan question") from None
+
+
+class Lengths:
+    """The lengths of the requests (tokens), sampled reproducibly; means for the closed form."""
+
+    def __init__(self, traffic: Traffic):
+        self.traffic = traffic
+        self._pairs: np.ndarray | None = None
+        if traffic.lengths_file is not None:
+            self._pairs = read_lengths_file(traffic.lengths_file)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` (input, output) lengths as integer arrays (outputs at least 2 tokens)."""
+        if self._pairs is not None:
+            pick = self._pairs[rng.integers(0, len(self._pairs), size=n)]
+            return pick[:, 0].copy(), np.maximum(pick[:, 1], 2)
+        s = _draw(self.traffic.input_len, n, rng, low=1)
+        o = _draw(self.traffic.output_len, n, rng, low=2)
+        return s, o
+
+    def means(self) -> tuple[float, float]:
+        """Mean input and output tokens (from a large seeded sample when not fixed)."""
+        t = self.traffic
+        if self._pairs is None and isinstance(t.input_len, int) and isinstance(t.output_len, int):
+            return float(t.input_len), float(max(t.output_len, 2))
+        s, o = self.sample(20_000, np.random.default_rng(12345))
+        return float(s.mean()), float(o.mean())
+
+    def longest(self) -> int:
+        """The longest request (input + output tokens) the traffic can hold."""
+        if self._pairs is not None:
+            return int((self._pairs[:, 0] + np.maximum(self._pairs[:, 1], 2)).max())
+        return _upper(self.traffic.input_len) + max(_upper(self.traffic.output_len), 2)
+
+    @property
+    def fixed(self) -> bool:
+        return self._pairs is None and isinstance(self.traffic.input_len, int) \
+            and isinstance(self.traffic.output_len, int)
+
+
+def _lognormal(spec: dict[str, float]) -> tuple[float, float]:
+    """(mu, sigma) of the lognormal through p50 and the highest other percentile given."""
+    median = spec["p50"]
+    key = [k for k in LENGTH_QUANTILES if k in spec and k != "p50"][-1]
+    sigma = math.log(spec[key] / median) / LENGTH_QUANTILES[key]
+    return math.log(median), sigma
+
+
+def _draw(spec: Length, n: int, rng: np.random.Generator, low: int) -> np.ndarray:
+    if isinstance(spec, int):
+        return np.full(n, max(spec, low), dtype=np.int64)
+    mu, sigma = _lognormal(spec)
+    values = np.rint(rng.lognormal(mu, sigma, size=n)) if sigma > 0 else np.full(n, round(math.exp(mu)))
+    return np.clip(values, low, MAX_SAMPLED_LEN).astype(np.int64)
+
+
+def _upper(spec: Length) -> int:
+    if isinstance(spec, int):
+        return spec
+    mu, sigma = _lognormal(spec)
+    return int(min(MAX_SAMPLED_LEN, round(math.exp(mu + 4.0 * sigma))))
+
+
+def read_lengths_file(path: Path) -> np.ndarray:
+    """(input, output) token counts from a CSV (a header row is optional), as an (n, 2) array."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read lengths file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    rows = []
+    for i, row in enumerate(csv.reader(text.splitlines())):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise InputError(f"lengths file {path}, line {i + 1}: expected two columns, input,output")
+        try:
+            s, o = float(row[0]), float(row[1])
+        except ValueError:
+            if i == 0:
+                continue  # header
+            raise InputError(f"lengths file {path}, line {i + 1}: not numbers: {','.join(row)}") from None
+        if not (s >= 1 and o >= 1 and s.is_integer() and o.is_integer()):
+            raise InputError(f"lengths file {path}, line {i + 1}: lengths must be positive integers")
+        rows.append((int(s), int(o)))
+    if not rows:
+        raise InputError(f"lengths file {path} holds no input,output rows")
+    return np.asarray(rows, dtype=np.int64)

@@ -1,0 +1,336 @@
+"""The search: GPU type × count × TP/EP/PP layout × dtype × max_num_seqs × replicas (DP).
+
+1. Every (GPU, dtype, layout) gets its step-time tables (:mod:`.steptime`) and its memory
+   check (weights, activations and the longest request's KV cache must fit); each
+   ``max_num_seqs`` then gets the closed-form curve (:mod:`.serving`) of one engine stream.
+2. Replicas split the traffic evenly (Poisson stays Poisson); a PP replica runs ``pp``
+   micro-batch streams, each with 1/pp of the KV cache and of ``max_num_seqs``. The closed
+   form gives, per configuration, the fewest replicas not overloaded and the fewest it
+   expects to meet every SLO (within a tolerance, since it knows no queueing).
+3. Configurations are simulated (:mod:`.simulate`) cheapest first; one whose closed-form cost
+   cannot beat the cheapest simulated success is not simulated.
+4. Prefill/decode disaggregation (:mod:`.disagg`) is tried per GPU type and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from perfmodel.errors import InputError, PerfModelError
+from perfmodel.planning.candidates import Engine, Evaluation, Pool, judge, request_goodput
+from perfmodel.planning.catalogue import Offer, load_prices, offers
+from perfmodel.planning.question import Lengths, PlanQuestion
+from perfmodel.planning.serving import ServingCurve, SteadyState, serving_curve
+from perfmodel.planning.simulate import EngineLimits, SimResult, poisson_requests, simulate
+from perfmodel.planning.steptime import StepTimes, build_step_times
+from perfmodel.prediction import DTYPE_BYTES, check_choice
+from perfmodel.profile import EngineProfile, load_profile
+from perfmodel.specs.layout import Layout
+from perfmodel.specs.model import ModelSpec, load_model
+
+#: Steps one simulation aims at (its measured requests follow from the expected batch).
+STEP_BUDGET = 6000
+#: Fewest measured requests of a simulation.
+MIN_MEASURED = 60
+#: Closed-form latencies within this factor of a target count as "may meet it" (the
+#: simulation decides).
+CLOSED_FORM_TOLERANCE = 1.3
+
+#: Closed-form evaluations kept per configuration for the report (the first few replica
+#: counts, and the one that may meet the SLOs).
+_KEPT_PER_CONFIG = 6
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Setup:
+    """One (GPU, dtype, layout): its step tables, or why it cannot serve."""
+
+    offer: Offer
+    profile: EngineProfile
+    dtype: str
+    layout: Layout
+    steps: Optional[StepTimes] = None
+    failure: Optional[str] = None
+    curve: Optional[ServingCurve] = None  # colocated, one stream, largest max_num_seqs
+
+
+@dataclass
+class Plan:
+    """The search's outcome: every evaluation, the chosen one (None if nothing meets the SLOs)."""
+
+    question: PlanQuestion
+    model: ModelSpec
+    evaluations: list[Evaluation]
+    rejected: list[dict[str, Any]]  # configurations that cannot serve at all, and why
+    chosen: Optional[Evaluation]
+    mean_in: float
+    mean_out: float
+    setups: dict[tuple, Setup] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    simulations: int = 0
+    search: Any = field(default=None, repr=False)  # the Search, to simulate more points
+
+
+def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]:
+    """Valid TP/EP/PP layouts of 1, 2, 4, … GPUs within one node (and ``max_gpus``)."""
+    out = []
+    top = min(gpus_per_node, max_gpus)
+    g = 1
+    while g <= top:
+        for tp in (d for d in range(1, g + 1) if g % d == 0):
+            for ep in (d for d in range(1, g // tp + 1) if (g // tp) % d == 0):
+                layout = Layout(tp, ep, g // (tp * ep))
+                try:
+                    layout.check(model)
+                except InputError:
+                    continue
+                out.append(layout)
+        g *= 2
+    return out
+
+
+class Search:
+    """State of one planning run (see the module docstring)."""
+
+    def __init__(self, question: PlanQuestion, progress: Optional[Progress] = None,
+                 priced: bool = True):
+        self.q = question
+        self.progress = progress or (lambda stage, fraction: None)
+        self.model = load_model(question.model, list(question.set))
+        for dtype in question.search.dtypes:
+            check_choice("dtype", dtype, DTYPE_BYTES)
+        prices = load_prices(question.prices)
+        self.offers = offers(question.search.gpus, prices, question.prices, require_price=priced)
+        self.lengths = Lengths(question.traffic)
+        self.mean_in, self.mean_out = self.lengths.means()
+        self.longest = self.lengths.longest()
+        self.rate = question.traffic.rate
+        self.targets = question.slo.targets()
+        self.budget = question.search.max_batched_tokens
+        bad = [m for m in question.search.max_num_seqs if m > self.budget]
+        if bad:
+            raise InputError(f"max-num-seqs {bad[0]} is above max-batched-tokens {self.budget} "
+                             "(a step must hold one token of every sequence)")
+        self.seqs = sorted(set(question.search.max_num_seqs))
+        self.setups: dict[tuple, Setup] = {}
+        self.evaluations: list[Evaluation] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.simulations = 0
+        self._sim_cache: dict[tuple, Evaluation] = {}
+        abort = max(self.targets.values()) * 5.0 if self.targets else 60.0
+        self.abort_wait = max(5.0, min(abort, 120.0))
+
+    # --- tables and curves ---------------------------------------------------------------
+    def build_setups(self) -> list[Setup]:
+        """Step tables of every (GPU, dtype, layout), with those that cannot serve rejected."""
+        todo = [(offer, dtype, layout) for offer in self.offers for dtype in self.q.search.dtypes
+                for layout in layouts(self.model, offer.gpu.gpus_per_node, self.q.search.max_gpus)]
+        out = []
+        for i, (offer, dtype, layout) in enumerate(todo):
+            self.progress("step tables", (i + 1) / max(len(todo), 1))
+            out.append(self.setup(offer, dtype, layout))
+        return out
+
+    def setup(self, offer: Offer, dtype: str, layout: Layout) -> Setup:
+        """The step tables, memory check and closed-form curve of one (GPU, dtype, layout)."""
+        key = (offer.name, dtype, layout)
+        if key in self.setups:
+            return self.setups[key]
+        profile = load_profile(self.q.engine, offer.gpu.name)
+        setup = Setup(offer, profile, dtype, layout)
+        try:
+            steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
+                                     max_tokens=self.budget, max_seqs=max(self.seqs),
+                                     max_context=self.longest)
+        except PerfModelError as exc:
+            setup.failure = str(exc)
+        else:
+            setup.steps = steps
+            kv = steps.kv_tokens // layout.pp
+            if kv < self.longest:
+                gib = 2**30
+                setup.failure = (
+                    f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations "
+                    f"{steps.activation_bytes / gib:.1f} GiB per GPU of {steps.usable_bytes / gib:.1f} GiB "
+                    f"usable leave KV room for {kv:,} tokens per stream, under the longest "
+                    f"request ({self.longest:,})")
+            else:
+                limits = EngineLimits(max(1, max(self.seqs) // layout.pp), self.budget, kv)
+                setup.curve = serving_curve(steps, limits, self.mean_in, self.mean_out)
+        if setup.failure:
+            self.rejected.append({"gpu": offer.name, "dtype": dtype, "layout": _layout_dict(layout),
+                                  "reason": setup.failure})
+        self.setups[key] = setup
+        return setup
+
+    def stream_curve(self, setup: Setup, max_num_seqs: int) -> ServingCurve:
+        assert setup.curve is not None
+        return setup.curve.capped(max(1, max_num_seqs // setup.layout.pp))
+
+    def closed_form(self, setup: Setup, engine: Engine, replicas: int) -> Evaluation:
+        """The closed form of ``replicas`` replicas of ``engine`` at the question's rate."""
+        streams = replicas * engine.layout.pp
+        state = self.stream_curve(setup, engine.max_num_seqs).at(self.rate / streams)
+        pool = Pool(engine, replicas, setup.offer.usd_per_gpu_hour)
+        metrics = state.metrics()
+        failures, ratios = judge(metrics, self.targets) if state.stable else (["overloaded"], {})
+        return Evaluation("colocated", [pool], "closed form", state.stable, metrics, failures, ratios,
+                          setups=[setup],
+                          details={"batch_per_stream": state.batch, "mixed_step_fraction": state.mixed_fraction,
+                                   "saturation_rate_per_replica": self.stream_curve(
+                                       setup, engine.max_num_seqs).saturation_rate * engine.layout.pp,
+                                   "limit": state.limit})
+
+    # --- simulation ----------------------------------------------------------------------
+    def sample(self, rate: float, state: SteadyState, prefilled: bool = False,
+               output_one: bool = False) -> tuple[Any, int]:
+        """Seeded requests for one stream at ``rate`` sized from the closed form, and the warmup."""
+        sim = self.q.simulation
+        batch = state.batch if state.stable and state.batch == state.batch else 1.0
+        e2e = state.e2e["mean"] if state.stable and math.isfinite(state.e2e["mean"]) else 10.0
+        measured = int(np.clip(STEP_BUDGET * max(batch, 1.0) / max(self.mean_out, 1.0),
+                               MIN_MEASURED, sim.requests))
+        warmup = int(min(sim.warmup, math.ceil(1.5 * rate * e2e) + 10))
+        tail = int(math.ceil(1.2 * rate * e2e) + 10)
+        total = warmup + measured + tail
+        s, o = self.lengths.sample(total, np.random.default_rng(sim.seed))
+        if output_one:
+            o = np.ones_like(o)
+        return poisson_requests(rate, s, o, seed=sim.seed + 1, prefilled=prefilled), warmup
+
+    def run_sim(self, steps: StepTimes, limits: EngineLimits, rate: float, state: SteadyState,
+                prefilled: bool = False, output_one: bool = False) -> SimResult:
+        requests, warmup = self.sample(rate, state, prefilled, output_one)
+        self.simulations += 1
+        return simulate(steps, limits, requests, warmup=warmup, max_steps=20 * STEP_BUDGET,
+                        abort_wait_s=self.abort_wait)
+
+    def simulated(self, setup: Setup, engine: Engine, replicas: int, rate: Optional[float] = None) -> Evaluation:
+        """Simulate ``replicas`` replicas of ``engine`` (one stream stands for all: they are
+        alike and get equal shares of the traffic)."""
+        rate = self.rate if rate is None else rate
+        key = (engine, replicas, rate)
+        if key in self._sim_cache:
+            return self._sim_cache[key]
+        assert setup.steps is not None
+        pp = engine.layout.pp
+        stream_rate = rate / (replicas * pp)
+        limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp)
+        state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
+        result = self.run_sim(setup.steps, limits, stream_rate, state)
+        metrics = result.summary()
+        stable = not result.overloaded and result.completed == len(result.ttft)
+        failures, ratios = judge(metrics, self.targets)
+        if not stable:
+            failures = ["overloaded"] + failures
+        pool = Pool(engine, replicas, setup.offer.usd_per_gpu_hour)
+        good = request_goodput(result.ttft, result.tpot, result.e2e, self.targets)
+        evaluation = Evaluation(
+            "colocated", [pool], "simulation", stable, metrics, failures, ratios, sim=result,
+            details={"rate": rate, "goodput_fraction": good, "mean_batch": result.mean_batch,
+                     "peak_kv_fraction": result.peak_kv_fraction, "preemptions": result.preemptions,
+                     "measured_requests": len(result.ttft), "steps": result.steps,
+                     "overload_reason": result.reason,
+                     "saturation_rate_per_replica": self.stream_curve(setup, engine.max_num_seqs).saturation_rate * pp,
+                     "closed_form": state.metrics() if state.stable else None},
+            setups=[setup])
+        self._sim_cache[key] = evaluation
+        return evaluation
+
+    # --- the colocated search --------------------------------------------------------------
+    def colocated(self) -> None:
+        """Closed form for every configuration, then simulations, cheapest first."""
+        plans = []
+        max_gpus = self.q.search.max_gpus
+        for setup in self.setups.values():
+            if setup.curve is None:
+                continue
+            for seqs in self.seqs:
+                engine = Engine(setup.offer.name, setup.dtype, setup.layout, seqs, self.budget)
+                top = max_gpus // engine.gpus
+                sat = self.stream_curve(setup, seqs).saturation_rate * setup.layout.pp
+                first = max(1, math.floor(self.rate / sat) + 1) if sat > 0 else top + 1
+                if first > top:
+                    self.rejected.append({"gpu": engine.gpu, "dtype": engine.dtype,
+                                          "layout": _layout_dict(engine.layout), "max_num_seqs": seqs,
+                                          "reason": f"overloaded: {top} replicas take at most "
+                                                    f"{top * sat:.3g} req/s within {max_gpus} GPUs"})
+                    continue
+                near = None
+                for r in range(first, top + 1):
+                    ev = self.closed_form(setup, engine, r)
+                    if r - first < _KEPT_PER_CONFIG or r == top:
+                        self.evaluations.append(ev)
+                    if judge(ev.metrics, self.targets, CLOSED_FORM_TOLERANCE)[0] == []:
+                        if r - first >= _KEPT_PER_CONFIG and r != top:
+                            self.evaluations.append(ev)
+                        near = r
+                        break
+                if near is None:
+                    continue
+                plans.append((near * engine.gpus * setup.offer.usd_per_gpu_hour, setup, engine, near, first))
+        plans.sort(key=lambda p: (p[0], p[2].gpus, -p[2].max_num_seqs))
+        best: Optional[Evaluation] = None
+        for i, (cost, setup, engine, near, first) in enumerate(plans):
+            self.progress("simulations", (i + 1) / len(plans))
+            if best is not None and cost >= best.usd_per_hour:
+                continue
+            r = near
+            ev = self.simulated(setup, engine, r)
+            if ev.meets:
+                while r - 1 >= first:
+                    lower = self.simulated(setup, engine, r - 1)
+                    if not lower.meets:
+                        break
+                    r, ev = r - 1, lower
+            else:
+                top = self.q.search.max_gpus // engine.gpus
+                while not ev.meets and r + 1 <= top and (
+                        best is None or (r + 1) * engine.gpus * setup.offer.usd_per_gpu_hour < best.usd_per_hour):
+                    r += 1
+                    ev = self.simulated(setup, engine, r)
+            if ev.meets and (best is None or ev.usd_per_hour < best.usd_per_hour):
+                best = ev
+        self.evaluations.extend(self._sim_cache.values())
+
+
+def _layout_dict(layout: Layout) -> dict[str, int]:
+    return {"tp": layout.tp, "ep": layout.ep, "pp": layout.pp}
+
+
+def choose(evaluations: list[Evaluation]) -> Optional[Evaluation]:
+    """The cheapest simulated evaluation meeting every SLO (ties: fewer GPUs, more headroom)."""
+    ok = [e for e in evaluations if e.source == "simulation" and e.meets]
+    if not ok:
+        return None
+    return min(ok, key=lambda e: (round(e.usd_per_hour, 6), e.gpus, max(e.ratios.values(), default=0.0)))
+
+
+def run_search(question: PlanQuestion, progress: Optional[Progress] = None) -> Plan:
+    """Answer a planning question (see the module docstring)."""
+    from perfmodel.planning.disagg import disaggregated
+
+    started = time.perf_counter()
+    search = Search(question, progress)
+    search.build_setups()
+    t_tables = time.perf_counter()
+    search.colocated()
+    t_colocated = time.perf_counter()
+    if question.search.disaggregation:
+        best = choose(search.evaluations)
+        search.evaluations.extend(disaggregated(search, best))
+    chosen = choose(search.evaluations)
+    done = time.perf_counter()
+    return Plan(question=question, model=search.model, evaluations=search.evaluations,
+                rejected=search.rejected, chosen=chosen, mean_in=search.mean_in,
+                mean_out=search.mean_out, setups=search.setups, simulations=search.simulations,
+                search=search,
+                timings={"tables_s": t_tables - started, "colocated_s": t_colocated - t_tables,
+                         "disaggregated_s": done - t_colocated, "total_s": done - started})

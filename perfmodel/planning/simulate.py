@@ -1,0 +1,373 @@
+"""A discrete-event simulation (simpy) of one engine replica under Poisson arrivals.
+
+The engine is vLLM's continuous batching: each step takes the running decodes (one token
+each), then continues partial prefills and admits waiting requests in arrival order while the
+step's token budget (``max_batched_tokens``), the sequence limit (``max_num_seqs``) and the free
+KV cache allow; prompts longer than what is left of the budget are chunked over steps. When
+the decodes' next tokens do not fit in the KV cache, the latest admitted request is preempted
+(its KV freed, recomputed later as a prefill of its prompt and the tokens it had produced, as
+vLLM's recompute preemption does). A step's time comes from :class:`StepTimes`.
+
+Metrics as ``vllm bench serve`` reports them: TTFT (arrival to the first token), ITL (every
+gap between two tokens of a request), TPOT ((E2E − TTFT)/(O − 1) per request) and E2E, over
+the measured requests (after ``warmup`` requests); requests left unfinished when the run is
+cut short (overload) count as infinitely late. Everything is seeded; a run is bounded in
+requests, steps and the longest wait, so that one candidate takes tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from perfmodel.planning.steptime import StepTimes
+
+#: Percentiles every latency is reported at.
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The scheduler's limits: sequences per step, tokens per step, KV-cache tokens."""
+
+    max_num_seqs: int
+    max_batched_tokens: int
+    kv_tokens: int
+
+
+@dataclass
+class Requests:
+    """The simulated requests: arrival times (s) and lengths (tokens); ``prefilled`` requests
+    arrive with their prompt already in the KV cache (the decode pool of a disaggregated
+    deployment), their first token already sent."""
+
+    arrival: np.ndarray
+    input_len: np.ndarray
+    output_len: np.ndarray
+    prefilled: bool = False
+
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+
+def poisson_requests(rate: float, input_len: np.ndarray, output_len: np.ndarray, seed: int,
+                     prefilled: bool = False) -> Requests:
+    """Poisson arrivals at ``rate`` req/s for the given lengths. The same seed draws the same
+    unit-rate gaps at every rate (times scale as 1/rate), so runs at different rates are
+    coupled."""
+    gaps = np.random.default_rng(seed).exponential(1.0, size=len(input_len))
+    return Requests(np.cumsum(gaps) / rate, np.asarray(input_len), np.asarray(output_len), prefilled)
+
+
+@dataclass
+class SimResult:
+    """Per-request latencies (s) of the measured requests, inf where unfinished, and the run's
+    bookkeeping."""
+
+    ttft: np.ndarray
+    tpot: np.ndarray
+    e2e: np.ndarray
+    itl_values: np.ndarray  # gap lengths, s
+    itl_weights: np.ndarray  # how many tokens saw each gap
+    measured_window_s: float
+    completed: int
+    overloaded: bool
+    reason: str
+    horizon_s: float
+    area: float  # ∫ requests in the system dt over the run, request·s
+    sojourn_sum: float  # Σ (finish − arrival) of every finished request, s
+    finished_all: int
+    arrived_all: int
+    steps: int
+    preemptions: int
+    mean_batch: float
+    peak_kv_fraction: float
+    output_tokens: int  # tokens produced by measured requests
+
+    def percentile(self, metric: str, q: float) -> float:
+        """Percentile ``q`` (0-100) of ``ttft``, ``tpot``, ``e2e`` or ``itl``, s."""
+        if metric == "itl":
+            return weighted_percentile(self.itl_values, self.itl_weights, q)
+        return percentile(getattr(self, metric), q)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{metric: {p50, p90, p99, mean}} in seconds."""
+        out = {}
+        for metric in ("ttft", "itl", "tpot", "e2e"):
+            row = {f"p{q}": self.percentile(metric, q) for q in PERCENTILES}
+            if metric == "itl":
+                w = self.itl_weights.sum()
+                row["mean"] = float((self.itl_values * self.itl_weights).sum() / w) if w else float("nan")
+            else:
+                values = getattr(self, metric)
+                row["mean"] = float(values.mean()) if len(values) else float("nan")
+            out[metric] = row
+        return out
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """Linear-interpolated percentile; with infinite values, the inverted CDF (no inf − inf)."""
+    if len(values) == 0:
+        return float("nan")
+    if np.all(np.isfinite(values)):
+        return float(np.percentile(values, q))
+    return float(np.percentile(values, q, method="inverted_cdf"))
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """Percentile of values each seen ``weights`` times (inverted CDF)."""
+    if len(values) == 0 or weights.sum() <= 0:
+        return float("nan")
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    i = int(np.searchsorted(cum, q / 100.0 * cum[-1], side="left"))
+    return float(values[order][min(i, len(values) - 1)])
+
+
+@dataclass
+class _State:
+    """Mutable per-request arrays (Python lists: cheap scalar access) and engine sums."""
+
+    computed: list = field(default_factory=list)
+    target: list = field(default_factory=list)
+    generated: list = field(default_factory=list)
+    first: list = field(default_factory=list)
+    last: list = field(default_factory=list)
+    finish: list = field(default_factory=list)
+    base: list = field(default_factory=list)  # S + g0 − k0 of a decoding request
+    start: list = field(default_factory=list)  # k0 of a decoding request (None: not decoding)
+    version: list = field(default_factory=list)
+    rate: list = field(default_factory=list)
+
+
+def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warmup: int = 0,
+             max_steps: int = 200_000, abort_wait_s: float = float("inf")) -> SimResult:
+    """Run one replica over ``requests``; the first ``warmup`` are not measured.
+
+    The run ends when every measured request has finished, or is cut short (``overloaded``)
+    when the oldest waiting request has waited ``abort_wait_s`` or after ``max_steps`` steps.
+    """
+    n = len(requests)
+    S = requests.input_len.tolist()
+    O = requests.output_len.tolist()
+    arrival = requests.arrival.tolist()
+    measured = range(min(warmup, n), n)
+    st = _State(computed=[0] * n, target=list(S), generated=[0] * n, first=[None] * n,
+                last=[None] * n, finish=[None] * n, base=[0] * n, start=[None] * n, version=[0] * n,
+                rate=[steps.prefill_rate(s) for s in S])
+    if requests.prefilled:
+        st.computed = list(S)  # the prompt's KV arrives with the request
+    env = simpy.Environment()
+    waiting: deque[int] = deque()
+    running: OrderedDict[int, None] = OrderedDict()
+    prefilling: list[int] = []
+    heap: list[tuple[int, int, int]] = []
+    sums = {"base": 0, "n_d": 0, "kv_pref": 0, "k": 0, "area": 0.0, "last_t": 0.0, "in_sys": 0,
+            "sojourn": 0.0, "finished": 0, "arrived": 0, "measured_done": 0, "preempt": 0,
+            "batch_sum": 0, "peak_kv": 0}
+    step_dur: list[float] = []
+    step_dec: list[int] = []
+    gaps: list[float] = []
+    first_measured_arrival = arrival[measured.start] if len(measured) else 0.0
+    wake = {"event": None}
+    done = env.event()
+    outcome = {"overloaded": False, "reason": ""}
+    cap, mns, budget_max = limits.kv_tokens, limits.max_num_seqs, limits.max_batched_tokens
+
+    def touch(now: float, delta: int) -> None:
+        sums["area"] += sums["in_sys"] * (now - sums["last_t"])
+        sums["last_t"] = now
+        sums["in_sys"] += delta
+
+    def finish(i: int, now: float) -> None:
+        st.finish[i] = now
+        running.pop(i, None)
+        touch(now, -1)
+        sums["finished"] += 1
+        sums["sojourn"] += now - arrival[i]
+        if i >= measured.start:
+            sums["measured_done"] += 1
+            if sums["measured_done"] == len(measured) and not done.triggered:
+                done.succeed()
+
+    def start_decoding(i: int, k: int) -> None:
+        g0 = st.generated[i]
+        st.start[i] = k
+        st.base[i] = S[i] + g0 - k
+        sums["base"] += st.base[i]
+        sums["n_d"] += 1
+        heapq.heappush(heap, (k + O[i] - g0, st.version[i], i))
+
+    def preempt(i: int, now: float) -> None:
+        running.pop(i)
+        k = sums["k"]
+        if st.start[i] is not None:  # decoding
+            st.generated[i] = st.base[i] - S[i] + k  # g0 + (k − k0)
+            sums["base"] -= st.base[i]
+            sums["n_d"] -= 1
+            st.start[i] = None
+            st.version[i] += 1
+            st.last[i] = now
+        else:
+            prefilling.remove(i)
+            sums["kv_pref"] -= st.computed[i]
+        st.computed[i] = 0
+        st.target[i] = S[i] + st.generated[i]
+        st.rate[i] = steps.prefill_rate(st.target[i])
+        waiting.appendleft(i)
+        sums["preempt"] += 1
+
+    def arrivals():
+        for i in range(n):
+            delay = arrival[i] - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            touch(env.now, +1)
+            sums["arrived"] += 1
+            waiting.append(i)
+            ev = wake["event"]
+            if ev is not None and not ev.triggered:
+                ev.succeed()
+
+    def engine():
+        while True:
+            if not waiting and not running:
+                wake["event"] = env.event()
+                yield wake["event"]
+                wake["event"] = None
+            now = env.now
+            if waiting and now - arrival[waiting[0]] > abort_wait_s:
+                outcome.update(overloaded=True, reason=f"a request waited over {abort_wait_s:g} s to start")
+                done.succeed()
+                return
+            if sums["k"] >= max_steps:
+                outcome.update(overloaded=True, reason=f"cut after {max_steps} steps")
+                done.succeed()
+                return
+            k = sums["k"]
+            # the decodes' next tokens must fit: preempt the latest admitted until they do
+            while running and sums["base"] + sums["n_d"] * k + sums["kv_pref"] > cap:
+                preempt(next(reversed(running)), now)
+            n_d = sums["n_d"]
+            budget = budget_max - n_d
+            free = cap - (sums["base"] + n_d * k) - sums["kv_pref"]
+            chunks: list[tuple[int, int]] = []
+            for i in prefilling:
+                c = min(st.target[i] - st.computed[i], budget, free)
+                if c > 0:
+                    chunks.append((i, c))
+                    budget -= c
+                    free -= c
+            while waiting and budget > 0 and len(running) < mns:
+                i = waiting[0]
+                if requests.prefilled and st.target[i] == S[i] and st.generated[i] == 0:
+                    need = S[i] + 1  # its prompt's KV and the next token
+                    if need > free:
+                        break
+                    waiting.popleft()
+                    running[i] = None
+                    st.generated[i] = 1  # the first token came from the prefill pool
+                    st.first[i] = now  # admitted: the decode pool's wait ends
+                    st.last[i] = arrival[i]
+                    start_decoding(i, k)
+                    free -= need
+                    budget -= 1
+                    n_d += 1
+                    continue
+                c = min(st.target[i] - st.computed[i], budget)
+                if c > free:
+                    break
+                waiting.popleft()
+                running[i] = None
+                prefilling.append(i)
+                chunks.append((i, c))
+                budget -= c
+                free -= c
+            if n_d == 0 and not chunks:
+                if prefilling and len(running) > 1:  # stalled partial prefills hold the cache
+                    preempt(prefilling[-1], now)
+                    continue
+                if running or waiting:
+                    outcome.update(overloaded=True, reason="a request does not fit in the KV cache")
+                    done.succeed()
+                    return
+                continue
+            p = 0
+            p_time = 0.0
+            for i, c in chunks:
+                p += c
+                p_time += c * st.rate[i]
+            ctx = (sums["base"] + n_d * k) / n_d if n_d else 0.0
+            dt = steps.step(n_d, ctx, p, p_time)
+            used = sums["base"] + n_d * k + sums["kv_pref"] + p
+            if used > sums["peak_kv"]:
+                sums["peak_kv"] = used
+            yield env.timeout(dt)
+            now = env.now
+            k += 1
+            sums["k"] = k
+            sums["batch_sum"] += n_d
+            if now >= first_measured_arrival and n_d:
+                step_dur.append(dt)
+                step_dec.append(n_d)
+            while heap and heap[0][0] <= k:
+                _, ver, i = heapq.heappop(heap)
+                if ver != st.version[i]:
+                    continue
+                sums["base"] -= st.base[i]
+                sums["n_d"] -= 1
+                st.start[i] = None
+                st.generated[i] = O[i]
+                st.last[i] = now
+                finish(i, now)
+            for i, c in chunks:
+                st.computed[i] += c
+                sums["kv_pref"] += c
+                if st.computed[i] < st.target[i]:
+                    continue
+                sums["kv_pref"] -= st.computed[i]
+                prefilling.remove(i)
+                st.generated[i] += 1
+                if st.first[i] is None:
+                    st.first[i] = now
+                elif i >= measured.start and st.last[i] is not None:
+                    gaps.append(now - st.last[i])  # a preempted request's token after recompute
+                st.last[i] = now
+                if st.generated[i] >= O[i]:
+                    finish(i, now)
+                else:
+                    start_decoding(i, k)
+
+    env.process(arrivals())
+    env.process(engine())
+    if len(measured):
+        env.run(until=done)
+    horizon = env.now
+    touch(horizon, 0)
+
+    idx = np.arange(measured.start, n)
+    arr = np.asarray(arrival)[idx]
+    first = np.array([st.first[i] if st.first[i] is not None else np.inf for i in idx], dtype=float)
+    fin = np.array([st.finish[i] if st.finish[i] is not None else np.inf for i in idx], dtype=float)
+    out_len = np.asarray(O)[idx].astype(float)
+    ttft = first - arr  # prefilled requests: the wait to be admitted to the decode pool
+    e2e = fin - arr
+    with np.errstate(invalid="ignore"):
+        tpot = np.where(np.isfinite(fin), (fin - np.where(requests.prefilled, arr, first)) /
+                        np.maximum(out_len - 1, 1), np.inf)
+    values = np.asarray(step_dur + gaps, dtype=float)
+    weights = np.asarray(step_dec + [1] * len(gaps), dtype=float)
+    done_mask = np.isfinite(fin)
+    window = float(fin[done_mask].max() - arr.min()) if done_mask.any() else horizon
+    return SimResult(
+        ttft=ttft, tpot=tpot, e2e=e2e, itl_values=values, itl_weights=weights,
+        measured_window_s=window, completed=int(done_mask.sum()), overloaded=outcome["overloaded"],
+        reason=outcome["reason"], horizon_s=horizon, area=sums["area"], sojourn_sum=sums["sojourn"],
+        finished_all=sums["finished"], arrived_all=sums["arrived"], steps=sums["k"],
+        preemptions=sums["preempt"], mean_batch=sums["batch_sum"] / max(sums["k"], 1),
+        peak_kv_fraction=sums["peak_kv"] / cap if cap else float("inf"),
+        output_tokens=int(out_len[done_mask].sum()))

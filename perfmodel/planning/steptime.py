@@ -1,0 +1,242 @@
+"""The time of one engine step of continuous batching, from the calibrated model, as tables.
+
+A step of a vLLM-style engine runs one forward pass over ``n`` decoding sequences (one token
+each, at their own contexts) and ``p`` prompt tokens of prefills (chunks of one or more
+prompts). Its time is built from the compiled op graph of :mod:`perfmodel.prediction` (the same
+lambdified expressions ``predict`` evaluates, per op), split by what each op's cost follows:
+
+- token ops (projections, experts, norms, collectives…) see every token of the step: their
+  time is the decode pass's at B = n + p tokens;
+- sequence ops (the attention core, whose work follows each sequence's context, and the
+  logits of each sequence's last token) are the decode pass's at (B = n, L = mean context)
+  plus, per prompt token, the prefill pass's at (B = 1, S = prompt length) divided by S;
+- fixed costs per step and per layer, as the decode pass has them; a step holding prompt tokens
+  takes at least the prefill pass of one token (the engine's host floor of a prefill, where
+  the profile has one: vLLM runs mixed steps from piecewise graphs).
+
+Which ops are which is read off the compiled model numerically (an op whose decode time
+changes with L, or whose prefill time changes when the same tokens are split into more
+sequences, is a sequence op). Every table is evaluated once per (GPU, dtype, layout), in a few
+vectorized calls. Units: seconds, tokens, bytes (per GPU).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perfmodel import prediction
+from perfmodel.prediction import Workload, compile_model, numeric_values
+from perfmodel.profile import EngineProfile
+from perfmodel.specs.hardware import GPUSpec
+from perfmodel.specs.layout import Layout
+from perfmodel.specs.model import ModelSpec
+
+#: Context lengths (tokens) the decode table is evaluated at; interpolated linearly between.
+_CONTEXT_POINTS = 14
+#: Sequence counts evaluated exactly up to this many; a geometric grid beyond.
+_EXACT_SEQS = 32
+
+
+def _grid(top: int, points: int, start: int = 1) -> np.ndarray:
+    """Integers from ``start`` to ``top``, geometrically spaced (both ends included)."""
+    if top <= start:
+        return np.array([float(start)])
+    return np.unique(np.rint(np.geomspace(start, top, points))).astype(float)
+
+
+def _op_time(ops: list[dict]) -> dict[str, np.ndarray]:
+    """Op name -> time (s); an op name may appear once per pass only."""
+    return {op["name"]: np.asarray(op["time_s"], dtype=float) for op in ops}
+
+
+@dataclass
+class StepTimes:
+    """Step time tables of one model on one GPU type, dtype and layout (one replica).
+
+    ``token_s[t]``: token ops at t tokens; ``ctx_s[i, j]``: decode sequence ops of
+    ``ctx_n[i]`` sequences at mean context ``ctx_L[j]``; ``pre_s_per_token[j]``: prefill
+    sequence ops per prompt token of a prompt of ``pre_len[j]`` tokens; ``fixed_s``: per
+    step; ``floor_s``: least time of a step holding prompt tokens. Memory per GPU in bytes.
+    """
+
+    token_s: np.ndarray
+    ctx_n: np.ndarray
+    ctx_L: np.ndarray
+    ctx_s: np.ndarray
+    pre_len: np.ndarray
+    pre_s_per_token: np.ndarray
+    fixed_s: float
+    floor_s: float
+    weights_bytes: float
+    activation_bytes: float
+    kv_bytes_per_token: float
+    usable_bytes: float
+    token_ops: tuple[str, ...] = ()
+    sequence_ops: tuple[str, ...] = ()
+    _token_list: list[float] = field(default_factory=list, repr=False)
+    _L_list: list[float] = field(default_factory=list, repr=False)
+    _n_index: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._token_list = self.token_s.tolist()
+        self._L_list = self.ctx_L.tolist()
+        self._ctx_rows = self.ctx_s.tolist()
+        self._n_list = self.ctx_n.tolist()
+        self._pre_len_list = self.pre_len.tolist()
+        self._pre_list = self.pre_s_per_token.tolist()
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens one step may hold (the table's length − 1)."""
+        return len(self._token_list) - 1
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV cache of one replica holds: memory left after weights and activations."""
+        free = self.usable_bytes - self.weights_bytes - self.activation_bytes
+        return max(0, int(free // self.kv_bytes_per_token)) if self.kv_bytes_per_token > 0 else 0
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_tokens > 0
+
+    def decode_context(self, n: float, context: float) -> float:
+        """Decode sequence ops of ``n`` sequences (fractional allowed) at mean ``context``."""
+        if n <= 0:
+            return 0.0
+        ns, Ls = self._n_list, self._L_list
+        if n < ns[0]:
+            return self.decode_context(ns[0], context) * n / ns[0]
+        i = min(max(bisect.bisect_right(ns, n) - 1, 0), len(ns) - 2) if len(ns) > 1 else 0
+        j = min(max(bisect.bisect_right(Ls, context) - 1, 0), len(Ls) - 2)
+        u = (context - Ls[j]) / (Ls[j + 1] - Ls[j])
+        rows = self._ctx_rows
+        lo = rows[i][j] + u * (rows[i][j + 1] - rows[i][j])
+        if len(ns) == 1:
+            return lo * n / ns[0]
+        hi = rows[i + 1][j] + u * (rows[i + 1][j + 1] - rows[i + 1][j])
+        w = (n - ns[i]) / (ns[i + 1] - ns[i])
+        return lo + w * (hi - lo)
+
+    def prefill_rate(self, length: float) -> float:
+        """Prefill sequence ops per prompt token (s/token) of a prompt of ``length`` tokens."""
+        xs, ys = self._pre_len_list, self._pre_list
+        if len(xs) == 1:
+            return ys[0]
+        j = min(max(bisect.bisect_right(xs, length) - 1, 0), len(xs) - 2)
+        u = (length - xs[j]) / (xs[j + 1] - xs[j])
+        return ys[j] + u * (ys[j + 1] - ys[j])
+
+    def tokens(self, t: float) -> float:
+        """Token ops at ``t`` tokens (fractional: interpolated)."""
+        table = self._token_list
+        if t <= 0:
+            return 0.0
+        i = int(t)
+        if i >= len(table) - 1:
+            last = len(table) - 1
+            return table[last] * t / last
+        return table[i] + (t - i) * (table[i + 1] - table[i])
+
+    def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
+              prompt_time: np.ndarray | float) -> np.ndarray:
+        """:meth:`step` over an array of decode counts (and prompt tokens), vectorized."""
+        n, p, p_time = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
+                                           np.asarray(prompt_time, dtype=float))
+        total = n + p
+        last = len(self.token_s) - 1
+        tok = np.where(total <= last, np.interp(np.minimum(total, last), np.arange(last + 1), self.token_s),
+                       self.token_s[-1] * total / last)
+        j = min(max(bisect.bisect_right(self._L_list, context) - 1, 0), len(self._L_list) - 2)
+        u = (context - self.ctx_L[j]) / (self.ctx_L[j + 1] - self.ctx_L[j])
+        column = self.ctx_s[:, j] + u * (self.ctx_s[:, j + 1] - self.ctx_s[:, j])
+        below = column[0] * n / self.ctx_n[0]
+        ctx = np.where(n < self.ctx_n[0], below, np.interp(n, self.ctx_n, column))
+        if len(self.ctx_n) > 1:  # beyond the grid: the last segment's slope
+            slope = (column[-1] - column[-2]) / (self.ctx_n[-1] - self.ctx_n[-2])
+            ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
+        t = tok + ctx + p_time + self.fixed_s
+        return np.where(p > 0, np.maximum(t, self.floor_s), t)
+
+    def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float) -> float:
+        """One step: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens whose
+        sequence ops take ``prompt_time`` (Σ tokens · :meth:`prefill_rate`)."""
+        t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
+        return max(t, self.floor_s) if prompt_tokens > 0 else t
+
+
+def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
+    """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload (its graph
+    options follow the workload's dtype where the prediction module has them)."""
+    options = getattr(prediction, "graph_options", None)
+    if options is None:
+        return compile_model(model, phase, profile)
+    return compile_model(model, phase, profile, options=options(profile, workload))
+
+
+def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
+                     layout: Layout, *, max_tokens: int, max_seqs: int, max_context: int) -> StepTimes:
+    """Evaluate the step tables of one configuration (see the module docstring).
+
+    ``max_tokens``: the step's token budget; ``max_seqs``: most decoding sequences;
+    ``max_context``: longest context (tokens) a sequence reaches.
+    """
+    workload = Workload(batch=1, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
+                        pp=layout.pp, dtype=dtype)
+    base = numeric_values(model, gpu, profile, workload)
+    decode = _compiled(model, "decode", profile, workload)
+    prefill = _compiled(model, "prefill", profile, workload)
+
+    def run_decode(B, L):
+        return decode.evaluate({**base, "B": B, "L": L})
+
+    def run_prefill(B, S):
+        return prefill.evaluate({**base, "B": B, "S": S})
+
+    # which ops follow sequences rather than tokens
+    d_short, d_long = _op_time(run_decode(4.0, 128.0).ops), _op_time(run_decode(4.0, 4096.0).ops)
+    p_one, p_four = _op_time(run_prefill(1.0, 1024.0).ops), _op_time(run_prefill(4.0, 256.0).ops)
+    sequence = {n for n in d_short if not np.isclose(d_short[n], d_long[n], rtol=1e-9, atol=0)}
+    sequence |= {n for n in p_one if not np.isclose(p_one[n], p_four[n], rtol=1e-9, atol=0)}
+    token = tuple(n for n in d_short if n not in sequence)
+
+    probe = run_decode(4.0, 128.0)
+    fixed = float(probe.totals["decode_step_s"]) - float(sum(d_short.values()))
+
+    tokens = np.arange(1, max_tokens + 1, dtype=float)
+    by_op = _op_time(run_decode(tokens, 1.0).ops)
+    token_s = np.concatenate([[0.0], sum(by_op[n] for n in token) if token else np.zeros_like(tokens)])
+
+    seqs = np.unique(np.concatenate([np.arange(1, min(_EXACT_SEQS, max_seqs) + 1),
+                                     _grid(max_seqs, 24)])).astype(float)
+    ctx = _grid(max(max_context, 2), _CONTEXT_POINTS)
+    if len(ctx) < 2:
+        ctx = np.array([1.0, 2.0])
+    ops = _op_time(run_decode(seqs[:, None], ctx[None, :]).ops)
+    ctx_s = np.broadcast_to(sum(ops[n] for n in sequence if n in ops), (len(seqs), len(ctx))) \
+        if sequence & set(ops) else np.zeros((len(seqs), len(ctx)))
+
+    lengths = _grid(max(max_context, 2), _CONTEXT_POINTS)
+    pre = run_prefill(1.0, lengths)
+    pre_ops = _op_time(pre.ops)
+    pre_seq = sum(pre_ops[n] for n in sequence if n in pre_ops) if sequence & set(pre_ops) else np.zeros_like(lengths)
+    pre_rate = np.broadcast_to(pre_seq, lengths.shape) / lengths
+
+    floor = float(run_prefill(1.0, 1.0).totals["prefill_s"])
+    act = float(run_prefill(1.0, float(max_tokens)).totals["activation_bytes"])
+    kv_ref = float(max_context)
+    kv_per_token = float(run_decode(1.0, kv_ref).totals["kv_cache_bytes"]) / kv_ref
+    usable = gpu.hbm_capacity_bytes * profile.options.memory_usable_fraction
+    table = StepTimes(
+        token_s=token_s, ctx_n=seqs, ctx_L=ctx, ctx_s=np.array(ctx_s, dtype=float),
+        pre_len=lengths, pre_s_per_token=np.array(pre_rate, dtype=float), fixed_s=fixed,
+        floor_s=floor, weights_bytes=float(probe.totals["weights_bytes"]), activation_bytes=act,
+        kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
+        sequence_ops=tuple(sorted(sequence)))
+    if not math.isfinite(table.fixed_s):
+        raise ValueError("step time tables hold a non-finite value")
+    return table

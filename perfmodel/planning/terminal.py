@@ -1,0 +1,85 @@
+"""The plan on a terminal: a progress bar while searching, then rich tables."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A rich progress bar on stderr (only on a terminal); yields a ``(stage, fraction)`` callback."""
+    if not sys.stderr.isatty():
+        yield lambda stage, fraction: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, fraction: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=1.0)
+            bar.update(tasks[stage], completed=min(max(fraction, 0.0), 1.0))
+
+        yield update
+
+
+def _s(value: Any) -> str:
+    if value is None or value != value:
+        return "–"
+    if value == float("inf"):
+        return "∞"
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def print_answer(data: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    q = data["question"]
+    t = data["traffic"]
+    console.print(f"[bold]{data['model']}[/bold] at {t['rate_req_s']:g} req/s, "
+                  f"{t['mean_input_len']:.0f} in / {t['mean_output_len']:.0f} out tokens (means); "
+                  f"GPUs {', '.join(q['search']['gpus'])}, at most {q['search']['max_gpus']}")
+    c = data["chosen"]
+    if c is None:
+        console.print(f"[bold red]No configuration meets every SLO.[/bold red] {data['infeasible']}")
+    else:
+        cost = data["cost"]
+        console.print(f"[bold green]{c['label']}[/bold green] ({c['kind']}): {c['gpus']} GPU{'s' if c['gpus'] != 1 else ''}, "
+                      f"${cost['usd_per_hour']:.2f}/h, ${cost['usd_per_million_output_tokens']:.3f} per "
+                      f"million output tokens")
+        table = Table(title="predicted latencies (simulation)")
+        for col in ("metric", "p50", "p90", "p99", "mean", "target"):
+            table.add_column(col, justify="left" if col in ("metric", "target") else "right")
+        targets = q["slo"]
+        for key, name in (("ttft_s", "TTFT"), ("itl_s", "ITL"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):
+            m = data["latency"][key]
+            goal = ", ".join(f"{k.split('_')[1]} ≤ {_s(v)}" for k, v in targets.items()
+                             if v is not None and k.startswith(key.split("_")[0] + "_"))
+            table.add_row(name, _s(m["p50"]), _s(m["p90"]), _s(m["p99"]), _s(m["mean"]), goal)
+        console.print(table)
+        tp = data["throughput"]
+        good = data["goodput"]["fraction"]
+        console.print(f"throughput {tp['output_tokens_per_s']:.0f} output tok/s "
+                      f"({tp['output_tokens_per_s_per_gpu']:.0f}/GPU, {tp['tokens_per_s_per_user'] or 0:.1f}/user); "
+                      f"goodput {100 * (good or 0):.1f}% of requests")
+        for p in data["profile"]:
+            console.print(f"profile ({p['gpu']}): {p['profile']}: {p['note']}; {p['error_band_note']}")
+    front = data["frontier"]["throughput_vs_interactivity"]
+    if front:
+        table = Table(title="frontier: output tok/s per GPU vs tok/s per user")
+        for col in ("deployment", "GPUs", "tok/s/GPU", "tok/s/user", "$/M out tok", "from", "SLOs"):
+            table.add_column(col, justify="left" if col in ("deployment", "from", "SLOs") else "right")
+        for p in front[:10]:
+            table.add_row(p["label"], str(p["gpus"]), f"{p['output_tok_s_per_gpu']:.0f}",
+                          f"{p['tok_s_per_user']:.1f}", f"{p['usd_per_million_output_tokens']:.3f}", p["source"],
+                          "meets" if p["meets"] else p["outcome"])
+        console.print(table)
+    for line in data["caveats"]:
+        console.print(f"[dim]- {line}[/dim]")
+    if data.get("report"):
+        console.print(f"wrote {', '.join(data['report'])}")

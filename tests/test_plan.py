@@ -1,0 +1,231 @@
+"""``perfmodel plan``: the search, the answer, the report and the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from perfmodel.commands import main
+from perfmodel.planning.candidates import Engine, Evaluation, Pool
+from perfmodel.planning.question import Lengths, Traffic, build_question
+from perfmodel.planning.search import choose, layouts, run_search
+from perfmodel.specs.layout import Layout
+from perfmodel.specs.model import load_model
+
+EXACT = ["plan", "mixtral", "--rate", "20", "--input-len", "1024", "--output-len", "256",
+         "--ttft-p90", "1.0", "--itl-p90", "0.05", "--gpu", "h100,h200"]
+
+
+def _run(argv, capsys):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
+    started = time.perf_counter()
+    code, out, err = _run(EXACT + ["--out", str(tmp_path / "plan"), "--json"], capsys)
+    elapsed = time.perf_counter() - started
+    assert code == 0, err
+    assert elapsed < 15.0
+    data = json.loads(out)
+    chosen = data["chosen"]
+    assert chosen["gpu"] in ("h100-sxm", "h200-sxm") and chosen["gpus"] >= 1
+    assert set(chosen["layout"]) == {"tp", "ep", "pp"} and chosen["dtype"] == "bf16"
+    assert chosen["max_num_seqs"] in (64, 128, 256) and chosen["replicas"] >= 1
+    assert chosen["source"] == "simulation"
+    for m in ("ttft_s", "itl_s", "tpot_s", "e2e_s"):
+        assert set(data["latency"][m]) == {"p50", "p90", "p99", "mean"}
+        assert data["latency"][m]["p50"] <= data["latency"][m]["p90"] <= data["latency"][m]["p99"]
+    assert data["latency"]["ttft_s"]["p90"] <= 1.0 and data["latency"]["itl_s"]["p90"] <= 0.05
+    cost = data["cost"]
+    assert cost["usd_per_hour"] == pytest.approx(sum(p["usd_per_hour"] for p in chosen["pools"]))
+    # $/Mtok = $/h over the output tokens of an hour at 20 req/s × 256 tokens
+    assert cost["usd_per_million_output_tokens"] == pytest.approx(cost["usd_per_hour"] / (20 * 256 * 3600 / 1e6))
+    assert data["throughput"]["output_tokens_per_s"] == pytest.approx(20 * 256)
+    assert 0.9 <= data["goodput"]["fraction"] <= 1.0
+    assert all(v["headroom"] >= 0 for v in data["margins"]["slo"].values())
+    profiles = data["profile"]
+    assert profiles and all(p["profile"] == "h200-sxm-vllm" and p["error_band_note"] for p in profiles)
+    if any(p["gpu"] == "h100-sxm" for p in profiles):
+        assert any("fractions of h100-sxm" in p["note"] for p in profiles)
+    assert any("not yet validated on real multi-GPU runs" in c for c in data["caveats"])
+    front = data["frontier"]["throughput_vs_interactivity"]
+    assert front and all(p["output_tok_s_per_gpu"] > 0 for p in front)
+    per_user = [p["tok_s_per_user"] for p in front]
+    assert per_user == sorted(per_user, reverse=True)  # a Pareto front: one goes up as the other goes down
+    assert len(data["rate_sweep"]) >= 5
+    html = (tmp_path / "plan" / "report.html").read_text()
+    md = (tmp_path / "plan" / "summary.md").read_text()
+    for div in ("chart-frontier", "chart-cost-ttft", "chart-rate", "chart-cost", "chart-failures"):
+        assert f"id='{div}'" in html and f'"{div}"' in html
+    assert chosen["label"].split(" ")[1] in html and "| TTFT |" in md and "## Caveats" in md
+
+
+def test_infeasible_slo_exits_1_with_what_failed(tmp_path, capsys):
+    code, out, err = _run(["plan", "mixtral", "--rate", "20", "--ttft-p90", "0.001", "--gpu", "h200",
+                           "--max-gpus", "4", "--no-disagg", "--json"], capsys)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("perfmodel: no configuration meets the SLOs")
+    assert "ttft_p90" in lines[0] and "Traceback" not in err
+    data = json.loads(out)
+    assert data["chosen"] is None and "ttft_p90" in data["infeasible"]
+
+
+BAD = [
+    ("negative rate", ["plan", "mixtral", "--rate", "-1"], "greater than 0"),
+    ("no rate", ["plan", "mixtral"], "no arrival rate"),
+    ("unknown gpu", ["plan", "mixtral", "--rate", "5", "--gpu", "h999"], "unknown GPU 'h999'"),
+    ("gpu without a price", ["plan", "mixtral", "--rate", "5", "--gpu", "l40s"], "no price for GPU 'l40s'"),
+    ("unknown dtype", ["plan", "mixtral", "--rate", "5", "--dtype", "fp7"], "unknown dtype 'fp7'"),
+    ("bad length", ["plan", "mixtral", "--rate", "5", "--input-len", "abc"], "bad --input-len"),
+    ("bad percentile", ["plan", "mixtral", "--rate", "5", "--input-len", "p50=100,p80=300"], "unknown percentile"),
+    ("negative slo", ["plan", "mixtral", "--rate", "5", "--itl-p90", "-0.1"], "itl_p90"),
+    ("seqs above budget", ["plan", "mixtral", "--rate", "5", "--max-num-seqs", "9000"], "max-batched-tokens"),
+    ("unknown model", ["plan", "nosuchmodel", "--rate", "5"], "nosuchmodel"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
+    code, out, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("perfmodel: error:"), err
+    assert fragment in lines[0] and "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("model: mixtral\ntraffic: {rate: 20\n", "malformed YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
+    ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),
+])
+def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, content, fragment):
+    path = tmp_path / "plan.yaml"
+    path.write_text(content)
+    code, out, err = _run(["plan", "--config", str(path)], capsys)
+    assert code == 2 and err.startswith("perfmodel: error:") and fragment in err and err.count("\n") == 1
+
+
+def test_bad_price_file_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "prices.yaml"
+    path.write_text("gpus:\n  h200-sxm: {usd_per_gpu_hour: -3, source: x, date: y}\n")
+    code, _, err = _run(["plan", "mixtral", "--rate", "5", "--gpu", "h200", "--prices", str(path)], capsys)
+    assert code == 2 and "usd_per_gpu_hour" in err and err.count("\n") == 1
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"model": "mixtral", "traffic": {"rate": 5, "input_len": 512},
+                                    "slo": {"ttft_p90": 2.0}, "search": {"gpus": ["h200"]}}))
+    q = build_question(path, {"traffic": {"rate": 20}, "slo": {"itl_p90": 0.05}})
+    assert q.traffic.rate == 20 and q.traffic.input_len == 512
+    assert q.slo.targets() == {"ttft_p90": 2.0, "itl_p90": 0.05}
+    assert q.search.gpus == ["h200"]
+
+
+def test_lengths_from_percentiles_and_from_a_file(tmp_path):
+    import numpy as np
+
+    lengths = Lengths(Traffic(rate=1, input_len={"p50": 500, "p90": 2000}, output_len=100))
+    s, o = lengths.sample(20_000, np.random.default_rng(0))
+    assert np.median(s) == pytest.approx(500, rel=0.05)
+    assert np.percentile(s, 90) == pytest.approx(2000, rel=0.08)
+    assert set(o.tolist()) == {100}
+    csv = tmp_path / "lengths.csv"
+    csv.write_text("input,output\n100,10\n300,30\n")
+    s, o = Lengths(Traffic(rate=1, lengths_file=csv)).sample(1000, np.random.default_rng(0))
+    assert set(zip(s.tolist(), o.tolist())) == {(100, 10), (300, 30)}
+
+
+def test_layouts_are_the_valid_ones():
+    found = layouts(load_model("mixtral"), gpus_per_node=8, max_gpus=4)
+    assert Layout(1, 1, 1) in found and Layout(2, 2, 1) in found and Layout(1, 1, 4) in found
+    assert all(layout.gpus in (1, 2, 4) for layout in found)
+    assert Layout(1, 8, 1) not in found  # 8 GPUs: above max_gpus
+
+
+def _evaluation(gpu, usd, meets, gpus=1, source="simulation"):
+    engine = Engine(gpu, "bf16", Layout(gpus), 64, 8192)
+    metrics = {m: {"p50": 0.1, "p90": 0.1, "p99": 0.1, "mean": 0.1} for m in ("ttft", "itl", "tpot", "e2e")}
+    return Evaluation("colocated", [Pool(engine, 1, usd / gpus)], source, True, metrics,
+                      [] if meets else ["itl_p90 0.1 s > 0.05 s"], {"itl_p90": 0.5 if meets else 2.0})
+
+
+def test_choose_takes_the_cheapest_simulated_success():
+    cheap_fail = _evaluation("a", 1.0, meets=False)
+    cheap_closed_form = _evaluation("b", 1.5, meets=True, source="closed form")
+    good = _evaluation("c", 3.0, meets=True)
+    dearer = _evaluation("d", 4.0, meets=True)
+    assert choose([dearer, cheap_fail, good, cheap_closed_form]) is good
+    assert choose([cheap_fail, cheap_closed_form]) is None
+
+
+@pytest.fixture(scope="module")
+def small_catalogue(tmp_path_factory):
+    """Two GPUs priced so that either one is the cheapest, and a question both can answer."""
+    folder = tmp_path_factory.mktemp("prices")
+
+    def prices(h100, h200):
+        path = folder / f"prices-{h100}-{h200}.yaml"
+        path.write_text(yaml.safe_dump({"gpus": {
+            "h100-sxm": {"usd_per_gpu_hour": h100, "source": "test", "date": "2026"},
+            "h200-sxm": {"usd_per_gpu_hour": h200, "source": "test", "date": "2026"}}}))
+        return path
+
+    def question(price_file):
+        return build_question(None, {
+            "model": "mixtral", "prices": str(price_file),
+            "traffic": {"rate": 2, "input_len": 512, "output_len": 128},
+            "slo": {"ttft_p90": 2.0, "itl_p90": 0.2},
+            "search": {"gpus": ["h100", "h200"], "max_gpus": 4, "max_num_seqs": [64], "disaggregation": False},
+            "simulation": {"requests": 100}})
+
+    return prices, question
+
+
+def test_cheapest_configuration_meeting_the_slos(small_catalogue):
+    prices, question = small_catalogue
+    # H200 nearly free: one H200 (Mixtral fits one) is the answer
+    plan = run_search(question(prices(100.0, 1.0)))
+    assert plan.chosen is not None and plan.chosen.pools[0].engine.gpu == "h200-sxm"
+    assert plan.chosen.gpus == 1 and plan.chosen.meets
+    # H100 far cheaper: two H100s (Mixtral bf16 needs two 80 GB cards) beat any H200
+    plan = run_search(question(prices(0.5, 100.0)))
+    chosen = plan.chosen
+    assert chosen is not None and chosen.pools[0].engine.gpu == "h100-sxm" and chosen.gpus == 2
+    # no simulated success is cheaper than the chosen one
+    assert all(e.usd_per_hour >= chosen.usd_per_hour for e in plan.evaluations
+               if e.source == "simulation" and e.meets)
+    assert any("does not fit" in r["reason"] and r["gpu"] == "h100-sxm" and r["layout"]["tp"] == 1
+               and r["layout"]["pp"] == 1 and r["layout"]["ep"] == 1 for r in plan.rejected)
+
+
+def test_predict_serving_is_a_function_of_one_deployment():
+    from perfmodel.planning import predict_serving
+
+    low = predict_serving("mixtral", "h200", {"tp": 1}, {"rate": 1, "input_len": 1024, "output_len": 128},
+                          requests=100)
+    high = predict_serving("mixtral", "h200", (1, 1, 1), {"rate": 6, "input_len": 1024, "output_len": 128},
+                           requests=100)
+    for key in ("ttft_s", "itl_s", "tpot_s", "e2e_s"):
+        assert set(low[key]) == {"p50", "p90", "p99", "mean"}
+    assert high["itl_s"]["mean"] > low["itl_s"]["mean"] and not high["overloaded"]
+    assert high["mean_batch"] > low["mean_batch"] > 0 and low["kv_tokens"] > 100_000
+    two = predict_serving("mixtral", "h200", (1, 1, 1), {"rate": 6, "input_len": 1024, "output_len": 128},
+                          replicas=2, requests=100)
+    assert two["mean_batch"] < high["mean_batch"]
+    from perfmodel.errors import InputError
+
+    with pytest.raises(InputError):
+        predict_serving("mixtral", "h200", {"tq": 2}, {"rate": 1})
+    with pytest.raises(InputError):
+        predict_serving("mixtral", "h200", (3, 1, 1), {"rate": 1})
