@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfmodel import prediction
-from perfmodel.prediction import Workload, compile_model, numeric_values
+from perfmodel.prediction import Workload, compile_model, graph_options, numeric_values
 from perfmodel.profile import EngineProfile
 from perfmodel.specs.hardware import GPUSpec
 from perfmodel.specs.layout import Layout
@@ -171,11 +170,8 @@ class StepTimes:
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
     """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload (its graph
-    options follow the workload's dtype where the prediction module has them)."""
-    options = getattr(prediction, "graph_options", None)
-    if options is None:
-        return compile_model(model, phase, profile)
-    return compile_model(model, phase, profile, options=options(profile, workload))
+    options follow the workload's quantization scheme and MoE implementation)."""
+    return compile_model(model, phase, profile, options=graph_options(profile, workload))
 
 
 def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
