@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from perfmodel.calibration.fit import TRAIN_MODELS, profile_differences
@@ -19,7 +20,8 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     assert set(fitted["fit"]["train_models"]) == set(TRAIN_MODELS)
     assert residuals["held-out"]["decode_step"]["n"] > 0
     assert residuals["train"]["decode_step"]["mape_pct"] < 5
-    assert fitted["error_band"]["decode_step"] == residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100
+    assert fitted["error_band"]["decode_step"] == pytest.approx(
+        residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100, rel=1e-3)
     # models whose measured decode beat the HBM floor of uniform routing are named
     # (DeepSeek-V2-Lite and Phi-3.5-MoE in bf16, Qwen3-30B-A3B in fp8 at B = 64)
     assert set(fitted["fit"]["faster_than_uniform_routing_floor"]) == {

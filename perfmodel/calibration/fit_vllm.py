@@ -13,6 +13,9 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA;
 - ``per_step_s`` and ``per_layer_s``: a decode step replayed from a full CUDA graph still pays
   the scheduler, input preparation and sampling once per step, and graph nodes per layer;
+  ``per_kernel_s`` is not fitted: it is the benchmarked cost of one kernel node in a replayed
+  CUDA graph on the same GPU (:func:`graph_node_cost`), so that ops with more kernels (an
+  unfused expert loop, activation-quantization passes) cost what their launches cost;
 - ``eager_step_s`` and ``eager_layer_s``: prefill runs from piecewise CUDA graphs with the
   attention between the pieces launched from the host, and each ``generate`` call admits and
   schedules its requests: TTFT is at least that host time (``prefill_eager``).
@@ -75,6 +78,26 @@ FIXED_EFFICIENCY = {
 }
 
 
+def graph_node_cost(gpu: str) -> tuple[float, str]:
+    """The cost of one kernel node in a replayed CUDA graph on this GPU, s, from the
+    microbenchmark tables (``calibration/data/<gpu>/memory.csv``, graph_tiny_kernel rows): the
+    same hardware mechanism every kernel of a graph-replayed vLLM step pays. 0 when the GPU has
+    no tables (the fitted per-layer time then carries it)."""
+    from perfmodel.calibration.fit_tables import graph_kernel_cost, memory_rows, read_table
+    from perfmodel.paths import CALIBRATION_DATA_DIR
+    from perfmodel.specs.hardware import load_gpu
+
+    data_dir = CALIBRATION_DATA_DIR / gpu
+    try:
+        _, graph, _, _ = memory_rows(read_table(data_dir, "memory.csv"), load_gpu(gpu).hbm_bandwidth)
+    except SpecError:
+        return 0.0, f"none: {data_dir} has no memory.csv"
+    cost = graph_kernel_cost(graph)
+    if cost is None:
+        return 0.0, f"none: {data_dir}/memory.csv has no graph_tiny_kernel rows"
+    return _sig(cost[0]), f"{data_dir.relative_to(ROOT)}/memory.csv, {cost[1]}"
+
+
 def _base(gpu: str) -> dict[str, Any]:
     efficiency = {name: {**e, "compute_half": 0.0, "memory_half": 0.0}
                   for name, e in {**FIXED_EFFICIENCY, "gemm": {"compute": 0.78, "memory": 0.8},
@@ -83,7 +106,7 @@ def _base(gpu: str) -> dict[str, Any]:
     return {
         "name": f"{gpu}-vllm", "engine": "vllm", "gpu": gpu, "calibrated": True,
         "peaks": "datasheet", "efficiency": efficiency,
-        "latency": {"per_kernel_s": 0.0, "per_layer_s": 0.0, "per_step_s": 0.0,
+        "latency": {"per_kernel_s": graph_node_cost(gpu)[0], "per_layer_s": 0.0, "per_step_s": 0.0,
                     "eager_layer_s": 0.0, "eager_step_s": 0.0},
         "options": dict(VLLM_OPTIONS),
     }
@@ -222,7 +245,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                            f"{str(prov.get('date'))[:10]}, commit {prov.get('git_commit')})")
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
-        "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter"},
+        "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter but per_kernel_s"},
+        "per_kernel_source": graph_node_cost(gpu)[1],
         "quantization_rows": quant_fits,
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(all_rows, gpu),
