@@ -28,6 +28,9 @@ def register() -> None:
     from perfmodel.planning.cli import plan
 
     cli.app.command("plan")(plan)
+    from perfmodel.validate.paper.cli import app as report_app
+
+    cli.app.add_typer(report_app, name="report", help="Reports: the model against published results.")
     _registered = True
 
 

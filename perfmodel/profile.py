@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 from perfmodel.errors import SpecError
 from perfmodel.ops.base import OpClass
 from perfmodel.paths import PROFILES_DIR
-from perfmodel.specs.files import read_data
+from perfmodel.specs.files import read_mapping
 
 #: Op classes every profile gives η curves for (:meth:`perfmodel.ops.OpClass.required`).
 OP_CLASSES = tuple(c.value for c in OpClass.required())
@@ -189,14 +189,7 @@ class EngineProfile(_Strict):
 
 def load_profile_file(path: Path) -> EngineProfile:
     """Load and validate one profile YAML."""
-    try:
-        data = read_data(path)
-    except ValueError as exc:
-        raise SpecError(f"malformed YAML in {path}: {exc}") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read profile {path}: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
+    data = read_mapping(path, SpecError, what="profile ")
     try:
         return EngineProfile(**data)
     except ValidationError as exc:

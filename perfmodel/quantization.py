@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from perfmodel import symbols as s
 from perfmodel.errors import InputError, SpecError
 from perfmodel.paths import SPECS_DIR
-from perfmodel.specs.files import read_data
+from perfmodel.specs.files import read_mapping
 
 #: The schemes' file.
 SCHEMES_FILE = SPECS_DIR / "quantization.yaml"
@@ -140,13 +140,8 @@ class QuantScheme(_Strict):
 @cache
 def load_schemes() -> dict[str, QuantScheme]:
     """Every scheme of ``specs/quantization.yaml`` by name."""
-    try:
-        data = read_data(SCHEMES_FILE)
-    except ValueError as exc:
-        raise SpecError(f"malformed YAML in {SCHEMES_FILE}: {exc}") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {SCHEMES_FILE}: {exc.strerror}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("schemes"), dict):
+    data = read_mapping(SCHEMES_FILE, SpecError, expected="a mapping 'schemes: {name: scheme}'")
+    if not isinstance(data.get("schemes"), dict):
         raise SpecError(f"{SCHEMES_FILE.name}: expected a mapping 'schemes: {{name: scheme}}'")
     schemes: dict[str, QuantScheme] = {}
     for name, fields in data["schemes"].items():

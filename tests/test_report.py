@@ -388,12 +388,14 @@ def test_templates_are_package_data_and_jinja2_a_dependency():
     from perfmodel.paths import ROOT
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    globs = pyproject["tool"]["setuptools"]["package-data"]["perfmodel.validate"]
-    package = ROOT / "perfmodel" / "validate"
-    files = {p for p in (package / "templates").iterdir() if p.is_file()}
-    assert {p.name for p in files} >= {"report.html.j2", "summary.md.j2", "report.css", "report.js",
-                                       "banner-replay.css", "banner-live.css"}
-    assert files <= {p for g in globs for p in package.glob(g)}
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    for name, expected in (("perfmodel.validate", {"report.html.j2", "summary.md.j2", "report.css",
+                                                   "banner-replay.css", "banner-live.css"}),
+                           ("perfmodel", {"base.css", "report.js"})):  # shared by every report
+        package = ROOT.joinpath(*name.split("."))
+        files = {p for p in (package / "templates").iterdir() if p.is_file()}
+        assert {p.name for p in files} >= expected
+        assert files <= {p for g in package_data[name] for p in package.glob(g)}
     assert any(d.replace(" ", "").lower().startswith("jinja2") for d in pyproject["project"]["dependencies"])
 
 
@@ -401,9 +403,9 @@ def test_style_and_script_files_are_copied_into_the_page(replay):
     from perfmodel.paths import ROOT
 
     _, html, *_ = replay
-    folder = ROOT / "perfmodel" / "validate" / "templates"
-    for name in ("report.css", "banner-replay.css", "report.js"):
-        assert (folder / name).read_text(encoding="utf-8") in html, name
+    folder, shared = ROOT / "perfmodel" / "validate" / "templates", ROOT / "perfmodel" / "templates"
+    for path in (folder / "report.css", folder / "banner-replay.css", shared / "base.css", shared / "report.js"):
+        assert path.read_text(encoding="utf-8") in html, path.name
     assert (folder / "banner-live.css").read_text(encoding="utf-8") not in html
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from perfmodel.errors import InputError, SpecError
 from perfmodel.paths import SPECS_DIR
-from perfmodel.specs.files import read_data
+from perfmodel.specs.files import read_mapping
 from perfmodel.specs.hardware import GPUSpec, load_gpu
 
 #: The price list shipped with perfmodel (examples: edit it).
@@ -56,14 +56,7 @@ class Offer:
 def load_prices(path: Path | str | None = None) -> PriceList:
     """The price list at ``path`` (default: ``specs/prices.yaml``), validated."""
     path = Path(path) if path is not None else PRICES_FILE
-    try:
-        data = read_data(path)
-    except ValueError as exc:
-        raise InputError(f"malformed YAML in price file {path}: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read price file {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"price file {path}: expected a mapping with a 'gpus' key")
+    data = read_mapping(path, InputError, what="price file ", expected="a mapping with a 'gpus' key")
     try:
         prices = PriceList(**data)
     except ValidationError as exc:

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from perfmodel.errors import InputError
-from perfmodel.specs.files import read_data
+from perfmodel.specs.files import read_mapping
 
 #: Percentile keys a length distribution may be given by, and their standard-normal quantiles.
 LENGTH_QUANTILES = {"p50": 0.0, "p90": 1.2815515655446004, "p95": 1.6448536269514722,
@@ -164,15 +164,8 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     """The question from a YAML file (optional) with ``overrides`` (nested dict, from flags) on top."""
     data: dict[str, Any] = {}
     if config is not None:
-        try:
-            raw = read_data(Path(config))
-        except ValueError as exc:
-            raise InputError(f"malformed YAML in {config}: {exc}") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {config}: {exc.strerror or exc}") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{config}: expected a mapping (model, traffic, slo, search, simulation)")
-        data = raw
+        data = read_mapping(Path(config), InputError,
+                            expected="a mapping (model, traffic, slo, search, simulation)")
     data = _merge(data, overrides)
     if "model" not in data:
         raise InputError("no model: give MODEL, or 'model:' in the --config file")

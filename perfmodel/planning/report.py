@@ -43,27 +43,12 @@ def _fmt_ms(value: Any) -> str:
     return "∞" if value == math.inf else f"{value * 1e3:.1f}"
 
 
-def _environment():
-    import jinja2
-    from markupsafe import Markup
+def _environments():
+    """(HTML environment, Markdown environment) over the plan's templates and the shared assets
+    (:func:`perfmodel.templating.environments`)."""
+    from perfmodel.templating import environments
 
-    loader = jinja2.PackageLoader(*TEMPLATES)
-    env = jinja2.Environment(loader=loader, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, autoescape=jinja2.select_autoescape(["html", "j2"]))
-
-    def static(name: str) -> Markup:
-        source, _, _ = loader.get_source(env, name)
-        return Markup(source)
-
-    env.globals.update(static=static, ms=_fmt_ms)
-    return env
-
-
-def _markdown_environment():
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.PackageLoader(*TEMPLATES), trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True, autoescape=False)
+    return environments(*TEMPLATES, ms=_fmt_ms)
 
 
 def _context(plan: Plan, data: dict[str, Any]) -> dict[str, Any]:
@@ -100,11 +85,11 @@ def report_html(plan: Plan, data: dict[str, Any]) -> str:
             specs[div] = chart.to_dict(validate=False)
     ctx.update(specs=specs, specs_json=Markup(json.dumps(specs, default=str).replace("</", "<\\/")),
                vega=charts.vega_scripts())
-    return _environment().get_template("report.html.j2").render(**ctx).rstrip("\n") + "\n"
+    return _environments()[0].get_template("report.html.j2").render(**ctx).rstrip("\n") + "\n"
 
 
 def summary_markdown(plan: Plan, data: dict[str, Any]) -> str:
-    return _markdown_environment().get_template("summary.md.j2").render(**_context(plan, data)).rstrip("\n") + "\n"
+    return _environments()[1].get_template("summary.md.j2").render(**_context(plan, data)).rstrip("\n") + "\n"
 
 
 def write_report(plan: Plan, data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -26,3 +26,19 @@ def read_data(path: Path, *, as_json: bool = False) -> Any:
         raise ValueError("nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def read_mapping(path: Path, error: type[Exception], *, what: str = "",
+                 expected: str = "a mapping at the top level") -> dict[str, Any]:
+    """The parsed content of a YAML file that must be a mapping; anything else raises ``error``
+    (e.g. :class:`perfmodel.errors.SpecError` for shipped data, ``InputError`` for a user's
+    file) with one line: ``what`` names the file's kind ("price file "), ``expected`` its shape."""
+    try:
+        data = read_data(Path(path))
+    except ValueError as exc:
+        raise error(f"malformed YAML in {what}{path}: {exc}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what}{path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what}{path}: expected {expected}")
+    return data

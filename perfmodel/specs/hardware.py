@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import HARDWARE_DIR
-from perfmodel.specs.files import read_data
+from perfmodel.specs.files import read_mapping
 
 #: Compute dtypes a GPU may list a dense peak for.
 PeakDtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp6", "fp4"]
@@ -95,14 +95,7 @@ class GPUSpec(_Strict):
 
 def load_gpu_file(path: Path) -> GPUSpec:
     """Load and validate one hardware YAML file."""
-    try:
-        data = read_data(path)
-    except ValueError as exc:
-        raise SpecError(f"malformed YAML in {path}: {exc}") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
+    data = read_mapping(path, SpecError)
     try:
         return GPUSpec(**data)
     except ValidationError as exc:

@@ -62,23 +62,11 @@ class ChartSlot:
 
 @functools.cache
 def _environments():
-    """(HTML environment, Markdown environment) over the templates folder."""
-    import jinja2
-    from markupsafe import Markup
+    """(HTML environment, Markdown environment) over the templates folder and the shared assets
+    (:func:`perfmodel.templating.environments`)."""
+    from perfmodel.templating import environments
 
-    loader = jinja2.PackageLoader(*TEMPLATES)
-
-    def static(name: str) -> Markup:
-        """A style or script file of the templates folder, as it is (no template syntax)."""
-        source, _, _ = loader.get_source(html_env, name)
-        return Markup(source)
-
-    options = dict(loader=loader, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                   undefined=jinja2.StrictUndefined)
-    html_env = jinja2.Environment(autoescape=True, **options)
-    html_env.globals["static"] = static
-    md_env = jinja2.Environment(autoescape=False, **options)
-    return html_env, md_env
+    return environments(*TEMPLATES, strict=True)
 
 
 def _json_for_script(obj: Any) -> str:

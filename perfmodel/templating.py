@@ -1,0 +1,38 @@
+"""Jinja2 environments of perfmodel's reports: a report's own templates folder, then the shared
+page assets of ``perfmodel/templates/`` (``base.css``: page, tables and charts; ``report.js``:
+draws each Vega-Lite spec into its element and makes tables sortable).
+
+``static(name)`` in a template reads a file of either folder as it is (no template syntax), so
+styles and scripts are copied into the page and the HTML is self-contained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The shared assets' package and folder.
+SHARED = ("perfmodel", "templates")
+
+
+def environments(package: str, folder: str = "templates", *, strict: bool = False, **globals_: Any):
+    """(HTML environment, Markdown environment) over ``package``'s ``folder`` and the shared
+    assets; ``strict``: an undefined name in a template is an error; ``globals_`` are added to
+    both (e.g. number formatters)."""
+    import jinja2
+    from markupsafe import Markup
+
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader(package, folder), jinja2.PackageLoader(*SHARED)])
+    options = dict(loader=loader, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    if strict:
+        options["undefined"] = jinja2.StrictUndefined
+    html = jinja2.Environment(autoescape=True, **options)
+    markdown = jinja2.Environment(autoescape=False, **options)
+
+    def static(name: str) -> Markup:
+        """A style or script file of the templates folders, as it is."""
+        source, _, _ = loader.get_source(html, name)
+        return Markup(source)
+
+    html.globals.update(static=static, **globals_)
+    markdown.globals.update(globals_)
+    return html, markdown
