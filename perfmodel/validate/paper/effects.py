@@ -1,0 +1,172 @@
+"""A published study's headline effects as data: its claims, their numbers and its setup.
+
+The study lives in ``specs/studies/<name>.yaml`` (see the comment at the top of
+``moe-inference-bench.yaml`` for the fields). Claims are in percent: a relative throughput
+change (side/baseline − 1), or a difference of two such changes in percentage points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from perfmodel import paths
+from perfmodel.errors import SpecError
+from perfmodel.specs.files import read_mapping
+
+#: The study the report checks by default.
+DEFAULT_STUDY = "moe-inference-bench"
+
+Statistic = Literal["each", "mean", "max", "min"]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Claim(_Data):
+    """One checkable claim: ``quantity`` restricted by ``where``, reduced by ``statistic``, against
+    the range [``low``, ``high``] (%; None: open) or, without numbers, a ``direction``."""
+
+    id: str
+    text: str
+    quantity: str
+    where: dict[str, Any] = Field(default_factory=dict)
+    low: float | None = None
+    high: float | None = None
+    direction: Literal["+", "-"] | None = None
+    statistic: Statistic = "each"
+
+    @model_validator(mode="after")
+    def _check(self) -> Claim:
+        if self.low is None and self.high is None and self.direction is None:
+            raise ValueError(f"claim {self.id}: give low/high or a direction")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"claim {self.id}: low ({self.low}) is above high ({self.high})")
+        return self
+
+    @property
+    def sign(self) -> int:
+        """The claimed sign: +1, −1, or 0 for a flat claim (a range centred on zero)."""
+        if self.low is None and self.high is None:
+            return 1 if self.direction == "+" else -1
+        if self.low is None:
+            return 1 if self.high > 0 else -1  # type: ignore[operator]
+        if self.high is None:
+            return 1 if self.low >= 0 else -1
+        mid = (self.low + self.high) / 2
+        return (mid > 0) - (mid < 0)
+
+    def range_text(self) -> str:
+        """The claimed range as people read it: ``+20…+25%``, ``> +100%``, ``≈ −50%``, ``sign −``."""
+        if self.low is None and self.high is None:
+            return f"sign {'+' if self.direction == '+' else '−'}"
+        if self.high is None:
+            return f"≥ {_pct(self.low)}"
+        if self.low is None:
+            return f"≤ {_pct(self.high)}"
+        if self.low == self.high:
+            return f"≈ {_pct(self.low)}"
+        return f"{_pct(self.low).removesuffix('%')}…{_pct(self.high)}"
+
+
+def _pct(value: float | None) -> str:
+    text = f"{value:+.0f}%" if value is not None else "?"
+    return text.replace("-", "−")
+
+
+class Measured(_Data):
+    """Which measured rows compare the same thing: rows differing in ``vary`` only, ``value``
+    against ``baseline``."""
+
+    vary: Literal["quant", "top_k", "ffn", "num_experts", "input_len"]
+    value: Any
+    baseline: Any
+
+
+class Setup(_Data):
+    """The paper's setup as the reference states it, and what the prediction assumes beyond it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # effect-specific keys (grid, drafts…)
+
+    models: list[str]
+    gpus: int = Field(ge=1)
+    layout: dict[str, int] = Field(default_factory=lambda: {"tp": 1})
+    batch: list[int]
+    lengths: list[int]
+    compares: str
+    assumed: list[str] = Field(default_factory=list)
+
+    def extra(self, key: str, default: Any = None) -> Any:
+        """An effect-specific setup key (``grid``, ``drafts``, ``ratios``, ``layouts``…)."""
+        return (self.model_extra or {}).get(key, default)
+
+
+class Effect(_Data):
+    """One headline effect: the claim in words, the checkable claims, the setup."""
+
+    id: str
+    title: str
+    claim: str
+    numbers: bool
+    source: str
+    setup: Setup
+    claims: list[Claim]
+    measured: Measured | None = None
+    missing: str | None = None  # a parameter the paper does not give that the effect needs
+
+
+class StudyInfo(_Data):
+    name: str
+    title: str
+    source: str
+    gpu: str
+    engine: str
+    metric: str
+    oom_note: str
+    tolerance_pp: float = Field(gt=0)
+
+
+class Study(_Data):
+    """A study's effects, in the order of the paper."""
+
+    study: StudyInfo
+    effects: list[Effect]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Study:
+        ids = [e.id for e in self.effects] + [c.id for e in self.effects for c in e.claims]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"ids given twice: {', '.join(duplicates)}")
+        return self
+
+    def effect(self, effect_id: str) -> Effect:
+        for effect in self.effects:
+            if effect.id == effect_id:
+                return effect
+        raise SpecError(f"study {self.study.name} has no effect {effect_id}")
+
+
+def study_path(name: str = DEFAULT_STUDY) -> Path:
+    """The YAML file of a study by name (``specs/studies/<name>.yaml``), or a path to one."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return paths.STUDIES_DIR / f"{name}.yaml"
+
+
+def load_study(name: str | Path = DEFAULT_STUDY) -> Study:
+    """The study's effects, validated; a missing or malformed file is a :class:`SpecError`."""
+    path = study_path(str(name))
+    if not path.is_file():
+        raise SpecError(f"no study file {path}")
+    data = read_mapping(path, SpecError, what="study file ")
+    try:
+        return Study.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise SpecError(f"{path}: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None

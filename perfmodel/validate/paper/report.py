@@ -1,0 +1,223 @@
+"""``perfmodel report paper``: the model against a study's headline effects, in three forms.
+
+:func:`build` predicts and judges every effect (:mod:`~perfmodel.validate.paper.compute`) and
+finds the same comparisons in our measurements (:mod:`~perfmodel.validate.paper.measured`);
+:func:`write` renders ``report.html`` (self-contained: the Vega JavaScript is inlined when
+vl-convert-python is installed, as in the validation report) and ``report.md`` from the
+templates beside this module; :func:`to_json` is the ``--json`` object. The summary rows
+(effect, paper, predicted, measured, verdict) are the same in all of them and in the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from perfmodel import paths
+from perfmodel.measuring.compare import what_if_file
+from perfmodel.validate.paper import charts, measured
+from perfmodel.validate.paper.compute import Context, EffectResult, compute_effects
+from perfmodel.validate.paper.effects import DEFAULT_STUDY, Study, load_study
+from perfmodel.validate.paper.verdict import pct_range
+
+TEMPLATES = ("perfmodel.validate.paper", "templates")
+#: Where the report goes by default.
+DEFAULT_OUT = Path("reports") / "paper"
+
+
+@dataclass
+class PaperReport:
+    """A study checked: every effect predicted and judged, and its measured comparisons."""
+
+    study: Study
+    gpu: str
+    engine: str
+    provenance: dict[str, Any]
+    source: dict[str, Any]
+    results: list[EffectResult]
+    pairs: dict[str, list[measured.MeasuredPair]]
+    points: dict[str, pd.DataFrame]
+
+
+def _source(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the measurements come from: file, GPU, engine version, dates, rows."""
+    def one(key: str) -> str:
+        found = sorted({str(r.get(key)) for r in rows if r.get(key)})
+        return ", ".join(found) or "–"
+
+    dates = sorted(str(r.get("date", ""))[:10] for r in rows if r.get("date"))
+    return {"results_file": str(measured.RESULTS_FILE.relative_to(paths.ROOT)),
+            "whatif_file": str(what_if_file(measured.RESULTS_FILE).relative_to(paths.ROOT)),
+            "gpu": one("gpu_name"), "vllm": one("vllm"), "rows": len(rows),
+            "dates": f"{dates[0]} – {dates[-1]}" if dates else "–"}
+
+
+def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = DEFAULT_STUDY) -> PaperReport:
+    """Predict and judge every effect of ``study`` on ``gpu`` with ``engine``; pair measurements.
+
+    Bad ``gpu`` or ``engine`` names raise :class:`perfmodel.errors.InputError` before anything
+    is computed."""
+    study = study if isinstance(study, Study) else load_study(study)
+    ctx = Context(gpu=gpu, engine=engine)
+    first = study.effects[0].setup
+    probe = ctx.predict(first.models[0], batch=first.batch[0], input_len=first.lengths[0],
+                        output_len=first.lengths[0], **first.layout)
+    prov = probe.provenance
+    provenance = {k: prov[k] for k in ("profile", "engine", "gpu", "calibrated", "transfer", "note")}
+    results = compute_effects(study, ctx)
+    rows = measured.load_rows()
+    pairs, points = {}, {}
+    for effect in study.effects:
+        if effect.measured is not None:
+            pairs[effect.id] = measured.pairs(rows, effect.measured, engine)
+            points[effect.id] = measured.points(rows, effect.measured, engine)
+    return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows), results, pairs, points)
+
+
+def measured_text(report: PaperReport, effect_id: str) -> str:
+    """The measured comparisons of an effect in one line, per model: ``mixtral-8x7b +26…+67%
+    (model +42…+61%, 6 pairs)``; why there are none otherwise."""
+    effect = report.study.effect(effect_id)
+    if effect.measured is None:
+        return "not measured"
+    pairs = report.pairs.get(effect_id) or []
+    if not pairs:
+        return "no measured pair"
+    parts = []
+    for model in dict.fromkeys(p.keys.get("model") for p in pairs):
+        mine = [p for p in pairs if p.keys.get("model") == model]
+        parts.append(f"{model} {pct_range([p.measured_pct for p in mine])} (model "
+                     f"{pct_range([p.predicted_pct for p in mine])}, {len(mine)} pair{'s' if len(mine) != 1 else ''})")
+    return "; ".join(parts)
+
+
+def tracking_text(pairs: list[measured.MeasuredPair]) -> str:
+    """How closely the model's change follows the measured one at the same points, per model:
+    the mean absolute difference in percentage points."""
+    parts = []
+    for model in dict.fromkeys(p.keys.get("model") for p in pairs):
+        gaps = [abs(p.predicted_pct - p.measured_pct) for p in pairs if p.keys.get("model") == model]
+        parts.append(f"{model} {sum(gaps) / len(gaps):.0f} pp (largest {max(gaps):.0f} pp)")
+    return ("At the measured points the model's change is off the measured one by, on average: "
+            + "; ".join(parts) + ".") if parts else ""
+
+
+def summary_rows(report: PaperReport) -> list[dict[str, Any]]:
+    """One row per effect: id, title, paper (claims), predicted (per claim), measured, verdict."""
+    out = []
+    for r in report.results:
+        out.append({"id": r.effect.id, "title": r.effect.title,
+                    "paper": "; ".join(c.claim.text for c in r.claims),
+                    "predicted": "; ".join(f"{c.claim.id.removeprefix(r.effect.id)} {c.shown}" for c in r.claims),
+                    "measured": measured_text(report, r.effect.id), "verdict": r.verdict})
+    return out
+
+
+def _pair_dict(p: measured.MeasuredPair) -> dict[str, Any]:
+    return {"label": p.label, "sampling": p.sampling, "measured_pct": p.measured_pct,
+            "predicted_pct": p.predicted_pct, "measured_tok_s": [p.measured_side, p.measured_base],
+            "predicted_tok_s": [p.predicted_side, p.predicted_base],
+            "point_ids": [p.side["point_id"], p.base["point_id"]]}
+
+
+def to_json(report: PaperReport, files: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole report as one JSON-ready object."""
+    effects = []
+    for r, row in zip(report.results, summary_rows(report)):
+        e = r.effect
+        effects.append({
+            "id": e.id, "title": e.title, "claim": e.claim, "numbers": e.numbers, "source": e.source,
+            "setup": {**e.setup.model_dump(), "gpu": report.gpu}, "missing": e.missing,
+            "claims": [{"id": c.claim.id, "text": c.claim.text, "quantity": c.claim.quantity,
+                        "where": c.claim.where, "low": c.claim.low, "high": c.claim.high,
+                        "direction": c.claim.direction, "statistic": c.claim.statistic,
+                        "predicted": list(c.values), "points": c.points, "verdict": c.verdict}
+                       for c in r.claims],
+            "verdict": r.verdict, "explanation": r.computed.explanation, "notes": r.notes,
+            "derived": r.computed.derived,
+            "measured": {"summary": row["measured"], "tracking": tracking_text(report.pairs.get(e.id, [])),
+                         "pairs": [_pair_dict(p) for p in report.pairs.get(e.id, [])]}})
+    return {"study": report.study.study.model_dump(), "gpu": report.gpu, "engine": report.engine,
+            "provenance": report.provenance, "measured_source": report.source,
+            "summary": summary_rows(report), "effects": effects, **(files or {})}
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+def _environments():
+    """(HTML environment, Markdown environment) over this report's templates and the shared
+    assets (:func:`perfmodel.templating.environments`)."""
+    from perfmodel.templating import environments
+
+    return environments(*TEMPLATES, strict=True)
+
+
+def _layout(layout: dict[str, int]) -> str:
+    return " ".join(f"{k.upper()}={v}" for k, v in layout.items())
+
+
+def layout_text(setup) -> str:
+    """How the setup's GPUs are used: ``TP=2``, per model, or per named layout."""
+    named = setup.extra("layouts")
+    if named:
+        return "; ".join(f"{name}: {_layout(lay)}" for name, lay in named.items())
+    text = _layout(setup.layout)
+    by_model = setup.extra("layout_by_model")
+    if by_model:
+        text += " (" + "; ".join(f"{m}: {_layout(lay)}" for m, lay in by_model.items()) + ")"
+    return text
+
+
+def _context(report: PaperReport) -> dict[str, Any]:
+    """What both templates show."""
+    effects = []
+    for r, row in zip(report.results, summary_rows(report)):
+        effects.append({"r": r, "row": row, "setup": r.effect.setup, "layout": layout_text(r.effect.setup),
+                        "pairs": report.pairs.get(r.effect.id, []), "has_measured": r.effect.measured is not None,
+                        "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
+    return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
+            "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
+            "effects": effects, "pct": lambda v: pct_range([v])}
+
+
+def report_markdown(report: PaperReport) -> str:
+    """The Markdown report (the file's text)."""
+    _, md = _environments()
+    return md.get_template("report.md.j2").render(**_context(report))
+
+
+def report_html(report: PaperReport) -> str:
+    """The HTML page: summary table, then per effect its claims, measurements, explanation, charts."""
+    from markupsafe import Markup
+
+    from perfmodel.validate.report_charts import vega_scripts
+
+    specs: dict[str, Any] = {}
+    slots: dict[str, list[str]] = {}
+    for r in report.results:
+        for i, chart in enumerate(charts.effect_charts(r, report.pairs.get(r.effect.id, []),
+                                                        report.points.get(r.effect.id))):
+            if chart is not None:
+                chart_id = f"chart-{r.effect.id}-{i}"
+                specs[chart_id] = chart.to_dict()
+                slots.setdefault(r.effect.id, []).append(chart_id)
+    html, _ = _environments()
+    return html.get_template("report.html.j2").render(
+        **_context(report), slots=slots, vega=vega_scripts(),
+        specs_json=Markup(json.dumps(specs).replace("</", "<\\/"))).rstrip("\n")
+
+
+def write(report: PaperReport, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``out_dir/report.html`` and ``out_dir/report.md``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    html_path.write_text(report_html(report), encoding="utf-8")
+    md_path.write_text(report_markdown(report), encoding="utf-8")
+    return html_path, md_path
