@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from perfmodel.symbols import B, C, Cw, L, O, P, Pw, S, T, W
+from perfmodel.symbols import B, C, Cw, L, M_chunk, O, P, Pw, S, T, W
 
 
 def _tri(n: sp.Expr) -> sp.Expr:
@@ -39,6 +39,15 @@ def prefill_substitutions(causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
     pairs = _tri(S) if causal else S * S
     pairs_w = window_sum(1, S) if causal else S * S
     return {T: B * S, P: pairs, C: S, Pw: pairs_w, Cw: S}
+
+
+def prefill_steps() -> sp.Expr:
+    """Engine steps a chunked prefill of the batch takes: ⌈B·S / M_chunk⌉, M_chunk being the
+    engine's token budget per step (vLLM's ``max_num_batched_tokens``). Each step is a pass of
+    its own: it pays the per-pass fixed costs and, when launched from the host, the host's
+    launch time; the tokens' work is the same as in one pass (the weights re-read by each step
+    are not counted: at budgets of thousands of tokens a prefill step is compute-bound)."""
+    return sp.ceiling(B * S / M_chunk)
 
 
 def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:

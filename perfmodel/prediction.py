@@ -24,7 +24,8 @@ from perfmodel.graph import GraphOptions, ModelGraph, build_graph, model_values
 from perfmodel.memory import (
     activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
 )
-from perfmodel.phases import decode_mean_substitutions, decode_substitutions, prefill_substitutions
+from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, prefill_steps,
+                              prefill_substitutions)
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
 from perfmodel import quantization
 from perfmodel.ops.moe import MOE_IMPLS
@@ -300,11 +301,14 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
             ("decode", True, decode_mean_substitutions(span))]
 
 
-def pass_time(graph: ModelGraph, subs: dict, eager: bool = False) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+def pass_time(graph: ModelGraph, subs: dict, eager: bool = False,
+              steps: sp.Expr = sp.Integer(1)) -> tuple[sp.Expr, list[list[sp.Expr]]]:
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + t_eager_step).
+    max(GPU time, N_layers·t_eager_layer + t_eager_step). ``steps``: engine steps the pass is
+    split into (a chunked prefill, :func:`perfmodel.phases.prefill_steps`): the fixed costs and
+    the host's launch time are paid once per step.
     """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
@@ -313,9 +317,9 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False) -> tuple[sp.Ex
                      count * op.comm_bytes.subs(subs), count * t.compute, count * t.memory,
                      count * t.link, count * t.latency, count * t.total])
         total += count * t.total
-    gpu = total + s.t_step + s.N_layers * s.t_layer
+    gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        return sp.Max(gpu, s.N_layers * s.t_eager_layer + s.t_eager_step), rows
+        return sp.Max(gpu, steps * (s.N_layers * s.t_eager_layer + s.t_eager_step)), rows
     return gpu, rows
 
 
@@ -363,7 +367,9 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     graphs = {}
     for name, decode, subs in pass_substitutions(phase, span):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
-        total, op_rows = pass_time(graph, subs, eager=opts.prefill_eager and not decode)
+        chunked = opts.prefill_chunk_tokens is not None and not decode
+        total, op_rows = pass_time(graph, subs, eager=opts.prefill_eager and not decode,
+                                   steps=prefill_steps() if chunked else sp.Integer(1))
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
@@ -479,6 +485,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
+        s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
         eta = profile.efficiency_of(op_class)

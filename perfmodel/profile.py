@@ -91,6 +91,10 @@ class Options(_Strict):
     prefill_eager: bool = Field(
         default=False, description="Prefill runs eagerly: its time is at least the host's launch time.")
     memory_usable_fraction: float = Field(default=0.9, gt=0, le=1)
+    prefill_chunk_tokens: PositiveInt | None = Field(
+        default=None, description="Prompt tokens the engine prefills per step (vLLM's "
+        "max_num_batched_tokens): a larger prefill takes ⌈B·S/it⌉ steps, each paying the "
+        "per-pass fixed costs. None: one pass.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

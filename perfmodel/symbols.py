@@ -80,6 +80,7 @@ t_layer = sp.Symbol("t_layer", nonnegative=True)  #: fixed cost per layer per pa
 t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, s
 t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch time per layer (eager), s
 t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
+M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
 
 
 def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:

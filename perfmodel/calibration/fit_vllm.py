@@ -21,9 +21,9 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   schedules its requests: TTFT is at least that host time (``prefill_eager``).
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
-on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. The chunking
-of a prefill larger than ``max_num_batched_tokens`` is not modelled (one pass per batch), which
-the residuals of B*S > 16384 points show.
+on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
+larger than ``max_num_batched_tokens`` (16,384 tokens) runs in ⌈B·S/16384⌉ engine steps, each
+paying the per-pass and host costs (``options.prefill_chunk_tokens``).
 
 The error band comes from held-out points only: the held-out models and the hypothetical
 variants (``<gpu>-vllm-whatif.jsonl``). Routing of vLLM's dummy weights is not uniform for
@@ -51,6 +51,7 @@ VLLM_OPTIONS = {
     "mla_absorb_decode": True,
     "decode_kv_expand": False,
     "prefill_eager": True,
+    "prefill_chunk_tokens": 16384,  # vLLM 0.26's offline default on H100/H200 (engine logs)
     "memory_usable_fraction": 0.9,
 }
 

@@ -1,0 +1,51 @@
+"""Chunked prefill: a prefill larger than the engine's token budget per step takes ⌈B·S/M⌉ steps,
+each paying the per-pass fixed costs and the host's launch time."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from perfmodel import predict, symbols
+from perfmodel.paths import PROFILES_DIR
+from perfmodel.phases import prefill_steps
+from perfmodel.profile import load_profile
+
+
+@pytest.mark.parametrize(("batch", "seq", "budget", "steps"), [
+    (1, 128, 16384, 1), (64, 512, 16384, 2), (64, 256, 16384, 1), (3, 16384, 16384, 3), (5, 100, 128, 4)])
+def test_prefill_steps_is_the_ceiling_of_tokens_over_the_budget(batch, seq, budget, steps):
+    value = prefill_steps().subs({symbols.B: batch, symbols.S: seq, symbols.M_chunk: budget})
+    assert int(value) == steps
+
+
+def test_the_vllm_profile_chunks_at_vllms_default_budget():
+    assert load_profile("vllm", "h200-sxm").options.prefill_chunk_tokens == 16384
+    assert load_profile("roofline", "h200-sxm").options.prefill_chunk_tokens is None
+
+
+def _profile_with_chunk(tmp_path, chunk):
+    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    data["options"]["prefill_chunk_tokens"] = chunk
+    path = tmp_path / f"chunk-{chunk}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_each_step_pays_the_host_floor(tmp_path):
+    """OLMoE, B=4, S=128: 512 prompt tokens; the host floor of an eager prefill (~26 ms) is far
+    above its GPU time, so 4 steps of 128 tokens take 4 floors."""
+    one = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 16384), batch=4, input_len=128,
+                  output_len=2).metrics["ttft_s"]
+    four = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128), batch=4, input_len=128,
+                   output_len=2).metrics["ttft_s"]
+    assert four == pytest.approx(4 * one, rel=0.02)
+
+
+def test_chunking_never_shortens_a_prefill(tmp_path):
+    for batch, seq in ((1, 2048), (16, 2048), (64, 512)):
+        whole = predict("qwen3-30b-a3b", engine=_profile_with_chunk(tmp_path, 10**9), batch=batch,
+                        input_len=seq, output_len=2).metrics["ttft_s"]
+        chunked = predict("qwen3-30b-a3b", engine=_profile_with_chunk(tmp_path, 2048), batch=batch,
+                          input_len=seq, output_len=2).metrics["ttft_s"]
+        assert chunked >= whole
