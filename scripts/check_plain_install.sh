@@ -13,5 +13,8 @@ cd "$tmp"
 "$tmp/venv/bin/perfmodel" list models > models.txt && head -n 3 models.txt
 "$tmp/venv/bin/perfmodel" predict mixtral --engine hf --batch 16 -s 512 -o 512 --json > predict.json
 "$tmp/venv/bin/python" -c "import json; p = json.load(open('predict.json')); assert p['itl_s'] > 0 and p['fits_in_memory'], p; print('plain install: predict ok, ITL', round(p['itl_s'] * 1e3, 2), 'ms')"
+"$tmp/venv/bin/perfmodel" plan olmoe-1b-7b --rate 2 --input-len 512 --output-len 128 --ttft-p90 2 --itl-p90 0.1 \
+    --gpu h200 --max-gpus 2 --out "$tmp/plan" --json > plan.json
+test -s "$tmp/plan/report.html" && test -s "$tmp/plan/summary.md" && echo "plain install: plan ok (report written)"
 if "$tmp/venv/bin/python" -c "import torch" 2>/dev/null; then echo "plain install pulled torch" >&2; exit 1; fi
 echo "plain install ok"
