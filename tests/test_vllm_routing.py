@@ -46,7 +46,7 @@ def test_uniform_and_collapsed_routers_give_skew_zero_and_one():
         assert vllm_routing.install(model, num_experts=8, top_k=2) == 3
         _run(model, 64)
         records = vllm_routing.collect(model)
-        assert len(records) == 3 and all(t == 64 for t, _, _ in records)
+        assert len(records) == 3 and all(src == "logits" and t == 64 for src, t, _, _ in records)
         (summary,) = vllm_routing.summarize(records, 8, 2)
         assert summary["router_calls"] == 3
         if collapse:
@@ -56,6 +56,50 @@ def test_uniform_and_collapsed_routers_give_skew_zero_and_one():
         assert summary["skew"] == pytest.approx(expected, abs=0.05)
         _run(model, 64)
         assert vllm_routing.collect(model) == []  # hooks removed
+
+
+class _Router:
+    """Stand-in for vLLM's fused-MoE router: softmax of the logits in their own dtype, then top-k,
+    and the capture callback vLLM calls with the selected ids."""
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k, self.capture_fn = top_k, None
+
+    def set_capture_fn(self, fn) -> None:
+        self.capture_fn = fn
+
+    def select(self, logits):
+        ids = torch.softmax(logits, dim=-1).topk(self.top_k, dim=-1).indices
+        if self.capture_fn is not None:
+            self.capture_fn(ids)
+        return ids
+
+
+class _TinyBf16Moe(torch.nn.Module):
+    """A layer with vLLM's dummy weights (uniform ±1e-3) and bf16 arithmetic."""
+
+    def __init__(self, hidden: int = 2048, experts: int = 64, top_k: int = 6) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(hidden, experts, bias=False, dtype=torch.bfloat16)
+        torch.nn.init.uniform_(self.gate.weight, -1e-3, 1e-3)
+        self.experts = torch.nn.Module()
+        self.experts.router = _Router(top_k)
+
+    def forward(self, x):
+        return self.experts.router.select(self.gate(x))
+
+
+def test_selected_ids_tie_where_the_bf16_softmax_ties_though_the_logits_differ():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"l0": _TinyBf16Moe()})
+    assert vllm_routing.install(model, num_experts=64, top_k=6) == 1
+    hidden = torch.rand(64, 2048, dtype=torch.bfloat16) * 3.4 - 1.7  # a normed dummy embedding
+    hidden = hidden * (torch.rand(2048, dtype=torch.bfloat16) * 2e-3 - 1e-3)  # × dummy norm weight
+    model["l0"](hidden)
+    by_source = {r["source"]: r for r in vllm_routing.summarize(vllm_routing.collect(model), 64, 6)}
+    assert by_source["selected"]["distinct_experts"] == 6 and by_source["selected"]["skew"] == 1.0
+    assert by_source["logits"]["distinct_experts"] > 50 and by_source["logits"]["skew"] < 0.1
+    assert model["l0"].experts.router.capture_fn is None  # callback removed by collect
 
 
 def test_skew_solves_the_models_distinct_experts():

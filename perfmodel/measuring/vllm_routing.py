@@ -9,11 +9,16 @@ a point at the routing it measured, so the vllm backend can probe it (``measure 
 - the timed engine replays decode steps from CUDA graphs and runs prefill from compiled graphs,
   where Python hooks never run; the probe builds its own eager engine (``enforce_eager=True``)
   of the same config and seed, hence the same dummy weights, after the timed engine is gone;
-- a forward hook on every router (a module named ``*.gate`` whose output has one column per
-  expert) takes the top-k of its logits for each forward pass (the experts a softmax or
-  grouped top-k router selects; Phi's sparse mixer picks the same top-2 on near-equal logits);
-- per pass it records the routed tokens T and, averaged over the MoE layers, the distinct experts
-  touched and the hottest expert's share of the routed rows;
+- two views of each MoE layer's routing per forward pass:
+  ``selected``: the expert ids the fused-MoE router really selects, from vLLM's own capture
+  callback (``router.set_capture_fn``, called with the top-k ids before any expert-parallel
+  remapping), and ``logits``: the top-k of the router's logits in float32 (a forward hook on
+  every module named ``*.gate`` whose output has one column per expert). They differ where the
+  router's own arithmetic ties: DeepSeek-V2's grouped top-k takes a softmax of the bf16 logits in
+  bf16, and with dummy weights (±1e-3) the logits are ~1e-5, so every probability rounds to 1/E
+  and every token gets the same experts, while the float32 logits still differ per token;
+- per pass and view it records the routed tokens T and, averaged over the MoE layers, the
+  distinct experts touched and the hottest expert's share of the routed rows;
 - :func:`effective_skew` turns (T, distinct experts) into the model's routing skew σ, solving
   the model's own distinct-experts formula (:func:`perfmodel.ops.moe.distinct_experts`).
 """
@@ -27,48 +32,66 @@ from typing import Any
 _STATE = "_perfmodel_routing_probe"
 
 
+def _record(records: list, source: str, ids, num_experts: int) -> None:
+    """One router call's (source, tokens, distinct experts, hottest share) from its [T, k] ids."""
+    if ids.dim() != 2 or ids.shape[0] == 0:
+        return
+    counts = ids.flatten().long().bincount(minlength=num_experts)
+    records.append((source, int(ids.shape[0]), int((counts > 0).sum()),
+                    float(counts.max()) / float(ids.numel())))
+
+
 def install(model, num_experts: int, top_k: int) -> int:
-    """Hook every router of ``model`` (an ``nn.Module``); returns how many were hooked."""
-    records: list[tuple[int, int, float]] = []  # (tokens, distinct experts, hottest share) per router call
-    handles = []
+    """Hook every router of ``model`` (an ``nn.Module``): vLLM's capture callback on each fused-MoE
+    router (the selected ids) and a forward hook on each ``*.gate`` (the logits' top-k). Returns
+    how many MoE layers are observed (the larger of the two counts)."""
+    records: list[tuple[str, int, int, float]] = []
+    handles, routers = [], []
 
     def hook(_module, _inputs, output) -> None:
         logits = output[0] if isinstance(output, tuple) else output
-        if logits.dim() != 2 or logits.shape[-1] != num_experts or logits.shape[0] == 0:
+        if logits.dim() != 2 or logits.shape[-1] != num_experts:
             return
-        chosen = logits.float().topk(top_k, dim=-1).indices.flatten()
-        counts = chosen.bincount(minlength=num_experts)
-        records.append((int(logits.shape[0]), int((counts > 0).sum()),
-                        float(counts.max()) / float(chosen.numel())))
+        _record(records, "logits", logits.float().topk(top_k, dim=-1).indices, num_experts)
+
+    def capture(ids) -> None:
+        _record(records, "selected", ids, num_experts)
 
     for name, module in model.named_modules():
+        router = getattr(module, "router", None)
+        if router is not None and callable(getattr(router, "set_capture_fn", None)):
+            router.set_capture_fn(capture)
+            routers.append(router)
         if name.split(".")[-1] == "gate":
             handles.append(module.register_forward_hook(hook))
-    setattr(model, _STATE, (records, handles))
-    return len(handles)
+    setattr(model, _STATE, (records, handles, routers))
+    return max(len(handles), len(routers))
 
 
-def collect(model) -> list[tuple[int, int, float]]:
-    """The records of :func:`install` (and remove its hooks and records)."""
-    records, handles = getattr(model, _STATE, ([], []))
+def collect(model) -> list[tuple[str, int, int, float]]:
+    """The records of :func:`install` (and remove its hooks, callbacks and records)."""
+    records, handles, routers = getattr(model, _STATE, ([], [], []))
     if hasattr(model, _STATE):
         delattr(model, _STATE)
     for handle in handles:
         handle.remove()
+    for router in routers:
+        router.set_capture_fn(None)
     return list(records)
 
 
-def summarize(records: list[tuple[int, int, float]], num_experts: int, top_k: int) -> list[dict[str, Any]]:
-    """One entry per distinct routed-token count T: the mean distinct experts per layer, the
-    hottest expert's mean share, the number of router calls, and the skew σ they imply."""
-    by_tokens: dict[int, list[tuple[int, float]]] = {}
-    for tokens, distinct, share in records:
-        by_tokens.setdefault(tokens, []).append((distinct, share))
+def summarize(records: list[tuple[str, int, int, float]], num_experts: int, top_k: int) -> list[dict[str, Any]]:
+    """One entry per view (``selected`` first, then ``logits``) and distinct routed-token count T:
+    the mean distinct experts per layer, the hottest expert's mean share, the number of router
+    calls, and the skew σ they imply."""
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for source, tokens, distinct, share in records:
+        groups.setdefault((source, tokens), []).append((distinct, share))
     out = []
-    for tokens in sorted(by_tokens):
-        calls = by_tokens[tokens]
+    for source, tokens in sorted(groups, key=lambda g: (g[0] != "selected", g[1])):
+        calls = groups[source, tokens]
         distinct = statistics.fmean(d for d, _ in calls)
-        out.append({"tokens": tokens, "distinct_experts": round(distinct, 3),
+        out.append({"source": source, "tokens": tokens, "distinct_experts": round(distinct, 3),
                     "hottest_share": round(statistics.fmean(s for _, s in calls), 4),
                     "router_calls": len(calls),
                     "skew": effective_skew(tokens, distinct, num_experts, top_k)})
