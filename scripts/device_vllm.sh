@@ -16,6 +16,11 @@
 # that implies) -> $OUT/routing.jsonl; ROUTING=model1,model2 probes only the entries of those models.
 # Env: OUT, PLAN, ROUTING, RESUME_FROM (rows of earlier calls, copied first; default
 # validate/results/<gpu>-vllm.jsonl if present), TOTAL_BUDGET (default 540 s).
+# An entry over several GPUs (--tp/--pp/--dp N > 1 in its extra flags, e.g.
+# "mixtral-8x7b|1,16|128|300|--tp 4") runs with VLLM_ENABLE_V1_MULTIPROCESSING unset (vLLM's
+# default: the engine core in a process of its own beside the tp*pp workers), the way vLLM runs
+# multi-GPU engines; one-GPU entries keep vllm_setup.sh's in-process engine core, as the committed
+# rows were measured.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -28,6 +33,15 @@ LOG="$OUT/vllm.log"
 ROWS="$OUT/vllm.jsonl"
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$LOG"; }
+multi_gpu() {  # whether extra flags spread an entry over several GPUs (--tp/--pp/--dp N > 1)
+    local -a a
+    read -r -a a <<< "${1//=/ }"
+    local i
+    for (( i = 0; i + 1 < ${#a[@]}; i++ )); do
+        case "${a[i]}" in --tp|--pp|--dp) [[ "${a[i+1]}" =~ ^[0-9]+$ ]] && [ "${a[i+1]}" -gt 1 ] && return 0;; esac
+    done
+    return 1
+}
 if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -f "$ROWS" ]; then
     cp "$RESUME_FROM" "$ROWS"
     say "resuming from $RESUME_FROM ($(wc -l < "$ROWS") rows)"
@@ -41,9 +55,11 @@ for entry in "${ENTRIES[@]}"; do
     left=$(( TOTAL_BUDGET - ($(date +%s) - t0) ))
     [ "$budget" -gt "$left" ] && budget=$left
     if [ "$budget" -lt 60 ]; then say "skip $model: ${left} s left"; continue; fi
-    say "measure $model B=$batches S=O=$lengths budget ${budget} s"
+    say "measure $model B=$batches S=O=$lengths budget ${budget} s${extra:+ ($extra)}"
     elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}${extra:+-x$((++nx))}.log"
-    timeout --kill-after=10 $(( budget + 60 )) "$PY" -m perfmodel.measuring.measure "$model" \
+    run=()
+    multi_gpu "${extra:-}" && run=(env -u VLLM_ENABLE_V1_MULTIPROCESSING)
+    timeout --kill-after=10 $(( budget + 60 )) "${run[@]}" "$PY" -m perfmodel.measuring.measure "$model" \
         --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
         --budget-s "$budget" --out "$ROWS" ${extra:-} > "$elog.full" 2>&1
     rc=$?
@@ -51,7 +67,7 @@ for entry in "${ENTRIES[@]}"; do
     rm -f "$elog.full"
     say "$model exit code $rc"
     if [ "${ROUTING:-0}" = 1 ] || [[ ",${ROUTING:-}," == *",$model,"* ]]; then  # which experts the router picks, from an eager engine (~30 s)
-        timeout --kill-after=10 240 "$PY" -m perfmodel.measuring.measure "$model" --backend vllm \
+        timeout --kill-after=10 240 "${run[@]}" "$PY" -m perfmodel.measuring.measure "$model" --backend vllm \
             --routing-probe --batch "$batches" --input-len "${lengths//\//;}" --out "$OUT/routing.jsonl" \
             ${extra:-} >> "$elog" 2>&1
         say "$model routing probe exit code $?"

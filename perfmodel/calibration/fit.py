@@ -91,13 +91,22 @@ def _profile(base: dict[str, Any]):
     return EngineProfile(**base)
 
 
+def one_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows measured on one GPU (tp = pp = dp = 1): the only ones a profile is fitted on,
+    whose parameters are those of one GPU; rows on several GPUs are held out by construction."""
+    from perfmodel.measuring.compare import row_gpus
+
+    return [r for r in rows if row_gpus(r) == 1]
+
+
 def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> list[dict[str, Any]]:
-    """The ok rows of ``models`` as built (no variants) at one quantization (None: unquantized)."""
+    """The ok one-GPU rows of ``models`` as built (no variants) at one quantization (None:
+    unquantized)."""
     from perfmodel.measuring.compare import is_variant, load_measurements, row_quant
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
-    rows = [r for r in load_measurements(results)
+    rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
             and row_quant(r) == quant]
     if not rows:
@@ -125,13 +134,13 @@ def _predict_many(rows, profile, gpu_spec):
     """Predicted (TTFT, decode step) in s for each row under a profile object."""
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.model import load_model
-    from perfmodel.measuring.compare import row_overrides, row_quant
+    from perfmodel.measuring.compare import model_workload, row_overrides, row_quant
 
     out = []
     for row in rows:
         model = load_model(row["model"], row_overrides(row))
-        w = Workload(batch=row["batch"], input_len=row["input_len"], output_len=row["output_len"],
-                     quant=row_quant(row))
+        w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
+                     **model_workload(row))
         m = evaluate(model, gpu_spec, profile, w, "request").metrics
         out.append((m["ttft_s"], m["itl_s"]))
     return np.array(out)
@@ -219,14 +228,17 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
 
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
                        held_out: tuple[str, ...], note: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Residuals of a profile on every committed row (``results`` and its what-if file), per split
-    and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band they give:
-    the held-out 90th percentiles. Hypothetical variants are held out by construction."""
+    """Residuals of a profile on every committed one-GPU row (``results`` and its what-if file),
+    per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
+    they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
+    rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
+    validation reports those rows per layout)."""
     from perfmodel.measuring.compare import load_measurements, what_if_file
 
     rows = load_measurements(results)
     if what_if_file(results).exists():
         rows += load_measurements(what_if_file(results))
+    rows = one_gpu_rows(rows)
     points = _compare_with(profile, rows, gpu, train)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):

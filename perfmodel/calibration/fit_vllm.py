@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _predict_many,
-                                       _profile, _rows, _sig, held_out_residuals)
+                                       _profile, _rows, _sig, held_out_residuals, one_gpu_rows)
 from perfmodel.errors import SpecError
 from perfmodel.paths import RESULTS_DIR, ROOT
 
@@ -250,6 +250,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "per_kernel_source": graph_node_cost(gpu)[1],
         "quantization_rows": quant_fits,
         "residuals": stats,
-        "faster_than_uniform_routing_floor": uniform_floor_violations(all_rows, gpu),
+        "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
     }
     return base

@@ -19,7 +19,10 @@ Modules:
   CUDA-graph replay of decode steps, torch.profiler kernel split; its timed passes in
   :mod:`perfmodel.measuring.hf_steps`, its routing recorder in :mod:`perfmodel.measuring.hf_routing`,
   its time estimate (the roofline's) in :mod:`perfmodel.measuring.hf_estimate`.
-- :mod:`perfmodel.measuring.vllm_backend` - the ``vllm`` backend (offline engine).
+- :mod:`perfmodel.measuring.vllm_backend` - the ``vllm`` backend (offline engine); its routing
+  probe in :mod:`perfmodel.measuring.vllm_routing`, its data-parallel replicas in
+  :mod:`perfmodel.measuring.vllm_replicas`, serving under Poisson arrivals (async engine) in
+  :mod:`perfmodel.measuring.vllm_serving`.
 - :mod:`perfmodel.measuring.profiler_split` - the kernel time of a step, split by op category.
 - :mod:`perfmodel.measuring.fake_backend` - a backend without a GPU, for the driver's tests.
 - :mod:`perfmodel.measuring.compare` - committed measurements beside the model's predictions.

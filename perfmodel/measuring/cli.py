@@ -77,6 +77,31 @@ class RichReporter(Reporter):
             self.progress.stop()
 
 
+def check_layout(backend: str, tp: int, pp: int, dp: int, batches: List[int], routing_probe: bool) -> None:
+    """Refuse (one line) parallel degrees below 1, ``--pp``/``--dp`` outside the vllm backend, a
+    ``--dp`` that does not divide every B (each replica takes B/dp sequences), and ``--dp`` with
+    the routing probe."""
+    for name, value in (("--tp", tp), ("--pp", pp), ("--dp", dp)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    if backend != "vllm" and (pp > 1 or dp > 1):
+        raise InputError("--pp and --dp apply to --backend vllm only")
+    uneven = [b for b in batches if b % dp]
+    if uneven:
+        raise InputError(f"--dp {dp} does not divide batch size {uneven[0]}: each replica takes B/dp sequences")
+    if dp > 1 and routing_probe:
+        raise InputError("--routing-probe runs one engine: give it without --dp")
+
+
+def require_layout_gpus(tp: int, pp: int, dp: int, visible: int) -> None:
+    """Refuse (one line), before any engine is built, a layout over several GPUs that needs more
+    than are visible (one GPU was checked already, or waived with ``--allow-cpu``)."""
+    needed = tp * pp * dp
+    if needed > 1 and needed > visible:
+        raise InputError(f"--tp {tp} x --pp {pp} x --dp {dp} needs {needed} GPUs; "
+                         f"{visible} visible here (torch.cuda.device_count())")
+
+
 def _check_models(models: List[str], overrides: List[str], layers: Optional[int]) -> None:
     from perfmodel.specs.zoo import load_hf_config
 
@@ -89,8 +114,9 @@ def measure(
     model: str = typer.Argument(..., help="Zoo name(s), alias(es) or config.json path(s), comma-separated."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers + CUDA graphs) or vllm."),
     batch: str = typer.Option("1,16,32,64", "--batch", "-b", help="Batch sizes B, comma-separated."),
-    input_len: str = typer.Option("128,512,2048", "--input-len", "-s",
-                                  help="Input lengths S; ';' separates phases (all models per phase)."),
+    input_len: Optional[str] = typer.Option(None, "--input-len", "-s",
+                                            help="Input lengths S; ';' separates phases (all models per "
+                                                 "phase). Default 128,512,2048; --serving: one S, 1024."),
     output_len: Optional[str] = typer.Option(None, "--output-len", "-o",
                                              help="Output lengths O (default: O = S, paired)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE (repeatable)."),
@@ -103,7 +129,11 @@ def measure(
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay decode steps from CUDA graphs."),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler kernel split per point."),
     tp: int = typer.Option(1, "--tp", help="vllm: tensor parallel size."),
-    expert_parallel: bool = typer.Option(False, "--expert-parallel", help="vllm: enable expert parallelism."),
+    expert_parallel: bool = typer.Option(False, "--expert-parallel",
+                                         help="vllm: expert parallelism over the tp GPUs of a stage."),
+    pp: int = typer.Option(1, "--pp", help="vllm: pipeline parallel size (stages)."),
+    dp: int = typer.Option(1, "--dp", help="vllm: data parallel replicas, each an engine on its own "
+                                          "tp*pp GPUs taking B/dp sequences."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
     sampling: str = typer.Option("random", "--sampling",
@@ -112,12 +142,22 @@ def measure(
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
                                    help="Run without a GPU (tiny models in tests; also PERFMODEL_ALLOW_CPU=1)."),
+    serving: bool = typer.Option(False, "--serving", help="vllm: serving under Poisson arrivals (async "
+                                 "engine), one row per --rate, to validate/results/<gpu>-vllm-serving.jsonl."),
+    rate: Optional[str] = typer.Option(None, "--rate", help="--serving: arrival rates, requests/s, comma-separated."),
+    num_requests: int = typer.Option(200, "--num-requests", help="--serving: requests per rate."),
+    duration_s: Optional[float] = typer.Option(None, "--duration-s", help="--serving: no request is submitted "
+                                               "after this many seconds of a rate; at 1.5x the rest are aborted."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="--serving: the engine's max_num_seqs."),
+    seed: int = typer.Option(0, "--seed", help="--serving: seed of the arrival times and the prompts."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="--serving: TTFT target for goodput, s."),
+    itl_slo: Optional[float] = typer.Option(None, "--itl-slo", help="--serving: TPOT target for goodput, s."),
 ) -> SweepSummary:
     """Measure TTFT, ITL, E2E and throughput for each (model, B, S, O); resumable JSONL output."""
     overrides = list(set_ or [])
     models = parse_models(model)
     batches = parse_int_list(batch, "batch size")
-    phases = parse_phases(input_len)
+    phases = parse_phases(input_len if isinstance(input_len, str) and serving is not True else "128,512,2048")
     outs = parse_int_list(output_len, "output length") if output_len else None
     if layers is not None and layers < 1:
         raise InputError("--layers must be >= 1")
@@ -133,13 +173,30 @@ def measure(
         raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
     if backend == "vllm" and sampling not in ("random", "greedy"):
         raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
+    if serving is True:
+        from perfmodel.measuring import vllm_backend, vllm_serving
+
+        vllm_serving.check_engine_args(backend, routing_probe, dp)
+        check_layout(backend, tp, pp, dp, [1], False)
+        settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
+                                               moe_backend=moe_backend, sampling=sampling, pp=pp)
+        return vllm_serving.serving_command(
+            models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
+            num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
+            seed=seed, duration_s=duration_s, ttft_slo_s=ttft_slo, itl_slo_s=itl_slo, overrides=overrides,
+            layers=layers, cuda_graphs=cuda_graphs, settings=settings)
+    if isinstance(rate, str):
+        raise InputError("--rate applies to --serving runs")
     require_gpu_libraries("measure")
     if backend == "vllm":
         from perfmodel.measuring import vllm_backend
 
         if not vllm_backend.vllm_available():
             raise InputError(VLLM_MISSING)
+    check_layout(backend, tp, pp, dp, batches, routing_probe is True)
     require_gpu("measure", NO_GPU_HINT, allow_cpu=allow_cpu is True)
+    if backend == "vllm":
+        require_layout_gpus(tp, pp, dp, vllm_backend.visible_gpus())
     if backend == "hf":
         from perfmodel.measuring.hf_runner import HFBackend
 
@@ -148,10 +205,15 @@ def measure(
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend,
-                                               sampling=sampling)
+                                               sampling=sampling, pp=pp, dp=dp)
         if routing_probe:
             settings["probe"] = "routing"
-        engine = vllm_backend.VLLMBackend(routing_probe=routing_probe)
+        if dp > 1:
+            from perfmodel.measuring.vllm_replicas import DataParallelBackend, visible_devices
+
+            engine = DataParallelBackend(dp, tp * pp, visible_devices(vllm_backend.visible_gpus()))
+        else:
+            engine = vllm_backend.VLLMBackend(routing_probe=routing_probe)
         experts_impl = "vllm_fused_moe"
     points = build_points(models, batches, phases, outs, backend=backend, overrides=overrides,
                           layers=layers, experts_impl=experts_impl, cuda_graphs=cuda_graphs,

@@ -8,6 +8,15 @@ other models, and hypothetical variants of any model, from the ``-whatif`` resul
 A point is identified by its ``point_id`` (model, ``--set`` overrides, layers, B, S, O, dtype
 and engine settings); its ``variant`` column names it for people, e.g.
 ``mixtral-8x7b [L=8 E=16 k=2 F=1792]`` for a variant, the plain model name otherwise.
+
+Each row is predicted on the GPUs it ran on (:func:`row_layout`): tp and pp as measured, the
+collectives they imply included; a row of ``dp`` replicas as one replica at B/dp, its throughput
+times dp. vLLM's expert parallelism (experts whole, E/tp on each of the tp GPUs of a stage, the
+same all-reduce as TP) has no counterpart among the model's layouts, whose ``ep`` groups come on
+top of tp (:mod:`perfmodel.specs.layout`): a TP+EP row is predicted as TP on the same GPUs (the
+same expert bytes and FLOPs per GPU for uniform routing, the same collectives) and reported in a
+layout group of its own (``layout`` column, e.g. ``TP=4+EP``), where the error shows what
+placing whole experts changes. Only one-GPU rows are ever "train".
 """
 
 from __future__ import annotations
@@ -71,6 +80,52 @@ def row_overrides(row: dict[str, Any]) -> list[str]:
     if isinstance(layers, int):
         overrides.append(f"num_layers={layers}")
     return overrides
+
+
+def _id_settings(row: dict[str, Any]) -> dict[str, str]:
+    """The ``key=value`` engine settings of a row's point id."""
+    parts = str(row.get("point_id", "")).split("|")[7:]
+    return dict(p.split("=", 1) for p in parts if "=" in p)
+
+
+def row_layout(row: dict[str, Any]) -> dict[str, int | bool]:
+    """How a measured row was spread over GPUs: ``tp``, ``pp``, ``dp`` (replicas), ``ep`` (vLLM's
+    expert-parallel flag) and ``gpus`` = tp·pp·dp, from the row's ``engine`` (else its point id;
+    1 / off where neither says)."""
+    engine = row.get("engine") or {}
+    ids = _id_settings(row)
+
+    def degree(name: str) -> int:
+        value = engine.get(name)
+        return int(value) if value is not None else int(ids.get(name, "1"))
+
+    tp, pp, dp = degree("tp"), degree("pp"), degree("dp")
+    ep = engine.get("ep")
+    ep = bool(ep) if ep is not None else ids.get("ep", "0") == "1"
+    return {"tp": tp, "pp": pp, "dp": dp, "ep": ep, "gpus": tp * pp * dp}
+
+
+def row_gpus(row: dict[str, Any]) -> int:
+    """GPUs a measured row ran on (:func:`row_layout`)."""
+    return int(row_layout(row)["gpus"])
+
+
+def layout_label(row: dict[str, Any]) -> str:
+    """A row's layout as the validation tables group it: ``1 GPU``, ``TP=2``, ``TP=4+EP``,
+    ``TP=2 PP=2+EP``, ``PP=4``, ``DP=2`` …"""
+    lay = row_layout(row)
+    if lay["gpus"] == 1:
+        return "1 GPU"
+    parts = [f"{name.upper()}={lay[name]}" for name in ("tp", "pp", "dp") if lay[name] > 1]
+    return " ".join(parts) + ("+EP" if lay["ep"] and lay["tp"] > 1 else "")
+
+
+def model_workload(row: dict[str, Any]) -> dict[str, int]:
+    """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
+    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP) and ``pp``."""
+    lay = row_layout(row)
+    return {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
+            "pp": int(lay["pp"])}
 
 
 #: Engine settings every point id carries (after B, S, O) at their default values.
@@ -144,17 +199,20 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         if (spec_key, quant) not in categories:
             categories[spec_key, quant] = op_categories(spec, engine, gpu, quant)
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
-                   input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
-        p = predict(spec, gpu=gpu, engine=engine, batch=row["batch"], input_len=row["input_len"],
-                    output_len=row["output_len"], quant=row_quant(row))
-        # hypothetical variants were never fitted on, even of a training model
-        split = "train" if row["model"].lower() in train and not is_variant(row) else "held-out"
+                   input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
+                   layout=layout_label(row))
+        p = predict(spec, gpu=gpu, engine=engine, input_len=row["input_len"],
+                    output_len=row["output_len"], quant=row_quant(row), **model_workload(row))
+        replicas = row_layout(row)["dp"]
+        # hypothetical variants and rows on several GPUs were never fitted on, even of a training model
+        split = ("train" if row["model"].lower() in train and not is_variant(row) and row_gpus(row) == 1
+                 else "held-out")
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
             if measured is None:
                 continue
             measured = measured * scale
-            value = p.metrics[predicted]
+            value = p.metrics[predicted] * (replicas if metric == "throughput" else 1)
             points.append({**key, "engine": engine, "split": split, "metric": metric,
                            "measured": measured, "predicted": value,
                            "rel_error": value / measured - 1.0})
@@ -172,7 +230,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     return pd.DataFrame(points), pd.DataFrame(ops)
 
 
-def mape(points, by: tuple[str, ...] = ("engine", "split", "metric")):
-    """Mean absolute percentage error, %, grouped (default: engine × split × metric)."""
+def mape(points, by: tuple[str, ...] = ("engine", "layout", "split", "metric")):
+    """Mean absolute percentage error, %, grouped (default: engine × layout × split × metric;
+    a table without a ``layout`` column is grouped without it)."""
     table = points.assign(ape=points["rel_error"].abs() * 100)
-    return table.groupby(list(by))["ape"].agg(["mean", "median", "max", "count"]).reset_index()
+    by = [column for column in by if column != "layout" or "layout" in table.columns]
+    return table.groupby(by)["ape"].agg(["mean", "median", "max", "count"]).reset_index()

@@ -10,8 +10,11 @@ Translation (pure functions, testable without vLLM):
   (16384 for the offline engine on an H100/H200: a larger prefill is chunked, as users get it)
   unless given, CUDA graphs on (``enforce_eager=False``; the capture sizes are vLLM's default list
   cut at the largest B, so every measured B is a captured size), prefix caching off, per-request
-  engine timestamps on (``disable_log_stats=False``), TP / EP / quantization, ``hf_overrides``
-  with the raw config fields of the ``--set`` overrides.
+  engine timestamps on (``disable_log_stats=False``), TP / EP / PP / quantization, ``hf_overrides``
+  with the raw config fields of the ``--set`` overrides. An engine over several GPUs (tp·pp > 1)
+  runs its workers under vLLM's multiprocessing executor (``distributed_executor_backend="mp"``).
+  vLLM's EP reuses the tp GPUs of a pipeline stage (experts whole, E/tp per GPU): with tp = 1 it
+  changes nothing. Data parallelism (``--dp``) is :mod:`perfmodel.measuring.vllm_replicas`.
 - :func:`make_requests` / :func:`sampling_kwargs` - B token-id prompts of length S and
   ``SamplingParams(max_tokens=O, min_tokens=O, ignore_eos=True)``, sampled at temperature 1
   (``sampling=random``, the default) or greedy (``sampling=greedy``, temperature 0). With dummy
@@ -38,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -89,17 +93,39 @@ SAMPLINGS = ("random", "greedy")
 
 
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
-                   moe_backend: str = "triton", sampling: str = "random") -> dict[str, str]:
-    """Engine settings that are part of each point's id."""
+                   moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
+                   dp: int = 1) -> dict[str, str]:
+    """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
+    (independent engine replicas) appear only above 1, so the ids of one-stage, one-replica
+    points are those of the rows measured before these settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
-    return {
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    settings = {
         "tp": str(int(tp)),
         "ep": str(int(bool(expert_parallel))),
         "quant": quantization or "none",
         "moe_backend": moe_backend,
         "sampling": sampling,
     }
+    settings.update({name: str(int(value)) for name, value in (("pp", pp), ("dp", dp)) if int(value) > 1})
+    return settings
+
+
+def layout_degrees(settings: dict[str, str]) -> dict[str, int]:
+    """``tp``, ``pp`` and ``dp`` of point settings (1 where absent)."""
+    return {name: int(settings.get(name, "1")) for name in ("tp", "pp", "dp")}
+
+
+def visible_gpus() -> int:
+    """CUDA GPUs this process sees (``torch.cuda.device_count()``; 0 without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count())
 
 
 def _settings(point: SweepPoint) -> dict[str, str]:
@@ -147,13 +173,17 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         raise ValueError("no points")
     p0 = points[0]
     s = _settings(p0)
+    if int(s.get("dp", "1")) > 1:
+        raise ValueError("one engine per replica: build the engines of a dp > 1 point with vllm_replicas")
     max_b = max(p.batch for p in points)
+    degrees = layout_degrees(s)
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "load_format": "dummy",
         "skip_tokenizer_init": True,
         "dtype": p0.dtype,
-        "tensor_parallel_size": int(s.get("tp", "1")),
+        "tensor_parallel_size": degrees["tp"],
+        "pipeline_parallel_size": degrees["pp"],
         "enable_expert_parallel": s.get("ep", "0") == "1",
         "quantization": None if s.get("quant", "none") == "none" else s["quant"],
         "max_num_seqs": max_b,
@@ -167,6 +197,8 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "hf_overrides": hf_overrides(p0),
         "moe_backend": s.get("moe_backend", "triton"),
     }
+    if degrees["tp"] * degrees["pp"] > 1:
+        kwargs["distributed_executor_backend"] = "mp"  # one worker process per GPU
     if max_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = max(int(max_batched_tokens), kwargs["max_model_len"])
     if accepted is not None:
@@ -229,6 +261,8 @@ class VLLMBackend:
                 "max_cache_len": point.max_cache_len,
                 "tp": int(s.get("tp", "1")),
                 "ep": s.get("ep", "0") == "1",
+                "pp": int(s.get("pp", "1")),
+                "dp": int(s.get("dp", "1")),
                 "quantization": s.get("quant", "none"),
             },
         }
@@ -255,6 +289,8 @@ class VLLMBackend:
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)
         settings["startup_s"] = round(startup_s, 1)
+        # vLLM's default (1): the engine core in a process of its own; 0 keeps it in this one
+        settings["v1_multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
         settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))
         self.log(f"vllm engine ready in {startup_s:.0f} s: {settings}")
         handle = {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,
@@ -418,18 +454,23 @@ def engine_settings(llm) -> dict[str, Any]:
 
 def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dict[str, Any]:
     """The tuned fused-MoE config file vLLM looks up for this model on this GPU, and whether this
-    vLLM ships it (vLLM falls back to a default tile config, with a warning, when it does not)."""
+    vLLM ships it (vLLM falls back to a default tile config, with a warning, when it does not).
+    The shape is one GPU's: E experts of width/tp under TP, E/tp whole experts under EP."""
     shape = family(cfg["model_type"]).moe_shape(cfg)
     if shape is None or not shape.experts or not shape.expert_width:
         return {}
-    experts, width = shape.experts, shape.expert_width
+    tp = max(tp, 1)
+    if _settings(point).get("ep", "0") == "1" and tp > 1:
+        experts, width = shape.experts // tp, shape.expert_width
+    else:
+        experts, width = shape.experts, shape.expert_width // tp
     try:
         import torch
         import vllm
 
         device = torch.cuda.get_device_name()
         quant = _settings(point).get("quant", "none")
-        name = fused_moe_config_name(experts, width // max(tp, 1), device,
+        name = fused_moe_config_name(experts, width, device,
                                      "fp8_w8a8" if quant == "fp8" else None)
         folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}

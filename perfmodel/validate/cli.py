@@ -16,8 +16,25 @@ def validate(
     gpu: str = GPU_OPTION,
     as_json: bool = JSON_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
+    serving: bool = typer.Option(False, "--serving", help="Serving runs (measure --serving) against the "
+                                 "planning simulation, replayed."),
+    results: Optional[Path] = typer.Option(None, "--results", help="--serving: the rows to replay (default "
+                                           "validate/results/<gpu>-vllm-serving.jsonl)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
+    if serving is True:
+        from perfmodel.validate.serving import print_serving_validation, run_serving_validation
+
+        result = run_serving_validation(model, gpu=gpu, results=results, out_dir=out)
+        if as_json:
+            print_json(result)
+        else:
+            print_serving_validation(result, make_console())
+        return
+    if isinstance(results, Path):
+        from perfmodel.errors import InputError
+
+        raise InputError("--results applies to --serving")
     from perfmodel.validate.validation import run_validation
 
     result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)

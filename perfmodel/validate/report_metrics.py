@@ -49,6 +49,25 @@ def mape_table(points) -> "Any":
     return out
 
 
+def layout_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]:
+    """MAPE (%) per layout (``1 GPU``, ``TP=2``, ``TP=4+EP`` …: the ``layout`` column of
+    :func:`perfmodel.measuring.compare.compare`) × split × metric, of the calibrated engine and
+    the baseline; no rows when the points hold one layout only."""
+    if points.empty or "layout" not in points.columns or points["layout"].nunique() < 2:
+        return {"header": [], "rows": []}
+    table = (points.assign(ape=points["rel_error"].abs() * 100.0)
+             .groupby(["layout", "split", "metric", "engine"])["ape"].agg(["mean", "count"]))
+    header = ["layout", "split", "metric", f"{calibrated} MAPE"] + ([f"{baseline} MAPE"] if baseline else [])
+    rows = []
+    for (layout, split, metric), group in table.groupby(level=[0, 1, 2]):
+        by_engine = group.droplevel([0, 1, 2])
+        cells = [pct(float(by_engine.loc[e, "mean"]) if e in by_engine.index else None)
+                 for e in [calibrated] + ([baseline] if baseline else [])]
+        count = int(by_engine["count"].max())
+        rows.append([str(layout), str(split), METRIC_LABEL.get(metric, metric), *cells, str(count)])
+    return {"header": header + ["points"], "rows": rows}
+
+
 def lookup(table, engine: str, split: str, metric: str, column: str = "mape") -> float | None:
     """One value of :func:`mape_table` (None where there is none)."""
     hit = table[(table["engine"] == engine) & (table["split"] == split) & (table["metric"] == metric)]

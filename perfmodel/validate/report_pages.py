@@ -31,7 +31,7 @@ from typing import Any
 from perfmodel.validate import report_charts as charts
 from perfmodel.validate.report_metrics import (
     BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, engines,
-    lookup, mape_table, num, ordered_metrics, pct, provenance_line, signed, source_items, verdict,
+    layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, signed, source_items, verdict,
     verdict_line, with_variant, worst_points,
 )
 
@@ -122,7 +122,8 @@ def summary_markdown(points, *, title: str, source: dict[str, Any]) -> str:
     text = md_env.get_template("summary.md.j2").render(
         title=title, provenance=provenance_line(source), source_items=source_items(source),
         verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
-        splits=splits, n_worst=N_WORST, worst=worst_table, replay=mode == "replay")
+        splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
+        worst=worst_table, replay=mode == "replay")
     return text
 
 

@@ -41,10 +41,13 @@ def print_validation(result: dict, console: Console) -> None:
                       metric, fmt(vals["measured"]), *cells, *errs)
     console.print(table)
     mape = Table(title="MAPE (%)", header_style="bold")
-    for col in ("engine", "split", "metric", "mean", "median", "max", "n"):
+    # rows of several layouts (1 GPU, TP=2, TP=4+EP, ...) are grouped by layout
+    by_layout = len({row.get("layout", "1 GPU") for row in result["mape"]}) > 1
+    for col in ("engine", *(("layout",) if by_layout else ()), "split", "metric", "mean", "median", "max", "n"):
         mape.add_column(col)
     for row in result["mape"]:
-        mape.add_row(row["engine"], row["split"], row["metric"], f"{row['mean']:.1f}",
-                     f"{row['median']:.1f}", f"{row['max']:.1f}", str(row["count"]))
+        mape.add_row(row["engine"], *((row.get("layout", "1 GPU"),) if by_layout else ()), row["split"],
+                     row["metric"], f"{row['mean']:.1f}", f"{row['median']:.1f}", f"{row['max']:.1f}",
+                     str(row["count"]))
     console.print(mape)
     console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")

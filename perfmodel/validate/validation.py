@@ -104,8 +104,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         measure(model=",".join(models), backend=backend, batch=LIVE_BATCHES,
                 input_len=LIVE_LENGTHS, output_len=None, set_=None, layers=None,
                 experts_impl="grouped_mm", full_run=None, out=path, budget_s=None,
-                cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
-                moe_backend="triton", allow_cpu=False)
+                cuda_graphs=True, profile=True, tp=1, expert_parallel=False, pp=1, dp=1,
+                quantization=None, moe_backend="triton", sampling="random", routing_probe=False,
+                allow_cpu=False)
         mode = "live"
     else:
         path = results_file(backend, gpu_spec.name)

@@ -1,0 +1,416 @@
+"""``measure --serving``: Poisson arrivals, request traces, percentiles, rows and resume.
+
+vLLM is not installed here: the end-to-end cases run the command against a stand-in ``vllm``
+package whose async engine serves requests first come, first served, ``max_num_seqs`` at a time,
+with a fixed prefill and a fixed time per token. The event loop runs on virtual time (it jumps to
+the next timer whenever nothing is ready), so every time is exact and the measured percentiles
+are checked against the ones computed by hand from the same arrival schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from perfmodel.errors import InputError
+from perfmodel.measuring import vllm_serving as vs
+
+S, O, N = 16, 8, 40
+#: The stand-in engine's prefill and per-token times, s.
+PREFILL_S, TOKEN_S = 0.05, 0.01
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to the next timer whenever no callback is ready."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 0.0
+
+    def time(self) -> float:
+        return self._now
+
+    def _run_once(self) -> None:
+        if not self._ready and not self._stopping:
+            live = [h._when for h in self._scheduled if not h._cancelled]
+            if not live:
+                raise RuntimeError("virtual-time loop: nothing ready and nothing scheduled")
+            self._now = max(self._now, min(live))
+        super()._run_once()
+
+
+_FAKE_VLLM = '''
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+'''
+
+_FAKE_KIND = '''
+import enum
+class RequestOutputKind(enum.Enum):
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
+'''
+
+_FAKE_ARGS = '''
+import dataclasses
+from typing import Any
+@dataclasses.dataclass
+class AsyncEngineArgs:
+    model: str = ""
+    load_format: str = "auto"
+    skip_tokenizer_init: bool = False
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    quantization: Any = None
+    max_num_seqs: int = 256
+    max_model_len: int = 0
+    enforce_eager: bool = False
+    compilation_config: Any = None
+    enable_prefix_caching: bool = True
+    disable_log_stats: bool = True
+    gpu_memory_utilization: float = 0.9
+    seed: int = 0
+    hf_overrides: Any = None
+    moe_backend: str = "auto"
+    distributed_executor_backend: Any = None
+'''
+
+_FAKE_USAGE = '''
+import enum
+class UsageContext(enum.Enum):
+    ENGINE_CONTEXT = "ENGINE_CONTEXT"
+    OPENAI_API_SERVER = "OPENAI_API_SERVER"
+'''
+
+_FAKE_ASYNC_LLM = '''
+import asyncio
+from types import SimpleNamespace as NS
+
+class AsyncLLM:
+    """First come, first served, max_num_seqs at a time: the first token PREFILL_S after a
+    request starts, then one token every TOKEN_S; every COALESCE-th output carries two tokens."""
+
+    PREFILL_S = 0.05
+    TOKEN_S = 0.01
+    COALESCE = 0
+    FAIL_AT = None  # request id whose generate raises
+    instances = []
+
+    def __init__(self, args, usage_context=None):
+        self.args = args
+        self.usage_context = usage_context
+        self.free = args.max_num_seqs
+        self.queue = []
+        self.submitted = []
+        self.shut = False
+        self.vllm_config = NS(scheduler_config=NS(max_num_batched_tokens=8192, max_num_seqs=args.max_num_seqs,
+                                                     stream_interval=1),
+                              cache_config=NS(block_size=16))
+        AsyncLLM.instances.append(self)
+
+    FAIL_START = None  # message from_engine_args raises
+
+    @classmethod
+    def from_engine_args(cls, args, usage_context=None):
+        if cls.FAIL_START:
+            raise RuntimeError(cls.FAIL_START)
+        return cls(args, usage_context)
+
+    async def _slot(self):
+        if self.free > 0 and not self.queue:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.queue.append(waiter)
+        await waiter
+
+    def _release(self):
+        while self.queue:
+            waiter = self.queue.pop(0)
+            if not waiter.done():  # a cancelled request's waiter is skipped
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    async def generate(self, prompt, params, request_id):
+        self.submitted.append(request_id)
+        if request_id == self.FAIL_AT:
+            raise RuntimeError("stand-in failure")
+        n = params.kw["max_tokens"]
+        delta = "output_kind" in params.kw
+        await self._slot()
+        try:
+            await asyncio.sleep(self.PREFILL_S)
+            made, k = 0, 0
+            while made < n:
+                k += 1
+                step = 2 if self.COALESCE and k % self.COALESCE == 0 and made + 2 <= n else 1
+                made += step
+                ids = [7] * (step if delta else made)
+                yield NS(outputs=[NS(token_ids=ids)], finished=made == n, metrics=None)
+                if made < n:
+                    await asyncio.sleep(self.TOKEN_S * step)
+        finally:
+            self._release()
+
+    def shutdown(self):
+        self.shut = True
+'''
+
+
+def _drop_vllm_modules() -> None:
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _no_vllm_left():
+    """The stand-in ``vllm`` stays out of ``sys.modules`` for the tests that follow."""
+    yield
+    _drop_vllm_modules()
+
+
+def _install(tmp_path, monkeypatch, delta: bool = True):
+    root = tmp_path / "fake"
+    pkg = root / "vllm"
+    for sub in ("engine", "v1/engine", "usage"):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(_FAKE_VLLM))
+    if delta:
+        (pkg / "sampling_params.py").write_text(textwrap.dedent(_FAKE_KIND))
+    for sub in ("engine", "v1", "v1/engine", "usage"):
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "engine" / "arg_utils.py").write_text(textwrap.dedent(_FAKE_ARGS))
+    (pkg / "v1" / "engine" / "async_llm.py").write_text(textwrap.dedent(_FAKE_ASYNC_LLM))
+    (pkg / "usage" / "usage_lib.py").write_text(textwrap.dedent(_FAKE_USAGE))
+    monkeypatch.syspath_prepend(str(root))
+    _drop_vllm_modules()
+
+    def virtual():
+        loop = VirtualTimeLoop()
+        return loop, loop.time
+
+    monkeypatch.setattr(vs, "new_loop_and_clock", virtual)
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    AsyncLLM.instances.clear()
+    return AsyncLLM
+
+
+def _measure(out, *extra: str) -> int:
+    from perfmodel.measuring.measure import main
+
+    return main(["olmoe-1b-7b", "--backend", "vllm", "--serving", "--allow-cpu", "--layers", "2",
+                 "--input-len", str(S), "--output-len", str(O), "--num-requests", str(N),
+                 "--out", str(out), *extra])
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fifo(arrivals, slots: int, n_tokens: int = O):
+    """By hand: first come, first served with ``slots`` servers; TTFT and E2E per request."""
+    free = [0.0] * slots
+    ttft, e2e = [], []
+    for a in arrivals:
+        i = min(range(slots), key=lambda j: free[j])
+        start = max(a, free[i])
+        first = start + PREFILL_S
+        done = first + (n_tokens - 1) * TOKEN_S
+        free[i] = done
+        ttft.append(first - a)
+        e2e.append(done - a)
+    return np.array(ttft), np.array(e2e)
+
+
+def test_poisson_schedule_is_seeded_and_keeps_its_rate():
+    a = vs.poisson_arrivals(4.0, 20_000, seed=3)
+    assert a == vs.poisson_arrivals(4.0, 20_000, seed=3) and a != vs.poisson_arrivals(4.0, 20_000, seed=4)
+    assert a[0] == 0.0 and all(x < y for x, y in zip(a, a[1:]))
+    assert (len(a) - 1) / a[-1] == pytest.approx(4.0, rel=0.03)  # 1/sqrt(20000) ~ 0.7 %
+    gaps = np.diff(a)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, rel=0.05)  # exponential: CV = 1
+    # the same unit gaps at every rate: times scale as 1/rate
+    assert vs.poisson_arrivals(8.0, 100, seed=3) == pytest.approx([x / 2 for x in a[:100]])
+
+
+def test_percentiles_match_numpy_and_trace_metrics():
+    values = [0.3, 5.0, 1.0, 2.5, 9.0, 4.25, 7.0]
+    for q in (0, 10, 50, 90, 99, 100):
+        assert vs.percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert vs.percentile([], 50) is None and vs.percentile([2.0], 90) == 2.0
+    trace = vs.RequestTrace(scheduled_s=0.0, submitted=10.0, token_times=[10.2, 10.25, 10.4, 10.45],
+                            token_counts=[1, 1, 2, 1], finished=10.45)
+    assert trace.ttft() == pytest.approx(0.2) and trace.e2e() == pytest.approx(0.45)
+    assert trace.itls() == pytest.approx([0.05, 0.15, 0.05])
+    assert trace.tokens == 5 and trace.tpot() == pytest.approx(0.25 / 4)
+    other = vs.RequestTrace(scheduled_s=1.0, submitted=11.0, token_times=[11.1, 11.4], token_counts=[1, 1],
+                            finished=11.4)
+    late = vs.RequestTrace(scheduled_s=2.0, submitted=12.0, token_times=[12.5], token_counts=[1], aborted=True)
+    out = vs.summarize([trace, other, late], 10.0, num_requests=4, output_len=5, ttft_slo_s=0.15)
+    assert (out["submitted"], out["completed"], out["aborted"], out["not_submitted"]) == (3, 2, 1, 1)
+    assert out["truncated"] and out["multi_token_outputs"] == 1
+    assert out["ttft_p50_ms"] == pytest.approx(150.0) and out["ttft_p90_ms"] == pytest.approx(190.0)
+    assert out["itl_p50_ms"] == pytest.approx(np.percentile([50, 150, 50, 300], 50))
+    assert out["completion_rate"] == pytest.approx(1 / (11.4 - 10.45))
+    assert out["achieved_rate"] == pytest.approx(2 / 2.0)
+    assert out["window_s"] == pytest.approx(12.5 - 10.0) and out["output_tokens"] == 5 + 2 + 1
+    assert out["goodput_fraction"] == pytest.approx(1 / 3)  # only `other` has TTFT <= 0.15 s
+    assert out["per_request"]["ttft_ms"] == pytest.approx([200.0, 100.0, 500.0])
+    assert out["per_request"]["e2e_ms"][2] is None
+    tpot_only = vs.summarize([trace, other], 10.0, num_requests=2, output_len=5, itl_slo_s=0.07)
+    assert tpot_only["goodput_fraction"] == 0.5  # TPOT 0.0625 s passes, 0.3 s does not
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from perfmodel.measuring.measure import main
+
+    out = tmp_path / "s.jsonl"
+    cases = [
+        (["--backend", "vllm", "--serving", "--rate=-2"], "bad rate -2"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--num-requests", "0"], "--num-requests"),
+        (["--backend", "vllm", "--serving", "--rate", "2,x"], "bad rate 'x'"),
+        (["--backend", "vllm", "--serving"], "--serving needs --rate"),
+        (["--backend", "hf", "--serving", "--rate", "2"], "use --backend vllm"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--input-len", "128,512"], "one --input-len"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--duration-s", "0"], "--duration-s"),
+        (["--backend", "vllm", "--rate", "2"], "--rate applies to --serving"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--dp", "2"], "without --dp"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--tp", "0"], "--tp must be"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--routing-probe"], "separate runs"),
+        (["--backend", "vllm", "--serving", "--rate", "2", "--max-num-seqs", "0"], "--max-num-seqs"),
+    ]
+    for args, expected in cases:
+        assert main(["olmoe", *args, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (args, err)
+    assert not out.exists()
+    with pytest.raises(InputError):
+        vs.poisson_arrivals(0.0, 10)
+
+
+def test_measured_percentiles_match_the_hand_computed_queue(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    # two slots: at 60 req/s the queue builds (each request holds a slot 0.12 s); at 2 req/s it never does
+    assert _measure(out, "--rate", "2,60", "--max-num-seqs", "2", "--seed", "5", "--ttft-slo", "0.2") == 0
+    (engine,) = engine_cls.instances
+    assert engine.shut and engine.args.max_num_seqs == 2 and engine.args.enable_prefix_caching is False
+    assert engine.args.load_format == "dummy" and engine.usage_context.name == "OPENAI_API_SERVER"
+    assert sum(r.startswith("warmup") for r in engine.submitted) == 1 + 2  # alone, then a burst of max_num_seqs
+    rows = {r["rate"]: r for r in _rows(out)}
+    assert set(rows) == {2.0, 60.0}
+    for rate, row in rows.items():
+        assert row["status"] == "ok" and row["mode"] == "serving" and row["completed"] == N
+        assert "rate=" + vs.rate_key(rate) in row["point_id"] and "serving=poisson" in row["point_id"]
+        assert row["engine"]["max_num_batched_tokens"] == 8192 and row["engine"]["max_num_seqs"] == 2
+        resolved = row["engine_detail"]["resolved"]
+        assert resolved["usage_context"] == "OPENAI_API_SERVER" and resolved["stream_interval"] == 1
+        arrivals = vs.poisson_arrivals(rate, N, seed=5)
+        assert row["per_request"]["arrival_s"] == pytest.approx(arrivals, abs=1e-6)
+        ttft, e2e = _fifo(arrivals, slots=2)
+        for q in (50, 90, 99):
+            assert row[f"ttft_p{q}_ms"] == pytest.approx(1e3 * np.percentile(ttft, q), abs=1e-3)
+            assert row[f"e2e_p{q}_ms"] == pytest.approx(1e3 * np.percentile(e2e, q), abs=1e-3)
+            assert row[f"itl_p{q}_ms"] == pytest.approx(1e3 * TOKEN_S, abs=1e-3)
+            assert row[f"tpot_p{q}_ms"] == pytest.approx(1e3 * TOKEN_S, abs=1e-3)
+        assert row["output_tokens"] == N * O and row["multi_token_outputs"] == 0
+        assert row["achieved_rate"] == pytest.approx((N - 1) / arrivals[-1])
+        finish = np.sort(np.array(arrivals) + e2e)
+        assert row["completion_rate"] == pytest.approx((N - 1) / (finish[-1] - finish[0]))
+        window = max(np.array(arrivals) + e2e)
+        assert row["window_s"] == pytest.approx(window) and row["output_tok_s"] == pytest.approx(N * O / window)
+        assert row["goodput_fraction"] == pytest.approx(np.mean(ttft <= 0.2))
+    # below saturation the engine keeps up; above it, it serves at its capacity, 2 slots / 0.12 s
+    assert rows[2.0]["ttft_p50_ms"] == pytest.approx(1e3 * PREFILL_S, abs=1e-3)
+    assert rows[60.0]["completion_rate"] == pytest.approx(2 / (PREFILL_S + (O - 1) * TOKEN_S), rel=0.05)
+    assert rows[60.0]["completion_rate"] < 0.5 * rows[60.0]["achieved_rate"]
+
+
+def test_rows_resume_by_point_id(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "4") == 0
+    assert _measure(out, "--rate", "4,8") == 0  # 4 is in the file: only 8 is measured
+    assert [r["rate"] for r in _rows(out)] == [4.0, 8.0]
+    assert len(engine_cls.instances) == 2
+    assert _measure(out, "--rate", "4,8") == 0  # nothing left: no engine is started
+    assert len(engine_cls.instances) == 2 and len(_rows(out)) == 2
+    assert _measure(out, "--rate", "4", "--seed", "1") == 0  # another schedule is another point
+    assert len(_rows(out)) == 3
+
+
+def test_duration_cap_stops_submitting_and_aborts_the_rest(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch)
+    engine_cls.TOKEN_S = 0.5  # each request holds its slot ~3.5 s
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "10", "--max-num-seqs", "1", "--duration-s", "2") == 0
+    (row,) = _rows(out)
+    arrivals = vs.poisson_arrivals(10.0, N, seed=0)
+    assert row["submitted"] == sum(a <= 2.0 for a in arrivals) < N
+    assert row["not_submitted"] == N - row["submitted"] and row["truncated"]
+    assert row["completed"] == 0 and row["aborted"] == row["submitted"]  # nothing finishes by 3 s
+    assert row["duration_cap_s"] == 2.0 and row["window_s"] <= 3.0 + 1e-9
+    assert any("not submitted" in n for n in row["notes"])
+
+
+def test_cumulative_outputs_and_coalesced_tokens(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch, delta=False)  # no RequestOutputKind: cumulative outputs
+    engine_cls.COALESCE = 3  # every third output carries two tokens
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "1") == 0
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["output_tokens"] == N * O
+    per_request = 3 if O >= 9 else 2  # outputs of two tokens in a request of O tokens
+    assert row["multi_token_outputs"] == N * per_request
+    assert row["itl_p99_ms"] == pytest.approx(2e3 * TOKEN_S, abs=1e-3)  # the gap before a double output
+
+
+def test_a_failing_request_makes_an_error_row(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch)
+    engine_cls.FAIL_AT = "r2-3"
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "2,4") == 0
+    rows = {r["rate"]: r for r in _rows(out)}
+    assert rows[2.0]["status"] == "error" and "1 of 40 requests failed" in rows[2.0]["error"]
+    assert rows[2.0]["failed"] == 1 and rows[4.0]["status"] == "ok"
+
+
+def test_an_engine_that_cannot_start_gives_a_row_per_rate(tmp_path, monkeypatch):
+    engine_cls = _install(tmp_path, monkeypatch)
+    engine_cls.FAIL_START = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "2,4") == 0
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["oom", "oom"] and [r["rate"] for r in rows] == [2.0, 4.0]
+    assert rows[0]["error"].startswith("engine start / warm-up: RuntimeError: CUDA out of memory")
+    assert _measure(out, "--rate", "2,4") == 0 and len(_rows(out)) == 2  # final, as oom sweep rows are
+
+
+def test_second_out_flag_wins(tmp_path, monkeypatch):
+    """scripts/device_vllm_serving.sh passes its own --out after device_vllm.sh's."""
+    _install(tmp_path, monkeypatch)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert _measure(first, "--rate", "4", "--out", str(second)) == 0
+    assert not first.exists() and len(_rows(second)) == 1
+
+
+def test_budget_share_follows_the_expected_spans():
+    spec = vs.ServingSpec(model="olmoe", rates=(2.0, 8.0), num_requests=101, duration_s=None)
+    cap = vs.rate_cap(spec, [2.0, 8.0], left_s=150.0)
+    assert cap == pytest.approx(150.0 / vs.DRAIN_FACTOR * 50 / (50 + 12.5))
+    assert vs.rate_cap(spec, [8.0], left_s=150.0) == pytest.approx(100.0)
+    capped = vs.ServingSpec(model="olmoe", rates=(8.0,), num_requests=101, duration_s=30.0)
+    assert vs.rate_cap(capped, [8.0], None) == 30.0 and vs.rate_cap(capped, [8.0], 15.0) == pytest.approx(10.0)
+    assert math.isclose(vs.rate_cap(capped, [8.0], 1e6), 30.0)
