@@ -63,6 +63,23 @@ def test_config_json_and_requests():
         vb.sampling_kwargs(128, "beam")
 
 
+def test_routing_simulation_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):
+    import os
+
+    assert "routing" not in vb.point_settings()  # the model's own router: ids as before
+    assert vb.point_settings(routing="uniform_random")["routing"] == "uniform_random"
+    with pytest.raises(ValueError, match="unknown routing"):
+        vb.point_settings(routing="zipf")
+    simulated = build_points(["olmoe"], [1], [[128]], backend="vllm",
+                             settings=vb.point_settings(routing="uniform_random"))[0]
+    assert "routing=uniform_random" in simulated.point_id
+    monkeypatch.delenv("VLLM_MOE_ROUTING_SIMULATION_STRATEGY", raising=False)
+    assert vb.apply_routing(simulated) == "uniform_random"
+    assert os.environ["VLLM_MOE_ROUTING_SIMULATION_STRATEGY"] == "uniform_random"
+    own = build_points(["olmoe"], [1], [[128]], backend="vllm", settings=vb.point_settings())[0]
+    assert vb.apply_routing(own) == "model" and "VLLM_MOE_ROUTING_SIMULATION_STRATEGY" not in os.environ
+
+
 def test_sampling_is_part_of_the_point_id_and_defaults_to_random():
     assert vb.point_settings()["sampling"] == "random"
     greedy = build_points(["olmoe"], [1], [[128]], backend="vllm",
@@ -87,7 +104,7 @@ def test_measure_without_vllm_raises_input_error(tmp_path):
         measure(model="olmoe", backend="vllm", batch="1", input_len="128", output_len=None, set_=None,
                 layers=None, experts_impl="grouped_mm", full_run=None, out=tmp_path / "v.jsonl", budget_s=None,
                 cuda_graphs=True, profile=True, tp=1, expert_parallel=False, quantization=None,
-                moe_backend="triton", sampling="random")
+                moe_backend="triton", sampling="random", routing="model")
     assert str(err.value) == VLLM_MISSING == "vllm is not installed (pip install 'perfmodel[vllm]')"
     assert not (tmp_path / "v.jsonl").exists()
 
@@ -131,3 +148,13 @@ def test_engine_times_from_request_metrics():
     assert t["engine_itl_ms"] == pytest.approx(11.0)
     assert t["engine_ttft_ms"] == pytest.approx(60.0)
     assert vb.engine_times([NS(metrics=None)], 100) == {"engine_itl_ms": None, "engine_ttft_ms": None}
+
+
+def test_unknown_routing_is_one_line(capsys):
+    from perfmodel.commands import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["measure", "olmoe", "--backend", "vllm", "--routing", "zipf"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["perfmodel: error: unknown --routing 'zipf' (model or uniform_random)"]

@@ -138,6 +138,8 @@ def measure(
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
     sampling: str = typer.Option("random", "--sampling",
                                  help="vllm: decode tokens sampled at temperature 1 (random) or greedy."),
+    routing: str = typer.Option("model", "--routing",
+                                help="vllm: the model's router (model) or vLLM's routing simulator (uniform_random)."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -173,13 +175,16 @@ def measure(
         raise InputError(f"unknown --experts-impl '{experts_impl}' (one of: {', '.join(EXPERTS_IMPLS)})")
     if backend == "vllm" and sampling not in ("random", "greedy"):
         raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
+    if backend == "vllm" and routing not in ("model", "uniform_random"):
+        raise InputError(f"unknown --routing '{routing}' (model or uniform_random)")
     if serving is True:
         from perfmodel.measuring import vllm_backend, vllm_serving
 
         vllm_serving.check_engine_args(backend, routing_probe, dp)
         check_layout(backend, tp, pp, dp, [1], False)
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
-                                               moe_backend=moe_backend, sampling=sampling, pp=pp)
+                                               moe_backend=moe_backend, sampling=sampling, pp=pp,
+                                               routing=routing)
         return vllm_serving.serving_command(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
@@ -205,7 +210,7 @@ def measure(
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend,
-                                               sampling=sampling, pp=pp, dp=dp)
+                                               sampling=sampling, pp=pp, dp=dp, routing=routing)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

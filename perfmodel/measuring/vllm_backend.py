@@ -92,14 +92,27 @@ def vllm_available() -> bool:
 SAMPLINGS = ("random", "greedy")
 
 
+#: How the fused-MoE router picks experts: "model" (the model's own router on its dummy weights)
+#: or a strategy of vLLM's routing simulator (``VLLM_MOE_ROUTING_SIMULATION_STRATEGY``):
+#: "uniform_random" draws each token's top-k uniformly at random, the routing the model assumes.
+#: With dummy weights some routers tie (DeepSeek-V2's softmax of bf16 logits in bf16 gives every
+#: token the same experts: :mod:`perfmodel.measuring.vllm_routing`), so "uniform_random" is how
+#: such a model is measured at a realistic routing.
+ROUTINGS = ("model", "uniform_random")
+_ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
+
+
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
-                   dp: int = 1) -> dict[str, str]:
+                   dp: int = 1, routing: str = "model") -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
-    (independent engine replicas) appear only above 1, so the ids of one-stage, one-replica
-    points are those of the rows measured before these settings existed."""
+    (independent engine replicas) appear only above 1, and ``routing`` only when it is not the
+    model's own, so the ids of such points are those of the rows measured before these settings
+    existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing '{routing}' (one of: {', '.join(ROUTINGS)})")
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -111,7 +124,20 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         "sampling": sampling,
     }
     settings.update({name: str(int(value)) for name, value in (("pp", pp), ("dp", dp)) if int(value) > 1})
+    if routing != "model":
+        settings["routing"] = routing
     return settings
+
+
+def apply_routing(point: SweepPoint) -> str:
+    """Set (or clear) vLLM's routing-simulator variable for the engine about to be built for
+    ``point`` (read when the model's MoE layers are constructed); returns the routing."""
+    routing = _settings(point).get("routing", "model")
+    if routing == "model":
+        os.environ.pop(_ROUTING_ENV, None)
+    else:
+        os.environ[_ROUTING_ENV] = routing
+    return routing
 
 
 def layout_degrees(settings: dict[str, str]) -> dict[str, int]:
@@ -285,6 +311,7 @@ class VLLMBackend:
             kwargs["enforce_eager"] = True
         self.log(f"vllm engine: {kwargs}")
         t0 = time.perf_counter()
+        apply_routing(points[0])
         llm = LLM(**kwargs)
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)

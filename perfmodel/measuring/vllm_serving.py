@@ -426,6 +426,7 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
+        vb.apply_routing(point)
         llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context)
     except BaseException:
         tmp.cleanup()

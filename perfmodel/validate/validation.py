@@ -105,7 +105,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                 input_len=LIVE_LENGTHS, output_len=None, set_=None, layers=None,
                 experts_impl="grouped_mm", full_run=None, out=path, budget_s=None,
                 cuda_graphs=True, profile=True, tp=1, expert_parallel=False, pp=1, dp=1,
-                quantization=None, moe_backend="triton", sampling="random", routing_probe=False,
+                quantization=None, moe_backend="triton", sampling="random", routing="model", routing_probe=False,
                 allow_cpu=False)
         mode = "live"
     else:
