@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call on a machine of several GPUs (<= 9.5 min wall): the collectives, then vLLM over
+# One run on a machine of several GPUs (<= 9.5 min wall): the collectives, then vLLM over
 # tensor, expert and pipeline parallel layouts (the seed study's E7, 1 -> 4 GPUs, and Mixtral-8x7B
 # at TP=4, the paper's setup), at B in {1, 16, 64} and S = O in {128, 2048}.
 #
@@ -12,7 +12,7 @@
 #    (nvidia-smi -L | wc -l), in order: each entry in a process of its own with its own budget,
 #    multi-GPU entries under vLLM's default multiprocessing engine (see device_vllm.sh).
 # Resumable: RESUME_FROM (default validate/results/h200-vllm.jsonl) is copied into $OUT/vllm.jsonl
-# first, so points measured before (by an earlier call, or the committed one-GPU rows) are skipped;
+# first, so points measured before (by an earlier run, or the committed one-GPU rows) are skipped;
 # run the same command again until the log says nothing is left.
 # vLLM's expert parallelism reuses the tp GPUs of a pipeline stage (whole experts, E/tp on each),
 # so "PP+EP" is PP=2 x TP=2 with EP on 4 GPUs (with tp = 1, EP changes nothing).

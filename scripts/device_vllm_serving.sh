@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call (lent GPU, <= 9.5 min wall): vLLM serving under Poisson arrivals (the async engine,
+# One run on a GPU machine (<= 9.5 min wall): vLLM serving under Poisson arrivals (the async engine,
 # `perfmodel measure --serving`), one process per model, through scripts/device_vllm.sh (its
 # budgets, timeouts, engine logs and resume).
 #
@@ -11,7 +11,7 @@
 # and every rate: the rates share what is left in proportion to their expected spans (N-1)/rate,
 # each also capped by --duration-s when given. A budget cut leaves the unmeasured rates for a
 # rerun of the same plan. Outputs: $OUT/vllm-serving.jsonl (one row per rate), $OUT/vllm.log,
-# $OUT/engine-logs.tgz. Env: OUT, PLAN, RESUME_FROM (rows of earlier calls, copied first; default
+# $OUT/engine-logs.tgz. Env: OUT, PLAN, RESUME_FROM (rows of earlier runs, copied first; default
 # validate/results/h200-vllm-serving.jsonl if present), TOTAL_BUDGET (default 540 s), PYTHON.
 set -u -o pipefail
 cd "$(dirname "$0")/.."

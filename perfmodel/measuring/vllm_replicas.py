@@ -150,6 +150,7 @@ class DataParallelBackend:
         return self.local.describe(point)
 
     def estimate_s(self, handle, point: SweepPoint) -> float:
+        """Expected time of the point, s: one replica's, at B/dp (the replicas run in parallel)."""
         return self.local.estimate_s(None, replica_point(point, self.dp))
 
     def _ask(self, replicas, kind: str, payload) -> list[Any]:

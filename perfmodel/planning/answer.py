@@ -15,7 +15,8 @@ SWEEP_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def rate_sweep(search: Search, chosen: Evaluation) -> list[dict[str, Any]]:
-    """Latency percentiles of the chosen deployment at multiples of the rate (simulated)."""
+    """Latency percentiles (s) of the chosen deployment at multiples of the rate (req/s),
+    simulated."""
     from perfmodel.planning.disagg import simulate_pair
 
     rows = []

@@ -25,11 +25,16 @@ M/D/1 queue) and a decode pool (prompts arrive computed: φ = 0).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import sympy as sp
 from scipy.special import gammaln
+
+from perfmodel import symbols
+from perfmodel.phases import prefill_steps
 
 from perfmodel.planning.simulate import EngineLimits
 from perfmodel.planning.steptime import StepTimes
@@ -40,6 +45,13 @@ _CURVE_POINTS = 48
 _QS = (50, 90, 99)
 #: Standard exponential quantiles for the waiting-time tail of the prefill pool.
 _EXP_Q = {50: math.log(2.0), 90: math.log(10.0), 99: math.log(100.0)}
+
+
+@functools.cache
+def _prefill_steps_fn():
+    """Steps of a chunked prefill, ⌈B·S/M⌉ (:func:`perfmodel.phases.prefill_steps`), as a numpy
+    function of (B, S, M)."""
+    return sp.lambdify((symbols.B, symbols.S, symbols.M_chunk), prefill_steps(), "numpy")
 
 
 def _inf() -> dict[str, float]:
@@ -155,7 +167,7 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
     budget = limits.max_batched_tokens
     rate_s = steps.prefill_rate(mean_in)
     chunk1 = min(mean_in, budget)
-    single = steps.step(0.0, 1.0, chunk1, chunk1 * rate_s) * math.ceil(mean_in / budget)
+    single = steps.step(0.0, 1.0, chunk1, chunk1 * rate_s) * float(_prefill_steps_fn()(1.0, mean_in, budget))
     empty = np.zeros((0,))
     if kind == "prefill":
         full = steps.step(0.0, 1.0, budget, budget * rate_s)
@@ -178,7 +190,7 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
     d = steps.steps(np.maximum(k, 1.0), context, 0.0, 0.0)  # (1, K)
     m, phi = d, np.zeros_like(ns)
     room = np.maximum(budget - ns, 1.0)
-    chunks = np.ceil(mean_in / room)
+    chunks = _prefill_steps_fn()(1.0, mean_in, room)
     tokens = (pk * k / d).sum(axis=1, keepdims=True)
     lam = tokens / decode_steps
     p = mean_in / chunks

@@ -162,8 +162,8 @@ class StepTimes:
         return np.where(p > 0, np.maximum(t, self.floor_s), t)
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float) -> float:
-        """One step: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens whose
-        sequence ops take ``prompt_time`` (Σ tokens · :meth:`prefill_rate`)."""
+        """One step's time, s: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens
+        whose sequence ops take ``prompt_time`` s (Σ tokens · :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         return max(t, self.floor_s) if prompt_tokens > 0 else t
 

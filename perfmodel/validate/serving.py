@@ -198,6 +198,48 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     }
 
 
+#: Fields an ok serving row must hold as numbers: the nominal rate (req/s) and the integers of
+#: the run (tokens, sequences, requests).
+_ROW_NUMBERS = {"rate": False, "input_len": True, "output_len": True, "max_num_seqs": True,
+                "num_requests": True}
+#: Measured fields that are numbers when present (ms, req/s).
+_ROW_MEASURED = (*(field for field, _, _ in LATENCY.values()), "achieved_rate", "completion_rate")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """Refuse (:class:`perfmodel.errors.InputError`, one line) an ok serving row that lacks the
+    fields a replay reads, or holds them in another form."""
+    name = row.get("point_id") or "without a point_id"
+    if not isinstance(row.get("model"), str) or not row["model"]:
+        raise InputError(f"malformed serving row {name}: no 'model'")
+    if not isinstance(row.get("point_id"), str):
+        raise InputError(f"malformed serving row of {row['model']}: no 'point_id'")
+    for field, whole in _ROW_NUMBERS.items():
+        value = row.get(field)
+        if not _number(value) or (whole and not float(value).is_integer()):
+            raise InputError(f"malformed serving row {name}: '{field}' must be a "
+                             f"{'whole ' if whole else ''}number, got {value!r}")
+    for field in _ROW_MEASURED:
+        value = row.get(field)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise InputError(f"malformed serving row {name}: '{field}' must be a number, got {value!r}")
+    engine = row.get("engine") or {}
+    if not isinstance(engine, dict):
+        raise InputError(f"malformed serving row {name}: 'engine' must be a mapping")
+    for field, value in [*((f"engine.{k}", engine.get(k)) for k in ("tp", "pp", "dp")), ("seed", row.get("seed"))]:
+        if value is not None and not (_number(value) and float(value).is_integer()):
+            raise InputError(f"malformed serving row {name}: '{field}' must be a whole number, got {value!r}")
+    overrides = row.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise InputError(f"malformed serving row {name}: 'overrides' must be a list of KEY=VALUE strings")
+    if row.get("gpu_name") is not None and not isinstance(row["gpu_name"], str):
+        raise InputError(f"malformed serving row {name}: 'gpu_name' must be a string")
+
+
 def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                     model: str = "all") -> dict[str, Any]:
     """Predicted vs measured for every ok serving row (of ``model``, or all): ``points`` (one
@@ -212,6 +254,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     for row in rows:
         if row.get("status") != "ok" or row.get("mode") != "serving":
             continue
+        check_row(row)
         if wanted is not None and _canonical(row["model"]) != wanted:
             continue
         spec_gpu = gpu_spec_name(row.get("gpu_name"), gpu)

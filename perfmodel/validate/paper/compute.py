@@ -554,6 +554,9 @@ def compute_effects(study: Study, ctx: Context) -> list[EffectResult]:
             results.append(not_expressible(effect, f"Not expressible on {ctx.gpu} with the {ctx.engine} "
                                                    f"profile: {exc}."))
             continue
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a study file's setup without its keys
+            raise SpecError(f"effect {effect.id}: its setup lacks what its prediction reads "
+                            f"({type(exc).__name__}: {exc})") from None
         results.append(judge(effect, computed, study.study.tolerance_pp))
     return results
 
