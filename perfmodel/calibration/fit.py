@@ -227,12 +227,15 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
 
 
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
-                       held_out: tuple[str, ...], note: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+                       held_out: tuple[str, ...], note: str = "",
+                       band_exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Residuals of a profile on every committed one-GPU row (``results`` and its what-if file),
     per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
-    validation reports those rows per layout)."""
+    validation reports those rows per layout). ``band_exclude``: a predicate on rows (with the
+    reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
+    did not run the routing the model assumes."""
     from perfmodel.measuring.compare import load_measurements, what_if_file
 
     rows = load_measurements(results)
@@ -252,8 +255,13 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     held = stats["held-out"]
     if not held:
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
+    excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
+    banded = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
+    if banded.empty:
+        raise SpecError(f"{results}: every held-out row is excluded from the band")
+    p90 = banded.groupby("metric")["rel_error"].apply(lambda e: e.abs().quantile(0.9))
     band = {
-        **{m: _sig(held[m]["p90_abs_pct"] / 100) for m in ("ttft", "decode_step", "e2e", "throughput")},
+        **{m: _sig(float(p90[m])) for m in ("ttft", "decode_step", "e2e", "throughput")},
         "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
                    f"and on hypothetical variants (what-if results){note}"),
     }

@@ -185,16 +185,16 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     return {name: _sig(value) for name, value in _quant_entry(x).items()}
 
 
-def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
-    """Models whose measured decode step is shorter than the HBM floor of uniform routing
-    (weights of the expected distinct experts, every other weight and the KV cache read once at
-    the GPU's datasheet bandwidth): measured/floor, worst point per model, where < 1."""
+def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str], float]:
+    """(model, quantization) → the lowest measured/floor ratio of its as-built rows, where < 1:
+    the decode step beat the HBM floor of uniform routing (weights of the expected distinct
+    experts, every other weight and the KV cache read once at the GPU's datasheet bandwidth)."""
     from perfmodel.measuring.compare import row_quant
     from perfmodel.prediction import predict
     from perfmodel.specs.hardware import load_gpu
 
     bandwidth = load_gpu(gpu).hbm_bandwidth_tb_s * 1e12
-    worst: dict[str, float] = {}
+    worst: dict[tuple[str, str], float] = {}
     for row in rows:
         if row.get("status") != "ok" or row.get("overrides") or row.get("layers"):
             continue
@@ -202,8 +202,18 @@ def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, 
                     context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth
         ratio = row["itl_ms"] * 1e-3 / floor
+        key = (row["model"], row_quant(row) or "bf16")
         if ratio < 1.0:
-            worst[row["model"]] = min(ratio, worst.get(row["model"], 1.0))
+            worst[key] = min(ratio, worst.get(key, 1.0))
+    return worst
+
+
+def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
+    """Models whose measured decode step is shorter than the HBM floor of uniform routing:
+    measured/floor, worst point per model, where < 1 (:func:`_floor_ratios`)."""
+    worst: dict[str, float] = {}
+    for (model, _), ratio in _floor_ratios(rows, gpu).items():
+        worst[model] = min(ratio, worst.get(model, 1.0))
     return {m: _sig(r, 3) for m, r in sorted(worst.items())}
 
 
@@ -211,7 +221,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import load_measurements, what_if_file
+    from perfmodel.measuring.compare import load_measurements, row_quant, what_if_file
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
@@ -230,11 +240,19 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       "(vLLM --quantization), the bf16 fit held fixed")}
         quant_fits[scheme] = len(quant_rows)
-    stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out,
-                                                   ", vLLM dummy weights as measured")
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
+    collapsed = sorted(_floor_ratios(one_gpu_rows(all_rows), gpu))
+    note = ""
+    if collapsed:
+        note = ("; not from the rows of " + ", ".join(f"{m} {q}" for m, q in collapsed)
+                + ": some of their decode steps beat the HBM floor of uniform routing, so vLLM's dummy "
+                "weights routed them to fewer experts than real weights do (their residuals are in "
+                "fit.residuals and the validation report)")
+    stats, base["error_band"] = held_out_residuals(
+        base, results, gpu, train, held_out, note,
+        band_exclude=lambda r: (r["model"], row_quant(r) or "bf16") in collapsed)
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
@@ -251,5 +269,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "quantization_rows": quant_fits,
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
+        "band_excludes": [f"{m} {q}" for m, q in collapsed],
     }
     return base
