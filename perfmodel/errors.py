@@ -11,3 +11,12 @@ class SpecError(PerfModelError):
 
 class InputError(PerfModelError):
     """A workload or option value is invalid."""
+
+
+def validation_message(exc) -> str:
+    """The first error of a pydantic ``ValidationError`` as one line: ``field.path: reason``
+    (pydantic's "Value error, " prefix dropped; the path left out when the error is the model's)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg

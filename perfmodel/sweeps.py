@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import ValidationError
 
-from perfmodel.errors import InputError
+from perfmodel.errors import InputError, validation_message
 from perfmodel.graph import model_values
 from perfmodel.prediction import (
     COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
@@ -232,9 +232,7 @@ def _with_fields(model: ModelSpec, point: dict[str, Any]) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InputError(f"invalid model: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
+        raise InputError(f"invalid model: {validation_message(exc)}") from None
 
 
 def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],

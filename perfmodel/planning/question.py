@@ -27,7 +27,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
 )
 
-from perfmodel.errors import InputError
+from perfmodel.errors import InputError, validation_message
 from perfmodel.specs.files import read_mapping
 
 #: Percentile keys a length distribution may be given by, and their standard-normal quantiles.
@@ -143,13 +143,6 @@ def parse_length(text: str, flag: str) -> Length:
     return out  # type: ignore[return-value]
 
 
-def _one_line(exc: ValidationError, where: str) -> InputError:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return InputError(f"{where}: {loc + ': ' if loc else ''}{msg}")
-
-
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -174,7 +167,7 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     try:
         return PlanQuestion(**data)
     except ValidationError as exc:
-        raise _one_line(exc, "invalid plan question") from None
+        raise InputError(f"invalid plan question: {validation_message(exc)}") from None
 
 
 class Lengths:

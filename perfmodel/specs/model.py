@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from perfmodel.errors import InputError
+from perfmodel.errors import InputError, validation_message
 from perfmodel.specs.families import MAX_INT, family
 from perfmodel.specs.zoo import load_hf_config
 
@@ -137,10 +137,7 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         return ModelSpec(name=name, attention=AttentionSpec(**attention),
                          moe=MoESpec(**moe) if moe else None, **fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InputError(f"invalid model: {loc + ': ' if loc else ''}{msg}") from None
+        raise InputError(f"invalid model: {validation_message(exc)}") from None
 
 
 class _ReadRecorder(dict):

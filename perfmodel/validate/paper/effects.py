@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from perfmodel import paths
-from perfmodel.errors import SpecError
+from perfmodel.errors import SpecError, validation_message
 from perfmodel.specs.files import read_mapping
 
 #: The study the report checks by default.
@@ -167,6 +167,4 @@ def load_study(name: str | Path = DEFAULT_STUDY) -> Study:
     try:
         return Study.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise SpecError(f"{path}: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
+        raise SpecError(f"{path}: {validation_message(exc)}") from None
