@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import math
 import sys
 import textwrap
@@ -414,3 +415,16 @@ def test_budget_share_follows_the_expected_spans():
     capped = vs.ServingSpec(model="olmoe", rates=(8.0,), num_requests=101, duration_s=30.0)
     assert vs.rate_cap(capped, [8.0], None) == 30.0 and vs.rate_cap(capped, [8.0], 15.0) == pytest.approx(10.0)
     assert math.isclose(vs.rate_cap(capped, [8.0], 1e6), 30.0)
+
+
+def test_engine_core_process_is_spawned_not_forked(tmp_path, monkeypatch):
+    """AsyncLLM starts its engine core in a process of its own after this process has touched
+    CUDA: a forked child could not initialise the device again, so the start method is spawn
+    (unless the user chose one)."""
+    _install(tmp_path, monkeypatch)
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    assert _measure(tmp_path / "serving.jsonl", "--rate", "4") == 0
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    assert _measure(tmp_path / "serving.jsonl", "--rate", "8") == 0
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"

@@ -57,6 +57,7 @@ import datetime as _dt
 import inspect
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -70,6 +71,8 @@ from perfmodel.measuring import results
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.runner import one_line
 
+#: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
+_WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 #: Requests still running at this multiple of a rate's duration cap are aborted.
 DRAIN_FACTOR = 1.5
 #: A rate whose share of the time budget is below this (s) is not started.
@@ -427,6 +430,9 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
         vb.apply_routing(point)
+        # AsyncLLM always runs its engine core in a process of its own; this process has already
+        # initialised CUDA (provenance, GPU checks), and a forked child cannot use it again.
+        os.environ.setdefault(_WORKER_METHOD_ENV, "spawn")
         llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context)
     except BaseException:
         tmp.cleanup()
