@@ -309,7 +309,7 @@ def test_measured_percentiles_match_the_hand_computed_queue(tmp_path, monkeypatc
     (engine,) = engine_cls.instances
     assert engine.shut and engine.args.max_num_seqs == 2 and engine.args.enable_prefix_caching is False
     assert engine.args.load_format == "dummy" and engine.usage_context.name == "OPENAI_API_SERVER"
-    assert sum(r.startswith("warmup") for r in engine.submitted) == 1 + 2  # alone, then a burst of max_num_seqs
+    assert sum(r.startswith(("warmup-alone", "warmup-burst")) for r in engine.submitted) == 1 + 2  # alone, then a burst of max_num_seqs
     rows = {r["rate"]: r for r in _rows(out)}
     assert set(rows) == {2.0, 60.0}
     for rate, row in rows.items():
@@ -428,3 +428,23 @@ def test_engine_core_process_is_spawned_not_forked(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
     assert _measure(tmp_path / "serving.jsonl", "--rate", "8") == 0
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+
+
+def test_warmup_steps_hold_each_fused_moe_config_size():
+    groups = vs.warmup_steps(max_tokens=2048, input_len=1000)
+    assert [sum(g) for g in groups] == [t for t in vs.FUSED_MOE_CONFIG_TOKENS if t <= 2048]
+    assert groups[-1] == [1000, 1000, 48] and groups[0] == [1]
+    assert all(max(g) <= 1000 for g in groups)
+
+
+def test_warm_up_runs_one_step_of_each_config_size(tmp_path, monkeypatch):
+    """Before timing, the engine sees one group of prompts per fused-MoE config size up to its
+    token budget (8192 in the stand-in), so no Triton compile lands inside a timed rate."""
+    engine_cls = _install(tmp_path, monkeypatch)
+    assert _measure(tmp_path / "serving.jsonl", "--rate", "4") == 0
+    (engine,) = engine_cls.instances
+    sizes = {int(r.split("-")[1].removeprefix("step")) for r in engine.submitted if r.startswith("warmup-step")}
+    assert sizes == set(vs.FUSED_MOE_CONFIG_TOKENS)
+    timed = [i for i, r in enumerate(engine.submitted) if not r.startswith("warmup")]
+    warm = [i for i, r in enumerate(engine.submitted) if r.startswith("warmup")]
+    assert timed and max(warm) < min(timed)

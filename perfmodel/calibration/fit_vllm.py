@@ -185,11 +185,13 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     return {name: _sig(value) for name, value in _quant_entry(x).items()}
 
 
-def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str], float]:
-    """(model, quantization) → the lowest measured/floor ratio of its as-built rows, where < 1:
-    the decode step beat the HBM floor of uniform routing (weights of the expected distinct
-    experts, every other weight and the KV cache read once at the GPU's datasheet bandwidth)."""
-    from perfmodel.measuring.compare import row_quant
+def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, str], float]:
+    """(model, quantization, routing) → the lowest measured/floor ratio of its as-built rows,
+    where < 1: the decode step beat the HBM floor of uniform routing (weights of the expected
+    distinct experts, every other weight and the KV cache read once at the GPU's datasheet
+    bandwidth). Routing is the row's (:func:`~perfmodel.measuring.compare.row_routing`): the
+    same model run through vLLM's routing simulator is a group of its own."""
+    from perfmodel.measuring.compare import row_quant, row_routing
     from perfmodel.prediction import predict
     from perfmodel.specs.hardware import load_gpu
 
@@ -202,17 +204,22 @@ def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str],
                     context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth
         ratio = row["itl_ms"] * 1e-3 / floor
-        key = (row["model"], row_quant(row) or "bf16")
+        key = (row["model"], row_quant(row) or "bf16", row_routing(row))
         if ratio < 1.0:
             worst[key] = min(ratio, worst.get(key, 1.0))
     return worst
+
+
+def _group_name(model: str, quant: str, routing: str) -> str:
+    """``model quant``, and the routing where it is not the model's own."""
+    return f"{model} {quant}" + ("" if routing == "model" else f" routing={routing}")
 
 
 def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
     """Models whose measured decode step is shorter than the HBM floor of uniform routing:
     measured/floor, worst point per model, where < 1 (:func:`_floor_ratios`)."""
     worst: dict[str, float] = {}
-    for (model, _), ratio in _floor_ratios(rows, gpu).items():
+    for (model, *_), ratio in _floor_ratios(rows, gpu).items():
         worst[model] = min(ratio, worst.get(model, 1.0))
     return {m: _sig(r, 3) for m, r in sorted(worst.items())}
 
@@ -221,7 +228,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import load_measurements, row_quant, what_if_file
+    from perfmodel.measuring.compare import load_measurements, row_quant, row_routing, what_if_file
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
@@ -246,13 +253,13 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     collapsed = sorted(_floor_ratios(one_gpu_rows(all_rows), gpu))
     note = ""
     if collapsed:
-        note = ("; not from the rows of " + ", ".join(f"{m} {q}" for m, q in collapsed)
+        note = ("; not from the rows of " + ", ".join(_group_name(*key) for key in collapsed)
                 + ": some of their decode steps beat the HBM floor of uniform routing, so vLLM's dummy "
                 "weights routed them to fewer experts than real weights do (their residuals are in "
                 "fit.residuals and the validation report)")
     stats, base["error_band"] = held_out_residuals(
         base, results, gpu, train, held_out, note,
-        band_exclude=lambda r: (r["model"], row_quant(r) or "bf16") in collapsed)
+        band_exclude=lambda r: (r["model"], row_quant(r) or "bf16", row_routing(r)) in collapsed)
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
@@ -269,6 +276,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "quantization_rows": quant_fits,
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
-        "band_excludes": [f"{m} {q}" for m, q in collapsed],
+        "band_excludes": [_group_name(*key) for key in collapsed],
     }
     return base

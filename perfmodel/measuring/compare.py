@@ -73,6 +73,13 @@ def row_quant(row: dict[str, Any]) -> str | None:
     return None if quant == "none" else str(quant)
 
 
+def row_routing(row: dict[str, Any]) -> str:
+    """How a measured row's experts were chosen: ``model`` (the model's own router on vLLM's
+    dummy weights) or a strategy of vLLM's routing simulator (``uniform_random``), from its
+    point id."""
+    return _id_settings(row).get("routing", "model")
+
+
 def row_overrides(row: dict[str, Any]) -> list[str]:
     """The ``--set`` overrides a measured row was built with, layer truncation included."""
     overrides = list(row.get("overrides") or [])

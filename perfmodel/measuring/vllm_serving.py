@@ -6,7 +6,8 @@
 caching off, CUDA graphs captured up to ``max_num_seqs``, the MoE kernel pinned), and vLLM's
 defaults for ``vllm serve`` otherwise (its usage context, so the same prefill chunk a server gets).
 It warms the engine up (one request alone, then a burst of up to :data:`WARMUP_BURST` at once,
-:data:`WARMUP_OUTPUT` tokens each: every prefill and decode shape JIT-compiled before timing), then,
+:data:`WARMUP_OUTPUT` tokens each, then one step of each token count at which the fused-MoE
+kernel changes tile config: every prefill and decode shape JIT-compiled before timing), then,
 for each rate, submits N requests of S random token ids (:func:`vllm_backend.make_requests`) at
 seeded Poisson arrival times (:func:`poisson_arrivals`), each from its own asyncio task, and
 streams their outputs (``RequestOutputKind.DELTA`` where this vLLM has it, else cumulative).
@@ -81,6 +82,11 @@ MIN_RATE_S = 10.0
 WARMUP_BURST = 64
 #: ... of at most this many output tokens each.
 WARMUP_OUTPUT = 16
+#: Token counts of one engine step at which vLLM's fused-MoE kernel changes tile config (the
+#: ``M`` keys of vLLM's tuned config files; it takes the config of the key nearest a step's
+#: tokens): each is JIT-compiled by Triton on first use, a stall of about a second, so the
+#: warm-up runs one step of each count up to the step's token budget.
+FUSED_MOE_CONFIG_TOKENS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 #: Percentiles reported per metric.
 PERCENTILES = (50, 90, 99)
 #: Latency metrics of a row (milliseconds).
@@ -480,16 +486,40 @@ async def stop_engine(engine: Engine | None) -> None:
             engine.tmp.cleanup()
 
 
+def warmup_steps(max_tokens: int, input_len: int) -> list[list[int]]:
+    """Prompt lengths of the warm-up's single-step groups: one group per fused-MoE config token
+    count (:data:`FUSED_MOE_CONFIG_TOKENS`) up to ``max_tokens`` (the engine's
+    max_num_batched_tokens), each made of prompts of at most ``input_len`` tokens that together
+    hold exactly that many tokens, so that the group's prefill is one step of that size."""
+    groups = []
+    for tokens in FUSED_MOE_CONFIG_TOKENS:
+        if tokens > max_tokens:
+            break
+        full, rest = divmod(tokens, input_len)
+        groups.append([input_len] * full + ([rest] if rest else []))
+    return groups
+
+
 async def warm_up(engine: Engine, spec: ServingSpec, clock: Callable[[], float]) -> float:
-    """One request alone, then a burst of min(max_num_seqs, WARMUP_BURST) at once; seconds taken."""
+    """One request alone, a burst of min(max_num_seqs, WARMUP_BURST) at once, then one step of
+    each fused-MoE config size (:func:`warmup_steps`, one output token each); seconds taken."""
     from perfmodel.measuring.vllm_backend import make_requests
 
     t0 = clock()
     o = min(spec.output_len, WARMUP_OUTPUT)
     burst = min(spec.max_num_seqs, WARMUP_BURST)
     prompts = make_requests(1 + burst, spec.input_len, engine.vocab, seed=spec.seed + 1)
-    for name, group in (("warmup-alone", prompts[:1]), ("warmup-burst", prompts[1:])):
-        traces, _ = await run_schedule(engine.llm, group, [0.0] * len(group), lambda: engine.make_params(o),
+    groups = [("warmup-alone", prompts[:1], o), ("warmup-burst", prompts[1:], o)]
+    budget = engine.settings.get("max_num_batched_tokens")
+    budget = budget if isinstance(budget, int) and budget > 0 else spec.input_len
+    for i, lengths in enumerate(warmup_steps(budget, spec.input_len)):
+        if len(lengths) > spec.max_num_seqs:
+            break
+        group = [make_requests(1, n, engine.vocab, seed=spec.seed + 2 + i + j)[0] for j, n in enumerate(lengths)]
+        groups.append((f"warmup-step{sum(lengths)}", group, 1))
+    for name, group, tokens in groups:
+        traces, _ = await run_schedule(engine.llm, group, [0.0] * len(group),
+                                       lambda tokens=tokens: engine.make_params(tokens),
                                        clock=clock, delta=engine.delta, request_prefix=name)
         failed = [t.error for t in traces if t.error]
         if failed:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from perfmodel import paths, sweep
-from perfmodel.measuring.compare import row_overrides, row_quant, what_if_file
+from perfmodel.measuring.compare import row_overrides, row_quant, row_routing, what_if_file
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
 
@@ -34,7 +34,7 @@ RESULTS_FILE = paths.RESULTS_DIR / "h200-vllm.jsonl"
 #: Samplings in order of preference when both sides have both.
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
-KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "top_k", "ffn", "num_experts")
+KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts")
 
 
 def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
@@ -63,13 +63,14 @@ def _shape(model: str, overrides: tuple[str, ...]) -> tuple[int, int | None, int
 
 
 def knobs(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's identity as the effects see it: layers, B, S, O, GPU count, quantization and the
-    MoE shape it ran (top_k, expert FFN width, experts: its overrides over the model's own)."""
+    """A row's identity as the effects see it: layers, B, S, O, GPU count, quantization, routing
+    (the model's router or vLLM's routing simulator) and the MoE shape it ran (top_k, expert FFN
+    width, experts: its overrides over the model's own)."""
     layers, top_k, ffn, experts = _shape(row["model"], tuple(row_overrides(row)))
     engine = row.get("engine") or {}
     return {"model": row["model"], "layers": layers, "batch": row["batch"], "input_len": row["input_len"],
             "output_len": row["output_len"], "tp": int(engine.get("tp") or 1), "quant": row_quant(row) or "none",
-            "top_k": top_k, "ffn": ffn, "num_experts": experts}
+            "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts}
 
 
 def _varies(measured: Measured) -> tuple[str, ...]:
@@ -105,6 +106,8 @@ def _label(k: dict[str, Any], measured: Measured) -> str:
         tags.append(f"S=O={k['input_len']}" if k["input_len"] == k["output_len"] else f"S={k['input_len']} O={k['output_len']}")
     shape = [f"L={k['layers']}", f"E={k['num_experts']}", f"k={k['top_k']}", f"F={k['ffn']}"]
     shape = [t for t, name in zip(shape, ("layers", "num_experts", "top_k", "ffn")) if name != measured.vary]
+    if k.get("routing", "model") != "model":
+        tags.append(f"routing={k['routing']}")
     return f"{k['model']} [{' '.join(shape)}] {' '.join(tags)}"
 
 
