@@ -186,6 +186,7 @@ class Workload:
     skew: float = 0.0
     quant: str | None = None  # quantization scheme (specs/quantization.yaml); None: from dtype
     moe_impl: str = "fused"  # routed experts: fused block, or a loop over the touched experts
+    graph_tokens: int | None = None  # largest CUDA-graph pass (tokens); None: the profile's
 
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
@@ -200,6 +201,10 @@ class Workload:
         object.__setattr__(self, "quant", quantization.check_quant(self.quant))
         quantization.resolve(self.quant, self.dtype)  # a quant that contradicts an alias dtype fails here
         object.__setattr__(self, "moe_impl", check_choice("moe_impl", self.moe_impl, MOE_IMPLS))
+        if self.graph_tokens is not None:  # 0: the engine captures no graph
+            tokens = self.graph_tokens
+            object.__setattr__(self, "graph_tokens",
+                               0 if _is_number(tokens) and tokens == 0 else check_count("graph_tokens", tokens))
 
     @property
     def scheme(self) -> quantization.QuantScheme:
@@ -306,9 +311,11 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False,
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + t_eager_step). ``steps``: engine steps the pass is
-    split into (a chunked prefill, :func:`perfmodel.phases.prefill_steps`): the fixed costs and
-    the host's launch time are paid once per step.
+    max(GPU time, N_layers·t_eager_layer + t_eager_step), unless its T tokens fit the largest
+    captured CUDA graph, M_graph (the engine replays it: θ(T − M_graph) = 0, Heaviside with
+    θ(0) = 0). ``steps``: engine steps the pass is split into (a chunked prefill,
+    :func:`perfmodel.phases.prefill_steps`): the fixed costs and the host's launch time are
+    paid once per step.
     """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
@@ -319,7 +326,8 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False,
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        return sp.Max(gpu, steps * (s.N_layers * s.t_eager_layer + s.t_eager_step)), rows
+        launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
+        return sp.Max(gpu, launched * steps * (s.N_layers * s.t_eager_layer + s.t_eager_step)), rows
     return gpu, rows
 
 
@@ -450,6 +458,8 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     })
     values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
     values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
+    if w.graph_tokens is not None:
+        values[s.M_graph] = float(w.graph_tokens)
     return {sym.name: v for sym, v in values.items()}
 
 
@@ -486,6 +496,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
+        s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
         eta = profile.efficiency_of(op_class)
@@ -678,7 +689,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             quant: str | None = None, moe_impl: str = "fused",
             prune_experts: float | None = None, prune_ffn: float | None = None,
             spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
-            spec_accept: float | None = None, spec_accepted_len: float | None = None) -> Prediction:
+            spec_accept: float | None = None, spec_accepted_len: float | None = None,
+            graph_tokens: int | None = None) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
@@ -692,7 +704,9 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     ``prune_experts`` / ``prune_ffn``: drop a fraction of the routed experts / of each
     expert's FFN width, after the overrides (:mod:`perfmodel.pruning`). ``spec_draft``,
     ``spec_tokens`` (γ) and ``spec_accept`` (α) or ``spec_accepted_len`` (τ): speculative
-    decoding with a draft model (:mod:`perfmodel.speculative`).
+    decoding with a draft model (:mod:`perfmodel.speculative`). ``graph_tokens``: the largest
+    pass (tokens) the engine replays from a captured CUDA graph, in place of the profile's
+    ``options.cudagraph_max_tokens`` (0: none).
 
     Every argument is checked: a wrong type or value raises :class:`InputError` with one line.
     Integer arguments take Python or numpy integers, or floats with an integral value; bools
@@ -706,7 +720,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     gpu, engine = check_name("gpu", gpu), check_name("engine", engine)
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
                         tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew,
-                        quant=quant, moe_impl=moe_impl)
+                        quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens)
     check_context(phase, workload.context)
     from perfmodel.speculative import speculative_prediction, speculative_settings
 

@@ -21,7 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError)
 
 from perfmodel.errors import SpecError
 from perfmodel.ops.base import OpClass
@@ -95,6 +96,11 @@ class Options(_Strict):
         default=None, description="Prompt tokens the engine prefills per step (vLLM's "
         "max_num_batched_tokens): a larger prefill takes ⌈B·S/it⌉ steps, each paying the "
         "per-pass fixed costs. None: one pass.")
+    cudagraph_max_tokens: NonNegativeInt | None = Field(
+        default=None, description="Largest pass, in tokens, the engine replays from a captured CUDA "
+        "graph (vLLM: max_cudagraph_capture_size, min(2·max_num_seqs, 512) by default): a prefill "
+        "of at most that many tokens is replayed, so an eager-prefill engine pays no host launch "
+        "floor for it. None or 0: every prefill of such an engine is launched from the host.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

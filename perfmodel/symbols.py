@@ -81,6 +81,7 @@ t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, 
 t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch time per layer (eager), s
 t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
+M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 
 
 def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:

@@ -18,7 +18,9 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   unfused expert loop, activation-quantization passes) cost what their launches cost;
 - ``eager_step_s`` and ``eager_layer_s``: prefill runs from piecewise CUDA graphs with the
   attention between the pieces launched from the host, and each ``generate`` call admits and
-  schedules its requests: TTFT is at least that host time (``prefill_eager``).
+  schedules its requests: TTFT is at least that host time (``prefill_eager``), unless the
+  prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
+  default cap; each measured row states its own capture sizes), which is replayed whole.
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
 on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
@@ -52,6 +54,7 @@ VLLM_OPTIONS = {
     "decode_kv_expand": False,
     "prefill_eager": True,
     "prefill_chunk_tokens": 16384,  # vLLM 0.26's offline default on H100/H200 (engine logs)
+    "cudagraph_max_tokens": 512,  # vLLM 0.26: min(2·max_num_seqs, 512) at its default max_num_seqs
     "memory_usable_fraction": 0.9,
 }
 

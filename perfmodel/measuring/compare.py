@@ -127,12 +127,25 @@ def layout_label(row: dict[str, Any]) -> str:
     return " ".join(parts) + ("+EP" if lay["ep"] and lay["tp"] > 1 else "")
 
 
-def model_workload(row: dict[str, Any]) -> dict[str, int]:
+def row_graph_tokens(row: dict[str, Any]) -> int | None:
+    """The largest pass (tokens) a row's engine replayed from a captured CUDA graph: the
+    largest of the capture sizes it resolved (``engine_detail.resolved``, else those it asked
+    for), 0 when it ran eagerly; None when the row does not say (the profile's default)."""
+    detail = row.get("engine_detail") or {}
+    if detail.get("enforce_eager") is True or (detail.get("resolved") or {}).get("cudagraph_mode") == "NONE":
+        return 0
+    sizes = ((detail.get("resolved") or {}).get("cudagraph_capture_sizes")
+             or (detail.get("compilation_config") or {}).get("cudagraph_capture_sizes"))
+    return max(int(x) for x in sizes) if sizes else None
+
+
+def model_workload(row: dict[str, Any]) -> dict[str, Any]:
     """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
-    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP) and ``pp``."""
+    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP), ``pp``, and the
+    engine's largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`)."""
     lay = row_layout(row)
     return {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
-            "pp": int(lay["pp"])}
+            "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
 
 
 #: Engine settings every point id carries (after B, S, O) at their default values.

@@ -11,8 +11,9 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
   logits of each sequence's last token) are the decode pass's at (B = n, L = mean context)
   plus, per prompt token, the prefill pass's at (B = 1, S = prompt length) divided by S;
 - fixed costs per step and per layer, as the decode pass has them; a step holding prompt tokens
-  takes at least the prefill pass of one token (the engine's host floor of a prefill, where
-  the profile has one: vLLM runs mixed steps from piecewise graphs).
+  and more tokens than the largest captured CUDA graph (the profile's ``cudagraph_max_tokens``)
+  takes at least the host floor of a prefill pass, where the profile has one (vLLM launches
+  such a step's pieces and attention from the host; a smaller one it replays from a graph).
 
 Which ops are which is read off the compiled model numerically (an op whose decode time
 changes with L, or whose prefill time changes when the same tokens are split into more
@@ -59,7 +60,9 @@ class StepTimes:
     ``token_s[t]``: token ops at t tokens; ``ctx_s[i, j]``: decode sequence ops of
     ``ctx_n[i]`` sequences at mean context ``ctx_L[j]``; ``pre_s_per_token[j]``: prefill
     sequence ops per prompt token of a prompt of ``pre_len[j]`` tokens; ``fixed_s``: per
-    step; ``floor_s``: least time of a step holding prompt tokens. Memory per GPU in bytes.
+    step; ``floor_s``: least time of a step holding prompt tokens and more than
+    ``graph_tokens`` tokens in all (the largest step replayed from a captured CUDA graph).
+    Memory per GPU in bytes.
     """
 
     token_s: np.ndarray
@@ -76,6 +79,7 @@ class StepTimes:
     usable_bytes: float
     token_ops: tuple[str, ...] = ()
     sequence_ops: tuple[str, ...] = ()
+    graph_tokens: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -159,13 +163,14 @@ class StepTimes:
             slope = (column[-1] - column[-2]) / (self.ctx_n[-1] - self.ctx_n[-2])
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
         t = tok + ctx + p_time + self.fixed_s
-        return np.where(p > 0, np.maximum(t, self.floor_s), t)
+        return np.where((p > 0) & (total > self.graph_tokens), np.maximum(t, self.floor_s), t)
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float) -> float:
         """One step's time, s: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens
         whose sequence ops take ``prompt_time`` s (Σ tokens · :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
-        return max(t, self.floor_s) if prompt_tokens > 0 else t
+        launched = prompt_tokens > 0 and n + prompt_tokens > self.graph_tokens
+        return max(t, self.floor_s) if launched else t
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
@@ -222,7 +227,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     pre_seq = sum(pre_ops[n] for n in sequence if n in pre_ops) if sequence & set(pre_ops) else np.zeros_like(lengths)
     pre_rate = np.broadcast_to(pre_seq, lengths.shape) / lengths
 
-    floor = float(run_prefill(1.0, 1.0).totals["prefill_s"])
+    # the host floor: a one-token prefill as if no graph were captured
+    floor = float(prefill.evaluate({**base, "B": 1.0, "S": 1.0, "M_graph": 0.0}).totals["prefill_s"])
     act = float(run_prefill(1.0, float(max_tokens)).totals["activation_bytes"])
     kv_ref = float(max_context)
     kv_per_token = float(run_decode(1.0, kv_ref).totals["kv_cache_bytes"]) / kv_ref
@@ -232,7 +238,7 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         pre_len=lengths, pre_s_per_token=np.array(pre_rate, dtype=float), fixed_s=fixed,
         floor_s=floor, weights_bytes=float(probe.totals["weights_bytes"]), activation_bytes=act,
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
-        sequence_ops=tuple(sorted(sequence)))
+        sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)))
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table
