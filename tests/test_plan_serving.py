@@ -51,8 +51,12 @@ def test_step_tables_reproduce_predict(steps):
         tokens = prompts * length
         assert steps.step(0, 1, tokens, tokens * steps.prefill_rate(length)) == pytest.approx(want, rel=0.01)
     assert "attn.core" in steps.sequence_ops and "moe.experts" in steps.token_ops
-    # a step holding prompt tokens takes at least the prefill of one token (the host floor)
-    assert steps.step(4, 1000, 1, 1e-9) >= steps.floor_s > steps.step(4, 1000, 0, 0)
+    # a step holding prompt tokens takes at least the host floor of a prefill, unless all its
+    # tokens fit the largest captured CUDA graph (vLLM replays it)
+    assert steps.graph_tokens == load_profile("vllm", "h200-sxm").options.cudagraph_max_tokens > 0
+    big = steps.graph_tokens + 1 - 4
+    assert steps.step(4, 1000, big, 1e-9) >= steps.floor_s > steps.step(4, 1000, 0, 0)
+    assert steps.step(4, 1000, 1, 1e-9) < steps.floor_s
 
 
 def test_vectorized_steps_match_scalar(steps):
@@ -151,3 +155,149 @@ def test_step_tables_follow_the_dtype():
     want = predict("mixtral", gpu="h100", dtype="fp8", phase="decode", batch=16, context=1500)
     assert fp8.weights_bytes == pytest.approx(want.metrics["weights_bytes"], rel=1e-9)
     assert fp8.step(16, 1500, 0, 0) == pytest.approx(want.metrics["decode_step_s"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- replays on hand-built step times
+
+#: Toy step times: a step of n decodes and p prompt tokens takes FIXED + PER_TOKEN·(n + p) s.
+FIXED, PER_TOKEN = 0.01, 1e-4
+
+
+def _toy_steps(fixed=FIXED, per_token=PER_TOKEN, per_ctx=0.0, pre=(0.0, 0.0), floor=0.0):
+    """StepTimes built by hand (no calibrated model): token ops linear in the step's tokens,
+    decode sequence ops ``per_ctx``·n·L, prefill sequence ops ``pre`` s per prompt token at
+    1 and 4096 tokens."""
+    from perfmodel.planning.steptime import StepTimes
+
+    n, L = np.array([1.0, 2.0, 4.0, 256.0]), np.array([1.0, 4096.0])
+    return StepTimes(token_s=per_token * np.arange(8193, dtype=float), ctx_n=n, ctx_L=L,
+                     ctx_s=per_ctx * n[:, None] * L[None, :], pre_len=np.array([1.0, 4096.0]),
+                     pre_s_per_token=np.array(pre, dtype=float), fixed_s=fixed, floor_s=floor,
+                     weights_bytes=0.0, activation_bytes=0.0, kv_bytes_per_token=1.0, usable_bytes=1e6)
+
+
+def _replay(arrival, s, o, limits=EngineLimits(8, 8192, 100_000), **kw):
+    requests = Requests(np.array(arrival, dtype=float), np.array(s), np.array(o))
+    return simulate(_toy_steps(), limits, requests, record_tokens=True, **kw)
+
+
+def test_replay_of_one_request_alone():
+    """S = 100 at t = 1 s: one prefill step of 100 tokens, then O − 1 = 4 decode steps of one."""
+    result = _replay([1.0], [100], [5])
+    prefill, decode = FIXED + 100 * PER_TOKEN, FIXED + PER_TOKEN
+    (times,) = result.token_times
+    assert times == pytest.approx(1.0 + prefill + decode * np.arange(5), abs=1e-12)
+    run = result.run_summary()
+    assert run["ttft"]["p50"] == pytest.approx(prefill) and run["itl"]["p90"] == pytest.approx(decode)
+    assert run["e2e"]["mean"] == pytest.approx(prefill + 4 * decode)
+    assert run["tpot"]["p50"] == pytest.approx(decode)
+    assert (run["completed"], run["aborted"], run["output_tokens"]) == (1, 0, 5)
+    assert run["output_tok_s"] == pytest.approx(5 / (prefill + 4 * decode))
+    assert run["completion_rate"] is None  # one completion: no rate
+
+
+def test_replay_of_two_overlapping_requests():
+    """A (S = 100, O = 3) at 0, B (S = 100, O = 3) at 15 ms, inside A's prefill step:
+
+    step 1 [0, 20 ms]: A's prompt -> A's first token; step 2: A decodes, B's prompt (101 tokens)
+    -> 20.1 ms, A's second and B's first token; step 3: both decode (2 tokens) -> 10.2 ms, A's
+    last token; step 4: B decodes alone -> 10.1 ms, B's last token."""
+    result = _replay([0.0, 0.015], [100, 100], [3, 3])
+    s1, s2, s3, s4 = FIXED + 100 * PER_TOKEN, FIXED + 101 * PER_TOKEN, FIXED + 2 * PER_TOKEN, FIXED + PER_TOKEN
+    a, b = result.token_times
+    assert a == pytest.approx([s1, s1 + s2, s1 + s2 + s3], abs=1e-12)
+    assert b == pytest.approx([s1 + s2, s1 + s2 + s3, s1 + s2 + s3 + s4], abs=1e-12)
+    run = result.run_summary()
+    ttfts = sorted([s1, s1 + s2 - 0.015])
+    assert [run["ttft"]["p50"], run["ttft"]["p90"]] == pytest.approx(
+        [float(np.percentile(ttfts, 50)), float(np.percentile(ttfts, 90))])
+    gaps = [s2, s3, s3, s4]  # A: s2, s3; B: s3, s4 (linear-interpolated percentiles, as measured)
+    assert run["itl"]["p50"] == pytest.approx(float(np.percentile(gaps, 50)))
+    assert run["itl"]["p90"] == pytest.approx(float(np.percentile(gaps, 90)))
+    end = s1 + s2 + s3 + s4
+    assert run["output_tokens"] == 6 and run["window_s"] == pytest.approx(end)
+    assert run["output_tok_s"] == pytest.approx(6 / end)
+    assert run["completion_rate"] == pytest.approx(1 / s4)
+    assert run["per_request"]["e2e_s"] == pytest.approx([s1 + s2 + s3, end - 0.015])
+
+
+def test_until_s_aborts_what_still_runs():
+    """One sequence at a time (max_num_seqs 1): A (S = 100, O = 50) decodes, B waits behind it and
+    is never prefilled, C arrives after the end; at until_s the tokens of the steps that ended
+    count, the step in flight's do not."""
+    prefill, decode = FIXED + 100 * PER_TOKEN, FIXED + PER_TOKEN
+    until = prefill + 10 * decode + 0.005
+    result = _replay([0.0, 0.05, 1.0], [100, 100, 100], [50, 50, 50], limits=EngineLimits(1, 8192, 100_000),
+                     until_s=until)
+    assert result.overloaded and "aborted" in result.reason and result.horizon_s == pytest.approx(until)
+    run = result.run_summary()
+    assert (run["submitted"], run["completed"], run["aborted"]) == (2, 0, 2)
+    assert run["per_request"]["output_tokens"] == [11, 0]
+    assert run["per_request"]["ttft_s"] == [pytest.approx(prefill), None]
+    assert run["per_request"]["e2e_s"] == [None, None]
+    assert math.isnan(run["ttft"]["p50"])  # no completed request: no percentiles
+    assert run["output_tok_s"] == pytest.approx(11 / (prefill + 10 * decode))
+
+
+def test_record_tokens_matches_the_per_request_latencies():
+    """Under preemption (a small KV cache), the recorded token times give each request its
+    simulated TTFT and E2E and exactly O tokens."""
+    rng = np.random.default_rng(2)
+    n = 60
+    requests = poisson_requests(4.0, rng.integers(100, 1200, n), rng.integers(5, 120, n), seed=3)
+    result = simulate(_toy_steps(per_ctx=2e-8, floor=0.012), EngineLimits(16, 1024, 3000), requests,
+                      record_tokens=True)
+    assert result.preemptions > 0 and result.completed == n
+    for i, times in enumerate(result.token_times):
+        assert len(times) == requests.output_len[i] and np.all(np.diff(times) > 0)
+        assert times[0] - requests.arrival[i] == pytest.approx(result.ttft[i], abs=1e-12)
+        assert times[-1] - requests.arrival[i] == pytest.approx(result.e2e[i], abs=1e-12)
+
+
+#: simulate() on the toy step times below, computed before the replay arguments existed:
+#: (limits, rate, keyword arguments) -> ttft p50/p90/mean, itl p50/p90/mean, e2e p50, completed,
+#: preemptions, steps, horizon (s), overloaded.
+_BEFORE = [
+    ((32, 512, 6000), 3.0, {}, [0.04054693934924103, 0.08279286996876815, 0.07724299703911569],
+     [0.00816934, 0.00827682, 0.008734318213018585], 1.1240250843115547, 180, 35, 7134, 65.83977544713325, False),
+    ((16, 1024, 30000), 25.0, {"abort_wait_s": 1.0}, [math.inf] * 3,
+     [0.00879433, 0.021011714285714286, 0.011324212032013904], math.inf, 3, 0, 156, 2.167348935597275, True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_BEFORE)))
+def test_planning_simulation_unchanged_without_the_replay_arguments(case):
+    limits, rate, kw, ttft, itl, e2e_p50, completed, preemptions, n_steps, horizon, overloaded = _BEFORE[case]
+    steps = _toy_steps(fixed=0.008, per_token=2e-5, per_ctx=3e-8, pre=(1e-6, 4e-6), floor=0.012)
+    rng = np.random.default_rng(4)
+    s, o = rng.integers(100, 1500, 200), rng.integers(10, 200, 200)
+    for record in (False, True):  # recording the token times changes nothing either
+        result = simulate(steps, EngineLimits(*limits), poisson_requests(rate, s, o, seed=5), warmup=20,
+                          record_tokens=record, **kw)
+        summary = result.summary()
+        assert [summary["ttft"][q] for q in ("p50", "p90", "mean")] == pytest.approx(ttft, rel=1e-9)
+        assert [summary["itl"][q] for q in ("p50", "p90", "mean")] == pytest.approx(itl, rel=1e-9)
+        assert summary["e2e"]["p50"] == pytest.approx(e2e_p50, rel=1e-9)
+        assert (result.completed, result.preemptions, result.steps, result.overloaded) == \
+            (completed, preemptions, n_steps, overloaded)
+        assert result.horizon_s == pytest.approx(horizon, rel=1e-9)
+
+
+def test_predict_serving_replay_arguments_are_checked():
+    from perfmodel.errors import InputError
+    from perfmodel.planning import predict_serving
+
+    traffic = {"rate": 4.0, "input_len": 128, "output_len": 32}
+    for kwargs, expected in (
+        ({"arrivals": []}, "at least one time"),
+        ({"arrivals": [0.0, -1.0]}, "finite times >= 0"),
+        ({"arrivals": [0.0, float("nan")]}, "finite times >= 0"),
+        ({"arrivals": ["soon"]}, "list of times"),
+        ({"arrivals": [0.0], "until_s": -2.0}, "until_s must be a time > 0"),
+        ({"arrivals": [0.0], "kv_tokens": 0}, "kv_tokens must be a whole number"),
+        ({"arrivals": [0.0], "replicas": 2}, "one engine stream"),
+        ({"until_s": 5.0}, "apply to a replay"),
+        ({"arrivals": [0.0, 0.5], "kv_tokens": 100}, "cannot hold the longest request"),
+    ):
+        with pytest.raises(InputError, match=expected):
+            predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, **kwargs)

@@ -146,7 +146,7 @@ def test_the_serving_row_of_the_table_is_accepted(tmp_path, monkeypatch):
 
     def predict_serving(model, gpu, layout, traffic, **kw):
         return {"ttft_s": {"p50": 0.02, "p90": 0.03}, "itl_s": {"p50": 0.003, "p90": 0.004},
-                "overloaded": False, "saturation_rate_per_replica": 5.0}
+                "overloaded": False, "saturation_rate_per_replica": 5.0, "output_tok_s": 64.0}
 
     monkeypatch.setattr(planning, "predict_serving", predict_serving, raising=False)
     result = serving.run_serving_validation("all", results=Path(_serving_file(tmp_path)), out_dir=tmp_path / "r")

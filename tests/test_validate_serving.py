@@ -1,33 +1,53 @@
 """``validate --serving``: measured serving rows replayed against the planning's predict_serving.
 
 The rows are written here by hand. One case replaces predict_serving by a function of known
-values, so every relative error, the MAPE and the saturation bracket are exact; one calls the
-real planning simulation on a small workload to check that the replay runs end to end.
+values, so every relative error, the MAPE, the overload verdicts and the saturation are exact;
+one checks that a replay's statistics are those ``measure --serving`` computes from the same
+token times; one calls the real planning simulation on a small workload end to end.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import random
 
+import numpy as np
 import pytest
 
 from perfmodel.validate import serving as sv
 
 O = 64
+#: The fake prediction's closed-form saturation rate and replay throughput cap, req/s.
+FAKE_SATURATION, FAKE_SERVED = 6.0, 4.5
 
 
-def _row(rate, *, achieved, completion, ttft=(100.0, 200.0), itl=(10.0, 20.0), model="olmoe-1b-7b",
-         tp=1, ep=False, s=512, o=O, gpu="NVIDIA H200", status="ok"):
+def _per_request(n, rate, ttft_ms, aborted=0, never=0):
+    """Per-request columns of n requests submitted every 1/rate s: TTFT ttft_ms(i) ms; the last
+    ``aborted`` unfinished, the last ``never`` of them without a first token."""
+    sub = [round(i / rate, 6) for i in range(n)]
+    ttft = [None if i >= n - never else float(ttft_ms(i)) for i in range(n)]
+    e2e = [None if i >= n - aborted else float(ttft_ms(i)) + 500.0 for i in range(n)]
+    return {"arrival_s": sub, "submitted_s": sub, "ttft_ms": ttft, "e2e_ms": e2e,
+            "output_tokens": [0 if i >= n - never else (5 if i >= n - aborted else O) for i in range(n)]}
+
+
+def _row(rate, *, achieved, served, ttft=(100.0, 200.0), itl=(10.0, 20.0), model="olmoe-1b-7b", tp=1, ep=False,
+         s=512, o=O, gpu="NVIDIA H200", status="ok", per_request=None, cap=30.0, blocks=(1000, 16), aborted=0):
     return {
         "schema_version": 1, "point_id": f"vllm|{model}|rate={rate}|tp={tp}", "status": status,
         "error": None if status == "ok" else "boom", "backend": "vllm", "mode": "serving", "model": model,
         "overrides": [], "layers": None, "rate": rate, "num_requests": 100, "input_len": s, "output_len": o,
         "max_num_seqs": 128, "seed": 3, "gpu_name": gpu, "driver": "580.1", "torch": "2.11.0", "vllm": "0.26.0",
-        "git_commit": "abc", "date": "2026-12-10T10:00:00+00:00",
+        "git_commit": "abc", "date": "2026-12-10T10:00:00+00:00", "duration_cap_s": cap,
         "engine": {"name": "vllm", "tp": tp, "ep": ep, "pp": 1, "quantization": "none",
                    "max_num_seqs": 128, "max_num_batched_tokens": 8192},
+        "engine_detail": {"resolved": {"num_gpu_blocks": blocks[0], "block_size": blocks[1]}} if blocks else {},
         "ttft_p50_ms": ttft[0], "ttft_p90_ms": ttft[1], "itl_p50_ms": itl[0], "itl_p90_ms": itl[1],
-        "achieved_rate": achieved, "completion_rate": completion,
+        "achieved_rate": achieved, "completion_rate": achieved, "output_tok_s": served, "aborted": aborted,
+        "submitted": len(per_request["submitted_s"]) if per_request else None,
+        "completed": sum(e is not None for e in per_request["e2e_ms"]) if per_request else None,
+        "per_request": per_request,
     }
 
 
@@ -37,14 +57,33 @@ def _write(path, rows):
 
 
 def _fake_prediction(calls):
+    """Known predictions: TTFT 120/150 ms, ITL 11/18 ms, the served rate min(rate, FAKE_SERVED)
+    x O, a constant TTFT below 6 req/s and a growing one above (overloaded by the rule)."""
     def predict_serving(model, gpu, layout, traffic, **kw):
         calls.append((model, gpu, layout, traffic, kw))
-        over = traffic["rate"] > 100
-        inf = float("inf")
-        return {"ttft_s": {"p50": inf if over else 0.12, "p90": inf if over else 0.15},
-                "itl_s": {"p50": 0.011, "p90": 0.018}, "overloaded": over,
-                "saturation_rate_per_replica": 5.0}
+        arrivals = kw["arrivals"]
+        grows = traffic["rate"] > 6
+        per = {"submitted_s": list(arrivals), "ttft_s": [0.1 + (0.05 * i if grows else 0.0) for i in range(len(arrivals))],
+               "e2e_s": [1.0] * len(arrivals), "output_tokens": [O] * len(arrivals)}
+        return {"ttft_s": {"p50": 0.12, "p90": 0.15}, "itl_s": {"p50": 0.011, "p90": 0.018},
+                "output_tok_s": min(traffic["rate"], FAKE_SERVED) * O, "submitted": len(arrivals),
+                "completed": len(arrivals), "aborted": 0, "per_request": per, "kv_tokens": kw.get("kv_tokens"),
+                "saturation_rate_per_replica": FAKE_SATURATION}
     return predict_serving
+
+
+def _rows():
+    flat = _per_request(40, 2.0, lambda i: 100.0)
+    return [
+        _row(2.0, achieved=2.0, served=120.0, per_request=flat),
+        _row(4.0, achieved=4.1, served=250.0, per_request=_per_request(40, 4.0, lambda i: 100.0 + i)),
+        _row(8.0, achieved=8.2, served=300.0, ttft=(900.0, 3000.0),
+             per_request=_per_request(40, 8.0, lambda i: 100.0 + 50.0 * i)),
+        _row(16.0, achieved=15.5, served=320.0, per_request=_per_request(40, 16.0, lambda i: 100.0, 10, 5),
+             cap=2.4, aborted=10),
+        _row(3.0, achieved=3.0, served=0.0, status="error"),
+        _row(4.0, achieved=4.0, served=256.0, model="mixtral-8x7b", tp=2, ep=True, per_request=flat),
+    ]
 
 
 def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
@@ -53,47 +92,138 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(planning, "predict_serving", _fake_prediction(calls), raising=False)
-    rows = [_row(2.0, achieved=2.0, completion=2.0), _row(4.0, achieved=4.1, completion=3.9),
-            _row(8.0, achieved=8.2, completion=5.5, ttft=(900.0, 3000.0)),
-            _row(200.0, achieved=190.0, completion=5.4),
-            _row(3.0, achieved=3.0, completion=3.0, status="error"),
-            _row(4.0, achieved=4.0, completion=4.0, model="mixtral-8x7b", tp=2, ep=True)]
+    rows = _rows()
+    rows[3]["per_request"]["submitted_s"][-1] = None  # never submitted: left out of the replay
     path = _write(tmp_path / "serving.jsonl", rows)
     main(["validate", "olmoe", "--serving", "--results", str(path), "--out", str(tmp_path / "rep"), "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert result["source"]["mode"] == "replay" and result["source"]["vllm"] == "0.26.0"
-    # the ok rows of that model only, each predicted for its own deployment and traffic
-    assert [c[3]["rate"] for c in calls] == [2.0, 4.1, 8.2, 190.0]  # the rates really offered
+    assert result["source"]["mode"] == "replay" and "replay of the measured schedule" in result["source"]["comparison"]
+    # the ok rows of that model only, each replayed with its own schedule, end and engine
+    assert [c[3]["rate"] for c in calls] == [2.0, 4.1, 8.2, 15.5]  # the rates really offered
     model, gpu, layout, traffic, kw = calls[0]
     assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", (1, 1, 1))
     assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}
-    assert kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192 and kw["dtype"] == "bf16"
-    assert kw["requests"] == 100 and kw["warmup"] == 0 and kw["seed"] == 3 and kw["engine"] == "vllm"
+    assert kw["arrivals"] == rows[0]["per_request"]["submitted_s"] and kw["until_s"] == pytest.approx(45.0)
+    assert kw["kv_tokens"] == 16_000 and kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192
+    assert kw["dtype"] == "bf16" and kw["seed"] == 3 and kw["engine"] == "vllm"
+    assert "requests" not in kw and "warmup" not in kw
+    assert len(calls[3][4]["arrivals"]) == 39 and calls[3][4]["until_s"] == pytest.approx(3.6)
     by = {(p["rate"], p["metric"]): p for p in result["points"]}
     assert by[2.0, "ttft_p50"]["rel_error"] == pytest.approx(0.12 / 0.100 - 1)
     assert by[8.0, "ttft_p90"]["rel_error"] == pytest.approx(0.15 / 3.0 - 1)
     assert by[4.0, "itl_p90"]["rel_error"] == pytest.approx(0.018 / 0.020 - 1)
-    # served throughput: min(rate, predicted saturation) x O against completion rate x O
-    assert by[4.0, "served_tok_s"]["measured"] == pytest.approx(3.9 * O)
+    # served throughput: the replay's output tokens/s against the row's
+    assert by[4.0, "served_tok_s"]["measured"] == pytest.approx(250.0)
     assert by[4.0, "served_tok_s"]["predicted"] == pytest.approx(4.1 * O)
-    assert by[8.0, "served_tok_s"]["predicted"] == pytest.approx(5.0 * O)
-    assert by[8.0, "served_tok_s"]["rel_error"] == pytest.approx(5.0 / 5.5 - 1)
-    assert by[200.0, "ttft_p50"]["rel_error"] is None  # predicted overloaded: left out
+    assert by[16.0, "served_tok_s"]["rel_error"] == pytest.approx(FAKE_SERVED * O / 320.0 - 1)
     mape = {m["metric"]: m for m in result["mape"]}
-    assert mape["ttft_p50"]["count"] == 3 and mape["ttft_p50"]["left_out"] == 1
-    assert mape["ttft_p50"]["mape"] == pytest.approx(100 * (0.2 + 0.2 + abs(0.12 / 0.9 - 1)) / 3)
-    assert mape["itl_p50"]["mape"] == pytest.approx(10.0) and mape["itl_p50"]["count"] == 4
+    assert mape["ttft_p50"]["count"] == 4 and mape["ttft_p50"]["left_out"] == 0
+    assert mape["ttft_p50"]["mape"] == pytest.approx(100 * (0.2 * 3 + abs(0.12 / 0.9 - 1)) / 4)
+    assert mape["itl_p50"]["mape"] == pytest.approx(10.0)
+    # overload: flat and gently rising TTFT kept up, 8 req/s grew, 16 req/s aborted requests
+    runs = {r["rate"]: r for r in result["rates"]}
+    assert [runs[r]["measured_overloaded"] for r in (2.0, 4.0, 8.0, 16.0)] == [False, False, True, True]
+    assert runs[2.0]["measured_ttft_growth"] == pytest.approx(1.0)
+    assert runs[16.0]["measured_aborted"] == 9 and "never prefilled" in runs[16.0]["measured_why"]
+    assert [runs[r]["predicted_overloaded"] for r in (2.0, 4.0, 8.0, 16.0)] == [False, False, True, True]
+    assert runs[16.0]["measured_capacity_rps"] == pytest.approx(5.0) and runs[2.0]["kv_source"] == "engine"
     (sat,) = result["saturation"]
-    assert sat["followed_up_to"] == 4.0 and sat["saturated_from"] == 8.0 and sat["spans"]
-    assert sat["measured_capacity_rps"] == pytest.approx((5.5 + 5.4) / 2)
-    assert sat["predicted_saturation_rps"] == 5.0 and sat["predicted_in_bracket"] is True
-    assert sat["capacity_rel_error"] == pytest.approx(5.0 / 5.45 - 1)
+    assert sat["followed_up_to"] == 4.1 and sat["saturated_from"] == 8.2 and sat["spans"]
+    assert sat["followed_up_to_nominal"] == 4.0 and sat["overloaded_rates"] == [8.0, 16.0]
+    assert sat["capacity_rates"] == [16.0]  # 8 req/s finished every request: its window drains
+    assert sat["measured_capacity_rps"] == pytest.approx(5.0)
+    assert sat["predicted_saturation_rps"] == FAKE_SATURATION and sat["closed_form_position"] == "inside"
+    assert sat["closed_form_rel_error"] == pytest.approx(FAKE_SATURATION / 5.0 - 1)
+    assert sat["replay_capacity_rps"] == pytest.approx(FAKE_SERVED)
+    assert sat["replay_capacity_rel_error"] == pytest.approx(FAKE_SERVED / 5.0 - 1) and sat["replay_agrees"]
     summary = (tmp_path / "rep" / "summary.md").read_text()
-    assert "**REPLAY**" in summary and "between 4 and 8 req/s" in summary and "∞ (overloaded)" in summary
+    assert "**REPLAY**" in summary and "replay of the measured schedule" in summary
+    assert "between 4.1 req/s offered (nominal 4) and 8.2 req/s offered (nominal 8)" in summary
+    assert "| olmoe-1b-7b | 16 | 15.5 | 39 | 30/39 | 9/0 |" in summary
     # vLLM's TP+EP is predicted as TP on the same GPUs
     calls.clear()
     sv.compare_serving(rows, model="mixtral")
     assert [c[2] for c in calls] == [(2, 1, 1)]
+
+
+def test_rows_without_per_request_data_replay_the_seeded_schedule(monkeypatch):
+    from perfmodel import planning
+    from perfmodel.measuring.vllm_serving import poisson_arrivals
+
+    calls = []
+    monkeypatch.setattr(planning, "predict_serving", _fake_prediction(calls), raising=False)
+    row = _row(4.0, achieved=4.0, served=200.0, cap=10.0, blocks=None, aborted=3)
+    result = sv.compare_serving([row])
+    kw = calls[0][4]
+    want = [t for t in poisson_arrivals(4.0, 100, 3) if t <= 10.0]
+    assert kw["arrivals"] == pytest.approx(want) and kw["kv_tokens"] is None and kw["until_s"] == pytest.approx(15.0)
+    (run,) = result["rates"]
+    assert run["schedule"] == "scheduled" and run["kv_source"] == "planning"
+    assert run["measured_overloaded"] is True and run["measured_ttft_growth"] is None  # from its aborted count
+
+
+def test_overload_rule_on_synthetic_requests():
+    n = 40  # quarters of 10
+    sub = [i * 0.1 for i in range(n)]
+    done = [True] * n
+    flat = sv.overload(sub, [50.0] * n, done)
+    assert flat["overloaded"] is False and flat["ttft_growth"] == pytest.approx(1.0)
+    # TTFT = 10 + i: medians 14.5 (first quarter) and 44.5 (last): a growing queue
+    rising = sv.overload(sub, [10.0 + i for i in range(n)], done)
+    assert rising["overloaded"] is True and rising["ttft_growth"] == pytest.approx(44.5 / 14.5)
+    # just under the threshold: kept up; the order of the columns does not matter
+    ttft = [10.0] * 10 + [15.0] * 20 + [10.0 * sv.QUEUE_GROWTH - 0.5] * 10
+    order = list(range(n))
+    random.Random(1).shuffle(order)
+    under = sv.overload([sub[i] for i in order], [ttft[i] for i in order], done)
+    assert under["overloaded"] is False and under["ttft_growth"] == pytest.approx(sv.QUEUE_GROWTH - 0.05)
+    # requests unfinished at the drain limit: overloaded whatever the TTFTs
+    cut = sv.overload(sub, [50.0] * (n - 2) + [None, None], [True] * (n - 3) + [False] * 3)
+    assert cut["overloaded"] is True and (cut["aborted"], cut["never_prefilled"]) == (3, 2)
+    # requests never submitted are left out; too few to tell
+    few = sv.overload([0.0, 0.1, None, None], [5.0, 50.0, None, None], [True, True, False, False])
+    assert few["overloaded"] is None and few["aborted"] == 0
+
+
+def _toy_steps():
+    """Step times built by hand: 10 ms + 0.1 ms per token of the step."""
+    from perfmodel.planning.steptime import StepTimes
+
+    n, L = np.array([1.0, 256.0]), np.array([1.0, 4096.0])
+    return StepTimes(token_s=1e-4 * np.arange(2049, dtype=float), ctx_n=n, ctx_L=L, ctx_s=np.zeros((2, 2)),
+                     pre_len=np.array([1.0, 4096.0]), pre_s_per_token=np.zeros(2), fixed_s=0.01, floor_s=0.0,
+                     weights_bytes=0.0, activation_bytes=0.0, kv_bytes_per_token=1.0, usable_bytes=1e6)
+
+
+def test_replay_statistics_are_computed_as_the_measured_ones():
+    """The simulated token times, handed to ``measure --serving``'s own ``summarize``, give the
+    replay's statistics (an overloaded run, cut at its drain limit, with aborted requests)."""
+    from perfmodel.measuring.vllm_serving import RequestTrace, summarize
+    from perfmodel.planning.simulate import EngineLimits, Requests, simulate
+
+    n, o = 80, 40
+    arrival = np.cumsum(np.random.default_rng(0).exponential(1 / 30.0, n))
+    requests = Requests(arrival, np.full(n, 600), np.full(n, o))
+    result = simulate(_toy_steps(), EngineLimits(16, 2048, 20_000), requests, until_s=2.0, record_tokens=True)
+    mine = result.run_summary()
+    traces = []
+    for i, times in enumerate(result.token_times):
+        if arrival[i] > result.horizon_s:
+            continue
+        done = len(times) == o
+        traces.append(RequestTrace(scheduled_s=float(arrival[i]), submitted=float(arrival[i]),
+                                   token_times=[float(t) for t in times], token_counts=[1] * len(times),
+                                   finished=float(times[-1]) if done else None, aborted=not done))
+    theirs = summarize(traces, 0.0, num_requests=n, output_len=o)
+    assert 0 < mine["completed"] < mine["submitted"] and mine["aborted"] == theirs["aborted"] > 0
+    assert (mine["submitted"], mine["completed"]) == (theirs["submitted"], theirs["completed"])
+    for metric in ("ttft", "itl", "tpot", "e2e"):
+        for q in ("p50", "p90", "p99", "mean"):
+            assert mine[metric][q] * 1e3 == pytest.approx(theirs[f"{metric}_{q}_ms"], abs=2e-4), (metric, q)
+    assert mine["output_tokens"] == theirs["output_tokens"]
+    assert mine["output_tok_s"] == pytest.approx(theirs["output_tok_s"], rel=1e-6)
+    assert mine["completion_rate"] == pytest.approx(theirs["completion_rate"], rel=1e-9)
+    assert [x is None for x in mine["per_request"]["ttft_s"]] == [x is None for x in theirs["per_request"]["ttft_ms"]]
 
 
 def test_terminal_output_and_bad_input(tmp_path, monkeypatch, capsys):
@@ -101,11 +231,12 @@ def test_terminal_output_and_bad_input(tmp_path, monkeypatch, capsys):
     from perfmodel.commands import main
 
     monkeypatch.setattr(planning, "predict_serving", _fake_prediction([]), raising=False)
-    path = _write(tmp_path / "serving.jsonl", [_row(2.0, achieved=2.0, completion=2.0)])
+    path = _write(tmp_path / "serving.jsonl", _rows()[:1])
     main(["validate", "all", "--serving", "--results", str(path), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
-    assert "REPLAY of serving measurements" in out and "ttft_p50" in out and "+20.0%" in out
-    assert "above 2 req/s (every rate followed)" in out
+    assert "REPLAY of serving measurements" in out and "replay of the measured schedule" in out
+    assert "ttft_p50" in out and "+20.0%" in out and "kept up/kept up" in out
+    assert "above 2 req/s offered (nominal 2); no rate overloaded" in out
     for args, expected in (
         (["all", "--serving", "--results", str(tmp_path / "none.jsonl")], "no serving measurements at"),
         (["mixtral", "--serving", "--results", str(path)], "no serving measurements of mixtral-8x7b"),
@@ -118,6 +249,39 @@ def test_terminal_output_and_bad_input(tmp_path, monkeypatch, capsys):
         assert code.value.code == 2 and len(err.splitlines()) == 1 and expected in err, (args, err)
 
 
+def _edit(field, value):
+    def edit(row):
+        if "." in field:
+            head, key = field.split(".", 1)
+            row[head][key] = value
+        else:
+            row[field] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_edit("per_request", [1, 2]), "'per_request' must be a mapping"),
+    (_edit("per_request.submitted_s", "x"), "'per_request.submitted_s' must be a list"),
+    (_edit("per_request.ttft_ms", ["a"] * 40), "'per_request.ttft_ms' holds 'a'"),
+    (_edit("per_request.output_tokens", [1.5] * 40), "'per_request.output_tokens' holds 1.5"),
+    (_edit("per_request.e2e_ms", [1.0]), "columns differ in length"),
+    (_edit("duration_cap_s", -5), "'duration_cap_s' must be > 0 s"),
+    (_edit("output_tok_s", "fast"), "'output_tok_s' must be a number"),
+    (_edit("engine_detail", {"resolved": {"num_gpu_blocks": "many", "block_size": 16}}),
+     "'engine_detail.resolved.num_gpu_blocks' must be a whole number > 0"),
+])
+def test_malformed_rows_are_one_line_errors(tmp_path, capsys, edit, expected):
+    from perfmodel.commands import main
+
+    row = _rows()[0]
+    edit(row)
+    path = _write(tmp_path / "serving.jsonl", [row])
+    with pytest.raises(SystemExit) as code:
+        main(["validate", "all", "--serving", "--results", str(path), "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
 def test_measured_gpu_names_map_to_specs():
     assert sv.gpu_spec_name("NVIDIA H200", "b200") == "h200-sxm"
     assert sv.gpu_spec_name("NVIDIA H100 80GB HBM3", "b200") == "h100-sxm"
@@ -126,21 +290,37 @@ def test_measured_gpu_names_map_to_specs():
 
 
 def test_saturation_bracket_one_sided():
-    rows = [_row(1.0, achieved=1.0, completion=0.5), _row(2.0, achieved=2.0, completion=0.6)]
-    s = sv.saturation(rows, 0.8)
+    def run(rate, overloaded, capacity, aborted):
+        return {"rate": rate, "offered_rate": rate, "measured_overloaded": overloaded, "predicted_overloaded": overloaded,
+                "measured_aborted": aborted, "measured_capacity_rps": capacity, "predicted_capacity_rps": capacity}
+    runs = [run(1.0, True, 0.5, 3), run(2.0, True, 0.6, 9)]
+    s = sv.saturation(runs, 0.8)
     assert s["followed_up_to"] is None and s["saturated_from"] == 1.0 and not s["spans"]
-    assert s["predicted_in_bracket"] is True and s["measured_capacity_rps"] == pytest.approx(0.55)
-    assert sv.saturation(rows, 1.5)["predicted_in_bracket"] is False
+    assert s["closed_form_position"] == "inside" and s["measured_capacity_rps"] == pytest.approx(0.55)
+    assert sv.saturation(runs, 1.5)["closed_form_position"] == "above"
+    kept = sv.saturation([run(1.0, False, 0.9, 0), run(2.0, False, 1.8, 0)], 1.5)
+    assert kept["closed_form_position"] == "below" and kept["measured_capacity_rps"] is None
 
 
-def test_real_prediction_on_a_small_workload(tmp_path):
-    rows = [_row(4.0, achieved=4.0, completion=4.0, s=128, o=32, ttft=(20.0, 25.0), itl=(3.0, 4.0))]
+def test_real_replay_on_a_small_workload(tmp_path):
+    """The real planning simulation replays a light run: every request completes, the served
+    throughput is the run's own N·O over its window, the engine's KV cache is used."""
+    n, rate = 30, 4.0
+    per = _per_request(n, rate, lambda i: 20.0)
+    rows = [_row(rate, achieved=rate, served=200.0, s=128, o=32, ttft=(20.0, 25.0), itl=(3.0, 4.0),
+                 per_request=per, cap=10.0, blocks=(4000, 16))]
     result = sv.run_serving_validation("olmoe-1b-7b", results=_write(tmp_path / "s.jsonl", rows),
                                        out_dir=tmp_path / "rep")
     by = {p["metric"]: p for p in result["points"]}
     assert set(by) == set(sv.METRICS)
     for metric in sv.LATENCY:
         assert 0 < by[metric]["predicted"] < 1.0 and by[metric]["rel_error"] is not None
-    assert by["served_tok_s"]["predicted"] == pytest.approx(4.0 * 32)  # far below saturation
+    (run,) = result["rates"]
+    assert (run["predicted_submitted"], run["predicted_completed"], run["predicted_aborted"]) == (n, n, 0)
+    assert run["predicted_overloaded"] is False and run["kv_tokens"] == 64_000
+    last = per["submitted_s"][-1]
+    # n·O tokens between the first submission and the last token, which comes within a second
+    assert n * 32 / (last + 1.0) < by["served_tok_s"]["predicted"] < n * 32 / last
     (sat,) = result["saturation"]
-    assert sat["predicted_saturation_rps"] > 4.0 and sat["predicted_in_bracket"] is True
+    assert sat["predicted_saturation_rps"] > rate and sat["closed_form_position"] == "inside"
+    assert not math.isnan(sat["predicted_saturation_rps"])

@@ -1,14 +1,19 @@
 """Serving latencies of one deployment, as a function: what a validator compares with
-measured serving runs (``vllm bench serve`` at a request rate)."""
+measured serving runs (``vllm bench serve`` at a request rate), either under a fresh seeded
+Poisson draw or as a replay of a measured run's own submission times."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+import math
+from typing import Any, Mapping, Sequence, Union
 
 from perfmodel.errors import InputError
 from perfmodel.planning.candidates import Engine
 from perfmodel.planning.question import PlanQuestion, Search as SearchSpace, Simulation, Traffic
 from perfmodel.specs.layout import Layout
+
+#: Most engine steps a replay simulates (a bound for runs without an end time).
+REPLAY_MAX_STEPS = 2_000_000
 
 
 def _layout(layout: Any) -> Layout:
@@ -28,7 +33,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     traffic: Union[Traffic, Mapping[str, Any], None] = None, *, replicas: int = 1,
                     dtype: str = "bf16", max_num_seqs: int = 256, max_batched_tokens: int = 8192,
                     engine: str = "vllm", overrides: list[str] | None = None, requests: int = 400,
-                    warmup: int = 100, seed: int = 0) -> dict[str, Any]:
+                    warmup: int = 100, seed: int = 0, arrivals: Sequence[float] | None = None,
+                    until_s: float | None = None, kv_tokens: int | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -37,6 +43,19 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     ``peak_kv_fraction``, ``preemptions``, ``saturation_rate_per_replica`` (req/s),
     ``closed_form`` (the steady-state estimate, or None above saturation), ``measured_requests``
     and the ``kv_tokens`` of one replica. Bad input raises :class:`InputError`.
+
+    A replay (``arrivals`` given: the requests' submission times, s from the run's start; one
+    replica, pp = 1) simulates exactly those requests from an idle engine instead of a Poisson
+    draw (``requests`` and ``warmup`` are then unused), ends the run at ``until_s`` (s, on the
+    same clock; None: when every request has finished), where the requests still running are
+    aborted, and holds the engine's KV cache at ``kv_tokens`` tokens where given (else the
+    planning's). Its statistics are computed as a measured row's
+    (:meth:`perfmodel.planning.simulate.SimResult.run_summary`): the percentiles are over the
+    completed requests, and the result adds ``replay`` (True), ``submitted``, ``completed``,
+    ``aborted``, ``output_tokens``, ``window_s``, ``output_tok_s``, ``completion_rate``
+    (req/s), ``per_request`` (``submitted_s``, ``ttft_s``, ``e2e_s``, ``output_tokens``),
+    ``overload_reason`` and ``until_s``; ``saturation_rate_per_replica`` and ``closed_form`` are
+    the closed form's at the traffic's rate with the same limits.
     """
     from pydantic import ValidationError
 
@@ -45,6 +64,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     if traffic is None:
         raise InputError("traffic is required: rate (req/s), input_len, output_len")
     lay = _layout(layout)
+    times = _replay_inputs(arrivals, until_s, kv_tokens, replicas, lay)
     try:
         traffic_obj = traffic if isinstance(traffic, Traffic) else Traffic(**dict(traffic))
         question = PlanQuestion(
@@ -61,6 +81,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     setup = search.setup(search.offers[0], dtype, lay)
     if setup.failure:
         raise InputError(setup.failure)
+    if times is not None:
+        return _replay(search, setup, max_num_seqs, max_batched_tokens, times, until_s, kv_tokens, seed)
     ev = search.simulated(setup, Engine(setup.offer.name, dtype, lay, max_num_seqs, max_batched_tokens), replicas)
     return {**{f"{m}_s": ev.metrics[m] for m in ("ttft", "itl", "tpot", "e2e")},
             "overloaded": not ev.stable, "mean_batch": ev.details["mean_batch"],
@@ -68,3 +90,58 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
             "saturation_rate_per_replica": ev.details["saturation_rate_per_replica"],
             "closed_form": ev.details["closed_form"], "measured_requests": ev.details["measured_requests"],
             "kv_tokens": setup.steps.kv_tokens if setup.steps else 0}
+
+
+def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_tokens: int | None,
+                   replicas: int, lay: Layout):
+    """The replay's arrival times (s, sorted) after checking its arguments; None without arrivals."""
+    import numpy as np
+
+    if arrivals is None:
+        if until_s is not None or kv_tokens is not None:
+            raise InputError("until_s and kv_tokens apply to a replay of explicit arrivals")
+        return None
+    try:
+        times = np.sort(np.asarray(list(arrivals), dtype=float))
+    except (TypeError, ValueError):
+        raise InputError("arrivals must be a list of times in seconds") from None
+    if times.ndim != 1 or not len(times):
+        raise InputError("arrivals must hold at least one time in seconds")
+    if not np.all(np.isfinite(times)) or times[0] < 0:
+        raise InputError("arrivals must be finite times >= 0 s")
+    if until_s is not None and not (isinstance(until_s, (int, float)) and math.isfinite(until_s) and until_s > 0):
+        raise InputError(f"until_s must be a time > 0 s, got {until_s!r}")
+    if kv_tokens is not None and not (isinstance(kv_tokens, int) and not isinstance(kv_tokens, bool)
+                                      and kv_tokens > 0):
+        raise InputError(f"kv_tokens must be a whole number of tokens > 0, got {kv_tokens!r}")
+    if replicas != 1 or lay.pp != 1:
+        raise InputError("a replay of explicit arrivals simulates one engine stream (replicas 1, pp 1)")
+    return times
+
+
+def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, until_s: float | None,
+            kv_tokens: int | None, seed: int) -> dict[str, Any]:
+    """Simulate the given arrivals on one replica (see :func:`predict_serving`)."""
+    import numpy as np
+
+    from perfmodel.planning.serving import serving_curve
+    from perfmodel.planning.simulate import EngineLimits, Requests, simulate
+
+    kv = int(kv_tokens) if kv_tokens is not None else setup.steps.kv_tokens
+    if kv < search.longest:
+        raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({search.longest:,})")
+    s, o = search.lengths.sample(len(times), np.random.default_rng(seed))
+    limits = EngineLimits(max_num_seqs, max_batched_tokens, kv)
+    result = simulate(setup.steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,
+                      until_s=until_s, record_tokens=True)
+    stats = result.run_summary()
+    curve = serving_curve(setup.steps, limits, search.mean_in, search.mean_out)
+    state = curve.at(search.rate)
+    return {**{f"{m}_s": stats[m] for m in ("ttft", "itl", "tpot", "e2e")},
+            "replay": True, "overloaded": result.overloaded, "overload_reason": result.reason,
+            **{k: stats[k] for k in ("submitted", "completed", "aborted", "output_tokens", "window_s",
+                                     "output_tok_s", "completion_rate", "per_request")},
+            "mean_batch": result.mean_batch, "peak_kv_fraction": result.peak_kv_fraction,
+            "preemptions": result.preemptions, "saturation_rate_per_replica": curve.saturation_rate,
+            "closed_form": state.metrics() if state.stable else None, "measured_requests": len(times),
+            "kv_tokens": kv, "until_s": until_s}

@@ -13,11 +13,19 @@ gap between two tokens of a request), TPOT ((E2E − TTFT)/(O − 1) per request
 the measured requests (after ``warmup`` requests); requests left unfinished when the run is
 cut short (overload) count as infinitely late. Everything is seeded; a run is bounded in
 requests, steps and the longest wait, so that one candidate takes tens of milliseconds.
+
+A replay of a measured run (:func:`perfmodel.planning.predict.predict_serving` with explicit
+arrival times) gives the requests' real submission times, ends the run at an absolute time
+``until_s`` where requests still running are aborted (as ``perfmodel measure --serving`` aborts
+them at its drain limit), and records every request's token times (``record_tokens``), from
+which :meth:`SimResult.run_summary` computes the statistics the way the measured rows are
+computed.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -87,6 +95,8 @@ class SimResult:
     mean_batch: float
     peak_kv_fraction: float
     output_tokens: int  # tokens produced by measured requests
+    arrival: np.ndarray | None = None  # arrival times of the measured requests, s
+    token_times: list[np.ndarray] | None = None  # each measured request's token times, s (record_tokens)
 
     def percentile(self, metric: str, q: float) -> float:
         """Percentile ``q`` (0-100) of ``ttft``, ``tpot``, ``e2e`` or ``itl``, s."""
@@ -106,6 +116,63 @@ class SimResult:
                 values = getattr(self, metric)
                 row["mean"] = float(values.mean()) if len(values) else float("nan")
             out[metric] = row
+        return out
+
+    def run_summary(self) -> dict:
+        """The run's statistics, computed as ``perfmodel measure --serving`` computes a measured
+        row's (its ``summarize``) from the recorded token times (``record_tokens=True``).
+
+        The submitted requests are those that arrived before the run ended; a request is
+        completed when it produced all its tokens, aborted when it arrived but did not.
+        ``ttft``/``itl``/``tpot``/``e2e``: {p50, p90, p99, mean} in seconds (linear
+        interpolation) over the completed requests, ITL over every gap between two tokens of a
+        completed request; ``output_tokens``: every token produced (aborted requests' included);
+        ``window_s``: first arrival to last token; ``output_tok_s`` = output_tokens /
+        window_s; ``completion_rate`` = (completed − 1)/(last completion − first completion),
+        req/s; ``per_request``: ``submitted_s``, ``ttft_s`` (None without a token), ``e2e_s``
+        (None unless completed), ``output_tokens``, per submitted request.
+        """
+        if self.token_times is None or self.arrival is None:
+            raise ValueError("run_summary needs a simulation run with record_tokens=True")
+        submitted = [i for i in range(len(self.arrival)) if self.arrival[i] <= self.horizon_s]
+        done = [i for i in submitted if math.isfinite(self.e2e[i]) and len(self.token_times[i])]
+        per: dict[str, list] = {"ttft": [], "e2e": [], "tpot": [], "itl": []}
+        for i in done:
+            times = self.token_times[i]
+            ttft = float(times[0] - self.arrival[i])
+            e2e = float(self.e2e[i])
+            per["ttft"].append(ttft)
+            per["e2e"].append(e2e)
+            if len(times) >= 2:
+                per["tpot"].append((e2e - ttft) / (len(times) - 1))
+            per["itl"].append(np.diff(times))
+        values = {m: np.asarray(v, dtype=float) for m, v in per.items() if m != "itl"}
+        values["itl"] = np.concatenate(per["itl"]) if per["itl"] else np.zeros(0)
+        out: dict = {}
+        for metric in ("ttft", "itl", "tpot", "e2e"):
+            xs = values[metric]
+            out[metric] = {**{f"p{q}": float(np.percentile(xs, q)) if len(xs) else float("nan")
+                              for q in PERCENTILES},
+                           "mean": float(xs.mean()) if len(xs) else float("nan")}
+        tokens = [len(self.token_times[i]) for i in submitted]
+        last = max((float(self.token_times[i][-1]) for i in submitted if len(self.token_times[i])), default=None)
+        first = min((float(self.arrival[i]) for i in submitted), default=None)
+        window = last - first if last is not None and first is not None else 0.0
+        finishes = sorted(float(self.arrival[i] + self.e2e[i]) for i in done)
+        span = finishes[-1] - finishes[0] if finishes else 0.0
+        out.update({
+            "submitted": len(submitted), "completed": len(done), "aborted": len(submitted) - len(done),
+            "output_tokens": int(sum(tokens)), "window_s": window,
+            "output_tok_s": sum(tokens) / window if window > 0 else None,
+            "completion_rate": (len(done) - 1) / span if len(done) > 1 and span > 0 else None,
+            "per_request": {
+                "submitted_s": [float(self.arrival[i]) for i in submitted],
+                "ttft_s": [float(self.token_times[i][0] - self.arrival[i]) if len(self.token_times[i]) else None
+                           for i in submitted],
+                "e2e_s": [float(self.e2e[i]) if math.isfinite(self.e2e[i]) else None for i in submitted],
+                "output_tokens": tokens,
+            },
+        })
         return out
 
 
@@ -145,11 +212,16 @@ class _State:
 
 
 def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warmup: int = 0,
-             max_steps: int = 200_000, abort_wait_s: float = float("inf")) -> SimResult:
+             max_steps: int = 200_000, abort_wait_s: float = float("inf"), until_s: float | None = None,
+             record_tokens: bool = False) -> SimResult:
     """Run one replica over ``requests``; the first ``warmup`` are not measured.
 
     The run ends when every measured request has finished, or is cut short (``overloaded``)
-    when the oldest waiting request has waited ``abort_wait_s`` or after ``max_steps`` steps.
+    when the oldest waiting request has waited ``abort_wait_s``, after ``max_steps`` steps, or
+    at the absolute time ``until_s`` (s, on the arrivals' clock), where the requests still
+    running are aborted: the tokens of steps that ended by then count, the step in flight's
+    do not. ``record_tokens`` keeps every measured request's token times
+    (:attr:`SimResult.token_times`, for :meth:`SimResult.run_summary`).
     """
     n = len(requests)
     S = requests.input_len.tolist()
@@ -172,6 +244,10 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
     step_dur: list[float] = []
     step_dec: list[int] = []
     gaps: list[float] = []
+    # record_tokens: each step's end time, and per request its tokens as (k0, k1) decode step
+    # ranges (tokens at the ends of steps k0 … k1 − 1) or (None, t) single tokens
+    step_end: list[float] = []
+    pieces: list[list] = [[] for _ in range(n)] if record_tokens else []
     first_measured_arrival = arrival[measured.start] if len(measured) else 0.0
     wake = {"event": None}
     done = env.event()
@@ -206,6 +282,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
         running.pop(i)
         k = sums["k"]
         if st.start[i] is not None:  # decoding
+            if record_tokens:
+                pieces[i].append((st.start[i], k))
             st.generated[i] = st.base[i] - S[i] + k  # g0 + (k − k0)
             sums["base"] -= st.base[i]
             sums["n_d"] -= 1
@@ -273,6 +351,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     st.generated[i] = 1  # the first token came from the prefill pool
                     st.first[i] = now  # admitted: the decode pool's wait ends
                     st.last[i] = arrival[i]
+                    if record_tokens:
+                        pieces[i].append((None, arrival[i]))
                     start_decoding(i, k)
                     free -= need
                     budget -= 1
@@ -311,6 +391,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
             k += 1
             sums["k"] = k
             sums["batch_sum"] += n_d
+            if record_tokens:
+                step_end.append(now)
             if now >= first_measured_arrival and n_d:
                 step_dur.append(dt)
                 step_dec.append(n_d)
@@ -320,6 +402,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     continue
                 sums["base"] -= st.base[i]
                 sums["n_d"] -= 1
+                if record_tokens:
+                    pieces[i].append((st.start[i], k))
                 st.start[i] = None
                 st.generated[i] = O[i]
                 st.last[i] = now
@@ -332,6 +416,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 sums["kv_pref"] -= st.computed[i]
                 prefilling.remove(i)
                 st.generated[i] += 1
+                if record_tokens:
+                    pieces[i].append((None, now))
                 if st.first[i] is None:
                     st.first[i] = now
                 elif i >= measured.start and st.last[i] is not None:
@@ -342,12 +428,30 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 else:
                     start_decoding(i, k)
 
+    def deadline():
+        yield env.timeout(max(until_s - env.now, 0.0))
+        if not done.triggered:
+            outcome.update(overloaded=True, reason=f"requests still running at {until_s:g} s were aborted")
+            done.succeed()
+
     env.process(arrivals())
     env.process(engine())
+    if until_s is not None:
+        env.process(deadline())
     if len(measured):
         env.run(until=done)
     horizon = env.now
     touch(horizon, 0)
+    token_times = None
+    if record_tokens:
+        ends = np.asarray(step_end, dtype=float)
+        k_end = sums["k"]
+        token_times = []
+        for i in range(measured.start, n):
+            if st.start[i] is not None:  # still decoding at the end: the steps that ended
+                pieces[i].append((st.start[i], k_end))
+            parts = [ends[k0:k1] if k0 is not None else np.array([k1]) for k0, k1 in pieces[i]]
+            token_times.append(np.concatenate(parts) if parts else np.zeros(0))
 
     idx = np.arange(measured.start, n)
     arr = np.asarray(arrival)[idx]
@@ -370,4 +474,4 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
         finished_all=sums["finished"], arrived_all=sums["arrived"], steps=sums["k"],
         preemptions=sums["preempt"], mean_batch=sums["batch_sum"] / max(sums["k"], 1),
         peak_kv_fraction=sums["peak_kv"] / cap if cap else float("inf"),
-        output_tokens=int(out_len[done_mask].sum()))
+        output_tokens=int(out_len[done_mask].sum()), arrival=arr, token_times=token_times)

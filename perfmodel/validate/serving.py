@@ -2,43 +2,86 @@
 
 Reads the rows of ``perfmodel measure --serving`` (``validate/results/<gpu>-vllm-serving.jsonl``,
 or ``--results FILE``) and replays them: always a labelled replay, on any machine (a serving run
-takes minutes of GPU time; it is measured by ``measure --serving``, not by ``validate``). For each
-measured rate it calls :func:`perfmodel.planning.predict_serving` for the same deployment:
+takes minutes of GPU time; it is measured by ``measure --serving``, not by ``validate``).
 
-- model, ``--set`` overrides and layers of the row;
-- GPU: the row's ``gpu_name`` as a spec name (``NVIDIA H200`` -> ``h200`` -> h200-sxm; the longest
-  leading part of the name that is a known GPU or alias), else ``--gpu``;
-- layout: tp and pp as measured; vLLM's expert parallelism is predicted as TP on the same GPUs
-  (as :mod:`perfmodel.measuring.compare` does for the offline rows);
-- dtype (fp8 when the row ran ``--quantization fp8``), ``max_num_seqs``, and the engine's resolved
-  ``max_num_batched_tokens`` (the planning default where the row lacks it);
-- traffic: the rate the requests were really offered at (the row's ``achieved_rate``: a seeded
-  Poisson schedule of N requests strays from its nominal rate by about 1/sqrt(N)), S and O;
-  ``requests`` = the row's N and ``warmup`` = 0, since the measured run also starts from an idle
-  engine; the row's seed.
+**A replay of the measured schedule.** Each row is predicted by
+:func:`perfmodel.planning.predict_serving` simulating the very run the row measured, from an
+idle engine:
 
-Compared (relative error = predicted/measured - 1, MAPE over the finite ones): TTFT p50/p90,
-ITL p50/p90, and the served throughput in output tokens/s: measured, the row's completion rate
-times O; predicted, min(offered rate, the closed-form saturation rate) times O. A prediction that
-overloads (infinite percentiles) is shown as such and left out of the MAPE.
+- requests: the row's submitted requests at their real submission times
+  (``per_request.submitted_s``; those never submitted under the duration cap are left out), S and
+  O tokens each; a row without per-request data gets the schedule the measurement drew
+  (:func:`perfmodel.measuring.vllm_serving.poisson_arrivals` of its rate, N and seed, cut at its
+  duration cap);
+- the end of the run: requests still running at the measurement's drain limit
+  (:data:`perfmodel.measuring.vllm_serving.DRAIN_FACTOR` x ``duration_cap_s`` after the start)
+  are aborted, as the measured ones were; a row without a cap runs until every request finishes;
+- the engine: model, ``--set`` overrides and layers of the row; GPU from the row's ``gpu_name``
+  (``NVIDIA H200`` -> h200-sxm: the longest leading part of the name that is a known GPU or alias),
+  else ``--gpu``; tp and pp as measured, vLLM's expert parallelism predicted as TP on the same
+  GPUs (as :mod:`perfmodel.measuring.compare` does for the offline rows); dtype (fp8 for
+  ``--quantization fp8``); ``max_num_seqs``; the engine's resolved ``max_num_batched_tokens``
+  and its KV cache (``num_gpu_blocks`` x ``block_size`` of ``engine_detail.resolved``; the
+  planning's own estimate where the row lacks them).
 
-Saturation, per group of rows that differ only in rate: a measured rate is *followed* while the
-engine's completion rate is at least (1 - :data:`SATURATION_TOLERANCE`) of the rate requests
-were offered at (``achieved_rate``); the measured saturation lies between the highest followed
-rate and the lowest rate that is not, and the completion rate of the rates that are not is the
-engine's measured capacity. Both are set beside the planning's closed-form saturation rate.
+**Compared like with like** (relative error = predicted/measured - 1, MAPE over the finite
+ones): TTFT p50/p90 and ITL p50/p90 over the completed requests (ITL: every gap between two
+tokens of a completed request; linear-interpolated percentiles), and the served throughput
+``served_tok_s``: every output token produced, aborted requests' included, over the window from
+the first submission to the last token (the row's ``output_tok_s``). The prediction computes
+them from its own per-request token times exactly as ``summarize`` computes the measured ones
+(:meth:`perfmodel.planning.simulate.SimResult.run_summary`). Completed and aborted counts are
+reported beside them.
+
+**Overload, from the per-request data** (:func:`overload`, the same rule for the measured run and
+for its replay). A rate is *overloaded* when
+
+1. requests submitted were still unfinished at the drain limit (aborted; those never given a
+   first token among them): the engine did not do the offered work in 1.5 x the submission
+   time; or
+2. the queue grew: the median TTFT of the last quarter of the submitted requests (in submission
+   order) is at least :data:`QUEUE_GROWTH` times that of the first quarter. An engine that keeps
+   up gives a late request about the TTFT of an early one (the rest of the running step plus
+   the prompt's own steps, which lengthen only as the batch fills); when requests arrive faster
+   than the engine admits them, each waits for all those queued before it, and the TTFT grows
+   with the time into the run. The ratio is reported per rate, so how far each rate is from
+   the threshold can be read.
+
+A row without per-request data is overloaded when it reports aborted requests, and unknown
+otherwise.
+
+**Capacity.** The measured capacity is the engine's output throughput, req/s =
+``output_tok_s`` / O, at the overloaded rates whose runs ended with aborted requests: the engine
+held a queue from the ramp-up to the drain limit, so the tokens it produced over the window are
+what it can produce (every token counted, those of aborted requests too; a request needs O of
+them). Completions are not used: in a finite run the requests admitted together finish
+together, so (completed - 1)/(last - first completion) says little (a short run whose requests
+all fit in the batch "serves" twice its offered rate). An overloaded rate that finished every request is left out: its window
+ends with the batch draining, not with the engine's limit, so its token rate is not the
+capacity. The window still holds the ramp from an idle engine; the replay's capacity at the
+same rates is computed the same way (like with like), the closed form's saturation rate is a
+steady state (without that ramp).
+
+Saturation, per group of rows that differ only in rate: the measured bracket (the highest
+offered rate not overloaded, the lowest overloaded one), the measured capacity, and beside them
+the planning's closed-form saturation rate (where it falls relative to the bracket, its error
+against the capacity) and the replay's capacity at the same rates and its own bracket (by the
+same rule).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from perfmodel.errors import InputError, PerfModelError
 
-#: A rate is followed while completion rate >= (1 - this) x the offered (achieved) rate.
-SATURATION_TOLERANCE = 0.10
+#: Overloaded when the last quarter's median TTFT is at least this many times the first quarter's.
+QUEUE_GROWTH = 2.0
+#: Fewest submitted requests for the TTFT-growth test (two per quarter).
+MIN_GROWTH_REQUESTS = 8
 #: Compared latency metrics: name -> (measured field, ms; predicted metric, percentile).
 LATENCY = {
     "ttft_p50": ("ttft_p50_ms", "ttft_s", "p50"),
@@ -49,6 +92,8 @@ LATENCY = {
 METRICS = (*LATENCY, "served_tok_s")
 #: The planning's engine profile the predictions use.
 ENGINE = "vllm"
+#: Per-request columns of a measured row (``per_request``).
+_PER_REQUEST = ("arrival_s", "submitted_s", "ttft_ms", "e2e_ms", "output_tokens")
 
 
 def results_path(gpu: str) -> Path:
@@ -97,8 +142,44 @@ def offered_rate(row: dict[str, Any]) -> float:
     return float(achieved) if isinstance(achieved, (int, float)) and achieved > 0 else float(row["rate"])
 
 
+# --------------------------------------------------------------------------- the measured run
+
+
+def measured_schedule(row: dict[str, Any]) -> tuple[list[float], str]:
+    """The submission times (s from the rate's start) of a row's submitted requests, and where
+    they come from: ``submitted`` (its per-request data) or ``scheduled`` (the seeded Poisson
+    schedule the measurement drew, cut at its duration cap, where the row lacks them)."""
+    per = row.get("per_request")
+    if isinstance(per, dict) and per.get("submitted_s") is not None:
+        return [float(t) for t in per["submitted_s"] if t is not None], "submitted"
+    from perfmodel.measuring.vllm_serving import poisson_arrivals
+
+    cap = row.get("duration_cap_s")
+    times = poisson_arrivals(float(row["rate"]), int(row["num_requests"]), int(row.get("seed") or 0))
+    return [t for t in times if cap is None or t <= cap], "scheduled"
+
+
+def drain_limit(row: dict[str, Any]) -> float | None:
+    """When the measurement aborted the requests still running, s from the rate's start:
+    ``DRAIN_FACTOR`` x its duration cap; None for a run without a cap."""
+    from perfmodel.measuring.vllm_serving import DRAIN_FACTOR
+
+    cap = row.get("duration_cap_s")
+    return None if cap is None else DRAIN_FACTOR * float(cap)
+
+
+def engine_kv_tokens(row: dict[str, Any]) -> int | None:
+    """Tokens of KV cache the measured engine allocated (``num_gpu_blocks`` x ``block_size`` of
+    ``engine_detail.resolved``), None where the row does not say."""
+    resolved = (row.get("engine_detail") or {}).get("resolved") or {}
+    blocks, size = resolved.get("num_gpu_blocks"), resolved.get("block_size")
+    if isinstance(blocks, int) and isinstance(size, int) and blocks > 0 and size > 0:
+        return blocks * size
+    return None
+
+
 def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
-    """:func:`perfmodel.planning.predict_serving` of the deployment and traffic a row measured."""
+    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured."""
     from perfmodel import planning
     from perfmodel.measuring.compare import row_overrides
 
@@ -106,68 +187,140 @@ def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if isinstance(engine.get("max_num_batched_tokens"), int):
         kwargs["max_batched_tokens"] = engine["max_num_batched_tokens"]
+    arrivals, _ = measured_schedule(row)
+    if not arrivals:
+        raise InputError("no request was submitted")
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
         {"rate": offered_rate(row), "input_len": int(row["input_len"]), "output_len": int(row["output_len"])},
         dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=ENGINE,
-        overrides=row_overrides(row), requests=max(20, int(row["num_requests"])), warmup=0,
-        seed=int(row.get("seed") or 0), **kwargs)
+        overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
+        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row), **kwargs)
 
 
-def _served(row: dict[str, Any]) -> float | None:
-    rate = row.get("completion_rate")
-    return None if rate is None else float(rate) * int(row["output_len"])
+# --------------------------------------------------------------------------- overload and capacity
 
 
-def predicted_served(row: dict[str, Any], prediction: dict[str, Any]) -> float:
-    """Output tokens/s the planning says one engine serves at the row's offered rate:
-    min(offered rate, closed-form saturation) x O."""
-    sat = prediction.get("saturation_rate_per_replica")
-    rate = offered_rate(row) if sat is None else min(offered_rate(row), float(sat))
-    return rate * int(row["output_len"])
+def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],
+             completed: Sequence[bool]) -> dict[str, Any]:
+    """The overload rule of the module docstring on per-request data: submission times (None:
+    not submitted), TTFTs (None: no first token; any unit) and whether each completed.
+
+    Returns ``overloaded`` (None when it cannot be told), ``aborted`` (submitted, not completed),
+    ``never_prefilled`` (submitted, no first token), ``ttft_growth`` (last-quarter over
+    first-quarter median TTFT; None with fewer than :data:`MIN_GROWTH_REQUESTS` requests) and
+    ``why`` (one line)."""
+    rows = sorted((s, t, c) for s, t, c in zip(submitted, ttft, completed) if s is not None)
+    aborted = sum(1 for _, _, c in rows if not c)
+    never = sum(1 for _, t, _ in rows if t is None)
+    growth = None
+    if len(rows) >= MIN_GROWTH_REQUESTS:
+        q = len(rows) // 4
+        first = statistics.median(math.inf if t is None else t for _, t, _ in rows[:q])
+        last = statistics.median(math.inf if t is None else t for _, t, _ in rows[-q:])
+        growth = last / first if first > 0 else None
+    if aborted:
+        why = f"{aborted} of {len(rows)} requests unfinished at the drain limit ({never} never prefilled)"
+        return {"overloaded": True, "aborted": aborted, "never_prefilled": never, "ttft_growth": growth,
+                "why": why}
+    if growth is None:
+        return {"overloaded": None, "aborted": 0, "never_prefilled": never, "ttft_growth": None,
+                "why": "too few requests to tell"}
+    grew = growth >= QUEUE_GROWTH
+    why = f"late/early median TTFT {growth:.2f}x {'>=' if grew else '<'} {QUEUE_GROWTH:g}x"
+    return {"overloaded": grew, "aborted": 0, "never_prefilled": never, "ttft_growth": growth, "why": why}
 
 
-def _rel(predicted: float, measured: float | None) -> float | None:
-    if measured is None or measured <= 0 or not math.isfinite(predicted):
+def measured_overload(row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`overload` of a measured row (from its ``aborted`` count alone where it lacks
+    per-request data)."""
+    per = row.get("per_request")
+    if isinstance(per, dict) and per.get("submitted_s") is not None:
+        return overload(per["submitted_s"], per["ttft_ms"], [e is not None for e in per["e2e_ms"]])
+    aborted = row.get("aborted")
+    if isinstance(aborted, int) and aborted > 0:
+        return {"overloaded": True, "aborted": aborted, "never_prefilled": None, "ttft_growth": None,
+                "why": f"{aborted} requests aborted at the drain limit"}
+    return {"overloaded": None, "aborted": aborted, "never_prefilled": None, "ttft_growth": None,
+            "why": "no per-request data"}
+
+
+def predicted_overload(prediction: dict[str, Any]) -> dict[str, Any]:
+    """:func:`overload` of a replay's per-request data (None fields where it has none)."""
+    per = prediction.get("per_request")
+    if not isinstance(per, dict):
+        return {"overloaded": None, "aborted": prediction.get("aborted"), "never_prefilled": None,
+                "ttft_growth": None, "why": "no per-request data"}
+    return overload(per["submitted_s"], per["ttft_s"], [e is not None for e in per["e2e_s"]])
+
+
+def capacity_rps(output_tok_s: float | None, output_len: int) -> float | None:
+    """Requests per second an output token rate serves: tok/s / O."""
+    return None if output_tok_s is None or not math.isfinite(output_tok_s) else output_tok_s / output_len
+
+
+def _rel(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or measured is None or measured <= 0 or not math.isfinite(predicted):
         return None
     return predicted / measured - 1.0
 
 
-def _group_key(row: dict[str, Any], gpu: str) -> tuple:
-    engine = row.get("engine") or {}
-    return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), row["input_len"],
-            row["output_len"], row["max_num_seqs"], gpu, serving_layout(row), serving_dtype(row),
-            engine.get("max_num_batched_tokens"))
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
-def followed(row: dict[str, Any]) -> bool | None:
-    """Whether the engine kept up with a row's rate (None when the row lacks the rates)."""
-    served, offered = row.get("completion_rate"), row.get("achieved_rate")
-    if served is None or offered is None:
+def _position(rate: float | None, below: float | None, above: float | None) -> str | None:
+    """Where ``rate`` lies relative to the bracket (below, inside, above), None when unknown."""
+    if rate is None or (below is None and above is None):
         return None
-    return served >= (1.0 - SATURATION_TOLERANCE) * offered
+    if below is not None and rate < below:
+        return "below"
+    if above is not None and rate > above:
+        return "above"
+    return "inside"
 
 
-def saturation(rows: list[dict[str, Any]], predicted_rate: float | None) -> dict[str, Any]:
-    """The measured saturation of one group of rows (differing only in rate) beside the
-    predicted one (req/s)."""
-    rows = sorted(rows, key=lambda r: r["rate"])
-    flags = [(r["rate"], followed(r), r.get("completion_rate")) for r in rows]
-    kept = [rate for rate, ok, _ in flags if ok]
-    lost = [(rate, served) for rate, ok, served in flags if ok is False]
-    below = max(kept) if kept else None
-    above = min(rate for rate, _ in lost) if lost else None
-    capacity = sum(s for _, s in lost) / len(lost) if lost else None
-    inside = None
-    if predicted_rate is not None and (below is not None or above is not None):
-        inside = (below is None or predicted_rate >= below) and (above is None or predicted_rate <= above)
+def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict[str, Any]:
+    """The measured saturation of one group of runs (one per rate, as :func:`compare_serving`
+    lists them in ``rates``) beside the closed form's saturation rate (req/s) and the replay's."""
+    runs = sorted(runs, key=lambda r: r["rate"])
+
+    def bracket(flag: str) -> tuple[dict | None, dict | None]:
+        kept = [r for r in runs if r[flag] is False]
+        lost = [r for r in runs if r[flag] is True]
+        return (max(kept, key=lambda r: r["rate"]) if kept else None,
+                min(lost, key=lambda r: r["rate"]) if lost else None)
+
+    below, above = bracket("measured_overloaded")
+    p_below, p_above = bracket("predicted_overloaded")
+    busy = [r for r in runs if r["measured_overloaded"] and (r["measured_aborted"] or 0) > 0
+            and r["measured_capacity_rps"] is not None]
+    capacity = _mean([r["measured_capacity_rps"] for r in busy])
+    replay = [r["predicted_capacity_rps"] for r in busy if r["predicted_capacity_rps"] is not None]
+    replay_capacity = _mean(replay) if len(replay) == len(busy) else None
+    low = below["offered_rate"] if below else None
+    high = above["offered_rate"] if above else None
     return {
-        "rates": [r["rate"] for r in rows],
-        "followed_up_to": below, "saturated_from": above, "spans": below is not None and above is not None,
-        "measured_capacity_rps": capacity, "predicted_saturation_rps": predicted_rate,
-        "predicted_in_bracket": inside,
-        "capacity_rel_error": (_rel(predicted_rate, capacity) if predicted_rate is not None else None),
+        "rates": [r["rate"] for r in runs],
+        "followed_up_to": low, "followed_up_to_nominal": below["rate"] if below else None,
+        "saturated_from": high, "saturated_from_nominal": above["rate"] if above else None,
+        "spans": below is not None and above is not None,
+        "overloaded_rates": [r["rate"] for r in runs if r["measured_overloaded"]],
+        "capacity_rates": [r["rate"] for r in busy],
+        "measured_capacity_rps": capacity,
+        "predicted_saturation_rps": predicted_rate,
+        "closed_form_position": _position(predicted_rate, low, high),
+        "closed_form_rel_error": _rel(predicted_rate, capacity),
+        "replay_capacity_rps": replay_capacity,
+        "replay_capacity_rel_error": _rel(replay_capacity, capacity),
+        "replay_followed_up_to": p_below["offered_rate"] if p_below else None,
+        "replay_saturated_from": p_above["offered_rate"] if p_above else None,
+        "replay_agrees": all(r["predicted_overloaded"] == r["measured_overloaded"] for r in runs
+                             if r["measured_overloaded"] is not None),
     }
+
+
+# --------------------------------------------------------------------------- rows
 
 
 def _canonical(model: str) -> str:
@@ -195,6 +348,9 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
         "git_commit": first.get("git_commit", ""),
         "date": (dates[0] if dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
         "predicted_by": f"perfmodel.planning.predict_serving (engine profile {ENGINE})",
+        "comparison": "replay of the measured schedule: each row's submitted requests at their real "
+                      "submission times, from an idle engine, aborted at the row's drain limit",
+        "queue_growth": QUEUE_GROWTH,
     }
 
 
@@ -202,12 +358,30 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
 #: the run (tokens, sequences, requests).
 _ROW_NUMBERS = {"rate": False, "input_len": True, "output_len": True, "max_num_seqs": True,
                 "num_requests": True}
-#: Measured fields that are numbers when present (ms, req/s).
-_ROW_MEASURED = (*(field for field, _, _ in LATENCY.values()), "achieved_rate", "completion_rate")
+#: Measured fields that are numbers when present (ms, req/s, tok/s, s).
+_ROW_MEASURED = (*(field for field, _, _ in LATENCY.values()), "achieved_rate", "completion_rate",
+                 "output_tok_s", "duration_cap_s")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_per_request(name: str, per: Any) -> None:
+    if not isinstance(per, dict):
+        raise InputError(f"malformed serving row {name}: 'per_request' must be a mapping of columns")
+    columns = {k: per.get(k) for k in _PER_REQUEST if k != "arrival_s"}
+    for key, column in columns.items():
+        if not isinstance(column, list):
+            raise InputError(f"malformed serving row {name}: 'per_request.{key}' must be a list")
+        whole = key == "output_tokens"
+        for value in column:
+            if (value is None and not whole) or (_number(value) and (not whole or float(value).is_integer())):
+                continue
+            raise InputError(f"malformed serving row {name}: 'per_request.{key}' holds {value!r}, "
+                             f"not a {'whole ' if whole else ''}number")
+    if len({len(c) for c in columns.values()}) > 1:
+        raise InputError(f"malformed serving row {name}: the 'per_request' columns differ in length")
 
 
 def check_row(row: dict[str, Any]) -> None:
@@ -227,25 +401,67 @@ def check_row(row: dict[str, Any]) -> None:
         value = row.get(field)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise InputError(f"malformed serving row {name}: '{field}' must be a number, got {value!r}")
+    cap = row.get("duration_cap_s")
+    if cap is not None and not (math.isfinite(cap) and cap > 0):
+        raise InputError(f"malformed serving row {name}: 'duration_cap_s' must be > 0 s, got {cap!r}")
     engine = row.get("engine") or {}
     if not isinstance(engine, dict):
         raise InputError(f"malformed serving row {name}: 'engine' must be a mapping")
     for field, value in [*((f"engine.{k}", engine.get(k)) for k in ("tp", "pp", "dp")), ("seed", row.get("seed"))]:
         if value is not None and not (_number(value) and float(value).is_integer()):
             raise InputError(f"malformed serving row {name}: '{field}' must be a whole number, got {value!r}")
+    detail = row.get("engine_detail") or {}
+    resolved = detail.get("resolved") or {} if isinstance(detail, dict) else None
+    if not isinstance(resolved, dict):
+        raise InputError(f"malformed serving row {name}: 'engine_detail' must be a mapping")
+    for key in ("num_gpu_blocks", "block_size"):
+        value = resolved.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise InputError(f"malformed serving row {name}: 'engine_detail.resolved.{key}' must be a whole "
+                             f"number > 0, got {value!r}")
     overrides = row.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise InputError(f"malformed serving row {name}: 'overrides' must be a list of KEY=VALUE strings")
     if row.get("gpu_name") is not None and not isinstance(row["gpu_name"], str):
         raise InputError(f"malformed serving row {name}: 'gpu_name' must be a string")
+    if row.get("per_request") is not None:
+        _check_per_request(name, row["per_request"])
+
+
+def _group_key(row: dict[str, Any], gpu: str) -> tuple:
+    engine = row.get("engine") or {}
+    return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), row["input_len"],
+            row["output_len"], row["max_num_seqs"], gpu, serving_layout(row), serving_dtype(row),
+            engine.get("max_num_batched_tokens"))
+
+
+def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+    """One rate's run, measured and replayed: counts, overload and capacity."""
+    O = int(row["output_len"])
+    m, p = measured_overload(row), predicted_overload(pred)
+    _, schedule = measured_schedule(row)
+    return {
+        **key, "offered_rate": offered_rate(row), "schedule": schedule, "until_s": drain_limit(row),
+        "kv_tokens": pred.get("kv_tokens"), "kv_source": "engine" if engine_kv_tokens(row) else "planning",
+        "submitted": row.get("submitted"), "measured_completed": row.get("completed"),
+        "measured_aborted": m["aborted"] if m["aborted"] is not None else row.get("aborted"),
+        "predicted_submitted": pred.get("submitted"), "predicted_completed": pred.get("completed"),
+        "predicted_aborted": pred.get("aborted"),
+        "measured_overloaded": m["overloaded"], "measured_ttft_growth": m["ttft_growth"], "measured_why": m["why"],
+        "predicted_overloaded": p["overloaded"], "predicted_ttft_growth": p["ttft_growth"], "predicted_why": p["why"],
+        "measured_capacity_rps": capacity_rps(row.get("output_tok_s"), O),
+        "predicted_capacity_rps": capacity_rps(pred.get("output_tok_s"), O),
+        "predicted_saturation_rps": pred.get("saturation_rate_per_replica"),
+        "preemptions": pred.get("preemptions"),
+    }
 
 
 def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                     model: str = "all") -> dict[str, Any]:
     """Predicted vs measured for every ok serving row (of ``model``, or all): ``points`` (one
-    per row and metric), ``rates`` (one per row), ``mape`` (per metric), ``saturation`` (per
-    group of rows differing only in rate)."""
-    from perfmodel.measuring.compare import layout_label
+    per row and metric), ``rates`` (one run per row: counts, overload, capacity), ``mape`` (per
+    metric), ``saturation`` (per group of rows differing only in rate)."""
+    from perfmodel.measuring.compare import layout_label, row_layout
 
     wanted = None if model == "all" else _canonical(model)
     points: list[dict[str, Any]] = []
@@ -262,25 +478,26 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                    max_num_seqs=row["max_num_seqs"], rate=row["rate"], gpu=spec_gpu,
                    layout=layout_label(row), point_id=row["point_id"])
         try:
+            if int(row_layout(row)["dp"]) > 1:
+                raise InputError("a replay simulates one engine; this row ran data-parallel replicas")
             pred = predict_row(row, spec_gpu)
         except PerfModelError as exc:
             rates.append({**key, "error": str(exc)})
             continue
         for metric, (field, predicted, pct) in LATENCY.items():
             measured = row.get(field)
-            value = float(pred[predicted][pct])
+            value = (pred.get(predicted) or {}).get(pct)
+            value = None if value is None else float(value)
             measured_s = None if measured is None else measured * 1e-3
             points.append({**key, "metric": metric, "measured": measured_s, "predicted": value,
                            "rel_error": _rel(value, measured_s)})
-        served, served_pred = _served(row), predicted_served(row, pred)
+        served, served_pred = row.get("output_tok_s"), pred.get("output_tok_s")
         points.append({**key, "metric": "served_tok_s", "measured": served, "predicted": served_pred,
                        "rel_error": _rel(served_pred, served)})
-        rates.append({**key, "achieved_rate": row.get("achieved_rate"), "completion_rate": row.get("completion_rate"),
-                      "completed": row.get("completed"), "num_requests": row.get("num_requests"),
-                      "followed": followed(row), "predicted_overloaded": bool(pred.get("overloaded")),
-                      "predicted_saturation_rps": pred.get("saturation_rate_per_replica")})
-        group = groups.setdefault(_group_key(row, spec_gpu), {"rows": [], "key": key, "sat": None})
-        group["rows"].append(row)
+        run = _run(row, pred, key)
+        rates.append(run)
+        group = groups.setdefault(_group_key(row, spec_gpu), {"runs": [], "key": key, "sat": None})
+        group["runs"].append(run)
         group["sat"] = pred.get("saturation_rate_per_replica")
     if wanted is not None and not rates:
         raise InputError(f"no serving measurements of {wanted}")
@@ -295,7 +512,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         k = group["key"]
         sat.append({"model": k["model"], "input_len": k["input_len"], "output_len": k["output_len"],
                     "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"],
-                    **saturation(group["rows"], group["sat"])})
+                    **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat}
 
 
@@ -338,7 +555,7 @@ def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
     if not math.isfinite(value):
-        return "∞ (overloaded)"
+        return "∞"
     return f"{value:,.0f} tok/s" if metric == "served_tok_s" else format_time(value)
 
 
@@ -354,34 +571,88 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def _saturation_line(s: dict[str, Any]) -> str:
-    head = f"{s['model']} S={s['input_len']} O={s['output_len']} seqs≤{s['max_num_seqs']} {s['gpu']} {s['layout']}"
-    if s["followed_up_to"] is None and s["saturated_from"] is None:
-        measured = "not known (rows lack their rates)"
-    elif s["saturated_from"] is None:
-        measured = f"above {_rate(s['followed_up_to'])} req/s (every rate followed)"
-    elif s["followed_up_to"] is None:
-        measured = f"below {_rate(s['saturated_from'])} req/s (no rate followed)"
+def _flag(value: bool | None) -> str:
+    return "?" if value is None else ("overloaded" if value else "kept up")
+
+
+def _growth(value: float | None) -> str:
+    return "–" if value is None else ("∞" if not math.isfinite(value) else f"{value:.2f}x")
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
+def _head(s: dict[str, Any]) -> str:
+    return f"{s['model']} S={s['input_len']} O={s['output_len']} seqs≤{s['max_num_seqs']} {s['gpu']} {s['layout']}"
+
+
+def _with_nominal(offered: float | None, nominal: float | None) -> str:
+    return f"{_rate(offered)} req/s offered (nominal {_rate(nominal)})"
+
+
+def saturation_lines(s: dict[str, Any]) -> list[str]:
+    """The saturation of one group in words: the measured bracket and capacity, the closed form
+    and the replay beside them."""
+    below = _with_nominal(s["followed_up_to"], s["followed_up_to_nominal"]) if s["followed_up_to"] else None
+    above = _with_nominal(s["saturated_from"], s["saturated_from_nominal"]) if s["saturated_from"] else None
+    if below is None and above is None:
+        measured = "not known (no rate could be told)"
+    elif above is None:
+        measured = f"above {below}; no rate overloaded"
+    elif below is None:
+        measured = f"below {above}; every rate overloaded"
     else:
-        measured = f"between {_rate(s['followed_up_to'])} and {_rate(s['saturated_from'])} req/s"
+        measured = f"between {below} and {above}"
     cap = s["measured_capacity_rps"]
-    measured += f", capacity {_rate(cap)} req/s" if cap is not None else ""
-    predicted = f"predicted {_rate(s['predicted_saturation_rps'])} req/s"
-    if s["capacity_rel_error"] is not None:
-        predicted += f" ({_err(s['capacity_rel_error'])} vs the measured capacity)"
-    if s["predicted_in_bracket"] is not None:
-        predicted += ", inside the measured bracket" if s["predicted_in_bracket"] else ", outside the measured bracket"
-    return f"{head}: measured saturation {measured}; {predicted}"
+    if cap is not None:
+        capacity = (f"measured capacity {_rate(cap)} req/s (output tok/s ÷ O at the rates that ended with "
+                    f"aborted requests: {', '.join(_rate(r) for r in s['capacity_rates'])} req/s)")
+    else:
+        capacity = "measured capacity not known (no run stayed busy to its drain limit)"
+    closed = f"closed-form saturation {_rate(s['predicted_saturation_rps'])} req/s"
+    if s["closed_form_position"] is not None:
+        closed += f", {s['closed_form_position']} the measured bracket"
+    if s["closed_form_rel_error"] is not None:
+        closed += f", {_err(s['closed_form_rel_error'])} vs the measured capacity"
+    replay = ""
+    if s["capacity_rates"]:
+        replay = f"replay capacity at the same rates {_rate(s['replay_capacity_rps'])} req/s"
+        if s["replay_capacity_rel_error"] is not None:
+            replay += f" ({_err(s['replay_capacity_rel_error'])})"
+        replay += "; "
+    lo, hi = s["replay_followed_up_to"], s["replay_saturated_from"]
+    replay += (f"the replay keeps up to {_rate(lo)} and overloads from {_rate(hi)} req/s offered"
+               f" ({'the same' if s['replay_agrees'] else 'not the same'} verdicts as measured)")
+    return [f"{_head(s)}: measured saturation {measured}; {capacity}", f"  predicted: {closed}; {replay}"]
+
+
+_RUN_COLUMNS = ("model", "rate", "offered", "submitted", "completed m/p", "aborted m/p",
+                "TTFT growth m/p", "verdict m/p", "served m/p req/s", "KV tokens")
+
+
+def _run_cells(r: dict[str, Any]) -> list[str]:
+    return [str(r["model"]), _rate(r["rate"]), _rate(r["offered_rate"]), _count(r["predicted_submitted"]),
+            f"{_count(r['measured_completed'])}/{_count(r['predicted_completed'])}",
+            f"{_count(r['measured_aborted'])}/{_count(r['predicted_aborted'])}",
+            f"{_growth(r['measured_ttft_growth'])}/{_growth(r['predicted_ttft_growth'])}",
+            f"{_flag(r['measured_overloaded'])}/{_flag(r['predicted_overloaded'])}",
+            f"{_rate(r['measured_capacity_rps'])}/{_rate(r['predicted_capacity_rps'])}",
+            f"{r['kv_tokens']:,} ({r['kv_source']})" if r.get("kv_tokens") else "–"]
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
-    """The report as Markdown: source, predicted vs measured per rate and metric, MAPE, saturation."""
+    """The report as Markdown: source, predicted vs measured per rate and metric, MAPE, the runs
+    (counts, overload, capacity), saturation."""
     src = result["source"]
     lines = [
         "# perfmodel serving validation",
         "",
         f"**REPLAY** of `{src['results_file']}`: {src['gpu']}, driver {src['driver']}, torch {src['torch']}, "
         f"vLLM {src['vllm']}, measured {src['date']} (commit {src['git_commit']}); predicted by {src['predicted_by']}.",
+        "",
+        f"The comparison is a {src['comparison']}. Percentiles are over the completed requests on both "
+        "sides; served_tok_s is every output token over first submission to last token.",
         "",
         "| model | S/O | seqs | rate req/s | metric | measured | predicted | error |",
         "|---|---|---|---|---|---|---|---|",
@@ -393,15 +664,26 @@ def summary_markdown(result: dict[str, Any]) -> str:
     failed = [r for r in result["rates"] if r.get("error")]
     if failed:
         lines += [""] + [f"- not predicted: {r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in failed]
-    lines += ["", "| metric | MAPE % | max % | n | left out (overloaded) |", "|---|---|---|---|---|"]
+    lines += ["", "| metric | MAPE % | max % | n | left out |", "|---|---|---|---|---|"]
     for m in result["mape"]:
         lines.append(f"| {m['metric']} | {_pct(m['mape'])} | {_pct(m['max'])} | {m['count']} | {m['left_out']} |")
-    lines += ["", "## Saturation", ""] + [f"- {_saturation_line(s)}" for s in result["saturation"]]
+    lines += ["", "## Runs (m = measured, p = replay)", "",
+              f"Overloaded: requests unfinished at the drain limit, or the last quarter's median TTFT at "
+              f"least {src['queue_growth']:g}x the first quarter's (TTFT growth). Served: output tok/s ÷ O; "
+              "at the overloaded rates that ended with aborted requests, the capacity.", "",
+              "| " + " | ".join(_RUN_COLUMNS) + " |", "|" + "---|" * len(_RUN_COLUMNS)]
+    for r in result["rates"]:
+        if not r.get("error"):
+            lines.append("| " + " | ".join(_run_cells(r)) + " |")
+    lines += ["", "## Saturation", ""]
+    for s in result["saturation"]:
+        first, second = saturation_lines(s)
+        lines += [f"- {first}", f"  - {second.strip()}"]
     return "\n".join(lines) + "\n"
 
 
 def print_serving_validation(result: dict[str, Any], console) -> None:
-    """Terminal tables: predicted vs measured per rate and metric, MAPE, saturation."""
+    """Terminal tables: predicted vs measured per rate and metric, MAPE, runs, saturation."""
     from rich.table import Table
     from rich.text import Text
 
@@ -409,7 +691,8 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     console.print(f"[bold]REPLAY of serving measurements[/bold]: {src['results_file']} · {src['gpu']} · "
                   f"driver {src['driver']} · torch {src['torch']} · vLLM {src['vllm']} · measured "
                   f"{src['date']} (commit {src['git_commit']}) · predicted by {src['predicted_by']}")
-    table = Table(title="serving: predicted vs measured", header_style="bold")
+    console.print(f"{src['comparison']}", markup=False, highlight=False)
+    table = Table(title="serving: predicted (replay) vs measured", header_style="bold")
     for col in ("model", "S/O", "seqs", "rate", "metric", "measured", "predicted", "error"):
         table.add_column(col, justify="left" if col in ("model", "metric") else "right")
     for p in result["points"]:
@@ -426,6 +709,15 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     for m in result["mape"]:
         mape.add_row(m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"]))
     console.print(mape)
+    runs = Table(title=f"runs (m = measured, p = replay; overloaded: aborted, or TTFT growth ≥ "
+                       f"{src['queue_growth']:g}x)", header_style="bold")
+    for col in _RUN_COLUMNS:
+        runs.add_column(col, justify="left" if col == "model" else "right")
+    for r in result["rates"]:
+        if not r.get("error"):
+            runs.add_row(*(Text(c) for c in _run_cells(r)))
+    console.print(runs)
     for s in result["saturation"]:
-        console.print(_saturation_line(s), markup=False, highlight=False)
+        for line in saturation_lines(s):
+            console.print(line, markup=False, highlight=False)
     console.print(f"summary: {result['summary_md']}")
