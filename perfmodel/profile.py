@@ -101,6 +101,10 @@ class Options(_Strict):
         "graph (vLLM: max_cudagraph_capture_size, min(2·max_num_seqs, 512) by default): a prefill "
         "of at most that many tokens is replayed, so an eager-prefill engine pays no host launch "
         "floor for it. None or 0: every prefill of such an engine is launched from the host.")
+    async_scheduling: bool = Field(
+        default=False, description="The scheduler prepares the next step while one runs (vLLM's "
+        "asynchronous scheduling): a request arriving during a step joins the step after next at "
+        "the earliest, unless the engine is idle (serving simulation only).")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

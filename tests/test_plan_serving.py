@@ -301,3 +301,26 @@ def test_predict_serving_replay_arguments_are_checked():
     ):
         with pytest.raises(InputError, match=expected):
             predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, **kwargs)
+
+
+def test_asynchronous_scheduling_delays_a_newcomer_by_one_step():
+    """A (S = 100, O = 50) at 0 starts at once; B (S = 100, O = 2) arrives at 5 ms, inside A's
+    prefill step (20 ms). Scheduled synchronously, B joins the next step (at 20 ms); scheduled
+    asynchronously, that step was planned when A's prefill started, so B joins the one after
+    (at 20 ms + one decode step of A)."""
+    prefill, decode = FIXED + 100 * PER_TOKEN, FIXED + PER_TOKEN
+    mixed = FIXED + 101 * PER_TOKEN  # A's decode and B's prompt in one step
+    sync = _replay([0.0, 0.005], [100, 100], [50, 2]).run_summary()["per_request"]["ttft_s"]
+    limits = EngineLimits(8, 8192, 100_000, async_scheduling=True)
+    later = _replay([0.0, 0.005], [100, 100], [50, 2], limits=limits).run_summary()["per_request"]["ttft_s"]
+    assert sync[0] == pytest.approx(prefill) and later[0] == pytest.approx(prefill)  # idle: at once
+    assert sync[1] == pytest.approx(prefill + mixed - 0.005)
+    assert later[1] == pytest.approx(prefill + decode + mixed - 0.005)
+    # an engine with nothing else to run takes a newcomer at once, async or not
+    alone = _replay([0.0, 1.0], [100, 100], [2, 2], limits=limits).run_summary()["per_request"]["ttft_s"]
+    assert alone == pytest.approx([prefill, prefill])
+
+
+def test_the_vllm_profile_schedules_asynchronously():
+    assert load_profile("vllm", "h200-sxm").options.async_scheduling
+    assert not load_profile("hf", "h200-sxm").options.async_scheduling

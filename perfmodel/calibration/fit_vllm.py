@@ -55,6 +55,7 @@ VLLM_OPTIONS = {
     "prefill_eager": True,
     "prefill_chunk_tokens": 16384,  # vLLM 0.26's offline default on H100/H200 (engine logs)
     "cudagraph_max_tokens": 512,  # vLLM 0.26: min(2·max_num_seqs, 512) at its default max_num_seqs
+    "async_scheduling": True,  # vLLM 0.26's default ("Asynchronous scheduling is enabled", engine logs)
     "memory_usable_fraction": 0.9,
 }
 

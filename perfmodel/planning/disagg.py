@@ -52,7 +52,8 @@ def _cheapest_prefill(search, dtype: str):
         if setup.dtype != dtype or setup.curve is None:
             continue
         pp = setup.layout.pp
-        limits = EngineLimits(max(search.seqs), search.budget, setup.steps.kv_tokens // pp)
+        limits = EngineLimits(max(search.seqs), search.budget, setup.steps.kv_tokens // pp,
+                              setup.profile.options.async_scheduling)
         curve = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="prefill")
         move = transfer_s(search, setup)
         engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget)
@@ -77,7 +78,8 @@ def _cheapest_decode(search, dtype: str, ttft_p90: float):
         if setup.dtype != dtype or setup.curve is None:
             continue
         pp = setup.layout.pp
-        limits = EngineLimits(max(1, max(search.seqs) // pp), search.budget, setup.steps.kv_tokens // pp)
+        limits = EngineLimits(max(1, max(search.seqs) // pp), search.budget, setup.steps.kv_tokens // pp,
+                              setup.profile.options.async_scheduling)
         full = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="decode")
         for seqs in search.seqs:
             curve = full.capped(max(1, seqs // pp))
@@ -101,9 +103,10 @@ def simulate_pair(search, p_setup, p_engine, r_p, move, d_setup, d_engine, r_d,
     rate = search.rate if rate is None else rate
     pp_p, pp_d = p_engine.layout.pp, d_engine.layout.pp
     p_rate, d_rate = rate / (r_p * pp_p), rate / (r_d * pp_d)
-    p_limits = EngineLimits(max(search.seqs), search.budget, p_setup.steps.kv_tokens // pp_p)
+    p_limits = EngineLimits(max(search.seqs), search.budget, p_setup.steps.kv_tokens // pp_p,
+                            p_setup.profile.options.async_scheduling)
     d_limits = EngineLimits(max(1, d_engine.max_num_seqs // pp_d), search.budget,
-                            d_setup.steps.kv_tokens // pp_d)
+                            d_setup.steps.kv_tokens // pp_d, d_setup.profile.options.async_scheduling)
     p_state = serving_curve(p_setup.steps, p_limits, search.mean_in, search.mean_out, "prefill").at(p_rate)
     d_state = serving_curve(d_setup.steps, d_limits, search.mean_in, search.mean_out,
                             "decode").capped(d_limits.max_num_seqs).at(d_rate)

@@ -131,7 +131,7 @@ def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, un
     if kv < search.longest:
         raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({search.longest:,})")
     s, o = search.lengths.sample(len(times), np.random.default_rng(seed))
-    limits = EngineLimits(max_num_seqs, max_batched_tokens, kv)
+    limits = EngineLimits(max_num_seqs, max_batched_tokens, kv, setup.profile.options.async_scheduling)
     result = simulate(setup.steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,
                       until_s=until_s, record_tokens=True)
     stats = result.run_summary()

@@ -162,7 +162,8 @@ class Search:
                     f"usable leave KV room for {kv:,} tokens per stream, under the longest "
                     f"request ({self.longest:,})")
             else:
-                limits = EngineLimits(max(1, max(self.seqs) // layout.pp), self.budget, kv)
+                limits = EngineLimits(max(1, max(self.seqs) // layout.pp), self.budget, kv,
+                                      profile.options.async_scheduling)
                 setup.curve = serving_curve(steps, limits, self.mean_in, self.mean_out)
         if setup.failure:
             self.rejected.append({"gpu": offer.name, "dtype": dtype, "layout": _layout_dict(layout),
@@ -222,7 +223,8 @@ class Search:
         assert setup.steps is not None
         pp = engine.layout.pp
         stream_rate = rate / (replicas * pp)
-        limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp)
+        limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp,
+                              setup.profile.options.async_scheduling)
         state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
         result = self.run_sim(setup.steps, limits, stream_rate, state)
         metrics = result.summary()

@@ -3,7 +3,8 @@
 The engine is vLLM's continuous batching: each step takes the running decodes (one token
 each), then continues partial prefills and admits waiting requests in arrival order while the
 step's token budget (``max_batched_tokens``), the sequence limit (``max_num_seqs``) and the free
-KV cache allow; prompts longer than what is left of the budget are chunked over steps. When
+KV cache allow (with asynchronous scheduling, only requests that had arrived when the previous
+step started: that is when this step was scheduled); prompts longer than what is left of the budget are chunked over steps. When
 the decodes' next tokens do not fit in the KV cache, the latest admitted request is preempted
 (its KV freed, recomputed later as a prefill of its prompt and the tokens it had produced, as
 vLLM's recompute preemption does). A step's time comes from :class:`StepTimes`.
@@ -40,11 +41,15 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """The scheduler's limits: sequences per step, tokens per step, KV-cache tokens."""
+    """The scheduler's limits: sequences per step, tokens per step, KV-cache tokens; and
+    whether it schedules asynchronously (vLLM's default since 0.11: step k+1 is scheduled
+    while step k runs, so a request that arrives during step k can join step k+2 at the
+    earliest, unless the engine has nothing else to run)."""
 
     max_num_seqs: int
     max_batched_tokens: int
     kv_tokens: int
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -312,12 +317,16 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 ev.succeed()
 
     def engine():
+        busy_since = None  # start of the step that just ended; None when the engine was idle
         while True:
             if not waiting and not running:
                 wake["event"] = env.event()
                 yield wake["event"]
                 wake["event"] = None
+                busy_since = None
             now = env.now
+            # asynchronous scheduling: this step was scheduled when the previous one started
+            cutoff = busy_since if limits.async_scheduling and busy_since is not None else now
             if waiting and now - arrival[waiting[0]] > abort_wait_s:
                 outcome.update(overloaded=True, reason=f"a request waited over {abort_wait_s:g} s to start")
                 done.succeed()
@@ -342,6 +351,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     free -= c
             while waiting and budget > 0 and len(running) < mns:
                 i = waiting[0]
+                if arrival[i] > cutoff:
+                    break
                 if requests.prefilled and st.target[i] == S[i] and st.generated[i] == 0:
                     need = S[i] + 1  # its prompt's KV and the next token
                     if need > free:
@@ -368,6 +379,9 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 budget -= c
                 free -= c
             if n_d == 0 and not chunks:
+                if waiting and cutoff < now and arrival[waiting[0]] > cutoff:
+                    busy_since = None  # nothing else to run: the newcomers are scheduled at once
+                    continue
                 if prefilling and len(running) > 1:  # stalled partial prefills hold the cache
                     preempt(prefilling[-1], now)
                     continue
@@ -387,6 +401,7 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
             if used > sums["peak_kv"]:
                 sums["peak_kv"] = used
             yield env.timeout(dt)
+            busy_since = now  # the step that just ended started at `now`
             now = env.now
             k += 1
             sums["k"] = k
