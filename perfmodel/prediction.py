@@ -306,16 +306,17 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
             ("decode", True, decode_mean_substitutions(span))]
 
 
-def pass_time(graph: ModelGraph, subs: dict, eager: bool = False,
-              steps: sp.Expr = sp.Integer(1)) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr = sp.Integer(1),
+              chunk: sp.Expr | None = None) -> tuple[sp.Expr, list[list[sp.Expr]]]:
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + t_eager_step), unless its T tokens fit the largest
-    captured CUDA graph, M_graph (the engine replays it: θ(T − M_graph) = 0, Heaviside with
-    θ(0) = 0). ``steps``: engine steps the pass is split into (a chunked prefill,
-    :func:`perfmodel.phases.prefill_steps`): the fixed costs and the host's launch time are
-    paid once per step.
+    max(GPU time, N_layers·t_eager_layer + t_eager_step), unless each of its steps fits the
+    largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
+    tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
+    no chunk: θ(T − M_graph)). ``steps``: engine steps the pass is split into (a chunked
+    prefill of ``chunk`` tokens per step, :func:`perfmodel.phases.prefill_steps`): the fixed
+    costs and the host's launch time are paid once per step.
     """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
@@ -327,6 +328,8 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False,
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
         launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
+        if chunk is not None:
+            launched *= sp.Heaviside(chunk - s.M_graph, 0)
         return sp.Max(gpu, launched * steps * (s.N_layers * s.t_eager_layer + s.t_eager_step)), rows
     return gpu, rows
 
@@ -377,7 +380,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
         chunked = opts.prefill_chunk_tokens is not None and not decode
         total, op_rows = pass_time(graph, subs, eager=opts.prefill_eager and not decode,
-                                   steps=prefill_steps() if chunked else sp.Integer(1))
+                                   steps=prefill_steps() if chunked else sp.Integer(1),
+                                   chunk=s.M_chunk if chunked else None)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows

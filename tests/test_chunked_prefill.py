@@ -24,10 +24,13 @@ def test_the_vllm_profile_chunks_at_vllms_default_budget():
     assert load_profile("roofline", "h200-sxm").options.prefill_chunk_tokens is None
 
 
-def _profile_with_chunk(tmp_path, chunk):
+def _profile_with_chunk(tmp_path, chunk, graph_tokens=0):
+    """The vllm profile with another chunk, and no captured graph (every step launched from
+    the host) unless ``graph_tokens`` says otherwise."""
     data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
     data["options"]["prefill_chunk_tokens"] = chunk
-    path = tmp_path / f"chunk-{chunk}.yaml"
+    data["options"]["cudagraph_max_tokens"] = graph_tokens
+    path = tmp_path / f"chunk-{chunk}-graph-{graph_tokens}.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
@@ -40,6 +43,10 @@ def test_each_step_pays_the_host_floor(tmp_path):
     four = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128), batch=4, input_len=128,
                    output_len=2).metrics["ttft_s"]
     assert four == pytest.approx(4 * one, rel=0.02)
+    # with graphs captured up to 128 tokens, each 128-token step is replayed: no floor at all
+    replayed = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128, graph_tokens=128), batch=4,
+                       input_len=128, output_len=2).metrics["ttft_s"]
+    assert replayed < 0.5 * one
 
 
 def test_chunking_never_shortens_a_prefill(tmp_path):
