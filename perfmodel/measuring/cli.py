@@ -102,6 +102,26 @@ def require_layout_gpus(tp: int, pp: int, dp: int, visible: int) -> None:
                          f"{visible} visible here (torch.cuda.device_count())")
 
 
+def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe: bool) -> Optional[str]:
+    """The draft model's zoo name for ``--spec-draft``/``--spec-tokens`` (None without them;
+    called as a function, an option left out arrives as its typer default)."""
+    draft = draft if isinstance(draft, str) else None
+    tokens = None if tokens is None or type(tokens).__name__ == "OptionInfo" else tokens
+    if draft is None and tokens is None:
+        return None
+    if backend != "vllm":
+        raise InputError("--spec-draft and --spec-tokens apply to --backend vllm")
+    if draft is None or tokens is None:
+        raise InputError("speculative decoding needs both --spec-draft and --spec-tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise InputError(f"--spec-tokens must be a positive integer, got {tokens}")
+    if probe:
+        raise InputError("--routing-probe runs without speculative decoding")
+    from perfmodel.specs.model import load_model
+
+    return load_model(draft).name
+
+
 def _check_models(models: List[str], overrides: List[str], layers: Optional[int]) -> None:
     from perfmodel.specs.zoo import load_hf_config
 
@@ -140,6 +160,11 @@ def measure(
                                  help="vllm: decode tokens sampled at temperature 1 (random) or greedy."),
     routing: str = typer.Option("model", "--routing",
                                 help="vllm: the model's router (model) or vLLM's routing simulator (uniform_random)."),
+    spec_draft: Optional[str] = typer.Option(None, "--spec-draft",
+                                             help="vllm: speculative decoding with this draft model (zoo name; "
+                                                  "dummy weights: the cost side, acceptance as it comes)."),
+    spec_tokens: Optional[int] = typer.Option(None, "--spec-tokens",
+                                              help="vllm: draft tokens proposed per step (γ), with --spec-draft."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -177,6 +202,8 @@ def measure(
         raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
     if backend == "vllm" and routing not in ("model", "uniform_random"):
         raise InputError(f"unknown --routing '{routing}' (model or uniform_random)")
+    spec_draft = _check_spec(backend, spec_draft, spec_tokens, routing_probe is True)
+    spec_tokens = spec_tokens if spec_draft is not None else None
     if serving is True:
         from perfmodel.measuring import vllm_backend, vllm_serving
 
@@ -184,7 +211,7 @@ def measure(
         check_layout(backend, tp, pp, dp, [1], False)
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
                                                moe_backend=moe_backend, sampling=sampling, pp=pp,
-                                               routing=routing)
+                                               routing=routing, spec_draft=spec_draft, spec_tokens=spec_tokens)
         return vllm_serving.serving_command(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
@@ -210,7 +237,8 @@ def measure(
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend,
-                                               sampling=sampling, pp=pp, dp=dp, routing=routing)
+                                               sampling=sampling, pp=pp, dp=dp, routing=routing,
+                                               spec_draft=spec_draft, spec_tokens=spec_tokens)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

@@ -80,6 +80,19 @@ def row_routing(row: dict[str, Any]) -> str:
     return _id_settings(row).get("routing", "model")
 
 
+def row_speculative(row: dict[str, Any]) -> dict[str, Any]:
+    """``predict``'s speculative-decoding arguments for a row measured with a draft model
+    (``spec=DRAFT:γ`` in its point id): the draft, γ and the acceptance rate α the engine
+    counted (``spec_acceptance``; 0 where it drafted nothing); {} for a row without one."""
+    value = _id_settings(row).get("spec")
+    if not value:
+        return {}
+    draft, tokens = value.rsplit(":", 1)
+    accept = row.get("spec_acceptance")
+    return {"spec_draft": draft, "spec_tokens": int(tokens),
+            "spec_accept": float(accept) if isinstance(accept, (int, float)) else 0.0}
+
+
 def row_overrides(row: dict[str, Any]) -> list[str]:
     """The ``--set`` overrides a measured row was built with, layer truncation included."""
     overrides = list(row.get("overrides") or [])
@@ -222,11 +235,13 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
                    layout=layout_label(row))
         p = predict(spec, gpu=gpu, engine=engine, input_len=row["input_len"],
-                    output_len=row["output_len"], quant=row_quant(row), **model_workload(row))
+                    output_len=row["output_len"], quant=row_quant(row), **model_workload(row),
+                    **row_speculative(row))
         replicas = row_layout(row)["dp"]
-        # hypothetical variants and rows on several GPUs were never fitted on, even of a training model
+        # hypothetical variants, rows on several GPUs and speculative decoding were never fitted
+        # on, even of a training model
         split = ("train" if row["model"].lower() in train and not is_variant(row) and row_gpus(row) == 1
-                 else "held-out")
+                 and not row_speculative(row) else "held-out")
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
             if measured is None:

@@ -104,11 +104,13 @@ _ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
 
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
-                   dp: int = 1, routing: str = "model") -> dict[str, str]:
+                   dp: int = 1, routing: str = "model", spec_draft: str | None = None,
+                   spec_tokens: int | None = None) -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
-    (independent engine replicas) appear only above 1, and ``routing`` only when it is not the
-    model's own, so the ids of such points are those of the rows measured before these settings
-    existed."""
+    (independent engine replicas) appear only above 1, ``routing`` only when it is not the
+    model's own, and ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
+    tokens per step) only when given, so the ids of such points are those of the rows measured
+    before these settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     if routing not in ROUTINGS:
@@ -126,7 +128,73 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
     settings.update({name: str(int(value)) for name, value in (("pp", pp), ("dp", dp)) if int(value) > 1})
     if routing != "model":
         settings["routing"] = routing
+    if (spec_draft is None) != (spec_tokens is None):
+        raise ValueError("speculative decoding needs both a draft model and its tokens per step")
+    if spec_draft is not None:
+        if int(spec_tokens) < 1 or ":" in spec_draft or "|" in spec_draft:
+            raise ValueError(f"bad speculative setting {spec_draft}:{spec_tokens}")
+        settings["spec"] = f"{spec_draft}:{int(spec_tokens)}"
     return settings
+
+
+def spec_setting(settings: dict[str, str]) -> tuple[str, int] | None:
+    """(draft model, γ) of point settings with speculative decoding, else None."""
+    value = settings.get("spec")
+    if not value:
+        return None
+    draft, tokens = value.rsplit(":", 1)
+    return draft, int(tokens)
+
+
+#: Folder of the draft model's config.json beside the target's (speculative decoding).
+DRAFT_DIR = "draft"
+
+
+def write_model_dir(points: list[SweepPoint], model_dir: str | Path) -> dict[str, Any]:
+    """Write the config.json of the group's model into ``model_dir`` (and, with speculative
+    decoding, the draft's into ``model_dir/draft``, in the same dtype); returns the model's."""
+    model_dir = Path(model_dir)
+    cfg = vllm_config_json(points[0])
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    spec = spec_setting(_settings(points[0]))
+    if spec is not None:
+        draft = SweepPoint(model=spec[0], batch=1, input_len=1, output_len=1, backend="vllm",
+                           dtype=points[0].dtype)
+        (model_dir / DRAFT_DIR).mkdir(exist_ok=True)
+        (model_dir / DRAFT_DIR / "config.json").write_text(json.dumps(vllm_config_json(draft), indent=1))
+    return cfg
+
+
+#: vLLM's speculative-decoding counters (Prometheus names; a ``_total`` suffix is dropped) and
+#: the row fields they go to.
+SPEC_COUNTERS = {"vllm:spec_decode_num_drafts": "spec_drafts",
+                 "vllm:spec_decode_num_draft_tokens": "spec_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens": "spec_accepted_tokens"}
+
+
+def spec_counters(llm) -> dict[str, int]:
+    """The engine's speculative-decoding counters so far (``LLM.get_metrics``; 0 where absent)."""
+    out = dict.fromkeys(SPEC_COUNTERS.values(), 0)
+    try:
+        metrics = llm.get_metrics()
+    except Exception:  # noqa: BLE001 - an engine without metrics records zeros
+        return out
+    for metric in metrics:
+        field_name = SPEC_COUNTERS.get(str(getattr(metric, "name", "")).removesuffix("_total"))
+        value = getattr(metric, "value", None)
+        if field_name is not None and isinstance(value, (int, float)):
+            out[field_name] += int(value)
+    return out
+
+
+def spec_fields(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """A row's speculative-decoding fields from the counters around its timed runs: drafts,
+    draft and accepted tokens, the acceptance rate α (accepted / draft tokens) and the mean
+    tokens per target step, 1 + accepted / drafts (None where nothing was drafted)."""
+    d = {name: after[name] - before.get(name, 0) for name in after}
+    tokens, drafts, accepted = d["spec_draft_tokens"], d["spec_drafts"], d["spec_accepted_tokens"]
+    return {**d, "spec_acceptance": accepted / tokens if tokens else None,
+            "spec_mean_accepted_len": 1 + accepted / drafts if drafts else None}
 
 
 def apply_routing(point: SweepPoint) -> str:
@@ -223,6 +291,10 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "hf_overrides": hf_overrides(p0),
         "moe_backend": s.get("moe_backend", "triton"),
     }
+    spec = spec_setting(s)
+    if spec is not None:  # the draft's config.json: write_model_dir
+        kwargs["speculative_config"] = {"method": "draft_model", "model": str(Path(model_dir) / DRAFT_DIR),
+                                        "num_speculative_tokens": spec[1]}
     if degrees["tp"] * degrees["pp"] > 1:
         kwargs["distributed_executor_backend"] = "mp"  # one worker process per GPU
     if max_batched_tokens is not None:
@@ -302,8 +374,7 @@ class VLLMBackend:
 
         self._tmp = tempfile.TemporaryDirectory(prefix="perfmodel-vllm-")
         model_dir = Path(self._tmp.name)
-        cfg = vllm_config_json(points[0])
-        (model_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+        cfg = write_model_dir(points, model_dir)
         accepted = {f.name for f in dataclasses.fields(EngineArgs)}
         kwargs = engine_kwargs(points, model_dir, accepted=accepted)
         if self.routing_probe:  # hooks run only outside CUDA graphs and compiled graphs
@@ -352,11 +423,14 @@ class VLLMBackend:
         ttfts = [run(1)[0] for _ in range(self.reps)]
         e2es, engine = [], []
         produced = None
+        spec = spec_setting(_settings(point)) is not None
+        counted = spec_counters(llm) if spec else {}
         for _ in range(FULL_RUN_REPS if o > 1 else 0):
             ms, outs = run(o)
             e2es.append(ms)
             engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
+        extra = spec_fields(counted, spec_counters(llm)) if spec else {}
         ttft = statistics.median(ttfts)
         e2e = max(statistics.median(e2es), ttft) if e2es else ttft
         notes = []
@@ -387,6 +461,7 @@ class VLLMBackend:
             "notes": notes,
             "engine_detail": {**{k: v for k, v in handle["kwargs"].items() if k != "model"},
                               "resolved": handle["settings"]},
+            **extra,
         }
 
     def measure_routing(self, handle, point: SweepPoint) -> dict[str, Any]:

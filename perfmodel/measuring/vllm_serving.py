@@ -424,14 +424,13 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
     from perfmodel.measuring import vllm_backend as vb
 
     point = spec.point(spec.rates[0])
-    cfg = vb.vllm_config_json(point)
     accepted = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     cls = _async_llm_class()
     takes_context = "usage_context" in inspect.signature(cls.from_engine_args).parameters
     context = _usage_context() if takes_context else {}
     tmp = tempfile.TemporaryDirectory(prefix="perfmodel-vllm-serving-")
     try:
-        (Path(tmp.name) / "config.json").write_text(json.dumps(cfg, indent=1))
+        cfg = vb.write_model_dir([point], tmp.name)
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
