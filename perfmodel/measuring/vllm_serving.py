@@ -21,8 +21,10 @@ output, completion. From them, as ``vllm bench serve`` defines them:
 - TPOT: (E2E - TTFT)/(n - 1) per request of n tokens;
 - throughput over the measured window (first submission to last output): ``output_tok_s``,
   ``requests_per_s``; ``completion_rate`` = (completed - 1)/(last completion - first
-  completion), the rate the engine served at (it follows the offered rate below saturation and
-  stays at the engine's capacity above it); ``achieved_rate`` = (submitted - 1)/(last
+  completion), the rate completions came at (in a run long enough for a steady state, the
+  offered rate below saturation and the engine's capacity above it; in a short run whose
+  requests finish together, much more: ``perfmodel validate --serving`` reads capacity from
+  ``output_tok_s`` instead); ``achieved_rate`` = (submitted - 1)/(last
   submission - first submission), the rate requests were really offered at;
 - goodput (with ``--ttft-slo`` / ``--itl-slo``, seconds): the requests with TTFT and TPOT within
   them, per second of the window and as a fraction of those submitted.
