@@ -95,21 +95,26 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "transfer": prov["transfer"], "note": prov["note"],
                     "error_band": prov["error_band"], "error_band_note": prov["error_band_note"],
                     "intervals_at_mean_batch": pred.intervals(),
-                    "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None})
+                    "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
+                    "graph_tokens": int(setup.steps.graph_tokens) if setup.steps else None})
     return out
 
 
 def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) -> list[str]:
     out = ["Serving latencies come from a simulation of vLLM-style continuous batching (chunked "
-           "prefill, max_num_seqs, KV-cache preemption) on the model's step times; they have not "
-           "been validated against measured serving runs yet."]
+           "prefill, max_num_seqs, KV-cache preemption; asynchronous scheduling where the engine "
+           "profile says so) on the model's step "
+           "times, checked against measured vLLM serving runs on one H200 only (perfmodel validate all "
+           "--serving): not on other GPUs, several GPUs or disaggregated pools."]
     if any(s.layout.gpus > 1 for s in plan.setups.values()):
         out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
                    "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
     for p in prov:
         out.append(f"{p['gpu']}: {p['note']}; {p['error_band_note']}.")
         if p.get("prefill_step_floor_s") and p["pool"] == "all":
-            out.append(f"{p['gpu']}: a step holding prompt tokens takes at least "
+            graph = p.get("graph_tokens") or 0
+            beyond = f" and more than {graph:,} tokens (the largest captured CUDA graph)" if graph else ""
+            out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
                        "on offline prefills), which sets the ITL of tokens that share a step with a prefill.")
     out.append("Replicas (data parallel) split the traffic evenly at random; a PP replica is "
