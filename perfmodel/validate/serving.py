@@ -519,7 +519,8 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
 def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path | None = None,
                            out_dir: Path | None = None) -> dict[str, Any]:
     """Replay the serving rows of ``model`` (or ``all``) against the planning's predictions;
-    writes ``summary.md`` into ``out_dir`` (default ``reports/validate/serving-<model>``)."""
+    writes ``summary.md`` and ``report.html`` (:func:`report_html`) into ``out_dir`` (default
+    ``reports/validate/serving-<model>``)."""
     from perfmodel.measuring.results import read_rows
     from perfmodel.paths import ROOT
     from perfmodel.specs.hardware import load_gpu
@@ -538,11 +539,13 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     out_dir = Path(out_dir) if out_dir is not None else ROOT / "reports" / "validate" / f"serving-{model}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        md = out_dir / "summary.md"
+        md, html = out_dir / "summary.md", out_dir / "report.html"
         md.write_text(summary_markdown(result))
+        html.write_text(report_html(result), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report into {out_dir}: {exc.strerror or exc}") from None
     result["summary_md"] = str(md)
+    result["report_html"] = str(html)
     return result
 
 
@@ -641,6 +644,20 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
             f"{r['kv_tokens']:,} ({r['kv_source']})" if r.get("kv_tokens") else "–"]
 
 
+def replay_banner(src: dict[str, Any], quote=str) -> str:
+    """The replay's provenance after the word REPLAY: results file (through ``quote``), GPU,
+    versions, date, commit, predictor."""
+    return (f"of {quote(src['results_file'])}: {src['gpu']}, driver {src['driver']}, torch {src['torch']}, "
+            f"vLLM {src['vllm']}, measured {src['date']} (commit {src['git_commit']}); "
+            f"predicted by {src['predicted_by']}.")
+
+
+def comparison_note(src: dict[str, Any]) -> str:
+    """What is compared with what, in one sentence."""
+    return (f"The comparison is a {src['comparison']}. Percentiles are over the completed requests on both "
+            "sides; served_tok_s is every output token over first submission to last token.")
+
+
 def summary_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown: source, predicted vs measured per rate and metric, MAPE, the runs
     (counts, overload, capacity), saturation."""
@@ -648,11 +665,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# perfmodel serving validation",
         "",
-        f"**REPLAY** of `{src['results_file']}`: {src['gpu']}, driver {src['driver']}, torch {src['torch']}, "
-        f"vLLM {src['vllm']}, measured {src['date']} (commit {src['git_commit']}); predicted by {src['predicted_by']}.",
+        f"**REPLAY** {replay_banner(src, lambda name: f'`{name}`')}",
         "",
-        f"The comparison is a {src['comparison']}. Percentiles are over the completed requests on both "
-        "sides; served_tok_s is every output token over first submission to last token.",
+        comparison_note(src),
         "",
         "| model | S/O | seqs | rate req/s | metric | measured | predicted | error |",
         "|---|---|---|---|---|---|---|---|",
@@ -680,6 +695,57 @@ def summary_markdown(result: dict[str, Any]) -> str:
         first, second = saturation_lines(s)
         lines += [f"- {first}", f"  - {second.strip()}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, text: str, cls: str = "") -> dict[str, Any]:
+    """A sortable table cell: sort key (finite numbers and text; else empty), text, CSS class."""
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None
+    return {"value": "" if value is None else value, "text": text, "cls": cls}
+
+
+def _points_table(result: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Every point as cells of the page's sortable table (sort keys: s, tok/s, error %)."""
+    rows = []
+    for p in result["points"]:
+        so = f"{p['input_len']}/{p['output_len']}"
+        err = p["rel_error"]
+        rows.append([_cell(p["model"], str(p["model"]), "l"), _cell(so, so),
+                     _cell(p["max_num_seqs"], str(p["max_num_seqs"])), _cell(p["rate"], _rate(p["rate"])),
+                     _cell(p["metric"], p["metric"], "l"),
+                     _cell(p["measured"], _fmt(p["metric"], p["measured"])),
+                     _cell(p["predicted"], _fmt(p["metric"], p["predicted"])),
+                     _cell(None if err is None else err * 100.0, _err(err))])
+    return rows
+
+
+def report_html(result: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (``perfmodel/validate/templates/serving.html.j2``
+    with the shared assets of :mod:`perfmodel.templating`): the REPLAY banner, MAPE, the runs,
+    saturation, the charts of :mod:`perfmodel.validate.serving_charts` and every point
+    (sortable); the Vega JavaScript inlined (:func:`perfmodel.validate.report_charts.vega_scripts`)."""
+    import json
+
+    from markupsafe import Markup
+
+    from perfmodel.templating import environments
+    from perfmodel.validate.report_charts import vega_scripts
+    from perfmodel.validate.serving_charts import chart_specs
+
+    src = result["source"]
+    specs = chart_specs(result)
+    html, _ = environments("perfmodel.validate", "templates", strict=True)
+    return html.get_template("serving.html.j2").render(
+        title="perfmodel serving validation", banner=replay_banner(src), comparison=comparison_note(src),
+        queue_growth=f"{src['queue_growth']:g}",
+        mape=[[m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"])]
+              for m in result["mape"]],
+        run_columns=_RUN_COLUMNS, runs=[_run_cells(r) for r in result["rates"] if not r.get("error")],
+        failed=[f"{r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in result["rates"] if r.get("error")],
+        saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
+        points=_points_table(result), vega=vega_scripts(),
+        specs_json=Markup(json.dumps(specs).replace("</", "<\\/")),
+    ).rstrip("\n") + "\n"
 
 
 def print_serving_validation(result: dict[str, Any], console) -> None:
@@ -720,4 +786,4 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     for s in result["saturation"]:
         for line in saturation_lines(s):
             console.print(line, markup=False, highlight=False)
-    console.print(f"summary: {result['summary_md']}")
+    console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")
