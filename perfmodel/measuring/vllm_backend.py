@@ -222,6 +222,15 @@ def visible_gpus() -> int:
     return int(torch.cuda.device_count())
 
 
+def model_type_of(model: str) -> str | None:
+    """The config.json ``model_type`` of a zoo name or config path, recorded in each row (None
+    where it cannot be read: the row is still written)."""
+    try:
+        return load_hf_config(model)["model_type"]
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _settings(point: SweepPoint) -> dict[str, str]:
     return dict(point.settings)
 
@@ -343,12 +352,8 @@ class VLLMBackend:
 
     def describe(self, point: SweepPoint) -> dict[str, Any]:
         s = _settings(point)
-        try:
-            model_type = load_hf_config(point.model)["model_type"]
-        except Exception:  # noqa: BLE001
-            model_type = None
         return {
-            "model_type": model_type,
+            "model_type": model_type_of(point.model),
             "moe_backend": s.get("moe_backend"),
             "engine": {
                 "name": "vllm",

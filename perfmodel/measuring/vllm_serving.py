@@ -560,14 +560,10 @@ def _is_fatal(error: BaseException | str) -> bool:
 
 
 def _describe(spec: ServingSpec) -> dict[str, Any]:
-    from perfmodel.specs.zoo import load_hf_config
+    from perfmodel.measuring.vllm_backend import model_type_of
 
-    try:
-        model_type = load_hf_config(spec.model)["model_type"]
-    except Exception:  # noqa: BLE001
-        model_type = None
     return {
-        "model_type": model_type,
+        "model_type": model_type_of(spec.model),
         "moe_backend": spec.setting("moe_backend", "triton"),
         "engine": {
             "name": "vllm", "api": "AsyncLLM", "cuda_graphs": spec.cuda_graphs, "dtype": "bfloat16",
