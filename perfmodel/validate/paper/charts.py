@@ -80,68 +80,56 @@ def _ffn_color(table: pd.DataFrame):
     return alt.Color("ffn:N", title="FFN width", scale=alt.Scale(domain=sorted(set(table["ffn"])), scheme="tableau10"))
 
 
-def top_k_chart(result: EffectResult, points: pd.DataFrame | None):
-    """Throughput vs top-k per FFN width (the paper's setup), and relative to top-8 with the
-    paper's claimed ratios at top-1 (bars) and our H200 measurements overlaid."""
+def _knob_chart(result: EffectResult, points: pd.DataFrame | None, *, knob: str, title: str, axis: list[int],
+                fixed: tuple[str, int], baseline: int, claim_at: int, absolute_title: str, y_title: str,
+                relative_title: str, chart_title: str):
+    """Predicted throughput vs one MoE knob (log2 axis at ``axis``) per FFN width at ``fixed``
+    (column, value), beside the same relative to ``baseline`` with the paper's claimed range at
+    ``claim_at`` (bars) and the H200 measurements overlaid."""
     import altair as alt
 
     table = result.computed.series
-    experts = 8
-    pred = table[table["num_experts"] == experts]
+    pred = table[table[fixed[0]] == fixed[1]]
     color = _ffn_color(table)
-    x = alt.X("top_k:Q", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=[1, 2, 4, 8]), title="top-k")
+    x = alt.X(f"{knob}:Q", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=axis), title=title)
     absolute = alt.Chart(pred).mark_line(point=True).encode(
         x=x, y=alt.Y(f"{THROUGHPUT}:Q", title="predicted throughput (tok/s)"), color=color,
-        tooltip=["ffn:N", "top_k:Q", alt.Tooltip(f"{THROUGHPUT}:Q", format=",.0f"), "fits_in_memory:N"],
-    ).properties(width=300, height=240, title=f"paper setup, {experts} experts")
-    rel = _relative(pred, "ffn", "top_k", 8, (THROUGHPUT,)).rename(columns={THROUGHPUT: "rel"})
-    y_title = "throughput / throughput at top-8"
+        tooltip=["ffn:N", f"{knob}:Q", alt.Tooltip(f"{THROUGHPUT}:Q", format=",.0f"), "fits_in_memory:N"],
+    ).properties(width=300, height=240, title=absolute_title)
+    rel = _relative(pred, "ffn", knob, baseline, (THROUGHPUT,)).rename(columns={THROUGHPUT: "rel"})
     layers = [alt.Chart(rel).mark_line(point=True, strokeDash=[4, 2]).encode(
         x=x, y=alt.Y("rel:Q", title=y_title, scale=alt.Scale(zero=False)), color=color,
-        tooltip=["ffn:N", "top_k:Q", alt.Tooltip("rel:Q", format=".3f")])]
-    claims = _claim_marks(result, "top_k", 1, "ffn")
+        tooltip=["ffn:N", f"{knob}:Q", alt.Tooltip("rel:Q", format=".3f")])]
+    claims = _claim_marks(result, knob, claim_at, "ffn")
     if claims is not None:
         layers.append(claims)
     if points is not None and not points.empty:
-        pts = points[points["num_experts"] == experts].rename(columns={"value": "top_k"})
-        pts = _relative(pts, "group", "top_k", 8, ("measured", "predicted"))
+        pts = points[points[fixed[0]] == fixed[1]].rename(columns={"value": knob})
+        pts = _relative(pts, "group", knob, baseline, ("measured", "predicted"))
         if not pts.empty:
-            layers.append(_measured_layer(pts, "top_k", y_title, color))
-    relative = alt.layer(*layers).properties(
-        width=300, height=240, title="relative to top-8 (bars at top-1: the paper's claims; points: H200, 8 layers)")
-    return alt.hconcat(absolute, relative).properties(title="E2: throughput vs top-k per FFN width (lines: predicted)")
+            layers.append(_measured_layer(pts, knob, y_title, color))
+    relative = alt.layer(*layers).properties(width=300, height=240, title=relative_title)
+    return alt.hconcat(absolute, relative).properties(title=chart_title)
+
+
+def top_k_chart(result: EffectResult, points: pd.DataFrame | None):
+    """Throughput vs top-k per FFN width (the paper's setup, 8 experts), and relative to top-8
+    with the paper's claimed ratios at top-1 (bars) and our H200 measurements overlaid."""
+    return _knob_chart(result, points, knob="top_k", title="top-k", axis=[1, 2, 4, 8], fixed=("num_experts", 8),
+                       baseline=8, claim_at=1, absolute_title="paper setup, 8 experts",
+                       y_title="throughput / throughput at top-8",
+                       relative_title="relative to top-8 (bars at top-1: the paper's claims; points: H200, 8 layers)",
+                       chart_title="E2: throughput vs top-k per FFN width (lines: predicted)")
 
 
 def experts_chart(result: EffectResult, points: pd.DataFrame | None):
     """Throughput vs number of experts per FFN width at top-2, and relative to 8 experts with the
     H200 measurements and the paper's claimed range at 64 experts."""
-    import altair as alt
-
-    table = result.computed.series
-    pred = table[table["top_k"] == 2]
-    color = _ffn_color(table)
-    x = alt.X("num_experts:Q", scale=alt.Scale(type="log", base=2), axis=alt.Axis(values=[8, 16, 32, 64]),
-              title="experts")
-    absolute = alt.Chart(pred).mark_line(point=True).encode(
-        x=x, y=alt.Y(f"{THROUGHPUT}:Q", title="predicted throughput (tok/s)"), color=color,
-        tooltip=["ffn:N", "num_experts:Q", alt.Tooltip(f"{THROUGHPUT}:Q", format=",.0f"), "fits_in_memory:N"],
-    ).properties(width=300, height=240, title="paper setup, top-2")
-    rel = _relative(pred, "ffn", "num_experts", 8, (THROUGHPUT,)).rename(columns={THROUGHPUT: "rel"})
-    y_title = "throughput / throughput at 8 experts"
-    layers = [alt.Chart(rel).mark_line(point=True, strokeDash=[4, 2]).encode(
-        x=x, y=alt.Y("rel:Q", title=y_title, scale=alt.Scale(zero=False)), color=color,
-        tooltip=["ffn:N", "num_experts:Q", alt.Tooltip("rel:Q", format=".3f")])]
-    claims = _claim_marks(result, "num_experts", 64, "ffn")
-    if claims is not None:
-        layers.append(claims)
-    if points is not None and not points.empty:
-        pts = points[points["top_k"] == 2].rename(columns={"value": "num_experts"})
-        pts = _relative(pts, "group", "num_experts", 8, ("measured", "predicted"))
-        if not pts.empty:
-            layers.append(_measured_layer(pts, "num_experts", y_title, color))
-    relative = alt.layer(*layers).properties(
-        width=300, height=240, title="relative to 8 experts (bar at 64: the paper's claim; points: H200, 8 layers)")
-    return alt.hconcat(absolute, relative).properties(title="E4: throughput vs number of experts (lines: predicted)")
+    return _knob_chart(result, points, knob="num_experts", title="experts", axis=[8, 16, 32, 64],
+                       fixed=("top_k", 2), baseline=8, claim_at=64, absolute_title="paper setup, top-2",
+                       y_title="throughput / throughput at 8 experts",
+                       relative_title="relative to 8 experts (bar at 64: the paper's claim; points: H200, 8 layers)",
+                       chart_title="E4: throughput vs number of experts (lines: predicted)")
 
 
 def gain_chart(result: EffectResult, pairs: list[Any], quantity: str, title: str, y_title: str):
