@@ -45,6 +45,19 @@ def test_engine_arguments_and_the_drafts_config(tmp_path):
     assert (plain / "config.json").exists() and not (plain / vb.DRAFT_DIR).exists()
 
 
+def test_a_set_acceptance_draws_each_token_at_alpha(tmp_path):
+    points = _points(spec_draft="qwen3-1.7b", spec_tokens=3, spec_accept=0.5)
+    assert "spec_accept=0.5" in points[0].point_id
+    kw = vb.engine_kwargs(points, tmp_path)["speculative_config"]
+    assert kw["rejection_sample_method"] == "synthetic"
+    assert kw["synthetic_acceptance_rates"] == pytest.approx([0.5, 0.25, 0.125])  # unconditional: α^i
+    tau = 1 + sum(kw["synthetic_acceptance_rates"])  # mean tokens per step = (1 − α^(γ+1)) / (1 − α)
+    assert tau == pytest.approx((1 - 0.5 ** 4) / (1 - 0.5))
+    for bad in ({"spec_accept": 0.5}, {"spec_draft": "qwen3-1.7b", "spec_tokens": 2, "spec_accept": 1.5}):
+        with pytest.raises(ValueError):
+            vb.point_settings(**bad)
+
+
 def test_acceptance_from_the_engines_counters():
     def llm(drafts, tokens, accepted):
         return NS(get_metrics=lambda: [NS(name="vllm:spec_decode_num_drafts_total", value=drafts),
@@ -76,7 +89,9 @@ def test_spec_flags_are_checked(capsys):
     cases = [(["--spec-draft", "qwen3-1.7b"], "needs both --spec-draft and --spec-tokens"),
              (["--spec-draft", "qwen3-1.7b", "--spec-tokens", "0"], "--spec-tokens must be a positive integer"),
              (["--spec-draft", "no-such-draft", "--spec-tokens", "2"], "unknown model"),
-             (["--backend", "hf", "--spec-draft", "qwen3-1.7b", "--spec-tokens", "2"], "apply to --backend vllm")]
+             (["--backend", "hf", "--spec-draft", "qwen3-1.7b", "--spec-tokens", "2"], "apply to --backend vllm"),
+             (["--spec-acceptance", "0.5"], "needs --spec-draft and --spec-tokens"),
+             (["--spec-draft", "qwen3-1.7b", "--spec-tokens", "2", "--spec-acceptance", "2"], "must be in [0, 1]")]
     for extra, message in cases:
         args = ["measure", "qwen3-30b-a3b", *(["--backend", "vllm"] if "--backend" not in extra else []), *extra]
         with pytest.raises(SystemExit) as exit_info:

@@ -102,12 +102,16 @@ def require_layout_gpus(tp: int, pp: int, dp: int, visible: int) -> None:
                          f"{visible} visible here (torch.cuda.device_count())")
 
 
-def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe: bool) -> Optional[str]:
-    """The draft model's zoo name for ``--spec-draft``/``--spec-tokens`` (None without them;
-    called as a function, an option left out arrives as its typer default)."""
+def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe: bool,
+                accept: Optional[float] = None) -> Optional[str]:
+    """The draft model's zoo name for ``--spec-draft``/``--spec-tokens``/``--spec-acceptance``
+    (None without them; called as a function, an option left out arrives as its typer default)."""
     draft = draft if isinstance(draft, str) else None
     tokens = None if tokens is None or type(tokens).__name__ == "OptionInfo" else tokens
+    accept = None if accept is None or type(accept).__name__ == "OptionInfo" else accept
     if draft is None and tokens is None:
+        if accept is not None:
+            raise InputError("--spec-acceptance needs --spec-draft and --spec-tokens")
         return None
     if backend != "vllm":
         raise InputError("--spec-draft and --spec-tokens apply to --backend vllm")
@@ -115,6 +119,8 @@ def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe
         raise InputError("speculative decoding needs both --spec-draft and --spec-tokens")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise InputError(f"--spec-tokens must be a positive integer, got {tokens}")
+    if accept is not None and not 0.0 <= accept <= 1.0:  # NaN fails the comparison
+        raise InputError(f"--spec-acceptance must be in [0, 1], got {accept}")
     if probe:
         raise InputError("--routing-probe runs without speculative decoding")
     from perfmodel.specs.model import load_model
@@ -165,6 +171,9 @@ def measure(
                                                   "dummy weights: the cost side, acceptance as it comes)."),
     spec_tokens: Optional[int] = typer.Option(None, "--spec-tokens",
                                               help="vllm: draft tokens proposed per step (γ), with --spec-draft."),
+    spec_accept: Optional[float] = typer.Option(None, "--spec-acceptance",
+                                                help="vllm: accept each draft token with probability α (vLLM's "
+                                                     "synthetic rejection sampler), with --spec-draft."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -202,8 +211,9 @@ def measure(
         raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
     if backend == "vllm" and routing not in ("model", "uniform_random"):
         raise InputError(f"unknown --routing '{routing}' (model or uniform_random)")
-    spec_draft = _check_spec(backend, spec_draft, spec_tokens, routing_probe is True)
+    spec_draft = _check_spec(backend, spec_draft, spec_tokens, routing_probe is True, spec_accept)
     spec_tokens = spec_tokens if spec_draft is not None else None
+    spec_accept = spec_accept if spec_draft is not None else None
     if serving is True:
         from perfmodel.measuring import vllm_backend, vllm_serving
 
@@ -211,7 +221,8 @@ def measure(
         check_layout(backend, tp, pp, dp, [1], False)
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
                                                moe_backend=moe_backend, sampling=sampling, pp=pp,
-                                               routing=routing, spec_draft=spec_draft, spec_tokens=spec_tokens)
+                                               routing=routing, spec_draft=spec_draft, spec_tokens=spec_tokens,
+                                               spec_accept=spec_accept)
         return vllm_serving.serving_command(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
@@ -238,7 +249,8 @@ def measure(
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
                                                quantization=quantization, moe_backend=moe_backend,
                                                sampling=sampling, pp=pp, dp=dp, routing=routing,
-                                               spec_draft=spec_draft, spec_tokens=spec_tokens)
+                                               spec_draft=spec_draft, spec_tokens=spec_tokens,
+                                               spec_accept=spec_accept)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

@@ -105,12 +105,13 @@ _ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
                    dp: int = 1, routing: str = "model", spec_draft: str | None = None,
-                   spec_tokens: int | None = None) -> dict[str, str]:
+                   spec_tokens: int | None = None, spec_accept: float | None = None) -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
     (independent engine replicas) appear only above 1, ``routing`` only when it is not the
-    model's own, and ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
-    tokens per step) only when given, so the ids of such points are those of the rows measured
-    before these settings existed."""
+    model's own, ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
+    tokens per step) and ``spec_accept`` (α: vLLM's synthetic rejection sampler accepts each
+    draft token with probability α, see :func:`synthetic_acceptance_rates`) only when given, so
+    the ids of such points are those of the rows measured before these settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     if routing not in ROUTINGS:
@@ -134,6 +135,10 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         if int(spec_tokens) < 1 or ":" in spec_draft or "|" in spec_draft:
             raise ValueError(f"bad speculative setting {spec_draft}:{spec_tokens}")
         settings["spec"] = f"{spec_draft}:{int(spec_tokens)}"
+    if spec_accept is not None:
+        if spec_draft is None or not 0.0 <= float(spec_accept) <= 1.0:
+            raise ValueError(f"bad speculative acceptance {spec_accept} (in [0, 1], with a draft model)")
+        settings["spec_accept"] = f"{float(spec_accept):g}"
     return settings
 
 
@@ -144,6 +149,13 @@ def spec_setting(settings: dict[str, str]) -> tuple[str, int] | None:
         return None
     draft, tokens = value.rsplit(":", 1)
     return draft, int(tokens)
+
+
+def synthetic_acceptance_rates(alpha: float, tokens: int) -> list[float]:
+    """vLLM's ``synthetic_acceptance_rates`` for a draft whose every token is accepted with
+    probability ``alpha`` given the ones before it were: the unconditional rate of position i
+    (1-based) is α^i, so a step yields (1−α^(γ+1))/(1−α) tokens on average, the model's τ."""
+    return [float(alpha) ** i for i in range(1, int(tokens) + 1)]
 
 
 #: Folder of the draft model's config.json beside the target's (speculative decoding).
@@ -304,6 +316,10 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
     if spec is not None:  # the draft's config.json: write_model_dir
         kwargs["speculative_config"] = {"method": "draft_model", "model": str(Path(model_dir) / DRAFT_DIR),
                                         "num_speculative_tokens": spec[1]}
+        if "spec_accept" in s:  # dummy weights accept nothing: draw acceptance at the set α
+            kwargs["speculative_config"].update(
+                rejection_sample_method="synthetic",
+                synthetic_acceptance_rates=synthetic_acceptance_rates(float(s["spec_accept"]), spec[1]))
     if degrees["tp"] * degrees["pp"] > 1:
         kwargs["distributed_executor_backend"] = "mp"  # one worker process per GPU
     if max_batched_tokens is not None:
