@@ -77,8 +77,8 @@ def test_acceptance_from_the_engines_counters():
 
 def test_a_speculative_row_is_predicted_at_its_measured_acceptance():
     point = _points(spec_draft="qwen3-1.7b", spec_tokens=4)[1]
-    row = {"point_id": point.point_id, "spec_acceptance": 0.3}
-    assert row_speculative(row) == {"spec_draft": "qwen3-1.7b", "spec_tokens": 4, "spec_accept": 0.3}
+    row = {"point_id": point.point_id, "spec_acceptance": 0.44, "spec_mean_accepted_len": 2.77}
+    assert row_speculative(row) == {"spec_draft": "qwen3-1.7b", "spec_tokens": 4, "spec_accepted_len": 2.77}
     assert row_speculative({"point_id": point.point_id})["spec_accept"] == 0.0  # nothing counted
     assert row_speculative({"point_id": _points()[0].point_id}) == {}
 

@@ -82,15 +82,19 @@ def row_routing(row: dict[str, Any]) -> str:
 
 def row_speculative(row: dict[str, Any]) -> dict[str, Any]:
     """``predict``'s speculative-decoding arguments for a row measured with a draft model
-    (``spec=DRAFT:γ`` in its point id): the draft, γ and the acceptance rate α the engine
-    counted (``spec_acceptance``; 0 where it drafted nothing); {} for a row without one."""
+    (``spec=DRAFT:γ`` in its point id): the draft, γ and the mean tokens per target step τ the
+    engine counted (``spec_mean_accepted_len``; α = 0, one token a step, where it drafted
+    nothing); {} for a row without one. τ, not the engine's ``spec_acceptance`` (accepted per
+    drafted token, the mean of the per-position rates), is what the model's α stands for:
+    τ = (1−α^(γ+1))/(1−α) with α the chance of each token given the ones before it."""
     value = _id_settings(row).get("spec")
     if not value:
         return {}
     draft, tokens = value.rsplit(":", 1)
-    accept = row.get("spec_acceptance")
-    return {"spec_draft": draft, "spec_tokens": int(tokens),
-            "spec_accept": float(accept) if isinstance(accept, (int, float)) else 0.0}
+    tau = row.get("spec_mean_accepted_len")
+    if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+        return {"spec_draft": draft, "spec_tokens": int(tokens), "spec_accepted_len": float(tau)}
+    return {"spec_draft": draft, "spec_tokens": int(tokens), "spec_accept": 0.0}
 
 
 def row_overrides(row: dict[str, Any]) -> list[str]:

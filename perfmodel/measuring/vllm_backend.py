@@ -201,8 +201,9 @@ def spec_counters(llm) -> dict[str, int]:
 
 def spec_fields(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     """A row's speculative-decoding fields from the counters around its timed runs: drafts,
-    draft and accepted tokens, the acceptance rate α (accepted / draft tokens) and the mean
-    tokens per target step, 1 + accepted / drafts (None where nothing was drafted)."""
+    draft and accepted tokens, vLLM's acceptance rate (accepted / drafted tokens: the mean of the
+    per-position rates, not the per-token α of the model) and the mean tokens per target step
+    τ = 1 + accepted / drafts (None where nothing was drafted)."""
     d = {name: after[name] - before.get(name, 0) for name in after}
     tokens, drafts, accepted = d["spec_draft_tokens"], d["spec_drafts"], d["spec_accepted_tokens"]
     return {**d, "spec_acceptance": accepted / tokens if tokens else None,
