@@ -39,6 +39,9 @@ def test_engine_arguments_and_the_drafts_config(tmp_path):
     assert kw["speculative_config"] == {"method": "draft_model", "model": str(tmp_path / vb.DRAFT_DIR),
                                         "num_speculative_tokens": 3}
     assert "speculative_config" not in vb.engine_kwargs(_points(), tmp_path)
+    # the verify pass of B = 16 holds 16·(γ+1) = 64 tokens: graphs are captured up to it
+    assert max(kw["compilation_config"]["cudagraph_capture_sizes"]) >= 64
+    assert max(vb.engine_kwargs(_points(), tmp_path)["compilation_config"]["cudagraph_capture_sizes"]) == 16
     plain = tmp_path / "plain"
     plain.mkdir()
     vb.write_model_dir(_points(), plain)

@@ -142,6 +142,16 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
     return settings
 
 
+def graph_tokens_per_sequence(settings: dict[str, str]) -> int:
+    """Tokens a sequence brings to a decode step: 1, or γ + 1 with speculative decoding (the
+    target's verify pass). The CUDA-graph capture sizes must hold B of them: vLLM rounds each
+    size to a multiple of γ + 1 and drops those above the largest given, so capture sizes made
+    for B tokens (``[1, 2, 4, 8, 16]`` at B = 16, γ = 4 -> ``[5, 10]``) would leave the verify
+    pass of B = 16 (80 tokens) and the draft's passes without a graph."""
+    spec = spec_setting(settings)
+    return 1 if spec is None else spec[1] + 1
+
+
 def spec_setting(settings: dict[str, str]) -> tuple[str, int] | None:
     """(draft model, γ) of point settings with speculative decoding, else None."""
     value = settings.get("spec")
@@ -305,7 +315,7 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "max_num_seqs": max_b,
         "max_model_len": max(p.max_cache_len for p in points),
         "enforce_eager": not p0.cuda_graphs,
-        "compilation_config": {"cudagraph_capture_sizes": capture_sizes(max_b)},
+        "compilation_config": {"cudagraph_capture_sizes": capture_sizes(max_b * graph_tokens_per_sequence(s))},
         "enable_prefix_caching": False,
         "disable_log_stats": False,
         "gpu_memory_utilization": gpu_memory_utilization,
