@@ -499,6 +499,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
+        s.t_draft: profile.latency.draft_pass_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
     }

@@ -62,6 +62,9 @@ class Latency(_Strict):
         default=0.0, description="Host time to launch one layer's kernels in an eager pass.")
     eager_step_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of an eager pass outside its layers.")
+    draft_pass_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
+        "work does not hide (the proposer prepares each pass's inputs and samples its token).")
     link_step_s: NonNegativeFloat | None = Field(
         default=None, description="One collective step; default: the GPU spec's link latency."
     )

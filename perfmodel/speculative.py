@@ -9,7 +9,8 @@ One speculative step of the fixed batch of B sequences:
    (:func:`perfmodel.phases.verify_substitutions`): more tokens per pass touch more distinct
    experts;
 3. the engine's per-step time (scheduling and sampling, ``t_step``) is paid once per step:
-   the verify pass carries it, the draft's passes do not.
+   the verify pass carries it; each draft pass pays the proposer's own host time instead,
+   ``t_draft`` (preparing the pass's inputs and sampling its token between graph replays).
 
 With every draft token accepted with probability α, independently, a step yields
 τ = (1 − α^(γ+1))/(1 − α) tokens per sequence in expectation (Leviathan et al., 2023): the
@@ -82,11 +83,11 @@ def expected_tokens(acceptance: sp.Expr = alpha, draft_tokens: sp.Expr = gamma) 
 def metric_expressions(phase: str) -> dict[str, sp.Expr]:
     """The metrics of a speculative prediction in :data:`PARTS`, τ, γ, t_step and B, S, O.
 
-    Step time = γ·(draft pass − t_step) + verify pass; the effective ITL (``decode_step_s``)
-    is the step time over τ. TTFT = target prefill + draft prefill − t_step.
+    Step time = γ·(draft pass − t_step + t_draft) + verify pass; the effective ITL
+    (``decode_step_s``) is the step time over τ. TTFT = target prefill + draft prefill − t_step.
     """
     p = PARTS
-    draft = gamma * (p["draft_step_s"] - s.t_step)
+    draft = gamma * (p["draft_step_s"] - s.t_step + s.t_draft)
     step = draft + p["verify_s"]
     passes: dict[str, sp.Expr] = {}
     if phase != "decode":
@@ -268,7 +269,7 @@ def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile
         parts["draft_step_s"] = drafted.totals["decode_step_s"]
     ops += [{**op, "pass": f"draft {op['pass']}"} for op in drafted.ops]
     args, names, fn = _metrics_function(phase)
-    inputs = {**parts, "gamma": values["gamma"], "tau": tokens, **{k: values[k] for k in ("t_step", "B", "S", "O")}}
+    inputs = {**parts, "gamma": values["gamma"], "tau": tokens, **{k: values[k] for k in ("t_step", "t_draft", "B", "S", "O")}}
     out = dict(zip(names, fn(*[inputs[a] for a in args])))
     out.update({name: value for name, value in parts.items() if name.startswith("draft_")})
     return out, ops

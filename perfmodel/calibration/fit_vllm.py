@@ -21,6 +21,11 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   schedules its requests: TTFT is at least that host time (``prefill_eager``), unless the
   prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
   default cap; each measured row states its own capture sizes), which is replayed whole.
+- ``draft_pass_s``: speculative decoding with a draft model runs γ draft passes per step, each
+  a graph replay between host work the replay does not hide (the proposer prepares the pass's
+  inputs and samples its token). Fitted after the rest, from the speculative rows of one draft
+  (:data:`TRAIN_DRAFTS`) whose verify pass was replayed from a graph; the other drafts are held
+  out (:func:`fit_draft_pass`).
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
 on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
@@ -40,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _predict_many,
-                                       _profile, _rows, _sig, held_out_residuals, one_gpu_rows)
+from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _compare_with,
+                                       _predict_many, _profile, _rows, _sig, held_out_residuals,
+                                       one_gpu_rows)
 from perfmodel.errors import SpecError
 from perfmodel.paths import RESULTS_DIR, ROOT
 
@@ -228,11 +234,38 @@ def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, 
     return {m: _sig(r, 3) for m, r in sorted(worst.items())}
 
 
+#: Draft models whose speculative rows fit ``draft_pass_s``; every other draft is held out.
+TRAIN_DRAFTS = ("qwen3-1.7b",)
+
+
+def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -> tuple[float | None, int]:
+    """``draft_pass_s`` (s) and the number of rows it comes from: the mean over the speculative
+    rows of :data:`TRAIN_DRAFTS` whose verify pass was graph-replayed
+    (:func:`perfmodel.measuring.compare.verify_replayed`)
+    of (measured − predicted ITL)·τ/γ, the predictions taken without the term. The ITL of such
+    a row is γ·t_draft/τ plus terms that do not hold t_draft, so each row's value is exact for
+    it. None (and 0 rows) when there are none."""
+    from perfmodel.measuring.compare import row_speculative, verify_replayed
+
+    train = [r for r in rows if r.get("status") == "ok" and verify_replayed(r)
+             and row_speculative(r)["spec_draft"] in TRAIN_DRAFTS
+             and isinstance(r.get("spec_mean_accepted_len"), (int, float))]
+    if not train:
+        return None, 0
+    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, train, gpu, (),
+                           TRAIN_DRAFTS)
+    itl = points[points["metric"] == "decode_step"].set_index("point_id")
+    per_pass = [(itl.loc[r["point_id"], "measured"] - itl.loc[r["point_id"], "predicted"])
+                * r["spec_mean_accepted_len"] / row_speculative(r)["spec_tokens"] for r in train]
+    return max(0.0, _sig(float(np.mean(per_pass)))), len(train)
+
+
 def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import load_measurements, row_quant, row_routing, what_if_file
+    from perfmodel.measuring.compare import (load_measurements, row_quant, row_routing, row_speculative,
+                                             verify_replayed, what_if_file)
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
@@ -254,6 +287,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
+    draft_pass, draft_rows = fit_draft_pass(one_gpu_rows(all_rows), base, gpu)
+    if draft_pass is not None:
+        base["latency"]["draft_pass_s"] = draft_pass
     collapsed = sorted(_floor_ratios(one_gpu_rows(all_rows), gpu))
     note = ""
     if collapsed:
@@ -261,9 +297,15 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                 + ": some of their decode steps beat the HBM floor of uniform routing, so vLLM's dummy "
                 "weights routed them to fewer experts than real weights do (their residuals are in "
                 "fit.residuals and the validation report)")
+    eager_verify = {r["point_id"] for r in all_rows if row_speculative(r) and not verify_replayed(r)}
+    if eager_verify:
+        note += ("; not from the speculative rows whose verify pass exceeded their engine's captured "
+                 "CUDA graphs (the runner's capture sizes then stopped at B tokens: such decode steps ran "
+                 "without a graph, which a serving engine's capture sizes avoid)")
     stats, base["error_band"] = held_out_residuals(
-        base, results, gpu, train, held_out, note,
-        band_exclude=lambda r: (r["model"], row_quant(r) or "bf16", row_routing(r)) in collapsed)
+        base, results, gpu, train, held_out, note, train_drafts=TRAIN_DRAFTS,
+        band_exclude=lambda r: ((r["model"], row_quant(r) or "bf16", row_routing(r)) in collapsed
+                                or r["point_id"] in eager_verify))
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
@@ -278,6 +320,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter but per_kernel_s"},
         "per_kernel_source": graph_node_cost(gpu)[1],
         "quantization_rows": quant_fits,
+        "draft_pass": {"train_drafts": list(TRAIN_DRAFTS), "rows": draft_rows},
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
         "band_excludes": [_group_name(*key) for key in collapsed],

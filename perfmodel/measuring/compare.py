@@ -205,9 +205,25 @@ def variant_label(row: dict[str, Any], spec=None) -> str:
     return f"{row['model']} [{' '.join(tags)}]" if tags else str(row["model"])
 
 
+def verify_replayed(row: dict[str, Any]) -> bool:
+    """Whether a speculative row's verify pass, B·(γ+1) tokens, fits its engine's largest
+    captured CUDA graph (else the engine ran it, and the draft's passes, without one: decode
+    steps the model costs as graph replays). False for a row without speculative decoding."""
+    spec = row_speculative(row)
+    graph = row_graph_tokens(row)
+    return bool(spec) and (graph is None or int(row["batch"]) * (spec["spec_tokens"] + 1) <= graph)
+
+
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
-            train_models: Iterable[str] = (), models: Iterable[str] | None = None):
+            train_models: Iterable[str] = (), models: Iterable[str] | None = None,
+            train_drafts: Iterable[str] = ()):
     """Predicted vs measured for every ok row (optionally of some models only).
+
+    A row is a training point when its model is one of ``train_models`` as built, on one GPU,
+    without speculative decoding, or when it is a one-GPU speculative row of one of
+    ``train_drafts`` whose verify pass was graph-replayed (the rows the profile's draft-pass
+    time was fitted on, :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other
+    row is held out.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
     predicted, rel_error, split, and the point's identity: point_id, variant, model, batch,
@@ -220,6 +236,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     from perfmodel.specs.model import load_model
 
     train = {m.lower() for m in train_models}
+    drafts = {d.lower() for d in train_drafts}
     wanted = None if models is None else {m.lower() for m in models}
     specs: dict[tuple, Any] = {}
     categories: dict[tuple, dict[str, str]] = {}
@@ -238,14 +255,14 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
                    layout=layout_label(row))
+        speculation = row_speculative(row)
         p = predict(spec, gpu=gpu, engine=engine, input_len=row["input_len"],
                     output_len=row["output_len"], quant=row_quant(row), **model_workload(row),
-                    **row_speculative(row))
+                    **speculation)
         replicas = row_layout(row)["dp"]
-        # hypothetical variants, rows on several GPUs and speculative decoding were never fitted
-        # on, even of a training model
-        split = ("train" if row["model"].lower() in train and not is_variant(row) and row_gpus(row) == 1
-                 and not row_speculative(row) else "held-out")
+        fitted = (not speculation and row["model"].lower() in train and not is_variant(row)) or (
+            bool(speculation) and speculation["spec_draft"] in drafts and verify_replayed(row))
+        split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
             if measured is None:
