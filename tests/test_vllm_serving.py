@@ -431,20 +431,39 @@ def test_engine_core_process_is_spawned_not_forked(tmp_path, monkeypatch):
 
 
 def test_warmup_steps_hold_each_fused_moe_config_size():
-    groups = vs.warmup_steps(max_tokens=2048, input_len=1000)
+    groups = vs.warmup_steps(max_tokens=2048, input_len=1000, graph_tokens=2048)
     assert [sum(g) for g in groups] == [t for t in vs.FUSED_MOE_CONFIG_TOKENS if t <= 2048]
     assert groups[-1] == [1000, 1000, 48] and groups[0] == [1]
     assert all(max(g) <= 1000 for g in groups)
 
 
+def test_warmup_meets_every_residue_mod_16_beyond_the_captured_graphs():
+    """A step larger than the largest captured graph (256 here) runs the fused-MoE kernel at its
+    own token count M, and Triton compiles once per divisibility class of M·top_k: from the
+    first count past the graphs and from each config key above them, every M mod 16 is run."""
+    sizes = [sum(g) for g in vs.warmup_steps(max_tokens=2048, input_len=1024, graph_tokens=256)]
+    assert sizes == sorted(set(sizes))
+    small = [t for t in vs.FUSED_MOE_CONFIG_TOKENS if t <= 256]
+    assert [t for t in sizes if t <= 256] == small  # replayed from graphs: one step each
+    for start in (257, 512, 1024, 1536):
+        assert {t % 16 for t in sizes if start <= t < start + 16} == set(range(16)), start
+    assert max(sizes) == 2048  # the budget
+    # without graphs every key gets its 16 counts
+    assert {t % 16 for t in map(sum, vs.warmup_steps(64, 1024)) if 32 <= t < 48} == set(range(16))
+
+
 def test_warm_up_runs_one_step_of_each_config_size(tmp_path, monkeypatch):
     """Before timing, the engine sees one group of prompts per fused-MoE config size up to its
-    token budget (8192 in the stand-in), so no Triton compile lands inside a timed rate."""
+    token budget (8192 in the stand-in) and, beyond its captured graphs, per residue mod 16, so
+    no Triton compile lands inside a timed rate."""
     engine_cls = _install(tmp_path, monkeypatch)
     assert _measure(tmp_path / "serving.jsonl", "--rate", "4") == 0
     (engine,) = engine_cls.instances
     sizes = {int(r.split("-")[1].removeprefix("step")) for r in engine.submitted if r.startswith("warmup-step")}
-    assert sizes == set(vs.FUSED_MOE_CONFIG_TOKENS)
+    # the stand-in states no capture sizes: every step may run without a graph
+    # (and a step holds at most max_num_seqs prompts)
+    expected = {sum(g) for g in vs.warmup_steps(8192, S, 0) if len(g) <= engine.args.max_num_seqs}
+    assert sizes == expected and {t for t in vs.FUSED_MOE_CONFIG_TOKENS if t <= max(expected)} <= sizes
     timed = [i for i, r in enumerate(engine.submitted) if not r.startswith("warmup")]
     warm = [i for i, r in enumerate(engine.submitted) if r.startswith("warmup")]
     assert timed and max(warm) < min(timed)

@@ -89,6 +89,11 @@ WARMUP_OUTPUT = 16
 #: tokens): each is JIT-compiled by Triton on first use, a stall of about a second, so the
 #: warm-up runs one step of each count up to the step's token budget.
 FUSED_MOE_CONFIG_TOKENS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
+#: Triton compiles a kernel once per divisibility by 16 of its integer arguments, and the fused-MoE
+#: kernel's token counts (M·top_k valid rows, the padded sorted length) follow M mod 16: a step
+#: run without a CUDA graph (more tokens than the largest captured size) compiles each config
+#: once per residue class it meets. The warm-up runs that many consecutive counts from each key.
+TRITON_DIVISIBILITY = 16
 #: Percentiles reported per metric.
 PERCENTILES = (50, 90, 99)
 #: Latency metrics of a row (milliseconds).
@@ -487,15 +492,19 @@ async def stop_engine(engine: Engine | None) -> None:
             engine.tmp.cleanup()
 
 
-def warmup_steps(max_tokens: int, input_len: int) -> list[list[int]]:
+def warmup_steps(max_tokens: int, input_len: int, graph_tokens: int = 0) -> list[list[int]]:
     """Prompt lengths of the warm-up's single-step groups: one group per fused-MoE config token
-    count (:data:`FUSED_MOE_CONFIG_TOKENS`) up to ``max_tokens`` (the engine's
-    max_num_batched_tokens), each made of prompts of at most ``input_len`` tokens that together
-    hold exactly that many tokens, so that the group's prefill is one step of that size."""
+    count K (:data:`FUSED_MOE_CONFIG_TOKENS`) up to ``max_tokens`` (the engine's
+    max_num_batched_tokens), and, where a step runs without a CUDA graph (more tokens than
+    ``graph_tokens``, the largest captured size), 16 consecutive counts (:data:`TRITON_DIVISIBILITY`)
+    from each such K and from the first count past the graphs. Each group is made of prompts of
+    at most ``input_len`` tokens that together hold exactly that many tokens, so that its
+    prefill is one step of that size."""
+    starts = [graph_tokens + 1] + [k for k in FUSED_MOE_CONFIG_TOKENS if k > graph_tokens]
+    eager = {t for start in starts for t in range(start, start + TRITON_DIVISIBILITY)}
+    counts = sorted(t for t in eager | set(FUSED_MOE_CONFIG_TOKENS) if t <= max_tokens)
     groups = []
-    for tokens in FUSED_MOE_CONFIG_TOKENS:
-        if tokens > max_tokens:
-            break
+    for tokens in counts:
         full, rest = divmod(tokens, input_len)
         groups.append([input_len] * full + ([rest] if rest else []))
     return groups
@@ -503,7 +512,8 @@ def warmup_steps(max_tokens: int, input_len: int) -> list[list[int]]:
 
 async def warm_up(engine: Engine, spec: ServingSpec, clock: Callable[[], float]) -> float:
     """One request alone, a burst of min(max_num_seqs, WARMUP_BURST) at once, then one step of
-    each fused-MoE config size (:func:`warmup_steps`, one output token each); seconds taken."""
+    each fused-MoE config size, and of the 15 sizes after it where a step runs without a CUDA
+    graph (:func:`warmup_steps`, one output token each); seconds taken."""
     from perfmodel.measuring.vllm_backend import make_requests
 
     t0 = clock()
@@ -513,7 +523,9 @@ async def warm_up(engine: Engine, spec: ServingSpec, clock: Callable[[], float])
     groups = [("warmup-alone", prompts[:1], o), ("warmup-burst", prompts[1:], o)]
     budget = engine.settings.get("max_num_batched_tokens")
     budget = budget if isinstance(budget, int) and budget > 0 else spec.input_len
-    for i, lengths in enumerate(warmup_steps(budget, spec.input_len)):
+    sizes = engine.settings.get("cudagraph_capture_sizes") or []
+    graph = max((int(x) for x in sizes), default=0) if isinstance(sizes, (list, tuple)) else 0
+    for i, lengths in enumerate(warmup_steps(budget, spec.input_len, graph)):
         if len(lengths) > spec.max_num_seqs:
             break
         group = [make_requests(1, n, engine.vocab, seed=spec.seed + 2 + i + j)[0] for j, n in enumerate(lengths)]
