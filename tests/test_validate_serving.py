@@ -302,6 +302,18 @@ def test_saturation_bracket_one_sided():
     assert kept["closed_form_position"] == "below" and kept["measured_capacity_rps"] is None
 
 
+def test_a_short_run_kept_up_above_an_overloaded_rate_does_not_invert_the_bracket():
+    def run(rate, overloaded):
+        return {"rate": rate, "offered_rate": rate, "measured_overloaded": overloaded, "predicted_overloaded": overloaded,
+                "measured_aborted": 0, "measured_capacity_rps": None, "predicted_capacity_rps": None}
+    s = sv.saturation([run(40.0, False), run(44.0, True), run(56.0, False), run(66.0, True)], 50.0)
+    assert (s["followed_up_to"], s["saturated_from"], s["kept_up_above"]) == (40.0, 44.0, [56.0])
+    assert s["closed_form_position"] == "above"
+    head = {"model": "olmoe-1b-7b", "input_len": 1024, "output_len": 256, "max_num_seqs": 256, "gpu": "h200-sxm",
+            "layout": "1 GPU"}
+    assert "kept up at 56 req/s offered as well" in " ".join(sv.saturation_lines({**head, **s}))
+
+
 def test_real_replay_on_a_small_workload(tmp_path):
     """The real planning simulation replays a light run: every request completes, the served
     throughput is the run's own N·O over its window, the engine's KV cache is used."""

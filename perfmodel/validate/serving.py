@@ -282,17 +282,23 @@ def _position(rate: float | None, below: float | None, above: float | None) -> s
 
 def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict[str, Any]:
     """The measured saturation of one group of runs (one per rate, as :func:`compare_serving`
-    lists them in ``rates``) beside the closed form's saturation rate (req/s) and the replay's."""
+    lists them in ``rates``) beside the closed form's saturation rate (req/s) and the replay's.
+
+    The bracket is the highest rate kept up with below the lowest overloaded one, and that rate;
+    runs kept up with above it (too short to reach a steady state) are listed apart
+    (``kept_up_above``)."""
     runs = sorted(runs, key=lambda r: r["rate"])
 
-    def bracket(flag: str) -> tuple[dict | None, dict | None]:
-        kept = [r for r in runs if r[flag] is False]
+    def bracket(flag: str) -> tuple[dict | None, dict | None, list[dict]]:
         lost = [r for r in runs if r[flag] is True]
-        return (max(kept, key=lambda r: r["rate"]) if kept else None,
-                min(lost, key=lambda r: r["rate"]) if lost else None)
+        first = min(lost, key=lambda r: r["rate"]) if lost else None
+        kept = [r for r in runs if r[flag] is False]
+        under = [r for r in kept if first is None or r["rate"] < first["rate"]]
+        return (max(under, key=lambda r: r["rate"]) if under else None, first,
+                [r for r in kept if r not in under])
 
-    below, above = bracket("measured_overloaded")
-    p_below, p_above = bracket("predicted_overloaded")
+    below, above, kept_above = bracket("measured_overloaded")
+    p_below, p_above, _ = bracket("predicted_overloaded")
     busy = [r for r in runs if r["measured_overloaded"] and (r["measured_aborted"] or 0) > 0
             and r["measured_capacity_rps"] is not None]
     capacity = _mean([r["measured_capacity_rps"] for r in busy])
@@ -305,6 +311,7 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
         "followed_up_to": low, "followed_up_to_nominal": below["rate"] if below else None,
         "saturated_from": high, "saturated_from_nominal": above["rate"] if above else None,
         "spans": below is not None and above is not None,
+        "kept_up_above": [r["offered_rate"] for r in kept_above],
         "overloaded_rates": [r["rate"] for r in runs if r["measured_overloaded"]],
         "capacity_rates": [r["rate"] for r in busy],
         "measured_capacity_rps": capacity,
@@ -607,6 +614,9 @@ def saturation_lines(s: dict[str, Any]) -> list[str]:
         measured = f"below {above}; every rate overloaded"
     else:
         measured = f"between {below} and {above}"
+    if s.get("kept_up_above"):
+        measured += (f" (kept up at {', '.join(_rate(r) for r in s['kept_up_above'])} req/s offered as well, "
+                     "in a run too short for a steady state)")
     cap = s["measured_capacity_rps"]
     if cap is not None:
         capacity = (f"measured capacity {_rate(cap)} req/s (output tok/s ÷ O at the rates that ended with "
