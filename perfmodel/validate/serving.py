@@ -352,7 +352,7 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     return {
         "mode": "replay", "results_file": shown, "gpu": first.get("gpu_name", ""),
         "driver": first.get("driver", ""), "torch": first.get("torch", ""), "vllm": first.get("vllm", ""),
-        "git_commit": first.get("git_commit", ""),
+        "git_commit": ", ".join(dict.fromkeys(str(r["git_commit"]) for r in ok if r.get("git_commit"))),
         "date": (dates[0] if dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
         "predicted_by": f"perfmodel.planning.predict_serving (engine profile {ENGINE})",
         "comparison": "replay of the measured schedule: each row's submitted requests at their real "
