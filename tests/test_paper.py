@@ -29,7 +29,7 @@ def test_the_seed_study_has_its_ten_effects_with_numbers_where_the_paper_gives_t
     e1 = study.effect("E1")
     assert e1.setup.models == ["mixtral-8x7b"] and e1.setup.gpus == 2
     assert [(c.low, c.high) for c in e1.claims] == [(20, 25), (25, 30)]
-    assert e1.measured == Measured(vary="quant", value="fp8", baseline="none")
+    assert e1.measured == [Measured(vary="quant", value="fp8", baseline="none")]  # one mapping in the YAML
     e9 = study.effect("E9")
     assert not e9.numbers and all(c.low is None and c.high is None and c.direction for c in e9.claims)
     assert study.effect("E10").missing and "acceptance" in study.effect("E10").missing

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perfmodel import paths
 from perfmodel.errors import SpecError, validation_message
@@ -79,11 +79,13 @@ def _pct(value: float | None) -> str:
 
 class Measured(_Data):
     """Which measured rows compare the same thing: rows differing in ``vary`` only, ``value``
-    against ``baseline``."""
+    against ``baseline``, of the ``models`` named (empty: any). ``spec`` is the speculative
+    decoding a row ran, ``DRAFT:γ`` (e.g. ``qwen3-1.7b:4``) or ``none``."""
 
-    vary: Literal["quant", "top_k", "ffn", "num_experts", "input_len"]
+    vary: Literal["quant", "top_k", "ffn", "num_experts", "input_len", "spec"]
     value: Any
     baseline: Any
+    models: list[str] = Field(default_factory=list)
 
 
 class Setup(_Data):
@@ -105,7 +107,8 @@ class Setup(_Data):
 
 
 class Effect(_Data):
-    """One headline effect: the claim in words, the checkable claims, the setup."""
+    """One headline effect: the claim in words, the checkable claims, the setup, and the
+    comparisons our measurements make of it (``measured``: none, one or several)."""
 
     id: str
     title: str
@@ -114,8 +117,16 @@ class Effect(_Data):
     source: str
     setup: Setup
     claims: list[Claim]
-    measured: Measured | None = None
+    measured: list[Measured] = Field(default_factory=list)
     missing: str | None = None  # a parameter the paper does not give that the effect needs
+
+    @field_validator("measured", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        """``measured`` is one comparison (a mapping) or a list of them; none: not measured."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
 
 
 class StudyInfo(_Data):

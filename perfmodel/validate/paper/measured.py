@@ -3,14 +3,23 @@
 Rows come from the committed result files (``validate/results/h200-vllm.jsonl`` and its
 ``-whatif`` companion; JSON lines, read by :func:`perfmodel.measuring.results.read_rows`, no
 GPU library imported). Two measured rows compare what an effect compares when they differ in
-the effect's knob only (``quant``, ``top_k``, ``ffn``, ``num_experts`` or the length S = O):
-same model, layers, B, S, O, the other hyperparameters and the GPU count. Rows record the
-decode sampling in their point id (``sampling=random``; none: greedy, the older rows); a pair
-takes rows of one sampling where both sides have one (random first), else says it mixes them.
+the effect's knob only (``quant``, ``top_k``, ``ffn``, ``num_experts``, the length S = O, or
+``spec``, the draft model and γ of speculative decoding): same model, layers, B, S, O, the other
+hyperparameters, the GPU count, and the same speculative decoding (none, or one draft, γ and
+acceptance setting), so a plain row never pairs with a speculative one. Rows record the decode
+sampling in their point id (``sampling=random``; none: greedy, the older rows); a pair takes
+rows of one sampling where both sides have one (random first), else says it mixes them.
+
+A speculative row whose verify pass, B·(γ+1) tokens, did not fit the engine's captured CUDA
+graphs (:func:`perfmodel.measuring.compare.verify_replayed` is False: the B=16 rows measured
+before the runner captured graphs that large) ran its decode steps without graphs, which the
+model costs as graph replays: such rows stand in no pair and no point.
 
 The measured effect is the relative change of ``throughput_tok_s`` (B·(S+O)/E2E). Beside it the
 model's prediction for exactly those points: on the H200, with the rows' layers, overrides and
-quantization, one GPU, as :func:`perfmodel.measuring.compare.compare` predicts a row.
+quantization, one GPU, a speculative row at its draft, γ and measured tokens per step τ
+(:func:`perfmodel.measuring.compare.row_speculative`), as
+:func:`perfmodel.measuring.compare.compare` predicts a row.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from typing import Any, Iterable
 import pandas as pd
 
 from perfmodel import paths, sweep
-from perfmodel.measuring.compare import row_overrides, row_quant, row_routing, what_if_file
+from perfmodel.measuring.compare import (
+    row_overrides, row_quant, row_routing, row_speculative, verify_replayed, what_if_file,
+)
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
 
@@ -34,7 +45,10 @@ RESULTS_FILE = paths.RESULTS_DIR / "h200-vllm.jsonl"
 #: Samplings in order of preference when both sides have both.
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
-KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts")
+KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
+         "spec", "spec_accept")
+#: How a pair's label names the knob it varies (``E=32 vs 64``).
+SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "input_len": "S=O", "spec": "spec"}
 
 
 def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
@@ -45,12 +59,34 @@ def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
     return rows
 
 
+def _setting(row: dict[str, Any], name: str) -> str | None:
+    """The ``name=`` tag of a row's point id, or None."""
+    for part in str(row.get("point_id", "")).split("|"):
+        if part.startswith(f"{name}="):
+            return part.removeprefix(f"{name}=")
+    return None
+
+
 def sampling(row: dict[str, Any]) -> str:
     """How a row's decode picked tokens: the ``sampling=`` tag of its point id, else greedy."""
-    for part in str(row.get("point_id", "")).split("|"):
-        if part.startswith("sampling="):
-            return part.removeprefix("sampling=")
-    return "greedy"
+    return _setting(row, "sampling") or "greedy"
+
+
+def speculation(row: dict[str, Any]) -> tuple[str, str]:
+    """A row's speculative decoding as two knobs: ``DRAFT:γ`` (``none`` without one) and the
+    acceptance the engine was told to simulate (the ``spec_accept=`` tag, e.g. ``0.7``; ``none``:
+    the draft's own acceptance, or no speculation)."""
+    spec = row_speculative(row)
+    if not spec:
+        return "none", "none"
+    return f"{spec['spec_draft']}:{spec['spec_tokens']}", _setting(row, "spec_accept") or "none"
+
+
+def comparable(row: dict[str, Any]) -> bool:
+    """Whether a row may stand in a comparison: every row without speculative decoding, and a
+    speculative row whose verify pass was replayed from a CUDA graph
+    (:func:`~perfmodel.measuring.compare.verify_replayed`; the others ran decode without graphs)."""
+    return not row_speculative(row) or verify_replayed(row)
 
 
 @functools.cache
@@ -64,13 +100,16 @@ def _shape(model: str, overrides: tuple[str, ...]) -> tuple[int, int | None, int
 
 def knobs(row: dict[str, Any]) -> dict[str, Any]:
     """A row's identity as the effects see it: layers, B, S, O, GPU count, quantization, routing
-    (the model's router or vLLM's routing simulator) and the MoE shape it ran (top_k, expert FFN
-    width, experts: its overrides over the model's own)."""
+    (the model's router or vLLM's routing simulator), the MoE shape it ran (top_k, expert FFN
+    width, experts: its overrides over the model's own) and its speculative decoding (``spec``,
+    ``spec_accept``: :func:`speculation`)."""
     layers, top_k, ffn, experts = _shape(row["model"], tuple(row_overrides(row)))
     engine = row.get("engine") or {}
+    spec, accept = speculation(row)
     return {"model": row["model"], "layers": layers, "batch": row["batch"], "input_len": row["input_len"],
             "output_len": row["output_len"], "tp": int(engine.get("tp") or 1), "quant": row_quant(row) or "none",
-            "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts}
+            "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts,
+            "spec": spec, "spec_accept": accept}
 
 
 def _varies(measured: Measured) -> tuple[str, ...]:
@@ -82,10 +121,16 @@ def _value(measured: Measured, k: dict[str, Any]) -> Any:
     return k["input_len"] if measured.vary == "input_len" else k[measured.vary]
 
 
+def compares_text(measured: Measured) -> str:
+    """What a comparison compares, as a label reads it: ``E=32 vs 64``, ``spec=qwen3-1.7b:4 vs
+    qwen3-8b:4``."""
+    return f"{SYMBOLS[measured.vary]}={measured.value} vs {measured.baseline}"
+
+
 @dataclass(frozen=True)
 class MeasuredPair:
-    """One measured comparison: the two rows' throughputs (tok/s), their change (%), and the
-    model's change for the same two points (%)."""
+    """One measured comparison: the two rows' throughputs (tok/s), their change (%), the
+    model's change for the same two points (%), and the comparison they are of."""
 
     label: str
     keys: dict[str, Any]
@@ -98,9 +143,12 @@ class MeasuredPair:
     measured_base: float
     predicted_side: float
     predicted_base: float
+    comparison: Measured
 
 
 def _label(k: dict[str, Any], measured: Measured) -> str:
+    """The point of a pair or a group: model, shape but the varied knob, B, S = O, routing and
+    speculative decoding where not the defaults."""
     tags = [f"B={k['batch']}"]
     if measured.vary != "input_len":
         tags.append(f"S=O={k['input_len']}" if k["input_len"] == k["output_len"] else f"S={k['input_len']} O={k['output_len']}")
@@ -108,23 +156,29 @@ def _label(k: dict[str, Any], measured: Measured) -> str:
     shape = [t for t, name in zip(shape, ("layers", "num_experts", "top_k", "ffn")) if name != measured.vary]
     if k.get("routing", "model") != "model":
         tags.append(f"routing={k['routing']}")
+    if measured.vary != "spec" and k.get("spec", "none") != "none":
+        tags.append(f"spec={k['spec']}")
+    if k.get("spec_accept", "none") != "none":
+        tags.append(f"α={k['spec_accept']}")
     return f"{k['model']} [{' '.join(shape)}] {' '.join(tags)}"
 
 
 @functools.cache
 def _predicted(model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
-               quant: str | None, engine: str) -> float:
+               quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = ()) -> float:
     """:func:`perfmodel.sweep` of one point (equal to :func:`perfmodel.predict`; it shares the
-    compiled expressions of the report's sweeps, without the per-op outputs)."""
+    compiled expressions of the report's sweeps, without the per-op outputs); ``speculative``:
+    its speculative-decoding what-ifs (spec_draft, spec_tokens, spec_accepted_len or spec_accept)."""
     table = sweep(model, {"batch": [batch]}, gpu=MEASURED_GPU, engine=engine, input_len=input_len,
-                  output_len=output_len, overrides=list(overrides), quant=quant)
+                  output_len=output_len, overrides=list(overrides), quant=quant, **dict(speculative))
     return float(table["throughput_tok_s"].iloc[0])
 
 
 def predicted_throughput(row: dict[str, Any], engine: str) -> float:
-    """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized."""
+    """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized; a
+    speculative row with its draft and γ at the tokens per step τ it measured."""
     return _predicted(row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
-                      row["output_len"], row_quant(row), engine)
+                      row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())))
 
 
 def _pick(side: list[dict[str, Any]], base: list[dict[str, Any]]) -> tuple[dict, dict, str]:
@@ -139,11 +193,16 @@ def _pick(side: list[dict[str, Any]], base: list[dict[str, Any]]) -> tuple[dict,
     return s, b, f"mixed: {sampling(s)} vs {sampling(b)}"
 
 
-def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> list[MeasuredPair]:
-    """Every measured comparison of ``measured.value`` against ``measured.baseline``."""
+def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str, *,
+          named: bool = False) -> list[MeasuredPair]:
+    """Every measured comparison of ``measured.value`` against ``measured.baseline`` (of
+    :func:`comparable` rows); ``named``: the labels end in what is compared
+    (:func:`compares_text`), for an effect that makes several comparisons."""
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     varies = _varies(measured)
     for row in rows:
+        if not comparable(row) or (measured.models and row["model"] not in measured.models):
+            continue
         k = knobs(row)
         if measured.vary == "input_len" and k["input_len"] != k["output_len"]:
             continue
@@ -161,18 +220,28 @@ def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> li
         ps, pb = predicted_throughput(side, engine), predicted_throughput(base, engine)
         ms, mb = float(side["throughput_tok_s"]), float(base["throughput_tok_s"])
         keys = dict(key)
-        out.append(MeasuredPair(_label({**knobs(side), **keys}, measured), keys, side, base, how,
-                                100 * (ms / mb - 1), 100 * (ps / pb - 1), ms, mb, ps, pb))
+        label = _label({**knobs(side), **keys}, measured)
+        out.append(MeasuredPair(f"{label}: {compares_text(measured)}" if named else label, keys, side, base, how,
+                                100 * (ms / mb - 1), 100 * (ps / pb - 1), ms, mb, ps, pb, measured))
     return sorted(out, key=lambda p: tuple(str(v) for v in p.keys.values()))
 
 
+def effect_pairs(rows: list[dict[str, Any]], comparisons: list[Measured], engine: str) -> list[MeasuredPair]:
+    """The pairs of every comparison of an effect, in the order of the comparisons (labels name
+    what is compared where there are several)."""
+    return [p for m in comparisons for p in pairs(rows, m, engine, named=len(comparisons) > 1)]
+
+
 def points(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> pd.DataFrame:
-    """The measured rows along the effect's knob (any value of it), grouped by the other knobs,
+    """The measured rows along the effect's knob (any value of it; :func:`comparable` rows of
+    ``measured.models`` where it names some), grouped by the other knobs,
     in groups that measured at least two values of it: columns group, value (of the knob),
     sampling, the other knobs, measured and predicted throughput (tok/s)."""
     varies = _varies(measured)
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for row in rows:
+        if not comparable(row) or (measured.models and row["model"] not in measured.models):
+            continue
         k = knobs(row)
         if measured.vary == "input_len" and k["input_len"] != k["output_len"]:
             continue
@@ -186,3 +255,13 @@ def points(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> p
                      "measured": float(row["throughput_tok_s"]), "predicted": predicted_throughput(row, engine)}
                     for row, k in members]
     return pd.DataFrame(records)
+
+
+def effect_points(rows: list[dict[str, Any]], comparisons: list[Measured], engine: str) -> pd.DataFrame:
+    """:func:`points` of an effect: of its one comparison, or of each distinct knob its several
+    comparisons vary, one after the other with the knob in a column ``vary``."""
+    if len(comparisons) == 1:
+        return points(rows, comparisons[0], engine)
+    by_knob = {m.vary: m for m in comparisons}
+    frames = [points(rows, m, engine).assign(vary=vary) for vary, m in by_knob.items()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

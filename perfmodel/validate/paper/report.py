@@ -72,17 +72,18 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
     rows = measured.load_rows()
     pairs, points = {}, {}
     for effect in study.effects:
-        if effect.measured is not None:
-            pairs[effect.id] = measured.pairs(rows, effect.measured, engine)
-            points[effect.id] = measured.points(rows, effect.measured, engine)
+        if effect.measured:
+            pairs[effect.id] = measured.effect_pairs(rows, effect.measured, engine)
+            points[effect.id] = measured.effect_points(rows, effect.measured, engine)
     return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows), results, pairs, points)
 
 
 def measured_text(report: PaperReport, effect_id: str) -> str:
     """The measured comparisons of an effect in one line, per model: ``mixtral-8x7b +26…+67%
-    (model +42…+61%, 6 pairs)``; why there are none otherwise."""
+    (model +42…+61%, 6 pairs)``, and per comparison where the effect makes several
+    (``olmoe-1b-7b, 12 pairs: E=56 vs 64 +3% (model +6%), …``); why there are none otherwise."""
     effect = report.study.effect(effect_id)
-    if effect.measured is None:
+    if not effect.measured:
         return "not measured"
     pairs = report.pairs.get(effect_id) or []
     if not pairs:
@@ -90,9 +91,22 @@ def measured_text(report: PaperReport, effect_id: str) -> str:
     parts = []
     for model in dict.fromkeys(p.keys.get("model") for p in pairs):
         mine = [p for p in pairs if p.keys.get("model") == model]
-        parts.append(f"{model} {pct_range([p.measured_pct for p in mine])} (model "
-                     f"{pct_range([p.predicted_pct for p in mine])}, {len(mine)} pair{'s' if len(mine) != 1 else ''})")
+        count = f"{len(mine)} pair{'s' if len(mine) != 1 else ''}"
+        if len(effect.measured) == 1:
+            seen, model_change = _changes(mine)
+            parts.append(f"{model} {seen} (model {model_change}, {count})")
+            continue
+        each = []
+        for compares in dict.fromkeys(measured.compares_text(p.comparison) for p in mine):
+            seen, model_change = _changes([p for p in mine if measured.compares_text(p.comparison) == compares])
+            each.append(f"{compares} {seen} (model {model_change})")
+        parts.append(f"{model}, {count}: " + ", ".join(each))
     return "; ".join(parts)
+
+
+def _changes(pairs: list[measured.MeasuredPair]) -> tuple[str, str]:
+    """The measured and the predicted changes of some pairs, each as a range (``+3…+34%``)."""
+    return pct_range([p.measured_pct for p in pairs]), pct_range([p.predicted_pct for p in pairs])
 
 
 def tracking_text(pairs: list[measured.MeasuredPair]) -> str:
@@ -179,7 +193,7 @@ def _context(report: PaperReport) -> dict[str, Any]:
     effects = []
     for r, row in zip(report.results, summary_rows(report)):
         effects.append({"r": r, "row": row, "setup": r.effect.setup, "layout": layout_text(r.effect.setup),
-                        "pairs": report.pairs.get(r.effect.id, []), "has_measured": r.effect.measured is not None,
+                        "pairs": report.pairs.get(r.effect.id, []), "has_measured": bool(r.effect.measured),
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),

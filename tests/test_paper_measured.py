@@ -1,0 +1,112 @@
+"""Measured comparisons of the paper report with several comparisons per effect (E9 pruning,
+E10 speculative decoding), and the speculative-decoding knobs that keep plain and speculative
+rows apart."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from perfmodel import paths
+from perfmodel.commands import main
+from perfmodel.errors import SpecError
+from perfmodel.validate.paper import measured
+from perfmodel.validate.paper.effects import Measured, load_study
+from perfmodel.validate.paper.report import PaperReport, measured_text
+
+STUDY_FILE = paths.STUDIES_DIR / "moe-inference-bench.yaml"
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return measured.load_rows()
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_study()
+
+
+def _row(top_k: int, throughput: float, spec: str | None = None) -> dict:
+    tags = "|quant=none|routing=uniform_random|sampling=random" + (f"|spec={spec}|spec_accept=0.7" if spec else "")
+    point = f"vllm|olmoe-1b-7b|set=top_k={top_k}|layers=4|B=1|S=128|O=128{tags}|tp=1"
+    return {"schema_version": 1, "status": "ok", "point_id": point,
+            "model": "olmoe-1b-7b", "overrides": [f"top_k={top_k}"], "layers": 4, "batch": 1, "input_len": 128,
+            "output_len": 128, "engine": {"quantization": "none", "tp": 1}, "throughput_tok_s": throughput,
+            "spec_mean_accepted_len": 2.5 if spec else None}
+
+
+def test_a_speculative_row_is_another_point_than_the_plain_row_of_the_same_workload():
+    plain, spec = _row(8, 1000.0), _row(8, 1500.0, "qwen3-1.7b:4")
+    assert measured.knobs(plain)["spec"] == "none" and measured.knobs(plain)["spec_accept"] == "none"
+    assert measured.knobs(spec)["spec"] == "qwen3-1.7b:4" and measured.knobs(spec)["spec_accept"] == "0.7"
+    # the speculative top-8 row comes last: without the spec knobs it would be the pair's baseline
+    (pair,) = measured.pairs([_row(1, 1200.0), plain, spec], Measured(vary="top_k", value=1, baseline=8), "vllm")
+    assert pair.base is plain and pair.measured_pct == pytest.approx(20.0)
+    assert "spec" not in pair.label and "α" not in pair.label
+
+
+def test_speculative_rows_whose_verify_pass_ran_without_graphs_stand_in_no_pair(rows):
+    spec_rows = [r for r in rows if measured.knobs(r)["spec"] != "none"]
+    assert {r["batch"] for r in spec_rows} == {1, 16}
+    assert all(measured.comparable(r) == (r["batch"] == 1) for r in spec_rows)
+    assert all(measured.comparable(r) for r in rows if measured.knobs(r)["spec"] == "none")
+
+
+def test_an_effect_takes_one_comparison_or_a_list(study):
+    assert study.effect("E1").measured == [Measured(vary="quant", value="fp8", baseline="none")]
+    e9 = study.effect("E9").measured
+    assert [(m.vary, m.value, m.baseline) for m in e9] == [
+        ("num_experts", 56, 64), ("num_experts", 48, 64), ("num_experts", 32, 64),
+        ("ffn", 896, 1024), ("ffn", 768, 1024), ("ffn", 512, 1024)]
+    assert [m.value for m in study.effect("E10").measured] == ["qwen3-1.7b:4", "qwen3-1.7b:4", "qwen3-0.6b:4"]
+    assert study.effect("E5").measured == []
+
+
+def test_a_bad_comparison_in_a_list_is_one_clear_error(tmp_path, capsys):
+    data = yaml.safe_load(STUDY_FILE.read_text())
+    e9 = next(e for e in data["effects"] if e["id"] == "E9")
+    e9["measured"][1]["vary"] = "experts"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SpecError, match=r"effects\.8\.measured\.1\.vary: Input should be 'quant'"):
+        load_study(bad)
+    with pytest.raises(SystemExit) as info:
+        main(["report", "paper", "--study", str(bad), "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert info.value.code == 2 and "Traceback" not in out + err
+    assert line.startswith("perfmodel: error: ") and "measured.1.vary" in line
+
+
+def test_e9_pruned_olmoe_is_faster_and_the_model_follows_it(rows, study):
+    pairs = measured.effect_pairs(rows, study.effect("E9").measured, "vllm")
+    assert len(pairs) == 12 and {p.keys["model"] for p in pairs} == {"olmoe-1b-7b"}
+    by = {(measured.compares_text(p.comparison), p.keys["batch"]): p for p in pairs}
+    half = by["E=32 vs 64", 16]
+    assert "E=32 vs 64" in half.label and "F=1024" in half.label and "B=16" in half.label
+    assert half.measured_pct > 20 and abs(half.predicted_pct - half.measured_pct) < 10
+    assert by["F=512 vs 1024", 16].measured_pct > 20
+    for knob, values, base in (("E", (56, 48, 32), 64), ("F", (896, 768, 512), 1024)):
+        gains = [by[f"{knob}={v} vs {base}", 16].measured_pct for v in values]
+        assert 0 < gains[0] < gains[1] < gains[2]  # more pruning, more throughput
+    assert all(p.measured_pct > 0 and abs(p.predicted_pct - p.measured_pct) < 10 for p in pairs)
+
+
+def test_e10_draft_comparisons_at_b1_with_the_model_at_the_measured_tokens_per_step(rows, study):
+    comparisons = study.effect("E10").measured
+    pairs = measured.effect_pairs(rows, comparisons, "vllm")
+    assert [p.comparison for p in pairs] == comparisons and {p.keys["batch"] for p in pairs} == {1}
+    over_8b, over_4b, small = pairs
+    assert over_8b.measured_pct > 40 and over_4b.measured_pct > 15 and -15 < small.measured_pct < 15
+    assert over_8b.predicted_pct > over_4b.predicted_pct > 0  # the model ranks the drafts as measured
+    assert all(abs(p.predicted_pct - p.measured_pct) < 20 for p in pairs)
+    assert "α=0.7" in over_8b.label and "spec=qwen3-1.7b:4 vs qwen3-8b:4" in over_8b.label
+    # speculative rows are predicted with their draft: the throughput is not the plain row's
+    plain = measured.predicted_throughput(over_8b.side | {"point_id": "vllm|qwen3-30b-a3b|x|tp=1"}, "vllm")
+    assert over_8b.predicted_side < 0.9 * plain
+
+    report = PaperReport(study, "h100-sxm", "vllm", {}, {}, [], {"E10": pairs}, {})
+    text = measured_text(report, "E10")
+    assert text.startswith("qwen3-30b-a3b, 3 pairs: spec=qwen3-1.7b:4 vs qwen3-8b:4 +")
+    assert measured_text(report, "E5") == "not measured" and measured_text(report, "E9") == "no measured pair"
