@@ -105,7 +105,9 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
            "prefill, max_num_seqs, KV-cache preemption; asynchronous scheduling where the engine "
            "profile says so) on the model's step "
            "times, checked against measured vLLM serving runs on one H200 only (perfmodel validate all "
-           "--serving): not on other GPUs, several GPUs or disaggregated pools."]
+           "--serving): not on other GPUs, several GPUs or disaggregated pools. Past saturation the "
+           "check is weaker: the capacity of a small model with max_num_seqs sequences running and a "
+           "long queue came out above the measured one (the validation report states by how much)."]
     if any(s.layout.gpus > 1 for s in plan.setups.values()):
         out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
                    "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
