@@ -81,7 +81,7 @@ def expected_tokens(acceptance: sp.Expr = alpha, draft_tokens: sp.Expr = gamma) 
 
 
 def metric_expressions(phase: str) -> dict[str, sp.Expr]:
-    """The metrics of a speculative prediction in :data:`PARTS`, τ, γ, t_step and B, S, O.
+    """The metrics of a speculative prediction in :data:`PARTS`, τ, γ, t_step, t_draft and B, S, O.
 
     Step time = γ·(draft pass − t_step + t_draft) + verify pass; the effective ITL
     (``decode_step_s``) is the step time over τ. TTFT = target prefill + draft prefill − t_step.
@@ -279,7 +279,8 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
                            settings: SpecDecoding) -> Prediction:
     """``base`` (the target's prediction without speculation) with speculative decoding:
     metrics, the verify and draft passes in place of the target's decode pass, no error band
-    (speculative decoding was not measured), and a ``speculative`` record."""
+    (the band is stated for plain decoding; speculative decoding was measured at one target on
+    one GPU only), and a ``speculative`` record."""
     w = base.workload
     draft = load_draft(settings.draft, target)
     draft_values = numeric_values(draft, gpu, profile, draft_workload(w, draft))
@@ -304,7 +305,7 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
     if provenance.get("error_band"):
         provenance["error_band"] = None
         provenance["error_band_note"] = (f"{provenance['error_band_note']}; speculative decoding "
-                                         "was not measured: no band")
+                                         "was measured at one target on one GPU only: no band")
     kept = [op for op in base.ops if op["pass"] != "decode"]
     return replace(base, metrics=metrics, ops=kept + op_rows(ops), provenance=provenance,
                    speculative=record)
