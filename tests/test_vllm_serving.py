@@ -467,3 +467,9 @@ def test_warm_up_runs_one_step_of_each_config_size(tmp_path, monkeypatch):
     timed = [i for i, r in enumerate(engine.submitted) if not r.startswith("warmup")]
     warm = [i for i, r in enumerate(engine.submitted) if r.startswith("warmup")]
     assert timed and max(warm) < min(timed)
+
+
+def test_fatal_errors_are_the_offline_backends_and_a_dead_engine():
+    assert vs._is_fatal("CUDA error: an illegal memory access was encountered")
+    assert vs._is_fatal(type("EngineDeadError", (RuntimeError,), {})("engine core died"))
+    assert not vs._is_fatal("request timed out") and not vs._is_fatal(RuntimeError("out of memory"))

@@ -124,14 +124,11 @@ def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
 
 def percentile(values: list[float], q: float) -> float | None:
     """Percentile ``q`` (0-100) by linear interpolation between order statistics (numpy's
-    default); None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    default, as the replay's :meth:`perfmodel.planning.simulate.SimResult.run_summary`); None
+    for no values."""
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else None
 
 
 def rate_key(rate: float) -> str:
@@ -566,9 +563,12 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _is_fatal(error: BaseException | str) -> bool:
-    """Whether an error leaves the engine or the device unusable for the rest of the process."""
-    text = (f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)).lower()
-    return "illegal memory access" in text or "enginedead" in text
+    """Whether an error leaves the engine or the device unusable for the rest of the process:
+    the offline backend's fatal errors, or a dead engine core."""
+    from perfmodel.measuring.vllm_backend import VLLMBackend
+
+    exc = error if isinstance(error, BaseException) else RuntimeError(error)
+    return VLLMBackend().is_fatal(exc) or "enginedead" in f"{type(exc).__name__}: {exc}".lower()
 
 
 def _describe(spec: ServingSpec) -> dict[str, Any]:

@@ -37,6 +37,15 @@ BAD_ERROR_PCT = 10.0
 # MAPE and the verdict
 # --------------------------------------------------------------------------------------------
 
+def measured_span(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """When and from which code the measured ``rows`` came: ``date`` (YYYY-MM-DD, or
+    first..last) and ``git_commit`` (each commit once, in the rows' order, comma-separated)."""
+    dates = sorted(str(r["date"])[:10] for r in rows if r.get("date"))
+    commits = dict.fromkeys(str(r["git_commit"]) for r in rows if r.get("git_commit"))
+    return {"date": (dates[0] if dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
+            "git_commit": ", ".join(commits)}
+
+
 def mape_table(points) -> "Any":
     """MAPE (%) and friends per engine × split × metric: mean, median, max of |error|, count."""
     import pandas as pd

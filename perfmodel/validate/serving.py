@@ -341,10 +341,11 @@ def _canonical(model: str) -> str:
 
 def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     from perfmodel.paths import ROOT
+    from perfmodel.validate.report_metrics import measured_span
 
     ok = [r for r in rows if r.get("status") == "ok"]
     first = ok[0] if ok else {}
-    dates = sorted(str(r.get("date", ""))[:10] for r in ok if r.get("date"))
+    span = measured_span(ok)
     try:
         shown = str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
@@ -352,8 +353,7 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     return {
         "mode": "replay", "results_file": shown, "gpu": first.get("gpu_name", ""),
         "driver": first.get("driver", ""), "torch": first.get("torch", ""), "vllm": first.get("vllm", ""),
-        "git_commit": ", ".join(dict.fromkeys(str(r["git_commit"]) for r in ok if r.get("git_commit"))),
-        "date": (dates[0] if dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
+        "git_commit": span["git_commit"], "date": span["date"],
         "predicted_by": f"perfmodel.planning.predict_serving (engine profile {ENGINE})",
         "comparison": "replay of the measured schedule: each row's submitted requests at their real "
                       "submission times, from an idle engine, aborted at the row's drain limit",

@@ -15,6 +15,7 @@ from typing import Any
 
 from perfmodel.errors import InputError
 from perfmodel.paths import RESULTS_DIR, ROOT
+from perfmodel.validate.report_metrics import measured_span
 
 #: The small live sweep: B × S (= O).
 LIVE_BATCHES = "1,16"
@@ -45,7 +46,7 @@ def results_file(backend: str, gpu: str) -> Path:
 def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str) -> dict[str, Any]:
     ok = [r for r in rows if r.get("status") == "ok"]
     first = ok[0] if ok else {}
-    dates = sorted(str(r.get("date", ""))[:10] for r in ok if r.get("date"))
+    span = measured_span(ok)
     fit = profile.fit or {}
     try:
         shown = str(path.relative_to(ROOT))
@@ -53,11 +54,9 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         shown = str(path)
     return {
         "mode": mode, "backend": backend,
-        "date": (dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
-        "gpu": first.get("gpu_name", ""), "driver": first.get("driver", ""),
+        "date": span["date"], "gpu": first.get("gpu_name", ""), "driver": first.get("driver", ""),
         "torch": first.get("torch", ""), "transformers": first.get("transformers", ""),
-        "results_file": shown,
-        "git_commit": ", ".join(dict.fromkeys(str(r["git_commit"]) for r in ok if r.get("git_commit"))),
+        "results_file": shown, "git_commit": span["git_commit"],
         "calibrated_engine": profile.name, "baseline_engine": BASELINE_ENGINE,
         "train_models": list(fit.get("train_models", [])),
         "held_out_models": list(fit.get("held_out_models", [])),
