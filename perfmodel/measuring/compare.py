@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.points import SweepPoint
-from perfmodel.measuring.vllm_backend import point_settings
+from perfmodel.measuring.vllm_backend import point_settings, spec_setting
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {
@@ -87,14 +87,14 @@ def row_speculative(row: dict[str, Any]) -> dict[str, Any]:
     nothing); {} for a row without one. τ, not the engine's ``spec_acceptance`` (accepted per
     drafted token, the mean of the per-position rates), is what the model's α stands for:
     τ = (1−α^(γ+1))/(1−α) with α the chance of each token given the ones before it."""
-    value = _id_settings(row).get("spec")
-    if not value:
+    spec = spec_setting(_id_settings(row))
+    if spec is None:
         return {}
-    draft, tokens = value.rsplit(":", 1)
+    draft, tokens = spec
     tau = row.get("spec_mean_accepted_len")
     if isinstance(tau, (int, float)) and not isinstance(tau, bool):
-        return {"spec_draft": draft, "spec_tokens": int(tokens), "spec_accepted_len": float(tau)}
-    return {"spec_draft": draft, "spec_tokens": int(tokens), "spec_accept": 0.0}
+        return {"spec_draft": draft, "spec_tokens": tokens, "spec_accepted_len": float(tau)}
+    return {"spec_draft": draft, "spec_tokens": tokens, "spec_accept": 0.0}
 
 
 def row_overrides(row: dict[str, Any]) -> list[str]:
