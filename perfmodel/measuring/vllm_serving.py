@@ -49,7 +49,11 @@ engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, `
 ``achieved_rate``, ``goodput_fraction``, ``goodput_req_s``, ``submit_lag_max_ms``,
 ``multi_token_outputs``, ``engine_itl_ms`` / ``engine_ttft_ms`` (the engine's own timestamps,
 where it reports them), ``warmup_s``, ``per_request`` (columns ``arrival_s``, ``submitted_s``,
-``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``.
+``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``, and, where this vLLM describes its
+iterations, ``engine_steps`` (:func:`perfmodel.measuring.vllm_steps.step_summary`: the busy steps'
+durations, mixed and decode-only apart) with every step of the rate in ``<rows>-steps.jsonl``
+beside the rows (:func:`step_trace_path`). The engine also logs every kernel JIT compilation after
+its own warm-up (``jit_monitor_verbose``), with the shape that caused it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -73,6 +78,7 @@ from perfmodel.errors import InputError
 from perfmodel.measuring import results
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.runner import one_line
+from perfmodel.measuring.vllm_steps import StepLog, stat_logger_factory, step_summary, step_trace
 
 #: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
 _WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
@@ -400,6 +406,7 @@ class Engine:
     delta: bool
     make_params: Callable[[int], Any]
     tmp: tempfile.TemporaryDirectory | None = None
+    steps: StepLog | None = None
 
 
 def _usage_context() -> dict[str, Any]:
@@ -420,8 +427,28 @@ def _async_llm_class():
     return AsyncLLM
 
 
-def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
-    """An AsyncLLM for ``spec``'s model (needs vLLM; call it inside the running event loop)."""
+def _observe_steps(cls, accepted: set[str], clock: Callable[[], float]) -> tuple[StepLog | None, dict[str, Any]]:
+    """The step log and what makes the engine fill it: ``args`` (engine arguments: the engine core
+    describes each iteration, and logs every post-warm-up JIT compilation with its shape), and
+    ``stat_loggers`` for ``from_engine_args``; no log where this vLLM cannot give one."""
+    args = {name: True for name in ("enable_logging_iteration_details", "jit_monitor_verbose") if name in accepted}
+    if "enable_logging_iteration_details" not in accepted or \
+            "stat_loggers" not in inspect.signature(cls.from_engine_args).parameters:
+        return None, {"args": args}
+    try:
+        steps = StepLog(clock)
+        factory = stat_logger_factory(steps)
+    except ImportError:
+        return None, {"args": args}
+    # vLLM's own logger would print one line per iteration once the details are on; ours keeps them
+    logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
+    return steps, {"args": args, "stat_loggers": [factory]}
+
+
+def start_engine(spec: ServingSpec, log: Callable[[str], None],
+                 clock: Callable[[], float] = time.perf_counter) -> Engine:
+    """An AsyncLLM for ``spec``'s model (needs vLLM; call it inside the running event loop); where
+    this vLLM allows, with a :class:`StepLog` of its steps on ``clock``."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -436,13 +463,15 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
     try:
         cfg = vb.write_model_dir([point], tmp.name)
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
+        steps, observe = _observe_steps(cls, accepted, clock)
+        kwargs.update(observe.pop("args"))
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
         vb.apply_routing(point)
         # AsyncLLM always runs its engine core in a process of its own; this process has already
         # initialised CUDA (provenance, GPU checks), and a forked child cannot use it again.
         os.environ.setdefault(_WORKER_METHOD_ENV, "spawn")
-        llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context)
+        llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context, **observe)
     except BaseException:
         tmp.cleanup()
         raise
@@ -467,7 +496,7 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None]) -> Engine:
     def make_params(output_len: int):
         return SamplingParams(**vb.sampling_kwargs(output_len, sampling), **kind)
 
-    return Engine(llm, int(cfg["vocab_size"]), kwargs, settings, bool(kind), make_params, tmp)
+    return Engine(llm, int(cfg["vocab_size"]), kwargs, settings, bool(kind), make_params, tmp, steps)
 
 
 @dataclass
@@ -616,9 +645,12 @@ def rate_cap(spec: ServingSpec, remaining: list[float], left_s: float | None) ->
 
 
 async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: list,
-                       cap_s: float | None, clock: Callable[[], float]) -> tuple[str, dict[str, Any], str | None]:
-    """One rate on a warm engine: (status, the row's measured fields, error or None)."""
+                       cap_s: float | None, clock: Callable[[], float]
+                       ) -> tuple[str, dict[str, Any], str | None, dict[str, Any] | None]:
+    """One rate on a warm engine: (status, the row's measured fields, error or None, the engine's
+    step trace or None); the fields include ``engine_steps`` (:func:`vllm_steps.step_summary`)."""
     arrivals = poisson_arrivals(rate, spec.num_requests, spec.seed)
+    first_step = engine.steps.mark() if engine.steps is not None else 0
     traces, t0 = await run_schedule(engine.llm, prompts, arrivals, lambda: engine.make_params(spec.output_len),
                                     clock=clock, delta=engine.delta, request_prefix=f"r{rate_key(rate)}",
                                     cap_s=cap_s)
@@ -626,11 +658,14 @@ async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: 
                        ttft_slo_s=spec.ttft_slo_s, itl_slo_s=spec.itl_slo_s)
     fields.update(engine_request_times(traces, spec.output_len))
     fields["duration_cap_s"] = None if cap_s is None else round(cap_s, 1)
+    steps = engine.steps.since(first_step) if engine.steps is not None else []
+    fields["engine_steps"] = step_summary(steps)
+    trace = step_trace(steps, t0) if steps else None
     errors = [t.error for t in traces if t.error]
     if not errors:
-        return "ok", fields, None
+        return "ok", fields, None, trace
     status = "oom" if _is_oom(RuntimeError(errors[0])) else "error"
-    return status, fields, f"{len(errors)} of {len(traces)} requests failed: {errors[0]}"
+    return status, fields, f"{len(errors)} of {len(traces)} requests failed: {errors[0]}", trace
 
 
 async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
@@ -682,7 +717,7 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
 
     t_build = clock()
     try:
-        engine = start_engine(spec, log)
+        engine = start_engine(spec, log, clock)
         prov = env.provenance()  # after the engine: vLLM starts its workers before CUDA is touched here
         warmup_s = await warm_up(engine, spec, clock)
         log(f"warm-up done in {warmup_s:.1f} s")
@@ -710,15 +745,28 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
                 log(f"skip  rates {', '.join(rate_key(r) for r in todo[i:])}: {max(left, 0):.0f} s left")
                 break
             t_rate = clock()
+            trace = None
             try:
-                status, fields, error = await measure_rate(engine, spec, rate, prompts, cap, clock)
+                status, fields, error, trace = await measure_rate(engine, spec, rate, prompts, cap, clock)
             except Exception as exc:  # noqa: BLE001 - a failed rate is a row
                 status, fields, error = ("oom" if _is_oom(exc) else "error"), {}, one_line(exc)
             write(rate, status, fields, error, t_rate)
+            if trace is not None:
+                append_step_trace(out_path, spec.point(rate).point_id, trace)
     finally:
         await stop_engine(engine)
     summary.elapsed_s = clock() - started
     return summary
+
+
+def step_trace_path(out_path: Path) -> Path:
+    """Where a rows file's engine step traces go: ``<stem>-steps.jsonl`` beside it."""
+    return out_path.with_name(out_path.stem + "-steps.jsonl")
+
+
+def append_step_trace(out_path: Path, point_id: str, trace: dict[str, Any]) -> None:
+    """One line per measured rate: its point id and the engine's steps (:func:`vllm_steps.step_trace`)."""
+    results.append_row(step_trace_path(out_path), {"point_id": point_id, **trace})
 
 
 def _run(loop: asyncio.AbstractEventLoop, coro) -> Any:

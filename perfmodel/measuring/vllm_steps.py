@@ -1,0 +1,118 @@
+"""The engine's own steps during a serving run: what each step scheduled and when it finished.
+
+vLLM's engine core can describe every iteration it runs (``enable_logging_iteration_details``):
+how many requests and tokens of prompt ("context") and of generation it scheduled. A stat logger
+of ours (:func:`stat_logger_factory`, given to ``AsyncLLM`` as ``stat_loggers``) receives those
+details with the step's outputs, in the client's process, and :class:`StepLog` keeps one record
+per step, stamped with the client's clock (``time.perf_counter``, seconds: the clock request
+times are read from).
+
+Under asynchronous scheduling the engine runs one step ahead of the outputs it sends, so when it
+is busy the gap between two consecutive steps' outputs is the later step's duration on the GPU
+and the host. :func:`step_summary` reports those gaps (milliseconds) apart for steps that carried
+prompt tokens ("mixed": a prefill chunk, with or without decodes beside it) and steps that
+carried decodes only; a gap after which the engine had nothing left to run (no request running
+nor waiting) is idle time, not a step, and is left out.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+#: Columns of one step record (and of the per-rate step traces written beside the rows).
+STEP_COLUMNS = ("t_s", "ctx_reqs", "ctx_tokens", "gen_reqs", "gen_tokens", "running", "waiting",
+                "kv_usage", "preempted")
+
+
+@dataclass
+class StepLog:
+    """Every step the engine reported, in order; thread-safe appends."""
+
+    clock: Callable[[], float]
+    steps: list[tuple] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, details: Any, scheduler_stats: Any, iteration_stats: Any) -> None:
+        """One step: ``details`` is vLLM's ``SchedulerIterationDetails``."""
+        if details is None or getattr(details, "is_dummy", False):
+            return
+        row = (self.clock(), int(details.num_ctx_requests), int(details.num_ctx_tokens),
+               int(details.num_generation_requests), int(details.num_generation_tokens),
+               int(getattr(scheduler_stats, "num_running_reqs", 0)),
+               int(getattr(scheduler_stats, "num_waiting_reqs", 0)),
+               float(getattr(scheduler_stats, "kv_cache_usage", 0.0)),
+               int(getattr(iteration_stats, "num_preempted_reqs", 0) or 0))
+        with self._lock:
+            self.steps.append(row)
+
+    def mark(self) -> int:
+        """Index of the next step to be recorded (the start of a rate's slice)."""
+        with self._lock:
+            return len(self.steps)
+
+    def since(self, start: int) -> list[tuple]:
+        with self._lock:
+            return list(self.steps[start:])
+
+
+def stat_logger_factory(log: StepLog):
+    """A vLLM ``StatLoggerFactory`` whose loggers feed ``log`` (needs vLLM)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _StepLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):  # noqa: D401 - vLLM's signature
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                log.record(getattr(scheduler_stats, "iteration_details", None), scheduler_stats,
+                           iteration_stats)
+
+        def log_engine_initialized(self):
+            pass
+
+    return _StepLogger
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    if values.size == 0:
+        return {"p50_ms": None, "p90_ms": None, "mean_ms": None}
+    return {"p50_ms": round(float(np.percentile(values, 50)), 3),
+            "p90_ms": round(float(np.percentile(values, 90)), 3),
+            "mean_ms": round(float(values.mean()), 3)}
+
+
+def step_summary(steps: list[tuple]) -> dict[str, Any] | None:
+    """What the engine's steps of one rate did (``None`` without steps): counts, the busy steps'
+    durations (ms) for mixed and decode-only steps, their mean tokens, the running and waiting
+    requests, the peak KV-cache use (fraction) and the preemptions."""
+    if not steps:
+        return None
+    a = np.asarray(steps, dtype=float)
+    col = {name: a[:, i] for i, name in enumerate(STEP_COLUMNS)}
+    gaps = np.diff(col["t_s"]) * 1e3
+    busy = (col["running"][:-1] + col["waiting"][:-1]) > 0  # the engine had work after the previous step
+    later = slice(1, None)
+    mixed = (col["ctx_tokens"][later] > 0) & busy
+    decode = (col["ctx_tokens"][later] == 0) & (col["gen_tokens"][later] > 0) & busy
+
+    def kind(mask: np.ndarray) -> dict[str, Any]:
+        return {"steps": int(mask.sum()), **_stats(gaps[mask]),
+                "mean_ctx_tokens": round(float(col["ctx_tokens"][later][mask].mean()), 1) if mask.any() else None,
+                "mean_gen_reqs": round(float(col["gen_reqs"][later][mask].mean()), 1) if mask.any() else None}
+
+    return {"steps": int(len(a)), "busy_s": round(float(gaps[busy].sum()) / 1e3, 3),
+            "mixed": kind(mixed), "decode": kind(decode),
+            "mean_running": round(float(col["running"].mean()), 1), "max_running": int(col["running"].max()),
+            "mean_waiting": round(float(col["waiting"].mean()), 1), "max_waiting": int(col["waiting"].max()),
+            "max_kv_usage": round(float(col["kv_usage"].max()), 4), "preempted": int(col["preempted"].sum())}
+
+
+def step_trace(steps: list[tuple], t0: float) -> dict[str, Any]:
+    """The steps as columns, times in seconds from ``t0`` (the rate's start), for the trace file."""
+    rows = [[round(s[0] - t0, 4), *s[1:7], round(s[7], 4), s[8]] for s in steps]
+    return {"columns": list(STEP_COLUMNS), "steps": rows}

@@ -1,0 +1,108 @@
+"""The engine's step log in serving runs: what a step scheduled, how long the busy steps took."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perfmodel.measuring import vllm_serving as vs
+from perfmodel.measuring.vllm_steps import STEP_COLUMNS, step_summary, step_trace
+from tests.test_vllm_serving import N, O, PREFILL_S, TOKEN_S, _drop_vllm_modules, _install, _measure, _rows
+
+
+def _step(t, ctx=0, gen=4, running=4, waiting=0):
+    return (t, 1 if ctx else 0, ctx, gen, gen, running, waiting, 0.25, 0)
+
+
+def test_summary_splits_mixed_from_decode_steps_and_leaves_idle_gaps_out():
+    steps = [_step(0.000), _step(0.010), _step(0.020), _step(0.050, ctx=512),  # 30 ms mixed
+             _step(0.060), _step(0.070, running=0),                             # then idle
+             _step(1.000, ctx=256, gen=0, running=1),                          # not a step's time
+             _step(1.010, gen=1, running=1), _step(1.030, ctx=128, running=2, waiting=3)]
+    out = step_summary(steps)
+    assert out["steps"] == len(steps)
+    assert out["decode"]["steps"] == 5 and out["decode"]["p50_ms"] == pytest.approx(10.0)
+    assert out["mixed"]["steps"] == 2  # the 1.000 s step came after an idle engine
+    assert out["mixed"]["mean_ms"] == pytest.approx((30.0 + 20.0) / 2)
+    assert out["mixed"]["mean_ctx_tokens"] == pytest.approx((512 + 128) / 2)
+    assert out["busy_s"] == pytest.approx(0.070 + 0.030)
+    assert out["max_running"] == 4 and out["max_waiting"] == 3 and out["preempted"] == 0
+    assert step_summary([]) is None
+    trace = step_trace(steps, t0=-1.0)
+    assert trace["columns"] == list(STEP_COLUMNS) and trace["steps"][0][0] == pytest.approx(1.0)
+    assert len(trace["steps"]) == len(steps) and trace["steps"][3][2] == 512
+
+
+_STEP_LOGGING = '''
+class StatLoggerBase:
+    pass
+'''
+
+_LOGGING_ENGINE = '''
+_Plain = AsyncLLM
+
+
+class AsyncLLM(_Plain):
+    """As above, and every output reported to the stat loggers as one step of the engine."""
+
+    instances = _Plain.instances
+
+    @classmethod
+    def from_engine_args(cls, args, usage_context=None, stat_loggers=None):
+        llm = cls(args, usage_context)
+        llm.loggers = [factory(None, 0) for factory in stat_loggers or []]
+        return llm
+
+    async def generate(self, prompt, params, request_id):
+        first = True
+        async for out in super().generate(prompt, params, request_id):
+            running = self.args.max_num_seqs - self.free - (1 if out.finished else 0)
+            details = NS(num_ctx_requests=int(first), num_ctx_tokens=len(prompt["prompt_token_ids"]) if first else 0,
+                         num_generation_requests=1, num_generation_tokens=1, is_dummy=False)
+            for logger in self.loggers:
+                logger.record(NS(iteration_details=details, num_running_reqs=running,
+                                 num_waiting_reqs=len(self.queue), kv_cache_usage=0.5), NS(num_preempted_reqs=0))
+            first = False
+            yield out
+'''
+
+
+def test_serving_rows_carry_the_engine_steps_and_a_trace_beside_them(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch)
+    pkg = tmp_path / "fake" / "vllm"
+    (pkg / "v1" / "metrics").mkdir()
+    (pkg / "v1" / "metrics" / "__init__.py").write_text("")
+    (pkg / "v1" / "metrics" / "loggers.py").write_text(_STEP_LOGGING)
+    args = pkg / "engine" / "arg_utils.py"
+    args.write_text(args.read_text() + "    enable_logging_iteration_details: bool = False\n"
+                    "    jit_monitor_verbose: bool = False\n")
+    engine_file = pkg / "v1" / "engine" / "async_llm.py"
+    engine_file.write_text(engine_file.read_text() + _LOGGING_ENGINE)
+    _drop_vllm_modules()
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    AsyncLLM.instances.clear()
+    out = tmp_path / "serving.jsonl"
+    # one slot: at 60 req/s a queue builds, so each prompt's step follows the previous request's last token
+    assert _measure(out, "--rate", "60", "--max-num-seqs", "1", "--seed", "5") == 0
+    (engine,) = AsyncLLM.instances
+    assert engine.args.enable_logging_iteration_details and engine.args.jit_monitor_verbose
+    (row,) = _rows(out)
+    steps = row["engine_steps"]
+    assert steps["steps"] == N * O  # one step per output token of the rate (not the warm-up's)
+    assert steps["decode"]["p50_ms"] == pytest.approx(1e3 * TOKEN_S)
+    assert steps["mixed"]["p50_ms"] == pytest.approx(1e3 * PREFILL_S)
+    assert steps["mixed"]["steps"] >= N // 2 and steps["max_running"] == 1
+    (trace,) = [json.loads(line) for line in vs.step_trace_path(out).read_text().splitlines()]
+    assert trace["point_id"] == row["point_id"] and len(trace["steps"]) == N * O
+    assert trace["columns"] == list(STEP_COLUMNS) and trace["steps"][0][0] >= 0.0
+
+
+def test_a_vllm_without_step_details_gives_rows_without_them(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "20", "--max-num-seqs", "2") == 0
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["engine_steps"] is None
+    assert not vs.step_trace_path(out).exists()
