@@ -10,7 +10,7 @@
 # command's syntax (S = O; ',' within a phase, ';' between phases -> written here as '/').
 # A model whose budget runs out keeps the rows it has; rerunning the same plan resumes.
 # Outputs: $OUT/vllm.jsonl (rows, the measure schema), $OUT/vllm.log (our log), $OUT/engine-*.log
-# (vLLM's own log per model, tail only; packed into $OUT/engine-logs.tgz at the end).
+# (vLLM's own log per model: its JIT-monitor lines, then the tail; packed into $OUT/engine-logs.tgz at the end).
 # ROUTING=1 adds, per entry, a routing probe in a process of its own (an eager engine of the same
 # config and seed: which experts the router picks under random and greedy sampling, and the skew
 # that implies) -> $OUT/routing.jsonl; ROUTING=model1,model2 probes only the entries of those models.
@@ -63,7 +63,8 @@ for entry in "${ENTRIES[@]}"; do
         --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
         --budget-s "$budget" --out "$ROWS" ${extra:-} > "$elog.full" 2>&1
     rc=$?
-    grep -v "^\s*$" "$elog.full" | grep -iv "it/s\]$" | tail -n 150 > "$elog"
+    { grep -i "jit_monitor" "$elog.full" | head -n 400  # every kernel compiled after the engine's warm-up
+      grep -v "^\s*$" "$elog.full" | grep -iv "it/s\]$" | tail -n 150; } > "$elog"
     rm -f "$elog.full"
     say "$model exit code $rc"
     if [ "${ROUTING:-0}" = 1 ] || [[ ",${ROUTING:-}," == *",$model,"* ]]; then  # which experts the router picks, from an eager engine (~30 s)
