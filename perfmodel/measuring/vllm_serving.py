@@ -78,7 +78,7 @@ from perfmodel.errors import InputError
 from perfmodel.measuring import results
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.runner import one_line
-from perfmodel.measuring.vllm_steps import StepLog, stat_logger_factory, step_summary, step_trace
+from perfmodel.measuring.vllm_steps import StepLog, observe, step_summary, step_trace
 
 #: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
 _WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
@@ -427,28 +427,16 @@ def _async_llm_class():
     return AsyncLLM
 
 
-def _observe_steps(cls, accepted: set[str], clock: Callable[[], float]) -> tuple[StepLog | None, dict[str, Any]]:
-    """The step log and what makes the engine fill it: ``args`` (engine arguments: the engine core
-    describes each iteration, and logs every post-warm-up JIT compilation with its shape), and
-    ``stat_loggers`` for ``from_engine_args``; no log where this vLLM cannot give one."""
-    args = {name: True for name in ("enable_logging_iteration_details", "jit_monitor_verbose") if name in accepted}
-    if "enable_logging_iteration_details" not in accepted or \
-            "stat_loggers" not in inspect.signature(cls.from_engine_args).parameters:
-        return None, {"args": args}
-    try:
-        steps = StepLog(clock)
-        factory = stat_logger_factory(steps)
-    except ImportError:
-        return None, {"args": args}
-    # vLLM's own logger would print one line per iteration once the details are on; ours keeps them
-    logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
-    return steps, {"args": args, "stat_loggers": [factory]}
+def _step_details(accepted: set[str]) -> dict[str, Any]:
+    """Engine arguments that make the engine core describe each iteration (for the step log) and
+    log every post-warm-up JIT compilation with its shape, where this vLLM has them."""
+    return {name: True for name in ("enable_logging_iteration_details", "jit_monitor_verbose") if name in accepted}
 
 
 def start_engine(spec: ServingSpec, log: Callable[[str], None],
                  clock: Callable[[], float] = time.perf_counter) -> Engine:
     """An AsyncLLM for ``spec``'s model (needs vLLM; call it inside the running event loop); where
-    this vLLM allows, with a :class:`StepLog` of its steps on ``clock``."""
+    this vLLM allows, with a :class:`StepLog` of its steps (``clock`` where a step has no stamp)."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -463,19 +451,23 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
     try:
         cfg = vb.write_model_dir([point], tmp.name)
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
-        steps, observe = _observe_steps(cls, accepted, clock)
-        kwargs.update(observe.pop("args"))
+        kwargs.update(_step_details(accepted))
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
         vb.apply_routing(point)
         # AsyncLLM always runs its engine core in a process of its own; this process has already
         # initialised CUDA (provenance, GPU checks), and a forked child cannot use it again.
         os.environ.setdefault(_WORKER_METHOD_ENV, "spawn")
-        llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context, **observe)
+        llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context)
     except BaseException:
         tmp.cleanup()
         raise
     startup_s = time.perf_counter() - t0
+    steps = StepLog(clock)
+    if not (kwargs.get("enable_logging_iteration_details") and observe(llm, steps)):
+        steps = None
+    else:  # vLLM's own stat logger would print one line per iteration once the details are on
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
     settings = vb.engine_settings(_Wrapped(llm))
     settings["startup_s"] = round(startup_s, 1)
     usage = context.get("usage_context")

@@ -1,13 +1,13 @@
 """The engine's own steps during a serving run: what each step scheduled and when it finished.
 
 vLLM's engine core can describe every iteration it runs (``enable_logging_iteration_details``):
-how many requests and tokens of prompt ("context") and of generation it scheduled. A stat logger
-of ours (:func:`stat_logger_factory`, given to ``AsyncLLM`` as ``stat_loggers``) receives those
-details with the step's outputs, in the client's process, and :class:`StepLog` keeps one record
-per step, stamped with the client's clock (``time.perf_counter``, seconds: the clock request
-times are read from).
+how many requests and tokens of prompt ("context") and of generation it scheduled. It sends
+those details with the step's outputs, stamped with its own clock when the step's outputs were
+made (``EngineCoreOutputs.timestamp``, ``time.monotonic``: on Linux the clock request times are
+read from, ``time.perf_counter``). :func:`observe` wraps the engine client's
+``get_output_async`` so that :class:`StepLog` keeps one record per step (seconds).
 
-Under asynchronous scheduling the engine runs one step ahead of the outputs it sends, so when it
+Under asynchronous scheduling the engine runs one step ahead of the outputs it makes, so when it
 is busy the gap between two consecutive steps' outputs is the later step's duration on the GPU
 and the host. :func:`step_summary` reports those gaps (milliseconds) apart for steps that carried
 prompt tokens ("mixed": a prefill chunk, with or without decodes beside it) and steps that
@@ -36,16 +36,16 @@ class StepLog:
     steps: list[tuple] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, details: Any, scheduler_stats: Any, iteration_stats: Any) -> None:
-        """One step: ``details`` is vLLM's ``SchedulerIterationDetails``."""
+    def record(self, t: float, details: Any, scheduler_stats: Any, preempted: int = 0) -> None:
+        """One step that ended at ``t`` (s): ``details`` is vLLM's ``SchedulerIterationDetails``,
+        ``preempted`` the requests it preempted."""
         if details is None or getattr(details, "is_dummy", False):
             return
-        row = (self.clock(), int(details.num_ctx_requests), int(details.num_ctx_tokens),
+        row = (float(t), int(details.num_ctx_requests), int(details.num_ctx_tokens),
                int(details.num_generation_requests), int(details.num_generation_tokens),
                int(getattr(scheduler_stats, "num_running_reqs", 0)),
                int(getattr(scheduler_stats, "num_waiting_reqs", 0)),
-               float(getattr(scheduler_stats, "kv_cache_usage", 0.0)),
-               int(getattr(iteration_stats, "num_preempted_reqs", 0) or 0))
+               float(getattr(scheduler_stats, "kv_cache_usage", 0.0)), int(preempted))
         with self._lock:
             self.steps.append(row)
 
@@ -59,23 +59,26 @@ class StepLog:
             return list(self.steps[start:])
 
 
-def stat_logger_factory(log: StepLog):
-    """A vLLM ``StatLoggerFactory`` whose loggers feed ``log`` (needs vLLM)."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
+def observe(llm: Any, log: StepLog) -> bool:
+    """Make ``llm`` (an ``AsyncLLM``) record each step's details in ``log`` as its outputs arrive;
+    whether this vLLM allows it (an engine client with ``get_output_async``)."""
+    client = getattr(llm, "engine_core", None)
+    fetch = getattr(client, "get_output_async", None)
+    if fetch is None:
+        return False
 
-    class _StepLogger(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index: int = 0):  # noqa: D401 - vLLM's signature
-            self.engine_index = engine_index
+    async def get_output_async():
+        outputs = await fetch()
+        stats = getattr(outputs, "scheduler_stats", None)
+        if stats is not None:
+            preempted = sum(getattr(getattr(e, "type", None), "name", "") == "PREEMPTED"
+                            for out in getattr(outputs, "outputs", None) or () for e in getattr(out, "events", None) or ())
+            log.record(getattr(outputs, "timestamp", None) or log.clock(),
+                       getattr(stats, "iteration_details", None), stats, preempted)
+        return outputs
 
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
-            if scheduler_stats is not None:
-                log.record(getattr(scheduler_stats, "iteration_details", None), scheduler_stats,
-                           iteration_stats)
-
-        def log_engine_initialized(self):
-            pass
-
-    return _StepLogger
+    client.get_output_async = get_output_async
+    return True
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
