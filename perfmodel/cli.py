@@ -154,8 +154,11 @@ def predict(
     m = result.metrics
     if not m["fits_in_memory"]:
         gib = 2**30
+        fixed, one = m["weights_bytes"] + m["activation_bytes"], m["kv_cache_bytes"] / result.workload.batch
+        why = (f": not even one sequence fits (weights and activations {fixed / gib:.2f} GiB, one "
+               f"sequence's KV cache {one / gib:.2f} GiB)" if result.phase == "request" else "")
         _warn(f"does not fit: needs {m['memory_bytes'] / gib:.2f} GiB per GPU of "
-              f"{m['memory_capacity_bytes'] / gib:.2f} GiB usable on {result.provenance['gpu']}")
+              f"{m['memory_capacity_bytes'] / gib:.2f} GiB usable on {result.provenance['gpu']}{why}")
         if strict:
             sys.exit(1)
 

@@ -35,6 +35,44 @@ def activation_peak_bytes(graph: ModelGraph, subs: dict[sp.Symbol, sp.Expr]) -> 
     return sp.Max(*[op.act_bytes.subs(subs) for _, op in graph.all_ops()])
 
 
+def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, activations: sp.Expr,
+                         kv_batch: sp.Expr, usable: sp.Expr, chunk: sp.Expr, limit: sp.Expr) -> sp.Expr:
+    """Sequences of a fixed batch that run at once, B_run (0 when not even one fits).
+
+    The memory left after the weights, ``usable`` − ``weights``, holds the running sequences'
+    KV cache and the activations of their prefill. The batch's own numbers give the rates:
+    KV bytes per sequence, κ = ``kv_batch``/B (every sequence at its full S + O tokens, windowed
+    layers capped as in :func:`kv_cache_bytes`), and activation bytes per prefill token,
+    a = ``activations``/min(B·S, M), a pass holding at most M = ``chunk`` tokens (the engine's
+    prefill chunk; ∞ without one). b sequences then need a·min(b·S, M) + κ·b, so
+
+        B_run = min(B, N_seqs, ⌊max(min(F/(κ + a·S), M/S), (F − a·M)/κ)⌋),  F = usable − weights
+
+    (the first term: waves whose prompts fit one pass; the second: waves prefilled in full
+    chunks, whose activations are one chunk's, a·M). At b = B this is the batch's own memory, so
+    B_run = B exactly when the whole batch fits. ``usable``: bytes of one GPU the engine may
+    fill (HBM × its usable fraction); ``limit`` = N_seqs: the engine's most sequences at once
+    (vLLM's max_num_seqs; ∞ for none). Bytes are per GPU, S (``prompt``) and M in tokens.
+    """
+    per_sequence = kv_batch / batch
+    per_token = activations / sp.Min(batch * prompt, chunk)
+    free = usable - weights
+    one_pass = sp.Min(free / (per_sequence + per_token * prompt), chunk / prompt)
+    in_chunks = (free - per_token * chunk) / per_sequence
+    return sp.Max(0, sp.Min(batch, limit, sp.floor(sp.Max(one_pass, in_chunks))))
+
+
+def kv_waves(batch: sp.Expr, running: sp.Expr) -> sp.Expr:
+    """Waves W = ⌈B / B_run⌉ the batch runs in, B_run sequences each (the last one may be
+    smaller: :func:`last_wave`); 0 when no sequence fits (B_run = 0)."""
+    return sp.Piecewise((0, running < 1), (sp.ceiling(batch / running), True))
+
+
+def last_wave(batch: sp.Expr, running: sp.Expr) -> sp.Expr:
+    """Sequences of the last wave, B − (W − 1)·B_run (B_run when they divide evenly)."""
+    return batch - (kv_waves(batch, running) - 1) * running
+
+
 def parameter_count(graph: ModelGraph) -> sp.Expr:
     """Parameters of the whole model (unsharded)."""
     return graph.total("params")

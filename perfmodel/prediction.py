@@ -4,7 +4,7 @@ The cost expressions of a model's op graph are lambdified once per graph structu
 (cached), then evaluated with numbers: a warm prediction is one call of a compiled function.
 Request metrics follow the seed study: TTFT is the prefill pass (it yields the first token),
 ITL = (E2E − TTFT)/(O − 1) is the mean decode step, throughput = B·(S+O)/E2E and output
-throughput = B·O/E2E.
+throughput = B·O/E2E. A batch whose KV cache does not fit runs in waves (:mod:`perfmodel.waves`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from perfmodel.specs.hardware import GPUSpec, load_gpu
 from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import parse_override
+from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
 
 Phase = Literal["request", "prefill", "decode"]
 PHASES = ("request", "prefill", "decode")
@@ -50,7 +51,7 @@ METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput
            "activation_bytes", "memory_bytes")
 #: Metrics that count whole things (parameters, bytes): integers in JSON.
 COUNT_METRICS = ("params", "active_params", "weights_bytes", "kv_cache_bytes", "activation_bytes",
-                 "memory_bytes", "memory_capacity_bytes")
+                 "memory_bytes", "memory_capacity_bytes", *WAVE_METRICS)
 #: Per-op quantities reported for each pass.
 OP_FIELDS = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "latency_s", "time_s")
 
@@ -389,6 +390,9 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     prefill_graph = graphs.get(False) or build_graph(model, decode=False, options=options)
     cached = {"request": s.S + s.O, "prefill": s.S, "decode": s.L}[phase]
     last_subs = pass_substitutions(phase, span)[0][2]
+    if opts.prefill_chunk_tokens is not None and phase != "decode":
+        # a chunked prefill's passes hold at most M_chunk tokens: its activation peak is one chunk's
+        last_subs = {**last_subs, s.T: sp.Min(last_subs[s.T], s.M_chunk)}
     totals.update(
         weights_bytes=weights_bytes(prefill_graph),
         kv_cache_bytes=kv_cache_bytes(any_graph, cached),
@@ -649,7 +653,8 @@ def check_context(phase: str, context: Any) -> None:
 
 def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: Workload,
              phase: Phase = "request", overrides: dict[str, Any] | None = None) -> Prediction:
-    """Predict one workload (the fast path: a compiled function call).
+    """Predict one workload (the fast path: a compiled function call), all B sequences at once
+    (:func:`predict` runs a request the KV cache does not hold in waves, :func:`in_waves`).
 
     ``overrides`` only records which ``--set`` values built ``model``.
     """
@@ -713,6 +718,10 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     pass (tokens) the engine replays from a captured CUDA graph, in place of the profile's
     ``options.cudagraph_max_tokens`` (0: none).
 
+    A request whose batch the KV cache does not hold at once (or more sequences than the
+    engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
+    ``kv_waves`` say how; ``fits_in_memory`` is False only when not even one sequence fits.
+
     Every argument is checked: a wrong type or value raises :class:`InputError` with one line.
     Integer arguments take Python or numpy integers, or floats with an integral value; bools
     are not numbers here.
@@ -735,8 +744,38 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     spec = prune(loaded, *ratios)
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
-    result = evaluate(spec, gpu_spec, profile, workload, phase, overrides)  # type: ignore[arg-type]
-    result = replace(result, pruning=pruning_record(loaded, spec, *ratios))
-    if speculative is not None:
-        result = speculative_prediction(result, spec, gpu_spec, profile, speculative)
-    return result
+    pruning = pruning_record(loaded, spec, *ratios)
+
+    def at(batch: int) -> Prediction:
+        """The prediction with all ``batch`` sequences at once."""
+        one = evaluate(spec, gpu_spec, profile, replace(workload, batch=batch),
+                       phase, overrides)  # type: ignore[arg-type]
+        one = replace(one, pruning=pruning)
+        return speculative_prediction(one, spec, gpu_spec, profile, speculative) if speculative is not None else one
+
+    return in_waves(at(workload.batch), at, profile)
+
+
+def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: EngineProfile) -> Prediction:
+    """A request whose batch the KV cache does not hold at once, run in waves
+    (:mod:`perfmodel.waves`: E2E summed over the waves, TTFT, memory and ops of the first);
+    ``whole``: the batch as one wave, ``at(b)``: the same prediction at batch b. A prefill or
+    decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`)."""
+    w, runs = whole.workload, {}
+
+    def rerun(batch: Any) -> dict[str, Any]:
+        b = int(batch)
+        if b not in runs:
+            runs[b] = at(b)
+        return runs[b].metrics
+
+    if whole.phase == "request":
+        metrics = run_in_waves(whole.metrics, w.batch, w.input_len, w.output_len,
+                               whole.metrics["memory_capacity_bytes"], profile.options.prefill_chunk_tokens,
+                               profile.max_sequences, rerun)
+    else:
+        metrics = one_pass(whole.metrics, w.batch)
+    metrics = {k: bool(v) if k == "fits_in_memory" else int(v) if k in WAVE_METRICS else float(v)
+               for k, v in metrics.items()}
+    first = runs.get(metrics["concurrent_sequences"], whole)
+    return replace(first, workload=w, metrics=metrics)

@@ -84,6 +84,11 @@ class BlockTier(_Strict):
 #: similar tiles (16 at small M, 32–64 in between, 128 from 256 tokens).
 VLLM_MOE_BLOCK_M = ((32, 16), (96, 32), (512, 64), (None, 128))
 
+#: vLLM 0.26's default ``max_num_seqs`` for its offline ``LLM`` class on GPUs of at least 70 GiB
+#: (``EngineArgs.get_batch_defaults``: the rule that also gives its 16,384-token prefill chunk;
+#: 256 on smaller GPUs), for a vllm profile that states no ``max_num_seqs``.
+VLLM_MAX_NUM_SEQS = 1024
+
 
 class Options(_Strict):
     """Engine behaviour that changes what is computed or stored."""
@@ -108,6 +113,10 @@ class Options(_Strict):
         default=False, description="The scheduler prepares the next step while one runs (vLLM's "
         "asynchronous scheduling): a request arriving during a step joins the step after next at "
         "the earliest, unless the engine is idle (serving simulation only).")
+    max_num_seqs: PositiveInt | None = Field(
+        default=None, description="Most sequences the engine runs at once (vLLM's max_num_seqs): a "
+        "fixed batch beyond it, or beyond what the KV cache holds, runs in waves. None: vLLM's "
+        "default for engine vllm, else no limit.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "
@@ -196,6 +205,13 @@ class EngineProfile(_Strict):
         else:
             tiers = tuple((t.max_tokens, t.block_m) for t in given)
         return tuple((math.inf if bound is None else float(bound), m) for bound, m in tiers)
+
+    @property
+    def max_sequences(self) -> int | None:
+        """Most sequences running at once: ``options.max_num_seqs``, else vLLM's default for
+        engine vllm (:data:`VLLM_MAX_NUM_SEQS`), else None (no limit: the KV cache alone bounds it)."""
+        given = self.options.max_num_seqs
+        return given if given is not None else (VLLM_MAX_NUM_SEQS if self.engine == "vllm" else None)
 
     def efficiency_of(self, op_class: str) -> Efficiency:
         """η of an op class, an optional class falling back to its base class."""

@@ -77,6 +77,17 @@ def sweep_header(header: dict) -> str:
             f"{f' · {fixed}' if fixed else ''} · overrides: {overrides_text(header['overrides'])}")
 
 
+def _waves_text(m: dict, batch: int) -> str:
+    """How the batch runs: all sequences at once, or W waves of at most B_run (memory and
+    TTFT are then the first wave's); "–" when it does not run or the prediction has no waves."""
+    waves, running = m.get("kv_waves", 0), m.get("concurrent_sequences", 0)
+    if waves == 1:
+        return f"1 (all {batch} sequences at once)"
+    if waves > 1:
+        return f"{waves} waves of ≤ {running} sequences (memory, TTFT: the first wave's)"
+    return "–"
+
+
 def print_prediction(p: Prediction, console: Console) -> None:
     """Header, metrics (with the error band where it applies, and why it does not elsewhere),
     memory and the per-op breakdown (with each op's bound)."""
@@ -98,7 +109,8 @@ def print_prediction(p: Prediction, console: Console) -> None:
             ("KV cache", _bytes(m["kv_cache_bytes"]), None),
             ("activations (peak op)", _bytes(m["activation_bytes"]), None),
             ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
-             f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None)]
+             f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None),
+            ("KV-cache waves", _waves_text(m, p.workload.batch), None)]
     for name, value, rel in rows:
         if value.startswith("nan") or value == "–":
             continue

@@ -43,6 +43,7 @@ from perfmodel.specs.layout import Layout, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
+from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
 
 #: Numeric grid keys → the symbol they set: the workload's (speculative decoding's γ and α
 #: among them), then the friendly names of the model's hyperparameters
@@ -362,7 +363,9 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     Returns a pandas DataFrame: one column per grid key, then the metrics of
     :data:`perfmodel.prediction.METRICS` (seconds, bytes, tokens/s), with speculative decoding
     those of :data:`perfmodel.speculative.SPEC_METRICS` (NaN where ``spec_draft`` is
-    ``none``), ``fits_in_memory`` and ``gpus`` (GPUs of the tp/ep/pp layout). Each row equals
+    ``none``), ``fits_in_memory``, ``concurrent_sequences`` and ``kv_waves`` (a request whose
+    KV cache does not hold the batch at once runs in waves: :mod:`perfmodel.waves`) and ``gpus``
+    (GPUs of the tp/ep/pp layout). Each row equals
     :func:`perfmodel.prediction.predict` with the row's values (hyperparameters as overrides):
     each distinct model passes predict's checks, and combinations predict would refuse are
     dropped (top_k > num_experts, num_heads not a multiple of num_kv_heads, a head width of 0,
@@ -461,6 +464,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     quiet = not keep_all or len(models.specs) > 1
     metric_parts: list[dict[str, np.ndarray]] = []
     for gpu_spec, profile, point_workload, base_values, draft, draft_base in setups:
+        capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
             compiled = compile_model(variant, phase, profile, with_ops=False,
@@ -472,14 +476,23 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             for key, axis in axes.items():
                 if key in WORKLOAD_KEYS:
                     values[GRID_SYMBOLS[key]] = axis
-            # the open mesh evaluates invalid combinations (and other structures' models) too,
-            # dropped below: no warnings for them
-            with np.errstate(divide="ignore", invalid="ignore") if quiet else contextlib.nullcontext():
+
+            def run(values: dict[str, Any]) -> dict[str, Any]:
                 out = compiled.fn(*[values[a] for a in compiled.args])
                 outputs = {name: value for name, value in zip(compiled.expressions, out) if name in METRICS}
                 if draft:
                     outputs = _with_speculation(speculation, variant, draft, phase, profile, point_workload,
                                                 values, draft_base, outputs)
+                return outputs
+
+            # the open mesh evaluates invalid combinations (and other structures' models) too,
+            # dropped below: no warnings for them
+            with np.errstate(divide="ignore", invalid="ignore") if quiet else contextlib.nullcontext():
+                outputs = run(values)
+                if phase == "request":
+                    outputs = run_in_waves(outputs, values["B"], values["S"], values["O"], capacity,
+                                           profile.options.prefill_chunk_tokens, profile.max_sequences,
+                                           lambda batch: run({**values, "B": batch}))
             if len(models.specs) == 1:
                 merged = outputs
             else:
@@ -489,8 +502,11 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         metrics = {name: flatten(np.asarray(value, dtype=float)) for name, value in merged.items()}
         for name in SPEC_METRICS if speculation else ():  # rows without a draft
             metrics.setdefault(name, np.full(n_kept, np.nan))
-        capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
-        metrics["fits_in_memory"] = metrics["memory_bytes"] <= capacity
+        if phase == "request":  # runs in waves of B_run ≥ 1 sequences
+            metrics["fits_in_memory"] = metrics["concurrent_sequences"] >= 1
+        else:
+            metrics["fits_in_memory"] = metrics["memory_bytes"] <= capacity
+            metrics = one_pass(metrics, columns["batch"] if "batch" in columns else workload.batch)
         metric_parts.append(metrics)
     n_combos = len(combos)
     data: dict[str, Any] = {}
@@ -498,7 +514,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         data[key] = np.tile(column, n_combos) if n_combos > 1 else column
     for i, key in enumerate(categorical):
         data[key] = np.repeat(np.asarray([c[i] for c in combos], dtype=object), n_kept)
-    for name in [*[m for m in (*METRICS, *SPEC_METRICS) if m in metric_parts[0]], "fits_in_memory"]:
+    for name in [*[m for m in (*METRICS, *SPEC_METRICS) if m in metric_parts[0]], "fits_in_memory", *WAVE_METRICS]:
         parts = [m[name] for m in metric_parts]
         data[name] = np.concatenate(parts) if n_combos > 1 else parts[0]
     data["gpus"] = np.tile(gpus, n_combos) if n_combos > 1 else gpus

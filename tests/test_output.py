@@ -172,14 +172,19 @@ def test_version(capsys):
 # does not fit in memory
 
 def test_a_workload_that_does_not_fit_is_warned_about(capsys):
-    argv = ["predict", "mixtral", "--batch", "256", "--input-len", "8192", "--output-len", "8192"]
-    p = predict("mixtral", batch=256, input_len=8192, output_len=8192)
-    assert not p.metrics["fits_in_memory"]
+    """Not even one sequence's KV cache fits beside the weights (a larger batch alone runs in waves)."""
+    argv = ["predict", "mixtral", "--batch", "256", "--input-len", "327680", "--output-len", "8192"]
+    p = predict("mixtral", batch=256, input_len=327680, output_len=8192)
+    m = p.metrics
+    assert not m["fits_in_memory"] and m["kv_waves"] == 0
     for extra in ([], ["--json"]):
         out, err = run(argv + extra, capsys)
         assert err.strip() == (f"perfmodel: warning: does not fit: needs "
-                               f"{p.metrics['memory_bytes'] / 2**30:.2f} GiB per GPU of "
-                               f"{p.metrics['memory_capacity_bytes'] / 2**30:.2f} GiB usable on h200-sxm")
+                               f"{m['memory_bytes'] / 2**30:.2f} GiB per GPU of "
+                               f"{m['memory_capacity_bytes'] / 2**30:.2f} GiB usable on h200-sxm: not even one "
+                               f"sequence fits (weights and activations "
+                               f"{(m['weights_bytes'] + m['activation_bytes']) / 2**30:.2f} GiB, one sequence's "
+                               f"KV cache {m['kv_cache_bytes'] / 256 / 2**30:.2f} GiB)")
     strict_json(out)  # the warning stays off stdout
     run(argv + ["--strict"], capsys, code=1)
     out, err = run(["predict", "mixtral", "--strict"], capsys)
@@ -187,8 +192,8 @@ def test_a_workload_that_does_not_fit_is_warned_about(capsys):
 
 
 def test_sweep_warns_about_rows_that_do_not_fit_and_dropped_points(capsys):
-    _, err = run(["sweep", "mixtral", "--grid", "batch=1,512", "--grid", "top_k=2,9",
-                  "--input-len", "8192", "--output-len", "8192"], capsys)
+    _, err = run(["sweep", "mixtral", "--grid", "input_len=8192,327680", "--grid", "top_k=2,9",
+                  "--batch", "512", "--output-len", "8192"], capsys)
     lines = err.strip().splitlines()
     assert lines[0].startswith("perfmodel: warning: dropped 2 of 4 combinations that predict refuses")
     assert "top_k=9" in lines[0]

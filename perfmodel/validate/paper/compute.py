@@ -3,10 +3,11 @@
 Every number comes from the public API, :func:`perfmodel.predict` and :func:`perfmodel.sweep`
 (grids go through ``sweep``: one vectorized call per model). Each effect's function returns a
 long table of the changes its claims look at (column ``quantity``, ``pct`` in %, ``fits``:
-whether both sides fit in the GPUs' usable memory, and the point's keys), the throughputs
-behind them for the charts, and an explanation in the model's terms: which op dominates each
-side, its bound, and what the compared knob does to it (expected distinct experts from the MoE
-op's own formula, :func:`perfmodel.ops.moe.distinct_experts`, lambdified).
+whether both sides run in the GPUs' usable memory, ``waves``: the KV-cache waves of the side
+that needs more, and the point's keys), the throughputs behind them for the charts, and an
+explanation in the model's terms: which op dominates each side, its bound, and what the compared
+knob does to it (expected distinct experts from the MoE op's own formula,
+:func:`perfmodel.ops.moe.distinct_experts`, lambdified).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _pairs(table: pd.DataFrame, knob: str, value: Any, baseline: Any, keys: list
     side = table[table[knob] == value].set_index(keys)
     base = table[table[knob] == baseline].set_index(keys)
     out = pd.DataFrame({"pct": rel(side[THROUGHPUT], base[THROUGHPUT].reindex(side.index)),
-                        "fits": side["fits_in_memory"] & base["fits_in_memory"].reindex(side.index, fill_value=False)},
+                        "fits": side["fits_in_memory"] & base["fits_in_memory"].reindex(side.index, fill_value=False),
+                        "waves": np.maximum(side["kv_waves"], base["kv_waves"].reindex(side.index))},
                        index=side.index).reset_index()
     return out.assign(quantity=quantity)
 
@@ -83,7 +85,9 @@ def _pairs(table: pd.DataFrame, knob: str, value: Any, baseline: Any, keys: list
 @dataclass(frozen=True)
 class Anatomy:
     """One prediction, read for an explanation: E2E and its decode share, and the top op of
-    each pass (name, share of the pass's op time, bound, time in s, bytes moved)."""
+    each pass (name, share of the pass's op time, bound, time in s, bytes moved); ``waves``:
+    the KV-cache waves of B_run = ``running`` sequences the batch runs in (the ops and TTFT
+    are then the first wave's, and the decode share is not read)."""
 
     throughput: float
     e2e_s: float
@@ -94,6 +98,8 @@ class Anatomy:
     op_time: dict[tuple[str, str], float]
     op_bytes: dict[tuple[str, str], float]
     fits: bool
+    waves: int = 1
+    running: int = 0
 
     def top_share(self, phase: str, name: str) -> float:
         """The share of op ``name`` in the op time of ``phase``."""
@@ -112,7 +118,8 @@ def anatomy(p) -> Anatomy:
         top[phase] = (best["name"], best["time_s"] / total, best["bound"], best["time_s"], best["bytes"])
     return Anatomy(m[THROUGHPUT], m["e2e_s"], m["ttft_s"], m["itl_s"], 1 - m["ttft_s"] / m["e2e_s"], top,
                    {(o["pass"], o["name"]): o["time_s"] for o in p.ops},
-                   {(o["pass"], o["name"]): o["bytes"] for o in p.ops}, bool(m["fits_in_memory"]))
+                   {(o["pass"], o["name"]): o["bytes"] for o in p.ops}, bool(m["fits_in_memory"]),
+                   int(m.get("kv_waves", 1)), int(m.get("concurrent_sequences", 0)))
 
 
 def _ms(seconds: float) -> str:
@@ -132,7 +139,9 @@ def describe(a: Anatomy, label: str) -> str:
     moe.experts 67% (memory-bound); prefill: moe.experts 60% (compute-bound)``."""
     name, share, bound, _, _ = a.top["decode"]
     pname, pshare, pbound, _, _ = a.top["prefill"]
-    return (f"{label}: decode {a.decode_share:.0%} of E2E, step {_ms(a.itl_s)} led by {name} "
+    decode = f"decode {a.decode_share:.0%} of E2E, " if a.waves <= 1 else (
+        f"in {a.waves} KV-cache waves of ≤ {a.running} sequences (ops of the first), ")
+    return (f"{label}: {decode}step {_ms(a.itl_s)} led by {name} "
             f"({share:.0%}, {bound}-bound); prefill led by {pname} ({pshare:.0%}, {pbound}-bound)")
 
 
@@ -501,10 +510,14 @@ class EffectResult:
     notes: list[str]
 
 
+#: Columns of an effect's value table that are not a point's keys.
+_NOT_KEYS = ("pct", "fits", "waves", "quantity")
+
+
 def point_text(row: pd.Series) -> str:
     """A point of an effect's value table by its keys, e.g. ``num_experts=64 top_k=8``."""
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                    if k not in ("pct", "fits", "quantity") and v == v)
+                    if k not in _NOT_KEYS and v == v)
 
 
 def select(values: pd.DataFrame, quantity: str, where: dict[str, Any]) -> pd.DataFrame:
@@ -513,13 +526,14 @@ def select(values: pd.DataFrame, quantity: str, where: dict[str, Any]) -> pd.Dat
     for key, wanted in where.items():
         if key not in rows.columns:
             raise SpecError(f"claim filter '{key}' is not a key of quantity '{quantity}' "
-                            f"(keys: {', '.join(c for c in rows.columns if c not in ('pct', 'fits', 'quantity'))})")
+                            f"(keys: {', '.join(c for c in rows.columns if c not in _NOT_KEYS)})")
         rows = rows[rows[key].isin(wanted if isinstance(wanted, list) else [wanted])]
     return rows
 
 
 def judge(effect: Effect, computed: Computed, tolerance: float) -> EffectResult:
-    """Judge each claim on the points that fit in memory (all of them when none does)."""
+    """Judge each claim on the points that fit in memory (all of them when none does); a point
+    whose batch the KV cache does not hold at once counts, run in waves, and a note says which."""
     notes = list(computed.notes)
     left_out: dict[str, list[str]] = {}  # note → the claims it applies to
     verdicts = []
@@ -534,6 +548,11 @@ def judge(effect: Effect, computed: Computed, tolerance: float) -> EffectResult:
             note = (f"{len(left)} of {len(rows)} points do not fit in the GPUs' usable memory"
                     + (" and are left out, as the paper's figures omit OOM points" if len(fitting)
                        else "; none fits, so all are judged") + f" ({'; '.join(left)})")
+            left_out.setdefault(note, []).append(claim.id)
+        waved = fitting[fitting["waves"] > 1] if "waves" in fitting.columns else fitting.iloc[:0]
+        if len(waved):
+            note = (f"{len(waved)} of {len(rows)} points run in waves, their batch's KV cache not fitting at once "
+                    f"({'; '.join(f'{point_text(r)}: {int(r.waves)} waves' for _, r in waved.iterrows())})")
             left_out.setdefault(note, []).append(claim.id)
         used = fitting if len(fitting) else rows
         verdicts.append(judge_claim(claim, used["pct"].tolist(), tolerance))

@@ -1,0 +1,155 @@
+"""A fixed batch whose KV cache does not fit runs in waves (perfmodel.waves): B_run sequences at
+once, W = ⌈B / B_run⌉ waves, E2E the sum of the waves' predictions at their own batch sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from perfmodel import predict, sweep
+from perfmodel.commands import main
+from perfmodel.paths import PROFILES_DIR
+from perfmodel.prediction import METRICS, Workload, evaluate
+from perfmodel.profile import VLLM_MAX_NUM_SEQS, load_profile
+from perfmodel.specs.hardware import load_gpu
+from perfmodel.specs.model import load_model
+from perfmodel.validate.paper.compute import Computed, judge
+from perfmodel.validate.paper.effects import load_study
+
+REL = 1e-9
+#: Mixtral in fp8 on one 80 GB H100 at B=128, S=O=2048 (the seed study's largest batch): the KV
+#: cache holds 49 sequences, so 49 + 49 + 30.
+WAVED = dict(gpu="h100-sxm", dtype="fp8", batch=128, input_len=2048, output_len=2048)
+
+
+def close(a: float, b: float, rel: float = REL) -> bool:
+    return math.isclose(a, b, rel_tol=rel)
+
+
+def one_wave(model: str, gpu: str = "h200-sxm", engine: str = "vllm", **workload):
+    """The batch as one pass, all sequences at once (what predict reported before waves)."""
+    gpu_spec = load_gpu(gpu)
+    return evaluate(load_model(model), gpu_spec, load_profile(engine, gpu_spec.name), Workload(**workload))
+
+
+def test_a_batch_that_fits_is_one_wave_with_the_numbers_of_one_pass():
+    p = predict("mixtral", batch=16, input_len=2048, output_len=2048)
+    m, before = p.metrics, one_wave("mixtral-8x7b", batch=16, input_len=2048, output_len=2048).metrics
+    assert m["kv_waves"] == 1 and m["concurrent_sequences"] == 16 and m["fits_in_memory"]
+    assert {k: m[k] for k in METRICS} == {k: before[k] for k in METRICS}  # identical, not close
+
+
+def test_three_waves_sum_the_predictions_at_the_waves_batch_sizes():
+    m = predict("mixtral", **WAVED).metrics
+    assert (m["concurrent_sequences"], m["kv_waves"]) == (49, 3)
+    # B_run is the most sequences whose KV cache fits beside the weights and one chunk's activations
+    whole = one_wave("mixtral-8x7b", gpu="h100-sxm", dtype="fp8", batch=128, input_len=2048, output_len=2048).metrics
+    free = whole["memory_capacity_bytes"] - whole["weights_bytes"] - whole["activation_bytes"]
+    per_sequence = whole["kv_cache_bytes"] / 128
+    assert 49 * per_sequence <= free < 50 * per_sequence
+    assert not whole["fits_in_memory"]
+    full, last = (predict("mixtral", **{**WAVED, "batch": b}).metrics for b in (49, 30))
+    assert full["kv_waves"] == last["kv_waves"] == 1
+    assert close(m["e2e_s"], 2 * full["e2e_s"] + last["e2e_s"])
+    assert close(m["ttft_s"], full["ttft_s"]) and close(m["prefill_s"], full["prefill_s"])
+    weighted = (2 * full["e2e_s"] * full["itl_s"] + last["e2e_s"] * last["itl_s"]) / m["e2e_s"]
+    assert close(m["itl_s"], weighted) and last["itl_s"] < m["itl_s"] < full["itl_s"]
+    assert close(m["throughput_tok_s"], 128 * 4096 / m["e2e_s"])
+    assert close(m["output_throughput_tok_s"], 128 * 2048 / m["e2e_s"])
+    # what is on the GPU at once: the first wave's memory, within the usable capacity
+    assert close(m["kv_cache_bytes"], 49 * per_sequence) and m["fits_in_memory"]
+    assert m["memory_bytes"] <= m["memory_capacity_bytes"] < whole["memory_bytes"]
+
+
+def test_the_engine_limits_the_sequences_at_once(tmp_path):
+    small = dict(batch=2500, input_len=16, output_len=16)  # the KV cache would hold them all
+    vllm = predict("mixtral", **small).metrics
+    assert (vllm["concurrent_sequences"], vllm["kv_waves"]) == (VLLM_MAX_NUM_SEQS, 3)
+    assert load_profile("hf", "h200-sxm").max_sequences is None  # no limit but the KV cache
+    profile = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    profile["options"]["max_num_seqs"] = 1000
+    path = tmp_path / "vllm-1000.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    limited = predict("mixtral", engine=str(path), **small).metrics
+    assert (limited["concurrent_sequences"], limited["kv_waves"]) == (1000, 3)
+    first, last = (predict("mixtral", engine=str(path), **{**small, "batch": b}).metrics for b in (1000, 500))
+    assert close(limited["e2e_s"], 2 * first["e2e_s"] + last["e2e_s"])
+
+
+def test_not_even_one_sequence_keeps_the_whole_batch_result():
+    long = dict(batch=4, input_len=327680, output_len=8192)  # one sequence's KV cache > what is left
+    m, before = predict("mixtral", **long).metrics, one_wave("mixtral-8x7b", **long).metrics
+    assert not m["fits_in_memory"] and m["concurrent_sequences"] == 0 and m["kv_waves"] == 0
+    assert {k: m[k] for k in METRICS} == {k: before[k] for k in METRICS}
+    weights = predict("mixtral", gpu="l40s", batch=1, input_len=128, output_len=128).metrics  # 87 GiB on 48 GB
+    assert not weights["fits_in_memory"] and weights["kv_waves"] == 0
+
+
+def test_speculative_decoding_runs_in_waves_too():
+    spec = dict(WAVED, dtype="bf16", gpu="h200-sxm", batch=256, spec_draft="qwen3-0.6b", spec_tokens=3,
+                spec_accept=0.7)
+    p = predict("qwen3-30b-a3b", **spec)
+    m = p.metrics
+    assert m["kv_waves"] > 1
+    b, waves = m["concurrent_sequences"], m["kv_waves"]
+    full, last = (predict("qwen3-30b-a3b", **{**spec, "batch": n}) for n in (b, 256 - (waves - 1) * b))
+    assert close(m["e2e_s"], (waves - 1) * full.metrics["e2e_s"] + last.metrics["e2e_s"])
+    assert p.speculative == full.speculative  # the step split is the first wave's
+
+
+def test_sweep_rows_carry_the_waves_of_predict():
+    table = sweep("mixtral", {"batch": [16, 128], "input_len": [2048, 327680]}, gpu="h100-sxm", dtype="fp8",
+                  output_len=2048)
+    assert table["concurrent_sequences"].dtype == "int64" and table["kv_waves"].dtype == "int64"
+    for row in table.itertuples():
+        p = predict("mixtral", gpu="h100-sxm", dtype="fp8", batch=row.batch, input_len=row.input_len,
+                    output_len=2048).metrics
+        assert (row.concurrent_sequences, row.kv_waves, row.fits_in_memory) == (
+            p["concurrent_sequences"], p["kv_waves"], p["fits_in_memory"])
+        assert close(row.e2e_s, p["e2e_s"], 1e-9) and close(row.itl_s, p["itl_s"], 1e-9)
+    waved = table[(table["batch"] == 128) & (table["input_len"] == 2048)].iloc[0]
+    assert (waved["concurrent_sequences"], waved["kv_waves"]) == (49, 3)
+    decode = sweep("mixtral", {"batch": [16, 4096]}, phase="decode", context=2048)
+    assert decode["kv_waves"].tolist() == [1, 0] and decode["concurrent_sequences"].tolist() == [16, 0]
+
+
+def test_predict_and_sweep_outputs_show_the_waves(capsys):
+    argv = ["predict", "mixtral", "--gpu", "h100-sxm", "--dtype", "fp8", "-b", "128", "-s", "2048", "-o", "2048"]
+    assert main(argv + ["--json"]) is None
+    data = json.loads(capsys.readouterr().out)
+    assert (data["concurrent_sequences"], data["kv_waves"], data["fits_in_memory"]) == (49, 3, True)
+    main(argv)
+    out, err = capsys.readouterr()
+    assert "KV-cache waves" in out and "3 waves of ≤ 49 sequences" in out and err == ""
+    main(["sweep", "mixtral", "--grid", "batch=16,128", "-s", "2048", "-o", "2048", "--gpu", "h100-sxm",
+          "--dtype", "fp8", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["concurrent_sequences"], r["kv_waves"]) for r in rows] == [(16, 1), (49, 3)]
+
+
+def test_paper_points_in_waves_count_and_are_named():
+    effect = load_study().effect("E6")
+    values = pd.DataFrame({"model": ["a", "b"], "batch": [64, 64], "pct": [20.0, 25.0], "fits": [True, True],
+                           "waves": [1, 3], "quantity": "short_vs_long"})
+    result = judge(effect, Computed(values, pd.DataFrame(), ""), 10)
+    assert result.claims[0].values == (25.0,)  # the point in waves is judged (largest over models)
+    assert result.notes == ["E6a: 1 of 2 points run in waves, their batch's KV cache not fitting at once "
+                            "(model=b batch=64: 3 waves)"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, "many"])
+def test_a_bad_max_num_seqs_is_one_line_and_exit_2(bad, tmp_path, capsys):
+    profile = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    profile["options"]["max_num_seqs"] = bad
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "mixtral", "--engine", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("perfmodel: error: ") and "max_num_seqs" in err
+    assert len(err.splitlines()) == 1
