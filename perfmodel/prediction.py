@@ -312,12 +312,15 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + t_eager_step), unless each of its steps fits the
+    max(GPU time, N_layers·t_eager_layer + t_eager_step + B·t_eager_seq) (the launch, and the
+    host's work for each of the B sequences the step holds), unless each of its steps fits the
     largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
     tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
     no chunk: θ(T − M_graph)). ``steps``: engine steps the pass is split into (a chunked
     prefill of ``chunk`` tokens per step, :func:`perfmodel.phases.prefill_steps`): the fixed
-    costs and the host's launch time are paid once per step.
+    costs and the host's launch time are paid once per step, the per-sequence host time once per
+    sequence (a sequence chunked over several steps is counted once: chunks of one prompt are
+    rare beside the B sequences of a batch).
     """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
@@ -331,7 +334,8 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
         if chunk is not None:
             launched *= sp.Heaviside(chunk - s.M_graph, 0)
-        return sp.Max(gpu, launched * steps * (s.N_layers * s.t_eager_layer + s.t_eager_step)), rows
+        host = steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+        return sp.Max(gpu, launched * host), rows
     return gpu, rows
 
 
@@ -503,6 +507,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
+        s.t_eager_seq: profile.latency.eager_seq_s,
         s.t_draft: profile.latency.draft_pass_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes

@@ -62,6 +62,9 @@ class Latency(_Strict):
         default=0.0, description="Host time to launch one layer's kernels in an eager pass.")
     eager_step_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of an eager pass outside its layers.")
+    eager_seq_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per sequence of an eager step (the scheduler's and the "
+        "model runner's work for each request it holds), serial with the step's launch.")
     draft_pass_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
         "work does not hide (the proposer prepares each pass's inputs and samples its token).")

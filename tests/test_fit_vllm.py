@@ -32,14 +32,21 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     assert fitted["fit"]["quantization_rows"]["fp8"] > 0 and "mixtral-8x7b" in fp8["reason"]
     assert all(0.3 < fp8[k] < 1.5 for k in ("gemm_memory", "gemm_compute"))
     assert fp8["gemm_memory"] == fp8["grouped_gemm_memory"] and fp8["gemm_compute"] == fp8["grouped_gemm_compute"]
-    # the draft pass's host time: from the graph-replayed speculative rows of the training draft only
-    assert fitted["fit"]["draft_pass"] == {"train_drafts": ["qwen3-1.7b"], "rows": 1}
+    # the draft pass's host time: from the graph-replayed speculative row of the training draft,
+    # γ and batch only (the draft's other γ and batches are held out)
+    draft = fitted["fit"]["draft_pass"]
+    assert (draft["draft"], draft["spec_tokens"], draft["batch"]) == ("qwen3-1.7b", 4, 1) and len(draft["points"]) == 1
+    assert "spec=qwen3-1.7b:4" in draft["points"][0] and "|B=1|" in draft["points"][0]
     assert 0 < fitted["latency"]["draft_pass_s"] < 5e-3
+    # the per-sequence host time of a launched step: from the traced serving run that filled max_num_seqs
+    (run,) = fitted["fit"]["eager_seq"]["runs"]
+    assert "olmoe-1b-7b" in run and "rate=44" in run
+    assert 1e-6 < fitted["latency"]["eager_seq_s"] < 2e-4
 
 
 def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     from perfmodel.calibration.fit import HELD_OUT_MODELS, one_gpu_rows
-    from perfmodel.calibration.fit_vllm import TRAIN_DRAFTS, _group_name
+    from perfmodel.calibration.fit_vllm import _group_name
     from perfmodel.measuring.compare import (compare, load_measurements, row_quant, row_routing, row_speculative,
                                              verify_replayed)
     from perfmodel.paths import RESULTS_DIR
@@ -53,7 +60,8 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     # the same models through vLLM's uniform routing simulator are a group of their own, in the band
     simulated = [r for r in kept if row_routing(r) == "uniform_random"]
     assert {"deepseek-v2-lite", "phi-3.5-moe", "qwen3-30b-a3b"} <= {r["model"] for r in simulated}
-    points, _ = compare(kept, engine="vllm", gpu="h200-sxm", train_models=TRAIN_MODELS, train_drafts=TRAIN_DRAFTS)
+    points, _ = compare(kept, engine="vllm", gpu="h200-sxm", train_models=TRAIN_MODELS,
+                        train_points=profile.fit["draft_pass"]["points"])
     held = points[points["split"] == "held-out"]
     # held-out models, and what-if variants (Mixtral skeleton, pruned OLMoE) of training models
     assert set(held["model"]) <= set(HELD_OUT_MODELS) | {"mixtral-8x7b", "olmoe-1b-7b"}
@@ -61,6 +69,7 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     # the draft-pass time's training row is not in the band; the other drafts are
     train = points[points["split"] == "train"]
     assert "spec=qwen3-1.7b:4" in " ".join(train["variant"]) and "spec=qwen3-0.6b" not in " ".join(train["variant"])
+    assert "spec=qwen3-1.7b:8" not in " ".join(train["variant"])
     for metric in ("ttft", "decode_step", "e2e", "throughput"):
         p90 = held[held["metric"] == metric]["rel_error"].abs().quantile(0.9)
         assert getattr(profile.error_band, metric) == pytest.approx(p90, rel=2e-3, abs=1e-4)

@@ -115,7 +115,7 @@ def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> l
 
 
 def _compare_with(base: dict[str, Any], rows: list[dict[str, Any]], gpu: str,
-                  train: tuple[str, ...], train_drafts: tuple[str, ...] = ()):
+                  train: tuple[str, ...], train_points: tuple[str, ...] = ()):
     """Predicted vs measured points of ``rows`` under the profile dict ``base``.
 
     The predictor loads profiles from files: ``base`` is written into a private temporary
@@ -126,7 +126,7 @@ def _compare_with(base: dict[str, Any], rows: list[dict[str, Any]], gpu: str,
     with tempfile.TemporaryDirectory(prefix="perfmodel-fit-") as folder:
         path = Path(folder) / "profile.yaml"
         path.write_text(yaml.safe_dump(base, sort_keys=True))
-        points, _ = compare(rows, engine=str(path), gpu=gpu, train_models=train, train_drafts=train_drafts)
+        points, _ = compare(rows, engine=str(path), gpu=gpu, train_models=train, train_points=train_points)
     return points
 
 
@@ -228,22 +228,22 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
 
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
                        held_out: tuple[str, ...], note: str = "", band_exclude: Any = None,
-                       train_drafts: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                       train_points: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Residuals of a profile on every committed one-GPU row (``results`` and its what-if file),
     per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
     validation reports those rows per layout). ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
-    did not run the routing the model assumes. ``train_drafts``: draft models whose speculative
-    rows a speculative term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
+    did not run the routing the model assumes. ``train_points``: point ids of the rows a further
+    term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
     from perfmodel.measuring.compare import load_measurements, what_if_file
 
     rows = load_measurements(results)
     if what_if_file(results).exists():
         rows += load_measurements(what_if_file(results))
     rows = one_gpu_rows(rows)
-    points = _compare_with(profile, rows, gpu, train, train_drafts)
+    points = _compare_with(profile, rows, gpu, train, train_points)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):
         sub = points[points["split"] == split]

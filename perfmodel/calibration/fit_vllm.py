@@ -23,9 +23,14 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   default cap; each measured row states its own capture sizes), which is replayed whole.
 - ``draft_pass_s``: speculative decoding with a draft model runs γ draft passes per step, each
   a graph replay between host work the replay does not hide (the proposer prepares the pass's
-  inputs and samples its token). Fitted after the rest, from the speculative rows of one draft
-  (:data:`TRAIN_DRAFTS`) whose verify pass was replayed from a graph; the other drafts are held
-  out (:func:`fit_draft_pass`).
+  inputs and samples its token). Fitted after the rest, from the speculative rows of one draft,
+  γ and batch (:data:`TRAIN_DRAFT`) whose verify pass was replayed from a graph; the other
+  drafts, γ and batches are held out (:func:`fit_draft_pass`).
+- ``eager_seq_s``: a launched step's host work for each sequence it holds (the scheduler's, the
+  model runner's input preparation), serial with the launch; offline prefills hide it, a serving
+  step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
+  serving step traces of the training models' runs that filled ``max_num_seqs``
+  (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
 on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
@@ -48,6 +53,7 @@ import numpy as np
 from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _compare_with,
                                        _predict_many, _profile, _rows, _sig, held_out_residuals,
                                        one_gpu_rows)
+from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.errors import SpecError
 from perfmodel.paths import RESULTS_DIR, ROOT
 
@@ -235,29 +241,31 @@ def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, 
 
 
 #: Draft models whose speculative rows fit ``draft_pass_s``; every other draft is held out.
-TRAIN_DRAFTS = ("qwen3-1.7b",)
+#: The speculative rows the draft-pass time is fitted on: draft model, draft tokens γ, batch B.
+TRAIN_DRAFT = ("qwen3-1.7b", 4, 1)
 
 
-def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -> tuple[float | None, int]:
-    """``draft_pass_s`` (s) and the number of rows it comes from: the mean over the speculative
-    rows of :data:`TRAIN_DRAFTS` whose verify pass was graph-replayed
+def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -> tuple[float | None, list[str]]:
+    """``draft_pass_s`` (s) and the point ids it comes from: the mean over the speculative rows of
+    :data:`TRAIN_DRAFT` whose verify pass was graph-replayed
     (:func:`perfmodel.measuring.compare.verify_replayed`)
     of (measured − predicted ITL)·τ/γ, the predictions taken without the term. The ITL of such
     a row is γ·t_draft/τ plus terms that do not hold t_draft, so each row's value is exact for
-    it. None (and 0 rows) when there are none."""
+    it. Every other draft, γ and batch is held out. None (and no points) when there are none."""
     from perfmodel.measuring.compare import row_speculative, verify_replayed
 
-    train = [r for r in rows if r.get("status") == "ok" and verify_replayed(r)
-             and row_speculative(r)["spec_draft"] in TRAIN_DRAFTS
+    draft, tokens, batch = TRAIN_DRAFT
+    train = [r for r in rows if r.get("status") == "ok" and verify_replayed(r) and r.get("batch") == batch
+             and row_speculative(r)["spec_draft"] == draft and row_speculative(r)["spec_tokens"] == tokens
              and isinstance(r.get("spec_mean_accepted_len"), (int, float))]
     if not train:
-        return None, 0
-    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, train, gpu, (),
-                           TRAIN_DRAFTS)
+        return None, []
+    ids = tuple(r["point_id"] for r in train)
+    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, train, gpu, (), ids)
     itl = points[points["metric"] == "decode_step"].set_index("point_id")
     per_pass = [(itl.loc[r["point_id"], "measured"] - itl.loc[r["point_id"], "predicted"])
                 * r["spec_mean_accepted_len"] / row_speculative(r)["spec_tokens"] for r in train]
-    return max(0.0, _sig(float(np.mean(per_pass)))), len(train)
+    return max(0.0, _sig(float(np.mean(per_pass)))), list(ids)
 
 
 def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
@@ -287,9 +295,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
-    draft_pass, draft_rows = fit_draft_pass(one_gpu_rows(all_rows), base, gpu)
+    draft_pass, draft_points = fit_draft_pass(one_gpu_rows(all_rows), base, gpu)
     if draft_pass is not None:
         base["latency"]["draft_pass_s"] = draft_pass
+    eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
+    if eager_seq is not None:
+        base["latency"]["eager_seq_s"] = eager_seq
     collapsed = sorted(_floor_ratios(one_gpu_rows(all_rows), gpu))
     note = ""
     if collapsed:
@@ -303,7 +314,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                  "CUDA graphs (the runner's capture sizes then stopped at B tokens: such decode steps ran "
                  "without a graph, which a serving engine's capture sizes avoid)")
     stats, base["error_band"] = held_out_residuals(
-        base, results, gpu, train, held_out, note, train_drafts=TRAIN_DRAFTS,
+        base, results, gpu, train, held_out, note, train_points=tuple(draft_points),
         band_exclude=lambda r: ((r["model"], row_quant(r) or "bf16", row_routing(r)) in collapsed
                                 or r["point_id"] in eager_verify))
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
@@ -320,7 +331,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter but per_kernel_s"},
         "per_kernel_source": graph_node_cost(gpu)[1],
         "quantization_rows": quant_fits,
-        "draft_pass": {"train_drafts": list(TRAIN_DRAFTS), "rows": draft_rows},
+        "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
+                       "points": draft_points},
+        "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
         "band_excludes": [_group_name(*key) for key in collapsed],

@@ -216,14 +216,13 @@ def verify_replayed(row: dict[str, Any]) -> bool:
 
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
             train_models: Iterable[str] = (), models: Iterable[str] | None = None,
-            train_drafts: Iterable[str] = ()):
+            train_points: Iterable[str] = ()):
     """Predicted vs measured for every ok row (optionally of some models only).
 
     A row is a training point when its model is one of ``train_models`` as built, on one GPU,
-    without speculative decoding, or when it is a one-GPU speculative row of one of
-    ``train_drafts`` whose verify pass was graph-replayed (the rows the profile's draft-pass
-    time was fitted on, :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other
-    row is held out.
+    without speculative decoding, or when its point id is one of ``train_points`` (the rows a
+    further term was fitted on, e.g. the speculative rows of the profile's draft-pass time,
+    :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other row is held out.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
     predicted, rel_error, split, and the point's identity: point_id, variant, model, batch,
@@ -236,7 +235,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     from perfmodel.specs.model import load_model
 
     train = {m.lower() for m in train_models}
-    drafts = {d.lower() for d in train_drafts}
+    fitted_points = set(train_points)
     wanted = None if models is None else {m.lower() for m in models}
     specs: dict[tuple, Any] = {}
     categories: dict[tuple, dict[str, str]] = {}
@@ -261,7 +260,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                     **speculation)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and row["model"].lower() in train and not is_variant(row)) or (
-            bool(speculation) and speculation["spec_draft"] in drafts and verify_replayed(row))
+            row["point_id"] in fitted_points)
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)

@@ -206,7 +206,7 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
             p = np.maximum(np.where(share > 0, lam * mean_in * span / np.maximum(share, 1e-300), 0.0),
                            mean_in / chunks)
             used = np.minimum(p, room)
-            m = steps.steps(k, context, used, used * rate_s)  # (N, K)
+            m = steps.steps(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))  # (N, K)
             tokens = (pk * k * ((1.0 - phi) / d + phi / m)).sum(axis=1, keepdims=True)
             lam = tokens / decode_steps
     p_col = np.broadcast_to(p, ns.shape)[:, 0]

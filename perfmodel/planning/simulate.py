@@ -396,7 +396,7 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 p += c
                 p_time += c * st.rate[i]
             ctx = (sums["base"] + n_d * k) / n_d if n_d else 0.0
-            dt = steps.step(n_d, ctx, p, p_time)
+            dt = steps.step(n_d, ctx, p, p_time, len(chunks))
             used = sums["base"] + n_d * k + sums["kv_pref"] + p
             if used > sums["peak_kv"]:
                 sums["peak_kv"] = used

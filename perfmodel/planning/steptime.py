@@ -13,7 +13,9 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
 - fixed costs per step and per layer, as the decode pass has them; a step holding prompt tokens
   and more tokens than the largest captured CUDA graph (the profile's ``cudagraph_max_tokens``)
   takes at least the host floor of a prefill pass, where the profile has one (vLLM launches
-  such a step's pieces and attention from the host; a smaller one it replays from a graph).
+  such a step's pieces and attention from the host; a smaller one it replays from a graph),
+  plus the host's time per sequence for each further sequence the step holds (decodes and
+  prompt chunks).
 
 Which ops are which is read off the compiled model numerically (an op whose decode time
 changes with L, or whose prefill time changes when the same tokens are split into more
@@ -61,8 +63,9 @@ class StepTimes:
     ``ctx_n[i]`` sequences at mean context ``ctx_L[j]``; ``pre_s_per_token[j]``: prefill
     sequence ops per prompt token of a prompt of ``pre_len[j]`` tokens; ``fixed_s``: per
     step; ``floor_s``: least time of a step holding prompt tokens and more than
-    ``graph_tokens`` tokens in all (the largest step replayed from a captured CUDA graph).
-    Memory per GPU in bytes.
+    ``graph_tokens`` tokens in all (the largest step replayed from a captured CUDA graph), when
+    it holds one sequence; ``floor_seq_s``: what each further sequence (a decode or a prompt
+    chunk) adds to that floor. Memory per GPU in bytes.
     """
 
     token_s: np.ndarray
@@ -80,6 +83,7 @@ class StepTimes:
     token_ops: tuple[str, ...] = ()
     sequence_ops: tuple[str, ...] = ()
     graph_tokens: float = 0.0
+    floor_seq_s: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -145,11 +149,17 @@ class StepTimes:
             return table[last] * t / last
         return table[i] + (t - i) * (table[i + 1] - table[i])
 
+    def floor(self, sequences: np.ndarray | float) -> np.ndarray | float:
+        """Least time (s) of a launched step holding ``sequences`` sequences (decodes and prompt
+        chunks): the host floor of one, plus the host's time for each further one."""
+        return self.floor_s + np.maximum(np.asarray(sequences, dtype=float) - 1.0, 0.0) * self.floor_seq_s
+
     def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
-              prompt_time: np.ndarray | float) -> np.ndarray:
-        """:meth:`step` over an array of decode counts (and prompt tokens), vectorized."""
-        n, p, p_time = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
-                                           np.asarray(prompt_time, dtype=float))
+              prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0) -> np.ndarray:
+        """:meth:`step` over an array of decode counts (and prompt tokens, prompt chunks), vectorized."""
+        n, p, p_time, chunks = np.broadcast_arrays(
+            np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
+            np.asarray(prompt_time, dtype=float), np.asarray(prompts, dtype=float))
         total = n + p
         last = len(self.token_s) - 1
         tok = np.where(total <= last, np.interp(np.minimum(total, last), np.arange(last + 1), self.token_s),
@@ -163,14 +173,16 @@ class StepTimes:
             slope = (column[-1] - column[-2]) / (self.ctx_n[-1] - self.ctx_n[-2])
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
         t = tok + ctx + p_time + self.fixed_s
-        return np.where((p > 0) & (total > self.graph_tokens), np.maximum(t, self.floor_s), t)
+        return np.where((p > 0) & (total > self.graph_tokens), np.maximum(t, self.floor(n + chunks)), t)
 
-    def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float) -> float:
+    def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
+             prompts: int = 1) -> float:
         """One step's time, s: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens
-        whose sequence ops take ``prompt_time`` s (Σ tokens · :meth:`prefill_rate`)."""
+        of ``prompts`` prompt chunks whose sequence ops take ``prompt_time`` s (Σ tokens ·
+        :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         launched = prompt_tokens > 0 and n + prompt_tokens > self.graph_tokens
-        return max(t, self.floor_s) if launched else t
+        return max(t, self.floor_s + max(n + prompts - 1, 0) * self.floor_seq_s) if launched else t
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
@@ -227,8 +239,9 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     pre_seq = sum(pre_ops[n] for n in sequence if n in pre_ops) if sequence & set(pre_ops) else np.zeros_like(lengths)
     pre_rate = np.broadcast_to(pre_seq, lengths.shape) / lengths
 
-    # the host floor: a one-token prefill as if no graph were captured
+    # the host floor: a one-token prefill as if no graph were captured; and per further sequence
     floor = float(prefill.evaluate({**base, "B": 1.0, "S": 1.0, "M_graph": 0.0}).totals["prefill_s"])
+    floor_seq = float(base.get("t_eager_seq", 0.0)) if profile.options.prefill_eager else 0.0
     act = float(run_prefill(1.0, float(max_tokens)).totals["activation_bytes"])
     kv_ref = float(max_context)
     kv_per_token = float(run_decode(1.0, kv_ref).totals["kv_cache_bytes"]) / kv_ref
@@ -238,7 +251,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         pre_len=lengths, pre_s_per_token=np.array(pre_rate, dtype=float), fixed_s=fixed,
         floor_s=floor, weights_bytes=float(probe.totals["weights_bytes"]), activation_bytes=act,
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
-        sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)))
+        sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
+        floor_seq_s=floor_seq)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

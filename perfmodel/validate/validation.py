@@ -120,13 +120,13 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     train = (profile.fit or {}).get("train_models", [])
-    train_drafts = ((profile.fit or {}).get("draft_pass") or {}).get("train_drafts", [])
+    train_points = ((profile.fit or {}).get("draft_pass") or {}).get("points", [])
     import pandas as pd
 
     points, ops = [], []
     for engine, label in ((backend, profile.name), (BASELINE_ENGINE, BASELINE_ENGINE)):
         pts, op = compare(rows, engine=engine, gpu=gpu_spec.name, train_models=train, models=wanted,
-                          train_drafts=train_drafts)
+                          train_points=train_points)
         pts["engine"], op["engine"] = label, label
         points.append(pts)
         ops.append(op)

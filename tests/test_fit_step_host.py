@@ -1,0 +1,83 @@
+"""The per-sequence host time of a launched step: in the step tables, and fitted from step traces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from perfmodel.calibration.fit_step_host import fit_eager_seq, mixed_steps, _step_tables
+from perfmodel.paths import ROOT
+
+S, O, SEQS, BUDGET = 1024, 256, 256, 8192
+
+
+def _base(per_seq_s: float = 0.0) -> dict:
+    base = yaml.safe_load((ROOT / "calibration" / "profiles" / "h200-sxm-vllm.yaml").read_text())
+    base["latency"]["eager_seq_s"] = per_seq_s
+    return base
+
+
+def _row(rate: float, max_running: int) -> dict:
+    return {"point_id": f"vllm|olmoe-1b-7b|rate={rate}", "status": "ok", "model": "olmoe-1b-7b", "overrides": [],
+            "input_len": S, "output_len": O, "max_num_seqs": SEQS, "rate": rate,
+            "engine": {"max_num_batched_tokens": BUDGET}, "engine_steps": {"max_running": max_running}}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return _step_tables(_row(1.0, SEQS), _base(), "h200-sxm")
+
+
+def test_a_launched_step_pays_the_host_time_of_each_further_sequence(tables):
+    per_seq = 4e-5
+    steps = dataclasses.replace(tables, floor_seq_s=per_seq)
+    small = steps.step(1, 1152, 1024, 1024 * steps.prefill_rate(S))
+    assert small == pytest.approx(max(small, steps.floor_s))
+    # 200 decodes beside one prompt chunk: the floor grows by 200 sequences' host time
+    big = steps.step(200, 1152, 1024, 1024 * steps.prefill_rate(S), prompts=1)
+    assert big >= steps.floor_s + 200 * per_seq - 1e-12
+    assert steps.floor(201) == pytest.approx(steps.floor_s + 200 * per_seq)
+    vector = steps.steps(np.array([200.0]), 1152, 1024.0, 1024 * steps.prefill_rate(S), 1.0)
+    assert vector[0] == pytest.approx(big)
+    # a decode-only step (replayed from a graph) pays none of it
+    assert steps.step(200, 1152, 0, 0.0) == pytest.approx(tables.step(200, 1152, 0, 0.0))
+
+
+def _trace(steps, per_seq_s: float, n: int = 200, pairs: int = 60) -> dict:
+    """Decode-only and mixed steps in turn, each as long as the model says with ``per_seq_s``."""
+    rate = steps.prefill_rate(S)
+    decode = steps.step(n, S + O / 2, 0, 0.0)
+    mixed = dataclasses.replace(steps, floor_seq_s=per_seq_s).step(n, S + O / 2, S, S * rate, prompts=1)
+    t, rows = 0.0, []
+    for _ in range(pairs):
+        for gap, ctx in ((decode, 0), (mixed, S)):
+            t += gap
+            rows.append([t, 1 if ctx else 0, ctx, n, n, SEQS, 10, 0.5, 0])
+    return {"columns": ["t_s", "ctx_reqs", "ctx_tokens", "gen_reqs", "gen_tokens", "running", "waiting",
+                        "kv_usage", "preempted"], "steps": rows}
+
+
+def _write(tmp_path, runs):
+    path = tmp_path / "h200-vllm-serving-traced.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r, _ in runs))
+    path.with_name(path.stem + "-steps.jsonl").write_text(
+        "".join(json.dumps({"point_id": r["point_id"], **t}) + "\n" for r, t in runs))
+    return path
+
+
+def test_the_fit_recovers_the_host_time_that_made_the_trace(tmp_path, tables):
+    true = 5e-5
+    full, partial = _row(44.0, SEQS), _row(24.0, 90)
+    path = _write(tmp_path, [(full, _trace(tables, true)), (partial, _trace(tables, 4 * true))])
+    value, runs = fit_eager_seq(_base(), "h200-sxm", ("olmoe-1b-7b",), path=path)
+    assert runs == [full["point_id"]]  # only the run that filled max_num_seqs
+    assert value == pytest.approx(true, rel=2e-3)
+    m = mixed_steps(full, _trace(tables, true), tables)
+    assert m.model_mean_s(0.0) < m.measured_mean_s == pytest.approx(m.model_mean_s(true), rel=1e-3)
+    # a trace no slower than the model without the term gives 0; no qualifying run gives None
+    assert fit_eager_seq(_base(), "h200-sxm", ("olmoe-1b-7b",), path=_write(tmp_path, [(full, _trace(tables, 0.0))]))[0] == 0.0
+    assert fit_eager_seq(_base(), "h200-sxm", ("mixtral-8x7b",), path=path) == (None, [])
