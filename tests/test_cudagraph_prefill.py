@@ -12,9 +12,9 @@ from perfmodel.specs.model import load_model
 
 
 def _host_floor(model: str) -> float:
-    """N_layers·t_eager_layer + t_eager_step of the h200 vllm profile, s."""
+    """N_layers·t_eager_layer + t_eager_step + t_eager_seq (one sequence) of the h200 vllm profile, s."""
     latency = load_profile("vllm", "h200-sxm").latency
-    return load_model(model).n_layers * latency.eager_layer_s + latency.eager_step_s
+    return load_model(model).n_layers * latency.eager_layer_s + latency.eager_step_s + latency.eager_seq_s
 
 
 def _ttft(graph_tokens, batch: int, input_len: int) -> float:
