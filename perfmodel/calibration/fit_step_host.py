@@ -29,10 +29,9 @@ import numpy as np
 from scipy.optimize import brentq
 
 from perfmodel.calibration.fit import _profile
+from perfmodel.measuring.vllm_steps import busy_steps
 from perfmodel.paths import RESULTS_DIR
 
-#: Column names of the step traces this fit reads.
-_COLUMNS = ("t_s", "ctx_reqs", "ctx_tokens", "gen_reqs", "running", "waiting")
 #: Upper end of the search for the per-sequence host time, s.
 _MAX_SEQ_S = 1e-3
 
@@ -82,12 +81,9 @@ class MixedSteps:
 
 def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps) -> MixedSteps | None:
     """The mixed steps of one traced run (None without any), on the step tables ``steps``."""
-    index = {c: trace["columns"].index(c) for c in _COLUMNS}
-    a = np.asarray(trace["steps"], dtype=float)
-    col = {c: a[:, i] for c, i in index.items()}
-    gaps = np.diff(col["t_s"])
-    busy = (col["running"][:-1] + col["waiting"][:-1]) > 0
-    n, p, chunks = col["gen_reqs"][1:], col["ctx_tokens"][1:], col["ctx_reqs"][1:]
+    b = busy_steps(trace["steps"], trace["columns"])
+    gaps, busy = b.gap_s, b.busy
+    n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
     context = float(row["input_len"]) + float(row["output_len"]) / 2.0
     unlaunched = dataclasses.replace(steps, graph_tokens=np.inf)
     gpu = unlaunched.steps(n, context, p, p * steps.prefill_rate(float(row["input_len"])))

@@ -81,6 +81,26 @@ def observe(llm: Any, log: StepLog) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class BusySteps:
+    """Every step of a trace but the first, with the gap (s) since the step before it and
+    whether the engine had work through that gap (a request running or waiting after the step
+    before): where it had, the gap is the step's duration."""
+
+    columns: dict[str, np.ndarray]
+    gap_s: np.ndarray
+    busy: np.ndarray
+
+
+def busy_steps(steps: list, columns: list[str] | tuple[str, ...] = STEP_COLUMNS) -> BusySteps:
+    """:class:`BusySteps` of step records (rows of ``columns``, as :class:`StepLog` keeps them
+    and :func:`step_trace` writes them)."""
+    a = np.asarray(steps, dtype=float)
+    col = {name: a[:, i] for i, name in enumerate(columns)}
+    return BusySteps({name: value[1:] for name, value in col.items()}, np.diff(col["t_s"]),
+                     (col["running"][:-1] + col["waiting"][:-1]) > 0)
+
+
 def _stats(values: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
         return {"p50_ms": None, "p90_ms": None, "mean_ms": None}
@@ -97,18 +117,17 @@ def step_summary(steps: list[tuple]) -> dict[str, Any] | None:
         return None
     a = np.asarray(steps, dtype=float)
     col = {name: a[:, i] for i, name in enumerate(STEP_COLUMNS)}
-    gaps = np.diff(col["t_s"]) * 1e3
-    busy = (col["running"][:-1] + col["waiting"][:-1]) > 0  # the engine had work after the previous step
-    later = slice(1, None)
-    mixed = (col["ctx_tokens"][later] > 0) & busy
-    decode = (col["ctx_tokens"][later] == 0) & (col["gen_tokens"][later] > 0) & busy
+    b = busy_steps(steps)
+    gaps, later = b.gap_s * 1e3, b.columns
+    mixed = (later["ctx_tokens"] > 0) & b.busy
+    decode = (later["ctx_tokens"] == 0) & (later["gen_tokens"] > 0) & b.busy
 
     def kind(mask: np.ndarray) -> dict[str, Any]:
         return {"steps": int(mask.sum()), **_stats(gaps[mask]),
-                "mean_ctx_tokens": round(float(col["ctx_tokens"][later][mask].mean()), 1) if mask.any() else None,
-                "mean_gen_reqs": round(float(col["gen_reqs"][later][mask].mean()), 1) if mask.any() else None}
+                "mean_ctx_tokens": round(float(later["ctx_tokens"][mask].mean()), 1) if mask.any() else None,
+                "mean_gen_reqs": round(float(later["gen_reqs"][mask].mean()), 1) if mask.any() else None}
 
-    return {"steps": int(len(a)), "busy_s": round(float(gaps[busy].sum()) / 1e3, 3),
+    return {"steps": int(len(a)), "busy_s": round(float(gaps[b.busy].sum()) / 1e3, 3),
             "mixed": kind(mixed), "decode": kind(decode),
             "mean_running": round(float(col["running"].mean()), 1), "max_running": int(col["running"].max()),
             "mean_waiting": round(float(col["waiting"].mean()), 1), "max_waiting": int(col["waiting"].max()),
