@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from perfmodel.measuring import vllm_serving as vs
@@ -96,7 +97,7 @@ def test_serving_rows_carry_the_engine_steps_and_a_trace_beside_them(tmp_path, m
     assert steps["decode"]["p50_ms"] == pytest.approx(1e3 * TOKEN_S)
     assert steps["mixed"]["p50_ms"] == pytest.approx(1e3 * PREFILL_S)
     assert steps["mixed"]["steps"] >= N // 2 and steps["max_running"] == 1
-    (trace,) = [json.loads(line) for line in vs.step_trace_path(out).read_text().splitlines()]
+    (trace,) = [json.loads(line) for line in vs.trace_path(out, "steps").read_text().splitlines()]
     assert trace["point_id"] == row["point_id"] and len(trace["steps"]) == N * O
     assert trace["columns"] == list(STEP_COLUMNS) and trace["steps"][0][0] >= 0.0
 
@@ -107,7 +108,14 @@ def test_a_vllm_without_step_details_gives_rows_without_them(tmp_path, monkeypat
     assert _measure(out, "--rate", "20", "--max-num-seqs", "2") == 0
     (row,) = _rows(out)
     assert row["status"] == "ok" and row["engine_steps"] is None
-    assert not vs.step_trace_path(out).exists()
+    assert not vs.trace_path(out, "steps").exists()
+    # the client's output times of every 16th request come beside the rows whatever the engine reports
+    (sample,) = [json.loads(line) for line in vs.trace_path(out, "tokens").read_text().splitlines()]
+    assert sample["point_id"] == row["point_id"] and sample["every"] == vs.TOKEN_SAMPLE_EVERY
+    assert [r[0] for r in sample["requests"]] == list(range(0, N, vs.TOKEN_SAMPLE_EVERY))
+    for index, submitted, outputs, tokens in sample["requests"]:
+        assert len(outputs) == O and tokens == [1] * O and outputs[0] > submitted >= 0
+        assert np.diff(outputs) == pytest.approx([TOKEN_S] * (O - 1), abs=2e-4)  # the stand-in's time per token
 
 
 def test_observe_wraps_the_engine_client_and_counts_preemptions():

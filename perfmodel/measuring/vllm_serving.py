@@ -52,7 +52,8 @@ where it reports them), ``warmup_s``, ``per_request`` (columns ``arrival_s``, ``
 ``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``, and, where this vLLM describes its
 iterations, ``engine_steps`` (:func:`perfmodel.measuring.vllm_steps.step_summary`: the busy steps'
 durations, mixed and decode-only apart) with every step of the rate in ``<rows>-steps.jsonl``
-beside the rows (:func:`step_trace_path`). The engine also logs every kernel JIT compilation after
+beside the rows (:func:`trace_path`), and the client's output times of every
+:data:`TOKEN_SAMPLE_EVERY`-th completed request in ``<rows>-tokens.jsonl``. The engine also logs every kernel JIT compilation after
 its own warm-up (``jit_monitor_verbose``), with the shape that caused it.
 """
 
@@ -84,6 +85,8 @@ from perfmodel.measuring.vllm_steps import StepLog, observe, step_summary, step_
 _WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 #: Requests still running at this multiple of a rate's duration cap are aborted.
 DRAIN_FACTOR = 1.5
+#: The client's output times are kept for every this-many-th request (``<rows>-tokens.jsonl``).
+TOKEN_SAMPLE_EVERY = 16
 #: A rate whose share of the time budget is below this (s) is not started.
 MIN_RATE_S = 10.0
 #: Warm-up: a burst of at most this many requests at once (after one alone) ...
@@ -636,11 +639,23 @@ def rate_cap(spec: ServingSpec, remaining: list[float], left_s: float | None) ->
     return share if cap is None else min(cap, share)
 
 
+def client_token_sample(traces: list[RequestTrace], t0: float, every: int = TOKEN_SAMPLE_EVERY) -> dict[str, Any]:
+    """The client's output times of every ``every``-th request that completed (seconds from the
+    rate's start ``t0``, 0.1 ms): columns ``request`` (its index), ``submitted_s``, ``output_s``
+    (one per streamed output) and ``tokens`` (what each output carried)."""
+    picked = [(i, t) for i, t in enumerate(traces) if i % every == 0 and t.completed and t.submitted is not None]
+    return {"every": every, "columns": ["request", "submitted_s", "output_s", "tokens"],
+            "requests": [[i, round(t.submitted - t0, 4), [round(x - t0, 4) for x in t.token_times], t.token_counts]
+                         for i, t in picked]}
+
+
 async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: list,
                        cap_s: float | None, clock: Callable[[], float]
-                       ) -> tuple[str, dict[str, Any], str | None, dict[str, Any] | None]:
-    """One rate on a warm engine: (status, the row's measured fields, error or None, the engine's
-    step trace or None); the fields include ``engine_steps`` (:func:`vllm_steps.step_summary`)."""
+                       ) -> tuple[str, dict[str, Any], str | None, dict[str, dict[str, Any]]]:
+    """One rate on a warm engine: (status, the row's measured fields, error or None, the traces
+    written beside the rows: ``steps``, the engine's steps where it reports them, and ``tokens``,
+    the client's output times of a sample of requests, :func:`client_token_sample`); the fields
+    include ``engine_steps`` (:func:`vllm_steps.step_summary`)."""
     arrivals = poisson_arrivals(rate, spec.num_requests, spec.seed)
     first_step = engine.steps.mark() if engine.steps is not None else 0
     traces, t0 = await run_schedule(engine.llm, prompts, arrivals, lambda: engine.make_params(spec.output_len),
@@ -652,12 +667,12 @@ async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: 
     fields["duration_cap_s"] = None if cap_s is None else round(cap_s, 1)
     steps = engine.steps.since(first_step) if engine.steps is not None else []
     fields["engine_steps"] = step_summary(steps)
-    trace = step_trace(steps, t0) if steps else None
+    written = {"tokens": client_token_sample(traces, t0), **({"steps": step_trace(steps, t0)} if steps else {})}
     errors = [t.error for t in traces if t.error]
     if not errors:
-        return "ok", fields, None, trace
+        return "ok", fields, None, written
     status = "oom" if _is_oom(RuntimeError(errors[0])) else "error"
-    return status, fields, f"{len(errors)} of {len(traces)} requests failed: {errors[0]}", trace
+    return status, fields, f"{len(errors)} of {len(traces)} requests failed: {errors[0]}", written
 
 
 async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
@@ -737,28 +752,25 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
                 log(f"skip  rates {', '.join(rate_key(r) for r in todo[i:])}: {max(left, 0):.0f} s left")
                 break
             t_rate = clock()
-            trace = None
+            written: dict[str, dict[str, Any]] = {}
             try:
-                status, fields, error, trace = await measure_rate(engine, spec, rate, prompts, cap, clock)
+                status, fields, error, written = await measure_rate(engine, spec, rate, prompts, cap, clock)
             except Exception as exc:  # noqa: BLE001 - a failed rate is a row
                 status, fields, error = ("oom" if _is_oom(exc) else "error"), {}, one_line(exc)
             write(rate, status, fields, error, t_rate)
-            if trace is not None:
-                append_step_trace(out_path, spec.point(rate).point_id, trace)
+            for kind, trace in written.items():
+                results.append_row(trace_path(out_path, kind), {"point_id": spec.point(rate).point_id, **trace})
     finally:
         await stop_engine(engine)
     summary.elapsed_s = clock() - started
     return summary
 
 
-def step_trace_path(out_path: Path) -> Path:
-    """Where a rows file's engine step traces go: ``<stem>-steps.jsonl`` beside it."""
-    return out_path.with_name(out_path.stem + "-steps.jsonl")
-
-
-def append_step_trace(out_path: Path, point_id: str, trace: dict[str, Any]) -> None:
-    """One line per measured rate: its point id and the engine's steps (:func:`vllm_steps.step_trace`)."""
-    results.append_row(step_trace_path(out_path), {"point_id": point_id, **trace})
+def trace_path(out_path: Path, kind: str) -> Path:
+    """Where a rows file's traces of one kind go, one line per measured rate: ``<stem>-steps.jsonl``
+    (the engine's steps, :func:`vllm_steps.step_trace`), ``<stem>-tokens.jsonl`` (the client's
+    output times of a sample of requests, :func:`client_token_sample`)."""
+    return out_path.with_name(f"{out_path.stem}-{kind}.jsonl")
 
 
 def _run(loop: asyncio.AbstractEventLoop, coro) -> Any:
