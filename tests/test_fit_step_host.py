@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from perfmodel.calibration.fit_step_host import fit_eager_seq, mixed_steps, _step_tables
+from perfmodel.calibration.fit import _profile
+from perfmodel.calibration.fit_step_host import fit_eager_seq
+from perfmodel.measuring.step_compare import compare_steps, decode_bands, mixed_steps, step_tables
 from perfmodel.paths import ROOT
 
 S, O, SEQS, BUDGET = 1024, 256, 256, 8192
@@ -29,7 +31,7 @@ def _row(rate: float, max_running: int) -> dict:
 
 @pytest.fixture(scope="module")
 def tables():
-    return _step_tables(_row(1.0, SEQS), _base(), "h200-sxm")
+    return step_tables(_row(1.0, SEQS), _profile(_base()), "h200-sxm")
 
 
 def test_a_launched_step_pays_the_host_time_of_each_further_sequence(tables):
@@ -81,3 +83,31 @@ def test_the_fit_recovers_the_host_time_that_made_the_trace(tmp_path, tables):
     # a trace no slower than the model without the term gives 0; no qualifying run gives None
     assert fit_eager_seq(_base(), "h200-sxm", ("olmoe-1b-7b",), path=_write(tmp_path, [(full, _trace(tables, 0.0))]))[0] == 0.0
     assert fit_eager_seq(_base(), "h200-sxm", ("mixtral-8x7b",), path=path) == (None, [])
+
+
+def test_a_traced_run_beside_the_model_by_decode_count_and_mixed_steps():
+    profile = _profile(_base(5e-5))
+    tables = step_tables(_row(1.0, SEQS), profile, "h200-sxm")
+    assert tables.floor_seq_s == pytest.approx(5e-5)
+    trace = _trace(tables, 5e-5)  # the steps exactly as the model times them
+    (band,) = decode_bands(_row(44.0, SEQS), trace, tables)
+    assert band["decodes"] == 200 and band["steps"] >= 50
+    assert band["measured_p50_ms"] == pytest.approx(band["model_ms"], rel=1e-3)
+    out = compare_steps(_row(44.0, SEQS), trace, profile, "h200-sxm")
+    assert out["decode"] == [band] and out["mixed"]["mean_sequences"] == 201
+    assert out["mixed"]["measured_ms"] == pytest.approx(out["mixed"]["model_ms"], rel=1e-3)
+
+
+def test_the_serving_report_sets_traced_runs_beside_the_model(tmp_path, tables):
+    from perfmodel.validate.serving_steps import engine_step_comparison, engine_steps_markdown
+
+    run = _row(44.0, SEQS)
+    path = _write(tmp_path, [(run, _trace(tables, 5e-5))])
+    (out,) = engine_step_comparison(path, "h200-sxm", {"olmoe-1b-7b"})
+    assert out["point_id"] == run["point_id"] and out["decode"][0]["decodes"] == 200
+    assert out["mixed"]["steps"] == 60 and out["mixed"]["measured_ms"] > out["decode"][0]["measured_p50_ms"]
+    text = engine_steps_markdown([out])
+    assert "## Engine steps (traced runs)" in text and "| olmoe-1b-7b | 44 | 200: " in text
+    # other models' runs, and rows without a trace file, give no section
+    assert engine_step_comparison(path, "h200-sxm", {"mixtral-8x7b"}) == [] and engine_steps_markdown([]) == ""
+    assert engine_step_comparison(tmp_path / "none.jsonl", "h200-sxm", {"olmoe-1b-7b"}) == []

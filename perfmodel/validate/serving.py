@@ -527,10 +527,13 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
                            out_dir: Path | None = None) -> dict[str, Any]:
     """Replay the serving rows of ``model`` (or ``all``) against the planning's predictions;
     writes ``summary.md`` and ``report.html`` (:func:`report_html`) into ``out_dir`` (default
-    ``reports/validate/serving-<model>``)."""
+    ``reports/validate/serving-<model>``). Where the rows have the engine's step traces beside
+    them, ``engine_steps`` sets each traced run's steps beside the model's
+    (:mod:`perfmodel.validate.serving_steps`; the summary's last section)."""
     from perfmodel.measuring.results import read_rows
     from perfmodel.paths import ROOT
     from perfmodel.specs.hardware import load_gpu
+    from perfmodel.validate.serving_steps import engine_step_comparison, engine_steps_markdown
 
     gpu = load_gpu(gpu).name
     path = Path(results) if results is not None else results_path(gpu)
@@ -543,11 +546,12 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     if not any(r.get("status") == "ok" for r in rows):
         raise InputError(f"no measured serving rows in {path}")
     result = {"source": _source(rows, path), **compare_serving(rows, gpu=gpu, model=model)}
+    result["engine_steps"] = engine_step_comparison(path, gpu, {p["model"] for p in result["points"]})
     out_dir = Path(out_dir) if out_dir is not None else ROOT / "reports" / "validate" / f"serving-{model}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md, html = out_dir / "summary.md", out_dir / "report.html"
-        md.write_text(summary_markdown(result))
+        md.write_text(summary_markdown(result) + engine_steps_markdown(result["engine_steps"]))
         html.write_text(report_html(result), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report into {out_dir}: {exc.strerror or exc}") from None

@@ -1,0 +1,124 @@
+"""A traced serving run's engine steps beside the model's step times.
+
+The rows of ``perfmodel measure --serving`` come with the engine's own steps
+(``<rows>-steps.jsonl``, :mod:`perfmodel.measuring.vllm_steps`). Read beside the step tables of
+the model (:class:`perfmodel.planning.steptime.StepTimes`, for the row's model, engine limits
+and lengths on one GPU):
+
+- decode-only steps, by how many sequences they decode: the measured median duration against
+  the model's step at that many decodes and the run's mean context S + O/2 (ms);
+- steps holding prompt tokens ("mixed"): their mean cost over the whole run, the busy time not
+  spent in decode-only steps (each at the model's time) per mixed step, against the model's
+  mean over the same steps (:class:`MixedSteps`; the per-sequence host time of a launched step
+  is fitted on it, :mod:`perfmodel.calibration.fit_step_host`).
+
+Durations in seconds unless a name says ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfmodel.measuring.vllm_steps import busy_steps
+
+#: Upper ends of the decode-count bands of :func:`decode_bands` (sequences).
+DECODE_BANDS = (16, 32, 64, 128, 192, 256, 512, 1024)
+#: Busy decode-only steps a band needs to be reported.
+MIN_BAND_STEPS = 10
+
+
+def load_traced_runs(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(row, trace) of every ok row of ``path`` whose trace is in ``<stem>-steps.jsonl`` beside it."""
+    steps_path = path.with_name(path.stem + "-steps.jsonl")
+    if not path.exists() or not steps_path.exists():
+        return []
+    traces = {t["point_id"]: t for t in map(json.loads, steps_path.read_text().splitlines()) if t}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r, traces[r["point_id"]]) for r in rows if r.get("status") == "ok" and r["point_id"] in traces]
+
+
+def step_tables(row: dict[str, Any], profile, gpu: str):
+    """The model's step tables for a serving row's model, token budget, sequence limit and
+    lengths, on one ``gpu`` with ``profile`` (an :class:`perfmodel.profile.EngineProfile`)."""
+    from perfmodel.measuring.compare import row_overrides
+    from perfmodel.planning.steptime import build_step_times
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.layout import Layout
+    from perfmodel.specs.model import load_model
+
+    return build_step_times(load_model(row["model"], row_overrides(row)), load_gpu(gpu), profile, "bf16",
+                            Layout(1, 1, 1), max_tokens=int(row["engine"]["max_num_batched_tokens"]),
+                            max_seqs=int(row["max_num_seqs"]),
+                            max_context=int(row["input_len"]) + int(row["output_len"]))
+
+
+def _context(row: dict[str, Any]) -> float:
+    return float(row["input_len"]) + float(row["output_len"]) / 2.0
+
+
+@dataclasses.dataclass
+class MixedSteps:
+    """One run's busy steps that held prompt tokens: what they measured and what the model needs."""
+
+    measured_mean_s: float  #: time not in decode-only steps, per mixed step
+    gpu_s: np.ndarray  #: the model's GPU time of each mixed step
+    sequences: np.ndarray  #: decodes plus prompt chunks of each mixed step
+    floor_s: float  #: the host floor of a launched step of one sequence
+    launched: np.ndarray  #: whether each mixed step exceeds the largest CUDA graph
+
+    def model_mean_s(self, per_seq_s: float) -> float:
+        """The model's mean mixed step with ``per_seq_s`` of host time per further sequence."""
+        floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s
+        return float(np.where(self.launched, np.maximum(self.gpu_s, floor), self.gpu_s).mean())
+
+
+def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps) -> MixedSteps | None:
+    """The mixed steps of one traced run (None without any), on the step tables ``steps``."""
+    b = busy_steps(trace["steps"], trace["columns"])
+    gaps, busy = b.gap_s, b.busy
+    n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
+    unlaunched = dataclasses.replace(steps, graph_tokens=np.inf)
+    gpu = unlaunched.steps(n, _context(row), p, p * steps.prefill_rate(float(row["input_len"])))
+    mixed, decode = busy & (p > 0), busy & (p == 0)
+    if not mixed.any():
+        return None
+    measured = (gaps[busy].sum() - gpu[decode].sum()) / mixed.sum()
+    return MixedSteps(float(measured), gpu[mixed], (n + chunks)[mixed], steps.floor_s,
+                      (n + p)[mixed] > steps.graph_tokens)
+
+
+def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:
+    """Busy decode-only steps by decode count (:data:`DECODE_BANDS`, bands of at least
+    :data:`MIN_BAND_STEPS` steps): ``decodes`` (their mean), ``steps``, ``measured_p50_ms`` and
+    ``model_ms`` (the model's step at that mean)."""
+    b = busy_steps(trace["steps"], trace["columns"])
+    n = b.columns["gen_reqs"]
+    decode = b.busy & (b.columns["ctx_tokens"] == 0) & (n > 0)
+    out, low = [], 0
+    for high in DECODE_BANDS:
+        band = decode & (n > low) & (n <= high)
+        if band.sum() >= MIN_BAND_STEPS:
+            mean = float(n[band].mean())
+            out.append({"decodes": round(mean, 1), "steps": int(band.sum()),
+                        "measured_p50_ms": round(float(np.median(b.gap_s[band])) * 1e3, 3),
+                        "model_ms": round(steps.step(mean, _context(row), 0.0, 0.0) * 1e3, 3)})
+        low = high
+    return out
+
+
+def compare_steps(row: dict[str, Any], trace: dict[str, Any], profile, gpu: str) -> dict[str, Any]:
+    """One traced run against the model: its decode bands and mixed steps (ms; the latter None
+    without any) at the profile's per-sequence host time."""
+    steps = step_tables(row, profile, gpu)
+    mixed = mixed_steps(row, trace, steps)
+    return {"model": row["model"], "rate": row.get("rate"), "point_id": row["point_id"],
+            "decode": decode_bands(row, trace, steps),
+            "mixed": None if mixed is None else {
+                "steps": int(len(mixed.gpu_s)), "mean_sequences": round(float(mixed.sequences.mean()), 1),
+                "measured_ms": round(mixed.measured_mean_s * 1e3, 3),
+                "model_ms": round(mixed.model_mean_s(steps.floor_seq_s) * 1e3, 3)}}
