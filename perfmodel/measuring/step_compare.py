@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
 
 #: Upper ends of the decode-count bands of :func:`decode_bands` (sequences).
@@ -34,7 +35,7 @@ MIN_BAND_STEPS = 10
 
 def load_traced_runs(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(row, trace) of every ok row of ``path`` whose trace is in ``<stem>-steps.jsonl`` beside it."""
-    steps_path = path.with_name(path.stem + "-steps.jsonl")
+    steps_path = trace_path(path, "steps")
     if not path.exists() or not steps_path.exists():
         return []
     traces = {t["point_id"]: t for t in map(json.loads, steps_path.read_text().splitlines()) if t}

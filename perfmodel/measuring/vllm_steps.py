@@ -17,7 +17,6 @@ nor waiting) is idle time, not a step, and is left out.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,11 +29,10 @@ STEP_COLUMNS = ("t_s", "ctx_reqs", "ctx_tokens", "gen_reqs", "gen_tokens", "runn
 
 @dataclass
 class StepLog:
-    """Every step the engine reported, in order; thread-safe appends."""
+    """Every step the engine reported, in order (appended by the event loop's output handler)."""
 
     clock: Callable[[], float]
     steps: list[tuple] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, t: float, details: Any, scheduler_stats: Any, preempted: int = 0) -> None:
         """One step that ended at ``t`` (s): ``details`` is vLLM's ``SchedulerIterationDetails``,
@@ -46,17 +44,14 @@ class StepLog:
                int(getattr(scheduler_stats, "num_running_reqs", 0)),
                int(getattr(scheduler_stats, "num_waiting_reqs", 0)),
                float(getattr(scheduler_stats, "kv_cache_usage", 0.0)), int(preempted))
-        with self._lock:
-            self.steps.append(row)
+        self.steps.append(row)
 
     def mark(self) -> int:
         """Index of the next step to be recorded (the start of a rate's slice)."""
-        with self._lock:
-            return len(self.steps)
+        return len(self.steps)
 
     def since(self, start: int) -> list[tuple]:
-        with self._lock:
-            return list(self.steps[start:])
+        return self.steps[start:]
 
 
 def observe(llm: Any, log: StepLog) -> bool:

@@ -182,7 +182,7 @@ class StepTimes:
         :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         launched = prompt_tokens > 0 and n + prompt_tokens > self.graph_tokens
-        return max(t, self.floor_s + max(n + prompts - 1, 0) * self.floor_seq_s) if launched else t
+        return max(t, float(self.floor(n + prompts))) if launched else t
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
