@@ -46,16 +46,15 @@ def test_committed_vllm_profile_is_what_the_data_fits():
 
 def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     from perfmodel.calibration.fit import HELD_OUT_MODELS, one_gpu_rows
-    from perfmodel.calibration.fit_vllm import _group_name
-    from perfmodel.measuring.compare import (compare, load_measurements, row_quant, row_routing, row_speculative,
-                                             verify_replayed)
+    from perfmodel.calibration.fit_vllm import group_name, routing_group
+    from perfmodel.measuring.compare import compare, load_measurements, row_routing, row_speculative, verify_replayed
     from perfmodel.paths import RESULTS_DIR
 
     profile = load_profile("vllm", "h200-sxm")
     excluded = set(profile.fit["band_excludes"])
     rows = one_gpu_rows(load_measurements(RESULTS_DIR / "h200-vllm.jsonl")
                         + load_measurements(RESULTS_DIR / "h200-vllm-whatif.jsonl"))
-    kept = [r for r in rows if _group_name(r["model"], row_quant(r) or "bf16", row_routing(r)) not in excluded
+    kept = [r for r in rows if group_name(*routing_group(r)) not in excluded
             and (not row_speculative(r) or verify_replayed(r))]  # speculative rows run without graphs: out
     # the same models through vLLM's uniform routing simulator are a group of their own, in the band
     simulated = [r for r in kept if row_routing(r) == "uniform_random"]

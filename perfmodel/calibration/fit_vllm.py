@@ -55,6 +55,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
                                        one_gpu_rows)
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.errors import SpecError
+from perfmodel.measuring.results import read_rows
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Options of vLLM's engine (paged attention over the context, absorbed MLA, graph decode,
@@ -207,7 +208,7 @@ def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, 
     distinct experts, every other weight and the KV cache read once at the GPU's datasheet
     bandwidth). Routing is the row's (:func:`~perfmodel.measuring.compare.row_routing`): the
     same model run through vLLM's routing simulator is a group of its own."""
-    from perfmodel.measuring.compare import row_quant, row_routing
+    from perfmodel.measuring.compare import row_quant
     from perfmodel.prediction import predict
     from perfmodel.specs.hardware import load_gpu
 
@@ -220,13 +221,27 @@ def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, 
                     context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth
         ratio = row["itl_ms"] * 1e-3 / floor
-        key = (row["model"], row_quant(row) or "bf16", row_routing(row))
+        key = routing_group(row)
         if ratio < 1.0:
             worst[key] = min(ratio, worst.get(key, 1.0))
     return worst
 
 
-def _group_name(model: str, quant: str, routing: str) -> str:
+def collapsed_routing(rows: list[dict[str, Any]], gpu: str) -> set[tuple[str, str, str]]:
+    """The (model, quantization, routing) groups of one-GPU rows some of whose decode steps beat
+    the HBM floor of uniform routing (:func:`_floor_ratios`): vLLM's dummy weights routed them to
+    fewer experts than real weights do. :func:`routing_group` gives a row's group."""
+    return set(_floor_ratios(one_gpu_rows(rows), gpu))
+
+
+def routing_group(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A row's (model, quantization, routing) group, as :func:`collapsed_routing` names them."""
+    from perfmodel.measuring.compare import row_quant, row_routing
+
+    return row["model"], row_quant(row) or "bf16", row_routing(row)
+
+
+def group_name(model: str, quant: str, routing: str) -> str:
     """``model quant``, and the routing where it is not the model's own."""
     return f"{model} {quant}" + ("" if routing == "model" else f" routing={routing}")
 
@@ -251,7 +266,10 @@ def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
     (:func:`perfmodel.measuring.compare.verify_replayed`)
     of (measured − predicted ITL)·τ/γ, the predictions taken without the term. The ITL of such
     a row is γ·t_draft/τ plus terms that do not hold t_draft, so each row's value is exact for
-    it. Every other draft, γ and batch is held out. None (and no points) when there are none."""
+    it. ``rows`` may repeat a point id (every measurement of it, as
+    :func:`perfmodel.measuring.results.read_rows` gives them with ``unique=False``): each
+    repeat counts once, so that one engine start's draft passes do not stand for all. Every
+    other draft, γ and batch is held out. None (and no points) when there are none."""
     from perfmodel.measuring.compare import row_speculative, verify_replayed
 
     draft, tokens, batch = TRAIN_DRAFT
@@ -260,11 +278,12 @@ def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
              and isinstance(r.get("spec_mean_accepted_len"), (int, float))]
     if not train:
         return None, []
-    ids = tuple(r["point_id"] for r in train)
-    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, train, gpu, (), ids)
-    itl = points[points["metric"] == "decode_step"].set_index("point_id")
-    per_pass = [(itl.loc[r["point_id"], "measured"] - itl.loc[r["point_id"], "predicted"])
-                * r["spec_mean_accepted_len"] / row_speculative(r)["spec_tokens"] for r in train]
+    ids = tuple(dict.fromkeys(r["point_id"] for r in train))
+    firsts = [next(r for r in train if r["point_id"] == i) for i in ids]
+    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, firsts, gpu, (), ids)
+    predicted = points[points["metric"] == "decode_step"].set_index("point_id")["predicted"]
+    per_pass = [(r["itl_ms"] * 1e-3 - predicted[r["point_id"]]) * r["spec_mean_accepted_len"]
+                / row_speculative(r)["spec_tokens"] for r in train]
     return max(0.0, _sig(float(np.mean(per_pass)))), list(ids)
 
 
@@ -272,7 +291,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import (load_measurements, row_quant, row_routing, row_speculative,
+    from perfmodel.measuring.compare import (load_measurements, row_speculative,
                                              verify_replayed, what_if_file)
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
@@ -295,16 +314,17 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
-    draft_pass, draft_points = fit_draft_pass(one_gpu_rows(all_rows), base, gpu)
+    every_row = [r for path in (results, what_if_file(results)) for r in read_rows(path, unique=False, warn=False).rows]
+    draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
     if draft_pass is not None:
         base["latency"]["draft_pass_s"] = draft_pass
     eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
     if eager_seq is not None:
         base["latency"]["eager_seq_s"] = eager_seq
-    collapsed = sorted(_floor_ratios(one_gpu_rows(all_rows), gpu))
+    collapsed = sorted(collapsed_routing(all_rows, gpu))
     note = ""
     if collapsed:
-        note = ("; not from the rows of " + ", ".join(_group_name(*key) for key in collapsed)
+        note = ("; not from the rows of " + ", ".join(group_name(*key) for key in collapsed)
                 + ": some of their decode steps beat the HBM floor of uniform routing, so vLLM's dummy "
                 "weights routed them to fewer experts than real weights do (their residuals are in "
                 "fit.residuals and the validation report)")
@@ -315,8 +335,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                  "without a graph, which a serving engine's capture sizes avoid)")
     stats, base["error_band"] = held_out_residuals(
         base, results, gpu, train, held_out, note, train_points=tuple(draft_points),
-        band_exclude=lambda r: ((r["model"], row_quant(r) or "bf16", row_routing(r)) in collapsed
-                                or r["point_id"] in eager_verify))
+        band_exclude=lambda r: routing_group(r) in collapsed or r["point_id"] in eager_verify)
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
@@ -336,6 +355,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
-        "band_excludes": [_group_name(*key) for key in collapsed],
+        "band_excludes": [group_name(*key) for key in collapsed],
     }
     return base
