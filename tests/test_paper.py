@@ -146,13 +146,19 @@ def test_the_command_writes_both_files_and_prints_one_json_object(tmp_path, caps
     html = (out / "report.html").read_text()
     assert "chart-E2-0" in html and "chart-E4-0" in html and "E4: total experts" in html
     md = (out / "report.md").read_text()
-    assert "| effect | paper | predicted (h100-sxm) | measured (H200) | verdict |" in md
+    assert "| effect | paper | predicted (h100-sxm) | measured (H200) | verdict | model vs measured |" in md
+    # the bottom line counts the effects reproduced and the measured pairs the model follows
+    assert data["standing"].startswith("The model reproduces ") and data["standing"] in md
+    for e in data["effects"]:
+        gaps = e["measured"]["gaps_pp"]
+        assert len(gaps) == len(e["measured"]["pairs"])
+        assert gaps == pytest.approx([abs(p["predicted_pct"] - p["measured_pct"]) for p in e["measured"]["pairs"]])
 
 
 def test_the_terminal_table(tmp_path, capsys):
     main(["report", "paper", "--study", str(_reduced_study(tmp_path)), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    for column in ("effect", "paper", "predicted (h100-sxm)", "measured (H200)", "verdict"):
+    for column in ("effect", "paper", "predicted (h100-sxm)", "measured (H200)", "verdict", "model vs measured"):
         assert column in out
     assert "E3 FFN width" in out and "report:" in out
 

@@ -51,7 +51,7 @@ def test_speculative_rows_whose_verify_pass_ran_without_graphs_stand_in_no_pair(
     from perfmodel.paths import RESULTS_DIR
 
     spec_rows = [r for r in rows if measured.knobs(r)["spec"] != "none"]
-    assert {r["batch"] for r in spec_rows} == {1, 16}
+    assert {r["batch"] for r in spec_rows} == {1, 2, 4, 8, 16}
     assert all(measured.comparable(r) == verify_replayed(r) for r in spec_rows)
     assert all(measured.comparable(r) for r in rows if measured.knobs(r)["spec"] == "none")
     # the B = 16 rows measured before the runner captured graphs up to B·(γ + 1) are kept apart
@@ -107,7 +107,9 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
     by = {(measured.compares_text(p.comparison), p.keys["batch"]): p for p in pairs}
     over_8b, over_4b = by["spec=qwen3-1.7b:4 vs qwen3-8b:4", 1], by["spec=qwen3-1.7b:4 vs qwen3-4b:4", 1]
     small = by["spec=qwen3-0.6b:4 vs qwen3-1.7b:4", 1]
-    assert over_8b.measured_pct > 40 and over_4b.measured_pct > 15 and -15 < small.measured_pct < 15
+    # the 1.7B draft at B = 1 was measured on two engine starts (its throughput is their mean)
+    assert over_8b.side["repeats"] == 2 and over_8b.base["repeats"] == 1
+    assert over_8b.measured_pct > 25 and over_4b.measured_pct > 0 and -15 < small.measured_pct < 30
     assert over_8b.predicted_pct > over_4b.predicted_pct > 0  # the model ranks the drafts as measured
     assert all(abs(p.predicted_pct - p.measured_pct) < 20 for p in (over_8b, over_4b, small))
     assert "α=0.7" in over_8b.label and "spec=qwen3-1.7b:4 vs qwen3-8b:4" in over_8b.label
@@ -115,10 +117,10 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
     for batch in (1, 16):
         gamma = by["spec=qwen3-1.7b:8 vs qwen3-1.7b:2", batch]
         assert gamma.measured_pct < -30 and gamma.predicted_pct < -15
-    # at B = 16 the draft's size hardly matters in vLLM (its passes are host-bound); the model's
-    # draft passes follow their GPU time and overstate the difference
+    # at B = 16 the draft's size matters less in vLLM than at B = 1 (its passes are host-bound);
+    # the model's draft passes follow their GPU time and overstate the difference
     wide = by["spec=qwen3-1.7b:4 vs qwen3-8b:4", 16]
-    assert wide.measured_pct < 15 < wide.predicted_pct
+    assert wide.measured_pct < over_8b.measured_pct and wide.measured_pct < wide.predicted_pct
     # speculative rows are predicted with their draft: the throughput is not the plain row's
     plain = measured.predicted_throughput(over_8b.side | {"point_id": "vllm|qwen3-30b-a3b|x|tp=1"}, "vllm")
     assert over_8b.predicted_side < 0.9 * plain
@@ -127,3 +129,32 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
     text = measured_text(report, "E10")
     assert text.startswith(f"qwen3-30b-a3b, {len(pairs)} pairs: spec=qwen3-1.7b:4 vs qwen3-8b:4 +")
     assert measured_text(report, "E5") == "not measured" and measured_text(report, "E9") == "no measured pair"
+
+
+def test_the_model_is_judged_against_our_measurements_pair_by_pair():
+    from perfmodel.validate.paper.verdict import NO_VALUE, OFF, PARTLY, TRACKS, judge_tracking
+
+    assert judge_tracking([10.0, -20.0], [15.0, -25.0], 10.0).verdict == TRACKS
+    partly = judge_tracking([10.0, -20.0], [15.0, 5.0], 10.0)
+    assert partly.verdict == PARTLY and partly.within == 1
+    assert "largest 25 pp" in partly.shown and partly.shown.startswith("partly: 1 of 2 pairs")
+    assert judge_tracking([50.0], [0.0], 10.0).verdict == OFF
+    empty = judge_tracking([], [], 10.0)
+    assert empty.verdict == NO_VALUE and empty.shown == "–"
+
+
+def test_rows_whose_routing_collapsed_stand_in_no_pair(rows, study):
+    from perfmodel.calibration.fit_vllm import routing_group
+
+    kept, left_out = measured.without_collapsed_routing(rows)
+    # Qwen3-30B-A3B in fp8 at its own router beat the HBM floor of uniform routing: left out;
+    # the same model in fp8 through vLLM's uniform routing simulator stays
+    assert "qwen3-30b-a3b fp8" in left_out
+    assert ("qwen3-30b-a3b", "fp8", "model") not in {routing_group(r) for r in kept}
+    assert ("qwen3-30b-a3b", "fp8", "uniform_random") in {routing_group(r) for r in kept}
+    assert len(kept) < len(rows)
+    # E1's Qwen3 pairs are then fp8 against bf16, both at the uniform routing simulator
+    e1 = measured.effect_pairs(kept, study.effect("E1").measured, "vllm")
+    qwen = [p for p in e1 if p.keys["model"] == "qwen3-30b-a3b"]
+    assert qwen and all(p.keys["routing"] == "uniform_random" for p in qwen)
+    assert all(abs(p.measured_pct - p.predicted_pct) < 25 for p in qwen)

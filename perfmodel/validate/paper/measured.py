@@ -10,12 +10,19 @@ acceptance setting), so a plain row never pairs with a speculative one. Rows rec
 sampling in their point id (``sampling=random``; none: greedy, the older rows); a pair takes
 rows of one sampling where both sides have one (random first), else says it mixes them.
 
+A row of a (model, quantization, routing) group some of whose decode steps beat the HBM floor of
+uniform routing (:func:`perfmodel.calibration.fit_vllm.collapsed_routing`: vLLM's dummy weights
+routed it to fewer experts than real weights do, e.g. Qwen3-30B-A3B in fp8 at its own router)
+stands in no pair and no point either (:func:`without_collapsed_routing`): its change would be
+the routing's, not the effect's.
+
 A speculative row whose verify pass, B·(γ+1) tokens, did not fit the engine's captured CUDA
 graphs (:func:`perfmodel.measuring.compare.verify_replayed` is False: the B=16 rows measured
 before the runner captured graphs that large) ran its decode steps without graphs, which the
 model costs as graph replays: such rows stand in no pair and no point.
 
-The measured effect is the relative change of ``throughput_tok_s`` (B·(S+O)/E2E). Beside it the
+The measured effect is the relative change of ``throughput_tok_s`` (B·(S+O)/E2E), of a point
+measured more than once the mean of its measurements (:func:`load_rows`). Beside it the
 model's prediction for exactly those points: on the H200, with the rows' layers, overrides and
 quantization, one GPU, a speculative row at its draft, γ and measured tokens per step τ
 (:func:`perfmodel.measuring.compare.row_speculative`), as
@@ -52,11 +59,31 @@ SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "inpu
 
 
 def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
-    """The measured (status ok) rows of a results file and of its ``-whatif`` companion."""
+    """The measured (status ok) rows of a results file and of its ``-whatif`` companion, one per
+    point id: a point measured more than once (another engine start, another lease) is its last
+    row with ``throughput_tok_s`` the mean of its measurements and ``repeats`` their number, so
+    that a comparison does not rest on one engine start where there are several."""
     rows: list[dict[str, Any]] = []
     for file in (Path(path), what_if_file(Path(path))):
-        rows += [r for r in read_rows(file).rows if r.get("status") == "ok"]
+        every = [r for r in read_rows(file, unique=False).rows if r.get("status") == "ok"]
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for row in every:
+            by_id.setdefault(row["point_id"], []).append(row)
+        for repeats in by_id.values():
+            values = [float(r["throughput_tok_s"]) for r in repeats]
+            rows.append({**repeats[-1], "throughput_tok_s": sum(values) / len(values), "repeats": len(values)})
     return rows
+
+
+def without_collapsed_routing(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows outside the groups whose routing collapsed
+    (:func:`perfmodel.calibration.fit_vllm.collapsed_routing`), and those groups' names
+    (``qwen3-30b-a3b fp8``; the routing where it is not the model's own)."""
+    from perfmodel.calibration.fit_vllm import collapsed_routing, group_name, routing_group
+
+    collapsed = collapsed_routing(rows, MEASURED_GPU)
+    return ([r for r in rows if routing_group(r) not in collapsed],
+            [group_name(*key) for key in sorted(collapsed)])
 
 
 def _setting(row: dict[str, Any], name: str) -> str | None:

@@ -22,7 +22,7 @@ from perfmodel.measuring.compare import what_if_file
 from perfmodel.validate.paper import charts, measured
 from perfmodel.validate.paper.compute import Context, EffectResult, compute_effects
 from perfmodel.validate.paper.effects import DEFAULT_STUDY, Study, load_study
-from perfmodel.validate.paper.verdict import pct_range
+from perfmodel.validate.paper.verdict import REPRODUCED, TRACKS, Tracking, judge_tracking, pct_range
 
 TEMPLATES = ("perfmodel.validate.paper", "templates")
 #: Where the report goes by default.
@@ -42,9 +42,17 @@ class PaperReport:
     pairs: dict[str, list[measured.MeasuredPair]]
     points: dict[str, pd.DataFrame]
 
+    def tracking(self, effect_id: str) -> Tracking:
+        """The model against our measurements of an effect, pair by pair
+        (:func:`~perfmodel.validate.paper.verdict.judge_tracking`)."""
+        pairs = self.pairs.get(effect_id) or []
+        return judge_tracking([p.predicted_pct for p in pairs], [p.measured_pct for p in pairs],
+                              self.study.study.tolerance_pp)
 
-def _source(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Where the measurements come from: file, GPU, engine version, dates, rows."""
+
+def _source(rows: list[dict[str, Any]], left_out: list[str]) -> dict[str, Any]:
+    """Where the measurements come from: file, GPU, engine version, dates, rows, and the groups
+    left out because their routing collapsed (:func:`measured.without_collapsed_routing`)."""
     def one(key: str) -> str:
         found = sorted({str(r.get(key)) for r in rows if r.get(key)})
         return ", ".join(found) or "–"
@@ -53,7 +61,7 @@ def _source(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"results_file": str(measured.RESULTS_FILE.relative_to(paths.ROOT)),
             "whatif_file": str(what_if_file(measured.RESULTS_FILE).relative_to(paths.ROOT)),
             "gpu": one("gpu_name"), "vllm": one("vllm"), "rows": len(rows),
-            "dates": f"{dates[0]} – {dates[-1]}" if dates else "–"}
+            "dates": f"{dates[0]} – {dates[-1]}" if dates else "–", "left_out": left_out}
 
 
 def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = DEFAULT_STUDY) -> PaperReport:
@@ -69,13 +77,14 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
     prov = probe.provenance
     provenance = {k: prov[k] for k in ("profile", "engine", "gpu", "calibrated", "transfer", "note")}
     results = compute_effects(study, ctx)
-    rows = measured.load_rows()
+    rows, left_out = measured.without_collapsed_routing(measured.load_rows())
     pairs, points = {}, {}
     for effect in study.effects:
         if effect.measured:
             pairs[effect.id] = measured.effect_pairs(rows, effect.measured, engine)
             points[effect.id] = measured.effect_points(rows, effect.measured, engine)
-    return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows), results, pairs, points)
+    return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows, left_out), results, pairs,
+                       points)
 
 
 def measured_text(report: PaperReport, effect_id: str) -> str:
@@ -127,8 +136,30 @@ def summary_rows(report: PaperReport) -> list[dict[str, Any]]:
         out.append({"id": r.effect.id, "title": r.effect.title,
                     "paper": "; ".join(c.claim.text for c in r.claims),
                     "predicted": "; ".join(f"{c.claim.id.removeprefix(r.effect.id)} {c.shown}" for c in r.claims),
-                    "measured": measured_text(report, r.effect.id), "verdict": r.verdict})
+                    "measured": measured_text(report, r.effect.id), "verdict": r.verdict,
+                    "model_vs_measured": report.tracking(r.effect.id).shown})
     return out
+
+
+def standing(report: PaperReport) -> str:
+    """The report's bottom line: how many effects the model reproduces, how many of the measured
+    comparisons it follows, and the effects it misses in the paper while it follows our
+    measurements (there the paper and our measurement disagree)."""
+    reproduced = [r.effect.id for r in report.results if r.verdict == REPRODUCED]
+    tracked = {r.effect.id: report.tracking(r.effect.id) for r in report.results}
+    gaps = [g for t in tracked.values() for g in t.gaps]
+    tolerance = report.study.study.tolerance_pp
+    text = (f"The model reproduces {len(reproduced)} of {len(report.results)} effects in the paper's setup"
+            + (f" ({', '.join(reproduced)})" if reproduced else "") + ".")
+    if gaps:
+        text += (f" At our {len(gaps)} measured pairs its change is within ±{tolerance:g} pp of the measured one "
+                 f"at {sum(g <= tolerance for g in gaps)}.")
+    sides = [e for e, t in tracked.items() if t.verdict == TRACKS
+             and next(r for r in report.results if r.effect.id == e).verdict != REPRODUCED]
+    if sides:
+        text += (f" Where it misses the paper but follows our measurement ({', '.join(sides)}), our vLLM "
+                 "measurement differs from the paper's figure as the model does.")
+    return text
 
 
 def _pair_dict(p: measured.MeasuredPair) -> dict[str, Any]:
@@ -154,10 +185,13 @@ def to_json(report: PaperReport, files: dict[str, str] | None = None) -> dict[st
             "verdict": r.verdict, "explanation": r.computed.explanation, "notes": r.notes,
             "derived": r.computed.derived,
             "measured": {"summary": row["measured"], "tracking": tracking_text(report.pairs.get(e.id, [])),
+                         "model_vs_measured": report.tracking(e.id).verdict,
+                         "gaps_pp": list(report.tracking(e.id).gaps),
                          "pairs": [_pair_dict(p) for p in report.pairs.get(e.id, [])]}})
     return {"study": report.study.study.model_dump(), "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "measured_source": report.source,
-            "summary": summary_rows(report), "effects": effects, **(files or {})}
+            "summary": summary_rows(report), "standing": standing(report), "effects": effects,
+            **(files or {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +231,7 @@ def _context(report: PaperReport) -> dict[str, Any]:
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
-            "effects": effects, "pct": lambda v: pct_range([v])}
+            "effects": effects, "standing": standing(report), "pct": lambda v: pct_range([v])}
 
 
 def report_markdown(report: PaperReport) -> str:

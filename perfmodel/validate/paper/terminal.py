@@ -1,11 +1,12 @@
-"""The paper report's table in the terminal: effect, paper, predicted, measured (H200), verdict."""
+"""The paper report's table in the terminal: effect, paper, predicted, measured (H200), verdict, model vs
+measured, and the bottom line."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from perfmodel.validate.paper.report import PaperReport, summary_rows
+from perfmodel.validate.paper.report import PaperReport, standing, summary_rows
 from perfmodel.validate.paper.verdict import NOT_EXPRESSIBLE, REPRODUCED, SIGN_WRONG, SIZE_OFF
 
 #: Verdict → its colour in the table.
@@ -19,15 +20,18 @@ def print_report(report: PaperReport, console: Console, files: tuple[str, str] |
     console.print(f"predicted: {report.provenance['profile']} on {report.gpu}: {report.provenance['note']}")
     src = report.source
     console.print(f"measured: our vLLM {src['vllm']} runs on {src['gpu']} (not the paper's H100), "
-                  f"{src['rows']} rows, {src['dates']}; in brackets the model at exactly those points")
+                  f"{src['rows']} rows, {src['dates']}; in brackets the model at exactly those points"
+                  + (f"; left out, their routing having collapsed: {', '.join(src['left_out'])}" if src.get("left_out") else ""))
     table = Table(header_style="bold", show_lines=True)
-    for column in ("effect", "paper", f"predicted ({report.gpu})", "measured (H200)", "verdict"):
+    for column in ("effect", "paper", f"predicted ({report.gpu})", "measured (H200)", "verdict", "model vs measured"):
         table.add_column(column, overflow="fold")
     for row in summary_rows(report):
         table.add_row(f"{row['id']} {row['title']}", row["paper"], row["predicted"], row["measured"],
-                      f"[{STYLE.get(row['verdict'], '')}]{row['verdict']}[/]")
+                      f"[{STYLE.get(row['verdict'], '')}]{row['verdict']}[/]", row["model_vs_measured"])
     console.print(table)
     console.print(f"verdict: reproduced = the paper's sign and within ±{study.tolerance_pp:g} pp of its range; "
-                  "size off = sign right, size not; not expressible = the paper leaves out a parameter")
+                  "size off = sign right, size not; not expressible = the paper leaves out a parameter; "
+                  f"model vs measured: tracks = its change within ±{study.tolerance_pp:g} pp of ours at every measured pair")
+    console.print(standing(report))
     if files:
         console.print(f"report: {files[0]}  markdown: {files[1]}")

@@ -7,6 +7,11 @@ For one value v (%) against a claim [low, high] (%) with tolerance t (percentage
 - **size off**: outside that band, with the claimed sign (or a flat claim missed);
 - **sign wrong**: outside it, with the other sign.
 
+Beside the paper, the model is judged against our own measurements of the same comparison:
+at each measured pair its change for exactly those two points against the measured change, in
+percentage points. The effect **tracks** the measurement when every pair is within the
+tolerance, **partly** when some are, **off** when none are (:func:`judge_tracking`).
+
 A claim with a sign but no size is reproduced when v has that sign. A claim over several points
 (``statistic: each``) takes the worst verdict of its points; ``mean``/``max``/``min`` judge one
 reduced value. An effect takes the worst verdict of its claims, or **not expressible** when the
@@ -26,6 +31,9 @@ SIZE_OFF = "size off"
 SIGN_WRONG = "sign wrong"
 NOT_EXPRESSIBLE = "not expressible"
 NO_VALUE = "no value"
+TRACKS = "tracks"
+PARTLY = "partly"
+OFF = "off"
 #: Worst last.
 SEVERITY = (REPRODUCED, SIZE_OFF, SIGN_WRONG)
 
@@ -102,3 +110,36 @@ def effect_verdict(claims: Sequence[ClaimVerdict], missing: str | None = None) -
     if missing:
         return NOT_EXPRESSIBLE
     return worst([c.verdict for c in claims])
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The model against our measurements of one effect: its gap to the measured change at each
+    measured pair (percentage points), and the verdict (:func:`judge_tracking`)."""
+
+    gaps: tuple[float, ...]
+    tolerance: float
+    verdict: str
+
+    @property
+    def within(self) -> int:
+        """How many pairs are within the tolerance."""
+        return sum(g <= self.tolerance for g in self.gaps)
+
+    @property
+    def shown(self) -> str:
+        """``tracks: 6 of 6 pairs within ±10 pp`` or ``off: 0 of 4 within ±10 pp (largest 53 pp)``;
+        ``–`` without pairs."""
+        if not self.gaps:
+            return "–"
+        text = f"{self.verdict}: {self.within} of {len(self.gaps)} pair{'s' if len(self.gaps) != 1 else ''} within ±{self.tolerance:g} pp"
+        return text if self.verdict == TRACKS else f"{text} (largest {max(self.gaps):.0f} pp)"
+
+
+def judge_tracking(predicted: Sequence[float], measured: Sequence[float], tolerance: float) -> Tracking:
+    """The model's changes against the measured ones at the same pairs (%): tracks, partly, off
+    (see the module); no verdict without pairs."""
+    gaps = tuple(abs(p - m) for p, m in zip(predicted, measured))
+    within = sum(g <= tolerance for g in gaps)
+    verdict = NO_VALUE if not gaps else TRACKS if within == len(gaps) else PARTLY if within else OFF
+    return Tracking(gaps, tolerance, verdict)
