@@ -32,7 +32,7 @@ def _per_request(n, rate, ttft_ms, aborted=0, never=0):
             "output_tokens": [0 if i >= n - never else (5 if i >= n - aborted else O) for i in range(n)]}
 
 
-def _row(rate, *, achieved, served, ttft=(100.0, 200.0), itl=(10.0, 20.0), model="olmoe-1b-7b", tp=1, ep=False,
+def _row(rate, *, achieved, served, ttft=(100.0, 200.0), itl=(10.0, 20.0, 13.0), model="olmoe-1b-7b", tp=1, ep=False,
          s=512, o=O, gpu="NVIDIA H200", status="ok", per_request=None, cap=30.0, blocks=(1000, 16), aborted=0):
     return {
         "schema_version": 1, "point_id": f"vllm|{model}|rate={rate}|tp={tp}", "status": status,
@@ -44,6 +44,7 @@ def _row(rate, *, achieved, served, ttft=(100.0, 200.0), itl=(10.0, 20.0), model
                    "max_num_seqs": 128, "max_num_batched_tokens": 8192},
         "engine_detail": {"resolved": {"num_gpu_blocks": blocks[0], "block_size": blocks[1]}} if blocks else {},
         "ttft_p50_ms": ttft[0], "ttft_p90_ms": ttft[1], "itl_p50_ms": itl[0], "itl_p90_ms": itl[1],
+        "itl_mean_ms": itl[2] if len(itl) > 2 else None,
         "achieved_rate": achieved, "completion_rate": achieved, "output_tok_s": served, "aborted": aborted,
         "submitted": len(per_request["submitted_s"]) if per_request else None,
         "completed": sum(e is not None for e in per_request["e2e_ms"]) if per_request else None,
@@ -65,7 +66,7 @@ def _fake_prediction(calls):
         grows = traffic["rate"] > 6
         per = {"submitted_s": list(arrivals), "ttft_s": [0.1 + (0.05 * i if grows else 0.0) for i in range(len(arrivals))],
                "e2e_s": [1.0] * len(arrivals), "output_tokens": [O] * len(arrivals)}
-        return {"ttft_s": {"p50": 0.12, "p90": 0.15}, "itl_s": {"p50": 0.011, "p90": 0.018},
+        return {"ttft_s": {"p50": 0.12, "p90": 0.15}, "itl_s": {"p50": 0.011, "p90": 0.018, "mean": 0.013},
                 "output_tok_s": min(traffic["rate"], FAKE_SERVED) * O, "submitted": len(arrivals),
                 "completed": len(arrivals), "aborted": 0, "per_request": per, "kv_tokens": kw.get("kv_tokens"),
                 "saturation_rate_per_replica": FAKE_SATURATION}
@@ -319,7 +320,7 @@ def test_real_replay_on_a_small_workload(tmp_path):
     throughput is the run's own N·O over its window, the engine's KV cache is used."""
     n, rate = 30, 4.0
     per = _per_request(n, rate, lambda i: 20.0)
-    rows = [_row(rate, achieved=rate, served=200.0, s=128, o=32, ttft=(20.0, 25.0), itl=(3.0, 4.0),
+    rows = [_row(rate, achieved=rate, served=200.0, s=128, o=32, ttft=(20.0, 25.0), itl=(3.0, 4.0, 3.4),
                  per_request=per, cap=10.0, blocks=(4000, 16))]
     result = sv.run_serving_validation("olmoe-1b-7b", results=_write(tmp_path / "s.jsonl", rows),
                                        out_dir=tmp_path / "rep")

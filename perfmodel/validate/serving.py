@@ -25,13 +25,18 @@ idle engine:
   planning's own estimate where the row lacks them).
 
 **Compared like with like** (relative error = predicted/measured - 1, MAPE over the finite
-ones): TTFT p50/p90 and ITL p50/p90 over the completed requests (ITL: every gap between two
-tokens of a completed request; linear-interpolated percentiles), and the served throughput
+ones): TTFT p50/p90 and ITL p50/p90 and mean over the completed requests (ITL: every gap
+between two outputs of a completed request; linear-interpolated percentiles), and the served throughput
 ``served_tok_s``: every output token produced, aborted requests' included, over the window from
 the first submission to the last token (the row's ``output_tok_s``). The prediction computes
 them from its own per-request token times exactly as ``summarize`` computes the measured ones
 (:meth:`perfmodel.planning.simulate.SimResult.run_summary`). Completed and aborted counts are
-reported beside them.
+reported beside them. Where the client's output times of a sample of requests are kept beside
+the rows (``<rows>-tokens.jsonl``), each ITL percentile also gets the measured band
+p(q − 5)…p(q + 5) and whether the replay falls inside it
+(:mod:`perfmodel.validate.serving_quantiles`): under load the gaps have two modes, and a
+percentile near their boundary moves by a factor of two when a few percent of the gaps change
+mode.
 
 **Overload, from the per-request data** (:func:`overload`, the same rule for the measured run and
 for its replay). A rate is *overloaded* when
@@ -88,7 +93,11 @@ LATENCY = {
     "ttft_p90": ("ttft_p90_ms", "ttft_s", "p90"),
     "itl_p50": ("itl_p50_ms", "itl_s", "p50"),
     "itl_p90": ("itl_p90_ms", "itl_s", "p90"),
+    "itl_mean": ("itl_mean_ms", "itl_s", "mean"),
 }
+#: The latency percentiles whose measured band a client sample gives
+#: (:mod:`perfmodel.validate.serving_quantiles`): metric -> percentile.
+ITL_PERCENTILES = {"itl_p50": 50.0, "itl_p90": 90.0}
 METRICS = (*LATENCY, "served_tok_s")
 #: The planning's engine profile the predictions use.
 ENGINE = "vllm"
@@ -464,10 +473,14 @@ def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict
 
 
 def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
-                    model: str = "all") -> dict[str, Any]:
+                    model: str = "all", client_gaps: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predicted vs measured for every ok serving row (of ``model``, or all): ``points`` (one
     per row and metric), ``rates`` (one run per row: counts, overload, capacity), ``mape`` (per
-    metric), ``saturation`` (per group of rows differing only in rate)."""
+    metric), ``saturation`` (per group of rows differing only in rate). ``client_gaps``: point
+    id -> the client's gaps of that run (s,
+    :func:`perfmodel.validate.serving_quantiles.load_client_gaps`); an ITL percentile point of
+    such a run carries ``band`` (its measured p(q ± 5), s) and ``in_band``."""
+    from perfmodel.validate.serving_quantiles import band
     from perfmodel.measuring.compare import layout_label, row_layout
 
     wanted = None if model == "all" else _canonical(model)
@@ -496,8 +509,13 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             value = (pred.get(predicted) or {}).get(pct)
             value = None if value is None else float(value)
             measured_s = None if measured is None else measured * 1e-3
-            points.append({**key, "metric": metric, "measured": measured_s, "predicted": value,
-                           "rel_error": _rel(value, measured_s)})
+            point = {**key, "metric": metric, "measured": measured_s, "predicted": value,
+                     "rel_error": _rel(value, measured_s)}
+            gaps = (client_gaps or {}).get(row["point_id"])
+            if metric in ITL_PERCENTILES and gaps is not None and band(gaps, ITL_PERCENTILES[metric]):
+                lo, hi = band(gaps, ITL_PERCENTILES[metric])
+                point.update(band=(lo, hi), in_band=value is not None and lo <= value <= hi)
+            points.append(point)
         served, served_pred = row.get("output_tok_s"), pred.get("output_tok_s")
         points.append({**key, "metric": "served_tok_s", "measured": served, "predicted": served_pred,
                        "rel_error": _rel(served_pred, served)})
@@ -533,6 +551,7 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     from perfmodel.measuring.results import read_rows
     from perfmodel.paths import ROOT
     from perfmodel.specs.hardware import load_gpu
+    from perfmodel.validate.serving_quantiles import load_client_gaps
     from perfmodel.validate.serving_steps import engine_step_comparison, engine_steps_markdown
 
     gpu = load_gpu(gpu).name
@@ -545,7 +564,8 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     rows = [r for r in read_rows(path).rows if r.get("mode") == "serving"]
     if not any(r.get("status") == "ok" for r in rows):
         raise InputError(f"no measured serving rows in {path}")
-    result = {"source": _source(rows, path), **compare_serving(rows, gpu=gpu, model=model)}
+    result = {"source": _source(rows, path),
+              **compare_serving(rows, gpu=gpu, model=model, client_gaps=load_client_gaps(path))}
     result["engine_steps"] = engine_step_comparison(path, gpu, {p["model"] for p in result["points"]})
     out_dir = Path(out_dir) if out_dir is not None else ROOT / "reports" / "validate" / f"serving-{model}"
     try:
@@ -672,6 +692,34 @@ def comparison_note(src: dict[str, Any]) -> str:
             "sides; served_tok_s is every output token over first submission to last token.")
 
 
+def band_text(point: dict[str, Any]) -> str:
+    """An ITL percentile's measured band ``p45…p55 7.1–31.2 ms (inside)``, or ``–``."""
+    if "band" not in point:
+        return "–"
+    from perfmodel.report_terminal import format_time
+    from perfmodel.validate.serving_quantiles import BAND_POINTS
+
+    q = ITL_PERCENTILES[point["metric"]]
+    lo, hi = point["band"]
+    return (f"p{q - BAND_POINTS:g}…p{min(100.0, q + BAND_POINTS):g} {format_time(lo)}–{format_time(hi)} "
+            f"({'inside' if point['in_band'] else 'outside'})")
+
+
+def band_summary(points: list[dict[str, Any]]) -> str:
+    """How many replayed ITL percentiles fall inside their measured band, in one sentence; empty
+    without client samples."""
+    from perfmodel.validate.serving_quantiles import BAND_POINTS
+
+    banded = [p for p in points if "band" in p]
+    if not banded:
+        return ""
+    inside = sum(p["in_band"] for p in banded)
+    return (f"Measured band: the measured ITL percentile q − {BAND_POINTS:g} to q + {BAND_POINTS:g} of the "
+            f"client's gaps (every 16th request's output times, `<rows>-tokens.jsonl`). {inside} of "
+            f"{len(banded)} replayed ITL percentiles lie inside it: a percentile outside its band misses by "
+            "more than the measurement itself moves when that share of the gaps changes mode.")
+
+
 def summary_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown: source, predicted vs measured per rate and metric, MAPE, the runs
     (counts, overload, capacity), saturation."""
@@ -683,19 +731,21 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "",
         comparison_note(src),
         "",
-        "| model | S/O | seqs | rate req/s | metric | measured | predicted | error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | S/O | seqs | rate req/s | metric | measured | predicted | error | measured band |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         lines.append(f"| {p['model']} | {p['input_len']}/{p['output_len']} | {p['max_num_seqs']} | {_rate(p['rate'])} "
                      f"| {p['metric']} | {_fmt(p['metric'], p['measured'])} | {_fmt(p['metric'], p['predicted'])} "
-                     f"| {_err(p['rel_error'])} |")
+                     f"| {_err(p['rel_error'])} | {band_text(p)} |")
     failed = [r for r in result["rates"] if r.get("error")]
     if failed:
         lines += [""] + [f"- not predicted: {r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in failed]
     lines += ["", "| metric | MAPE % | max % | n | left out |", "|---|---|---|---|---|"]
     for m in result["mape"]:
         lines.append(f"| {m['metric']} | {_pct(m['mape'])} | {_pct(m['max'])} | {m['count']} | {m['left_out']} |")
+    if band_summary(result["points"]):
+        lines += ["", band_summary(result["points"])]
     lines += ["", "## Runs (m = measured, p = replay)", "",
               f"Overloaded: requests unfinished at the drain limit, or the last quarter's median TTFT at "
               f"least {src['queue_growth']:g}x the first quarter's (TTFT growth). Served: output tok/s ÷ O; "
@@ -729,7 +779,8 @@ def _points_table(result: dict[str, Any]) -> list[list[dict[str, Any]]]:
                      _cell(p["metric"], p["metric"], "l"),
                      _cell(p["measured"], _fmt(p["metric"], p["measured"])),
                      _cell(p["predicted"], _fmt(p["metric"], p["predicted"])),
-                     _cell(None if err is None else err * 100.0, _err(err))])
+                     _cell(None if err is None else err * 100.0, _err(err)),
+                     _cell(p["band"][0] if "band" in p else None, band_text(p))])
     return rows
 
 
@@ -757,7 +808,7 @@ def report_html(result: dict[str, Any]) -> str:
         run_columns=_RUN_COLUMNS, runs=[_run_cells(r) for r in result["rates"] if not r.get("error")],
         failed=[f"{r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in result["rates"] if r.get("error")],
         saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
-        points=_points_table(result), vega=vega_scripts(),
+        points=_points_table(result), band_note=band_summary(result["points"]), vega=vega_scripts(),
         specs_json=Markup(json.dumps(specs).replace("</", "<\\/")),
     ).rstrip("\n") + "\n"
 

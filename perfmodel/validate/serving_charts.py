@@ -22,7 +22,7 @@ from typing import Any
 VERDICT_SHAPES = {"kept up": "circle", "overloaded": "cross", "unknown": "square"}
 #: Latency metrics as charted: metric -> (panel, percentile).
 LATENCY_PANELS = {"ttft_p50": ("TTFT", "p50"), "ttft_p90": ("TTFT", "p90"),
-                  "itl_p50": ("ITL", "p50"), "itl_p90": ("ITL", "p90")}
+                  "itl_p50": ("ITL", "p50"), "itl_p90": ("ITL", "p90"), "itl_mean": ("ITL", "mean")}
 #: The served-throughput metric of the result's points.
 SERVED = "served_tok_s"
 
@@ -83,7 +83,7 @@ def _tooltip(unit: str) -> list:
 
 
 def latency_chart(rows: list[dict[str, Any]]):
-    """TTFT and ITL p50/p90 (ms, log y) against the offered rate; measured points, replay
+    """TTFT p50/p90 and ITL p50/p90/mean (ms, log y) against the offered rate; measured points, replay
     lines; a row of panels per group of runs, TTFT beside ITL. None without data."""
     import altair as alt
     import pandas as pd
@@ -95,7 +95,7 @@ def latency_chart(rows: list[dict[str, Any]]):
         x=alt.X("offered_rate:Q", title="offered rate (req/s)", scale=alt.Scale(zero=False)),
         y=alt.Y("value:Q", title="latency (ms)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g")),
         color=alt.Color("percentile:N", title="percentile",
-                        scale=alt.Scale(domain=["p50", "p90"], range=["#4c78a8", "#e45756"])),
+                        scale=alt.Scale(domain=["p50", "p90", "mean"], range=["#4c78a8", "#e45756", "#54a24b"])),
         tooltip=_tooltip("ms"))
     predicted = base.transform_filter(alt.datum.side == "predicted")
     layers = [predicted.mark_line(strokeWidth=2, opacity=0.8).encode(detail="metric:N"),
