@@ -46,7 +46,7 @@ def test_committed_vllm_profile_is_what_the_data_fits():
 
 def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     from perfmodel.calibration.fit import HELD_OUT_MODELS, one_gpu_rows
-    from perfmodel.calibration.fit_vllm import group_name, routing_group
+    from perfmodel.measuring.routing_floor import group_name, routing_group
     from perfmodel.measuring.compare import compare, load_measurements, row_routing, row_speculative, verify_replayed
     from perfmodel.paths import RESULTS_DIR
 

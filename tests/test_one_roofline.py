@@ -40,7 +40,7 @@ ALLOWED = {
         "nominal FLOPs and bytes of the row, which no fit reads",
     ("calibration/bench_layers.py", "_module_case"):
         "a whole attention module: the nominal FLOPs of the row, which no fit reads",
-    ("calibration/fit_vllm.py", "_floor_ratios"):
+    ("measuring/routing_floor.py", "floor_ratios"):
         "a lower bound of measured decode steps: the model's own bytes of the step "
         "(perfmodel.prediction) at the datasheet bandwidth, to flag impossible measurements",
     ("measuring/hf_build.py", "kv_bytes_per_token"):

@@ -144,7 +144,7 @@ def test_the_model_is_judged_against_our_measurements_pair_by_pair():
 
 
 def test_rows_whose_routing_collapsed_stand_in_no_pair(rows, study):
-    from perfmodel.calibration.fit_vllm import routing_group
+    from perfmodel.measuring.routing_floor import routing_group
 
     kept, left_out = measured.without_collapsed_routing(rows)
     # Qwen3-30B-A3B in fp8 at its own router beat the HBM floor of uniform routing: left out;

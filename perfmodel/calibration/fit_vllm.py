@@ -56,6 +56,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
+from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Options of vLLM's engine (paged attention over the context, absorbed MLA, graph decode,
@@ -202,55 +203,12 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     return {name: _sig(value) for name, value in _quant_entry(x).items()}
 
 
-def _floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, str], float]:
-    """(model, quantization, routing) → the lowest measured/floor ratio of its as-built rows,
-    where < 1: the decode step beat the HBM floor of uniform routing (weights of the expected
-    distinct experts, every other weight and the KV cache read once at the GPU's datasheet
-    bandwidth). Routing is the row's (:func:`~perfmodel.measuring.compare.row_routing`): the
-    same model run through vLLM's routing simulator is a group of its own."""
-    from perfmodel.measuring.compare import row_quant
-    from perfmodel.prediction import predict
-    from perfmodel.specs.hardware import load_gpu
-
-    bandwidth = load_gpu(gpu).hbm_bandwidth_tb_s * 1e12
-    worst: dict[tuple[str, str], float] = {}
-    for row in rows:
-        if row.get("status") != "ok" or row.get("overrides") or row.get("layers"):
-            continue
-        p = predict(row["model"], gpu=gpu, engine="roofline", phase="decode", batch=row["batch"],
-                    context=row["input_len"], quant=row_quant(row))
-        floor = sum(op["bytes"] for op in p.ops) / bandwidth
-        ratio = row["itl_ms"] * 1e-3 / floor
-        key = routing_group(row)
-        if ratio < 1.0:
-            worst[key] = min(ratio, worst.get(key, 1.0))
-    return worst
-
-
-def collapsed_routing(rows: list[dict[str, Any]], gpu: str) -> set[tuple[str, str, str]]:
-    """The (model, quantization, routing) groups of one-GPU rows some of whose decode steps beat
-    the HBM floor of uniform routing (:func:`_floor_ratios`): vLLM's dummy weights routed them to
-    fewer experts than real weights do. :func:`routing_group` gives a row's group."""
-    return set(_floor_ratios(one_gpu_rows(rows), gpu))
-
-
-def routing_group(row: dict[str, Any]) -> tuple[str, str, str]:
-    """A row's (model, quantization, routing) group, as :func:`collapsed_routing` names them."""
-    from perfmodel.measuring.compare import row_quant, row_routing
-
-    return row["model"], row_quant(row) or "bf16", row_routing(row)
-
-
-def group_name(model: str, quant: str, routing: str) -> str:
-    """``model quant``, and the routing where it is not the model's own."""
-    return f"{model} {quant}" + ("" if routing == "model" else f" routing={routing}")
-
-
 def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
     """Models whose measured decode step is shorter than the HBM floor of uniform routing:
-    measured/floor, worst point per model, where < 1 (:func:`_floor_ratios`)."""
+    measured/floor, worst point per model, where < 1
+    (:func:`perfmodel.measuring.routing_floor.floor_ratios`)."""
     worst: dict[str, float] = {}
-    for (model, *_), ratio in _floor_ratios(rows, gpu).items():
+    for (model, *_), ratio in floor_ratios(rows, gpu).items():
         worst[model] = min(ratio, worst.get(model, 1.0))
     return {m: _sig(r, 3) for m, r in sorted(worst.items())}
 

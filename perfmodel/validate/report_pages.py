@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.validate import report_charts as charts
+from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
     BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, engines,
     layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, signed, source_items, verdict,
@@ -80,9 +81,10 @@ def _json_for_script(obj: Any) -> str:
 # Markdown
 # --------------------------------------------------------------------------------------------
 
-def summary_markdown(points, *, title: str, source: dict[str, Any]) -> str:
+def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None) -> str:
     """The Markdown summary (the file's text): provenance, source, verdict, MAPE per split, the
-    worst points."""
+    repeated measurements (``repeats``: :func:`perfmodel.validate.repeats.repeated_points`; the
+    section is left out when there are none), the worst points."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
     table = mape_table(points)
@@ -123,7 +125,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any]) -> str:
         title=title, provenance=provenance_line(source), source_items=source_items(source),
         verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
-        worst=worst_table, replay=mode == "replay")
+        worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated))
     return text
 
 
@@ -228,9 +230,10 @@ def _slot(div_id: str, chart, specs: dict[str, Any]) -> ChartSlot:
     return ChartSlot(div_id, chart is not None)
 
 
-def report_html(points, ops, *, title: str, source: dict[str, Any]) -> str:
-    """The HTML page: provenance, verdict, source, MAPE, charts per metric, per-op breakdown,
-    the worst points and every point (sortable)."""
+def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None) -> str:
+    """The HTML page: provenance, verdict, source, MAPE, the repeated measurements (``repeats``,
+    as in :func:`summary_markdown`), charts per metric, per-op breakdown, the worst points and
+    every point (sortable)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
     shown = [calibrated] + ([baseline] if baseline and baseline in set(points["engine"]) else [])
@@ -253,19 +256,23 @@ def report_html(points, ops, *, title: str, source: dict[str, Any]) -> str:
         verdict_word=verdict(points, calibrated)[0],
         verdict_text=verdict_line(points, calibrated).replace("`", ""),
         source_items=source_items(source), vega=charts.vega_scripts(),
-        mape=mape_rows(points, calibrated, baseline), metrics=metrics, ops_chart=ops_slot,
+        mape=mape_rows(points, calibrated, baseline), repeats=repeat_section(repeats, points, calibrated),
+        metrics=metrics, ops_chart=ops_slot,
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
     ).rstrip("\n")
 
 
 def write_report(points, ops, out_dir: Path, *, title: str,
-                 source: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths."""
+                 source: dict[str, Any], repeats=None) -> tuple[Path, Path]:
+    """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths. ``repeats``:
+    the repeated measurements (:func:`perfmodel.validate.repeats.repeated_points`), or None."""
     check_mode(source)  # refuse an unlabelled source before writing anything
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
-    html_path.write_text(report_html(points, ops, title=title, source=source), encoding="utf-8")
-    md_path.write_text(summary_markdown(points, title=title, source=source), encoding="utf-8")
+    html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats),
+                         encoding="utf-8")
+    md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats),
+                       encoding="utf-8")
     return html_path, md_path

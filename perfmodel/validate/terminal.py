@@ -50,4 +50,10 @@ def print_validation(result: dict, console: Console) -> None:
                      row["metric"], f"{row['mean']:.1f}", f"{row['median']:.1f}", f"{row['max']:.1f}",
                      str(row["count"]))
     console.print(mape)
+    repeats = result.get("repeats") or {}
+    if repeats.get("points"):
+        from perfmodel.validate.repeats import summary_line
+
+        console.print(f"{len(repeats['points'])} points were measured more than once (the report's "
+                      f"\"Repeated measurements\"): {summary_line(repeats['summary'])}", markup=False)
     console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")

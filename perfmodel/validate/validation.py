@@ -79,12 +79,14 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     """Compare predictions with measurements of ``model`` (or ``all``); write the reports.
 
     Returns a dict: source (mode replay|live, date, GPU, versions), mape per engine × split ×
-    metric, points (predicted vs measured), and the report paths.
+    metric, points (predicted vs measured), repeats (the points measured ok more than once,
+    :func:`perfmodel.validate.repeats.repeated_points`, and their summary), and the report paths.
     """
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
+    from perfmodel.validate.repeats import repeat_summary, repeated_points
     from perfmodel.validate.report_pages import write_report
 
     if backend not in ("hf", "vllm"):
@@ -115,8 +117,10 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                              f"({path.relative_to(ROOT)})")
         mode = "replay"
     rows = load_measurements(path)
+    read = [path]
     if mode == "replay" and what_if_file(path).exists():
         rows += load_measurements(what_if_file(path))
+        read.append(what_if_file(path))
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     train = (profile.fit or {}).get("train_models", [])
@@ -138,8 +142,10 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
-    html, md = write_report(points_df, ops_df, out_dir, title=title, source=source)
+    repeats = repeated_points(read, models=wanted)
+    html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats)
     table = mape(points_df)
     return {"source": source, "mape": table.to_dict(orient="records"),
-            "points": points_df.to_dict(orient="records"), "report_html": str(html),
-            "summary_md": str(md)}
+            "points": points_df.to_dict(orient="records"),
+            "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats)},
+            "report_html": str(html), "summary_md": str(md)}

@@ -11,7 +11,7 @@ sampling in their point id (``sampling=random``; none: greedy, the older rows); 
 rows of one sampling where both sides have one (random first), else says it mixes them.
 
 A row of a (model, quantization, routing) group some of whose decode steps beat the HBM floor of
-uniform routing (:func:`perfmodel.calibration.fit_vllm.collapsed_routing`: vLLM's dummy weights
+uniform routing (:func:`perfmodel.measuring.routing_floor.collapsed_routing`: vLLM's dummy weights
 routed it to fewer experts than real weights do, e.g. Qwen3-30B-A3B in fp8 at its own router)
 stands in no pair and no point either (:func:`without_collapsed_routing`): its change would be
 the routing's, not the effect's.
@@ -77,9 +77,9 @@ def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
 
 def without_collapsed_routing(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows outside the groups whose routing collapsed
-    (:func:`perfmodel.calibration.fit_vllm.collapsed_routing`), and those groups' names
+    (:func:`perfmodel.measuring.routing_floor.collapsed_routing`), and those groups' names
     (``qwen3-30b-a3b fp8``; the routing where it is not the model's own)."""
-    from perfmodel.calibration.fit_vllm import collapsed_routing, group_name, routing_group
+    from perfmodel.measuring.routing_floor import collapsed_routing, group_name, routing_group
 
     collapsed = collapsed_routing(rows, MEASURED_GPU)
     return ([r for r in rows if routing_group(r) not in collapsed],
