@@ -48,7 +48,9 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 #: Metrics a prediction reports (NaN where a phase has none, e.g. ITL of a prefill).
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
-           "activation_bytes", "memory_bytes")
+           "activation_bytes", "memory_bytes", "prefill_launch_s")
+#: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
+LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
 #: Metrics that count whole things (parameters, bytes): integers in JSON.
 COUNT_METRICS = ("params", "active_params", "weights_bytes", "kv_cache_bytes", "activation_bytes",
                  "memory_bytes", "memory_capacity_bytes", *WAVE_METRICS)
@@ -331,12 +333,19 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
-        if chunk is not None:
-            launched *= sp.Heaviside(chunk - s.M_graph, 0)
-        host = steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
-        return sp.Max(gpu, launched * host), rows
+        return sp.Max(gpu, launch_floor(subs, steps, chunk)), rows
     return gpu, rows
+
+
+def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | None = None) -> sp.Expr:
+    """The host's launch time of an eager pass (s), the floor :func:`pass_time` holds it to:
+    θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + t_eager_step) +
+    B·t_eager_seq); zero for a pass whose steps fit the largest captured CUDA graph."""
+    launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
+    if chunk is not None:
+        launched *= sp.Heaviside(chunk - s.M_graph, 0)
+    host = steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+    return launched * host
 
 
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
@@ -384,10 +393,12 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     for name, decode, subs in pass_substitutions(phase, span):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
         chunked = opts.prefill_chunk_tokens is not None and not decode
-        total, op_rows = pass_time(graph, subs, eager=opts.prefill_eager and not decode,
-                                   steps=prefill_steps() if chunked else sp.Integer(1),
-                                   chunk=s.M_chunk if chunked else None)
+        eager = opts.prefill_eager and not decode
+        steps, chunk = (prefill_steps(), s.M_chunk) if chunked else (sp.Integer(1), None)
+        total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
+        if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
+            totals["prefill_launch_s"] = launch_floor(subs, steps, chunk) if eager else sp.Integer(0)
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
     any_graph = next(iter(graphs.values()))
@@ -543,14 +554,18 @@ def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
             "gpus": int(fit.get("gpu_count", 1))}
 
 
-def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload) -> tuple[dict[str, Any] | None, str]:
+def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
+               regime: str = GPU_BOUND) -> tuple[dict[str, Any] | None, str]:
     """The profile's error band if the prediction lies where the band was measured, and a line
     saying so or why not.
 
     The band (relative half-widths from held-out residuals) holds on the GPU, the dtype
     (weights and KV cache) and the number of GPUs it was measured on (:func:`band_scope`).
     Outside any of them there is no band: it is not widened, since how far the errors grow
-    there has not been measured.
+    there has not been measured. Where the profile states TTFT bands per regime of the prefill
+    (:func:`prefill_regime`: ``ttft_launch_bound``, ``ttft_graph_replayed``, ``ttft`` for the
+    GPU-bound rest), the prediction's ``regime`` picks one; a regime the profile has no band for
+    (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which.
     """
     band = profile.error_band
     if band is None:
@@ -558,7 +573,15 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload) -> tuple[dict[
                       else "no error band: the profile states none")
     scope = band_scope(profile)
     assert scope is not None
-    rels = [band.ttft, band.decode_step, band.e2e, band.throughput]
+    chosen = band.model_dump(exclude={"ttft_launch_bound", "ttft_graph_replayed"})
+    note = ""
+    if band.ttft_launch_bound is not None:
+        chosen["ttft_regime"] = regime
+        chosen["ttft"] = {LAUNCH_BOUND: band.ttft_launch_bound, GRAPH_REPLAYED: band.ttft_graph_replayed}.get(
+            regime, band.ttft)
+        note = (f" (TTFT: {regime} prefills')" if chosen["ttft"] is not None
+                else f" (no TTFT band: too few {regime} prefills measured)")
+    rels = [r for r in (chosen["ttft"], band.decode_step, band.e2e, band.throughput) if r is not None]
     width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
              else f"±{min(rels):.0%}–{max(rels):.0%}")
     n = scope["gpus"]
@@ -581,8 +604,21 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload) -> tuple[dict[
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
                        f"(TP={w.tp} EP={w.ep} PP={w.pp})")
     if outside:
-        return None, f"band {width} from {where}; {'; '.join(outside)}: no band"
-    return band.model_dump(), f"band {width} from {where}"
+        return None, f"band {width} from {where}{note}; {'; '.join(outside)}: no band"
+    return chosen, f"band {width} from {where}{note}"
+
+
+def prefill_regime(totals: Mapping[str, float], prefill_eager: bool) -> str:
+    """What sets a prediction's prefill time: ``launch-bound``, held to the host's launch floor
+    (``prefill_launch_s``, :func:`launch_floor`); ``graph-replayed``, an engine that launches
+    prefills from the host (``options.prefill_eager``) replaying this one from a captured CUDA
+    graph (no floor: T ≤ M_graph); else ``GPU-bound``, its GPU time."""
+    floor, prefill = totals.get("prefill_launch_s", 0.0), totals.get("prefill_s", float("nan"))
+    if floor > 0 and floor >= prefill * (1 - 1e-9):
+        return LAUNCH_BOUND
+    if prefill_eager and floor == 0 and prefill == prefill:
+        return GRAPH_REPLAYED
+    return GPU_BOUND
 
 
 def _count(value: float) -> Any:
@@ -627,14 +663,15 @@ class Prediction:
 
     def intervals(self) -> dict[str, list[float]] | None:
         """[low, high] of TTFT, ITL, E2E and throughput from the profile's error band (its
-        held-out residuals' 90th percentile), or None for a profile without one."""
+        held-out residuals' 90th percentile; TTFT left out where its regime has none), or None
+        for a profile without one."""
         band = self.provenance.get("error_band")
         if not band:
             return None
         bands = {"ttft_s": band["ttft"], "itl_s": band["decode_step"], "e2e_s": band["e2e"],
                  "throughput_tok_s": band["throughput"]}
         return {name: [self.metrics[name] * (1 - rel), self.metrics[name] * (1 + rel)]
-                for name, rel in bands.items() if self.metrics[name] == self.metrics[name]}
+                for name, rel in bands.items() if rel is not None and self.metrics[name] == self.metrics[name]}
 
 
 def op_rows(ops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -672,7 +709,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     totals = {n: float(v) for n, v in outputs.totals.items()}
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
-    band, band_note = error_band(profile, gpu, workload)
+    band, band_note = error_band(profile, gpu, workload, prefill_regime(totals, profile.options.prefill_eager))
     provenance = {
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,

@@ -157,6 +157,13 @@ class ErrorBand(_Strict):
     decode_step: PositiveFloat
     e2e: PositiveFloat
     throughput: PositiveFloat
+    ttft_launch_bound: PositiveFloat | None = Field(
+        None, description="TTFT half-width of prefills held to the host's launch floor "
+        "(perfmodel.prediction.prefill_regime), ``ttft`` being then the GPU-bound ones'; absent: "
+        "one TTFT band for all")
+    ttft_graph_replayed: PositiveFloat | None = Field(
+        None, description="TTFT half-width of prefills an eager-prefill engine replays from a "
+        "captured CUDA graph; absent with a ttft_launch_bound: too few measured, no TTFT band there")
     source: str = ""
 
 

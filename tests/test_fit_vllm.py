@@ -69,12 +69,41 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     train = points[points["split"] == "train"]
     assert "spec=qwen3-1.7b:4" in " ".join(train["variant"]) and "spec=qwen3-0.6b" not in " ".join(train["variant"])
     assert "spec=qwen3-1.7b:8" not in " ".join(train["variant"])
-    for metric in ("ttft", "decode_step", "e2e", "throughput"):
+    for metric in ("decode_step", "e2e", "throughput"):
         p90 = held[held["metric"] == metric]["rel_error"].abs().quantile(0.9)
         assert getattr(profile.error_band, metric) == pytest.approx(p90, rel=2e-3, abs=1e-4)
+    # TTFT has a band per regime of the prefill, without the speculative rows (whose predictions
+    # carry none): GPU-bound, held to the host's launch floor, replayed from a captured graph
+    ttft = held[(held["metric"] == "ttft") & ~held["speculative"]]
+    by = {regime: part["rel_error"].abs() for regime, part in ttft.groupby("prefill_regime")}
+    assert len(by["GPU-bound"]) >= 5 and len(by["launch-bound"]) >= 5
+    assert profile.error_band.ttft == pytest.approx(by["GPU-bound"].quantile(0.9), rel=2e-3)
+    assert profile.error_band.ttft_launch_bound == pytest.approx(by["launch-bound"].quantile(0.9), rel=2e-3)
+    # too few graph-replayed prefills were measured for a band of their own: none is stated
+    assert len(by.get("graph-replayed", [])) < 5 and profile.error_band.ttft_graph_replayed is None
+    assert profile.error_band.ttft_launch_bound > profile.error_band.ttft
 
 
 def test_vllm_elsewhere_is_the_h200_fit_transferred():
     fitted = load_profile("vllm", "h200-sxm")
     assert fitted.calibrated and fitted.gpu == "h200-sxm" and fitted.options.prefill_eager
     assert load_profile("vllm", "h100-sxm") == fitted  # applied as fractions of the H100's peaks
+
+
+def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():
+    from perfmodel import predict
+
+    band = load_profile("vllm", "h200-sxm").error_band
+    # a long prefill is set by its GPU time; one prompt of 2,048 tokens by the host's launch
+    gpu = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=64)
+    host = predict("olmoe-1b-7b", engine="vllm", batch=1, input_len=2048, output_len=64)
+    # 128 tokens fit the largest captured graph of the default engine: too few such prefills measured
+    graph = predict("olmoe-1b-7b", engine="vllm", batch=1, input_len=128, output_len=64)
+    assert gpu.provenance["error_band"]["ttft_regime"] == "GPU-bound"
+    assert gpu.provenance["error_band"]["ttft"] == band.ttft
+    assert host.provenance["error_band"]["ttft_regime"] == "launch-bound"
+    assert host.provenance["error_band"]["ttft"] == band.ttft_launch_bound
+    assert host.metrics["ttft_s"] == pytest.approx(host.metrics["prefill_launch_s"])
+    assert graph.provenance["error_band"]["ttft_regime"] == "graph-replayed"
+    assert graph.provenance["error_band"]["ttft"] is None and "no TTFT band" in graph.provenance["error_band_note"]
+    assert "ttft_s" not in graph.intervals() and "itl_s" in graph.intervals()

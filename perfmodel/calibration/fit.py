@@ -33,6 +33,7 @@ import yaml
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, RESULTS_DIR, ROOT
+from perfmodel.prediction import GPU_BOUND, GRAPH_REPLAYED, LAUNCH_BOUND
 
 #: The default split: end-to-end fits use these models only; the others are held out.
 TRAIN_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b", "mixtral-8x7b")
@@ -226,6 +227,10 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     return base
 
 
+#: Fewest held-out prefills of a regime (:func:`perfmodel.prediction.prefill_regime`) for its TTFT band.
+MIN_REGIME_POINTS = 5
+
+
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
                        held_out: tuple[str, ...], note: str = "", band_exclude: Any = None,
                        train_points: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -233,7 +238,11 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
-    validation reports those rows per layout). ``band_exclude``: a predicate on rows (with the
+    validation reports those rows per layout). TTFT gets a band per regime of the prefill
+    (:func:`perfmodel.prediction.prefill_regime`) where the launch-bound and the GPU-bound ones
+    each have at least :data:`MIN_REGIME_POINTS` held-out points: ``ttft`` (GPU-bound),
+    ``ttft_launch_bound`` and, with as many points, ``ttft_graph_replayed`` (see
+    :func:`perfmodel.prediction.error_band`). ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
@@ -266,6 +275,27 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
                    f"and on hypothetical variants (what-if results){note}"),
     }
+    # TTFT per regime of the prefill (perfmodel.prediction.prefill_regime), without the
+    # speculative rows: their predictions carry no band, and their TTFT adds the draft's prefill
+    ttft = banded[(banded["metric"] == "ttft") & ~banded["speculative"]]
+    regimes = ttft["prefill_regime"].value_counts() if "prefill_regime" in ttft else {}
+    if regimes.get(LAUNCH_BOUND, 0) >= MIN_REGIME_POINTS and regimes.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
+        counts = []
+        for regime, name in ((GPU_BOUND, "ttft"), (LAUNCH_BOUND, "ttft_launch_bound"),
+                             (GRAPH_REPLAYED, "ttft_graph_replayed")):
+            part = ttft[ttft["prefill_regime"] == regime]
+            counts.append(f"{len(part)} {regime}")
+            if len(part) >= MIN_REGIME_POINTS:
+                band[name] = _sig(float(part["rel_error"].abs().quantile(0.9)))
+        band["source"] += (f"; TTFT per regime of the prefill, without speculative rows ({', '.join(counts)} "
+                           f"held-out prefills; a regime with fewer than {MIN_REGIME_POINTS} has no TTFT band)")
+        for split in ("train", "held-out"):
+            sub = points[(points["split"] == split) & (points["metric"] == "ttft") & ~points["speculative"]]
+            for regime, part in sub.groupby("prefill_regime"):
+                stats[split][f"ttft {regime}"] = {
+                    "mape_pct": _sig(float(part["rel_error"].abs().mean() * 100)),
+                    "p90_abs_pct": _sig(float(part["rel_error"].abs().quantile(0.9) * 100)),
+                    "bias_pct": _sig(float(part["rel_error"].mean() * 100)), "n": int(len(part))}
     return stats, band
 
 

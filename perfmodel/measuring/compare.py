@@ -225,13 +225,15 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other row is held out.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
-    predicted, rel_error, split, and the point's identity: point_id, variant, model, batch,
-    input_len, output_len); ``ops`` the predicted per-op decode-step time (whole step, s) and
+    predicted, rel_error, split, the point's identity: point_id, variant, model, batch,
+    input_len, output_len; ``prefill_regime``: what sets its predicted prefill,
+    :func:`perfmodel.prediction.prefill_regime`, the target's alone for a speculative row;
+    ``speculative``: it ran speculative decoding); ``ops`` the predicted per-op decode-step time (whole step, s) and
     the measured kernel split of the same step, by category, per point.
     """
     import pandas as pd
 
-    from perfmodel.prediction import predict
+    from perfmodel.prediction import predict, prefill_regime
     from perfmodel.specs.model import load_model
 
     train = {m.lower() for m in train_models}
@@ -270,7 +272,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
             value = p.metrics[predicted] * (replicas if metric == "throughput" else 1)
             points.append({**key, "engine": engine, "split": split, "metric": metric,
                            "measured": measured, "predicted": value,
-                           "rel_error": value / measured - 1.0})
+                           "rel_error": value / measured - 1.0,
+                           "prefill_regime": prefill_regime(p.metrics, p.provenance["options"]["prefill_eager"]),
+                           "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
         predicted_split: dict[str, float] = {}

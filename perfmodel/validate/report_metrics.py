@@ -77,6 +77,24 @@ def layout_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]
     return {"header": header + ["points"], "rows": rows}
 
 
+def regime_rows(points, calibrated: str) -> dict[str, Any]:
+    """TTFT of the calibrated engine per split and regime of the predicted prefill (the
+    ``prefill_regime`` column of :func:`perfmodel.measuring.compare.compare`: GPU-bound,
+    launch-bound, graph-replayed), speculative rows apart (their TTFT adds the draft's prefill):
+    MAPE, median and max |error| (%), and the point count; no rows without that column."""
+    if points.empty or "prefill_regime" not in points.columns:
+        return {"header": [], "rows": []}
+    ttft = points[(points["engine"] == calibrated) & (points["metric"] == "ttft")]
+    if "speculative" in ttft.columns:
+        ttft = ttft[~ttft["speculative"].astype(bool)]
+    rows = []
+    for (split, regime), group in ttft.groupby(["split", "prefill_regime"]):
+        ape = group["rel_error"].abs() * 100.0
+        rows.append([str(split), str(regime), pct(float(ape.mean())), pct(float(ape.median())),
+                     pct(float(ape.max())), str(len(ape))])
+    return {"header": ["split", "prefill", f"{calibrated} MAPE", "median", "max", "points"], "rows": rows}
+
+
 def lookup(table, engine: str, split: str, metric: str, column: str = "mape") -> float | None:
     """One value of :func:`mape_table` (None where there is none)."""
     hit = table[(table["engine"] == engine) & (table["split"] == split) & (table["metric"] == metric)]
