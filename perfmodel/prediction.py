@@ -805,8 +805,8 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
     decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`)."""
     w, runs = whole.workload, {}
 
-    def rerun(batch: Any) -> dict[str, Any]:
-        b = int(batch)
+    def rerun(batch: Any, where: Any) -> dict[str, Any]:
+        b = int(batch.item())  # one point: one size
         if b not in runs:
             runs[b] = at(b)
         return runs[b].metrics

@@ -347,6 +347,14 @@ def _with_speculation(speculation: _Speculation, target: ModelSpec, draft: Model
     return {**outputs, **{n: v for n, v in spec_out.items() if n in METRICS or n in SPEC_METRICS}}
 
 
+def _at_points(values: dict[str, Any], where: np.ndarray) -> dict[str, Any]:
+    """``values`` (numbers, or arrays of the grid's open mesh) at the True points of ``where``
+    (a boolean mask over the whole grid): one 1-D array per array, in C order; numbers as they
+    are."""
+    return {name: np.broadcast_to(value, where.shape)[where] if np.ndim(value) else value
+            for name, value in values.items()}
+
+
 def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = None,
           engine: str | None = None, phase: str = "request",
           overrides: list[str] | dict[str, Any] | None = None, max_points: int = MAX_POINTS,
@@ -490,9 +498,11 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             with np.errstate(divide="ignore", invalid="ignore") if quiet else contextlib.nullcontext():
                 outputs = run(values)
                 if phase == "request":
-                    outputs = run_in_waves(outputs, values["B"], values["S"], values["O"], capacity,
-                                           profile.options.prefill_chunk_tokens, profile.max_sequences,
-                                           lambda batch: run({**values, "B": batch}))
+                    # B over the whole grid: the points in waves index every input of ``run``
+                    outputs = run_in_waves(outputs, np.broadcast_to(values["B"], shape), values["S"],
+                                           values["O"], capacity, profile.options.prefill_chunk_tokens,
+                                           profile.max_sequences,
+                                           lambda batch, where: run({**_at_points(values, where), "B": batch}))
             if len(models.specs) == 1:
                 merged = outputs
             else:

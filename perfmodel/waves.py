@@ -70,15 +70,20 @@ def timeline_expressions() -> dict[str, sp.Expr]:
 def _lambdified(which: str) -> tuple[tuple[str, ...], Any]:
     exprs, args = ((plan_expressions(), _PLAN_ARGS) if which == "plan" else (timeline_expressions(), _WAVE_ARGS))
     symbols = {sym.name: sym for e in exprs.values() for sym in e.free_symbols}
-    return tuple(exprs), sp.lambdify([symbols[a] for a in args], list(exprs.values()), "numpy")
+    # the plan computes B_run once, not again inside W and the last wave's size
+    return tuple(exprs), sp.lambdify([symbols[a] for a in args], list(exprs.values()), "numpy",
+                                     cse=which == "plan")
 
 
 def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
+    """The expressions of ``which`` at ``values`` (numbers or arrays that broadcast together;
+    each intermediate is computed over the shape of its own inputs only), each output of the
+    broadcast shape."""
     names, fn = _lambdified(which)
-    arrays = np.broadcast_arrays(*[np.asarray(v, dtype=float) for v in values])
+    shape = np.broadcast_shapes(*(np.shape(v) for v in values))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {n: np.broadcast_to(np.asarray(v, dtype=float), arrays[0].shape)
-                for n, v in zip(names, fn(*arrays))}
+        out = [np.asarray(v, dtype=float) for v in fn(*[np.asarray(v, dtype=float) for v in values])]
+    return {n: v if v.shape == shape else np.broadcast_to(v, shape) for n, v in zip(names, out)}
 
 
 def one_pass(metrics: Mapping[str, Any], batch: Any) -> dict[str, Any]:
@@ -90,16 +95,20 @@ def one_pass(metrics: Mapping[str, Any], batch: Any) -> dict[str, Any]:
 
 def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any, usable: Any,
                  chunk: int | None, limit: int | None,
-                 rerun: Callable[[np.ndarray], Mapping[str, Any]]) -> dict[str, Any]:
+                 rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]) -> dict[str, Any]:
     """The request metrics of a fixed batch run in waves (see the module), numbers or numpy
     arrays alike.
 
     ``metrics``: the batch's metrics as one wave (:data:`perfmodel.prediction.METRICS`);
     ``usable``: bytes per GPU the engine may fill; ``chunk``: its prefill chunk (tokens; None:
-    none); ``limit``: its most sequences at once (None: no limit); ``rerun(b)``: the same
-    prediction's metrics at batch sizes ``b`` (an array of the batch's shape; called only when
-    some point needs more than one wave). Adds :data:`WAVE_METRICS` and sets ``fits_in_memory``
-    to B_run ≥ 1.
+    none); ``limit``: its most sequences at once (None: no limit); ``rerun(b, where)``: the same
+    prediction's metrics at the points that run in waves only. ``where``, a boolean mask over
+    the broadcast shape of ``batch``, ``input_len``, ``output_len`` and ``metrics`` (0-d for
+    single numbers), marks them; ``b`` (1-D, in C order of the marked points) gives their batch
+    sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
+    called only when some point runs in waves: at the full waves' size, then at the last
+    wave's where that differs at some point. Adds :data:`WAVE_METRICS` and sets
+    ``fits_in_memory`` to B_run ≥ 1.
     """
     plan = _evaluate("plan", batch, input_len, metrics["weights_bytes"], metrics["activation_bytes"],
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
@@ -109,16 +118,26 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     split = waves > 1
     if not split.any():
         return out
-    whole = np.broadcast_to(np.asarray(batch, dtype=float), split.shape)
-    first = rerun(np.where(split, running, whole))
-    last = rerun(np.where(split, plan["last_wave"], whole))
-    timeline = _evaluate("timeline", waves, batch, input_len, output_len, first["e2e_s"], first["itl_s"],
-                         last["e2e_s"], last["itl_s"])
-    for name in out:
+    shape = np.broadcast_shapes(split.shape, np.shape(input_len), np.shape(output_len),
+                                *(np.shape(v) for v in metrics.values()))
+    where = np.broadcast_to(split, shape)
+
+    def waved(value: Any) -> np.ndarray:
+        """``value`` at the points in waves (1-D)."""
+        value = np.asarray(value)
+        return (value if value.shape == shape else np.broadcast_to(value, shape))[where]
+
+    full_size, last_size = waved(running), waved(plan["last_wave"])
+    first = rerun(full_size, where)
+    last = first if np.array_equal(last_size, full_size) else rerun(last_size, where)
+    timeline = _evaluate("timeline", waved(waves), waved(batch), waved(input_len), waved(output_len),
+                         first["e2e_s"], first["itl_s"], last["e2e_s"], last["itl_s"])
+    for name, value in out.items():
         if name in WAVE_METRICS or name == "fits_in_memory":
             continue
-        if name in timeline:
-            out[name] = np.where(split, timeline[name], out[name])
-        elif name in first:
-            out[name] = np.where(split, first[name], out[name])
+        source = timeline if name in timeline else first if name in first else None
+        if source is not None:
+            merged = np.full(shape, value, dtype=float)  # a copy, written below
+            merged[where] = source[name]
+            out[name] = merged
     return out

@@ -1,0 +1,136 @@
+"""A sweep evaluates the waves' batch sizes only at the points that run in waves
+(perfmodel.waves.run_in_waves): its rows stay those of predict, point by point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perfmodel import predict, sweep
+from perfmodel.prediction import METRICS
+from perfmodel.waves import WAVE_METRICS, run_in_waves
+
+REL = 1e-9
+#: Mixtral-8x7B on one H200 with vLLM: small batches and short prompts fit at once, large ones
+#: run in up to dozens of waves (some of them even, the last wave as large as the others).
+BATCHES = [1, 8, 32, 64, 72, 128, 144, 256, 300, 512]
+INPUT_LENS = [512, 1024, 2048, 4096, 8192]
+OUTPUT_LEN = 2048
+#: The toy model's prefill chunk (tokens), longer than its prompts.
+CHUNK = 1000
+
+
+@pytest.fixture(scope="module")
+def table():
+    return sweep("mixtral-8x7b", {"batch": BATCHES, "input_len": INPUT_LENS}, gpu="h200-sxm", engine="vllm",
+                 output_len=OUTPUT_LEN)
+
+
+def test_the_grid_mixes_points_in_waves_and_points_that_fit(table):
+    waves = table["kv_waves"]
+    assert (waves == 1).sum() >= 10 and (waves > 1).sum() >= 10
+    assert (waves > 2).any()
+    even = table[(waves > 1) & (table["batch"] % table["concurrent_sequences"] == 0)]
+    uneven = table[(waves > 1) & (table["batch"] % table["concurrent_sequences"] != 0)]
+    assert len(even) and len(uneven)  # last wave as large as the others, and smaller
+
+
+def test_every_row_is_the_prediction_of_its_point(table):
+    assert len(table) == len(BATCHES) * len(INPUT_LENS)
+    for row in table.itertuples(index=False):
+        m = predict("mixtral-8x7b", gpu="h200-sxm", engine="vllm", batch=row.batch, input_len=row.input_len,
+                    output_len=OUTPUT_LEN).metrics
+        got = row._asdict()
+        assert {k: got[k] for k in WAVE_METRICS} == {k: m[k] for k in WAVE_METRICS}, (row.batch, row.input_len)
+        assert got["fits_in_memory"] == m["fits_in_memory"]
+        for name in METRICS:
+            assert got[name] == pytest.approx(m[name], rel=REL, nan_ok=True), (name, row.batch, row.input_len)
+
+
+def test_rows_in_waves_combine_the_waves_own_predictions(table):
+    """Independent of how predict runs waves: the waves' batches fit at once, each one pass."""
+    for row in table[table["kv_waves"] > 1].itertuples(index=False):
+        waves, running = row.kv_waves, row.concurrent_sequences
+        one = {b: predict("mixtral-8x7b", batch=b, input_len=row.input_len, output_len=OUTPUT_LEN).metrics
+               for b in (running, row.batch - (waves - 1) * running)}
+        full, last = one[running], one[row.batch - (waves - 1) * running]
+        assert full["kv_waves"] == last["kv_waves"] == 1
+        e2e = (waves - 1) * full["e2e_s"] + last["e2e_s"]
+        assert row.e2e_s == pytest.approx(e2e, rel=REL)
+        assert row.itl_s == pytest.approx(((waves - 1) * full["e2e_s"] * full["itl_s"]
+                                           + last["e2e_s"] * last["itl_s"]) / e2e, rel=REL)
+        assert row.throughput_tok_s == pytest.approx(row.batch * (row.input_len + OUTPUT_LEN) / e2e, rel=REL)
+        assert row.ttft_s == pytest.approx(full["ttft_s"], rel=REL)
+        assert row.memory_bytes == pytest.approx(full["memory_bytes"], rel=REL)
+
+
+def _metrics(batch: np.ndarray, prompt: np.ndarray) -> dict[str, np.ndarray]:
+    """One wave's numbers of a toy model: 40 bytes of weights, one KV byte per prompt token of a
+    sequence, no activations; E2E = b seconds, ITL = b/1000 s at a batch of b."""
+    kv = batch * prompt * 1.0
+    return {"weights_bytes": np.full_like(kv, 40.0), "activation_bytes": np.zeros_like(kv), "kv_cache_bytes": kv,
+            "e2e_s": batch * 1.0 + 0 * prompt, "itl_s": batch / 1000.0 + 0 * prompt, "memory_bytes": 40.0 + kv}
+
+
+def test_only_the_points_in_waves_are_evaluated_again():
+    batch = np.array([1.0, 2.0, 8.0, 15.0])[:, None]
+    prompt = np.array([1.0, 2.0, 4.0])[None, :]
+    calls = []
+
+    def rerun(b, where):
+        calls.append((b.copy(), where.copy()))
+        return _metrics(b, np.broadcast_to(prompt, where.shape)[where])
+
+    # 8 bytes for the KV cache: B_run = 8, 4, 2 sequences at S = 1, 2, 4
+    out = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 48.0, CHUNK, None, rerun)
+    running = np.minimum(batch, 8 // prompt)
+    waves = np.ceil(batch / running)
+    assert (out["concurrent_sequences"] == running).all() and (out["kv_waves"] == waves).all()
+    split = waves > 1
+    assert len(calls) == 2  # the full waves, then the last ones (some smaller)
+    (full, where), (last, where_last) = calls
+    assert where.shape == (4, 3) and (where == split).all() and (where_last == split).all()
+    assert full.tolist() == running[split].tolist()
+    assert last.tolist() == (batch - (waves - 1) * running)[split].tolist()
+    # E2E sums the waves (b seconds each), the rest stays the batch's own where it fits
+    assert out["e2e_s"].tolist() == np.where(split, (waves - 1) * running + (batch - (waves - 1) * running),
+                                             np.broadcast_to(batch, split.shape)).tolist()
+    assert out["memory_bytes"].tolist() == (40.0 + np.where(split, running, batch) * prompt).tolist()
+
+
+def test_even_waves_are_evaluated_once_and_a_fitting_batch_not_at_all():
+    batch, prompt = np.array([16.0, 4.0]), 1.0
+    calls = []
+
+    def rerun(b, where):
+        calls.append(b.tolist())
+        return _metrics(b, prompt)
+
+    out = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 48.0, CHUNK, None, rerun)
+    assert calls == [[8.0]] and out["kv_waves"].tolist() == [2, 1]  # 16 = 8 + 8: one size
+
+    def never(b, where):
+        raise AssertionError("a batch that fits at once is not evaluated again")
+
+    fits = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 64.0, CHUNK, None, never)
+    assert fits["kv_waves"].tolist() == [1, 1] and fits["e2e_s"].tolist() == [16.0, 4.0]
+
+
+def test_a_sweep_that_fits_at_once_runs_the_model_once(monkeypatch):
+    import perfmodel.sweeps as sweeps
+
+    calls = []
+    original = sweeps.run_in_waves
+
+    def counting(metrics, batch, input_len, output_len, usable, chunk, limit, rerun):
+        def counted(b, where):
+            calls.append(int(where.sum()))
+            return rerun(b, where)
+        return original(metrics, batch, input_len, output_len, usable, chunk, limit, counted)
+
+    monkeypatch.setattr(sweeps, "run_in_waves", counting)
+    small = sweep("mixtral-8x7b", {"batch": [1, 8, 32], "input_len": [512, 2048]}, output_len=OUTPUT_LEN)
+    assert (small["kv_waves"] == 1).all() and calls == []
+    mixed = sweep("mixtral-8x7b", {"batch": [8, 300], "input_len": [512, 2048]}, output_len=OUTPUT_LEN)
+    waved = int((mixed["kv_waves"] > 1).sum())
+    assert waved == 2 and calls and all(n == waved for n in calls)
