@@ -32,8 +32,8 @@ from perfmodel.validate import report_charts as charts
 from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
     BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, engines,
-    layout_rows, lookup, regime_rows, mape_table, num, ordered_metrics, pct, provenance_line, signed, source_items, verdict,
-    verdict_line, with_variant, worst_points,
+    layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows, signed, source_items,
+    verdict, verdict_line, with_variant, worst_points,
 )
 
 #: The templates' package and folder.

@@ -21,7 +21,8 @@ def print_report(report: PaperReport, console: Console, files: tuple[str, str] |
     src = report.source
     console.print(f"measured: our vLLM {src['vllm']} runs on {src['gpu']} (not the paper's H100), "
                   f"{src['rows']} rows, {src['dates']}; in brackets the model at exactly those points"
-                  + (f"; left out, their routing having collapsed: {', '.join(src['left_out'])}" if src.get("left_out") else ""))
+                  + (f"; left out, their routing having collapsed: {', '.join(src['left_out'])}"
+                     if src.get("left_out") else ""))
     table = Table(header_style="bold", show_lines=True)
     for column in ("effect", "paper", f"predicted ({report.gpu})", "measured (H200)", "verdict", "model vs measured"):
         table.add_column(column, overflow="fold")
@@ -31,7 +32,8 @@ def print_report(report: PaperReport, console: Console, files: tuple[str, str] |
     console.print(table)
     console.print(f"verdict: reproduced = the paper's sign and within ±{study.tolerance_pp:g} pp of its range; "
                   "size off = sign right, size not; not expressible = the paper leaves out a parameter; "
-                  f"model vs measured: tracks = its change within ±{study.tolerance_pp:g} pp of ours at every measured pair")
+                  f"model vs measured: tracks = its change within ±{study.tolerance_pp:g} pp of ours at every "
+                  "measured pair")
     console.print(standing(report))
     if files:
         console.print(f"report: {files[0]}  markdown: {files[1]}")

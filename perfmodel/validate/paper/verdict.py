@@ -132,7 +132,8 @@ class Tracking:
         ``–`` without pairs."""
         if not self.gaps:
             return "–"
-        text = f"{self.verdict}: {self.within} of {len(self.gaps)} pair{'s' if len(self.gaps) != 1 else ''} within ±{self.tolerance:g} pp"
+        pairs = f"{len(self.gaps)} pair{'s' if len(self.gaps) != 1 else ''}"
+        text = f"{self.verdict}: {self.within} of {pairs} within ±{self.tolerance:g} pp"
         return text if self.verdict == TRACKS else f"{text} (largest {max(self.gaps):.0f} pp)"
 
 
