@@ -318,7 +318,9 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     host's work for each of the B sequences the step holds), unless each of its steps fits the
     largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
     tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
-    no chunk: θ(T − M_graph)). ``steps``: engine steps the pass is split into (a chunked
+    no chunk: θ(T − M_graph)). A step it replays runs the graph's pieces with each layer's
+    attention launched between them from the host: N_layers·t_piece_layer more, serial with the
+    GPU's work. ``steps``: engine steps the pass is split into (a chunked
     prefill of ``chunk`` tokens per step, :func:`perfmodel.phases.prefill_steps`): the fixed
     costs and the host's launch time are paid once per step, the per-sequence host time once per
     sequence (a sequence chunked over several steps is counted once: chunks of one prompt are
@@ -333,19 +335,28 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        return sp.Max(gpu, launch_floor(subs, steps, chunk)), rows
+        floor = launch_floor(subs, steps, chunk)
+        replayed = 1 - launched(subs, chunk)  # each step a piecewise-graph replay
+        return sp.Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer, floor), rows
     return gpu, rows
+
+
+def launched(subs: dict, chunk: sp.Expr | None = None) -> sp.Expr:
+    """1 when an eager-prefill engine launches a pass's steps from the host (each holds more
+    tokens than its largest captured CUDA graph, M_graph), 0 when it replays them from
+    piecewise graphs: θ(T − M_graph)·[θ(chunk − M_graph)] (Heaviside, θ(0) = 0)."""
+    out = sp.Heaviside(subs[s.T] - s.M_graph, 0)
+    if chunk is not None:
+        out *= sp.Heaviside(chunk - s.M_graph, 0)
+    return out
 
 
 def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | None = None) -> sp.Expr:
     """The host's launch time of an eager pass (s), the floor :func:`pass_time` holds it to:
     θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + t_eager_step) +
     B·t_eager_seq); zero for a pass whose steps fit the largest captured CUDA graph."""
-    launched = sp.Heaviside(subs[s.T] - s.M_graph, 0)
-    if chunk is not None:
-        launched *= sp.Heaviside(chunk - s.M_graph, 0)
     host = steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
-    return launched * host
+    return launched(subs, chunk) * host
 
 
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
@@ -518,7 +529,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_kernel: profile.latency.per_kernel_s, s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
-        s.t_eager_seq: profile.latency.eager_seq_s,
+        s.t_eager_seq: profile.latency.eager_seq_s, s.t_piece_layer: profile.latency.piecewise_layer_s,
         s.t_draft: profile.latency.draft_pass_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes

@@ -65,6 +65,10 @@ class Latency(_Strict):
     eager_seq_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per sequence of an eager step (the scheduler's and the "
         "model runner's work for each request it holds), serial with the step's launch.")
+    piecewise_layer_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per layer of a prefill an eager-prefill engine replays "
+        "from piecewise CUDA graphs (the attention between the graph's pieces is launched from the "
+        "host), serial with the pass's GPU work.")
     draft_pass_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
         "work does not hide (the proposer prepares each pass's inputs and samples its token).")

@@ -81,6 +81,7 @@ t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, 
 t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch time per layer (eager), s
 t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
 t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per sequence of an eager step, s
+t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
 t_draft = sp.Symbol("t_draft", nonnegative=True)  #: host time per draft pass (speculative decoding), s
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph

@@ -20,6 +20,14 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     assert set(fitted["fit"]["train_models"]) == set(TRAIN_MODELS)
     assert residuals["held-out"]["decode_step"]["n"] > 0
     assert residuals["train"]["decode_step"]["mape_pct"] < 5
+    # the training points are the rows a parameter was fitted on, by name: the end-to-end rows of
+    # the training models, their fp8 rows, the draft pass's and the piecewise-graph prefills'
+    named = set(fitted["fit"]["points"])
+    assert set(fitted["fit"]["draft_pass"]["points"]) <= named
+    assert set(fitted["fit"]["piecewise_layer"]["points"]) <= named
+    assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named)
+    # a training model's row that no fit took (OLMoE at B = 512 beside the piecewise-graph rows) is held out
+    assert not any("|olmoe-1b-7b|" in p and "|B=512|" in p for p in named)
     # the band: held-out points only, less those of the groups measured at collapsed routing
     assert fitted["fit"]["band_excludes"] == ["deepseek-v2-lite bf16", "phi-3.5-moe bf16", "qwen3-30b-a3b fp8"]
     assert fitted["error_band"]["decode_step"] < residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100
@@ -59,8 +67,8 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     # the same models through vLLM's uniform routing simulator are a group of their own, in the band
     simulated = [r for r in kept if row_routing(r) == "uniform_random"]
     assert {"deepseek-v2-lite", "phi-3.5-moe", "qwen3-30b-a3b"} <= {r["model"] for r in simulated}
-    points, _ = compare(kept, engine="vllm", gpu="h200-sxm", train_models=TRAIN_MODELS,
-                        train_points=profile.fit["draft_pass"]["points"])
+    # the training points are exactly the rows a parameter was fitted on (fit.points)
+    points, _ = compare(kept, engine="vllm", gpu="h200-sxm", train_points=profile.fit["points"])
     held = points[points["split"] == "held-out"]
     # held-out models, and what-if variants (Mixtral skeleton, pruned OLMoE) of training models
     assert set(held["model"]) <= set(HELD_OUT_MODELS) | {"mixtral-8x7b", "olmoe-1b-7b"}
@@ -107,3 +115,37 @@ def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():
     assert graph.provenance["error_band"]["ttft_regime"] == "graph-replayed"
     assert graph.provenance["error_band"]["ttft"] is None and "no TTFT band" in graph.provenance["error_band_note"]
     assert "ttft_s" not in graph.intervals() and "itl_s" in graph.intervals()
+
+
+def test_a_prefill_replayed_from_piecewise_graphs_pays_the_hosts_attention_launches(tmp_path):
+    import yaml
+
+    from perfmodel import predict
+    from perfmodel.paths import PROFILES_DIR
+    from perfmodel.planning.steptime import build_step_times
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.layout import Layout
+    from perfmodel.specs.model import load_model
+
+    profile = load_profile("vllm", "h200-sxm")
+    t = profile.latency.piecewise_layer_s
+    assert 5e-5 < t < 1e-3
+    # fitted on the training model's graph-replayed prefills only (OLMoE-1B-7B, B·S ≤ 512)
+    points = profile.fit["piecewise_layer"]["points"]
+    assert len(points) >= 3 and all("|olmoe-1b-7b|" in p and "|S=128|" in p for p in points)
+    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    data["latency"]["piecewise_layer_s"] = 0.0
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump(data))
+    kw = dict(phase="prefill", gpu="h200-sxm", output_len=2)
+    # 128 tokens fit the default capture sizes (512): replayed, + 16 layers · t
+    replayed, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=128, **kw) for e in ("vllm", str(without)))
+    assert replayed.metrics["ttft_s"] - bare.metrics["ttft_s"] == pytest.approx(16 * t, rel=1e-6)
+    # 2,048 tokens are launched from the host: the term does not apply
+    launched, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=2048, **kw) for e in ("vllm", str(without)))
+    assert launched.metrics["ttft_s"] == pytest.approx(bare.metrics["ttft_s"], rel=1e-9)
+    # the serving step tables take the same term from the compiled prefill
+    tables = build_step_times(load_model("olmoe-1b-7b"), load_gpu("h200-sxm"), profile, "bf16", Layout(1, 1, 1),
+                              max_tokens=8192, max_seqs=256, max_context=2048)
+    assert tables.piecewise_s == pytest.approx(16 * t, rel=1e-6)
+    assert tables.step(0, 1.0, 100, 0.0) - tables.step(0, 1.0, 0, 0.0) > 16 * t

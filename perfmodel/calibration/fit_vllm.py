@@ -20,7 +20,11 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   attention between the pieces launched from the host, and each ``generate`` call admits and
   schedules its requests: TTFT is at least that host time (``prefill_eager``), unless the
   prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
-  default cap; each measured row states its own capture sizes), which is replayed whole.
+  default cap; each measured row states its own capture sizes), which is replayed.
+- ``piecewise_layer_s``: such a replayed prefill still launches each layer's attention between
+  the graph's pieces from the host, serial with the GPU's work. Fitted after the rest, from the
+  training models' rows whose prefill fit the engine's capture sizes
+  (:func:`fit_piecewise_layer`); the other models' such rows are held out.
 - ``draft_pass_s``: speculative decoding with a draft model runs γ draft passes per step, each
   a graph replay between host work the replay does not hide (the proposer prepares the pass's
   inputs and samples its token). Fitted after the rest, from the speculative rows of one draft,
@@ -245,6 +249,32 @@ def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
     return max(0.0, _sig(float(np.mean(per_pass)))), list(ids)
 
 
+def fit_piecewise_layer(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
+                        train: tuple[str, ...]) -> tuple[float | None, list[str]]:
+    """``piecewise_layer_s`` (s) and the point ids it comes from: over the rows of the training
+    models as built (no speculative decoding) whose prefill the engine replayed from piecewise
+    CUDA graphs (:func:`perfmodel.prediction.prefill_regime` ``graph-replayed``: B·S within the
+    row's largest capture size), the mean of (measured − predicted TTFT)/N_layers, the
+    predictions taken without the term (TTFT of such a row is its one prefill step, which holds
+    N_layers·t_piece_layer once). Every other model's such rows are held out. None (and no
+    points) when there are none."""
+    from perfmodel.measuring.compare import is_variant, row_speculative
+    from perfmodel.prediction import GRAPH_REPLAYED
+    from perfmodel.specs.model import load_model
+
+    candidates = [r for r in rows if r.get("status") == "ok" and r["model"] in train and not is_variant(r)
+                  and not row_speculative(r)]
+    if not candidates:
+        return None, []
+    points = _compare_with({**base, "latency": {**base["latency"], "piecewise_layer_s": 0.0}}, candidates, gpu,
+                           train)
+    ttft = points[(points["metric"] == "ttft") & (points["prefill_regime"] == GRAPH_REPLAYED)]
+    if ttft.empty:
+        return None, []
+    per_layer = [(p.measured - p.predicted) / load_model(p.model).n_layers for p in ttft.itertuples()]
+    return max(0.0, _sig(float(np.mean(per_layer)))), list(ttft["point_id"])
+
+
 def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
@@ -255,6 +285,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
     rows = _rows(results, train)
+    fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
     values = fit_parameters(rows, base, gpu)
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
@@ -264,6 +295,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         except SpecError:
             continue
         multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
+        fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
@@ -279,6 +311,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
     if eager_seq is not None:
         base["latency"]["eager_seq_s"] = eager_seq
+    piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
+    if piecewise is not None:
+        base["latency"]["piecewise_layer_s"] = piecewise
     collapsed = sorted(collapsed_routing(all_rows, gpu))
     note = ""
     if collapsed:
@@ -291,8 +326,11 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         note += ("; not from the speculative rows whose verify pass exceeded their engine's captured "
                  "CUDA graphs (the runner's capture sizes then stopped at B tokens: such decode steps ran "
                  "without a graph, which a serving engine's capture sizes avoid)")
+    fitted += [*draft_points, *piecewise_points]
+    # the training points are the rows some parameter was fitted on, and nothing else: a row of a
+    # training model that no fit took (e.g. a what-if engine setting) is held out
     stats, base["error_band"] = held_out_residuals(
-        base, results, gpu, train, held_out, note, train_points=tuple(draft_points),
+        base, results, gpu, (), held_out, note, train_points=tuple(fitted),
         band_exclude=lambda r: routing_group(r) in collapsed or r["point_id"] in eager_verify)
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
@@ -311,6 +349,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                        "points": draft_points},
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
+        "piecewise_layer": {"points": piecewise_points},
+        "points": sorted(set(fitted)),
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
         "band_excludes": [group_name(*key) for key in collapsed],

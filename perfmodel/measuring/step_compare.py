@@ -83,7 +83,7 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps) -> MixedSteps
     b = busy_steps(trace["steps"], trace["columns"])
     gaps, busy = b.gap_s, b.busy
     n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
-    unlaunched = dataclasses.replace(steps, graph_tokens=np.inf)
+    unlaunched = dataclasses.replace(steps, graph_tokens=np.inf, piecewise_s=0.0)  # the GPU's time alone
     gpu = unlaunched.steps(n, _context(row), p, p * steps.prefill_rate(float(row["input_len"])))
     mixed, decode = busy & (p > 0), busy & (p == 0)
     if not mixed.any():

@@ -65,7 +65,9 @@ class StepTimes:
     step; ``floor_s``: least time of a step holding prompt tokens and more than
     ``graph_tokens`` tokens in all (the largest step replayed from a captured CUDA graph), when
     it holds one sequence; ``floor_seq_s``: what each further sequence (a decode or a prompt
-    chunk) adds to that floor. Memory per GPU in bytes.
+    chunk) adds to that floor; ``piecewise_s``: what a step holding prompt tokens within
+    ``graph_tokens`` adds, replayed from piecewise graphs with each layer's attention launched
+    from the host. Memory per GPU in bytes.
     """
 
     token_s: np.ndarray
@@ -84,6 +86,7 @@ class StepTimes:
     sequence_ops: tuple[str, ...] = ()
     graph_tokens: float = 0.0
     floor_seq_s: float = 0.0
+    piecewise_s: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -173,7 +176,9 @@ class StepTimes:
             slope = (column[-1] - column[-2]) / (self.ctx_n[-1] - self.ctx_n[-2])
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
         t = tok + ctx + p_time + self.fixed_s
-        return np.where((p > 0) & (total > self.graph_tokens), np.maximum(t, self.floor(n + chunks)), t)
+        launched = total > self.graph_tokens
+        t = np.where((p > 0) & ~launched, t + self.piecewise_s, t)
+        return np.where((p > 0) & launched, np.maximum(t, self.floor(n + chunks)), t)
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
              prompts: int = 1) -> float:
@@ -181,8 +186,11 @@ class StepTimes:
         of ``prompts`` prompt chunks whose sequence ops take ``prompt_time`` s (Σ tokens ·
         :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
-        launched = prompt_tokens > 0 and n + prompt_tokens > self.graph_tokens
-        return max(t, float(self.floor(n + prompts))) if launched else t
+        if prompt_tokens <= 0:
+            return t
+        if n + prompt_tokens > self.graph_tokens:
+            return max(t, float(self.floor(n + prompts)))
+        return t + self.piecewise_s
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
@@ -242,6 +250,10 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     # the host floor: a one-token prefill as if no graph were captured; and per further sequence
     floor = float(prefill.evaluate({**base, "B": 1.0, "S": 1.0, "M_graph": 0.0}).totals["prefill_s"])
     floor_seq = float(base.get("t_eager_seq", 0.0)) if profile.options.prefill_eager else 0.0
+    # a one-token prefill replayed from piecewise graphs, with and without the host's launches
+    replayed = {**base, "B": 1.0, "S": 1.0, "M_graph": max(float(base.get("M_graph", 0.0)), 1.0)}
+    piecewise = (float(prefill.evaluate(replayed).totals["prefill_s"])
+                 - float(prefill.evaluate({**replayed, "t_piece_layer": 0.0}).totals["prefill_s"]))
     act = float(run_prefill(1.0, float(max_tokens)).totals["activation_bytes"])
     kv_ref = float(max_context)
     kv_per_token = float(run_decode(1.0, kv_ref).totals["kv_cache_bytes"]) / kv_ref
@@ -252,7 +264,7 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         floor_s=floor, weights_bytes=float(probe.totals["weights_bytes"]), activation_bytes=act,
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
-        floor_seq_s=floor_seq)
+        floor_seq_s=floor_seq, piecewise_s=piecewise)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

@@ -123,8 +123,12 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         read.append(what_if_file(path))
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
-    train = (profile.fit or {}).get("train_models", [])
-    train_points = ((profile.fit or {}).get("draft_pass") or {}).get("points", [])
+    fit = profile.fit or {}
+    if "points" in fit:  # the profile names every row it was fitted on: those are the training points
+        train, train_points = [], fit["points"]
+    else:
+        train = fit.get("train_models", [])
+        train_points = (fit.get("draft_pass") or {}).get("points", [])
     import pandas as pd
 
     points, ops = [], []
