@@ -227,6 +227,13 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     return base
 
 
+def _residual_stats(rel_error) -> dict[str, Any]:
+    """MAPE, 90th percentile of |error| and bias (%), and the count, of relative errors."""
+    return {"mape_pct": _sig(float(rel_error.abs().mean() * 100)),
+            "p90_abs_pct": _sig(float(rel_error.abs().quantile(0.9) * 100)),
+            "bias_pct": _sig(float(rel_error.mean() * 100)), "n": int(len(rel_error))}
+
+
 #: Fewest held-out prefills of a regime (:func:`perfmodel.prediction.prefill_regime`) for its TTFT band.
 MIN_REGIME_POINTS = 5
 
@@ -256,12 +263,7 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):
         sub = points[points["split"] == split]
-        stats[split] = {
-            metric: {"mape_pct": _sig(float(g["rel_error"].abs().mean() * 100)),
-                     "p90_abs_pct": _sig(float(g["rel_error"].abs().quantile(0.9) * 100)),
-                     "bias_pct": _sig(float(g["rel_error"].mean() * 100)), "n": int(len(g))}
-            for metric, g in sub.groupby("metric")
-        }
+        stats[split] = {metric: _residual_stats(g["rel_error"]) for metric, g in sub.groupby("metric")}
     held = stats["held-out"]
     if not held:
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
@@ -292,10 +294,7 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         for split in ("train", "held-out"):
             sub = points[(points["split"] == split) & (points["metric"] == "ttft") & ~points["speculative"]]
             for regime, part in sub.groupby("prefill_regime"):
-                stats[split][f"ttft {regime}"] = {
-                    "mape_pct": _sig(float(part["rel_error"].abs().mean() * 100)),
-                    "p90_abs_pct": _sig(float(part["rel_error"].abs().quantile(0.9) * 100)),
-                    "bias_pct": _sig(float(part["rel_error"].mean() * 100)), "n": int(len(part))}
+                stats[split][f"ttft {regime}"] = _residual_stats(part["rel_error"])
     return stats, band
 
 
