@@ -512,8 +512,10 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             point = {**key, "metric": metric, "measured": measured_s, "predicted": value,
                      "rel_error": _rel(value, measured_s)}
             gaps = (client_gaps or {}).get(row["point_id"])
-            if metric in ITL_PERCENTILES and gaps is not None and band(gaps, ITL_PERCENTILES[metric]):
-                lo, hi = band(gaps, ITL_PERCENTILES[metric])
+            measured_band = band(gaps, ITL_PERCENTILES[metric]) if metric in ITL_PERCENTILES and gaps is not None \
+                else None
+            if measured_band is not None:
+                lo, hi = measured_band
                 point.update(band=(lo, hi), in_band=value is not None and lo <= value <= hi)
             points.append(point)
         served, served_pred = row.get("output_tok_s"), pred.get("output_tok_s")
