@@ -24,13 +24,16 @@ def test_the_vllm_profile_chunks_at_vllms_default_budget():
     assert load_profile("roofline", "h200-sxm").options.prefill_chunk_tokens is None
 
 
-def _profile_with_chunk(tmp_path, chunk, graph_tokens=0):
+def _profile_with_chunk(tmp_path, chunk, graph_tokens=0, piecewise=None):
     """The vllm profile with another chunk, and no captured graph (every step launched from
-    the host) unless ``graph_tokens`` says otherwise."""
+    the host) unless ``graph_tokens`` says otherwise; ``piecewise``: another host time per layer
+    of a replayed step (s)."""
     data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
     data["options"]["prefill_chunk_tokens"] = chunk
     data["options"]["cudagraph_max_tokens"] = graph_tokens
-    path = tmp_path / f"chunk-{chunk}-graph-{graph_tokens}.yaml"
+    if piecewise is not None:
+        data["latency"]["piecewise_layer_s"] = piecewise
+    path = tmp_path / f"chunk-{chunk}-graph-{graph_tokens}-piece-{piecewise}.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
@@ -43,10 +46,13 @@ def test_each_step_pays_the_host_floor(tmp_path):
     four = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128), batch=4, input_len=128,
                    output_len=2).metrics["ttft_s"]
     assert four == pytest.approx(4 * one, rel=0.02)
-    # with graphs captured up to 128 tokens, each 128-token step is replayed: no floor at all
-    replayed = predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128, graph_tokens=128), batch=4,
-                       input_len=128, output_len=2).metrics["ttft_s"]
-    assert replayed < 0.5 * one
+    # with graphs captured up to 128 tokens, each 128-token step is replayed: no floor at all,
+    # its GPU time and, per step, the host's attention launches between the graph's pieces
+    replayed, gpu_alone = (predict("olmoe-1b-7b", engine=_profile_with_chunk(tmp_path, 128, 128, piecewise),
+                                   batch=4, input_len=128, output_len=2).metrics["ttft_s"] for piecewise in (None, 0.0))
+    assert gpu_alone < 0.5 * one
+    per_layer = load_profile("vllm", "h200-sxm").latency.piecewise_layer_s
+    assert replayed - gpu_alone == pytest.approx(4 * 16 * per_layer, rel=1e-6)  # 4 steps × 16 layers
 
 
 def test_chunking_never_shortens_a_prefill(tmp_path):
