@@ -153,7 +153,8 @@ def measure(
     out: Optional[Path] = typer.Option(None, "--out", help="JSONL file (default validate/results/<gpu>-<backend>.jsonl)."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Stop starting points after this many seconds."),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay decode steps from CUDA graphs."),
-    profile: bool = typer.Option(True, "--profile/--no-profile", help="torch.profiler kernel split per point."),
+    profile: Optional[bool] = typer.Option(None, "--profile/--no-profile",
+                                           help="torch.profiler kernel split per point (default: on for hf, off for vllm)."),
     tp: int = typer.Option(1, "--tp", help="vllm: tensor parallel size."),
     expert_parallel: bool = typer.Option(False, "--expert-parallel",
                                          help="vllm: expert parallelism over the tp GPUs of a stage."),
@@ -243,7 +244,7 @@ def measure(
     if backend == "hf":
         from perfmodel.measuring.hf_runner import HFBackend
 
-        engine = HFBackend(profile=profile)
+        engine = HFBackend(profile=profile is not False)
         settings = None
     else:
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel,
@@ -258,7 +259,7 @@ def measure(
 
             engine = DataParallelBackend(dp, tp * pp, visible_devices(vllm_backend.visible_gpus()))
         else:
-            engine = vllm_backend.VLLMBackend(routing_probe=routing_probe)
+            engine = vllm_backend.VLLMBackend(routing_probe=routing_probe, profile=profile is True)
         experts_impl = "vllm_fused_moe"
     points = build_points(models, batches, phases, outs, backend=backend, overrides=overrides,
                           layers=layers, experts_impl=experts_impl, cuda_graphs=cuda_graphs,

@@ -363,14 +363,19 @@ def make_requests(batch: int, input_len: int, vocab_size: int, seed: int = 0) ->
     return [{"prompt_token_ids": [rng.randrange(10, hi) for _ in range(input_len)]} for _ in range(batch)]
 
 
+#: Decode steps of a kernel profile (``--profile``): one step is their mean.
+PROFILE_DECODE_STEPS = 16
+
+
 class VLLMBackend:
     """Runs points through ``vllm.LLM`` (one engine per group of points)."""
 
     name = "vllm"
 
-    def __init__(self, reps: int = 3, log=None, routing_probe: bool = False) -> None:
+    def __init__(self, reps: int = 3, log=None, routing_probe: bool = False, profile: bool = False) -> None:
         self.reps = reps
         self.routing_probe = routing_probe
+        self.profile = profile
         self.log = log or (lambda msg: print(msg, flush=True))
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -463,6 +468,8 @@ class VLLMBackend:
             engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
         extra = spec_fields(counted, spec_counters(llm)) if spec else {}
+        if self.profile:  # after the timed runs: the profiler slows the host, not the kernels
+            extra.update(self.kernel_profiles(lambda n: run(n)[1], o))
         ttft = statistics.median(ttfts)
         e2e = max(statistics.median(e2es), ttft) if e2es else ttft
         notes = []
@@ -495,6 +502,22 @@ class VLLMBackend:
                               "resolved": handle["settings"]},
             **extra,
         }
+
+    @staticmethod
+    def kernel_profiles(run, output_len: int) -> dict[str, Any]:
+        """GPU kernels of the prefill (a run with O = 1) and of one decode step (a run of
+        n + 1 tokens less the prefill's, over n = min(O − 1, :data:`PROFILE_DECODE_STEPS`)
+        steps), as ``prefill_profile`` / ``decode_profile`` (:mod:`perfmodel.measuring.vllm_kernels`)."""
+        from perfmodel.measuring import vllm_kernels
+
+        prefill = vllm_kernels.profile_table(lambda: run(1))
+        out = {"prefill_profile": vllm_kernels.summary(prefill)}
+        steps = min(output_len - 1, PROFILE_DECODE_STEPS)
+        if steps >= 1:
+            whole = vllm_kernels.profile_table(lambda: run(steps + 1))
+            step = vllm_kernels.summary(vllm_kernels.decode_step_table(whole, prefill, steps))
+            out["decode_profile"] = {**step, "steps": steps}
+        return out
 
     def measure_routing(self, handle, point: SweepPoint) -> dict[str, Any]:
         """The routing of one point's whole request, prefill (T = B*S) and all O - 1 decode
