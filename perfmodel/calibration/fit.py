@@ -101,15 +101,16 @@ def one_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> list[dict[str, Any]]:
-    """The ok one-GPU rows of ``models`` as built (no variants) at one quantization (None:
-    unquantized)."""
-    from perfmodel.measuring.compare import is_variant, load_measurements, row_quant, row_speculative
+    """The ok one-GPU rows of ``models`` as built (no variants), with the fused MoE, at one
+    quantization (None: unquantized)."""
+    from perfmodel.measuring.compare import (is_variant, load_measurements, row_moe_impl, row_quant,
+                                             row_speculative)
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
     rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-            and row_quant(r) == quant and not row_speculative(r)]
+            and row_quant(r) == quant and not row_speculative(r) and row_moe_impl(r) == "fused"]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows
@@ -245,7 +246,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
-    validation reports those rows per layout). TTFT gets a band per regime of the prefill
+    validation reports those rows per layout), and so are rows of an unfused MoE (the band is
+    the fused MoE's). TTFT gets a band per regime of the prefill
     (:func:`perfmodel.prediction.prefill_regime`) where the launch-bound and the GPU-bound ones
     each have at least :data:`MIN_REGIME_POINTS` held-out points: ``ttft`` (GPU-bound),
     ``ttft_launch_bound`` and, with as many points, ``ttft_graph_replayed`` (see
@@ -253,12 +255,12 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
-    from perfmodel.measuring.compare import load_measurements, what_if_file
+    from perfmodel.measuring.compare import load_measurements, row_moe_impl, what_if_file
 
     rows = load_measurements(results)
     if what_if_file(results).exists():
         rows += load_measurements(what_if_file(results))
-    rows = one_gpu_rows(rows)
+    rows = [r for r in one_gpu_rows(rows) if row_moe_impl(r) == "fused"]  # the band is the fused MoE's
     points = _compare_with(profile, rows, gpu, train, train_points)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):

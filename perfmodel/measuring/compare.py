@@ -36,15 +36,16 @@ METRIC_FIELDS = {
     "throughput": ("throughput_tok_s", 1.0, "throughput_tok_s"),
 }
 
-def op_categories(spec, engine: str, gpu: str, quant: str | None = None) -> dict[str, str]:
+def op_categories(spec, engine: str, gpu: str, quant: str | None = None,
+                  moe_impl: str = "fused") -> dict[str, str]:
     """Op name → the measured profiler category its kernels run as (hf engine, transformers
-    5.x), for the decode graph ``engine`` builds of a model at a quantization scheme: each op's
-    :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
+    5.x), for the decode graph ``engine`` builds of a model at a quantization scheme and MoE
+    implementation: each op's :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
     from perfmodel.graph import build_graph
     from perfmodel.prediction import Workload, graph_options
     from perfmodel.profile import load_profile
 
-    options = graph_options(load_profile(engine, gpu), Workload(quant=quant))
+    options = graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl))
     graph = build_graph(spec, decode=True, options=options)
     return {op.name: op.category.value for _, op in graph.all_ops()}
 
@@ -71,6 +72,21 @@ def row_quant(row: dict[str, Any]) -> str | None:
     per-token activation scales, the model's ``fp8`` scheme); None when unquantized."""
     quant = (row.get("engine") or {}).get("quantization") or "none"
     return None if quant == "none" else str(quant)
+
+
+#: transformers' experts implementations the model has: ``grouped_mm`` (one grouped GEMM per
+#: projection, the model's ``fused`` MoE) and ``eager`` (a loop over the touched experts, its
+#: ``unfused`` MoE). ``batched_mm`` (each token's expert weights gathered into a batched GEMM)
+#: has no counterpart, and its rows are left out of a comparison.
+HF_MOE_IMPLS = {"grouped_mm": "fused", "eager": "unfused"}
+
+
+def row_moe_impl(row: dict[str, Any]) -> str | None:
+    """The model's MoE implementation (:data:`perfmodel.ops.moe.MOE_IMPLS`) of a measured row:
+    ``fused`` for vLLM's fused MoE, transformers' per :data:`HF_MOE_IMPLS`; None when the
+    model has none for it."""
+    impl = str((row.get("engine") or {}).get("experts_implementation") or "grouped_mm")
+    return "fused" if impl.startswith("vllm_fused_moe") else HF_MOE_IMPLS.get(impl)
 
 
 def row_routing(row: dict[str, Any]) -> str:
@@ -220,9 +236,11 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     """Predicted vs measured for every ok row (optionally of some models only).
 
     A row is a training point when its model is one of ``train_models`` as built, on one GPU,
-    without speculative decoding, or when its point id is one of ``train_points`` (the rows a
+    with the fused MoE, without speculative decoding, or when its point id is one of ``train_points`` (the rows a
     further term was fitted on, e.g. the speculative rows of the profile's draft-pass time,
-    :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other row is held out.
+    :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other row is held out. A row
+    of an experts implementation the model has no counterpart of (:func:`row_moe_impl`) is
+    left out.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
     predicted, rel_error, split, the point's identity: point_id, variant, model, batch,
@@ -245,24 +263,27 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     for row in rows:
         if row.get("status") != "ok" or (wanted is not None and row["model"].lower() not in wanted):
             continue
+        moe_impl = row_moe_impl(row)
+        if moe_impl is None:
+            continue
         overrides = row_overrides(row)
         spec_key = (row["model"], tuple(overrides))
         if spec_key not in specs:
             specs[spec_key] = load_model(row["model"], overrides)
         spec = specs[spec_key]
         quant = row_quant(row)
-        if (spec_key, quant) not in categories:
-            categories[spec_key, quant] = op_categories(spec, engine, gpu, quant)
+        if (spec_key, quant, moe_impl) not in categories:
+            categories[spec_key, quant, moe_impl] = op_categories(spec, engine, gpu, quant, moe_impl)
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
                    layout=layout_label(row))
         speculation = row_speculative(row)
         p = predict(spec, gpu=gpu, engine=engine, input_len=row["input_len"],
-                    output_len=row["output_len"], quant=row_quant(row), **model_workload(row),
+                    output_len=row["output_len"], quant=row_quant(row), moe_impl=moe_impl, **model_workload(row),
                     **speculation)
         replicas = row_layout(row)["dp"]
-        fitted = (not speculation and row["model"].lower() in train and not is_variant(row)) or (
-            row["point_id"] in fitted_points)
+        fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
+                  and not is_variant(row)) or row["point_id"] in fitted_points
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
@@ -280,7 +301,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         predicted_split: dict[str, float] = {}
         for op in p.ops:
             if op["pass"] == "decode":
-                cat = categories[spec_key, quant][op["name"]]
+                cat = categories[spec_key, quant, moe_impl][op["name"]]
                 predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
         for cat in sorted(set(measured_split) | set(predicted_split)):
             ops.append({**key, "engine": engine, "split": split, "category": cat,
