@@ -45,43 +45,60 @@ def test_kernel_table_counts_device_events_only():
     assert table == {"fused_moe_kernel": [2, pytest.approx(0.5)], "nvjet_x": [1, pytest.approx(0.1)]}
 
 
+def test_busy_time_counts_overlapping_kernels_once():
+    events = [_event("a", 0, 1000), _event("b", 500, 1500), _event("c", 3000, 3500),
+              _event("aten::mm", 0, 9000, device="DeviceType.CPU")]
+    assert vllm_kernels.busy_ms(events) == pytest.approx(2.0)
+    assert vllm_kernels.busy_ms([]) == 0.0
+
+
+def _profile(table, busy=1.0, wall=2.0):
+    return vllm_kernels.KernelProfile(table, busy, wall)
+
+
 def test_decode_step_is_the_difference_per_step():
-    prefill = {"fused_moe_kernel": [10, 4.0], "nvjet_x": [5, 2.0], "sampler": [3, 1.0]}
-    whole = {"fused_moe_kernel": [26, 6.0], "nvjet_x": [21, 2.8], "sampler": [3, 0.9], "flash": [8, 0.4]}
-    step = vllm_kernels.decode_step_table(whole, prefill, steps=8)
-    assert step["fused_moe_kernel"] == [pytest.approx(2.0), pytest.approx(0.25)]
-    assert step["flash"] == [pytest.approx(1.0), pytest.approx(0.05)]
-    assert "sampler" not in step  # no more launches, less time: not a decode kernel
+    prefill = _profile({"fused_moe_kernel": [10, 4.0], "nvjet_x": [5, 2.0], "sampler": [3, 1.0]}, 7.0, 20.0)
+    whole = _profile({"fused_moe_kernel": [26, 6.0], "nvjet_x": [21, 2.8], "sampler": [3, 0.9],
+                      "flash": [8, 0.4]}, 11.0, 36.0)
+    step = vllm_kernels.decode_step(whole, prefill, steps=8)
+    assert step.table["fused_moe_kernel"] == [pytest.approx(2.0), pytest.approx(0.25)]
+    assert step.table["flash"] == [pytest.approx(1.0), pytest.approx(0.05)]
+    assert "sampler" not in step.table  # no more launches, less time: not a decode kernel
+    assert (step.busy_ms, step.wall_ms) == (pytest.approx(0.5), pytest.approx(2.0))
     with pytest.raises(ValueError):
-        vllm_kernels.decode_step_table(whole, prefill, steps=0)
+        vllm_kernels.decode_step(whole, prefill, steps=0)
 
 
 def test_summary_is_a_valid_profile():
     table = {"fused_moe_kernel": [2, 0.5], "nvjet_x": [4, 0.25], "triton_poi_fused_add_0": [8, 0.125],
              "flash_fwd": [1, 0.0625], "mystery": [1, 0.0625]}
-    prof = vllm_kernels.summary(table)
+    prof = vllm_kernels.summary(_profile(table, busy=0.9, wall=1.5))
     assert set(prof["split_ms"]) == set(CATEGORIES)
     assert prof["kernel_ms"] == pytest.approx(1.0)
     assert prof["split_ms"]["expert_gemm"] == pytest.approx(0.5)
     assert prof["split_ms"]["other"] == pytest.approx(0.0625)
     assert prof["n_kernels"] == 16
     assert prof["top_kernels"][0] == ["fused_moe_kernel", 0.5, 2]
+    assert (prof["busy_ms"], prof["wall_ms"]) == (0.9, 1.5)
     assert _validate_profile("decode_profile", prof) == []
 
 
 def test_backend_profiles_prefill_and_one_decode_step(monkeypatch):
-    tables = iter([{"fused_moe_kernel": [4, 2.0]}, {"fused_moe_kernel": [68, 6.0]}])
+    runs = iter([_profile({"fused_moe_kernel": [4, 2.0]}, 2.5, 10.0),
+                 _profile({"fused_moe_kernel": [68, 6.0]}, 7.3, 42.0)])
     calls = []
-    monkeypatch.setattr(vllm_kernels, "profile_table", lambda fn: (fn(), next(tables))[1])
+    monkeypatch.setattr(vllm_kernels, "profile_run", lambda fn: (fn(), next(runs))[1])
     out = vllm_backend.VLLMBackend.kernel_profiles(calls.append, output_len=128)
     assert calls == [1, vllm_backend.PROFILE_DECODE_STEPS + 1]
     assert out["prefill_profile"]["kernel_ms"] == pytest.approx(2.0)
     assert out["decode_profile"]["steps"] == 16
     assert out["decode_profile"]["kernel_ms"] == pytest.approx(0.25)
     assert out["decode_profile"]["n_kernels"] == 4
+    assert out["decode_profile"]["busy_ms"] == pytest.approx(0.3)
+    assert out["decode_profile"]["wall_ms"] == pytest.approx(2.0)
 
 
 def test_backend_profile_of_a_prefill_only_point(monkeypatch):
-    monkeypatch.setattr(vllm_kernels, "profile_table", lambda fn: (fn(), {"nvjet_x": [1, 1.0]})[1])
+    monkeypatch.setattr(vllm_kernels, "profile_run", lambda fn: (fn(), _profile({"nvjet_x": [1, 1.0]}))[1])
     out = vllm_backend.VLLMBackend.kernel_profiles(lambda n: None, output_len=1)
     assert set(out) == {"prefill_profile"}

@@ -44,7 +44,9 @@ Fields (schema version 1):
 - profiles: ``prefill_profile`` and ``decode_profile`` = {``kernel_ms``, ``split_ms`` (per
   category of :data:`PROFILE_CATEGORIES`, summing to ``kernel_ms``), ``n_kernels``, ``unit``,
   ``unlinked_ms``, ``top_kernels``; decode adds ``context_len`` and ``graph_ms``, the graph-replay
-  time of the same step} or null;
+  time of the same step} or null; a vllm row measured with ``--profile`` has them from the
+  engine's runs (:mod:`perfmodel.measuring.vllm_kernels`: ``top_kernels`` as [name, ms, count],
+  with ``busy_ms`` and ``wall_ms``, and ``steps`` for decode);
 - routing: ``prefill_tokens_per_expert`` (counts per expert of one layer's prefill routing),
   ``routing_layer``, ``decode_experts_hit_mean`` (distinct experts per MoE layer in one decode step);
 - ``wall_s`` (seconds the point took), ``notes`` (list of strings).

@@ -510,13 +510,13 @@ class VLLMBackend:
         steps), as ``prefill_profile`` / ``decode_profile`` (:mod:`perfmodel.measuring.vllm_kernels`)."""
         from perfmodel.measuring import vllm_kernels
 
-        prefill = vllm_kernels.profile_table(lambda: run(1))
+        prefill = vllm_kernels.profile_run(lambda: run(1))
         out = {"prefill_profile": vllm_kernels.summary(prefill)}
         steps = min(output_len - 1, PROFILE_DECODE_STEPS)
         if steps >= 1:
-            whole = vllm_kernels.profile_table(lambda: run(steps + 1))
-            step = vllm_kernels.summary(vllm_kernels.decode_step_table(whole, prefill, steps))
-            out["decode_profile"] = {**step, "steps": steps}
+            whole = vllm_kernels.profile_run(lambda: run(steps + 1))
+            out["decode_profile"] = {**vllm_kernels.summary(vllm_kernels.decode_step(whole, prefill, steps)),
+                                     "steps": steps}
         return out
 
     def measure_routing(self, handle, point: SweepPoint) -> dict[str, Any]:

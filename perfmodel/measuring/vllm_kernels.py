@@ -16,16 +16,20 @@ CUDA-graph replays), so a kernel is classified by its name alone (:func:`kernel_
   reduction kernels (``triton_poi_`` / ``triton_red_`` / ``triton_per_``), fp8 quantization;
 - ``other``: the sampler's kernels and anything unmatched.
 
-A profile is the kernel table of a callable's run (:func:`profile_table`: name -> [count,
-total ms]); a decode step's is the difference of a run of n + 1 tokens and a run of one token,
-divided by n (:func:`decode_step_table`). :func:`summary` turns a table into the row schema's
-profile dict (``kernel_ms``, ``split_ms``, ``n_kernels``, ``unit``, ``unlinked_ms``,
-``top_kernels`` as [name, ms, count]).
+A profile is a callable's run under the profiler (:func:`profile_run`): its kernel table (name
+-> [count, total ms]), the GPU's busy time (the union of the kernels' intervals) and the wall
+time; a decode step's is the difference of a run of n + 1 tokens and a run of one token,
+divided by n (:func:`decode_step`). Wall − busy is the time the GPU waited on the host.
+:func:`summary` turns a profile into the row schema's profile dict (``kernel_ms``, ``split_ms``,
+``n_kernels``, ``unit``, ``unlinked_ms``, ``top_kernels`` as [name, ms, count], ``busy_ms``,
+``wall_ms``).
 """
 
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from perfmodel.measuring.profiler_split import CATEGORIES
@@ -75,34 +79,67 @@ def kernel_table(events: Any) -> dict[str, list[float]]:
     return table
 
 
-def profile_table(fn: Callable[[], Any]) -> dict[str, list[float]]:
-    """Run ``fn()`` once under torch.profiler (CUDA activity) and return its kernel table."""
+def busy_ms(events: Any) -> float:
+    """Time the GPU ran at least one kernel (ms): the union of the device events' intervals
+    (kernels of concurrent streams count once)."""
+    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in events if _is_kernel(ev))
+    total, start, end = 0.0, None, None
+    for a, b in spans:
+        if end is None or a > end:
+            if end is not None:
+                total += end - start
+            start, end = a, b
+        else:
+            end = max(end, b)
+    if end is not None:
+        total += end - start
+    return total / 1e3
+
+
+@dataclass
+class KernelProfile:
+    """One profiled run: its kernel table (:func:`kernel_table`), the GPU's busy time
+    (:func:`busy_ms`) and the run's wall time, ms."""
+
+    table: dict[str, list[float]]
+    busy_ms: float
+    wall_ms: float
+
+
+def profile_run(fn: Callable[[], Any]) -> KernelProfile:
+    """Run ``fn()`` once under torch.profiler (CUDA activity alone, so the host is hardly
+    slowed) and return its kernels, busy time and wall time."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-    return kernel_table(prof.events())
+        wall = (time.perf_counter() - t0) * 1e3
+    events = prof.events()
+    return KernelProfile(kernel_table(events), busy_ms(events), wall)
 
 
-def decode_step_table(whole: dict[str, list[float]], prefill: dict[str, list[float]],
-                      steps: int) -> dict[str, list[float]]:
-    """One decode step's kernels: (a run of ``steps`` + 1 tokens − a run of one token)/``steps``,
-    per kernel name; a kernel that ran less in the longer run counts zero."""
+def decode_step(whole: KernelProfile, prefill: KernelProfile, steps: int) -> KernelProfile:
+    """One decode step: (a run of ``steps`` + 1 tokens − a run of one token)/``steps``, per
+    kernel name (a kernel that ran less in the longer run counts zero), busy and wall time."""
     if steps < 1:
         raise ValueError("steps must be >= 1")
     step: dict[str, list[float]] = {}
-    for name, (count, ms) in whole.items():
-        c0, ms0 = prefill.get(name, (0, 0.0))
+    for name, (count, ms) in whole.table.items():
+        c0, ms0 = prefill.table.get(name, (0, 0.0))
         if ms - ms0 > 0 and count - c0 > 0:
             step[name] = [(count - c0) / steps, (ms - ms0) / steps]
-    return step
+    return KernelProfile(step, (whole.busy_ms - prefill.busy_ms) / steps,
+                         (whole.wall_ms - prefill.wall_ms) / steps)
 
 
-def summary(table: dict[str, list[float]]) -> dict[str, Any]:
-    """The row schema's profile dict of a kernel table (ms; ``unit`` ``gpu_kernel``)."""
+def summary(profile: KernelProfile) -> dict[str, Any]:
+    """The row schema's profile dict of a profiled run (ms; ``unit`` ``gpu_kernel``), with its
+    ``busy_ms`` and ``wall_ms``."""
+    table = profile.table
     split = {c: 0.0 for c in CATEGORIES}
     for name, (_, ms) in table.items():
         split[kernel_category(name)] += ms
@@ -115,4 +152,6 @@ def summary(table: dict[str, list[float]]) -> dict[str, Any]:
         "unit": "gpu_kernel",
         "unlinked_ms": 0.0,
         "top_kernels": [[name[:160], round(ms, 6), round(count, 3)] for name, (count, ms) in top],
+        "busy_ms": round(profile.busy_ms, 6),
+        "wall_ms": round(profile.wall_ms, 6),
     }
