@@ -10,6 +10,7 @@ import yaml
 from perfmodel import paths
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
+from perfmodel.measuring.compare import row_overrides
 from perfmodel.validate.paper import measured
 from perfmodel.validate.paper.effects import Measured, load_study
 from perfmodel.validate.paper.report import PaperReport, measured_text
@@ -67,7 +68,35 @@ def test_an_effect_takes_one_comparison_or_a_list(study):
         ("ffn", 896, 1024), ("ffn", 768, 1024), ("ffn", 512, 1024)]
     assert [m.value for m in study.effect("E10").measured] == ["qwen3-1.7b:4", "qwen3-1.7b:4", "qwen3-0.6b:4",
                                                                 "qwen3-1.7b:8"]
-    assert study.effect("E5").measured == []
+    assert study.effect("E5").measured == [Measured(vary="moe_impl", value="fused", baseline="unfused", engine="hf")]
+    assert study.effect("E7").measured == []
+
+
+def _hf_rows():
+    return measured.load_rows(measured.RESULTS_FILES["hf"])
+
+
+def test_the_fused_vs_unfused_comparison_pairs_transformers_rows_alone(study):
+    comparison = study.effect("E5").measured[0]
+    hf = _hf_rows()
+    vllm = measured.load_rows()
+    found = measured.pairs(hf + vllm, comparison, "vllm")
+    assert found and not measured.pairs(vllm, comparison, "vllm")
+    for pair in found:
+        assert pair.side["backend"] == pair.base["backend"] == "hf"
+        assert "experts=grouped_mm" in pair.side["point_id"] and "experts=eager" in pair.base["point_id"]
+        assert pair.side["point_id"].replace("grouped_mm", "eager") == pair.base["point_id"]
+        # predicted with the hf profile, each side with its own MoE implementation
+        shape = tuple(row_overrides(pair.side))
+        fused = measured._predicted(pair.side["model"], shape, pair.side["batch"],
+                                    pair.side["input_len"], pair.side["output_len"], None, "hf")
+        unfused = measured._predicted(pair.base["model"], shape, pair.base["batch"],
+                                      pair.base["input_len"], pair.base["output_len"], None, "hf", (), "unfused")
+        assert pair.predicted_side == pytest.approx(fused) and pair.predicted_base == pytest.approx(unfused)
+    assert measured.knobs(found[0].base)["moe_impl"] == "unfused"
+    # a vLLM comparison never takes a transformers row
+    e1 = study.effect("E1").measured[0]
+    assert all(p.side["backend"] == "vllm" for p in measured.pairs(hf + vllm, e1, "vllm"))
 
 
 def test_a_bad_comparison_in_a_list_is_one_clear_error(tmp_path, capsys):
@@ -128,7 +157,8 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
     report = PaperReport(study, "h100-sxm", "vllm", {}, {}, [], {"E10": pairs}, {})
     text = measured_text(report, "E10")
     assert text.startswith(f"qwen3-30b-a3b, {len(pairs)} pairs: spec=qwen3-1.7b:4 vs qwen3-8b:4 +")
-    assert measured_text(report, "E5") == "not measured" and measured_text(report, "E9") == "no measured pair"
+    assert measured_text(report, "E7") == "not measured" and measured_text(report, "E9") == "no measured pair"
+    assert measured_text(report, "E5") == "no measured pair"
 
 
 def test_the_model_is_judged_against_our_measurements_pair_by_pair():

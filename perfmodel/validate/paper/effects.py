@@ -80,12 +80,17 @@ def _pct(value: float | None) -> str:
 class Measured(_Data):
     """Which measured rows compare the same thing: rows differing in ``vary`` only, ``value``
     against ``baseline``, of the ``models`` named (empty: any). ``spec`` is the speculative
-    decoding a row ran, ``DRAFT:γ`` (e.g. ``qwen3-1.7b:4``) or ``none``."""
+    decoding a row ran, ``DRAFT:γ`` (e.g. ``qwen3-1.7b:4``) or ``none``; ``moe_impl`` the MoE
+    implementation (``fused``, ``unfused``: :func:`perfmodel.measuring.compare.row_moe_impl`).
+    ``engine``: whose measurements (``vllm``, ours of vLLM; ``hf``, ours of transformers, e.g.
+    its grouped_mm experts against its eager loop over them), predicted with that engine's
+    profile."""
 
-    vary: Literal["quant", "top_k", "ffn", "num_experts", "input_len", "spec"]
+    vary: Literal["quant", "top_k", "ffn", "num_experts", "input_len", "spec", "moe_impl"]
     value: Any
     baseline: Any
     models: list[str] = Field(default_factory=list)
+    engine: Literal["vllm", "hf"] = "vllm"
 
 
 class Setup(_Data):

@@ -1,14 +1,19 @@
-"""The paper's comparisons in our own vLLM measurements (H200, not the paper's H100).
+"""The paper's comparisons in our own measurements (H200, not the paper's H100): of vLLM, and
+where vLLM has no switch for what an effect compares, of transformers (the fused vs unfused
+MoE: its grouped_mm experts against its eager loop over them).
 
-Rows come from the committed result files (``validate/results/h200-vllm.jsonl`` and its
-``-whatif`` companion; JSON lines, read by :func:`perfmodel.measuring.results.read_rows`, no
-GPU library imported). Two measured rows compare what an effect compares when they differ in
-the effect's knob only (``quant``, ``top_k``, ``ffn``, ``num_experts``, the length S = O, or
-``spec``, the draft model and γ of speculative decoding): same model, layers, B, S, O, the other
-hyperparameters, the GPU count, and the same speculative decoding (none, or one draft, γ and
-acceptance setting), so a plain row never pairs with a speculative one. Rows record the decode
-sampling in their point id (``sampling=random``; none: greedy, the older rows); a pair takes
-rows of one sampling where both sides have one (random first), else says it mixes them.
+Rows come from the committed result files (``validate/results/h200-vllm.jsonl``,
+``h200-hf.jsonl`` and their ``-whatif`` companions; JSON lines, read by
+:func:`perfmodel.measuring.results.read_rows`, no GPU library imported); a comparison takes the
+rows of its engine (:attr:`~perfmodel.validate.paper.effects.Measured.engine`, the rows'
+``backend``). Two measured rows compare what an effect compares when they differ in the
+effect's knob only (``quant``, ``top_k``, ``ffn``, ``num_experts``, the length S = O, ``spec``,
+the draft model and γ of speculative decoding, or ``moe_impl``): same model, layers, B, S, O,
+the other hyperparameters, the GPU count, and the same speculative decoding (none, or one
+draft, γ and acceptance setting), so a plain row never pairs with a speculative one. Rows
+record the decode sampling in their point id (``sampling=random``; none: greedy, the older
+rows); a pair takes rows of one sampling where both sides have one (random first), else says
+it mixes them.
 
 A row of a (model, quantization, routing) group some of whose decode steps beat the HBM floor of
 uniform routing (:func:`perfmodel.measuring.routing_floor.collapsed_routing`: vLLM's dummy weights
@@ -23,10 +28,11 @@ model costs as graph replays: such rows stand in no pair and no point.
 
 The measured effect is the relative change of ``throughput_tok_s`` (B·(S+O)/E2E), of a point
 measured more than once the mean of its measurements (:func:`load_rows`). Beside it the
-model's prediction for exactly those points: on the H200, with the rows' layers, overrides and
-quantization, one GPU, a speculative row at its draft, γ and measured tokens per step τ
-(:func:`perfmodel.measuring.compare.row_speculative`), as
-:func:`perfmodel.measuring.compare.compare` predicts a row.
+model's prediction for exactly those points: on the H200, with the rows' layers, overrides,
+quantization and MoE implementation, one GPU, a speculative row at its draft, γ and measured
+tokens per step τ (:func:`perfmodel.measuring.compare.row_speculative`), as
+:func:`perfmodel.measuring.compare.compare` predicts a row, with the profile of the rows'
+engine (:func:`prediction_engine`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import pandas as pd
 
 from perfmodel import paths, sweep
 from perfmodel.measuring.compare import (
-    row_overrides, row_quant, row_routing, row_speculative, verify_replayed, what_if_file,
+    row_moe_impl, row_overrides, row_quant, row_routing, row_speculative, verify_replayed, what_if_file,
 )
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
@@ -49,13 +55,16 @@ from perfmodel.validate.paper.effects import Measured
 MEASURED_GPU = "h200-sxm"
 #: The committed vLLM measurements an effect may find its comparison in.
 RESULTS_FILE = paths.RESULTS_DIR / "h200-vllm.jsonl"
+#: The committed measurements of each engine a comparison may come from (:attr:`Measured.engine`).
+RESULTS_FILES = {"vllm": RESULTS_FILE, "hf": paths.RESULTS_DIR / "h200-hf.jsonl"}
 #: Samplings in order of preference when both sides have both.
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
 KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
-         "spec", "spec_accept")
+         "spec", "spec_accept", "moe_impl")
 #: How a pair's label names the knob it varies (``E=32 vs 64``).
-SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "input_len": "S=O", "spec": "spec"}
+SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "input_len": "S=O", "spec": "spec",
+           "moe_impl": "moe"}
 
 
 def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
@@ -128,15 +137,16 @@ def _shape(model: str, overrides: tuple[str, ...]) -> tuple[int, int | None, int
 def knobs(row: dict[str, Any]) -> dict[str, Any]:
     """A row's identity as the effects see it: layers, B, S, O, GPU count, quantization, routing
     (the model's router or vLLM's routing simulator), the MoE shape it ran (top_k, expert FFN
-    width, experts: its overrides over the model's own) and its speculative decoding (``spec``,
-    ``spec_accept``: :func:`speculation`)."""
+    width, experts: its overrides over the model's own), its speculative decoding (``spec``,
+    ``spec_accept``: :func:`speculation`) and its MoE implementation (``moe_impl``:
+    :func:`~perfmodel.measuring.compare.row_moe_impl`, ``other`` where the model has none)."""
     layers, top_k, ffn, experts = _shape(row["model"], tuple(row_overrides(row)))
     engine = row.get("engine") or {}
     spec, accept = speculation(row)
     return {"model": row["model"], "layers": layers, "batch": row["batch"], "input_len": row["input_len"],
             "output_len": row["output_len"], "tp": int(engine.get("tp") or 1), "quant": row_quant(row) or "none",
             "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts,
-            "spec": spec, "spec_accept": accept}
+            "spec": spec, "spec_accept": accept, "moe_impl": row_moe_impl(row) or "other"}
 
 
 def _varies(measured: Measured) -> tuple[str, ...]:
@@ -192,20 +202,30 @@ def _label(k: dict[str, Any], measured: Measured) -> str:
 
 @functools.cache
 def _predicted(model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
-               quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = ()) -> float:
+               quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = (),
+               moe_impl: str = "fused") -> float:
     """:func:`perfmodel.sweep` of one point (equal to :func:`perfmodel.predict`; it shares the
     compiled expressions of the report's sweeps, without the per-op outputs); ``speculative``:
     its speculative-decoding what-ifs (spec_draft, spec_tokens, spec_accepted_len or spec_accept)."""
     table = sweep(model, {"batch": [batch]}, gpu=MEASURED_GPU, engine=engine, input_len=input_len,
-                  output_len=output_len, overrides=list(overrides), quant=quant, **dict(speculative))
+                  output_len=output_len, overrides=list(overrides), quant=quant, moe_impl=moe_impl,
+                  **dict(speculative))
     return float(table["throughput_tok_s"].iloc[0])
 
 
 def predicted_throughput(row: dict[str, Any], engine: str) -> float:
-    """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized; a
-    speculative row with its draft and γ at the tokens per step τ it measured."""
+    """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized,
+    with its MoE implementation; a speculative row with its draft and γ at the tokens per step
+    τ it measured."""
     return _predicted(row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
-                      row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())))
+                      row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())),
+                      row_moe_impl(row) or "fused")
+
+
+def prediction_engine(measured: Measured, engine: str) -> str:
+    """The profile a comparison's rows are predicted with: the report's ``engine`` for vLLM
+    rows, the ``hf`` profile for transformers rows."""
+    return "hf" if measured.engine == "hf" else engine
 
 
 def _pick(side: list[dict[str, Any]], base: list[dict[str, Any]]) -> tuple[dict, dict, str]:
@@ -220,15 +240,22 @@ def _pick(side: list[dict[str, Any]], base: list[dict[str, Any]]) -> tuple[dict,
     return s, b, f"mixed: {sampling(s)} vs {sampling(b)}"
 
 
+def _candidate(row: dict[str, Any], measured: Measured) -> bool:
+    """Whether a row may stand in a comparison: measured by its engine (``backend``), of its
+    models, and :func:`comparable`."""
+    return (row.get("backend", "vllm") == measured.engine and comparable(row)
+            and (not measured.models or row["model"] in measured.models))
+
+
 def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str, *,
           named: bool = False) -> list[MeasuredPair]:
     """Every measured comparison of ``measured.value`` against ``measured.baseline`` (of
-    :func:`comparable` rows); ``named``: the labels end in what is compared
+    :func:`_candidate` rows: the comparison's engine's, :func:`comparable`); ``named``: the labels end in what is compared
     (:func:`compares_text`), for an effect that makes several comparisons."""
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     varies = _varies(measured)
     for row in rows:
-        if not comparable(row) or (measured.models and row["model"] not in measured.models):
+        if not _candidate(row, measured):
             continue
         k = knobs(row)
         if measured.vary == "input_len" and k["input_len"] != k["output_len"]:
@@ -244,7 +271,8 @@ def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str, *,
         if not sides["side"] or not sides["base"]:
             continue
         side, base, how = _pick(sides["side"], sides["base"])
-        ps, pb = predicted_throughput(side, engine), predicted_throughput(base, engine)
+        profile = prediction_engine(measured, engine)
+        ps, pb = predicted_throughput(side, profile), predicted_throughput(base, profile)
         ms, mb = float(side["throughput_tok_s"]), float(base["throughput_tok_s"])
         keys = dict(key)
         label = _label({**knobs(side), **keys}, measured)
@@ -267,7 +295,7 @@ def points(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> p
     varies = _varies(measured)
     groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for row in rows:
-        if not comparable(row) or (measured.models and row["model"] not in measured.models):
+        if not _candidate(row, measured):
             continue
         k = knobs(row)
         if measured.vary == "input_len" and k["input_len"] != k["output_len"]:
@@ -279,7 +307,8 @@ def points(rows: Iterable[dict[str, Any]], measured: Measured, engine: str) -> p
             continue
         records += [{"group": group, "value": _value(measured, k), "sampling": sampling(row),
                      **{n: k[n] for n in ("model", *KNOBS) if n not in varies},
-                     "measured": float(row["throughput_tok_s"]), "predicted": predicted_throughput(row, engine)}
+                     "measured": float(row["throughput_tok_s"]),
+                     "predicted": predicted_throughput(row, prediction_engine(measured, engine))}
                     for row, k in members]
     return pd.DataFrame(records)
 

@@ -51,17 +51,27 @@ class PaperReport:
 
 
 def _source(rows: list[dict[str, Any]], left_out: list[str]) -> dict[str, Any]:
-    """Where the measurements come from: file, GPU, engine version, dates, rows, and the groups
-    left out because their routing collapsed (:func:`measured.without_collapsed_routing`)."""
-    def one(key: str) -> str:
-        found = sorted({str(r.get(key)) for r in rows if r.get(key)})
+    """Where the measurements come from: files, GPU, engine versions, dates, rows (vLLM's;
+    transformers' apart, ``hf_*``), and the groups left out because their routing collapsed
+    (:func:`measured.without_collapsed_routing`)."""
+    def one(key: str, among: list[dict[str, Any]]) -> str:
+        found = sorted({str(r.get(key)) for r in among if r.get(key)})
         return ", ".join(found) or "–"
 
-    dates = sorted(str(r.get("date", ""))[:10] for r in rows if r.get("date"))
+    def dates(among: list[dict[str, Any]]) -> str:
+        days = sorted(str(r.get("date", ""))[:10] for r in among if r.get("date"))
+        return f"{days[0]} – {days[-1]}" if days else "–"
+
+    vllm = [r for r in rows if r.get("backend", "vllm") == "vllm"]
+    hf = [r for r in rows if r.get("backend") == "hf"]
+    hf_file = measured.RESULTS_FILES["hf"]
     return {"results_file": str(measured.RESULTS_FILE.relative_to(paths.ROOT)),
             "whatif_file": str(what_if_file(measured.RESULTS_FILE).relative_to(paths.ROOT)),
-            "gpu": one("gpu_name"), "vllm": one("vllm"), "rows": len(rows),
-            "dates": f"{dates[0]} – {dates[-1]}" if dates else "–", "left_out": left_out}
+            "gpu": one("gpu_name", vllm), "vllm": one("vllm", vllm), "rows": len(vllm), "dates": dates(vllm),
+            "hf_results_file": str(hf_file.relative_to(paths.ROOT)),
+            "hf_whatif_file": str(what_if_file(hf_file).relative_to(paths.ROOT)),
+            "transformers": one("transformers", hf), "hf_rows": len(hf), "hf_dates": dates(hf),
+            "left_out": left_out}
 
 
 def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = DEFAULT_STUDY) -> PaperReport:
@@ -77,7 +87,8 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
     prov = probe.provenance
     provenance = {k: prov[k] for k in ("profile", "engine", "gpu", "calibrated", "transfer", "note")}
     results = compute_effects(study, ctx)
-    rows, left_out = measured.without_collapsed_routing(measured.load_rows())
+    rows, left_out = measured.without_collapsed_routing(
+        [r for path in measured.RESULTS_FILES.values() for r in measured.load_rows(path)])
     pairs, points = {}, {}
     for effect in study.effects:
         if effect.measured:
@@ -90,7 +101,8 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
 def measured_text(report: PaperReport, effect_id: str) -> str:
     """The measured comparisons of an effect in one line, per model: ``mixtral-8x7b +26…+67%
     (model +42…+61%, 6 pairs)``, and per comparison where the effect makes several
-    (``olmoe-1b-7b, 12 pairs: E=56 vs 64 +3% (model +6%), …``); why there are none otherwise."""
+    (``olmoe-1b-7b, 12 pairs: E=56 vs 64 +3% (model +6%), …``), led by the engine where the
+    measurements are not vLLM's (``transformers: …``); why there are none otherwise."""
     effect = report.study.effect(effect_id)
     if not effect.measured:
         return "not measured"
@@ -110,7 +122,9 @@ def measured_text(report: PaperReport, effect_id: str) -> str:
             seen, model_change = _changes([p for p in mine if measured.compares_text(p.comparison) == compares])
             each.append(f"{compares} {seen} (model {model_change})")
         parts.append(f"{model}, {count}: " + ", ".join(each))
-    return "; ".join(parts)
+    engines = {m.engine for m in effect.measured}
+    named = "" if engines == {"vllm"} else ", ".join(MEASURED_ENGINES[e] for e in sorted(engines)) + ": "
+    return named + "; ".join(parts)
 
 
 def _changes(pairs: list[measured.MeasuredPair]) -> tuple[str, str]:
@@ -222,12 +236,17 @@ def layout_text(setup) -> str:
     return text
 
 
+#: How the report names the engine of a comparison's measurements.
+MEASURED_ENGINES = {"vllm": "vLLM", "hf": "transformers"}
+
+
 def _context(report: PaperReport) -> dict[str, Any]:
     """What both templates show."""
     effects = []
     for r, row in zip(report.results, summary_rows(report)):
         effects.append({"r": r, "row": row, "setup": r.effect.setup, "layout": layout_text(r.effect.setup),
                         "pairs": report.pairs.get(r.effect.id, []), "has_measured": bool(r.effect.measured),
+                        "measured_engine": MEASURED_ENGINES[r.effect.measured[0].engine] if r.effect.measured else "",
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
