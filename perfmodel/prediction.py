@@ -325,6 +325,12 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     costs and the host's launch time are paid once per step, the per-sequence host time once per
     sequence (a sequence chunked over several steps is counted once: chunks of one prompt are
     rare beside the B sequences of a batch).
+
+    A launched eager pass whose ops synchronise the host with the GPU (:attr:`Op.host_syncs`,
+    the unfused MoE's loop over the touched experts) cannot run its host ahead of the GPU: each
+    sync's host time t_sync is serial with both, max(GPU, launch) + syncs·t_sync
+    (:func:`host_syncs`; the floor :func:`launch_floor` includes it). A CUDA-graph replay,
+    and so a decode step or a replayed prefill, has none.
     """
     rows, total = [], sp.Integer(0)
     for count, op in graph.all_ops():
@@ -335,10 +341,18 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        floor = launch_floor(subs, steps, chunk)
+        syncs = host_syncs(graph, subs)
+        floor = launch_floor(subs, steps, chunk, syncs)
+        serial = launched(subs, chunk) * syncs * s.t_sync
         replayed = 1 - launched(subs, chunk)  # each step a piecewise-graph replay
-        return sp.Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer, floor), rows
+        return sp.Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer + serial, floor), rows
     return gpu, rows
+
+
+def host_syncs(graph: ModelGraph, subs: dict) -> sp.Expr:
+    """Times the host waits for the GPU in one pass of ``graph``: Σ count·host_syncs of its
+    ops after the pass's substitutions (0 for a graph without an unfused MoE)."""
+    return sp.Add(*[count * sp.sympify(op.host_syncs).subs(subs) for count, op in graph.all_ops()])
 
 
 def launched(subs: dict, chunk: sp.Expr | None = None) -> sp.Expr:
@@ -351,11 +365,14 @@ def launched(subs: dict, chunk: sp.Expr | None = None) -> sp.Expr:
     return out
 
 
-def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | None = None) -> sp.Expr:
-    """The host's launch time of an eager pass (s), the floor :func:`pass_time` holds it to:
+def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | None = None,
+                 syncs: sp.Expr = sp.Integer(0)) -> sp.Expr:
+    """The host's time of an eager pass (s), the floor :func:`pass_time` holds it to:
     θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + t_eager_step) +
-    B·t_eager_seq); zero for a pass whose steps fit the largest captured CUDA graph."""
-    host = steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+    B·t_eager_seq + syncs·t_sync), ``syncs`` the times it waits for the GPU
+    (:func:`host_syncs`); zero for a pass whose steps fit the largest captured CUDA graph."""
+    host = (steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+            + syncs * s.t_sync)
     return launched(subs, chunk) * host
 
 
@@ -409,7 +426,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
-            totals["prefill_launch_s"] = launch_floor(subs, steps, chunk) if eager else sp.Integer(0)
+            totals["prefill_launch_s"] = (launch_floor(subs, steps, chunk, host_syncs(graph, subs)) if eager
+                                          else sp.Integer(0))
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
     any_graph = next(iter(graphs.values()))
@@ -530,7 +548,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_piece_layer: profile.latency.piecewise_layer_s,
-        s.t_draft: profile.latency.draft_pass_s,
+        s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
     }

@@ -72,6 +72,10 @@ class Latency(_Strict):
     draft_pass_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
         "work does not hide (the proposer prepares each pass's inputs and samples its token).")
+    expert_sync_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per touched expert per MoE layer of an eager pass of the "
+        "unfused MoE (a loop over the experts that waits for the GPU to learn each expert's rows): "
+        "serial with the pass's GPU work and its launch; no part of a CUDA-graph replay.")
     link_step_s: NonNegativeFloat | None = Field(
         default=None, description="One collective step; default: the GPU spec's link latency."
     )

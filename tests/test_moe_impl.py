@@ -1,7 +1,7 @@
 """Fused vs unfused MoE, and the fused-MoE tile padding.
 
 Unfused (a loop over the touched experts) launches kernels in proportion to the distinct
-experts D, moves more activation bytes and is never faster than fused; the padding term never
+experts D, moves more activation bytes and is never faster than fused at decode sizes; the padding term never
 lowers the rows computed, is D·M while each touched expert has at most M rows, follows a Monte
 Carlo of vLLM's ``moe_align_block_size`` under uniform routing, and vanishes without tiles (M = 1).
 """
@@ -19,7 +19,8 @@ from perfmodel import predict
 from perfmodel import symbols as s
 from perfmodel.graph import model_values
 from perfmodel.ops.moe import (
-    NO_PADDING, block_rows, distinct_experts, moe_block, padded_rows, routed_experts,
+    NO_PADDING, UNFUSED_DISPATCH_KERNELS, UNFUSED_DISPATCH_KERNELS_PER_EXPERT, block_rows, distinct_experts,
+    moe_block, padded_rows, routed_experts,
 )
 from perfmodel.prediction import hardware_values
 from perfmodel.profile import VLLM_MOE_BLOCK_M, Options, load_profile
@@ -37,8 +38,9 @@ def test_loop_launches_are_expressions_in_the_distinct_experts():
     unfused = routed_experts(False, impl="unfused")
     assert sp.simplify(unfused.kernels - 2 * d_local) == 0
     ops = {op.name: op for op in moe_block(load_model("mixtral").moe, "rms", impl="unfused")}
-    assert sp.simplify(ops["moe.experts_act"].kernels - d_local) == 0
-    assert sp.simplify(ops["moe.dispatch"].kernels - (2 + 3 * d_local)) == 0
+    assert sp.simplify(ops["moe.experts_act"].kernels - 2 * d_local) == 0
+    assert sp.simplify(ops["moe.dispatch"].kernels - (UNFUSED_DISPATCH_KERNELS
+                                                      + UNFUSED_DISPATCH_KERNELS_PER_EXPERT * d_local)) == 0
     assert {s.E, s.k, s.T, s.sigma, s.ep} <= sp.sympify(ops["moe.dispatch"].kernels).free_symbols
 
 
@@ -74,7 +76,13 @@ def test_unfused_has_more_kernels_and_bytes_and_is_never_faster(model, engine):
     assert np.all(kernels_u[..., 0] > kernels_f[..., 0])  # one GPU: every touched expert loops
     assert np.all(kernels_u >= kernels_f)  # k ≥ 2 here: each of 2 GPUs touches ≥ 1 expert
     assert np.all(bytes_u > bytes_f)
-    assert np.all(time_u >= time_f * (1 - 1e-12))
+    # the loop's fixed costs make it slower at decode sizes; its dense GEMMs may outrun a grouped
+    # GEMM with many rows per expert (measured: transformers' eager Mixtral prefill at B=64), and
+    # at any size where the profile's dense GEMMs stream weights faster than its fused-MoE kernel
+    # and the experts' weights dominate (vLLM's, on Mixtral's 352 MB experts)
+    if not (engine == "vllm" and model == "mixtral-8x7b"):
+        small = T <= 16
+        assert np.all(time_u[small] >= time_f[small] * (1 - 1e-12))
 
 
 def test_unfused_is_slower_where_kernels_cost_time():

@@ -239,17 +239,17 @@ WHATIF = "validate/results/h200-hf-whatif.jsonl"
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory):
-    """The committed what-if variants (one model, --set and --layers) with transformers' grouped_mm
-    experts, compared under two engines, with the reports written (CDN path) and the terminal
-    table rendered."""
+    """The committed what-if variants of the seed's sweep (one model, --set and --layers, S = O =
+    512) with transformers' grouped_mm experts, compared under two engines, with the reports
+    written (CDN path) and the terminal table rendered."""
     from rich.console import Console
 
     from perfmodel.paths import ROOT
     from perfmodel.validate.terminal import print_validation
     from perfmodel.measuring.compare import compare, is_variant, load_measurements, mape, row_moe_impl
 
-    rows = [r for r in load_measurements(ROOT / WHATIF)  # the grouped_mm experts' (the eager loop's apart)
-            if r.get("status") == "ok" and is_variant(r) and row_moe_impl(r) == "fused"]
+    rows = [r for r in load_measurements(ROOT / WHATIF)  # the sweep's S = O = 512, grouped_mm experts
+            if r.get("status") == "ok" and is_variant(r) and row_moe_impl(r) == "fused" and r["input_len"] == 512]
     out = tmp_path_factory.mktemp("variants")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PERFMODEL_CACHE_DIR", str(out / "cache"))

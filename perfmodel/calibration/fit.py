@@ -188,6 +188,45 @@ def fit_overheads(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) ->
             "elementwise_memory": _sig(float(values[4]))}
 
 
+#: The measured row whose TTFT fits the host time per touched expert of an eager pass of the
+#: unfused MoE (``latency.expert_sync_s``): OLMoE as built, B = 1, S = 128, transformers' eager
+#: experts loop; every other eager row stays held out.
+EXPERT_SYNC_POINT = "hf|olmoe-1b-7b|set=|layers=all|B=1|S=128|O=128|experts=eager|dtype=bfloat16|graphs=1|full=0"
+
+
+def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
+                    point: str = EXPERT_SYNC_POINT) -> dict[str, Any]:
+    """``latency.expert_sync_s`` (s) from one eager row's TTFT, and the ``fit.expert_sync``
+    record: the prefill is max(GPU, launch) + syncs·t_sync (:func:`perfmodel.prediction.pass_time`),
+    linear in t_sync, so t_sync = (measured − predicted at 0)/(its slope)."""
+    from perfmodel.measuring.compare import load_measurements, model_workload, row_overrides
+    from perfmodel.prediction import Workload, evaluate
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
+
+    rows = [r for r in load_measurements(results) if r["point_id"] == point and r.get("status") == "ok"]
+    if not rows:
+        raise SpecError(f"{results} holds no ok row {point}: nothing to fit latency.expert_sync_s on")
+    row = rows[-1]
+    model = load_model(row["model"], row_overrides(row))
+    w = Workload(input_len=row["input_len"], output_len=row["output_len"], moe_impl="unfused",
+                 **model_workload(row))
+
+    def prefill(t_sync: float) -> float:
+        profile = _profile({**base, "latency": {**base["latency"], "expert_sync_s": t_sync}})
+        return evaluate(model, load_gpu(gpu), profile, w, "prefill").metrics["prefill_s"]
+
+    at_zero, probe = prefill(0.0), 1e-4
+    slope = (prefill(probe) - at_zero) / probe  # host syncs of the pass
+    value = max(0.0, (row["ttft_ms"] * 1e-3 - at_zero) / slope)
+    return {"expert_sync_s": _sig(value),
+            "record": {"points": [point], "metric": "ttft",
+                       "source": ("latency.expert_sync_s = (measured TTFT - predicted prefill without it) / "
+                                  "(MoE layers x touched experts); transformers' eager experts loop waits for the "
+                                  "GPU at each touched expert (torch.where on its routing mask, scalar reads of "
+                                  "its index), so its host time is serial with the pass")}}
+
+
 def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                 results: Path | None = None, train: tuple[str, ...] = TRAIN_MODELS,
                 held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
@@ -213,6 +252,8 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     overheads = fit_overheads(rows, base, gpu)
     base["latency"].update(overheads["latency"])
     base["efficiency"]["elementwise"].update(memory=overheads["elementwise_memory"], memory_half=0.0)
+    sync = fit_expert_sync(base, results, gpu)
+    base["latency"]["expert_sync_s"] = sync["expert_sync_s"]
     stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out)
     meta = _metadata(data_dir)
     base["description"] = (
@@ -222,6 +263,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                            f"{results.relative_to(ROOT)} (end-to-end, training models only)")
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
+        "expert_sync": sync["record"],
         "kernel_fit": kernels.summary(),
         "residuals": stats,
     }

@@ -140,7 +140,11 @@ class Op:
     attends over a sliding (or chunked) window, so the cache it keeps holds at most W tokens.
     ``kernels`` may be an expression (a loop over the experts touched launches per expert).
     ``quantized``: set on a linear layer whose weights a quantization scheme stores
-    (:class:`Quantized`); None for every other op.
+    (:class:`Quantized`); None for every other op. ``host_syncs``: times per pass the host
+    stops to wait for the GPU before it can launch the rest (a loop over the touched experts
+    reads each expert's rows back), an expression; an eager pass pays a fixed host time per
+    sync, serial with its GPU work (:func:`perfmodel.prediction.pass_time`), a replayed CUDA
+    graph none.
     """
 
     name: str
@@ -159,6 +163,7 @@ class Op:
     role: Role = Role.NONE
     windowed: bool = False
     quantized: Quantized | None = None
+    host_syncs: int | sp.Expr = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))

@@ -19,10 +19,14 @@ expert's rows to a multiple of BLOCK_SIZE_M = M; the grouped GEMM computes the p
 
 Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
 per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
-loop over the touched experts, as an engine without a fused MoE kernel runs them): per
-touched local expert a gather of its rows, a gate|up GEMM, an activation, a down GEMM, a
-scale by the routing weights and an index-add into the output, so kernel launches grow with
-the distinct experts D, and the gathered and scaled rows make extra trips through HBM.
+loop over the touched experts, as an engine without a fused MoE kernel runs them, e.g.
+transformers' ``eager`` experts): per touched local expert the host finds the expert's rows
+in the routing mask (``torch.where``: it waits for the GPU), gathers them, runs a dense
+gate|up GEMM, the activation and multiply, a dense down GEMM, and scales the rows by their
+routing weights into the output (index-add). Kernel launches and host synchronisations
+grow with the distinct experts D, each GEMM runs as a dense GEMM of the expert's rows (the
+dense GEMM's efficiency at T·k/D rows, not the grouped GEMM's), and the gathered and scaled
+rows make extra trips through HBM.
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
 
 #: How the routed experts run: one fused grouped-GEMM block, or a loop over touched experts.
 MOE_IMPLS = ("fused", "unfused")
+
+#: Kernel launches of the unfused loop (transformers 5.17's ``eager`` experts on torch 2.11
+#: CUDA, as its code runs). Before the loop (``moe.dispatch``): the output's zero fill, the
+#: one-hot routing mask (zero fill, scatter), its per-expert sum and test, and the touched
+#: experts' ``nonzero`` (count, select, write indices: 4). Per touched expert: in
+#: ``moe.dispatch`` the test of the expert's index, ``torch.where`` on its mask row (a
+#: ``nonzero``: 4), the gather of its rows, the gather of their routing weights, the scale and
+#: the index-add (10); in ``moe.experts_act`` the SiLU and the multiply (2); in ``moe.experts``
+#: the gate|up and the down GEMM (2). Not counted: the device-to-host copies of the loop's
+#: synchronisations (about 5 per expert, the profiler lists them beside the kernels: 19 per
+#: expert in all, as profiled eager steps show), whose host time is ``t_sync``.
+UNFUSED_DISPATCH_KERNELS = 9
+UNFUSED_DISPATCH_KERNELS_PER_EXPERT = 10
+UNFUSED_ACT_KERNELS_PER_EXPERT = 2
+UNFUSED_GEMM_KERNELS_PER_EXPERT = 2
+#: Serial host stalls of the unfused loop per touched expert: the loop waits for the GPU
+#: several times per expert (the scalar reads of its index, ``torch.where`` on its mask row),
+#: counted as one stall whose host time is ``t_sync`` (:func:`perfmodel.prediction.pass_time`).
+UNFUSED_SYNCS_PER_EXPERT = 1
 
 #: Rows of a fused-MoE tile by tokens per pass, as ((at most T tokens, M rows), ...), the
 #: last for any larger T: here one tier of M = 1, i.e. no padding.
@@ -166,7 +189,7 @@ def gated_ffn(name: str, op_class: OpClass, *, tokens: sp.Expr, width: sp.Expr,
 def activation(name: str, tokens: sp.Expr, width: sp.Expr, shard: sp.Expr = tp,
                kernels: int | sp.Expr = 1) -> Op:
     """SiLU(gate)·up between a gated FFN's GEMMs: read gate|up (2·I), write the product (I);
-    ``kernels`` launches (one per touched expert in a loop over experts)."""
+    ``kernels`` launches (in a loop over experts, a SiLU and a multiply per touched expert)."""
     return Op(name=name, op_class=OpClass.ELEMENTWISE, act_bytes=tokens * 3 * width / shard * b_a,
               efficiency_size=tokens * width / shard, kernels=kernels)
 
@@ -193,16 +216,18 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
 
     Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
-    follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`);
-    ``impl="unfused"`` launches the two GEMMs once per touched local expert (2·D/ep kernels),
-    each padded alike (a dense GEMM also computes whole tiles of rows) and at the grouped
-    GEMM's efficiency per touched expert. ``quantized``: the experts' weights are stored by a
-    quantization scheme (b_q per element plus scales, instead of b_e; biases at b_w).
+    follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`).
+    ``impl="fused"``: one grouped GEMM per projection (class ``grouped_gemm``).
+    ``impl="unfused"``: a dense GEMM per projection per touched local expert (class ``gemm``,
+    2·D/ep kernels), whose efficiency follows the dense GEMM's at the expert's rows,
+    T·k/D, padded alike. ``quantized``: the experts' weights are stored by a quantization
+    scheme (b_q per element plus scales, instead of b_e; biases at b_w).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
     weights = E * 3 * H * I_e
     params = weights + (E * (2 * I_e + H) if bias else 0)
-    op = gated_ffn("moe.experts", OpClass.GROUPED_GEMM, tokens=rows, width=I_e, experts=d_local,
+    op_class = OpClass.GEMM if impl == "unfused" else OpClass.GROUPED_GEMM
+    op = gated_ffn("moe.experts", op_class, tokens=rows, width=I_e, experts=d_local,
                    param_bytes=b_q if quantized else b_e, shard=tp, params=params,
                    computed_tokens=padded_rows(rows, d_local, block_rows(tiers)),
                    quantized=quantized, input_tokens=T)
@@ -211,7 +236,7 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
         stored = (weight_bytes(weights / (tp * ep), E * (2 * I_e / tp + H) / ep, b_q)
                   + (params - weights) * b_w / (tp * ep))
     op = replace(op, stored_bytes=stored, role=Role.ROUTED_EXPERTS)
-    return replace(op, kernels=2 * d_local) if impl == "unfused" else op
+    return replace(op, kernels=UNFUSED_GEMM_KERNELS_PER_EXPERT * d_local) if impl == "unfused" else op
 
 
 def shared_experts(gate: bool, quantized: bool = False) -> Op:
@@ -240,17 +265,21 @@ def dispatch(impl: str = "fused") -> Op:
     ``unfused`` (a loop over the D/ep touched local experts): per expert, gather its rows
     (read, write), scale them by their routing weights (read, write) and index-add them into
     the output (read the rows, read and write the output rows): 7 passes over the T·k·H
-    routed rows, plus zero-filling the T×H output; 2 kernels (the routing mask, the zero
-    fill) plus 3 per touched local expert.
+    routed rows, plus zero-filling the T×H output. Kernels: the loop's bookkeeping
+    (:data:`UNFUSED_DISPATCH_KERNELS` before it, :data:`UNFUSED_DISPATCH_KERNELS_PER_EXPERT`
+    per touched local expert); host synchronisations: :data:`UNFUSED_SYNCS_PER_EXPERT` per
+    touched local expert (the host reads which rows the expert has before it launches them).
     """
     rows = T * k / ep
     if impl == "unfused":
+        d_local = distinct_experts() / ep
         return Op(
             name="moe.dispatch",
             op_class=OpClass.ELEMENTWISE,
             act_bytes=(7 * rows + T) * H * b_a,
             efficiency_size=rows * H,
-            kernels=2 + 3 * distinct_experts() / ep,
+            kernels=UNFUSED_DISPATCH_KERNELS + UNFUSED_DISPATCH_KERNELS_PER_EXPERT * d_local,
+            host_syncs=UNFUSED_SYNCS_PER_EXPERT * d_local,
         )
     return Op(
         name="moe.dispatch",
@@ -271,11 +300,11 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     """
     if impl not in MOE_IMPLS:
         raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
-    loop = distinct_experts() / ep if impl == "unfused" else 1
+    act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
            all_to_all("comm.moe_all_to_all"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized),
-           activation("moe.experts_act", T * k / ep, I_e, kernels=loop)]
+           activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized), activation("moe.shared_act", T, n_sh * I_sh)]
     return ops

@@ -128,7 +128,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         train, train_points = [], fit["points"]
     else:
         train = fit.get("train_models", [])
-        train_points = (fit.get("draft_pass") or {}).get("points", [])
+        train_points = [p for term in ("draft_pass", "expert_sync") for p in (fit.get(term) or {}).get("points", [])]
     import pandas as pd
 
     points, ops = [], []

@@ -1,0 +1,98 @@
+"""The unfused MoE as transformers' eager experts loop runs it: dense GEMMs per touched expert,
+launches in proportion to the touched experts, and one host synchronisation per touched expert
+whose host time enters an eager prefill only (never a decode step, a graph replay or the fused
+MoE)."""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from perfmodel import symbols as s
+from perfmodel.ops import OpClass
+from perfmodel.ops.moe import (
+    UNFUSED_ACT_KERNELS_PER_EXPERT, UNFUSED_DISPATCH_KERNELS_PER_EXPERT, UNFUSED_GEMM_KERNELS_PER_EXPERT,
+    distinct_experts, moe_block, routed_experts, tokens_per_expert,
+)
+from perfmodel.prediction import Workload, evaluate
+from perfmodel.profile import load_profile
+from perfmodel.roofline import op_time
+from perfmodel.specs.hardware import load_gpu
+from perfmodel.specs.model import load_model
+
+D_LOCAL = distinct_experts() / s.ep
+
+
+def _ops(impl: str) -> dict:
+    return {op.name: op for op in moe_block(load_model("olmoe-1b-7b").moe, "rms", impl=impl)}
+
+
+def test_unfused_experts_are_dense_gemms_at_the_rows_of_each_expert():
+    unfused, fused = routed_experts(False, impl="unfused"), routed_experts(False)
+    assert unfused.op_class is OpClass.GEMM and fused.op_class is OpClass.GROUPED_GEMM
+    assert sp.simplify(unfused.efficiency_size - tokens_per_expert()) == 0
+    assert unfused.flops == fused.flops and unfused.bytes == fused.bytes
+    compute = op_time(unfused, {}).compute.free_symbols
+    assert sp.Symbol("eta_c_gemm", positive=True) in compute
+    assert not any("grouped_gemm" in x.name for x in compute)
+
+
+def test_loop_launches_grow_with_the_touched_experts():
+    ops, fused = _ops("unfused"), _ops("fused")
+    per_expert = {"moe.experts": UNFUSED_GEMM_KERNELS_PER_EXPERT, "moe.experts_act": UNFUSED_ACT_KERNELS_PER_EXPERT,
+                  "moe.dispatch": UNFUSED_DISPATCH_KERNELS_PER_EXPERT}
+    for name, n in per_expert.items():
+        kernels = sp.sympify(ops[name].kernels)
+        assert sp.simplify(sp.diff(kernels, s.T) - n * sp.diff(D_LOCAL, s.T)) == 0, name  # n per expert
+        assert sp.sympify(fused[name].kernels).free_symbols == set()
+    assert (UNFUSED_GEMM_KERNELS_PER_EXPERT, UNFUSED_ACT_KERNELS_PER_EXPERT) == (2, 2)
+    at = {s.T: 1, s.E: 64, s.k: 8, s.sigma: 0, s.ep: 1}  # one token: its k = 8 experts
+    assert float(sp.sympify(ops["moe.experts"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
+    assert float(sp.sympify(ops["moe.experts_act"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
+
+
+def test_only_the_unfused_dispatch_synchronises_once_per_touched_expert():
+    ops, fused = _ops("unfused"), _ops("fused")
+    assert sp.simplify(sp.sympify(ops["moe.dispatch"].host_syncs) - D_LOCAL) == 0
+    assert all(sp.sympify(op.host_syncs) == 0 for name, op in ops.items() if name != "moe.dispatch")
+    assert all(sp.sympify(op.host_syncs) == 0 for op in fused.values())
+
+
+def _with_sync(t_sync: float):
+    profile = load_profile("hf", "h200-sxm")
+    return profile.model_copy(update={"latency": profile.latency.model_copy(update={"expert_sync_s": t_sync})})
+
+
+def _metrics(model: str, t_sync: float, phase: str, **workload) -> dict:
+    spec = load_model(model)
+    return evaluate(spec, load_gpu("h200-sxm"), _with_sync(t_sync), Workload(**workload), phase).metrics
+
+
+def test_sync_time_is_serial_in_an_eager_unfused_prefill():
+    """OLMoE, B = 1, S = 128: 16 MoE layers, each touching D(128) of 64 experts."""
+    d = 64 * (1 - (56 / 64) ** 128)
+    base = _metrics("olmoe-1b-7b", 0.0, "prefill", batch=1, input_len=128, moe_impl="unfused")
+    synced = _metrics("olmoe-1b-7b", 1e-4, "prefill", batch=1, input_len=128, moe_impl="unfused")
+    assert synced["prefill_s"] - base["prefill_s"] == pytest.approx(16 * d * 1e-4, rel=1e-9)
+    assert synced["prefill_launch_s"] - base["prefill_launch_s"] == pytest.approx(16 * d * 1e-4, rel=1e-9)
+
+
+def test_sync_time_stays_out_of_decode_steps_the_fused_moe_and_graph_replays():
+    for t_sync in (0.0, 1e-4):
+        assert _metrics("olmoe-1b-7b", t_sync, "decode", batch=16, moe_impl="unfused")["decode_step_s"] == \
+            pytest.approx(_metrics("olmoe-1b-7b", 0.0, "decode", batch=16, moe_impl="unfused")["decode_step_s"],
+                          rel=1e-12)
+        assert _metrics("olmoe-1b-7b", t_sync, "prefill", batch=4, moe_impl="fused")["prefill_s"] == \
+            pytest.approx(_metrics("olmoe-1b-7b", 0.0, "prefill", batch=4, moe_impl="fused")["prefill_s"], rel=1e-12)
+    # a prefill the engine replays from a captured CUDA graph (T <= M_graph) holds no sync
+    replayed = [_metrics("olmoe-1b-7b", t, "prefill", batch=1, input_len=128, moe_impl="unfused",
+                         graph_tokens=512)["prefill_s"] for t in (0.0, 1e-4)]
+    assert replayed[1] == pytest.approx(replayed[0], rel=1e-12)
+
+
+def test_profile_latency_defaults_to_no_sync_and_hf_states_one():
+    assert load_profile("vllm", "h200-sxm").latency.expert_sync_s == 0.0
+    assert load_profile("roofline", "h200-sxm").latency.expert_sync_s == 0.0
+    hf = load_profile("hf", "h200-sxm")
+    assert 1e-6 < hf.latency.expert_sync_s < 1e-3
+    assert hf.fit["expert_sync"]["points"]
