@@ -178,3 +178,13 @@ def test_html_section(results, monkeypatch):
     assert "2.000–2.500" in section and ">25.0<" in section and ">+10.0<" in section
     assert "A repeated point moved by a median of 25.0%" in section
     assert "<section id='repeats'>" not in report_html(points, None, title="t", source=SOURCE)
+
+
+def test_reports_show_a_commit_hash_short():
+    from perfmodel.validate.report_metrics import measured_span, short_commit
+
+    assert short_commit("bc3edb571edc71ebf28a58bae22f704f002ce9a3") == "bc3edb5"
+    assert short_commit("5e1f361") == "5e1f361" and short_commit("unknown") == "unknown"
+    rows = [{"date": "2026-12-03T09:49", "git_commit": "bc3edb571edc71ebf28a58bae22f704f002ce9a3"},
+            {"date": "2026-12-03T07:44", "git_commit": "bc3edb5"}]
+    assert measured_span(rows) == {"date": "2026-12-03", "git_commit": "bc3edb5"}

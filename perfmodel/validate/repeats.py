@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from perfmodel.measuring.compare import METRIC_FIELDS, layout_label, variant_label
 from perfmodel.measuring.results import read_rows
-from perfmodel.validate.report_metrics import METRIC_UNIT, num, signed
+from perfmodel.validate.report_metrics import METRIC_UNIT, num, short_commit, signed
 
 #: Metrics whose spread is shown, in this order (keys of METRIC_FIELDS).
 REPEAT_METRICS = ("decode_step", "ttft", "throughput")
@@ -77,7 +77,7 @@ def repeated_points(paths: Iterable[Path], models: Iterable[str] | None = None):
             "point_id": pid, "model": last["model"], "variant": variant_label(last),
             "layout": layout_label(last), "batch": last["batch"], "input_len": last["input_len"],
             "output_len": last["output_len"], "n": len(rows), "dates": [_when(r) for r in rows],
-            "git_commits": [str(r.get("git_commit") or "?") for r in rows]}
+            "git_commits": [short_commit(r.get("git_commit") or "?") for r in rows]}
         for metric in REPEAT_METRICS:
             field, scale, _ = METRIC_FIELDS[metric]
             values = [float(r[field]) * scale for r in rows

@@ -9,6 +9,7 @@ predicted/measured − 1; MAPE and error columns are in %.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 #: Held-out MAPE targets of the calibrated engine, % (metric → bound).
@@ -37,11 +38,17 @@ BAD_ERROR_PCT = 10.0
 # MAPE and the verdict
 # --------------------------------------------------------------------------------------------
 
+def short_commit(commit: Any) -> str:
+    """A commit as reports show it: a git hash at its first 7 hex digits, anything else as is."""
+    text = str(commit)
+    return text[:7] if re.fullmatch(r"[0-9a-f]{8,40}", text) else text
+
+
 def measured_span(rows: list[dict[str, Any]]) -> dict[str, str]:
     """When and from which code the measured ``rows`` came: ``date`` (YYYY-MM-DD, or
-    first..last) and ``git_commit`` (each commit once, in the rows' order, comma-separated)."""
+    first..last) and ``git_commit`` (each commit once, short, in the rows' order, comma-separated)."""
     dates = sorted(str(r["date"])[:10] for r in rows if r.get("date"))
-    commits = dict.fromkeys(str(r["git_commit"]) for r in rows if r.get("git_commit"))
+    commits = dict.fromkeys(short_commit(r["git_commit"]) for r in rows if r.get("git_commit"))
     return {"date": (dates[0] if dates[0] == dates[-1] else f"{dates[0]}..{dates[-1]}") if dates else "",
             "git_commit": ", ".join(commits)}
 
