@@ -83,7 +83,7 @@ t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eag
 t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per sequence of an eager step, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
 t_draft = sp.Symbol("t_draft", nonnegative=True)  #: host time per draft pass (speculative decoding), s
-t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per synchronisation of an eager pass (per touched expert of a loop over experts), s
+t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per sync of an eager pass (an expert of a loop), s
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 

@@ -96,3 +96,16 @@ def test_profile_latency_defaults_to_no_sync_and_hf_states_one():
     hf = load_profile("hf", "h200-sxm")
     assert 1e-6 < hf.latency.expert_sync_s < 1e-3
     assert hf.fit["expert_sync"]["points"]
+
+
+def test_a_fit_without_an_eager_row_has_no_sync_time(tmp_path):
+    from perfmodel.calibration.fit import fit_expert_sync
+    from perfmodel.paths import RESULTS_DIR
+
+    rows = [line for line in (RESULTS_DIR / "h200-hf.jsonl").read_text().splitlines() if "experts=eager" not in line]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    base = load_profile("hf", "h200-sxm").model_dump(mode="json", exclude_none=True)
+    assert fit_expert_sync(base, path, "h200-sxm") is None
+    fitted = fit_expert_sync(base, RESULTS_DIR / "h200-hf.jsonl", "h200-sxm")
+    assert fitted["expert_sync_s"] == pytest.approx(load_profile("hf", "h200-sxm").latency.expert_sync_s, rel=0.01)

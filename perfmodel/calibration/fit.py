@@ -195,10 +195,11 @@ EXPERT_SYNC_POINT = "hf|olmoe-1b-7b|set=|layers=all|B=1|S=128|O=128|experts=eage
 
 
 def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
-                    point: str = EXPERT_SYNC_POINT) -> dict[str, Any]:
+                    point: str = EXPERT_SYNC_POINT) -> dict[str, Any] | None:
     """``latency.expert_sync_s`` (s) from one eager row's TTFT, and the ``fit.expert_sync``
     record: the prefill is max(GPU, launch) + syncs·t_sync (:func:`perfmodel.prediction.pass_time`),
-    linear in t_sync, so t_sync = (measured − predicted at 0)/(its slope)."""
+    linear in t_sync, so t_sync = (measured − predicted at 0)/(its slope). None when ``results``
+    holds no such row (the profile then has no sync time: 0)."""
     from perfmodel.measuring.compare import load_measurements, model_workload, row_overrides
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.hardware import load_gpu
@@ -206,7 +207,7 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
 
     rows = [r for r in load_measurements(results) if r["point_id"] == point and r.get("status") == "ok"]
     if not rows:
-        raise SpecError(f"{results} holds no ok row {point}: nothing to fit latency.expert_sync_s on")
+        return None
     row = rows[-1]
     model = load_model(row["model"], row_overrides(row))
     w = Workload(input_len=row["input_len"], output_len=row["output_len"], moe_impl="unfused",
@@ -253,7 +254,8 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     base["latency"].update(overheads["latency"])
     base["efficiency"]["elementwise"].update(memory=overheads["elementwise_memory"], memory_half=0.0)
     sync = fit_expert_sync(base, results, gpu)
-    base["latency"]["expert_sync_s"] = sync["expert_sync_s"]
+    if sync is not None:
+        base["latency"]["expert_sync_s"] = sync["expert_sync_s"]
     stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out)
     meta = _metadata(data_dir)
     base["description"] = (
@@ -263,7 +265,7 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                            f"{results.relative_to(ROOT)} (end-to-end, training models only)")
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
-        "expert_sync": sync["record"],
+        **({"expert_sync": sync["record"]} if sync is not None else {}),
         "kernel_fit": kernels.summary(),
         "residuals": stats,
     }

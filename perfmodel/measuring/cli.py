@@ -153,8 +153,8 @@ def measure(
     out: Optional[Path] = typer.Option(None, "--out", help="JSONL file (default validate/results/<gpu>-<backend>.jsonl)."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Stop starting points after this many seconds."),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay decode steps from CUDA graphs."),
-    profile: Optional[bool] = typer.Option(None, "--profile/--no-profile",
-                                           help="torch.profiler kernel split per point (default: on for hf, off for vllm)."),
+    profile: Optional[bool] = typer.Option(
+        None, "--profile/--no-profile", help="torch.profiler kernel split per point (default: on for hf, off for vllm)."),
     tp: int = typer.Option(1, "--tp", help="vllm: tensor parallel size."),
     expert_parallel: bool = typer.Option(False, "--expert-parallel",
                                          help="vllm: expert parallelism over the tp GPUs of a stage."),

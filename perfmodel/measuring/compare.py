@@ -236,11 +236,11 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     """Predicted vs measured for every ok row (optionally of some models only).
 
     A row is a training point when its model is one of ``train_models`` as built, on one GPU,
-    with the fused MoE, without speculative decoding, or when its point id is one of ``train_points`` (the rows a
-    further term was fitted on, e.g. the speculative rows of the profile's draft-pass time,
-    :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every other row is held out. A row
-    of an experts implementation the model has no counterpart of (:func:`row_moe_impl`) is
-    left out.
+    with the fused MoE, without speculative decoding, or when its point id is one of
+    ``train_points`` (the rows a further term was fitted on, e.g. the speculative rows of the
+    profile's draft-pass time, :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every
+    other row is held out. A row of an experts implementation the model has no counterpart of
+    (:func:`row_moe_impl`) is left out.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
     predicted, rel_error, split, the point's identity: point_id, variant, model, batch,

@@ -250,8 +250,9 @@ def _candidate(row: dict[str, Any], measured: Measured) -> bool:
 def pairs(rows: Iterable[dict[str, Any]], measured: Measured, engine: str, *,
           named: bool = False) -> list[MeasuredPair]:
     """Every measured comparison of ``measured.value`` against ``measured.baseline`` (of
-    :func:`_candidate` rows: the comparison's engine's, :func:`comparable`); ``named``: the labels end in what is compared
-    (:func:`compares_text`), for an effect that makes several comparisons."""
+    :func:`_candidate` rows: the comparison's engine's, :func:`comparable`); ``named``: the
+    labels end in what is compared (:func:`compares_text`), for an effect that makes several
+    comparisons."""
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     varies = _varies(measured)
     for row in rows:
