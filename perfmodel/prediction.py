@@ -628,7 +628,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     if w.quant not in (None, quantization.NO_QUANT):
         outside.append(f"not measured with {w.quant} quantization")
     if w.moe_impl != "fused":
-        outside.append(f"not measured with the {w.moe_impl} MoE")
+        outside.append(f"the band is the fused MoE's, not the {w.moe_impl} one's")
     if w.gpus != n:
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
                        f"(TP={w.tp} EP={w.ep} PP={w.pp})")

@@ -134,7 +134,7 @@ def test_a_quantized_or_unfused_prediction_has_no_error_band():
     band, note = error_band(profile, gpu, Workload(quant="fp8"))
     assert band is None and "not measured with fp8 quantization" in note
     band, note = error_band(profile, gpu, Workload(moe_impl="unfused"))
-    assert band is None and "not measured with the unfused MoE" in note
+    assert band is None and "the band is the fused MoE's, not the unfused one's" in note
 
 
 def test_profile_quantization_multipliers(tmp_path):
