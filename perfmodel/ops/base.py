@@ -97,8 +97,9 @@ class Role(Enum):
     NONE = ("none", None)
     #: router logits, softmax and top-k: measured as routing, not as a dense GEMM
     ROUTER = ("router", ProfilerCategory.ROUTER_TOPK)
-    #: the E routed experts, of which each token uses k (active parameters k/E)
-    ROUTED_EXPERTS = ("routed_experts", None)
+    #: the E routed experts, of which each token uses k (active parameters k/E): measured as
+    #: expert GEMMs, one grouped GEMM (fused MoE) or a dense GEMM per expert (a loop over them)
+    ROUTED_EXPERTS = ("routed_experts", ProfilerCategory.EXPERT_GEMM)
 
     def __init__(self, label: str, category: ProfilerCategory | None) -> None:
         self.label = label

@@ -117,10 +117,14 @@ def error_chart(points, metric: str, engine: str, engine_title: str):
         title=f"{METRIC_LABEL.get(metric, metric)}: relative error of {engine_title} (grey band ±10 %)")
 
 
-def ops_points(points, engine: str, n: int = N_OPS_POINTS):
-    """The n held-out points of ``engine`` with the largest |decode-step error| (point_id list)."""
+def ops_points(points, engine: str, n: int = N_OPS_POINTS, ops=None):
+    """The n held-out points of ``engine`` with the largest |decode-step error| (point_id list);
+    with ``ops``, of the points whose decode step has a measured kernel split alone."""
     sel = points[(points["engine"] == engine) & (points["split"] == "held-out")
                  & (points["metric"] == "decode_step")]
+    if ops is not None:
+        profiled = ops[(ops["engine"] == engine) & ops["measured_s"].notna()] if not ops.empty else ops
+        sel = sel[sel["point_id"].isin(set(profiled["point_id"]) if not ops.empty else set())]
     sel = sel.assign(abs_err=sel["rel_error"].abs()).sort_values("abs_err", ascending=False)
     return list(sel["point_id"].head(n))
 
@@ -130,8 +134,10 @@ def ops_chart(points, ops, engine: str):
     import altair as alt
     import pandas as pd
 
-    ids = ops_points(points, engine)
-    if not ids or ops is None or ops.empty:
+    if ops is None or ops.empty:
+        return None
+    ids = ops_points(points, engine, ops=ops)
+    if not ids:
         return None
     sel = with_variant(ops[(ops["engine"] == engine) & (ops["point_id"].isin(ids))].copy())
     if sel.empty:

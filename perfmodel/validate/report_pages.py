@@ -81,10 +81,44 @@ def _json_for_script(obj: Any) -> str:
 # Markdown
 # --------------------------------------------------------------------------------------------
 
-def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None) -> str:
+def ops_rows(points, ops, calibrated: str) -> dict[str, Any]:
+    """One decode step's kernel time by op category at the worst held-out points whose step was
+    profiled (:func:`~perfmodel.validate.report_charts.ops_points`), as a table: measured
+    (profiler) / predicted, ms; no rows without profiled points."""
+    from perfmodel.measuring.profiler_split import CATEGORIES
+
+    out: dict[str, Any] = {"header": [], "rows": []}
+    if ops is None or ops.empty:
+        return out
+    ids = charts.ops_points(points, calibrated, ops=ops)
+    sel = with_variant(ops[(ops["engine"] == calibrated) & ops["point_id"].isin(ids)])
+    if sel.empty:
+        return out
+    cats = [c for c in CATEGORIES if c in set(sel["category"])]
+    err = points[(points["engine"] == calibrated) & (points["metric"] == "decode_step")]
+    err = dict(zip(err["point_id"], err["rel_error"]))
+    out["header"] = ["model", "B", "S", "O", "step err %"] + [f"{c} ms" for c in cats]
+    for pid in ids:
+        mine = sel[sel["point_id"] == pid].drop_duplicates("category", keep="last").set_index("category")
+        first = mine.iloc[0]
+        cells = []
+        for c in cats:
+            if c not in mine.index:
+                cells.append("–")
+                continue
+            m, p = mine.loc[c, "measured_s"], mine.loc[c, "predicted_s"]
+            cells.append(f"{m * 1e3:.3f} / {p * 1e3:.3f}")
+        out["rows"].append([str(first["variant"]), str(first["batch"]), str(first["input_len"]),
+                            str(first["output_len"]), signed(100 * err.get(pid, float("nan")))] + cells)
+    return out
+
+
+def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None, ops=None) -> str:
     """The Markdown summary (the file's text): provenance, source, verdict, MAPE per split, the
     repeated measurements (``repeats``: :func:`perfmodel.validate.repeats.repeated_points`; the
-    section is left out when there are none), the worst points."""
+    section is left out when there are none), the worst points, and the decode step by op
+    category at the worst profiled points (``ops``: :func:`perfmodel.measuring.compare.compare`'s
+    second table; left out without profiled points)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
     table = mape_table(points)
@@ -126,7 +160,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated),
-        regimes=regime_rows(points, calibrated))
+        regimes=regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
     return text
 
 
@@ -274,6 +308,6 @@ def write_report(points, ops, out_dir: Path, *, title: str,
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
     html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats),
                          encoding="utf-8")
-    md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats),
+    md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats, ops=ops),
                        encoding="utf-8")
     return html_path, md_path
