@@ -39,7 +39,9 @@ def _event(name, start, end, device="DeviceType.CUDA"):
 
 
 def test_kernel_table_counts_device_events_only():
-    events = [_event("fused_moe_kernel", 0, 300), _event("fused_moe_kernel", 400, 600),
+    annotation = _event("execute_model", 0, 900)
+    annotation.is_user_annotation = True  # a record_function range as the profiler puts it on the GPU
+    events = [_event("fused_moe_kernel", 0, 300), _event("fused_moe_kernel", 400, 600), annotation,
               _event("aten::mm", 0, 5000, device="DeviceType.CPU"), _event("nvjet_x", 700, 800)]
     table = vllm_kernels.kernel_table(events)
     assert table == {"fused_moe_kernel": [2, pytest.approx(0.5)], "nvjet_x": [1, pytest.approx(0.1)]}

@@ -250,6 +250,12 @@ def _is_annotation(event: Any) -> bool:
     )
 
 
+def is_kernel_event(event: Any) -> bool:
+    """Whether a profiler event is GPU work (a kernel, memcpy or memset), not a CPU op or an
+    annotation's range on the device."""
+    return _is_device_event(event) and not _is_annotation(event)
+
+
 def _finalize(split: dict[str, float], per_kernel: dict[str, float], n: int, unit: str,
               unlinked_ms: float) -> ProfileSplit:
     split = {c: split.get(c, 0.0) for c in CATEGORIES}
@@ -282,7 +288,7 @@ def split_events(events: Any, device: str) -> ProfileSplit:
                 n += 1
         device_us = 0.0
         for ev in events:
-            if _is_device_event(ev) and not _is_annotation(ev):
+            if is_kernel_event(ev):
                 device_us += ev.time_range.end - ev.time_range.start
         unlinked_ms = max(0.0, (device_us - linked_us) / 1e3)
         if unlinked_ms > 0:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from perfmodel.measuring.profiler_split import CATEGORIES
+from perfmodel.measuring.profiler_split import CATEGORIES, is_kernel_event
 
 #: (pattern on the kernel name, category), first match wins.
 KERNEL_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -62,16 +62,11 @@ def kernel_category(name: str) -> str:
     return "other"
 
 
-def _is_kernel(event: Any) -> bool:
-    dtype = getattr(event, "device_type", None)
-    return dtype is not None and str(dtype).endswith("CUDA")
-
-
 def kernel_table(events: Any) -> dict[str, list[float]]:
     """Kernel name -> [launches, total GPU time in ms] over a profiler's device events."""
     table: dict[str, list[float]] = {}
     for ev in events:
-        if not _is_kernel(ev):
+        if not is_kernel_event(ev):
             continue
         entry = table.setdefault(ev.name, [0, 0.0])
         entry[0] += 1
@@ -82,7 +77,7 @@ def kernel_table(events: Any) -> dict[str, list[float]]:
 def busy_ms(events: Any) -> float:
     """Time the GPU ran at least one kernel (ms): the union of the device events' intervals
     (kernels of concurrent streams count once)."""
-    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in events if _is_kernel(ev))
+    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in events if is_kernel_event(ev))
     total, start, end = 0.0, None, None
     for a, b in spans:
         if end is None or a > end:

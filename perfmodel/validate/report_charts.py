@@ -123,8 +123,9 @@ def ops_points(points, engine: str, n: int = N_OPS_POINTS, ops=None):
     sel = points[(points["engine"] == engine) & (points["split"] == "held-out")
                  & (points["metric"] == "decode_step")]
     if ops is not None:
-        profiled = ops[(ops["engine"] == engine) & ops["measured_s"].notna()] if not ops.empty else ops
-        sel = sel[sel["point_id"].isin(set(profiled["point_id"]) if not ops.empty else set())]
+        profiled = set() if ops.empty else set(ops.loc[(ops["engine"] == engine) & ops["measured_s"].notna(),
+                                                       "point_id"])
+        sel = sel[sel["point_id"].isin(profiled)]
     sel = sel.assign(abs_err=sel["rel_error"].abs()).sort_values("abs_err", ascending=False)
     return list(sel["point_id"].head(n))
 

@@ -98,6 +98,16 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
                        points)
 
 
+#: How the report names the engine of a comparison's measurements.
+MEASURED_ENGINES = {"vllm": "vLLM", "hf": "transformers"}
+
+
+def measured_engines(effect) -> str:
+    """Whose measurements an effect's comparisons are, as the report names them (``vLLM``,
+    ``transformers``; several comma-separated, in the comparisons' order; empty for none)."""
+    return ", ".join(MEASURED_ENGINES[e] for e in dict.fromkeys(m.engine for m in effect.measured))
+
+
 def measured_text(report: PaperReport, effect_id: str) -> str:
     """The measured comparisons of an effect in one line, per model: ``mixtral-8x7b +26…+67%
     (model +42…+61%, 6 pairs)``, and per comparison where the effect makes several
@@ -122,9 +132,8 @@ def measured_text(report: PaperReport, effect_id: str) -> str:
             seen, model_change = _changes([p for p in mine if measured.compares_text(p.comparison) == compares])
             each.append(f"{compares} {seen} (model {model_change})")
         parts.append(f"{model}, {count}: " + ", ".join(each))
-    engines = {m.engine for m in effect.measured}
-    named = "" if engines == {"vllm"} else ", ".join(MEASURED_ENGINES[e] for e in sorted(engines)) + ": "
-    return named + "; ".join(parts)
+    engines = measured_engines(effect)
+    return ("" if engines == MEASURED_ENGINES["vllm"] else f"{engines}: ") + "; ".join(parts)
 
 
 def _changes(pairs: list[measured.MeasuredPair]) -> tuple[str, str]:
@@ -236,8 +245,6 @@ def layout_text(setup) -> str:
     return text
 
 
-#: How the report names the engine of a comparison's measurements.
-MEASURED_ENGINES = {"vllm": "vLLM", "hf": "transformers"}
 
 
 def _context(report: PaperReport) -> dict[str, Any]:
@@ -246,7 +253,7 @@ def _context(report: PaperReport) -> dict[str, Any]:
     for r, row in zip(report.results, summary_rows(report)):
         effects.append({"r": r, "row": row, "setup": r.effect.setup, "layout": layout_text(r.effect.setup),
                         "pairs": report.pairs.get(r.effect.id, []), "has_measured": bool(r.effect.measured),
-                        "measured_engine": MEASURED_ENGINES[r.effect.measured[0].engine] if r.effect.measured else "",
+                        "measured_engine": measured_engines(r.effect),
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
