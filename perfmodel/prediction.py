@@ -556,7 +556,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         eta = profile.efficiency_of(op_class)
         syms = s.efficiency_symbols(op_class)
         values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
-                       syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half})
+                       syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half,
+                       syms["context_half"]: eta.context_half})
         mu, scheme = s.quant_efficiency_symbols(op_class), profile.quant_efficiency(quant)
         values.update({mu[which]: scheme.multiplier(op_class, which) for which in ("compute", "memory")})
     return values

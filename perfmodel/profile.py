@@ -44,12 +44,18 @@ class _Strict(BaseModel):
 
 class Efficiency(_Strict):
     """η of one op class: compute and memory maxima (fractions of peak) and half-saturation
-    points: ``compute_half`` in the op's size unit, ``memory_half`` in bytes."""
+    points: ``compute_half`` in the op's size unit, ``memory_half`` in bytes, ``context_half``
+    in cached tokens per sequence (an op that reads a cache per sequence, the attention core)."""
 
     compute: float = Field(gt=0, le=1.5)
     memory: float = Field(gt=0, le=1.5)
     compute_half: NonNegativeFloat = 0.0
     memory_half: NonNegativeFloat = 0.0
+    context_half: NonNegativeFloat = Field(
+        default=0.0, description="Cached tokens per sequence at which an attention kernel reads the "
+        "cache at half its peak rate: η_m over a sequence's C keys is η_max·C/(C + C_half), so each "
+        "sequence costs C_half keys' worth of memory time more than its keys (the kernel's fixed "
+        "work per sequence and head, which a short context does not hide).")
 
 
 class Latency(_Strict):

@@ -29,7 +29,9 @@ queries are read once whatever the keys. A memory curve in the size would then l
 fall as rows or keys grow over fixed weights. In the bytes themselves, the memory time is
 affine, t_m = (bytes + bytes_half)/(BW·η_max) — the bytes a kernel must have in flight before
 it streams at its peak — and non-decreasing by construction; an op that moves no bytes takes
-no memory time. The max of non-decreasing parts, and sums of them, are non-decreasing.
+no memory time. An op that reads a cache per sequence (the attention core) also saturates in the
+keys C each sequence reads: η_m(C) = η_max·C/(C + C_half), so its cache read of B·C·w bytes
+costs B·(C + C_half)·w/(BW·η_max), non-decreasing in B and C (``Op.context_bytes`` = B·w). The max of non-decreasing parts, and sums of them, are non-decreasing.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
         compute = op.flops.subs(subs) / (rate * efficiency(cls, "compute", size))
         if q is not None:  # weights dequantized in registers: n_dq FLOP-equivalents per weight read
             compute += n_dq * q.weights.subs(subs) / (rate * efficiency_symbols(cls)["compute"])
-    memory = transfer_time(op.bytes.subs(subs), bw if q is None else bw * mu["memory"], cls)
+    moved = op.bytes + efficiency_symbols(cls)["context_half"] * op.context_bytes
+    memory = transfer_time(moved.subs(subs), bw if q is None else bw * mu["memory"], cls)
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
     return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency)

@@ -89,12 +89,14 @@ M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) repla
 
 
 def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
-    """η symbols of one op class: compute/memory maxima and half-saturation sizes."""
+    """η symbols of one op class: compute/memory maxima and half-saturation sizes (compute in
+    the op's size, memory in bytes, context in cached tokens per sequence)."""
     return {
         "compute": sp.Symbol(f"eta_c_{op_class}", positive=True),
         "memory": sp.Symbol(f"eta_m_{op_class}", positive=True),
         "compute_half": sp.Symbol(f"x_c_{op_class}", nonnegative=True),
         "memory_half": sp.Symbol(f"x_m_{op_class}", nonnegative=True),
+        "context_half": sp.Symbol(f"x_k_{op_class}", nonnegative=True),
     }
 
 

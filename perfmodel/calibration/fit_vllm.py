@@ -10,7 +10,10 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
   rows padded to BLOCK_SIZE_M, gate/up and down GEMMs), tuned or default tile configs;
 - ``gemm`` memory and compute η: cuBLAS for the dense projections and the LM head;
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
-  (paged; never the allocated length), FlashMLA-style absorbed decode for MLA;
+  (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
+  ``context_half``: the kernel's work per sequence and head, which a short context does not
+  hide (each sequence's cache read costs C + C_half keys; the kernel profiles of held-out decode
+  steps check it, ``tests/test_fit_vllm.py``);
 - ``per_step_s`` and ``per_layer_s``: a decode step replayed from a full CUDA graph still pays
   the scheduler, input preparation and sampling once per step, and graph nodes per layer;
   ``per_kernel_s`` is not fitted: it is the benchmarked cost of one kernel node in a replayed
@@ -85,6 +88,7 @@ PARAMETERS: tuple[tuple[tuple[str, str, str | None], float, float, float, float]
     (("efficiency", "gemm", "compute"), 0.78, 0.05, 1.0, 1.0),
     (("efficiency", "attention", "memory"), 0.80, 0.05, 1.2, 1.0),
     (("efficiency", "attention", "compute"), 0.55, 0.05, 1.0, 1.0),
+    (("efficiency", "attention", "context_half"), 100.0, 0.0, 4096.0, 100.0),
     (("latency", "per_step_s", None), 3e-4, 0.0, 0.05, 1e-3),
     (("latency", "per_layer_s", None), 1e-5, 0.0, 1e-3, 1e-5),
     (("latency", "eager_step_s", None), 1e-2, 0.0, 0.2, 1e-2),

@@ -83,7 +83,10 @@ def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr
     ``read_per_token`` what the kernel reads per cached token when that differs (keys and
     values re-expanded per head before the kernel). ``masked``: the kernel scores the whole
     cache under an explicit mask (its own efficiency class). ``cache_write=False``: the
-    attention kernel alone, the cache already written (one kernel, no write).
+    attention kernel alone, the cache already written (one kernel, no write). Its memory time
+    counts each sequence's cache read as C + C_half keys (``context_bytes`` = B·read·b_kv per
+    key; C_half the class's ``context_half``, 0 unless a profile fits it): a decode kernel's
+    work per sequence and head that a short context does not hide.
     """
     pairs, keys = (Pw, Cw) if windowed else (P, C)
     read = cache_per_token if read_per_token is None else read_per_token
@@ -100,6 +103,7 @@ def attention_core(name: str, *, qk_dim: sp.Expr, v_dim: sp.Expr, heads: sp.Expr
         efficiency_size=B * keys,
         kernels=2 if cache_write else 1,  # cache write + attention kernel
         windowed=windowed,
+        context_bytes=B * read * b_kv,
     )
 
 

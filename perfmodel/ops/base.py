@@ -145,7 +145,9 @@ class Op:
     stops to wait for the GPU before it can launch the rest (a loop over the touched experts
     reads each expert's rows back), an expression; an eager pass pays a fixed host time per
     sync, serial with its GPU work (:func:`perfmodel.prediction.pass_time`), a replayed CUDA
-    graph none.
+    graph none. ``context_bytes``: the bytes of a per-sequence cache read that one more key per
+    sequence adds (B sequences × bytes per key read; the attention core's), at which its class's
+    ``context_half`` keys per sequence are costed in memory time (:func:`perfmodel.roofline.op_time`).
     """
 
     name: str
@@ -165,6 +167,7 @@ class Op:
     windowed: bool = False
     quantized: Quantized | None = None
     host_syncs: int | sp.Expr = 0
+    context_bytes: sp.Expr = ZERO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))
