@@ -104,3 +104,23 @@ def test_backend_profile_of_a_prefill_only_point(monkeypatch):
     monkeypatch.setattr(vllm_kernels, "profile_run", lambda fn: (fn(), _profile({"nvjet_x": [1, 1.0]}))[1])
     out = vllm_backend.VLLMBackend.kernel_profiles(lambda n: None, output_len=1)
     assert set(out) == {"prefill_profile"}
+
+
+def test_a_profiled_step_is_predicted_at_the_context_the_profile_measured():
+    """A vLLM profile averages n decode steps at contexts S + 1 … S + n: the model's op split
+    beside it is one decode step at S + ⌈(n + 1)/2⌉ tokens, not the request's mean step."""
+    from perfmodel import predict
+    from perfmodel.measuring.compare import compare, profiled_context
+
+    row = {"status": "ok", "model": "olmoe-1b-7b", "batch": 64, "input_len": 128, "output_len": 128,
+           "point_id": "vllm|olmoe-1b-7b|set=|layers=all|B=64|S=128|O=128|experts=vllm_fused_moe|tp=1",
+           "backend": "vllm", "experts_impl": "vllm_fused_moe", "ttft_ms": 50.0, "itl_ms": 5.0,
+           "e2e_ms": 685.0, "throughput_tok_s": 23900.0,
+           "decode_profile": {"split_ms": {"attention": 0.8}, "kernel_ms": 0.8, "steps": 16}}
+    assert profiled_context(row) == 137
+    assert profiled_context({**row, "decode_profile": {"split_ms": {"attention": 1.0}, "context_len": 193}}) == 193
+    assert profiled_context({**row, "decode_profile": None}) is None
+    _, ops = compare([row], engine="vllm", gpu="h200-sxm")
+    step = predict("olmoe-1b-7b", engine="vllm", gpu="h200-sxm", phase="decode", batch=64, context=137)
+    attention = sum(op["time_s"] for op in step.ops if op["name"] == "attn.core")
+    assert ops[ops["category"] == "attention"]["predicted_s"].item() == pytest.approx(attention, rel=1e-9)

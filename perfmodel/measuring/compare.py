@@ -230,6 +230,19 @@ def verify_replayed(row: dict[str, Any]) -> bool:
     return bool(spec) and (graph is None or int(row["batch"]) * (spec["spec_tokens"] + 1) <= graph)
 
 
+def profiled_context(row: dict[str, Any]) -> int | None:
+    """The context, in tokens, of the decode steps a row's kernel profile measured: its
+    ``context_len`` (transformers: the step it profiled), else S + ⌈(n + 1)/2⌉ over the n steps a
+    vLLM profile averages (contexts S + 1 … S + n); None without a decode profile."""
+    profile = row.get("decode_profile") or {}
+    if not profile.get("split_ms"):
+        return None
+    if isinstance(profile.get("context_len"), int):
+        return profile["context_len"]
+    steps = profile.get("steps")
+    return int(row["input_len"]) + (int(steps) + 2) // 2 if isinstance(steps, int) and steps > 0 else None
+
+
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
             train_models: Iterable[str] = (), models: Iterable[str] | None = None,
             train_points: Iterable[str] = ()):
@@ -247,7 +260,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     input_len, output_len; ``prefill_regime``: what sets its predicted prefill,
     :func:`perfmodel.prediction.prefill_regime`, the target's alone for a speculative row;
     ``speculative``: it ran speculative decoding); ``ops`` the predicted per-op decode-step time (whole step, s) and
-    the measured kernel split of the same step, by category, per point.
+    the measured kernel split of the same step, by category, per point: the step predicted at the
+    context the profile measured (:func:`profiled_context`) where the engine attends the context,
+    else the request's mean step.
     """
     import pandas as pd
 
@@ -298,8 +313,15 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                            "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
+        # an engine that attends its whole allocated cache costs every step alike: the mean is it
+        attends_context = p.provenance["options"]["decode_attention_span"] == "context"
+        context = profiled_context(row) if attends_context else None
+        step = p if context is None else predict(
+            spec, gpu=gpu, engine=engine, phase="decode", context=context, input_len=row["input_len"],
+            output_len=row["output_len"], quant=row_quant(row), moe_impl=moe_impl, **model_workload(row),
+            **speculation)
         predicted_split: dict[str, float] = {}
-        for op in p.ops:
+        for op in step.ops:
             if op["pass"] == "decode":
                 cat = categories[spec_key, quant, moe_impl][op["name"]]
                 predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
