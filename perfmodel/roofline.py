@@ -31,7 +31,8 @@ affine, t_m = (bytes + bytes_half)/(BW·η_max) — the bytes a kernel must have
 it streams at its peak — and non-decreasing by construction; an op that moves no bytes takes
 no memory time. An op that reads a cache per sequence (the attention core) also saturates in the
 keys C each sequence reads: η_m(C) = η_max·C/(C + C_half), so its cache read of B·C·w bytes
-costs B·(C + C_half)·w/(BW·η_max), non-decreasing in B and C (``Op.context_bytes`` = B·w). The max of non-decreasing parts, and sums of them, are non-decreasing.
+costs B·(C + C_half)·w/(BW·η_max), non-decreasing in B and C (``Op.context_bytes`` = B·w).
+The max of non-decreasing parts, and sums of them, are non-decreasing.
 """
 
 from __future__ import annotations

@@ -191,11 +191,10 @@ def test_the_fitted_context_half_matches_the_profiled_attention_kernels():
 
     profile = load_profile("vllm", "h200-sxm")
     assert 50 < profile.efficiency_of("attention").context_half < 1000
-    assert not {p for p in profile.fit["points"] if "routing=uniform_random" in p and "|B=128|" in p}
     rows = [r for r in one_gpu_rows(load_measurements(RESULTS_DIR / "h200-vllm-whatif.jsonl"))
             if r.get("decode_profile") and r["model"] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b")
             and r["batch"] >= 64]
-    assert len(rows) >= 6
+    assert len(rows) >= 6 and not {r["point_id"] for r in rows} & set(profile.fit["points"])  # held out
     _, ops = compare(rows, engine="vllm", gpu="h200-sxm")
     attention = ops[ops["category"] == "attention"]
     ratio = attention["measured_s"] / attention["predicted_s"]
