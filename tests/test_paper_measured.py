@@ -188,3 +188,20 @@ def test_rows_whose_routing_collapsed_stand_in_no_pair(rows, study):
     qwen = [p for p in e1 if p.keys["model"] == "qwen3-30b-a3b"]
     assert qwen and all(p.keys["routing"] == "uniform_random" for p in qwen)
     assert all(abs(p.measured_pct - p.predicted_pct) < 25 for p in qwen)
+
+
+def test_e8_at_full_depth_follows_the_model_and_a_pair_says_how_busy_the_gpu_was(rows, study):
+    """The seed's E8 measured at full depth (DeepSeek-V2-Lite, Qwen1.5-MoE, top-k 1 → 32): the
+    model within 10 pp at every GPU-bound pair; each pair carries its profiled steps' GPU share
+    (busy time / ITL), which tells the host-bound 8-layer pairs apart."""
+    pairs = measured.effect_pairs(rows, study.effect("E8").measured, "vllm")
+    host_bound = [p for p in pairs if p.keys["layers"] == 8]
+    full = [p for p in pairs if p not in host_bound]
+    assert {p.keys["model"] for p in full} == {"deepseek-v2-lite", "qwen1.5-moe-a2.7b"} and len(full) == 8
+    for p in full:
+        assert all(share is not None and share > 0.8 for share in p.gpu_busy)
+        assert p.measured_pct < -30 and abs(p.predicted_pct - p.measured_pct) < 10
+    assert host_bound and all(p.gpu_busy[1] is not None and p.gpu_busy[1] < 0.7 for p in host_bound)
+    assert measured.gpu_busy({"itl_ms": 2.0, "decode_profile": {"busy_ms": 1.0}}) == pytest.approx(0.5)
+    assert measured.gpu_busy({"itl_ms": 2.0, "decode_profile": None}) is None
+    assert host_bound[0].gpu_busy_text.startswith("– / ") and host_bound[0].gpu_busy_text.endswith("%")

@@ -182,6 +182,30 @@ class MeasuredPair:
     predicted_base: float
     comparison: Measured
 
+    @property
+    def gpu_busy(self) -> tuple[float | None, float | None]:
+        """The GPU's share of each side's decode step (:func:`gpu_busy`): side, base."""
+        return gpu_busy(self.side), gpu_busy(self.base)
+
+    @property
+    def profiled(self) -> bool:
+        """Whether a side's decode step was profiled."""
+        return any(share is not None for share in self.gpu_busy)
+
+    @property
+    def gpu_busy_text(self) -> str:
+        """``44% / 40%`` (side / base; ``–`` for a side not profiled)."""
+        return " / ".join("–" if share is None else f"{100 * share:.0f}%" for share in self.gpu_busy)
+
+
+def gpu_busy(row: dict[str, Any]) -> float | None:
+    """The GPU's share of a row's decode step: its profiled decode step's GPU busy time (the
+    union of its kernels' intervals, ``measure --profile``) over its measured ITL; None where the
+    step was not profiled. Far below 1, the step is set by the host, not by the GPU's work."""
+    busy = (row.get("decode_profile") or {}).get("busy_ms")
+    itl = row.get("itl_ms")
+    return float(busy) / float(itl) if isinstance(busy, (int, float)) and itl else None
+
 
 def _label(k: dict[str, Any], measured: Measured) -> str:
     """The point of a pair or a group: model, shape but the varied knob, B, S = O, routing and
