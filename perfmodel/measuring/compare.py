@@ -293,9 +293,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                    input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
                    layout=layout_label(row))
         speculation = row_speculative(row)
-        p = predict(spec, gpu=gpu, engine=engine, input_len=row["input_len"],
-                    output_len=row["output_len"], quant=row_quant(row), moe_impl=moe_impl, **model_workload(row),
-                    **speculation)
+        workload = dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
+                        quant=quant, moe_impl=moe_impl, **model_workload(row), **speculation)
+        p = predict(spec, **workload)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
                   and not is_variant(row)) or row["point_id"] in fitted_points
@@ -316,10 +316,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         # an engine that attends its whole allocated cache costs every step alike: the mean is it
         attends_context = p.provenance["options"]["decode_attention_span"] == "context"
         context = profiled_context(row) if attends_context else None
-        step = p if context is None else predict(
-            spec, gpu=gpu, engine=engine, phase="decode", context=context, input_len=row["input_len"],
-            output_len=row["output_len"], quant=row_quant(row), moe_impl=moe_impl, **model_workload(row),
-            **speculation)
+        step = p if context is None else predict(spec, phase="decode", context=context, **workload)
         predicted_split: dict[str, float] = {}
         for op in step.ops:
             if op["pass"] == "decode":
