@@ -150,6 +150,16 @@ def test_engine_times_from_request_metrics():
     assert vb.engine_times([NS(metrics=None)], 100) == {"engine_itl_ms": None, "engine_ttft_ms": None}
 
 
+def test_admission_is_the_spread_of_the_arrival_stamps():
+    from types import SimpleNamespace as NS
+
+    outs = [NS(metrics=NS(arrival_time=t)) for t in (100.004, 100.0, 100.002)]
+    assert vb.admission_ms(outs) == pytest.approx(4.0)
+    assert vb.admission_ms(outs[:1]) == 0.0
+    assert vb.admission_ms([NS(metrics=None), *outs]) is None
+    assert vb.admission_ms([]) is None
+
+
 def test_unknown_routing_is_one_line(capsys):
     from perfmodel.commands import main
 

@@ -457,7 +457,9 @@ class VLLMBackend:
         run(1)  # warm-up: prefill shape (fused-MoE JIT, chunking)
         if o > 1:
             run(min(o, 16))  # warm-up: decode at this batch
-        ttfts = [run(1)[0] for _ in range(self.reps)]
+        ttft_runs = [run(1) for _ in range(self.reps)]
+        ttfts = [ms for ms, _ in ttft_runs]
+        admissions = [a for a in (admission_ms(outs) for _, outs in ttft_runs) if a is not None]
         e2es, engine = [], []
         produced = None
         spec = spec_setting(_settings(point)) is not None
@@ -493,6 +495,7 @@ class VLLMBackend:
             "itl_ms": decode_total / (o - 1) if o > 1 else 0.0,
             "engine_itl_ms": statistics.median(itls) if itls else None,
             "engine_ttft_ms": statistics.median(ttfts_engine) if ttfts_engine else None,
+            "admission_ms": statistics.median(admissions) if admissions else None,
             "throughput_tok_s": point.batch * (point.input_len + o) / (e2e / 1e3),
             "output_tok_s": point.batch * o / (e2e / 1e3),
             "decode_method": "vllm_engine",
@@ -633,6 +636,16 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal
         return {"fused_moe_config_error": str(exc)[:200]}
+
+
+def admission_ms(outputs) -> float | None:
+    """The front end's time to admit a ``generate`` call's requests, ms: the spread of their
+    arrival times (``RequestOutput.metrics.arrival_time``, wall seconds, stamped as each request
+    is processed), which spans B − 1 admissions; 0 for one request, None without the stamps."""
+    stamps = [getattr(getattr(out, "metrics", None), "arrival_time", 0.0) or 0.0 for out in outputs]
+    if not stamps or not all(stamps):
+        return None
+    return (max(stamps) - min(stamps)) * 1e3
 
 
 def engine_times(outputs, output_len: int) -> dict[str, float | None]:
