@@ -379,17 +379,20 @@ def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | No
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     """TTFT, ITL, E2E and throughputs of a phase from its pass times (seed study's definitions).
 
-    request: E2E = TTFT + (O − 1)·ITL, throughput = B·(S + O)/E2E, output = B·O/E2E;
-    prefill: B·S tokens in, B first tokens out; decode: B tokens per step.
+    TTFT = prefill pass + B·t_req: one offline call admits its B requests before the prefill and
+    returns their outputs after it, host time serial with the engine, once per call
+    (``latency.request_s``; 0 where an engine has none). request: E2E = TTFT + (O − 1)·ITL,
+    throughput = B·(S + O)/E2E, output = B·O/E2E; prefill: B·S tokens in, B first tokens out;
+    decode: B tokens per step.
     """
     B, S, O = s.B, s.S, s.O
     if phase == "request":
-        ttft, itl = t["prefill_s"], t["decode_step_s"]
+        ttft, itl = t["prefill_s"] + B * s.t_req, t["decode_step_s"]
         e2e = ttft + (O - 1) * itl
         return dict(ttft_s=ttft, itl_s=itl, e2e_s=e2e, throughput_tok_s=B * (S + O) / e2e,
                     output_throughput_tok_s=B * O / e2e)
     if phase == "prefill":
-        ttft = t["prefill_s"]
+        ttft = t["prefill_s"] + B * s.t_req
         return dict(ttft_s=ttft, e2e_s=ttft, throughput_tok_s=B * S / ttft,
                     output_throughput_tok_s=B / ttft)
     step = t["decode_step_s"]
@@ -549,6 +552,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_piece_layer: profile.latency.piecewise_layer_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
+        s.t_req: profile.latency.request_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
     }

@@ -75,6 +75,10 @@ class Latency(_Strict):
         default=0.0, description="Host time per layer of a prefill an eager-prefill engine replays "
         "from piecewise CUDA graphs (the attention between the graph's pieces is launched from the "
         "host), serial with the pass's GPU work.")
+    request_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per request of one offline batch call (the front end "
+        "admits each request before its prefill and returns each output after it), serial with the "
+        "engine: TTFT and E2E pay B of them once; a serving engine admits requests as they arrive.")
     draft_pass_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
         "work does not hide (the proposer prepares each pass's inputs and samples its token).")

@@ -82,6 +82,7 @@ t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch tim
 t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
 t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per sequence of an eager step, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
+t_req = sp.Symbol("t_req", nonnegative=True)  #: host time per request of one offline batch call (admission, output), s
 t_draft = sp.Symbol("t_draft", nonnegative=True)  #: host time per draft pass (speculative decoding), s
 t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per sync of an eager pass (an expert of a loop), s
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)

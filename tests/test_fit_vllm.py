@@ -19,15 +19,18 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     residuals = fitted["fit"]["residuals"]
     assert set(fitted["fit"]["train_models"]) == set(TRAIN_MODELS)
     assert residuals["held-out"]["decode_step"]["n"] > 0
-    assert residuals["train"]["decode_step"]["mape_pct"] < 5
+    # (the training points hold OLMoE's profiled steps of the attention fit, to B = 1,024, where
+    # vLLM's host makes the step 10-22% longer than the model's)
+    assert residuals["train"]["decode_step"]["mape_pct"] < 6
     # the training points are the rows a parameter was fitted on, by name: the end-to-end rows of
     # the training models, their fp8 rows, the draft pass's and the piecewise-graph prefills'
     named = set(fitted["fit"]["points"])
     assert set(fitted["fit"]["draft_pass"]["points"]) <= named
     assert set(fitted["fit"]["piecewise_layer"]["points"]) <= named
     assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named)
-    # a training model's row that no fit took (OLMoE at B = 512 beside the piecewise-graph rows) is held out
-    assert not any("|olmoe-1b-7b|" in p and "|B=512|" in p for p in named)
+    assert set(fitted["fit"]["attention_profile"]["points"]) <= named
+    # a training model's row that no fit took (OLMoE at B = 16, S = 128 beside the profiled rows) is held out
+    assert not any("|olmoe-1b-7b|" in p and "|B=16|S=128|" in p and "routing=uniform_random" in p for p in named)
     # the band: held-out points only, less those of the groups measured at collapsed routing
     assert fitted["fit"]["band_excludes"] == ["deepseek-v2-lite bf16", "phi-3.5-moe bf16", "qwen3-30b-a3b fp8"]
     assert fitted["error_band"]["decode_step"] < residuals["held-out"]["decode_step"]["p90_abs_pct"] / 100
@@ -113,7 +116,8 @@ def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():
     assert gpu.provenance["error_band"]["ttft"] == band.ttft
     assert host.provenance["error_band"]["ttft_regime"] == "launch-bound"
     assert host.provenance["error_band"]["ttft"] == band.ttft_launch_bound
-    assert host.metrics["ttft_s"] == pytest.approx(host.metrics["prefill_launch_s"])
+    assert host.metrics["ttft_s"] == pytest.approx(host.metrics["prefill_launch_s"]
+                                                   + load_profile("vllm", "h200-sxm").latency.request_s)
     assert graph.provenance["error_band"]["ttft_regime"] == "graph-replayed"
     assert band.ttft_graph_replayed is not None
     assert graph.provenance["error_band"]["ttft"] == band.ttft_graph_replayed
@@ -136,7 +140,9 @@ def test_a_prefill_replayed_from_piecewise_graphs_pays_the_hosts_attention_launc
     # fitted on the training models' graph-replayed prefills only (as built, B·S within the capture sizes)
     points = profile.fit["piecewise_layer"]["points"]
     models = {p.split("|")[1] for p in points}
-    assert len(points) >= 3 and models <= set(TRAIN_MODELS) and all("|set=|" in p and "|S=128|" in p for p in points)
+    tokens = [int(p.split("|B=")[1].split("|")[0]) * int(p.split("|S=")[1].split("|")[0]) for p in points]
+    assert len(points) >= 3 and models <= set(TRAIN_MODELS) and all("|set=|" in p for p in points)
+    assert max(tokens) <= 1024  # within the engines' capture sizes (512 or 1,024 tokens)
     data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
     data["latency"]["piecewise_layer_s"] = 0.0
     without = tmp_path / "without.yaml"
@@ -180,22 +186,73 @@ def test_a_decode_attention_pays_its_context_half_per_sequence(tmp_path):
     assert load_profile("hf", "h200-sxm").efficiency_of("attention").context_half == 0.0
 
 
-def test_the_fitted_context_half_matches_the_profiled_attention_kernels():
-    """C_half is fitted end to end on the training rows; the decode steps profiled on held-out
-    rows (OLMoE-1B-7B and Qwen1.5-MoE-A2.7B at the routing simulator, B ≥ 64, contexts of 129–144
-    tokens) check it kernel by kernel: FlashAttention's time per step is 1.1–1.3× the model's
-    attention at the profiled context, where the model without the term is 2.75–3.06× short."""
+def test_the_fitted_request_time_matches_the_measured_admission_and_large_batches(tmp_path):
+    """``request_s`` is fitted end to end on the training rows (B ≤ 256). Rows at B = 256 and
+    1,024, fitted by nothing, check it: the front end's admission of a call's requests, measured
+    (``admission_ms``, the spread of their arrival stamps), is 0.08–0.18 ms per request, a part
+    of ``request_s`` (the rest returns the outputs); and the prefills of 1,024 prompts of 16
+    tokens (one 16,384-token step) come within 25%, where the profile without the term is 31–78%
+    short."""
+    from perfmodel.calibration.fit import one_gpu_rows
+    from perfmodel.measuring.compare import compare, load_measurements
+    from perfmodel.paths import RESULTS_DIR
+
+    profile = load_profile("vllm", "h200-sxm")
+    per_request = profile.latency.request_s
+    assert 1e-4 < per_request < 4e-4
+    rows = [r for name in ("h200-vllm.jsonl", "h200-vllm-whatif.jsonl")
+            for r in one_gpu_rows(load_measurements(RESULTS_DIR / name))
+            if r.get("admission_ms") is not None and r["batch"] >= 256]
+    assert len(rows) >= 20
+    admitted = [r["admission_ms"] * 1e-3 / (r["batch"] - 1) for r in rows]
+    assert all(0.3 * per_request < a < per_request for a in admitted)
+    large = [r for r in rows if r["batch"] == 1024 and r["input_len"] == 16
+             and r["point_id"] not in profile.fit["points"]]  # held out
+    assert len(large) >= 5
+    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    data["latency"]["request_s"] = 0.0
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump(data))
+    errors = {}
+    for engine in ("vllm", str(without)):
+        points, _ = compare(large, engine=engine, gpu="h200-sxm")
+        errors[engine] = points[points["metric"] == "ttft"]["rel_error"]
+    assert errors["vllm"].abs().max() < 0.25
+    assert errors[str(without)].max() < -0.25
+
+
+def test_the_fitted_context_half_matches_the_profiled_attention_kernels(tmp_path):
+    """C_half is fitted with the other parameters, on the training rows and on the attention
+    kernels of OLMoE-1B-7B's profiled decode steps at B ≥ 64 (``fit.attention_profile``). The
+    other models' profiled steps at B ≥ 64 (Qwen1.5-MoE, Mixtral, Qwen3-30B-A3B, Phi-3.5-MoE;
+    contexts of 25–265 tokens), held out, check it kernel by kernel: FlashAttention's time per
+    step is 0.86–1.74× the model's attention at the profiled context (the GQA models at B = 64
+    the most), where the model without the term is 1.65–9.1× short. MLA's decode (FlashMLA) is
+    apart."""
     from perfmodel.calibration.fit import one_gpu_rows
     from perfmodel.measuring.compare import compare, load_measurements
     from perfmodel.paths import RESULTS_DIR
 
     profile = load_profile("vllm", "h200-sxm")
     assert 50 < profile.efficiency_of("attention").context_half < 1000
-    rows = [r for r in one_gpu_rows(load_measurements(RESULTS_DIR / "h200-vllm-whatif.jsonl"))
-            if r.get("decode_profile") and r["model"] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b")
-            and r["batch"] >= 64]
-    assert len(rows) >= 6 and not {r["point_id"] for r in rows} & set(profile.fit["points"])  # held out
-    _, ops = compare(rows, engine="vllm", gpu="h200-sxm")
-    attention = ops[ops["category"] == "attention"]
-    ratio = attention["measured_s"] / attention["predicted_s"]
-    assert len(ratio) == len(rows) and ratio.between(1.0, 1.35).all()
+    fitted = set(profile.fit["attention_profile"]["points"])
+    assert len(fitted) >= 6 and all("|olmoe-1b-7b|" in p for p in fitted)
+    rows = [r for name in ("h200-vllm.jsonl", "h200-vllm-whatif.jsonl")
+            for r in one_gpu_rows(load_measurements(RESULTS_DIR / name))
+            if ((r.get("decode_profile") or {}).get("split_ms") or {}).get("attention") and r["batch"] >= 64
+            and r["model"] != "deepseek-v2-lite"]
+    held_out = [r for r in rows if r["point_id"] not in profile.fit["points"]]
+    assert len(held_out) >= 20 and {r["model"] for r in held_out} >= {"qwen1.5-moe-a2.7b", "mixtral-8x7b",
+                                                                    "qwen3-30b-a3b", "phi-3.5-moe"}
+    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    data["efficiency"]["attention"]["context_half"] = 0.0
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump(data))
+    ratios = {}
+    for engine in ("vllm", str(without)):
+        _, ops = compare(held_out, engine=engine, gpu="h200-sxm")
+        attention = ops[ops["category"] == "attention"]
+        ratios[engine] = attention["measured_s"] / attention["predicted_s"]
+    assert len(ratios["vllm"]) == len(held_out)
+    assert ratios["vllm"].between(0.8, 1.8).all() and 0.95 < ratios["vllm"].median() < 1.3
+    assert ratios[str(without)].min() > 1.5

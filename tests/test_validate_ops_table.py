@@ -25,7 +25,8 @@ def test_the_table_takes_profiled_points_alone_with_measured_and_predicted_ms(co
     col = table["header"].index("expert_gemm ms")
     step = points[(points["metric"] == "decode_step") & points["point_id"].isin(profiled)]
     for row in table["rows"]:
-        hit = step[(step["variant"] == row[0]) & (step["batch"] == int(row[1]))]
+        hit = step[(step["variant"] == row[0]) & (step["batch"] == int(row[1]))
+                   & (step["input_len"] == int(row[2])) & (step["output_len"] == int(row[3]))]
         assert len(hit) == 1
         assert row[4] == f"{100 * hit['rel_error'].iloc[0]:+.1f}"
         measured, predicted = (float(x) for x in row[col].split(" / "))

@@ -3,7 +3,8 @@
 ``perfmodel calibrate fit --engine vllm`` writes ``calibration/profiles/<gpu>-vllm.yaml``. No
 microbenchmark of vLLM's own kernels exists, so every parameter comes from least squares on
 log(predicted/measured) TTFT and decode step of the training models' end-to-end rows
-(:data:`perfmodel.calibration.fit.TRAIN_MODELS`, as built, no variants). What each parameter
+(:data:`perfmodel.calibration.fit.TRAIN_MODELS`, as built, no variants), and on the attention
+kernels of some of their profiled decode steps (below). What each parameter
 stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.md``):
 
 - ``grouped_gemm`` memory and compute η: the fused-MoE Triton kernel (tokens sorted by expert,
@@ -12,16 +13,24 @@ stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
   ``context_half``: the kernel's work per sequence and head, which a short context does not
-  hide (each sequence's cache read costs C + C_half keys; the kernel profiles of held-out decode
-  steps check it, ``tests/test_fit_vllm.py``);
+  hide (each sequence's cache read costs C + C_half keys). Beside the end-to-end rows, the
+  least squares takes the attention kernels' time of one training model's profiled decode steps
+  at B ≥ 64 (:data:`ATTENTION_PROFILE_MODELS`, :func:`attention_profile_rows`: those rows are
+  training points); the other models' profiled steps check it (``tests/test_fit_vllm.py``);
 - ``per_step_s`` and ``per_layer_s``: a decode step replayed from a full CUDA graph still pays
   the scheduler, input preparation and sampling once per step, and graph nodes per layer;
   ``per_kernel_s`` is not fitted: it is the benchmarked cost of one kernel node in a replayed
   CUDA graph on the same GPU (:func:`graph_node_cost`), so that ops with more kernels (an
   unfused expert loop, activation-quantization passes) cost what their launches cost;
+- ``request_s``: an offline ``generate`` call's host time per request, serial with the
+  engine: the front end admits every request before the first step (each row's
+  ``admission_ms``, the spread of the requests' arrival stamps, measures that part: about
+  0.1 ms per request) and returns every output after the last; TTFT and E2E pay B of them
+  once (:func:`perfmodel.prediction.request_metrics`). A serving engine admits requests as they
+  arrive, beside its steps: the planner's step times do not hold it.
 - ``eager_step_s`` and ``eager_layer_s``: prefill runs from piecewise CUDA graphs with the
-  attention between the pieces launched from the host, and each ``generate`` call admits and
-  schedules its requests: TTFT is at least that host time (``prefill_eager``), unless the
+  attention between the pieces launched from the host, and each engine step schedules its
+  requests: a prefill step takes at least that host time (``prefill_eager``), unless the
   prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
   default cap; each measured row states its own capture sizes), which is replayed.
 - ``piecewise_layer_s``: such a replayed prefill still launches each layer's attention between
@@ -93,6 +102,7 @@ PARAMETERS: tuple[tuple[tuple[str, str, str | None], float, float, float, float]
     (("latency", "per_layer_s", None), 1e-5, 0.0, 1e-3, 1e-5),
     (("latency", "eager_step_s", None), 1e-2, 0.0, 0.2, 1e-2),
     (("latency", "eager_layer_s", None), 5e-4, 0.0, 1e-2, 1e-3),
+    (("latency", "request_s", None), 1e-4, 0.0, 2e-3, 1e-4),
 )
 
 
@@ -150,22 +160,87 @@ def _with(base: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -> np.ndarray:
-    """Least squares on log(predicted/measured) TTFT and decode step; values in their units."""
+#: Training models whose profiled decode steps join the end-to-end fit with their attention
+#: kernels' time (FlashAttention over the cache: what ``attention`` memory η and ``context_half``
+#: stand for), and the smallest batch taken: below it a step's fixed time per layer, which
+#: ``per_layer_s`` carries, hides the kernel's work. The other models' profiled steps check it.
+ATTENTION_PROFILE_MODELS = ("olmoe-1b-7b",)
+ATTENTION_PROFILE_MIN_BATCH = 64
+
+
+def attention_profile_rows(rows: list[dict[str, Any]], models: tuple[str, ...] = ATTENTION_PROFILE_MODELS,
+                           min_batch: int = ATTENTION_PROFILE_MIN_BATCH) -> list[dict[str, Any]]:
+    """The ok one-GPU rows of ``models`` as built (any routing; no speculative decoding) whose
+    decode profile measured attention kernels, at B ≥ ``min_batch``: the latest row of each
+    point id."""
+    from perfmodel.calibration.fit import one_gpu_rows
+    from perfmodel.measuring.compare import is_variant, profiled_context, row_speculative
+
+    latest = {r["point_id"]: r for r in one_gpu_rows(rows)
+              if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
+              and not row_speculative(r) and r["batch"] >= min_batch and profiled_context(r) is not None
+              and ((r.get("decode_profile") or {}).get("split_ms") or {}).get("attention")}
+    return list(latest.values())
+
+
+def attention_op_names(rows: list[dict[str, Any]], profile) -> list[frozenset[str]]:
+    """The names of the ops of each row's decode graph that run as attention kernels (the
+    graph's structure, which no fitted number changes)."""
+    from perfmodel.graph import build_graph
+    from perfmodel.measuring.compare import row_overrides, row_quant
+    from perfmodel.prediction import Workload, graph_options
+    from perfmodel.specs.model import load_model
+
+    out = []
+    for row in rows:
+        graph = build_graph(load_model(row["model"], row_overrides(row)), decode=True,
+                            options=graph_options(profile, Workload(quant=row_quant(row))))
+        out.append(frozenset(op.name for _, op in graph.all_ops() if op.category.value == "attention"))
+    return out
+
+
+def profiled_attention_s(rows: list[dict[str, Any]], names: list[frozenset[str]], profile,
+                         gpu_spec) -> np.ndarray:
+    """The model's attention time (s) of one decode step of each row at the context its profile
+    measured (:func:`perfmodel.measuring.compare.profiled_context`), under a profile object;
+    ``names``: each row's attention ops (:func:`attention_op_names`)."""
+    from perfmodel.measuring.compare import model_workload, profiled_context, row_overrides, row_quant
+    from perfmodel.prediction import Workload, evaluate
+    from perfmodel.specs.model import load_model
+
+    out = []
+    for row, attention in zip(rows, names):
+        w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
+                     context=profiled_context(row), **model_workload(row))
+        ops = evaluate(load_model(row["model"], row_overrides(row)), gpu_spec, profile, w, "decode").ops
+        out.append(sum(op["time_s"] for op in ops if op["name"] in attention))
+    return np.array(out)
+
+
+def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
+                   attention_rows: list[dict[str, Any]] = ()) -> np.ndarray:
+    """Least squares on log(predicted/measured) TTFT and decode step, and on log(predicted/
+    measured) attention time of the profiled decode steps of ``attention_rows``
+    (:func:`attention_profile_rows`); values in their units."""
     from scipy.optimize import least_squares
 
     from perfmodel.specs.hardware import load_gpu
 
     gpu_spec = load_gpu(gpu)
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
+    attention = np.array([r["decode_profile"]["split_ms"]["attention"] * 1e-3 for r in attention_rows])
+    names = attention_op_names(attention_rows, _profile(base))
     scale = np.array([p[4] for p in PARAMETERS])
     start = np.array([p[1] for p in PARAMETERS]) / scale
     lower = np.array([p[2] for p in PARAMETERS]) / scale
     upper = np.array([p[3] for p in PARAMETERS]) / scale
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        predicted = _predict_many(rows, _profile(_with(base, x * scale)), gpu_spec)
-        return np.log(predicted / measured).ravel()
+        profile = _profile(_with(base, x * scale))
+        predicted = _predict_many(rows, profile, gpu_spec)
+        kernels = (np.log(profiled_attention_s(attention_rows, names, profile, gpu_spec) / attention)
+                   if len(attention) else np.array([]))
+        return np.concatenate([np.log(predicted / measured).ravel(), kernels])
 
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf", x_scale="jac")
     x = np.where(result.x - lower <= BOUND_SNAP, lower,
@@ -289,8 +364,11 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
     rows = _rows(results, train)
-    fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
-    values = fit_parameters(rows, base, gpu)
+    every_row = [r for path in (results, what_if_file(results)) if path.exists()
+                 for r in read_rows(path, unique=False, warn=False).rows]
+    attention_rows = attention_profile_rows(every_row, tuple(m for m in ATTENTION_PROFILE_MODELS if m in train))
+    fitted = [r["point_id"] for r in rows + attention_rows]  # every row a parameter is fitted on
+    values = fit_parameters(rows, base, gpu, attention_rows)
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
@@ -308,7 +386,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     all_rows = load_measurements(results)
     if what_if_file(results).exists():
         all_rows += load_measurements(what_if_file(results))
-    every_row = [r for path in (results, what_if_file(results)) for r in read_rows(path, unique=False, warn=False).rows]
     draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
     if draft_pass is not None:
         base["latency"]["draft_pass_s"] = draft_pass
@@ -347,8 +424,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                            f"{str(prov.get('date'))[:10]}, commit {prov.get('git_commit')})")
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
-        "kernel_fit": {"dtype": "bf16", "source": "none: end-to-end fit of every parameter but per_kernel_s"},
+        "kernel_fit": {"dtype": "bf16",
+                       "source": ("none: end-to-end fit of every parameter but per_kernel_s, with the attention "
+                                  "kernels of the profiled decode steps in attention_profile")},
         "per_kernel_source": graph_node_cost(gpu)[1],
+        "attention_profile": {"min_batch": ATTENTION_PROFILE_MIN_BATCH,
+                              "points": sorted(r["point_id"] for r in attention_rows)},
         "quantization_rows": quant_fits,
         "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                        "points": draft_points},
