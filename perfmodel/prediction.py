@@ -48,7 +48,7 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 #: Metrics a prediction reports (NaN where a phase has none, e.g. ITL of a prefill).
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
-           "activation_bytes", "memory_bytes", "prefill_launch_s")
+           "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s")
 #: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
 LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
 #: Metrics that count whole things (parameters, bytes): integers in JSON.
@@ -379,22 +379,23 @@ def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | No
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     """TTFT, ITL, E2E and throughputs of a phase from its pass times (seed study's definitions).
 
-    TTFT = prefill pass + B·t_req: one offline call admits its B requests before the prefill and
-    returns their outputs after it, host time serial with the engine, once per call
-    (``latency.request_s``; 0 where an engine has none). request: E2E = TTFT + (O − 1)·ITL,
+    TTFT = prefill pass + B·t_req (``request_host_s``): one offline call admits its B requests
+    before the prefill and returns their outputs after it, host time serial with the engine, once
+    per call (``latency.request_s``; 0 where an engine has none). request: E2E = TTFT + (O − 1)·ITL,
     throughput = B·(S + O)/E2E, output = B·O/E2E; prefill: B·S tokens in, B first tokens out;
     decode: B tokens per step.
     """
     B, S, O = s.B, s.S, s.O
+    requests = B * s.t_req
     if phase == "request":
-        ttft, itl = t["prefill_s"] + B * s.t_req, t["decode_step_s"]
+        ttft, itl = t["prefill_s"] + requests, t["decode_step_s"]
         e2e = ttft + (O - 1) * itl
         return dict(ttft_s=ttft, itl_s=itl, e2e_s=e2e, throughput_tok_s=B * (S + O) / e2e,
-                    output_throughput_tok_s=B * O / e2e)
+                    output_throughput_tok_s=B * O / e2e, request_host_s=requests)
     if phase == "prefill":
-        ttft = t["prefill_s"] + B * s.t_req
+        ttft = t["prefill_s"] + requests
         return dict(ttft_s=ttft, e2e_s=ttft, throughput_tok_s=B * S / ttft,
-                    output_throughput_tok_s=B / ttft)
+                    output_throughput_tok_s=B / ttft, request_host_s=requests)
     step = t["decode_step_s"]
     return dict(itl_s=step, throughput_tok_s=B / step, output_throughput_tok_s=B / step)
 

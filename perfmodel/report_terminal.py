@@ -99,7 +99,10 @@ def print_prediction(p: Prediction, console: Console) -> None:
     table.add_column("metric", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     table.add_column("± band", justify="right", overflow="fold")
+    host = m.get("request_host_s", float("nan"))
     rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
+            *([(f"  of it, the call's {p.workload.batch} requests on the host", format_time(host), None)]
+              if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
             ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),
             ("throughput B·(S+O)/E2E", f"{m['throughput_tok_s']:,.0f} tok/s", band and band["throughput"]),

@@ -3,6 +3,8 @@ E2E pay B of them once, the passes and the serving planner's step times none."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from perfmodel import symbols as s
@@ -29,11 +31,12 @@ def test_ttft_and_e2e_pay_each_requests_host_time_once():
     assert with_term["ttft_s"] - bare["ttft_s"] == pytest.approx(64 * t_req, rel=1e-9)
     assert with_term["e2e_s"] - bare["e2e_s"] == pytest.approx(64 * t_req, rel=1e-9)
     assert with_term["itl_s"] == bare["itl_s"]
+    assert with_term["request_host_s"] == pytest.approx(64 * t_req, rel=1e-12) and bare["request_host_s"] == 0
     bare_profile = _without_request_time(profile)
     prefill, bare_prefill = (evaluate(model, gpu, p, w, "prefill").metrics for p in (profile, bare_profile))
     assert prefill["ttft_s"] - bare_prefill["ttft_s"] == pytest.approx(64 * t_req, rel=1e-9)
     decode, bare_decode = (evaluate(model, gpu, p, w, "decode").metrics for p in (profile, bare_profile))
-    assert decode["itl_s"] == bare_decode["itl_s"]
+    assert decode["itl_s"] == bare_decode["itl_s"] and math.isnan(decode["request_host_s"])
     # the formula: TTFT = prefill pass + B·t_req
     ttft = request_metrics("prefill", {"prefill_s": s.S})["ttft_s"]
     assert ttft == s.S + s.B * s.t_req
@@ -52,3 +55,13 @@ def test_the_serving_planners_step_times_do_not_hold_it():
             for p in (profile, _without_request_time(profile)))
     assert a.floor_s == b.floor_s and a.fixed_s == b.fixed_s and a.piecewise_s == b.piecewise_s
     assert (a.pre_s_per_token == b.pre_s_per_token).all() and (a.token_s == b.token_s).all()
+
+
+def test_the_terminal_report_shows_the_calls_share_of_ttft(capsys):
+    from perfmodel.commands import main
+
+    assert main(["predict", "olmoe-1b-7b", "-b", "64", "-s", "128", "-o", "16"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "of it, the call's 64 requests on the host" in out
+    assert main(["predict", "olmoe-1b-7b", "--engine", "hf", "-b", "64", "-s", "128", "-o", "16"]) in (0, None)
+    assert "requests on the host" not in capsys.readouterr().out
