@@ -186,16 +186,15 @@ def attention_profile_rows(rows: list[dict[str, Any]], models: tuple[str, ...] =
 def attention_op_names(rows: list[dict[str, Any]], profile) -> list[frozenset[str]]:
     """The names of the ops of each row's decode graph that run as attention kernels (the
     graph's structure, which no fitted number changes)."""
-    from perfmodel.graph import build_graph
-    from perfmodel.measuring.compare import row_overrides, row_quant
+    from perfmodel.measuring.compare import graph_categories, row_overrides, row_quant
     from perfmodel.prediction import Workload, graph_options
     from perfmodel.specs.model import load_model
 
     out = []
     for row in rows:
-        graph = build_graph(load_model(row["model"], row_overrides(row)), decode=True,
-                            options=graph_options(profile, Workload(quant=row_quant(row))))
-        out.append(frozenset(op.name for _, op in graph.all_ops() if op.category.value == "attention"))
+        categories = graph_categories(load_model(row["model"], row_overrides(row)),
+                                      graph_options(profile, Workload(quant=row_quant(row))))
+        out.append(frozenset(name for name, category in categories.items() if category == "attention"))
     return out
 
 

@@ -41,11 +41,17 @@ def op_categories(spec, engine: str, gpu: str, quant: str | None = None,
     """Op name → the measured profiler category its kernels run as (hf engine, transformers
     5.x), for the decode graph ``engine`` builds of a model at a quantization scheme and MoE
     implementation: each op's :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
-    from perfmodel.graph import build_graph
     from perfmodel.prediction import Workload, graph_options
     from perfmodel.profile import load_profile
 
-    options = graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl))
+    return graph_categories(spec, graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl)))
+
+
+def graph_categories(spec, options) -> dict[str, str]:
+    """Op name → the profiler category of its kernels, for the decode graph of a model under
+    graph options (:class:`perfmodel.graph.GraphOptions`)."""
+    from perfmodel.graph import build_graph
+
     graph = build_graph(spec, decode=True, options=options)
     return {op.name: op.category.value for _, op in graph.all_ops()}
 
