@@ -310,8 +310,13 @@ def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
 
 
 def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr = sp.Integer(1),
-              chunk: sp.Expr | None = None) -> tuple[sp.Expr, list[list[sp.Expr]]]:
+              chunk: sp.Expr | None = None, host_floor: bool = False) -> tuple[sp.Expr, list[list[sp.Expr]]]:
     """A pass's time: its ops' roofline times plus per-layer and per-step fixed costs.
+
+    A decode step the engine replays from a CUDA graph (``host_floor``) takes at least the
+    host's time for it, max(GPU time, t_host_step + B·t_host_seq) (:func:`decode_host_floor`):
+    asynchronous scheduling prepares step k + 1 while the GPU runs step k, so the two overlap,
+    and the longer sets the pace.
 
     An eager pass cannot finish before the host has launched it: its time is
     max(GPU time, N_layers·t_eager_layer + t_eager_step + B·t_eager_seq) (the launch, and the
@@ -346,7 +351,16 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         serial = launched(subs, chunk) * syncs * s.t_sync
         replayed = 1 - launched(subs, chunk)  # each step a piecewise-graph replay
         return sp.Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer + serial, floor), rows
+    if host_floor:
+        return sp.Max(gpu, decode_host_floor(subs)), rows
     return gpu, rows
+
+
+def decode_host_floor(subs: dict) -> sp.Expr:
+    """The host's time of one graph-replayed decode step of B sequences (s), the floor
+    :func:`pass_time` holds it to: t_host_step + B·t_host_seq (the scheduler, the model
+    runner's input preparation and output processing, per step and per sequence)."""
+    return s.t_host_step + subs.get(s.B, s.B) * s.t_host_seq
 
 
 def host_syncs(graph: ModelGraph, subs: dict) -> sp.Expr:
@@ -427,7 +441,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         chunked = opts.prefill_chunk_tokens is not None and not decode
         eager = opts.prefill_eager and not decode
         steps, chunk = (prefill_steps(), s.M_chunk) if chunked else (sp.Integer(1), None)
-        total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk)
+        total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk, host_floor=decode)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
             totals["prefill_launch_s"] = (launch_floor(subs, steps, chunk, host_syncs(graph, subs)) if eager
@@ -554,6 +568,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_piece_layer: profile.latency.piecewise_layer_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.t_req: profile.latency.request_s,
+        s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
     }
@@ -562,7 +577,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         syms = s.efficiency_symbols(op_class)
         values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
                        syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half,
-                       syms["context_half"]: eta.context_half})
+                       syms["context_half"]: eta.context_half, syms["exposed"]: eta.exposed})
         mu, scheme = s.quant_efficiency_symbols(op_class), profile.quant_efficiency(quant)
         values.update({mu[which]: scheme.multiplier(op_class, which) for which in ("compute", "memory")})
     return values

@@ -56,6 +56,10 @@ class Efficiency(_Strict):
         "cache at half its peak rate: η_m over a sequence's C keys is η_max·C/(C + C_half), so each "
         "sequence costs C_half keys' worth of memory time more than its keys (the kernel's fixed "
         "work per sequence and head, which a short context does not hide).")
+    exposed: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction of the shorter of an op's compute and memory "
+        "times that its kernels do not hide behind the longer: t = max(t_c, t_m) + a·min(t_c, t_m) "
+        "(0: perfect overlap, the plain roofline; 1: no overlap).")
 
 
 class Latency(_Strict):
@@ -79,6 +83,14 @@ class Latency(_Strict):
         default=0.0, description="Host time per request of one offline batch call (the front end "
         "admits each request before its prefill and returns each output after it), serial with the "
         "engine: TTFT and E2E pay B of them once; a serving engine admits requests as they arrive.")
+    host_step_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time of one decode step the engine replays from a CUDA graph "
+        "(scheduling it, preparing its inputs, processing its outputs), which asynchronous "
+        "scheduling overlaps with the GPU's previous step: the step takes max(GPU time, "
+        "host_step_s + B·host_seq_s).")
+    host_seq_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per sequence of one graph-replayed decode step (see "
+        "host_step_s).")
     draft_pass_s: NonNegativeFloat = Field(
         default=0.0, description="Host time of one draft pass of speculative decoding that its GPU "
         "work does not hide (the proposer prepares each pass's inputs and samples its token).")

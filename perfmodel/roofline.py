@@ -1,7 +1,7 @@
 """Roofline time of one op, as sympy:
 
     t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes)),  comm / (BW_link · η_l(comm)))
-        + kernels · t_kernel + fixed latency
+        + a · min(t_c, t_m) + kernels · t_kernel + fixed latency
 
 Efficiencies saturate (see :mod:`perfmodel.profile`): η(u) = η_max · u / (u + u_half), where
 the compute curve's u is the op's efficiency size x (GEMM rows, tokens per expert, keys
@@ -33,6 +33,12 @@ no memory time. An op that reads a cache per sequence (the attention core) also 
 keys C each sequence reads: η_m(C) = η_max·C/(C + C_half), so its cache read of B·C·w bytes
 costs B·(C + C_half)·w/(BW·η_max), non-decreasing in B and C (``Op.context_bytes`` = B·w).
 The max of non-decreasing parts, and sums of them, are non-decreasing.
+
+The exposed fraction a (profile key ``exposed``, 0 by default) is the part of the shorter of
+the compute and memory times that the op's kernels do not hide behind the longer: a kernel that
+streams its weights and multiplies them in one software pipeline overlaps the two only as far as
+its tiles keep both busy. a·min(t_c, t_m) is non-decreasing too, and 0 for an op that only moves
+bytes.
 """
 
 from __future__ import annotations
@@ -52,17 +58,19 @@ PEAK_SYMBOLS = {Peak.MATMUL: peak, Peak.ATTENTION: peak_attn}
 
 @dataclass(frozen=True)
 class OpTime:
-    """The parts of an op's roofline time, s: compute, memory, link, and fixed latency."""
+    """The parts of an op's roofline time, s: compute, memory, link, fixed latency, and the
+    part of the shorter of compute and memory its kernels leave exposed."""
 
     compute: sp.Expr
     memory: sp.Expr
     link: sp.Expr
     latency: sp.Expr
+    exposed: sp.Expr = sp.Integer(0)
 
     @property
     def total(self) -> sp.Expr:
-        """max(compute, memory, link) + latency."""
-        return sp.Max(self.compute, self.memory, self.link) + self.latency
+        """max(compute, memory, link) + exposed + latency."""
+        return sp.Max(self.compute, self.memory, self.link) + self.exposed + self.latency
 
 
 def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
@@ -99,4 +107,6 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     moved = op.bytes + efficiency_symbols(cls)["context_half"] * op.context_bytes
     memory = transfer_time(moved.subs(subs), bw if q is None else bw * mu["memory"], cls)
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
-    return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency)
+    exposed = (efficiency_symbols(cls)["exposed"] * sp.Min(compute, memory) if cls.peak is not Peak.NONE
+               else sp.Integer(0))
+    return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency, exposed)

@@ -83,6 +83,8 @@ t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eag
 t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per sequence of an eager step, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
 t_req = sp.Symbol("t_req", nonnegative=True)  #: host time per request of one offline batch call (admission, output), s
+t_host_step = sp.Symbol("t_host_step", nonnegative=True)  #: host time of one graph-replayed decode step, s
+t_host_seq = sp.Symbol("t_host_seq", nonnegative=True)  #: host time per sequence of one graph-replayed decode step, s
 t_draft = sp.Symbol("t_draft", nonnegative=True)  #: host time per draft pass (speculative decoding), s
 t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per sync of an eager pass (an expert of a loop), s
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
@@ -91,13 +93,15 @@ M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) repla
 
 def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
     """η symbols of one op class: compute/memory maxima and half-saturation sizes (compute in
-    the op's size, memory in bytes, context in cached tokens per sequence)."""
+    the op's size, memory in bytes, context in cached tokens per sequence), and the fraction of
+    the shorter of its compute and memory times that its kernels leave exposed."""
     return {
         "compute": sp.Symbol(f"eta_c_{op_class}", positive=True),
         "memory": sp.Symbol(f"eta_m_{op_class}", positive=True),
         "compute_half": sp.Symbol(f"x_c_{op_class}", nonnegative=True),
         "memory_half": sp.Symbol(f"x_m_{op_class}", nonnegative=True),
         "context_half": sp.Symbol(f"x_k_{op_class}", nonnegative=True),
+        "exposed": sp.Symbol(f"a_x_{op_class}", nonnegative=True),
     }
 
 

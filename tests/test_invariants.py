@@ -130,6 +130,28 @@ def test_op_time_respects_roofline_bounds(case, phase):
         assert close(totals[pass_name], time_sums[pass_name]), pass_name
 
 
+def test_an_exposed_fraction_adds_that_part_of_the_shorter_bound():
+    """A class's exposed fraction a adds a·min(compute, memory) to max(compute, memory, link):
+    the vllm profile's fused-MoE GEMMs have one, every other class and every op of the roofline
+    profile none."""
+    from perfmodel import predict
+    from perfmodel.graph import build_graph
+    from perfmodel.specs.model import load_model
+
+    exposed = load_profile("vllm", "h200-sxm").efficiency_of("grouped_gemm").exposed
+    assert exposed > 0
+    classes = {op.name: op.op_class for _, op in build_graph(load_model("olmoe-1b-7b"), decode=True).all_ops()}
+    for engine, a in (("vllm", exposed), ("roofline", 0.0)):
+        ops = predict("olmoe-1b-7b", engine=engine, batch=256, input_len=128, output_len=16).ops
+        grouped = [op for op in ops if classes.get(op["name"]) == "grouped_gemm"]
+        assert grouped and len(grouped) < len(ops)
+        for op in ops:
+            share = a if classes.get(op["name"]) == "grouped_gemm" else 0.0
+            parts = (op["compute_s"], op["memory_s"], op["link_s"])
+            expected = max(parts) + share * min(op["compute_s"], op["memory_s"]) + op["latency_s"]
+            assert close(op["time_s"], expected, 1e-12), op
+
+
 # --- (2)–(4) monotonicity ----------------------------------------------------------------------
 
 @PROPERTY

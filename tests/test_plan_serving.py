@@ -176,6 +176,25 @@ def _toy_steps(fixed=FIXED, per_token=PER_TOKEN, per_ctx=0.0, pre=(0.0, 0.0), fl
                      weights_bytes=0.0, activation_bytes=0.0, kv_bytes_per_token=1.0, usable_bytes=1e6)
 
 
+def test_a_replayed_step_takes_at_least_the_hosts_time_per_step_and_sequence():
+    """A step the engine replays from a CUDA graph (decodes alone, or prompt tokens within the
+    largest graph) takes max(GPU, host_s + sequences·host_seq_s); a launched step keeps its
+    launch floor. The vectorized steps agree with step."""
+    import dataclasses
+
+    steps = dataclasses.replace(_toy_steps(), host_s=0.02, host_seq_s=1e-5, graph_tokens=512.0)
+    assert steps.step(4, 128.0, 0.0, 0.0) == pytest.approx(0.02 + 4e-5)  # the host's 20 ms: GPU 10.4 ms
+    assert steps.step(1000, 128.0, 0.0, 0.0) == pytest.approx(FIXED + 1000 * PER_TOKEN)  # GPU 110 ms: host 30 ms
+    n = np.array([4.0, 100.0, 200.0, 1000.0])
+    assert steps.steps(n, 128.0, 0.0, 0.0) == pytest.approx([steps.step(x, 128.0, 0.0, 0.0) for x in n])
+    # a prompt chunk within the graph counts as one more sequence on the host
+    assert steps.step(4, 128.0, 10.0, 0.0, prompts=1) == pytest.approx(0.02 + 5e-5)
+    assert steps.steps(4.0, 128.0, 10.0, 0.0, 1.0) == pytest.approx(0.02 + 5e-5)
+    # a launched step (beyond the largest graph) keeps its launch floor, not the replay's
+    launched = dataclasses.replace(steps, floor_s=0.5)
+    assert launched.step(4, 128.0, 1000.0, 0.0) == pytest.approx(0.5)  # GPU 110 ms
+
+
 def _replay(arrival, s, o, limits=EngineLimits(8, 8192, 100_000), **kw):
     requests = Requests(np.array(arrival, dtype=float), np.array(s), np.array(o))
     return simulate(_toy_steps(), limits, requests, record_tokens=True, **kw)

@@ -228,9 +228,10 @@ def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[st
     excl = set(exclude_models)
     f_gemm, f_bf16, bw = gpu.peak(_PEAK_KEY[dtype]), gpu.peak("bf16"), gpu.hbm_bandwidth
     # the microbenchmarks' kernels cost their bytes alone: no class pays a per-sequence context
-    # half here (a vllm profile fits the attention core's end to end, fit_vllm.PARAMETERS)
+    # half or an exposed overlap here (a vllm profile fits those, fit_vllm.PARAMETERS)
     hardware = {F_PEAK: f_gemm, F_PEAK_ATTN: f_bf16, BW: bw,
-                **{efficiency_symbols(c)["context_half"]: 0.0 for c in (*PROFILE_CLASSES, *EXTRA_CLASSES)}}
+                **{efficiency_symbols(c)[k]: 0.0 for c in (*PROFILE_CLASSES, *EXTRA_CLASSES)
+                   for k in ("context_half", "exposed")}}
 
     gemm, gemm_ex = gemm_rows(tables["gemm"], excl, dtype, f_gemm, bw)
     grouped, grouped_ex = grouped_rows(tables["grouped_gemm"], excl, dtype, f_gemm, bw)

@@ -4,24 +4,33 @@
 microbenchmark of vLLM's own kernels exists, so every parameter comes from least squares on
 log(predicted/measured) TTFT and decode step of the training models' end-to-end rows
 (:data:`perfmodel.calibration.fit.TRAIN_MODELS`, as built, no variants), and on the attention
-kernels of some of their profiled decode steps (below). What each parameter
-stands for in vLLM (0.26, offline ``LLM``, CUDA graphs; ``shared/reference/vllm.md``):
+and fused-MoE kernels of their profiled decode steps (:data:`KERNEL_PROFILE`: those rows are
+training points). What each parameter stands for in vLLM (0.26, offline ``LLM``, CUDA graphs;
+``shared/reference/vllm.md``):
 
 - ``grouped_gemm`` memory and compute η: the fused-MoE Triton kernel (tokens sorted by expert,
-  rows padded to BLOCK_SIZE_M, gate/up and down GEMMs), tuned or default tile configs;
+  rows padded to BLOCK_SIZE_M, gate/up and down GEMMs), tuned or default tile configs; its
+  ``exposed`` fraction: the part of the shorter of its compute and memory times that the
+  kernel's pipeline does not hide behind the longer (t = max + a·min). The profiled steps show
+  it: between the two bounds (tens to a hundred rows per expert) the kernel runs 10–25% slower
+  than the larger of the two, in every model;
 - ``gemm`` memory and compute η: cuBLAS for the dense projections and the LM head;
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
   ``context_half``: the kernel's work per sequence and head, which a short context does not
-  hide (each sequence's cache read costs C + C_half keys). Beside the end-to-end rows, the
-  least squares takes the attention kernels' time of one training model's profiled decode steps
-  at B ≥ 64 (:data:`ATTENTION_PROFILE_MODELS`, :func:`attention_profile_rows`: those rows are
-  training points); the other models' profiled steps check it (``tests/test_fit_vllm.py``);
+  hide (each sequence's cache read costs C + C_half keys);
 - ``per_step_s`` and ``per_layer_s``: a decode step replayed from a full CUDA graph still pays
   the scheduler, input preparation and sampling once per step, and graph nodes per layer;
   ``per_kernel_s`` is not fitted: it is the benchmarked cost of one kernel node in a replayed
   CUDA graph on the same GPU (:func:`graph_node_cost`), so that ops with more kernels (an
   unfused expert loop, activation-quantization passes) cost what their launches cost;
+- ``host_step_s`` and ``host_seq_s``: the host's work for one decode step (scheduling it,
+  preparing its inputs, processing its outputs), per step and per sequence it holds. vLLM's
+  asynchronous scheduling prepares step k + 1 while the GPU runs step k, so the step takes
+  max(GPU, host) (:func:`perfmodel.prediction.decode_host_floor`): it shows where the GPU's
+  step is short beside many sequences (OLMoE-1B-7B at B = 1,024: GPU busy 15 ms, step 21 ms).
+  The end-to-end rows that show it are the training models' profiled rows at B up to 1,024,
+  which join the least squares with their TTFT and decode step (:data:`KERNEL_PROFILE`);
 - ``request_s``: an offline ``generate`` call's host time per request, serial with the
   engine: the front end admits every request before the first step (each row's
   ``admission_ms``, the spread of the requests' arrival stamps, measures that part: about
@@ -93,6 +102,7 @@ VLLM_OPTIONS = {
 PARAMETERS: tuple[tuple[tuple[str, str, str | None], float, float, float, float], ...] = (
     (("efficiency", "grouped_gemm", "memory"), 0.65, 0.05, 1.2, 1.0),
     (("efficiency", "grouped_gemm", "compute"), 0.65, 0.05, 1.0, 1.0),
+    (("efficiency", "grouped_gemm", "exposed"), 0.2, 0.0, 1.0, 1.0),
     (("efficiency", "gemm", "memory"), 0.80, 0.05, 1.2, 1.0),
     (("efficiency", "gemm", "compute"), 0.78, 0.05, 1.0, 1.0),
     (("efficiency", "attention", "memory"), 0.80, 0.05, 1.2, 1.0),
@@ -103,6 +113,8 @@ PARAMETERS: tuple[tuple[tuple[str, str, str | None], float, float, float, float]
     (("latency", "eager_step_s", None), 1e-2, 0.0, 0.2, 1e-2),
     (("latency", "eager_layer_s", None), 5e-4, 0.0, 1e-2, 1e-3),
     (("latency", "request_s", None), 1e-4, 0.0, 2e-3, 1e-4),
+    (("latency", "host_step_s", None), 2.5e-3, 0.0, 0.02, 1e-3),
+    (("latency", "host_seq_s", None), 2e-5, 0.0, 1e-4, 1e-5),
 )
 
 
@@ -160,31 +172,39 @@ def _with(base: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
     return out
 
 
-#: Training models whose profiled decode steps join the end-to-end fit with their attention
-#: kernels' time (FlashAttention over the cache: what ``attention`` memory η and ``context_half``
-#: stand for), and the smallest batch taken: below it a step's fixed time per layer, which
-#: ``per_layer_s`` carries, hides the kernel's work. The other models' profiled steps check it.
-ATTENTION_PROFILE_MODELS = ("olmoe-1b-7b",)
-ATTENTION_PROFILE_MIN_BATCH = 64
+#: Kernel categories of the training models' profiled decode steps that join the end-to-end fit
+#: with their kernels' time: category → (models whose steps are taken, smallest batch taken).
+#: FlashAttention over the cache (what ``attention`` memory η and ``context_half`` stand for),
+#: from OLMoE-1B-7B's steps at B ≥ 64: below it a step's fixed time per layer, which
+#: ``per_layer_s`` carries, hides the kernel's work. The fused-MoE Triton kernel (``grouped_gemm``
+#: η and its ``exposed`` overlap), from every training model's steps at B ≥ 16: the end-to-end
+#: rows alone let the other ops' parameters absorb its time. The other models' profiled steps check both.
+KERNEL_PROFILE: dict[str, tuple[tuple[str, ...], int]] = {
+    "attention": (("olmoe-1b-7b",), 64),
+    "expert_gemm": (TRAIN_MODELS, 16),
+}
 
 
-def attention_profile_rows(rows: list[dict[str, Any]], models: tuple[str, ...] = ATTENTION_PROFILE_MODELS,
-                           min_batch: int = ATTENTION_PROFILE_MIN_BATCH) -> list[dict[str, Any]]:
+def kernel_profile_rows(rows: list[dict[str, Any]], category: str, models: tuple[str, ...],
+                        min_batch: int) -> list[dict[str, Any]]:
     """The ok one-GPU rows of ``models`` as built (any routing; no speculative decoding) whose
-    decode profile measured attention kernels, at B ≥ ``min_batch``: the latest row of each
-    point id."""
+    decode profile measured kernels of ``category``, at B ≥ ``min_batch``, and whose prefill fits
+    one engine step (B·S ≤ the chunk: a decode profile of a chunked prefill also holds the decodes
+    that ride along its later chunks): the latest row of each point id."""
     from perfmodel.calibration.fit import one_gpu_rows
     from perfmodel.measuring.compare import is_variant, profiled_context, row_speculative
 
+    chunk = VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
               and not row_speculative(r) and r["batch"] >= min_batch and profiled_context(r) is not None
-              and ((r.get("decode_profile") or {}).get("split_ms") or {}).get("attention")}
+              and r["batch"] * r["input_len"] <= chunk
+              and ((r.get("decode_profile") or {}).get("split_ms") or {}).get(category)}
     return list(latest.values())
 
 
-def attention_op_names(rows: list[dict[str, Any]], profile) -> list[frozenset[str]]:
-    """The names of the ops of each row's decode graph that run as attention kernels (the
+def category_op_names(rows: list[dict[str, Any]], profile, category: str) -> list[frozenset[str]]:
+    """The names of the ops of each row's decode graph that run as kernels of ``category`` (the
     graph's structure, which no fitted number changes)."""
     from perfmodel.measuring.compare import graph_categories, row_overrides, row_quant
     from perfmodel.prediction import Workload, graph_options
@@ -194,41 +214,60 @@ def attention_op_names(rows: list[dict[str, Any]], profile) -> list[frozenset[st
     for row in rows:
         categories = graph_categories(load_model(row["model"], row_overrides(row)),
                                       graph_options(profile, Workload(quant=row_quant(row))))
-        out.append(frozenset(name for name, category in categories.items() if category == "attention"))
+        out.append(frozenset(name for name, c in categories.items() if c == category))
     return out
 
 
-def profiled_attention_s(rows: list[dict[str, Any]], names: list[frozenset[str]], profile,
-                         gpu_spec) -> np.ndarray:
-    """The model's attention time (s) of one decode step of each row at the context its profile
+def profiled_kernels_s(rows: list[dict[str, Any]], names: list[frozenset[str]], profile,
+                       gpu_spec) -> np.ndarray:
+    """The model's time (s) of some ops of one decode step of each row at the context its profile
     measured (:func:`perfmodel.measuring.compare.profiled_context`), under a profile object;
-    ``names``: each row's attention ops (:func:`attention_op_names`)."""
+    ``names``: each row's ops (:func:`category_op_names`). A row listed twice is evaluated once."""
     from perfmodel.measuring.compare import model_workload, profiled_context, row_overrides, row_quant
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.model import load_model
 
+    evaluated: dict[str, list[dict[str, Any]]] = {}
     out = []
-    for row, attention in zip(rows, names):
-        w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
-                     context=profiled_context(row), **model_workload(row))
-        ops = evaluate(load_model(row["model"], row_overrides(row)), gpu_spec, profile, w, "decode").ops
-        out.append(sum(op["time_s"] for op in ops if op["name"] in attention))
+    for row, ops_of in zip(rows, names):
+        if row["point_id"] not in evaluated:
+            w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
+                         context=profiled_context(row), **model_workload(row))
+            evaluated[row["point_id"]] = evaluate(load_model(row["model"], row_overrides(row)), gpu_spec,
+                                                  profile, w, "decode").ops
+        out.append(sum(op["time_s"] for op in evaluated[row["point_id"]] if op["name"] in ops_of))
     return np.array(out)
 
 
+def kernel_profile_points(rows: list[dict[str, Any]], train: tuple[str, ...],
+                          profile) -> tuple[list[dict[str, Any]], list[frozenset[str]], np.ndarray, dict]:
+    """The profiled kernels the fit takes (:data:`KERNEL_PROFILE`, models among ``train``): one
+    entry per row and category, as (rows, their ops of the category, measured time in s, and the
+    ``fit.kernel_profile`` record: per category its models, smallest batch and point ids)."""
+    out_rows, names, measured, record = [], [], [], {}
+    for category, (models, min_batch) in KERNEL_PROFILE.items():
+        chosen = kernel_profile_rows(rows, category, tuple(m for m in models if m in train), min_batch)
+        out_rows += chosen
+        names += category_op_names(chosen, profile, category)
+        measured += [r["decode_profile"]["split_ms"][category] * 1e-3 for r in chosen]
+        record[category] = {"models": [m for m in models if m in train], "min_batch": min_batch,
+                            "points": sorted(r["point_id"] for r in chosen)}
+    return out_rows, names, np.array(measured), record
+
+
 def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
-                   attention_rows: list[dict[str, Any]] = ()) -> np.ndarray:
+                   kernels: tuple[list[dict[str, Any]], list[frozenset[str]], np.ndarray] = ([], [], np.array([]))
+                   ) -> np.ndarray:
     """Least squares on log(predicted/measured) TTFT and decode step, and on log(predicted/
-    measured) attention time of the profiled decode steps of ``attention_rows``
-    (:func:`attention_profile_rows`); values in their units."""
+    measured) time of the profiled kernels ``kernels`` (rows, their ops, measured s:
+    :func:`kernel_profile_points`); values in their units."""
     from scipy.optimize import least_squares
 
     from perfmodel.specs.hardware import load_gpu
 
     gpu_spec = load_gpu(gpu)
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
-    attention = np.array([r["decode_profile"]["split_ms"]["attention"] * 1e-3 for r in attention_rows])
-    names = attention_op_names(attention_rows, _profile(base))
+    kernel_rows, names, kernel_s = kernels
     scale = np.array([p[4] for p in PARAMETERS])
     start = np.array([p[1] for p in PARAMETERS]) / scale
     lower = np.array([p[2] for p in PARAMETERS]) / scale
@@ -237,9 +276,9 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
     def residuals(x: np.ndarray) -> np.ndarray:
         profile = _profile(_with(base, x * scale))
         predicted = _predict_many(rows, profile, gpu_spec)
-        kernels = (np.log(profiled_attention_s(attention_rows, names, profile, gpu_spec) / attention)
-                   if len(attention) else np.array([]))
-        return np.concatenate([np.log(predicted / measured).ravel(), kernels])
+        profiled = (np.log(profiled_kernels_s(kernel_rows, names, profile, gpu_spec) / kernel_s)
+                    if len(kernel_s) else np.array([]))
+        return np.concatenate([np.log(predicted / measured).ravel(), profiled])
 
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf", x_scale="jac")
     x = np.where(result.x - lower <= BOUND_SNAP, lower,
@@ -365,9 +404,14 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train)
     every_row = [r for path in (results, what_if_file(results)) if path.exists()
                  for r in read_rows(path, unique=False, warn=False).rows]
-    attention_rows = attention_profile_rows(every_row, tuple(m for m in ATTENTION_PROFILE_MODELS if m in train))
-    fitted = [r["point_id"] for r in rows + attention_rows]  # every row a parameter is fitted on
-    values = fit_parameters(rows, base, gpu, attention_rows)
+    *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
+    # a profiled row is a training point: its TTFT and decode step join the end-to-end rows (the
+    # only ones of the training models at the uniform routing the model assumes, up to B = 1,024,
+    # where the host's time per step and per sequence shows)
+    ids = {r["point_id"] for r in rows}
+    rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
+    fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
+    values = fit_parameters(rows, base, gpu, tuple(kernels))
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
@@ -424,11 +468,10 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
         "kernel_fit": {"dtype": "bf16",
-                       "source": ("none: end-to-end fit of every parameter but per_kernel_s, with the attention "
-                                  "kernels of the profiled decode steps in attention_profile")},
+                       "source": ("none: end-to-end fit of every parameter but per_kernel_s, with the "
+                                  "kernels of the profiled decode steps in kernel_profile")},
         "per_kernel_source": graph_node_cost(gpu)[1],
-        "attention_profile": {"min_batch": ATTENTION_PROFILE_MIN_BATCH,
-                              "points": sorted(r["point_id"] for r in attention_rows)},
+        "kernel_profile": kernel_record,
         "quantization_rows": quant_fits,
         "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                        "points": draft_points},

@@ -10,7 +10,9 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
 - sequence ops (the attention core, whose work follows each sequence's context, and the
   logits of each sequence's last token) are the decode pass's at (B = n, L = mean context)
   plus, per prompt token, the prefill pass's at (B = 1, S = prompt length) divided by S;
-- fixed costs per step and per layer, as the decode pass has them; a step holding prompt tokens
+- fixed costs per step and per layer, as the decode pass has them; a step the engine replays
+  from a CUDA graph takes at least the host's time for it, per step and per sequence (the
+  decode pass's host floor, :func:`perfmodel.prediction.decode_host_floor`); a step holding prompt tokens
   and more tokens than the largest captured CUDA graph (the profile's ``cudagraph_max_tokens``)
   takes at least the host floor of a prefill pass, where the profile has one (vLLM launches
   such a step's pieces and attention from the host; a smaller one it replays from a graph),
@@ -67,7 +69,9 @@ class StepTimes:
     it holds one sequence; ``floor_seq_s``: what each further sequence (a decode or a prompt
     chunk) adds to that floor; ``piecewise_s``: what a step holding prompt tokens within
     ``graph_tokens`` adds, replayed from piecewise graphs with each layer's attention launched
-    from the host. Memory per GPU in bytes.
+    from the host; ``host_s`` and ``host_seq_s``: the host's time of a step replayed from a
+    graph, per step and per sequence it holds (the step takes at least their sum). Memory per
+    GPU in bytes.
     """
 
     token_s: np.ndarray
@@ -87,6 +91,8 @@ class StepTimes:
     graph_tokens: float = 0.0
     floor_seq_s: float = 0.0
     piecewise_s: float = 0.0
+    host_s: float = 0.0
+    host_seq_s: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -178,7 +184,9 @@ class StepTimes:
         t = tok + ctx + p_time + self.fixed_s
         launched = total > self.graph_tokens
         t = np.where((p > 0) & ~launched, t + self.piecewise_s, t)
-        return np.where((p > 0) & launched, np.maximum(t, self.floor(n + chunks)), t)
+        sequences = n + np.where(p > 0, chunks, 0.0)
+        return np.where((p > 0) & launched, np.maximum(t, self.floor(sequences)),
+                        np.maximum(t, self.host_s + sequences * self.host_seq_s))
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
              prompts: int = 1) -> float:
@@ -187,10 +195,10 @@ class StepTimes:
         :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         if prompt_tokens <= 0:
-            return t
+            return max(t, self.host_s + n * self.host_seq_s)
         if n + prompt_tokens > self.graph_tokens:
             return max(t, float(self.floor(n + prompts)))
-        return t + self.piecewise_s
+        return max(t + self.piecewise_s, self.host_s + (n + prompts) * self.host_seq_s)
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
@@ -225,7 +233,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     sequence |= {n for n in p_one if not np.isclose(p_one[n], p_four[n], rtol=1e-9, atol=0)}
     token = tuple(n for n in d_short if n not in sequence)
 
-    probe = run_decode(4.0, 128.0)
+    # the fixed costs without the host floor, which a step applies on its own (host_s, host_seq_s)
+    probe = decode.evaluate({**base, "B": 4.0, "L": 128.0, "t_host_step": 0.0, "t_host_seq": 0.0})
     fixed = float(probe.totals["decode_step_s"]) - float(sum(d_short.values()))
 
     tokens = np.arange(1, max_tokens + 1, dtype=float)
@@ -264,7 +273,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         floor_s=floor, weights_bytes=float(probe.totals["weights_bytes"]), activation_bytes=act,
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
-        floor_seq_s=floor_seq, piecewise_s=piecewise)
+        floor_seq_s=floor_seq, piecewise_s=piecewise, host_s=float(base.get("t_host_step", 0.0)),
+        host_seq_s=float(base.get("t_host_seq", 0.0)))
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table
