@@ -54,6 +54,7 @@ def roofline_time(call: BenchCall, sizes: dict[sp.Symbol, np.ndarray], dtype: st
         truth = TRUE_BY_CLASS[op.op_class.value]
         eta = efficiency_symbols(op.op_class)
         numbers = {peak: f_peak, peak_attn: F_BF16, bw: BW, t_kernel: T_KERNEL, eta["context_half"]: 0.0,
+                   eta["exposed"]: 0.0,
                    **{eta[key]: value for key, value in truth.items()}}
         expr = op_time(op, call.substitutions(dtype)).total.subs(numbers)
         for row in range(n):
