@@ -88,6 +88,11 @@ def _waves_text(m: dict, batch: int) -> str:
     return "–"
 
 
+def _count_of(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1 ("1 request", "16 requests")."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_prediction(p: Prediction, console: Console) -> None:
     """Header, metrics (with the error band where it applies, and why it does not elsewhere),
     memory and the per-op breakdown (with each op's bound)."""
@@ -100,10 +105,15 @@ def print_prediction(p: Prediction, console: Console) -> None:
     table.add_column("value", justify="right", overflow="fold")
     table.add_column("± band", justify="right", overflow="fold")
     host = m.get("request_host_s", float("nan"))
+    floor = m.get("decode_host_s", float("nan"))
     rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
-            *([(f"  of it, the call's {p.workload.batch} requests on the host", format_time(host), None)]
+            *([(f"  of it, the call's {_count_of(p.workload.batch, 'request')} on the host", format_time(host), None)]
               if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
+            *([(f"  the host's time for its {_count_of(p.workload.batch, 'sequence')}"
+                + (", which sets it" if floor >= m["itl_s"] * (1 - 1e-9) else ", hidden behind the GPU's"),
+                format_time(floor), None)]
+              if floor > 0 else []),
             ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),
             ("throughput B·(S+O)/E2E", f"{m['throughput_tok_s']:,.0f} tok/s", band and band["throughput"]),
             ("output tokens/s", f"{m['output_throughput_tok_s']:,.0f} tok/s", None),

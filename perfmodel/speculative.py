@@ -291,6 +291,7 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
                                    base.metrics, tokens, with_ops=True)
     metrics = dict(base.metrics)
     metrics.update({name: float(out[name]) for name in METRICS if name in out})
+    metrics["decode_host_s"] = float("nan")  # the plain decode step's floor: no part of a speculative step
     metrics["fits_in_memory"] = bool(metrics["memory_bytes"] <= metrics["memory_capacity_bytes"])
     nan = float("nan")
     record = {

@@ -65,3 +65,17 @@ def test_the_terminal_report_shows_the_calls_share_of_ttft(capsys):
     assert "of it, the call's 64 requests on the host" in out
     assert main(["predict", "olmoe-1b-7b", "--engine", "hf", "-b", "64", "-s", "128", "-o", "16"]) in (0, None)
     assert "requests on the host" not in capsys.readouterr().out
+
+
+def test_the_terminal_report_says_whether_the_hosts_time_sets_a_decode_step(capsys):
+    """Under ITL, the host's time for the step's B sequences (``decode_host_s``), and whether it
+    sets the step: at B = 1,024 OLMoE-1B-7B's decode step is the host's, at B = 16 Mixtral's is
+    the GPU's; the hf profile has no such time."""
+    from perfmodel.commands import main
+
+    assert main(["predict", "olmoe-1b-7b", "-b", "1024", "-s", "16", "-o", "32"]) in (0, None)
+    assert "the host's time for its 1024 sequences, which sets it" in capsys.readouterr().out
+    assert main(["predict", "mixtral-8x7b", "-b", "16"]) in (0, None)
+    assert "the host's time for its 16 sequences, hidden behind the GPU's" in capsys.readouterr().out
+    assert main(["predict", "olmoe-1b-7b", "--engine", "hf", "-b", "1024", "-s", "16", "-o", "32"]) in (0, None)
+    assert "the host's time for its" not in capsys.readouterr().out
