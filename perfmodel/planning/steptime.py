@@ -163,6 +163,11 @@ class StepTimes:
         chunks): the host floor of one, plus the host's time for each further one."""
         return self.floor_s + np.maximum(np.asarray(sequences, dtype=float) - 1.0, 0.0) * self.floor_seq_s
 
+    def host(self, sequences: np.ndarray | float) -> np.ndarray | float:
+        """Least time (s) of a step replayed from a CUDA graph holding ``sequences`` sequences
+        (decodes and prompt chunks): the host's time for it, per step and per sequence."""
+        return self.host_s + np.asarray(sequences, dtype=float) * self.host_seq_s
+
     def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
               prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0) -> np.ndarray:
         """:meth:`step` over an array of decode counts (and prompt tokens, prompt chunks), vectorized."""
@@ -185,8 +190,8 @@ class StepTimes:
         launched = total > self.graph_tokens
         t = np.where((p > 0) & ~launched, t + self.piecewise_s, t)
         sequences = n + np.where(p > 0, chunks, 0.0)
-        return np.where((p > 0) & launched, np.maximum(t, self.floor(sequences)),
-                        np.maximum(t, self.host_s + sequences * self.host_seq_s))
+        least = np.where((p > 0) & launched, self.floor(sequences), self.host(sequences))
+        return np.maximum(t, least)
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
              prompts: int = 1) -> float:
@@ -195,10 +200,10 @@ class StepTimes:
         :meth:`prefill_rate`)."""
         t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         if prompt_tokens <= 0:
-            return max(t, self.host_s + n * self.host_seq_s)
+            return max(t, float(self.host(n)))
         if n + prompt_tokens > self.graph_tokens:
             return max(t, float(self.floor(n + prompts)))
-        return max(t + self.piecewise_s, self.host_s + (n + prompts) * self.host_seq_s)
+        return max(t + self.piecewise_s, float(self.host(n + prompts)))
 
 
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
