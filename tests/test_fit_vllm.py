@@ -129,10 +129,7 @@ def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():
 
 
 def test_a_prefill_replayed_from_piecewise_graphs_pays_the_hosts_attention_launches(tmp_path):
-    import yaml
-
     from perfmodel import predict
-    from perfmodel.paths import PROFILES_DIR
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.layout import Layout
@@ -147,16 +144,13 @@ def test_a_prefill_replayed_from_piecewise_graphs_pays_the_hosts_attention_launc
     tokens = [int(p.split("|B=")[1].split("|")[0]) * int(p.split("|S=")[1].split("|")[0]) for p in points]
     assert len(points) >= 3 and models <= set(TRAIN_MODELS) and all("|set=|" in p for p in points)
     assert max(tokens) <= 1024  # within the engines' capture sizes (512 or 1,024 tokens)
-    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
-    data["latency"]["piecewise_layer_s"] = 0.0
-    without = tmp_path / "without.yaml"
-    without.write_text(yaml.safe_dump(data))
+    without = _without(tmp_path, "latency", {"piecewise_layer_s": 0.0})
     kw = dict(phase="prefill", gpu="h200-sxm", output_len=2)
     # 128 tokens fit the default capture sizes (512): replayed, + 16 layers · t
-    replayed, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=128, **kw) for e in ("vllm", str(without)))
+    replayed, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=128, **kw) for e in ("vllm", without))
     assert replayed.metrics["ttft_s"] - bare.metrics["ttft_s"] == pytest.approx(16 * t, rel=1e-6)
     # 2,048 tokens are launched from the host: the term does not apply
-    launched, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=2048, **kw) for e in ("vllm", str(without)))
+    launched, bare = (predict("olmoe-1b-7b", engine=e, batch=1, input_len=2048, **kw) for e in ("vllm", without))
     assert launched.metrics["ttft_s"] == pytest.approx(bare.metrics["ttft_s"], rel=1e-9)
     # the serving step tables take the same term from the compiled prefill
     tables = build_step_times(load_model("olmoe-1b-7b"), load_gpu("h200-sxm"), profile, "bf16", Layout(1, 1, 1),
@@ -213,16 +207,13 @@ def test_the_fitted_request_time_matches_the_measured_admission_and_large_batche
     large = [r for r in rows if r["batch"] == 1024 and r["input_len"] == 16
              and r["point_id"] not in profile.fit["points"]]  # held out
     assert len(large) >= 5
-    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
-    data["latency"]["request_s"] = 0.0
-    without = tmp_path / "without.yaml"
-    without.write_text(yaml.safe_dump(data))
+    without = _without(tmp_path, "latency", {"request_s": 0.0})
     errors = {}
-    for engine in ("vllm", str(without)):
+    for engine in ("vllm", without):
         points, _ = compare(large, engine=engine, gpu="h200-sxm")
         errors[engine] = points[points["metric"] == "ttft"]["rel_error"]
     assert errors["vllm"].abs().max() < 0.25
-    assert errors[str(without)].max() < -0.25
+    assert errors[without].max() < -0.25
 
 
 def test_the_fitted_context_half_matches_the_profiled_attention_kernels(tmp_path):
@@ -248,18 +239,15 @@ def test_the_fitted_context_half_matches_the_profiled_attention_kernels(tmp_path
     held_out = [r for r in rows if r["point_id"] not in profile.fit["points"]]
     assert len(held_out) >= 20 and {r["model"] for r in held_out} >= {"qwen1.5-moe-a2.7b", "mixtral-8x7b",
                                                                     "qwen3-30b-a3b", "phi-3.5-moe"}
-    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
-    data["efficiency"]["attention"]["context_half"] = 0.0
-    without = tmp_path / "without.yaml"
-    without.write_text(yaml.safe_dump(data))
+    without = _without(tmp_path, "efficiency", {"attention": {"context_half": 0.0}})
     ratios = {}
-    for engine in ("vllm", str(without)):
+    for engine in ("vllm", without):
         _, ops = compare(held_out, engine=engine, gpu="h200-sxm")
         attention = ops[ops["category"] == "attention"]
         ratios[engine] = attention["measured_s"] / attention["predicted_s"]
     assert len(ratios["vllm"]) == len(held_out)
     assert ratios["vllm"].between(0.8, 1.8).all() and 0.95 < ratios["vllm"].median() < 1.3
-    assert ratios[str(without)].min() > 1.5
+    assert ratios[without].min() > 1.5
 
 
 def _without(tmp_path, section: str, values: dict) -> str:

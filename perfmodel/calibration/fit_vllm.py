@@ -246,11 +246,12 @@ def kernel_profile_points(rows: list[dict[str, Any]], train: tuple[str, ...],
     ``fit.kernel_profile`` record: per category its models, smallest batch and point ids)."""
     out_rows, names, measured, record = [], [], [], {}
     for category, (models, min_batch) in KERNEL_PROFILE.items():
-        chosen = kernel_profile_rows(rows, category, tuple(m for m in models if m in train), min_batch)
+        models = tuple(m for m in models if m in train)
+        chosen = kernel_profile_rows(rows, category, models, min_batch)
         out_rows += chosen
         names += category_op_names(chosen, profile, category)
         measured += [r["decode_profile"]["split_ms"][category] * 1e-3 for r in chosen]
-        record[category] = {"models": [m for m in models if m in train], "min_batch": min_batch,
+        record[category] = {"models": list(models), "min_batch": min_batch,
                             "points": sorted(r["point_id"] for r in chosen)}
     return out_rows, names, np.array(measured), record
 
