@@ -34,8 +34,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import sympy as sp
 
-_FORMULA_FILES = ("symbols.py", "graph.py", "phases.py", "roofline.py", "memory.py", "prediction.py",
-                  "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
+from perfmodel.minmax import Max, Min
+
+_FORMULA_FILES = ("symbols.py", "minmax.py", "graph.py", "phases.py", "roofline.py", "memory.py",
+                  "prediction.py", "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
                   "ops/embedding.py", "ops/comm.py", "ops/quant.py")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -53,15 +55,15 @@ NODE_TYPES: dict[str, tuple[type, int, int | None]] = {
     "Add": (sp.Add, 2, None),
     "Mul": (sp.Mul, 2, None),
     "Pow": (sp.Pow, 2, 2),
-    "Max": (sp.Max, 2, None),
-    "Min": (sp.Min, 2, None),
+    "Max": (Max, 2, None),  # built as written (perfmodel.minmax): loading does not simplify
+    "Min": (Min, 2, None),
     "sign": (sp.sign, 1, 1),
     "Abs": (sp.Abs, 1, 1),
     "ceiling": (sp.ceiling, 1, 1),
     "floor": (sp.floor, 1, 1),
     "Heaviside": (sp.Heaviside, 1, 2),
 }
-_NODE_NAMES = {cls: name for name, (cls, _, _) in NODE_TYPES.items()}
+_NODE_NAMES = {cls: name for name, (cls, _, _) in NODE_TYPES.items()} | {sp.Max: "Max", sp.Min: "Min"}
 #: Largest |integer exponent| of a power (exact integer powers of large exponents do not end).
 MAX_INTEGER_EXPONENT = 1024
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

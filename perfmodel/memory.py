@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from perfmodel.graph import ModelGraph
+from perfmodel.minmax import Max, Min
 from perfmodel.ops import Role
 from perfmodel.symbols import B, E, W, k, pp
 
@@ -25,14 +26,14 @@ def kv_cache_bytes(graph: ModelGraph, tokens: sp.Expr) -> sp.Expr:
     for group in graph.groups:
         per_token = sp.Integer(0)
         for op in group.ops:
-            per_token += op.kv_bytes_per_token * (sp.Min(tokens, W) if op.windowed else tokens)
+            per_token += op.kv_bytes_per_token * (Min(tokens, W) if op.windowed else tokens)
         total += group.count * per_token
     return B * total / pp
 
 
 def activation_peak_bytes(graph: ModelGraph, subs: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
     """Largest activation footprint of one op of the pass (its inputs and outputs together)."""
-    return sp.Max(*[op.act_bytes.subs(subs) for _, op in graph.all_ops()])
+    return Max(*[op.act_bytes.subs(subs) for _, op in graph.all_ops()])
 
 
 def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, activations: sp.Expr,
@@ -55,11 +56,11 @@ def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, acti
     (vLLM's max_num_seqs; ∞ for none). Bytes are per GPU, S (``prompt``) and M in tokens.
     """
     per_sequence = kv_batch / batch
-    per_token = activations / sp.Min(batch * prompt, chunk)
+    per_token = activations / Min(batch * prompt, chunk)
     free = usable - weights
-    one_pass = sp.Min(free / (per_sequence + per_token * prompt), chunk / prompt)
+    one_pass = Min(free / (per_sequence + per_token * prompt), chunk / prompt)
     in_chunks = (free - per_token * chunk) / per_sequence
-    return sp.Max(0, sp.Min(batch, limit, sp.floor(sp.Max(one_pass, in_chunks))))
+    return Max(0, Min(batch, limit, sp.floor(Max(one_pass, in_chunks))))
 
 
 def kv_waves(batch: sp.Expr, running: sp.Expr) -> sp.Expr:

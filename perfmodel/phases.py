@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from perfmodel.minmax import Max, Min
 from perfmodel.symbols import B, C, Cw, L, M_chunk, O, P, Pw, S, T, W
 
 
@@ -28,9 +29,9 @@ def _tri(n: sp.Expr) -> sp.Expr:
 
 def window_sum(lo: sp.Expr, hi: sp.Expr, window: sp.Expr = W) -> sp.Expr:
     """Σ_{x=lo}^{hi} min(x, window), closed form (0 when hi < lo)."""
-    below = _tri(sp.Min(hi, window)) - _tri(sp.Min(lo - 1, window))
-    above = window * sp.Max(0, hi - sp.Max(lo - 1, window))
-    return sp.Max(0, below + above)
+    below = _tri(Min(hi, window)) - _tri(Min(lo - 1, window))
+    above = window * Max(0, hi - Max(lo - 1, window))
+    return Max(0, below + above)
 
 
 def prefill_substitutions(causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
@@ -56,7 +57,7 @@ def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:
     For an engine that scores its whole allocated cache, L is the allocated length; the
     decode spans differ only over a request (:func:`decode_mean_substitutions`).
     """
-    return {T: B, P: L, C: L, Pw: sp.Min(L, W), Cw: sp.Min(L, W)}
+    return {T: B, P: L, C: L, Pw: Min(L, W), Cw: Min(L, W)}
 
 
 def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]:
@@ -67,12 +68,12 @@ def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]
     keep a cache of min(S + O, W)).
     """
     if span == "allocated":
-        full, windowed = S + O, sp.Min(S + O, W)
+        full, windowed = S + O, Min(S + O, W)
     elif span == "context":
         full = S + O / 2
         # O = 1 has no decode step: take the step at L = S + 1 rather than an empty window
         # sum (zero keys would make the attention's efficiency 0/0 and the request's E2E NaN)
-        windowed = window_sum(S + 1, S + sp.Max(O - 1, 1)) / sp.Max(O - 1, 1)
+        windowed = window_sum(S + 1, S + Max(O - 1, 1)) / Max(O - 1, 1)
     else:
         raise ValueError(f"unknown decode span '{span}'")
     return {T: B, P: full, C: full, Pw: windowed, Cw: windowed}
@@ -99,4 +100,4 @@ def verify_substitutions(queries: sp.Expr, base: dict[sp.Symbol, sp.Expr] | None
     causal_pairs = q * (q - 1) / 2 if causal else 0
     new_keys = q - 1 if causal else 0
     return {T: B * q, P: q * base[P] + causal_pairs, C: base[C] + new_keys,
-            Pw: sp.Min(q * base[Pw] + causal_pairs, q * W), Cw: sp.Min(base[Cw] + new_keys, W)}
+            Pw: Min(q * base[Pw] + causal_pairs, q * W), Cw: Min(base[Cw] + new_keys, W)}

@@ -24,6 +24,7 @@ from perfmodel.graph import GraphOptions, ModelGraph, build_graph, model_values
 from perfmodel.memory import (
     activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
 )
+from perfmodel.minmax import Max, Min
 from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, prefill_steps,
                               prefill_substitutions)
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
@@ -350,9 +351,9 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         floor = launch_floor(subs, steps, chunk, syncs)
         serial = launched(subs, chunk) * syncs * s.t_sync
         replayed = 1 - launched(subs, chunk)  # each step a piecewise-graph replay
-        return sp.Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer + serial, floor), rows
+        return Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer + serial, floor), rows
     if host_floor:
-        return sp.Max(gpu, decode_host_floor(subs)), rows
+        return Max(gpu, decode_host_floor(subs)), rows
     return gpu, rows
 
 
@@ -456,7 +457,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     last_subs = pass_substitutions(phase, span)[0][2]
     if opts.prefill_chunk_tokens is not None and phase != "decode":
         # a chunked prefill's passes hold at most M_chunk tokens: its activation peak is one chunk's
-        last_subs = {**last_subs, s.T: sp.Min(last_subs[s.T], s.M_chunk)}
+        last_subs = {**last_subs, s.T: Min(last_subs[s.T], s.M_chunk)}
     totals.update(
         weights_bytes=weights_bytes(prefill_graph),
         kv_cache_bytes=kv_cache_bytes(any_graph, cached),

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from perfmodel.minmax import Max, Min
 from perfmodel.ops import Op, Peak
 from perfmodel.symbols import (
     bw, efficiency_symbols, link_bw, n_dq, peak, peak_attn, peak_q, quant_efficiency_symbols, t_kernel,
@@ -69,8 +70,10 @@ class OpTime:
 
     @property
     def total(self) -> sp.Expr:
-        """max(compute, memory, link) + exposed + latency."""
-        return sp.Max(self.compute, self.memory, self.link) + self.exposed + self.latency
+        """max(compute, memory, link) + exposed + latency (a bound that is 0, such as the link
+        time of an op that moves nothing over a link, is left out of the max: times are ≥ 0)."""
+        bounds = [t for t in (self.compute, self.memory, self.link) if t != 0] or [sp.Integer(0)]
+        return Max(*bounds) + self.exposed + self.latency
 
 
 def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
@@ -107,6 +110,6 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     moved = op.bytes + efficiency_symbols(cls)["context_half"] * op.context_bytes
     memory = transfer_time(moved.subs(subs), bw if q is None else bw * mu["memory"], cls)
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
-    exposed = (efficiency_symbols(cls)["exposed"] * sp.Min(compute, memory) if cls.peak is not Peak.NONE
+    exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))
     return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency, exposed)

@@ -43,6 +43,7 @@ import sympy as sp
 from perfmodel import symbols as s
 from perfmodel.errors import InputError, PerfModelError
 from perfmodel.graph import GraphOptions, build_graph
+from perfmodel.minmax import Max
 from perfmodel.phases import decode_mean_substitutions, decode_substitutions, verify_substitutions
 from perfmodel.prediction import (
     METRICS, CompiledModel, Prediction, Workload, check_count, compile_cached, compile_model,
@@ -100,7 +101,7 @@ def metric_expressions(phase: str) -> dict[str, sp.Expr]:
                    spec_verify_s=p["verify_s"])
     out.update(weights_bytes=p["weights_bytes"] + p["draft_weights_bytes"],
                kv_cache_bytes=p["kv_cache_bytes"] + p["draft_kv_cache_bytes"],
-               activation_bytes=sp.Max(p["activation_bytes"], p["draft_activation_bytes"]))
+               activation_bytes=Max(p["activation_bytes"], p["draft_activation_bytes"]))
     out["memory_bytes"] = out["weights_bytes"] + out["kv_cache_bytes"] + out["activation_bytes"]
     return out
 

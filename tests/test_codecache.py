@@ -71,13 +71,30 @@ def _payload(path: Path) -> dict:
     return json.loads(path.read_bytes().partition(b"\n")[2])
 
 
+@pytest.fixture(scope="module")
+def written_entry(tmp_path_factory):
+    """(file name, bytes) of the entry an uncached prediction of the test point writes, and that
+    prediction's numbers: built once per module, each test gets its own copy (``stored``)."""
+    directory = tmp_path_factory.mktemp("written") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERFMODEL_CACHE_DIR", str(directory))
+        mp.setattr(prediction, "_COMPILED", {})
+        expected = _numbers(predict(MODEL, **POINT))
+    path = _entry(directory)
+    return path.name, path.read_bytes(), expected
+
+
 @pytest.fixture
-def stored(cache, monkeypatch):
-    """(entry path, its payload, the uncached prediction's numbers) for the test point."""
-    expected = _numbers(predict(MODEL, **POINT))
-    path = _entry(cache)
+def stored(written_entry, cache, monkeypatch):
+    """(entry path, its payload, the uncached prediction's numbers) for the test point: the entry
+    as the uncached prediction wrote it, in this test's empty cache, nothing compiled in memory."""
+    name, raw, expected = written_entry
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = cache / name
+    path.write_bytes(raw)
+    path.chmod(0o600)
     _forget_in_memory(monkeypatch)
-    return path, _payload(path), expected
+    return path, _payload(path), expected.copy()
 
 
 @pytest.mark.parametrize("model, engine, phase", [
@@ -106,8 +123,10 @@ def test_sweep_totals_come_from_the_cache_unchanged(cache, monkeypatch):
     np.testing.assert_allclose(loaded[numeric].to_numpy(float), uncached[numeric].to_numpy(float), rtol=1e-12)
 
 
-def test_entry_is_data_with_private_permissions_and_no_leftovers(stored, cache):
-    path, payload, _ = stored
+def test_entry_is_data_with_private_permissions_and_no_leftovers(cache):
+    predict(MODEL, **POINT)
+    path = _entry(cache)
+    payload = _payload(path)
     text = path.read_text()
     assert "def " not in text and "lambdify" not in text and "import" not in text
     assert set(payload) == {"args", "replacements", "exprs", "passes", "outputs"}

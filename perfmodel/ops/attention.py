@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
+from perfmodel.minmax import Min
 from perfmodel.ops.base import Op, OpClass, Quantized
 from perfmodel.ops.elementwise import norm, qk_norm, rope
 from perfmodel.ops.quant import weight_bytes
@@ -145,7 +146,7 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
     ops.append(rope("attn.rope", q_w / tp + kv_local))
     read = None
     if expand_kv:
-        repeats = sp.Min(1, n_h - n_kv)  # 1 when heads are grouped, 0 for MHA
+        repeats = Min(1, n_h - n_kv)  # 1 when heads are grouped, 0 for MHA
         ops.append(kv_expand("attn.kv_expand", 2 * kv_local * repeats, 2 * q_w / tp * repeats,
                              windowed, width=2 * q_w / tp))
         read = 2 * q_w / tp

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sympy as sp
 
+from perfmodel.minmax import Min
 from perfmodel.ops.base import Op, OpClass
 from perfmodel.symbols import B, H, T, V, b_a, b_w, tp
 
 
 def embedding() -> Op:
     """Gather of T rows of the V×H table (at most V distinct rows are read)."""
-    rows = sp.Min(T, V)
+    rows = Min(T, V)
     return Op(
         name="embed",
         op_class=OpClass.ELEMENTWISE,

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
+from perfmodel.minmax import Max
 from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
@@ -115,7 +116,7 @@ def padded_rows(rows: sp.Expr, experts: sp.Expr, block: sp.Expr) -> sp.Expr:
     counts still scatter around the mean."""
     if sp.sympify(block) == 1:
         return rows
-    return sp.Max(experts * block, rows + experts * (block - 1) / 2)
+    return Max(experts * block, rows + experts * (block - 1) / 2)
 
 
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
