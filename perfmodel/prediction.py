@@ -52,6 +52,8 @@ METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput
            "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s", "decode_host_s")
 #: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
 LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
+#: Regime of a decode step held to the host's floor (:func:`decode_regime`; else GPU-bound).
+HOST_BOUND = "host-bound"
 #: Metrics that count whole things (parameters, bytes): integers in JSON.
 COUNT_METRICS = ("params", "active_params", "weights_bytes", "kv_cache_bytes", "activation_bytes",
                  "memory_bytes", "memory_capacity_bytes", *WAVE_METRICS)
@@ -608,7 +610,7 @@ def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
 
 
 def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
-               regime: str = GPU_BOUND) -> tuple[dict[str, Any] | None, str]:
+               regime: str = GPU_BOUND, decode: str = GPU_BOUND) -> tuple[dict[str, Any] | None, str]:
     """The profile's error band if the prediction lies where the band was measured, and a line
     saying so or why not.
 
@@ -618,7 +620,10 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     there has not been measured. Where the profile states TTFT bands per regime of the prefill
     (:func:`prefill_regime`: ``ttft_launch_bound``, ``ttft_graph_replayed``, ``ttft`` for the
     GPU-bound rest), the prediction's ``regime`` picks one; a regime the profile has no band for
-    (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which.
+    (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which. Likewise
+    ITL, E2E and throughput where the profile states them apart for decode steps held to the
+    host's floor (:func:`decode_regime`, ``decode``: ``*_host_bound``); the band's
+    ``decode_regime`` says which.
     """
     band = profile.error_band
     if band is None:
@@ -626,14 +631,22 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
                       else "no error band: the profile states none")
     scope = band_scope(profile)
     assert scope is not None
-    chosen = band.model_dump(exclude={"ttft_launch_bound", "ttft_graph_replayed"})
-    note = ""
+    chosen = band.model_dump(exclude={"ttft_launch_bound", "ttft_graph_replayed", "decode_step_host_bound",
+                                      "e2e_host_bound", "throughput_host_bound"})
+    notes = []
     if band.ttft_launch_bound is not None:
         chosen["ttft_regime"] = regime
         chosen["ttft"] = {LAUNCH_BOUND: band.ttft_launch_bound, GRAPH_REPLAYED: band.ttft_graph_replayed}.get(
             regime, band.ttft)
-        note = (f" (TTFT: {regime} prefills')" if chosen["ttft"] is not None
-                else f" (no TTFT band: too few {regime} prefills measured)")
+        notes.append(f"TTFT: {regime} prefills'" if chosen["ttft"] is not None
+                     else f"no TTFT band: too few {regime} prefills measured")
+    if band.decode_step_host_bound is not None:
+        chosen["decode_regime"] = decode
+        if decode == HOST_BOUND:
+            chosen.update(decode_step=band.decode_step_host_bound, e2e=band.e2e_host_bound,
+                          throughput=band.throughput_host_bound)
+        notes.append(f"ITL, E2E, throughput: {decode} decode steps'")
+    note = f" ({'; '.join(notes)})" if notes else ""
     rels = [r for r in (chosen["ttft"], band.decode_step, band.e2e, band.throughput) if r is not None]
     width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
              else f"±{min(rels):.0%}–{max(rels):.0%}")
@@ -672,6 +685,14 @@ def prefill_regime(totals: Mapping[str, float], prefill_eager: bool) -> str:
     if prefill_eager and floor == 0 and prefill == prefill:
         return GRAPH_REPLAYED
     return GPU_BOUND
+
+
+def decode_regime(totals: Mapping[str, float]) -> str:
+    """What sets a prediction's decode step: ``host-bound``, the host's time for its B sequences
+    (``decode_host_s``, :func:`decode_host_floor`) is the step (a graph-replayed step whose GPU
+    time is shorter); else ``GPU-bound`` (also where there is no decode step or no floor)."""
+    floor, step = totals.get("decode_host_s", 0.0), totals.get("itl_s", float("nan"))
+    return HOST_BOUND if floor > 0 and floor >= step * (1 - 1e-9) else GPU_BOUND
 
 
 def _count(value: float) -> Any:
@@ -762,7 +783,8 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     totals = {n: float(v) for n, v in outputs.totals.items()}
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
-    band, band_note = error_band(profile, gpu, workload, prefill_regime(totals, profile.options.prefill_eager))
+    band, band_note = error_band(profile, gpu, workload, prefill_regime(totals, profile.options.prefill_eager),
+                                 decode_regime(metrics))
     provenance = {
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,

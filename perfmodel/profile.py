@@ -194,6 +194,14 @@ class ErrorBand(_Strict):
     ttft_graph_replayed: PositiveFloat | None = Field(
         None, description="TTFT half-width of prefills an eager-prefill engine replays from a "
         "captured CUDA graph; absent with a ttft_launch_bound: too few measured, no TTFT band there")
+    decode_step_host_bound: PositiveFloat | None = Field(
+        None, description="ITL half-width of decode steps held to the host's floor "
+        "(perfmodel.prediction.decode_regime), ``decode_step``, ``e2e`` and ``throughput`` being then "
+        "the GPU-bound ones'; absent: one band for all decode steps")
+    e2e_host_bound: PositiveFloat | None = Field(
+        None, description="E2E half-width where the decode step is held to the host's floor")
+    throughput_host_bound: PositiveFloat | None = Field(
+        None, description="throughput half-width where the decode step is held to the host's floor")
     source: str = ""
 
 

@@ -85,9 +85,17 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     train = points[points["split"] == "train"]
     assert "spec=qwen3-1.7b:4" in " ".join(train["variant"]) and "spec=qwen3-0.6b" not in " ".join(train["variant"])
     assert "spec=qwen3-1.7b:8" not in " ".join(train["variant"])
+    # ITL, E2E and throughput have a band per regime of the decode step, without the speculative
+    # rows (whose predictions carry none): GPU-bound, and held to the host's floor
+    plain = held[~held["speculative"]]
     for metric in ("decode_step", "e2e", "throughput"):
-        p90 = held[held["metric"] == metric]["rel_error"].abs().quantile(0.9)
-        assert getattr(profile.error_band, metric) == pytest.approx(p90, rel=2e-3, abs=1e-4)
+        part = plain[plain["metric"] == metric]
+        steps = {regime: g["rel_error"].abs() for regime, g in part.groupby("decode_regime")}
+        assert len(steps["GPU-bound"]) >= 5 and len(steps["host-bound"]) >= 5
+        gpu_band, host_band = getattr(profile.error_band, metric), getattr(profile.error_band, f"{metric}_host_bound")
+        assert gpu_band == pytest.approx(steps["GPU-bound"].quantile(0.9), rel=2e-3, abs=1e-4)
+        assert host_band == pytest.approx(steps["host-bound"].quantile(0.9), rel=2e-3, abs=1e-4)
+        assert host_band > gpu_band  # the host's speed moves more from one engine start to the next
     # TTFT has a band per regime of the prefill, without the speculative rows (whose predictions
     # carry none): GPU-bound, held to the host's launch floor, replayed from a captured graph
     ttft = held[(held["metric"] == "ttft") & ~held["speculative"]]
@@ -126,6 +134,28 @@ def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():
     assert band.ttft_graph_replayed is not None
     assert graph.provenance["error_band"]["ttft"] == band.ttft_graph_replayed
     assert "ttft_s" in graph.intervals() and "itl_s" in graph.intervals()
+
+
+def test_a_prediction_takes_the_decode_band_of_its_steps_regime():
+    from perfmodel import predict
+
+    band = load_profile("vllm", "h200-sxm").error_band
+    assert band.decode_step_host_bound is not None
+    # Mixtral's step at B = 16 is its GPU's; OLMoE's at B = 1,024 the host's time for its sequences
+    gpu = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=64)
+    host = predict("olmoe-1b-7b", engine="vllm", batch=1024, input_len=16, output_len=32)
+    assert gpu.provenance["error_band"]["decode_regime"] == "GPU-bound"
+    assert (gpu.provenance["error_band"]["decode_step"], gpu.provenance["error_band"]["throughput"]) == (
+        band.decode_step, band.throughput)
+    assert host.metrics["decode_host_s"] == pytest.approx(host.metrics["itl_s"])
+    assert host.provenance["error_band"]["decode_regime"] == "host-bound"
+    assert (host.provenance["error_band"]["decode_step"], host.provenance["error_band"]["e2e"],
+            host.provenance["error_band"]["throughput"]) == (
+        band.decode_step_host_bound, band.e2e_host_bound, band.throughput_host_bound)
+    itl = host.intervals()["itl_s"]
+    assert itl == pytest.approx([host.metrics["itl_s"] * (1 - band.decode_step_host_bound),
+                                 host.metrics["itl_s"] * (1 + band.decode_step_host_bound)])
+    assert "host-bound decode steps'" in host.provenance["error_band_note"]
 
 
 def test_a_prefill_replayed_from_piecewise_graphs_pays_the_hosts_attention_launches(tmp_path):

@@ -33,7 +33,7 @@ import yaml
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, RESULTS_DIR, ROOT
-from perfmodel.prediction import GPU_BOUND, GRAPH_REPLAYED, LAUNCH_BOUND
+from perfmodel.prediction import GPU_BOUND, GRAPH_REPLAYED, HOST_BOUND, LAUNCH_BOUND
 
 #: The default split: end-to-end fits use these models only; the others are held out.
 TRAIN_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b", "mixtral-8x7b")
@@ -295,7 +295,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     (:func:`perfmodel.prediction.prefill_regime`) where the launch-bound and the GPU-bound ones
     each have at least :data:`MIN_REGIME_POINTS` held-out points: ``ttft`` (GPU-bound),
     ``ttft_launch_bound`` and, with as many points, ``ttft_graph_replayed`` (see
-    :func:`perfmodel.prediction.error_band`). ``band_exclude``: a predicate on rows (with the
+    :func:`perfmodel.prediction.error_band`); likewise ITL, E2E and throughput per regime of
+    the decode step (:func:`perfmodel.prediction.decode_regime`): ``decode_step``, ``e2e``,
+    ``throughput`` (GPU-bound) and ``*_host_bound``. ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
@@ -341,6 +343,24 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
             sub = points[(points["split"] == split) & (points["metric"] == "ttft") & ~points["speculative"]]
             for regime, part in sub.groupby("prefill_regime"):
                 stats[split][f"ttft {regime}"] = _residual_stats(part["rel_error"])
+    # ITL, E2E and throughput per regime of the decode step (perfmodel.prediction.decode_regime),
+    # without the speculative rows, where both regimes have enough held-out steps
+    plain = banded[~banded["speculative"]] if "speculative" in banded else banded
+    steps = plain[plain["metric"] == "decode_step"]
+    decode = steps["decode_regime"].value_counts() if "decode_regime" in steps else {}
+    if decode.get(HOST_BOUND, 0) >= MIN_REGIME_POINTS and decode.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
+        for regime, suffix in ((GPU_BOUND, ""), (HOST_BOUND, "_host_bound")):
+            part = plain[plain["decode_regime"] == regime]
+            for metric in ("decode_step", "e2e", "throughput"):
+                errors = part.loc[part["metric"] == metric, "rel_error"].abs()
+                band[metric + suffix] = _sig(float(errors.quantile(0.9)))
+        band["source"] += (f"; ITL, E2E and throughput per regime of the decode step, without speculative rows "
+                           f"({decode[GPU_BOUND]} {GPU_BOUND}, {decode[HOST_BOUND]} {HOST_BOUND} held-out steps)")
+        for split in ("train", "held-out"):
+            sub = points[(points["split"] == split) & ~points["speculative"]]
+            for (regime, metric), part in sub.groupby(["decode_regime", "metric"]):
+                if metric in ("decode_step", "throughput"):
+                    stats[split][f"{metric} {regime}"] = _residual_stats(part["rel_error"])
     return stats, band
 
 

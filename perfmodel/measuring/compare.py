@@ -265,6 +265,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     predicted, rel_error, split, the point's identity: point_id, variant, model, batch,
     input_len, output_len; ``prefill_regime``: what sets its predicted prefill,
     :func:`perfmodel.prediction.prefill_regime`, the target's alone for a speculative row;
+    ``decode_regime``: what sets its predicted decode step, :func:`perfmodel.prediction.decode_regime`;
     ``speculative``: it ran speculative decoding); ``ops`` the predicted per-op decode-step time (whole step, s) and
     the measured kernel split of the same step, by category, per point: the step predicted at the
     context the profile measured (:func:`profiled_context`) where the engine attends the context,
@@ -272,7 +273,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     """
     import pandas as pd
 
-    from perfmodel.prediction import predict, prefill_regime
+    from perfmodel.prediction import decode_regime, predict, prefill_regime
     from perfmodel.specs.model import load_model
 
     train = {m.lower() for m in train_models}
@@ -316,6 +317,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                            "measured": measured, "predicted": value,
                            "rel_error": value / measured - 1.0,
                            "prefill_regime": prefill_regime(p.metrics, p.provenance["options"]["prefill_eager"]),
+                           "decode_regime": decode_regime(p.metrics),
                            "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}

@@ -102,6 +102,30 @@ def regime_rows(points, calibrated: str) -> dict[str, Any]:
     return {"header": ["split", "prefill", f"{calibrated} MAPE", "median", "max", "points"], "rows": rows}
 
 
+def decode_regime_rows(points, calibrated: str) -> dict[str, Any]:
+    """ITL and throughput of the calibrated engine per split and regime of the predicted decode
+    step (the ``decode_regime`` column of :func:`perfmodel.measuring.compare.compare`: GPU-bound,
+    or host-bound where the host's time for its sequences is the step), speculative rows apart:
+    MAPE and max |error| (%) of each, and the point count; no rows without that column or when
+    every step is GPU-bound."""
+    if points.empty or "decode_regime" not in points.columns:
+        return {"header": [], "rows": []}
+    mine = points[(points["engine"] == calibrated) & points["metric"].isin(["decode_step", "throughput"])]
+    if "speculative" in mine.columns:
+        mine = mine[~mine["speculative"].astype(bool)]
+    if mine["decode_regime"].nunique() < 2:
+        return {"header": [], "rows": []}
+    rows = []
+    for (split, regime), group in mine.groupby(["split", "decode_regime"]):
+        cells = []
+        for metric in ("decode_step", "throughput"):
+            ape = group.loc[group["metric"] == metric, "rel_error"].abs() * 100.0
+            cells += [pct(float(ape.mean())), pct(float(ape.max()))]
+        rows.append([str(split), str(regime), *cells, str(int((group["metric"] == "decode_step").sum()))])
+    return {"header": ["split", "decode step", f"ITL {calibrated} MAPE", "ITL max",
+                       f"throughput {calibrated} MAPE", "throughput max", "points"], "rows": rows}
+
+
 def lookup(table, engine: str, split: str, metric: str, column: str = "mape") -> float | None:
     """One value of :func:`mape_table` (None where there is none)."""
     hit = table[(table["engine"] == engine) & (table["split"] == split) & (table["metric"] == metric)]

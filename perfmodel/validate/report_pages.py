@@ -31,9 +31,9 @@ from typing import Any
 from perfmodel.validate import report_charts as charts
 from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
-    BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, engines,
-    layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows, signed, source_items,
-    verdict, verdict_line, with_variant, worst_points,
+    BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, decode_regime_rows,
+    engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows, signed,
+    source_items, verdict, verdict_line, with_variant, worst_points,
 )
 
 #: The templates' package and folder.
@@ -160,7 +160,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated),
-        regimes=regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
+        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
     return text
 
 
@@ -292,7 +292,7 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         verdict_text=verdict_line(points, calibrated).replace("`", ""),
         source_items=source_items(source), vega=charts.vega_scripts(),
         mape=mape_rows(points, calibrated, baseline), repeats=repeat_section(repeats, points, calibrated),
-        regimes=regime_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
+        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
     ).rstrip("\n")
