@@ -47,25 +47,30 @@ def _reduced(args: Iterable, pick: Callable, nested: type) -> list[sp.Expr]:
     return out
 
 
-class Max(sp.Max):
+class _AsWritten:
+    """``__new__`` of :class:`Max` and :class:`Min`: their arguments :func:`_reduced` by
+    ``_pick``, then sympy's class built unevaluated (or the one argument left)."""
+
+    _pick: Callable
+    _sympy: type
+
+    def __new__(cls, *args, **assumptions):
+        assumptions.pop("evaluate", None)
+        kept = _reduced(args, cls._pick, cls._sympy)
+        if len(kept) == 1:
+            return kept[0]
+        return cls._sympy.__new__(cls, *kept, evaluate=False, **assumptions)
+
+
+class Max(_AsWritten, sp.Max):
     """The largest of its arguments (:mod:`perfmodel.minmax`: built without sympy's pairwise
     comparison of the arguments)."""
 
-    def __new__(cls, *args, **assumptions):
-        assumptions.pop("evaluate", None)
-        kept = _reduced(args, max, sp.Max)
-        if len(kept) == 1:
-            return kept[0]
-        return sp.Max.__new__(cls, *kept, evaluate=False, **assumptions)
+    _pick, _sympy = max, sp.Max
 
 
-class Min(sp.Min):
+class Min(_AsWritten, sp.Min):
     """The smallest of its arguments (:mod:`perfmodel.minmax`: built without sympy's pairwise
     comparison of the arguments)."""
 
-    def __new__(cls, *args, **assumptions):
-        assumptions.pop("evaluate", None)
-        kept = _reduced(args, min, sp.Min)
-        if len(kept) == 1:
-            return kept[0]
-        return sp.Min.__new__(cls, *kept, evaluate=False, **assumptions)
+    _pick, _sympy = min, sp.Min
