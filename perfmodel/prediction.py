@@ -617,7 +617,9 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     The band (relative half-widths from held-out residuals) holds on the GPU, the dtype
     (weights and KV cache) and the number of GPUs it was measured on (:func:`band_scope`).
     Outside any of them there is no band: it is not widened, since how far the errors grow
-    there has not been measured. Where the profile states TTFT bands per regime of the prefill
+    there has not been measured. A quantization scheme is inside where the profile says its
+    held-out rows were checked against the band and lie within it (``quantization.<scheme>.band``,
+    :func:`perfmodel.calibration.fit.band_check`). Where the profile states TTFT bands per regime of the prefill
     (:func:`prefill_regime`: ``ttft_launch_bound``, ``ttft_graph_replayed``, ``ttft`` for the
     GPU-bound rest), the prediction's ``regime`` picks one; a regime the profile has no band for
     (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which. Likewise
@@ -660,10 +662,15 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append(f"not measured on {gpu.name}")
     if scope["dtype"] is None:
         outside.append("the profile does not say which dtype it was measured at")
-    elif scope["dtype"] != w.dtype or scope["dtype"] != w.kv_dtype_used:
+    scheme = w.scheme.name
+    checked = scheme != quantization.NO_QUANT and profile.quant_efficiency(scheme).band
+    weights = w.base_dtype if checked else w.dtype  # a checked scheme's alias dtype (--dtype fp8) is in scope
+    if scope["dtype"] is not None and (scope["dtype"] != weights or scope["dtype"] != w.kv_dtype_used):
         outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
-    if w.quant not in (None, quantization.NO_QUANT):
+    if w.quant not in (None, quantization.NO_QUANT) and not checked:
         outside.append(f"not measured with {w.quant} quantization")
+    if checked:
+        where += f", its held-out {scheme} points within it"
     if w.moe_impl != "fused":
         outside.append(f"the band is the fused MoE's, not the {w.moe_impl} one's")
     if w.gpus != n:

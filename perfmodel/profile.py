@@ -174,6 +174,10 @@ class QuantEfficiency(_Strict):
     grouped_gemm_compute: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_memory: float = Field(default=1.0, gt=0, le=2)
     reason: str = ""
+    band: bool = Field(
+        default=False, description="the profile's error band holds for this scheme: the 90th "
+        "percentile |error| of its held-out rows lies within the band in each regime "
+        "(fit.residuals.quantization); false: its predictions carry no band")
 
     def multiplier(self, op_class: str, which: str) -> float:
         """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""

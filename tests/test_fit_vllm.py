@@ -358,3 +358,47 @@ def test_a_graph_replayed_decode_step_takes_at_least_the_hosts_time(tmp_path):
         points, _ = compare(held_out, engine=engine, gpu="h200-sxm")
         errors[engine] = points[points["metric"] == "decode_step"]["rel_error"].abs().mean()
     assert errors["vllm"] < 0.2 and errors["vllm"] < 0.7 * errors[next(e for e in errors if e != "vllm")]
+
+
+def test_a_quantization_scheme_has_the_band_where_its_held_out_rows_lie_within_it():
+    from perfmodel import predict
+
+    profile = load_profile("vllm", "h200-sxm")
+    check = profile.fit["residuals"]["quantization"]["fp8"]
+    # the fp8 rows held out (the Mixtral skeleton, the 8-layer Mixtral, Qwen3-30B-A3B at the
+    # simulator) lie within the band in every regime, so fp8 predictions carry it
+    assert check["within"] and check["points"] >= 10 and profile.quantization["fp8"].band
+    band = profile.error_band
+    assert check["p90_abs_pct"]["decode_step GPU-bound"] <= 100 * band.decode_step
+    assert check["p90_abs_pct"]["decode_step host-bound"] <= 100 * band.decode_step_host_bound
+    for kwargs in (dict(quant="fp8"), dict(dtype="fp8")):  # --dtype fp8 is --quant fp8
+        p = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=512, **kwargs)
+        assert p.provenance["error_band"]["decode_step"] == band.decode_step and p.intervals()
+        assert "its held-out fp8 points within it" in p.provenance["error_band_note"]
+    # a scheme never measured has none, and neither has fp8 on a profile that did not check it
+    p = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=512, quant="fp8-block")
+    assert p.provenance["error_band"] is None and "not measured with fp8-block quantization" in p.provenance["error_band_note"]
+    assert predict("mixtral-8x7b", engine="hf", batch=16, dtype="fp8").provenance["error_band"] is None
+
+
+def test_the_band_check_of_a_scheme():
+    import pandas as pd
+
+    from perfmodel.calibration.fit import band_check
+
+    band = {"ttft": 0.2, "decode_step": 0.1, "e2e": 0.1, "throughput": 0.1,
+            "decode_step_host_bound": 0.4, "e2e_host_bound": 0.4, "throughput_host_bound": 0.4}
+
+    def points(gpu_err, host_err, n=6):
+        rows = []
+        for regime, err in (("GPU-bound", gpu_err), ("host-bound", host_err)):
+            for metric in ("decode_step", "e2e", "throughput", "ttft"):
+                rows += [{"metric": metric, "decode_regime": regime, "prefill_regime": "GPU-bound",
+                          "rel_error": err if metric != "ttft" else 0.05} for _ in range(n)]
+        return pd.DataFrame(rows)
+
+    assert band_check(points(0.08, 0.30), band)["within"]
+    assert not band_check(points(0.15, 0.30), band)["within"]  # GPU-bound steps outside ±10%
+    assert not band_check(points(0.08, 0.50), band)["within"]  # host-bound steps outside ±40%
+    assert not band_check(points(0.08, 0.30, n=2), band)["within"]  # too few GPU-bound steps to say
+    assert band_check(points(0.08, 0.30), band)["points"] == 12

@@ -128,10 +128,16 @@ def test_dtype_fp8_is_an_alias_of_the_fp8_scheme():
     assert by_dtype.to_dict()["workload"]["quant"] == "fp8"
 
 
-def test_a_quantized_or_unfused_prediction_has_no_error_band():
+def test_an_unchecked_quantization_or_an_unfused_prediction_has_no_error_band():
     profile, gpu = load_profile("vllm", "h200-sxm"), load_gpu("h200-sxm")
     assert error_band(profile, gpu, Workload())[0] is not None
-    band, note = error_band(profile, gpu, Workload(quant="fp8"))
+    # fp8's held-out rows were checked against the band (quantization.fp8.band); w8a16's were not
+    assert error_band(profile, gpu, Workload(quant="fp8"))[0] is not None
+    band, note = error_band(profile, gpu, Workload(quant="w8a16"))
+    assert band is None and "not measured with w8a16 quantization" in note
+    unchecked = profile.model_copy(update={"quantization": {
+        "fp8": profile.quantization["fp8"].model_copy(update={"band": False})}})
+    band, note = error_band(unchecked, gpu, Workload(quant="fp8"))
     assert band is None and "not measured with fp8 quantization" in note
     band, note = error_band(profile, gpu, Workload(moe_impl="unfused"))
     assert band is None and "the band is the fused MoE's, not the unfused one's" in note

@@ -361,7 +361,38 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
             for (regime, metric), part in sub.groupby(["decode_regime", "metric"]):
                 if metric in ("decode_step", "throughput"):
                     stats[split][f"{metric} {regime}"] = _residual_stats(part["rel_error"])
+    if "quant" in plain:
+        schemes = {q: band_check(part, band) for q, part in plain.groupby("quant") if q != "none"}
+        if schemes:
+            stats["quantization"] = schemes
     return stats, band
+
+
+def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
+    """Whether a quantization scheme's held-out ``points`` (those of the band's own selection,
+    speculative rows apart) lie within ``band``: the 90th percentile |error| of each metric in
+    each regime (of the prefill for TTFT, of the decode step for the rest) at most the band's
+    half-width for that regime, and at least :data:`MIN_REGIME_POINTS` GPU-bound decode steps.
+    Returns the points counted, the percentiles (%) and ``within``."""
+    p90: dict[str, float] = {}
+    within = True
+    fields = {(GPU_BOUND, m): m for m in ("decode_step", "e2e", "throughput")}
+    fields |= {(HOST_BOUND, m): f"{m}_host_bound" for m in ("decode_step", "e2e", "throughput")}
+    for (regime, metric), name in fields.items():
+        part = points[(points["metric"] == metric) & (points["decode_regime"] == regime)]
+        limit = band.get(name, band[metric])
+        if not part.empty:
+            p90[f"{metric} {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
+            within &= p90[f"{metric} {regime}"] <= 100 * limit
+    ttft_names = {GPU_BOUND: "ttft", LAUNCH_BOUND: "ttft_launch_bound", GRAPH_REPLAYED: "ttft_graph_replayed"}
+    ttft = points[points["metric"] == "ttft"]
+    for regime, part in ttft.groupby("prefill_regime"):
+        limit = band.get(ttft_names.get(regime, "ttft"))
+        p90[f"ttft {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
+        within &= limit is not None and p90[f"ttft {regime}"] <= 100 * limit
+    steps = points[(points["metric"] == "decode_step") & (points["decode_regime"] == GPU_BOUND)]
+    within &= len(steps) >= MIN_REGIME_POINTS
+    return {"points": int((points["metric"] == "decode_step").sum()), "p90_abs_pct": p90, "within": bool(within)}
 
 
 def _metadata(data_dir: Path) -> str:

@@ -457,6 +457,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     stats, base["error_band"] = held_out_residuals(
         base, results, gpu, (), held_out, note, train_points=tuple(fitted),
         band_exclude=lambda r: routing_group(r) in collapsed or r["point_id"] in eager_verify)
+    for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
+        if scheme in base.get("quantization", {}):
+            base["quantization"][scheme]["band"] = check["within"]
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "

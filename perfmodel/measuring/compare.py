@@ -266,6 +266,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     input_len, output_len; ``prefill_regime``: what sets its predicted prefill,
     :func:`perfmodel.prediction.prefill_regime`, the target's alone for a speculative row;
     ``decode_regime``: what sets its predicted decode step, :func:`perfmodel.prediction.decode_regime`;
+    ``quant``: the quantization scheme it ran (:func:`row_quant`, ``none`` unquantized);
     ``speculative``: it ran speculative decoding); ``ops`` the predicted per-op decode-step time (whole step, s) and
     the measured kernel split of the same step, by category, per point: the step predicted at the
     context the profile measured (:func:`profiled_context`) where the engine attends the context,
@@ -318,7 +319,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                            "rel_error": value / measured - 1.0,
                            "prefill_regime": prefill_regime(p.metrics, p.provenance["options"]["prefill_eager"]),
                            "decode_regime": decode_regime(p.metrics),
-                           "speculative": bool(speculation)})
+                           "quant": quant or "none", "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
         # an engine that attends its whole allocated cache costs every step alike: the mean is it
