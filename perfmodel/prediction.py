@@ -649,7 +649,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
                           throughput=band.throughput_host_bound)
         notes.append(f"ITL, E2E, throughput: {decode} decode steps'")
     note = f" ({'; '.join(notes)})" if notes else ""
-    rels = [r for r in (chosen["ttft"], band.decode_step, band.e2e, band.throughput) if r is not None]
+    rels = [chosen[m] for m in ("ttft", "decode_step", "e2e", "throughput") if chosen[m] is not None]
     width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
              else f"±{min(rels):.0%}–{max(rels):.0%}")
     n = scope["gpus"]
