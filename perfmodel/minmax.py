@@ -6,8 +6,8 @@ difference) to drop the arguments that can never be the largest. On the roofline
 tens of ops that took most of the 1–5 s of building a model's formulas, and it is paid again
 whenever an expression holding one is rebuilt (``subs``, common-subexpression elimination).
 The classes here skip that comparison: nested ones are flattened, equal arguments merged and
-numeric ones reduced to their largest (smallest); nothing else is simplified, so every value is the one sympy's class
-gives. They are subclasses named ``Max`` and ``Min``: printers, :func:`sympy.lambdify` and the
+numeric ones reduced to their largest (smallest); nothing else is simplified, so every value is
+the one sympy's class gives. They are subclasses named ``Max`` and ``Min``: printers, :func:`sympy.lambdify` and the
 expression cache (:mod:`perfmodel.codecache`) treat them as sympy's.
 """
 
