@@ -11,7 +11,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from perfmodel.prediction import Prediction
+from perfmodel.prediction import HOST_BOUND, Prediction, decode_regime
 from perfmodel.pruning import pruning_text
 
 
@@ -111,7 +111,7 @@ def print_prediction(p: Prediction, console: Console) -> None:
               if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
             *([(f"  the host's time for its {_count_of(p.workload.batch, 'sequence')}"
-                + (", which sets it" if floor >= m["itl_s"] * (1 - 1e-9) else ", hidden behind the GPU's"),
+                + (", which sets it" if decode_regime(m) == HOST_BOUND else ", hidden behind the GPU's"),
                 format_time(floor), None)]
               if floor > 0 else []),
             ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),

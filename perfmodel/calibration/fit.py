@@ -281,6 +281,12 @@ def _residual_stats(rel_error) -> dict[str, Any]:
 
 #: Fewest held-out prefills of a regime (:func:`perfmodel.prediction.prefill_regime`) for its TTFT band.
 MIN_REGIME_POINTS = 5
+#: The band's TTFT field of each regime of the prefill (:func:`perfmodel.prediction.prefill_regime`).
+TTFT_BAND_FIELDS = {GPU_BOUND: "ttft", LAUNCH_BOUND: "ttft_launch_bound", GRAPH_REPLAYED: "ttft_graph_replayed"}
+#: The metrics banded per regime of the decode step (:func:`perfmodel.prediction.decode_regime`),
+#: and the suffix of each regime's fields (``decode_step``, ``decode_step_host_bound``, ...).
+DECODE_BAND_METRICS = ("decode_step", "e2e", "throughput")
+DECODE_BAND_SUFFIX = {GPU_BOUND: "", HOST_BOUND: "_host_bound"}
 
 
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
@@ -331,8 +337,7 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     regimes = ttft["prefill_regime"].value_counts() if "prefill_regime" in ttft else {}
     if regimes.get(LAUNCH_BOUND, 0) >= MIN_REGIME_POINTS and regimes.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
         counts = []
-        for regime, name in ((GPU_BOUND, "ttft"), (LAUNCH_BOUND, "ttft_launch_bound"),
-                             (GRAPH_REPLAYED, "ttft_graph_replayed")):
+        for regime, name in TTFT_BAND_FIELDS.items():
             part = ttft[ttft["prefill_regime"] == regime]
             counts.append(f"{len(part)} {regime}")
             if len(part) >= MIN_REGIME_POINTS:
@@ -349,9 +354,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     steps = plain[plain["metric"] == "decode_step"]
     decode = steps["decode_regime"].value_counts() if "decode_regime" in steps else {}
     if decode.get(HOST_BOUND, 0) >= MIN_REGIME_POINTS and decode.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
-        for regime, suffix in ((GPU_BOUND, ""), (HOST_BOUND, "_host_bound")):
+        for regime, suffix in DECODE_BAND_SUFFIX.items():
             part = plain[plain["decode_regime"] == regime]
-            for metric in ("decode_step", "e2e", "throughput"):
+            for metric in DECODE_BAND_METRICS:
                 errors = part.loc[part["metric"] == metric, "rel_error"].abs()
                 band[metric + suffix] = _sig(float(errors.quantile(0.9)))
         band["source"] += (f"; ITL, E2E and throughput per regime of the decode step, without speculative rows "
@@ -376,18 +381,16 @@ def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
     Returns the points counted, the percentiles (%) and ``within``."""
     p90: dict[str, float] = {}
     within = True
-    fields = {(GPU_BOUND, m): m for m in ("decode_step", "e2e", "throughput")}
-    fields |= {(HOST_BOUND, m): f"{m}_host_bound" for m in ("decode_step", "e2e", "throughput")}
-    for (regime, metric), name in fields.items():
-        part = points[(points["metric"] == metric) & (points["decode_regime"] == regime)]
-        limit = band.get(name, band[metric])
-        if not part.empty:
-            p90[f"{metric} {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
-            within &= p90[f"{metric} {regime}"] <= 100 * limit
-    ttft_names = {GPU_BOUND: "ttft", LAUNCH_BOUND: "ttft_launch_bound", GRAPH_REPLAYED: "ttft_graph_replayed"}
+    for regime, suffix in DECODE_BAND_SUFFIX.items():
+        for metric in DECODE_BAND_METRICS:
+            part = points[(points["metric"] == metric) & (points["decode_regime"] == regime)]
+            limit = band.get(metric + suffix, band[metric])
+            if not part.empty:
+                p90[f"{metric} {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
+                within &= p90[f"{metric} {regime}"] <= 100 * limit
     ttft = points[points["metric"] == "ttft"]
     for regime, part in ttft.groupby("prefill_regime"):
-        limit = band.get(ttft_names.get(regime, "ttft"))
+        limit = band.get(TTFT_BAND_FIELDS.get(regime, "ttft"))
         p90[f"ttft {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
         within &= limit is not None and p90[f"ttft {regime}"] <= 100 * limit
     steps = points[(points["metric"] == "decode_step") & (points["decode_regime"] == GPU_BOUND)]
