@@ -168,3 +168,35 @@ def test_unknown_routing_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["perfmodel: error: unknown --routing 'zipf' (model or uniform_random)"]
+
+
+def test_engine_process_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):
+    import os
+
+    assert "mp" not in vb.point_settings()  # as the environment says: ids as before
+    own = build_points(["olmoe"], [1], [[128]], backend="vllm",
+                       settings=vb.point_settings(engine_process=True))[0]
+    assert "mp=1" in own.point_id
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as scripts/vllm_setup.sh exports it
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    inproc = build_points(["olmoe"], [1], [[128]], backend="vllm", settings=vb.point_settings())[0]
+    assert vb.apply_engine_process(inproc) is False
+    assert vb.apply_engine_process(own) is True
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"  # CUDA is initialised here already
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine-process"], "--engine-process applies to --backend vllm only"),
+    (["--backend", "vllm", "--engine-process", "--profile"],
+     "--profile sees only this process's kernels: give it without --engine-process"),
+    (["--backend", "vllm", "--engine-process", "--serving"],
+     "--serving always runs the engine core in a process of its own: drop --engine-process"),
+])
+def test_engine_process_refusals_are_one_line(args, message, capsys):
+    from perfmodel.commands import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["measure", "olmoe", *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"perfmodel: error: {message}"]

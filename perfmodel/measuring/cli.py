@@ -128,6 +128,20 @@ def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe
     return load_model(draft).name
 
 
+def _check_engine_process(backend: str, engine_process: bool, profile: bool, serving: bool) -> bool:
+    """Refuse (one line) ``--engine-process`` outside offline vLLM runs, and with ``--profile``
+    (the profiler sees only this process's kernels); returns the flag."""
+    if not engine_process:
+        return False
+    if backend != "vllm":
+        raise InputError("--engine-process applies to --backend vllm only")
+    if serving:
+        raise InputError("--serving always runs the engine core in a process of its own: drop --engine-process")
+    if profile:
+        raise InputError("--profile sees only this process's kernels: give it without --engine-process")
+    return True
+
+
 def _check_models(models: List[str], overrides: List[str], layers: Optional[int]) -> None:
     from perfmodel.specs.zoo import load_hf_config
 
@@ -175,6 +189,9 @@ def measure(
     spec_accept: Optional[float] = typer.Option(None, "--spec-acceptance",
                                                 help="vllm: accept each draft token with probability α (vLLM's "
                                                      "synthetic rejection sampler), with --spec-draft."),
+    engine_process: bool = typer.Option(False, "--engine-process",
+                                        help="vllm: the engine core in a process of its own (vLLM's default; "
+                                             "without it, as the environment says). Point ids gain mp=1."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -215,6 +232,7 @@ def measure(
     spec_draft = _check_spec(backend, spec_draft, spec_tokens, routing_probe is True, spec_accept)
     spec_tokens = spec_tokens if spec_draft is not None else None
     spec_accept = spec_accept if spec_draft is not None else None
+    engine_process = _check_engine_process(backend, engine_process is True, profile is True, serving is True)
     if serving is True:
         from perfmodel.measuring import vllm_backend, vllm_serving
 
@@ -251,7 +269,7 @@ def measure(
                                                quantization=quantization, moe_backend=moe_backend,
                                                sampling=sampling, pp=pp, dp=dp, routing=routing,
                                                spec_draft=spec_draft, spec_tokens=spec_tokens,
-                                               spec_accept=spec_accept)
+                                               spec_accept=spec_accept, engine_process=engine_process)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

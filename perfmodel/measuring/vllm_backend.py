@@ -100,15 +100,19 @@ SAMPLINGS = ("random", "greedy")
 #: such a model is measured at a realistic routing.
 ROUTINGS = ("model", "uniform_random")
 _ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
+#: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
+WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
                    dp: int = 1, routing: str = "model", spec_draft: str | None = None,
-                   spec_tokens: int | None = None, spec_accept: float | None = None) -> dict[str, str]:
+                   spec_tokens: int | None = None, spec_accept: float | None = None,
+                   engine_process: bool = False) -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
     (independent engine replicas) appear only above 1, ``routing`` only when it is not the
-    model's own, ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
+    model's own, ``mp`` (``1``: the engine core in a process of its own, vLLM's default, see
+    :func:`apply_engine_process`) only when asked for, ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
     tokens per step) and ``spec_accept`` (α: vLLM's synthetic rejection sampler accepts each
     draft token with probability α, see :func:`synthetic_acceptance_rates`) only when given, so
     the ids of such points are those of the rows measured before these settings existed."""
@@ -139,6 +143,8 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         if spec_draft is None or not 0.0 <= float(spec_accept) <= 1.0:
             raise ValueError(f"bad speculative acceptance {spec_accept} (in [0, 1], with a draft model)")
         settings["spec_accept"] = f"{float(spec_accept):g}"
+    if engine_process:
+        settings["mp"] = "1"
     return settings
 
 
@@ -229,6 +235,20 @@ def apply_routing(point: SweepPoint) -> str:
     else:
         os.environ[_ROUTING_ENV] = routing
     return routing
+
+
+def apply_engine_process(point: SweepPoint) -> bool:
+    """Run the engine about to be built for ``point`` with its engine core in a process of its own
+    (``mp=1`` in its settings: vLLM's default, ``VLLM_ENABLE_V1_MULTIPROCESSING=1``, where the
+    front end turns each step's outputs into request outputs beside the engine core's next step),
+    else as the environment says (``scripts/vllm_setup.sh`` keeps it in this process, as one-GPU
+    rows without ``mp`` were measured). Returns whether it is in a process of its own."""
+    if _settings(point).get("mp") == "1":
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+        # this process has already initialised CUDA (provenance, GPU checks): a forked child
+        # could not use it again
+        os.environ.setdefault(WORKER_METHOD_ENV, "spawn")
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
 
 
 def layout_degrees(settings: dict[str, str]) -> dict[str, int]:
@@ -420,12 +440,12 @@ class VLLMBackend:
         self.log(f"vllm engine: {kwargs}")
         t0 = time.perf_counter()
         apply_routing(points[0])
+        engine_process = apply_engine_process(points[0])
         llm = LLM(**kwargs)
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)
         settings["startup_s"] = round(startup_s, 1)
-        # vLLM's default (1): the engine core in a process of its own; 0 keeps it in this one
-        settings["v1_multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
+        settings["v1_multiprocessing"] = engine_process
         settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))
         self.log(f"vllm engine ready in {startup_s:.0f} s: {settings}")
         handle = {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,

@@ -81,8 +81,6 @@ from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.runner import one_line
 from perfmodel.measuring.vllm_steps import StepLog, observe, step_summary, step_trace
 
-#: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
-_WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 #: Requests still running at this multiple of a rate's duration cap are aborted.
 DRAIN_FACTOR = 1.5
 #: The client's output times are kept for every this-many-th request (``<rows>-tokens.jsonl``).
@@ -460,7 +458,7 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
         vb.apply_routing(point)
         # AsyncLLM always runs its engine core in a process of its own; this process has already
         # initialised CUDA (provenance, GPU checks), and a forked child cannot use it again.
-        os.environ.setdefault(_WORKER_METHOD_ENV, "spawn")
+        os.environ.setdefault(vb.WORKER_METHOD_ENV, "spawn")
         llm = cls.from_engine_args(AsyncEngineArgs(**kwargs), **context)
     except BaseException:
         tmp.cleanup()
