@@ -664,10 +664,16 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append("the profile does not say which dtype it was measured at")
     scheme = w.scheme.name
     checked = scheme != quantization.NO_QUANT and profile.quant_efficiency(scheme).band
-    weights = w.base_dtype if checked else w.dtype  # a checked scheme's alias dtype (--dtype fp8) is in scope
+    measured = scheme != quantization.NO_QUANT and scheme in (
+        ((profile.fit or {}).get("residuals") or {}).get("quantization") or {})
+    # a measured scheme's alias dtype (--dtype fp8) is in scope: the check below decides
+    weights = w.base_dtype if checked or measured else w.dtype
     if scope["dtype"] is not None and (scope["dtype"] != weights or scope["dtype"] != w.kv_dtype_used):
         outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
-    if w.quant not in (None, quantization.NO_QUANT) and not checked:
+    if measured and not checked:
+        outside.append(f"its held-out {scheme} points lie outside the band in some regime "
+                       f"(fit.residuals.quantization.{scheme})")
+    elif w.quant not in (None, quantization.NO_QUANT) and not checked:
         outside.append(f"not measured with {w.quant} quantization")
     if checked:
         where += f", its held-out {scheme} points within it"

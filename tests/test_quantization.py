@@ -131,13 +131,19 @@ def test_dtype_fp8_is_an_alias_of_the_fp8_scheme():
 def test_an_unchecked_quantization_or_an_unfused_prediction_has_no_error_band():
     profile, gpu = load_profile("vllm", "h200-sxm"), load_gpu("h200-sxm")
     assert error_band(profile, gpu, Workload())[0] is not None
-    # fp8's held-out rows were checked against the band (quantization.fp8.band); w8a16's were not
-    assert error_band(profile, gpu, Workload(quant="fp8"))[0] is not None
+    # fp8's held-out rows were checked against the band (quantization.fp8.band says whether they
+    # lie within it, regime by regime); w8a16's were never measured
+    checked = profile.quantization["fp8"].band
+    assert (error_band(profile, gpu, Workload(quant="fp8"))[0] is not None) == checked
     band, note = error_band(profile, gpu, Workload(quant="w8a16"))
     assert band is None and "not measured with w8a16 quantization" in note
-    unchecked = profile.model_copy(update={"quantization": {
-        "fp8": profile.quantization["fp8"].model_copy(update={"band": False})}})
-    band, note = error_band(unchecked, gpu, Workload(quant="fp8"))
+    within, outside = (profile.model_copy(update={"quantization": {
+        "fp8": profile.quantization["fp8"].model_copy(update={"band": flag})}}) for flag in (True, False))
+    assert error_band(within, gpu, Workload(quant="fp8"))[0] is not None
+    band, note = error_band(outside, gpu, Workload(quant="fp8"))
+    assert band is None and "its held-out fp8 points lie outside the band" in note
+    unmeasured = outside.model_copy(update={"fit": {}})
+    band, note = error_band(unmeasured, gpu, Workload(quant="fp8"))
     assert band is None and "not measured with fp8 quantization" in note
     band, note = error_band(profile, gpu, Workload(moe_impl="unfused"))
     assert band is None and "the band is the fused MoE's, not the unfused one's" in note

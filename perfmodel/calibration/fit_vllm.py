@@ -397,7 +397,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import (load_measurements, row_speculative,
+    from perfmodel.measuring.compare import (load_measurements, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
@@ -451,12 +451,20 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         note += ("; not from the speculative rows whose verify pass exceeded their engine's captured "
                  "CUDA graphs (the runner's capture sizes then stopped at B tokens: such decode steps ran "
                  "without a graph, which a serving engine's capture sizes avoid)")
+    engine_process = {r["point_id"] for r in all_rows if row_engine_process(r)}
+    if engine_process:
+        note += ("; not from the rows whose engine core ran in a process of its own (mp=1, vLLM's "
+                 "default): its front end hands an offline batch's requests to the engine while the "
+                 "engine steps, so E2E minus TTFT need not be O - 1 steps of B sequences (each row's "
+                 "engine_itl_ms is the engine's own step); the model describes a batch admitted "
+                 "before its first step, as the in-process rows were")
     fitted += [*draft_points, *piecewise_points]
     # the training points are the rows some parameter was fitted on, and nothing else: a row of a
     # training model that no fit took (e.g. a what-if engine setting) is held out
     stats, base["error_band"] = held_out_residuals(
         base, results, gpu, (), held_out, note, train_points=tuple(fitted),
-        band_exclude=lambda r: routing_group(r) in collapsed or r["point_id"] in eager_verify)
+        band_exclude=lambda r: (routing_group(r) in collapsed or r["point_id"] in eager_verify
+                                or r["point_id"] in engine_process))
     for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
         if scheme in base.get("quantization", {}):
             base["quantization"][scheme]["band"] = check["within"]

@@ -102,6 +102,13 @@ def row_routing(row: dict[str, Any]) -> str:
     return _id_settings(row).get("routing", "model")
 
 
+def row_engine_process(row: dict[str, Any]) -> bool:
+    """Whether a vLLM row ran its engine core in a process of its own (``mp=1`` in its point id,
+    ``measure --engine-process``: vLLM's default); the rows without it ran it in the measuring
+    process."""
+    return _id_settings(row).get("mp") == "1"
+
+
 def row_speculative(row: dict[str, Any]) -> dict[str, Any]:
     """``predict``'s speculative-decoding arguments for a row measured with a draft model
     (``spec=DRAFT:γ`` in its point id): the draft, γ and the mean tokens per target step τ the

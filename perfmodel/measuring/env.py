@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -112,6 +113,28 @@ def gpu_properties() -> dict[str, Any]:
         "gpu_l2_bytes": int(getattr(p, "L2_cache_size", 0)) or None,
         "gpu_capability": f"{p.major}.{p.minor}",
     }
+
+
+#: Iterations of :func:`host_probe_ms`'s pure-Python loop.
+HOST_PROBE_LOOPS = 200_000
+
+
+def host_probe_ms(loops: int = HOST_PROBE_LOOPS, repeats: int = 3) -> float:
+    """The host's speed now: the best of ``repeats`` timings (ms) of a fixed pure-Python loop of
+    dict and list work (the kind an engine's scheduler and output processing do per sequence).
+    A decode step the host paces takes longer on a slower or busier CPU; on the lent machines the
+    time of such a loop moved 1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``,
+    calls s12d and s12e), so a row records it beside its timings."""
+    best = float("inf")
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        table: dict[int, list[int]] = {}
+        for i in range(int(loops)):
+            table.setdefault(i & 1023, []).append(i)
+            if len(table[i & 1023]) > 8:
+                table[i & 1023].pop(0)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
 
 
 def provenance() -> dict[str, Any]:

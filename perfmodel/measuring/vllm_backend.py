@@ -474,6 +474,7 @@ class VLLMBackend:
             outs = llm.generate(prompts, params, use_tqdm=False)
             return (time.perf_counter() - t) * 1e3, outs
 
+        probes = [env.host_probe_ms()]  # the host's speed, before and after the timed runs
         run(1)  # warm-up: prefill shape (fused-MoE JIT, chunking)
         if o > 1:
             run(min(o, 16))  # warm-up: decode at this batch
@@ -490,6 +491,7 @@ class VLLMBackend:
             engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
         extra = spec_fields(counted, spec_counters(llm)) if spec else {}
+        probes.append(env.host_probe_ms())
         if self.profile:  # after the timed runs: the profiler slows the host, not the kernels
             extra.update(self.kernel_profiles(lambda n: run(n)[1], o))
         ttft = statistics.median(ttfts)
@@ -516,6 +518,7 @@ class VLLMBackend:
             "engine_itl_ms": statistics.median(itls) if itls else None,
             "engine_ttft_ms": statistics.median(ttfts_engine) if ttfts_engine else None,
             "admission_ms": statistics.median(admissions) if admissions else None,
+            "host_probe_ms": [round(ms, 3) for ms in probes],
             "throughput_tok_s": point.batch * (point.input_len + o) / (e2e / 1e3),
             "output_tok_s": point.batch * o / (e2e / 1e3),
             "decode_method": "vllm_engine",
