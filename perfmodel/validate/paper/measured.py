@@ -46,7 +46,8 @@ import pandas as pd
 
 from perfmodel import paths, sweep
 from perfmodel.measuring.compare import (
-    row_moe_impl, row_overrides, row_quant, row_routing, row_speculative, verify_replayed, what_if_file,
+    row_engine_process, row_moe_impl, row_overrides, row_quant, row_routing, row_speculative, verify_replayed,
+    what_if_file,
 )
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
@@ -61,7 +62,7 @@ RESULTS_FILES = {"vllm": RESULTS_FILE, "hf": paths.RESULTS_DIR / "h200-hf.jsonl"
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
 KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
-         "spec", "spec_accept", "moe_impl")
+         "spec", "spec_accept", "moe_impl", "engine_process")
 #: How a pair's label names the knob it varies (``E=32 vs 64``).
 SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "input_len": "S=O", "spec": "spec",
            "moe_impl": "moe"}
@@ -139,14 +140,17 @@ def knobs(row: dict[str, Any]) -> dict[str, Any]:
     (the model's router or vLLM's routing simulator), the MoE shape it ran (top_k, expert FFN
     width, experts: its overrides over the model's own), its speculative decoding (``spec``,
     ``spec_accept``: :func:`speculation`) and its MoE implementation (``moe_impl``:
-    :func:`~perfmodel.measuring.compare.row_moe_impl`, ``other`` where the model has none)."""
+    :func:`~perfmodel.measuring.compare.row_moe_impl`, ``other`` where the model has none) and
+    whether its engine core ran in a process of its own (``engine_process``:
+    :func:`~perfmodel.measuring.compare.row_engine_process`; a pair compares like with like)."""
     layers, top_k, ffn, experts = _shape(row["model"], tuple(row_overrides(row)))
     engine = row.get("engine") or {}
     spec, accept = speculation(row)
     return {"model": row["model"], "layers": layers, "batch": row["batch"], "input_len": row["input_len"],
             "output_len": row["output_len"], "tp": int(engine.get("tp") or 1), "quant": row_quant(row) or "none",
             "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts,
-            "spec": spec, "spec_accept": accept, "moe_impl": row_moe_impl(row) or "other"}
+            "spec": spec, "spec_accept": accept, "moe_impl": row_moe_impl(row) or "other",
+            "engine_process": row_engine_process(row)}
 
 
 def _varies(measured: Measured) -> tuple[str, ...]:
