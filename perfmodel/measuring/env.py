@@ -122,9 +122,9 @@ HOST_PROBE_LOOPS = 200_000
 def host_probe_ms(loops: int = HOST_PROBE_LOOPS, repeats: int = 3) -> float:
     """The host's speed now: the best of ``repeats`` timings (ms) of a fixed pure-Python loop of
     dict and list work (the kind an engine's scheduler and output processing do per sequence).
-    A decode step the host paces takes longer on a slower or busier CPU; on the lent machines the
-    time of such a loop moved 1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``,
-    calls s12d and s12e), so a row records it beside its timings."""
+    A decode step the host paces takes longer on a slower or busier CPU; on one lent machine a
+    pure-Python loop's time moved 1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``,
+    calls s12d and s12e), so a row records this one's beside its timings."""
     best = float("inf")
     for _ in range(max(1, int(repeats))):
         t0 = time.perf_counter()

@@ -112,10 +112,11 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
     (independent engine replicas) appear only above 1, ``routing`` only when it is not the
     model's own, ``mp`` (``1``: the engine core in a process of its own, vLLM's default, see
-    :func:`apply_engine_process`) only when asked for, ``spec`` (``DRAFT:γ``: speculative decoding with a draft model proposing γ
-    tokens per step) and ``spec_accept`` (α: vLLM's synthetic rejection sampler accepts each
-    draft token with probability α, see :func:`synthetic_acceptance_rates`) only when given, so
-    the ids of such points are those of the rows measured before these settings existed."""
+    :func:`apply_engine_process`) only when asked for, ``spec`` (``DRAFT:γ``: speculative
+    decoding with a draft model proposing γ tokens per step) and ``spec_accept`` (α: vLLM's
+    synthetic rejection sampler accepts each draft token with probability α, see
+    :func:`synthetic_acceptance_rates`) only when given, so the ids of such points are those of
+    the rows measured before these settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     if routing not in ROUTINGS:
