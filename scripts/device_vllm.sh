@@ -20,7 +20,8 @@
 # "mixtral-8x7b|1,16|128|300|--tp 4") runs with VLLM_ENABLE_V1_MULTIPROCESSING unset (vLLM's
 # default: the engine core in a process of its own beside the tp*pp workers), the way vLLM runs
 # multi-GPU engines; one-GPU entries keep vllm_setup.sh's in-process engine core, as the committed
-# rows were measured.
+# rows were measured, unless their extra flags hold --engine-process (point ids gain mp=1).
+# Rows go to one file and resume by point id: to repeat an entry, give the call another OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
