@@ -87,3 +87,35 @@ def test_budget_stops_cleanly_and_resume_completes(tmp_path):
     run_sweep(points, FakeBackend(), out)
     ids = _ids(out)
     assert sorted(ids) == sorted(p.point_id for p in points)
+
+
+def test_passes_measure_each_point_again_on_one_build_in_turn(tmp_path):
+    out = tmp_path / "r.jsonl"
+    points = _points()[:3]
+    backend = FakeBackend(failures={points[1].point_id: RuntimeError("CUDA out of memory")})
+    run_sweep(points, backend, out, passes=3)
+    assert backend.builds == 1
+    ids = [p.point_id for p in points]
+    # in turn: 1, 2 (oom, not repeated), 3, then 1, 3 twice more
+    assert backend.measured == [ids[0], ids[1], ids[2], ids[0], ids[2], ids[0], ids[2]]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["point_id"], r["pass"], r["status"]) for r in rows][:3] == [
+        (ids[0], 1, "ok"), (ids[1], 1, "oom"), (ids[2], 1, "ok")]
+    assert [r["pass"] for r in rows if r["point_id"] == ids[2]] == [1, 2, 3]
+    # resume: a point with any row is done, whatever the passes
+    again = FakeBackend()
+    assert run_sweep(points, again, out, passes=3).already_done == 3 and again.measured == []
+
+
+def test_one_pass_rows_carry_no_pass_field(tmp_path):
+    out = tmp_path / "r.jsonl"
+    run_sweep(_points()[:2], FakeBackend(), out)
+    assert all("pass" not in json.loads(line) for line in out.read_text().splitlines())
+
+
+@pytest.mark.parametrize("passes", [0, -1, 1.5, True])
+def test_passes_must_be_a_positive_integer(tmp_path, passes):
+    from perfmodel.errors import InputError
+
+    with pytest.raises(InputError, match="passes"):
+        run_sweep(_points()[:1], FakeBackend(), tmp_path / "r.jsonl", passes=passes)

@@ -192,6 +192,9 @@ def test_engine_process_is_part_of_the_point_id_and_sets_vllms_variable(monkeypa
      "--profile sees only this process's kernels: give it without --engine-process"),
     (["--backend", "vllm", "--engine-process", "--serving"],
      "--serving always runs the engine core in a process of its own: drop --engine-process"),
+    (["--backend", "vllm", "--passes", "2", "--serving"],
+     "--passes must be >= 1, and applies to offline runs (not --serving)"),
+    (["--passes", "0"], "--passes must be >= 1, and applies to offline runs (not --serving)"),
 ])
 def test_engine_process_refusals_are_one_line(args, message, capsys):
     from perfmodel.commands import main

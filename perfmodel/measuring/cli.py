@@ -192,6 +192,8 @@ def measure(
     engine_process: bool = typer.Option(False, "--engine-process",
                                         help="vllm: the engine core in a process of its own (vLLM's default; "
                                              "without it, as the environment says). Point ids gain mp=1."),
+    passes: int = typer.Option(1, "--passes", help="Measure each engine's points this many times over, in "
+                               "turn, on the one engine (rows carry their pass): spread and host drift."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
                                        help="vllm: record which experts the router picks (an eager engine; no timing)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -233,6 +235,9 @@ def measure(
     spec_tokens = spec_tokens if spec_draft is not None else None
     spec_accept = spec_accept if spec_draft is not None else None
     engine_process = _check_engine_process(backend, engine_process is True, profile is True, serving is True)
+    passes = passes if isinstance(passes, int) else 1  # the option's default when called directly
+    if passes != 1 and (serving is True or passes < 1):
+        raise InputError("--passes must be >= 1, and applies to offline runs (not --serving)")
     if serving is True:
         from perfmodel.measuring import vllm_backend, vllm_serving
 
@@ -286,7 +291,7 @@ def measure(
     reporter = RichReporter()
     reporter.log(f"writing {out_path}")
     try:
-        summary = run_sweep(points, engine, out_path, budget_s=budget_s, reporter=reporter)
+        summary = run_sweep(points, engine, out_path, budget_s=budget_s, reporter=reporter, passes=passes)
     finally:
         reporter.stop()
     reporter.log(

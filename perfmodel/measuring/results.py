@@ -171,6 +171,8 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "moe_backend": _OPT_STR,
     "engine_detail": _OPT_DICT,
     "ttft_first_ms": _OPT_NUM,
+    "pass": _OPT_INT,
+    "host_probe_ms": _OPT_LIST,
 }
 
 #: Keys of each entry of ``decode_samples``.

@@ -12,7 +12,11 @@ measures each point, appending one row per point to the JSONL file as soon as it
   after its row is written, so a fresh process can resume;
 - with a budget (seconds), a point whose estimated cost does not fit in what is left is not
   started (no row: a later run measures it); the sweep ends cleanly. The budget must be a
-  finite number of seconds > 0.
+  finite number of seconds > 0;
+- with ``passes`` > 1, each group's points are measured that many times over on the one build,
+  in turn (point 1, 2, …, then 1, 2, … again), each row carrying its ``pass`` (1-based): a
+  point's repeated rows show its spread within one engine, and the host's speed drifting under
+  it. Resume counts a point done at its first row, as for one pass.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from perfmodel.errors import InputError
 from perfmodel.measuring import results
 from perfmodel.measuring.preflight import check_budget
 from perfmodel.measuring.points import SweepPoint, group_points
@@ -129,9 +134,12 @@ def run_sweep(
     budget_s: float | None = None,
     reporter: Reporter | None = None,
     clock: Callable[[], float] = time.monotonic,
+    passes: int = 1,
 ) -> SweepSummary:
     """Measure ``points`` with ``backend``, appending rows to ``out_path`` (see module docstring)."""
     budget_s = check_budget(budget_s, "budget_s")
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise InputError(f"passes must be an integer >= 1, got {passes!r}")
     reporter = reporter or Reporter()
     t0 = clock()
     out_path = Path(out_path)
@@ -164,8 +172,10 @@ def run_sweep(
         return True
 
     def write(point: SweepPoint, status: str, fields: dict[str, Any], error: str | None,
-              started: float) -> dict[str, Any]:
+              started: float, pass_: int = 1) -> dict[str, Any]:
         row = _base_row(point, backend, prov)
+        if passes > 1:
+            row["pass"] = pass_
         row.update(fields)
         row["status"] = status
         row["error"] = error
@@ -208,17 +218,24 @@ def run_sweep(
                 summary.stopped = "fatal device error"
             continue
         try:
-            for point in group:
+            failed: set[str] = set()  # points not measured in a pass are not repeated
+            for pass_, point in ((k, p) for k in range(1, passes + 1) for p in group):
+                if point.point_id in failed:
+                    continue
                 if summary.stopped:
-                    summary.deferred.append(point.point_id)
+                    if pass_ == 1:
+                        summary.deferred.append(point.point_id)
                     continue
                 if budget_s is not None:
                     est = _estimate(backend, handle, point)
                     if elapsed() + est > budget_s:
-                        summary.deferred.append(point.point_id)
-                        reporter.skipped(point, f"estimated {est:.0f} s does not fit in the time budget")
+                        if pass_ == 1:
+                            summary.deferred.append(point.point_id)
+                            reporter.skipped(point, f"estimated {est:.0f} s does not fit in the time budget")
+                        failed.add(point.point_id)
                         continue
-                if recorded_meanwhile(point):
+                if pass_ == 1 and recorded_meanwhile(point):
+                    failed.add(point.point_id)
                     continue
                 started = clock()
                 try:
@@ -233,11 +250,12 @@ def run_sweep(
                     del exc
                     gc.collect()
                     backend.recover()
-                    write(point, status, {}, msg, started)
+                    write(point, status, {}, msg, started, pass_)
+                    failed.add(point.point_id)
                     if fatal:
                         summary.stopped = "fatal device error"
                     continue
-                write(point, "ok", fields, None, started)
+                write(point, "ok", fields, None, started, pass_)
         finally:
             backend.release(handle)
             del handle
