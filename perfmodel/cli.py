@@ -129,6 +129,10 @@ def predict(
     spec_tokens: Optional[int] = _SPEC_TOKENS,
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
+    host_probe_ms: Optional[float] = typer.Option(
+        None, "--host-probe-ms", help="The host's speed: its probe time in ms (perfmodel host-probe "
+        "times it on the serving host); the profile's host times are scaled to it. Default: the "
+        "host the profile was fitted on."),
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
@@ -144,7 +148,8 @@ def predict(
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
                  pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [],
                  quant=quant, moe_impl=moe_impl, prune_experts=prune_experts, prune_ffn=prune_ffn, spec_draft=spec_draft,
-                 spec_tokens=spec_tokens, spec_accept=spec_accept, spec_accepted_len=spec_accepted_len)
+                 spec_tokens=spec_tokens, spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
+                 host_probe_ms=host_probe_ms)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -227,6 +232,32 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
          "error_band": p.error_band.model_dump() if p.error_band else None,
          "description": p.description} for p in profiles if p.engine == engine]}
         for engine in list_engines()]
+
+
+@app.command("host-probe")
+def host_probe(
+    engine: str = _ENGINE,
+    gpu: str = GPU_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Time this host's probe (a fixed pure-Python loop, ms; best of three), the input
+    --host-probe-ms takes, and the factor it puts on the profile's host times."""
+    from perfmodel.host_speed import host_factor, probe_ms as probe
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+
+    profile = load_profile(engine, load_gpu(gpu).name)
+    ms = probe()
+    ref = profile.latency.host_probe_ref_ms
+    factor = host_factor(profile, ms) if ref is not None else None
+    if as_json:
+        print_json({"host_probe_ms": ms, "profile": profile.name, "reference_probe_ms": ref,
+                    "host_factor": factor})
+    elif factor is None:
+        print(f"host probe {ms:.1f} ms (profile {profile.name} does not take the host's speed)")
+    else:
+        print(f"host probe {ms:.1f} ms; profile {profile.name} was fitted at {ref:.1f} ms: "
+              f"its host times x {factor:.2f} here (--host-probe-ms {ms:.1f})")
 
 
 @app.command("list")

@@ -21,6 +21,7 @@ from perfmodel import codecache
 from perfmodel import symbols as s
 from perfmodel.errors import InputError, SpecError
 from perfmodel.graph import GraphOptions, ModelGraph, build_graph, model_values
+from perfmodel.host_speed import HOST_TIMES, check_probe, host_factor
 from perfmodel.memory import (
     activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
 )
@@ -193,6 +194,7 @@ class Workload:
     quant: str | None = None  # quantization scheme (specs/quantization.yaml); None: from dtype
     moe_impl: str = "fused"  # routed experts: fused block, or a loop over the touched experts
     graph_tokens: int | None = None  # largest CUDA-graph pass (tokens); None: the profile's
+    host_probe_ms: float | None = None  # the host's probe time (ms); None: the profile's host
 
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
@@ -211,6 +213,7 @@ class Workload:
             tokens = self.graph_tokens
             object.__setattr__(self, "graph_tokens",
                                0 if _is_number(tokens) and tokens == 0 else check_count("graph_tokens", tokens))
+        object.__setattr__(self, "host_probe_ms", check_probe(self.host_probe_ms))
 
     @property
     def scheme(self) -> quantization.QuantScheme:
@@ -533,6 +536,8 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     })
     values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
     values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
+    factor = host_factor(profile, w.host_probe_ms)  # the host's times on this host
+    values.update({sym: values[sym] * factor for sym in HOST_TIMES})
     if w.graph_tokens is not None:
         values[s.M_graph] = float(w.graph_tokens)
     return {sym.name: v for sym, v in values.items()}
@@ -808,9 +813,17 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
                        else f"calibrated on {gpu.name}")),
         "peaks": profile.peaks, "options": profile.options.model_dump(),
         "error_band": band, "error_band_scope": band_scope(profile), "error_band_note": band_note,
+        "host": host_record(profile, workload.host_probe_ms),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
                       ops=ops, provenance=provenance, overrides=dict(overrides or {}))
+
+
+def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any]:
+    """The host a prediction is for: its probe time (ms; None: the profile's own host), the
+    profile's reference probe time and the factor its host times were multiplied by."""
+    return {"probe_ms": probe_ms, "reference_probe_ms": profile.latency.host_probe_ref_ms,
+            "factor": host_factor(profile, probe_ms)}
 
 
 def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[str, Any]:
@@ -830,7 +843,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             prune_experts: float | None = None, prune_ffn: float | None = None,
             spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
             spec_accept: float | None = None, spec_accepted_len: float | None = None,
-            graph_tokens: int | None = None) -> Prediction:
+            graph_tokens: int | None = None, host_probe_ms: float | None = None) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
@@ -846,7 +859,10 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     ``spec_tokens`` (γ) and ``spec_accept`` (α) or ``spec_accepted_len`` (τ): speculative
     decoding with a draft model (:mod:`perfmodel.speculative`). ``graph_tokens``: the largest
     pass (tokens) the engine replays from a captured CUDA graph, in place of the profile's
-    ``options.cudagraph_max_tokens`` (0: none).
+    ``options.cudagraph_max_tokens`` (0: none). ``host_probe_ms``: the host's probe time
+    (:func:`perfmodel.host_speed.probe_ms`, ms; ``perfmodel host-probe`` times it): the
+    profile's host times are scaled to that host (:mod:`perfmodel.host_speed`); None: the host
+    the profile was fitted on.
 
     A request whose batch the KV cache does not hold at once (or more sequences than the
     engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
@@ -864,7 +880,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     gpu, engine = check_name("gpu", gpu), check_name("engine", engine)
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
                         tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew,
-                        quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens)
+                        quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens,
+                        host_probe_ms=host_probe_ms)
     check_context(phase, workload.context)
     from perfmodel.speculative import speculative_prediction, speculative_settings
 

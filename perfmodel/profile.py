@@ -101,6 +101,14 @@ class Latency(_Strict):
     link_step_s: NonNegativeFloat | None = Field(
         default=None, description="One collective step; default: the GPU spec's link latency."
     )
+    host_probe_ref_ms: PositiveFloat | None = Field(
+        default=None, description="The host's probe time (ms, perfmodel.host_speed.probe_ms) "
+        "at which the host times above hold; a prediction for a host of another probe time scales "
+        "them (perfmodel.host_speed). None: the host's speed is not an input.")
+    host_speed_exponent: NonNegativeFloat | None = Field(
+        default=None, description="How the engine's host times follow the probe's: they scale as "
+        "(probe / host_probe_ref_ms) ** this (1: in proportion; below 1: part of the engine's host "
+        "work slows less than a pure-Python loop).")
 
 
 class BlockTier(_Strict):

@@ -148,3 +148,7 @@ def print_prediction(p: Prediction, console: Console) -> None:
     console.print(ops)
     console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
                   f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")
+    host = prov.get("host") or {}
+    if host.get("probe_ms") is not None:
+        console.print(f"[dim]host: probe {host['probe_ms']:.1f} ms against the profile's "
+                      f"{host['reference_probe_ms']:.1f} ms: its host times x {host['factor']:.2f}[/dim]")

@@ -87,6 +87,9 @@ t_host_step = sp.Symbol("t_host_step", nonnegative=True)  #: host time of one gr
 t_host_seq = sp.Symbol("t_host_seq", nonnegative=True)  #: host time per sequence of one graph-replayed decode step, s
 t_draft = sp.Symbol("t_draft", nonnegative=True)  #: host time per draft pass (speculative decoding), s
 t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per sync of an eager pass (an expert of a loop), s
+p_host = sp.Symbol("p_host", positive=True)  #: the host's probe time (a fixed pure-Python loop), ms
+p_ref = sp.Symbol("p_ref", positive=True)  #: the probe time at which a profile's host times hold, ms
+alpha_host = sp.Symbol("alpha_host", nonnegative=True)  #: elasticity of the engine's host time to the probe's
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 

@@ -239,11 +239,12 @@ def test_the_fitted_request_time_matches_the_measured_admission_and_large_batche
     assert all(0.3 * per_request < a < per_request for a in admitted)
     large = [r for r in rows if r["batch"] == 1024 and r["input_len"] == 16
              and r["point_id"] not in profile.fit["points"]]  # held out
-    # the models as built, in this process; the OLMoE cut to 1-16 layers (the host's time alone,
-    # two machines) apart, below
+    # the models as built, in this process; the OLMoE cut to 4-16 layers (the host's time alone,
+    # two machines) apart, below (cut to 1 layer, it is the host-speed fit's: not held out)
     built = [r for r in large if not is_variant(r) or r["model"] != "olmoe-1b-7b"]
     cut = [r for r in large if r not in built and not row_engine_process(r)]
-    assert len(built) >= 5 and {r["layers"] for r in cut} >= {1, 4, 8, 16}
+    assert len(built) >= 5 and {r["layers"] for r in cut} >= {4, 8, 16}
+    assert not any(r["layers"] == 1 for r in cut)
     without = _without(tmp_path, "latency", {"request_s": 0.0})
     errors = {}
     for engine in ("vllm", without):

@@ -142,7 +142,7 @@ def _predict_many(rows, profile, gpu_spec):
     for row in rows:
         model = load_model(row["model"], row_overrides(row))
         w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
-                     **model_workload(row))
+                     **model_workload(row, profile))
         m = evaluate(model, gpu_spec, profile, w, "request").metrics
         out.append((m["ttft_s"], m["itl_s"]))
     return np.array(out)

@@ -56,6 +56,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
   serving step traces of the training models' runs that filled ``max_num_seqs``
   (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
+- ``host_probe_ref_ms`` and ``host_speed_exponent``: the host's speed as an input
+  (:mod:`perfmodel.host_speed`). Fitted first, from the rows of a model cut to one layer that
+  recorded the host's probe time (:mod:`perfmodel.calibration.fit_host_speed`); every row with a
+  probe is then predicted at its own host's speed, in the fit as in validation.
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
 on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
@@ -78,6 +82,7 @@ import numpy as np
 from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _compare_with,
                                        _predict_many, _profile, _rows, _sig, held_out_residuals,
                                        one_gpu_rows)
+from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
@@ -232,7 +237,7 @@ def profiled_kernels_s(rows: list[dict[str, Any]], names: list[frozenset[str]], 
     for row, ops_of in zip(rows, names):
         if row["point_id"] not in evaluated:
             w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=row_quant(row),
-                         context=profiled_context(row), **model_workload(row))
+                         context=profiled_context(row), **model_workload(row, profile))
             evaluated[row["point_id"]] = evaluate(load_model(row["model"], row_overrides(row)), gpu_spec,
                                                   profile, w, "decode").ops
         out.append(sum(op["time_s"] for op in evaluated[row["point_id"]] if op["name"] in ops_of))
@@ -405,6 +410,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train)
     every_row = [r for path in (results, what_if_file(results)) if path.exists()
                  for r in read_rows(path, unique=False, warn=False).rows]
+    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row))
+    if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
+        base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
     # a profiled row is a training point: its TTFT and decode step join the end-to-end rows (the
     # only ones of the training models at the uniform routing the model assumes, up to B = 1,024,
@@ -458,7 +466,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                  "engine steps, so E2E minus TTFT need not be O - 1 steps of B sequences (each row's "
                  "engine_itl_ms is the engine's own step); the model describes a batch admitted "
                  "before its first step, as the in-process rows were")
-    fitted += [*draft_points, *piecewise_points]
+    fitted += [*draft_points, *piecewise_points, *host_points]
     # the training points are the rows some parameter was fitted on, and nothing else: a row of a
     # training model that no fit took (e.g. a what-if engine setting) is held out
     stats, base["error_band"] = held_out_residuals(
@@ -489,6 +497,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                        "points": draft_points},
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
         "piecewise_layer": {"points": piecewise_points},
+        **({"host_speed": {**host_speed["record"], "points": host_points}} if host_speed is not None else {}),
         "points": sorted(set(fitted)),
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),

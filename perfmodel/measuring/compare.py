@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from perfmodel.host_speed import row_probe_ms
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.vllm_backend import point_settings, spec_setting
@@ -185,13 +186,18 @@ def row_graph_tokens(row: dict[str, Any]) -> int | None:
     return max(int(x) for x in sizes) if sizes else None
 
 
-def model_workload(row: dict[str, Any]) -> dict[str, Any]:
+def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
-    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP), ``pp``, and the
-    engine's largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`)."""
+    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP), ``pp``, the engine's
+    largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
+    that takes the host's speed as an input, the host's probe time the row measured
+    (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none)."""
     lay = row_layout(row)
-    return {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
-            "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
+    out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
+           "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
+    if profile is not None and profile.latency.host_probe_ref_ms is not None:
+        out["host_probe_ms"] = row_probe_ms(row)
+    return out
 
 
 #: Engine settings every point id carries (after B, S, O) at their default values.
@@ -284,6 +290,10 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     from perfmodel.prediction import decode_regime, predict, prefill_regime
     from perfmodel.specs.model import load_model
 
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+
+    engine_profile = load_profile(engine, load_gpu(gpu).name)
     train = {m.lower() for m in train_models}
     fitted_points = set(train_points)
     wanted = None if models is None else {m.lower() for m in models}
@@ -309,7 +319,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                    layout=layout_label(row))
         speculation = row_speculative(row)
         workload = dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
-                        quant=quant, moe_impl=moe_impl, **model_workload(row), **speculation)
+                        quant=quant, moe_impl=moe_impl, **model_workload(row, engine_profile), **speculation)
         p = predict(spec, **workload)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train

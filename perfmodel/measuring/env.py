@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from perfmodel.host_speed import HOST_PROBE_LOOPS, probe_ms
+
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -115,26 +117,12 @@ def gpu_properties() -> dict[str, Any]:
     }
 
 
-#: Iterations of :func:`host_probe_ms`'s pure-Python loop.
-HOST_PROBE_LOOPS = 200_000
-
-
 def host_probe_ms(loops: int = HOST_PROBE_LOOPS, repeats: int = 3) -> float:
-    """The host's speed now: the best of ``repeats`` timings (ms) of a fixed pure-Python loop of
-    dict and list work (the kind an engine's scheduler and output processing do per sequence).
-    A decode step the host paces takes longer on a slower or busier CPU; on one lent machine a
-    pure-Python loop's time moved 1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``,
-    calls s12d and s12e), so a row records this one's beside its timings."""
-    best = float("inf")
-    for _ in range(max(1, int(repeats))):
-        t0 = time.perf_counter()
-        table: dict[int, list[int]] = {}
-        for i in range(int(loops)):
-            table.setdefault(i & 1023, []).append(i)
-            if len(table[i & 1023]) > 8:
-                table[i & 1023].pop(0)
-        best = min(best, (time.perf_counter() - t0) * 1e3)
-    return best
+    """The host's speed now (:func:`perfmodel.host_speed.probe_ms`). A decode step the host paces
+    takes longer on a slower or busier CPU; on one lent machine a pure-Python loop's time moved
+    1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``, calls s12d and s12e), so
+    a row records this one's beside its timings."""
+    return probe_ms(loops, repeats)
 
 
 def provenance() -> dict[str, Any]:

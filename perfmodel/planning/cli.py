@@ -45,8 +45,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         out["model"] = f["model"]
     if f["set_"]:
         out["set"] = list(f["set_"])
-    for key in ("engine", "prices"):
-        if f[key] is not None:
+    for key in ("engine", "prices", "host_probe_ms"):
+        if f.get(key) is not None:
             out[key] = f[key]
     if f["rate"] is not None:
         sections["traffic"]["rate"] = f["rate"]
@@ -107,6 +107,9 @@ def plan(
     kv_link_gb_s: Optional[float] = typer.Option(None, "--kv-link-gb-s",
                                                  help="KV transfer bandwidth between pools, GB/s per GPU."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
+    host_probe_ms: Optional[float] = typer.Option(None, "--host-probe-ms", help="The serving host's "
+                                                  "probe time, ms (perfmodel host-probe); default: the "
+                                                  "profile's host."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="Price file (default specs/prices.yaml)."),
     requests: Optional[int] = typer.Option(None, "--requests", help="Measured requests per simulation, at most."),
@@ -132,7 +135,7 @@ def plan(
         ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
         max_batched_tokens=max_batched_tokens, disaggregation=disaggregation,
-        kv_link_gb_s=kv_link_gb_s, requests=requests, seed=seed))
+        kv_link_gb_s=kv_link_gb_s, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
     if out is not None and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     with progress_bar() as progress:

@@ -34,7 +34,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     dtype: str = "bf16", max_num_seqs: int = 256, max_batched_tokens: int = 8192,
                     engine: str = "vllm", overrides: list[str] | None = None, requests: int = 400,
                     warmup: int = 100, seed: int = 0, arrivals: Sequence[float] | None = None,
-                    until_s: float | None = None, kv_tokens: int | None = None) -> dict[str, Any]:
+                    until_s: float | None = None, kv_tokens: int | None = None,
+                    host_probe_ms: float | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -55,7 +56,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     ``aborted``, ``output_tokens``, ``window_s``, ``output_tok_s``, ``completion_rate``
     (req/s), ``per_request`` (``submitted_s``, ``ttft_s``, ``e2e_s``, ``output_tokens``),
     ``overload_reason`` and ``until_s``; ``saturation_rate_per_replica`` and ``closed_form`` are
-    the closed form's at the traffic's rate with the same limits.
+    the closed form's at the traffic's rate with the same limits. ``host_probe_ms``: the
+    host's probe time (ms, :mod:`perfmodel.host_speed`); None: the profile's host.
     """
     from pydantic import ValidationError
 
@@ -72,7 +74,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
             search=SearchSpace(gpus=[gpu], dtypes=[dtype], max_num_seqs=[max_num_seqs],
                                max_batched_tokens=max_batched_tokens, disaggregation=False,
                                max_gpus=lay.gpus * replicas),
-            simulation=Simulation(requests=requests, warmup=warmup, seed=seed))
+            simulation=Simulation(requests=requests, warmup=warmup, seed=seed), host_probe_ms=host_probe_ms)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None

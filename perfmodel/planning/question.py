@@ -120,6 +120,9 @@ class PlanQuestion(_Strict):
     slo: SLO = SLO()
     search: Search = Search()
     simulation: Simulation = Simulation()
+    host_probe_ms: Optional[float] = Field(
+        default=None, gt=0, description="The serving host's probe time (ms, `perfmodel host-probe`): "
+        "the profile's host times are scaled to it (perfmodel.host_speed); None: the profile's host.")
 
 
 def parse_length(text: str, flag: str) -> Length:

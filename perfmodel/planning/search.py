@@ -148,7 +148,7 @@ class Search:
         try:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
                                      max_tokens=self.budget, max_seqs=max(self.seqs),
-                                     max_context=self.longest)
+                                     max_context=self.longest, host_probe_ms=self.q.host_probe_ms)
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:

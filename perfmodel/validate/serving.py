@@ -188,8 +188,10 @@ def engine_kv_tokens(row: dict[str, Any]) -> int | None:
 
 
 def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
-    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured."""
+    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, on the host's
+    speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`)."""
     from perfmodel import planning
+    from perfmodel.host_speed import row_probe_ms
     from perfmodel.measuring.compare import row_overrides
 
     engine = row.get("engine") or {}
@@ -204,7 +206,7 @@ def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
         {"rate": offered_rate(row), "input_len": int(row["input_len"]), "output_len": int(row["output_len"])},
         dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=ENGINE,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
-        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row), **kwargs)
+        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row), host_probe_ms=row_probe_ms(row), **kwargs)
 
 
 # --------------------------------------------------------------------------- overload and capacity

@@ -1,0 +1,98 @@
+"""The host's speed as an input: the engine's host times on a faster or slower CPU.
+
+A step the host paces (a graph-replayed decode step of many sequences, a prefill launched from
+the host, an offline call admitting its requests) takes what the host takes, and the host's
+speed is not fixed: on one lent machine a fixed pure-Python loop took 32 ms, then 70 ms seconds
+later, and a host-paced decode step grew with it (``validate/results/h200-vllm-whatif.log``,
+calls s13a–d). :func:`probe_ms` times that loop; every vLLM row
+records it before and after its runs.
+
+A profile's host times (``latency``: ``host_step_s``, ``host_seq_s``, ``eager_layer_s``,
+``eager_step_s``, ``eager_seq_s``, ``piecewise_layer_s``, ``request_s``, ``draft_pass_s``,
+``expert_sync_s``) hold on a host whose probe takes ``latency.host_probe_ref_ms``. On a host
+whose probe takes p_host ms each is multiplied by
+
+    h = (p_host / p_ref) ** α_host
+
+(:data:`HOST_FACTOR`), α_host = ``latency.host_speed_exponent``, fitted on the host-only steps
+(:mod:`perfmodel.calibration.fit_host_speed`). The GPU's times do not change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import cache
+from typing import TYPE_CHECKING, Callable
+
+import sympy as sp
+
+from perfmodel import symbols as s
+from perfmodel.errors import InputError
+
+if TYPE_CHECKING:
+    from perfmodel.profile import EngineProfile
+
+#: The factor a host time is multiplied by on a host whose probe takes p_host ms.
+HOST_FACTOR: sp.Expr = (s.p_host / s.p_ref) ** s.alpha_host
+
+#: The symbols of host time the factor multiplies (s each).
+HOST_TIMES: tuple[sp.Symbol, ...] = (
+    s.t_host_step, s.t_host_seq, s.t_eager_layer, s.t_eager_step, s.t_eager_seq, s.t_piece_layer,
+    s.t_req, s.t_draft, s.t_sync,
+)
+
+
+#: Iterations of :func:`probe_ms`'s pure-Python loop.
+HOST_PROBE_LOOPS = 200_000
+
+
+def probe_ms(loops: int = HOST_PROBE_LOOPS, repeats: int = 3) -> float:
+    """The host's speed now: the best of ``repeats`` timings (ms) of a fixed pure-Python loop of
+    dict and list work (the kind an engine's scheduler and output processing do per sequence)."""
+    best = float("inf")
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        table: dict[int, list[int]] = {}
+        for i in range(int(loops)):
+            table.setdefault(i & 1023, []).append(i)
+            if len(table[i & 1023]) > 8:
+                table[i & 1023].pop(0)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
+
+
+@cache
+def _factor() -> Callable[[float, float, float], float]:
+    return sp.lambdify((s.p_host, s.p_ref, s.alpha_host), HOST_FACTOR, "math")
+
+
+def check_probe(value: float | None) -> float | None:
+    """A host probe time (ms) as a float, or None; InputError on anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"host_probe_ms must be a positive number of milliseconds, got {value!r}")
+    return float(value)
+
+
+def host_factor(profile: EngineProfile, probe_ms: float | None) -> float:
+    """:data:`HOST_FACTOR` for a host whose probe takes ``probe_ms`` under ``profile`` (1.0 for
+    None: the host the profile was fitted on). InputError when the profile has no reference."""
+    if probe_ms is None:
+        return 1.0
+    ref, alpha = profile.latency.host_probe_ref_ms, profile.latency.host_speed_exponent
+    if ref is None or alpha is None:
+        raise InputError(f"profile '{profile.name}' has no host-speed fit (latency.host_probe_ref_ms "
+                         "and host_speed_exponent): drop the host probe time")
+    return float(_factor()(probe_ms, ref, alpha))
+
+
+def row_probe_ms(row: dict) -> float | None:
+    """A measured row's host probe time (ms): the mean of those taken before and after its runs
+    (``host_probe_ms``), None when it has none."""
+    probes = row.get("host_probe_ms")
+    if not isinstance(probes, list) or not probes:
+        return None
+    values = [float(p) for p in probes if isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0]
+    return sum(values) / len(values) if values else None
