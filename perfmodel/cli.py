@@ -104,6 +104,12 @@ def _main(
     """Symbolic, calibrated performance model of MoE LLM inference."""
 
 
+_HOST_PROBE = typer.Option(
+    None, "--host-probe-ms", help="The host's speed: its probe time in ms (perfmodel host-probe "
+    "times it on the serving host); the profile's host times are scaled to it. Default: the "
+    "host the profile was fitted on.")
+
+
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
@@ -129,10 +135,7 @@ def predict(
     spec_tokens: Optional[int] = _SPEC_TOKENS,
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
-    host_probe_ms: Optional[float] = typer.Option(
-        None, "--host-probe-ms", help="The host's speed: its probe time in ms (perfmodel host-probe "
-        "times it on the serving host); the profile's host times are scaled to it. Default: the "
-        "host the profile was fitted on."),
+    host_probe_ms: Optional[float] = _HOST_PROBE,
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
@@ -283,7 +286,7 @@ def sweep(
     model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
     grid: List[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (repeatable, each KEY once)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU name or alias (default h200-sxm)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default roofline)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
     phase: PhaseName = typer.Option(PhaseName.request, "--phase"),
     batch: Optional[int] = typer.Option(None, "--batch", "-b", help="B (default 1)."),
     input_len: Optional[int] = typer.Option(None, "--input-len", "-s", help="S (default 128)."),
@@ -304,6 +307,7 @@ def sweep(
     spec_tokens: Optional[int] = _SPEC_TOKENS,
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
+    host_probe_ms: Optional[float] = _HOST_PROBE,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
@@ -325,7 +329,7 @@ def sweep(
                                    prune_experts=prune_experts,
                                    prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens,
                                    spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
-                                   ).items() if v is not None}
+                                   host_probe_ms=host_probe_ms).items() if v is not None}
     if csv is not None and not csv.parent.is_dir():
         raise InputError(f"cannot write {csv}: folder '{csv.parent}' does not exist")
     overrides = check_overrides(set_ or [])

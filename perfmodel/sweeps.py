@@ -62,7 +62,7 @@ MODEL_KEYS = tuple(k for k in GRID_SYMBOLS if k not in WORKLOAD_KEYS)
 CATEGORICAL = ("gpu", "engine", "dtype", "kv_dtype", "quant", "moe_impl", "spec_draft")
 #: Workload fields a sweep takes as fixed keyword arguments.
 FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dtype", "kv_dtype", "skew",
-              "quant", "moe_impl")
+              "quant", "moe_impl", "host_probe_ms")
 #: What-if options a sweep takes as fixed keyword arguments (pruning, speculative decoding).
 WHATIF_KEYS = (*PRUNE_KEYS, *SPEC_KEYS)
 #: Largest grid (combinations, before invalid ones are dropped) a sweep builds by default: a

@@ -158,3 +158,16 @@ def test_planning_takes_the_hosts_speed():
     assert q.host_probe_ms == 70
     with pytest.raises(Exception, match="greater than 0"):
         PlanQuestion(model="olmoe", traffic={"rate": 1, "input_len": 128, "output_len": 16}, host_probe_ms=0)
+
+
+def test_a_sweep_takes_the_host_speed_as_predict_does():
+    from perfmodel.sweeps import sweep
+
+    probe = 1.5 * _vllm().latency.host_probe_ref_ms
+    table = sweep("olmoe", {"batch": [16, 1024]}, engine="vllm", input_len=16, output_len=64,
+                  host_probe_ms=probe)
+    for batch, itl in zip(table["batch"], table["itl_s"]):
+        one = predict("olmoe", engine="vllm", batch=int(batch), input_len=16, output_len=64, host_probe_ms=probe)
+        assert itl == pytest.approx(one.metrics["itl_s"], rel=1e-9)
+    base = sweep("olmoe", {"batch": [1024]}, engine="vllm", input_len=16, output_len=64)
+    assert table["itl_s"].iloc[-1] > base["itl_s"].iloc[0]
