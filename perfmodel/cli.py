@@ -241,17 +241,28 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
 def host_probe(
     engine: str = _ENGINE,
     gpu: str = GPU_OPTION,
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time the probe back to back for "
+                                            "this long and describe its spread (the slow state, how "
+                                            "long it lasts, whether cores switch together)."),
+    workers: int = typer.Option(1, "--workers", help="With --seconds: processes timing it at once."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --seconds: write every sample here (JSON)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Time this host's probe (a fixed pure-Python loop, ms; best of three), the input
-    --host-probe-ms takes, and the factor it puts on the profile's host times."""
+    --host-probe-ms takes, and the factor it puts on the profile's host times; with --seconds,
+    its spread over time."""
     from perfmodel.host_speed import host_factor, probe_ms as probe
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
 
     profile = load_profile(engine, load_gpu(gpu).name)
-    ms = probe()
     ref = profile.latency.host_probe_ref_ms
+    if seconds is not None:
+        _host_trace(seconds, workers, out, profile, as_json)
+        return
+    if out is not None or workers != 1:
+        raise InputError("--workers and --out apply with --seconds")
+    ms = probe()
     factor = host_factor(profile, ms) if ref is not None else None
     if as_json:
         print_json({"host_probe_ms": ms, "profile": profile.name, "reference_probe_ms": ref,
@@ -261,6 +272,39 @@ def host_probe(
     else:
         print(f"host probe {ms:.1f} ms; profile {profile.name} was fitted at {ref:.1f} ms: "
               f"its host times x {factor:.2f} here (--host-probe-ms {ms:.1f})")
+
+
+def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_json: bool) -> None:
+    """``host-probe --seconds``: the trace's summary (and every sample in ``out``)."""
+    import json
+
+    from perfmodel.host_speed import host_factor
+    from perfmodel.host_trace import as_rows, summarize, trace
+
+    if out is not None and not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder '{out.parent}' does not exist")
+    samples = trace(seconds, workers)
+    summary = summarize(samples)
+    if profile.latency.host_probe_ref_ms is not None:
+        summary["host_factor"] = {k: round(host_factor(profile, summary["probe_ms"][k]), 3)
+                                  for k in ("p10", "p50", "p90")}
+    if out is not None:
+        out.write_text(json.dumps({"summary": summary, "samples": as_rows(samples)}) + "\n")
+    if as_json:
+        print_json(summary)
+        return
+    p = summary["probe_ms"]
+    runs = summary["slow_runs_s"]
+    print(f"{summary['samples']} samples over {summary['seconds']} s in {summary['workers']} process(es): "
+          f"probe p10 {p['p10']:.1f} / p50 {p['p50']:.1f} / p90 {p['p90']:.1f} ms")
+    print(f"slow (>= {summary['slow_threshold_ms']:.1f} ms) {summary['slow_share']:.0%} of samples, "
+          f"{runs['count']} runs (median {runs['median']} s, longest {runs['longest']} s), "
+          f"{summary['switches_per_minute']} switches per minute"
+          + (f"; processes agree {summary['workers_agree']:.0%} of the time" if summary["workers_agree"] is not None else ""))
+    if "host_factor" in summary:
+        f = summary["host_factor"]
+        print(f"host times x {f['p10']:.2f} / {f['p50']:.2f} / {f['p90']:.2f} at p10 / p50 / p90 "
+              f"(profile {profile.name}, reference {profile.latency.host_probe_ref_ms:.1f} ms)")
 
 
 @app.command("list")
