@@ -4,8 +4,8 @@ A step the host paces (a graph-replayed decode step of many sequences, a prefill
 the host, an offline call admitting its requests) takes what the host takes, and the host's
 speed is not fixed: on one lent machine a fixed pure-Python loop took 32 ms, then 70 ms seconds
 later, and a host-paced decode step grew with it (``validate/results/h200-vllm-whatif.log``,
-calls s13a–d). :func:`probe_ms` times that loop; every vLLM row
-records it before and after its runs.
+calls s13a–d). :func:`probe_ms` times that loop; every vLLM row records it before and after
+its runs.
 
 A profile's host times (``latency``: ``host_step_s``, ``host_seq_s``, ``eager_layer_s``,
 ``eager_step_s``, ``eager_seq_s``, ``piecewise_layer_s``, ``request_s``, ``draft_pass_s``,
@@ -21,6 +21,7 @@ whose probe takes p_host ms each is multiplied by
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from functools import cache
 from typing import TYPE_CHECKING, Callable
@@ -71,21 +72,21 @@ def check_probe(value: float | None) -> float | None:
     """A host probe time (ms) as a float, or None; InputError on anything else."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise InputError(f"host_probe_ms must be a positive number of milliseconds, got {value!r}")
     return float(value)
 
 
-def host_factor(profile: EngineProfile, probe_ms: float | None) -> float:
-    """:data:`HOST_FACTOR` for a host whose probe takes ``probe_ms`` under ``profile`` (1.0 for
+def host_factor(profile: EngineProfile, probe: float | None) -> float:
+    """:data:`HOST_FACTOR` for a host whose probe takes ``probe`` ms under ``profile`` (1.0 for
     None: the host the profile was fitted on). InputError when the profile has no reference."""
-    if probe_ms is None:
+    if probe is None:
         return 1.0
     ref, alpha = profile.latency.host_probe_ref_ms, profile.latency.host_speed_exponent
     if ref is None or alpha is None:
         raise InputError(f"profile '{profile.name}' has no host-speed fit (latency.host_probe_ref_ms "
                          "and host_speed_exponent): drop the host probe time")
-    return float(_factor()(probe_ms, ref, alpha))
+    return float(_factor()(probe, ref, alpha))
 
 
 def row_probe_ms(row: dict) -> float | None:

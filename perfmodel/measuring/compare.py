@@ -288,10 +288,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     import pandas as pd
 
     from perfmodel.prediction import decode_regime, predict, prefill_regime
-    from perfmodel.specs.model import load_model
-
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
 
     engine_profile = load_profile(engine, load_gpu(gpu).name)
     train = {m.lower() for m in train_models}

@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import subprocess
-import time
 from functools import cache
 from importlib import metadata
 from pathlib import Path

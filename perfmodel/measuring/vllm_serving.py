@@ -64,7 +64,6 @@ import asyncio
 import dataclasses
 import datetime as _dt
 import inspect
-import json
 import logging
 import math
 import os
