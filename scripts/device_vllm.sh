@@ -21,7 +21,8 @@
 # default: the engine core in a process of its own beside the tp*pp workers), the way vLLM runs
 # multi-GPU engines; one-GPU entries keep vllm_setup.sh's in-process engine core, as the committed
 # rows were measured, unless their extra flags hold --engine-process (point ids gain mp=1).
-# Rows go to one file and resume by point id: to repeat an entry, give the call another OUT.
+# Rows go to one file and resume by point id: to repeat an entry, give the call another OUT, or
+# give the entry --passes N (each point measured N times over, in turn, on its one engine).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
