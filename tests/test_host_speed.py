@@ -171,3 +171,17 @@ def test_a_sweep_takes_the_host_speed_as_predict_does():
         assert itl == pytest.approx(one.metrics["itl_s"], rel=1e-9)
     base = sweep("olmoe", {"batch": [1024]}, engine="vllm", input_len=16, output_len=64)
     assert table["itl_s"].iloc[-1] > base["itl_s"].iloc[0]
+
+
+def test_a_plan_says_which_host_it_was_scaled_to():
+    from perfmodel.planning.answer import answer
+    from perfmodel.planning.question import PlanQuestion
+    from perfmodel.planning.search import run_search
+
+    q = PlanQuestion(model="olmoe", traffic={"rate": 2, "input_len": 256, "output_len": 32},
+                     slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"gpus": ["h200"], "max_gpus": 1},
+                     simulation={"requests": 60, "warmup": 20}, host_probe_ms=80.0)
+    data = answer(run_search(q), sweep=False)
+    assert data["profile"][0]["host"]["probe_ms"] == 80.0
+    assert data["profile"][0]["host"]["factor"] == pytest.approx(host_factor(_vllm(), 80.0))
+    assert any("host probe of 80.0 ms" in c for c in data["caveats"])

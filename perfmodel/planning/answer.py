@@ -79,13 +79,15 @@ def frontiers(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
     """The engine profile each pool's step times stand on, with its error band (from a
-    request prediction at the pool's mean batch)."""
+    request prediction at the pool's mean batch) and the host it was scaled to (``host``:
+    :func:`perfmodel.prediction.host_record`)."""
     out = []
     for pool, setup in zip(ev.pools, ev.setups):
         batch = max(1, round(ev.details.get("mean_batch") or 1))
         t = pool.engine.layout
         w = Workload(batch=batch, input_len=max(1, round(plan.mean_in)), output_len=max(2, round(plan.mean_out)),
-                     tp=t.tp, ep=t.ep, pp=t.pp, dtype=pool.engine.dtype)
+                     tp=t.tp, ep=t.ep, pp=t.pp, dtype=pool.engine.dtype,
+                     host_probe_ms=plan.question.host_probe_ms)
         pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
         prov = pred.provenance
         out.append({"pool": "prefill" if ev.kind == "disaggregated" and not out else
@@ -94,6 +96,7 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "fitted_on": setup.profile.gpu, "calibrated": prov["calibrated"],
                     "transfer": prov["transfer"], "note": prov["note"],
                     "error_band": prov["error_band"], "error_band_note": prov["error_band_note"],
+                    "host": prov["host"],
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
                     "graph_tokens": int(setup.steps.graph_tokens) if setup.steps else None})
@@ -113,6 +116,10 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                    "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
     for p in prov:
         out.append(f"{p['gpu']}: {p['note']}; {p['error_band_note']}.")
+        host = p.get("host") or {}
+        if host.get("probe_ms") is not None:
+            out.append(f"{p['gpu']}: the host's times scaled x {host['factor']:.2f} to a host probe of "
+                       f"{host['probe_ms']:.1f} ms (the profile's host: {host['reference_probe_ms']:.1f} ms).")
         if p.get("prefill_step_floor_s") and p["pool"] == "all":
             graph = p.get("graph_tokens") or 0
             beyond = f" and more than {graph:,} tokens (the largest captured CUDA graph)" if graph else ""
