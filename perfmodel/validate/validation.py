@@ -61,7 +61,21 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         "train_models": list(fit.get("train_models", [])),
         "held_out_models": list(fit.get("held_out_models", [])),
         **({"vllm": first["vllm"]} if first.get("vllm") else {}),
+        **_host_speed(ok, profile),
     }
+
+
+def _host_speed(rows: list[dict[str, Any]], profile) -> dict[str, str]:
+    """The source line saying which rows were predicted at the host's speed they recorded."""
+    from perfmodel.host_speed import row_probe_ms
+
+    ref, alpha = profile.latency.host_probe_ref_ms, profile.latency.host_speed_exponent
+    probed = sum(row_probe_ms(r) is not None for r in rows)
+    if ref is None or not probed:
+        return {}
+    return {"host_speed": (f"{probed} of {len(rows)} rows predicted at the host probe time they recorded "
+                           f"(host times x (probe / {ref:g} ms)^{alpha:g}, perfmodel.host_speed); "
+                           "the others at the profile's host")}
 
 
 def _check_report_folder(out_dir: Path) -> None:
