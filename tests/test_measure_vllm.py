@@ -206,7 +206,7 @@ def test_engine_process_refusals_are_one_line(args, message, capsys):
 
 
 def test_the_host_probe_times_a_fixed_python_loop():
-    from perfmodel.measuring.env import host_probe_ms
+    from perfmodel.host_speed import probe_ms as host_probe_ms
 
     small, large = host_probe_ms(loops=20_000), host_probe_ms(loops=200_000)
     assert 0 < small < large  # ten times the loop takes longer

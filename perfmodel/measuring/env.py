@@ -21,8 +21,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from perfmodel.host_speed import HOST_PROBE_LOOPS, probe_ms
-
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -114,14 +112,6 @@ def gpu_properties() -> dict[str, Any]:
         "gpu_l2_bytes": int(getattr(p, "L2_cache_size", 0)) or None,
         "gpu_capability": f"{p.major}.{p.minor}",
     }
-
-
-def host_probe_ms(loops: int = HOST_PROBE_LOOPS, repeats: int = 3) -> float:
-    """The host's speed now (:func:`perfmodel.host_speed.probe_ms`). A decode step the host paces
-    takes longer on a slower or busier CPU; on one lent machine a pure-Python loop's time moved
-    1.7-fold within minutes (``validate/results/h200-vllm-whatif.log``, calls s12d and s12e), so
-    a row records this one's beside its timings."""
-    return probe_ms(loops, repeats)
 
 
 def provenance() -> dict[str, Any]:

@@ -51,6 +51,7 @@ from typing import Any
 
 from perfmodel.specs.families import FAMILIES, family
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
+from perfmodel.host_speed import probe_ms
 from perfmodel.measuring import env
 from perfmodel.measuring.points import SweepPoint
 
@@ -475,7 +476,7 @@ class VLLMBackend:
             outs = llm.generate(prompts, params, use_tqdm=False)
             return (time.perf_counter() - t) * 1e3, outs
 
-        probes = [env.host_probe_ms()]  # the host's speed, before and after the timed runs
+        probes = [probe_ms()]  # the host's speed, before and after the timed runs
         run(1)  # warm-up: prefill shape (fused-MoE JIT, chunking)
         if o > 1:
             run(min(o, 16))  # warm-up: decode at this batch
@@ -492,7 +493,7 @@ class VLLMBackend:
             engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
         extra = spec_fields(counted, spec_counters(llm)) if spec else {}
-        probes.append(env.host_probe_ms())
+        probes.append(probe_ms())
         if self.profile:  # after the timed runs: the profiler slows the host, not the kernels
             extra.update(self.kernel_profiles(lambda n: run(n)[1], o))
         ttft = statistics.median(ttfts)
