@@ -45,7 +45,9 @@ def load_traced_runs(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 def step_tables(row: dict[str, Any], profile, gpu: str):
     """The model's step tables for a serving row's model, token budget, sequence limit and
-    lengths, on one ``gpu`` with ``profile`` (an :class:`perfmodel.profile.EngineProfile`)."""
+    lengths, on one ``gpu`` with ``profile`` (an :class:`perfmodel.profile.EngineProfile`), at the
+    host's speed the row measured where the profile takes it (:mod:`perfmodel.host_speed`)."""
+    from perfmodel.host_speed import row_probe_ms
     from perfmodel.measuring.compare import row_overrides
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
@@ -55,7 +57,9 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
     return build_step_times(load_model(row["model"], row_overrides(row)), load_gpu(gpu), profile, "bf16",
                             Layout(1, 1, 1), max_tokens=int(row["engine"]["max_num_batched_tokens"]),
                             max_seqs=int(row["max_num_seqs"]),
-                            max_context=int(row["input_len"]) + int(row["output_len"]))
+                            max_context=int(row["input_len"]) + int(row["output_len"]),
+                            host_probe_ms=(row_probe_ms(row) if profile.latency.host_probe_ref_ms is not None
+                                           else None))
 
 
 def _context(row: dict[str, Any]) -> float:
