@@ -91,9 +91,9 @@ def summarize(samples: list[list[tuple[float, float]]]) -> dict[str, Any]:
         runs += _runs(slow, t)
         switches += int(np.count_nonzero(np.diff(slow.astype(int)))) if len(slow) > 1 else 0
         span = max(span, float(t[-1]) if len(t) else 0.0)
-        for b in np.unique((t // BIN_S).astype(int)):
-            inside = slow[(t // BIN_S).astype(int) == b]
-            bins.setdefault(int(b), []).append(bool(inside.mean() >= 0.5))
+        which = (t // BIN_S).astype(int)  # each sample's time bin
+        for b in np.unique(which):
+            bins.setdefault(int(b), []).append(bool(slow[which == b].mean() >= 0.5))
     shared = [states for states in bins.values() if len(states) == len(samples)]
     agree = (sum(len(set(s)) == 1 for s in shared) / len(shared)) if shared and len(samples) > 1 else None
     return {
