@@ -16,9 +16,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
-import click
 import typer
 
+from perfmodel.click_errors import ABORT, EXIT, USAGE_ERRORS
 from perfmodel.errors import InputError, PerfModelError
 from perfmodel.profile import DEFAULT_ENGINE
 
@@ -423,22 +423,15 @@ def _records(table) -> list[dict[str, Any]]:
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
-#: Recent typer ships its own copy of click and raises that copy's exceptions (subclasses of
-#: typer.TyperException); older typer raises click's. Catch both.
-_EXIT = (click.exceptions.Exit, typer.Exit)
-_ABORT = (click.exceptions.Abort, typer.Abort)
-_CLICK_ERRORS = (click.exceptions.ClickException, getattr(typer, "TyperException", click.exceptions.ClickException))
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; any bad input becomes one line on stderr and exit code 2."""
     try:
         app(args=argv, prog_name="perfmodel", standalone_mode=False)
-    except _EXIT as exc:
+    except EXIT as exc:
         sys.exit(exc.exit_code)
-    except _CLICK_ERRORS as exc:  # usage errors; no arguments at all (help already printed)
+    except USAGE_ERRORS as exc:  # usage errors; no arguments at all (help already printed)
         _fail(exc.format_message() or "missing command (see 'perfmodel --help')")
-    except _ABORT:
+    except ABORT:
         _fail("aborted", code=130)
     except PerfModelError as exc:
         _fail(str(exc))

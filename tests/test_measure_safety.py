@@ -374,3 +374,14 @@ def test_validate_out_that_is_a_file(tmp_path, capsys):
     err = _cli(["validate", "olmoe", "--out", str(report / "sub")], capsys)
     assert err == f"perfmodel: error: --out {report / 'sub'} lies under {report}, a file; the report folder must be a folder"
     assert report.read_text() == "keep me"
+
+
+def test_measure_module_unknown_option_is_one_line(tmp_path, capsys):
+    """The device scripts call the module directly: a mistyped flag is one line and exit 2."""
+    from perfmodel.measuring.measure import main as measure_main
+
+    assert measure_main(["olmoe", "--quant", "fp8", "--out", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: No such option: --quant") and "\n" not in err
+    assert "--quantization" in err  # the option it meant
+    assert not (tmp_path / "r.jsonl").exists()

@@ -12,8 +12,7 @@ from perfmodel.errors import PerfModelError
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
-
+    from perfmodel.click_errors import ABORT, EXIT, USAGE_ERRORS
     from perfmodel.measuring.cli import app
 
     try:
@@ -21,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     except PerfModelError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
+    except EXIT as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except USAGE_ERRORS as exc:
+        line = " ".join(part.strip() for part in exc.format_message().splitlines() if part.strip())
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    except ABORT:
         return 130
     return rc if isinstance(rc, int) else 0
 
