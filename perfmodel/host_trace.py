@@ -5,7 +5,10 @@ speed switches within seconds (the lent H200 machines do: 32–37 ms, then 64–
 described by how its probe times spread, how long each state lasts, and whether every core
 switches together. :func:`trace` times a tenth of the probe's loop back to back for a while in
 ``workers`` processes started together, each sample scaled to the full probe (ms);
-:func:`summarize` reads the trace. Units: seconds for times, ms (probe-equivalent) for samples.
+:func:`summarize` reads the trace. :class:`RunSampler` samples the host in a process of its own
+while something else runs (a serving rate), a sample every :data:`RUN_SAMPLE_EVERY_S`, and
+:func:`run_summary` reads it: the mean of its samples is the host's probe time averaged over
+the work done during the run. Units: seconds for times, ms (probe-equivalent) for samples.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,9 @@ SAMPLE_LOOPS = HOST_PROBE_LOOPS // 10
 SLOW_RATIO = 1.5
 #: Width (s) of the time bins in which the workers' states are compared.
 BIN_S = 0.5
+#: How often :class:`RunSampler` starts a sample (s): one of 3–8 ms every 25 ms keeps the core
+#: it runs on about a quarter busy, beside the engine it measures.
+RUN_SAMPLE_EVERY_S = 0.025
 
 
 def _worker(seconds: float, start_at: float, loops: int) -> list[tuple[float, float]]:
@@ -54,6 +61,78 @@ def trace(seconds: float, workers: int = 1, loops: int = SAMPLE_LOOPS) -> list[l
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_worker, float(seconds), start_at, loops) for _ in range(workers)]
         return [f.result() for f in futures]
+
+
+def _sample_until_stopped(conn: Connection, every_s: float, loops: int) -> None:
+    """The sampler process: a sample every ``every_s`` until the parent sends anything, then
+    send back the samples (s since the start, probe-equivalent ms)."""
+    scale = HOST_PROBE_LOOPS / loops
+    start = time.time()
+    out: list[tuple[float, float]] = []
+    conn.send("ready")
+    while not conn.poll():
+        t0 = time.time()
+        out.append((t0 - start, probe_ms(loops, repeats=1) * scale))
+        time.sleep(max(0.0, every_s - (time.time() - t0)))
+    conn.recv()
+    conn.send(out)
+    conn.close()
+
+
+class RunSampler:
+    """Samples the host's speed in a process of its own while the ``with`` block runs;
+    ``samples`` holds them afterwards ([] when the sampler could not start or answer)."""
+
+    def __init__(self, every_s: float = RUN_SAMPLE_EVERY_S, loops: int = SAMPLE_LOOPS,
+                 start_timeout_s: float = 30.0):
+        self.every_s, self.loops, self.start_timeout_s = every_s, loops, start_timeout_s
+        self.samples: list[tuple[float, float]] = []
+        self._conn: Connection | None = None
+        self._proc = None
+
+    def __enter__(self) -> "RunSampler":
+        ctx = get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_sample_until_stopped, args=(child, self.every_s, self.loops), daemon=True)
+        self._proc.start()
+        child.close()
+        if not (self._conn.poll(self.start_timeout_s) and self._conn.recv() == "ready"):
+            self._stop()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(10.0):
+                    self.samples = list(self._conn.recv())
+            except (OSError, EOFError):
+                self.samples = []
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=5.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc = None
+
+
+def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
+    """The host's speed over a run from :class:`RunSampler`'s samples: ``mean_ms`` (the probe
+    time averaged over the work done: each sample is the same work), p10/p50/p90 (ms), the slow
+    state's share of the samples (≥ :data:`SLOW_RATIO` × p10), their count and span (s); None
+    without samples."""
+    if not samples:
+        return None
+    ms = np.array([m for _, m in samples], dtype=float)
+    p10, p50, p90 = (float(np.percentile(ms, q)) for q in (10, 50, 90))
+    return {"mean_ms": round(float(ms.mean()), 3), "p10_ms": round(p10, 3), "p50_ms": round(p50, 3),
+            "p90_ms": round(p90, 3), "slow_share": round(float((ms >= SLOW_RATIO * p10).mean()), 3),
+            "samples": int(len(ms)), "seconds": round(float(samples[-1][0]), 1)}
 
 
 def _runs(flags: np.ndarray, times: np.ndarray) -> list[float]:

@@ -100,17 +100,23 @@ def test_the_fit_recovers_a_known_exponent_from_host_only_rows():
     # rows the fit leaves alone: a full model, a host that changed speed within the point
     rows += [_row(256, 40.0, 99.0, layers=None), _row(256, 30.0, 99.0, spread=2.0)]
     assert len(host_only_rows(rows)) == 18
-    values, points = fit_host_speed(rows)
+    # a held-out model's rows and a variant's: they do not move the reference
+    held_out = [{**_row(256, 90.0, 9.0, layers=None), "model": "qwen3-30b-a3b"} for _ in range(30)]
+    variant = [{**_row(256, 95.0, 9.0, layers=None), "overrides": {"num_experts": 32}} for _ in range(30)]
+    values, points = fit_host_speed(rows + held_out + variant, train=("olmoe-1b-7b",))
     assert values["host_speed_exponent"] == pytest.approx(0.6, abs=0.03)
-    probes = sorted(row_probe_ms(r) for r in rows)
+    reference = rows[:-1]  # the host-only rows and the full OLMoE row, not the unsteady 1-layer one
+    probes = sorted(row_probe_ms(r) for r in reference)
     assert values["host_probe_ref_ms"] == pytest.approx(float(np.median(probes)), rel=1e-3)
+    assert values["record"]["reference_rows"] == len(reference)
     assert values["record"]["mape_pct"]["with_probe"] < values["record"]["mape_pct"]["without_probe"]
     assert len(points) == 3  # one point id per batch, every pass of it
 
 
 def test_too_few_host_only_rows_fit_nothing():
-    assert fit_host_speed([_row(16, 40.0, 2.0), _row(256, 40.0, 6.0)]) == (None, [])
-    assert fit_host_speed([_row(16, 30.0 + i, 2.0) for i in range(8)]) == (None, [])  # one batch
+    train = ("olmoe-1b-7b",)
+    assert fit_host_speed([_row(16, 40.0, 2.0), _row(256, 40.0, 6.0)], train) == (None, [])
+    assert fit_host_speed([_row(16, 30.0 + i, 2.0) for i in range(8)], train) == (None, [])  # one batch
 
 
 def test_a_measured_row_is_predicted_at_its_hosts_speed():
@@ -185,3 +191,36 @@ def test_a_plan_says_which_host_it_was_scaled_to():
     assert data["profile"][0]["host"]["probe_ms"] == 80.0
     assert data["profile"][0]["host"]["factor"] == pytest.approx(host_factor(_vllm(), 80.0))
     assert any("host probe of 80.0 ms" in c for c in data["caveats"])
+
+
+def test_a_run_sampler_samples_the_host_while_the_block_runs():
+    import time
+
+    from perfmodel.host_trace import RunSampler, run_summary
+
+    with RunSampler(every_s=0.01) as sampler:
+        time.sleep(0.5)
+    samples = sampler.samples
+    assert len(samples) >= 5
+    assert all(b[0] > a[0] for a, b in zip(samples, samples[1:]))  # in time order
+    summary = run_summary(samples)
+    assert summary["samples"] == len(samples) and summary["p10_ms"] <= summary["p50_ms"] <= summary["p90_ms"]
+    assert summary["mean_ms"] == pytest.approx(float(np.mean([m for _, m in samples])), abs=1e-3)
+    assert run_summary([]) is None
+
+
+def test_run_summary_reads_the_slow_state_and_the_mean_over_the_work():
+    from perfmodel.host_trace import run_summary
+
+    samples = [(0.025 * i, 70.0 if i % 4 == 0 else 35.0) for i in range(40)]
+    summary = run_summary(samples)
+    assert summary["slow_share"] == pytest.approx(0.25)
+    assert summary["mean_ms"] == pytest.approx(0.25 * 70 + 0.75 * 35)
+
+
+def test_a_rows_run_mean_wins_over_its_before_and_after_probes():
+    row = {"host_probe_ms": [30.0, 50.0], "host_run": {"mean_ms": 61.5}}
+    assert row_probe_ms(row) == 61.5
+    assert row_probe_ms({**row, "host_run": None}) == 40.0
+    assert row_probe_ms({**row, "host_run": {"mean_ms": -1}}) == 40.0
+    assert row_probe_ms({"host_run": {"mean_ms": 45.0}}) == 45.0

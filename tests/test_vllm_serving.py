@@ -328,6 +328,8 @@ def test_measured_percentiles_match_the_hand_computed_queue(tmp_path, monkeypatc
             assert row[f"tpot_p{q}_ms"] == pytest.approx(1e3 * TOKEN_S, abs=1e-3)
         assert row["output_tokens"] == N * O and row["multi_token_outputs"] == 0
         assert row["achieved_rate"] == pytest.approx((N - 1) / arrivals[-1])
+        # the host's speed: probed before and after the rate, sampled all through it
+        assert len(row["host_probe_ms"]) == 2 and row["host_run"]["samples"] >= 1 and row["host_run"]["mean_ms"] > 0
         finish = np.sort(np.array(arrivals) + e2e)
         assert row["completion_rate"] == pytest.approx((N - 1) / (finish[-1] - finish[0]))
         window = max(np.array(arrivals) + e2e)

@@ -173,6 +173,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "ttft_first_ms": _OPT_NUM,
     "pass": _OPT_INT,
     "host_probe_ms": _OPT_LIST,
+    "host_run": _OPT_DICT,
 }
 
 #: Keys of each entry of ``decode_samples``.

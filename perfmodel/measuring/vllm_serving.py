@@ -50,7 +50,8 @@ engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, `
 ``multi_token_outputs``, ``engine_itl_ms`` / ``engine_ttft_ms`` (the engine's own timestamps,
 where it reports them), ``warmup_s``, ``per_request`` (columns ``arrival_s``, ``submitted_s``,
 ``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``, ``host_probe_ms`` (the host's speed before
-and after the rate, :func:`perfmodel.host_speed.probe_ms`), and, where this vLLM describes its
+and after the rate, :func:`perfmodel.host_speed.probe_ms`), ``host_run`` (the host's speed sampled
+in a process of its own all through the rate, :func:`perfmodel.host_trace.run_summary`), and, where this vLLM describes its
 iterations, ``engine_steps`` (:func:`perfmodel.measuring.vllm_steps.step_summary`: the busy steps'
 durations, mixed and decode-only apart) with every step of the rate in ``<rows>-steps.jsonl``
 beside the rows (:func:`trace_path`), and the client's output times of every
@@ -676,6 +677,7 @@ async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: 
 async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
                    log: Callable[[str], None], clock: Callable[[], float]) -> ServingSummary:
     from perfmodel.host_speed import probe_ms
+    from perfmodel.host_trace import RunSampler, run_summary
     from perfmodel.measuring import env
     from perfmodel.measuring.vllm_backend import make_requests
 
@@ -752,12 +754,14 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
                 break
             t_rate = clock()
             written: dict[str, dict[str, Any]] = {}
-            probes = [probe_ms()]  # the host's speed, before and after the rate
-            try:
-                status, fields, error, written = await measure_rate(engine, spec, rate, prompts, cap, clock)
-            except Exception as exc:  # noqa: BLE001 - a failed rate is a row
-                status, fields, error = ("oom" if _is_oom(exc) else "error"), {}, one_line(exc)
+            probes = [probe_ms()]  # the host's speed, before and after the rate, and sampled throughout
+            with RunSampler() as sampler:
+                try:
+                    status, fields, error, written = await measure_rate(engine, spec, rate, prompts, cap, clock)
+                except Exception as exc:  # noqa: BLE001 - a failed rate is a row
+                    status, fields, error = ("oom" if _is_oom(exc) else "error"), {}, one_line(exc)
             fields["host_probe_ms"] = [round(ms, 3) for ms in (*probes, probe_ms())]
+            fields["host_run"] = run_summary(sampler.samples)
             write(rate, status, fields, error, t_rate)
             for kind, trace in written.items():
                 results.append_row(trace_path(out_path, kind), {"point_id": spec.point(rate).point_id, **trace})
