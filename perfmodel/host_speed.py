@@ -90,14 +90,9 @@ def host_factor(profile: EngineProfile, probe: float | None) -> float:
 
 
 def row_probe_ms(row: dict) -> float | None:
-    """A measured row's host probe time (ms): the host's mean over its run where it was sampled
-    throughout (``host_run.mean_ms``, :func:`perfmodel.host_trace.run_summary`), else the mean of
-    the probes taken before and after its runs (``host_probe_ms``); None when it has neither."""
-    run = row.get("host_run")
-    if isinstance(run, dict):
-        mean = run.get("mean_ms")
-        if isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean) and mean > 0:
-            return float(mean)
+    """A measured row's host probe time (ms): the mean of those taken before and after its runs
+    (``host_probe_ms``), None when it has none. A serving row's ``host_run`` (the host sampled all
+    through the rate) is not read: see :func:`perfmodel.host_trace.run_summary`."""
     probes = row.get("host_probe_ms")
     if not isinstance(probes, list) or not probes:
         return None

@@ -7,8 +7,7 @@ switches together. :func:`trace` times a tenth of the probe's loop back to back 
 ``workers`` processes started together, each sample scaled to the full probe (ms);
 :func:`summarize` reads the trace. :class:`RunSampler` samples the host in a process of its own
 while something else runs (a serving rate), a sample every :data:`RUN_SAMPLE_EVERY_S`, and
-:func:`run_summary` reads it: the mean of its samples is the host's probe time averaged over
-the work done during the run. Units: seconds for times, ms (probe-equivalent) for samples.
+:func:`run_summary` reads it. Units: seconds for times, ms (probe-equivalent) for samples.
 """
 
 from __future__ import annotations
@@ -125,7 +124,13 @@ def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
     """The host's speed over a run from :class:`RunSampler`'s samples: ``mean_ms`` (the probe
     time averaged over the work done: each sample is the same work), p10/p50/p90 (ms), the slow
     state's share of the samples (≥ :data:`SLOW_RATIO` × p10), their count and span (s); None
-    without samples."""
+    without samples.
+
+    Recorded, not used to predict: on the lent H200 (call s14e) the mean read 38–48 ms over
+    three serving rates whose probes before and after read 30–32 ms, its slow share fell as the
+    load rose (48%, 31%, 18% at 12, 18, 21 req/s), and replayed at it the rates came out further
+    from the measured ones than at their probes. A sampler that sleeps between samples seems to
+    time its own core waking up more than the host the engine ran on."""
     if not samples:
         return None
     ms = np.array([m for _, m in samples], dtype=float)

@@ -218,9 +218,7 @@ def test_run_summary_reads_the_slow_state_and_the_mean_over_the_work():
     assert summary["mean_ms"] == pytest.approx(0.25 * 70 + 0.75 * 35)
 
 
-def test_a_rows_run_mean_wins_over_its_before_and_after_probes():
+def test_a_rows_host_run_is_recorded_not_read():
     row = {"host_probe_ms": [30.0, 50.0], "host_run": {"mean_ms": 61.5}}
-    assert row_probe_ms(row) == 61.5
-    assert row_probe_ms({**row, "host_run": None}) == 40.0
-    assert row_probe_ms({**row, "host_run": {"mean_ms": -1}}) == 40.0
-    assert row_probe_ms({"host_run": {"mean_ms": 45.0}}) == 45.0
+    assert row_probe_ms(row) == 40.0  # the probes before and after; the run mean is kept as data
+    assert row_probe_ms({"host_run": {"mean_ms": 45.0}}) is None

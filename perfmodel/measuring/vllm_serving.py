@@ -51,7 +51,8 @@ engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, `
 where it reports them), ``warmup_s``, ``per_request`` (columns ``arrival_s``, ``submitted_s``,
 ``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``, ``host_probe_ms`` (the host's speed before
 and after the rate, :func:`perfmodel.host_speed.probe_ms`), ``host_run`` (the host's speed sampled
-in a process of its own all through the rate, :func:`perfmodel.host_trace.run_summary`), and, where this vLLM describes its
+in a process of its own all through the rate, :func:`perfmodel.host_trace.run_summary`: recorded,
+not used to predict), and, where this vLLM describes its
 iterations, ``engine_steps`` (:func:`perfmodel.measuring.vllm_steps.step_summary`: the busy steps'
 durations, mixed and decode-only apart) with every step of the rate in ``<rows>-steps.jsonl``
 beside the rows (:func:`trace_path`), and the client's output times of every
