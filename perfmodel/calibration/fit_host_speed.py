@@ -11,13 +11,16 @@ several times over (``--passes``), so one batch is seen at several host speeds.
 The fit: least squares on log ITL = log(a + B·b) + α·log(p), p the mean of the row's two probe
 times, a, b, α free (the host's time per step and per sequence at a probe of 1 ms, and the
 elasticity α). α is ``host_speed_exponent``. The reference, ``host_probe_ref_ms``, is the median
-probe time of every in-process row that has one: the profile's host times are fitted with rows
-without a probe taken at that speed, a typical state of the lent machines.
+probe time of the training rows that have one (in-process rows of the training models as built,
+and the rows α is fitted on): the profile's host times are fitted with rows without a probe taken
+at that speed, a typical state of the lent machines. Rows of held-out models and variants do not
+move it.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -46,10 +49,21 @@ def host_only_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def fit_host_speed(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
+                   chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose median probe is the reference: in-process ok rows with a probe, of a
+    training model as built (``train``) or among the host-only rows ``chosen``."""
+    from perfmodel.measuring.compare import is_variant
+
+    fitted = {id(r) for r in chosen}
+    return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
+            and (id(r) in fitted or (r.get("model") in train and not is_variant(r)))]
+
+
+def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str]) -> tuple[dict[str, Any] | None, list[str]]:
     """``{"host_probe_ref_ms", "host_speed_exponent", "record"}`` from every measured row
-    (all passes), and the point ids the exponent was fitted on; (None, []) with fewer than five
-    host-only rows or fewer than two batch sizes among them."""
+    (all passes), the training models being ``train``, and the point ids the exponent was fitted
+    on; (None, []) with fewer than five host-only rows or fewer than two batch sizes among them."""
     from scipy.optimize import least_squares
 
     chosen = host_only_rows(rows)
@@ -65,7 +79,7 @@ def fit_host_speed(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, l
 
     fit = least_squares(residuals, x0=[np.log(1e-3), np.log(1e-5), 0.5], bounds=([-20, -25, 0], [0, 0, 2]))
     alpha = float(fit.x[2])
-    probed = [p for r in rows if r.get("status") == "ok" and _in_process(r) and (p := row_probe_ms(r)) is not None]
+    probed = [row_probe_ms(r) for r in reference_rows(rows, train, chosen)]
     reference = float(statistics.median(probed))
     without = least_squares(lambda x: residuals(np.array([x[0], x[1], 0.0])), x0=fit.x[:2],
                             bounds=([-20, -25], [0, 0]))
@@ -78,7 +92,8 @@ def fit_host_speed(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, l
         "mape_pct": {"with_probe": spread["with"], "without_probe": spread["without"]},
         "source": ("least squares on log ITL = log(a + B*b) + alpha*log(probe) over the in-process rows "
                    f"of models cut to one layer whose two probe times lie within {STABLE_RATIO}x; "
-                   "host_probe_ref_ms: the median probe of every in-process row with one"),
+                   "host_probe_ref_ms: the median probe of the in-process training rows with one (the "
+                   "training models as built and these rows)"),
     }
     values = {"host_probe_ref_ms": round(reference, 2), "host_speed_exponent": round(alpha, 3),
               "record": record}
