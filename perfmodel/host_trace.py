@@ -92,10 +92,16 @@ class RunSampler:
     def __enter__(self) -> "RunSampler":
         ctx = get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_sample_until_stopped, args=(child, self.every_s, self.loops), daemon=True)
-        self._proc.start()
-        child.close()
-        if not (self._conn.poll(self.start_timeout_s) and self._conn.recv() == "ready"):
+        try:  # a sampler that cannot start leaves the run alone, with no samples
+            self._proc = ctx.Process(target=_sample_until_stopped, args=(child, self.every_s, self.loops),
+                                     daemon=True)
+            self._proc.start()
+            ready = self._conn.poll(self.start_timeout_s) and self._conn.recv() == "ready"
+        except (OSError, EOFError, RuntimeError):
+            ready = False
+        finally:
+            child.close()
+        if not ready:
             self._stop()
         return self
 
@@ -113,11 +119,11 @@ class RunSampler:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._proc is not None:
+        if self._proc is not None and self._proc.pid is not None:  # started
             self._proc.join(timeout=5.0)
             if self._proc.is_alive():
                 self._proc.kill()
-            self._proc = None
+        self._proc = None
 
 
 def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:

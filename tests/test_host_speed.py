@@ -222,3 +222,18 @@ def test_a_rows_host_run_is_recorded_not_read():
     row = {"host_probe_ms": [30.0, 50.0], "host_run": {"mean_ms": 61.5}}
     assert row_probe_ms(row) == 40.0  # the probes before and after; the run mean is kept as data
     assert row_probe_ms({"host_run": {"mean_ms": 45.0}}) is None
+
+
+def test_a_run_sampler_that_cannot_start_leaves_the_run_alone(monkeypatch):
+    import multiprocessing.context
+
+    from perfmodel.host_trace import RunSampler
+
+    def refuse(self):
+        raise OSError("no process for you")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refuse)
+    ran = []
+    with RunSampler() as sampler:
+        ran.append(True)
+    assert ran == [True] and sampler.samples == []
