@@ -14,7 +14,7 @@ pd = pytest.importorskip("pandas")
 from perfmodel.measuring.results import read_rows  # noqa: E402
 from perfmodel.paths import RESULTS_DIR  # noqa: E402
 from perfmodel.validate.repeats import (  # noqa: E402
-    repeat_section, repeat_summary, repeated_points, summary_line,
+    every_measurement, repeat_section, repeat_summary, repeated_points, summary_line,
 )
 
 TWICE = "hf|model-a|set=|layers=all|B=4|S=128|O=128"
@@ -188,3 +188,28 @@ def test_reports_show_a_commit_hash_short():
     rows = [{"date": "2026-12-03T09:49", "git_commit": "bc3edb571edc71ebf28a58bae22f704f002ce9a3"},
             {"date": "2026-12-03T07:44", "git_commit": "bc3edb5"}]
     assert measured_span(rows) == {"date": "2026-12-03", "git_commit": "bc3edb5"}
+
+
+def test_every_measurement_beside_the_latest(results):
+    """The held-out MAPE over every measurement of each point, beside the one over each point's
+    latest row: here the repeated point's earlier row is 30% off where its latest is 10%."""
+    from perfmodel.validate.report_pages import summary_markdown
+
+    table = repeated_points([results])
+    points = _points(table)
+    earlier = points[(points["engine"] == "hf") & (points["point_id"] == TWICE)].assign(rel_error=0.30)
+    every = pd.concat([points[points["engine"] == "hf"], earlier], ignore_index=True)
+    every = pd.concat([every, every.assign(split="train").iloc[:2]], ignore_index=True)  # not held out
+    summary = every_measurement(points, every, "hf")
+    assert set(summary) == {"decode_step", "ttft", "throughput"}
+    for metric in summary.values():
+        assert metric["points"] == 2 and metric["rows"] == 3
+        assert metric["mape_latest"] == pytest.approx(10.0)
+        assert metric["mape_every"] == pytest.approx((10 + 10 + 30) / 3)
+    assert every_measurement(points, None, "hf") == {}
+    md = summary_markdown(points, title="t", source=SOURCE, repeats=table, every=every)
+    assert ("Read over every measurement of each point (3 held-out rows) instead of the latest "
+            "(2 points), `hf`'s held-out MAPE is ITL 16.7% (latest 10.0%)") in md
+    assert "Read over every measurement" not in summary_markdown(points, title="t", source=SOURCE,
+                                                                 repeats=table)
+    assert repeat_section(table, points, "hf", every)["every"].endswith("throughput 16.7% (latest 10.0%).")

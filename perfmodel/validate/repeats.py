@@ -9,8 +9,9 @@ model's error.
 
 ``repeated_points(paths)`` is the table (one row per repeated point), ``repeat_summary(table)``
 the median and largest spread per metric, ``summary_line(summary)`` that as a sentence, and
-``repeat_section(table, points, calibrated)`` what the validation report shows (the table with
-the calibrated engine's error on the kept row of each point).
+``repeat_section(table, points, calibrated, every)`` what the validation report shows (the table
+with the calibrated engine's error on the kept row of each point), and ``every_measurement(points,
+every, calibrated)`` the held-out MAPE over the kept rows beside the MAPE over every measurement.
 """
 
 from __future__ import annotations
@@ -116,6 +117,35 @@ def summary_line(summary: dict[str, dict[str, Any]]) -> str:
     return f"A repeated point moved by a median of {text}."
 
 
+def every_measurement(points, every, calibrated: str) -> dict[str, dict[str, float | int]]:
+    """Metric (of :data:`REPEAT_METRICS`) → the held-out MAPE (%) of ``calibrated`` over the
+    report's ``points`` (each point's kept row: ``mape_latest``, ``points``) and over ``every``
+    (the same comparison of every ok measurement of each point: ``mape_every``, ``rows``)."""
+    out: dict[str, dict[str, float | int]] = {}
+    if points is None or every is None or points.empty or every.empty:
+        return out
+    for metric in REPEAT_METRICS:
+        latest = points[(points["engine"] == calibrated) & (points["split"] == "held-out")
+                        & (points["metric"] == metric)]["rel_error"].abs()
+        each = every[(every["engine"] == calibrated) & (every["split"] == "held-out")
+                     & (every["metric"] == metric)]["rel_error"].abs()
+        if len(latest) and len(each):
+            out[metric] = {"mape_latest": float(latest.mean() * 100), "points": int(len(latest)),
+                           "mape_every": float(each.mean() * 100), "rows": int(len(each))}
+    return out
+
+
+def every_sentence(summary: dict[str, dict[str, Any]], calibrated: str) -> str:
+    """:func:`every_measurement` as one sentence; empty without it."""
+    if not summary:
+        return ""
+    first = next(iter(summary.values()))
+    parts = [f"{REPEAT_LABEL[m]} {s['mape_every']:.1f}% (latest {s['mape_latest']:.1f}%)" for m, s in summary.items()]
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return (f"Read over every measurement of each point ({first['rows']} held-out rows) instead of the "
+            f"latest ({first['points']} points), `{calibrated}`'s held-out MAPE is {text}.")
+
+
 def _range(low: float, high: float, scale: float) -> str:
     if math.isnan(low):
         return "–"
@@ -126,12 +156,14 @@ def _pct(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.1f}"
 
 
-def repeat_section(table, points=None, calibrated: str | None = None) -> dict[str, Any] | None:
+def repeat_section(table, points=None, calibrated: str | None = None, every=None) -> dict[str, Any] | None:
     """What the validation report shows of the repeated points (None when there are none):
     ``sentence``, ``summary`` (:func:`summary_line`), ``header`` and ``rows`` (text, for the
     Markdown), ``cells`` (value, text, cls: the HTML's sortable table). With the report's
     ``points`` (:func:`perfmodel.measuring.compare.compare`, stacked by engine) and its
-    ``calibrated`` engine, each metric also gets that engine's error (%) on the point's kept row."""
+    ``calibrated`` engine, each metric also gets that engine's error (%) on the point's kept row;
+    with ``every`` (the same comparison of every measurement), ``every`` is
+    :func:`every_sentence`."""
     if table is None or table.empty:
         return None
     errors: dict[tuple[str, str], float] = {}
@@ -168,6 +200,7 @@ def repeat_section(table, points=None, calibrated: str | None = None) -> dict[st
                 "measurement of each point. Min–max over the measurements, spread = max/min − 1 in %"
                 + (f", and `{calibrated}`'s error on the latest one" if errors else "")
                 + ": the measurement's own noise, to read the model's error against.")
-    return {"sentence": sentence, "summary": summary_line(repeat_summary(table)),
+    every_text = every_sentence(every_measurement(points, every, calibrated), calibrated) if calibrated else ""
+    return {"sentence": sentence, "summary": summary_line(repeat_summary(table)), "every": every_text,
             "header": [h for h, _ in header], "rows": rows,
             "html_header": [{"text": h, "cls": c} for h, c in header], "cells": cells}

@@ -113,10 +113,12 @@ def ops_rows(points, ops, calibrated: str) -> dict[str, Any]:
     return out
 
 
-def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None, ops=None) -> str:
+def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None, ops=None,
+                     every=None) -> str:
     """The Markdown summary (the file's text): provenance, source, verdict, MAPE per split, the
     repeated measurements (``repeats``: :func:`perfmodel.validate.repeats.repeated_points`; the
-    section is left out when there are none), the worst points, and the decode step by op
+    section is left out when there are none; ``every``: the points of every measurement, as
+    :func:`perfmodel.validate.repeats.repeat_section` reads them), the worst points, and the decode step by op
     category at the worst profiled points (``ops``: :func:`perfmodel.measuring.compare.compare`'s
     second table; left out without profiled points)."""
     mode = check_mode(source)
@@ -159,7 +161,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         title=title, provenance=provenance_line(source), source_items=source_items(source),
         verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
-        worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated),
+        worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
     return text
 
@@ -265,9 +267,9 @@ def _slot(div_id: str, chart, specs: dict[str, Any]) -> ChartSlot:
     return ChartSlot(div_id, chart is not None)
 
 
-def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None) -> str:
-    """The HTML page: provenance, verdict, source, MAPE, the repeated measurements (``repeats``,
-    as in :func:`summary_markdown`), charts per metric, per-op breakdown, the worst points and
+def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None, every=None) -> str:
+    """The HTML page: provenance, verdict, source, MAPE, the repeated measurements (``repeats``
+    and ``every``, as in :func:`summary_markdown`), charts per metric, per-op breakdown, the worst points and
     every point (sortable)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
@@ -291,7 +293,7 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         verdict_word=verdict(points, calibrated)[0],
         verdict_text=verdict_line(points, calibrated).replace("`", ""),
         source_items=source_items(source), vega=charts.vega_scripts(),
-        mape=mape_rows(points, calibrated, baseline), repeats=repeat_section(repeats, points, calibrated),
+        mape=mape_rows(points, calibrated, baseline), repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
@@ -299,15 +301,17 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
 
 
 def write_report(points, ops, out_dir: Path, *, title: str,
-                 source: dict[str, Any], repeats=None) -> tuple[Path, Path]:
+                 source: dict[str, Any], repeats=None, every=None) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths. ``repeats``:
-    the repeated measurements (:func:`perfmodel.validate.repeats.repeated_points`), or None."""
+    the repeated measurements (:func:`perfmodel.validate.repeats.repeated_points`), or None;
+    ``every``: the points of every measurement (:func:`perfmodel.validate.repeats.repeat_section`)."""
     check_mode(source)  # refuse an unlabelled source before writing anything
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
-    html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats),
+    html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats, every=every),
                          encoding="utf-8")
-    md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats, ops=ops),
+    md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats, ops=ops,
+                                        every=every),
                        encoding="utf-8")
     return html_path, md_path

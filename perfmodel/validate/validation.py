@@ -100,7 +100,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
-    from perfmodel.validate.repeats import repeat_summary, repeated_points
+    from perfmodel.measuring.results import read_rows
+    from perfmodel.validate.repeats import every_measurement, repeat_summary, repeated_points
     from perfmodel.validate.report_pages import write_report
 
     if backend not in ("hf", "vllm"):
@@ -161,9 +162,17 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     except OSError as exc:
         raise InputError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
     repeats = repeated_points(read, models=wanted)
-    html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats)
+    every = None
+    if not repeats.empty:  # the calibrated engine again, over every measurement of each point
+        all_rows = [r for p in read for r in read_rows(p, unique=False, warn=False).rows]
+        every, _ = compare(all_rows, engine=backend, gpu=gpu_spec.name, train_models=train, models=wanted,
+                           train_points=train_points)
+        every["engine"] = profile.name
+    html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats,
+                            every=every)
     table = mape(points_df)
     return {"source": source, "mape": table.to_dict(orient="records"),
             "points": points_df.to_dict(orient="records"),
-            "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats)},
+            "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats),
+                        "every_measurement": every_measurement(points_df, every, profile.name)},
             "report_html": str(html), "summary_md": str(md)}
