@@ -337,3 +337,41 @@ def test_real_replay_on_a_small_workload(tmp_path):
     (sat,) = result["saturation"]
     assert sat["predicted_saturation_rps"] > rate and sat["closed_form_position"] == "inside"
     assert not math.isnan(sat["predicted_saturation_rps"])
+
+
+def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_path, monkeypatch):
+    """A run with the host's probe is replayed at it; the report also gives the MAPE those runs
+    would have at the profile's reference host (host_probe_ms=None)."""
+    from perfmodel import planning
+
+    calls = []
+    fake = _fake_prediction(calls)
+
+    def predict_serving(model, gpu, layout, traffic, **kw):
+        out = fake(model, gpu, layout, traffic, **kw)
+        slow = (kw.get("host_probe_ms") or 40.0) / 40.0  # the host's times scale with the probe
+        out["itl_s"] = {k: v * slow for k, v in out["itl_s"].items()}
+        return out
+
+    monkeypatch.setattr(planning, "predict_serving", predict_serving, raising=False)
+    rows = _rows()[:2]
+    rows[0]["host_probe_ms"] = [60.0, 60.0]  # measured at a host 1.5x slower than the reference
+    result = sv.compare_serving(rows, model="olmoe")
+    assert [kw.get("host_probe_ms") for *_, kw in calls] == [60.0, None, None]  # row 0 twice, row 1 once
+    speed = {m["metric"]: m for m in result["host_speed"]}
+    assert speed["itl_p50"]["count"] == 1
+    measured = rows[0]["itl_p50_ms"] * 1e-3
+    assert speed["itl_p50"]["mape_probe"] == pytest.approx(100 * abs(0.011 * 1.5 / measured - 1))
+    assert speed["itl_p50"]["mape_reference"] == pytest.approx(100 * abs(0.011 / measured - 1))
+    by = {(p["rate"], p["metric"]): p for p in result["points"]}
+    assert by[2.0, "itl_p50"]["predicted"] == pytest.approx(0.011 * 1.5)  # the report's own: at the probe
+    assert sv.compare_serving(_rows()[:2], model="olmoe")["host_speed"] == []  # no probe, no table
+    from perfmodel.commands import main
+
+    main(["validate", "olmoe", "--serving", "--results", str(_write(tmp_path / "s.jsonl", rows)),
+          "--out", str(tmp_path / "rep")])
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    line = next(x for x in summary.splitlines() if x.startswith("| itl_p50 |") and x.count("|") == 5)
+    assert line == (f"| itl_p50 | {speed['itl_p50']['mape_probe']:.1f} | "
+                    f"{speed['itl_p50']['mape_reference']:.1f} | 1 |")
+    assert "MAPE % at the reference host" in (tmp_path / "rep" / "report.html").read_text()

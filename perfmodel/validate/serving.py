@@ -187,9 +187,10 @@ def engine_kv_tokens(row: dict[str, Any]) -> int | None:
     return None
 
 
-def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
+def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True) -> dict[str, Any]:
     """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, on the host's
-    speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`)."""
+    speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or on
+    the profile's reference host with ``at_probe=False``."""
     from perfmodel import planning
     from perfmodel.host_speed import row_probe_ms
     from perfmodel.measuring.compare import row_overrides
@@ -206,7 +207,8 @@ def predict_row(row: dict[str, Any], gpu: str) -> dict[str, Any]:
         {"rate": offered_rate(row), "input_len": int(row["input_len"]), "output_len": int(row["output_len"])},
         dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=ENGINE,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
-        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row), host_probe_ms=row_probe_ms(row), **kwargs)
+        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
+        host_probe_ms=row_probe_ms(row) if at_probe else None, **kwargs)
 
 
 # --------------------------------------------------------------------------- overload and capacity
@@ -478,10 +480,13 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                     model: str = "all", client_gaps: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predicted vs measured for every ok serving row (of ``model``, or all): ``points`` (one
     per row and metric), ``rates`` (one run per row: counts, overload, capacity), ``mape`` (per
-    metric), ``saturation`` (per group of rows differing only in rate). ``client_gaps``: point
+    metric), ``saturation`` (per group of rows differing only in rate), ``host_speed`` (per metric,
+    over the rows with a host probe: the MAPE replayed at each row's probe and at the profile's
+    reference host, :func:`host_speed_mape`). ``client_gaps``: point
     id -> the client's gaps of that run (s,
     :func:`perfmodel.validate.serving_quantiles.load_client_gaps`); an ITL percentile point of
     such a run carries ``band`` (its measured p(q ± 5), s) and ``in_band``."""
+    from perfmodel.host_speed import row_probe_ms
     from perfmodel.validate.serving_quantiles import band
     from perfmodel.measuring.compare import layout_label, row_layout
 
@@ -489,6 +494,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     points: list[dict[str, Any]] = []
     rates: list[dict[str, Any]] = []
     groups: dict[tuple, dict[str, Any]] = {}
+    probed: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []  # row, at probe, at reference
     for row in rows:
         if row.get("status") != "ok" or row.get("mode") != "serving":
             continue
@@ -503,6 +509,8 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             if int(row_layout(row)["dp"]) > 1:
                 raise InputError("a replay simulates one engine; this row ran data-parallel replicas")
             pred = predict_row(row, spec_gpu)
+            if row_probe_ms(row) is not None:
+                probed.append((row, pred, predict_row(row, spec_gpu, at_probe=False)))
         except PerfModelError as exc:
             rates.append({**key, "error": str(exc)})
             continue
@@ -542,7 +550,37 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         sat.append({"model": k["model"], "input_len": k["input_len"], "output_len": k["output_len"],
                     "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"],
                     **saturation(group["runs"], group["sat"])})
-    return {"points": points, "rates": rates, "mape": mape, "saturation": sat}
+    return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
+            "host_speed": host_speed_mape(probed)}
+
+
+def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, float | None]:
+    """Metric of :data:`METRICS` -> predicted/measured − 1 of one replay of a row."""
+    out: dict[str, float | None] = {}
+    for metric, (field, predicted, pct) in LATENCY.items():
+        value = (pred.get(predicted) or {}).get(pct)
+        measured = row.get(field)
+        out[metric] = _rel(None if value is None else float(value), None if measured is None else measured * 1e-3)
+    out["served_tok_s"] = _rel(pred.get("output_tok_s"), row.get("output_tok_s"))
+    return out
+
+
+def host_speed_mape(probed: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per metric, over the rows with a host probe (``(row, replay at its probe, replay at the
+    reference host)``): ``mape_probe`` and ``mape_reference`` (%) and ``count``; [] without such
+    rows."""
+    if not probed:
+        return []
+    at_probe = [_prediction_errors(row, pred) for row, pred, _ in probed]
+    at_reference = [_prediction_errors(row, ref) for row, _, ref in probed]
+    out = []
+    for metric in METRICS:
+        pairs = [(a[metric], b[metric]) for a, b in zip(at_probe, at_reference)
+                 if a[metric] is not None and b[metric] is not None]
+        out.append({"metric": metric, "count": len(pairs),
+                    "mape_probe": sum(abs(a) for a, _ in pairs) * 100 / len(pairs) if pairs else None,
+                    "mape_reference": sum(abs(b) for _, b in pairs) * 100 / len(pairs) if pairs else None})
+    return out
 
 
 def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path | None = None,
@@ -750,6 +788,12 @@ def summary_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {m['metric']} | {_pct(m['mape'])} | {_pct(m['max'])} | {m['count']} | {m['left_out']} |")
     if band_summary(result["points"]):
         lines += ["", band_summary(result["points"])]
+    if result.get("host_speed"):
+        lines += ["", "The runs with the host's probe (`host_probe_ms`) are replayed at it; replayed at the "
+                  "profile's reference host instead, their MAPE would be:", "",
+                  "| metric | MAPE % at each run's probe | MAPE % at the reference host | n |", "|---|---|---|---|"]
+        for m in result["host_speed"]:
+            lines.append(f"| {m['metric']} | {_pct(m['mape_probe'])} | {_pct(m['mape_reference'])} | {m['count']} |")
     lines += ["", "## Runs (m = measured, p = replay)", "",
               f"Overloaded: requests unfinished at the drain limit, or the last quarter's median TTFT at "
               f"least {src['queue_growth']:g}x the first quarter's (TTFT growth). Served: output tok/s ÷ O; "
@@ -809,6 +853,8 @@ def report_html(result: dict[str, Any]) -> str:
         queue_growth=f"{src['queue_growth']:g}",
         mape=[[m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"])]
               for m in result["mape"]],
+        host_speed=[[m["metric"], _pct(m["mape_probe"]), _pct(m["mape_reference"]), str(m["count"])]
+                    for m in result.get("host_speed") or []],
         run_columns=_RUN_COLUMNS, runs=[_run_cells(r) for r in result["rates"] if not r.get("error")],
         failed=[f"{r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in result["rates"] if r.get("error")],
         saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
