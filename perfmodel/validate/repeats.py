@@ -121,18 +121,20 @@ def every_measurement(points, every, calibrated: str) -> dict[str, dict[str, flo
     """Metric (of :data:`REPEAT_METRICS`) → the held-out MAPE (%) of ``calibrated`` over the
     report's ``points`` (each point's kept row: ``mape_latest``, ``points``) and over ``every``
     (the same comparison of every ok measurement of each point: ``mape_every``, ``rows``)."""
-    out: dict[str, dict[str, float | int]] = {}
+    from perfmodel.measuring.compare import mape
+
     if points is None or every is None or points.empty or every.empty:
-        return out
-    for metric in REPEAT_METRICS:
-        latest = points[(points["engine"] == calibrated) & (points["split"] == "held-out")
-                        & (points["metric"] == metric)]["rel_error"].abs()
-        each = every[(every["engine"] == calibrated) & (every["split"] == "held-out")
-                     & (every["metric"] == metric)]["rel_error"].abs()
-        if len(latest) and len(each):
-            out[metric] = {"mape_latest": float(latest.mean() * 100), "points": int(len(latest)),
-                           "mape_every": float(each.mean() * 100), "rows": int(len(each))}
-    return out
+        return {}
+
+    def held_out(table) -> dict[str, tuple[float, int]]:
+        mine = mape(table[table["engine"] == calibrated], by=("split", "metric"))
+        mine = mine[mine["split"] == "held-out"]
+        return {m: (float(v), int(n)) for m, v, n in zip(mine["metric"], mine["mean"], mine["count"])}
+
+    latest, each = held_out(points), held_out(every)
+    return {metric: {"mape_latest": latest[metric][0], "points": latest[metric][1],
+                     "mape_every": each[metric][0], "rows": each[metric][1]}
+            for metric in REPEAT_METRICS if metric in latest and metric in each}
 
 
 def every_sentence(summary: dict[str, dict[str, Any]], calibrated: str) -> str:

@@ -163,11 +163,17 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         raise InputError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
     repeats = repeated_points(read, models=wanted)
     every = None
-    if not repeats.empty:  # the calibrated engine again, over every measurement of each point
-        all_rows = [r for p in read for r in read_rows(p, unique=False, warn=False).rows]
-        every, _ = compare(all_rows, engine=backend, gpu=gpu_spec.name, train_models=train, models=wanted,
-                           train_points=train_points)
-        every["engine"] = profile.name
+    if not repeats.empty:  # every measurement of each point: the kept rows' points and the earlier rows'
+        repeated = set(repeats["point_id"])
+        earlier: dict[str, list[dict[str, Any]]] = {}
+        for p in read:
+            for r in read_rows(p, unique=False, warn=False).rows:
+                if r.get("status") == "ok" and r.get("point_id") in repeated:
+                    earlier.setdefault(r["point_id"], []).append(r)
+        extra, _ = compare([r for rs in earlier.values() for r in rs[:-1]], engine=backend, gpu=gpu_spec.name,
+                           train_models=train, models=wanted, train_points=train_points)
+        extra["engine"] = profile.name
+        every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
     html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats,
                             every=every)
     table = mape(points_df)
