@@ -514,13 +514,9 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         except PerfModelError as exc:
             rates.append({**key, "error": str(exc)})
             continue
-        for metric, (field, predicted, pct) in LATENCY.items():
-            measured = row.get(field)
-            value = (pred.get(predicted) or {}).get(pct)
-            value = None if value is None else float(value)
-            measured_s = None if measured is None else measured * 1e-3
-            point = {**key, "metric": metric, "measured": measured_s, "predicted": value,
-                     "rel_error": _rel(value, measured_s)}
+        for metric, (measured, value) in replayed_values(row, pred).items():
+            point = {**key, "metric": metric, "measured": measured, "predicted": value,
+                     "rel_error": _rel(value, measured)}
             gaps = (client_gaps or {}).get(row["point_id"])
             measured_band = band(gaps, ITL_PERCENTILES[metric]) if metric in ITL_PERCENTILES and gaps is not None \
                 else None
@@ -528,9 +524,6 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                 lo, hi = measured_band
                 point.update(band=(lo, hi), in_band=value is not None and lo <= value <= hi)
             points.append(point)
-        served, served_pred = row.get("output_tok_s"), pred.get("output_tok_s")
-        points.append({**key, "metric": "served_tok_s", "measured": served, "predicted": served_pred,
-                       "rel_error": _rel(served_pred, served)})
         run = _run(row, pred, key)
         rates.append(run)
         group = groups.setdefault(_group_key(row, spec_gpu), {"runs": [], "key": key, "sat": None})
@@ -554,15 +547,21 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             "host_speed": host_speed_mape(probed)}
 
 
-def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, float | None]:
-    """Metric of :data:`METRICS` -> predicted/measured − 1 of one replay of a row."""
-    out: dict[str, float | None] = {}
+def replayed_values(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+    """Metric of :data:`METRICS` -> (measured, predicted) of one replay of a row: latencies in s,
+    served_tok_s in tokens/s; None where a side has no value."""
+    out: dict[str, tuple[float | None, float | None]] = {}
     for metric, (field, predicted, pct) in LATENCY.items():
         value = (pred.get(predicted) or {}).get(pct)
         measured = row.get(field)
-        out[metric] = _rel(None if value is None else float(value), None if measured is None else measured * 1e-3)
-    out["served_tok_s"] = _rel(pred.get("output_tok_s"), row.get("output_tok_s"))
+        out[metric] = (None if measured is None else measured * 1e-3, None if value is None else float(value))
+    out["served_tok_s"] = (row.get("output_tok_s"), pred.get("output_tok_s"))
     return out
+
+
+def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, float | None]:
+    """Metric of :data:`METRICS` -> predicted/measured − 1 of one replay of a row."""
+    return {metric: _rel(value, measured) for metric, (measured, value) in replayed_values(row, pred).items()}
 
 
 def host_speed_mape(probed: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
