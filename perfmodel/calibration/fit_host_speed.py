@@ -51,13 +51,12 @@ def host_only_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
                    chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows whose median probe is the reference: in-process ok rows with a probe, of a
-    training model as built (``train``) or among the host-only rows ``chosen``."""
+    """The rows whose median probe is the reference: the in-process ok rows with a probe of a
+    training model as built (``train``), and the host-only rows ``chosen`` (variants: one layer)."""
     from perfmodel.measuring.compare import is_variant
 
-    fitted = {id(r) for r in chosen}
     return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
-            and (id(r) in fitted or (r.get("model") in train and not is_variant(r)))]
+            and r.get("model") in train and not is_variant(r)] + list(chosen)
 
 
 def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str]) -> tuple[dict[str, Any] | None, list[str]]:
