@@ -35,16 +35,19 @@ BIN_S = 0.5
 RUN_SAMPLE_EVERY_S = 0.025
 
 
+def _sample_ms(loops: int) -> float:
+    """One sample: the probe loop of ``loops`` iterations timed once, scaled to the full probe (ms)."""
+    return probe_ms(loops, repeats=1) * HOST_PROBE_LOOPS / loops
+
+
 def _worker(seconds: float, start_at: float, loops: int) -> list[tuple[float, float]]:
     """Samples (s since the common start, probe-equivalent ms) for ``seconds``."""
     while time.time() < start_at:
         time.sleep(0.001)
-    scale = HOST_PROBE_LOOPS / loops
     out: list[tuple[float, float]] = []
     end = start_at + seconds
     while (now := time.time()) < end:
-        ms = probe_ms(loops, repeats=1)
-        out.append((now - start_at, ms * scale))
+        out.append((now - start_at, _sample_ms(loops)))
     return out
 
 
@@ -65,13 +68,12 @@ def trace(seconds: float, workers: int = 1, loops: int = SAMPLE_LOOPS) -> list[l
 def _sample_until_stopped(conn: Connection, every_s: float, loops: int) -> None:
     """The sampler process: a sample every ``every_s`` until the parent sends anything, then
     send back the samples (s since the start, probe-equivalent ms)."""
-    scale = HOST_PROBE_LOOPS / loops
     start = time.time()
     out: list[tuple[float, float]] = []
     conn.send("ready")
     while not conn.poll():
         t0 = time.time()
-        out.append((t0 - start, probe_ms(loops, repeats=1) * scale))
+        out.append((t0 - start, _sample_ms(loops)))
         time.sleep(max(0.0, every_s - (time.time() - t0)))
     conn.recv()
     conn.send(out)
