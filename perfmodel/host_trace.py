@@ -67,14 +67,16 @@ def trace(seconds: float, workers: int = 1, loops: int = SAMPLE_LOOPS) -> list[l
 
 def _sample_until_stopped(conn: Connection, every_s: float, loops: int) -> None:
     """The sampler process: a sample every ``every_s`` until the parent sends anything, then
-    send back the samples (s since the start, probe-equivalent ms)."""
+    send back the samples (s since the start, probe-equivalent ms). The first sample is taken
+    before the stop is looked for, so a run shorter than a sample still has one."""
     start = time.time()
     out: list[tuple[float, float]] = []
     conn.send("ready")
-    while not conn.poll():
+    while True:
         t0 = time.time()
         out.append((t0 - start, _sample_ms(loops)))
-        time.sleep(max(0.0, every_s - (time.time() - t0)))
+        if conn.poll(max(0.0, every_s - (time.time() - t0))):
+            break
     conn.recv()
     conn.send(out)
     conn.close()

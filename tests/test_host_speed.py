@@ -209,6 +209,14 @@ def test_a_run_sampler_samples_the_host_while_the_block_runs():
     assert run_summary([]) is None
 
 
+def test_a_run_shorter_than_a_sample_still_has_one():
+    from perfmodel.host_trace import RunSampler
+
+    with RunSampler(every_s=10.0) as sampler:  # the block ends at once: the stop comes before any sleep
+        pass
+    assert len(sampler.samples) == 1 and sampler.samples[0][1] > 0
+
+
 def test_run_summary_reads_the_slow_state_and_the_mean_over_the_work():
     from perfmodel.host_trace import run_summary
 
