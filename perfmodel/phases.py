@@ -3,6 +3,8 @@
 - prefill of B×S tokens: T = B·S, causal pairs Σ_{i=1..S} min(i, W), every cached token read
   once (C = S);
 - a decode step at context L: T = B, one query against L keys (min(L, W) on windowed layers);
+  an engine that replays the step from a CUDA graph captured at fixed sizes runs T = the
+  graph's batch, B padded up to the next captured size (:func:`graph_batch`);
 - the decode part of a fixed-batch request: O − 1 steps at L = S+1 … S+O−1. Every cost is
   linear in P and C, so the sum over steps equals (O − 1) steps at the mean pairs and mean
   keys, a closed form (:func:`decode_mean_substitutions`). Its roofline time is exact while no
@@ -19,7 +21,7 @@ from __future__ import annotations
 import sympy as sp
 
 from perfmodel.minmax import Max, Min
-from perfmodel.symbols import B, C, Cw, L, M_chunk, O, P, Pw, S, T, W
+from perfmodel.symbols import B, C, Cw, L, M_chunk, M_graph, O, P, Pw, S, T, W
 
 
 def _tri(n: sp.Expr) -> sp.Expr:
@@ -51,21 +53,41 @@ def prefill_steps() -> sp.Expr:
     return sp.ceiling(B * S / M_chunk)
 
 
-def decode_substitutions() -> dict[sp.Symbol, sp.Expr]:
+def graph_batch(n: sp.Expr = B, largest: sp.Expr = M_graph) -> sp.Expr:
+    """Tokens a step of ``n`` tokens runs when the engine replays it from a CUDA graph captured
+    at vLLM's default sizes (1, 2, 4, then multiples of 8 to 256, then of 16) up to
+    ``largest`` (M_graph): n padded up to the next size, n itself beyond ``largest`` (no graph).
+
+        n + θ(M_graph − n + ½)·(g(n) − n),
+        g(n) = n·[n ≤ 2] + 4·[2 < n ≤ 4] + 8⌈n/8⌉·[4 < n ≤ 256] + 16⌈n/16⌉·[n > 256]
+
+    (θ the Heaviside step, [a < n ≤ b] = θ(n − a) − θ(n − b), θ(0) = 0). The padded rows are
+    computed like real ones: the engine's persistent input buffers hold earlier tokens there, so
+    the experts they touch count too (on the lent H200, Qwen3-30B-A3B's serving decode steps of
+    10 sequences took as long as those of 16: 12.8 and 12.9 ms, against 9.4 ms at 8)."""
+    g = (n * (1 - sp.Heaviside(n - 2, 0)) + 4 * (sp.Heaviside(n - 2, 0) - sp.Heaviside(n - 4, 0))
+         + 8 * sp.ceiling(n / 8) * (sp.Heaviside(n - 4, 0) - sp.Heaviside(n - 256, 0))
+         + 16 * sp.ceiling(n / 16) * sp.Heaviside(n - 256, 0))
+    return n + sp.Heaviside(largest - n + sp.Rational(1, 2), 0) * (g - n)
+
+
+def decode_substitutions(padded: bool = False) -> dict[sp.Symbol, sp.Expr]:
     """One decode step at context L (keys attended, the new token included).
 
     For an engine that scores its whole allocated cache, L is the allocated length; the
-    decode spans differ only over a request (:func:`decode_mean_substitutions`).
+    decode spans differ only over a request (:func:`decode_mean_substitutions`). ``padded``:
+    the engine replays the step from a CUDA graph of the next captured size, T =
+    :func:`graph_batch` (the attention still sees the B sequences, the host too).
     """
-    return {T: B, P: L, C: L, Pw: Min(L, W), Cw: Min(L, W)}
+    return {T: graph_batch() if padded else B, P: L, C: L, Pw: Min(L, W), Cw: Min(L, W)}
 
 
-def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]:
+def decode_mean_substitutions(span: str = "context", padded: bool = False) -> dict[sp.Symbol, sp.Expr]:
     """Mean pairs and keys per step over the O − 1 decode steps of a request.
 
     ``span="context"``: step j attends S + j keys (j = 1 … O−1), mean S + O/2.
     ``span="allocated"``: every step attends the allocated S + O tokens (windowed layers
-    keep a cache of min(S + O, W)).
+    keep a cache of min(S + O, W)). ``padded``: as in :func:`decode_substitutions`.
     """
     if span == "allocated":
         full, windowed = S + O, Min(S + O, W)
@@ -76,7 +98,7 @@ def decode_mean_substitutions(span: str = "context") -> dict[sp.Symbol, sp.Expr]
         windowed = window_sum(S + 1, S + Max(O - 1, 1)) / Max(O - 1, 1)
     else:
         raise ValueError(f"unknown decode span '{span}'")
-    return {T: B, P: full, C: full, Pw: windowed, Cw: windowed}
+    return {T: graph_batch() if padded else B, P: full, C: full, Pw: windowed, Cw: windowed}
 
 
 def verify_substitutions(queries: sp.Expr, base: dict[sp.Symbol, sp.Expr] | None = None, *,

@@ -305,14 +305,15 @@ def structure_key(model: ModelSpec) -> tuple:
     )
 
 
-def pass_substitutions(phase: str, span: str) -> list[tuple[str, bool, dict]]:
-    """(pass name, is decode, substitutions) of the passes a phase is made of."""
+def pass_substitutions(phase: str, span: str, padded: bool = False) -> list[tuple[str, bool, dict]]:
+    """(pass name, is decode, substitutions) of the passes a phase is made of; ``padded``: the
+    decode step runs at the CUDA graph's padded batch (:func:`perfmodel.phases.graph_batch`)."""
     if phase == "prefill":
         return [("prefill", False, prefill_substitutions())]
     if phase == "decode":
-        return [("decode", True, decode_substitutions())]
+        return [("decode", True, decode_substitutions(padded))]
     return [("prefill", False, prefill_substitutions()),
-            ("decode", True, decode_mean_substitutions(span))]
+            ("decode", True, decode_mean_substitutions(span, padded))]
 
 
 def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr = sp.Integer(1),
@@ -429,7 +430,8 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_impl=w.moe_impl,
                         moe_block_m=profile.moe_block_tiers, quantized=scheme.quantizes_weights,
-                        quantized_activations=scheme.quantizes_activations)
+                        quantized_activations=scheme.quantizes_activations,
+                        decode_graph_padding=profile.pads_decode_graphs)
 
 
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
@@ -442,7 +444,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     totals: dict[str, sp.Expr] = {}
     passes, rows = [], []
     graphs = {}
-    for name, decode, subs in pass_substitutions(phase, span):
+    padded = options.decode_graph_padding
+    for name, decode, subs in pass_substitutions(phase, span, padded):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
         chunked = opts.prefill_chunk_tokens is not None and not decode
         eager = opts.prefill_eager and not decode
@@ -459,7 +462,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     any_graph = next(iter(graphs.values()))
     prefill_graph = graphs.get(False) or build_graph(model, decode=False, options=options)
     cached = {"request": s.S + s.O, "prefill": s.S, "decode": s.L}[phase]
-    last_subs = pass_substitutions(phase, span)[0][2]
+    last_subs = pass_substitutions(phase, span, padded)[0][2]
     if opts.prefill_chunk_tokens is not None and phase != "decode":
         # a chunked prefill's passes hold at most M_chunk tokens: its activation peak is one chunk's
         last_subs = {**last_subs, s.T: Min(last_subs[s.T], s.M_chunk)}

@@ -150,6 +150,12 @@ class Options(_Strict):
         "graph (vLLM: max_cudagraph_capture_size, min(2·max_num_seqs, 512) by default): a prefill "
         "of at most that many tokens is replayed, so an eager-prefill engine pays no host launch "
         "floor for it. None or 0: every prefill of such an engine is launched from the host.")
+    decode_graph_padding: bool | None = Field(
+        default=None, description="A decode step replayed from a CUDA graph runs its batch padded up "
+        "to the next captured size (vLLM's default sizes 1, 2, 4, multiples of 8 to 256, of 16 "
+        "beyond, up to cudagraph_max_tokens): the token ops (projections, experts) see the padded "
+        "tokens, the attention and the host the real sequences. None: true for engine vllm, else "
+        "false (a graph captured at each batch exactly).")
     async_scheduling: bool = Field(
         default=False, description="The scheduler prepares the next step while one runs (vLLM's "
         "asynchronous scheduling): a request arriving during a step joins the step after next at "
@@ -265,6 +271,13 @@ class EngineProfile(_Strict):
         else:
             tiers = tuple((t.max_tokens, t.block_m) for t in given)
         return tuple((math.inf if bound is None else float(bound), m) for bound, m in tiers)
+
+    @property
+    def pads_decode_graphs(self) -> bool:
+        """Whether a decode step runs at its CUDA graph's padded batch
+        (``options.decode_graph_padding``, else engine vllm)."""
+        given = self.options.decode_graph_padding
+        return given if given is not None else self.engine == "vllm"
 
     @property
     def max_sequences(self) -> int | None:

@@ -27,8 +27,9 @@ import numpy as np
 from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
 
-#: Upper ends of the decode-count bands of :func:`decode_bands` (sequences).
-DECODE_BANDS = (16, 32, 64, 128, 192, 256, 512, 1024)
+#: Upper ends of the decode-count bands of :func:`decode_bands` (sequences): up to 16, vLLM's
+#: CUDA-graph sizes, so that every step of a band runs the same padded batch.
+DECODE_BANDS = (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 512, 1024)
 #: Busy decode-only steps a band needs to be reported.
 MIN_BAND_STEPS = 10
 
@@ -100,7 +101,9 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps) -> MixedSteps
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:
     """Busy decode-only steps by decode count (:data:`DECODE_BANDS`, bands of at least
     :data:`MIN_BAND_STEPS` steps): ``decodes`` (their mean), ``steps``, ``measured_p50_ms`` and
-    ``model_ms`` (the model's step at that mean)."""
+    ``model_ms``, the median of the model's time of each of those steps (at its own decode
+    count: a step's CUDA graph pads the count to the next captured size, a step function that
+    the band's mean would blur)."""
     b = busy_steps(trace["steps"], trace["columns"])
     n = b.columns["gen_reqs"]
     decode = b.busy & (b.columns["ctx_tokens"] == 0) & (n > 0)
@@ -111,7 +114,7 @@ def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict
             mean = float(n[band].mean())
             out.append({"decodes": round(mean, 1), "steps": int(band.sum()),
                         "measured_p50_ms": round(float(np.median(b.gap_s[band])) * 1e3, 3),
-                        "model_ms": round(steps.step(mean, _context(row), 0.0, 0.0) * 1e3, 3)})
+                        "model_ms": round(float(np.median(steps.steps(n[band], _context(row), 0.0, 0.0))) * 1e3, 3)})
         low = high
     return out
 
