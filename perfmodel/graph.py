@@ -42,8 +42,8 @@ class GraphOptions:
     padding). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
     dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`);
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
-    elementwise op before it. ``decode_graph_padding``: a decode step runs its batch padded up
-    to the next captured CUDA-graph size (:func:`perfmodel.phases.graph_batch`).
+    elementwise op before it. ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
+    tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
     """
 
     mla_cache: str = "latent"
@@ -53,7 +53,7 @@ class GraphOptions:
     moe_block_m: tuple[tuple[float, int], ...] = NO_PADDING
     quantized: bool = False
     quantized_activations: bool = False
-    decode_graph_padding: bool = False
+    cudagraph_padding: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:

@@ -3,8 +3,9 @@
 - prefill of B×S tokens: T = B·S, causal pairs Σ_{i=1..S} min(i, W), every cached token read
   once (C = S);
 - a decode step at context L: T = B, one query against L keys (min(L, W) on windowed layers);
-  an engine that replays the step from a CUDA graph captured at fixed sizes runs T = the
-  graph's batch, B padded up to the next captured size (:func:`graph_batch`);
+  an engine that replays a pass from a CUDA graph captured at fixed sizes runs T = the
+  graph's size, the pass's tokens padded up to the next captured size (:func:`graph_batch`;
+  a prefill too, when it fits the largest graph);
 - the decode part of a fixed-batch request: O − 1 steps at L = S+1 … S+O−1. Every cost is
   linear in P and C, so the sum over steps equals (O − 1) steps at the mean pairs and mean
   keys, a closed form (:func:`decode_mean_substitutions`). Its roofline time is exact while no
@@ -36,12 +37,14 @@ def window_sum(lo: sp.Expr, hi: sp.Expr, window: sp.Expr = W) -> sp.Expr:
     return Max(0, below + above)
 
 
-def prefill_substitutions(causal: bool = True) -> dict[sp.Symbol, sp.Expr]:
+def prefill_substitutions(causal: bool = True, padded: bool = False) -> dict[sp.Symbol, sp.Expr]:
     """Prefill of B sequences of S tokens. ``causal=False`` counts all S² pairs, as an
-    attention implementation that computes the full score matrix and masks it does."""
+    attention implementation that computes the full score matrix and masks it does.
+    ``padded``: a prefill of at most M_graph tokens is replayed from a CUDA graph of the next
+    captured size, T = :func:`graph_batch` (B·S) (a larger one runs its B·S tokens as they are)."""
     pairs = _tri(S) if causal else S * S
     pairs_w = window_sum(1, S) if causal else S * S
-    return {T: B * S, P: pairs, C: S, Pw: pairs_w, Cw: S}
+    return {T: graph_batch(B * S) if padded else B * S, P: pairs, C: S, Pw: pairs_w, Cw: S}
 
 
 def prefill_steps() -> sp.Expr:

@@ -306,13 +306,14 @@ def structure_key(model: ModelSpec) -> tuple:
 
 
 def pass_substitutions(phase: str, span: str, padded: bool = False) -> list[tuple[str, bool, dict]]:
-    """(pass name, is decode, substitutions) of the passes a phase is made of; ``padded``: the
-    decode step runs at the CUDA graph's padded batch (:func:`perfmodel.phases.graph_batch`)."""
+    """(pass name, is decode, substitutions) of the passes a phase is made of; ``padded``: a
+    pass replayed from a CUDA graph runs at the graph's padded size
+    (:func:`perfmodel.phases.graph_batch`)."""
     if phase == "prefill":
-        return [("prefill", False, prefill_substitutions())]
+        return [("prefill", False, prefill_substitutions(padded=padded))]
     if phase == "decode":
         return [("decode", True, decode_substitutions(padded))]
-    return [("prefill", False, prefill_substitutions()),
+    return [("prefill", False, prefill_substitutions(padded=padded)),
             ("decode", True, decode_mean_substitutions(span, padded))]
 
 
@@ -431,7 +432,7 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
                         decode_kv_expand=opts.decode_kv_expand, moe_impl=w.moe_impl,
                         moe_block_m=profile.moe_block_tiers, quantized=scheme.quantizes_weights,
                         quantized_activations=scheme.quantizes_activations,
-                        decode_graph_padding=profile.pads_decode_graphs)
+                        cudagraph_padding=profile.pads_cudagraphs)
 
 
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
@@ -444,7 +445,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     totals: dict[str, sp.Expr] = {}
     passes, rows = [], []
     graphs = {}
-    padded = options.decode_graph_padding
+    padded = options.cudagraph_padding
     for name, decode, subs in pass_substitutions(phase, span, padded):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
         chunked = opts.prefill_chunk_tokens is not None and not decode

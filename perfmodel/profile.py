@@ -150,12 +150,13 @@ class Options(_Strict):
         "graph (vLLM: max_cudagraph_capture_size, min(2·max_num_seqs, 512) by default): a prefill "
         "of at most that many tokens is replayed, so an eager-prefill engine pays no host launch "
         "floor for it. None or 0: every prefill of such an engine is launched from the host.")
-    decode_graph_padding: bool | None = Field(
-        default=None, description="A decode step replayed from a CUDA graph runs its batch padded up "
-        "to the next captured size (vLLM's default sizes 1, 2, 4, multiples of 8 to 256, of 16 "
-        "beyond, up to cudagraph_max_tokens): the token ops (projections, experts) see the padded "
-        "tokens, the attention and the host the real sequences. None: true for engine vllm, else "
-        "false (a graph captured at each batch exactly).")
+    cudagraph_padding: bool | None = Field(
+        default=None, description="A pass replayed from a CUDA graph (a decode step; a prefill of at "
+        "most cudagraph_max_tokens tokens) runs its tokens padded up to the next captured size "
+        "(vLLM's default sizes 1, 2, 4, multiples of 8 to 256, of 16 beyond, up to "
+        "cudagraph_max_tokens): the token ops (projections, experts) see the padded tokens, the "
+        "attention and the host the real sequences. None: true for engine vllm, else false (a "
+        "graph captured at each batch exactly, or none).")
     async_scheduling: bool = Field(
         default=False, description="The scheduler prepares the next step while one runs (vLLM's "
         "asynchronous scheduling): a request arriving during a step joins the step after next at "
@@ -273,10 +274,10 @@ class EngineProfile(_Strict):
         return tuple((math.inf if bound is None else float(bound), m) for bound, m in tiers)
 
     @property
-    def pads_decode_graphs(self) -> bool:
-        """Whether a decode step runs at its CUDA graph's padded batch
-        (``options.decode_graph_padding``, else engine vllm)."""
-        given = self.options.decode_graph_padding
+    def pads_cudagraphs(self) -> bool:
+        """Whether a pass replayed from a CUDA graph runs at the graph's padded size
+        (``options.cudagraph_padding``, else engine vllm)."""
+        given = self.options.cudagraph_padding
         return given if given is not None else self.engine == "vllm"
 
     @property

@@ -46,8 +46,8 @@ def test_a_vllm_decode_step_of_10_runs_the_experts_of_16():
 
 
 def test_an_engine_that_captures_each_batch_exactly_does_not_pad():
-    assert load_profile("hf", "h200-sxm").pads_decode_graphs is False
-    assert load_profile("vllm", "h200-sxm").pads_decode_graphs is True
+    assert load_profile("hf", "h200-sxm").pads_cudagraphs is False
+    assert load_profile("vllm", "h200-sxm").pads_cudagraphs is True
     at8, at10, at16 = (_itl("hf", b) for b in (8, 10, 16))
     assert at10 - at8 < 0.5 * (at16 - at8)  # experts touched by 10 tokens: less than half way
 
@@ -61,3 +61,14 @@ def test_the_serving_step_tables_pad_decode_only_steps():
     assert steps.tokens(8) < steps.tokens(16)
     # a step beyond the largest graph (512 tokens, a prefill chunk) runs its tokens as they are
     assert steps.tokens(600) < steps.tokens(601) < steps.tokens(608)
+
+
+def _prefill_op(input_len: int, op: str = "moe.experts") -> float:
+    p = predict("qwen3-30b-a3b", gpu="h200", engine="vllm", phase="prefill", batch=1, input_len=input_len)
+    return next(o["time_s"] for o in p.ops if o["name"] == op and o["pass"] == "prefill")
+
+
+def test_a_prefill_within_the_largest_graph_runs_its_tokens_padded():
+    assert _prefill_op(257) == pytest.approx(_prefill_op(272))  # replayed from the graph of 272
+    assert _prefill_op(256) < _prefill_op(257)
+    assert _prefill_op(600) < _prefill_op(608)  # above the largest graph (512): as it is
