@@ -317,6 +317,8 @@ def test_predict_serving_replay_arguments_are_checked():
         ({"arrivals": [0.0], "replicas": 2}, "one engine stream"),
         ({"until_s": 5.0}, "apply to a replay"),
         ({"arrivals": [0.0, 0.5], "kv_tokens": 100}, "cannot hold the longest request"),
+        ({"graph_tokens": -1}, "graph_tokens must be a whole number"),
+        ({"graph_tokens": 2.5}, "graph_tokens must be a whole number"),
     ):
         with pytest.raises(InputError, match=expected):
             predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, **kwargs)
@@ -343,3 +345,24 @@ def test_asynchronous_scheduling_delays_a_newcomer_by_one_step():
 def test_the_vllm_profile_schedules_asynchronously():
     assert load_profile("vllm", "h200-sxm").options.async_scheduling
     assert not load_profile("hf", "h200-sxm").options.async_scheduling
+
+
+def test_a_replay_runs_on_the_engines_own_largest_graph():
+    """A step of 300 tokens (a 256-token prompt beside decodes) fits a graph of 512 and is
+    replayed; under an engine whose largest graph is 256 it is launched from the host."""
+    from perfmodel.planning.steptime import build_step_times
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.layout import Layout
+    from perfmodel.specs.model import load_model
+
+    args = (load_model("qwen3-30b-a3b"), load_gpu("h200"), load_profile("vllm", "h200-sxm"), "bf16", Layout(1, 1, 1))
+    kw = dict(max_tokens=1024, max_seqs=64, max_context=2048)
+    default, small = build_step_times(*args, **kw), build_step_times(*args, graph_tokens=256, **kw)
+    assert default.graph_tokens == 512 and small.graph_tokens == 256
+    rate = default.prefill_rate(256.0)
+    replayed = default.step(44, 1024.0, 256, 256 * rate)
+    launched = small.step(44, 1024.0, 256, 256 * rate)
+    assert launched == pytest.approx(max(small.tokens(300) + small.decode_context(44, 1024.0) + 256 * rate
+                                         + small.fixed_s, float(small.floor(45))))
+    assert launched != pytest.approx(replayed)

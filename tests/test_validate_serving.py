@@ -95,6 +95,7 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(planning, "predict_serving", _fake_prediction(calls), raising=False)
     rows = _rows()
     rows[3]["per_request"]["submitted_s"][-1] = None  # never submitted: left out of the replay
+    rows[1]["engine_detail"]["resolved"]["cudagraph_capture_sizes"] = [1, 2, 4, 8, 16, 24, 32]
     path = _write(tmp_path / "serving.jsonl", rows)
     main(["validate", "olmoe", "--serving", "--results", str(path), "--out", str(tmp_path / "rep"), "--json"])
     result = json.loads(capsys.readouterr().out)
@@ -107,6 +108,8 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert kw["arrivals"] == rows[0]["per_request"]["submitted_s"] and kw["until_s"] == pytest.approx(45.0)
     assert kw["kv_tokens"] == 16_000 and kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192
     assert kw["dtype"] == "bf16" and kw["seed"] == 3 and kw["engine"] == "vllm"
+    assert kw["graph_tokens"] is None  # a row that names no capture sizes: the profile's largest graph
+    assert calls[1][4]["graph_tokens"] == 32  # the engine's own largest graph
     assert "requests" not in kw and "warmup" not in kw
     assert len(calls[3][4]["arrivals"]) == 39 and calls[3][4]["until_s"] == pytest.approx(3.6)
     by = {(p["rate"], p["metric"]): p for p in result["points"]}

@@ -45,11 +45,12 @@ def load_traced_runs(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def step_tables(row: dict[str, Any], profile, gpu: str):
-    """The model's step tables for a serving row's model, token budget, sequence limit and
-    lengths, on one ``gpu`` with ``profile`` (an :class:`perfmodel.profile.EngineProfile`), at the
-    host's speed the row measured where the profile takes it (:mod:`perfmodel.host_speed`)."""
+    """The model's step tables for a serving row's model, token budget, sequence limit, lengths
+    and largest CUDA graph, on one ``gpu`` with ``profile`` (an
+    :class:`perfmodel.profile.EngineProfile`), at the host's speed the row measured where the
+    profile takes it (:mod:`perfmodel.host_speed`)."""
     from perfmodel.host_speed import row_probe_ms
-    from perfmodel.measuring.compare import row_overrides
+    from perfmodel.measuring.compare import row_graph_tokens, row_overrides
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.layout import Layout
@@ -60,7 +61,8 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
                             max_seqs=int(row["max_num_seqs"]),
                             max_context=int(row["input_len"]) + int(row["output_len"]),
                             host_probe_ms=(row_probe_ms(row) if profile.latency.host_probe_ref_ms is not None
-                                           else None))
+                                           else None),
+                            graph_tokens=row_graph_tokens(row))
 
 
 def _context(row: dict[str, Any]) -> float:

@@ -35,7 +35,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     engine: str = "vllm", overrides: list[str] | None = None, requests: int = 400,
                     warmup: int = 100, seed: int = 0, arrivals: Sequence[float] | None = None,
                     until_s: float | None = None, kv_tokens: int | None = None,
-                    host_probe_ms: float | None = None) -> dict[str, Any]:
+                    host_probe_ms: float | None = None, graph_tokens: int | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -58,6 +58,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     ``overload_reason`` and ``until_s``; ``saturation_rate_per_replica`` and ``closed_form`` are
     the closed form's at the traffic's rate with the same limits. ``host_probe_ms``: the
     host's probe time (ms, :mod:`perfmodel.host_speed`); None: the profile's host.
+    ``graph_tokens``: the engine's largest captured CUDA graph (tokens; 0: none); None: the
+    profile's (``options.cudagraph_max_tokens``).
     """
     from pydantic import ValidationError
 
@@ -78,7 +80,10 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
-    search = Search(question, priced=False)
+    if graph_tokens is not None and (isinstance(graph_tokens, bool) or not isinstance(graph_tokens, int)
+                                     or graph_tokens < 0):
+        raise InputError(f"graph_tokens must be a whole number of tokens >= 0, got {graph_tokens!r}")
+    search = Search(question, priced=False, graph_tokens=graph_tokens)
     lay.check(search.model)
     setup = search.setup(search.offers[0], dtype, lay)
     if setup.failure:

@@ -100,8 +100,9 @@ class Search:
     """State of one planning run (see the module docstring)."""
 
     def __init__(self, question: PlanQuestion, progress: Optional[Progress] = None,
-                 priced: bool = True):
+                 priced: bool = True, graph_tokens: Optional[int] = None):
         self.q = question
+        self.graph_tokens = graph_tokens  # the engine's largest CUDA graph; None: the profile's
         self.progress = progress or (lambda stage, fraction: None)
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
@@ -148,7 +149,8 @@ class Search:
         try:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
                                      max_tokens=self.budget, max_seqs=max(self.seqs),
-                                     max_context=self.longest, host_probe_ms=self.q.host_probe_ms)
+                                     max_context=self.longest, host_probe_ms=self.q.host_probe_ms,
+                                     graph_tokens=self.graph_tokens)
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:

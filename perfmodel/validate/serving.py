@@ -188,12 +188,13 @@ def engine_kv_tokens(row: dict[str, Any]) -> int | None:
 
 
 def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True) -> dict[str, Any]:
-    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, on the host's
-    speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or on
-    the profile's reference host with ``at_probe=False``."""
+    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, with the
+    engine's own largest CUDA graph (:func:`perfmodel.measuring.compare.row_graph_tokens`), on the
+    host's speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or
+    on the profile's reference host with ``at_probe=False``."""
     from perfmodel import planning
     from perfmodel.host_speed import row_probe_ms
-    from perfmodel.measuring.compare import row_overrides
+    from perfmodel.measuring.compare import row_graph_tokens, row_overrides
 
     engine = row.get("engine") or {}
     kwargs: dict[str, Any] = {}
@@ -208,7 +209,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True) -> dict
         dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=ENGINE,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
         until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
-        host_probe_ms=row_probe_ms(row) if at_probe else None, **kwargs)
+        host_probe_ms=row_probe_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
 
 
 # --------------------------------------------------------------------------- overload and capacity
