@@ -49,7 +49,6 @@ import sympy as sp
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from perfmodel import symbols as s
 from perfmodel.graph import GraphOptions, build_graph
 from perfmodel.phases import decode_substitutions, prefill_substitutions
 from perfmodel.specs.model import ModelSpec, model_from_config

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sympy as sp
-
 from perfmodel.minmax import Min
 from perfmodel.ops.base import Op, OpClass
 from perfmodel.symbols import B, H, T, V, b_a, b_w, tp

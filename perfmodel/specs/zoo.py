@@ -119,15 +119,15 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
     fields = [config_field(model_type, key) for key, _ in items]
     adapter = FAMILIES.get(model_type) if isinstance(model_type, str) else None
     dense = adapter is not None and not adapter.experts
-    for (key, value), field in zip(items, fields):
-        if dense and (key in EXPERT_KNOBS or field in EXPERT_FIELDS):
+    for (key, value), name in zip(items, fields):
+        if dense and (key in EXPERT_KNOBS or name in EXPERT_FIELDS):
             raise InputError(f"--set {key}: a {model_type} model has no experts")
-        if key not in KNOBS and field not in out and field not in OPTIONAL_FIELDS:
+        if key not in KNOBS and name not in out and name not in OPTIONAL_FIELDS:
             raise InputError(
                 f"unknown --set key '{key}' for {model_type or 'this model'} "
                 f"(try one of: {', '.join(sorted(KNOBS))})"
             )
-        out[field] = value
+        out[name] = value
     if "num_hidden_layers" in fields:
         for derived in PER_LAYER_FIELDS:
             if derived not in fields:
