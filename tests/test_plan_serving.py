@@ -366,3 +366,37 @@ def test_a_replay_runs_on_the_engines_own_largest_graph():
     assert launched == pytest.approx(max(small.tokens(300) + small.decode_context(44, 1024.0) + 256 * rate
                                          + small.fixed_s, float(small.floor(45))))
     assert launched != pytest.approx(replayed)
+
+
+def test_an_engines_default_largest_graph_follows_its_sequence_limit():
+    """vLLM 0.26 captures graphs up to min(2·max_num_seqs, max_num_batched_tokens, 512) tokens."""
+    from perfmodel.planning.steptime import build_step_times, default_graph_tokens
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.layout import Layout
+    from perfmodel.specs.model import load_model
+
+    vllm = load_profile("vllm", "h200-sxm")
+    steps = build_step_times(load_model("olmoe-1b-7b"), load_gpu("h200"), vllm, "bf16", Layout(1, 1, 1),
+                             max_tokens=512, max_seqs=64, max_context=1024)
+    assert default_graph_tokens(steps, vllm, 64, 8192) == 128
+    assert default_graph_tokens(steps, vllm, 256, 8192) == 512
+    assert default_graph_tokens(steps, vllm, 1024, 8192) == 512
+    assert default_graph_tokens(steps, vllm, 64, 100) == 100
+    hf = load_profile("hf", "h200-sxm")
+    assert default_graph_tokens(steps, hf, 64, 8192) == steps.graph_tokens  # no padded graphs
+
+
+def test_short_prompts_under_a_small_sequence_limit_are_launched_from_the_host():
+    """200-token prompts: an engine of 64 sequences captures up to 128 tokens, so a step holding a
+    prompt is launched from the host and pays its floor; one of 256 replays it from a graph."""
+    from perfmodel.planning import predict_serving
+
+    traffic = {"rate": 2.0, "input_len": 200, "output_len": 16}
+    small = predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, max_num_seqs=64, requests=60, warmup=10)
+    large = predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, max_num_seqs=256, requests=60, warmup=10)
+    assert small["ttft_s"]["p50"] > 1.5 * large["ttft_s"]["p50"]
+    # the same engine told its largest graph explicitly
+    told = predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, max_num_seqs=64, requests=60, warmup=10,
+                           graph_tokens=512)
+    assert told["ttft_s"]["p50"] == pytest.approx(large["ttft_s"]["p50"], rel=0.05)

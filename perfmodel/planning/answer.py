@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from perfmodel.planning.candidates import Evaluation
 from perfmodel.planning.search import Plan, Search
+from perfmodel.planning.steptime import default_graph_tokens
 from perfmodel.prediction import Workload, evaluate
 
 #: Multiples of the question's rate the chosen deployment is simulated at (latency vs rate).
@@ -99,7 +100,9 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "host": prov["host"],
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
-                    "graph_tokens": int(setup.steps.graph_tokens) if setup.steps else None})
+                    "graph_tokens": int(default_graph_tokens(setup.steps, setup.profile, pool.engine.max_num_seqs,
+                                                             pool.engine.max_batched_tokens))
+                    if setup.steps else None})
     return out
 
 

@@ -139,10 +139,11 @@ def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, un
         raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({search.longest:,})")
     s, o = search.lengths.sample(len(times), np.random.default_rng(seed))
     limits = EngineLimits(max_num_seqs, max_batched_tokens, kv, setup.profile.options.async_scheduling)
-    result = simulate(setup.steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,
+    steps = search.engine_steps(setup, max_num_seqs)[0]  # the given largest graph, else the engine's default
+    result = simulate(steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,
                       until_s=until_s, record_tokens=True)
     stats = result.run_summary()
-    curve = serving_curve(setup.steps, limits, search.mean_in, search.mean_out)
+    curve = serving_curve(steps, limits, search.mean_in, search.mean_out)
     state = curve.at(search.rate)
     return {**{f"{m}_s": stats[m] for m in ("ttft", "itl", "tpot", "e2e")},
             "replay": True, "overloaded": result.overloaded, "overload_reason": result.reason,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -27,7 +27,7 @@ from perfmodel.planning.catalogue import Offer, load_prices, offers
 from perfmodel.planning.question import Lengths, PlanQuestion
 from perfmodel.planning.serving import ServingCurve, SteadyState, serving_curve
 from perfmodel.planning.simulate import EngineLimits, SimResult, poisson_requests, simulate
-from perfmodel.planning.steptime import StepTimes, build_step_times
+from perfmodel.planning.steptime import StepTimes, build_step_times, default_graph_tokens
 from perfmodel.prediction import DTYPE_BYTES, check_choice
 from perfmodel.profile import EngineProfile, load_profile
 from perfmodel.specs.layout import Layout
@@ -125,6 +125,7 @@ class Search:
         self.rejected: list[dict[str, Any]] = []
         self.simulations = 0
         self._sim_cache: dict[tuple, Evaluation] = {}
+        self._engine_steps: dict[tuple, tuple[StepTimes, ServingCurve]] = {}
         abort = max(self.targets.values()) * 5.0 if self.targets else 60.0
         self.abort_wait = max(5.0, min(abort, 120.0))
 
@@ -164,18 +165,45 @@ class Search:
                     f"usable leave KV room for {kv:,} tokens per stream, under the longest "
                     f"request ({self.longest:,})")
             else:
-                limits = EngineLimits(max(1, max(self.seqs) // layout.pp), self.budget, kv,
-                                      profile.options.async_scheduling)
-                setup.curve = serving_curve(steps, limits, self.mean_in, self.mean_out)
+                setup.curve = serving_curve(steps, self._curve_limits(setup), self.mean_in, self.mean_out)
         if setup.failure:
             self.rejected.append({"gpu": offer.name, "dtype": dtype, "layout": _layout_dict(layout),
                                   "reason": setup.failure})
         self.setups[key] = setup
         return setup
 
+    def engine_steps(self, setup: Setup, max_num_seqs: int) -> tuple[StepTimes, ServingCurve]:
+        """The step tables and closed-form curve of ``setup`` under an engine of ``max_num_seqs``
+        sequences: its largest CUDA graph is the engine's default for that many
+        (:func:`perfmodel.planning.steptime.default_graph_tokens`; a replay keeps the one it was
+        given). The curve is not yet capped at ``max_num_seqs``."""
+        assert setup.steps is not None and setup.curve is not None
+        if self.graph_tokens is not None:
+            return setup.steps, setup.curve
+        graph = default_graph_tokens(setup.steps, setup.profile, max_num_seqs, self.budget)
+        if graph == setup.steps.graph_tokens:
+            return setup.steps, setup.curve
+        key = (setup.offer.name, setup.dtype, setup.layout, graph)
+        if key not in self._engine_steps:
+            steps = replace(setup.steps, graph_tokens=graph)
+            # the closed form's steps holding a prompt hold its first chunk: beyond either graph,
+            # they are launched alike, and the curve is the setup's
+            alike = min(self.mean_in, self.budget) > setup.steps.graph_tokens
+            curve = setup.curve if alike else serving_curve(steps, self._curve_limits(setup), self.mean_in,
+                                                            self.mean_out)
+            self._engine_steps[key] = steps, curve
+        return self._engine_steps[key]
+
+    def _curve_limits(self, setup: Setup) -> EngineLimits:
+        """The limits a setup's closed-form curve is built at (the largest max_num_seqs, capped later)."""
+        assert setup.steps is not None
+        pp = setup.layout.pp
+        return EngineLimits(max(1, max(self.seqs) // pp), self.budget, setup.steps.kv_tokens // pp,
+                            setup.profile.options.async_scheduling)
+
     def stream_curve(self, setup: Setup, max_num_seqs: int) -> ServingCurve:
-        assert setup.curve is not None
-        return setup.curve.capped(max(1, max_num_seqs // setup.layout.pp))
+        curve = self.engine_steps(setup, max_num_seqs)[1]
+        return curve.capped(max(1, max_num_seqs // setup.layout.pp))
 
     def closed_form(self, setup: Setup, engine: Engine, replicas: int) -> Evaluation:
         """The closed form of ``replicas`` replicas of ``engine`` at the question's rate."""
@@ -228,7 +256,7 @@ class Search:
         limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp,
                               setup.profile.options.async_scheduling)
         state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
-        result = self.run_sim(setup.steps, limits, stream_rate, state)
+        result = self.run_sim(self.engine_steps(setup, engine.max_num_seqs)[0], limits, stream_rate, state)
         metrics = result.summary()
         stable = not result.overloaded and result.completed == len(result.ttft)
         failures, ratios = judge(metrics, self.targets)

@@ -206,6 +206,18 @@ class StepTimes:
         return max(t + self.piecewise_s, float(self.host(n + prompts)))
 
 
+def default_graph_tokens(steps: StepTimes, profile: EngineProfile, max_num_seqs: int, budget: int) -> float:
+    """The largest CUDA graph (tokens) an engine with ``max_num_seqs`` sequences and a token
+    budget of ``budget`` captures by default: vLLM's min(2·max_num_seqs, max_num_batched_tokens,
+    512) (``VllmConfig._set_cudagraph_sizes`` in vLLM 0.26; 512 is the profile's
+    ``cudagraph_max_tokens``, the tables' ``graph_tokens``) for an engine that pads its passes to
+    captured sizes (:attr:`perfmodel.profile.EngineProfile.pads_cudagraphs`); the tables' own
+    otherwise."""
+    if not profile.pads_cudagraphs:
+        return steps.graph_tokens
+    return float(min(steps.graph_tokens, 2 * max_num_seqs, budget))
+
+
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
     """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload (its graph
     options follow the workload's quantization scheme and MoE implementation)."""
