@@ -22,7 +22,7 @@ from perfmodel.click_errors import ABORT, EXIT, USAGE_ERRORS
 from perfmodel.errors import InputError, PerfModelError
 from perfmodel.profile import DEFAULT_ENGINE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
                   help="Symbolic, calibrated performance model of MoE LLM inference.")
 
 
@@ -248,9 +248,10 @@ def host_probe(
     out: Optional[Path] = typer.Option(None, "--out", help="With --seconds: write every sample here (JSON)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Time this host's probe (a fixed pure-Python loop, ms; best of three), the input
-    --host-probe-ms takes, and the factor it puts on the profile's host times; with --seconds,
-    its spread over time."""
+    """Time this host's probe, the input --host-probe-ms takes.
+
+    The probe is a fixed pure-Python loop (ms, best of three); the factor it puts on the
+    profile's host times is printed beside it. With --seconds, its spread over time."""
     from perfmodel.host_speed import host_factor, probe_ms as probe
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu

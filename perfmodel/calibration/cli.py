@@ -10,7 +10,7 @@ app = typer.Typer(add_completion=False, help="Measure kernels for calibration.")
 
 @app.command()
 def bench(
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/<gpu>/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/{gpu}/)."),
     quick: bool = typer.Option(False, "--quick", help="A ~1 minute smoke run."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Wall-time budget in seconds (default 450; quick 60)."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
@@ -30,7 +30,7 @@ def bench(
 
 @app.command()
 def collectives(
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/<gpu>-x<N>/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default calibration/data/{gpu}-x{N}/)."),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Processes, one per GPU (default: every GPU visible)."),
     max_bytes: str = typer.Option("1GiB", "--max-bytes", help="Largest message, e.g. 64MiB (sizes 4KiB, 8KiB, … up to it)."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Wall time after which no new size starts (default 300)."),

@@ -164,7 +164,7 @@ def measure(
     experts_impl: str = typer.Option("grouped_mm", "--experts-impl", help="grouped_mm, batched_mm or eager."),
     full_run: Optional[str] = typer.Option(None, "--full-run",
                                            help="Points that also get a full decode: [MODEL:]BxS,..."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file (default validate/results/<gpu>-<backend>.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file (default validate/results/{gpu}-{backend}.jsonl)."),
     budget_s: Optional[float] = typer.Option(None, "--budget-s", help="Stop starting points after this many seconds."),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="Replay decode steps from CUDA graphs."),
     profile: Optional[bool] = typer.Option(
@@ -199,7 +199,7 @@ def measure(
     allow_cpu: bool = typer.Option(False, "--allow-cpu", hidden=True,
                                    help="Run without a GPU (tiny models in tests; also PERFMODEL_ALLOW_CPU=1)."),
     serving: bool = typer.Option(False, "--serving", help="vllm: serving under Poisson arrivals (async "
-                                 "engine), one row per --rate, to validate/results/<gpu>-vllm-serving.jsonl."),
+                                 "engine), one row per --rate, to validate/results/{gpu}-vllm-serving.jsonl."),
     rate: Optional[str] = typer.Option(None, "--rate", help="--serving: arrival rates, requests/s, comma-separated."),
     num_requests: int = typer.Option(200, "--num-requests", help="--serving: requests per rate."),
     duration_s: Optional[float] = typer.Option(None, "--duration-s", help="--serving: no request is submitted "

@@ -19,7 +19,7 @@ def validate(
     serving: bool = typer.Option(False, "--serving", help="Serving runs (measure --serving) against the "
                                  "planning simulation, replayed."),
     results: Optional[Path] = typer.Option(None, "--results", help="--serving: the rows to replay (default "
-                                           "validate/results/<gpu>-vllm-serving.jsonl)."),
+                                           "validate/results/{gpu}-vllm-serving.jsonl)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
     if serving is True:
