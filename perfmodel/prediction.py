@@ -50,7 +50,8 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 #: Metrics a prediction reports (NaN where a phase has none, e.g. ITL of a prefill).
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
-           "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s", "decode_host_s")
+           "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s", "decode_host_s",
+           "decode_graph_batch")
 #: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
 LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
 #: Regime of a decode step held to the host's floor (:func:`decode_regime`; else GPU-bound).
@@ -458,6 +459,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
                                           else sp.Integer(0))
         else:  # the host's time a decode step is held to, to tell a host-bound step
             totals["decode_host_s"] = decode_host_floor(subs)
+            # the tokens the step runs: B, or B padded to the CUDA graph it replays
+            totals["decode_graph_batch"] = subs[s.T]
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))
         rows += op_rows
     any_graph = next(iter(graphs.values()))

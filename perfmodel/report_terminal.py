@@ -106,10 +106,13 @@ def print_prediction(p: Prediction, console: Console) -> None:
     table.add_column("± band", justify="right", overflow="fold")
     host = m.get("request_host_s", float("nan"))
     floor = m.get("decode_host_s", float("nan"))
+    graph = m.get("decode_graph_batch", float("nan"))
     rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
             *([(f"  of it, the call's {_count_of(p.workload.batch, 'request')} on the host", format_time(host), None)]
               if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
+            *([("  the CUDA graph it replays (B padded to a captured size)", f"{graph:.0f} sequences", None)]
+              if graph > p.workload.batch else []),
             *([(f"  the host's time for its {_count_of(p.workload.batch, 'sequence')}"
                 + (", which sets it" if decode_regime(m) == HOST_BOUND else ", hidden behind the GPU's"),
                 format_time(floor), None)]

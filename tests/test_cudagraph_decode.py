@@ -72,3 +72,20 @@ def test_a_prefill_within_the_largest_graph_runs_its_tokens_padded():
     assert _prefill_op(257) == pytest.approx(_prefill_op(272))  # replayed from the graph of 272
     assert _prefill_op(256) < _prefill_op(257)
     assert _prefill_op(600) < _prefill_op(608)  # above the largest graph (512): as it is
+
+
+def test_the_prediction_says_which_graph_a_decode_step_replays(capsys):
+    import math
+
+    from perfmodel.commands import main
+
+    vllm = predict("qwen3-30b-a3b", gpu="h200", engine="vllm", batch=10, input_len=128, output_len=16)
+    hf = predict("qwen3-30b-a3b", gpu="h200", engine="hf", batch=10, input_len=128, output_len=16)
+    prefill = predict("qwen3-30b-a3b", gpu="h200", engine="vllm", phase="prefill", batch=10, input_len=128)
+    assert vllm.metrics["decode_graph_batch"] == 16 and hf.metrics["decode_graph_batch"] == 10
+    assert math.isnan(prefill.metrics.get("decode_graph_batch", float("nan")))
+    main(["predict", "qwen3-30b-a3b", "-b", "10"])
+    out = capsys.readouterr().out
+    assert "the CUDA graph it replays" in out and "16 sequences" in out
+    main(["predict", "qwen3-30b-a3b", "-b", "16"])
+    assert "the CUDA graph it replays" not in capsys.readouterr().out  # nothing padded: no line
