@@ -9,10 +9,13 @@ import sympy as sp
 
 from perfmodel.errors import InputError
 from perfmodel.graph import build_graph, model_values
-from perfmodel.phases import decode_substitutions, prefill_substitutions
+from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
-from perfmodel.symbols import B, L, S, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
+from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
+
+#: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
+GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
@@ -41,19 +44,26 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     if op_name not in ops:
         raise InputError(f"unknown op '{op_name}' for {model.name} (known: {', '.join(ops)})")
     count, op = ops[op_name]
+    gpu_spec = load_gpu(gpu)
+    profile = load_profile(engine, gpu_spec.name)
     subs = prefill_substitutions() if phase == "prefill" else decode_substitutions()
+    at = {B: w.batch, S: w.input_len} if phase == "prefill" else {
+        B: w.batch, L: w.context if w.context is not None else w.input_len}
+    if profile.pads_cudagraphs:  # the pass runs the tokens of the CUDA graph it replays
+        tokens = subs[T].subs(at)
+        padded = graph_batch(subs[T], float(profile.options.cudagraph_max_tokens or 0)).subs(at)
+        if padded != tokens:
+            subs = {**subs, T: GRAPH_TOKENS}
+            at[GRAPH_TOKENS] = int(padded)
     expr = op_time(op, subs).total if quantity == "time" else op.quantity(quantity)
     phased = expr.subs(subs)
     numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0,
                b_w: 2, b_e: 2, b_a: 2, b_kv: 2}
     concrete = sp.simplify(phased.subs(numbers))
-    at = {B: w.batch, S: w.input_len} if phase == "prefill" else {
-        B: w.batch, L: w.context if w.context is not None else w.input_len}
     where = ", ".join(f"{k}={v}" for k, v in at.items())
     values = dict(at)
     if quantity == "time":
-        gpu_spec = load_gpu(gpu)
-        values.update(hardware_values(gpu_spec, load_profile(engine, gpu_spec.name), "bf16"))
+        values.update(hardware_values(gpu_spec, profile, "bf16"))
         where += f" on {gpu_spec.name} ({engine})"
     value = concrete.subs(values)
     return {"model": model, "op": op, "layers": count, "numbers": numbers, "expr": expr, "subs": subs,
@@ -76,6 +86,9 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
         show(parts["expr"]),
         "",
         f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in parts["subs"].items()),
+        *([f"  T_g = {parts['at'][GRAPH_TOKENS]}: the tokens of the CUDA graph the engine replays "
+           f"({'B·S' if phase == 'prefill' else 'B'} padded to the next captured size)"]
+          if GRAPH_TOKENS in parts["at"] else []),
         show(parts["phased"]),
         "",
         "with this model's numbers (bf16, TP=EP=PP=1, uniform routing):",

@@ -89,3 +89,18 @@ def test_the_prediction_says_which_graph_a_decode_step_replays(capsys):
     assert "the CUDA graph it replays" in out and "16 sequences" in out
     main(["predict", "qwen3-30b-a3b", "-b", "16"])
     assert "the CUDA graph it replays" not in capsys.readouterr().out  # nothing padded: no line
+
+
+def test_the_formula_of_a_padded_step_is_the_graphs():
+    from perfmodel.formula_text import op_formula_data
+
+    def data(batch, engine="vllm"):
+        return op_formula_data("qwen3-30b-a3b", "moe.experts", "time", "decode", [], batch=batch, context=1024,
+                               engine=engine)
+
+    at10, at16 = data(10), data(16)
+    assert at10["at"]["T_g"] == 16 and at10["substitutions"]["T"] == "T_g"
+    assert at10["value"] == pytest.approx(at16["value"])  # the experts of the graph's 16 tokens
+    assert "T_g" not in at16["at"] and at16["substitutions"]["T"] == "B"  # a captured size: as it is
+    hf = data(10, engine="hf")
+    assert "T_g" not in hf["at"] and hf["value"] < data(16, engine="hf")["value"]  # 10 tokens' experts
