@@ -12,8 +12,9 @@ is busy the gap between two consecutive steps' outputs is the later step's durat
 and the host, except around a step the host launches piece by piece (a prompt beyond the
 largest CUDA graph): the host hands over the previous step's outputs only once it has launched
 that step, so the long gap ends at the previous step's record and the launched step's own record
-follows a few ms later (on the lent H200, Qwen3-30B-A3B at 4 req/s: 81 ms, then 3.4 ms; the
-same pair of gaps, in the other order). :func:`step_summary` reports those gaps (milliseconds) apart for steps that carried
+follows a few ms later (on the lent H200, Qwen3-30B-A3B at 4 req/s with 10 decodes: 81 ms,
+then 3.4 ms, where a step of the decodes alone takes 13 ms: the launch overlapped the step
+before it). :func:`step_summary` reports those gaps (milliseconds) apart for steps that carried
 prompt tokens ("mixed": a prefill chunk, with or without decodes beside it) and steps that
 carried decodes only; a gap after which the engine had nothing left to run (no request running
 nor waiting) is idle time, not a step, and is left out.
