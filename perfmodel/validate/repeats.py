@@ -7,7 +7,8 @@ last ok row); this module gathers every point measured ok at least twice, with t
 metric over its measurements, max/min − 1 in %: the measurement's own noise, to be read beside the
 model's error.
 
-``repeated_points(paths)`` is the table (one row per repeated point), ``repeat_summary(table)``
+``repeated_points(paths)`` is the table (one row per repeated point; ``repeat_table`` builds it
+from ``ok_measurements(paths)``, every ok row of each point), ``repeat_summary(table)``
 the median and largest spread per metric, ``summary_line(summary)`` that as a sentence, and
 ``repeat_section(table, points, calibrated, every)`` what the validation report shows (the table
 with the calibrated engine's error on the kept row of each point), and ``every_measurement(points,
@@ -57,8 +58,12 @@ def repeated_points(paths: Iterable[Path], models: Iterable[str] | None = None):
     :func:`perfmodel.measuring.compare.compare` has them) and ``<metric>_spread_pct`` = max/min − 1
     in % (NaN where fewer than two measurements have the metric).
     """
-    import pandas as pd
+    return repeat_table(ok_measurements(paths, models))
 
+
+def ok_measurements(paths: Iterable[Path], models: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Point id → every ok row of it in the results files ``paths`` (taken together, in file
+    order), optionally of some models only."""
     wanted = None if models is None else {m.lower() for m in models}
     groups: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
@@ -69,6 +74,13 @@ def repeated_points(paths: Iterable[Path], models: Iterable[str] | None = None):
             if wanted is not None and str(row.get("model", "")).lower() not in wanted:
                 continue
             groups.setdefault(pid, []).append(row)
+    return groups
+
+
+def repeat_table(groups: dict[str, list[dict[str, Any]]]):
+    """:func:`repeated_points`'s table from :func:`ok_measurements`' rows."""
+    import pandas as pd
+
     records = []
     for pid, rows in groups.items():
         if len(rows) < 2:

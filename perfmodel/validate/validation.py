@@ -100,8 +100,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
-    from perfmodel.measuring.results import read_rows
-    from perfmodel.validate.repeats import every_measurement, repeat_summary, repeated_points
+    from perfmodel.validate.repeats import every_measurement, ok_measurements, repeat_summary, repeat_table
     from perfmodel.validate.report_pages import write_report
 
     if backend not in ("hf", "vllm"):
@@ -161,16 +160,12 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
-    repeats = repeated_points(read, models=wanted)
+    measured = ok_measurements(read, models=wanted)
+    repeats = repeat_table(measured)
     every = None
     if not repeats.empty:  # every measurement of each point: the kept rows' points and the earlier rows'
-        repeated = set(repeats["point_id"])
-        earlier: dict[str, list[dict[str, Any]]] = {}
-        for p in read:
-            for r in read_rows(p, unique=False, warn=False).rows:
-                if r.get("status") == "ok" and r.get("point_id") in repeated:
-                    earlier.setdefault(r["point_id"], []).append(r)
-        extra, _ = compare([r for rs in earlier.values() for r in rs[:-1]], engine=backend, gpu=gpu_spec.name,
+        earlier = [r for rows in measured.values() if len(rows) > 1 for r in rows[:-1]]
+        extra, _ = compare(earlier, engine=backend, gpu=gpu_spec.name,
                            train_models=train, models=wanted, train_points=train_points)
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
