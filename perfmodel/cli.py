@@ -22,7 +22,8 @@ from perfmodel.click_errors import ABORT, EXIT, USAGE_ERRORS
 from perfmodel.errors import InputError, PerfModelError
 from perfmodel.profile import DEFAULT_ENGINE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",  # a docstring's lines joined into paragraphs
                   help="Symbolic, calibrated performance model of MoE LLM inference.")
 
 
