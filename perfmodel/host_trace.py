@@ -130,6 +130,13 @@ class RunSampler:
         self._proc = None
 
 
+def _levels(ms: np.ndarray) -> tuple[float, float, float, float]:
+    """p10, p50 and p90 of probe-equivalent times (ms), and the slow state's threshold
+    (:data:`SLOW_RATIO` × p10)."""
+    p10, p50, p90 = (float(np.percentile(ms, q)) for q in (10, 50, 90))
+    return p10, p50, p90, SLOW_RATIO * p10
+
+
 def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
     """The host's speed over a run from :class:`RunSampler`'s samples: ``mean_ms`` (the probe
     time averaged over the work done: each sample is the same work), p10/p50/p90 (ms), the slow
@@ -144,9 +151,9 @@ def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
     if not samples:
         return None
     ms = np.array([m for _, m in samples], dtype=float)
-    p10, p50, p90 = (float(np.percentile(ms, q)) for q in (10, 50, 90))
+    p10, p50, p90, threshold = _levels(ms)
     return {"mean_ms": round(float(ms.mean()), 3), "p10_ms": round(p10, 3), "p50_ms": round(p50, 3),
-            "p90_ms": round(p90, 3), "slow_share": round(float((ms >= SLOW_RATIO * p10).mean()), 3),
+            "p90_ms": round(p90, 3), "slow_share": round(float((ms >= threshold).mean()), 3),
             "samples": int(len(ms)), "seconds": round(float(samples[-1][0]), 1)}
 
 
@@ -173,8 +180,7 @@ def summarize(samples: list[list[tuple[float, float]]]) -> dict[str, Any]:
     pooled = np.array([ms for worker in samples for _, ms in worker])
     if not len(pooled):
         raise InputError("the trace holds no sample")
-    p10, p50, p90 = (float(np.percentile(pooled, q)) for q in (10, 50, 90))
-    threshold = SLOW_RATIO * p10
+    p10, p50, p90, threshold = _levels(pooled)
     per_worker, runs, switches, span = [], [], 0, 0.0
     bins: dict[int, list[bool]] = {}
     for worker in samples:
