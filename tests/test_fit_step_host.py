@@ -13,6 +13,7 @@ from perfmodel.calibration.fit import _profile
 from perfmodel.calibration.fit_step_host import fit_eager_seq
 from perfmodel.measuring.step_compare import compare_steps, decode_bands, mixed_steps, step_tables
 from perfmodel.paths import ROOT
+from perfmodel.planning.pipeline import handover_times
 
 S, O, SEQS, BUDGET = 1024, 256, 256, 8192
 
@@ -50,15 +51,16 @@ def test_a_launched_step_pays_the_host_time_of_each_further_sequence(tables):
 
 
 def _trace(steps, per_seq_s: float, n: int = 200, pairs: int = 60) -> dict:
-    """Decode-only and mixed steps in turn, each as long as the model says with ``per_seq_s``."""
+    """Two decode-only steps and a mixed one in turn, their outputs handed over when the model says with
+    ``per_seq_s`` (the host launches each mixed step while the GPU runs the decode step before
+    it, :mod:`perfmodel.planning.pipeline`)."""
     rate = steps.prefill_rate(S)
-    decode = steps.step(n, S + O / 2, 0, 0.0)
-    mixed = dataclasses.replace(steps, floor_seq_s=per_seq_s).step(n, S + O / 2, S, S * rate, prompts=1)
-    t, rows = 0.0, []
-    for _ in range(pairs):
-        for gap, ctx in ((decode, 0), (mixed, S)):
-            t += gap
-            rows.append([t, 1 if ctx else 0, ctx, n, n, SEQS, 10, 0.5, 0])
+    timed = dataclasses.replace(steps, floor_seq_s=per_seq_s)
+    prompt = np.tile([0.0, 0.0, S], pairs)  # the second decode step's outputs wait for the launch
+    gpu, host, launched = timed.parts(np.full(3 * pairs, float(n)), S + O / 2, prompt, prompt * rate, 1.0)
+    rows = [[0.0, 0, 0, n, n, SEQS, 10, 0.5, 0]]  # the record before the first step
+    for t, ctx in zip(handover_times(gpu, host, launched), prompt):
+        rows.append([float(t), 1 if ctx else 0, int(ctx), n, n, SEQS, 10, 0.5, 0])
     return {"columns": ["t_s", "ctx_reqs", "ctx_tokens", "gen_reqs", "gen_tokens", "running", "waiting",
                         "kv_usage", "preempted"], "steps": rows}
 

@@ -48,10 +48,11 @@ def fit_eager_seq(base: dict[str, Any], gpu: str, train_models: tuple[str, ...],
             if row["model"].lower() in {m.lower() for m in train_models}
             and ((row.get("engine_steps") or {}).get("max_running") or 0) >= int(row["max_num_seqs"])]
     profile = _profile(base)
-    found = [m for m in (mixed_steps(row, trace, step_tables(row, profile, gpu)) for row, trace in runs) if m]
+    found = [m for m in (mixed_steps(row, trace, step_tables(row, profile, gpu), profile.options.async_scheduling)
+                         for row, trace in runs) if m]
     if not found:
         return None, []
-    weights = np.array([len(m.gpu_s) for m in found], dtype=float)
+    weights = np.array([m.mixed.sum() for m in found], dtype=float)
     target = float(np.average([m.measured_mean_s for m in found], weights=weights))
 
     def gap(per_seq_s: float) -> float:

@@ -6,7 +6,8 @@ the model (:class:`perfmodel.planning.steptime.StepTimes`, for the row's model, 
 and lengths on one GPU):
 
 - decode-only steps, by how many sequences they decode: the measured median duration against
-  the model's step at that many decodes and the run's mean context S + O/2 (ms);
+  the model's step at that many decodes and the run's mean context S + O/2 (ms), leaving out
+  those whose outputs waited for the launch of the step after them;
 - steps holding prompt tokens ("mixed"): their mean cost over the whole run, the busy time not
   spent in decode-only steps (each at the model's time) per mixed step, against the model's
   mean over the same steps (:class:`MixedSteps`; the per-sequence host time of a launched step
@@ -26,6 +27,7 @@ import numpy as np
 
 from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
+from perfmodel.planning.pipeline import handover_times
 
 #: Upper ends of the decode-count bands of :func:`decode_bands` (sequences): up to 16, vLLM's
 #: CUDA-graph sizes, so that every step of a band runs the same padded batch.
@@ -71,44 +73,67 @@ def _context(row: dict[str, Any]) -> float:
 
 @dataclasses.dataclass
 class MixedSteps:
-    """One run's busy steps that held prompt tokens: what they measured and what the model needs."""
+    """One run's busy steps, replayed on the model's two resources
+    (:mod:`perfmodel.planning.pipeline`): what its steps holding prompt tokens cost, measured and
+    modelled. A mixed step's cost is the busy time not spent in decode-only steps (each at the
+    model's time alone), per mixed step; with asynchronous scheduling a launched step holds back
+    the outputs of the step before it, so the cost lies in the gaps around it, which the sum
+    takes whole."""
 
     measured_mean_s: float  #: time not in decode-only steps, per mixed step
-    gpu_s: np.ndarray  #: the model's GPU time of each mixed step
-    sequences: np.ndarray  #: decodes plus prompt chunks of each mixed step
+    gpu_s: np.ndarray  #: the model's GPU time of each busy step
+    host_s: np.ndarray  #: the host's time of each busy step that is not launched
+    sequences: np.ndarray  #: decodes plus prompt chunks of each busy step
+    launched: np.ndarray  #: whether each busy step is launched (prompt tokens beyond the largest graph)
+    mixed: np.ndarray  #: whether each busy step holds prompt tokens
+    stretches: list[np.ndarray]  #: indices of each run of consecutive busy steps
+    decode_s: float  #: the model's decode-only steps, summed
     floor_s: float  #: the host floor of a launched step of one sequence
-    launched: np.ndarray  #: whether each mixed step exceeds the largest CUDA graph
+    asynchronous: bool  #: whether the engine schedules one step ahead
 
     def model_mean_s(self, per_seq_s: float) -> float:
-        """The model's mean mixed step with ``per_seq_s`` of host time per further sequence."""
+        """The model's mean mixed step with ``per_seq_s`` of host time per further sequence of a
+        launched step."""
         floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s
-        return float(np.where(self.launched, np.maximum(self.gpu_s, floor), self.gpu_s).mean())
+        host = np.where(self.launched, floor, self.host_s)
+        if self.asynchronous:
+            total = sum(float(handover_times(self.gpu_s[r], host[r], self.launched[r])[-1])
+                        for r in self.stretches)
+        else:
+            total = float(np.maximum(self.gpu_s, host).sum())
+        return (total - self.decode_s) / int(self.mixed.sum())
 
 
-def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps) -> MixedSteps | None:
-    """The mixed steps of one traced run (None without any), on the step tables ``steps``."""
+def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous: bool = True) -> MixedSteps | None:
+    """The busy steps of one traced run (None without a mixed one), on the step tables ``steps``,
+    for an engine that schedules ``asynchronously`` or not."""
     b = busy_steps(trace["steps"], trace["columns"])
     gaps, busy = b.gap_s, b.busy
     n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
-    unlaunched = dataclasses.replace(steps, graph_tokens=np.inf, piecewise_s=0.0)  # the GPU's time alone
-    gpu = unlaunched.steps(n, _context(row), p, p * steps.prefill_rate(float(row["input_len"])))
+    gpu, host, launched = steps.parts(n, _context(row), p, p * steps.prefill_rate(float(row["input_len"])),
+                                      np.maximum(chunks, 1.0))
     mixed, decode = busy & (p > 0), busy & (p == 0)
     if not mixed.any():
         return None
-    measured = (gaps[busy].sum() - gpu[decode].sum()) / mixed.sum()
-    return MixedSteps(float(measured), gpu[mixed], (n + chunks)[mixed], steps.floor_s,
-                      (n + p)[mixed] > steps.graph_tokens)
+    measured = (gaps[busy].sum() - np.maximum(gpu, host)[decode].sum()) / mixed.sum()
+    index = np.flatnonzero(busy)
+    stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
+    return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
+                      launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
+                      float(np.maximum(gpu, host)[decode].sum()), steps.floor_s, asynchronous)
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:
     """Busy decode-only steps by decode count (:data:`DECODE_BANDS`, bands of at least
-    :data:`MIN_BAND_STEPS` steps): ``decodes`` (their mean), ``steps``, ``measured_p50_ms`` and
+    :data:`MIN_BAND_STEPS` steps), but those before a launched step (whose outputs wait for its
+    launch, :mod:`perfmodel.planning.pipeline`): ``decodes`` (their mean), ``steps``, ``measured_p50_ms`` and
     ``model_ms``, the median of the model's time of each of those steps (at its own decode
     count: a step's CUDA graph pads the count to the next captured size, a step function that
     the band's mean would blur)."""
     b = busy_steps(trace["steps"], trace["columns"])
-    n = b.columns["gen_reqs"]
-    decode = b.busy & (b.columns["ctx_tokens"] == 0) & (n > 0)
+    n, p = b.columns["gen_reqs"], b.columns["ctx_tokens"]
+    launched_next = np.append((p > 0) & (n + p > steps.graph_tokens), False)[1:]
+    decode = b.busy & (p == 0) & (n > 0) & ~launched_next
     out, low = [], 0
     for high in DECODE_BANDS:
         band = decode & (n > low) & (n <= high)
@@ -125,10 +150,10 @@ def compare_steps(row: dict[str, Any], trace: dict[str, Any], profile, gpu: str)
     """One traced run against the model: its decode bands and mixed steps (ms; the latter None
     without any) at the profile's per-sequence host time."""
     steps = step_tables(row, profile, gpu)
-    mixed = mixed_steps(row, trace, steps)
+    mixed = mixed_steps(row, trace, steps, profile.options.async_scheduling)
     return {"model": row["model"], "rate": row.get("rate"), "point_id": row["point_id"],
             "decode": decode_bands(row, trace, steps),
             "mixed": None if mixed is None else {
-                "steps": int(len(mixed.gpu_s)), "mean_sequences": round(float(mixed.sequences.mean()), 1),
+                "steps": int(mixed.mixed.sum()), "mean_sequences": round(float(mixed.sequences[mixed.mixed].mean()), 1),
                 "measured_ms": round(mixed.measured_mean_s * 1e3, 3),
                 "model_ms": round(mixed.model_mean_s(steps.floor_seq_s) * 1e3, 3)}}

@@ -14,6 +14,12 @@ n. Parametrized by n, everything else is explicit:
   by Little's law the mean ITL is n/(λ·(Ō − 1));
 - TTFT ≈ the rest of the running step plus c mixed steps; E2E ≈ TTFT + (Ō − 1)·mean ITL.
 
+With asynchronous scheduling (:mod:`perfmodel.planning.pipeline`) M(k) is what a mixed step
+adds to a stream of decode-only steps (its host launch overlaps the decode step before it,
+unless, with probability share, that step held prompt tokens too),
+and a prompt's first token waits, after its last chunk, for the launch of the step after it
+(a decode-only step, or with probability share one holding prompt tokens).
+
 The curve λ(n) is evaluated once per configuration and read at any rate; its largest λ under
 the limits (n ≤ max_num_seqs, n·(S̄ + Ō/2) ≤ KV-cache tokens, n + prompt tokens per step ≤ the
 token budget) is the saturation rate. It holds below saturation, where queues stay short; the
@@ -36,6 +42,7 @@ from scipy.special import gammaln
 from perfmodel import symbols
 from perfmodel.phases import prefill_steps
 
+from perfmodel.planning.pipeline import mixed_in_decodes
 from perfmodel.planning.simulate import EngineLimits
 from perfmodel.planning.steptime import StepTimes
 
@@ -189,6 +196,8 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
     pk[:, -1] += np.maximum(0.0, 1.0 - pk.sum(axis=1))  # the cap holds the tail
     d = steps.steps(np.maximum(k, 1.0), context, 0.0, 0.0)  # (1, K)
     m, phi = d, np.zeros_like(ns)
+    decode = steps.parts(np.maximum(k, 1.0), context, 0.0, 0.0)
+    first_out = None  # (N, K): from a prompt's last step's scheduling to its first token, async
     room = np.maximum(budget - ns, 1.0)
     chunks = _prefill_steps_fn()(1.0, mean_in, room)
     tokens = (pk * k / d).sum(axis=1, keepdims=True)
@@ -207,6 +216,13 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
                            mean_in / chunks)
             used = np.minimum(p, room)
             m = steps.steps(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))  # (N, K)
+            if limits.async_scheduling:  # its launch overlaps the decode step before it
+                mixed = steps.parts(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))
+                after_decode, first_out = mixed_in_decodes(decode, mixed)
+                pair, first_then_mixed = mixed_in_decodes(decode, mixed, then_mixed=True)
+                # the step before it holds prompt tokens too with probability share
+                m = (1.0 - share) * after_decode + share * (pair - after_decode)
+                first_out = (1.0 - share) * first_out + share * first_then_mixed
             tokens = (pk * k * ((1.0 - phi) / d + phi / m)).sum(axis=1, keepdims=True)
             lam = tokens / decode_steps
     p_col = np.broadcast_to(p, ns.shape)[:, 0]
@@ -228,7 +244,12 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
         step_mean = float((pk[i, 1:] * ((1.0 - phi_col[i, 0]) * d_full[i, 1:] + phi_col[i, 0] * m_full[i, 1:])).sum()
                           / max(busy[i], 1e-12))
         m_mean = float((pk[i] * m_full[i]).sum())
-        base = 0.0 if kind == "decode" else float(chunks[i, 0]) * m_mean
+        if kind == "decode":
+            base = 0.0
+        elif first_out is None:
+            base = float(chunks[i, 0]) * m_mean
+        else:
+            base = (float(chunks[i, 0]) - 1.0) * m_mean + float((pk[i] * first_out[i]).sum())
         ttft = [base + busy[i] * 0.5 * step_mean, *[base + busy[i] * q / 100.0 * step_mean for q in _QS]]
         rows.append((n, float(lam[i, 0]), itl, ttft, float((pk[i] * d_full[i]).sum()), m_mean,
                      float(phi_col[i, 0])))

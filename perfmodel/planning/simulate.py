@@ -3,11 +3,15 @@
 The engine is vLLM's continuous batching: each step takes the running decodes (one token
 each), then continues partial prefills and admits waiting requests in arrival order while the
 step's token budget (``max_batched_tokens``), the sequence limit (``max_num_seqs``) and the free
-KV cache allow (with asynchronous scheduling, only requests that had arrived when the previous
-step started: that is when this step was scheduled); prompts longer than what is left of the budget are chunked over steps. When
+KV cache allow; prompts longer than what is left of the budget are chunked over steps. When
 the decodes' next tokens do not fit in the KV cache, the latest admitted request is preempted
 (its KV freed, recomputed later as a prefill of its prompt and the tokens it had produced, as
-vLLM's recompute preemption does). A step's time comes from :class:`StepTimes`.
+vLLM's recompute preemption does). A step's GPU and host times come from :class:`StepTimes`.
+Scheduled synchronously, a step takes the larger of the two and hands its tokens over when it
+ends. Scheduled asynchronously (vLLM's default), the host schedules and launches step k + 1
+while the GPU runs step k, and step k's tokens reach the clients once both are done
+(:mod:`perfmodel.planning.pipeline`): a request that arrives during step k joins step k + 2 at
+the earliest, unless the engine has nothing else to run.
 
 Metrics as ``vllm bench serve`` reports them: TTFT (arrival to the first token), ITL (every
 gap between two tokens of a request), TPOT ((E2E − TTFT)/(O − 1) per request) and E2E, over
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from perfmodel.planning.pipeline import gpu_end as step_gpu_end
 from perfmodel.planning.steptime import StepTimes
 
 #: Percentiles every latency is reported at.
@@ -42,9 +47,8 @@ PERCENTILES = (50, 90, 99)
 @dataclass(frozen=True)
 class EngineLimits:
     """The scheduler's limits: sequences per step, tokens per step, KV-cache tokens; and
-    whether it schedules asynchronously (vLLM's default since 0.11: step k+1 is scheduled
-    while step k runs, so a request that arrives during step k can join step k+2 at the
-    earliest, unless the engine has nothing else to run)."""
+    whether it schedules asynchronously (vLLM's default since 0.11: step k+1 is scheduled and
+    launched while step k runs, :mod:`perfmodel.planning.pipeline`)."""
 
     max_num_seqs: int
     max_batched_tokens: int
@@ -245,7 +249,7 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
     heap: list[tuple[int, int, int]] = []
     sums = {"base": 0, "n_d": 0, "kv_pref": 0, "k": 0, "area": 0.0, "last_t": 0.0, "in_sys": 0,
             "sojourn": 0.0, "finished": 0, "arrived": 0, "measured_done": 0, "preempt": 0,
-            "batch_sum": 0, "peak_kv": 0}
+            "batch_sum": 0, "peak_kv": 0, "delivered": None}
     step_dur: list[float] = []
     step_dec: list[int] = []
     gaps: list[float] = []
@@ -264,9 +268,13 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
         sums["last_t"] = now
         sums["in_sys"] += delta
 
-    def finish(i: int, now: float) -> None:
-        st.finish[i] = now
+    def retire(i: int) -> None:
+        """A request whose last token the step just composed makes: it leaves the batch."""
         running.pop(i, None)
+
+    def finish(i: int, now: float) -> None:
+        """Its last token reaches the client at ``now``."""
+        st.finish[i] = now
         touch(now, -1)
         sums["finished"] += 1
         sums["sojourn"] += now - arrival[i]
@@ -316,17 +324,41 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
             if ev is not None and not ev.triggered:
                 ev.succeed()
 
+    def deliver(step: dict, now: float) -> None:
+        """A step's outputs reach the client at ``now``: its tokens, first tokens and finishes."""
+        if record_tokens:
+            step_end.append(now)
+        if step["n_d"] and now >= first_measured_arrival:
+            step_dur.append(now - (sums["delivered"] if sums["delivered"] is not None else step["start"]))
+            step_dec.append(step["n_d"])
+        sums["delivered"] = now
+        for i in step["first"]:
+            if st.first[i] is None:
+                st.first[i] = now
+            elif i >= measured.start and st.last[i] is not None:
+                gaps.append(now - st.last[i])  # a preempted request's token after recompute
+            st.last[i] = now
+        for i in step["finished"]:
+            st.last[i] = now
+            finish(i, now)
+
     def engine():
-        busy_since = None  # start of the step that just ended; None when the engine was idle
+        # asynchronous scheduling: the host schedules and launches step k + 1 while the GPU runs
+        # step k, and hands over step k's outputs once both are done (perfmodel.planning.pipeline)
+        in_flight = None  # the launched step whose outputs are not yet handed over
+        gpu_end = 0.0  # when the GPU finishes the last launched step
         while True:
             if not waiting and not running:
+                if in_flight is not None:
+                    yield env.timeout(max(gpu_end - env.now, 0.0))
+                    deliver(in_flight, env.now)
+                    in_flight = None
+                    continue
                 wake["event"] = env.event()
                 yield wake["event"]
                 wake["event"] = None
-                busy_since = None
+                sums["delivered"] = None
             now = env.now
-            # asynchronous scheduling: this step was scheduled when the previous one started
-            cutoff = busy_since if limits.async_scheduling and busy_since is not None else now
             if waiting and now - arrival[waiting[0]] > abort_wait_s:
                 outcome.update(overloaded=True, reason=f"a request waited over {abort_wait_s:g} s to start")
                 done.succeed()
@@ -343,6 +375,7 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
             budget = budget_max - n_d
             free = cap - (sums["base"] + n_d * k) - sums["kv_pref"]
             chunks: list[tuple[int, int]] = []
+            step = {"n_d": n_d, "first": [], "finished": [], "start": now}
             for i in prefilling:
                 c = min(st.target[i] - st.computed[i], budget, free)
                 if c > 0:
@@ -351,8 +384,6 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     free -= c
             while waiting and budget > 0 and len(running) < mns:
                 i = waiting[0]
-                if arrival[i] > cutoff:
-                    break
                 if requests.prefilled and st.target[i] == S[i] and st.generated[i] == 0:
                     need = S[i] + 1  # its prompt's KV and the next token
                     if need > free:
@@ -379,38 +410,34 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 budget -= c
                 free -= c
             if n_d == 0 and not chunks:
-                if waiting and cutoff < now and arrival[waiting[0]] > cutoff:
-                    busy_since = None  # nothing else to run: the newcomers are scheduled at once
-                    continue
                 if prefilling and len(running) > 1:  # stalled partial prefills hold the cache
                     preempt(prefilling[-1], now)
+                    continue
+                if in_flight is not None:  # what is in flight may free the cache
+                    yield env.timeout(max(gpu_end - now, 0.0))
+                    deliver(in_flight, env.now)
+                    in_flight = None
                     continue
                 if running or waiting:
                     outcome.update(overloaded=True, reason="a request does not fit in the KV cache")
                     done.succeed()
                     return
                 continue
+            step["n_d"] = n_d
             p = 0
             p_time = 0.0
             for i, c in chunks:
                 p += c
                 p_time += c * st.rate[i]
             ctx = (sums["base"] + n_d * k) / n_d if n_d else 0.0
-            dt = steps.step(n_d, ctx, p, p_time, len(chunks))
+            gpu, host, launched = steps.step_parts(n_d, ctx, p, p_time, len(chunks))
             used = sums["base"] + n_d * k + sums["kv_pref"] + p
             if used > sums["peak_kv"]:
                 sums["peak_kv"] = used
-            yield env.timeout(dt)
-            busy_since = now  # the step that just ended started at `now`
-            now = env.now
+            # what the step does to the engine's state, known to the scheduler of the next one
             k += 1
             sums["k"] = k
             sums["batch_sum"] += n_d
-            if record_tokens:
-                step_end.append(now)
-            if now >= first_measured_arrival and n_d:
-                step_dur.append(dt)
-                step_dec.append(n_d)
             while heap and heap[0][0] <= k:
                 _, ver, i = heapq.heappop(heap)
                 if ver != st.version[i]:
@@ -421,8 +448,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     pieces[i].append((st.start[i], k))
                 st.start[i] = None
                 st.generated[i] = O[i]
-                st.last[i] = now
-                finish(i, now)
+                retire(i)
+                step["finished"].append(i)
             for i, c in chunks:
                 st.computed[i] += c
                 sums["kv_pref"] += c
@@ -431,17 +458,28 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 sums["kv_pref"] -= st.computed[i]
                 prefilling.remove(i)
                 st.generated[i] += 1
+                step["first"].append(i)
                 if record_tokens:
-                    pieces[i].append((None, now))
-                if st.first[i] is None:
-                    st.first[i] = now
-                elif i >= measured.start and st.last[i] is not None:
-                    gaps.append(now - st.last[i])  # a preempted request's token after recompute
-                st.last[i] = now
+                    pieces[i].append((k - 1, k))  # its token comes with the step's outputs
                 if st.generated[i] >= O[i]:
-                    finish(i, now)
+                    retire(i)
+                    step["finished"].append(i)
                 else:
                     start_decoding(i, k)
+            # when it runs
+            if not limits.async_scheduling:
+                yield env.timeout(max(gpu, host))
+                deliver(step, env.now)
+                continue
+            launch_end = now + host
+            previous = gpu_end if in_flight is not None else now
+            gpu_end = step_gpu_end(previous, launch_end, gpu, launched)
+            if in_flight is not None:
+                yield env.timeout(max(launch_end, previous) - now)
+                deliver(in_flight, env.now)
+            else:
+                yield env.timeout(host)
+            in_flight = step
 
     def deadline():
         yield env.timeout(max(until_s - env.now, 0.0))

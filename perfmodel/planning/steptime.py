@@ -168,9 +168,16 @@ class StepTimes:
         (decodes and prompt chunks): the host's time for it, per step and per sequence."""
         return self.host_s + np.asarray(sequences, dtype=float) * self.host_seq_s
 
-    def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
-              prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0) -> np.ndarray:
-        """:meth:`step` over an array of decode counts (and prompt tokens, prompt chunks), vectorized."""
+    def parts(self, n: np.ndarray | float, context: float, prompt_tokens: np.ndarray | float,
+              prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A step's two resources, vectorized over decode counts ``n`` (and prompt tokens, prompt
+        chunks): (GPU time, host time, launched), s. The GPU time is the model's pass over the
+        step's tokens (with the host's attention launches of a step replayed from piecewise
+        graphs); the host time is its work for the step: a step replayed from a CUDA graph,
+        :meth:`host`; a launched step (prompt tokens, more tokens than the largest graph),
+        :meth:`floor`, over which its kernels run as they are launched. A step alone takes
+        the larger of the two (:meth:`steps`)."""
         n, p, p_time, chunks = np.broadcast_arrays(
             np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
             np.asarray(prompt_time, dtype=float), np.asarray(prompts, dtype=float))
@@ -186,24 +193,36 @@ class StepTimes:
         if len(self.ctx_n) > 1:  # beyond the grid: the last segment's slope
             slope = (column[-1] - column[-2]) / (self.ctx_n[-1] - self.ctx_n[-2])
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
-        t = tok + ctx + p_time + self.fixed_s
-        launched = total > self.graph_tokens
-        t = np.where((p > 0) & ~launched, t + self.piecewise_s, t)
+        gpu = tok + ctx + p_time + self.fixed_s
+        launched = (p > 0) & (total > self.graph_tokens)
+        gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s, gpu)
         sequences = n + np.where(p > 0, chunks, 0.0)
-        least = np.where((p > 0) & launched, self.floor(sequences), self.host(sequences))
-        return np.maximum(t, least)
+        host = np.where(launched, self.floor(sequences), self.host(sequences))
+        return gpu, host, launched
+
+    def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
+              prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0) -> np.ndarray:
+        """:meth:`step` over an array of decode counts (and prompt tokens, prompt chunks), vectorized."""
+        gpu, host, _ = self.parts(n, context, prompt_tokens, prompt_time, prompts)
+        return np.maximum(gpu, host)
+
+    def step_parts(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
+                   prompts: int = 1) -> tuple[float, float, bool]:
+        """One step's (GPU time, host time, launched), s, as :meth:`parts` gives them: ``n``
+        decodes at mean ``context``, ``prompt_tokens`` prefill tokens of ``prompts`` prompt
+        chunks whose sequence ops take ``prompt_time`` s (Σ tokens · :meth:`prefill_rate`)."""
+        gpu = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
+        if prompt_tokens <= 0:
+            return gpu, float(self.host(n)), False
+        if n + prompt_tokens > self.graph_tokens:
+            return gpu, float(self.floor(n + prompts)), True
+        return gpu + self.piecewise_s, float(self.host(n + prompts)), False
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
              prompts: int = 1) -> float:
-        """One step's time, s: ``n`` decodes at mean ``context``, ``prompt_tokens`` prefill tokens
-        of ``prompts`` prompt chunks whose sequence ops take ``prompt_time`` s (Σ tokens ·
-        :meth:`prefill_rate`)."""
-        t = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
-        if prompt_tokens <= 0:
-            return max(t, float(self.host(n)))
-        if n + prompt_tokens > self.graph_tokens:
-            return max(t, float(self.floor(n + prompts)))
-        return max(t + self.piecewise_s, float(self.host(n + prompts)))
+        """One step's time alone, s: the larger of its GPU and host times (:meth:`step_parts`)."""
+        gpu, host, _ = self.step_parts(n, context, prompt_tokens, prompt_time, prompts)
+        return max(gpu, host)
 
 
 def default_graph_tokens(steps: StepTimes, profile: EngineProfile, max_num_seqs: int, budget: int) -> float:
