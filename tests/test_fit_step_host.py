@@ -98,6 +98,12 @@ def test_a_traced_run_beside_the_model_by_decode_count_and_mixed_steps():
     out = compare_steps(_row(44.0, SEQS), trace, profile, "h200-sxm")
     assert out["decode"] == [band] and out["mixed"]["mean_sequences"] == 201
     assert out["mixed"]["measured_ms"] == pytest.approx(out["mixed"]["model_ms"], rel=1e-3)
+    # around each launched step: the decode step before it waits for the launch, as replayed
+    launches = out["launches"]
+    assert launches["pairs"] == launches["launched"] == 60
+    assert launches["before_ms"][0] == pytest.approx(launches["before_ms"][1], rel=1e-3)
+    assert launches["launched_ms"][0] == pytest.approx(launches["launched_ms"][1], rel=1e-3)
+    assert launches["before_ms"][0] > 1.5 * band["measured_p50_ms"]  # the launch, not the decode
 
 
 def test_the_serving_report_sets_traced_runs_beside_the_model(tmp_path, tables):
@@ -110,6 +116,7 @@ def test_the_serving_report_sets_traced_runs_beside_the_model(tmp_path, tables):
     assert out["mixed"]["steps"] == 60 and out["mixed"]["measured_ms"] > out["decode"][0]["measured_p50_ms"]
     text = engine_steps_markdown([out])
     assert "## Engine steps (traced runs)" in text and "| olmoe-1b-7b | 44 | 200: " in text
+    assert "| (60) " in text  # the gaps around the launched steps
     # other models' runs, and rows without a trace file, give no section
     assert engine_step_comparison(path, "h200-sxm", {"mixtral-8x7b"}) == [] and engine_steps_markdown([]) == ""
     assert engine_step_comparison(tmp_path / "none.jsonl", "h200-sxm", {"olmoe-1b-7b"}) == []

@@ -11,7 +11,9 @@ and lengths on one GPU):
 - steps holding prompt tokens ("mixed"): their mean cost over the whole run, the busy time not
   spent in decode-only steps (each at the model's time) per mixed step, against the model's
   mean over the same steps (:class:`MixedSteps`; the per-sequence host time of a launched step
-  is fitted on it, :mod:`perfmodel.calibration.fit_step_host`).
+  is fitted on it, :mod:`perfmodel.calibration.fit_step_host`);
+- around each launched step: the gap of the decode-only step before it (whose outputs wait for
+  its launch) and its own, measured and replayed on the model's two resources.
 
 Durations in seconds unless a name says ms.
 """
@@ -90,18 +92,42 @@ class MixedSteps:
     decode_s: float  #: the model's decode-only steps, summed
     floor_s: float  #: the host floor of a launched step of one sequence
     asynchronous: bool  #: whether the engine schedules one step ahead
+    measured_gaps_s: np.ndarray  #: the measured gap before each busy step's outputs
+
+    def model_gaps_s(self, per_seq_s: float) -> np.ndarray:
+        """The model's gap before each busy step's outputs (s), each run of busy steps replayed
+        from its start, with ``per_seq_s`` of host time per further sequence of a launched step."""
+        floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s
+        host = np.where(self.launched, floor, self.host_s)
+        if not self.asynchronous:
+            return np.maximum(self.gpu_s, host)
+        gaps = np.empty(len(self.gpu_s))
+        for r in self.stretches:
+            gaps[r] = np.diff(handover_times(self.gpu_s[r], host[r], self.launched[r]), prepend=0.0)
+        return gaps
 
     def model_mean_s(self, per_seq_s: float) -> float:
         """The model's mean mixed step with ``per_seq_s`` of host time per further sequence of a
         launched step."""
-        floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s
-        host = np.where(self.launched, floor, self.host_s)
-        if self.asynchronous:
-            total = sum(float(handover_times(self.gpu_s[r], host[r], self.launched[r])[-1])
-                        for r in self.stretches)
-        else:
-            total = float(np.maximum(self.gpu_s, host).sum())
-        return (total - self.decode_s) / int(self.mixed.sum())
+        return (float(self.model_gaps_s(per_seq_s).sum()) - self.decode_s) / int(self.mixed.sum())
+
+    def around_launches(self, per_seq_s: float) -> dict[str, Any] | None:
+        """Median gaps (ms), measured and modelled, of the decode-only steps just before a
+        launched step (their outputs wait for its launch) and of the launched steps; None
+        without such a pair."""
+        before = np.zeros(len(self.gpu_s), dtype=bool)
+        for r in self.stretches:
+            before[r[:-1]] = self.launched[r[1:]] & ~self.mixed[r[:-1]]
+        if not before.any():
+            return None
+        model = self.model_gaps_s(per_seq_s)
+
+        def ms(values: np.ndarray, mask: np.ndarray) -> float:
+            return round(float(np.median(values[mask])) * 1e3, 3)
+
+        return {"pairs": int(before.sum()), "launched": int(self.launched.sum()),
+                "before_ms": [ms(self.measured_gaps_s, before), ms(model, before)],
+                "launched_ms": [ms(self.measured_gaps_s, self.launched), ms(model, self.launched)]}
 
 
 def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous: bool = True) -> MixedSteps | None:
@@ -120,7 +146,7 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
     return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
                       launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
-                      float(np.maximum(gpu, host)[decode].sum()), steps.floor_s, asynchronous)
+                      float(np.maximum(gpu, host)[decode].sum()), steps.floor_s, asynchronous, gaps[busy])
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:
@@ -156,4 +182,5 @@ def compare_steps(row: dict[str, Any], trace: dict[str, Any], profile, gpu: str)
             "mixed": None if mixed is None else {
                 "steps": int(mixed.mixed.sum()), "mean_sequences": round(float(mixed.sequences[mixed.mixed].mean()), 1),
                 "measured_ms": round(mixed.measured_mean_s * 1e3, 3),
-                "model_ms": round(mixed.model_mean_s(steps.floor_seq_s) * 1e3, 3)}}
+                "model_ms": round(mixed.model_mean_s(steps.floor_seq_s) * 1e3, 3)},
+            "launches": None if mixed is None else mixed.around_launches(steps.floor_seq_s)}

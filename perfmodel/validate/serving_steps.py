@@ -40,14 +40,20 @@ def engine_steps_markdown(runs: list[dict[str, Any]]) -> str:
              "From the engine's own steps (`<rows>-steps.jsonl`), while it was busy, beside the model's step "
              "tables. Decode-only steps by how many sequences they decode: measured median / model, ms. "
              "Steps holding prompt tokens: their mean cost over the run (the busy time not in decode-only "
-             "steps, those at the model's time, per such step) / the model's mean over the same steps.", "",
+             "steps, those at the model's time, per such step) / the model's mean over the same steps. "
+             "Around a launched step (prompt tokens beyond the largest CUDA graph), median gaps, measured / "
+             "replayed on the model's host and GPU (each run of busy steps from its start): the decode-only "
+             "step before it, whose outputs wait for its launch, then the launched step's own.", "",
              "| model | rate | decode-only steps, decodes: measured / model ms | steps with prompt tokens "
-             "(sequences each): measured / model ms |",
-             "|---|---|---|---|"]
+             "(sequences each): measured / model ms | around launched steps (pairs): before; launched, ms |",
+             "|---|---|---|---|---|"]
     for r in runs:
-        mixed = r["mixed"]
+        mixed, launches = r["mixed"], r.get("launches")
         mixed_text = "–" if mixed is None else (
             f"{mixed['steps']} ({mixed['mean_sequences']:g}): {mixed['measured_ms']:.1f} / {mixed['model_ms']:.1f}")
+        launch_text = "–" if launches is None else (
+            f"({launches['pairs']}) {launches['before_ms'][0]:.1f} / {launches['before_ms'][1]:.1f}; "
+            f"{launches['launched_ms'][0]:.1f} / {launches['launched_ms'][1]:.1f}")
         lines.append(f"| {r['model']} | {r['rate']:g} | {'; '.join(_band(b) for b in r['decode']) or '–'} "
-                     f"| {mixed_text} |")
+                     f"| {mixed_text} | {launch_text} |")
     return "\n".join(lines) + "\n"
