@@ -15,6 +15,7 @@ import random
 import numpy as np
 import pytest
 
+from perfmodel.measuring import serving_replay as replay
 from perfmodel.validate import serving as sv
 
 O = 64
@@ -170,22 +171,22 @@ def test_overload_rule_on_synthetic_requests():
     n = 40  # quarters of 10
     sub = [i * 0.1 for i in range(n)]
     done = [True] * n
-    flat = sv.overload(sub, [50.0] * n, done)
+    flat = replay.overload(sub, [50.0] * n, done)
     assert flat["overloaded"] is False and flat["ttft_growth"] == pytest.approx(1.0)
     # TTFT = 10 + i: medians 14.5 (first quarter) and 44.5 (last): a growing queue
-    rising = sv.overload(sub, [10.0 + i for i in range(n)], done)
+    rising = replay.overload(sub, [10.0 + i for i in range(n)], done)
     assert rising["overloaded"] is True and rising["ttft_growth"] == pytest.approx(44.5 / 14.5)
     # just under the threshold: kept up; the order of the columns does not matter
     ttft = [10.0] * 10 + [15.0] * 20 + [10.0 * sv.QUEUE_GROWTH - 0.5] * 10
     order = list(range(n))
     random.Random(1).shuffle(order)
-    under = sv.overload([sub[i] for i in order], [ttft[i] for i in order], done)
+    under = replay.overload([sub[i] for i in order], [ttft[i] for i in order], done)
     assert under["overloaded"] is False and under["ttft_growth"] == pytest.approx(sv.QUEUE_GROWTH - 0.05)
     # requests unfinished at the drain limit: overloaded whatever the TTFTs
-    cut = sv.overload(sub, [50.0] * (n - 2) + [None, None], [True] * (n - 3) + [False] * 3)
+    cut = replay.overload(sub, [50.0] * (n - 2) + [None, None], [True] * (n - 3) + [False] * 3)
     assert cut["overloaded"] is True and (cut["aborted"], cut["never_prefilled"]) == (3, 2)
     # requests never submitted are left out; too few to tell
-    few = sv.overload([0.0, 0.1, None, None], [5.0, 50.0, None, None], [True, True, False, False])
+    few = replay.overload([0.0, 0.1, None, None], [5.0, 50.0, None, None], [True, True, False, False])
     assert few["overloaded"] is None and few["aborted"] == 0
 
 

@@ -38,14 +38,14 @@ p(q − 5)…p(q + 5) and whether the replay falls inside it
 percentile near their boundary moves by a factor of two when a few percent of the gaps change
 mode.
 
-**Overload, from the per-request data** (:func:`overload`, the same rule for the measured run and
+**Overload, from the per-request data** (:func:`perfmodel.measuring.serving_replay.overload`, the same rule for the measured run and
 for its replay). A rate is *overloaded* when
 
 1. requests submitted were still unfinished at the drain limit (aborted; those never given a
    first token among them): the engine did not do the offered work in 1.5 x the submission
    time; or
 2. the queue grew: the median TTFT of the last quarter of the submitted requests (in submission
-   order) is at least :data:`QUEUE_GROWTH` times that of the first quarter. An engine that keeps
+   order) is at least :data:`~perfmodel.measuring.serving_replay.QUEUE_GROWTH` times that of the first quarter. An engine that keeps
    up gives a late request about the TTFT of an early one (the rest of the running step plus
    the prompt's own steps, which lengthen only as the batch fills); when requests arrive faster
    than the engine admits them, each waits for all those queued before it, and the TTFT grows
@@ -77,30 +77,19 @@ same rule).
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from perfmodel.errors import InputError, PerfModelError
+from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_GROWTH, drain_limit,
+                                               engine_kv_tokens, gpu_spec_name, measured_overload,
+                                               measured_schedule, offered_rate, predict_row,
+                                               predicted_overload, replayed_values, serving_dtype,
+                                               serving_layout)
 
-#: Overloaded when the last quarter's median TTFT is at least this many times the first quarter's.
-QUEUE_GROWTH = 2.0
-#: Fewest submitted requests for the TTFT-growth test (two per quarter).
-MIN_GROWTH_REQUESTS = 8
-#: Compared latency metrics: name -> (measured field, ms; predicted metric, percentile).
-LATENCY = {
-    "ttft_p50": ("ttft_p50_ms", "ttft_s", "p50"),
-    "ttft_p90": ("ttft_p90_ms", "ttft_s", "p90"),
-    "itl_p50": ("itl_p50_ms", "itl_s", "p50"),
-    "itl_p90": ("itl_p90_ms", "itl_s", "p90"),
-    "itl_mean": ("itl_mean_ms", "itl_s", "mean"),
-}
 #: The latency percentiles whose measured band a client sample gives
 #: (:mod:`perfmodel.validate.serving_quantiles`): metric -> percentile.
 ITL_PERCENTILES = {"itl_p50": 50.0, "itl_p90": 90.0}
-METRICS = (*LATENCY, "served_tok_s")
-#: The planning's engine profile the predictions use.
-ENGINE = "vllm"
 #: Per-request columns of a measured row (``per_request``).
 _PER_REQUEST = ("arrival_s", "submitted_s", "ttft_ms", "e2e_ms", "output_tokens")
 
@@ -110,162 +99,6 @@ def results_path(gpu: str) -> Path:
     from perfmodel.paths import RESULTS_DIR
 
     return RESULTS_DIR / f"{gpu.split('-')[0]}-vllm-serving.jsonl"
-
-
-def gpu_spec_name(gpu_name: str | None, default: str) -> str:
-    """The spec name of a measured GPU (``NVIDIA H200`` -> h200-sxm, ``NVIDIA H100 80GB HBM3`` ->
-    h100-sxm through its ``h100-80gb`` alias): the longest leading part of the short name that
-    is a known GPU; ``default`` when none is."""
-    from perfmodel.measuring.env import gpu_short_name
-    from perfmodel.specs.hardware import load_gpu
-
-    if gpu_name and gpu_name != "cpu":
-        parts = gpu_short_name(gpu_name).split("-")
-        for n in range(len(parts), 0, -1):
-            try:
-                return load_gpu("-".join(parts[:n])).name
-            except PerfModelError:
-                continue
-    return load_gpu(default).name
-
-
-def serving_layout(row: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, ep, pp) of the model's layout for a row: tp and pp as measured, ep = 1 (vLLM's EP
-    reuses the tp GPUs; predicted as TP, see the module docstring)."""
-    from perfmodel.measuring.compare import row_layout
-
-    lay = row_layout(row)
-    return int(lay["tp"]), 1, int(lay["pp"])
-
-
-def serving_dtype(row: dict[str, Any]) -> str:
-    """The planning dtype of a row: fp8 for ``--quantization fp8``, else bf16."""
-    from perfmodel.measuring.compare import row_quant
-
-    return "fp8" if row_quant(row) == "fp8" else "bf16"
-
-
-def offered_rate(row: dict[str, Any]) -> float:
-    """The rate a row's requests were offered at, req/s: its achieved rate, else its nominal one."""
-    achieved = row.get("achieved_rate")
-    return float(achieved) if isinstance(achieved, (int, float)) and achieved > 0 else float(row["rate"])
-
-
-# --------------------------------------------------------------------------- the measured run
-
-
-def measured_schedule(row: dict[str, Any]) -> tuple[list[float], str]:
-    """The submission times (s from the rate's start) of a row's submitted requests, and where
-    they come from: ``submitted`` (its per-request data) or ``scheduled`` (the seeded Poisson
-    schedule the measurement drew, cut at its duration cap, where the row lacks them)."""
-    per = row.get("per_request")
-    if isinstance(per, dict) and per.get("submitted_s") is not None:
-        return [float(t) for t in per["submitted_s"] if t is not None], "submitted"
-    from perfmodel.measuring.vllm_serving import poisson_arrivals
-
-    cap = row.get("duration_cap_s")
-    times = poisson_arrivals(float(row["rate"]), int(row["num_requests"]), int(row.get("seed") or 0))
-    return [t for t in times if cap is None or t <= cap], "scheduled"
-
-
-def drain_limit(row: dict[str, Any]) -> float | None:
-    """When the measurement aborted the requests still running, s from the rate's start:
-    ``DRAIN_FACTOR`` x its duration cap; None for a run without a cap."""
-    from perfmodel.measuring.vllm_serving import DRAIN_FACTOR
-
-    cap = row.get("duration_cap_s")
-    return None if cap is None else DRAIN_FACTOR * float(cap)
-
-
-def engine_kv_tokens(row: dict[str, Any]) -> int | None:
-    """Tokens of KV cache the measured engine allocated (``num_gpu_blocks`` x ``block_size`` of
-    ``engine_detail.resolved``), None where the row does not say."""
-    resolved = (row.get("engine_detail") or {}).get("resolved") or {}
-    blocks, size = resolved.get("num_gpu_blocks"), resolved.get("block_size")
-    if isinstance(blocks, int) and isinstance(size, int) and blocks > 0 and size > 0:
-        return blocks * size
-    return None
-
-
-def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True) -> dict[str, Any]:
-    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, with the
-    engine's own largest CUDA graph (:func:`perfmodel.measuring.compare.row_graph_tokens`), on the
-    host's speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or
-    on the profile's reference host with ``at_probe=False``."""
-    from perfmodel import planning
-    from perfmodel.host_speed import row_probe_ms
-    from perfmodel.measuring.compare import row_graph_tokens, row_overrides
-
-    engine = row.get("engine") or {}
-    kwargs: dict[str, Any] = {}
-    if isinstance(engine.get("max_num_batched_tokens"), int):
-        kwargs["max_batched_tokens"] = engine["max_num_batched_tokens"]
-    arrivals, _ = measured_schedule(row)
-    if not arrivals:
-        raise InputError("no request was submitted")
-    return planning.predict_serving(
-        row["model"], gpu, serving_layout(row),
-        {"rate": offered_rate(row), "input_len": int(row["input_len"]), "output_len": int(row["output_len"])},
-        dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=ENGINE,
-        overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
-        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
-        host_probe_ms=row_probe_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
-
-
-# --------------------------------------------------------------------------- overload and capacity
-
-
-def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],
-             completed: Sequence[bool]) -> dict[str, Any]:
-    """The overload rule of the module docstring on per-request data: submission times (None:
-    not submitted), TTFTs (None: no first token; any unit) and whether each completed.
-
-    Returns ``overloaded`` (None when it cannot be told), ``aborted`` (submitted, not completed),
-    ``never_prefilled`` (submitted, no first token), ``ttft_growth`` (last-quarter over
-    first-quarter median TTFT; None with fewer than :data:`MIN_GROWTH_REQUESTS` requests) and
-    ``why`` (one line)."""
-    rows = sorted((s, t, c) for s, t, c in zip(submitted, ttft, completed) if s is not None)
-    aborted = sum(1 for _, _, c in rows if not c)
-    never = sum(1 for _, t, _ in rows if t is None)
-    growth = None
-    if len(rows) >= MIN_GROWTH_REQUESTS:
-        q = len(rows) // 4
-        first = statistics.median(math.inf if t is None else t for _, t, _ in rows[:q])
-        last = statistics.median(math.inf if t is None else t for _, t, _ in rows[-q:])
-        growth = last / first if first > 0 else None
-    if aborted:
-        why = f"{aborted} of {len(rows)} requests unfinished at the drain limit ({never} never prefilled)"
-        return {"overloaded": True, "aborted": aborted, "never_prefilled": never, "ttft_growth": growth,
-                "why": why}
-    if growth is None:
-        return {"overloaded": None, "aborted": 0, "never_prefilled": never, "ttft_growth": None,
-                "why": "too few requests to tell"}
-    grew = growth >= QUEUE_GROWTH
-    why = f"late/early median TTFT {growth:.2f}x {'>=' if grew else '<'} {QUEUE_GROWTH:g}x"
-    return {"overloaded": grew, "aborted": 0, "never_prefilled": never, "ttft_growth": growth, "why": why}
-
-
-def measured_overload(row: dict[str, Any]) -> dict[str, Any]:
-    """:func:`overload` of a measured row (from its ``aborted`` count alone where it lacks
-    per-request data)."""
-    per = row.get("per_request")
-    if isinstance(per, dict) and per.get("submitted_s") is not None:
-        return overload(per["submitted_s"], per["ttft_ms"], [e is not None for e in per["e2e_ms"]])
-    aborted = row.get("aborted")
-    if isinstance(aborted, int) and aborted > 0:
-        return {"overloaded": True, "aborted": aborted, "never_prefilled": None, "ttft_growth": None,
-                "why": f"{aborted} requests aborted at the drain limit"}
-    return {"overloaded": None, "aborted": aborted, "never_prefilled": None, "ttft_growth": None,
-            "why": "no per-request data"}
-
-
-def predicted_overload(prediction: dict[str, Any]) -> dict[str, Any]:
-    """:func:`overload` of a replay's per-request data (None fields where it has none)."""
-    per = prediction.get("per_request")
-    if not isinstance(per, dict):
-        return {"overloaded": None, "aborted": prediction.get("aborted"), "never_prefilled": None,
-                "ttft_growth": None, "why": "no per-request data"}
-    return overload(per["submitted_s"], per["ttft_s"], [e is not None for e in per["e2e_s"]])
 
 
 def capacity_rps(output_tok_s: float | None, output_len: int) -> float | None:
@@ -546,18 +379,6 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                     **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
             "host_speed": host_speed_mape(probed)}
-
-
-def replayed_values(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, tuple[float | None, float | None]]:
-    """Metric of :data:`METRICS` -> (measured, predicted) of one replay of a row: latencies in s,
-    served_tok_s in tokens/s; None where a side has no value."""
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for metric, (field, predicted, pct) in LATENCY.items():
-        value = (pred.get(predicted) or {}).get(pct)
-        measured = row.get(field)
-        out[metric] = (None if measured is None else measured * 1e-3, None if value is None else float(value))
-    out["served_tok_s"] = (row.get("output_tok_s"), pred.get("output_tok_s"))
-    return out
 
 
 def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, float | None]:

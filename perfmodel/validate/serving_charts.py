@@ -9,7 +9,7 @@ of runs that differ only in rate (model, S/O, max sequences, GPU, layout):
   as filled points and the replay as a line with hollow points, against the offered rate.
 
 Each point's shape says whether its side (measured or replay) was overloaded at that rate
-(:func:`perfmodel.validate.serving.overload`). Nothing is computed here: values are shown as the
+(:func:`perfmodel.measuring.serving_replay.overload`). Nothing is computed here: values are shown as the
 result holds them (seconds shown in ms).
 """
 
