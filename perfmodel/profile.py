@@ -224,6 +224,20 @@ class ErrorBand(_Strict):
     source: str = ""
 
 
+class ServingBand(_Strict):
+    """Relative error half-widths of the serving replays (e.g. 0.15 = ±15%) per metric, from
+    held-out measured serving runs that kept up (:mod:`perfmodel.calibration.fit_serving_band`)."""
+
+    ttft_p50: NonNegativeFloat | None = None
+    ttft_p90: NonNegativeFloat | None = None
+    itl_p50: NonNegativeFloat | None = None
+    itl_p90: NonNegativeFloat | None = None
+    itl_mean: NonNegativeFloat | None = None
+    served_tok_s: NonNegativeFloat | None = None
+    runs: PositiveInt
+    source: str = ""
+
+
 class EngineProfile(_Strict):
     """One engine on one GPU (or on any GPU when ``gpu`` is null)."""
 
@@ -237,6 +251,9 @@ class EngineProfile(_Strict):
     latency: Latency = Latency()
     options: Options = Options()
     error_band: ErrorBand | None = None
+    serving_error_band: ServingBand | None = Field(
+        default=None, description="How far the serving simulation on this profile lands from measured "
+        "serving runs (perfmodel.calibration.fit_serving_band); absent: not measured.")
     quantization: dict[str, QuantEfficiency] = Field(
         default_factory=dict, description="Per quantization scheme (specs/quantization.yaml): "
         "its kernels' efficiency multipliers; a scheme not listed runs at 1.0.")

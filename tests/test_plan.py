@@ -54,6 +54,7 @@ def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
     assert all(v["headroom"] >= 0 for v in data["margins"]["slo"].values())
     profiles = data["profile"]
     assert profiles and all(p["profile"] == "h200-sxm-vllm" and p["error_band_note"] for p in profiles)
+    assert all(p["serving_error_band_note"] for p in profiles)
     if any(p["gpu"] == "h100-sxm" for p in profiles):
         assert any("fractions of h100-sxm" in p["note"] for p in profiles)
     assert any("not yet validated on real multi-GPU runs" in c for c in data["caveats"])
@@ -229,3 +230,31 @@ def test_predict_serving_is_a_function_of_one_deployment():
         predict_serving("mixtral", "h200", {"tq": 2}, {"rate": 1})
     with pytest.raises(InputError):
         predict_serving("mixtral", "h200", (3, 1, 1), {"rate": 1})
+
+
+def test_a_plan_carries_the_serving_band_where_it_was_measured():
+    """One engine on one H200 in bf16, colocated: the profile's serving band (from held-out
+    measured serving runs), saying the runs were replayed at their hosts' speeds; fp8 or another
+    GPU: no band, and why."""
+    from perfmodel.planning.answer import answer
+    from perfmodel.planning.question import PlanQuestion
+    from perfmodel.planning.search import run_search
+    from perfmodel.profile import load_profile
+
+    def plan(**search):
+        q = PlanQuestion(model="olmoe", traffic={"rate": 2, "input_len": 256, "output_len": 32},
+                         slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"max_gpus": 1, **search},
+                         simulation={"requests": 60, "warmup": 20})
+        (p,) = answer(run_search(q), sweep=False)["profile"]
+        return p
+
+    band = load_profile("vllm", "h200-sxm").serving_error_band
+    here = plan(gpus=["h200"])
+    assert here["serving_error_band"]["runs"] == band.runs >= 5
+    assert here["serving_error_band"]["ttft_p50"] == band.ttft_p50 > 0
+    assert f"over {band.runs} held-out measured serving runs" in here["serving_error_band_note"]
+    assert "reference host" in here["serving_error_band_note"]
+    fp8 = plan(gpus=["h200"], dtypes=["fp8"])
+    assert fp8["serving_error_band"] is None and "measured in bf16" in fp8["serving_error_band_note"]
+    other = plan(gpus=["h100"])
+    assert other["serving_error_band"] is None and "measured on h200-sxm, not h100-sxm" in other["serving_error_band_note"]

@@ -67,7 +67,9 @@ larger than ``max_num_batched_tokens`` (16,384 tokens) runs in ⌈B·S/16384⌉ 
 paying the per-pass and host costs (``options.prefill_chunk_tokens``).
 
 The error band comes from held-out points only: the held-out models and the hypothetical
-variants (``<gpu>-vllm-whatif.jsonl``). Routing of vLLM's dummy weights is not uniform for
+variants (``<gpu>-vllm-whatif.jsonl``). The serving error band, last, from the serving runs
+replayed on the fitted profile, the one run ``eager_seq_s`` comes from left out
+(:mod:`perfmodel.calibration.fit_serving_band`). Routing of vLLM's dummy weights is not uniform for
 every model: the fit reports the held-out residuals as measured, and says which models decode
 faster than the HBM floor of uniform routing allows (their experts are not all touched).
 """
@@ -83,6 +85,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
                                        _predict_many, _profile, _rows, _sig, held_out_residuals,
                                        one_gpu_rows)
 from perfmodel.calibration.fit_host_speed import fit_host_speed
+from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
@@ -510,4 +513,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
         "band_excludes": [group_name(*key) for key in collapsed],
     }
+    serving = fit_serving_band(base, gpu, [(traced_runs_path(gpu).name, run) for run in eager_seq_runs],
+                               results_dir=results.parent)
+    if serving is not None:  # last: the serving runs replayed on the profile as fitted
+        base["serving_error_band"] = serving
     return base

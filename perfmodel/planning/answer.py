@@ -78,6 +78,36 @@ def frontiers(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "cost_vs_ttft": pareto(points, "ttft_p90_s", "usd_per_million_output_tokens", False, False)}
 
 
+def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any] | None, str]:
+    """The profile's serving error band (:class:`perfmodel.profile.ServingBand`) where the
+    deployment lies where it was measured (one engine on one GPU of the profile's own type, in
+    the dtype of its fit, prefill and decode colocated), and a line saying so or why not."""
+    from perfmodel.prediction import band_scope
+
+    band = setup.profile.serving_error_band
+    if band is None:
+        return None, "no serving band: the profile states none"
+    scope = band_scope(setup.profile) or {}
+    outside = []
+    if setup.offer.gpu.name != setup.profile.gpu:
+        outside.append(f"measured on {setup.profile.gpu}, not {setup.offer.gpu.name}")
+    if pool.engine.layout.gpus != 1:
+        outside.append("measured on one GPU per engine")
+    if scope.get("dtype") not in (None, setup.dtype):
+        outside.append(f"measured in {scope['dtype']}")
+    if ev.kind != "colocated":
+        outside.append("measured with prefill and decode colocated")
+    if outside:
+        return None, f"no serving band: {'; '.join(outside)}"
+    values = band.model_dump(exclude={"runs", "source"}, exclude_none=True)
+    host = ("" if plan.question.host_probe_ms is not None else
+            "; they were replayed at their hosts' probed speeds, and this plan is at the profile's "
+            "reference host (--host-probe-ms gives yours)")
+    return ({**values, "runs": band.runs, "source": band.source},
+            f"serving band: the 90th percentile of |error| over {band.runs} held-out measured serving runs "
+            f"that kept up{host}")
+
+
 def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
     """The engine profile each pool's step times stand on, with its error band (from a
     request prediction at the pool's mean batch) and the host it was scaled to (``host``:
@@ -91,12 +121,14 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                      host_probe_ms=plan.question.host_probe_ms)
         pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
         prov = pred.provenance
+        band, band_note = serving_band(plan, ev, setup, pool)
         out.append({"pool": "prefill" if ev.kind == "disaggregated" and not out else
                     ("decode" if ev.kind == "disaggregated" else "all"),
                     "gpu": setup.offer.name, "profile": prov["profile"], "engine": prov["engine"],
                     "fitted_on": setup.profile.gpu, "calibrated": prov["calibrated"],
                     "transfer": prov["transfer"], "note": prov["note"],
                     "error_band": prov["error_band"], "error_band_note": prov["error_band_note"],
+                    "serving_error_band": band, "serving_error_band_note": band_note,
                     "host": prov["host"],
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,

@@ -52,15 +52,23 @@ def print_answer(data: dict[str, Any], console) -> None:
         console.print(f"[bold green]{c['label']}[/bold green] ({c['kind']}): {c['gpus']} GPU{'s' if c['gpus'] != 1 else ''}, "
                       f"${cost['usd_per_hour']:.2f}/h, ${cost['usd_per_million_output_tokens']:.3f} per "
                       f"million output tokens")
+        bands = [p.get("serving_error_band") for p in data["profile"]]
+        band = bands[0] if len(bands) == 1 else None
         table = Table(title="predicted latencies (simulation)")
-        for col in ("metric", "p50", "p90", "p99", "mean", "target"):
-            table.add_column(col, justify="left" if col in ("metric", "target") else "right")
+        columns = ("metric", "p50", "p90", "p99", "mean", "target") + (("measured error, p90",) if band else ())
+        for col in columns:
+            table.add_column(col, justify="right" if col in ("p50", "p90", "p99", "mean") else "left")
         targets = q["slo"]
         for key, name in (("ttft_s", "TTFT"), ("itl_s", "ITL"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):
             m = data["latency"][key]
             goal = ", ".join(f"{k.split('_')[1]} ≤ {_s(v)}" for k, v in targets.items()
                              if v is not None and k.startswith(key.split("_")[0] + "_"))
-            table.add_row(name, _s(m["p50"]), _s(m["p90"]), _s(m["p99"]), _s(m["mean"]), goal)
+            cells = [name, _s(m["p50"]), _s(m["p90"]), _s(m["p99"]), _s(m["mean"]), goal]
+            if band:
+                metric = key.split("_")[0]
+                cells.append(", ".join(f"{pct} ±{band[f'{metric}_{pct}']:.0%}" for pct in ("p50", "p90", "mean")
+                                       if band.get(f"{metric}_{pct}") is not None) or "–")
+            table.add_row(*cells)
         console.print(table)
         tp = data["throughput"]
         good = data["goodput"]["fraction"]
@@ -68,7 +76,8 @@ def print_answer(data: dict[str, Any], console) -> None:
                       f"({tp['output_tokens_per_s_per_gpu']:.0f}/GPU, {tp['tokens_per_s_per_user'] or 0:.1f}/user); "
                       f"goodput {100 * (good or 0):.1f}% of requests")
         for p in data["profile"]:
-            console.print(f"profile ({p['gpu']}): {p['profile']}: {p['note']}; {p['error_band_note']}")
+            console.print(f"profile ({p['gpu']}): {p['profile']}: {p['note']}; {p['error_band_note']}; "
+                          f"{p['serving_error_band_note']}")
     front = data["frontier"]["throughput_vs_interactivity"]
     if front:
         table = Table(title="frontier: output tok/s per GPU vs tok/s per user")

@@ -1,0 +1,62 @@
+"""The serving error band: the replays of held-out measured serving runs that kept up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from perfmodel.calibration.fit_serving_band import MIN_RUNS, fit_serving_band, serving_files
+from perfmodel.paths import PROFILES_DIR, RESULTS_DIR
+
+MODELS = RESULTS_DIR / "h200-vllm-serving-models.jsonl"
+
+
+@pytest.fixture(scope="module")
+def profile() -> dict:
+    return yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+
+
+def _folder(tmp_path, rows):
+    (tmp_path / "h200-vllm-serving-models.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for kind in ("steps", "tokens"):  # traces beside the rows are not rows
+        shutil.copy(MODELS.with_name(f"{MODELS.stem}-{kind}.jsonl"), tmp_path / f"{MODELS.stem}-{kind}.jsonl")
+    return tmp_path
+
+
+def test_the_band_is_the_p90_of_the_kept_up_runs_as_the_validation_replays_them(tmp_path, profile):
+    from perfmodel.measuring.serving_replay import measured_overload
+    from perfmodel.validate.serving import compare_serving
+
+    rows = [json.loads(line) for line in MODELS.read_text().splitlines() if line.strip()]
+    folder = _folder(tmp_path, rows)
+    assert serving_files("h200-sxm", folder) == [folder / MODELS.name]
+    band = fit_serving_band(profile, "h200-sxm", results_dir=folder)
+    kept = [r for r in rows if measured_overload(r)["overloaded"] is False]
+    assert band["runs"] == len(kept) >= MIN_RUNS and "kept up" in band["source"]
+    points = compare_serving(kept)["points"]  # the committed profile: the same as the one given
+    for metric in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90", "itl_mean", "served_tok_s"):
+        errors = [abs(p["rel_error"]) for p in points if p["metric"] == metric]
+        assert band[metric] == pytest.approx(np.percentile(errors, 90), rel=1e-3)
+    # a run a parameter was fitted on leaves the band; too few runs give none
+    fitted = [(MODELS.name, kept[0]["point_id"])]
+    assert fit_serving_band(profile, "h200-sxm", fitted, results_dir=folder)["runs"] == len(kept) - 1
+    assert fit_serving_band(profile, "h200-sxm", [("other.jsonl", kept[0]["point_id"])],
+                            results_dir=folder)["runs"] == len(kept)
+    few = tmp_path / "few"
+    few.mkdir()
+    assert fit_serving_band(profile, "h200-sxm", results_dir=_folder(few, kept[:MIN_RUNS - 1])) is None
+
+
+def test_the_band_follows_the_profile_it_is_fitted_for(tmp_path, profile):
+    """The replays run on the profile being fitted, not on the committed one: a host floor twice
+    as long moves the TTFT band."""
+    rows = [json.loads(line) for line in MODELS.read_text().splitlines() if line.strip()]
+    folder = _folder(tmp_path, rows)
+    slow = {**profile, "latency": {**profile["latency"], "eager_layer_s": 2 * profile["latency"]["eager_layer_s"]}}
+    assert fit_serving_band(slow, "h200-sxm", results_dir=folder)["ttft_p50"] != pytest.approx(
+        fit_serving_band(profile, "h200-sxm", results_dir=folder)["ttft_p50"], rel=1e-2)
+    assert fit_serving_band(profile, "h200-sxm", results_dir=tmp_path / "empty") is None
