@@ -8,9 +8,10 @@ held out and kept up with their traffic:
 
 - held out: no parameter was fitted on them (the traced run ``eager_seq_s`` comes from is left
   out, :mod:`perfmodel.calibration.fit_step_host`);
-- kept up: measured not overloaded (:func:`perfmodel.measuring.serving_replay.measured_overload`). A plan
-  is chosen to keep up; past saturation TTFT is the queue at the moment the run was cut, which
-  says nothing of a deployment that meets its targets.
+- kept up: measured not overloaded
+  (:func:`perfmodel.measuring.serving_replay.measured_overload`). A plan is chosen to keep up;
+  past saturation TTFT is the queue at the moment the run was cut, which says nothing of a
+  deployment that meets its targets.
 
 Each run is replayed at its host's probed speed where it has one (``host_probe_ms``), as the
 validation does; a plan without ``--host-probe-ms`` is predicted at the profile's reference

@@ -1,12 +1,12 @@
 """A measured serving run replayed through the planning simulation, and whether it kept up.
 
 The pieces :mod:`perfmodel.validate.serving` compares with, and
-:mod:`perfmodel.calibration.fit_serving_band` fits a band from: the run a row measured (:func:`measured_schedule`, :func:`drain_limit`,
-:func:`engine_kv_tokens`, the GPU, layout and dtype it ran), its replay by
-:func:`perfmodel.planning.predict_serving` (:func:`predict_row`), the compared values of both
-(:func:`replayed_values`), and the overload rule of the validation applied to either
-(:func:`overload`; see :mod:`perfmodel.validate.serving`). Latencies in seconds unless a name
-says ms.
+:mod:`perfmodel.calibration.fit_serving_band` fits a band from: the run a row measured
+(:func:`measured_schedule`, :func:`drain_limit`, :func:`engine_kv_tokens`, the GPU, layout and
+dtype it ran), its replay by :func:`perfmodel.planning.predict_serving` (:func:`predict_row`),
+the compared values of both (:func:`replayed_values`), and the overload rule of the validation
+applied to either (:func:`overload`; both are described in :mod:`perfmodel.validate.serving`).
+Latencies in seconds unless a name says ms.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def gpu_spec_name(gpu_name: str | None, default: str) -> str:
 
 def serving_layout(row: dict[str, Any]) -> tuple[int, int, int]:
     """(tp, ep, pp) of the model's layout for a row: tp and pp as measured, ep = 1 (vLLM's EP
-    reuses the tp GPUs; predicted as TP, see the module docstring)."""
+    reuses the tp GPUs; predicted as TP, see :mod:`perfmodel.validate.serving`)."""
     from perfmodel.measuring.compare import row_layout
 
     lay = row_layout(row)
@@ -137,8 +137,9 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
 
 def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],
              completed: Sequence[bool]) -> dict[str, Any]:
-    """The overload rule of the module docstring on per-request data: submission times (None:
-    not submitted), TTFTs (None: no first token; any unit) and whether each completed.
+    """The overload rule (:mod:`perfmodel.validate.serving`) on per-request data: submission
+    times (None: not submitted), TTFTs (None: no first token; any unit) and whether each
+    completed.
 
     Returns ``overloaded`` (None when it cannot be told), ``aborted`` (submitted, not completed),
     ``never_prefilled`` (submitted, no first token), ``ttft_growth`` (last-quarter over

@@ -215,9 +215,9 @@ def serving_curve(steps: StepTimes, limits: EngineLimits, mean_in: float, mean_o
             p = np.maximum(np.where(share > 0, lam * mean_in * span / np.maximum(share, 1e-300), 0.0),
                            mean_in / chunks)
             used = np.minimum(p, room)
-            m = steps.steps(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))  # (N, K)
+            mixed = steps.parts(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))  # (N, K) each
+            m = np.maximum(mixed[0], mixed[1])  # the step alone
             if limits.async_scheduling:  # its launch overlaps the decode step before it
-                mixed = steps.parts(k, context, used, used * rate_s, np.maximum(used / mean_in, 1.0))
                 after_decode, first_out = mixed_in_decodes(decode, mixed)
                 pair, first_then_mixed = mixed_in_decodes(decode, mixed, then_mixed=True)
                 # the step before it holds prompt tokens too with probability share

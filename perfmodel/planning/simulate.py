@@ -375,7 +375,6 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
             budget = budget_max - n_d
             free = cap - (sums["base"] + n_d * k) - sums["kv_pref"]
             chunks: list[tuple[int, int]] = []
-            step = {"n_d": n_d, "first": [], "finished": [], "start": now}
             for i in prefilling:
                 c = min(st.target[i] - st.computed[i], budget, free)
                 if c > 0:
@@ -423,7 +422,7 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                     done.succeed()
                     return
                 continue
-            step["n_d"] = n_d
+            step = {"n_d": n_d, "first": [], "finished": [], "start": now}  # handed over when it is done
             p = 0
             p_time = 0.0
             for i, c in chunks:
