@@ -141,12 +141,13 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     mixed, decode = busy & (p > 0), busy & (p == 0)
     if not mixed.any():
         return None
-    measured = (gaps[busy].sum() - np.maximum(gpu, host)[decode].sum()) / mixed.sum()
+    decode_s = float(np.maximum(gpu, host)[decode].sum())  # the model's decode-only steps, each alone
+    measured = (gaps[busy].sum() - decode_s) / mixed.sum()
     index = np.flatnonzero(busy)
     stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
     return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
                       launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
-                      float(np.maximum(gpu, host)[decode].sum()), steps.floor_s, asynchronous, gaps[busy])
+                      decode_s, steps.floor_s, asynchronous, gaps[busy])
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:

@@ -43,8 +43,8 @@ def handover_times(gpu, host, launched) -> np.ndarray:
     h = end = 0.0
     for k in range(n):
         launch_end = h + host[k]
-        new_end = np.where(launched[k], np.maximum((end if k else h) + gpu[k], launch_end),
-                           np.maximum(end if k else h, launch_end) + gpu[k])
+        new_end = np.where(launched[k], np.maximum(end + gpu[k], launch_end),  # end = h = 0 at k = 0
+                           np.maximum(end, launch_end) + gpu[k])
         if k:
             out[k - 1] = np.maximum(launch_end, end)
             h = out[k - 1]
