@@ -379,3 +379,32 @@ def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_p
     assert line == (f"| itl_p50 | {speed['itl_p50']['mape_probe']:.1f} | "
                     f"{speed['itl_p50']['mape_reference']:.1f} | 1 |")
     assert "MAPE % at the reference host" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_a_run_of_drawn_lengths_is_replayed_with_each_requests_own(tmp_path):
+    """A run whose lengths were drawn replays each request with its measured prompt and output:
+    the replay streams exactly their output tokens; the report names the percentiles; a row
+    whose lengths were drawn but not written per request is refused in one line."""
+    n, rate = 30, 4.0
+    rng = np.random.default_rng(1)
+    ins = [int(x) for x in rng.integers(16, 400, n)]
+    outs = [int(x) for x in rng.integers(2, 60, n)]
+    per = {**_per_request(n, rate, lambda i: 20.0), "input_len": ins, "output_len": outs}
+    per["output_tokens"] = outs
+    row = _row(rate, achieved=rate, served=200.0, s=128, o=16, ttft=(20.0, 25.0), itl=(3.0, 4.0, 3.4),
+               per_request=per, cap=10.0, blocks=(4000, 16))
+    row["lengths"] = {"input_len": {"p50": 128, "p90": 300}, "output_len": {"p50": 16, "p90": 50}}
+    pred = replay.predict_row(row, "h200-sxm")
+    assert pred["completed"] == n and sum(pred["per_request"]["output_tokens"]) == sum(outs)
+    assert sorted(pred["per_request"]["output_tokens"]) == sorted(outs)
+    fixed = replay.predict_row({**row, "lengths": None, "per_request": _per_request(n, rate, lambda i: 20.0)},
+                               "h200-sxm")
+    assert sum(fixed["per_request"]["output_tokens"]) == n * 16  # without them: all O
+    result = sv.run_serving_validation("olmoe-1b-7b", results=_write(tmp_path / "s.jsonl", [row]),
+                                       out_dir=tmp_path / "rep")
+    (run,) = result["rates"]
+    assert run["lengths"] == "128/16 median, p90 300/50" and run["predicted_completed"] == n
+    assert "128/16 median, p90 300/50" in (tmp_path / "rep" / "summary.md").read_text()
+    bad = {**row, "per_request": _per_request(n, rate, lambda i: 20.0)}
+    with pytest.raises(sv.InputError, match="lacks each request's input_len and output_len"):
+        sv.check_row(bad)

@@ -113,6 +113,7 @@ class AsyncLLM:
         self.free = args.max_num_seqs
         self.queue = []
         self.submitted = []
+        self.prompt_lens = {}
         self.shut = False
         self.vllm_config = NS(scheduler_config=NS(max_num_batched_tokens=8192, max_num_seqs=args.max_num_seqs,
                                                      stream_interval=1),
@@ -145,6 +146,7 @@ class AsyncLLM:
 
     async def generate(self, prompt, params, request_id):
         self.submitted.append(request_id)
+        self.prompt_lens[request_id] = len(prompt["prompt_token_ids"])
         if request_id == self.FAIL_AT:
             raise RuntimeError("stand-in failure")
         n = params.kw["max_tokens"]
@@ -475,3 +477,50 @@ def test_fatal_errors_are_the_offline_backends_and_a_dead_engine():
     assert vs._is_fatal("CUDA error: an illegal memory access was encountered")
     assert vs._is_fatal(type("EngineDeadError", (RuntimeError,), {})("engine core died"))
     assert not vs._is_fatal("request timed out") and not vs._is_fatal(RuntimeError("out of memory"))
+
+
+def test_drawn_lengths_are_served_recorded_and_replayed(tmp_path, monkeypatch):
+    """Lengths given as percentiles: each request gets its own prompt and output, drawn as the
+    planning draws a traffic given so, the same at every rate, written per request and replayed
+    with exactly those lengths."""
+    from perfmodel.measuring import serving_replay as sr
+    from perfmodel.planning.question import Lengths, Traffic
+
+    engine_cls = _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "2,4", "--input-len", "p50=64,p90=256", "--output-len", "p50=6,p90=20") == 0
+    s, o = Lengths(Traffic(rate=1, input_len={"p50": 64, "p90": 256}, output_len={"p50": 6, "p90": 20})).sample(
+        N, np.random.default_rng(0))
+    assert len(set(s)) > 5 and len(set(o)) > 3  # they do vary
+    (engine,) = engine_cls.instances
+    assert engine.args.max_model_len >= int((s + o).max())
+    rows = _rows(out)
+    assert [r["rate"] for r in rows] == [2.0, 4.0]
+    for row in rows:
+        assert "|s_p90=256|" in row["point_id"] + "|" and "o_p90=20" in row["point_id"]
+        assert row["input_len"] == 64 and row["output_len"] == 6
+        assert row["lengths"]["input_len"] == {"p50": 64, "p90": 256}
+        per = row["per_request"]
+        assert per["input_len"] == [int(x) for x in s] and per["output_len"] == [int(x) for x in o]
+        assert per["output_tokens"] == per["output_len"]  # each request streamed its own O
+        assert row["output_tokens"] == int(o.sum()) and not row["notes"]
+        prefix = f"r{vs.rate_key(row['rate'])}-"
+        sent = [engine.prompt_lens[f"{prefix}{i}"] for i in range(N)]
+        assert sent == per["input_len"]
+        assert sr.request_lengths(row) == (per["input_len"], per["output_len"])
+        assert sr.mean_lengths(row) == pytest.approx((s.mean(), o.mean()))
+        assert sr.lengths_label(row) == "64/6 median, p90 256/20"
+        assert sr.traffic_lengths(row) == {"input_len": {"p50": 64, "p90": 256}, "output_len": {"p50": 6, "p90": 20}}
+
+
+def test_bad_length_percentiles_are_one_line(tmp_path, capsys):
+    from perfmodel.measuring.measure import main
+
+    out = tmp_path / "s.jsonl"
+    for text, expected in (("p50=64", "p50 and one more"), ("p50=64,p90=32", "must not decrease"),
+                           ("p50=64,p80=90", "unknown percentile"), ("p50=64.5,p90=90", "whole numbers")):
+        assert main(["olmoe", "--backend", "vllm", "--serving", "--rate", "2", "--input-len", text,
+                     "--out", str(out)]) == 2, text
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (text, err)
+    assert not out.exists()

@@ -156,9 +156,11 @@ def measure(
     batch: str = typer.Option("1,16,32,64", "--batch", "-b", help="Batch sizes B, comma-separated."),
     input_len: Optional[str] = typer.Option(None, "--input-len", "-s",
                                             help="Input lengths S; ';' separates phases (all models per "
-                                                 "phase). Default 128,512,2048; --serving: one S, 1024."),
+                                                 "phase). Default 128,512,2048; --serving: one S, 1024, or "
+                                                 "percentiles p50=512,p90=2048 (lengths drawn as plan draws them)."),
     output_len: Optional[str] = typer.Option(None, "--output-len", "-o",
-                                             help="Output lengths O (default: O = S, paired)."),
+                                             help="Output lengths O (default: O = S, paired); --serving: one O, "
+                                                  "256, or percentiles p50=128,p90=512."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE (repeatable)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Truncate the model to N layers."),
     experts_impl: str = typer.Option("grouped_mm", "--experts-impl", help="grouped_mm, batched_mm or eager."),
@@ -214,7 +216,7 @@ def measure(
     models = parse_models(model)
     batches = parse_int_list(batch, "batch size")
     phases = parse_phases(input_len if isinstance(input_len, str) and serving is not True else "128,512,2048")
-    outs = parse_int_list(output_len, "output length") if output_len else None
+    outs = parse_int_list(output_len, "output length") if output_len and serving is not True else None
     if layers is not None and layers < 1:
         raise InputError("--layers must be >= 1")
     budget_s = check_budget(budget_s)

@@ -90,6 +90,48 @@ def measured_schedule(row: dict[str, Any]) -> tuple[list[float], str]:
     return [t for t in times if cap is None or t <= cap], "scheduled"
 
 
+def traffic_lengths(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's ``input_len`` and ``output_len`` as the planning's traffic takes them: its S and O,
+    or, where its lengths were drawn (``lengths``), their percentiles."""
+    spread = row.get("lengths")
+    if isinstance(spread, dict):
+        return {k: spread[k] for k in ("input_len", "output_len")}
+    return {"input_len": int(row["input_len"]), "output_len": int(row["output_len"])}
+
+
+def lengths_label(row: dict[str, Any]) -> str:
+    """A row's lengths as S/O: ``1024/256``, or, drawn, the medians and the higher percentiles,
+    ``512/128 median, p90 2048/512``."""
+    spread = traffic_lengths(row)
+    s, o = spread["input_len"], spread["output_len"]
+    if not isinstance(s, dict) and not isinstance(o, dict):
+        return f"{s}/{o}"
+    s, o = (x if isinstance(x, dict) else {"p50": x} for x in (s, o))
+    def tok(v: Any) -> str:
+        return "–" if v is None else f"{float(v):g}"
+    higher = [q for q in ("p90", "p95", "p99") if q in s or q in o]
+    return ", ".join([f"{tok(s.get('p50'))}/{tok(o.get('p50'))} median",
+                      *(f"{q} {tok(s.get(q))}/{tok(o.get(q))}" for q in higher)])
+
+
+def request_lengths(row: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+    """Prompt and output tokens of each submitted request of a row whose lengths were drawn (in
+    the order of :func:`measured_schedule`'s times), None for a row of fixed S and O."""
+    per = row.get("per_request")
+    if not isinstance(per, dict) or per.get("input_len") is None:
+        return None
+    kept = [i for i, t in enumerate(per.get("submitted_s") or []) if t is not None]
+    return [int(per["input_len"][i]) for i in kept], [int(per["output_len"][i]) for i in kept]
+
+
+def mean_lengths(row: dict[str, Any]) -> tuple[float, float]:
+    """Mean prompt and output tokens of a row's submitted requests (its S and O where fixed)."""
+    given = request_lengths(row)
+    if not given or not given[0]:
+        return float(row["input_len"]), float(row["output_len"])
+    return statistics.fmean(given[0]), statistics.fmean(given[1])
+
+
 def drain_limit(row: dict[str, Any]) -> float | None:
     """When the measurement aborted the requests still running, s from the rate's start:
     ``DRAIN_FACTOR`` x its duration cap; None for a run without a cap."""
@@ -110,7 +152,8 @@ def engine_kv_tokens(row: dict[str, Any]) -> int | None:
 
 
 def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine: str = ENGINE) -> dict[str, Any]:
-    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured, with the
+    """:func:`perfmodel.planning.predict_serving` replaying the run a row measured (each request
+    at its submission time, with its own lengths where they were drawn), with the
     engine's own largest CUDA graph (:func:`perfmodel.measuring.compare.row_graph_tokens`), on the
     host's speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or
     on the profile's reference host with ``at_probe=False``; ``engine``: the profile (an engine
@@ -128,7 +171,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
         raise InputError("no request was submitted")
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
-        {"rate": offered_rate(row), "input_len": int(row["input_len"]), "output_len": int(row["output_len"])},
+        {"rate": offered_rate(row), **traffic_lengths(row)}, lengths=request_lengths(row),
         dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
         until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),

@@ -63,14 +63,35 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
     return build_step_times(load_model(row["model"], row_overrides(row)), load_gpu(gpu), profile, "bf16",
                             Layout(1, 1, 1), max_tokens=int(row["engine"]["max_num_batched_tokens"]),
                             max_seqs=int(row["max_num_seqs"]),
-                            max_context=int(row["input_len"]) + int(row["output_len"]),
+                            max_context=_longest(row),
                             host_probe_ms=(row_probe_ms(row) if profile.latency.host_probe_ref_ms is not None
                                            else None),
                             graph_tokens=row_graph_tokens(row))
 
 
 def _context(row: dict[str, Any]) -> float:
-    return float(row["input_len"]) + float(row["output_len"]) / 2.0
+    """A decoding sequence's mean context, tokens: S + O/2 (means where the lengths were drawn)."""
+    from perfmodel.measuring.serving_replay import mean_lengths
+
+    s, o = mean_lengths(row)
+    return s + o / 2.0
+
+
+def _prompt(row: dict[str, Any]) -> float:
+    """A row's mean prompt, tokens."""
+    from perfmodel.measuring.serving_replay import mean_lengths
+
+    return mean_lengths(row)[0]
+
+
+def _longest(row: dict[str, Any]) -> int:
+    """Tokens of a row's longest request: S + O, or the longest drawn one."""
+    from perfmodel.measuring.serving_replay import request_lengths
+
+    given = request_lengths(row)
+    if given and given[0]:
+        return max(a + b for a, b in zip(*given))
+    return int(row["input_len"]) + int(row["output_len"])
 
 
 @dataclasses.dataclass
@@ -136,7 +157,7 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     b = busy_steps(trace["steps"], trace["columns"])
     gaps, busy = b.gap_s, b.busy
     n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
-    gpu, host, launched = steps.parts(n, _context(row), p, p * steps.prefill_rate(float(row["input_len"])),
+    gpu, host, launched = steps.parts(n, _context(row), p, p * steps.prefill_rate(_prompt(row)),
                                       np.maximum(chunks, 1.0))
     mixed, decode = busy & (p > 0), busy & (p == 0)
     if not mixed.any():

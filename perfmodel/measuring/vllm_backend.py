@@ -47,7 +47,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from perfmodel.specs.families import FAMILIES, family
 from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
@@ -380,9 +380,15 @@ def sampling_kwargs(output_len: int, sampling: str = "greedy") -> dict[str, Any]
 
 def make_requests(batch: int, input_len: int, vocab_size: int, seed: int = 0) -> list[dict[str, list[int]]]:
     """B prompts of S random token ids in [10, vocab - 10) (away from special ids)."""
+    return make_prompts([input_len] * batch, vocab_size, seed)
+
+
+def make_prompts(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> list[dict[str, list[int]]]:
+    """One prompt of each length (tokens), random token ids in [10, vocab - 10), drawn in turn
+    from ``random.Random(seed)``."""
     rng = random.Random(seed)
     hi = max(11, vocab_size - 10)
-    return [{"prompt_token_ids": [rng.randrange(10, hi) for _ in range(input_len)]} for _ in range(batch)]
+    return [{"prompt_token_ids": [rng.randrange(10, hi) for _ in range(n)]} for n in lengths]
 
 
 #: Decode steps of a kernel profile (``--profile``): one step is their mean.
@@ -673,16 +679,18 @@ def admission_ms(outputs) -> float | None:
     return (max(stamps) - min(stamps)) * 1e3
 
 
-def engine_times(outputs, output_len: int) -> dict[str, float | None]:
+def engine_times(outputs, output_len: int | Sequence[int]) -> dict[str, float | None]:
     """Per-request engine timestamps (``RequestOutput.metrics``, engine-core monotonic seconds):
-    mean (last - first token)/(O - 1) in ms and mean (first token - scheduled) in ms."""
+    mean (last - first token)/(O - 1) in ms and mean (first token - scheduled) in ms; O, or each
+    output's own."""
     itl, ttft = [], []
-    for out in outputs:
+    lens = [output_len] * len(outputs) if isinstance(output_len, int) else list(output_len)
+    for out, o in zip(outputs, lens):
         m = getattr(out, "metrics", None)
         first, last = getattr(m, "first_token_ts", 0.0), getattr(m, "last_token_ts", 0.0)
         scheduled = getattr(m, "scheduled_ts", 0.0)
-        if first and last and output_len > 1:
-            itl.append((last - first) * 1e3 / (output_len - 1))
+        if first and last and o > 1:
+            itl.append((last - first) * 1e3 / (o - 1))
         if first and scheduled:
             ttft.append((first - scheduled) * 1e3)
     return {"engine_itl_ms": statistics.fmean(itl) if itl else None,

@@ -8,9 +8,9 @@ defaults for ``vllm serve`` otherwise (its usage context, so the same prefill ch
 It warms the engine up (one request alone, then a burst of up to :data:`WARMUP_BURST` at once,
 :data:`WARMUP_OUTPUT` tokens each, then one step of each token count at which the fused-MoE
 kernel changes tile config: every prefill and decode shape JIT-compiled before timing), then,
-for each rate, submits N requests of S random token ids (:func:`vllm_backend.make_requests`) at
-seeded Poisson arrival times (:func:`poisson_arrivals`), each from its own asyncio task, and
-streams their outputs (``RequestOutputKind.DELTA`` where this vLLM has it, else cumulative).
+for each rate, submits N requests of S random token ids (:func:`vllm_backend.make_prompts`), each
+asking for O tokens, at seeded Poisson arrival times (:func:`poisson_arrivals`), each from its own
+asyncio task, and streams their outputs (``RequestOutputKind.DELTA`` where this vLLM has it, else cumulative).
 
 Client-side times (``time.perf_counter``, seconds) per request: submission, every streamed
 output, completion. From them, as ``vllm bench serve`` defines them:
@@ -40,7 +40,10 @@ row (``oom`` for out of memory); rows are appended as in :mod:`perfmodel.measuri
 rate whose point id is in the file is not measured again (resume).
 
 Row fields beyond the sweep rows' identity and provenance: ``mode`` ("serving"), ``rate``,
-``num_requests``, ``input_len``, ``output_len``, ``max_num_seqs``, ``seed``, ``duration_cap_s``,
+``num_requests``, ``input_len``, ``output_len`` (the medians where the lengths were drawn),
+``lengths`` (None, or the percentiles they were drawn from: ``--input-len p50=512,p90=2048``
+gives each request its own S and O, drawn as ``perfmodel plan`` draws a traffic given so,
+:meth:`ServingSpec.lengths`), ``max_num_seqs``, ``seed``, ``duration_cap_s``,
 ``ttft_slo_s``, ``itl_slo_s``; ``engine`` = {name, cuda_graphs, dtype, tp, ep, pp, quantization,
 moe_backend, sampling, max_num_seqs, max_num_batched_tokens (resolved)}; ``engine_detail`` (the
 engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, ``aborted``,
@@ -49,7 +52,8 @@ engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, `
 ``achieved_rate``, ``goodput_fraction``, ``goodput_req_s``, ``submit_lag_max_ms``,
 ``multi_token_outputs``, ``engine_itl_ms`` / ``engine_ttft_ms`` (the engine's own timestamps,
 where it reports them), ``warmup_s``, ``per_request`` (columns ``arrival_s``, ``submitted_s``,
-``ttft_ms``, ``e2e_ms``, ``output_tokens``), ``notes``, ``host_probe_ms`` (the host's speed before
+``ttft_ms``, ``e2e_ms``, ``output_tokens``, and, where the lengths were drawn, ``input_len`` and
+``output_len``), ``notes``, ``host_probe_ms`` (the host's speed before
 and after the rate, :func:`perfmodel.host_speed.probe_ms`), ``host_run`` (the host's speed sampled
 in a process of its own all through the rate, :func:`perfmodel.host_trace.run_summary`: recorded,
 not used to predict), and, where this vLLM describes its
@@ -75,7 +79,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from perfmodel.errors import InputError
 from perfmodel.measuring import results
@@ -171,13 +175,20 @@ def parse_rates(text: str) -> list[float]:
 @dataclass(frozen=True)
 class ServingSpec:
     """One model's serving measurement: rates (req/s), N requests of S prompt and O output
-    tokens per rate, the engine's limits and settings, the SLOs for goodput (s)."""
+    tokens per rate, the engine's limits and settings, the SLOs for goodput (s).
+
+    S and O are fixed, or, with ``input_spread`` / ``output_spread``, spread: ``input_len`` is
+    then the median and the spread the higher percentiles, and the requests' lengths are drawn
+    as the planning draws a traffic given so (:meth:`lengths`: a lognormal through the median and
+    the highest percentile, seeded), the same N lengths at every rate."""
 
     model: str
     rates: tuple[float, ...]
     num_requests: int = 200
     input_len: int = DEFAULT_INPUT_LEN
     output_len: int = DEFAULT_OUTPUT_LEN
+    input_spread: tuple[tuple[str, int], ...] = ()  # percentiles above p50, e.g. (("p90", 2048),)
+    output_spread: tuple[tuple[str, int], ...] = ()
     max_num_seqs: int = 256
     seed: int = 0
     duration_s: float | None = None
@@ -192,7 +203,8 @@ class ServingSpec:
         """The point of one rate (its id: the model, S, O, ``B`` = max_num_seqs, the engine
         settings, and the rate, N and seed of the schedule)."""
         extra = {"serving": "poisson", "rate": rate_key(rate), "n": str(self.num_requests),
-                 "seed": str(self.seed)}
+                 "seed": str(self.seed), **{f"s_{q}": str(v) for q, v in self.input_spread},
+                 **{f"o_{q}": str(v) for q, v in self.output_spread}}
         return SweepPoint(model=self.model, batch=self.max_num_seqs, input_len=self.input_len,
                           output_len=self.output_len, backend="vllm", overrides=self.overrides,
                           layers=self.layers, experts_impl="vllm_fused_moe", cuda_graphs=self.cuda_graphs,
@@ -200,6 +212,38 @@ class ServingSpec:
 
     def setting(self, key: str, default: str) -> str:
         return dict(self.settings).get(key, default)
+
+    @property
+    def spread(self) -> bool:
+        """Whether the requests' lengths vary (drawn), not all S and O."""
+        return bool(self.input_spread or self.output_spread)
+
+    def traffic_lengths(self) -> dict[str, Any]:
+        """``input_len`` and ``output_len`` as the planning's traffic takes them: a token count,
+        or percentiles ``{"p50": .., "p90": ..}``."""
+        def one(median: int, spread: tuple[tuple[str, int], ...]) -> Any:
+            return {"p50": median, **dict(spread)} if spread else median
+        return {"input_len": one(self.input_len, self.input_spread),
+                "output_len": one(self.output_len, self.output_spread)}
+
+    def lengths(self) -> tuple[list[int], list[int]]:
+        """The N requests' prompt and output tokens: all S and O, or, spread, drawn by
+        :class:`perfmodel.planning.question.Lengths` from ``numpy.random.default_rng(seed)``."""
+        n = self.num_requests
+        if not self.spread:
+            return [self.input_len] * n, [self.output_len] * n
+        import numpy as np
+
+        from perfmodel.planning.question import Lengths, Traffic
+
+        s, o = Lengths(Traffic(rate=1.0, **self.traffic_lengths())).sample(n, np.random.default_rng(self.seed))
+        return [int(x) for x in s], [int(x) for x in o]
+
+    @property
+    def longest(self) -> int:
+        """Tokens of the longest request (prompt and output), what the KV cache is sized for."""
+        s, o = self.lengths()
+        return max(a + b for a, b in zip(s, o))
 
 
 # --------------------------------------------------------------------------- one request
@@ -266,10 +310,11 @@ async def _consume(engine, trace: RequestTrace, prompt, params, request_id: str,
         trace.error = one_line(exc)
 
 
-async def run_schedule(engine, prompts: list, arrivals: list[float], make_params: Callable[[], Any], *,
+async def run_schedule(engine, prompts: list, arrivals: list[float], make_params: Callable[[int], Any], *,
                        clock: Callable[[], float], delta: bool, request_prefix: str,
                        cap_s: float | None = None) -> tuple[list[RequestTrace], float]:
-    """Submit ``prompts[i]`` at ``arrivals[i]`` s after now, each from its own task; stop
+    """Submit ``prompts[i]`` at ``arrivals[i]`` s after now, with the sampling parameters
+    ``make_params(i)``, each from its own task; stop
     submitting after ``cap_s`` and abort what runs at ``DRAIN_FACTOR * cap_s``. Returns the
     traces of the submitted requests and the start time (clock seconds)."""
     t0 = clock()
@@ -284,7 +329,7 @@ async def run_schedule(engine, prompts: list, arrivals: list[float], make_params
         trace = RequestTrace(scheduled_s=offset)
         traces.append(trace)
         tasks.append(asyncio.create_task(
-            _consume(engine, trace, prompt, make_params(), f"{request_prefix}-{i}", clock, delta)))
+            _consume(engine, trace, prompt, make_params(i), f"{request_prefix}-{i}", clock, delta)))
     if tasks:
         timeout = None if cap_s is None else max(0.0, t0 + DRAIN_FACTOR * cap_s - clock())
         _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -316,9 +361,15 @@ def _within_slo(trace: RequestTrace, ttft_slo_s: float | None, itl_slo_s: float 
             and (itl_slo_s is None or tpot is None or tpot <= itl_slo_s))
 
 
-def summarize(traces: list[RequestTrace], t0: float, *, num_requests: int, output_len: int,
-              ttft_slo_s: float | None = None, itl_slo_s: float | None = None) -> dict[str, Any]:
-    """The measured fields of one rate's row from its request traces (see the module docstring)."""
+def summarize(traces: list[RequestTrace], t0: float, *, num_requests: int, output_len: int | Sequence[int],
+              ttft_slo_s: float | None = None, itl_slo_s: float | None = None,
+              input_len: Sequence[int] | None = None) -> dict[str, Any]:
+    """The measured fields of one rate's row from its request traces (see the module docstring).
+
+    ``output_len``: O, or each request's (in submission order, as the traces); ``input_len``,
+    each request's prompt tokens where they vary: then ``per_request`` also holds
+    ``input_len`` and ``output_len`` of each submitted request."""
+    wanted = [output_len] * len(traces) if isinstance(output_len, int) else list(output_len)[:len(traces)]
     done = [t for t in traces if t.completed and t.token_times]
     values = {
         "ttft": [t.ttft() for t in done],
@@ -370,27 +421,31 @@ def summarize(traces: list[RequestTrace], t0: float, *, num_requests: int, outpu
         "e2e_ms": [_ms(t.e2e()) for t in traces],
         "output_tokens": [t.tokens for t in traces],
     }
+    if input_len is not None:
+        out["per_request"]["input_len"] = [int(x) for x in list(input_len)[:len(traces)]]
+        out["per_request"]["output_len"] = [int(x) for x in wanted]
     notes = []
     if out["not_submitted"]:
         notes.append(f"duration cap: {out['not_submitted']} of {num_requests} requests not submitted")
     if out["aborted"]:
         notes.append(f"{out['aborted']} requests still running at the drain limit were aborted; "
                      "percentiles are of the completed ones")
-    short = [t.tokens for t in done if t.tokens != output_len]
+    short = [(t.tokens, o) for t, o in zip(traces, wanted) if t.completed and t.token_times and t.tokens != o]
     if short:
-        notes.append(f"generated lengths {sorted(set(short))} != O={output_len}")
+        notes.append(f"{len(short)} requests generated other lengths than asked (first: {short[0][0]} of {short[0][1]})")
     out["notes"] = notes
     return out
 
 
-def engine_request_times(traces: list[RequestTrace], output_len: int) -> dict[str, float | None]:
+def engine_request_times(traces: list[RequestTrace]) -> dict[str, float | None]:
     """The engine's own per-request timestamps (``RequestOutput.metrics`` of the final outputs),
-    where this vLLM reports them: mean ITL and mean TTFT from scheduling, ms."""
+    where this vLLM reports them: mean ITL and mean TTFT from scheduling, ms, each request's ITL
+    over the tokens it streamed."""
     from perfmodel.measuring.vllm_backend import engine_times
 
-    finals = [t.final for t in traces if t.completed and t.final is not None]
+    done = [t for t in traces if t.completed and t.final is not None]
     try:
-        return engine_times(finals, output_len)
+        return engine_times([t.final for t in done], [t.tokens for t in done])
     except Exception:  # noqa: BLE001 - optional detail
         return {"engine_itl_ms": None, "engine_ttft_ms": None}
 
@@ -454,6 +509,7 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
     try:
         cfg = vb.write_model_dir([point], tmp.name)
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
+        kwargs["max_model_len"] = max(int(kwargs.get("max_model_len") or 0), spec.longest)
         kwargs.update(_step_details(accepted))
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
@@ -553,7 +609,7 @@ async def warm_up(engine: Engine, spec: ServingSpec, clock: Callable[[], float])
         groups.append((f"warmup-step{sum(lengths)}", group, 1))
     for name, group, tokens in groups:
         traces, _ = await run_schedule(engine.llm, group, [0.0] * len(group),
-                                       lambda tokens=tokens: engine.make_params(tokens),
+                                       lambda _, tokens=tokens: engine.make_params(tokens),
                                        clock=clock, delta=engine.delta, request_prefix=name)
         failed = [t.error for t in traces if t.error]
         if failed:
@@ -606,7 +662,7 @@ def _describe(spec: ServingSpec) -> dict[str, Any]:
             "tp": int(spec.setting("tp", "1")), "ep": spec.setting("ep", "0") == "1", "pp": 1,
             "quantization": spec.setting("quant", "none"), "moe_backend": spec.setting("moe_backend", "triton"),
             "sampling": spec.setting("sampling", "random"), "max_num_seqs": spec.max_num_seqs,
-            "max_cache_len": spec.input_len + spec.output_len,
+            "max_cache_len": spec.longest,
         },
     }
 
@@ -619,6 +675,8 @@ def base_row(spec: ServingSpec, rate: float, prov: dict[str, Any]) -> dict[str, 
         "error": None, "backend": "vllm", "mode": "serving", "model": spec.model,
         "overrides": list(spec.overrides), "layers": spec.layers, "rate": float(rate),
         "num_requests": spec.num_requests, "input_len": spec.input_len, "output_len": spec.output_len,
+        "lengths": ({"drawn": "lognormal through p50 and the highest percentile given, numpy default_rng(seed), "
+                               "as perfmodel plan draws them", **spec.traffic_lengths()} if spec.spread else None),
         "max_num_seqs": spec.max_num_seqs, "seed": spec.seed, "duration_cap_s": spec.duration_s,
         "ttft_slo_s": spec.ttft_slo_s, "itl_slo_s": spec.itl_slo_s,
     }
@@ -650,20 +708,23 @@ def client_token_sample(traces: list[RequestTrace], t0: float, every: int = TOKE
 
 
 async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: list,
-                       cap_s: float | None, clock: Callable[[], float]
+                       cap_s: float | None, clock: Callable[[], float], outputs: list[int] | None = None
                        ) -> tuple[str, dict[str, Any], str | None, dict[str, dict[str, Any]]]:
     """One rate on a warm engine: (status, the row's measured fields, error or None, the traces
     written beside the rows: ``steps``, the engine's steps where it reports them, and ``tokens``,
     the client's output times of a sample of requests, :func:`client_token_sample`); the fields
-    include ``engine_steps`` (:func:`vllm_steps.step_summary`)."""
+    include ``engine_steps`` (:func:`vllm_steps.step_summary`). ``outputs``: each request's
+    output tokens (default: all O)."""
+    outputs = outputs if outputs is not None else [spec.output_len] * len(prompts)
     arrivals = poisson_arrivals(rate, spec.num_requests, spec.seed)
     first_step = engine.steps.mark() if engine.steps is not None else 0
-    traces, t0 = await run_schedule(engine.llm, prompts, arrivals, lambda: engine.make_params(spec.output_len),
+    traces, t0 = await run_schedule(engine.llm, prompts, arrivals, lambda i: engine.make_params(outputs[i]),
                                     clock=clock, delta=engine.delta, request_prefix=f"r{rate_key(rate)}",
                                     cap_s=cap_s)
-    fields = summarize(traces, t0, num_requests=spec.num_requests, output_len=spec.output_len,
-                       ttft_slo_s=spec.ttft_slo_s, itl_slo_s=spec.itl_slo_s)
-    fields.update(engine_request_times(traces, spec.output_len))
+    fields = summarize(traces, t0, num_requests=spec.num_requests, output_len=outputs,
+                       ttft_slo_s=spec.ttft_slo_s, itl_slo_s=spec.itl_slo_s,
+                       input_len=[len(p["prompt_token_ids"]) for p in prompts] if spec.spread else None)
+    fields.update(engine_request_times(traces))
     fields["duration_cap_s"] = None if cap_s is None else round(cap_s, 1)
     steps = engine.steps.since(first_step) if engine.steps is not None else []
     fields["engine_steps"] = step_summary(steps)
@@ -680,7 +741,7 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
     from perfmodel.host_speed import probe_ms
     from perfmodel.host_trace import RunSampler, run_summary
     from perfmodel.measuring import env
-    from perfmodel.measuring.vllm_backend import make_requests
+    from perfmodel.measuring.vllm_backend import make_prompts
 
     started = clock()
     summary = ServingSummary()
@@ -738,7 +799,8 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
         summary.elapsed_s = clock() - started
         return summary
     try:
-        prompts = make_requests(spec.num_requests, spec.input_len, engine.vocab, seed=spec.seed)
+        inputs, outputs = spec.lengths()
+        prompts = make_prompts(inputs, engine.vocab, seed=spec.seed)
         for i, rate in enumerate(todo):
             if summary.stopped:
                 summary.deferred.append(spec.point(rate).point_id)
@@ -758,7 +820,8 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
             probes = [probe_ms()]  # the host's speed, before and after the rate, and sampled throughout
             with RunSampler() as sampler:
                 try:
-                    status, fields, error, written = await measure_rate(engine, spec, rate, prompts, cap, clock)
+                    status, fields, error, written = await measure_rate(engine, spec, rate, prompts, cap, clock,
+                                                                        outputs)
                 except Exception as exc:  # noqa: BLE001 - a failed rate is a row
                     status, fields, error = ("oom" if _is_oom(exc) else "error"), {}, one_line(exc)
             fields["host_probe_ms"] = [round(ms, 3) for ms in (*probes, probe_ms())]
@@ -816,15 +879,31 @@ def _positive(value: float | None, option: str, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
-def _one_length(text: str | None, default: int, option: str) -> int:
+def _one_length(text: str | None, default: int, option: str) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """A serving length: ``"1024"`` -> (1024, ()), or percentiles ``"p50=512,p90=2048"`` ->
+    (512, (("p90", 2048),)), checked as the planning's traffic checks them."""
+    from pydantic import ValidationError
+
+    from perfmodel.errors import validation_message
     from perfmodel.measuring.points import parse_int_list
+    from perfmodel.planning.question import LENGTH_QUANTILES, Traffic, parse_length
 
     if text is None:
-        return default
-    values = parse_int_list(text, option.lstrip("-").replace("-", " "))
-    if len(values) != 1:
-        raise InputError(f"--serving takes one {option} (got {text}); run one command per length")
-    return values[0]
+        return default, ()
+    if "=" not in text and ":" not in text:
+        values = parse_int_list(text, option.lstrip("-").replace("-", " "))
+        if len(values) != 1:
+            raise InputError(f"--serving takes one {option} (got {text}); run one command per length")
+        return values[0], ()
+    spec = parse_length(text, option)
+    try:
+        Traffic(rate=1.0, input_len=spec)
+    except ValidationError as exc:
+        raise InputError(f"bad {option} '{text}': {validation_message(exc)}") from None
+    if any(not float(v).is_integer() for v in spec.values()):
+        raise InputError(f"bad {option} '{text}': percentiles must be whole numbers of tokens")
+    spread = tuple((q, int(spec[q])) for q in LENGTH_QUANTILES if q in spec and q != "p50")
+    return int(spec["p50"]), spread
 
 
 def build_specs(*, models: list[str], rates: str | None, num_requests: int, input_len: str | None,
@@ -839,9 +918,10 @@ def build_specs(*, models: list[str], rates: str | None, num_requests: int, inpu
     seqs = _positive(max_num_seqs, "--max-num-seqs", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"--seed must be an integer, got {seed}")
-    s = _one_length(input_len, DEFAULT_INPUT_LEN, "--input-len")
-    o = _one_length(output_len, DEFAULT_OUTPUT_LEN, "--output-len")
+    s, s_spread = _one_length(input_len, DEFAULT_INPUT_LEN, "--input-len")
+    o, o_spread = _one_length(output_len, DEFAULT_OUTPUT_LEN, "--output-len")
     common = dict(rates=tuple(rate_list), num_requests=n, input_len=s, output_len=o, max_num_seqs=seqs,
+                  input_spread=s_spread, output_spread=o_spread,
                   seed=seed, duration_s=_positive(duration_s, "--duration-s"),
                   ttft_slo_s=_positive(ttft_slo_s, "--ttft-slo"), itl_slo_s=_positive(itl_slo_s, "--itl-slo"),
                   overrides=tuple(overrides), layers=layers, cuda_graphs=cuda_graphs,

@@ -35,7 +35,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     engine: str = "vllm", overrides: list[str] | None = None, requests: int = 400,
                     warmup: int = 100, seed: int = 0, arrivals: Sequence[float] | None = None,
                     until_s: float | None = None, kv_tokens: int | None = None,
-                    host_probe_ms: float | None = None, graph_tokens: int | None = None) -> dict[str, Any]:
+                    host_probe_ms: float | None = None, graph_tokens: int | None = None,
+                    lengths: tuple[Sequence[int], Sequence[int]] | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -50,7 +51,9 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     draw (``requests`` and ``warmup`` are then unused), ends the run at ``until_s`` (s, on the
     same clock; None: when every request has finished), where the requests still running are
     aborted, and holds the engine's KV cache at ``kv_tokens`` tokens where given (else the
-    planning's). Its statistics are computed as a measured row's
+    planning's), and gives request i the prompt and output tokens ``lengths[0][i]``,
+    ``lengths[1][i]`` where given (else lengths drawn from the traffic with ``seed``; the traffic's
+    lengths still set the closed form). Its statistics are computed as a measured row's
     (:meth:`perfmodel.planning.simulate.SimResult.run_summary`): the percentiles are over the
     completed requests, and the result adds ``replay`` (True), ``submitted``, ``completed``,
     ``aborted``, ``output_tokens``, ``window_s``, ``output_tok_s``, ``completion_rate``
@@ -69,6 +72,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
         raise InputError("traffic is required: rate (req/s), input_len, output_len")
     lay = _layout(layout)
     times = _replay_inputs(arrivals, until_s, kv_tokens, replicas, lay)
+    given = _replay_lengths(lengths, arrivals, times)
     try:
         traffic_obj = traffic if isinstance(traffic, Traffic) else Traffic(**dict(traffic))
         question = PlanQuestion(
@@ -89,7 +93,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     if setup.failure:
         raise InputError(setup.failure)
     if times is not None:
-        return _replay(search, setup, max_num_seqs, max_batched_tokens, times, until_s, kv_tokens, seed)
+        return _replay(search, setup, max_num_seqs, max_batched_tokens, times, until_s, kv_tokens, seed, given)
     ev = search.simulated(setup, Engine(setup.offer.name, dtype, lay, max_num_seqs, max_batched_tokens), replicas)
     return {**{f"{m}_s": ev.metrics[m] for m in ("ttft", "itl", "tpot", "e2e")},
             "overloaded": not ev.stable, "mean_batch": ev.details["mean_batch"],
@@ -126,8 +130,30 @@ def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_t
     return times
 
 
+def _replay_lengths(lengths, arrivals, times):
+    """A replay's (prompt, output) tokens per request as integer arrays in the order of its
+    sorted arrival ``times``; None where no lengths are given."""
+    import numpy as np
+
+    if lengths is None:
+        return None
+    if times is None:
+        raise InputError("lengths apply to a replay of explicit arrivals")
+    try:
+        s, o = (np.asarray(list(x), dtype=float) for x in lengths)
+    except (TypeError, ValueError):
+        raise InputError("lengths must be two lists of token counts: prompts and outputs") from None
+    if s.shape != (len(times),) or o.shape != (len(times),):
+        raise InputError(f"lengths must give a prompt and an output length for each of the {len(times)} arrivals")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(o)) and np.all(s >= 1) and np.all(o >= 1)
+            and np.all(s == np.rint(s)) and np.all(o == np.rint(o))):
+        raise InputError("lengths must be whole numbers of tokens >= 1")
+    order = np.argsort(np.asarray(list(arrivals), dtype=float), kind="stable")
+    return s[order].astype(np.int64), np.maximum(o[order], 2).astype(np.int64)
+
+
 def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, until_s: float | None,
-            kv_tokens: int | None, seed: int) -> dict[str, Any]:
+            kv_tokens: int | None, seed: int, given=None) -> dict[str, Any]:
     """Simulate the given arrivals on one replica (see :func:`predict_serving`)."""
     import numpy as np
 
@@ -135,9 +161,10 @@ def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, un
     from perfmodel.planning.simulate import EngineLimits, Requests, simulate
 
     kv = int(kv_tokens) if kv_tokens is not None else setup.steps.kv_tokens
-    if kv < search.longest:
-        raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({search.longest:,})")
-    s, o = search.lengths.sample(len(times), np.random.default_rng(seed))
+    s, o = given if given is not None else search.lengths.sample(len(times), np.random.default_rng(seed))
+    longest = int((s + o).max()) if given is not None else search.longest
+    if kv < longest:
+        raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({longest:,})")
     limits = EngineLimits(max_num_seqs, max_batched_tokens, kv, setup.profile.options.async_scheduling)
     steps = search.engine_steps(setup, max_num_seqs)[0]  # the given largest graph, else the engine's default
     result = simulate(steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,

@@ -82,7 +82,8 @@ from typing import Any, Iterable
 
 from perfmodel.errors import InputError, PerfModelError
 from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_GROWTH, drain_limit,
-                                               engine_kv_tokens, gpu_spec_name, measured_overload,
+                                               engine_kv_tokens, gpu_spec_name, lengths_label,
+                                               mean_lengths, measured_overload,
                                                measured_schedule, offered_rate, predict_row,
                                                predicted_overload, replayed_values, serving_dtype,
                                                serving_layout)
@@ -92,6 +93,8 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
 ITL_PERCENTILES = {"itl_p50": 50.0, "itl_p90": 90.0}
 #: Per-request columns of a measured row (``per_request``).
 _PER_REQUEST = ("arrival_s", "submitted_s", "ttft_ms", "e2e_ms", "output_tokens")
+#: Per-request columns of a run whose lengths were drawn: each request's prompt and output tokens.
+_PER_REQUEST_LENGTHS = ("input_len", "output_len")
 
 
 def results_path(gpu: str) -> Path:
@@ -225,10 +228,11 @@ def _check_per_request(name: str, per: Any) -> None:
     if not isinstance(per, dict):
         raise InputError(f"malformed serving row {name}: 'per_request' must be a mapping of columns")
     columns = {k: per.get(k) for k in _PER_REQUEST if k != "arrival_s"}
+    columns.update({k: per[k] for k in _PER_REQUEST_LENGTHS if per.get(k) is not None})
     for key, column in columns.items():
         if not isinstance(column, list):
             raise InputError(f"malformed serving row {name}: 'per_request.{key}' must be a list")
-        whole = key == "output_tokens"
+        whole = key == "output_tokens" or key in _PER_REQUEST_LENGTHS
         for value in column:
             if (value is None and not whole) or (_number(value) and (not whole or float(value).is_integer())):
                 continue
@@ -280,18 +284,25 @@ def check_row(row: dict[str, Any]) -> None:
         raise InputError(f"malformed serving row {name}: 'gpu_name' must be a string")
     if row.get("per_request") is not None:
         _check_per_request(name, row["per_request"])
+    spread = row.get("lengths")
+    if spread is not None and not (isinstance(spread, dict) and "input_len" in spread and "output_len" in spread):
+        raise InputError(f"malformed serving row {name}: 'lengths' must be a mapping with input_len and output_len")
+    per = row.get("per_request") or {}
+    if spread is not None and any(per.get(k) is None for k in _PER_REQUEST_LENGTHS):
+        raise InputError(f"malformed serving row {name}: its lengths were drawn, but 'per_request' "
+                         "lacks each request's input_len and output_len")
 
 
 def _group_key(row: dict[str, Any], gpu: str) -> tuple:
     engine = row.get("engine") or {}
-    return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), row["input_len"],
-            row["output_len"], row["max_num_seqs"], gpu, serving_layout(row), serving_dtype(row),
+    return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), lengths_label(row),
+            row["max_num_seqs"], gpu, serving_layout(row), serving_dtype(row),
             engine.get("max_num_batched_tokens"))
 
 
 def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
     """One rate's run, measured and replayed: counts, overload and capacity."""
-    O = int(row["output_len"])
+    O = mean_lengths(row)[1]
     m, p = measured_overload(row), predicted_overload(pred)
     _, schedule = measured_schedule(row)
     return {
@@ -337,7 +348,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             continue
         spec_gpu = gpu_spec_name(row.get("gpu_name"), gpu)
         key = dict(model=row["model"], input_len=row["input_len"], output_len=row["output_len"],
-                   max_num_seqs=row["max_num_seqs"], rate=row["rate"], gpu=spec_gpu,
+                   lengths=lengths_label(row), max_num_seqs=row["max_num_seqs"], rate=row["rate"], gpu=spec_gpu,
                    layout=layout_label(row), point_id=row["point_id"])
         try:
             if int(row_layout(row)["dp"]) > 1:
@@ -375,6 +386,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     for group in groups.values():
         k = group["key"]
         sat.append({"model": k["model"], "input_len": k["input_len"], "output_len": k["output_len"],
+                    "lengths": k["lengths"],
                     "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"],
                     **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
@@ -480,8 +492,13 @@ def _count(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
+def _lengths(item: dict[str, Any]) -> str:
+    """S/O of a point, a run or a group (:func:`lengths_label`; S/O where an item lacks it)."""
+    return item.get("lengths") or f"{item['input_len']}/{item['output_len']}"
+
+
 def _head(s: dict[str, Any]) -> str:
-    return f"{s['model']} S={s['input_len']} O={s['output_len']} seqs≤{s['max_num_seqs']} {s['gpu']} {s['layout']}"
+    return f"{s['model']} S/O={_lengths(s)} seqs≤{s['max_num_seqs']} {s['gpu']} {s['layout']}"
 
 
 def _with_nominal(offered: float | None, nominal: float | None) -> str:
@@ -598,7 +615,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        lines.append(f"| {p['model']} | {p['input_len']}/{p['output_len']} | {p['max_num_seqs']} | {_rate(p['rate'])} "
+        lines.append(f"| {p['model']} | {_lengths(p)} | {p['max_num_seqs']} | {_rate(p['rate'])} "
                      f"| {p['metric']} | {_fmt(p['metric'], p['measured'])} | {_fmt(p['metric'], p['predicted'])} "
                      f"| {_err(p['rel_error'])} | {band_text(p)} |")
     failed = [r for r in result["rates"] if r.get("error")]
@@ -641,7 +658,7 @@ def _points_table(result: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Every point as cells of the page's sortable table (sort keys: s, tok/s, error %)."""
     rows = []
     for p in result["points"]:
-        so = f"{p['input_len']}/{p['output_len']}"
+        so = _lengths(p)
         err = p["rel_error"]
         rows.append([_cell(p["model"], str(p["model"]), "l"), _cell(so, so),
                      _cell(p["max_num_seqs"], str(p["max_num_seqs"])), _cell(p["rate"], _rate(p["rate"])),
@@ -698,7 +715,7 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     for col in ("model", "S/O", "seqs", "rate", "metric", "measured", "predicted", "error"):
         table.add_column(col, justify="left" if col in ("model", "metric") else "right")
     for p in result["points"]:
-        table.add_row(Text(str(p["model"])), f"{p['input_len']}/{p['output_len']}", str(p["max_num_seqs"]),
+        table.add_row(Text(str(p["model"])), _lengths(p), str(p["max_num_seqs"]),
                       _rate(p["rate"]), p["metric"], _fmt(p["metric"], p["measured"]),
                       _fmt(p["metric"], p["predicted"]), _err(p["rel_error"]))
     console.print(table)

@@ -37,7 +37,8 @@ def _finite(value: Any) -> bool:
 
 def series_label(item: dict[str, Any]) -> str:
     """A group of runs differing only in rate: model, S/O, max sequences, GPU, layout."""
-    return (f"{item['model']} S={item['input_len']} O={item['output_len']} seqs≤{item['max_num_seqs']} "
+    lengths = item.get("lengths") or f"{item['input_len']}/{item['output_len']}"
+    return (f"{item['model']} S/O={lengths} seqs≤{item['max_num_seqs']} "
             f"{item['gpu']} {item['layout']}")
 
 
