@@ -10,7 +10,10 @@ idle engine:
 
 - requests: the row's submitted requests at their real submission times
   (``per_request.submitted_s``; those never submitted under the duration cap are left out), S and
-  O tokens each; a row without per-request data gets the schedule the measurement drew
+  O tokens each, or, where the run drew each request's lengths (``lengths``), each its own
+  (``per_request.input_len`` / ``output_len``; the report names such runs' S/O by their
+  percentiles, :func:`perfmodel.measuring.serving_replay.lengths_label`, and served req/s is
+  output tok/s ÷ their mean O); a row without per-request data gets the schedule the measurement drew
   (:func:`perfmodel.measuring.vllm_serving.poisson_arrivals` of its rate, N and seed, cut at its
   duration cap);
 - the end of the run: requests still running at the measurement's drain limit
