@@ -524,3 +524,44 @@ def test_bad_length_percentiles_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, (text, err)
     assert not out.exists()
+
+
+def test_lengths_from_a_file_are_drawn_as_plan_draws_them(tmp_path, monkeypatch, capsys):
+    """``--lengths-file``: each request's (input, output) drawn from the CSV with replacement,
+    seeded, as ``plan --lengths-file`` draws them; the file's digest is in the point id and its
+    percentiles in the row, for the replay's closed form."""
+    import hashlib
+
+    from perfmodel.measuring import serving_replay as sr
+    from perfmodel.measuring.measure import main
+    from perfmodel.planning.question import Lengths, Traffic
+
+    csv = tmp_path / "lengths.csv"
+    csv.write_text("input,output\n40,3\n90,12\n200,7\n33,25\n")
+    engine_cls = _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    assert main(["olmoe-1b-7b", "--backend", "vllm", "--serving", "--allow-cpu", "--layers", "2", "--rate", "3",
+                 "--num-requests", str(N), "--lengths-file", str(csv), "--out", str(out)]) == 0
+    s, o = Lengths(Traffic(rate=1, lengths_file=csv)).sample(N, np.random.default_rng(0))
+    (row,) = _rows(out)
+    per = row["per_request"]
+    assert per["input_len"] == [int(x) for x in s] and per["output_len"] == [int(x) for x in o]
+    assert set(zip(per["input_len"], per["output_len"])) <= {(40, 3), (90, 12), (200, 7), (33, 25)}
+    assert per["output_tokens"] == per["output_len"]
+    (engine,) = engine_cls.instances
+    assert [engine.prompt_lens[f"r3-{i}"] for i in range(N)] == per["input_len"]
+    digest = hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert f"lengths={digest[:12]}" in row["point_id"] and digest in row["lengths"]["drawn"]
+    assert row["input_len"] == 65 and row["lengths"]["input_len"]["p50"] == 65  # the file's median
+    assert sr.request_lengths(row) == (per["input_len"], per["output_len"])
+    replay = sr.predict_row(row, "h200-sxm")  # each request with its own lengths, the file's percentiles beside
+    assert sorted(replay["per_request"]["output_tokens"]) == sorted(per["output_len"])
+    # with the file: no --input-len / --output-len; without --serving: refused
+    for extra, expected in ((["--serving", "--rate", "3", "--input-len", "64"], "leave out --input-len"),
+                            (["--batch", "1"], "--lengths-file applies to --serving"),
+                            (["--serving", "--rate", "3"], "cannot read lengths file")):
+        bad = tmp_path / "missing.csv" if expected.startswith("cannot") else csv
+        assert main(["olmoe", "--backend", "vllm", *extra, "--lengths-file", str(bad), "--out",
+                     str(tmp_path / "x.jsonl")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (extra, err)

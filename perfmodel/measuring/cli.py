@@ -207,6 +207,8 @@ def measure(
     duration_s: Optional[float] = typer.Option(None, "--duration-s", help="--serving: no request is submitted "
                                                "after this many seconds of a rate; at 1.5x the rest are aborted."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="--serving: the engine's max_num_seqs."),
+    lengths_file: Optional[Path] = typer.Option(None, "--lengths-file", help="--serving: CSV of input,output "
+                                                "token counts; each request's drawn from it (as plan does)."),
     seed: int = typer.Option(0, "--seed", help="--serving: seed of the arrival times and the prompts."),
     ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="--serving: TTFT target for goodput, s."),
     itl_slo: Optional[float] = typer.Option(None, "--itl-slo", help="--serving: TPOT target for goodput, s."),
@@ -253,9 +255,11 @@ def measure(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
             seed=seed, duration_s=duration_s, ttft_slo_s=ttft_slo, itl_slo_s=itl_slo, overrides=overrides,
-            layers=layers, cuda_graphs=cuda_graphs, settings=settings)
+            layers=layers, cuda_graphs=cuda_graphs, settings=settings, lengths_file=lengths_file)
     if isinstance(rate, str):
         raise InputError("--rate applies to --serving runs")
+    if isinstance(lengths_file, Path):
+        raise InputError("--lengths-file applies to --serving runs")
     require_gpu_libraries("measure")
     if backend == "vllm":
         from perfmodel.measuring import vllm_backend

@@ -43,7 +43,8 @@ Row fields beyond the sweep rows' identity and provenance: ``mode`` ("serving"),
 ``num_requests``, ``input_len``, ``output_len`` (the medians where the lengths were drawn),
 ``lengths`` (None, or the percentiles they were drawn from: ``--input-len p50=512,p90=2048``
 gives each request its own S and O, drawn as ``perfmodel plan`` draws a traffic given so,
-:meth:`ServingSpec.lengths`), ``max_num_seqs``, ``seed``, ``duration_cap_s``,
+:meth:`ServingSpec.lengths`; ``--lengths-file`` draws them from a CSV of input,output token
+counts, as ``plan --lengths-file`` does), ``max_num_seqs``, ``seed``, ``duration_cap_s``,
 ``ttft_slo_s``, ``itl_slo_s``; ``engine`` = {name, cuda_graphs, dtype, tp, ep, pp, quantization,
 moe_backend, sampling, max_num_seqs, max_num_batched_tokens (resolved)}; ``engine_detail`` (the
 engine arguments and what vLLM resolved); counts ``submitted``, ``completed``, ``aborted``,
@@ -180,7 +181,11 @@ class ServingSpec:
     S and O are fixed, or, with ``input_spread`` / ``output_spread``, spread: ``input_len`` is
     then the median and the spread the higher percentiles, and the requests' lengths are drawn
     as the planning draws a traffic given so (:meth:`lengths`: a lognormal through the median and
-    the highest percentile, seeded), the same N lengths at every rate."""
+    the highest percentile, seeded), the same N lengths at every rate. With ``lengths_file`` (a
+    CSV of input,output token counts, as ``plan --lengths-file`` takes) the pairs are drawn from
+    it with replacement, seeded, as the planning draws them; ``input_len`` / ``output_len`` are
+    then the file's medians and the spreads its 90th and 99th percentiles (what the closed form
+    of a replay reads, the file itself not being kept with the rows)."""
 
     model: str
     rates: tuple[float, ...]
@@ -189,6 +194,8 @@ class ServingSpec:
     output_len: int = DEFAULT_OUTPUT_LEN
     input_spread: tuple[tuple[str, int], ...] = ()  # percentiles above p50, e.g. (("p90", 2048),)
     output_spread: tuple[tuple[str, int], ...] = ()
+    lengths_file: str | None = None  # CSV of input,output token counts
+    lengths_sha256: str | None = None  # of that file's bytes (the point id carries its first 12 hex digits)
     max_num_seqs: int = 256
     seed: int = 0
     duration_s: float | None = None
@@ -204,7 +211,8 @@ class ServingSpec:
         settings, and the rate, N and seed of the schedule)."""
         extra = {"serving": "poisson", "rate": rate_key(rate), "n": str(self.num_requests),
                  "seed": str(self.seed), **{f"s_{q}": str(v) for q, v in self.input_spread},
-                 **{f"o_{q}": str(v) for q, v in self.output_spread}}
+                 **{f"o_{q}": str(v) for q, v in self.output_spread},
+                 **({"lengths": self.lengths_sha256[:12]} if self.lengths_file and self.lengths_sha256 else {})}
         return SweepPoint(model=self.model, batch=self.max_num_seqs, input_len=self.input_len,
                           output_len=self.output_len, backend="vllm", overrides=self.overrides,
                           layers=self.layers, experts_impl="vllm_fused_moe", cuda_graphs=self.cuda_graphs,
@@ -216,7 +224,7 @@ class ServingSpec:
     @property
     def spread(self) -> bool:
         """Whether the requests' lengths vary (drawn), not all S and O."""
-        return bool(self.input_spread or self.output_spread)
+        return bool(self.input_spread or self.output_spread or self.lengths_file)
 
     def traffic_lengths(self) -> dict[str, Any]:
         """``input_len`` and ``output_len`` as the planning's traffic takes them: a token count,
@@ -236,8 +244,18 @@ class ServingSpec:
 
         from perfmodel.planning.question import Lengths, Traffic
 
-        s, o = Lengths(Traffic(rate=1.0, **self.traffic_lengths())).sample(n, np.random.default_rng(self.seed))
+        traffic = (Traffic(rate=1.0, lengths_file=Path(self.lengths_file)) if self.lengths_file
+                   else Traffic(rate=1.0, **self.traffic_lengths()))
+        s, o = Lengths(traffic).sample(n, np.random.default_rng(self.seed))
         return [int(x) for x in s], [int(x) for x in o]
+
+    def drawn(self) -> str:
+        """How the lengths were drawn, for the rows."""
+        if self.lengths_file:
+            return (f"with replacement from {Path(self.lengths_file).name} (sha256 {self.lengths_sha256}), numpy "
+                    "default_rng(seed), as perfmodel plan --lengths-file draws them; input_len and output_len: "
+                    "the file's p50 / p90 / p99")
+        return "lognormal through p50 and the highest percentile given, numpy default_rng(seed), as perfmodel plan draws them"
 
     @property
     def longest(self) -> int:
@@ -675,8 +693,7 @@ def base_row(spec: ServingSpec, rate: float, prov: dict[str, Any]) -> dict[str, 
         "error": None, "backend": "vllm", "mode": "serving", "model": spec.model,
         "overrides": list(spec.overrides), "layers": spec.layers, "rate": float(rate),
         "num_requests": spec.num_requests, "input_len": spec.input_len, "output_len": spec.output_len,
-        "lengths": ({"drawn": "lognormal through p50 and the highest percentile given, numpy default_rng(seed), "
-                               "as perfmodel plan draws them", **spec.traffic_lengths()} if spec.spread else None),
+        "lengths": ({"drawn": spec.drawn(), **spec.traffic_lengths()} if spec.spread else None),
         "max_num_seqs": spec.max_num_seqs, "seed": spec.seed, "duration_cap_s": spec.duration_s,
         "ttft_slo_s": spec.ttft_slo_s, "itl_slo_s": spec.itl_slo_s,
     }
@@ -906,10 +923,31 @@ def _one_length(text: str | None, default: int, option: str) -> tuple[int, tuple
     return int(spec["p50"]), spread
 
 
+def _file_lengths(path: Path) -> dict[str, Any]:
+    """What a spec keeps of a lengths file (:func:`perfmodel.planning.question.read_lengths_file`):
+    its path, the sha256 of its bytes, and the medians and higher percentiles (p90, p99, made
+    non-decreasing) of its inputs and outputs (outputs at least 2 tokens, as the planning draws
+    them)."""
+    import hashlib
+
+    import numpy as np
+
+    from perfmodel.planning.question import read_lengths_file
+
+    pairs = read_lengths_file(Path(path))
+    out: dict[str, Any] = {"lengths_file": str(path),
+                           "lengths_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    for name, column in (("input", pairs[:, 0]), ("output", np.maximum(pairs[:, 1], 2))):
+        p50, p90, p99 = np.maximum.accumulate(np.rint(np.percentile(column, [50, 90, 99])).astype(int))
+        out[f"{name}_len"], out[f"{name}_spread"] = int(p50), (("p90", int(p90)), ("p99", int(p99)))
+    return out
+
+
 def build_specs(*, models: list[str], rates: str | None, num_requests: int, input_len: str | None,
                 output_len: str | None, max_num_seqs: int, seed: int, duration_s: float | None,
                 ttft_slo_s: float | None, itl_slo_s: float | None, overrides: list[str],
-                layers: int | None, cuda_graphs: bool, settings: dict[str, str]) -> list[ServingSpec]:
+                layers: int | None, cuda_graphs: bool, settings: dict[str, str],
+                lengths_file: Path | None = None) -> list[ServingSpec]:
     """The serving specs of the command's arguments; bad values raise InputError (one line)."""
     if rates is None:
         raise InputError("--serving needs --rate (requests per second, e.g. 2,4,8)")
@@ -918,10 +956,15 @@ def build_specs(*, models: list[str], rates: str | None, num_requests: int, inpu
     seqs = _positive(max_num_seqs, "--max-num-seqs", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"--seed must be an integer, got {seed}")
-    s, s_spread = _one_length(input_len, DEFAULT_INPUT_LEN, "--input-len")
-    o, o_spread = _one_length(output_len, DEFAULT_OUTPUT_LEN, "--output-len")
-    common = dict(rates=tuple(rate_list), num_requests=n, input_len=s, output_len=o, max_num_seqs=seqs,
-                  input_spread=s_spread, output_spread=o_spread,
+    if lengths_file is not None:
+        if input_len is not None or output_len is not None:
+            raise InputError("--lengths-file gives each request's lengths: leave out --input-len and --output-len")
+        lengths = _file_lengths(lengths_file)
+    else:
+        s, s_spread = _one_length(input_len, DEFAULT_INPUT_LEN, "--input-len")
+        o, o_spread = _one_length(output_len, DEFAULT_OUTPUT_LEN, "--output-len")
+        lengths = dict(input_len=s, output_len=o, input_spread=s_spread, output_spread=o_spread)
+    common = dict(rates=tuple(rate_list), num_requests=n, max_num_seqs=seqs, **lengths,
                   seed=seed, duration_s=_positive(duration_s, "--duration-s"),
                   ttft_slo_s=_positive(ttft_slo_s, "--ttft-slo"), itl_slo_s=_positive(itl_slo_s, "--itl-slo"),
                   overrides=tuple(overrides), layers=layers, cuda_graphs=cuda_graphs,
