@@ -408,3 +408,25 @@ def test_a_run_of_drawn_lengths_is_replayed_with_each_requests_own(tmp_path):
     bad = {**row, "per_request": _per_request(n, rate, lambda i: 20.0)}
     with pytest.raises(sv.InputError, match="lacks each request's input_len and output_len"):
         sv.check_row(bad)
+
+
+def test_replay_lengths_are_checked_in_one_line():
+    """predict_serving's ``lengths``: one prompt and one output length (whole tokens >= 1) per
+    arrival, and only for a replay of explicit arrivals."""
+    from perfmodel import planning
+    from perfmodel.errors import InputError
+
+    traffic = {"rate": 2.0, "input_len": 64, "output_len": 8}
+    cases = [(None, ([64], [8]), "explicit arrivals"),
+             ([0.0, 0.5], ([64], [8]), "each of the 2 arrivals"),
+             ([0.0], ([64.5], [8]), "whole numbers"),
+             ([0.0], ([64], [0]), "whole numbers"),
+             ([0.0], ("x", [8]), "two lists")]
+    for arrivals, lengths, expected in cases:
+        with pytest.raises(InputError, match=expected):
+            planning.predict_serving("olmoe-1b-7b", "h200-sxm", (1, 1, 1), traffic, arrivals=arrivals,
+                                     lengths=lengths)
+    # a replay in another order of arrivals keeps each request's lengths with it
+    out = planning.predict_serving("olmoe-1b-7b", "h200-sxm", (1, 1, 1), traffic, arrivals=[0.5, 0.0],
+                                   lengths=([64, 32], [9, 3]))
+    assert out["per_request"]["submitted_s"] == [0.0, 0.5] and out["per_request"]["output_tokens"] == [3, 9]
