@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from perfmodel.measuring.serving_replay import mean_lengths, request_lengths
 from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
 from perfmodel.planning.pipeline import handover_times
@@ -69,25 +70,15 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
                             graph_tokens=row_graph_tokens(row))
 
 
-def _context(row: dict[str, Any]) -> float:
-    """A decoding sequence's mean context, tokens: S + O/2 (means where the lengths were drawn)."""
-    from perfmodel.measuring.serving_replay import mean_lengths
-
+def _prompt_and_context(row: dict[str, Any]) -> tuple[float, float]:
+    """A row's mean prompt and a decoding sequence's mean context, tokens: S and S + O/2 (means
+    where the lengths were drawn)."""
     s, o = mean_lengths(row)
-    return s + o / 2.0
-
-
-def _prompt(row: dict[str, Any]) -> float:
-    """A row's mean prompt, tokens."""
-    from perfmodel.measuring.serving_replay import mean_lengths
-
-    return mean_lengths(row)[0]
+    return s, s + o / 2.0
 
 
 def _longest(row: dict[str, Any]) -> int:
     """Tokens of a row's longest request: S + O, or the longest drawn one."""
-    from perfmodel.measuring.serving_replay import request_lengths
-
     given = request_lengths(row)
     if given and given[0]:
         return max(a + b for a, b in zip(*given))
@@ -157,8 +148,8 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     b = busy_steps(trace["steps"], trace["columns"])
     gaps, busy = b.gap_s, b.busy
     n, p, chunks = b.columns["gen_reqs"], b.columns["ctx_tokens"], b.columns["ctx_reqs"]
-    gpu, host, launched = steps.parts(n, _context(row), p, p * steps.prefill_rate(_prompt(row)),
-                                      np.maximum(chunks, 1.0))
+    prompt, context = _prompt_and_context(row)
+    gpu, host, launched = steps.parts(n, context, p, p * steps.prefill_rate(prompt), np.maximum(chunks, 1.0))
     mixed, decode = busy & (p > 0), busy & (p == 0)
     if not mixed.any():
         return None
@@ -182,6 +173,7 @@ def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict
     n, p = b.columns["gen_reqs"], b.columns["ctx_tokens"]
     launched_next = np.append((p > 0) & (n + p > steps.graph_tokens), False)[1:]
     decode = b.busy & (p == 0) & (n > 0) & ~launched_next
+    _, context = _prompt_and_context(row)
     out, low = [], 0
     for high in DECODE_BANDS:
         band = decode & (n > low) & (n <= high)
@@ -189,7 +181,7 @@ def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict
             mean = float(n[band].mean())
             out.append({"decodes": round(mean, 1), "steps": int(band.sum()),
                         "measured_p50_ms": round(float(np.median(b.gap_s[band])) * 1e3, 3),
-                        "model_ms": round(float(np.median(steps.steps(n[band], _context(row), 0.0, 0.0))) * 1e3, 3)})
+                        "model_ms": round(float(np.median(steps.steps(n[band], context, 0.0, 0.0))) * 1e3, 3)})
         low = high
     return out
 

@@ -90,6 +90,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                measured_schedule, offered_rate, predict_row,
                                                predicted_overload, replayed_values, serving_dtype,
                                                serving_layout)
+from perfmodel.validate.serving_charts import lengths_text as _lengths
 
 #: The latency percentiles whose measured band a client sample gives
 #: (:mod:`perfmodel.validate.serving_quantiles`): metric -> percentile.
@@ -107,8 +108,8 @@ def results_path(gpu: str) -> Path:
     return RESULTS_DIR / f"{gpu.split('-')[0]}-vllm-serving.jsonl"
 
 
-def capacity_rps(output_tok_s: float | None, output_len: int) -> float | None:
-    """Requests per second an output token rate serves: tok/s / O."""
+def capacity_rps(output_tok_s: float | None, output_len: float) -> float | None:
+    """Requests per second an output token rate serves: tok/s / O (the mean O where it varies)."""
     return None if output_tok_s is None or not math.isfinite(output_tok_s) else output_tok_s / output_len
 
 
@@ -493,11 +494,6 @@ def _growth(value: float | None) -> str:
 
 def _count(value: Any) -> str:
     return "–" if value is None else str(value)
-
-
-def _lengths(item: dict[str, Any]) -> str:
-    """S/O of a point, a run or a group (:func:`lengths_label`; S/O where an item lacks it)."""
-    return item.get("lengths") or f"{item['input_len']}/{item['output_len']}"
 
 
 def _head(s: dict[str, Any]) -> str:

@@ -35,10 +35,15 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def lengths_text(item: dict[str, Any]) -> str:
+    """S/O of a point, a run or a group: its ``lengths`` label
+    (:func:`perfmodel.measuring.serving_replay.lengths_label`), else ``input_len/output_len``."""
+    return item.get("lengths") or f"{item['input_len']}/{item['output_len']}"
+
+
 def series_label(item: dict[str, Any]) -> str:
     """A group of runs differing only in rate: model, S/O, max sequences, GPU, layout."""
-    lengths = item.get("lengths") or f"{item['input_len']}/{item['output_len']}"
-    return (f"{item['model']} S/O={lengths} seqs≤{item['max_num_seqs']} "
+    return (f"{item['model']} S/O={lengths_text(item)} seqs≤{item['max_num_seqs']} "
             f"{item['gpu']} {item['layout']}")
 
 
