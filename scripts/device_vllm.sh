@@ -21,6 +21,7 @@
 # default: the engine core in a process of its own beside the tp*pp workers), the way vLLM runs
 # multi-GPU engines; one-GPU entries keep vllm_setup.sh's in-process engine core, as the committed
 # rows were measured, unless their extra flags hold --engine-process (point ids gain mp=1).
+# LENGTHS "-" passes no --input-len: the entry's extra flags give the lengths (--lengths-file).
 # Rows go to one file and resume by point id: to repeat an entry, give the call another OUT, or
 # give the entry --passes N (each point measured N times over, in turn, on its one engine).
 set -u -o pipefail
@@ -61,8 +62,10 @@ for entry in "${ENTRIES[@]}"; do
     elog="$OUT/engine-${model//[^A-Za-z0-9._-]/_}${extra:+-x$((++nx))}.log"
     run=()
     multi_gpu "${extra:-}" && run=(env -u VLLM_ENABLE_V1_MULTIPROCESSING)
+    lens=(--input-len "${lengths//\//;}")
+    [ "$lengths" = "-" ] && lens=()  # the entry's flags give the lengths (--serving --lengths-file)
     timeout --kill-after=10 $(( budget + 60 )) "${run[@]}" "$PY" -m perfmodel.measuring.measure "$model" \
-        --backend vllm --batch "$batches" --input-len "${lengths//\//;}" \
+        --backend vllm --batch "$batches" "${lens[@]}" \
         --budget-s "$budget" --out "$ROWS" ${extra:-} > "$elog.full" 2>&1
     rc=$?
     { grep -i "jit_monitor" "$elog.full" | head -n 400  # every kernel compiled after the engine's warm-up
@@ -71,7 +74,7 @@ for entry in "${ENTRIES[@]}"; do
     say "$model exit code $rc"
     if [ "${ROUTING:-0}" = 1 ] || [[ ",${ROUTING:-}," == *",$model,"* ]]; then  # which experts the router picks, from an eager engine (~30 s)
         timeout --kill-after=10 240 "${run[@]}" "$PY" -m perfmodel.measuring.measure "$model" --backend vllm \
-            --routing-probe --batch "$batches" --input-len "${lengths//\//;}" --out "$OUT/routing.jsonl" \
+            --routing-probe --batch "$batches" "${lens[@]}" --out "$OUT/routing.jsonl" \
             ${extra:-} >> "$elog" 2>&1
         say "$model routing probe exit code $?"
     fi

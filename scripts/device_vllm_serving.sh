@@ -8,7 +8,8 @@
 # PLAN (or $PLAN) is a ';'-separated list of MODEL|RATES|S|O|N|BUDGET_S[|measure flags] entries,
 # e.g. "olmoe-1b-7b|4,16,64|1024|256|200|300|--duration-s 40": rates in requests/s, N requests of
 # S prompt and O output tokens per rate (S and O may be percentiles, p50=512,p90=2048: each
-# request then has its own, drawn as `perfmodel plan` draws them). BUDGET_S covers the engine start (60-140 s), the warm-up
+# request then has its own, drawn as `perfmodel plan` draws them; S and O "-" with
+# "--lengths-file FILE" among the measure flags: each request's pair drawn from FILE). BUDGET_S covers the engine start (60-140 s), the warm-up
 # and every rate: the rates share what is left in proportion to their expected spans (N-1)/rate,
 # each also capped by --duration-s when given. A budget cut leaves the unmeasured rates for a
 # rerun of the same plan. Outputs: $OUT/vllm-serving.jsonl (one row per rate), $OUT/vllm.log,
@@ -33,7 +34,9 @@ plan=""
 IFS=';' read -r -a ENTRIES <<< "$PLAN"
 for entry in "${ENTRIES[@]}"; do
     IFS="|" read -r model rates input output requests budget extra <<< "$entry"
-    plan+="${plan:+;}$model|1|$input|$budget|--serving --rate $rates --output-len $output"
+    outlen="--output-len $output"
+    [ "$input" = "-" ] && outlen=""  # lengths from the entry's --lengths-file
+    plan+="${plan:+;}$model|1|$input|$budget|--serving --rate $rates${outlen:+ $outlen}"
     plan+=" --num-requests $requests --out $ROWS${extra:+ $extra}"
 done
 RESUME_FROM="" OUT="$OUT" PYTHON="$PY" bash scripts/device_vllm.sh "$plan"
