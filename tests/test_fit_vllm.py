@@ -62,14 +62,13 @@ def test_committed_vllm_profile_is_what_the_data_fits():
 def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     from perfmodel.calibration.fit import HELD_OUT_MODELS, one_gpu_rows
     from perfmodel.measuring.routing_floor import group_name, routing_group
-    from perfmodel.measuring.compare import (compare, load_measurements, row_engine_process, row_routing,
+    from perfmodel.measuring.compare import (compare, load_with_what_ifs, row_engine_process, row_routing,
                                              row_speculative, verify_replayed)
     from perfmodel.paths import RESULTS_DIR
 
     profile = load_profile("vllm", "h200-sxm")
     excluded = set(profile.fit["band_excludes"])
-    rows = one_gpu_rows(load_measurements(RESULTS_DIR / "h200-vllm.jsonl")
-                        + load_measurements(RESULTS_DIR / "h200-vllm-whatif.jsonl"))
+    rows = one_gpu_rows(load_with_what_ifs(RESULTS_DIR / "h200-vllm.jsonl"))  # one row per point
     kept = [r for r in rows if group_name(*routing_group(r)) not in excluded
             and (not row_speculative(r) or verify_replayed(r))  # speculative rows run without graphs: out
             and not row_engine_process(r)]  # an offline batch admitted while the engine steps: out

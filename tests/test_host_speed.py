@@ -111,6 +111,13 @@ def test_the_fit_recovers_a_known_exponent_from_host_only_rows():
     assert values["record"]["reference_rows"] == len(reference)
     assert values["record"]["mape_pct"]["with_probe"] < values["record"]["mape_pct"]["without_probe"]
     assert len(points) == 3  # one point id per batch, every pass of it
+    # a training model's held-out rows (the what-if file, outside the rows the end-to-end fit
+    # reads) on a slow host do not move it either
+    kept_apart = [_row(64, 90.0, 9.0, layers=None) for _ in range(30)]
+    apart, _ = fit_host_speed(rows + kept_apart, train=("olmoe-1b-7b",), fitted=rows)
+    assert apart["host_probe_ref_ms"] == pytest.approx(values["host_probe_ref_ms"], rel=1e-3)
+    moved, _ = fit_host_speed(rows + kept_apart, train=("olmoe-1b-7b",))
+    assert moved["host_probe_ref_ms"] > values["host_probe_ref_ms"] * 1.2
 
 
 def test_too_few_host_only_rows_fit_nothing():

@@ -213,3 +213,28 @@ def test_every_measurement_beside_the_latest(results):
     assert "Read over every measurement" not in summary_markdown(points, title="t", source=SOURCE,
                                                                  repeats=table)
     assert repeat_section(table, points, "hf", every)["every"].endswith("throughput 16.7% (latest 10.0%).")
+
+
+def test_a_point_in_the_results_and_what_if_files_counts_once(tmp_path):
+    """load_with_what_ifs: one row per point id across a results file and its what-if file, the
+    later measured row in the results file's place; a measured row beats a later failed one."""
+    from perfmodel.measuring.compare import load_with_what_ifs, what_if_file
+
+    early, late = "2026-12-01T10:00:00+00:00", "2026-12-04T06:00:00+00:00"
+    results = tmp_path / "h200-vllm.jsonl"
+    main = [_row(TWICE, 4, date=early, commit="aaa1111", ttft=10.0, itl=2.0, tput=1000.0),
+            _row(ONCE, 8, date=early, commit="aaa1111", ttft=12.0, itl=3.0, tput=2000.0),
+            _row(FAILED_AGAIN, 1, date=early, commit="aaa1111", ttft=5.0, itl=1.0, tput=100.0, model="model-b")]
+    extra = [_row(TWICE, 4, date=late, commit="bbb2222", ttft=11.0, itl=2.2, tput=990.0),
+             _row(FAILED_AGAIN, 1, date=late, commit="bbb2222", ttft=None, itl=0.0, tput=0.0, status="error",
+                  model="model-b"),
+             _row("hf|model-a|set=|layers=2|B=4|S=128|O=128", 4, date=late, commit="bbb2222", ttft=1.0,
+                  itl=0.5, tput=9000.0)]
+    results.write_text("".join(json.dumps(r) + "\n" for r in main))
+    what_if_file(results).write_text("".join(json.dumps(r) + "\n" for r in extra))
+    rows = load_with_what_ifs(results)
+    assert [r["point_id"] for r in rows] == [TWICE, ONCE, FAILED_AGAIN, extra[2]["point_id"]]
+    assert rows[0]["git_commit"] == "bbb2222"  # the later measurement of the point in both files
+    assert rows[2]["status"] == "ok" and rows[2]["git_commit"] == "aaa1111"  # not the later error
+    what_if_file(results).unlink()
+    assert [r["point_id"] for r in load_with_what_ifs(results)] == [TWICE, ONCE, FAILED_AGAIN]

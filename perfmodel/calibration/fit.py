@@ -307,12 +307,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
-    from perfmodel.measuring.compare import load_measurements, row_moe_impl, what_if_file
+    from perfmodel.measuring.compare import load_with_what_ifs, row_moe_impl
 
-    rows = load_measurements(results)
-    if what_if_file(results).exists():
-        rows += load_measurements(what_if_file(results))
-    rows = [r for r in one_gpu_rows(rows) if row_moe_impl(r) == "fused"]  # the band is the fused MoE's
+    rows = [r for r in one_gpu_rows(load_with_what_ifs(results)) if row_moe_impl(r) == "fused"]  # the band is the fused MoE's
     points = _compare_with(profile, rows, gpu, train, train_points)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):

@@ -11,10 +11,11 @@ several times over (``--passes``), so one batch is seen at several host speeds.
 The fit: least squares on log ITL = log(a + B·b) + α·log(p), p the mean of the row's two probe
 times, a, b, α free (the host's time per step and per sequence at a probe of 1 ms, and the
 elasticity α). α is ``host_speed_exponent``. The reference, ``host_probe_ref_ms``, is the median
-probe time of the training rows that have one (in-process rows of the training models as built,
-and the rows α is fitted on): the profile's host times are fitted with rows without a probe taken
-at that speed, a typical state of the lent machines. Rows of held-out models and variants do not
-move it.
+probe time of the training rows that have one (in-process rows of the training models as built
+among the rows the end-to-end fit reads, and the rows α is fitted on): the profile's host times
+are fitted with rows without a probe taken at that speed, a typical state of the lent machines.
+Rows of held-out models, variants and the training models' held-out rows (the what-if file) do
+not move it.
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
             and r.get("model") in train and not is_variant(r)] + list(chosen)
 
 
-def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str]) -> tuple[dict[str, Any] | None, list[str]]:
+def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str],
+                   fitted: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
     """``{"host_probe_ref_ms", "host_speed_exponent", "record"}`` from every measured row
     (all passes), the training models being ``train``, and the point ids the exponent was fitted
-    on; (None, []) with fewer than five host-only rows or fewer than two batch sizes among them."""
+    on; (None, []) with fewer than five host-only rows or fewer than two batch sizes among them.
+    ``fitted``: the rows the end-to-end fit reads (default ``rows``), whose training rows set the
+    reference beside the host-only rows."""
     from scipy.optimize import least_squares
 
     chosen = host_only_rows(rows)
@@ -78,7 +82,7 @@ def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str]) -> tuple[
 
     fit = least_squares(residuals, x0=[np.log(1e-3), np.log(1e-5), 0.5], bounds=([-20, -25, 0], [0, 0, 2]))
     alpha = float(fit.x[2])
-    probed = [row_probe_ms(r) for r in reference_rows(rows, train, chosen)]
+    probed = [row_probe_ms(r) for r in reference_rows(rows if fitted is None else fitted, train, chosen)]
     reference = float(statistics.median(probed))
     without = least_squares(lambda x: residuals(np.array([x[0], x[1], 0.0])), x0=fit.x[:2],
                             bounds=([-20, -25], [0, 0]))
@@ -92,7 +96,7 @@ def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str]) -> tuple[
         "source": ("least squares on log ITL = log(a + B*b) + alpha*log(probe) over the in-process rows "
                    f"of models cut to one layer whose two probe times lie within {STABLE_RATIO}x; "
                    "host_probe_ref_ms: the median probe of the in-process training rows with one (the "
-                   "training models as built and these rows)"),
+                   "training models as built in the end-to-end fit's file, and these rows)"),
     }
     values = {"host_probe_ref_ms": round(reference, 2), "host_speed_exponent": round(alpha, 3),
               "record": record}

@@ -412,7 +412,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
-    from perfmodel.measuring.compare import (load_measurements, row_engine_process, row_speculative,
+    from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
@@ -420,7 +420,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train)
     every_row = [r for path in (results, what_if_file(results)) if path.exists()
                  for r in read_rows(path, unique=False, warn=False).rows]
-    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train)
+    host_speed, host_points = fit_host_speed(
+        one_gpu_rows(every_row), train, fitted=one_gpu_rows(read_rows(results, unique=False, warn=False).rows))
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
@@ -445,9 +446,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       "(vLLM --quantization), the bf16 fit held fixed")}
         quant_fits[scheme] = len(quant_rows)
-    all_rows = load_measurements(results)
-    if what_if_file(results).exists():
-        all_rows += load_measurements(what_if_file(results))
+    all_rows = load_with_what_ifs(results)
     draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
     if draft_pass is not None:
         base["latency"]["draft_pass_s"] = draft_pass

@@ -68,6 +68,25 @@ def what_if_file(path: Path) -> Path:
     return path.with_name(f"{path.stem}-whatif{path.suffix}")
 
 
+def load_with_what_ifs(path: Path) -> list[dict[str, Any]]:
+    """Rows of a committed results file and of its what-if file (:func:`what_if_file`), one per
+    point id across the two: a point measured in both keeps its measured row over an oom/error
+    one, else the later (``date``), in the place of the results file's row."""
+    from perfmodel.measuring.results import status_rank
+
+    rows = load_measurements(path)
+    if not what_if_file(path).exists():
+        return rows
+    where = {r["point_id"]: i for i, r in enumerate(rows) if isinstance(r.get("point_id"), str)}
+    for row in load_measurements(what_if_file(path)):
+        i = where.get(row.get("point_id"))
+        if i is None:
+            rows.append(row)
+        elif (status_rank(row), str(row.get("date", ""))) >= (status_rank(rows[i]), str(rows[i].get("date", ""))):
+            rows[i] = row
+    return rows
+
+
 def is_variant(row: dict[str, Any]) -> bool:
     """Whether a row measured a hypothetical variant of its model (overrides or fewer layers)."""
     return bool(row.get("overrides")) or isinstance(row.get("layers"), int)

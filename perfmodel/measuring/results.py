@@ -315,6 +315,11 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
 _OK_RANK = {"ok": 1}
 
 
+def status_rank(row: dict[str, Any]) -> int:
+    """How a row ranks among rows of one point id: a measured row (1) over an oom/error one (0)."""
+    return _OK_RANK.get(row.get("status"), 0)
+
+
 def dedupe(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """One row per ``point_id`` (see the module docstring for which wins), and how many were dropped.
 
@@ -333,7 +338,7 @@ def dedupe(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
             slots.append(pid)
             continue
         dropped += 1
-        if _OK_RANK.get(row.get("status"), 0) >= _OK_RANK.get(best[pid].get("status"), 0):
+        if status_rank(row) >= status_rank(best[pid]):
             best[pid] = row
     return [best[s] if isinstance(s, str) else s for s in slots], dropped
 

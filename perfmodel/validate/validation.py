@@ -99,7 +99,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
-    from perfmodel.measuring.compare import compare, load_measurements, mape, what_if_file
+    from perfmodel.measuring.compare import compare, load_measurements, load_with_what_ifs, mape, what_if_file
     from perfmodel.validate.repeats import every_measurement, ok_measurements, repeat_summary, repeat_table
     from perfmodel.validate.report_pages import write_report
 
@@ -130,11 +130,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
             raise InputError(f"no GPU here and no committed {backend} measurements for {gpu_spec.name} "
                              f"({path.relative_to(ROOT)})")
         mode = "replay"
-    rows = load_measurements(path)
-    read = [path]
-    if mode == "replay" and what_if_file(path).exists():
-        rows += load_measurements(what_if_file(path))
-        read.append(what_if_file(path))
+    rows = load_with_what_ifs(path) if mode == "replay" else load_measurements(path)
+    read = [path, *([what_if_file(path)] if mode == "replay" and what_if_file(path).exists() else [])]
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     fit = profile.fit or {}
