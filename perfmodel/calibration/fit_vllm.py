@@ -418,10 +418,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
     rows = _rows(results, train)
-    every_row = [r for path in (results, what_if_file(results)) if path.exists()
-                 for r in read_rows(path, unique=False, warn=False).rows]
-    host_speed, host_points = fit_host_speed(
-        one_gpu_rows(every_row), train, fitted=one_gpu_rows(read_rows(results, unique=False, warn=False).rows))
+    main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
+    every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
+    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows))
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
