@@ -65,7 +65,12 @@ class Efficiency(_Strict):
 class Latency(_Strict):
     """Fixed costs, seconds."""
 
-    per_kernel_s: NonNegativeFloat = 0.0
+    per_kernel_s: NonNegativeFloat = Field(
+        default=0.0, description="Fixed cost per kernel of a compute class (GEMM, grouped GEMM, "
+        "attention).")
+    per_small_kernel_s: NonNegativeFloat | None = Field(
+        default=None, description="Fixed cost per kernel of a memory-bound class (elementwise, copy: "
+        "norms, activations, gathers, index ops, device-to-host copies). None: per_kernel_s.")
     per_layer_s: NonNegativeFloat = 0.0
     per_step_s: NonNegativeFloat = 0.0
     eager_layer_s: NonNegativeFloat = Field(
@@ -109,6 +114,12 @@ class Latency(_Strict):
         default=None, description="How the engine's host times follow the probe's: they scale as "
         "(probe / host_probe_ref_ms) ** this (1: in proportion; below 1: part of the engine's host "
         "work slows less than a pure-Python loop).")
+
+    @property
+    def small_kernel_s(self) -> float:
+        """Fixed cost per kernel of a memory-bound class, s: ``per_small_kernel_s``, else
+        ``per_kernel_s``."""
+        return self.per_kernel_s if self.per_small_kernel_s is None else self.per_small_kernel_s
 
 
 class BlockTier(_Strict):

@@ -3,6 +3,11 @@
     t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes)),  comm / (BW_link · η_l(comm)))
         + a · min(t_c, t_m) + kernels · t_kernel + fixed latency
 
+t_kernel is the fixed cost of one kernel of a compute class (a GEMM's or an attention kernel's);
+an op of a memory-bound class (elementwise, copy: :attr:`perfmodel.ops.OpClass.small_kernels`)
+pays t_kernel_small per kernel instead, the floor of a small kernel that moves a few bytes. A
+profile that gives no separate small-kernel cost prices both alike.
+
 Efficiencies saturate (see :mod:`perfmodel.profile`): η(u) = η_max · u / (u + u_half), where
 the compute curve's u is the op's efficiency size x (GEMM rows, tokens per expert, keys
 attended) and the memory and link curves' u is the bytes they move. Each op class says which
@@ -51,6 +56,7 @@ from perfmodel.minmax import Max, Min
 from perfmodel.ops import Op, Peak
 from perfmodel.symbols import (
     bw, efficiency_symbols, link_bw, n_dq, peak, peak_attn, peak_q, quant_efficiency_symbols, t_kernel,
+    t_kernel_small,
 )
 
 #: The FLOP/s symbol of each compute peak.
@@ -112,4 +118,5 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))
-    return OpTime(compute, memory, sp.Integer(0), kernels * t_kernel + op.fixed_latency, exposed)
+    per_kernel = t_kernel_small if cls.small_kernels else t_kernel
+    return OpTime(compute, memory, sp.Integer(0), kernels * per_kernel + op.fixed_latency, exposed)

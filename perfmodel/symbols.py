@@ -75,7 +75,8 @@ peak_q = sp.Symbol("F_peak_q", positive=True)  #: matmul peak of the quantized l
 bw = sp.Symbol("BW", positive=True)  #: HBM bandwidth, B/s
 link_bw = sp.Symbol("BW_link", positive=True)  #: scale-up link bandwidth per GPU, B/s
 link_lat = sp.Symbol("t_link", nonnegative=True)  #: latency of one collective step, s
-t_kernel = sp.Symbol("t_kernel", nonnegative=True)  #: fixed cost per kernel launch, s
+t_kernel = sp.Symbol("t_kernel", nonnegative=True)  #: fixed cost per kernel of a compute class (GEMM, attention), s
+t_kernel_small = sp.Symbol("t_kernel_small", nonnegative=True)  #: fixed cost per kernel of a memory-bound class (elementwise, copy), s
 t_layer = sp.Symbol("t_layer", nonnegative=True)  #: fixed cost per layer per pass, s
 t_step = sp.Symbol("t_step", nonnegative=True)  #: fixed cost per forward pass, s
 t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch time per layer (eager), s

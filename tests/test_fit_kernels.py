@@ -24,7 +24,9 @@ from perfmodel.calibration.fit_kernels import (
 from perfmodel.errors import SpecError
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import load_gpu
-from perfmodel.symbols import B, H, I_d, L, S, T, bw, d_h, efficiency_symbols, n_h, n_kv, peak, peak_attn, t_kernel
+from perfmodel.symbols import (
+    B, H, I_d, L, S, T, bw, d_h, efficiency_symbols, n_h, n_kv, peak, peak_attn, t_kernel, t_kernel_small,
+)
 
 H200_DATA = Path(__file__).resolve().parents[1] / "calibration" / "data" / "h200-sxm"
 GPU = load_gpu("h200-sxm")
@@ -45,15 +47,18 @@ TRUE_BY_CLASS = {**TRUE, "attention_masked": TRUE_MASKED, "copy": TRUE_COPY}
 
 
 def roofline_time(call: BenchCall, sizes: dict[sp.Symbol, np.ndarray], dtype: str = "bfloat16",
-                  f_peak: float = F_BF16, present: list[np.ndarray] | None = None) -> np.ndarray:
+                  f_peak: float = F_BF16, present: list[np.ndarray] | None = None,
+                  t_small: float = T_KERNEL) -> np.ndarray:
     """Time per row, s, of a benchmarked call: the sum of :func:`perfmodel.roofline.op_time`
-    of its ops with the true η of their classes, evaluated by sympy for each row."""
+    of its ops with the true η of their classes and the small kernels' cost ``t_small``,
+    evaluated by sympy for each row."""
     n = len(next(iter(sizes.values())))
     total = np.zeros(n)
     for i, op in enumerate(call.ops):
         truth = TRUE_BY_CLASS[op.op_class.value]
         eta = efficiency_symbols(op.op_class)
-        numbers = {peak: f_peak, peak_attn: F_BF16, bw: BW, t_kernel: T_KERNEL, eta["context_half"]: 0.0,
+        numbers = {peak: f_peak, peak_attn: F_BF16, bw: BW, t_kernel: T_KERNEL, t_kernel_small: t_small,
+                   eta["context_half"]: 0.0,
                    eta["exposed"]: 0.0,
                    **{eta[key]: value for key, value in truth.items()}}
         expr = op_time(op, call.substitutions(dtype)).total.subs(numbers)
@@ -76,9 +81,10 @@ GEMM_M = 2.0 ** np.arange(0, 15, 2)
 GEMM_NK = ((64, 64), (512, 2048), (4096, 4096), (14336, 4096))
 
 
-def write_synthetic(path: Path) -> dict[str, int]:
-    """Tables timed by the model's roofline with :data:`TRUE`. Models 'alpha' and 'beta' own
-    some rows, others are shared or from the grid. Returns rows per owner for the checks."""
+def write_synthetic(path: Path, t_small: float = T_KERNEL) -> dict[str, int]:
+    """Tables timed by the model's roofline with :data:`TRUE`, the memory-bound classes' kernels
+    at ``t_small`` each. Models 'alpha' and 'beta' own some rows, others are shared or from the
+    grid. Returns rows per owner for the checks."""
     path.mkdir(parents=True, exist_ok=True)
     m, nk = np.meshgrid(GEMM_M, np.arange(len(GEMM_NK)), indexing="ij")
     m, nk = m.ravel(), nk.ravel()
@@ -126,7 +132,8 @@ def write_synthetic(path: Path) -> dict[str, int]:
     grouped_heads = col("kv_heads") < col("heads")
     present = [grouped_heads if op.op_class == "copy" else np.ones(len(dec), bool) for op in call.ops]
     _ok(dec, roofline_time(call, {B: col("batch"), L: col("alloc_len"), n_h: col("heads"),
-                                  n_kv: col("kv_heads"), d_h: col("head_dim")}, present=present))
+                                  n_kv: col("kv_heads"), d_h: col("head_dim")}, present=present,
+                           t_small=t_small))
     module = pre.iloc[:2].assign(op="attn_module", models="", model="alpha")
     pd.concat([pre, dec, module], ignore_index=True).to_csv(path / "attention.csv", index=False)
 
@@ -140,7 +147,7 @@ def write_synthetic(path: Path) -> dict[str, int]:
                 cols, sizes = {"rows": e / 1024, "ffn": 1024}, {T: [e / 1024], I_d: [1024]}
             else:
                 cols, sizes = {"tokens": e / 1024, "hidden": 1024}, {T: [e / 1024], H: [1024]}
-            t = roofline_time(calls[op], sizes)[0]
+            t = roofline_time(calls[op], sizes, t_small=t_small)[0]
             mem.append({**cols, "op": op, "dtype": "bfloat16", "median_ms": t * 1e3, "status": "ok"})
     for k in (100, 1000):  # replay of k nodes = 3 µs + k · T_KERNEL, per kernel
         mem.append({"kernels": k, "op": "graph_tiny_kernel", "dtype": "float32",
@@ -209,6 +216,24 @@ def test_recovers_efficiencies_from_times_of_the_models_roofline(synthetic_fit):
     assert masked["memory_half"] == pytest.approx(TRUE_MASKED["memory_half"], rel=0.05)
     assert copy["memory"] == pytest.approx(TRUE_COPY["memory"], rel=0.03)
     assert fit.stats["attention_masked"].median_abs_rel_err < 1e-3
+
+
+def test_gemm_intercept_fits_a_small_kernels_cost_apart(tmp_path):
+    """With ``per_kernel="gemm_intercept"`` a GEMM kernel's fixed cost comes from the gemm fit
+    and a small kernel's from the elementwise fit: tables whose memory-bound kernels cost 1.2 µs
+    and GEMMs 2 µs give back both, and the elementwise η with them (its ops launch 1, 2 and 8
+    kernels, which tells the per-kernel cost from the memory curve's half)."""
+    write_synthetic(tmp_path, t_small=1.2e-6)
+    fit = fit_kernel_efficiencies(tmp_path, GPU, per_kernel="gemm_intercept")
+    assert fit.per_kernel_s == pytest.approx(T_KERNEL, rel=1e-3)
+    assert fit.per_small_kernel_s == pytest.approx(1.2e-6, rel=1e-3)
+    for key in ("memory", "memory_half"):
+        assert fit.efficiency["elementwise"][key] == pytest.approx(TRUE["elementwise"][key], rel=0.03)
+    assert fit.stats["elementwise"].median_abs_rel_err < 1e-3
+    assert fit.extra["copy"]["memory"] == pytest.approx(TRUE_COPY["memory"], rel=0.03)
+    assert fit.summary()["per_small_kernel_s"] == pytest.approx(1.2e-6, rel=1e-3)
+    # the default (one CUDA-graph node cost for every kernel) gives no separate small-kernel cost
+    assert fit_kernel_efficiencies(tmp_path, GPU).per_small_kernel_s is None
 
 
 def test_fp8_uses_fp8_rows_and_peak(synthetic):

@@ -19,8 +19,8 @@ from perfmodel import predict
 from perfmodel import symbols as s
 from perfmodel.graph import model_values
 from perfmodel.ops.moe import (
-    NO_PADDING, UNFUSED_DISPATCH_KERNELS, UNFUSED_DISPATCH_KERNELS_PER_EXPERT, block_rows, distinct_experts,
-    moe_block, padded_rows, routed_experts,
+    NO_PADDING, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
+    block_rows, distinct_experts, moe_block, padded_rows, routed_experts,
 )
 from perfmodel.prediction import hardware_values
 from perfmodel.profile import VLLM_MOE_BLOCK_M, Options, load_profile
@@ -39,8 +39,8 @@ def test_loop_launches_are_expressions_in_the_distinct_experts():
     assert sp.simplify(unfused.kernels - 2 * d_local) == 0
     ops = {op.name: op for op in moe_block(load_model("mixtral").moe, "rms", impl="unfused")}
     assert sp.simplify(ops["moe.experts_act"].kernels - 2 * d_local) == 0
-    assert sp.simplify(ops["moe.dispatch"].kernels - (UNFUSED_DISPATCH_KERNELS
-                                                      + UNFUSED_DISPATCH_KERNELS_PER_EXPERT * d_local)) == 0
+    per_expert = UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT  # copies run as kernels
+    assert sp.simplify(ops["moe.dispatch"].kernels - (UNFUSED_DISPATCH_KERNELS + per_expert * d_local)) == 0
     assert {s.E, s.k, s.T, s.sigma, s.ep} <= sp.sympify(ops["moe.dispatch"].kernels).free_symbols
 
 
@@ -79,8 +79,10 @@ def test_unfused_has_more_kernels_and_bytes_and_is_never_faster(model, engine):
     # the loop's fixed costs make it slower at decode sizes; its dense GEMMs may outrun a grouped
     # GEMM with many rows per expert (measured: transformers' eager Mixtral prefill at B=64), and
     # at any size where the profile's dense GEMMs stream weights faster than its fused-MoE kernel
-    # and the experts' weights dominate (vLLM's, on Mixtral's 352 MB experts)
-    if not (engine == "vllm" and model == "mixtral-8x7b"):
+    # and the experts' weights dominate (vLLM's, and transformers' on Mixtral's 352 MB experts:
+    # measured, its eager loop's decode steps take 0-24% less GPU time than grouped_mm's steps
+    # at B = 1 to 64)
+    if not (engine in ("vllm", "hf") and model == "mixtral-8x7b"):
         small = T <= 16
         assert np.all(time_u[small] >= time_f[small] * (1 - 1e-12))
 

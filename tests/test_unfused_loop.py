@@ -11,8 +11,8 @@ import sympy as sp
 from perfmodel import symbols as s
 from perfmodel.ops import OpClass
 from perfmodel.ops.moe import (
-    UNFUSED_ACT_KERNELS_PER_EXPERT, UNFUSED_DISPATCH_KERNELS_PER_EXPERT, UNFUSED_GEMM_KERNELS_PER_EXPERT,
-    distinct_experts, moe_block, routed_experts, tokens_per_expert,
+    UNFUSED_ACT_KERNELS_PER_EXPERT, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
+    UNFUSED_GEMM_KERNELS_PER_EXPERT, distinct_experts, moe_block, routed_experts, tokens_per_expert,
 )
 from perfmodel.prediction import Workload, evaluate
 from perfmodel.profile import load_profile
@@ -41,7 +41,7 @@ def test_unfused_experts_are_dense_gemms_at_the_rows_of_each_expert():
 def test_loop_launches_grow_with_the_touched_experts():
     ops, fused = _ops("unfused"), _ops("fused")
     per_expert = {"moe.experts": UNFUSED_GEMM_KERNELS_PER_EXPERT, "moe.experts_act": UNFUSED_ACT_KERNELS_PER_EXPERT,
-                  "moe.dispatch": UNFUSED_DISPATCH_KERNELS_PER_EXPERT}
+                  "moe.dispatch": UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT}
     for name, n in per_expert.items():
         kernels = sp.sympify(ops[name].kernels)
         assert sp.simplify(sp.diff(kernels, s.T) - n * sp.diff(D_LOCAL, s.T)) == 0, name  # n per expert
@@ -110,3 +110,33 @@ def test_a_fit_without_an_eager_row_has_no_sync_time(tmp_path):
     assert fit_expert_sync(base, path, "h200-sxm") is None
     fitted = fit_expert_sync(base, RESULTS_DIR / "h200-hf.jsonl", "h200-sxm")
     assert fitted["expert_sync_s"] == pytest.approx(load_profile("hf", "h200-sxm").latency.expert_sync_s, rel=0.01)
+
+
+def test_the_loops_small_kernels_pay_a_small_kernels_cost_and_its_gemms_a_gemms():
+    """The loop's bookkeeping kernels and copies (``moe.dispatch``) and its activations are
+    memory-bound classes: each kernel pays t_kernel_small; its per-expert GEMMs pay t_kernel."""
+    ops = _ops("unfused")
+    for name, cost in (("moe.dispatch", s.t_kernel_small), ("moe.experts_act", s.t_kernel_small),
+                       ("moe.experts", s.t_kernel)):
+        latency = op_time(ops[name], {}).latency
+        other = s.t_kernel if cost is s.t_kernel_small else s.t_kernel_small
+        assert sp.simplify(latency - sp.sympify(ops[name].kernels) * cost) == 0, name
+        assert other not in latency.free_symbols, name
+
+
+def test_a_profile_without_a_small_kernel_cost_prices_every_kernel_alike():
+    """The vllm profile states one cost per kernel (a CUDA-graph node's); the hf profile fits a
+    small kernel's apart from a GEMM's, and its unfused decode step moves with it alone."""
+    vllm = load_profile("vllm", "h200-sxm").latency
+    assert vllm.per_small_kernel_s is None and vllm.small_kernel_s == vllm.per_kernel_s
+    hf = load_profile("hf", "h200-sxm")
+    assert 0.5e-6 < hf.latency.small_kernel_s < hf.latency.per_kernel_s
+    spec, gpu = load_model("olmoe-1b-7b"), load_gpu("h200-sxm")
+
+    def step(small: float, impl: str) -> float:
+        profile = hf.model_copy(update={"latency": hf.latency.model_copy(update={"per_small_kernel_s": small})})
+        return evaluate(spec, gpu, profile, Workload(batch=1, moe_impl=impl), "decode").metrics["decode_step_s"]
+
+    kernels = 16 * (9 + (UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT
+                         + UNFUSED_ACT_KERNELS_PER_EXPERT) * 8)  # B = 1: 8 experts per MoE layer
+    assert step(2e-6, "unfused") - step(1e-6, "unfused") > kernels * 1e-6 * 0.999

@@ -245,8 +245,10 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     base: dict[str, Any] = {
         "name": f"{gpu}-hf", "engine": "hf", "gpu": gpu, "calibrated": True,
         "peaks": "datasheet", "efficiency": efficiency,
-        "latency": {"per_kernel_s": _sig(kernels.per_kernel_s), "per_layer_s": 0.0,
-                    "per_step_s": 0.0, "eager_layer_s": 0.0, "eager_step_s": 0.0},
+        "latency": {"per_kernel_s": _sig(kernels.per_kernel_s),
+                    **({} if kernels.per_small_kernel_s is None
+                       else {"per_small_kernel_s": _sig(kernels.per_small_kernel_s)}),
+                    "per_layer_s": 0.0, "per_step_s": 0.0, "eager_layer_s": 0.0, "eager_step_s": 0.0},
         "options": dict(HF_OPTIONS),
     }
     rows = _rows(results, train)

@@ -27,7 +27,7 @@ from scipy.optimize import least_squares
 from perfmodel.calibration.bench_shapes import BenchCall
 from perfmodel.ops import Op
 from perfmodel.roofline import op_time
-from perfmodel.symbols import efficiency_symbols, t_kernel
+from perfmodel.symbols import efficiency_symbols, t_kernel, t_kernel_small
 
 #: Exponent of the smooth max of the first fit.
 SMOOTH_P = 8.0
@@ -35,6 +35,8 @@ SMOOTH_P = 8.0
 ETA_BOUNDS = (1e-3, 1.0)
 #: Bounds of the fixed cost per kernel, s.
 T_KERNEL_BOUNDS = (1e-8, 1e-4)
+#: The fixed costs per kernel a fit may free, by parameter name: a compute kernel's, a small one's.
+KERNEL_COSTS = {"t_kernel": t_kernel, "t_kernel_small": t_kernel_small}
 #: A fitted parameter within this fraction of its bounded range from a bound is on the bound.
 BOUND_SNAP = 1e-6
 _ETA_START = {"compute": 0.7, "memory": 0.8}
@@ -136,24 +138,25 @@ def class_variables(rows: Rows, op_class: str) -> dict[str, np.ndarray]:
 
 
 def parameter_symbols(op_class: str, names: list[str]) -> dict[str, sp.Symbol]:
-    """Parameter name (compute, memory, compute_half, memory_half, t_kernel) → the profile's
-    symbol of ``op_class``."""
+    """Parameter name (compute, memory, compute_half, memory_half, t_kernel, t_kernel_small) →
+    the profile's symbol of ``op_class``."""
     eta = efficiency_symbols(op_class)
-    return {n: (t_kernel if n == "t_kernel" else eta[n]) for n in names}
+    return {n: KERNEL_COSTS[n] if n in KERNEL_COSTS else eta[n] for n in names}
 
 
 class Params:
-    """Maps named parameters to a bounded vector: log η, log t_kernel, and w = log1p(half / ref).
+    """Maps named parameters to a bounded vector: log η, log kernel cost, and w = log1p(half / ref).
 
     ``halves``: half name → (ref, largest value of its curve's variable over the rows). A
-    name ending in ``_half`` is a half size, ``t_kernel`` the kernel cost, any other an η.
+    name ending in ``_half`` is a half size, one of :data:`KERNEL_COSTS` a kernel cost, any
+    other an η.
     """
 
     def __init__(self, names: list[str], halves: dict[str, tuple[float, float]]) -> None:
         self.names, self.ref = names, {n: ref for n, (ref, _) in halves.items()}
         lo, hi = [], []
         for n in names:
-            if n == "t_kernel":
+            if n in KERNEL_COSTS:
                 lo.append(np.log(T_KERNEL_BOUNDS[0])), hi.append(np.log(T_KERNEL_BOUNDS[1]))
             elif n.endswith("_half"):
                 ref, top = halves[n]
@@ -196,7 +199,7 @@ def starts(names: list[str], medians: dict[str, float]) -> list[dict[str, float]
     grid: list[dict[str, float]] = [{}]
     for h in (n for n in names if n.endswith("_half")):
         grid = [{**g, h: v} for g in grid for v in (0.0, medians[h])]
-    base = {n: _ETA_START.get(n, 3e-6 if n == "t_kernel" else 0.5) for n in names}
+    base = {n: _ETA_START.get(n, 3e-6 if n in KERNEL_COSTS else 0.5) for n in names}
     return [{**base, **g} for g in grid]
 
 

@@ -24,11 +24,15 @@ How the curves are fitted (least squares on log time, smooth then plain max, bou
 is :mod:`perfmodel.calibration.fit_curves`; how rows are read and dropped,
 :mod:`perfmodel.calibration.fit_tables`.
 
-``t_kernel`` (s per kernel) is one constant, not fitted per class: by default the cost of a
-kernel node inside a CUDA graph, the slope of replay time against node count of the
-``graph_tiny_kernel`` rows of memory.csv; with ``per_kernel="gemm_intercept"`` (or without those
-rows) a fifth free parameter of the gemm fit, the fixed cost of a real GEMM launch. Kernels per
-row: the model op's, except the elementwise ops' eager implementations
+The fixed cost per kernel is not fitted per class. By default it is one constant, the cost of
+a kernel node inside a CUDA graph (the slope of replay time against node count of the
+``graph_tiny_kernel`` rows of memory.csv), for every kernel. With ``per_kernel="gemm_intercept"``
+(or without those rows) there are two: ``t_kernel``, a free parameter of the gemm fit (the
+fixed cost of a real GEMM launch), which the compute classes pay, and ``t_kernel_small``, a
+free parameter of the elementwise fit (the floor of a small memory-bound kernel), which the
+memory-bound classes pay (:attr:`perfmodel.ops.OpClass.small_kernels`); the elementwise rows
+tell it from their memory curve's half because their ops launch different numbers of kernels.
+Kernels per row: the model op's, except the elementwise ops' eager implementations
 (:data:`~perfmodel.calibration.bench_shapes.ELEMENTWISE_KERNELS`). Rows faster than a datasheet
 peak (working set in L2) are dropped, and η_max ≤ 1.
 
@@ -65,6 +69,7 @@ from perfmodel.errors import SpecError
 from perfmodel.ops import OpClass, Peak
 from perfmodel.symbols import bw as BW, efficiency_symbols, peak as F_PEAK, peak_attn as F_PEAK_ATTN
 from perfmodel.symbols import t_kernel as T_KERNEL
+from perfmodel.symbols import t_kernel_small as T_KERNEL_SMALL
 
 if TYPE_CHECKING:
     from perfmodel.specs.hardware import GPUSpec
@@ -115,7 +120,8 @@ class KernelFit:
     attention, elementwise. ``extra``: the same for ``attention_masked`` and ``copy`` (from the
     masked decode rows), ``elementwise.<op>`` per elementwise op, and
     ``elementwise.residual_norm`` (perfmodel's fused norm op, 5 passes and 2 kernels, timed as
-    residual_add + rmsnorm), when present. ``per_kernel_s``: fixed cost of one kernel, s.
+    residual_add + rmsnorm), when present. ``per_kernel_s``: fixed cost of one kernel of a
+    compute class, s; ``per_small_kernel_s``: of one kernel of a memory-bound class, s.
     ``stats``: per class (and ``attention_masked``), see :class:`ClassStats`.
     """
 
@@ -126,6 +132,8 @@ class KernelFit:
     efficiency: dict[str, dict[str, float]]
     extra: dict[str, dict[str, float]]
     stats: dict[str, ClassStats]
+    per_small_kernel_s: float | None = None
+    per_small_kernel_source: str = ""
 
     def summary(self) -> dict:
         """YAML-ready record of the fit (plain types, 4 significant digits, stable order):
@@ -134,6 +142,8 @@ class KernelFit:
             "dtype": self.dtype,
             "per_kernel_s": _sig4(self.per_kernel_s),
             "per_kernel_source": self.per_kernel_source,
+            "per_small_kernel_s": None if self.per_small_kernel_s is None else _sig4(self.per_small_kernel_s),
+            "per_small_kernel_source": self.per_small_kernel_source,
             "extra_efficiency": {c: {k: _sig4(p[k]) for k in PARAM_KEYS}
                                  for c, p in self.extra.items()},
             "classes": {c: {"table": s.table, "rows": s.n_rows,
@@ -153,21 +163,23 @@ def _eta_values(op_class: str, params: dict[str, float]) -> dict:
     return {eta[k]: v for k, v in params.items() if k in eta}
 
 
-def _fit_class(r: Rows, op_class: OpClass, hardware: dict, t_kernel: float | None
-               ) -> tuple[dict[str, float], float, tuple[str, ...]]:
-    """Fit one class's η curves (and t_kernel, s, when None): (params, t_kernel, at_bound)."""
+def _fit_class(r: Rows, op_class: OpClass, hardware: dict, costs: dict, free: str | None = None
+               ) -> tuple[dict[str, float], float | None, tuple[str, ...]]:
+    """Fit one class's η curves, with the kernel costs ``costs`` (symbol → s) fixed, and the one
+    named ``free`` (``t_kernel`` or ``t_kernel_small``) fitted with them when given:
+    (params, the fitted cost or None, at_bound)."""
     compute = op_class.peak is not Peak.NONE
     names = (["compute", "compute_half"] if compute else []) + ["memory", "memory_half"]
-    if t_kernel is None:
-        names.append("t_kernel")
-    fixed = {**hardware, **({} if t_kernel is None else {T_KERNEL: t_kernel})}
-    p, at = fit_rows(r, parameter_symbols(op_class, names), fixed, class_variables(r, op_class))
-    tk = p.pop("t_kernel", t_kernel)
+    if free is not None:
+        names.append(free)
+    p, at = fit_rows(r, parameter_symbols(op_class, names), {**hardware, **costs},
+                     class_variables(r, op_class))
+    cost = p.pop(free) if free is not None else None
     full = {**({} if compute else _NO_COMPUTE), **p}
-    return {k: full[k] for k in PARAM_KEYS}, float(tk), at
+    return {k: full[k] for k in PARAM_KEYS}, cost, at
 
 
-def _fit_masked_decode(decode: Rows, attn: dict[str, float], hardware: dict, t_kernel: float):
+def _fit_masked_decode(decode: Rows, attn: dict[str, float], hardware: dict, costs: dict):
     """Joint fit of the masked kernel (``attention_masked``: reads per-head K/V over all A
     slots, x = B·A, keeping the base attention's compute curve) and, on rows with grouped
     heads, the K/V expansion before it (``copy``: read the n_kv-head cache, write n_h heads).
@@ -180,7 +192,7 @@ def _fit_masked_decode(decode: Rows, attn: dict[str, float], hardware: dict, t_k
         eta_copy = parameter_symbols(copy, ["memory", "memory_half"])
         free.update(copy=eta_copy["memory"], copy_half=eta_copy["memory_half"])
         variables["copy_half"] = class_variables(decode, copy)["memory_half"]
-    fixed = {**hardware, T_KERNEL: t_kernel,
+    fixed = {**hardware, **costs,
              **_eta_values(masked, {"compute": attn["compute"], "compute_half": attn["compute_half"]}),
              **_eta_values(copy, {"memory": 1.0, "memory_half": 0.0})}
     p, at = fit_rows(decode, free, fixed, variables)
@@ -216,7 +228,8 @@ def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[st
     peak); attention and elementwise rows are bf16 whatever ``dtype``. ``per_kernel``: the fixed
     cost per kernel, s, is the CUDA-graph kernel-node cost of memory.csv (``"graph"``; the gemm
     intercept when those rows are absent) or the intercept of the gemm fit (``"gemm_intercept"``:
-    the fixed cost of a real GEMM launch, larger than a tiny kernel's). Raises
+    the fixed cost of a real GEMM launch, larger than a tiny kernel's; the memory-bound classes
+    then pay the intercept of the elementwise fit, a small kernel's floor). Raises
     :class:`SpecError` when a table is missing or a class has no usable row.
     """
     data_dir = Path(data_dir)
@@ -247,33 +260,38 @@ def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[st
     eff, extra, stats, at = {}, {}, {}, {}
     graph_cost = graph_kernel_cost(graph) if per_kernel == "graph" else None
     if graph_cost is None:
-        eff["gemm"], t_kernel, at["gemm"] = _fit_class(gemm, OpClass.GEMM, hardware, None)
+        eff["gemm"], t_kernel, at["gemm"] = _fit_class(gemm, OpClass.GEMM, hardware, {}, "t_kernel")
         source = "intercept of the gemm fit (fixed cost per GEMM launch)"
+        eff["elementwise"], t_small, at["elementwise"] = _fit_class(
+            elem, OpClass.ELEMENTWISE, hardware, {T_KERNEL: t_kernel}, "t_kernel_small")
+        small_source = "intercept of the elementwise fit (fixed cost per small kernel)"
     else:
-        t_kernel, source = graph_cost
-        eff["gemm"], _, at["gemm"] = _fit_class(gemm, OpClass.GEMM, hardware, t_kernel)
+        (t_kernel, source), t_small, small_source = graph_cost, None, ""
+        eff["gemm"], _, at["gemm"] = _fit_class(gemm, OpClass.GEMM, hardware, {T_KERNEL: t_kernel})
+    costs = {T_KERNEL: t_kernel, T_KERNEL_SMALL: t_kernel if t_small is None else t_small}
     rows = {OpClass.GEMM: (gemm, gemm_ex), OpClass.GROUPED_GEMM: (grouped, grouped_ex),
             OpClass.ATTENTION: (prefill, attn_ex), OpClass.ELEMENTWISE: (elem, elem_ex)}
     for cls, (r, _) in rows.items():
-        if cls is not OpClass.GEMM:
-            eff[cls.value], _, at[cls.value] = _fit_class(r, cls, hardware, t_kernel)
+        if cls.value not in eff:
+            eff[cls.value], _, at[cls.value] = _fit_class(r, cls, hardware, costs)
     for cls, (r, ex) in rows.items():
-        values = {**hardware, T_KERNEL: t_kernel, **_eta_values(cls, eff[cls.value])}
+        values = {**hardware, **costs, **_eta_values(cls, eff[cls.value])}
         stats[cls.value] = _stats(TABLES[cls.value], r, predict(r, values), ex, at[cls.value])
 
     if len(decode):
-        fitted, pred, at_m = _fit_masked_decode(decode, eff["attention"], hardware, t_kernel)
+        fitted, pred, at_m = _fit_masked_decode(decode, eff["attention"], hardware, costs)
         extra.update(fitted)
         stats["attention_masked"] = _stats(TABLES["attention"], decode, pred, {}, at_m)
     for op in sorted(set(elem.group.tolist())):
         extra[f"elementwise.{op}"], _, _ = _fit_class(elem.subset(elem.group == op),
-                                                      OpClass.ELEMENTWISE, hardware, t_kernel)
+                                                      OpClass.ELEMENTWISE, hardware, costs)
     fused = residual_norm_rows(elem_df)
     if fused is not None:
-        extra["elementwise.residual_norm"], _, _ = _fit_class(fused, OpClass.ELEMENTWISE,
-                                                              hardware, t_kernel)
+        extra["elementwise.residual_norm"], _, _ = _fit_class(fused, OpClass.ELEMENTWISE, hardware, costs)
     return KernelFit(gpu=gpu.name, dtype=dtype, per_kernel_s=float(t_kernel),
-                     per_kernel_source=source, efficiency=eff, extra=extra, stats=stats)
+                     per_kernel_source=source, efficiency=eff, extra=extra, stats=stats,
+                     per_small_kernel_s=None if t_small is None else float(t_small),
+                     per_small_kernel_source=small_source)
 
 
 def _sig4(v: float) -> float:

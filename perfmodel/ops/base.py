@@ -47,7 +47,8 @@ class OpClass(_Named):
     Each member carries ``peak`` (:class:`Peak`), ``fallback`` (the class whose curves it
     runs at when a profile gives it none; None for the classes every profile must give),
     ``category`` (:class:`ProfilerCategory` of its kernels) and ``over_link`` (it moves
-    bytes over the scale-up link, not HBM).
+    bytes over the scale-up link, not HBM); :attr:`small_kernels` says which fixed cost per
+    kernel it pays.
     """
 
     GEMM = ("gemm", Peak.MATMUL, None, ProfilerCategory.DENSE_GEMM)
@@ -70,6 +71,14 @@ class OpClass(_Named):
         member.category = category
         member.over_link = over_link
         return member
+
+    @property
+    def small_kernels(self) -> bool:
+        """Its kernels are small memory-bound ones (elementwise, copies, index ops): each pays the
+        fixed cost of a small kernel, t_kernel_small, not a compute kernel's t_kernel (a GEMM's
+        or attention kernel's tile setup and tail). An op over a link pays its collective's
+        fixed latency instead."""
+        return self.peak is Peak.NONE and not self.over_link
 
     @property
     def fallback(self) -> OpClass | None:

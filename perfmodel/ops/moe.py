@@ -57,11 +57,15 @@ MOE_IMPLS = ("fused", "unfused")
 #: ``moe.dispatch`` the test of the expert's index, ``torch.where`` on its mask row (a
 #: ``nonzero``: 4), the gather of its rows, the gather of their routing weights, the scale and
 #: the index-add (10); in ``moe.experts_act`` the SiLU and the multiply (2); in ``moe.experts``
-#: the gate|up and the down GEMM (2). Not counted: the device-to-host copies of the loop's
-#: synchronisations (about 5 per expert, the profiler lists them beside the kernels: 19 per
-#: expert in all, as profiled eager steps show), whose host time is ``t_sync``.
+#: the gate|up and the down GEMM (2). Besides those, the device-to-host copies of the loop's
+#: synchronisations (:data:`UNFUSED_COPIES_PER_EXPERT`), which run on the stream like a small
+#: kernel (their host wait is ``t_sync``); 19 per expert in all, as profiled eager steps show.
 UNFUSED_DISPATCH_KERNELS = 9
 UNFUSED_DISPATCH_KERNELS_PER_EXPERT = 10
+#: Device-to-host copies per touched expert: the scalar reads of its index and the sizes its
+#: ``nonzero`` returns (the eager decode steps of OLMoE-1B-7B at B = 1 to 64 and Qwen1.5-MoE at
+#: B = 1 on the H200: 7.3–8.7 µs of copies per touched expert).
+UNFUSED_COPIES_PER_EXPERT = 5
 UNFUSED_ACT_KERNELS_PER_EXPERT = 2
 UNFUSED_GEMM_KERNELS_PER_EXPERT = 2
 #: Serial host stalls of the unfused loop per touched expert: the loop waits for the GPU
@@ -268,7 +272,8 @@ def dispatch(impl: str = "fused") -> Op:
     the output (read the rows, read and write the output rows): 7 passes over the T·k·H
     routed rows, plus zero-filling the T×H output. Kernels: the loop's bookkeeping
     (:data:`UNFUSED_DISPATCH_KERNELS` before it, :data:`UNFUSED_DISPATCH_KERNELS_PER_EXPERT`
-    per touched local expert); host synchronisations: :data:`UNFUSED_SYNCS_PER_EXPERT` per
+    and :data:`UNFUSED_COPIES_PER_EXPERT` device-to-host copies per touched local expert, each
+    a small kernel's fixed cost); host synchronisations: :data:`UNFUSED_SYNCS_PER_EXPERT` per
     touched local expert (the host reads which rows the expert has before it launches them).
     """
     rows = T * k / ep
@@ -279,7 +284,8 @@ def dispatch(impl: str = "fused") -> Op:
             op_class=OpClass.ELEMENTWISE,
             act_bytes=(7 * rows + T) * H * b_a,
             efficiency_size=rows * H,
-            kernels=UNFUSED_DISPATCH_KERNELS + UNFUSED_DISPATCH_KERNELS_PER_EXPERT * d_local,
+            kernels=(UNFUSED_DISPATCH_KERNELS
+                     + (UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT) * d_local),
             host_syncs=UNFUSED_SYNCS_PER_EXPERT * d_local,
         )
     return Op(
