@@ -48,8 +48,13 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: its perfmodel
+from perfmodel.measuring.profiler_split import is_kernel_event  # noqa: E402
+from perfmodel.measuring.vllm_kernels import busy_ms  # noqa: E402
 
 HIDDEN = 2048
 FFN = 1024
@@ -248,16 +253,11 @@ def time_calls(fn, device, warmup: int, iters: int) -> dict:
     return out
 
 
-def _self_device_us(e) -> float:
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        v = getattr(e, name, None)
-        if v is not None:
-            return float(v)
-    return 0.0
-
-
-def _device_total_us(e) -> float:
-    for name in ("device_time_total", "cuda_time_total"):
+def _device_us(e, own: bool = False) -> float:
+    """An averaged profiler event's device time, us: its own (``own``) or with its children's
+    (the attribute names differ across torch versions)."""
+    prefix = "self_" if own else ""
+    for name in (f"{prefix}device_time_total", f"{prefix}cuda_time_total"):
         v = getattr(e, name, None)
         if v is not None:
             return float(v)
@@ -295,28 +295,14 @@ def profile_module_call(fn, device) -> dict:
         wall_ms = (time.perf_counter() - t0) * 1e3
     ka = prof.key_averages()
     cpu_rows = sorted(ka, key=lambda e: -float(e.self_cpu_time_total))[:15]
-    dev_rows = sorted((e for e in ka if _is_device_event(e)), key=lambda e: -_self_device_us(e))[:10]
-    # GPU busy time = union of device-event intervals (kernels, memcpy, memset).
-    intervals = []
-    for ev in prof.events():
-        if _is_device_event(ev):
-            intervals.append((ev.time_range.start, ev.time_range.end))
-    intervals.sort()
-    busy, cur_s, cur_e = 0.0, None, None
-    for s, e in intervals:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                busy += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        busy += cur_e - cur_s
-    span = (intervals[-1][1] - intervals[0][0]) if intervals else 0.0
-    n_kernels = sum(1 for ev in prof.events() if _is_device_event(ev))
+    dev_rows = sorted((e for e in ka if _is_device_event(e)), key=lambda e: -_device_us(e, own=True))[:10]
+    # GPU busy time = union of the kernel, memcpy and memset intervals
+    events = [ev for ev in prof.events() if is_kernel_event(ev)]
+    span = (max(ev.time_range.end for ev in events) - min(ev.time_range.start for ev in events)) if events else 0.0
+    n_kernels = len(events)
     return {
         "wall_ms_under_profiler": wall_ms,
-        "gpu_busy_ms": busy / 1e3,
+        "gpu_busy_ms": busy_ms(events),
         "gpu_span_ms": span / 1e3,
         "device_events": n_kernels,
         "top_cpu_ops": [
@@ -329,7 +315,7 @@ def profile_module_call(fn, device) -> dict:
             for e in cpu_rows
         ],
         "top_device_events": [
-            {"name": e.key, "count": int(e.count), "device_ms": _self_device_us(e) / 1e3} for e in dev_rows
+            {"name": e.key, "count": int(e.count), "device_ms": _device_us(e, own=True) / 1e3} for e in dev_rows
         ],
         "cpu_table": _table(ka, ["self_cpu_time_total"], 15),
         "device_table": _table(ka, ["self_device_time_total", "self_cuda_time_total"], 10),
@@ -379,14 +365,14 @@ def run_profiled_statements(m, args_, device) -> dict:
         if e is None:
             rows[s] = None
             continue
-        span_us = _self_device_us(g) if g is not None else float("nan")
+        span_us = _device_us(g, own=True) if g is not None else float("nan")
         rows[s] = {
             "count": int(e.count),
             "cpu_ms": float(e.cpu_time_total) / 1e3,
-            "gpu_kernel_ms": _device_total_us(e) / 1e3,
+            "gpu_kernel_ms": _device_us(e) / 1e3,
             "gpu_span_ms": span_us / 1e3,
             "cpu_us_per_iter": float(e.cpu_time_total) / n_iter,
-            "gpu_us_per_iter": _device_total_us(e) / n_iter,
+            "gpu_us_per_iter": _device_us(e) / n_iter,
             "gpu_span_us_per_iter": span_us / n_iter,
         }
     return {"iterations": laps.iterations, "statements": rows}
