@@ -42,9 +42,11 @@ Writes OUTDIR/eager_moe_profile.json and OUTDIR/eager_moe_profile.txt and prints
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -627,6 +629,16 @@ def _pop_tables(res, key, prof):
         "cpu_table": prof.pop("cpu_table"), "device_table": prof.pop("device_table")}
 
 
+def _git_commit() -> str | None:
+    """The checkout's HEAD commit, None outside a git checkout (a copied tree)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -660,6 +672,8 @@ def main(argv=None):
     torch.manual_seed(0)
     res = {
         "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": os.environ.get("PERFMODEL_GIT_COMMIT") or _git_commit(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
