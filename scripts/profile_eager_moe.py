@@ -324,6 +324,17 @@ def profile_module_call(fn, device) -> dict:
     }
 
 
+def _statement_rows(laps_list) -> tuple[int, OrderedDict]:
+    """(loop iterations per call, statement -> {ms_per_call, us_per_iter}) averaged over the
+    calls' laps."""
+    n_iter = laps_list[0].iterations
+    rows = OrderedDict()
+    for s in STATEMENTS:
+        tot_ms = statistics.fmean(laps.total[s] for laps in laps_list) * 1e3
+        rows[s] = {"ms_per_call": tot_ms, "us_per_iter": tot_ms * 1e3 / max(n_iter, 1)}
+    return n_iter, rows
+
+
 def run_instrumented(m, args_, device, mode: str, calls: int) -> dict:
     laps_all = []
     for _ in range(calls):
@@ -334,11 +345,7 @@ def run_instrumented(m, args_, device, mode: str, calls: int) -> dict:
         _sync(device)
         laps.call_ms = (time.perf_counter() - t0) * 1e3
         laps_all.append(laps)
-    n_iter = laps_all[0].iterations
-    rows = OrderedDict()
-    for s in STATEMENTS:
-        tot_ms = statistics.fmean(l.total[s] for l in laps_all) * 1e3
-        rows[s] = {"ms_per_call": tot_ms, "us_per_iter": tot_ms * 1e3 / max(n_iter, 1)}
+    n_iter, rows = _statement_rows(laps_all)
     return {
         "iterations": n_iter,
         "calls_averaged": calls,
@@ -464,11 +471,7 @@ def full_model_section(model, device, batches, seq, rounds, warmup, iters, instr
                 laps.call_ms = (time.perf_counter() - t0) * 1e3
                 if k:
                     agg.append(laps)
-            n_iter = agg[0].iterations
-            rows = OrderedDict()
-            for s in STATEMENTS:
-                tot_ms = statistics.fmean(l.total[s] for l in agg) * 1e3
-                rows[s] = {"ms_per_call": tot_ms, "us_per_iter": tot_ms * 1e3 / max(n_iter, 1)}
+            n_iter, rows = _statement_rows(agg)
             loop_ms = sum(v["ms_per_call"] for v in rows.values())
             r["host"] = {"iterations": n_iter, "call_ms": statistics.fmean(l.call_ms for l in agg),
                          "experts_sum_ms": loop_ms, "statements": rows}
