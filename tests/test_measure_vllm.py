@@ -63,6 +63,41 @@ def test_config_json_and_requests():
         vb.sampling_kwargs(128, "beam")
 
 
+def test_a_checkpoint_quantization_goes_into_config_json_not_the_engine_arguments(tmp_path):
+    settings = vb.point_settings(quantization="mxfp4")
+    points = build_points(["gpt-oss-20b"], [1, 16], parse_phases("128"), backend="vllm",
+                          settings=settings, experts_impl="vllm_fused_moe")
+    cfg = vb.vllm_config_json(points[0])
+    assert cfg["architectures"] == ["GptOssForCausalLM"]
+    assert cfg["quantization_config"] == {"quant_method": "mxfp4"}
+    kw = vb.engine_kwargs(points, tmp_path)
+    assert kw["quantization"] is None  # vLLM reads the method from config.json
+    assert "quant=mxfp4" in points[0].point_id
+    fp8 = _points()[0]  # quantized by vLLM on load: the engine argument, a plain config.json
+    assert vb.checkpoint_quantization(fp8) is None and "quantization_config" not in vb.vllm_config_json(fp8)
+
+
+def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
+    torch = pytest.importorskip("torch")
+    from perfmodel.measuring.vllm_dummy import SCALE_EXPONENT_BYTES, fill_integer_parameters
+
+    layer = torch.nn.Module()
+    layer.w13_weight = torch.nn.Parameter(torch.zeros(64, 256, dtype=torch.uint8), requires_grad=False)
+    layer.w13_weight_scale = torch.nn.Parameter(torch.full((64, 16), 255, dtype=torch.uint8),
+                                                requires_grad=False)
+    layer.w13_bias = torch.nn.Parameter(torch.zeros(64))
+    layer.child = torch.nn.Module()
+    layer.child.other = torch.nn.Parameter(torch.zeros(8, dtype=torch.uint8), requires_grad=False)
+    assert fill_integer_parameters(layer) == 2  # its own integer parameters, not its children's
+    codes = layer.w13_weight
+    assert len(torch.unique(codes)) > 200  # every byte value, i.e. random E2M1 nibbles
+    scales = layer.w13_weight_scale
+    low, high = SCALE_EXPONENT_BYTES
+    assert int(scales.min()) >= low and int(scales.max()) < high  # no 0xFF (E8M0 NaN), no huge exponent
+    assert 2.0 ** (high - 1 - 127) * 6 < 2e-3  # largest weight: the bf16 dummy weights' size
+    assert not layer.w13_bias.any() and not layer.child.other.any()
+
+
 def test_routing_simulation_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):
     import os
 

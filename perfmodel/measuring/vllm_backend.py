@@ -284,6 +284,21 @@ def _layer_overrides(point: SweepPoint) -> list[str]:
     return list(point.overrides) + ([f"num_layers={point.layers}"] if point.layers else [])
 
 
+#: vLLM quantization methods that a checkpoint carries in its config.json
+#: (``quantization_config``) instead of applying them to bf16 weights on load: a point of one
+#: gets the block in its config.json and no ``quantization`` engine argument, and its dummy
+#: weights fill the integer parameters too (:mod:`perfmodel.measuring.vllm_dummy`). ``mxfp4``:
+#: gpt-oss's format, the routed experts in MXFP4 and every other layer in bf16.
+CHECKPOINT_QUANTIZATIONS = {"mxfp4": {"quant_method": "mxfp4"}}
+
+
+def checkpoint_quantization(point: SweepPoint) -> dict[str, Any] | None:
+    """The ``quantization_config`` a point's config.json carries, None for a bf16 checkpoint
+    (unquantized, or quantized by vLLM on load)."""
+    block = CHECKPOINT_QUANTIZATIONS.get(_settings(point).get("quant", "none"))
+    return dict(block) if block is not None else None
+
+
 def vllm_config_json(point: SweepPoint) -> dict[str, Any]:
     """The config.json a dummy-weights vLLM engine loads for this point's model."""
     cfg = load_hf_config(point.model, _layer_overrides(point))
@@ -293,6 +308,9 @@ def vllm_config_json(point: SweepPoint) -> dict[str, Any]:
     cfg = dict(cfg)
     cfg["architectures"] = [ARCHITECTURES[model_type]]
     cfg.setdefault("torch_dtype", point.dtype)
+    block = checkpoint_quantization(point)
+    if block is not None:
+        cfg["quantization_config"] = block
     return cfg
 
 
@@ -333,7 +351,8 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "tensor_parallel_size": degrees["tp"],
         "pipeline_parallel_size": degrees["pp"],
         "enable_expert_parallel": s.get("ep", "0") == "1",
-        "quantization": None if s.get("quant", "none") == "none" else s["quant"],
+        "quantization": (None if s.get("quant", "none") == "none" or checkpoint_quantization(p0) is not None
+                         else s["quant"]),
         "max_num_seqs": max_b,
         "max_model_len": max(p.max_cache_len for p in points),
         "enforce_eager": not p0.cuda_graphs,
@@ -449,6 +468,10 @@ class VLLMBackend:
         t0 = time.perf_counter()
         apply_routing(points[0])
         engine_process = apply_engine_process(points[0])
+        if checkpoint_quantization(points[0]) is not None:
+            from perfmodel.measuring.vllm_dummy import patch_dummy_loader
+
+            patch_dummy_loader()
         llm = LLM(**kwargs)
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)

@@ -519,6 +519,10 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
     from perfmodel.measuring import vllm_backend as vb
 
     point = spec.point(spec.rates[0])
+    if vb.checkpoint_quantization(point) is not None:  # its engine core loads in another process
+        raise ValueError(f"--quantization {spec.setting('quant', 'none')} is measured offline only: the serving "
+                         "engine core loads its dummy weights in a process of its own, where their "
+                         "integer parameters would stay unfilled")
     accepted = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     cls = _async_llm_class()
     takes_context = "usage_context" in inspect.signature(cls.from_engine_args).parameters

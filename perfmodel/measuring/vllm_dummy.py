@@ -1,0 +1,56 @@
+"""Dummy weights for a checkpoint-quantized vLLM engine: random packed MXFP4 codes and scales.
+
+vLLM's dummy loader draws every floating-point parameter uniformly in ±1e-3 and leaves integer
+ones as ``torch.empty`` left them (``initialize_single_dummy_weight``). A model stored in MXFP4
+(gpt-oss: the routed experts' weights as packed 4-bit E2M1 codes, two per ``uint8``, with one
+8-bit E8M0 exponent per 32 weights, also ``uint8``) would then be timed on whatever memory held:
+zeros, or exponents up to 2^128 and the E8M0 NaN, whose infinities reach the router's logits and
+change which experts the tokens pick. :func:`patch_dummy_loader` makes the loader also fill the
+integer parameters: every packed byte uniform in [0, 256) (each nibble a random E2M1 code,
+magnitudes 0–6) and every scale uniform in :data:`SCALE_EXPONENT_BYTES` (2^-14 to 2^-12), so a
+weight is at most 6·2^-12 ≈ 1.5e-3, the size of the bf16 dummy weights, and never inf or NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: E8M0 scale bytes drawn for the dummy weights, [low, high): 2^(byte − 127), i.e. 2^-14 … 2^-12.
+SCALE_EXPONENT_BYTES = (113, 116)
+#: Parameter-name suffix of the scales among the integer parameters (``w13_weight_scale``).
+SCALE_SUFFIX = "_scale"
+
+
+def fill_integer_parameters(module: Any) -> int:
+    """Fill ``module``'s own ``uint8`` parameters (not its children's) in place: scales
+    (names ending in :data:`SCALE_SUFFIX`) uniform over :data:`SCALE_EXPONENT_BYTES`, packed
+    weights uniform over [0, 256). Returns how many tensors were filled."""
+    import torch
+
+    filled = 0
+    for name, param in module.named_parameters(recurse=False):
+        if param.dtype != torch.uint8:
+            continue
+        low, high = SCALE_EXPONENT_BYTES if name.endswith(SCALE_SUFFIX) else (0, 256)
+        with torch.no_grad():
+            param.data.random_(low, high)
+        filled += 1
+    return filled
+
+
+def patch_dummy_loader() -> None:
+    """Make vLLM's dummy loader fill each layer's integer parameters after its own
+    initialization (:func:`fill_integer_parameters`); in this process, idempotent. The engine
+    must load in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the runners set)."""
+    from vllm.model_executor.model_loader import dummy_loader
+
+    original = dummy_loader.initialize_dummy_weights
+    if getattr(original, "_perfmodel_fills_integers", False):
+        return
+
+    def initialize_dummy_weights(layer, *args, **kwargs):
+        original(layer, *args, **kwargs)
+        fill_integer_parameters(layer)
+
+    initialize_dummy_weights._perfmodel_fills_integers = True  # type: ignore[attr-defined]
+    dummy_loader.initialize_dummy_weights = initialize_dummy_weights
