@@ -19,7 +19,7 @@ from perfmodel.ops.comm import all_reduce, pipeline_send
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.embedding import embedding, lm_head
 from perfmodel.ops.moe import MOE_IMPLS, NO_PADDING, dense_block, moe_block
-from perfmodel.ops.quant import with_activation_quant
+from perfmodel.ops.quant import LINEAR_LAYERS, with_activation_quant
 from perfmodel.specs.model import ModelSpec
 from perfmodel import symbols as s
 
@@ -40,7 +40,8 @@ class GraphOptions:
     block, or a loop over the touched experts). ``moe_block_m``: the fused-MoE tile rows by
     tokens per pass, ((at most T, M), ...) (:func:`perfmodel.ops.moe.block_rows`; M = 1: no
     padding). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
-    dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`);
+    dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`), those
+    of ``quantized_layers`` (:data:`perfmodel.ops.quant.LINEAR_LAYERS`: all by default);
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
     elementwise op before it. ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
     tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
@@ -54,10 +55,18 @@ class GraphOptions:
     quantized: bool = False
     quantized_activations: bool = False
     cudagraph_padding: bool = False
+    quantized_layers: tuple[str, ...] = LINEAR_LAYERS
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
             raise ValueError(f"unknown MoE implementation '{self.moe_impl}' (known: {', '.join(MOE_IMPLS)})")
+        unknown = set(self.quantized_layers) - set(LINEAR_LAYERS)
+        if unknown:
+            raise ValueError(f"unknown linear layers {sorted(unknown)} (known: {', '.join(LINEAR_LAYERS)})")
+
+    def quantizes(self, layer: str) -> bool:
+        """Whether the linear ``layer`` (:data:`perfmodel.ops.quant.LINEAR_LAYERS`) is quantized."""
+        return self.quantized and layer in self.quantized_layers
 
 
 @dataclass(frozen=True)
@@ -87,9 +96,10 @@ def _attention(model: ModelSpec, windowed: bool, decode: bool, options: GraphOpt
         latent = options.mla_cache == "latent"
         return mla_ops(spec, windowed=windowed, norm_kind=model.norm, latent_cache=latent,
                        absorbed=decode and latent and options.mla_absorb_decode,
-                       expand_kv=options.decode_kv_expand, decode=decode, quantized=options.quantized)
+                       expand_kv=options.decode_kv_expand, decode=decode,
+                       quantized=options.quantizes("attention"))
     return gqa_ops(spec, windowed=windowed, norm_kind=model.norm,
-                   expand_kv=decode and options.decode_kv_expand, quantized=options.quantized)
+                   expand_kv=decode and options.decode_kv_expand, quantized=options.quantizes("attention"))
 
 
 def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = GraphOptions()) -> ModelGraph:
@@ -116,9 +126,10 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
         if mlp == "moe":
             assert model.moe is not None
             ops += moe_block(model.moe, model.norm, impl=options.moe_impl, tiers=options.moe_block_m,
-                             quantized=options.quantized)
+                             quantized=options.quantizes("experts"),
+                             quantized_shared=options.quantizes("shared_experts"))
         else:
-            ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantized)
+            ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))
         if options.quantized_activations:
             ops = with_activation_quant(ops)

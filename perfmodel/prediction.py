@@ -239,6 +239,14 @@ class Workload:
         bf16 under ``--dtype fp8|int8|fp4``; a ``quant`` scheme leaves the cache alone)."""
         return self.kv_dtype or self.base_dtype
 
+    def stored_as(self, model: ModelSpec) -> Workload:
+        """This workload at the model's checkpoint quantization (:attr:`ModelSpec.quantization`:
+        gpt-oss's MXFP4 experts) where it names no scheme: no ``quant``, and a ``dtype`` that is
+        no scheme's alias. ``quant="none"`` asks for the unquantized model."""
+        if self.quant is None and model.quantization and self.dtype not in quantization.dtype_aliases():
+            return replace(self, quant=model.quantization)
+        return self
+
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` on a workload that makes no sense for this model."""
         Layout(self.tp, self.ep, self.pp).check(model)
@@ -433,7 +441,7 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
                         decode_kv_expand=opts.decode_kv_expand, moe_impl=w.moe_impl,
                         moe_block_m=profile.moe_block_tiers, quantized=scheme.quantizes_weights,
                         quantized_activations=scheme.quantizes_activations,
-                        cudagraph_padding=profile.pads_cudagraphs)
+                        cudagraph_padding=profile.pads_cudagraphs, quantized_layers=scheme.layers)
 
 
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
@@ -803,6 +811,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     if phase not in PHASES:
         raise InputError(f"unknown phase '{phase}' (request, prefill or decode)")
     check_context(phase, workload.context)
+    workload = workload.stored_as(model)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
     outputs = compile_model(model, phase, profile, options=graph_options(profile, workload)).evaluate(values)
@@ -897,6 +906,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     speculative = speculative_settings(spec_draft, spec_tokens, spec_accept, spec_accepted_len)
     loaded = model if isinstance(model, ModelSpec) else load_model(model, overrides)
     spec = prune(loaded, *ratios)
+    workload = workload.stored_as(spec)
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
     pruning = pruning_record(loaded, spec, *ratios)

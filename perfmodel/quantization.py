@@ -1,9 +1,11 @@
 """Quantization schemes as data (``specs/quantization.yaml``): what each stores and runs at.
 
 A scheme applies to the linear layers (QKV/O projections, routed and shared experts, dense
-MLP; :mod:`perfmodel.ops.quant` has their formulas) and says: bits per weight, the scales it
-adds, which tensor-core peak its GEMMs run at, whether activations are quantized on the fly,
-and the in-kernel dequantization of a weight-only kernel. :meth:`QuantScheme.values` turns it
+MLP; :mod:`perfmodel.ops.quant` has their formulas), all of them or those it names, and says:
+bits per weight, the scales it adds, which tensor-core peak its GEMMs run at, whether
+activations are quantized on the fly, and the in-kernel dequantization of a weight-only
+kernel. A checkpoint stored in a scheme names it by its config.json's
+``quantization_config.quant_method`` (:func:`checkpoint_scheme`). :meth:`QuantScheme.values` turns it
 into the numbers of the formulas' symbols (bytes per element and per scale).
 
 ``--dtype fp8|int8|fp4`` stays an alias of the scheme whose ``dtype_alias`` names it: the
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from perfmodel import symbols as s
 from perfmodel.errors import InputError, SpecError
+from perfmodel.ops.quant import LINEAR_LAYERS
 from perfmodel.paths import SPECS_DIR
 from perfmodel.specs.files import read_mapping
 
@@ -29,6 +32,9 @@ SCHEMES_FILE = SPECS_DIR / "quantization.yaml"
 NO_QUANT = "none"
 #: The dtype of the unquantized weights and activations under an alias dtype (``--dtype fp8``).
 ALIAS_BASE_DTYPE = "bf16"
+#: Names of the linear layers a scheme can store quantized (:attr:`QuantScheme.layers`,
+#: :data:`perfmodel.ops.quant.LINEAR_LAYERS`).
+LinearLayer = Literal["attention", "experts", "shared_experts", "dense_mlp"]
 
 
 class _Strict(BaseModel):
@@ -93,8 +99,13 @@ class QuantScheme(_Strict):
     weight_scales: WeightScales = WeightScales()
     activations: ActivationQuant | None = None
     dequant_flops_per_weight: NonNegativeFloat = 0.0
+    layers: tuple[LinearLayer, ...] = LINEAR_LAYERS
+    checkpoint_method: str | None = Field(
+        default=None, description="The config.json quantization_config.quant_method of checkpoints in this scheme.")
 
     def model_post_init(self, _context: object) -> None:
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ValueError("'layers' names each quantized linear layer once, at least one")
         if self.weight_bits is None and (self.weight_scales.granularity != "none" or self.activations
                                          or self.dequant_flops_per_weight or self.compute != "activations"):
             raise ValueError("a scheme without weight_bits quantizes nothing: no scales, "
@@ -153,6 +164,8 @@ def load_schemes() -> dict[str, QuantScheme]:
             raise SpecError(f"invalid scheme '{name}' in {SCHEMES_FILE.name}: "
                             f"{loc + ': ' if loc else ''}{msg['msg']}") from None
     names = [n for scheme in schemes.values() for n in (scheme.name, *scheme.aliases)]
+    methods = [scheme.checkpoint_method for scheme in schemes.values() if scheme.checkpoint_method]
+    names += [f"checkpoint_method {m}" for m in methods]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes or NO_QUANT not in schemes:
         raise SpecError(f"{SCHEMES_FILE.name}: " + (f"name or alias given twice: {', '.join(dupes)}"
@@ -167,6 +180,13 @@ def scheme_names() -> tuple[str, ...]:
 
 def _by_name() -> dict[str, QuantScheme]:
     return {n: scheme for scheme in load_schemes().values() for n in (scheme.name, *scheme.aliases)}
+
+
+def checkpoint_scheme(method: Any) -> str | None:
+    """The scheme a checkpoint's ``quantization_config.quant_method`` stores it in
+    (:attr:`QuantScheme.checkpoint_method`), None for a method no scheme describes."""
+    return next((scheme.name for scheme in load_schemes().values()
+                 if method is not None and scheme.checkpoint_method == method), None)
 
 
 def dtype_aliases() -> dict[str, QuantScheme]:

@@ -464,7 +464,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         gpu_spec = load_gpu(cat.get("gpu", gpu))
         profile = load_profile(cat.get("engine", engine), gpu_spec.name)
         point_workload = replace(workload, **{k: cat[k] for k in ("dtype", "kv_dtype", "quant", "moe_impl")
-                                              if k in cat})
+                                              if k in cat}).stored_as(models.specs[0])
         draft = speculation and speculation.drafts[cat.get("spec_draft", whatif.get("spec_draft"))]
         draft_base = draft and numeric_values(draft, gpu_spec, profile, draft_workload(point_workload, draft))
         setups.append((gpu_spec, profile, point_workload,

@@ -24,7 +24,8 @@ GOLDEN_METRICS = ("ttft_s", "itl_s", "e2e_s", "throughput_tok_s", "weights_bytes
                   "params")
 
 #: The golden points: the MoE families of the zoo, every phase, bf16 and fp8, TP=2 once,
-#: skewed routing once, on H200 and H100.
+#: skewed routing once, a checkpoint's own quantization once (gpt-oss's MXFP4 experts), on H200
+#: and H100.
 POINTS: list[dict[str, Any]] = [
     dict(id="mixtral-request-bf16-h200", model="mixtral-8x7b", gpu="h200-sxm", phase="request",
          workload=dict(batch=16, input_len=2048, output_len=2048, dtype="bf16")),
@@ -39,7 +40,9 @@ POINTS: list[dict[str, Any]] = [
     dict(id="olmoe-1b-7b-request-fp8-h100", model="olmoe-1b-7b", gpu="h100-sxm", phase="request",
          workload=dict(batch=4, input_len=512, output_len=256, dtype="fp8")),
     dict(id="gpt-oss-20b-request-bf16-h200", model="gpt-oss-20b", gpu="h200-sxm", phase="request",
-         workload=dict(batch=1, input_len=8192, output_len=1024, dtype="bf16")),
+         workload=dict(batch=1, input_len=8192, output_len=1024, dtype="bf16", quant="none")),
+    dict(id="gpt-oss-120b-request-checkpoint-mxfp4-h100", model="gpt-oss-120b", gpu="h100-sxm",
+         phase="request", workload=dict(batch=16, input_len=1024, output_len=256, dtype="bf16")),
     dict(id="phi-3.5-moe-decode-fp8-h200", model="phi-3.5-moe", gpu="h200-sxm", phase="decode",
          workload=dict(batch=128, input_len=2048, output_len=1, context=2048, dtype="fp8")),
 ]

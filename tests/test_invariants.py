@@ -255,7 +255,7 @@ def test_fp8_moves_no_more_bytes_than_bf16(case):
     never adds traffic to any op (its only new ops quantize activations on the fly); the
     embedding and lm_head stay bf16; FLOPs do not depend on the storage dtype."""
     name, kw = case
-    bf16 = run(name, **{**kw, "dtype": "bf16"})
+    bf16 = run(name, **{**kw, "dtype": "bf16", "quant": "none"})  # unquantized, not the checkpoint's
     fp8 = run(name, **{**kw, "dtype": "fp8"})
     assume(wave_batch(bf16.metrics, kw["batch"]) == wave_batch(fp8.metrics, kw["batch"]))  # ops at one batch
     assert 0.5 * bf16.metrics["weights_bytes"] < fp8.metrics["weights_bytes"] < bf16.metrics["weights_bytes"]

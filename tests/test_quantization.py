@@ -227,3 +227,71 @@ def test_cli_quant_and_moe_impl(capsys):
         assert err.count("\n") == 1 and err.startswith("perfmodel: error: ") and message in err, err
     code, out, _ = _cli(capsys, "formula", "mixtral", "--op", "moe.experts", "--quantity", "flops")
     assert code == 0 and "FLOP per layer" in out
+
+
+def test_mxfp4_moe_stores_the_routed_experts_alone_at_four_bits_and_a_scale_per_32():
+    plain, mx = _ops("none"), _ops("mxfp4-moe")
+    touched = E * (1 - (1 - K / E) ** B)
+    elements = touched * 3 * H * I
+    act = B * K * (2 * H + 3 * I) * 2
+    assert mx["moe.experts"]["bytes"] == pytest.approx(LAYERS * (elements * (0.5 + 1 / 32) + act), rel=1e-12)
+    for name in ("attn.qkv_proj", "attn.o_proj", "lm_head", "embed", "moe.router"):
+        assert mx[name]["bytes"] == plain[name]["bytes"], name  # bf16, as the checkpoint keeps them
+    assert not [name for name in mx if name.endswith(".act_quant")]  # weight-only: bf16 activations
+    dequant = 64 * LAYERS * elements  # dequantized in the kernel, multiplied at the bf16 peak
+    flops = plain["moe.experts"]["flops"]
+    assert mx["moe.experts"]["compute_s"] == pytest.approx(
+        plain["moe.experts"]["compute_s"] * (flops + dequant) / flops, rel=1e-9)
+
+
+def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_path):
+    """gpt-oss's config.json stores its experts in MXFP4 (quantization_config.quant_method):
+    predicted so unless --quant or an alias --dtype says otherwise."""
+    from perfmodel.specs.model import load_model
+    from perfmodel.specs.zoo import load_hf_config
+
+    assert load_model("gpt-oss-120b").quantization == "mxfp4-moe"
+    assert load_model("mixtral-8x7b").quantization is None
+    native = predict("gpt-oss-120b", engine="roofline", batch=16)
+    assert native.workload.quant == "mxfp4-moe"
+    assert native.metrics["weights_bytes"] / 2**30 == pytest.approx(60.8, abs=0.1)  # the published ~61 GiB
+    plain = predict("gpt-oss-120b", engine="roofline", batch=16, quant="none")
+    assert plain.workload.quant == "none" and plain.metrics["weights_bytes"] > 3 * native.metrics["weights_bytes"]
+    assert predict("gpt-oss-120b", engine="roofline", dtype="fp8").workload.quant is None  # the alias: W8A8
+    table = sweep("gpt-oss-20b", {"batch": [1, 16]}, engine="roofline")
+    assert table["itl_s"].iloc[1] == pytest.approx(predict("gpt-oss-20b", engine="roofline", batch=16).metrics["itl_s"])
+    cfg = dict(load_hf_config("gpt-oss-20b"))
+    cfg["quantization_config"] = {"quant_method": "awq"}  # a method no scheme describes: --dtype's
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert load_model(str(path)).quantization is None
+
+
+def test_a_checkpoint_method_names_one_scheme(tmp_path, monkeypatch):
+    from perfmodel import quantization
+
+    assert quantization.checkpoint_scheme("mxfp4") == "mxfp4-moe" and quantization.checkpoint_scheme("nope") is None
+    data = yaml.safe_load(quantization.SCHEMES_FILE.read_text())
+    data["schemes"]["w4a16"]["checkpoint_method"] = "mxfp4"
+    path = tmp_path / "quantization.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(quantization, "SCHEMES_FILE", path)
+    quantization.load_schemes.cache_clear()
+    try:
+        with pytest.raises(SpecError, match="given twice: checkpoint_method mxfp4"):
+            quantization.load_schemes()
+        data["schemes"]["w4a16"].pop("checkpoint_method")
+        data["schemes"]["w4a16"]["layers"] = ["experts", "router"]
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*layers"):
+            quantization.load_schemes()
+    finally:
+        quantization.load_schemes.cache_clear()
+
+
+def test_a_measured_mxfp4_row_is_compared_with_the_mxfp4_moe_scheme():
+    from perfmodel.measuring.compare import row_quant
+
+    assert row_quant({"engine": {"quantization": "mxfp4"}}) == "mxfp4-moe"
+    assert row_quant({"engine": {"quantization": "fp8"}}) == "fp8"
+    assert row_quant({"engine": {"quantization": "none"}}) is None and row_quant({}) is None

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from perfmodel.host_speed import row_probe_ms
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.points import SweepPoint
-from perfmodel.measuring.vllm_backend import point_settings, spec_setting
+from perfmodel.measuring.vllm_backend import CHECKPOINT_QUANTIZATIONS, point_settings, spec_setting
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {
@@ -95,9 +95,18 @@ def is_variant(row: dict[str, Any]) -> bool:
 def row_quant(row: dict[str, Any]) -> str | None:
     """The quantization scheme a measured row ran its linear layers at (``engine.quantization``
     of the row: vLLM's ``--quantization fp8`` is W8A8 with per-tensor weight scales and dynamic
-    per-token activation scales, the model's ``fp8`` scheme); None when unquantized."""
-    quant = (row.get("engine") or {}).get("quantization") or "none"
-    return None if quant == "none" else str(quant)
+    per-token activation scales, the model's ``fp8`` scheme; a checkpoint's method,
+    :data:`perfmodel.measuring.vllm_backend.CHECKPOINT_QUANTIZATIONS`, is the scheme that names
+    it, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is ``mxfp4-moe``); None when
+    unquantized."""
+    quant = str((row.get("engine") or {}).get("quantization") or "none")
+    if quant == "none":
+        return None
+    if quant in CHECKPOINT_QUANTIZATIONS:
+        from perfmodel.quantization import checkpoint_scheme
+
+        return checkpoint_scheme(quant) or quant
+    return quant
 
 
 #: transformers' experts implementations the model has: ``grouped_mm`` (one grouped GEMM per
@@ -329,7 +338,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         if spec_key not in specs:
             specs[spec_key] = load_model(row["model"], overrides)
         spec = specs[spec_key]
-        quant = row_quant(row)
+        quant = row_quant(row) or "none"  # as measured, not the checkpoint's own (Workload.stored_as)
         if (spec_key, quant, moe_impl) not in categories:
             categories[spec_key, quant, moe_impl] = op_categories(spec, engine, gpu, quant, moe_impl)
         key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],

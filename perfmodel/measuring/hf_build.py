@@ -44,6 +44,7 @@ def make_config(model: str, overrides: list[str] | tuple[str, ...] = (), layers:
     if layers is not None:
         items.append(f"num_layers={int(layers)}")
     cfg = load_hf_config(model, items)
+    cfg.pop("quantization_config", None)  # random weights at the point's dtype, never a checkpoint's format
     if cfg.get("model_type") == "llama4_text":
         from transformers import Llama4TextConfig
 

@@ -308,6 +308,7 @@ def vllm_config_json(point: SweepPoint) -> dict[str, Any]:
     cfg = dict(cfg)
     cfg["architectures"] = [ARCHITECTURES[model_type]]
     cfg.setdefault("torch_dtype", point.dtype)
+    cfg.pop("quantization_config", None)  # the checkpoint's format is the point's, not the zoo's
     block = checkpoint_quantization(point)
     if block is not None:
         cfg["quantization_config"] = block

@@ -298,13 +298,17 @@ def dispatch(impl: str = "fused") -> Op:
 
 
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
-              tiers: tuple[tuple[float, int], ...] = NO_PADDING, quantized: bool = False) -> list[Op]:
+              tiers: tuple[tuple[float, int], ...] = NO_PADDING, quantized: bool = False,
+              quantized_shared: bool | None = None) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
-    (:func:`block_rows`); ``quantized``: the experts' and shared experts' weights are stored
-    by a quantization scheme (:mod:`perfmodel.ops.quant`).
+    (:func:`block_rows`); ``quantized``: the routed experts' weights are stored by a
+    quantization scheme (:mod:`perfmodel.ops.quant`), and ``quantized_shared`` the shared
+    experts' (default: as the routed experts').
     """
+    if quantized_shared is None:
+        quantized_shared = quantized
     if impl not in MOE_IMPLS:
         raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
@@ -313,7 +317,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized),
            activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
     if spec.n_shared:
-        ops += [shared_experts(spec.shared_gate, quantized), activation("moe.shared_act", T, n_sh * I_sh)]
+        ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
     return ops
 
 

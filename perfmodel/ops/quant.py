@@ -2,7 +2,9 @@
 
 A quantization scheme (:mod:`perfmodel.quantization`, data in ``specs/quantization.yaml``)
 applies to the linear layers: the QKV/O projections, the routed and shared experts and the
-dense MLP (not the embedding, the lm_head, the router or the norms, as vLLM leaves them). It
+dense MLP (not the embedding, the lm_head, the router or the norms, as vLLM leaves them), or
+those of them it names (:data:`LINEAR_LAYERS`; gpt-oss's MXFP4 checkpoints: the routed experts
+alone). It
 stores their weights at b_q bytes per element plus scales: z_g bytes per weight element (one
 scale per 128×128 block, or per group of 128 weights along the input) and z_c bytes per output
 channel, so a matrix of ``elements`` weights and ``channels`` output channels takes
@@ -25,6 +27,10 @@ import sympy as sp
 
 from perfmodel.ops.base import Op, OpClass
 from perfmodel.symbols import b_a, b_aq, z_ae, z_ar, z_c, z_g
+
+#: The linear layers a scheme can store quantized: the QKV and O projections, the routed
+#: experts, the shared experts, the dense MLP.
+LINEAR_LAYERS = ("attention", "experts", "shared_experts", "dense_mlp")
 
 
 def weight_bytes(elements: sp.Expr, channels: sp.Expr, bytes_per_element: sp.Expr) -> sp.Expr:

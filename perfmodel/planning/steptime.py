@@ -255,7 +255,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     (``options.cudagraph_max_tokens``).
     """
     workload = Workload(batch=1, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
-                        pp=layout.pp, dtype=dtype, host_probe_ms=host_probe_ms, graph_tokens=graph_tokens)
+                        pp=layout.pp, dtype=dtype, host_probe_ms=host_probe_ms,
+                        graph_tokens=graph_tokens).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
     decode = _compiled(model, "decode", profile, workload)
     prefill = _compiled(model, "prefill", profile, workload)

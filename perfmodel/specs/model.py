@@ -102,6 +102,9 @@ class ModelSpec(_Spec):
     window: int = Field(default=0, ge=0, description="Sliding/chunked window, tokens (0: none).")
     n_window_layers: int = Field(default=0, ge=0, description="Layers that use the window.")
     max_position: int = Field(default=0, ge=0)
+    quantization: str | None = Field(
+        default=None, description="The quantization scheme its checkpoint is stored in (config.json "
+        "quantization_config, :func:`perfmodel.quantization.checkpoint_scheme`); None: unquantized.")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -135,9 +138,20 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     attention, moe = fields.pop("attention"), fields.pop("moe")
     try:
         return ModelSpec(name=name, attention=AttentionSpec(**attention),
-                         moe=MoESpec(**moe) if moe else None, **fields)
+                         moe=MoESpec(**moe) if moe else None, quantization=checkpoint_quantization(cfg),
+                         **fields)
     except ValidationError as exc:
         raise InputError(f"invalid model: {validation_message(exc)}") from None
+
+
+def checkpoint_quantization(cfg: dict[str, Any]) -> str | None:
+    """The scheme a config.json's checkpoint is stored in: its ``quantization_config``'s
+    ``quant_method`` if a scheme of ``specs/quantization.yaml`` describes it, else None (an
+    unquantized checkpoint, or a method no scheme describes: predicted at --dtype)."""
+    from perfmodel.quantization import checkpoint_scheme
+
+    block = cfg.get("quantization_config")
+    return checkpoint_scheme(block.get("quant_method")) if isinstance(block, dict) else None
 
 
 class _ReadRecorder(dict):
