@@ -231,7 +231,7 @@ def test_validate_marks_held_out_models(tmp_path, capsys):
 
 def test_validate_without_committed_vllm_data_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["validate", "gpt-oss-20b", "--backend", "vllm"])  # never measured with vLLM
+        main(["validate", "qwen2-57b-a14b", "--backend", "vllm"])  # never measured with vLLM
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vllm" in err[0]

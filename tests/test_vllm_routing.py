@@ -102,6 +102,28 @@ def test_selected_ids_tie_where_the_bf16_softmax_ties_though_the_logits_differ()
     assert model["l0"].experts.router.capture_fn is None  # callback removed by collect
 
 
+def test_a_router_bias_outweighs_the_dummy_logits_and_every_token_picks_the_same_experts():
+    """gpt-oss's router has a bias: under vLLM's dummy weights (every float uniform in ±1e-3) it
+    is tens of times the token-dependent part W·x of the logits (a normed hidden state times a
+    dummy norm weight, ~6e-4 per element, against ±1e-3 weights over 2,880 inputs: ~1.5e-5), so
+    the top-4 of 32 is the bias's top-4 for every token: skew 1, whatever the hidden states."""
+    torch.manual_seed(0)
+    hidden, experts, top_k, tokens = 2880, 32, 4, 64
+    gate = torch.nn.Linear(hidden, experts, bias=True, dtype=torch.bfloat16)
+    torch.nn.init.uniform_(gate.weight, -1e-3, 1e-3)
+    torch.nn.init.uniform_(gate.bias, -1e-3, 1e-3)
+    x = torch.randn(tokens, hidden, dtype=torch.bfloat16)  # normed: unit RMS per row
+    x = x * (torch.rand(hidden, dtype=torch.bfloat16) * 2e-3 - 1e-3)  # × dummy norm weight
+    with torch.no_grad():
+        logits = gate(x).float()
+        token_part = x.float() @ gate.weight.float().T
+    assert gate.bias.float().abs().mean() > 20 * token_part.abs().mean()
+    picked = torch.topk(logits, top_k, dim=-1).indices
+    assert len(torch.unique(picked)) <= top_k + 1  # uniform routing: ~32 of 32 at 64 tokens
+    assert effective_skew(tokens, float(len(torch.unique(picked))), experts, top_k) > 0.95
+    assert len(torch.unique(torch.topk(token_part, top_k, dim=-1).indices)) > 28  # W·x alone spreads
+
+
 def test_skew_solves_the_models_distinct_experts():
     from perfmodel import symbols
     from perfmodel.ops.moe import distinct_experts
@@ -187,3 +209,16 @@ def test_routing_probe_end_to_end_with_a_stand_in_engine(tmp_path, monkeypatch):
     assert greedy[4]["distinct_experts"] == 8 and greedy[4]["skew"] == 1.0  # OLMoE: top-8 of 64, one token
     assert sampled[4]["distinct_experts"] > 8 and sampled[4]["skew"] < 1.0
     assert greedy[32]["skew"] < 1.0  # distinct prompt tokens
+
+
+def test_the_routing_floor_reads_decode_steps_only():
+    """A row of one output token has no decode step (its itl_ms is 0): it never flags its group;
+    a decode step faster than reading uniform routing's experts does."""
+    from perfmodel.measuring.routing_floor import floor_ratios
+
+    row = {"status": "ok", "model": "gpt-oss-20b", "batch": 128, "input_len": 16, "output_len": 1,
+           "itl_ms": 0.0, "engine": {"quantization": "mxfp4"}}
+    assert floor_ratios([row], "h200-sxm") == {}
+    fast = {**row, "output_len": 16, "itl_ms": 0.5}
+    ratios = floor_ratios([fast], "h200-sxm")
+    assert list(ratios) == [("gpt-oss-20b", "mxfp4-moe", "model")] and 0 < ratios[list(ratios)[0]] < 1

@@ -459,7 +459,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     note = ""
     if collapsed:
         note = ("; not from the rows of " + ", ".join(group_name(*key) for key in collapsed)
-                + ": some of their decode steps beat the HBM floor of uniform routing, so vLLM's dummy "
+                + ": some of their decode steps beat the HBM floor of uniform routing, or their router "
+                "adds a bias that outweighs the logits under dummy weights, so vLLM's dummy "
                 "weights routed them to fewer experts than real weights do (their residuals are in "
                 "fit.residuals and the validation report)")
     eager_verify = {r["point_id"] for r in all_rows if row_speculative(r) and not verify_replayed(r)}

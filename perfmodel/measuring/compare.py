@@ -354,8 +354,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
-            if measured is None:
-                continue
+            if measured is None or (metric == "decode_step" and row["output_len"] < 2):
+                continue  # one output token: no decode step (its itl_ms is 0)
             measured = measured * scale
             value = p.metrics[predicted] * (replicas if metric == "throughput" else 1)
             points.append({**key, "engine": engine, "split": split, "metric": metric,

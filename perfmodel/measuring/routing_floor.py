@@ -6,9 +6,14 @@ row's decode step (``itl_ms``) is set against the HBM floor of uniform routing, 
 model's own ops read in that step (the expected distinct experts' weights, every other weight,
 the KV cache) at the GPU's datasheet bandwidth (the ``roofline`` engine's ops of
 :func:`perfmodel.prediction.predict`); a (model, quantization, routing) group with a row below it
-has collapsed. Routing is the row's (:func:`perfmodel.measuring.compare.row_routing`): the same
-model run through vLLM's routing simulator is a group of its own. The fit leaves such groups
-out of the error band, and the paper report out of its measured pairs.
+has collapsed. So has, by construction, a group of a model whose router adds a bias (gpt-oss),
+run at its own router (:func:`bias_routed`): vLLM's dummy weights draw the bias, like every
+weight, in ±1e-3, tens of times the token-dependent part of the logits, so every token picks the
+bias's top-k (``tests/test_vllm_routing.py`` shows it with the dummy weights' statistics);
+with 32 experts such a step need not beat the floor. Routing is the row's
+(:func:`perfmodel.measuring.compare.row_routing`): the same model run through vLLM's routing
+simulator is a group of its own. The fit leaves such groups out of the error band, and the
+paper report out of its measured pairs.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ def floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, s
     bandwidth = load_gpu(gpu).hbm_bandwidth_tb_s * 1e12
     worst: dict[tuple[str, str, str], float] = {}
     for row in rows:
-        if row.get("status") != "ok" or row.get("overrides") or row.get("layers"):
-            continue
+        if row.get("status") != "ok" or row.get("overrides") or row.get("layers") or row["output_len"] < 2:
+            continue  # a variant, or no decode step (one output token)
         p = predict(row["model"], gpu=gpu, engine="roofline", phase="decode", batch=row["batch"],
                     context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth
@@ -49,7 +54,28 @@ def floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, s
     return worst
 
 
+def bias_routed(rows: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """The groups (:func:`routing_group`) of ok rows at their model's own router where that
+    router adds a bias (:attr:`perfmodel.specs.model.MoESpec.router_bias`): collapsed under
+    dummy weights, whatever their step times."""
+    from perfmodel.specs.model import load_model
+
+    groups, biased = set(), {}
+    for row in rows:
+        if row.get("status") != "ok" or row_routing(row) != "model":
+            continue
+        model = row["model"]
+        if model not in biased:
+            moe = load_model(model).moe
+            biased[model] = bool(moe is not None and moe.router_bias)
+        if biased[model]:
+            groups.add(routing_group(row))
+    return groups
+
+
 def collapsed_routing(rows: list[dict[str, Any]], gpu: str) -> set[tuple[str, str, str]]:
     """The groups (:func:`routing_group`) of one-GPU rows some of whose decode steps beat the HBM
-    floor of uniform routing on ``gpu`` (:func:`floor_ratios`)."""
-    return set(floor_ratios([r for r in rows if row_gpus(r) == 1], gpu))
+    floor of uniform routing on ``gpu`` (:func:`floor_ratios`), and those of a router with a
+    bias at its own routing (:func:`bias_routed`)."""
+    one_gpu = [r for r in rows if row_gpus(r) == 1]
+    return set(floor_ratios(one_gpu, gpu)) | bias_routed(one_gpu)
