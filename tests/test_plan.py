@@ -258,3 +258,20 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured():
     assert fp8["serving_error_band"] is None and "measured in bf16" in fp8["serving_error_band_note"]
     other = plan(gpus=["h100"])
     assert other["serving_error_band"] is None and "measured on h200-sxm, not h100-sxm" in other["serving_error_band_note"]
+
+
+def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band():
+    """gpt-oss-120b's checkpoint keeps its experts in MXFP4: its bf16 candidates run it so (one
+    H200 holds it), the caveats say it, and the bf16 serving band does not apply."""
+    from perfmodel.planning.answer import answer
+    from perfmodel.planning.question import PlanQuestion
+    from perfmodel.planning.search import run_search
+
+    q = PlanQuestion(model="gpt-oss-120b", traffic={"rate": 2, "input_len": 256, "output_len": 32},
+                     slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"max_gpus": 1, "gpus": ["h200"]},
+                     simulation={"requests": 60, "warmup": 20})
+    data = answer(run_search(q), sweep=False)
+    assert data["chosen"]["gpus"] == 1 and data["chosen"]["dtype"] == "bf16"
+    assert any("stored in mxfp4-moe" in c and "experts quantized" in c for c in data["caveats"])
+    (p,) = data["profile"]
+    assert p["serving_error_band"] is None and "not in the checkpoint's mxfp4-moe" in p["serving_error_band_note"]

@@ -83,6 +83,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     deployment lies where it was measured (one engine on one GPU of the profile's own type, in
     the dtype of its fit, prefill and decode colocated), and a line saying so or why not."""
     from perfmodel.prediction import band_scope
+    from perfmodel.quantization import dtype_aliases
 
     band = setup.profile.serving_error_band
     if band is None:
@@ -95,6 +96,8 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
         outside.append("measured on one GPU per engine")
     if scope.get("dtype") not in (None, setup.dtype):
         outside.append(f"measured in {scope['dtype']}")
+    elif plan.model.quantization and setup.dtype not in dtype_aliases():
+        outside.append(f"measured unquantized, not in the checkpoint's {plan.model.quantization}")
     if ev.kind != "colocated":
         outside.append("measured with prefill and decode colocated")
     if outside:
@@ -146,6 +149,14 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
            "--serving): not on other GPUs, several GPUs or disaggregated pools. Past saturation the "
            "check is weaker: the capacity of a small model with max_num_seqs sequences running and a "
            "long queue came out above the measured one (the validation report states by how much)."]
+    if plan.model.quantization:
+        from perfmodel.quantization import load_schemes
+
+        layers = ", ".join(load_schemes()[plan.model.quantization].layers)
+        out.append(f"{plan.model.name}'s checkpoint is stored in {plan.model.quantization} (its config.json's "
+                   f"quantization_config: {layers} quantized): a candidate labelled bf16 runs it so, the "
+                   "other layers in bf16; one at an alias dtype (fp8) runs the alias's scheme on every "
+                   "linear layer instead.")
     if any(s.layout.gpus > 1 for s in plan.setups.values()):
         out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
                    "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
