@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perfmodel.host_speed import row_probe_ms
-from perfmodel.measuring.results import read_rows
+from perfmodel.measuring.results import has_decode_step, read_rows
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.vllm_backend import CHECKPOINT_QUANTIZATIONS, point_settings, spec_setting
 
@@ -354,8 +354,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
-            if measured is None or (metric == "decode_step" and row["output_len"] < 2):
-                continue  # one output token: no decode step (its itl_ms is 0)
+            if measured is None or (metric == "decode_step" and not has_decode_step(row)):
+                continue
             measured = measured * scale
             value = p.metrics[predicted] * (replicas if metric == "throughput" else 1)
             points.append({**key, "engine": engine, "split": split, "metric": metric,

@@ -224,6 +224,11 @@ def validate_row(row: dict[str, Any]) -> list[str]:
     return errors
 
 
+def has_decode_step(row: dict[str, Any]) -> bool:
+    """Whether a row timed decode steps: more than one output token (with one, ``itl_ms`` is 0)."""
+    return row["output_len"] > 1
+
+
 def _validate_ok(row: dict[str, Any]) -> list[str]:
     errors: list[str] = []
     for name, types in REQUIRED_OK.items():
@@ -240,7 +245,7 @@ def _validate_ok(row: dict[str, Any]) -> list[str]:
             errors.append(f"{name}: must be > 0")
     if row["e2e_ms"] + 1e-9 < row["ttft_ms"]:
         errors.append("e2e_ms: smaller than ttft_ms")
-    if row["output_len"] > 1 and row["itl_ms"] <= 0:
+    if has_decode_step(row) and row["itl_ms"] <= 0:
         errors.append("itl_ms: must be > 0 when output_len > 1")
     for i, sample in enumerate(row["decode_samples"]):
         if not isinstance(sample, dict) or any(k not in sample for k in SAMPLE_KEYS):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from perfmodel.measuring.compare import row_gpus, row_quant, row_routing
+from perfmodel.measuring.results import has_decode_step
 
 
 def routing_group(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -42,8 +43,8 @@ def floor_ratios(rows: list[dict[str, Any]], gpu: str) -> dict[tuple[str, str, s
     bandwidth = load_gpu(gpu).hbm_bandwidth_tb_s * 1e12
     worst: dict[tuple[str, str, str], float] = {}
     for row in rows:
-        if row.get("status") != "ok" or row.get("overrides") or row.get("layers") or row["output_len"] < 2:
-            continue  # a variant, or no decode step (one output token)
+        if row.get("status") != "ok" or row.get("overrides") or row.get("layers") or not has_decode_step(row):
+            continue  # a variant, or no decode step
         p = predict(row["model"], gpu=gpu, engine="roofline", phase="decode", batch=row["batch"],
                     context=row["input_len"], quant=row_quant(row))
         floor = sum(op["bytes"] for op in p.ops) / bandwidth

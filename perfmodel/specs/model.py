@@ -138,13 +138,13 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     attention, moe = fields.pop("attention"), fields.pop("moe")
     try:
         return ModelSpec(name=name, attention=AttentionSpec(**attention),
-                         moe=MoESpec(**moe) if moe else None, quantization=checkpoint_quantization(cfg),
+                         moe=MoESpec(**moe) if moe else None, quantization=stored_scheme(cfg),
                          **fields)
     except ValidationError as exc:
         raise InputError(f"invalid model: {validation_message(exc)}") from None
 
 
-def checkpoint_quantization(cfg: dict[str, Any]) -> str | None:
+def stored_scheme(cfg: dict[str, Any]) -> str | None:
     """The scheme a config.json's checkpoint is stored in: its ``quantization_config``'s
     ``quant_method`` if a scheme of ``specs/quantization.yaml`` describes it, else None (an
     unquantized checkpoint, or a method no scheme describes: predicted at --dtype)."""
