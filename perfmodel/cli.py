@@ -197,17 +197,21 @@ def formula(
     context: Optional[int] = typer.Option(None, "--context", "-l", help="L of the value (decode; default S)."),
     gpu: str = GPU_OPTION,
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine profile of a time's value."),
+    quant: Optional[str] = typer.Option(None, "--quant", help=_QUANT_HELP + " Default: the checkpoint's."),
+    moe_impl: str = typer.Option("fused", "--moe-impl", help=_MOE_IMPL_HELP),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Print an op's cost formula: symbolic, per phase, with the model's numbers, and its value.
 
     The value is per layer at --batch and --input-len (prefill) or --context (decode); a time
-    is on --gpu under --engine.
+    is on --gpu under --engine. The layers are stored as the model's checkpoint stores them
+    (gpt-oss: MXFP4 experts), as predict takes them, unless --quant says otherwise.
     """
     from perfmodel.formula_text import op_formula, op_formula_data
 
     args = (model, op, quantity.value, phase.value)
-    workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine)
+    workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine,
+                    quant=quant, moe_impl=moe_impl)
     if as_json:
         print_json(op_formula_data(*args, set_ or [], **workload))
         return

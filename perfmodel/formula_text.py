@@ -8,7 +8,7 @@ from perfmodel.profile import DEFAULT_ENGINE
 import sympy as sp
 
 from perfmodel.errors import InputError
-from perfmodel.graph import build_graph, model_values
+from perfmodel.graph import GraphOptions, build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
@@ -24,20 +24,28 @@ UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes"
 
 def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: list[str], *,
            batch: int = 1, input_len: int = 128, context: int | None = None,
-           gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE) -> dict:
+           gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE, quant: str | None = None,
+           moe_impl: str = "fused") -> dict:
     """An op's formula as sympy: symbolic, after the phase's substitutions, with the model's
     numbers, and its value at B, S (prefill) or L (decode; default S); a time on ``gpu``
-    under ``engine``. For ``op_name == "list"``: the ops of the pass."""
-    from perfmodel.prediction import Workload, check_context, hardware_values
+    under ``engine``. ``quant``: the linear layers' quantization scheme (default: the one the
+    model's checkpoint stores, as :func:`perfmodel.prediction.predict` takes it; ``none``:
+    unquantized); ``moe_impl``: the routed experts' implementation. For ``op_name == "list"``:
+    the ops of the pass."""
+    from perfmodel.prediction import DTYPE_BYTES, Workload, check_context, hardware_values
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
 
     if phase not in ("prefill", "decode"):
         raise InputError("--phase must be prefill or decode for a formula")
     check_context(phase, context)
-    w = Workload(batch=batch, input_len=input_len, context=context)
     model = load_model(model_name, overrides)
-    graph = build_graph(model, decode=phase == "decode")
+    w = Workload(batch=batch, input_len=input_len, context=context, quant=quant,
+                 moe_impl=moe_impl).stored_as(model)
+    scheme = w.scheme
+    graph = build_graph(model, decode=phase == "decode", options=GraphOptions(
+        moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
+        quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers))
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
         return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}
@@ -58,17 +66,25 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     expr = op_time(op, subs).total if quantity == "time" else op.quantity(quantity)
     phased = expr.subs(subs)
     numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0,
-               b_w: 2, b_e: 2, b_a: 2, b_kv: 2}
+               b_w: 2, b_e: 2, b_a: 2, b_kv: 2, **scheme.values(DTYPE_BYTES["bf16"])}
     concrete = sp.simplify(phased.subs(numbers))
     where = ", ".join(f"{k}={v}" for k, v in at.items())
     values = dict(at)
     if quantity == "time":
-        values.update(hardware_values(gpu_spec, profile, "bf16"))
+        values.update(hardware_values(gpu_spec, profile, "bf16", scheme.name))
         where += f" on {gpu_spec.name} ({engine})"
     value = concrete.subs(values)
     return {"model": model, "op": op, "layers": count, "numbers": numbers, "expr": expr, "subs": subs,
             "phased": sp.simplify(phased), "concrete": concrete, "at": at, "where": where,
-            "value": float(value) if not value.free_symbols else None}
+            "value": float(value) if not value.free_symbols else None, "scheme": scheme.name,
+            "moe_impl": w.moe_impl}
+
+
+def _stored(parts: dict) -> str:
+    """How the formula's layers are stored and run, beside bf16: its quantization scheme and
+    an unfused MoE, where they apply."""
+    out = f", quant={parts['scheme']}" if parts["scheme"] != "none" else ""
+    return out + (f", moe_impl={parts['moe_impl']}" if parts["moe_impl"] != "fused" else "")
 
 
 def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: bool,
@@ -91,7 +107,7 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
           if GRAPH_TOKENS in parts["at"] else []),
         show(parts["phased"]),
         "",
-        "with this model's numbers (bf16, TP=EP=PP=1, uniform routing):",
+        f"with this model's numbers (bf16{_stored(parts)}, TP=EP=PP=1, uniform routing):",
         show(parts["concrete"]),
         "",
         f"at {parts['where']}: " + (f"{value:.6g} {UNITS[quantity]} per layer" if value is not None
@@ -119,6 +135,7 @@ def op_formula_data(model_name: str, op_name: str, quantity: str, phase: str,
         "symbolic": str(parts["expr"]),
         "substitutions": {str(k): str(v) for k, v in parts["subs"].items()},
         "phase_expression": str(parts["phased"]),
+        "quant": parts["scheme"], "moe_impl": parts["moe_impl"],
         "with_model_numbers": str(parts["concrete"]),
         "at": {str(k): int(v) for k, v in parts["at"].items()},
         "value": parts["value"],

@@ -51,7 +51,7 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
            "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s", "decode_host_s",
-           "decode_graph_batch")
+           "decode_graph_batch", "decode_kernels_s")
 #: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
 LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
 #: Regime of a decode step held to the host's floor (:func:`decode_regime`; else GPU-bound).
@@ -380,6 +380,16 @@ def decode_host_floor(subs: dict) -> sp.Expr:
     return s.t_host_step + subs.get(s.B, s.B) * s.t_host_seq
 
 
+def decode_kernel_time(op_rows: list[list[sp.Expr]]) -> sp.Expr:
+    """The GPU kernel time of one decode step (s): Σ count·t_op of its ops (``op_rows`` as
+    :func:`pass_time` returns them, the time last), without the fixed costs a replayed step adds
+    (t_step + N_layers·t_layer: the replay's idle time between kernels and the kernels of the
+    engine's fused-MoE bookkeeping that the graph does not list) and without the host's floor.
+    What a profiler's sum of one eager step's kernel times reads, where the step cannot be
+    captured (an unfused MoE's loop, whose kernels its ops list one by one)."""
+    return sp.Add(*[row[-1] for row in op_rows])
+
+
 def host_syncs(graph: ModelGraph, subs: dict) -> sp.Expr:
     """Times the host waits for the GPU in one pass of ``graph``: Σ count·host_syncs of its
     ops after the pass's substitutions (0 for a graph without an unfused MoE)."""
@@ -467,6 +477,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
                                           else sp.Integer(0))
         else:  # the host's time a decode step is held to, to tell a host-bound step
             totals["decode_host_s"] = decode_host_floor(subs)
+            totals["decode_kernels_s"] = decode_kernel_time(op_rows)
             # the tokens the step runs: B, or B padded to the CUDA graph it replays
             totals["decode_graph_batch"] = subs[s.T]
         passes.append((name, tuple(op.name for _, op in graph.all_ops())))

@@ -294,6 +294,7 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
     metrics.update({name: float(out[name]) for name in METRICS if name in out})
     metrics["decode_host_s"] = float("nan")  # the plain decode step's floor: no part of a speculative step
     metrics["decode_graph_batch"] = float("nan")  # nor its graph: the verify pass runs B·(γ+1) tokens
+    metrics["decode_kernels_s"] = float("nan")  # nor its kernel time: the step is a verify and draft passes
     metrics["fits_in_memory"] = bool(metrics["memory_bytes"] <= metrics["memory_capacity_bytes"])
     nan = float("nan")
     record = {

@@ -179,6 +179,10 @@ CASES = [
      "joules"),
     ("formula-request-phase", lambda t: ["formula", "mixtral", "--op", "moe.experts", "--phase", "request"],
      "prefill or decode"),
+    ("formula-unknown-quant", lambda t: ["formula", "mixtral", "--op", "moe.experts", "--quant", "fp3"],
+     "unknown quant 'fp3'"),
+    ("formula-unknown-moe-impl", lambda t: ["formula", "mixtral", "--op", "moe.experts", "--moe-impl", "looped"],
+     "looped"),
     # sweep
     ("grid-without-equals", lambda t: ["sweep", "mixtral", "--grid", "batch"], "expected KEY=V1,V2"),
     ("grid-no-values", lambda t: ["sweep", "mixtral", "--grid", "batch=,"], "has no values"),

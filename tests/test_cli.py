@@ -108,6 +108,33 @@ def test_formula_latex(capsys):
     assert "⋅" not in out  # no pretty-printed unicode
 
 
+def test_formula_takes_the_checkpoint_s_quantization_as_predict_does(capsys):
+    import json
+
+    def experts(*extra):
+        out = cli(["formula", "gpt-oss-120b", "--op", "moe.experts", "--quantity", "weight_bytes",
+                   "--phase", "decode", "-b", "64", "--json", *extra], capsys)
+        return json.loads(out)
+
+    stored, bf16 = experts(), experts("--quant", "none")
+    assert stored["quant"] == "mxfp4-moe" and bf16["quant"] == "none"
+    # MXFP4: 4 bits per weight and one 8-bit scale per 32, against bf16's 16 bits
+    assert stored["value"] / bf16["value"] == pytest.approx(4.25 / 16, rel=1e-3)
+    # the weights a prediction's decode step reads for the op (36 layers, in two groups: the
+    # windowed and the full-attention ones), its activations besides
+    step = predict("gpt-oss-120b", batch=64, input_len=128, phase="decode")
+    read = sum(o["bytes"] for o in step.ops if o["name"] == "moe.experts")
+    assert 36 * stored["value"] < read < 1.01 * 36 * stored["value"]
+    text = cli(["formula", "gpt-oss-120b", "--op", "moe.experts", "--quantity", "weight_bytes"], capsys)
+    assert "(bf16, quant=mxfp4-moe, TP=EP=PP=1" in text
+    unfused = cli(["formula", "olmoe", "--op", "moe.dispatch", "--quantity", "time", "--phase", "decode",
+                   "--moe-impl", "unfused", "--engine", "hf", "--json"], capsys)
+    fused = cli(["formula", "olmoe", "--op", "moe.dispatch", "--quantity", "time", "--phase", "decode",
+                 "--engine", "hf", "--json"], capsys)
+    assert json.loads(unfused)["moe_impl"] == "unfused"
+    assert json.loads(unfused)["value"] > 10 * json.loads(fused)["value"]  # the loop's kernels
+
+
 def test_formula_op_list(capsys):
     out = cli(["formula", "deepseek-v2-lite", "--op", "list"], capsys)
     names = [line.split()[0] for line in out.splitlines() if line.strip()]

@@ -12,6 +12,10 @@ from perfmodel.measuring.results import _validate_profile
 
 @pytest.mark.parametrize("name, category", [
     ("fused_moe_kernel", "expert_gemm"),
+    ("_matmul_ogs_NNT_bf16xbf16xmxfp4_16x256x128x1", "expert_gemm"),
+    ("void marlin_moe_wna16::Marlin<1125899906909960l, 128, 1, 8, 4, true, 4, 2, false>(int4 const*)",
+     "expert_gemm"),
+    ("pack_bitmatrix", "router_topk"),
     ("void vllm::moe::moe_align_block_size_kernel<int>(int const*, int*)", "router_topk"),
     ("void vllm::moe::topkGatingSoftmax<4, 64>(float const*)", "router_topk"),
     ("void flash::FlashAttnFwdSm90<...>", "attention"),

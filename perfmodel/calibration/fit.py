@@ -299,9 +299,11 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
     validation reports those rows per layout), and so are rows of an unfused MoE (the band is
-    the fused MoE's). TTFT gets a band per regime of the prefill
-    (:func:`perfmodel.prediction.prefill_regime`) where the launch-bound and the GPU-bound ones
-    each have at least :data:`MIN_REGIME_POINTS` held-out points: ``ttft`` (GPU-bound),
+    the fused MoE's); quantized rows count in the residuals and are checked against the band
+    per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype). TTFT
+    gets a band per regime of the prefill (:func:`perfmodel.prediction.prefill_regime`) where
+    the launch-bound and the GPU-bound ones each have at least :data:`MIN_REGIME_POINTS`
+    held-out points: ``ttft`` (GPU-bound),
     ``ttft_launch_bound`` and, with as many points, ``ttft_graph_replayed`` (see
     :func:`perfmodel.prediction.error_band`); likewise ITL, E2E and throughput per regime of
     the decode step (:func:`perfmodel.prediction.decode_regime`): ``decode_step``, ``e2e``,
@@ -321,14 +323,17 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     if not held:
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
     excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
-    banded = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
+    checked = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
+    # the band is stated at the profile's own dtype; a quantization scheme's rows are checked against it
+    banded = checked[checked["quant"] == "none"] if "quant" in checked else checked
     if banded.empty:
         raise SpecError(f"{results}: every held-out row is excluded from the band")
     p90 = banded.groupby("metric")["rel_error"].apply(lambda e: e.abs().quantile(0.9))
     band = {
         **{m: _sig(float(p90[m])) for m in ("ttft", "decode_step", "e2e", "throughput")},
         "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
-                   f"and on hypothetical variants (what-if results){note}"),
+                   f"and on hypothetical variants (what-if results), unquantized (each quantization "
+                   f"scheme's held-out rows are checked against the band: fit.residuals.quantization){note}"),
     }
     # TTFT per regime of the prefill (perfmodel.prediction.prefill_regime), without the
     # speculative rows: their predictions carry no band, and their TTFT adds the draft's prefill
@@ -365,8 +370,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
             for (regime, metric), part in sub.groupby(["decode_regime", "metric"]):
                 if metric in ("decode_step", "throughput"):
                     stats[split][f"{metric} {regime}"] = _residual_stats(part["rel_error"])
-    if "quant" in plain:
-        schemes = {q: band_check(part, band) for q, part in plain.groupby("quant") if q != "none"}
+    quantized = checked[~checked["speculative"]] if "speculative" in checked else checked
+    if "quant" in quantized:
+        schemes = {q: band_check(part, band) for q, part in quantized.groupby("quant") if q != "none"}
         if schemes:
             stats["quantization"] = schemes
     return stats, band

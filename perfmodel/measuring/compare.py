@@ -124,6 +124,33 @@ def row_moe_impl(row: dict[str, Any]) -> str | None:
     return "fused" if impl.startswith("vllm_fused_moe") else HF_MOE_IMPLS.get(impl)
 
 
+def as_measured(metrics: dict[str, float], row: dict[str, Any]) -> dict[str, float]:
+    """A prediction's ``metrics`` as ``row`` timed its decode steps.
+
+    A step that could not be captured was timed as the profiler's sum of one eager step's
+    kernel times (``decode_method`` ``kernel_sum``: transformers' eager experts loop, whose host
+    syncs no CUDA graph can hold). That sum holds neither the idle time between a replay's
+    kernels nor the fused MoE's bookkeeping kernels, which the fitted per-layer cost of a
+    replayed step carries: the model's side of it is the step's kernel time
+    (``decode_kernels_s``, :func:`perfmodel.prediction.decode_kernel_time`), and E2E and
+    throughput follow from it as the row's did from its steps
+    (:func:`perfmodel.prediction.request_metrics`). Any other row: ``metrics`` unchanged."""
+    import sympy as sp
+
+    from perfmodel import symbols as s
+    from perfmodel.prediction import request_metrics
+
+    kernels = metrics.get("decode_kernels_s", float("nan"))
+    if row.get("decode_method") != "kernel_sum" or kernels != kernels:
+        return metrics
+    batch = int(row["batch"]) // int(row_layout(row)["dp"])  # one replica's, as predicted
+    values = {s.B: batch, s.S: row["input_len"], s.O: row["output_len"],
+              s.t_req: metrics["request_host_s"] / batch}
+    timed = request_metrics("request", {"prefill_s": sp.Float(metrics["prefill_s"]),
+                                        "decode_step_s": sp.Float(kernels)})
+    return {**metrics, **{name: float(sp.sympify(value).subs(values)) for name, value in timed.items()}}
+
+
 def row_routing(row: dict[str, Any]) -> str:
     """How a measured row's experts were chosen: ``model`` (the model's own router on vLLM's
     dummy weights) or a strategy of vLLM's routing simulator (``uniform_random``), from its
@@ -348,6 +375,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         workload = dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
                         quant=quant, moe_impl=moe_impl, **model_workload(row, engine_profile), **speculation)
         p = predict(spec, **workload)
+        metrics = as_measured(p.metrics, row)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
                   and not is_variant(row)) or row["point_id"] in fitted_points
@@ -357,7 +385,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
             if measured is None or (metric == "decode_step" and not has_decode_step(row)):
                 continue
             measured = measured * scale
-            value = p.metrics[predicted] * (replicas if metric == "throughput" else 1)
+            value = metrics[predicted] * (replicas if metric == "throughput" else 1)
             points.append({**key, "engine": engine, "split": split, "metric": metric,
                            "measured": measured, "predicted": value,
                            "rel_error": value / measured - 1.0,

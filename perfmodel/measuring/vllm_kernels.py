@@ -6,9 +6,11 @@ CUDA-graph replays), so a kernel is classified by its name alone (:func:`kernel_
 
 - ``attention``: FlashAttention / FlashMLA / FlashInfer kernels and vLLM's Triton attention
   (``flash``, ``fmha``, ``mla``, ``attn``, ``_fwd_*kernel_stage``);
-- ``expert_gemm``: the fused-MoE GEMMs (``fused_moe_kernel``, CUTLASS / DeepGEMM grouped GEMMs);
+- ``expert_gemm``: the fused-MoE GEMMs (``fused_moe_kernel``, CUTLASS / DeepGEMM grouped GEMMs,
+  the MXFP4 experts' ``matmul_ogs`` and ``marlin_moe_wna16`` kernels);
 - ``router_topk``: routing and the experts' token permutation (``topk``, ``moe_align_block_size``,
-  ``count_and_sort_expert_tokens``, ``grouped_topk``, sorts and scans);
+  ``count_and_sort_expert_tokens``, ``grouped_topk``, triton_kernels' ``pack_bitmatrix``, sorts
+  and scans);
 - ``copy``: KV-cache writes (``reshape_and_cache``, ``concat_and_cache``), memcpy / memset,
   copies, fills, embedding gathers;
 - ``dense_gemm``: every other GEMM (``nvjet``, ``gemm``, ``cutlass``, ``xmma``, ``gemv``);
@@ -40,9 +42,9 @@ KERNEL_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"reshape_and_cache|concat_and_cache|memcpy|memset|copy|fill|cat_?array|embedding|"
          r"index_select|gather_cache", "copy"),
         (r"fused_moe|moe_gemm|grouped_gemm|deep_?gemm.*group|moe_mm|cutlass_moe|"
-         r"triton_kernel_moe|matmul_ogs", "expert_gemm"),
+         r"triton_kernel_moe|matmul_ogs|marlin_moe", "expert_gemm"),
         (r"topk|moe_align|align_block|count_and_sort|expert_tokens|sort|radix|scan|histogram|"
-         r"cumsum|route|routing", "router_topk"),
+         r"cumsum|route|routing|bitmatrix", "router_topk"),
         (r"flash|fmha|mla|attn|attention|_fwd_.*kernel_stage|paged|merge_states", "attention"),
         (r"nvjet|gemm|cutlass|xmma|gemv|cublas|splitk|matmul|wgmma", "dense_gemm"),
         (r"norm|act_and_mul|silu|gelu|rotary|rope|moe_sum|triton_(poi|red|per)_|quant|scale|"
