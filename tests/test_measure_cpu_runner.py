@@ -55,6 +55,10 @@ def test_rows_are_ok_and_sane(sweep_rows):
         assert row["num_hidden_layers"] == 2 and row["engine"]["max_cache_len"] == s + o
         hist = row["prefill_tokens_per_expert"]
         assert len(hist) == 4 and sum(hist) == b * s * row["top_k"]
+        # distinct experts of each MoE layer in the warm-up prefill: the first layer's histogram's
+        hit = row["prefill_experts_hit"]
+        assert 1 <= len(hit) <= row["num_hidden_layers"] and hit[0] == sum(1 for c in hist if c > 0)
+        assert all(min(row["top_k"], 4) <= h <= 4 for h in hit)
         assert 1 <= row["decode_experts_hit_mean"] <= 4
 
 

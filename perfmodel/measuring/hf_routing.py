@@ -55,12 +55,17 @@ class RoutingRecorder:
         layer, counts = self.counts[0]
         return layer, [int(c) for c in counts.tolist()]
 
-    def mean_experts_hit(self) -> float | None:
-        """Distinct experts that got at least one token, averaged over the MoE layers called."""
+    def experts_hit(self) -> list[int] | None:
+        """Distinct experts that got at least one token, per MoE layer call in call order; None
+        if no layer was called."""
         if not self.counts:
             return None
-        hits = [int((c > 0).sum()) for _, c in self.counts]
-        return sum(hits) / len(hits)
+        return [int((c > 0).sum()) for _, c in self.counts]
+
+    def mean_experts_hit(self) -> float | None:
+        """Distinct experts that got at least one token, averaged over the MoE layers called."""
+        hits = self.experts_hit()
+        return None if hits is None else sum(hits) / len(hits)
 
 
 def layer_index(name: str) -> int:

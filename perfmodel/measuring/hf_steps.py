@@ -131,6 +131,7 @@ def measure_prefill(backend: "HFBackend", model: nn.Module, cache: Any, ids: tor
     with recorder:
         first = call_times(prefill, gpu, 1)[0]
     row["routing_layer"], row["prefill_tokens_per_expert"] = recorder.first_layer_histogram()
+    row["prefill_experts_hit"] = recorder.experts_hit()
     if backend.profile and first <= PREFILL_PROFILE_MAX_MS:
         reset()
         split = safe_profile(prefill, dev, model, notes)

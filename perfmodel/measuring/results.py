@@ -48,7 +48,9 @@ Fields (schema version 1):
   engine's runs (:mod:`perfmodel.measuring.vllm_kernels`: ``top_kernels`` as [name, ms, count],
   with ``busy_ms`` and ``wall_ms``, and ``steps`` for decode);
 - routing: ``prefill_tokens_per_expert`` (counts per expert of one layer's prefill routing),
-  ``routing_layer``, ``decode_experts_hit_mean`` (distinct experts per MoE layer in one decode step);
+  ``routing_layer``, ``prefill_experts_hit`` (distinct experts of each MoE layer in the warm-up
+  prefill, in call order), ``decode_experts_hit_mean`` (distinct experts per MoE layer in one
+  decode step);
 - ``wall_s`` (seconds the point took), ``notes`` (list of strings).
 """
 
@@ -151,6 +153,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "decode_profile": _OPT_DICT,
     "prefill_tokens_per_expert": _OPT_LIST,
     "routing_layer": _OPT_INT,
+    "prefill_experts_hit": _OPT_LIST,
     "decode_experts_hit_mean": _OPT_NUM,
     "peak_mem_gib": _OPT_NUM,
     "weights_gib": _OPT_NUM,
