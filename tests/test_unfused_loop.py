@@ -140,3 +140,35 @@ def test_a_profile_without_a_small_kernel_cost_prices_every_kernel_alike():
     kernels = 16 * (9 + (UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT
                          + UNFUSED_ACT_KERNELS_PER_EXPERT) * 8)  # B = 1: 8 experts per MoE layer
     assert step(2e-6, "unfused") - step(1e-6, "unfused") > kernels * 1e-6 * 0.999
+
+
+def test_an_eager_row_s_prefill_is_predicted_at_the_routing_it_ran():
+    import json
+
+    from perfmodel import symbols
+    from perfmodel.calibration.fit import EXPERT_SYNC_POINT
+    from perfmodel.measuring.compare import compare, prefill_skew
+    from perfmodel.ops.moe import distinct_experts
+    from perfmodel.paths import RESULTS_DIR
+    from perfmodel.specs.model import load_model
+
+    rows = [json.loads(line) for line in (RESULTS_DIR / "h200-hf.jsonl").read_text().splitlines()]
+    row = [r for r in rows if r["point_id"] == EXPERT_SYNC_POINT and r.get("prefill_experts_hit")][-1]
+    spec = load_model("olmoe-1b-7b")
+    hits = row["prefill_experts_hit"]
+    assert len(hits) == 16 and sum(hits) < 16 * 64 / 2  # random weights: fewer experts deeper down
+    sigma = prefill_skew(row, spec)
+    touched = distinct_experts(symbols.T).subs({symbols.T: 128, symbols.E: 64, symbols.k: 8, symbols.sigma: sigma})
+    assert float(touched) == pytest.approx(sum(hits) / len(hits), rel=1e-3)
+    # a row without the record, or whose prefill touched every expert, is predicted uniform
+    assert prefill_skew({**row, "prefill_experts_hit": None}, spec) == 0.0
+    assert prefill_skew({**row, "batch": 16, "prefill_experts_hit": [64] * 16}, spec) == 0.0
+    # the fit took the row at that routing: its TTFT is the fitted one, and the syncs are the
+    # touched experts' (fewer than uniform routing's 1,024)
+    profile = load_profile("hf", "h200-sxm")
+    assert profile.fit["expert_sync"]["skew"] == pytest.approx(sigma, rel=1e-3)
+    points, _ = compare([row], engine="hf", train_models=["olmoe-1b-7b"])
+    ttft = points[points.metric == "ttft"].iloc[0]
+    assert ttft["rel_error"] == pytest.approx(0.0, abs=0.01)
+    uniform, _ = compare([{**row, "prefill_experts_hit": None}], engine="hf", train_models=["olmoe-1b-7b"])
+    assert uniform[uniform.metric == "ttft"].iloc[0]["predicted"] > 1.5 * ttft["predicted"]

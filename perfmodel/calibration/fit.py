@@ -198,9 +198,11 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
                     point: str = EXPERT_SYNC_POINT) -> dict[str, Any] | None:
     """``latency.expert_sync_s`` (s) from one eager row's TTFT, and the ``fit.expert_sync``
     record: the prefill is max(GPU, launch) + syncs·t_sync (:func:`perfmodel.prediction.pass_time`),
-    linear in t_sync, so t_sync = (measured − predicted at 0)/(its slope). None when ``results``
-    holds no such row (the profile then has no sync time: 0)."""
-    from perfmodel.measuring.compare import load_measurements, model_workload, row_overrides
+    linear in t_sync, so t_sync = (measured − predicted at 0)/(its slope), the prefill predicted
+    at the routing the row ran where it recorded it (:func:`perfmodel.measuring.compare.prefill_skew`:
+    the syncs are one per touched expert). None when ``results`` holds no such row (the profile
+    then has no sync time: 0)."""
+    from perfmodel.measuring.compare import load_measurements, model_workload, prefill_skew, row_overrides
     from perfmodel.prediction import Workload, evaluate
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
@@ -211,7 +213,7 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
     row = rows[-1]
     model = load_model(row["model"], row_overrides(row))
     w = Workload(input_len=row["input_len"], output_len=row["output_len"], moe_impl="unfused",
-                 **model_workload(row))
+                 skew=prefill_skew(row, model), **model_workload(row))
 
     def prefill(t_sync: float) -> float:
         profile = _profile({**base, "latency": {**base["latency"], "expert_sync_s": t_sync}})
@@ -221,7 +223,7 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
     slope = (prefill(probe) - at_zero) / probe  # host syncs of the pass
     value = max(0.0, (row["ttft_ms"] * 1e-3 - at_zero) / slope)
     return {"expert_sync_s": _sig(value),
-            "record": {"points": [point], "metric": "ttft",
+            "record": {"points": [point], "metric": "ttft", "skew": w.skew,
                        "source": ("latency.expert_sync_s = (measured TTFT - predicted prefill without it) / "
                                   "(MoE layers x touched experts); transformers' eager experts loop waits for the "
                                   "GPU at each touched expert (torch.where on its routing mask, scalar reads of "

@@ -124,31 +124,52 @@ def row_moe_impl(row: dict[str, Any]) -> str | None:
     return "fused" if impl.startswith("vllm_fused_moe") else HF_MOE_IMPLS.get(impl)
 
 
-def as_measured(metrics: dict[str, float], row: dict[str, Any]) -> dict[str, float]:
-    """A prediction's ``metrics`` as ``row`` timed its decode steps.
+def as_measured(metrics: dict[str, float], row: dict[str, Any],
+                prefill_s: float | None = None) -> dict[str, float]:
+    """A prediction's ``metrics`` as ``row`` timed its passes.
 
     A step that could not be captured was timed as the profiler's sum of one eager step's
     kernel times (``decode_method`` ``kernel_sum``: transformers' eager experts loop, whose host
     syncs no CUDA graph can hold). That sum holds neither the idle time between a replay's
     kernels nor the fused MoE's bookkeeping kernels, which the fitted per-layer cost of a
     replayed step carries: the model's side of it is the step's kernel time
-    (``decode_kernels_s``, :func:`perfmodel.prediction.decode_kernel_time`), and E2E and
-    throughput follow from it as the row's did from its steps
-    (:func:`perfmodel.prediction.request_metrics`). Any other row: ``metrics`` unchanged."""
+    (``decode_kernels_s``, :func:`perfmodel.prediction.decode_kernel_time`). ``prefill_s``: the
+    prefill predicted at the routing the row's prefill ran (:func:`prefill_skew`), in place of
+    the metrics' own. TTFT, E2E and throughput then follow as the row's did from its passes
+    (:func:`perfmodel.prediction.request_metrics`). Otherwise ``metrics`` unchanged."""
     import sympy as sp
 
     from perfmodel import symbols as s
     from perfmodel.prediction import request_metrics
 
+    step = metrics["decode_step_s"]
     kernels = metrics.get("decode_kernels_s", float("nan"))
-    if row.get("decode_method") != "kernel_sum" or kernels != kernels:
+    if row.get("decode_method") == "kernel_sum" and kernels == kernels:
+        step = kernels
+    elif prefill_s is None:
         return metrics
     batch = int(row["batch"]) // int(row_layout(row)["dp"])  # one replica's, as predicted
     values = {s.B: batch, s.S: row["input_len"], s.O: row["output_len"],
               s.t_req: metrics["request_host_s"] / batch}
-    timed = request_metrics("request", {"prefill_s": sp.Float(metrics["prefill_s"]),
-                                        "decode_step_s": sp.Float(kernels)})
-    return {**metrics, **{name: float(sp.sympify(value).subs(values)) for name, value in timed.items()}}
+    prefill = metrics["prefill_s"] if prefill_s is None else prefill_s
+    timed = request_metrics("request", {"prefill_s": sp.Float(prefill), "decode_step_s": sp.Float(step)})
+    out = {name: float(sp.sympify(value).subs(values)) for name, value in timed.items()}
+    return {**metrics, **out, "prefill_s": prefill}
+
+
+def prefill_skew(row: dict[str, Any], spec) -> float:
+    """The routing skew σ under which the model's prefill touches, per MoE layer, as many
+    distinct experts as the row's warm-up prefill did on average (``prefill_experts_hit``,
+    recorded by the hf runner: random weights route a sequence's tokens to fewer experts the
+    deeper the layer); 0 (uniform, the model's assumption) for a row without it or a model
+    without routed experts."""
+    hits = row.get("prefill_experts_hit")
+    if not hits or spec.moe is None:
+        return 0.0
+    from perfmodel.measuring.vllm_routing import effective_skew
+
+    tokens = int(row["batch"]) * int(row["input_len"])
+    return effective_skew(tokens, sum(hits) / len(hits), spec.moe.n_experts, spec.moe.top_k)
 
 
 def row_routing(row: dict[str, Any]) -> str:
@@ -375,7 +396,9 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         workload = dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
                         quant=quant, moe_impl=moe_impl, **model_workload(row, engine_profile), **speculation)
         p = predict(spec, **workload)
-        metrics = as_measured(p.metrics, row)
+        skew = prefill_skew(row, spec)
+        prefill = predict(spec, phase="prefill", skew=skew, **workload) if skew > 0 else p
+        metrics = as_measured(p.metrics, row, prefill.metrics["prefill_s"] if skew > 0 else None)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
                   and not is_variant(row)) or row["point_id"] in fitted_points
@@ -389,7 +412,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
             points.append({**key, "engine": engine, "split": split, "metric": metric,
                            "measured": measured, "predicted": value,
                            "rel_error": value / measured - 1.0,
-                           "prefill_regime": prefill_regime(p.metrics, p.provenance["options"]["prefill_eager"]),
+                           "prefill_regime": prefill_regime(prefill.metrics,
+                                                            p.provenance["options"]["prefill_eager"]),
                            "decode_regime": decode_regime(p.metrics),
                            "quant": quant or "none", "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}

@@ -46,8 +46,8 @@ import pandas as pd
 
 from perfmodel import paths, sweep
 from perfmodel.measuring.compare import (
-    as_measured, row_engine_process, row_moe_impl, row_overrides, row_quant, row_routing, row_speculative,
-    verify_replayed, what_if_file,
+    as_measured, prefill_skew, row_engine_process, row_moe_impl, row_overrides, row_quant, row_routing,
+    row_speculative, verify_replayed, what_if_file,
 )
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
@@ -231,27 +231,31 @@ def _label(k: dict[str, Any], measured: Measured) -> str:
 @functools.cache
 def _predicted(model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
                quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = (),
-               moe_impl: str = "fused") -> dict[str, float]:
+               moe_impl: str = "fused", phase: str = "request", skew: float = 0.0) -> dict[str, float]:
     """:func:`perfmodel.sweep` of one point (equal to :func:`perfmodel.predict`; it shares the
     compiled expressions of the report's sweeps, without the per-op outputs), its metrics by
     name; ``speculative``: its speculative-decoding what-ifs (spec_draft, spec_tokens,
-    spec_accepted_len or spec_accept)."""
-    table = sweep(model, {"batch": [batch]}, gpu=MEASURED_GPU, engine=engine, input_len=input_len,
+    spec_accepted_len or spec_accept); ``phase`` and the routing ``skew`` as in ``predict``."""
+    table = sweep(model, {"batch": [batch]}, gpu=MEASURED_GPU, engine=engine, phase=phase, input_len=input_len,
                   output_len=output_len, overrides=list(overrides), quant=quant, moe_impl=moe_impl,
-                  **dict(speculative))
+                  skew=skew, **dict(speculative))
     return {name: float(value) for name, value in table.iloc[0].items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def predicted_throughput(row: dict[str, Any], engine: str) -> float:
     """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized,
-    with its MoE implementation, as the row timed its decode steps
-    (:func:`perfmodel.measuring.compare.as_measured`); a speculative row with its draft and γ at
-    the tokens per step τ it measured."""
-    metrics = _predicted(row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
-                         row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())),
-                         row_moe_impl(row) or "fused")
-    return as_measured(metrics, row)["throughput_tok_s"]
+    with its MoE implementation, as the row timed its passes and at the routing its prefill ran
+    (:func:`perfmodel.measuring.compare.as_measured`, :func:`~perfmodel.measuring.compare.prefill_skew`);
+    a speculative row with its draft and γ at the tokens per step τ it measured."""
+    from perfmodel.specs.model import load_model
+
+    point = (row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"], row["output_len"],
+             row_quant(row), engine, tuple(sorted(row_speculative(row).items())), row_moe_impl(row) or "fused")
+    metrics = _predicted(*point)
+    skew = prefill_skew(row, load_model(row["model"], row_overrides(row)))
+    prefill = _predicted(*point, "prefill", skew)["prefill_s"] if skew > 0 else None
+    return as_measured(metrics, row, prefill)["throughput_tok_s"]
 
 
 def prediction_engine(measured: Measured, engine: str) -> str:
