@@ -32,7 +32,7 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     model's checkpoint stores, as :func:`perfmodel.prediction.predict` takes it; ``none``:
     unquantized); ``moe_impl``: the routed experts' implementation. For ``op_name == "list"``:
     the ops of the pass."""
-    from perfmodel.prediction import DTYPE_BYTES, Workload, check_context, hardware_values
+    from perfmodel.prediction import DTYPE_BYTES, Workload, check_context, hardware_values, workload_graph_options
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
 
@@ -43,9 +43,7 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     w = Workload(batch=batch, input_len=input_len, context=context, quant=quant,
                  moe_impl=moe_impl).stored_as(model)
     scheme = w.scheme
-    graph = build_graph(model, decode=phase == "decode", options=GraphOptions(
-        moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
-        quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers))
+    graph = build_graph(model, decode=phase == "decode", options=GraphOptions(**workload_graph_options(w)))
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
         return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}

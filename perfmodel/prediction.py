@@ -441,17 +441,22 @@ def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     return dict(itl_s=step, throughput_tok_s=B / step, output_throughput_tok_s=B / step)
 
 
+def workload_graph_options(w: Workload) -> dict[str, Any]:
+    """The :class:`GraphOptions` fields a workload sets: its MoE implementation, and which
+    linear layers its quantization scheme stores and how."""
+    scheme = w.scheme
+    return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
+                quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers)
+
+
 def graph_options(profile: EngineProfile, workload: Workload | None = None) -> GraphOptions:
     """The engine choices of a profile, and of a workload (its quantization scheme and MoE
     implementation; default: none and fused), that change which ops run (:class:`GraphOptions`)."""
     opts = profile.options
     w = workload if workload is not None else Workload()
-    scheme = w.scheme
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
-                        decode_kv_expand=opts.decode_kv_expand, moe_impl=w.moe_impl,
-                        moe_block_m=profile.moe_block_tiers, quantized=scheme.quantizes_weights,
-                        quantized_activations=scheme.quantizes_activations,
-                        cudagraph_padding=profile.pads_cudagraphs, quantized_layers=scheme.layers)
+                        decode_kv_expand=opts.decode_kv_expand, moe_block_m=profile.moe_block_tiers,
+                        cudagraph_padding=profile.pads_cudagraphs, **workload_graph_options(w))
 
 
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
