@@ -43,7 +43,9 @@ class GraphOptions:
     dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`), those
     of ``quantized_layers`` (:data:`perfmodel.ops.quant.LINEAR_LAYERS`: all by default);
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
-    elementwise op before it. ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
+    elementwise op before it. ``moe_tiled``: the quantized routed experts' kernel runs in
+    tiles whose waves of K loops set a floor under its time (the scheme's ``moe_tile``,
+    :func:`perfmodel.ops.moe.tile_floor`). ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
     tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
     """
 
@@ -56,6 +58,7 @@ class GraphOptions:
     quantized_activations: bool = False
     cudagraph_padding: bool = False
     quantized_layers: tuple[str, ...] = LINEAR_LAYERS
+    moe_tiled: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -127,7 +130,8 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
             assert model.moe is not None
             ops += moe_block(model.moe, model.norm, impl=options.moe_impl, tiers=options.moe_block_m,
                              quantized=options.quantizes("experts"),
-                             quantized_shared=options.quantizes("shared_experts"))
+                             quantized_shared=options.quantizes("shared_experts"),
+                             tiled=options.moe_tiled and options.quantizes("experts"))
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

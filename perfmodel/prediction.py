@@ -60,7 +60,8 @@ HOST_BOUND = "host-bound"
 COUNT_METRICS = ("params", "active_params", "weights_bytes", "kv_cache_bytes", "activation_bytes",
                  "memory_bytes", "memory_capacity_bytes", *WAVE_METRICS)
 #: Per-op quantities reported for each pass.
-OP_FIELDS = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "latency_s", "time_s")
+OP_FIELDS = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "tiles_s", "latency_s",
+             "time_s")
 
 
 def _shown(value: Any) -> str:
@@ -359,7 +360,7 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         t = op_time(op, subs)
         rows.append([count * op.flops.subs(subs), count * op.bytes.subs(subs),
                      count * op.comm_bytes.subs(subs), count * t.compute, count * t.memory,
-                     count * t.link, count * t.latency, count * t.total])
+                     count * t.link, count * t.tiles, count * t.latency, count * t.total])
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
@@ -446,7 +447,8 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
     linear layers its quantization scheme stores and how."""
     scheme = w.scheme
     return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
-                quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers)
+                quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers,
+                moe_tiled=scheme.moe_tile is not None)
 
 
 def graph_options(profile: EngineProfile, workload: Workload | None = None) -> GraphOptions:
@@ -613,6 +615,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
+        s.n_SM: float(gpu.sm_count),
+        s.t_tile: profile.quant_efficiency(quant).tile_s, s.t_kstep: profile.quant_efficiency(quant).k_step_s,
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
         eta = profile.efficiency_of(op_class)
@@ -800,12 +804,15 @@ class Prediction:
 
 def op_rows(ops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Compiled per-op values as a prediction's op rows: name, pass, :data:`OP_FIELDS` as
-    floats and the bound (compute, memory, link, or latency when none of them costs)."""
+    floats and the bound (compute, memory, link, or latency when none of them costs; ``tiles``
+    where the op's tile floor sets its time, :func:`perfmodel.roofline.op_time`)."""
     rows = []
     for op in ops:
         row = {f: float(op[f]) for f in OP_FIELDS}
         parts = {"compute": row["compute_s"], "memory": row["memory_s"], "link": row["link_s"]}
         row["bound"] = max(parts, key=parts.get) if max(parts.values()) > 0 else "latency"
+        if row["tiles_s"] > 0 and row["tiles_s"] >= (row["time_s"] - row["latency_s"]) * (1 - 1e-9):
+            row["bound"] = "tiles"
         rows.append({"name": op["name"], "pass": op["pass"], **row})
     return rows
 

@@ -199,6 +199,12 @@ class QuantEfficiency(_Strict):
     gemm_memory: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_compute: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_memory: float = Field(default=1.0, gt=0, le=2)
+    tile_s: NonNegativeFloat = Field(
+        default=0.0, description="fixed time of one kernel of the scheme's tiled MoE kernel, s "
+        "(t_tile, perfmodel.ops.moe.tile_floor)")
+    k_step_s: NonNegativeFloat = Field(
+        default=0.0, description="time of one step of a tile's K loop of that kernel, s (t_kstep); "
+        "0: no tile floor")
     reason: str = ""
     band: bool = Field(
         default=False, description="the profile's error band holds for this scheme: the 90th "

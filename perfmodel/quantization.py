@@ -87,6 +87,14 @@ class ActivationQuant(_Strict):
             raise ValueError("'group' is given for group scales, and only for them")
 
 
+class MoETile(_Strict):
+    """The tile of a scheme's MoE kernel, elements: output columns per tile (BLOCK_N) and input
+    depth per step of its K loop (BLOCK_K) (:func:`perfmodel.ops.moe.tile_floor`)."""
+
+    n: PositiveInt
+    k: PositiveInt
+
+
 class QuantScheme(_Strict):
     """One quantization scheme of the linear layers (the file's header says each field)."""
 
@@ -102,6 +110,9 @@ class QuantScheme(_Strict):
     layers: tuple[LinearLayer, ...] = LINEAR_LAYERS
     checkpoint_method: str | None = Field(
         default=None, description="The config.json quantization_config.quant_method of checkpoints in this scheme.")
+    moe_tile: MoETile | None = Field(
+        default=None, description="The tile of the routed experts' kernel, whose waves of K loops set a "
+        "floor under its time (its times per step: the engine profile's quantization entry).")
 
     def model_post_init(self, _context: object) -> None:
         if not self.layers or len(set(self.layers)) != len(self.layers):
@@ -134,8 +145,9 @@ class QuantScheme(_Strict):
         weight element of the quantized linear layers (b_q; ``base_bytes``, the unquantized
         dtype's, without quantization), scale bytes per weight element (z_g) and
         per output channel (z_c), activations written at b_aq bytes per element with z_ar
-        scale bytes per row and z_ae per element, and n_dq dequantization FLOP-equivalents per
-        weight read."""
+        scale bytes per row and z_ae per element, n_dq dequantization FLOP-equivalents per
+        weight read, and the MoE kernel's tile (N_tile, K_tile; 1 without one: no floor is then
+        built, :attr:`perfmodel.graph.GraphOptions.moe_tiled`)."""
         weight = base_bytes if self.weight_bits is None else self.weight_bits / 8
         a = self.activations
         return {
@@ -145,6 +157,8 @@ class QuantScheme(_Strict):
             s.z_ar: a.scale_bytes if a and a.granularity == "token" else 0.0,
             s.z_ae: a.scale_bytes / a.group if a and a.group else 0.0,
             s.n_dq: self.dequant_flops_per_weight,
+            s.N_tile: self.moe_tile.n if self.moe_tile else 1,
+            s.K_tile: self.moe_tile.k if self.moe_tile else 1,
         }
 
 

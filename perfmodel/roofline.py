@@ -1,7 +1,13 @@
 """Roofline time of one op, as sympy:
 
-    t = max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes)),  comm / (BW_link · η_l(comm)))
-        + a · min(t_c, t_m) + kernels · t_kernel + fixed latency
+    t = max(max(FLOPs / (F_peak · η_c(x)),  bytes / (BW · η_m(bytes)),  comm / (BW_link · η_l(comm)))
+            + a · min(t_c, t_m),  t_tiles)
+        + kernels · t_kernel + fixed latency
+
+t_tiles is the op's tile floor (:attr:`perfmodel.ops.Op.tile_floor`; 0 for most ops): a tiled
+kernel with few tiles cannot finish before its waves of K loops, however few bytes it moves
+(:func:`perfmodel.ops.moe.tile_floor`). Its K loop already holds the kernel's overlap of loads
+and math, so the floor stands in for the whole roofline time, exposed part included.
 
 t_kernel is the fixed cost of one kernel of a compute class (a GEMM's or an attention kernel's);
 an op of a memory-bound class (elementwise, copy: :attr:`perfmodel.ops.OpClass.small_kernels`)
@@ -65,21 +71,24 @@ PEAK_SYMBOLS = {Peak.MATMUL: peak, Peak.ATTENTION: peak_attn}
 
 @dataclass(frozen=True)
 class OpTime:
-    """The parts of an op's roofline time, s: compute, memory, link, fixed latency, and the
-    part of the shorter of compute and memory its kernels leave exposed."""
+    """The parts of an op's roofline time, s: compute, memory, link, fixed latency, the part
+    of the shorter of compute and memory its kernels leave exposed, and its tile floor."""
 
     compute: sp.Expr
     memory: sp.Expr
     link: sp.Expr
     latency: sp.Expr
     exposed: sp.Expr = sp.Integer(0)
+    tiles: sp.Expr = sp.Integer(0)
 
     @property
     def total(self) -> sp.Expr:
-        """max(compute, memory, link) + exposed + latency (a bound that is 0, such as the link
-        time of an op that moves nothing over a link, is left out of the max: times are ≥ 0)."""
+        """max(max(compute, memory, link) + exposed, tiles) + latency (a bound that is 0, such
+        as the link time of an op that moves nothing over a link, is left out of the max: times
+        are ≥ 0)."""
         bounds = [t for t in (self.compute, self.memory, self.link) if t != 0] or [sp.Integer(0)]
-        return Max(*bounds) + self.exposed + self.latency
+        roofline = Max(*bounds) + self.exposed
+        return (roofline if self.tiles == 0 else Max(roofline, self.tiles)) + self.latency
 
 
 def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
@@ -119,4 +128,5 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))
     per_kernel = t_kernel_small if cls.small_kernels else t_kernel
-    return OpTime(compute, memory, sp.Integer(0), kernels * per_kernel + op.fixed_latency, exposed)
+    return OpTime(compute, memory, sp.Integer(0), kernels * per_kernel + op.fixed_latency, exposed,
+                  sp.sympify(op.tile_floor).subs(subs))

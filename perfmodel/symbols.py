@@ -63,6 +63,13 @@ z_ar = sp.Symbol("z_ar", nonnegative=True)  #: activation-scale bytes per row (p
 z_ae = sp.Symbol("z_ae", nonnegative=True)  #: activation-scale bytes per element (per-group scales)
 n_dq = sp.Symbol("n_dq", nonnegative=True)  #: in-kernel dequantization per weight element read, matmul FLOP equivalents
 
+# --- a tiled MoE kernel (perfmodel.ops.moe.tile_floor; a scheme's tiles, a profile's times) --
+n_SM = sp.Symbol("n_SM", **_pos_int)  #: streaming multiprocessors of the GPU
+N_tile = sp.Symbol("N_tile", **_pos_int)  #: output columns of one tile of the kernel (BLOCK_N)
+K_tile = sp.Symbol("K_tile", **_pos_int)  #: input depth one step of a tile's K loop covers (BLOCK_K)
+t_tile = sp.Symbol("t_tile", nonnegative=True)  #: fixed time of one tiled GEMM kernel (prologue, epilogue), s
+t_kstep = sp.Symbol("t_kstep", nonnegative=True)  #: time of one step of a tile's K loop, s
+
 # --- parallelism ---------------------------------------------------------------------------
 tp = sp.Symbol("tp", **_pos_int)  #: tensor-parallel degree
 ep = sp.Symbol("ep", **_pos_int)  #: expert-parallel degree

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from perfmodel.calibration.fit import TRAIN_MODELS, profile_differences
+from perfmodel.calibration.fit_tiles import TILE_TRAIN
 from perfmodel.calibration.fit_vllm import fit_vllm_profile
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.profile import load_profile
@@ -26,7 +27,10 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     named = set(fitted["fit"]["points"])
     assert set(fitted["fit"]["draft_pass"]["points"]) <= named
     assert set(fitted["fit"]["piecewise_layer"]["points"]) <= named
-    assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named)
+    # (and the profiled steps a tiled MoE kernel's times are fitted on, of its scheme's training models)
+    tiled = {p for record in fitted["fit"]["tiles"].values() for p in record["points"]}
+    assert tiled and all(p.split("|")[1] in TILE_TRAIN["mxfp4-moe"] and "quant=mxfp4" in p for p in tiled)
+    assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named - tiled)
     kernel_profile = fitted["fit"]["kernel_profile"]
     assert set(kernel_profile) == {"attention", "expert_gemm"}
     for category in kernel_profile.values():

@@ -56,6 +56,12 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
   serving step traces of the training models' runs that filled ``max_num_seqs``
   (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
+- ``quantization.<scheme>.tile_s`` and ``k_step_s``: a scheme whose routed experts run in a
+  tiled kernel (gpt-oss's MXFP4 experts: triton_kernels' ``matmul_ogs``, one 256-column tile of
+  one touched expert per SM, K loops of 128) cannot finish a decode step's experts before its
+  waves of K loops, however few bytes they move. Fitted after the rest, from the expert kernels
+  of gpt-oss-120b's profiled decode steps; every other model's are held out
+  (:mod:`perfmodel.calibration.fit_tiles`).
 - ``host_probe_ref_ms`` and ``host_speed_exponent``: the host's speed as an input
   (:mod:`perfmodel.host_speed`). Fitted first, from the rows of a model cut to one layer that
   recorded the host's probe time (:mod:`perfmodel.calibration.fit_host_speed`); every row with a
@@ -87,6 +93,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
 from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
+from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_times
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
@@ -445,6 +452,19 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       "(vLLM --quantization), the bf16 fit held fixed")}
         quant_fits[scheme] = len(quant_rows)
+    tile_fits: dict[str, Any] = {}
+    for scheme in TILE_TRAIN:  # a tiled MoE kernel's times, from its profiled kernels
+        times, tile_points, record = fit_tile_times(every_row, base, gpu, scheme)
+        if times is None:
+            continue
+        entry = base.setdefault("quantization", {}).setdefault(scheme, {})
+        entry.update(times)
+        entry.setdefault("reason", (
+            f"tile_s and k_step_s fitted on the expert kernels of {len(tile_points)} profiled decode steps of "
+            f"{', '.join(record['models'])} (the tiled kernel's backends: {', '.join(record['backends'])}; every "
+            "other model's held out: fit.tiles); no kernel multipliers fitted"))
+        fitted += tile_points
+        tile_fits[scheme] = record
     all_rows = load_with_what_ifs(results)
     draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
     if draft_pass is not None:
@@ -502,6 +522,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "per_kernel_source": graph_node_cost(gpu)[1],
         "kernel_profile": kernel_record,
         "quantization_rows": quant_fits,
+        "tiles": tile_fits,
         "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                        "points": draft_points},
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},

@@ -157,6 +157,8 @@ class Op:
     graph none. ``context_bytes``: the bytes of a per-sequence cache read that one more key per
     sequence adds (B sequences × bytes per key read; the attention core's), at which its class's
     ``context_half`` keys per sequence are costed in memory time (:func:`perfmodel.roofline.op_time`).
+    ``tile_floor``: the least time its kernels take whatever their bytes and FLOPs, s, as an
+    expression (a tiled kernel's waves of K loops, :func:`perfmodel.ops.moe.tile_floor`); 0: none.
     """
 
     name: str
@@ -177,6 +179,7 @@ class Op:
     quantized: Quantized | None = None
     host_syncs: int | sp.Expr = 0
     context_bytes: sp.Expr = ZERO
+    tile_floor: sp.Expr = ZERO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))

@@ -17,6 +17,15 @@ Tile padding. A fused-MoE kernel (vLLM's ``moe_align_block_size``) pads each tou
 expert's rows to a multiple of BLOCK_SIZE_M = M; the grouped GEMM computes the padded rows
 (:func:`padded_rows`), while the bytes it moves follow the real rows.
 
+Tiles in waves. A tiled MoE kernel (vLLM's MXFP4 MoE kernel on Hopper, triton_kernels'
+``matmul_ogs``, whose name gives its tile, ``16x256x128``: BLOCK_M × BLOCK_N × BLOCK_K) gives
+each CTA one N_tile-wide block of output columns of one touched expert, and each SM holds one
+such CTA at a time. A CTA walks the input dimension in ⌈K/K_tile⌉ steps, each a round trip to
+HBM for a K_tile × N_tile block of weights, dequantized before the multiply. With few tiles
+(4 experts × ⌈5760/256⌉ = 92 for gpt-oss's gate|up GEMM at B = 1, on 132 SMs) the kernel
+streams its bytes at a fraction of HBM's bandwidth, and its time is the K loops of its waves,
+not its bytes (:func:`tile_floor`).
+
 Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
 per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
 loop over the touched experts, as an engine without a fused MoE kernel runs them, e.g.
@@ -42,7 +51,8 @@ from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
-from perfmodel.symbols import E, H, I_d, I_e, I_sh, T, b_a, b_e, b_q, b_w, ep, k, n_sh, sigma, tp
+from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, k, n_SM, n_sh,
+                               sigma, t_kstep, t_tile, tp)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
@@ -121,6 +131,21 @@ def padded_rows(rows: sp.Expr, experts: sp.Expr, block: sp.Expr) -> sp.Expr:
     if sp.sympify(block) == 1:
         return rows
     return Max(experts * block, rows + experts * (block - 1) / 2)
+
+
+def tile_floor(experts: sp.Expr, gemms: tuple[tuple[sp.Expr, sp.Expr], ...]) -> sp.Expr:
+    """The least time of a tiled grouped GEMM kernel per GEMM of ``gemms`` ((N, K): output
+    columns and input depth per expert) over ``experts`` touched experts, s:
+
+        Σ_g  t_tile + ⌈experts·⌈N_g/N_tile⌉ / n_SM⌉ · ⌈K_g/K_tile⌉ · t_kstep
+
+    one tile per touched expert and N_tile-wide column block (a decode's few rows per expert fit
+    one row block), one tile per SM at a time: the kernel's waves, each a K loop of
+    ⌈K/K_tile⌉ steps of t_kstep, after a fixed t_tile. A floor in every regime: a prefill's
+    experts hold more row blocks, whose work the roofline's compute bound costs. Non-decreasing
+    in the experts, and so in the tokens."""
+    return sp.Add(*[t_tile + sp.ceiling(experts * sp.ceiling(n / N_tile) / n_SM) * sp.ceiling(depth / K_tile)
+                    * t_kstep for n, depth in gemms])
 
 
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
@@ -217,7 +242,7 @@ def router(bias: bool) -> Op:
 
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
-                   quantized: bool = False) -> Op:
+                   quantized: bool = False, tiled: bool = False) -> Op:
     """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
 
     Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
@@ -226,7 +251,10 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     ``impl="unfused"``: a dense GEMM per projection per touched local expert (class ``gemm``,
     2·D/ep kernels), whose efficiency follows the dense GEMM's at the expert's rows,
     T·k/D, padded alike. ``quantized``: the experts' weights are stored by a quantization
-    scheme (b_q per element plus scales, instead of b_e; biases at b_w).
+    scheme (b_q per element plus scales, instead of b_e; biases at b_w). ``tiled`` (a fused
+    block): its kernel runs in tiles whose waves of K loops set a floor under its time
+    (:func:`tile_floor`: the gate|up GEMM, N = 2·I/tp over K = H, and the down GEMM, N = H over
+    K = I/tp).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
     weights = E * 3 * H * I_e
@@ -241,7 +269,11 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
         stored = (weight_bytes(weights / (tp * ep), E * (2 * I_e / tp + H) / ep, b_q)
                   + (params - weights) * b_w / (tp * ep))
     op = replace(op, stored_bytes=stored, role=Role.ROUTED_EXPERTS)
-    return replace(op, kernels=UNFUSED_GEMM_KERNELS_PER_EXPERT * d_local) if impl == "unfused" else op
+    if impl == "unfused":
+        return replace(op, kernels=UNFUSED_GEMM_KERNELS_PER_EXPERT * d_local)
+    if tiled:
+        op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / tp, H), (H, I_e / tp))))
+    return op
 
 
 def shared_experts(gate: bool, quantized: bool = False) -> Op:
@@ -299,13 +331,14 @@ def dispatch(impl: str = "fused") -> Op:
 
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, quantized: bool = False,
-              quantized_shared: bool | None = None) -> list[Op]:
+              quantized_shared: bool | None = None, tiled: bool = False) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
     (:func:`block_rows`); ``quantized``: the routed experts' weights are stored by a
     quantization scheme (:mod:`perfmodel.ops.quant`), and ``quantized_shared`` the shared
-    experts' (default: as the routed experts').
+    experts' (default: as the routed experts'); ``tiled``: the routed experts' kernel runs in
+    tiles whose waves set a floor under its time (:func:`tile_floor`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
@@ -314,7 +347,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
            all_to_all("comm.moe_all_to_all"), dispatch(impl),
-           routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized),
+           routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized, tiled=tiled),
            activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]

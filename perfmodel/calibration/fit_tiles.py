@@ -1,0 +1,102 @@
+"""Fitting a quantization scheme's tiled MoE kernel: its fixed time per kernel and per K-loop step.
+
+A scheme whose routed experts run in a tiled kernel (``moe_tile`` in ``specs/quantization.yaml``:
+gpt-oss's MXFP4 experts, vLLM's TRITON MXFP4 MoE kernel on Hopper, triton_kernels'
+``matmul_ogs``) has a floor under the kernel's time: its waves of K loops
+(:func:`perfmodel.ops.moe.tile_floor`). Its two times, ``tile_s`` (t_tile: prologue and epilogue
+of one kernel) and ``k_step_s`` (t_kstep: one step of a tile's K loop), are fitted by least
+squares on log(model/measured) of the expert-GEMM kernels of profiled decode steps, through the
+model's own op time (the larger of the roofline and the floor), every other parameter held at
+the bf16 fit's value.
+
+The rows: ok, one GPU, at the scheme, with a decode profile, on a backend that runs the kernel
+(:data:`TILE_BACKENDS`), at a routing the model knows (vLLM's routing simulator, or B = 1: one
+token touches its k experts however its router picks them). Those of the models of
+:data:`TILE_TRAIN` are training points; every other model's, what-if shapes included, are held
+out, and their kernel residuals are reported beside the fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from perfmodel.calibration.fit import BOUND_SNAP, _profile, _sig, one_gpu_rows
+
+#: Per scheme with a tiled MoE kernel: the models whose profiled kernels fit its times.
+TILE_TRAIN: dict[str, tuple[str, ...]] = {"mxfp4-moe": ("gpt-oss-120b",)}
+
+#: Per scheme: the ``--moe-backend`` values whose rows ran its tiled kernel (vLLM 0.26: TRITON
+#: runs ``matmul_ogs`` with the routing inside, TRITON_UNFUSED the same kernel with the routing
+#: outside; Marlin's MoE kernel is another kernel, with tiles of its own).
+TILE_BACKENDS: dict[str, tuple[str, ...]] = {"mxfp4-moe": ("triton", "triton_unfused")}
+
+#: (start, lower, upper) of t_tile and t_kstep, s.
+TILE_BOUNDS = ((5e-6, 0.0, 1e-4), (1e-6, 0.0, 1e-5))
+
+
+def tile_rows(rows: list[dict[str, Any]], scheme: str) -> list[dict[str, Any]]:
+    """The rows whose profiled expert kernels show a scheme's tiled kernel (see the module
+    docstring): the latest row of each point id."""
+    from perfmodel.measuring.compare import profiled_context, row_quant, row_routing, row_speculative
+
+    backends = TILE_BACKENDS.get(scheme, ())
+    latest = {r["point_id"]: r for r in one_gpu_rows(rows)
+              if r.get("status") == "ok" and row_quant(r) == scheme and not row_speculative(r)
+              and r.get("moe_backend", "triton") in backends
+              and (row_routing(r) == "uniform_random" or int(r["batch"]) == 1)
+              and profiled_context(r) is not None
+              and ((r.get("decode_profile") or {}).get("split_ms") or {}).get("expert_gemm")}
+    return list(latest.values())
+
+
+def kernel_residuals(rows: list[dict[str, Any]], profile, gpu: str) -> np.ndarray:
+    """log(model/measured) of each row's expert-GEMM kernel time in one decode step under a
+    profile object."""
+    from perfmodel.calibration.fit_vllm import category_op_names, profiled_kernels_s
+    from perfmodel.specs.hardware import load_gpu
+
+    names = category_op_names(rows, profile, "expert_gemm")
+    measured = np.array([r["decode_profile"]["split_ms"]["expert_gemm"] * 1e-3 for r in rows])
+    return np.log(profiled_kernels_s(rows, names, profile, load_gpu(gpu)) / measured)
+
+
+def fit_tile_times(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str,
+                   scheme: str) -> tuple[dict[str, float] | None, list[str], dict[str, Any]]:
+    """``tile_s`` and ``k_step_s`` of a scheme's tiled MoE kernel (s), the point ids they come
+    from, and the record of the fit (its training and held-out rows, the held-out kernel
+    residuals). (None, [], {}) when no training model has such rows."""
+    from scipy.optimize import least_squares
+
+    rows = tile_rows(every_row, scheme)
+    train_models = TILE_TRAIN.get(scheme, ())
+    train = [r for r in rows if r["model"] in train_models]
+    held = [r for r in rows if r["model"] not in train_models]
+    if not train:
+        return None, [], {}
+    scale = np.array([b[0] for b in TILE_BOUNDS])
+    lower = np.array([b[1] for b in TILE_BOUNDS]) / scale
+    upper = np.array([b[2] for b in TILE_BOUNDS]) / scale
+
+    def with_times(x: np.ndarray) -> dict[str, Any]:
+        entry = {**base.get("quantization", {}).get(scheme, {}), "tile_s": float(x[0]), "k_step_s": float(x[1])}
+        return {**base, "quantization": {**base.get("quantization", {}), scheme: entry}}
+
+    result = least_squares(lambda x: kernel_residuals(train, _profile(with_times(x * scale)), gpu),
+                           np.ones(len(TILE_BOUNDS)), bounds=(lower, upper), method="trf")
+    x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
+    times = {"tile_s": _sig(float(x[0] * scale[0])), "k_step_s": _sig(float(x[1] * scale[1]))}
+    fitted = _profile(with_times(np.array([times["tile_s"], times["k_step_s"]])))
+    record: dict[str, Any] = {
+        "models": list(train_models), "backends": list(TILE_BACKENDS[scheme]),
+        "points": sorted(r["point_id"] for r in train),
+        "train_mape_pct": _sig(float(100 * np.mean(np.abs(np.expm1(kernel_residuals(train, fitted, gpu))))), 3),
+    }
+    if held:
+        errors = np.expm1(kernel_residuals(held, fitted, gpu))
+        record["held_out"] = {
+            "mape_pct": _sig(float(100 * np.mean(np.abs(errors))), 3),
+            "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, errors)},
+        }
+    return times, [r["point_id"] for r in train], record

@@ -1,0 +1,111 @@
+"""A tiled MoE kernel's floor (gpt-oss's MXFP4 experts, vLLM's matmul_ogs): its waves of K loops
+counted by hand, where it binds, where it is absent, and the rows its times are fitted on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perfmodel import predict
+from perfmodel.calibration.fit_tiles import TILE_BACKENDS, tile_rows
+from perfmodel.errors import SpecError
+from perfmodel.measuring.compare import load_with_what_ifs, row_routing
+from perfmodel.paths import RESULTS_DIR
+from perfmodel.profile import load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+TILE_S, K_STEP_S = 2e-6, 1e-6
+H, I, E, LAYERS = 2880, 2880, 32, 24  # gpt-oss-20b
+SMS = 132  # H200
+
+
+def _tiled_profile(tmp_path: Path) -> str:
+    """The roofline profile with the MXFP4 MoE kernel's times (t_tile, t_kstep) set."""
+    data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
+    data["quantization"] = {"mxfp4-moe": {"tile_s": TILE_S, "k_step_s": K_STEP_S}}
+    path = tmp_path / "tiled.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _experts(engine: str, batch: int = 1, model: str = "gpt-oss-20b", **kw) -> dict:
+    p = predict(model, engine=engine, phase="decode", batch=batch, input_len=128, context=128, **kw)
+    rows = [op for op in p.ops if op["name"] == "moe.experts"]
+    return {key: sum(op[key] for op in rows) for key in ("tiles_s", "time_s", "compute_s", "memory_s")} | {
+        "bound": {op["bound"] for op in rows}}
+
+
+def _floor(experts: float, intermediate: int = I, hidden: int = H) -> float:
+    """Σ over the gate|up (N = 2I over K = H) and down (N = H over K = I) GEMMs of t_tile +
+    ⌈experts·⌈N/256⌉/SMs⌉·⌈K/128⌉·t_kstep, over the layers."""
+    per_layer = sum(TILE_S + math.ceil(experts * math.ceil(n / 256) / SMS) * math.ceil(depth / 128) * K_STEP_S
+                    for n, depth in ((2 * intermediate, hidden), (hidden, intermediate)))
+    return LAYERS * per_layer
+
+
+@pytest.mark.parametrize(("overrides", "experts", "intermediate"), [
+    ({}, 4, I),  # 4 experts × 23 column tiles = 92 ≤ 132 SMs: one wave of 23 K steps each
+    ({"top_k": 8}, 8, I),  # the gate|up GEMM's 184 tiles take two waves
+    ({"top_k": 32}, 32, I),  # six and three waves
+    ({"ffn": 5760}, 4, 5760),  # the down GEMM's K loop doubles, the gate|up GEMM's tiles
+])
+def test_the_floor_counts_waves_of_k_loops(tmp_path, overrides, experts, intermediate):
+    ops = _experts(_tiled_profile(tmp_path), overrides=overrides)
+    assert ops["tiles_s"] == pytest.approx(_floor(experts, intermediate), rel=1e-9)
+
+
+def test_at_one_sequence_the_floor_sets_the_experts_time_and_the_bytes_do_not(tmp_path):
+    tiled, plain = _experts(_tiled_profile(tmp_path)), _experts("roofline")
+    assert plain["tiles_s"] == 0  # a profile without the kernel's times has no floor
+    assert tiled["bound"] == {"tiles"} and tiled["time_s"] > 2 * max(tiled["compute_s"], tiled["memory_s"])
+    assert tiled["compute_s"] == plain["compute_s"] and tiled["memory_s"] == plain["memory_s"]
+    # with the committed vllm profile: the floor binds at B = 1, the roofline (111 of the 120b's
+    # 128 experts touched per layer) at B = 64
+    assert _experts("vllm", model="gpt-oss-120b")["bound"] == {"tiles"}
+    wide = _experts("vllm", batch=64, model="gpt-oss-120b")
+    assert "tiles" not in wide["bound"] and 0 < wide["tiles_s"] < wide["time_s"]
+
+
+def test_the_floor_never_lets_a_step_fall_as_the_batch_grows():
+    steps = [predict("gpt-oss-120b", engine="vllm", phase="decode", batch=b, context=512).metrics["decode_step_s"]
+             for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+    assert all(b >= a for a, b in zip(steps, steps[1:]))
+
+
+def test_no_floor_without_a_tiled_kernel(tmp_path):
+    engine = _tiled_profile(tmp_path)
+    assert _experts(engine, quant="none")["tiles_s"] == 0  # bf16 experts: vLLM's fused Triton MoE
+    assert _experts(engine, moe_impl="unfused")["tiles_s"] == 0  # a loop of dense GEMMs
+    mixtral = predict("mixtral-8x7b", engine="vllm", phase="decode", batch=1, context=128, quant="fp8")
+    assert all(op["tiles_s"] == 0 for op in mixtral.ops)
+
+
+def test_a_scheme_tile_must_be_positive(tmp_path, monkeypatch):
+    from perfmodel import quantization
+
+    data = yaml.safe_load(quantization.SCHEMES_FILE.read_text())
+    data["schemes"]["mxfp4-moe"]["moe_tile"] = {"n": 0, "k": 128}
+    path = tmp_path / "quantization.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(quantization, "SCHEMES_FILE", path)
+    quantization.load_schemes.cache_clear()
+    try:
+        with pytest.raises(SpecError, match="invalid scheme 'mxfp4-moe' in quantization.yaml: moe_tile.n"):
+            quantization.load_schemes()
+    finally:
+        quantization.load_schemes.cache_clear()
+
+
+def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():
+    rows = tile_rows(load_with_what_ifs(RESULTS_DIR / "h200-vllm.jsonl"), "mxfp4-moe")
+    assert {r["model"] for r in rows} == {"gpt-oss-20b", "gpt-oss-120b"}
+    assert all(r["moe_backend"] in TILE_BACKENDS["mxfp4-moe"] for r in rows)  # never Marlin's kernel
+    assert all(row_routing(r) == "uniform_random" or r["batch"] == 1 for r in rows)  # D known
+    record = load_profile("vllm", "h200-sxm").fit["tiles"]["mxfp4-moe"]
+    assert set(record["points"]) == {r["point_id"] for r in rows if r["model"] == "gpt-oss-120b"}
+    held = record["held_out"]["errors_pct"]
+    assert set(held) == {r["point_id"] for r in rows if r["model"] == "gpt-oss-20b"}
+    assert record["held_out"]["mape_pct"] < 10 and max(abs(e) for e in held.values()) < 20
