@@ -193,7 +193,8 @@ class Options(_Strict):
 
 class QuantEfficiency(_Strict):
     """A quantization scheme's kernels relative to the profile's fitted ones: multipliers of
-    the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as."""
+    the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as,
+    and the times of its tiled MoE kernel where the scheme has one (``moe_tile``)."""
 
     gemm_compute: float = Field(default=1.0, gt=0, le=2)
     gemm_memory: float = Field(default=1.0, gt=0, le=2)
