@@ -104,6 +104,7 @@ def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_know
     assert {r["model"] for r in rows} == {"gpt-oss-20b", "gpt-oss-120b"}
     assert all(r["moe_backend"] in TILE_BACKENDS["mxfp4-moe"] for r in rows)  # never Marlin's kernel
     assert all(row_routing(r) == "uniform_random" or r["batch"] == 1 for r in rows)  # D known
+    assert all(r["batch"] * r["input_len"] <= 16384 for r in rows)  # no decodes riding along prefill chunks
     record = load_profile("vllm", "h200-sxm").fit["tiles"]["mxfp4-moe"]
     assert set(record["points"]) == {r["point_id"] for r in rows if r["model"] == "gpt-oss-120b"}
     held = record["held_out"]["errors_pct"]

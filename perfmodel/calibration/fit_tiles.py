@@ -11,7 +11,9 @@ the bf16 fit's value.
 
 The rows: ok, one GPU, at the scheme, with a decode profile, on a backend that runs the kernel
 (:data:`TILE_BACKENDS`), at a routing the model knows (vLLM's routing simulator, or B = 1: one
-token touches its k experts however its router picks them). Those of the models of
+token touches its k experts however its router picks them), whose prefill fits one engine step
+(a decode profile of a chunked prefill also holds the decodes that ride along its later chunks,
+as :func:`perfmodel.calibration.fit_vllm.kernel_profile_rows` says). Those of the models of
 :data:`TILE_TRAIN` are training points; every other model's, what-if shapes included, are held
 out, and their kernel residuals are reported beside the fit.
 """
@@ -39,14 +41,15 @@ TILE_BOUNDS = ((5e-6, 0.0, 1e-4), (1e-6, 0.0, 1e-5))
 def tile_rows(rows: list[dict[str, Any]], scheme: str) -> list[dict[str, Any]]:
     """The rows whose profiled expert kernels show a scheme's tiled kernel (see the module
     docstring): the latest row of each point id."""
+    from perfmodel.calibration.fit_vllm import VLLM_OPTIONS
     from perfmodel.measuring.compare import profiled_context, row_quant, row_routing, row_speculative
 
-    backends = TILE_BACKENDS.get(scheme, ())
+    backends, chunk = TILE_BACKENDS.get(scheme, ()), VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and row_quant(r) == scheme and not row_speculative(r)
               and r.get("moe_backend", "triton") in backends
               and (row_routing(r) == "uniform_random" or int(r["batch"]) == 1)
-              and profiled_context(r) is not None
+              and profiled_context(r) is not None and r["batch"] * r["input_len"] <= chunk
               and ((r.get("decode_profile") or {}).get("split_ms") or {}).get("expert_gemm")}
     return list(latest.values())
 
