@@ -83,20 +83,14 @@ def test_no_floor_without_a_tiled_kernel(tmp_path):
     assert all(op["tiles_s"] == 0 for op in mixtral.ops)
 
 
-def test_a_scheme_tile_must_be_positive(tmp_path, monkeypatch):
+def test_a_scheme_tile_must_be_positive(schemes_file):
     from perfmodel import quantization
 
-    data = yaml.safe_load(quantization.SCHEMES_FILE.read_text())
+    data = schemes_file.original
     data["schemes"]["mxfp4-moe"]["moe_tile"] = {"n": 0, "k": 128}
-    path = tmp_path / "quantization.yaml"
-    path.write_text(yaml.safe_dump(data))
-    monkeypatch.setattr(quantization, "SCHEMES_FILE", path)
-    quantization.load_schemes.cache_clear()
-    try:
-        with pytest.raises(SpecError, match="invalid scheme 'mxfp4-moe' in quantization.yaml: moe_tile.n"):
-            quantization.load_schemes()
-    finally:
-        quantization.load_schemes.cache_clear()
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match="invalid scheme 'mxfp4-moe' in quantization.yaml: moe_tile.n"):
+        quantization.load_schemes()
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():

@@ -267,26 +267,20 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
     assert load_model(str(path)).quantization is None
 
 
-def test_a_checkpoint_method_names_one_scheme(tmp_path, monkeypatch):
+def test_a_checkpoint_method_names_one_scheme(schemes_file):
     from perfmodel import quantization
 
     assert quantization.checkpoint_scheme("mxfp4") == "mxfp4-moe" and quantization.checkpoint_scheme("nope") is None
-    data = yaml.safe_load(quantization.SCHEMES_FILE.read_text())
+    data = schemes_file.original
     data["schemes"]["w4a16"]["checkpoint_method"] = "mxfp4"
-    path = tmp_path / "quantization.yaml"
-    path.write_text(yaml.safe_dump(data))
-    monkeypatch.setattr(quantization, "SCHEMES_FILE", path)
-    quantization.load_schemes.cache_clear()
-    try:
-        with pytest.raises(SpecError, match="given twice: checkpoint_method mxfp4"):
-            quantization.load_schemes()
-        data["schemes"]["w4a16"].pop("checkpoint_method")
-        data["schemes"]["w4a16"]["layers"] = ["experts", "router"]
-        path.write_text(yaml.safe_dump(data))
-        with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*layers"):
-            quantization.load_schemes()
-    finally:
-        quantization.load_schemes.cache_clear()
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match="given twice: checkpoint_method mxfp4"):
+        quantization.load_schemes()
+    data["schemes"]["w4a16"].pop("checkpoint_method")
+    data["schemes"]["w4a16"]["layers"] = ["experts", "router"]
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*layers"):
+        quantization.load_schemes()
 
 
 def test_a_measured_mxfp4_row_is_compared_with_the_mxfp4_moe_scheme():
