@@ -283,12 +283,17 @@ class EngineProfile(_Strict):
         missing = [c for c in OP_CLASSES if c not in self.efficiency]
         if missing:
             raise ValueError(f"efficiency is missing op classes: {', '.join(missing)}")
-        from perfmodel.quantization import scheme_names
+        from perfmodel.quantization import load_schemes, scheme_names
 
         unknown = [name for name in self.quantization if name not in scheme_names()]
         if unknown:
             raise ValueError(f"quantization: unknown scheme '{unknown[0]}' "
                              f"(known: {', '.join(scheme_names())})")
+        untiled = [name for name, q in self.quantization.items()
+                   if (q.tile_s or q.k_step_s) and load_schemes()[name].moe_tile is None]
+        if untiled:
+            raise ValueError(f"quantization.{untiled[0]}: tile_s and k_step_s are the times of a tiled MoE "
+                             "kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
 
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""

@@ -14,7 +14,7 @@ from perfmodel.calibration.fit_tiles import TILE_BACKENDS, tile_rows
 from perfmodel.errors import SpecError
 from perfmodel.measuring.compare import load_with_what_ifs, row_routing
 from perfmodel.paths import RESULTS_DIR
-from perfmodel.profile import load_profile
+from perfmodel.profile import load_profile, load_profile_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TILE_S, K_STEP_S = 2e-6, 1e-6
@@ -91,6 +91,15 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
     schemes_file.write(data)
     with pytest.raises(SpecError, match="invalid scheme 'mxfp4-moe' in quantization.yaml: moe_tile.n"):
         quantization.load_schemes()
+
+
+def test_tile_times_for_a_scheme_without_a_tile_are_refused(tmp_path):
+    data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
+    data["quantization"] = {"fp8": {"k_step_s": 1e-6}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match="quantization.fp8: tile_s and k_step_s .* no moe_tile"):
+        load_profile_file(path)
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():
