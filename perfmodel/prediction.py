@@ -712,8 +712,12 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     if scope["dtype"] is not None and (scope["dtype"] != weights or scope["dtype"] != w.kv_dtype_used):
         outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
     if measured and not checked:
+        p90 = profile.fit["residuals"]["quantization"][scheme].get("p90_abs_pct") or {}
+        seen = [f"{label} p90 {p90[key]:.0f}%" for label, key in
+                (("ITL", f"decode_step {decode}"), ("TTFT", f"ttft {regime}")) if key in p90]
+        at = f"; at this prediction's regimes {', '.join(seen)}" if seen else ""
         outside.append(f"its held-out {scheme} points lie outside the band in some regime "
-                       f"(fit.residuals.quantization.{scheme})")
+                       f"(fit.residuals.quantization.{scheme}{at})")
     elif w.quant not in (None, quantization.NO_QUANT) and not checked:
         outside.append(f"not measured with {w.quant} quantization")
     if checked:

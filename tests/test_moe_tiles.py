@@ -113,3 +113,15 @@ def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_know
     held = record["held_out"]["errors_pct"]
     assert set(held) == {r["point_id"] for r in rows if r["model"] == "gpt-oss-20b"}
     assert record["held_out"]["mape_pct"] < 10 and max(abs(e) for e in held.values()) < 20
+
+
+def test_without_a_band_the_note_gives_the_schemes_own_held_out_spread():
+    """gpt-oss's MXFP4 points lie outside the band: the note says how far they scatter at the
+    prediction's regimes (their p90 |error|, fit.residuals.quantization)."""
+    profile = load_profile("vllm", "h200-sxm")
+    p90 = profile.fit["residuals"]["quantization"]["mxfp4-moe"]["p90_abs_pct"]
+    p = predict("gpt-oss-120b", engine="vllm", batch=64, input_len=512, output_len=512)
+    note = p.provenance["error_band_note"]
+    assert p.provenance["error_band"] is None and note.endswith(": no band")
+    assert f"ITL p90 {p90['decode_step GPU-bound']:.0f}%" in note and f"TTFT p90 {p90['ttft GPU-bound']:.0f}%" in note
+
