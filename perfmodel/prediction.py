@@ -600,6 +600,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         f_peak, f_attn, f_peak_q = f_peak * scale, f_attn * scale, f_peak_q * scale
         mem_bw = m.copy_tb_s * 1e12 if m.copy_tb_s else mem_bw
     link = gpu.interconnect.bandwidth_gb_s * 1e9 if gpu.interconnect else gpu.pcie_gb_s * 1e9
+    kernels = profile.quant_efficiency(quant)  # the scheme's kernels: multipliers, tile times
     link_lat = (profile.latency.link_step_s if profile.latency.link_step_s is not None
                 else (gpu.interconnect.latency_us * 1e-6 if gpu.interconnect else 5e-6))
     values = {
@@ -616,7 +617,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
-        s.t_tile: profile.quant_efficiency(quant).tile_s, s.t_kstep: profile.quant_efficiency(quant).k_step_s,
+        s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s,
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
         eta = profile.efficiency_of(op_class)
@@ -624,8 +625,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         values.update({syms["compute"]: eta.compute, syms["memory"]: eta.memory,
                        syms["compute_half"]: eta.compute_half, syms["memory_half"]: eta.memory_half,
                        syms["context_half"]: eta.context_half, syms["exposed"]: eta.exposed})
-        mu, scheme = s.quant_efficiency_symbols(op_class), profile.quant_efficiency(quant)
-        values.update({mu[which]: scheme.multiplier(op_class, which) for which in ("compute", "memory")})
+        mu = s.quant_efficiency_symbols(op_class)
+        values.update({mu[which]: kernels.multiplier(op_class, which) for which in ("compute", "memory")})
     return values
 
 
