@@ -22,13 +22,18 @@ H, I, E, LAYERS = 2880, 2880, 32, 24  # gpt-oss-20b
 SMS = 132  # H200
 
 
-def _tiled_profile(tmp_path: Path) -> str:
-    """The roofline profile with the MXFP4 MoE kernel's times (t_tile, t_kstep) set."""
+def _roofline_with(tmp_path: Path, quantization: dict) -> str:
+    """The path of a copy of the roofline profile with this ``quantization`` section."""
     data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
-    data["quantization"] = {"mxfp4-moe": {"tile_s": TILE_S, "k_step_s": K_STEP_S}}
-    path = tmp_path / "tiled.yaml"
+    data["quantization"] = quantization
+    path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def _tiled_profile(tmp_path: Path) -> str:
+    """The roofline profile with the MXFP4 MoE kernel's times (t_tile, t_kstep) set."""
+    return _roofline_with(tmp_path, {"mxfp4-moe": {"tile_s": TILE_S, "k_step_s": K_STEP_S}})
 
 
 def _experts(engine: str, batch: int = 1, model: str = "gpt-oss-20b", **kw) -> dict:
@@ -94,12 +99,8 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
 
 
 def test_tile_times_for_a_scheme_without_a_tile_are_refused(tmp_path):
-    data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
-    data["quantization"] = {"fp8": {"k_step_s": 1e-6}}
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(data))
     with pytest.raises(SpecError, match="quantization.fp8: tile_s and k_step_s .* no moe_tile"):
-        load_profile_file(path)
+        load_profile_file(Path(_roofline_with(tmp_path, {"fp8": {"k_step_s": 1e-6}})))
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():
