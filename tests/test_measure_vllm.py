@@ -221,7 +221,32 @@ def test_engine_process_is_part_of_the_point_id_and_sets_vllms_variable(monkeypa
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"  # CUDA is initialised here already
 
 
+def test_the_kv_cache_dtype_is_part_of_the_point_id_the_engine_arguments_and_the_workload(tmp_path):
+    from perfmodel.measuring.compare import model_workload, row_kv_dtype
+
+    assert "kv" not in vb.point_settings()  # the model's dtype: ids as before
+    with pytest.raises(ValueError, match="unknown kv_cache_dtype"):
+        vb.point_settings(kv_cache_dtype="int4")
+    fp8 = build_points(["qwen3-30b-a3b"], [16], [[8192]], [64], backend="vllm",
+                       settings=vb.point_settings(kv_cache_dtype="fp8"), experts_impl="vllm_fused_moe")[0]
+    own = build_points(["qwen3-30b-a3b"], [16], [[8192]], [64], backend="vllm",
+                       settings=vb.point_settings(), experts_impl="vllm_fused_moe")[0]
+    assert "kv=fp8" in fp8.point_id and "kv=" not in own.point_id
+    assert vb.engine_kwargs([fp8], tmp_path)["kv_cache_dtype"] == "fp8"
+    assert "kv_cache_dtype" not in vb.engine_kwargs([own], tmp_path)  # vLLM's default, auto
+    engine = vb.VLLMBackend()
+    row = {"point_id": fp8.point_id, "batch": 16, "input_len": 8192, "output_len": 64, **engine.describe(fp8)}
+    assert row["engine"]["kv_cache_dtype"] == "fp8"
+    assert row_kv_dtype(row) == "fp8" and model_workload(row)["kv_dtype"] == "fp8"
+    before = {"point_id": own.point_id, "batch": 16, "input_len": 8192, "output_len": 64,
+              "engine": {"quantization": "none"}}  # a row measured before the setting existed
+    assert row_kv_dtype(before) is None and "kv_dtype" not in model_workload(before)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype applies to --backend vllm"),
+    (["--backend", "vllm", "--kv-cache-dtype", "int4"],
+     "unknown --kv-cache-dtype 'int4' (one of: auto, fp8, fp8_e4m3, fp8_e5m2)"),
     (["--engine-process"], "--engine-process applies to --backend vllm only"),
     (["--backend", "vllm", "--engine-process", "--profile"],
      "--profile sees only this process's kernels: give it without --engine-process"),
@@ -231,7 +256,7 @@ def test_engine_process_is_part_of_the_point_id_and_sets_vllms_variable(monkeypa
      "--passes must be >= 1, and applies to offline runs (not --serving)"),
     (["--passes", "0"], "--passes must be >= 1, and applies to offline runs (not --serving)"),
 ])
-def test_engine_process_refusals_are_one_line(args, message, capsys):
+def test_engine_setting_refusals_are_one_line(args, message, capsys):
     from perfmodel.commands import main
 
     with pytest.raises(SystemExit) as exit_info:

@@ -102,15 +102,16 @@ def one_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> list[dict[str, Any]]:
     """The ok one-GPU rows of ``models`` as built (no variants), with the fused MoE, at one
-    quantization (None: unquantized)."""
-    from perfmodel.measuring.compare import (is_variant, load_measurements, row_moe_impl, row_quant,
-                                             row_speculative)
+    quantization (None: unquantized) and the KV cache at the model's dtype."""
+    from perfmodel.measuring.compare import (is_variant, load_measurements, row_kv_dtype, row_moe_impl,
+                                             row_quant, row_speculative)
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
     rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-            and row_quant(r) == quant and not row_speculative(r) and row_moe_impl(r) == "fused"]
+            and row_quant(r) == quant and row_kv_dtype(r) is None and not row_speculative(r)
+            and row_moe_impl(r) == "fused"]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows

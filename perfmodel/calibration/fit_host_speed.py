@@ -53,11 +53,12 @@ def host_only_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
                    chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows whose median probe is the reference: the in-process ok rows with a probe of a
-    training model as built (``train``), and the host-only rows ``chosen`` (variants: one layer)."""
-    from perfmodel.measuring.compare import is_variant
+    training model as built (``train``, the KV cache at the model's dtype), and the host-only rows
+    ``chosen`` (variants: one layer)."""
+    from perfmodel.measuring.compare import is_variant, row_kv_dtype
 
     return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
-            and r.get("model") in train and not is_variant(r)] + list(chosen)
+            and r.get("model") in train and not is_variant(r) and row_kv_dtype(r) is None] + list(chosen)
 
 
 def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str],

@@ -214,12 +214,12 @@ def kernel_profile_rows(rows: list[dict[str, Any]], category: str, models: tuple
     one engine step (B·S ≤ the chunk: a decode profile of a chunked prefill also holds the decodes
     that ride along its later chunks): the latest row of each point id."""
     from perfmodel.calibration.fit import one_gpu_rows
-    from perfmodel.measuring.compare import is_variant, profiled_context, row_speculative
+    from perfmodel.measuring.compare import is_variant, profiled_context, row_kv_dtype, row_speculative
 
     chunk = VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-              and not row_speculative(r) and r["batch"] >= min_batch and profiled_context(r) is not None
+              and row_kv_dtype(r) is None and not row_speculative(r) and r["batch"] >= min_batch and profiled_context(r) is not None
               and r["batch"] * r["input_len"] <= chunk
               and ((r.get("decode_profile") or {}).get("split_ms") or {}).get(category)}
     return list(latest.values())
@@ -398,12 +398,12 @@ def fit_piecewise_layer(rows: list[dict[str, Any]], base: dict[str, Any], gpu: s
     predictions taken without the term (TTFT of such a row is its one prefill step, which holds
     N_layers·t_piece_layer once). Every other model's such rows are held out. None (and no
     points) when there are none."""
-    from perfmodel.measuring.compare import is_variant, row_speculative
+    from perfmodel.measuring.compare import is_variant, row_kv_dtype, row_speculative
     from perfmodel.prediction import GRAPH_REPLAYED
     from perfmodel.specs.model import load_model
 
     candidates = [r for r in rows if r.get("status") == "ok" and r["model"] in train and not is_variant(r)
-                  and not row_speculative(r)]
+                  and row_kv_dtype(r) is None and not row_speculative(r)]
     if not candidates:
         return None, []
     points = _compare_with({**base, "latency": {**base["latency"], "piecewise_layer_s": 0.0}}, candidates, gpu,

@@ -128,6 +128,16 @@ def _check_spec(backend: str, draft: Optional[str], tokens: Optional[int], probe
     return load_model(draft).name
 
 
+def _check_kv_cache_dtype(backend: str, kv_cache_dtype: str) -> None:
+    """Refuse a KV-cache dtype the backend cannot set (transformers' rows keep the model's)."""
+    from perfmodel.measuring.vllm_backend import KV_CACHE_DTYPES
+
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise InputError(f"unknown --kv-cache-dtype '{kv_cache_dtype}' (one of: {', '.join(KV_CACHE_DTYPES)})")
+    if kv_cache_dtype != "auto" and backend != "vllm":
+        raise InputError("--kv-cache-dtype applies to --backend vllm")
+
+
 def _check_engine_process(backend: str, engine_process: bool, profile: bool, serving: bool) -> bool:
     """Refuse (one line) ``--engine-process`` outside offline vLLM runs, and with ``--profile``
     (the profiler sees only this process's kernels); returns the flag."""
@@ -179,6 +189,8 @@ def measure(
                                           "tp*pp GPUs taking B/dp sequences."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype",
+                                       help="vllm: the KV cache's dtype (auto: the model's; fp8). Point ids gain kv=."),
     sampling: str = typer.Option("random", "--sampling",
                                  help="vllm: decode tokens sampled at temperature 1 (random) or greedy."),
     routing: str = typer.Option("model", "--routing",
@@ -235,6 +247,8 @@ def measure(
         raise InputError(f"unknown --sampling '{sampling}' (random or greedy)")
     if backend == "vllm" and routing not in ("model", "uniform_random"):
         raise InputError(f"unknown --routing '{routing}' (model or uniform_random)")
+    kv_cache_dtype = kv_cache_dtype if isinstance(kv_cache_dtype, str) else "auto"  # called directly
+    _check_kv_cache_dtype(backend, kv_cache_dtype)
     spec_draft = _check_spec(backend, spec_draft, spec_tokens, routing_probe is True, spec_accept)
     spec_tokens = spec_tokens if spec_draft is not None else None
     spec_accept = spec_accept if spec_draft is not None else None
@@ -250,7 +264,7 @@ def measure(
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
                                                moe_backend=moe_backend, sampling=sampling, pp=pp,
                                                routing=routing, spec_draft=spec_draft, spec_tokens=spec_tokens,
-                                               spec_accept=spec_accept)
+                                               spec_accept=spec_accept, kv_cache_dtype=kv_cache_dtype)
         return vllm_serving.serving_command(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
@@ -280,7 +294,8 @@ def measure(
                                                quantization=quantization, moe_backend=moe_backend,
                                                sampling=sampling, pp=pp, dp=dp, routing=routing,
                                                spec_draft=spec_draft, spec_tokens=spec_tokens,
-                                               spec_accept=spec_accept, engine_process=engine_process)
+                                               spec_accept=spec_accept, engine_process=engine_process,
+                                               kv_cache_dtype=kv_cache_dtype)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

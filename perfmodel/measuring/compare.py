@@ -3,7 +3,8 @@
 Metrics compared (the seed study's): TTFT, decode step (= ITL), E2E and throughput
 B·(S+O)/E2E. Relative error is predicted/measured − 1. Rows carry the split each point
 belongs to ("train" for the unmodified models a profile was fitted on, "held-out" otherwise:
-other models, and hypothetical variants of any model, from the ``-whatif`` results file).
+other models, hypothetical variants of any model, from the ``-whatif`` results file, and rows
+whose engine stored the KV cache in another dtype, :func:`row_kv_dtype`).
 
 A point is identified by its ``point_id`` (model, ``--set`` overrides, layers, B, S, O, dtype
 and engine settings); its ``variant`` column names it for people, e.g.
@@ -27,7 +28,7 @@ from typing import Any, Iterable
 from perfmodel.host_speed import row_probe_ms
 from perfmodel.measuring.results import has_decode_step, read_rows
 from perfmodel.measuring.points import SweepPoint
-from perfmodel.measuring.vllm_backend import CHECKPOINT_QUANTIZATIONS, point_settings, spec_setting
+from perfmodel.measuring.vllm_backend import CHECKPOINT_QUANTIZATIONS, KV_CACHE_DTYPES, point_settings, spec_setting
 
 #: Compared metrics: name → (measured field, its scale to seconds or tok/s, predicted metric).
 METRIC_FIELDS = {
@@ -107,6 +108,16 @@ def row_quant(row: dict[str, Any]) -> str | None:
 
         return checkpoint_scheme(quant) or quant
     return quant
+
+
+def row_kv_dtype(row: dict[str, Any]) -> str | None:
+    """The model's KV-cache dtype of a measured row (``fp8`` where vLLM ran with
+    ``kv_cache_dtype`` fp8, :data:`perfmodel.measuring.vllm_backend.KV_CACHE_DTYPES`); None where
+    the cache was at the model's dtype (every row without the setting)."""
+    value = str((row.get("engine") or {}).get("kv_cache_dtype") or "auto")
+    if value not in KV_CACHE_DTYPES:
+        raise ValueError(f"row {row.get('point_id')}: unknown kv_cache_dtype '{value}'")
+    return KV_CACHE_DTYPES[value]
 
 
 #: transformers' experts implementations the model has: ``grouped_mm`` (one grouped GEMM per
@@ -267,10 +278,14 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP), ``pp``, the engine's
     largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
     that takes the host's speed as an input, the host's probe time the row measured
-    (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none)."""
+    (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
+    the KV cache's dtype where the row set one (``kv_dtype``, :func:`row_kv_dtype`)."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
            "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
+    kv = row_kv_dtype(row)
+    if kv is not None:
+        out["kv_dtype"] = kv
     if profile is not None and profile.latency.host_probe_ref_ms is not None:
         out["host_probe_ms"] = row_probe_ms(row)
     return out
@@ -401,7 +416,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         metrics = as_measured(p.metrics, row, prefill.metrics["prefill_s"] if skew > 0 else None)
         replicas = row_layout(row)["dp"]
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
-                  and not is_variant(row)) or row["point_id"] in fitted_points
+                  and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in fitted_points
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)

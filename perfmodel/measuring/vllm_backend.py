@@ -100,6 +100,9 @@ SAMPLINGS = ("random", "greedy")
 #: token the same experts: :mod:`perfmodel.measuring.vllm_routing`), so "uniform_random" is how
 #: such a model is measured at a realistic routing.
 ROUTINGS = ("model", "uniform_random")
+#: vLLM's ``kv_cache_dtype`` values a point may set, and the model's KV dtype of each (``auto``:
+#: the model's dtype; ``fp8`` is e4m3 on CUDA): the KV cache stored, written and read in 8 bits.
+KV_CACHE_DTYPES = {"auto": None, "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 _ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
 #: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
 WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
@@ -109,19 +112,22 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
                    dp: int = 1, routing: str = "model", spec_draft: str | None = None,
                    spec_tokens: int | None = None, spec_accept: float | None = None,
-                   engine_process: bool = False) -> dict[str, str]:
+                   engine_process: bool = False, kv_cache_dtype: str = "auto") -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
     (independent engine replicas) appear only above 1, ``routing`` only when it is not the
     model's own, ``mp`` (``1``: the engine core in a process of its own, vLLM's default, see
     :func:`apply_engine_process`) only when asked for, ``spec`` (``DRAFT:γ``: speculative
     decoding with a draft model proposing γ tokens per step) and ``spec_accept`` (α: vLLM's
     synthetic rejection sampler accepts each draft token with probability α, see
-    :func:`synthetic_acceptance_rates`) only when given, so the ids of such points are those of
-    the rows measured before these settings existed."""
+    :func:`synthetic_acceptance_rates`) only when given, and ``kv`` (the KV cache's dtype, vLLM's
+    ``kv_cache_dtype``, :data:`KV_CACHE_DTYPES`) only when not the model's own, so the ids of
+    such points are those of the rows measured before these settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     if routing not in ROUTINGS:
         raise ValueError(f"unknown routing '{routing}' (one of: {', '.join(ROUTINGS)})")
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown kv_cache_dtype '{kv_cache_dtype}' (one of: {', '.join(KV_CACHE_DTYPES)})")
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -147,6 +153,8 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         settings["spec_accept"] = f"{float(spec_accept):g}"
     if engine_process:
         settings["mp"] = "1"
+    if kv_cache_dtype != "auto":
+        settings["kv"] = kv_cache_dtype
     return settings
 
 
@@ -365,6 +373,8 @@ def engine_kwargs(points: list[SweepPoint], model_dir: str | Path, *,
         "hf_overrides": hf_overrides(p0),
         "moe_backend": s.get("moe_backend", "triton"),
     }
+    if "kv" in s:
+        kwargs["kv_cache_dtype"] = s["kv"]
     spec = spec_setting(s)
     if spec is not None:  # the draft's config.json: write_model_dir
         kwargs["speculative_config"] = {"method": "draft_model", "model": str(Path(model_dir) / DRAFT_DIR),
@@ -447,6 +457,7 @@ class VLLMBackend:
                 "pp": int(s.get("pp", "1")),
                 "dp": int(s.get("dp", "1")),
                 "quantization": s.get("quant", "none"),
+                "kv_cache_dtype": s.get("kv", "auto"),
             },
         }
 
