@@ -569,6 +569,7 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     })
     values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
     values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
+    values[s.mu_kv] = profile.kv_cache_multiplier(kv, w.base_dtype)
     factor = host_factor(profile, w.host_probe_ms)  # the host's times on this host
     values.update({sym: values[sym] * factor for sym in HOST_TIMES})
     if w.graph_tokens is not None:
@@ -618,6 +619,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
         s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s,
+        s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
         eta = profile.efficiency_of(op_class)
@@ -710,19 +712,25 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         ((profile.fit or {}).get("residuals") or {}).get("quantization") or {})
     # a measured scheme's alias dtype (--dtype fp8) is in scope: the check below decides
     weights = w.base_dtype if checked or measured else w.dtype
-    if scope["dtype"] is not None and (scope["dtype"] != weights or scope["dtype"] != w.kv_dtype_used):
-        outside.append(f"not measured at {w.dtype} weights with a {w.kv_dtype_used} KV cache")
+    kv = w.kv_dtype_used
+    residuals = (profile.fit or {}).get("residuals") or {}
+    kv_other = scope["dtype"] is not None and kv != scope["dtype"]
+    kv_checked = kv_other and kv in profile.kv_cache and profile.kv_cache[kv].band
+    kv_measured = kv_other and kv in (residuals.get("kv_cache") or {})
+    if scope["dtype"] is not None and (scope["dtype"] != weights or (kv_other and not kv_measured)):
+        outside.append(f"not measured at {w.dtype} weights with a {kv} KV cache")
     if measured and not checked:
-        p90 = profile.fit["residuals"]["quantization"][scheme].get("p90_abs_pct") or {}
-        seen = [f"{label} p90 {p90[key]:.0f}%" for label, key in
-                (("ITL", f"decode_step {decode}"), ("TTFT", f"ttft {regime}")) if key in p90]
-        at = f"; at this prediction's regimes {', '.join(seen)}" if seen else ""
-        outside.append(f"its held-out {scheme} points lie outside the band in some regime "
-                       f"(fit.residuals.quantization.{scheme}{at})")
+        outside.append(_outside_note(f"its held-out {scheme} points",
+                                     residuals["quantization"][scheme], f"quantization.{scheme}", regime, decode))
     elif w.quant not in (None, quantization.NO_QUANT) and not checked:
         outside.append(f"not measured with {w.quant} quantization")
+    if kv_measured and not kv_checked:
+        outside.append(_outside_note(f"its held-out {kv} KV-cache points", residuals["kv_cache"][kv],
+                                     f"kv_cache.{kv}", regime, decode))
     if checked:
         where += f", its held-out {scheme} points within it"
+    if kv_checked:
+        where += f", its held-out {kv} KV-cache points within it"
     if w.moe_impl != "fused":
         outside.append(f"the band is the fused MoE's, not the {w.moe_impl} one's")
     if w.gpus != n:
@@ -731,6 +739,18 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     if outside:
         return None, f"band {width} from {where}{note}; {'; '.join(outside)}: no band"
     return chosen, f"band {width} from {where}{note}"
+
+
+def _outside_note(points: str, check: Mapping[str, Any], key: str, regime: str, decode: str) -> str:
+    """Why a band does not hold where some held-out points (a quantization scheme's, a KV-cache
+    dtype's: ``check``, as ``fit.residuals.<key>`` holds it) lie outside it, with how far they
+    scatter at this prediction's regimes (their 90th percentile |error|)."""
+    p90 = check.get("p90_abs_pct") or {}
+    seen = [f"{label} p90 {p90[name]:.0f}%" for label, name in
+            (("ITL", f"decode_step {decode}"), ("TTFT", f"ttft {regime}")) if name in p90]
+    at = f"; at this prediction's regimes {', '.join(seen)}" if seen else ""
+    why = check.get("why") or "outside the band in some regime"
+    return f"{points} do not carry the band: {why} (fit.residuals.{key}{at})"
 
 
 def prefill_regime(totals: Mapping[str, float], prefill_eager: bool) -> str:

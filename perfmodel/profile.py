@@ -217,6 +217,22 @@ class QuantEfficiency(_Strict):
         return float(getattr(self, f"{op_class}_{which}", 1.0))
 
 
+class KVCacheEfficiency(_Strict):
+    """The attention kernels with the KV cache stored in a dtype other than the model's: a
+    multiplier of the attention classes' η_m maxima (μ_kv, :mod:`perfmodel.roofline`)."""
+
+    attention_memory: float = Field(default=1.0, gt=0, le=2)
+    reason: str = ""
+    band: bool = Field(
+        default=False, description="the profile's error band holds with the cache in this dtype: the "
+        "90th percentile |error| of its held-out rows lies within the band in each regime "
+        "(fit.residuals.kv_cache); false: its predictions carry no band")
+
+
+#: KV-cache dtypes a profile may list (``kv_cache``), as a workload names them (``--kv-dtype``).
+KV_CACHE_DTYPES = ("fp8", "int8", "fp16", "bf16", "fp32")
+
+
 class ErrorBand(_Strict):
     """Relative error half-widths (e.g. 0.08 = ±8%) per metric, from held-out residuals."""
 
@@ -275,6 +291,10 @@ class EngineProfile(_Strict):
     quantization: dict[str, QuantEfficiency] = Field(
         default_factory=dict, description="Per quantization scheme (specs/quantization.yaml): "
         "its kernels' efficiency multipliers; a scheme not listed runs at 1.0.")
+    kv_cache: dict[str, KVCacheEfficiency] = Field(
+        default_factory=dict, description="Per KV-cache dtype (--kv-dtype): the attention kernels' "
+        "memory efficiency multiplier when the cache is stored in it; a dtype not listed, and the "
+        "model's own, run at 1.0.")
     fitted_from: str | None = None
     fit: dict[str, Any] | None = Field(
         default=None, description="How the profile was fitted: data, split, residual statistics.")
@@ -289,6 +309,9 @@ class EngineProfile(_Strict):
         if unknown:
             raise ValueError(f"quantization: unknown scheme '{unknown[0]}' "
                              f"(known: {', '.join(scheme_names())})")
+        unknown_kv = [name for name in self.kv_cache if name not in KV_CACHE_DTYPES]
+        if unknown_kv:
+            raise ValueError(f"kv_cache: unknown dtype '{unknown_kv[0]}' (known: {', '.join(KV_CACHE_DTYPES)})")
         untiled = [name for name, q in self.quantization.items()
                    if (q.tile_s or q.k_step_s) and load_schemes()[name].moe_tile is None]
         if untiled:
@@ -298,6 +321,14 @@ class EngineProfile(_Strict):
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""
         return self.quantization.get(scheme, QuantEfficiency())
+
+    def kv_cache_multiplier(self, kv_dtype: str, model_dtype: str) -> float:
+        """μ_kv of the attention kernels with the KV cache in ``kv_dtype`` beside a model whose
+        unquantized layers are ``model_dtype``: 1.0 where they are the same or the profile does
+        not list the cache's dtype."""
+        if kv_dtype == model_dtype or kv_dtype not in self.kv_cache:
+            return 1.0
+        return self.kv_cache[kv_dtype].attention_memory
 
     @property
     def moe_block_tiers(self) -> tuple[tuple[float, int], ...]:

@@ -28,6 +28,13 @@ that work does not depend on the rows):
 
     t_c = FLOPs/(F_peak_q·μ_c·η_c(x)) + n_dq·weights/(F_peak_q·μ_c·η_c,max)
 
+An attention kernel (the classes at the attention peak) reading a KV cache stored in another
+dtype than the model's (``--kv-dtype fp8``: b_kv bytes per element) moves those bytes at its
+η_m times μ_kv, the profile's multiplier for that dtype (``kv_cache``; 1 at the model's own):
+FlashAttention-3's fp8 path moves half the bytes of its bf16 one but does not move them as fast
+(its V tiles transposed in shared memory for the fp8 MMA, the scales applied per block), so
+halving the bytes does not halve the time.
+
 Why those variables. A performance model's time must never fall when the work grows. With
 η(u) = η_max·u/(u + u_half), work/η(u) = (work/u)·(u + u_half)/η_max, which is non-decreasing
 whenever u and work/u are. Both hold for the compute side: every op's FLOPs are its size
@@ -61,7 +68,7 @@ import sympy as sp
 from perfmodel.minmax import Max, Min
 from perfmodel.ops import Op, Peak
 from perfmodel.symbols import (
-    bw, efficiency_symbols, link_bw, n_dq, peak, peak_attn, peak_q, quant_efficiency_symbols, t_kernel,
+    bw, efficiency_symbols, link_bw, mu_kv, n_dq, peak, peak_attn, peak_q, quant_efficiency_symbols, t_kernel,
     t_kernel_small,
 )
 
@@ -123,7 +130,10 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
         if q is not None:  # weights dequantized in registers: n_dq FLOP-equivalents per weight read
             compute += n_dq * q.weights.subs(subs) / (rate * efficiency_symbols(cls)["compute"])
     moved = op.bytes + efficiency_symbols(cls)["context_half"] * op.context_bytes
-    memory = transfer_time(moved.subs(subs), bw if q is None else bw * mu["memory"], cls)
+    rate = bw if q is None else bw * mu["memory"]
+    if cls.peak is Peak.ATTENTION:  # the attention kernels' η_m at the KV cache's dtype
+        rate = rate * mu_kv
+    memory = transfer_time(moved.subs(subs), rate, cls)
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))

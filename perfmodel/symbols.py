@@ -80,6 +80,7 @@ peak = sp.Symbol("F_peak", positive=True)  #: dense matmul peak for the compute 
 peak_attn = sp.Symbol("F_peak_attn", positive=True)  #: matmul peak of the attention core (bf16), FLOP/s
 peak_q = sp.Symbol("F_peak_q", positive=True)  #: matmul peak of the quantized linear layers, FLOP/s
 bw = sp.Symbol("BW", positive=True)  #: HBM bandwidth, B/s
+mu_kv = sp.Symbol("mu_kv", positive=True)  #: attention kernels' η_m with the KV cache in its dtype, × the model dtype's
 link_bw = sp.Symbol("BW_link", positive=True)  #: scale-up link bandwidth per GPU, B/s
 link_lat = sp.Symbol("t_link", nonnegative=True)  #: latency of one collective step, s
 t_kernel = sp.Symbol("t_kernel", nonnegative=True)  #: fixed cost per kernel of a compute class (GEMM, attention), s

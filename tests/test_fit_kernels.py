@@ -25,7 +25,7 @@ from perfmodel.errors import SpecError
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.symbols import (
-    B, H, I_d, L, S, T, bw, d_h, efficiency_symbols, n_h, n_kv, peak, peak_attn, t_kernel, t_kernel_small,
+    B, H, I_d, L, S, T, bw, d_h, efficiency_symbols, mu_kv, n_h, n_kv, peak, peak_attn, t_kernel, t_kernel_small,
 )
 
 H200_DATA = Path(__file__).resolve().parents[1] / "calibration" / "data" / "h200-sxm"
@@ -57,7 +57,7 @@ def roofline_time(call: BenchCall, sizes: dict[sp.Symbol, np.ndarray], dtype: st
     for i, op in enumerate(call.ops):
         truth = TRUE_BY_CLASS[op.op_class.value]
         eta = efficiency_symbols(op.op_class)
-        numbers = {peak: f_peak, peak_attn: F_BF16, bw: BW, t_kernel: T_KERNEL, t_kernel_small: t_small,
+        numbers = {peak: f_peak, peak_attn: F_BF16, bw: BW, mu_kv: 1.0, t_kernel: T_KERNEL, t_kernel_small: t_small,
                    eta["context_half"]: 0.0,
                    eta["exposed"]: 0.0,
                    **{eta[key]: value for key, value in truth.items()}}

@@ -141,7 +141,7 @@ def test_an_unchecked_quantization_or_an_unfused_prediction_has_no_error_band():
         "fp8": profile.quantization["fp8"].model_copy(update={"band": flag})}}) for flag in (True, False))
     assert error_band(within, gpu, Workload(quant="fp8"))[0] is not None
     band, note = error_band(outside, gpu, Workload(quant="fp8"))
-    assert band is None and "its held-out fp8 points lie outside the band" in note
+    assert band is None and "its held-out fp8 points do not carry the band" in note
     unmeasured = outside.model_copy(update={"fit": {}})
     band, note = error_band(unmeasured, gpu, Workload(quant="fp8"))
     assert band is None and "not measured with fp8 quantization" in note

@@ -100,9 +100,28 @@ def one_gpu_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if row_gpus(r) == 1]
 
 
-def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> list[dict[str, Any]]:
+#: Largest share of a row's decode steps that may ride along its prefill's chunks for the
+#: end-to-end fit to take it (:func:`riding_share`).
+MAX_RIDING_SHARE = 0.01
+
+
+def riding_share(row: dict[str, Any], chunk: int) -> float:
+    """The share of a measured offline row's O − 1 decode steps that its first sequences decode
+    beside the later chunks of its prefill, at most (⌈B·S/chunk⌉ − 1)/(O − 1): 0 for a prefill of
+    one engine step. The model's E2E is TTFT + (O − 1) decode steps of B sequences, so a row's
+    ITL, (E2E − TTFT)/(O − 1), is the model's decode step only where this share is small: under
+    0.7% on the seed study's grid (S = O, B·S up to 262,144 tokens), 2-24% for outputs of 64
+    tokens after prompts of 2,048-4,032 tokens at B = 16-64."""
+    chunks = -(-int(row["batch"]) * int(row["input_len"]) // int(chunk))
+    return (chunks - 1) / max(int(row["output_len"]) - 1, 1)
+
+
+def _rows(results: Path, models: tuple[str, ...], quant: str | None = None,
+          chunk: int | None = None) -> list[dict[str, Any]]:
     """The ok one-GPU rows of ``models`` as built (no variants), with the fused MoE, at one
-    quantization (None: unquantized) and the KV cache at the model's dtype."""
+    quantization (None: unquantized) and the KV cache at the model's dtype; under an engine that
+    chunks prefills into ``chunk`` tokens per step, only those whose decode steps hardly ride
+    along their prefill's chunks (:func:`riding_share` at most :data:`MAX_RIDING_SHARE`)."""
     from perfmodel.measuring.compare import (is_variant, load_measurements, row_kv_dtype, row_moe_impl,
                                              row_quant, row_speculative)
 
@@ -111,7 +130,7 @@ def _rows(results: Path, models: tuple[str, ...], quant: str | None = None) -> l
     rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
             and row_quant(r) == quant and row_kv_dtype(r) is None and not row_speculative(r)
-            and row_moe_impl(r) == "fused"]
+            and row_moe_impl(r) == "fused" and (chunk is None or riding_share(r, chunk) <= MAX_RIDING_SHARE)]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows
@@ -303,7 +322,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
     validation reports those rows per layout), and so are rows of an unfused MoE (the band is
     the fused MoE's); quantized rows count in the residuals and are checked against the band
-    per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype). TTFT
+    per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype), and
+    so are rows whose KV cache was stored in another dtype, per dtype (``kv_cache``). TTFT
     gets a band per regime of the prefill (:func:`perfmodel.prediction.prefill_regime`) where
     the launch-bound and the GPU-bound ones each have at least :data:`MIN_REGIME_POINTS`
     held-out points: ``ttft`` (GPU-bound),
@@ -327,8 +347,10 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
     excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
     checked = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
-    # the band is stated at the profile's own dtype; a quantization scheme's rows are checked against it
+    # the band is stated at the profile's own dtype, weights and KV cache; a quantization scheme's
+    # rows, and a KV-cache dtype's, are checked against it
     banded = checked[checked["quant"] == "none"] if "quant" in checked else checked
+    banded = banded[banded["kv_cache"] == "model"] if "kv_cache" in banded else banded
     if banded.empty:
         raise SpecError(f"{results}: every held-out row is excluded from the band")
     p90 = banded.groupby("metric")["rel_error"].apply(lambda e: e.abs().quantile(0.9))
@@ -375,9 +397,15 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
                     stats[split][f"{metric} {regime}"] = _residual_stats(part["rel_error"])
     quantized = checked[~checked["speculative"]] if "speculative" in checked else checked
     if "quant" in quantized:
-        schemes = {q: band_check(part, band) for q, part in quantized.groupby("quant") if q != "none"}
+        plain_kv = quantized[quantized["kv_cache"] == "model"] if "kv_cache" in quantized else quantized
+        schemes = {q: band_check(part, band) for q, part in plain_kv.groupby("quant") if q != "none"}
         if schemes:
             stats["quantization"] = schemes
+    if "kv_cache" in quantized:  # the KV cache in another dtype, weights unquantized
+        unquantized = quantized[quantized["quant"] == "none"] if "quant" in quantized else quantized
+        caches = {kv: band_check(part, band) for kv, part in unquantized.groupby("kv_cache") if kv != "model"}
+        if caches:
+            stats["kv_cache"] = caches
     return stats, band
 
 
@@ -386,7 +414,7 @@ def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
     speculative rows apart) lie within ``band``: the 90th percentile |error| of each metric in
     each regime (of the prefill for TTFT, of the decode step for the rest) at most the band's
     half-width for that regime, and at least :data:`MIN_REGIME_POINTS` GPU-bound decode steps.
-    Returns the points counted, the percentiles (%) and ``within``."""
+    Returns the points counted, the percentiles (%), ``within`` and, where not, ``why``."""
     p90: dict[str, float] = {}
     within = True
     for regime, suffix in DECODE_BAND_SUFFIX.items():
@@ -402,8 +430,11 @@ def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
         p90[f"ttft {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
         within &= limit is not None and p90[f"ttft {regime}"] <= 100 * limit
     steps = points[(points["metric"] == "decode_step") & (points["decode_regime"] == GPU_BOUND)]
-    within &= len(steps) >= MIN_REGIME_POINTS
-    return {"points": int((points["metric"] == "decode_step").sum()), "p90_abs_pct": p90, "within": bool(within)}
+    why = "" if within else "outside the band in some regime"
+    if len(steps) < MIN_REGIME_POINTS:
+        within, why = False, why or f"fewer than {MIN_REGIME_POINTS} GPU-bound decode steps"
+    out = {"points": int((points["metric"] == "decode_step").sum()), "p90_abs_pct": p90, "within": bool(within)}
+    return {**out, "why": why} if why else out
 
 
 def _metadata(data_dir: Path) -> str:

@@ -67,7 +67,7 @@ from perfmodel.calibration.fit_tables import (
 )
 from perfmodel.errors import SpecError
 from perfmodel.ops import OpClass, Peak
-from perfmodel.symbols import bw as BW, efficiency_symbols, peak as F_PEAK, peak_attn as F_PEAK_ATTN
+from perfmodel.symbols import bw as BW, efficiency_symbols, mu_kv, peak as F_PEAK, peak_attn as F_PEAK_ATTN
 from perfmodel.symbols import t_kernel as T_KERNEL
 from perfmodel.symbols import t_kernel_small as T_KERNEL_SMALL
 
@@ -242,7 +242,7 @@ def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[st
     f_gemm, f_bf16, bw = gpu.peak(_PEAK_KEY[dtype]), gpu.peak("bf16"), gpu.hbm_bandwidth
     # the microbenchmarks' kernels cost their bytes alone: no class pays a per-sequence context
     # half or an exposed overlap here (a vllm profile fits those, fit_vllm.PARAMETERS)
-    hardware = {F_PEAK: f_gemm, F_PEAK_ATTN: f_bf16, BW: bw,
+    hardware = {F_PEAK: f_gemm, F_PEAK_ATTN: f_bf16, BW: bw, mu_kv: 1.0,  # the benchmarks' bf16 caches
                 **{efficiency_symbols(c)[k]: 0.0 for c in (*PROFILE_CLASSES, *EXTRA_CLASSES)
                    for k in ("context_half", "exposed")}}
 

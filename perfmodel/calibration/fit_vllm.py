@@ -62,6 +62,11 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   waves of K loops, however few bytes they move. Fitted after the rest, from the expert kernels
   of gpt-oss-120b's profiled decode steps; every other model's are held out
   (:mod:`perfmodel.calibration.fit_tiles`).
+- ``kv_cache.<dtype>.attention_memory``: the attention kernels' η_m multiplier with vLLM's KV
+  cache stored in another dtype (``kv_cache_dtype="fp8"``: FlashAttention-3's fp8 path reads half
+  the bytes, not twice as fast). Fitted after the rest, from the decode steps of the training
+  models' rows at that dtype; every other model's are held out
+  (:mod:`perfmodel.calibration.fit_kv_cache`).
 - ``host_probe_ref_ms`` and ``host_speed_exponent``: the host's speed as an input
   (:mod:`perfmodel.host_speed`). Fitted first, from the rows of a model cut to one layer that
   recorded the host's probe time (:mod:`perfmodel.calibration.fit_host_speed`); every row with a
@@ -91,6 +96,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
                                        _predict_many, _profile, _rows, _sig, held_out_residuals,
                                        one_gpu_rows)
 from perfmodel.calibration.fit_host_speed import fit_host_speed
+from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_times
@@ -219,7 +225,8 @@ def kernel_profile_rows(rows: list[dict[str, Any]], category: str, models: tuple
     chunk = VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-              and row_kv_dtype(r) is None and not row_speculative(r) and r["batch"] >= min_batch and profiled_context(r) is not None
+              and row_kv_dtype(r) is None and not row_speculative(r) and r["batch"] >= min_batch
+              and profiled_context(r) is not None
               and r["batch"] * r["input_len"] <= chunk
               and ((r.get("decode_profile") or {}).get("split_ms") or {}).get(category)}
     return list(latest.values())
@@ -424,7 +431,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
-    rows = _rows(results, train)
+    rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
     host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows))
@@ -442,7 +449,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
         try:
-            quant_rows = _rows(results, train, quant=scheme)
+            quant_rows = _rows(results, train, quant=scheme, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
         except SpecError:
             continue
         multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
@@ -465,6 +472,17 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "other model's held out: fit.tiles); no kernel multipliers fitted"))
         fitted += tile_points
         tile_fits[scheme] = record
+    kv_fits: dict[str, Any] = {}
+    for kv in kv_dtypes(every_row):  # the attention kernels with the KV cache in another dtype
+        mu, kv_points, record = fit_kv_cache(every_row, base, gpu, kv, train)
+        if mu is None:
+            continue
+        base.setdefault("kv_cache", {})[kv] = {"attention_memory": mu, "reason": (
+            f"fitted on the decode steps of {len(kv_points)} rows of {', '.join(record['models'])} with vLLM's "
+            f"KV cache in {kv} (--kv-cache-dtype), the bf16 fit held fixed; every other model's held out: "
+            "fit.kv_cache")}
+        fitted += kv_points
+        kv_fits[kv] = record
     all_rows = load_with_what_ifs(results)
     draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
     if draft_pass is not None:
@@ -505,6 +523,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
         if scheme in base.get("quantization", {}):
             base["quantization"][scheme]["band"] = check["within"]
+    for kv, check in stats.get("kv_cache", {}).items():
+        if kv in base.get("kv_cache", {}):
+            base["kv_cache"][kv]["band"] = check["within"]
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
@@ -523,6 +544,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kernel_profile": kernel_record,
         "quantization_rows": quant_fits,
         "tiles": tile_fits,
+        "kv_cache": kv_fits,
         "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                        "points": draft_points},
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},

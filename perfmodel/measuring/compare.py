@@ -430,7 +430,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                            "prefill_regime": prefill_regime(prefill.metrics,
                                                             p.provenance["options"]["prefill_eager"]),
                            "decode_regime": decode_regime(p.metrics),
-                           "quant": quant or "none", "speculative": bool(speculation)})
+                           "quant": quant or "none", "kv_cache": row_kv_dtype(row) or "model",
+                           "speculative": bool(speculation)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
         # an engine that attends its whole allocated cache costs every step alike: the mean is it
