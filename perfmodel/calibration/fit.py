@@ -106,14 +106,15 @@ MAX_RIDING_SHARE = 0.01
 
 
 def riding_share(row: dict[str, Any], chunk: int) -> float:
-    """The share of a measured offline row's O − 1 decode steps that its first sequences decode
-    beside the later chunks of its prefill, at most (⌈B·S/chunk⌉ − 1)/(O − 1): 0 for a prefill of
-    one engine step. The model's E2E is TTFT + (O − 1) decode steps of B sequences, so a row's
-    ITL, (E2E − TTFT)/(O − 1), is the model's decode step only where this share is small: under
-    0.7% on the seed study's grid (S = O, B·S up to 262,144 tokens), 2-24% for outputs of 64
-    tokens after prompts of 2,048-4,032 tokens at B = 16-64."""
+    """The share of a measured offline row's decode tokens that its sequences decode beside the
+    later chunks of its prefill: with n = ⌈B·S/chunk⌉ chunk steps of B/n prompts each, the prompts
+    of chunk i decode during the n − i chunks after it, B·(n − 1)/2 tokens of the B·(O − 1), so
+    (n − 1)/(2·(O − 1)); 0 for a prefill of one engine step. The model's E2E is TTFT + (O − 1)
+    decode steps of B sequences, so a row's ITL, (E2E − TTFT)/(O − 1), is the model's decode step
+    only where this share is small: at most 0.8% on the seed study's grid (S = O, B·S up to 262,144
+    tokens), 2-12% for outputs of 64 tokens after prompts of 2,048-4,032 tokens at B = 16-64."""
     chunks = -(-int(row["batch"]) * int(row["input_len"]) // int(chunk))
-    return (chunks - 1) / max(int(row["output_len"]) - 1, 1)
+    return (chunks - 1) / (2 * max(int(row["output_len"]) - 1, 1))
 
 
 def _rows(results: Path, models: tuple[str, ...], quant: str | None = None,

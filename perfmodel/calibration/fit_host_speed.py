@@ -51,23 +51,29 @@ def host_only_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
-                   chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                   chosen: list[dict[str, Any]], chunk: int | None = None) -> list[dict[str, Any]]:
     """The rows whose median probe is the reference: the in-process ok rows with a probe of a
-    training model as built (``train``, the KV cache at the model's dtype), and the host-only rows
-    ``chosen`` (variants: one layer)."""
+    training model as built (``train``, the KV cache at the model's dtype; under an engine that
+    chunks prefills into ``chunk`` tokens, those the end-to-end fit takes:
+    :func:`perfmodel.calibration.fit.riding_share`), and the host-only rows ``chosen`` (variants:
+    one layer)."""
+    from perfmodel.calibration.fit import MAX_RIDING_SHARE, riding_share
     from perfmodel.measuring.compare import is_variant, row_kv_dtype
 
     return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
-            and r.get("model") in train and not is_variant(r) and row_kv_dtype(r) is None] + list(chosen)
+            and r.get("model") in train and not is_variant(r) and row_kv_dtype(r) is None
+            and (chunk is None or riding_share(r, chunk) <= MAX_RIDING_SHARE)] + list(chosen)
 
 
 def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str],
-                   fitted: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+                   fitted: list[dict[str, Any]] | None = None,
+                   chunk: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
     """``{"host_probe_ref_ms", "host_speed_exponent", "record"}`` from every measured row
     (all passes), the training models being ``train``, and the point ids the exponent was fitted
     on; (None, []) with fewer than five host-only rows or fewer than two batch sizes among them.
     ``fitted``: the rows the end-to-end fit reads (default ``rows``), whose training rows set the
-    reference beside the host-only rows."""
+    reference beside the host-only rows; ``chunk``: the engine's prefill chunk (tokens), as the
+    end-to-end fit takes rows (:func:`reference_rows`)."""
     from scipy.optimize import least_squares
 
     chosen = host_only_rows(rows)
@@ -83,7 +89,7 @@ def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str],
 
     fit = least_squares(residuals, x0=[np.log(1e-3), np.log(1e-5), 0.5], bounds=([-20, -25, 0], [0, 0, 2]))
     alpha = float(fit.x[2])
-    probed = [row_probe_ms(r) for r in reference_rows(rows if fitted is None else fitted, train, chosen)]
+    probed = [row_probe_ms(r) for r in reference_rows(rows if fitted is None else fitted, train, chosen, chunk)]
     reference = float(statistics.median(probed))
     without = least_squares(lambda x: residuals(np.array([x[0], x[1], 0.0])), x0=fit.x[:2],
                             bounds=([-20, -25], [0, 0]))

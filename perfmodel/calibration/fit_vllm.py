@@ -434,7 +434,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
-    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows))
+    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows),
+                                             chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
