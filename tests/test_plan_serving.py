@@ -157,6 +157,39 @@ def test_step_tables_follow_the_dtype():
     assert fp8.step(16, 1500, 0, 0) == pytest.approx(want.metrics["decode_step_s"], rel=1e-3)
 
 
+def test_step_tables_follow_the_kv_cache_dtype():
+    """An fp8 KV cache: half the bytes per cached token, so about twice the tokens fit beside the
+    same weights, and a long-context decode step as predict gives it at that cache dtype."""
+    gpu, model = load_gpu("h200"), load_model("qwen3-30b-a3b")
+    profile = load_profile("vllm", gpu.name)
+    tables = {kv: build_step_times(model, gpu, profile, "bf16", Layout(), max_tokens=8192, max_seqs=64,
+                                   max_context=16384, kv_dtype=kv) for kv in (None, "fp8")}
+    assert tables["fp8"].kv_bytes_per_token == pytest.approx(tables[None].kv_bytes_per_token / 2, rel=1e-9)
+    assert tables["fp8"].kv_tokens == pytest.approx(2 * tables[None].kv_tokens, rel=1e-3)
+    want = predict("qwen3-30b-a3b", gpu="h200", kv_dtype="fp8", phase="decode", batch=16, context=8192)
+    assert tables["fp8"].step(16, 8192, 0, 0) == pytest.approx(want.metrics["decode_step_s"], rel=1e-3)
+    assert tables["fp8"].step(16, 8192, 0, 0) < tables[None].step(16, 8192, 0, 0)
+
+
+def test_a_plan_with_an_fp8_kv_cache_says_the_serving_band_was_measured_at_bf16(capsys):
+    from perfmodel.commands import main
+
+    args = ["plan", "qwen3-30b-a3b", "--rate", "2", "--input-len", "1024", "--output-len", "64", "--gpu", "h200",
+            "--max-gpus", "1", "--no-disagg", "--requests", "40", "--kv-dtype", "fp8", "--json"]
+    main(args)
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["question"]["search"]["kv_dtype"] == "fp8"
+    note = data["profile"][0]["serving_error_band_note"]
+    assert data["profile"][0]["serving_error_band"] is None and "measured with a bf16 KV cache, not fp8" in note
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args[:-3], "--kv-dtype", "fp6"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "perfmodel: error: unknown kv-dtype 'fp6' (known: fp32, bf16, fp16, fp8, int8, fp4)"]
+
+
 # --------------------------------------------------------------------------- replays on hand-built step times
 
 #: Toy step times: a step of n decodes and p prompt tokens takes FIXED + PER_TOKEN·(n + p) s.

@@ -66,7 +66,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         search["dtypes"] = _csv(f["dtype"])
     if f["max_num_seqs"] is not None:
         search["max_num_seqs"] = _ints(f["max_num_seqs"], "--max-num-seqs")
-    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s"):
+    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s", "kv_dtype"):
         if f[key] is not None:
             search[key] = f[key]
     if f["disaggregation"] is not None:
@@ -98,6 +98,8 @@ def plan(
                                       "(default h100-sxm,h200-sxm)."),
     max_gpus: Optional[int] = typer.Option(None, "--max-gpus", help="Most GPUs in all (default 64)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtypes, comma-separated (default bf16)."),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype, e.g. fp8 (default: the "
+                                           "weights' unquantized dtype)."),
     max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs",
                                                help="Engine sequence limits to try (default 64,128,256)."),
     max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens",
@@ -135,7 +137,7 @@ def plan(
         ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
         max_batched_tokens=max_batched_tokens, disaggregation=disaggregation,
-        kv_link_gb_s=kv_link_gb_s, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
+        kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
     if out is not None and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     with progress_bar() as progress:

@@ -36,7 +36,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     warmup: int = 100, seed: int = 0, arrivals: Sequence[float] | None = None,
                     until_s: float | None = None, kv_tokens: int | None = None,
                     host_probe_ms: float | None = None, graph_tokens: int | None = None,
-                    lengths: tuple[Sequence[int], Sequence[int]] | None = None) -> dict[str, Any]:
+                    lengths: tuple[Sequence[int], Sequence[int]] | None = None,
+                    kv_dtype: str | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -62,7 +63,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     the closed form's at the traffic's rate with the same limits. ``host_probe_ms``: the
     host's probe time (ms, :mod:`perfmodel.host_speed`); None: the profile's host.
     ``graph_tokens``: the engine's largest captured CUDA graph (tokens; 0: none); None: the
-    profile's (``options.cudagraph_max_tokens``).
+    profile's (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8:
+    half the bytes of a cached token); None: the weights' unquantized dtype.
     """
     from pydantic import ValidationError
 
@@ -79,7 +81,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
             model=model, set=list(overrides or []), engine=engine, traffic=traffic_obj,
             search=SearchSpace(gpus=[gpu], dtypes=[dtype], max_num_seqs=[max_num_seqs],
                                max_batched_tokens=max_batched_tokens, disaggregation=False,
-                               max_gpus=lay.gpus * replicas),
+                               max_gpus=lay.gpus * replicas, kv_dtype=kv_dtype),
             simulation=Simulation(requests=requests, warmup=warmup, seed=seed), host_probe_ms=host_probe_ms)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -92,6 +92,10 @@ class Search(_Strict):
     gpus: list[str] = Field(default_factory=lambda: ["h100-sxm", "h200-sxm"], min_length=1)
     max_gpus: PositiveInt = Field(default=64, description="GPUs of all replicas together, at most.")
     dtypes: list[str] = Field(default_factory=lambda: ["bf16"], min_length=1)
+    kv_dtype: Optional[str] = Field(
+        default=None, description="KV cache dtype of every candidate (vLLM's kv_cache_dtype; fp8 "
+                                  "stores a cached token in half the bytes); default: the weights' "
+                                  "unquantized dtype.")
     max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1)
     max_batched_tokens: PositiveInt = Field(
         default=8192, description="Token budget of one engine step (vLLM max_num_batched_tokens).")

@@ -107,6 +107,7 @@ class Search:
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
             check_choice("dtype", dtype, DTYPE_BYTES)
+        check_choice("kv_dtype", question.search.kv_dtype, DTYPE_BYTES, optional=True)
         prices = load_prices(question.prices)
         self.offers = offers(question.search.gpus, prices, question.prices, require_price=priced)
         self.lengths = Lengths(question.traffic)
@@ -151,7 +152,7 @@ class Search:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
                                      max_tokens=self.budget, max_seqs=max(self.seqs),
                                      max_context=self.longest, host_probe_ms=self.q.host_probe_ms,
-                                     graph_tokens=self.graph_tokens)
+                                     graph_tokens=self.graph_tokens, kv_dtype=self.q.search.kv_dtype)
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:

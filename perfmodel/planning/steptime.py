@@ -245,18 +245,20 @@ def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Wo
 
 def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
                      layout: Layout, *, max_tokens: int, max_seqs: int, max_context: int,
-                     host_probe_ms: float | None = None, graph_tokens: int | None = None) -> StepTimes:
+                     host_probe_ms: float | None = None, graph_tokens: int | None = None,
+                     kv_dtype: str | None = None) -> StepTimes:
     """Evaluate the step tables of one configuration (see the module docstring).
 
     ``max_tokens``: the step's token budget; ``max_seqs``: most decoding sequences;
     ``max_context``: longest context (tokens) a sequence reaches; ``host_probe_ms``: the host's
     probe time (ms; :mod:`perfmodel.host_speed`), None for the profile's host; ``graph_tokens``:
     the engine's largest captured CUDA graph (tokens), None for the profile's
-    (``options.cudagraph_max_tokens``).
+    (``options.cudagraph_max_tokens``); ``kv_dtype``: the KV cache's dtype, None for the
+    unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`).
     """
     workload = Workload(batch=1, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
                         pp=layout.pp, dtype=dtype, host_probe_ms=host_probe_ms,
-                        graph_tokens=graph_tokens).stored_as(model)
+                        graph_tokens=graph_tokens, kv_dtype=kv_dtype).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
     decode = _compiled(model, "decode", profile, workload)
     prefill = _compiled(model, "prefill", profile, workload)
