@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +39,19 @@ def schemes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sc
         yield edited
     finally:
         quantization.load_schemes.cache_clear()
+
+
+@pytest.fixture
+def roofline_with(tmp_path: Path) -> Callable[..., str]:
+    """A function writing a copy of the roofline profile with some sections replaced
+    (``roofline_with(quantization={...})``, ``kv_cache={...}``) and returning its path."""
+
+    def write(**sections: dict) -> str:
+        root = Path(__file__).resolve().parent.parent
+        data = yaml.safe_load((root / "calibration/profiles/roofline.yaml").read_text())
+        data.update(sections)
+        path = tmp_path / "profile.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return str(path)
+
+    return write

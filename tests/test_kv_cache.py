@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from perfmodel import predict
 from perfmodel.calibration.fit_kv_cache import kv_cache_rows
@@ -14,17 +13,6 @@ from perfmodel.measuring.compare import load_with_what_ifs, row_kv_dtype
 from perfmodel.paths import RESULTS_DIR
 from perfmodel.profile import load_profile, load_profile_file
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _roofline_with(tmp_path: Path, kv_cache: dict) -> str:
-    """The path of a copy of the roofline profile with this ``kv_cache`` section."""
-    data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
-    data["kv_cache"] = kv_cache
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
 
 def _decode_ops(engine: str, kv_dtype: str | None) -> dict[str, dict]:
     p = predict("olmoe-1b-7b", engine=engine, phase="decode", batch=64, input_len=4096, context=4096,
@@ -32,10 +20,10 @@ def _decode_ops(engine: str, kv_dtype: str | None) -> dict[str, dict]:
     return {op["name"]: op for op in p.ops}
 
 
-def test_mu_kv_scales_the_attention_kernels_memory_time_and_nothing_else(tmp_path):
+def test_mu_kv_scales_the_attention_kernels_memory_time_and_nothing_else(roofline_with):
     plain = _decode_ops("roofline", None)
     fp8 = _decode_ops("roofline", "fp8")  # no kv_cache section: μ_kv = 1, half the bytes, half the time
-    slowed = _decode_ops(_roofline_with(tmp_path, {"fp8": {"attention_memory": 0.5}}), "fp8")
+    slowed = _decode_ops(roofline_with(kv_cache={"fp8": {"attention_memory": 0.5}}), "fp8")
     core = "attn.core"
     assert fp8[core]["memory_s"] == pytest.approx(plain[core]["memory_s"] / 2, rel=0.02)
     # at μ_kv = 0.5 the fp8 kernel reads its half of the bytes at half the rate: the bf16 time again
@@ -45,16 +33,16 @@ def test_mu_kv_scales_the_attention_kernels_memory_time_and_nothing_else(tmp_pat
             assert op["time_s"] == pytest.approx(fp8[name]["time_s"], rel=1e-9), name
 
 
-def test_mu_kv_is_one_at_the_models_own_dtype(tmp_path):
-    listed = _roofline_with(tmp_path, {"fp8": {"attention_memory": 0.5}, "bf16": {"attention_memory": 0.5}})
+def test_mu_kv_is_one_at_the_models_own_dtype(roofline_with):
+    listed = roofline_with(kv_cache={"fp8": {"attention_memory": 0.5}, "bf16": {"attention_memory": 0.5}})
     assert load_profile_file(Path(listed)).kv_cache_multiplier("bf16", "bf16") == 1.0
     assert load_profile_file(Path(listed)).kv_cache_multiplier("fp8", "bf16") == 0.5
     assert _decode_ops(listed, None)["attn.core"]["time_s"] == _decode_ops("roofline", None)["attn.core"]["time_s"]
 
 
-def test_an_unknown_kv_cache_dtype_in_a_profile_is_refused(tmp_path):
+def test_an_unknown_kv_cache_dtype_in_a_profile_is_refused(roofline_with):
     with pytest.raises(SpecError, match="kv_cache: unknown dtype 'fp6'"):
-        load_profile_file(Path(_roofline_with(tmp_path, {"fp6": {"attention_memory": 0.5}})))
+        load_profile_file(Path(roofline_with(kv_cache={"fp6": {"attention_memory": 0.5}})))
 
 
 def test_mu_kv_comes_from_the_training_models_fp8_cache_rows_and_the_rest_are_held_out():

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from perfmodel import predict
 from perfmodel.calibration.fit_tiles import TILE_BACKENDS, tile_rows
@@ -16,24 +15,14 @@ from perfmodel.measuring.compare import load_with_what_ifs, row_routing
 from perfmodel.paths import RESULTS_DIR
 from perfmodel.profile import load_profile, load_profile_file
 
-ROOT = Path(__file__).resolve().parent.parent
 TILE_S, K_STEP_S = 2e-6, 1e-6
 H, I, E, LAYERS = 2880, 2880, 32, 24  # gpt-oss-20b
 SMS = 132  # H200
 
 
-def _roofline_with(tmp_path: Path, quantization: dict) -> str:
-    """The path of a copy of the roofline profile with this ``quantization`` section."""
-    data = yaml.safe_load((ROOT / "calibration/profiles/roofline.yaml").read_text())
-    data["quantization"] = quantization
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def _tiled_profile(tmp_path: Path) -> str:
+def _tiled_profile(roofline_with) -> str:
     """The roofline profile with the MXFP4 MoE kernel's times (t_tile, t_kstep) set."""
-    return _roofline_with(tmp_path, {"mxfp4-moe": {"tile_s": TILE_S, "k_step_s": K_STEP_S}})
+    return roofline_with(quantization={"mxfp4-moe": {"tile_s": TILE_S, "k_step_s": K_STEP_S}})
 
 
 def _experts(engine: str, batch: int = 1, model: str = "gpt-oss-20b", **kw) -> dict:
@@ -57,13 +46,13 @@ def _floor(experts: float, intermediate: int = I, hidden: int = H) -> float:
     ({"top_k": 32}, 32, I),  # six and three waves
     ({"ffn": 5760}, 4, 5760),  # the down GEMM's K loop doubles, the gate|up GEMM's tiles
 ])
-def test_the_floor_counts_waves_of_k_loops(tmp_path, overrides, experts, intermediate):
-    ops = _experts(_tiled_profile(tmp_path), overrides=overrides)
+def test_the_floor_counts_waves_of_k_loops(roofline_with, overrides, experts, intermediate):
+    ops = _experts(_tiled_profile(roofline_with), overrides=overrides)
     assert ops["tiles_s"] == pytest.approx(_floor(experts, intermediate), rel=1e-9)
 
 
-def test_at_one_sequence_the_floor_sets_the_experts_time_and_the_bytes_do_not(tmp_path):
-    tiled, plain = _experts(_tiled_profile(tmp_path)), _experts("roofline")
+def test_at_one_sequence_the_floor_sets_the_experts_time_and_the_bytes_do_not(roofline_with):
+    tiled, plain = _experts(_tiled_profile(roofline_with)), _experts("roofline")
     assert plain["tiles_s"] == 0  # a profile without the kernel's times has no floor
     assert tiled["bound"] == {"tiles"} and tiled["time_s"] > 2 * max(tiled["compute_s"], tiled["memory_s"])
     assert tiled["compute_s"] == plain["compute_s"] and tiled["memory_s"] == plain["memory_s"]
@@ -80,8 +69,8 @@ def test_the_floor_never_lets_a_step_fall_as_the_batch_grows():
     assert all(b >= a for a, b in zip(steps, steps[1:]))
 
 
-def test_no_floor_without_a_tiled_kernel(tmp_path):
-    engine = _tiled_profile(tmp_path)
+def test_no_floor_without_a_tiled_kernel(roofline_with):
+    engine = _tiled_profile(roofline_with)
     assert _experts(engine, quant="none")["tiles_s"] == 0  # bf16 experts: vLLM's fused Triton MoE
     assert _experts(engine, moe_impl="unfused")["tiles_s"] == 0  # a loop of dense GEMMs
     mixtral = predict("mixtral-8x7b", engine="vllm", phase="decode", batch=1, context=128, quant="fp8")
@@ -98,9 +87,9 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
         quantization.load_schemes()
 
 
-def test_tile_times_for_a_scheme_without_a_tile_are_refused(tmp_path):
+def test_tile_times_for_a_scheme_without_a_tile_are_refused(roofline_with):
     with pytest.raises(SpecError, match="quantization.fp8: tile_s and k_step_s .* no moe_tile"):
-        load_profile_file(Path(_roofline_with(tmp_path, {"fp8": {"k_step_s": 1e-6}})))
+        load_profile_file(Path(roofline_with(quantization={"fp8": {"k_step_s": 1e-6}})))
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():
