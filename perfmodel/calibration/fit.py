@@ -112,7 +112,7 @@ def riding_share(row: dict[str, Any], chunk: int) -> float:
     (n − 1)/(2·(O − 1)); 0 for a prefill of one engine step. The model's E2E is TTFT + (O − 1)
     decode steps of B sequences, so a row's ITL, (E2E − TTFT)/(O − 1), is the model's decode step
     only where this share is small: at most 0.8% on the seed study's grid (S = O, B·S up to 262,144
-    tokens), 2-12% for outputs of 64 tokens after prompts of 2,048-4,032 tokens at B = 16-64."""
+    tokens), up to 12% for outputs of 64 tokens after prompts of 2,048-4,032 tokens at B = 16-64."""
     chunks = -(-int(row["batch"]) * int(row["input_len"]) // int(chunk))
     return (chunks - 1) / (2 * max(int(row["output_len"]) - 1, 1))
 
