@@ -181,6 +181,7 @@ def test_a_plan_with_an_fp8_kv_cache_says_the_serving_band_was_measured_at_bf16(
 
     data = json.loads(capsys.readouterr().out)
     assert data["question"]["search"]["kv_dtype"] == "fp8"
+    assert " kv-fp8 " in data["chosen"]["label"] and data["chosen"]["pools"][0]["kv_dtype"] == "fp8"
     note = data["profile"][0]["serving_error_band_note"]
     assert data["profile"][0]["serving_error_band"] is None and "measured with a bf16 KV cache, not fp8" in note
     with pytest.raises(SystemExit) as exit_info:

@@ -18,13 +18,15 @@ METRICS = ("ttft", "itl", "tpot", "e2e")
 
 @dataclass(frozen=True)
 class Engine:
-    """One replica's configuration: GPU type, weight dtype, TP/EP/PP layout, scheduler limits."""
+    """One replica's configuration: GPU type, weight dtype, TP/EP/PP layout, scheduler limits,
+    and the KV cache's dtype where it is not the weights' unquantized one (``kv_dtype``)."""
 
     gpu: str
     dtype: str
     layout: Layout
     max_num_seqs: int
     max_batched_tokens: int
+    kv_dtype: str | None = None
 
     @property
     def gpus(self) -> int:
@@ -36,13 +38,15 @@ class Engine:
         return "·".join(parts)
 
     def label(self, seqs: bool = True) -> str:
-        text = f"{self.gpu} {self.dtype} {self.layout_label()}"
+        kv = f" kv-{self.kv_dtype}" if self.kv_dtype else ""
+        text = f"{self.gpu} {self.dtype}{kv} {self.layout_label()}"
         return f"{text} seqs≤{self.max_num_seqs}" if seqs else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gpu": self.gpu, "gpus_per_replica": self.gpus, "dtype": self.dtype,
-                "layout": {"tp": self.layout.tp, "ep": self.layout.ep, "pp": self.layout.pp},
-                "max_num_seqs": self.max_num_seqs, "max_batched_tokens": self.max_batched_tokens}
+        out = {"gpu": self.gpu, "gpus_per_replica": self.gpus, "dtype": self.dtype,
+               "layout": {"tp": self.layout.tp, "ep": self.layout.ep, "pp": self.layout.pp},
+               "max_num_seqs": self.max_num_seqs, "max_batched_tokens": self.max_batched_tokens}
+        return {**out, "kv_dtype": self.kv_dtype} if self.kv_dtype else out
 
 
 @dataclass

@@ -56,7 +56,8 @@ def _cheapest_prefill(search, dtype: str):
                               setup.profile.options.async_scheduling)
         curve = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="prefill")
         move = transfer_s(search, setup)
-        engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget)
+        engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget,
+                        search.q.search.kv_dtype)
         for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
             state = curve.at(search.rate / (r * pp))
             if not state.stable:
@@ -83,7 +84,7 @@ def _cheapest_decode(search, dtype: str, ttft_p90: float):
         full = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="decode")
         for seqs in search.seqs:
             curve = full.capped(max(1, seqs // pp))
-            engine = Engine(setup.offer.name, dtype, setup.layout, seqs, search.budget)
+            engine = Engine(setup.offer.name, dtype, setup.layout, seqs, search.budget, search.q.search.kv_dtype)
             for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
                 state = curve.at(search.rate / (r * pp))
                 if not state.stable or judge({"itl": state.itl}, targets, 1.0)[0]:

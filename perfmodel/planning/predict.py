@@ -96,7 +96,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
         raise InputError(setup.failure)
     if times is not None:
         return _replay(search, setup, max_num_seqs, max_batched_tokens, times, until_s, kv_tokens, seed, given)
-    ev = search.simulated(setup, Engine(setup.offer.name, dtype, lay, max_num_seqs, max_batched_tokens), replicas)
+    ev = search.simulated(setup, Engine(setup.offer.name, dtype, lay, max_num_seqs, max_batched_tokens, kv_dtype),
+                          replicas)
     return {**{f"{m}_s": ev.metrics[m] for m in ("ttft", "itl", "tpot", "e2e")},
             "overloaded": not ev.stable, "mean_batch": ev.details["mean_batch"],
             "peak_kv_fraction": ev.details["peak_kv_fraction"], "preemptions": ev.details["preemptions"],

@@ -286,7 +286,8 @@ class Search:
             if setup.curve is None:
                 continue
             for seqs in self.seqs:
-                engine = Engine(setup.offer.name, setup.dtype, setup.layout, seqs, self.budget)
+                engine = Engine(setup.offer.name, setup.dtype, setup.layout, seqs, self.budget,
+                                self.q.search.kv_dtype)
                 top = max_gpus // engine.gpus
                 sat = self.stream_curve(setup, seqs).saturation_rate * setup.layout.pp
                 first = max(1, math.floor(self.rate / sat) + 1) if sat > 0 else top + 1
