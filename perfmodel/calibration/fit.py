@@ -117,12 +117,19 @@ def riding_share(row: dict[str, Any], chunk: int) -> float:
     return (chunks - 1) / (2 * max(int(row["output_len"]) - 1, 1))
 
 
+def rides_chunks(row: dict[str, Any], chunk: int | None) -> bool:
+    """Whether more than :data:`MAX_RIDING_SHARE` of a row's decode tokens ride along its
+    prefill's chunks under an engine that chunks prefills into ``chunk`` tokens (None: one that
+    does not), which the end-to-end fit then leaves out (:func:`riding_share`)."""
+    return chunk is not None and riding_share(row, chunk) > MAX_RIDING_SHARE
+
+
 def _rows(results: Path, models: tuple[str, ...], quant: str | None = None,
           chunk: int | None = None) -> list[dict[str, Any]]:
     """The ok one-GPU rows of ``models`` as built (no variants), with the fused MoE, at one
     quantization (None: unquantized) and the KV cache at the model's dtype; under an engine that
     chunks prefills into ``chunk`` tokens per step, only those whose decode steps hardly ride
-    along their prefill's chunks (:func:`riding_share` at most :data:`MAX_RIDING_SHARE`)."""
+    along their prefill's chunks (:func:`rides_chunks`)."""
     from perfmodel.measuring.compare import (is_variant, load_measurements, row_kv_dtype, row_moe_impl,
                                              row_quant, row_speculative)
 
@@ -131,7 +138,7 @@ def _rows(results: Path, models: tuple[str, ...], quant: str | None = None,
     rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
             and row_quant(r) == quant and row_kv_dtype(r) is None and not row_speculative(r)
-            and row_moe_impl(r) == "fused" and (chunk is None or riding_share(r, chunk) <= MAX_RIDING_SHARE)]
+            and row_moe_impl(r) == "fused" and not rides_chunks(r, chunk)]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows

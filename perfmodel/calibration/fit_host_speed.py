@@ -55,14 +55,14 @@ def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
     """The rows whose median probe is the reference: the in-process ok rows with a probe of a
     training model as built (``train``, the KV cache at the model's dtype; under an engine that
     chunks prefills into ``chunk`` tokens, those the end-to-end fit takes:
-    :func:`perfmodel.calibration.fit.riding_share`), and the host-only rows ``chosen`` (variants:
+    :func:`perfmodel.calibration.fit.rides_chunks`), and the host-only rows ``chosen`` (variants:
     one layer)."""
-    from perfmodel.calibration.fit import MAX_RIDING_SHARE, riding_share
+    from perfmodel.calibration.fit import rides_chunks
     from perfmodel.measuring.compare import is_variant, row_kv_dtype
 
     return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
             and r.get("model") in train and not is_variant(r) and row_kv_dtype(r) is None
-            and (chunk is None or riding_share(r, chunk) <= MAX_RIDING_SHARE)] + list(chosen)
+            and not rides_chunks(r, chunk)] + list(chosen)
 
 
 def fit_host_speed(rows: list[dict[str, Any]], train: Collection[str],
