@@ -191,7 +191,18 @@ class Options(_Strict):
                 raise ValueError("moe_block_m tiers need increasing max_tokens, the last one null")
 
 
-class QuantEfficiency(_Strict):
+class BandChecked(_Strict):
+    """Kernels a profile states apart from its own (a quantization scheme's, a KV-cache dtype's):
+    why they cost what they do, and whether the profile's error band holds for them."""
+
+    reason: str = ""
+    band: bool = Field(
+        default=False, description="the profile's error band holds here: the 90th percentile |error| "
+        "of the held-out rows lies within the band in each regime (fit.residuals.quantization or "
+        "fit.residuals.kv_cache); false: these predictions carry no band")
+
+
+class QuantEfficiency(BandChecked):
     """A quantization scheme's kernels relative to the profile's fitted ones: multipliers of
     the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as,
     and the times of its tiled MoE kernel where the scheme has one (``moe_tile``)."""
@@ -206,27 +217,17 @@ class QuantEfficiency(_Strict):
     k_step_s: NonNegativeFloat = Field(
         default=0.0, description="time of one step of a tile's K loop of that kernel, s (t_kstep); "
         "0: no tile floor")
-    reason: str = ""
-    band: bool = Field(
-        default=False, description="the profile's error band holds for this scheme: the 90th "
-        "percentile |error| of its held-out rows lies within the band in each regime "
-        "(fit.residuals.quantization); false: its predictions carry no band")
 
     def multiplier(self, op_class: str, which: str) -> float:
         """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""
         return float(getattr(self, f"{op_class}_{which}", 1.0))
 
 
-class KVCacheEfficiency(_Strict):
+class KVCacheEfficiency(BandChecked):
     """The attention kernels with the KV cache stored in a dtype other than the model's: a
     multiplier of the attention classes' η_m maxima (μ_kv, :mod:`perfmodel.roofline`)."""
 
     attention_memory: float = Field(default=1.0, gt=0, le=2)
-    reason: str = ""
-    band: bool = Field(
-        default=False, description="the profile's error band holds with the cache in this dtype: the "
-        "90th percentile |error| of its held-out rows lies within the band in each regime "
-        "(fit.residuals.kv_cache); false: its predictions carry no band")
 
 
 #: KV-cache dtypes a profile may list (``kv_cache``), as a workload names them (``--kv-dtype``).
