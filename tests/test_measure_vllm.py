@@ -7,7 +7,7 @@ import json
 import pytest
 
 from perfmodel.errors import InputError
-from perfmodel.measuring import vllm_backend as vb
+from perfmodel.measuring import compare, vllm_backend as vb
 from perfmodel.measuring.cli import VLLM_MISSING, measure
 from perfmodel.measuring.measure import main
 from perfmodel.measuring.points import build_points, parse_phases
@@ -77,6 +77,28 @@ def test_a_checkpoint_quantization_goes_into_config_json_not_the_engine_argument
     assert vb.checkpoint_quantization(fp8) is None and "quantization_config" not in vb.vllm_config_json(fp8)
 
 
+def test_a_gptq_point_quantizes_attention_and_experts_but_not_the_router(tmp_path):
+    settings = vb.point_settings(quantization="gptq", moe_backend="marlin")
+    points = build_points(["qwen3-30b-a3b"], [16], parse_phases("128"), backend="vllm",
+                          settings=settings, experts_impl="vllm_fused_moe")
+    block = vb.vllm_config_json(points[0])["quantization_config"]
+    assert (block["quant_method"], block["bits"], block["group_size"], block["sym"], block["desc_act"]) == (
+        "gptq", 4, 128, True, False)
+    kw = vb.engine_kwargs(points, tmp_path)
+    assert kw["quantization"] is None and kw["moe_backend"] == "marlin"
+
+    def quantized(prefix: str) -> bool:  # vLLM's rule: a listed name is a substring of the layer's
+        return any(name in prefix for name in block["modules_in_block_to_quantize"])
+
+    for layer in ("self_attn.q_proj", "self_attn.o_proj", "mlp.shared_expert.down_proj",
+                  "mlp.shared_experts.gate_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+        assert quantized(f"model.layers.3.{layer}"), layer
+    for layer in ("mlp.gate", "block_sparse_moe.gate", "mlp.shared_expert_gate"):
+        assert not quantized(f"model.layers.3.{layer}"), layer
+    assert compare.row_quant({"engine": {"quantization": "gptq"}}) == "w4a16"
+    assert compare.row_quant({"engine": {"quantization": "experts_int8"}}) == "w8a16-experts"  # an alias
+
+
 def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     torch = pytest.importorskip("torch")
     from perfmodel.measuring.vllm_dummy import SCALE_EXPONENT_BYTES, fill_integer_parameters
@@ -96,6 +118,15 @@ def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     assert int(scales.min()) >= low and int(scales.max()) < high  # no 0xFF (E8M0 NaN), no huge exponent
     assert 2.0 ** (high - 1 - 127) * 6 < 2e-3  # largest weight: the bf16 dummy weights' size
     assert not layer.w13_bias.any() and not layer.child.other.any()
+
+    gptq = torch.nn.Module()  # int4 codes packed eight to an int32; g_idx is no code
+    gptq.w13_qweight = torch.nn.Parameter(torch.zeros(4, 64, dtype=torch.int32), requires_grad=False)
+    gptq.qzeros = torch.nn.Parameter(torch.zeros(4, 8, dtype=torch.int32), requires_grad=False)
+    gptq.g_idx = torch.nn.Parameter(torch.zeros(64, dtype=torch.int32), requires_grad=False)
+    assert fill_integer_parameters(gptq) == 2
+    nibbles = torch.stack([(gptq.w13_qweight >> (4 * i)) & 0xF for i in range(8)])
+    assert len(torch.unique(nibbles)) == 16 and (gptq.w13_qweight < 0).any()  # every code, sign bit too
+    assert gptq.qzeros.any() and not gptq.g_idx.any()
 
 
 def test_routing_simulation_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):

@@ -46,7 +46,7 @@ def _weight_bytes(elements: float, channels: float, quant: str) -> float:
         "fp8-channel": elements * 1 + channels * 4,  # fp32 per output channel
         "fp8-block": elements * 1 + elements / (128 * 128) * 4,  # fp32 per 128x128 block
         "w8a16": elements * 1 + channels * 2,  # bf16 per output channel
-        "w4a16": elements * 0.5 + elements / 128 * (2 + 0.5),  # bf16 scale + 4-bit zero per 128
+        "w4a16": elements * 0.5 + elements / 128 * 2,  # a bf16 scale per 128 (symmetric GPTQ)
     }[quant]
 
 
@@ -113,7 +113,7 @@ def test_weights_in_memory_follow_the_scheme():
     plain, fp8, w4 = weights("none"), weights("fp8"), weights("w4a16")
     embed_and_head = 2 * 32000 * 4096 * 2  # stay bf16
     assert fp8 - embed_and_head == pytest.approx((plain - embed_and_head) / 2, rel=1e-3)
-    assert w4 - embed_and_head == pytest.approx((plain - embed_and_head) / 4 * (0.5 + 2.5 / 128) / 0.5, rel=1e-3)
+    assert w4 - embed_and_head == pytest.approx((plain - embed_and_head) / 4 * (0.5 + 2 / 128) / 0.5, rel=1e-3)
 
 
 def test_dtype_fp8_is_an_alias_of_the_fp8_scheme():

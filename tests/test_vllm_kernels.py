@@ -15,6 +15,8 @@ from perfmodel.measuring.results import _validate_profile
     ("_matmul_ogs_NNT_bf16xbf16xmxfp4_16x256x128x1", "expert_gemm"),
     ("void marlin_moe_wna16::Marlin<1125899906909960l, 128, 1, 8, 4, true, 4, 2, false>(int4 const*)",
      "expert_gemm"),
+    ("void marlin::Marlin<__nv_bfloat16, 1125899906909960l, 128, 4, 8, 8, true, 4, 2, false>(int4 const*)",
+     "dense_gemm"),  # a GPTQ linear layer's kernel
     ("pack_bitmatrix", "router_topk"),
     ("void vllm::moe::moe_align_block_size_kernel<int>(int const*, int*)", "router_topk"),
     ("void vllm::moe::topkGatingSoftmax<4, 64>(float const*)", "router_topk"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from perfmodel.errors import InputError
 from perfmodel.host_speed import row_probe_ms
 from perfmodel.measuring.results import has_decode_step, read_rows
 from perfmodel.measuring.points import SweepPoint
@@ -98,16 +99,20 @@ def row_quant(row: dict[str, Any]) -> str | None:
     of the row: vLLM's ``--quantization fp8`` is W8A8 with per-tensor weight scales and dynamic
     per-token activation scales, the model's ``fp8`` scheme; a checkpoint's method,
     :data:`perfmodel.measuring.vllm_backend.CHECKPOINT_QUANTIZATIONS`, is the scheme that names
-    it, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is ``mxfp4-moe``); None when
-    unquantized."""
+    it, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is ``mxfp4-moe``, ``gptq``
+    ``w4a16``; any other method is the scheme it is a name or alias of: ``experts_int8`` is
+    ``w8a16-experts``); None when unquantized."""
+    from perfmodel.quantization import check_quant, checkpoint_scheme
+
     quant = str((row.get("engine") or {}).get("quantization") or "none")
     if quant == "none":
         return None
     if quant in CHECKPOINT_QUANTIZATIONS:
-        from perfmodel.quantization import checkpoint_scheme
-
         return checkpoint_scheme(quant) or quant
-    return quant
+    try:
+        return check_quant(quant)
+    except InputError:
+        return quant
 
 
 def row_kv_dtype(row: dict[str, Any]) -> str | None:

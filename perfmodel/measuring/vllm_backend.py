@@ -296,8 +296,21 @@ def _layer_overrides(point: SweepPoint) -> list[str]:
 #: (``quantization_config``) instead of applying them to bf16 weights on load: a point of one
 #: gets the block in its config.json and no ``quantization`` engine argument, and its dummy
 #: weights fill the integer parameters too (:mod:`perfmodel.measuring.vllm_dummy`). ``mxfp4``:
-#: gpt-oss's format, the routed experts in MXFP4 and every other layer in bf16.
-CHECKPOINT_QUANTIZATIONS = {"mxfp4": {"quant_method": "mxfp4"}}
+#: gpt-oss's format, the routed experts in MXFP4 and every other layer in bf16. ``gptq``: int4
+#: weight-only, symmetric, one scale per 128 inputs, no act-order, as GPTQ checkpoints of MoE
+#: models ship; the routed experts always, and the linear layers whose names contain an entry of
+#: ``modules_in_block_to_quantize`` (vLLM reads that list from the checkpoint's safetensors when
+#: the config lacks it, and a dummy model has none): attention, shared experts and dense MLPs,
+#: not the router. Run on Marlin (``--moe-backend marlin``).
+CHECKPOINT_QUANTIZATIONS = {
+    "mxfp4": {"quant_method": "mxfp4"},
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False,
+             "lm_head": False, "modules_in_block_to_quantize": [
+                 "self_attn", "shared_expert.", "shared_experts.", "mlp.gate_up_proj", "mlp.down_proj"]},
+}
+#: The dtype part of the tuned fused-MoE config name vLLM looks up per ``--quantization`` (its
+#: Triton kernel's ``get_config_dtype_str``); bf16 has none.
+FUSED_MOE_CONFIG_DTYPES = {"fp8": "fp8_w8a8", "experts_int8": "int8_w8a16"}
 
 
 def checkpoint_quantization(point: SweepPoint) -> dict[str, Any] | None:
@@ -685,6 +698,8 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
     shape = family(cfg["model_type"]).moe_shape(cfg)
     if shape is None or not shape.experts or not shape.expert_width:
         return {}
+    if _settings(point).get("moe_backend") == "marlin":
+        return {"fused_moe_config": "none: Marlin's MoE kernel takes no tuned tile config"}
     tp = max(tp, 1)
     if _settings(point).get("ep", "0") == "1" and tp > 1:
         experts, width = shape.experts // tp, shape.expert_width
@@ -696,8 +711,7 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
 
         device = torch.cuda.get_device_name()
         quant = _settings(point).get("quant", "none")
-        name = fused_moe_config_name(experts, width, device,
-                                     "fp8_w8a8" if quant == "fp8" else None)
+        name = fused_moe_config_name(experts, width, device, FUSED_MOE_CONFIG_DTYPES.get(quant))
         folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal

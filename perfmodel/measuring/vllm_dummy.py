@@ -1,4 +1,4 @@
-"""Dummy weights for a checkpoint-quantized vLLM engine: random packed MXFP4 codes and scales.
+"""Dummy weights for a checkpoint-quantized vLLM engine: random packed MXFP4 and GPTQ codes.
 
 vLLM's dummy loader draws every floating-point parameter uniformly in ±1e-3 and leaves integer
 ones as ``torch.empty`` left them (``initialize_single_dummy_weight``). A model stored in MXFP4
@@ -9,6 +9,12 @@ change which experts the tokens pick. :func:`patch_dummy_loader` makes the loade
 integer parameters: every packed byte uniform in [0, 256) (each nibble a random E2M1 code,
 magnitudes 0–6) and every scale uniform in :data:`SCALE_EXPONENT_BYTES` (2^-14 to 2^-12), so a
 weight is at most 6·2^-12 ≈ 1.5e-3, the size of the bf16 dummy weights, and never inf or NaN.
+
+A GPTQ model (4-bit integer codes packed eight to an ``int32``: ``qweight``, and ``qzeros``)
+gets every byte of those tensors uniform in [0, 256), so each nibble is a random code 0–15; its
+scales are floating-point, drawn by vLLM in ±1e-3, so a weight (code − 8)·scale stays under 1e-2.
+Its ``g_idx`` (the group of each input row, used only with act-order, which the measured
+checkpoints do not set) is left alone.
 """
 
 from __future__ import annotations
@@ -19,21 +25,31 @@ from typing import Any
 SCALE_EXPONENT_BYTES = (113, 116)
 #: Parameter-name suffix of the scales among the integer parameters (``w13_weight_scale``).
 SCALE_SUFFIX = "_scale"
+#: Name suffixes of the ``int32`` parameters that hold packed 4-bit codes (GPTQ's ``qweight``,
+#: ``w13_qweight``, and its zero points ``qzeros``).
+PACKED_INT32_SUFFIXES = ("qweight", "qzeros")
 
 
 def fill_integer_parameters(module: Any) -> int:
-    """Fill ``module``'s own ``uint8`` parameters (not its children's) in place: scales
-    (names ending in :data:`SCALE_SUFFIX`) uniform over :data:`SCALE_EXPONENT_BYTES`, packed
-    weights uniform over [0, 256). Returns how many tensors were filled."""
+    """Fill ``module``'s own integer parameters (not its children's) in place: ``uint8`` scales
+    (names ending in :data:`SCALE_SUFFIX`) uniform over :data:`SCALE_EXPONENT_BYTES`, other
+    ``uint8`` (packed MXFP4 codes) and the ``int32`` packed codes named by
+    :data:`PACKED_INT32_SUFFIXES` with every byte uniform over [0, 256). Returns how many tensors
+    were filled."""
     import torch
 
     filled = 0
     for name, param in module.named_parameters(recurse=False):
-        if param.dtype != torch.uint8:
+        if param.dtype == torch.uint8:
+            low, high = SCALE_EXPONENT_BYTES if name.endswith(SCALE_SUFFIX) else (0, 256)
+            target = param.data
+        elif param.dtype == torch.int32 and name.endswith(PACKED_INT32_SUFFIXES):
+            low, high = 0, 256
+            target = param.data.view(torch.uint8)
+        else:
             continue
-        low, high = SCALE_EXPONENT_BYTES if name.endswith(SCALE_SUFFIX) else (0, 256)
         with torch.no_grad():
-            param.data.random_(low, high)
+            target.random_(low, high)
         filled += 1
     return filled
 

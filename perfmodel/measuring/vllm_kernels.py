@@ -46,7 +46,7 @@ KERNEL_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"topk|moe_align|align_block|count_and_sort|expert_tokens|sort|radix|scan|histogram|"
          r"cumsum|route|routing|bitmatrix", "router_topk"),
         (r"flash|fmha|mla|attn|attention|_fwd_.*kernel_stage|paged|merge_states", "attention"),
-        (r"nvjet|gemm|cutlass|xmma|gemv|cublas|splitk|matmul|wgmma", "dense_gemm"),
+        (r"nvjet|gemm|cutlass|xmma|gemv|cublas|splitk|matmul|wgmma|marlin|machete", "dense_gemm"),
         (r"norm|act_and_mul|silu|gelu|rotary|rope|moe_sum|triton_(poi|red|per)_|quant|scale|"
          r"elementwise|vectorized|unrolled|reduce|add|mul", "norm_elementwise"),
     )
