@@ -569,6 +569,9 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     })
     values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
     values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
+    fitted_dq = profile.quant_efficiency(w.scheme.name).dequant_flops_per_weight
+    if fitted_dq is not None:  # the engine's kernels' own, in place of the scheme's estimate
+        values[s.n_dq] = fitted_dq
     values[s.mu_kv] = profile.kv_cache_multiplier(kv, w.base_dtype)
     factor = host_factor(profile, w.host_probe_ms)  # the host's times on this host
     values.update({sym: values[sym] * factor for sym in HOST_TIMES})

@@ -205,12 +205,17 @@ class BandChecked(_Strict):
 class QuantEfficiency(BandChecked):
     """A quantization scheme's kernels relative to the profile's fitted ones: multipliers of
     the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as,
-    and the times of its tiled MoE kernel where the scheme has one (``moe_tile``)."""
+    the dequantization work of a weight-only scheme's kernels where it was fitted, and the
+    times of its tiled MoE kernel where the scheme has one (``moe_tile``)."""
 
     gemm_compute: float = Field(default=1.0, gt=0, le=2)
     gemm_memory: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_compute: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_memory: float = Field(default=1.0, gt=0, le=2)
+    dequant_flops_per_weight: NonNegativeFloat | None = Field(
+        default=None, description="n_dq of a weight-only scheme's kernels, fitted: in-kernel "
+        "dequantization per weight element read, matmul-FLOP equivalents; absent: the scheme's own "
+        "estimate (specs/quantization.yaml)")
     tile_s: NonNegativeFloat = Field(
         default=0.0, description="fixed time of one kernel of the scheme's tiled MoE kernel, s "
         "(t_tile, perfmodel.ops.moe.tile_floor)")

@@ -28,6 +28,9 @@ that work does not depend on the rows):
 
     t_c = FLOPs/(F_peak_q·μ_c·η_c(x)) + n_dq·weights/(F_peak_q·μ_c·η_c,max)
 
+n_dq is the scheme file's estimate unless the profile states the engine's own, fitted on its
+measured kernels (``quantization.<scheme>.dequant_flops_per_weight``).
+
 An attention kernel (the classes at the attention peak) reading a KV cache stored in another
 dtype than the model's (``--kv-dtype fp8``: b_kv bytes per element) moves those bytes at its
 η_m times μ_kv, the profile's multiplier for that dtype (``kv_cache``; 1 at the model's own):

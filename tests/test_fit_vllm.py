@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -93,7 +95,8 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     cached = checked[(checked["quant"] == "none") & (checked["kv_cache"] != "model")]
     assert set(cached["kv_cache"]) == set(profile.fit["residuals"]["kv_cache"]) == {"fp8"}
     assert set(cached["model"]) == {"qwen3-30b-a3b", "deepseek-v2-lite", "phi-3.5-moe"}  # OLMoE-1B-7B: mu_kv
-    assert set(quantized["quant"]) == set(profile.fit["residuals"]["quantization"]) == {"fp8", "mxfp4-moe"}
+    assert set(quantized["quant"]) == set(profile.fit["residuals"]["quantization"]) == {
+        "fp8", "mxfp4-moe", "w4a16", "w8a16-experts"}
     assert not profile.fit["residuals"]["quantization"]["mxfp4-moe"]["within"]
     assert profile.fit["residuals"]["quantization"]["fp8"]["within"] and profile.quant_efficiency("fp8").band
     assert set(quantized.loc[quantized["quant"] == "mxfp4-moe", "model"]) == {"gpt-oss-20b", "gpt-oss-120b"}
@@ -426,6 +429,56 @@ def test_a_quantization_scheme_has_the_band_where_its_held_out_rows_lie_within_i
     p = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=512, quant="fp8-block")
     assert p.provenance["error_band"] is None and "not measured with fp8-block quantization" in p.provenance["error_band_note"]
     assert predict("mixtral-8x7b", engine="hf", batch=16, dtype="fp8").provenance["error_band"] is None
+
+
+def test_the_weight_only_schemes_kernels_are_fitted_on_training_models_and_checked_on_the_others():
+    """int4 (GPTQ on Marlin) and int8 (vLLM's experts_int8 on Triton) weight-only: the memory and
+    compute multipliers and the dequantization work n_dq of each are fitted on the training
+    models' rows at the scheme (``fit.quantization_rows``), within their bounds; the held-out
+    models' rows (Qwen3-30B-A3B and Phi-3.5-MoE at the routing simulator) are checked against
+    the band; no quantized row enters the bf16 fit's kernel profile."""
+    from perfmodel.calibration.fit_vllm import DEQUANT_SHARE, QUANT_MULTIPLIERS
+    from perfmodel.quantization import load_schemes
+
+    profile = load_profile("vllm", "h200-sxm")
+    fit = profile.fit
+    for scheme, method in (("w4a16", "gptq"), ("w8a16-experts", "experts_int8")):
+        kernels = profile.quantization[scheme]
+        assert fit["quantization_rows"][scheme] >= 12 and f"--quantization {method}" in kernels.reason
+        fitted = [p for p in fit["points"] if f"quant={method}" in p]
+        assert len(fitted) == fit["quantization_rows"][scheme]
+        assert {p.split("|")[1] for p in fitted} <= set(TRAIN_MODELS)
+        (_, low, high), (_, c_low, c_high) = QUANT_MULTIPLIERS
+        assert low <= kernels.grouped_gemm_memory <= high and c_low <= kernels.grouped_gemm_compute <= c_high
+        estimate = load_schemes()[scheme].dequant_flops_per_weight
+        assert DEQUANT_SHARE[1] * estimate <= kernels.dequant_flops_per_weight <= DEQUANT_SHARE[2] * estimate
+        check = fit["residuals"]["quantization"][scheme]
+        assert check["points"] >= 8 and check["within"] == kernels.band
+    # (int4's kernels hide most of the estimated dequantization behind their loads)
+    assert profile.quantization["w4a16"].dequant_flops_per_weight < 0.5 * load_schemes()["w4a16"].dequant_flops_per_weight
+    assert all("quant=none" in p for record in fit["kernel_profile"].values() for p in record["points"])
+
+
+def test_a_fitted_dequantization_work_replaces_the_schemes_estimate(roofline_with):
+    from perfmodel import predict
+    from perfmodel.quantization import load_schemes
+
+    def experts(engine: str) -> dict:
+        p = predict("mixtral-8x7b", engine=engine, phase="decode", batch=16, input_len=64, context=64,
+                    quant="w4a16")
+        return next(op for op in p.ops if op["name"] == "moe.experts")
+
+    def fitted(n_dq: float) -> str:  # a profile file of its own (profiles are cached by path)
+        path = Path(roofline_with(quantization={"w4a16": {"dequant_flops_per_weight": n_dq}}))
+        return str(path.rename(path.with_name(f"dequant-{n_dq}.yaml")))
+
+    estimate = load_schemes()["w4a16"].dequant_flops_per_weight
+    none, half = experts(fitted(0.0)), experts(fitted(estimate / 2))
+    as_estimated = experts("roofline")
+    assert none["compute_s"] < half["compute_s"] < as_estimated["compute_s"]
+    dequant = as_estimated["compute_s"] - none["compute_s"]  # linear in n_dq, the matmul part apart
+    assert half["compute_s"] - none["compute_s"] == pytest.approx(dequant / 2, rel=1e-6)
+    assert none["memory_s"] == as_estimated["memory_s"]
 
 
 def test_the_band_check_of_a_scheme():

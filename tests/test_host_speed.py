@@ -118,6 +118,10 @@ def test_the_fit_recovers_a_known_exponent_from_host_only_rows():
     assert apart["host_probe_ref_ms"] == pytest.approx(values["host_probe_ref_ms"], rel=1e-3)
     moved, _ = fit_host_speed(rows + kept_apart, train=("olmoe-1b-7b",))
     assert moved["host_probe_ref_ms"] > values["host_probe_ref_ms"] * 1.2
+    # nor do a training model's quantized rows: each scheme's fit holds the host's terms fixed
+    quantized = [{**r, "engine": {"quantization": "gptq"}} for r in kept_apart]
+    apart, _ = fit_host_speed(rows + quantized, train=("olmoe-1b-7b",))
+    assert apart["host_probe_ref_ms"] == pytest.approx(values["host_probe_ref_ms"], rel=1e-3)
 
 
 def test_too_few_host_only_rows_fit_nothing():

@@ -53,15 +53,17 @@ def host_only_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def reference_rows(rows: list[dict[str, Any]], train: Collection[str],
                    chosen: list[dict[str, Any]], chunk: int | None = None) -> list[dict[str, Any]]:
     """The rows whose median probe is the reference: the in-process ok rows with a probe of a
-    training model as built (``train``, the KV cache at the model's dtype; under an engine that
+    training model as built (``train``, unquantized, the KV cache at the model's dtype: the rows
+    that fit the host's terms, which each scheme's fit then holds fixed; under an engine that
     chunks prefills into ``chunk`` tokens, those the end-to-end fit takes:
     :func:`perfmodel.calibration.fit.rides_chunks`), and the host-only rows ``chosen`` (variants:
     one layer)."""
     from perfmodel.calibration.fit import rides_chunks
-    from perfmodel.measuring.compare import is_variant, row_kv_dtype
+    from perfmodel.measuring.compare import is_variant, row_kv_dtype, row_quant
 
     return [r for r in rows if r.get("status") == "ok" and _in_process(r) and row_probe_ms(r) is not None
-            and r.get("model") in train and not is_variant(r) and row_kv_dtype(r) is None
+            and r.get("model") in train and not is_variant(r) and row_quant(r) is None
+            and row_kv_dtype(r) is None
             and not rides_chunks(r, chunk)] + list(chosen)
 
 

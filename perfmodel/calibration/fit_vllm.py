@@ -215,17 +215,21 @@ KERNEL_PROFILE: dict[str, tuple[tuple[str, ...], int]] = {
 
 def kernel_profile_rows(rows: list[dict[str, Any]], category: str, models: tuple[str, ...],
                         min_batch: int) -> list[dict[str, Any]]:
-    """The ok one-GPU rows of ``models`` as built (any routing; no speculative decoding) whose
-    decode profile measured kernels of ``category``, at B ≥ ``min_batch``, and whose prefill fits
-    one engine step (B·S ≤ the chunk: a decode profile of a chunked prefill also holds the decodes
-    that ride along its later chunks): the latest row of each point id."""
+    """The ok one-GPU rows of ``models`` as built (any routing; unquantized, with the KV cache at
+    the model's dtype; no speculative decoding) whose decode profile measured kernels of
+    ``category``, at B ≥ ``min_batch``, and whose prefill fits one engine step (B·S ≤ the chunk: a
+    decode profile of a chunked prefill also holds the decodes that ride along its later chunks):
+    the latest row of each point id. A quantized row's profile is left to its scheme's fit: its
+    TTFT and decode step would join the bf16 fit's end-to-end rows."""
     from perfmodel.calibration.fit import one_gpu_rows
-    from perfmodel.measuring.compare import is_variant, profiled_context, row_kv_dtype, row_speculative
+    from perfmodel.measuring.compare import (is_variant, profiled_context, row_kv_dtype, row_quant,
+                                             row_speculative)
 
     chunk = VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-              and row_kv_dtype(r) is None and not row_speculative(r) and r["batch"] >= min_batch
+              and row_quant(r) is None and row_kv_dtype(r) is None and not row_speculative(r)
+              and r["batch"] >= min_batch
               and profiled_context(r) is not None
               and r["batch"] * r["input_len"] <= chunk
               and ((r.get("decode_profile") or {}).get("split_ms") or {}).get(category)}
@@ -319,21 +323,40 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
 #: Quantization schemes whose kernel multipliers are fitted when training rows exist at them. Two
 #: multipliers per scheme, each shared by the dense and the grouped GEMMs (memory μ_m: how much
 #: of the bf16 kernels' bandwidth fraction the quantized kernels reach; compute μ_c, likewise of
-#: the peak): the training rows (one model) cannot tell the two GEMM classes apart, since the
-#: expert GEMMs carry nearly all of the quantized bytes. Bounds: (lower, upper).
-FITTED_SCHEMES = ("fp8",)
+#: the peak): the training rows cannot tell the two GEMM classes apart, since the expert GEMMs
+#: carry nearly all of the quantized bytes. Bounds: (lower, upper).
+FITTED_SCHEMES = ("fp8", "w4a16", "w8a16-experts")
 QUANT_MULTIPLIERS = (("memory", 0.3, 1.5), ("compute", 0.3, 1.5))
+#: A weight-only scheme's kernels also get their dequantization work fitted, n_dq, as a share of
+#: the scheme file's estimate (an upper bound: that counts every weight's unpacking and scaling
+#: as un-overlapped CUDA-core work): a decode step's kernels that overlap it with their loads
+#: hide most of it, which the memory and compute multipliers alone cannot say.
+DEQUANT_SHARE = ("dequant", 0.0, 1.0)
 
 
-def _quant_entry(x: np.ndarray) -> dict[str, float]:
-    memory, compute = (float(v) for v in x)
-    return {"gemm_memory": memory, "grouped_gemm_memory": memory,
-            "gemm_compute": compute, "grouped_gemm_compute": compute}
+def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float], ...]:
+    """The fitted parameters of a scheme: :data:`QUANT_MULTIPLIERS`, and :data:`DEQUANT_SHARE`
+    where its kernels dequantize weights (weight-only, with an estimate of that work)."""
+    from perfmodel.quantization import load_schemes
+
+    estimate = load_schemes()[scheme].dequant_flops_per_weight
+    return QUANT_MULTIPLIERS + ((DEQUANT_SHARE,) if estimate > 0 else ())
+
+
+def _quant_entry(x: np.ndarray, scheme: str) -> dict[str, float]:
+    from perfmodel.quantization import load_schemes
+
+    memory, compute, *dequant = (float(v) for v in x)
+    entry = {"gemm_memory": memory, "grouped_gemm_memory": memory,
+             "gemm_compute": compute, "grouped_gemm_compute": compute}
+    if dequant:
+        entry["dequant_flops_per_weight"] = dequant[0] * load_schemes()[scheme].dequant_flops_per_weight
+    return entry
 
 
 def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
                           scheme: str) -> dict[str, float]:
-    """The kernel multipliers of one quantization scheme (:data:`QUANT_MULTIPLIERS`), by least
+    """The kernel multipliers of one quantization scheme (:func:`_quant_parameters`), by least
     squares on log(predicted/measured) TTFT and decode step of the training models' rows at that
     scheme, every other parameter held at the bf16 fit's value."""
     from scipy.optimize import least_squares
@@ -342,16 +365,18 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
 
     gpu_spec = load_gpu(gpu)
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
-    lower = np.array([m[1] for m in QUANT_MULTIPLIERS])
-    upper = np.array([m[2] for m in QUANT_MULTIPLIERS])
+    parameters = _quant_parameters(scheme)
+    lower = np.array([m[1] for m in parameters])
+    upper = np.array([m[2] for m in parameters])
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        profile = _profile({**base, "quantization": {scheme: _quant_entry(x)}})
+        profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme)}})
         return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
 
-    result = least_squares(residuals, np.ones(len(QUANT_MULTIPLIERS)), bounds=(lower, upper), method="trf")
+    start = np.array([1.0, 1.0, 0.5][:len(parameters)])  # the bf16 kernels' rates, half the estimate
+    result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
     x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
-    return {name: _sig(value) for name, value in _quant_entry(x).items()}
+    return {name: _sig(value) for name, value in _quant_entry(x, scheme).items()}
 
 
 def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
@@ -456,9 +481,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
         fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
+        methods = sorted({str((r.get("engine") or {}).get("quantization")) for r in quant_rows})
+        dequant = ", n_dq with them" if "dequant_flops_per_weight" in multipliers else ""
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
-                                      "(vLLM --quantization), the bf16 fit held fixed")}
+                                      f"(vLLM --quantization {', '.join(methods)}), the bf16 fit held fixed"
+                                      f"{dequant}; every other model's held out: fit.residuals.quantization")}
         quant_fits[scheme] = len(quant_rows)
     tile_fits: dict[str, Any] = {}
     for scheme in TILE_TRAIN:  # a tiled MoE kernel's times, from its profiled kernels
