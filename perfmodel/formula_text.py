@@ -65,11 +65,13 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     phased = expr.subs(subs)
     numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0,
                b_w: 2, b_e: 2, b_a: 2, b_kv: 2, **scheme.values(DTYPE_BYTES["bf16"])}
+    hardware = hardware_values(gpu_spec, profile, "bf16", scheme.name) if quantity == "time" else {}
+    numbers.update({sym: v for sym, v in hardware.items() if sym in numbers})  # a profile's fitted n_dq
     concrete = sp.simplify(phased.subs(numbers))
     where = ", ".join(f"{k}={v}" for k, v in at.items())
     values = dict(at)
     if quantity == "time":
-        values.update(hardware_values(gpu_spec, profile, "bf16", scheme.name))
+        values.update(hardware)
         where += f" on {gpu_spec.name} ({engine})"
     value = concrete.subs(values)
     return {"model": model, "op": op, "layers": count, "numbers": numbers, "expr": expr, "subs": subs,

@@ -569,9 +569,6 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     })
     values.update(w.scheme.values(DTYPE_BYTES[w.base_dtype]))  # b_q, scales, n_dq
     values.update(hardware_values(gpu, profile, w.base_dtype, w.scheme.name))
-    fitted_dq = profile.quant_efficiency(w.scheme.name).dequant_flops_per_weight
-    if fitted_dq is not None:  # the engine's kernels' own, in place of the scheme's estimate
-        values[s.n_dq] = fitted_dq
     values[s.mu_kv] = profile.kv_cache_multiplier(kv, w.base_dtype)
     factor = host_factor(profile, w.host_probe_ms)  # the host's times on this host
     values.update({sym: values[sym] * factor for sym in HOST_TIMES})
@@ -586,7 +583,9 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
 
     ``dtype``: the unquantized layers' (F_peak at its matmul peak); ``quant``: the scheme of
     the quantized linear layers (F_peak_q at the peak it computes at; μ, its kernels'
-    efficiency multipliers from the profile's ``quantization``, 1.0 where not given).
+    efficiency multipliers from the profile's ``quantization``, 1.0 where not given; n_dq, their
+    dequantization work, where the profile fitted it: it replaces the scheme's estimate, so
+    these values go after the scheme's own).
     """
     compute_dtype = COMPUTE_DTYPE[dtype]
     quant_dtype = quantization.load_schemes()[quant].compute_dtype(compute_dtype)
@@ -632,6 +631,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
                        syms["context_half"]: eta.context_half, syms["exposed"]: eta.exposed})
         mu = s.quant_efficiency_symbols(op_class)
         values.update({mu[which]: kernels.multiplier(op_class, which) for which in ("compute", "memory")})
+    if kernels.dequant_flops_per_weight is not None:  # the engine's kernels' own, not the scheme's estimate
+        values[s.n_dq] = kernels.dequant_flops_per_weight
     return values
 
 

@@ -265,6 +265,10 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert load_model(str(path)).quantization is None
+    for bits, scheme in ((4, "w4a16"), (8, None)):  # GPTQ at 4 bits is w4a16; at 8 no scheme's
+        cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": 128}
+        path.write_text(json.dumps(cfg))
+        assert load_model(str(path)).quantization == scheme
 
 
 def test_a_checkpoint_method_names_one_scheme(schemes_file):

@@ -146,12 +146,20 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
 
 def stored_scheme(cfg: dict[str, Any]) -> str | None:
     """The scheme a config.json's checkpoint is stored in: its ``quantization_config``'s
-    ``quant_method`` if a scheme of ``specs/quantization.yaml`` describes it, else None (an
-    unquantized checkpoint, or a method no scheme describes: predicted at --dtype)."""
-    from perfmodel.quantization import checkpoint_scheme
+    ``quant_method`` if a scheme of ``specs/quantization.yaml`` describes it at the block's
+    ``bits`` where it gives them (a GPTQ checkpoint of 4 bits is w4a16, one of 8 bits no
+    scheme's method), else None (an unquantized checkpoint, or a method no scheme describes:
+    predicted at --dtype)."""
+    from perfmodel.quantization import checkpoint_scheme, load_schemes
 
     block = cfg.get("quantization_config")
-    return checkpoint_scheme(block.get("quant_method")) if isinstance(block, dict) else None
+    if not isinstance(block, dict):
+        return None
+    name = checkpoint_scheme(block.get("quant_method"))
+    bits = block.get("bits")
+    if name is not None and isinstance(bits, int) and load_schemes()[name].weight_bits not in (None, bits):
+        return None
+    return name
 
 
 class _ReadRecorder(dict):
