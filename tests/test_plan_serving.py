@@ -157,6 +157,30 @@ def test_step_tables_follow_the_dtype():
     assert fp8.step(16, 1500, 0, 0) == pytest.approx(want.metrics["decode_step_s"], rel=1e-3)
 
 
+def test_step_tables_take_a_quantization_scheme_as_the_weights_choice():
+    """A plan may weigh int4 weight-only (w4a16) beside bf16 and fp8: its tables hold predict's
+    w4a16 weights and decode step (the scheme over bf16 layers); an unknown choice names both
+    lists."""
+    from perfmodel.errors import InputError
+    from perfmodel.planning.steptime import weight_choice
+
+    assert weight_choice("fp8") == {"dtype": "fp8", "quant": None}  # fp8: its scheme's alias
+    assert weight_choice("w4a16") == {"dtype": "bf16", "quant": "w4a16"}
+    with pytest.raises(InputError, match=r"unknown dtype 'int3' \(known: fp32, .*; or a quantization scheme: .*w4a16"):
+        weight_choice("int3")
+    with pytest.raises(InputError):
+        weight_choice("none")  # unquantized is bf16's
+    gpu = load_gpu("h200")
+    profile = load_profile("vllm", gpu.name)
+    tables = {d: build_step_times(load_model("mixtral"), gpu, profile, d, Layout(), max_tokens=1024,
+                                  max_seqs=64, max_context=2048) for d in ("bf16", "w4a16")}
+    want = predict("mixtral", gpu="h200", quant="w4a16", phase="decode", batch=16, context=1500)
+    assert tables["w4a16"].weights_bytes == pytest.approx(want.metrics["weights_bytes"], rel=1e-9)
+    assert tables["w4a16"].step(16, 1500, 0, 0) == pytest.approx(want.metrics["decode_step_s"], rel=1e-3)
+    assert tables["w4a16"].weights_bytes < tables["bf16"].weights_bytes / 3
+    assert tables["w4a16"].kv_tokens > tables["bf16"].kv_tokens
+
+
 def test_step_tables_follow_the_kv_cache_dtype():
     """An fp8 KV cache: half the bytes per cached token, so about twice the tokens fit beside the
     same weights, and a long-context decode step as predict gives it at that cache dtype."""

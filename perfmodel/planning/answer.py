@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from perfmodel.planning.candidates import Evaluation
 from perfmodel.planning.search import Plan, Search
-from perfmodel.planning.steptime import default_graph_tokens
+from perfmodel.planning.steptime import default_graph_tokens, weight_choice
 from perfmodel.prediction import Workload, evaluate
 
 #: Multiples of the question's rate the chosen deployment is simulated at (latency vs rate).
@@ -123,7 +123,7 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
         batch = max(1, round(ev.details.get("mean_batch") or 1))
         t = pool.engine.layout
         w = Workload(batch=batch, input_len=max(1, round(plan.mean_in)), output_len=max(2, round(plan.mean_out)),
-                     tp=t.tp, ep=t.ep, pp=t.pp, dtype=pool.engine.dtype,
+                     tp=t.tp, ep=t.ep, pp=t.pp, **weight_choice(pool.engine.dtype),
                      host_probe_ms=plan.question.host_probe_ms, kv_dtype=plan.question.search.kv_dtype)
         pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
         prov = pred.provenance

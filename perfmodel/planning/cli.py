@@ -97,7 +97,7 @@ def plan(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU types to consider, comma-separated "
                                       "(default h100-sxm,h200-sxm)."),
     max_gpus: Optional[int] = typer.Option(None, "--max-gpus", help="Most GPUs in all (default 64)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtypes, comma-separated (default bf16)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtypes or quantization schemes, comma-separated (default bf16; e.g. bf16,fp8,w4a16)."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype, e.g. fp8 (default: the "
                                            "weights' unquantized dtype)."),
     max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs",

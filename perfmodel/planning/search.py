@@ -27,7 +27,7 @@ from perfmodel.planning.catalogue import Offer, load_prices, offers
 from perfmodel.planning.question import Lengths, PlanQuestion
 from perfmodel.planning.serving import ServingCurve, SteadyState, serving_curve
 from perfmodel.planning.simulate import EngineLimits, SimResult, poisson_requests, simulate
-from perfmodel.planning.steptime import StepTimes, build_step_times, default_graph_tokens
+from perfmodel.planning.steptime import StepTimes, build_step_times, default_graph_tokens, weight_choice
 from perfmodel.prediction import DTYPE_BYTES, check_choice
 from perfmodel.profile import EngineProfile, load_profile
 from perfmodel.specs.layout import Layout
@@ -106,7 +106,7 @@ class Search:
         self.progress = progress or (lambda stage, fraction: None)
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
-            check_choice("dtype", dtype, DTYPE_BYTES)
+            weight_choice(dtype)  # a dtype or a quantization scheme, else refused
         check_choice("kv_dtype", question.search.kv_dtype, DTYPE_BYTES, optional=True)
         prices = load_prices(question.prices)
         self.offers = offers(question.search.gpus, prices, question.prices, require_price=priced)

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfmodel.prediction import Workload, compile_model, graph_options, numeric_values
+from perfmodel import quantization
+from perfmodel.errors import InputError
+from perfmodel.prediction import DTYPE_BYTES, Workload, compile_model, graph_options, numeric_values
 from perfmodel.profile import EngineProfile
 from perfmodel.specs.hardware import GPUSpec
 from perfmodel.specs.layout import Layout
@@ -243,6 +245,21 @@ def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Wo
     return compile_model(model, phase, profile, options=graph_options(profile, workload))
 
 
+def weight_choice(choice: str) -> dict[str, str | None]:
+    """A plan's weight choice (``search.dtypes``) as a workload's ``dtype`` and ``quant``: a dtype
+    (bf16, fp8: fp8 is its scheme's alias) as itself, a quantization scheme's name (w4a16,
+    w8a16-experts, …) as that scheme over bf16 layers. Unknown choices are refused with both
+    lists."""
+    schemes = [n for n in quantization.scheme_names() if n != quantization.NO_QUANT]
+    if choice in DTYPE_BYTES:
+        return {"dtype": choice, "quant": None}
+    if choice in schemes:
+        return {"dtype": quantization.ALIAS_BASE_DTYPE, "quant": choice}
+    shown = f"'{choice}'" if isinstance(choice, str) else repr(choice)
+    raise InputError(f"unknown dtype {shown} (known: {', '.join(DTYPE_BYTES)}; or a quantization scheme: "
+                     f"{', '.join(schemes)})")
+
+
 def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
                      layout: Layout, *, max_tokens: int, max_seqs: int, max_context: int,
                      host_probe_ms: float | None = None, graph_tokens: int | None = None,
@@ -254,10 +271,11 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     probe time (ms; :mod:`perfmodel.host_speed`), None for the profile's host; ``graph_tokens``:
     the engine's largest captured CUDA graph (tokens), None for the profile's
     (``options.cudagraph_max_tokens``); ``kv_dtype``: the KV cache's dtype, None for the
-    unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`).
+    unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`). ``dtype``: a dtype or
+    a quantization scheme's name (:func:`weight_choice`).
     """
     workload = Workload(batch=1, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
-                        pp=layout.pp, dtype=dtype, host_probe_ms=host_probe_ms,
+                        pp=layout.pp, **weight_choice(dtype), host_probe_ms=host_probe_ms,
                         graph_tokens=graph_tokens, kv_dtype=kv_dtype).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
     decode = _compiled(model, "decode", profile, workload)
