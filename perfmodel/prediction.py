@@ -631,6 +631,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
                        syms["context_half"]: eta.context_half, syms["exposed"]: eta.exposed})
         mu = s.quant_efficiency_symbols(op_class)
         values.update({mu[which]: kernels.multiplier(op_class, which) for which in ("compute", "memory")})
+        values[mu["memory_half"]] = eta.memory_half if kernels.memory_half is None else kernels.memory_half
     if kernels.dequant_flops_per_weight is not None:  # the engine's kernels' own, not the scheme's estimate
         values[s.n_dq] = kernels.dequant_flops_per_weight
     return values

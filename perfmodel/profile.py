@@ -205,13 +205,18 @@ class BandChecked(_Strict):
 class QuantEfficiency(BandChecked):
     """A quantization scheme's kernels relative to the profile's fitted ones: multipliers of
     the η_c (compute) and η_m (memory) maxima of the op classes its quantized GEMMs run as,
-    the dequantization work of a weight-only scheme's kernels where it was fitted, and the
-    times of its tiled MoE kernel where the scheme has one (``moe_tile``)."""
+    the fixed cost per kernel (memory half) and dequantization work of a weight-only scheme's
+    kernels where they were fitted, and the times of its tiled MoE kernel where the scheme has
+    one (``moe_tile``)."""
 
     gemm_compute: float = Field(default=1.0, gt=0, le=2)
     gemm_memory: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_compute: float = Field(default=1.0, gt=0, le=2)
     grouped_gemm_memory: float = Field(default=1.0, gt=0, le=2)
+    memory_half: NonNegativeFloat | None = Field(
+        default=None, description="bytes at which the scheme's quantized GEMM kernels move weights at "
+        "half their η_m maximum (a fixed cost per kernel of that many bytes' time), fitted; absent: "
+        "each op class's own (efficiency.<class>.memory_half)")
     dequant_flops_per_weight: NonNegativeFloat | None = Field(
         default=None, description="n_dq of a weight-only scheme's kernels, fitted: in-kernel "
         "dequantization per weight element read, matmul-FLOP equivalents; absent: the scheme's own "

@@ -29,7 +29,9 @@ that work does not depend on the rows):
     t_c = FLOPs/(F_peak_q·μ_c·η_c(x)) + n_dq·weights/(F_peak_q·μ_c·η_c,max)
 
 n_dq is the scheme file's estimate unless the profile states the engine's own, fitted on its
-measured kernels (``quantization.<scheme>.dequant_flops_per_weight``).
+measured kernels (``quantization.<scheme>.dequant_flops_per_weight``); so is the bytes at which
+the quantized kernels move weights at half their η_m (``memory_half``: a fixed cost per kernel
+of that many bytes' time, the op class's own x_m where not stated).
 
 An attention kernel (the classes at the attention peak) reading a KV cache stored in another
 dtype than the model's (``--kv-dtype fp8``: b_kv bytes per element) moves those bytes at its
@@ -108,13 +110,14 @@ def efficiency(op_class: str, which: str, size: sp.Expr) -> sp.Expr:
     return eta[which] * size / (size + eta[f"{which}_half"])
 
 
-def transfer_time(nbytes: sp.Expr, rate: sp.Expr, op_class: str) -> sp.Expr:
+def transfer_time(nbytes: sp.Expr, rate: sp.Expr, op_class: str, half: sp.Expr | None = None) -> sp.Expr:
     """Seconds to move ``nbytes`` bytes at ``rate`` B/s with η_m saturating in the bytes:
     nbytes/(rate·η_m(nbytes)) = (nbytes + half)/(rate·η_max) when anything moves, and 0 when
     nothing does (the half is weighted by the step θ(nbytes), 0 at 0). Never falling as the
     bytes grow: both terms are non-decreasing in them."""
     eta = efficiency_symbols(op_class)
-    return (nbytes + eta["memory_half"] * sp.Heaviside(nbytes, 0)) / (rate * eta["memory"])
+    half = eta["memory_half"] if half is None else half
+    return (nbytes + half * sp.Heaviside(nbytes, 0)) / (rate * eta["memory"])
 
 
 def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
@@ -136,7 +139,7 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     rate = bw if q is None else bw * mu["memory"]
     if cls.peak is Peak.ATTENTION:  # the attention kernels' η_m at the KV cache's dtype
         rate = rate * mu_kv
-    memory = transfer_time(moved.subs(subs), rate, cls)
+    memory = transfer_time(moved.subs(subs), rate, cls, None if q is None else mu["memory_half"])
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))

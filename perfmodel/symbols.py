@@ -123,4 +123,5 @@ def quant_efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
     return {
         "compute": sp.Symbol(f"mu_c_{op_class}", positive=True),
         "memory": sp.Symbol(f"mu_m_{op_class}", positive=True),
+        "memory_half": sp.Symbol(f"x_mq_{op_class}", nonnegative=True),
     }

@@ -437,7 +437,7 @@ def test_the_weight_only_schemes_kernels_are_fitted_on_training_models_and_check
     models' rows at the scheme (``fit.quantization_rows``), within their bounds; the held-out
     models' rows (Qwen3-30B-A3B and Phi-3.5-MoE at the routing simulator) are checked against
     the band; no quantized row enters the bf16 fit's kernel profile."""
-    from perfmodel.calibration.fit_vllm import DEQUANT_SHARE, QUANT_MULTIPLIERS
+    from perfmodel.calibration.fit_vllm import DEQUANT_SHARE, QUANT_MEMORY_HALF, QUANT_MULTIPLIERS
     from perfmodel.quantization import load_schemes
 
     profile = load_profile("vllm", "h200-sxm")
@@ -452,6 +452,7 @@ def test_the_weight_only_schemes_kernels_are_fitted_on_training_models_and_check
         assert low <= kernels.grouped_gemm_memory <= high and c_low <= kernels.grouped_gemm_compute <= c_high
         estimate = load_schemes()[scheme].dequant_flops_per_weight
         assert DEQUANT_SHARE[1] * estimate <= kernels.dequant_flops_per_weight <= DEQUANT_SHARE[2] * estimate
+        assert QUANT_MEMORY_HALF[1] * 1e8 <= kernels.memory_half <= QUANT_MEMORY_HALF[2] * 1e8
         check = fit["residuals"]["quantization"][scheme]
         assert check["points"] >= 8 and check["within"] == kernels.band
     # (int4's kernels hide most of the estimated dequantization behind their loads)
@@ -468,9 +469,10 @@ def test_a_fitted_dequantization_work_replaces_the_schemes_estimate(roofline_wit
                     quant="w4a16")
         return next(op for op in p.ops if op["name"] == "moe.experts")
 
-    def fitted(n_dq: float) -> str:  # a profile file of its own (profiles are cached by path)
-        path = Path(roofline_with(quantization={"w4a16": {"dequant_flops_per_weight": n_dq}}))
-        return str(path.rename(path.with_name(f"dequant-{n_dq}.yaml")))
+    def fitted(n_dq: float, half: float | None = None) -> str:  # a file of its own (cached by path)
+        entry = {"dequant_flops_per_weight": n_dq} | ({} if half is None else {"memory_half": half})
+        path = Path(roofline_with(quantization={"w4a16": entry}))
+        return str(path.rename(path.with_name(f"dequant-{n_dq}-{half}.yaml")))
 
     estimate = load_schemes()["w4a16"].dequant_flops_per_weight
     none, half = experts(fitted(0.0)), experts(fitted(estimate / 2))
@@ -479,6 +481,11 @@ def test_a_fitted_dequantization_work_replaces_the_schemes_estimate(roofline_wit
     dequant = as_estimated["compute_s"] - none["compute_s"]  # linear in n_dq, the matmul part apart
     assert half["compute_s"] - none["compute_s"] == pytest.approx(dequant / 2, rel=1e-6)
     assert none["memory_s"] == as_estimated["memory_s"]
+    # a fitted memory half: each quantized kernel pays that many bytes' time more, at its own rate
+    halved = experts(fitted(0.0, 1e8))  # (bytes + half)/rate per layer, 32 layers
+    per_byte = none["memory_s"] / none["bytes"]
+    assert halved["memory_s"] - none["memory_s"] == pytest.approx(32 * 1e8 * per_byte, rel=1e-6)
+    assert halved["compute_s"] == none["compute_s"]
 
 
 def test_the_band_check_of_a_scheme():

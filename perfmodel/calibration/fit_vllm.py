@@ -332,25 +332,31 @@ QUANT_MULTIPLIERS = (("memory", 0.3, 1.5), ("compute", 0.3, 1.5))
 #: as un-overlapped CUDA-core work): a decode step's kernels that overlap it with their loads
 #: hide most of it, which the memory and compute multipliers alone cannot say.
 DEQUANT_SHARE = ("dequant", 0.0, 1.0)
+#: ... and their memory half, the bytes at which they reach half their bandwidth (a fixed cost
+#: per kernel), in units of 1e8 bytes: a small expert's few bytes, or a one-token step's, feel it.
+QUANT_MEMORY_HALF = ("memory_half", 0.0, 20.0)
 
 
 def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float], ...]:
     """The fitted parameters of a scheme: :data:`QUANT_MULTIPLIERS`, and :data:`DEQUANT_SHARE`
-    where its kernels dequantize weights (weight-only, with an estimate of that work)."""
+    and :data:`QUANT_MEMORY_HALF` where its kernels dequantize weights (weight-only, with an
+    estimate of that work)."""
     from perfmodel.quantization import load_schemes
 
     estimate = load_schemes()[scheme].dequant_flops_per_weight
-    return QUANT_MULTIPLIERS + ((DEQUANT_SHARE,) if estimate > 0 else ())
+    return QUANT_MULTIPLIERS + ((DEQUANT_SHARE, QUANT_MEMORY_HALF) if estimate > 0 else ())
 
 
 def _quant_entry(x: np.ndarray, scheme: str) -> dict[str, float]:
     from perfmodel.quantization import load_schemes
 
-    memory, compute, *dequant = (float(v) for v in x)
+    memory, compute, *weight_only = (float(v) for v in x)
     entry = {"gemm_memory": memory, "grouped_gemm_memory": memory,
              "gemm_compute": compute, "grouped_gemm_compute": compute}
-    if dequant:
-        entry["dequant_flops_per_weight"] = dequant[0] * load_schemes()[scheme].dequant_flops_per_weight
+    if weight_only:
+        dequant, half = weight_only
+        entry["dequant_flops_per_weight"] = dequant * load_schemes()[scheme].dequant_flops_per_weight
+        entry["memory_half"] = half * 1e8
     return entry
 
 
@@ -373,7 +379,7 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
         profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme)}})
         return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
 
-    start = np.array([1.0, 1.0, 0.5][:len(parameters)])  # the bf16 kernels' rates, half the estimate
+    start = np.array([1.0, 1.0, 0.5, 1.0][:len(parameters)])  # bf16's rates, half the estimate, 1e8 B
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
     x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
     return {name: _sig(value) for name, value in _quant_entry(x, scheme).items()}
@@ -482,7 +488,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
         methods = sorted({str((r.get("engine") or {}).get("quantization")) for r in quant_rows})
-        dequant = ", n_dq with them" if "dequant_flops_per_weight" in multipliers else ""
+        dequant = ", n_dq and the memory half with them" if "dequant_flops_per_weight" in multipliers else ""
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       f"(vLLM --quantization {', '.join(methods)}), the bf16 fit held fixed"
