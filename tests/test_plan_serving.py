@@ -181,6 +181,27 @@ def test_step_tables_take_a_quantization_scheme_as_the_weights_choice():
     assert tables["w4a16"].kv_tokens > tables["bf16"].kv_tokens
 
 
+def test_a_plan_over_int4_weights_names_the_scheme_and_its_bands(capsys):
+    """``--dtype w4a16``: the candidate is labelled with the scheme; its offline band follows the
+    scheme's check (``quantization.w4a16.band``: with it where its held-out rows lie within it,
+    else none and the note says why), and the serving band, measured in bf16, does not apply."""
+    import json
+
+    from perfmodel.commands import main
+
+    within = load_profile("vllm", "h200-sxm").quantization["w4a16"].band
+
+    main(["plan", "mixtral-8x7b", "--rate", "2", "--input-len", "1024", "--output-len", "64", "--gpu", "h200",
+          "--max-gpus", "1", "--no-disagg", "--requests", "40", "--dtype", "w4a16", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert " w4a16 " in data["chosen"]["label"] and data["chosen"]["dtype"] == "w4a16"
+    provenance = data["profile"][0]
+    assert (provenance["error_band"] is not None) == within
+    assert ("its held-out w4a16 points within it" if within else
+            "its held-out w4a16 points do not carry the band") in provenance["error_band_note"]
+    assert provenance["serving_error_band"] is None and "measured in bf16" in provenance["serving_error_band_note"]
+
+
 def test_step_tables_follow_the_kv_cache_dtype():
     """An fp8 KV cache: half the bytes per cached token, so about twice the tokens fit beside the
     same weights, and a long-context decode step as predict gives it at that cache dtype."""
