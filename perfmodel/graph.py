@@ -39,7 +39,8 @@ class GraphOptions:
     ``moe_impl``: how the routed experts run (:data:`perfmodel.ops.moe.MOE_IMPLS`: one fused
     block, or a loop over the touched experts). ``moe_block_m``: the fused-MoE tile rows by
     tokens per pass, ((at most T, M), ...) (:func:`perfmodel.ops.moe.block_rows`; M = 1: no
-    padding). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
+    padding), by the mean rows per expert T·k/E instead where ``moe_block_by_rows`` (a
+    scheme's kernel that picks its block so). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
     dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`), those
     of ``quantized_layers`` (:data:`perfmodel.ops.quant.LINEAR_LAYERS`: all by default);
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
@@ -54,6 +55,7 @@ class GraphOptions:
     decode_kv_expand: bool = False
     moe_impl: str = "fused"
     moe_block_m: tuple[tuple[float, int], ...] = NO_PADDING
+    moe_block_by_rows: bool = False
     quantized: bool = False
     quantized_activations: bool = False
     cudagraph_padding: bool = False
@@ -129,7 +131,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
         if mlp == "moe":
             assert model.moe is not None
             ops += moe_block(model.moe, model.norm, impl=options.moe_impl, tiers=options.moe_block_m,
-                             quantized=options.quantizes("experts"),
+                             tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"))
         else:

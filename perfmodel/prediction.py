@@ -9,6 +9,7 @@ throughput = B·O/E2E. A batch whose KV cache does not fit runs in waves (:mod:`
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -453,11 +454,19 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
 
 def graph_options(profile: EngineProfile, workload: Workload | None = None) -> GraphOptions:
     """The engine choices of a profile, and of a workload (its quantization scheme and MoE
-    implementation; default: none and fused), that change which ops run (:class:`GraphOptions`)."""
+    implementation; default: none and fused), that change which ops run (:class:`GraphOptions`).
+    A scheme whose MoE kernel picks its own row blocks (``moe_row_blocks``: Marlin's) replaces
+    the profile's tiers where the profile pads expert rows at all."""
     opts = profile.options
     w = workload if workload is not None else Workload()
+    tiers, by_rows = profile.moe_block_tiers, False
+    scheme = w.scheme
+    if scheme.moe_row_blocks is not None and "experts" in scheme.layers and any(m > 1 for _, m in tiers):
+        # an engine that pads expert rows runs this scheme's experts on a kernel with blocks of its own
+        tiers = tuple((math.inf if bound is None else float(bound), m) for bound, m in scheme.moe_row_blocks)
+        by_rows = True
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
-                        decode_kv_expand=opts.decode_kv_expand, moe_block_m=profile.moe_block_tiers,
+                        decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs, **workload_graph_options(w))
 
 

@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any, Literal
 
 import sympy as sp
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 
 from perfmodel import symbols as s
 from perfmodel.errors import InputError, SpecError
@@ -110,6 +110,10 @@ class QuantScheme(_Strict):
     layers: tuple[LinearLayer, ...] = LINEAR_LAYERS
     checkpoint_method: str | None = Field(
         default=None, description="The config.json quantization_config.quant_method of checkpoints in this scheme.")
+    moe_row_blocks: tuple[tuple[PositiveFloat | None, PositiveInt], ...] | None = Field(
+        default=None, description="The row block of the routed experts' kernel by the mean rows "
+        "per expert, T·k/E, where the kernel picks it so (Marlin), as ((at most rows, M), ..., "
+        "(null, M)); absent: the engine profile's tiers by the pass's tokens (options.moe_block_m)")
     moe_tile: MoETile | None = Field(
         default=None, description="The tile of the routed experts' kernel, whose waves of K loops set a "
         "floor under its time (its times per step: the engine profile's quantization entry).")
@@ -121,6 +125,11 @@ class QuantScheme(_Strict):
                                          or self.dequant_flops_per_weight or self.compute != "activations"):
             raise ValueError("a scheme without weight_bits quantizes nothing: no scales, "
                              "activations, dequantization or compute dtype")
+        blocks = self.moe_row_blocks
+        if blocks is not None:
+            bounds = [bound for bound, _ in blocks]
+            if bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(set(bounds[:-1])):
+                raise ValueError("'moe_row_blocks' gives rising row bounds, the last null (any more rows)")
         if (self.activations is None) != (self.compute == "activations"):
             raise ValueError("low-precision compute (fp8, int8, fp4) needs quantized activations, "
                              "and weight-only compute ('activations') has none")

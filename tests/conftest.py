@@ -34,7 +34,9 @@ def schemes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sc
     from perfmodel import quantization
 
     edited = SchemesFile(tmp_path / "quantization.yaml", quantization.SCHEMES_FILE.read_text())
+    edited.path.write_text(edited._original)  # the shipped schemes until the test writes its own
     monkeypatch.setattr(quantization, "SCHEMES_FILE", edited.path)
+    quantization.load_schemes.cache_clear()
     try:
         yield edited
     finally:

@@ -285,6 +285,11 @@ def test_a_checkpoint_method_names_one_scheme(schemes_file):
     schemes_file.write(data)
     with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*layers"):
         quantization.load_schemes()
+    data["schemes"]["w4a16"]["layers"] = ["experts"]
+    data["schemes"]["w4a16"]["moe_row_blocks"] = [[28.8, 32], [14.4, 16], [None, 64]]  # bounds must rise
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*moe_row_blocks"):
+        quantization.load_schemes()
 
 
 def test_a_measured_mxfp4_row_is_compared_with_the_mxfp4_moe_scheme():
@@ -293,3 +298,21 @@ def test_a_measured_mxfp4_row_is_compared_with_the_mxfp4_moe_scheme():
     assert row_quant({"engine": {"quantization": "mxfp4"}}) == "mxfp4-moe"
     assert row_quant({"engine": {"quantization": "fp8"}}) == "fp8"
     assert row_quant({"engine": {"quantization": "none"}}) is None and row_quant({}) is None
+
+
+def test_marlins_row_block_follows_the_mean_rows_per_expert():
+    """int4's MoE kernel (Marlin) pads each expert's rows to a block picked by the mean rows per
+    expert T·k/E (at least 16), not by the pass's tokens as vLLM's Triton defaults do: Qwen3's 64
+    decoding sequences give 4 rows per expert, a block of 16 rows where Triton's is 32, so half
+    the computed rows (every touched expert computing one block); Mixtral's 16 rows per expert
+    take 32 either way. A scheme without its own blocks (int8 experts on Triton) keeps the
+    engine's."""
+    def computed_flops(model: str, quant: str | None) -> float:
+        p = predict(model, engine="vllm", gpu="h200", phase="decode", batch=64, context=64, quant=quant)
+        return next(op for op in p.ops if op["name"] == "moe.experts")["flops"]
+
+    assert computed_flops("qwen3-30b-a3b", "w4a16") == pytest.approx(computed_flops("qwen3-30b-a3b", None) / 2,
+                                                                      rel=1e-9)
+    assert computed_flops("mixtral-8x7b", "w4a16") == pytest.approx(computed_flops("mixtral-8x7b", None), rel=1e-9)
+    assert computed_flops("qwen3-30b-a3b", "w8a16-experts") == pytest.approx(computed_flops("qwen3-30b-a3b", None),
+                                                                              rel=1e-9)

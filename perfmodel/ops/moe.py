@@ -242,11 +242,14 @@ def router(bias: bool) -> Op:
 
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
-                   quantized: bool = False, tiled: bool = False) -> Op:
+                   tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False) -> Op:
     """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
 
     Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
-    follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`).
+    follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`),
+    tiers by the pass's tokens T, or by the mean rows per expert T·k/E where ``tiers_by_rows``
+    (Marlin's MoE kernel picks its block so: the smallest of 8, 16, 32, 48, 64 rows above
+    1/0.9 of the mean, at least 16 rows computed by its m16 MMAs).
     ``impl="fused"``: one grouped GEMM per projection (class ``grouped_gemm``).
     ``impl="unfused"``: a dense GEMM per projection per touched local expert (class ``gemm``,
     2·D/ep kernels), whose efficiency follows the dense GEMM's at the expert's rows,
@@ -262,7 +265,7 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     op_class = OpClass.GEMM if impl == "unfused" else OpClass.GROUPED_GEMM
     op = gated_ffn("moe.experts", op_class, tokens=rows, width=I_e, experts=d_local,
                    param_bytes=b_q if quantized else b_e, shard=tp, params=params,
-                   computed_tokens=padded_rows(rows, d_local, block_rows(tiers)),
+                   computed_tokens=padded_rows(rows, d_local, block_rows(tiers, T * k / E if tiers_by_rows else T)),
                    quantized=quantized, input_tokens=T)
     stored = params * b_e / (tp * ep)
     if quantized:
@@ -330,12 +333,12 @@ def dispatch(impl: str = "fused") -> Op:
 
 
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
-              tiers: tuple[tuple[float, int], ...] = NO_PADDING, quantized: bool = False,
-              quantized_shared: bool | None = None, tiled: bool = False) -> list[Op]:
+              tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
+              quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
-    (:func:`block_rows`); ``quantized``: the routed experts' weights are stored by a
+    (:func:`block_rows`), by the mean rows per expert where ``tiers_by_rows``; ``quantized``: the routed experts' weights are stored by a
     quantization scheme (:mod:`perfmodel.ops.quant`), and ``quantized_shared`` the shared
     experts' (default: as the routed experts'); ``tiled``: the routed experts' kernel runs in
     tiles whose waves set a floor under its time (:func:`tile_floor`).
@@ -347,7 +350,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
            all_to_all("comm.moe_all_to_all"), dispatch(impl),
-           routed_experts(spec.expert_bias, impl=impl, tiers=tiers, quantized=quantized, tiled=tiled),
+           routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
+                          quantized=quantized, tiled=tiled),
            activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
