@@ -40,8 +40,8 @@ class GraphOptions:
     block, or a loop over the touched experts). ``moe_block_m``: the fused-MoE tile rows by
     tokens per pass, ((at most T, M), ...) (:func:`perfmodel.ops.moe.block_rows`; M = 1: no
     padding), by the mean rows per expert T·k/E instead where ``moe_block_by_rows`` (a
-    scheme's kernel that picks its block so). ``quantized``: the linear layers (QKV/O projections, routed and shared experts,
-    dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`), those
+    scheme's kernel that picks its block so). ``quantized``: the linear layers (QKV/O
+    projections, routed and shared experts, dense MLP) are stored and run by a quantization scheme (:mod:`perfmodel.ops.quant`), those
     of ``quantized_layers`` (:data:`perfmodel.ops.quant.LINEAR_LAYERS`: all by default);
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
     elementwise op before it. ``moe_tiled``: the quantized routed experts' kernel runs in

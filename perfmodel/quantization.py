@@ -128,7 +128,7 @@ class QuantScheme(_Strict):
         blocks = self.moe_row_blocks
         if blocks is not None:
             bounds = [bound for bound, _ in blocks]
-            if bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(set(bounds[:-1])):
+            if not bounds or bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(set(bounds[:-1])):
                 raise ValueError("'moe_row_blocks' gives rising row bounds, the last null (any more rows)")
         if (self.activations is None) != (self.compute == "activations"):
             raise ValueError("low-precision compute (fp8, int8, fp4) needs quantized activations, "

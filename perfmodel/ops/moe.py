@@ -260,12 +260,13 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     K = I/tp).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
+    block = block_rows(tiers, T * k / E if tiers_by_rows else T)
     weights = E * 3 * H * I_e
     params = weights + (E * (2 * I_e + H) if bias else 0)
     op_class = OpClass.GEMM if impl == "unfused" else OpClass.GROUPED_GEMM
     op = gated_ffn("moe.experts", op_class, tokens=rows, width=I_e, experts=d_local,
                    param_bytes=b_q if quantized else b_e, shard=tp, params=params,
-                   computed_tokens=padded_rows(rows, d_local, block_rows(tiers, T * k / E if tiers_by_rows else T)),
+                   computed_tokens=padded_rows(rows, d_local, block),
                    quantized=quantized, input_tokens=T)
     stored = params * b_e / (tp * ep)
     if quantized:
@@ -338,10 +339,11 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
-    (:func:`block_rows`), by the mean rows per expert where ``tiers_by_rows``; ``quantized``: the routed experts' weights are stored by a
-    quantization scheme (:mod:`perfmodel.ops.quant`), and ``quantized_shared`` the shared
-    experts' (default: as the routed experts'); ``tiled``: the routed experts' kernel runs in
-    tiles whose waves set a floor under its time (:func:`tile_floor`).
+    (:func:`block_rows`), by the mean rows per expert where ``tiers_by_rows``; ``quantized``:
+    the routed experts' weights are stored by a quantization scheme (:mod:`perfmodel.ops.quant`),
+    and ``quantized_shared`` the shared experts' (default: as the routed experts'); ``tiled``:
+    the routed experts' kernel runs in tiles whose waves set a floor under its time
+    (:func:`tile_floor`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
