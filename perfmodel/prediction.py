@@ -9,7 +9,6 @@ throughput = B·O/E2E. A batch whose KV cache does not fit runs in waves (:mod:`
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, p
                               prefill_substitutions)
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
 from perfmodel import quantization
-from perfmodel.ops.moe import MOE_IMPLS
+from perfmodel.ops.moe import MOE_IMPLS, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
@@ -463,7 +462,7 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
     scheme = w.scheme
     if scheme.moe_row_blocks is not None and "experts" in scheme.layers and any(m > 1 for _, m in tiers):
         # an engine that pads expert rows runs this scheme's experts on a kernel with blocks of its own
-        tiers = tuple((math.inf if bound is None else float(bound), m) for bound, m in scheme.moe_row_blocks)
+        tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,

@@ -15,7 +15,6 @@ GPU), else ``calibration/profiles/<NAME>.yaml`` (any GPU).
 
 from __future__ import annotations
 
-import math
 import re
 from functools import cache
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from perfmodel.errors import SpecError
 from perfmodel.ops.base import OpClass
+from perfmodel.ops.moe import row_tiers
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.specs.files import read_mapping
 
@@ -353,7 +353,7 @@ class EngineProfile(_Strict):
             tiers = ((None, given),)
         else:
             tiers = tuple((t.max_tokens, t.block_m) for t in given)
-        return tuple((math.inf if bound is None else float(bound), m) for bound, m in tiers)
+        return row_tiers(tiers)
 
     @property
     def pads_cudagraphs(self) -> bool:

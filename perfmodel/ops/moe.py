@@ -104,6 +104,12 @@ def tokens_per_expert(tokens: sp.Expr = T) -> sp.Expr:
     return tokens * k / distinct_experts(tokens)
 
 
+def row_tiers(pairs) -> tuple[tuple[float, int], ...]:
+    """Tiers of tile rows as data gives them, ((bound or None, M), ...), as :func:`block_rows`
+    takes them: each bound a float, the last (None: any more) infinite."""
+    return tuple((math.inf if bound is None else float(bound), int(m)) for bound, m in pairs)
+
+
 def block_rows(tiers: tuple[tuple[float, int], ...], tokens: sp.Expr = T) -> sp.Expr:
     """BLOCK_SIZE_M of a fused-MoE kernel as a step function of the pass's ``tokens``:
     ``tiers`` = ((t_1, M_1), (t_2, M_2), ...): M_1 up to t_1 tokens, M_2 up to t_2, ...; the
