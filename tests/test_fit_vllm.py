@@ -448,7 +448,7 @@ def test_the_weight_only_schemes_kernels_are_fitted_on_training_models_and_check
         fitted = [p for p in fit["points"] if f"quant={method}" in p]
         assert len(fitted) == fit["quantization_rows"][scheme]
         assert {p.split("|")[1] for p in fitted} <= set(TRAIN_MODELS)
-        (_, low, high), (_, c_low, c_high) = QUANT_MULTIPLIERS
+        (_, low, high, _), (_, c_low, c_high, _) = QUANT_MULTIPLIERS
         assert low <= kernels.grouped_gemm_memory <= high and c_low <= kernels.grouped_gemm_compute <= c_high
         estimate = load_schemes()[scheme].dequant_flops_per_weight
         assert DEQUANT_SHARE[1] * estimate <= kernels.dequant_flops_per_weight <= DEQUANT_SHARE[2] * estimate

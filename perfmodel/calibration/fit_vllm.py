@@ -324,20 +324,21 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
 #: multipliers per scheme, each shared by the dense and the grouped GEMMs (memory μ_m: how much
 #: of the bf16 kernels' bandwidth fraction the quantized kernels reach; compute μ_c, likewise of
 #: the peak): the training rows cannot tell the two GEMM classes apart, since the expert GEMMs
-#: carry nearly all of the quantized bytes. Bounds: (lower, upper).
+#: carry nearly all of the quantized bytes. Each parameter: (name, lower, upper, start), the
+#: multipliers starting at the bf16 kernels' rates.
 FITTED_SCHEMES = ("fp8", "w4a16", "w8a16-experts")
-QUANT_MULTIPLIERS = (("memory", 0.3, 1.5), ("compute", 0.3, 1.5))
+QUANT_MULTIPLIERS = (("memory", 0.3, 1.5, 1.0), ("compute", 0.3, 1.5, 1.0))
 #: A weight-only scheme's kernels also get their dequantization work fitted, n_dq, as a share of
 #: the scheme file's estimate (an upper bound: that counts every weight's unpacking and scaling
 #: as un-overlapped CUDA-core work): a decode step's kernels that overlap it with their loads
 #: hide most of it, which the memory and compute multipliers alone cannot say.
-DEQUANT_SHARE = ("dequant", 0.0, 1.0)
+DEQUANT_SHARE = ("dequant", 0.0, 1.0, 0.5)
 #: ... and their memory half, the bytes at which they reach half their bandwidth (a fixed cost
 #: per kernel), in units of 1e8 bytes: a small expert's few bytes, or a one-token step's, feel it.
-QUANT_MEMORY_HALF = ("memory_half", 0.0, 20.0)
+QUANT_MEMORY_HALF = ("memory_half", 0.0, 20.0, 1.0)
 
 
-def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float], ...]:
+def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float, float], ...]:
     """The fitted parameters of a scheme: :data:`QUANT_MULTIPLIERS`, and :data:`DEQUANT_SHARE`
     and :data:`QUANT_MEMORY_HALF` where its kernels dequantize weights (weight-only, with an
     estimate of that work)."""
@@ -372,14 +373,12 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     gpu_spec = load_gpu(gpu)
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
     parameters = _quant_parameters(scheme)
-    lower = np.array([m[1] for m in parameters])
-    upper = np.array([m[2] for m in parameters])
+    lower, upper, start = (np.array([m[i] for m in parameters]) for i in (1, 2, 3))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme)}})
         return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
 
-    start = np.array([1.0, 1.0, 0.5, 1.0][:len(parameters)])  # bf16's rates, half the estimate, 1e8 B
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
     x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
     return {name: _sig(value) for name, value in _quant_entry(x, scheme).items()}
