@@ -5,7 +5,8 @@ MLP; :mod:`perfmodel.ops.quant` has their formulas), all of them or those it nam
 bits per weight, the scales it adds, which tensor-core peak its GEMMs run at, whether
 activations are quantized on the fly, and the in-kernel dequantization of a weight-only
 kernel. A checkpoint stored in a scheme names it by its config.json's
-``quantization_config.quant_method`` (:func:`checkpoint_scheme`). :meth:`QuantScheme.values` turns it
+``quantization_config``: its ``quant_method`` and, where one method stores several schemes,
+its other fields (:func:`checkpoint_scheme`). :meth:`QuantScheme.values` turns it
 into the numbers of the formulas' symbols (bytes per element and per scale).
 
 ``--dtype fp8|int8|fp4`` stays an alias of the scheme whose ``dtype_alias`` names it: the
@@ -110,6 +111,9 @@ class QuantScheme(_Strict):
     layers: tuple[LinearLayer, ...] = LINEAR_LAYERS
     checkpoint_method: str | None = Field(
         default=None, description="The config.json quantization_config.quant_method of checkpoints in this scheme.")
+    checkpoint_fields: dict[str, Any] = Field(
+        default_factory=dict, description="Fields such a quantization_config also carries, with these values "
+        "(null: absent or null), where one method stores several schemes (fp8: per tensor, in 128x128 blocks).")
     moe_row_blocks: tuple[tuple[PositiveFloat | None, PositiveInt], ...] | None = Field(
         default=None, description="The row block of the routed experts' kernel by the mean rows "
         "per expert, T·k/E, where the kernel picks it so (Marlin), as ((at most rows, M), ..., "
@@ -130,6 +134,8 @@ class QuantScheme(_Strict):
             bounds = [bound for bound, _ in blocks]
             if not bounds or bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(set(bounds[:-1])):
                 raise ValueError("'moe_row_blocks' gives rising row bounds, the last null (any more rows)")
+        if self.checkpoint_fields and not self.checkpoint_method:
+            raise ValueError("'checkpoint_fields' qualify a checkpoint_method, which is missing")
         if (self.activations is None) != (self.compute == "activations"):
             raise ValueError("low-precision compute (fp8, int8, fp4) needs quantized activations, "
                              "and weight-only compute ('activations') has none")
@@ -187,8 +193,9 @@ def load_schemes() -> dict[str, QuantScheme]:
             raise SpecError(f"invalid scheme '{name}' in {SCHEMES_FILE.name}: "
                             f"{loc + ': ' if loc else ''}{msg['msg']}") from None
     names = [n for scheme in schemes.values() for n in (scheme.name, *scheme.aliases)]
-    methods = [scheme.checkpoint_method for scheme in schemes.values() if scheme.checkpoint_method]
-    names += [f"checkpoint_method {m}" for m in methods]
+    names += [f"checkpoint_method {scheme.checkpoint_method}"
+              + "".join(f" {key}={value}" for key, value in sorted(scheme.checkpoint_fields.items()))
+              for scheme in schemes.values() if scheme.checkpoint_method]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes or NO_QUANT not in schemes:
         raise SpecError(f"{SCHEMES_FILE.name}: " + (f"name or alias given twice: {', '.join(dupes)}"
@@ -205,11 +212,25 @@ def _by_name() -> dict[str, QuantScheme]:
     return {n: scheme for scheme in load_schemes().values() for n in (scheme.name, *scheme.aliases)}
 
 
-def checkpoint_scheme(method: Any) -> str | None:
-    """The scheme a checkpoint's ``quantization_config.quant_method`` stores it in
-    (:attr:`QuantScheme.checkpoint_method`), None for a method no scheme describes."""
-    return next((scheme.name for scheme in load_schemes().values()
-                 if method is not None and scheme.checkpoint_method == method), None)
+def checkpoint_scheme(block: Any) -> str | None:
+    """The scheme a checkpoint's ``quantization_config`` (a mapping) stores it in: of the schemes
+    whose :attr:`QuantScheme.checkpoint_method` is its ``quant_method`` and whose
+    :attr:`QuantScheme.checkpoint_fields` it all carries (a null field: absent or null), the one
+    with the most such fields, unless the block's ``bits`` contradict its ``weight_bits`` (a
+    GPTQ checkpoint of 8 bits is no 4-bit scheme's); None for a method or format no scheme
+    describes."""
+    if not isinstance(block, dict) or block.get("quant_method") is None:
+        return None
+    matches = [scheme for scheme in load_schemes().values()
+               if scheme.checkpoint_method == block["quant_method"]
+               and all(block.get(key) == value for key, value in scheme.checkpoint_fields.items())]
+    if not matches:
+        return None
+    scheme = max(matches, key=lambda candidate: len(candidate.checkpoint_fields))
+    bits = block.get("bits")
+    if isinstance(bits, int) and scheme.weight_bits not in (None, bits):
+        return None
+    return scheme.name
 
 
 def dtype_aliases() -> dict[str, QuantScheme]:

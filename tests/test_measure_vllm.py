@@ -96,12 +96,27 @@ def test_a_gptq_point_quantizes_attention_and_experts_but_not_the_router(tmp_pat
     for layer in ("mlp.gate", "block_sparse_moe.gate", "mlp.shared_expert_gate"):
         assert not quantized(f"model.layers.3.{layer}"), layer
     assert compare.row_quant({"engine": {"quantization": "gptq"}}) == "w4a16"
+    assert compare.row_quant({"engine": {"quantization": "fp8-block"}}) == "fp8-block"
     assert compare.row_quant({"engine": {"quantization": "experts_int8"}}) == "w8a16-experts"  # an alias
+
+
+def test_a_block_fp8_point_is_a_checkpoint_with_128_by_128_weight_blocks(tmp_path):
+    settings = vb.point_settings(quantization="fp8-block")
+    points = build_points(["qwen3-30b-a3b"], [16], parse_phases("128"), backend="vllm",
+                          settings=settings, experts_impl="vllm_fused_moe")
+    block = vb.vllm_config_json(points[0])["quantization_config"]
+    assert (block["quant_method"], block["weight_block_size"], block["activation_scheme"]) == (
+        "fp8", [128, 128], "dynamic")
+    kw = vb.engine_kwargs(points, tmp_path)
+    assert kw["quantization"] is None and kw["moe_backend"] == "triton"  # vLLM reads it from config.json
+    assert "quant=fp8-block" in points[0].point_id
+    name = vb.fused_moe_config_name(128, 768, "NVIDIA H200", "fp8_w8a8", block["weight_block_size"])
+    assert name == "E=128,N=768,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128,128].json"
 
 
 def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     torch = pytest.importorskip("torch")
-    from perfmodel.measuring.vllm_dummy import SCALE_EXPONENT_BYTES, fill_integer_parameters
+    from perfmodel.measuring.vllm_dummy import FP8_WEIGHT_RANGE, SCALE_EXPONENT_BYTES, fill_quantized_parameters
 
     layer = torch.nn.Module()
     layer.w13_weight = torch.nn.Parameter(torch.zeros(64, 256, dtype=torch.uint8), requires_grad=False)
@@ -110,7 +125,7 @@ def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     layer.w13_bias = torch.nn.Parameter(torch.zeros(64))
     layer.child = torch.nn.Module()
     layer.child.other = torch.nn.Parameter(torch.zeros(8, dtype=torch.uint8), requires_grad=False)
-    assert fill_integer_parameters(layer) == 2  # its own integer parameters, not its children's
+    assert fill_quantized_parameters(layer) == 2  # its own integer parameters, not its children's
     codes = layer.w13_weight
     assert len(torch.unique(codes)) > 200  # every byte value, i.e. random E2M1 nibbles
     scales = layer.w13_weight_scale
@@ -123,10 +138,19 @@ def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     gptq.w13_qweight = torch.nn.Parameter(torch.zeros(4, 64, dtype=torch.int32), requires_grad=False)
     gptq.qzeros = torch.nn.Parameter(torch.zeros(4, 8, dtype=torch.int32), requires_grad=False)
     gptq.g_idx = torch.nn.Parameter(torch.zeros(64, dtype=torch.int32), requires_grad=False)
-    assert fill_integer_parameters(gptq) == 2
+    assert fill_quantized_parameters(gptq) == 2
     nibbles = torch.stack([(gptq.w13_qweight >> (4 * i)) & 0xF for i in range(8)])
     assert len(torch.unique(nibbles)) == 16 and (gptq.w13_qweight < 0).any()  # every code, sign bit too
     assert gptq.qzeros.any() and not gptq.g_idx.any()
+
+    fp8 = torch.nn.Module()  # block fp8: e4m3 weights; vLLM draws its fp32 block scales itself
+    fp8.weight = torch.nn.Parameter(torch.zeros(256, 256, dtype=torch.float8_e4m3fn), requires_grad=False)
+    fp8.weight_scale_inv = torch.nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+    assert fill_quantized_parameters(fp8) == 1
+    weights = fp8.weight.float()
+    assert (weights != 0).float().mean() > 0.99  # vLLM's ±1e-3 would round nearly all to zero
+    assert weights.abs().max() <= FP8_WEIGHT_RANGE[1] and len(torch.unique(weights)) > 100
+    assert torch.isfinite(weights).all() and not fp8.weight_scale_inv.any()
 
 
 def test_routing_simulation_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):

@@ -269,12 +269,30 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
         cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": 128}
         path.write_text(json.dumps(cfg))
         assert load_model(str(path)).quantization == scheme
+    for block, scheme in (([128, 128], "fp8-block"), (None, "fp8"), ([64, 64], None)):
+        cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+        if block is not None:  # Qwen3-FP8's and DeepSeek-V3's blocks; without: per tensor
+            cfg["quantization_config"]["weight_block_size"] = block
+        path.write_text(json.dumps(cfg))
+        assert load_model(str(path)).quantization == scheme
 
 
 def test_a_checkpoint_method_names_one_scheme(schemes_file):
     from perfmodel import quantization
 
-    assert quantization.checkpoint_scheme("mxfp4") == "mxfp4-moe" and quantization.checkpoint_scheme("nope") is None
+    scheme = quantization.checkpoint_scheme
+    assert scheme({"quant_method": "mxfp4"}) == "mxfp4-moe" and scheme({"quant_method": "nope"}) is None
+    assert scheme({"quant_method": "fp8", "weight_block_size": [128, 128]}) == "fp8-block"
+    assert scheme({"quant_method": "fp8", "weight_block_size": None}) == "fp8" and scheme("fp8") is None
+    data = schemes_file.original
+    data["schemes"]["fp8"]["checkpoint_fields"] = {"weight_block_size": [128, 128]}
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match=r"given twice: checkpoint_method fp8 weight_block_size=\[128, 128\]"):
+        quantization.load_schemes()
+    data["schemes"]["fp8"].pop("checkpoint_method")
+    schemes_file.write(data)
+    with pytest.raises(SpecError, match="invalid scheme 'fp8'.*checkpoint_fields"):
+        quantization.load_schemes()
     data = schemes_file.original
     data["schemes"]["w4a16"]["checkpoint_method"] = "mxfp4"
     schemes_file.write(data)

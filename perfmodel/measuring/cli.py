@@ -187,7 +187,9 @@ def measure(
     pp: int = typer.Option(1, "--pp", help="vllm: pipeline parallel size (stages)."),
     dp: int = typer.Option(1, "--dp", help="vllm: data parallel replicas, each an engine on its own "
                                           "tp*pp GPUs taking B/dp sequences."),
-    quantization: Optional[str] = typer.Option(None, "--quantization", help="vllm: e.g. fp8."),
+    quantization: Optional[str] = typer.Option(
+        None, "--quantization", help="vllm: a method vLLM applies on load (fp8, experts_int8) or a checkpoint "
+        "format written into config.json (gptq, mxfp4, fp8-block)."),
     moe_backend: str = typer.Option("triton", "--moe-backend", help="vllm: MoE kernel to pin."),
     kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype",
                                        help="vllm: the KV cache's dtype (auto: the model's; fp8). Point ids gain kv=."),

@@ -97,18 +97,19 @@ def is_variant(row: dict[str, Any]) -> bool:
 def row_quant(row: dict[str, Any]) -> str | None:
     """The quantization scheme a measured row ran its linear layers at (``engine.quantization``
     of the row: vLLM's ``--quantization fp8`` is W8A8 with per-tensor weight scales and dynamic
-    per-token activation scales, the model's ``fp8`` scheme; a checkpoint's method,
-    :data:`perfmodel.measuring.vllm_backend.CHECKPOINT_QUANTIZATIONS`, is the scheme that names
-    it, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is ``mxfp4-moe``, ``gptq``
-    ``w4a16``; any other method is the scheme it is a name or alias of: ``experts_int8`` is
-    ``w8a16-experts``); None when unquantized."""
+    per-token activation scales, the model's ``fp8`` scheme; a checkpoint format,
+    :data:`perfmodel.measuring.vllm_backend.CHECKPOINT_QUANTIZATIONS`, is the scheme that
+    describes its config block, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is
+    ``mxfp4-moe``, ``gptq`` ``w4a16``, ``fp8-block`` ``fp8-block``; any other method is the
+    scheme it is a name or alias of: ``experts_int8`` is ``w8a16-experts``); None when
+    unquantized."""
     from perfmodel.quantization import check_quant, checkpoint_scheme
 
     quant = str((row.get("engine") or {}).get("quantization") or "none")
     if quant == "none":
         return None
     if quant in CHECKPOINT_QUANTIZATIONS:
-        return checkpoint_scheme(quant) or quant
+        return checkpoint_scheme(CHECKPOINT_QUANTIZATIONS[quant]) or quant
     try:
         return check_quant(quant)
     except InputError:

@@ -73,13 +73,16 @@ def capture_sizes(max_batch: int) -> list[int]:
 
 
 def fused_moe_config_name(num_experts: int, intermediate_per_shard: int, device_name: str,
-                          dtype: str | None = None) -> str:
+                          dtype: str | None = None, block_shape: list[int] | None = None) -> str:
     """The file name vLLM's fused MoE looks up for tuned tile configs (``E`` experts,
-    ``N`` = expert FFN width per TP shard; H200 variants share ``NVIDIA_H200``)."""
+    ``N`` = expert FFN width per TP shard; H200 variants share ``NVIDIA_H200``; a block-quantized
+    kernel's ``block_shape``, e.g. [128, 128])."""
     device = device_name.replace(" ", "_").replace("-", "_")
     if "H200" in device.split("_"):
         device = "NVIDIA_H200"
     suffix = f",dtype={dtype}" if dtype else ""
+    if block_shape:
+        suffix += ",block_shape=[" + ",".join(str(int(n)) for n in block_shape) + "]"
     return f"E={num_experts},N={intermediate_per_shard},device_name={device}{suffix}.json"
 
 
@@ -301,16 +304,22 @@ def _layer_overrides(point: SweepPoint) -> list[str]:
 #: models ship; the routed experts always, and the linear layers whose names contain an entry of
 #: ``modules_in_block_to_quantize`` (vLLM reads that list from the checkpoint's safetensors when
 #: the config lacks it, and a dummy model has none): attention, shared experts and dense MLPs,
-#: not the router. Run on Marlin (``--moe-backend marlin``).
+#: not the router. Run on Marlin (``--moe-backend marlin``). ``fp8-block``: W8A8 fp8 with one
+#: fp32 scale per 128x128 block of weights and activations quantized per 1x128 group on the fly
+#: (the format of Qwen3's and DeepSeek-V3's FP8 checkpoints; vLLM's ``fp8`` method with
+#: ``weight_block_size``): every linear layer vLLM builds with the quantization config, the
+#: router too where the model's class does (Qwen3-MoE), as such checkpoints store it.
 CHECKPOINT_QUANTIZATIONS = {
     "mxfp4": {"quant_method": "mxfp4"},
     "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False,
              "lm_head": False, "modules_in_block_to_quantize": [
                  "self_attn", "shared_expert.", "shared_experts.", "mlp.gate_up_proj", "mlp.down_proj"]},
+    "fp8-block": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                  "weight_block_size": [128, 128]},
 }
 #: The dtype part of the tuned fused-MoE config name vLLM looks up per ``--quantization`` (its
 #: Triton kernel's ``get_config_dtype_str``); bf16 has none.
-FUSED_MOE_CONFIG_DTYPES = {"fp8": "fp8_w8a8", "experts_int8": "int8_w8a16"}
+FUSED_MOE_CONFIG_DTYPES = {"fp8": "fp8_w8a8", "experts_int8": "int8_w8a16", "fp8-block": "fp8_w8a8"}
 
 
 def checkpoint_quantization(point: SweepPoint) -> dict[str, Any] | None:
@@ -711,7 +720,8 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
 
         device = torch.cuda.get_device_name()
         quant = _settings(point).get("quant", "none")
-        name = fused_moe_config_name(experts, width, device, FUSED_MOE_CONFIG_DTYPES.get(quant))
+        block_shape = (CHECKPOINT_QUANTIZATIONS.get(quant) or {}).get("weight_block_size")
+        name = fused_moe_config_name(experts, width, device, FUSED_MOE_CONFIG_DTYPES.get(quant), block_shape)
         folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal

@@ -1,4 +1,5 @@
-"""Dummy weights for a checkpoint-quantized vLLM engine: random packed MXFP4 and GPTQ codes.
+"""Dummy weights for a checkpoint-quantized vLLM engine: random packed MXFP4 and GPTQ codes,
+and fp8 weights that are not mostly zeros.
 
 vLLM's dummy loader draws every floating-point parameter uniformly in ±1e-3 and leaves integer
 ones as ``torch.empty`` left them (``initialize_single_dummy_weight``). A model stored in MXFP4
@@ -15,6 +16,11 @@ gets every byte of those tensors uniform in [0, 256), so each nibble is a random
 scales are floating-point, drawn by vLLM in ±1e-3, so a weight (code − 8)·scale stays under 1e-2.
 Its ``g_idx`` (the group of each input row, used only with act-order, which the measured
 checkpoints do not set) is left alone.
+
+An fp8 checkpoint's weights (``float8_e4m3fn``) are drawn by vLLM in ±1e-3 too, below e4m3's
+smallest subnormal magnitude, 2^-9: nearly every weight would be zero. They are drawn uniform in
+:data:`FP8_WEIGHT_RANGE` instead, every e4m3 magnitude up to 1, and the scales beside them stay
+vLLM's (fp32 in ±1e-3), so that a weight times its scale is the size of the bf16 dummy weights.
 """
 
 from __future__ import annotations
@@ -28,18 +34,26 @@ SCALE_SUFFIX = "_scale"
 #: Name suffixes of the ``int32`` parameters that hold packed 4-bit codes (GPTQ's ``qweight``,
 #: ``w13_qweight``, and its zero points ``qzeros``).
 PACKED_INT32_SUFFIXES = ("qweight", "qzeros")
+#: Range of the dummy fp8 weights, drawn uniform in fp16 and rounded to e4m3.
+FP8_WEIGHT_RANGE = (-1.0, 1.0)
 
 
-def fill_integer_parameters(module: Any) -> int:
-    """Fill ``module``'s own integer parameters (not its children's) in place: ``uint8`` scales
+def fill_quantized_parameters(module: Any) -> int:
+    """Fill ``module``'s own quantized parameters (not its children's) in place: ``uint8`` scales
     (names ending in :data:`SCALE_SUFFIX`) uniform over :data:`SCALE_EXPONENT_BYTES`, other
     ``uint8`` (packed MXFP4 codes) and the ``int32`` packed codes named by
-    :data:`PACKED_INT32_SUFFIXES` with every byte uniform over [0, 256). Returns how many tensors
-    were filled."""
+    :data:`PACKED_INT32_SUFFIXES` with every byte uniform over [0, 256), ``float8_e4m3fn``
+    weights uniform over :data:`FP8_WEIGHT_RANGE`. Returns how many tensors were filled."""
     import torch
 
     filled = 0
     for name, param in module.named_parameters(recurse=False):
+        if param.dtype == torch.float8_e4m3fn:
+            with torch.no_grad():
+                param.data.copy_(torch.empty(param.shape, dtype=torch.float16, device=param.device)
+                                 .uniform_(*FP8_WEIGHT_RANGE).to(param.dtype))
+            filled += 1
+            continue
         if param.dtype == torch.uint8:
             low, high = SCALE_EXPONENT_BYTES if name.endswith(SCALE_SUFFIX) else (0, 256)
             target = param.data
@@ -55,8 +69,8 @@ def fill_integer_parameters(module: Any) -> int:
 
 
 def patch_dummy_loader() -> None:
-    """Make vLLM's dummy loader fill each layer's integer parameters after its own
-    initialization (:func:`fill_integer_parameters`); in this process, idempotent. The engine
+    """Make vLLM's dummy loader fill each layer's quantized parameters after its own
+    initialization (:func:`fill_quantized_parameters`); in this process, idempotent. The engine
     must load in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the runners set)."""
     from vllm.model_executor.model_loader import dummy_loader
 
@@ -66,7 +80,7 @@ def patch_dummy_loader() -> None:
 
     def initialize_dummy_weights(layer, *args, **kwargs):
         original(layer, *args, **kwargs)
-        fill_integer_parameters(layer)
+        fill_quantized_parameters(layer)
 
     initialize_dummy_weights._perfmodel_fills_integers = True  # type: ignore[attr-defined]
     dummy_loader.initialize_dummy_weights = initialize_dummy_weights

@@ -145,21 +145,13 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
 
 
 def stored_scheme(cfg: dict[str, Any]) -> str | None:
-    """The scheme a config.json's checkpoint is stored in: its ``quantization_config``'s
-    ``quant_method`` if a scheme of ``specs/quantization.yaml`` describes it at the block's
-    ``bits`` where it gives them (a GPTQ checkpoint of 4 bits is w4a16, one of 8 bits no
-    scheme's method), else None (an unquantized checkpoint, or a method no scheme describes:
-    predicted at --dtype)."""
-    from perfmodel.quantization import checkpoint_scheme, load_schemes
+    """The scheme a config.json's checkpoint is stored in: the one of ``specs/quantization.yaml``
+    that describes its ``quantization_config`` (:func:`perfmodel.quantization.checkpoint_scheme`:
+    a GPTQ checkpoint of 4 bits is w4a16, an fp8 one in 128x128 blocks fp8-block), else None (an
+    unquantized checkpoint, or a format no scheme describes: predicted at --dtype)."""
+    from perfmodel.quantization import checkpoint_scheme
 
-    block = cfg.get("quantization_config")
-    if not isinstance(block, dict):
-        return None
-    name = checkpoint_scheme(block.get("quant_method"))
-    bits = block.get("bits")
-    if name is not None and isinstance(bits, int) and load_schemes()[name].weight_bits not in (None, bits):
-        return None
-    return name
+    return checkpoint_scheme(cfg.get("quantization_config"))
 
 
 class _ReadRecorder(dict):
