@@ -326,7 +326,7 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
 #: the peak): the training rows cannot tell the two GEMM classes apart, since the expert GEMMs
 #: carry nearly all of the quantized bytes. Each parameter: (name, lower, upper, start), the
 #: multipliers starting at the bf16 kernels' rates.
-FITTED_SCHEMES = ("fp8", "w4a16", "w8a16-experts")
+FITTED_SCHEMES = ("fp8", "fp8-block", "w4a16", "w8a16-experts")
 QUANT_MULTIPLIERS = (("memory", 0.3, 1.5, 1.0), ("compute", 0.3, 1.5, 1.0))
 #: A weight-only scheme's kernels also get their dequantization work fitted, n_dq, as a share of
 #: the scheme file's estimate (an upper bound: that counts every weight's unpacking and scaling
