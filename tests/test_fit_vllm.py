@@ -429,6 +429,13 @@ def test_a_quantization_scheme_has_the_band_where_its_held_out_rows_lie_within_i
         else:  # measured, and outside the band somewhere: no band, and the note says so
             assert p.provenance["error_band"] is None
             assert "its held-out fp8 points do not carry the band" in p.provenance["error_band_note"]
+    # fp8 in 128x128 blocks was checked the same way, on its own held-out rows (Qwen3-30B-A3B
+    # and Phi-3.5-MoE at the simulator): a checkpoint's config.json in that format takes its band
+    blocks = profile.fit["residuals"]["quantization"]["fp8-block"]
+    assert blocks["points"] >= 6 and blocks["within"] == profile.quantization["fp8-block"].band
+    assert blocks["within"] == all(p90 <= 100 * limits[name] for name, p90 in blocks["p90_abs_pct"].items())
+    p = predict("qwen3-30b-a3b", engine="vllm", batch=16, input_len=512, output_len=512, quant="fp8-block")
+    assert (p.provenance["error_band"] is not None) == blocks["within"]
     # a scheme never measured has none, and neither has fp8 on a profile that did not check it
     p = predict("mixtral-8x7b", engine="vllm", batch=16, input_len=512, output_len=512, quant="fp8-channel")
     assert p.provenance["error_band"] is None and "not measured with fp8-channel quantization" in p.provenance["error_band_note"]
