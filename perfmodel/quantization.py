@@ -4,9 +4,9 @@ A scheme applies to the linear layers (QKV/O projections, routed and shared expe
 MLP; :mod:`perfmodel.ops.quant` has their formulas), all of them or those it names, and says:
 bits per weight, the scales it adds, which tensor-core peak its GEMMs run at, whether
 activations are quantized on the fly, and the in-kernel dequantization of a weight-only
-kernel. A checkpoint stored in a scheme names it by its config.json's
-``quantization_config``: its ``quant_method`` and, where one method stores several schemes,
-its other fields (:func:`checkpoint_scheme`). :meth:`QuantScheme.values` turns it
+kernel. A checkpoint stored in a scheme is known by its config.json's ``quantization_config``:
+its ``quant_method`` and the fields that tell one method's formats apart
+(:func:`checkpoint_scheme`). :meth:`QuantScheme.values` turns it
 into the numbers of the formulas' symbols (bytes per element and per scale).
 
 ``--dtype fp8|int8|fp4`` stays an alias of the scheme whose ``dtype_alias`` names it: the
@@ -109,11 +109,10 @@ class QuantScheme(_Strict):
     activations: ActivationQuant | None = None
     dequant_flops_per_weight: NonNegativeFloat = 0.0
     layers: tuple[LinearLayer, ...] = LINEAR_LAYERS
-    checkpoint_method: str | None = Field(
-        default=None, description="The config.json quantization_config.quant_method of checkpoints in this scheme.")
-    checkpoint_fields: dict[str, Any] = Field(
-        default_factory=dict, description="Fields such a quantization_config also carries, with these values "
-        "(null: absent or null), where one method stores several schemes (fp8: per tensor, in 128x128 blocks).")
+    checkpoints: tuple[dict[str, Any], ...] = Field(
+        default=(), description="The config.json quantization_config blocks of checkpoints stored in this "
+        "scheme: each gives fields (dotted paths into the block) and their values, null for absent or null; "
+        "every one names quant_method.")
     moe_row_blocks: tuple[tuple[PositiveFloat | None, PositiveInt], ...] | None = Field(
         default=None, description="The row block of the routed experts' kernel by the mean rows "
         "per expert, T·k/E, where the kernel picks it so (Marlin), as ((at most rows, M), ..., "
@@ -134,8 +133,8 @@ class QuantScheme(_Strict):
             bounds = [bound for bound, _ in blocks]
             if not bounds or bounds[-1] is not None or None in bounds[:-1] or bounds[:-1] != sorted(set(bounds[:-1])):
                 raise ValueError("'moe_row_blocks' gives rising row bounds, the last null (any more rows)")
-        if self.checkpoint_fields and not self.checkpoint_method:
-            raise ValueError("'checkpoint_fields' qualify a checkpoint_method, which is missing")
+        if any(not isinstance(fields.get("quant_method"), str) for fields in self.checkpoints):
+            raise ValueError("each of 'checkpoints' names its quant_method")
         if (self.activations is None) != (self.compute == "activations"):
             raise ValueError("low-precision compute (fp8, int8, fp4) needs quantized activations, "
                              "and weight-only compute ('activations') has none")
@@ -193,9 +192,8 @@ def load_schemes() -> dict[str, QuantScheme]:
             raise SpecError(f"invalid scheme '{name}' in {SCHEMES_FILE.name}: "
                             f"{loc + ': ' if loc else ''}{msg['msg']}") from None
     names = [n for scheme in schemes.values() for n in (scheme.name, *scheme.aliases)]
-    names += [f"checkpoint_method {scheme.checkpoint_method}"
-              + "".join(f" {key}={value}" for key, value in sorted(scheme.checkpoint_fields.items()))
-              for scheme in schemes.values() if scheme.checkpoint_method]
+    names += ["checkpoint " + ", ".join(f"{key}={value}" for key, value in sorted(fields.items()))
+              for scheme in schemes.values() for fields in scheme.checkpoints]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes or NO_QUANT not in schemes:
         raise SpecError(f"{SCHEMES_FILE.name}: " + (f"name or alias given twice: {', '.join(dupes)}"
@@ -212,25 +210,28 @@ def _by_name() -> dict[str, QuantScheme]:
     return {n: scheme for scheme in load_schemes().values() for n in (scheme.name, *scheme.aliases)}
 
 
+def _field(block: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of a nested mapping, None where any step is missing."""
+    value: Any = block
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def checkpoint_scheme(block: Any) -> str | None:
-    """The scheme a checkpoint's ``quantization_config`` (a mapping) stores it in: of the schemes
-    whose :attr:`QuantScheme.checkpoint_method` is its ``quant_method`` and whose
-    :attr:`QuantScheme.checkpoint_fields` it all carries (a null field: absent or null), the one
-    with the most such fields, unless the block's ``bits`` contradict its ``weight_bits`` (a
-    GPTQ checkpoint of 8 bits is no 4-bit scheme's); None for a method or format no scheme
-    describes."""
+    """The scheme a checkpoint's ``quantization_config`` (a mapping) stores it in: the scheme one
+    of whose :attr:`QuantScheme.checkpoints` the block matches in every field, the most fields
+    where several match (fp8 with ``weight_block_size`` [128, 128] is fp8-block, fp8 without it
+    fp8); None for a block no scheme describes, or two schemes describe alike."""
     if not isinstance(block, dict) or block.get("quant_method") is None:
         return None
-    matches = [scheme for scheme in load_schemes().values()
-               if scheme.checkpoint_method == block["quant_method"]
-               and all(block.get(key) == value for key, value in scheme.checkpoint_fields.items())]
+    matches = [(len(fields), scheme.name) for scheme in load_schemes().values() for fields in scheme.checkpoints
+               if all(_field(block, path) == value for path, value in fields.items())]
     if not matches:
         return None
-    scheme = max(matches, key=lambda candidate: len(candidate.checkpoint_fields))
-    bits = block.get("bits")
-    if isinstance(bits, int) and scheme.weight_bits not in (None, bits):
-        return None
-    return scheme.name
+    most = max(count for count, _ in matches)
+    best = {name for count, name in matches if count == most}
+    return best.pop() if len(best) == 1 else None
 
 
 def dtype_aliases() -> dict[str, QuantScheme]:

@@ -261,14 +261,33 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
     table = sweep("gpt-oss-20b", {"batch": [1, 16]}, engine="roofline")
     assert table["itl_s"].iloc[1] == pytest.approx(predict("gpt-oss-20b", engine="roofline", batch=16).metrics["itl_s"])
     cfg = dict(load_hf_config("gpt-oss-20b"))
-    cfg["quantization_config"] = {"quant_method": "awq"}  # a method no scheme describes: --dtype's
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes"}  # a method no scheme describes: --dtype's
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert load_model(str(path)).quantization is None
-    for bits, scheme in ((4, "w4a16"), (8, None)):  # GPTQ at 4 bits is w4a16; at 8 no scheme's
-        cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": 128}
-        path.write_text(json.dumps(cfg))
+    for method, bits, scheme in (("gptq", 4, "w4a16"), ("gptq", 8, None), ("awq", 4, "w4a16")):
+        cfg["quantization_config"] = {"quant_method": method, "bits": bits, "group_size": 128}
+        path.write_text(json.dumps(cfg))  # GPTQ and AWQ at 4 bits are w4a16; GPTQ at 8 no scheme's
         assert load_model(str(path)).quantization == scheme
+    # llm-compressor's compressed-tensors checkpoints, by their first config group
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False}
+    token = {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True}
+    for weights, activations, scheme in (
+            ({**fp8, "strategy": "channel"}, token, "fp8-channel"),  # FP8_DYNAMIC
+            ({**fp8, "strategy": "tensor"}, token, "fp8"),
+            ({**fp8, "strategy": "block", "block_structure": [128, 128]},
+             {**token, "strategy": "group", "group_size": 128}, "fp8-block"),  # FP8_BLOCK
+            ({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}, None, "w4a16"),  # W4A16
+            ({"num_bits": 8, "type": "int", "strategy": "channel"}, None, "w8a16"),
+            ({"num_bits": 8, "type": "int", "strategy": "channel"}, {**token, "type": "int"}, "int8-w8a8"),
+            ({"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16},
+             {"num_bits": 4, "type": "float"}, None)):  # NVFP4: no scheme's
+        cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                      "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                                                    "input_activations": activations}},
+                                      "ignore": ["lm_head"]}
+        path.write_text(json.dumps(cfg))
+        assert load_model(str(path)).quantization == scheme, weights
     for block, scheme in (([128, 128], "fp8-block"), (None, "fp8"), ([64, 64], None)):
         cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
         if block is not None:  # Qwen3-FP8's and DeepSeek-V3's blocks; without: per tensor
@@ -277,7 +296,7 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
         assert load_model(str(path)).quantization == scheme
 
 
-def test_a_checkpoint_method_names_one_scheme(schemes_file):
+def test_a_checkpoint_names_one_scheme(schemes_file):
     from perfmodel import quantization
 
     scheme = quantization.checkpoint_scheme
@@ -285,20 +304,24 @@ def test_a_checkpoint_method_names_one_scheme(schemes_file):
     assert scheme({"quant_method": "fp8", "weight_block_size": [128, 128]}) == "fp8-block"
     assert scheme({"quant_method": "fp8", "weight_block_size": None}) == "fp8" and scheme("fp8") is None
     data = schemes_file.original
-    data["schemes"]["fp8"]["checkpoint_fields"] = {"weight_block_size": [128, 128]}
+    data["schemes"]["fp8"]["checkpoints"] = [{"quant_method": "fp8", "weight_block_size": [128, 128]}]
     schemes_file.write(data)
-    with pytest.raises(SpecError, match=r"given twice: checkpoint_method fp8 weight_block_size=\[128, 128\]"):
+    with pytest.raises(SpecError, match=r"given twice: checkpoint quant_method=fp8, weight_block_size=\[128, 128\]"):
         quantization.load_schemes()
-    data["schemes"]["fp8"].pop("checkpoint_method")
+    data["schemes"]["fp8"]["checkpoints"] = [{"weight_block_size": [64, 64]}]
     schemes_file.write(data)
-    with pytest.raises(SpecError, match="invalid scheme 'fp8'.*checkpoint_fields"):
+    with pytest.raises(SpecError, match="invalid scheme 'fp8'.*quant_method"):
         quantization.load_schemes()
+    # two schemes that describe one block alike (as many fields each): neither
+    data["schemes"]["fp8"]["checkpoints"] = [{"quant_method": "fp8", "fmt": "e4m3"}]
+    schemes_file.write(data)
+    assert scheme({"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}) is None
     data = schemes_file.original
-    data["schemes"]["w4a16"]["checkpoint_method"] = "mxfp4"
+    data["schemes"]["w4a16"]["checkpoints"] = [{"quant_method": "mxfp4"}]
     schemes_file.write(data)
-    with pytest.raises(SpecError, match="given twice: checkpoint_method mxfp4"):
+    with pytest.raises(SpecError, match="given twice: checkpoint quant_method=mxfp4"):
         quantization.load_schemes()
-    data["schemes"]["w4a16"].pop("checkpoint_method")
+    data["schemes"]["w4a16"].pop("checkpoints")
     data["schemes"]["w4a16"]["layers"] = ["experts", "router"]
     schemes_file.write(data)
     with pytest.raises(SpecError, match="invalid scheme 'w4a16'.*layers"):
