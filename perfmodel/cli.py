@@ -205,7 +205,9 @@ def formula(
 
     The value is per layer at --batch and --input-len (prefill) or --context (decode); a time
     is on --gpu under --engine. The layers are stored as the model's checkpoint stores them
-    (gpt-oss: MXFP4 experts), as predict takes them, unless --quant says otherwise.
+    (gpt-oss: MXFP4 experts), as predict takes them, unless --quant says otherwise. The op is
+    the one --engine runs, as predict builds it (vllm: expert rows padded to the fused-MoE
+    kernel's tiles; --engine roofline: every row as it is).
     """
     from perfmodel.formula_text import op_formula, op_formula_data
 

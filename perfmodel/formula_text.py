@@ -8,7 +8,7 @@ from perfmodel.profile import DEFAULT_ENGINE
 import sympy as sp
 
 from perfmodel.errors import InputError
-from perfmodel.graph import GraphOptions, build_graph, model_values
+from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
@@ -32,7 +32,7 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     model's checkpoint stores, as :func:`perfmodel.prediction.predict` takes it; ``none``:
     unquantized); ``moe_impl``: the routed experts' implementation. For ``op_name == "list"``:
     the ops of the pass."""
-    from perfmodel.prediction import DTYPE_BYTES, Workload, check_context, hardware_values, workload_graph_options
+    from perfmodel.prediction import DTYPE_BYTES, Workload, check_context, graph_options, hardware_values
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
 
@@ -43,15 +43,16 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     w = Workload(batch=batch, input_len=input_len, context=context, quant=quant,
                  moe_impl=moe_impl).stored_as(model)
     scheme = w.scheme
-    graph = build_graph(model, decode=phase == "decode", options=GraphOptions(**workload_graph_options(w)))
+    gpu_spec = load_gpu(gpu)
+    profile = load_profile(engine, gpu_spec.name)
+    # the ops as the engine runs them, as predict builds them (its expert-row tiles, MLA's path)
+    graph = build_graph(model, decode=phase == "decode", options=graph_options(profile, w))
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
         return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}
     if op_name not in ops:
         raise InputError(f"unknown op '{op_name}' for {model.name} (known: {', '.join(ops)})")
     count, op = ops[op_name]
-    gpu_spec = load_gpu(gpu)
-    profile = load_profile(engine, gpu_spec.name)
     subs = prefill_substitutions() if phase == "prefill" else decode_substitutions()
     at = {B: w.batch, S: w.input_len} if phase == "prefill" else {
         B: w.batch, L: w.context if w.context is not None else w.input_len}

@@ -89,7 +89,8 @@ def test_predict_table(capsys):
 
 
 def test_formula_prints_the_expression(capsys):
-    out = cli(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops"], capsys)
+    # (the roofline engine runs every expert row as it is: the FLOPs read as the model's GEMMs)
+    out = cli(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops", "--engine", "roofline"], capsys)
     model = load_model("mixtral")
     coefficient = 2 * 3 * model.hidden * model.moe.expert_intermediate * model.moe.top_k
     assert "moe.experts" in out and "grouped_gemm" in out
@@ -99,6 +100,21 @@ def test_formula_prints_the_expression(capsys):
     assert "I" in symbolic
     assert "T = B*S" in out
     assert f"{coefficient}⋅B⋅S" in out.split("with this model's numbers", 1)[1]
+
+
+@pytest.mark.parametrize("model, op, batch", [
+    ("qwen3-30b-a3b", "moe.experts", 64),  # vLLM's fused-MoE tiles pad each expert's rows
+    ("deepseek-v2-lite", "attn.core", 16),  # MLA decode absorbed, over the latent cache
+    ("deepseek-v2-lite", "attn.q_absorb", 16)])
+def test_formula_gives_the_op_time_predict_takes(capsys, model, op, batch):
+    """A formula is the one the prediction evaluates: its value at the engine's options (the
+    expert-row tiles, MLA's decode path) is the prediction's time of that op per layer."""
+    data = json.loads(cli(["formula", model, "--op", op, "--quantity", "time", "--phase", "decode",
+                           "-b", str(batch), "-l", "1024", "--json"], capsys))
+    p = predict(model, batch=batch, input_len=1023, output_len=2)  # its decode step at context 1,024
+    # (the op's row of the MoE layers, the formula's; DeepSeek-V2-Lite's first layer is dense)
+    total = max(o["time_s"] for o in p.ops if o["pass"] == "decode" and o["name"] == op)
+    assert total / load_model(model).n_moe_layers == pytest.approx(data["value"], rel=1e-6)
 
 
 def test_formula_latex(capsys):
