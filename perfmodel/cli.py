@@ -160,6 +160,11 @@ def predict(
         from perfmodel.report_terminal import print_prediction
 
         print_prediction(result, make_console())
+    unread = result.provenance.get("unread_quantization")
+    if unread is not None:
+        _warn(f"the config.json's quantization_config (quant_method '{unread}') is no scheme's: predicted "
+              f"unquantized at --dtype {result.workload.dtype}; --quant predicts it in a scheme "
+              "(none, fp8, fp8-block, w4a16, ...: specs/quantization.yaml)")
     m = result.metrics
     if not m["fits_in_memory"]:
         gib = 2**30

@@ -892,6 +892,9 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
         "peaks": profile.peaks, "options": profile.options.model_dump(),
         "error_band": band, "error_band_scope": band_scope(profile), "error_band_note": band_note,
         "host": host_record(profile, workload.host_probe_ms),
+        # a checkpoint format no scheme describes, predicted unquantized: neither --quant nor an alias --dtype
+        "unread_quantization": (model.unread_quantization if workload.quant is None
+                                and workload.scheme.name == quantization.NO_QUANT else None),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
                       ops=ops, provenance=provenance, overrides=dict(overrides or {}))

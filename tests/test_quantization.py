@@ -296,6 +296,30 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
         assert load_model(str(path)).quantization == scheme
 
 
+def test_a_checkpoint_format_no_scheme_describes_is_predicted_unquantized_and_said(tmp_path, capsys):
+    from perfmodel.specs.model import load_model
+    from perfmodel.specs.zoo import load_hf_config
+
+    cfg = dict(load_hf_config("mixtral-8x7b"))
+    path = tmp_path / "config.json"
+    for block, unread in (({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes"),
+                          ([], "?"), ({"quant_method": "fp8", "weight_block_size": [128, 128]}, None)):
+        cfg["quantization_config"] = block
+        path.write_text(json.dumps(cfg))
+        assert load_model(str(path)).unread_quantization == unread
+    assert load_model("mixtral-8x7b").unread_quantization is None
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes"}
+    path.write_text(json.dumps(cfg))
+    code, out, err = _cli(capsys, "predict", str(path), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["workload"]["quant"] == "none"
+    assert data["provenance"]["unread_quantization"] == "bitsandbytes"
+    assert "quant_method 'bitsandbytes') is no scheme's: predicted unquantized" in err
+    for chosen in (["--quant", "w4a16"], ["--dtype", "fp8"]):  # a scheme the user picked: nothing to say
+        code, out, err = _cli(capsys, "predict", str(path), "--json", *chosen)
+        assert code == 0 and json.loads(out)["provenance"]["unread_quantization"] is None and not err
+
+
 def test_a_checkpoint_names_one_scheme(schemes_file):
     from perfmodel import quantization
 

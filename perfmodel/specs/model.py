@@ -105,6 +105,9 @@ class ModelSpec(_Spec):
     quantization: str | None = Field(
         default=None, description="The quantization scheme its checkpoint is stored in (config.json "
         "quantization_config, :func:`perfmodel.quantization.checkpoint_scheme`); None: unquantized.")
+    unread_quantization: str | None = Field(
+        default=None, description="The quant_method of a config.json quantization_config that no scheme "
+        "describes ('?' where it names none): the model is predicted at --dtype; None otherwise.")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -137,9 +140,12 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     fields = family(cfg.get("model_type", "")).spec_fields(cfg)
     attention, moe = fields.pop("attention"), fields.pop("moe")
     try:
+        stored, block = stored_scheme(cfg), cfg.get("quantization_config")
+        unread = None if block is None or stored is not None else str(
+            (block.get("quant_method") if isinstance(block, dict) else None) or "?")
         return ModelSpec(name=name, attention=AttentionSpec(**attention),
-                         moe=MoESpec(**moe) if moe else None, quantization=stored_scheme(cfg),
-                         **fields)
+                         moe=MoESpec(**moe) if moe else None, quantization=stored,
+                         unread_quantization=unread, **fields)
     except ValidationError as exc:
         raise InputError(f"invalid model: {validation_message(exc)}") from None
 
