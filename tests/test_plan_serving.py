@@ -236,6 +236,29 @@ def test_a_plan_with_an_fp8_kv_cache_says_the_serving_band_was_measured_at_bf16(
         "perfmodel: error: unknown kv-dtype 'fp6' (known: fp32, bf16, fp16, fp8, int8, fp4)"]
 
 
+def test_a_plan_searches_several_kv_cache_dtypes_and_keeps_to_its_gpu_limit(capsys):
+    """--kv-dtype bf16,fp8 searches both caches beside each other (each candidate says which),
+    and no candidate, colocated or disaggregated, uses more GPUs than --max-gpus: at a long
+    prompt the two pools that first meet TTFT and ITL apart would need three of two."""
+    import json
+
+    from perfmodel.commands import main
+
+    args = ["plan", "qwen3-30b-a3b", "--rate", "8", "--input-len", "8192", "--output-len", "256",
+            "--ttft-p90", "3", "--itl-p90", "0.05", "--gpu", "h200", "--requests", "40", "--json"]
+    main([*args, "--max-gpus", "4", "--no-disagg", "--kv-dtype", "bf16,fp8"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["question"]["search"]["kv_dtype"] == ["bf16", "fp8"]
+    labels = {point["label"] for point in data["points"]}
+    for kv in ("bf16", "fp8"):
+        assert any(f" kv-{kv} " in label for label in labels), kv
+    assert data["chosen"]["pools"][0]["kv_dtype"] in ("bf16", "fp8")
+    with pytest.raises(SystemExit):  # nothing meets the SLOs within two GPUs (exit 1)
+        main([*args, "--max-gpus", "2", "--kv-dtype", "fp8"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["chosen"] is None and all(point["gpus"] <= 2 for point in data["points"])
+
+
 # --------------------------------------------------------------------------- replays on hand-built step times
 
 #: Toy step times: a step of n decodes and p prompt tokens takes FIXED + PER_TOKEN·(n + p) s.

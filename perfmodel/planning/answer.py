@@ -98,7 +98,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
         outside.append(f"measured in {scope['dtype']}")
     elif plan.model.quantization and setup.dtype not in dtype_aliases():
         outside.append(f"measured unquantized, not in the checkpoint's {plan.model.quantization}")
-    kv = plan.question.search.kv_dtype
+    kv = setup.kv_dtype
     if kv is not None and kv != scope.get("dtype", kv):
         outside.append(f"measured with a {scope['dtype']} KV cache, not {kv}")
     if ev.kind != "colocated":
@@ -124,7 +124,7 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
         t = pool.engine.layout
         w = Workload(batch=batch, input_len=max(1, round(plan.mean_in)), output_len=max(2, round(plan.mean_out)),
                      tp=t.tp, ep=t.ep, pp=t.pp, **weight_choice(pool.engine.dtype),
-                     host_probe_ms=plan.question.host_probe_ms, kv_dtype=plan.question.search.kv_dtype)
+                     host_probe_ms=plan.question.host_probe_ms, kv_dtype=setup.kv_dtype)
         pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
         prov = pred.provenance
         band, band_note = serving_band(plan, ev, setup, pool)

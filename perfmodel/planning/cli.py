@@ -66,9 +66,12 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         search["dtypes"] = _csv(f["dtype"])
     if f["max_num_seqs"] is not None:
         search["max_num_seqs"] = _ints(f["max_num_seqs"], "--max-num-seqs")
-    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s", "kv_dtype"):
+    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s"):
         if f[key] is not None:
             search[key] = f[key]
+    if f["kv_dtype"] is not None:  # one KV-cache dtype, or several to search
+        kv = _csv(f["kv_dtype"])
+        search["kv_dtype"] = kv[0] if len(kv) == 1 else kv
     if f["disaggregation"] is not None:
         search["disaggregation"] = f["disaggregation"]
     for key in ("requests", "seed"):
@@ -98,8 +101,8 @@ def plan(
                                       "(default h100-sxm,h200-sxm)."),
     max_gpus: Optional[int] = typer.Option(None, "--max-gpus", help="Most GPUs in all (default 64)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Weight dtypes or quantization schemes, comma-separated (default bf16; e.g. bf16,fp8,w4a16)."),
-    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype, e.g. fp8 (default: the "
-                                           "weights' unquantized dtype)."),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype, e.g. fp8, or several to "
+                                           "search, comma-separated (bf16,fp8; default: the weights' unquantized dtype)."),
     max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs",
                                                help="Engine sequence limits to try (default 64,128,256)."),
     max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens",

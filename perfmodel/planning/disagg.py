@@ -45,19 +45,18 @@ def transfer_s(search, setup) -> float:
     return float(transfer_time(nbytes, s.link_bw, OpClass.COMM).subs(values))
 
 
-def _cheapest_prefill(search, dtype: str):
+def _cheapest_prefill(search, dtype: str, kv_dtype: Optional[str]):
     targets = _only(search.targets, ("ttft",))
     best = None
     for setup in search.setups.values():
-        if setup.dtype != dtype or setup.curve is None:
+        if setup.dtype != dtype or setup.kv_dtype != kv_dtype or setup.curve is None:
             continue
         pp = setup.layout.pp
         limits = EngineLimits(max(search.seqs), search.budget, setup.steps.kv_tokens // pp,
                               setup.profile.options.async_scheduling)
         curve = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="prefill")
         move = transfer_s(search, setup)
-        engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget,
-                        search.q.search.kv_dtype)
+        engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget, kv_dtype)
         for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
             state = curve.at(search.rate / (r * pp))
             if not state.stable:
@@ -71,12 +70,12 @@ def _cheapest_prefill(search, dtype: str):
     return best
 
 
-def _cheapest_decode(search, dtype: str, ttft_p90: float):
+def _cheapest_decode(search, dtype: str, kv_dtype: Optional[str], ttft_p90: float):
     targets = _only(search.targets, ("itl",))
     e2e_target = search.targets.get("e2e_p90")
     best = None
     for setup in search.setups.values():
-        if setup.dtype != dtype or setup.curve is None:
+        if setup.dtype != dtype or setup.kv_dtype != kv_dtype or setup.curve is None:
             continue
         pp = setup.layout.pp
         limits = EngineLimits(max(1, max(search.seqs) // pp), search.budget, setup.steps.kv_tokens // pp,
@@ -84,7 +83,7 @@ def _cheapest_decode(search, dtype: str, ttft_p90: float):
         full = serving_curve(setup.steps, limits, search.mean_in, search.mean_out, kind="decode")
         for seqs in search.seqs:
             curve = full.capped(max(1, seqs // pp))
-            engine = Engine(setup.offer.name, dtype, setup.layout, seqs, search.budget, search.q.search.kv_dtype)
+            engine = Engine(setup.offer.name, dtype, setup.layout, seqs, search.budget, kv_dtype)
             for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
                 state = curve.at(search.rate / (r * pp))
                 if not state.stable or judge({"itl": state.itl}, targets, 1.0)[0]:
@@ -142,21 +141,24 @@ def simulate_pair(search, p_setup, p_engine, r_p, move, d_setup, d_engine, r_d,
 
 
 def disaggregated(search, best: Optional[Evaluation]) -> list[Evaluation]:
-    """Disaggregated candidates (one per dtype), simulated where the closed form says they may
-    be cheaper than ``best`` (the cheapest colocated deployment meeting the SLOs)."""
+    """Disaggregated candidates (one per dtype and KV-cache dtype: both pools hold the cache
+    alike), simulated where the closed form says they may be cheaper than ``best`` (the
+    cheapest colocated deployment meeting the SLOs)."""
     out = []
-    for dtype in search.q.search.dtypes:
-        prefill = _cheapest_prefill(search, dtype)
+    for dtype, kv_dtype in ((d, kv) for d in search.q.search.dtypes for kv in search.q.search.kv_dtypes):
+        prefill = _cheapest_prefill(search, dtype, kv_dtype)
         if prefill is None:
             continue
         p_cost, p_setup, p_engine, r_p, ttft, move = prefill
-        decode = _cheapest_decode(search, dtype, ttft.get("p90", ttft["mean"]))
+        decode = _cheapest_decode(search, dtype, kv_dtype, ttft.get("p90", ttft["mean"]))
         if decode is None:
             continue
         d_cost, d_setup, d_engine, r_d, _ = decode
         if best is not None and p_cost + d_cost >= best.usd_per_hour:
             continue
         for _ in range(_GROW_ROUNDS):
+            if r_p * p_engine.gpus + r_d * d_engine.gpus > search.q.search.max_gpus:
+                break  # the two pools together may not use more GPUs than the search allows
             search.progress("disaggregated pools", 1.0)
             ev = simulate_pair(search, p_setup, p_engine, r_p, move, d_setup, d_engine, r_d)
             out.append(ev)
@@ -167,6 +169,4 @@ def disaggregated(search, best: Optional[Evaluation]) -> list[Evaluation]:
                 r_p += 1
             if "itl" in failed or "e2e" in failed or "overloaded" in failed:
                 r_d += 1
-            if (r_p * p_engine.gpus + r_d * d_engine.gpus) > search.q.search.max_gpus:
-                break
     return out

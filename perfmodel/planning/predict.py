@@ -91,7 +91,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
         raise InputError(f"graph_tokens must be a whole number of tokens >= 0, got {graph_tokens!r}")
     search = Search(question, priced=False, graph_tokens=graph_tokens)
     lay.check(search.model)
-    setup = search.setup(search.offers[0], dtype, lay)
+    setup = search.setup(search.offers[0], dtype, lay, kv_dtype)
     if setup.failure:
         raise InputError(setup.failure)
     if times is not None:

@@ -92,14 +92,21 @@ class Search(_Strict):
     gpus: list[str] = Field(default_factory=lambda: ["h100-sxm", "h200-sxm"], min_length=1)
     max_gpus: PositiveInt = Field(default=64, description="GPUs of all replicas together, at most.")
     dtypes: list[str] = Field(default_factory=lambda: ["bf16"], min_length=1)
-    kv_dtype: Optional[str] = Field(
-        default=None, description="KV cache dtype of every candidate (vLLM's kv_cache_dtype; fp8 "
-                                  "stores a cached token in half the bytes); default: the weights' "
-                                  "unquantized dtype.")
+    kv_dtype: Union[None, str, list[str]] = Field(
+        default=None, description="KV cache dtype of the candidates (vLLM's kv_cache_dtype; fp8 "
+                                  "stores a cached token in half the bytes), or a list of them to "
+                                  "search; default: the weights' unquantized dtype.")
     max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1)
     max_batched_tokens: PositiveInt = Field(
         default=8192, description="Token budget of one engine step (vLLM max_num_batched_tokens).")
     disaggregation: bool = Field(default=True, description="Also try separate prefill and decode pools.")
+
+    @property
+    def kv_dtypes(self) -> list[Optional[str]]:
+        """The KV-cache dtypes searched, each once in the order given ([None]: the weights'
+        unquantized dtype alone)."""
+        given = [self.kv_dtype] if not isinstance(self.kv_dtype, list) else self.kv_dtype
+        return list(dict.fromkeys(given)) or [None]
     kv_link_gb_s: Optional[PositiveFloat] = Field(
         default=None, description="KV transfer bandwidth between pools per GPU, 10^9 B/s "
                                   "(default: the GPU's scale-up link).")

@@ -50,12 +50,13 @@ Progress = Callable[[str, float], None]
 
 @dataclass
 class Setup:
-    """One (GPU, dtype, layout): its step tables, or why it cannot serve."""
+    """One (GPU, dtype, layout, KV-cache dtype): its step tables, or why it cannot serve."""
 
     offer: Offer
     profile: EngineProfile
     dtype: str
     layout: Layout
+    kv_dtype: Optional[str] = None  # None: the weights' unquantized dtype
     steps: Optional[StepTimes] = None
     failure: Optional[str] = None
     curve: Optional[ServingCurve] = None  # colocated, one stream, largest max_num_seqs
@@ -107,7 +108,8 @@ class Search:
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
             weight_choice(dtype)  # a dtype or a quantization scheme, else refused
-        check_choice("kv_dtype", question.search.kv_dtype, DTYPE_BYTES, optional=True)
+        for kv_dtype in question.search.kv_dtypes:
+            check_choice("kv_dtype", kv_dtype, DTYPE_BYTES, optional=True)
         prices = load_prices(question.prices)
         self.offers = offers(question.search.gpus, prices, question.prices, require_price=priced)
         self.lengths = Lengths(question.traffic)
@@ -132,27 +134,30 @@ class Search:
 
     # --- tables and curves ---------------------------------------------------------------
     def build_setups(self) -> list[Setup]:
-        """Step tables of every (GPU, dtype, layout), with those that cannot serve rejected."""
-        todo = [(offer, dtype, layout) for offer in self.offers for dtype in self.q.search.dtypes
+        """Step tables of every (GPU, dtype, KV-cache dtype, layout), with those that cannot
+        serve rejected."""
+        todo = [(offer, dtype, kv_dtype, layout) for offer in self.offers for dtype in self.q.search.dtypes
+                for kv_dtype in self.q.search.kv_dtypes
                 for layout in layouts(self.model, offer.gpu.gpus_per_node, self.q.search.max_gpus)]
         out = []
-        for i, (offer, dtype, layout) in enumerate(todo):
+        for i, (offer, dtype, kv_dtype, layout) in enumerate(todo):
             self.progress("step tables", (i + 1) / max(len(todo), 1))
-            out.append(self.setup(offer, dtype, layout))
+            out.append(self.setup(offer, dtype, layout, kv_dtype))
         return out
 
-    def setup(self, offer: Offer, dtype: str, layout: Layout) -> Setup:
-        """The step tables, memory check and closed-form curve of one (GPU, dtype, layout)."""
-        key = (offer.name, dtype, layout)
+    def setup(self, offer: Offer, dtype: str, layout: Layout, kv_dtype: Optional[str] = None) -> Setup:
+        """The step tables, memory check and closed-form curve of one (GPU, dtype, layout) with
+        its KV cache in ``kv_dtype`` (None: the weights' unquantized dtype)."""
+        key = (offer.name, dtype, layout, kv_dtype)
         if key in self.setups:
             return self.setups[key]
         profile = load_profile(self.q.engine, offer.gpu.name)
-        setup = Setup(offer, profile, dtype, layout)
+        setup = Setup(offer, profile, dtype, layout, kv_dtype)
         try:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
                                      max_tokens=self.budget, max_seqs=max(self.seqs),
                                      max_context=self.longest, host_probe_ms=self.q.host_probe_ms,
-                                     graph_tokens=self.graph_tokens, kv_dtype=self.q.search.kv_dtype)
+                                     graph_tokens=self.graph_tokens, kv_dtype=kv_dtype)
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:
@@ -169,7 +174,7 @@ class Search:
                 setup.curve = serving_curve(steps, self._curve_limits(setup), self.mean_in, self.mean_out)
         if setup.failure:
             self.rejected.append({"gpu": offer.name, "dtype": dtype, "layout": _layout_dict(layout),
-                                  "reason": setup.failure})
+                                  **({"kv_dtype": kv_dtype} if kv_dtype else {}), "reason": setup.failure})
         self.setups[key] = setup
         return setup
 
@@ -184,7 +189,7 @@ class Search:
         graph = default_graph_tokens(setup.steps, setup.profile, max_num_seqs, self.budget)
         if graph == setup.steps.graph_tokens:
             return setup.steps, setup.curve
-        key = (setup.offer.name, setup.dtype, setup.layout, graph)
+        key = (setup.offer.name, setup.dtype, setup.layout, setup.kv_dtype, graph)
         if key not in self._engine_steps:
             steps = replace(setup.steps, graph_tokens=graph)
             # the closed form's steps holding a prompt hold its first chunk: beyond either graph,
@@ -287,7 +292,7 @@ class Search:
                 continue
             for seqs in self.seqs:
                 engine = Engine(setup.offer.name, setup.dtype, setup.layout, seqs, self.budget,
-                                self.q.search.kv_dtype)
+                                setup.kv_dtype)
                 top = max_gpus // engine.gpus
                 sat = self.stream_curve(setup, seqs).saturation_rate * setup.layout.pp
                 first = max(1, math.floor(self.rate / sat) + 1) if sat > 0 else top + 1
