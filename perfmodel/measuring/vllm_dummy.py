@@ -75,12 +75,12 @@ def patch_dummy_loader() -> None:
     from vllm.model_executor.model_loader import dummy_loader
 
     original = dummy_loader.initialize_dummy_weights
-    if getattr(original, "_perfmodel_fills_integers", False):
+    if getattr(original, "_perfmodel_fills_quantized", False):
         return
 
     def initialize_dummy_weights(layer, *args, **kwargs):
         original(layer, *args, **kwargs)
         fill_quantized_parameters(layer)
 
-    initialize_dummy_weights._perfmodel_fills_integers = True  # type: ignore[attr-defined]
+    initialize_dummy_weights._perfmodel_fills_quantized = True  # type: ignore[attr-defined]
     dummy_loader.initialize_dummy_weights = initialize_dummy_weights
