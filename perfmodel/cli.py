@@ -85,6 +85,12 @@ def _warn(message: str) -> None:
     print(f"perfmodel: warning: {message}", file=sys.stderr)
 
 
+def _warn_unread(quant_method: str, how: str) -> None:
+    """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`)."""
+    _warn(f"the config.json's quantization_config (quant_method '{quant_method}') is no scheme's: {how}; "
+          "--quant predicts it in a scheme (none, fp8, fp8-block, w4a16, ...: specs/quantization.yaml)")
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(_strict_json(data), default=str, allow_nan=False))
 
@@ -162,9 +168,7 @@ def predict(
         print_prediction(result, make_console())
     unread = result.provenance.get("unread_quantization")
     if unread is not None:
-        _warn(f"the config.json's quantization_config (quant_method '{unread}') is no scheme's: predicted "
-              f"unquantized at --dtype {result.workload.dtype}; --quant predicts it in a scheme "
-              "(none, fp8, fp8-block, w4a16, ...: specs/quantization.yaml)")
+        _warn_unread(unread, f"predicted unquantized at --dtype {result.workload.dtype}")
     m = result.metrics
     if not m["fits_in_memory"]:
         gib = 2**30
@@ -393,6 +397,15 @@ def sweep(
     limit = {} if max_points is None else {"max_points": max_points}
     table = run(model, parse_grid(grid), gpu=gpu, engine=engine, phase=phase.value,
                 overrides=overrides, **limit, **fixed)
+    axes = parse_grid(grid)
+    if "quant" not in fixed and "quant" not in axes:  # rows at a dtype no scheme aliases run unquantized
+        from perfmodel.quantization import dtype_aliases
+        from perfmodel.specs.model import load_model
+
+        plain = [str(d) for d in axes.get("dtype", [fixed.get("dtype", "bf16")]) if str(d) not in dtype_aliases()]
+        unread = load_model(model, set_ or []).unread_quantization
+        if unread is not None and plain:
+            _warn_unread(unread, f"its rows at --dtype {', '.join(plain)} predicted unquantized")
     dropped = table.attrs.get("dropped") or {}
     if dropped.get("count"):
         _warn(f"dropped {dropped['count']:,} of {dropped['of']:,} combinations that predict "

@@ -318,6 +318,16 @@ def test_a_checkpoint_format_no_scheme_describes_is_predicted_unquantized_and_sa
     for chosen in (["--quant", "w4a16"], ["--dtype", "fp8"]):  # a scheme the user picked: nothing to say
         code, out, err = _cli(capsys, "predict", str(path), "--json", *chosen)
         assert code == 0 and json.loads(out)["provenance"]["unread_quantization"] is None and not err
+    # sweep says so for its rows at a plain dtype, and plan among its caveats
+    code, out, err = _cli(capsys, "sweep", str(path), "--grid", "dtype=bf16,fp8", "--json")
+    assert code == 0 and "its rows at --dtype bf16 predicted unquantized" in err
+    code, out, err = _cli(capsys, "sweep", str(path), "--grid", "quant=none,w4a16", "--json")
+    assert code == 0 and "bitsandbytes" not in err
+    from perfmodel.commands import main as perfmodel
+
+    perfmodel(["plan", str(path), "--rate", "1", "--input-len", "512", "--output-len", "64", "--gpu", "h200",
+               "--max-gpus", "1", "--no-disagg", "--requests", "20", "--json"])
+    assert any("quant_method 'bitsandbytes'" in c for c in json.loads(capsys.readouterr().out)["caveats"])
 
 
 def test_a_checkpoint_names_one_scheme(schemes_file):

@@ -160,6 +160,10 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                    f"quantization_config: {layers} quantized): a candidate labelled bf16 runs it so, the "
                    "other layers in bf16; one at an alias dtype (fp8) runs the alias's scheme on every "
                    "linear layer instead.")
+    if plan.model.unread_quantization:
+        out.append(f"{plan.model.name}'s config.json carries a quantization_config no scheme describes "
+                   f"(quant_method '{plan.model.unread_quantization}'): a candidate labelled bf16 runs it "
+                   "unquantized; --dtype takes a scheme instead (fp8, fp8-block, w4a16, ...).")
     if any(s.layout.gpus > 1 for s in plan.setups.values()):
         out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
                    "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
