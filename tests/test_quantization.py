@@ -252,6 +252,7 @@ def test_a_checkpoints_quantization_is_the_default_and_quant_none_undoes_it(tmp_
 
     assert load_model("gpt-oss-120b").quantization == "mxfp4-moe"
     assert load_model("mixtral-8x7b").quantization is None
+    assert load_model("deepseek-v3").quantization == "fp8-block"  # its published fp8 blocks
     native = predict("gpt-oss-120b", engine="roofline", batch=16)
     assert native.workload.quant == "mxfp4-moe"
     assert native.metrics["weights_bytes"] / 2**30 == pytest.approx(60.8, abs=0.1)  # the published ~61 GiB
