@@ -48,6 +48,7 @@ class ListWhat(str, Enum):
     models = "models"
     gpus = "gpus"
     engines = "engines"
+    schemes = "schemes"
 
 
 GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
@@ -88,7 +89,7 @@ def _warn(message: str) -> None:
 def _warn_unread(quant_method: str, how: str) -> None:
     """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`)."""
     _warn(f"the config.json's quantization_config (quant_method '{quant_method}') is no scheme's: {how}; "
-          "--quant predicts it in a scheme (none, fp8, fp8-block, w4a16, ...: specs/quantization.yaml)")
+          "--quant predicts it in a scheme (perfmodel list schemes)")
 
 
 def print_json(data: Any) -> None:
@@ -246,6 +247,16 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     from perfmodel.profile import list_engines, load_profile_file
 
     profiles = [load_profile_file(path) for path in sorted(PROFILES_DIR.glob("*.yaml"))]
+    if what is ListWhat.schemes:
+        from perfmodel.quantization import load_schemes
+
+        # per scheme, the calibrated profiles that measured it: whether its held-out rows carry the band
+        return [{**scheme.model_dump(mode="json", include={
+                     "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
+                     "description"}),
+                 "measured": {p.name: {"band": bool(p.quantization[scheme.name].band)} for p in profiles
+                              if p.calibrated and scheme.name in p.quantization}}
+                for scheme in load_schemes().values()]
     return [{"engine": engine, "profiles": [
         {"name": p.name, "gpu": p.gpu, "calibrated": p.calibrated, "peaks": p.peaks,
          "error_band": p.error_band.model_dump() if p.error_band else None,
@@ -325,9 +336,10 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
 
 
 @app.command("list")
-def list_(what: ListWhat = typer.Argument(..., help="models, gpus or engines"),
+def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or schemes"),
           as_json: bool = JSON_OPTION) -> None:
-    """List the zoo's models, the known GPUs or the engine profiles."""
+    """List the zoo's models, the known GPUs, the engine profiles or the quantization schemes
+    (with the checkpoint formats each reads, and the profiles that measured it)."""
     items = _list_data(what)
     if as_json:
         print_json({what.value: items})
@@ -338,6 +350,13 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus or engines"),
         for gpu in items:
             print(f"{gpu['name']:16s} bf16 {gpu['peak_tflops'].get('bf16', 0):7.1f} TFLOP/s  "
                   f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}")
+    elif what is ListWhat.schemes:
+        for s in items:
+            bits = f"{s['weight_bits']}-bit" if s["weight_bits"] else "-"
+            formats = ", ".join(c["quant_method"] for c in s["checkpoints"]) or "-"
+            measured = ", ".join(f"{name} ({'band' if m['band'] else 'no band'})"
+                                 for name, m in s["measured"].items()) or "not measured"
+            print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}")
     else:
         print("\n".join(e["engine"] for e in items))
 

@@ -15,6 +15,7 @@ import pytest
 from perfmodel.commands import main
 from perfmodel.prediction import predict
 from perfmodel.profile import list_engines
+from perfmodel.quantization import scheme_names
 from perfmodel.specs.hardware import gpu_catalog
 from perfmodel.specs.model import load_model
 from perfmodel.specs.zoo import zoo_names
@@ -161,6 +162,7 @@ def test_formula_op_list(capsys):
     ("models", lambda: zoo_names()),
     ("gpus", lambda: sorted({g.name for g in gpu_catalog().values()})),
     ("engines", lambda: list_engines()),
+    ("schemes", lambda: list(scheme_names())),
 ])
 def test_list(what, expected, capsys):
     out = cli(["list", what], capsys)

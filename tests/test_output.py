@@ -15,7 +15,8 @@ import yaml
 from perfmodel.commands import main
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.prediction import COUNT_METRICS, predict
-from perfmodel.profile import list_engines
+from perfmodel.profile import list_engines, load_profile
+from perfmodel.quantization import scheme_names
 from perfmodel.specs.hardware import gpu_catalog
 from perfmodel.specs.model import load_model
 from perfmodel.specs.zoo import load_hf_config, zoo_names
@@ -154,13 +155,20 @@ def test_sweep_json_null_for_missing_metrics(capsys):
     ("models", lambda: zoo_names()),
     ("gpus", lambda: sorted({g.name for g in gpu_catalog().values()})),
     ("engines", lambda: list_engines()),
+    ("schemes", lambda: list(scheme_names())),
 ])
 def test_list_json(what, names, capsys):
     out, _ = run(["list", what, "--json"], capsys)
     items = strict_json(out)[what]
     key = "engine" if what == "engines" else "name"
     assert [item[key] for item in items] == names()
-    if what == "models":
+    if what == "schemes":  # the checkpoint formats each reads, and which profile measured it
+        by_name = {item["name"]: item for item in items}
+        profile = load_profile("vllm", "h200-sxm")
+        assert by_name["fp8-block"]["measured"] == {profile.name: {"band": bool(profile.quantization["fp8-block"].band)}}
+        assert by_name["fp8-channel"]["measured"] == {} and by_name["none"]["checkpoints"] == []
+        assert {"quant_method": "awq", "bits": 4} in by_name["w4a16"]["checkpoints"]
+    elif what == "models":
         assert {"model_type", "display_name", "aliases"} <= set(items[0])
     elif what == "gpus":
         h200 = next(g for g in items if g["name"] == "h200-sxm")
