@@ -414,9 +414,8 @@ def sweep(
         raise InputError(f"cannot write {csv}: folder '{csv.parent}' does not exist")
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
-    table = run(model, parse_grid(grid), gpu=gpu, engine=engine, phase=phase.value,
-                overrides=overrides, **limit, **fixed)
     axes = parse_grid(grid)
+    table = run(model, axes, gpu=gpu, engine=engine, phase=phase.value, overrides=overrides, **limit, **fixed)
     if "quant" not in fixed and "quant" not in axes:  # rows at a dtype no scheme aliases run unquantized
         from perfmodel.quantization import dtype_aliases
         from perfmodel.specs.model import load_model

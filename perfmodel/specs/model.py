@@ -137,10 +137,14 @@ class ModelSpec(_Spec):
 def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     """Normalize a Hugging Face config dict into a :class:`ModelSpec`, by the adapter of its
     ``model_type`` (:mod:`perfmodel.specs.families`)."""
+    from perfmodel.quantization import checkpoint_scheme
+
     fields = family(cfg.get("model_type", "")).spec_fields(cfg)
     attention, moe = fields.pop("attention"), fields.pop("moe")
     try:
-        stored, block = stored_scheme(cfg), cfg.get("quantization_config")
+        # the scheme its checkpoint is stored in, else (a format no scheme describes) its method
+        block = cfg.get("quantization_config")
+        stored = checkpoint_scheme(block)
         unread = None if block is None or stored is not None else str(
             (block.get("quant_method") if isinstance(block, dict) else None) or "?")
         return ModelSpec(name=name, attention=AttentionSpec(**attention),
@@ -148,16 +152,6 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
                          unread_quantization=unread, **fields)
     except ValidationError as exc:
         raise InputError(f"invalid model: {validation_message(exc)}") from None
-
-
-def stored_scheme(cfg: dict[str, Any]) -> str | None:
-    """The scheme a config.json's checkpoint is stored in: the one of ``specs/quantization.yaml``
-    that describes its ``quantization_config`` (:func:`perfmodel.quantization.checkpoint_scheme`:
-    a GPTQ checkpoint of 4 bits is w4a16, an fp8 one in 128x128 blocks fp8-block), else None (an
-    unquantized checkpoint, or a format no scheme describes: predicted at --dtype)."""
-    from perfmodel.quantization import checkpoint_scheme
-
-    return checkpoint_scheme(cfg.get("quantization_config"))
 
 
 class _ReadRecorder(dict):
