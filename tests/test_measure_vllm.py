@@ -153,6 +153,25 @@ def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     assert torch.isfinite(weights).all() and not fp8.weight_scale_inv.any()
 
 
+def test_an_engine_whose_loader_filled_no_quantized_tensor_is_refused(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from perfmodel.measuring import vllm_dummy
+
+    assert vllm_dummy.checked_fill_count([7, 7]) == 7 and vllm_dummy.checked_fill_count(3) == 3
+    for counts in ([], [0], [5, 0]):
+        with pytest.raises(RuntimeError, match="filled no quantized tensor"):
+            vllm_dummy.checked_fill_count(counts)
+    calls = []
+    llm = NS(collective_rpc=lambda method: calls.append(method) or [4])
+    assert vb.dummy_filled(llm, engine_process=True) == 4 and calls == [vllm_dummy.FILLED_METHOD]
+    monkeypatch.setattr(vllm_dummy, "_FILLED", [9])  # in this process: the patched loader's own count
+    assert vb.dummy_filled(llm, engine_process=False) == 9 and len(calls) == 1
+    monkeypatch.setattr(vllm_dummy, "_FILLED", [0])
+    with pytest.raises(RuntimeError):
+        vb.dummy_filled(llm, engine_process=False)
+
+
 def test_routing_simulation_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch):
     import os
 

@@ -84,6 +84,12 @@ class AsyncEngineArgs:
     hf_overrides: Any = None
     moe_backend: str = "auto"
     distributed_executor_backend: Any = None
+    worker_extension_cls: Any = None
+'''
+
+_FAKE_DUMMY_LOADER = '''
+def initialize_dummy_weights(layer, *args, **kwargs):
+    """vLLM's draws every floating-point parameter in +-1e-3; the stand-in draws none."""
 '''
 
 _FAKE_USAGE = '''
@@ -121,12 +127,31 @@ class AsyncLLM:
         AsyncLLM.instances.append(self)
 
     FAIL_START = None  # message from_engine_args raises
+    LAYERS = None  # modules the dummy loader initializes, one call each, at the engine's start
 
     @classmethod
     def from_engine_args(cls, args, usage_context=None):
         if cls.FAIL_START:
             raise RuntimeError(cls.FAIL_START)
-        return cls(args, usage_context)
+        engine = cls(args, usage_context)
+        engine.worker = engine._load()
+        return engine
+
+    def _load(self):
+        """As vLLM's worker: mix in the extension class (importing its module), then load the
+        model through the dummy loader, found by its module's name at call time."""
+        import importlib
+        bases = ()
+        if self.args.worker_extension_cls:
+            module, _, name = self.args.worker_extension_cls.rpartition(".")
+            bases = (getattr(importlib.import_module(module), name),)
+        from vllm.model_executor.model_loader import dummy_loader
+        for layer in self.LAYERS or ():
+            dummy_loader.initialize_dummy_weights(layer)
+        return type("Worker", bases, {})()
+
+    async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        return [getattr(self.worker, method)(*args, **(kwargs or {}))]
 
     async def _slot(self):
         if self.free > 0 and not self.queue:
@@ -186,13 +211,14 @@ def _no_vllm_left():
 def _install(tmp_path, monkeypatch, delta: bool = True):
     root = tmp_path / "fake"
     pkg = root / "vllm"
-    for sub in ("engine", "v1/engine", "usage"):
+    for sub in ("engine", "v1/engine", "usage", "model_executor/model_loader"):
         (pkg / sub).mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text(textwrap.dedent(_FAKE_VLLM))
     if delta:
         (pkg / "sampling_params.py").write_text(textwrap.dedent(_FAKE_KIND))
-    for sub in ("engine", "v1", "v1/engine", "usage"):
+    for sub in ("engine", "v1", "v1/engine", "usage", "model_executor", "model_executor/model_loader"):
         (pkg / sub / "__init__.py").write_text("")
+    (pkg / "model_executor" / "model_loader" / "dummy_loader.py").write_text(textwrap.dedent(_FAKE_DUMMY_LOADER))
     (pkg / "engine" / "arg_utils.py").write_text(textwrap.dedent(_FAKE_ARGS))
     (pkg / "v1" / "engine" / "async_llm.py").write_text(textwrap.dedent(_FAKE_ASYNC_LLM))
     (pkg / "usage" / "usage_lib.py").write_text(textwrap.dedent(_FAKE_USAGE))
@@ -401,6 +427,40 @@ def test_an_engine_that_cannot_start_gives_a_row_per_rate(tmp_path, monkeypatch)
     assert [r["status"] for r in rows] == ["oom", "oom"] and [r["rate"] for r in rows] == [2.0, 4.0]
     assert rows[0]["error"].startswith("engine start / warm-up: RuntimeError: CUDA out of memory")
     assert _measure(out, "--rate", "2,4") == 0 and len(_rows(out)) == 2  # final, as oom sweep rows are
+
+
+def test_a_checkpoint_quantized_model_gets_its_dummy_weights_in_the_engine_cores_process(tmp_path, monkeypatch):
+    """The serving engine loads in a process of its own: the worker extension patches the dummy
+    loader there, and the rows record how many quantized tensors it filled; a start that filled
+    none times nothing."""
+    torch = pytest.importorskip("torch")
+    engine_cls = _install(tmp_path, monkeypatch)
+    monkeypatch.delitem(sys.modules, "perfmodel.measuring.vllm_dummy_worker", raising=False)  # a fresh process's import
+    layer = torch.nn.Module()  # an fp8 checkpoint's linear layer: vLLM's +-1e-3 would leave zeros
+    layer.weight = torch.nn.Parameter(torch.zeros(64, 64, dtype=torch.float8_e4m3fn), requires_grad=False)
+    engine_cls.LAYERS = [layer]
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "4", "--quantization", "fp8-block") == 0
+    (engine,) = engine_cls.instances
+    assert engine.args.worker_extension_cls == "perfmodel.measuring.vllm_dummy_worker.DummyFillExtension"
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and "quant=fp8-block" in row["point_id"]
+    assert row["engine_detail"]["resolved"]["dummy_quantized_filled"] >= 1
+    assert (layer.weight.float() != 0).float().mean() > 0.9  # filled where the engine loaded it
+
+    engine_cls.instances.clear()
+    engine_cls.LAYERS = [torch.nn.Linear(4, 4)]  # nothing quantized to fill
+    monkeypatch.setattr("perfmodel.measuring.vllm_dummy._FILLED", [0])
+    assert _measure(out, "--rate", "8", "--quantization", "fp8-block") == 0
+    (engine,) = engine_cls.instances
+    failed = [r for r in _rows(out) if r["rate"] == 8.0]
+    assert [r["status"] for r in failed] == ["error"] and "filled no quantized tensor" in failed[0]["error"]
+
+    engine_cls.instances.clear()  # bf16 and vLLM-quantized-on-load models carry no extension
+    assert _measure(out, "--rate", "12", "--quantization", "fp8") == 0
+    (engine,) = engine_cls.instances
+    assert engine.args.worker_extension_cls is None
+    assert "dummy_quantized_filled" not in _rows(out)[-1]["engine_detail"]["resolved"]
 
 
 def test_second_out_flag_wins(tmp_path, monkeypatch):

@@ -250,6 +250,15 @@ def apply_routing(point: SweepPoint) -> str:
     return routing
 
 
+def dummy_filled(llm: Any, engine_process: bool) -> int:
+    """Quantized tensors the patched dummy loader filled for a checkpoint-quantized engine
+    (:mod:`perfmodel.measuring.vllm_dummy`): in this process, or, for an engine core of its own
+    process, there, through the worker extension. Raises where none was."""
+    from perfmodel.measuring.vllm_dummy import FILLED_METHOD, checked_fill_count, filled_tensors
+
+    return checked_fill_count(llm.collective_rpc(FILLED_METHOD) if engine_process else filled_tensors())
+
+
 def apply_engine_process(point: SweepPoint) -> bool:
     """Run the engine about to be built for ``point`` with its engine core in a process of its own
     (``mp=1`` in its settings: vLLM's default, ``VLLM_ENABLE_V1_MULTIPROCESSING=1``, where the
@@ -502,13 +511,19 @@ class VLLMBackend:
         t0 = time.perf_counter()
         apply_routing(points[0])
         engine_process = apply_engine_process(points[0])
-        if checkpoint_quantization(points[0]) is not None:
-            from perfmodel.measuring.vllm_dummy import patch_dummy_loader
+        stored = checkpoint_quantization(points[0]) is not None
+        if stored:
+            from perfmodel.measuring.vllm_dummy import FILL_EXTENSION, patch_dummy_loader
 
-            patch_dummy_loader()
+            if engine_process:  # the engine core loads in a process of its own: patch its loader there
+                kwargs["worker_extension_cls"] = FILL_EXTENSION
+            else:
+                patch_dummy_loader()
         llm = LLM(**kwargs)
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)
+        if stored:
+            settings["dummy_quantized_filled"] = dummy_filled(llm, engine_process)
         settings["startup_s"] = round(startup_s, 1)
         settings["v1_multiprocessing"] = engine_process
         settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))

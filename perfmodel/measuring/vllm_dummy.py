@@ -36,6 +36,11 @@ SCALE_SUFFIX = "_scale"
 PACKED_INT32_SUFFIXES = ("qweight", "qzeros")
 #: Range of the dummy fp8 weights, drawn uniform in fp16 and rounded to e4m3.
 FP8_WEIGHT_RANGE = (-1.0, 1.0)
+#: The worker extension (``worker_extension_cls``) that patches the loader in an engine core's
+#: own process (:mod:`perfmodel.measuring.vllm_dummy_worker`), and its method, for ``collective_rpc``,
+#: that says how many quantized tensors were filled there.
+FILL_EXTENSION = "perfmodel.measuring.vllm_dummy_worker.DummyFillExtension"
+FILLED_METHOD = "perfmodel_dummy_filled"
 
 
 def fill_quantized_parameters(module: Any) -> int:
@@ -68,10 +73,32 @@ def fill_quantized_parameters(module: Any) -> int:
     return filled
 
 
+#: Quantized tensors the patched loader has filled in this process (:func:`filled_tensors`).
+_FILLED = [0]
+
+
+def filled_tensors() -> int:
+    """How many quantized tensors :func:`patch_dummy_loader`'s loader has filled in this process."""
+    return _FILLED[0]
+
+
+def checked_fill_count(counts: Any) -> int:
+    """The filled-tensor count of the (first) worker, from ``collective_rpc``'s list of each
+    worker's :func:`filled_tensors` (or one count); raises where a worker filled none: its
+    weights would be timed as vLLM left them."""
+    counts = [int(n) for n in (counts if isinstance(counts, (list, tuple)) else [counts])]
+    if not counts or min(counts) <= 0:
+        raise RuntimeError(f"the dummy loader filled no quantized tensor ({counts}): "
+                           "the weights would be timed as vLLM left them")
+    return counts[0]
+
+
 def patch_dummy_loader() -> None:
     """Make vLLM's dummy loader fill each layer's quantized parameters after its own
     initialization (:func:`fill_quantized_parameters`); in this process, idempotent. The engine
-    must load in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the runners set)."""
+    loads in this process where the runners set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (offline);
+    an engine core of its own process (the serving engine) patches its loader through the worker
+    extension :class:`perfmodel.measuring.vllm_dummy_worker.DummyFillExtension`."""
     from vllm.model_executor.model_loader import dummy_loader
 
     original = dummy_loader.initialize_dummy_weights
@@ -80,7 +107,7 @@ def patch_dummy_loader() -> None:
 
     def initialize_dummy_weights(layer, *args, **kwargs):
         original(layer, *args, **kwargs)
-        fill_quantized_parameters(layer)
+        _FILLED[0] += fill_quantized_parameters(layer)
 
     initialize_dummy_weights._perfmodel_fills_quantized = True  # type: ignore[attr-defined]
     dummy_loader.initialize_dummy_weights = initialize_dummy_weights

@@ -86,6 +86,7 @@ from perfmodel.errors import InputError
 from perfmodel.measuring import results
 from perfmodel.measuring.points import SweepPoint
 from perfmodel.measuring.runner import one_line
+from perfmodel.measuring.vllm_dummy import FILL_EXTENSION, FILLED_METHOD, checked_fill_count
 from perfmodel.measuring.vllm_steps import StepLog, observe, step_summary, step_trace
 
 #: Requests still running at this multiple of a rate's duration cap are aborted.
@@ -519,11 +520,11 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
     from perfmodel.measuring import vllm_backend as vb
 
     point = spec.point(spec.rates[0])
-    if vb.checkpoint_quantization(point) is not None:  # its engine core loads in another process
-        raise ValueError(f"--quantization {spec.setting('quant', 'none')} is measured offline only: the serving "
-                         "engine core loads its dummy weights in a process of its own, where their "
-                         "integer parameters would stay unfilled")
     accepted = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    stored = vb.checkpoint_quantization(point) is not None
+    if stored and "worker_extension_cls" not in accepted:
+        raise ValueError(f"--quantization {spec.setting('quant', 'none')}: this vLLM takes no worker extension, "
+                         "through which the engine core's own process fills the checkpoint's dummy weights")
     cls = _async_llm_class()
     takes_context = "usage_context" in inspect.signature(cls.from_engine_args).parameters
     context = _usage_context() if takes_context else {}
@@ -533,6 +534,8 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
         kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
         kwargs["max_model_len"] = max(int(kwargs.get("max_model_len") or 0), spec.longest)
         kwargs.update(_step_details(accepted))
+        if stored:  # the engine core loads in a process of its own: patch its dummy loader there
+            kwargs["worker_extension_cls"] = FILL_EXTENSION
         log(f"vllm async engine: {kwargs} {context}")
         t0 = time.perf_counter()
         vb.apply_routing(point)
@@ -570,6 +573,17 @@ def start_engine(spec: ServingSpec, log: Callable[[str], None],
         return SamplingParams(**vb.sampling_kwargs(output_len, sampling), **kind)
 
     return Engine(llm, int(cfg["vocab_size"]), kwargs, settings, bool(kind), make_params, tmp, steps)
+
+
+async def check_dummy_fill(engine: Engine, log: Callable[[str], None]) -> None:
+    """Where the engine carries the dummy-fill worker extension (a checkpoint-quantized model),
+    record how many quantized tensors its worker filled (``settings["dummy_quantized_filled"]``);
+    raise where none was: the run would time the weights vLLM left unfilled."""
+    if engine.kwargs.get("worker_extension_cls") != FILL_EXTENSION:
+        return
+    filled = checked_fill_count(await engine.llm.collective_rpc(FILLED_METHOD))
+    engine.settings["dummy_quantized_filled"] = filled
+    log(f"dummy weights: {filled} quantized tensors filled in the engine core's process")
 
 
 @dataclass
@@ -809,6 +823,7 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
     t_build = clock()
     try:
         engine = start_engine(spec, log, clock)
+        await check_dummy_fill(engine, log)
         prov = env.provenance()  # after the engine: vLLM starts its workers before CUDA is touched here
         warmup_s = await warm_up(engine, spec, clock)
         log(f"warm-up done in {warmup_s:.1f} s")
