@@ -430,3 +430,22 @@ def test_replay_lengths_are_checked_in_one_line():
     out = planning.predict_serving("olmoe-1b-7b", "h200-sxm", (1, 1, 1), traffic, arrivals=[0.5, 0.0],
                                    lengths=([64, 32], [9, 3]))
     assert out["per_request"]["submitted_s"] == [0.0, 0.5] and out["per_request"]["output_tokens"] == [3, 9]
+
+
+@pytest.mark.parametrize("quantization, kv, dtype, kv_dtype", [
+    ("none", None, "bf16", None), ("fp8", None, "fp8", None), ("gptq", None, "w4a16", None),
+    ("fp8-block", None, "fp8-block", None), ("experts_int8", None, "w8a16-experts", None),
+    ("none", "fp8", "bf16", "fp8")])
+def test_a_quantized_run_is_replayed_in_its_scheme(monkeypatch, quantization, kv, dtype, kv_dtype):
+    """A run of a checkpoint format or vLLM's on-load quantization is replayed with the model's
+    scheme for it (a GPTQ run as w4a16, not bf16), and with its KV cache's dtype."""
+    calls = []
+    monkeypatch.setattr("perfmodel.planning.predict_serving", _fake_prediction(calls))
+    row = _row(4.0, achieved=4.0, served=250.0, per_request=_per_request(20, 4.0, lambda i: 100.0))
+    row["engine"]["quantization"] = quantization
+    if kv is not None:
+        row["engine"]["kv_cache_dtype"] = kv
+    assert replay.serving_dtype(row) == dtype and replay.serving_kv_dtype(row) == kv_dtype
+    replay.predict_row(row, "h200-sxm")
+    ((_, _, _, _, kw),) = calls
+    assert kw["dtype"] == dtype and kw["kv_dtype"] == kv_dtype

@@ -61,10 +61,20 @@ def serving_layout(row: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def serving_dtype(row: dict[str, Any]) -> str:
-    """The planning dtype of a row: fp8 for ``--quantization fp8``, else bf16."""
+    """The planning dtype of a row: the quantization scheme its engine ran
+    (:func:`perfmodel.measuring.compare.row_quant`: ``fp8`` for ``--quantization fp8``, ``w4a16``
+    for a GPTQ checkpoint, ``fp8-block``…), bf16 where it ran none."""
     from perfmodel.measuring.compare import row_quant
 
-    return "fp8" if row_quant(row) == "fp8" else "bf16"
+    return row_quant(row) or "bf16"
+
+
+def serving_kv_dtype(row: dict[str, Any]) -> str | None:
+    """The KV cache's dtype of a row where vLLM stored it quantized (``fp8``), else None (the
+    weights' unquantized dtype)."""
+    from perfmodel.measuring.compare import row_kv_dtype
+
+    return row_kv_dtype(row)
 
 
 def offered_rate(row: dict[str, Any]) -> float:
@@ -172,7 +182,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
         {"rate": offered_rate(row), **traffic_lengths(row)}, lengths=request_lengths(row),
-        dtype=serving_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
+        dtype=serving_dtype(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
         until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
         host_probe_ms=row_probe_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
