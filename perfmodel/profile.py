@@ -269,9 +269,20 @@ class ErrorBand(_Strict):
     source: str = ""
 
 
+class ServingSchemeCheck(_Strict):
+    """A quantization scheme's serving runs against the band (held out, kept up)."""
+
+    runs: PositiveInt
+    within: bool = Field(description="Every metric's 90th-percentile |error| at most the band's.")
+    errors: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="90th percentile of |relative error| per metric over the runs.")
+
+
 class ServingBand(_Strict):
     """Relative error half-widths of the serving replays (e.g. 0.15 = ±15%) per metric, from
-    held-out measured serving runs that kept up (:mod:`perfmodel.calibration.fit_serving_band`)."""
+    held-out measured serving runs in the profile's own dtype that kept up
+    (:mod:`perfmodel.calibration.fit_serving_band`); ``schemes``: the runs of each quantization
+    scheme (or fp8 KV cache, ``bf16 kv-fp8``) checked against it."""
 
     ttft_p50: NonNegativeFloat | None = None
     ttft_p90: NonNegativeFloat | None = None
@@ -281,6 +292,7 @@ class ServingBand(_Strict):
     served_tok_s: NonNegativeFloat | None = None
     runs: PositiveInt
     source: str = ""
+    schemes: dict[str, ServingSchemeCheck] = Field(default_factory=dict)
 
 
 class EngineProfile(_Strict):

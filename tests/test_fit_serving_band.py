@@ -60,3 +60,33 @@ def test_the_band_follows_the_profile_it_is_fitted_for(tmp_path, profile):
     assert fit_serving_band(slow, "h200-sxm", results_dir=folder)["ttft_p50"] != pytest.approx(
         fit_serving_band(profile, "h200-sxm", results_dir=folder)["ttft_p50"], rel=1e-2)
     assert fit_serving_band(profile, "h200-sxm", results_dir=tmp_path / "empty") is None
+
+
+def test_a_schemes_runs_are_checked_against_the_band_not_part_of_it(tmp_path, profile):
+    """Runs served in fp8, or as a GPTQ checkpoint, leave the bf16 band and are checked against
+    it, scheme by scheme: their |errors| at the 90th percentile, and whether each lies within."""
+    from perfmodel.measuring.serving_replay import measured_overload
+    from perfmodel.validate.serving import compare_serving
+
+    rows = [json.loads(line) for line in MODELS.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if measured_overload(r)["overloaded"] is False]
+    quantized = []
+    for row, quant in zip(kept[:3], ("fp8", "fp8", "gptq")):
+        row = json.loads(json.dumps(row))
+        row["engine"]["quantization"] = quant
+        row["point_id"] += f"|quant={quant}"
+        quantized.append(row)
+    band = fit_serving_band(profile, "h200-sxm", results_dir=_folder(tmp_path, rows + quantized))
+    assert band["runs"] == len(kept) and "in bf16" in band["source"]
+    assert set(band["schemes"]) == {"fp8", "w4a16"}
+    fp8, w4a16 = band["schemes"]["fp8"], band["schemes"]["w4a16"]
+    assert (fp8["runs"], w4a16["runs"]) == (2, 1)
+    points = compare_serving(quantized[:2])["points"]  # replayed in fp8
+    for metric, value in fp8["errors"].items():
+        errors = [abs(p["rel_error"]) for p in points if p["metric"] == metric]
+        assert value == pytest.approx(np.percentile(errors, 90), rel=1e-3)
+    for check in (fp8, w4a16):
+        assert check["within"] == all(v <= band[m] for m, v in check["errors"].items() if m in band)
+    as_bf16 = compare_serving(kept[:2])["points"]  # the same runs unquantized: other replays
+    assert [p["predicted"] for p in as_bf16 if p["metric"] == "itl_p50"] != pytest.approx(
+        [p["predicted"] for p in points if p["metric"] == "itl_p50"], rel=0.05)

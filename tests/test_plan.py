@@ -232,14 +232,15 @@ def test_predict_serving_is_a_function_of_one_deployment():
         predict_serving("mixtral", "h200", (3, 1, 1), {"rate": 1})
 
 
-def test_a_plan_carries_the_serving_band_where_it_was_measured():
+def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     """One engine on one H200 in bf16, colocated: the profile's serving band (from held-out
-    measured serving runs), saying the runs were replayed at their hosts' speeds; fp8 or another
-    GPU: no band, and why."""
+    measured serving runs), saying the runs were replayed at their hosts' speeds; a quantization
+    scheme carries it where its own serving runs lie within it, and says how many; a scheme whose
+    runs lie outside, one never served, an fp8 KV cache or another GPU: no band, and why."""
     from perfmodel.planning.answer import answer
     from perfmodel.planning.question import PlanQuestion
     from perfmodel.planning.search import run_search
-    from perfmodel.profile import load_profile
+    from perfmodel.profile import ServingSchemeCheck, load_profile
 
     def plan(**search):
         q = PlanQuestion(model="olmoe", traffic={"rate": 2, "input_len": 256, "output_len": 32},
@@ -254,8 +255,22 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured():
     assert here["serving_error_band"]["ttft_p50"] == band.ttft_p50 > 0
     assert f"over {band.runs} held-out measured serving runs" in here["serving_error_band_note"]
     assert "reference host" in here["serving_error_band_note"]
+    check = band.schemes["fp8"]  # Mixtral-8x7B and Qwen3-30B-A3B served in fp8
+    fp8 = plan(gpus=["h200"], dtypes=["fp8"])
+    assert (fp8["serving_error_band"] is not None) == check.within
+    assert (f"its {check.runs} fp8 runs lie within it" if check.within else
+            f"its {check.runs} fp8 runs lie outside it") in fp8["serving_error_band_note"]
+    monkeypatch.setitem(band.schemes, "fp8", ServingSchemeCheck(runs=3, within=False,
+                                                                errors={"itl_p90": 2 * band.itl_p90}))
+    fp8 = plan(gpus=["h200"], dtypes=["fp8"])
+    assert fp8["serving_error_band"] is None
+    assert ("measured in bf16; its 3 fp8 runs lie outside it (itl_p90 "
+            f"{2 * band.itl_p90:.0%} against ±{band.itl_p90:.0%})") in fp8["serving_error_band_note"]
+    monkeypatch.delitem(band.schemes, "fp8")
     fp8 = plan(gpus=["h200"], dtypes=["fp8"])
     assert fp8["serving_error_band"] is None and "measured in bf16" in fp8["serving_error_band_note"]
+    kv = plan(gpus=["h200"], kv_dtype="fp8")
+    assert kv["serving_error_band"] is None and "not fp8" in kv["serving_error_band_note"]
     other = plan(gpus=["h100"])
     assert other["serving_error_band"] is None and "measured on h200-sxm, not h100-sxm" in other["serving_error_band_note"]
 

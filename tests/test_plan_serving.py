@@ -184,7 +184,8 @@ def test_step_tables_take_a_quantization_scheme_as_the_weights_choice():
 def test_a_plan_over_int4_weights_names_the_scheme_and_its_bands(capsys):
     """``--dtype w4a16``: the candidate is labelled with the scheme; its offline band follows the
     scheme's check (``quantization.w4a16.band``: with it where its held-out rows lie within it,
-    else none and the note says why), and the serving band, measured in bf16, does not apply."""
+    else none and the note says why), and the serving band follows the check of its serving runs
+    (``serving_error_band.schemes.w4a16``: a GPTQ Qwen3-30B-A3B served on vLLM)."""
     import json
 
     from perfmodel.commands import main
@@ -199,7 +200,10 @@ def test_a_plan_over_int4_weights_names_the_scheme_and_its_bands(capsys):
     assert (provenance["error_band"] is not None) == within
     assert ("its held-out w4a16 points within it" if within else
             "its held-out w4a16 points do not carry the band") in provenance["error_band_note"]
-    assert provenance["serving_error_band"] is None and "measured in bf16" in provenance["serving_error_band_note"]
+    served = load_profile("vllm", "h200-sxm").serving_error_band.schemes["w4a16"]
+    assert (provenance["serving_error_band"] is not None) == served.within
+    assert f"its {served.runs} w4a16 runs lie {'within' if served.within else 'outside'} it" in \
+        provenance["serving_error_band_note"]
 
 
 def test_step_tables_follow_the_kv_cache_dtype():

@@ -13,6 +13,12 @@ held out and kept up with their traffic:
   past saturation TTFT is the queue at the moment the run was cut, which says nothing of a
   deployment that meets its targets.
 
+The band is of the runs in the profile's own dtype, with the KV cache in it (bf16): the runs
+of a quantization scheme (``--quantization fp8``, a GPTQ checkpoint: w4a16…) or of an fp8 KV
+cache are checked against it instead, as the offline rows of a scheme are
+(:func:`scheme_checks`): each scheme's |errors| at their 90th percentile, metric by metric,
+and whether every one lies within the band; a plan in that scheme carries the band only then.
+
 Each run is replayed at its host's probed speed where it has one (``host_probe_ms``), as the
 validation does; a plan without ``--host-probe-ms`` is predicted at the profile's reference
 host, whose error on these runs is larger (the validation reports both). Rows come from every
@@ -45,18 +51,18 @@ def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
 
 
 def serving_errors(profile_path: Path, gpu: str, files: Iterable[Path],
-                   fitted: Iterable[tuple[str, str]] = ()) -> tuple[dict[str, list[float]], list[str]]:
-    """|relative error| per metric over the held-out serving runs that kept up, replayed on the
-    profile at ``profile_path``, and those runs (``file name:point id``); ``fitted``: the runs a
-    parameter was fitted on, as (file name, point id)."""
+                   fitted: Iterable[tuple[str, str]] = ()) -> dict[str, tuple[dict[str, list[float]], list[str]]]:
+    """Per scheme (:func:`perfmodel.measuring.serving_replay.serving_scheme`): the |relative error| per metric over the held-out serving
+    runs that kept up, replayed on the profile at ``profile_path``, and those runs
+    (``file name:point id``); ``fitted``: the runs a parameter was fitted on, as (file name,
+    point id)."""
     from perfmodel.errors import PerfModelError
     from perfmodel.measuring.results import read_rows
     from perfmodel.measuring.serving_replay import (METRICS, gpu_spec_name, measured_overload, predict_row,
-                                                   replayed_values)
+                                                   replayed_values, serving_scheme)
 
     skip = set(fitted)
-    errors: dict[str, list[float]] = {m: [] for m in METRICS}
-    runs: list[str] = []
+    out: dict[str, tuple[dict[str, list[float]], list[str]]] = {}
     for path in files:
         for row in read_rows(path, warn=False).rows:
             if row.get("status") != "ok" or row.get("mode") != "serving" or (path.name, row["point_id"]) in skip:
@@ -67,18 +73,37 @@ def serving_errors(profile_path: Path, gpu: str, files: Iterable[Path],
                 pred = predict_row(row, gpu_spec_name(row.get("gpu_name"), gpu), engine=str(profile_path))
             except PerfModelError:
                 continue
+            errors, runs = out.setdefault(serving_scheme(row), ({m: [] for m in METRICS}, []))
             runs.append(f"{path.name}:{row['point_id']}")
             for metric, (measured, value) in replayed_values(row, pred).items():
                 if measured and value is not None:
                     errors[metric].append(abs(value / measured - 1.0))
-    return errors, runs
+    return out
+
+
+def _p90(values: list[float]) -> float:
+    return float(f"{np.percentile(values, BAND_PERCENTILE):.4g}")
+
+
+def scheme_checks(band: dict[str, Any], schemes: dict[str, tuple[dict[str, list[float]], list[str]]]
+                  ) -> dict[str, dict[str, Any]]:
+    """Each other scheme's runs against ``band``: ``runs``, ``errors`` (the 90th percentile of
+    each metric's |errors|, the largest of a few runs) and ``within`` (every metric the band has
+    at most its half-width)."""
+    checks = {}
+    for name, (errors, runs) in sorted(schemes.items()):
+        p90 = {metric: _p90(values) for metric, values in errors.items() if values}
+        within = all(value <= band[metric] for metric, value in p90.items() if metric in band)
+        checks[name] = {"runs": len(runs), "within": within, "errors": p90}
+    return checks
 
 
 def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[str, str]] = (),
-                     results_dir: Path | None = None) -> dict[str, Any] | None:
+                     results_dir: Path | None = None, dtype: str = "bf16") -> dict[str, Any] | None:
     """The ``serving_error_band`` of a fitted profile (a YAML-ready dict, see the module), None
-    with fewer than :data:`MIN_RUNS` qualifying runs; ``fitted``: the serving runs a parameter
-    was fitted on, as (file name, point id)."""
+    with fewer than :data:`MIN_RUNS` qualifying runs in ``dtype`` (the profile's own); ``fitted``:
+    the serving runs a parameter was fitted on, as (file name, point id). The runs of every other
+    scheme are checked against it (``schemes``, :func:`scheme_checks`)."""
     from perfmodel.calibration.fit import write_profile
     from perfmodel.profile import load_profile
 
@@ -88,17 +113,19 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
     with tempfile.TemporaryDirectory(prefix="perfmodel-fit-") as tmp:
         path = write_profile(profile, Path(tmp) / f"{gpu}-{profile['engine']}.yaml")
         try:
-            errors, runs = serving_errors(path, gpu, files, fitted)
+            schemes = serving_errors(path, gpu, files, fitted)
         finally:
             load_profile.cache_clear()  # the temporary profile is gone
+    errors, runs = schemes.pop(dtype, ({}, []))
     if len(runs) < MIN_RUNS:
         return None
-    band: dict[str, Any] = {metric: float(f"{np.percentile(values, BAND_PERCENTILE):.4g}")
-                            for metric, values in errors.items() if len(values) >= MIN_RUNS}
+    band: dict[str, Any] = {metric: _p90(values) for metric, values in errors.items() if len(values) >= MIN_RUNS}
     names = sorted({run.split(":", 1)[0] for run in runs})
     band["runs"] = len(runs)
     band["source"] = (f"{BAND_PERCENTILE:.0f}th percentile of |relative error| of the serving replays "
-                      f"(perfmodel validate --serving) over {len(runs)} measured runs that kept up with their "
-                      f"traffic and that no parameter was fitted on, each at its host's probed speed where "
-                      f"it has one ({', '.join(names)})")
+                      f"(perfmodel validate --serving) over {len(runs)} measured runs in {dtype} that kept up "
+                      f"with their traffic and that no parameter was fitted on, each at its host's probed speed "
+                      f"where it has one ({', '.join(names)})")
+    if schemes:
+        band["schemes"] = scheme_checks(band, schemes)
     return band

@@ -77,6 +77,19 @@ def serving_kv_dtype(row: dict[str, Any]) -> str | None:
     return row_kv_dtype(row)
 
 
+def serving_scheme(row: dict[str, Any]) -> str:
+    """What a serving run ran as, in ``perfmodel plan``'s labels: its weights' scheme
+    (:func:`serving_dtype`, ``bf16`` unquantized), with `` kv-fp8`` where its KV cache was
+    stored in fp8."""
+    kv = serving_kv_dtype(row)
+    return serving_dtype(row) + (f" kv-{kv}" if kv else "")
+
+
+def model_label(model: str, scheme: str | None) -> str:
+    """A report's name for a run: the model, with its scheme in brackets where it is not bf16."""
+    return model if scheme in (None, "bf16") else f"{model} ({scheme})"
+
+
 def offered_rate(row: dict[str, Any]) -> float:
     """The rate a row's requests were offered at, req/s: its achieved rate, else its nominal one."""
     achieved = row.get("achieved_rate")

@@ -89,29 +89,43 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     if band is None:
         return None, "no serving band: the profile states none"
     scope = band_scope(setup.profile) or {}
+    own = scope.get("dtype")
     outside = []
     if setup.offer.gpu.name != setup.profile.gpu:
         outside.append(f"measured on {setup.profile.gpu}, not {setup.offer.gpu.name}")
     if pool.engine.layout.gpus != 1:
         outside.append("measured on one GPU per engine")
-    if scope.get("dtype") not in (None, setup.dtype):
-        outside.append(f"measured in {scope['dtype']}")
-    elif plan.model.quantization and setup.dtype not in dtype_aliases():
-        outside.append(f"measured unquantized, not in the checkpoint's {plan.model.quantization}")
-    kv = setup.kv_dtype
-    if kv is not None and kv != scope.get("dtype", kv):
-        outside.append(f"measured with a {scope['dtype']} KV cache, not {kv}")
+    kv = setup.kv_dtype if setup.kv_dtype not in (None, own) else None
+    scheme = setup.dtype + (f" kv-{kv}" if kv else "")
+    check = band.schemes.get(scheme) if own is not None and scheme != own else None
+    checked = ""
+    if check is not None:  # a scheme whose serving runs were checked against the band
+        if check.within:
+            checked = f"; its {check.runs} {scheme} runs lie within it"
+        else:
+            worst = max((m for m in check.errors if getattr(band, m, None) is not None),
+                        key=lambda m: check.errors[m] / getattr(band, m), default=None)
+            outside.append(f"measured in {own}; its {check.runs} {scheme} runs lie outside it"
+                           + (f" ({worst} {check.errors[worst]:.0%} against ±{getattr(band, worst):.0%})"
+                              if worst else ""))
+    else:
+        if own not in (None, setup.dtype):
+            outside.append(f"measured in {own}")
+        elif plan.model.quantization and setup.dtype not in dtype_aliases():
+            outside.append(f"measured unquantized, not in the checkpoint's {plan.model.quantization}")
+        if kv is not None:
+            outside.append(f"measured with a {own} KV cache, not {kv}")
     if ev.kind != "colocated":
         outside.append("measured with prefill and decode colocated")
     if outside:
         return None, f"no serving band: {'; '.join(outside)}"
-    values = band.model_dump(exclude={"runs", "source"}, exclude_none=True)
+    values = band.model_dump(exclude={"runs", "source", "schemes"}, exclude_none=True)
     host = ("" if plan.question.host_probe_ms is not None else
             "; they were replayed at their hosts' probed speeds, and this plan is at the profile's "
             "reference host (--host-probe-ms gives yours)")
     return ({**values, "runs": band.runs, "source": band.source},
             f"serving band: the 90th percentile of |error| over {band.runs} held-out measured serving runs "
-            f"that kept up{host}")
+            f"that kept up{checked}{host}")
 
 
 def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:

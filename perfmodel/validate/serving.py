@@ -88,8 +88,8 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                engine_kv_tokens, gpu_spec_name, lengths_label,
                                                mean_lengths, measured_overload,
                                                measured_schedule, offered_rate, predict_row,
-                                               predicted_overload, replayed_values, serving_dtype,
-                                               serving_layout)
+                                               model_label, predicted_overload, replayed_values,
+                                               serving_layout, serving_scheme)
 from perfmodel.validate.serving_charts import lengths_text as _lengths
 
 #: The latency percentiles whose measured band a client sample gives
@@ -300,7 +300,7 @@ def check_row(row: dict[str, Any]) -> None:
 def _group_key(row: dict[str, Any], gpu: str) -> tuple:
     engine = row.get("engine") or {}
     return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), lengths_label(row),
-            row["max_num_seqs"], gpu, serving_layout(row), serving_dtype(row),
+            row["max_num_seqs"], gpu, serving_layout(row), serving_scheme(row),
             engine.get("max_num_batched_tokens"))
 
 
@@ -353,7 +353,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         spec_gpu = gpu_spec_name(row.get("gpu_name"), gpu)
         key = dict(model=row["model"], input_len=row["input_len"], output_len=row["output_len"],
                    lengths=lengths_label(row), max_num_seqs=row["max_num_seqs"], rate=row["rate"], gpu=spec_gpu,
-                   layout=layout_label(row), point_id=row["point_id"])
+                   layout=layout_label(row), scheme=serving_scheme(row), point_id=row["point_id"])
         try:
             if int(row_layout(row)["dp"]) > 1:
                 raise InputError("a replay simulates one engine; this row ran data-parallel replicas")
@@ -391,7 +391,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         k = group["key"]
         sat.append({"model": k["model"], "input_len": k["input_len"], "output_len": k["output_len"],
                     "lengths": k["lengths"],
-                    "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"],
+                    "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"], "scheme": k["scheme"],
                     **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
             "host_speed": host_speed_mape(probed)}
@@ -497,7 +497,8 @@ def _count(value: Any) -> str:
 
 
 def _head(s: dict[str, Any]) -> str:
-    return f"{s['model']} S/O={_lengths(s)} seqs≤{s['max_num_seqs']} {s['gpu']} {s['layout']}"
+    return (f"{model_label(s['model'], s.get('scheme'))} S/O={_lengths(s)} seqs≤{s['max_num_seqs']} "
+            f"{s['gpu']} {s['layout']}")
 
 
 def _with_nominal(offered: float | None, nominal: float | None) -> str:
@@ -614,7 +615,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        lines.append(f"| {p['model']} | {_lengths(p)} | {p['max_num_seqs']} | {_rate(p['rate'])} "
+        lines.append(f"| {model_label(p['model'], p.get('scheme'))} | {_lengths(p)} | {p['max_num_seqs']} | {_rate(p['rate'])} "
                      f"| {p['metric']} | {_fmt(p['metric'], p['measured'])} | {_fmt(p['metric'], p['predicted'])} "
                      f"| {_err(p['rel_error'])} | {band_text(p)} |")
     failed = [r for r in result["rates"] if r.get("error")]
@@ -714,7 +715,7 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     for col in ("model", "S/O", "seqs", "rate", "metric", "measured", "predicted", "error"):
         table.add_column(col, justify="left" if col in ("model", "metric") else "right")
     for p in result["points"]:
-        table.add_row(Text(str(p["model"])), _lengths(p), str(p["max_num_seqs"]),
+        table.add_row(Text(model_label(str(p["model"]), p.get("scheme"))), _lengths(p), str(p["max_num_seqs"]),
                       _rate(p["rate"]), p["metric"], _fmt(p["metric"], p["measured"]),
                       _fmt(p["metric"], p["predicted"]), _err(p["rel_error"]))
     console.print(table)
