@@ -250,12 +250,18 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     if what is ListWhat.schemes:
         from perfmodel.quantization import load_schemes
 
-        # per scheme, the calibrated profiles that measured it: whether its held-out rows carry the band
+        # per scheme, the calibrated profiles that measured it: whether its held-out rows carry the
+        # band; and those that served it: how many held-out serving runs, within the serving band or not
+        def served(p, name):
+            check = p.serving_error_band.schemes.get(name) if p.serving_error_band else None
+            return None if check is None else {"runs": check.runs, "band": check.within}
+
         return [{**scheme.model_dump(mode="json", include={
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
                      "description"}),
                  "measured": {p.name: {"band": bool(p.quantization[scheme.name].band)} for p in profiles
-                              if p.calibrated and scheme.name in p.quantization}}
+                              if p.calibrated and scheme.name in p.quantization},
+                 "served": {p.name: served(p, scheme.name) for p in profiles if served(p, scheme.name)}}
                 for scheme in load_schemes().values()]
     return [{"engine": engine, "profiles": [
         {"name": p.name, "gpu": p.gpu, "calibrated": p.calibrated, "peaks": p.peaks,
@@ -356,7 +362,9 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or sc
             formats = ", ".join(c["quant_method"] for c in s["checkpoints"]) or "-"
             measured = ", ".join(f"{name} ({'band' if m['band'] else 'no band'})"
                                  for name, m in s["measured"].items()) or "not measured"
-            print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}")
+            served = "".join(f"; served: {name} ({m['runs']} runs, {'band' if m['band'] else 'no band'})"
+                             for name, m in s["served"].items())
+            print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}{served}")
     else:
         print("\n".join(e["engine"] for e in items))
 
