@@ -275,12 +275,14 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     assert other["serving_error_band"] is None and "measured on h200-sxm, not h100-sxm" in other["serving_error_band_note"]
 
 
-def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band():
+def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(monkeypatch):
     """gpt-oss-120b's checkpoint keeps its experts in MXFP4: its bf16 candidates run it so (one
-    H200 holds it), the caveats say it, and the bf16 serving band does not apply."""
+    H200 holds it), the caveats say it, and the bf16 serving band does not apply, unless served
+    runs of the checkpoint's own scheme were checked within it."""
     from perfmodel.planning.answer import answer
     from perfmodel.planning.question import PlanQuestion
     from perfmodel.planning.search import run_search
+    from perfmodel.profile import ServingSchemeCheck, load_profile
 
     q = PlanQuestion(model="gpt-oss-120b", traffic={"rate": 2, "input_len": 256, "output_len": 32},
                      slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"max_gpus": 1, "gpus": ["h200"]},
@@ -290,3 +292,7 @@ def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band():
     assert any("stored in mxfp4-moe" in c and "experts quantized" in c for c in data["caveats"])
     (p,) = data["profile"]
     assert p["serving_error_band"] is None and "not in the checkpoint's mxfp4-moe" in p["serving_error_band_note"]
+    schemes = load_profile("vllm", "h200-sxm").serving_error_band.schemes
+    monkeypatch.setitem(schemes, "mxfp4-moe", ServingSchemeCheck(runs=3, within=True))
+    (p,) = answer(run_search(q), sweep=False)["profile"]
+    assert p["serving_error_band"] is not None and "its 3 mxfp4-moe runs lie within it" in p["serving_error_band_note"]

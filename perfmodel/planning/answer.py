@@ -96,7 +96,8 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     if pool.engine.layout.gpus != 1:
         outside.append("measured on one GPU per engine")
     kv = setup.kv_dtype if setup.kv_dtype not in (None, own) else None
-    scheme = setup.dtype + (f" kv-{kv}" if kv else "")
+    stored = plan.model.quantization if plan.model.quantization and setup.dtype not in dtype_aliases() else None
+    scheme = (stored or setup.dtype) + (f" kv-{kv}" if kv else "")  # a checkpoint runs as it is stored
     check = band.schemes.get(scheme) if own is not None and scheme != own else None
     checked = ""
     if check is not None:  # a scheme whose serving runs were checked against the band
@@ -111,8 +112,8 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     else:
         if own not in (None, setup.dtype):
             outside.append(f"measured in {own}")
-        elif plan.model.quantization and setup.dtype not in dtype_aliases():
-            outside.append(f"measured unquantized, not in the checkpoint's {plan.model.quantization}")
+        elif stored:
+            outside.append(f"measured unquantized, not in the checkpoint's {stored}")
         if kv is not None:
             outside.append(f"measured with a {own} KV cache, not {kv}")
     if ev.kind != "colocated":
