@@ -296,3 +296,33 @@ def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(mo
     monkeypatch.setitem(schemes, "mxfp4-moe", ServingSchemeCheck(runs=3, within=True))
     (p,) = answer(run_search(q), sweep=False)["profile"]
     assert p["serving_error_band"] is not None and "its 3 mxfp4-moe runs lie within it" in p["serving_error_band_note"]
+
+
+def test_the_answer_names_the_cheapest_deployment_of_each_dtype_it_searched():
+    """What fp8 buys: with bf16 and fp8 searched, each gets its cheapest candidate that meets the
+    SLOs (the chosen one for its own dtype), and a dtype none of whose candidates meets them gets
+    None; one dtype and one GPU type searched: nothing to set beside each other."""
+    from perfmodel.planning.answer import answer
+    from perfmodel.planning.question import PlanQuestion
+    from perfmodel.planning.search import run_search
+
+    def plan(**search):
+        q = PlanQuestion(model="mixtral-8x7b", traffic={"rate": 12, "input_len": 1024, "output_len": 256},
+                         slo={"ttft_p90": 1.0, "itl_p90": 0.1},
+                         search={"gpus": ["h200"], "disaggregation": False, **search},
+                         simulation={"requests": 120, "warmup": 40})
+        return answer(run_search(q), sweep=False)
+
+    data = plan(dtypes=["bf16", "fp8"], max_gpus=2)
+    by = data["cheapest_by"]
+    assert set(by) == {"dtype"} and set(by["dtype"]) == {"bf16", "fp8"}
+    for dtype, best in by["dtype"].items():
+        meeting = [p for p in data["points"] if p["dtype"] == dtype and p["meets"]]
+        assert best == min(meeting, key=lambda p: (p["usd_per_hour"], p["usd_per_million_output_tokens"],
+                                                   p["source"] != "simulation"))
+    chosen = data["chosen"]
+    assert chosen["dtype"] == "fp8" and by["dtype"]["fp8"]["label"] == chosen["label"]
+    assert by["dtype"]["bf16"]["gpus"] > chosen["gpus"]  # one H200 in bf16 does not keep up at 12 req/s
+    alone = plan(dtypes=["bf16", "fp8"], max_gpus=1)["cheapest_by"]["dtype"]
+    assert alone["bf16"] is None and alone["fp8"] is not None
+    assert plan(dtypes=["fp8"], max_gpus=1)["cheapest_by"] == {}

@@ -48,17 +48,51 @@ def pareto(points: list[dict[str, Any]], x: str, y: str, x_max: bool, y_max: boo
     return front
 
 
+def weights_label(ev: Evaluation) -> str:
+    """A candidate's weights (and KV cache where it is not theirs), as its label gives them:
+    ``fp8``, ``bf16 kv-fp8``; a disaggregated pair's two joined by +."""
+    return "+".join(sorted({p.engine.dtype + (f" kv-{p.engine.kv_dtype}" if p.engine.kv_dtype else "")
+                            for p in ev.pools}))
+
+
 def point(ev: Evaluation, rate: float, mean_in: float, mean_out: float) -> dict[str, Any]:
     """One candidate as a frontier point."""
     out_tok = rate * mean_out
     tpot = ev.metrics["tpot"]["mean"]
     return {"label": ev.label(), "kind": ev.kind, "gpu": "+".join(sorted({p.engine.gpu for p in ev.pools})),
-            "gpus": ev.gpus, "usd_per_hour": ev.usd_per_hour, "source": ev.source, "meets": ev.meets,
+            "dtype": weights_label(ev), "gpus": ev.gpus, "usd_per_hour": ev.usd_per_hour, "source": ev.source, "meets": ev.meets,
             "outcome": ev.outcome,
             "output_tok_s_per_gpu": out_tok / ev.gpus,
             "tok_s_per_user": 1.0 / tpot if tpot and tpot > 0 and math.isfinite(tpot) else 0.0,
             "usd_per_million_output_tokens": ev.usd_per_hour / (out_tok * 3600.0 / 1e6),
             "ttft_p90_s": ev.metrics["ttft"]["p90"], "itl_p90_s": ev.metrics["itl"]["p90"]}
+
+
+#: The choices :func:`cheapest_by` answers for, each where the search had more than one option.
+CHOICES = ("dtype", "gpu")
+
+
+def cheapest_by(plan: Plan, points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """For each choice the search varied (:data:`CHOICES`: the weights' dtype or scheme with the
+    KV cache's, the GPU type), each option's cheapest candidate that meets every SLO ($/h, then $
+    per million output tokens, then a simulated one before one from the closed form; from
+    ``points``), None where none of its candidates does: what fp8, or another GPU, buys at this
+    traffic."""
+    # every (GPU, dtype, layout, KV dtype) the search set up, evaluated or rejected early, and pairs
+    options = {"dtype": {dtype + (f" kv-{kv}" if kv else "") for _, dtype, _, kv in plan.setups}
+               | {weights_label(ev) for ev in plan.evaluations},
+               "gpu": {gpu for gpu, *_ in plan.setups}
+               | {"+".join(sorted({p.engine.gpu for p in ev.pools})) for ev in plan.evaluations}}
+    out: dict[str, dict[str, dict[str, Any] | None]] = {}
+    for choice in CHOICES:
+        if len(options[choice]) < 2:
+            continue
+        out[choice] = {}
+        for option in sorted(options[choice]):
+            meeting = [p for p in points if p[choice] == option and p["meets"]]
+            out[choice][option] = min(meeting, default=None, key=lambda p: (
+                p["usd_per_hour"], p["usd_per_million_output_tokens"], p["source"] != "simulation"))
+    return out
 
 
 def frontier_points(plan: Plan) -> list[dict[str, Any]]:
@@ -255,6 +289,7 @@ def answer(plan: Plan, sweep: bool = True) -> dict[str, Any]:
         "chosen": None, "cost": None, "latency": None, "throughput": None, "goodput": None,
         "margins": None, "profile": None,
         "frontier": frontiers(points),
+        "cheapest_by": cheapest_by(plan, points),
         "candidates": {"evaluated": len(plan.evaluations), "simulated": plan.simulations,
                        "rejected": plan.rejected},
         "timings_s": plan.timings,

@@ -78,6 +78,15 @@ def print_answer(data: dict[str, Any], console) -> None:
         for p in data["profile"]:
             console.print(f"profile ({p['gpu']}): {p['profile']}: {p['note']}; {p['error_band_note']}; "
                           f"{p['serving_error_band_note']}")
+    for choice, options in (data.get("cheapest_by") or {}).items():
+        table = Table(title=f"cheapest meeting every SLO, per {'weights' if choice == 'dtype' else 'GPU type'}")
+        for col in (choice, "deployment", "GPUs", "$/h", "$/M out tok", "from"):
+            table.add_column(col, justify="right" if col in ("GPUs", "$/h", "$/M out tok") else "left")
+        for option, p in options.items():
+            table.add_row(option, *(("none meets the SLOs", "", "", "", "") if p is None else
+                                    (p["label"], str(p["gpus"]), f"{p['usd_per_hour']:.2f}",
+                                     f"{p['usd_per_million_output_tokens']:.3f}", p["source"])))
+        console.print(table)
     front = data["frontier"]["throughput_vs_interactivity"]
     if front:
         table = Table(title="frontier: output tok/s per GPU vs tok/s per user")
