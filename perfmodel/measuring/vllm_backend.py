@@ -513,12 +513,13 @@ class VLLMBackend:
         engine_process = apply_engine_process(points[0])
         stored = checkpoint_quantization(points[0]) is not None
         if stored:
-            from perfmodel.measuring.vllm_dummy import FILL_EXTENSION, patch_dummy_loader
+            from perfmodel.measuring.vllm_dummy import FILL_EXTENSION, filled_tensors, patch_dummy_loader
 
             if engine_process:  # the engine core loads in a process of its own: patch its loader there
                 kwargs["worker_extension_cls"] = FILL_EXTENSION
             else:
                 patch_dummy_loader()
+                filled_tensors(reset=True)  # count this engine's own
         llm = LLM(**kwargs)
         startup_s = time.perf_counter() - t0
         settings = engine_settings(llm)

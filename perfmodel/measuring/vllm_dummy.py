@@ -77,8 +77,11 @@ def fill_quantized_parameters(module: Any) -> int:
 _FILLED = [0]
 
 
-def filled_tensors() -> int:
-    """How many quantized tensors :func:`patch_dummy_loader`'s loader has filled in this process."""
+def filled_tensors(reset: bool = False) -> int:
+    """How many quantized tensors :func:`patch_dummy_loader`'s loader has filled in this process
+    (``reset``: start counting again from zero, before an engine loads)."""
+    if reset:
+        _FILLED[0] = 0
     return _FILLED[0]
 
 
