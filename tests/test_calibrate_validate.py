@@ -235,3 +235,18 @@ def test_validate_without_committed_vllm_data_is_one_line(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vllm" in err[0]
+
+
+def test_validate_replays_a_given_rows_file_alone(tmp_path, capsys):
+    """``--results FILE`` replays that file's rows, without the committed file's what-if rows:
+    here Qwen1.5-MoE with and without its shared expert, a file no fit reads."""
+    from perfmodel.paths import RESULTS_DIR
+
+    rows = RESULTS_DIR / "h200-vllm-shared-experts.jsonl"
+    main(["validate", "qwen1.5-moe-a2.7b", "--backend", "vllm", "--results", str(rows), "--json",
+          "--out", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"]["mode"] == "replay" and out["source"]["results_file"].endswith(rows.name)
+    ids = {json.loads(line)["point_id"] for line in rows.read_text().splitlines() if line.strip()}
+    assert {p["point_id"] for p in out["points"]} == ids  # its four points (three passes each), none else
+    assert any("shared_expert_intermediate_size=0" in pid for pid in ids)

@@ -245,7 +245,7 @@ def test_terminal_output_and_bad_input(tmp_path, monkeypatch, capsys):
     for args, expected in (
         (["all", "--serving", "--results", str(tmp_path / "none.jsonl")], "no serving measurements at"),
         (["mixtral", "--serving", "--results", str(path)], "no serving measurements of mixtral-8x7b"),
-        (["all", "--results", str(path)], "--results applies to --serving"),
+        (["all", "--results", str(tmp_path / "none.jsonl")], "no results file"),
         (["all", "--serving", "--results", str(path), "--gpu", "h9000"], "unknown GPU"),
     ):
         with pytest.raises(SystemExit) as code:

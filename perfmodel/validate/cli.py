@@ -18,8 +18,9 @@ def validate(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
     serving: bool = typer.Option(False, "--serving", help="Serving runs (measure --serving) against the "
                                  "planning simulation, replayed."),
-    results: Optional[Path] = typer.Option(None, "--results", help="--serving: the rows to replay (default "
-                                           "validate/results/{gpu}-vllm-serving.jsonl)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="The rows to replay (default: live on a GPU, "
+                                           "else validate/results/{gpu}-{backend}.jsonl with its what-if "
+                                           "rows; --serving: validate/results/{gpu}-vllm-serving.jsonl)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
     if serving is True:
@@ -31,13 +32,10 @@ def validate(
         else:
             print_serving_validation(result, make_console())
         return
-    if isinstance(results, Path):
-        from perfmodel.errors import InputError
-
-        raise InputError("--results applies to --serving")
     from perfmodel.validate.validation import run_validation
 
-    result = run_validation(model, backend=backend, gpu=gpu, out_dir=out)
+    result = run_validation(model, backend=backend, gpu=gpu, out_dir=out,
+                            results=results if isinstance(results, Path) else None)
     if as_json:
         print_json(result)
         return

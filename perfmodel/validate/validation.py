@@ -89,8 +89,11 @@ def _check_report_folder(out_dir: Path) -> None:
 
 
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
-                   out_dir: Path | None = None, live: bool | None = None) -> dict[str, Any]:
+                   out_dir: Path | None = None, live: bool | None = None,
+                   results: Path | None = None) -> dict[str, Any]:
     """Compare predictions with measurements of ``model`` (or ``all``); write the reports.
+    ``results``: replay that rows file alone (default: live where a GPU is here, else the
+    committed ``validate/results/<gpu>-<backend>.jsonl`` with its what-if file).
 
     Returns a dict: source (mode replay|live, date, GPU, versions), mape per engine × split ×
     metric, points (predicted vs measured), repeats (the points measured ok more than once,
@@ -110,7 +113,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     gpu_spec = load_gpu(gpu)
     profile = load_profile(backend, gpu_spec.name)
     wanted = None if model == "all" else [load_model(model).name]
-    use_live = live_available(backend) if live is None else live
+    use_live = results is None and (live_available(backend) if live is None else live)
     if use_live:
         from perfmodel.measuring.cli import measure
 
@@ -124,14 +127,20 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                 quantization=None, moe_backend="triton", sampling="random", routing="model", routing_probe=False,
                 allow_cpu=False)
         mode = "live"
+    elif results is not None:
+        path = Path(results)
+        if not path.is_file():
+            raise InputError(f"no results file {path}")
+        mode = "replay"
     else:
         path = results_file(backend, gpu_spec.name)
         if not path.exists():
             raise InputError(f"no GPU here and no committed {backend} measurements for {gpu_spec.name} "
                              f"({path.relative_to(ROOT)})")
         mode = "replay"
-    rows = load_with_what_ifs(path) if mode == "replay" else load_measurements(path)
-    read = [path, *([what_if_file(path)] if mode == "replay" and what_if_file(path).exists() else [])]
+    committed = mode == "replay" and results is None  # the committed file, with its what-if rows
+    rows = load_with_what_ifs(path) if committed else load_measurements(path)
+    read = [path, *([what_if_file(path)] if committed and what_if_file(path).exists() else [])]
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     fit = profile.fit or {}
