@@ -81,8 +81,9 @@ def serving_scheme(row: dict[str, Any]) -> str:
     """What a serving run ran as, in ``perfmodel plan``'s labels: its weights' scheme
     (:func:`serving_dtype`, ``bf16`` unquantized), with `` kv-fp8`` where its KV cache was
     stored in fp8."""
-    kv = serving_kv_dtype(row)
-    return serving_dtype(row) + (f" kv-{kv}" if kv else "")
+    from perfmodel.planning.candidates import weights_text
+
+    return weights_text(serving_dtype(row), serving_kv_dtype(row))
 
 
 def model_label(model: str, scheme: str | None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from perfmodel.planning.candidates import Evaluation
+from perfmodel.planning.candidates import Evaluation, weights_text
 from perfmodel.planning.search import Plan, Search
 from perfmodel.planning.steptime import default_graph_tokens, weight_choice
 from perfmodel.prediction import Workload, evaluate
@@ -51,8 +51,7 @@ def pareto(points: list[dict[str, Any]], x: str, y: str, x_max: bool, y_max: boo
 def weights_label(ev: Evaluation) -> str:
     """A candidate's weights (and KV cache where it is not theirs), as its label gives them:
     ``fp8``, ``bf16 kv-fp8``; a disaggregated pair's two joined by +."""
-    return "+".join(sorted({p.engine.dtype + (f" kv-{p.engine.kv_dtype}" if p.engine.kv_dtype else "")
-                            for p in ev.pools}))
+    return "+".join(sorted({p.engine.weights_label() for p in ev.pools}))
 
 
 def point(ev: Evaluation, rate: float, mean_in: float, mean_out: float) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def cheapest_by(plan: Plan, points: list[dict[str, Any]]) -> dict[str, dict[str,
     ``points``), None where none of its candidates does: what fp8, or another GPU, buys at this
     traffic."""
     # every (GPU, dtype, layout, KV dtype) the search set up, evaluated or rejected early, and pairs
-    options = {"dtype": {dtype + (f" kv-{kv}" if kv else "") for _, dtype, _, kv in plan.setups}
+    options = {"dtype": {weights_text(dtype, kv) for _, dtype, _, kv in plan.setups}
                | {weights_label(ev) for ev in plan.evaluations},
                "gpu": {gpu for gpu, *_ in plan.setups}
                | {"+".join(sorted({p.engine.gpu for p in ev.pools})) for ev in plan.evaluations}}
@@ -131,7 +130,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
         outside.append("measured on one GPU per engine")
     kv = setup.kv_dtype if setup.kv_dtype not in (None, own) else None
     stored = plan.model.quantization if plan.model.quantization and setup.dtype not in dtype_aliases() else None
-    scheme = (stored or setup.dtype) + (f" kv-{kv}" if kv else "")  # a checkpoint runs as it is stored
+    scheme = weights_text(stored or setup.dtype, kv)  # a checkpoint runs as it is stored
     check = band.schemes.get(scheme) if own is not None and scheme != own else None
     checked = ""
     if check is not None:  # a scheme whose serving runs were checked against the band

@@ -16,6 +16,12 @@ from perfmodel.specs.layout import Layout
 METRICS = ("ttft", "itl", "tpot", "e2e")
 
 
+def weights_text(dtype: str, kv_dtype: str | None) -> str:
+    """A candidate's weights as its label names them: the dtype or scheme, with `` kv-<dtype>``
+    where the KV cache's dtype is set (``fp8``, ``bf16 kv-fp8``)."""
+    return dtype + (f" kv-{kv_dtype}" if kv_dtype else "")
+
+
 @dataclass(frozen=True)
 class Engine:
     """One replica's configuration: GPU type, weight dtype, TP/EP/PP layout, scheduler limits,
@@ -37,9 +43,12 @@ class Engine:
         parts = [f"TP{t.tp}"] + ([f"EP{t.ep}"] if t.ep > 1 else []) + ([f"PP{t.pp}"] if t.pp > 1 else [])
         return "·".join(parts)
 
+    def weights_label(self) -> str:
+        """Its weights' dtype or scheme, with its KV cache's where that is set: ``fp8``, ``bf16 kv-fp8``."""
+        return weights_text(self.dtype, self.kv_dtype)
+
     def label(self, seqs: bool = True) -> str:
-        kv = f" kv-{self.kv_dtype}" if self.kv_dtype else ""
-        text = f"{self.gpu} {self.dtype}{kv} {self.layout_label()}"
+        text = f"{self.gpu} {self.weights_label()} {self.layout_label()}"
         return f"{text} seqs≤{self.max_num_seqs}" if seqs else text
 
     def to_dict(self) -> dict[str, Any]:
