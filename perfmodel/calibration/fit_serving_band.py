@@ -52,10 +52,10 @@ def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
 
 def serving_errors(profile_path: Path, gpu: str, files: Iterable[Path],
                    fitted: Iterable[tuple[str, str]] = ()) -> dict[str, tuple[dict[str, list[float]], list[str]]]:
-    """Per scheme (:func:`perfmodel.measuring.serving_replay.serving_scheme`): the |relative error| per metric over the held-out serving
-    runs that kept up, replayed on the profile at ``profile_path``, and those runs
-    (``file name:point id``); ``fitted``: the runs a parameter was fitted on, as (file name,
-    point id)."""
+    """Per scheme (:func:`perfmodel.measuring.serving_replay.serving_scheme`): the |relative
+    error| per metric over the held-out serving runs that kept up, replayed on the profile at
+    ``profile_path``, and those runs (``file name:point id``); ``fitted``: the runs a parameter
+    was fitted on, as (file name, point id)."""
     from perfmodel.errors import PerfModelError
     from perfmodel.measuring.results import read_rows
     from perfmodel.measuring.serving_replay import (METRICS, gpu_spec_name, measured_overload, predict_row,
@@ -88,8 +88,8 @@ def _p90(values: list[float]) -> float:
 def scheme_checks(band: dict[str, Any], schemes: dict[str, tuple[dict[str, list[float]], list[str]]]
                   ) -> dict[str, dict[str, Any]]:
     """Each other scheme's runs against ``band``: ``runs``, ``errors`` (the 90th percentile of
-    each metric's |errors|, the largest of a few runs) and ``within`` (every metric the band has
-    at most its half-width)."""
+    each metric's |errors|, interpolated as numpy does between a few runs' values) and ``within``
+    (every metric the band has at most its half-width)."""
     checks = {}
     for name, (errors, runs) in sorted(schemes.items()):
         p90 = {metric: _p90(values) for metric, values in errors.items() if values}
