@@ -250,3 +250,23 @@ def test_validate_replays_a_given_rows_file_alone(tmp_path, capsys):
     ids = {json.loads(line)["point_id"] for line in rows.read_text().splitlines() if line.strip()}
     assert {p["point_id"] for p in out["points"]} == ids  # its four points (three passes each), none else
     assert any("shared_expert_intermediate_size=0" in pid for pid in ids)
+
+
+def test_a_given_rows_file_of_another_kind_is_one_line(tmp_path, capsys):
+    """Served runs, another backend's rows or a file with no measured row: one line, exit 2."""
+    from perfmodel.paths import RESULTS_DIR
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    cases = [
+        (["all", "--backend", "vllm", "--results", str(RESULTS_DIR / "h200-vllm-serving-quant.jsonl")],
+         "holds serving runs: replay them with --serving"),
+        (["all", "--backend", "hf", "--results", str(RESULTS_DIR / "h200-vllm-shared-experts.jsonl")],
+         "holds vllm rows: replay them with --backend vllm"),
+        (["all", "--backend", "vllm", "--results", str(bad)], "no measured rows in"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["validate", *args, "--out", str(tmp_path / "rep")])
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+        assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], (args, err)

@@ -88,6 +88,18 @@ def _check_report_folder(out_dir: Path) -> None:
             return
 
 
+def _check_given_rows(rows: list[dict[str, Any]], path: Path, backend: str) -> None:
+    """A rows file given to replay: offline rows of ``backend``, some of them measured; one line
+    (:class:`InputError`) where it is not."""
+    if any(r.get("mode") == "serving" for r in rows):
+        raise InputError(f"{path} holds serving runs: replay them with --serving")
+    other = sorted({str(r.get("backend")) for r in rows if r.get("backend") not in (None, backend)})
+    if other:
+        raise InputError(f"{path} holds {', '.join(other)} rows: replay them with --backend {other[0]}")
+    if not any(r.get("status") == "ok" for r in rows):
+        raise InputError(f"no measured rows in {path}")
+
+
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                    out_dir: Path | None = None, live: bool | None = None,
                    results: Path | None = None) -> dict[str, Any]:
@@ -140,6 +152,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         mode = "replay"
     committed = mode == "replay" and results is None  # the committed file, with its what-if rows
     rows = load_with_what_ifs(path) if committed else load_measurements(path)
+    if results is not None:
+        _check_given_rows(rows, path, backend)
     read = [path, *([what_if_file(path)] if committed and what_if_file(path).exists() else [])]
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
