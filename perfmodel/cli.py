@@ -252,16 +252,16 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
 
         # per scheme, the calibrated profiles that measured it: whether its held-out rows carry the
         # band; and those that served it: how many held-out serving runs, within the serving band or not
-        def served(p, name):
-            check = p.serving_error_band.schemes.get(name) if p.serving_error_band else None
-            return None if check is None else {"runs": check.runs, "band": check.within}
+        def served(name):
+            checks = ((p.name, p.serving_error_band.schemes.get(name)) for p in profiles if p.serving_error_band)
+            return {profile: {"runs": c.runs, "band": c.within} for profile, c in checks if c is not None}
 
         return [{**scheme.model_dump(mode="json", include={
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
                      "description"}),
                  "measured": {p.name: {"band": bool(p.quantization[scheme.name].band)} for p in profiles
                               if p.calibrated and scheme.name in p.quantization},
-                 "served": {p.name: served(p, scheme.name) for p in profiles if served(p, scheme.name)}}
+                 "served": served(scheme.name)}
                 for scheme in load_schemes().values()]
     return [{"engine": engine, "profiles": [
         {"name": p.name, "gpu": p.gpu, "calibrated": p.calibrated, "peaks": p.peaks,
