@@ -337,8 +337,9 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     and the longer sets the pace.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + t_eager_step + B·t_eager_seq) (the launch, and the
-    host's work for each of the B sequences the step holds), unless each of its steps fits the
+    max(GPU time, N_layers·t_eager_layer + N_uncompiled·t_uncompiled + t_eager_step + B·t_eager_seq)
+    (the launch, its ops run uncompiled, and the host's work for each of the B sequences the step
+    holds; :func:`launch_floor`), unless each of its steps fits the
     largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
     tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
     no chunk: θ(T − M_graph)). A step it replays runs the graph's pieces with each layer's
@@ -364,9 +365,8 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
         total += count * t.total
     gpu = total + steps * (s.t_step + s.N_layers * s.t_layer)
     if eager:
-        syncs = host_syncs(graph, subs)
-        floor = launch_floor(subs, steps, chunk, syncs)
-        serial = launched(subs, chunk) * syncs * s.t_sync
+        floor = launch_floor(graph, subs, steps, chunk)
+        serial = launched(subs, chunk) * host_syncs(graph, subs) * s.t_sync
         replayed = 1 - launched(subs, chunk)  # each step a piecewise-graph replay
         return Max(gpu + replayed * steps * s.N_layers * s.t_piece_layer + serial, floor), rows
     if host_floor:
@@ -407,14 +407,23 @@ def launched(subs: dict, chunk: sp.Expr | None = None) -> sp.Expr:
     return out
 
 
-def launch_floor(subs: dict, steps: sp.Expr = sp.Integer(1), chunk: sp.Expr | None = None,
-                 syncs: sp.Expr = sp.Integer(0)) -> sp.Expr:
-    """The host's time of an eager pass (s), the floor :func:`pass_time` holds it to:
-    θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + t_eager_step) +
-    B·t_eager_seq + syncs·t_sync), ``syncs`` the times it waits for the GPU
+def uncompiled_ops(graph: ModelGraph, subs: dict) -> sp.Expr:
+    """Ops of one pass of ``graph`` that the engine runs uncompiled (:attr:`Op.uncompiled`):
+    Σ count·uncompiled of its ops after the pass's substitutions (0 for a graph without shared
+    experts)."""
+    return sp.Add(*[count * sp.sympify(op.uncompiled).subs(subs) for count, op in graph.all_ops()])
+
+
+def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
+                 chunk: sp.Expr | None = None) -> sp.Expr:
+    """The host's time of an eager pass of ``graph`` (s), the floor :func:`pass_time` holds it to:
+    θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + N_uncompiled·t_uncompiled
+    + t_eager_step) + B·t_eager_seq + syncs·t_sync), N_uncompiled the ops it runs uncompiled
+    (:func:`uncompiled_ops`: an op run from Python inside an opaque custom op costs its host more
+    than a layer's compiled code) and ``syncs`` the times it waits for the GPU
     (:func:`host_syncs`); zero for a pass whose steps fit the largest captured CUDA graph."""
-    host = (steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
-            + syncs * s.t_sync)
+    per_step = s.N_layers * s.t_eager_layer + uncompiled_ops(graph, subs) * s.t_uncompiled + s.t_eager_step
+    host = steps * per_step + subs.get(s.B, s.B) * s.t_eager_seq + host_syncs(graph, subs) * s.t_sync
     return launched(subs, chunk) * host
 
 
@@ -488,7 +497,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk, host_floor=decode)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
-            totals["prefill_launch_s"] = (launch_floor(subs, steps, chunk, host_syncs(graph, subs)) if eager
+            totals["prefill_launch_s"] = (launch_floor(graph, subs, steps, chunk) if eager
                                           else sp.Integer(0))
         else:  # the host's time a decode step is held to, to tell a host-bound step
             totals["decode_host_s"] = decode_host_floor(subs)
@@ -621,7 +630,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_layer: profile.latency.per_layer_s,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
-        s.t_eager_seq: profile.latency.eager_seq_s, s.t_piece_layer: profile.latency.piecewise_layer_s,
+        s.t_eager_seq: profile.latency.eager_seq_s, s.t_uncompiled: profile.latency.uncompiled_op_s,
+        s.t_piece_layer: profile.latency.piecewise_layer_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.t_req: profile.latency.request_s,
         s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,

@@ -80,6 +80,11 @@ class Latency(_Strict):
     eager_seq_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per sequence of an eager step (the scheduler's and the "
         "model runner's work for each request it holds), serial with the step's launch.")
+    uncompiled_op_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per uncompiled op of an eager step: an op the engine "
+        "runs from Python inside an opaque custom op its compiled graph calls, its kernels "
+        "dispatched one by one (vLLM's shared experts inside its fused-MoE op), beside "
+        "eager_layer_s.")
     piecewise_layer_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per layer of a prefill an eager-prefill engine replays "
         "from piecewise CUDA graphs (the attention between the graph's pieces is launched from the "
@@ -278,6 +283,17 @@ class ServingSchemeCheck(_Strict):
         default_factory=dict, description="90th percentile of |relative error| per metric over the runs.")
 
 
+class ServingAccuracy(_Strict):
+    """How the held-out serving runs that kept up land, per metric: median |relative error| and
+    the share of runs within each metric's target (:data:`perfmodel.calibration.fit_serving_band.TARGETS`)."""
+
+    runs: PositiveInt
+    median: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    within_target: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="Share of the runs (0–1) whose |error| is at most the target.")
+    targets: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+
+
 class ServingBand(_Strict):
     """Relative error half-widths of the serving replays (e.g. 0.15 = ±15%) per metric, from
     held-out measured serving runs in the profile's own dtype that kept up
@@ -293,6 +309,10 @@ class ServingBand(_Strict):
     runs: PositiveInt
     source: str = ""
     schemes: dict[str, ServingSchemeCheck] = Field(default_factory=dict)
+    accuracy: ServingAccuracy | None = Field(
+        default=None, description="The band's runs: median |error| and share within target per metric.")
+    accuracy_all_schemes: ServingAccuracy | None = Field(
+        default=None, description="The same over the band's runs and every checked scheme's.")
 
 
 class EngineProfile(_Strict):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from perfmodel.calibration.fit_serving_band import MIN_RUNS, fit_serving_band, serving_files
+from perfmodel.calibration.fit_serving_band import MIN_RUNS, TARGETS, fit_serving_band, serving_files
 from perfmodel.paths import PROFILES_DIR, RESULTS_DIR
 
 MODELS = RESULTS_DIR / "h200-vllm-serving-models.jsonl"
@@ -41,6 +41,12 @@ def test_the_band_is_the_p90_of_the_kept_up_runs_as_the_validation_replays_them(
     for metric in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90", "itl_mean", "served_tok_s"):
         errors = [abs(p["rel_error"]) for p in points if p["metric"] == metric]
         assert band[metric] == pytest.approx(np.percentile(errors, 90), rel=1e-3)
+        # the accuracy summary: median |error|, and the share of runs within the metric's target
+        assert band["accuracy"]["median"][metric] == pytest.approx(np.median(errors), rel=1e-3)
+        target = TARGETS[metric]
+        assert band["accuracy"]["within_target"][metric] == pytest.approx(
+            sum(e <= target for e in errors) / len(errors), rel=1e-3)
+    assert band["accuracy"]["runs"] == len(kept) and "accuracy_all_schemes" not in band  # bf16 alone
     # a run a parameter was fitted on leaves the band; too few runs give none
     fitted = [(MODELS.name, kept[0]["point_id"])]
     assert fit_serving_band(profile, "h200-sxm", fitted, results_dir=folder)["runs"] == len(kept) - 1
@@ -87,6 +93,10 @@ def test_a_schemes_runs_are_checked_against_the_band_not_part_of_it(tmp_path, pr
         assert value == pytest.approx(np.percentile(errors, 90), rel=1e-3)
     for check in (fp8, w4a16):
         assert check["within"] == all(v <= band[m] for m, v in check["errors"].items() if m in band)
+    every = compare_serving(kept + quantized)["points"]  # the summary over every scheme's runs
+    errors = [abs(p["rel_error"]) for p in every if p["metric"] == "itl_p50"]
+    assert band["accuracy_all_schemes"]["runs"] == len(kept) + 3
+    assert band["accuracy_all_schemes"]["median"]["itl_p50"] == pytest.approx(np.median(errors), rel=1e-3)
     as_bf16 = compare_serving(kept[:2])["points"]  # the same runs unquantized: other replays
     assert [p["predicted"] for p in as_bf16 if p["metric"] == "itl_p50"] != pytest.approx(
         [p["predicted"] for p in points if p["metric"] == "itl_p50"], rel=0.05)

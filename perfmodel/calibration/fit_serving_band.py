@@ -40,6 +40,10 @@ from perfmodel.paths import RESULTS_DIR
 BAND_PERCENTILE = 90.0
 #: Fewest runs behind a band.
 MIN_RUNS = 5
+#: The |relative error| a run's metric should be within (a serving check's targets: latencies
+#: within 15%, served tokens/s within 10%); ``accuracy`` records the share of runs that are.
+TARGETS = {"ttft_p50": 0.15, "ttft_p90": 0.15, "itl_p50": 0.15, "itl_p90": 0.15, "itl_mean": 0.15,
+           "served_tok_s": 0.10}
 
 
 def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
@@ -85,6 +89,17 @@ def _p90(values: list[float]) -> float:
     return float(f"{np.percentile(values, BAND_PERCENTILE):.4g}")
 
 
+def accuracy(errors: dict[str, list[float]], runs: int) -> dict[str, Any]:
+    """Per metric with values: the median |error| and the share of runs within its target
+    (:data:`TARGETS`), over ``runs`` runs."""
+    have = {metric: values for metric, values in errors.items() if values}
+    return {"runs": runs,
+            "median": {m: float(f"{np.median(v):.4g}") for m, v in have.items()},
+            "within_target": {m: float(f"{np.mean(np.array(v) <= TARGETS[m]):.4g}")
+                              for m, v in have.items() if m in TARGETS},
+            "targets": {m: TARGETS[m] for m in have if m in TARGETS}}
+
+
 def scheme_checks(band: dict[str, Any], schemes: dict[str, tuple[dict[str, list[float]], list[str]]]
                   ) -> dict[str, dict[str, Any]]:
     """Each other scheme's runs against ``band``: ``runs``, ``errors`` (the 90th percentile of
@@ -126,6 +141,12 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
                       f"(perfmodel validate --serving) over {len(runs)} measured runs in {dtype} that kept up "
                       f"with their traffic and that no parameter was fitted on, each at its host's probed speed "
                       f"where it has one ({', '.join(names)})")
+    band["accuracy"] = accuracy(errors, len(runs))
     if schemes:
         band["schemes"] = scheme_checks(band, schemes)
+        merged = {metric: list(values) for metric, values in errors.items()}
+        for other, _ in schemes.values():
+            for metric, values in other.items():
+                merged.setdefault(metric, []).extend(values)
+        band["accuracy_all_schemes"] = accuracy(merged, len(runs) + sum(len(r) for _, r in schemes.values()))
     return band

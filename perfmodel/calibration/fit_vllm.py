@@ -42,6 +42,12 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   requests: a prefill step takes at least that host time (``prefill_eager``), unless the
   prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
   default cap; each measured row states its own capture sizes), which is replayed.
+- ``uncompiled_op_s``: the host's time, in such a launched step, for each op vLLM runs from
+  Python inside an opaque custom op rather than in its compiled code: the shared experts, which
+  the fused-MoE op (``moe_forward_shared``) calls op by op (:attr:`perfmodel.ops.base.Op.uncompiled`).
+  Fitted with the rest: Qwen1.5-MoE-A2.7B is the training model with shared experts, OLMoE-1B-7B and
+  Mixtral-8x7B have none. Checked on Qwen1.5-MoE measured with and without its shared expert
+  (``h200-vllm-shared-experts.jsonl``, which no fit reads) and on DeepSeek-V2-Lite, held out.
 - ``piecewise_layer_s``: such a replayed prefill still launches each layer's attention between
   the graph's pieces from the host, serial with the GPU's work. Fitted after the rest, from the
   training models' rows whose prefill fit the engine's capture sizes
@@ -140,6 +146,7 @@ PARAMETERS: tuple[tuple[tuple[str, str, str | None], float, float, float, float]
     (("latency", "per_layer_s", None), 1e-5, 0.0, 1e-3, 1e-5),
     (("latency", "eager_step_s", None), 1e-2, 0.0, 0.2, 1e-2),
     (("latency", "eager_layer_s", None), 5e-4, 0.0, 1e-2, 1e-3),
+    (("latency", "uncompiled_op_s", None), 2e-4, 0.0, 5e-3, 1e-4),
     (("latency", "request_s", None), 1e-4, 0.0, 2e-3, 1e-4),
     (("latency", "host_step_s", None), 2.5e-3, 0.0, 0.02, 1e-3),
     (("latency", "host_seq_s", None), 2e-5, 0.0, 1e-4, 1e-5),
@@ -184,7 +191,7 @@ def _base(gpu: str) -> dict[str, Any]:
         "name": f"{gpu}-vllm", "engine": "vllm", "gpu": gpu, "calibrated": True,
         "peaks": "datasheet", "efficiency": efficiency,
         "latency": {"per_kernel_s": graph_node_cost(gpu)[0], "per_layer_s": 0.0, "per_step_s": 0.0,
-                    "eager_layer_s": 0.0, "eager_step_s": 0.0},
+                    "eager_layer_s": 0.0, "eager_step_s": 0.0, "uncompiled_op_s": 0.0},
         "options": dict(VLLM_OPTIONS),
     }
 

@@ -154,7 +154,10 @@ class Op:
     stops to wait for the GPU before it can launch the rest (a loop over the touched experts
     reads each expert's rows back), an expression; an eager pass pays a fixed host time per
     sync, serial with its GPU work (:func:`perfmodel.prediction.pass_time`), a replayed CUDA
-    graph none. ``context_bytes``: the bytes of a per-sequence cache read that one more key per
+    graph none. ``uncompiled``: times per pass the engine runs the op from Python, its kernels
+    dispatched one by one inside an opaque custom op that its compiled code calls (vLLM's shared
+    experts, inside its fused-MoE op); a launched eager pass pays a host time for each
+    (:func:`perfmodel.prediction.launch_floor`), a replayed CUDA graph none. ``context_bytes``: the bytes of a per-sequence cache read that one more key per
     sequence adds (B sequences × bytes per key read; the attention core's), at which its class's
     ``context_half`` keys per sequence are costed in memory time (:func:`perfmodel.roofline.op_time`).
     ``tile_floor``: the least time its kernels take whatever their bytes and FLOPs, s, as an
@@ -178,6 +181,7 @@ class Op:
     windowed: bool = False
     quantized: Quantized | None = None
     host_syncs: int | sp.Expr = 0
+    uncompiled: int | sp.Expr = 0
     context_bytes: sp.Expr = ZERO
     tile_floor: sp.Expr = ZERO
 

@@ -288,11 +288,13 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
 
 def shared_experts(gate: bool, quantized: bool = False) -> Op:
     """n_sh always-active experts of width I_sh (one fused FFN), with an optional sigmoid gate
-    (kept at b_w when the FFN is ``quantized``)."""
+    (kept at b_w when the FFN is ``quantized``). Run uncompiled (:attr:`Op.uncompiled`): vLLM
+    calls them from Python inside its opaque fused-MoE custom op (``moe_forward_shared``)."""
     width = n_sh * I_sh
     params = 3 * H * width + (H if gate else 0)
     op = gated_ffn("moe.shared", OpClass.GEMM, tokens=T, width=width, experts=1,
                    param_bytes=b_q if quantized else b_w, shard=tp, params=params, quantized=quantized)
+    op = replace(op, uncompiled=1)
     stored = params * b_w / tp
     if quantized:
         stored = weight_bytes(3 * H * width / tp, 2 * width / tp + H, b_q) + (H * b_w / tp if gate else 0)
