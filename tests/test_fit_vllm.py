@@ -134,6 +134,14 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     assert len(by["graph-replayed"]) >= 5
     assert profile.error_band.ttft_graph_replayed == pytest.approx(by["graph-replayed"].quantile(0.9), rel=2e-3)
     assert profile.error_band.ttft_launch_bound > profile.error_band.ttft
+    # each regime's own points are recorded beside its band: their MAPE and count
+    own = profile.fit["residuals"]["band points"]
+    for regime, errors in by.items():
+        assert own[f"ttft {regime}"]["n"] == len(errors)
+        assert own[f"ttft {regime}"]["mape_pct"] == pytest.approx(100 * errors.mean(), rel=2e-3)
+    steps = plain[plain["metric"] == "decode_step"]
+    for regime, part in steps.groupby("decode_regime"):
+        assert own[f"decode_step {regime}"]["mape_pct"] == pytest.approx(100 * part["rel_error"].abs().mean(), rel=2e-3)
 
 
 def test_vllm_elsewhere_is_the_h200_fit_transferred():

@@ -338,7 +338,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     ``ttft_launch_bound`` and, with as many points, ``ttft_graph_replayed`` (see
     :func:`perfmodel.prediction.error_band`); likewise ITL, E2E and throughput per regime of
     the decode step (:func:`perfmodel.prediction.decode_regime`): ``decode_step``, ``e2e``,
-    ``throughput`` (GPU-bound) and ``*_host_bound``. ``band_exclude``: a predicate on rows (with the
+    ``throughput`` (GPU-bound) and ``*_host_bound``; the residuals of the band's own points per
+    regime go to ``band points``. ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
@@ -403,6 +404,17 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
             for (regime, metric), part in sub.groupby(["decode_regime", "metric"]):
                 if metric in ("decode_step", "throughput"):
                     stats[split][f"{metric} {regime}"] = _residual_stats(part["rel_error"])
+    # the band's own points, regime by regime: the error beside each half-width
+    own: dict[str, Any] = {}
+    if "prefill_regime" in ttft:
+        own.update({f"ttft {regime}": _residual_stats(part["rel_error"])
+                    for regime, part in ttft.groupby("prefill_regime")})
+    if "decode_regime" in plain:
+        own.update({f"{metric} {regime}": _residual_stats(part["rel_error"])
+                    for (regime, metric), part in plain.groupby(["decode_regime", "metric"])
+                    if metric in ("decode_step", "throughput")})
+    if own:
+        stats["band points"] = own
     quantized = checked[~checked["speculative"]] if "speculative" in checked else checked
     if "quant" in quantized:
         plain_kv = quantized[quantized["kv_cache"] == "model"] if "kv_cache" in quantized else quantized
