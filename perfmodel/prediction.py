@@ -50,8 +50,8 @@ COMPUTE_DTYPE = {"fp32": "tf32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "
 #: Metrics a prediction reports (NaN where a phase has none, e.g. ITL of a prefill).
 METRICS = ("prefill_s", "decode_step_s", "ttft_s", "itl_s", "e2e_s", "throughput_tok_s",
            "output_throughput_tok_s", "params", "active_params", "weights_bytes", "kv_cache_bytes",
-           "activation_bytes", "memory_bytes", "prefill_launch_s", "request_host_s", "decode_host_s",
-           "decode_graph_batch", "decode_kernels_s")
+           "activation_bytes", "memory_bytes", "prefill_launch_s", "prefill_uncompiled_s", "request_host_s",
+           "decode_host_s", "decode_graph_batch", "decode_kernels_s")
 #: Regimes of a prefill (:func:`prefill_regime`): what sets its time.
 LAUNCH_BOUND, GRAPH_REPLAYED, GPU_BOUND = "launch-bound", "graph-replayed", "GPU-bound"
 #: Regime of a decode step held to the host's floor (:func:`decode_regime`; else GPU-bound).
@@ -419,12 +419,20 @@ def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
     """The host's time of an eager pass of ``graph`` (s), the floor :func:`pass_time` holds it to:
     θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + N_uncompiled·t_uncompiled
     + t_eager_step) + B·t_eager_seq + syncs·t_sync), N_uncompiled the ops it runs uncompiled
-    (:func:`uncompiled_ops`: an op run from Python inside an opaque custom op costs its host more
-    than a layer's compiled code) and ``syncs`` the times it waits for the GPU
+    (:func:`uncompiled_launch`) and ``syncs`` the times it waits for the GPU
     (:func:`host_syncs`); zero for a pass whose steps fit the largest captured CUDA graph."""
-    per_step = s.N_layers * s.t_eager_layer + uncompiled_ops(graph, subs) * s.t_uncompiled + s.t_eager_step
-    host = steps * per_step + subs.get(s.B, s.B) * s.t_eager_seq + host_syncs(graph, subs) * s.t_sync
-    return launched(subs, chunk) * host
+    host = (steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+            + host_syncs(graph, subs) * s.t_sync)
+    return launched(subs, chunk) * host + uncompiled_launch(graph, subs, steps, chunk)
+
+
+def uncompiled_launch(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
+                      chunk: sp.Expr | None = None) -> sp.Expr:
+    """The part of :func:`launch_floor` spent on the ops an eager pass runs uncompiled (s):
+    θ(T − M_graph)·[θ(chunk − M_graph)]·steps·N_uncompiled·t_uncompiled, N_uncompiled from
+    :func:`uncompiled_ops` (an op run from Python inside an opaque custom op costs its host more
+    than a layer's compiled code)."""
+    return launched(subs, chunk) * steps * uncompiled_ops(graph, subs) * s.t_uncompiled
 
 
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
@@ -499,6 +507,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
             totals["prefill_launch_s"] = (launch_floor(graph, subs, steps, chunk) if eager
                                           else sp.Integer(0))
+            totals["prefill_uncompiled_s"] = (uncompiled_launch(graph, subs, steps, chunk) if eager
+                                              else sp.Integer(0))
         else:  # the host's time a decode step is held to, to tell a host-bound step
             totals["decode_host_s"] = decode_host_floor(subs)
             totals["decode_kernels_s"] = decode_kernel_time(op_rows)

@@ -11,7 +11,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from perfmodel.prediction import HOST_BOUND, Prediction, decode_regime
+from perfmodel.prediction import HOST_BOUND, LAUNCH_BOUND, Prediction, decode_regime, prefill_regime
 from perfmodel.pruning import pruning_text
 
 
@@ -93,6 +93,21 @@ def _count_of(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _launch_rows(m: dict[str, float]) -> list[tuple[str, str, None]]:
+    """The lines under TTFT for a prefill the host launches: the host's launch floor
+    (``prefill_launch_s``), whether it sets the prefill, and the part of it spent on the ops the
+    engine runs uncompiled (``prefill_uncompiled_s``); none for a graph-replayed or GPU-only pass."""
+    launch, uncompiled = m.get("prefill_launch_s", 0.0), m.get("prefill_uncompiled_s", 0.0)
+    if not launch > 0:
+        return []
+    sets = prefill_regime(m, True) == LAUNCH_BOUND
+    rows = [("  the host's launch of the prefill" + (", which sets it" if sets else ", hidden behind the GPU's"),
+             format_time(launch), None)]
+    if uncompiled > 0:
+        rows.append(("    of it, the ops the engine runs uncompiled (shared experts)", format_time(uncompiled), None))
+    return rows
+
+
 def print_prediction(p: Prediction, console: Console) -> None:
     """Header, metrics (with the error band where it applies, and why it does not elsewhere),
     memory and the per-op breakdown (with each op's bound)."""
@@ -108,6 +123,7 @@ def print_prediction(p: Prediction, console: Console) -> None:
     floor = m.get("decode_host_s", float("nan"))
     graph = m.get("decode_graph_batch", float("nan"))
     rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
+            *_launch_rows(m),
             *([(f"  of it, the call's {_count_of(p.workload.batch, 'request')} on the host", format_time(host), None)]
               if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),

@@ -54,3 +54,30 @@ def test_a_launched_prefill_pays_each_uncompiled_op_and_nothing_else_does(tmp_pa
     # the model without its shared expert has no uncompiled op: the two profiles agree
     assert run("vllm", "prefill", overrides=NO_SHARED)["ttft_s"] == pytest.approx(
         run(without, "prefill", overrides=NO_SHARED)["ttft_s"], rel=1e-12)
+
+
+def test_the_prediction_reports_the_launch_and_its_uncompiled_part():
+    """``prefill_uncompiled_s`` is the part of the launch floor (``prefill_launch_s``) spent on
+    the ops run uncompiled, and the terminal report prints both under TTFT."""
+    from rich.console import Console
+
+    from perfmodel.report_terminal import print_prediction
+
+    fitted = load_profile("vllm", "h200-sxm").latency.uncompiled_op_s
+    shared = predict("qwen1.5-moe-a2.7b", gpu="h200", phase="prefill", batch=1, input_len=1024)
+    plain = predict("mixtral-8x7b", gpu="h200", phase="prefill", batch=1, input_len=1024)
+    assert shared.metrics["prefill_uncompiled_s"] == pytest.approx(24 * fitted, rel=1e-6)
+    assert 0 < shared.metrics["prefill_uncompiled_s"] < shared.metrics["prefill_launch_s"]
+    assert plain.metrics["prefill_uncompiled_s"] == 0.0 and plain.metrics["prefill_launch_s"] > 0
+
+    def printed(prediction) -> str:
+        console = Console(width=200, record=True)
+        print_prediction(prediction, console)
+        return console.export_text()
+
+    text = printed(shared)
+    assert "the host's launch of the prefill, which sets it" in text
+    assert "the ops the engine runs uncompiled (shared experts)" in text
+    assert "the ops the engine runs uncompiled" not in printed(plain)
+    replayed = predict("qwen1.5-moe-a2.7b", gpu="h200", phase="prefill", batch=1, input_len=128)
+    assert "the host's launch of the prefill" not in printed(replayed)  # a captured graph: no launch
