@@ -9,8 +9,8 @@ its runs.
 
 A profile's host times (``latency``: ``host_step_s``, ``host_seq_s``, ``eager_layer_s``,
 ``eager_step_s``, ``eager_seq_s``, ``uncompiled_op_s``, ``piecewise_layer_s``, ``request_s``,
-``draft_pass_s``, ``expert_sync_s``) hold on a host whose probe takes ``latency.host_probe_ref_ms``. On a host
-whose probe takes p_host ms each is multiplied by
+``draft_pass_s``, ``expert_sync_s``) hold on a host whose probe takes
+``latency.host_probe_ref_ms``. On a host whose probe takes p_host ms each is multiplied by
 
     h = (p_host / p_ref) ** α_host
 

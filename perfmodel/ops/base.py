@@ -157,7 +157,8 @@ class Op:
     graph none. ``uncompiled``: times per pass the engine runs the op from Python, its kernels
     dispatched one by one inside an opaque custom op that its compiled code calls (vLLM's shared
     experts, inside its fused-MoE op); a launched eager pass pays a host time for each
-    (:func:`perfmodel.prediction.launch_floor`), a replayed CUDA graph none. ``context_bytes``: the bytes of a per-sequence cache read that one more key per
+    (:func:`perfmodel.prediction.launch_floor`), a replayed CUDA graph none.
+    ``context_bytes``: the bytes of a per-sequence cache read that one more key per
     sequence adds (B sequences × bytes per key read; the attention core's), at which its class's
     ``context_half`` keys per sequence are costed in memory time (:func:`perfmodel.roofline.op_time`).
     ``tile_floor``: the least time its kernels take whatever their bytes and FLOPs, s, as an
