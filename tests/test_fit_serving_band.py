@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from perfmodel.calibration.fit_serving_band import MIN_RUNS, TARGETS, fit_serving_band, serving_files
+from perfmodel.calibration.fit_serving_band import MIN_RUNS, fit_serving_band, serving_files
+from perfmodel.measuring.serving_replay import TARGETS
 from perfmodel.paths import PROFILES_DIR, RESULTS_DIR
 
 MODELS = RESULTS_DIR / "h200-vllm-serving-models.jsonl"

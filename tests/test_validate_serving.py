@@ -127,6 +127,13 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert mape["itl_p50"]["mape"] == pytest.approx(10.0)
     # overload: flat and gently rising TTFT kept up, 8 req/s grew, 16 req/s aborted requests
     runs = {r["rate"]: r for r in result["rates"]}
+    # the target count is over the runs that kept up (2 and 4 req/s; TTFT p50 +20% at both), served
+    # tokens/s against its own 10% target
+    kept_errors = {metric: [abs(by[rate, metric]["rel_error"]) for rate in (2.0, 4.0)] for metric in mape}
+    for metric, m in mape.items():
+        assert m["kept_up"] == 2 and m["target"] == (0.10 if metric == "served_tok_s" else 0.15)
+        assert m["within_target"] == sum(e <= m["target"] for e in kept_errors[metric])
+    assert mape["ttft_p50"]["within_target"] == 0
     assert [runs[r]["measured_overloaded"] for r in (2.0, 4.0, 8.0, 16.0)] == [False, False, True, True]
     assert runs[2.0]["measured_ttft_growth"] == pytest.approx(1.0)
     assert runs[16.0]["measured_aborted"] == 9 and "never prefilled" in runs[16.0]["measured_why"]

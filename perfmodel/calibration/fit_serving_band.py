@@ -40,10 +40,6 @@ from perfmodel.paths import RESULTS_DIR
 BAND_PERCENTILE = 90.0
 #: Fewest runs behind a band.
 MIN_RUNS = 5
-#: The |relative error| a run's metric should be within (a serving check's targets: latencies
-#: within 15%, served tokens/s within 10%); ``accuracy`` records the share of runs that are.
-TARGETS = {"ttft_p50": 0.15, "ttft_p90": 0.15, "itl_p50": 0.15, "itl_p90": 0.15, "itl_mean": 0.15,
-           "served_tok_s": 0.10}
 
 
 def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
@@ -91,7 +87,9 @@ def _p90(values: list[float]) -> float:
 
 def accuracy(errors: dict[str, list[float]], runs: int) -> dict[str, Any]:
     """Per metric with values: the median |error| and the share of runs within its target
-    (:data:`TARGETS`), over ``runs`` runs."""
+    (:data:`perfmodel.measuring.serving_replay.TARGETS`), over ``runs`` runs."""
+    from perfmodel.measuring.serving_replay import TARGETS
+
     have = {metric: values for metric, values in errors.items() if values}
     return {"runs": runs,
             "median": {m: float(f"{np.median(v):.4g}") for m, v in have.items()},

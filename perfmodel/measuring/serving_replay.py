@@ -30,6 +30,11 @@ LATENCY = {
     "itl_mean": ("itl_mean_ms", "itl_s", "mean"),
 }
 METRICS = (*LATENCY, "served_tok_s")
+#: The |relative error| a replayed run's metric should be within: latencies 15%, served output
+#: tokens/s 10% (the serving check's targets; the validation and the serving band count the runs
+#: that kept up and are within them).
+TARGETS = {"ttft_p50": 0.15, "ttft_p90": 0.15, "itl_p50": 0.15, "itl_p90": 0.15, "itl_mean": 0.15,
+           "served_tok_s": 0.10}
 #: The planning's engine profile the predictions use.
 ENGINE = "vllm"
 

@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perfmodel.errors import InputError, PerfModelError
-from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_GROWTH, drain_limit,
+from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_GROWTH, TARGETS, drain_limit,
                                                engine_kv_tokens, gpu_spec_name, lengths_label,
                                                mean_lengths, measured_overload,
                                                measured_schedule, offered_rate, predict_row,
@@ -381,11 +381,16 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     if wanted is not None and not rates:
         raise InputError(f"no serving measurements of {wanted}")
     mape = []
+    kept = {r["point_id"] for r in rates if r.get("measured_overloaded") is False}
     for metric in METRICS:
         errs = [abs(p["rel_error"]) * 100 for p in points if p["metric"] == metric and p["rel_error"] is not None]
         left_out = sum(1 for p in points if p["metric"] == metric and p["rel_error"] is None)
+        kept_errs = [abs(p["rel_error"]) for p in points
+                     if p["metric"] == metric and p["rel_error"] is not None and p["point_id"] in kept]
         mape.append({"metric": metric, "mape": sum(errs) / len(errs) if errs else None,
-                     "max": max(errs) if errs else None, "count": len(errs), "left_out": left_out})
+                     "max": max(errs) if errs else None, "count": len(errs), "left_out": left_out,
+                     "target": TARGETS[metric], "kept_up": len(kept_errs),
+                     "within_target": sum(e <= TARGETS[metric] for e in kept_errs)})
     sat = []
     for group in groups.values():
         k = group["key"]
@@ -478,6 +483,13 @@ def _err(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
+
+
+def _within(m: dict[str, Any]) -> str:
+    """"k of n (≤ t%)": the runs that kept up whose |error| is at most the metric's target."""
+    if not m.get("kept_up"):
+        return "–"
+    return f"{m['within_target']} of {m['kept_up']} (≤ {m['target']:.0%})"
 
 
 def _rate(value: float | None) -> str:
@@ -621,9 +633,11 @@ def summary_markdown(result: dict[str, Any]) -> str:
     failed = [r for r in result["rates"] if r.get("error")]
     if failed:
         lines += [""] + [f"- not predicted: {r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in failed]
-    lines += ["", "| metric | MAPE % | max % | n | left out |", "|---|---|---|---|---|"]
+    lines += ["", "| metric | MAPE % | max % | n | left out | runs that kept up within the target |",
+              "|---|---|---|---|---|---|"]
     for m in result["mape"]:
-        lines.append(f"| {m['metric']} | {_pct(m['mape'])} | {_pct(m['max'])} | {m['count']} | {m['left_out']} |")
+        lines.append(f"| {m['metric']} | {_pct(m['mape'])} | {_pct(m['max'])} | {m['count']} | {m['left_out']} "
+                     f"| {_within(m)} |")
     if band_summary(result["points"]):
         lines += ["", band_summary(result["points"])]
     if result.get("host_speed"):
@@ -689,7 +703,7 @@ def report_html(result: dict[str, Any]) -> str:
     return html.get_template("serving.html.j2").render(
         title="perfmodel serving validation", banner=replay_banner(src), comparison=comparison_note(src),
         queue_growth=f"{src['queue_growth']:g}",
-        mape=[[m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"])]
+        mape=[[m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"]), _within(m)]
               for m in result["mape"]],
         host_speed=[[m["metric"], _pct(m["mape_probe"]), _pct(m["mape_reference"]), str(m["count"])]
                     for m in result.get("host_speed") or []],
@@ -723,10 +737,10 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
         if r.get("error"):
             console.print(f"not predicted: {r['model']} at {_rate(r['rate'])} req/s: {r['error']}", markup=False)
     mape = Table(title="MAPE (%)", header_style="bold")
-    for col in ("metric", "mean", "max", "n", "left out"):
+    for col in ("metric", "mean", "max", "n", "left out", "kept up, within target"):
         mape.add_column(col)
     for m in result["mape"]:
-        mape.add_row(m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"]))
+        mape.add_row(m["metric"], _pct(m["mape"]), _pct(m["max"]), str(m["count"]), str(m["left_out"]), _within(m))
     console.print(mape)
     runs = Table(title=f"runs (m = measured, p = replay; overloaded: aborted, or TTFT growth ≥ "
                        f"{src['queue_growth']:g}x)", header_style="bold")
