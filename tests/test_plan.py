@@ -92,6 +92,15 @@ BAD = [
     ("negative slo", ["plan", "mixtral", "--rate", "5", "--itl-p90", "-0.1"], "itl_p90"),
     ("seqs above budget", ["plan", "mixtral", "--rate", "5", "--max-num-seqs", "9000"], "max-batched-tokens"),
     ("unknown model", ["plan", "nosuchmodel", "--rate", "5"], "nosuchmodel"),
+    ("length beyond any context", ["plan", "mixtral", "--rate", "5", "--input-len", "1e30"], "from 1 to 10,000,000"),
+    ("percentile beyond any context", ["plan", "mixtral", "--rate", "5", "--input-len", "p50=1,p90=1e300"],
+     "percentile p90 must be a number of tokens"),
+    ("fractional percentile", ["plan", "mixtral", "--rate", "5", "--output-len", "p50=0.5,p90=0.9"],
+     "percentile p50 must be a number of tokens"),
+    ("not-a-number percentile", ["plan", "mixtral", "--rate", "5", "--input-len", "p50=nan,p90=1"], "got nan"),
+    ("huge step budget", ["plan", "mixtral", "--rate", "5", "--max-batched-tokens", "99999999999999999999"],
+     "max_batched_tokens"),
+    ("negative seed", ["plan", "mixtral", "--rate", "5", "--seed", "-1"], "simulation.seed"),
 ]
 
 
@@ -108,6 +117,10 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("- just\n- a list\n", "expected a mapping"),
     ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
     ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),
+    ("model: mixtral\nmodel: qwen3-30b-a3b\ntraffic: {rate: 5}\n", "key 'model' given twice (line 2)"),
+    ("model: mixtral\ntraffic: {rate: 5}\n1: 2\n", "unknown key 1"),
+    ("model: mixtral\ntraffic: {rate: 5, input_len: true}\n", "not true/false"),
+    ("model: mixtral\ntraffic: {rate: 5, input_len: {p50: a, p90: 2}}\n", "percentile p50 must be a number"),
 ])
 def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, content, fragment):
     path = tmp_path / "plan.yaml"
@@ -145,6 +158,31 @@ def test_lengths_from_percentiles_and_from_a_file(tmp_path):
     csv.write_text("input,output\n100,10\n300,30\n")
     s, o = Lengths(Traffic(rate=1, lengths_file=csv)).sample(1000, np.random.default_rng(0))
     assert set(zip(s.tolist(), o.tolist())) == {(100, 10), (300, 30)}
+    # a spreadsheet's byte-order mark does not eat the first row
+    csv.write_bytes(b"\xef\xbb\xbf1000,50\n100,50\n")
+    s, _ = Lengths(Traffic(rate=1, lengths_file=csv)).sample(1000, np.random.default_rng(0))
+    assert set(s.tolist()) == {1000, 100}
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("1e20,5\n", "integers from 1 to 10,000,000"),
+    ("1" * 140_000 + ",5\n", "not CSV: field larger than field limit"),
+])
+def test_a_lengths_file_out_of_range_is_one_line(tmp_path, content, fragment):
+    from perfmodel.errors import InputError
+    from perfmodel.planning.question import read_lengths_file
+
+    path = tmp_path / "lengths.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=fragment):
+        read_lengths_file(path)
+
+
+def test_a_length_flag_replaces_the_config_files_percentiles(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"model": "mixtral", "traffic": {"rate": 5, "input_len": {"p50": 100, "p99": 200}}}))
+    q = build_question(path, {"traffic": {"input_len": {"p50": 300.0, "p90": 400.0}}})
+    assert q.traffic.input_len == {"p50": 300.0, "p90": 400.0}  # not merged into p50/p90/p99
 
 
 def test_layouts_are_the_valid_ones():

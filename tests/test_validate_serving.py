@@ -281,6 +281,12 @@ def _edit(field, value):
     (_edit("output_tok_s", "fast"), "'output_tok_s' must be a number"),
     (_edit("engine_detail", {"resolved": {"num_gpu_blocks": "many", "block_size": 16}}),
      "'engine_detail.resolved.num_gpu_blocks' must be a whole number > 0"),
+    (_edit("duration_cap_s", "long"), "'duration_cap_s' must be > 0 s"),
+    (_edit("seed", -1), "'seed' must be a whole number >= 0"),
+    (_edit("layers", [1]), "'layers' must be a whole number >= 1"),
+    (_edit("input_len", 1e30), "'input_len' must be a whole number from 1 to"),
+    (_edit("rate", 0), "'rate' must be a number above 0"),
+    (_edit("ttft_p50_ms", -1.0), "'ttft_p50_ms' must be a number >= 0"),
 ])
 def test_malformed_rows_are_one_line_errors(tmp_path, capsys, edit, expected):
     from perfmodel.commands import main

@@ -35,6 +35,10 @@ LENGTH_QUANTILES = {"p50": 0.0, "p90": 1.2815515655446004, "p95": 1.644853626951
                     "p99": 2.3263478740408408}
 #: The longest sampled length, tokens (a lognormal's tail is cut here).
 MAX_SAMPLED_LEN = 131_072
+#: The longest length a question may give, tokens (fixed, a percentile, or a row of a lengths file).
+MAX_LEN = 10_000_000
+#: The largest token budget of one engine step a question may give (vLLM's max_num_batched_tokens).
+MAX_BATCHED_TOKENS = 1_048_576
 #: SLO fields: metric (ttft, itl, e2e) and percentile.
 SLO_FIELDS = ("ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p90", "itl_p99", "e2e_p90")
 
@@ -46,6 +50,30 @@ class _Strict(BaseModel):
 Length = Union[PositiveInt, dict[str, PositiveFloat]]
 
 
+def check_length(value: Any) -> Any:
+    """A length as given (a token count, or percentiles {p50: .., p90: ..}), checked: counts are
+    integers from 1 to :data:`MAX_LEN`, percentiles numbers from 1 to it, p50 and one more of
+    :data:`LENGTH_QUANTILES`, not decreasing. Raises ValueError with one line."""
+    if isinstance(value, bool):
+        raise ValueError("a token count or percentiles, not true/false")
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in LENGTH_QUANTILES]
+        if unknown:
+            raise ValueError(f"unknown percentile '{unknown[0]}' (known: {', '.join(LENGTH_QUANTILES)})")
+        if "p50" not in value or len(value) < 2:
+            raise ValueError("give p50 and one more percentile (p90, p95 or p99)")
+        for key, tokens in value.items():
+            if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not 1 <= tokens <= MAX_LEN:
+                raise ValueError(f"percentile {key} must be a number of tokens from 1 to {MAX_LEN:,}, got {tokens!r}")
+        ordered = [value[k] for k in LENGTH_QUANTILES if k in value]
+        if ordered != sorted(ordered):
+            raise ValueError("percentiles must not decrease (p50 <= p90 <= p99)")
+        return value
+    if isinstance(value, (int, float)) and not (float(value).is_integer() and 1 <= value <= MAX_LEN):
+        raise ValueError(f"a token count must be an integer from 1 to {MAX_LEN:,}, got {value!r}")
+    return value
+
+
 class Traffic(_Strict):
     """Requests: Poisson arrivals at ``rate`` req/s, input and output lengths in tokens."""
 
@@ -55,19 +83,10 @@ class Traffic(_Strict):
     lengths_file: Optional[Path] = Field(
         default=None, description="CSV of input,output token counts (sampled with replacement).")
 
-    @field_validator("input_len", "output_len")
+    @field_validator("input_len", "output_len", mode="before")
     @classmethod
-    def _percentiles(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            unknown = [k for k in value if k not in LENGTH_QUANTILES]
-            if unknown:
-                raise ValueError(f"unknown percentile '{unknown[0]}' (known: {', '.join(LENGTH_QUANTILES)})")
-            if "p50" not in value or len(value) < 2:
-                raise ValueError("give p50 and one more percentile (p90, p95 or p99)")
-            ordered = [value[k] for k in LENGTH_QUANTILES if k in value]
-            if ordered != sorted(ordered):
-                raise ValueError("percentiles must not decrease (p50 <= p90 <= p99)")
-        return value
+    def _length(cls, value: Any) -> Any:
+        return check_length(value)
 
 
 class SLO(_Strict):
@@ -98,7 +117,8 @@ class Search(_Strict):
                                   "search; default: the weights' unquantized dtype.")
     max_num_seqs: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1)
     max_batched_tokens: PositiveInt = Field(
-        default=8192, description="Token budget of one engine step (vLLM max_num_batched_tokens).")
+        default=8192, le=MAX_BATCHED_TOKENS,
+        description="Token budget of one engine step (vLLM max_num_batched_tokens).")
     disaggregation: bool = Field(default=True, description="Also try separate prefill and decode pools.")
 
     @property
@@ -117,7 +137,7 @@ class Simulation(_Strict):
 
     requests: PositiveInt = Field(default=400, ge=20, le=100_000, description="Measured requests.")
     warmup: NonNegativeInt = Field(default=100, description="Requests simulated before measuring.")
-    seed: int = 0
+    seed: NonNegativeInt = Field(default=0, le=2**63 - 1, description="Seed of the arrivals and lengths drawn.")
 
 
 class PlanQuestion(_Strict):
@@ -144,8 +164,10 @@ def parse_length(text: str, flag: str) -> Length:
             value = float(text)
         except ValueError:
             raise InputError(f"bad {flag} '{text}': a token count, or percentiles like p50=512,p90=4096") from None
-        if not value.is_integer() or value < 1:
-            raise InputError(f"{flag} must be a positive integer, got {text}")
+        try:
+            check_length(value)
+        except ValueError as exc:
+            raise InputError(f"bad {flag} '{text}': {exc}") from None
         return int(value)
     out: dict[str, float] = {}
     for part in text.split(","):
@@ -154,13 +176,21 @@ def parse_length(text: str, flag: str) -> Length:
             out[key.strip()] = float(raw)
         except ValueError:
             raise InputError(f"bad {flag} '{text}': expected percentiles like p50=512,p90=4096") from None
+    try:
+        check_length(out)
+    except ValueError as exc:
+        raise InputError(f"bad {flag} '{text}': {exc}") from None
     return out  # type: ignore[return-value]
+
+
+#: Keys whose value a flag replaces whole (a length's percentiles), rather than merging into.
+_REPLACED = ("input_len", "output_len")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED:
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -173,6 +203,9 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     if config is not None:
         data = read_mapping(Path(config), InputError,
                             expected="a mapping (model, traffic, slo, search, simulation)")
+    strange = [key for key in data if not isinstance(key, str)]
+    if strange:
+        raise InputError(f"invalid plan question: unknown key {strange[0]!r} in {config}")
     data = _merge(data, overrides)
     if "model" not in data:
         raise InputError("no model: give MODEL, or 'model:' in the --config file")
@@ -248,11 +281,15 @@ def _upper(spec: Length) -> int:
 def read_lengths_file(path: Path) -> np.ndarray:
     """(input, output) token counts from a CSV (a header row is optional), as an (n, 2) array."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is no data
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read lengths file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     rows = []
-    for i, row in enumerate(csv.reader(text.splitlines())):
+    for i, line in enumerate(text.splitlines()):
+        try:
+            row = next(csv.reader([line]), [])
+        except csv.Error as exc:
+            raise InputError(f"lengths file {path}, line {i + 1}: not CSV: {exc}") from None
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < 2:
@@ -262,9 +299,9 @@ def read_lengths_file(path: Path) -> np.ndarray:
         except ValueError:
             if i == 0:
                 continue  # header
-            raise InputError(f"lengths file {path}, line {i + 1}: not numbers: {','.join(row)}") from None
-        if not (s >= 1 and o >= 1 and s.is_integer() and o.is_integer()):
-            raise InputError(f"lengths file {path}, line {i + 1}: lengths must be positive integers")
+            raise InputError(f"lengths file {path}, line {i + 1}: not numbers: {','.join(row)[:80]}") from None
+        if not (1 <= s <= MAX_LEN and 1 <= o <= MAX_LEN and s.is_integer() and o.is_integer()):
+            raise InputError(f"lengths file {path}, line {i + 1}: lengths must be integers from 1 to {MAX_LEN:,}")
         rows.append((int(s), int(o)))
     if not rows:
         raise InputError(f"lengths file {path} holds no input,output rows")

@@ -9,7 +9,28 @@ from typing import Any
 import yaml
 
 #: libyaml's parser where PyYAML was built with it (about 10x faster on the specs), else PyYAML's own
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader, except that a key given twice in one mapping is an error (YAML leaves it to
+    the reader; PyYAML keeps the last value, which would silently drop the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor says so
+                repeated = False
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_data(path: Path, *, as_json: bool = False) -> Any:
@@ -24,7 +45,7 @@ def read_data(path: Path, *, as_json: bool = False) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
     try:
-        return json.loads(text) if as_json else yaml.load(text, Loader=_LOADER)
+        return json.loads(text) if as_json else yaml.load(text, Loader=_Loader)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert

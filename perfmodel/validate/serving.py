@@ -90,6 +90,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                measured_schedule, offered_rate, predict_row,
                                                model_label, predicted_overload, replayed_values,
                                                serving_layout, serving_scheme)
+from perfmodel.planning.question import MAX_LEN
 from perfmodel.validate.serving_charts import lengths_text as _lengths
 
 #: The latency percentiles whose measured band a client sample gives
@@ -256,22 +257,27 @@ def check_row(row: dict[str, Any]) -> None:
         raise InputError(f"malformed serving row of {row['model']}: no 'point_id'")
     for field, whole in _ROW_NUMBERS.items():
         value = row.get(field)
-        if not _number(value) or (whole and not float(value).is_integer()):
+        if not _number(value) or (whole and not float(value).is_integer()) or not 0 < value <= MAX_LEN:
             raise InputError(f"malformed serving row {name}: '{field}' must be a "
-                             f"{'whole ' if whole else ''}number, got {value!r}")
+                             f"{'whole number from 1' if whole else 'number above 0'} to {MAX_LEN:,}, got {value!r}")
     for field in _ROW_MEASURED:
         value = row.get(field)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise InputError(f"malformed serving row {name}: '{field}' must be a number, got {value!r}")
+        if field != "duration_cap_s" and value is not None and (not _number(value) or value < 0):
+            raise InputError(f"malformed serving row {name}: '{field}' must be a number >= 0, got {value!r}")
+    layers = row.get("layers")
+    if layers is not None and not (_number(layers) and float(layers).is_integer() and layers >= 1):
+        raise InputError(f"malformed serving row {name}: 'layers' must be a whole number >= 1, got {layers!r}")
     cap = row.get("duration_cap_s")
-    if cap is not None and not (math.isfinite(cap) and cap > 0):
+    if cap is not None and not (_number(cap) and cap > 0):
         raise InputError(f"malformed serving row {name}: 'duration_cap_s' must be > 0 s, got {cap!r}")
     engine = row.get("engine") or {}
     if not isinstance(engine, dict):
         raise InputError(f"malformed serving row {name}: 'engine' must be a mapping")
-    for field, value in [*((f"engine.{k}", engine.get(k)) for k in ("tp", "pp", "dp")), ("seed", row.get("seed"))]:
-        if value is not None and not (_number(value) and float(value).is_integer()):
-            raise InputError(f"malformed serving row {name}: '{field}' must be a whole number, got {value!r}")
+    for field, value, least in [*((f"engine.{k}", engine.get(k), 1) for k in ("tp", "pp", "dp")),
+                                ("seed", row.get("seed"), 0)]:
+        if value is not None and not (_number(value) and float(value).is_integer() and value >= least):
+            raise InputError(f"malformed serving row {name}: '{field}' must be a whole number >= {least}, "
+                             f"got {value!r}")
     detail = row.get("engine_detail") or {}
     resolved = detail.get("resolved") or {} if isinstance(detail, dict) else None
     if not isinstance(resolved, dict):
