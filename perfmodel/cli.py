@@ -308,6 +308,16 @@ def host_probe(
               f"its host times x {factor:.2f} here (--host-probe-ms {ms:.1f})")
 
 
+def check_writable(path: Path) -> None:
+    """Refuse (:class:`InputError`, one line) an output file path that cannot be written as a file:
+    a folder (or an empty path), or one whose folder does not exist or is a file."""
+    if str(path) in ("", ".") or path.is_dir():
+        raise InputError(f"cannot write '{path}': it is a folder, not a file")
+    if not path.parent.is_dir():
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise InputError(f"cannot write {path}: folder '{path.parent}' {problem}")
+
+
 def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_json: bool) -> None:
     """``host-probe --seconds``: the trace's summary (and every sample in ``out``)."""
     import json
@@ -315,15 +325,18 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
     from perfmodel.host_speed import host_factor
     from perfmodel.host_trace import as_rows, summarize, trace
 
-    if out is not None and not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: folder '{out.parent}' does not exist")
+    if out is not None:
+        check_writable(out)
     samples = trace(seconds, workers)
     summary = summarize(samples)
     if profile.latency.host_probe_ref_ms is not None:
         summary["host_factor"] = {k: round(host_factor(profile, summary["probe_ms"][k]), 3)
                                   for k in ("p10", "p50", "p90")}
     if out is not None:
-        out.write_text(json.dumps({"summary": summary, "samples": as_rows(samples)}) + "\n")
+        try:
+            out.write_text(json.dumps({"summary": summary, "samples": as_rows(samples)}) + "\n")
+        except OSError as exc:
+            raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
     if as_json:
         print_json(summary)
         return
@@ -418,8 +431,8 @@ def sweep(
                                    prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens,
                                    spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
                                    host_probe_ms=host_probe_ms).items() if v is not None}
-    if csv is not None and not csv.parent.is_dir():
-        raise InputError(f"cannot write {csv}: folder '{csv.parent}' does not exist")
+    if csv is not None:
+        check_writable(csv)
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
     axes = parse_grid(grid)
@@ -439,7 +452,8 @@ def sweep(
     misfits = int((~table["fits_in_memory"]).sum())
     if misfits:
         _warn(f"{misfits:,} of {len(table):,} rows do not fit in memory (fits_in_memory False)")
-    header = {"model": model, "gpu": gpu or "h200-sxm", "engine": engine or DEFAULT_ENGINE,
+    swept_gpus = ", ".join(str(g) for g in axes["gpu"]) if "gpu" in axes else None
+    header = {"model": model, "gpu": swept_gpus or gpu or "h200-sxm", "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": fixed, "overrides": overrides}
     if csv is not None:
         try:

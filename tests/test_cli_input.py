@@ -54,6 +54,25 @@ def test_csv_into_a_missing_folder_names_the_folder(tmp_path, capsys):
     assert line == f"perfmodel: error: cannot write {target}: folder '{target.parent}' does not exist"
 
 
+def test_an_output_file_that_cannot_be_a_file_is_one_line(tmp_path, capsys):
+    """A folder, or a path under a file, is refused before any work; host-probe's --out too."""
+    (tmp_path / "afile").write_text("x")
+    assert fails(["sweep", "mixtral", "--grid", "batch=1", "--csv", str(tmp_path)], capsys) == (
+        f"perfmodel: error: cannot write '{tmp_path}': it is a folder, not a file")
+    under = tmp_path / "afile" / "out.csv"
+    assert fails(["sweep", "mixtral", "--grid", "batch=1", "--csv", str(under)], capsys) == (
+        f"perfmodel: error: cannot write {under}: folder '{tmp_path / 'afile'}' is not a folder")
+    assert "it is a folder, not a file" in fails(["host-probe", "--seconds", "0.2", "--out", str(tmp_path)], capsys)
+
+
+def test_a_swept_gpu_is_named_in_the_header(capsys):
+    from perfmodel.commands import main
+
+    main(["sweep", "mixtral", "--grid", "gpu=h100,h200", "--grid", "batch=1"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("mixtral on h100, h200 ·")
+
+
 def test_a_grid_point_predict_refuses_is_refused(capsys):
     line = fails(["sweep", "olmoe-1b-7b", "--grid", "hidden_size=3"], capsys)
     assert "no valid combination" in line and "hidden_size=3" in line and "head_dim" in line
