@@ -270,3 +270,31 @@ def test_a_given_rows_file_of_another_kind_is_one_line(tmp_path, capsys):
             main(["validate", *args, "--out", str(tmp_path / "rep")])
         err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
         assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], (args, err)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"batch": None}, "batch: expected int, got NoneType"),
+    ({"ttft_ms": "x"}, "ttft_ms: expected int|float, got str"),
+    ({"ttft_ms": 0}, "ttft_ms: must be > 0"),
+    ({"itl_ms": float("inf")}, "itl_ms: not finite"),
+    ({"engine": "x"}, "engine: expected dict, got str"),
+    ({"decode_profile": "x"}, "decode_profile: expected dict|null"),
+    ({"overrides": [5]}, "'overrides' must be a list of KEY=VALUE strings"),
+    ({"input_len": 10**12}, "'input_len' must be at most 10,000,000"),
+    ({"layers": 0}, "'layers' must be at least 1"),
+], ids=lambda v: str(v)[:40])
+def test_a_malformed_row_of_a_given_file_is_one_line(tmp_path, capsys, change, expected):
+    """A measured row given to replay that breaks the rows' schema, or holds what the comparison
+    reads in a form it cannot use, is refused in one line (it raised KeyError, TypeError,
+    ZeroDivisionError or OverflowError tracebacks in the comparison)."""
+    from perfmodel.paths import RESULTS_DIR
+
+    row = json.loads((RESULTS_DIR / "h200-hf.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok"
+    row.update(change)
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "all", "--results", str(path), "--out", str(tmp_path / "rep")])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+    assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], err

@@ -262,7 +262,9 @@ def _validate_ok(row: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _validate_profile(key: str, prof: dict[str, Any]) -> list[str]:
+def _validate_profile(key: str, prof: Any) -> list[str]:
+    if not isinstance(prof, dict):
+        return [f"{key}: expected a mapping"]
     split = prof.get("split_ms")
     total = prof.get("kernel_ms")
     if not isinstance(split, dict) or not isinstance(total, _NUM):

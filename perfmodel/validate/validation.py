@@ -98,6 +98,35 @@ def _check_given_rows(rows: list[dict[str, Any]], path: Path, backend: str) -> N
         raise InputError(f"{path} holds {', '.join(other)} rows: replay them with --backend {other[0]}")
     if not any(r.get("status") == "ok" for r in rows):
         raise InputError(f"no measured rows in {path}")
+    for row in rows:
+        if row.get("status") == "ok":
+            _check_row(row, path)
+
+
+def _check_row(row: dict[str, Any], path: Path) -> None:
+    """Refuse (:class:`InputError`, one line) a measured offline row that breaks the rows' schema
+    (:func:`perfmodel.measuring.results.validate_row`), or holds what the comparison reads in a
+    form it cannot use: lengths beyond any context, a layer count below 1, overrides that are
+    not KEY=VALUE strings, engine settings that are not names."""
+    from perfmodel.measuring.results import validate_row
+    from perfmodel.planning.question import MAX_LEN
+
+    name = row.get("point_id") if isinstance(row.get("point_id"), str) and row.get("point_id") else None
+    where = f"malformed row {name or 'without a point_id'} in {path}"
+    problems = validate_row(row)
+    if problems:
+        raise InputError(f"{where}: {problems[0]}")
+    for field in ("batch", "input_len", "output_len"):
+        if row[field] > MAX_LEN:
+            raise InputError(f"{where}: '{field}' must be at most {MAX_LEN:,}, got {row[field]!r}")
+    if row.get("layers") is not None and row["layers"] < 1:
+        raise InputError(f"{where}: 'layers' must be at least 1, got {row['layers']!r}")
+    if not all(isinstance(o, str) for o in row["overrides"]):
+        raise InputError(f"{where}: 'overrides' must be a list of KEY=VALUE strings")
+    for key in ("experts_implementation", "quantization", "moe_backend", "kv_cache_dtype"):
+        value = row["engine"].get(key)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{where}: 'engine.{key}' must be a string, got {value!r}")
 
 
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
@@ -173,6 +202,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         points.append(pts)
         ops.append(op)
     points_df, ops_df = pd.concat(points, ignore_index=True), pd.concat(ops, ignore_index=True)
+    if points_df.empty:
+        raise InputError(f"no measured row in {path} is one the model compares with (an experts "
+                         "implementation it has no counterpart of, or no measured metric)")
     source = _source(rows, mode, path, profile, backend)
     out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
