@@ -493,6 +493,11 @@ EFFECTS: dict[str, Callable[[Effect, Context], Computed]] = {
     "E1": _fp8, "E2": _top_k, "E3": _ffn, "E4": _experts, "E5": _fused, "E6": _lengths,
     "E7": _parallel, "E8": _top_k_range, "E9": _pruning, "E10": _speculative,
 }
+#: The effect-specific setup keys each prediction reads (:class:`perfmodel.validate.paper.effects.Setup`).
+SETUP_KEYS: dict[str, tuple[str, ...]] = {
+    "E2": ("grid",), "E3": ("grid",), "E4": ("grid",), "E7": ("layouts",), "E9": ("ratios",),
+    "E10": ("drafts", "spec_tokens", "spec_tokens_range", "assumed_accept"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,6 +572,9 @@ def compute_effects(study: Study, ctx: Context) -> list[EffectResult]:
         fn = EFFECTS.get(effect.id)
         if fn is None:
             raise SpecError(f"no prediction for effect {effect.id} (known: {', '.join(EFFECTS)})")
+        missing = [key for key in SETUP_KEYS.get(effect.id, ()) if effect.setup.extra(key) is None]
+        if missing:
+            raise SpecError(f"effect {effect.id}: its setup needs {', '.join(missing)}")
         try:
             computed = fn(effect, ctx)
         except InputError as exc:  # e.g. fp8 on a GPU without an fp8 peak

@@ -8,9 +8,10 @@ change (side/baseline − 1), or a difference of two such changes in percentage 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from perfmodel import paths
 from perfmodel.errors import SpecError, validation_message
@@ -93,22 +94,49 @@ class Measured(_Data):
     engine: Literal["vllm", "hf"] = "vllm"
 
 
+#: A parallel layout: GPUs along each of tensor, expert, pipeline and data parallelism.
+Layout = dict[Literal["tp", "ep", "pp", "dp"], PositiveInt]
+
+
 class Setup(_Data):
-    """The paper's setup as the reference states it, and what the prediction assumes beyond it."""
+    """The paper's setup as the reference states it, and what the prediction assumes beyond it;
+    below ``assumed``, the keys only some effects have (None where an effect has none)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # effect-specific keys (grid, drafts…)
-
-    models: list[str]
+    models: list[str] = Field(min_length=1)
     gpus: int = Field(ge=1)
-    layout: dict[str, int] = Field(default_factory=lambda: {"tp": 1})
-    batch: list[int]
-    lengths: list[int]
+    layout: Layout = Field(default_factory=lambda: {"tp": 1})
+    batch: list[PositiveInt] = Field(min_length=1)
+    lengths: list[PositiveInt] = Field(min_length=1)
     compares: str
     assumed: list[str] = Field(default_factory=list)
+    grid: Optional[dict[Literal["ffn", "num_experts", "top_k"], list[PositiveInt]]] = Field(
+        default=None, description="Hyperparameters swept, each over its values.")
+    layout_by_model: Optional[dict[str, Layout]] = Field(default=None, description="A model's own layout.")
+    layouts: Optional[dict[str, Layout]] = Field(
+        default=None, min_length=2, description="Named layouts, the first the baseline.")
+    ratios: Optional[list[float]] = Field(default=None, min_length=1, description="Pruning ratios, each in (0, 1).")
+    drafts: Optional[list[str]] = Field(default=None, min_length=1, description="Draft models of speculative decoding.")
+    spec_tokens: Optional[PositiveInt] = Field(default=None, description="Draft tokens per step, γ.")
+    spec_tokens_range: Optional[tuple[PositiveInt, PositiveInt]] = Field(
+        default=None, description="The two γ compared.")
+    assumed_accept: Optional[dict[str, float]] = Field(
+        default=None, description="Acceptance rate α per draft, each in [0, 1): an assumption.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Setup:
+        if self.grid is not None and any(not values for values in self.grid.values()):
+            raise ValueError("grid: give each hyperparameter at least one value")
+        if self.ratios is not None and not all(0 < r < 1 for r in self.ratios):
+            raise ValueError(f"ratios: each must lie in (0, 1), got {self.ratios}")
+        if self.assumed_accept is not None and not all(0 <= a < 1 for a in self.assumed_accept.values()):
+            raise ValueError("assumed_accept: each acceptance rate must lie in [0, 1)")
+        return self
 
     def extra(self, key: str, default: Any = None) -> Any:
-        """An effect-specific setup key (``grid``, ``drafts``, ``ratios``, ``layouts``…)."""
-        return (self.model_extra or {}).get(key, default)
+        """An effect-specific setup key (``grid``, ``drafts``, ``ratios``, ``layouts``…), or
+        ``default`` where the effect has none."""
+        value = getattr(self, key, None)
+        return default if value is None else value
 
 
 class Effect(_Data):
@@ -121,7 +149,7 @@ class Effect(_Data):
     numbers: bool
     source: str
     setup: Setup
-    claims: list[Claim]
+    claims: list[Claim] = Field(min_length=1)
     measured: list[Measured] = Field(default_factory=list)
     missing: str | None = None  # a parameter the paper does not give that the effect needs
 
@@ -149,7 +177,7 @@ class Study(_Data):
     """A study's effects, in the order of the paper."""
 
     study: StudyInfo
-    effects: list[Effect]
+    effects: list[Effect] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique(self) -> Study:
