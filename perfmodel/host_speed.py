@@ -68,12 +68,19 @@ def _factor() -> Callable[[float, float, float], float]:
     return sp.lambdify((s.p_host, s.p_ref, s.alpha_host), HOST_FACTOR, "math")
 
 
+#: The slowest host probe a prediction takes, ms (the lent hosts read 32–85 ms; a probe ten
+#: seconds long is a typo, not a host).
+MAX_PROBE_MS = 10_000.0
+
+
 def check_probe(value: float | None) -> float | None:
     """A host probe time (ms) as a float, or None; InputError on anything else."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"host_probe_ms must be a positive number of milliseconds, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not 0 < value <= MAX_PROBE_MS):
+        raise InputError(f"host_probe_ms must be a number of milliseconds above 0 and at most "
+                         f"{MAX_PROBE_MS:,.0f}, got {value!r}")
     return float(value)
 
 

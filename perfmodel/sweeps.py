@@ -96,12 +96,16 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
             raise InputError(f"unknown grid key '{key}' (known: {_known_keys()})")
         if key in grid:
             raise InputError(f"--grid {key} is given twice: give all its values once ({key}=V1,V2,...)")
-        values: list[Any] = [v.strip() for v in raw.split(",") if v.strip()]
+        values: list[Any] = [v.strip() for v in raw.split(",")]
+        if not all(values):
+            raise InputError(f"bad --grid '{item}': an empty value between commas")
         if key in GRID_SYMBOLS:
             try:
                 values = [float(v) for v in values]
             except ValueError:
                 raise InputError(f"bad --grid values for '{key}': {raw}") from None
+        if len(set(values)) < len(values):
+            raise InputError(f"bad --grid '{item}': a value given twice")
         grid[key] = values
     return grid
 

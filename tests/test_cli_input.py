@@ -43,6 +43,8 @@ def test_sweep_context_outside_the_decode_phase_is_refused(capsys):
     (["--grid", "ffn=1024", "--set", "moe_intermediate_size=2048"], "'ffn' is both swept (grid) and set"),
     (["--grid", "ffn=1024", "--grid", "moe_intermediate_size=2048"], "set the same hyperparameter"),
     (["--grid", "batch=1", "--set", "top_k=2", "--set", "top_k=4"], "--set top_k is given twice"),
+    (["--grid", "batch=1,1,2"], "a value given twice"),
+    (["--grid", "batch=1,,2"], "an empty value between commas"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_a_value_given_twice_is_refused(argv, fragment, capsys):
     assert fragment in fails(["sweep", "mixtral", *argv], capsys)

@@ -147,7 +147,10 @@ def test_cli_takes_and_checks_the_probe(capsys):
         main(["predict", "olmoe", "--engine", "vllm", "--host-probe-ms", "-3"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "perfmodel: error: host_probe_ms must be a positive number of milliseconds, got -3.0"]
+        "perfmodel: error: host_probe_ms must be a number of milliseconds above 0 and at most 10,000, got -3.0"]
+    with pytest.raises(SystemExit) as exit_info:  # a probe beyond any host: a typo, not a prediction
+        main(["predict", "olmoe", "--engine", "vllm", "--host-probe-ms", "1e308"])
+    assert exit_info.value.code == 2 and "at most 10,000" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "olmoe", "--engine", "hf", "--host-probe-ms", "40"])
     assert exit_info.value.code == 2

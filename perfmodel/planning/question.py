@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from perfmodel.errors import InputError, validation_message
+from perfmodel.host_speed import MAX_PROBE_MS
 from perfmodel.specs.files import read_mapping
 
 #: Percentile keys a length distribution may be given by, and their standard-normal quantiles.
@@ -152,7 +153,7 @@ class PlanQuestion(_Strict):
     search: Search = Search()
     simulation: Simulation = Simulation()
     host_probe_ms: Optional[float] = Field(
-        default=None, gt=0, description="The serving host's probe time (ms, `perfmodel host-probe`): "
+        default=None, gt=0, le=MAX_PROBE_MS, description="The serving host's probe time (ms, `perfmodel host-probe`): "
         "the profile's host times are scaled to it (perfmodel.host_speed); None: the profile's host.")
 
 
