@@ -101,6 +101,8 @@ BAD = [
     ("huge step budget", ["plan", "mixtral", "--rate", "5", "--max-batched-tokens", "99999999999999999999"],
      "max_batched_tokens"),
     ("negative seed", ["plan", "mixtral", "--rate", "5", "--seed", "-1"], "simulation.seed"),
+    ("probe under a profile without a host-speed fit",
+     ["plan", "mixtral", "--rate", "5", "--engine", "roofline", "--host-probe-ms", "5"], "no host-speed fit"),
 ]
 
 

@@ -143,6 +143,13 @@ def plan(
         kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
     if out is not None and out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
+    if question.host_probe_ms is not None:  # a profile without a host-speed fit: bad input, not infeasible
+        from perfmodel.host_speed import host_factor
+        from perfmodel.profile import load_profile
+        from perfmodel.specs.hardware import load_gpu
+
+        for name in question.search.gpus:
+            host_factor(load_profile(question.engine, load_gpu(name).name), question.host_probe_ms)
     with progress_bar() as progress:
         result = run_search(question, progress)
         data = answer(result)
