@@ -97,8 +97,9 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise InputError(f"--grid {key} is given twice: give all its values once ({key}=V1,V2,...)")
         values: list[Any] = [v.strip() for v in raw.split(",")]
-        if not all(values):
+        if any(values) and not all(values):
             raise InputError(f"bad --grid '{item}': an empty value between commas")
+        values = [v for v in values if v]
         if key in GRID_SYMBOLS:
             try:
                 values = [float(v) for v in values]
