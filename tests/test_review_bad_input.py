@@ -77,7 +77,10 @@ CASES = [
                                          "3", "--spec-accept", "1.5"], "spec-accept must be in [0, 1)"),
     ("spec-draft-folder", lambda t: ["predict", "qwen3-30b-a3b", "--spec-draft", str(t), "--spec-tokens", "3",
                                      "--spec-accept", "0.5"], "spec-draft: cannot read"),
+    ("validate-empty-model", lambda t: ["validate", "", "--out", str(t / "v")], "no model given"),
     # plan
+    ("plan-empty-model", lambda t: ["plan", "--config", _file(t, "e.yaml", 'model: ""\ntraffic: {rate: 1}\n')],
+     "no model given"),
     ("plan-rate-negative", lambda t: ["plan", "mixtral", "--rate", "-1"], "greater than 0"),
     ("plan-rate-not-a-number", lambda t: ["plan", "mixtral", "--rate", "abc"], "--rate"),
     ("plan-rate-nan", lambda t: ["plan", "mixtral", "--rate", "nan"], "finite"),

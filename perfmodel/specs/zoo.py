@@ -141,6 +141,8 @@ def load_hf_config(model: str, overrides: list[str] | dict[str, Any] | None = No
     ``model`` is a zoo name (``mixtral-8x7b``), an alias (``mixtral``), a path to a
     ``config.json``, or a directory holding one. Raises :class:`InputError` on bad input.
     """
+    if not model.strip():  # Path("") is the working folder, whose config.json nobody meant
+        raise InputError("no model given (a zoo name, or a path to a config.json)")
     entry = zoo().get(model.lower())
     if entry is not None:
         config = dict(entry.config)
