@@ -391,10 +391,15 @@ def decode_kernel_time(op_rows: list[list[sp.Expr]]) -> sp.Expr:
     return sp.Add(*[row[-1] for row in op_rows])
 
 
+def _per_pass(graph: ModelGraph, subs: dict, field: str) -> sp.Expr:
+    """Σ count·``field`` over the ops of one pass of ``graph``, after the pass's substitutions."""
+    return sp.Add(*[count * sp.sympify(getattr(op, field)).subs(subs) for count, op in graph.all_ops()])
+
+
 def host_syncs(graph: ModelGraph, subs: dict) -> sp.Expr:
     """Times the host waits for the GPU in one pass of ``graph``: Σ count·host_syncs of its
     ops after the pass's substitutions (0 for a graph without an unfused MoE)."""
-    return sp.Add(*[count * sp.sympify(op.host_syncs).subs(subs) for count, op in graph.all_ops()])
+    return _per_pass(graph, subs, "host_syncs")
 
 
 def launched(subs: dict, chunk: sp.Expr | None = None) -> sp.Expr:
@@ -411,7 +416,7 @@ def uncompiled_ops(graph: ModelGraph, subs: dict) -> sp.Expr:
     """Ops of one pass of ``graph`` that the engine runs uncompiled (:attr:`Op.uncompiled`):
     Σ count·uncompiled of its ops after the pass's substitutions (0 for a graph without shared
     experts)."""
-    return sp.Add(*[count * sp.sympify(op.uncompiled).subs(subs) for count, op in graph.all_ops()])
+    return _per_pass(graph, subs, "uncompiled")
 
 
 def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
