@@ -279,9 +279,9 @@ def test_a_given_rows_file_of_another_kind_is_one_line(tmp_path, capsys):
     ({"itl_ms": float("inf")}, "itl_ms: not finite"),
     ({"engine": "x"}, "engine: expected dict, got str"),
     ({"decode_profile": "x"}, "decode_profile: expected dict|null"),
-    ({"overrides": [5]}, "'overrides' must be a list of KEY=VALUE strings"),
-    ({"input_len": 10**12}, "'input_len' must be at most 10,000,000"),
-    ({"layers": 0}, "'layers' must be at least 1"),
+    ({"overrides": [5]}, "overrides: expected KEY=VALUE strings"),
+    ({"input_len": 10**12}, "input_len: must be from 1 to 10,000,000"),
+    ({"layers": 0}, "layers: must be >= 1"),
 ], ids=lambda v: str(v)[:40])
 def test_a_malformed_row_of_a_given_file_is_one_line(tmp_path, capsys, change, expected):
     """A measured row given to replay that breaks the rows' schema, or holds what the comparison

@@ -77,6 +77,11 @@ def test_good_row_passes():
     (lambda r: r["decode_profile"]["split_ms"].update(attention=5.0), "categories sum"),
     (lambda r: r["decode_profile"]["split_ms"].update(gpu_magic=0.0), "unknown category"),
     (lambda r: r["decode_samples"][0].pop("ms"), "decode_samples[0]"),
+    (lambda r: r.update(decode_profile="x"), "decode_profile: expected dict"),
+    (lambda r: r.update(input_len=10**12), "input_len: must be from 1 to 10,000,000"),
+    (lambda r: r.update(layers=0), "layers: must be >= 1"),
+    (lambda r: r.update(overrides=[5]), "overrides: expected KEY=VALUE strings"),
+    (lambda r: r["engine"].update(experts_implementation=5), "engine.experts_implementation: expected str"),
 ])
 def test_broken_rows_are_rejected(mutate, fragment):
     row = _good()

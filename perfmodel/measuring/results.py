@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from perfmodel.ops.base import ProfilerCategory
+from perfmodel.planning.question import MAX_LEN
 
 try:
     import fcntl
@@ -123,6 +124,9 @@ ENGINE_KEYS = (
     "dtype",
     "max_cache_len",
 )
+
+#: Engine settings that are names (strings) where present.
+ENGINE_NAMES = ("experts_implementation", "quantization", "moe_backend", "kv_cache_dtype")
 
 #: Fields required (and non-null) when ``status == "ok"``.
 REQUIRED_OK: dict[str, tuple[type, ...]] = {
@@ -217,9 +221,15 @@ def validate_row(row: dict[str, Any]) -> list[str]:
     engine = row.get("engine")
     if isinstance(engine, dict):
         errors += [f"engine.{k}: missing" for k in ENGINE_KEYS if k not in engine]
+        errors += [f"engine.{k}: expected str, got {type(engine[k]).__name__}" for k in ENGINE_NAMES
+                   if engine.get(k) is not None and not isinstance(engine[k], str)]
     for name in ("batch", "input_len", "output_len"):
-        if isinstance(row.get(name), int) and row[name] < 1:
-            errors.append(f"{name}: must be >= 1")
+        if isinstance(row.get(name), int) and not 1 <= row[name] <= MAX_LEN:
+            errors.append(f"{name}: must be from 1 to {MAX_LEN:,}")
+    if isinstance(row.get("layers"), int) and row["layers"] < 1:
+        errors.append("layers: must be >= 1")
+    if isinstance(row.get("overrides"), list) and not all(isinstance(o, str) for o in row["overrides"]):
+        errors.append("overrides: expected KEY=VALUE strings")
     if row.get("status") in ("oom", "error") and not row.get("error"):
         errors.append("error: a one-line message is required for status oom/error")
     if row.get("status") == "ok":
