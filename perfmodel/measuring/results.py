@@ -66,7 +66,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from perfmodel.ops.base import ProfilerCategory
-from perfmodel.planning.question import MAX_LEN
 
 try:
     import fcntl
@@ -124,6 +123,10 @@ ENGINE_KEYS = (
     "dtype",
     "max_cache_len",
 )
+
+#: The longest length a row, a planning question or a request may give, tokens (batch, input,
+#: output; a lengths file's row; a percentile).
+MAX_LEN = 10_000_000
 
 #: Engine settings that are names (strings) where present.
 ENGINE_NAMES = ("experts_implementation", "quantization", "moe_backend", "kv_cache_dtype")

@@ -29,6 +29,7 @@ from pydantic import (
 
 from perfmodel.errors import InputError, validation_message
 from perfmodel.host_speed import MAX_PROBE_MS
+from perfmodel.measuring.results import MAX_LEN
 from perfmodel.specs.files import read_mapping
 
 #: Percentile keys a length distribution may be given by, and their standard-normal quantiles.
@@ -36,8 +37,6 @@ LENGTH_QUANTILES = {"p50": 0.0, "p90": 1.2815515655446004, "p95": 1.644853626951
                     "p99": 2.3263478740408408}
 #: The longest sampled length, tokens (a lognormal's tail is cut here).
 MAX_SAMPLED_LEN = 131_072
-#: The longest length a question may give, tokens (fixed, a percentile, or a row of a lengths file).
-MAX_LEN = 10_000_000
 #: The largest token budget of one engine step a question may give (vLLM's max_num_batched_tokens).
 MAX_BATCHED_TOKENS = 1_048_576
 #: SLO fields: metric (ttft, itl, e2e) and percentile.
