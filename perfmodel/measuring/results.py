@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from perfmodel.limits import MAX_LEN
 from perfmodel.ops.base import ProfilerCategory
 
 try:
@@ -123,10 +124,6 @@ ENGINE_KEYS = (
     "dtype",
     "max_cache_len",
 )
-
-#: The longest length a row, a planning question or a request may give, tokens (batch, input,
-#: output; a lengths file's row; a percentile).
-MAX_LEN = 10_000_000
 
 #: Engine settings that are names (strings) where present.
 ENGINE_NAMES = ("experts_implementation", "quantization", "moe_backend", "kv_cache_dtype")

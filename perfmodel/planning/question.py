@@ -29,7 +29,7 @@ from pydantic import (
 
 from perfmodel.errors import InputError, validation_message
 from perfmodel.host_speed import MAX_PROBE_MS
-from perfmodel.measuring.results import MAX_LEN
+from perfmodel.limits import MAX_LEN
 from perfmodel.specs.files import read_mapping
 
 #: Percentile keys a length distribution may be given by, and their standard-normal quantiles.

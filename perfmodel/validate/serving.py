@@ -90,7 +90,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                measured_schedule, offered_rate, predict_row,
                                                model_label, predicted_overload, replayed_values,
                                                serving_layout, serving_scheme)
-from perfmodel.measuring.results import MAX_LEN
+from perfmodel.limits import MAX_LEN
 from perfmodel.validate.serving_charts import lengths_text as _lengths
 
 #: The latency percentiles whose measured band a client sample gives
