@@ -197,7 +197,8 @@ def _strict_json(value: Any) -> Any:
 @app.command()
 def formula(
     model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
-    op: str = typer.Option(..., "--op", help="Op name (e.g. moe.experts), or 'list'."),
+    op: str = typer.Option(..., "--op", help="Op name (e.g. moe.experts), 'launch' (the host's launch "
+                           "floor of a prefill, per pass: --quantity time), or 'list'."),
     quantity: Quantity = typer.Option(Quantity.flops, "--quantity"),
     phase: PhaseName = typer.Option(PhaseName.prefill, "--phase", help="prefill or decode."),
     latex: bool = typer.Option(False, "--latex", help="Print LaTeX."),

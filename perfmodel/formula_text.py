@@ -17,6 +17,10 @@ from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
 #: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
 GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 
+#: The pseudo-op of ``perfmodel formula --op launch``: the host's launch floor of an eager prefill
+#: (:func:`perfmodel.prediction.launch_floor`), a time per pass rather than per layer.
+LAUNCH = "launch"
+
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
          "kv_bytes": "bytes", "comm": "bytes", "params": "parameters", "time": "s"}
@@ -50,6 +54,8 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
         return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}
+    if op_name == LAUNCH:
+        return _launch_parts(model, graph, quantity, phase, w, gpu_spec, profile, engine)
     if op_name not in ops:
         raise InputError(f"unknown op '{op_name}' for {model.name} (known: {', '.join(ops)})")
     count, op = ops[op_name]
@@ -81,6 +87,39 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
             "moe_impl": w.moe_impl}
 
 
+def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile, engine: str) -> dict:
+    """:func:`_parts` for ``--op launch``: the launch floor of the prefill as ``predict`` builds it
+    (chunked into engine steps where the profile chunks prefills), symbolic, with the model's
+    numbers, and its value with the profile's host times (0 where the prefill fits a captured
+    CUDA graph, or the engine launches no prefill)."""
+    from perfmodel.phases import prefill_steps
+    from perfmodel.prediction import hardware_values, launch_floor
+    from perfmodel.symbols import M_chunk
+
+    if phase != "prefill" or quantity != "time":
+        raise InputError(f"--op {LAUNCH} is the host's time to launch a prefill: give --phase prefill "
+                         "--quantity time")
+    if not profile.options.prefill_eager:
+        raise InputError(f"engine '{engine}' has no host launch floor for a prefill (its option "
+                         f"prefill_eager is off): --op {LAUNCH} has no formula there")
+    chunked = profile.options.prefill_chunk_tokens is not None
+    steps, chunk = (prefill_steps(), M_chunk) if chunked else (sp.Integer(1), None)
+    expr = launch_floor(graph, {T: T, B: B}, steps, chunk)
+    subs = prefill_substitutions()
+    phased = launch_floor(graph, subs, steps, chunk)
+    numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0}
+    concrete = phased.subs(numbers)
+    at = {B: w.batch, S: w.input_len}
+    values = {**at, **hardware_values(gpu_spec, profile, "bf16", w.scheme.name)}
+    value = concrete.subs(values)
+    return {"model": model, "op": None, "layers": 1, "numbers": numbers, "expr": expr, "subs": subs,
+            "phased": phased, "concrete": concrete, "at": at,
+            "where": ", ".join(f"{k}={v}" for k, v in at.items()) + f" on {gpu_spec.name} ({engine}, "
+                     "its host times at the profile's reference host)",
+            "value": float(value) if not value.free_symbols else None, "scheme": w.scheme.name,
+            "moe_impl": w.moe_impl}
+
+
 def _stored(parts: dict) -> str:
     """How the formula's layers are stored and run, beside bf16: its quantization scheme and
     an unfused MoE, where they apply."""
@@ -96,6 +135,21 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
         return [f"{name:24s} {op.op_class}" for name, (_, op) in parts["ops"].items()]
     show = sp.latex if latex else sp.pretty
     op, value = parts["op"], parts["value"]
+    if op_name == LAUNCH:
+        return [
+            f"{parts['model'].name} · {LAUNCH} · the host's time to launch a prefill, per pass "
+            "(θ: Heaviside, 0 where each step fits the largest captured CUDA graph M_graph)",
+            "",
+            "symbolic (T tokens of B sequences; N_uncompiled ops run uncompiled, syncs the host's waits):",
+            show(parts["expr"]),
+            "",
+            f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in parts["subs"].items()),
+            "",
+            "with this model's numbers (TP=EP=PP=1):",
+            show(parts["concrete"]),
+            "",
+            f"at {parts['where']}: " + (f"{value:.6g} s" if value is not None else "(not a number)"),
+        ]
     return [
         f"{parts['model'].name} · {op_name} · {quantity} per layer ({op.op_class}); layers: {parts['layers']}",
         "",
@@ -123,6 +177,12 @@ def op_formula_data(model_name: str, op_name: str, quantity: str, phase: str,
     ``engine``), in :data:`UNITS`. For ``op_name == "list"``: the ops with their class and
     layer count."""
     parts = _parts(model_name, op_name, quantity, phase, overrides, **workload)
+    if op_name == LAUNCH:
+        return {"model": parts["model"].name, "op": LAUNCH, "quantity": quantity, "unit": "s",
+                "phase": phase, "per": "pass", "symbolic": str(parts["expr"]),
+                "substitutions": {str(k): str(v) for k, v in parts["subs"].items()},
+                "phase_expression": str(parts["phased"]), "with_model_numbers": str(parts["concrete"]),
+                "at": {str(k): int(v) for k, v in parts["at"].items()}, "value": parts["value"]}
     if op_name == "list":
         return {"model": parts["model"].name, "phase": phase, "ops": [
             {"name": name, "op_class": op.op_class, "layers": str(count),

@@ -210,3 +210,21 @@ def test_python_dash_m_help(tmp_path):
     for command in ("predict", "formula", "sweep", "list"):
         assert command in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("model, batch, input_len", [
+    ("qwen1.5-moe-a2.7b", 1, 1024),   # launch-bound: 24 layers, each with shared experts run uncompiled
+    ("mixtral-8x7b", 16, 2048),       # two engine steps of 16,384 tokens, hidden behind the GPU
+    ("mixtral-8x7b", 1, 128),         # 128 tokens fit a captured CUDA graph: no launch
+])
+def test_formula_launch_is_the_floor_predict_takes(capsys, model, batch, input_len):
+    """``--op launch`` is the host's launch floor of the prefill as the prediction builds it."""
+    data = json.loads(cli(["formula", model, "--op", "launch", "--quantity", "time", "-b", str(batch),
+                           "-s", str(input_len), "--json"], capsys))
+    p = predict(model, phase="prefill", batch=batch, input_len=input_len)
+    assert data["value"] == pytest.approx(p.metrics["prefill_launch_s"], rel=1e-9, abs=1e-12)
+    assert data["per"] == "pass" and "t_eager_layer" in data["symbolic"]
+    assert ("t_uncompiled" in data["with_model_numbers"]) == (model == "qwen1.5-moe-a2.7b")
+    text = cli(["formula", model, "--op", "launch", "--quantity", "time", "-b", str(batch),
+                "-s", str(input_len)], capsys)
+    assert text.splitlines()[0].startswith(f"{load_model(model).name} · launch · the host's time")

@@ -77,6 +77,10 @@ CASES = [
                                          "3", "--spec-accept", "1.5"], "spec-accept must be in [0, 1)"),
     ("spec-draft-folder", lambda t: ["predict", "qwen3-30b-a3b", "--spec-draft", str(t), "--spec-tokens", "3",
                                      "--spec-accept", "0.5"], "spec-draft: cannot read"),
+    ("formula-launch-not-a-time", lambda t: ["formula", "mixtral", "--op", "launch"],
+     "give --phase prefill --quantity time"),
+    ("formula-launch-without-a-floor", lambda t: ["formula", "mixtral", "--op", "launch", "--quantity", "time",
+                                                  "--engine", "roofline"], "has no host launch floor"),
     ("validate-empty-model", lambda t: ["validate", "", "--out", str(t / "v")], "no model given"),
     # plan
     ("plan-empty-model", lambda t: ["plan", "--config", _file(t, "e.yaml", 'model: ""\ntraffic: {rate: 1}\n')],
