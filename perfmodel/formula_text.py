@@ -92,9 +92,7 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
     (chunked into engine steps where the profile chunks prefills), symbolic, with the model's
     numbers, and its value with the profile's host times (0 where the prefill fits a captured
     CUDA graph, or the engine launches no prefill)."""
-    from perfmodel.phases import prefill_steps
-    from perfmodel.prediction import hardware_values, launch_floor
-    from perfmodel.symbols import M_chunk
+    from perfmodel.prediction import hardware_values, launch_floor, prefill_chunking
 
     if phase != "prefill" or quantity != "time":
         raise InputError(f"--op {LAUNCH} is the host's time to launch a prefill: give --phase prefill "
@@ -102,8 +100,7 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
     if not profile.options.prefill_eager:
         raise InputError(f"engine '{engine}' has no host launch floor for a prefill (its option "
                          f"prefill_eager is off): --op {LAUNCH} has no formula there")
-    chunked = profile.options.prefill_chunk_tokens is not None
-    steps, chunk = (prefill_steps(), M_chunk) if chunked else (sp.Integer(1), None)
+    steps, chunk = prefill_chunking(profile.options)
     expr = launch_floor(graph, {T: T, B: B}, steps, chunk)
     subs = prefill_substitutions()
     phased = launch_floor(graph, subs, steps, chunk)

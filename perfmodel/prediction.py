@@ -28,7 +28,7 @@ from perfmodel.memory import (
 from perfmodel.minmax import Max, Min
 from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, prefill_steps,
                               prefill_substitutions)
-from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, load_profile
+from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, Options, load_profile
 from perfmodel import quantization
 from perfmodel.ops.moe import MOE_IMPLS, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
@@ -491,6 +491,15 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
                         cudagraph_padding=profile.pads_cudagraphs, **workload_graph_options(w))
 
 
+def prefill_chunking(options: Options) -> tuple[sp.Expr, sp.Expr | None]:
+    """The engine steps a prefill takes and the tokens each holds: ⌈B·S/M_chunk⌉ steps of
+    M_chunk where the engine chunks prefills (``options.prefill_chunk_tokens``), else one step
+    (and no chunk)."""
+    if options.prefill_chunk_tokens is not None:
+        return prefill_steps(), s.M_chunk
+    return sp.Integer(1), None
+
+
 def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
                       options: GraphOptions | None = None) -> tuple[dict[str, sp.Expr], list, list]:
     """Totals and per-op rows of a phase as sympy (before numbers); ``options``: the graph's
@@ -504,9 +513,8 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     padded = options.cudagraph_padding
     for name, decode, subs in pass_substitutions(phase, span, padded):
         graph = graphs.setdefault(decode, build_graph(model, decode=decode, options=options))
-        chunked = opts.prefill_chunk_tokens is not None and not decode
         eager = opts.prefill_eager and not decode
-        steps, chunk = (prefill_steps(), s.M_chunk) if chunked else (sp.Integer(1), None)
+        steps, chunk = (sp.Integer(1), None) if decode else prefill_chunking(opts)
         total, op_rows = pass_time(graph, subs, eager=eager, steps=steps, chunk=chunk, host_floor=decode)
         totals["prefill_s" if name == "prefill" else "decode_step_s"] = total
         if not decode:  # the floor the prefill is held to (0: none), to tell a launch-bound prefill
