@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError)
+                      ValidationError, model_validator)
 
 from perfmodel.errors import SpecError
 from perfmodel.ops.base import OpClass
@@ -60,6 +60,28 @@ class Efficiency(_Strict):
         default=0.0, ge=0, le=1, description="Fraction of the shorter of an op's compute and memory "
         "times that its kernels do not hide behind the longer: t = max(t_c, t_m) + a·min(t_c, t_m) "
         "(0: perfect overlap, the plain roofline; 1: no overlap).")
+
+
+class LaunchNoise(_Strict):
+    """How the host time of a launched step varies about the model's, within one run
+    (:mod:`perfmodel.host_noise`): its log is the sum of a part drawn anew at each launch and
+    two parts that drift in time (Ornstein–Uhlenbeck processes), a fast and a slow one. Standard
+    deviations of the log host time; correlation times in seconds."""
+
+    sigma_white: NonNegativeFloat = Field(description="The part drawn anew at each launch.")
+    sigma_fast: NonNegativeFloat = Field(description="The fast-drifting part.")
+    tau_fast_s: PositiveFloat = Field(description="Correlation time of the fast part, s.")
+    sigma_slow: NonNegativeFloat = Field(description="The slow-drifting part.")
+    tau_slow_s: PositiveFloat = Field(description="Correlation time of the slow part, s.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LaunchNoise":
+        if self.tau_fast_s > self.tau_slow_s:
+            raise ValueError("launch_noise: tau_fast_s must not exceed tau_slow_s")
+        if max(self.sigma_white, self.sigma_fast, self.sigma_slow) > 2.0:
+            raise ValueError("launch_noise: a standard deviation of the log host time above 2 "
+                             "(a factor e^2 per sd) is not a host's jitter")
+        return self
 
 
 class Latency(_Strict):
@@ -119,6 +141,10 @@ class Latency(_Strict):
         default=None, description="How the engine's host times follow the probe's: they scale as "
         "(probe / host_probe_ref_ms) ** this (1: in proportion; below 1: part of the engine's host "
         "work slows less than a pure-Python loop).")
+    launch_noise: LaunchNoise | None = Field(
+        default=None, description="How a launched step's host time varies within a serving run, "
+        "which the serving simulation draws (perfmodel.host_noise); None: every launch takes the "
+        "model's time.")
 
     @property
     def small_kernel_s(self) -> float:

@@ -100,6 +100,15 @@ t_sync = sp.Symbol("t_sync", nonnegative=True)  #: host time per sync of an eage
 p_host = sp.Symbol("p_host", positive=True)  #: the host's probe time (a fixed pure-Python loop), ms
 p_ref = sp.Symbol("p_ref", positive=True)  #: the probe time at which a profile's host times hold, ms
 alpha_host = sp.Symbol("alpha_host", nonnegative=True)  #: elasticity of the engine's host time to the probe's
+sigma_w = sp.Symbol("sigma_w", nonnegative=True)  #: launch noise: sd of log host time, drawn anew each launch
+sigma_f = sp.Symbol("sigma_f", nonnegative=True)  #: launch noise: sd of log host time, fast-varying part
+tau_f = sp.Symbol("tau_f", positive=True)  #: launch noise: correlation time of the fast part, s
+sigma_s = sp.Symbol("sigma_s", nonnegative=True)  #: launch noise: sd of log host time, slow-varying part
+tau_s = sp.Symbol("tau_s", positive=True)  #: launch noise: correlation time of the slow part, s
+lag = sp.Symbol("Delta_t", nonnegative=True)  #: time between two launches, s
+T_run = sp.Symbol("T_run", positive=True)  #: launch noise: the span of one run's launches, s
+z_launch = sp.Symbol("z", real=True)  #: launch noise: one drifting part of the log host time, at the last launch
+eps_launch = sp.Symbol("epsilon", real=True)  #: launch noise: a standard normal draw
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 

@@ -6,8 +6,9 @@ simulation on the profile's step times. The band is the 90th percentile of |pred
 − 1| per metric (TTFT p50/p90, ITL p50/p90/mean, served output tokens/s) over the runs that are
 held out and kept up with their traffic:
 
-- held out: no parameter was fitted on them (the traced run ``eager_seq_s`` comes from is left
-  out, :mod:`perfmodel.calibration.fit_step_host`);
+- held out: no parameter was fitted on them (the traced runs ``eager_seq_s`` and
+  ``launch_noise`` come from are left out, :mod:`perfmodel.calibration.fit_step_host`,
+  :mod:`perfmodel.calibration.fit_launch_noise`);
 - kept up: measured not overloaded
   (:func:`perfmodel.measuring.serving_replay.measured_overload`). A plan is chosen to keep up;
   past saturation TTFT is the queue at the moment the run was cut, which says nothing of a

@@ -62,6 +62,11 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
   serving step traces of the training models' runs that filled ``max_num_seqs``
   (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
+- ``launch_noise``: how a launched step's host time varies within a serving run (a part drawn
+  anew at each launch, a fast and a slow drifting one: :mod:`perfmodel.host_noise`). Fitted
+  after ``eager_seq_s``, from the launches in the training models' traced serving runs
+  (:mod:`perfmodel.calibration.fit_launch_noise`); the held-out models' traced runs are its
+  check.
 - ``quantization.<scheme>.tile_s`` and ``k_step_s``: a scheme whose routed experts run in a
   tiled kernel (gpt-oss's MXFP4 experts: triton_kernels' ``matmul_ogs``, one 256-column tile of
   one touched expert per SM, K loops of 128) cannot finish a decode step's experts before its
@@ -85,8 +90,8 @@ paying the per-pass and host costs (``options.prefill_chunk_tokens``).
 
 The error band comes from held-out points only: the held-out models and the hypothetical
 variants (``<gpu>-vllm-whatif.jsonl``). The serving error band, last, from the serving runs
-replayed on the fitted profile, the one run ``eager_seq_s`` comes from left out
-(:mod:`perfmodel.calibration.fit_serving_band`). Routing of vLLM's dummy weights is not uniform for
+replayed on the fitted profile, the runs ``eager_seq_s`` and ``launch_noise`` come from left
+out (:mod:`perfmodel.calibration.fit_serving_band`). Routing of vLLM's dummy weights is not uniform for
 every model: the fit reports the held-out residuals as measured, and says which models decode
 faster than the HBM floor of uniform routing allows (their experts are not all touched).
 """
@@ -104,6 +109,7 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
 from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_serving_band import fit_serving_band
+from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_times
 from perfmodel.errors import SpecError
@@ -534,6 +540,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
     if piecewise is not None:
         base["latency"]["piecewise_layer_s"] = piecewise
+    launch_noise, noise_record, noise_runs = fit_launch_noise(base, gpu, train, results_dir=results.parent)
+    if launch_noise is not None:
+        base["latency"]["launch_noise"] = launch_noise
     collapsed = sorted(collapsed_routing(all_rows, gpu))
     note = ""
     if collapsed:
@@ -590,14 +599,15 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                        "points": draft_points},
         "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
         "piecewise_layer": {"points": piecewise_points},
+        "launch_noise": noise_record,
         **({"host_speed": {**host_speed["record"], "points": host_points}} if host_speed is not None else {}),
         "points": sorted(set(fitted)),
         "residuals": stats,
         "faster_than_uniform_routing_floor": uniform_floor_violations(one_gpu_rows(all_rows), gpu),
         "band_excludes": [group_name(*key) for key in collapsed],
     }
-    serving = fit_serving_band(base, gpu, [(traced_runs_path(gpu).name, run) for run in eager_seq_runs],
-                               results_dir=results.parent)
+    serving = fit_serving_band(base, gpu, [(traced_runs_path(gpu).name, run) for run in eager_seq_runs]
+                               + noise_runs, results_dir=results.parent)
     if serving is not None:  # last: the serving runs replayed on the profile as fitted
         base["serving_error_band"] = serving
     return base

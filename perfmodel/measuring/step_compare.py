@@ -107,6 +107,7 @@ class MixedSteps:
     floor_s: float  #: the host floor of a launched step of one sequence
     asynchronous: bool  #: whether the engine schedules one step ahead
     measured_gaps_s: np.ndarray  #: the measured gap before each busy step's outputs
+    end_s: np.ndarray  #: when each busy step's outputs were handed over (the engine's clock)
 
     def model_gaps_s(self, per_seq_s: float) -> np.ndarray:
         """The model's gap before each busy step's outputs (s), each run of busy steps replayed
@@ -125,13 +126,27 @@ class MixedSteps:
         launched step."""
         return (float(self.model_gaps_s(per_seq_s).sum()) - self.decode_s) / int(self.mixed.sum())
 
+    def before_launches(self) -> np.ndarray:
+        """Which busy steps are decode-only steps just before a launched step (whose outputs
+        wait for its launch)."""
+        before = np.zeros(len(self.gpu_s), dtype=bool)
+        for r in self.stretches:
+            before[r[:-1]] = self.launched[r[1:]] & ~self.mixed[r[:-1]]
+        return before
+
+    def launch_gaps(self, per_seq_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The gaps of the decode-only steps just before a launched step: when each ended (s,
+        the engine's clock), measured and modelled (s), with ``per_seq_s`` of host time per
+        further sequence of a launched step. Such a gap is the launch's host time where the
+        launch outlasts the step before it (:mod:`perfmodel.planning.pipeline`)."""
+        before = self.before_launches()
+        return self.end_s[before], self.measured_gaps_s[before], self.model_gaps_s(per_seq_s)[before]
+
     def around_launches(self, per_seq_s: float) -> dict[str, Any] | None:
         """Median gaps (ms), measured and modelled, of the decode-only steps just before a
         launched step (their outputs wait for its launch) and of the launched steps; None
         without such a pair."""
-        before = np.zeros(len(self.gpu_s), dtype=bool)
-        for r in self.stretches:
-            before[r[:-1]] = self.launched[r[1:]] & ~self.mixed[r[:-1]]
+        before = self.before_launches()
         if not before.any():
             return None
         model = self.model_gaps_s(per_seq_s)
@@ -161,7 +176,7 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
     return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
                       launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
-                      decode_s, steps.floor_s, asynchronous, gaps[busy])
+                      decode_s, steps.floor_s, asynchronous, gaps[busy], b.columns["t_s"][busy])
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:

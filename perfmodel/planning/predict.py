@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence, Union
 
+import numpy as np
+
 from perfmodel.errors import InputError
 from perfmodel.planning.candidates import Engine
 from perfmodel.planning.question import PlanQuestion, Search as SearchSpace, Simulation, Traffic
@@ -14,6 +16,8 @@ from perfmodel.specs.layout import Layout
 
 #: Most engine steps a replay simulates (a bound for runs without an end time).
 REPLAY_MAX_STEPS = 2_000_000
+#: Draws of the launch noise a replay averages over (:mod:`perfmodel.host_noise`; one without).
+NOISE_DRAWS = 4
 
 
 def _layout(layout: Any) -> Layout:
@@ -59,10 +63,12 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     completed requests, and the result adds ``replay`` (True), ``submitted``, ``completed``,
     ``aborted``, ``output_tokens``, ``window_s``, ``output_tok_s``, ``completion_rate``
     (req/s), ``per_request`` (``submitted_s``, ``ttft_s``, ``e2e_s``, ``output_tokens``),
-    ``overload_reason`` and ``until_s``; ``saturation_rate_per_replica`` and ``closed_form`` are
-    the closed form's at the traffic's rate with the same limits. ``host_probe_ms``: the
-    host's probe time (ms, :mod:`perfmodel.host_speed`); None: the profile's host.
-    ``graph_tokens``: the engine's largest captured CUDA graph (tokens; 0: none); None: the
+    ``overload_reason`` and ``until_s``. Where the profile has launch noise, the replay is run
+    :data:`NOISE_DRAWS` times, from noise seeds ``seed``, ``seed`` + 1, …: the latency
+    statistics and the two rates are their means, the rest the first draw's.
+    ``saturation_rate_per_replica`` and ``closed_form`` are the closed form's at the traffic's
+    rate with the same limits. ``host_probe_ms``: the host's probe time (ms,
+    :mod:`perfmodel.host_speed`); None: the profile's host. ``graph_tokens``: the engine's largest captured CUDA graph (tokens; 0: none); None: the
     profile's (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8:
     half the bytes of a cached token); None: the weights' unquantized dtype.
     """
@@ -109,7 +115,6 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
 def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_tokens: int | None,
                    replicas: int, lay: Layout):
     """The replay's arrival times (s, sorted) after checking its arguments; None without arrivals."""
-    import numpy as np
 
     if arrivals is None:
         if until_s is not None or kv_tokens is not None:
@@ -136,7 +141,6 @@ def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_t
 def _replay_lengths(lengths, arrivals, times):
     """A replay's (prompt, output) tokens per request as integer arrays in the order of its
     sorted arrival ``times``; None where no lengths are given."""
-    import numpy as np
 
     if lengths is None:
         return None
@@ -155,10 +159,22 @@ def _replay_lengths(lengths, arrivals, times):
     return s[order].astype(np.int64), np.maximum(o[order], 2).astype(np.int64)
 
 
+def _mean_over_draws(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's statistics over several draws of the launch noise: the latency statistics
+    (s) and the rates (tok/s, req/s) each the mean over the draws; the counts and the
+    per-request data the first draw's."""
+    out = dict(summaries[0])
+    for metric in ("ttft", "itl", "tpot", "e2e"):
+        out[metric] = {q: float(np.mean([d[metric][q] for d in summaries])) for q in out[metric]}
+    for rate in ("output_tok_s", "completion_rate"):
+        values = [d[rate] for d in summaries if d[rate] is not None]
+        out[rate] = float(np.mean(values)) if values else None
+    return out
+
+
 def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, until_s: float | None,
             kv_tokens: int | None, seed: int, given=None) -> dict[str, Any]:
     """Simulate the given arrivals on one replica (see :func:`predict_serving`)."""
-    import numpy as np
 
     from perfmodel.planning.serving import serving_curve
     from perfmodel.planning.simulate import EngineLimits, Requests, simulate
@@ -170,9 +186,11 @@ def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, un
         raise InputError(f"a KV cache of {kv:,} tokens cannot hold the longest request ({longest:,})")
     limits = EngineLimits(max_num_seqs, max_batched_tokens, kv, setup.profile.options.async_scheduling)
     steps = search.engine_steps(setup, max_num_seqs)[0]  # the given largest graph, else the engine's default
-    result = simulate(steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS,
-                      until_s=until_s, record_tokens=True)
-    stats = result.run_summary()
+    draws = NOISE_DRAWS if steps.launch_noise is not None else 1
+    results = [simulate(steps, limits, Requests(times, s, o), max_steps=REPLAY_MAX_STEPS, until_s=until_s,
+                        record_tokens=True, noise_seed=seed + k) for k in range(draws)]
+    result = results[0]
+    stats = _mean_over_draws([r.run_summary() for r in results])
     curve = serving_curve(steps, limits, search.mean_in, search.mean_out)
     state = curve.at(search.rate)
     return {**{f"{m}_s": stats[m] for m in ("ttft", "itl", "tpot", "e2e")},

@@ -247,7 +247,7 @@ class Search:
         requests, warmup = self.sample(rate, state, prefilled, output_one)
         self.simulations += 1
         return simulate(steps, limits, requests, warmup=warmup, max_steps=20 * STEP_BUDGET,
-                        abort_wait_s=self.abort_wait)
+                        abort_wait_s=self.abort_wait, noise_seed=self.q.simulation.seed + 2)
 
     def simulated(self, setup: Setup, engine: Engine, replicas: int, rate: Optional[float] = None) -> Evaluation:
         """Simulate ``replicas`` replicas of ``engine`` (one stream stands for all: they are

@@ -11,7 +11,9 @@ Scheduled synchronously, a step takes the larger of the two and hands its tokens
 ends. Scheduled asynchronously (vLLM's default), the host schedules and launches step k + 1
 while the GPU runs step k, and step k's tokens reach the clients once both are done
 (:mod:`perfmodel.planning.pipeline`): a request that arrives during step k joins step k + 2 at
-the earliest, unless the engine has nothing else to run.
+the earliest, unless the engine has nothing else to run. A launched step's host time varies from
+one launch to the next as the profile's launch noise says (:mod:`perfmodel.host_noise`), drawn
+from a seed.
 
 Metrics as ``vllm bench serve`` reports them: TTFT (arrival to the first token), ITL (every
 gap between two tokens of a request), TPOT ((E2E − TTFT)/(O − 1) per request) and E2E, over
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from perfmodel.host_noise import HostNoise
 from perfmodel.planning.pipeline import gpu_end as step_gpu_end
 from perfmodel.planning.steptime import StepTimes
 
@@ -220,10 +223,18 @@ class _State:
     rate: list = field(default_factory=list)
 
 
+#: Seconds past 1.5 × the last arrival a run's launch noise is laid out over (the drain).
+NOISE_TAIL_S = 30.0
+
+
 def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warmup: int = 0,
              max_steps: int = 200_000, abort_wait_s: float = float("inf"), until_s: float | None = None,
-             record_tokens: bool = False) -> SimResult:
+             record_tokens: bool = False, noise_seed: int = 0) -> SimResult:
     """Run one replica over ``requests``; the first ``warmup`` are not measured.
+
+    A launched step's host time is the model's times the factor ``steps.launch_noise`` draws for
+    it at its start, from ``noise_seed`` (:class:`perfmodel.host_noise.HostNoise`, about the
+    run's own level; none without launch noise), so a run is repeatable.
 
     The run ends when every measured request has finished, or is cut short (``overloaded``)
     when the oldest waiting request has waited ``abort_wait_s``, after ``max_steps`` steps, or
@@ -233,6 +244,11 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
     (:attr:`SimResult.token_times`, for :meth:`SimResult.run_summary`).
     """
     n = len(requests)
+    noise = None
+    if steps.launch_noise is not None:  # laid out over the run: to its end, or past the last arrival
+        last = float(requests.arrival.max()) if n else 0.0
+        span = until_s if until_s is not None else 1.5 * last + NOISE_TAIL_S
+        noise = HostNoise(steps.launch_noise, span, noise_seed)
     S = requests.input_len.tolist()
     O = requests.output_len.tolist()
     arrival = requests.arrival.tolist()
@@ -430,6 +446,8 @@ def simulate(steps: StepTimes, limits: EngineLimits, requests: Requests, *, warm
                 p_time += c * st.rate[i]
             ctx = (sums["base"] + n_d * k) / n_d if n_d else 0.0
             gpu, host, launched = steps.step_parts(n_d, ctx, p, p_time, len(chunks))
+            if launched and noise is not None:
+                host *= noise.factor(now)
             used = sums["base"] + n_d * k + sums["kv_pref"] + p
             if used > sums["peak_kv"]:
                 sums["peak_kv"] = used

@@ -36,7 +36,7 @@ import numpy as np
 from perfmodel import quantization
 from perfmodel.errors import InputError
 from perfmodel.prediction import DTYPE_BYTES, Workload, compile_model, graph_options, numeric_values
-from perfmodel.profile import EngineProfile
+from perfmodel.profile import EngineProfile, LaunchNoise
 from perfmodel.specs.hardware import GPUSpec
 from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import ModelSpec
@@ -72,8 +72,10 @@ class StepTimes:
     chunk) adds to that floor; ``piecewise_s``: what a step holding prompt tokens within
     ``graph_tokens`` adds, replayed from piecewise graphs with each layer's attention launched
     from the host; ``host_s`` and ``host_seq_s``: the host's time of a step replayed from a
-    graph, per step and per sequence it holds (the step takes at least their sum). Memory per
-    GPU in bytes.
+    graph, per step and per sequence it holds (the step takes at least their sum);
+    ``launch_noise``: how a launched step's host time varies within a run (the profile's,
+    :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws. Memory
+    per GPU in bytes.
     """
 
     token_s: np.ndarray
@@ -95,6 +97,7 @@ class StepTimes:
     piecewise_s: float = 0.0
     host_s: float = 0.0
     host_seq_s: float = 0.0
+    launch_noise: LaunchNoise | None = None
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -335,7 +338,7 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
         floor_seq_s=floor_seq, piecewise_s=piecewise, host_s=float(base.get("t_host_step", 0.0)),
-        host_seq_s=float(base.get("t_host_seq", 0.0)))
+        host_seq_s=float(base.get("t_host_seq", 0.0)), launch_noise=profile.latency.launch_noise)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

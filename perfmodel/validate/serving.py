@@ -25,7 +25,9 @@ idle engine:
   GPUs (as :mod:`perfmodel.measuring.compare` does for the offline rows); dtype (fp8 for
   ``--quantization fp8``); ``max_num_seqs``; the engine's resolved ``max_num_batched_tokens``
   and its KV cache (``num_gpu_blocks`` x ``block_size`` of ``engine_detail.resolved``; the
-  planning's own estimate where the row lacks them).
+  planning's own estimate where the row lacks them); each launched step's host time drawn about
+  the run's level as the profile's launch noise says (:mod:`perfmodel.host_noise`), seeded by
+  the row's seed.
 
 **Compared like with like** (relative error = predicted/measured - 1, MAPE over the finite
 ones): TTFT p50/p90 and ITL p50/p90 and mean over the completed requests (ITL: every gap
@@ -211,7 +213,8 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
         "git_commit": span["git_commit"], "date": span["date"],
         "predicted_by": f"perfmodel.planning.predict_serving (engine profile {ENGINE})",
         "comparison": "replay of the measured schedule: each row's submitted requests at their real "
-                      "submission times, from an idle engine, aborted at the row's drain limit",
+                      "submission times, from an idle engine, aborted at the row's drain limit, each "
+                      "launched step's host time drawn from the profile's launch noise (seeded)",
         "queue_growth": QUEUE_GROWTH,
     }
 
