@@ -5,8 +5,8 @@ host's time for it, and on the lent H200 that time is not the same from one laun
 at a fixed host speed: within one serving run, the gap a launch holds the outputs of the step
 before it (:mod:`perfmodel.measuring.step_compare`) spreads about the model's by a factor of
 0.81–1.29 (10th–90th percentile, 55 runs of six models), and two launches close in time are
-alike (the correlation of their log times is about 0.6 within 0.1 s, 0.25 at 1.5 s, gone by
-6 s). The spread sets the tail of TTFT and ITL that a replay at one host time per run misses.
+alike (the correlation of their log times is about 0.6 within 0.1 s, 0.25 at 1–2 s, under 0.1
+beyond 4 s). The spread sets the tail of TTFT and ITL that a replay at one host time per run misses.
 
 The model of it: the log of a launched step's host time over the model's is the sum of three
 independent Gaussian parts, z_w + z_f(t) + z_s(t):
