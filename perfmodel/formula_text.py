@@ -3,6 +3,9 @@ and its value at one workload."""
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 from perfmodel.profile import DEFAULT_ENGINE
 
 import sympy as sp
@@ -12,6 +15,7 @@ from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
+from perfmodel import symbols as sym
 from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
 
 #: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
@@ -20,6 +24,8 @@ GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 #: The pseudo-op of ``perfmodel formula --op launch``: the host's launch floor of an eager prefill
 #: (:func:`perfmodel.prediction.launch_floor`), a time per pass rather than per layer.
 LAUNCH = "launch"
+#: The 90th percentile of a standard normal variable.
+NORMAL_P90 = NormalDist().inv_cdf(0.9)
 
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
@@ -114,7 +120,48 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
             "where": ", ".join(f"{k}={v}" for k, v in at.items()) + f" on {gpu_spec.name} ({engine}, "
                      "its host times at the profile's reference host)",
             "value": float(value) if not value.free_symbols else None, "scheme": w.scheme.name,
-            "moe_impl": w.moe_impl}
+            "moe_impl": w.moe_impl, "noise": profile.latency.launch_noise}
+
+
+def _noise_values(noise) -> dict:
+    """The launch noise's parameters by symbol, and the 10th and 90th percentile of a launch's
+    factor (e^z, z normal with the noise's whole variance)."""
+    from perfmodel.host_noise import VARIANCE
+
+    params = {sym.sigma_w: noise.sigma_white, sym.sigma_f: noise.sigma_fast, sym.tau_f: noise.tau_fast_s,
+              sym.sigma_s: noise.sigma_slow, sym.tau_s: noise.tau_slow_s}
+    sd = math.sqrt(float(VARIANCE.subs(params)))
+    return {"params": params, "p10": math.exp(-NORMAL_P90 * sd), "p90": math.exp(NORMAL_P90 * sd)}
+
+
+def _noise_lines(noise, show) -> list[str]:
+    """``--op launch``'s lines on how a launch varies within a serving run (none without noise)."""
+    if noise is None:
+        return []
+    from perfmodel.host_noise import COVARIANCE
+
+    v = _noise_values(noise)
+    p = v["params"]
+    return [
+        "",
+        "in a serving run each launch takes this × e^z, z = z_w + z_f(t) + z_s(t) (perfmodel.host_noise: "
+        "z_w drawn per launch, z_f and z_s drifting); two launches Δt apart have Cov(z, z') =",
+        show(COVARIANCE),
+        f"with σ_w = {p[sym.sigma_w]:g}, σ_f = {p[sym.sigma_f]:g} (τ_f = {p[sym.tau_f]:g} s), σ_s = {p[sym.sigma_s]:g} "
+        f"(τ_s = {p[sym.tau_s]:g} s): a launch's factor {v['p10']:.2f}–{v['p90']:.2f} (10th–90th percentile)",
+    ]
+
+
+def _noise_data(noise) -> dict | None:
+    """``--op launch --json``'s ``serving_noise``: the covariance of two launches' log factors,
+    the parameters and a launch's 10th–90th percentile factor (None without noise)."""
+    if noise is None:
+        return None
+    from perfmodel.host_noise import COVARIANCE
+
+    v = _noise_values(noise)
+    return {"covariance": str(COVARIANCE), "values": {str(k): x for k, x in v["params"].items()},
+            "factor_p10": round(v["p10"], 4), "factor_p90": round(v["p90"], 4)}
 
 
 def _stored(parts: dict) -> str:
@@ -146,6 +193,7 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
             show(parts["concrete"]),
             "",
             f"at {parts['where']}: " + (f"{value:.6g} s" if value is not None else "(not a number)"),
+            *_noise_lines(parts["noise"], show),
         ]
     return [
         f"{parts['model'].name} · {op_name} · {quantity} per layer ({op.op_class}); layers: {parts['layers']}",
@@ -179,7 +227,8 @@ def op_formula_data(model_name: str, op_name: str, quantity: str, phase: str,
                 "phase": phase, "per": "pass", "symbolic": str(parts["expr"]),
                 "substitutions": {str(k): str(v) for k, v in parts["subs"].items()},
                 "phase_expression": str(parts["phased"]), "with_model_numbers": str(parts["concrete"]),
-                "at": {str(k): int(v) for k, v in parts["at"].items()}, "value": parts["value"]}
+                "at": {str(k): int(v) for k, v in parts["at"].items()}, "value": parts["value"],
+                "serving_noise": _noise_data(parts["noise"])}
     if op_name == "list":
         return {"model": parts["model"].name, "phase": phase, "ops": [
             {"name": name, "op_class": op.op_class, "layers": str(count),

@@ -228,3 +228,22 @@ def test_formula_launch_is_the_floor_predict_takes(capsys, model, batch, input_l
     text = cli(["formula", model, "--op", "launch", "--quantity", "time", "-b", str(batch),
                 "-s", str(input_len)], capsys)
     assert text.splitlines()[0].startswith(f"{load_model(model).name} · launch · the host's time")
+
+
+def test_formula_launch_shows_how_a_launch_varies_in_a_serving_run(capsys):
+    """``--op launch`` under a profile with launch noise writes its covariance and the factor's
+    spread; an engine without it (hf) says nothing of it."""
+    from perfmodel.profile import load_profile
+
+    args = ["formula", "qwen1.5-moe-a2.7b", "--op", "launch", "--quantity", "time", "-s", "1024"]
+    noise = load_profile("vllm", "h200-sxm").latency.launch_noise
+    data = json.loads(cli([*args, "--json"], capsys))["serving_noise"]
+    assert data["covariance"] == "sigma_f**2*exp(-Delta_t/tau_f) + sigma_s**2*exp(-Delta_t/tau_s)"
+    assert data["values"]["tau_s"] == noise.tau_slow_s and data["values"]["sigma_w"] == noise.sigma_white
+    sd = (noise.sigma_white**2 + noise.sigma_fast**2 + noise.sigma_slow**2) ** 0.5
+    assert data["factor_p90"] == pytest.approx(math.exp(1.2815515655 * sd), rel=1e-3)
+    assert data["factor_p10"] * data["factor_p90"] == pytest.approx(1.0, rel=1e-3)  # median 1
+    text = cli(args, capsys)
+    assert "in a serving run each launch takes this × e^z" in text and f"τ_s = {noise.tau_slow_s:g} s" in text
+    assert json.loads(cli([*args, "--engine", "hf", "--json"], capsys))["serving_noise"] is None
+    assert "in a serving run" not in cli([*args, "--engine", "hf"], capsys)
