@@ -3,9 +3,6 @@ and its value at one workload."""
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
-
 from perfmodel.profile import DEFAULT_ENGINE
 
 import sympy as sp
@@ -24,8 +21,6 @@ GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 #: The pseudo-op of ``perfmodel formula --op launch``: the host's launch floor of an eager prefill
 #: (:func:`perfmodel.prediction.launch_floor`), a time per pass rather than per layer.
 LAUNCH = "launch"
-#: The 90th percentile of a standard normal variable.
-NORMAL_P90 = NormalDist().inv_cdf(0.9)
 
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
@@ -125,13 +120,11 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
 
 def _noise_values(noise) -> dict:
     """The launch noise's parameters by symbol, and the 10th and 90th percentile of a launch's
-    factor (e^z, z normal with the noise's whole variance)."""
-    from perfmodel.host_noise import VARIANCE
+    factor (:func:`perfmodel.host_noise.factor_range`)."""
+    from perfmodel.host_noise import factor_range, parameters
 
-    params = {sym.sigma_w: noise.sigma_white, sym.sigma_f: noise.sigma_fast, sym.tau_f: noise.tau_fast_s,
-              sym.sigma_s: noise.sigma_slow, sym.tau_s: noise.tau_slow_s}
-    sd = math.sqrt(float(VARIANCE.subs(params)))
-    return {"params": params, "p10": math.exp(-NORMAL_P90 * sd), "p90": math.exp(NORMAL_P90 * sd)}
+    p10, p90 = factor_range(noise)
+    return {"params": parameters(noise), "p10": p10, "p90": p90}
 
 
 def _noise_lines(noise, show) -> list[str]:

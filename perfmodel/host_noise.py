@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from functools import cache
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -85,6 +86,19 @@ def ou_path(points: int, step_s: float, sigma: float, tau_s: float, rng: np.rand
     decay, scale = _ou_coefficients()(step_s, sigma, tau_s)
     start = float(rng.standard_normal()) * sigma
     return lfilter([scale], [1.0, -decay], rng.standard_normal(points), zi=[decay * start])[0]
+
+
+def parameters(noise: LaunchNoise) -> dict[sp.Symbol, float]:
+    """The noise's five parameters by their symbols."""
+    return {s.sigma_w: noise.sigma_white, s.sigma_f: noise.sigma_fast, s.tau_f: noise.tau_fast_s,
+            s.sigma_s: noise.sigma_slow, s.tau_s: noise.tau_slow_s}
+
+
+def factor_range(noise: LaunchNoise, q: float = 0.9) -> tuple[float, float]:
+    """The (1 − q) and q quantiles of one launch's factor e^z, z normal of :data:`VARIANCE`."""
+    sd = math.sqrt(float(VARIANCE.subs(parameters(noise))))
+    z = NormalDist().inv_cdf(q)
+    return math.exp(-z * sd), math.exp(z * sd)
 
 
 @cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from perfmodel.host_noise import factor_range
 from perfmodel.planning.candidates import Evaluation, weights_text
 from perfmodel.planning.search import Plan, Search
 from perfmodel.planning.steptime import default_graph_tokens, weight_choice
@@ -186,6 +187,8 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "host": prov["host"],
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
+                    "launch_factor_p10_p90": (factor_range(setup.steps.launch_noise)
+                                              if setup.steps and setup.steps.launch_noise else None),
                     "graph_tokens": int(default_graph_tokens(setup.steps, setup.profile, pool.engine.max_num_seqs,
                                                              pool.engine.max_batched_tokens))
                     if setup.steps else None})
@@ -227,6 +230,11 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
             out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
                        "on offline prefills), which sets the ITL of tokens that share a step with a prefill.")
+            if p.get("launch_factor_p10_p90"):
+                lo, hi = p["launch_factor_p10_p90"]
+                out.append(f"{p['gpu']}: each such launch's host time varies as the profile's launch noise "
+                           f"says (x {lo:.2f}–{hi:.2f} between its 10th and 90th percentiles, drifting over "
+                           "seconds; measured in vLLM's step traces on one H200; one seeded draw per candidate).")
     out.append("Replicas (data parallel) split the traffic evenly at random; a PP replica is "
                "modelled as pp interleaved micro-batch streams. Prices are examples "
                "(specs/prices.yaml): edit them.")
