@@ -26,8 +26,8 @@ idle engine:
   ``--quantization fp8``); ``max_num_seqs``; the engine's resolved ``max_num_batched_tokens``
   and its KV cache (``num_gpu_blocks`` x ``block_size`` of ``engine_detail.resolved``; the
   planning's own estimate where the row lacks them); each launched step's host time drawn about
-  the run's level as the profile's launch noise says (:mod:`perfmodel.host_noise`), seeded by
-  the row's seed.
+  the run's level as the profile's launch noise says (:mod:`perfmodel.host_noise`), the mean of
+  :data:`perfmodel.planning.predict.NOISE_DRAWS` draws seeded from the row's seed.
 
 **Compared like with like** (relative error = predicted/measured - 1, MAPE over the finite
 ones): TTFT p50/p90 and ITL p50/p90 and mean over the completed requests (ITL: every gap
@@ -93,6 +93,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                model_label, predicted_overload, replayed_values,
                                                serving_layout, serving_scheme)
 from perfmodel.limits import MAX_LEN
+from perfmodel.planning.predict import NOISE_DRAWS
 from perfmodel.validate.serving_charts import lengths_text as _lengths
 
 #: The latency percentiles whose measured band a client sample gives
@@ -214,7 +215,8 @@ def _source(rows: list[dict[str, Any]], path: Path) -> dict[str, Any]:
         "predicted_by": f"perfmodel.planning.predict_serving (engine profile {ENGINE})",
         "comparison": "replay of the measured schedule: each row's submitted requests at their real "
                       "submission times, from an idle engine, aborted at the row's drain limit, each "
-                      "launched step's host time drawn from the profile's launch noise (seeded)",
+                      "launched step's host time drawn from the profile's launch noise (the mean of "
+                      f"{NOISE_DRAWS} seeded draws)",
         "queue_growth": QUEUE_GROWTH,
     }
 
