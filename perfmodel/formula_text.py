@@ -7,12 +7,12 @@ from perfmodel.profile import DEFAULT_ENGINE
 
 import sympy as sp
 
+from perfmodel import symbols as sym
 from perfmodel.errors import InputError
 from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
-from perfmodel import symbols as sym
 from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
 
 #: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
@@ -140,8 +140,9 @@ def _noise_lines(noise, show) -> list[str]:
         "in a serving run each launch takes this × e^z, z = z_w + z_f(t) + z_s(t) (perfmodel.host_noise: "
         "z_w drawn per launch, z_f and z_s drifting); two launches Δt apart have Cov(z, z') =",
         show(COVARIANCE),
-        f"with σ_w = {p[sym.sigma_w]:g}, σ_f = {p[sym.sigma_f]:g} (τ_f = {p[sym.tau_f]:g} s), σ_s = {p[sym.sigma_s]:g} "
-        f"(τ_s = {p[sym.tau_s]:g} s): a launch's factor {v['p10']:.2f}–{v['p90']:.2f} (10th–90th percentile)",
+        f"with σ_w = {p[sym.sigma_w]:g}, σ_f = {p[sym.sigma_f]:g} (τ_f = {p[sym.tau_f]:g} s), "
+        f"σ_s = {p[sym.sigma_s]:g} (τ_s = {p[sym.tau_s]:g} s): a launch's factor "
+        f"{v['p10']:.2f}–{v['p90']:.2f} (10th–90th percentile)",
     ]
 
 

@@ -64,9 +64,8 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
 - ``launch_noise``: how a launched step's host time varies within a serving run (a part drawn
   anew at each launch, a fast and a slow drifting one: :mod:`perfmodel.host_noise`). Fitted
-  after ``eager_seq_s``, from the launches in the training models' traced serving runs
-  (:mod:`perfmodel.calibration.fit_launch_noise`); the held-out models' traced runs are its
-  check.
+  after ``eager_seq_s``, from the launches in the training models' traced bf16 serving runs
+  (:mod:`perfmodel.calibration.fit_launch_noise`); the other traced runs are its check.
 - ``quantization.<scheme>.tile_s`` and ``k_step_s``: a scheme whose routed experts run in a
   tiled kernel (gpt-oss's MXFP4 experts: triton_kernels' ``matmul_ogs``, one 256-column tile of
   one touched expert per SM, K loops of 128) cannot finish a decode step's experts before its
@@ -108,8 +107,8 @@ from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS
                                        one_gpu_rows)
 from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
-from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
+from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_times
 from perfmodel.errors import SpecError

@@ -68,9 +68,10 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     statistics and the two rates are their means, the rest the first draw's.
     ``saturation_rate_per_replica`` and ``closed_form`` are the closed form's at the traffic's
     rate with the same limits. ``host_probe_ms``: the host's probe time (ms,
-    :mod:`perfmodel.host_speed`); None: the profile's host. ``graph_tokens``: the engine's largest captured CUDA graph (tokens; 0: none); None: the
-    profile's (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8:
-    half the bytes of a cached token); None: the weights' unquantized dtype.
+    :mod:`perfmodel.host_speed`); None: the profile's host. ``graph_tokens``: the engine's
+    largest captured CUDA graph (tokens; 0: none); None: the profile's
+    (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8: half the bytes
+    of a cached token); None: the weights' unquantized dtype.
     """
     from pydantic import ValidationError
 
@@ -115,7 +116,6 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
 def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_tokens: int | None,
                    replicas: int, lay: Layout):
     """The replay's arrival times (s, sorted) after checking its arguments; None without arrivals."""
-
     if arrivals is None:
         if until_s is not None or kv_tokens is not None:
             raise InputError("until_s and kv_tokens apply to a replay of explicit arrivals")
@@ -141,7 +141,6 @@ def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_t
 def _replay_lengths(lengths, arrivals, times):
     """A replay's (prompt, output) tokens per request as integer arrays in the order of its
     sorted arrival ``times``; None where no lengths are given."""
-
     if lengths is None:
         return None
     if times is None:
@@ -175,7 +174,6 @@ def _mean_over_draws(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, until_s: float | None,
             kv_tokens: int | None, seed: int, given=None) -> dict[str, Any]:
     """Simulate the given arrivals on one replica (see :func:`predict_serving`)."""
-
     from perfmodel.planning.serving import serving_curve
     from perfmodel.planning.simulate import EngineLimits, Requests, simulate
 
