@@ -17,7 +17,7 @@ from perfmodel.specs.layout import Layout
 #: Most engine steps a replay simulates (a bound for runs without an end time).
 REPLAY_MAX_STEPS = 2_000_000
 #: Draws of the launch noise a replay averages over (:mod:`perfmodel.host_noise`; one without).
-NOISE_DRAWS = 4
+NOISE_DRAWS = 8
 
 
 def _layout(layout: Any) -> Layout:
