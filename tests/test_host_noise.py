@@ -149,8 +149,11 @@ def test_the_fit_recovers_the_noise_that_made_the_traces(tmp_path):
     assert np.median(measured / model) == pytest.approx(1.0, abs=0.15)
 
 
-def test_too_few_launches_fit_nothing():
+def test_too_few_launches_or_no_convergence_fit_nothing():
     assert fit_covariance(binned_covariance([])) is None
+    nan = {"variance": 0.04, "run_s": 30.0, "launches": 1000, "lag_s": [0.1, 0.2, 0.5, 1.0],
+           "covariance": [float("nan")] * 4, "pairs": [100] * 4}
+    assert fit_covariance(nan) is None
     assert fit_covariance({"variance": 0.04, "run_s": 30.0, "launches": 100, "lag_s": [0.1, 0.2],
                            "covariance": [0.02, 0.01], "pairs": [100, 100]}) is None
 

@@ -96,7 +96,7 @@ def fit_covariance(binned: dict[str, Any]) -> dict[str, float] | None:
     """The five parameters of ``latency.launch_noise`` from :func:`binned_covariance`: the
     process whose launches, each less its run's mean over ``run_s``, have the measured variance
     and covariances (:data:`perfmodel.host_noise.CENTERED_COVARIANCE`); None with fewer than
-    four bins."""
+    four bins, or where the fit does not converge."""
     var, run_s = binned["variance"], binned["run_s"]
     if var is None or len(binned["lag_s"]) < 4 or var <= 0 or not run_s or run_s <= 0:
         return None
@@ -110,8 +110,11 @@ def fit_covariance(binned: dict[str, Any]) -> dict[str, float] | None:
 
     top = float(np.sqrt(var)) * 3
     start = float(np.sqrt(var / 3))
-    (sw, sf, tf, ss, ts), _ = curve_fit(model, lag, value, p0=[start, start, 0.1, start, 2.0], sigma=1 / weight,
-                                        bounds=([0.0, 0.0, 0.005, 0.0, 0.2], [top, top, 2.0, top, 60.0]))
+    try:
+        (sw, sf, tf, ss, ts), _ = curve_fit(model, lag, value, p0=[start, start, 0.1, start, 2.0], sigma=1 / weight,
+                                            bounds=([0.0, 0.0, 0.005, 0.0, 0.2], [top, top, 2.0, top, 60.0]))
+    except (RuntimeError, ValueError):  # no convergence, or covariances that are not numbers
+        return None
     if tf > ts:  # the parts are named by their correlation times
         sf, tf, ss, ts = ss, ts, sf, tf
     return {"sigma_white": round(float(sw), 4), "sigma_fast": round(float(sf), 4), "tau_fast_s": float(f"{tf:.4g}"),
