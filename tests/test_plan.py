@@ -58,6 +58,10 @@ def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
     if any(p["gpu"] == "h100-sxm" for p in profiles):
         assert any("fractions of h100-sxm" in p["note"] for p in profiles)
     assert any("not yet validated on real multi-GPU runs" in c for c in data["caveats"])
+    noise = [c for c in data["caveats"] if "launch noise" in c]  # once per GPU type, whatever its pools
+    assert len(noise) == len({p["gpu"] for p in profiles}) and all("one seeded draw per candidate" in c for c in noise)
+    lo, hi = profiles[0]["launch_factor_p10_p90"]
+    assert lo < 1.0 < hi and lo * hi == pytest.approx(1.0, rel=1e-6)
     front = data["frontier"]["throughput_vs_interactivity"]
     assert front and all(p["output_tok_s_per_gpu"] > 0 for p in front)
     per_user = [p["tok_s_per_user"] for p in front]

@@ -230,11 +230,12 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
             out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
                        "on offline prefills), which sets the ITL of tokens that share a step with a prefill.")
-            if p.get("launch_factor_p10_p90"):
-                lo, hi = p["launch_factor_p10_p90"]
-                out.append(f"{p['gpu']}: each such launch's host time varies as the profile's launch noise "
-                           f"says (x {lo:.2f}–{hi:.2f} between its 10th and 90th percentiles, drifting over "
-                           "seconds; measured in vLLM's step traces on one H200; one seeded draw per candidate).")
+    noisy = {p["gpu"]: p["launch_factor_p10_p90"] for p in prov if p.get("launch_factor_p10_p90")}
+    for gpu, (lo, hi) in noisy.items():
+        out.append(f"{gpu}: a step the host launches (prompt tokens beyond the largest CUDA graph) takes a host "
+                   f"time that varies as the profile's launch noise says (x {lo:.2f}–{hi:.2f} of the model's "
+                   "between its 10th and 90th percentiles, drifting over seconds; measured in vLLM's step "
+                   "traces on one H200); the simulation draws it, one seeded draw per candidate.")
     out.append("Replicas (data parallel) split the traffic evenly at random; a PP replica is "
                "modelled as pp interleaved micro-batch streams. Prices are examples "
                "(specs/prices.yaml): edit them.")
