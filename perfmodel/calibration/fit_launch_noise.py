@@ -18,10 +18,11 @@ takes it out again over its own run.
 
 Runs enter by construction: the traced runs of the training models in the profile's own dtype
 (:data:`FIT_SCHEME`), in every serving rows file (``<gpu>-vllm-serving*.jsonl``), with at least
-:data:`MIN_LAUNCHES` launches. Every other serving run is held out (the serving band leaves these
-out, :mod:`perfmodel.calibration.fit_serving_band`); the other traced runs (the held-out models',
-and the training models' in other schemes) give the same statistics, recorded beside the fit as
-its check (``fit.launch_noise.held_out``). Times in seconds.
+:data:`MIN_LAUNCHES` launches; the serving band leaves them out
+(:mod:`perfmodel.calibration.fit_serving_band`). Every other serving run is held out: the other
+traced runs (the held-out models', and the training models' in other schemes) give the same
+statistics, recorded beside the fit as its check (``fit.launch_noise.held_out``). Times in
+seconds.
 """
 
 from __future__ import annotations
