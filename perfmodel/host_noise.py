@@ -119,12 +119,6 @@ def centered_fn() -> Callable[..., np.ndarray]:
     return both
 
 
-@cache
-def covariance_fn() -> Callable[..., np.ndarray]:
-    """:data:`COVARIANCE` as a numpy function of (Δt, σ_f, τ_f, σ_s, τ_s)."""
-    return sp.lambdify((s.lag, s.sigma_f, s.tau_f, s.sigma_s, s.tau_s), COVARIANCE, "numpy")
-
-
 class HostNoise:
     """Draws the factor each launched step's host time is multiplied by (see the module), over a
     run of ``span_s`` seconds, from a ``seed``. The drifting parts are laid out in advance on a
