@@ -298,3 +298,34 @@ def test_a_malformed_row_of_a_given_file_is_one_line(tmp_path, capsys, change, e
         main(["validate", "all", "--results", str(path), "--out", str(tmp_path / "rep")])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
     assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_validate_sets_apart_collapsed_routing_and_an_engine_core_apart():
+    """Of the committed vLLM rows: gpt-oss-20b at its own router (a router with a bias, collapsed
+    under dummy weights by construction) and a row whose engine core ran in its own process go to
+    their own splits; a held-out row at the routing simulator stays held-out."""
+    import pandas as pd
+
+    from perfmodel.measuring.results import read_rows
+    from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT
+    from perfmodel.validate.validation import _set_apart
+
+    ok = [r for name in ("h200-vllm.jsonl", "h200-vllm-whatif.jsonl")
+          for r in read_rows(RESULTS_DIR / name, warn=False).rows if r.get("status") == "ok"]
+    own_router = next(r for r in ok if r["model"] == "gpt-oss-20b" and "routing=" not in r["point_id"])
+    engine_core = next(r for r in ok if "|mp=1|" in r["point_id"] and "routing=uniform_random" in r["point_id"])
+    simulator = next(r for r in ok if r["model"] == "qwen3-30b-a3b" and "|mp=1|" not in r["point_id"]
+                     and "routing=uniform_random" in r["point_id"] and "quant=none" in r["point_id"])
+    picked = [own_router, engine_core, simulator]
+    points = pd.DataFrame([{"point_id": r["point_id"], "split": "held-out", "engine": e}
+                           for r in picked for e in ("vllm", "roofline")])
+    lines = _set_apart(points, picked, "h200-sxm")
+    split = dict(zip(points["point_id"], points["split"]))
+    assert split[own_router["point_id"]] == COLLAPSED_SPLIT
+    assert split[engine_core["point_id"]] == ENGINE_PROCESS_SPLIT
+    assert split[simulator["point_id"]] == "held-out"
+    assert "gpt-oss-20b mxfp4-moe" in lines["routing_collapsed"]
+    assert lines["engine_core_apart"].startswith("1 held-out points")
+    train = pd.DataFrame([{"point_id": own_router["point_id"], "split": "train", "engine": "vllm"}])
+    _set_apart(train, picked, "h200-sxm")
+    assert list(train["split"]) == ["train"]  # only held-out points are set apart

@@ -13,7 +13,9 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("altair")
 
-from perfmodel.validate.report_metrics import METRICS, TARGETS, mape_table, verdict  # noqa: E402
+from perfmodel.validate.report_metrics import (  # noqa: E402
+    COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, METRICS, TARGETS, mape_table, targets, verdict, verdict_line,
+)
 from perfmodel.validate.report_pages import write_report  # noqa: E402
 
 TRAIN, HELD = "model-a", "model-b"
@@ -177,6 +179,51 @@ def test_verdict(replay):
     worse.loc[hit, "rel_error"] = 0.5
     assert verdict(worse, "hf")[0] == "FAIL"
     assert verdict(points[points.metric != "ttft"], "hf")[0] == "INCOMPLETE"
+
+
+def test_targets_per_backend():
+    assert targets({"backend": "hf"}) == TARGETS and targets(None) == TARGETS
+    vllm = targets({"backend": "vllm"})
+    assert vllm["ttft"] == 12.0 and vllm["decode_step"] == TARGETS["decode_step"]
+
+
+def test_points_set_apart_leave_the_verdict_and_are_reported(tmp_path, no_vl_convert):
+    """Held-out points moved to a split of their own (their routing collapsed; an engine core in a
+    process of its own) do not count in the verdict, and the report shows them with their MAPE."""
+    points = make_points()
+    bad = points[(points.model == HELD) & (points.batch == 16) & (points.input_len == 128)].copy()
+    bad["point_id"] = bad["point_id"] + "|collapsed"
+    bad["rel_error"] = 2.0
+    bad["split"] = COLLAPSED_SPLIT
+    engine = bad.copy()
+    engine["point_id"] = engine["point_id"] + "|mp"
+    engine["rel_error"] = -0.6
+    engine["split"] = ENGINE_PROCESS_SPLIT
+    both = pd.concat([points, bad, engine], ignore_index=True)
+    assert verdict(both, "hf")[0] == "PASS"
+    line = verdict_line(both, "hf")
+    assert line.startswith("Verdict: PASS")
+    assert f"Apart ('{COLLAPSED_SPLIT}'): 1 held-out points" in line and "Throughput 200.0%" in line
+    assert f"Apart ('{ENGINE_PROCESS_SPLIT}'): 1 held-out points" in line and "Throughput 60.0%" in line
+    counted = both.copy()
+    counted.loc[counted.split != "train", "split"] = "held-out"  # the same points, none set apart
+    assert verdict(counted, "hf")[0] == "FAIL"
+    _, md_path = write_report(both, make_ops(points), tmp_path, title="t", source=source("replay"))
+    md = md_path.read_text(encoding="utf-8")
+    rows = _md_table(md, f"### {COLLAPSED_SPLIT} ({HELD})")
+    assert [r[0] for r in rows[2:]] == ["TTFT", "Decode step (ITL)", "E2E latency", "Throughput"]
+    assert all(r[1] == "200.00" and r[-1] == "–" for r in rows[2:])
+    assert f"### {ENGINE_PROCESS_SPLIT} ({HELD})" in md
+    assert "### held-out, routing collapsed" not in _write_plain(tmp_path / "plain")
+
+
+def _write_plain(out) -> str:
+    """The summary of the synthetic points alone: no split set apart, so none is shown."""
+    points = make_points()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "vl_convert", None)
+        _, md_path = write_report(points, make_ops(points), out, title="t", source=source("replay"))
+    return md_path.read_text(encoding="utf-8")
 
 
 def test_worst_held_out_points(replay):

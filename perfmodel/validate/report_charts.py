@@ -39,8 +39,8 @@ def scales(points):
 
     models = sorted(set(points["model"]))
     color = alt.Color("model:N", scale=alt.Scale(domain=models, scheme="tableau10"), title="model")
-    shape = alt.Shape("split:N", scale=alt.Scale(domain=list(SPLITS), range=["triangle-up", "circle"]),
-                      title="split")
+    shape = alt.Shape("split:N", title="split",
+                      scale=alt.Scale(domain=list(SPLITS), range=["triangle-up", "circle", "cross"]))
     return color, shape
 
 

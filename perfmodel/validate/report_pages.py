@@ -31,9 +31,9 @@ from typing import Any
 from perfmodel.validate import report_charts as charts
 from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
-    BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, SPLITS, TARGETS, check_mode, decode_regime_rows,
-    engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows, signed,
-    source_items, verdict, verdict_line, with_variant, worst_points,
+    BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, check_mode, decode_regime_rows,
+    engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows,
+    shown_splits, signed, source_items, targets, verdict, verdict_line, with_variant, worst_points,
 )
 
 #: The templates' package and folder.
@@ -123,9 +123,10 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
     second table; left out without profiled points)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
+    bounds = targets(source)
     table = mape_table(points)
     splits = []
-    for split in SPLITS:
+    for split in shown_splits(points):
         header = ["metric", f"{calibrated} MAPE", f"{calibrated} median", f"{calibrated} max"]
         if baseline:
             header.append(f"{baseline} MAPE")
@@ -140,7 +141,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
                 row.append(pct(lookup(table, baseline, split, metric)))
             count = lookup(table, calibrated, split, metric, "count")
             row += ["–" if count is None else str(int(count)),
-                    f"≤ {TARGETS[metric]:g}" if metric in TARGETS else "–"]
+                    f"≤ {bounds[metric]:g}" if metric in bounds and split == "held-out" else "–"]
             rows.append(row)
         models = sorted(set(points.loc[points["split"] == split, "model"])) if not points.empty else []
         splits.append({"name": split, "models": models, "header": header, "rows": rows})
@@ -159,7 +160,7 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
     _, md_env = _environments()
     text = md_env.get_template("summary.md.j2").render(
         title=title, provenance=provenance_line(source), source_items=source_items(source),
-        verdict=verdict_line(points, calibrated), calibrated=calibrated, baseline=baseline,
+        verdict=verdict_line(points, calibrated, bounds), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
@@ -174,26 +175,27 @@ def _bad(error_pct: Any) -> str:
     return "bad" if error_pct != "" and abs(error_pct) > BAD_ERROR_PCT else ""
 
 
-def mape_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]:
+def mape_rows(points, calibrated: str, baseline: str | None, bounds: dict[str, float]) -> dict[str, Any]:
     """The MAPE table of the page: splits × engines, one row per metric; the calibrated engine's
     held-out cells marked ok or bad against their target."""
     table = mape_table(points)
     shown = [calibrated] + ([baseline] if baseline else [])
     rows = []
+    splits = shown_splits(points)
     for metric in ordered_metrics(points):
         cells = []
-        for split in SPLITS:
+        for split in splits:
             for engine in shown:
                 value = lookup(table, engine, split, metric)
                 n = lookup(table, engine, split, metric, "count")
                 cls = ""
-                if engine == calibrated and split == "held-out" and metric in TARGETS and value is not None:
-                    cls = "ok" if value <= TARGETS[metric] else "bad"
+                if engine == calibrated and split == "held-out" and metric in bounds and value is not None:
+                    cls = "ok" if value <= bounds[metric] else "bad"
                 cells.append({"text": pct(value), "cls": cls,
                               "title": "" if n is None else f"{int(n)} points"})
         rows.append({"label": METRIC_LABEL.get(metric, metric), "cells": cells,
-                     "target": f"≤ {TARGETS[metric]:g}" if metric in TARGETS else "–"})
-    return {"splits": SPLITS, "engines": shown, "rows": rows}
+                     "target": f"≤ {bounds[metric]:g}" if metric in bounds else "–"})
+    return {"splits": splits, "engines": shown, "rows": rows}
 
 
 def points_rows(points, calibrated: str, baseline: str | None) -> dict[str, Any]:
@@ -290,10 +292,11 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
     html_env, _ = _environments()
     return html_env.get_template("report.html.j2").render(
         title=title, mode=mode, banner_head=head, banner_rest=rest,
-        verdict_word=verdict(points, calibrated)[0],
-        verdict_text=verdict_line(points, calibrated).replace("`", ""),
+        verdict_word=verdict(points, calibrated, targets(source))[0],
+        verdict_text=verdict_line(points, calibrated, targets(source)).replace("`", ""),
         source_items=source_items(source), vega=charts.vega_scripts(),
-        mape=mape_rows(points, calibrated, baseline), repeats=repeat_section(repeats, points, calibrated, every),
+        mape=mape_rows(points, calibrated, baseline, targets(source)),
+        repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),

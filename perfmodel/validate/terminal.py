@@ -37,7 +37,7 @@ def print_validation(result: dict, console: Console) -> None:
         errs = [f"{by_engine[e][1]:+.1%}" if e in by_engine else "" for e in engines]
         s, o = point["input_len"], point["output_len"]
         table.add_row(Text(str(point.get("variant") or point["model"])), str(point["batch"]),
-                      str(s) if same_len else f"{s}/{o}", "held-out" if split == "held-out" else "train",
+                      str(s) if same_len else f"{s}/{o}", str(split),
                       metric, fmt(vals["measured"]), *cells, *errs)
     console.print(table)
     mape = Table(title="MAPE (%)", header_style="bold")

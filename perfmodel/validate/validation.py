@@ -15,7 +15,7 @@ from typing import Any
 
 from perfmodel.errors import InputError
 from perfmodel.paths import RESULTS_DIR, ROOT
-from perfmodel.validate.report_metrics import measured_span
+from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, measured_span
 
 #: The small live sweep: B × S (= O).
 LIVE_BATCHES = "1,16"
@@ -76,6 +76,37 @@ def _host_speed(rows: list[dict[str, Any]], profile) -> dict[str, str]:
     return {"host_speed": (f"{probed} of {len(rows)} rows predicted at the host probe time they recorded "
                            f"(host times x (probe / {ref:g} ms)^{alpha:g}, perfmodel.host_speed); "
                            "the others at the profile's host")}
+
+
+def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
+    """Move the held-out points that measured something other than what the model describes to
+    their split of :data:`~perfmodel.validate.report_metrics.APART`, in place: those of the
+    (model, quantization, routing) groups whose routing collapsed
+    (:func:`perfmodel.measuring.routing_floor.collapsed_routing`), then those of engines whose
+    core ran in a process of its own (:func:`perfmodel.measuring.compare.row_engine_process`).
+    Returns the source lines that say which."""
+    from perfmodel.measuring.compare import row_engine_process
+    from perfmodel.measuring.routing_floor import collapsed_routing, group_name, routing_group
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    groups = collapsed_routing(ok, gpu)
+    held = points["split"] == "held-out"
+    collapsed = points["point_id"].isin({r.get("point_id") for r in ok if routing_group(r) in groups})
+    points.loc[held & collapsed, "split"] = COLLAPSED_SPLIT
+    apart = points["point_id"].isin({r.get("point_id") for r in ok if row_engine_process(r)})
+    points.loc[held & ~collapsed & apart, "split"] = ENGINE_PROCESS_SPLIT
+    lines = {}
+    if groups:
+        lines["routing_collapsed"] = (
+            f"{', '.join(group_name(*key) for key in sorted(groups))} (decode steps faster than uniform "
+            "routing allows, or a router with a bias, under the engine's dummy weights: their held-out "
+            f"points are the split '{COLLAPSED_SPLIT}', apart from the verdict)")
+    if (held & ~collapsed & apart).any():
+        lines["engine_core_apart"] = (
+            f"{points.loc[held & ~collapsed & apart, 'point_id'].nunique()} held-out points "
+            "whose vLLM engine core ran in a process of its own (mp=1): the split "
+            f"'{ENGINE_PROCESS_SPLIT}', apart from the verdict")
+    return lines
 
 
 def _check_report_folder(out_dir: Path) -> None:
@@ -191,6 +222,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         raise InputError(f"no measured row in {path} is one the model compares with (an experts "
                          "implementation it has no counterpart of, or no measured metric)")
     source = _source(rows, mode, path, profile, backend)
+    source.update(_set_apart(points_df, rows, gpu_spec.name))
     out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
     try:
