@@ -178,7 +178,8 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
             f"{parts['model'].name} · {LAUNCH} · the host's time to launch a prefill, per pass "
             "(θ: Heaviside, 0 where each step fits the largest captured CUDA graph M_graph)",
             "",
-            "symbolic (T tokens of B sequences; N_uncompiled ops run uncompiled, syncs the host's waits):",
+            "symbolic (T tokens of B sequences; N_uncompiled ops run uncompiled, t_moe_host a tiled MoE "
+            "kernel's launches from Python, syncs the host's waits):",
             show(parts["expr"]),
             "",
             f"{phase}: " + ", ".join(f"{k} = {v}" for k, v in parts["subs"].items()),

@@ -40,7 +40,7 @@ HOST_FACTOR: sp.Expr = (s.p_host / s.p_ref) ** s.alpha_host
 #: The symbols of host time the factor multiplies (s each).
 HOST_TIMES: tuple[sp.Symbol, ...] = (
     s.t_host_step, s.t_host_seq, s.t_eager_layer, s.t_eager_step, s.t_eager_seq, s.t_uncompiled,
-    s.t_piece_layer, s.t_req, s.t_draft, s.t_sync,
+    s.t_piece_layer, s.t_req, s.t_draft, s.t_sync, s.t_moe_host,
 )
 
 

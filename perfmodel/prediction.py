@@ -337,8 +337,8 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     and the longer sets the pace.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + N_uncompiled·t_uncompiled + t_eager_step + B·t_eager_seq)
-    (the launch, its ops run uncompiled, and the host's work for each of the B sequences the step
+    max(GPU time, N_layers·t_eager_layer + N_uncompiled·t_uncompiled + Σ launch_host + t_eager_step
+    + B·t_eager_seq) (the launch, its ops run from Python, and the host's work for each of the B sequences the step
     holds; :func:`launch_floor`), unless each of its steps fits the
     largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
     tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
@@ -423,7 +423,7 @@ def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
                  chunk: sp.Expr | None = None) -> sp.Expr:
     """The host's time of an eager pass of ``graph`` (s), the floor :func:`pass_time` holds it to:
     θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + N_uncompiled·t_uncompiled
-    + t_eager_step) + B·t_eager_seq + syncs·t_sync), N_uncompiled the ops it runs uncompiled
+    + Σ launch_host + t_eager_step) + B·t_eager_seq + syncs·t_sync), the ops it runs from Python
     (:func:`uncompiled_launch`) and ``syncs`` the times it waits for the GPU
     (:func:`host_syncs`); zero for a pass whose steps fit the largest captured CUDA graph."""
     host = (steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
@@ -433,11 +433,13 @@ def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
 
 def uncompiled_launch(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
                       chunk: sp.Expr | None = None) -> sp.Expr:
-    """The part of :func:`launch_floor` spent on the ops an eager pass runs uncompiled (s):
-    θ(T − M_graph)·[θ(chunk − M_graph)]·steps·N_uncompiled·t_uncompiled, N_uncompiled from
-    :func:`uncompiled_ops` (an op run from Python inside an opaque custom op costs its host more
-    than a layer's compiled code)."""
-    return launched(subs, chunk) * steps * uncompiled_ops(graph, subs) * s.t_uncompiled
+    """The part of :func:`launch_floor` spent on what an eager pass runs from Python (s):
+    θ(T − M_graph)·[θ(chunk − M_graph)]·steps·(N_uncompiled·t_uncompiled + Σ count·launch_host),
+    N_uncompiled from :func:`uncompiled_ops` (an op run from Python inside an opaque custom op
+    costs its host more than a layer's compiled code) and each op's :attr:`Op.launch_host` (a
+    kernel library's launches from Python: the tiled MXFP4 MoE kernel's t_moe_host per layer)."""
+    from_python = uncompiled_ops(graph, subs) * s.t_uncompiled + _per_pass(graph, subs, "launch_host")
+    return launched(subs, chunk) * steps * from_python
 
 
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
@@ -661,7 +663,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
-        s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s,
+        s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s, s.t_moe_host: kernels.host_layer_s,
         s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):

@@ -258,6 +258,9 @@ class QuantEfficiency(BandChecked):
     k_step_s: NonNegativeFloat = Field(
         default=0.0, description="time of one step of a tile's K loop of that kernel, s (t_kstep); "
         "0: no tile floor")
+    host_layer_s: NonNegativeFloat = Field(
+        default=0.0, description="host time per layer that launching that kernel from Python adds to a "
+        "launched eager step, at the reference host, s (t_moe_host, perfmodel.prediction.uncompiled_launch)")
 
     def multiplier(self, op_class: str, which: str) -> float:
         """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""
@@ -382,10 +385,10 @@ class EngineProfile(_Strict):
         if unknown_kv:
             raise ValueError(f"kv_cache: unknown dtype '{unknown_kv[0]}' (known: {', '.join(KV_CACHE_DTYPES)})")
         untiled = [name for name, q in self.quantization.items()
-                   if (q.tile_s or q.k_step_s) and load_schemes()[name].moe_tile is None]
+                   if (q.tile_s or q.k_step_s or q.host_layer_s) and load_schemes()[name].moe_tile is None]
         if untiled:
-            raise ValueError(f"quantization.{untiled[0]}: tile_s and k_step_s are the times of a tiled MoE "
-                             "kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
+            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s and host_layer_s are the times of a "
+                             "tiled MoE kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
 
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""

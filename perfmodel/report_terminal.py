@@ -95,8 +95,9 @@ def _count_of(n: int, noun: str) -> str:
 
 def _launch_rows(m: dict[str, float]) -> list[tuple[str, str, None]]:
     """The lines under TTFT for a prefill the host launches: the host's launch floor
-    (``prefill_launch_s``), whether it sets the prefill, and the part of it spent on the ops the
-    engine runs uncompiled (``prefill_uncompiled_s``); none for a graph-replayed or GPU-only pass."""
+    (``prefill_launch_s``), whether it sets the prefill, and the part of it spent on what the
+    engine launches from Python (``prefill_uncompiled_s``: ops run uncompiled, a tiled MoE
+    kernel's launches); none for a graph-replayed or GPU-only pass."""
     launch, uncompiled = m.get("prefill_launch_s", 0.0), m.get("prefill_uncompiled_s", 0.0)
     if not launch > 0:
         return []
@@ -104,7 +105,7 @@ def _launch_rows(m: dict[str, float]) -> list[tuple[str, str, None]]:
     rows = [("  the host's launch of the prefill" + (", which sets it" if sets else ", hidden behind the GPU's"),
              format_time(launch), None)]
     if uncompiled > 0:
-        rows.append(("    of it, the ops the engine runs uncompiled (shared experts)", format_time(uncompiled), None))
+        rows.append(("    of it, what the engine launches from Python", format_time(uncompiled), None))
     return rows
 
 

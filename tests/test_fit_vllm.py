@@ -9,7 +9,7 @@ import yaml
 
 from perfmodel.calibration.fit import TRAIN_MODELS, profile_differences
 from perfmodel.calibration.fit_tiles import TILE_TRAIN
-from perfmodel.calibration.fit_vllm import fit_vllm_profile
+from perfmodel.calibration.fit_vllm import SCHEME_TRAIN, fit_vllm_profile
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.profile import load_profile
 
@@ -29,10 +29,15 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     named = set(fitted["fit"]["points"])
     assert set(fitted["fit"]["draft_pass"]["points"]) <= named
     assert set(fitted["fit"]["piecewise_layer"]["points"]) <= named
-    # (and the profiled steps a tiled MoE kernel's times are fitted on, of its scheme's training models)
-    tiled = {p for record in fitted["fit"]["tiles"].values() for p in record["points"]}
+    # (and the profiled steps and launched prefills a tiled MoE kernel's times are fitted on, and the
+    # rows of a scheme no training model ran, of those schemes' training models)
+    tiled = {p for record in fitted["fit"]["tiles"].values()
+             for p in [*record["points"], *record["host"]["points"]]}
     assert tiled and all(p.split("|")[1] in TILE_TRAIN["mxfp4-moe"] and "quant=mxfp4" in p for p in tiled)
-    assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named - tiled)
+    assert tiled <= named
+    marlin = {p for p in named if "moe_backend=marlin|quant=mxfp4" in p}
+    assert marlin and {p.split("|")[1] for p in marlin} == set(SCHEME_TRAIN["mxfp4-moe-marlin"])
+    assert all(p.split("|")[1] in TRAIN_MODELS or "spec=" in p for p in named - tiled - marlin)
     kernel_profile = fitted["fit"]["kernel_profile"]
     assert set(kernel_profile) == {"attention", "expert_gemm"}
     for category in kernel_profile.values():
@@ -100,7 +105,7 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     assert set(cached["kv_cache"]) == set(profile.fit["residuals"]["kv_cache"]) == {"fp8"}
     assert set(cached["model"]) == {"qwen3-30b-a3b", "deepseek-v2-lite", "phi-3.5-moe"}  # OLMoE-1B-7B: mu_kv
     assert set(quantized["quant"]) == set(profile.fit["residuals"]["quantization"]) == {
-        "fp8", "fp8-block", "mxfp4-moe", "w4a16", "w8a16-experts"}
+        "fp8", "fp8-block", "mxfp4-moe", "mxfp4-moe-marlin", "w4a16", "w8a16-experts"}
     assert not profile.fit["residuals"]["quantization"]["mxfp4-moe"]["within"]
     assert profile.fit["residuals"]["quantization"]["fp8"]["within"] and profile.quant_efficiency("fp8").band
     assert set(quantized.loc[quantized["quant"] == "mxfp4-moe", "model"]) == {"gpt-oss-20b", "gpt-oss-120b"}

@@ -88,7 +88,7 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
 
 
 def test_tile_times_for_a_scheme_without_a_tile_are_refused(roofline_with):
-    with pytest.raises(SpecError, match="quantization.fp8: tile_s and k_step_s .* no moe_tile"):
+    with pytest.raises(SpecError, match="quantization.fp8: tile_s, k_step_s and host_layer_s .* no moe_tile"):
         load_profile_file(Path(roofline_with(quantization={"fp8": {"k_step_s": 1e-6}})))
 
 
@@ -115,3 +115,53 @@ def test_without_a_band_the_note_gives_the_schemes_own_held_out_spread():
     assert p.provenance["error_band"] is None and note.endswith(": no band")
     assert f"ITL p90 {p90['decode_step GPU-bound']:.0f}%" in note and f"TTFT p90 {p90['ttft GPU-bound']:.0f}%" in note
 
+
+
+def _launched(profile: str, model: str = "gpt-oss-20b", quant: str | None = None, input_len: int = 128):
+    kw = {"quant": quant} if quant else {}
+    p = predict(model, engine=profile, batch=1, input_len=input_len, output_len=16, **kw)
+    return p.metrics
+
+
+def test_a_launched_prefill_pays_the_tiled_kernels_launches_per_layer(roofline_with):
+    """t_moe_host per MoE layer joins the launch floor of a prefill the host launches (gpt-oss's
+    MXFP4 experts, launched from Python by triton_kernels); a prefill replayed from a captured
+    graph, and the same weights on Marlin's kernel (mxfp4-moe-marlin), pay none of it."""
+    host = 1e-3
+    latency = {"eager_layer_s": 1e-4, "eager_step_s": 1e-3}
+    options = {"prefill_eager": True, "cudagraph_max_tokens": 64}
+    plain = Path(roofline_with(latency=latency, options=options))
+    plain = str(plain.rename(plain.with_name("plain.yaml")))
+    with_host = roofline_with(latency=latency, options=options, quantization={"mxfp4-moe": {"host_layer_s": host}})
+    base, paid = _launched(plain), _launched(with_host)
+    assert paid["prefill_launch_s"] - base["prefill_launch_s"] == pytest.approx(LAYERS * host, rel=1e-9)
+    assert paid["prefill_uncompiled_s"] == pytest.approx(LAYERS * host, rel=1e-9)
+    replayed = _launched(with_host, input_len=32)  # 32 tokens fit the 64-token graph
+    assert replayed["prefill_launch_s"] == 0 and replayed["prefill_uncompiled_s"] == 0
+    marlin, marlin_base = _launched(with_host, quant="mxfp4-moe-marlin"), _launched(plain, quant="mxfp4-moe-marlin")
+    assert marlin["prefill_launch_s"] == pytest.approx(marlin_base["prefill_launch_s"], rel=1e-12)
+    assert marlin["prefill_uncompiled_s"] == 0
+
+
+def test_marlin_rows_of_mxfp4_are_their_own_scheme():
+    from perfmodel.measuring.compare import row_quant
+
+    mxfp4 = {"engine": {"quantization": "mxfp4"}}
+    assert row_quant(mxfp4) == "mxfp4-moe"
+    assert row_quant({**mxfp4, "moe_backend": "triton_unfused"}) == "mxfp4-moe"
+    assert row_quant({**mxfp4, "moe_backend": "marlin"}) == "mxfp4-moe-marlin"
+    assert row_quant({"engine": {"quantization": "gptq"}, "moe_backend": "marlin"}) == "w4a16"
+
+
+def test_the_launch_time_comes_from_launched_prefills_of_the_training_model():
+    """host_layer_s is fitted on gpt-oss-120b's launched prefills on the tiled kernel's backends at
+    B = 1; gpt-oss-20b's are held out, and the record gives their errors."""
+    profile = load_profile("vllm", "h200-sxm")
+    record = profile.fit["tiles"]["mxfp4-moe"]["host"]
+    assert profile.quant_efficiency("mxfp4-moe").host_layer_s > 0
+    assert record["points"] and all("|gpt-oss-120b|" in p and "|B=1|" in p for p in record["points"])
+    assert all(any(f"moe_backend={b}|" in p for b in TILE_BACKENDS["mxfp4-moe"]) for p in record["points"])
+    held = record["held_out"]["errors_pct"]
+    assert held and all("|gpt-oss-20b|" in p and "moe_backend=marlin" not in p for p in held)
+    assert record["held_out"]["mape_pct"] < 15 and max(abs(e) for e in held.values()) < 30
+    assert set(record["points"]) <= set(profile.fit["points"])

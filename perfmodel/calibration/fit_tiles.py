@@ -1,4 +1,5 @@
-"""Fitting a quantization scheme's tiled MoE kernel: its fixed time per kernel and per K-loop step.
+"""Fitting a quantization scheme's tiled MoE kernel: its fixed time per kernel and per K-loop step,
+and the host time its launches from Python add to a launched prefill.
 
 A scheme whose routed experts run in a tiled kernel (``moe_tile`` in ``specs/quantization.yaml``:
 gpt-oss's MXFP4 experts, vLLM's TRITON MXFP4 MoE kernel on Hopper, triton_kernels'
@@ -16,6 +17,12 @@ token touches its k experts however its router picks them), whose prefill fits o
 as :func:`perfmodel.calibration.fit_vllm.kernel_profile_rows` says). Those of the models of
 :data:`TILE_TRAIN` are training points; every other model's, what-if shapes included, are held
 out, and their kernel residuals are reported beside the fit.
+
+The kernel's library launches it from Python (triton_kernels' ``matmul_ogs`` builds each launch
+on the host), inside vLLM's fused-MoE op, which a launched prefill runs eagerly: ``host_layer_s``
+(t_moe_host, per MoE layer, at the reference host) is fitted on the TTFT of the same training
+models' rows whose prefill the profile without it puts at the host's launch floor
+(:func:`fit_tile_host`), every other model's such rows held out.
 """
 
 from __future__ import annotations
@@ -103,3 +110,87 @@ def fit_tile_times(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: s
             "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, errors)},
         }
     return times, [r["point_id"] for r in train], record
+
+
+#: (lower, upper) of t_moe_host, s per layer.
+HOST_BOUNDS = (0.0, 5e-3)
+
+
+def launched_rows(rows: list[dict[str, Any]], scheme: str, profile, gpu: str) -> list[dict[str, Any]]:
+    """The scheme's rows as built whose prefill ``profile`` puts launch-bound (the host's launch
+    of the prefill sets TTFT, :func:`perfmodel.prediction.prefill_regime`), on a backend that runs
+    its tiled kernel, at a routing the model knows (the routing simulator, or B = 1): the latest
+    row of each point id."""
+    from perfmodel.measuring.compare import model_workload, row_quant, row_routing, row_speculative
+    from perfmodel.prediction import LAUNCH_BOUND, Workload, evaluate, prefill_regime
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
+
+    backends, gpu_spec = TILE_BACKENDS.get(scheme, ()), load_gpu(gpu)
+    latest = {r["point_id"]: r for r in one_gpu_rows(rows)
+              if r.get("status") == "ok" and row_quant(r) == scheme and not row_speculative(r)
+              and not r.get("overrides") and not r.get("layers") and r.get("ttft_ms")
+              and r.get("moe_backend", "triton") in backends
+              and (row_routing(r) == "uniform_random" or int(r["batch"]) == 1)}
+    out = []
+    for row in latest.values():
+        w = Workload(input_len=row["input_len"], output_len=row["output_len"], quant=scheme,
+                     **model_workload(row, profile))
+        metrics = evaluate(load_model(row["model"]), gpu_spec, profile, w, "request").metrics
+        if prefill_regime(metrics, bool(profile.options.prefill_eager)) == LAUNCH_BOUND:
+            out.append(row)
+    return out
+
+
+def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str,
+                  scheme: str) -> tuple[float | None, list[str], dict[str, Any]]:
+    """``host_layer_s`` of a scheme's tiled MoE kernel (s at the reference host, t_moe_host): the
+    host time per layer that launching it from Python adds to a launched prefill. Least squares
+    on log(model/measured) TTFT of the training models' (:data:`TILE_TRAIN`) rows whose prefill
+    the profile without it puts launch-bound (:func:`launched_rows`), each at its host's probe,
+    every other parameter held. Returns the time, the point ids it comes from, and the record
+    (training points, held-out TTFT errors of every other model's such rows); (None, [], {})
+    without training rows."""
+    from scipy.optimize import least_squares
+
+    from perfmodel.calibration.fit import _predict_many
+    from perfmodel.specs.hardware import load_gpu
+
+    def with_host(t: float) -> dict[str, Any]:
+        entry = {**base.get("quantization", {}).get(scheme, {}), "host_layer_s": float(t)}
+        return {**base, "quantization": {**base.get("quantization", {}), scheme: entry}}
+
+    rows = launched_rows(every_row, scheme, _profile(with_host(0.0)), gpu)
+    train_models = TILE_TRAIN.get(scheme, ())
+    train = [r for r in rows if r["model"] in train_models]
+    held = [r for r in rows if r["model"] not in train_models]
+    if not train:
+        return None, [], {}
+    gpu_spec = load_gpu(gpu)
+    measured = np.array([r["ttft_ms"] * 1e-3 for r in train])
+    scale = 1e-3
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log(_predict_many(train, _profile(with_host(x[0] * scale)), gpu_spec)[:, 0] / measured)
+
+    lower, upper = HOST_BOUNDS[0] / scale, HOST_BOUNDS[1] / scale
+    result = least_squares(residuals, np.array([1.0]), bounds=([lower], [upper]), method="trf")
+    x = float(np.clip(result.x[0], lower, upper))
+    x = lower if x - lower <= BOUND_SNAP else (upper if upper - x <= BOUND_SNAP else x)
+    host = _sig(x * scale)
+    fitted = _profile(with_host(host))
+
+    def errors(part: list[dict[str, Any]]) -> np.ndarray:
+        truth = np.array([r["ttft_ms"] * 1e-3 for r in part])
+        return _predict_many(part, fitted, gpu_spec)[:, 0] / truth - 1
+
+    record: dict[str, Any] = {
+        "models": list(train_models), "backends": list(TILE_BACKENDS[scheme]),
+        "points": sorted(r["point_id"] for r in train),
+        "train_mape_pct": _sig(float(100 * np.mean(np.abs(errors(train)))), 3),
+    }
+    if held:
+        err = errors(held)
+        record["held_out"] = {"mape_pct": _sig(float(100 * np.mean(np.abs(err))), 3),
+                              "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, err)}}
+    return host, [r["point_id"] for r in train], record

@@ -71,7 +71,13 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   one touched expert per SM, K loops of 128) cannot finish a decode step's experts before its
   waves of K loops, however few bytes they move. Fitted after the rest, from the expert kernels
   of gpt-oss-120b's profiled decode steps; every other model's are held out
-  (:mod:`perfmodel.calibration.fit_tiles`).
+  (:mod:`perfmodel.calibration.fit_tiles`). Its ``host_layer_s``: the host time per layer of
+  that kernel's launches from Python in a launched prefill (triton_kernels builds each launch on
+  the host), from gpt-oss-120b's launched prefills at B = 1
+  (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`).
+- a scheme no training model was measured in (:data:`SCHEME_TRAIN`: gpt-oss's MXFP4 experts on
+  vLLM's Marlin MoE kernel, ``mxfp4-moe-marlin``) has its kernel multipliers fitted on the rows of
+  the models named there, every other model's held out.
 - ``kv_cache.<dtype>.attention_memory``: the attention kernels' η_m multiplier with vLLM's KV
   cache stored in another dtype (``kv_cache_dtype="fp8"``: FlashAttention-3's fp8 path reads half
   the bytes, not twice as fast). Fitted after the rest, from the decode steps of the training
@@ -110,7 +116,7 @@ from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
-from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_times
+from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_host, fit_tile_times
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
@@ -338,7 +344,11 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
 #: the peak): the training rows cannot tell the two GEMM classes apart, since the expert GEMMs
 #: carry nearly all of the quantized bytes. Each parameter: (name, lower, upper, start), the
 #: multipliers starting at the bf16 kernels' rates.
-FITTED_SCHEMES = ("fp8", "fp8-block", "w4a16", "w8a16-experts")
+FITTED_SCHEMES = ("fp8", "fp8-block", "w4a16", "w8a16-experts", "mxfp4-moe-marlin")
+#: Schemes no training model is measured in, with the models whose rows fit their multipliers
+#: instead (every other model's held out): gpt-oss's MXFP4 experts on vLLM's Marlin MoE kernel,
+#: from gpt-oss-120b, as the tiled kernel's times are (:data:`perfmodel.calibration.fit_tiles.TILE_TRAIN`).
+SCHEME_TRAIN: dict[str, tuple[str, ...]] = {"mxfp4-moe-marlin": ("gpt-oss-120b",)}
 QUANT_MULTIPLIERS = (("memory", 0.3, 1.5, 1.0), ("compute", 0.3, 1.5, 1.0))
 #: A weight-only scheme's kernels also get their dequantization work fitted, n_dq, as a share of
 #: the scheme file's estimate (an upper bound: that counts every weight's unpacking and scaling
@@ -377,7 +387,10 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
                           scheme: str) -> dict[str, float]:
     """The kernel multipliers of one quantization scheme (:func:`_quant_parameters`), by least
     squares on log(predicted/measured) TTFT and decode step of the training models' rows at that
-    scheme, every other parameter held at the bf16 fit's value."""
+    scheme, every other parameter held at the bf16 fit's value. The memory multiplier stays at
+    or under 1/η_m of the fused-MoE class: the expert kernels, which carry nearly all of the
+    quantized bytes, read them no faster than the datasheet bandwidth (with a fitted memory
+    half, a larger one would trade a fixed cost per kernel for a bandwidth no HBM has)."""
     from scipy.optimize import least_squares
 
     from perfmodel.specs.hardware import load_gpu
@@ -386,6 +399,8 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
     parameters = _quant_parameters(scheme)
     lower, upper, start = (np.array([m[i] for m in parameters]) for i in (1, 2, 3))
+    upper[0] = min(upper[0], 1.0 / float(base["efficiency"]["grouped_gemm"]["memory"]))
+    start = np.minimum(start, upper)
 
     def residuals(x: np.ndarray) -> np.ndarray:
         profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme)}})
@@ -492,13 +507,16 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
         try:
-            quant_rows = _rows(results, train, quant=scheme, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
+            quant_rows = _rows(results, SCHEME_TRAIN.get(scheme, train), quant=scheme,
+                               chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
         except SpecError:
             continue
         multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
         fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
         methods = sorted({str((r.get("engine") or {}).get("quantization")) for r in quant_rows})
+        methods += [f"--moe-backend {b}" for b in sorted({r.get("moe_backend", "triton") for r in quant_rows})
+                    if b != "triton"]
         dequant = ", n_dq and the memory half with them" if "dequant_flops_per_weight" in multipliers else ""
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
@@ -518,6 +536,13 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "other model's held out: fit.tiles); no kernel multipliers fitted"))
         fitted += tile_points
         tile_fits[scheme] = record
+        launch_s, launch_points, launch_record = fit_tile_host(every_row, base, gpu, scheme)
+        if launch_s is not None:  # its launches from Python, from launched prefills
+            entry["host_layer_s"] = launch_s
+            entry["reason"] += (f"; host_layer_s fitted on the TTFT of {len(launch_points)} launched prefills of "
+                                f"{', '.join(launch_record['models'])} (every other model's held out: fit.tiles)")
+            fitted += launch_points
+            record["host"] = launch_record
     kv_fits: dict[str, Any] = {}
     for kv in kv_dtypes(every_row):  # the attention kernels with the KV cache in another dtype
         mu, kv_points, record = fit_kv_cache(every_row, base, gpu, kv, train)

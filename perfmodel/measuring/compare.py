@@ -94,22 +94,30 @@ def is_variant(row: dict[str, Any]) -> bool:
     return bool(row.get("overrides")) or isinstance(row.get("layers"), int)
 
 
+#: A checkpoint format's scheme → the scheme of its routed experts on vLLM's Marlin MoE kernel,
+#: where that is another kernel than the format's default one (gpt-oss's MXFP4: triton_kernels'
+#: matmul_ogs by default).
+MARLIN_SCHEMES = {"mxfp4-moe": "mxfp4-moe-marlin"}
+
+
 def row_quant(row: dict[str, Any]) -> str | None:
     """The quantization scheme a measured row ran its linear layers at (``engine.quantization``
     of the row: vLLM's ``--quantization fp8`` is W8A8 with per-tensor weight scales and dynamic
     per-token activation scales, the model's ``fp8`` scheme; a checkpoint format,
     :data:`perfmodel.measuring.vllm_backend.CHECKPOINT_QUANTIZATIONS`, is the scheme that
     describes its config block, :func:`perfmodel.quantization.checkpoint_scheme`: ``mxfp4`` is
-    ``mxfp4-moe``, ``gptq`` ``w4a16``, ``fp8-block`` ``fp8-block``; any other method is the
-    scheme it is a name or alias of: ``experts_int8`` is ``w8a16-experts``); None when
-    unquantized."""
+    ``mxfp4-moe``, ``gptq`` ``w4a16``, ``fp8-block`` ``fp8-block``, and a format run on vLLM's
+    Marlin MoE kernel (``--moe-backend marlin``) is the scheme of :data:`MARLIN_SCHEMES` where it
+    has one; any other method is the scheme it is a name or alias of: ``experts_int8`` is
+    ``w8a16-experts``); None when unquantized."""
     from perfmodel.quantization import check_quant, checkpoint_scheme
 
     quant = str((row.get("engine") or {}).get("quantization") or "none")
     if quant == "none":
         return None
     if quant in CHECKPOINT_QUANTIZATIONS:
-        return checkpoint_scheme(CHECKPOINT_QUANTIZATIONS[quant]) or quant
+        scheme = checkpoint_scheme(CHECKPOINT_QUANTIZATIONS[quant]) or quant
+        return MARLIN_SCHEMES.get(scheme, scheme) if row.get("moe_backend") == "marlin" else scheme
     try:
         return check_quant(quant)
     except InputError:

@@ -163,6 +163,9 @@ class Op:
     ``context_half`` keys per sequence are costed in memory time (:func:`perfmodel.roofline.op_time`).
     ``tile_floor``: the least time its kernels take whatever their bytes and FLOPs, s, as an
     expression (a tiled kernel's waves of K loops, :func:`perfmodel.ops.moe.tile_floor`); 0: none.
+    ``launch_host``: host time per pass its kernels add to a launched eager pass, s, as an
+    expression: kernels a library launches from Python, beside the layer's compiled code (the
+    tiled MXFP4 MoE kernel, t_moe_host); a replayed CUDA graph none; 0: none.
     """
 
     name: str
@@ -185,6 +188,7 @@ class Op:
     uncompiled: int | sp.Expr = 0
     context_bytes: sp.Expr = ZERO
     tile_floor: sp.Expr = ZERO
+    launch_host: sp.Expr = ZERO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))

@@ -52,7 +52,7 @@ from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
 from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, k, n_SM, n_sh,
-                               sigma, t_kstep, t_tile, tp)
+                               sigma, t_kstep, t_moe_host, t_tile, tp)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
@@ -263,7 +263,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     scheme (b_q per element plus scales, instead of b_e; biases at b_w). ``tiled`` (a fused
     block): its kernel runs in tiles whose waves of K loops set a floor under its time
     (:func:`tile_floor`: the gate|up GEMM, N = 2·I/tp over K = H, and the down GEMM, N = H over
-    K = I/tp).
+    K = I/tp), and whose library launches it from Python inside the fused-MoE op: a launched
+    eager pass pays t_moe_host per layer for it (:attr:`Op.launch_host`).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
     block = block_rows(tiers, T * k / E if tiers_by_rows else T)
@@ -282,7 +283,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     if impl == "unfused":
         return replace(op, kernels=UNFUSED_GEMM_KERNELS_PER_EXPERT * d_local)
     if tiled:
-        op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / tp, H), (H, I_e / tp))))
+        op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / tp, H), (H, I_e / tp))),
+                     launch_host=t_moe_host)
     return op
 
 
