@@ -4,8 +4,10 @@ Building a model's expressions and eliminating their common subexpressions takes
 second; a cold ``perfmodel predict`` reuses the result of an earlier run instead. An entry
 holds the expressions after common-subexpression elimination as a JSON tree of a few
 whitelisted node types (:data:`NODE_TYPES`: sums, products, powers, max/min, sign, abs,
-ceiling/floor/Heaviside; symbols and numbers); loading rebuilds the sympy expressions and lambdifies
-them in this process, so nothing read from the cache is ever executed as code. An entry with
+ceiling/floor/Heaviside; symbols and numbers); loading rebuilds the sympy expressions and prints
+them as Python source in this process (:func:`numpy_source`: identifiers checked, numbers printed
+from their values, a fixed text for each node type), so nothing read from the cache is ever
+executed as code. An entry with
 an unknown node type, a symbol that is neither an argument nor an earlier subexpression, a
 bad checksum or any other damage is ignored (the expressions are rebuilt), never fatal.
 
@@ -115,9 +117,119 @@ def cache_key(structure: str) -> str:
 
 def lambdify(symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.Symbol, sp.Expr]],
              exprs: Sequence[sp.Expr]) -> Callable[..., list]:
-    """A numpy function of ``symbols`` returning ``exprs``, evaluating ``replacements`` first."""
+    """A numpy function of ``symbols`` returning ``exprs``, evaluating ``replacements`` first.
+
+    Expressions of the cache's node types (:data:`NODE_TYPES`, which every stored entry holds)
+    are printed by :func:`numpy_source`, a printer of those nodes alone, tens of times faster than
+    sympy's; any other expression goes through :func:`sympy.lambdify`. Both give the same numbers
+    to rounding (the order of a sum's terms, x·y⁻¹ for x/y)."""
     replacements, exprs = list(replacements), list(exprs)
-    return sp.lambdify(list(symbols), exprs, modules="numpy", cse=lambda _: (replacements, exprs))
+    try:
+        source = numpy_source(symbols, replacements, exprs)
+    except _Invalid:
+        return sp.lambdify(list(symbols), exprs, modules="numpy", cse=lambda _: (replacements, exprs))
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<perfmodel expressions>", "exec"), {"numpy": np, "__builtins__": {}}, namespace)
+    return namespace["_expressions"]
+
+
+def lambdify_exprs(symbols: Sequence[sp.Symbol], exprs: Sequence[sp.Expr], *, cse: bool = False) -> Callable[..., list]:
+    """:func:`lambdify` of ``exprs`` in ``symbols``, after common-subexpression elimination where
+    ``cse`` (each shared part computed once)."""
+    replacements, reduced = sp.cse(list(exprs), list=False) if cse else ([], list(exprs))
+    return lambdify(symbols, replacements, reduced)
+
+
+# --- printing -------------------------------------------------------------------------------
+
+def _number(value: float | int) -> str:
+    text = repr(value)
+    return f"({text})" if text.startswith("-") else text
+
+
+def _code(expr: Any, depth: int = 0) -> str:
+    """Python source of one expression of :data:`NODE_TYPES` (symbols, integers, rationals and
+    floats its leaves), numpy functions as ``numpy.<name>``, every compound node in parentheses.
+    _Invalid for anything else, or a symbol whose name is not an identifier."""
+    if depth > MAX_DEPTH:
+        raise _Invalid("expression too deep")
+    if isinstance(expr, (int, float)) and not isinstance(expr, bool):
+        expr = sp.sympify(expr)
+    if not isinstance(expr, sp.Basic):
+        raise _Invalid(f"not an expression: {type(expr).__name__}")
+    if type(expr) is sp.Symbol:
+        if not _IDENTIFIER.match(expr.name) or keyword.iskeyword(expr.name):
+            raise _Invalid(f"symbol name {expr.name!r}")
+        return expr.name
+    if expr.is_Integer:
+        return _number(int(expr))
+    if expr.is_Rational:
+        return f"({int(expr.p)}/{int(expr.q)})"
+    if expr.is_Float:
+        value = float(expr)
+        if not math.isfinite(value):
+            raise _Invalid("non-finite float")
+        return _number(value)
+    if isinstance(expr, sp.Piecewise):  # printed as sympy's numpy printer does; never stored
+        pairs = [(_code(value, depth + 1), _condition(cond, depth + 1)) for value, cond in expr.args]
+        return (f"numpy.select([{', '.join(c for _, c in pairs)}], [{', '.join(v for v, _ in pairs)}], "
+                "default=numpy.nan)")
+    name = _NODE_NAMES.get(type(expr))
+    if name is None:
+        raise _Invalid(f"node type {type(expr).__name__}")
+    args = [_code(a, depth + 1) for a in expr.args]
+    if name == "Add":
+        return "(" + " + ".join(args) + ")"
+    if name == "Mul":
+        return "(" + "*".join(args) + ")"
+    if name == "Pow":
+        base, exp = expr.args
+        if exp == sp.Rational(1, 2):
+            return f"numpy.sqrt({args[0]})"
+        if exp.is_Integer and int(exp) < 0:  # a float power: numpy refuses integers to negative powers
+            return f"({args[0]}**{_number(float(exp))})"
+        return f"({args[0]}**{args[1]})"
+    if name in ("Max", "Min"):
+        call = "numpy.maximum" if name == "Max" else "numpy.minimum"
+        out = args[0]
+        for arg in args[1:]:
+            out = f"{call}({out}, {arg})"
+        return out
+    if name == "Heaviside":
+        if len(expr.args) != 2 or expr.args[1] != 0:
+            raise _Invalid("Heaviside without θ(0) = 0")  # sympy's printer has the other cases
+        return f"numpy.select([numpy.less_equal({args[0]}, 0), True], [0, 1], default=numpy.nan)"
+    return {"sign": "numpy.sign", "Abs": "numpy.abs", "ceiling": "numpy.ceil",
+            "floor": "numpy.floor"}[name] + f"({args[0]})"
+
+
+#: The relations a printed Piecewise's conditions may hold, as numpy functions.
+_RELATIONS = {sp.StrictLessThan: "numpy.less", sp.LessThan: "numpy.less_equal",
+              sp.StrictGreaterThan: "numpy.greater", sp.GreaterThan: "numpy.greater_equal"}
+
+
+def _condition(cond: Any, depth: int) -> str:
+    """Python source of one condition of a Piecewise: a relation of :data:`_RELATIONS`, or true."""
+    if cond is sp.true:
+        return "True"
+    call = _RELATIONS.get(type(cond))
+    if call is None:
+        raise _Invalid(f"condition {type(cond).__name__}")
+    return f"{call}({_code(cond.lhs, depth)}, {_code(cond.rhs, depth)})"
+
+
+def numpy_source(symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.Symbol, sp.Expr]],
+                 exprs: Sequence[sp.Expr]) -> str:
+    """The source of ``def _expressions(<symbols>)``: each replacement assigned in order, then
+    the list of ``exprs``, printed by :func:`_code`. _Invalid where an expression holds another
+    node type, or a name would shadow one the code refers to (``numpy``)."""
+    names = [_code(x) for x in symbols] + [_code(t) for t, _ in replacements]
+    if "numpy" in names or len(set(names)) != len(names):
+        raise _Invalid("argument names")
+    lines = [f"def _expressions({', '.join(_code(x) for x in symbols)}):"]
+    lines += [f"    {_code(t)} = {_code(e)}" for t, e in replacements]
+    lines.append("    return [" + ", ".join(_code(e) for e in exprs) + "]")
+    return "\n".join(lines) + "\n"
 
 
 # --- writing --------------------------------------------------------------------------------

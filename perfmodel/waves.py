@@ -34,6 +34,7 @@ import numpy as np
 import sympy as sp
 
 from perfmodel import symbols as s
+from perfmodel.codecache import lambdify_exprs
 from perfmodel.memory import concurrent_sequences, kv_waves, last_wave
 
 #: What a prediction adds about its waves (counts; integers in JSON).
@@ -71,8 +72,7 @@ def _lambdified(which: str) -> tuple[tuple[str, ...], Any]:
     exprs, args = ((plan_expressions(), _PLAN_ARGS) if which == "plan" else (timeline_expressions(), _WAVE_ARGS))
     symbols = {sym.name: sym for e in exprs.values() for sym in e.free_symbols}
     # the plan computes B_run once, not again inside W and the last wave's size
-    return tuple(exprs), sp.lambdify([symbols[a] for a in args], list(exprs.values()), "numpy",
-                                     cse=which == "plan")
+    return tuple(exprs), lambdify_exprs([symbols[a] for a in args], list(exprs.values()), cse=which == "plan")
 
 
 def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
