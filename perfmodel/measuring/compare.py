@@ -40,22 +40,24 @@ METRIC_FIELDS = {
 }
 
 def op_categories(spec, engine: str, gpu: str, quant: str | None = None,
-                  moe_impl: str = "fused") -> dict[str, str]:
+                  moe_impl: str = "fused", decode: bool = True) -> dict[str, str]:
     """Op name → the measured profiler category its kernels run as (hf engine, transformers
-    5.x), for the decode graph ``engine`` builds of a model at a quantization scheme and MoE
-    implementation: each op's :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
+    5.x), for the decode graph (``decode=False``: the prefill graph) ``engine`` builds of a
+    model at a quantization scheme and MoE implementation: each op's
+    :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
     from perfmodel.prediction import Workload, graph_options
     from perfmodel.profile import load_profile
 
-    return graph_categories(spec, graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl)))
+    options = graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl))
+    return graph_categories(spec, options, decode=decode)
 
 
-def graph_categories(spec, options) -> dict[str, str]:
-    """Op name → the profiler category of its kernels, for the decode graph of a model under
-    graph options (:class:`perfmodel.graph.GraphOptions`)."""
+def graph_categories(spec, options, decode: bool = True) -> dict[str, str]:
+    """Op name → the profiler category of its kernels, for the decode graph (``decode=False``:
+    the prefill graph) of a model under graph options (:class:`perfmodel.graph.GraphOptions`)."""
     from perfmodel.graph import build_graph
 
-    graph = build_graph(spec, decode=True, options=options)
+    graph = build_graph(spec, decode=decode, options=options)
     return {op.name: op.category.value for _, op in graph.all_ops()}
 
 

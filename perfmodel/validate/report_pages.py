@@ -35,6 +35,7 @@ from perfmodel.validate.report_metrics import (
     engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows,
     shown_splits, signed, source_items, targets, verdict, verdict_line, with_variant, worst_points,
 )
+from perfmodel.validate.report_prefill import prefill_section
 
 #: The templates' package and folder.
 TEMPLATES = ("perfmodel.validate", "templates")
@@ -114,13 +115,15 @@ def ops_rows(points, ops, calibrated: str) -> dict[str, Any]:
 
 
 def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None, ops=None,
-                     every=None) -> str:
+                     every=None, prefill=None) -> str:
     """The Markdown summary (the file's text): provenance, source, verdict, MAPE per split, the
     repeated measurements (``repeats``: :func:`perfmodel.validate.repeats.repeated_points`; the
     section is left out when there are none; ``every``: the points of every measurement, as
     :func:`perfmodel.validate.repeats.repeat_section` reads them), the worst points, and the decode step by op
     category at the worst profiled points (``ops``: :func:`perfmodel.measuring.compare.compare`'s
-    second table; left out without profiled points)."""
+    second table; left out without profiled points), and one prefill by op category (``prefill``:
+    :func:`perfmodel.measuring.prefill_kernels.prefill_kernels`' table with each point's split,
+    :func:`perfmodel.validate.report_prefill.prefill_section`; left out without it)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
     bounds = targets(source)
@@ -163,7 +166,8 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         verdict=verdict_line(points, calibrated, bounds), calibrated=calibrated, baseline=baseline,
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated, every),
-        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), ops=ops_rows(points, ops, calibrated))
+        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
+        ops=ops_rows(points, ops, calibrated), prefill=prefill_section(points, prefill, calibrated))
     return text
 
 
@@ -304,10 +308,11 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
 
 
 def write_report(points, ops, out_dir: Path, *, title: str,
-                 source: dict[str, Any], repeats=None, every=None) -> tuple[Path, Path]:
+                 source: dict[str, Any], repeats=None, every=None, prefill=None) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths. ``repeats``:
     the repeated measurements (:func:`perfmodel.validate.repeats.repeated_points`), or None;
-    ``every``: the points of every measurement (:func:`perfmodel.validate.repeats.repeat_section`)."""
+    ``every``: the points of every measurement (:func:`perfmodel.validate.repeats.repeat_section`);
+    ``prefill``: the profiled prefills by op category (:func:`summary_markdown`), or None."""
     check_mode(source)  # refuse an unlabelled source before writing anything
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,6 +320,6 @@ def write_report(points, ops, out_dir: Path, *, title: str,
     html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats, every=every),
                          encoding="utf-8")
     md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats, ops=ops,
-                                        every=every),
+                                        every=every, prefill=prefill),
                        encoding="utf-8")
     return html_path, md_path

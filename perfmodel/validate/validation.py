@@ -238,8 +238,14 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                            train_models=train, models=wanted, train_points=train_points)
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
+    from perfmodel.measuring.prefill_kernels import prefill_kernels
+
+    prefill = prefill_kernels(rows if wanted is None else [r for r in rows if r.get("model") in wanted],
+                              engine=backend, gpu=gpu_spec.name)
+    mine = points_df[points_df["engine"] == profile.name]
+    prefill["split"] = prefill["point_id"].map(dict(zip(mine["point_id"], mine["split"])))
     html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats,
-                            every=every)
+                            every=every, prefill=prefill)
     table = mape(points_df)
     return {"source": source, "mape": table.to_dict(orient="records"),
             "points": points_df.to_dict(orient="records"),

@@ -1,0 +1,81 @@
+"""The validation report's prefill by op category: the profiled prefills' kernels against the
+model's ops (:mod:`perfmodel.measuring.prefill_kernels`), summed up per split and category, and
+the held-out ones with the largest TTFT error, one by one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perfmodel.validate.report_metrics import signed, with_variant
+
+#: Held-out profiled prefills the report lists one by one.
+N_PREFILLS = 6
+#: The splits whose ratios the summary shows, in order.
+SUMMARY_SPLITS = ("held-out", "train")
+#: A category's row: the order of the profiler's categories, the pass's kernels summed last.
+ORDER = ("attention", "expert_gemm", "dense_gemm", "router_topk", "norm_elementwise", "copy", "other", "all")
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def prefill_section(points, prefill, calibrated: str) -> dict[str, Any]:
+    """``sentence``, ``summary`` and ``worst`` (header, rows) of the section; empty rows where
+    ``prefill`` (:func:`~perfmodel.measuring.prefill_kernels.prefill_kernels`' table with the
+    points' ``split``) is None or holds no point of :data:`SUMMARY_SPLITS`."""
+    from perfmodel.measuring.prefill_kernels import category_ratios
+
+    empty = {"header": [], "rows": []}
+    out: dict[str, Any] = {"sentence": "", "summary": dict(empty), "worst": dict(empty)}
+    if prefill is None or prefill.empty or "split" not in prefill.columns:
+        return out
+    rows, counts = [], {}
+    for split in SUMMARY_SPLITS:
+        part = prefill[prefill["split"] == split]
+        if part.empty:
+            continue
+        counts[split] = part["point_id"].nunique()
+        ratios = category_ratios(part)
+        for category in [c for c in ORDER if c in ratios.index] + sorted(set(ratios.index) - set(ORDER)):
+            r = ratios.loc[category]
+            rows.append([split, category, str(int(r["points"])), _ratio(r["median"]),
+                         f"{_ratio(r['p10'])}–{_ratio(r['p90'])}"])
+    if not rows:
+        return out
+    unmodelled = sorted({c for c in prefill.loc[prefill["predicted_s"] == 0, "category"]
+                         if prefill.loc[prefill["category"] == c, "measured_s"].sum() > 0})
+    out["sentence"] = (
+        "Prefills run as one engine step and profiled (" + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category of the "
+        "profiler, and of the pass's kernels summed (all); the median over the points, and the 10th–90th "
+        "percentile. A ratio above 1: the kernels take longer than the model's ops. The prefill's TTFT "
+        "error also holds what no kernel shows (the host's launches, gaps between kernels)"
+        + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
+        + ".")
+    out["summary"] = {"header": ["split", "category", "points", "measured / model (median)", "10th–90th pct"],
+                      "rows": rows}
+    out["worst"] = _worst(points, prefill, calibrated)
+    return out
+
+
+def _worst(points, prefill, calibrated: str) -> dict[str, Any]:
+    """The held-out profiled prefills with the largest |TTFT error|, category by category."""
+    held = prefill[prefill["split"] == "held-out"]
+    ttft = points[(points["engine"] == calibrated) & (points["metric"] == "ttft")
+                  & points["point_id"].isin(set(held["point_id"]))]
+    if ttft.empty:
+        return {"header": [], "rows": []}
+    errors = dict(zip(ttft["point_id"], ttft["rel_error"]))
+    ranked = sorted(errors, key=lambda pid: -abs(errors[pid]))[:N_PREFILLS]
+    cats = [c for c in ORDER if c in set(held["category"])]
+    sel = with_variant(held[held["point_id"].isin(ranked)])
+    rows = []
+    for pid in ranked:
+        mine = sel[sel["point_id"] == pid].set_index("category")
+        first = mine.iloc[0]
+        cells = [f"{mine.loc[c, 'measured_s'] * 1e3:.2f} / {mine.loc[c, 'predicted_s'] * 1e3:.2f}"
+                 if c in mine.index else "–" for c in cats]
+        rows.append([str(first["variant"]), str(first["batch"]), str(first["input_len"]),
+                     str(first["output_len"]), signed(100 * errors[pid])] + cells)
+    return {"header": ["model", "B", "S", "O", "TTFT err %"] + [f"{c} ms" for c in cats], "rows": rows}
