@@ -467,3 +467,24 @@ def test_text_is_escaped_in_the_page(tmp_path, no_vl_convert):
     assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
     assert "<b>GPU</b>" not in page and "&lt;b&gt;GPU&lt;/b&gt; &amp; co" in page
     assert md_path.read_text(encoding="utf-8").startswith("# <script>x</script>\n")  # Markdown: as given
+
+
+def test_one_prefill_by_op_category_is_in_both_pages(tmp_path, no_vl_convert):
+    """Given the profiled prefills' kernels by category, the Markdown and the HTML page both
+    show the ratios per split and the held-out prefills with the largest TTFT error."""
+    points = make_points()
+    ids = points.loc[points.engine == "hf", ["point_id", "split"]].drop_duplicates()
+    prefill = pd.DataFrame([
+        {"model": HELD, "variant": HELD, "batch": 1, "input_len": 128, "output_len": 128, "point_id": pid,
+         "category": category, "measured_s": measured, "predicted_s": 1e-3, "split": split}
+        for pid, split in zip(ids.point_id, ids.split)
+        for category, measured in (("attention", 2.5e-3), ("expert_gemm", 1e-3))])
+    html_path, md_path = write_report(points, make_ops(points), tmp_path, title="t", source=source("replay"),
+                                      prefill=prefill)
+    md, html = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    rows = _md_table(md, "## One prefill by op category")
+    assert ["held-out", "attention", "4", "2.50", "2.50–2.50"] in rows
+    assert ["train", "expert_gemm", "4", "1.00", "1.00–1.00"] in rows
+    assert "<section id='prefill'>" in html and "<td>2.50</td>" in html
+    _, plain_md = write_report(points, make_ops(points), tmp_path / "none", title="t", source=source("replay"))
+    assert "One prefill by op category" not in plain_md.read_text(encoding="utf-8")

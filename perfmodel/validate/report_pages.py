@@ -273,9 +273,11 @@ def _slot(div_id: str, chart, specs: dict[str, Any]) -> ChartSlot:
     return ChartSlot(div_id, chart is not None)
 
 
-def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None, every=None) -> str:
+def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None, every=None,
+                prefill=None) -> str:
     """The HTML page: provenance, verdict, source, MAPE, the repeated measurements (``repeats``
-    and ``every``, as in :func:`summary_markdown`), charts per metric, per-op breakdown, the worst points and
+    and ``every``, as in :func:`summary_markdown`), charts per metric, per-op breakdown, one
+    prefill by op category (``prefill``, as in :func:`summary_markdown`), the worst points and
     every point (sortable)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
@@ -301,7 +303,8 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         source_items=source_items(source), vega=charts.vega_scripts(),
         mape=mape_rows(points, calibrated, baseline, targets(source)),
         repeats=repeat_section(repeats, points, calibrated, every),
-        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
+        regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
+        metrics=metrics, ops_chart=ops_slot, prefill=prefill_section(points, prefill, calibrated),
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
     ).rstrip("\n")
@@ -317,8 +320,8 @@ def write_report(points, ops, out_dir: Path, *, title: str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out_dir / "report.html", out_dir / "summary.md"
-    html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats, every=every),
-                         encoding="utf-8")
+    html_path.write_text(report_html(points, ops, title=title, source=source, repeats=repeats, every=every,
+                                     prefill=prefill), encoding="utf-8")
     md_path.write_text(summary_markdown(points, title=title, source=source, repeats=repeats, ops=ops,
                                         every=every, prefill=prefill),
                        encoding="utf-8")
