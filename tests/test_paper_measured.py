@@ -160,6 +160,15 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
     # the 0.6B draft's gain over the 1.7B is the largest miss (measured +25%, the model +5%): its
     # passes cost vLLM's host more than their GPU time, which the model charges by size
     assert 0 < small.predicted_pct < small.measured_pct < small.predicted_pct + 25
+    # ... within the spread of the 1.7B draft's two measurements, which the pair shows: the change
+    # from the lowest to the highest, each side's extremes against the other's
+    low, high = small.measured_span_pct
+    span = small.base["throughput_span"]
+    assert span[0] < small.measured_base < span[1] and small.side["repeats"] == 1
+    assert low == pytest.approx(100 * (small.measured_side / span[1] - 1))
+    assert high == pytest.approx(100 * (small.measured_side / span[0] - 1))
+    assert low < small.predicted_pct < high
+    assert by["spec=qwen3-1.7b:8 vs qwen3-1.7b:2", 1].measured_span_pct is None  # each side measured once
     assert "α=0.7" in over_8b.label and "spec=qwen3-1.7b:4 vs qwen3-8b:4" in over_8b.label
     # more draft tokens, less throughput (γ 8 vs 2, 1.7B draft): measured and predicted, B = 1 and 16
     for batch in (1, 16):

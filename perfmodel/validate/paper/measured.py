@@ -63,6 +63,8 @@ SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
 KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
          "spec", "spec_accept", "moe_impl", "engine_process")
+#: Least spread (points of the change) of a pair's repeated measurements that a report shows.
+SPAN_SHOWN_PP = 1.0
 #: How a pair's label names the knob it varies (``E=32 vs 64``).
 SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "input_len": "S=O", "spec": "spec",
            "moe_impl": "moe"}
@@ -71,8 +73,9 @@ SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "inpu
 def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
     """The measured (status ok) rows of a results file and of its ``-whatif`` companion, one per
     point id: a point measured more than once (another engine start, another lease) is its last
-    row with ``throughput_tok_s`` the mean of its measurements and ``repeats`` their number, so
-    that a comparison does not rest on one engine start where there are several."""
+    row with ``throughput_tok_s`` the mean of its measurements, ``repeats`` their number and
+    ``throughput_span`` their (lowest, highest), so that a comparison does not rest on one engine
+    start where there are several, and says how far its measurements spread."""
     rows: list[dict[str, Any]] = []
     for file in (Path(path), what_if_file(Path(path))):
         every = [r for r in read_rows(file, unique=False).rows if r.get("status") == "ok"]
@@ -81,7 +84,8 @@ def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
             by_id.setdefault(row["point_id"], []).append(row)
         for repeats in by_id.values():
             values = [float(r["throughput_tok_s"]) for r in repeats]
-            rows.append({**repeats[-1], "throughput_tok_s": sum(values) / len(values), "repeats": len(values)})
+            rows.append({**repeats[-1], "throughput_tok_s": sum(values) / len(values), "repeats": len(values),
+                         "throughput_span": (min(values), max(values))})
     return rows
 
 
@@ -185,6 +189,19 @@ class MeasuredPair:
     predicted_side: float
     predicted_base: float
     comparison: Measured
+
+    @property
+    def measured_span_pct(self) -> tuple[float, float] | None:
+        """Where a side was measured more than once: the change (%) from its measurements'
+        lowest to highest throughput, each side's extremes against the other's (the side's lowest
+        over the base's highest, and the reverse); None where each side was measured once, or
+        where the measurements agree within :data:`SPAN_SHOWN_PP`."""
+        if self.side.get("repeats", 1) <= 1 and self.base.get("repeats", 1) <= 1:
+            return None
+        side = self.side.get("throughput_span") or (self.measured_side,) * 2
+        base = self.base.get("throughput_span") or (self.measured_base,) * 2
+        low, high = 100 * (side[0] / base[1] - 1), 100 * (side[1] / base[0] - 1)
+        return (low, high) if high - low >= SPAN_SHOWN_PP else None
 
     @property
     def gpu_busy(self) -> tuple[float | None, float | None]:

@@ -257,7 +257,8 @@ def _context(report: PaperReport) -> dict[str, Any]:
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
             "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
-            "effects": effects, "standing": standing(report), "pct": lambda v: pct_range([v])}
+            "effects": effects, "standing": standing(report), "pct": lambda v: pct_range([v]),
+            "span": lambda lo_hi: pct_range(list(lo_hi))}
 
 
 def report_markdown(report: PaperReport) -> str:
