@@ -154,7 +154,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
 
     Returns a dict: source (mode replay|live, date, GPU, versions), mape per engine × split ×
     metric, points (predicted vs measured), repeats (the points measured ok more than once,
-    :func:`perfmodel.validate.repeats.repeated_points`, and their summary), and the report paths.
+    :func:`perfmodel.validate.repeats.repeated_points`, and their summary), prefill_kernels (per
+    split, the profiled prefills' measured/model kernel time by category:
+    :func:`perfmodel.measuring.prefill_kernels.category_ratios`), and the report paths.
     """
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
@@ -238,7 +240,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                            train_models=train, models=wanted, train_points=train_points)
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
-    from perfmodel.measuring.prefill_kernels import prefill_kernels
+    from perfmodel.measuring.prefill_kernels import category_ratios, prefill_kernels
 
     prefill = prefill_kernels(rows if wanted is None else [r for r in rows if r.get("model") in wanted],
                               engine=backend, gpu=gpu_spec.name)
@@ -251,4 +253,6 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
             "points": points_df.to_dict(orient="records"),
             "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats),
                         "every_measurement": every_measurement(points_df, every, profile.name)},
+            "prefill_kernels": {split: category_ratios(part).to_dict(orient="index")
+                                for split, part in prefill.groupby("split")},
             "report_html": str(html), "summary_md": str(md)}
