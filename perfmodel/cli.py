@@ -55,8 +55,8 @@ GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmode
 _ENGINE = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine profile (perfmodel list engines).")
 _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (repeatable).")
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object.")
-_QUANT_HELP = ("Quantization scheme of the linear layers (specs/quantization.yaml): none, fp8, "
-               "fp8-channel, fp8-block, w8a16, w4a16, int8-w8a8, mxfp4 (--dtype fp8 = --quant fp8).")
+_QUANT_HELP = ("Quantization scheme of the linear layers (perfmodel list schemes; specs/quantization.yaml), "
+               "e.g. fp8, fp8-block, w4a16, mxfp4-moe; none: unquantized (--dtype fp8 = --quant fp8).")
 _MOE_IMPL_HELP = "Routed experts: fused (one fused-MoE block) or unfused (a loop over touched experts)."
 _PRUNE_EXPERTS = typer.Option(None, "--prune-experts", help="Drop this fraction R of the routed "
                               "experts, in [0, 1): E' = E - round(R*E).")
