@@ -86,6 +86,12 @@ def profile_differences(a: Any, b: Any, *, rtol: float = FIT_RTOL, atol: float =
     return [] if same else [f"{where.rstrip('.')}: {a!r} vs {b!r}"]
 
 
+def on_bounds(x, lower, upper) -> np.ndarray:
+    """``x`` with every value within :data:`BOUND_SNAP` of its bound set to that bound exactly
+    (the least squares' solutions, in units of their typical sizes)."""
+    return np.where(x - lower <= BOUND_SNAP, lower, np.where(upper - x <= BOUND_SNAP, upper, x))
+
+
 def _profile(base: dict[str, Any]):
     from perfmodel.profile import EngineProfile
 
@@ -209,8 +215,7 @@ def fit_overheads(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) ->
     lower = np.array([0.0, 0.0, 0.0, 0.0, 0.01 / scale[4]])
     upper = np.array([np.inf, np.inf, np.inf, np.inf, 1.0 / scale[4]])
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
-    x = np.where(result.x - lower <= BOUND_SNAP, lower,
-                 np.where(upper - result.x <= BOUND_SNAP, upper, result.x))  # x is in units of scale
+    x = on_bounds(result.x, lower, upper)  # x is in units of scale
     values = x * scale
     return {"latency": {key: _sig(float(v)) for key, v in zip(_LATENCY_KEYS, values[:4])},
             "elementwise_memory": _sig(float(values[4]))}

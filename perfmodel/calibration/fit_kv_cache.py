@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration.fit import BOUND_SNAP, _predict_many, _profile, _sig, one_gpu_rows
+from perfmodel.calibration.fit import _predict_many, _profile, _sig, on_bounds, one_gpu_rows
 
 #: (start, lower, upper) of μ_kv.
 KV_BOUNDS = (1.0, 0.05, 2.0)
@@ -72,8 +72,7 @@ def fit_kv_cache(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str
         return np.log1p(_errors(train, _profile(with_mu(x[0])), gpu_spec)[:, 1])
 
     result = least_squares(residuals, np.array([start]), bounds=([lower], [upper]), method="trf")
-    mu = float(np.clip(result.x[0], lower, upper))
-    mu = lower if mu - lower <= BOUND_SNAP else upper if upper - mu <= BOUND_SNAP else _sig(mu)
+    mu = _sig(float(on_bounds(result.x[0], lower, upper)))  # the bounds are 4-digit numbers already
     fitted = _profile(with_mu(mu))
     record: dict[str, Any] = {"models": sorted({r["model"] for r in train}),
                               "points": sorted(r["point_id"] for r in train)}

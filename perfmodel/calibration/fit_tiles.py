@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration.fit import BOUND_SNAP, _profile, _sig, one_gpu_rows
+from perfmodel.calibration.fit import _profile, _sig, on_bounds, one_gpu_rows
 
 #: Per scheme with a tiled MoE kernel: the models whose profiled kernels fit its times.
 TILE_TRAIN: dict[str, tuple[str, ...]] = {"mxfp4-moe": ("gpt-oss-120b",)}
@@ -95,7 +95,7 @@ def fit_tile_times(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: s
 
     result = least_squares(lambda x: kernel_residuals(train, _profile(with_times(x * scale)), gpu),
                            np.ones(len(TILE_BOUNDS)), bounds=(lower, upper), method="trf")
-    x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
+    x = on_bounds(result.x, lower, upper)
     times = {"tile_s": _sig(float(x[0] * scale[0])), "k_step_s": _sig(float(x[1] * scale[1]))}
     fitted = _profile(with_times(np.array([times["tile_s"], times["k_step_s"]])))
     record: dict[str, Any] = {
@@ -175,9 +175,7 @@ def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: st
 
     lower, upper = HOST_BOUNDS[0] / scale, HOST_BOUNDS[1] / scale
     result = least_squares(residuals, np.array([1.0]), bounds=([lower], [upper]), method="trf")
-    x = float(np.clip(result.x[0], lower, upper))
-    x = lower if x - lower <= BOUND_SNAP else (upper if upper - x <= BOUND_SNAP else x)
-    host = _sig(x * scale)
+    host = _sig(float(on_bounds(result.x[0], lower, upper)) * scale)
     fitted = _profile(with_host(host))
 
     def errors(part: list[dict[str, Any]]) -> np.ndarray:

@@ -108,9 +108,8 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.calibration.fit import (BOUND_SNAP, HELD_OUT_MODELS, TRAIN_MODELS, _compare_with,
-                                       _predict_many, _profile, _rows, _sig, held_out_residuals,
-                                       one_gpu_rows)
+from perfmodel.calibration.fit import (HELD_OUT_MODELS, TRAIN_MODELS, _compare_with, _predict_many,
+                                       _profile, _rows, _sig, held_out_residuals, on_bounds, one_gpu_rows)
 from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
@@ -333,8 +332,7 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
         return np.concatenate([np.log(predicted / measured).ravel(), profiled])
 
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf", x_scale="jac")
-    x = np.where(result.x - lower <= BOUND_SNAP, lower,
-                 np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
+    x = on_bounds(result.x, lower, upper)
     return np.array([_sig(float(v)) for v in x * scale])
 
 
@@ -407,7 +405,7 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
         return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
 
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
-    x = np.where(result.x - lower <= BOUND_SNAP, lower, np.where(upper - result.x <= BOUND_SNAP, upper, result.x))
+    x = on_bounds(result.x, lower, upper)
     return {name: _sig(value) for name, value in _quant_entry(x, scheme).items()}
 
 
