@@ -223,11 +223,11 @@ def numpy_source(symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.S
     """The source of ``def _expressions(<symbols>)``: each replacement assigned in order, then
     the list of ``exprs``, printed by :func:`_code`. _Invalid where an expression holds another
     node type, or a name would shadow one the code refers to (``numpy``)."""
-    names = [_code(x) for x in symbols] + [_code(t) for t, _ in replacements]
-    if "numpy" in names or len(set(names)) != len(names):
+    args, temporaries = [_code(x) for x in symbols], [_code(t) for t, _ in replacements]
+    if "numpy" in args + temporaries or len(set(args + temporaries)) != len(args + temporaries):
         raise _Invalid("argument names")
-    lines = [f"def _expressions({', '.join(_code(x) for x in symbols)}):"]
-    lines += [f"    {_code(t)} = {_code(e)}" for t, e in replacements]
+    lines = [f"def _expressions({', '.join(args)}):"]
+    lines += [f"    {name} = {_code(e)}" for name, (_, e) in zip(temporaries, replacements)]
     lines.append("    return [" + ", ".join(_code(e) for e in exprs) + "]")
     return "\n".join(lines) + "\n"
 

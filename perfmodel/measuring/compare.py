@@ -369,6 +369,22 @@ def profiled_context(row: dict[str, Any]) -> int | None:
     return int(row["input_len"]) + (int(steps) + 2) // 2 if isinstance(steps, int) and steps > 0 else None
 
 
+def point_identity(row: dict[str, Any], spec) -> dict[str, Any]:
+    """What names a measured point in a comparison table: model, variant (:func:`variant_label`),
+    batch, input_len, output_len and point_id."""
+    return dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
+                input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
+
+
+def prediction_args(row: dict[str, Any], *, engine: str, gpu: str, profile) -> dict[str, Any]:
+    """``predict``'s arguments for a measured row, speculative decoding apart: the row's lengths,
+    its quantization as measured (``none`` unquantized; not the checkpoint's own,
+    :meth:`perfmodel.prediction.Workload.stored_as`), its MoE implementation
+    (:func:`row_moe_impl`) and its layout and host (:func:`model_workload`, under ``profile``)."""
+    return dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
+                quant=row_quant(row) or "none", moe_impl=row_moe_impl(row), **model_workload(row, profile))
+
+
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
             train_models: Iterable[str] = (), models: Iterable[str] | None = None,
             train_points: Iterable[str] = ()):
@@ -417,15 +433,12 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         if spec_key not in specs:
             specs[spec_key] = load_model(row["model"], overrides)
         spec = specs[spec_key]
-        quant = row_quant(row) or "none"  # as measured, not the checkpoint's own (Workload.stored_as)
+        speculation = row_speculative(row)
+        workload = {**prediction_args(row, engine=engine, gpu=gpu, profile=engine_profile), **speculation}
+        quant = workload["quant"]
         if (spec_key, quant, moe_impl) not in categories:
             categories[spec_key, quant, moe_impl] = op_categories(spec, engine, gpu, quant, moe_impl)
-        key = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
-                   input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"],
-                   layout=layout_label(row))
-        speculation = row_speculative(row)
-        workload = dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
-                        quant=quant, moe_impl=moe_impl, **model_workload(row, engine_profile), **speculation)
+        key = {**point_identity(row, spec), "layout": layout_label(row)}
         p = predict(spec, **workload)
         skew = prefill_skew(row, spec)
         prefill = predict(spec, phase="prefill", skew=skew, **workload) if skew > 0 else p

@@ -37,8 +37,8 @@ def prefill_kernels(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "
     draft (the profile holds the target's prefill)."""
     import pandas as pd
 
-    from perfmodel.measuring.compare import (model_workload, op_categories, row_moe_impl, row_overrides,
-                                             row_quant, variant_label)
+    from perfmodel.measuring.compare import (op_categories, point_identity, prediction_args, row_moe_impl,
+                                             row_overrides)
     from perfmodel.prediction import predict
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
@@ -52,20 +52,17 @@ def prefill_kernels(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "
         if moe_impl is None or not profiled_prefill(row, chunk):
             continue
         spec = load_model(row["model"], row_overrides(row))
-        quant = row_quant(row) or "none"
-        key = (row["model"], tuple(row_overrides(row)), quant, moe_impl)
+        args = prediction_args(row, engine=engine, gpu=gpu, profile=profile)
+        key = (row["model"], tuple(row_overrides(row)), args["quant"], moe_impl)
         if key not in categories:
-            categories[key] = op_categories(spec, engine, gpu, quant, moe_impl, decode=False)
-        p = predict(spec, phase="prefill", gpu=gpu, engine=engine, input_len=row["input_len"],
-                    output_len=row["output_len"], quant=quant, moe_impl=moe_impl,
-                    **model_workload(row, profile))
+            categories[key] = op_categories(spec, engine, gpu, args["quant"], moe_impl, decode=False)
+        p = predict(spec, phase="prefill", **args)
         predicted: dict[str, float] = {}
         for op in p.ops:
             category = categories[key][op["name"]]
             predicted[category] = predicted.get(category, 0.0) + op["time_s"]
         measured = row["prefill_profile"]["split_ms"]
-        ident = dict(model=row["model"], variant=variant_label(row, spec), batch=row["batch"],
-                     input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
+        ident = point_identity(row, spec)
         for category in sorted(set(measured) | set(predicted)):
             out.append({**ident, "category": category, "measured_s": measured.get(category, 0.0) * 1e-3,
                         "predicted_s": predicted.get(category, 0.0)})
