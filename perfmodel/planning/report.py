@@ -10,6 +10,7 @@ from typing import Any
 from perfmodel.errors import InputError
 from perfmodel.planning import charts
 from perfmodel.planning.search import Plan
+from perfmodel.vega import vega_scripts
 
 TEMPLATES = ("perfmodel.planning", "templates")
 
@@ -84,7 +85,7 @@ def report_html(plan: Plan, data: dict[str, Any]) -> str:
         if chart is not None:
             specs[div] = chart.to_dict(validate=False)
     ctx.update(specs=specs, specs_json=Markup(json.dumps(specs, default=str).replace("</", "<\\/")),
-               vega=charts.vega_scripts())
+               vega=vega_scripts())
     return _environments()[0].get_template("report.html.j2").render(**ctx).rstrip("\n") + "\n"
 
 

@@ -1,24 +1,17 @@
-"""The charts of the validation report (Vega-Lite, through altair) and the Vega JavaScript that
-draws them.
+"""The charts of the validation report (Vega-Lite, through altair).
 
 Each chart function returns an altair chart (``None`` when there is nothing to draw); the page
-embeds their Vega-Lite specs. :func:`vega_scripts` says how the page gets vega, vega-lite and
-vega-embed: inlined from ``vl-convert-python``'s bundle when it is installed (the page then
-renders offline), else from a CDN, with a note saying so. Chart values are shown in each
-metric's display unit (ms or tok/s); errors in %.
+embeds their Vega-Lite specs, drawn by the Vega JavaScript of :func:`perfmodel.vega.vega_scripts`.
+Chart values are shown in each metric's display unit (ms or tok/s); errors in %.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from perfmodel.validate.report_metrics import (
     METRIC_LABEL, METRIC_UNIT, N_OPS_POINTS, SPLITS, point_label, with_variant,
 )
-
-#: Where the page loads the Vega scripts from when they cannot be inlined.
-CDN = "https://cdn.jsdelivr.net/npm"
 
 
 def display_values(points):
@@ -169,36 +162,3 @@ def ops_chart(points, ops, engine: str):
         title=f"Per-op breakdown of one decode step: the {len(ids)} held-out points of {engine} "
               f"with the largest decode-step error")
     return chart
-
-
-@dataclass(frozen=True)
-class VegaScripts:
-    """How the page gets vegaEmbed: ``inline`` JavaScript (safe inside a <script> element), or
-    ``urls`` to load; ``note`` says which, for the reader."""
-
-    inline: str | None
-    urls: tuple[str, ...]
-    note: str
-
-
-def vega_scripts() -> VegaScripts:
-    """The Vega JavaScript: inlined if vl-convert is installed, else CDN URLs (see the module)."""
-    import altair as alt
-
-    try:
-        import vl_convert as vlc
-        from altair.utils._importers import vl_version_for_vl_convert
-
-        bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
-        bundle = bundle.replace("</script", "<\\/script")
-        version = getattr(vlc, "__version__", "?")
-        note = (f"Charts: Vega-Lite {alt.VEGALITE_VERSION}, JavaScript inlined from "
-                f"vl-convert-python {version}; the page needs no network.")
-        return VegaScripts(inline=bundle, urls=(), note=note)
-    except Exception:  # noqa: BLE001 - any failure means: fall back to the CDN
-        urls = tuple(f"{CDN}/{name}@{ver}"
-                     for name, ver in (("vega", alt.VEGA_VERSION), ("vega-lite", alt.VEGALITE_VERSION),
-                                       ("vega-embed", alt.VEGAEMBED_VERSION)))
-        note = ("Charts: the Vega JavaScript is loaded from a CDN (vl-convert-python is not "
-                "installed, so it could not be inlined); offline, the charts do not render.")
-        return VegaScripts(inline=None, urls=urls, note=note)

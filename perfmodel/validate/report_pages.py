@@ -36,6 +36,7 @@ from perfmodel.validate.report_metrics import (
     shown_splits, signed, source_items, targets, verdict, verdict_line, with_variant, worst_points,
 )
 from perfmodel.validate.report_prefill import prefill_section
+from perfmodel.vega import vega_scripts
 
 #: The templates' package and folder.
 TEMPLATES = ("perfmodel.validate", "templates")
@@ -300,7 +301,7 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         title=title, mode=mode, banner_head=head, banner_rest=rest,
         verdict_word=verdict(points, calibrated, targets(source))[0],
         verdict_text=verdict_line(points, calibrated, targets(source)).replace("`", ""),
-        source_items=source_items(source), vega=charts.vega_scripts(),
+        source_items=source_items(source), vega=vega_scripts(),
         mape=mape_rows(points, calibrated, baseline, targets(source)),
         repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),

@@ -699,13 +699,13 @@ def report_html(result: dict[str, Any]) -> str:
     """The report as one self-contained HTML page (``perfmodel/validate/templates/serving.html.j2``
     with the shared assets of :mod:`perfmodel.templating`): the REPLAY banner, MAPE, the runs,
     saturation, the charts of :mod:`perfmodel.validate.serving_charts` and every point
-    (sortable); the Vega JavaScript inlined (:func:`perfmodel.validate.report_charts.vega_scripts`)."""
+    (sortable); the Vega JavaScript inlined (:func:`perfmodel.vega.vega_scripts`)."""
     import json
 
     from markupsafe import Markup
 
     from perfmodel.templating import environments
-    from perfmodel.validate.report_charts import vega_scripts
+    from perfmodel.vega import vega_scripts
     from perfmodel.validate.serving_charts import chart_specs
 
     src = result["source"]

@@ -271,7 +271,7 @@ def report_html(report: PaperReport) -> str:
     """The HTML page: summary table, then per effect its claims, measurements, explanation, charts."""
     from markupsafe import Markup
 
-    from perfmodel.validate.report_charts import vega_scripts
+    from perfmodel.vega import vega_scripts
 
     specs: dict[str, Any] = {}
     slots: dict[str, list[str]] = {}
