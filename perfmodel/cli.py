@@ -147,6 +147,8 @@ def predict(
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write report.html (each op on the "
+                                       "GPU's roofline, time by op) and summary.md into this folder."),
 ) -> None:
     """Predict TTFT, ITL, E2E, throughput and memory of one fixed-batch workload.
 
@@ -155,18 +157,30 @@ def predict(
     """
     from perfmodel.prediction import predict as run
 
+    if out is not None:
+        from perfmodel.templating import check_out_dir
+
+        check_out_dir(out)
+
     result = run(model, gpu=gpu, engine=engine, phase=phase.value, batch=batch,
                  input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
                  pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [],
                  quant=quant, moe_impl=moe_impl, prune_experts=prune_experts, prune_ffn=prune_ffn, spec_draft=spec_draft,
                  spec_tokens=spec_tokens, spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
                  host_probe_ms=host_probe_ms)
+    report = None
+    if out is not None:
+        from perfmodel.prediction_report import write_report
+
+        report = [str(path) for path in write_report(result, out)]
     if as_json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **({"report": report} if report else {})})
     else:
         from perfmodel.report_terminal import print_prediction
 
         print_prediction(result, make_console())
+        if report:
+            print(f"report: {report[0]}  markdown: {report[1]}")
     unread = result.provenance.get("unread_quantization")
     if unread is not None:
         _warn_unread(unread, f"predicted unquantized at --dtype {result.workload.dtype}")

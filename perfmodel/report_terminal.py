@@ -109,17 +109,10 @@ def _launch_rows(m: dict[str, float]) -> list[tuple[str, str, None]]:
     return rows
 
 
-def print_prediction(p: Prediction, console: Console) -> None:
-    """Header, metrics (with the error band where it applies, and why it does not elsewhere),
-    memory and the per-op breakdown (with each op's bound)."""
-    m, prov = p.metrics, p.provenance
-    band = prov.get("error_band")
-    for line in header_lines(p):
-        console.print(line, highlight=False, markup=False)
-    table = Table(show_header=True, header_style="bold")
-    table.add_column("metric", overflow="fold")
-    table.add_column("value", justify="right", overflow="fold")
-    table.add_column("± band", justify="right", overflow="fold")
+def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
+    """The prediction's metrics as (name, formatted value, relative band or None), the rows a
+    phase does not have left out: timings with the host's parts under them, throughput, memory."""
+    m, band = p.metrics, p.provenance.get("error_band")
     host = m.get("request_host_s", float("nan"))
     floor = m.get("decode_host_s", float("nan"))
     graph = m.get("decode_graph_batch", float("nan"))
@@ -144,9 +137,31 @@ def print_prediction(p: Prediction, console: Console) -> None:
             ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
              f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None),
             ("KV-cache waves", _waves_text(m, p.workload.batch), None)]
-    for name, value, rel in rows:
-        if value.startswith("nan") or value == "–":
-            continue
+    return [(name, value, rel or None) for name, value, rel in rows
+            if not (value.startswith("nan") or value == "–")]
+
+
+def op_table_rows(p: Prediction) -> list[dict]:
+    """The ops that take time, each with its ``share`` of its pass's time (the whole pass, all
+    layers)."""
+    by_pass: dict[str, float] = {}
+    for op in p.ops:
+        by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
+    return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0}
+            for op in p.ops if op["time_s"] > 0]
+
+
+def print_prediction(p: Prediction, console: Console) -> None:
+    """Header, metrics (with the error band where it applies, and why it does not elsewhere),
+    memory and the per-op breakdown (with each op's bound)."""
+    prov = p.provenance
+    for line in header_lines(p):
+        console.print(line, highlight=False, markup=False)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_column("± band", justify="right", overflow="fold")
+    for name, value, rel in metric_rows(p):
         table.add_row(name, value, f"±{rel:.0%}" if rel else "")
     console.print(table)
     if p.speculative:
@@ -156,15 +171,9 @@ def print_prediction(p: Prediction, console: Console) -> None:
     for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound"):
         ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right",
                        overflow="fold")
-    by_pass: dict[str, float] = {}
-    for op in p.ops:
-        by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
-    for op in p.ops:
-        if op["time_s"] <= 0:
-            continue
-        share = op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0
+    for op in op_table_rows(p):
         ops.add_row(op["pass"], op["name"], f"{op['flops'] / 1e9:,.1f}", f"{op['bytes'] / 1e9:,.3f}",
-                    format_time(op["time_s"]), f"{share:.1%}", op["bound"])
+                    format_time(op["time_s"]), f"{op['share']:.1%}", op["bound"])
     console.print(ops)
     console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
                   f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")

@@ -8,7 +8,7 @@ styles and scripts are copied into the page and the HTML is self-contained.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 #: The shared assets' package and folder.
 SHARED = ("perfmodel", "templates")
@@ -36,3 +36,34 @@ def environments(package: str, folder: str = "templates", *, strict: bool = Fals
     html.globals.update(static=static, **globals_)
     markdown.globals.update(globals_)
     return html, markdown
+
+
+def check_out_dir(out_dir) -> None:
+    """A report's ``--out`` folder may exist, but not as a file (an error before any work)."""
+    from pathlib import Path
+
+    from perfmodel.errors import InputError
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+
+
+def write_pages(out_dir, pages: dict[str, Callable[[], str]]) -> list:
+    """Write each page (file name -> a function rendering its text) into ``out_dir``, made if
+    missing; the written paths, in order. An unwritable folder is one :class:`InputError`."""
+    from pathlib import Path
+
+    from perfmodel.errors import InputError
+
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    paths = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, render in pages.items():
+            path = out_dir / name
+            path.write_text(render(), encoding="utf-8")
+            paths.append(path)
+    except OSError as exc:
+        raise InputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    return paths

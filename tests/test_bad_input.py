@@ -150,6 +150,8 @@ CASES = [
      "finite"),
     ("gpu-file-is-directory", lambda t: ["predict", "mixtral", "--gpu", _directory(t, "d.yaml")],
      "cannot read"),
+    ("predict-report-into-a-file", lambda t: ["predict", "mixtral", "--out", _write(t, "r.html", "kept")],
+     "is a file, not a folder"),
     # engine profiles
     ("profile-malformed-yaml", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", "efficiency: [1\n")],
      "malformed YAML"),

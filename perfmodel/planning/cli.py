@@ -133,6 +133,7 @@ def plan(
     from perfmodel.planning.question import build_question
     from perfmodel.planning.search import run_search
     from perfmodel.planning.terminal import print_answer, progress_bar
+    from perfmodel.templating import check_out_dir
 
     question = build_question(config, _overrides(
         model=model, set_=set_, engine=engine, prices=prices, rate=rate, input_len=input_len,
@@ -141,8 +142,8 @@ def plan(
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
         max_batched_tokens=max_batched_tokens, disaggregation=disaggregation,
         kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
-    if out is not None and out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+    if out is not None:
+        check_out_dir(out)
     if question.host_probe_ms is not None:  # a profile without a host-speed fit: bad input, not infeasible
         from perfmodel.host_speed import host_factor
         from perfmodel.profile import load_profile

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from perfmodel.errors import InputError
 from perfmodel.planning import charts
 from perfmodel.planning.search import Plan
 from perfmodel.vega import vega_scripts
@@ -95,14 +94,8 @@ def summary_markdown(plan: Plan, data: dict[str, Any]) -> str:
 
 def write_report(plan: Plan, data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/summary.md``; returns their paths."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        html, md = out_dir / "report.html", out_dir / "summary.md"
-        html.write_text(report_html(plan, data), encoding="utf-8")
-        md.write_text(summary_markdown(plan, data), encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    from perfmodel.templating import write_pages
+
+    html, md = write_pages(out_dir, {"report.html": lambda: report_html(plan, data),
+                                     "summary.md": lambda: summary_markdown(plan, data)})
     return html, md

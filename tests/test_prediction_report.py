@@ -1,0 +1,94 @@
+"""``perfmodel predict --out DIR``: the report page and its charts (each op on the GPU's
+roofline, time by op) and the Markdown summary (an --out that is a file: tests/test_bad_input.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from perfmodel import predict
+from perfmodel.cli import app
+from perfmodel.commands import register
+from perfmodel.prediction_charts import compute_dtypes, placed_ops, roofline_chart, roofs
+from perfmodel.specs.hardware import load_gpu
+
+register()
+RUNNER = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def mixtral():
+    return predict("mixtral-8x7b", gpu="h200-sxm", batch=16, input_len=1024, output_len=256)
+
+
+def _specs(html: str) -> dict:
+    found = re.search(r"var specs = (\{.*?\});\n", html, re.S)
+    return json.loads(found.group(1).replace("<\\/", "</"))
+
+
+def test_ops_are_placed_at_their_intensity_and_achieved_flops(mixtral):
+    placed = {(o["pass"], o["op"]): o for o in placed_ops(mixtral)}
+    ops = {(o["pass"], o["name"]): o for o in mixtral.ops}
+    experts = ops["decode", "moe.experts"]
+    point = placed["decode", "moe.experts"]
+    assert point["intensity"] == pytest.approx(experts["flops"] / experts["bytes"])
+    assert point["tflops"] == pytest.approx(experts["flops"] / experts["time_s"] / 1e12)
+    assert ("decode", "attn.norm") not in placed  # no matrix math: not on the roofline
+    for name in ("prefill", "decode"):
+        assert sum(o["share"] for o in placed.values() if o["pass"] == name) <= 1 + 1e-9
+
+
+def test_every_op_sits_under_the_uncalibrated_roofline():
+    """The roofline engine runs each op at the datasheet peaks' derates: no op above the roofs."""
+    p = predict("mixtral-8x7b", engine="roofline", batch=16, input_len=1024, output_len=256, quant="fp8")
+    gpu = load_gpu("h200-sxm")
+    peak = max(gpu.peak(d) for d in compute_dtypes(p, gpu))
+    for op in placed_ops(p):
+        assert op["tflops"] * 1e12 <= min(peak, gpu.hbm_bandwidth * op["intensity"]) * (1 + 1e-9), op["op"]
+
+
+def test_roofs_follow_the_datasheet():
+    gpu = load_gpu("h200-sxm")
+    lines = roofs(gpu, ["bf16", "fp8"], 1.0, 10_000.0)
+    assert {r["roof"].split()[0] for r in lines} == {"bf16", "fp8"}
+    for r in lines:
+        peak = gpu.peak(r["roof"].split()[0])
+        assert r["tflops"] == pytest.approx(min(peak, gpu.hbm_bandwidth * r["intensity"]) / 1e12)
+    ridge = [r for r in lines if r["roof"].startswith("bf16")][1]
+    assert ridge["intensity"] == pytest.approx(989.5e12 / 4.8e12)
+
+
+def test_compute_dtypes_add_the_low_precision_one():
+    gpu = load_gpu("h200-sxm")
+    assert compute_dtypes(predict("olmoe-1b-7b", quant="fp8"), gpu) == ["bf16", "fp8"]
+    assert compute_dtypes(predict("olmoe-1b-7b", quant="w4a16"), gpu) == ["bf16"]  # weight-only: bf16 math
+    assert compute_dtypes(predict("olmoe-1b-7b"), gpu) == ["bf16"]
+
+
+def test_roofline_chart_has_one_panel_per_pass(mixtral):
+    spec = roofline_chart(mixtral, load_gpu("h200-sxm")).to_dict(validate=False)
+    assert [panel["title"] for panel in spec["hconcat"]] == ["prefill: ops on the roofline", "decode: ops on the roofline"]
+
+
+def test_cli_writes_the_page_and_the_summary(tmp_path):
+    out = tmp_path / "report"
+    result = RUNNER.invoke(app, ["predict", "mixtral", "-b", "16", "-s", "1024", "-o", "256", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'report.html'}" in result.output
+    html = (out / "report.html").read_text()
+    specs = _specs(html)
+    assert set(specs) == {"chart-roofline", "chart-op-time"}
+    assert all("vega-lite" in s["$schema"] for s in specs.values())
+    assert "moe.experts" in html and "±" in html  # the per-op table and the band
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# mixtral-8x7b on h200-sxm") and "| decode | moe.experts |" in md
+    assert "↳ the host's time for its 16 sequences" in md
+
+
+def test_cli_json_names_the_report(tmp_path):
+    result = RUNNER.invoke(app, ["predict", "olmoe", "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["report"] == [str(tmp_path / "report.html"), str(tmp_path / "summary.md")]
