@@ -56,6 +56,20 @@ def placed_ops(p: Prediction) -> list[dict[str, Any]]:
             for op in op_table_rows(p) if op["flops"] > 0 and op["bytes"] > 0]
 
 
+def above_roofs(p: Prediction, gpu: GPUSpec) -> list[dict[str, Any]]:
+    """The placed ops (:func:`placed_ops`) that reach above the roofline: more FLOP/s than
+    min(the highest peak of the workload's compute dtypes, HBM bandwidth · their intensity),
+    each with ``over``, the factor by which. Only a fitted efficiency above the datasheet's puts
+    an op there."""
+    peak = max((gpu.peak(d) for d in compute_dtypes(p, gpu)), default=0.0)
+    out = []
+    for op in placed_ops(p):
+        roof = min(peak, gpu.hbm_bandwidth * op["intensity"]) / 1e12
+        if roof > 0 and op["tflops"] > roof * (1 + 1e-6):
+            out.append({**op, "over": op["tflops"] / roof})
+    return out
+
+
 def _bound_colour():
     import altair as alt
 

@@ -21,14 +21,21 @@ TEMPLATES = ("prediction.html.j2", "prediction.md.j2")
 def context(p: Prediction) -> dict[str, Any]:
     """What both templates show: header lines, metric rows (name, its depth under the row it is
     part of, value, band), the band's note, speculative decoding, the ops (with their share of
-    the pass) and the provenance."""
+    the pass), those above the GPU's roofline and the provenance."""
     prov = p.provenance
     return {"title": header_lines(p)[0], "header": header_lines(p)[1:],
             "metrics": [{"name": n.strip(), "depth": (len(n) - len(n.lstrip())) // 2, "value": v,
                          "band": f"±{rel:.0%}" if rel else ""} for n, v, rel in metric_rows(p)],
             "band_note": prov.get("error_band_note") or "no error band",
             "speculative": speculative_text(p.speculative) if p.speculative else None,
-            "ops": op_table_rows(p), "provenance": prov, "model": p.model}
+            "ops": op_table_rows(p), "above_roofs": _above_roofs(p), "provenance": prov, "model": p.model}
+
+
+def _above_roofs(p: Prediction) -> list[dict[str, Any]]:
+    from perfmodel.prediction_charts import above_roofs
+    from perfmodel.specs.hardware import load_gpu
+
+    return above_roofs(p, load_gpu(p.provenance["gpu"]))
 
 
 def _charts(p: Prediction) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from perfmodel import predict
 from perfmodel.cli import app
 from perfmodel.commands import register
-from perfmodel.prediction_charts import compute_dtypes, placed_ops, roofline_chart, roofs
+from perfmodel.prediction_charts import above_roofs, compute_dtypes, placed_ops, roofline_chart, roofs
 from perfmodel.specs.hardware import load_gpu
 
 register()
@@ -48,6 +48,22 @@ def test_every_op_sits_under_the_uncalibrated_roofline():
     peak = max(gpu.peak(d) for d in compute_dtypes(p, gpu))
     for op in placed_ops(p):
         assert op["tflops"] * 1e12 <= min(peak, gpu.hbm_bandwidth * op["intensity"]) * (1 + 1e-9), op["op"]
+
+
+def test_an_efficiency_above_the_datasheet_puts_its_ops_above_the_roof_and_the_report_says_so(tmp_path):
+    from perfmodel.profile import load_profile
+
+    profile = load_profile("vllm", "h200-sxm")
+    p = predict("mixtral-8x7b", engine="vllm", batch=1, input_len=128, output_len=128)
+    above = {(o["pass"], o["op"]): o["over"] for o in above_roofs(p, load_gpu("h200-sxm"))}
+    if profile.efficiency["gemm"].memory <= 1:
+        assert not above
+        return
+    assert ("decode", "lm_head") in above  # a dense GEMM read at the fitted η_m > 1
+    assert all(over > 1 for over in above.values())
+    result = RUNNER.invoke(app, ["predict", "mixtral", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Above the roofline: " in (tmp_path / "summary.md").read_text()
 
 
 def test_roofs_follow_the_datasheet():
