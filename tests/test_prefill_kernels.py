@@ -12,7 +12,7 @@ from perfmodel.measuring.prefill_kernels import category_ratios, prefill_kernels
 from perfmodel.paths import RESULTS_DIR  # noqa: E402
 from perfmodel.prediction import predict  # noqa: E402
 from perfmodel.specs.model import load_model  # noqa: E402
-from perfmodel.validate.report_prefill import prefill_section  # noqa: E402
+from perfmodel.validate.report_prefill import decode_summary, prefill_section  # noqa: E402
 
 
 def _profiled(model: str, batch: int, input_len: int) -> dict:
@@ -76,3 +76,21 @@ def test_the_report_section_sums_up_each_split_and_lists_the_worst_held_out_pref
     assert worst["header"][5:] == ["attention ms", "expert_gemm ms", "copy ms"]
     assert worst["rows"][0][5] == "3.00 / 1.00"
     assert prefill_section(points, None, "e")["summary"]["rows"] == []
+
+
+def test_the_decode_summary_takes_every_profiled_step_of_the_calibrated_engine():
+    ops = pd.DataFrame([
+        {"engine": engine, "point_id": p, "split": split, "category": c, "measured_s": meas, "predicted_s": pred}
+        for engine in ("e", "roofline")
+        for p, split, meas in (("p1", "held-out", 2e-3), ("p2", "held-out", 4e-3), ("p3", "train", 1e-3),
+                               ("p4", "held-out", None))  # p4: a row without a decode profile
+        for c, pred in (("dense_gemm", 1e-3), ("other", 0.0))])
+    section = decode_summary(ops, "e")
+    rows = {(r[0], r[1]): r for r in section["summary"]["rows"]}
+    assert rows["held-out", "dense_gemm"][2:4] == ["2", "3.00"]  # p1 and p2: median of 2 and 4
+    assert rows["train", "dense_gemm"][2:4] == ["1", "1.00"]
+    assert ("held-out", "other") not in rows and rows["held-out", "all"][3] == "6.00"  # p1 (2 + 2) / 1, p2 (4 + 4) / 1
+    assert "2 held-out, 1 train" in section["sentence"] and "(other)" in section["sentence"]
+    assert decode_summary(None, "e")["summary"]["rows"] == []
+    assert decode_summary(ops[ops["engine"] == "roofline"], "e")["summary"]["rows"] == []
+

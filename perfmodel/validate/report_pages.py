@@ -35,7 +35,7 @@ from perfmodel.validate.report_metrics import (
     engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows,
     shown_splits, signed, source_items, targets, verdict, verdict_line, with_variant, worst_points,
 )
-from perfmodel.validate.report_prefill import prefill_section
+from perfmodel.validate.report_prefill import decode_summary, prefill_section
 from perfmodel.vega import vega_scripts
 
 #: The templates' package and folder.
@@ -168,7 +168,8 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
-        ops=ops_rows(points, ops, calibrated), prefill=prefill_section(points, prefill, calibrated))
+        ops=ops_rows(points, ops, calibrated), decode=decode_summary(ops, calibrated),
+        prefill=prefill_section(points, prefill, calibrated))
     return text
 
 
@@ -305,7 +306,8 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         mape=mape_rows(points, calibrated, baseline, targets(source)),
         repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
-        metrics=metrics, ops_chart=ops_slot, prefill=prefill_section(points, prefill, calibrated),
+        metrics=metrics, ops_chart=ops_slot, decode=decode_summary(ops, calibrated),
+        prefill=prefill_section(points, prefill, calibrated),
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
     ).rstrip("\n")

@@ -1,6 +1,7 @@
-"""The validation report's prefill by op category: the profiled prefills' kernels against the
+"""The validation report's passes by op category: the profiled prefills' kernels against the
 model's ops (:mod:`perfmodel.measuring.prefill_kernels`), summed up per split and category, and
-the held-out ones with the largest TTFT error, one by one."""
+the held-out ones with the largest TTFT error, one by one; and the profiled decode steps' kernels
+(:func:`perfmodel.measuring.compare.compare`'s second table) summed up the same way."""
 
 from __future__ import annotations
 
@@ -24,27 +25,13 @@ def prefill_section(points, prefill, calibrated: str) -> dict[str, Any]:
     """``sentence``, ``summary`` and ``worst`` (header, rows) of the section; empty rows where
     ``prefill`` (:func:`~perfmodel.measuring.prefill_kernels.prefill_kernels`' table with the
     points' ``split``) is None or holds no point of :data:`SUMMARY_SPLITS`."""
-    from perfmodel.measuring.prefill_kernels import category_ratios
-
     empty = {"header": [], "rows": []}
     out: dict[str, Any] = {"sentence": "", "summary": dict(empty), "worst": dict(empty)}
     if prefill is None or prefill.empty or "split" not in prefill.columns:
         return out
-    rows, counts = [], {}
-    for split in SUMMARY_SPLITS:
-        part = prefill[prefill["split"] == split]
-        if part.empty:
-            continue
-        counts[split] = part["point_id"].nunique()
-        ratios = category_ratios(part)
-        for category in [c for c in ORDER if c in ratios.index] + sorted(set(ratios.index) - set(ORDER)):
-            r = ratios.loc[category]
-            rows.append([split, category, str(int(r["points"])), _ratio(r["median"]),
-                         f"{_ratio(r['p10'])}–{_ratio(r['p90'])}"])
+    rows, counts, unmodelled = ratio_rows(prefill)
     if not rows:
         return out
-    unmodelled = sorted({c for c in prefill.loc[prefill["predicted_s"] == 0, "category"]
-                         if prefill.loc[prefill["category"] == c, "measured_s"].sum() > 0})
     out["sentence"] = (
         "Prefills run as one engine step and profiled (" + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category of the "
@@ -53,9 +40,57 @@ def prefill_section(points, prefill, calibrated: str) -> dict[str, Any]:
         "error also holds what no kernel shows (the host's launches, gaps between kernels)"
         + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
         + ".")
-    out["summary"] = {"header": ["split", "category", "points", "measured / model (median)", "10th–90th pct"],
-                      "rows": rows}
+    out["summary"] = {"header": SUMMARY_HEADER, "rows": rows}
     out["worst"] = _worst(points, prefill, calibrated)
+    return out
+
+
+#: Columns of a summary of measured / model ratios by split and category.
+SUMMARY_HEADER = ["split", "category", "points", "measured / model (median)", "10th–90th pct"]
+
+
+def ratio_rows(table) -> tuple[list[list[str]], dict[str, int], list[str]]:
+    """Per split of :data:`SUMMARY_SPLITS` and category of a table of measured and predicted
+    kernel time per point and category (with ``split``), the row of
+    :func:`~perfmodel.measuring.prefill_kernels.category_ratios`; the points per split; and the
+    categories the model has no op in that the kernels spent time in."""
+    from perfmodel.measuring.prefill_kernels import category_ratios
+
+    rows, counts = [], {}
+    for split in SUMMARY_SPLITS:
+        part = table[table["split"] == split]
+        if part.empty:
+            continue
+        counts[split] = part["point_id"].nunique()
+        ratios = category_ratios(part)
+        for category in [c for c in ORDER if c in ratios.index] + sorted(set(ratios.index) - set(ORDER)):
+            r = ratios.loc[category]
+            rows.append([split, category, str(int(r["points"])), _ratio(r["median"]),
+                         f"{_ratio(r['p10'])}–{_ratio(r['p90'])}"])
+    unmodelled = sorted({c for c in table.loc[table["predicted_s"] == 0, "category"]
+                         if table.loc[table["category"] == c, "measured_s"].sum() > 0})
+    return rows, counts, unmodelled
+
+
+def decode_summary(ops, calibrated: str) -> dict[str, Any]:
+    """``sentence`` and ``summary`` (header, rows): every profiled decode step of the calibrated
+    engine (``ops``: :func:`perfmodel.measuring.compare.compare`'s second table), measured kernel
+    time over the model's per category, per split; empty rows without profiled steps."""
+    out: dict[str, Any] = {"sentence": "", "summary": {"header": [], "rows": []}}
+    if ops is None or ops.empty:
+        return out
+    mine = ops[(ops["engine"] == calibrated) & ops["measured_s"].notna()]
+    rows, counts, unmodelled = ratio_rows(mine.astype({"measured_s": float}))
+    if not rows:
+        return out
+    out["sentence"] = (
+        "Every profiled decode step (" + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category and of the "
+        "step's kernels summed (all); the median over the steps, and the 10th–90th percentile. The step's "
+        "own fixed times (per layer, per step) are in neither"
+        + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
+        + ".")
+    out["summary"] = {"header": SUMMARY_HEADER, "rows": rows}
     return out
 
 
