@@ -39,13 +39,19 @@ def environments(package: str, folder: str = "templates", *, strict: bool = Fals
 
 
 def check_out_dir(out_dir) -> None:
-    """A report's ``--out`` folder may exist, but not as a file (an error before any work)."""
+    """A report's ``--out`` folder may exist, but not as a file nor under one: one line, before
+    any work is done."""
     from pathlib import Path
 
     from perfmodel.errors import InputError
 
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder")
+    out_dir = Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out_dir else f"lies under {path}, a file"
+                raise InputError(f"--out {out_dir} {what}; the report folder must be a folder")
+            return
 
 
 def write_pages(out_dir, pages: dict[str, Callable[[], str]]) -> list:

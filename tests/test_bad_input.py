@@ -151,7 +151,7 @@ CASES = [
     ("gpu-file-is-directory", lambda t: ["predict", "mixtral", "--gpu", _directory(t, "d.yaml")],
      "cannot read"),
     ("predict-report-into-a-file", lambda t: ["predict", "mixtral", "--out", _write(t, "r.html", "kept")],
-     "is a file, not a folder"),
+     "is a file; the report folder must be a folder"),
     # engine profiles
     ("profile-malformed-yaml", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", "efficiency: [1\n")],
      "malformed YAML"),

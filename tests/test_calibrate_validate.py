@@ -331,13 +331,20 @@ def test_validate_sets_apart_collapsed_routing_and_an_engine_core_apart():
     assert list(train["split"]) == ["train"]  # only held-out points are set apart
 
 
-def test_validate_json_gives_the_profiled_prefills_by_op_category(tmp_path, capsys):
-    """``prefill_kernels``: per split, each category's measured/model kernel time over the
-    profiled one-step prefills (the report's "One prefill by op category")."""
+def test_validate_json_gives_the_profiled_passes_by_op_category(tmp_path, capsys):
+    """``prefill_kernels`` and ``decode_kernels``: per split, each category's measured/model
+    kernel time over the profiled one-step prefills and decode steps (the report's "One prefill
+    by op category" and "Every profiled decode step by op category")."""
     main(["validate", "qwen3-30b-a3b", "--backend", "vllm", "--json", "--out", str(tmp_path)])
     out = json.loads(capsys.readouterr().out)
     held = out["prefill_kernels"]["held-out"]
     assert {"attention", "expert_gemm", "dense_gemm", "all"} <= set(held)
     assert all(v["p10"] <= v["median"] <= v["p90"] and v["points"] > 0 for v in held.values())
     assert 0.5 < held["all"]["median"] < 2 and held["attention"]["median"] > held["expert_gemm"]["median"]
-    assert "## One prefill by op category" in Path(out["summary_md"]).read_text()
+    summary = Path(out["summary_md"]).read_text()
+    assert "## One prefill by op category" in summary
+    steps = out["decode_kernels"]["held-out"]
+    assert {"attention", "expert_gemm", "dense_gemm", "all"} <= set(steps)
+    assert all(v["p10"] <= v["median"] <= v["p90"] and v["points"] > 0 for v in steps.values())
+    assert 0.5 < steps["expert_gemm"]["median"] < 2
+    assert "## Every profiled decode step by op category" in summary

@@ -96,7 +96,7 @@ CASES = [
     ("plan-config-a-folder", lambda t: ["plan", "--config", str(t)], "cannot read"),
     ("plan-lengths-file-negative", lambda t: ["plan", "mixtral", "--rate", "1", "--lengths-file",
                                               _file(t, "l.csv", "input,output\n-5,10\n")], "integers from 1 to"),
-    ("plan-out-is-a-file", lambda t: ["plan", "mixtral", "--rate", "1", "--out", _file(t, "f", "")], "not a folder"),
+    ("plan-out-is-a-file", lambda t: ["plan", "mixtral", "--rate", "1", "--out", _file(t, "f", "")], "must be a folder"),
     # report paper
     ("paper-gpu-unknown", lambda t: _paper(t, "--gpu", "nope"), "unknown GPU 'nope'"),
     ("paper-engine-unknown", lambda t: _paper(t, "--engine", "nope"), "unknown engine 'nope'"),

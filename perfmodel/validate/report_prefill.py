@@ -72,6 +72,14 @@ def ratio_rows(table) -> tuple[list[list[str]], dict[str, int], list[str]]:
     return rows, counts, unmodelled
 
 
+def profiled_steps(ops, engine: str):
+    """The rows of :func:`~perfmodel.measuring.compare.compare`'s op table of ``engine`` whose
+    decode step was profiled, measured time as floats."""
+    if ops.empty:
+        return ops
+    return ops[(ops["engine"] == engine) & ops["measured_s"].notna()].astype({"measured_s": float})
+
+
 def decode_summary(ops, calibrated: str) -> dict[str, Any]:
     """``sentence`` and ``summary`` (header, rows): every profiled decode step of the calibrated
     engine (``ops``: :func:`perfmodel.measuring.compare.compare`'s second table), measured kernel
@@ -79,8 +87,7 @@ def decode_summary(ops, calibrated: str) -> dict[str, Any]:
     out: dict[str, Any] = {"sentence": "", "summary": {"header": [], "rows": []}}
     if ops is None or ops.empty:
         return out
-    mine = ops[(ops["engine"] == calibrated) & ops["measured_s"].notna()]
-    rows, counts, unmodelled = ratio_rows(mine.astype({"measured_s": float}))
+    rows, counts, unmodelled = ratio_rows(profiled_steps(ops, calibrated))
     if not rows:
         return out
     out["sentence"] = (

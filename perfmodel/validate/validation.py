@@ -15,6 +15,7 @@ from typing import Any
 
 from perfmodel.errors import InputError
 from perfmodel.paths import RESULTS_DIR, ROOT
+from perfmodel.templating import check_out_dir
 from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, measured_span
 
 #: The small live sweep: B × S (= O).
@@ -109,16 +110,6 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
     return lines
 
 
-def _check_report_folder(out_dir: Path) -> None:
-    """Refuse (one line) a report folder that is a file or lies under one, before measuring anything."""
-    for path in (out_dir, *out_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "is a file" if path == out_dir else f"lies under {path}, a file"
-                raise InputError(f"--out {out_dir} {what}; the report folder must be a folder")
-            return
-
-
 def _check_given_rows(rows: list[dict[str, Any]], path: Path, backend: str) -> None:
     """A rows file given to replay: offline rows of ``backend``, some of them measured; one line
     (:class:`InputError`) where it is not."""
@@ -156,7 +147,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     metric, points (predicted vs measured), repeats (the points measured ok more than once,
     :func:`perfmodel.validate.repeats.repeated_points`, and their summary), prefill_kernels (per
     split, the profiled prefills' measured/model kernel time by category:
-    :func:`perfmodel.measuring.prefill_kernels.category_ratios`), and the report paths.
+    :func:`perfmodel.measuring.prefill_kernels.category_ratios`), decode_kernels (the same of the
+    profiled decode steps), and the report paths.
     """
     from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
@@ -168,7 +160,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if backend not in ("hf", "vllm"):
         raise InputError(f"unknown --backend '{backend}' (hf or vllm)")
     if out_dir is not None:
-        _check_report_folder(Path(out_dir))
+        check_out_dir(Path(out_dir))
     gpu_spec = load_gpu(gpu)
     profile = load_profile(backend, gpu_spec.name)
     wanted = None if model == "all" else [load_model(model).name]
@@ -241,6 +233,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
     from perfmodel.measuring.prefill_kernels import category_ratios, prefill_kernels
+    from perfmodel.validate.report_prefill import profiled_steps
 
     prefill = prefill_kernels(rows if wanted is None else [r for r in rows if r.get("model") in wanted],
                               engine=backend, gpu=gpu_spec.name)
@@ -255,4 +248,6 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                         "every_measurement": every_measurement(points_df, every, profile.name)},
             "prefill_kernels": {split: category_ratios(part).to_dict(orient="index")
                                 for split, part in prefill.groupby("split")},
+            "decode_kernels": {split: category_ratios(part).to_dict(orient="index")
+                               for split, part in profiled_steps(ops_df, profile.name).groupby("split")},
             "report_html": str(html), "summary_md": str(md)}
