@@ -428,6 +428,8 @@ def sweep(
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
         None, "--max-points", help="Refuse a grid of more combinations than this (default 10,000,000)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write report.html (each metric against "
+                                       "the first swept key) and summary.md into this folder."),
 ) -> None:
     """Evaluate a grid of workloads and hyperparameters (vectorized).
 
@@ -448,6 +450,10 @@ def sweep(
                                    host_probe_ms=host_probe_ms).items() if v is not None}
     if csv is not None:
         check_writable(csv)
+    if out is not None:
+        from perfmodel.templating import check_out_dir
+
+        check_out_dir(out)
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
     axes = parse_grid(grid)
@@ -475,8 +481,13 @@ def sweep(
             table.to_csv(csv, index=False)
         except OSError as exc:
             raise InputError(f"cannot write {csv}: {exc.strerror or exc}") from None
+    report = None
+    if out is not None:
+        from perfmodel.sweep_report import write_report
+
+        report = [str(path) for path in write_report(table, list(axes), header, out)]
     if as_json:
-        print_json({**header, "dropped": dropped, "rows": _records(table)})
+        print_json({**header, "dropped": dropped, "rows": _records(table), **({"report": report} if report else {})})
     elif csv is not None:
         print(f"wrote {len(table)} rows to {csv}")
     else:
@@ -484,6 +495,8 @@ def sweep(
 
         print(sweep_header(header))
         print(table.to_string(index=False, max_rows=60))
+    if report and not as_json:
+        print(f"report: {report[0]}  markdown: {report[1]}")
 
 
 def _records(table) -> list[dict[str, Any]]:

@@ -152,6 +152,8 @@ CASES = [
      "cannot read"),
     ("predict-report-into-a-file", lambda t: ["predict", "mixtral", "--out", _write(t, "r.html", "kept")],
      "is a file; the report folder must be a folder"),
+    ("sweep-report-under-a-file", lambda t: ["sweep", "mixtral", "--grid", "batch=1,2", "--out",
+                                             _write(t, "r", "kept") + "/sub"], "lies under"),
     # engine profiles
     ("profile-malformed-yaml", lambda t: ["predict", "mixtral", "--engine", _write(t, "p.yaml", "efficiency: [1\n")],
      "malformed YAML"),
