@@ -4,7 +4,7 @@ Building a model's expressions and eliminating their common subexpressions takes
 second; a cold ``perfmodel predict`` reuses the result of an earlier run instead. An entry
 holds the expressions after common-subexpression elimination as a JSON tree of a few
 whitelisted node types (:data:`NODE_TYPES`: sums, products, powers, max/min, sign, abs,
-ceiling/floor/Heaviside; symbols and numbers); loading rebuilds the sympy expressions and prints
+ceiling/floor/Heaviside, and Piecewise over the four order relations; symbols and numbers); loading rebuilds the sympy expressions and prints
 them as Python source in this process (:func:`numpy_source`: identifiers checked, numbers printed
 from their values, a fixed text for each node type), so nothing read from the cache is ever
 executed as code. An entry with
@@ -12,7 +12,8 @@ an unknown node type, a symbol that is neither an argument nor an earlier subexp
 bad checksum or any other damage is ignored (the expressions are rebuilt), never fatal.
 
 The key covers the graph structure, phase, engine options, the entry format and a hash of the
-formula modules' source, so a change to any formula makes a new entry. Location:
+formula modules' source, so a change to any formula makes a new entry; a fixed set of named
+expressions (the waves' plan) is kept the same way under its name (:func:`lambdify_named`). Location:
 ``$PERFMODEL_CACHE_DIR``, else ``~/.cache/perfmodel`` (created 0700; entries are written 0600,
 atomically). An unwritable cache is ignored too.
 """
@@ -31,7 +32,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
@@ -39,7 +40,7 @@ import sympy as sp
 from perfmodel.minmax import Max, Min
 
 _FORMULA_FILES = ("symbols.py", "minmax.py", "graph.py", "phases.py", "roofline.py", "memory.py",
-                  "prediction.py", "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
+                  "prediction.py", "waves.py", "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
                   "ops/embedding.py", "ops/comm.py", "ops/quant.py")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -140,6 +141,24 @@ def lambdify_exprs(symbols: Sequence[sp.Symbol], exprs: Sequence[sp.Expr], *, cs
     return lambdify(symbols, replacements, reduced)
 
 
+def lambdify_named(name: str, build: Callable[[], Mapping[str, sp.Expr]], *, cse: bool = False
+                   ) -> tuple[tuple[str, ...], tuple[str, ...], Callable[..., list]]:
+    """A fixed set of named expressions, compiled once and kept on disk under ``name`` (the key
+    holds the formula modules' source hash too): (output names, argument names in the
+    function's order, the function). ``build`` returns the expressions by output name; it runs
+    only when no valid entry exists. The arguments are the expressions' free symbols, sorted by
+    name."""
+    key = cache_key(f"named|{name}|cse={cse}")
+    hit = load(key, op_fields=0)
+    if hit is not None:
+        return hit.outputs, hit.args, lambdify(hit.symbols, hit.replacements, hit.exprs)
+    exprs = dict(build())
+    symbols = sorted({x for e in exprs.values() for x in e.free_symbols}, key=lambda x: x.name)
+    replacements, reduced = sp.cse(list(exprs.values()), list=False) if cse else ([], list(exprs.values()))
+    store(key, symbols=symbols, replacements=replacements, exprs=reduced, passes=(), outputs=tuple(exprs))
+    return tuple(exprs), tuple(x.name for x in symbols), lambdify(symbols, replacements, reduced)
+
+
 # --- printing -------------------------------------------------------------------------------
 
 def _number(value: float | int) -> str:
@@ -170,7 +189,7 @@ def _code(expr: Any, depth: int = 0) -> str:
         if not math.isfinite(value):
             raise _Invalid("non-finite float")
         return _number(value)
-    if isinstance(expr, sp.Piecewise):  # printed as sympy's numpy printer does; never stored
+    if isinstance(expr, sp.Piecewise):  # printed as sympy's numpy printer does
         pairs = [(_code(value, depth + 1), _condition(cond, depth + 1)) for value, cond in expr.args]
         return (f"numpy.select([{', '.join(c for _, c in pairs)}], [{', '.join(v for v, _ in pairs)}], "
                 "default=numpy.nan)")
@@ -203,9 +222,12 @@ def _code(expr: Any, depth: int = 0) -> str:
             "floor": "numpy.floor"}[name] + f"({args[0]})"
 
 
-#: The relations a printed Piecewise's conditions may hold, as numpy functions.
+#: The relations a Piecewise's conditions may hold, as numpy functions, and by the names an
+#: entry stores them under.
 _RELATIONS = {sp.StrictLessThan: "numpy.less", sp.LessThan: "numpy.less_equal",
               sp.StrictGreaterThan: "numpy.greater", sp.GreaterThan: "numpy.greater_equal"}
+_RELATION_NAMES = {sp.StrictLessThan: "Lt", sp.LessThan: "Le", sp.StrictGreaterThan: "Gt", sp.GreaterThan: "Ge"}
+_RELATION_CLASSES = {name: cls for cls, name in _RELATION_NAMES.items()}
 
 
 def _condition(cond: Any, depth: int) -> str:
@@ -256,12 +278,25 @@ def _encode(expr: Any, depth: int = 0) -> Any:
         if not math.isfinite(value):
             raise _Invalid("non-finite float")
         return ["Float", value]
+    if isinstance(expr, sp.Piecewise):
+        return ["Piecewise", *([_encode(value, depth + 1), _encode_condition(cond, depth + 1)]
+                               for value, cond in expr.args)]
     name = _NODE_NAMES.get(type(expr))
     if name is None:
         raise _Invalid(f"node type {type(expr).__name__}")
     if name == "Pow" and expr.exp.is_Integer and abs(int(expr.exp)) > MAX_INTEGER_EXPONENT:
         raise _Invalid("integer exponent too large")
     return [name, *(_encode(a, depth + 1) for a in expr.args)]
+
+
+def _encode_condition(cond: Any, depth: int) -> Any:
+    """A Piecewise condition: ["true"], or a relation of :data:`_RELATION_NAMES` and its sides."""
+    if cond is sp.true:
+        return ["true"]
+    name = _RELATION_NAMES.get(type(cond))
+    if name is None:
+        raise _Invalid(f"condition {type(cond).__name__}")
+    return [name, _encode(cond.lhs, depth), _encode(cond.rhs, depth)]
 
 
 def store(key: str, *, symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.Symbol, sp.Expr]],
@@ -349,6 +384,8 @@ class _Decoder:
             if len(rest) != 1 or type(rest[0]) is not float or not math.isfinite(rest[0]):
                 raise _Invalid("bad Float")
             return sp.Float(rest[0])
+        if kind == "Piecewise":
+            return self.piecewise(rest, depth)
         if kind not in NODE_TYPES:
             raise _Invalid(f"unknown node type {kind[:40]!r}")
         cls, least, most = NODE_TYPES[kind]
@@ -358,6 +395,24 @@ class _Decoder:
         if kind == "Pow" and args[1].is_Integer and abs(int(args[1])) > MAX_INTEGER_EXPONENT:
             raise _Invalid("integer exponent too large")
         return cls(*args, evaluate=False)
+
+
+    def piecewise(self, pairs: list, depth: int) -> sp.Expr:
+        """A Piecewise of (value, condition) pairs, the last condition true."""
+        if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise _Invalid("bad Piecewise")
+        args = [(self.expr(value, depth + 1), self.condition(cond, depth + 1)) for value, cond in pairs]
+        if args[-1][1] is not sp.true:
+            raise _Invalid("Piecewise without a last true condition")
+        return sp.Piecewise(*args, evaluate=False)
+
+    def condition(self, node: Any, depth: int) -> Any:
+        if node == ["true"]:
+            return sp.true
+        if not isinstance(node, list) or len(node) != 3 or node[0] not in _RELATION_CLASSES:
+            raise _Invalid("bad condition")
+        return _RELATION_CLASSES[node[0]](self.expr(node[1], depth + 1), self.expr(node[2], depth + 1),
+                                          evaluate=False)
 
 
 def _strings(value: Any) -> list[str]:

@@ -34,7 +34,7 @@ import numpy as np
 import sympy as sp
 
 from perfmodel import symbols as s
-from perfmodel.codecache import lambdify_exprs
+from perfmodel.codecache import lambdify_named
 from perfmodel.memory import concurrent_sequences, kv_waves, last_wave
 
 #: What a prediction adds about its waves (counts; integers in JSON).
@@ -68,21 +68,23 @@ def timeline_expressions() -> dict[str, sp.Expr]:
 
 
 @functools.cache
-def _lambdified(which: str) -> tuple[tuple[str, ...], Any]:
-    exprs, args = ((plan_expressions(), _PLAN_ARGS) if which == "plan" else (timeline_expressions(), _WAVE_ARGS))
-    symbols = {sym.name: sym for e in exprs.values() for sym in e.free_symbols}
+def _lambdified(which: str) -> tuple[tuple[str, ...], tuple[int, ...], Any]:
+    """(output names, the position in :data:`_PLAN_ARGS` or :data:`_WAVE_ARGS` of each of the
+    compiled function's arguments, the function), compiled once and kept on disk."""
+    build, args = (plan_expressions, _PLAN_ARGS) if which == "plan" else (timeline_expressions, _WAVE_ARGS)
     # the plan computes B_run once, not again inside W and the last wave's size
-    return tuple(exprs), lambdify_exprs([symbols[a] for a in args], list(exprs.values()), cse=which == "plan")
+    names, order, fn = lambdify_named(f"waves.{which}", build, cse=which == "plan")
+    return names, tuple(args.index(a) for a in order), fn
 
 
 def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
-    """The expressions of ``which`` at ``values`` (numbers or arrays that broadcast together;
-    each intermediate is computed over the shape of its own inputs only), each output of the
-    broadcast shape."""
-    names, fn = _lambdified(which)
+    """The expressions of ``which`` at ``values`` (numbers or arrays that broadcast together,
+    in the order of :data:`_PLAN_ARGS` or :data:`_WAVE_ARGS`; each intermediate is computed over
+    the shape of its own inputs only), each output of the broadcast shape."""
+    names, order, fn = _lambdified(which)
     shape = np.broadcast_shapes(*(np.shape(v) for v in values))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = [np.asarray(v, dtype=float) for v in fn(*[np.asarray(v, dtype=float) for v in values])]
+        out = [np.asarray(v, dtype=float) for v in fn(*[np.asarray(values[i], dtype=float) for i in order])]
     return {n: v if v.shape == shape else np.broadcast_to(v, shape) for n, v in zip(names, out)}
 
 

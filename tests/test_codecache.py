@@ -298,3 +298,50 @@ def test_unwritable_cache_is_silent(tmp_path, monkeypatch):
     x = sp.Symbol("B")
     codecache.store("k" * 24, symbols=[x], replacements=[], exprs=[x + 1], passes=[], outputs=["y"])
     assert codecache.load("k" * 24, op_fields=len(OP_FIELDS)) is None
+
+
+def test_a_piecewise_is_stored_and_loaded_as_data(cache):
+    b, s = sp.symbols("B S", positive=True)
+    expr = sp.Piecewise((b, b < s), (s * 2, s <= 3), (b + s, sp.true))
+    codecache.store("p" * 24, symbols=[b, s], replacements=[], exprs=[expr], passes=[], outputs=["y"])
+    hit = codecache.load("p" * 24, op_fields=0)
+    assert hit is not None and hit.outputs == ("y",)
+    fn = codecache.lambdify(hit.symbols, hit.replacements, hit.exprs)
+    for bv, sv in ((1.0, 2.0), (5.0, 2.0), (5.0, 4.0)):
+        assert fn(bv, sv)[0] == pytest.approx(float(expr.subs({b: bv, s: sv})))
+
+
+@pytest.mark.parametrize("condition", [["Eq", "B", 1], ["Lt", "B"], ["true", 1], True, ["Lt", "B", ["sin", "B"]]],
+                         ids=["unknown-relation", "one-side", "true-with-args", "bare-boolean", "bad-side"])
+def test_a_piecewise_with_a_bad_condition_is_refused(condition):
+    body = json.dumps({"args": ["B"], "replacements": [], "exprs": [["Piecewise", ["B", condition], [1, ["true"]]]],
+                       "passes": [], "outputs": ["y"]}).encode()
+    data = b"perfmodel-expressions %d %s\n" % (codecache.FORMAT, hashlib.sha256(body).hexdigest().encode()) + body
+    with pytest.raises(ValueError):
+        codecache._parse(data, 0)
+
+
+def test_a_piecewise_must_end_on_a_true_condition():
+    body = json.dumps({"args": ["B"], "replacements": [], "exprs": [["Piecewise", ["B", ["Lt", "B", 1]]]],
+                       "passes": [], "outputs": ["y"]}).encode()
+    data = b"perfmodel-expressions %d %s\n" % (codecache.FORMAT, hashlib.sha256(body).hexdigest().encode()) + body
+    with pytest.raises(ValueError):
+        codecache._parse(data, 0)
+
+
+def test_named_expressions_are_built_once_and_then_read_from_disk(cache, monkeypatch):
+    """The waves' plan: compiled and stored by the first process, read back (no rebuild) by the
+    next, with the same numbers."""
+    from perfmodel import waves
+
+    names, order, first = codecache.lambdify_named("waves.plan", waves.plan_expressions, cse=True)
+    assert set(names) == {"concurrent_sequences", "kv_waves", "last_wave"} and list(order) == sorted(order)
+    monkeypatch.setattr(waves, "plan_expressions", lambda: pytest.fail("rebuilt"))
+    again_names, again_order, again = codecache.lambdify_named("waves.plan", waves.plan_expressions, cse=True)
+    assert (again_names, again_order) == (names, order)
+    values = dict(B=300.0, S=2048.0, weights_bytes=9e10, activation_bytes=3e9, kv_cache_bytes=8e10,
+                  usable_bytes=1.26e11, chunk_tokens=16384.0, max_sequences=np.inf)
+    args = [values[a] for a in order]
+    assert [float(v) for v in again(*args)] == pytest.approx([float(v) for v in first(*args)])
+    # (1.26e11 - 9e10 - 3e9) / (8e10 / 300) = 123.75 sequences at once: 3 waves, the last of 54
+    assert [float(v) for v in first(*args)] == [123.0, 3.0, 54.0]
