@@ -14,6 +14,7 @@ from typing import Any
 
 from perfmodel.prediction import Prediction
 from perfmodel.report_terminal import op_table_rows
+from perfmodel.roofs import compute_dtypes, roof_shares
 from perfmodel.specs.hardware import GPUSpec
 
 #: The bounds an op can have (:func:`perfmodel.prediction.op_rows`), in legend order, and colours.
@@ -23,17 +24,10 @@ BOUND_COLOURS = ("#d62728", "#1f77b4", "#9467bd", "#ff7f0e", "#7f7f7f")
 MARGIN = 4.0
 
 
-def compute_dtypes(p: Prediction, gpu: GPUSpec) -> list[str]:
-    """The compute dtypes of the workload's GEMMs that ``gpu`` lists a peak for: the unquantized
-    layers' (fp16 as bf16, which share a peak) and, under a W8A8/W4A4 scheme, its low-precision one."""
-    base = "bf16" if p.workload.base_dtype == "fp16" else p.workload.base_dtype
-    dtypes = dict.fromkeys([base, p.workload.scheme.compute_dtype(base)])
-    return [d for d in dtypes if d in gpu.peak_tflops]
-
-
 def roofs(gpu: GPUSpec, dtypes: list[str], lo: float, hi: float) -> list[dict[str, Any]]:
     """Each roof as points of a line: min(peak, bandwidth · intensity) from intensity ``lo`` to
-    ``hi`` (FLOP/byte), TFLOP/s, one line per compute dtype (:func:`compute_dtypes`)."""
+    ``hi`` (FLOP/byte), TFLOP/s, one line per compute dtype
+    (:func:`perfmodel.roofs.compute_dtypes`)."""
     rows = []
     for dtype in dtypes:
         peak = gpu.peak(dtype)
@@ -57,17 +51,11 @@ def placed_ops(p: Prediction) -> list[dict[str, Any]]:
 
 
 def above_roofs(p: Prediction, gpu: GPUSpec) -> list[dict[str, Any]]:
-    """The placed ops (:func:`placed_ops`) that reach above the roofline: more FLOP/s than
-    min(the highest peak of the workload's compute dtypes, HBM bandwidth · their intensity),
-    each with ``over``, the factor by which. Only a fitted efficiency above the datasheet's puts
-    an op there."""
-    peak = max((gpu.peak(d) for d in compute_dtypes(p, gpu)), default=0.0)
-    out = []
-    for op in placed_ops(p):
-        roof = min(peak, gpu.hbm_bandwidth * op["intensity"]) / 1e12
-        if roof > 0 and op["tflops"] > roof * (1 + 1e-6):
-            out.append({**op, "over": op["tflops"] / roof})
-    return out
+    """The ops that reach above the GPU's roofline: predicted faster than their speed-of-light
+    time (:func:`perfmodel.roofs.roof_shares` above 1), each with its ``pass``, ``op`` and
+    ``over``, the factor. Only a fitted efficiency above the datasheet's puts an op there."""
+    return [{"pass": op["pass"], "op": op["name"], "over": share}
+            for op, share in zip(p.ops, roof_shares(p, gpu)) if share is not None and share > 1 + 1e-6]
 
 
 def _bound_colour():
@@ -85,7 +73,7 @@ def roofline_chart(p: Prediction, gpu: GPUSpec):
     ops = pd.DataFrame(placed_ops(p))
     if ops.empty:
         return None
-    dtypes = compute_dtypes(p, gpu)
+    dtypes = compute_dtypes(p.workload, gpu)
     span = list(ops["intensity"]) + [gpu.peak(d) / gpu.hbm_bandwidth for d in dtypes]
     lines = pd.DataFrame(roofs(gpu, dtypes, min(span) / MARGIN, max(span) * MARGIN))
     x = alt.X("intensity:Q", scale=alt.Scale(type="log"), title="arithmetic intensity (FLOP/byte)")

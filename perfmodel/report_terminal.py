@@ -143,12 +143,25 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
 
 def op_table_rows(p: Prediction) -> list[dict]:
     """The ops that take time, each with its ``share`` of its pass's time (the whole pass, all
-    layers)."""
+    layers) and ``of_roof``, its speed-of-light time over its time on the GPU's datasheet
+    (:func:`perfmodel.roofs.roof_shares`; None for a collective, or a GPU not in the catalogue)."""
+    from perfmodel.errors import SpecError
+    from perfmodel.roofs import roof_shares
+    from perfmodel.specs.hardware import load_gpu
+
+    try:
+        shares = roof_shares(p, load_gpu(p.provenance["gpu"]))
+    except SpecError:
+        shares = [None] * len(p.ops)
     by_pass: dict[str, float] = {}
     for op in p.ops:
         by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
-    return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0}
-            for op in p.ops if op["time_s"] > 0]
+    return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0, "of_roof": roof}
+            for op, roof in zip(p.ops, shares) if op["time_s"] > 0]
+
+
+def _of_roof(share: float | None) -> str:
+    return "–" if share is None else f"{share:.0%}"
 
 
 def print_prediction(p: Prediction, console: Console) -> None:
@@ -168,12 +181,12 @@ def print_prediction(p: Prediction, console: Console) -> None:
         console.print(speculative_text(p.speculative), highlight=False, markup=False)
     console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
-    for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound"):
+    for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound", "of roof"):
         ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right",
                        overflow="fold")
     for op in op_table_rows(p):
         ops.add_row(op["pass"], op["name"], f"{op['flops'] / 1e9:,.1f}", f"{op['bytes'] / 1e9:,.3f}",
-                    format_time(op["time_s"]), f"{op['share']:.1%}", op["bound"])
+                    format_time(op["time_s"]), f"{op['share']:.1%}", op["bound"], _of_roof(op["of_roof"]))
     console.print(ops)
     console.print(f"[dim]provenance: profile={prov['profile']} gpu={prov['gpu']} "
                   f"calibrated={prov['calibrated']} peaks={prov['peaks']}[/dim]")

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from perfmodel import predict
 from perfmodel.cli import app
 from perfmodel.commands import register
-from perfmodel.prediction_charts import above_roofs, compute_dtypes, placed_ops, roofline_chart, roofs
+from perfmodel.prediction_charts import above_roofs, placed_ops, roofline_chart, roofs
+from perfmodel.roofs import compute_dtypes, roof_shares
 from perfmodel.specs.hardware import load_gpu
 
 register()
@@ -45,7 +46,7 @@ def test_every_op_sits_under_the_uncalibrated_roofline():
     """The roofline engine runs each op at the datasheet peaks' derates: no op above the roofs."""
     p = predict("mixtral-8x7b", engine="roofline", batch=16, input_len=1024, output_len=256, quant="fp8")
     gpu = load_gpu("h200-sxm")
-    peak = max(gpu.peak(d) for d in compute_dtypes(p, gpu))
+    peak = max(gpu.peak(d) for d in compute_dtypes(p.workload, gpu))
     for op in placed_ops(p):
         assert op["tflops"] * 1e12 <= min(peak, gpu.hbm_bandwidth * op["intensity"]) * (1 + 1e-9), op["op"]
 
@@ -66,6 +67,18 @@ def test_an_efficiency_above_the_datasheet_puts_its_ops_above_the_roof_and_the_r
     assert "Above the roofline: " in (tmp_path / "summary.md").read_text()
 
 
+def test_of_roof_is_the_speed_of_light_time_over_the_predicted_time(mixtral):
+    gpu = load_gpu("h200-sxm")
+    shares = dict(zip(((o["pass"], o["name"]) for o in mixtral.ops), roof_shares(mixtral, gpu)))
+    experts = next(o for o in mixtral.ops if (o["pass"], o["name"]) == ("decode", "moe.experts"))
+    light = max(experts["flops"] / gpu.peak("bf16"), experts["bytes"] / gpu.hbm_bandwidth)
+    assert shares["decode", "moe.experts"] == pytest.approx(light / experts["time_s"])
+    assert 0.5 < shares["decode", "moe.experts"] < 1  # memory-bound under its calibrated η_m
+    layout = predict("mixtral-8x7b", batch=16, tp=2)
+    collective = [s for o, s in zip(layout.ops, roof_shares(layout, gpu)) if o["name"].startswith("comm.")]
+    assert collective and all(s is None for s in collective)  # over a link: no HBM roof
+
+
 def test_roofs_follow_the_datasheet():
     gpu = load_gpu("h200-sxm")
     lines = roofs(gpu, ["bf16", "fp8"], 1.0, 10_000.0)
@@ -79,9 +92,9 @@ def test_roofs_follow_the_datasheet():
 
 def test_compute_dtypes_add_the_low_precision_one():
     gpu = load_gpu("h200-sxm")
-    assert compute_dtypes(predict("olmoe-1b-7b", quant="fp8"), gpu) == ["bf16", "fp8"]
-    assert compute_dtypes(predict("olmoe-1b-7b", quant="w4a16"), gpu) == ["bf16"]  # weight-only: bf16 math
-    assert compute_dtypes(predict("olmoe-1b-7b"), gpu) == ["bf16"]
+    assert compute_dtypes(predict("olmoe-1b-7b", quant="fp8").workload, gpu) == ["bf16", "fp8"]
+    assert compute_dtypes(predict("olmoe-1b-7b", quant="w4a16").workload, gpu) == ["bf16"]  # weight-only: bf16 math
+    assert compute_dtypes(predict("olmoe-1b-7b").workload, gpu) == ["bf16"]
 
 
 def test_roofline_chart_has_one_panel_per_pass(mixtral):
