@@ -32,17 +32,24 @@ def prefill_section(points, prefill, calibrated: str) -> dict[str, Any]:
     rows, counts, unmodelled = ratio_rows(prefill)
     if not rows:
         return out
-    out["sentence"] = (
-        "Prefills run as one engine step and profiled (" + ", ".join(f"{n} {s}" for s, n in counts.items())
-        + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category of the "
-        "profiler, and of the pass's kernels summed (all); the median over the points, and the 10th–90th "
-        "percentile. A ratio above 1: the kernels take longer than the model's ops. The prefill's TTFT "
-        "error also holds what no kernel shows (the host's launches, gaps between kernels)"
-        + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
-        + ".")
+    out["sentence"] = _sentence(
+        "Prefills run as one engine step and profiled", counts, calibrated, "the pass's",
+        "A ratio above 1: the kernels take longer than the model's ops. The prefill's TTFT error also "
+        "holds what no kernel shows (the host's launches, gaps between kernels)", unmodelled)
     out["summary"] = {"header": SUMMARY_HEADER, "rows": rows}
     out["worst"] = _worst(points, prefill, calibrated)
     return out
+
+
+def _sentence(subject: str, counts: dict[str, int], calibrated: str, whose: str, caveat: str,
+              unmodelled: list[str]) -> str:
+    """What a summary of :func:`ratio_rows` shows, in one paragraph."""
+    return (f"{subject} (" + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category of the "
+            f"profiler, and of {whose} kernels summed (all); the median over the points, and the 10th–90th "
+            f"percentile. {caveat}"
+            + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
+            + ".")
 
 
 #: Columns of a summary of measured / model ratios by split and category.
@@ -90,13 +97,8 @@ def decode_summary(ops, calibrated: str) -> dict[str, Any]:
     rows, counts, unmodelled = ratio_rows(profiled_steps(ops, calibrated))
     if not rows:
         return out
-    out["sentence"] = (
-        "Every profiled decode step (" + ", ".join(f"{n} {s}" for s, n in counts.items())
-        + f"): measured kernel time over `{calibrated}`'s time of the same ops, per category and of the "
-        "step's kernels summed (all); the median over the steps, and the 10th–90th percentile. The step's "
-        "own fixed times (per layer, per step) are in neither"
-        + (f"; categories the model has no op in ({', '.join(unmodelled)}) are only in all" if unmodelled else "")
-        + ".")
+    out["sentence"] = _sentence("Every profiled decode step", counts, calibrated, "the step's",
+                                "The step's own fixed times (per layer, per step) are in neither", unmodelled)
     out["summary"] = {"header": SUMMARY_HEADER, "rows": rows}
     return out
 
