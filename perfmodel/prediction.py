@@ -843,6 +843,8 @@ class Prediction:
     #: speculative decoding: draft, γ, α or τ, tokens per step, step split (s), draft memory
     #: (bytes); None without it (:func:`perfmodel.speculative.speculative_prediction`)
     speculative: dict[str, Any] | None = None
+    #: the GPU predicted on (its datasheet roofs for the reports; not part of :meth:`to_dict`)
+    gpu: GPUSpec | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the workload, its GPU count, the overrides, pruning and
@@ -932,7 +934,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
                                 and workload.scheme.name == quantization.NO_QUANT else None),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
-                      ops=ops, provenance=provenance, overrides=dict(overrides or {}))
+                      ops=ops, provenance=provenance, overrides=dict(overrides or {}), gpu=gpu)
 
 
 def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any]:

@@ -33,17 +33,17 @@ def context(p: Prediction) -> dict[str, Any]:
 
 def _above_roofs(p: Prediction) -> list[dict[str, Any]]:
     from perfmodel.prediction_charts import above_roofs
-    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.roofs import gpu_of
 
-    return above_roofs(p, load_gpu(p.provenance["gpu"]))
+    return above_roofs(p, gpu_of(p))
 
 
 def _charts(p: Prediction) -> dict[str, Any]:
     """The page's Vega-Lite specs by element id."""
     from perfmodel.prediction_charts import op_time_chart, roofline_chart
-    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.roofs import gpu_of
 
-    charts = {"chart-roofline": roofline_chart(p, load_gpu(p.provenance["gpu"])), "chart-op-time": op_time_chart(p)}
+    charts = {"chart-roofline": roofline_chart(p, gpu_of(p)), "chart-op-time": op_time_chart(p)}
     return {div: chart.to_dict(validate=False) for div, chart in charts.items() if chart is not None}
 
 

@@ -144,15 +144,10 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
 def op_table_rows(p: Prediction) -> list[dict]:
     """The ops that take time, each with its ``share`` of its pass's time (the whole pass, all
     layers) and ``of_roof``, its speed-of-light time over its time on the GPU's datasheet
-    (:func:`perfmodel.roofs.roof_shares`; None for a collective, or a GPU not in the catalogue)."""
-    from perfmodel.errors import SpecError
-    from perfmodel.roofs import roof_shares
-    from perfmodel.specs.hardware import load_gpu
+    (:func:`perfmodel.roofs.roof_shares`; None for a collective)."""
+    from perfmodel.roofs import gpu_of, roof_shares
 
-    try:
-        shares = roof_shares(p, load_gpu(p.provenance["gpu"]))
-    except SpecError:
-        shares = [None] * len(p.ops)
+    shares = roof_shares(p, gpu_of(p))
     by_pass: dict[str, float] = {}
     for op in p.ops:
         by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]

@@ -121,3 +121,22 @@ def test_cli_json_names_the_report(tmp_path):
     result = RUNNER.invoke(app, ["predict", "olmoe", "--json", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["report"] == [str(tmp_path / "report.html"), str(tmp_path / "summary.md")]
+
+
+def test_a_gpu_given_as_a_file_has_its_own_roofs(tmp_path):
+    """A GPU from a YAML file, not in the catalogue: the report reads its roofs from the spec
+    the prediction was made on."""
+    import yaml
+
+    from perfmodel.paths import HARDWARE_DIR
+
+    data = yaml.safe_load((HARDWARE_DIR / "h200-sxm.yaml").read_text())
+    data.update(name="half-h200", aliases=[], hbm_bandwidth_tb_s=2.4)
+    path = tmp_path / "half-h200.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = RUNNER.invoke(app, ["predict", "olmoe", "--gpu", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    p = predict("olmoe-1b-7b", gpu=str(path))
+    assert p.gpu.hbm_bandwidth_tb_s == 2.4
+    lines = roofs(p.gpu, ["bf16"], 1.0, 10.0)
+    assert lines[0]["tflops"] == pytest.approx(2.4)  # 2.4 TB/s at 1 FLOP/byte
