@@ -849,7 +849,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the workload, its GPU count, the overrides, pruning and
         speculative decoding (null without them), metrics at the top level (counts of
-        parameters and bytes as integers), then ops and provenance."""
+        parameters and bytes as integers), then ops (:meth:`op_dicts`) and provenance."""
         w = self.workload
         metrics = {k: _count(v) if k in COUNT_METRICS else v for k, v in self.metrics.items()}
         return {
@@ -860,9 +860,16 @@ class Prediction:
                          "quant": w.scheme.name, "moe_impl": w.moe_impl},
             "overrides": dict(self.overrides), "pruning": self.pruning,
             "speculative": self.speculative,
-            **metrics, "intervals": self.intervals(), "ops": self.ops,
+            **metrics, "intervals": self.intervals(), "ops": self.op_dicts(),
             "provenance": self.provenance,
         }
+
+    def op_dicts(self) -> list[dict[str, Any]]:
+        """The op rows, each with ``of_roof``: its speed-of-light time on the GPU's datasheet over
+        its time (:func:`perfmodel.roofs.roof_shares`; None for a collective or an op of no time)."""
+        from perfmodel.roofs import gpu_of, roof_shares
+
+        return [{**op, "of_roof": share} for op, share in zip(self.ops, roof_shares(self, gpu_of(self)))]
 
     def intervals(self) -> dict[str, list[float]] | None:
         """[low, high] of TTFT, ITL, E2E and throughput from the profile's error band (its

@@ -143,16 +143,12 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
 
 def op_table_rows(p: Prediction) -> list[dict]:
     """The ops that take time, each with its ``share`` of its pass's time (the whole pass, all
-    layers) and ``of_roof``, its speed-of-light time over its time on the GPU's datasheet
-    (:func:`perfmodel.roofs.roof_shares`; None for a collective)."""
-    from perfmodel.roofs import gpu_of, roof_shares
-
-    shares = roof_shares(p, gpu_of(p))
+    layers) and ``of_roof`` (:meth:`~perfmodel.prediction.Prediction.op_dicts`)."""
     by_pass: dict[str, float] = {}
     for op in p.ops:
         by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
-    return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0, "of_roof": roof}
-            for op, roof in zip(p.ops, shares) if op["time_s"] > 0]
+    return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0}
+            for op in p.op_dicts() if op["time_s"] > 0]
 
 
 def _of_roof(share: float | None) -> str:

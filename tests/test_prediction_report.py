@@ -120,7 +120,10 @@ def test_cli_writes_the_page_and_the_summary(tmp_path):
 def test_cli_json_names_the_report(tmp_path):
     result = RUNNER.invoke(app, ["predict", "olmoe", "--json", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["report"] == [str(tmp_path / "report.html"), str(tmp_path / "summary.md")]
+    data = json.loads(result.output)
+    assert data["report"] == [str(tmp_path / "report.html"), str(tmp_path / "summary.md")]
+    experts = next(op for op in data["ops"] if (op["pass"], op["name"]) == ("decode", "moe.experts"))
+    assert 0 < experts["of_roof"] < 1 and all("of_roof" in op for op in data["ops"])
 
 
 def test_a_gpu_given_as_a_file_has_its_own_roofs(tmp_path):
