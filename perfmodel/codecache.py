@@ -141,16 +141,16 @@ def lambdify_exprs(symbols: Sequence[sp.Symbol], exprs: Sequence[sp.Expr], *, cs
     return lambdify(symbols, replacements, reduced)
 
 
-def lambdify_named(name: str, build: Callable[[], Mapping[str, sp.Expr]], *, cse: bool = False
-                   ) -> tuple[tuple[str, ...], tuple[str, ...], Callable[..., list]]:
-    """A fixed set of named expressions, compiled once and kept on disk under ``name`` (the key
-    holds the formula modules' source hash too): (output names, argument names in the
-    function's order, the function). ``build`` returns the expressions by output name; it runs
-    only when no valid entry exists. The arguments are the expressions' free symbols, sorted by
-    name."""
+def lambdify_named(name: str, build: Callable[[], Mapping[str, sp.Expr]], args: Sequence[str], *,
+                   cse: bool = False) -> tuple[tuple[str, ...], tuple[str, ...], Callable[..., list]]:
+    """A fixed set of named expressions in the symbols named ``args``, compiled once and kept on
+    disk under ``name`` (the key holds the formula modules' source hash too): (output names,
+    argument names in the function's order, the function). ``build`` returns the expressions by
+    output name; it runs only when no valid entry exists (an entry in other arguments is not
+    one). The function's arguments are the expressions' free symbols, sorted by name."""
     key = cache_key(f"named|{name}|cse={cse}")
     hit = load(key, op_fields=0)
-    if hit is not None:
+    if hit is not None and set(hit.args) <= set(args):
         return hit.outputs, hit.args, lambdify(hit.symbols, hit.replacements, hit.exprs)
     exprs = dict(build())
     symbols = sorted({x for e in exprs.values() for x in e.free_symbols}, key=lambda x: x.name)

@@ -73,7 +73,7 @@ def _lambdified(which: str) -> tuple[tuple[str, ...], tuple[int, ...], Any]:
     compiled function's arguments, the function), compiled once and kept on disk."""
     build, args = (plan_expressions, _PLAN_ARGS) if which == "plan" else (timeline_expressions, _WAVE_ARGS)
     # the plan computes B_run once, not again inside W and the last wave's size
-    names, order, fn = lambdify_named(f"waves.{which}", build, cse=which == "plan")
+    names, order, fn = lambdify_named(f"waves.{which}", build, args, cse=which == "plan")
     return names, tuple(args.index(a) for a in order), fn
 
 
