@@ -94,3 +94,18 @@ def test_the_decode_summary_takes_every_profiled_step_of_the_calibrated_engine()
     assert decode_summary(None, "e")["summary"]["rows"] == []
     assert decode_summary(ops[ops["engine"] == "roofline"], "e")["summary"]["rows"] == []
 
+
+
+def test_the_category_chart_draws_each_point_of_the_two_splits():
+    from perfmodel.validate.report_charts import category_ratio_chart
+
+    table = pd.DataFrame([
+        {"model": "m", "variant": "m", "batch": 1, "input_len": 128, "point_id": p, "category": c,
+         "measured_s": meas, "predicted_s": pred, "split": split}
+        for p, split in (("p1", "held-out"), ("p2", "train"), ("p3", "held-out, routing collapsed"))
+        for c, meas, pred in (("attention", 3e-3, 1e-3), ("copy", 1e-4, 0.0))])
+    spec = category_ratio_chart(table, "t").to_dict(validate=False)
+    rows = next(iter(spec["datasets"].values()))
+    assert sorted((r["split"], r["category"], round(r["ratio"], 6)) for r in rows) == [
+        ("held-out", "attention", 3.0), ("train", "attention", 3.0)]  # no model time, other splits: left out
+    assert category_ratio_chart(table.iloc[0:0], "t") is None and category_ratio_chart(None, "t") is None

@@ -162,3 +162,33 @@ def ops_chart(points, ops, engine: str):
         title=f"Per-op breakdown of one decode step: the {len(ids)} held-out points of {engine} "
               f"with the largest decode-step error")
     return chart
+
+
+def category_ratio_chart(table, title: str):
+    """Measured kernel time over the model's, one point per profiled point and category (log
+    scale, 1 marked), held-out and training points apart: the spread behind the summary's
+    medians. ``table``: measured_s and predicted_s per point_id, category and split (the
+    prefill kernels' table, or the profiled decode steps of ``compare``'s op table); None when
+    no category has model time."""
+    import altair as alt
+    import pandas as pd
+
+    if table is None or table.empty or "split" not in table.columns:
+        return None
+    data = table[(table["predicted_s"] > 0) & table["split"].isin(["held-out", "train"])]
+    data = data.assign(ratio=data["measured_s"].astype(float) / data["predicted_s"])
+    data = data[data["ratio"] > 0]
+    if data.empty:
+        return None
+    data = with_variant(data)[["variant", "batch", "input_len", "category", "split", "ratio"]]
+    order = sorted(set(data["category"]))
+    x = alt.X("ratio:Q", scale=alt.Scale(type="log"), title="measured / model")
+    points = alt.Chart(data).mark_tick(thickness=2, opacity=0.6).encode(
+        x=x, y=alt.Y("category:N", sort=order, title=None),
+        color=alt.Color("split:N", title="split", scale=alt.Scale(domain=["held-out", "train"])),
+        yOffset="split:N",
+        tooltip=["variant:N", "batch:Q", "input_len:Q", "category:N", "split:N",
+                 alt.Tooltip("ratio:Q", format=".2f")])
+    one = alt.Chart(pd.DataFrame({"ratio": [1.0]})).mark_rule(color="#444", strokeDash=[4, 3]).encode(x=x)
+    return (points + one).properties(width=520, title=title)
+

@@ -35,7 +35,7 @@ from perfmodel.validate.report_metrics import (
     engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows,
     shown_splits, signed, source_items, targets, verdict, verdict_line, with_variant, worst_points,
 )
-from perfmodel.validate.report_prefill import decode_summary, prefill_section
+from perfmodel.validate.report_prefill import decode_summary, prefill_section, profiled_steps
 from perfmodel.vega import vega_scripts
 
 #: The templates' package and folder.
@@ -278,9 +278,10 @@ def _slot(div_id: str, chart, specs: dict[str, Any]) -> ChartSlot:
 def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None, every=None,
                 prefill=None) -> str:
     """The HTML page: provenance, verdict, source, MAPE, the repeated measurements (``repeats``
-    and ``every``, as in :func:`summary_markdown`), charts per metric, per-op breakdown, one
-    prefill by op category (``prefill``, as in :func:`summary_markdown`), the worst points and
-    every point (sortable)."""
+    and ``every``, as in :func:`summary_markdown`), charts per metric, per-op breakdown, every
+    profiled decode step and one prefill by op category (``prefill``, as in
+    :func:`summary_markdown`), each with a chart of measured / model per point and category, the
+    worst points and every point (sortable)."""
     mode = check_mode(source)
     calibrated, baseline = engines(points, source)
     shown = [calibrated] + ([baseline] if baseline and baseline in set(points["engine"]) else [])
@@ -296,6 +297,11 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
             _slot(f"chart-error-{metric}",
                   charts.error_chart(points, metric, calibrated, engine_titles[calibrated]), specs)]})
     ops_slot = _slot("chart-ops", charts.ops_chart(points, ops, calibrated), specs)
+    steps = profiled_steps(ops, calibrated) if ops is not None else None
+    decode_slot = _slot("chart-decode-categories", charts.category_ratio_chart(
+        steps, "Every profiled decode step: measured kernel time / the model's, per category"), specs)
+    prefill_slot = _slot("chart-prefill-categories", charts.category_ratio_chart(
+        prefill, "Profiled one-step prefills: measured kernel time / the model's, per category"), specs)
     head, rest = provenance_line(source).split(": ", 1)
     html_env, _ = _environments()
     return html_env.get_template("report.html.j2").render(
@@ -307,6 +313,7 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
         metrics=metrics, ops_chart=ops_slot, decode=decode_summary(ops, calibrated),
+        decode_chart=decode_slot, prefill_chart=prefill_slot,
         prefill=prefill_section(points, prefill, calibrated),
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
         points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
