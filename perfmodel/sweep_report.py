@@ -8,7 +8,6 @@ table holds the points drawn, at most :data:`MAX_ROWS`. Times in ms, throughput 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,7 @@ def _environments():
 
 
 def report_html(table, keys: list[str], header: dict[str, Any]) -> str:
-    from markupsafe import Markup
+    from perfmodel.templating import script_json
 
     from perfmodel.vega import vega_scripts
 
@@ -104,7 +103,7 @@ def report_html(table, keys: list[str], header: dict[str, Any]) -> str:
             specs[f"chart-{column}"] = chart.to_dict(validate=False)
     page = _environments()[0].get_template("sweep.html.j2").render(
         **context(table, keys, header), specs=specs, vega=vega_scripts(),
-        specs_json=Markup(json.dumps(specs, default=str).replace("</", "<\\/")))
+        specs_json=script_json(specs))
     return page.rstrip("\n") + "\n"
 
 

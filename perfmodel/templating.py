@@ -38,6 +38,16 @@ def environments(package: str, folder: str = "templates", *, strict: bool = Fals
     return html, markdown
 
 
+def script_json(obj: Any):
+    """``obj`` as JSON that is safe inside a <script> element (a page's chart specs), marked safe
+    for the HTML templates; values JSON has no type for are written as their text."""
+    import json
+
+    from markupsafe import Markup
+
+    return Markup(json.dumps(obj, default=str).replace("</", "<\\/"))
+
+
 def check_out_dir(out_dir) -> None:
     """A report's ``--out`` folder may exist, but not as a file nor under one: one line, before
     any work is done."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def _yaml(data: Any) -> str:
 
 
 def report_html(plan: Plan, data: dict[str, Any]) -> str:
-    from markupsafe import Markup
+    from perfmodel.templating import script_json
 
     ctx = _context(plan, data)
     points = data.get("points") or []
@@ -83,7 +82,7 @@ def report_html(plan: Plan, data: dict[str, Any]) -> str:
                        ("chart-failures", charts.failure_chart(ctx["rows"]))):
         if chart is not None:
             specs[div] = chart.to_dict(validate=False)
-    ctx.update(specs=specs, specs_json=Markup(json.dumps(specs, default=str).replace("</", "<\\/")),
+    ctx.update(specs=specs, specs_json=script_json(specs),
                vega=vega_scripts())
     return _environments()[0].get_template("report.html.j2").render(**ctx).rstrip("\n") + "\n"
 

@@ -23,11 +23,11 @@ scripts from a CDN and says so, and the tables still need no script.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perfmodel.templating import script_json
 from perfmodel.validate import report_charts as charts
 from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
@@ -70,13 +70,6 @@ def _environments():
     from perfmodel.templating import environments
 
     return environments(*TEMPLATES, strict=True)
-
-
-def _json_for_script(obj: Any) -> str:
-    """JSON that is safe inside a <script> element."""
-    from markupsafe import Markup
-
-    return Markup(json.dumps(obj).replace("</", "<\\/"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,7 +309,7 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         decode_chart=decode_slot, prefill_chart=prefill_slot,
         prefill=prefill_section(points, prefill, calibrated),
         calibrated=calibrated, n_worst=N_WORST, worst=worst_rows(points, calibrated),
-        points=points_rows(points, calibrated, baseline), specs_json=_json_for_script(specs),
+        points=points_rows(points, calibrated, baseline), specs_json=script_json(specs),
     ).rstrip("\n")
 
 

@@ -700,11 +700,7 @@ def report_html(result: dict[str, Any]) -> str:
     with the shared assets of :mod:`perfmodel.templating`): the REPLAY banner, MAPE, the runs,
     saturation, the charts of :mod:`perfmodel.validate.serving_charts` and every point
     (sortable); the Vega JavaScript inlined (:func:`perfmodel.vega.vega_scripts`)."""
-    import json
-
-    from markupsafe import Markup
-
-    from perfmodel.templating import environments
+    from perfmodel.templating import environments, script_json
     from perfmodel.vega import vega_scripts
     from perfmodel.validate.serving_charts import chart_specs
 
@@ -722,7 +718,7 @@ def report_html(result: dict[str, Any]) -> str:
         failed=[f"{r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in result["rates"] if r.get("error")],
         saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
         points=_points_table(result), band_note=band_summary(result["points"]), vega=vega_scripts(),
-        specs_json=Markup(json.dumps(specs).replace("</", "<\\/")),
+        specs_json=script_json(specs),
     ).rstrip("\n") + "\n"
 
 

@@ -10,7 +10,6 @@ templates beside this module; :func:`to_json` is the ``--json`` object. The summ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +268,7 @@ def report_markdown(report: PaperReport) -> str:
 
 def report_html(report: PaperReport) -> str:
     """The HTML page: summary table, then per effect its claims, measurements, explanation, charts."""
-    from markupsafe import Markup
+    from perfmodel.templating import script_json
 
     from perfmodel.vega import vega_scripts
 
@@ -285,7 +284,7 @@ def report_html(report: PaperReport) -> str:
     html, _ = _environments()
     return html.get_template("report.html.j2").render(
         **_context(report), slots=slots, vega=vega_scripts(),
-        specs_json=Markup(json.dumps(specs).replace("</", "<\\/"))).rstrip("\n")
+        specs_json=script_json(specs)).rstrip("\n")
 
 
 def write(report: PaperReport, out_dir: Path) -> tuple[Path, Path]:
