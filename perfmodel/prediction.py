@@ -843,7 +843,8 @@ class Prediction:
     #: speculative decoding: draft, γ, α or τ, tokens per step, step split (s), draft memory
     #: (bytes); None without it (:func:`perfmodel.speculative.speculative_prediction`)
     speculative: dict[str, Any] | None = None
-    #: the GPU predicted on (its datasheet roofs for the reports; not part of :meth:`to_dict`)
+    #: the GPU predicted on (its datasheet roofs for ``of_roof`` and the reports; set by
+    #: :func:`evaluate`; not part of :meth:`to_dict`)
     gpu: GPUSpec | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -867,9 +868,9 @@ class Prediction:
     def op_dicts(self) -> list[dict[str, Any]]:
         """The op rows, each with ``of_roof``: its speed-of-light time on the GPU's datasheet over
         its time (:func:`perfmodel.roofs.roof_shares`; None for a collective or an op of no time)."""
-        from perfmodel.roofs import gpu_of, roof_shares
+        from perfmodel.roofs import roof_shares
 
-        return [{**op, "of_roof": share} for op, share in zip(self.ops, roof_shares(self, gpu_of(self)))]
+        return [{**op, "of_roof": share} for op, share in zip(self.ops, roof_shares(self, self.gpu))]
 
     def intervals(self) -> dict[str, list[float]] | None:
         """[low, high] of TTFT, ITL, E2E and throughput from the profile's error band (its

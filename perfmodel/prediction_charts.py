@@ -14,7 +14,7 @@ from typing import Any
 
 from perfmodel.prediction import Prediction
 from perfmodel.report_terminal import op_table_rows
-from perfmodel.roofs import compute_dtypes, roof_shares
+from perfmodel.roofs import compute_dtypes
 from perfmodel.specs.hardware import GPUSpec
 
 #: The bounds an op can have (:func:`perfmodel.prediction.op_rows`), in legend order, and colours.
@@ -50,12 +50,13 @@ def placed_ops(p: Prediction) -> list[dict[str, Any]]:
             for op in op_table_rows(p) if op["flops"] > 0 and op["bytes"] > 0]
 
 
-def above_roofs(p: Prediction, gpu: GPUSpec) -> list[dict[str, Any]]:
+def above_roofs(p: Prediction) -> list[dict[str, Any]]:
     """The ops that reach above the GPU's roofline: predicted faster than their speed-of-light
-    time (:func:`perfmodel.roofs.roof_shares` above 1), each with its ``pass``, ``op`` and
-    ``over``, the factor. Only a fitted efficiency above the datasheet's puts an op there."""
-    return [{"pass": op["pass"], "op": op["name"], "over": share}
-            for op, share in zip(p.ops, roof_shares(p, gpu)) if share is not None and share > 1 + 1e-6]
+    time (``of_roof`` above 1, :meth:`~perfmodel.prediction.Prediction.op_dicts`), each with its
+    ``pass``, ``op`` and ``over``, the factor. Only a fitted efficiency above the datasheet's
+    puts an op there."""
+    return [{"pass": op["pass"], "op": op["name"], "over": op["of_roof"]}
+            for op in p.op_dicts() if op["of_roof"] is not None and op["of_roof"] > 1 + 1e-6]
 
 
 def _bound_colour():

@@ -7,11 +7,11 @@ Times in the page are ms; FLOPs and bytes per GPU of the layout, over the whole 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from perfmodel.prediction import Prediction
+from perfmodel.prediction_charts import above_roofs, op_time_chart, roofline_chart
 from perfmodel.report_terminal import header_lines, metric_rows, op_table_rows, speculative_text
 
 #: The page's templates, in the shared templates folder.
@@ -28,22 +28,12 @@ def context(p: Prediction) -> dict[str, Any]:
                          "band": f"±{rel:.0%}" if rel else ""} for n, v, rel in metric_rows(p)],
             "band_note": prov.get("error_band_note") or "no error band",
             "speculative": speculative_text(p.speculative) if p.speculative else None,
-            "ops": op_table_rows(p), "above_roofs": _above_roofs(p), "provenance": prov, "model": p.model}
-
-
-def _above_roofs(p: Prediction) -> list[dict[str, Any]]:
-    from perfmodel.prediction_charts import above_roofs
-    from perfmodel.roofs import gpu_of
-
-    return above_roofs(p, gpu_of(p))
+            "ops": op_table_rows(p), "above_roofs": above_roofs(p), "provenance": prov, "model": p.model}
 
 
 def _charts(p: Prediction) -> dict[str, Any]:
     """The page's Vega-Lite specs by element id."""
-    from perfmodel.prediction_charts import op_time_chart, roofline_chart
-    from perfmodel.roofs import gpu_of
-
-    charts = {"chart-roofline": roofline_chart(p, gpu_of(p)), "chart-op-time": op_time_chart(p)}
+    charts = {"chart-roofline": roofline_chart(p, p.gpu), "chart-op-time": op_time_chart(p)}
     return {div: chart.to_dict(validate=False) for div, chart in charts.items() if chart is not None}
 
 
@@ -54,13 +44,13 @@ def _environments():
 
 
 def report_html(p: Prediction) -> str:
-    from markupsafe import Markup
+    from perfmodel.templating import script_json
 
     from perfmodel.vega import vega_scripts
 
     specs = _charts(p)
     page = _environments()[0].get_template(TEMPLATES[0]).render(
-        **context(p), specs=specs, specs_json=Markup(json.dumps(specs, default=str).replace("</", "<\\/")),
+        **context(p), specs=specs, specs_json=script_json(specs),
         vega=vega_scripts())
     return page.rstrip("\n") + "\n"
 

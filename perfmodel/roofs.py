@@ -31,13 +31,6 @@ def light_time_s(op: Mapping[str, Any], gpu: GPUSpec, peak: float) -> float | No
     return max(op["flops"] / peak if peak > 0 else 0.0, op["bytes"] / gpu.hbm_bandwidth)
 
 
-def gpu_of(p) -> GPUSpec:
-    """The GPU a prediction was made on: its spec, else the catalogue's by name."""
-    from perfmodel.specs.hardware import load_gpu
-
-    return p.gpu if p.gpu is not None else load_gpu(p.provenance["gpu"])
-
-
 def roof_shares(p, gpu: GPUSpec) -> list[float | None]:
     """Per op of prediction ``p``: its speed-of-light time over its predicted time (None where
     :func:`light_time_s` has none, or the op takes no time)."""

@@ -56,7 +56,7 @@ def test_an_efficiency_above_the_datasheet_puts_its_ops_above_the_roof_and_the_r
 
     profile = load_profile("vllm", "h200-sxm")
     p = predict("mixtral-8x7b", engine="vllm", batch=1, input_len=128, output_len=128)
-    above = {(o["pass"], o["op"]): o["over"] for o in above_roofs(p, load_gpu("h200-sxm"))}
+    above = {(o["pass"], o["op"]): o["over"] for o in above_roofs(p)}
     if profile.efficiency["gemm"].memory <= 1:
         assert not above
         return
