@@ -98,10 +98,30 @@ def host_factor(profile: EngineProfile, probe: float | None) -> float:
 
 def row_probe_ms(row: dict) -> float | None:
     """A measured row's host probe time (ms): the mean of those taken before and after its runs
-    (``host_probe_ms``), None when it has none. A serving row's ``host_run`` (the host sampled all
-    through the rate) is not read: see :func:`perfmodel.host_trace.run_summary`."""
+    (``host_probe_ms``), None when it has none. A serving row's ``host_run`` is read by
+    :func:`row_host_ms`, not here."""
     probes = row.get("host_probe_ms")
     if not isinstance(probes, list) or not probes:
         return None
     values = [float(p) for p in probes if isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0]
     return sum(values) / len(values) if values else None
+
+
+def row_host_ms(row: dict) -> float | None:
+    """The host's speed over a measured row (ms, probe-equivalent): a serving row's samples taken
+    all through its rate (``host_run``'s ``mean_ms``, :func:`perfmodel.host_trace.run_summary`:
+    the time of a fixed piece of work averaged over the run) where it has them, else the probes
+    before and after it (:func:`row_probe_ms`); None with neither.
+
+    A serving replay takes this: the lent hosts switch between a fast and a slow state within
+    seconds (:mod:`perfmodel.host_trace`), so two probes around a 30-second rate can both land in
+    a state the engine spent little of the rate in. Over the 48 serving runs first measured with
+    the host sampled (``-hostrun``, ``-lengths``, ``-models``, ``-quant`` in ``validate/results``),
+    the launched steps' measured time over the model's spread by a standard deviation of 0.12 in
+    log at the run's mean against 0.17 at its probes; over 15 runs measured afterwards
+    (``-interleaved``), 0.19 against 0.22 (docs/serving.md, "The host sampled all through a rate")."""
+    summary = row.get("host_run")
+    mean = summary.get("mean_ms") if isinstance(summary, dict) else None
+    if isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean) and mean > 0:
+        return float(mean)
+    return row_probe_ms(row)

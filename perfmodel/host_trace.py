@@ -143,11 +143,11 @@ def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
     state's share of the samples (≥ :data:`SLOW_RATIO` × p10), their count and span (s); None
     without samples.
 
-    Recorded, not used to predict: on the lent H200 (call s14e) the mean read 38–48 ms over
-    three serving rates whose probes before and after read 30–32 ms, its slow share fell as the
-    load rose (48%, 31%, 18% at 12, 18, 21 req/s), and replayed at it the rates came out further
-    from the measured ones than at their probes. A sampler that sleeps between samples seems to
-    time its own core waking up more than the host the engine ran on."""
+    A serving replay runs at ``mean_ms`` (:func:`perfmodel.host_speed.row_host_ms`). It is not
+    always the engine's host: in call s14e the mean read 38–48 ms over three rates whose probes
+    before and after read 30–32 ms, and those three replay closer to the measurement at their
+    probes (a sampler that sleeps between samples may time its own core waking up); over the 60
+    other runs sampled so far it tracks the engine's launched steps better than the probes do."""
     if not samples:
         return None
     ms = np.array([m for _, m in samples], dtype=float)

@@ -240,10 +240,17 @@ def test_run_summary_reads_the_slow_state_and_the_mean_over_the_work():
     assert summary["mean_ms"] == pytest.approx(0.25 * 70 + 0.75 * 35)
 
 
-def test_a_rows_host_run_is_recorded_not_read():
+def test_a_rows_host_speed_is_its_run_mean_where_sampled_else_its_probes():
+    from perfmodel.host_speed import row_host_ms
+
     row = {"host_probe_ms": [30.0, 50.0], "host_run": {"mean_ms": 61.5}}
-    assert row_probe_ms(row) == 40.0  # the probes before and after; the run mean is kept as data
+    assert row_probe_ms(row) == 40.0  # the probes before and after
+    assert row_host_ms(row) == 61.5  # the samples through the rate, where there are some
     assert row_probe_ms({"host_run": {"mean_ms": 45.0}}) is None
+    assert row_host_ms({"host_run": {"mean_ms": 45.0}}) == 45.0
+    for broken in (None, {}, {"mean_ms": 0.0}, {"mean_ms": "fast"}, {"mean_ms": float("nan")}, {"mean_ms": True}):
+        assert row_host_ms({"host_probe_ms": [30.0, 50.0], "host_run": broken}) == 40.0
+    assert row_host_ms({}) is None
 
 
 def test_a_run_sampler_that_cannot_start_leaves_the_run_alone(monkeypatch):

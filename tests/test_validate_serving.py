@@ -357,8 +357,9 @@ def test_real_replay_on_a_small_workload(tmp_path):
 
 
 def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_path, monkeypatch):
-    """A run with the host's probe is replayed at it; the report also gives the MAPE those runs
-    would have at the profile's reference host (host_probe_ms=None)."""
+    """A run with the host's probe is replayed at it, or at the host's speed sampled through the
+    rate where the run has that; the report also gives the MAPE those runs would have at the
+    profile's reference host (host_probe_ms=None)."""
     from perfmodel import planning
 
     calls = []
@@ -383,6 +384,10 @@ def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_p
     by = {(p["rate"], p["metric"]): p for p in result["points"]}
     assert by[2.0, "itl_p50"]["predicted"] == pytest.approx(0.011 * 1.5)  # the report's own: at the probe
     assert sv.compare_serving(_rows()[:2], model="olmoe")["host_speed"] == []  # no probe, no table
+    sampled = [dict(rows[0], host_run={"mean_ms": 80.0, "samples": 1200}), rows[1]]
+    calls.clear()
+    sv.compare_serving(sampled, model="olmoe")  # the host sampled through the rate wins over its probes
+    assert [kw.get("host_probe_ms") for *_, kw in calls] == [80.0, None, None]
     from perfmodel.commands import main
 
     main(["validate", "olmoe", "--serving", "--results", str(_write(tmp_path / "s.jsonl", rows)),

@@ -20,7 +20,8 @@ cache are checked against it instead, as the offline rows of a scheme are
 (:func:`scheme_checks`): each scheme's |errors| at their 90th percentile, metric by metric,
 and whether every one lies within the band; a plan in that scheme carries the band only then.
 
-Each run is replayed at its host's probed speed where it has one (``host_probe_ms``), as the
+Each run is replayed at its host's measured speed where it has one
+(:func:`perfmodel.host_speed.row_host_ms`: sampled through the rate, else probed), as the
 validation does; a plan without ``--host-probe-ms`` is predicted at the profile's reference
 host, whose error on these runs is larger (the validation reports both). Rows come from every
 ``<gpu>-vllm-serving*.jsonl`` beside the offline rows (not the ``-steps`` and ``-tokens``
@@ -138,7 +139,7 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
     band["runs"] = len(runs)
     band["source"] = (f"{BAND_PERCENTILE:.0f}th percentile of |relative error| of the serving replays "
                       f"(perfmodel validate --serving) over {len(runs)} measured runs in {dtype} that kept up "
-                      f"with their traffic and that no parameter was fitted on, each at its host's probed speed "
+                      f"with their traffic and that no parameter was fitted on, each at its host's measured speed "
                       f"where it has one ({', '.join(names)})")
     band["accuracy"] = accuracy(errors, len(runs))
     if schemes:

@@ -184,11 +184,12 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     """:func:`perfmodel.planning.predict_serving` replaying the run a row measured (each request
     at its submission time, with its own lengths where they were drawn), with the
     engine's own largest CUDA graph (:func:`perfmodel.measuring.compare.row_graph_tokens`), on the
-    host's speed it measured where it has one (``host_probe_ms``, :mod:`perfmodel.host_speed`), or
+    host's speed it measured where it has one (sampled through the rate, else its probes:
+    :func:`perfmodel.host_speed.row_host_ms`), or
     on the profile's reference host with ``at_probe=False``; ``engine``: the profile (an engine
     name, or a profile YAML's path)."""
     from perfmodel import planning
-    from perfmodel.host_speed import row_probe_ms
+    from perfmodel.host_speed import row_host_ms
     from perfmodel.measuring.compare import row_graph_tokens, row_overrides
 
     settings = row.get("engine") or {}
@@ -204,7 +205,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
         dtype=serving_dtype(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
         until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
-        host_probe_ms=row_probe_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
+        host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
 
 
 def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],

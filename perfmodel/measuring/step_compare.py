@@ -55,7 +55,7 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
     and largest CUDA graph, on one ``gpu`` with ``profile`` (an
     :class:`perfmodel.profile.EngineProfile`), at the host's speed the row measured where the
     profile takes it (:mod:`perfmodel.host_speed`)."""
-    from perfmodel.host_speed import row_probe_ms
+    from perfmodel.host_speed import row_host_ms
     from perfmodel.measuring.compare import row_graph_tokens, row_overrides
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
@@ -67,7 +67,7 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
                             max_tokens=int(row["engine"]["max_num_batched_tokens"]),
                             max_seqs=int(row["max_num_seqs"]),
                             max_context=_longest(row),
-                            host_probe_ms=(row_probe_ms(row) if profile.latency.host_probe_ref_ms is not None
+                            host_probe_ms=(row_host_ms(row) if profile.latency.host_probe_ref_ms is not None
                                            else None),
                             graph_tokens=row_graph_tokens(row))
 

@@ -346,7 +346,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     id -> the client's gaps of that run (s,
     :func:`perfmodel.validate.serving_quantiles.load_client_gaps`); an ITL percentile point of
     such a run carries ``band`` (its measured p(q ± 5), s) and ``in_band``."""
-    from perfmodel.host_speed import row_probe_ms
+    from perfmodel.host_speed import row_host_ms
     from perfmodel.validate.serving_quantiles import band
     from perfmodel.measuring.compare import layout_label, row_layout
 
@@ -369,7 +369,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
             if int(row_layout(row)["dp"]) > 1:
                 raise InputError("a replay simulates one engine; this row ran data-parallel replicas")
             pred = predict_row(row, spec_gpu)
-            if row_probe_ms(row) is not None:
+            if row_host_ms(row) is not None:
                 probed.append((row, pred, predict_row(row, spec_gpu, at_probe=False)))
         except PerfModelError as exc:
             rates.append({**key, "error": str(exc)})
@@ -652,9 +652,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
     if band_summary(result["points"]):
         lines += ["", band_summary(result["points"])]
     if result.get("host_speed"):
-        lines += ["", "The runs with the host's probe (`host_probe_ms`) are replayed at it; replayed at the "
+        lines += ["", "The runs that measured the host's speed are replayed at it (its samples through the "
+                  "rate, `host_run`, where the run has them, else its probes before and after, `host_probe_ms`); replayed at the "
                   "profile's reference host instead, their MAPE would be:", "",
-                  "| metric | MAPE % at each run's probe | MAPE % at the reference host | n |", "|---|---|---|---|"]
+                  "| metric | MAPE % at each run's host speed | MAPE % at the reference host | n |", "|---|---|---|---|"]
         for m in result["host_speed"]:
             lines.append(f"| {m['metric']} | {_pct(m['mape_probe'])} | {_pct(m['mape_reference'])} | {m['count']} |")
     lines += ["", "## Runs (m = measured, p = replay)", "",
