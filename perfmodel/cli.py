@@ -346,7 +346,7 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
     summary = summarize(samples)
     if profile.latency.host_probe_ref_ms is not None:
         summary["host_factor"] = {k: round(host_factor(profile, summary["probe_ms"][k]), 3)
-                                  for k in ("p10", "p50", "p90")}
+                                  for k in ("p10", "p50", "p90", "mean")}
     if out is not None:
         try:
             out.write_text(json.dumps({"summary": summary, "samples": as_rows(samples)}) + "\n")
@@ -358,7 +358,7 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
     p = summary["probe_ms"]
     runs = summary["slow_runs_s"]
     print(f"{summary['samples']} samples over {summary['seconds']} s in {summary['workers']} process(es): "
-          f"probe p10 {p['p10']:.1f} / p50 {p['p50']:.1f} / p90 {p['p90']:.1f} ms")
+          f"probe p10 {p['p10']:.1f} / p50 {p['p50']:.1f} / p90 {p['p90']:.1f} ms, mean {p['mean']:.1f} ms")
     print(f"slow (>= {summary['slow_threshold_ms']:.1f} ms) {summary['slow_share']:.0%} of samples, "
           f"{runs['count']} runs (median {runs['median']} s, longest {runs['longest']} s), "
           f"{summary['switches_per_minute']} switches per minute"
@@ -366,7 +366,9 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
     if "host_factor" in summary:
         f = summary["host_factor"]
         print(f"host times x {f['p10']:.2f} / {f['p50']:.2f} / {f['p90']:.2f} at p10 / p50 / p90 "
-              f"(profile {profile.name}, reference {profile.latency.host_probe_ref_ms:.1f} ms)")
+              f"(profile {profile.name}, reference {profile.latency.host_probe_ref_ms:.1f} ms); "
+              f"x {f['mean']:.2f} at the mean, the speed the serving band's runs are replayed at "
+              f"(--host-probe-ms {p['mean']:.1f})")
 
 
 @app.command("list")

@@ -172,7 +172,8 @@ def _runs(flags: np.ndarray, times: np.ndarray) -> list[float]:
 
 
 def summarize(samples: list[list[tuple[float, float]]]) -> dict[str, Any]:
-    """Percentiles of the probe-equivalent times, the slow state (samples ≥ :data:`SLOW_RATIO` ×
+    """Percentiles and mean of the probe-equivalent times (the mean is the host's speed over the
+    trace, as a serving run's ``host_run`` is replayed at), the slow state (samples ≥ :data:`SLOW_RATIO` ×
     the pooled 10th percentile): its share of the samples, of each worker's and of the time,
     how long it lasts (median and longest run, s) and how often the host switches; and how often
     the workers are in one state together (share of :data:`BIN_S` bins whose majority states
@@ -199,7 +200,8 @@ def summarize(samples: list[list[tuple[float, float]]]) -> dict[str, Any]:
     return {
         "workers": len(samples), "samples": int(len(pooled)), "seconds": round(span, 1),
         "probe_ms": {"p10": round(p10, 2), "p50": round(p50, 2), "p90": round(p90, 2),
-                     "min": round(float(pooled.min()), 2), "max": round(float(pooled.max()), 2)},
+                     "min": round(float(pooled.min()), 2), "max": round(float(pooled.max()), 2),
+                     "mean": round(float(pooled.mean()), 2)},
         "slow_threshold_ms": round(threshold, 2),
         "slow_share": round(float((pooled >= threshold).mean()), 3),
         "slow_share_by_worker": per_worker,

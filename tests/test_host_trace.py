@@ -16,6 +16,7 @@ def test_the_summary_finds_the_slow_state_its_runs_and_whether_cores_agree():
     pattern = [0] * 100 + [1] * 100 + [0] * 100  # one slow second in three
     s = summarize([_worker(pattern), _worker(pattern)])
     assert s["probe_ms"]["p10"] == 32.0 and s["probe_ms"]["p90"] == 70.0
+    assert s["probe_ms"]["mean"] == pytest.approx((2 * 32.0 + 70.0) / 3, abs=0.01)
     assert s["slow_threshold_ms"] == pytest.approx(48.0)
     assert s["slow_share"] == pytest.approx(1 / 3, abs=1e-3)
     assert s["slow_share_by_worker"] == [pytest.approx(1 / 3, abs=1e-3)] * 2
