@@ -156,7 +156,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
         return None, f"no serving band: {'; '.join(outside)}"
     values = band.model_dump(exclude={"runs", "source", "schemes"}, exclude_none=True)
     host = ("" if plan.question.host_probe_ms is not None else
-            "; they were replayed at their hosts' probed speeds, and this plan is at the profile's "
+            "; they were replayed at their hosts' measured speeds, and this plan is at the profile's "
             "reference host (--host-probe-ms gives yours)")
     return ({**values, "runs": band.runs, "source": band.source},
             f"serving band: the 90th percentile of |error| over {band.runs} held-out measured serving runs "
