@@ -147,7 +147,8 @@ def run_summary(samples: list[tuple[float, float]]) -> dict[str, Any] | None:
     always the engine's host: in call s14e the mean read 38–48 ms over three rates whose probes
     before and after read 30–32 ms, and those three replay closer to the measurement at their
     probes (a sampler that sleeps between samples may time its own core waking up); over the 60
-    other runs sampled so far it tracks the engine's launched steps better than the probes do."""
+    other runs sampled (docs/serving.md) it tracks the engine's launched steps better than the
+    probes do."""
     if not samples:
         return None
     ms = np.array([m for _, m in samples], dtype=float)

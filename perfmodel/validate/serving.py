@@ -653,9 +653,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
         lines += ["", band_summary(result["points"])]
     if result.get("host_speed"):
         lines += ["", "The runs that measured the host's speed are replayed at it (its samples through the "
-                  "rate, `host_run`, where the run has them, else its probes before and after, `host_probe_ms`); replayed at the "
-                  "profile's reference host instead, their MAPE would be:", "",
-                  "| metric | MAPE % at each run's host speed | MAPE % at the reference host | n |", "|---|---|---|---|"]
+                  "rate, `host_run`, where the run has them, else its probes before and after, "
+                  "`host_probe_ms`); replayed at the profile's reference host instead, their MAPE would be:", "",
+                  "| metric | MAPE % at each run's host speed | MAPE % at the reference host | n |",
+                  "|---|---|---|---|"]
         for m in result["host_speed"]:
             lines.append(f"| {m['metric']} | {_pct(m['mape_probe'])} | {_pct(m['mape_reference'])} | {m['count']} |")
     lines += ["", "## Runs (m = measured, p = replay)", "",
