@@ -120,8 +120,15 @@ def row_host_ms(row: dict) -> float | None:
     the launched steps' measured time over the model's spread by a standard deviation of 0.12 in
     log at the run's mean against 0.17 at its probes; over 15 runs measured afterwards
     (``-interleaved``), 0.19 against 0.22 (docs/serving.md, "The host sampled all through a rate")."""
+    return row_host(row)[0]
+
+
+def row_host(row: dict) -> tuple[float | None, str | None]:
+    """:func:`row_host_ms` and where it comes from: ``"sampled"`` (``host_run``), ``"probes"``
+    (``host_probe_ms``) or None."""
     summary = row.get("host_run")
     mean = summary.get("mean_ms") if isinstance(summary, dict) else None
     if isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean) and mean > 0:
-        return float(mean)
-    return row_probe_ms(row)
+        return float(mean), "sampled"
+    probes = row_probe_ms(row)
+    return (probes, "probes") if probes is not None else (None, None)

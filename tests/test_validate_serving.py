@@ -384,10 +384,12 @@ def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_p
     by = {(p["rate"], p["metric"]): p for p in result["points"]}
     assert by[2.0, "itl_p50"]["predicted"] == pytest.approx(0.011 * 1.5)  # the report's own: at the probe
     assert sv.compare_serving(_rows()[:2], model="olmoe")["host_speed"] == []  # no probe, no table
+    assert [(r["host_ms"], r["host_from"]) for r in result["rates"]] == [(60.0, "probes"), (None, None)]
     sampled = [dict(rows[0], host_run={"mean_ms": 80.0, "samples": 1200}), rows[1]]
     calls.clear()
-    sv.compare_serving(sampled, model="olmoe")  # the host sampled through the rate wins over its probes
+    again = sv.compare_serving(sampled, model="olmoe")  # the host sampled through the rate wins over its probes
     assert [kw.get("host_probe_ms") for *_, kw in calls] == [80.0, None, None]
+    assert (again["rates"][0]["host_ms"], again["rates"][0]["host_from"]) == (80.0, "sampled")
     from perfmodel.commands import main
 
     main(["validate", "olmoe", "--serving", "--results", str(_write(tmp_path / "s.jsonl", rows)),
@@ -397,6 +399,7 @@ def test_probed_runs_are_replayed_at_their_probe_and_at_the_reference_host(tmp_p
     assert line == (f"| itl_p50 | {speed['itl_p50']['mape_probe']:.1f} | "
                     f"{speed['itl_p50']['mape_reference']:.1f} | 1 |")
     assert "MAPE % at the reference host" in (tmp_path / "rep" / "report.html").read_text()
+    assert "| host ms |" in summary and "| 60.0 (probes) |" in summary  # each run's host speed, in its row
 
 
 def test_a_run_of_drawn_lengths_is_replayed_with_each_requests_own(tmp_path):

@@ -316,8 +316,13 @@ def _group_key(row: dict[str, Any], gpu: str) -> tuple:
 
 
 def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
-    """One rate's run, measured and replayed: counts, overload and capacity."""
+    """One rate's run, measured and replayed: counts, overload and capacity, and the host's
+    speed it was replayed at (``host_ms``, ms; ``host_from``: "sampled" through the rate or its
+    "probes", :func:`perfmodel.host_speed.row_host`)."""
+    from perfmodel.host_speed import row_host
+
     O = mean_lengths(row)[1]
+    host_ms, host_from = row_host(row)
     m, p = measured_overload(row), predicted_overload(pred)
     _, schedule = measured_schedule(row)
     return {
@@ -332,7 +337,7 @@ def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict
         "measured_capacity_rps": capacity_rps(row.get("output_tok_s"), O),
         "predicted_capacity_rps": capacity_rps(pred.get("output_tok_s"), O),
         "predicted_saturation_rps": pred.get("saturation_rate_per_replica"),
-        "preemptions": pred.get("preemptions"),
+        "preemptions": pred.get("preemptions"), "host_ms": host_ms, "host_from": host_from,
     }
 
 
@@ -568,7 +573,7 @@ def saturation_lines(s: dict[str, Any]) -> list[str]:
 
 
 _RUN_COLUMNS = ("model", "rate", "offered", "submitted", "completed m/p", "aborted m/p",
-                "TTFT growth m/p", "verdict m/p", "served m/p req/s", "KV tokens")
+                "TTFT growth m/p", "verdict m/p", "served m/p req/s", "KV tokens", "host ms")
 
 
 def _run_cells(r: dict[str, Any]) -> list[str]:
@@ -578,7 +583,8 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
             f"{_growth(r['measured_ttft_growth'])}/{_growth(r['predicted_ttft_growth'])}",
             f"{_flag(r['measured_overloaded'])}/{_flag(r['predicted_overloaded'])}",
             f"{_rate(r['measured_capacity_rps'])}/{_rate(r['predicted_capacity_rps'])}",
-            f"{r['kv_tokens']:,} ({r['kv_source']})" if r.get("kv_tokens") else "–"]
+            f"{r['kv_tokens']:,} ({r['kv_source']})" if r.get("kv_tokens") else "–",
+            f"{r['host_ms']:.1f} ({r['host_from']})" if r.get("host_ms") is not None else "–"]
 
 
 def replay_banner(src: dict[str, Any], quote=str) -> str:
@@ -662,7 +668,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Runs (m = measured, p = replay)", "",
               f"Overloaded: requests unfinished at the drain limit, or the last quarter's median TTFT at "
               f"least {src['queue_growth']:g}x the first quarter's (TTFT growth). Served: output tok/s ÷ O; "
-              "at the overloaded rates that ended with aborted requests, the capacity.", "",
+              "at the overloaded rates that ended with aborted requests, the capacity. Host ms: the host's "
+              "speed the run is replayed at (sampled through the rate, or its probes before and after).", "",
               "| " + " | ".join(_RUN_COLUMNS) + " |", "|" + "---|" * len(_RUN_COLUMNS)]
     for r in result["rates"]:
         if not r.get("error"):
