@@ -346,8 +346,9 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
     """Predicted vs measured for every ok serving row (of ``model``, or all): ``points`` (one
     per row and metric), ``rates`` (one run per row: counts, overload, capacity), ``mape`` (per
     metric), ``saturation`` (per group of rows differing only in rate), ``host_speed`` (per metric,
-    over the rows with a host probe: the MAPE replayed at each row's probe and at the profile's
-    reference host, :func:`host_speed_mape`). ``client_gaps``: point
+    over the rows that measured the host's speed: the MAPE replayed at it,
+    :func:`perfmodel.host_speed.row_host_ms`, and at the profile's reference host,
+    :func:`host_speed_mape`). ``client_gaps``: point
     id -> the client's gaps of that run (s,
     :func:`perfmodel.validate.serving_quantiles.load_client_gaps`); an ITL percentile point of
     such a run carries ``band`` (its measured p(q ± 5), s) and ``in_band``."""
@@ -424,9 +425,9 @@ def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, f
 
 
 def host_speed_mape(probed: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per metric, over the rows with a host probe (``(row, replay at its probe, replay at the
-    reference host)``): ``mape_probe`` and ``mape_reference`` (%) and ``count``; [] without such
-    rows."""
+    """Per metric, over the rows that measured the host's speed (``(row, replay at that speed,
+    replay at the reference host)``): ``mape_probe`` (at the row's own speed, sampled through the
+    rate or probed) and ``mape_reference`` (%) and ``count``; [] without such rows."""
     if not probed:
         return []
     at_probe = [_prediction_errors(row, pred) for row, pred, _ in probed]
