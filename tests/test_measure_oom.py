@@ -63,3 +63,14 @@ def test_hf_backend_recognises_oom():
     assert backend.is_oom(torch.OutOfMemoryError("CUDA out of memory"))
     assert backend.is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not backend.is_oom(ValueError("shape mismatch"))
+
+
+def test_a_failed_build_keeps_one_line_rows_and_logs_its_traceback(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    points = build_points(["olmoe"], [1, 16], [[128]])
+    backend = FakeBackend(build_failure=ValueError("Unsupported: Observed exception"))
+    run_sweep(points, backend, out)
+    rows = results.read_rows(out).rows
+    assert {r["status"] for r in rows} == {"error"}
+    assert all(r["error"] == "model build: ValueError: Unsupported: Observed exception" for r in rows)
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

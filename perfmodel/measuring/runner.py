@@ -208,6 +208,8 @@ def run_sweep(
             status = "oom" if backend.is_oom(exc) else "error"
             msg = "model build: " + one_line(exc)
             fatal = backend.is_fatal(exc)
+            if status == "error" and not fatal:  # the row keeps one line; the log keeps where it failed
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             _drop_traceback(exc)
             del exc
             gc.collect()
