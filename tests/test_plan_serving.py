@@ -168,8 +168,13 @@ def test_step_tables_take_a_quantization_scheme_as_the_weights_choice():
     assert weight_choice("w4a16") == {"dtype": "bf16", "quant": "w4a16"}
     with pytest.raises(InputError, match=r"unknown dtype 'int3' \(known: fp32, .*; or a quantization scheme: .*w4a16"):
         weight_choice("int3")
-    with pytest.raises(InputError):
-        weight_choice("none")  # unquantized is bf16's
+    # none: the model unquantized, where bf16 runs a quantized checkpoint in its own scheme
+    assert weight_choice("none") == {"dtype": "bf16", "quant": "none"}
+    cut = load_model("deepseek-v3", {"num_hidden_layers": 4})
+    gpu_ = load_gpu("h200")
+    stored, plain = (build_step_times(cut, gpu_, load_profile("vllm", gpu_.name), d, Layout(), max_tokens=256,
+                                      max_seqs=16, max_context=512) for d in ("bf16", "none"))
+    assert plain.weights_bytes > 1.5 * stored.weights_bytes  # bf16 experts, not fp8 blocks
     gpu = load_gpu("h200")
     profile = load_profile("vllm", gpu.name)
     tables = {d: build_step_times(load_model("mixtral"), gpu, profile, d, Layout(), max_tokens=1024,

@@ -108,7 +108,7 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}
     assert kw["arrivals"] == rows[0]["per_request"]["submitted_s"] and kw["until_s"] == pytest.approx(45.0)
     assert kw["kv_tokens"] == 16_000 and kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192
-    assert kw["dtype"] == "bf16" and kw["seed"] == 3 and kw["engine"] == "vllm"
+    assert kw["dtype"] == "none" and kw["seed"] == 3 and kw["engine"] == "vllm"  # unquantized, as it ran
     assert kw["graph_tokens"] is None  # a row that names no capture sizes: the profile's largest graph
     assert calls[1][4]["graph_tokens"] == 32  # the engine's own largest graph
     assert "requests" not in kw and "warmup" not in kw
@@ -459,7 +459,8 @@ def test_replay_lengths_are_checked_in_one_line():
     ("none", "fp8", "bf16", "fp8")])
 def test_a_quantized_run_is_replayed_in_its_scheme(monkeypatch, quantization, kv, dtype, kv_dtype):
     """A run of a checkpoint format or vLLM's on-load quantization is replayed with the model's
-    scheme for it (a GPTQ run as w4a16, not bf16), and with its KV cache's dtype."""
+    scheme for it (a GPTQ run as w4a16, not bf16), and with its KV cache's dtype; an unquantized
+    run as the model unquantized (``none``: not a quantized checkpoint's own scheme), labelled bf16."""
     calls = []
     monkeypatch.setattr("perfmodel.planning.predict_serving", _fake_prediction(calls))
     row = _row(4.0, achieved=4.0, served=250.0, per_request=_per_request(20, 4.0, lambda i: 100.0))
@@ -469,4 +470,4 @@ def test_a_quantized_run_is_replayed_in_its_scheme(monkeypatch, quantization, kv
     assert replay.serving_dtype(row) == dtype and replay.serving_kv_dtype(row) == kv_dtype
     replay.predict_row(row, "h200-sxm")
     ((_, _, _, _, kw),) = calls
-    assert kw["dtype"] == dtype and kw["kv_dtype"] == kv_dtype
+    assert kw["dtype"] == ("none" if quantization == "none" else dtype) and kw["kv_dtype"] == kv_dtype

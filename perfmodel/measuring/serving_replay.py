@@ -65,13 +65,25 @@ def serving_layout(row: dict[str, Any]) -> tuple[int, int, int]:
     return int(lay["tp"]), 1, int(lay["pp"])
 
 
-def serving_dtype(row: dict[str, Any]) -> str:
-    """The planning dtype of a row: the quantization scheme its engine ran
-    (:func:`perfmodel.measuring.compare.row_quant`: ``fp8`` for ``--quantization fp8``, ``w4a16``
-    for a GPTQ checkpoint, ``fp8-block``…), bf16 where it ran none."""
+def serving_weights(row: dict[str, Any]) -> str:
+    """The weight choice a row is replayed at (:func:`perfmodel.planning.steptime.weight_choice`):
+    the quantization scheme its engine ran (:func:`perfmodel.measuring.compare.row_quant`:
+    ``fp8`` for ``--quantization fp8``, ``w4a16`` for a GPTQ checkpoint, ``fp8-block``…), else
+    ``none``: the model unquantized, as the run loaded it, even where the model's own checkpoint
+    is stored quantized (DeepSeek-V3's fp8 blocks)."""
     from perfmodel.measuring.compare import row_quant
+    from perfmodel.quantization import NO_QUANT
 
-    return row_quant(row) or "bf16"
+    return row_quant(row) or NO_QUANT
+
+
+def serving_dtype(row: dict[str, Any]) -> str:
+    """What a row ran as, as a plan labels it: its quantization scheme (:func:`serving_weights`),
+    bf16 where it ran none."""
+    from perfmodel.quantization import ALIAS_BASE_DTYPE, NO_QUANT
+
+    weights = serving_weights(row)
+    return ALIAS_BASE_DTYPE if weights == NO_QUANT else weights
 
 
 def serving_kv_dtype(row: dict[str, Any]) -> str | None:
@@ -202,7 +214,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
         {"rate": offered_rate(row), **traffic_lengths(row)}, lengths=request_lengths(row),
-        dtype=serving_dtype(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
+        dtype=serving_weights(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
         until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
         host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.measuring.serving_replay import (mean_lengths, request_lengths, serving_dtype, serving_kv_dtype,
-                                               serving_scheme)
+from perfmodel.measuring.serving_replay import (mean_lengths, request_lengths, serving_kv_dtype, serving_scheme,
+                                               serving_weights)
 from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
 from perfmodel.planning.pipeline import handover_times
@@ -63,7 +63,7 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
     from perfmodel.specs.model import load_model
 
     return build_step_times(load_model(row["model"], row_overrides(row)), load_gpu(gpu), profile,
-                            serving_dtype(row), Layout(1, 1, 1), kv_dtype=serving_kv_dtype(row),
+                            serving_weights(row), Layout(1, 1, 1), kv_dtype=serving_kv_dtype(row),
                             max_tokens=int(row["engine"]["max_num_batched_tokens"]),
                             max_seqs=int(row["max_num_seqs"]),
                             max_context=_longest(row),

@@ -250,17 +250,21 @@ def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Wo
 
 def weight_choice(choice: str) -> dict[str, str | None]:
     """A plan's weight choice (``search.dtypes``) as a workload's ``dtype`` and ``quant``: a dtype
-    (bf16, fp8: fp8 is its scheme's alias) as itself, a quantization scheme's name (w4a16,
-    w8a16-experts, …) as that scheme over bf16 layers. Unknown choices are refused with both
-    lists."""
+    (bf16, fp8: fp8 is its scheme's alias) as itself, which a model whose checkpoint is quantized
+    runs in its checkpoint's scheme (:meth:`perfmodel.prediction.Workload.stored_as`); a
+    quantization scheme's name (w4a16, w8a16-experts, …) as that scheme over bf16 layers; ``none``
+    as the model unquantized, every layer in bf16, whatever its checkpoint stores. Unknown choices
+    are refused with both lists."""
     schemes = [n for n in quantization.scheme_names() if n != quantization.NO_QUANT]
     if choice in DTYPE_BYTES:
         return {"dtype": choice, "quant": None}
+    if choice == quantization.NO_QUANT:
+        return {"dtype": quantization.ALIAS_BASE_DTYPE, "quant": quantization.NO_QUANT}
     if choice in schemes:
         return {"dtype": quantization.ALIAS_BASE_DTYPE, "quant": choice}
     shown = f"'{choice}'" if isinstance(choice, str) else repr(choice)
     raise InputError(f"unknown dtype {shown} (known: {', '.join(DTYPE_BYTES)}; or a quantization scheme: "
-                     f"{', '.join(schemes)})")
+                     f"{', '.join(schemes)}; or {quantization.NO_QUANT}: unquantized)")
 
 
 def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
