@@ -56,14 +56,18 @@ def test_committed_vllm_profile_is_what_the_data_fits():
     assert set(fitted["fit"]["faster_than_uniform_routing_floor"]) == {
         "deepseek-v2-lite", "gpt-oss-120b", "phi-3.5-moe", "qwen3-30b-a3b"}
     # the fp8 kernels' multipliers come from the training models' fp8 rows, inside their bounds:
-    # per tensor (Mixtral's), and in 128x128 blocks (Mixtral's, OLMoE's and Qwen1.5-MoE's), the
-    # block kernels' compute slower (vLLM's Triton fused MoE with block scales)
+    # per tensor (Mixtral's), one pair for the dense and the expert GEMMs; in 128x128 blocks
+    # (Mixtral's, OLMoE's and Qwen1.5-MoE's), the expert GEMMs' alone, their compute slower (vLLM's
+    # Triton fused MoE with block scales), the dense GEMMs' held at per-tensor fp8's (DENSE_AS:
+    # both run fp8 tensor-core GEMMs)
     for scheme, models in (("fp8", {"mixtral-8x7b"}), ("fp8-block", set(TRAIN_MODELS))):
         fp8 = fitted["quantization"][scheme]
         assert fitted["fit"]["quantization_rows"][scheme] >= 6 and all(m in fp8["reason"] for m in models)
-        assert all(0.3 < fp8[k] < 1.5 for k in ("gemm_memory", "gemm_compute"))
-        assert fp8["gemm_memory"] == fp8["grouped_gemm_memory"] and fp8["gemm_compute"] == fp8["grouped_gemm_compute"]
-    assert fitted["quantization"]["fp8-block"]["gemm_compute"] < fitted["quantization"]["fp8"]["gemm_compute"]
+        assert all(0.3 < fp8[k] < 1.5 for k in ("grouped_gemm_memory", "grouped_gemm_compute"))
+    fp8, block = fitted["quantization"]["fp8"], fitted["quantization"]["fp8-block"]
+    assert fp8["gemm_memory"] == fp8["grouped_gemm_memory"] and fp8["gemm_compute"] == fp8["grouped_gemm_compute"]
+    assert (block["gemm_memory"], block["gemm_compute"]) == (fp8["gemm_memory"], fp8["gemm_compute"])
+    assert block["grouped_gemm_compute"] < fp8["grouped_gemm_compute"] and "DENSE_AS" in block["reason"]
     # the draft pass's host time: from the graph-replayed speculative row of the training draft,
     # γ and batch only (the draft's other γ and batches are held out)
     draft = fitted["fit"]["draft_pass"]
@@ -109,9 +113,11 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     assert not profile.fit["residuals"]["quantization"]["mxfp4-moe"]["within"]
     assert profile.fit["residuals"]["quantization"]["fp8"]["within"] and profile.quant_efficiency("fp8").band
     assert set(quantized.loc[quantized["quant"] == "mxfp4-moe", "model"]) == {"gpt-oss-20b", "gpt-oss-120b"}
-    # held-out models, and what-if variants (Mixtral skeleton, pruned OLMoE, Qwen1.5-MoE's top-k
-    # sweep) of training models
-    assert set(held["model"]) <= set(HELD_OUT_MODELS) | {"mixtral-8x7b", "olmoe-1b-7b", "qwen1.5-moe-a2.7b"}
+    # held-out models (DeepSeek-V3 too: cut to 6 layers, no fit reads it), and what-if variants
+    # (Mixtral skeleton, pruned OLMoE, Qwen1.5-MoE's top-k sweep) of training models
+    assert set(held["model"]) <= set(HELD_OUT_MODELS) | {"deepseek-v3", "mixtral-8x7b", "olmoe-1b-7b",
+                                                         "qwen1.5-moe-a2.7b"}
+    assert "deepseek-v3" in set(held["model"])
     assert set(held[held["model"] == "olmoe-1b-7b"]["variant"]) != {"olmoe-1b-7b"}
     # the draft-pass time's training row is not in the band; the other drafts are
     train = points[points["split"] == "train"]
@@ -302,8 +308,8 @@ def test_the_fitted_context_half_matches_the_profiled_attention_kernels(tmp_path
     other models' profiled steps at B ≥ 64 (Qwen1.5-MoE, Mixtral, Qwen3-30B-A3B, Phi-3.5-MoE;
     contexts of 25–265 tokens), held out, check it kernel by kernel: FlashAttention's time per
     step is 0.85–1.74× the model's attention at the profiled context (median 1.10; the GQA models at B = 64
-    the most), where the model without the term is 1.62–8.9× short. MLA's decode (FlashMLA) is
-    apart, and so is gpt-oss's attention with sinks and a 128-token window on every other layer
+    the most), where the model without the term is 1.62–8.9× short. MLA's decode (DeepSeek-V2-Lite's
+    and DeepSeek-V3's) is apart, and so is gpt-oss's attention with sinks and a 128-token window on every other layer
     (FlashAttention 3 takes as long on its windowed layers as on its full ones at these
     contexts: about twice the model, which counts the window's keys)."""
     from perfmodel.calibration.fit import one_gpu_rows
@@ -317,7 +323,7 @@ def test_the_fitted_context_half_matches_the_profiled_attention_kernels(tmp_path
     rows = [r for name in ("h200-vllm.jsonl", "h200-vllm-whatif.jsonl")
             for r in one_gpu_rows(load_measurements(RESULTS_DIR / name))
             if ((r.get("decode_profile") or {}).get("split_ms") or {}).get("attention") and r["batch"] >= 64
-            and r["model"] not in ("deepseek-v2-lite", "gpt-oss-20b", "gpt-oss-120b")
+            and r["model"] not in ("deepseek-v2-lite", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b")
             and r["batch"] * r["input_len"] <= 16384]  # a chunked prefill's decode profile holds riding decodes
     held_out = [r for r in rows if r["point_id"] not in profile.fit["points"]]
     assert len(held_out) >= 20 and {r["model"] for r in held_out} >= {"qwen1.5-moe-a2.7b", "mixtral-8x7b",

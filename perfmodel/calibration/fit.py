@@ -368,9 +368,13 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     if banded.empty:
         raise SpecError(f"{results}: every held-out row is excluded from the band")
     p90 = banded.groupby("metric")["rel_error"].apply(lambda e: e.abs().quantile(0.9))
+    # besides the named held-out models, any other measured model no fit reads is in the band
+    trained = set(points.loc[points["split"] == "train", "model"])
+    others = sorted(set(banded["model"]) - set(held_out) - trained)
+    models = ", ".join(held_out) + (f"; and {', '.join(others)}, which no fit reads" if others else "")
     band = {
         **{m: _sig(float(p90[m])) for m in ("ttft", "decode_step", "e2e", "throughput")},
-        "source": (f"90th percentile of |relative error| on held-out models ({', '.join(held_out)}) "
+        "source": (f"90th percentile of |relative error| on held-out models ({models}) "
                    f"and on hypothetical variants (what-if results), unquantized (each quantization "
                    f"scheme's held-out rows are checked against the band: fit.residuals.quantization){note}"),
     }
