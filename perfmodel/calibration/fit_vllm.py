@@ -348,6 +348,16 @@ FITTED_SCHEMES = ("fp8", "fp8-block", "w4a16", "w8a16-experts", "mxfp4-moe-marli
 #: from gpt-oss-120b, as the tiled kernel's times are (:data:`perfmodel.calibration.fit_tiles.TILE_TRAIN`).
 SCHEME_TRAIN: dict[str, tuple[str, ...]] = {"mxfp4-moe-marlin": ("gpt-oss-120b",)}
 QUANT_MULTIPLIERS = (("memory", 0.3, 1.5, 1.0), ("compute", 0.3, 1.5, 1.0))
+#: Schemes whose linear layers run on another kind of kernel than their routed experts, and the
+#: scheme whose dense multipliers theirs take. vLLM runs fp8-block's linear layers as
+#: block-scaled fp8 tensor-core GEMMs (DeepGEMM, else CUTLASS), as per-tensor fp8 runs them on
+#: cuBLASLt's fp8 GEMMs, but its experts in the Triton fused-MoE kernel with block scales (no
+#: tuned tile config for most shapes), far slower per FLOP. Its training rows cannot tell the two
+#: classes apart (the experts carry nearly all of the quantized bytes and FLOPs), so one shared
+#: multiplier made every dense layer as slow as the experts: DeepSeek-V3's fp8-block prefills
+#: (held out) ran their dense GEMMs in 0.43 of the model's time. So only the grouped multipliers
+#: are fitted there, the dense ones held at the named scheme's.
+DENSE_AS: dict[str, str] = {"fp8-block": "fp8"}
 #: A weight-only scheme's kernels also get their dequantization work fitted, n_dq, as a share of
 #: the scheme file's estimate (an upper bound: that counts every weight's unpacking and scaling
 #: as un-overlapped CUDA-core work): a decode step's kernels that overlap it with their loads
@@ -368,12 +378,16 @@ def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float, float], ...
     return QUANT_MULTIPLIERS + ((DEQUANT_SHARE, QUANT_MEMORY_HALF) if estimate > 0 else ())
 
 
-def _quant_entry(x: np.ndarray, scheme: str) -> dict[str, float]:
+def _quant_entry(x: np.ndarray, scheme: str, dense: dict[str, float] | None = None) -> dict[str, float]:
+    """A scheme's multipliers from the fitted values ``x``; ``dense``: the dense GEMMs' own
+    (``gemm_memory``, ``gemm_compute``: :data:`DENSE_AS`), else the fitted ones shared."""
     from perfmodel.quantization import load_schemes
 
     memory, compute, *weight_only = (float(v) for v in x)
     entry = {"gemm_memory": memory, "grouped_gemm_memory": memory,
              "gemm_compute": compute, "grouped_gemm_compute": compute}
+    if dense is not None:
+        entry.update(gemm_memory=dense["gemm_memory"], gemm_compute=dense["gemm_compute"])
     if weight_only:
         dequant, half = weight_only
         entry["dequant_flops_per_weight"] = dequant * load_schemes()[scheme].dequant_flops_per_weight
@@ -382,10 +396,11 @@ def _quant_entry(x: np.ndarray, scheme: str) -> dict[str, float]:
 
 
 def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
-                          scheme: str) -> dict[str, float]:
+                          scheme: str, dense: dict[str, float] | None = None) -> dict[str, float]:
     """The kernel multipliers of one quantization scheme (:func:`_quant_parameters`), by least
     squares on log(predicted/measured) TTFT and decode step of the training models' rows at that
-    scheme, every other parameter held at the bf16 fit's value. The memory multiplier stays at
+    scheme, every other parameter held at the bf16 fit's value; ``dense``: the dense GEMMs'
+    multipliers where they are not fitted (:data:`DENSE_AS`). The memory multiplier stays at
     or under 1/η_m of the fused-MoE class: the expert kernels, which carry nearly all of the
     quantized bytes, read them no faster than the datasheet bandwidth (with a fitted memory
     half, a larger one would trade a fixed cost per kernel for a bandwidth no HBM has)."""
@@ -401,12 +416,12 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     start = np.minimum(start, upper)
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme)}})
+        profile = _profile({**base, "quantization": {scheme: _quant_entry(x, scheme, dense)}})
         return np.log(_predict_many(rows, profile, gpu_spec) / measured).ravel()
 
     result = least_squares(residuals, start, bounds=(lower, upper), method="trf")
     x = on_bounds(result.x, lower, upper)
-    return {name: _sig(value) for name, value in _quant_entry(x, scheme).items()}
+    return {name: _sig(value) for name, value in _quant_entry(x, scheme, dense).items()}
 
 
 def uniform_floor_violations(rows: list[dict[str, Any]], gpu: str) -> dict[str, float]:
@@ -509,17 +524,22 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                                chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
         except SpecError:
             continue
-        multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme)
+        like = DENSE_AS.get(scheme)
+        dense = (base.get("quantization") or {}).get(like)
+        multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme, dense)
         fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
         methods = sorted({str((r.get("engine") or {}).get("quantization")) for r in quant_rows})
         methods += [f"--moe-backend {b}" for b in sorted({r.get("moe_backend", "triton") for r in quant_rows})
                     if b != "triton"]
         dequant = ", n_dq and the memory half with them" if "dequant_flops_per_weight" in multipliers else ""
+        dense_note = (f"; the dense GEMMs' multipliers are {like}'s (their kernels are alike; its experts' "
+                      "are not: fit_vllm.DENSE_AS)" if dense is not None else "")
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       f"(vLLM --quantization {', '.join(methods)}), the bf16 fit held fixed"
-                                      f"{dequant}; every other model's held out: fit.residuals.quantization")}
+                                      f"{dequant}{dense_note}; every other model's held out: "
+                                      "fit.residuals.quantization")}
         quant_fits[scheme] = len(quant_rows)
     tile_fits: dict[str, Any] = {}
     for scheme in TILE_TRAIN:  # a tiled MoE kernel's times, from its profiled kernels
