@@ -126,6 +126,21 @@ def _drop_traceback(exc: BaseException) -> None:
     exc.__cause__ = None
 
 
+def _failed(backend: Backend, exc: BaseException) -> tuple[str, str, bool]:
+    """A failure as its rows record it: (status, one line, whether the device is unusable). An
+    error that is neither out of memory nor fatal also writes its traceback to stderr (the row
+    keeps one line, the log where it failed). The frames it holds are then released and the
+    backend recovers."""
+    status = "oom" if backend.is_oom(exc) else "error"
+    msg, fatal = one_line(exc), backend.is_fatal(exc)
+    if status == "error" and not fatal:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    _drop_traceback(exc)
+    gc.collect()
+    backend.recover()
+    return status, msg, fatal
+
+
 def run_sweep(
     points: list[SweepPoint],
     backend: Backend,
@@ -205,17 +220,9 @@ def run_sweep(
         try:
             handle = backend.prepare(group)
         except Exception as exc:  # noqa: BLE001 - every failure becomes rows
-            status = "oom" if backend.is_oom(exc) else "error"
-            msg = "model build: " + one_line(exc)
-            fatal = backend.is_fatal(exc)
-            if status == "error" and not fatal:  # the row keeps one line; the log keeps where it failed
-                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-            _drop_traceback(exc)
-            del exc
-            gc.collect()
-            backend.recover()
+            status, msg, fatal = _failed(backend, exc)
             for p in group:
-                write(p, status, {}, msg, started)
+                write(p, status, {}, "model build: " + msg, started)
             if fatal:
                 summary.stopped = "fatal device error"
             continue
@@ -243,15 +250,7 @@ def run_sweep(
                 try:
                     fields = backend.measure(handle, point)
                 except Exception as exc:  # noqa: BLE001
-                    status = "oom" if backend.is_oom(exc) else "error"
-                    msg = one_line(exc)
-                    fatal = backend.is_fatal(exc)
-                    if status == "error" and not fatal:
-                        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-                    _drop_traceback(exc)
-                    del exc
-                    gc.collect()
-                    backend.recover()
+                    status, msg, fatal = _failed(backend, exc)
                     write(point, status, {}, msg, started, pass_)
                     failed.add(point.point_id)
                     if fatal:
