@@ -15,9 +15,10 @@ that ``step()`` returns when the step's tokens are on the host and its wall time
 4. the D sequences are aborted, and the next D follows on the same engine (D = 0 first: the
    prompt's step alone).
 
-The engine is built as ``perfmodel measure --serving`` builds it (dummy weights from the model's
-config.json, prefix caching off, max_num_seqs 256, its CUDA-graph sizes), with vLLM's routing
-simulator where ``--routing uniform_random``. The host's speed is probed before and after each D
+The engine is built as ``perfmodel measure --backend vllm`` builds one (``VLLMBackend.prepare``:
+dummy weights from the model's config.json, prefix caching off, the engine's process as the
+environment says), at a serving run's max_num_seqs (256) and CUDA-graph sizes, with vLLM's
+routing simulator where ``--routing uniform_random``. The host's speed is probed before and after each D
 (:func:`perfmodel.host_speed.probe_ms`). Steps whose prompt needed a kernel compiled for its
 token count show as outliers in the first repetitions; ``--warmup`` mixed steps per D are run
 untimed first.
@@ -34,11 +35,9 @@ profiles, the host probes, the engine's settings and provenance.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,31 +53,14 @@ MAX_NUM_SEQS = 256
 
 
 def build_engine(args):
-    """A synchronous vLLM engine for the model, as the serving runs build it."""
-    from vllm import LLM
-    from vllm.engine.arg_utils import EngineArgs
-
+    """A synchronous vLLM engine for the model, built as the measured rows' engines are
+    (:meth:`perfmodel.measuring.vllm_backend.VLLMBackend.prepare`), and its sweep point."""
     settings = vb.point_settings(quantization=args.quantization, routing=args.routing, sampling="random")
     point = build_points([args.model], [MAX_NUM_SEQS], [[args.prompt]], [args.steps], backend="vllm",
                          overrides=args.set or [], settings=settings)[0]
-    tmp = tempfile.TemporaryDirectory(prefix="perfmodel-mixed-")
-    cfg = vb.write_model_dir([point], tmp.name)
-    accepted = {f.name for f in dataclasses.fields(EngineArgs)}
-    kwargs = vb.engine_kwargs([point], tmp.name, accepted=accepted)
-    kwargs["max_model_len"] = max(args.prompt, args.context) + args.steps + 16
-    if "async_scheduling" in accepted:
-        kwargs["async_scheduling"] = False
-    vb.apply_routing(point)
-    if vb.checkpoint_quantization(point) is not None:
-        from perfmodel.measuring.vllm_dummy import patch_dummy_loader
-
-        patch_dummy_loader()
-    t0 = time.perf_counter()
-    llm = LLM(**kwargs)
-    settings = vb.engine_settings(llm)
-    settings["startup_s"] = round(time.perf_counter() - t0, 1)
-    settings.update(vb.tuned_moe_config(cfg, point, 1))
-    return llm, int(cfg["vocab_size"]), kwargs, settings, tmp, point
+    backend = vb.VLLMBackend(engine_args={"async_scheduling": False,
+                                          "max_model_len": max(args.prompt, args.context) + args.steps + 16})
+    return backend, backend.prepare([point]), point
 
 
 class Stepper:
@@ -159,9 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(x) for x in args.decodes.split(",")]
     if max(counts) >= MAX_NUM_SEQS:
         ap.error(f"--decodes must stay below {MAX_NUM_SEQS}")
-    llm, vocab, kwargs, settings, tmp, point = build_engine(args)
-    print(f"engine ready in {settings['startup_s']} s: {settings}", flush=True)
-    stepper = Stepper(llm, vocab)
+    backend, handle, point = build_engine(args)
+    kwargs, settings = handle["kwargs"], handle["settings"]
+    stepper = Stepper(handle["llm"], handle["vocab"])
     provenance = env.provenance()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for d in counts:
@@ -173,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             f.write(json.dumps(row, default=str) + "\n")
         print(f"{args.model} D={d}: decode {row['decode_median_ms']} ms, mixed {row['mixed_median_ms']} ms, "
               f"mixed busy {row['profiles']['mixed']['busy_ms']:.2f} ms", flush=True)
-    tmp.cleanup()
+    backend.release(handle)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,33 @@ def test_engine_kwargs_cover_the_group(tmp_path):
     assert "moe_backend" not in old and "enable_prefix_caching" not in old
 
 
+def test_engine_arguments_given_to_the_backend_are_set_over_the_points_where_vllm_takes_them(monkeypatch):
+    """``VLLMBackend(engine_args=...)`` (a script's own engine: asynchronous scheduling off, a
+    longer context) overrides the points' arguments where this vLLM has them, drops those it has
+    not, and builds the engine as a measured row's is."""
+    import dataclasses
+    import sys
+    import types
+
+    built = []
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = lambda **kwargs: built.append(kwargs) or types.SimpleNamespace()
+    arg_utils = types.ModuleType("vllm.engine.arg_utils")
+    names = ("model", "load_format", "dtype", "max_num_seqs", "max_model_len", "async_scheduling")
+    arg_utils.EngineArgs = dataclasses.make_dataclass("EngineArgs", [(n, object, None) for n in names])
+    for name, module in (("vllm", vllm), ("vllm.engine", types.ModuleType("vllm.engine")),
+                         ("vllm.engine.arg_utils", arg_utils)):
+        monkeypatch.setitem(sys.modules, name, module)
+    point = build_points(["olmoe"], [16], [[128]], backend="vllm", settings=vb.point_settings())[0]
+    backend = vb.VLLMBackend(log=lambda msg: None,
+                             engine_args={"async_scheduling": False, "max_model_len": 4096, "no_such": 1})
+    handle = backend.prepare([point])
+    (kwargs,) = built
+    assert kwargs["async_scheduling"] is False and kwargs["max_model_len"] == 4096 and "no_such" not in kwargs
+    assert kwargs["load_format"] == "dummy" and kwargs["max_num_seqs"] == 16 and handle["vocab"] > 0
+    backend.release(handle)
+
+
 def test_config_json_and_requests():
     point = _points(layers=4)[0]
     cfg = vb.vllm_config_json(point)

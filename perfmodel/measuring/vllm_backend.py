@@ -461,8 +461,12 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, reps: int = 3, log=None, routing_probe: bool = False, profile: bool = False) -> None:
+    def __init__(self, reps: int = 3, log=None, routing_probe: bool = False, profile: bool = False,
+                 engine_args: dict[str, Any] | None = None) -> None:
         self.reps = reps
+        #: engine arguments set over those the points give, where this vLLM takes them (a
+        #: script's own engine: ``scripts/profile_mixed_steps.py`` turns asynchronous scheduling off)
+        self.engine_args = dict(engine_args or {})
         self.routing_probe = routing_probe
         self.profile = profile
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -507,6 +511,7 @@ class VLLMBackend:
         if self.routing_probe:  # hooks run only outside CUDA graphs and compiled graphs
             kwargs.pop("compilation_config", None)
             kwargs["enforce_eager"] = True
+        kwargs.update({k: v for k, v in self.engine_args.items() if k in accepted})
         self.log(f"vllm engine: {kwargs}")
         t0 = time.perf_counter()
         apply_routing(points[0])
