@@ -43,6 +43,12 @@ HOST_TIMES: tuple[sp.Symbol, ...] = (
     s.t_piece_layer, s.t_req, s.t_draft, s.t_sync, s.t_moe_host,
 )
 
+#: The profile's ``latency`` fields that hold those host times (s each).
+HOST_LATENCY_FIELDS: tuple[str, ...] = (
+    "host_step_s", "host_seq_s", "eager_layer_s", "eager_step_s", "eager_seq_s", "uncompiled_op_s",
+    "piecewise_layer_s", "request_s", "draft_pass_s", "expert_sync_s",
+)
+
 
 #: Iterations of :func:`probe_ms`'s pure-Python loop.
 HOST_PROBE_LOOPS = 200_000

@@ -66,6 +66,9 @@ def fit(
     gpu: str = typer.Option("h200-sxm", "--gpu", help="GPU whose committed data to fit."),
     engine: str = typer.Option("hf", "--engine", help="hf (microbenchmarks + end to end) or vllm (end to end)."),
     check: bool = typer.Option(False, "--check", help="Only report whether the committed profile is up to date."),
+    anchor: str = typer.Option("auto", "--anchor", help="vllm: the GPU whose fit gives the host's terms and "
+                               "what this GPU was not measured in (auto: h200-sxm's, for any other GPU; none: "
+                               "every term from this GPU's rows)."),
 ) -> None:
     """Fit an engine profile from the committed measurements (deterministic)."""
     import yaml
@@ -73,13 +76,16 @@ def fit(
     from perfmodel.calibration.fit import FIT_RTOL, fit_profile, profile_differences, write_profile
     from perfmodel.errors import InputError
     from perfmodel.paths import PROFILES_DIR
+    from perfmodel.specs.hardware import load_gpu
 
+    gpu = load_gpu(gpu).name
     if engine == "hf":
         profile = fit_profile(gpu)
     elif engine == "vllm":
         from perfmodel.calibration.fit_vllm import fit_vllm_profile
 
-        profile = fit_vllm_profile(gpu)
+        profile = fit_vllm_profile(gpu, anchor=None if anchor == "none" else
+                                   anchor if anchor == "auto" else load_gpu(anchor).name)
     else:
         raise InputError(f"unknown --engine '{engine}' (hf or vllm)")
     path = PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"

@@ -89,7 +89,11 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   probe is then predicted at its own host's speed, in the fit as in validation.
 
 Elementwise kernels (fused RMSNorm, SiLU-and-mul) keep a stated η (:data:`FIXED_EFFICIENCY`);
-on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A prefill
+on another GPU the fitted efficiencies apply as fractions of its datasheet peaks. A GPU measured
+in fewer kinds of rows than the H200 (the H100: its models' end-to-end rows) is fitted anchored
+on the H200's fit: its efficiencies and the schemes it ran from its own rows, the host's terms,
+the fixed times per step and per layer and what it never ran from the H200's
+(:mod:`perfmodel.calibration.fit_anchor`). A prefill
 larger than ``max_num_batched_tokens`` (16,384 tokens) runs in ⌈B·S/16384⌉ engine steps, each
 paying the per-pass and host costs (``options.prefill_chunk_tokens``).
 
@@ -307,11 +311,12 @@ def kernel_profile_points(rows: list[dict[str, Any]], train: tuple[str, ...],
 
 
 def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
-                   kernels: tuple[list[dict[str, Any]], list[frozenset[str]], np.ndarray] = ([], [], np.array([]))
-                   ) -> np.ndarray:
+                   kernels: tuple[list[dict[str, Any]], list[frozenset[str]], np.ndarray] = ([], [], np.array([])),
+                   held: frozenset[str] = frozenset()) -> np.ndarray:
     """Least squares on log(predicted/measured) TTFT and decode step, and on log(predicted/
     measured) time of the profiled kernels ``kernels`` (rows, their ops, measured s:
-    :func:`kernel_profile_points`); values in their units."""
+    :func:`kernel_profile_points`); values in their units. The ``latency`` fields in ``held``
+    keep ``base``'s values (an anchored fit: :mod:`perfmodel.calibration.fit_anchor`)."""
     from scipy.optimize import least_squares
 
     from perfmodel.specs.hardware import load_gpu
@@ -320,20 +325,27 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
     kernel_rows, names, kernel_s = kernels
     scale = np.array([p[4] for p in PARAMETERS])
-    start = np.array([p[1] for p in PARAMETERS]) / scale
-    lower = np.array([p[2] for p in PARAMETERS]) / scale
-    upper = np.array([p[3] for p in PARAMETERS]) / scale
+    free = np.array([not (section == "latency" and key in held) for (section, key, _), *_ in PARAMETERS])
+    every = np.array([start if f else base[section][key]  # a held field is a latency time
+                      for ((section, key, _), start, *_), f in zip(PARAMETERS, free)]) / scale
+    lower = np.array([p[2] for p in PARAMETERS])[free] / scale[free]
+    upper = np.array([p[3] for p in PARAMETERS])[free] / scale[free]
+
+    def expanded(x: np.ndarray) -> np.ndarray:
+        out = every.copy()
+        out[free] = x
+        return out * scale
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        profile = _profile(_with(base, x * scale))
+        profile = _profile(_with(base, expanded(x)))
         predicted = _predict_many(rows, profile, gpu_spec)
         profiled = (np.log(profiled_kernels_s(kernel_rows, names, profile, gpu_spec) / kernel_s)
                     if len(kernel_s) else np.array([]))
         return np.concatenate([np.log(predicted / measured).ravel(), profiled])
 
-    result = least_squares(residuals, start, bounds=(lower, upper), method="trf", x_scale="jac")
-    x = on_bounds(result.x, lower, upper)
-    return np.array([_sig(float(v)) for v in x * scale])
+    result = least_squares(residuals, every[free], bounds=(lower, upper), method="trf", x_scale="jac")
+    x = expanded(on_bounds(result.x, lower, upper))
+    return np.array([_sig(float(v)) for v in x])
 
 
 #: Quantization schemes whose kernel multipliers are fitted when training rows exist at them. Two
@@ -494,18 +506,26 @@ def fit_piecewise_layer(rows: list[dict[str, Any]], base: dict[str, Any], gpu: s
 
 def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
-                     held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
-    """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict)."""
+                     held_out: tuple[str, ...] = HELD_OUT_MODELS, anchor: str | None = "auto") -> dict[str, Any]:
+    """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
+    the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
+    ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
+    from perfmodel.calibration.fit_anchor import (anchor_path, anchor_record, carried_entries, held_fields,
+                                                  read_anchor, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
     results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
     base = _base(gpu)
+    anchored = anchor_path(gpu, anchor)
+    reference = read_anchor(anchored) if anchored is not None else None
+    if reference is not None:  # the host's terms, and a graph node's cost where no tables are here
+        base = seeded(base, reference)
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
-    host_speed, host_points = fit_host_speed(one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows),
-                                             chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
+    host_speed, host_points = (None, []) if reference is not None else fit_host_speed(
+        one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows), chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
@@ -515,7 +535,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     ids = {r["point_id"] for r in rows}
     rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
-    values = fit_parameters(rows, base, gpu, tuple(kernels))
+    values = fit_parameters(rows, base, gpu, tuple(kernels),
+                            held=held_fields() if reference is not None else frozenset())
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
@@ -554,7 +575,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "other model's held out: fit.tiles); no kernel multipliers fitted"))
         fitted += tile_points
         tile_fits[scheme] = record
-        launch_s, launch_points, launch_record = fit_tile_host(every_row, base, gpu, scheme)
+        launch_s, launch_points, launch_record = (fit_tile_host(every_row, base, gpu, scheme) if reference is None
+                                                  else (None, [], {}))  # a host time: the anchor's
         if launch_s is not None:  # its launches from Python, from launched prefills
             entry["host_layer_s"] = launch_s
             entry["reason"] += (f"; host_layer_s fitted on the TTFT of {len(launch_points)} launched prefills of "
@@ -573,18 +595,23 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         fitted += kv_points
         kv_fits[kv] = record
     all_rows = load_with_what_ifs(results)
-    draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
-    if draft_pass is not None:
-        base["latency"]["draft_pass_s"] = draft_pass
-    eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
-    if eager_seq is not None:
-        base["latency"]["eager_seq_s"] = eager_seq
-    piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
-    if piecewise is not None:
-        base["latency"]["piecewise_layer_s"] = piecewise
-    launch_noise, noise_record, noise_runs = fit_launch_noise(base, gpu, train, results_dir=results.parent)
-    if launch_noise is not None:
-        base["latency"]["launch_noise"] = launch_noise
+    draft_points, eager_seq_runs, piecewise_points, noise_record, noise_runs = [], [], [], {}, []
+    carried = []
+    if reference is None:  # the host's terms, last, from this GPU's rows
+        draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
+        if draft_pass is not None:
+            base["latency"]["draft_pass_s"] = draft_pass
+        eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
+        if eager_seq is not None:
+            base["latency"]["eager_seq_s"] = eager_seq
+        piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
+        if piecewise is not None:
+            base["latency"]["piecewise_layer_s"] = piecewise
+        launch_noise, noise_record, noise_runs = fit_launch_noise(base, gpu, train, results_dir=results.parent)
+        if launch_noise is not None:
+            base["latency"]["launch_noise"] = launch_noise
+    else:  # the anchor's host terms stand (seeded); its schemes and KV dtypes not measured here join
+        carried = carried_entries(base, reference, DENSE_AS)
     collapsed = sorted(collapsed_routing(all_rows, gpu))
     note = ""
     if collapsed:
@@ -619,10 +646,15 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         if kv in base.get("kv_cache", {}):
             base["kv_cache"][kv]["band"] = check["within"]
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
+    per_kernel_source = graph_node_cost(gpu)[1]
+    if reference is not None and not graph_node_cost(gpu)[0]:
+        per_kernel_source = (f"{reference.get('gpu')}'s: "
+                             f"{(reference.get('fit') or {}).get('per_kernel_source', 'its fit')}")
     base["description"] = (
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
         f"prefix cache off, default chunk) on {gpu}; fitted end to end by perfmodel calibrate fit "
-        "--engine vllm")
+        "--engine vllm" + ("" if reference is None else
+                           f", anchored on {reference.get('gpu')}'s fit for the host's terms (fit.anchor)"))
     base["fitted_from"] = (f"{results.relative_to(ROOT)} (end-to-end, training models only; "
                            f"{prov.get('gpu_name')}, driver {prov.get('driver')}, torch "
                            f"{prov.get('torch')}, vllm {prov.get('vllm')}, "
@@ -632,16 +664,17 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kernel_fit": {"dtype": "bf16",
                        "source": ("none: end-to-end fit of every parameter but per_kernel_s, with the "
                                   "kernels of the profiled decode steps in kernel_profile")},
-        "per_kernel_source": graph_node_cost(gpu)[1],
+        "per_kernel_source": per_kernel_source,
         "kernel_profile": kernel_record,
         "quantization_rows": quant_fits,
         "tiles": tile_fits,
         "kv_cache": kv_fits,
-        "draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
-                       "points": draft_points},
-        "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
-        "piecewise_layer": {"points": piecewise_points},
-        "launch_noise": noise_record,
+        **({"draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
+                           "points": draft_points},
+            "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
+            "piecewise_layer": {"points": piecewise_points},
+            "launch_noise": noise_record} if reference is None
+           else {"anchor": anchor_record(anchored, reference, carried)}),
         **({"host_speed": {**host_speed["record"], "points": host_points}} if host_speed is not None else {}),
         "points": sorted(set(fitted)),
         "residuals": stats,

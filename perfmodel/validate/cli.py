@@ -21,6 +21,8 @@ def validate(
     results: Optional[Path] = typer.Option(None, "--results", help="The rows to replay (default: live on a GPU, "
                                            "else validate/results/{gpu}-{backend}.jsonl with its what-if "
                                            "rows; --serving: validate/results/{gpu}-vllm-serving.jsonl)."),
+    fitted_on: Optional[str] = typer.Option(None, "--fitted-on", help="Predict with the profile fitted on this "
+                                            "GPU (default: --gpu's own): a transfer check, every row held out."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
     if serving is True:
@@ -35,7 +37,8 @@ def validate(
     from perfmodel.validate.validation import run_validation
 
     result = run_validation(model, backend=backend, gpu=gpu, out_dir=out,
-                            results=results if isinstance(results, Path) else None)
+                            results=results if isinstance(results, Path) else None,
+                            fitted_on=fitted_on if isinstance(fitted_on, str) else None)
     if as_json:
         print_json(result)
         return

@@ -44,11 +44,18 @@ def results_file(backend: str, gpu: str) -> Path:
     return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"
 
 
-def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str) -> dict[str, Any]:
+def transferred(profile, gpu: str) -> bool:
+    """Whether ``profile`` was fitted on another GPU than ``gpu`` (its efficiencies carried over
+    as fractions of the datasheet peaks)."""
+    return profile.gpu is not None and profile.gpu != gpu
+
+
+def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str, gpu: str) -> dict[str, Any]:
     ok = [r for r in rows if r.get("status") == "ok"]
     first = ok[0] if ok else {}
     span = measured_span(ok)
     fit = profile.fit or {}
+    carried = transferred(profile, gpu)
     try:
         shown = str(path.relative_to(ROOT))
     except ValueError:
@@ -59,8 +66,10 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         "torch": first.get("torch", ""), "transformers": first.get("transformers", ""),
         "results_file": shown, "git_commit": span["git_commit"],
         "calibrated_engine": profile.name, "baseline_engine": BASELINE_ENGINE,
-        "train_models": list(fit.get("train_models", [])),
+        "train_models": [] if carried else list(fit.get("train_models", [])),
         "held_out_models": list(fit.get("held_out_models", [])),
+        **({"fitted_on": f"{profile.gpu}, transferred to {gpu}: no row here was fitted on, every one is held out"}
+           if carried else {}),
         **({"vllm": first["vllm"]} if first.get("vllm") else {}),
         **_host_speed(ok, profile),
     }
@@ -138,10 +147,13 @@ def _check_row(row: dict[str, Any], path: Path) -> None:
 
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                    out_dir: Path | None = None, live: bool | None = None,
-                   results: Path | None = None) -> dict[str, Any]:
+                   results: Path | None = None, fitted_on: str | None = None) -> dict[str, Any]:
     """Compare predictions with measurements of ``model`` (or ``all``); write the reports.
     ``results``: replay that rows file alone (default: live where a GPU is here, else the
-    committed ``validate/results/<gpu>-<backend>.jsonl`` with its what-if file).
+    committed ``validate/results/<gpu>-<backend>.jsonl`` with its what-if file). ``fitted_on``:
+    predict with the profile fitted on that GPU (default: ``gpu``'s own, else one transferred
+    from another GPU). A profile fitted on another GPU than ``gpu`` was fitted on none of its
+    rows: every row is then held out (the transfer between the GPUs, measured).
 
     Returns a dict: source (mode replay|live, date, GPU, versions), mape per engine × split ×
     metric, points (predicted vs measured), repeats (the points measured ok more than once,
@@ -150,7 +162,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     :func:`perfmodel.measuring.prefill_kernels.category_ratios`), decode_kernels (the same of the
     profiled decode steps), and the report paths.
     """
-    from perfmodel.profile import load_profile
+    from perfmodel.profile import load_fitted_profile, load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, load_with_what_ifs, mape, what_if_file
@@ -162,7 +174,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     gpu_spec = load_gpu(gpu)
-    profile = load_profile(backend, gpu_spec.name)
+    profile = (load_profile(backend, gpu_spec.name) if fitted_on is None
+               else load_fitted_profile(backend, load_gpu(fitted_on).name))
     wanted = None if model == "all" else [load_model(model).name]
     use_live = results is None and (live_available(backend) if live is None else live)
     if use_live:
@@ -197,7 +210,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     fit = profile.fit or {}
-    if "points" in fit:  # the profile names every row it was fitted on: those are the training points
+    if transferred(profile, gpu_spec.name):  # no row of this GPU was fitted on: every row is held out
+        train, train_points = [], []
+    elif "points" in fit:  # the profile names every row it was fitted on: those are the training points
         train, train_points = [], fit["points"]
     else:
         train = fit.get("train_models", [])
@@ -215,7 +230,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if points_df.empty:
         raise InputError(f"no measured row in {path} is one the model compares with (an experts "
                          "implementation it has no counterpart of, or no measured metric)")
-    source = _source(rows, mode, path, profile, backend)
+    source = _source(rows, mode, path, profile, backend, gpu_spec.name)
     source.update(_set_apart(points_df, rows, gpu_spec.name))
     out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"

@@ -1,0 +1,119 @@
+"""A GPU's vllm profile anchored on the fit of a GPU measured in more kinds of rows.
+
+The reference GPU (:data:`REFERENCE_GPU`) is measured in every kind of row the vllm fit reads:
+end-to-end rows of the training models, kernel profiles, wide batches whose steps the host paces,
+host-speed probes on a model cut to one layer, quantization schemes, KV-cache dtypes,
+speculative decoding and serving traces. Another GPU measured in fewer kinds (its models'
+end-to-end rows alone, say) cannot fit the terms those rows never show. Its fit then takes them
+from the reference's fit, and fits from its own rows what they do determine:
+
+- **fitted on the GPU's own rows**: the kernels' efficiencies (``gemm``, ``grouped_gemm``,
+  ``attention``) and the GPU's fixed time per step and per layer of a replayed graph
+  (``per_step_s``, ``per_layer_s``), the parameters of
+  :data:`perfmodel.calibration.fit_vllm.PARAMETERS` that are not host times; and each
+  quantization scheme, KV-cache dtype or tiled kernel the GPU was measured in;
+- **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
+  the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
+  the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
+  host probe time it recorded; the cost of a graph node (``per_kernel_s``) where the GPU has no
+  microbenchmark tables; and every quantization scheme, KV-cache dtype and tiled kernel the GPU
+  was not measured in (their multipliers are fractions of the bf16 kernels' rates; a scheme
+  whose dense GEMMs take another scheme's multipliers, :data:`~perfmodel.calibration.fit_vllm.DENSE_AS`,
+  takes this GPU's where it fitted that scheme);
+- **neither**: the serving error band, which only serving runs on the GPU could give.
+
+The H100 SXM and the H200 are one chip (GH100: 132 SMs, the same clocks) with other memory, so
+the kernels' behaviour the reference's terms describe is the same silicon's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from perfmodel.errors import SpecError
+from perfmodel.host_speed import HOST_LATENCY_FIELDS
+from perfmodel.paths import PROFILES_DIR, ROOT
+from perfmodel.specs.files import read_mapping
+
+#: The GPU whose vllm fit anchors the others': the one measured in every kind of row.
+REFERENCE_GPU = "h200-sxm"
+
+#: The host's speed terms taken with the host times.
+HOST_SPEED_FIELDS = ("host_probe_ref_ms", "host_speed_exponent")
+
+
+def anchor_path(gpu: str, anchor: str | None) -> Path | None:
+    """The fitted profile anchoring ``gpu``'s fit: ``anchor``'s (a GPU name), the reference
+    GPU's for ``"auto"`` (none for the reference itself), none for ``None``."""
+    if anchor is None or (anchor == "auto" and gpu == REFERENCE_GPU):
+        return None
+    name = REFERENCE_GPU if anchor == "auto" else anchor
+    if name == gpu:
+        raise SpecError(f"a fit cannot be anchored on its own GPU ({gpu})")
+    path = PROFILES_DIR / f"{name}-vllm.yaml"
+    if not path.is_file():
+        raise SpecError(f"no fitted vllm profile of {name} to anchor on ({path.relative_to(ROOT)})")
+    return path
+
+
+def read_anchor(path: Path) -> dict[str, Any]:
+    """The anchoring profile as a mapping."""
+    return read_mapping(path, SpecError, what="profile ")
+
+
+#: The GPU's fixed times the anchor gives too.
+FIXED_GPU_FIELDS = ("per_step_s", "per_layer_s")
+
+
+def held_fields() -> frozenset[str]:
+    """The ``latency`` fields of the fitted parameters an anchored fit holds at the anchor's."""
+    return frozenset((*HOST_LATENCY_FIELDS, *FIXED_GPU_FIELDS))
+
+
+def seeded(base: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the anchor's host times, host speed and, where ``base`` has no benchmarked
+    graph-node cost, its ``per_kernel_s``."""
+    latency = dict(base["latency"])
+    theirs = anchor.get("latency") or {}
+    for field in (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "launch_noise"):
+        if field in theirs:
+            latency[field] = theirs[field]
+    if not latency.get("per_kernel_s"):
+        latency["per_kernel_s"] = theirs.get("per_kernel_s", 0.0)
+    return {**base, "latency": latency}
+
+
+def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict[str, str]) -> list[str]:
+    """Fill ``base`` (in place) with the anchor's quantization schemes and KV-cache dtypes it has
+    no fit of, and with the anchor's host times of the schemes it fitted; returns what was
+    carried, as ``section.name`` strings."""
+    name = anchor.get("gpu", "the anchor")
+    carried = []
+    for section in ("quantization", "kv_cache"):
+        mine = base.setdefault(section, {})
+        own = set(mine)  # fitted on this GPU's rows
+        for key, entry in (anchor.get(section) or {}).items():
+            if key in mine:
+                if section == "quantization" and "host_layer_s" in entry:  # a host time: the anchor's
+                    mine[key]["host_layer_s"] = entry["host_layer_s"]
+                continue
+            entry = {**entry, "band": False,
+                     "reason": f"{name}'s (no row of it on {base['gpu']}; not checked here): {entry.get('reason', '')}"}
+            like = dense_as.get(key) if section == "quantization" else None
+            if like in own:
+                for field in ("gemm_memory", "gemm_compute"):
+                    if field in mine[like]:
+                        entry[field] = mine[like][field]
+                entry["reason"] += f"; its dense GEMMs' multipliers are {like}'s on {base['gpu']}"
+            mine[key] = entry
+            carried.append(f"{section}.{key}")
+    return carried
+
+
+def anchor_record(path: Path, anchor: dict[str, Any], carried: list[str]) -> dict[str, Any]:
+    """The ``fit.anchor`` record: which profile, which terms held at it, which entries carried."""
+    return {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"),
+            "held": sorted(f for f in (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, "launch_noise")
+                           if f in (anchor.get("latency") or {})),
+            "carried": carried}

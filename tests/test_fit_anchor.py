@@ -1,0 +1,123 @@
+"""A GPU measured in fewer kinds of rows is fitted anchored on the reference GPU's vllm fit, and
+the transfer between the GPUs is measured with every row held out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from perfmodel.calibration.fit import profile_differences
+from perfmodel.calibration.fit_anchor import REFERENCE_GPU, anchor_path, carried_entries, held_fields
+from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
+from perfmodel.commands import main
+from perfmodel.errors import SpecError
+from perfmodel.host_speed import HOST_LATENCY_FIELDS
+from perfmodel.paths import PROFILES_DIR, RESULTS_DIR
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return fit_vllm_profile("h100-sxm")
+
+
+def _committed(gpu: str) -> dict:
+    return yaml.safe_load((PROFILES_DIR / f"{gpu}-vllm.yaml").read_text())
+
+
+def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
+    assert profile_differences(_committed("h100-sxm"), h100) == []
+    reference = _committed(REFERENCE_GPU)
+    anchor = h100["fit"]["anchor"]
+    assert anchor["gpu"] == REFERENCE_GPU and anchor["profile"].endswith("h200-sxm-vllm.yaml")
+    # the host's terms and the fixed GPU times are the reference's, exactly
+    for field in (*HOST_LATENCY_FIELDS, "per_step_s", "per_layer_s", "host_probe_ref_ms", "host_speed_exponent"):
+        if field in reference["latency"]:
+            assert h100["latency"][field] == reference["latency"][field], field
+    assert h100["latency"]["launch_noise"] == reference["latency"]["launch_noise"]
+    # no microbenchmark tables on the H100: a graph node costs what it costs on the same chip in the H200
+    assert h100["latency"]["per_kernel_s"] == reference["latency"]["per_kernel_s"]
+    assert h100["fit"]["per_kernel_source"].startswith("h200-sxm's")
+    # the efficiencies are the H100's own: fitted on its rows alone, which are all its training points
+    assert h100["efficiency"]["grouped_gemm"] != reference["efficiency"]["grouped_gemm"]
+    named = h100["fit"]["points"]
+    assert named and all(p.split("|")[1] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b") or "quant=fp8|" in p
+                         for p in named)
+    rows = {json.loads(line)["point_id"] for line in open(RESULTS_DIR / "h100-vllm.jsonl")}
+    assert set(named) <= rows
+    # fp8 was measured here (Mixtral-8x7B): fitted; the schemes not measured here are carried, unchecked
+    assert "fp8" not in anchor["carried"] and h100["quantization"]["fp8"]["reason"].startswith("fitted on")
+    assert "quantization.fp8-block" in anchor["carried"] and "kv_cache.fp8" in anchor["carried"]
+    block = h100["quantization"]["fp8-block"]
+    assert block["band"] is False and block["reason"].startswith("h200-sxm's")
+    # fp8-block's dense GEMMs take fp8's multipliers: this GPU's, its experts' the reference's
+    assert block["gemm_memory"] == h100["quantization"]["fp8"]["gemm_memory"]
+    assert block["grouped_gemm_compute"] == reference["quantization"]["fp8-block"]["grouped_gemm_compute"]
+    # the serving band is not carried: no serving run on the H100 checks it
+    assert "serving_error_band" not in h100
+    assert h100["error_band"]["decode_step"] > 0
+
+
+def test_an_unanchored_fit_takes_every_term_from_its_own_rows():
+    own = fit_vllm_profile("h100-sxm", anchor=None)
+    assert "anchor" not in own["fit"]
+    assert own["latency"]["host_step_s"] != _committed(REFERENCE_GPU)["latency"]["host_step_s"]
+    assert "fp8-block" not in own.get("quantization", {})  # never measured on the H100
+
+
+def test_held_fields_are_the_host_times_and_the_fixed_gpu_times():
+    held = held_fields()
+    assert set(HOST_LATENCY_FIELDS) <= held and {"per_step_s", "per_layer_s"} <= held
+    assert not any(field.startswith(("gemm", "attention")) for field in held)
+
+
+def test_anchor_paths_and_their_errors():
+    assert anchor_path(REFERENCE_GPU, "auto") is None  # the reference fits every term itself
+    assert anchor_path("h100-sxm", None) is None
+    assert anchor_path("h100-sxm", "auto").name == "h200-sxm-vllm.yaml"
+    with pytest.raises(SpecError, match="its own GPU"):
+        anchor_path("h100-sxm", "h100-sxm")
+    with pytest.raises(SpecError, match="no fitted vllm profile of l40s"):
+        anchor_path("h100-sxm", "l40s")
+
+
+def test_carried_entries_keep_what_this_gpu_fitted():
+    base = {"gpu": "x", "quantization": {"fp8": {"gemm_memory": 0.5, "gemm_compute": 0.6, "reason": "mine"}}}
+    anchor = {"gpu": "y", "quantization": {
+        "fp8": {"gemm_memory": 0.9, "gemm_compute": 0.9, "reason": "theirs"},
+        "fp8-block": {"gemm_memory": 0.9, "gemm_compute": 0.9, "grouped_gemm_compute": 0.4, "reason": "r"},
+        "mxfp4-moe": {"tile_s": 1e-6, "host_layer_s": 1e-3, "reason": "t"}},
+        "kv_cache": {"fp8": {"attention_memory": 0.6, "reason": "k"}}}
+    carried = carried_entries(base, anchor, DENSE_AS)
+    assert carried == ["quantization.fp8-block", "quantization.mxfp4-moe", "kv_cache.fp8"]
+    assert base["quantization"]["fp8"] == {"gemm_memory": 0.5, "gemm_compute": 0.6, "reason": "mine"}
+    block = base["quantization"]["fp8-block"]
+    assert (block["gemm_memory"], block["gemm_compute"], block["grouped_gemm_compute"]) == (0.5, 0.6, 0.4)
+    assert block["band"] is False and "y's" in block["reason"]
+    assert base["kv_cache"]["fp8"]["attention_memory"] == 0.6
+
+
+def test_validate_fitted_on_another_gpu_holds_out_every_row(tmp_path, capsys):
+    main(["validate", "qwen3-30b-a3b", "--backend", "vllm", "--gpu", "h100-sxm", "--fitted-on", "h200-sxm",
+          "--json", "--out", str(tmp_path)])
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"]["calibrated_engine"] == "h200-sxm-vllm"
+    assert result["source"]["fitted_on"].startswith("h200-sxm, transferred to h100-sxm")
+    assert result["source"]["train_models"] == []
+    mine = [p for p in result["points"] if p["engine"] == "h200-sxm-vllm"]
+    assert mine and all(p["split"].startswith("held-out") for p in mine)
+    # the H100's own fit: its training points are its own rows, the transfer line is absent
+    main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", "h100-sxm", "--json", "--out", str(tmp_path)])
+    own = json.loads(capsys.readouterr().out)
+    assert own["source"]["calibrated_engine"] == "h100-sxm-vllm" and "fitted_on" not in own["source"]
+    assert any(p["split"] == "train" for p in own["points"])
+
+
+@pytest.mark.parametrize("gpu, expected", [("l40s", "no vllm profile fitted on l40s"), ("b300", "unknown GPU")])
+def test_validate_fitted_on_a_gpu_without_a_fit_is_one_line(gpu, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", "h100-sxm", "--fitted-on", gpu])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
