@@ -275,7 +275,8 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
                      "description"}),
                  "measured": {p.name: {"band": bool(p.quantization[scheme.name].band)} for p in profiles
-                              if p.calibrated and scheme.name in p.quantization},
+                              if p.calibrated and scheme.name in p.quantization
+                              and not p.quantization[scheme.name].carried_from},
                  "served": served(scheme.name)}
                 for scheme in load_schemes().values()]
     return [{"engine": engine, "profiles": [

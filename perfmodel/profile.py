@@ -231,6 +231,9 @@ class BandChecked(_Strict):
         default=False, description="the profile's error band holds here: the 90th percentile |error| "
         "of the held-out rows lies within the band in each regime (fit.residuals.quantization or "
         "fit.residuals.kv_cache); false: these predictions carry no band")
+    carried_from: str | None = Field(
+        default=None, description="the GPU whose fit this entry was carried from (an anchored fit: "
+        "perfmodel.calibration.fit_anchor): no row of it was measured on this profile's GPU")
 
 
 class QuantEfficiency(BandChecked):
@@ -463,7 +466,8 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
     """The profile for an engine on a GPU.
 
     Lookup: ``<gpu>-<engine>.yaml`` (fitted on that GPU), else ``<engine>.yaml`` (any GPU),
-    else a profile of that engine fitted on another GPU, transferred: its efficiencies are
+    else a profile of that engine fitted on another GPU (one that fitted every term itself before
+    one anchored on another's fit), transferred: its efficiencies are
     fractions of datasheet peaks, applied to this GPU's peaks (the prediction's provenance
     says so).
     """
@@ -474,10 +478,10 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
         for candidate in (PROFILES_DIR / f"{gpu}-{engine}.yaml", PROFILES_DIR / f"{engine}.yaml"):
             if candidate.is_file():
                 return load_profile_file(candidate)
-        for candidate in sorted(PROFILES_DIR.glob(f"*-{engine}.yaml")):
-            fitted = load_profile_file(candidate)
-            if fitted.engine == engine:
-                return fitted
+        fitted = [p for p in map(load_profile_file, sorted(PROFILES_DIR.glob(f"*-{engine}.yaml")))
+                  if p.engine == engine]
+        if fitted:  # a fit of every term before one anchored on another's (fit.anchor)
+            return min(fitted, key=lambda p: bool((p.fit or {}).get("anchor")))
     raise SpecError(f"unknown engine '{engine}' for GPU '{gpu}' (known: {', '.join(list_engines())})")
 
 

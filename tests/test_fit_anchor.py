@@ -114,10 +114,12 @@ def test_validate_fitted_on_another_gpu_holds_out_every_row(tmp_path, capsys):
     assert any(p["split"] == "train" for p in own["points"])
 
 
-@pytest.mark.parametrize("gpu, expected", [("l40s", "no vllm profile fitted on l40s"), ("b300", "unknown GPU")])
-def test_validate_fitted_on_a_gpu_without_a_fit_is_one_line(gpu, expected, capsys):
+@pytest.mark.parametrize("gpu, fitted_on, expected", [
+    ("h100-sxm", "l40s", "no vllm profile fitted on l40s"), ("h100-sxm", "b300", "unknown GPU"),
+    ("h200-sxm", "h100-sxm", "anchored on h200-sxm's fit")])  # the H200's rows fitted the H100's anchor
+def test_validate_fitted_on_a_gpu_without_a_fit_is_one_line(gpu, fitted_on, expected, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", "h100-sxm", "--fitted-on", gpu])
+        main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", gpu, "--fitted-on", fitted_on])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]

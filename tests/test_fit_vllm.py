@@ -158,7 +158,10 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
 def test_vllm_elsewhere_is_the_h200_fit_transferred():
     fitted = load_profile("vllm", "h200-sxm")
     assert fitted.calibrated and fitted.gpu == "h200-sxm" and fitted.options.prefill_eager
-    assert load_profile("vllm", "h100-sxm") == fitted  # applied as fractions of the H100's peaks
+    # a GPU never measured takes the fit of every term (the H200's), not the H100's anchored on it,
+    # applied as fractions of its own peaks; the H100 has its own
+    assert load_profile("vllm", "b200") == fitted
+    assert load_profile("vllm", "h100-sxm").gpu == "h100-sxm"
 
 
 def test_a_prediction_takes_the_ttft_band_of_its_prefills_regime():

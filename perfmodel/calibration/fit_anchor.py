@@ -98,7 +98,7 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
                 if section == "quantization" and "host_layer_s" in entry:  # a host time: the anchor's
                     mine[key]["host_layer_s"] = entry["host_layer_s"]
                 continue
-            entry = {**entry, "band": False,
+            entry = {**entry, "band": False, "carried_from": name,
                      "reason": f"{name}'s (no row of it on {base['gpu']}; not checked here): {entry.get('reason', '')}"}
             like = dense_as.get(key) if section == "quantization" else None
             if like in own:
