@@ -485,13 +485,14 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
     raise SpecError(f"unknown engine '{engine}' for GPU '{gpu}' (known: {', '.join(list_engines())})")
 
 
-def load_fitted_profile(engine: str, gpu: str) -> EngineProfile:
-    """The profile of an engine fitted on one GPU (``<gpu>-<engine>.yaml``), never a transferred one."""
+def fitted_profile_path(engine: str, gpu: str) -> Path:
+    """The file of an engine's profile fitted on one GPU (``<gpu>-<engine>.yaml``), never a
+    transferred one; ``load_profile`` of it gives that profile on any GPU."""
     path = PROFILES_DIR / f"{gpu}-{engine}.yaml"
     if not (_ENGINE_NAME.fullmatch(engine) and path.is_file()):
         fitted = sorted(p.name.removesuffix(f"-{engine}.yaml") for p in PROFILES_DIR.glob(f"*-{engine}.yaml"))
         raise SpecError(f"no {engine} profile fitted on {gpu} (fitted on: {', '.join(fitted) or 'none'})")
-    return load_profile_file(path)
+    return path
 
 
 def list_engines() -> list[str]:

@@ -108,10 +108,15 @@ def test_validate_fitted_on_another_gpu_holds_out_every_row(tmp_path, capsys):
     mine = [p for p in result["points"] if p["engine"] == "h200-sxm-vllm"]
     assert mine and all(p["split"].startswith("held-out") for p in mine)
     # the H100's own fit: its training points are its own rows, the transfer line is absent
-    main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", "h100-sxm", "--json", "--out", str(tmp_path)])
+    main(["validate", "qwen3-30b-a3b", "--backend", "vllm", "--gpu", "h100-sxm", "--json", "--out", str(tmp_path)])
     own = json.loads(capsys.readouterr().out)
     assert own["source"]["calibrated_engine"] == "h100-sxm-vllm" and "fitted_on" not in own["source"]
-    assert any(p["split"] == "train" for p in own["points"])
+    # each predicted with its own profile: the H200's fit on the H100's peaks, and the H100's
+    theirs = {(p["point_id"], p["metric"]): p["predicted"] for p in mine}
+    ours = {(p["point_id"], p["metric"]): p["predicted"] for p in own["points"] if p["engine"] == "h100-sxm-vllm"}
+    assert theirs.keys() == ours.keys() and all(theirs[k] != ours[k] for k in theirs if k[1] == "decode_step")
+    main(["validate", "olmoe-1b-7b", "--backend", "vllm", "--gpu", "h100-sxm", "--json", "--out", str(tmp_path)])
+    assert any(p["split"] == "train" for p in json.loads(capsys.readouterr().out)["points"])
 
 
 @pytest.mark.parametrize("gpu, fitted_on, expected", [

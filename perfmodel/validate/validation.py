@@ -162,7 +162,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     :func:`perfmodel.measuring.prefill_kernels.category_ratios`), decode_kernels (the same of the
     profiled decode steps), and the report paths.
     """
-    from perfmodel.profile import load_fitted_profile, load_profile
+    from perfmodel.profile import fitted_profile_path, load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, load_with_what_ifs, mape, what_if_file
@@ -174,8 +174,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     gpu_spec = load_gpu(gpu)
-    profile = (load_profile(backend, gpu_spec.name) if fitted_on is None
-               else load_fitted_profile(backend, load_gpu(fitted_on).name))
+    # the calibrated engine as predictions name it: the backend, or the file of the profile asked for
+    calibrated = backend if fitted_on is None else str(fitted_profile_path(backend, load_gpu(fitted_on).name))
+    profile = load_profile(calibrated, gpu_spec.name)
     wanted = None if model == "all" else [load_model(model).name]
     use_live = results is None and (live_available(backend) if live is None else live)
     if use_live:
@@ -223,7 +224,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     import pandas as pd
 
     points, ops = [], []
-    for engine, label in ((backend, profile.name), (BASELINE_ENGINE, BASELINE_ENGINE)):
+    for engine, label in ((calibrated, profile.name), (BASELINE_ENGINE, BASELINE_ENGINE)):
         pts, op = compare(rows, engine=engine, gpu=gpu_spec.name, train_models=train, models=wanted,
                           train_points=train_points)
         pts["engine"], op["engine"] = label, label
@@ -246,7 +247,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     every = None
     if not repeats.empty:  # every measurement of each point: the kept rows' points and the earlier rows'
         earlier = [r for rows in measured.values() if len(rows) > 1 for r in rows[:-1]]
-        extra, _ = compare(earlier, engine=backend, gpu=gpu_spec.name,
+        extra, _ = compare(earlier, engine=calibrated, gpu=gpu_spec.name,
                            train_models=train, models=wanted, train_points=train_points)
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
@@ -254,7 +255,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.validate.report_prefill import profiled_steps
 
     prefill = prefill_kernels(rows if wanted is None else [r for r in rows if r.get("model") in wanted],
-                              engine=backend, gpu=gpu_spec.name)
+                              engine=calibrated, gpu=gpu_spec.name)
     mine = points_df[points_df["engine"] == profile.name]
     prefill["split"] = prefill["point_id"].map(dict(zip(mine["point_id"], mine["split"])))
     html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats,
