@@ -452,8 +452,9 @@ def load_profile_file(path: Path) -> EngineProfile:
 
 
 #: The engine a prediction uses unless told otherwise: vLLM, what users serve MoE models with,
-#: fitted on the H200 (``calibration/profiles/h200-sxm-vllm.yaml``) and transferred to other GPUs as
-#: fractions of their datasheet peaks. ``roofline`` (datasheet peaks, stated derates) stays
+#: fitted on the H200 (``calibration/profiles/h200-sxm-vllm.yaml``) and on the H100 (``h100-sxm-vllm.yaml``,
+#: anchored on the H200's), and transferred to other GPUs as fractions of their datasheet peaks.
+#: ``roofline`` (datasheet peaks, stated derates) stays
 #: available as the uncalibrated bound.
 DEFAULT_ENGINE = "vllm"
 
