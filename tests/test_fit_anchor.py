@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from perfmodel.calibration.fit import profile_differences
-from perfmodel.calibration.fit_anchor import REFERENCE_GPU, anchor_path, carried_entries, held_fields
+from perfmodel.calibration.fit_anchor import HELD_LATENCY, REFERENCE_GPU, anchor_path, carried_entries, seeded
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -31,6 +31,7 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     reference = _committed(REFERENCE_GPU)
     anchor = h100["fit"]["anchor"]
     assert anchor["gpu"] == REFERENCE_GPU and anchor["profile"].endswith("h200-sxm-vllm.yaml")
+    assert {"per_step_s", "per_layer_s", "per_kernel_s", "host_step_s", "launch_noise"} <= set(anchor["held"])
     # the host's terms and the fixed GPU times are the reference's, exactly
     for field in (*HOST_LATENCY_FIELDS, "per_step_s", "per_layer_s", "host_probe_ref_ms", "host_speed_exponent"):
         if field in reference["latency"]:
@@ -66,10 +67,17 @@ def test_an_unanchored_fit_takes_every_term_from_its_own_rows():
     assert "fp8-block" not in own.get("quantization", {})  # never measured on the H100
 
 
-def test_held_fields_are_the_host_times_and_the_fixed_gpu_times():
-    held = held_fields()
-    assert set(HOST_LATENCY_FIELDS) <= held and {"per_step_s", "per_layer_s"} <= held
-    assert not any(field.startswith(("gemm", "attention")) for field in held)
+def test_the_anchor_gives_the_host_times_and_the_fixed_gpu_times():
+    assert set(HOST_LATENCY_FIELDS) <= HELD_LATENCY and {"per_step_s", "per_layer_s"} <= HELD_LATENCY
+    anchor = {"latency": {"host_step_s": 2e-3, "per_step_s": 4e-4, "per_kernel_s": 1e-6, "host_probe_ref_ms": 36.0,
+                          "per_layer_s": 2e-5}}
+    tables = {"latency": {"per_kernel_s": 2e-6, "per_step_s": 0.0}}  # a GPU with microbenchmark tables
+    base, taken = seeded(tables, anchor)
+    assert base["latency"] == {"per_kernel_s": 2e-6, "per_step_s": 4e-4, "per_layer_s": 2e-5,
+                               "host_step_s": 2e-3, "host_probe_ref_ms": 36.0}
+    assert sorted(taken) == ["host_probe_ref_ms", "host_step_s", "per_layer_s", "per_step_s"]
+    _, taken = seeded({"latency": {"per_kernel_s": 0.0}}, anchor)  # none: the anchor's graph node
+    assert "per_kernel_s" in taken
 
 
 def test_anchor_paths_and_their_errors():

@@ -41,6 +41,13 @@ REFERENCE_GPU = "h200-sxm"
 
 #: The host's speed terms taken with the host times.
 HOST_SPEED_FIELDS = ("host_probe_ref_ms", "host_speed_exponent")
+#: The GPU's fixed times of a replayed graph, taken too: a GPU's rows of models of few layer counts
+#: cannot tell a cost per step from one per layer (docs/h100.md, "What was tried").
+FIXED_GPU_FIELDS = ("per_step_s", "per_layer_s")
+#: The fitted parameters' ``latency`` fields an anchored fit holds at the anchor's.
+HELD_LATENCY = frozenset((*HOST_LATENCY_FIELDS, *FIXED_GPU_FIELDS))
+#: Every ``latency`` field taken from the anchor where it has one.
+TAKEN_LATENCY = (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "launch_noise")
 
 
 def anchor_path(gpu: str, anchor: str | None) -> Path | None:
@@ -62,26 +69,16 @@ def read_anchor(path: Path) -> dict[str, Any]:
     return read_mapping(path, SpecError, what="profile ")
 
 
-#: The GPU's fixed times the anchor gives too.
-FIXED_GPU_FIELDS = ("per_step_s", "per_layer_s")
-
-
-def held_fields() -> frozenset[str]:
-    """The ``latency`` fields of the fitted parameters an anchored fit holds at the anchor's."""
-    return frozenset((*HOST_LATENCY_FIELDS, *FIXED_GPU_FIELDS))
-
-
-def seeded(base: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with the anchor's host times, host speed and, where ``base`` has no benchmarked
-    graph-node cost, its ``per_kernel_s``."""
+def seeded(base: dict[str, Any], anchor: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``base`` with the anchor's :data:`TAKEN_LATENCY` fields and, where ``base`` has no
+    benchmarked graph-node cost, its ``per_kernel_s``; and the fields taken."""
     latency = dict(base["latency"])
     theirs = anchor.get("latency") or {}
-    for field in (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "launch_noise"):
-        if field in theirs:
-            latency[field] = theirs[field]
-    if not latency.get("per_kernel_s"):
-        latency["per_kernel_s"] = theirs.get("per_kernel_s", 0.0)
-    return {**base, "latency": latency}
+    taken = [field for field in TAKEN_LATENCY if field in theirs]
+    if not latency.get("per_kernel_s") and "per_kernel_s" in theirs:
+        taken.append("per_kernel_s")
+    latency.update({field: theirs[field] for field in taken})
+    return {**base, "latency": latency}, taken
 
 
 def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict[str, str]) -> list[str]:
@@ -111,9 +108,8 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
     return carried
 
 
-def anchor_record(path: Path, anchor: dict[str, Any], carried: list[str]) -> dict[str, Any]:
-    """The ``fit.anchor`` record: which profile, which terms held at it, which entries carried."""
-    return {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"),
-            "held": sorted(f for f in (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, "launch_noise")
-                           if f in (anchor.get("latency") or {})),
+def anchor_record(path: Path, anchor: dict[str, Any], taken: list[str], carried: list[str]) -> dict[str, Any]:
+    """The ``fit.anchor`` record: which profile, which ``latency`` fields taken from it, which
+    entries carried."""
+    return {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"), "held": sorted(taken),
             "carried": carried}

@@ -510,7 +510,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
     the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
-    from perfmodel.calibration.fit_anchor import (anchor_path, anchor_record, carried_entries, held_fields,
+    from perfmodel.calibration.fit_anchor import (HELD_LATENCY, anchor_path, anchor_record, carried_entries,
                                                   read_anchor, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
@@ -519,8 +519,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base = _base(gpu)
     anchored = anchor_path(gpu, anchor)
     reference = read_anchor(anchored) if anchored is not None else None
+    taken: list[str] = []
     if reference is not None:  # the host's terms, and a graph node's cost where no tables are here
-        base = seeded(base, reference)
+        base, taken = seeded(base, reference)
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
@@ -536,7 +537,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
     values = fit_parameters(rows, base, gpu, tuple(kernels),
-                            held=held_fields() if reference is not None else frozenset())
+                            held=HELD_LATENCY if reference is not None else frozenset())
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
@@ -662,8 +663,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
         "kernel_fit": {"dtype": "bf16",
-                       "source": ("none: end-to-end fit of every parameter but per_kernel_s, with the "
-                                  "kernels of the profiled decode steps in kernel_profile")},
+                       "source": ("none: end-to-end fit of every parameter but per_kernel_s"
+                                  + ("" if reference is None else " and those taken from fit.anchor")
+                                  + ", with the kernels of the profiled decode steps in kernel_profile")},
         "per_kernel_source": per_kernel_source,
         "kernel_profile": kernel_record,
         "quantization_rows": quant_fits,
@@ -674,7 +676,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
             "piecewise_layer": {"points": piecewise_points},
             "launch_noise": noise_record} if reference is None
-           else {"anchor": anchor_record(anchored, reference, carried)}),
+           else {"anchor": anchor_record(anchored, reference, taken, carried)}),
         **({"host_speed": {**host_speed["record"], "points": host_points}} if host_speed is not None else {}),
         "points": sorted(set(fitted)),
         "residuals": stats,
