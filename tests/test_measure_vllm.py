@@ -141,6 +141,37 @@ def test_a_block_fp8_point_is_a_checkpoint_with_128_by_128_weight_blocks(tmp_pat
     assert name == "E=128,N=768,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128,128].json"
 
 
+def test_fused_moe_tiles_are_the_ones_vllm_picks_at_each_pass_size(monkeypatch):
+    """Asked of vLLM's own lookup (a stand-in here) with one GPU's expert shapes, the scheme's
+    kernel dtype and block shape, once per distinct pass size."""
+    import sys
+    import types
+
+    calls = []
+
+    def pick(w1_shape, w2_shape, top_k, dtype, M, block_shape=None):
+        calls.append((w1_shape, w2_shape, top_k, dtype, M, block_shape))
+        return {"BLOCK_SIZE_M": 16 if M <= 32 else 64, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128}
+
+    names = ["vllm", "vllm.model_executor", "vllm.model_executor.layers", "vllm.model_executor.layers.fused_moe"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    module = types.ModuleType("vllm.model_executor.layers.fused_moe.fused_moe")
+    module.try_get_optimal_moe_config = pick
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    cfg = vb.load_hf_config("phi-3.5-moe")
+    point = build_points(["phi-3.5-moe"], [1], parse_phases("128"), backend="vllm",
+                         settings=vb.point_settings(quantization="fp8"), experts_impl="vllm_fused_moe")[0]
+    tiles = vb.fused_moe_tiles(cfg, point, 1, [1, 128, 1, 2048])["fused_moe_tiles"]
+    assert list(tiles) == ["1", "128", "2048"] and tiles["1"]["BLOCK_SIZE_M"] == 16 and tiles["2048"]["BLOCK_SIZE_M"] == 64
+    assert calls[0] == ((16, 2 * 6400, 4096), (16, 4096, 6400), 2, "fp8_w8a8", 1, None)
+    tp2 = vb.fused_moe_tiles(cfg, point, 2, [16])  # one GPU's shard: half the width under TP
+    assert calls[-1][:2] == ((16, 6400, 4096), (16, 4096, 3200)) and "fused_moe_tiles" in tp2
+    monkeypatch.setattr(module, "try_get_optimal_moe_config", lambda *a: 1 / 0)
+    assert "fused_moe_tiles_error" in vb.fused_moe_tiles(cfg, point, 1, [1])  # recorded, never fatal
+    assert vb.fused_moe_tiles(vb.load_hf_config("qwen3-0.6b"), point, 1, [1]) == {}  # no routed experts
+
+
 def test_dummy_integer_parameters_are_random_codes_and_small_finite_scales():
     torch = pytest.importorskip("torch")
     from perfmodel.measuring.vllm_dummy import FP8_WEIGHT_RANGE, SCALE_EXPONENT_BYTES, fill_quantized_parameters

@@ -532,7 +532,11 @@ class VLLMBackend:
             settings["dummy_quantized_filled"] = dummy_filled(llm, engine_process)
         settings["startup_s"] = round(startup_s, 1)
         settings["v1_multiprocessing"] = engine_process
-        settings.update(tuned_moe_config(cfg, points[0], int(_settings(points[0]).get("tp", "1"))))
+        tp = int(_settings(points[0]).get("tp", "1"))
+        settings.update(tuned_moe_config(cfg, points[0], tp))
+        chunk = int(settings.get("max_num_batched_tokens") or 16384)
+        settings.update(fused_moe_tiles(cfg, points[0], tp, [n for p in points
+                                                             for n in (p.batch, min(p.batch * p.input_len, chunk))]))
         self.log(f"vllm engine ready in {startup_s:.0f} s: {settings}")
         handle = {"llm": llm, "vocab": int(cfg["vocab_size"]), "kwargs": kwargs, "settings": settings,
                   "moe_backend_applied": "moe_backend" in kwargs}
@@ -721,20 +725,54 @@ def engine_settings(llm) -> dict[str, Any]:
     return out
 
 
+def _moe_shard(cfg: dict[str, Any], point: SweepPoint, tp: int) -> tuple[int, int] | None:
+    """One GPU's routed experts (E, width): E experts of width/tp under TP, E/tp whole experts
+    under EP; None for a model without routed experts."""
+    shape = family(cfg["model_type"]).moe_shape(cfg)
+    if shape is None or not shape.experts or not shape.expert_width:
+        return None
+    tp = max(tp, 1)
+    if _settings(point).get("ep", "0") == "1" and tp > 1:
+        return shape.experts // tp, shape.expert_width
+    return shape.experts, shape.expert_width // tp
+
+
+def fused_moe_tiles(cfg: dict[str, Any], point: SweepPoint, tp: int, tokens: Sequence[int]) -> dict[str, Any]:
+    """The tile config vLLM's Triton fused-MoE kernel runs at each pass size in ``tokens`` (M:
+    a decode step's sequences, a prefill step's tokens), as vLLM itself picks it
+    (``try_get_optimal_moe_config``: the tuned file's entry nearest M, else its default rule):
+    ``{"fused_moe_tiles": {"M": {"BLOCK_SIZE_M": ..., "BLOCK_SIZE_N": ..., ...}}}``. A tuned
+    file tuned only for large M (Phi-3.5-MoE's fp8 one on the H100 starts at M = 256) gives a
+    decode step those large tiles. Empty for a model without routed experts or Marlin's kernel."""
+    shard = _moe_shard(cfg, point, tp)
+    if shard is None or _settings(point).get("moe_backend") == "marlin" or not tokens:
+        return {}
+    experts, width = shard
+    shape = family(cfg["model_type"]).moe_shape(cfg)
+    quant = _settings(point).get("quant", "none")
+    block_shape = (CHECKPOINT_QUANTIZATIONS.get(quant) or {}).get("weight_block_size")
+    try:
+        from vllm.model_executor.layers.fused_moe.fused_moe import try_get_optimal_moe_config
+
+        tiles = {str(m): dict(try_get_optimal_moe_config((experts, 2 * width, shape.hidden),
+                                                         (experts, shape.hidden, width), shape.top_k,
+                                                         FUSED_MOE_CONFIG_DTYPES.get(quant), int(m), block_shape))
+                 for m in sorted(set(tokens))}
+        return {"fused_moe_tiles": tiles}
+    except Exception as exc:  # noqa: BLE001 - recorded, never fatal
+        return {"fused_moe_tiles_error": str(exc)[:200]}
+
+
 def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dict[str, Any]:
     """The tuned fused-MoE config file vLLM looks up for this model on this GPU, and whether this
     vLLM ships it (vLLM falls back to a default tile config, with a warning, when it does not).
-    The shape is one GPU's: E experts of width/tp under TP, E/tp whole experts under EP."""
-    shape = family(cfg["model_type"]).moe_shape(cfg)
-    if shape is None or not shape.experts or not shape.expert_width:
+    The shape is one GPU's (:func:`_moe_shard`)."""
+    shard = _moe_shard(cfg, point, tp)
+    if shard is None:
         return {}
     if _settings(point).get("moe_backend") == "marlin":
         return {"fused_moe_config": "none: Marlin's MoE kernel takes no tuned tile config"}
-    tp = max(tp, 1)
-    if _settings(point).get("ep", "0") == "1" and tp > 1:
-        experts, width = shape.experts // tp, shape.expert_width
-    else:
-        experts, width = shape.experts, shape.expert_width // tp
+    experts, width = shard
     try:
         import torch
         import vllm
