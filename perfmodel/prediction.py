@@ -771,7 +771,9 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append(_outside_note(f"its held-out {scheme} points",
                                      residuals["quantization"][scheme], f"quantization.{scheme}", regime, decode))
     elif w.quant not in (None, quantization.NO_QUANT) and not checked:
-        outside.append(f"not measured with {w.quant} quantization")
+        carried = profile.quant_efficiency(scheme).carried_from
+        outside.append(f"not measured with {w.quant} quantization"
+                       + (f" on {profile.gpu} (its kernels carried from {carried}'s fit)" if carried else ""))
     if kv_measured and not kv_checked:
         outside.append(_outside_note(f"its held-out {kv} KV-cache points", residuals["kv_cache"][kv],
                                      f"kv_cache.{kv}", regime, decode))

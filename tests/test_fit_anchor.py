@@ -60,6 +60,15 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     assert h100["error_band"]["decode_step"] > 0
 
 
+def test_a_prediction_in_a_carried_scheme_says_where_its_kernels_come_from():
+    from perfmodel import predict
+
+    p = predict("olmoe-1b-7b", engine="vllm", gpu="h100-sxm", quant="fp8-block", batch=16, input_len=512,
+                output_len=64)
+    assert p.provenance["profile"] == "h100-sxm-vllm" and p.provenance["error_band"] is None
+    assert "carried from h200-sxm's fit" in p.provenance["error_band_note"]
+
+
 def test_an_unanchored_fit_takes_every_term_from_its_own_rows():
     own = fit_vllm_profile("h100-sxm", anchor=None)
     assert "anchor" not in own["fit"]
