@@ -211,10 +211,11 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
     fit = profile.fit or {}
-    if transferred(profile, gpu_spec.name) and (fit.get("anchor") or {}).get("gpu") == gpu_spec.name:
+    carried = transferred(profile, gpu_spec.name)
+    if carried and (fit.get("anchor") or {}).get("gpu") == gpu_spec.name:
         raise InputError(f"{profile.name} is anchored on {gpu_spec.name}'s fit (fit.anchor): the rows of "
                          f"{gpu_spec.name} are not held out from it")
-    if transferred(profile, gpu_spec.name):  # no row of this GPU was fitted on: every row is held out
+    if carried:  # no row of this GPU was fitted on: every row is held out
         train, train_points = [], []
     elif "points" in fit:  # the profile names every row it was fitted on: those are the training points
         train, train_points = [], fit["points"]
