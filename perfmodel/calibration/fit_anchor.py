@@ -8,15 +8,15 @@ end-to-end rows alone, say) cannot fit the terms those rows never show. Its fit 
 from the reference's fit, and fits from its own rows what they do determine:
 
 - **fitted on the GPU's own rows**: the kernels' efficiencies (``gemm``, ``grouped_gemm``,
-  ``attention``) and the GPU's fixed time per step and per layer of a replayed graph
-  (``per_step_s``, ``per_layer_s``), the parameters of
-  :data:`perfmodel.calibration.fit_vllm.PARAMETERS` that are not host times; and each
-  quantization scheme, KV-cache dtype or tiled kernel the GPU was measured in;
+  ``attention``: the parameters of :data:`perfmodel.calibration.fit_vllm.PARAMETERS` outside
+  ``latency``), and each quantization scheme, KV-cache dtype or tiled kernel the GPU was measured in;
 - **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
   the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
   the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
-  host probe time it recorded; the cost of a graph node (``per_kernel_s``) where the GPU has no
-  microbenchmark tables; and every quantization scheme, KV-cache dtype and tiled kernel the GPU
+  host probe time it recorded; the fixed time per step and per layer of a replayed graph
+  (``per_step_s``, ``per_layer_s``: rows of models of a few layer counts cannot tell the two
+  apart); the cost of a graph node (``per_kernel_s``) where the GPU has no microbenchmark
+  tables; and every quantization scheme, KV-cache dtype and tiled kernel the GPU
   was not measured in (their multipliers are fractions of the bf16 kernels' rates; a scheme
   whose dense GEMMs take another scheme's multipliers, :data:`~perfmodel.calibration.fit_vllm.DENSE_AS`,
   takes this GPU's where it fitted that scheme);
