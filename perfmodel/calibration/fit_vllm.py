@@ -647,8 +647,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         if kv in base.get("kv_cache", {}):
             base["kv_cache"][kv]["band"] = check["within"]
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
-    per_kernel_source = graph_node_cost(gpu)[1]
-    if reference is not None and not graph_node_cost(gpu)[0]:
+    node_s, per_kernel_source = graph_node_cost(gpu)
+    if reference is not None and not node_s:
         per_kernel_source = (f"{reference.get('gpu')}'s: "
                              f"{(reference.get('fit') or {}).get('per_kernel_source', 'its fit')}")
     base["description"] = (

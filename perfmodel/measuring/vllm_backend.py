@@ -725,16 +725,23 @@ def engine_settings(llm) -> dict[str, Any]:
     return out
 
 
-def _moe_shard(cfg: dict[str, Any], point: SweepPoint, tp: int) -> tuple[int, int] | None:
-    """One GPU's routed experts (E, width): E experts of width/tp under TP, E/tp whole experts
-    under EP; None for a model without routed experts."""
+def _moe_shard(cfg: dict[str, Any], point: SweepPoint, tp: int) -> tuple[Any, int, int] | None:
+    """The model's routed experts and one GPU's of them, (shape, E, width): E experts of width/tp
+    under TP, E/tp whole experts under EP; None for a model without routed experts."""
     shape = family(cfg["model_type"]).moe_shape(cfg)
     if shape is None or not shape.experts or not shape.expert_width:
         return None
     tp = max(tp, 1)
     if _settings(point).get("ep", "0") == "1" and tp > 1:
-        return shape.experts // tp, shape.expert_width
-    return shape.experts, shape.expert_width // tp
+        return shape, shape.experts // tp, shape.expert_width
+    return shape, shape.experts, shape.expert_width // tp
+
+
+def _moe_kernel_dtype(point: SweepPoint) -> tuple[str | None, list[int] | None]:
+    """The dtype name vLLM's fused-MoE tile files carry for a point's scheme, and its weight
+    block shape (None for per-tensor scales)."""
+    quant = _settings(point).get("quant", "none")
+    return FUSED_MOE_CONFIG_DTYPES.get(quant), (CHECKPOINT_QUANTIZATIONS.get(quant) or {}).get("weight_block_size")
 
 
 def fused_moe_tiles(cfg: dict[str, Any], point: SweepPoint, tp: int, tokens: Sequence[int]) -> dict[str, Any]:
@@ -747,16 +754,14 @@ def fused_moe_tiles(cfg: dict[str, Any], point: SweepPoint, tp: int, tokens: Seq
     shard = _moe_shard(cfg, point, tp)
     if shard is None or _settings(point).get("moe_backend") == "marlin" or not tokens:
         return {}
-    experts, width = shard
-    shape = family(cfg["model_type"]).moe_shape(cfg)
-    quant = _settings(point).get("quant", "none")
-    block_shape = (CHECKPOINT_QUANTIZATIONS.get(quant) or {}).get("weight_block_size")
+    shape, experts, width = shard
+    dtype, block_shape = _moe_kernel_dtype(point)
     try:
         from vllm.model_executor.layers.fused_moe.fused_moe import try_get_optimal_moe_config
 
         tiles = {str(m): dict(try_get_optimal_moe_config((experts, 2 * width, shape.hidden),
                                                          (experts, shape.hidden, width), shape.top_k,
-                                                         FUSED_MOE_CONFIG_DTYPES.get(quant), int(m), block_shape))
+                                                         dtype, int(m), block_shape))
                  for m in sorted(set(tokens))}
         return {"fused_moe_tiles": tiles}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal
@@ -772,15 +777,13 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
         return {}
     if _settings(point).get("moe_backend") == "marlin":
         return {"fused_moe_config": "none: Marlin's MoE kernel takes no tuned tile config"}
-    experts, width = shard
+    _, experts, width = shard
     try:
         import torch
         import vllm
 
         device = torch.cuda.get_device_name()
-        quant = _settings(point).get("quant", "none")
-        block_shape = (CHECKPOINT_QUANTIZATIONS.get(quant) or {}).get("weight_block_size")
-        name = fused_moe_config_name(experts, width, device, FUSED_MOE_CONFIG_DTYPES.get(quant), block_shape)
+        name = fused_moe_config_name(experts, width, device, *_moe_kernel_dtype(point))
         folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal
