@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from perfmodel.calibration.fit import profile_differences
-from perfmodel.calibration.fit_anchor import HELD_LATENCY, REFERENCE_GPU, anchor_path, carried_entries, seeded
+from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, REFERENCE_GPU, anchor_path,
+                                              carried_entries, held_parameters, same_compute, seeded)
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -40,8 +41,15 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     # no microbenchmark tables on the H100: a graph node costs what it costs on the same chip in the H200
     assert h100["latency"]["per_kernel_s"] == reference["latency"]["per_kernel_s"]
     assert h100["fit"]["per_kernel_source"].startswith("h200-sxm's")
-    # the efficiencies are the H100's own: fitted on its rows alone, which are all its training points
-    assert h100["efficiency"]["grouped_gemm"] != reference["efficiency"]["grouped_gemm"]
+    # the memory efficiencies are the H100's own, fitted on its rows alone, which are all its training
+    # points; the compute fractions of the one die the two GPUs share are the reference's
+    for name in COMPUTE_EFFICIENCIES:
+        assert h100["efficiency"][name]["compute"] == reference["efficiency"][name]["compute"], name
+        assert f"efficiency.{name}.compute" in anchor["held"]
+    assert h100["efficiency"]["grouped_gemm"]["memory"] != reference["efficiency"]["grouped_gemm"]["memory"]
+    # fp8's multipliers are fitted on the H100's own fp8 rows (Mixtral-8x7B's), both of them
+    for field in ("grouped_gemm_compute", "grouped_gemm_memory"):
+        assert h100["quantization"]["fp8"][field] != reference["quantization"]["fp8"][field], field
     named = h100["fit"]["points"]
     assert named and all(p.split("|")[1] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b") or "quant=fp8|" in p
                          for p in named)
@@ -87,6 +95,25 @@ def test_the_anchor_gives_the_host_times_and_the_fixed_gpu_times():
     assert sorted(taken) == ["host_probe_ref_ms", "host_step_s", "per_layer_s", "per_step_s"]
     _, taken = seeded({"latency": {"per_kernel_s": 0.0}}, anchor)  # none: the anchor's graph node
     assert "per_kernel_s" in taken
+
+
+def test_a_gpu_of_the_anchors_die_takes_its_compute_fractions():
+    assert same_compute("h100-sxm", "h200-sxm")  # one GH100 die, other memory
+    assert not same_compute("h100-pcie", "h200-sxm")  # fewer SMs, lower clocks
+    assert not same_compute("b200", "h200-sxm")
+    held = held_parameters(shared_compute=True)
+    assert {("efficiency", name, "compute") for name in COMPUTE_EFFICIENCIES} <= held
+    assert ("latency", "host_step_s", None) in held and ("efficiency", "gemm", "memory") not in held
+    assert not any(section == "efficiency" for section, *_ in held_parameters(shared_compute=False))
+    anchor = {"latency": {}, "efficiency": {"gemm": {"compute": 0.5, "memory": 1.1}, "attention": {"compute": 0.7}}}
+    base = {"latency": {}, "efficiency": {"gemm": {"compute": 0.8, "memory": 0.8}, "grouped_gemm": {"compute": 0.6}}}
+    seeded_base, taken = seeded(base, anchor, shared_compute=True)
+    assert seeded_base["efficiency"]["gemm"] == {"compute": 0.5, "memory": 0.8}  # the memory stays this GPU's
+    assert seeded_base["efficiency"]["grouped_gemm"] == {"compute": 0.6}  # the anchor states none
+    assert seeded_base["efficiency"]["attention"] == {"compute": 0.7}
+    assert taken == ["efficiency.gemm.compute", "efficiency.attention.compute"]
+    assert base["efficiency"]["gemm"]["compute"] == 0.8  # not changed in place
+    assert seeded(base, anchor)[0]["efficiency"] == base["efficiency"]  # another die: none taken
 
 
 def test_anchor_paths_and_their_errors():

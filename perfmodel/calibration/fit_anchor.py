@@ -10,6 +10,15 @@ from the reference's fit, and fits from its own rows what they do determine:
 - **fitted on the GPU's own rows**: the kernels' efficiencies (``gemm``, ``grouped_gemm``,
   ``attention``: the parameters of :data:`perfmodel.calibration.fit_vllm.PARAMETERS` outside
   ``latency``), and each quantization scheme, KV-cache dtype or tiled kernel the GPU was measured in;
+  but where the GPU computes as the reference does (:func:`same_compute`: one architecture, SM
+  count and tensor-core peaks), the unquantized kernel classes' compute efficiencies are the
+  reference's (:data:`COMPUTE_EFFICIENCIES`): fractions of one peak, reached by the same kernels
+  on the same SMs at the same clocks, which the reference's rows pin (Mixtral-8x7B's bf16
+  prefills of up to 32,768 tokens, compute-bound in its large experts, and kernel profiles) and
+  a GPU too small for that model in bf16 does not (the H100's: OLMoE-1B-7B's and
+  Qwen1.5-MoE-A2.7B's small experts alone ran the fused MoE's fraction to its bound, 1.0, and
+  left Mixtral-8x7B's prefills a third short). A scheme's two multipliers stay fitted on the
+  GPU's own rows of it (fp8: Mixtral-8x7B's, whose large prefills pin its compute multiplier);
 - **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
   the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
   the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
@@ -23,7 +32,8 @@ from the reference's fit, and fits from its own rows what they do determine:
 - **neither**: the serving error band, which only serving runs on the GPU could give.
 
 The H100 SXM and the H200 are one chip (GH100: 132 SMs, the same clocks) with other memory, so
-the kernels' behaviour the reference's terms describe is the same silicon's.
+the kernels' behaviour the reference's terms describe is the same silicon's; only the memory
+efficiencies are the H100's own.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from perfmodel.errors import SpecError
 from perfmodel.host_speed import HOST_LATENCY_FIELDS
 from perfmodel.paths import PROFILES_DIR, ROOT
 from perfmodel.specs.files import read_mapping
+from perfmodel.specs.hardware import load_gpu
 
 #: The GPU whose vllm fit anchors the others': the one measured in every kind of row.
 REFERENCE_GPU = "h200-sxm"
@@ -48,6 +59,27 @@ FIXED_GPU_FIELDS = ("per_step_s", "per_layer_s")
 HELD_LATENCY = frozenset((*HOST_LATENCY_FIELDS, *FIXED_GPU_FIELDS))
 #: Every ``latency`` field taken from the anchor where it has one.
 TAKEN_LATENCY = (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "launch_noise")
+#: The kernel classes whose compute efficiency (a fraction of the tensor cores' peak) a GPU of the
+#: anchor's compute takes from it (:func:`same_compute`).
+COMPUTE_EFFICIENCIES = ("gemm", "grouped_gemm", "attention")
+
+
+def same_compute(gpu: str, other: str) -> bool:
+    """Whether two GPUs compute alike: one architecture, SM count and tensor-core peaks in their
+    spec files (the H100 SXM and the H200: one GH100 die, other memory)."""
+    mine, theirs = load_gpu(gpu), load_gpu(other)
+    return (mine.architecture, mine.sm_count, mine.peak_tflops) == (theirs.architecture, theirs.sm_count,
+                                                                   theirs.peak_tflops)
+
+
+def held_parameters(shared_compute: bool) -> frozenset[tuple[str, str, str | None]]:
+    """The fitted parameters (:data:`perfmodel.calibration.fit_vllm.PARAMETERS`' names) an
+    anchored fit holds at the anchor's values: :data:`HELD_LATENCY`, and the compute efficiencies
+    of :data:`COMPUTE_EFFICIENCIES` where the GPU computes as the anchor does."""
+    held = {("latency", field, None) for field in HELD_LATENCY}
+    if shared_compute:
+        held |= {("efficiency", name, "compute") for name in COMPUTE_EFFICIENCIES}
+    return frozenset(held)
 
 
 def anchor_path(gpu: str, anchor: str | None) -> Path | None:
@@ -69,16 +101,25 @@ def read_anchor(path: Path) -> dict[str, Any]:
     return read_mapping(path, SpecError, what="profile ")
 
 
-def seeded(base: dict[str, Any], anchor: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``base`` with the anchor's :data:`TAKEN_LATENCY` fields and, where ``base`` has no
-    benchmarked graph-node cost, its ``per_kernel_s``; and the fields taken."""
+def seeded(base: dict[str, Any], anchor: dict[str, Any],
+           shared_compute: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """``base`` with the anchor's :data:`TAKEN_LATENCY` fields, where ``base`` has no
+    benchmarked graph-node cost its ``per_kernel_s``, and with ``shared_compute`` its compute
+    efficiencies of :data:`COMPUTE_EFFICIENCIES`; and the fields taken (``latency`` fields by
+    name, efficiencies as ``efficiency.<class>.compute``)."""
     latency = dict(base["latency"])
     theirs = anchor.get("latency") or {}
     taken = [field for field in TAKEN_LATENCY if field in theirs]
     if not latency.get("per_kernel_s") and "per_kernel_s" in theirs:
         taken.append("per_kernel_s")
     latency.update({field: theirs[field] for field in taken})
-    return {**base, "latency": latency}, taken
+    efficiency = {name: dict(entry) for name, entry in (base.get("efficiency") or {}).items()}
+    for name in COMPUTE_EFFICIENCIES if shared_compute else ():
+        value = ((anchor.get("efficiency") or {}).get(name) or {}).get("compute")
+        if value is not None:
+            efficiency.setdefault(name, {})["compute"] = value
+            taken.append(f"efficiency.{name}.compute")
+    return {**base, "latency": latency, **({"efficiency": efficiency} if efficiency else {})}, taken
 
 
 def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict[str, str]) -> list[str]:

@@ -312,10 +312,10 @@ def kernel_profile_points(rows: list[dict[str, Any]], train: tuple[str, ...],
 
 def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
                    kernels: tuple[list[dict[str, Any]], list[frozenset[str]], np.ndarray] = ([], [], np.array([])),
-                   held: frozenset[str] = frozenset()) -> np.ndarray:
+                   held: frozenset[tuple[str, str, str | None]] = frozenset()) -> np.ndarray:
     """Least squares on log(predicted/measured) TTFT and decode step, and on log(predicted/
     measured) time of the profiled kernels ``kernels`` (rows, their ops, measured s:
-    :func:`kernel_profile_points`); values in their units. The ``latency`` fields in ``held``
+    :func:`kernel_profile_points`); values in their units. The parameters named in ``held``
     keep ``base``'s values (an anchored fit: :mod:`perfmodel.calibration.fit_anchor`)."""
     from scipy.optimize import least_squares
 
@@ -325,9 +325,9 @@ def fit_parameters(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str,
     measured = np.array([(r["ttft_ms"] * 1e-3, r["itl_ms"] * 1e-3) for r in rows])
     kernel_rows, names, kernel_s = kernels
     scale = np.array([p[4] for p in PARAMETERS])
-    free = np.array([not (section == "latency" and key in held) for (section, key, _), *_ in PARAMETERS])
-    every = np.array([start if f else base[section][key]  # a held field is a latency time
-                      for ((section, key, _), start, *_), f in zip(PARAMETERS, free)]) / scale
+    free = np.array([name not in held for name, *_ in PARAMETERS])
+    every = np.array([start if f else (base[section][key] if field is None else base[section][key][field])
+                      for ((section, key, field), start, *_), f in zip(PARAMETERS, free)]) / scale
     lower = np.array([p[2] for p in PARAMETERS])[free] / scale[free]
     upper = np.array([p[3] for p in PARAMETERS])[free] / scale[free]
 
@@ -510,8 +510,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
     the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
-    from perfmodel.calibration.fit_anchor import (HELD_LATENCY, anchor_path, anchor_record, carried_entries,
-                                                  read_anchor, seeded)
+    from perfmodel.calibration.fit_anchor import (anchor_path, anchor_record, carried_entries, held_parameters,
+                                                  read_anchor, same_compute, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
@@ -520,8 +520,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     anchored = anchor_path(gpu, anchor)
     reference = read_anchor(anchored) if anchored is not None else None
     taken: list[str] = []
-    if reference is not None:  # the host's terms, and a graph node's cost where no tables are here
-        base, taken = seeded(base, reference)
+    shared_compute = reference is not None and same_compute(gpu, reference["gpu"])
+    if reference is not None:  # the host's terms, a graph node's cost where no tables are here, and
+        base, taken = seeded(base, reference, shared_compute)  # the compute of a GPU of the same die
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
@@ -537,7 +538,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
     values = fit_parameters(rows, base, gpu, tuple(kernels),
-                            held=HELD_LATENCY if reference is not None else frozenset())
+                            held=held_parameters(shared_compute) if reference is not None else frozenset())
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
@@ -655,7 +656,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
         f"prefix cache off, default chunk) on {gpu}; fitted end to end by perfmodel calibrate fit "
         "--engine vllm" + ("" if reference is None else
-                           f", anchored on {reference.get('gpu')}'s fit for the host's terms (fit.anchor)"))
+                           f", anchored on {reference.get('gpu')}'s fit for the host's terms"
+                           + (" and the compute fractions of the die they share" if shared_compute else "")
+                           + " (fit.anchor)"))
     base["fitted_from"] = (f"{results.relative_to(ROOT)} (end-to-end, training models only; "
                            f"{prov.get('gpu_name')}, driver {prov.get('driver')}, torch "
                            f"{prov.get('torch')}, vllm {prov.get('vllm')}, "
