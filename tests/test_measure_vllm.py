@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -402,3 +403,35 @@ def test_the_host_probe_times_a_fixed_python_loop():
 
     small, large = host_probe_ms(loops=20_000), host_probe_ms(loops=200_000)
     assert 0 < small < large  # ten times the loop takes longer
+
+
+def test_measure_records_the_engine_ttft_of_its_timed_runs(monkeypatch):
+    """A row holds the wall clock's TTFT of its O = 1 runs and, beside it, the engine's own
+    first-token time in those runs (``ttft_engine_ms``) and in the full runs (``engine_ttft_ms``):
+    a stand-in engine whose front end stalls the O = 1 runs only shows the two apart."""
+    import types
+    from types import SimpleNamespace as NS
+
+    from perfmodel.measuring.points import SweepPoint
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: NS(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vb, "probe_ms", lambda: 35.0)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(vb.time, "perf_counter", lambda: clock["t"])
+
+    class Engine:
+        def generate(self, prompts, params, use_tqdm=False):
+            n = params.max_tokens
+            clock["t"] += (0.050 if n == 1 else 0.0) + 0.020 + 0.005 * (n - 1)  # O = 1: a 50 ms stall
+            return [NS(outputs=[NS(token_ids=[1] * n)],
+                       metrics=NS(arrival_time=100.0, scheduled_ts=10.0, first_token_ts=10.02,
+                                  last_token_ts=10.02 + 0.005 * (n - 1))) for _ in prompts]
+
+    handle = {"llm": Engine(), "vocab": 1000, "kwargs": {}, "settings": {}, "moe_backend_applied": True}
+    point = SweepPoint(model="olmoe-1b-7b", batch=2, input_len=8, output_len=5, backend="vllm")
+    row = vb.VLLMBackend(reps=3).measure(handle, point)
+    assert row["ttft_ms"] == pytest.approx(70.0) and row["ttft_reps"] == 3
+    assert row["ttft_engine_ms"] == pytest.approx(20.0) and row["engine_ttft_ms"] == pytest.approx(20.0)
+    assert row["engine_itl_ms"] == pytest.approx(5.0) and row["host_probe_ms"] == [35.0, 35.0]
