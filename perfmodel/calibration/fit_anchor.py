@@ -32,8 +32,7 @@ from the reference's fit, and fits from its own rows what they do determine:
 - **neither**: the serving error band, which only serving runs on the GPU could give.
 
 The H100 SXM and the H200 are one chip (GH100: 132 SMs, the same clocks) with other memory, so
-the kernels' behaviour the reference's terms describe is the same silicon's; only the memory
-efficiencies are the H100's own.
+the kernels' behaviour the reference's terms describe is the same silicon's.
 """
 
 from __future__ import annotations
