@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from perfmodel.calibration.fit import profile_differences
-from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, REFERENCE_GPU, anchor_path,
-                                              carried_entries, held_parameters, same_compute, seeded)
+from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, PROFILE_PINNED, REFERENCE_GPU,
+                                              anchor_path, carried_entries, held_parameters, same_compute, seeded)
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -47,6 +47,12 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
         assert h100["efficiency"][name]["compute"] == reference["efficiency"][name]["compute"], name
         assert f"efficiency.{name}.compute" in anchor["held"]
     assert h100["efficiency"]["grouped_gemm"]["memory"] != reference["efficiency"]["grouped_gemm"]["memory"]
+    # no kernel profiles on the H100: what they pin on the H200 (the fused MoE's exposed overlap, the
+    # attention's context half) is the H200's
+    assert not any(h100["fit"]["kernel_profile"][category]["points"] for category in PROFILE_PINNED)
+    for name, field in PROFILE_PINNED.values():
+        assert h100["efficiency"][name][field] == reference["efficiency"][name][field], (name, field)
+        assert f"efficiency.{name}.{field}" in anchor["held"]
     # fp8's multipliers are fitted on the H100's own fp8 rows (Mixtral-8x7B's), both of them
     for field in ("grouped_gemm_compute", "grouped_gemm_memory"):
         assert h100["quantization"]["fp8"][field] != reference["quantization"]["fp8"][field], field
@@ -114,6 +120,13 @@ def test_a_gpu_of_the_anchors_die_takes_its_compute_fractions():
     assert taken == ["efficiency.gemm.compute", "efficiency.attention.compute"]
     assert base["efficiency"]["gemm"]["compute"] == 0.8  # not changed in place
     assert seeded(base, anchor)[0]["efficiency"] == base["efficiency"]  # another die: none taken
+    # a category of kernel profiles the GPU lacks: the term they pin is the anchor's, on any die
+    anchor["efficiency"]["grouped_gemm"] = {"exposed": 0.26}
+    seeded_base, taken = seeded(base, anchor, unprofiled=("expert_gemm",))
+    assert seeded_base["efficiency"]["grouped_gemm"] == {"compute": 0.6, "exposed": 0.26}
+    assert taken == ["efficiency.grouped_gemm.exposed"]
+    assert ("efficiency", "attention", "context_half") in held_parameters(False, ("attention",))
+    assert ("efficiency", "attention", "context_half") not in held_parameters(True)
 
 
 def test_anchor_paths_and_their_errors():

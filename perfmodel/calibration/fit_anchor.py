@@ -18,7 +18,12 @@ from the reference's fit, and fits from its own rows what they do determine:
   a GPU too small for that model in bf16 does not (the H100's: OLMoE-1B-7B's and
   Qwen1.5-MoE-A2.7B's small experts alone ran the fused MoE's fraction to its bound, 1.0, and
   left Mixtral-8x7B's prefills a third short). A scheme's two multipliers stay fitted on the
-  GPU's own rows of it (fp8: Mixtral-8x7B's, whose large prefills pin its compute multiplier);
+  GPU's own rows of it (fp8: Mixtral-8x7B's, whose large prefills pin its compute multiplier).
+  And where the GPU has no kernel profiles of a category the reference's fit reads
+  (:data:`perfmodel.calibration.fit_vllm.KERNEL_PROFILE`), the terms those profiles pin are the
+  reference's (:data:`PROFILE_PINNED`: the fused MoE's exposed overlap, the attention's context
+  half), as a graph node's cost is where the GPU has no microbenchmark tables: the end-to-end
+  rows barely see them (the H100's ran the exposed overlap to its bound, 0, from the H200's 0.26);
 - **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
   the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
   the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
@@ -61,6 +66,10 @@ TAKEN_LATENCY = (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "l
 #: The kernel classes whose compute efficiency (a fraction of the tensor cores' peak) a GPU of the
 #: anchor's compute takes from it (:func:`same_compute`).
 COMPUTE_EFFICIENCIES = ("gemm", "grouped_gemm", "attention")
+#: Per category of profiled kernels the vllm fit reads: the efficiency term (class, field) those
+#: profiles pin, which a GPU without such profiles takes from the anchor.
+PROFILE_PINNED: dict[str, tuple[str, str]] = {"expert_gemm": ("grouped_gemm", "exposed"),
+                                              "attention": ("attention", "context_half")}
 
 
 def same_compute(gpu: str, other: str) -> bool:
@@ -71,13 +80,20 @@ def same_compute(gpu: str, other: str) -> bool:
                                                                    theirs.peak_tflops)
 
 
-def held_parameters(shared_compute: bool) -> frozenset[tuple[str, str, str | None]]:
+def anchored_efficiencies(shared_compute: bool, unprofiled: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The efficiency terms (class, field) an anchored fit takes from the anchor: the compute
+    efficiencies of :data:`COMPUTE_EFFICIENCIES` where the GPU computes as the anchor does, and the
+    :data:`PROFILE_PINNED` terms of the ``unprofiled`` categories (none of the GPU's rows profiled them)."""
+    terms = [(name, "compute") for name in COMPUTE_EFFICIENCIES] if shared_compute else []
+    return terms + [PROFILE_PINNED[category] for category in unprofiled]
+
+
+def held_parameters(shared_compute: bool, unprofiled: tuple[str, ...] = ()) -> frozenset[tuple[str, str, str | None]]:
     """The fitted parameters (:data:`perfmodel.calibration.fit_vllm.PARAMETERS`' names) an
-    anchored fit holds at the anchor's values: :data:`HELD_LATENCY`, and the compute efficiencies
-    of :data:`COMPUTE_EFFICIENCIES` where the GPU computes as the anchor does."""
+    anchored fit holds at the anchor's values: :data:`HELD_LATENCY` and
+    :func:`anchored_efficiencies`."""
     held = {("latency", field, None) for field in HELD_LATENCY}
-    if shared_compute:
-        held |= {("efficiency", name, "compute") for name in COMPUTE_EFFICIENCIES}
+    held |= {("efficiency", name, field) for name, field in anchored_efficiencies(shared_compute, unprofiled)}
     return frozenset(held)
 
 
@@ -100,12 +116,12 @@ def read_anchor(path: Path) -> dict[str, Any]:
     return read_mapping(path, SpecError, what="profile ")
 
 
-def seeded(base: dict[str, Any], anchor: dict[str, Any],
-           shared_compute: bool = False) -> tuple[dict[str, Any], list[str]]:
+def seeded(base: dict[str, Any], anchor: dict[str, Any], shared_compute: bool = False,
+           unprofiled: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
     """``base`` with the anchor's :data:`TAKEN_LATENCY` fields, where ``base`` has no
-    benchmarked graph-node cost its ``per_kernel_s``, and with ``shared_compute`` its compute
-    efficiencies of :data:`COMPUTE_EFFICIENCIES`; and the fields taken (``latency`` fields by
-    name, efficiencies as ``efficiency.<class>.compute``)."""
+    benchmarked graph-node cost its ``per_kernel_s``, and its efficiency terms of
+    :func:`anchored_efficiencies`; and the fields taken (``latency`` fields by name, efficiency
+    terms as ``efficiency.<class>.<field>``)."""
     latency = dict(base["latency"])
     theirs = anchor.get("latency") or {}
     taken = [field for field in TAKEN_LATENCY if field in theirs]
@@ -113,11 +129,11 @@ def seeded(base: dict[str, Any], anchor: dict[str, Any],
         taken.append("per_kernel_s")
     latency.update({field: theirs[field] for field in taken})
     efficiency = {name: dict(entry) for name, entry in (base.get("efficiency") or {}).items()}
-    for name in COMPUTE_EFFICIENCIES if shared_compute else ():
-        value = ((anchor.get("efficiency") or {}).get(name) or {}).get("compute")
+    for name, field in anchored_efficiencies(shared_compute, unprofiled):
+        value = ((anchor.get("efficiency") or {}).get(name) or {}).get(field)
         if value is not None:
-            efficiency.setdefault(name, {})["compute"] = value
-            taken.append(f"efficiency.{name}.compute")
+            efficiency.setdefault(name, {})[field] = value
+            taken.append(f"efficiency.{name}.{field}")
     return {**base, "latency": latency, **({"efficiency": efficiency} if efficiency else {})}, taken
 
 

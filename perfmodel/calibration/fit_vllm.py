@@ -510,8 +510,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
     the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
-    from perfmodel.calibration.fit_anchor import (anchor_path, anchor_record, carried_entries, held_parameters,
-                                                  read_anchor, same_compute, seeded)
+    from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
+                                                  held_parameters, read_anchor, same_compute, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
@@ -519,10 +519,6 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base = _base(gpu)
     anchored = anchor_path(gpu, anchor)
     reference = read_anchor(anchored) if anchored is not None else None
-    taken: list[str] = []
-    shared_compute = reference is not None and same_compute(gpu, reference["gpu"])
-    if reference is not None:  # the host's terms, a graph node's cost where no tables are here, and
-        base, taken = seeded(base, reference, shared_compute)  # the compute of a GPU of the same die
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     main_rows = read_rows(results, unique=False, warn=False).rows  # every pass of each point
     every_row = main_rows + read_rows(what_if_file(results), unique=False, warn=False).rows
@@ -531,6 +527,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
+    taken: list[str] = []
+    shared_compute = reference is not None and same_compute(gpu, reference["gpu"])
+    unprofiled = tuple(c for c in PROFILE_PINNED if not kernel_record.get(c, {}).get("points"))
+    if reference is not None:  # the host's terms, a graph node's cost where no tables are here, the
+        # compute of a GPU of the same die, and what kernel profiles pin where this GPU has none
+        base, taken = seeded(base, reference, shared_compute, unprofiled)
     # a profiled row is a training point: its TTFT and decode step join the end-to-end rows (the
     # only ones of the training models at the uniform routing the model assumes, up to B = 1,024,
     # where the host's time per step and per sequence shows)
@@ -538,7 +540,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
     values = fit_parameters(rows, base, gpu, tuple(kernels),
-                            held=held_parameters(shared_compute) if reference is not None else frozenset())
+                            held=held_parameters(shared_compute, unprofiled) if reference is not None else frozenset())
     base = _with(base, values)
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
