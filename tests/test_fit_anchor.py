@@ -10,7 +10,8 @@ import yaml
 
 from perfmodel.calibration.fit import profile_differences
 from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, PROFILE_PINNED, REFERENCE_GPU,
-                                              anchor_path, carried_entries, held_parameters, same_compute, seeded)
+                                              anchor_path, carried_entries, held_parameters, read_anchor, same_compute,
+                                              seeded)
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -127,6 +128,13 @@ def test_a_gpu_of_the_anchors_die_takes_its_compute_fractions():
     assert taken == ["efficiency.grouped_gemm.exposed"]
     assert ("efficiency", "attention", "context_half") in held_parameters(False, ("attention",))
     assert ("efficiency", "attention", "context_half") not in held_parameters(True)
+
+
+def test_an_anchoring_profile_names_its_gpu(tmp_path):
+    (tmp_path / "x-vllm.yaml").write_text("name: x-vllm\nengine: vllm\n")
+    with pytest.raises(SpecError, match="x-vllm.yaml: the anchoring profile names no gpu"):
+        read_anchor(tmp_path / "x-vllm.yaml")
+    assert read_anchor(PROFILES_DIR / "h200-sxm-vllm.yaml")["gpu"] == REFERENCE_GPU
 
 
 def test_anchor_paths_and_their_errors():

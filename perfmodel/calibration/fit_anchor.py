@@ -112,8 +112,11 @@ def anchor_path(gpu: str, anchor: str | None) -> Path | None:
 
 
 def read_anchor(path: Path) -> dict[str, Any]:
-    """The anchoring profile as a mapping."""
-    return read_mapping(path, SpecError, what="profile ")
+    """The anchoring profile as a mapping; it names its GPU."""
+    profile = read_mapping(path, SpecError, what="profile ")
+    if not isinstance(profile.get("gpu"), str):
+        raise SpecError(f"{path.name}: the anchoring profile names no gpu")
+    return profile
 
 
 def seeded(base: dict[str, Any], anchor: dict[str, Any], shared_compute: bool = False,
