@@ -137,7 +137,7 @@ def seeded(base: dict[str, Any], anchor: dict[str, Any], shared_compute: bool = 
         if value is not None:
             efficiency.setdefault(name, {})[field] = value
             taken.append(f"efficiency.{name}.{field}")
-    return {**base, "latency": latency, **({"efficiency": efficiency} if efficiency else {})}, taken
+    return {**base, "latency": latency, "efficiency": efficiency}, taken
 
 
 def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict[str, str]) -> list[str]:
@@ -168,7 +168,7 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
 
 
 def anchor_record(path: Path, anchor: dict[str, Any], taken: list[str], carried: list[str]) -> dict[str, Any]:
-    """The ``fit.anchor`` record: which profile, which ``latency`` fields taken from it, which
-    entries carried."""
+    """The ``fit.anchor`` record: which profile, which fields taken from it (:func:`seeded`'s),
+    which entries carried."""
     return {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"), "held": sorted(taken),
             "carried": carried}

@@ -658,9 +658,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         f"vLLM {prov.get('vllm')} offline engine (CUDA graphs, fused Triton MoE, FlashAttention 3, "
         f"prefix cache off, default chunk) on {gpu}; fitted end to end by perfmodel calibrate fit "
         "--engine vllm" + ("" if reference is None else
-                           f", anchored on {reference.get('gpu')}'s fit for the host's terms"
-                           + (" and the compute fractions of the die they share" if shared_compute else "")
-                           + " (fit.anchor)"))
+                           f", anchored on {reference['gpu']}'s fit for the terms its rows cannot fit (fit.anchor)"))
     base["fitted_from"] = (f"{results.relative_to(ROOT)} (end-to-end, training models only; "
                            f"{prov.get('gpu_name')}, driver {prov.get('driver')}, torch "
                            f"{prov.get('torch')}, vllm {prov.get('vllm')}, "
