@@ -520,6 +520,10 @@ def _records(table) -> list[dict[str, Any]]:
     return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
+#: The optional libraries a measuring command imports, and the extra of pyproject.toml that brings each.
+GPU_EXTRAS = {"torch": "gpu", "transformers": "gpu", "triton": "gpu", "vllm": "vllm"}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; any bad input becomes one line on stderr and exit code 2."""
     try:
@@ -532,6 +536,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", code=130)
     except PerfModelError as exc:
         _fail(str(exc))
+    except ModuleNotFoundError as exc:
+        extra = GPU_EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        _fail(f"this command needs {exc.name}, which is not installed here (pip install 'perfmodel[{extra}]' "
+              "on the GPU machine; replays of committed measurements need neither)")
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
 

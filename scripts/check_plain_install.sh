@@ -19,5 +19,7 @@ test -s "$tmp/sweep/report.html" && echo "plain install: sweep report written"
 "$tmp/venv/bin/perfmodel" plan olmoe-1b-7b --rate 2 --input-len 512 --output-len 128 --ttft-p90 2 --itl-p90 0.1 \
     --gpu h200 --max-gpus 2 --out "$tmp/plan" --json > plan.json
 test -s "$tmp/plan/report.html" && test -s "$tmp/plan/summary.md" && echo "plain install: plan ok (report written)"
+"$tmp/venv/bin/perfmodel" validate olmoe-1b-7b --backend vllm --out "$tmp/validate" > /dev/null
+grep -q "by op category: profiled kernels / the model" "$tmp/validate/summary.md" && echo "plain install: validate replay ok"
 if "$tmp/venv/bin/python" -c "import torch" 2>/dev/null; then echo "plain install pulled torch" >&2; exit 1; fi
 echo "plain install ok"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perfmodel.measuring.results import PROFILE_CATEGORIES
 from perfmodel.templating import script_json
 from perfmodel.validate import report_charts as charts
 from perfmodel.validate.repeats import repeat_section
@@ -80,8 +81,6 @@ def ops_rows(points, ops, calibrated: str) -> dict[str, Any]:
     """One decode step's kernel time by op category at the worst held-out points whose step was
     profiled (:func:`~perfmodel.validate.report_charts.ops_points`), as a table: measured
     (profiler) / predicted, ms; no rows without profiled points."""
-    from perfmodel.measuring.profiler_split import CATEGORIES
-
     out: dict[str, Any] = {"header": [], "rows": []}
     if ops is None or ops.empty:
         return out
@@ -89,7 +88,7 @@ def ops_rows(points, ops, calibrated: str) -> dict[str, Any]:
     sel = with_variant(ops[(ops["engine"] == calibrated) & ops["point_id"].isin(ids)])
     if sel.empty:
         return out
-    cats = [c for c in CATEGORIES if c in set(sel["category"])]
+    cats = [c for c in PROFILE_CATEGORIES if c in set(sel["category"])]
     err = points[(points["engine"] == calibrated) & (points["metric"] == "decode_step")]
     err = dict(zip(err["point_id"], err["rel_error"]))
     out["header"] = ["model", "B", "S", "O", "step err %"] + [f"{c} ms" for c in cats]
