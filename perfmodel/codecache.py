@@ -39,7 +39,7 @@ import sympy as sp
 
 from perfmodel.minmax import Max, Min
 
-_FORMULA_FILES = ("symbols.py", "minmax.py", "graph.py", "phases.py", "roofline.py", "memory.py",
+_FORMULA_FILES = ("symbols.py", "op_classes.py", "minmax.py", "graph.py", "phases.py", "roofline.py", "memory.py",
                   "prediction.py", "waves.py", "ops/base.py", "ops/attention.py", "ops/moe.py", "ops/elementwise.py",
                   "ops/embedding.py", "ops/comm.py", "ops/quant.py")
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -217,7 +217,7 @@ def _code(expr: Any, depth: int = 0) -> str:
     if name == "Heaviside":
         if len(expr.args) != 2 or expr.args[1] != 0:
             raise _Invalid("Heaviside without θ(0) = 0")  # sympy's printer has the other cases
-        return f"numpy.select([numpy.less_equal({args[0]}, 0), True], [0, 1], default=numpy.nan)"
+        return f"numpy.where(numpy.less_equal({args[0]}, 0), 0.0, 1.0)"  # a 2-way select, 5× faster
     return {"sign": "numpy.sign", "Abs": "numpy.abs", "ceiling": "numpy.ceil",
             "floor": "numpy.floor"}[name] + f"({args[0]})"
 

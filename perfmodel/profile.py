@@ -24,8 +24,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
                       ValidationError, model_validator)
 
 from perfmodel.errors import SpecError
-from perfmodel.ops.base import OpClass
-from perfmodel.ops.moe import row_tiers
+from perfmodel.op_classes import OpClass
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.specs.files import read_mapping
 
@@ -417,6 +416,8 @@ class EngineProfile(_Strict):
             tiers = ((None, given),)
         else:
             tiers = tuple((t.max_tokens, t.block_m) for t in given)
+        from perfmodel.ops.moe import row_tiers  # sympy: only where a formula is built
+
         return row_tiers(tiers)
 
     @property

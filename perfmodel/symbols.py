@@ -7,6 +7,10 @@ counts; ``b_*`` are bytes per element; hardware rates are per second.
 
 from __future__ import annotations
 
+import functools
+from types import MappingProxyType
+from typing import Mapping
+
 import sympy as sp
 
 _pos_int = dict(positive=True, integer=True)
@@ -114,25 +118,28 @@ M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 
 
-def efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
+@functools.cache
+def efficiency_symbols(op_class: str) -> Mapping[str, sp.Symbol]:
     """η symbols of one op class: compute/memory maxima and half-saturation sizes (compute in
     the op's size, memory in bytes, context in cached tokens per sequence), and the fraction of
-    the shorter of its compute and memory times that its kernels leave exposed."""
-    return {
+    the shorter of its compute and memory times that its kernels leave exposed (made once per
+    class, read-only)."""
+    return MappingProxyType({
         "compute": sp.Symbol(f"eta_c_{op_class}", positive=True),
         "memory": sp.Symbol(f"eta_m_{op_class}", positive=True),
         "compute_half": sp.Symbol(f"x_c_{op_class}", nonnegative=True),
         "memory_half": sp.Symbol(f"x_m_{op_class}", nonnegative=True),
         "context_half": sp.Symbol(f"x_k_{op_class}", nonnegative=True),
         "exposed": sp.Symbol(f"a_x_{op_class}", nonnegative=True),
-    }
+    })
 
 
-def quant_efficiency_symbols(op_class: str) -> dict[str, sp.Symbol]:
+@functools.cache
+def quant_efficiency_symbols(op_class: str) -> Mapping[str, sp.Symbol]:
     """μ symbols of one op class: a quantization scheme's kernels' efficiency, as multipliers
-    of the class's η_c (compute) and η_m (memory) maxima."""
-    return {
+    of the class's η_c (compute) and η_m (memory) maxima (made once per class, read-only)."""
+    return MappingProxyType({
         "compute": sp.Symbol(f"mu_c_{op_class}", positive=True),
         "memory": sp.Symbol(f"mu_m_{op_class}", positive=True),
         "memory_half": sp.Symbol(f"x_mq_{op_class}", nonnegative=True),
-    }
+    })

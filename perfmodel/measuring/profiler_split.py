@@ -54,7 +54,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from perfmodel.ops.base import ProfilerCategory
+from perfmodel.op_classes import ProfilerCategory
 
 #: The categories, in the order a split lists them (:class:`perfmodel.ops.ProfilerCategory`).
 CATEGORIES = tuple(c.value for c in ProfilerCategory)

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from perfmodel.limits import MAX_LEN
-from perfmodel.ops.base import ProfilerCategory
+from perfmodel.op_classes import ProfilerCategory
 
 try:
     import fcntl

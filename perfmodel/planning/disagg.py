@@ -33,7 +33,7 @@ def transfer_s(search, setup) -> float:
     import sympy as sp
 
     from perfmodel import symbols as s
-    from perfmodel.ops import OpClass
+    from perfmodel.op_classes import OpClass
     from perfmodel.prediction import hardware_values
     from perfmodel.roofline import transfer_time
 
