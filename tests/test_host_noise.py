@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from perfmodel import symbols as s
 from perfmodel.calibration.fit import _profile
 from perfmodel.calibration.fit_launch_noise import binned_covariance, fit_covariance, fit_launch_noise
-from perfmodel.host_noise import CENTERED_VARIANCE, COVARIANCE, GRID_S, VARIANCE, HostNoise, ou_step
+from perfmodel.host_noise import (CENTERED_VARIANCE, COVARIANCE, GRID_S, VARIANCE, HostNoise, first_order_recursion,
+                                  ou_step)
 from perfmodel.measuring.step_compare import mixed_steps, step_tables
 from perfmodel.paths import ROOT
 from perfmodel.planning.pipeline import handover_times
@@ -171,3 +172,31 @@ def test_the_committed_profile_carries_its_fitted_noise_and_its_check():
     assert math.sqrt(float(VARIANCE.subs(at))) > centered  # a run's mean hides part of the slow drift
     assert record["held_out"]["launches"] > 1000 and 0.1 < record["held_out"]["sd"] < 0.3
     assert all(run.split(": ")[0].startswith("h200-vllm-serving") for run in record["fit"]["runs"])
+
+
+@pytest.mark.parametrize("n, a", [(1, 0.5), (127, 0.9), (128, 0.99), (129, 0.999), (20_000, 0.9995), (300, 0.0),
+                                  (300, 1.0)])
+def test_first_order_recursion_is_the_iir_filter(n, a):
+    """The drifting parts' recursion y[n] = a·y[n − 1] + x[n] equals scipy's lfilter of it, across
+    block edges, at a = 0 (no memory) and a = 1 (a random walk)."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(n)
+    x, before = rng.standard_normal(n), float(rng.standard_normal())
+    expected = lfilter([1.0], [1.0, -a], x, zi=[a * before])[0]
+    np.testing.assert_allclose(first_order_recursion(x, a, before), expected, rtol=0, atol=1e-10)
+
+
+def test_a_run_of_any_length_lays_out_a_bounded_path():
+    """A very low arrival rate makes a simulated run years long: its drifting parts are laid out
+    over :data:`MAX_LAYOUT_S` and reused, not over the whole run (which would not fit in memory)."""
+    from perfmodel.host_noise import MAX_LAYOUT_S
+
+    long = HostNoise(NOISE, span_s=1e9, seed=3)
+    assert len(long._drift) == int(math.ceil(MAX_LAYOUT_S / GRID_S)) + 1
+    assert long.factor(1e8) > 0 and math.isfinite(long.factor(1e8))
+    white_free = HostNoise(NOISE.model_copy(update={"sigma_white": 0.0}), span_s=1e9, seed=3)
+    period = len(white_free._drift) * GRID_S
+    assert white_free.factor(10.0) == pytest.approx(white_free.factor(10.0 + 7 * period))
+    short = HostNoise(NOISE.model_copy(update={"sigma_white": 0.0}), span_s=10.0, seed=3)
+    assert short.factor(1e6) == short.factor(10.0 + GRID_S)  # past a short run's end: its last value
