@@ -229,6 +229,43 @@ def test_validate_marks_held_out_models(tmp_path, capsys):
     assert sum(abs(p["rel_error"]) for p in calibrated) / len(calibrated) < 0.08
 
 
+def test_validate_states_its_verdict_in_json_and_on_the_terminal(tmp_path, capsys):
+    """The verdict the summary opens with is in --json (result, checks against the targets) and
+    printed after the MAPE table; it agrees with the held-out MAPE it judges."""
+    main(["validate", "qwen3-30b-a3b", "--json", "--out", str(tmp_path / "j")])
+    out = json.loads(capsys.readouterr().out)
+    verdict = out["verdict"]
+    held = {row["metric"]: row["mean"] for row in out["mape"]
+            if row["engine"] == "h200-sxm-hf" and row["split"] == "held-out"}
+    assert [c["metric"] for c in verdict["checks"]] == ["decode_step", "ttft", "throughput"]
+    for check in verdict["checks"]:
+        assert check["mape_pct"] == pytest.approx(held[check["metric"]])
+        assert check["met"] == (check["mape_pct"] <= check["target_pct"])
+    assert verdict["result"] == ("PASS" if all(c["met"] for c in verdict["checks"]) else "FAIL")
+    assert verdict["line"] in Path(out["summary_md"]).read_text().replace("`", "")
+    main(["validate", "qwen3-30b-a3b", "--out", str(tmp_path / "t")])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert " ".join(verdict["line"].split()) in printed
+
+
+def test_a_transferred_profile_is_held_to_the_transfer_targets():
+    """Fitted on one GPU and predicting another's rows, each metric's target is 12%."""
+    from perfmodel.validate.report_metrics import TARGETS, targets
+
+    assert targets({"backend": "vllm", "fitted_on": "h200-sxm, transferred to h100-sxm"}) == {
+        metric: 12.0 for metric in TARGETS}
+    assert targets({"backend": "vllm"})["decode_step"] == 8.0
+
+
+def test_validate_writes_its_report_under_the_working_directory(tmp_path, monkeypatch, capsys):
+    """Without --out the report goes to reports/validate/<model> where the command runs (never
+    into the installed package's data)."""
+    monkeypatch.chdir(tmp_path)
+    main(["validate", "olmoe", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["report_html"]).resolve() == tmp_path / "reports" / "validate" / "olmoe-1b-7b" / "report.html"
+
+
 def test_validate_without_committed_vllm_data_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["validate", "qwen2-57b-a14b", "--backend", "vllm"])  # never measured with vLLM

@@ -450,7 +450,6 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     them, ``engine_steps`` sets each traced run's steps beside the model's
     (:mod:`perfmodel.validate.serving_steps`; the summary's last section)."""
     from perfmodel.measuring.results import read_rows
-    from perfmodel.paths import ROOT
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.validate.serving_quantiles import load_client_gaps
     from perfmodel.validate.serving_steps import engine_step_comparison, engine_steps_markdown
@@ -468,7 +467,9 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     result = {"source": _source(rows, path),
               **compare_serving(rows, gpu=gpu, model=model, client_gaps=load_client_gaps(path))}
     result["engine_steps"] = engine_step_comparison(path, gpu, {p["model"] for p in result["points"]})
-    out_dir = Path(out_dir) if out_dir is not None else ROOT / "reports" / "validate" / f"serving-{model}"
+    from perfmodel.validate.validation import REPORTS_DIR
+
+    out_dir = Path(out_dir) if out_dir is not None else REPORTS_DIR / f"serving-{model}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md, html = out_dir / "summary.md", out_dir / "report.html"

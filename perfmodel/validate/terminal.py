@@ -50,6 +50,10 @@ def print_validation(result: dict, console: Console) -> None:
                      row["metric"], f"{row['mean']:.1f}", f"{row['median']:.1f}", f"{row['max']:.1f}",
                      str(row["count"]))
     console.print(mape)
+    verdict = result.get("verdict")
+    if verdict:
+        style = {"PASS": "bold green", "FAIL": "bold red"}.get(verdict["result"], "bold")
+        console.print(Text(verdict["line"], style=style))
     repeats = result.get("repeats") or {}
     if repeats.get("points"):
         from perfmodel.validate.repeats import summary_line

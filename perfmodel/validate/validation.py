@@ -18,10 +18,26 @@ from perfmodel.paths import RESULTS_DIR, ROOT
 from perfmodel.templating import check_out_dir
 from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, measured_span
 
+#: Where a report goes without --out: reports/validate/<model> in the working directory.
+REPORTS_DIR = Path("reports") / "validate"
+
 #: The small live sweep: B × S (= O).
 LIVE_BATCHES = "1,16"
 LIVE_LENGTHS = "128"
 BASELINE_ENGINE = "roofline"
+
+
+def held_out_verdict(points, calibrated: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The report's verdict on ``calibrated`` (its held-out MAPE against the backend's targets,
+    :func:`perfmodel.validate.report_metrics.verdict`): ``result`` (PASS, FAIL or INCOMPLETE),
+    ``checks`` (metric, MAPE %, target %, met) and ``line``, the sentence the summary opens with."""
+    from perfmodel.validate.report_metrics import targets, verdict, verdict_line
+
+    bounds = targets(source)
+    word, checks = verdict(points, calibrated, bounds)
+    return {"result": word, "line": verdict_line(points, calibrated, bounds).replace("`", ""),
+            "checks": [{"metric": metric, "mape_pct": value, "target_pct": target, "met": met}
+                       for metric, value, target, met in checks]}
 
 
 def live_available(backend: str) -> bool:
@@ -237,7 +253,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                          "implementation it has no counterpart of, or no measured metric)")
     source = _source(rows, mode, path, profile, backend, gpu_spec.name)
     source.update(_set_apart(points_df, rows, gpu_spec.name))
-    out_dir = out_dir or ROOT / "reports" / "validate" / (wanted[0] if wanted else "all")
+    out_dir = out_dir or REPORTS_DIR / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -262,7 +278,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     html, md = write_report(points_df, ops_df, out_dir, title=title, source=source, repeats=repeats,
                             every=every, prefill=prefill)
     table = mape(points_df)
-    return {"source": source, "mape": table.to_dict(orient="records"),
+    return {"source": source, "verdict": held_out_verdict(points_df, profile.name, source),
+            "mape": table.to_dict(orient="records"),
             "points": points_df.to_dict(orient="records"),
             "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats),
                         "every_measurement": every_measurement(points_df, every, profile.name)},
