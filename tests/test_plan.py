@@ -85,6 +85,22 @@ def test_infeasible_slo_exits_1_with_what_failed(tmp_path, capsys):
     assert data["chosen"] is None and "ttft_p90" in data["infeasible"]
 
 
+def test_an_overloaded_search_names_the_configuration_that_serves_most(capsys):
+    """Where every configuration is overloaded, the one line names the one that takes the highest
+    rate and that rate, and --json gives it as ``closest``."""
+    code, out, err = _run(["plan", "mixtral-8x7b", "--rate", "12", "--input-len", "1024", "--output-len", "256",
+                           "--ttft-p90", "1", "--itl-p90", "0.1", "--gpu", "h200", "--dtype", "bf16",
+                           "--max-gpus", "1", "--no-disagg", "--json"], capsys)
+    assert code == 1
+    data = json.loads(out)
+    rates = [r["max_rate_req_s"] for r in data["candidates"]["rejected"]]
+    closest = data["closest"]
+    assert closest["max_rate_req_s"] == max(rates) < 12
+    assert closest["label"].startswith("1× h200-sxm bf16") and closest["source"] == "closed form"
+    assert err.strip().endswith(f"closest: {closest['label']}, which takes at most {max(rates):.3g} req/s")
+    assert "within 1 GPU of h200" in err
+
+
 BAD = [
     ("negative rate", ["plan", "mixtral", "--rate", "-1"], "greater than 0"),
     ("no rate", ["plan", "mixtral"], "no arrival rate"),
@@ -150,6 +166,18 @@ def test_flags_override_the_config_file(tmp_path):
     assert q.traffic.rate == 20 and q.traffic.input_len == 512
     assert q.slo.targets() == {"ttft_p90": 2.0, "itl_p90": 0.05}
     assert q.search.gpus == ["h200"]
+
+
+def test_the_shipped_example_question_reads_and_a_flag_overrides_it():
+    """specs/plans/ holds the planning question the README runs (``plan --config``): it reads as a
+    whole question, and --rate replaces its rate and nothing else."""
+    from perfmodel.paths import SPECS_DIR
+
+    q = build_question(SPECS_DIR / "plans" / "mixtral-chat.yaml", {"traffic": {"rate": 40}})
+    assert q.model == "mixtral-8x7b" and q.traffic.rate == 40
+    assert q.traffic.input_len == {"p50": 512, "p90": 2048}
+    assert q.slo.targets() == {"ttft_p90": 1.0, "itl_p90": 0.05}
+    assert q.search.dtypes == ["bf16", "fp8"]
 
 
 def test_lengths_from_percentiles_and_from_a_file(tmp_path):

@@ -273,13 +273,26 @@ def closest(plan: Plan) -> Optional[Evaluation]:
     return min(stable, key=lambda e: (e.source != "simulation", max(e.ratios.values()), e.usd_per_hour))
 
 
+def most_served(plan: Plan) -> Optional[dict[str, Any]]:
+    """Of the configurations rejected as overloaded, the one that serves the highest rate (its
+    entry of ``plan.rejected``), None without any."""
+    rated = [r for r in plan.rejected if r.get("max_rate_req_s")]
+    return max(rated, key=lambda r: r["max_rate_req_s"]) if rated else None
+
+
 def infeasible_message(plan: Plan) -> str:
     q = plan.question
-    where = f"within {q.search.max_gpus} GPUs of {', '.join(q.search.gpus)} ({', '.join(q.search.dtypes)})"
+    gpus = q.search.max_gpus
+    where = (f"within {gpus} GPU{'' if gpus == 1 else 's'} of {', '.join(q.search.gpus)} "
+             f"({', '.join(q.search.dtypes)})")
     near = closest(plan)
     if near is None:
         reasons = sorted({r["reason"].split(":")[0] for r in plan.rejected})
-        return f"no configuration can serve {q.traffic.rate:g} req/s {where}: {'; '.join(reasons) or 'none fits'}"
+        text = f"no configuration can serve {q.traffic.rate:g} req/s {where}: {'; '.join(reasons) or 'none fits'}"
+        top = most_served(plan)
+        if top is not None:
+            text += f"; closest: {top['label']}, which takes at most {top['max_rate_req_s']:.3g} req/s"
+        return text
     return (f"no configuration meets the SLOs {where}; closest: {near.label()} "
             f"(${near.usd_per_hour:.2f}/h, {near.source}): {'; '.join(near.failures)}")
 
@@ -309,6 +322,10 @@ def answer(plan: Plan, sweep: bool = True) -> dict[str, Any]:
         near = closest(plan)
         data["closest"] = None if near is None else {"label": near.label(), "source": near.source,
                                                       "failures": near.failures, "ratios": near.ratios}
+        top = most_served(plan) if near is None else None
+        if top is not None:
+            data["closest"] = {"label": top["label"], "source": "closed form",
+                               "failures": [top["reason"]], "max_rate_req_s": top["max_rate_req_s"]}
         data["points"] = points
         return data
     out_tok = rate * plan.mean_out

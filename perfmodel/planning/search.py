@@ -299,8 +299,10 @@ class Search:
                 if first > top:
                     self.rejected.append({"gpu": engine.gpu, "dtype": engine.dtype,
                                           "layout": _layout_dict(engine.layout), "max_num_seqs": seqs,
-                                          "reason": f"overloaded: {top} replicas take at most "
-                                                    f"{top * sat:.3g} req/s within {max_gpus} GPUs"})
+                                          "label": f"{top}× {engine.label()}", "max_rate_req_s": top * sat,
+                                          "reason": f"overloaded: {top} {_plural(top, 'replica')} take at "
+                                                    f"most {top * sat:.3g} req/s within {max_gpus} "
+                                                    f"{_plural(max_gpus, 'GPU')}"})
                     continue
                 near = None
                 for r in range(first, top + 1):
@@ -338,6 +340,11 @@ class Search:
             if ev.meets and (best is None or ev.usd_per_hour < best.usd_per_hour):
                 best = ev
         self.evaluations.extend(self._sim_cache.values())
+
+
+def _plural(n: int, noun: str) -> str:
+    """``noun`` for one, ``noun``s for any other count."""
+    return noun if n == 1 else f"{noun}s"
 
 
 def _layout_dict(layout: Layout) -> dict[str, int]:
