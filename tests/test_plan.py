@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,7 +102,16 @@ def test_an_overloaded_search_names_the_configuration_that_serves_most(capsys):
     assert "within 1 GPU of h200" in err
 
 
+#: The committed traffic files.
+TRAFFIC = Path(__file__).resolve().parent.parent / "validate" / "traffic"
+
 BAD = [
+    ("empty list item", ["plan", "mixtral", "--rate", "5", "--gpu", "h200,,h100"],
+     "--gpu 'h200,,h100': an empty value between commas"),
+    ("repeated list item", ["plan", "mixtral", "--rate", "5", "--dtype", "bf16,bf16"], "gives bf16 more than once"),
+    ("empty list", ["plan", "mixtral", "--rate", "5", "--max-num-seqs", ""], "--max-num-seqs needs at least one"),
+    ("lengths twice", ["plan", "mixtral", "--rate", "5", "--lengths-file", str(TRAFFIC / "chat-rag-mix.csv"),
+                       "--input-len", "5"], "input_len (--input-len) would be ignored"),
     ("negative rate", ["plan", "mixtral", "--rate", "-1"], "greater than 0"),
     ("no rate", ["plan", "mixtral"], "no arrival rate"),
     ("unknown gpu", ["plan", "mixtral", "--rate", "5", "--gpu", "h999"], "unknown GPU 'h999'"),

@@ -15,17 +15,23 @@ import typer
 from perfmodel.errors import InputError
 
 
-def _csv(value: Optional[str]) -> Optional[list[str]]:
+def _csv(value: Optional[str], flag: str) -> Optional[list[str]]:
+    """A flag's comma-separated values; an empty value (between commas, or none at all) or one
+    given twice is one line naming the flag."""
     if value is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise InputError(f"empty list '{value}'")
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise InputError(f"{flag} '{value}': an empty value between commas" if any(items)
+                         else f"{flag} needs at least one value")
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if repeated:
+        raise InputError(f"{flag} '{value}' gives {', '.join(repeated)} more than once")
     return items
 
 
 def _ints(value: Optional[str], flag: str) -> Optional[list[int]]:
-    items = _csv(value)
+    items = _csv(value, flag)
     if items is None:
         return None
     try:
@@ -61,16 +67,16 @@ def _overrides(**flags: Any) -> dict[str, Any]:
             sections["slo"][key] = f[key]
     search = sections["search"]
     if f["gpu"] is not None:
-        search["gpus"] = _csv(f["gpu"])
+        search["gpus"] = _csv(f["gpu"], "--gpu")
     if f["dtype"] is not None:
-        search["dtypes"] = _csv(f["dtype"])
+        search["dtypes"] = _csv(f["dtype"], "--dtype")
     if f["max_num_seqs"] is not None:
         search["max_num_seqs"] = _ints(f["max_num_seqs"], "--max-num-seqs")
     for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s"):
         if f[key] is not None:
             search[key] = f[key]
     if f["kv_dtype"] is not None:  # one KV-cache dtype, or several to search
-        kv = _csv(f["kv_dtype"])
+        kv = _csv(f["kv_dtype"], "--kv-dtype")
         search["kv_dtype"] = kv[0] if len(kv) == 1 else kv
     if f["disaggregation"] is not None:
         search["disaggregation"] = f["disaggregation"]

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from pydantic import (
     BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
+    model_validator,
 )
 
 from perfmodel.errors import InputError, validation_message
@@ -87,6 +88,15 @@ class Traffic(_Strict):
     @classmethod
     def _length(cls, value: Any) -> Any:
         return check_length(value)
+
+    @model_validator(mode="after")
+    def _one_source_of_lengths(self) -> "Traffic":
+        given = [f"{name} (--{name.replace('_', '-')})" for name in ("input_len", "output_len")
+                 if name in self.model_fields_set]
+        if self.lengths_file is not None and given:
+            raise ValueError(f"lengths_file gives each request's lengths; {' and '.join(given)} would be "
+                             "ignored beside it: leave them out")
+        return self
 
 
 class SLO(_Strict):
