@@ -531,7 +531,8 @@ def main(argv: list[str] | None = None) -> None:
     except EXIT as exc:
         sys.exit(exc.exit_code)
     except USAGE_ERRORS as exc:  # usage errors; no arguments at all (help already printed)
-        _fail(exc.format_message() or "missing command (see 'perfmodel --help')")
+        # typer's choices are checked by pydantic, whose reason starts "Value error, "
+        _fail((exc.format_message() or "missing command (see 'perfmodel --help')").replace("Value error, ", ""))
     except ABORT:
         _fail("aborted", code=130)
     except PerfModelError as exc:

@@ -146,6 +146,7 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
 
 @pytest.mark.parametrize("content, fragment", [
     ("model: mixtral\ntraffic: {rate: 20\n", "malformed YAML"),
+    ("model: mixtral\ntraffic: {rate: [1, 2}\n", "while parsing a flow sequence (line 2, column 22)"),
     ("- just\n- a list\n", "expected a mapping"),
     ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
     ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),

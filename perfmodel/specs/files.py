@@ -51,7 +51,9 @@ def read_data(path: Path, *, as_json: bool = False) -> Any:
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
         if "exceeded maximum nesting depth" in str(exc):  # libyaml's limit, PyYAML's RecursionError
             raise ValueError("nested too deeply") from None
-        raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)  # where the parser gave up (0-based)
+        raise ValueError(f"{first} (line {mark.line + 1}, column {mark.column + 1})" if mark else first) from None
 
 
 def read_mapping(path: Path, error: type[Exception], *, what: str = "",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from perfmodel.errors import InputError, validation_message
-from perfmodel.specs.families import MAX_INT, family
+from perfmodel.specs.families import KNOBS, MAX_INT, family
 from perfmodel.specs.zoo import load_hf_config
 
 __all__ = ["MAX_INT", "AttentionSpec", "MoESpec", "ModelSpec", "load_model", "model_from_config"]
@@ -139,7 +139,8 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     ``model_type`` (:mod:`perfmodel.specs.families`)."""
     from perfmodel.quantization import checkpoint_scheme
 
-    fields = family(cfg.get("model_type", "")).spec_fields(cfg)
+    adapter = family(cfg.get("model_type", ""))
+    fields = adapter.spec_fields(cfg)
     attention, moe = fields.pop("attention"), fields.pop("moe")
     try:
         # the scheme its checkpoint is stored in, else (a format no scheme describes) its method
@@ -151,7 +152,18 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
                          moe=MoESpec(**moe) if moe else None, quantization=stored,
                          unread_quantization=unread, **fields)
     except ValidationError as exc:
-        raise InputError(f"invalid model: {validation_message(exc)}") from None
+        raise InputError(f"invalid model: {_config_message(exc, adapter)}") from None
+
+
+def _config_message(exc: ValidationError, adapter) -> str:
+    """A spec's validation error as one line in the config's terms: the config field behind the
+    spec field that failed (``num_key_value_heads``, not ``n_kv_heads``), where a knob names it."""
+    err = exc.errors()[0]
+    leaf = str(err["loc"][-1]) if err["loc"] else None
+    for knob in KNOBS.values():
+        if knob.spec and knob.spec[-1] == leaf:
+            return f"config field '{adapter.field(knob.name)}': {err['msg'].removeprefix('Value error, ')}"
+    return validation_message(exc)
 
 
 class _ReadRecorder(dict):
