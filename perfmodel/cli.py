@@ -382,11 +382,14 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or sc
         print_json({what.value: items})
     elif what is ListWhat.models:
         for m in items:
-            print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}")
+            aliases = f"  (also: {', '.join(m['aliases'])})" if m["aliases"] else ""
+            print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}{aliases}")
     elif what is ListWhat.gpus:
         for gpu in items:
+            aliases = f"  (also: {', '.join(gpu['aliases'])})" if gpu["aliases"] else ""
             print(f"{gpu['name']:16s} bf16 {gpu['peak_tflops'].get('bf16', 0):7.1f} TFLOP/s  "
-                  f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}")
+                  f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}"
+                  f"{aliases}")
     elif what is ListWhat.schemes:
         for s in items:
             bits = f"{s['weight_bits']}-bit" if s["weight_bits"] else "-"
@@ -397,7 +400,10 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or sc
                              for name, m in s["served"].items())
             print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}{served}")
     else:
-        print("\n".join(e["engine"] for e in items))
+        for e in items:
+            fitted = ", ".join(f"{p['name']} ({'calibrated' if p['calibrated'] else 'uncalibrated'}"
+                               f"{', band' if p['error_band'] else ''})" for p in e["profiles"])
+            print(f"{e['engine']:10s} {fitted}")
 
 
 @app.command()

@@ -175,6 +175,17 @@ def test_list_models_includes_the_zoo(capsys):
     out = cli(["list", "models"], capsys)
     for name in ("mixtral-8x7b", "deepseek-v2-lite", "gpt-oss-20b", "qwen3-30b-a3b"):
         assert name in out
+    mixtral = next(line for line in out.splitlines() if line.startswith("mixtral-8x7b "))
+    assert "(also: " in mixtral and "mixtral" in mixtral.split("(also: ")[1].split(", ")  # the README's name
+
+
+def test_list_names_gpu_aliases_and_each_engines_profiles(capsys):
+    out = cli(["list", "gpus"], capsys)
+    h100 = next(line for line in out.splitlines() if line.startswith("h100-sxm "))
+    assert "h100" in h100.split("(also: ")[1].rstrip(")").split(", ")
+    engines = {line.split()[0]: line for line in cli(["list", "engines"], capsys).splitlines()}
+    assert "h200-sxm-vllm (calibrated, band)" in engines["vllm"] and "h100-sxm-vllm" in engines["vllm"]
+    assert engines["roofline"].split(None, 1)[1] == "roofline (uncalibrated)"
 
 
 def test_sweep_csv(tmp_path, capsys):

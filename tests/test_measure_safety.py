@@ -95,6 +95,18 @@ def test_the_warning_is_one_line_on_stderr(tmp_path):
         f"perfmodel: warning: {out}: skipped 1 unreadable row (line 2)"]
 
 
+def test_a_shipped_files_repeated_points_are_not_warned_about(caplog):
+    """The committed measurements keep repeated measurements of a point on purpose: reading them
+    drops the repeats (one row per point) without a warning a user cannot act on."""
+    from perfmodel.paths import RESULTS_DIR
+
+    results._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="perfmodel.measuring.results"):
+        read = results.read_rows(RESULTS_DIR / "h200-vllm.jsonl")
+    assert read.duplicates > 0
+    assert not [r for r in caplog.records if "duplicate" in r.getMessage()]
+
+
 def test_readers_keep_one_row_per_point(tmp_path, caplog):
     out, points = _measured(tmp_path)
     rows = results.read_rows(out).rows

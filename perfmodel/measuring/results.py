@@ -56,6 +56,7 @@ Fields (schema version 1):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -366,8 +367,19 @@ def dedupe(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 _warned: set[tuple] = set()
 
 
+def _committed(path: Path) -> bool:
+    """Whether ``path`` is one of the shipped measurement files, whose repeated measurements of a
+    point are kept on purpose (the validation report's "Repeated measurements")."""
+    from perfmodel.paths import RESULTS_DIR
+
+    return Path(path).resolve().is_relative_to(RESULTS_DIR.resolve())
+
+
 def _warn_once(path: Path, data: bytes, result: ReadResult) -> None:
-    """One warning line per file content: rows skipped and duplicates dropped."""
+    """One warning line per file content: rows skipped and duplicates dropped (not a shipped
+    file's repeats, which no user can act on)."""
+    if result.duplicates and _committed(path):
+        result = dataclasses.replace(result, duplicates=0)
     if not result.skipped and not result.duplicates:
         return
     key = (str(Path(path).resolve()), len(data), hash(data))
