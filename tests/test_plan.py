@@ -191,6 +191,20 @@ def test_the_shipped_example_question_reads_and_a_flag_overrides_it():
     assert q.search.dtypes == ["bf16", "fp8"]
 
 
+def test_two_pools_on_one_gpu_type_print_their_profile_once(capsys):
+    """A disaggregated answer whose pools share a GPU type and profile prints one profile line
+    naming both pools, and no caveat twice."""
+    from perfmodel.paths import SPECS_DIR
+
+    code, out, _ = _run(["plan", "--config", str(SPECS_DIR / "plans" / "mixtral-chat.yaml"), "--rate", "40",
+                         "--gpu", "h100", "--dtype", "fp8"], capsys)
+    assert code == 0 and "(disaggregated)" in out.splitlines()[1]
+    profile_lines = [line for line in out.splitlines() if line.startswith("profile (")]
+    assert len(profile_lines) == 1 and "prefill pool, h100-sxm; decode pool, h100-sxm" in profile_lines[0]
+    caveats = [line for line in out.splitlines() if line.startswith("- ")]
+    assert len(caveats) == len(set(caveats))
+
+
 def test_lengths_from_percentiles_and_from_a_file(tmp_path):
     import numpy as np
 

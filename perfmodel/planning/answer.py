@@ -242,7 +242,7 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
     if ev is not None and ev.kind == "disaggregated":
         out.append("Disaggregated pools move each prompt's KV cache over the GPU's scale-up link "
                    "(both pools in one NVLink domain); across nodes set --kv-link-gb-s.")
-    return out
+    return list(dict.fromkeys(out))  # two pools on one GPU type say the same
 
 
 def margins(plan: Plan, ev: Evaluation) -> dict[str, Any]:

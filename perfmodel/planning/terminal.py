@@ -75,9 +75,12 @@ def print_answer(data: dict[str, Any], console) -> None:
         console.print(f"throughput {tp['output_tokens_per_s']:.0f} output tok/s "
                       f"({tp['output_tokens_per_s_per_gpu']:.0f}/GPU, {tp['tokens_per_s_per_user'] or 0:.1f}/user); "
                       f"goodput {100 * (good or 0):.1f}% of requests")
+        lines: dict[str, list[str]] = {}  # a pool's line, and the pools it stands for
         for p in data["profile"]:
-            console.print(f"profile ({p['gpu']}): {p['profile']}: {p['note']}; {p['error_band_note']}; "
-                          f"{p['serving_error_band_note']}")
+            text = f"{p['profile']}: {p['note']}; {p['error_band_note']}; {p['serving_error_band_note']}"
+            lines.setdefault(text, []).append(p["gpu"] if p["pool"] == "all" else f"{p['pool']} pool, {p['gpu']}")
+        for text, pools in lines.items():
+            console.print(f"profile ({'; '.join(pools)}): {text}")
     for choice, options in (data.get("cheapest_by") or {}).items():
         table = Table(title=f"cheapest meeting every SLO, per {'weights' if choice == 'dtype' else 'GPU type'}")
         for col in (choice, "deployment", "GPUs", "$/h", "$/M out tok", "from"):
