@@ -787,7 +787,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
                        f"(TP={w.tp} EP={w.ep} PP={w.pp})")
     if outside:
-        return None, f"band {width} from {where}{note}; {'; '.join(outside)}: no band"
+        return None, f"no band: {'; '.join(outside)} (the profile's band, {width} from {where}{note})"
     return chosen, f"band {width} from {where}{note}"
 
 

@@ -309,8 +309,8 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
     provenance = dict(base.provenance)
     if provenance.get("error_band"):
         provenance["error_band"] = None
-        provenance["error_band_note"] = (f"{provenance['error_band_note']}; speculative decoding "
-                                         "was measured at one target on one GPU only: no band")
+        provenance["error_band_note"] = ("no band: speculative decoding was measured at one target on one "
+                                         f"GPU only (the profile's {provenance['error_band_note']})")
     kept = [op for op in base.ops if op["pass"] != "decode"]
     return replace(base, metrics=metrics, ops=kept + op_rows(ops), provenance=provenance,
                    speculative=record)
