@@ -482,6 +482,10 @@ def sweep(
     misfits = int((~table["fits_in_memory"]).sum())
     if misfits:
         _warn(f"{misfits:,} of {len(table):,} rows do not fit in memory (fits_in_memory False)")
+    in_waves = int((table["kv_waves"] > 1).sum()) if "kv_waves" in table else 0
+    if in_waves:
+        _warn(f"{in_waves:,} of {len(table):,} rows run their batch in KV-cache waves (kv_waves > 1): "
+              "their E2E and throughput are those of several waves, one after another")
     swept_gpus = ", ".join(str(g) for g in axes["gpu"]) if "gpu" in axes else None
     header = {"model": model, "gpu": swept_gpus or gpu or "h200-sxm", "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": fixed, "overrides": overrides}

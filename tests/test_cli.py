@@ -203,6 +203,17 @@ def test_sweep_csv(tmp_path, capsys):
     assert math.isclose(float(row["e2e_s"]), p.metrics["e2e_s"], rel_tol=1e-9)
 
 
+def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
+    """A row whose batch the KV cache does not hold at once runs in waves; the sweep says how many
+    rows do, on stderr (their E2E is several waves')."""
+    main(["sweep", "mixtral", "--gpu", "h100", "--dtype", "fp8", "-s", "2048", "-o", "2048",
+          "--grid", "batch=1,128", "--json"])
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert [r["kv_waves"] > 1 for r in rows] == [False, True]
+    assert "1 of 2 rows run their batch in KV-cache waves (kv_waves > 1)" in captured.err
+
+
 def test_sweep_table_to_stdout(capsys):
     out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64", "--set", "top_k=4"], capsys)
     lines = out.strip().splitlines()
