@@ -1015,6 +1015,12 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
 
     ratios = check_ratio("prune_experts", prune_experts), check_ratio("prune_ffn", prune_ffn)
     speculative = speculative_settings(spec_draft, spec_tokens, spec_accept, spec_accepted_len)
+    if speculative is not None and phase == "prefill":
+        raise InputError("speculative decoding changes decode steps only: a prefill has none "
+                         "(phase request or decode)")
+    if speculative is not None and phase == "request" and speculative.tokens >= workload.output_len:
+        raise InputError(f"spec-tokens (γ = {speculative.tokens}) must be below the output length "
+                         f"({workload.output_len}): a request's first step already drafts past its end")
     loaded = model if isinstance(model, ModelSpec) else load_model(model, overrides)
     spec = prune(loaded, *ratios)
     workload = workload.stored_as(spec)

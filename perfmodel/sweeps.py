@@ -433,6 +433,9 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     _check_duplicates(spec, grid, fixed, overrides, {**given, **whatif})
     _check_model(spec, numeric)  # type: ignore[arg-type]
     speculation = _speculation(spec, numeric, categorical, whatif, workload)  # type: ignore[arg-type]
+    if speculation is not None and phase == "prefill" and any(d is not None for d in speculation.drafts.values()):
+        raise InputError("speculative decoding changes decode steps only: a prefill has none "
+                         "(phase request or decode)")
     if spec.moe is None and workload.ep != 1:
         raise InputError("ep > 1 needs a model with experts")
     names = list(numeric)
