@@ -80,6 +80,9 @@ def fit(
 
     gpu = load_gpu(gpu).name
     if engine == "hf":
+        if anchor != "auto":
+            raise InputError("--anchor applies to --engine vllm (an hf fit reads one GPU's microbenchmarks "
+                             "and rows)")
         profile = fit_profile(gpu)
     elif engine == "vllm":
         from perfmodel.calibration.fit_vllm import fit_vllm_profile

@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 from perfmodel.cli import GPU_OPTION, JSON_OPTION, make_console, print_json
+from perfmodel.errors import InputError
 
 
 def validate(
     model: str = typer.Argument(..., help="Zoo name, or 'all'."),
-    backend: str = typer.Option("hf", "--backend", help="hf or vllm."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf (default) or vllm; --serving: vllm."),
     gpu: str = GPU_OPTION,
     as_json: bool = JSON_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/validate/MODEL)."),
@@ -28,6 +29,8 @@ def validate(
     if serving is True:
         from perfmodel.validate.serving import print_serving_validation, run_serving_validation
 
+        if backend not in (None, "vllm"):
+            raise InputError(f"--serving replays vLLM serving runs: --backend {backend} does not apply")
         result = run_serving_validation(model, gpu=gpu, results=results, out_dir=out)
         if as_json:
             print_json(result)
@@ -36,7 +39,7 @@ def validate(
         return
     from perfmodel.validate.validation import run_validation
 
-    result = run_validation(model, backend=backend, gpu=gpu, out_dir=out,
+    result = run_validation(model, backend=backend if isinstance(backend, str) else "hf", gpu=gpu, out_dir=out,
                             results=results if isinstance(results, Path) else None,
                             fitted_on=fitted_on if isinstance(fitted_on, str) else None)
     if as_json:
