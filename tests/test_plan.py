@@ -205,6 +205,27 @@ def test_two_pools_on_one_gpu_type_print_their_profile_once(capsys):
     assert len(caveats) == len(set(caveats))
 
 
+def test_a_question_files_relative_paths_are_from_its_folder(tmp_path, monkeypatch):
+    """lengths_file, prices and a model's config.json named in a question file are found beside
+    the file wherever the command runs; a model name stays a name."""
+    import json as json_
+
+    from perfmodel.specs.zoo import load_hf_config
+
+    folder = tmp_path / "question"
+    folder.mkdir()
+    (folder / "lengths.csv").write_text("100,10\n")
+    (folder / "model.json").write_text(json_.dumps(load_hf_config("olmoe-1b-7b")))
+    (folder / "plan.yaml").write_text(yaml.safe_dump({"model": "model.json", "prices": "prices.yaml",
+                                                      "traffic": {"rate": 5, "lengths_file": "lengths.csv"}}))
+    monkeypatch.chdir(tmp_path)
+    q = build_question(folder / "plan.yaml", {})
+    assert Path(q.model) == folder / "model.json" and q.prices == folder / "prices.yaml"
+    assert q.traffic.lengths_file == folder / "lengths.csv"
+    (folder / "plan.yaml").write_text(yaml.safe_dump({"model": "mixtral", "traffic": {"rate": 5}}))
+    assert build_question(folder / "plan.yaml", {}).model == "mixtral"
+
+
 def test_lengths_from_percentiles_and_from_a_file(tmp_path):
     import numpy as np
 

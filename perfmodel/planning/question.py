@@ -216,6 +216,8 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     strange = [key for key in data if not isinstance(key, str)]
     if strange:
         raise InputError(f"invalid plan question: unknown key {strange[0]!r} in {config}")
+    if config is not None:
+        data = _paths_from(data, Path(config).parent)
     data = _merge(data, overrides)
     if "model" not in data:
         raise InputError("no model: give MODEL, or 'model:' in the --config file")
@@ -225,6 +227,24 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
         return PlanQuestion(**data)
     except ValidationError as exc:
         raise InputError(f"invalid plan question: {validation_message(exc)}") from None
+
+
+def _paths_from(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A question file's relative paths (``lengths_file``, ``prices``, a ``model`` config.json) as
+    paths from the file's folder, as they read where the file is kept; a model name stays a name."""
+    def moved(value: Any) -> Any:
+        return str(folder / value) if isinstance(value, str) and value and not Path(value).is_absolute() else value
+
+    out = dict(data)
+    if "prices" in out:
+        out["prices"] = moved(out["prices"])
+    traffic = out.get("traffic")
+    if isinstance(traffic, dict) and "lengths_file" in traffic:
+        out["traffic"] = {**traffic, "lengths_file": moved(traffic["lengths_file"])}
+    model = out.get("model")
+    if isinstance(model, str) and ("/" in model or model.endswith(".json")) and Path(moved(model)).exists():
+        out["model"] = moved(model)
+    return out
 
 
 class Lengths:
