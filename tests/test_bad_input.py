@@ -105,6 +105,11 @@ CASES = [
      "--anchor applies to --engine vllm"),
     ("serving-with-the-hf-backend", lambda t: ["validate", "olmoe", "--serving", "--backend", "hf"],
      "--serving replays vLLM serving runs: --backend hf does not apply"),
+    ("config-without-model-type", lambda t: ["predict", _config(t, "c.json", {
+        k: v for k, v in TINY_MIXTRAL.items() if k != "model_type"})], "the config has no model_type (supported: "),
+    ("config-without-top-k", lambda t: ["predict", _config(t, "c.json", {
+        k: v for k, v in TINY_MIXTRAL.items() if k != "num_experts_per_tok"})],
+     "config is missing 'num_experts_per_tok' (top_k)"),
     ("zero-kv-heads-by-config-name", lambda t: ["predict", "olmoe", "--set", "num_key_value_heads=0"],
      "invalid model: config field 'num_key_value_heads': Input should be greater than 0"),
     ("zero-experts-by-the-familys-name", lambda t: ["predict", "deepseek-v2-lite", "--set", "num_experts=0"],

@@ -235,7 +235,8 @@ class Family:
             norm="rms", lm_head_bias=False)
         self.configure(cfg, spec, top_k)
         if spec["moe"] is not None and spec["moe"]["top_k"] <= 0:
-            raise InputError("num_experts_per_tok (top_k) must be positive")
+            raise InputError("config is missing 'num_experts_per_tok' (top_k)" if _get(cfg, "num_experts_per_tok")
+                             is None else "num_experts_per_tok (top_k) must be positive")
         spec["window"], spec["n_window_layers"] = self.window(cfg, n_layers)
         spec.update(vocab=_int(cfg, "vocab_size"), tie_embeddings=_bool(cfg, "tie_word_embeddings", False),
                     max_position=_int(cfg, "max_position_embeddings", 0))

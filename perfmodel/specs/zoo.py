@@ -151,6 +151,8 @@ def load_hf_config(model: str, overrides: list[str] | dict[str, Any] | None = No
     else:
         raise InputError(f"unknown model '{model}' (a zoo name, or a path to a config.json)")
     model_type = config.get("model_type")
+    if model_type is None:
+        raise InputError(f"the config has no model_type (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise InputError(
             f"unsupported model_type '{model_type}' "
