@@ -148,6 +148,8 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("model: mixtral\ntraffic: {rate: 20\n", "malformed YAML"),
     ("model: mixtral\ntraffic: {rate: [1, 2}\n", "while parsing a flow sequence (line 2, column 22)"),
     ("- just\n- a list\n", "expected a mapping"),
+    ("model: mixtral\ntraffic: 5\n", "traffic must be a mapping (rate, input_len, output_len, lengths_file), got 5"),
+    ("model: mixtral\ntraffic: {rate: 5, input_len: 0}\n", "a token count must be an integer from 1 to 10,000,000, got 0"),
     ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
     ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),
     ("model: mixtral\nmodel: qwen3-30b-a3b\ntraffic: {rate: 5}\n", "key 'model' given twice (line 2)"),

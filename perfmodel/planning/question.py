@@ -71,7 +71,8 @@ def check_length(value: Any) -> Any:
             raise ValueError("percentiles must not decrease (p50 <= p90 <= p99)")
         return value
     if isinstance(value, (int, float)) and not (float(value).is_integer() and 1 <= value <= MAX_LEN):
-        raise ValueError(f"a token count must be an integer from 1 to {MAX_LEN:,}, got {value!r}")
+        shown = f"{int(value):,}" if math.isfinite(value) and float(value).is_integer() else repr(value)
+        raise ValueError(f"a token count must be an integer from 1 to {MAX_LEN:,}, got {shown}")
     return value
 
 
@@ -221,6 +222,9 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     data = _merge(data, overrides)
     if "model" not in data:
         raise InputError("no model: give MODEL, or 'model:' in the --config file")
+    if "traffic" in data and not isinstance(data["traffic"], dict):
+        raise InputError(f"invalid plan question: traffic must be a mapping (rate, input_len, output_len, "
+                         f"lengths_file), got {data['traffic']!r}")
     if not isinstance(data.get("traffic"), dict) or "rate" not in data["traffic"]:
         raise InputError("no arrival rate: give --rate (requests/s), or traffic.rate in the --config file")
     try:
