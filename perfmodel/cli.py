@@ -87,8 +87,13 @@ def _warn(message: str) -> None:
 
 
 def _warn_unread(quant_method: str, how: str) -> None:
-    """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`)."""
-    _warn(f"the config.json's quantization_config (quant_method '{quant_method}') is no scheme's: {how}; "
+    """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`),
+    and, where schemes read that method in other forms, which."""
+    from perfmodel.quantization import checkpoint_forms
+
+    forms = checkpoint_forms(quant_method)
+    read = f" (the schemes read {quant_method} as {'; '.join(forms)}: its other fields differ)" if forms else ""
+    _warn(f"the config.json's quantization_config (quant_method '{quant_method}') is no scheme's{read}: {how}; "
           "--quant predicts it in a scheme (perfmodel list schemes)")
 
 

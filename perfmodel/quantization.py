@@ -234,6 +234,15 @@ def checkpoint_scheme(block: Any) -> str | None:
     return best.pop() if len(best) == 1 else None
 
 
+def checkpoint_forms(quant_method: str) -> list[str]:
+    """How the schemes read a checkpoint of ``quant_method``: one ``scheme (field=value, ...)`` per
+    form a scheme describes, for a message about a block none matched (empty: a method no scheme
+    reads)."""
+    return [f"{scheme.name} ({', '.join(f'{k}={v}' for k, v in fields.items() if k != 'quant_method') or 'as is'})"
+            for scheme in load_schemes().values() for fields in scheme.checkpoints
+            if fields.get("quant_method") == quant_method]
+
+
 def dtype_aliases() -> dict[str, QuantScheme]:
     """``--dtype`` values that are aliases of a scheme (fp8, int8, fp4) → the scheme."""
     return {scheme.dtype_alias: scheme for scheme in load_schemes().values() if scheme.dtype_alias}

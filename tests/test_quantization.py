@@ -329,6 +329,10 @@ def test_a_checkpoint_format_no_scheme_describes_is_predicted_unquantized_and_sa
     perfmodel(["plan", str(path), "--rate", "1", "--input-len", "512", "--output-len", "64", "--gpu", "h200",
                "--max-gpus", "1", "--no-disagg", "--requests", "20", "--json"])
     assert any("quant_method 'bitsandbytes'" in c for c in json.loads(capsys.readouterr().out)["caveats"])
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 3}  # a method read, in another form
+    path.write_text(json.dumps(cfg))
+    code, out, err = _cli(capsys, "predict", str(path), "--json")
+    assert code == 0 and "(the schemes read gptq as w4a16 (bits=4): its other fields differ)" in err
 
 
 def test_a_checkpoint_names_one_scheme(schemes_file):
