@@ -7,14 +7,14 @@ Python API::
     p.metrics["ttft_s"], p.metrics["throughput_tok_s"]
     df = sweep("mixtral-8x7b", {"batch": [1, 16, 64], "top_k": [1, 2, 4, 8]})
 
-Bad arguments raise :class:`perfmodel.errors.InputError` with a one-line message.
+Bad arguments raise :class:`InputError` (``from perfmodel import InputError``) with a one-line message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["predict", "sweep", "load_model", "load_gpu", "__version__"]
+__all__ = ["predict", "sweep", "load_model", "load_gpu", "InputError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import perfmodel` cheap
@@ -41,4 +41,8 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import perfmodel` cheap
         from perfmodel.specs.hardware import load_gpu
 
         return load_gpu
+    if name == "InputError":
+        from perfmodel.errors import InputError
+
+        return InputError
     raise AttributeError(name)

@@ -174,3 +174,12 @@ def test_a_sweep_over_a_model_spec_checks_each_point():
     refused(lambda: sweep(SPEC, {"num_kv_heads": [7]}), "must be a multiple of num_key_value_heads")
     table = sweep(SPEC, {"num_kv_heads": [7, 8], "top_k": [2, 9]})
     assert list(zip(table["num_kv_heads"], table["top_k"])) == [(8, 2)]
+
+
+def test_the_package_exports_its_error_class():
+    """``from perfmodel import InputError`` is the class bad arguments raise."""
+    import perfmodel
+
+    assert perfmodel.InputError is InputError and "InputError" in perfmodel.__all__
+    with pytest.raises(perfmodel.InputError):
+        perfmodel.predict("mixtral-8x7b", batch=0)
