@@ -110,6 +110,9 @@ CASES = [
     ("config-without-top-k", lambda t: ["predict", _config(t, "c.json", {
         k: v for k, v in TINY_MIXTRAL.items() if k != "num_experts_per_tok"})],
      "config is missing 'num_experts_per_tok' (top_k)"),
+    ("results-a-folder", lambda t: ["validate", "olmoe", "--results", _directory(t, "rows")],
+     "is a folder; give the measured rows' JSONL file"),
+    ("study-a-folder", lambda t: ["report", "paper", "--study", _directory(t, "study")], "is a folder, not a study file"),
     ("zero-kv-heads-by-config-name", lambda t: ["predict", "olmoe", "--set", "num_key_value_heads=0"],
      "invalid model: config field 'num_key_value_heads': Input should be greater than 0"),
     ("zero-experts-by-the-familys-name", lambda t: ["predict", "deepseek-v2-lite", "--set", "num_experts=0"],

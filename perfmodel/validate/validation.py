@@ -210,6 +210,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         mode = "live"
     elif results is not None:
         path = Path(results)
+        if path.is_dir():
+            raise InputError(f"--results {path} is a folder; give the measured rows' JSONL file")
         if not path.is_file():
             raise InputError(f"no results file {path}")
         mode = "replay"

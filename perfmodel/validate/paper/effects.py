@@ -197,7 +197,7 @@ class Study(_Data):
 def study_path(name: str = DEFAULT_STUDY) -> Path:
     """The YAML file of a study by name (``specs/studies/<name>.yaml``), or a path to one."""
     path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix in (".yaml", ".yml") or "/" in name or path.exists():
         return path
     return paths.STUDIES_DIR / f"{name}.yaml"
 
@@ -205,6 +205,8 @@ def study_path(name: str = DEFAULT_STUDY) -> Path:
 def load_study(name: str | Path = DEFAULT_STUDY) -> Study:
     """The study's effects, validated; a missing or malformed file is a :class:`SpecError`."""
     path = study_path(str(name))
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder, not a study file (a YAML file, or a name in {paths.STUDIES_DIR})")
     if not path.is_file():
         raise SpecError(f"no study file {path}")
     data = read_mapping(path, SpecError, what="study file ")
