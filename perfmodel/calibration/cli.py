@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Measure kernels for calibration.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure kernels for calibration.")
 
 
 @app.command()
