@@ -319,6 +319,7 @@ def test_a_given_rows_file_of_another_kind_is_one_line(tmp_path, capsys):
     ({"overrides": [5]}, "overrides: expected KEY=VALUE strings"),
     ({"input_len": 10**12}, "input_len: must be from 1 to 10,000,000"),
     ({"layers": 0}, "layers: must be >= 1"),
+    ({"overrides": ["foo=1"]}, "measured row hf|olmoe-1b-7b|"),  # a row's model it cannot build: named
 ], ids=lambda v: str(v)[:40])
 def test_a_malformed_row_of_a_given_file_is_one_line(tmp_path, capsys, change, expected):
     """A measured row given to replay that breaks the rows' schema, or holds what the comparison

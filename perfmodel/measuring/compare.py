@@ -431,7 +431,10 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         overrides = row_overrides(row)
         spec_key = (row["model"], tuple(overrides))
         if spec_key not in specs:
-            specs[spec_key] = load_model(row["model"], overrides)
+            try:
+                specs[spec_key] = load_model(row["model"], overrides)
+            except InputError as exc:  # a row's own model or overrides: name the row
+                raise InputError(f"measured row {row.get('point_id', row['model'])}: {exc}") from None
         spec = specs[spec_key]
         speculation = row_speculative(row)
         workload = {**prediction_args(row, engine=engine, gpu=gpu, profile=engine_profile), **speculation}
