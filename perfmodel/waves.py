@@ -95,6 +95,24 @@ def one_pass(metrics: Mapping[str, Any], batch: Any) -> dict[str, Any]:
     return {**metrics, "concurrent_sequences": np.where(fits, batch, 0), "kv_waves": np.where(fits, 1, 0)}
 
 
+def _activations_at_most(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any,
+                         limit: int | None, rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]) -> Any:
+    """The activation peak the wave plan takes (bytes per GPU): the batch's, except where B is
+    above the engine's sequence ``limit``, which no wave exceeds: there the peak at ``limit``
+    sequences (a decode step's activations, its logits above all, grow with the sequences it
+    holds; a batch of 10⁶ would otherwise count 10⁶ sequences' logits against every wave)."""
+    act = metrics["activation_bytes"]
+    if limit is None:
+        return act
+    shape = np.broadcast_shapes(np.shape(batch), np.shape(input_len), np.shape(output_len), np.shape(act))
+    over = np.broadcast_to(np.asarray(batch) > limit, shape)
+    if not over.any():
+        return act
+    capped = np.array(np.broadcast_to(np.asarray(act, dtype=float), shape))
+    capped[over] = np.asarray(rerun(np.full(int(over.sum()), limit), over)["activation_bytes"], dtype=float)
+    return capped
+
+
 def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any, usable: Any,
                  chunk: int | None, limit: int | None,
                  rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]) -> dict[str, Any]:
@@ -112,7 +130,8 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     wave's where that differs at some point. Adds :data:`WAVE_METRICS` and sets
     ``fits_in_memory`` to B_run ≥ 1.
     """
-    plan = _evaluate("plan", batch, input_len, metrics["weights_bytes"], metrics["activation_bytes"],
+    activations = _activations_at_most(metrics, batch, input_len, output_len, limit, rerun)
+    plan = _evaluate("plan", batch, input_len, metrics["weights_bytes"], activations,
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
                      np.inf if limit is None else limit)
     running, waves = plan["concurrent_sequences"], plan["kv_waves"]

@@ -80,6 +80,19 @@ def test_the_engine_limits_the_sequences_at_once(tmp_path):
     assert close(limited["e2e_s"], 2 * first["e2e_s"] + last["e2e_s"])
 
 
+def test_a_batch_far_above_the_engines_limit_runs_waves_as_large_as_a_smaller_ones():
+    """No wave holds more than max_num_seqs sequences, so the activations the wave plan leaves
+    room for are those of at most that many: a batch of 10⁶ (whose whole-batch decode logits
+    alone are 94 GiB) runs waves of as many sequences as a batch of 1,024 that needs waves, in
+    predict and in a sweep alike."""
+    shape = dict(input_len=2048, output_len=16)
+    runs = [predict("olmoe-1b-7b", batch=b, **shape).metrics for b in (1024, 10**6)]
+    assert runs[0]["kv_waves"] > 1 and runs[1]["concurrent_sequences"] == runs[0]["concurrent_sequences"]
+    assert one_wave("olmoe-1b-7b", batch=10**6, **shape).metrics["activation_bytes"] > 64 * 2**30
+    table = sweep("olmoe-1b-7b", {"batch": [1024, 10**6]}, **shape)
+    assert list(table["concurrent_sequences"]) == [runs[0]["concurrent_sequences"]] * 2
+
+
 def test_not_even_one_sequence_keeps_the_whole_batch_result():
     long = dict(batch=4, input_len=327680, output_len=8192)  # one sequence's KV cache > what is left
     m, before = predict("mixtral", **long).metrics, one_wave("mixtral-8x7b", **long).metrics
