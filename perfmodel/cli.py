@@ -491,12 +491,22 @@ def sweep(
     if in_waves:
         _warn(f"{in_waves:,} of {len(table):,} rows run their batch in KV-cache waves (kv_waves > 1): "
               "their E2E and throughput are those of several waves, one after another")
+    from perfmodel.prediction import Workload
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
+
     swept_gpus = ", ".join(str(g) for g in axes["gpu"]) if "gpu" in axes else None
-    header = {"model": model, "gpu": swept_gpus or gpu or "h200-sxm", "engine": engine or DEFAULT_ENGINE,
-              "phase": phase.value, "fixed": fixed, "overrides": overrides}
+    # the workload a row stands at, defaults included, where the grid does not set it
+    shape = {k: v for k, v in {"batch": Workload.batch, "input_len": Workload.input_len,
+                               "output_len": Workload.output_len, **fixed}.items() if k not in axes}
+    header = {"model": load_model(model, overrides).name,
+              "gpu": swept_gpus or load_gpu(gpu or "h200-sxm").name, "engine": engine or DEFAULT_ENGINE,
+              "phase": phase.value, "fixed": shape, "overrides": overrides}
     if csv is not None:
-        try:
-            table.to_csv(csv, index=False)
+        constant = {"model": header["model"], "engine": header["engine"], "phase": header["phase"],
+                    **({} if swept_gpus else {"gpu": header["gpu"]}), **shape}
+        try:  # each row stands alone: what the header says of every row is a column too
+            table.assign(**{k: v for k, v in constant.items() if k not in table.columns}).to_csv(csv, index=False)
         except OSError as exc:
             raise InputError(f"cannot write {csv}: {exc.strerror or exc}") from None
     report = None

@@ -203,6 +203,17 @@ def test_sweep_csv(tmp_path, capsys):
     assert math.isclose(float(row["e2e_s"]), p.metrics["e2e_s"], rel_tol=1e-9)
 
 
+def test_a_sweeps_csv_rows_stand_alone(tmp_path, capsys):
+    """What the header says of every row (model, GPU, engine, phase, the workload's fixed and
+    default values) is a column of the CSV too."""
+    path = tmp_path / "sweep.csv"
+    cli(["sweep", "mixtral", "--gpu", "h100", "--grid", "batch=1,4", "--output-len", "64", "--csv", str(path)], capsys)
+    rows = list(csv.DictReader(path.open()))
+    assert [r["batch"] for r in rows] == ["1", "4"]
+    assert {(r["model"], r["gpu"], r["engine"], r["phase"], r["input_len"], r["output_len"]) for r in rows} == {
+        ("mixtral-8x7b", "h100-sxm", "vllm", "request", "128", "64")}
+
+
 def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
     """A row whose batch the KV cache does not hold at once runs in waves; the sweep says how many
     rows do, on stderr (their E2E is several waves')."""
@@ -217,7 +228,7 @@ def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
 def test_sweep_table_to_stdout(capsys):
     out = cli(["sweep", "mixtral", "--grid", "batch=1,2", "--output-len", "64", "--set", "top_k=4"], capsys)
     lines = out.strip().splitlines()
-    assert lines[0] == ("mixtral on h200-sxm · vllm · phase request · output_len=64 · "
+    assert lines[0] == ("mixtral-8x7b on h200-sxm · vllm · phase request · input_len=128 output_len=64 · "
                         "overrides: top_k=4")
     header = lines[1].split()
     assert header[0] == "batch" and "e2e_s" in header and "fits_in_memory" in header
