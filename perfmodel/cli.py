@@ -219,8 +219,9 @@ def formula(
     op: str = typer.Option(..., "--op", help="Op name (e.g. moe.experts), 'launch' (the host's launch "
                            "floor of a prefill, per pass: --quantity time), or 'list'."),
     quantity: Quantity = typer.Option(Quantity.flops, "--quantity"),
-    phase: PhaseName = typer.Option(PhaseName.prefill, "--phase", help="prefill or decode."),
-    latex: bool = typer.Option(False, "--latex", help="Print LaTeX."),
+    phase: PhaseName = typer.Option(PhaseName.prefill, "--phase", help="prefill or decode (a formula is "
+                                    "one pass's)."),
+    latex: bool = typer.Option(False, "--latex", help="Print LaTeX (with --json: also under 'latex')."),
     set_: Optional[List[str]] = _SET,
     batch: int = typer.Option(1, "--batch", "-b", help="B of the value printed last."),
     input_len: int = typer.Option(128, "--input-len", "-s", help="S of the value (prefill)."),
@@ -245,7 +246,7 @@ def formula(
     workload = dict(batch=batch, input_len=input_len, context=context, gpu=gpu, engine=engine,
                     quant=quant, moe_impl=moe_impl)
     if as_json:
-        print_json(op_formula_data(*args, set_ or [], **workload))
+        print_json(op_formula_data(*args, set_ or [], latex, **workload))
         return
     print("\n".join(op_formula(*args, latex, set_ or [], **workload)))
 

@@ -218,12 +218,21 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
 
 
 def op_formula_data(model_name: str, op_name: str, quantity: str, phase: str,
-                    overrides: list[str], **workload) -> dict:
-    """``perfmodel formula --json``: the expressions as strings (sympy syntax) and the value
-    per layer at the workload (``batch``, ``input_len``, ``context``; a time on ``gpu`` under
-    ``engine``), in :data:`UNITS`. For ``op_name == "list"``: the ops with their class and
-    layer count."""
+                    overrides: list[str], latex: bool = False, **workload) -> dict:
+    """``perfmodel formula --json``: the expressions as strings (sympy syntax; with ``latex``,
+    also as LaTeX under ``latex``) and the value per layer at the workload (``batch``,
+    ``input_len``, ``context``; a time on ``gpu`` under ``engine``), in :data:`UNITS`. For
+    ``op_name == "list"``: the ops with their class and layer count."""
     parts = _parts(model_name, op_name, quantity, phase, overrides, **workload)
+    data = _formula_data(parts, op_name, quantity, phase)
+    if latex and op_name != "list":
+        data["latex"] = {"symbolic": sp.latex(parts["expr"]), "phase_expression": sp.latex(parts["phased"]),
+                         "with_model_numbers": sp.latex(parts["concrete"])}
+    return data
+
+
+def _formula_data(parts: dict, op_name: str, quantity: str, phase: str) -> dict:
+    """:func:`op_formula_data` of ``parts`` (:func:`_parts`), without its LaTeX."""
     if op_name == LAUNCH:
         return {"model": parts["model"].name, "op": LAUNCH, "quantity": quantity, "unit": "s",
                 "phase": phase, "per": "pass", "symbolic": str(parts["expr"]),

@@ -108,7 +108,10 @@ def test_formula_json(capsys):
     assert data["with_model_numbers"] == f"{coefficient}*B*S"
     assert data["at"] == {"B": 4, "S": 512}
     assert data["value"] == coefficient * 4 * 512 and data["unit"] == "FLOP"
-    assert data["layers_value"] == model.n_layers
+    assert data["layers_value"] == model.n_layers and "latex" not in data
+    out, _ = run(["formula", "mixtral", "--op", "moe.experts", "--quantity", "flops", "--json", "--latex",
+                  "--batch", "4", "--input-len", "512", "--engine", "roofline"], capsys)
+    assert strict_json(out)["latex"]["with_model_numbers"] == rf"{coefficient} B S"  # --latex is not dropped
     out, _ = run(["formula", "mixtral", "--op", "attn.core", "--quantity", "time", "--phase",
                   "decode", "--context", "4096", "--json"], capsys)
     data = strict_json(out)
