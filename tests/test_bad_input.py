@@ -113,6 +113,8 @@ CASES = [
     ("results-a-folder", lambda t: ["validate", "olmoe", "--results", _directory(t, "rows")],
      "is a folder; give the measured rows' JSONL file"),
     ("study-a-folder", lambda t: ["report", "paper", "--study", _directory(t, "study")], "is a folder, not a study file"),
+    ("dense-layers-beyond-the-model", lambda t: ["predict", "deepseek-v3", "--set", "first_k_dense=62"],
+     "config field 'first_k_dense_replace' (62) exceeds num_hidden_layers (61)"),
     ("calibrate-alone", lambda t: ["calibrate"], "missing command (see 'perfmodel --help')"),
     ("zero-kv-heads-by-config-name", lambda t: ["predict", "olmoe", "--set", "num_key_value_heads=0"],
      "invalid model: config field 'num_key_value_heads': Input should be greater than 0"),

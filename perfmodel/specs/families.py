@@ -437,7 +437,10 @@ class _DeepSeek(Family):
 
     def configure(self, cfg, spec, top_k):
         n_layers = spec["n_layers"]
-        first_dense = min(_int(cfg, "first_k_dense_replace", 0), n_layers)
+        first_dense = _int(cfg, "first_k_dense_replace", 0)
+        if first_dense > n_layers:
+            raise InputError(f"config field 'first_k_dense_replace' ({first_dense}) exceeds num_hidden_layers "
+                             f"({n_layers})")
         freq = _int(cfg, "moe_layer_freq", 1, minimum=1)
         n_moe = sum(1 for i in range(first_dense, n_layers) if i % freq == 0)
         spec["n_dense_layers"] = n_layers - n_moe
@@ -541,6 +544,9 @@ class Llama4Text(Family):
             n_moe = len(moe_layers)
         else:
             step = _int(cfg, "interleave_moe_layer_step", 1, minimum=1)
+            if step > n_layers:
+                raise InputError(f"config field 'interleave_moe_layer_step' ({step}) exceeds num_hidden_layers "
+                                 f"({n_layers}): no layer would route to experts")
             n_moe = sum(1 for i in range(n_layers) if (i + 1) % step == 0)
         spec["n_dense_layers"] = n_layers - n_moe
         spec["dense_intermediate"] = _int(cfg, "intermediate_size_mlp") if spec["n_dense_layers"] else 0
