@@ -86,6 +86,20 @@ def _warn(message: str) -> None:
     print(f"perfmodel: warning: {message}", file=sys.stderr)
 
 
+def _warn_beyond_positions(model: str, overrides: list[str], result) -> None:
+    """Warn where a sequence runs past the positions the model's config.json declares
+    (``max_position_embeddings``): the prediction holds as if they reached that far."""
+    from perfmodel.specs.model import load_model
+
+    limit = load_model(model, overrides).max_position
+    w = result.workload
+    longest = {"request": w.input_len + w.output_len, "prefill": w.input_len,
+               "decode": w.context if w.context is not None else w.input_len}[result.phase]
+    if limit and longest > limit:
+        _warn(f"a sequence reaches {longest:,} tokens, beyond the model's max_position_embeddings ({limit:,}): "
+              "predicted as if its positions reached that far")
+
+
 def _warn_unread(quant_method: str, how: str) -> None:
     """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`),
     and, where schemes read that method in other forms, which."""
@@ -189,6 +203,7 @@ def predict(
     unread = result.provenance.get("unread_quantization")
     if unread is not None:
         _warn_unread(unread, f"predicted unquantized at --dtype {result.workload.dtype}")
+    _warn_beyond_positions(model, set_ or [], result)
     m = result.metrics
     if not m["fits_in_memory"]:
         gib = 2**30

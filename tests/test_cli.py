@@ -203,6 +203,16 @@ def test_sweep_csv(tmp_path, capsys):
     assert math.isclose(float(row["e2e_s"]), p.metrics["e2e_s"], rel_tol=1e-9)
 
 
+def test_predict_warns_of_a_sequence_beyond_the_models_positions(capsys):
+    """S + O past max_position_embeddings is predicted, with one warning line saying so."""
+    main(["predict", "qwen3-30b-a3b", "-s", "40000", "-o", "1000", "--json"])
+    err = capsys.readouterr().err
+    assert err.strip() == ("perfmodel: warning: a sequence reaches 41,000 tokens, beyond the model's "
+                           "max_position_embeddings (40,960): predicted as if its positions reached that far")
+    main(["predict", "qwen3-30b-a3b", "-s", "39000", "-o", "1000", "--json"])
+    assert capsys.readouterr().err == ""
+
+
 def test_a_sweeps_csv_rows_stand_alone(tmp_path, capsys):
     """What the header says of every row (model, GPU, engine, phase, the workload's fixed and
     default values) is a column of the CSV too."""
