@@ -155,6 +155,9 @@ CASES = [
     ("set-empty-value", lambda t: ["predict", "mixtral", "--set", "top_k="], "empty"),
     ("set-empty-key", lambda t: ["predict", "mixtral", "--set", "=4"], "bad --set key"),
     ("set-unknown-key", lambda t: ["predict", "mixtral", "--set", "warp_factor=9"], "unknown --set key 'warp_factor'"),
+    ("set-unknown-key-names-config-fields", lambda t: ["predict", "deepseek-v2-lite", "--set", "warp_factor=9"],
+     "or a field of its config.json: first_k_dense_replace, head_dim, hidden_size, intermediate_size, kv_lora_rank, "
+     "max_position_embeddings,"),
     ("set-non-numeric", lambda t: ["predict", "mixtral", "--set", "top_k=abc"], "must be an integer"),
     ("set-bool-for-int", lambda t: ["predict", "mixtral", "--set", "top_k=true"], "must be an integer"),
     ("set-fraction-for-int", lambda t: ["predict", "mixtral", "--set", "top_k=1.5"], "must be an integer"),

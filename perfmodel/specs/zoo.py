@@ -107,6 +107,12 @@ def override_items(overrides: list[str] | dict[str, Any]) -> list[tuple[str, Any
     return list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
 
 
+def config_keys(config: dict[str, Any]) -> list[str]:
+    """The fields of a config.json that ``--set`` can change: its integer, number and true/false
+    fields (not its names, lists or nested blocks)."""
+    return [k for k, v in config.items() if isinstance(v, (bool, int, float)) and k != "model_type"]
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with overrides applied (friendly or raw field names).
 
@@ -124,8 +130,8 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
             raise InputError(f"--set {key}: a {model_type} model has no experts")
         if key not in KNOBS and name not in out and name not in OPTIONAL_FIELDS:
             raise InputError(
-                f"unknown --set key '{key}' for {model_type or 'this model'} "
-                f"(try one of: {', '.join(sorted(KNOBS))})"
+                f"unknown --set key '{key}' for {model_type or 'this model'} (try one of: "
+                f"{', '.join(sorted(KNOBS))}; or a field of its config.json: {', '.join(sorted(config_keys(out)))})"
             )
         out[name] = value
     if "num_hidden_layers" in fields:
