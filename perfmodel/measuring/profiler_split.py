@@ -54,10 +54,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from perfmodel.op_classes import ProfilerCategory
+from perfmodel.measuring.results import PROFILE_CATEGORIES
 
 #: The categories, in the order a split lists them (:class:`perfmodel.ops.ProfilerCategory`).
-CATEGORIES = tuple(c.value for c in ProfilerCategory)
+CATEGORIES = PROFILE_CATEGORIES
 
 SCOPE_PREFIX = "pm::"
 

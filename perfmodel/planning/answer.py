@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from perfmodel.host_noise import factor_range
 from perfmodel.planning.candidates import Evaluation, weights_text
-from perfmodel.planning.search import Plan, Search
+from perfmodel.planning.search import Plan, Search, plural
 from perfmodel.planning.steptime import default_graph_tokens, weight_choice
 from perfmodel.prediction import Workload, evaluate
 
@@ -283,8 +283,7 @@ def most_served(plan: Plan) -> Optional[dict[str, Any]]:
 def infeasible_message(plan: Plan) -> str:
     q = plan.question
     gpus = q.search.max_gpus
-    where = (f"within {gpus} GPU{'' if gpus == 1 else 's'} of {', '.join(q.search.gpus)} "
-             f"({', '.join(q.search.dtypes)})")
+    where = f"within {gpus} {plural(gpus, 'GPU')} of {', '.join(q.search.gpus)} ({', '.join(q.search.dtypes)})"
     near = closest(plan)
     if near is None:
         reasons = sorted({r["reason"].split(":")[0] for r in plan.rejected})

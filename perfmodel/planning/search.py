@@ -300,9 +300,9 @@ class Search:
                     self.rejected.append({"gpu": engine.gpu, "dtype": engine.dtype,
                                           "layout": _layout_dict(engine.layout), "max_num_seqs": seqs,
                                           "label": f"{top}× {engine.label()}", "max_rate_req_s": top * sat,
-                                          "reason": f"overloaded: {top} {_plural(top, 'replica')} take at "
+                                          "reason": f"overloaded: {top} {plural(top, 'replica')} take at "
                                                     f"most {top * sat:.3g} req/s within {max_gpus} "
-                                                    f"{_plural(max_gpus, 'GPU')}"})
+                                                    f"{plural(max_gpus, 'GPU')}"})
                     continue
                 near = None
                 for r in range(first, top + 1):
@@ -342,7 +342,7 @@ class Search:
         self.evaluations.extend(self._sim_cache.values())
 
 
-def _plural(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     """``noun`` for one, ``noun``s for any other count."""
     return noun if n == 1 else f"{noun}s"
 
