@@ -536,8 +536,10 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
     cached = {"request": s.S + s.O, "prefill": s.S, "decode": s.L}[phase]
     last_subs = pass_substitutions(phase, span, padded)[0][2]
     if opts.prefill_chunk_tokens is not None and phase != "decode":
-        # a chunked prefill's passes hold at most M_chunk tokens: its activation peak is one chunk's
-        last_subs = {**last_subs, s.T: Min(last_subs[s.T], s.M_chunk)}
+        # a chunked prefill's passes hold at most M_chunk tokens: its activation peak is one chunk's,
+        # the cached tokens its sequences read (B·C rows an MLA latent cache re-expands) one chunk's too
+        last_subs = {**last_subs, s.T: Min(last_subs[s.T], s.M_chunk),
+                     **{c: Min(last_subs[c], s.M_chunk / s.B) for c in (s.C, s.Cw) if c in last_subs}}
     totals.update(
         weights_bytes=weights_bytes(prefill_graph),
         kv_cache_bytes=kv_cache_bytes(any_graph, cached),

@@ -93,6 +93,17 @@ def test_a_batch_far_above_the_engines_limit_runs_waves_as_large_as_a_smaller_on
     assert list(table["concurrent_sequences"]) == [runs[0]["concurrent_sequences"]] * 2
 
 
+def test_an_mla_prefill_chunk_reads_one_chunks_context():
+    """A chunked prefill's activation peak is one chunk's, MLA's re-expanded context (B·C rows of
+    attn.kv_b_proj) included: a larger batch of long prompts never runs fewer sequences at once
+    (DeepSeek-V2-Lite at 32,768-token prompts had run 26 at B = 256 against 64 at B = 64, and none
+    at B = 512)."""
+    runs = [predict("deepseek-v2-lite", batch=b, input_len=32768, output_len=128).metrics for b in (64, 128, 512)]
+    assert all(m["fits_in_memory"] for m in runs)
+    assert len({m["activation_bytes"] for m in runs}) == 1  # one chunk's, whatever B
+    assert runs[1]["concurrent_sequences"] == runs[2]["concurrent_sequences"] >= runs[0]["concurrent_sequences"]
+
+
 def test_not_even_one_sequence_keeps_the_whole_batch_result():
     long = dict(batch=4, input_len=327680, output_len=8192)  # one sequence's KV cache > what is left
     m, before = predict("mixtral", **long).metrics, one_wave("mixtral-8x7b", **long).metrics
