@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from perfmodel.host_noise import factor_range
 from perfmodel.planning.candidates import Evaluation, weights_text
-from perfmodel.planning.search import Plan, Search, plural
+from perfmodel.planning.search import Plan, Search, choose, plural
 from perfmodel.planning.steptime import default_graph_tokens, weight_choice
 from perfmodel.prediction import Workload, evaluate
 
@@ -26,8 +26,8 @@ def rate_sweep(search: Search, chosen: Evaluation) -> list[dict[str, Any]]:
         rate = search.rate * x
         if chosen.kind == "disaggregated":
             p, d = chosen.pools
-            ev = simulate_pair(search, chosen.setups[0], p.engine, p.replicas, chosen.details["kv_transfer_s"],
-                               chosen.setups[1], d.engine, d.replicas, rate=rate)
+            ev = simulate_pair(search, chosen.setups[0], p.engine, p.replicas, chosen.setups[1], d.engine,
+                               d.replicas, rate=rate)
         else:
             pool = chosen.pools[0]
             ev = search.simulated(chosen.setups[0], pool.engine, pool.replicas, rate=rate)
@@ -59,7 +59,7 @@ def point(ev: Evaluation, rate: float, mean_in: float, mean_out: float) -> dict[
     """One candidate as a frontier point."""
     out_tok = rate * mean_out
     tpot = ev.metrics["tpot"]["mean"]
-    return {"label": ev.label(), "kind": ev.kind, "gpu": "+".join(sorted({p.engine.gpu for p in ev.pools})),
+    return {"label": ev.label(), "kind": ev.kind, "gpu": _gpu_label(ev),
             "dtype": weights_label(ev), "gpus": ev.gpus, "usd_per_hour": ev.usd_per_hour, "source": ev.source, "meets": ev.meets,
             "outcome": ev.outcome,
             "output_tok_s_per_gpu": out_tok / ev.gpus,
@@ -74,25 +74,37 @@ CHOICES = ("dtype", "gpu")
 
 def cheapest_by(plan: Plan, points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any] | None]]:
     """For each choice the search varied (:data:`CHOICES`: the weights' dtype or scheme with the
-    KV cache's, the GPU type), each option's cheapest candidate that meets every SLO ($/h, then $
-    per million output tokens, then a simulated one before one from the closed form; from
-    ``points``), None where none of its candidates does: what fp8, or another GPU, buys at this
-    traffic."""
+    KV cache's, the GPU type), each option's answer: its candidates' cheapest simulated deployment
+    meeting every SLO, as :func:`~perfmodel.planning.search.choose` picks the whole answer (ties:
+    fewer GPUs, more headroom); where none was simulated meeting them, its cheapest from the
+    closed form (``source``: closed form); None where no candidate of it meets them: what fp8, or
+    another GPU, buys at this traffic."""
     # every (GPU, dtype, layout, KV dtype) the search set up, evaluated or rejected early, and pairs
     options = {"dtype": {weights_text(dtype, kv) for _, dtype, _, kv in plan.setups}
                | {weights_label(ev) for ev in plan.evaluations},
-               "gpu": {gpu for gpu, *_ in plan.setups}
-               | {"+".join(sorted({p.engine.gpu for p in ev.pools})) for ev in plan.evaluations}}
+               "gpu": {gpu for gpu, *_ in plan.setups} | {_gpu_label(ev) for ev in plan.evaluations}}
+    of = {"dtype": weights_label, "gpu": _gpu_label}
+    rate = plan.question.traffic.rate
     out: dict[str, dict[str, dict[str, Any] | None]] = {}
     for choice in CHOICES:
         if len(options[choice]) < 2:
             continue
         out[choice] = {}
         for option in sorted(options[choice]):
+            mine = [ev for ev in plan.evaluations if of[choice](ev) == option]
+            simulated = choose(mine)
+            if simulated is not None:
+                out[choice][option] = point(simulated, rate, plan.mean_in, plan.mean_out)
+                continue
             meeting = [p for p in points if p[choice] == option and p["meets"]]
             out[choice][option] = min(meeting, default=None, key=lambda p: (
-                p["usd_per_hour"], p["usd_per_million_output_tokens"], p["source"] != "simulation"))
+                p["usd_per_hour"], p["usd_per_million_output_tokens"]))
     return out
+
+
+def _gpu_label(ev: Evaluation) -> str:
+    """A candidate's GPU type, as its point gives it (a pair of two types joined by +)."""
+    return "+".join(sorted({p.engine.gpu for p in ev.pools}))
 
 
 def frontier_points(plan: Plan) -> list[dict[str, Any]]:
@@ -240,8 +252,13 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                "modelled as pp interleaved micro-batch streams. Prices are examples "
                "(specs/prices.yaml): edit them.")
     if ev is not None and ev.kind == "disaggregated":
-        out.append("Disaggregated pools move each prompt's KV cache over the GPU's scale-up link "
-                   "(both pools in one NVLink domain); across nodes set --kv-link-gb-s.")
+        link = (f"the network at {plan.question.search.kv_link_gb_s:g} GB/s per GPU (--kv-link-gb-s)"
+                if plan.question.search.kv_link_gb_s else "the GPU's scale-up link (both pools in one NVLink "
+                "domain; pools on other nodes or of two GPU types need --kv-link-gb-s)")
+        out.append(f"Disaggregated pools move each prompt's KV cache over {link}: "
+                   f"{ev.details['kv_transfer_s'] * 1e3:.2f} ms a request at the mean prompt, the link "
+                   f"{100 * ev.details['kv_link_utilization']:.0f}% busy, {ev.details['kv_wait_s'] * 1e3:.2f} ms "
+                   "of mean wait (M/D/1), all in TTFT.")
     return list(dict.fromkeys(out))  # two pools on one GPU type say the same
 
 
@@ -351,6 +368,10 @@ def answer(plan: Plan, sweep: bool = True) -> dict[str, Any]:
                        "output_tokens_per_s": out_tok * good if good is not None else None,
                        "definition": "requests within TTFT <= the largest TTFT target, TPOT <= the "
                                      "largest ITL target, E2E <= the E2E target (as vllm bench serve --goodput)"}
+    if ev.kind == "disaggregated":
+        data["kv_transfer"] = {"transfer_s": ev.details["kv_transfer_s"], "mean_wait_s": ev.details["kv_wait_s"],
+                               "link_utilization": ev.details["kv_link_utilization"],
+                               "link_gb_s": q.search.kv_link_gb_s}
     data["margins"] = margins(plan, ev)
     data["profile"] = prov
     data["simulation"] = {"measured_requests": ev.details.get("measured_requests"),

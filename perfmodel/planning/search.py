@@ -44,6 +44,9 @@ CLOSED_FORM_TOLERANCE = 1.3
 #: Closed-form evaluations kept per configuration for the report (the first few replica
 #: counts, and the one that may meet the SLOs).
 _KEPT_PER_CONFIG = 6
+#: Configurations as cheap as the best simulated one that are simulated too, so that a tie goes
+#: to the one with the most headroom (:func:`choose`), not to the first the search happened on.
+_TIES_SIMULATED = 4
 
 Progress = Callable[[str, float], None]
 
@@ -127,6 +130,7 @@ class Search:
         self.evaluations: list[Evaluation] = []
         self.rejected: list[dict[str, Any]] = []
         self.simulations = 0
+        self._plans: list = []
         self._sim_cache: dict[tuple, Evaluation] = {}
         self._engine_steps: dict[tuple, tuple[StepTimes, ServingCurve]] = {}
         abort = max(self.targets.values()) * 5.0 if self.targets else 60.0
@@ -318,11 +322,40 @@ class Search:
                     continue
                 plans.append((near * engine.gpus * setup.offer.usd_per_gpu_hour, setup, engine, near, first))
         plans.sort(key=lambda p: (p[0], p[2].gpus, -p[2].max_num_seqs))
+        self._plans = plans
+        self._simulate_cheapest(plans)
+        self.evaluations.extend(self._sim_cache.values())
+
+    def verify_options(self) -> None:
+        """Simulate, for each weights' dtype and each GPU type that the search offered, its cheapest
+        configurations the closed form passes, where none of that option's was simulated meeting
+        the SLOs: what the answer sets beside the chosen one (``cheapest_by``) is then simulated
+        too, not the closed form's guess."""
+        for option in (lambda e: e.weights_label(), lambda e: e.gpu):
+            groups: dict[str, list] = {}
+            for plan in self._plans:
+                groups.setdefault(option(plan[2]), []).append(plan)
+            if len(groups) < 2:
+                continue
+            met = {option(ev.pools[0].engine) for ev in self._sim_cache.values() if ev.meets}
+            for name, plans in groups.items():
+                if name not in met:
+                    self._simulate_cheapest(plans)
+        known = {id(ev) for ev in self.evaluations}
+        self.evaluations.extend(ev for ev in self._sim_cache.values() if id(ev) not in known)
+
+    def _simulate_cheapest(self, plans: list) -> None:
+        """Simulate ``plans`` (cost, setup, engine, replicas the closed form passes, fewest replicas
+        that keep up), cheapest first, each grown or shrunk to the fewest replicas meeting the
+        SLOs, until the cheapest meeting them is found (and up to :data:`_TIES_SIMULATED` as cheap)."""
         best: Optional[Evaluation] = None
+        ties = 0
         for i, (cost, setup, engine, near, first) in enumerate(plans):
             self.progress("simulations", (i + 1) / len(plans))
-            if best is not None and cost >= best.usd_per_hour:
+            if best is not None and (cost > best.usd_per_hour + 1e-9 or ties >= _TIES_SIMULATED):
                 continue
+            if best is not None:  # as cheap as the best so far: simulated for its headroom
+                ties += 1
             r = near
             ev = self.simulated(setup, engine, r)
             if ev.meets:
@@ -339,7 +372,6 @@ class Search:
                     ev = self.simulated(setup, engine, r)
             if ev.meets and (best is None or ev.usd_per_hour < best.usd_per_hour):
                 best = ev
-        self.evaluations.extend(self._sim_cache.values())
 
 
 def plural(n: int, noun: str) -> str:
@@ -368,10 +400,12 @@ def run_search(question: PlanQuestion, progress: Optional[Progress] = None) -> P
     search.build_setups()
     t_tables = time.perf_counter()
     search.colocated()
+    search.verify_options()
     t_colocated = time.perf_counter()
-    if question.search.disaggregation:
-        best = choose(search.evaluations)
-        search.evaluations.extend(disaggregated(search, best))
+    if question.search.disaggregation:  # each GPU type's pairs against its own cheapest colocated answer
+        best = {offer.name: choose([e for e in search.evaluations if e.pools[0].engine.gpu == offer.name])
+                for offer in search.offers}
+        search.evaluations.extend(disaggregated(search, {**best, None: choose(search.evaluations)}))
     chosen = choose(search.evaluations)
     done = time.perf_counter()
     return Plan(question=question, model=search.model, evaluations=search.evaluations,
