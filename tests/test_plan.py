@@ -286,6 +286,20 @@ def test_a_tie_in_cost_goes_to_the_most_headroom():
     assert max(plan.chosen.ratios.values()) == min(max(ev.ratios.values()) for ev in same)
 
 
+def test_a_checkpoint_stored_quantized_is_planned_under_its_schemes_name():
+    """DeepSeek-V3's checkpoint is fp8 in blocks: --dtype bf16 runs it so, and the answer says
+    fp8-block (not bf16, which does not fit the GPUs it names); --dtype none is the model in bf16."""
+    from perfmodel.planning.question import PlanQuestion
+    from perfmodel.planning.search import Search, stored_choices
+    from perfmodel.specs.model import load_model
+
+    assert stored_choices(load_model("deepseek-v3"), ["bf16", "fp8-block", "fp8", "none"]) == [
+        "fp8-block", "fp8", "none"]
+    assert stored_choices(load_model("mixtral-8x7b"), ["bf16", "fp8"]) == ["bf16", "fp8"]
+    q = PlanQuestion(model="deepseek-v3", traffic={"rate": 1}, search={"gpus": ["h200"], "dtypes": ["bf16"]})
+    assert Search(q).q.search.dtypes == ["fp8-block"]
+
+
 def test_lengths_from_percentiles_and_from_a_file(tmp_path):
     import numpy as np
 
@@ -456,9 +470,9 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
 
 
 def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(monkeypatch):
-    """gpt-oss-120b's checkpoint keeps its experts in MXFP4: its bf16 candidates run it so (one
-    H200 holds it), the caveats say it, and the bf16 serving band does not apply, unless served
-    runs of the checkpoint's own scheme were checked within it."""
+    """gpt-oss-120b's checkpoint keeps its experts in MXFP4: its candidates at bf16 run it so (one
+    H200 holds it) and are labelled mxfp4-moe, the caveats say it, and the bf16 serving band does
+    not apply, unless served runs of the checkpoint's own scheme were checked within it."""
     from perfmodel.planning.answer import answer
     from perfmodel.planning.question import PlanQuestion
     from perfmodel.planning.search import run_search
@@ -468,10 +482,10 @@ def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(mo
                      slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"max_gpus": 1, "gpus": ["h200"]},
                      simulation={"requests": 60, "warmup": 20})
     data = answer(run_search(q), sweep=False)
-    assert data["chosen"]["gpus"] == 1 and data["chosen"]["dtype"] == "bf16"
+    assert data["chosen"]["gpus"] == 1 and data["chosen"]["dtype"] == "mxfp4-moe"
     assert any("stored in mxfp4-moe" in c and "experts quantized" in c for c in data["caveats"])
     (p,) = data["profile"]
-    assert p["serving_error_band"] is None and "not in the checkpoint's mxfp4-moe" in p["serving_error_band_note"]
+    assert p["serving_error_band"] is None and "measured in bf16" in p["serving_error_band_note"]
     schemes = load_profile("vllm", "h200-sxm").serving_error_band.schemes
     monkeypatch.setitem(schemes, "mxfp4-moe", ServingSchemeCheck(runs=3, within=True))
     (p,) = answer(run_search(q), sweep=False)["profile"]

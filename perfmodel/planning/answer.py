@@ -129,7 +129,6 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     deployment lies where it was measured (one engine on one GPU of the profile's own type, in
     the dtype of its fit, prefill and decode colocated), and a line saying so or why not."""
     from perfmodel.prediction import band_scope
-    from perfmodel.quantization import dtype_aliases
 
     band = setup.profile.serving_error_band
     if band is None:
@@ -142,8 +141,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     if pool.engine.layout.gpus != 1:
         outside.append("measured on one GPU per engine")
     kv = setup.kv_dtype if setup.kv_dtype not in (None, own) else None
-    stored = plan.model.quantization if plan.model.quantization and setup.dtype not in dtype_aliases() else None
-    scheme = weights_text(stored or setup.dtype, kv)  # a checkpoint runs as it is stored
+    scheme = weights_text(setup.dtype, kv)  # a checkpoint stored quantized is searched as its scheme
     check = band.schemes.get(scheme) if own is not None and scheme != own else None
     checked = ""
     if check is not None:  # a scheme whose serving runs were checked against the band
@@ -158,8 +156,6 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     else:
         if own not in (None, setup.dtype):
             outside.append(f"measured in {own}")
-        elif stored:
-            outside.append(f"measured unquantized, not in the checkpoint's {stored}")
         if kv is not None:
             outside.append(f"measured with a {own} KV cache, not {kv}")
     if ev.kind != "colocated":
@@ -220,9 +216,9 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
 
         layers = ", ".join(load_schemes()[plan.model.quantization].layers)
         out.append(f"{plan.model.name}'s checkpoint is stored in {plan.model.quantization} (its config.json's "
-                   f"quantization_config: {layers} quantized): a candidate labelled bf16 runs it so, the "
-                   "other layers in bf16; one at an alias dtype (fp8) runs the alias's scheme on every "
-                   "linear layer instead.")
+                   f"quantization_config: {layers} quantized): --dtype bf16 runs it so, the other layers in "
+                   f"bf16, and its candidates are labelled {plan.model.quantization}; one at an alias dtype "
+                   "(fp8) runs the alias's scheme on every linear layer instead, and --dtype none all in bf16.")
     if plan.model.unread_quantization:
         out.append(f"{plan.model.name}'s config.json carries a quantization_config no scheme describes "
                    f"(quant_method '{plan.model.unread_quantization}'): a candidate labelled bf16 runs it "

@@ -100,6 +100,17 @@ def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]
     return out
 
 
+def stored_choices(model, dtypes: list[str]) -> list[str]:
+    """The weight choices as the model runs them: a plain dtype that is no scheme's alias (bf16)
+    is, for a checkpoint stored quantized, its checkpoint's scheme (DeepSeek-V3's fp8-block), as
+    predict takes it (:meth:`perfmodel.prediction.Workload.stored_as`); each choice once."""
+    from perfmodel.quantization import dtype_aliases
+
+    stored = model.quantization
+    plain = [stored if stored and d in DTYPE_BYTES and d not in dtype_aliases() else d for d in dtypes]
+    return list(dict.fromkeys(plain))
+
+
 class Search:
     """State of one planning run (see the module docstring)."""
 
@@ -111,6 +122,10 @@ class Search:
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
             weight_choice(dtype)  # a dtype or a quantization scheme, else refused
+        stored = stored_choices(self.model, question.search.dtypes)
+        if stored != question.search.dtypes:  # the answer names the weights it runs
+            question = question.model_copy(update={"search": question.search.model_copy(update={"dtypes": stored})})
+            self.q = question
         for kv_dtype in question.search.kv_dtypes:
             check_choice("kv_dtype", kv_dtype, DTYPE_BYTES, optional=True)
         prices = load_prices(question.prices)
