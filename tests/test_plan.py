@@ -106,6 +106,8 @@ def test_an_overloaded_search_names_the_configuration_that_serves_most(capsys):
 TRAFFIC = Path(__file__).resolve().parent.parent / "validate" / "traffic"
 
 BAD = [
+    ("transformers' engine", ["plan", "mixtral", "--rate", "5", "--engine", "hf"],
+     "plan simulates vLLM's continuous batching"),
     ("empty list item", ["plan", "mixtral", "--rate", "5", "--gpu", "h200,,h100"],
      "--gpu 'h200,,h100': an empty value between commas"),
     ("repeated list item", ["plan", "mixtral", "--rate", "5", "--dtype", "bf16,bf16"], "gives bf16 more than once"),
@@ -298,6 +300,20 @@ def test_a_checkpoint_stored_quantized_is_planned_under_its_schemes_name():
     assert stored_choices(load_model("mixtral-8x7b"), ["bf16", "fp8"]) == ["bf16", "fp8"]
     q = PlanQuestion(model="deepseek-v3", traffic={"rate": 1}, search={"gpus": ["h200"], "dtypes": ["bf16"]})
     assert Search(q).q.search.dtypes == ["fp8-block"]
+
+
+def test_an_answer_near_its_limit_says_so(capsys):
+    """The README's percentile example meets ITL p50 30 ms while most requests' own TPOT is above
+    it and the KV cache fills: the answer's caveats say it runs near its limit, and why."""
+    code, out, _ = _run(["plan", "qwen3-30b-a3b", "--rate", "8", "--input-len", "p50=800,p90=3000", "--output-len",
+                         "p50=200,p90=600", "--ttft-p99", "2", "--itl-p50", "0.03", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["goodput"]["fraction"] < 0.5
+    (near,) = [c for c in data["caveats"] if c.startswith("The chosen deployment runs near its limit")]
+    assert f"only {data['goodput']['fraction']:.0%} of requests meet their own" in near
+    relaxed = json.loads(_run(["plan", "qwen3-30b-a3b", "--rate", "1", "--ttft-p90", "5", "--itl-p90", "0.2",
+                               "--json"], capsys)[1])
+    assert not [c for c in relaxed["caveats"] if "near its limit" in c]
 
 
 def test_lengths_from_percentiles_and_from_a_file(tmp_path):

@@ -203,6 +203,34 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
+#: Below this share of requests within their own SLOs (goodput), or this close to the KV cache's
+#: capacity or the closed form's saturation rate, the answer says the deployment runs near its limit.
+GOODPUT_WARN, KV_FULL_WARN, UTILIZATION_WARN = 0.5, 0.95, 0.85
+
+
+def near_limit(plan: Plan, ev: Optional[Evaluation]) -> list[str]:
+    """A caveat where the chosen deployment meets the percentile targets near its limit: most
+    requests missing their own SLOs (goodput), its KV cache full (preempting), or its rate close
+    to the closed form's saturation; empty otherwise."""
+    if ev is None:
+        return []
+    d, why = ev.details, []
+    good = d.get("goodput_fraction")
+    if good is not None and good < GOODPUT_WARN:
+        why.append(f"only {good:.0%} of requests meet their own TTFT/TPOT/E2E targets (goodput), though the "
+                   "percentile targets hold")
+    if (d.get("peak_kv_fraction") or 0) >= KV_FULL_WARN:
+        why.append(f"its KV cache fills ({d['peak_kv_fraction']:.0%} at the peak, {d.get('preemptions') or 0} "
+                   "preemptions)")
+    sat = d.get("saturation_rate_per_replica")
+    if ev.kind == "colocated" and sat:
+        share = d.get("rate", plan.question.traffic.rate) / ev.pools[0].replicas / sat
+        if share >= UTILIZATION_WARN:
+            why.append(f"each replica takes {share:.0%} of the rate the closed form saturates it at")
+    return [f"The chosen deployment runs near its limit: {'; '.join(why)}; a little more traffic, or a "
+            "slower host, breaks its targets (see rate_sweep)."] if why else []
+
+
 def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) -> list[str]:
     out = ["Serving latencies come from a simulation of vLLM-style continuous batching (chunked "
            "prefill, max_num_seqs, KV-cache preemption; asynchronous scheduling where the engine "
@@ -211,6 +239,7 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
            "--serving): not on other GPUs, several GPUs or disaggregated pools. Past saturation the "
            "check is weaker: the capacity of a small model with max_num_seqs sequences running and a "
            "long queue came out above the measured one (the validation report states by how much)."]
+    out += near_limit(plan, ev)
     if plan.model.quantization:
         from perfmodel.quantization import load_schemes
 

@@ -130,6 +130,10 @@ class Search:
             check_choice("kv_dtype", kv_dtype, DTYPE_BYTES, optional=True)
         prices = load_prices(question.prices)
         self.offers = offers(question.search.gpus, prices, question.prices, require_price=priced)
+        engine = load_profile(question.engine, self.offers[0].gpu.name).engine
+        if engine == "hf":
+            raise InputError(f"--engine {question.engine} times transformers' fixed batches; plan simulates "
+                             "vLLM's continuous batching: use --engine vllm (or roofline, its bound)")
         self.lengths = Lengths(question.traffic)
         self.mean_in, self.mean_out = self.lengths.means()
         self.longest = self.lengths.longest()
