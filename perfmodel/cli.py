@@ -511,7 +511,7 @@ def sweep(
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
 
-    swept_gpus = ", ".join(str(g) for g in axes["gpu"]) if "gpu" in axes else None
+    swept_gpus = ", ".join(load_gpu(str(g)).name for g in axes["gpu"]) if "gpu" in axes else None
     # the workload a row stands at, defaults included, where the grid does not set it
     shape = {k: v for k, v in {"batch": Workload.batch, "input_len": Workload.input_len,
                                "output_len": Workload.output_len, **fixed}.items() if k not in axes}

@@ -72,7 +72,7 @@ def test_a_swept_gpu_is_named_in_the_header(capsys):
 
     main(["sweep", "mixtral", "--grid", "gpu=h100,h200", "--grid", "batch=1"])
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("mixtral on h100, h200 ·")
+    assert out.splitlines()[0].startswith("mixtral-8x7b on h100-sxm, h200-sxm ·")
 
 
 def test_a_grid_point_predict_refuses_is_refused(capsys):
