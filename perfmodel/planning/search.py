@@ -133,7 +133,8 @@ class Search:
         engine = load_profile(question.engine, self.offers[0].gpu.name).engine
         if engine == "hf":
             raise InputError(f"--engine {question.engine} times transformers' fixed batches; plan simulates "
-                             "vLLM's continuous batching: use --engine vllm (or roofline, its bound)")
+                             "vLLM's continuous batching: use --engine vllm (or roofline, its uncalibrated "
+                             "estimate)")
         self.lengths = Lengths(question.traffic)
         self.mean_in, self.mean_out = self.lengths.means()
         self.longest = self.lengths.longest()
@@ -427,7 +428,7 @@ def run_search(question: PlanQuestion, progress: Optional[Progress] = None) -> P
         search.evaluations.extend(disaggregated(search, {**best, None: choose(search.evaluations)}))
     chosen = choose(search.evaluations)
     done = time.perf_counter()
-    return Plan(question=question, model=search.model, evaluations=search.evaluations,
+    return Plan(question=search.q, model=search.model, evaluations=search.evaluations,
                 rejected=search.rejected, chosen=chosen, mean_in=search.mean_in,
                 mean_out=search.mean_out, setups=search.setups, simulations=search.simulations,
                 search=search,
