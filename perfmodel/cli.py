@@ -82,6 +82,13 @@ def make_console():
     return Console() if sys.stdout.isatty() else Console(width=_FILE_WIDTH)
 
 
+#: The parallel degrees' help (:mod:`perfmodel.specs.layout`): GPUs used = tp·ep·pp.
+_TP_HELP = "Tensor-parallel GPUs: heads and FFN widths split over them."
+_EP_HELP = ("Expert-parallel groups of tp GPUs each, the routed experts split over them: GPUs = tp·ep·pp "
+            "(not vLLM's --enable-expert-parallel, which reuses the tp GPUs).")
+_PP_HELP = "Pipeline stages: the layers split evenly over them."
+
+
 def _warn(message: str) -> None:
     print(f"perfmodel: warning: {message}", file=sys.stderr)
 
@@ -147,9 +154,9 @@ def predict(
     input_len: int = typer.Option(128, "--input-len", "-s", help="Input tokens per sequence (S)."),
     output_len: int = typer.Option(128, "--output-len", "-o", help="Output tokens per sequence (O)."),
     context: Optional[int] = typer.Option(None, "--context", "-l", help="Decode context L (default S)."),
-    tp: int = typer.Option(1, "--tp"),
-    ep: int = typer.Option(1, "--ep"),
-    pp: int = typer.Option(1, "--pp"),
+    tp: int = typer.Option(1, "--tp", help=_TP_HELP),
+    ep: int = typer.Option(1, "--ep", help=_EP_HELP),
+    pp: int = typer.Option(1, "--pp", help=_PP_HELP),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights: fp32, bf16, fp16, fp8, int8, fp4."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype (default bf16/dtype)."),
     skew: float = typer.Option(0.0, "--skew", help="Routing skew in [0, 1] (0 = uniform)."),
@@ -438,9 +445,9 @@ def sweep(
     input_len: Optional[int] = typer.Option(None, "--input-len", "-s", help="S (default 128)."),
     output_len: Optional[int] = typer.Option(None, "--output-len", "-o", help="O (default 128)."),
     context: Optional[int] = typer.Option(None, "--context", "-l", help="Decode context L (default S)."),
-    tp: Optional[int] = typer.Option(None, "--tp"),
-    ep: Optional[int] = typer.Option(None, "--ep"),
-    pp: Optional[int] = typer.Option(None, "--pp"),
+    tp: Optional[int] = typer.Option(None, "--tp", help=_TP_HELP),
+    ep: Optional[int] = typer.Option(None, "--ep", help=_EP_HELP),
+    pp: Optional[int] = typer.Option(None, "--pp", help=_PP_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights dtype (default bf16)."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype"),
     skew: Optional[float] = typer.Option(None, "--skew"),
