@@ -510,6 +510,13 @@ def sweep(
     misfits = int((~table["fits_in_memory"]).sum())
     if misfits:
         _warn(f"{misfits:,} of {len(table):,} rows do not fit in memory (fits_in_memory False)")
+    import numpy as np
+
+    numbers = table.select_dtypes("number")
+    broken = [c for c in numbers.columns if not np.isfinite(numbers[c].to_numpy(dtype=float)).all()]
+    if broken:
+        _warn(f"some rows hold a number that is not finite ({', '.join(broken)}): a formula met a value it "
+              "does not cover there")
     in_waves = int((table["kv_waves"] > 1).sum()) if "kv_waves" in table else 0
     if in_waves:
         _warn(f"{in_waves:,} of {len(table):,} rows run their batch in KV-cache waves (kv_waves > 1): "

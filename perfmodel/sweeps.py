@@ -15,7 +15,6 @@ vectorized like the workload keys.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from dataclasses import dataclass, replace
@@ -477,7 +476,6 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         draft_base = draft and numeric_values(draft, gpu_spec, profile, draft_workload(point_workload, draft))
         setups.append((gpu_spec, profile, point_workload,
                        numeric_values(models.specs[0], gpu_spec, profile, point_workload), draft, draft_base))
-    quiet = not keep_all or len(models.specs) > 1
     metric_parts: list[dict[str, np.ndarray]] = []
     for gpu_spec, profile, point_workload, base_values, draft, draft_base in setups:
         capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
@@ -502,8 +500,9 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                 return outputs
 
             # the open mesh evaluates invalid combinations (and other structures' models) too,
-            # dropped below: no warnings for them
-            with np.errstate(divide="ignore", invalid="ignore") if quiet else contextlib.nullcontext():
+            # dropped below, and every branch of a step function's numpy.where: no warnings for
+            # them (a number that is not finite in a row kept is said by the command line)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 outputs = run(values)
                 if phase == "request":
                     # B over the whole grid: the points in waves index every input of ``run``

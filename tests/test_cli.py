@@ -224,6 +224,27 @@ def test_a_sweeps_csv_rows_stand_alone(tmp_path, capsys):
         ("mixtral-8x7b", "h100-sxm", "vllm", "request", "128", "64")}
 
 
+def test_a_sweep_says_so_when_a_row_holds_a_number_that_is_not_finite(capsys, monkeypatch):
+    """numpy's warnings of the open mesh's discarded branches stay quiet; a kept row whose metric
+    is not finite is said in one line."""
+    import numpy as np
+
+    from perfmodel import sweeps
+
+    real = sweeps.sweep
+
+    def with_a_nan(*args, **kwargs):
+        table = real(*args, **kwargs)
+        table.loc[table.index[0], "ttft_s"] = np.nan
+        return table
+
+    main(["sweep", "olmoe", "--grid", "batch=1,2", "--json"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sweeps, "sweep", with_a_nan)
+    main(["sweep", "olmoe", "--grid", "batch=1,2", "--json"])
+    assert "some rows hold a number that is not finite (ttft_s)" in capsys.readouterr().err
+
+
 def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
     """A row whose batch the KV cache does not hold at once runs in waves; the sweep says how many
     rows do, on stderr (their E2E is several waves')."""
