@@ -28,7 +28,7 @@ from perfmodel.planning.question import Lengths, PlanQuestion
 from perfmodel.planning.serving import ServingCurve, SteadyState, serving_curve
 from perfmodel.planning.simulate import EngineLimits, SimResult, poisson_requests, simulate
 from perfmodel.planning.steptime import StepTimes, build_step_times, default_graph_tokens, weight_choice
-from perfmodel.prediction import DTYPE_BYTES, check_choice
+from perfmodel.prediction import DTYPE_BYTES, Workload, check_choice
 from perfmodel.profile import EngineProfile, load_profile
 from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import ModelSpec, load_model
@@ -101,14 +101,15 @@ def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]
 
 
 def stored_choices(model, dtypes: list[str]) -> list[str]:
-    """The weight choices as the model runs them: a plain dtype that is no scheme's alias (bf16)
-    is, for a checkpoint stored quantized, its checkpoint's scheme (DeepSeek-V3's fp8-block), as
-    predict takes it (:meth:`perfmodel.prediction.Workload.stored_as`); each choice once."""
-    from perfmodel.quantization import dtype_aliases
-
-    stored = model.quantization
-    plain = [stored if stored and d in DTYPE_BYTES and d not in dtype_aliases() else d for d in dtypes]
-    return list(dict.fromkeys(plain))
+    """The weight choices as the model runs them: a choice that names no scheme (bf16) is, for a
+    checkpoint stored quantized, its checkpoint's scheme (DeepSeek-V3's fp8-block), as predict
+    takes it (:meth:`perfmodel.prediction.Workload.stored_as`); each choice once."""
+    out = []
+    for choice in dtypes:
+        asked = Workload(**weight_choice(choice))
+        stored = asked.stored_as(model).quant
+        out.append(stored if asked.quant is None and stored is not None else choice)
+    return list(dict.fromkeys(out))
 
 
 class Search:
