@@ -354,6 +354,21 @@ def test_engine_process_is_part_of_the_point_id_and_sets_vllms_variable(monkeypa
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"  # CUDA is initialised here already
 
 
+def test_a_tile_folder_is_part_of_the_point_id_and_sets_vllms_variable(monkeypatch, tmp_path):
+    import os
+
+    assert "moe_cfg" not in vb.point_settings()  # vLLM's own tile files: ids as before
+    own = build_points(["phi-3.5-moe"], [1], [[128]], backend="vllm", settings=vb.point_settings())[0]
+    tiles = build_points(["phi-3.5-moe"], [1], [[128]], backend="vllm",
+                         settings=vb.point_settings(moe_config_dir=str(tmp_path)))[0]
+    assert f"moe_cfg={tmp_path.resolve()}" in tiles.point_id and "moe_cfg" not in own.point_id
+    monkeypatch.setenv(vb.TILE_FOLDER_ENV, "/left/over")
+    assert vb.apply_moe_configs(own) is None and vb.TILE_FOLDER_ENV not in os.environ
+    assert vb.apply_moe_configs(tiles) == str(tmp_path.resolve()) == os.environ[vb.TILE_FOLDER_ENV]
+    with pytest.raises(ValueError, match="not allowed"):
+        vb.point_settings(moe_config_dir="/tmp/a|b")
+
+
 def test_the_kv_cache_dtype_is_part_of_the_point_id_the_engine_arguments_and_the_workload(tmp_path):
     from perfmodel.measuring.compare import model_workload, row_kv_dtype
 
@@ -388,6 +403,10 @@ def test_the_kv_cache_dtype_is_part_of_the_point_id_the_engine_arguments_and_the
     (["--backend", "vllm", "--passes", "2", "--serving"],
      "--passes must be >= 1, and applies to offline runs (not --serving)"),
     (["--passes", "0"], "--passes must be >= 1, and applies to offline runs (not --serving)"),
+    (["--moe-config-dir", "."], "--moe-config-dir applies to offline --backend vllm runs only"),
+    (["--backend", "vllm", "--moe-config-dir", ".", "--serving"],
+     "--moe-config-dir applies to offline --backend vllm runs only"),
+    (["--backend", "vllm", "--moe-config-dir", "no-such-folder"], "--moe-config-dir no-such-folder: no such folder"),
 ])
 def test_engine_setting_refusals_are_one_line(args, message, capsys):
     from perfmodel.commands import main

@@ -138,6 +138,17 @@ def _check_kv_cache_dtype(backend: str, kv_cache_dtype: str) -> None:
         raise InputError("--kv-cache-dtype applies to --backend vllm")
 
 
+def _check_moe_config_dir(backend: str, folder: Optional[Path], serving: bool) -> Optional[Path]:
+    """Refuse (one line) ``--moe-config-dir`` outside offline vLLM runs or naming no folder."""
+    if not isinstance(folder, Path):  # not given, or called directly
+        return None
+    if backend != "vllm" or serving:
+        raise InputError("--moe-config-dir applies to offline --backend vllm runs only")
+    if not folder.is_dir():
+        raise InputError(f"--moe-config-dir {folder}: no such folder")
+    return folder
+
+
 def _check_engine_process(backend: str, engine_process: bool, profile: bool, serving: bool) -> bool:
     """Refuse (one line) ``--engine-process`` outside offline vLLM runs, and with ``--profile``
     (the profiler sees only this process's kernels); returns the flag."""
@@ -208,6 +219,9 @@ def measure(
     engine_process: bool = typer.Option(False, "--engine-process",
                                         help="vllm: the engine core in a process of its own (vLLM's default; "
                                              "without it, as the environment says). Point ids gain mp=1."),
+    moe_config_dir: Optional[Path] = typer.Option(
+        None, "--moe-config-dir", help="vllm: a folder of fused-MoE tile files, named as vLLM names its own, "
+        "read before them (vLLM's VLLM_TUNED_CONFIG_FOLDER). Point ids gain moe_cfg=."),
     passes: int = typer.Option(1, "--passes", help="Measure each engine's points this many times over, in "
                                "turn, on the one engine (rows carry their pass): spread and host drift."),
     routing_probe: bool = typer.Option(False, "--routing-probe",
@@ -255,6 +269,7 @@ def measure(
     spec_tokens = spec_tokens if spec_draft is not None else None
     spec_accept = spec_accept if spec_draft is not None else None
     engine_process = _check_engine_process(backend, engine_process is True, profile is True, serving is True)
+    moe_config_dir = _check_moe_config_dir(backend, moe_config_dir, serving is True)
     passes = passes if isinstance(passes, int) else 1  # the option's default when called directly
     if passes != 1 and (serving is True or passes < 1):
         raise InputError("--passes must be >= 1, and applies to offline runs (not --serving)")
@@ -297,7 +312,7 @@ def measure(
                                                sampling=sampling, pp=pp, dp=dp, routing=routing,
                                                spec_draft=spec_draft, spec_tokens=spec_tokens,
                                                spec_accept=spec_accept, engine_process=engine_process,
-                                               kv_cache_dtype=kv_cache_dtype)
+                                               kv_cache_dtype=kv_cache_dtype, moe_config_dir=moe_config_dir)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:

@@ -111,13 +111,16 @@ KV_CACHE_DTYPES = {"auto": None, "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "f
 _ROUTING_ENV = "VLLM_MOE_ROUTING_SIMULATION_STRATEGY"
 #: vLLM's variable for how it starts worker and engine-core processes (fork or spawn).
 WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+#: vLLM's variable naming a folder of fused-MoE tile files it reads before its own.
+TILE_FOLDER_ENV = "VLLM_TUNED_CONFIG_FOLDER"
 
 
 def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str | None = None,
                    moe_backend: str = "triton", sampling: str = "random", pp: int = 1,
                    dp: int = 1, routing: str = "model", spec_draft: str | None = None,
                    spec_tokens: int | None = None, spec_accept: float | None = None,
-                   engine_process: bool = False, kv_cache_dtype: str = "auto") -> dict[str, str]:
+                   engine_process: bool = False, kv_cache_dtype: str = "auto",
+                   moe_config_dir: str | None = None) -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
     (independent engine replicas) appear only above 1, ``routing`` only when it is not the
     model's own, ``mp`` (``1``: the engine core in a process of its own, vLLM's default, see
@@ -125,8 +128,10 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
     decoding with a draft model proposing γ tokens per step) and ``spec_accept`` (α: vLLM's
     synthetic rejection sampler accepts each draft token with probability α, see
     :func:`synthetic_acceptance_rates`) only when given, and ``kv`` (the KV cache's dtype, vLLM's
-    ``kv_cache_dtype``, :data:`KV_CACHE_DTYPES`) only when not the model's own, so the ids of
-    such points are those of the rows measured before these settings existed."""
+    ``kv_cache_dtype``, :data:`KV_CACHE_DTYPES`) only when not the model's own, and ``moe_cfg``
+    (an absolute folder of fused-MoE tile files vLLM reads before its own, :func:`apply_moe_configs`)
+    only when given, so the ids of such points are those of the rows measured before these
+    settings existed."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"unknown sampling '{sampling}' (one of: {', '.join(SAMPLINGS)})")
     if routing not in ROUTINGS:
@@ -160,6 +165,11 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         settings["mp"] = "1"
     if kv_cache_dtype != "auto":
         settings["kv"] = kv_cache_dtype
+    if moe_config_dir is not None:
+        folder = str(Path(moe_config_dir).resolve())
+        if "|" in folder or "=" in folder:
+            raise ValueError(f"bad fused-MoE tile folder {moe_config_dir} ('|' and '=' are not allowed)")
+        settings["moe_cfg"] = folder
     return settings
 
 
@@ -250,6 +260,19 @@ def apply_routing(point: SweepPoint) -> str:
     else:
         os.environ[_ROUTING_ENV] = routing
     return routing
+
+
+def apply_moe_configs(point: SweepPoint) -> str | None:
+    """Point vLLM at the point's folder of fused-MoE tile files (``moe_cfg`` in its settings:
+    files named as vLLM names its own, read before them, ``VLLM_TUNED_CONFIG_FOLDER``), or clear
+    it; returns the folder. The tiles a decode step runs can then be set apart from the GPU: a
+    tile table tuned for another GPU, or vLLM's default rule where this GPU ships a table."""
+    folder = _settings(point).get("moe_cfg")
+    if folder is None:
+        os.environ.pop(TILE_FOLDER_ENV, None)
+    else:
+        os.environ[TILE_FOLDER_ENV] = folder
+    return folder
 
 
 def dummy_filled(llm: Any, engine_process: bool) -> int:
@@ -517,6 +540,7 @@ class VLLMBackend:
         self.log(f"vllm engine: {kwargs}")
         t0 = time.perf_counter()
         apply_routing(points[0])
+        apply_moe_configs(points[0])
         engine_process = apply_engine_process(points[0])
         stored = checkpoint_quantization(points[0]) is not None
         if stored:
@@ -788,6 +812,9 @@ def tuned_moe_config(cfg: dict[str, Any], point: SweepPoint, tp: int = 1) -> dic
 
         device = torch.cuda.get_device_name()
         name = fused_moe_config_name(experts, width, device, *_moe_kernel_dtype(point))
+        own = _settings(point).get("moe_cfg")
+        if own is not None and (Path(own) / name).is_file():  # vLLM reads this folder first
+            return {"fused_moe_config": name, "fused_moe_config_tuned": True, "fused_moe_config_folder": own}
         folder = Path(vllm.__file__).parent / "model_executor" / "layers" / "fused_moe" / "configs"
         return {"fused_moe_config": name, "fused_moe_config_tuned": (folder / name).is_file()}
     except Exception as exc:  # noqa: BLE001 - recorded, never fatal
