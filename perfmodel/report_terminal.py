@@ -13,6 +13,7 @@ from rich.table import Table
 
 from perfmodel.prediction import HOST_BOUND, LAUNCH_BOUND, Prediction, decode_regime, prefill_regime
 from perfmodel.pruning import pruning_text
+from perfmodel.wording import count_of
 
 
 def format_time(seconds: float) -> str:
@@ -88,11 +89,6 @@ def _waves_text(m: dict, batch: int) -> str:
     return "–"
 
 
-def _count_of(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless n is 1 ("1 request", "16 requests")."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _launch_rows(m: dict[str, float]) -> list[tuple[str, str, None]]:
     """The lines under TTFT for a prefill the host launches: the host's launch floor
     (``prefill_launch_s``), whether it sets the prefill, and the part of it spent on what the
@@ -118,12 +114,12 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
     graph = m.get("decode_graph_batch", float("nan"))
     rows = [("TTFT", format_time(m["ttft_s"]), band and band["ttft"]),
             *_launch_rows(m),
-            *([(f"  of it, the call's {_count_of(p.workload.batch, 'request')} on the host", format_time(host), None)]
+            *([(f"  of it, the call's {count_of(p.workload.batch, 'request')} on the host", format_time(host), None)]
               if host > 0 else []),
             ("ITL (decode step)", format_time(m["itl_s"]), band and band["decode_step"]),
             *([("  the CUDA graph it replays (B padded to a captured size)", f"{graph:.0f} sequences", None)]
               if graph > p.workload.batch else []),
-            *([(f"  the host's time for its {_count_of(p.workload.batch, 'sequence')}"
+            *([(f"  the host's time for its {count_of(p.workload.batch, 'sequence')}"
                 + (", which sets it" if decode_regime(m) == HOST_BOUND else ", hidden behind the GPU's"),
                 format_time(floor), None)]
               if floor > 0 else []),

@@ -8,9 +8,10 @@ from typing import Any, Optional
 
 from perfmodel.host_noise import factor_range
 from perfmodel.planning.candidates import Evaluation, weights_text
-from perfmodel.planning.search import Plan, Search, choose, plural
+from perfmodel.planning.search import Plan, Search, choose
 from perfmodel.planning.steptime import default_graph_tokens, weight_choice
 from perfmodel.prediction import Workload, evaluate
+from perfmodel.wording import plural
 
 #: Multiples of the question's rate the chosen deployment is simulated at (latency vs rate).
 SWEEP_MULTIPLES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)

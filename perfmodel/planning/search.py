@@ -32,6 +32,7 @@ from perfmodel.prediction import DTYPE_BYTES, Workload, check_choice
 from perfmodel.profile import EngineProfile, load_profile
 from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import ModelSpec, load_model
+from perfmodel.wording import plural
 
 #: Steps one simulation aims at (its measured requests follow from the expected batch).
 STEP_BUDGET = 6000
@@ -393,11 +394,6 @@ class Search:
                     ev = self.simulated(setup, engine, r)
             if ev.meets and (best is None or ev.usd_per_hour < best.usd_per_hour):
                 best = ev
-
-
-def plural(n: int, noun: str) -> str:
-    """``noun`` for one, ``noun``s for any other count."""
-    return noun if n == 1 else f"{noun}s"
 
 
 def _layout_dict(layout: Layout) -> dict[str, int]:
