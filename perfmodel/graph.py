@@ -46,7 +46,9 @@ class GraphOptions:
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
     elementwise op before it. ``moe_tiled``: the quantized routed experts' kernel runs in
     tiles whose waves of K loops set a floor under its time (the scheme's ``moe_tile``,
-    :func:`perfmodel.ops.moe.tile_floor`). ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
+    :func:`perfmodel.ops.moe.tile_floor`). ``moe_tuned_from``: the smallest pass, tokens, of the
+    engine's tuned tile table for the routed experts where it starts above small passes
+    (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
     tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
     """
 
@@ -61,6 +63,7 @@ class GraphOptions:
     cudagraph_padding: bool = False
     quantized_layers: tuple[str, ...] = LINEAR_LAYERS
     moe_tiled: bool = False
+    moe_tuned_from: int = 0
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -133,7 +136,8 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
             ops += moe_block(model.moe, model.norm, impl=options.moe_impl, tiers=options.moe_block_m,
                              tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
-                             tiled=options.moe_tiled and options.quantizes("experts"))
+                             tiled=options.moe_tiled and options.quantizes("experts"),
+                             tuned_from=options.moe_tuned_from if options.moe_impl == "fused" else 0)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

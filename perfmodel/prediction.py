@@ -475,11 +475,36 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
                 moe_tiled=scheme.moe_tile is not None)
 
 
-def graph_options(profile: EngineProfile, workload: Workload | None = None) -> GraphOptions:
+def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec | None) -> int:
+    """The smallest pass of the engine's tuned fused-MoE tile table for the model's routed experts
+    on one GPU of the workload, where it starts above small passes
+    (:func:`perfmodel.moe_tables.tuned_from`); 0 without a model, a MoE, a profile that measured
+    such tables (``options.moe_off_table_memory``), or such a table."""
+    if model is None or profile.options.moe_off_table_memory is None:
+        return 0
+    return moe_table_start(profile.gpu, workload, model)
+
+
+def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> int:
+    """The smallest pass (tokens) of vLLM's tuned fused-MoE tile table for the model's routed
+    experts on one ``gpu`` of the workload (E/ep experts of width I/tp, at the scheme its experts
+    run at), where it starts above small passes (``specs/vllm-moe-tables.yaml``); else 0."""
+    if model.moe is None:
+        return 0
+    from perfmodel.moe_tables import tuned_from
+
+    scheme = workload.scheme
+    at = scheme.name if scheme.quantizes_weights and "experts" in scheme.layers else quantization.NO_QUANT
+    return tuned_from(gpu, model.moe.n_experts / workload.ep, model.moe.expert_intermediate / workload.tp, at)
+
+
+def graph_options(profile: EngineProfile, workload: Workload | None = None,
+                  model: ModelSpec | None = None) -> GraphOptions:
     """The engine choices of a profile, and of a workload (its quantization scheme and MoE
     implementation; default: none and fused), that change which ops run (:class:`GraphOptions`).
     A scheme whose MoE kernel picks its own row blocks (``moe_row_blocks``: Marlin's) replaces
-    the profile's tiers where the profile pads expert rows at all."""
+    the profile's tiers where the profile pads expert rows at all. With ``model``: the tuned
+    tile table its routed experts meet on the profile's GPU (:func:`moe_tuned_from`)."""
     opts = profile.options
     w = workload if workload is not None else Workload()
     tiers, by_rows = profile.moe_block_tiers, False
@@ -490,7 +515,8 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None) -> G
         by_rows = True
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
-                        cudagraph_padding=profile.pads_cudagraphs, **workload_graph_options(w))
+                        cudagraph_padding=profile.pads_cudagraphs, moe_tuned_from=moe_tuned_from(profile, w, model),
+                        **workload_graph_options(w))
 
 
 def prefill_chunking(options: Options) -> tuple[sp.Expr, sp.Expr | None]:
@@ -666,6 +692,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
         s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s, s.t_moe_host: kernels.host_layer_s,
+        s.f_off: profile.options.moe_off_table_memory or 1.0,
         s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):
@@ -924,7 +951,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     workload = workload.stored_as(model)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
-    outputs = compile_model(model, phase, profile, options=graph_options(profile, workload)).evaluate(values)
+    outputs = compile_model(model, phase, profile, options=graph_options(profile, workload, model)).evaluate(values)
     totals = {n: float(v) for n, v in outputs.totals.items()}
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)

@@ -140,6 +140,7 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     if cls.peak is Peak.ATTENTION:  # the attention kernels' η_m at the KV cache's dtype
         rate = rate * mu_kv
     memory = transfer_time(moved.subs(subs), rate, cls, None if q is None else mu["memory_half"])
+    memory = memory * sp.sympify(op.memory_scale).subs(subs)
     kernels = sp.sympify(op.kernels).subs(subs)  # an expression for a loop over experts
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))

@@ -257,11 +257,11 @@ def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile
     parts = {name: target_totals[name] for name in PARTS if name in target_totals}
     ops: list[dict[str, Any]] = []
     if phase != "prefill":
-        options = graph_options(profile, workload)
+        options = graph_options(profile, workload, target)
         verify = compile_verify(target, phase, profile, options, with_ops=with_ops).evaluate(values)
         parts["verify_s"] = verify.totals["verify_s"]
         ops += verify.ops
-    draft_options = graph_options(profile, draft_workload(workload, draft))
+    draft_options = graph_options(profile, draft_workload(workload, draft), draft)
     drafted = compile_model(draft, phase, profile, with_ops=with_ops, options=draft_options).evaluate(draft_values)
     for name in ("prefill_s", "weights_bytes", "kv_cache_bytes", "activation_bytes"):
         if name in drafted.totals:

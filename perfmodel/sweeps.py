@@ -482,7 +482,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
             compiled = compile_model(variant, phase, profile, with_ops=False,
-                                     options=graph_options(profile, point_workload))
+                                     options=graph_options(profile, point_workload, variant))
             values = {**base_values, **models.values}
             if "context" not in numeric and "input_len" in numeric and phase == "decode" \
                     and point_workload.context is None:

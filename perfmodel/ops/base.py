@@ -85,6 +85,8 @@ class Op:
     ``launch_host``: host time per pass its kernels add to a launched eager pass, s, as an
     expression: kernels a library launches from Python, beside the layer's compiled code (the
     tiled MXFP4 MoE kernel, t_moe_host); a replayed CUDA graph none; 0: none.
+    ``memory_scale``: a factor on its memory time, as an expression (a fused-MoE kernel at tiles
+    tuned for larger passes, :func:`perfmodel.ops.moe.off_table_scale`); 1: none.
     """
 
     name: str
@@ -108,6 +110,7 @@ class Op:
     context_bytes: sp.Expr = ZERO
     tile_floor: sp.Expr = ZERO
     launch_host: sp.Expr = ZERO
+    memory_scale: sp.Expr = field(default_factory=lambda: sp.Integer(1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))

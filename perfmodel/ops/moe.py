@@ -26,6 +26,15 @@ HBM for a K_tile × N_tile block of weights, dequantized before the multiply. Wi
 streams its bytes at a fraction of HBM's bandwidth, and its time is the K loops of its waves,
 not its bytes (:func:`tile_floor`).
 
+Tuned tables made for larger passes. vLLM's Triton fused-MoE kernel takes its tiles from a
+table tuned per expert shape and GPU, the entry nearest the pass's tokens, else a default rule.
+A few of the tables it ships start at hundreds of tokens (Phi-3.5-MoE's experts in fp8 on the
+H100: 256 tokens and up, tiles 64 × 256 × 64), so a decode step of a few to 64 tokens runs
+tiles made for 256 or more. On the H100 that kernel streamed the same experts' weights 1.41×
+slower than at the default rule's tiles, at every batch measured (1 to 64 sequences): a factor
+f_off on its memory time while the pass holds at most a quarter of the table's smallest tuned
+pass (:func:`off_table_scale`; the tables: ``specs/vllm-moe-tables.yaml``).
+
 Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
 per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
 loop over the touched experts, as an engine without a fused MoE kernel runs them, e.g.
@@ -51,8 +60,8 @@ from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
-from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, k, n_SM, n_sh,
-                               sigma, t_kstep, t_moe_host, t_tile, tp)
+from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, f_off, k, n_SM,
+                               n_sh, sigma, t_kstep, t_moe_host, t_tile, tp)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
@@ -154,6 +163,16 @@ def tile_floor(experts: sp.Expr, gemms: tuple[tuple[sp.Expr, sp.Expr], ...]) -> 
                     * t_kstep for n, depth in gemms])
 
 
+def off_table_scale(tuned_from: int) -> sp.Expr:
+    """The factor on a fused-MoE kernel's memory time when its engine's tuned tile table starts
+    at ``tuned_from`` tokens per pass: f_off while the pass holds at most a quarter of that
+    (T ≤ tuned_from/4: the nearest entry is tuned for 4× the tokens or more), else 1; 1 for
+    ``tuned_from`` 0 (no such table)."""
+    if tuned_from <= 0:
+        return sp.Integer(1)
+    return 1 + (f_off - 1) * sp.Heaviside(tuned_from - 4 * T, 1)
+
+
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
          matrices: sp.Expr = 1, param_bytes: sp.Expr = b_w, computed_rows: sp.Expr | None = None,
          quantized: bool = False, input_rows: sp.Expr | None = None) -> Op:
@@ -248,7 +267,8 @@ def router(bias: bool) -> Op:
 
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
-                   tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False) -> Op:
+                   tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
+                   tuned_from: int = 0) -> Op:
     """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
 
     Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
@@ -264,7 +284,9 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     block): its kernel runs in tiles whose waves of K loops set a floor under its time
     (:func:`tile_floor`: the gate|up GEMM, N = 2·I/tp over K = H, and the down GEMM, N = H over
     K = I/tp), and whose library launches it from Python inside the fused-MoE op: a launched
-    eager pass pays t_moe_host per layer for it (:attr:`Op.launch_host`).
+    eager pass pays t_moe_host per layer for it (:attr:`Op.launch_host`). ``tuned_from`` (a
+    fused block): the smallest pass of the engine's tuned tile table for these experts, tokens
+    (:func:`off_table_scale`; 0: none that starts above small passes).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
     block = block_rows(tiers, T * k / E if tiers_by_rows else T)
@@ -285,6 +307,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     if tiled:
         op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / tp, H), (H, I_e / tp))),
                      launch_host=t_moe_host)
+    if tuned_from > 0:
+        op = replace(op, memory_scale=off_table_scale(tuned_from))
     return op
 
 
@@ -345,7 +369,8 @@ def dispatch(impl: str = "fused") -> Op:
 
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
-              quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False) -> list[Op]:
+              quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
+              tuned_from: int = 0) -> list[Op]:
     """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
@@ -353,7 +378,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     the routed experts' weights are stored by a quantization scheme (:mod:`perfmodel.ops.quant`),
     and ``quantized_shared`` the shared experts' (default: as the routed experts'); ``tiled``:
     the routed experts' kernel runs in tiles whose waves set a floor under its time
-    (:func:`tile_floor`).
+    (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
+    the routed experts (:func:`off_table_scale`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
@@ -363,7 +389,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
            all_to_all("comm.moe_all_to_all"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
-                          quantized=quantized, tiled=tiled),
+                          quantized=quantized, tiled=tiled, tuned_from=tuned_from),
            activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]

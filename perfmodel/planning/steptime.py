@@ -245,7 +245,7 @@ def default_graph_tokens(steps: StepTimes, profile: EngineProfile, max_num_seqs:
 def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
     """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload (its graph
     options follow the workload's quantization scheme and MoE implementation)."""
-    return compile_model(model, phase, profile, options=graph_options(profile, workload))
+    return compile_model(model, phase, profile, options=graph_options(profile, workload, model))
 
 
 def weight_choice(choice: str) -> dict[str, str | None]:

@@ -1,0 +1,57 @@
+"""vLLM's tuned fused-MoE tile tables that start above small passes (``specs/vllm-moe-tables.yaml``).
+
+A decode step whose expert shape has such a table runs tiles tuned for passes many times its
+size (:func:`perfmodel.ops.moe.off_table_scale`); :func:`tuned_from` says where a table starts.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+
+from perfmodel.errors import SpecError
+from perfmodel.paths import SPECS_DIR
+from perfmodel.specs.files import read_mapping
+
+TABLES_FILE = SPECS_DIR / "vllm-moe-tables.yaml"
+
+
+class TunedTable(BaseModel):
+    """One tuned table: the GPU, the expert shape on one GPU (experts, intermediate width), the
+    scheme its experts run at, and its smallest tuned pass (tokens)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu: str
+    experts: PositiveInt
+    width: PositiveInt
+    scheme: str
+    from_tokens: PositiveInt
+
+
+@cache
+def load_tables() -> tuple[TunedTable, ...]:
+    """Every table of ``specs/vllm-moe-tables.yaml``."""
+    data = read_mapping(TABLES_FILE, SpecError, expected="a mapping 'tables: [...]'")
+    entries = data.get("tables")
+    if not isinstance(entries, list):
+        raise SpecError(f"{TABLES_FILE.name}: expected a list under 'tables'")
+    tables = []
+    for entry in entries:
+        try:
+            tables.append(TunedTable(**entry))
+        except (TypeError, ValidationError) as exc:
+            msg = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+            where = ".".join(str(p) for p in msg["loc"])
+            raise SpecError(f"{TABLES_FILE.name}: invalid table {entry}: {where + ': ' if where else ''}"
+                            f"{msg['msg']}") from None
+    return tuple(tables)
+
+
+def tuned_from(gpu: str | None, experts: float, width: float, scheme: str) -> int:
+    """The smallest tuned pass (tokens) of vLLM's table for ``experts`` experts of intermediate
+    width ``width`` on one ``gpu``, run at ``scheme``, where it is listed; 0 otherwise."""
+    for table in load_tables():
+        if (table.gpu, table.experts, table.width, table.scheme) == (gpu, experts, width, scheme):
+            return table.from_tokens
+    return 0

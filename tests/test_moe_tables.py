@@ -1,0 +1,90 @@
+"""vLLM's tuned fused-MoE tables made for larger passes: which shapes meet one, the factor on the
+experts' memory time while a pass holds at most a quarter of the table's smallest tuned pass,
+and the A/B pairs the factor is fitted on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perfmodel import predict
+from perfmodel import moe_tables
+from perfmodel.calibration.fit_moe_tables import fit_off_table, off_table_pairs, tiles_file
+from perfmodel.errors import SpecError
+
+OPTIONS = {"decode_attention_span": "context", "mla_cache": "latent", "mla_absorb_decode": True,
+           "memory_usable_fraction": 0.9, "moe_block_m": 1}
+
+
+def _experts_memory_s(engine: str, batch: int, dtype: str = "fp8", gpu: str = "h100-sxm", **kw) -> float:
+    p = predict("phi-3.5-moe", engine=engine, gpu=gpu, phase="decode", batch=batch, input_len=128, context=128,
+                dtype=dtype, **kw)
+    return sum(op["memory_s"] for op in p.ops if op["name"] == "moe.experts")
+
+
+def test_the_listed_tables_are_found_by_gpu_shape_and_scheme():
+    assert moe_tables.tuned_from("h100-sxm", 16, 6400, "fp8") == 256  # Phi-3.5-MoE's experts, one GPU
+    assert moe_tables.tuned_from("h100-sxm", 16, 3200.0, "fp8") == 256  # ... over two (I/tp)
+    assert moe_tables.tuned_from("h100-sxm", 16, 6400, "none") == 0  # bf16: no such table
+    assert moe_tables.tuned_from("h200-sxm", 16, 6400, "fp8") == 0
+    assert moe_tables.tuned_from(None, 16, 6400, "fp8") == 0
+
+
+@pytest.mark.parametrize(("batch", "dtype", "kw", "factor"), [
+    (1, "fp8", {}, 2.0),
+    (64, "fp8", {}, 2.0),  # 64 tokens: a quarter of the table's 256
+    (128, "fp8", {}, 1.0),  # the nearest entries are within 4x
+    (1, "bf16", {}, 1.0),  # no table for these experts in bf16
+    (1, "fp8", {"tp": 2}, 2.0),  # I/tp = 3,200 has its table too
+])
+def test_the_factor_scales_the_experts_memory_time_where_a_table_is_made_for_larger_passes(
+        roofline_with, batch, dtype, kw, factor):
+    measured = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
+    base = _experts_memory_s("roofline", batch, dtype, **kw)  # the same options, any GPU: no table read
+    assert _experts_memory_s(measured, batch, dtype, **kw) == pytest.approx(factor * base, rel=1e-9)
+
+
+def test_a_profile_that_measured_no_table_reads_none(roofline_with):
+    h200 = roofline_with(gpu="h200-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
+    assert _experts_memory_s(h200, 1, gpu="h200-sxm") == pytest.approx(_experts_memory_s("roofline", 1, gpu="h200-sxm"))
+
+
+def test_the_roofline_profile_states_the_options_these_tests_add_to(roofline_with):
+    import yaml
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    assert yaml.safe_load((root / "calibration/profiles/roofline.yaml").read_text())["options"] == OPTIONS
+
+
+def test_a_malformed_table_file_is_one_line(monkeypatch, tmp_path):
+    bad = tmp_path / "tables.yaml"
+    bad.write_text("tables:\n  - {gpu: h100-sxm, experts: -1}\n")
+    monkeypatch.setattr(moe_tables, "TABLES_FILE", bad)
+    moe_tables.load_tables.cache_clear()
+    try:
+        with pytest.raises(SpecError) as info:
+            moe_tables.tuned_from("h100-sxm", 16, 6400, "fp8")
+        assert "\n" not in str(info.value) and "tables.yaml: invalid table" in str(info.value)
+    finally:
+        moe_tables.load_tables.cache_clear()
+
+
+def _row(point: str, batch: int, expert_ms: float, own_tiles: bool = False) -> dict:
+    resolved = {"fused_moe_config_folder": "/tmp/tiles"} if own_tiles else {}
+    return {"point_id": point, "status": "ok", "model": "phi-3.5-moe", "batch": batch, "input_len": 128,
+            "output_len": 128, "engine": {"quantization": "fp8", "tp": 1}, "point_settings": {},
+            "engine_detail": {"resolved": resolved}, "decode_profile": {"split_ms": {"expert_gemm": expert_ms}}}
+
+
+def test_the_factor_is_the_geometric_mean_of_paired_expert_kernel_times(tmp_path):
+    results = tmp_path / "h100-vllm.jsonl"
+    shipped = [_row("a", 1, 3.0), _row("b", 16, 8.0), _row("c", 256, 9.0)]  # B = 256: the table's own
+    own = [_row("a'", 1, 2.0, True), _row("b'", 16, 4.0, True), _row("c'", 256, 9.0, True)]
+    tiles_file(results).write_text("".join(json.dumps(r) + "\n" for r in own))
+    assert len(off_table_pairs(shipped, own, "h100-sxm")) == 2
+    factor, points, record = fit_off_table(shipped, results, "h100-sxm")
+    assert factor == pytest.approx((1.5 * 2.0) ** 0.5, rel=1e-3)
+    assert sorted(points) == ["a", "a'", "b", "b'"] and record["models"] == ["phi-3.5-moe"]
+    assert fit_off_table(shipped, tmp_path / "none.jsonl", "h100-sxm") == (None, [], {})
