@@ -33,15 +33,16 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     reference = _committed(REFERENCE_GPU)
     anchor = h100["fit"]["anchor"]
     assert anchor["gpu"] == REFERENCE_GPU and anchor["profile"].endswith("h200-sxm-vllm.yaml")
-    assert {"per_step_s", "per_layer_s", "per_kernel_s", "host_step_s", "launch_noise"} <= set(anchor["held"])
+    assert {"per_step_s", "per_layer_s", "host_step_s", "launch_noise"} <= set(anchor["held"])
     # the host's terms and the fixed GPU times are the reference's, exactly
     for field in (*HOST_LATENCY_FIELDS, "per_step_s", "per_layer_s", "host_probe_ref_ms", "host_speed_exponent"):
         if field in reference["latency"]:
             assert h100["latency"][field] == reference["latency"][field], field
     assert h100["latency"]["launch_noise"] == reference["latency"]["launch_noise"]
-    # no microbenchmark tables on the H100: a graph node costs what it costs on the same chip in the H200
-    assert h100["latency"]["per_kernel_s"] == reference["latency"]["per_kernel_s"]
-    assert h100["fit"]["per_kernel_source"].startswith("h200-sxm's")
+    # the H100's own microbenchmark tables give its graph node's cost, not the reference's
+    assert "per_kernel_s" not in anchor["held"]
+    assert h100["fit"]["per_kernel_source"].startswith("calibration/data/h100-sxm/")
+    assert h100["latency"]["per_kernel_s"] != reference["latency"]["per_kernel_s"]
     # the memory efficiencies are the H100's own, fitted on its rows alone, which are all its training
     # points; the compute fractions of the one die the two GPUs share are the reference's
     for name in COMPUTE_EFFICIENCIES:
@@ -60,8 +61,14 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     named = h100["fit"]["points"]
     assert named and all(p.split("|")[1] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b") or "quant=fp8|" in p
                          for p in named)
-    rows = {json.loads(line)["point_id"] for line in open(RESULTS_DIR / "h100-vllm.jsonl")}
+    rows = {json.loads(line)["point_id"] for name in ("h100-vllm.jsonl", "h100-vllm-tiles.jsonl")
+            for line in open(RESULTS_DIR / name)}
     assert set(named) <= rows
+    # Phi-3.5-MoE's fp8 experts meet a table tuned from 256 tokens: the factor comes from the A/B of
+    # its profiled decode steps at that table and at vLLM's default rule, and only from it
+    assert h100["options"]["moe_off_table_memory"] > 1
+    assert h100["fit"]["moe_off_table"]["models"] == ["phi-3.5-moe"]
+    assert "moe_off_table_memory" not in reference["options"]
     # fp8 was measured here (Mixtral-8x7B): fitted; the schemes not measured here are carried, unchecked
     assert "fp8" not in anchor["carried"] and h100["quantization"]["fp8"]["reason"].startswith("fitted on")
     assert "quantization.fp8-block" in anchor["carried"] and "kv_cache.fp8" in anchor["carried"]

@@ -510,6 +510,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
     the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
+    from perfmodel.calibration.fit_moe_tables import fit_off_table
     from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
                                                   held_parameters, read_anchor, same_compute, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
@@ -598,6 +599,10 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "fit.kv_cache")}
         fitted += kv_points
         kv_fits[kv] = record
+    off_table, off_points, off_record = fit_off_table(every_row, results, gpu)
+    if off_table is not None:  # the tiles of a tuned table made for larger passes, from an A/B
+        base["options"]["moe_off_table_memory"] = off_table
+        fitted += off_points
     all_rows = load_with_what_ifs(results)
     draft_points, eager_seq_runs, piecewise_points, noise_record, noise_runs = [], [], [], {}, []
     carried = []
@@ -674,6 +679,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "quantization_rows": quant_fits,
         "tiles": tile_fits,
         "kv_cache": kv_fits,
+        **({"moe_off_table": off_record} if off_record else {}),
         **({"draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                            "points": draft_points},
             "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},

@@ -1,0 +1,87 @@
+"""Fitting the cost of a tuned fused-MoE tile table made for larger passes (``options.moe_off_table_memory``).
+
+vLLM's Triton fused-MoE kernel takes its tiles from a tuned table for the expert shape and GPU,
+the entry nearest the pass's tokens; a few tables start at hundreds of tokens
+(``specs/vllm-moe-tables.yaml``), so a decode step runs tiles tuned for passes many times its
+size (:func:`perfmodel.ops.moe.off_table_scale`). The factor on the kernel's memory time comes
+from an A/B on one GPU: the same points, profiled, once at the table vLLM ships and once at
+vLLM's default rule (``perfmodel measure --moe-config-dir``, a folder written by
+``scripts/moe_tile_file.py --default``; those rows are kept apart, in
+``validate/results/<gpu>-vllm-tiles.jsonl``). Per pair of points, the ratio of the expert
+kernels' time in one decode step (``decode_profile.split_ms.expert_gemm``); the factor is
+their geometric mean. The rows of both sides are the points the factor is fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from perfmodel.calibration.fit import _sig, one_gpu_rows
+
+#: The pairs' key: what must match between the table's row and the default rule's.
+PAIR_KEYS = ("model", "batch", "input_len", "output_len")
+
+
+def tiles_file(results: Path) -> Path:
+    """The companion file of a results file holding rows measured at a folder of tile files of
+    their own (``--moe-config-dir``: vLLM's default rule, for the A/B)."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-tiles{results.suffix}")
+
+
+def _expert_ms(row: dict[str, Any]) -> float | None:
+    value = ((row.get("decode_profile") or {}).get("split_ms") or {}).get("expert_gemm")
+    return float(value) if value else None
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    from perfmodel.measuring.compare import row_quant, row_routing
+
+    return (*(row[k] for k in PAIR_KEYS), row_quant(row), row_routing(row))
+
+
+def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
+                    gpu: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(row at vLLM's shipped table, row at the default rule) pairs of profiled decode steps on
+    one GPU: the first a row whose expert shape has a table listed for ``gpu`` that starts at 4×
+    its batch or more; the second the same point measured at a folder of its own tiles. The
+    latest row of each point id on either side."""
+    from perfmodel.measuring.compare import row_overrides, row_quant
+    from perfmodel.prediction import Workload, moe_table_start
+    from perfmodel.specs.model import load_model
+
+    def shipped(row: dict[str, Any]) -> bool:
+        start = moe_table_start(gpu, Workload(quant=row_quant(row)), load_model(row["model"], row_overrides(row)))
+        return start >= 4 * int(row["batch"])
+
+    def latest(candidates: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+        by_id = {r["point_id"]: r for r in one_gpu_rows(candidates)
+                 if r.get("status") == "ok" and _expert_ms(r) is not None}
+        return {_key(r): r for r in by_id.values()}
+
+    table = latest([r for r in rows if "fused_moe_config_folder" not in _resolved(r) and shipped(r)])
+    default = latest([r for r in own_tiles if "fused_moe_config_folder" in _resolved(r)])
+    return [(table[k], default[k]) for k in sorted(table.keys() & default.keys(), key=str)]
+
+
+def _resolved(row: dict[str, Any]) -> dict[str, Any]:
+    return ((row.get("engine_detail") or {}).get("resolved")) or {}
+
+
+def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[float | None, list[str], dict]:
+    """``moe_off_table_memory``: the geometric mean over :func:`off_table_pairs` of the expert
+    kernels' time at the shipped table over that at the default rule; the point ids of both
+    sides; the record (pairs, each ratio). (None, [], {}) without pairs."""
+    from perfmodel.measuring.results import read_rows
+
+    own = read_rows(tiles_file(results), unique=False, warn=False).rows
+    pairs = off_table_pairs(rows, own, gpu)
+    if not pairs:
+        return None, [], {}
+    ratios = [_expert_ms(a) / _expert_ms(b) for a, b in pairs]
+    factor = _sig(math.exp(sum(math.log(x) for x in ratios) / len(ratios)))
+    record = {"file": tiles_file(results).name, "models": sorted({a["model"] for a, _ in pairs}),
+              "ratios": {f"B={a['batch']} S={a['input_len']}": round(x, 4) for (a, _), x in zip(pairs, ratios)}}
+    return factor, [r["point_id"] for pair in pairs for r in pair], record
