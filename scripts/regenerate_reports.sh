@@ -2,7 +2,7 @@
 # Regenerate every committed validation report from the committed measurements and profiles:
 # the offline reports (validate/results/h200-{hf,vllm}-validation.md; the H100's,
 # h100-vllm-validation.md, and the H200's fit carried to it, h100-vllm-transfer-validation.md), one serving report per
-# serving rows file (validate/results/h200-vllm-serving*-validation.md) and the paper report
+# serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report
 # (reports/paper). No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
@@ -27,10 +27,12 @@ cp "$work/h100/summary.md" "$results/h100-vllm-validation.md"
 cp "$work/h100-transfer/summary.md" "$results/h100-vllm-transfer-validation.md"
 echo "wrote $results/h100-vllm-validation.md and $results/h100-vllm-transfer-validation.md"
 
-for rows in "$results"/h200-vllm-serving*.jsonl; do
+for rows in "$results"/h[12]00-vllm-serving*.jsonl; do
     case "$rows" in *-steps.jsonl|*-tokens.jsonl) continue ;; esac
     name=$(basename "$rows" .jsonl)
-    "$PERFMODEL" validate all --serving --results "$rows" --out "$work/$name" > /dev/null
+    gpu=h200-sxm
+    case "$name" in h100-*) gpu=h100-sxm ;; esac
+    "$PERFMODEL" validate all --serving --gpu "$gpu" --results "$rows" --out "$work/$name" > /dev/null
     cp "$work/$name/summary.md" "$results/$name-validation.md"
     echo "wrote $results/$name-validation.md"
 done
