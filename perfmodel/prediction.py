@@ -197,6 +197,7 @@ class Workload:
     moe_impl: str = "fused"  # routed experts: fused block, or a loop over the touched experts
     graph_tokens: int | None = None  # largest CUDA-graph pass (tokens); None: the profile's
     host_probe_ms: float | None = None  # the host's probe time (ms); None: the profile's host
+    moe_tables: bool = True  # the engine's tuned fused-MoE tile tables; False: its default rule for every shape
 
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
@@ -216,6 +217,9 @@ class Workload:
             object.__setattr__(self, "graph_tokens",
                                0 if _is_number(tokens) and tokens == 0 else check_count("graph_tokens", tokens))
         object.__setattr__(self, "host_probe_ms", check_probe(self.host_probe_ms))
+        if not isinstance(self.moe_tables, (bool, np.bool_)):
+            raise InputError(f"moe_tables must be true or false, got {self.moe_tables!r}")
+        object.__setattr__(self, "moe_tables", bool(self.moe_tables))
 
     @property
     def scheme(self) -> quantization.QuantScheme:
@@ -479,8 +483,9 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
     """The smallest pass of the engine's tuned fused-MoE tile table for the model's routed experts
     on one GPU of the workload, where it starts above small passes
     (:func:`perfmodel.moe_tables.tuned_from`); 0 without a model, a MoE, a profile that measured
-    such tables (``options.moe_off_table_memory``), or such a table."""
-    if model is None or profile.options.moe_off_table_memory is None:
+    such tables (``options.moe_off_table_memory``), or such a table, and for a workload at
+    vLLM's default tile rule (``moe_tables`` false)."""
+    if model is None or not workload.moe_tables or profile.options.moe_off_table_memory is None:
         return 0
     return moe_table_start(profile.gpu, workload, model)
 
@@ -1000,7 +1005,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             prune_experts: float | None = None, prune_ffn: float | None = None,
             spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
             spec_accept: float | None = None, spec_accepted_len: float | None = None,
-            graph_tokens: int | None = None, host_probe_ms: float | None = None) -> Prediction:
+            graph_tokens: int | None = None, host_probe_ms: float | None = None,
+            moe_tables: bool = True) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
@@ -1019,7 +1025,9 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     ``options.cudagraph_max_tokens`` (0: none). ``host_probe_ms``: the host's probe time
     (:func:`perfmodel.host_speed.probe_ms`, ms; ``perfmodel host-probe`` times it): the
     profile's host times are scaled to that host (:mod:`perfmodel.host_speed`); None: the host
-    the profile was fitted on.
+    the profile was fitted on. ``moe_tables``: the engine's tuned fused-MoE tile tables, where a
+    shape has one made for larger passes (:func:`perfmodel.ops.moe.off_table_scale`); False: its
+    default tile rule for every shape (a run given tile files of its own).
 
     A request whose batch the KV cache does not hold at once (or more sequences than the
     engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
@@ -1038,7 +1046,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
                         tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew,
                         quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens,
-                        host_probe_ms=host_probe_ms)
+                        host_probe_ms=host_probe_ms, moe_tables=moe_tables)
     check_context(phase, workload.context)
     from perfmodel.speculative import speculative_prediction, speculative_settings
 

@@ -88,3 +88,16 @@ def test_the_factor_is_the_geometric_mean_of_paired_expert_kernel_times(tmp_path
     assert factor == pytest.approx((1.5 * 2.0) ** 0.5, rel=1e-3)
     assert sorted(points) == ["a", "a'", "b", "b'"] and record["models"] == ["phi-3.5-moe"]
     assert fit_off_table(shipped, tmp_path / "none.jsonl", "h100-sxm") == (None, [], {})
+
+
+def test_a_workload_at_the_default_tile_rule_reads_no_table(roofline_with):
+    from perfmodel.errors import InputError
+    from perfmodel.measuring.compare import model_workload
+
+    measured = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
+    assert _experts_memory_s(measured, 1, moe_tables=False) == pytest.approx(_experts_memory_s("roofline", 1))
+    with pytest.raises(InputError, match="moe_tables must be true or false"):
+        _experts_memory_s(measured, 1, moe_tables="no")
+    row = {**_row("a'", 1, 2.0, True), "engine_detail": {"resolved": {"fused_moe_config_folder": "/tmp/t"}}}
+    assert model_workload(row)["moe_tables"] is False
+    assert "moe_tables" not in model_workload(_row("a", 1, 3.0))

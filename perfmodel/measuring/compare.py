@@ -295,7 +295,9 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
     that takes the host's speed as an input, the host's probe time the row measured
     (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
-    the KV cache's dtype where the row set one (``kv_dtype``, :func:`row_kv_dtype`)."""
+    the KV cache's dtype where the row set one (``kv_dtype``, :func:`row_kv_dtype`), and
+    ``moe_tables`` false for a row whose fused-MoE tiles came from a folder of its own
+    (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table)."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
            "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
@@ -304,6 +306,8 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
         out["kv_dtype"] = kv
     if profile is not None and profile.latency.host_probe_ref_ms is not None:
         out["host_probe_ms"] = row_probe_ms(row)
+    if "fused_moe_config_folder" in ((row.get("engine_detail") or {}).get("resolved") or {}):
+        out["moe_tables"] = False
     return out
 
 
