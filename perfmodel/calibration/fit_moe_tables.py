@@ -48,7 +48,7 @@ def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
     one GPU: the first a row whose expert shape has a table listed for ``gpu`` that starts at 4×
     its batch or more; the second the same point measured at a folder of its own tiles. The
     latest row of each point id on either side."""
-    from perfmodel.measuring.compare import row_overrides, row_quant
+    from perfmodel.measuring.compare import row_overrides, row_own_tiles, row_quant
     from perfmodel.prediction import Workload, moe_table_start
     from perfmodel.specs.model import load_model
 
@@ -61,13 +61,9 @@ def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
                  if r.get("status") == "ok" and _expert_ms(r) is not None}
         return {_key(r): r for r in by_id.values()}
 
-    table = latest([r for r in rows if "fused_moe_config_folder" not in _resolved(r) and shipped(r)])
-    default = latest([r for r in own_tiles if "fused_moe_config_folder" in _resolved(r)])
+    table = latest([r for r in rows if not row_own_tiles(r) and shipped(r)])
+    default = latest([r for r in own_tiles if row_own_tiles(r)])
     return [(table[k], default[k]) for k in sorted(table.keys() & default.keys(), key=str)]
-
-
-def _resolved(row: dict[str, Any]) -> dict[str, Any]:
-    return ((row.get("engine_detail") or {}).get("resolved")) or {}
 
 
 def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[float | None, list[str], dict]:

@@ -306,9 +306,15 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
         out["kv_dtype"] = kv
     if profile is not None and profile.latency.host_probe_ref_ms is not None:
         out["host_probe_ms"] = row_probe_ms(row)
-    if "fused_moe_config_folder" in ((row.get("engine_detail") or {}).get("resolved") or {}):
+    if row_own_tiles(row):
         out["moe_tables"] = False
     return out
+
+
+def row_own_tiles(row: dict[str, Any]) -> bool:
+    """Whether a row's fused-MoE tiles came from a folder of tile files of its own
+    (``measure --moe-config-dir``: the engine recorded ``fused_moe_config_folder``)."""
+    return "fused_moe_config_folder" in (((row.get("engine_detail") or {}).get("resolved")) or {})
 
 
 #: Engine settings every point id carries (after B, S, O) at their default values.
