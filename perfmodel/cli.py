@@ -581,6 +581,10 @@ GPU_EXTRAS = {"torch": "gpu", "transformers": "gpu", "triton": "gpu", "vllm": "v
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; any bad input becomes one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--out=" or (a == "--out" and i + 1 < len(args) and not args[i + 1].strip())
+           for i, a in enumerate(args)):  # Path("") is the current folder: never what was meant
+        _fail("--out is empty: give a file or folder")
     try:
         app(args=argv, prog_name="perfmodel", standalone_mode=False)
     except EXIT as exc:

@@ -67,6 +67,12 @@ def test_an_output_file_that_cannot_be_a_file_is_one_line(tmp_path, capsys):
     assert "it is a folder, not a file" in fails(["host-probe", "--seconds", "0.2", "--out", str(tmp_path)], capsys)
 
 
+@pytest.mark.parametrize("args", [["predict", "mixtral", "--out", ""], ["validate", "olmoe", "--out="],
+                                  ["plan", "mixtral", "--rate", "1", "--out", " "]])
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(args, capsys):
+    assert fails(args, capsys) == "perfmodel: error: --out is empty: give a file or folder"
+
+
 def test_a_swept_gpu_is_named_in_the_header(capsys):
     from perfmodel.commands import main
 
