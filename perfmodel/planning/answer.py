@@ -236,8 +236,9 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
     out = ["Serving latencies come from a simulation of vLLM-style continuous batching (chunked "
            "prefill, max_num_seqs, KV-cache preemption; asynchronous scheduling where the engine "
            "profile says so) on the model's step "
-           "times, checked against measured vLLM serving runs on one H200 only (perfmodel validate all "
-           "--serving): not on other GPUs, several GPUs or disaggregated pools. Past saturation the "
+           "times, checked against measured vLLM serving runs on one H200 and on one H100 (perfmodel "
+           "validate all --serving --gpu ...): not on other GPUs, several GPUs or disaggregated pools. "
+           "Past saturation the "
            "check is weaker: the capacity of a small model with max_num_seqs sequences running and a "
            "long queue came out above the measured one (the validation report states by how much)."]
     out += near_limit(plan, ev)
