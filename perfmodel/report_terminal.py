@@ -151,6 +151,15 @@ def _of_roof(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
 
 
+def moe_table_text(table: dict | None) -> str | None:
+    """One line on the tuned fused-MoE tile table made for larger passes the experts meet, if any."""
+    if not table:
+        return None
+    return (f"moe.experts: vLLM's tuned tile table for these experts starts at {table['from_tokens']} tokens, so a "
+            f"pass of at most {table['factor_up_to_tokens']} (a decode step of as many sequences) runs tiles "
+            f"made for larger ones: memory time x {table['memory_factor']:.2f}, as measured in an A/B of the tiles")
+
+
 def print_prediction(p: Prediction, console: Console) -> None:
     """Header, metrics (with the error band where it applies, and why it does not elsewhere),
     memory and the per-op breakdown (with each op's bound)."""
@@ -167,6 +176,9 @@ def print_prediction(p: Prediction, console: Console) -> None:
     if p.speculative:
         console.print(speculative_text(p.speculative), highlight=False, markup=False)
     console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
+    table_note = moe_table_text(prov.get("moe_tile_table"))
+    if table_note:
+        console.print(table_note, highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
     for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound", "of roof"):
         ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right",

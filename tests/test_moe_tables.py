@@ -101,3 +101,15 @@ def test_a_workload_at_the_default_tile_rule_reads_no_table(roofline_with):
     row = {**_row("a'", 1, 2.0, True), "engine_detail": {"resolved": {"fused_moe_config_folder": "/tmp/t"}}}
     assert model_workload(row)["moe_tables"] is False
     assert "moe_tables" not in model_workload(_row("a", 1, 3.0))
+
+
+def test_a_prediction_says_which_table_its_experts_meet(capsys):
+    from perfmodel.commands import main
+
+    p = predict("phi-3.5-moe", gpu="h100-sxm", dtype="fp8", batch=16)
+    table = p.provenance["moe_tile_table"]
+    assert table["from_tokens"] == 256 and table["factor_up_to_tokens"] == 64 and table["memory_factor"] > 1
+    assert predict("phi-3.5-moe", gpu="h100-sxm", batch=16).provenance["moe_tile_table"] is None  # bf16
+    assert predict("phi-3.5-moe", gpu="h200-sxm", dtype="fp8", batch=16).provenance["moe_tile_table"] is None
+    main(["predict", "phi-3.5-moe", "--gpu", "h100", "--dtype", "fp8", "-b", "16"])
+    assert "tuned tile table for these experts starts at 256 tokens" in capsys.readouterr().out
