@@ -984,14 +984,12 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
 
 def moe_tile_table(profile: EngineProfile, workload: Workload, model: ModelSpec) -> dict[str, Any] | None:
     """The engine's tuned fused-MoE tile table made for larger passes that a prediction's routed
-    experts meet (:func:`moe_tuned_from`): its smallest tuned pass (tokens), the largest pass the
-    factor applies to (a quarter of it) and the factor on the experts' memory time; None where
-    they meet none."""
+    experts meet (:func:`moe_tuned_from`): its smallest tuned pass (tokens) and the factor on the
+    experts' memory time; None where they meet none."""
     start = moe_tuned_from(profile, workload, model)
     if not start:
         return None
-    return {"from_tokens": start, "factor_up_to_tokens": start // 4,
-            "memory_factor": profile.options.moe_off_table_memory}
+    return {"from_tokens": start, "memory_factor": profile.options.moe_off_table_memory}
 
 
 def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any]:

@@ -207,8 +207,8 @@ class Options(_Strict):
         "fixed batch beyond it, or beyond what the KV cache holds, runs in waves. None: vLLM's "
         "default for engine vllm, else no limit.")
     moe_off_table_memory: float | None = Field(
-        default=None, gt=0, description="vLLM's fused-MoE kernel at a tuned tile table that starts at "
-        "4× a pass's tokens or more (specs/vllm-moe-tables.yaml): its memory time × this "
+        default=None, gt=0, description="vLLM's fused-MoE kernel on an expert shape whose tuned tile "
+        "table starts above small passes (specs/vllm-moe-tables.yaml): its memory time × this "
         "(perfmodel.ops.moe.off_table_scale). None: not measured, the tables not read.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "

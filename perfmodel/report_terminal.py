@@ -155,9 +155,9 @@ def moe_table_text(table: dict | None) -> str | None:
     """One line on the tuned fused-MoE tile table made for larger passes the experts meet, if any."""
     if not table:
         return None
-    return (f"moe.experts: vLLM's tuned tile table for these experts starts at {table['from_tokens']} tokens, so a "
-            f"pass of at most {table['factor_up_to_tokens']} (a decode step of as many sequences) runs tiles "
-            f"made for larger ones: memory time x {table['memory_factor']:.2f}, as measured in an A/B of the tiles")
+    return (f"moe.experts: vLLM's tuned tile table for these experts starts at {table['from_tokens']} tokens, so "
+            f"its decode steps run tiles made for larger passes: memory time x {table['memory_factor']:.2f}, as "
+            "an A/B of the tiles measured at 1-64 sequences (assumed at every pass)")
 
 
 def print_prediction(p: Prediction, console: Console) -> None:

@@ -45,8 +45,8 @@ def _key(row: dict[str, Any]) -> tuple:
 def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
                     gpu: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(row at vLLM's shipped table, row at the default rule) pairs of profiled decode steps on
-    one GPU: the first a row whose expert shape has a table listed for ``gpu`` that starts at 4×
-    its batch or more; the second the same point measured at a folder of its own tiles. The
+    one GPU: the first a row whose expert shape has a table listed for ``gpu`` (its decode steps
+    below the table's start run that table's first tiles); the second the same point measured at a folder of its own tiles. The
     latest row of each point id on either side."""
     from perfmodel.measuring.compare import row_overrides, row_own_tiles, row_quant
     from perfmodel.prediction import Workload, moe_table_start
@@ -54,7 +54,7 @@ def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
 
     def shipped(row: dict[str, Any]) -> bool:
         start = moe_table_start(gpu, Workload(quant=row_quant(row)), load_model(row["model"], row_overrides(row)))
-        return start >= 4 * int(row["batch"])
+        return start > 0
 
     def latest(candidates: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
         by_id = {r["point_id"]: r for r in one_gpu_rows(candidates)

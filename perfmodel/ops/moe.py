@@ -32,8 +32,8 @@ A few of the tables it ships start at hundreds of tokens (Phi-3.5-MoE's experts 
 H100: 256 tokens and up, tiles 64 × 256 × 64), so a decode step of a few to 64 tokens runs
 tiles made for 256 or more. On the H100 that kernel streamed the same experts' weights 1.41×
 slower than at the default rule's tiles, at every batch measured (1 to 64 sequences): a factor
-f_off on its memory time while the pass holds at most a quarter of the table's smallest tuned
-pass (:func:`off_table_scale`; the tables: ``specs/vllm-moe-tables.yaml``).
+f_off on its memory time at every pass of such a shape (:func:`off_table_scale`; the tables:
+``specs/vllm-moe-tables.yaml``).
 
 Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
 per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
@@ -165,12 +165,13 @@ def tile_floor(experts: sp.Expr, gemms: tuple[tuple[sp.Expr, sp.Expr], ...]) -> 
 
 def off_table_scale(tuned_from: int) -> sp.Expr:
     """The factor on a fused-MoE kernel's memory time when its engine's tuned tile table starts
-    at ``tuned_from`` tokens per pass: f_off while the pass holds at most a quarter of that
-    (T ≤ tuned_from/4: the nearest entry is tuned for 4× the tokens or more), else 1; 1 for
-    ``tuned_from`` 0 (no such table)."""
-    if tuned_from <= 0:
-        return sp.Integer(1)
-    return 1 + (f_off - 1) * sp.Heaviside(tuned_from - 4 * T, 1)
+    at ``tuned_from`` tokens per pass: f_off at every pass, 1 for ``tuned_from`` 0 (no such
+    table). Measured where it matters, the decode steps below the table's start (vLLM takes the
+    entry nearest the pass, so all of them run the first entry's tiles); assumed beyond, where
+    the table's other entries have tiles of the same kind and a prefill's experts are mostly
+    compute-bound. Constant, so a step's time stays non-decreasing in its tokens, as it must
+    where the tiles are the same."""
+    return f_off if tuned_from > 0 else sp.Integer(1)
 
 
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
