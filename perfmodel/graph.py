@@ -137,7 +137,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
-                             tuned_from=options.moe_tuned_from if options.moe_impl == "fused" else 0)
+                             tuned_from=options.moe_tuned_from)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

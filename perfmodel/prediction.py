@@ -484,8 +484,9 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
     on one GPU of the workload, where it starts above small passes
     (:func:`perfmodel.moe_tables.tuned_from`); 0 without a model, a MoE, a profile that measured
     such tables (``options.moe_off_table_memory``), or such a table, and for a workload at
-    vLLM's default tile rule (``moe_tables`` false)."""
-    if model is None or not workload.moe_tables or profile.options.moe_off_table_memory is None:
+    vLLM's default tile rule (``moe_tables`` false) or with unfused experts (no fused-MoE kernel)."""
+    if (model is None or not workload.moe_tables or workload.moe_impl != "fused"
+            or profile.options.moe_off_table_memory is None):
         return 0
     return moe_table_start(profile.gpu, workload, model)
 

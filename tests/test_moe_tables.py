@@ -114,3 +114,10 @@ def test_a_prediction_says_which_table_its_experts_meet(capsys):
     assert predict("phi-3.5-moe", gpu="h200-sxm", dtype="fp8", batch=16).provenance["moe_tile_table"] is None
     main(["predict", "phi-3.5-moe", "--gpu", "h100", "--dtype", "fp8", "-b", "16"])
     assert "tuned tile table for these experts starts at 256 tokens" in capsys.readouterr().out
+
+
+def test_unfused_experts_meet_no_table(roofline_with):
+    measured = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
+    p = predict("phi-3.5-moe", engine=measured, gpu="h100-sxm", phase="decode", batch=1, dtype="fp8",
+                moe_impl="unfused")
+    assert p.provenance["moe_tile_table"] is None
