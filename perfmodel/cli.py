@@ -49,6 +49,7 @@ class ListWhat(str, Enum):
     gpus = "gpus"
     engines = "engines"
     schemes = "schemes"
+    tables = "tables"
 
 
 GPU_OPTION = typer.Option("h200-sxm", "--gpu", help="GPU name or alias (perfmodel list gpus).")
@@ -290,6 +291,20 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     from perfmodel.profile import list_engines, load_profile_file
 
     profiles = [load_profile_file(path) for path in sorted(PROFILES_DIR.glob("*.yaml"))]
+    if what is ListWhat.tables:
+        from perfmodel.moe_tables import load_tables, zoo_shapes
+
+        def factors(table, models):  # per profile with the factor: it, and whether this table's A/B gave it
+            out = {}
+            for p in profiles:
+                if p.gpu == table.gpu and p.options.moe_off_table_memory is not None:
+                    a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
+                    out[p.name] = {"memory_factor": p.options.moe_off_table_memory,
+                                   "measured": any(f"{m} (tp 1)" in models for m in a_b)}
+            return out
+
+        return [{**table.model_dump(), "models": zoo_shapes(table), "profiles": factors(table, zoo_shapes(table))}
+                for table in load_tables()]
     if what is ListWhat.schemes:
         from perfmodel.quantization import load_schemes
 
@@ -401,10 +416,12 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
 
 
 @app.command("list")
-def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or schemes"),
+def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, schemes or tables"),
           as_json: bool = JSON_OPTION) -> None:
-    """List the zoo's models, the known GPUs, the engine profiles or the quantization schemes
-    (with the checkpoint formats each reads, and the profiles that measured it)."""
+    """List the zoo's models, the known GPUs, the engine profiles, the quantization schemes
+    (with the checkpoint formats each reads, and the profiles that measured it) or vLLM's tuned
+    fused-MoE tile tables that start above small passes (the zoo models whose experts meet each,
+    and the profiles that measured the factor on the experts' memory time)."""
     items = _list_data(what)
     if as_json:
         print_json({what.value: items})
@@ -427,6 +444,14 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines or sc
             served = "".join(f"; served: {name} ({m['runs']} runs, {'band' if m['band'] else 'no band'})"
                              for name, m in s["served"].items())
             print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}{served}")
+    elif what is ListWhat.tables:
+        for t in items:
+            models = ", ".join(t["models"]) or "no zoo model"
+            measured = ", ".join(f"{name}: memory x {f['memory_factor']:.2f}, "
+                                 f"{'measured on it' if f['measured'] else 'assumed'}"
+                                 for name, f in t["profiles"].items()) or "no profile measured the factor"
+            print(f"{t['gpu']:10s} E={t['experts']:<4d} N={t['width']:<5d} {t['scheme']:9s} from {t['from_tokens']:4d} "
+                  f"tokens  {models}  ({measured})")
     else:
         for e in items:
             fitted = ", ".join(f"{p['name']} ({'calibrated' if p['calibrated'] else 'uncalibrated'}"

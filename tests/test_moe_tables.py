@@ -121,3 +121,17 @@ def test_unfused_experts_meet_no_table(roofline_with):
     p = predict("phi-3.5-moe", engine=measured, gpu="h100-sxm", phase="decode", batch=1, dtype="fp8",
                 moe_impl="unfused")
     assert p.provenance["moe_tile_table"] is None
+
+
+def test_list_tables_names_the_models_each_table_meets_and_where_the_factor_was_measured(capsys):
+    from perfmodel.commands import main
+
+    main(["list", "tables", "--json"])
+    tables = json.loads(capsys.readouterr().out)["tables"]
+    phi = {t["width"]: t for t in tables if t["experts"] == 16}
+    assert phi[6400]["models"] == ["phi-3.5-moe (tp 1)"] and phi[3200]["models"] == ["phi-3.5-moe (tp 2)"]
+    assert phi[6400]["profiles"]["h100-sxm-vllm"]["measured"] is True  # the A/B ran at one GPU
+    assert phi[3200]["profiles"]["h100-sxm-vllm"]["measured"] is False  # carried to two: assumed
+    main(["list", "tables"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(tables) and "measured on it" in lines[0] and "assumed" in lines[1]

@@ -46,8 +46,8 @@ def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
                     gpu: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(row at vLLM's shipped table, row at the default rule) pairs of profiled decode steps on
     one GPU: the first a row whose expert shape has a table listed for ``gpu`` (its decode steps
-    below the table's start run that table's first tiles); the second the same point measured at a folder of its own tiles. The
-    latest row of each point id on either side."""
+    below the table's start run that table's first tiles); the second the same point measured at
+    a folder of its own tiles. The latest row of each point id on either side."""
     from perfmodel.measuring.compare import row_overrides, row_own_tiles, row_quant
     from perfmodel.prediction import Workload, moe_table_start
     from perfmodel.specs.model import load_model

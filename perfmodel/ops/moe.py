@@ -286,8 +286,9 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     (:func:`tile_floor`: the gate|up GEMM, N = 2·I/tp over K = H, and the down GEMM, N = H over
     K = I/tp), and whose library launches it from Python inside the fused-MoE op: a launched
     eager pass pays t_moe_host per layer for it (:attr:`Op.launch_host`). ``tuned_from`` (a
-    fused block; ignored for ``impl="unfused"``): the smallest pass of the engine's tuned tile table for these experts, tokens
-    (:func:`off_table_scale`; 0: none that starts above small passes).
+    fused block; ignored for ``impl="unfused"``): the smallest pass of the engine's tuned tile
+    table for these experts, tokens (:func:`off_table_scale`; 0: none that starts above small
+    passes).
     """
     rows, d_local = T * k / ep, distinct_experts() / ep
     block = block_rows(tiers, T * k / E if tiers_by_rows else T)
