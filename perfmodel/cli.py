@@ -294,17 +294,17 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     if what is ListWhat.tables:
         from perfmodel.moe_tables import load_tables, zoo_shapes
 
-        def factors(table, models):  # per profile with the factor: it, and whether this table's A/B gave it
-            out = {}
+        def entry(table):  # its zoo models, and per profile with the factor: it, and whether this table's A/B gave it
+            shapes = zoo_shapes(table)
+            factors = {}
             for p in profiles:
                 if p.gpu == table.gpu and p.options.moe_off_table_memory is not None:
                     a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
-                    out[p.name] = {"memory_factor": p.options.moe_off_table_memory,
-                                   "measured": any(f"{m} (tp 1)" in models for m in a_b)}
-            return out
+                    factors[p.name] = {"memory_factor": p.options.moe_off_table_memory,
+                                       "measured": any(name in a_b and tp == 1 for name, tp in shapes)}
+            return {**table.model_dump(), "models": [f"{name} (tp {tp})" for name, tp in shapes], "profiles": factors}
 
-        return [{**table.model_dump(), "models": zoo_shapes(table), "profiles": factors(table, zoo_shapes(table))}
-                for table in load_tables()]
+        return [entry(table) for table in load_tables()]
     if what is ListWhat.schemes:
         from perfmodel.quantization import load_schemes
 

@@ -48,10 +48,10 @@ def load_tables() -> tuple[TunedTable, ...]:
     return tuple(tables)
 
 
-def zoo_shapes(table: TunedTable, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> list[str]:
+def zoo_shapes(table: TunedTable, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> list[tuple[str, int]]:
     """The zoo models whose routed experts have the table's shape on one GPU at some tensor-
-    parallel degree of ``degrees`` (E experts of width I/tp), as ``name (tp N)``; the scheme is
-    the table's (a model at another scheme meets another table)."""
+    parallel degree of ``degrees`` (E experts of width I/tp), as (name, tp); the scheme is the
+    table's (a model at another scheme meets another table)."""
     from perfmodel.specs.model import load_model
     from perfmodel.specs.zoo import zoo_names
 
@@ -60,7 +60,7 @@ def zoo_shapes(table: TunedTable, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> li
         moe = load_model(name).moe
         if moe is None or moe.n_experts != table.experts:
             continue
-        out += [f"{name} (tp {tp})" for tp in degrees if moe.expert_intermediate == table.width * tp]
+        out += [(name, tp) for tp in degrees if moe.expert_intermediate == table.width * tp]
     return out
 
 

@@ -957,7 +957,8 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     workload = workload.stored_as(model)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
-    outputs = compile_model(model, phase, profile, options=graph_options(profile, workload, model)).evaluate(values)
+    options = graph_options(profile, workload, model)
+    outputs = compile_model(model, phase, profile, options=options).evaluate(values)
     totals = {n: float(v) for n, v in outputs.totals.items()}
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
@@ -977,17 +978,16 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
         # a checkpoint format no scheme describes, predicted unquantized: neither --quant nor an alias --dtype
         "unread_quantization": (model.unread_quantization if workload.quant is None
                                 and workload.scheme.name == quantization.NO_QUANT else None),
-        "moe_tile_table": moe_tile_table(profile, workload, model),
+        "moe_tile_table": moe_tile_table(profile, options.moe_tuned_from),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
                       ops=ops, provenance=provenance, overrides=dict(overrides or {}), gpu=gpu)
 
 
-def moe_tile_table(profile: EngineProfile, workload: Workload, model: ModelSpec) -> dict[str, Any] | None:
+def moe_tile_table(profile: EngineProfile, start: int) -> dict[str, Any] | None:
     """The engine's tuned fused-MoE tile table made for larger passes that a prediction's routed
-    experts meet (:func:`moe_tuned_from`): its smallest tuned pass (tokens) and the factor on the
-    experts' memory time; None where they meet none."""
-    start = moe_tuned_from(profile, workload, model)
+    experts meet, from its smallest tuned pass ``start`` (tokens; :func:`moe_tuned_from`, 0:
+    none): that pass and the factor on the experts' memory time; None where they meet none."""
     if not start:
         return None
     return {"from_tokens": start, "memory_factor": profile.options.moe_off_table_memory}
