@@ -105,7 +105,7 @@ def test_a_measured_effect_is_the_relative_change_of_two_rows_beside_the_model_a
             _row("k8r", ["top_k=8"], 2500.0, "random"), _row("k4", ["top_k=4"], 2700.0, "random")]
     results.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
     (tmp_path / "h200-vllm-whatif.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
-    loaded = measured.load_rows(results)
+    loaded = measured.load_rows(path=results)
     assert len(loaded) == 4
     (pair,) = measured.pairs(loaded, Measured(vary="top_k", value=1, baseline=8), "vllm")
     assert pair.sampling == "random"  # the random row of top-8 is taken, beside the random top-1 row
@@ -146,7 +146,7 @@ def test_the_command_writes_both_files_and_prints_one_json_object(tmp_path, caps
     html = (out / "report.html").read_text()
     assert "chart-E2-0" in html and "chart-E4-0" in html and "E4: total experts" in html
     md = (out / "report.md").read_text()
-    assert "| effect | paper | predicted (h100-sxm) | measured (H200) | verdict | model vs measured |" in md
+    assert "| effect | paper | predicted (h100-sxm) | measured | verdict | model vs measured |" in md
     # the bottom line counts the effects reproduced and the measured pairs the model follows
     assert data["standing"].startswith("The model reproduces ") and data["standing"] in md
     for e in data["effects"]:
@@ -158,9 +158,15 @@ def test_the_command_writes_both_files_and_prints_one_json_object(tmp_path, caps
 def test_the_terminal_table(tmp_path, capsys):
     main(["report", "paper", "--study", str(_reduced_study(tmp_path)), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    for column in ("effect", "paper", "predicted (h100-sxm)", "measured (H200)", "verdict", "model vs measured"):
+    for column in ("effect", "paper", "predicted (h100-sxm)", "measured", "verdict", "model vs measured"):
         assert column in out
     assert "E3 FFN width" in out and "report:" in out
+    # where the measurements come from: each GPU's files, the H100 named as the paper's GPU
+    md = (tmp_path / "r" / "report.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("- **Measurements**"))
+    assert "H200 (validate/results/h200-vllm.jsonl, validate/results/h200-vllm-whatif.jsonl;" in line
+    assert "H100 80GB HBM3 (the paper's GPU; validate/results/h100-vllm.jsonl" in line
+    assert "H200 (validate/results/h200-hf.jsonl" in line and "predicted with the hf profile" in line
 
 
 @pytest.mark.parametrize("argv, fragment", [

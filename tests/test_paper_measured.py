@@ -35,7 +35,7 @@ def _row(top_k: int, throughput: float, spec: str | None = None) -> dict:
     return {"schema_version": 1, "status": "ok", "point_id": point,
             "model": "olmoe-1b-7b", "overrides": [f"top_k={top_k}"], "layers": 4, "batch": 1, "input_len": 128,
             "output_len": 128, "engine": {"quantization": "none", "tp": 1}, "throughput_tok_s": throughput,
-            "spec_mean_accepted_len": 2.5 if spec else None}
+            "spec_mean_accepted_len": 2.5 if spec else None, "measured_gpu": "h200-sxm"}
 
 
 def test_a_speculative_row_is_another_point_than_the_plain_row_of_the_same_workload():
@@ -74,7 +74,7 @@ def test_an_effect_takes_one_comparison_or_a_list(study):
 
 
 def _hf_rows():
-    return measured.load_rows(measured.RESULTS_FILES["hf"])
+    return measured.load_rows("h200-sxm", "hf")
 
 
 def test_the_fused_vs_unfused_comparison_pairs_transformers_rows_alone(study):
@@ -91,18 +91,19 @@ def test_the_fused_vs_unfused_comparison_pairs_transformers_rows_alone(study):
         # predicted with the hf profile, each side with its own MoE implementation; the eager
         # loop's decode steps (timed as kernel sums: it cannot be captured) at their kernel time
         shape = tuple(row_overrides(pair.side))
-        fused = measured._predicted(pair.side["model"], shape, pair.side["batch"],
+        fused = measured._predicted("h200-sxm", pair.side["model"], shape, pair.side["batch"],
                                     pair.side["input_len"], pair.side["output_len"], None, "hf")
-        unfused = measured._predicted(pair.base["model"], shape, pair.base["batch"],
-                                      pair.base["input_len"], pair.base["output_len"], None, "hf", (), "unfused")
+        unfused = measured._predicted("h200-sxm", pair.base["model"], shape, pair.base["batch"],
+                                      pair.base["input_len"], pair.base["output_len"], None, "hf", (),
+                                      "unfused")
         assert pair.base["decode_method"] == "kernel_sum" and pair.side["decode_method"] == "cuda_graph"
         assert pair.predicted_side == pytest.approx(fused["throughput_tok_s"])
         # and its prefill at the routing it ran, where the row recorded it
         skew = prefill_skew(pair.base, load_model(pair.base["model"], list(shape)))
         skewed += skew > 0
-        prefill = (measured._predicted(pair.base["model"], shape, pair.base["batch"], pair.base["input_len"],
-                                       pair.base["output_len"], None, "hf", (), "unfused", "prefill", skew)["prefill_s"]
-                   if skew > 0 else None)
+        prefill = (measured._predicted("h200-sxm", pair.base["model"], shape, pair.base["batch"],
+                                       pair.base["input_len"], pair.base["output_len"], None, "hf", (), "unfused",
+                                       "prefill", skew)["prefill_s"] if skew > 0 else None)
         kernel_steps = as_measured(unfused, pair.base, prefill)
         assert kernel_steps["itl_s"] == pytest.approx(unfused["decode_kernels_s"])
         assert kernel_steps["itl_s"] < unfused["itl_s"]
@@ -184,7 +185,7 @@ def test_e10_draft_comparisons_with_the_model_at_the_measured_tokens_per_step(ro
 
     report = PaperReport(study, "h100-sxm", "vllm", {}, {}, [], {"E10": pairs}, {})
     text = measured_text(report, "E10")
-    assert text.startswith(f"qwen3-30b-a3b, {len(pairs)} pairs: spec=qwen3-1.7b:4 vs qwen3-8b:4 +")
+    assert text.startswith(f"H200 qwen3-30b-a3b, {len(pairs)} pairs: spec=qwen3-1.7b:4 vs qwen3-8b:4 +")
     assert measured_text(report, "E7") == "not measured" and measured_text(report, "E9") == "no measured pair"
     assert measured_text(report, "E5") == "no measured pair"
 
@@ -235,3 +236,22 @@ def test_e8_at_full_depth_follows_the_model_and_a_pair_says_how_busy_the_gpu_was
     assert measured.gpu_busy({"itl_ms": 2.0, "decode_profile": {"busy_ms": 1.0}}) == pytest.approx(0.5)
     assert measured.gpu_busy({"itl_ms": 2.0, "decode_profile": None}) is None
     assert host_bound[0].gpu_busy_text.startswith("– / ") and host_bound[0].gpu_busy_text.endswith("%")
+
+
+def test_pairs_stay_on_their_gpu_and_are_predicted_with_its_fit(study):
+    rows, left_out = measured.without_collapsed_routing(measured.load_sources())
+    # Qwen3-30B-A3B's fp8 decode steps at its own router beat uniform routing's floor on the H100
+    assert "qwen3-30b-a3b fp8 on h100-sxm" in left_out
+    h100_qwen3 = [measured.knobs(r) for r in rows if r["measured_gpu"] == "h100-sxm" and r["model"] == "qwen3-30b-a3b"]
+    assert h100_qwen3 and {k["quant"] for k in h100_qwen3} == {"none"}
+    found = measured.pairs(rows, study.effect("E6").measured[0], "vllm")
+    h100 = [p for p in found if p.keys["gpu"] == "h100-sxm"]
+    assert {(p.keys["model"], p.keys["batch"]) for p in h100} >= {
+        ("olmoe-1b-7b", 1), ("olmoe-1b-7b", 16), ("qwen1.5-moe-a2.7b", 1), ("qwen1.5-moe-a2.7b", 16)}
+    for p in h100:
+        assert p.side["measured_gpu"] == p.base["measured_gpu"] == "h100-sxm" and p.label.startswith("H100 ")
+        assert "H100" in p.side["gpu_name"] and "H100" in p.base["gpu_name"]
+        on_h200 = measured.predicted_throughput({**p.base, "measured_gpu": "h200-sxm"}, "vllm")
+        assert p.predicted_base == pytest.approx(measured.predicted_throughput(p.base, "vllm"))
+        assert abs(p.predicted_base / on_h200 - 1) > 0.02  # the H100's own fit, not the H200's
+    assert all(p.side["measured_gpu"] == p.base["measured_gpu"] for p in found)

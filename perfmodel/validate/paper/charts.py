@@ -1,7 +1,8 @@
 """The charts of the paper report (altair, Vega-Lite specs embedded in the page).
 
-Predicted curves are the paper's setup (its GPU, its GPU count); our measurements are on an
-H200 and often at 8 layers, so where they are overlaid the chart shows throughput *relative* to
+Predicted curves are the paper's setup (its GPU, its GPU count); our measurements are on one
+H200 or H100 (each series names its GPU) and often at 8 layers, so where they are overlaid the
+chart shows throughput *relative* to
 a baseline point of the same series (filled: measured; hollow: the model at exactly those
 measured points), and the paper's claimed range as a grey band. Each function returns a chart,
 or None when there is nothing to draw.
@@ -40,7 +41,7 @@ def _relative(frame: pd.DataFrame, group: str, knob: str, baseline: Any, columns
     return pd.concat(out, ignore_index=True) if out else frame.iloc[0:0]
 
 
-SOURCES = ("measured (H200)", "model at the measured points")
+SOURCES = ("measured", "model at the measured points")
 
 
 def _measured_layer(points: pd.DataFrame, x: str, y_title: str, color):
@@ -85,7 +86,7 @@ def _knob_chart(result: EffectResult, points: pd.DataFrame | None, *, knob: str,
                 relative_title: str, chart_title: str):
     """Predicted throughput vs one MoE knob (log2 axis at ``axis``) per FFN width at ``fixed``
     (column, value), beside the same relative to ``baseline`` with the paper's claimed range at
-    ``claim_at`` (bars) and the H200 measurements overlaid."""
+    ``claim_at`` (bars) and our measurements overlaid."""
     import altair as alt
 
     table = result.computed.series
@@ -114,27 +115,29 @@ def _knob_chart(result: EffectResult, points: pd.DataFrame | None, *, knob: str,
 
 def top_k_chart(result: EffectResult, points: pd.DataFrame | None):
     """Throughput vs top-k per FFN width (the paper's setup, 8 experts), and relative to top-8
-    with the paper's claimed ratios at top-1 (bars) and our H200 measurements overlaid."""
+    with the paper's claimed ratios at top-1 (bars) and our measurements overlaid."""
     return _knob_chart(result, points, knob="top_k", title="top-k", axis=[1, 2, 4, 8], fixed=("num_experts", 8),
                        baseline=8, claim_at=1, absolute_title="paper setup, 8 experts",
                        y_title="throughput / throughput at top-8",
-                       relative_title="relative to top-8 (bars at top-1: the paper's claims; points: H200, 8 layers)",
+                       relative_title=("relative to top-8 (bars at top-1: the paper's claims; points: ours, "
+                                       "mostly 8 layers)"),
                        chart_title="E2: throughput vs top-k per FFN width (lines: predicted)")
 
 
 def experts_chart(result: EffectResult, points: pd.DataFrame | None):
     """Throughput vs number of experts per FFN width at top-2, and relative to 8 experts with the
-    H200 measurements and the paper's claimed range at 64 experts."""
+    measurements and the paper's claimed range at 64 experts."""
     return _knob_chart(result, points, knob="num_experts", title="experts", axis=[8, 16, 32, 64],
                        fixed=("top_k", 2), baseline=8, claim_at=64, absolute_title="paper setup, top-2",
                        y_title="throughput / throughput at 8 experts",
-                       relative_title="relative to 8 experts (bar at 64: the paper's claim; points: H200, 8 layers)",
+                       relative_title=("relative to 8 experts (bar at 64: the paper's claim; points: ours, "
+                                       "mostly 8 layers)"),
                        chart_title="E4: throughput vs number of experts (lines: predicted)")
 
 
 def gain_chart(result: EffectResult, pairs: list[Any], quantity: str, title: str, y_title: str):
     """A predicted gain (%) vs batch, one line per length S = O, the paper's first claimed range
-    as a band, and measured gains (H200) with the model's at the same points."""
+    as a band, and measured gains (ours) with the model's at the same points."""
     import altair as alt
 
     values = result.computed.values

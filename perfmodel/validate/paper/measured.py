@@ -1,22 +1,23 @@
-"""The paper's comparisons in our own measurements (H200, not the paper's H100): of vLLM, and
-where vLLM has no switch for what an effect compares, of transformers (the fused vs unfused
-MoE: its grouped_mm experts against its eager loop over them).
+"""The paper's comparisons in our own measurements, on the H200 and on the paper's GPU, the
+H100: of vLLM, and where vLLM has no switch for what an effect compares, of transformers (the
+fused vs unfused MoE: its grouped_mm experts against its eager loop over them; H200 only).
 
-Rows come from the committed result files (``validate/results/h200-vllm.jsonl``,
-``h200-hf.jsonl`` and their ``-whatif`` companions; JSON lines, read by
-:func:`perfmodel.measuring.results.read_rows`, no GPU library imported); a comparison takes the
-rows of its engine (:attr:`~perfmodel.validate.paper.effects.Measured.engine`, the rows'
-``backend``). Two measured rows compare what an effect compares when they differ in the
-effect's knob only (``quant``, ``top_k``, ``ffn``, ``num_experts``, the length S = O, ``spec``,
-the draft model and γ of speculative decoding, or ``moe_impl``): same model, layers, B, S, O,
-the other hyperparameters, the GPU count, and the same speculative decoding (none, or one
-draft, γ and acceptance setting), so a plain row never pairs with a speculative one. Rows
+Rows come from the committed result files of :data:`SOURCES` (``validate/results/h200-vllm.jsonl``,
+``h200-hf.jsonl``, ``h100-vllm.jsonl`` and their ``-whatif`` companions; JSON lines, read by
+:func:`perfmodel.measuring.results.read_rows`, no GPU library imported), each row tagged with the
+GPU it ran on (``measured_gpu``, the model's name for it); a comparison takes the rows of its
+engine (:attr:`~perfmodel.validate.paper.effects.Measured.engine`, the rows' ``backend``). Two
+measured rows compare what an effect compares when they differ in the effect's knob only
+(``quant``, ``top_k``, ``ffn``, ``num_experts``, the length S = O, ``spec``, the draft model and
+γ of speculative decoding, or ``moe_impl``): same GPU, model, layers, B, S, O, the other
+hyperparameters, the GPU count, and the same speculative decoding (none, or one draft, γ and
+acceptance setting), so a plain row never pairs with a speculative one. Rows
 record the decode sampling in their point id (``sampling=random``; none: greedy, the older
 rows); a pair takes rows of one sampling where both sides have one (random first), else says
 it mixes them.
 
 A row of a (model, quantization, routing) group some of whose decode steps beat the HBM floor of
-uniform routing (:func:`perfmodel.measuring.routing_floor.collapsed_routing`: vLLM's dummy weights
+uniform routing on its GPU (:func:`perfmodel.measuring.routing_floor.collapsed_routing`: vLLM's dummy weights
 routed it to fewer experts than real weights do, e.g. Qwen3-30B-A3B in fp8 at its own router)
 stands in no pair and no point either (:func:`without_collapsed_routing`): its change would be
 the routing's, not the effect's.
@@ -28,7 +29,8 @@ model costs as graph replays: such rows stand in no pair and no point.
 
 The measured effect is the relative change of ``throughput_tok_s`` (B·(S+O)/E2E), of a point
 measured more than once the mean of its measurements (:func:`load_rows`). Beside it the
-model's prediction for exactly those points: on the H200, with the rows' layers, overrides,
+model's prediction for exactly those points: on the rows' GPU (with that GPU's fit where it
+has one), with the rows' layers, overrides,
 quantization and MoE implementation, one GPU, a speculative row at its draft, γ and measured
 tokens per step τ (:func:`perfmodel.measuring.compare.row_speculative`), as
 :func:`perfmodel.measuring.compare.compare` predicts a row, with the profile of the rows'
@@ -52,16 +54,13 @@ from perfmodel.measuring.compare import (
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
 
-#: The GPU of the measurements (the rows' own, as the model names it).
-MEASURED_GPU = "h200-sxm"
-#: The committed vLLM measurements an effect may find its comparison in.
-RESULTS_FILE = paths.RESULTS_DIR / "h200-vllm.jsonl"
-#: The committed measurements of each engine a comparison may come from (:attr:`Measured.engine`).
-RESULTS_FILES = {"vllm": RESULTS_FILE, "hf": paths.RESULTS_DIR / "h200-hf.jsonl"}
+#: The GPUs (as the model names them) and engines whose committed measurements a comparison may
+#: come from (:attr:`Measured.engine`): vLLM and transformers on the H200, vLLM on the H100.
+SOURCES = (("h200-sxm", "vllm"), ("h200-sxm", "hf"), ("h100-sxm", "vllm"))
 #: Samplings in order of preference when both sides have both.
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
-KNOBS = ("layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
+KNOBS = ("gpu", "layers", "batch", "input_len", "output_len", "tp", "quant", "routing", "top_k", "ffn", "num_experts",
          "spec", "spec_accept", "moe_impl", "engine_process")
 #: Least spread (points of the change) of a pair's repeated measurements that a report shows.
 SPAN_SHOWN_PP = 1.0
@@ -70,14 +69,21 @@ SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "inpu
            "moe_impl": "moe"}
 
 
-def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
-    """The measured (status ok) rows of a results file and of its ``-whatif`` companion, one per
-    point id: a point measured more than once (another engine start, another lease) is its last
-    row with ``throughput_tok_s`` the mean of its measurements, ``repeats`` their number and
-    ``throughput_span`` their (lowest, highest), so that a comparison does not rest on one engine
-    start where there are several, and says how far its measurements spread."""
+def source_file(gpu: str, engine: str) -> Path:
+    """The committed results of an engine on a GPU (``validate/results/<gpu>-<engine>.jsonl``)."""
+    return paths.RESULTS_DIR / f"{gpu.split('-')[0]}-{engine}.jsonl"
+
+
+def load_rows(gpu: str = "h200-sxm", engine: str = "vllm", path: Path | None = None) -> list[dict[str, Any]]:
+    """The measured (status ok) rows of a GPU's results file of an engine (``path``: another
+    file of that GPU's) and of its ``-whatif`` companion, one per point id, each tagged with
+    ``measured_gpu``: a point measured more than once (another engine start, another lease) is
+    its last row with ``throughput_tok_s`` the mean of its measurements, ``repeats`` their number
+    and ``throughput_span`` their (lowest, highest), so that a comparison does not rest on one
+    engine start where there are several, and says how far its measurements spread."""
+    path = Path(path) if path is not None else source_file(gpu, engine)
     rows: list[dict[str, Any]] = []
-    for file in (Path(path), what_if_file(Path(path))):
+    for file in (path, what_if_file(path)):
         every = [r for r in read_rows(file, unique=False).rows if r.get("status") == "ok"]
         by_id: dict[str, list[dict[str, Any]]] = {}
         for row in every:
@@ -85,19 +91,29 @@ def load_rows(path: Path = RESULTS_FILE) -> list[dict[str, Any]]:
         for repeats in by_id.values():
             values = [float(r["throughput_tok_s"]) for r in repeats]
             rows.append({**repeats[-1], "throughput_tok_s": sum(values) / len(values), "repeats": len(values),
-                         "throughput_span": (min(values), max(values))})
+                         "throughput_span": (min(values), max(values)), "measured_gpu": gpu})
     return rows
 
 
+def load_sources() -> list[dict[str, Any]]:
+    """:func:`load_rows` of every source (:data:`SOURCES`)."""
+    return [row for gpu, engine in SOURCES for row in load_rows(gpu, engine)]
+
+
 def without_collapsed_routing(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The rows outside the groups whose routing collapsed
+    """The rows outside the groups whose routing collapsed on their GPU
     (:func:`perfmodel.measuring.routing_floor.collapsed_routing`), and those groups' names
-    (``qwen3-30b-a3b fp8``; the routing where it is not the model's own)."""
+    (``qwen3-30b-a3b fp8``; the routing where it is not the model's own; ``on h100-sxm`` where
+    the GPU is not the H200)."""
     from perfmodel.measuring.routing_floor import collapsed_routing, group_name, routing_group
 
-    collapsed = collapsed_routing(rows, MEASURED_GPU)
-    return ([r for r in rows if routing_group(r) not in collapsed],
-            [group_name(*key) for key in sorted(collapsed)])
+    kept, names = [], []
+    for gpu in dict.fromkeys(r["measured_gpu"] for r in rows):
+        mine = [r for r in rows if r["measured_gpu"] == gpu]
+        collapsed = collapsed_routing(mine, gpu)
+        kept += [r for r in mine if routing_group(r) not in collapsed]
+        names += [group_name(*key) + ("" if gpu == "h200-sxm" else f" on {gpu}") for key in sorted(collapsed)]
+    return kept, names
 
 
 def _setting(row: dict[str, Any], name: str) -> str | None:
@@ -140,7 +156,7 @@ def _shape(model: str, overrides: tuple[str, ...]) -> tuple[int, int | None, int
 
 
 def knobs(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's identity as the effects see it: layers, B, S, O, GPU count, quantization, routing
+    """A row's identity as the effects see it: the GPU it ran on, layers, B, S, O, GPU count, quantization, routing
     (the model's router or vLLM's routing simulator), the MoE shape it ran (top_k, expert FFN
     width, experts: its overrides over the model's own), its speculative decoding (``spec``,
     ``spec_accept``: :func:`speculation`) and its MoE implementation (``moe_impl``:
@@ -150,8 +166,9 @@ def knobs(row: dict[str, Any]) -> dict[str, Any]:
     layers, top_k, ffn, experts = _shape(row["model"], tuple(row_overrides(row)))
     engine = row.get("engine") or {}
     spec, accept = speculation(row)
-    return {"model": row["model"], "layers": layers, "batch": row["batch"], "input_len": row["input_len"],
-            "output_len": row["output_len"], "tp": int(engine.get("tp") or 1), "quant": row_quant(row) or "none",
+    return {"gpu": row["measured_gpu"], "model": row["model"], "layers": layers, "batch": row["batch"],
+            "input_len": row["input_len"], "output_len": row["output_len"], "tp": int(engine.get("tp") or 1),
+            "quant": row_quant(row) or "none",
             "routing": row_routing(row), "top_k": top_k, "ffn": ffn, "num_experts": experts,
             "spec": spec, "spec_accept": accept, "moe_impl": row_moe_impl(row) or "other",
             "engine_process": row_engine_process(row)}
@@ -229,8 +246,8 @@ def gpu_busy(row: dict[str, Any]) -> float | None:
 
 
 def _label(k: dict[str, Any], measured: Measured) -> str:
-    """The point of a pair or a group: model, shape but the varied knob, B, S = O, routing and
-    speculative decoding where not the defaults."""
+    """The point of a pair or a group: GPU (``H100``), model, shape but the varied knob, B,
+    S = O, routing and speculative decoding where not the defaults."""
     tags = [f"B={k['batch']}"]
     if measured.vary != "input_len":
         tags.append(f"S=O={k['input_len']}" if k["input_len"] == k["output_len"] else f"S={k['input_len']} O={k['output_len']}")
@@ -242,18 +259,23 @@ def _label(k: dict[str, Any], measured: Measured) -> str:
         tags.append(f"spec={k['spec']}")
     if k.get("spec_accept", "none") != "none":
         tags.append(f"α={k['spec_accept']}")
-    return f"{k['model']} [{' '.join(shape)}] {' '.join(tags)}"
+    return f"{gpu_label(k['gpu'])} {k['model']} [{' '.join(shape)}] {' '.join(tags)}"
+
+
+def gpu_label(gpu: str) -> str:
+    """How a pair names its GPU: ``H100`` for h100-sxm."""
+    return gpu.split("-")[0].upper()
 
 
 @functools.cache
-def _predicted(model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
+def _predicted(gpu: str, model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
                quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = (),
                moe_impl: str = "fused", phase: str = "request", skew: float = 0.0) -> dict[str, float]:
     """:func:`perfmodel.sweep` of one point (equal to :func:`perfmodel.predict`; it shares the
     compiled expressions of the report's sweeps, without the per-op outputs), its metrics by
     name; ``speculative``: its speculative-decoding what-ifs (spec_draft, spec_tokens,
     spec_accepted_len or spec_accept); ``phase`` and the routing ``skew`` as in ``predict``."""
-    table = sweep(model, {"batch": [batch]}, gpu=MEASURED_GPU, engine=engine, phase=phase, input_len=input_len,
+    table = sweep(model, {"batch": [batch]}, gpu=gpu, engine=engine, phase=phase, input_len=input_len,
                   output_len=output_len, overrides=list(overrides), quant=quant, moe_impl=moe_impl,
                   skew=skew, **dict(speculative))
     return {name: float(value) for name, value in table.iloc[0].items()
@@ -261,14 +283,15 @@ def _predicted(model: str, overrides: tuple[str, ...], batch: int, input_len: in
 
 
 def predicted_throughput(row: dict[str, Any], engine: str) -> float:
-    """The model's throughput (tok/s) for a measured row, on its GPU, as built and quantized,
-    with its MoE implementation, as the row timed its passes and at the routing its prefill ran
+    """The model's throughput (tok/s) for a measured row, on its GPU (``measured_gpu``), as built
+    and quantized, with its MoE implementation, as the row timed its passes and at the routing its prefill ran
     (:func:`perfmodel.measuring.compare.as_measured`, :func:`~perfmodel.measuring.compare.prefill_skew`);
     a speculative row with its draft and γ at the tokens per step τ it measured."""
     from perfmodel.specs.model import load_model
 
-    point = (row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"], row["output_len"],
-             row_quant(row), engine, tuple(sorted(row_speculative(row).items())), row_moe_impl(row) or "fused")
+    point = (row["measured_gpu"], row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
+             row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())),
+             row_moe_impl(row) or "fused")
     metrics = _predicted(*point)
     skew = prefill_skew(row, load_model(row["model"], row_overrides(row)))
     prefill = _predicted(*point, "prefill", skew)["prefill_s"] if skew > 0 else None

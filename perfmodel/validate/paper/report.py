@@ -22,8 +22,12 @@ from perfmodel.validate.paper import charts, measured
 from perfmodel.validate.paper.compute import Context, EffectResult, compute_effects
 from perfmodel.validate.paper.effects import DEFAULT_STUDY, Study, load_study
 from perfmodel.validate.paper.verdict import REPRODUCED, TRACKS, Tracking, judge_tracking, pct_range
+from perfmodel.wording import count_of
 
 TEMPLATES = ("perfmodel.validate.paper", "templates")
+#: How the report names the engine of a comparison's measurements.
+MEASURED_ENGINES = {"vllm": "vLLM", "hf": "transformers"}
+
 #: Where the report goes by default.
 DEFAULT_OUT = Path("reports") / "paper"
 
@@ -49,28 +53,49 @@ class PaperReport:
                               self.study.study.tolerance_pp)
 
 
-def _source(rows: list[dict[str, Any]], left_out: list[str]) -> dict[str, Any]:
-    """Where the measurements come from: files, GPU, engine versions, dates, rows (vLLM's;
-    transformers' apart, ``hf_*``), and the groups left out because their routing collapsed
-    (:func:`measured.without_collapsed_routing`)."""
+def _source(rows: list[dict[str, Any]], left_out: list[str], paper_gpu: str) -> dict[str, Any]:
+    """Where the measurements come from, per source (:data:`measured.SOURCES`) that has rows: its
+    GPU (the model's name, the rows' own, whether it is the paper's ``paper_gpu``), engine and
+    versions, files, rows and dates; and
+    the groups left out because their routing collapsed (:func:`measured.without_collapsed_routing`)."""
     def one(key: str, among: list[dict[str, Any]]) -> str:
         found = sorted({str(r.get(key)) for r in among if r.get(key)})
         return ", ".join(found) or "–"
 
     def dates(among: list[dict[str, Any]]) -> str:
         days = sorted(str(r.get("date", ""))[:10] for r in among if r.get("date"))
-        return f"{days[0]} – {days[-1]}" if days else "–"
+        return "–" if not days else days[0] if days[0] == days[-1] else f"{days[0]} – {days[-1]}"
 
-    vllm = [r for r in rows if r.get("backend", "vllm") == "vllm"]
-    hf = [r for r in rows if r.get("backend") == "hf"]
-    hf_file = measured.RESULTS_FILES["hf"]
-    return {"results_file": str(measured.RESULTS_FILE.relative_to(paths.ROOT)),
-            "whatif_file": str(what_if_file(measured.RESULTS_FILE).relative_to(paths.ROOT)),
-            "gpu": one("gpu_name", vllm), "vllm": one("vllm", vllm), "rows": len(vllm), "dates": dates(vllm),
-            "hf_results_file": str(hf_file.relative_to(paths.ROOT)),
-            "hf_whatif_file": str(what_if_file(hf_file).relative_to(paths.ROOT)),
-            "transformers": one("transformers", hf), "hf_rows": len(hf), "hf_dates": dates(hf),
-            "left_out": left_out}
+    sets = []
+    for gpu, engine in measured.SOURCES:
+        mine = [r for r in rows if r["measured_gpu"] == gpu and r.get("backend", "vllm") == engine]
+        if not mine:
+            continue
+        path = measured.source_file(gpu, engine)
+        files = [str(f.relative_to(paths.ROOT)) for f in (path, what_if_file(path)) if f.exists()]
+        sets.append({"gpu": gpu, "engine": engine, "engine_name": MEASURED_ENGINES[engine],
+                     "version": one("vllm" if engine == "vllm" else "transformers", mine),
+                     "gpu_name": one("gpu_name", mine), "paper_gpu": gpu == paper_gpu, "files": files,
+                     "rows": len(mine), "dates": dates(mine)})
+    return {"sets": sets, "left_out": left_out}
+
+
+def source_text(source: dict[str, Any]) -> str:
+    """The report's measurements in one sentence: each source's engine, GPU, files, rows and
+    dates, and the groups left out."""
+    parts = []
+    for s in source["sets"]:
+        paper = "the paper's GPU; " if s["paper_gpu"] else ""
+        why = ("" if s["engine"] == "vllm" else
+               " where vLLM has no switch for a comparison (the fused vs unfused MoE), predicted with the hf profile")
+        parts.append(f"our {s['engine_name']} {s['version']} runs on the {s['gpu_name']} "
+                     f"({paper}{', '.join(s['files'])}; {s['rows']} rows, {s['dates']}){why}")
+    text = "; ".join(parts) + (". Beside each measured change: the model's change for exactly those points (the rows' "
+                               "GPU with its own fit, the rows' layers, one GPU)")
+    if source["left_out"]:
+        text += (". Left out, their routing having collapsed under vLLM's dummy weights (decode steps faster than "
+                 f"uniform routing allows): {', '.join(source['left_out'])}")
+    return text + "."
 
 
 def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = DEFAULT_STUDY) -> PaperReport:
@@ -86,19 +111,14 @@ def build(*, gpu: str = "h100-sxm", engine: str = "vllm", study: str | Study = D
     prov = probe.provenance
     provenance = {k: prov[k] for k in ("profile", "engine", "gpu", "calibrated", "transfer", "note")}
     results = compute_effects(study, ctx)
-    rows, left_out = measured.without_collapsed_routing(
-        [r for path in measured.RESULTS_FILES.values() for r in measured.load_rows(path)])
+    rows, left_out = measured.without_collapsed_routing(measured.load_sources())
     pairs, points = {}, {}
     for effect in study.effects:
         if effect.measured:
             pairs[effect.id] = measured.effect_pairs(rows, effect.measured, engine)
             points[effect.id] = measured.effect_points(rows, effect.measured, engine)
-    return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows, left_out), results, pairs,
-                       points)
-
-
-#: How the report names the engine of a comparison's measurements.
-MEASURED_ENGINES = {"vllm": "vLLM", "hf": "transformers"}
+    return PaperReport(study, probe.provenance["gpu"], engine, provenance, _source(rows, left_out, study.study.gpu),
+                       results, pairs, points)
 
 
 def measured_engines(effect) -> str:
@@ -108,10 +128,11 @@ def measured_engines(effect) -> str:
 
 
 def measured_text(report: PaperReport, effect_id: str) -> str:
-    """The measured comparisons of an effect in one line, per model: ``mixtral-8x7b +26…+67%
-    (model +42…+61%, 6 pairs)``, and per comparison where the effect makes several
-    (``olmoe-1b-7b, 12 pairs: E=56 vs 64 +3% (model +6%), …``), led by the engine where the
-    measurements are not vLLM's (``transformers: …``); why there are none otherwise."""
+    """The measured comparisons of an effect in one line, per GPU and model: ``H200
+    mixtral-8x7b +26…+67% (model +42…+61%, 6 pairs)``, and per comparison where the effect
+    makes several (``H200 olmoe-1b-7b, 12 pairs: E=56 vs 64 +3% (model +6%), …``), led by the
+    engine where the measurements are not vLLM's (``transformers: …``); why there are none
+    otherwise."""
     effect = report.study.effect(effect_id)
     if not effect.measured:
         return "not measured"
@@ -119,9 +140,9 @@ def measured_text(report: PaperReport, effect_id: str) -> str:
     if not pairs:
         return "no measured pair"
     parts = []
-    for model in dict.fromkeys(p.keys.get("model") for p in pairs):
-        mine = [p for p in pairs if p.keys.get("model") == model]
-        count = f"{len(mine)} pair{'s' if len(mine) != 1 else ''}"
+    for (gpu, model), mine in _by_gpu_and_model(pairs).items():
+        model = f"{measured.gpu_label(gpu)} {model}"
+        count = count_of(len(mine), "pair")
         if len(effect.measured) == 1:
             seen, model_change = _changes(mine)
             parts.append(f"{model} {seen} (model {model_change}, {count})")
@@ -135,18 +156,26 @@ def measured_text(report: PaperReport, effect_id: str) -> str:
     return ("" if engines == MEASURED_ENGINES["vllm"] else f"{engines}: ") + "; ".join(parts)
 
 
+def _by_gpu_and_model(pairs: list[measured.MeasuredPair]) -> dict[tuple[str, str], list[measured.MeasuredPair]]:
+    """Pairs grouped by (GPU, model), in their order."""
+    groups: dict[tuple[str, str], list[measured.MeasuredPair]] = {}
+    for p in pairs:
+        groups.setdefault((p.keys["gpu"], p.keys["model"]), []).append(p)
+    return groups
+
+
 def _changes(pairs: list[measured.MeasuredPair]) -> tuple[str, str]:
     """The measured and the predicted changes of some pairs, each as a range (``+3…+34%``)."""
     return pct_range([p.measured_pct for p in pairs]), pct_range([p.predicted_pct for p in pairs])
 
 
 def tracking_text(pairs: list[measured.MeasuredPair]) -> str:
-    """How closely the model's change follows the measured one at the same points, per model:
-    the mean absolute difference in percentage points."""
+    """How closely the model's change follows the measured one at the same points, per GPU and
+    model: the mean absolute difference in percentage points."""
     parts = []
-    for model in dict.fromkeys(p.keys.get("model") for p in pairs):
-        gaps = [abs(p.predicted_pct - p.measured_pct) for p in pairs if p.keys.get("model") == model]
-        parts.append(f"{model} {sum(gaps) / len(gaps):.0f} pp (largest {max(gaps):.0f} pp)")
+    for (gpu, model), mine in _by_gpu_and_model(pairs).items():
+        gaps = [abs(p.predicted_pct - p.measured_pct) for p in mine]
+        parts.append(f"{measured.gpu_label(gpu)} {model} {sum(gaps) / len(gaps):.0f} pp (largest {max(gaps):.0f} pp)")
     return ("At the measured points the model's change is off the measured one by, on average: "
             + "; ".join(parts) + ".") if parts else ""
 
@@ -175,7 +204,13 @@ def standing(report: PaperReport) -> str:
             + (f" ({', '.join(reproduced)})" if reproduced else "") + ".")
     if gaps:
         text += (f" At our {len(gaps)} measured pairs its change is within ±{tolerance:g} pp of the measured one "
-                 f"at {sum(g <= tolerance for g in gaps)}.")
+                 f"at {sum(g <= tolerance for g in gaps)}")
+        on_paper_gpu = [abs(p.predicted_pct - p.measured_pct) for pairs in report.pairs.values() for p in pairs
+                        if p.keys["gpu"] == report.study.study.gpu]
+        if on_paper_gpu:
+            text += (f"; of the {count_of(len(on_paper_gpu), 'pair')} measured on the paper's GPU "
+                     f"({measured.gpu_label(report.study.study.gpu)}), at {sum(g <= tolerance for g in on_paper_gpu)}")
+        text += "."
     sides = [e for e, t in tracked.items() if t.verdict == TRACKS
              and next(r for r in report.results if r.effect.id == e).verdict != REPRODUCED]
     if sides:
@@ -255,7 +290,8 @@ def _context(report: PaperReport) -> dict[str, Any]:
                         "measured_engine": measured_engines(r.effect),
                         "tracking": tracking_text(report.pairs.get(r.effect.id, []))})
     return {"study": report.study.study, "gpu": report.gpu, "engine": report.engine,
-            "provenance": report.provenance, "source": report.source, "rows": summary_rows(report),
+            "provenance": report.provenance, "source": report.source, "source_text": source_text(report.source),
+            "rows": summary_rows(report),
             "effects": effects, "standing": standing(report), "pct": lambda v: pct_range([v]),
             "span": lambda lo_hi: pct_range(list(lo_hi))}
 

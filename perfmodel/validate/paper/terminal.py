@@ -1,12 +1,12 @@
-"""The paper report's table in the terminal: effect, paper, predicted, measured (H200), verdict, model vs
-measured, and the bottom line."""
+"""The paper report's table in the terminal: effect, paper, predicted, measured (ours: each pair on
+the GPU it names), verdict, model vs measured, and the bottom line."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from perfmodel.validate.paper.report import PaperReport, standing, summary_rows
+from perfmodel.validate.paper.report import PaperReport, source_text, standing, summary_rows
 from perfmodel.validate.paper.verdict import NOT_EXPRESSIBLE, REPRODUCED, SIGN_WRONG, SIZE_OFF
 
 #: Verdict → its colour in the table.
@@ -18,13 +18,9 @@ def print_report(report: PaperReport, console: Console, files: tuple[str, str] |
     study = report.study.study
     console.print(f"[bold]{study.title}[/bold] ({study.source}): {study.engine} on {study.gpu}")
     console.print(f"predicted: {report.provenance['profile']} on {report.gpu}: {report.provenance['note']}")
-    src = report.source
-    console.print(f"measured: our vLLM {src['vllm']} runs on {src['gpu']} (not the paper's H100), "
-                  f"{src['rows']} rows, {src['dates']}; in brackets the model at exactly those points"
-                  + (f"; left out, their routing having collapsed: {', '.join(src['left_out'])}"
-                     if src.get("left_out") else ""))
+    console.print(f"measured: {source_text(report.source)} In brackets the model at exactly those points.")
     table = Table(header_style="bold", show_lines=True)
-    for column in ("effect", "paper", f"predicted ({report.gpu})", "measured (H200)", "verdict", "model vs measured"):
+    for column in ("effect", "paper", f"predicted ({report.gpu})", "measured", "verdict", "model vs measured"):
         table.add_column(column, overflow="fold")
     for row in summary_rows(report):
         table.add_row(f"{row['id']} {row['title']}", row["paper"], row["predicted"], row["measured"],
