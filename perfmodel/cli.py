@@ -189,19 +189,25 @@ def predict(
 
         check_out_dir(out)
 
-    result = run(model, gpu=gpu, engine=engine, phase=phase.value, batch=batch,
-                 input_len=input_len, output_len=output_len, context=context, tp=tp, ep=ep,
-                 pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew, overrides=set_ or [],
-                 quant=quant, moe_impl=moe_impl, prune_experts=prune_experts, prune_ffn=prune_ffn, spec_draft=spec_draft,
-                 spec_tokens=spec_tokens, spec_accept=spec_accept, spec_accepted_len=spec_accepted_len,
-                 host_probe_ms=host_probe_ms)
+    arguments = dict(model=model, gpu=gpu, engine=engine, phase=phase.value, batch=batch, input_len=input_len,
+                     output_len=output_len, context=context, tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype,
+                     skew=skew, overrides=set_ or [], quant=quant, moe_impl=moe_impl, prune_experts=prune_experts,
+                     prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens, spec_accept=spec_accept,
+                     spec_accepted_len=spec_accepted_len, host_probe_ms=host_probe_ms)
+    result = run(**arguments)
+    fits = bool(result.metrics["fits_in_memory"])
+    if not fits:
+        from perfmodel.fit_hint import ways_to_fit
+
+        ways = ways_to_fit(arguments)
     report = None
     if out is not None:
         from perfmodel.prediction_report import write_report
 
         report = [str(path) for path in write_report(result, out)]
     if as_json:
-        print_json({**result.to_dict(), **({"report": report} if report else {})})
+        print_json({**result.to_dict(), **({"report": report} if report else {}),
+                    **({} if fits else {"fits_with": ways})})
     else:
         from perfmodel.report_terminal import print_prediction
 
@@ -213,13 +219,16 @@ def predict(
         _warn_unread(unread, f"predicted unquantized at --dtype {result.workload.dtype}")
     _warn_beyond_positions(model, set_ or [], result)
     m = result.metrics
-    if not m["fits_in_memory"]:
+    if not fits:
+        from perfmodel.fit_hint import hint_text
+
         gib = 2**30
         fixed, one = m["weights_bytes"] + m["activation_bytes"], m["kv_cache_bytes"] / result.workload.batch
         why = (f": not even one sequence fits (weights and activations {fixed / gib:.2f} GiB, one "
                f"sequence's KV cache {one / gib:.2f} GiB)" if result.phase == "request" else "")
         _warn(f"does not fit: needs {m['memory_bytes'] / gib:.2f} GiB per GPU of "
-              f"{m['memory_capacity_bytes'] / gib:.2f} GiB usable on {result.provenance['gpu']}{why}")
+              f"{m['memory_capacity_bytes'] / gib:.2f} GiB usable on {result.provenance['gpu']}{why}"
+              f"{hint_text(ways)}")
         if strict:
             sys.exit(1)
 

@@ -199,6 +199,10 @@ def test_a_workload_that_does_not_fit_is_warned_about(capsys):
     p = predict("mixtral", batch=256, input_len=327680, output_len=8192)
     m = p.metrics
     assert not m["fits_in_memory"] and m["kv_waves"] == 0
+    # what fits instead: two GPUs, or fp8 weights on one (each then runs the batch in waves)
+    on_two = predict("mixtral", batch=256, input_len=327680, output_len=8192, tp=2).metrics
+    in_fp8 = predict("mixtral", batch=256, input_len=327680, output_len=8192, quant="fp8").metrics
+    assert on_two["fits_in_memory"] and in_fp8["fits_in_memory"]
     for extra in ([], ["--json"]):
         out, err = run(argv + extra, capsys)
         beyond, fit = err.strip().splitlines()  # 335,872 tokens are past Mixtral's 32,768 positions too
@@ -208,11 +212,33 @@ def test_a_workload_that_does_not_fit_is_warned_about(capsys):
                                f"{m['memory_capacity_bytes'] / 2**30:.2f} GiB usable on h200-sxm: not even one "
                                f"sequence fits (weights and activations "
                                f"{(m['weights_bytes'] + m['activation_bytes']) / 2**30:.2f} GiB, one sequence's "
-                               f"KV cache {m['kv_cache_bytes'] / 256 / 2**30:.2f} GiB)")
-    strict_json(out)  # the warning stays off stdout
+                               f"KV cache {m['kv_cache_bytes'] / 256 / 2**30:.2f} GiB); it fits with --tp 2 "
+                               f"({on_two['memory_bytes'] / 2**30:.1f} GiB per GPU) or --quant fp8 "
+                               f"({in_fp8['memory_bytes'] / 2**30:.1f} GiB per GPU)")
+    assert strict_json(out)["fits_with"] == [  # the warning stays off stdout; the JSON has the ways
+        {"flags": "--tp 2", "memory_bytes": pytest.approx(on_two["memory_bytes"])},
+        {"flags": "--quant fp8", "memory_bytes": pytest.approx(in_fp8["memory_bytes"])}]
+    assert "fits_with" not in strict_json(run(["predict", "mixtral", "--json"], capsys)[0])
     run(argv + ["--strict"], capsys, code=1)
     out, err = run(["predict", "mixtral", "--strict"], capsys)
     assert err == ""
+
+
+def test_what_fits_instead_is_the_smallest_layout_and_fp8_below_it():
+    from perfmodel.fit_hint import hint_text, ways_to_fit
+
+    # Mixtral with 32 experts (about 339 GiB of bf16 weights) on the H100: 8 GPUs, or 4 in fp8
+    arguments = dict(model="mixtral", gpu="h100-sxm", overrides=["num_experts=32"])
+    ways = ways_to_fit(arguments)
+    assert [w["flags"] for w in ways] == ["--tp 8", "--tp 4 --quant fp8"]
+    for way, change in zip(ways, ({"tp": 8}, {"tp": 4, "quant": "fp8"})):
+        m = predict(**arguments, **change).metrics
+        assert m["fits_in_memory"] and way["memory_bytes"] == pytest.approx(m["memory_bytes"])
+    assert not predict(**arguments, tp=4).metrics["fits_in_memory"]
+    assert not predict(**arguments, tp=2, quant="fp8").metrics["fits_in_memory"]
+    # DeepSeek-V3 (its checkpoint already fp8 in blocks) fits on no single host of H100s
+    assert ways_to_fit(dict(model="deepseek-v3", gpu="h100-sxm")) == []
+    assert hint_text([]) == "; no --tp up to 8 GPUs fits it"
 
 
 def test_sweep_warns_about_rows_that_do_not_fit_and_dropped_points(capsys):
