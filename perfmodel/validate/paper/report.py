@@ -194,28 +194,35 @@ def summary_rows(report: PaperReport) -> list[dict[str, Any]]:
 
 def standing(report: PaperReport) -> str:
     """The report's bottom line: how many effects the model reproduces, how many of the measured
-    comparisons it follows, and the effects it misses in the paper while it follows our
-    measurements (there the paper and our measurement disagree)."""
+    comparisons it follows (and of those measured on the paper's GPU), and the effects it misses
+    in the paper while it follows our measurements (there the paper and our measurement
+    disagree), named apart where every pair of ours on the paper's GPU says so."""
     reproduced = [r.effect.id for r in report.results if r.verdict == REPRODUCED]
     tracked = {r.effect.id: report.tracking(r.effect.id) for r in report.results}
     gaps = [g for t in tracked.values() for g in t.gaps]
     tolerance = report.study.study.tolerance_pp
+    paper_gpu = report.study.study.gpu
+    on_paper_gpu = {e: [abs(p.predicted_pct - p.measured_pct) for p in pairs if p.keys["gpu"] == paper_gpu]
+                    for e, pairs in report.pairs.items()}
     text = (f"The model reproduces {len(reproduced)} of {len(report.results)} effects in the paper's setup"
             + (f" ({', '.join(reproduced)})" if reproduced else "") + ".")
     if gaps:
         text += (f" At our {len(gaps)} measured pairs its change is within ±{tolerance:g} pp of the measured one "
                  f"at {sum(g <= tolerance for g in gaps)}")
-        on_paper_gpu = [abs(p.predicted_pct - p.measured_pct) for pairs in report.pairs.values() for p in pairs
-                        if p.keys["gpu"] == report.study.study.gpu]
-        if on_paper_gpu:
-            text += (f"; of the {count_of(len(on_paper_gpu), 'pair')} measured on the paper's GPU "
-                     f"({measured.gpu_label(report.study.study.gpu)}), at {sum(g <= tolerance for g in on_paper_gpu)}")
+        there = [g for found in on_paper_gpu.values() for g in found]
+        if there:
+            text += (f"; of the {count_of(len(there), 'pair')} measured on the paper's GPU "
+                     f"({measured.gpu_label(paper_gpu)}), at {sum(g <= tolerance for g in there)}")
         text += "."
-    sides = [e for e, t in tracked.items() if t.verdict == TRACKS
-             and next(r for r in report.results if r.effect.id == e).verdict != REPRODUCED]
+    missed = [r.effect.id for r in report.results if r.verdict != REPRODUCED]
+    sides = [e for e in missed if tracked[e].verdict == TRACKS]
     if sides:
         text += (f" Where it misses the paper but follows our measurement ({', '.join(sides)}), our vLLM "
                  "measurement differs from the paper's figure as the model does.")
+    own_gpu = [e for e in missed if on_paper_gpu.get(e) and max(on_paper_gpu[e]) <= tolerance]
+    if own_gpu:
+        text += (f" Of the effects it misses, those we measured on the paper's own GPU ({', '.join(own_gpu)}) "
+                 f"have every pair of ours there within ±{tolerance:g} pp of the model.")
     return text
 
 
