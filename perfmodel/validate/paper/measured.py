@@ -46,13 +46,14 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from perfmodel import paths, sweep
+from perfmodel import sweep
 from perfmodel.measuring.compare import (
     as_measured, prefill_skew, row_engine_process, row_moe_impl, row_overrides, row_quant, row_routing,
     row_speculative, verify_replayed, what_if_file,
 )
 from perfmodel.measuring.results import read_rows
 from perfmodel.validate.paper.effects import Measured
+from perfmodel.validate.validation import results_file
 
 #: The GPUs (as the model names them) and engines whose committed measurements a comparison may
 #: come from (:attr:`Measured.engine`): vLLM and transformers on the H200, vLLM on the H100.
@@ -69,11 +70,6 @@ SYMBOLS = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E", "inpu
            "moe_impl": "moe"}
 
 
-def source_file(gpu: str, engine: str) -> Path:
-    """The committed results of an engine on a GPU (``validate/results/<gpu>-<engine>.jsonl``)."""
-    return paths.RESULTS_DIR / f"{gpu.split('-')[0]}-{engine}.jsonl"
-
-
 def load_rows(gpu: str = "h200-sxm", engine: str = "vllm", path: Path | None = None) -> list[dict[str, Any]]:
     """The measured (status ok) rows of a GPU's results file of an engine (``path``: another
     file of that GPU's) and of its ``-whatif`` companion, one per point id, each tagged with
@@ -81,7 +77,7 @@ def load_rows(gpu: str = "h200-sxm", engine: str = "vllm", path: Path | None = N
     its last row with ``throughput_tok_s`` the mean of its measurements, ``repeats`` their number
     and ``throughput_span`` their (lowest, highest), so that a comparison does not rest on one
     engine start where there are several, and says how far its measurements spread."""
-    path = Path(path) if path is not None else source_file(gpu, engine)
+    path = Path(path) if path is not None else results_file(engine, gpu)
     rows: list[dict[str, Any]] = []
     for file in (path, what_if_file(path)):
         every = [r for r in read_rows(file, unique=False).rows if r.get("status") == "ok"]

@@ -22,6 +22,7 @@ from perfmodel.validate.paper import charts, measured
 from perfmodel.validate.paper.compute import Context, EffectResult, compute_effects
 from perfmodel.validate.paper.effects import DEFAULT_STUDY, Study, load_study
 from perfmodel.validate.paper.verdict import REPRODUCED, TRACKS, Tracking, judge_tracking, pct_range
+from perfmodel.validate.validation import results_file
 from perfmodel.wording import count_of
 
 TEMPLATES = ("perfmodel.validate.paper", "templates")
@@ -71,7 +72,7 @@ def _source(rows: list[dict[str, Any]], left_out: list[str], paper_gpu: str) -> 
         mine = [r for r in rows if r["measured_gpu"] == gpu and r.get("backend", "vllm") == engine]
         if not mine:
             continue
-        path = measured.source_file(gpu, engine)
+        path = results_file(engine, gpu)
         files = [str(f.relative_to(paths.ROOT)) for f in (path, what_if_file(path)) if f.exists()]
         sets.append({"gpu": gpu, "engine": engine, "engine_name": MEASURED_ENGINES[engine],
                      "version": one("vllm" if engine == "vllm" else "transformers", mine),
