@@ -145,6 +145,9 @@ def test_the_command_writes_both_files_and_prints_one_json_object(tmp_path, caps
     assert all(v > 0 for c in e2["claims"] for v in c["predicted"])
     html = (out / "report.html").read_text()
     assert "chart-E2-0" in html and "chart-E4-0" in html and "E4: total experts" in html
+    # measured points are marked by their GPU: a square on the H100, a circle on the H200
+    assert '"domain": ["measured (H100)", "measured (H200)", "model at the measured points"]' in html
+    assert '"range": ["square", "circle", "diamond"]' in html
     md = (out / "report.md").read_text()
     assert "| effect | paper | predicted (h100-sxm) | measured | verdict | model vs measured |" in md
     # the bottom line counts the effects reproduced and the measured pairs the model follows

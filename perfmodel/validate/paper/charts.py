@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from perfmodel.validate.paper.compute import THROUGHPUT, EffectResult
+from perfmodel.validate.paper.measured import gpu_label
 
 BAND = "#9e9e9e"
 
@@ -41,20 +42,41 @@ def _relative(frame: pd.DataFrame, group: str, knob: str, baseline: Any, columns
     return pd.concat(out, ignore_index=True) if out else frame.iloc[0:0]
 
 
-SOURCES = ("measured", "model at the measured points")
+#: The legend's name for the model's values at the measured points (hollow diamonds).
+MODEL_SOURCE = "model at the measured points"
+#: The marker of the measured points of each GPU (filled); a GPU not listed gets a triangle.
+GPU_SHAPES = {"H200": "circle", "H100": "square"}
+
+
+def _measured_source(gpus: pd.Series) -> pd.Series:
+    """The legend's name for measured points on each row's GPU: ``measured (H100)``."""
+    return gpus.map(lambda gpu: f"measured ({gpu_label(gpu)})")
+
+
+def _shape(frame: pd.DataFrame):
+    """The marker encoding of a frame of measured (``source`` per GPU) and model points."""
+    import altair as alt
+
+    measured = sorted(set(frame["source"]) - {MODEL_SOURCE})
+    shapes = [GPU_SHAPES.get(name.removeprefix("measured (").removesuffix(")"), "triangle") for name in measured]
+    return alt.Shape("source:N", scale=alt.Scale(domain=[*measured, MODEL_SOURCE], range=[*shapes, "diamond"]),
+                     title=None)
 
 
 def _measured_layer(points: pd.DataFrame, x: str, y_title: str, color):
-    """Filled circles (measured) and hollow diamonds (the model at the measured points) of
-    relative throughput, coloured by ``color`` (an altair Color)."""
+    """Filled markers (measured: a circle on the H200, a square on the H100) and hollow diamonds
+    (the model at the measured points) of relative throughput, coloured by ``color`` (an altair
+    Color)."""
     import altair as alt
 
-    shape = alt.Shape("source:N", scale=alt.Scale(domain=list(SOURCES), range=["circle", "diamond"]), title=None)
+    both = pd.concat([points.assign(source=_measured_source(points["gpu"]), rel=points["measured"]),
+                      points.assign(source=MODEL_SOURCE, rel=points["predicted"])], ignore_index=True)
+    shape = _shape(both)
     tooltip = ["group:N", "sampling:N", "source:N", alt.Tooltip("rel:Q", format=".3f")]
-    measured = alt.Chart(points.assign(source=SOURCES[0], rel=points["measured"])).mark_point(
+    measured = alt.Chart(both[both["source"] != MODEL_SOURCE]).mark_point(
         size=80, filled=True, opacity=0.9).encode(x=f"{x}:Q", y=alt.Y("rel:Q", title=y_title), color=color,
                                                   shape=shape, tooltip=tooltip)
-    model = alt.Chart(points.assign(source=SOURCES[1], rel=points["predicted"])).mark_point(
+    model = alt.Chart(both[both["source"] == MODEL_SOURCE]).mark_point(
         size=90, filled=False, strokeWidth=2).encode(x=f"{x}:Q", y="rel:Q", color=color, shape=shape,
                                                      tooltip=tooltip)
     return alt.layer(measured, model)
@@ -152,13 +174,15 @@ def gain_chart(result: EffectResult, pairs: list[Any], quantity: str, title: str
         tooltip=["batch:Q", "length:Q", alt.Tooltip("pct:Q", format="+.1f"), "fits:N"]))
     if pairs:
         frame = pd.DataFrame([{"batch": p.keys.get("batch"), "length": p.keys.get("input_len"),
-                               "label": p.label, "sampling": p.sampling, "measured": p.measured_pct,
-                               "model": p.predicted_pct} for p in pairs])
-        shape = alt.Shape("source:N", scale=alt.Scale(domain=list(SOURCES), range=["circle", "diamond"]), title=None)
+                               "label": p.label, "sampling": p.sampling, "gpu": p.keys["gpu"],
+                               "measured": p.measured_pct, "model": p.predicted_pct} for p in pairs])
+        both = pd.concat([frame.assign(source=_measured_source(frame["gpu"]), pct=frame["measured"]),
+                          frame.assign(source=MODEL_SOURCE, pct=frame["model"])], ignore_index=True)
+        shape = _shape(both)
         tooltip = ["label:N", "sampling:N", "source:N", alt.Tooltip("pct:Q", format="+.1f")]
-        layers.append(alt.Chart(frame.assign(source=SOURCES[0], pct=frame["measured"])).mark_point(
+        layers.append(alt.Chart(both[both["source"] != MODEL_SOURCE]).mark_point(
             size=80, filled=True, color="#d62728").encode(x="batch:Q", y="pct:Q", shape=shape, tooltip=tooltip))
-        layers.append(alt.Chart(frame.assign(source=SOURCES[1], pct=frame["model"])).mark_point(
+        layers.append(alt.Chart(both[both["source"] == MODEL_SOURCE]).mark_point(
             size=90, filled=False, strokeWidth=2, color="#d62728").encode(x="batch:Q", y="pct:Q", shape=shape,
                                                                            tooltip=tooltip))
     return alt.layer(*layers).properties(width=420, height=260, title=f"{title} (grey: the paper's {claim.text})")
