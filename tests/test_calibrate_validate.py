@@ -214,9 +214,12 @@ def test_validate_replays_and_never_claims_live(tmp_path, capsys):
     eager = set(split) - fused
     assert sync_points <= eager and {split[pid] for pid in sync_points} == {"train"}
     assert eager - sync_points and {split[pid] for pid in eager - sync_points} == {"held-out"}
+    # the eager loop is a what-if of its own, held out: the report's and the JSON's table have it
+    assert {p["what_if"] for p in out["points"] if p["point_id"] in eager - sync_points} == {"MoE unfused"}
+    assert [r[0] for r in out["what_ifs"]["rows"]][0] == "MoE unfused"
     html = Path(out["report_html"]).read_text()
     summary = Path(out["summary_md"]).read_text()
-    assert "REPLAY" in html and "REPLAY" in summary
+    assert "REPLAY" in html and "REPLAY" in summary and "Held-out error by what-if" in summary
     assert "LIVE" not in html and "live run" not in summary.lower()
 
 

@@ -357,6 +357,38 @@ def variant_label(row: dict[str, Any], spec=None) -> str:
     return f"{row['model']} [{' '.join(tags)}]" if tags else str(row["model"])
 
 
+def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
+    """What a measured row changed from its model as built and run by default, as the validation
+    groups its errors: ``quantization <scheme>`` (:func:`row_quant`), ``KV cache <dtype>``
+    (:func:`row_kv_dtype`), ``MoE shape`` (top-k, experts or expert FFN width overridden: the
+    seed study's sweeps and pruning; ``spec`` is the row's ModelSpec), ``speculative decoding``,
+    ``MoE <impl>`` (an experts implementation other than the fused one), ``MoE kernel <backend>``
+    (vLLM's ``--moe-backend`` other than Triton) and ``<layout>`` over several GPUs; () for none
+    (a cut to fewer layers changes none of these)."""
+    from perfmodel.specs.model import load_model
+
+    kinds = []
+    quant = row_quant(row)
+    if quant and quant != "none":
+        kinds.append(f"quantization {quant}")
+    if row_kv_dtype(row):
+        kinds.append(f"KV cache {row_kv_dtype(row)}")
+    def shape(moe) -> tuple[int, int, int] | None:
+        return None if moe is None else (moe.top_k, moe.n_experts, moe.expert_intermediate)
+
+    if shape(spec.moe) != shape(load_model(row["model"]).moe):
+        kinds.append("MoE shape")
+    if row_speculative(row):
+        kinds.append("speculative decoding")
+    if row_moe_impl(row) not in (None, "fused"):
+        kinds.append(f"MoE {row_moe_impl(row)}")
+    if row.get("moe_backend", "triton") != "triton":
+        kinds.append(f"MoE kernel {row['moe_backend']}")
+    if row_gpus(row) > 1:
+        kinds.append(layout_label(row))
+    return tuple(kinds)
+
+
 def verify_replayed(row: dict[str, Any]) -> bool:
     """Whether a speculative row's verify pass, B·(γ+1) tokens, fits its engine's largest
     captured CUDA graph (else the engine ran it, and the draft's passes, without one: decode
@@ -413,10 +445,11 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     :func:`perfmodel.prediction.prefill_regime`, the target's alone for a speculative row;
     ``decode_regime``: what sets its predicted decode step, :func:`perfmodel.prediction.decode_regime`;
     ``quant``: the quantization scheme it ran (:func:`row_quant`, ``none`` unquantized);
-    ``speculative``: it ran speculative decoding); ``ops`` the predicted per-op decode-step time (whole step, s) and
-    the measured kernel split of the same step, by category, per point: the step predicted at the
-    context the profile measured (:func:`profiled_context`) where the engine attends the context,
-    else the request's mean step.
+    ``speculative``: it ran speculative decoding; ``what_if``: what it changed from its model as
+    built, :func:`row_what_ifs` joined by ``; ``, empty for none); ``ops`` the predicted per-op
+    decode-step time (whole step, s) and the measured kernel split of the same step, by category,
+    per point: the step predicted at the context the profile measured (:func:`profiled_context`)
+    where the engine attends the context, else the request's mean step.
     """
     import pandas as pd
 
@@ -460,6 +493,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
                   and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in fitted_points
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"
+        what_ifs = row_what_ifs(row, spec)
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)
             if measured is None or (metric == "decode_step" and not has_decode_step(row)):
@@ -473,7 +507,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                                                             p.provenance["options"]["prefill_eager"]),
                            "decode_regime": decode_regime(p.metrics),
                            "quant": quant or "none", "kv_cache": row_kv_dtype(row) or "model",
-                           "speculative": bool(speculation)})
+                           "speculative": bool(speculation), "what_if": "; ".join(what_ifs)})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
         # an engine that attends its whole allocated cache costs every step alike: the mean is it

@@ -155,6 +155,39 @@ def decode_regime_rows(points, calibrated: str) -> dict[str, Any]:
                        f"throughput {calibrated} MAPE", "throughput max", "points"], "rows": rows}
 
 
+#: The held-out error each measured what-if is held to (%, every metric's MAPE): the seed study's
+#: effects as the model's switches ("each what-if that was measured has held-out error ≤ 10%").
+WHAT_IF_BOUND_PCT = 10.0
+#: The what-if column's name for a point that changed nothing (its model as built, cut or not).
+AS_BUILT = "none (as built)"
+
+
+def what_if_rows(points, calibrated: str, bound: float = WHAT_IF_BOUND_PCT) -> dict[str, Any]:
+    """The calibrated engine's held-out error per what-if a point ran (the ``what_if`` column of
+    :func:`perfmodel.measuring.compare.compare`; a point with several counts under each, the
+    points that changed nothing under :data:`AS_BUILT`): MAPE of ITL, TTFT and throughput (%),
+    the point count, and whether every one is within ``bound``; no rows without that column or
+    without a what-if."""
+    if points.empty or "what_if" not in points.columns:
+        return {"header": [], "rows": []}
+    mine = points[(points["engine"] == calibrated) & (points["split"] == "held-out")]
+    kinds = mine["what_if"].fillna("").map(lambda text: text.split("; ") if text else [AS_BUILT])
+    mine = mine.assign(kind=kinds).explode("kind")
+    if set(mine["kind"]) <= {AS_BUILT}:
+        return {"header": [], "rows": []}
+    metrics = ("decode_step", "ttft", "throughput")
+    rows = []
+    for kind, group in sorted(mine.groupby("kind"), key=lambda item: (item[0] == AS_BUILT, item[0])):
+        mapes = [group.loc[group["metric"] == m, "rel_error"].abs().mean() * 100.0 for m in metrics]
+        present = [v for v in mapes if v == v]  # NaN: a metric the points lack
+        over = [METRIC_LABEL.get(m, m) for m, v in zip(metrics, mapes) if v == v and v > bound]
+        rows.append([str(kind), *(pct(float(v)) if v == v else "–" for v in mapes),
+                     str(int(group["point_id"].nunique())),
+                     ("yes" if not over else "no: " + ", ".join(over)) if present else "–"])
+    return {"header": ["what-if", f"ITL {calibrated} MAPE", "TTFT MAPE", "throughput MAPE", "points",
+                       f"all ≤ {bound:g}%"], "rows": rows}
+
+
 def shown_splits(points) -> list[str]:
     """The splits a report shows: held-out and train always, those of :data:`APART` where they have points."""
     have = set(points["split"]) if not points.empty else set()
