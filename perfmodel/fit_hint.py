@@ -1,10 +1,10 @@
 """What would make a workload that does not fit in memory fit: more GPUs, or fp8 weights.
 
-:func:`ways_to_fit` predicts a workload whose ``fits_in_memory`` is False again at the next
-tensor-parallel sizes (its dtype and quantization kept, up to :data:`MAX_TP` GPUs per layout)
-and with fp8 W8A8 weights (its layout kept), and names the first size that fits and whether fp8
-fits, each with the memory it needs per GPU. A layout the model cannot take (attention heads
-that ``tp`` does not divide) is skipped.
+:func:`ways_to_fit` predicts a workload whose ``fits_in_memory`` is False again at twice, four
+times, … its tensor-parallel size (its dtype and quantization kept, up to :data:`MAX_TP` GPUs per
+layout), and with fp8 W8A8 weights at its own layout, else at the smallest larger one below the
+first that fits unquantized; it names the first of each that fits, with the memory it needs per
+GPU. A layout the model cannot take (attention heads that ``tp`` does not divide) is skipped.
 """
 
 from __future__ import annotations
@@ -55,4 +55,5 @@ def hint_text(ways: list[dict[str, Any]]) -> str:
     per GPU) or --quant fp8 (43.8 GiB per GPU)``, or ``; no --tp up to 8 GPUs fits it``."""
     if not ways:
         return f"; no --tp up to {MAX_TP} GPUs fits it"
-    return "; it fits with " + " or ".join(f"{w['flags']} ({w['memory_bytes'] / GIB:.1f} GiB per GPU)" for w in ways)
+    return "; it fits with " + " or ".join(f"{w['flags']} ({w['memory_bytes'] / GIB:.1f} GiB per GPU)"
+                                           for w in ways)

@@ -357,6 +357,12 @@ def variant_label(row: dict[str, Any], spec=None) -> str:
     return f"{row['model']} [{' '.join(tags)}]" if tags else str(row["model"])
 
 
+def _moe_shape(spec) -> tuple[int, int, int] | None:
+    """(top-k, experts, expert FFN width) of a model's routed experts; None for a dense model."""
+    moe = spec.moe
+    return None if moe is None else (moe.top_k, moe.n_experts, moe.expert_intermediate)
+
+
 def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
     """What a measured row changed from its model as built and run by default, as the validation
     groups its errors: ``quantization <scheme>`` (:func:`row_quant`), ``KV cache <dtype>``
@@ -367,26 +373,16 @@ def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
     (a cut to fewer layers changes none of these)."""
     from perfmodel.specs.model import load_model
 
-    kinds = []
-    quant = row_quant(row)
-    if quant and quant != "none":
-        kinds.append(f"quantization {quant}")
-    if row_kv_dtype(row):
-        kinds.append(f"KV cache {row_kv_dtype(row)}")
-    def shape(moe) -> tuple[int, int, int] | None:
-        return None if moe is None else (moe.top_k, moe.n_experts, moe.expert_intermediate)
-
-    if shape(spec.moe) != shape(load_model(row["model"]).moe):
-        kinds.append("MoE shape")
-    if row_speculative(row):
-        kinds.append("speculative decoding")
-    if row_moe_impl(row) not in (None, "fused"):
-        kinds.append(f"MoE {row_moe_impl(row)}")
-    if row.get("moe_backend", "triton") != "triton":
-        kinds.append(f"MoE kernel {row['moe_backend']}")
-    if row_gpus(row) > 1:
-        kinds.append(layout_label(row))
-    return tuple(kinds)
+    quant, kv_dtype, impl = row_quant(row), row_kv_dtype(row), row_moe_impl(row)
+    backend = row.get("moe_backend", "triton")
+    kinds = [f"quantization {quant}" if quant and quant != "none" else None,
+             f"KV cache {kv_dtype}" if kv_dtype else None,
+             "MoE shape" if _moe_shape(spec) != _moe_shape(load_model(row["model"])) else None,
+             "speculative decoding" if row_speculative(row) else None,
+             f"MoE {impl}" if impl not in (None, "fused") else None,
+             f"MoE kernel {backend}" if backend != "triton" else None,
+             layout_label(row) if row_gpus(row) > 1 else None]
+    return tuple(kind for kind in kinds if kind)
 
 
 def verify_replayed(row: dict[str, Any]) -> bool:
