@@ -48,19 +48,19 @@ MODEL_SOURCE = "model at the measured points"
 GPU_SHAPES = {"H200": "circle", "H100": "square"}
 
 
-def _measured_source(gpus: pd.Series) -> pd.Series:
-    """The legend's name for measured points on each row's GPU: ``measured (H100)``."""
-    return gpus.map(lambda gpu: f"measured ({gpu_label(gpu)})")
-
-
-def _shape(frame: pd.DataFrame):
-    """The marker encoding of a frame of measured (``source`` per GPU) and model points."""
+def _marked(frame: pd.DataFrame, measured: str, model: str, value: str):
+    """A frame of points on their GPUs (a ``gpu`` column) as two, each with ``value`` the number
+    drawn and ``source`` its legend's name: the measured points (column ``measured``; ``measured
+    (H100)``) and the model's at them (column ``model``); and the marker encoding of both."""
     import altair as alt
 
-    measured = sorted(set(frame["source"]) - {MODEL_SOURCE})
-    shapes = [GPU_SHAPES.get(name.removeprefix("measured (").removesuffix(")"), "triangle") for name in measured]
-    return alt.Shape("source:N", scale=alt.Scale(domain=[*measured, MODEL_SOURCE], range=[*shapes, "diamond"]),
-                     title=None)
+    labels = sorted({gpu_label(gpu) for gpu in frame["gpu"]})
+    shape = alt.Shape("source:N", title=None, scale=alt.Scale(
+        domain=[f"measured ({label})" for label in labels] + [MODEL_SOURCE],
+        range=[GPU_SHAPES.get(label, "triangle") for label in labels] + ["diamond"]))
+    sources = frame["gpu"].map(lambda gpu: f"measured ({gpu_label(gpu)})")
+    return (frame.assign(source=sources, **{value: frame[measured]}),
+            frame.assign(source=MODEL_SOURCE, **{value: frame[model]}), shape)
 
 
 def _measured_layer(points: pd.DataFrame, x: str, y_title: str, color):
@@ -69,14 +69,12 @@ def _measured_layer(points: pd.DataFrame, x: str, y_title: str, color):
     Color)."""
     import altair as alt
 
-    both = pd.concat([points.assign(source=_measured_source(points["gpu"]), rel=points["measured"]),
-                      points.assign(source=MODEL_SOURCE, rel=points["predicted"])], ignore_index=True)
-    shape = _shape(both)
+    seen, model_at, shape = _marked(points, "measured", "predicted", "rel")
     tooltip = ["group:N", "sampling:N", "source:N", alt.Tooltip("rel:Q", format=".3f")]
-    measured = alt.Chart(both[both["source"] != MODEL_SOURCE]).mark_point(
+    measured = alt.Chart(seen).mark_point(
         size=80, filled=True, opacity=0.9).encode(x=f"{x}:Q", y=alt.Y("rel:Q", title=y_title), color=color,
                                                   shape=shape, tooltip=tooltip)
-    model = alt.Chart(both[both["source"] == MODEL_SOURCE]).mark_point(
+    model = alt.Chart(model_at).mark_point(
         size=90, filled=False, strokeWidth=2).encode(x=f"{x}:Q", y="rel:Q", color=color, shape=shape,
                                                      tooltip=tooltip)
     return alt.layer(measured, model)
@@ -176,13 +174,11 @@ def gain_chart(result: EffectResult, pairs: list[Any], quantity: str, title: str
         frame = pd.DataFrame([{"batch": p.keys.get("batch"), "length": p.keys.get("input_len"),
                                "label": p.label, "sampling": p.sampling, "gpu": p.keys["gpu"],
                                "measured": p.measured_pct, "model": p.predicted_pct} for p in pairs])
-        both = pd.concat([frame.assign(source=_measured_source(frame["gpu"]), pct=frame["measured"]),
-                          frame.assign(source=MODEL_SOURCE, pct=frame["model"])], ignore_index=True)
-        shape = _shape(both)
+        seen, model_at, shape = _marked(frame, "measured", "model", "pct")
         tooltip = ["label:N", "sampling:N", "source:N", alt.Tooltip("pct:Q", format="+.1f")]
-        layers.append(alt.Chart(both[both["source"] != MODEL_SOURCE]).mark_point(
+        layers.append(alt.Chart(seen).mark_point(
             size=80, filled=True, color="#d62728").encode(x="batch:Q", y="pct:Q", shape=shape, tooltip=tooltip))
-        layers.append(alt.Chart(both[both["source"] == MODEL_SOURCE]).mark_point(
+        layers.append(alt.Chart(model_at).mark_point(
             size=90, filled=False, strokeWidth=2, color="#d62728").encode(x="batch:Q", y="pct:Q", shape=shape,
                                                                            tooltip=tooltip))
     return alt.layer(*layers).properties(width=420, height=260, title=f"{title} (grey: the paper's {claim.text})")

@@ -57,8 +57,8 @@ class PaperReport:
 def _source(rows: list[dict[str, Any]], left_out: list[str], paper_gpu: str) -> dict[str, Any]:
     """Where the measurements come from, per source (:data:`measured.SOURCES`) that has rows: its
     GPU (the model's name, the rows' own, whether it is the paper's ``paper_gpu``), engine and
-    versions, files, rows and dates; and
-    the groups left out because their routing collapsed (:func:`measured.without_collapsed_routing`)."""
+    versions, files, rows and dates; and the groups left out because their routing collapsed
+    (:func:`measured.without_collapsed_routing`)."""
     def one(key: str, among: list[dict[str, Any]]) -> str:
         found = sorted({str(r.get(key)) for r in among if r.get(key)})
         return ", ".join(found) or "–"
