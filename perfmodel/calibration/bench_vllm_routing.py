@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         for kernel in ("pack_bitmatrix", "make_routing_data"):
             for experts in EXPERTS:
                 for tokens in TOKENS:
-                    row = {**env, **time_case(kernel, experts, tokens, TOP_K)}
+                    try:
+                        row = {**env, **time_case(kernel, experts, tokens, TOP_K)}
+                    except Exception as exc:  # noqa: BLE001 - one case's failure is its line, the rest run
+                        print(f"{kernel} E={experts} T={tokens}: failed: {type(exc).__name__}: {exc}", flush=True)
+                        continue
                     writer.writerow(row)
                     fh.flush()
                     print(f"{kernel} E={experts} T={tokens}: {row['median_ms'] * 1e3:.1f} us", flush=True)
