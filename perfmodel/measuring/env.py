@@ -47,7 +47,7 @@ def git_commit() -> str | None:
     """The commit of the working tree: ``$PERFMODEL_GIT_COMMIT`` if set, else ``git rev-parse``.
 
     The environment variable comes first because the device machine gets a copy of the tree
-    without ``.git``; the lead passes the commit along.
+    without ``.git``; the command that starts the run passes the commit along.
     """
     env = os.environ.get("PERFMODEL_GIT_COMMIT", "").strip()
     if env:
