@@ -1,4 +1,4 @@
-"""``perfmodel calibrate ...``: the calibration commands (the lead mounts :data:`app`)."""
+"""``perfmodel calibrate ...``: the calibration commands (the top-level CLI mounts :data:`app`)."""
 
 from pathlib import Path
 from typing import Optional
