@@ -58,7 +58,9 @@ _SET = typer.Option(None, "--set", help="Override a hyperparameter: KEY=VALUE (r
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object.")
 _QUANT_HELP = ("Quantization scheme of the linear layers (perfmodel list schemes; specs/quantization.yaml), "
                "e.g. fp8, fp8-block, w4a16, mxfp4-moe; none: unquantized (--dtype fp8 = --quant fp8).")
-_MOE_IMPL_HELP = "Routed experts: fused (one fused-MoE block) or unfused (a loop over touched experts)."
+_MOE_IMPL_HELP = ("Routed experts: fused (one fused-MoE block), staged (its GEMMs with the routing, "
+                  "activation and top-k sum apart: vLLM's triton_unfused MXFP4 MoE, with --quant mxfp4-moe) "
+                  "or unfused (a loop over touched experts).")
 _PRUNE_EXPERTS = typer.Option(None, "--prune-experts", help="Drop this fraction R of the routed "
                               "experts, in [0, 1): E' = E - round(R*E).")
 _PRUNE_FFN = typer.Option(None, "--prune-ffn", help="Narrow every routed expert's FFN by this "

@@ -194,7 +194,7 @@ class Workload:
     kv_dtype: str | None = None
     skew: float = 0.0
     quant: str | None = None  # quantization scheme (specs/quantization.yaml); None: from dtype
-    moe_impl: str = "fused"  # routed experts: fused block, or a loop over the touched experts
+    moe_impl: str = "fused"  # routed experts: fused block, staged block, or a loop over the touched experts
     graph_tokens: int | None = None  # largest CUDA-graph pass (tokens); None: the profile's
     host_probe_ms: float | None = None  # the host's probe time (ms); None: the profile's host
     moe_tables: bool = True  # the engine's tuned fused-MoE tile tables; False: its default rule for every shape
@@ -212,6 +212,9 @@ class Workload:
         object.__setattr__(self, "quant", quantization.check_quant(self.quant))
         quantization.resolve(self.quant, self.dtype)  # a quant that contradicts an alias dtype fails here
         object.__setattr__(self, "moe_impl", check_choice("moe_impl", self.moe_impl, MOE_IMPLS))
+        if self.moe_impl == "staged" and self.scheme.moe_tile is None:
+            raise InputError("--moe-impl staged is vLLM's TRITON_UNFUSED MoE, which runs a tiled MoE kernel's "
+                             "experts: give a scheme with one (--quant mxfp4-moe)")
         if self.graph_tokens is not None:  # 0: the engine captures no graph
             tokens = self.graph_tokens
             object.__setattr__(self, "graph_tokens",
@@ -698,6 +701,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
         s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s, s.t_moe_host: kernels.host_layer_s,
+        s.t_bitpack: kernels.bitmatrix_column_s,
         s.f_off: profile.options.moe_off_table_memory or 1.0,
         s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }
@@ -816,8 +820,8 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         where += f", its held-out {scheme} points within it"
     if kv_checked:
         where += f", its held-out {kv} KV-cache points within it"
-    if w.moe_impl != "fused":
-        outside.append(f"the band is the fused MoE's, not the {w.moe_impl} one's")
+    if w.moe_impl == "unfused":
+        outside.append("the band is the fused MoE's, not the unfused one's")
     if w.gpus != n:
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
                        f"(TP={w.tp} EP={w.ep} PP={w.pp})")

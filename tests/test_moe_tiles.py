@@ -88,8 +88,9 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
 
 
 def test_tile_times_for_a_scheme_without_a_tile_are_refused(roofline_with):
-    with pytest.raises(SpecError, match="quantization.fp8: tile_s, k_step_s and host_layer_s .* no moe_tile"):
-        load_profile_file(Path(roofline_with(quantization={"fp8": {"k_step_s": 1e-6}})))
+    for times in ({"k_step_s": 1e-6}, {"bitmatrix_column_s": 1e-5}):
+        with pytest.raises(SpecError, match="quantization.fp8: tile_s, k_step_s, .* no moe_tile"):
+            load_profile_file(Path(roofline_with(quantization={"fp8": times})))
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():
@@ -106,11 +107,13 @@ def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_know
 
 
 def test_without_a_band_the_note_gives_the_schemes_own_held_out_spread():
-    """gpt-oss's MXFP4 points lie outside the band: the note says how far they scatter at the
-    prediction's regimes (their p90 |error|, fit.residuals.quantization)."""
+    """gpt-oss's MXFP4 points on Marlin lie outside the band: the note says how far they scatter at
+    the prediction's regimes (their p90 |error|, fit.residuals.quantization)."""
     profile = load_profile("vllm", "h200-sxm")
-    p90 = profile.fit["residuals"]["quantization"]["mxfp4-moe"]["p90_abs_pct"]
-    p = predict("gpt-oss-120b", engine="vllm", batch=64, input_len=512, output_len=512)
+    check = profile.fit["residuals"]["quantization"]["mxfp4-moe-marlin"]
+    assert not check["within"] and not profile.quant_efficiency("mxfp4-moe-marlin").band
+    p90 = check["p90_abs_pct"]
+    p = predict("gpt-oss-120b", engine="vllm", batch=64, input_len=512, output_len=512, quant="mxfp4-moe-marlin")
     note = p.provenance["error_band_note"]
     assert p.provenance["error_band"] is None and note.startswith("no band: ")
     assert f"ITL p90 {p90['decode_step GPU-bound']:.0f}%" in note and f"TTFT p90 {p90['ttft GPU-bound']:.0f}%" in note

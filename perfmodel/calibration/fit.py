@@ -334,7 +334,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
     validation reports those rows per layout), and so are rows of an unfused MoE (the band is
-    the fused MoE's); quantized rows count in the residuals and are checked against the band
+    that of the fused MoE's grouped GEMMs, which the staged block runs too: its rows, all
+    MXFP4's, are checked with their scheme's); quantized rows count in the residuals and are checked against the band
     per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype), and
     so are rows whose KV cache was stored in another dtype, per dtype (``kv_cache``). TTFT
     gets a band per regime of the prefill (:func:`perfmodel.prediction.prefill_regime`) where
@@ -350,7 +351,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
     from perfmodel.measuring.compare import load_with_what_ifs, row_moe_impl
 
-    rows = [r for r in one_gpu_rows(load_with_what_ifs(results)) if row_moe_impl(r) == "fused"]  # the band is the fused MoE's
+    rows = [r for r in one_gpu_rows(load_with_what_ifs(results))  # the band is the fused MoE's grouped GEMMs'
+            if row_moe_impl(r) in ("fused", "staged")]
     points = _compare_with(profile, rows, gpu, train, train_points)
     stats: dict[str, Any] = {}
     for split in ("train", "held-out"):

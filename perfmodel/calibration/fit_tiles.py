@@ -27,6 +27,7 @@ models' rows whose prefill the profile without it puts at the host's launch floo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,66 @@ def fit_tile_times(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: s
             "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, errors)},
         }
     return times, [r["point_id"] for r in train], record
+
+
+#: The staged MoE block's bitmatrix pack, as its kernel's name reads in a profile.
+BITMATRIX_KERNEL = "pack_bitmatrix"
+
+
+def bitmatrix_rows(rows: list[dict[str, Any]], scheme: str) -> list[dict[str, Any]]:
+    """The rows of :func:`tile_rows` whose profiled decode step lists the bitmatrix pack (a staged
+    MoE block's, :func:`perfmodel.ops.moe.routing_bitmatrix`)."""
+    return [r for r in tile_rows(rows, scheme) if pack_kernel_s(r) is not None]
+
+
+def pack_kernel_s(row: dict[str, Any]) -> float | None:
+    """The profiled time of one bitmatrix pack in a row's decode step (s per launch); None where
+    its profile lists none."""
+    for name, ms, calls in (row.get("decode_profile") or {}).get("top_kernels") or []:
+        if name == BITMATRIX_KERNEL and calls:
+            return ms * 1e-3 / calls
+    return None
+
+
+def bitmatrix_columns(row: dict[str, Any]) -> int:
+    """The 32-bit columns of a row's routing bitmatrix: ⌈E/32⌉ of its model's routed experts."""
+    from perfmodel.measuring.compare import row_overrides
+    from perfmodel.ops.moe import BITMATRIX_WORD
+    from perfmodel.specs.model import load_model
+
+    return math.ceil(load_model(row["model"], row_overrides(row)).moe.n_experts / BITMATRIX_WORD)
+
+
+def fit_bitmatrix(every_row: list[dict[str, Any]], scheme: str) -> tuple[float | None, list[str], dict[str, Any]]:
+    """``bitmatrix_column_s`` (t_bitpack, s): the time of one 32-expert column of the staged
+    block's bitmatrix pack, the geometric mean of profiled pack time / columns over the training
+    models' (:data:`TILE_TRAIN`) profiled decode steps that run it (:func:`bitmatrix_rows`).
+    Returns the time, the point ids it comes from, and the record (training points, the held-out
+    pack kernels' errors of every other model); (None, [], {}) without training rows."""
+    rows = bitmatrix_rows(every_row, scheme)
+    train_models = TILE_TRAIN.get(scheme, ())
+    train = [r for r in rows if r["model"] in train_models]
+    held = [r for r in rows if r["model"] not in train_models]
+    if not train:
+        return None, [], {}
+
+    def log_ratios(part: list[dict[str, Any]]) -> np.ndarray:
+        return np.log([pack_kernel_s(r) / bitmatrix_columns(r) for r in part])
+
+    column_s = _sig(float(np.exp(np.mean(log_ratios(train)))))
+
+    def errors(part: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([column_s * bitmatrix_columns(r) / pack_kernel_s(r) - 1 for r in part])
+
+    record: dict[str, Any] = {
+        "models": list(train_models), "points": sorted(r["point_id"] for r in train),
+        "train_mape_pct": _sig(float(100 * np.mean(np.abs(errors(train)))), 3),
+    }
+    if held:
+        err = errors(held)
+        record["held_out"] = {"mape_pct": _sig(float(100 * np.mean(np.abs(err))), 3),
+                              "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, err)}}
+    return column_s, [r["point_id"] for r in train], record
 
 
 #: (lower, upper) of t_moe_host, s per layer.

@@ -74,7 +74,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   (:mod:`perfmodel.calibration.fit_tiles`). Its ``host_layer_s``: the host time per layer of
   that kernel's launches from Python in a launched prefill (triton_kernels builds each launch on
   the host), from gpt-oss-120b's launched prefills at B = 1
-  (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`).
+  (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`). Its ``bitmatrix_column_s``: the
+  time per 32-expert column of the bitmatrix pack a staged MoE block runs before that kernel
+  (vLLM's ``--moe-backend triton_unfused``), from gpt-oss-120b's profiled pack kernels
+  (:func:`~perfmodel.calibration.fit_tiles.fit_bitmatrix`).
 - a scheme no training model was measured in (:data:`SCHEME_TRAIN`: gpt-oss's MXFP4 experts on
   vLLM's Marlin MoE kernel, ``mxfp4-moe-marlin``) has its kernel multipliers fitted on the rows of
   the models named there, every other model's held out.
@@ -119,7 +122,7 @@ from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
-from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_tile_host, fit_tile_times
+from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_bitmatrix, fit_tile_host, fit_tile_times
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
@@ -580,6 +583,14 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "other model's held out: fit.tiles); no kernel multipliers fitted"))
         fitted += tile_points
         tile_fits[scheme] = record
+        column_s, pack_points, pack_record = fit_bitmatrix(every_row, scheme)
+        if column_s is not None:  # the staged block's bitmatrix pack, from its profiled kernels
+            entry["bitmatrix_column_s"] = column_s
+            entry["reason"] += (f"; bitmatrix_column_s fitted on the bitmatrix pack kernels of {len(pack_points)} "
+                                f"profiled decode steps of {', '.join(pack_record['models'])} at the staged "
+                                "MoE backend (every other model's held out: fit.tiles)")
+            fitted += pack_points
+            record["bitmatrix"] = pack_record
         launch_s, launch_points, launch_record = (fit_tile_host(every_row, base, gpu, scheme) if reference is None
                                                   else (None, [], {}))  # a host time: the anchor's
         if launch_s is not None:  # its launches from Python, from launched prefills

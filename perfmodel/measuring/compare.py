@@ -143,12 +143,20 @@ def row_kv_dtype(row: dict[str, Any]) -> str | None:
 HF_MOE_IMPLS = {"grouped_mm": "fused", "eager": "unfused"}
 
 
+#: vLLM MoE backends (``--moe-backend``) whose experts run as the model's ``staged`` block: the
+#: routing, the activation and the top-k sum apart from the grouped GEMMs (vLLM 0.26's
+#: ``UnfusedOAITritonExperts``); every other backend runs a fused block.
+STAGED_MOE_BACKENDS = ("triton_unfused",)
+
+
 def row_moe_impl(row: dict[str, Any]) -> str | None:
     """The model's MoE implementation (:data:`perfmodel.ops.moe.MOE_IMPLS`) of a measured row:
-    ``fused`` for vLLM's fused MoE, transformers' per :data:`HF_MOE_IMPLS`; None when the
-    model has none for it."""
+    for vLLM's fused MoE ``fused``, or ``staged`` at a backend of :data:`STAGED_MOE_BACKENDS`;
+    transformers' per :data:`HF_MOE_IMPLS`; None when the model has none for it."""
     impl = str((row.get("engine") or {}).get("experts_implementation") or "grouped_mm")
-    return "fused" if impl.startswith("vllm_fused_moe") else HF_MOE_IMPLS.get(impl)
+    if impl.startswith("vllm_fused_moe"):
+        return "staged" if row.get("moe_backend") in STAGED_MOE_BACKENDS else "fused"
+    return HF_MOE_IMPLS.get(impl)
 
 
 def as_measured(metrics: dict[str, float], row: dict[str, Any],
@@ -297,7 +305,9 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
     the KV cache's dtype where the row set one (``kv_dtype``, :func:`row_kv_dtype`), and
     ``moe_tables`` false for a row whose fused-MoE tiles came from a folder of its own
-    (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table)."""
+    (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table), and
+    ``moe_impl`` ``staged`` for a row whose vLLM MoE backend runs the staged block
+    (:data:`STAGED_MOE_BACKENDS`), so that every fit predicts its kernels."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
            "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
@@ -308,6 +318,8 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
         out["host_probe_ms"] = row_probe_ms(row)
     if row_own_tiles(row):
         out["moe_tables"] = False
+    if row_moe_impl(row) == "staged":
+        out["moe_impl"] = "staged"
     return out
 
 
@@ -368,8 +380,8 @@ def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
     groups its errors: ``quantization <scheme>`` (:func:`row_quant`), ``KV cache <dtype>``
     (:func:`row_kv_dtype`), ``MoE shape`` (top-k, experts or expert FFN width overridden: the
     seed study's sweeps and pruning; ``spec`` is the row's ModelSpec), ``speculative decoding``,
-    ``MoE <impl>`` (an experts implementation other than the fused one), ``MoE kernel <backend>``
-    (vLLM's ``--moe-backend`` other than Triton) and ``<layout>`` over several GPUs; () for none
+    ``MoE <impl>`` (an experts implementation other than the fused one, but the staged one, which
+    its backend names), ``MoE kernel <backend>`` (vLLM's ``--moe-backend`` other than Triton) and ``<layout>`` over several GPUs; () for none
     (a cut to fewer layers changes none of these)."""
     from perfmodel.specs.model import load_model
 
@@ -379,7 +391,7 @@ def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
              f"KV cache {kv_dtype}" if kv_dtype else None,
              "MoE shape" if _moe_shape(spec) != _moe_shape(load_model(row["model"])) else None,
              "speculative decoding" if row_speculative(row) else None,
-             f"MoE {impl}" if impl not in (None, "fused") else None,
+             f"MoE {impl}" if impl not in (None, "fused", "staged") else None,  # staged: by its backend
              f"MoE kernel {backend}" if backend != "triton" else None,
              layout_label(row) if row_gpus(row) > 1 else None]
     return tuple(kind for kind in kinds if kind)
@@ -420,7 +432,7 @@ def prediction_args(row: dict[str, Any], *, engine: str, gpu: str, profile) -> d
     :meth:`perfmodel.prediction.Workload.stored_as`), its MoE implementation
     (:func:`row_moe_impl`) and its layout and host (:func:`model_workload`, under ``profile``)."""
     return dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
-                quant=row_quant(row) or "none", moe_impl=row_moe_impl(row), **model_workload(row, profile))
+                quant=row_quant(row) or "none", **{"moe_impl": row_moe_impl(row), **model_workload(row, profile)})
 
 
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",

@@ -35,8 +35,10 @@ slower than at the default rule's tiles, at every batch measured (1 to 64 sequen
 f_off on its memory time at every pass of such a shape (:func:`off_table_scale`; the tables:
 ``specs/vllm-moe-tables.yaml``).
 
-Two implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
-per projection for the whole block, the kernels a fused MoE launches) and ``unfused`` (a
+Three implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
+per projection for the whole block, the kernels a fused MoE launches), ``staged`` (the same
+grouped GEMMs with the routing, the activation and the top-k sum as kernels of their own
+between them) and ``unfused`` (a
 loop over the touched experts, as an engine without a fused MoE kernel runs them, e.g.
 transformers' ``eager`` experts): per touched local expert the host finds the expert's rows
 in the routing mask (``torch.where``: it waits for the GPU), gathers them, runs a dense
@@ -45,6 +47,17 @@ routing weights into the output (index-add). Kernel launches and host synchronis
 grow with the distinct experts D, each GEMM runs as a dense GEMM of the expert's rows (the
 dense GEMM's efficiency at T·k/D rows, not the grouped GEMM's), and the gathered and scaled
 rows make extra trips through HBM.
+
+The staged block is vLLM's MXFP4 MoE at ``--moe-backend triton_unfused`` (its
+``UnfusedOAITritonExperts``, vLLM 0.26): the router's top-k ids become triton_kernels' routing
+data on the GPU (``make_routing_data``: a bitmatrix of the chosen experts, one bit each, packed
+by ``pack_bitmatrix``, then the mask's row and column sums), the gate|up GEMM writes its output
+in expert order, a gather puts it back in token order for the activation, a second gather
+returns the activated rows to expert order for the down GEMM, and a top-k sum
+(``masked_moe_sum``) adds each token's k rows, where the fused kernel's own reduction did.
+The pack runs one program per 512 tokens, and each walks the bitmatrix's ⌈E/32⌉ columns of
+32-bit words one after another: a time that follows the experts, not the tokens, on one SM
+(:func:`routing_bitmatrix`).
 """
 
 from __future__ import annotations
@@ -61,13 +74,27 @@ from perfmodel.ops.comm import all_to_all
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
 from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, f_off, k, n_SM,
-                               n_sh, sigma, t_kstep, t_moe_host, t_tile, tp)
+                               n_sh, sigma, t_bitpack, t_kstep, t_moe_host, t_tile, tp)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
 
-#: How the routed experts run: one fused grouped-GEMM block, or a loop over touched experts.
-MOE_IMPLS = ("fused", "unfused")
+#: How the routed experts run: one fused grouped-GEMM block, the same GEMMs with the routing,
+#: activation and top-k sum staged apart, or a loop over touched experts.
+MOE_IMPLS = ("fused", "staged", "unfused")
+
+#: Kernels the staged block launches per layer beyond the fused block's routing and dispatch
+#: (``moe.dispatch``'s four), as vLLM 0.26's ``UnfusedOAITritonExperts`` runs them and its
+#: profiled decode steps list them (gpt-oss-120b, H200): in ``make_routing_data`` the ids' cast to
+#: int16 and the weights' to bf16, the bitmatrix's and the mask sums' zero fills (3), the
+#: invalid-slot ``torch.where`` and the copy of the sums (``memcpy32_post``); the two gathers
+#: between the GEMMs; the activation's own kernel (the fused kernel computes it in the gate|up
+#: GEMM's epilogue); the top-k sum, which replaces the fused kernel's reduction, and the
+#: triton_kernels top-k it no longer runs (the router's top-k runs instead): 12 more, 2 fewer.
+#: The bitmatrix pack is an op of its own (:func:`routing_bitmatrix`).
+STAGED_DISPATCH_KERNELS = 10
+#: Experts per 32-bit word of the staged block's routing bitmatrix (a bit each).
+BITMATRIX_WORD = 32
 
 #: Kernel launches of the unfused loop (transformers 5.17's ``eager`` experts on torch 2.11
 #: CUDA, as its code runs). Before the loop (``moe.dispatch``): the output's zero fill, the
@@ -339,6 +366,11 @@ def dispatch(impl: str = "fused") -> Op:
     them back per token (index-add), each a read and a write of T·k·H activations (6 passes),
     in 4 kernels (sort/histogram, gather, scale, index-add).
 
+    ``staged``: the fused block's passes, plus the two gathers between the GEMMs, each a read
+    and a write of the rows it moves: the gate|up output (2·I/tp wide) and the activation's
+    output (I/tp wide), 6·T·k·I/tp more; the fused block's 4 kernels and
+    :data:`STAGED_DISPATCH_KERNELS` more.
+
     ``unfused`` (a loop over the D/ep touched local experts): per expert, gather its rows
     (read, write), scale them by their routing weights (read, write) and index-add them into
     the output (read the rows, read and write the output rows): 7 passes over the T·k·H
@@ -349,6 +381,14 @@ def dispatch(impl: str = "fused") -> Op:
     touched local expert (the host reads which rows the expert has before it launches them).
     """
     rows = T * k / ep
+    if impl == "staged":
+        return Op(
+            name="moe.dispatch",
+            op_class=OpClass.ELEMENTWISE,
+            act_bytes=(6 * H + 6 * I_e / tp) * rows * b_a,
+            efficiency_size=rows * H,
+            kernels=4 + STAGED_DISPATCH_KERNELS,
+        )
     if impl == "unfused":
         d_local = distinct_experts() / ep
         return Op(
@@ -366,6 +406,27 @@ def dispatch(impl: str = "fused") -> Op:
         act_bytes=6 * T * k / ep * H * b_a,
         efficiency_size=T * k / ep * H,
         kernels=4,  # sort/histogram, gather, scale, index-add
+    )
+
+
+def routing_bitmatrix() -> Op:
+    """The staged block's bitmatrix pack (``pack_bitmatrix``): each token's k expert ids (int16)
+    set a bit each in a T × ⌈E/(32·ep)⌉ matrix of 32-bit words. One program per 512 tokens
+    walks the matrix's columns one after another, so the kernel takes at least
+
+        ⌈E/(32·ep)⌉ · t_bitpack
+
+    whatever its bytes (its :attr:`Op.tile_floor`): a time of the experts, flat in the tokens
+    while the programs fit the SMs at once."""
+    columns = sp.ceiling(E / (BITMATRIX_WORD * ep))
+    return Op(
+        name="moe.routing_bitmatrix",
+        op_class=OpClass.ELEMENTWISE,
+        act_bytes=T * k * 2 + T * columns * 4,
+        efficiency_size=T * k,
+        kernels=1,
+        tile_floor=columns * t_bitpack,
+        role=Role.ROUTER,
     )
 
 
@@ -389,6 +450,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
         raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
+           *([routing_bitmatrix()] if impl == "staged" else []),
            all_to_all("comm.moe_all_to_all"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
                           quantized=quantized, tiled=tiled, tuned_from=tuned_from),

@@ -1,0 +1,91 @@
+"""The staged MoE block (vLLM's MXFP4 MoE at ``--moe-backend triton_unfused``): the fused block's
+grouped GEMMs with the routing data, the activation and the top-k sum run apart. It launches
+more kernels and moves more activation bytes than the fused block, adds the bitmatrix pack
+whose floor follows the experts' 32-bit columns, never the tokens, and is what a measured
+row at that backend is predicted as."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from perfmodel import InputError, predict
+from perfmodel import symbols as s
+from perfmodel.measuring.compare import model_workload, row_moe_impl, row_what_ifs
+from perfmodel.ops.moe import STAGED_DISPATCH_KERNELS, moe_block, routing_bitmatrix
+from perfmodel.paths import RESULTS_DIR
+from perfmodel.roofline import op_time
+from perfmodel.specs.model import load_model
+
+
+def _ops(impl: str) -> dict:
+    spec = load_model("gpt-oss-120b")
+    return {op.name: op for op in moe_block(spec.moe, spec.norm, impl=impl, quantized=True, tiled=True)}
+
+
+def test_the_staged_block_adds_the_pack_kernels_and_the_gathers_bytes():
+    fused, staged = _ops("fused"), _ops("staged")
+    assert "moe.routing_bitmatrix" in staged and "moe.routing_bitmatrix" not in fused
+    assert staged["moe.dispatch"].kernels == fused["moe.dispatch"].kernels + STAGED_DISPATCH_KERNELS
+    extra = sp.simplify(staged["moe.dispatch"].act_bytes - fused["moe.dispatch"].act_bytes)
+    assert sp.simplify(extra - 6 * s.T * s.k / s.ep * s.I_e / s.tp * s.b_a) == 0
+    for name in ("moe.experts", "moe.router", "moe.experts_act"):  # the same GEMMs, tiles and router
+        assert staged[name] == fused[name]
+
+
+@pytest.mark.parametrize("experts, ep, columns", [(32, 1, 1), (33, 1, 2), (128, 1, 4), (128, 2, 2), (512, 1, 16)])
+def test_the_pack_floor_counts_the_bitmatrix_columns_at_any_tokens(experts, ep, columns):
+    floor = routing_bitmatrix().tile_floor
+    for tokens in (1, 64, 4096):
+        value = floor.subs({s.E: experts, s.ep: ep, s.T: tokens, s.k: 4, s.t_bitpack: 1e-5})
+        assert float(value) == pytest.approx(columns * 1e-5)
+    assert op_time(routing_bitmatrix(), {s.t_bitpack: 0}).tiles == 0  # no fitted time: its kernel and bytes
+
+
+@pytest.mark.parametrize("batch", [1, 16, 64])
+def test_staged_is_never_faster_than_fused(batch):
+    common = dict(engine="vllm", gpu="h200-sxm", batch=batch, input_len=512, output_len=512, quant="mxfp4-moe")
+    fused = predict("gpt-oss-120b", **common)
+    staged = predict("gpt-oss-120b", moe_impl="staged", **common)
+    assert staged.metrics["itl_s"] > fused.metrics["itl_s"]
+    assert staged.metrics["ttft_s"] >= fused.metrics["ttft_s"]
+
+
+def test_staged_needs_a_tiled_moe_kernel():
+    with pytest.raises(InputError, match="staged is vLLM's TRITON_UNFUSED MoE"):
+        predict("olmoe-1b-7b", engine="vllm", moe_impl="staged")
+
+
+def _unfused_row() -> dict:
+    for line in (RESULTS_DIR / "h200-vllm.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("moe_backend") == "triton_unfused" and row["status"] == "ok":
+            return row
+    raise AssertionError("no triton_unfused row")
+
+
+def test_a_triton_unfused_row_is_predicted_as_the_staged_block():
+    row = _unfused_row()
+    assert row_moe_impl(row) == "staged"
+    assert model_workload(row)["moe_impl"] == "staged"
+    kinds = row_what_ifs(row, load_model(row["model"]))
+    assert "MoE kernel triton_unfused" in kinds and not any(k.startswith("MoE staged") for k in kinds)
+    for backend, impl in (("triton", "fused"), ("marlin", "fused")):
+        assert row_moe_impl({**row, "moe_backend": backend}) == impl
+        assert "moe_impl" not in model_workload({**row, "moe_backend": backend})
+
+
+def test_the_fitted_pack_time_follows_the_profiled_kernel():
+    """The fitted column time puts the gpt-oss-120b pack within 25% of its profiled kernel."""
+    from perfmodel.profile import load_profile
+
+    column_s = load_profile("vllm", "h200-sxm").quant_efficiency("mxfp4-moe").bitmatrix_column_s
+    assert column_s > 0
+    row = next(r for r in map(json.loads, (RESULTS_DIR / "h200-vllm.jsonl").read_text().splitlines())
+               if r["model"] == "gpt-oss-120b" and r.get("moe_backend") == "triton_unfused"
+               and (r.get("decode_profile") or {}).get("top_kernels"))
+    name, ms, calls = next(k for k in row["decode_profile"]["top_kernels"] if k[0] == "pack_bitmatrix")
+    assert np.isclose(4 * column_s, ms * 1e-3 / calls, rtol=0.25)
