@@ -701,7 +701,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
         s.n_SM: float(gpu.sm_count),
         s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s, s.t_moe_host: kernels.host_layer_s,
-        s.t_bitpack: kernels.bitmatrix_column_s,
+        s.t_bitpack: kernels.bitmatrix_column_s, s.t_bitpack_loop: kernels.bitmatrix_loop_s,
+        s.t_bitpack_one: kernels.bitmatrix_one_s,
         s.f_off: profile.options.moe_off_table_memory or 1.0,
         s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }

@@ -267,10 +267,14 @@ class QuantEfficiency(BandChecked):
     host_layer_s: NonNegativeFloat = Field(
         default=0.0, description="host time per layer that launching that kernel from Python adds to a "
         "launched eager step, at the reference host, s (t_moe_host, perfmodel.prediction.uncompiled_launch)")
+    bitmatrix_one_s: NonNegativeFloat = Field(
+        default=0.0, description="time of the routing bitmatrix pack that the kernel's library runs before "
+        "it in a staged MoE block, over one 32-expert column, s (t_bitpack_one, "
+        "perfmodel.ops.moe.routing_bitmatrix); 0, with the two below: the pack costs its kernel and bytes alone")
+    bitmatrix_loop_s: NonNegativeFloat = Field(
+        default=0.0, description="fixed time of that pack's loop over two or more columns, s (t_bitpack_loop)")
     bitmatrix_column_s: NonNegativeFloat = Field(
-        default=0.0, description="time of one 32-expert column of the routing bitmatrix pack that the "
-        "kernel's library runs before it in a staged MoE block, s (t_bitpack, "
-        "perfmodel.ops.moe.routing_bitmatrix); 0: the pack costs its kernel and bytes alone")
+        default=0.0, description="time of one column of that loop, s (t_bitpack)")
 
     def multiplier(self, op_class: str, which: str) -> float:
         """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""
@@ -395,11 +399,12 @@ class EngineProfile(_Strict):
         if unknown_kv:
             raise ValueError(f"kv_cache: unknown dtype '{unknown_kv[0]}' (known: {', '.join(KV_CACHE_DTYPES)})")
         untiled = [name for name, q in self.quantization.items()
-                   if (q.tile_s or q.k_step_s or q.host_layer_s or q.bitmatrix_column_s)
+                   if (q.tile_s or q.k_step_s or q.host_layer_s or q.bitmatrix_one_s or q.bitmatrix_loop_s
+                       or q.bitmatrix_column_s)
                    and load_schemes()[name].moe_tile is None]
         if untiled:
-            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s, host_layer_s and bitmatrix_column_s are "
-                             "the times of a tiled MoE kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
+            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s, host_layer_s and the bitmatrix_*_s "
+                             "are the times of a tiled MoE kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
 
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""

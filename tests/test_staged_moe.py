@@ -16,7 +16,7 @@ from perfmodel import InputError, predict
 from perfmodel import symbols as s
 from perfmodel.measuring.compare import model_workload, row_moe_impl, row_what_ifs
 from perfmodel.ops.moe import STAGED_DISPATCH_KERNELS, moe_block, routing_bitmatrix
-from perfmodel.paths import RESULTS_DIR
+from perfmodel.paths import RESULTS_DIR, ROOT
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
 
@@ -37,12 +37,15 @@ def test_the_staged_block_adds_the_pack_kernels_and_the_gathers_bytes():
 
 
 @pytest.mark.parametrize("experts, ep, columns", [(32, 1, 1), (33, 1, 2), (128, 1, 4), (128, 2, 2), (512, 1, 16)])
-def test_the_pack_floor_counts_the_bitmatrix_columns_at_any_tokens(experts, ep, columns):
+def test_the_pack_floor_is_one_pass_at_one_column_and_a_loop_over_more(experts, ep, columns):
     floor = routing_bitmatrix().tile_floor
+    times = {s.t_bitpack_one: 4e-6, s.t_bitpack_loop: 15e-6, s.t_bitpack: 10e-6}
+    expected = 4e-6 if columns == 1 else 15e-6 + columns * 10e-6
     for tokens in (1, 64, 4096):
-        value = floor.subs({s.E: experts, s.ep: ep, s.T: tokens, s.k: 4, s.t_bitpack: 1e-5})
-        assert float(value) == pytest.approx(columns * 1e-5)
-    assert op_time(routing_bitmatrix(), {s.t_bitpack: 0}).tiles == 0  # no fitted time: its kernel and bytes
+        value = floor.subs({s.E: experts, s.ep: ep, s.T: tokens, s.k: 4, **times})
+        assert float(value) == pytest.approx(expected)
+    zero = {symbol: 0 for symbol in times}
+    assert op_time(routing_bitmatrix(), zero).tiles == 0  # no fitted times: its kernel and bytes
 
 
 @pytest.mark.parametrize("batch", [1, 16, 64])
@@ -78,14 +81,24 @@ def test_a_triton_unfused_row_is_predicted_as_the_staged_block():
         assert "moe_impl" not in model_workload({**row, "moe_backend": backend})
 
 
-def test_the_fitted_pack_time_follows_the_profiled_kernel():
-    """The fitted column time puts the gpt-oss-120b pack within 25% of its profiled kernel."""
+def test_the_pack_times_come_from_the_kernel_timed_alone_and_hold_on_every_profiled_pack():
+    """The pack's law is fitted on its bench (no model's row), and puts every profiled pack of
+    gpt-oss-20b (one column) and gpt-oss-120b (four) on the H200 within 15%."""
+    import pandas as pd
+
+    from perfmodel.calibration.fit_tiles import bitmatrix_columns, bitmatrix_rows, pack_kernel_s
+    from perfmodel.measuring.compare import load_with_what_ifs
     from perfmodel.profile import load_profile
 
-    column_s = load_profile("vllm", "h200-sxm").quant_efficiency("mxfp4-moe").bitmatrix_column_s
-    assert column_s > 0
-    row = next(r for r in map(json.loads, (RESULTS_DIR / "h200-vllm.jsonl").read_text().splitlines())
-               if r["model"] == "gpt-oss-120b" and r.get("moe_backend") == "triton_unfused"
-               and (r.get("decode_profile") or {}).get("top_kernels"))
-    name, ms, calls = next(k for k in row["decode_profile"]["top_kernels"] if k[0] == "pack_bitmatrix")
-    assert np.isclose(4 * column_s, ms * 1e-3 / calls, rtol=0.25)
+    profile = load_profile("vllm", "h200-sxm")
+    kernels = profile.quant_efficiency("mxfp4-moe")
+    record = profile.fit["tiles"]["mxfp4-moe"]["bitmatrix"]
+    bench = pd.read_csv(ROOT / record["bench"])
+    assert set(bench["kernel"]) == {"pack_bitmatrix", "make_routing_data"} and bench["experts"].nunique() >= 8
+    rows = bitmatrix_rows(load_with_what_ifs(RESULTS_DIR / "h200-vllm.jsonl"), "mxfp4-moe")
+    assert {r["model"] for r in rows} == {"gpt-oss-20b", "gpt-oss-120b"}
+    assert set(record["held_out"]["errors_pct"]) == {r["point_id"] for r in rows}  # none of them fitted
+    for row in rows:
+        n = bitmatrix_columns(row)
+        law = kernels.bitmatrix_one_s if n == 1 else kernels.bitmatrix_loop_s + n * kernels.bitmatrix_column_s
+        assert np.isclose(law, pack_kernel_s(row), rtol=0.15), row["point_id"]

@@ -28,6 +28,7 @@ models' rows whose prefill the profile without it puts at the host's launch floo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,36 +142,65 @@ def bitmatrix_columns(row: dict[str, Any]) -> int:
     return math.ceil(load_model(row["model"], row_overrides(row)).moe.n_experts / BITMATRIX_WORD)
 
 
-def fit_bitmatrix(every_row: list[dict[str, Any]], scheme: str) -> tuple[float | None, list[str], dict[str, Any]]:
-    """``bitmatrix_column_s`` (t_bitpack, s): the time of one 32-expert column of the staged
-    block's bitmatrix pack, the geometric mean of profiled pack time / columns over the training
-    models' (:data:`TILE_TRAIN`) profiled decode steps that run it (:func:`bitmatrix_rows`).
-    Returns the time, the point ids it comes from, and the record (training points, the held-out
-    pack kernels' errors of every other model); (None, [], {}) without training rows."""
-    rows = bitmatrix_rows(every_row, scheme)
-    train_models = TILE_TRAIN.get(scheme, ())
-    train = [r for r in rows if r["model"] in train_models]
-    held = [r for r in rows if r["model"] not in train_models]
-    if not train:
-        return None, [], {}
+#: The bench rows of the bitmatrix pack (``perfmodel.calibration.bench_vllm_routing``), per GPU.
+BITMATRIX_BENCH = "vllm_routing.csv"
+#: The most tokens of a bench row the fit reads: a decode's passes, one program of 512 tokens.
+BITMATRIX_MAX_TOKENS = 512
 
-    def log_ratios(part: list[dict[str, Any]]) -> np.ndarray:
-        return np.log([pack_kernel_s(r) / bitmatrix_columns(r) for r in part])
 
-    column_s = _sig(float(np.exp(np.mean(log_ratios(train)))))
+def bitmatrix_bench(gpu: str) -> Path | None:
+    """The pack's bench rows for ``gpu``: its own (``calibration/data/<gpu>/``), else another
+    GPU's (the first by name: the kernel is one program on one SM, whose clock the H100 and
+    H200 share); None where no GPU has them."""
+    from perfmodel.paths import CALIBRATION_DATA_DIR
 
-    def errors(part: list[dict[str, Any]]) -> np.ndarray:
-        return np.array([column_s * bitmatrix_columns(r) / pack_kernel_s(r) - 1 for r in part])
+    own = CALIBRATION_DATA_DIR / gpu / BITMATRIX_BENCH
+    if own.exists():
+        return own
+    return next(iter(sorted(CALIBRATION_DATA_DIR.glob(f"*/{BITMATRIX_BENCH}"))), None)
+
+
+def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
+                  scheme: str) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """The bitmatrix pack's times (s; :func:`perfmodel.ops.moe.routing_bitmatrix`):
+    ``bitmatrix_one_s`` the median of the bench's one-column passes, and ``bitmatrix_loop_s``
+    and ``bitmatrix_column_s`` a least-squares line through its passes of two or more columns,
+    over its rows of at most :data:`BITMATRIX_MAX_TOKENS` tokens (:func:`bitmatrix_bench`). No
+    measured row of a model is read: every profiled pack (:func:`bitmatrix_rows`) is held out,
+    and the record gives their errors. (None, {}) without a bench or a scheme's rows for it."""
+    import pandas as pd
+
+    bench = bitmatrix_bench(gpu)
+    if bench is None or scheme not in TILE_TRAIN:
+        return None, {}
+    table = pd.read_csv(bench)
+    table = table[(table["kernel"] == BITMATRIX_KERNEL) & (table["tokens"] <= BITMATRIX_MAX_TOKENS)]
+    columns = np.ceil(table["experts"].to_numpy() / 32)
+    seconds = table["median_ms"].to_numpy() * 1e-3
+    one = float(np.median(seconds[columns == 1]))
+    looped = columns >= 2
+    design = np.column_stack([np.ones(looped.sum()), columns[looped]])
+    (loop, per_column), *_ = np.linalg.lstsq(design, seconds[looped], rcond=None)
+    times = {"bitmatrix_one_s": _sig(one), "bitmatrix_loop_s": _sig(float(loop)),
+             "bitmatrix_column_s": _sig(float(per_column))}
+
+    def law(n: np.ndarray) -> np.ndarray:
+        return np.where(n == 1, times["bitmatrix_one_s"],
+                        times["bitmatrix_loop_s"] + n * times["bitmatrix_column_s"])
+
+    from perfmodel.paths import ROOT
 
     record: dict[str, Any] = {
-        "models": list(train_models), "points": sorted(r["point_id"] for r in train),
-        "train_mape_pct": _sig(float(100 * np.mean(np.abs(errors(train)))), 3),
+        "bench": str(bench.relative_to(ROOT)) if bench.is_relative_to(ROOT) else bench.name,
+        "bench_rows": int(len(table)),
+        "bench_mape_pct": _sig(float(100 * np.mean(np.abs(law(columns) / seconds - 1))), 3),
     }
-    if held:
-        err = errors(held)
+    rows = bitmatrix_rows(every_row, scheme)
+    if rows:
+        err = law(np.array([bitmatrix_columns(r) for r in rows])) / np.array([pack_kernel_s(r) for r in rows]) - 1
         record["held_out"] = {"mape_pct": _sig(float(100 * np.mean(np.abs(err))), 3),
-                              "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(held, err)}}
-    return column_s, [r["point_id"] for r in train], record
+                              "errors_pct": {r["point_id"]: _sig(float(100 * e), 3) for r, e in zip(rows, err)}}
+    return times, record
 
 
 #: (lower, upper) of t_moe_host, s per layer.

@@ -74,10 +74,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   (:mod:`perfmodel.calibration.fit_tiles`). Its ``host_layer_s``: the host time per layer of
   that kernel's launches from Python in a launched prefill (triton_kernels builds each launch on
   the host), from gpt-oss-120b's launched prefills at B = 1
-  (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`). Its ``bitmatrix_column_s``: the
-  time per 32-expert column of the bitmatrix pack a staged MoE block runs before that kernel
-  (vLLM's ``--moe-backend triton_unfused``), from gpt-oss-120b's profiled pack kernels
-  (:func:`~perfmodel.calibration.fit_tiles.fit_bitmatrix`).
+  (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`). Its ``bitmatrix_*_s``: the times of
+  the bitmatrix pack a staged MoE block runs before that kernel (vLLM's ``--moe-backend
+  triton_unfused``), from the kernel timed alone over 8 to 512 experts
+  (:func:`~perfmodel.calibration.fit_tiles.fit_bitmatrix`); every model's profiled packs held out.
 - a scheme no training model was measured in (:data:`SCHEME_TRAIN`: gpt-oss's MXFP4 experts on
   vLLM's Marlin MoE kernel, ``mxfp4-moe-marlin``) has its kernel multipliers fitted on the rows of
   the models named there, every other model's held out.
@@ -583,13 +583,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "other model's held out: fit.tiles); no kernel multipliers fitted"))
         fitted += tile_points
         tile_fits[scheme] = record
-        column_s, pack_points, pack_record = fit_bitmatrix(every_row, scheme)
-        if column_s is not None:  # the staged block's bitmatrix pack, from its profiled kernels
-            entry["bitmatrix_column_s"] = column_s
-            entry["reason"] += (f"; bitmatrix_column_s fitted on the bitmatrix pack kernels of {len(pack_points)} "
-                                f"profiled decode steps of {', '.join(pack_record['models'])} at the staged "
-                                "MoE backend (every other model's held out: fit.tiles)")
-            fitted += pack_points
+        pack_times, pack_record = fit_bitmatrix(every_row, gpu, scheme)
+        if pack_times is not None:  # the staged block's bitmatrix pack, from its kernel timed alone
+            entry.update(pack_times)
+            entry["reason"] += (f"; the bitmatrix pack's times fitted on {pack_record['bench_rows']} passes of the "
+                                f"kernel timed alone ({pack_record['bench']}; every profiled pack held out: "
+                                "fit.tiles)")
             record["bitmatrix"] = pack_record
         launch_s, launch_points, launch_record = (fit_tile_host(every_row, base, gpu, scheme) if reference is None
                                                   else (None, [], {}))  # a host time: the anchor's
