@@ -253,14 +253,16 @@ def test_pairs_stay_on_their_gpu_and_are_predicted_with_its_fit(study):
         assert "H100" in p.side["gpu_name"] and "H100" in p.base["gpu_name"]
         on_h200 = measured.predicted_throughput({**p.base, "measured_gpu": "h200-sxm"}, "vllm")
         assert p.predicted_base == pytest.approx(measured.predicted_throughput(p.base, "vllm"))
-        assert abs(p.predicted_base / on_h200 - 1) > 0.02  # the H100's own fit, not the H200's
+        if p.keys["batch"] >= 16:  # the H100's own fit, not the H200's, where the GPU sets the time
+            assert abs(p.predicted_base / on_h200 - 1) > 0.02  # (at B = 1 the host does: its terms are shared)
     assert all(p.side["measured_gpu"] == p.base["measured_gpu"] for p in found)
 
 
 def test_on_the_papers_gpu_our_vllm_follows_the_model_where_the_paper_differs(study):
     """The H100 (the paper's GPU): the Mixtral skeleton's top-k, FFN width and expert count (E2,
-    E3, E4) and top-k 1 → 32 on the two models of E8, each pair within 10 pp of the model and
-    outside the paper's claimed range by more than that."""
+    E3, E4) and top-k 1 → 32 on the two models of E8, each pair within 10 pp of the model and,
+    in bf16, outside the paper's claimed range by more than that (the skeleton's FFN width in
+    fp8, −46%, lies within 10 pp of the paper's ≈ −50%, and of the model's −43%)."""
     rows, _ = measured.without_collapsed_routing(measured.load_sources())
     h100 = [r for r in rows if r["measured_gpu"] == "h100-sxm"]
     # the paper's ranges (%) each pair is checked against, by effect
@@ -270,5 +272,6 @@ def test_on_the_papers_gpu_our_vllm_follows_the_model_where_the_paper_differs(st
         assert pairs, effect
         for p in pairs:
             assert p.keys["gpu"] == "h100-sxm" and abs(p.predicted_pct - p.measured_pct) < 10, p.label
-            if effect != "E8" or p.keys["batch"] <= 16:  # E8's −4…−8% is the paper's claim at B ≤ 16
+            if p.keys.get("quant") in (None, "none") and (effect != "E8" or p.keys["batch"] <= 16):
+                # E8's −4…−8% is the paper's claim at B ≤ 16
                 assert p.measured_pct < low - 10 or p.measured_pct > high + 10, p.label

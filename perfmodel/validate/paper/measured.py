@@ -266,14 +266,17 @@ def gpu_label(gpu: str) -> str:
 @functools.cache
 def _predicted(gpu: str, model: str, overrides: tuple[str, ...], batch: int, input_len: int, output_len: int,
                quant: str | None, engine: str, speculative: tuple[tuple[str, Any], ...] = (),
-               moe_impl: str = "fused", phase: str = "request", skew: float = 0.0) -> dict[str, float]:
+               moe_impl: str = "fused", phase: str = "request", skew: float = 0.0, *,
+               host_probe_ms: float | None = None) -> dict[str, float]:
     """:func:`perfmodel.sweep` of one point (equal to :func:`perfmodel.predict`; it shares the
     compiled expressions of the report's sweeps, without the per-op outputs), its metrics by
     name; ``speculative``: its speculative-decoding what-ifs (spec_draft, spec_tokens,
-    spec_accepted_len or spec_accept); ``phase`` and the routing ``skew`` as in ``predict``."""
+    spec_accepted_len or spec_accept); ``phase``, the routing ``skew`` and the host's probe time
+    ``host_probe_ms`` (None: the profile's reference host) as in ``predict``."""
+    host = {} if host_probe_ms is None else {"host_probe_ms": host_probe_ms}
     table = sweep(model, {"batch": [batch]}, gpu=gpu, engine=engine, phase=phase, input_len=input_len,
                   output_len=output_len, overrides=list(overrides), quant=quant, moe_impl=moe_impl,
-                  skew=skew, **dict(speculative))
+                  skew=skew, **host, **dict(speculative))
     return {name: float(value) for name, value in table.iloc[0].items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
@@ -282,15 +285,21 @@ def predicted_throughput(row: dict[str, Any], engine: str) -> float:
     """The model's throughput (tok/s) for a measured row, on its GPU (``measured_gpu``), as built
     and quantized, with its MoE implementation, as the row timed its passes and at the routing its prefill ran
     (:func:`perfmodel.measuring.compare.as_measured`, :func:`~perfmodel.measuring.compare.prefill_skew`);
-    a speculative row with its draft and γ at the tokens per step τ it measured."""
+    a speculative row with its draft and γ at the tokens per step τ it measured; at the host's
+    speed the row probed, to 0.1 ms, where the profile takes it as an input
+    (:func:`perfmodel.host_speed.row_probe_ms`), as the validation predicts the row."""
+    from perfmodel.host_speed import row_probe_ms
+    from perfmodel.profile import load_profile
     from perfmodel.specs.model import load_model
 
     point = (row["measured_gpu"], row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
              row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())),
              row_moe_impl(row) or "fused")
-    metrics = _predicted(*point)
+    probe = row_probe_ms(row) if load_profile(engine, row["measured_gpu"]).latency.host_probe_ref_ms else None
+    host = {"host_probe_ms": None if probe is None else round(probe, 1)}
+    metrics = _predicted(*point, **host)
     skew = prefill_skew(row, load_model(row["model"], row_overrides(row)))
-    prefill = _predicted(*point, "prefill", skew)["prefill_s"] if skew > 0 else None
+    prefill = _predicted(*point, "prefill", skew, **host)["prefill_s"] if skew > 0 else None
     return as_measured(metrics, row, prefill)["throughput_tok_s"]
 
 
