@@ -403,8 +403,9 @@ class EngineProfile(_Strict):
                        or q.bitmatrix_column_s)
                    and load_schemes()[name].moe_tile is None]
         if untiled:
-            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s, host_layer_s and the bitmatrix_*_s "
-                             "are the times of a tiled MoE kernel, and this scheme names no moe_tile (specs/quantization.yaml)")
+            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s, host_layer_s and the "
+                             "bitmatrix_*_s are the times of a tiled MoE kernel, and this scheme names no moe_tile "
+                             "(specs/quantization.yaml)")
 
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""

@@ -73,9 +73,11 @@ N_tile = sp.Symbol("N_tile", **_pos_int)  #: output columns of one tile of the k
 K_tile = sp.Symbol("K_tile", **_pos_int)  #: input depth one step of a tile's K loop covers (BLOCK_K)
 t_tile = sp.Symbol("t_tile", nonnegative=True)  #: fixed time of one tiled GEMM kernel (prologue, epilogue), s
 t_kstep = sp.Symbol("t_kstep", nonnegative=True)  #: time of one step of a tile's K loop, s
-t_bitpack = sp.Symbol("t_bitpack", nonnegative=True)  #: time of one 32-expert column of the staged MoE's routing bitmatrix pack's loop, s
-t_bitpack_loop = sp.Symbol("t_bitpack_loop", nonnegative=True)  #: fixed time of that pack's loop over two or more columns, s
-t_bitpack_one = sp.Symbol("t_bitpack_one", nonnegative=True)  #: time of that pack over a single column (no loop), s
+#: The staged MoE's routing bitmatrix pack (perfmodel.ops.moe.routing_bitmatrix), s: one 32-expert
+#: column of its loop, the loop's fixed time (two or more columns), and a single column's pass.
+t_bitpack = sp.Symbol("t_bitpack", nonnegative=True)
+t_bitpack_loop = sp.Symbol("t_bitpack_loop", nonnegative=True)
+t_bitpack_one = sp.Symbol("t_bitpack_one", nonnegative=True)
 #: the fused-MoE kernel's memory time at the tiles of a tuned table made for larger passes
 f_off = sp.Symbol("f_off", positive=True)
 

@@ -335,8 +335,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     rows on several GPUs are left out (the band states the error of a one-GPU prediction; the
     validation reports those rows per layout), and so are rows of an unfused MoE (the band is
     that of the fused MoE's grouped GEMMs, which the staged block runs too: its rows, all
-    MXFP4's, are checked with their scheme's); quantized rows count in the residuals and are checked against the band
-    per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype), and
+    MXFP4's, are checked with their scheme's); quantized rows count in the residuals and are
+    checked against the band per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype), and
     so are rows whose KV cache was stored in another dtype, per dtype (``kv_cache``). TTFT
     gets a band per regime of the prefill (:func:`perfmodel.prediction.prefill_regime`) where
     the launch-bound and the GPU-bound ones each have at least :data:`MIN_REGIME_POINTS`

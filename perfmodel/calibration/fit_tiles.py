@@ -169,6 +169,10 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
     measured row of a model is read: every profiled pack (:func:`bitmatrix_rows`) is held out,
     and the record gives their errors. (None, {}) without a bench or a scheme's rows for it."""
     import pandas as pd
+    import sympy as sp
+
+    from perfmodel import symbols as s
+    from perfmodel.ops.moe import routing_bitmatrix
 
     bench = bitmatrix_bench(gpu)
     if bench is None or scheme not in TILE_TRAIN:
@@ -184,9 +188,11 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
     times = {"bitmatrix_one_s": _sig(one), "bitmatrix_loop_s": _sig(float(loop)),
              "bitmatrix_column_s": _sig(float(per_column))}
 
-    def law(n: np.ndarray) -> np.ndarray:
-        return np.where(n == 1, times["bitmatrix_one_s"],
-                        times["bitmatrix_loop_s"] + n * times["bitmatrix_column_s"])
+    floor = routing_bitmatrix().tile_floor.subs(s.ep, 1)  # the op's own law, of E and its three times
+    at = sp.lambdify((s.E, s.t_bitpack_one, s.t_bitpack_loop, s.t_bitpack), floor, "numpy")
+
+    def law(n: np.ndarray) -> np.ndarray:  # the floor at n columns of 32 experts
+        return at(32 * n, times["bitmatrix_one_s"], times["bitmatrix_loop_s"], times["bitmatrix_column_s"])
 
     from perfmodel.paths import ROOT
 

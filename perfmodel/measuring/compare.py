@@ -381,8 +381,8 @@ def row_what_ifs(row: dict[str, Any], spec) -> tuple[str, ...]:
     (:func:`row_kv_dtype`), ``MoE shape`` (top-k, experts or expert FFN width overridden: the
     seed study's sweeps and pruning; ``spec`` is the row's ModelSpec), ``speculative decoding``,
     ``MoE <impl>`` (an experts implementation other than the fused one, but the staged one, which
-    its backend names), ``MoE kernel <backend>`` (vLLM's ``--moe-backend`` other than Triton) and ``<layout>`` over several GPUs; () for none
-    (a cut to fewer layers changes none of these)."""
+    its backend names), ``MoE kernel <backend>`` (vLLM's ``--moe-backend`` other than Triton)
+    and ``<layout>`` over several GPUs; () for none (a cut to fewer layers changes none of these)."""
     from perfmodel.specs.model import load_model
 
     quant, kv_dtype, impl = row_quant(row), row_kv_dtype(row), row_moe_impl(row)
@@ -431,8 +431,9 @@ def prediction_args(row: dict[str, Any], *, engine: str, gpu: str, profile) -> d
     its quantization as measured (``none`` unquantized; not the checkpoint's own,
     :meth:`perfmodel.prediction.Workload.stored_as`), its MoE implementation
     (:func:`row_moe_impl`) and its layout and host (:func:`model_workload`, under ``profile``)."""
+    workload = {"moe_impl": row_moe_impl(row), **model_workload(row, profile)}  # staged: the same impl
     return dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
-                quant=row_quant(row) or "none", **{"moe_impl": row_moe_impl(row), **model_workload(row, profile)})
+                quant=row_quant(row) or "none", **workload)
 
 
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",

@@ -305,7 +305,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     tiers by the pass's tokens T, or by the mean rows per expert T·k/E where ``tiers_by_rows``
     (Marlin's MoE kernel picks its block so: the smallest of 8, 16, 32, 48, 64 rows above
     1/0.9 of the mean, at least 16 rows computed by its m16 MMAs).
-    ``impl="fused"``: one grouped GEMM per projection (class ``grouped_gemm``).
+    ``impl="fused"`` (and ``"staged"``, whose GEMMs are the fused block's): one grouped GEMM per
+    projection (class ``grouped_gemm``).
     ``impl="unfused"``: a dense GEMM per projection per touched local expert (class ``gemm``,
     2·D/ep kernels), whose efficiency follows the dense GEMM's at the expert's rows,
     T·k/D, padded alike. ``quantized``: the experts' weights are stored by a quantization
