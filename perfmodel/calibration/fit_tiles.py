@@ -167,19 +167,20 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
     and ``bitmatrix_column_s`` a least-squares line through its passes of two or more columns,
     over its rows of at most :data:`BITMATRIX_MAX_TOKENS` tokens (:func:`bitmatrix_bench`). No
     measured row of a model is read: every profiled pack (:func:`bitmatrix_rows`) is held out,
-    and the record gives their errors. (None, {}) without a bench or a scheme's rows for it."""
+    and the record gives their errors. (None, {}) without a bench, or for a scheme whose tiled
+    kernel has no fit (:data:`TILE_TRAIN`)."""
     import pandas as pd
     import sympy as sp
 
     from perfmodel import symbols as s
-    from perfmodel.ops.moe import routing_bitmatrix
+    from perfmodel.ops.moe import BITMATRIX_WORD, routing_bitmatrix
 
     bench = bitmatrix_bench(gpu)
     if bench is None or scheme not in TILE_TRAIN:
         return None, {}
     table = pd.read_csv(bench)
     table = table[(table["kernel"] == BITMATRIX_KERNEL) & (table["tokens"] <= BITMATRIX_MAX_TOKENS)]
-    columns = np.ceil(table["experts"].to_numpy() / 32)
+    columns = np.ceil(table["experts"].to_numpy() / BITMATRIX_WORD)
     seconds = table["median_ms"].to_numpy() * 1e-3
     one = float(np.median(seconds[columns == 1]))
     looped = columns >= 2
@@ -191,8 +192,9 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
     floor = routing_bitmatrix().tile_floor.subs(s.ep, 1)  # the op's own law, of E and its three times
     at = sp.lambdify((s.E, s.t_bitpack_one, s.t_bitpack_loop, s.t_bitpack), floor, "numpy")
 
-    def law(n: np.ndarray) -> np.ndarray:  # the floor at n columns of 32 experts
-        return at(32 * n, times["bitmatrix_one_s"], times["bitmatrix_loop_s"], times["bitmatrix_column_s"])
+    def law(n: np.ndarray) -> np.ndarray:  # the floor at n columns
+        return at(BITMATRIX_WORD * n, times["bitmatrix_one_s"], times["bitmatrix_loop_s"],
+                  times["bitmatrix_column_s"])
 
     from perfmodel.paths import ROOT
 
