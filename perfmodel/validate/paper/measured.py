@@ -286,16 +286,16 @@ def predicted_throughput(row: dict[str, Any], engine: str) -> float:
     and quantized, with its MoE implementation, as the row timed its passes and at the routing its prefill ran
     (:func:`perfmodel.measuring.compare.as_measured`, :func:`~perfmodel.measuring.compare.prefill_skew`);
     a speculative row with its draft and γ at the tokens per step τ it measured; at the host's
-    speed the row probed, to 0.1 ms, where the profile takes it as an input
-    (:func:`perfmodel.host_speed.row_probe_ms`), as the validation predicts the row."""
-    from perfmodel.host_speed import row_probe_ms
+    speed the row probed, to 0.1 ms, where the profile takes it as an input, as the validation
+    predicts the row (:func:`perfmodel.measuring.compare.model_workload`)."""
+    from perfmodel.measuring.compare import model_workload
     from perfmodel.profile import load_profile
     from perfmodel.specs.model import load_model
 
     point = (row["measured_gpu"], row["model"], tuple(row_overrides(row)), row["batch"], row["input_len"],
              row["output_len"], row_quant(row), engine, tuple(sorted(row_speculative(row).items())),
              row_moe_impl(row) or "fused")
-    probe = row_probe_ms(row) if load_profile(engine, row["measured_gpu"]).latency.host_probe_ref_ms else None
+    probe = model_workload(row, load_profile(engine, row["measured_gpu"])).get("host_probe_ms")
     host = {"host_probe_ms": None if probe is None else round(probe, 1)}
     metrics = _predicted(*point, **host)
     skew = prefill_skew(row, load_model(row["model"], row_overrides(row)))

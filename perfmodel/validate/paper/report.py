@@ -92,7 +92,7 @@ def source_text(source: dict[str, Any]) -> str:
         parts.append(f"our {s['engine_name']} {s['version']} runs on the {s['gpu_name']} "
                      f"({paper}{', '.join(s['files'])}; {s['rows']} rows, {s['dates']}){why}")
     text = "; ".join(parts) + (". Beside each measured change: the model's change for exactly those points (the rows' "
-                               "GPU with its own fit, the rows' layers, one GPU)")
+                               "GPU with its own fit, the host speed each row probed, the rows' layers, one GPU)")
     if source["left_out"]:
         text += (". Left out, their routing having collapsed under vLLM's dummy weights (decode steps faster than "
                  f"uniform routing allows): {', '.join(source['left_out'])}")
