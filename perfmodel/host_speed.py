@@ -99,6 +99,14 @@ def host_factor(profile: EngineProfile, probe: float | None) -> float:
     if ref is None or alpha is None:
         raise InputError(f"profile '{profile.name}' has no host-speed fit (latency.host_probe_ref_ms "
                          "and host_speed_exponent): drop the host probe time")
+    return factor_at(probe, ref, alpha)
+
+
+def factor_at(probe: float | None, ref: float | None, alpha: float | None) -> float:
+    """:data:`HOST_FACTOR` at a probe time ``probe`` (ms), reference ``ref`` (ms) and exponent
+    ``alpha``; 1.0 where any is None (no probe, or no host-speed fit to scale by)."""
+    if probe is None or ref is None or alpha is None:
+        return 1.0
     return float(_factor()(probe, ref, alpha))
 
 

@@ -281,8 +281,8 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
                            settings: SpecDecoding) -> Prediction:
     """``base`` (the target's prediction without speculation) with speculative decoding:
     metrics, the verify and draft passes in place of the target's decode pass, no error band
-    (the band is stated for plain decoding; speculative decoding was measured at one target on
-    one GPU only), and a ``speculative`` record."""
+    (the band is stated for plain decoding; speculative decoding was measured with one target
+    model only, on the H200 and the H100), and a ``speculative`` record."""
     w = base.workload
     draft = load_draft(settings.draft, target)
     draft_values = numeric_values(draft, gpu, profile, draft_workload(w, draft))
@@ -309,8 +309,9 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
     provenance = dict(base.provenance)
     if provenance.get("error_band"):
         provenance["error_band"] = None
-        provenance["error_band_note"] = ("no band: speculative decoding was measured at one target on one "
-                                         f"GPU only (the profile's {provenance['error_band_note']})")
+        provenance["error_band_note"] = ("no band: speculative decoding was measured with one target model "
+                                         "only, and its rows are not in the profile's band (the profile's "
+                                         f"{provenance['error_band_note']})")
     kept = [op for op in base.ops if op["pass"] != "decode"]
     return replace(base, metrics=metrics, ops=kept + op_rows(ops), provenance=provenance,
                    speculative=record)

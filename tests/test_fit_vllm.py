@@ -121,7 +121,9 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
                                                          "qwen1.5-moe-a2.7b"}
     assert "deepseek-v3" in set(held["model"])
     assert set(held[held["model"] == "olmoe-1b-7b"]["variant"]) != {"olmoe-1b-7b"}
-    # the draft-pass time's training row is not in the band; the other drafts are
+    # the draft-pass time's training row is a training point; the other drafts are held out,
+    # and no speculative row states the band (their predictions carry none)
+    assert "without speculative decoding" in profile.error_band.source
     train = points[points["split"] == "train"]
     assert "spec=qwen3-1.7b:4" in " ".join(train["variant"]) and "spec=qwen3-0.6b" not in " ".join(train["variant"])
     assert "spec=qwen3-1.7b:8" not in " ".join(train["variant"])
@@ -568,3 +570,26 @@ def test_the_end_to_end_fit_leaves_out_rows_whose_decodes_ride_along_their_prefi
               and row_kv_dtype(r) is None and riding_share(r, chunk) > MAX_RIDING_SHARE]
     assert {r["model"] for r in riders} >= {"olmoe-1b-7b"}  # the bf16 side of the fp8 KV-cache pairs
     assert not {r["point_id"] for r in riders} & set(profile.fit["points"])
+
+
+def test_the_draft_pass_is_fitted_at_the_reference_host_whatever_host_its_rows_probed():
+    """A training-draft row measured on a host three times slower than the reference, with the
+    ITL the profile predicts there: the fit gives back the profile's draft-pass time, not the
+    slower host's (the row's residual is divided by its host factor)."""
+    from perfmodel.calibration.fit_vllm import TRAIN_DRAFT, fit_draft_pass
+    from perfmodel.measuring.compare import compare, row_speculative
+    from perfmodel.measuring.results import read_rows
+    from perfmodel.paths import RESULTS_DIR
+
+    base = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    ref = base["latency"]["host_probe_ref_ms"]
+    rows = read_rows(RESULTS_DIR / "h200-vllm-whatif.jsonl", unique=False).rows
+    draft, tokens, batch = TRAIN_DRAFT
+    row = next(r for r in rows if r.get("status") == "ok" and r["batch"] == batch and row_speculative(r)
+               and (row_speculative(r)["spec_draft"], row_speculative(r)["spec_tokens"]) == (draft, tokens))
+    slow = {**row, "host_probe_ms": [3 * ref, 3 * ref]}
+    points, _ = compare([slow], engine="vllm", gpu="h200-sxm")
+    step = float(points[points["metric"] == "decode_step"]["predicted"].iloc[0])
+    fitted, ids = fit_draft_pass([{**slow, "itl_ms": step * 1e3}], base, "h200-sxm")
+    assert ids == [row["point_id"]]
+    assert fitted == pytest.approx(base["latency"]["draft_pass_s"], rel=0.01)

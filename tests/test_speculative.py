@@ -123,7 +123,7 @@ def test_memory_adds_the_drafts_weights_and_kv_cache(plain, spec):
 
 def test_the_band_is_dropped_and_the_passes_replaced(spec):
     assert spec.provenance["error_band"] is None and spec.intervals() is None
-    assert "speculative decoding was measured at one target on one GPU only" in spec.provenance["error_band_note"]
+    assert "speculative decoding was measured with one target model only" in spec.provenance["error_band_note"]
     assert {op["pass"] for op in spec.ops} == {"prefill", "verify", "draft prefill", "draft decode"}
 
 

@@ -364,9 +364,11 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
     checked = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
     # the band is stated at the profile's own dtype, weights and KV cache; a quantization scheme's
-    # rows, and a KV-cache dtype's, are checked against it
+    # rows, and a KV-cache dtype's, are checked against it; speculative rows are not in it (their
+    # predictions carry no band, and their TTFT adds the draft's prefill)
     banded = checked[checked["quant"] == "none"] if "quant" in checked else checked
     banded = banded[banded["kv_cache"] == "model"] if "kv_cache" in banded else banded
+    banded = banded[~banded["speculative"]] if "speculative" in banded else banded
     if banded.empty:
         raise SpecError(f"{results}: every held-out row is excluded from the band")
     p90 = banded.groupby("metric")["rel_error"].apply(lambda e: e.abs().quantile(0.9))
@@ -377,12 +379,12 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     band = {
         **{m: _sig(float(p90[m])) for m in ("ttft", "decode_step", "e2e", "throughput")},
         "source": (f"90th percentile of |relative error| on held-out models ({models}) "
-                   f"and on hypothetical variants (what-if results), unquantized (each quantization "
+                   f"and on hypothetical variants (what-if results), unquantized, without speculative decoding "
+                   f"(each quantization "
                    f"scheme's held-out rows are checked against the band: fit.residuals.quantization){note}"),
     }
-    # TTFT per regime of the prefill (perfmodel.prediction.prefill_regime), without the
-    # speculative rows: their predictions carry no band, and their TTFT adds the draft's prefill
-    ttft = banded[(banded["metric"] == "ttft") & ~banded["speculative"]]
+    # TTFT per regime of the prefill (perfmodel.prediction.prefill_regime)
+    ttft = banded[banded["metric"] == "ttft"]
     regimes = ttft["prefill_regime"].value_counts() if "prefill_regime" in ttft else {}
     if regimes.get(LAUNCH_BOUND, 0) >= MIN_REGIME_POINTS and regimes.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
         counts = []
@@ -391,24 +393,23 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
             counts.append(f"{len(part)} {regime}")
             if len(part) >= MIN_REGIME_POINTS:
                 band[name] = _sig(float(part["rel_error"].abs().quantile(0.9)))
-        band["source"] += (f"; TTFT per regime of the prefill, without speculative rows ({', '.join(counts)} "
+        band["source"] += (f"; TTFT per regime of the prefill ({', '.join(counts)} "
                            f"held-out prefills; a regime with fewer than {MIN_REGIME_POINTS} has no TTFT band)")
         for split in ("train", "held-out"):
             sub = points[(points["split"] == split) & (points["metric"] == "ttft") & ~points["speculative"]]
             for regime, part in sub.groupby("prefill_regime"):
                 stats[split][f"ttft {regime}"] = _residual_stats(part["rel_error"])
     # ITL, E2E and throughput per regime of the decode step (perfmodel.prediction.decode_regime),
-    # without the speculative rows, where both regimes have enough held-out steps
-    plain = banded[~banded["speculative"]] if "speculative" in banded else banded
-    steps = plain[plain["metric"] == "decode_step"]
+    # where both regimes have enough held-out steps
+    steps = banded[banded["metric"] == "decode_step"]
     decode = steps["decode_regime"].value_counts() if "decode_regime" in steps else {}
     if decode.get(HOST_BOUND, 0) >= MIN_REGIME_POINTS and decode.get(GPU_BOUND, 0) >= MIN_REGIME_POINTS:
         for regime, suffix in DECODE_BAND_SUFFIX.items():
-            part = plain[plain["decode_regime"] == regime]
+            part = banded[banded["decode_regime"] == regime]
             for metric in DECODE_BAND_METRICS:
                 errors = part.loc[part["metric"] == metric, "rel_error"].abs()
                 band[metric + suffix] = _sig(float(errors.quantile(0.9)))
-        band["source"] += (f"; ITL, E2E and throughput per regime of the decode step, without speculative rows "
+        band["source"] += (f"; ITL, E2E and throughput per regime of the decode step "
                            f"({decode[GPU_BOUND]} {GPU_BOUND}, {decode[HOST_BOUND]} {HOST_BOUND} held-out steps)")
         for split in ("train", "held-out"):
             sub = points[(points["split"] == split) & ~points["speculative"]]
@@ -420,9 +421,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     if "prefill_regime" in ttft:
         own.update({f"ttft {regime}": _residual_stats(part["rel_error"])
                     for regime, part in ttft.groupby("prefill_regime")})
-    if "decode_regime" in plain:
+    if "decode_regime" in banded:
         own.update({f"{metric} {regime}": _residual_stats(part["rel_error"])
-                    for (regime, metric), part in plain.groupby(["decode_regime", "metric"])
+                    for (regime, metric), part in banded.groupby(["decode_regime", "metric"])
                     if metric in ("decode_step", "throughput")})
     if own:
         stats["band points"] = own

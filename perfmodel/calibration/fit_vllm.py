@@ -458,12 +458,15 @@ def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
     """``draft_pass_s`` (s) and the point ids it comes from: the mean over the speculative rows of
     :data:`TRAIN_DRAFT` whose verify pass was graph-replayed
     (:func:`perfmodel.measuring.compare.verify_replayed`)
-    of (measured − predicted ITL)·τ/γ, the predictions taken without the term. The ITL of such
-    a row is γ·t_draft/τ plus terms that do not hold t_draft, so each row's value is exact for
-    it. ``rows`` may repeat a point id (every measurement of it, as
+    of (measured − predicted ITL)·τ/(γ·h), the predictions taken without the term. The ITL of
+    such a row is γ·h·t_draft/τ plus terms that do not hold t_draft, so each row's value is exact
+    for it: h is the host factor at the row's probe (:func:`perfmodel.host_speed.host_factor`; 1
+    for a row without one), as the validation predicts it, so that the fitted time is the
+    reference host's. ``rows`` may repeat a point id (every measurement of it, as
     :func:`perfmodel.measuring.results.read_rows` gives them with ``unique=False``): each
     repeat counts once, so that one engine start's draft passes do not stand for all. Every
     other draft, γ and batch is held out. None (and no points) when there are none."""
+    from perfmodel.host_speed import factor_at, row_probe_ms
     from perfmodel.measuring.compare import row_speculative, verify_replayed
 
     draft, tokens, batch = TRAIN_DRAFT
@@ -473,11 +476,14 @@ def fit_draft_pass(rows: list[dict[str, Any]], base: dict[str, Any], gpu: str) -
     if not train:
         return None, []
     ids = tuple(dict.fromkeys(r["point_id"] for r in train))
-    firsts = [next(r for r in train if r["point_id"] == i) for i in ids]
-    points = _compare_with({**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}, firsts, gpu, (), ids)
-    predicted = points[points["metric"] == "decode_step"].set_index("point_id")["predicted"]
-    per_pass = [(r["itl_ms"] * 1e-3 - predicted[r["point_id"]]) * r["spec_mean_accepted_len"]
-                / row_speculative(r)["spec_tokens"] for r in train]
+    without = {**base, "latency": {**base["latency"], "draft_pass_s": 0.0}}
+    ref, alpha = base["latency"].get("host_probe_ref_ms"), base["latency"].get("host_speed_exponent")
+    per_pass = []
+    for row in train:  # one at a time: repeats of a point id probed hosts of their own
+        points = _compare_with(without, [row], gpu, (), ids)
+        predicted = float(points[points["metric"] == "decode_step"]["predicted"].iloc[0])
+        per_pass.append((row["itl_ms"] * 1e-3 - predicted) * row["spec_mean_accepted_len"]
+                        / (row_speculative(row)["spec_tokens"] * factor_at(row_probe_ms(row), ref, alpha)))
     return max(0.0, _sig(float(np.mean(per_pass)))), list(ids)
 
 
