@@ -340,8 +340,10 @@ class ServingAccuracy(_Strict):
 class ServingBand(_Strict):
     """Relative error half-widths of the serving replays (e.g. 0.15 = ±15%) per metric, from
     held-out measured serving runs in the profile's own dtype that kept up
-    (:mod:`perfmodel.calibration.fit_serving_band`); ``schemes``: the runs of each quantization
-    scheme (or fp8 KV cache, ``bf16 kv-fp8``) checked against it."""
+    (:mod:`perfmodel.calibration.fit_serving_band`), or where the profile's GPU has too few of
+    them, its anchor's band as far as the runs it has check it (``carried_from``, ``own_runs``);
+    ``schemes``: the runs of each quantization scheme (or fp8 KV cache, ``bf16 kv-fp8``) checked
+    against it."""
 
     ttft_p50: NonNegativeFloat | None = None
     ttft_p90: NonNegativeFloat | None = None
@@ -352,8 +354,14 @@ class ServingBand(_Strict):
     runs: PositiveInt
     source: str = ""
     schemes: dict[str, ServingSchemeCheck] = Field(default_factory=dict)
+    carried_from: str | None = Field(
+        default=None, description="The GPU whose band this is, where this GPU's own runs were too few to state "
+                                  "one; ``runs`` are that GPU's (perfmodel.calibration.fit_serving_band.carried_band).")
+    own_runs: ServingSchemeCheck | None = Field(
+        default=None, description="This GPU's own runs against a carried band: a metric they lie outside is left out.")
     accuracy: ServingAccuracy | None = Field(
-        default=None, description="The band's runs: median |error| and share within target per metric.")
+        default=None, description="This GPU's held-out runs in the band's dtype that kept up: median |error| and "
+                                  "share within target per metric.")
     accuracy_all_schemes: ServingAccuracy | None = Field(
         default=None, description="The same over the band's runs and every checked scheme's.")
 

@@ -101,3 +101,40 @@ def test_a_schemes_runs_are_checked_against_the_band_not_part_of_it(tmp_path, pr
     as_bf16 = compare_serving(kept[:2])["points"]  # the same runs unquantized: other replays
     assert [p["predicted"] for p in as_bf16 if p["metric"] == "itl_p50"] != pytest.approx(
         [p["predicted"] for p in points if p["metric"] == "itl_p50"], rel=0.05)
+
+
+def test_a_gpu_with_too_few_runs_takes_its_anchors_band_where_its_runs_check_it():
+    from perfmodel.calibration.fit_serving_band import carried_band
+
+    anchor = {"ttft_p50": 0.3, "itl_p50": 0.1, "served_tok_s": 0.02, "runs": 50}
+    runs = ["h100-vllm-serving.jsonl:a", "h100-vllm-serving.jsonl:b"]
+    errors = {"ttft_p50": [0.05, 0.1], "itl_p50": [0.2, 0.3], "served_tok_s": [0.01, 0.01]}
+    band = carried_band("h200-sxm", anchor, errors, runs)
+    # a metric whose runs here lie within the anchor's half-width keeps it; the other has none
+    assert band["ttft_p50"] == 0.3 and band["served_tok_s"] == 0.02 and "itl_p50" not in band
+    assert band["runs"] == 50 and band["carried_from"] == "h200-sxm"
+    assert band["own_runs"]["runs"] == 2 and band["own_runs"]["within"] is False
+    assert band["own_runs"]["errors"]["itl_p50"] == pytest.approx(np.percentile([0.2, 0.3], 90))
+    assert "left out: itl_p50" in band["source"] and "h100-vllm-serving.jsonl" in band["source"]
+    assert band["accuracy"]["runs"] == 2
+    inside = carried_band("h200-sxm", anchor, {**errors, "itl_p50": [0.05, 0.05]}, runs)
+    assert inside["itl_p50"] == 0.1 and inside["own_runs"]["within"] is True and "left out" not in inside["source"]
+    # no run to check it, or no metric within it: no band
+    assert carried_band("h200-sxm", anchor, {}, []) is None
+    assert carried_band("h200-sxm", anchor, {m: [1.0] for m in errors}, runs[:1]) is None
+
+
+def test_the_h100s_band_is_the_h200s_where_its_own_four_runs_lie_within_it():
+    from perfmodel.calibration.fit_serving_band import MIN_RUNS, serving_errors
+    from perfmodel.profile import load_profile
+
+    h100, h200 = load_profile("vllm", "h100-sxm"), load_profile("vllm", "h200-sxm")
+    band = h100.serving_error_band
+    assert band.carried_from == "h200-sxm" and band.runs == h200.serving_error_band.runs
+    errors, runs = serving_errors(PROFILES_DIR / "h100-sxm-vllm.yaml", "h100-sxm",
+                                  serving_files("h100-sxm"))["bf16"]
+    assert 0 < len(runs) < MIN_RUNS and band.own_runs.runs == len(runs)
+    for metric, values in errors.items():
+        mine, theirs = np.percentile(values, 90), getattr(h200.serving_error_band, metric)
+        assert band.own_runs.errors[metric] == pytest.approx(mine, rel=1e-3)
+        assert getattr(band, metric) == (theirs if mine <= theirs else None), metric

@@ -20,6 +20,11 @@ cache are checked against it instead, as the offline rows of a scheme are
 (:func:`scheme_checks`): each scheme's |errors| at their 90th percentile, metric by metric,
 and whether every one lies within the band; a plan in that scheme carries the band only then.
 
+A GPU with fewer than :data:`MIN_RUNS` such runs of its own, whose fit is anchored on another
+GPU's (:mod:`perfmodel.calibration.fit_anchor`), takes the anchor's band where its own runs
+check it (:func:`carried_band`): each metric whose 90th percentile of |error| over this GPU's
+runs lies within the anchor's half-width keeps that half-width; a metric outside it gets none.
+
 Each run is replayed at its host's measured speed where it has one
 (:func:`perfmodel.host_speed.row_host_ms`: sampled through the rate, else probed), as the
 validation does; a plan without ``--host-probe-ms`` is predicted at the profile's reference
@@ -113,12 +118,43 @@ def scheme_checks(band: dict[str, Any], schemes: dict[str, tuple[dict[str, list[
     return checks
 
 
+def carried_band(anchor_gpu: str, anchor_band: dict[str, Any], errors: dict[str, list[float]],
+                 runs: list[str], dtype: str = "bf16") -> dict[str, Any] | None:
+    """The anchor's serving band (``anchor_band``, fitted on ``anchor_gpu``) as far as this GPU's
+    own held-out runs that kept up (``runs``, their |relative errors| per metric ``errors``) lie
+    within it: each metric of the anchor's band whose 90th percentile of |error| here is at most
+    its half-width keeps it; the others are left out. ``carried_from`` names the anchor,
+    ``own_runs`` this GPU's check (:class:`perfmodel.profile.ServingSchemeCheck`: ``within``
+    when every metric held). None without a run here, or when no metric holds."""
+    from perfmodel.measuring.serving_replay import METRICS
+
+    mine = {metric: _p90(values) for metric, values in errors.items() if values}
+    theirs = {metric: anchor_band[metric] for metric in METRICS if anchor_band.get(metric) is not None}
+    kept = {metric: value for metric, value in theirs.items() if metric in mine and mine[metric] <= value}
+    if not runs or not kept:
+        return None
+    left = [f"{metric} ({mine[metric]:.1%}, over the half-width {theirs[metric]:.1%})" for metric in theirs
+            if metric not in kept and metric in mine]
+    names = sorted({run.split(":", 1)[0] for run in runs})
+    return {**kept, "runs": anchor_band["runs"], "carried_from": anchor_gpu,
+            "own_runs": {"runs": len(runs), "within": len(kept) == len(theirs), "errors": mine},
+            "source": (f"{anchor_gpu}'s band ({anchor_band['runs']} runs in {dtype} there), carried: this GPU has "
+                       f"{len(runs)} held-out measured runs in {dtype} that kept up ({', '.join(names)}), fewer than "
+                       f"the {MIN_RUNS} a band of its own takes; each metric is kept where their "
+                       f"{BAND_PERCENTILE:.0f}th percentile of |relative error| lies within {anchor_gpu}'s half-width"
+                       + (f"; left out: {', '.join(left)}" if left else "")),
+            "accuracy": accuracy(errors, len(runs))}
+
+
 def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[str, str]] = (),
-                     results_dir: Path | None = None, dtype: str = "bf16") -> dict[str, Any] | None:
+                     results_dir: Path | None = None, dtype: str = "bf16",
+                     anchor: tuple[str, dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
     """The ``serving_error_band`` of a fitted profile (a YAML-ready dict, see the module), None
-    with fewer than :data:`MIN_RUNS` qualifying runs in ``dtype`` (the profile's own); ``fitted``:
-    the serving runs a parameter was fitted on, as (file name, point id). The runs of every other
-    scheme are checked against it (``schemes``, :func:`scheme_checks`)."""
+    with fewer than :data:`MIN_RUNS` qualifying runs in ``dtype`` (the profile's own), unless
+    ``anchor`` (the anchoring GPU and its profile's serving band) gives one those runs check
+    (:func:`carried_band`); ``fitted``: the serving runs a parameter was fitted on, as (file
+    name, point id). The runs of every other scheme are checked against it (``schemes``,
+    :func:`scheme_checks`)."""
     from perfmodel.calibration.fit import write_profile
     from perfmodel.profile import load_profile
 
@@ -133,15 +169,20 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
             load_profile.cache_clear()  # the temporary profile is gone
     errors, runs = schemes.pop(dtype, ({}, []))
     if len(runs) < MIN_RUNS:
-        return None
-    band: dict[str, Any] = {metric: _p90(values) for metric, values in errors.items() if len(values) >= MIN_RUNS}
-    names = sorted({run.split(":", 1)[0] for run in runs})
-    band["runs"] = len(runs)
-    band["source"] = (f"{BAND_PERCENTILE:.0f}th percentile of |relative error| of the serving replays "
-                      f"(perfmodel validate --serving) over {len(runs)} measured runs in {dtype} that kept up "
-                      f"with their traffic and that no parameter was fitted on, each at its host's measured speed "
-                      f"where it has one ({', '.join(names)})")
-    band["accuracy"] = accuracy(errors, len(runs))
+        if anchor is None or not anchor[1]:
+            return None
+        band = carried_band(*anchor, errors, runs, dtype)
+        if band is None:
+            return None
+    else:
+        band = {metric: _p90(values) for metric, values in errors.items() if len(values) >= MIN_RUNS}
+        names = sorted({run.split(":", 1)[0] for run in runs})
+        band["runs"] = len(runs)
+        band["source"] = (f"{BAND_PERCENTILE:.0f}th percentile of |relative error| of the serving replays "
+                          f"(perfmodel validate --serving) over {len(runs)} measured runs in {dtype} that kept up "
+                          f"with their traffic and that no parameter was fitted on, each at its host's measured "
+                          f"speed where it has one ({', '.join(names)})")
+        band["accuracy"] = accuracy(errors, len(runs))
     if schemes:
         band["schemes"] = scheme_checks(band, schemes)
         merged = {metric: list(values) for metric, values in errors.items()}

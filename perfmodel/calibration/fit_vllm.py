@@ -709,7 +709,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "band_excludes": [group_name(*key) for key in collapsed],
     }
     serving = fit_serving_band(base, gpu, [(traced_runs_path(gpu).name, run) for run in eager_seq_runs]
-                               + noise_runs, results_dir=results.parent)
+                               + noise_runs, results_dir=results.parent,
+                               anchor=None if reference is None else (reference["gpu"],
+                                                                      reference.get("serving_error_band")))
     if serving is not None:  # last: the serving runs replayed on the profile as fitted
         base["serving_error_band"] = serving
     return base

@@ -167,9 +167,14 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     host = ("" if plan.question.host_probe_ms is not None else
             "; they were replayed at their hosts' measured speeds, and this plan is at the profile's "
             "reference host (--host-probe-ms gives yours)")
+    where = ""
+    if band.carried_from is not None and band.own_runs is not None:
+        left = [m for m in band.own_runs.errors if getattr(band, m, None) is None]
+        where = (f" on {band.carried_from}, carried to {setup.profile.gpu}, where {band.own_runs.runs} measured "
+                 f"runs lie within it" + (f" but in {', '.join(left)} (no band there)" if left else ""))
     return ({**values, "runs": band.runs, "source": band.source},
             f"serving band: the 90th percentile of |error| over {band.runs} held-out measured serving runs "
-            f"that kept up{checked}{host}")
+            f"that kept up{where}{checked}{host}")
 
 
 def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
