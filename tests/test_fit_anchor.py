@@ -201,3 +201,28 @@ def test_validate_fitted_on_a_gpu_without_a_fit_is_one_line(gpu, fitted_on, expe
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+def test_a_regime_too_few_of_its_prefills_state_takes_the_anchors_ttft_band_where_they_lie_within_it():
+    from perfmodel.calibration.fit_anchor import carried_regime_bands
+
+    anchor = {"gpu": "h200-sxm", "error_band": {"ttft": 0.1, "ttft_launch_bound": 0.3, "ttft_graph_replayed": 0.31}}
+    points = {"ttft GPU-bound": {"n": 30, "p90_abs_pct": 8.0}, "ttft graph-replayed": {"n": 4, "p90_abs_pct": 5.2}}
+    band = {"ttft": 0.15, "ttft_launch_bound": 0.2, "source": "own"}
+    assert carried_regime_bands(band, points, anchor) == ["ttft_graph_replayed"]
+    assert band["ttft_graph_replayed"] == 0.31 and band["ttft"] == 0.15  # its own bands stay its own
+    assert "h200-sxm's" in band["source"] and "4 held-out graph-replayed" in band["source"]
+    # the GPU's prefills outside the anchor's half-width, none of them, or no split by regime: nothing
+    for own, mine in (({"n": 4, "p90_abs_pct": 40.0}, {"ttft": 0.15, "ttft_launch_bound": 0.2}),
+                      ({}, {"ttft": 0.15, "ttft_launch_bound": 0.2}),
+                      ({"n": 4, "p90_abs_pct": 5.2}, {"ttft": 0.15})):
+        assert carried_regime_bands(mine, {"ttft graph-replayed": own}, anchor) == []
+        assert "ttft_graph_replayed" not in mine
+
+
+def test_the_h100s_graph_replayed_ttft_band_is_the_h200s_its_four_prefills_check(h100):
+    own = h100["fit"]["residuals"]["band points"]["ttft graph-replayed"]
+    theirs = _committed(REFERENCE_GPU)["error_band"]["ttft_graph_replayed"]
+    assert 0 < own["n"] < 5 and own["p90_abs_pct"] / 100 <= theirs
+    assert h100["error_band"]["ttft_graph_replayed"] == theirs
+    assert "ttft_graph_replayed is h200-sxm's" in h100["error_band"]["source"]

@@ -34,7 +34,11 @@ from the reference's fit, and fits from its own rows what they do determine:
   was not measured in (their multipliers are fractions of the bf16 kernels' rates; a scheme
   whose dense GEMMs take another scheme's multipliers, :data:`~perfmodel.calibration.fit_vllm.DENSE_AS`,
   takes this GPU's where it fitted that scheme);
-- **neither**: the serving error band, which only serving runs on the GPU could give.
+- **the reference's, where the GPU's own points check it**: an error band the GPU has too few
+  held-out points to state, but some: the TTFT band of a prefill regime
+  (:func:`carried_regime_bands`) and the serving band
+  (:func:`perfmodel.calibration.fit_serving_band.carried_band`), each taken where the GPU's
+  points lie within it and marked as carried; with no point of its own, none.
 
 The H100 SXM and the H200 are one chip (GH100: 132 SMs, the same clocks) with other memory, so
 the kernels' behaviour the reference's terms describe is the same silicon's.
@@ -164,6 +168,33 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
                 entry["reason"] += f"; its dense GEMMs' multipliers are {like}'s on {base['gpu']}"
             mine[key] = entry
             carried.append(f"{section}.{key}")
+    return carried
+
+
+def carried_regime_bands(band: dict[str, Any], own_points: dict[str, Any], anchor: dict[str, Any]) -> list[str]:
+    """Fill ``band`` (a fitted ``error_band``, in place) with the anchor's TTFT half-width of each
+    prefill regime (:data:`perfmodel.calibration.fit.TTFT_BAND_FIELDS`) this GPU states none for,
+    having too few held-out prefills of it, where the ones it has (``own_points``: the fit's
+    ``band points``, ``ttft <regime>``) lie within it: their 90th percentile of |error| at most the
+    anchor's half-width. Only where the band is split by regime (``ttft_launch_bound`` stated);
+    returns the fields carried, and says so in ``band["source"]``."""
+    from perfmodel.calibration.fit import TTFT_BAND_FIELDS
+
+    theirs, name = anchor.get("error_band") or {}, anchor.get("gpu", "the anchor")
+    if band.get("ttft_launch_bound") is None:
+        return []
+    carried, notes = [], []
+    for regime, field in TTFT_BAND_FIELDS.items():
+        own = own_points.get(f"ttft {regime}") or {}
+        if band.get(field) is not None or theirs.get(field) is None or not own.get("n"):
+            continue
+        if own["p90_abs_pct"] / 100 <= theirs[field]:
+            band[field] = theirs[field]
+            carried.append(field)
+            notes.append(f"{field} is {name}'s, within which this GPU's {own['n']} held-out {regime} "
+                         f"prefills lie (90th percentile of |error| {own['p90_abs_pct']:.1f}%)")
+    if notes:
+        band["source"] = f"{band.get('source', '')}; {'; '.join(notes)}"
     return carried
 
 

@@ -521,7 +521,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
     from perfmodel.calibration.fit_moe_tables import fit_off_table
     from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
-                                                  held_parameters, read_anchor, same_compute, seeded)
+                                                  carried_regime_bands, held_parameters, read_anchor, same_compute,
+                                                  seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
 
@@ -664,6 +665,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         base, results, gpu, (), held_out, note, train_points=tuple(fitted),
         band_exclude=lambda r: (routing_group(r) in collapsed or r["point_id"] in eager_verify
                                 or r["point_id"] in engine_process))
+    if reference is not None:  # a regime too few of this GPU's prefills state: the anchor's, where they check it
+        carried_regime_bands(base["error_band"], stats.get("band points", {}), reference)
     for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
         if scheme in base.get("quantization", {}):
             base["quantization"][scheme]["band"] = check["within"]
