@@ -18,8 +18,13 @@ accepted prefix and one token of the target's own. A mean accepted length measur
 traffic (vLLM's "mean acceptance length", tokens per step with the target's own included)
 may be given as τ instead. The effective ITL is the step time over τ; E2E and throughputs
 follow from it as without speculation (:func:`perfmodel.prediction.request_metrics`). The
-draft prefills the prompt too, so TTFT adds the draft's prefill pass (without a second
-``t_step``). The draft's weights and KV cache (same context, same dtype) add to each GPU's
+prefill's engine step proposes too: after the target's prefill the draft prefills the prompt
+and makes γ − 1 more decode passes, inside that step, so TTFT adds the draft's prefill pass
+without what the target's step already paid (a step's fixed GPU time ``t_step``, an eager
+step's host time and its host time per sequence) and γ − 1 draft passes at their GPU time,
+without the proposer's host time ``t_draft`` (vLLM 0.26 on both lent GPUs: at B = 16 the
+measured TTFT rose by 2.4–3.1 ms per draft token from γ = 2 to 8, about one such pass of the
+1.7B draft). The draft's weights and KV cache (same context, same dtype) add to each GPU's
 memory; the activation peak is the larger of the two models'.
 
 Simplifications, stated: the draft's γ passes are costed at the step's context L (its j-th
@@ -58,16 +63,20 @@ alpha = sp.Symbol("alpha", nonnegative=True)  #: probability that one draft toke
 tau = sp.Symbol("tau", positive=True)  #: tokens per sequence per step (expected), τ
 
 #: The numbers the speculative metrics are made of, each from a compiled pass of the cost
-#: model: pass times (s) of the target (prefill, verify) and of the draft (prefill, one decode
-#: pass), and per-GPU memory (bytes) of each.
+#: model: pass times (s) of the target (prefill, verify) and of the draft (prefill alone; prefill
+#: inside the target's step, :data:`IN_STEP`; one decode pass), and per-GPU memory (bytes) of each.
 PARTS = {name: sp.Symbol(name, nonnegative=True) for name in (
-    "prefill_s", "verify_s", "draft_prefill_s", "draft_step_s",
+    "prefill_s", "verify_s", "draft_prefill_s", "draft_prefill_step_s", "draft_step_s",
     "weights_bytes", "kv_cache_bytes", "activation_bytes",
     "draft_weights_bytes", "draft_kv_cache_bytes", "draft_activation_bytes")}
 
 #: Metrics a speculative prediction adds (NaN in a prefill): expected tokens per step, the time
 #: of one step (s) and its split into the draft's γ passes and the target's verify pass.
 SPEC_METRICS = ("spec_tokens_per_step", "spec_step_s", "spec_draft_s", "spec_verify_s")
+
+#: What the draft's prefill inside the target's prefill step does not pay again: the step's
+#: fixed GPU time, an eager step's host time and its host time per sequence (symbol values, s).
+IN_STEP = {s.t_step.name: 0.0, s.t_eager_step.name: 0.0, s.t_eager_seq.name: 0.0}
 
 #: Speculative-decoding options by name (``--spec-draft`` …; ``spec_draft=`` in Python).
 SPEC_KEYS = ("spec_draft", "spec_tokens", "spec_accept", "spec_accepted_len")
@@ -85,14 +94,17 @@ def metric_expressions(phase: str) -> dict[str, sp.Expr]:
     """The metrics of a speculative prediction in :data:`PARTS`, τ, γ, t_step, t_draft and B, S, O.
 
     Step time = γ·(draft pass − t_step + t_draft) + verify pass; the effective ITL
-    (``decode_step_s``) is the step time over τ. TTFT = target prefill + draft prefill − t_step.
+    (``decode_step_s``) is the step time over τ. TTFT's prefill = target prefill + the draft's
+    prefill inside that step + (γ − 1)·(draft pass − t_step) (phase request; a prefill alone has
+    no decode pass to cost them by).
     """
     p = PARTS
     draft = gamma * (p["draft_step_s"] - s.t_step + s.t_draft)
     step = draft + p["verify_s"]
     passes: dict[str, sp.Expr] = {}
     if phase != "decode":
-        passes["prefill_s"] = p["prefill_s"] + p["draft_prefill_s"] - s.t_step
+        proposed = (gamma - 1) * (p["draft_step_s"] - s.t_step) if phase == "request" else 0
+        passes["prefill_s"] = p["prefill_s"] + p["draft_prefill_step_s"] + proposed
     if phase != "prefill":
         passes["decode_step_s"] = step / tau
     out = {**passes, **request_metrics(phase, passes)}
@@ -262,10 +274,13 @@ def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile
         parts["verify_s"] = verify.totals["verify_s"]
         ops += verify.ops
     draft_options = graph_options(profile, draft_workload(workload, draft), draft)
-    drafted = compile_model(draft, phase, profile, with_ops=with_ops, options=draft_options).evaluate(draft_values)
+    compiled = compile_model(draft, phase, profile, with_ops=with_ops, options=draft_options)
+    drafted = compiled.evaluate(draft_values)
     for name in ("prefill_s", "weights_bytes", "kv_cache_bytes", "activation_bytes"):
         if name in drafted.totals:
             parts[f"draft_{name}"] = drafted.totals[name]
+    if "prefill_s" in drafted.totals:
+        parts["draft_prefill_step_s"] = compiled.evaluate({**draft_values, **IN_STEP}).totals["prefill_s"]
     if "decode_step_s" in drafted.totals:
         parts["draft_step_s"] = drafted.totals["decode_step_s"]
     ops += [{**op, "pass": f"draft {op['pass']}"} for op in drafted.ops]

@@ -86,7 +86,7 @@ def test_itl_falls_as_acceptance_rises():
     assert np.allclose(table["spec_tokens_per_step"] * table["itl_s"], table["spec_step_s"], rtol=1e-12)
 
 
-def test_a_step_is_the_drafts_passes_and_one_verify_pass(spec):
+def test_a_step_is_the_drafts_passes_and_one_verify_pass(spec, tmp_path):
     """The draft part is γ decode passes of the draft at the request's mean context, less the
     engine's per-step time, which the verify pass alone pays, plus the proposer's host time per
     draft pass."""
@@ -98,11 +98,27 @@ def test_a_step_is_the_drafts_passes_and_one_verify_pass(spec):
     assert math.isclose(record["step_s"], record["draft_s"] + record["verify_s"], rel_tol=1e-12)
     assert math.isclose(spec.metrics["itl_s"], record["step_s"] / record["tokens_per_step"], rel_tol=1e-12)
     assert math.isclose(record["tokens_per_step"], (1 - 0.7**4) / 0.3, rel_tol=1e-12)
-    # TTFT: the target's prefill and the draft's, one per-step time, the call's requests once
+    # TTFT: the target's prefill, then inside its step the draft's prefill without what the step
+    # already paid (its fixed GPU time, an eager step's host time and host time per sequence:
+    # the draft alone under a profile without them) and γ − 1 draft passes at their GPU time (no
+    # proposer host time); the call's requests once
+    import yaml
+
+    from perfmodel.paths import PROFILES_DIR
+
+    data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    data["latency"].update(per_step_s=0.0, eager_step_s=0.0, eager_seq_s=0.0)
+    (tmp_path / "in-step.yaml").write_text(yaml.safe_dump(data))
+    in_step = predict(DRAFT, **WORK, engine=str(tmp_path / "in-step.yaml"), gpu="h200-sxm", phase="prefill")
     target_alone = predict(TARGET, **WORK)
     requests = WORK["batch"] * load_profile("vllm", "h200-sxm").latency.request_s
+    passes = 2 * (draft_alone.metrics["decode_step_s"] - T_STEP)
+    assert 0 < in_step.metrics["prefill_s"] < draft_alone.metrics["prefill_s"] - T_STEP
     assert math.isclose(spec.metrics["ttft_s"], target_alone.metrics["ttft_s"]
-                        + draft_alone.metrics["ttft_s"] - T_STEP - requests, rel_tol=1e-9)
+                        + in_step.metrics["prefill_s"] + passes, rel_tol=1e-9)
+    one_more = predict(TARGET, **WORK, **{**SPEC, "spec_tokens": 4}, spec_accept=0.7)
+    assert math.isclose(one_more.metrics["ttft_s"] - spec.metrics["ttft_s"],
+                        draft_alone.metrics["decode_step_s"] - T_STEP, rel_tol=1e-9)
     m = spec.metrics
     assert math.isclose(m["e2e_s"], m["ttft_s"] + (WORK["output_len"] - 1) * m["itl_s"], rel_tol=1e-12)
 
