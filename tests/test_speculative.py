@@ -9,10 +9,12 @@ import math
 import numpy as np
 import pytest
 import sympy as sp
+import yaml
 
 from perfmodel import predict, sweep
 from perfmodel.commands import main
 from perfmodel.errors import InputError
+from perfmodel.paths import PROFILES_DIR
 from perfmodel.phases import decode_substitutions, verify_substitutions
 from perfmodel.profile import load_profile
 from perfmodel.speculative import alpha, expected_tokens, gamma
@@ -101,17 +103,12 @@ def test_a_step_is_the_drafts_passes_and_one_verify_pass(spec, tmp_path):
     # TTFT: the target's prefill, then inside its step the draft's prefill without what the step
     # already paid (its fixed GPU time, an eager step's host time and host time per sequence:
     # the draft alone under a profile without them) and γ − 1 draft passes at their GPU time (no
-    # proposer host time); the call's requests once
-    import yaml
-
-    from perfmodel.paths import PROFILES_DIR
-
+    # proposer host time)
     data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
     data["latency"].update(per_step_s=0.0, eager_step_s=0.0, eager_seq_s=0.0)
     (tmp_path / "in-step.yaml").write_text(yaml.safe_dump(data))
     in_step = predict(DRAFT, **WORK, engine=str(tmp_path / "in-step.yaml"), gpu="h200-sxm", phase="prefill")
-    target_alone = predict(TARGET, **WORK)
-    requests = WORK["batch"] * load_profile("vllm", "h200-sxm").latency.request_s
+    target_alone = predict(TARGET, **WORK)  # its TTFT holds the call's requests, once
     passes = 2 * (draft_alone.metrics["decode_step_s"] - T_STEP)
     assert 0 < in_step.metrics["prefill_s"] < draft_alone.metrics["prefill_s"] - T_STEP
     assert math.isclose(spec.metrics["ttft_s"], target_alone.metrics["ttft_s"]
