@@ -78,6 +78,11 @@ SPEC_METRICS = ("spec_tokens_per_step", "spec_step_s", "spec_draft_s", "spec_ver
 #: fixed GPU time, an eager step's host time and its host time per sequence (symbol values, s).
 IN_STEP = {s.t_step.name: 0.0, s.t_eager_step.name: 0.0, s.t_eager_seq.name: 0.0}
 
+#: Metrics of the plain decode step that no part of a speculative step is: its host floor, its
+#: graph's batch (the verify pass runs B·(γ+1) tokens) and its kernel time (the step is a verify
+#: and draft passes). A speculative prediction gives them as NaN.
+PLAIN_DECODE_ONLY = ("decode_host_s", "decode_graph_batch", "decode_kernels_s")
+
 #: Speculative-decoding options by name (``--spec-draft`` …; ``spec_draft=`` in Python).
 SPEC_KEYS = ("spec_draft", "spec_tokens", "spec_accept", "spec_accepted_len")
 
@@ -307,9 +312,7 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
                                    base.metrics, tokens, with_ops=True)
     metrics = dict(base.metrics)
     metrics.update({name: float(out[name]) for name in METRICS if name in out})
-    metrics["decode_host_s"] = float("nan")  # the plain decode step's floor: no part of a speculative step
-    metrics["decode_graph_batch"] = float("nan")  # nor its graph: the verify pass runs B·(γ+1) tokens
-    metrics["decode_kernels_s"] = float("nan")  # nor its kernel time: the step is a verify and draft passes
+    metrics.update(dict.fromkeys(PLAIN_DECODE_ONLY, float("nan")))
     metrics["fits_in_memory"] = bool(metrics["memory_bytes"] <= metrics["memory_capacity_bytes"])
     nan = float("nan")
     record = {

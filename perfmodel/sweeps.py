@@ -34,8 +34,8 @@ from perfmodel.quantization import check_quant
 from perfmodel.profile import DEFAULT_ENGINE, load_profile
 from perfmodel.pruning import PRUNE_KEYS, check_ratio, prune
 from perfmodel.speculative import (
-    SPEC_KEYS, SPEC_METRICS, check_acceptance, check_draft, draft_workload, load_draft, speculative_outputs,
-    tokens_per_step,
+    PLAIN_DECODE_ONLY, SPEC_KEYS, SPEC_METRICS, check_acceptance, check_draft, draft_workload, load_draft,
+    speculative_outputs, tokens_per_step,
 )
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.layout import Layout, layout_holds
@@ -348,7 +348,8 @@ def _with_speculation(speculation: _Speculation, target: ModelSpec, draft: Model
     draft_values = {**draft_base, **{name: values[name] for name in ("B", "S", "O", "L")}}
     spec_out, _ = speculative_outputs(target, draft, phase, profile, workload, values, draft_values,
                                       outputs, speculation.tokens(values))
-    return {**outputs, **{n: v for n, v in spec_out.items() if n in METRICS or n in SPEC_METRICS}}
+    nan = {name: np.full(np.shape(outputs[name]), np.nan) for name in PLAIN_DECODE_ONLY if name in outputs}
+    return {**outputs, **nan, **{n: v for n, v in spec_out.items() if n in METRICS or n in SPEC_METRICS}}
 
 
 def _at_points(values: dict[str, Any], where: np.ndarray) -> dict[str, Any]:

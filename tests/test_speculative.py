@@ -17,7 +17,7 @@ from perfmodel.errors import InputError
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.phases import decode_substitutions, verify_substitutions
 from perfmodel.profile import load_profile
-from perfmodel.speculative import alpha, expected_tokens, gamma
+from perfmodel.speculative import PLAIN_DECODE_ONLY, alpha, expected_tokens, gamma
 from perfmodel.symbols import B, C, Cw, L, P, Pw, T, W
 
 TARGET, DRAFT = "qwen3-30b-a3b", "qwen3-0.6b"
@@ -159,6 +159,8 @@ def test_sweep_rows_equal_predictions():
         for name in ("ttft_s", "itl_s", "throughput_tok_s", "memory_bytes"):
             assert math.isclose(row[name], p.metrics[name], rel_tol=1e-9), name
         assert (row.spec_draft == "none") == math.isnan(row.spec_tokens_per_step)
+        for name in PLAIN_DECODE_ONLY:  # the plain decode step's own numbers: NaN under speculation, as predict
+            assert (row.spec_draft != "none") == math.isnan(row[name]) == math.isnan(p.metrics[name]), name
 
 
 def test_cli_prints_the_step_split_and_json_carries_it(capsys):
