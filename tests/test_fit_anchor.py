@@ -211,13 +211,26 @@ def test_a_regime_too_few_of_its_prefills_state_takes_the_anchors_ttft_band_wher
     band = {"ttft": 0.15, "ttft_launch_bound": 0.2, "source": "own"}
     assert carried_regime_bands(band, points, anchor) == ["ttft_graph_replayed"]
     assert band["ttft_graph_replayed"] == 0.31 and band["ttft"] == 0.15  # its own bands stay its own
-    assert "h200-sxm's" in band["source"] and "4 held-out graph-replayed" in band["source"]
+    assert "h200-sxm's" in band["source"] and "held-out graph-replayed prefills (4)" in band["source"]
     # the GPU's prefills outside the anchor's half-width, none of them, or no split by regime: nothing
     for own, mine in (({"n": 4, "p90_abs_pct": 40.0}, {"ttft": 0.15, "ttft_launch_bound": 0.2}),
                       ({}, {"ttft": 0.15, "ttft_launch_bound": 0.2}),
                       ({"n": 4, "p90_abs_pct": 5.2}, {"ttft": 0.15})):
         assert carried_regime_bands(mine, {"ttft graph-replayed": own}, anchor) == []
         assert "ttft_graph_replayed" not in mine
+    # a band not split by decode regime: the host-bound steps take the anchor's three half-widths
+    # where this GPU's host-bound steps lie within them in ITL and throughput
+    host = {"decode_step_host_bound": 0.29, "e2e_host_bound": 0.28, "throughput_host_bound": 0.34}
+    anchor["error_band"].update(host)
+    steps = {"decode_step host-bound": {"n": 1, "p90_abs_pct": 2.0},
+             "throughput host-bound": {"n": 1, "p90_abs_pct": 1.8}}
+    mine = {"ttft": 0.15, "decode_step": 0.08}
+    assert carried_regime_bands(mine, steps, anchor) == list(host) and all(mine[f] == v for f, v in host.items())
+    assert "held-out host-bound decode steps (1)" in mine["source"]
+    outside = {**steps, "throughput host-bound": {"n": 1, "p90_abs_pct": 40.0}}
+    assert carried_regime_bands(mine := {"decode_step": 0.08}, outside, anchor) == [] and len(mine) == 1
+    own_split = {"decode_step": 0.08, **dict.fromkeys(host, 0.2)}  # its own split stays its own
+    assert carried_regime_bands(own_split, steps, anchor) == [] and own_split["e2e_host_bound"] == 0.2
 
 
 def test_the_h100s_graph_replayed_ttft_band_is_the_h200s_its_four_prefills_check(h100):
@@ -226,3 +239,8 @@ def test_the_h100s_graph_replayed_ttft_band_is_the_h200s_its_four_prefills_check
     assert 0 < own["n"] < 5 and own["p90_abs_pct"] / 100 <= theirs
     assert h100["error_band"]["ttft_graph_replayed"] == theirs
     assert "ttft_graph_replayed is h200-sxm's" in h100["error_band"]["source"]
+    # so do its host-bound decode steps (one held out, 2% off), which its one decode band, the
+    # GPU-bound steps', would have understated
+    for field in ("decode_step_host_bound", "e2e_host_bound", "throughput_host_bound"):
+        assert h100["error_band"][field] == _committed(REFERENCE_GPU)["error_band"][field]
+    assert h100["fit"]["residuals"]["band points"]["decode_step host-bound"]["n"] < 5

@@ -172,27 +172,46 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
 
 
 def carried_regime_bands(band: dict[str, Any], own_points: dict[str, Any], anchor: dict[str, Any]) -> list[str]:
-    """Fill ``band`` (a fitted ``error_band``, in place) with the anchor's TTFT half-width of each
-    prefill regime (:data:`perfmodel.calibration.fit.TTFT_BAND_FIELDS`) this GPU states none for,
-    having too few held-out prefills of it, where the ones it has (``own_points``: the fit's
-    ``band points``, ``ttft <regime>``) lie within it: their 90th percentile of |error| at most the
-    anchor's half-width. Only where the band is split by regime (``ttft_launch_bound`` stated);
-    returns the fields carried, and says so in ``band["source"]``."""
-    from perfmodel.calibration.fit import TTFT_BAND_FIELDS
+    """Fill ``band`` (a fitted ``error_band``, in place) with the anchor's half-widths of a regime
+    this GPU states none for, having too few held-out points of it, where the ones it has
+    (``own_points``: the fit's ``band points``) lie within them: their 90th percentile of |error|
+    at most the anchor's half-width. The TTFT band of each prefill regime
+    (:data:`perfmodel.calibration.fit.TTFT_BAND_FIELDS`, where the band is split by prefill
+    regime: ``ttft_launch_bound`` stated), and the host-bound decode step's ITL, E2E and
+    throughput bands together (``*_host_bound``, where the band is not split by decode regime:
+    its one band is then the GPU-bound steps' it was stated from, and a host-bound step takes
+    the anchor's, checked by the ITL and throughput of this GPU's host-bound steps). Returns the
+    fields carried, and says so in ``band["source"]``."""
+    from perfmodel.calibration.fit import DECODE_BAND_METRICS, DECODE_BAND_SUFFIX, HOST_BOUND, TTFT_BAND_FIELDS
 
     theirs, name = anchor.get("error_band") or {}, anchor.get("gpu", "the anchor")
-    if band.get("ttft_launch_bound") is None:
-        return []
+
+    def within(key: str, field: str) -> dict[str, Any] | None:
+        own = own_points.get(key) or {}
+        return own if own.get("n") and own["p90_abs_pct"] / 100 <= theirs[field] else None
+
     carried, notes = [], []
-    for regime, field in TTFT_BAND_FIELDS.items():
-        own = own_points.get(f"ttft {regime}") or {}
-        if band.get(field) is not None or theirs.get(field) is None or not own.get("n"):
-            continue
-        if own["p90_abs_pct"] / 100 <= theirs[field]:
-            band[field] = theirs[field]
-            carried.append(field)
-            notes.append(f"{field} is {name}'s, within which this GPU's {own['n']} held-out {regime} "
-                         f"prefills lie (90th percentile of |error| {own['p90_abs_pct']:.1f}%)")
+    if band.get("ttft_launch_bound") is not None:
+        for regime, field in TTFT_BAND_FIELDS.items():
+            if band.get(field) is not None or theirs.get(field) is None:
+                continue
+            own = within(f"ttft {regime}", field)
+            if own is not None:
+                band[field] = theirs[field]
+                carried.append(field)
+                notes.append(f"{field} is {name}'s, within which this GPU's held-out {regime} prefills "
+                              f"({own['n']}) lie (90th percentile of |error| {own['p90_abs_pct']:.1f}%)")
+    suffix = DECODE_BAND_SUFFIX[HOST_BOUND]
+    fields = [metric + suffix for metric in DECODE_BAND_METRICS]
+    if band.get(fields[0]) is None and all(theirs.get(field) is not None for field in fields):
+        checks = {metric: within(f"{metric} {HOST_BOUND}", metric + suffix) for metric in ("decode_step", "throughput")}
+        if all(own is not None for own in checks.values()):
+            band.update({field: theirs[field] for field in fields})
+            carried += fields
+            own = checks["decode_step"]
+            notes.append(f"{', '.join(fields)} are {name}'s, within which this GPU's held-out {HOST_BOUND} "
+                         f"decode steps ({own['n']}) lie (90th percentile of |error| in ITL "
+                         f"{own['p90_abs_pct']:.1f}%, in throughput {checks['throughput']['p90_abs_pct']:.1f}%)")
     if notes:
         band["source"] = f"{band.get('source', '')}; {'; '.join(notes)}"
     return carried
