@@ -160,6 +160,12 @@ def decode_regime_rows(points, calibrated: str) -> dict[str, Any]:
 WHAT_IF_BOUND_PCT = 10.0
 #: The what-if column's name for a point that changed nothing (its model as built, cut or not).
 AS_BUILT = "none (as built)"
+#: What the what-if table groups by, as its reports say above it.
+WHAT_IF_NOTE = ("What each held-out point changed from its model as built and run by default: a quantization "
+                "scheme, the KV cache's dtype, the MoE shape (top-k, experts, expert FFN width: the seed study's "
+                "sweeps and pruning), speculative decoding, the experts' implementation or kernel, several GPUs; a "
+                "point that changed several things counts under each, one that changed none (a cut to fewer layers "
+                "included) under the last row.")
 
 
 def what_if_rows(points, calibrated: str, bound: float = WHAT_IF_BOUND_PCT) -> dict[str, Any]:
@@ -185,7 +191,7 @@ def what_if_rows(points, calibrated: str, bound: float = WHAT_IF_BOUND_PCT) -> d
                      str(int(group["point_id"].nunique())),
                      ("yes" if not over else "no: " + ", ".join(over)) if present else "–"])
     return {"header": ["what-if", f"ITL {calibrated} MAPE", "TTFT MAPE", "throughput MAPE", "points",
-                       f"all ≤ {bound:g}%"], "rows": rows}
+                       f"all ≤ {bound:g}%"], "rows": rows, "note": WHAT_IF_NOTE}
 
 
 def shown_splits(points) -> list[str]:
