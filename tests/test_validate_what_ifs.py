@@ -59,3 +59,14 @@ def test_the_table_counts_a_point_under_each_of_its_what_ifs_and_holds_each_to_t
         [AS_BUILT, "1.00", "1.00", "1.00", "1", "yes"],
     ]  # the training point stands in no row
     assert what_if_rows(pd.DataFrame(_points("", "c", {"ttft": 0.01})), "vllm") == {"header": [], "rows": []}
+
+
+def test_the_html_report_has_each_table_section_once_and_none_inside_another(tmp_path):
+    from perfmodel.commands import main
+
+    main(["validate", "all", "--backend", "vllm", "--gpu", "h100-sxm", "--out", str(tmp_path)])
+    html = (tmp_path / "report.html").read_text()
+    for section in ("regimes", "decode-regimes", "what-ifs"):  # the H100's report has all three
+        assert html.count(f"<section id='{section}'>") == 1, section
+        body = html.split(f"<section id='{section}'>")[1].split("</section>")[0]
+        assert "<section" not in body and body.count("<table") == body.count("</table>") == 1, section
