@@ -482,6 +482,9 @@ def load_profile_file(path: Path) -> EngineProfile:
 #: available as the uncalibrated bound.
 DEFAULT_ENGINE = "vllm"
 
+#: The GPU measured in every kind of row: its fit anchors the other GPUs' vllm fits
+#: (:mod:`perfmodel.calibration.fit_anchor`) and is the one carried to a GPU without a fit of its own.
+REFERENCE_GPU = "h200-sxm"
 #: What an engine name may be: letters, digits, '.', '_' and '-' (no path, no glob pattern).
 _ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -492,7 +495,7 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
 
     Lookup: ``<gpu>-<engine>.yaml`` (fitted on that GPU), else ``<engine>.yaml`` (any GPU),
     else a profile of that engine fitted on another GPU (one that fitted every term itself before
-    one anchored on another's fit), transferred: its efficiencies are
+    one anchored on another's fit, and :data:`REFERENCE_GPU`'s before the others), transferred: its efficiencies are
     fractions of datasheet peaks, applied to this GPU's peaks (the prediction's provenance
     says so).
     """
@@ -505,8 +508,8 @@ def load_profile(engine: str, gpu: str) -> EngineProfile:
                 return load_profile_file(candidate)
         fitted = [p for p in map(load_profile_file, sorted(PROFILES_DIR.glob(f"*-{engine}.yaml")))
                   if p.engine == engine]
-        if fitted:  # a fit of every term before one anchored on another's (fit.anchor)
-            return min(fitted, key=lambda p: bool((p.fit or {}).get("anchor")))
+        if fitted:  # a fit of every term before one anchored on another's (fit.anchor), the reference's first
+            return min(fitted, key=lambda p: (bool((p.fit or {}).get("anchor")), p.gpu != REFERENCE_GPU))
     raise SpecError(f"unknown engine '{engine}' for GPU '{gpu}' (known: {', '.join(list_engines())})")
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate every committed validation report from the committed measurements and profiles:
 # the offline reports (validate/results/h200-{hf,vllm}-validation.md; the H100's,
-# h100-vllm-validation.md, and the H200's fit carried to it, h100-vllm-transfer-validation.md), one serving report per
-# serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report
-# (reports/paper). No GPU: each is a replay. Run after `perfmodel calibrate fit`.
+# h100-{hf,vllm}-validation.md, and the H200's fits carried to it,
+# h100-{hf,vllm}-transfer-validation.md), one serving report per serving rows file
+# (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report (reports/paper).
+# No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
 #   PERFMODEL=.venv/bin/perfmodel bash scripts/regenerate_reports.sh
@@ -20,12 +21,16 @@ for backend in hf vllm; do
     echo "wrote $results/h200-$backend-validation.md"
 done
 
-# the H100: its own fit (anchored on the H200's), and the H200's fit carried to it (every row held out)
-"$PERFMODEL" validate all --backend vllm --gpu h100-sxm --out "$work/h100" > /dev/null
-cp "$work/h100/summary.md" "$results/h100-vllm-validation.md"
-"$PERFMODEL" validate all --backend vllm --gpu h100-sxm --fitted-on h200-sxm --out "$work/h100-transfer" > /dev/null
-cp "$work/h100-transfer/summary.md" "$results/h100-vllm-transfer-validation.md"
-echo "wrote $results/h100-vllm-validation.md and $results/h100-vllm-transfer-validation.md"
+# the H100, per engine: its own fit (vllm's anchored on the H200's), and the H200's fit carried to it
+# (every row held out)
+for backend in hf vllm; do
+    "$PERFMODEL" validate all --backend "$backend" --gpu h100-sxm --out "$work/h100-$backend" > /dev/null
+    cp "$work/h100-$backend/summary.md" "$results/h100-$backend-validation.md"
+    "$PERFMODEL" validate all --backend "$backend" --gpu h100-sxm --fitted-on h200-sxm \
+        --out "$work/h100-$backend-transfer" > /dev/null
+    cp "$work/h100-$backend-transfer/summary.md" "$results/h100-$backend-transfer-validation.md"
+    echo "wrote $results/h100-$backend-validation.md and $results/h100-$backend-transfer-validation.md"
+done
 
 for rows in "$results"/h[12]00-vllm-serving*.jsonl; do
     case "$rows" in *-steps.jsonl|*-tokens.jsonl) continue ;; esac

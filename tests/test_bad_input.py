@@ -101,8 +101,10 @@ CASES = [
     ("speculative-drafts-past-the-end", lambda t: ["predict", "qwen3-30b-a3b", "--spec-draft", "qwen3-0.6b",
                                                    "--spec-tokens", "128", "--spec-accept", "0.7", "-o", "128"],
      "spec-tokens (γ = 128) must be below the output length (128)"),
-    ("anchor-on-an-hf-fit", lambda t: ["calibrate", "fit", "--engine", "hf", "--anchor", "h100-sxm", "--check"],
-     "--anchor applies to --engine vllm"),
+    ("hf-fit-anchored-on-itself", lambda t: ["calibrate", "fit", "--engine", "hf", "--anchor", "h200-sxm", "--check"],
+     "an hf fit of h200-sxm cannot be anchored on its own fit"),
+    ("hf-fit-without-microbenchmarks", lambda t: ["calibrate", "fit", "--gpu", "b200", "--check"],
+     "calibration data"),
     ("serving-with-the-hf-backend", lambda t: ["validate", "olmoe", "--serving", "--backend", "hf"],
      "--serving replays vLLM serving runs: --backend hf does not apply"),
     ("config-without-model-type", lambda t: ["predict", _config(t, "c.json", {

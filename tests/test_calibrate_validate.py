@@ -83,7 +83,7 @@ def test_calibrate_fit_check_compares_within_the_tolerance(fitted, tmp_path, mon
 
     at_bound = json.loads(json.dumps(fitted))
     at_bound["latency"]["eager_step_s"] = 0.0  # a coefficient the data pins at its bound
-    monkeypatch.setattr(fit_module, "fit_profile", lambda gpu: at_bound)
+    monkeypatch.setattr(fit_module, "fit_profile", lambda gpu, anchor=None: at_bound)
     monkeypatch.setattr(perfmodel.paths, "PROFILES_DIR", tmp_path)
     noisy = json.loads(json.dumps(at_bound))
     noisy["latency"]["eager_step_s"] = 2.806e-22
@@ -389,3 +389,53 @@ def test_validate_json_gives_the_profiled_passes_by_op_category(tmp_path, capsys
     assert all(v["p10"] <= v["median"] <= v["p90"] and v["points"] > 0 for v in steps.values())
     assert 0.5 < steps["expert_gemm"]["median"] < 2
     assert "## Every profiled decode step by op category" in summary
+
+
+def test_the_h100_hf_fit_is_its_own_and_holds_its_models_out():
+    """The H100's hf profile is fitted from its own transformers rows (the committed one is that
+    fit), holds out the same models the H200's does and meets the targets on them; a GPU with no
+    hf fit of its own takes the reference GPU's, not the H100's."""
+    from perfmodel.calibration.fit import HELD_OUT_MODELS, fit_profile, profile_differences
+    from perfmodel.profile import REFERENCE_GPU, load_profile
+
+    h100 = fit_profile("h100-sxm")
+    committed = yaml.safe_load((PROFILES_DIR / "h100-sxm-hf.yaml").read_text())
+    assert profile_differences(committed, h100) == [], \
+        "calibration/profiles/h100-sxm-hf.yaml is stale: run perfmodel calibrate fit --gpu h100-sxm"
+    assert h100["fitted_from"].startswith("calibration/data/h100-sxm") and "h100-hf.jsonl" in h100["fitted_from"]
+    assert h100["fit"]["held_out_models"] == list(HELD_OUT_MODELS)
+    held = h100["fit"]["residuals"]["held-out"]
+    assert held["decode_step"]["n"] > 0 and held["decode_step"]["mape_pct"] <= 8
+    assert held["throughput"]["mape_pct"] <= 8 and held["ttft"]["mape_pct"] <= 12
+    assert load_profile("hf", "h100-sxm").gpu == "h100-sxm"
+    assert load_profile("hf", "b200").gpu == REFERENCE_GPU
+
+
+def test_an_hf_fit_anchored_on_another_gpus_takes_its_fixed_costs_and_holds_every_row_out():
+    """A GPU with microbenchmarks and no transformers rows takes the reference's fixed costs (auto);
+    on the H100, whose rows then all stand held out, the anchored fit meets the transfer targets."""
+    from perfmodel.calibration.fit import ANCHORED_LATENCY, fit_profile, hf_anchor
+    from perfmodel.profile import REFERENCE_GPU
+
+    assert hf_anchor("b200") == REFERENCE_GPU  # no rows of its own
+    assert hf_anchor("h100-sxm") is None and hf_anchor(REFERENCE_GPU) is None
+    assert hf_anchor("h100-sxm", "h200-sxm") == "h200-sxm" and hf_anchor("h100-sxm", "none") is None
+    own = yaml.safe_load((PROFILES_DIR / "h100-sxm-hf.yaml").read_text())
+    reference = yaml.safe_load((PROFILES_DIR / f"{REFERENCE_GPU}-hf.yaml").read_text())
+    anchored = fit_profile("h100-sxm", anchor=REFERENCE_GPU)
+    for field in ANCHORED_LATENCY:
+        assert anchored["latency"][field] == reference["latency"][field], field
+    # the kernels are the H100's microbenchmarks', as in its own fit
+    for name in ("gemm", "grouped_gemm", "attention"):
+        assert anchored["efficiency"][name] == own["efficiency"][name], name
+    assert anchored["latency"]["per_kernel_s"] == own["latency"]["per_kernel_s"]
+    ratio = anchored["fit"]["anchor"]["elementwise_memory_ratio"]
+    elementwise = anchored["efficiency"]["elementwise"]["memory"]
+    assert 0 < ratio < 1 and elementwise != reference["efficiency"]["elementwise"]["memory"]
+    assert anchored["fit"]["train_models"] == [] and "train" not in {
+        split for split, metrics in anchored["fit"]["residuals"].items() if metrics}
+    held = anchored["fit"]["residuals"]["held-out"]
+    rows = sum(1 for line in open(RESULTS_DIR / "h100-hf.jsonl") if '"status":"ok"' in line)
+    assert held["decode_step"]["n"] >= rows - 2  # every ok row but the unfused loop's, held out
+    assert held["decode_step"]["mape_pct"] <= 12 and held["throughput"]["mape_pct"] <= 12
+    assert held["ttft"]["mape_pct"] <= 12

@@ -49,12 +49,14 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
         assert h100["efficiency"][name]["compute"] == reference["efficiency"][name]["compute"], name
         assert f"efficiency.{name}.compute" in anchor["held"]
     assert h100["efficiency"]["grouped_gemm"]["memory"] != reference["efficiency"]["grouped_gemm"]["memory"]
-    # no kernel profiles on the H100: what they pin on the H200 (the fused MoE's exposed overlap, the
-    # attention's context half) is the H200's
-    assert not any(h100["fit"]["kernel_profile"][category]["points"] for category in PROFILE_PINNED)
-    for name, field in PROFILE_PINNED.values():
-        assert h100["efficiency"][name][field] == reference["efficiency"][name][field], (name, field)
-        assert f"efficiency.{name}.{field}" in anchor["held"]
+    # the H100's own kernel profiles (its training models' profiled decode steps) fit what they pin on
+    # the H200 too (the fused MoE's exposed overlap, the attention's context half): not held
+    profiled = h100["fit"]["kernel_profile"]
+    for category, (name, field) in PROFILE_PINNED.items():
+        assert profiled[category]["points"] and all(p.startswith("vllm|olmoe-1b-7b|") or
+                                                    p.startswith("vllm|qwen1.5-moe-a2.7b|")
+                                                    for p in profiled[category]["points"]), category
+        assert f"efficiency.{name}.{field}" not in anchor["held"]
     # fp8's multipliers are fitted on the H100's own fp8 rows (Mixtral-8x7B's), both of them
     for field in ("grouped_gemm_compute", "grouped_gemm_memory"):
         assert h100["quantization"]["fp8"][field] != reference["quantization"]["fp8"][field], field

@@ -68,7 +68,9 @@ def fit(
     check: bool = typer.Option(False, "--check", help="Only report whether the committed profile is up to date."),
     anchor: str = typer.Option("auto", "--anchor", help="vllm: the GPU whose fit gives the host's terms and "
                                "what this GPU was not measured in (auto: h200-sxm's, for any other GPU; none: "
-                               "every term from this GPU's rows)."),
+                               "every term from this GPU's rows). hf: the GPU whose fit gives the engine's "
+                               "fixed costs beside this GPU's microbenchmarks (auto: h200-sxm's where this "
+                               "GPU has no transformers rows; none: fitted on its rows)."),
 ) -> None:
     """Fit an engine profile from the committed measurements (deterministic)."""
     import yaml
@@ -80,10 +82,9 @@ def fit(
 
     gpu = load_gpu(gpu).name
     if engine == "hf":
-        if anchor != "auto":
-            raise InputError("--anchor applies to --engine vllm (an hf fit reads one GPU's microbenchmarks "
-                             "and rows)")
-        profile = fit_profile(gpu)
+        from perfmodel.calibration.fit import hf_anchor
+
+        profile = fit_profile(gpu, anchor=hf_anchor(gpu, anchor))
     elif engine == "vllm":
         from perfmodel.calibration.fit_vllm import fit_vllm_profile
 
@@ -102,7 +103,7 @@ def fit(
         print(f"{path.name} is up to date")
         return
     write_profile(profile, path)
-    held = profile["fit"]["residuals"]["held-out"]
-    print(f"wrote {path}")
+    held = profile["fit"].get("residuals", {}).get("held-out", {})
+    print(f"wrote {path}" + ("" if held else f" (no {gpu} rows to check it: no error band)"))
     for metric, stats in held.items():
         print(f"  held-out {metric:12s} MAPE {stats['mape_pct']:6.2f} %  p90 {stats['p90_abs_pct']:6.2f} %  (n={stats['n']})")

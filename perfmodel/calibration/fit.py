@@ -263,15 +263,45 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
                                   "its index), so its host time is serial with the pass")}}
 
 
+#: The fields an anchored hf fit takes from its anchor's fit: the engine's fixed costs, which the
+#: end-to-end rows fit (:func:`fit_overheads`, :func:`fit_expert_sync`); the kernels' efficiencies
+#: and launch costs are this GPU's microbenchmarks', the elementwise memory η among them, scaled
+#: by the anchor's ratio of its end-to-end η to its microbenchmarks' (the engine's unbenchmarked
+#: norms, casts and routing glue run at that fraction of the benchmarked elementwise kernels' rate).
+ANCHORED_LATENCY = (*_LATENCY_KEYS, "expert_sync_s")
+
+
+def hf_results_path(gpu: str) -> Path:
+    """The committed transformers rows of a GPU (``validate/results/<gpu prefix>-hf.jsonl``)."""
+    return RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
+
+
+def hf_anchor(gpu: str, anchor: str = "auto") -> str | None:
+    """The GPU whose hf fit anchors ``gpu``'s (:func:`fit_profile`), from ``--anchor``: ``auto``,
+    the reference GPU's where ``gpu`` has no transformers rows of its own, else none; ``none``:
+    none; a GPU's name: that GPU."""
+    from perfmodel.profile import REFERENCE_GPU
+    from perfmodel.specs.hardware import load_gpu
+
+    if anchor == "auto":
+        return None if gpu == REFERENCE_GPU or hf_results_path(gpu).exists() else REFERENCE_GPU
+    return None if anchor == "none" else load_gpu(anchor).name
+
+
 def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                 results: Path | None = None, train: tuple[str, ...] = TRAIN_MODELS,
-                held_out: tuple[str, ...] = HELD_OUT_MODELS) -> dict[str, Any]:
-    """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict)."""
+                held_out: tuple[str, ...] = HELD_OUT_MODELS, anchor: str | None = None) -> dict[str, Any]:
+    """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict).
+
+    ``anchor``: a GPU whose committed hf profile gives the engine's fixed costs
+    (:data:`ANCHORED_LATENCY`, the elementwise memory η), for a GPU with microbenchmarks of its
+    own and no transformers rows to fit those on; then every row this GPU has is held out (the
+    band is stated on them; with none, the profile has no band)."""
     from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
-    results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
+    results = results or hf_results_path(gpu)
     gpu_spec = load_gpu(gpu)
     kernels = fit_kernel_efficiencies(data_dir, gpu_spec, exclude_models=set(held_out),
                                       per_kernel="gemm_intercept")
@@ -286,6 +316,12 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
                     "per_layer_s": 0.0, "per_step_s": 0.0, "eager_layer_s": 0.0, "eager_step_s": 0.0},
         "options": dict(HF_OPTIONS),
     }
+    meta = _metadata(data_dir)
+    base["description"] = (
+        "transformers (SDPA, StaticCache, grouped_mm experts) with CUDA-graph decode and eager "
+        f"prefill on {gpu}; fitted by perfmodel calibrate fit")
+    if anchor is not None:
+        return _anchored(base, gpu, anchor, results, data_dir, meta, kernels, held_out)
     rows = _rows(results, train)
     overheads = fit_overheads(rows, base, gpu)
     base["latency"].update(overheads["latency"])
@@ -294,10 +330,6 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     if sync is not None:
         base["latency"]["expert_sync_s"] = sync["expert_sync_s"]
     stats, base["error_band"] = held_out_residuals(base, results, gpu, train, held_out)
-    meta = _metadata(data_dir)
-    base["description"] = (
-        "transformers (SDPA, StaticCache, grouped_mm experts) with CUDA-graph decode and eager "
-        f"prefill on {gpu}; fitted by perfmodel calibrate fit")
     base["fitted_from"] = (f"{data_dir.relative_to(ROOT)} (microbenchmarks, {meta}) and "
                            f"{results.relative_to(ROOT)} (end-to-end, training models only)")
     base["fit"] = {
@@ -306,6 +338,36 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
         "kernel_fit": kernels.summary(),
         "residuals": stats,
     }
+    return base
+
+
+def _anchored(base: dict[str, Any], gpu: str, anchor: str, results: Path, data_dir: Path, meta: str,
+              kernels: Any, held_out: tuple[str, ...]) -> dict[str, Any]:
+    """An hf profile of ``gpu``'s microbenchmarks with ``anchor``'s fixed costs (:func:`fit_profile`)."""
+    from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
+    from perfmodel.profile import fitted_profile_path
+    from perfmodel.specs.files import read_mapping
+    from perfmodel.specs.hardware import load_gpu
+
+    if anchor == gpu:
+        raise SpecError(f"an hf fit of {gpu} cannot be anchored on its own fit")
+    source = fitted_profile_path("hf", anchor)
+    theirs = read_mapping(source, SpecError, what="profile ")
+    taken = [f for f in ANCHORED_LATENCY if f in theirs["latency"]]
+    base["latency"].update({f: theirs["latency"][f] for f in taken})
+    benched = kernel_fit_to_profile_dict(fit_kernel_efficiencies(
+        CALIBRATION_DATA_DIR / anchor, load_gpu(anchor), exclude_models=set(held_out), per_kernel="gemm_intercept"))
+    ratio = theirs["efficiency"]["elementwise"]["memory"] / benched["elementwise"]["memory"]
+    base["efficiency"]["elementwise"].update(memory=_sig(base["efficiency"]["elementwise"]["memory"] * ratio),
+                                             memory_half=0.0)
+    base["fitted_from"] = (f"{data_dir.relative_to(ROOT)} (microbenchmarks, {meta}) and "
+                           f"{source.relative_to(ROOT)} (the engine's fixed costs, fitted on {anchor}'s rows)")
+    base["fit"] = {"train_models": [], "held_out_models": list(held_out),
+                   "anchor": {"gpu": anchor, "profile": str(source.relative_to(ROOT)), "held": taken,
+                              "elementwise_memory_ratio": _sig(ratio)},
+                   "kernel_fit": kernels.summary()}
+    if results.exists():  # every row of this GPU is held out: no parameter was fitted on it
+        base["fit"]["residuals"], base["error_band"] = held_out_residuals(base, results, gpu, (), held_out)
     return base
 
 

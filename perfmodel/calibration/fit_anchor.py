@@ -23,7 +23,8 @@ from the reference's fit, and fits from its own rows what they do determine:
   (:data:`perfmodel.calibration.fit_vllm.KERNEL_PROFILE`), the terms those profiles pin are the
   reference's (:data:`PROFILE_PINNED`: the fused MoE's exposed overlap, the attention's context
   half), as a graph node's cost is where the GPU has no microbenchmark tables: the end-to-end
-  rows barely see them (the H100's ran the exposed overlap to its bound, 0, from the H200's 0.26);
+  rows barely see them (the H100's end-to-end rows alone ran the exposed overlap to its bound, 0,
+  from the H200's 0.26; its training models' profiled decode steps now fit it themselves);
 - **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
   the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
   the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
@@ -52,11 +53,10 @@ from typing import Any
 from perfmodel.errors import SpecError
 from perfmodel.host_speed import HOST_LATENCY_FIELDS
 from perfmodel.paths import PROFILES_DIR, ROOT
+from perfmodel.profile import REFERENCE_GPU
 from perfmodel.specs.files import read_mapping
 from perfmodel.specs.hardware import load_gpu
 
-#: The GPU whose vllm fit anchors the others': the one measured in every kind of row.
-REFERENCE_GPU = "h200-sxm"
 
 #: The host's speed terms taken with the host times.
 HOST_SPEED_FIELDS = ("host_probe_ref_ms", "host_speed_exponent")
