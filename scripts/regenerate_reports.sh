@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate every committed validation report from the committed measurements and profiles:
 # the offline reports (validate/results/h200-{hf,vllm}-validation.md; the H100's,
-# h100-{hf,vllm}-validation.md, and the H200's fits carried to it,
-# h100-{hf,vllm}-transfer-validation.md), one serving report per serving rows file
-# (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report (reports/paper).
+# h100-{hf,vllm}-validation.md; the H200's fits carried to it, h100-{hf,vllm}-transfer-validation.md;
+# the H100's hf fit carried to the H200, h200-hf-transfer-validation.md), one serving report per
+# serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report
+# (reports/paper).
 # No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
@@ -31,6 +32,10 @@ for backend in hf vllm; do
     cp "$work/h100-$backend-transfer/summary.md" "$results/h100-$backend-transfer-validation.md"
     echo "wrote $results/h100-$backend-validation.md and $results/h100-$backend-transfer-validation.md"
 done
+# and the H100's hf fit carried to the H200 (the H100's vllm fit holds the H200's host terms: refused)
+"$PERFMODEL" validate all --backend hf --gpu h200-sxm --fitted-on h100-sxm --out "$work/h200-hf-transfer" > /dev/null
+cp "$work/h200-hf-transfer/summary.md" "$results/h200-hf-transfer-validation.md"
+echo "wrote $results/h200-hf-transfer-validation.md"
 
 for rows in "$results"/h[12]00-vllm-serving*.jsonl; do
     case "$rows" in *-steps.jsonl|*-tokens.jsonl) continue ;; esac

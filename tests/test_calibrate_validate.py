@@ -413,7 +413,8 @@ def test_the_h100_hf_fit_is_its_own_and_holds_its_models_out():
 
 def test_an_hf_fit_anchored_on_another_gpus_takes_its_fixed_costs_and_holds_every_row_out():
     """A GPU with microbenchmarks and no transformers rows takes the reference's fixed costs (auto);
-    on the H100, whose rows then all stand held out, the anchored fit meets the transfer targets."""
+    on the H100, whose rows then all stand held out, the anchored fit meets the transfer targets, and
+    so does the H200's anchored on the H100's on the H200's rows."""
     from perfmodel.calibration.fit import ANCHORED_LATENCY, fit_profile, hf_anchor
     from perfmodel.profile import REFERENCE_GPU
 
@@ -439,3 +440,8 @@ def test_an_hf_fit_anchored_on_another_gpus_takes_its_fixed_costs_and_holds_ever
     assert held["decode_step"]["n"] >= rows - 2  # every ok row but the unfused loop's, held out
     assert held["decode_step"]["mape_pct"] <= 12 and held["throughput"]["mape_pct"] <= 12
     assert held["ttft"]["mape_pct"] <= 12
+    # the other way: the H200's tables with the H100's fixed costs, on the H200's rows
+    back = fit_profile(REFERENCE_GPU, anchor="h100-sxm")["fit"]["residuals"]["held-out"]
+    assert back["decode_step"]["n"] > held["decode_step"]["n"]
+    assert back["decode_step"]["mape_pct"] <= 12 and back["throughput"]["mape_pct"] <= 12
+    assert back["ttft"]["mape_pct"] <= 12

@@ -267,11 +267,14 @@ def test_the_band_applies_where_it_was_measured():
     assert p.provenance["error_band_scope"] == {"gpu": "h200-sxm", "dtype": "bf16", "gpus": 1}
     assert "from held-out h200-sxm bf16 points on 1 GPU" in p.provenance["error_band_note"]
     assert "no band" not in p.provenance["error_band_note"]
+    # the H100 has an hf fit of its own, and its band
+    h100 = predict("qwen3-30b-a3b", engine="hf", gpu="h100", batch=16)
+    assert h100.provenance["error_band_scope"]["gpu"] == "h100-sxm" and h100.intervals()
 
 
 @pytest.mark.parametrize("kwargs, why", [
     (dict(gpu="mi300x"), "not measured on mi300x"),
-    (dict(gpu="h100-sxm"), "not measured on h100-sxm"),
+    (dict(gpu="b200"), "not measured on b200"),
     (dict(dtype="fp8"), "not measured at fp8 weights with a bf16 KV cache"),
     (dict(kv_dtype="fp8"), "not measured at bf16 weights with a fp8 KV cache"),
     (dict(tp=2), "not measured on 2 GPUs (TP=2 EP=1 PP=1)"),

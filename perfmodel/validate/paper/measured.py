@@ -1,9 +1,9 @@
 """The paper's comparisons in our own measurements, on the H200 and on the paper's GPU, the
 H100: of vLLM, and where vLLM has no switch for what an effect compares, of transformers (the
-fused vs unfused MoE: its grouped_mm experts against its eager loop over them; H200 only).
+fused vs unfused MoE: its grouped_mm experts against its eager loop over them).
 
 Rows come from the committed result files of :data:`SOURCES` (``validate/results/h200-vllm.jsonl``,
-``h200-hf.jsonl``, ``h100-vllm.jsonl`` and their ``-whatif`` companions; JSON lines, read by
+``h200-hf.jsonl``, ``h100-vllm.jsonl``, ``h100-hf.jsonl`` and their ``-whatif`` companions; JSON lines, read by
 :func:`perfmodel.measuring.results.read_rows`, no GPU library imported), each row tagged with the
 GPU it ran on (``measured_gpu``, the model's name for it); a comparison takes the rows of its
 engine (:attr:`~perfmodel.validate.paper.effects.Measured.engine`, the rows' ``backend``). Two
@@ -56,8 +56,8 @@ from perfmodel.validate.paper.effects import Measured
 from perfmodel.validate.validation import results_file
 
 #: The GPUs (as the model names them) and engines whose committed measurements a comparison may
-#: come from (:attr:`Measured.engine`): vLLM and transformers on the H200, vLLM on the H100.
-SOURCES = (("h200-sxm", "vllm"), ("h200-sxm", "hf"), ("h100-sxm", "vllm"))
+#: come from (:attr:`Measured.engine`): vLLM and transformers on each.
+SOURCES = (("h200-sxm", "vllm"), ("h200-sxm", "hf"), ("h100-sxm", "vllm"), ("h100-sxm", "hf"))
 #: Samplings in order of preference when both sides have both.
 SAMPLINGS = ("random", "greedy")
 #: Knobs that identify a measured point (besides the model).
