@@ -35,7 +35,8 @@ def read_table(data_dir: Path, name: str) -> pd.DataFrame:
     """One table of ``data_dir``; a missing or unparsable file is a :class:`SpecError`."""
     path = Path(data_dir) / name
     if not path.is_file():
-        raise SpecError(f"calibration data {data_dir} has no {name} (microbenchmark table missing)")
+        raise SpecError(f"calibration data {data_dir} has no {name} (microbenchmark table missing: "
+                        f"perfmodel calibrate bench on that GPU writes it)")
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
