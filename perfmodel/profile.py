@@ -485,6 +485,7 @@ DEFAULT_ENGINE = "vllm"
 #: The GPU measured in every kind of row: its fit anchors the other GPUs' vllm fits
 #: (:mod:`perfmodel.calibration.fit_anchor`) and is the one carried to a GPU without a fit of its own.
 REFERENCE_GPU = "h200-sxm"
+
 #: What an engine name may be: letters, digits, '.', '_' and '-' (no path, no glob pattern).
 _ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

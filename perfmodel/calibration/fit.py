@@ -294,9 +294,9 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     """The fitted hf profile of a GPU as a YAML-ready dict (same data → same dict).
 
     ``anchor``: a GPU whose committed hf profile gives the engine's fixed costs
-    (:data:`ANCHORED_LATENCY`, the elementwise memory η), for a GPU with microbenchmarks of its
-    own and no transformers rows to fit those on; then every row this GPU has is held out (the
-    band is stated on them; with none, the profile has no band)."""
+    (:data:`ANCHORED_LATENCY`, and the elementwise memory η at its ratio to the anchor's tables),
+    for a GPU with microbenchmarks of its own and no transformers rows to fit those on; then every
+    row this GPU has is held out (the band is stated on them; with none, the profile has no band)."""
     from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
     from perfmodel.specs.hardware import load_gpu
 
