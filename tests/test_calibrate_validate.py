@@ -445,3 +445,16 @@ def test_an_hf_fit_anchored_on_another_gpus_takes_its_fixed_costs_and_holds_ever
     assert back["decode_step"]["n"] > held["decode_step"]["n"]
     assert back["decode_step"]["mape_pct"] <= 12 and back["throughput"]["mape_pct"] <= 12
     assert back["ttft"]["mape_pct"] <= 12
+
+
+def test_an_anchored_hf_fit_without_rows_of_its_gpu_has_no_band(tmp_path):
+    """With no transformers rows of the GPU, an anchored fit is a profile (it loads and predicts)
+    with no error band: nothing measured checks it."""
+    from perfmodel.calibration.fit import _profile, fit_profile
+    from perfmodel.profile import REFERENCE_GPU
+
+    bare = fit_profile("h100-sxm", anchor=REFERENCE_GPU, results=tmp_path / "h100-hf.jsonl")
+    assert "error_band" not in bare and "residuals" not in bare["fit"]
+    assert bare["fit"]["anchor"]["gpu"] == REFERENCE_GPU
+    profile = _profile(bare)
+    assert profile.error_band is None and profile.calibrated
