@@ -294,10 +294,17 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                  "display_name": zoo()[name].display_name, "aliases": list(zoo()[name].aliases),
                  "source": zoo()[name].source} for name in zoo_names()]
     if what is ListWhat.gpus:
+        from perfmodel.profile import list_engines, load_profile
         from perfmodel.specs.hardware import gpu_catalog
 
         gpus = sorted({g.name: g for g in gpu_catalog().values()}.values(), key=lambda g: g.name)
-        return [gpu.model_dump(mode="json") for gpu in gpus]
+        engines = [e for e in list_engines() if any(load_profile(e, g.name).calibrated for g in gpus)]
+
+        def profiles(gpu):  # per calibrated engine: the profile a prediction on this GPU takes, and whence
+            taken = {e: load_profile(e, gpu) for e in engines}
+            return {e: {"profile": p.name, "fitted_on": p.gpu, "fitted_here": p.gpu == gpu} for e, p in taken.items()}
+
+        return [{**gpu.model_dump(mode="json"), "profiles": profiles(gpu.name)} for gpu in gpus]
     from perfmodel.paths import PROFILES_DIR
     from perfmodel.profile import list_engines, load_profile_file
 
@@ -443,9 +450,11 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
     elif what is ListWhat.gpus:
         for gpu in items:
             aliases = f"  (also: {', '.join(gpu['aliases'])})" if gpu["aliases"] else ""
+            fits = ", ".join(f"{e} {'fitted' if p['fitted_here'] else 'carried from ' + p['fitted_on']}"
+                             for e, p in gpu["profiles"].items())
             print(f"{gpu['name']:16s} bf16 {gpu['peak_tflops'].get('bf16', 0):7.1f} TFLOP/s  "
                   f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}"
-                  f"{aliases}")
+                  f"{aliases}  [{fits}]")
     elif what is ListWhat.schemes:
         for s in items:
             bits = f"{s['weight_bits']}-bit" if s["weight_bits"] else "-"

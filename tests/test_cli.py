@@ -182,7 +182,15 @@ def test_list_models_includes_the_zoo(capsys):
 def test_list_names_gpu_aliases_and_each_engines_profiles(capsys):
     out = cli(["list", "gpus"], capsys)
     h100 = next(line for line in out.splitlines() if line.startswith("h100-sxm "))
-    assert "h100" in h100.split("(also: ")[1].rstrip(")").split(", ")
+    assert "h100" in h100.split("(also: ")[1].split(")")[0].split(", ")
+    # per GPU, whether each calibrated engine was fitted on it or is carried from another's fit
+    assert h100.endswith("[hf fitted, vllm fitted]")
+    b200 = next(line for line in out.splitlines() if line.startswith("b200 "))
+    assert b200.endswith("[hf carried from h200-sxm, vllm carried from h200-sxm]")
+    gpus = {g["name"]: g for g in json.loads(cli(["list", "gpus", "--json"], capsys))["gpus"]}
+    assert gpus["b200"]["profiles"]["vllm"] == {"profile": "h200-sxm-vllm", "fitted_on": "h200-sxm",
+                                                "fitted_here": False}
+    assert "roofline" not in gpus["h100-sxm"]["profiles"]
     engines = {line.split()[0]: line for line in cli(["list", "engines"], capsys).splitlines()}
     assert "h200-sxm-vllm (calibrated, band)" in engines["vllm"] and "h100-sxm-vllm" in engines["vllm"]
     assert engines["roofline"].split(None, 1)[1] == "roofline (uncalibrated)"
