@@ -297,14 +297,11 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     (:data:`ANCHORED_LATENCY`, and the elementwise memory η at its ratio to the anchor's tables),
     for a GPU with microbenchmarks of its own and no transformers rows to fit those on; then every
     row this GPU has is held out (the band is stated on them; with none, the profile has no band)."""
-    from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
-    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.calibration.fit_kernels import kernel_fit_to_profile_dict
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
     results = results or hf_results_path(gpu)
-    gpu_spec = load_gpu(gpu)
-    kernels = fit_kernel_efficiencies(data_dir, gpu_spec, exclude_models=set(held_out),
-                                      per_kernel="gemm_intercept")
+    kernels = _kernel_fit(data_dir, gpu, held_out)
     efficiency = kernel_fit_to_profile_dict(kernels, include_extra=True)
     efficiency["comm"] = {"compute": 1.0, "memory": 0.8, "compute_half": 0.0, "memory_half": 0.0}
     base: dict[str, Any] = {
@@ -341,13 +338,21 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     return base
 
 
+def _kernel_fit(data_dir: Path, gpu: str, held_out: tuple[str, ...]):
+    """The η curves of a GPU's microbenchmark tables in ``data_dir``, without the shapes only the
+    held-out models use (:func:`perfmodel.calibration.fit_kernels.fit_kernel_efficiencies`)."""
+    from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies
+    from perfmodel.specs.hardware import load_gpu
+
+    return fit_kernel_efficiencies(data_dir, load_gpu(gpu), exclude_models=set(held_out), per_kernel="gemm_intercept")
+
+
 def _anchored(base: dict[str, Any], gpu: str, anchor: str, results: Path, data_dir: Path, meta: str,
               kernels: Any, held_out: tuple[str, ...]) -> dict[str, Any]:
     """An hf profile of ``gpu``'s microbenchmarks with ``anchor``'s fixed costs (:func:`fit_profile`)."""
-    from perfmodel.calibration.fit_kernels import fit_kernel_efficiencies, kernel_fit_to_profile_dict
+    from perfmodel.calibration.fit_kernels import kernel_fit_to_profile_dict
     from perfmodel.profile import fitted_profile_path
     from perfmodel.specs.files import read_mapping
-    from perfmodel.specs.hardware import load_gpu
 
     if anchor == gpu:
         raise SpecError(f"an hf fit of {gpu} cannot be anchored on its own fit")
@@ -355,8 +360,7 @@ def _anchored(base: dict[str, Any], gpu: str, anchor: str, results: Path, data_d
     theirs = read_mapping(source, SpecError, what="profile ")
     taken = [f for f in ANCHORED_LATENCY if f in theirs["latency"]]
     base["latency"].update({f: theirs["latency"][f] for f in taken})
-    benched = kernel_fit_to_profile_dict(fit_kernel_efficiencies(
-        CALIBRATION_DATA_DIR / anchor, load_gpu(anchor), exclude_models=set(held_out), per_kernel="gemm_intercept"))
+    benched = kernel_fit_to_profile_dict(_kernel_fit(CALIBRATION_DATA_DIR / anchor, anchor, held_out))
     ratio = theirs["efficiency"]["elementwise"]["memory"] / benched["elementwise"]["memory"]
     base["efficiency"]["elementwise"].update(memory=_sig(base["efficiency"]["elementwise"]["memory"] * ratio),
                                              memory_half=0.0)
