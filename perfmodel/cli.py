@@ -302,7 +302,9 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
 
         def profiles(gpu):  # per calibrated engine: the profile a prediction on this GPU takes, and whence
             taken = {e: load_profile(e, gpu) for e in engines}
-            return {e: {"profile": p.name, "fitted_on": p.gpu, "fitted_here": p.gpu == gpu} for e, p in taken.items()}
+            return {e: {"profile": p.name, "fitted_on": p.gpu, "fitted_here": p.gpu == gpu,
+                        "anchored_on": ((p.fit or {}).get("anchor") or {}).get("gpu"),
+                        "band": p.error_band is not None and p.gpu == gpu} for e, p in taken.items()}
 
         return [{**gpu.model_dump(mode="json"), "profiles": profiles(gpu.name)} for gpu in gpus]
     from perfmodel.paths import PROFILES_DIR
@@ -433,6 +435,14 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
               f"(--host-probe-ms {p['mean']:.1f})")
 
 
+def _whence(profile: dict[str, Any]) -> str:
+    """Where a GPU's profile of an engine comes from (:func:`_list_data`'s ``profiles``), in words."""
+    if not profile["fitted_here"]:
+        return f"carried from {profile['fitted_on']}, no band"
+    anchored = f" (anchored on {profile['anchored_on']})" if profile["anchored_on"] else ""
+    return f"fitted{anchored}" + ("" if profile["band"] else ", no band")
+
+
 @app.command("list")
 def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, schemes or tables"),
           as_json: bool = JSON_OPTION) -> None:
@@ -450,8 +460,7 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
     elif what is ListWhat.gpus:
         for gpu in items:
             aliases = f"  (also: {', '.join(gpu['aliases'])})" if gpu["aliases"] else ""
-            fits = ", ".join(f"{e} {'fitted' if p['fitted_here'] else 'carried from ' + p['fitted_on']}"
-                             for e, p in gpu["profiles"].items())
+            fits = "; ".join(f"{engine} {_whence(p)}" for engine, p in gpu["profiles"].items())
             print(f"{gpu['name']:16s} bf16 {gpu['peak_tflops'].get('bf16', 0):7.1f} TFLOP/s  "
                   f"{gpu['hbm_bandwidth_tb_s']:5.2f} TB/s  {gpu['hbm_capacity_gib']:6.1f} GiB  {gpu['full_name']}"
                   f"{aliases}  [{fits}]")

@@ -184,12 +184,13 @@ def test_list_names_gpu_aliases_and_each_engines_profiles(capsys):
     h100 = next(line for line in out.splitlines() if line.startswith("h100-sxm "))
     assert "h100" in h100.split("(also: ")[1].split(")")[0].split(", ")
     # per GPU, whether each calibrated engine was fitted on it or is carried from another's fit
-    assert h100.endswith("[hf fitted, vllm fitted]")
+    assert h100.endswith("[hf fitted; vllm fitted (anchored on h200-sxm)]")
     b200 = next(line for line in out.splitlines() if line.startswith("b200 "))
-    assert b200.endswith("[hf carried from h200-sxm, vllm carried from h200-sxm]")
+    assert b200.endswith("[hf carried from h200-sxm, no band; vllm carried from h200-sxm, no band]")
     gpus = {g["name"]: g for g in json.loads(cli(["list", "gpus", "--json"], capsys))["gpus"]}
     assert gpus["b200"]["profiles"]["vllm"] == {"profile": "h200-sxm-vllm", "fitted_on": "h200-sxm",
-                                                "fitted_here": False}
+                                                "fitted_here": False, "anchored_on": None, "band": False}
+    assert gpus["h200-sxm"]["profiles"]["vllm"]["band"] and not gpus["h200-sxm"]["profiles"]["vllm"]["anchored_on"]
     assert "roofline" not in gpus["h100-sxm"]["profiles"]
     engines = {line.split()[0]: line for line in cli(["list", "engines"], capsys).splitlines()}
     assert "h200-sxm-vllm (calibrated, band)" in engines["vllm"] and "h100-sxm-vllm" in engines["vllm"]
