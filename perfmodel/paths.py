@@ -27,3 +27,8 @@ STUDIES_DIR = SPECS_DIR / "studies"  # published studies' claims, as data
 PROFILES_DIR = ROOT / "calibration" / "profiles"
 CALIBRATION_DATA_DIR = ROOT / "calibration" / "data"
 RESULTS_DIR = ROOT / "validate" / "results"
+
+
+def results_file(backend: str, gpu: str) -> Path:
+    """The committed results of a backend on a GPU (``validate/results/<gpu>-<backend>.jsonl``)."""
+    return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from perfmodel.errors import SpecError
-from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, RESULTS_DIR, ROOT
+from perfmodel.paths import CALIBRATION_DATA_DIR, PROFILES_DIR, ROOT
 from perfmodel.prediction import GPU_BOUND, GRAPH_REPLAYED, HOST_BOUND, LAUNCH_BOUND
 
 #: The default split: end-to-end fits use these models only; the others are held out.
@@ -271,20 +271,16 @@ def fit_expert_sync(base: dict[str, Any], results: Path, gpu: str,
 ANCHORED_LATENCY = (*_LATENCY_KEYS, "expert_sync_s")
 
 
-def hf_results_path(gpu: str) -> Path:
-    """The committed transformers rows of a GPU (``validate/results/<gpu prefix>-hf.jsonl``)."""
-    return RESULTS_DIR / f"{gpu.split('-')[0]}-hf.jsonl"
-
-
 def hf_anchor(gpu: str, anchor: str = "auto") -> str | None:
     """The GPU whose hf fit anchors ``gpu``'s (:func:`fit_profile`), from ``--anchor``: ``auto``,
     the reference GPU's where ``gpu`` has no transformers rows of its own, else none; ``none``:
     none; a GPU's name: that GPU."""
     from perfmodel.profile import REFERENCE_GPU
     from perfmodel.specs.hardware import load_gpu
+    from perfmodel.paths import results_file
 
     if anchor == "auto":
-        return None if gpu == REFERENCE_GPU or hf_results_path(gpu).exists() else REFERENCE_GPU
+        return None if gpu == REFERENCE_GPU or results_file("hf", gpu).exists() else REFERENCE_GPU
     return None if anchor == "none" else load_gpu(anchor).name
 
 
@@ -298,9 +294,10 @@ def fit_profile(gpu: str = "h200-sxm", *, data_dir: Path | None = None,
     for a GPU with microbenchmarks of its own and no transformers rows to fit those on; then every
     row this GPU has is held out (the band is stated on them; with none, the profile has no band)."""
     from perfmodel.calibration.fit_kernels import kernel_fit_to_profile_dict
+    from perfmodel.paths import results_file
 
     data_dir = data_dir or CALIBRATION_DATA_DIR / gpu
-    results = results or hf_results_path(gpu)
+    results = results or results_file("hf", gpu)
     kernels = _kernel_fit(data_dir, gpu, held_out)
     efficiency = kernel_fit_to_profile_dict(kernels, include_extra=True)
     efficiency["comm"] = {"compute": 1.0, "memory": 0.8, "compute_half": 0.0, "memory_half": 0.0}

@@ -126,7 +126,7 @@ from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_bitmatrix, fit_tile_
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
-from perfmodel.paths import RESULTS_DIR, ROOT
+from perfmodel.paths import ROOT
 
 #: Options of vLLM's engine (paged attention over the context, absorbed MLA, graph decode,
 #: piecewise-graph prefill with host-launched attention).
@@ -525,8 +525,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                                                   seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
+    from perfmodel.paths import results_file
 
-    results = results or RESULTS_DIR / f"{gpu.split('-')[0]}-vllm.jsonl"
+    results = results or results_file("vllm", gpu)
     base = _base(gpu)
     anchored = anchor_path(gpu, anchor)
     reference = read_anchor(anchored) if anchored is not None else None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.errors import InputError
-from perfmodel.paths import RESULTS_DIR, ROOT
+from perfmodel.paths import ROOT, results_file
 from perfmodel.templating import check_out_dir
 from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, measured_span
 
@@ -53,11 +53,6 @@ def live_available(backend: str) -> bool:
 
         return vllm_backend.vllm_available()
     return True
-
-
-def results_file(backend: str, gpu: str) -> Path:
-    """The committed results of a backend on a GPU (``validate/results/<gpu>-<backend>.jsonl``)."""
-    return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"
 
 
 def transferred(profile, gpu: str) -> bool:

@@ -52,8 +52,8 @@ from perfmodel.measuring.compare import (
     row_speculative, verify_replayed, what_if_file,
 )
 from perfmodel.measuring.results import read_rows
+from perfmodel.paths import results_file
 from perfmodel.validate.paper.effects import Measured
-from perfmodel.validate.validation import results_file
 
 #: The GPUs (as the model names them) and engines whose committed measurements a comparison may
 #: come from (:attr:`Measured.engine`): vLLM and transformers on each.

@@ -18,11 +18,11 @@ import pandas as pd
 
 from perfmodel import paths
 from perfmodel.measuring.compare import what_if_file
+from perfmodel.paths import results_file
 from perfmodel.validate.paper import charts, measured
 from perfmodel.validate.paper.compute import Context, EffectResult, compute_effects
 from perfmodel.validate.paper.effects import DEFAULT_STUDY, Study, load_study
 from perfmodel.validate.paper.verdict import REPRODUCED, TRACKS, Tracking, judge_tracking, pct_range
-from perfmodel.validate.validation import results_file
 from perfmodel.wording import count_of
 
 TEMPLATES = ("perfmodel.validate.paper", "templates")
