@@ -21,6 +21,7 @@ from perfmodel.validate import serving as sv
 O = 64
 #: The fake prediction's closed-form saturation rate and replay throughput cap, req/s.
 FAKE_SATURATION, FAKE_SERVED = 6.0, 4.5
+FAKE_KV = 17_000  # the planning's KV capacity, tokens, against the rows' 16,000
 
 
 def _per_request(n, rate, ttft_ms, aborted=0, never=0):
@@ -70,6 +71,7 @@ def _fake_prediction(calls):
         return {"ttft_s": {"p50": 0.12, "p90": 0.15}, "itl_s": {"p50": 0.011, "p90": 0.018, "mean": 0.013},
                 "output_tok_s": min(traffic["rate"], FAKE_SERVED) * O, "submitted": len(arrivals),
                 "completed": len(arrivals), "aborted": 0, "per_request": per, "kv_tokens": kw.get("kv_tokens"),
+                "model_kv_tokens": FAKE_KV,
                 "saturation_rate_per_replica": FAKE_SATURATION}
     return predict_serving
 
@@ -138,7 +140,10 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert runs[2.0]["measured_ttft_growth"] == pytest.approx(1.0)
     assert runs[16.0]["measured_aborted"] == 9 and "never prefilled" in runs[16.0]["measured_why"]
     assert [runs[r]["predicted_overloaded"] for r in (2.0, 4.0, 8.0, 16.0)] == [False, False, True, True]
-    assert runs[16.0]["measured_capacity_rps"] == pytest.approx(5.0) and runs[2.0]["kv_source"] == "engine"
+    assert runs[16.0]["measured_capacity_rps"] == pytest.approx(5.0) and runs[2.0]["engine_kv_tokens"] == 16_000
+    # the planning's KV capacity beside the engine's, once for the four rates of one engine
+    (kv,) = result["kv_capacity"]
+    assert (kv["engine_tokens"], kv["model_tokens"]) == (16_000, FAKE_KV) and kv["rel_error"] == pytest.approx(FAKE_KV / 16_000 - 1)
     (sat,) = result["saturation"]
     assert sat["followed_up_to"] == 4.1 and sat["saturated_from"] == 8.2 and sat["spans"]
     assert sat["followed_up_to_nominal"] == 4.0 and sat["overloaded_rates"] == [8.0, 16.0]
@@ -170,7 +175,8 @@ def test_rows_without_per_request_data_replay_the_seeded_schedule(monkeypatch):
     want = [t for t in poisson_arrivals(4.0, 100, 3) if t <= 10.0]
     assert kw["arrivals"] == pytest.approx(want) and kw["kv_tokens"] is None and kw["until_s"] == pytest.approx(15.0)
     (run,) = result["rates"]
-    assert run["schedule"] == "scheduled" and run["kv_source"] == "planning"
+    assert run["schedule"] == "scheduled" and run["engine_kv_tokens"] is None and run["model_kv_tokens"] == FAKE_KV
+    assert result["kv_capacity"] == []  # nothing the engine allocated to check the planning's against
     assert run["measured_overloaded"] is True and run["measured_ttft_growth"] is None  # from its aborted count
 
 
@@ -347,7 +353,7 @@ def test_real_replay_on_a_small_workload(tmp_path):
         assert 0 < by[metric]["predicted"] < 1.0 and by[metric]["rel_error"] is not None
     (run,) = result["rates"]
     assert (run["predicted_submitted"], run["predicted_completed"], run["predicted_aborted"]) == (n, n, 0)
-    assert run["predicted_overloaded"] is False and run["kv_tokens"] == 64_000
+    assert run["predicted_overloaded"] is False and run["engine_kv_tokens"] == 64_000 and run["model_kv_tokens"] > 0
     last = per["submitted_s"][-1]
     # n·O tokens between the first submission and the last token, which comes within a second
     assert n * 32 / (last + 1.0) < by["served_tok_s"]["predicted"] < n * 32 / last

@@ -63,7 +63,8 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     completed requests, and the result adds ``replay`` (True), ``submitted``, ``completed``,
     ``aborted``, ``output_tokens``, ``window_s``, ``output_tok_s``, ``completion_rate``
     (req/s), ``per_request`` (``submitted_s``, ``ttft_s``, ``e2e_s``, ``output_tokens``),
-    ``overload_reason`` and ``until_s``. Where the profile has launch noise, the replay is run
+    ``overload_reason``, ``until_s`` and ``model_kv_tokens`` (the planning's own KV capacity, tokens,
+    whatever ``kv_tokens`` the replay held). Where the profile has launch noise, the replay is run
     :data:`NOISE_DRAWS` times, from noise seeds ``seed``, ``seed`` + 1, …: the latency
     statistics and the two rates are their means, the rest the first draw's.
     ``saturation_rate_per_replica`` and ``closed_form`` are the closed form's at the traffic's
@@ -198,4 +199,4 @@ def _replay(search, setup, max_num_seqs: int, max_batched_tokens: int, times, un
             "mean_batch": result.mean_batch, "peak_kv_fraction": result.peak_kv_fraction,
             "preemptions": result.preemptions, "saturation_rate_per_replica": curve.saturation_rate,
             "closed_form": state.metrics() if state.stable else None, "measured_requests": len(times),
-            "kv_tokens": kv, "until_s": until_s}
+            "kv_tokens": kv, "model_kv_tokens": setup.steps.kv_tokens, "until_s": until_s}

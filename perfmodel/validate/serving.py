@@ -25,7 +25,8 @@ idle engine:
   GPUs (as :mod:`perfmodel.measuring.compare` does for the offline rows); dtype (fp8 for
   ``--quantization fp8``); ``max_num_seqs``; the engine's resolved ``max_num_batched_tokens``
   and its KV cache (``num_gpu_blocks`` x ``block_size`` of ``engine_detail.resolved``; the
-  planning's own estimate where the row lacks them); each launched step's host time drawn about
+  planning's own estimate where the row lacks them; the planning's is reported beside the
+  engine's, :mod:`perfmodel.validate.serving_memory`); each launched step's host time drawn about
   the run's level as the profile's launch noise says (:mod:`perfmodel.host_noise`), the mean of
   :data:`perfmodel.planning.predict.NOISE_DRAWS` draws seeded from the row's seed.
 
@@ -95,6 +96,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
 from perfmodel.limits import MAX_LEN
 from perfmodel.planning.predict import NOISE_DRAWS
 from perfmodel.validate.serving_charts import lengths_text as _lengths
+from perfmodel.validate.serving_memory import kv_capacity, kv_cell, kv_sentence
 
 #: The latency percentiles whose measured band a client sample gives
 #: (:mod:`perfmodel.validate.serving_quantiles`): metric -> percentile.
@@ -327,7 +329,7 @@ def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict
     _, schedule = measured_schedule(row)
     return {
         **key, "offered_rate": offered_rate(row), "schedule": schedule, "until_s": drain_limit(row),
-        "kv_tokens": pred.get("kv_tokens"), "kv_source": "engine" if engine_kv_tokens(row) else "planning",
+        "engine_kv_tokens": engine_kv_tokens(row), "model_kv_tokens": pred.get("model_kv_tokens"),
         "submitted": row.get("submitted"), "measured_completed": row.get("completed"),
         "measured_aborted": m["aborted"] if m["aborted"] is not None else row.get("aborted"),
         "predicted_submitted": pred.get("submitted"), "predicted_completed": pred.get("completed"),
@@ -416,7 +418,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
                     "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"], "scheme": k["scheme"],
                     **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
-            "host_speed": host_speed_mape(probed)}
+            "host_speed": host_speed_mape(probed), "kv_capacity": kv_capacity(r for r in rates if not r.get("error"))}
 
 
 def _prediction_errors(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, float | None]:
@@ -575,7 +577,7 @@ def saturation_lines(s: dict[str, Any]) -> list[str]:
 
 
 _RUN_COLUMNS = ("model", "rate", "offered", "submitted", "completed m/p", "aborted m/p",
-                "TTFT growth m/p", "verdict m/p", "served m/p req/s", "KV tokens", "host ms")
+                "TTFT growth m/p", "verdict m/p", "served m/p req/s", "KV tokens engine / model", "host ms")
 
 
 def _run_cells(r: dict[str, Any]) -> list[str]:
@@ -585,7 +587,7 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
             f"{_growth(r['measured_ttft_growth'])}/{_growth(r['predicted_ttft_growth'])}",
             f"{_flag(r['measured_overloaded'])}/{_flag(r['predicted_overloaded'])}",
             f"{_rate(r['measured_capacity_rps'])}/{_rate(r['predicted_capacity_rps'])}",
-            f"{r['kv_tokens']:,} ({r['kv_source']})" if r.get("kv_tokens") else "–",
+            kv_cell(r),
             f"{r['host_ms']:.1f} ({r['host_from']})" if r.get("host_ms") is not None else "–"]
 
 
@@ -676,6 +678,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for r in result["rates"]:
         if not r.get("error"):
             lines.append("| " + " | ".join(_run_cells(r)) + " |")
+    if kv_sentence(result.get("kv_capacity") or []):
+        lines += ["", kv_sentence(result["kv_capacity"])]
     lines += ["", "## Saturation", ""]
     for s in result["saturation"]:
         first, second = saturation_lines(s)
@@ -729,6 +733,7 @@ def report_html(result: dict[str, Any]) -> str:
         failed=[f"{r['model']} at {_rate(r['rate'])} req/s: {r['error']}" for r in result["rates"] if r.get("error")],
         saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
         points=_points_table(result), band_note=band_summary(result["points"]), vega=vega_scripts(),
+        kv_note=kv_sentence(result.get("kv_capacity") or []),
         specs_json=script_json(specs),
     ).rstrip("\n") + "\n"
 
@@ -768,6 +773,8 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
         if not r.get("error"):
             runs.add_row(*(Text(c) for c in _run_cells(r)))
     console.print(runs)
+    if kv_sentence(result.get("kv_capacity") or []):
+        console.print(kv_sentence(result["kv_capacity"]), markup=False, highlight=False)
     for s in result["saturation"]:
         for line in saturation_lines(s):
             console.print(line, markup=False, highlight=False)
