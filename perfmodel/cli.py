@@ -314,15 +314,21 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     if what is ListWhat.tables:
         from perfmodel.moe_tables import load_tables, zoo_shapes
 
-        def entry(table):  # its zoo models, and per profile with the factor: it, and whether this table's A/B gave it
-            shapes = zoo_shapes(table)
-            factors = {}
+        def entry(table):  # its zoo models; per profile with the factor: it, and whether this table's A/B gave
+            shapes = zoo_shapes(table)  # it; and the profiles whose factor is another scheme's tables'
+            factors, other_schemes = {}, {}
             for p in profiles:
-                if p.gpu == table.gpu and p.options.moe_off_table_memory is not None:
-                    a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
-                    factors[p.name] = {"memory_factor": p.options.moe_off_table_memory,
-                                       "measured": any(name in a_b and tp == 1 for name, tp in shapes)}
-            return {**table.model_dump(), "models": [f"{name} (tp {tp})" for name, tp in shapes], "profiles": factors}
+                if p.gpu != table.gpu or p.options.moe_off_table_memory is None:
+                    continue
+                schemes = p.options.moe_off_table_schemes
+                if schemes is not None and table.scheme not in schemes:
+                    other_schemes[p.name] = list(schemes)
+                    continue
+                a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
+                factors[p.name] = {"memory_factor": p.options.moe_off_table_memory,
+                                   "measured": any(name in a_b and tp == 1 for name, tp in shapes)}
+            return {**table.model_dump(), "models": [f"{name} (tp {tp})" for name, tp in shapes], "profiles": factors,
+                    "no_factor": other_schemes}
 
         return [entry(table) for table in load_tables()]
     if what is ListWhat.schemes:
@@ -476,9 +482,11 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
     elif what is ListWhat.tables:
         for t in items:
             models = ", ".join(t["models"]) or "no zoo model"
-            measured = ", ".join(f"{name}: memory x {f['memory_factor']:.2f}, "
-                                 f"{'measured on it' if f['measured'] else 'assumed'}"
-                                 for name, f in t["profiles"].items()) or "no profile measured the factor"
+            measured = ", ".join([f"{name}: memory x {f['memory_factor']:.2f}, "
+                                  f"{'measured on it' if f['measured'] else 'assumed'}"
+                                  for name, f in t["profiles"].items()]
+                                 + [f"{name}: no factor, its A/B ran {'/'.join(schemes)} tables"
+                                    for name, schemes in t["no_factor"].items()]) or "no profile measured the factor"
             print(f"{t['gpu']:10s} E={t['experts']:<4d} N={t['width']:<5d} {t['scheme']:9s} from {t['from_tokens']:4d} "
                   f"tokens  {models}  ({measured})")
     else:

@@ -486,12 +486,23 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
     """The smallest pass of the engine's tuned fused-MoE tile table for the model's routed experts
     on one GPU of the workload, where it starts above small passes
     (:func:`perfmodel.moe_tables.tuned_from`); 0 without a model, a MoE, a profile that measured
-    such tables (``options.moe_off_table_memory``), or such a table, and for a workload at
-    vLLM's default tile rule (``moe_tables`` false) or with unfused experts (no fused-MoE kernel)."""
+    such tables (``options.moe_off_table_memory``), or such a table, for a table of a scheme the
+    profile's A/B did not run (``options.moe_off_table_schemes``: the factor is one table kind's),
+    and for a workload at vLLM's default tile rule (``moe_tables`` false) or with unfused experts
+    (no fused-MoE kernel)."""
+    options = profile.options
     if (model is None or not workload.moe_tables or workload.moe_impl != "fused"
-            or profile.options.moe_off_table_memory is None):
+            or options.moe_off_table_memory is None):
+        return 0
+    if options.moe_off_table_schemes is not None and experts_scheme(workload) not in options.moe_off_table_schemes:
         return 0
     return moe_table_start(profile.gpu, workload, model)
+
+
+def experts_scheme(workload: Workload) -> str:
+    """The scheme a workload's routed experts run at (``none``: unquantized)."""
+    scheme = workload.scheme
+    return scheme.name if scheme.quantizes_weights and "experts" in scheme.layers else quantization.NO_QUANT
 
 
 def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> int:
@@ -502,9 +513,8 @@ def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> in
         return 0
     from perfmodel.moe_tables import tuned_from
 
-    scheme = workload.scheme
-    at = scheme.name if scheme.quantizes_weights and "experts" in scheme.layers else quantization.NO_QUANT
-    return tuned_from(gpu, model.moe.n_experts / workload.ep, model.moe.expert_intermediate / workload.tp, at)
+    return tuned_from(gpu, model.moe.n_experts / workload.ep, model.moe.expert_intermediate / workload.tp,
+                      experts_scheme(workload))
 
 
 def graph_options(profile: EngineProfile, workload: Workload | None = None,

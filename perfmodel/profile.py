@@ -210,6 +210,11 @@ class Options(_Strict):
         default=None, gt=0, description="vLLM's fused-MoE kernel on an expert shape whose tuned tile "
         "table starts above small passes (specs/vllm-moe-tables.yaml): its memory time × this "
         "(perfmodel.ops.moe.off_table_scale). None: not measured, the tables not read.")
+    moe_off_table_schemes: tuple[str, ...] | None = Field(
+        default=None, description="The schemes the experts ran at in the A/B that measured "
+        "moe_off_table_memory (specs/quantization.yaml names; none: bf16): only those schemes' "
+        "tables get the factor. None: every listed table's (a profile fitted before the schemes "
+        "were recorded).")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

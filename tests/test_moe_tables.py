@@ -5,6 +5,7 @@ and the A/B pairs the factor is fitted on."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -12,6 +13,7 @@ from perfmodel import predict
 from perfmodel import moe_tables
 from perfmodel.calibration.fit_moe_tables import fit_off_table, off_table_pairs, tiles_file
 from perfmodel.errors import SpecError
+from perfmodel.profile import load_profile
 
 OPTIONS = {"decode_attention_span": "context", "mla_cache": "latent", "mla_absorb_decode": True,
            "memory_usable_fraction": 0.9, "moe_block_m": 1}
@@ -44,6 +46,37 @@ def test_the_factor_scales_the_experts_memory_time_where_a_table_is_made_for_lar
     measured = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
     base = _experts_memory_s("roofline", batch, dtype, **kw)  # the same options, any GPU: no table read
     assert _experts_memory_s(measured, batch, dtype, **kw) == pytest.approx(factor * base, rel=1e-9)
+
+
+def test_the_factor_is_its_own_schemes_tables_only(roofline_with, tmp_path):
+    """A factor whose A/B ran fp8 tables scales an fp8 table's experts, not a bf16 table's: the
+    H100's bf16 table for 32 experts of width 1,792 ran its decode step as the model has it
+    without one. A profile that records no schemes gives every listed table the factor."""
+    opts = {**OPTIONS, "moe_off_table_memory": 2.0}
+    skeleton = ["num_local_experts=32", "intermediate_size=1792", "num_hidden_layers=8"]
+
+    def skeleton_experts(engine):  # the 32-expert bf16 shape of the H100's table from 512 tokens
+        p = predict("mixtral-8x7b", engine=engine, gpu="h100-sxm", phase="decode", batch=16, input_len=128,
+                    context=128, overrides=skeleton)
+        return sum(op["memory_s"] for op in p.ops if op["name"] == "moe.experts")
+
+    phi, plain = _experts_memory_s("roofline", 1), skeleton_experts("roofline")
+
+    def profile(name, **options):  # a file of its own each: profiles are cached by path
+        path = tmp_path / f"{name}.yaml"
+        shutil.copy(roofline_with(gpu="h100-sxm", options={**opts, **options}), path)
+        return str(path)
+
+    fp8_only, bf16_only, every = (profile("fp8", moe_off_table_schemes=["fp8"]),
+                                  profile("bf16", moe_off_table_schemes=["none"]), profile("every"))
+    assert _experts_memory_s(fp8_only, 1) == pytest.approx(2.0 * phi, rel=1e-9)
+    assert skeleton_experts(fp8_only) == pytest.approx(plain, rel=1e-9)
+    assert _experts_memory_s(bf16_only, 1) == pytest.approx(phi, rel=1e-9)  # Phi's table is fp8's
+    assert skeleton_experts(bf16_only) == pytest.approx(2.0 * plain, rel=1e-9)
+    assert skeleton_experts(every) == pytest.approx(2.0 * plain, rel=1e-9)
+    # the committed H100 profile: its factor is fp8's, from Phi-3.5-MoE's fp8 A/B
+    h100 = load_profile("vllm", "h100-sxm").options
+    assert h100.moe_off_table_schemes == ("fp8",) and h100.moe_off_table_memory > 1
 
 
 def test_a_profile_that_measured_no_table_reads_none(roofline_with):
@@ -88,6 +121,7 @@ def test_the_factor_is_the_geometric_mean_of_paired_expert_kernel_times(tmp_path
     factor, points, record = fit_off_table(shipped, results, "h100-sxm")
     assert factor == pytest.approx((1.5 * 2.0) ** 0.5, rel=1e-3)
     assert sorted(points) == ["a", "a'", "b", "b'"] and record["models"] == ["phi-3.5-moe"]
+    assert record["schemes"] == ["fp8"]  # the scheme the pairs' experts ran at: its tables take the factor
     assert fit_off_table(shipped, tmp_path / "none.jsonl", "h100-sxm") == (None, [], {})
 
 
@@ -132,6 +166,9 @@ def test_list_tables_names_the_models_each_table_meets_and_where_the_factor_was_
     assert phi[6400]["models"] == ["phi-3.5-moe (tp 1)"] and phi[3200]["models"] == ["phi-3.5-moe (tp 2)"]
     assert phi[6400]["profiles"]["h100-sxm-vllm"]["measured"] is True  # the A/B ran at one GPU
     assert phi[3200]["profiles"]["h100-sxm-vllm"]["measured"] is False  # carried to two: assumed
+    skeleton = next(t for t in tables if t["experts"] == 32)  # a bf16 table: the fp8 factor is not its
+    assert skeleton["profiles"] == {} and skeleton["no_factor"] == {"h100-sxm-vllm": ["fp8"]}
     main(["list", "tables"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(tables) and "measured on it" in lines[0] and "assumed" in lines[1]
+    assert "no factor, its A/B ran fp8 tables" in lines[tables.index(skeleton)]

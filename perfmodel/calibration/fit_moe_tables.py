@@ -9,7 +9,12 @@ vLLM's default rule (``perfmodel measure --moe-config-dir``, a folder written by
 ``scripts/moe_tile_file.py --default``; those rows are kept apart, in
 ``validate/results/<gpu>-vllm-tiles.jsonl``). Per pair of points, the ratio of the expert
 kernels' time in one decode step (``decode_profile.split_ms.expert_gemm``); the factor is
-their geometric mean. The rows of both sides are the points the factor is fitted on.
+their geometric mean. The rows of both sides are the points the factor is fitted on. The schemes
+the pairs' experts ran at are recorded with it (``options.moe_off_table_schemes``): only those
+schemes' tables take the factor. The H100's bf16 table for 32 experts of width 1,792 (from 512
+tokens) ran a decode step within 3% of the model without it, where the fp8 table the factor was
+measured on slowed the experts' kernels 1.4-fold: the factor is one kind of table's, not every
+listed table's.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ def _key(row: dict[str, Any]) -> tuple:
     return (*(row[k] for k in PAIR_KEYS), row_quant(row), row_routing(row))
 
 
+def _experts_scheme(row: dict[str, Any]) -> str:
+    """The scheme a row's routed experts ran at (``none``: unquantized)."""
+    from perfmodel.measuring.compare import row_quant
+    from perfmodel.prediction import Workload, experts_scheme
+
+    return experts_scheme(Workload(quant=row_quant(row)))
+
+
 def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
                     gpu: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(row at vLLM's shipped table, row at the default rule) pairs of profiled decode steps on
@@ -69,7 +82,8 @@ def off_table_pairs(rows: list[dict[str, Any]], own_tiles: list[dict[str, Any]],
 def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[float | None, list[str], dict]:
     """``moe_off_table_memory``: the geometric mean over :func:`off_table_pairs` of the expert
     kernels' time at the shipped table over that at the default rule; the point ids of both
-    sides; the record (pairs, each ratio). (None, [], {}) without pairs."""
+    sides; the record (pairs, each ratio, and ``schemes``: the schemes the pairs' experts ran at).
+    (None, [], {}) without pairs."""
     from perfmodel.measuring.results import read_rows
 
     own = read_rows(tiles_file(results), unique=False, warn=False).rows
@@ -79,5 +93,6 @@ def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[
     ratios = [_expert_ms(a) / _expert_ms(b) for a, b in pairs]
     factor = _sig(math.exp(sum(math.log(x) for x in ratios) / len(ratios)))
     record = {"file": tiles_file(results).name, "models": sorted({a["model"] for a, _ in pairs}),
+              "schemes": sorted({_experts_scheme(a) for a, _ in pairs}),
               "ratios": {f"B={a['batch']} S={a['input_len']}": round(x, 4) for (a, _), x in zip(pairs, ratios)}}
     return factor, [r["point_id"] for pair in pairs for r in pair], record

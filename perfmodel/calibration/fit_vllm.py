@@ -620,6 +620,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     off_table, off_points, off_record = fit_off_table(every_row, results, gpu)
     if off_table is not None:  # the tiles of a tuned table made for larger passes, from an A/B
         base["options"]["moe_off_table_memory"] = off_table
+        base["options"]["moe_off_table_schemes"] = list(off_record["schemes"])
         fitted += off_points
     all_rows = load_with_what_ifs(results)
     draft_points, eager_seq_runs, piecewise_points, noise_record, noise_runs = [], [], [], {}, []
