@@ -7,8 +7,9 @@ the weights and the peak of a profiling pass of ``max_num_batched_tokens`` token
 The planning's capacity (:attr:`perfmodel.planning.steptime.StepTimes.kv_tokens`) is the same
 quantity from the model's memory terms: the GPU's usable bytes less the weights and the
 activation peak of a pass of that many tokens, over the cached bytes per token at the traffic's
-longest context. The replay holds the engine's own capacity; this check says how far the
-planning's, which a plan stands on where nothing was measured, is from it.
+longest context. vLLM also keeps its CUDA graphs' memory pool and its non-torch allocations out
+of the cache, which the planning does not count. The replay holds the engine's own capacity; this
+check says how far the planning's, which a plan stands on where nothing was measured, is from it.
 
 A capacity depends on the engine's configuration, not on the rate: each configuration (model,
 ``--set``, scheme, GPU, layout, ``max_num_seqs``, lengths) counts once, the first run of it.
