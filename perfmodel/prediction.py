@@ -1058,7 +1058,9 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
 
     A request whose batch the KV cache does not hold at once (or more sequences than the
     engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
-    ``kv_waves`` say how; ``fits_in_memory`` is False only when not even one sequence fits.
+    ``kv_waves`` say how; ``fits_in_memory`` is False only when not even one sequence fits. On
+    an engine that allocates the whole batch's cache at once (``options.kv_waves`` false:
+    transformers' StaticCache) a batch fits whole or not at all.
 
     Every argument is checked: a wrong type or value raises :class:`InputError` with one line.
     Integer arguments take Python or numpy integers, or floats with an integral value; bools
@@ -1106,7 +1108,9 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
     """A request whose batch the KV cache does not hold at once, run in waves
     (:mod:`perfmodel.waves`: E2E summed over the waves, TTFT, memory and ops of the first);
     ``whole``: the batch as one wave, ``at(b)``: the same prediction at batch b. A prefill or
-    decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`)."""
+    decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`), and so is a
+    request on an engine that allocates the whole batch's cache at once (``options.kv_waves``
+    false: it fits whole or not at all)."""
     w, runs = whole.workload, {}
 
     def rerun(batch: Any, where: Any) -> dict[str, Any]:
@@ -1115,7 +1119,7 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
             runs[b] = at(b)
         return runs[b].metrics
 
-    if whole.phase == "request":
+    if whole.phase == "request" and profile.options.kv_waves:
         metrics = run_in_waves(whole.metrics, w.batch, w.input_len, w.output_len,
                                whole.metrics["memory_capacity_bytes"], profile.options.prefill_chunk_tokens,
                                profile.max_sequences, rerun)

@@ -202,6 +202,11 @@ class Options(_Strict):
         default=False, description="The scheduler prepares the next step while one runs (vLLM's "
         "asynchronous scheduling): a request arriving during a step joins the step after next at "
         "the earliest, unless the engine is idle (serving simulation only).")
+    kv_waves: bool = Field(
+        default=True, description="A fixed batch whose KV cache does not fit at once runs in waves "
+        "of the sequences that do (vLLM's scheduler admits what its paged cache holds). False: the "
+        "engine allocates the whole batch's cache before its first pass (transformers' StaticCache "
+        "of B x (S + O) slots), and such a batch does not fit.")
     max_num_seqs: PositiveInt | None = Field(
         default=None, description="Most sequences the engine runs at once (vLLM's max_num_seqs): a "
         "fixed batch beyond it, or beyond what the KV cache holds, runs in waves. None: vLLM's "

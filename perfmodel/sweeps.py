@@ -505,7 +505,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             # them (a number that is not finite in a row kept is said by the command line)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 outputs = run(values)
-                if phase == "request":
+                if phase == "request" and profile.options.kv_waves:
                     # B over the whole grid: the points in waves index every input of ``run``
                     outputs = run_in_waves(outputs, np.broadcast_to(values["B"], shape), values["S"],
                                            values["O"], capacity, profile.options.prefill_chunk_tokens,
@@ -520,7 +520,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         metrics = {name: flatten(np.asarray(value, dtype=float)) for name, value in merged.items()}
         for name in SPEC_METRICS if speculation else ():  # rows without a draft
             metrics.setdefault(name, np.full(n_kept, np.nan))
-        if phase == "request":  # runs in waves of B_run ≥ 1 sequences
+        if phase == "request" and profile.options.kv_waves:  # runs in waves of B_run ≥ 1 sequences
             metrics["fits_in_memory"] = metrics["concurrent_sequences"] >= 1
         else:
             metrics["fits_in_memory"] = metrics["memory_bytes"] <= capacity

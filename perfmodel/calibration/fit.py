@@ -39,8 +39,10 @@ from perfmodel.prediction import GPU_BOUND, GRAPH_REPLAYED, HOST_BOUND, LAUNCH_B
 TRAIN_MODELS = ("olmoe-1b-7b", "qwen1.5-moe-a2.7b", "mixtral-8x7b")
 HELD_OUT_MODELS = ("qwen3-30b-a3b", "phi-3.5-moe", "deepseek-v2-lite")
 
-#: Options of the hf engine (transformers + StaticCache + CUDA-graph decode, eager prefill).
+#: Options of the hf engine (transformers + StaticCache + CUDA-graph decode, eager prefill). Its
+#: StaticCache holds the whole batch's S + O slots from the start: no waves (``kv_waves``).
 HF_OPTIONS = {
+    "kv_waves": False,
     "decode_attention_span": "allocated",
     "mla_cache": "latent",
     "mla_absorb_decode": False,
