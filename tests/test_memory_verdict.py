@@ -62,3 +62,15 @@ def test_the_sweep_gives_the_same_verdict():
     by_batch = dict(zip(table["batch"], table["fits_in_memory"]))
     assert by_batch == {16: True, 32: False}
     assert list(table["concurrent_sequences"]) == [16, 0] and list(table["kv_waves"]) == [1, 0]
+
+
+@pytest.mark.parametrize(("draft", "ran"), [("qwen3-8b", False), ("qwen3-4b", True)])
+def test_a_draft_beside_its_target_fits_where_vllm_found_room_for_a_kv_cache(draft, ran):
+    """Qwen3-30B-A3B with a Qwen3 draft on the H100 (h1c13, h1c21): the 4B draft ran, the 8B's
+    engine found no memory for a KV cache beside the two models' weights."""
+    p = predict("qwen3-30b-a3b", engine="vllm", gpu="h100-sxm", batch=16, input_len=512, output_len=512,
+                spec_draft=draft, spec_tokens=4, spec_accept=0.7)
+    assert p.metrics["fits_in_memory"] is ran
+    rows = [json.loads(line) for line in (RESULTS_DIR / "h100-vllm-whatif.jsonl").read_text().splitlines()]
+    measured = {r["status"] for r in rows if f"spec={draft}:4|" in r["point_id"] and r["batch"] == 16}
+    assert measured == ({"ok"} if ran else {"oom"})
