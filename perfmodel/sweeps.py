@@ -480,6 +480,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     metric_parts: list[dict[str, np.ndarray]] = []
     for gpu_spec, profile, point_workload, base_values, draft, draft_base in setups:
         capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
+        waves = phase == "request" and profile.options.kv_waves  # else one pass: fits whole or not
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
             compiled = compile_model(variant, phase, profile, with_ops=False,
@@ -505,7 +506,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             # them (a number that is not finite in a row kept is said by the command line)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 outputs = run(values)
-                if phase == "request" and profile.options.kv_waves:
+                if waves:
                     # B over the whole grid: the points in waves index every input of ``run``
                     outputs = run_in_waves(outputs, np.broadcast_to(values["B"], shape), values["S"],
                                            values["O"], capacity, profile.options.prefill_chunk_tokens,
@@ -520,7 +521,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         metrics = {name: flatten(np.asarray(value, dtype=float)) for name, value in merged.items()}
         for name in SPEC_METRICS if speculation else ():  # rows without a draft
             metrics.setdefault(name, np.full(n_kept, np.nan))
-        if phase == "request" and profile.options.kv_waves:  # runs in waves of B_run ≥ 1 sequences
+        if waves:  # runs in waves of B_run ≥ 1 sequences
             metrics["fits_in_memory"] = metrics["concurrent_sequences"] >= 1
         else:
             metrics["fits_in_memory"] = metrics["memory_bytes"] <= capacity

@@ -678,8 +678,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for r in result["rates"]:
         if not r.get("error"):
             lines.append("| " + " | ".join(_run_cells(r)) + " |")
-    if kv_sentence(result.get("kv_capacity") or []):
-        lines += ["", kv_sentence(result["kv_capacity"])]
+    kv_note = kv_sentence(result.get("kv_capacity") or [])
+    if kv_note:
+        lines += ["", kv_note]
     lines += ["", "## Saturation", ""]
     for s in result["saturation"]:
         first, second = saturation_lines(s)
@@ -773,8 +774,9 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
         if not r.get("error"):
             runs.add_row(*(Text(c) for c in _run_cells(r)))
     console.print(runs)
-    if kv_sentence(result.get("kv_capacity") or []):
-        console.print(kv_sentence(result["kv_capacity"]), markup=False, highlight=False)
+    kv_note = kv_sentence(result.get("kv_capacity") or [])
+    if kv_note:
+        console.print(kv_note, markup=False, highlight=False)
     for s in result["saturation"]:
         for line in saturation_lines(s):
             console.print(line, markup=False, highlight=False)
