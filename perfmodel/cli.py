@@ -87,9 +87,13 @@ def make_console():
 
 #: The parallel degrees' help (:mod:`perfmodel.specs.layout`): GPUs used = tp·ep·pp.
 _TP_HELP = "Tensor-parallel GPUs: heads and FFN widths split over them."
-_EP_HELP = ("Expert-parallel groups of tp GPUs each, the routed experts split over them: GPUs = tp·ep·pp "
-            "(not vLLM's --enable-expert-parallel, which reuses the tp GPUs).")
+_EP_HELP = ("Expert-parallel groups of tp GPUs each, the routed experts split over them: GPUs = tp·ep·pp·dp "
+            "(not vLLM's --enable-expert-parallel, which reuses the tp GPUs: --tp N costs it).")
 _PP_HELP = "Pipeline stages: the layers split evenly over them."
+_DP_HELP = ("Data-parallel ranks of tp GPUs (vLLM's --data-parallel-size), batch/dp sequences each, "
+            "the MoE layers spanning them all: GPUs = tp·ep·pp·dp.")
+_EXPERT_PARALLEL_HELP = ("vLLM's --enable-expert-parallel: whole routed experts over the tp·dp GPUs "
+                         "(else their widths are split over them).")
 
 
 def _warn(message: str) -> None:
@@ -160,6 +164,8 @@ def predict(
     tp: int = typer.Option(1, "--tp", help=_TP_HELP),
     ep: int = typer.Option(1, "--ep", help=_EP_HELP),
     pp: int = typer.Option(1, "--pp", help=_PP_HELP),
+    dp: int = typer.Option(1, "--dp", help=_DP_HELP),
+    expert_parallel: bool = typer.Option(False, "--expert-parallel", help=_EXPERT_PARALLEL_HELP),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights: fp32, bf16, fp16, fp8, int8, fp4."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="KV cache dtype (default bf16/dtype)."),
     skew: float = typer.Option(0.0, "--skew", help="Routing skew in [0, 1] (0 = uniform)."),
@@ -192,7 +198,8 @@ def predict(
         check_out_dir(out)
 
     arguments = dict(model=model, gpu=gpu, engine=engine, phase=phase.value, batch=batch, input_len=input_len,
-                     output_len=output_len, context=context, tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype,
+                     output_len=output_len, context=context, tp=tp, ep=ep, pp=pp, dp=dp,
+                     expert_parallel=expert_parallel, dtype=dtype, kv_dtype=kv_dtype,
                      skew=skew, overrides=set_ or [], quant=quant, moe_impl=moe_impl, prune_experts=prune_experts,
                      prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens, spec_accept=spec_accept,
                      spec_accepted_len=spec_accepted_len, host_probe_ms=host_probe_ms)
@@ -272,7 +279,9 @@ def formula(
     is on --gpu under --engine. The layers are stored as the model's checkpoint stores them
     (gpt-oss: MXFP4 experts), as predict takes them, unless --quant says otherwise. The op is
     the one --engine runs, as predict builds it (vllm: expert rows padded to the fused-MoE
-    kernel's tiles; --engine roofline: every row as it is).
+    kernel's tiles; --engine roofline: every row as it is). The formula is one data-parallel
+    rank's, with the experts' load even over their GPUs (predict --dp / --expert-parallel add those
+    terms).
     """
     from perfmodel.formula_text import op_formula, op_formula_data
 
@@ -510,6 +519,8 @@ def sweep(
     tp: Optional[int] = typer.Option(None, "--tp", help=_TP_HELP),
     ep: Optional[int] = typer.Option(None, "--ep", help=_EP_HELP),
     pp: Optional[int] = typer.Option(None, "--pp", help=_PP_HELP),
+    dp: Optional[int] = typer.Option(None, "--dp", help=_DP_HELP),
+    expert_parallel: Optional[bool] = typer.Option(None, "--expert-parallel", help=_EXPERT_PARALLEL_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights dtype (default bf16)."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype"),
     skew: Optional[float] = typer.Option(None, "--skew"),
@@ -541,7 +552,8 @@ def sweep(
     from perfmodel.sweeps import parse_grid, sweep as run
 
     fixed = {k: v for k, v in dict(batch=batch, input_len=input_len, output_len=output_len,
-                                   context=context, tp=tp, ep=ep, pp=pp, dtype=dtype,
+                                   context=context, tp=tp, ep=ep, pp=pp, dp=dp,
+                                   expert_parallel=expert_parallel, dtype=dtype,
                                    kv_dtype=kv_dtype, skew=skew, quant=quant, moe_impl=moe_impl,
                                    prune_experts=prune_experts,
                                    prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens,

@@ -13,7 +13,7 @@ from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
-from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, ep, pp, sigma, tp
+from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, dp, ep, pp, sigma, tp, z_busy
 
 #: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
 GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
@@ -21,6 +21,9 @@ GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 #: The pseudo-op of ``perfmodel formula --op launch``: the host's launch floor of an eager prefill
 #: (:func:`perfmodel.prediction.launch_floor`), a time per pass rather than per layer.
 LAUNCH = "launch"
+#: A formula is shown for one data-parallel rank with the experts' load even over their GPUs (the
+#: layout's own terms, :mod:`perfmodel.specs.layout`, are predict's).
+ONE_RANK = {dp: 1, z_busy: 0}
 
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",
@@ -69,7 +72,7 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
         if padded != tokens:
             subs = {**subs, T: GRAPH_TOKENS}
             at[GRAPH_TOKENS] = int(padded)
-    expr = op_time(op, subs).total if quantity == "time" else op.quantity(quantity)
+    expr = (op_time(op, subs).total if quantity == "time" else op.quantity(quantity)).subs(ONE_RANK)
     phased = expr.subs(subs)
     numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0,
                b_w: 2, b_e: 2, b_a: 2, b_kv: 2, **scheme.values(DTYPE_BYTES["bf16"])}
@@ -112,7 +115,7 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
     expr = launch_floor(graph, {T: T, B: B}, steps, chunk)
     subs = prefill_substitutions()
     phased = launch_floor(graph, subs, steps, chunk)
-    numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, sigma: 0}
+    numbers = {**model_values(model), tp: 1, ep: 1, pp: 1, **ONE_RANK, sigma: 0}
     concrete = phased.subs(numbers)
     at = {B: w.batch, S: w.input_len}
     values = {**at, **hardware_values(gpu_spec, profile, "bf16", w.scheme.name)}

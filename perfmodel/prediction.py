@@ -34,7 +34,7 @@ from perfmodel.ops.moe import MOE_IMPLS, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
-from perfmodel.specs.layout import Layout
+from perfmodel.specs.layout import Layout, expected_max_normal, expert_groups
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import parse_override
 from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
@@ -173,15 +173,18 @@ def check_overrides(overrides: Any) -> dict[str, Any]:
     return result
 
 
-def layout_gpus(tp: Any, ep: Any, pp: Any) -> Any:
-    """GPUs a tp/ep/pp layout uses (:attr:`perfmodel.specs.layout.Layout.gpus`), for numbers
+def layout_gpus(tp: Any, ep: Any, pp: Any, dp: Any = 1) -> Any:
+    """GPUs a tp/ep/pp/dp layout uses (:attr:`perfmodel.specs.layout.Layout.gpus`), for numbers
     and numpy arrays alike."""
-    return Layout(tp, ep, pp).gpus
+    return Layout(tp, ep, pp, dp).gpus
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A fixed batch: B sequences, S input tokens, O output tokens; decode steps at context L."""
+    """A fixed batch: B sequences, S input tokens, O output tokens; decode steps at context L.
+
+    ``dp`` data-parallel ranks (:mod:`perfmodel.specs.layout`) take B/dp sequences each: the
+    cost formulas see one rank (B/dp sequences), its throughputs are the dp ranks'."""
 
     batch: int = 1
     input_len: int = 128
@@ -190,6 +193,8 @@ class Workload:
     tp: int = 1
     ep: int = 1
     pp: int = 1
+    dp: int = 1
+    expert_parallel: bool = False  # vLLM's --enable-expert-parallel: whole experts over the tp·dp GPUs
     dtype: str = "bf16"
     kv_dtype: str | None = None
     skew: float = 0.0
@@ -202,8 +207,11 @@ class Workload:
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
         values: an invalid workload cannot be built."""
-        for name in ("batch", "input_len", "output_len", "tp", "ep", "pp"):
+        for name in ("batch", "input_len", "output_len", "tp", "ep", "pp", "dp"):
             object.__setattr__(self, name, check_count(name, getattr(self, name)))
+        if self.batch % self.dp:
+            raise InputError(f"batch ({self.batch}) must be a multiple of dp ({self.dp}): each data-parallel "
+                             "rank runs batch/dp sequences")
         if self.context is not None:
             object.__setattr__(self, "context", check_count("context", self.context))
         object.__setattr__(self, "dtype", check_choice("dtype", self.dtype, DTYPE_BYTES))
@@ -220,9 +228,11 @@ class Workload:
             object.__setattr__(self, "graph_tokens",
                                0 if _is_number(tokens) and tokens == 0 else check_count("graph_tokens", tokens))
         object.__setattr__(self, "host_probe_ms", check_probe(self.host_probe_ms))
-        if not isinstance(self.moe_tables, (bool, np.bool_)):
-            raise InputError(f"moe_tables must be true or false, got {self.moe_tables!r}")
-        object.__setattr__(self, "moe_tables", bool(self.moe_tables))
+        for name in ("moe_tables", "expert_parallel"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"{name} must be true or false, got {value!r}")
+            object.__setattr__(self, name, bool(value))
 
     @property
     def scheme(self) -> quantization.QuantScheme:
@@ -238,8 +248,20 @@ class Workload:
 
     @property
     def gpus(self) -> int:
-        """GPUs the tp/ep/pp layout uses (:func:`layout_gpus`)."""
-        return layout_gpus(self.tp, self.ep, self.pp)
+        """GPUs the tp/ep/pp/dp layout uses (:func:`layout_gpus`)."""
+        return layout_gpus(self.tp, self.ep, self.pp, self.dp)
+
+    @property
+    def layout_label(self) -> str:
+        """The layout in words, e.g. ``TP=2 EP=1 PP=1 DP=4 +EP`` (DP where there are several ranks,
+        +EP for vLLM's expert parallelism)."""
+        return (f"TP={self.tp} EP={self.ep} PP={self.pp}" + (f" DP={self.dp}" if self.dp > 1 else "")
+                + (" +EP" if self.expert_parallel else ""))
+
+    @property
+    def rank_batch(self) -> int:
+        """Sequences of one data-parallel rank, B/dp: the batch the cost formulas see."""
+        return self.batch // self.dp
 
     @property
     def kv_dtype_used(self) -> str:
@@ -257,7 +279,7 @@ class Workload:
 
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` on a workload that makes no sense for this model."""
-        Layout(self.tp, self.ep, self.pp).check(model)
+        Layout(self.tp, self.ep, self.pp, self.dp, self.expert_parallel).check(model)
 
 
 @dataclass(frozen=True)
@@ -456,28 +478,30 @@ def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     before the prefill and returns their outputs after it, host time serial with the engine, once
     per call (``latency.request_s``; 0 where an engine has none). request: E2E = TTFT + (O − 1)·ITL,
     throughput = B·(S + O)/E2E, output = B·O/E2E; prefill: B·S tokens in, B first tokens out;
-    decode: B tokens per step.
+    decode: B tokens per step. B is one data-parallel rank's sequences: the throughputs count the
+    dp ranks', dp·B sequences.
     """
-    B, S, O = s.B, s.S, s.O
-    requests = B * s.t_req
+    S, O = s.S, s.O
+    requests = s.B * s.t_req
+    seqs = s.dp * s.B  # the throughputs' sequences: every rank's
     if phase == "request":
         ttft, itl = t["prefill_s"] + requests, t["decode_step_s"]
         e2e = ttft + (O - 1) * itl
-        return dict(ttft_s=ttft, itl_s=itl, e2e_s=e2e, throughput_tok_s=B * (S + O) / e2e,
-                    output_throughput_tok_s=B * O / e2e, request_host_s=requests)
+        return dict(ttft_s=ttft, itl_s=itl, e2e_s=e2e, throughput_tok_s=seqs * (S + O) / e2e,
+                    output_throughput_tok_s=seqs * O / e2e, request_host_s=requests)
     if phase == "prefill":
         ttft = t["prefill_s"] + requests
-        return dict(ttft_s=ttft, e2e_s=ttft, throughput_tok_s=B * S / ttft,
-                    output_throughput_tok_s=B / ttft, request_host_s=requests)
+        return dict(ttft_s=ttft, e2e_s=ttft, throughput_tok_s=seqs * S / ttft,
+                    output_throughput_tok_s=seqs / ttft, request_host_s=requests)
     step = t["decode_step_s"]
-    return dict(itl_s=step, throughput_tok_s=B / step, output_throughput_tok_s=B / step)
+    return dict(itl_s=step, throughput_tok_s=seqs / step, output_throughput_tok_s=seqs / step)
 
 
 def workload_graph_options(w: Workload) -> dict[str, Any]:
     """The :class:`GraphOptions` fields a workload sets: its MoE implementation, and which
     linear layers its quantization scheme stores and how."""
     scheme = w.scheme
-    return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
+    return dict(moe_impl=w.moe_impl, expert_parallel=w.expert_parallel, quantized=scheme.quantizes_weights,
                 quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers,
                 moe_tiled=scheme.moe_tile is not None)
 
@@ -507,13 +531,16 @@ def experts_scheme(workload: Workload) -> str:
 
 def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> int:
     """The smallest pass (tokens) of vLLM's tuned fused-MoE tile table for the model's routed
-    experts on one ``gpu`` of the workload (E/ep experts of width I/tp, at the scheme its experts
-    run at), where it starts above small passes (``specs/vllm-moe-tables.yaml``); else 0."""
+    experts on one ``gpu`` of the workload (E/g experts of width I/shard,
+    :func:`perfmodel.ops.moe.expert_split`, at the scheme its experts run at), where it starts
+    above small passes (``specs/vllm-moe-tables.yaml``); else 0."""
     if model.moe is None:
         return 0
     from perfmodel.moe_tables import tuned_from
 
-    return tuned_from(gpu, model.moe.n_experts / workload.ep, model.moe.expert_intermediate / workload.tp,
+    cut = workload.tp * workload.dp
+    groups, shard = (workload.ep * cut, 1) if workload.expert_parallel else (workload.ep, cut)
+    return tuned_from(gpu, model.moe.n_experts / groups, model.moe.expert_intermediate / shard,
                       experts_scheme(workload))
 
 
@@ -651,8 +678,9 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     kv = w.kv_dtype_used
     L = w.context if w.context is not None else w.input_len
     values.update({
-        s.B: w.batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
-        s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.sigma: w.skew,
+        s.B: w.rank_batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
+        s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.dp: w.dp, s.sigma: w.skew,
+        s.z_busy: expected_max_normal(expert_groups(w.tp, w.ep, w.dp, w.expert_parallel)),
         s.b_w: DTYPE_BYTES[w.base_dtype], s.b_e: DTYPE_BYTES[w.base_dtype], s.b_a: 2.0,
         s.b_kv: DTYPE_BYTES[kv],
     })
@@ -835,7 +863,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append("the band is the fused MoE's, not the unfused one's")
     if w.gpus != n:
         outside.append(f"not measured on {w.gpus} GPU{'s' if w.gpus != 1 else ''} "
-                       f"(TP={w.tp} EP={w.ep} PP={w.pp})")
+                       f"({w.layout_label})")
     if outside:
         return None, f"no band: {'; '.join(outside)} (the profile's band, {width} from {where}{note})"
     return chosen, f"band {width} from {where}{note}"
@@ -908,7 +936,8 @@ class Prediction:
         return {
             "model": self.model, "phase": self.phase, "gpus": w.gpus,
             "workload": {"batch": w.batch, "input_len": w.input_len, "output_len": w.output_len,
-                         "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp,
+                         "context": w.context, "tp": w.tp, "ep": w.ep, "pp": w.pp, "dp": w.dp,
+                         "expert_parallel": w.expert_parallel,
                          "dtype": w.dtype, "kv_dtype": w.kv_dtype, "skew": w.skew,
                          "quant": w.scheme.name, "moe_impl": w.moe_impl},
             "overrides": dict(self.overrides), "pruning": self.pruning,
@@ -1025,7 +1054,8 @@ def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[
 
 def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE,
             phase: Phase = "request", batch: int = 1, input_len: int = 128, output_len: int = 128,
-            context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dtype: str = "bf16",
+            context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dp: int = 1,
+            expert_parallel: bool = False, dtype: str = "bf16",
             kv_dtype: str | None = None, skew: float = 0.0,
             overrides: list[str] | dict[str, Any] | None = None,
             quant: str | None = None, moe_impl: str = "fused",
@@ -1038,7 +1068,10 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
     ``--set`` style (``["top_k=4"]`` or ``{"top_k": 4}``). Times in seconds, sizes in bytes.
-    ``context`` (tokens attended) applies to the decode phase only.
+    ``context`` (tokens attended) applies to the decode phase only. ``tp``, ``ep``, ``pp``,
+    ``dp``: the layout (:mod:`perfmodel.specs.layout`; ``dp`` data-parallel ranks of B/dp
+    sequences each, their MoE layers spanning all of them); ``expert_parallel``: vLLM's expert
+    parallelism, whole routed experts on each of the tp·dp GPUs.
 
     ``quant``: the quantization scheme of the linear layers (a name or alias of
     ``specs/quantization.yaml``; ``dtype="fp8"`` is the ``fp8`` scheme); ``moe_impl``: ``fused``
@@ -1073,8 +1106,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
         raise InputError("overrides apply to a zoo name or a config.json, not to a ModelSpec")
     gpu, engine = check_name("gpu", gpu), check_name("engine", engine)
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
-                        tp=tp, ep=ep, pp=pp, dtype=dtype, kv_dtype=kv_dtype, skew=skew,
-                        quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens,
+                        tp=tp, ep=ep, pp=pp, dp=dp, expert_parallel=expert_parallel, dtype=dtype,
+                        kv_dtype=kv_dtype, skew=skew, quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens,
                         host_probe_ms=host_probe_ms, moe_tables=moe_tables)
     check_context(phase, workload.context)
     from perfmodel.speculative import speculative_prediction, speculative_settings
@@ -1110,21 +1143,22 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
     ``whole``: the batch as one wave, ``at(b)``: the same prediction at batch b. A prefill or
     decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`), and so is a
     request on an engine that allocates the whole batch's cache at once (``options.kv_waves``
-    false: it fits whole or not at all)."""
+    false: it fits whole or not at all). Each of dp data-parallel ranks runs its B/dp sequences
+    in waves of its own; ``concurrent_sequences`` counts all ranks'."""
     w, runs = whole.workload, {}
 
     def rerun(batch: Any, where: Any) -> dict[str, Any]:
-        b = int(batch.item())  # one point: one size
+        b = int(batch.item()) * w.dp  # one point: one size; every rank's sequences
         if b not in runs:
             runs[b] = at(b)
         return runs[b].metrics
 
     if whole.phase == "request" and profile.options.kv_waves:
-        metrics = run_in_waves(whole.metrics, w.batch, w.input_len, w.output_len,
+        metrics = run_in_waves(whole.metrics, w.rank_batch, w.input_len, w.output_len,
                                whole.metrics["memory_capacity_bytes"], profile.options.prefill_chunk_tokens,
-                               profile.max_sequences, rerun)
+                               profile.max_sequences, rerun, ranks=w.dp)
     else:
-        metrics = one_pass(whole.metrics, w.batch)
+        metrics = one_pass(whole.metrics, w.rank_batch, ranks=w.dp)
     metrics = {k: bool(v) if k == "fits_in_memory" else int(v) if k in WAVE_METRICS else float(v)
                for k, v in metrics.items()}
     first = runs.get(metrics["concurrent_sequences"], whole)

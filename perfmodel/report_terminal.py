@@ -51,7 +51,7 @@ def header_lines(p: Prediction) -> list[str]:
     skew = f" skew={w.skew:g}" if w.skew else ""
     skew += (f" quant={w.quant}" if w.quant else "") + (f" moe={w.moe_impl}" if w.moe_impl != "fused" else "")
     return [f"{p.model} on {prov['gpu']} · {prov['profile']}{kind} · phase {p.phase}",
-            f"workload: {workload} {w.dtype}{kv}{skew} · layout: TP={w.tp} EP={w.ep} PP={w.pp} "
+            f"workload: {workload} {w.dtype}{kv}{skew} · layout: {w.layout_label} "
             f"= {w.gpus} GPU{'s' if w.gpus != 1 else ''}",
             f"overrides: {overrides_text(p.overrides)}"
             + (f" · pruning: {pruning_text(p.pruning)}" if p.pruning else "")]

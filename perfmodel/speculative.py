@@ -291,7 +291,7 @@ def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile
     ops += [{**op, "pass": f"draft {op['pass']}"} for op in drafted.ops]
     args, names, fn = _metrics_function(phase)
     inputs = {**parts, "gamma": values["gamma"], "tau": tokens,
-              **{k: values[k] for k in ("t_step", "t_draft", "t_req", "B", "S", "O")}}
+              **{k: values[k] for k in ("t_step", "t_draft", "t_req", "B", "S", "O", "dp")}}
     out = dict(zip(names, fn(*[inputs[a] for a in args])))
     out.update({name: value for name, value in parts.items() if name.startswith("draft_")})
     return out, ops

@@ -38,7 +38,7 @@ from perfmodel.speculative import (
     speculative_outputs, tokens_per_step,
 )
 from perfmodel.specs.hardware import load_gpu
-from perfmodel.specs.layout import Layout, layout_holds
+from perfmodel.specs.layout import Layout, expected_max_normal, expert_groups, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
@@ -60,8 +60,8 @@ WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp"
 MODEL_KEYS = tuple(k for k in GRID_SYMBOLS if k not in WORKLOAD_KEYS)
 CATEGORICAL = ("gpu", "engine", "dtype", "kv_dtype", "quant", "moe_impl", "spec_draft")
 #: Workload fields a sweep takes as fixed keyword arguments.
-FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dtype", "kv_dtype", "skew",
-              "quant", "moe_impl", "host_probe_ms")
+FIXED_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dp", "expert_parallel", "dtype",
+              "kv_dtype", "skew", "quant", "moe_impl", "host_probe_ms")
 #: What-if options a sweep takes as fixed keyword arguments (pruning, speculative decoding).
 WHATIF_KEYS = (*PRUNE_KEYS, *SPEC_KEYS)
 #: Largest grid (combinations, before invalid ones are dropped) a sweep builds by default: a
@@ -283,7 +283,7 @@ def _layout_reason(model: str | ModelSpec, overrides: dict[str, Any], workload: 
     point = {k: (float(v[i]) if k in PRUNE_KEYS else int(v[i]))
              for (k, v), i in zip(numeric.items(), index) if k in _INTEGER_KEYS or k in PRUNE_KEYS}
     variant = _variant(model, overrides, {k: v for k, v in point.items() if k in MODEL_KEYS}, pruning)
-    layout = Layout(*(point.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp")))
+    layout = Layout(*(point.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp", "dp")), workload.expert_parallel)
     shown = ", ".join(f"{k}={v}" for k, v in point.items())
     try:
         layout.check(variant)
@@ -421,11 +421,17 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     if phase != "decode" and ("context" in grid or fixed.get("context") is not None):
         raise InputError(f"context applies to the decode phase only, not to phase '{phase}': "
                          "use phase decode, or leave it out")
-    workload = Workload(**fixed)
+    dp = fixed.get("dp", 1)
+    # a swept batch is checked against dp below, one value at a time
+    workload = Workload(**{**fixed, **({"batch": dp} if "batch" in grid and "batch" not in fixed else {})})
     numeric = {k: v for k, v in axes_values.items() if k in GRID_SYMBOLS}
     categorical = {k: v for k, v in axes_values.items() if k in CATEGORICAL}
     for key, values in numeric.items():
         _check_numeric(key, values)  # type: ignore[arg-type]
+    uneven = [b for b in numeric.get("batch", []) if b % workload.dp]
+    if uneven:
+        raise InputError(f"batch ({uneven[0]}) must be a multiple of dp ({workload.dp}): each data-parallel "
+                         "rank runs batch/dp sequences")
     for key, cat_values in categorical.items():
         _check_categorical(key, cat_values)  # type: ignore[arg-type]
     loaded = model if isinstance(model, ModelSpec) else load_model(model, overrides)
@@ -442,7 +448,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     shape = tuple(len(v) for v in numeric.values())
     axes = dict(zip(names, np.meshgrid(*numeric.values(), indexing="ij", sparse=True))) if names else {}
     models = _models(model, spec, overrides, names, numeric, pruning)  # type: ignore[arg-type]
-    degrees = {k: axes.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp")}
+    degrees = {**{k: axes.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp", "dp")},
+               "expert_parallel": workload.expert_parallel}
     built, suits = models.group >= 0, False
     for index, variant in enumerate(models.specs):  # the layout rules apply by model structure
         suits = suits | ((models.group == index) & layout_holds(variant, {**models.values, **degrees}))
@@ -463,7 +470,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         return full.flatten() if keep_all else full[valid]
 
     columns = {n: flatten(a.astype(np.int64) if n in _INTEGER_KEYS else a) for n, a in axes.items()}
-    gpus = flatten(np.asarray(layout_gpus(*(axes.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp"))),
+    gpus = flatten(np.asarray(layout_gpus(*(axes.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp", "dp"))),
                               dtype=np.int64))
     combos = list(itertools.product(*categorical.values()))
     setups = []  # every combination checked before any is evaluated
@@ -490,8 +497,11 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                     and point_workload.context is None:
                 values["L"] = axes["input_len"]
             for key, axis in axes.items():
-                if key in WORKLOAD_KEYS:
-                    values[GRID_SYMBOLS[key]] = axis
+                if key in WORKLOAD_KEYS:  # a batch is every data-parallel rank's: B is one rank's
+                    values[GRID_SYMBOLS[key]] = axis // workload.dp if key == "batch" else axis
+            if "tp" in axes or "ep" in axes:  # the busiest of the GPUs holding whole experts
+                values["z_busy"] = expected_max_normal(expert_groups(values["tp"], values["ep"], values["dp"],
+                                                                  workload.expert_parallel))
 
             def run(values: dict[str, Any]) -> dict[str, Any]:
                 out = compiled.fn(*[values[a] for a in compiled.args])
@@ -511,7 +521,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                     outputs = run_in_waves(outputs, np.broadcast_to(values["B"], shape), values["S"],
                                            values["O"], capacity, profile.options.prefill_chunk_tokens,
                                            profile.max_sequences,
-                                           lambda batch, where: run({**_at_points(values, where), "B": batch}))
+                                           lambda batch, where: run({**_at_points(values, where), "B": batch}),
+                                           ranks=workload.dp)
             if len(models.specs) == 1:
                 merged = outputs
             else:

@@ -85,6 +85,10 @@ f_off = sp.Symbol("f_off", positive=True)
 tp = sp.Symbol("tp", **_pos_int)  #: tensor-parallel degree
 ep = sp.Symbol("ep", **_pos_int)  #: expert-parallel degree
 pp = sp.Symbol("pp", **_pos_int)  #: pipeline-parallel degree
+#: data-parallel ranks: each runs its own B sequences' attention; the MoE layers span all of them
+dp = sp.Symbol("dp", **_pos_int)
+#: expected largest of g standard normal draws, g the GPUs whole experts are placed over (0 at g = 1)
+z_busy = sp.Symbol("z_busy", nonnegative=True)
 
 # --- hardware and engine (roofline) ---------------------------------------------------------
 peak = sp.Symbol("F_peak", positive=True)  #: dense matmul peak for the compute dtype, FLOP/s

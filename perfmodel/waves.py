@@ -88,11 +88,13 @@ def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
     return {n: v if v.shape == shape else np.broadcast_to(v, shape) for n, v in zip(names, out)}
 
 
-def one_pass(metrics: Mapping[str, Any], batch: Any) -> dict[str, Any]:
+def one_pass(metrics: Mapping[str, Any], batch: Any, ranks: Any = 1) -> dict[str, Any]:
     """A single pass (a prefill, a decode step) holds all B sequences at once: B and one wave
-    where it fits, 0 and 0 where not (``fits_in_memory``)."""
+    where it fits, 0 and 0 where not (``fits_in_memory``); B of each of ``ranks`` data-parallel
+    ranks, ``concurrent_sequences`` counting all of them."""
     fits = np.asarray(metrics["fits_in_memory"])
-    return {**metrics, "concurrent_sequences": np.where(fits, batch, 0), "kv_waves": np.where(fits, 1, 0)}
+    return {**metrics, "concurrent_sequences": np.where(fits, np.multiply(batch, ranks), 0),
+            "kv_waves": np.where(fits, 1, 0)}
 
 
 def _activations_at_most(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any,
@@ -115,7 +117,7 @@ def _activations_at_most(metrics: Mapping[str, Any], batch: Any, input_len: Any,
 
 def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any, usable: Any,
                  chunk: int | None, limit: int | None,
-                 rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]) -> dict[str, Any]:
+                 rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]], ranks: Any = 1) -> dict[str, Any]:
     """The request metrics of a fixed batch run in waves (see the module), numbers or numpy
     arrays alike.
 
@@ -128,14 +130,16 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
     called only when some point runs in waves: at the full waves' size, then at the last
     wave's where that differs at some point. Adds :data:`WAVE_METRICS` and sets
-    ``fits_in_memory`` to B_run ≥ 1.
+    ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each running ``batch``
+    sequences in waves of its own (``rerun`` gets one rank's sizes): the throughputs and
+    ``concurrent_sequences`` count all of them.
     """
     activations = _activations_at_most(metrics, batch, input_len, output_len, limit, rerun)
     plan = _evaluate("plan", batch, input_len, metrics["weights_bytes"], activations,
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
                      np.inf if limit is None else limit)
     running, waves = plan["concurrent_sequences"], plan["kv_waves"]
-    out = {**metrics, "concurrent_sequences": running, "kv_waves": waves, "fits_in_memory": running >= 1}
+    out = {**metrics, "concurrent_sequences": running * ranks, "kv_waves": waves, "fits_in_memory": running >= 1}
     split = waves > 1
     if not split.any():
         return out
@@ -151,8 +155,8 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     full_size, last_size = waved(running), waved(plan["last_wave"])
     first = rerun(full_size, where)
     last = first if np.array_equal(last_size, full_size) else rerun(last_size, where)
-    timeline = _evaluate("timeline", waved(waves), waved(batch), waved(input_len), waved(output_len),
-                         first["e2e_s"], first["itl_s"], last["e2e_s"], last["itl_s"])
+    timeline = _evaluate("timeline", waved(waves), waved(np.multiply(batch, ranks)), waved(input_len),
+                         waved(output_len), first["e2e_s"], first["itl_s"], last["e2e_s"], last["itl_s"])
     for name, value in out.items():
         if name in WAVE_METRICS or name == "fits_in_memory":
             continue

@@ -109,14 +109,14 @@ def test_routed_experts_are_two_expert_gemms():
     """The routed experts op is the gate|up and down GEMMs of the benchmark's grouped GEMM
     (:func:`perfmodel.ops.moe.gemm`) over the distinct experts touched: the fit's grouped rows
     and the model count the same FLOPs and bytes."""
-    from perfmodel.ops.moe import distinct_experts, gemm, routed_experts
-    from perfmodel.symbols import E, H, I_e, b_e, ep, k, tp
+    from perfmodel.ops.moe import gemm, local_load, routed_experts
+    from perfmodel.symbols import E, H, I_e, b_e, dp, ep, tp
 
-    op = routed_experts(bias=False)
-    rows, hit = T * k / ep, distinct_experts() / ep
-    up = gemm("up", OpClass.GROUPED_GEMM, rows=rows, d_in=H, d_out=2 * I_e / tp, matrices=hit,
+    op = routed_experts(bias=False)  # the dp ranks' dp·T tokens, widths split over tp·dp GPUs
+    rows, hit = local_load(dp * T, ep)  # the busiest of the ep groups' GPUs
+    up = gemm("up", OpClass.GROUPED_GEMM, rows=rows, d_in=H, d_out=2 * I_e / (tp * dp), matrices=hit,
               param_bytes=b_e)
-    down = gemm("down", OpClass.GROUPED_GEMM, rows=rows, d_in=I_e / tp, d_out=H, matrices=hit,
+    down = gemm("down", OpClass.GROUPED_GEMM, rows=rows, d_in=I_e / (tp * dp), d_out=H, matrices=hit,
                 param_bytes=b_e)
     for field in ("flops", "bytes"):
         assert sp.simplify(getattr(op, field) - getattr(up, field) - getattr(down, field)) == 0

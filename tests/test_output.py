@@ -80,6 +80,8 @@ def test_predict_header_shows_layout_gpus_and_overrides(capsys):
     assert "overrides: top_k=4, num_experts=16" in out
     out, _ = run(["predict", "mixtral"], capsys)
     assert "= 1 GPU" in out and "overrides: none" in out
+    out, _ = run(["predict", "deepseek-v3", "-b", "16", "--tp", "2", "--dp", "4", "--expert-parallel"], capsys)
+    assert "layout: TP=2 EP=1 PP=1 DP=4 +EP = 8 GPUs" in out
 
 
 def test_predict_json_counts_are_integers_and_echo_overrides_and_gpus(capsys):
@@ -279,6 +281,7 @@ def test_the_band_applies_where_it_was_measured():
     (dict(kv_dtype="fp8"), "not measured at bf16 weights with a fp8 KV cache"),
     (dict(tp=2), "not measured on 2 GPUs (TP=2 EP=1 PP=1)"),
     (dict(ep=2, pp=2), "not measured on 4 GPUs (TP=1 EP=2 PP=2)"),
+    (dict(dp=2, expert_parallel=True), "not measured on 2 GPUs (TP=1 EP=1 PP=1 DP=2 +EP)"),
 ])
 def test_no_band_where_it_was_not_measured(kwargs, why):
     p = predict("qwen3-30b-a3b", engine="hf", batch=16, **kwargs)

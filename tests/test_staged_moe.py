@@ -15,7 +15,9 @@ import sympy as sp
 from perfmodel import InputError, predict
 from perfmodel import symbols as s
 from perfmodel.measuring.compare import model_workload, row_moe_impl, row_what_ifs
-from perfmodel.ops.moe import STAGED_DISPATCH_KERNELS, moe_block, routing_bitmatrix
+from perfmodel.ops.moe import (
+    STAGED_DISPATCH_KERNELS, expert_split, expert_tokens, local_load, moe_block, routing_bitmatrix,
+)
 from perfmodel.paths import RESULTS_DIR, ROOT
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
@@ -31,7 +33,8 @@ def test_the_staged_block_adds_the_pack_kernels_and_the_gathers_bytes():
     assert "moe.routing_bitmatrix" in staged and "moe.routing_bitmatrix" not in fused
     assert staged["moe.dispatch"].kernels == fused["moe.dispatch"].kernels + STAGED_DISPATCH_KERNELS
     extra = sp.simplify(staged["moe.dispatch"].act_bytes - fused["moe.dispatch"].act_bytes)
-    assert sp.simplify(extra - 6 * s.T * s.k / s.ep * s.I_e / s.tp * s.b_a) == 0
+    rows = local_load(expert_tokens(), s.ep)[0]  # the busiest GPU's rows, of the dp ranks' tokens
+    assert sp.simplify(extra - 6 * rows * s.I_e / expert_split()[1] * s.b_a) == 0
     for name in ("moe.experts", "moe.router", "moe.experts_act"):  # the same GEMMs, tiles and router
         assert staged[name] == fused[name]
 

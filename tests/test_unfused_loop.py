@@ -12,7 +12,7 @@ from perfmodel import symbols as s
 from perfmodel.ops import OpClass
 from perfmodel.ops.moe import (
     UNFUSED_ACT_KERNELS_PER_EXPERT, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
-    UNFUSED_GEMM_KERNELS_PER_EXPERT, distinct_experts, moe_block, routed_experts, tokens_per_expert,
+    UNFUSED_GEMM_KERNELS_PER_EXPERT, expert_tokens, local_load, moe_block, routed_experts,
 )
 from perfmodel.prediction import Workload, evaluate
 from perfmodel.profile import load_profile
@@ -20,7 +20,7 @@ from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.model import load_model
 
-D_LOCAL = distinct_experts() / s.ep
+ROWS, D_LOCAL = local_load(expert_tokens(), s.ep)  # the busiest GPU's, of the dp ranks' dp·T tokens
 
 
 def _ops(impl: str) -> dict:
@@ -31,7 +31,7 @@ def test_unfused_experts_are_dense_gemms_at_the_rows_of_each_expert():
     unfused, fused = routed_experts(False, impl="unfused"), routed_experts(False)
     assert unfused.op_class is OpClass.GEMM and fused.op_class is OpClass.GROUPED_GEMM
     assert unfused.category.value == fused.category.value == "expert_gemm"  # as the profiler sees both
-    assert sp.simplify(unfused.efficiency_size - tokens_per_expert()) == 0
+    assert sp.simplify(unfused.efficiency_size - ROWS / D_LOCAL) == 0
     assert unfused.flops == fused.flops and unfused.bytes == fused.bytes
     compute = op_time(unfused, {}).compute.free_symbols
     assert sp.Symbol("eta_c_gemm", positive=True) in compute
@@ -47,7 +47,7 @@ def test_loop_launches_grow_with_the_touched_experts():
         assert sp.simplify(sp.diff(kernels, s.T) - n * sp.diff(D_LOCAL, s.T)) == 0, name  # n per expert
         assert sp.sympify(fused[name].kernels).free_symbols == set()
     assert (UNFUSED_GEMM_KERNELS_PER_EXPERT, UNFUSED_ACT_KERNELS_PER_EXPERT) == (2, 2)
-    at = {s.T: 1, s.E: 64, s.k: 8, s.sigma: 0, s.ep: 1}  # one token: its k = 8 experts
+    at = {s.T: 1, s.E: 64, s.k: 8, s.sigma: 0, s.ep: 1, s.dp: 1, s.z_busy: 0}  # one token: its k = 8 experts
     assert float(sp.sympify(ops["moe.experts"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
     assert float(sp.sympify(ops["moe.experts_act"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
 

@@ -122,11 +122,11 @@ def test_a_sweep_that_fits_at_once_runs_the_model_once(monkeypatch):
     calls = []
     original = sweeps.run_in_waves
 
-    def counting(metrics, batch, input_len, output_len, usable, chunk, limit, rerun):
+    def counting(metrics, batch, input_len, output_len, usable, chunk, limit, rerun, ranks=1):
         def counted(b, where):
             calls.append(int(where.sum()))
             return rerun(b, where)
-        return original(metrics, batch, input_len, output_len, usable, chunk, limit, counted)
+        return original(metrics, batch, input_len, output_len, usable, chunk, limit, counted, ranks=ranks)
 
     monkeypatch.setattr(sweeps, "run_in_waves", counting)
     small = sweep("mixtral-8x7b", {"batch": [1, 8, 32], "input_len": [512, 2048]}, output_len=OUTPUT_LEN)

@@ -11,13 +11,12 @@ and engine settings); its ``variant`` column names it for people, e.g.
 ``mixtral-8x7b [L=8 E=16 k=2 F=1792]`` for a variant, the plain model name otherwise.
 
 Each row is predicted on the GPUs it ran on (:func:`row_layout`): tp and pp as measured, the
-collectives they imply included; a row of ``dp`` replicas as one replica at B/dp, its throughput
-times dp. vLLM's expert parallelism (experts whole, E/tp on each of the tp GPUs of a stage, the
-same all-reduce as TP) has no counterpart among the model's layouts, whose ``ep`` groups come on
-top of tp (:mod:`perfmodel.specs.layout`): a TP+EP row is predicted as TP on the same GPUs (the
-same expert bytes and FLOPs per GPU for uniform routing, the same collectives) and reported in a
-layout group of its own (``layout`` column, e.g. ``TP=4+EP``), where the error shows what
-placing whole experts changes. Only one-GPU rows are ever "train".
+collectives they imply included; a row of ``dp`` replicas (independent engines,
+:mod:`perfmodel.measuring.vllm_replicas`) as one replica at B/dp, its throughput times dp. A row
+of vLLM's expert parallelism (experts whole, E/tp on each of the tp GPUs of a stage, the same
+all-reduce as TP) is predicted with the model's (``expert_parallel``,
+:mod:`perfmodel.specs.layout`) and reported in a layout group of its own (``layout`` column, e.g.
+``TP=4+EP``). Only one-GPU rows are ever "train".
 """
 
 from __future__ import annotations
@@ -184,7 +183,7 @@ def as_measured(metrics: dict[str, float], row: dict[str, Any],
     elif prefill_s is None:
         return metrics
     batch = int(row["batch"]) // int(row_layout(row)["dp"])  # one replica's, as predicted
-    values = {s.B: batch, s.S: row["input_len"], s.O: row["output_len"],
+    values = {s.B: batch, s.dp: 1, s.S: row["input_len"], s.O: row["output_len"],
               s.t_req: metrics["request_host_s"] / batch}
     prefill = metrics["prefill_s"] if prefill_s is None else prefill_s
     timed = request_metrics("request", {"prefill_s": sp.Float(prefill), "decode_step_s": sp.Float(step)})
@@ -299,7 +298,7 @@ def row_graph_tokens(row: dict[str, Any]) -> int | None:
 
 def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
-    (B/dp: one replica), ``tp``, ``ep`` (1: vLLM's EP is predicted as TP), ``pp``, the engine's
+    (B/dp: one replica), ``tp``, ``ep`` 1 and ``expert_parallel`` (vLLM's EP flag), ``pp``, the engine's
     largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
     that takes the host's speed as an input, the host's probe time the row measured
     (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
@@ -310,7 +309,8 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     (:data:`STAGED_MOE_BACKENDS`), so that every fit predicts its kernels."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
-           "pp": int(lay["pp"]), "graph_tokens": row_graph_tokens(row)}
+           "expert_parallel": bool(lay["ep"]), "pp": int(lay["pp"]),
+           "graph_tokens": row_graph_tokens(row)}
     kv = row_kv_dtype(row)
     if kv is not None:
         out["kv_dtype"] = kv

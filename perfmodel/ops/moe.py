@@ -68,14 +68,14 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from perfmodel.minmax import Max
+from perfmodel.minmax import Max, Min
 from perfmodel.ops.base import Op, OpClass, Quantized, Role
-from perfmodel.ops.comm import all_to_all
+from perfmodel.ops.comm import all_to_all, dp_gather
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
-from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, ep, f_off, k, n_SM,
+from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, dp, ep, f_off, k, n_SM,
                                n_sh, sigma, t_bitpack, t_bitpack_loop, t_bitpack_one, t_kstep,
-                               t_moe_host, t_tile, tp)
+                               t_moe_host, t_tile, tp, z_busy)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
@@ -128,6 +128,39 @@ NO_PADDING: tuple[tuple[float, int], ...] = ((math.inf, 1),)
 def effective_experts() -> sp.Expr:
     """E_σ: the population uniform routing would need to touch as few experts as skewed does."""
     return (1 - sigma) * E + sigma * k
+
+
+def expert_tokens() -> sp.Expr:
+    """Tokens the routed experts of one GPU serve per pass: the T of each of the dp data-parallel
+    ranks, whose MoE layers run together (vLLM gathers the ranks' tokens before the experts),
+    dp·T; T at dp = 1."""
+    return dp * T
+
+
+def expert_split(expert_parallel: bool = False) -> tuple[sp.Expr, sp.Expr]:
+    """How the routed experts are cut over the tp·dp GPUs of an expert group (each of the
+    model's ep groups, :mod:`perfmodel.specs.layout`): (groups, shard), one GPU holding E/groups
+    experts of width I/shard and computing the rows routed to them. Without vLLM's expert
+    parallelism: the widths split over the tp·dp GPUs, (ep, tp·dp), every GPU computing every
+    routed row at its slice; with it (``--enable-expert-parallel``): whole experts,
+    (ep·tp·dp, 1), every GPU the rows routed to its experts. The bytes and FLOPs of the GEMMs are
+    the same under uniform routing; the rows each GPU moves through its dispatch differ."""
+    return (ep * tp * dp, sp.Integer(1)) if expert_parallel else (ep, tp * dp)
+
+
+def local_load(tokens: sp.Expr, groups: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(rows, touched experts) of the busiest of ``groups`` GPUs that hold whole experts, E/g
+    each, when ``tokens`` tokens are routed: a step waits for its slowest GPU. Each of the
+    tokens·k routed rows lands on a given GPU with probability 1/g, so its rows have mean
+    tokens·k/g and variance tokens·k·(1/g)·(1 − 1/g); each of its E/g experts is touched with
+    probability p = D/E (:func:`distinct_experts`), so its touched experts have mean D/g and
+    variance (E/g)·p·(1 − p), at most E/g. The busiest GPU's is taken as mean + z_busy·σ, z_busy the
+    expected largest of g standard normal draws (:func:`perfmodel.specs.layout.expected_max_normal`;
+    0 at g = 1, where this is the whole layer's tokens·k rows and D experts)."""
+    d = distinct_experts(tokens)
+    p = d / E
+    rows = tokens * k / groups + z_busy * sp.sqrt(tokens * k * (1 / groups) * (1 - 1 / groups))
+    return rows, Min(E / groups, d / groups + z_busy * sp.sqrt(E / groups * p * (1 - p)))
 
 
 def distinct_experts(tokens: sp.Expr = T) -> sp.Expr:
@@ -297,10 +330,13 @@ def router(bias: bool) -> Op:
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
-                   tuned_from: int = 0) -> Op:
-    """The E routed experts on one GPU: E/ep local experts, each sharded by tp.
+                   tuned_from: int = 0, expert_parallel: bool = False) -> Op:
+    """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
+    g = ep and shard = tp·dp, or whole experts with ``expert_parallel``, g = ep·tp·dp), serving
+    the dp·T tokens of the dp ranks (:func:`expert_tokens`).
 
-    Rows: T·k/ep routed copies; weights read: the D/ep distinct local experts touched. FLOPs
+    Rows: dp·T·k/g routed copies; weights read: the D/g distinct local experts the dp·T tokens
+    touch; both those of the busiest GPU where g > 1 (:func:`local_load`). FLOPs
     follow the rows padded to the tiles of ``tiers`` (:func:`block_rows`, :func:`padded_rows`),
     tiers by the pass's tokens T, or by the mean rows per expert T·k/E where ``tiers_by_rows``
     (Marlin's MoE kernel picks its block so: the smallest of 8, 16, 32, 48, 64 rows above
@@ -319,24 +355,25 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     table for these experts, tokens (:func:`off_table_scale`; 0: none that starts above small
     passes).
     """
-    rows, d_local = T * k / ep, distinct_experts() / ep
-    block = block_rows(tiers, T * k / E if tiers_by_rows else T)
+    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    rows, d_local = local_load(tokens, groups)
+    block = block_rows(tiers, tokens * k / E if tiers_by_rows else tokens)
     weights = E * 3 * H * I_e
     params = weights + (E * (2 * I_e + H) if bias else 0)
     op_class = OpClass.GEMM if impl == "unfused" else OpClass.GROUPED_GEMM
     op = gated_ffn("moe.experts", op_class, tokens=rows, width=I_e, experts=d_local,
-                   param_bytes=b_q if quantized else b_e, shard=tp, params=params,
+                   param_bytes=b_q if quantized else b_e, shard=shard, params=params,
                    computed_tokens=padded_rows(rows, d_local, block),
-                   quantized=quantized, input_tokens=T)
-    stored = params * b_e / (tp * ep)
+                   quantized=quantized, input_tokens=tokens)
+    stored = params * b_e / (shard * groups)
     if quantized:
-        stored = (weight_bytes(weights / (tp * ep), E * (2 * I_e / tp + H) / ep, b_q)
-                  + (params - weights) * b_w / (tp * ep))
+        stored = (weight_bytes(weights / (shard * groups), E * (2 * I_e / shard + H) / groups, b_q)
+                  + (params - weights) * b_w / (shard * groups))
     op = replace(op, stored_bytes=stored, role=Role.ROUTED_EXPERTS)
     if impl == "unfused":
         return replace(op, kernels=UNFUSED_GEMM_KERNELS_PER_EXPERT * d_local)
     if tiled:
-        op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / tp, H), (H, I_e / tp))),
+        op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / shard, H), (H, I_e / shard))),
                      launch_host=t_moe_host)
     if tuned_from > 0:
         op = replace(op, memory_scale=off_table_scale(tuned_from))
@@ -361,8 +398,10 @@ def shared_experts(gate: bool, quantized: bool = False) -> Op:
     return _with_storage(op, stored)
 
 
-def dispatch(impl: str = "fused") -> Op:
-    """Moving routed rows in and out of expert order, on the local T·k/ep rows.
+def dispatch(impl: str = "fused", expert_parallel: bool = False) -> Op:
+    """Moving routed rows in and out of expert order, on the local dp·T·k/g rows, the busiest
+    GPU's (:func:`expert_tokens`, :func:`expert_split`, :func:`local_load`; the widths below are a
+    GPU's shard, I/shard).
 
     ``fused``: gather the T·k copies of the tokens, scale each by its routing weight, and add
     them back per token (index-add), each a read and a write of T·k·H activations (6 passes),
@@ -382,21 +421,21 @@ def dispatch(impl: str = "fused") -> Op:
     a small kernel's fixed cost); host synchronisations: :data:`UNFUSED_SYNCS_PER_EXPERT` per
     touched local expert (the host reads which rows the expert has before it launches them).
     """
-    rows = T * k / ep
+    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    rows, d_local = local_load(tokens, groups)
     if impl == "staged":
         return Op(
             name="moe.dispatch",
             op_class=OpClass.ELEMENTWISE,
-            act_bytes=(6 * H + 6 * I_e / tp) * rows * b_a,
+            act_bytes=(6 * H + 6 * I_e / shard) * rows * b_a,
             efficiency_size=rows * H,
             kernels=4 + STAGED_DISPATCH_KERNELS,
         )
     if impl == "unfused":
-        d_local = distinct_experts() / ep
         return Op(
             name="moe.dispatch",
             op_class=OpClass.ELEMENTWISE,
-            act_bytes=(7 * rows + T) * H * b_a,
+            act_bytes=(7 * rows + tokens) * H * b_a,
             efficiency_size=rows * H,
             kernels=(UNFUSED_DISPATCH_KERNELS
                      + (UNFUSED_DISPATCH_KERNELS_PER_EXPERT + UNFUSED_COPIES_PER_EXPERT) * d_local),
@@ -405,15 +444,17 @@ def dispatch(impl: str = "fused") -> Op:
     return Op(
         name="moe.dispatch",
         op_class=OpClass.ELEMENTWISE,
-        act_bytes=6 * T * k / ep * H * b_a,
-        efficiency_size=T * k / ep * H,
+        act_bytes=6 * rows * H * b_a,
+        efficiency_size=rows * H,
         kernels=4,  # sort/histogram, gather, scale, index-add
     )
 
 
-def routing_bitmatrix() -> Op:
+def routing_bitmatrix(expert_parallel: bool = False) -> Op:
     """The staged block's bitmatrix pack (``pack_bitmatrix``): each token's k expert ids (int16)
-    set a bit each in a T × n matrix of 32-bit words, n = ⌈E/(32·ep)⌉ columns. One program per
+    set a bit each in a T × n matrix of 32-bit words (T: the dp·T tokens the experts serve,
+    :func:`expert_tokens`), n = ⌈E/(32·g)⌉ columns for the E/g local experts
+    (:func:`expert_split`). One program per
     512 tokens walks the columns one after another, so the kernel takes at least
 
         t_bitpack_one                        (n = 1: no loop)
@@ -424,13 +465,13 @@ def routing_bitmatrix() -> Op:
     at once. The kernel timed alone (vLLM 0.26 on the H100, 8 to 512 experts) takes 3.8 µs at one
     column and 34.5 µs at two, then about 10 µs more per column: the single column's pass has no
     loop; from two on, the loop's fixed cost comes first."""
-    columns = sp.ceiling(E / (BITMATRIX_WORD * ep))
+    columns = sp.ceiling(E / (BITMATRIX_WORD * expert_split(expert_parallel)[0]))
     one, loop = t_bitpack_one, t_bitpack_loop + columns * t_bitpack
     return Op(
         name="moe.routing_bitmatrix",
         op_class=OpClass.ELEMENTWISE,
-        act_bytes=T * k * 2 + T * columns * 4,
-        efficiency_size=T * k,
+        act_bytes=expert_tokens() * (k * 2 + columns * 4),
+        efficiency_size=expert_tokens() * k,
         kernels=1,
         tile_floor=one + sp.Heaviside(columns - 1, 0) * (loop - one),
         role=Role.ROUTER,
@@ -440,8 +481,9 @@ def routing_bitmatrix() -> Op:
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
-              tuned_from: int = 0) -> list[Op]:
-    """The MoE block of one layer: norm, router, dispatch, routed experts, shared experts.
+              tuned_from: int = 0, expert_parallel: bool = False) -> list[Op]:
+    """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
+    groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
     ``impl``: :data:`MOE_IMPLS`; ``tiers``: the fused-MoE tile rows by tokens
     (:func:`block_rows`), by the mean rows per expert where ``tiers_by_rows``; ``quantized``:
@@ -449,19 +491,22 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     and ``quantized_shared`` the shared experts' (default: as the routed experts'); ``tiled``:
     the routed experts' kernel runs in tiles whose waves set a floor under its time
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
-    the routed experts (:func:`off_table_scale`).
+    the routed experts (:func:`off_table_scale`); ``expert_parallel``: vLLM's expert parallelism,
+    whole experts on each GPU (:func:`expert_split`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
     if impl not in MOE_IMPLS:
         raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
-    act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * distinct_experts() / ep if impl == "unfused" else 1
+    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    rows, d_local = local_load(tokens, groups)
+    act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * d_local if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           *([routing_bitmatrix()] if impl == "staged" else []),
-           all_to_all("comm.moe_all_to_all"), dispatch(impl),
+           *([routing_bitmatrix(expert_parallel)] if impl == "staged" else []),
+           all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl, expert_parallel),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
-                          quantized=quantized, tiled=tiled, tuned_from=tuned_from),
-           activation("moe.experts_act", T * k / ep, I_e, kernels=act_kernels)]
+                          quantized=quantized, tiled=tiled, tuned_from=tuned_from, expert_parallel=expert_parallel),
+           activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
     return ops
