@@ -39,7 +39,7 @@ def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
     data = json.loads(out)
     chosen = data["chosen"]
     assert chosen["gpu"] in ("h100-sxm", "h200-sxm") and chosen["gpus"] >= 1
-    assert set(chosen["layout"]) == {"tp", "ep", "pp"} and chosen["dtype"] == "bf16"
+    assert set(chosen["layout"]) == {"tp", "ep", "pp", "dp", "expert_parallel"} and chosen["dtype"] == "bf16"
     assert chosen["max_num_seqs"] in (64, 128, 256) and chosen["replicas"] >= 1
     assert chosen["source"] == "simulation"
     for m in ("ttft_s", "itl_s", "tpot_s", "e2e_s"):

@@ -183,10 +183,11 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
     :func:`perfmodel.prediction.host_record`)."""
     out = []
     for pool, setup in zip(ev.pools, ev.setups):
-        batch = max(1, round(ev.details.get("mean_batch") or 1))
         t = pool.engine.layout
+        batch = max(1, round(ev.details.get("mean_batch") or 1)) * t.dp  # a stream's: one rank's
         w = Workload(batch=batch, input_len=max(1, round(plan.mean_in)), output_len=max(2, round(plan.mean_out)),
-                     tp=t.tp, ep=t.ep, pp=t.pp, **weight_choice(pool.engine.dtype),
+                     tp=t.tp, ep=t.ep, pp=t.pp, dp=t.dp, expert_parallel=t.expert_parallel,
+                     **weight_choice(pool.engine.dtype),
                      host_probe_ms=plan.question.host_probe_ms, kv_dtype=setup.kv_dtype)
         pred = evaluate(plan.model, setup.offer.gpu, setup.profile, w)
         prov = pred.provenance

@@ -40,8 +40,9 @@ class Engine:
 
     def layout_label(self) -> str:
         t = self.layout
-        parts = [f"TP{t.tp}"] + ([f"EP{t.ep}"] if t.ep > 1 else []) + ([f"PP{t.pp}"] if t.pp > 1 else [])
-        return "·".join(parts)
+        parts = ([f"TP{t.tp}"] + ([f"DP{t.dp}"] if t.dp > 1 else []) + ([f"EP{t.ep}"] if t.ep > 1 else [])
+                 + ([f"PP{t.pp}"] if t.pp > 1 else []))
+        return "·".join(parts) + ("+EP" if t.expert_parallel else "")
 
     def weights_label(self) -> str:
         """Its weights' dtype or scheme, with its KV cache's where that is set: ``fp8``, ``bf16 kv-fp8``."""
@@ -53,7 +54,8 @@ class Engine:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"gpu": self.gpu, "gpus_per_replica": self.gpus, "dtype": self.dtype,
-               "layout": {"tp": self.layout.tp, "ep": self.layout.ep, "pp": self.layout.pp},
+               "layout": {"tp": self.layout.tp, "ep": self.layout.ep, "pp": self.layout.pp, "dp": self.layout.dp,
+                          "expert_parallel": self.layout.expert_parallel},
                "max_num_seqs": self.max_num_seqs, "max_batched_tokens": self.max_batched_tokens}
         return {**out, "kv_dtype": self.kv_dtype} if self.kv_dtype else out
 

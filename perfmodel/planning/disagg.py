@@ -86,7 +86,7 @@ def _cheapest_prefill(search, dtype: str, kv_dtype: Optional[str], gpu: Optional
         move = transfer_s(search, setup)
         engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget, kv_dtype)
         for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
-            state = curve.at(search.rate / (r * pp))
+            state = curve.at(search.rate / (r * setup.layout.streams))
             if not state.stable:
                 continue
             ttft = {k: v + move for k, v in state.ttft.items()}
@@ -114,7 +114,7 @@ def _cheapest_decode(search, dtype: str, kv_dtype: Optional[str], ttft_p90: floa
             curve = full.capped(max(1, seqs // pp))
             engine = Engine(setup.offer.name, dtype, setup.layout, seqs, search.budget, kv_dtype)
             for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
-                state = curve.at(search.rate / (r * pp))
+                state = curve.at(search.rate / (r * setup.layout.streams))
                 if not state.stable or judge({"itl": state.itl}, targets, 1.0)[0]:
                     continue
                 if e2e_target and ttft_p90 + state.e2e["p90"] > e2e_target:
@@ -134,7 +134,7 @@ def simulate_pair(search, p_setup, p_engine, r_p, d_setup, d_engine, r_d,
     link = kv_link(search, p_setup, r_p, d_setup, r_d, rate)
     move = link["transfer_s"] + link["wait_s"]
     pp_p, pp_d = p_engine.layout.pp, d_engine.layout.pp
-    p_rate, d_rate = rate / (r_p * pp_p), rate / (r_d * pp_d)
+    p_rate, d_rate = rate / (r_p * p_engine.layout.streams), rate / (r_d * d_engine.layout.streams)
     p_limits = EngineLimits(max(search.seqs), search.budget, p_setup.steps.kv_tokens // pp_p,
                             p_setup.profile.options.async_scheduling)
     d_limits = EngineLimits(max(1, d_engine.max_num_seqs // pp_d), search.budget,

@@ -24,13 +24,14 @@ def _layout(layout: Any) -> Layout:
     if isinstance(layout, Layout):
         return layout
     if isinstance(layout, Mapping):
-        unknown = set(layout) - {"tp", "ep", "pp"}
+        unknown = set(layout) - {"tp", "ep", "pp", "dp", "expert_parallel"}
         if unknown:
-            raise InputError(f"unknown layout key '{sorted(unknown)[0]}' (tp, ep, pp)")
-        return Layout(**{k: int(v) for k, v in layout.items()})
+            raise InputError(f"unknown layout key '{sorted(unknown)[0]}' (tp, ep, pp, dp, expert_parallel)")
+        return Layout(**{k: bool(v) if k == "expert_parallel" else int(v) for k, v in layout.items()})
     if isinstance(layout, (tuple, list)) and 1 <= len(layout) <= 3:
         return Layout(*(int(v) for v in layout))
-    raise InputError(f"layout must be a Layout, a dict of tp/ep/pp or a (tp, ep, pp) tuple, got {layout!r}")
+    raise InputError(f"layout must be a Layout, a dict of tp/ep/pp/dp/expert_parallel or a (tp, ep, pp) tuple, "
+                     f"got {layout!r}")
 
 
 def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int], tuple] = (1, 1, 1),
@@ -134,8 +135,8 @@ def _replay_inputs(arrivals: Sequence[float] | None, until_s: float | None, kv_t
     if kv_tokens is not None and not (isinstance(kv_tokens, int) and not isinstance(kv_tokens, bool)
                                       and kv_tokens > 0):
         raise InputError(f"kv_tokens must be a whole number of tokens > 0, got {kv_tokens!r}")
-    if replicas != 1 or lay.pp != 1:
-        raise InputError("a replay of explicit arrivals simulates one engine stream (replicas 1, pp 1)")
+    if replicas != 1 or lay.streams != 1:
+        raise InputError("a replay of explicit arrivals simulates one engine stream (replicas 1, pp 1, dp 1)")
     return times
 
 

@@ -84,14 +84,20 @@ class Plan:
 
 
 def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]:
-    """Valid TP/EP/PP layouts of 1, 2, 4, … GPUs within one node (and ``max_gpus``)."""
+    """Valid layouts of 1, 2, 4, … GPUs within one node (and ``max_gpus``): TP/EP/PP, and for a
+    model with experts vLLM's expert parallelism over the tp GPUs of each stage (tp > 1) and over
+    dp data-parallel ranks of tp GPUs (dp > 1, one stage)."""
     out = []
     top = min(gpus_per_node, max_gpus)
     g = 1
     while g <= top:
         for tp in (d for d in range(1, g + 1) if g % d == 0):
-            for ep in (d for d in range(1, g // tp + 1) if (g // tp) % d == 0):
-                layout = Layout(tp, ep, g // (tp * ep))
+            rest = g // tp
+            tried = [Layout(tp, ep, rest // ep) for ep in range(1, rest + 1) if rest % ep == 0]
+            if model.is_moe:
+                tried += ([Layout(tp, 1, rest, 1, True)] if tp > 1 else []) + ([Layout(tp, 1, 1, rest, True)]
+                                                                                 if rest > 1 else [])
+            for layout in tried:
                 try:
                     layout.check(model)
                 except InputError:
@@ -239,7 +245,7 @@ class Search:
 
     def closed_form(self, setup: Setup, engine: Engine, replicas: int) -> Evaluation:
         """The closed form of ``replicas`` replicas of ``engine`` at the question's rate."""
-        streams = replicas * engine.layout.pp
+        streams = replicas * engine.layout.streams
         state = self.stream_curve(setup, engine.max_num_seqs).at(self.rate / streams)
         pool = Pool(engine, replicas, setup.offer.usd_per_gpu_hour)
         metrics = state.metrics()
@@ -248,7 +254,7 @@ class Search:
                           setups=[setup],
                           details={"batch_per_stream": state.batch, "mixed_step_fraction": state.mixed_fraction,
                                    "saturation_rate_per_replica": self.stream_curve(
-                                       setup, engine.max_num_seqs).saturation_rate * engine.layout.pp,
+                                       setup, engine.max_num_seqs).saturation_rate * engine.layout.streams,
                                    "limit": state.limit})
 
     # --- simulation ----------------------------------------------------------------------
@@ -284,7 +290,7 @@ class Search:
             return self._sim_cache[key]
         assert setup.steps is not None
         pp = engine.layout.pp
-        stream_rate = rate / (replicas * pp)
+        stream_rate = rate / (replicas * engine.layout.streams)
         limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp,
                               setup.profile.options.async_scheduling)
         state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
@@ -320,7 +326,7 @@ class Search:
                 engine = Engine(setup.offer.name, setup.dtype, setup.layout, seqs, self.budget,
                                 setup.kv_dtype)
                 top = max_gpus // engine.gpus
-                sat = self.stream_curve(setup, seqs).saturation_rate * setup.layout.pp
+                sat = self.stream_curve(setup, seqs).saturation_rate * setup.layout.streams
                 first = max(1, math.floor(self.rate / sat) + 1) if sat > 0 else top + 1
                 if first > top:
                     self.rejected.append({"gpu": engine.gpu, "dtype": engine.dtype,
@@ -397,7 +403,8 @@ class Search:
 
 
 def _layout_dict(layout: Layout) -> dict[str, int]:
-    return {"tp": layout.tp, "ep": layout.ep, "pp": layout.pp}
+    return {"tp": layout.tp, "ep": layout.ep, "pp": layout.pp, "dp": layout.dp,
+            "expert_parallel": layout.expert_parallel}
 
 
 def choose(evaluations: list[Evaluation]) -> Optional[Evaluation]:

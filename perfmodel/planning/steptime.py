@@ -281,8 +281,10 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`). ``dtype``: a dtype or
     a quantization scheme's name (:func:`weight_choice`).
     """
-    workload = Workload(batch=1, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
-                        pp=layout.pp, **weight_choice(dtype), host_probe_ms=host_probe_ms,
+    # one data-parallel rank's steps (B its sequences), its MoE layers serving every rank alike
+    workload = Workload(batch=layout.dp, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
+                        pp=layout.pp, dp=layout.dp, expert_parallel=layout.expert_parallel,
+                        **weight_choice(dtype), host_probe_ms=host_probe_ms,
                         graph_tokens=graph_tokens, kv_dtype=kv_dtype).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
     decode = _compiled(model, "decode", profile, workload)
