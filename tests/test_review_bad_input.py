@@ -110,7 +110,7 @@ CASES = [
      "setup.batch: List should have at least 1 item"),
     ("paper-setup-unknown-layout-axis",
      lambda t: _paper(t, "--study", _study(t, "E1", lambda s: s.update(layout={"xx": 2}))),
-     "Input should be 'tp', 'ep', 'pp' or 'dp'"),
+     "Input should be 'tp', 'ep', 'pp', 'dp' or 'expert_parallel'"),
     ("paper-setup-empty-layouts", lambda t: _paper(t, "--study", _study(t, "E7", lambda s: s.update(layouts={}))),
      "setup.layouts: Dictionary should have at least 2 items"),
     ("paper-setup-ratio-above-one", lambda t: _paper(t, "--study", _study(t, "E9", lambda s: s.update(ratios=[2.0]))),

@@ -8,9 +8,9 @@ change (side/baseline − 1), or a difference of two such changes in percentage 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, StrictBool, ValidationError, field_validator,
                       model_validator)
 
 from perfmodel import paths
@@ -94,8 +94,9 @@ class Measured(_Data):
     engine: Literal["vllm", "hf"] = "vllm"
 
 
-#: A parallel layout: GPUs along each of tensor, expert, pipeline and data parallelism.
-Layout = dict[Literal["tp", "ep", "pp", "dp"], PositiveInt]
+#: A parallel layout: GPUs along each of tensor, expert, pipeline and data parallelism, and
+#: vLLM's expert parallelism (``expert_parallel: true``: whole experts over the tp·dp GPUs).
+Layout = dict[Literal["tp", "ep", "pp", "dp", "expert_parallel"], Union[StrictBool, PositiveInt]]
 
 
 class Setup(_Data):

@@ -271,8 +271,10 @@ def _environments():
     return environments(*TEMPLATES, strict=True)
 
 
-def _layout(layout: dict[str, int]) -> str:
-    return " ".join(f"{k.upper()}={v}" for k, v in layout.items())
+def _layout(layout: dict[str, int | bool]) -> str:
+    """``TP=4 +EP``: the degrees, and +EP for vLLM's expert parallelism."""
+    return " ".join("+EP" if k == "expert_parallel" else f"{k.upper()}={v}"
+                    for k, v in layout.items() if k != "expert_parallel" or v)
 
 
 def layout_text(setup) -> str:
