@@ -229,11 +229,12 @@ def load_draft(draft: str | ModelSpec, target: ModelSpec) -> ModelSpec:
 
 
 def draft_workload(workload: Workload, draft: ModelSpec) -> Workload:
-    """The draft's workload: the target's, on its tensor-parallel GPUs (no ep, no pp)."""
+    """The draft's workload: the target's, on its tensor-parallel GPUs (no ep, no pp), a copy of
+    it on each data-parallel rank (a dense draft: no expert parallelism)."""
     if workload.pp > 1:
         raise InputError("speculative decoding with pp > 1 is not modelled (the draft would run on "
                          "one pipeline stage): use pp 1")
-    draft_w = replace(workload, ep=1, pp=1)
+    draft_w = replace(workload, ep=1, pp=1, expert_parallel=False)
     try:
         draft_w.check(draft)
     except InputError as exc:

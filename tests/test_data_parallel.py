@@ -184,3 +184,10 @@ def test_deepseek_v3_on_h200s_is_planned_with_data_parallel_attention(capsys):
     chosen = json.loads(capsys.readouterr().out)["chosen"]
     assert chosen["layout"]["dp"] > 1 and chosen["layout"]["expert_parallel"] is True
     assert chosen["gpus"] == chosen["replicas"] * chosen["layout"]["tp"] * chosen["layout"]["dp"]
+
+
+def test_speculative_decoding_runs_a_dense_draft_on_every_rank():
+    p = predict("qwen3-30b-a3b", batch=16, dp=2, expert_parallel=True, spec_draft="qwen3-1.7b", spec_tokens=4,
+                spec_accept=0.7, engine="roofline", input_len=512, output_len=512)
+    m = p.metrics
+    assert p.workload.gpus == 2 and m["throughput_tok_s"] == pytest.approx(16 * 1024 / m["e2e_s"], rel=1e-9)
