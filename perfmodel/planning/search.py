@@ -1,10 +1,13 @@
-"""The search: GPU type × count × TP/EP/PP layout × dtype × max_num_seqs × replicas (DP).
+"""The search: GPU type × count × TP/EP/PP/DP layout × dtype × max_num_seqs × replicas.
 
-1. Every (GPU, dtype, layout) gets its step-time tables (:mod:`.steptime`) and its memory
-   check (weights, activations and the longest request's KV cache must fit); each
-   ``max_num_seqs`` then gets the closed-form curve (:mod:`.serving`) of one engine stream.
+1. Every (GPU, dtype, layout) gets its step-time tables (:mod:`.steptime`: one data-parallel
+   rank's, its MoE layers serving every rank alike) and its memory check (weights, activations
+   and the longest request's KV cache must fit); each ``max_num_seqs`` then gets the
+   closed-form curve (:mod:`.serving`) of one engine stream.
 2. Replicas split the traffic evenly (Poisson stays Poisson); a PP replica runs ``pp``
-   micro-batch streams, each with 1/pp of the KV cache and of ``max_num_seqs``. The closed
+   micro-batch streams, each with 1/pp of the KV cache and of ``max_num_seqs``, and each of a
+   replica's dp data-parallel ranks is a stream with a KV cache and ``max_num_seqs`` of its own
+   (:attr:`perfmodel.specs.layout.Layout.streams`). The closed
    form gives, per configuration, the fewest replicas not overloaded and the fewest it
    expects to meet every SLO (within a tolerance, since it knows no queueing).
 3. Configurations are simulated (:mod:`.simulate`) cheapest first; one whose closed-form cost
