@@ -34,9 +34,9 @@ def ways_to_fit(arguments: dict[str, Any]) -> list[dict[str, Any]]:
             return None
         return prediction.metrics["memory_bytes"] if prediction.metrics["fits_in_memory"] else None
 
-    pp = int(arguments.get("pp", 1))
+    others = int(arguments.get("pp", 1)) * int(arguments.get("dp", 1))  # the layout's GPUs beside tp's
     sizes = [int(arguments.get("tp", 1))]
-    while sizes[-1] * 2 * pp <= MAX_TP:
+    while sizes[-1] * 2 * others <= MAX_TP:
         sizes.append(sizes[-1] * 2)
     wider = next(((tp, need) for tp in sizes[1:] if (need := fits(tp=tp)) is not None), None)
     found = [] if wider is None else [{"flags": f"--tp {wider[0]}", "memory_bytes": wider[1]}]

@@ -191,3 +191,12 @@ def test_speculative_decoding_runs_a_dense_draft_on_every_rank():
                 spec_accept=0.7, engine="roofline", input_len=512, output_len=512)
     m = p.metrics
     assert p.workload.gpus == 2 and m["throughput_tok_s"] == pytest.approx(16 * 1024 / m["e2e_s"], rel=1e-9)
+
+
+def test_the_fit_hint_counts_the_data_parallel_ranks_gpus():
+    from perfmodel.fit_hint import ways_to_fit
+
+    base = dict(model="mixtral-8x22b", gpu="h100-sxm", batch=2, expert_parallel=True)
+    assert [w["flags"] for w in ways_to_fit({**base, "dp": 2})][0] == "--tp 2"  # 4 GPUs in all
+    # at dp = 8 a larger tp would take 16 GPUs: none is tried (one host's 8 at most)
+    assert not any(w["flags"].startswith("--tp") for w in ways_to_fit({**base, "batch": 8, "dp": 8, "quant": "none"}))
