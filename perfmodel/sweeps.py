@@ -50,12 +50,12 @@ from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
 #: set E and I_e through the pruned model).
 GRID_SYMBOLS = {
     "batch": "B", "input_len": "S", "output_len": "O", "context": "L", "tp": "tp", "ep": "ep",
-    "pp": "pp", "skew": "sigma", "spec_tokens": "gamma", "spec_accept": "alpha",
+    "pp": "pp", "dp": "dp", "skew": "sigma", "spec_tokens": "gamma", "spec_accept": "alpha",
     **{k.name: k.symbol for k in KNOBS.values() if k.symbol},
     "prune_experts": "E", "prune_ffn": "I_e",
 }
 #: Numeric grid keys of the workload; the others are the model's hyperparameters.
-WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "skew",
+WORKLOAD_KEYS = ("batch", "input_len", "output_len", "context", "tp", "ep", "pp", "dp", "skew",
                  "spec_tokens", "spec_accept")
 MODEL_KEYS = tuple(k for k in GRID_SYMBOLS if k not in WORKLOAD_KEYS)
 CATEGORICAL = ("gpu", "engine", "dtype", "kv_dtype", "quant", "moe_impl", "spec_draft")
@@ -279,14 +279,17 @@ def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
 
 def _layout_reason(model: str | ModelSpec, overrides: dict[str, Any], workload: Workload,
                    numeric: dict[str, np.ndarray], index: tuple, pruning: dict[str, float]) -> str:
-    """Why the layout at one grid point does not suit that point's model (predict's message)."""
+    """Why the layout at one grid point does not suit that point's model or batch (predict's message)."""
     point = {k: (float(v[i]) if k in PRUNE_KEYS else int(v[i]))
              for (k, v), i in zip(numeric.items(), index) if k in _INTEGER_KEYS or k in PRUNE_KEYS}
     variant = _variant(model, overrides, {k: v for k, v in point.items() if k in MODEL_KEYS}, pruning)
-    layout = Layout(*(point.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp", "dp")), workload.expert_parallel)
+    layout = Layout(*(point.get(k, getattr(workload, k)) for k in ("tp", "ep", "pp", "dp")),
+                    workload.expert_parallel)
     shown = ", ".join(f"{k}={v}" for k, v in point.items())
+    batch = point.get("batch", workload.batch)
     try:
         layout.check(variant)
+        replace(workload, batch=batch, dp=layout.dp)  # each rank runs batch/dp sequences
     except InputError as exc:
         return f"{shown + ': ' if shown else ''}{exc}"
     return f"{shown}: the layout does not suit the model"  # pragma: no cover - rules agree
@@ -315,7 +318,7 @@ def _speculation(spec: ModelSpec, numeric: dict[str, np.ndarray], categorical: d
         if keys:
             raise InputError(f"{keys[0]} needs a draft model (spec_draft)")
         return None
-    swept = [k for k in ("tp", "ep", "pp") if k in numeric]
+    swept = [k for k in ("tp", "ep", "pp", "dp") if k in numeric]
     if swept:
         raise InputError(f"with speculative decoding, {swept[0]} is a fixed value (the draft runs on the "
                          "target's GPUs), not swept")
@@ -421,14 +424,14 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     if phase != "decode" and ("context" in grid or fixed.get("context") is not None):
         raise InputError(f"context applies to the decode phase only, not to phase '{phase}': "
                          "use phase decode, or leave it out")
-    dp = fixed.get("dp", 1)
-    # a swept batch is checked against dp below, one value at a time
-    workload = Workload(**{**fixed, **({"batch": dp} if "batch" in grid and "batch" not in fixed else {})})
+    # a swept batch is checked against dp below, one value at a time; a swept dp against each batch
+    workload = Workload(**{**fixed, **({"batch": fixed.get("dp", 1)} if "batch" in grid and "batch" not in fixed
+                                       else {}), **({"dp": 1} if "dp" in grid else {})})
     numeric = {k: v for k, v in axes_values.items() if k in GRID_SYMBOLS}
     categorical = {k: v for k, v in axes_values.items() if k in CATEGORICAL}
     for key, values in numeric.items():
         _check_numeric(key, values)  # type: ignore[arg-type]
-    uneven = [b for b in numeric.get("batch", []) if b % workload.dp]
+    uneven = [b for b in numeric.get("batch", []) if b % workload.dp]  # a fixed dp: every batch its multiple
     if uneven:
         raise InputError(f"batch ({uneven[0]}) must be a multiple of dp ({workload.dp}): each data-parallel "
                          "rank runs batch/dp sequences")
@@ -453,6 +456,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     built, suits = models.group >= 0, False
     for index, variant in enumerate(models.specs):  # the layout rules apply by model structure
         suits = suits | ((models.group == index) & layout_holds(variant, {**models.values, **degrees}))
+    if "dp" in axes:  # each rank runs batch/dp sequences
+        suits = suits & (np.asarray(axes.get("batch", workload.batch)) % axes["dp"] == 0)
     valid = np.broadcast_to(built & suits, shape)
     reasons = list(models.reasons)
     unsuited = np.broadcast_to(built & ~suits, shape)
@@ -497,9 +502,11 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                     and point_workload.context is None:
                 values["L"] = axes["input_len"]
             for key, axis in axes.items():
-                if key in WORKLOAD_KEYS:  # a batch is every data-parallel rank's: B is one rank's
-                    values[GRID_SYMBOLS[key]] = axis // workload.dp if key == "batch" else axis
-            if "tp" in axes or "ep" in axes:  # the busiest of the GPUs holding whole experts
+                if key in WORKLOAD_KEYS:
+                    values[GRID_SYMBOLS[key]] = axis
+            if "batch" in axes or "dp" in axes:  # a batch is every data-parallel rank's: B is one rank's
+                values["B"] = axes.get("batch", workload.batch) // np.asarray(values["dp"])
+            if {"tp", "ep", "dp"} & set(axes):  # the busiest of the GPUs holding whole experts
                 values["z_busy"] = expected_max_normal(expert_groups(values["tp"], values["ep"], values["dp"],
                                                                   workload.expert_parallel))
 
@@ -522,7 +529,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                                            values["O"], capacity, profile.options.prefill_chunk_tokens,
                                            profile.max_sequences,
                                            lambda batch, where: run({**_at_points(values, where), "B": batch}),
-                                           ranks=workload.dp)
+                                           ranks=np.asarray(values["dp"]))
             if len(models.specs) == 1:
                 merged = outputs
             else:

@@ -155,6 +155,21 @@ def test_a_sweep_at_a_dp_layout_is_predict_at_each_point():
         sweep(MODEL, {"batch": [8, 12]}, dp=8, engine="roofline")
 
 
+def test_a_sweep_over_dp_is_predict_at_each_point_and_drops_batches_the_ranks_cannot_share():
+    table = sweep(MODEL, {"dp": [1, 2, 4], "batch": [4, 6]}, expert_parallel=True, engine="vllm",
+                  input_len=512, output_len=128)  # an engine of KV waves: its count of sequences is all ranks'
+    assert sorted(zip(table["dp"], table["batch"])) == [(1, 4), (1, 6), (2, 4), (2, 6), (4, 4)]
+    assert table.attrs["dropped"]["reasons"] == ["dp=4, batch=6: batch (6) must be a multiple of dp (4): each "
+                                                 "data-parallel rank runs batch/dp sequences"]
+    for _, row in table.iterrows():
+        p = predict(MODEL, batch=int(row["batch"]), dp=int(row["dp"]), expert_parallel=True,
+                    **{**KW, "engine": "vllm"})
+        assert row["gpus"] == p.workload.gpus
+        for metric in ("ttft_s", "itl_s", "throughput_tok_s", "kv_cache_bytes", "weights_bytes",
+                       "concurrent_sequences"):
+            assert row[metric] == pytest.approx(p.metrics[metric], rel=1e-9, abs=1), metric
+
+
 def test_ranks_run_in_waves_of_their_own_and_the_count_is_all_ranks():
     """A batch whose cache does not fit a rank at once: each rank runs its share in waves."""
     p = predict("deepseek-v3", gpu="h200-sxm", batch=2048, input_len=8192, output_len=1024, dp=8,
