@@ -261,8 +261,10 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                    f"(quant_method '{plan.model.unread_quantization}'): a candidate labelled bf16 runs it "
                    "unquantized; --dtype takes a scheme instead (fp8, fp8-block, w4a16, ...).")
     if any(s.layout.gpus > 1 for s in plan.setups.values()):
-        out.append("Multi-GPU layouts (TP/EP/PP > 1) use the model's collective terms (ring "
-                   "all-reduce, all-to-all, pipeline sends), not yet validated on real multi-GPU runs.")
+        out.append("Multi-GPU layouts (TP/EP/PP/DP > 1) use the model's collective terms (ring "
+                   "all-reduce, all-to-all, the DP ranks' all-gather and reduce-scatter, pipeline sends) and, "
+                   "with expert parallelism, the wait for the GPU whose experts a step touched most: not yet "
+                   "validated on real multi-GPU runs.")
     for p in prov:
         out.append(f"{p['gpu']}: {p['note']}; {p['error_band_note']}.")
         host = p.get("host") or {}
@@ -281,9 +283,10 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                    f"time that varies as the profile's launch noise says (x {lo:.2f}–{hi:.2f} of the model's "
                    "between its 10th and 90th percentiles, drifting over seconds; measured in vLLM's step "
                    "traces on one H200); the simulation draws it, one seeded draw per candidate.")
-    out.append("Replicas (data parallel) split the traffic evenly at random; a PP replica is "
-               "modelled as pp interleaved micro-batch streams. Prices are examples "
-               "(specs/prices.yaml): edit them.")
+    out.append("Replicas split the traffic evenly at random; a PP replica is modelled as pp "
+               "interleaved micro-batch streams, and each DP rank of a replica as a stream of its own (its "
+               "sequences, max_num_seqs and KV cache; its MoE layers stepping with the other ranks', taken "
+               "as equally busy). Prices are examples (specs/prices.yaml): edit them.")
     if ev is not None and ev.kind == "disaggregated":
         link = (f"the network at {plan.question.search.kv_link_gb_s:g} GB/s per GPU (--kv-link-gb-s)"
                 if plan.question.search.kv_link_gb_s else "the GPU's scale-up link (both pools in one NVLink "

@@ -311,7 +311,8 @@ class Search:
                      "peak_kv_fraction": result.peak_kv_fraction, "preemptions": result.preemptions,
                      "measured_requests": len(result.ttft), "steps": result.steps,
                      "overload_reason": result.reason,
-                     "saturation_rate_per_replica": self.stream_curve(setup, engine.max_num_seqs).saturation_rate * pp,
+                     "saturation_rate_per_replica": self.stream_curve(
+                         setup, engine.max_num_seqs).saturation_rate * engine.layout.streams,
                      "closed_form": state.metrics() if state.stable else None},
             setups=[setup])
         self._sim_cache[key] = evaluation
