@@ -13,7 +13,7 @@ from perfmodel.graph import build_graph, model_values
 from perfmodel.phases import decode_substitutions, graph_batch, prefill_substitutions
 from perfmodel.roofline import op_time
 from perfmodel.specs.model import load_model
-from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, dp, ep, pp, sigma, tp, z_busy
+from perfmodel.symbols import B, L, S, T, b_a, b_e, b_kv, b_w, dp, ep, pp, sigma, tp, x_ep, z_busy
 
 #: The tokens of the CUDA graph a pass replays, where the engine pads the pass to a captured size.
 GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
@@ -23,7 +23,7 @@ GRAPH_TOKENS = sp.Symbol("T_g", positive=True)
 LAUNCH = "launch"
 #: A formula is shown for one data-parallel rank with the experts' load even over their GPUs (the
 #: layout's own terms, :mod:`perfmodel.specs.layout`, are predict's).
-ONE_RANK = {dp: 1, z_busy: 0}
+ONE_RANK = {dp: 1, z_busy: 0, x_ep: 0}
 
 #: What each quantity's value is counted in.
 UNITS = {"flops": "FLOP", "bytes": "bytes", "weight_bytes": "bytes", "act_bytes": "bytes",

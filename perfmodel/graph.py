@@ -50,8 +50,6 @@ class GraphOptions:
     engine's tuned tile table for the routed experts where it starts above small passes
     (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
     tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
-    ``expert_parallel``: vLLM's expert parallelism, whole routed experts on each GPU of an
-    expert group (:func:`perfmodel.ops.moe.expert_split`).
     """
 
     mla_cache: str = "latent"
@@ -66,7 +64,6 @@ class GraphOptions:
     quantized_layers: tuple[str, ...] = LINEAR_LAYERS
     moe_tiled: bool = False
     moe_tuned_from: int = 0
-    expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -140,7 +137,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
-                             tuned_from=options.moe_tuned_from, expert_parallel=options.expert_parallel)
+                             tuned_from=options.moe_tuned_from)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

@@ -501,7 +501,7 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
     """The :class:`GraphOptions` fields a workload sets: its MoE implementation, and which
     linear layers its quantization scheme stores and how."""
     scheme = w.scheme
-    return dict(moe_impl=w.moe_impl, expert_parallel=w.expert_parallel, quantized=scheme.quantizes_weights,
+    return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
                 quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers,
                 moe_tiled=scheme.moe_tile is not None)
 
@@ -681,6 +681,7 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
         s.B: w.rank_batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
         s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.dp: w.dp, s.sigma: w.skew,
         s.z_busy: expected_max_normal(expert_groups(w.tp, w.ep, w.dp, w.expert_parallel)),
+        s.x_ep: float(w.expert_parallel),
         s.b_w: DTYPE_BYTES[w.base_dtype], s.b_e: DTYPE_BYTES[w.base_dtype], s.b_a: 2.0,
         s.b_kv: DTYPE_BYTES[kv],
     })

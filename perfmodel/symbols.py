@@ -89,6 +89,8 @@ pp = sp.Symbol("pp", **_pos_int)  #: pipeline-parallel degree
 dp = sp.Symbol("dp", **_pos_int)
 #: expected largest of g standard normal draws, g the GPUs whole experts are placed over (0 at g = 1)
 z_busy = sp.Symbol("z_busy", nonnegative=True)
+#: 1 with vLLM's expert parallelism (whole experts over the tp·dp GPUs), 0 without (widths split)
+x_ep = sp.Symbol("x_ep", nonnegative=True)
 
 # --- hardware and engine (roofline) ---------------------------------------------------------
 peak = sp.Symbol("F_peak", positive=True)  #: dense matmul peak for the compute dtype, FLOP/s

@@ -8,7 +8,7 @@
   tokens takes milliseconds. Widths are chosen pairwise different (n_h·d_h ≠ H, I ≠ H,
   V ≠ everything) so a formula that mixes up two sizes cannot pass by coincidence.
 - :func:`values` is the full substitution for the symbolic model: architecture values, the
-  workload, one GPU (tp = ep = pp = 1), uniform routing (σ = 0) and bf16 bytes per element.
+  workload, one GPU (tp = ep = pp = dp = 1), uniform routing (σ = 0) and bf16 bytes per element.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def build(cfg: dict[str, Any], *, device: str = "cpu", dtype: torch.dtype = torc
 def values(model: ModelSpec, **workload: int) -> dict[sp.Symbol, Any]:
     """Every symbol the FLOP, parameter and cache formulas use, for one GPU in bf16."""
     out: dict[sp.Symbol, Any] = dict(model_values(model))
-    out.update({s.tp: 1, s.ep: 1, s.pp: 1, s.sigma: 0,
+    out.update({s.tp: 1, s.ep: 1, s.pp: 1, s.dp: 1, s.x_ep: 0, s.z_busy: 0, s.sigma: 0,
                 s.b_w: 2, s.b_e: 2, s.b_a: 2, s.b_kv: 2})
     out.update({getattr(s, name): value for name, value in workload.items()})
     return out

@@ -70,24 +70,25 @@ def test_the_ranks_exchange_their_tokens_hidden_states_twice_and_the_logits_once
 
 
 def test_expert_parallelism_places_whole_experts_and_dispatches_only_their_rows():
-    assert expert_split(False) == (s.ep, s.tp * s.dp)
-    assert expert_split(True) == (s.ep * s.tp * s.dp, 1)
-    split, whole = routed_experts(False), routed_experts(False, expert_parallel=True)
+    assert [sp.simplify(x.subs(s.x_ep, 0)) for x in expert_split()] == [s.ep, s.tp * s.dp]
+    assert [sp.simplify(x.subs(s.x_ep, 1)) for x in expert_split()] == [s.ep * s.tp * s.dp, 1]
+    op, moved = routed_experts(False), dispatch()
     at = {s.T: 64, s.E: 64, s.k: 6, s.sigma: 0, s.ep: 1, s.tp: 4, s.dp: 2, s.H: 2048, s.I_e: 1408, s.b_e: 2,
           s.b_a: 2, s.b_w: 2}
-    even = {**at, s.z_busy: 0}  # every GPU at the mean: the same FLOPs and bytes either way
+    split, whole = {**at, s.x_ep: 0}, {**at, s.x_ep: 1}
+    even = {s.z_busy: 0}  # every GPU at the mean: the same FLOPs and bytes either way
     for field in ("flops", "weight_bytes", "stored_bytes"):
-        assert float(getattr(whole, field).subs(even)) == pytest.approx(float(getattr(split, field).subs(even)),
-                                                                        rel=1e-12), field
+        expr = getattr(op, field)
+        assert float(expr.subs({**whole, **even})) == pytest.approx(float(expr.subs({**split, **even})), rel=1e-12)
     # the dispatch moves only the rows routed to a GPU's own experts: 1/(tp·dp) of the gathered rows
     rows = float((expert_tokens() * s.k * s.H * s.b_a).subs(at))
-    assert float(dispatch().act_bytes.subs(even)) == pytest.approx(6 * rows, rel=1e-12)
-    assert float(dispatch(expert_parallel=True).act_bytes.subs(even)) == pytest.approx(6 * rows / 8, rel=1e-12)
+    assert float(moved.act_bytes.subs({**split, **even})) == pytest.approx(6 * rows, rel=1e-12)
+    assert float(moved.act_bytes.subs({**whole, **even})) == pytest.approx(6 * rows / 8, rel=1e-12)
     # the step waits for the busiest of the 8 GPUs: more rows and touched experts than the mean
-    busy = {**at, s.z_busy: expected_max_normal(8)}
-    assert float(whole.flops.subs(busy)) > float(whole.flops.subs(even))
-    assert float(whole.weight_bytes.subs(busy)) > float(whole.weight_bytes.subs(even))
-    assert float(split.flops.subs(busy)) == float(split.flops.subs(even))  # split widths: every GPU alike
+    busy = {s.z_busy: expected_max_normal(8)}
+    assert float(op.flops.subs({**whole, **busy})) > float(op.flops.subs({**whole, **even}))
+    assert float(op.weight_bytes.subs({**whole, **busy})) > float(op.weight_bytes.subs({**whole, **even}))
+    assert float(op.flops.subs({**split, **busy})) == float(op.flops.subs({**split, **even}))  # every GPU alike
 
 
 def test_the_busiest_gpu_holds_at_most_its_experts_and_matches_a_monte_carlo_draw():

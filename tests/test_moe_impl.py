@@ -20,7 +20,7 @@ from perfmodel import symbols as s
 from perfmodel.graph import model_values
 from perfmodel.ops.moe import (
     NO_PADDING, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
-    block_rows, distinct_experts, expert_tokens, local_load, moe_block, padded_rows, routed_experts,
+    block_rows, distinct_experts, expert_split, expert_tokens, local_load, moe_block, padded_rows, routed_experts,
 )
 from perfmodel.prediction import hardware_values
 from perfmodel.profile import VLLM_MOE_BLOCK_M, Options, load_profile
@@ -34,7 +34,7 @@ TOKENS = np.array([1, 2, 3, 8, 16, 33, 64, 100, 512, 4096, 65536], dtype=float)
 
 
 def test_loop_launches_are_expressions_in_the_distinct_experts():
-    d_local = local_load(expert_tokens(), s.ep)[1]  # the busiest GPU's, of the dp ranks' dp·T tokens
+    d_local = local_load(expert_tokens(), expert_split()[0])[1]  # the busiest GPU's, of the dp ranks' dp·T tokens
     assert routed_experts(False).kernels == 2
     unfused = routed_experts(False, impl="unfused")
     assert sp.simplify(unfused.kernels - 2 * d_local) == 0
@@ -65,7 +65,7 @@ def _block_totals(model: str, impl: str, engine: str, T, sigma, ep) -> list[np.n
     gpu = load_gpu("h200-sxm")
     numbers = {**model_values(load_model(model)), **hardware_values(gpu, profile, "bf16"),
                s.tp: 1, s.dp: 1, s.b_w: 2, s.b_e: 2, s.b_a: 2, s.T: T, s.sigma: sigma, s.ep: ep,
-               s.z_busy: expected_max_normal(ep)}
+               s.z_busy: expected_max_normal(ep), s.x_ep: 0}
     return [np.broadcast_to(v, T.shape) for v in fn(*[numbers[x] for x in symbols])]
 
 
@@ -164,7 +164,7 @@ def test_padding_matches_a_monte_carlo_of_moe_align(E, k):
 def test_compute_follows_padded_rows_and_bytes_the_real_rows():
     plain, padded = routed_experts(False), routed_experts(False, tiers=((math.inf, 16),))
     assert padded.weight_bytes == plain.weight_bytes and padded.act_bytes == plain.act_bytes
-    rows, d_local = local_load(expert_tokens(), s.ep)
+    rows, d_local = local_load(expert_tokens(), expert_split()[0])
     assert sp.simplify(padded.flops / plain.flops - padded_rows(rows, d_local, 16) / rows) == 0
 
 

@@ -109,15 +109,14 @@ def test_routed_experts_are_two_expert_gemms():
     """The routed experts op is the gate|up and down GEMMs of the benchmark's grouped GEMM
     (:func:`perfmodel.ops.moe.gemm`) over the distinct experts touched: the fit's grouped rows
     and the model count the same FLOPs and bytes."""
-    from perfmodel.ops.moe import gemm, local_load, routed_experts
-    from perfmodel.symbols import E, H, I_e, b_e, dp, ep, tp
+    from perfmodel.ops.moe import expert_split, gemm, local_load, routed_experts
+    from perfmodel.symbols import E, H, I_e, b_e, dp
 
-    op = routed_experts(bias=False)  # the dp ranks' dp·T tokens, widths split over tp·dp GPUs
-    rows, hit = local_load(dp * T, ep)  # the busiest of the ep groups' GPUs
-    up = gemm("up", OpClass.GROUPED_GEMM, rows=rows, d_in=H, d_out=2 * I_e / (tp * dp), matrices=hit,
-              param_bytes=b_e)
-    down = gemm("down", OpClass.GROUPED_GEMM, rows=rows, d_in=I_e / (tp * dp), d_out=H, matrices=hit,
-                param_bytes=b_e)
+    op = routed_experts(bias=False)  # the dp ranks' dp·T tokens over the GPUs holding the experts
+    groups, shard = expert_split()
+    rows, hit = local_load(dp * T, groups)  # the busiest GPU's
+    up = gemm("up", OpClass.GROUPED_GEMM, rows=rows, d_in=H, d_out=2 * I_e / shard, matrices=hit, param_bytes=b_e)
+    down = gemm("down", OpClass.GROUPED_GEMM, rows=rows, d_in=I_e / shard, d_out=H, matrices=hit, param_bytes=b_e)
     for field in ("flops", "bytes"):
         assert sp.simplify(getattr(op, field) - getattr(up, field) - getattr(down, field)) == 0
     assert sp.simplify(op.efficiency_size - up.efficiency_size) == 0

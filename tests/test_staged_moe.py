@@ -33,7 +33,7 @@ def test_the_staged_block_adds_the_pack_kernels_and_the_gathers_bytes():
     assert "moe.routing_bitmatrix" in staged and "moe.routing_bitmatrix" not in fused
     assert staged["moe.dispatch"].kernels == fused["moe.dispatch"].kernels + STAGED_DISPATCH_KERNELS
     extra = sp.simplify(staged["moe.dispatch"].act_bytes - fused["moe.dispatch"].act_bytes)
-    rows = local_load(expert_tokens(), s.ep)[0]  # the busiest GPU's rows, of the dp ranks' tokens
+    rows = local_load(expert_tokens(), expert_split()[0])[0]  # the busiest GPU's rows, of the dp ranks' tokens
     assert sp.simplify(extra - 6 * rows * s.I_e / expert_split()[1] * s.b_a) == 0
     for name in ("moe.experts", "moe.router", "moe.experts_act"):  # the same GEMMs, tiles and router
         assert staged[name] == fused[name]
@@ -45,7 +45,7 @@ def test_the_pack_floor_is_one_pass_at_one_column_and_a_loop_over_more(experts, 
     times = {s.t_bitpack_one: 4e-6, s.t_bitpack_loop: 15e-6, s.t_bitpack: 10e-6}
     expected = 4e-6 if columns == 1 else 15e-6 + columns * 10e-6
     for tokens in (1, 64, 4096):
-        value = floor.subs({s.E: experts, s.ep: ep, s.T: tokens, s.k: 4, **times})
+        value = floor.subs({s.E: experts, s.ep: ep, s.x_ep: 0, s.T: tokens, s.k: 4, **times})
         assert float(value) == pytest.approx(expected)
     zero = {symbol: 0 for symbol in times}
     assert op_time(routing_bitmatrix(), zero).tiles == 0  # no fitted times: its kernel and bytes

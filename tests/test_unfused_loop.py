@@ -12,7 +12,7 @@ from perfmodel import symbols as s
 from perfmodel.ops import OpClass
 from perfmodel.ops.moe import (
     UNFUSED_ACT_KERNELS_PER_EXPERT, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
-    UNFUSED_GEMM_KERNELS_PER_EXPERT, expert_tokens, local_load, moe_block, routed_experts,
+    UNFUSED_GEMM_KERNELS_PER_EXPERT, expert_split, expert_tokens, local_load, moe_block, routed_experts,
 )
 from perfmodel.prediction import Workload, evaluate
 from perfmodel.profile import load_profile
@@ -20,7 +20,7 @@ from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import load_gpu
 from perfmodel.specs.model import load_model
 
-ROWS, D_LOCAL = local_load(expert_tokens(), s.ep)  # the busiest GPU's, of the dp ranks' dp·T tokens
+ROWS, D_LOCAL = local_load(expert_tokens(), expert_split()[0])  # the busiest GPU's, of the dp ranks' dp·T tokens
 
 
 def _ops(impl: str) -> dict:
@@ -47,7 +47,7 @@ def test_loop_launches_grow_with_the_touched_experts():
         assert sp.simplify(sp.diff(kernels, s.T) - n * sp.diff(D_LOCAL, s.T)) == 0, name  # n per expert
         assert sp.sympify(fused[name].kernels).free_symbols == set()
     assert (UNFUSED_GEMM_KERNELS_PER_EXPERT, UNFUSED_ACT_KERNELS_PER_EXPERT) == (2, 2)
-    at = {s.T: 1, s.E: 64, s.k: 8, s.sigma: 0, s.ep: 1, s.dp: 1, s.z_busy: 0}  # one token: its k = 8 experts
+    at = {s.T: 1, s.E: 64, s.k: 8, s.sigma: 0, s.ep: 1, s.dp: 1, s.z_busy: 0, s.x_ep: 0}  # one token: its k = 8 experts
     assert float(sp.sympify(ops["moe.experts"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
     assert float(sp.sympify(ops["moe.experts_act"].kernels).subs(at)) == pytest.approx(2 * 8, rel=1e-9)
 

@@ -189,7 +189,7 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
     times = {"bitmatrix_one_s": _sig(one), "bitmatrix_loop_s": _sig(float(loop)),
              "bitmatrix_column_s": _sig(float(per_column))}
 
-    floor = routing_bitmatrix().tile_floor.subs(s.ep, 1)  # the op's own law, of E and its three times
+    floor = routing_bitmatrix().tile_floor.subs({s.ep: 1, s.x_ep: 0})  # the op's own law, of E and its three times
     at = sp.lambdify((s.E, s.t_bitpack_one, s.t_bitpack_loop, s.t_bitpack), floor, "numpy")
 
     def law(n: np.ndarray) -> np.ndarray:  # the floor at n columns

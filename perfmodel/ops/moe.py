@@ -75,7 +75,7 @@ from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
 from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, N_tile, T, b_a, b_e, b_q, b_w, dp, ep, f_off, k, n_SM,
                                n_sh, sigma, t_bitpack, t_bitpack_loop, t_bitpack_one, t_kstep,
-                               t_moe_host, t_tile, tp, z_busy)
+                               t_moe_host, t_tile, tp, x_ep, z_busy)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
     from perfmodel.specs.model import MoESpec
@@ -137,15 +137,17 @@ def expert_tokens() -> sp.Expr:
     return dp * T
 
 
-def expert_split(expert_parallel: bool = False) -> tuple[sp.Expr, sp.Expr]:
+def expert_split() -> tuple[sp.Expr, sp.Expr]:
     """How the routed experts are cut over the tp·dp GPUs of an expert group (each of the
-    model's ep groups, :mod:`perfmodel.specs.layout`): (groups, shard), one GPU holding E/groups
-    experts of width I/shard and computing the rows routed to them. Without vLLM's expert
-    parallelism: the widths split over the tp·dp GPUs, (ep, tp·dp), every GPU computing every
-    routed row at its slice; with it (``--enable-expert-parallel``): whole experts,
-    (ep·tp·dp, 1), every GPU the rows routed to its experts. The bytes and FLOPs of the GEMMs are
-    the same under uniform routing; the rows each GPU moves through its dispatch differ."""
-    return (ep * tp * dp, sp.Integer(1)) if expert_parallel else (ep, tp * dp)
+    model's ep groups, :mod:`perfmodel.specs.layout`): (groups, shard) = (ep·(tp·dp)^x_ep,
+    (tp·dp)^(1 − x_ep)), one GPU holding E/groups experts of width I/shard and computing the rows
+    routed to them. Without vLLM's expert parallelism (x_ep = 0): the widths split over the tp·dp
+    GPUs, (ep, tp·dp), every GPU computing every routed row at its slice; with it (x_ep = 1,
+    ``--enable-expert-parallel``): whole experts, (ep·tp·dp, 1), every GPU the rows routed to its
+    experts. The bytes and FLOPs of the GEMMs are the same under uniform routing; the rows each
+    GPU moves through its dispatch differ, and so does the busiest GPU's load (:func:`local_load`)."""
+    cut = tp * dp
+    return ep * cut**x_ep, cut ** (1 - x_ep)
 
 
 def local_load(tokens: sp.Expr, groups: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
@@ -330,10 +332,10 @@ def router(bias: bool) -> Op:
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
-                   tuned_from: int = 0, expert_parallel: bool = False) -> Op:
+                   tuned_from: int = 0) -> Op:
     """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
-    g = ep and shard = tp·dp, or whole experts with ``expert_parallel``, g = ep·tp·dp), serving
-    the dp·T tokens of the dp ranks (:func:`expert_tokens`).
+    g = ep and shard = tp·dp, or whole experts under vLLM's expert parallelism, g = ep·tp·dp),
+    serving the dp·T tokens of the dp ranks (:func:`expert_tokens`).
 
     Rows: dp·T·k/g routed copies; weights read: the D/g distinct local experts the dp·T tokens
     touch; both those of the busiest GPU where g > 1 (:func:`local_load`). FLOPs
@@ -355,7 +357,7 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     table for these experts, tokens (:func:`off_table_scale`; 0: none that starts above small
     passes).
     """
-    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
     block = block_rows(tiers, tokens * k / E if tiers_by_rows else tokens)
     weights = E * 3 * H * I_e
@@ -398,7 +400,7 @@ def shared_experts(gate: bool, quantized: bool = False) -> Op:
     return _with_storage(op, stored)
 
 
-def dispatch(impl: str = "fused", expert_parallel: bool = False) -> Op:
+def dispatch(impl: str = "fused") -> Op:
     """Moving routed rows in and out of expert order, on the local dp·T·k/g rows, the busiest
     GPU's (:func:`expert_tokens`, :func:`expert_split`, :func:`local_load`; the widths below are a
     GPU's shard, I/shard).
@@ -421,7 +423,7 @@ def dispatch(impl: str = "fused", expert_parallel: bool = False) -> Op:
     a small kernel's fixed cost); host synchronisations: :data:`UNFUSED_SYNCS_PER_EXPERT` per
     touched local expert (the host reads which rows the expert has before it launches them).
     """
-    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
     if impl == "staged":
         return Op(
@@ -450,7 +452,7 @@ def dispatch(impl: str = "fused", expert_parallel: bool = False) -> Op:
     )
 
 
-def routing_bitmatrix(expert_parallel: bool = False) -> Op:
+def routing_bitmatrix() -> Op:
     """The staged block's bitmatrix pack (``pack_bitmatrix``): each token's k expert ids (int16)
     set a bit each in a T × n matrix of 32-bit words (T: the dp·T tokens the experts serve,
     :func:`expert_tokens`), n = ⌈E/(32·g)⌉ columns for the E/g local experts
@@ -465,7 +467,7 @@ def routing_bitmatrix(expert_parallel: bool = False) -> Op:
     at once. The kernel timed alone (vLLM 0.26 on the H100, 8 to 512 experts) takes 3.8 µs at one
     column and 34.5 µs at two, then about 10 µs more per column: the single column's pass has no
     loop; from two on, the loop's fixed cost comes first."""
-    columns = sp.ceiling(E / (BITMATRIX_WORD * expert_split(expert_parallel)[0]))
+    columns = sp.ceiling(E / (BITMATRIX_WORD * expert_split()[0]))
     one, loop = t_bitpack_one, t_bitpack_loop + columns * t_bitpack
     return Op(
         name="moe.routing_bitmatrix",
@@ -481,7 +483,7 @@ def routing_bitmatrix(expert_parallel: bool = False) -> Op:
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
-              tuned_from: int = 0, expert_parallel: bool = False) -> list[Op]:
+              tuned_from: int = 0) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -491,21 +493,21 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     and ``quantized_shared`` the shared experts' (default: as the routed experts'); ``tiled``:
     the routed experts' kernel runs in tiles whose waves set a floor under its time
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
-    the routed experts (:func:`off_table_scale`); ``expert_parallel``: vLLM's expert parallelism,
-    whole experts on each GPU (:func:`expert_split`).
+    the routed experts (:func:`off_table_scale`). How the experts are cut over GPUs is a symbol's
+    (:func:`expert_split`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
     if impl not in MOE_IMPLS:
         raise ValueError(f"unknown MoE implementation '{impl}' (known: {', '.join(MOE_IMPLS)})")
-    tokens, (groups, shard) = expert_tokens(), expert_split(expert_parallel)
+    tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * d_local if impl == "unfused" else 1
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           *([routing_bitmatrix(expert_parallel)] if impl == "staged" else []),
-           all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl, expert_parallel),
+           *([routing_bitmatrix()] if impl == "staged" else []),
+           all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
-                          quantized=quantized, tiled=tiled, tuned_from=tuned_from, expert_parallel=expert_parallel),
+                          quantized=quantized, tiled=tiled, tuned_from=tuned_from),
            activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]

@@ -88,8 +88,8 @@ class Plan:
 
 def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]:
     """Valid layouts of 1, 2, 4, … GPUs within one node (and ``max_gpus``): TP/EP/PP, and for a
-    model with experts vLLM's expert parallelism over the tp GPUs of each stage (tp > 1) and over
-    dp data-parallel ranks of tp GPUs (dp > 1, one stage)."""
+    model with experts vLLM's expert parallelism over tp GPUs (tp > 1) and over dp data-parallel
+    ranks of tp GPUs (dp > 1), each in one pipeline stage."""
     out = []
     top = min(gpus_per_node, max_gpus)
     g = 1
@@ -97,9 +97,8 @@ def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]
         for tp in (d for d in range(1, g + 1) if g % d == 0):
             rest = g // tp
             tried = [Layout(tp, ep, rest // ep) for ep in range(1, rest + 1) if rest % ep == 0]
-            if model.is_moe:
-                tried += ([Layout(tp, 1, rest, 1, True)] if tp > 1 else []) + ([Layout(tp, 1, 1, rest, True)]
-                                                                                 if rest > 1 else [])
+            if model.is_moe and g > 1:  # the tp GPUs, as dp ranks of them where rest > 1
+                tried.append(Layout(tp, 1, 1, rest, True))
             for layout in tried:
                 try:
                     layout.check(model)
