@@ -34,7 +34,7 @@ from perfmodel.ops.moe import MOE_IMPLS, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
-from perfmodel.specs.layout import Layout, expected_max_normal, expert_groups
+from perfmodel.specs.layout import Layout, expected_max_normal, expert_cut
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import parse_override
 from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
@@ -538,8 +538,7 @@ def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> in
         return 0
     from perfmodel.moe_tables import tuned_from
 
-    cut = workload.tp * workload.dp
-    groups, shard = (workload.ep * cut, 1) if workload.expert_parallel else (workload.ep, cut)
+    groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
     return tuned_from(gpu, model.moe.n_experts / groups, model.moe.expert_intermediate / shard,
                       experts_scheme(workload))
 
@@ -680,7 +679,7 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     values.update({
         s.B: w.rank_batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
         s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.dp: w.dp, s.sigma: w.skew,
-        s.z_busy: expected_max_normal(expert_groups(w.tp, w.ep, w.dp, w.expert_parallel)),
+        s.z_busy: expected_max_normal(expert_cut(w.tp, w.ep, w.dp, w.expert_parallel)[0]),
         s.x_ep: float(w.expert_parallel),
         s.b_w: DTYPE_BYTES[w.base_dtype], s.b_e: DTYPE_BYTES[w.base_dtype], s.b_a: 2.0,
         s.b_kv: DTYPE_BYTES[kv],

@@ -38,7 +38,7 @@ from perfmodel.speculative import (
     speculative_outputs, tokens_per_step,
 )
 from perfmodel.specs.hardware import load_gpu
-from perfmodel.specs.layout import Layout, expected_max_normal, expert_groups, layout_holds
+from perfmodel.specs.layout import Layout, expected_max_normal, expert_cut, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
@@ -507,8 +507,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             if "batch" in axes or "dp" in axes:  # a batch is every data-parallel rank's: B is one rank's
                 values["B"] = axes.get("batch", workload.batch) // np.asarray(values["dp"])
             if {"tp", "ep", "dp"} & set(axes):  # the busiest of the GPUs holding whole experts
-                values["z_busy"] = expected_max_normal(expert_groups(values["tp"], values["ep"], values["dp"],
-                                                                  workload.expert_parallel))
+                values["z_busy"] = expected_max_normal(expert_cut(values["tp"], values["ep"], values["dp"],
+                                                               workload.expert_parallel)[0])
 
             def run(values: dict[str, Any]) -> dict[str, Any]:
                 out = compiled.fn(*[values[a] for a in compiled.args])

@@ -81,10 +81,13 @@ _RULES = (
 )
 
 
-def expert_groups(tp: Any, ep: Any, dp: Any, expert_parallel: bool) -> Any:
-    """GPUs of a stage holding whole experts (:func:`perfmodel.ops.moe.expert_split`):
-    ep·tp·dp with vLLM's expert parallelism, else ep; numbers or numpy arrays."""
-    return np.multiply(np.multiply(ep, tp), dp) if expert_parallel else ep
+def expert_cut(tp: Any, ep: Any, dp: Any, expert_parallel: bool) -> tuple[Any, Any]:
+    """(groups, shard): the GPUs of a stage holding whole experts, E/groups each, and the GPUs
+    each one's width is split over, as numbers or numpy arrays (the numbers of
+    :func:`perfmodel.ops.moe.expert_split`): (ep·tp·dp, 1) with vLLM's expert parallelism,
+    else (ep, tp·dp)."""
+    cut = np.multiply(tp, dp)
+    return (np.multiply(ep, cut), 1) if expert_parallel else (ep, cut)
 
 
 def expected_max_normal(g: Any) -> Any:
@@ -140,12 +143,6 @@ class Layout:
         """Request streams a replica's traffic splits into evenly: its pp pipeline stages' (which
         share its sequences and KV cache) times its dp data-parallel ranks' (each its own)."""
         return self.pp * self.dp
-
-    @property
-    def expert_groups(self) -> int:
-        """GPUs of a pipeline stage that hold whole experts, each its own E/g of them: the ep
-        groups, and with vLLM's expert parallelism the tp·dp GPUs of each (:func:`expert_groups`)."""
-        return expert_groups(self.tp, self.ep, self.dp, self.expert_parallel)
 
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` naming the first rule the layout breaks for this model."""
