@@ -157,6 +157,9 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),
     ("model: mixtral\nmodel: qwen3-30b-a3b\ntraffic: {rate: 5}\n", "key 'model' given twice (line 2)"),
     ("model: mixtral\ntraffic: {rate: 5}\n1: 2\n", "unknown key 1"),
+    ("model: mixtral\nrate: 5\n", "'rate' belongs under 'traffic:'"),
+    ("model: mixtral\ntraffic: {rate: 5}\nttft_p90: 1\n", "'ttft_p90' belongs under 'slo:'"),
+    ("model: mixtral\ntraffic: {rate: 5}\nmax_gpus: 8\n", "'max_gpus' belongs under 'search:'"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: true}\n", "not true/false"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: {p50: a, p90: 2}}\n", "percentile p50 must be a number"),
 ])

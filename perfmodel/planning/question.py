@@ -167,6 +167,12 @@ class PlanQuestion(_Strict):
         "the profile's host times are scaled to it (perfmodel.host_speed); None: the profile's host.")
 
 
+#: The section of a question file each of its sections' keys belongs to, to place one given at the top level.
+_SECTION_OF = {key: name for name, section in (("traffic", Traffic), ("slo", SLO), ("search", Search),
+                                               ("simulation", Simulation))
+               for key in section.model_fields if key not in PlanQuestion.model_fields}
+
+
 def parse_length(text: str, flag: str) -> Length:
     """``"1024"`` -> 1024; ``"p50=512,p90=4096"`` -> {"p50": 512.0, "p90": 4096.0}."""
     text = text.strip()
@@ -217,6 +223,10 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     strange = [key for key in data if not isinstance(key, str)]
     if strange:
         raise InputError(f"invalid plan question: unknown key {strange[0]!r} in {config}")
+    misplaced = [key for key in data if key in _SECTION_OF]  # a section's key at the top level
+    if misplaced:
+        key = misplaced[0]
+        raise InputError(f"invalid plan question: '{key}' belongs under '{_SECTION_OF[key]}:' in {config}")
     if config is not None:
         data = _paths_from(data, Path(config).parent)
     data = _merge(data, overrides)
