@@ -88,7 +88,7 @@ def make_console():
 #: The parallel degrees' help (:mod:`perfmodel.specs.layout`): GPUs used = tp·ep·pp.
 _TP_HELP = "Tensor-parallel GPUs: heads and FFN widths split over them."
 _EP_HELP = ("Expert-parallel groups of tp GPUs each, the routed experts split over them: GPUs = tp·ep·pp·dp "
-            "(not vLLM's --enable-expert-parallel, which reuses the tp GPUs: --tp N costs it).")
+            "(vLLM's --enable-expert-parallel, which reuses the tp GPUs, is --expert-parallel).")
 _PP_HELP = "Pipeline stages: the layers split evenly over them."
 _DP_HELP = ("Data-parallel ranks of tp GPUs (vLLM's --data-parallel-size), batch/dp sequences each, "
             "the MoE layers spanning them all: GPUs = tp·ep·pp·dp.")

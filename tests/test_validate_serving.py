@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from perfmodel.measuring import serving_replay as replay
+from perfmodel.specs.layout import Layout
 from perfmodel.validate import serving as sv
 
 O = 64
@@ -106,7 +107,7 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     # the ok rows of that model only, each replayed with its own schedule, end and engine
     assert [c[3]["rate"] for c in calls] == [2.0, 4.1, 8.2, 15.5]  # the rates really offered
     model, gpu, layout, traffic, kw = calls[0]
-    assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", (1, 1, 1))
+    assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", Layout(1, 1, 1))
     assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}
     assert kw["arrivals"] == rows[0]["per_request"]["submitted_s"] and kw["until_s"] == pytest.approx(45.0)
     assert kw["kv_tokens"] == 16_000 and kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192
@@ -157,10 +158,10 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert "**REPLAY**" in summary and "replay of the measured schedule" in summary
     assert "between 4.1 req/s offered (nominal 4) and 8.2 req/s offered (nominal 8)" in summary
     assert "| olmoe-1b-7b | 16 | 15.5 | 39 | 30/39 | 9/0 |" in summary
-    # vLLM's TP+EP is predicted as TP on the same GPUs
+    # vLLM's TP+EP is predicted with whole experts over the same GPUs
     calls.clear()
     sv.compare_serving(rows, model="mixtral")
-    assert [c[2] for c in calls] == [(2, 1, 1)]
+    assert [c[2] for c in calls] == [Layout(2, 1, 1, expert_parallel=True)]
 
 
 def test_rows_without_per_request_data_replay_the_seeded_schedule(monkeypatch):

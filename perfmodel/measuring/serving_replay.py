@@ -16,6 +16,7 @@ import statistics
 from typing import Any, Sequence
 
 from perfmodel.errors import InputError, PerfModelError
+from perfmodel.specs.layout import Layout
 
 #: Overloaded when the last quarter's median TTFT is at least this many times the first quarter's.
 QUEUE_GROWTH = 2.0
@@ -56,13 +57,13 @@ def gpu_spec_name(gpu_name: str | None, default: str) -> str:
     return load_gpu(default).name
 
 
-def serving_layout(row: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, ep, pp) of the model's layout for a row: tp and pp as measured, ep = 1 (vLLM's EP
-    reuses the tp GPUs; predicted as TP, see :mod:`perfmodel.validate.serving`)."""
+def serving_layout(row: dict[str, Any]) -> Layout:
+    """The model's layout for a row: tp and pp as measured, vLLM's expert parallelism (whole
+    experts over the tp GPUs, :mod:`perfmodel.specs.layout`) where its engine ran it."""
     from perfmodel.measuring.compare import row_layout
 
     lay = row_layout(row)
-    return int(lay["tp"]), 1, int(lay["pp"])
+    return Layout(int(lay["tp"]), 1, int(lay["pp"]), expert_parallel=bool(lay["ep"]))
 
 
 def serving_weights(row: dict[str, Any]) -> str:

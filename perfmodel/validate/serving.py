@@ -21,8 +21,8 @@ idle engine:
   are aborted, as the measured ones were; a row without a cap runs until every request finishes;
 - the engine: model, ``--set`` overrides and layers of the row; GPU from the row's ``gpu_name``
   (``NVIDIA H200`` -> h200-sxm: the longest leading part of the name that is a known GPU or alias),
-  else ``--gpu``; tp and pp as measured, vLLM's expert parallelism predicted as TP on the same
-  GPUs (as :mod:`perfmodel.measuring.compare` does for the offline rows); dtype (fp8 for
+  else ``--gpu``; tp and pp as measured, and vLLM's expert parallelism where the engine ran it
+  (as :mod:`perfmodel.measuring.compare` does for the offline rows); dtype (fp8 for
   ``--quantization fp8``); ``max_num_seqs``; the engine's resolved ``max_num_batched_tokens``
   and its KV cache (``num_gpu_blocks`` x ``block_size`` of ``engine_detail.resolved``; the
   planning's own estimate where the row lacks them; the planning's is reported beside the
