@@ -188,18 +188,27 @@ def test_the_planner_searches_vllms_expert_and_data_parallel_layouts():
     found = layouts(load_model("deepseek-v3"), 8, 8)
     assert {Layout(8), Layout(8, 1, 1, 1, True), Layout(1, 1, 1, 8, True), Layout(2, 1, 1, 4, True)} <= set(found)
     assert not any(lay.dp > 1 or lay.expert_parallel for lay in layouts(load_model("llama-3.1-8b"), 8, 8))
+    without = layouts(load_model("deepseek-v3"), 8, 8, expert_parallel=False)  # plan --no-expert-parallel
+    assert without and not any(lay.dp > 1 or lay.expert_parallel for lay in without)
     assert Engine("h200-sxm", "bf16", Layout(2, 1, 1, 4, True), 128, 8192).layout_label() == "TP2·DP4+EP"
     assert Layout(2, 1, 2, 1).streams == 2 and Layout(1, 1, 1, 8, True).streams == 8
 
 
 def test_deepseek_v3_on_h200s_is_planned_with_data_parallel_attention(capsys):
     """Its latent cache, which TP replicates on every GPU, is split over DP ranks: the cheapest
-    layout that meets the targets is data-parallel with whole experts per GPU."""
+    layout that meets the targets is data-parallel with whole experts per GPU, and without expert
+    parallelism (--no-expert-parallel) none within 64 GPUs does."""
     main(["plan", "deepseek-v3", "--rate", "30", "-s", "2048", "-o", "512", "--ttft-p90", "2", "--itl-p90",
           "0.08", "--gpu", "h200", "--no-disagg", "--json"])
     chosen = json.loads(capsys.readouterr().out)["chosen"]
     assert chosen["layout"]["dp"] > 1 and chosen["layout"]["expert_parallel"] is True
     assert chosen["gpus"] == chosen["replicas"] * chosen["layout"]["tp"] * chosen["layout"]["dp"]
+    # without them, every GPU holds every sequence's latent cache: no layout within 64 GPUs meets the ITL
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "deepseek-v3", "--rate", "30", "-s", "2048", "-o", "512", "--ttft-p90", "2", "--itl-p90",
+              "0.08", "--gpu", "h200", "--no-disagg", "--no-expert-parallel"])
+    out = capsys.readouterr().out
+    assert info.value.code == 1 and "No configuration meets every SLO" in out and "+EP" not in out
 
 
 def test_speculative_decoding_runs_a_dense_draft_on_every_rank():

@@ -78,8 +78,9 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     if f["kv_dtype"] is not None:  # one KV-cache dtype, or several to search
         kv = _csv(f["kv_dtype"], "--kv-dtype")
         search["kv_dtype"] = kv[0] if len(kv) == 1 else kv
-    if f["disaggregation"] is not None:
-        search["disaggregation"] = f["disaggregation"]
+    for key in ("disaggregation", "expert_parallel"):
+        if f[key] is not None:
+            search[key] = f[key]
     for key in ("requests", "seed"):
         if f[key] is not None:
             sections["simulation"][key] = f[key]
@@ -115,6 +116,9 @@ def plan(
                                                      help="Token budget of a step (default 8192)."),
     disaggregation: Optional[bool] = typer.Option(None, "--disagg/--no-disagg",
                                                   help="Also try separate prefill and decode pools."),
+    expert_parallel: Optional[bool] = typer.Option(None, "--expert-parallel/--no-expert-parallel",
+                                                   help="Also try vLLM's expert parallelism over the TP GPUs and "
+                                                   "over data-parallel ranks (a model with experts; default on)."),
     kv_link_gb_s: Optional[float] = typer.Option(None, "--kv-link-gb-s",
                                                  help="KV transfer bandwidth between pools, GB/s per GPU."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
@@ -130,8 +134,9 @@ def plan(
 ) -> None:
     """Capacity planning: the cheapest GPU type × count × layout × dtype meeting the SLOs.
 
-    Searches TP/EP/PP layouts, data-parallel replicas, dtypes and max_num_seqs (and
-    prefill/decode disaggregation), pruned by a closed-form steady state and checked by a
+    Searches TP/EP/PP layouts (and for a model with experts vLLM's expert parallelism over TP GPUs
+    and data-parallel ranks), replicas, dtypes and max_num_seqs (and prefill/decode
+    disaggregation), pruned by a closed-form steady state and checked by a
     seeded discrete-event simulation of continuous batching on the calibrated step times.
     """
     from perfmodel.cli import make_console, print_json
@@ -146,7 +151,7 @@ def plan(
         output_len=output_len, lengths_file=lengths_file, ttft_p50=ttft_p50, ttft_p90=ttft_p90,
         ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
-        max_batched_tokens=max_batched_tokens, disaggregation=disaggregation,
+        max_batched_tokens=max_batched_tokens, disaggregation=disaggregation, expert_parallel=expert_parallel,
         kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
     if out is not None:
         check_out_dir(out)

@@ -131,6 +131,8 @@ class Search(_Strict):
         default=8192, le=MAX_BATCHED_TOKENS,
         description="Token budget of one engine step (vLLM max_num_batched_tokens).")
     disaggregation: bool = Field(default=True, description="Also try separate prefill and decode pools.")
+    expert_parallel: bool = Field(default=True, description="For a model with experts, also try vLLM's expert "
+                                  "parallelism over the TP GPUs and over data-parallel ranks (TP1·DP8+EP, ...).")
 
     @property
     def kv_dtypes(self) -> list[Optional[str]]:

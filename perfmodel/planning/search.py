@@ -86,10 +86,10 @@ class Plan:
     search: Any = field(default=None, repr=False)  # the Search, to simulate more points
 
 
-def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]:
+def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int, expert_parallel: bool = True) -> list[Layout]:
     """Valid layouts of 1, 2, 4, … GPUs within one node (and ``max_gpus``): TP/EP/PP, and for a
-    model with experts vLLM's expert parallelism over tp GPUs (tp > 1) and over dp data-parallel
-    ranks of tp GPUs (dp > 1), each in one pipeline stage."""
+    model with experts (unless ``expert_parallel`` is False) vLLM's expert parallelism over tp
+    GPUs (tp > 1) and over dp data-parallel ranks of tp GPUs (dp > 1), each in one pipeline stage."""
     out = []
     top = min(gpus_per_node, max_gpus)
     g = 1
@@ -97,7 +97,7 @@ def layouts(model: ModelSpec, gpus_per_node: int, max_gpus: int) -> list[Layout]
         for tp in (d for d in range(1, g + 1) if g % d == 0):
             rest = g // tp
             tried = [Layout(tp, ep, rest // ep) for ep in range(1, rest + 1) if rest % ep == 0]
-            if model.is_moe and g > 1:  # the tp GPUs, as dp ranks of them where rest > 1
+            if expert_parallel and model.is_moe and g > 1:  # the tp GPUs, as dp ranks of them where rest > 1
                 tried.append(Layout(tp, 1, 1, rest, True))
             for layout in tried:
                 try:
@@ -172,7 +172,8 @@ class Search:
         serve rejected."""
         todo = [(offer, dtype, kv_dtype, layout) for offer in self.offers for dtype in self.q.search.dtypes
                 for kv_dtype in self.q.search.kv_dtypes
-                for layout in layouts(self.model, offer.gpu.gpus_per_node, self.q.search.max_gpus)]
+                for layout in layouts(self.model, offer.gpu.gpus_per_node, self.q.search.max_gpus,
+                                      self.q.search.expert_parallel)]
         out = []
         for i, (offer, dtype, kv_dtype, layout) in enumerate(todo):
             self.progress("step tables", (i + 1) / max(len(todo), 1))
