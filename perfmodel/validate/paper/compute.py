@@ -330,11 +330,6 @@ def _lengths(effect: Effect, ctx: Context) -> Computed:
     return Computed(values, table, text)
 
 
-def _op_ms(p, name: str) -> float:
-    """A decode step's time (s) in the op ``name``, over its layers."""
-    return sum(o["time_s"] for o in p.ops if o["pass"] == "decode" and o["name"] == name)
-
-
 def _parallel(effect: Effect, ctx: Context) -> Computed:
     s = effect.setup
     model, b, n = s.models[0], s.batch[0], s.lengths[0]
@@ -357,13 +352,14 @@ def _parallel(effect: Effect, ctx: Context) -> Computed:
     def comm(name: str) -> float:
         return sum(o["time_s"] for o in preds[name].ops if o["pass"] == "decode" and o["name"].startswith("comm."))
 
+    experts = ("decode", "moe.experts")
     text = (f"{model}, B={b}, S=O={n}. {describe(base, '1 GPU')}. TP=4 splits every weight matrix and the KV "
             f"heads over 4 GPUs, so the memory-bound step shrinks ~4× but pays all-reduces "
             f"({_ms(comm('TP-only'))} per step): step {_ms(base.itl_s)} → {_ms(an['TP-only'].itl_s)}. TP+EP "
             f"places whole experts, a quarter on each GPU, which reads the touched ones among its own: the "
             f"same bytes on average, but the step waits for the GPU whose experts the batch touched most "
-            f"(moe.experts {_ms(_op_ms(preds['TP-only'], 'moe.experts'))} → "
-            f"{_ms(_op_ms(preds['TP+EP'], 'moe.experts'))} per step): step {_ms(an['TP+EP'].itl_s)}. "
+            f"(moe.experts {_ms(an['TP-only'].op_time[experts])} → {_ms(an['TP+EP'].op_time[experts])} per "
+            f"step): step {_ms(an['TP+EP'].itl_s)}. "
             f"With a fixed batch and no micro-batching, pipeline stages run one after the other: a PP step "
             f"walks all layers on one GPU at a time (PP-only step {_ms(an['PP-only'].itl_s)}), and PP+EP gains "
             f"only from the split within each stage ({_ms(an['PP+EP'].itl_s)}).")
