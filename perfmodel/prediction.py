@@ -30,11 +30,11 @@ from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, p
                               prefill_substitutions)
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, Options, load_profile
 from perfmodel import quantization
-from perfmodel.ops.moe import MOE_IMPLS, row_tiers
+from perfmodel.ops.moe import MOE_IMPLS, expert_cut, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
-from perfmodel.specs.layout import Layout, expected_max_normal, expert_cut
+from perfmodel.specs.layout import Layout, expected_max_normal
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import parse_override
 from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves

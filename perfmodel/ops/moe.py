@@ -62,9 +62,10 @@ and one column's pass needs no loop (:func:`routing_bitmatrix`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
@@ -148,6 +149,18 @@ def expert_split() -> tuple[sp.Expr, sp.Expr]:
     GPU moves through its dispatch differ, and so does the busiest GPU's load (:func:`local_load`)."""
     cut = tp * dp
     return ep * cut**x_ep, cut ** (1 - x_ep)
+
+
+@functools.cache
+def _split_numbers() -> Any:
+    return sp.lambdify((tp, ep, dp, x_ep), expert_split(), "numpy")
+
+
+def expert_cut(tp_: Any, ep_: Any, dp_: Any, expert_parallel: bool) -> tuple[Any, Any]:
+    """:func:`expert_split` at numbers or numpy arrays of tp, ep and dp, with or without vLLM's
+    expert parallelism: (groups, shard), lambdified."""
+    groups, shard = _split_numbers()(tp_, ep_, dp_, float(expert_parallel))
+    return groups, shard
 
 
 def local_load(tokens: sp.Expr, groups: sp.Expr) -> tuple[sp.Expr, sp.Expr]:

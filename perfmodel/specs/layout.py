@@ -81,15 +81,6 @@ _RULES = (
 )
 
 
-def expert_cut(tp: Any, ep: Any, dp: Any, expert_parallel: bool) -> tuple[Any, Any]:
-    """(groups, shard): the GPUs of a stage holding whole experts, E/groups each, and the GPUs
-    each one's width is split over, as numbers or numpy arrays (the numbers of
-    :func:`perfmodel.ops.moe.expert_split`): (ep·tp·dp, 1) with vLLM's expert parallelism,
-    else (ep, tp·dp)."""
-    cut = np.multiply(tp, dp)
-    return (np.multiply(ep, cut), 1) if expert_parallel else (ep, cut)
-
-
 def expected_max_normal(g: Any) -> Any:
     """The expected largest of g independent standard normal draws (z_busy of
     :func:`perfmodel.ops.moe.local_load`), by Blom's approximation Φ⁻¹((g − 0.375)/(g + 0.25))
