@@ -17,6 +17,7 @@ import sympy as sp
 
 from perfmodel import predict
 from perfmodel import symbols as s
+from perfmodel.codecache import lambdify_exprs
 from perfmodel.graph import model_values
 from perfmodel.ops.moe import (
     NO_PADDING, UNFUSED_COPIES_PER_EXPERT, UNFUSED_DISPATCH_KERNELS, UNFUSED_DISPATCH_KERNELS_PER_EXPERT,
@@ -48,13 +49,13 @@ def test_loop_launches_are_expressions_in_the_distinct_experts():
 @cache
 def _block_functions(model: str, impl: str, tiers) -> tuple[tuple[sp.Symbol, ...], object]:
     """One layer's MoE block: its kernels, activation bytes and time (s) as one numpy function
-    of every symbol they contain."""
+    of every symbol they contain (printed as the model's own expressions are)."""
     spec = load_model(model)
     ops = moe_block(spec.moe, spec.norm, impl=impl, tiers=tiers)
     exprs = [sp.Add(*[sp.sympify(op.kernels) for op in ops]), sp.Add(*[op.act_bytes for op in ops]),
              sp.Add(*[op_time(op, {}).total for op in ops])]
     symbols = tuple(sorted(set().union(*(e.free_symbols for e in exprs)), key=lambda x: x.name))
-    return symbols, sp.lambdify(symbols, exprs, modules="numpy")
+    return symbols, lambdify_exprs(symbols, exprs)
 
 
 def _block_totals(model: str, impl: str, engine: str, T, sigma, ep) -> list[np.ndarray]:
