@@ -15,7 +15,8 @@
 # first, so points measured before (by an earlier run, or the committed one-GPU rows) are skipped;
 # run the same command again until the log says nothing is left.
 # vLLM's expert parallelism reuses the tp GPUs of a pipeline stage (whole experts, E/tp on each),
-# so "PP+EP" is PP=2 x TP=2 with EP on 4 GPUs (with tp = 1, EP changes nothing).
+# so "PP+EP" is PP=2 x TP=2 with EP on 4 GPUs (with tp = 1, EP changes nothing); "--dp N --dp-mode vllm
+# --expert-parallel" is vLLM's DP+EP, N ranks whose MoE layers span them, experts spread over all N GPUs.
 # Env: OUT, TOTAL_BUDGET (default 540 s), COLLECTIVES, COLLECTIVES_BUDGET (default 90 s),
 # RESUME_FROM, PYTHON; GPUS overrides the count nvidia-smi gives.
 set -u -o pipefail
@@ -33,6 +34,7 @@ LAYOUTS=(
     "qwen3-30b-a3b|240|--tp 4 --expert-parallel"
     "qwen3-30b-a3b|240|--pp 4"
     "qwen3-30b-a3b|240|--tp 2 --pp 2 --expert-parallel"
+    "qwen3-30b-a3b|260|--dp 4 --dp-mode vllm --expert-parallel"
     "mixtral-8x7b|300|--tp 4"
     "mixtral-8x7b|300|"
     "qwen3-30b-a3b|240|--tp 2"
@@ -49,6 +51,9 @@ LAYOUTS=(
     "deepseek-v2-lite|200|--tp 2 --expert-parallel"
     "deepseek-v2-lite|200|--tp 4"
     "deepseek-v2-lite|200|--tp 4 --expert-parallel"
+    "qwen3-30b-a3b|260|--dp 2 --dp-mode vllm --expert-parallel"
+    "deepseek-v2-lite|220|--dp 2 --dp-mode vllm --expert-parallel"
+    "deepseek-v2-lite|220|--dp 4 --dp-mode vllm --expert-parallel"
 )
 mkdir -p "$OUT"
 t0=$(date +%s)

@@ -160,9 +160,9 @@ def test_data_parallel_sweep_runs_one_process_per_replica(tmp_path):
 # compare(): predicted on the GPUs each row ran on; the fit keeps one-GPU rows only
 # --------------------------------------------------------------------------------------------
 
-def _row(tp=1, ep=False, pp=1, dp=1, model="olmoe-1b-7b", batch=16):
+def _row(tp=1, ep=False, pp=1, dp=1, model="olmoe-1b-7b", batch=16, dp_mode="replicas"):
     point = build_points([model], [batch], [[128]], backend="vllm", experts_impl="vllm_fused_moe",
-                         settings=vb.point_settings(tp=tp, expert_parallel=ep, pp=pp, dp=dp))[0]
+                         settings=vb.point_settings(tp=tp, expert_parallel=ep, pp=pp, dp=dp, dp_mode=dp_mode))[0]
     return {"point_id": point.point_id, "status": "ok", "backend": "vllm", "model": model,
             "overrides": [], "layers": None, "batch": batch, "input_len": 128, "output_len": 128,
             "engine": vb.VLLMBackend().describe(point)["engine"], "ttft_ms": 30.0, "itl_ms": 2.0,
@@ -174,7 +174,7 @@ def test_compare_predicts_each_row_on_its_layout():
     from perfmodel.prediction import predict
 
     rows = [_row(), _row(tp=2), _row(tp=2, ep=True), _row(pp=2), _row(tp=2, dp=2)]
-    assert [layout_label(r) for r in rows] == ["1 GPU", "TP=2", "TP=2+EP", "PP=2", "TP=2 DP=2"]
+    assert [layout_label(r) for r in rows] == ["1 GPU", "TP=2", "TP=2+EP", "PP=2", "2 × TP=2"]
     assert [row_gpus(r) for r in rows] == [1, 2, 2, 2, 4]
     points, _ = compare(rows, engine="vllm", train_models=["olmoe-1b-7b"])
 
@@ -200,7 +200,78 @@ def test_compare_predicts_each_row_on_its_layout():
     split = points.drop_duplicates("point_id").set_index("layout")["split"]
     assert split["1 GPU"] == "train" and (split.drop("1 GPU") == "held-out").all()
     table = mape(points)
-    assert set(table["layout"]) == {"1 GPU", "TP=2", "TP=2+EP", "PP=2", "TP=2 DP=2"}
+    assert set(table["layout"]) == {"1 GPU", "TP=2", "TP=2+EP", "PP=2", "2 × TP=2"}
+
+
+def test_vllms_data_parallelism_is_predicted_as_the_models_ranks_not_as_replicas():
+    """dp_mode=vllm: one deployment whose MoE layers serve every rank's tokens (the model's dp),
+    where replicas are predicted one alone at B/dp."""
+    from perfmodel.measuring.compare import compare, layout_label, model_workload, row_gpus, row_replicas
+    from perfmodel.prediction import predict
+
+    rows = [_row(dp=4, ep=True, dp_mode="vllm"), _row(dp=4, dp_mode="vllm"), _row(tp=2, dp=2, dp_mode="vllm"),
+            _row(dp=4), _row(dp=4, ep=True)]
+    assert "|dp_mode=vllm|" in rows[0]["point_id"] and "dp_mode" not in rows[3]["point_id"]
+    assert [layout_label(r) for r in rows] == ["DP=4+EP", "DP=4", "TP=2 DP=2", "4 × 1 GPU", "4 × 1 GPU"]
+    assert [row_gpus(r) for r in rows] == [4, 4, 4, 4, 4] and [row_replicas(r) for r in rows] == [1, 1, 1, 4, 4]
+    assert model_workload(rows[0])["batch"] == 16 and model_workload(rows[0])["dp"] == 4
+    assert model_workload(rows[3])["batch"] == 4 and "dp" not in model_workload(rows[3])
+    points, _ = compare(rows, engine="vllm", train_models=["olmoe-1b-7b"])
+
+    def got(i: int, metric: str) -> float:
+        hit = points[(points["point_id"] == rows[i]["point_id"]) & (points["metric"] == metric)]
+        return float(hit["predicted"].iloc[0])
+
+    def expect(**layout):
+        return predict("olmoe-1b-7b", engine="vllm", input_len=128, output_len=128, **layout).metrics
+
+    dp_ep = expect(batch=16, dp=4, expert_parallel=True)
+    assert got(0, "decode_step") == pytest.approx(dp_ep["itl_s"])
+    assert got(0, "throughput") == pytest.approx(dp_ep["throughput_tok_s"])  # every rank's, counted once
+    replica = expect(batch=4)
+    assert got(3, "decode_step") == pytest.approx(replica["itl_s"])
+    assert got(3, "throughput") == pytest.approx(4 * replica["throughput_tok_s"])
+    # without EP the experts are cut over all 4 GPUs and serve the 16 sequences' gathered tokens:
+    # not 4 engines apart, each with whole experts for its 4
+    assert got(1, "decode_step") == pytest.approx(expect(batch=16, dp=4)["itl_s"])
+    assert got(1, "decode_step") != pytest.approx(got(3, "decode_step"), rel=0.05)
+    assert (points.drop_duplicates("point_id")["split"] == "held-out").all()
+
+
+def test_vllms_data_parallel_ranks_see_every_gpu_and_meet_on_one_port():
+    envs = [vr.coordinated_env(r, 2, ["4", "5", "6", "7"], 29555) for r in range(2)]
+    assert {e["CUDA_VISIBLE_DEVICES"] for e in envs} == {"4,5,6,7"}  # vLLM places rank r on its r-th pair
+    assert [(e["VLLM_DP_RANK"], e["VLLM_DP_RANK_LOCAL"], e["VLLM_DP_SIZE"]) for e in envs] == [("0", "0", "2"),
+                                                                                               ("1", "1", "2")]
+    assert {e["VLLM_DP_MASTER_PORT"] for e in envs} == {"29555"} and envs[0]["VLLM_DP_MASTER_IP"] == "127.0.0.1"
+    assert envs[0]["VLLM_CACHE_ROOT"] != envs[1]["VLLM_CACHE_ROOT"]
+    backend = vr.DataParallelBackend(2, 2, ["4", "5", "6", "7", "8"], replica_cls=FakeBackend, mode="vllm")
+    got = backend.rank_envs()
+    assert [e["VLLM_DP_RANK"] for e in got] == ["0", "1"] and got[0]["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    assert got[0]["VLLM_DP_MASTER_PORT"] == got[1]["VLLM_DP_MASTER_PORT"] and backend.devices == ["4,5", "6,7"]
+    assert all("VLLM_DP_RANK" not in e for e in vr.DataParallelBackend(2, 2, list("4567"),
+                                                                       replica_cls=FakeBackend).rank_envs())
+    with pytest.raises(ValueError, match="unknown data-parallel mode"):
+        vr.DataParallelBackend(2, 1, ["0", "1"], replica_cls=FakeBackend, mode="ray")
+    point = _point(batch=8, dp=2)
+    ranked = vr.replica_point(_point(batch=8, dp=2, dp_mode="vllm"), 2)
+    assert "dp" not in dict(ranked.settings) and "dp_mode" not in dict(ranked.settings) and ranked.batch == 4
+    merged = vr.merge_replicas(point, [{"e2e_ms": 1.0}, {"e2e_ms": 2.0}], ["0,1", "2,3"], "vllm")
+    assert merged["engine_detail"]["data_parallel_mode"] == "vllm" and merged["e2e_ms"] == 2.0
+
+
+def test_vllms_data_parallel_mode_is_refused_where_it_cannot_run():
+    from perfmodel.measuring.cli import check_dp_mode
+
+    check_dp_mode(1, "replicas", ["llama-3.1-8b"], [])
+    check_dp_mode(2, "vllm", ["olmoe-1b-7b"], [])
+    for dp, mode, models, match in ((2, "ray", ["olmoe-1b-7b"], "unknown --dp-mode 'ray'"),
+                                    (1, "vllm", ["olmoe-1b-7b"], "needs --dp N with N > 1"),
+                                    (2, "vllm", ["llama-3.1-8b"], "has no routed experts")):
+        with pytest.raises(InputError, match=match):
+            check_dp_mode(dp, mode, models, [])
+    with pytest.raises(ValueError, match="needs dp > 1"):
+        vb.point_settings(dp_mode="vllm")
 
 
 def test_validation_tables_group_by_layout(tmp_path):
@@ -294,16 +365,22 @@ def test_device_plan_selects_the_layouts_that_fit(tmp_path, gpus):
     layouts = set()
     for line, mp in measures:
         args = line.split()
-        model, tp, pp = args[2], _flag(args, "--tp"), _flag(args, "--pp")
-        assert tp * pp <= gpus
-        layouts.add((model, tp, pp, "--expert-parallel" in args))
+        model, tp, pp, dp = args[2], _flag(args, "--tp"), _flag(args, "--pp"), _flag(args, "--dp")
+        assert tp * pp * dp <= gpus
+        ep = "--expert-parallel" in args
+        layouts.add((model, tp, pp, ep) + ((dp,) if dp > 1 else ()))
         # multi-GPU entries run vLLM's default multiprocessing engine; one-GPU entries as committed
-        assert mp == ("unset" if tp * pp > 1 else "0")
+        assert mp == ("unset" if tp * pp * dp > 1 else "0")
         assert args[args.index("--batch") + 1] == "16,64,1" and args[args.index("--input-len") + 1] == "2048;128"
-        Layout(tp, 1, pp).check(load_model(model))  # the model predicts every layout measured
+        if dp > 1:  # vLLM's data parallelism, which the model predicts as its dp ranks
+            assert args[args.index("--dp-mode") + 1] == "vllm"
+        Layout(tp, 1, pp, dp, ep).check(load_model(model))  # the model predicts every layout measured
     if gpus >= 4:
         assert {("qwen3-30b-a3b", 4, 1, False), ("qwen3-30b-a3b", 4, 1, True), ("qwen3-30b-a3b", 1, 4, False),
-                ("qwen3-30b-a3b", 2, 2, True), ("mixtral-8x7b", 4, 1, False)} <= layouts
+                ("qwen3-30b-a3b", 2, 2, True), ("mixtral-8x7b", 4, 1, False), ("qwen3-30b-a3b", 1, 1, True, 4),
+                ("deepseek-v2-lite", 1, 1, True, 4)} <= layouts
+    if gpus == 2:
+        assert {("qwen3-30b-a3b", 1, 1, True, 2), ("deepseek-v2-lite", 1, 1, True, 2)} <= layouts
     if gpus == 1:
         assert {m for m, *_ in layouts} == {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite"}
 

@@ -93,6 +93,25 @@ def check_layout(backend: str, tp: int, pp: int, dp: int, batches: List[int], ro
         raise InputError("--routing-probe runs one engine: give it without --dp")
 
 
+def check_dp_mode(dp: int, dp_mode: str, models: List[str], overrides: List[str]) -> None:
+    """Refuse (one line) an unknown ``--dp-mode``, ``vllm`` without ``--dp`` > 1, and ``vllm``
+    for a model without routed experts (vLLM runs offline data parallelism for MoE models only)."""
+    from perfmodel.measuring.vllm_replicas import DP_MODES
+
+    if dp_mode not in DP_MODES:
+        raise InputError(f"unknown --dp-mode '{dp_mode}' (one of: {', '.join(DP_MODES)})")
+    if dp_mode != "vllm":
+        return
+    if dp < 2:
+        raise InputError("--dp-mode vllm needs --dp N with N > 1")
+    from perfmodel.specs.model import load_model
+
+    for m in models:
+        if load_model(m, overrides=overrides).moe is None:
+            raise InputError(f"--dp-mode vllm: {m} has no routed experts; vLLM's data parallelism is for "
+                             "models with experts (use --dp-mode replicas)")
+
+
 def require_layout_gpus(tp: int, pp: int, dp: int, visible: int) -> None:
     """Refuse (one line), before any engine is built, a layout over several GPUs that needs more
     than are visible (one GPU was checked already, or waived with ``--allow-cpu``)."""
@@ -196,8 +215,12 @@ def measure(
     expert_parallel: bool = typer.Option(False, "--expert-parallel",
                                          help="vllm: expert parallelism over the tp GPUs of a stage."),
     pp: int = typer.Option(1, "--pp", help="vllm: pipeline parallel size (stages)."),
-    dp: int = typer.Option(1, "--dp", help="vllm: data parallel replicas, each an engine on its own "
-                                          "tp*pp GPUs taking B/dp sequences."),
+    dp: int = typer.Option(1, "--dp", help="vllm: data parallel ranks, each on its own tp*pp GPUs "
+                                          "taking B/dp sequences."),
+    dp_mode: str = typer.Option("replicas", "--dp-mode",
+                                help="vllm, with --dp: replicas (independent engines) or vllm (vLLM's data "
+                                     "parallelism: the MoE layers span the ranks; with --expert-parallel the "
+                                     "experts spread over all tp*dp GPUs). Point ids gain dp_mode=vllm."),
     quantization: Optional[str] = typer.Option(
         None, "--quantization", help="vllm: a method vLLM applies on load (fp8, experts_int8) or a checkpoint "
         "format written into config.json (gptq, mxfp4, fp8-block)."),
@@ -271,6 +294,7 @@ def measure(
     engine_process = _check_engine_process(backend, engine_process is True, profile is True, serving is True)
     moe_config_dir = _check_moe_config_dir(backend, moe_config_dir, serving is True)
     passes = passes if isinstance(passes, int) else 1  # the option's default when called directly
+    dp_mode = dp_mode if isinstance(dp_mode, str) else "replicas"
     if passes != 1 and (serving is True or passes < 1):
         raise InputError("--passes must be >= 1, and applies to offline runs (not --serving)")
     if serving is True:
@@ -278,6 +302,7 @@ def measure(
 
         vllm_serving.check_engine_args(backend, routing_probe, dp)
         check_layout(backend, tp, pp, dp, [1], False)
+        check_dp_mode(dp, dp_mode, models, overrides)
         settings = vllm_backend.point_settings(tp=tp, expert_parallel=expert_parallel, quantization=quantization,
                                                moe_backend=moe_backend, sampling=sampling, pp=pp,
                                                routing=routing, spec_draft=spec_draft, spec_tokens=spec_tokens,
@@ -298,6 +323,7 @@ def measure(
         if not vllm_backend.vllm_available():
             raise InputError(VLLM_MISSING)
     check_layout(backend, tp, pp, dp, batches, routing_probe is True)
+    check_dp_mode(dp, dp_mode, models, overrides)
     require_gpu("measure", NO_GPU_HINT, allow_cpu=allow_cpu is True)
     if backend == "vllm":
         require_layout_gpus(tp, pp, dp, vllm_backend.visible_gpus())
@@ -312,13 +338,14 @@ def measure(
                                                sampling=sampling, pp=pp, dp=dp, routing=routing,
                                                spec_draft=spec_draft, spec_tokens=spec_tokens,
                                                spec_accept=spec_accept, engine_process=engine_process,
-                                               kv_cache_dtype=kv_cache_dtype, moe_config_dir=moe_config_dir)
+                                               kv_cache_dtype=kv_cache_dtype, moe_config_dir=moe_config_dir,
+                                               dp_mode=dp_mode)
         if routing_probe:
             settings["probe"] = "routing"
         if dp > 1:
             from perfmodel.measuring.vllm_replicas import DataParallelBackend, visible_devices
 
-            engine = DataParallelBackend(dp, tp * pp, visible_devices(vllm_backend.visible_gpus()))
+            engine = DataParallelBackend(dp, tp * pp, visible_devices(vllm_backend.visible_gpus()), mode=dp_mode)
         else:
             engine = vllm_backend.VLLMBackend(routing_probe=routing_probe, profile=profile is True)
         experts_impl = "vllm_fused_moe"

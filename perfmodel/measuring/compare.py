@@ -12,7 +12,9 @@ and engine settings); its ``variant`` column names it for people, e.g.
 
 Each row is predicted on the GPUs it ran on (:func:`row_layout`): tp and pp as measured, the
 collectives they imply included; a row of ``dp`` replicas (independent engines,
-:mod:`perfmodel.measuring.vllm_replicas`) as one replica at B/dp, its throughput times dp. A row
+:mod:`perfmodel.measuring.vllm_replicas`) as one replica at B/dp, its throughput times dp; a row
+of vLLM's data parallelism (``dp_mode=vllm``) as the model's ``dp`` ranks, whose MoE layers
+serve every rank's tokens. A row
 of vLLM's expert parallelism (experts whole, E/tp on each of the tp GPUs of a stage, the same
 all-reduce as TP) is predicted with the model's (``expert_parallel``,
 :mod:`perfmodel.specs.layout`) and reported in a layout group of its own (``layout`` column, e.g.
@@ -182,8 +184,10 @@ def as_measured(metrics: dict[str, float], row: dict[str, Any],
         step = kernels
     elif prefill_s is None:
         return metrics
-    batch = int(row["batch"]) // int(row_layout(row)["dp"])  # one replica's, as predicted
-    values = {s.B: batch, s.dp: 1, s.S: row["input_len"], s.O: row["output_len"],
+    lay = row_layout(row)
+    ranks = int(lay["dp"]) if lay["coordinated"] else 1  # a replica is predicted alone
+    batch = int(row["batch"]) // int(lay["dp"])  # one rank's
+    values = {s.B: batch, s.dp: ranks, s.S: row["input_len"], s.O: row["output_len"],
               s.t_req: metrics["request_host_s"] / batch}
     prefill = metrics["prefill_s"] if prefill_s is None else prefill_s
     timed = request_metrics("request", {"prefill_s": sp.Float(prefill), "decode_step_s": sp.Float(step)})
@@ -253,9 +257,10 @@ def _id_settings(row: dict[str, Any]) -> dict[str, str]:
 
 
 def row_layout(row: dict[str, Any]) -> dict[str, int | bool]:
-    """How a measured row was spread over GPUs: ``tp``, ``pp``, ``dp`` (replicas), ``ep`` (vLLM's
-    expert-parallel flag) and ``gpus`` = tp·pp·dp, from the row's ``engine`` (else its point id;
-    1 / off where neither says)."""
+    """How a measured row was spread over GPUs: ``tp``, ``pp``, ``dp`` (ranks), ``ep`` (vLLM's
+    expert-parallel flag), ``coordinated`` (the dp ranks are vLLM's data parallelism, ``dp_mode=vllm``
+    in the point id, not independent replicas) and ``gpus`` = tp·pp·dp, from the row's ``engine``
+    (else its point id; 1 / off where neither says)."""
     engine = row.get("engine") or {}
     ids = _id_settings(row)
 
@@ -266,7 +271,16 @@ def row_layout(row: dict[str, Any]) -> dict[str, int | bool]:
     tp, pp, dp = degree("tp"), degree("pp"), degree("dp")
     ep = engine.get("ep")
     ep = bool(ep) if ep is not None else ids.get("ep", "0") == "1"
-    return {"tp": tp, "pp": pp, "dp": dp, "ep": ep, "gpus": tp * pp * dp}
+    coordinated = dp > 1 and ids.get("dp_mode") == "vllm"
+    return {"tp": tp, "pp": pp, "dp": dp, "ep": ep, "coordinated": coordinated, "gpus": tp * pp * dp}
+
+
+def row_replicas(row: dict[str, Any]) -> int:
+    """Independent engine replicas a row's batch was split over (:func:`row_layout`): its dp
+    where the ranks shared nothing, else 1 (vLLM's data parallelism is one deployment, which
+    the model predicts whole)."""
+    lay = row_layout(row)
+    return 1 if lay["coordinated"] else int(lay["dp"])
 
 
 def row_gpus(row: dict[str, Any]) -> int:
@@ -276,12 +290,17 @@ def row_gpus(row: dict[str, Any]) -> int:
 
 def layout_label(row: dict[str, Any]) -> str:
     """A row's layout as the validation tables group it: ``1 GPU``, ``TP=2``, ``TP=4+EP``,
-    ``TP=2 PP=2+EP``, ``PP=4``, ``DP=2`` …"""
+    ``TP=2 PP=2+EP``, ``PP=4``, vLLM's data parallelism ``DP=4+EP``, ``TP=2 DP=2``, and
+    independent replicas ``2 × TP=2``, ``2 × 1 GPU`` …"""
     lay = row_layout(row)
     if lay["gpus"] == 1:
         return "1 GPU"
-    parts = [f"{name.upper()}={lay[name]}" for name in ("tp", "pp", "dp") if lay[name] > 1]
-    return " ".join(parts) + ("+EP" if lay["ep"] and lay["tp"] > 1 else "")
+    replicas = row_replicas(row)
+    names = ("tp", "pp") if replicas > 1 else ("tp", "pp", "dp")
+    parts = [f"{name.upper()}={lay[name]}" for name in names if lay[name] > 1]
+    spread = lay["tp"] * (lay["dp"] if lay["coordinated"] else 1)  # the GPUs vLLM's EP spreads experts over
+    label = " ".join(parts) + ("+EP" if lay["ep"] and spread > 1 else "")
+    return f"{replicas} × {label or '1 GPU'}" if replicas > 1 else label
 
 
 def row_graph_tokens(row: dict[str, Any]) -> int | None:
@@ -298,7 +317,8 @@ def row_graph_tokens(row: dict[str, Any]) -> int | None:
 
 def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
-    (B/dp: one replica), ``tp``, ``ep`` 1 and ``expert_parallel`` (vLLM's EP flag), ``pp``, the engine's
+    (B/dp: one replica; B with ``dp`` for vLLM's data parallelism), ``tp``, ``ep`` 1 and
+    ``expert_parallel`` (vLLM's EP flag), ``pp``, the engine's
     largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
     that takes the host's speed as an input, the host's probe time the row measured
     (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
@@ -308,9 +328,11 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     ``moe_impl`` ``staged`` for a row whose vLLM MoE backend runs the staged block
     (:data:`STAGED_MOE_BACKENDS`), so that every fit predicts its kernels."""
     lay = row_layout(row)
-    out = {"batch": int(row["batch"]) // int(lay["dp"]), "tp": int(lay["tp"]), "ep": 1,
+    out = {"batch": int(row["batch"]) // row_replicas(row), "tp": int(lay["tp"]), "ep": 1,
            "expert_parallel": bool(lay["ep"]), "pp": int(lay["pp"]),
            "graph_tokens": row_graph_tokens(row)}
+    if lay["coordinated"]:
+        out["dp"] = int(lay["dp"])
     kv = row_kv_dtype(row)
     if kv is not None:
         out["kv_dtype"] = kv
@@ -498,7 +520,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         skew = prefill_skew(row, spec)
         prefill = predict(spec, phase="prefill", skew=skew, **workload) if skew > 0 else p
         metrics = as_measured(p.metrics, row, prefill.metrics["prefill_s"] if skew > 0 else None)
-        replicas = row_layout(row)["dp"]
+        replicas = row_replicas(row)
         fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
                   and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in fitted_points
         split = "train" if fitted and row_gpus(row) == 1 else "held-out"

@@ -56,6 +56,7 @@ from perfmodel.specs.zoo import config_field, load_hf_config, parse_override
 from perfmodel.host_speed import probe_ms
 from perfmodel.measuring import env
 from perfmodel.measuring.points import SweepPoint
+from perfmodel.measuring.vllm_replicas import DP_MODES
 
 #: model_type -> the vLLM architecture class name written into config.json (each family's).
 ARCHITECTURES = {model_type: adapter.vllm_architecture for model_type, adapter in FAMILIES.items()}
@@ -120,9 +121,11 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
                    dp: int = 1, routing: str = "model", spec_draft: str | None = None,
                    spec_tokens: int | None = None, spec_accept: float | None = None,
                    engine_process: bool = False, kv_cache_dtype: str = "auto",
-                   moe_config_dir: str | None = None) -> dict[str, str]:
+                   moe_config_dir: str | None = None, dp_mode: str = "replicas") -> dict[str, str]:
     """Engine settings that are part of each point's id. ``pp`` (pipeline stages) and ``dp``
-    (independent engine replicas) appear only above 1, ``routing`` only when it is not the
+    (data-parallel ranks) appear only above 1, ``dp_mode`` only when it is ``vllm`` (vLLM's data
+    parallelism, the MoE layers spanning the ranks, not independent engine replicas:
+    :mod:`perfmodel.measuring.vllm_replicas`), ``routing`` only when it is not the
     model's own, ``mp`` (``1``: the engine core in a process of its own, vLLM's default, see
     :func:`apply_engine_process`) only when asked for, ``spec`` (``DRAFT:γ``: speculative
     decoding with a draft model proposing γ tokens per step) and ``spec_accept`` (α: vLLM's
@@ -149,6 +152,12 @@ def point_settings(tp: int = 1, expert_parallel: bool = False, quantization: str
         "sampling": sampling,
     }
     settings.update({name: str(int(value)) for name, value in (("pp", pp), ("dp", dp)) if int(value) > 1})
+    if dp_mode not in DP_MODES:
+        raise ValueError(f"unknown data-parallel mode '{dp_mode}' (one of: {', '.join(DP_MODES)})")
+    if dp_mode == "vllm":
+        if int(dp) < 2:
+            raise ValueError("the vllm data-parallel mode needs dp > 1")
+        settings["dp_mode"] = "vllm"
     if routing != "model":
         settings["routing"] = routing
     if (spec_draft is None) != (spec_tokens is None):
