@@ -135,7 +135,8 @@ def free_port() -> int:
 
 
 def _replica_main(conn, env: dict[str, str], backend_cls, backend_kwargs: dict[str, Any]) -> None:
-    """A replica process: its GPUs only (``env``), then prepare / measure / stop on request."""
+    """A rank process: its environment first (``env``: its GPUs, and its place among vLLM's
+    data-parallel ranks where it has one), then prepare / measure / stop on request."""
     os.environ.update(env)
     backend = backend_cls(**backend_kwargs)
     handle = None
