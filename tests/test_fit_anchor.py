@@ -246,3 +246,28 @@ def test_the_h100s_graph_replayed_ttft_band_is_the_h200s_its_four_prefills_check
     for field in ("decode_step_host_bound", "e2e_host_bound", "throughput_host_bound"):
         assert h100["error_band"][field] == _committed(REFERENCE_GPU)["error_band"][field]
     assert h100["fit"]["residuals"]["band points"]["decode_step host-bound"]["n"] < 5
+
+
+@pytest.mark.parametrize("name", ["h100-sxm-vllm", "h200-sxm-vllm", "h100-sxm-hf", "h200-sxm-hf"])
+def test_each_schemes_verdict_is_against_the_band_predictions_carry(name):
+    """A scheme's (and a KV dtype's) check reads the profile's final band, the regimes it carries
+    from its anchor included: where every regime's 90th percentile lies within that band's
+    half-width, the scheme is within, and the other way round (the H100's fp8 rows were once
+    checked before its host-bound band was carried, and took the GPU-bound steps' for it)."""
+    from perfmodel.calibration.fit import DECODE_BAND_SUFFIX, TTFT_BAND_FIELDS
+
+    profile = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+    band = profile["error_band"]
+    residuals = profile["fit"]["residuals"]
+    checks = {**residuals.get("quantization", {}), **residuals.get("kv_cache", {})}
+    assert checks or name.endswith("hf")
+    for check in checks.values():
+        if check.get("why", "").startswith("fewer than"):
+            continue
+        inside = True
+        for key, p90 in check["p90_abs_pct"].items():
+            metric, regime = key.split(" ", 1)
+            limit = (band.get(TTFT_BAND_FIELDS.get(regime, "ttft")) if metric == "ttft"
+                     else band.get(metric + DECODE_BAND_SUFFIX[regime], band[metric]))
+            inside &= limit is not None and p90 <= 100 * limit
+        assert check["within"] == inside, (name, check)

@@ -393,7 +393,8 @@ DECODE_BAND_SUFFIX = {GPU_BOUND: "", HOST_BOUND: "_host_bound"}
 
 def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: tuple[str, ...],
                        held_out: tuple[str, ...], note: str = "", band_exclude: Any = None,
-                       train_points: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                       train_points: tuple[str, ...] = (),
+                       carry_bands: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Residuals of a profile on every committed one-GPU row (``results`` and its what-if file),
     per split and metric (MAPE, 90th percentile of |error|, bias, n, in %), and the error band
     they give: the held-out 90th percentiles. Hypothetical variants are held out by construction;
@@ -413,7 +414,11 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     regime go to ``band points``. ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
-    term was fitted on (:func:`perfmodel.measuring.compare.compare`)."""
+    term was fitted on (:func:`perfmodel.measuring.compare.compare`). ``carry_bands``: called as
+    ``carry_bands(band, band_points)`` once the band is stated, to fill in (in place) the regimes
+    another GPU's fit states for this one
+    (:func:`perfmodel.calibration.fit_anchor.carried_regime_bands`), before each scheme's rows are
+    checked against the band, so that they are checked against the band predictions carry."""
     from perfmodel.measuring.compare import load_with_what_ifs, row_moe_impl
 
     rows = [r for r in one_gpu_rows(load_with_what_ifs(results))  # the band is the fused MoE's grouped GEMMs'
@@ -492,6 +497,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
                     if metric in ("decode_step", "throughput")})
     if own:
         stats["band points"] = own
+    if carry_bands is not None:
+        carry_bands(band, own)
     quantized = checked[~checked["speculative"]] if "speculative" in checked else checked
     if "quant" in quantized:
         plain_kv = quantized[quantized["kv_cache"] == "model"] if "kv_cache" in quantized else quantized

@@ -663,12 +663,12 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     fitted += [*draft_points, *piecewise_points, *host_points]
     # the training points are the rows some parameter was fitted on, and nothing else: a row of a
     # training model that no fit took (e.g. a what-if engine setting) is held out
+    # a regime too few of this GPU's rows state: the anchor's, where they check it
+    carry = None if reference is None else (lambda band, own: carried_regime_bands(band, own, reference))
     stats, base["error_band"] = held_out_residuals(
         base, results, gpu, (), held_out, note, train_points=tuple(fitted),
         band_exclude=lambda r: (routing_group(r) in collapsed or r["point_id"] in eager_verify
-                                or r["point_id"] in engine_process))
-    if reference is not None:  # a regime too few of this GPU's prefills state: the anchor's, where they check it
-        carried_regime_bands(base["error_band"], stats.get("band points", {}), reference)
+                                or r["point_id"] in engine_process), carry_bands=carry)
     for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
         if scheme in base.get("quantization", {}):
             base["quantization"][scheme]["band"] = check["within"]
