@@ -34,10 +34,10 @@ import numpy as np
 from scipy.optimize import curve_fit
 
 from perfmodel.calibration.fit import _profile
+from perfmodel.calibration.fit_serving_band import serving_files
 from perfmodel.host_noise import centered_fn
 from perfmodel.measuring.serving_replay import serving_scheme
 from perfmodel.measuring.step_compare import load_traced_runs, mixed_steps, step_tables
-from perfmodel.paths import RESULTS_DIR
 
 #: The scheme of the runs the fit takes (the profile's own: unquantized weights and KV cache).
 FIT_SCHEME = "bf16"
@@ -143,12 +143,6 @@ def _summary(binned: dict[str, Any], runs: list[str], fitted: dict[str, float] |
     return out
 
 
-def _serving_files(gpu: str, results_dir: Path) -> list[Path]:
-    prefix = gpu.split("-")[0]
-    return sorted(p for p in results_dir.glob(f"{prefix}-vllm-serving*.jsonl")
-                  if not p.name.endswith(("-steps.jsonl", "-tokens.jsonl")))
-
-
 def fit_launch_noise(base: dict[str, Any], gpu: str, train_models: tuple[str, ...],
                      results_dir: Path | None = None) -> tuple[dict[str, float] | None, dict[str, Any],
                                                               list[tuple[str, str]]]:
@@ -158,7 +152,7 @@ def fit_launch_noise(base: dict[str, Any], gpu: str, train_models: tuple[str, ..
     train = {m.lower() for m in train_models}
     profile = _profile(base)
     fit_series, fit_runs, held_series, held_runs = [], [], [], []
-    for rows_path in _serving_files(gpu, results_dir or RESULTS_DIR):
+    for rows_path in serving_files(gpu, results_dir):
         for row, trace in load_traced_runs(rows_path):
             logs = launch_logs(row, trace, profile, gpu)
             if logs is None:
