@@ -294,14 +294,33 @@ def formula(
     print("\n".join(op_formula(*args, latex, set_ or [], **workload)))
 
 
+def _measured_models() -> dict[str, list[dict[str, Any]]]:
+    """Per model, the calibrated profiles whose fit compared it with committed one-GPU rows (the
+    model as built and its variants): the profile, its GPU and engine, and the points it was
+    fitted on (``train``) and checked on (``held_out``), from each profile's
+    ``fit.residuals.models`` (:func:`perfmodel.calibration.fit.held_out_residuals`)."""
+    from perfmodel.paths import PROFILES_DIR
+    from perfmodel.profile import load_profile_file
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(PROFILES_DIR.glob("*.yaml")):
+        profile = load_profile_file(path)
+        for model, counts in (((profile.fit or {}).get("residuals") or {}).get("models") or {}).items():
+            out.setdefault(model, []).append({"profile": profile.name, "gpu": profile.gpu, "engine": profile.engine,
+                                              "train": int(counts.get("train", 0)),
+                                              "held_out": int(counts.get("held-out", 0))})
+    return out
+
+
 def _list_data(what: ListWhat) -> list[dict[str, Any]]:
     """The models, GPUs or engines (each with its profiles) as JSON-ready objects."""
     if what is ListWhat.models:
         from perfmodel.specs.zoo import zoo, zoo_names
 
+        measured = _measured_models()
         return [{"name": name, "model_type": zoo()[name].config["model_type"],
                  "display_name": zoo()[name].display_name, "aliases": list(zoo()[name].aliases),
-                 "source": zoo()[name].source} for name in zoo_names()]
+                 "source": zoo()[name].source, "measured": measured.get(name, [])} for name in zoo_names()]
     if what is ListWhat.gpus:
         from perfmodel.profile import list_engines, load_profile
         from perfmodel.specs.hardware import gpu_catalog
@@ -471,7 +490,10 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
     elif what is ListWhat.models:
         for m in items:
             aliases = f"  (also: {', '.join(m['aliases'])})" if m["aliases"] else ""
-            print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}{aliases}")
+            measured = "; ".join(f"{e['gpu']} {e['engine']} " + ", ".join(
+                f"{n} {label}" for n, label in ((e["held_out"], "held out"), (e["train"], "fitted on")) if n)
+                for e in m["measured"]) or "not measured"
+            print(f"{m['name']:24s} {m['model_type']:12s} {m['display_name']}{aliases}  [{measured}]")
     elif what is ListWhat.gpus:
         for gpu in items:
             aliases = f"  (also: {', '.join(gpu['aliases'])})" if gpu["aliases"] else ""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from perfmodel.commands import main
 from perfmodel.prediction import predict
@@ -177,6 +178,24 @@ def test_list_models_includes_the_zoo(capsys):
         assert name in out
     mixtral = next(line for line in out.splitlines() if line.startswith("mixtral-8x7b "))
     assert "(also: " in mixtral and "mixtral" in mixtral.split("(also: ")[1].split(", ")  # the README's name
+
+
+def test_list_models_says_where_each_model_was_measured(capsys):
+    """Per model, each calibrated profile that compared it with committed rows: the points it was
+    fitted on and those it was checked on, held out (from the profile's fit.residuals.models)."""
+    from perfmodel.paths import PROFILES_DIR
+
+    lines = {line.split()[0]: line for line in cli(["list", "models"], capsys).splitlines() if line.strip()}
+    assert lines["llama-3.1-8b"].endswith("[not measured]")
+    assert "h100-sxm vllm 6 held out" in lines["qwen2-57b-a14b"] and "fitted on" not in lines["qwen2-57b-a14b"]
+    models = {m["name"]: m for m in json.loads(cli(["list", "models", "--json"], capsys))["models"]}
+    olmoe = {e["profile"]: e for e in models["olmoe-1b-7b"]["measured"]}
+    profile = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
+    counts = profile["fit"]["residuals"]["models"]["olmoe-1b-7b"]
+    assert olmoe["h200-sxm-vllm"] == {"profile": "h200-sxm-vllm", "gpu": "h200-sxm", "engine": "vllm",
+                                      "train": counts["train"], "held_out": counts["held-out"]}
+    assert "olmoe-1b-7b" in profile["fit"]["train_models"] and counts["train"] > 0
+    assert models["llama-4-scout-17b-16e"]["measured"] == []
 
 
 def test_list_names_gpu_aliases_and_each_engines_profiles(capsys):

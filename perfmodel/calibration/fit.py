@@ -411,7 +411,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     :func:`perfmodel.prediction.error_band`); likewise ITL, E2E and throughput per regime of
     the decode step (:func:`perfmodel.prediction.decode_regime`): ``decode_step``, ``e2e``,
     ``throughput`` (GPU-bound) and ``*_host_bound``; the residuals of the band's own points per
-    regime go to ``band points``. ``band_exclude``: a predicate on rows (with the
+    regime go to ``band points``, and the points of each model (as built and its variants),
+    training and held out, to ``models`` (what ``perfmodel list models`` shows as measured). ``band_exclude``: a predicate on rows (with the
     reason in ``note``) whose points count in the residuals but not in the band, e.g. rows that
     did not run the routing the model assumes. ``train_points``: point ids of the rows a further
     term was fitted on (:func:`perfmodel.measuring.compare.compare`). ``carry_bands``: called as
@@ -429,6 +430,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         sub = points[points["split"] == split]
         stats[split] = {metric: _residual_stats(g["rel_error"]) for metric, g in sub.groupby("metric")}
     held = stats["held-out"]
+    per_model = points.drop_duplicates("point_id").groupby(["model", "split"]).size()
+    stats["models"] = {model: {split: int(n) for (m, split), n in per_model.items() if m == model}
+                       for model in sorted(set(points["model"]))}
     if not held:
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
     excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
