@@ -294,17 +294,21 @@ def formula(
     print("\n".join(op_formula(*args, latex, set_ or [], **workload)))
 
 
+def _committed_profiles() -> list:
+    """Every profile file of the calibration folder, loaded, in name order."""
+    from perfmodel.paths import PROFILES_DIR
+    from perfmodel.profile import load_profile_file
+
+    return [load_profile_file(path) for path in sorted(PROFILES_DIR.glob("*.yaml"))]
+
+
 def _measured_models() -> dict[str, list[dict[str, Any]]]:
     """Per model, the calibrated profiles whose fit compared it with committed one-GPU rows (the
     model as built and its variants): the profile, its GPU and engine, and the points it was
     fitted on (``train``) and checked on (``held_out``), from each profile's
     ``fit.residuals.models`` (:func:`perfmodel.calibration.fit.held_out_residuals`)."""
-    from perfmodel.paths import PROFILES_DIR
-    from perfmodel.profile import load_profile_file
-
     out: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(PROFILES_DIR.glob("*.yaml")):
-        profile = load_profile_file(path)
+    for profile in _committed_profiles():
         for model, counts in (((profile.fit or {}).get("residuals") or {}).get("models") or {}).items():
             out.setdefault(model, []).append({"profile": profile.name, "gpu": profile.gpu, "engine": profile.engine,
                                               "train": int(counts.get("train", 0)),
@@ -335,10 +339,9 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                         "band": p.error_band is not None and p.gpu == gpu} for e, p in taken.items()}
 
         return [{**gpu.model_dump(mode="json"), "profiles": profiles(gpu.name)} for gpu in gpus]
-    from perfmodel.paths import PROFILES_DIR
-    from perfmodel.profile import list_engines, load_profile_file
+    from perfmodel.profile import list_engines
 
-    profiles = [load_profile_file(path) for path in sorted(PROFILES_DIR.glob("*.yaml"))]
+    profiles = _committed_profiles()
     if what is ListWhat.tables:
         from perfmodel.moe_tables import load_tables, zoo_shapes
 
