@@ -30,11 +30,11 @@ from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, p
                               prefill_substitutions)
 from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, Options, load_profile
 from perfmodel import quantization
-from perfmodel.ops.moe import MOE_IMPLS, expert_cut, row_tiers
+from perfmodel.ops.moe import MOE_IMPLS, busiest_z, expert_cut, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
 from perfmodel.roofline import op_time
 from perfmodel.specs.hardware import GPUSpec, load_gpu
-from perfmodel.specs.layout import Layout, expected_max_normal
+from perfmodel.specs.layout import Layout
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import parse_override
 from perfmodel.waves import WAVE_METRICS, one_pass, run_in_waves
@@ -679,7 +679,7 @@ def numeric_values(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, w: Wo
     values.update({
         s.B: w.rank_batch, s.S: w.input_len, s.O: w.output_len, s.L: L,
         s.tp: w.tp, s.ep: w.ep, s.pp: w.pp, s.dp: w.dp, s.sigma: w.skew,
-        s.z_busy: expected_max_normal(expert_cut(w.tp, w.ep, w.dp, w.expert_parallel)[0]),
+        s.z_busy: busiest_z(w.tp, w.ep, w.dp, w.expert_parallel),
         s.x_ep: float(w.expert_parallel),
         s.b_w: DTYPE_BYTES[w.base_dtype], s.b_e: DTYPE_BYTES[w.base_dtype], s.b_a: 2.0,
         s.b_kv: DTYPE_BYTES[kv],

@@ -29,7 +29,7 @@ from perfmodel.prediction import (
     COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
     check_overrides, compile_model, graph_options, layout_gpus, numeric_values, structure_key,
 )
-from perfmodel.ops.moe import MOE_IMPLS, expert_cut
+from perfmodel.ops.moe import MOE_IMPLS, busiest_z
 from perfmodel.quantization import check_quant
 from perfmodel.profile import DEFAULT_ENGINE, load_profile
 from perfmodel.pruning import PRUNE_KEYS, check_ratio, prune
@@ -38,7 +38,7 @@ from perfmodel.speculative import (
     speculative_outputs, tokens_per_step,
 )
 from perfmodel.specs.hardware import load_gpu
-from perfmodel.specs.layout import Layout, expected_max_normal, layout_holds
+from perfmodel.specs.layout import Layout, layout_holds
 from perfmodel.specs.families import EXPERT_KNOBS, KNOBS
 from perfmodel.specs.model import MAX_INT, ModelSpec, load_model
 from perfmodel.specs.zoo import config_field
@@ -507,8 +507,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
             if "batch" in axes or "dp" in axes:  # a batch is every data-parallel rank's: B is one rank's
                 values["B"] = axes.get("batch", workload.batch) // np.asarray(values["dp"])
             if {"tp", "ep", "dp"} & set(axes):  # the busiest of the GPUs holding whole experts
-                values["z_busy"] = expected_max_normal(expert_cut(values["tp"], values["ep"], values["dp"],
-                                                               workload.expert_parallel)[0])
+                values["z_busy"] = busiest_z(values["tp"], values["ep"], values["dp"], workload.expert_parallel)
 
             def run(values: dict[str, Any]) -> dict[str, Any]:
                 out = compiled.fn(*[values[a] for a in compiled.args])

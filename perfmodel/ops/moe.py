@@ -163,6 +163,15 @@ def expert_cut(tp_: Any, ep_: Any, dp_: Any, expert_parallel: bool) -> tuple[Any
     return groups, shard
 
 
+def busiest_z(tp_: Any, ep_: Any, dp_: Any, expert_parallel: bool) -> Any:
+    """z_busy of :func:`local_load` at numbers or numpy arrays of a layout: the expected largest of
+    g standard normal draws, g the GPUs holding whole experts (:func:`expert_cut`'s groups;
+    :func:`perfmodel.specs.layout.expected_max_normal`)."""
+    from perfmodel.specs.layout import expected_max_normal
+
+    return expected_max_normal(expert_cut(tp_, ep_, dp_, expert_parallel)[0])
+
+
 def local_load(tokens: sp.Expr, groups: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
     """(rows, touched experts) of the busiest of ``groups`` GPUs that hold whole experts, E/g
     each, when ``tokens`` tokens are routed: a step waits for its slowest GPU. Each of the
