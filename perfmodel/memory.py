@@ -7,7 +7,8 @@ import sympy as sp
 from perfmodel.graph import ModelGraph
 from perfmodel.minmax import Max, Min
 from perfmodel.ops import Role
-from perfmodel.symbols import B, E, W, k, pp
+from perfmodel.symbols import (B, E, H, I_d, I_e, I_sh, N_seqs, T, V, W, a_res, b_a, b_aq, b_res, c_res, k, n_sh, pp,
+                               s_logit, tp)
 
 
 def weights_bytes(graph: ModelGraph) -> sp.Expr:
@@ -34,6 +35,45 @@ def kv_cache_bytes(graph: ModelGraph, tokens: sp.Expr) -> sp.Expr:
 def activation_peak_bytes(graph: ModelGraph, subs: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
     """Largest activation footprint of one op of the pass (its inputs and outputs together)."""
     return Max(*[op.act_bytes.subs(subs) for _, op in graph.all_ops()])
+
+
+def reserved_activation_bytes(graph: ModelGraph, *, quantized_expert_inputs: bool = False) -> sp.Expr:
+    """Activation bytes an engine keeps out of its KV cache on one GPU, as vLLM measures them at
+    start-up: the peak of one pass of T tokens (its ``max_num_batched_tokens``) and of its
+    sampler over N_seqs rows (``max_num_seqs``), coefficients a_res, b_res, c_res and s_logit
+    from the profile's ``activation_reserve`` (fitted on the engine's logs,
+    :mod:`perfmodel.calibration.fit_vllm_memory`):
+
+        max(W + max(R(n_sh·I_sh), s·N_seqs·V), R(I_d)),   R(I) = a + b·T·H·b_a + c·T·3·I/tp·b_a
+
+    (a, b, c, s = a_res, b_res, c_res, s_logit)
+
+    W: the fused-MoE kernel's two workspaces, kept for the whole pass, T·k rows (the GPU's own
+    tokens: under data parallelism each rank sizes its start-up pass alone, and how far gathering
+    the ranks' tokens grows them has not been measured) of
+    max(2·I_e/shard, H) and max(I_e/shard, H) activations, and, where the experts' inputs are
+    quantized on the fly (``quantized_expert_inputs``), one more of I_e/shard at b_aq (vLLM
+    0.26's Triton experts' workspace shapes); 0 without routed experts. R: the pass's other
+    activations, a fixed part, b hidden-width copies per token and c of a gated MLP's three
+    intermediates of the widest unrouted MLP on one GPU (shared experts beside the routed ones;
+    a dense layer's MLP, which runs before any expert allocates W). s·N_seqs·V: the sampler's
+    logits, bytes per logit s. Bytes on one GPU.
+    """
+    from perfmodel.ops.moe import expert_split
+
+    workspace = sp.Integer(0)
+    if any(op.role is Role.ROUTED_EXPERTS for _, op in graph.all_ops()):
+        shard = expert_split()[1]
+        rows = T * k
+        workspace = rows * (Max(2 * I_e / shard, H) + Max(I_e / shard, H)) * b_a
+        if quantized_expert_inputs:
+            workspace += rows * I_e / shard * b_aq
+
+    def rest(width: sp.Expr) -> sp.Expr:
+        return a_res + b_res * T * H * b_a + c_res * T * 3 * width / tp * b_a
+
+    sampler = s_logit * N_seqs * V
+    return Max(workspace + Max(rest(n_sh * I_sh), sampler), rest(I_d))
 
 
 def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, activations: sp.Expr,

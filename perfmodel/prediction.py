@@ -23,7 +23,8 @@ from perfmodel.errors import InputError, SpecError
 from perfmodel.graph import GraphOptions, ModelGraph, build_graph, model_values
 from perfmodel.host_speed import HOST_TIMES, check_probe, host_factor
 from perfmodel.memory import (
-    activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, weights_bytes,
+    activation_peak_bytes, active_parameter_count, kv_cache_bytes, parameter_count, reserved_activation_bytes,
+    weights_bytes,
 )
 from perfmodel.minmax import Max, Min
 from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, prefill_steps,
@@ -220,9 +221,9 @@ class Workload:
         object.__setattr__(self, "quant", quantization.check_quant(self.quant))
         quantization.resolve(self.quant, self.dtype)  # a quant that contradicts an alias dtype fails here
         object.__setattr__(self, "moe_impl", check_choice("moe_impl", self.moe_impl, MOE_IMPLS))
-        if self.moe_impl == "staged" and self.scheme.moe_tile is None:
-            raise InputError("--moe-impl staged is vLLM's TRITON_UNFUSED MoE, which runs a tiled MoE kernel's "
-                             "experts: give a scheme with one (--quant mxfp4-moe)")
+        if self.moe_impl == "staged" and self.scheme.moe_tile is None and (
+                self.quant is not None or self.dtype in quantization.dtype_aliases()):
+            raise _staged_needs_tiles()  # else the model's checkpoint may store it so: check(model)
         if self.graph_tokens is not None:  # 0: the engine captures no graph
             tokens = self.graph_tokens
             object.__setattr__(self, "graph_tokens",
@@ -280,6 +281,21 @@ class Workload:
     def check(self, model: ModelSpec) -> None:
         """Raise :class:`InputError` on a workload that makes no sense for this model."""
         Layout(self.tp, self.ep, self.pp, self.dp, self.expert_parallel).check(model)
+        self.check_moe_impl(model)
+
+    def check_moe_impl(self, model: ModelSpec) -> None:
+        """Raise :class:`InputError` where the MoE implementation has nothing to run: a model
+        without routed experts takes the default only; the staged block needs a tiled kernel, of
+        the workload's scheme or the model's checkpoint."""
+        if self.moe_impl != "fused" and not model.is_moe:
+            raise InputError(f"--moe-impl {self.moe_impl}: {model.name} has no routed experts")
+        if self.moe_impl == "staged" and self.stored_as(model).scheme.moe_tile is None:
+            raise _staged_needs_tiles()
+
+
+def _staged_needs_tiles() -> InputError:
+    return InputError("--moe-impl staged is vLLM's TRITON_UNFUSED MoE, which runs a tiled MoE kernel's "
+                      "experts: give a scheme with one (--quant mxfp4-moe), or a model stored in one")
 
 
 @dataclass(frozen=True)
@@ -611,10 +627,17 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
         # the cached tokens its sequences read (B·C rows an MLA latent cache re-expands) one chunk's too
         last_subs = {**last_subs, s.T: Min(last_subs[s.T], s.M_chunk),
                      **{c: Min(last_subs[c], s.M_chunk / s.B) for c in (s.C, s.Cw) if c in last_subs}}
+    if profile.activation_reserve is not None:
+        # the engine keeps its start-up pass's peak out of the cache, whatever the batch's own passes hold
+        quantized_inputs = options.quantized_activations and "experts" in options.quantized_layers
+        reserve = reserved_activation_bytes(prefill_graph, quantized_expert_inputs=quantized_inputs)
+        activation = reserve.subs(s.T, s.M_chunk if opts.prefill_chunk_tokens is not None else last_subs[s.T])
+    else:
+        activation = activation_peak_bytes(prefill_graph if phase != "decode" else any_graph, last_subs)
     totals.update(
         weights_bytes=weights_bytes(prefill_graph),
         kv_cache_bytes=kv_cache_bytes(any_graph, cached),
-        activation_bytes=activation_peak_bytes(prefill_graph if phase != "decode" else any_graph, last_subs),
+        activation_bytes=activation,
         params=parameter_count(prefill_graph),
         active_params=active_parameter_count(prefill_graph),
     )
@@ -637,7 +660,8 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
     elimination (data, lambdified again on load), so a new process skips building them.
     """
     options = options if options is not None else graph_options(profile)
-    key = (structure_key(model), phase, profile.options, options, with_ops)
+    key = (structure_key(model), phase, profile.options, options, with_ops,
+           profile.activation_reserve is not None)
     return compile_cached(key, phase, lambda: phase_expressions(model, phase, profile, options),
                           with_ops=with_ops)
 
@@ -737,6 +761,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,
         s.M_chunk: float(profile.options.prefill_chunk_tokens or 1),  # read only when chunking
         s.M_graph: float(profile.options.cudagraph_max_tokens or 0),  # read only by eager passes
+        s.N_seqs: float(profile.max_sequences or 1),  # read only by an activation reserve
+        **reserve_values(profile),
         s.n_SM: float(gpu.sm_count),
         s.t_tile: kernels.tile_s, s.t_kstep: kernels.k_step_s, s.t_moe_host: kernels.host_layer_s,
         s.t_bitpack: kernels.bitmatrix_column_s, s.t_bitpack_loop: kernels.bitmatrix_loop_s,
@@ -756,6 +782,15 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
     if kernels.dequant_flops_per_weight is not None:  # the engine's kernels' own, not the scheme's estimate
         values[s.n_dq] = kernels.dequant_flops_per_weight
     return values
+
+
+def reserve_values(profile: EngineProfile) -> dict[sp.Symbol, float]:
+    """The coefficients of the profile's activation reserve
+    (:func:`perfmodel.memory.reserved_activation_bytes`), 0 where it has none."""
+    r = profile.activation_reserve
+    if r is None:
+        return {s.a_res: 0.0, s.b_res: 0.0, s.c_res: 0.0, s.s_logit: 0.0}
+    return {s.a_res: r.fixed_bytes, s.b_res: r.hidden_copies, s.c_res: r.mlp_copies, s.s_logit: r.logit_bytes}
 
 
 #: dtype names as torch writes them (a fit, a measured row) → the names a workload uses.
@@ -1017,6 +1052,8 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
                  else ("uncalibrated: datasheet peaks with default derates" if not profile.calibrated
                        else f"calibrated on {gpu.name}")),
         "peaks": profile.peaks, "options": profile.options.model_dump(),
+        # how the activations kept out of the KV cache are counted (perfmodel.memory)
+        "activations": "reserved at start-up" if profile.activation_reserve is not None else "peak op",
         "error_band": band, "error_band_scope": band_scope(profile), "error_band_note": band_note,
         "host": host_record(profile, workload.host_probe_ms),
         # a checkpoint format no scheme describes, predicted unquantized: neither --quant nor an alias --dtype
@@ -1047,7 +1084,7 @@ def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any
 def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[str, Any]:
     nan = float("nan")
     m: dict[str, Any] = {name: t.get(name, nan) for name in METRICS}
-    m["memory_capacity_bytes"] = gpu.hbm_capacity_bytes * profile.options.memory_usable_fraction
+    m["memory_capacity_bytes"] = profile.usable_bytes(gpu)
     m["fits_in_memory"] = bool(m["memory_bytes"] <= m["memory_capacity_bytes"])
     return m
 
@@ -1156,7 +1193,8 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
     if whole.phase == "request" and profile.options.kv_waves:
         metrics = run_in_waves(whole.metrics, w.rank_batch, w.input_len, w.output_len,
                                whole.metrics["memory_capacity_bytes"], profile.options.prefill_chunk_tokens,
-                               profile.max_sequences, rerun, ranks=w.dp)
+                               profile.max_sequences, rerun, ranks=w.dp,
+                               reserved=profile.activation_reserve is not None)
     else:
         metrics = one_pass(whole.metrics, w.rank_batch, ranks=w.dp)
     metrics = {k: bool(v) if k == "fits_in_memory" else int(v) if k in WAVE_METRICS else float(v)

@@ -376,6 +376,29 @@ class ServingBand(_Strict):
         default=None, description="The same over the band's runs and every checked scheme's.")
 
 
+class ActivationReserve(_Strict):
+    """What an engine keeps out of its KV cache besides the weights, per GPU, as vLLM sizes its
+    cache at start-up (:func:`perfmodel.memory.reserved_activation_bytes`): the peak of one
+    profiling pass of ``prefill_chunk_tokens`` tokens (the fused-MoE kernel's workspaces, held
+    for the whole pass, beside the pass's other activations; the widest unrouted MLP's where it
+    is larger; its sampler's logits over ``max_num_seqs`` rows where those are larger still)
+    and the memory CUDA holds outside the framework's allocator. Fitted on the engine's own
+    start-up logs (:mod:`perfmodel.calibration.fit_vllm_memory`)."""
+
+    fixed_bytes: NonNegativeFloat = Field(description="a: the pass's activations that do not grow "
+                                          "with its tokens, bytes")
+    hidden_copies: NonNegativeFloat = Field(description="b: activations of the width of the hidden "
+                                            "state held at the peak, per token (b·T·H·b_a bytes)")
+    mlp_copies: NonNegativeFloat = Field(description="c: of a gated MLP's three intermediate widths "
+                                         "(gate, up, product) held at the peak, per token "
+                                         "(c·T·3·I·b_a bytes; I: the widest unrouted MLP on one GPU)")
+    logit_bytes: NonNegativeFloat = Field(description="s: bytes per logit of the sampler's pass over "
+                                          "max_num_seqs rows of the vocabulary (s·N_seqs·V)")
+    non_torch_bytes: NonNegativeFloat = Field(description="memory CUDA holds outside the framework's "
+                                              "allocator (context, library handles), bytes")
+    source: str = ""
+
+
 class EngineProfile(_Strict):
     """One engine on one GPU (or on any GPU when ``gpu`` is null)."""
 
@@ -399,6 +422,9 @@ class EngineProfile(_Strict):
         default_factory=dict, description="Per KV-cache dtype (--kv-dtype): the attention kernels' "
         "memory efficiency multiplier when the cache is stored in it; a dtype not listed, and the "
         "model's own, run at 1.0.")
+    activation_reserve: ActivationReserve | None = Field(
+        default=None, description="The memory the engine keeps out of its KV cache for activations "
+        "at start-up, fitted on its logs; absent: the largest op's activations at the pass's tokens.")
     fitted_from: str | None = None
     fit: dict[str, Any] | None = Field(
         default=None, description="How the profile was fitted: data, split, residual statistics.")
@@ -466,6 +492,13 @@ class EngineProfile(_Strict):
         engine vllm (:data:`VLLM_MAX_NUM_SEQS`), else None (no limit: the KV cache alone bounds it)."""
         given = self.options.max_num_seqs
         return given if given is not None else (VLLM_MAX_NUM_SEQS if self.engine == "vllm" else None)
+
+    def usable_bytes(self, gpu) -> float:
+        """Bytes of one GPU (``gpu``: a GPUSpec) the engine may fill with weights, activations and
+        KV cache: its memory fraction of what CUDA reports (``hbm_capacity_gib``), less what CUDA
+        holds outside the framework's allocator (``activation_reserve.non_torch_bytes``)."""
+        outside = self.activation_reserve.non_torch_bytes if self.activation_reserve is not None else 0.0
+        return gpu.hbm_capacity_bytes * self.options.memory_usable_fraction - outside
 
     def efficiency_of(self, op_class: str) -> Efficiency:
         """η of an op class, an optional class falling back to its base class."""

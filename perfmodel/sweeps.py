@@ -485,13 +485,14 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         profile = load_profile(cat.get("engine", engine), gpu_spec.name)
         point_workload = replace(workload, **{k: cat[k] for k in ("dtype", "kv_dtype", "quant", "moe_impl")
                                               if k in cat}).stored_as(models.specs[0])
+        point_workload.check_moe_impl(models.specs[0])
         draft = speculation and speculation.drafts[cat.get("spec_draft", whatif.get("spec_draft"))]
         draft_base = draft and numeric_values(draft, gpu_spec, profile, draft_workload(point_workload, draft))
         setups.append((gpu_spec, profile, point_workload,
                        numeric_values(models.specs[0], gpu_spec, profile, point_workload), draft, draft_base))
     metric_parts: list[dict[str, np.ndarray]] = []
     for gpu_spec, profile, point_workload, base_values, draft, draft_base in setups:
-        capacity = gpu_spec.hbm_capacity_bytes * profile.options.memory_usable_fraction
+        capacity = profile.usable_bytes(gpu_spec)
         waves = phase == "request" and profile.options.kv_waves  # else one pass: fits whole or not
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
@@ -528,7 +529,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                                            values["O"], capacity, profile.options.prefill_chunk_tokens,
                                            profile.max_sequences,
                                            lambda batch, where: run({**_at_points(values, where), "B": batch}),
-                                           ranks=np.asarray(values["dp"]))
+                                           ranks=np.asarray(values["dp"]),
+                                           reserved=profile.activation_reserve is not None)
             if len(models.specs) == 1:
                 merged = outputs
             else:

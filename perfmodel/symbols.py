@@ -128,6 +128,12 @@ T_run = sp.Symbol("T_run", positive=True)  #: launch noise: the span of one run'
 z_launch = sp.Symbol("z", real=True)  #: launch noise: one drifting part of the log host time, at the last launch
 eps_launch = sp.Symbol("epsilon", real=True)  #: launch noise: a standard normal draw
 M_chunk = sp.Symbol("M_chunk", positive=True)  #: prompt tokens per prefill step (chunked prefill)
+N_seqs = sp.Symbol("N_seqs", positive=True)  #: most sequences the engine runs at once (max_num_seqs)
+# the engine's activation reserve (perfmodel.memory.reserved_activation_bytes; a profile's numbers)
+a_res = sp.Symbol("a_res", nonnegative=True)  #: fixed activation bytes of its start-up pass
+b_res = sp.Symbol("b_res", nonnegative=True)  #: hidden-width copies per token held at that pass's peak
+c_res = sp.Symbol("c_res", nonnegative=True)  #: copies of a gated MLP's three intermediates per token
+s_logit = sp.Symbol("s_logit", nonnegative=True)  #: bytes per logit of its sampler's start-up pass
 M_graph = sp.Symbol("M_graph", nonnegative=True)  #: largest pass (tokens) replayed from a captured CUDA graph
 
 

@@ -117,7 +117,8 @@ def _activations_at_most(metrics: Mapping[str, Any], batch: Any, input_len: Any,
 
 def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any, usable: Any,
                  chunk: int | None, limit: int | None,
-                 rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]], ranks: Any = 1) -> dict[str, Any]:
+                 rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]], ranks: Any = 1,
+                 reserved: bool = False) -> dict[str, Any]:
     """The request metrics of a fixed batch run in waves (see the module), numbers or numpy
     arrays alike.
 
@@ -132,10 +133,16 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     wave's where that differs at some point. Adds :data:`WAVE_METRICS` and sets
     ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each running ``batch``
     sequences in waves of its own (``rerun`` gets one rank's sizes): the throughputs and
-    ``concurrent_sequences`` count all of them.
+    ``concurrent_sequences`` count all of them. ``reserved``: the engine keeps the activations
+    out of its cache at start-up (a profile's ``activation_reserve``), whatever a wave holds: they
+    are counted once beside the weights, not per prefill token.
     """
-    activations = _activations_at_most(metrics, batch, input_len, output_len, limit, rerun)
-    plan = _evaluate("plan", batch, input_len, metrics["weights_bytes"], activations,
+    weights = metrics["weights_bytes"]
+    if reserved:
+        weights, activations = np.add(weights, metrics["activation_bytes"]), 0.0
+    else:
+        activations = _activations_at_most(metrics, batch, input_len, output_len, limit, rerun)
+    plan = _evaluate("plan", batch, input_len, weights, activations,
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
                      np.inf if limit is None else limit)
     running, waves = plan["concurrent_sequences"], plan["kv_waves"]

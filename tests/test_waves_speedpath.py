@@ -13,7 +13,7 @@ from perfmodel.waves import WAVE_METRICS, run_in_waves
 REL = 1e-9
 #: Mixtral-8x7B on one H200 with vLLM: small batches and short prompts fit at once, large ones
 #: run in up to dozens of waves (some of them even, the last wave as large as the others).
-BATCHES = [1, 8, 32, 64, 72, 128, 144, 256, 300, 512]
+BATCHES = [1, 8, 32, 64, 72, 128, 140, 144, 256, 300, 512]
 INPUT_LENS = [512, 1024, 2048, 4096, 8192]
 OUTPUT_LEN = 2048
 #: The toy model's prefill chunk (tokens), longer than its prompts.
@@ -122,11 +122,11 @@ def test_a_sweep_that_fits_at_once_runs_the_model_once(monkeypatch):
     calls = []
     original = sweeps.run_in_waves
 
-    def counting(metrics, batch, input_len, output_len, usable, chunk, limit, rerun, ranks=1):
+    def counting(metrics, batch, input_len, output_len, usable, chunk, limit, rerun, **kw):
         def counted(b, where):
             calls.append(int(where.sum()))
             return rerun(b, where)
-        return original(metrics, batch, input_len, output_len, usable, chunk, limit, counted, ranks=ranks)
+        return original(metrics, batch, input_len, output_len, usable, chunk, limit, counted, **kw)
 
     monkeypatch.setattr(sweeps, "run_in_waves", counting)
     small = sweep("mixtral-8x7b", {"batch": [1, 8, 32], "input_len": [512, 2048]}, output_len=OUTPUT_LEN)

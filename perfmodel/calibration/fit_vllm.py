@@ -123,6 +123,7 @@ from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_bitmatrix, fit_tile_host, fit_tile_times
+from perfmodel.calibration.fit_vllm_memory import fit_activation_reserve
 from perfmodel.errors import SpecError
 from perfmodel.measuring.results import read_rows
 from perfmodel.measuring.routing_floor import collapsed_routing, floor_ratios, group_name, routing_group
@@ -529,6 +530,10 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
 
     results = results or results_file("vllm", gpu)
     base = _base(gpu)
+    # first: what the engine keeps out of its KV cache, for the rows that run in waves
+    reserve, reserve_record = fit_activation_reserve(results, train)
+    if reserve is not None:
+        base["activation_reserve"] = reserve
     anchored = anchor_path(gpu, anchor)
     reference = read_anchor(anchored) if anchored is not None else None
     rows = _rows(results, train, chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
@@ -697,6 +702,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                                   + ", with the kernels of the profiled decode steps in kernel_profile")},
         "per_kernel_source": per_kernel_source,
         "kernel_profile": kernel_record,
+        "activation_reserve": reserve_record,
         "quantization_rows": quant_fits,
         "tiles": tile_fits,
         "kv_cache": kv_fits,

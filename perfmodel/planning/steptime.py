@@ -333,10 +333,13 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     replayed = {**base, "B": 1.0, "S": 1.0, "M_graph": max(float(base.get("M_graph", 0.0)), 1.0)}
     piecewise = (float(prefill.evaluate(replayed).totals["prefill_s"])
                  - float(prefill.evaluate({**replayed, "t_piece_layer": 0.0}).totals["prefill_s"]))
-    act = float(run_prefill(1.0, float(max_tokens)).totals["activation_bytes"])
+    # the activations of a pass of the step's budget; an engine that reserves them at start-up does
+    # so for a pass of its budget and a sampler of its max_seqs rows (perfmodel.memory)
+    act = float(prefill.evaluate({**base, "B": 1.0, "S": float(max_tokens), "M_chunk": float(max_tokens),
+                                  "N_seqs": float(max_seqs)}).totals["activation_bytes"])
     kv_ref = float(max_context)
     kv_per_token = float(run_decode(1.0, kv_ref).totals["kv_cache_bytes"]) / kv_ref
-    usable = gpu.hbm_capacity_bytes * profile.options.memory_usable_fraction
+    usable = profile.usable_bytes(gpu)
     table = StepTimes(
         token_s=token_s, ctx_n=seqs, ctx_L=ctx, ctx_s=np.array(ctx_s, dtype=float),
         pre_len=lengths, pre_s_per_token=np.array(pre_rate, dtype=float), fixed_s=fixed,

@@ -5,10 +5,12 @@ vLLM sizes its KV cache once, at start: the memory its ``gpu_memory_utilization`
 the weights and the peak of a profiling pass of ``max_num_batched_tokens`` tokens, in blocks
 (``num_gpu_blocks`` x ``block_size`` tokens, :func:`perfmodel.measuring.serving_replay.engine_kv_tokens`).
 The planning's capacity (:attr:`perfmodel.planning.steptime.StepTimes.kv_tokens`) is the same
-quantity from the model's memory terms: the GPU's usable bytes less the weights and the
-activation peak of a pass of that many tokens, over the cached bytes per token at the traffic's
-longest context. vLLM also keeps its CUDA graphs' memory pool and its non-torch allocations out
-of the cache, which the planning does not count. The replay holds the engine's own capacity; this
+quantity from the model's memory terms: the GPU's usable bytes (less what CUDA holds outside
+torch, where the profile fitted it) less the weights and the activations of a pass of that many
+tokens (the engine's start-up reserve, :func:`perfmodel.memory.reserved_activation_bytes`, where
+the profile has one), over the cached bytes per token at the traffic's longest context. vLLM also
+keeps its estimate of its CUDA graphs' memory out of the cache, which the planning does not
+count. The replay holds the engine's own capacity; this
 check says how far the planning's, which a plan stands on where nothing was measured, is from it.
 
 A capacity depends on the engine's configuration, not on the rate: each configuration (model,
@@ -53,7 +55,7 @@ def kv_sentence(entries: list[dict[str, Any]]) -> str:
     s = kv_summary(entries)
     if s is None:
         return ""
-    return (f"KV cache: the planning's capacity (usable memory less the weights and the activation peak of "
+    return (f"KV cache: the planning's capacity (usable memory less the weights and the activations of "
             f"a max_num_batched_tokens pass, over the cached bytes per token) against the tokens the engine "
             f"allocated (num_gpu_blocks x block_size), over {s['n']} engine configuration"
             f"{'' if s['n'] == 1 else 's'}: mean |error| {s['mape']:.1f}% (largest {s['max']:.1f}%, "
