@@ -16,6 +16,12 @@ from perfmodel.pruning import pruning_text
 from perfmodel.wording import count_of
 
 
+#: What a phase's throughput counts (perfmodel.prediction.request_metrics): a request's tokens in
+#: and out over E2E, a prefill's prompt tokens over its time, a decode step's sequences over it.
+THROUGHPUT_LABELS = {"request": "throughput B·(S+O)/E2E", "prefill": "throughput B·S/TTFT",
+                     "decode": "throughput B/ITL"}
+
+
 def format_time(seconds: float) -> str:
     if seconds is None or math.isnan(seconds):
         return "–"
@@ -124,12 +130,13 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
                 format_time(floor), None)]
               if floor > 0 else []),
             ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),
-            ("throughput B·(S+O)/E2E", f"{m['throughput_tok_s']:,.0f} tok/s", band and band["throughput"]),
+            (THROUGHPUT_LABELS.get(p.phase, THROUGHPUT_LABELS["request"]), f"{m['throughput_tok_s']:,.0f} tok/s",
+             band and band["throughput"]),
             ("output tokens/s", f"{m['output_throughput_tok_s']:,.0f} tok/s", None),
             ("params / active", f"{m['params'] / 1e9:.2f} B / {m['active_params'] / 1e9:.2f} B", None),
             ("weights", _bytes(m["weights_bytes"]), None),
             ("KV cache", _bytes(m["kv_cache_bytes"]), None),
-            ("activations (peak op)", _bytes(m["activation_bytes"]), None),
+            (f"activations ({p.provenance.get('activations', 'peak op')})", _bytes(m["activation_bytes"]), None),
             ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
              f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None),
             ("KV-cache waves", _waves_text(m, p.workload.batch), None)]

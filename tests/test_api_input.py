@@ -61,12 +61,19 @@ def refused(call, match: str) -> str:
     (dict(overrides=[4]), "overrides must be 'KEY=VALUE' strings, got 4"),
     (dict(overrides={4: 4}), "override keys must be strings"),
     (dict(overrides=["top_k=2", "top_k=4"]), "--set top_k is given twice"),
+    (dict(overrides=["ffn=1000", "moe_intermediate_size=2000"]), "both set intermediate_size: give one"),
+    (dict(overrides=["num_experts_per_tok=4", "top_k=2"]), "both set num_experts_per_tok: give one"),
     (dict(overrides={"top_k": np.float64(2.5)}), "must be an integer"),
     (dict(overrides={"top_k": np.bool_(True)}), "must be an integer"),
     (dict(overrides={"top_k": "4"}), "must be an integer"),
 ], ids=lambda v: repr(v)[:60])
 def test_predict_refuses_bad_arguments(kwargs, match):
     refused(lambda: predict("mixtral-8x7b", **kwargs), match)
+
+
+@pytest.mark.parametrize("impl", ["unfused", "staged"])
+def test_a_model_without_experts_takes_no_moe_implementation(impl):
+    refused(lambda: predict("mistral-7b", moe_impl=impl), f"--moe-impl {impl}: mistral-7b has no routed experts")
 
 
 @pytest.mark.parametrize("model, match", [

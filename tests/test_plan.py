@@ -155,7 +155,7 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
      "a token count must be an integer from 1 to 10,000,000, got 0"),
     ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
     ("model: mixtral\ntraffic: {rate: 5, lengths_file: missing.csv}\n", "cannot read lengths file"),
-    ("model: mixtral\nmodel: qwen3-30b-a3b\ntraffic: {rate: 5}\n", "key 'model' given twice (line 2)"),
+    ("model: mixtral\nmodel: qwen3-30b-a3b\ntraffic: {rate: 5}\n", "key 'model' given twice (line 2, column 1)"),
     ("model: mixtral\ntraffic: {rate: 5}\n1: 2\n", "unknown key 1"),
     ("model: mixtral\nrate: 5\n", "'rate' belongs under 'traffic:'"),
     ("model: mixtral\ntraffic: {rate: 5}\nttft_p90: 1\n", "'ttft_p90' belongs under 'slo:'"),
@@ -204,8 +204,8 @@ def test_two_pools_on_one_gpu_type_print_their_profile_once(capsys):
     naming both pools, and no caveat twice."""
     from perfmodel.paths import SPECS_DIR
 
-    code, out, _ = _run(["plan", "--config", str(SPECS_DIR / "plans" / "mixtral-chat.yaml"), "--rate", "40",
-                         "--gpu", "h100", "--dtype", "fp8"], capsys)
+    code, out, _ = _run(["plan", "--config", str(SPECS_DIR / "plans" / "mixtral-chat.yaml"), "--rate", "100",
+                         "--gpu", "h100", "--dtype", "fp8", "--no-expert-parallel"], capsys)
     assert code == 0 and "(disaggregated)" in out.splitlines()[1]
     profile_lines = [line for line in out.splitlines() if line.startswith("profile (")]
     assert len(profile_lines) == 1 and "prefill pool, h100-sxm; decode pool, h100-sxm" in profile_lines[0]

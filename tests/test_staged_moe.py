@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from perfmodel import InputError, predict
+from perfmodel import InputError, predict, sweep
 from perfmodel import symbols as s
 from perfmodel.measuring.compare import model_workload, row_moe_impl, row_what_ifs
 from perfmodel.ops.moe import (
@@ -63,6 +63,20 @@ def test_staged_is_never_faster_than_fused(batch):
 def test_staged_needs_a_tiled_moe_kernel():
     with pytest.raises(InputError, match="staged is vLLM's TRITON_UNFUSED MoE"):
         predict("olmoe-1b-7b", engine="vllm", moe_impl="staged")
+    with pytest.raises(InputError, match="staged is vLLM's TRITON_UNFUSED MoE"):
+        sweep("olmoe-1b-7b", {"moe_impl": ["fused", "staged"]})
+    with pytest.raises(InputError, match="staged is vLLM's TRITON_UNFUSED MoE"):  # the checkpoint's, refused
+        predict("gpt-oss-120b", engine="vllm", moe_impl="staged", quant="none")
+
+
+def test_a_model_stored_with_a_tiled_kernel_runs_staged_without_naming_its_scheme():
+    """gpt-oss's checkpoint stores its experts in MXFP4, whose kernel is tiled: predict and sweep
+    take --moe-impl staged for it as they take it with --quant mxfp4-moe."""
+    named = predict("gpt-oss-120b", engine="vllm", moe_impl="staged", quant="mxfp4-moe")
+    stored = predict("gpt-oss-120b", engine="vllm", moe_impl="staged")
+    assert stored.workload.quant == "mxfp4-moe" and stored.metrics["itl_s"] == named.metrics["itl_s"]
+    table = sweep("gpt-oss-120b", {"moe_impl": ["fused", "staged"]})
+    assert list(table["itl_s"])[1] == pytest.approx(stored.metrics["itl_s"])
 
 
 def _unfused_row() -> dict:

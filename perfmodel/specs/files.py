@@ -28,8 +28,7 @@ class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
                 repeated = False
             if repeated:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None, None, f"key {key!r} given twice", key_node.start_mark)  # the mark gives the line
         return super().construct_mapping(node, deep=deep)
 
 

@@ -123,6 +123,10 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] | dict[str, Any
     out = dict(config)
     model_type = out.get("model_type", "")
     fields = [config_field(model_type, key) for key, _ in items]
+    for (key, _), name in zip(items, fields):  # a name and its alias (or the raw field): one would win
+        others = [k for (k, _), n in zip(items, fields) if n == name and k != key]
+        if others:
+            raise InputError(f"--set {key} and --set {others[0]} both set {name}: give one")
     adapter = FAMILIES.get(model_type) if isinstance(model_type, str) else None
     dense = adapter is not None and not adapter.experts
     for (key, value), name in zip(items, fields):
