@@ -114,6 +114,19 @@ def _warn_beyond_positions(model: str, overrides: list[str], result) -> None:
               "predicted as if its positions reached that far")
 
 
+def _warn_beyond_one_node(result) -> None:
+    """Say so when a layout takes more GPUs than one node of them holds: the model costs every link
+    at the GPU's scale-up bandwidth, not the network between nodes."""
+    from perfmodel.specs.hardware import load_gpu
+
+    gpu = load_gpu(result.provenance["gpu"])
+    gpus = result.workload.gpus
+    if gpus > gpu.gpus_per_node:
+        _warn(f"the layout's {gpus} GPUs span {-(-gpus // gpu.gpus_per_node)} nodes of {gpu.gpus_per_node} "
+              f"{gpu.name}: every link is costed at its scale-up bandwidth, the network between nodes "
+              "not modelled")
+
+
 def _warn_unread(quant_method: str, how: str) -> None:
     """Warn that a config.json's checkpoint format is no scheme's (:attr:`ModelSpec.unread_quantization`),
     and, where schemes read that method in other forms, which."""
@@ -227,6 +240,7 @@ def predict(
     if unread is not None:
         _warn_unread(unread, f"predicted unquantized at --dtype {result.workload.dtype}")
     _warn_beyond_positions(model, set_ or [], result)
+    _warn_beyond_one_node(result)
     m = result.metrics
     if not fits:
         from perfmodel.fit_hint import hint_text
@@ -574,7 +588,7 @@ def sweep(
     --grid spec_tokens=1,3,5, --grid spec_accept=0.5,0.7,0.9.
     """
     from perfmodel.prediction import check_overrides
-    from perfmodel.sweeps import parse_grid, sweep as run
+    from perfmodel.sweeps import NO_DRAFT, parse_grid, sweep as run
 
     fixed = {k: v for k, v in dict(batch=batch, input_len=input_len, output_len=output_len,
                                    context=context, tp=tp, ep=ep, pp=pp, dp=dp,
@@ -612,7 +626,17 @@ def sweep(
     import numpy as np
 
     numbers = table.select_dtypes("number")
-    broken = [c for c in numbers.columns if not np.isfinite(numbers[c].to_numpy(dtype=float)).all()]
+    # a column a kind of row has no value in (the speculative columns of rows without a draft, and
+    # the other way round; a metric the phase has none of) is empty there by design
+    speculative = (table["spec_draft"] != NO_DRAFT).to_numpy() if "spec_draft" in table else None
+    broken = []
+    for c in numbers.columns:
+        values = numbers[c].to_numpy(dtype=float)
+        missing = np.isnan(values)
+        by_design = missing.all() or (speculative is not None and (
+            np.array_equal(missing, speculative) or np.array_equal(missing, ~speculative)))
+        if np.isinf(values).any() or (missing.any() and not by_design):
+            broken.append(c)
     if broken:
         _warn(f"some rows hold a number that is not finite ({', '.join(broken)}): a formula met a value it "
               "does not cover there")

@@ -9,6 +9,7 @@ throughput = B·O/E2E. A batch whose KV cache does not fit runs in waves (:mod:`
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -814,8 +815,29 @@ def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
             "gpus": int(fit.get("gpu_count", 1))}
 
 
+def measured_model_types(profile: EngineProfile) -> frozenset[str] | None:
+    """The architectures (config.json ``model_type``) of the models a profile's fit compared, fitted
+    on or held out (``fit.residuals.models``); None where its fit does not record them."""
+    models = (((profile.fit or {}).get("residuals") or {}).get("models")) or {}
+    return _model_types(tuple(sorted(models))) if models else None
+
+
+@functools.cache
+def _model_types(models: tuple[str, ...]) -> frozenset[str]:
+    from perfmodel.specs.zoo import load_hf_config
+
+    types = set()
+    for name in models:
+        try:
+            types.add(str(load_hf_config(name).get("model_type")))
+        except InputError:  # a model the zoo no longer holds: its type is not known here
+            continue
+    return frozenset(types)
+
+
 def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
-               regime: str = GPU_BOUND, decode: str = GPU_BOUND) -> tuple[dict[str, Any] | None, str]:
+               regime: str = GPU_BOUND, decode: str = GPU_BOUND,
+               phase: str = "request", model_type: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """The profile's error band if the prediction lies where the band was measured, and a line
     saying so or why not.
 
@@ -830,7 +852,11 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which. Likewise
     ITL, E2E and throughput where the profile states them apart for decode steps held to the
     host's floor (:func:`decode_regime`, ``decode``: ``*_host_bound``); the band's
-    ``decode_regime`` says which.
+    ``decode_regime`` says which. Where the ``phase`` is a prefill, or a request of one output
+    token, E2E is the prefill and the throughput its tokens over it: both take TTFT's band; a
+    decode step's throughput (its sequences over it) takes the step's. A model of an architecture
+    (``model_type``) no model of the fit's was of is outside (:func:`measured_model_types`): the
+    band's held-out models stand for new shapes of the architectures measured, not for others.
     """
     band = profile.error_band
     if band is None:
@@ -840,6 +866,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     assert scope is not None
     chosen = band.model_dump(exclude={"ttft_launch_bound", "ttft_graph_replayed", "decode_step_host_bound",
                                       "e2e_host_bound", "throughput_host_bound"})
+    prefill_only = phase == "prefill" or (phase == "request" and w.output_len == 1)
     notes = []
     if band.ttft_launch_bound is not None:
         chosen["ttft_regime"] = regime
@@ -852,7 +879,12 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         if decode == HOST_BOUND:
             chosen.update(decode_step=band.decode_step_host_bound, e2e=band.e2e_host_bound,
                           throughput=band.throughput_host_bound)
-        notes.append(f"ITL, E2E, throughput: {decode} decode steps'")
+        notes.append(f"{'ITL' if prefill_only else 'ITL, E2E, throughput'}: {decode} decode steps'")
+    if prefill_only:  # E2E is the prefill, and the throughput its tokens over it
+        chosen.update(e2e=chosen["ttft"], throughput=chosen["ttft"])
+        notes.append("E2E, throughput: TTFT's" + (", one output token" if phase == "request" else ""))
+    elif phase == "decode":  # the throughput is the step's sequences over it
+        chosen["throughput"] = chosen["decode_step"]
     note = f" ({'; '.join(notes)})" if notes else ""
     rels = [chosen[m] for m in ("ttft", "decode_step", "e2e", "throughput") if chosen[m] is not None]
     width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
@@ -890,6 +922,9 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     if kv_measured and not kv_checked:
         outside.append(_outside_note(f"its held-out {kv} KV-cache points", residuals["kv_cache"][kv],
                                      f"kv_cache.{kv}", regime, decode))
+    types = measured_model_types(profile)
+    if model_type is not None and types is not None and model_type not in types:
+        outside.append(f"no {model_type} model measured (its fit compared {', '.join(sorted(types))})")
     if checked:
         where += f", its held-out {scheme} points within it"
     if kv_checked:
@@ -1042,7 +1077,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
     band, band_note = error_band(profile, gpu, workload, prefill_regime(totals, profile.options.prefill_eager),
-                                 decode_regime(metrics))
+                                 decode_regime(metrics), phase, model.model_type)
     provenance = {
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,

@@ -273,6 +273,15 @@ def test_a_sweep_says_so_when_a_row_holds_a_number_that_is_not_finite(capsys, mo
     assert "some rows hold a number that is not finite (ttft_s)" in capsys.readouterr().err
 
 
+def test_columns_a_kind_of_row_has_no_value_in_are_not_said_to_be_broken(capsys):
+    """Rows without a draft have no speculative columns, speculative rows no host floor of a plain
+    decode step, a prefill no ITL: empty by design, no warning."""
+    main(["sweep", "qwen3-30b-a3b", "-b", "16", "--grid", "spec_draft=none,qwen3-1.7b", "--grid", "spec_tokens=3",
+          "--grid", "spec_accept=0.7", "--json"])
+    main(["sweep", "olmoe", "--phase", "prefill", "--grid", "batch=1,2", "--json"])
+    assert "not finite" not in capsys.readouterr().err
+
+
 def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
     """A row whose batch the KV cache does not hold at once runs in waves; the sweep says how many
     rows do, on stderr (their E2E is several waves')."""
@@ -339,3 +348,11 @@ def test_formula_launch_shows_how_a_launch_varies_in_a_serving_run(capsys):
     assert "in a serving run each launch takes this × e^z" in text and f"τ_s = {noise.tau_slow_s:g} s" in text
     assert json.loads(cli([*args, "--engine", "hf", "--json"], capsys))["serving_noise"] is None
     assert "in a serving run" not in cli([*args, "--engine", "hf"], capsys)
+
+
+def test_a_layout_beyond_one_node_is_said_to_cost_its_links_as_one_nodes(capsys):
+    main(["predict", "mixtral", "--tp", "16"])
+    err = capsys.readouterr().err
+    assert "the layout's 16 GPUs span 2 nodes of 8 h200-sxm" in err and err.count("\n") == 1
+    main(["predict", "mixtral", "--tp", "8"])
+    assert "nodes" not in capsys.readouterr().err

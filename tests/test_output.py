@@ -274,6 +274,38 @@ def test_the_band_applies_where_it_was_measured():
     assert h100.provenance["error_band_scope"]["gpu"] == "h100-sxm" and h100.intervals()
 
 
+@pytest.mark.parametrize("kwargs", [dict(phase="prefill", input_len=4096), dict(output_len=1)],
+                         ids=["prefill", "one output token"])
+def test_where_e2e_is_the_prefill_it_takes_ttfts_band(kwargs):
+    p = predict("qwen3-30b-a3b", batch=64, **kwargs)
+    band = p.provenance["error_band"]
+    assert band["e2e"] == band["throughput"] == band["ttft"] and "E2E, throughput: TTFT's" in p.provenance[
+        "error_band_note"]
+    assert p.intervals()["e2e_s"] == p.intervals()["ttft_s"]
+    request = predict("qwen3-30b-a3b", batch=64, output_len=2).provenance["error_band"]
+    assert request["e2e"] != request["ttft"]  # a decode step's share: the decode band
+
+
+@pytest.mark.parametrize("model, model_type", [("llama-4-scout", "llama4_text"), ("qwen3-4b", "qwen3")])
+def test_no_band_for_an_architecture_no_measured_model_had(model, model_type):
+    """The band's held-out models are new shapes of the architectures measured; Llama 4's text
+    model and the dense Qwen3 were never measured as a target."""
+    from perfmodel.prediction import measured_model_types
+    from perfmodel.profile import load_profile
+
+    assert model_type not in measured_model_types(load_profile("vllm", "h200-sxm"))
+    p = predict(model)
+    assert p.provenance["error_band"] is None and p.intervals() is None
+    assert p.provenance["error_band_note"].startswith(f"no band: no {model_type} model measured")
+    # a hypothetical shape of a measured architecture keeps it
+    assert predict("mixtral-8x7b", overrides=["num_experts=16"]).provenance["error_band"] is not None
+
+
+def test_a_decode_steps_throughput_takes_the_steps_band():
+    band = predict("qwen3-30b-a3b", batch=64, phase="decode").provenance["error_band"]
+    assert band["throughput"] == band["decode_step"]
+
+
 @pytest.mark.parametrize("kwargs, why", [
     (dict(gpu="mi300x"), "not measured on mi300x"),
     (dict(gpu="b200"), "not measured on b200"),
