@@ -139,6 +139,7 @@ def fit_activation_reserve(results: Path, train: tuple[str, ...]) -> tuple[dict[
     (None, {"reason": ...}) where no training engine logged its memory."""
     from scipy.optimize import least_squares
 
+    from perfmodel.calibration.fit import _sig
     from perfmodel.paths import ROOT
 
     entries = engine_memory_logs(results)
@@ -169,16 +170,12 @@ def fit_activation_reserve(results: Path, train: tuple[str, ...]) -> tuple[dict[
                             for split in ("train", "held-out")},
               "engines": {g["log"]: f"{g['split']}: {g['peak_gib']} GiB logged, {g['predicted_gib']} fitted"
                           for g in engines}}
-    reserve = {"fixed_bytes": _round(x[0]), "hidden_copies": _round(x[1]), "mlp_copies": _round(x[2]),
-               "logit_bytes": _round(x[3]), "non_torch_bytes": _round(non_torch),
+    reserve = {"fixed_bytes": _sig(x[0]), "hidden_copies": _sig(x[1]), "mlp_copies": _sig(x[2]),
+               "logit_bytes": _sig(x[3]), "non_torch_bytes": _sig(non_torch),
                "source": (f"fitted on the start-up peaks of {len(fitted)} engines of {', '.join(sorted(train_set))} "
                           f"({record['logs']}); {len(entries) - len(fitted)} engines of other models held out: "
                           "fit.activation_reserve")}
     return reserve, record
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.4g}")
 
 
 def _summary(engines: list[dict[str, Any]]) -> dict[str, Any]:
