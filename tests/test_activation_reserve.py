@@ -114,3 +114,25 @@ def test_the_engines_kv_cache_of_a_held_out_model_is_met_within_three_percent():
     free = p.metrics["memory_capacity_bytes"] - p.metrics["weights_bytes"] - p.metrics["activation_bytes"]
     assert free / per_token == pytest.approx(8349 * 16, rel=0.03)
     assert p.metrics["kv_waves"] == 1 and p.metrics["concurrent_sequences"] == 128
+
+
+def test_the_validation_report_checks_every_measured_engines_kv_cache():
+    """Per engine configuration of the H100's one-GPU vLLM rows (fused Triton MoE, graphs to ≤ 512
+    sequences): the model's cache against the one vLLM allocated; the reserve's held-out models
+    apart from its training ones, and every engine held out under another GPU's fit."""
+    from perfmodel.measuring.compare import load_with_what_ifs
+    from perfmodel.profile import fitted_profile_path, load_profile
+    from perfmodel.validate.offline_memory import engine_kv_capacity, kv_capacity_sentence
+
+    rows = load_with_what_ifs(results_file("vllm", "h100-sxm"))
+    entries = engine_kv_capacity(rows, load_profile("vllm", "h100-sxm"), "h100-sxm")
+    held = [e for e in entries if e["split"] == "held-out"]
+    assert len(held) >= 8 and len(entries) - len(held) >= 20
+    assert sum(abs(e["rel_error"]) for e in held) / len(held) < 0.03
+    assert not any(e["model"].startswith("gpt-oss") for e in entries)  # MXFP4 experts: another kernel
+    qwen3 = next(e for e in entries if e["model"] == "qwen3-30b-a3b" and e["max_num_seqs"] == 128)
+    assert qwen3["engine_tokens"] == 8349 * 16 and abs(qwen3["rel_error"]) < 0.03
+    assert "held-out" in kv_capacity_sentence(entries) and "train" in kv_capacity_sentence(entries)
+    carried = load_profile(str(fitted_profile_path("vllm", "h200-sxm")), "h100-sxm")
+    assert {e["split"] for e in engine_kv_capacity(rows, carried, "h100-sxm", all_held_out=True)} == {"held-out"}
+    assert engine_kv_capacity(rows, load_profile("hf", "h100-sxm"), "h100-sxm") == []  # no reserve

@@ -178,6 +178,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, load_with_what_ifs, mape, what_if_file
     from perfmodel.validate.repeats import every_measurement, ok_measurements, repeat_summary, repeat_table
+    from perfmodel.validate.offline_memory import engine_kv_capacity, kv_capacity_sentence
     from perfmodel.validate.report_pages import write_report
 
     if backend not in ("hf", "vllm"):
@@ -250,6 +251,10 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                          "implementation it has no counterpart of, or no measured metric)")
     source = _source(rows, mode, path, profile, backend, gpu_spec.name)
     source.update(_set_apart(points_df, rows, gpu_spec.name))
+    kv_note = kv_capacity_sentence(engine_kv_capacity(
+        [r for r in rows if wanted is None or r.get("model") in wanted], profile, gpu_spec.name, carried))
+    if kv_note:
+        source["kv_capacity"] = kv_note
     out_dir = out_dir or REPORTS_DIR / (wanted[0] if wanted else "all")
     title = f"perfmodel validation: {wanted[0] if wanted else 'all models'} · {backend} on {gpu_spec.name}"
     try:
