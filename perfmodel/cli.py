@@ -117,10 +117,7 @@ def _warn_beyond_positions(model: str, overrides: list[str], result) -> None:
 def _warn_beyond_one_node(result) -> None:
     """Say so when a layout takes more GPUs than one node of them holds: the model costs every link
     at the GPU's scale-up bandwidth, not the network between nodes."""
-    from perfmodel.specs.hardware import load_gpu
-
-    gpu = load_gpu(result.provenance["gpu"])
-    gpus = result.workload.gpus
+    gpu, gpus = result.gpu, result.workload.gpus
     if gpus > gpu.gpus_per_node:
         _warn(f"the layout's {gpus} GPUs span {-(-gpus // gpu.gpus_per_node)} nodes of {gpu.gpus_per_node} "
               f"{gpu.name}: every link is costed at its scale-up bandwidth, the network between nodes "
