@@ -93,7 +93,10 @@ def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, acti
     chunks, whose activations are one chunk's, a·M). At b = B this is the batch's own memory, so
     B_run = B exactly when the whole batch fits. ``usable``: bytes of one GPU the engine may
     fill (HBM × its usable fraction); ``limit`` = N_seqs: the engine's most sequences at once
-    (vLLM's max_num_seqs; ∞ for none). Bytes are per GPU, S (``prompt``) and M in tokens.
+    (vLLM's max_num_seqs; ∞ for none). Bytes are per GPU, S (``prompt``) and M in tokens. An
+    engine that reserves its activations at start-up (:func:`reserved_activation_bytes`) is
+    planned with them beside the weights and ``activations`` 0: B_run = min(B, N_seqs,
+    ⌊(usable − weights − reserve)/κ⌋) (:func:`perfmodel.waves.run_in_waves`, ``reserved``).
     """
     per_sequence = kv_batch / batch
     per_token = activations / Min(batch * prompt, chunk)

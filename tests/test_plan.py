@@ -160,6 +160,7 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("model: mixtral\nrate: 5\n", "'rate' belongs under 'traffic:'"),
     ("model: mixtral\ntraffic: {rate: 5}\nttft_p90: 1\n", "'ttft_p90' belongs under 'slo:'"),
     ("model: mixtral\ntraffic: {rate: 5}\nmax_gpus: 8\n", "'max_gpus' belongs under 'search:'"),
+    ("model: mixtral\ntraffic: {rate: 5}\nsearch: {max_gpus: 1000000}\n", "search.max_gpus"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: true}\n", "not true/false"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: {p50: a, p90: 2}}\n", "percentile p50 must be a number"),
 ])

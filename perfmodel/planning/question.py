@@ -116,11 +116,16 @@ class SLO(_Strict):
         return {k: getattr(self, k) for k in SLO_FIELDS if getattr(self, k) is not None}
 
 
+#: The most GPUs a plan may search (a search beyond takes minutes to say no configuration serves).
+MAX_GPUS = 16384
+
+
 class Search(_Strict):
     """What the search may choose from."""
 
     gpus: list[str] = Field(default_factory=lambda: ["h100-sxm", "h200-sxm"], min_length=1)
-    max_gpus: PositiveInt = Field(default=64, description="GPUs of all replicas together, at most.")
+    max_gpus: PositiveInt = Field(default=64, le=MAX_GPUS,
+                                  description=f"GPUs of all replicas together, at most (≤ {MAX_GPUS:,}).")
     dtypes: list[str] = Field(default_factory=lambda: ["bf16"], min_length=1)
     kv_dtype: Union[None, str, list[str]] = Field(
         default=None, description="KV cache dtype of the candidates (vLLM's kv_cache_dtype; fp8 "
