@@ -106,10 +106,16 @@ def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, acti
     return Max(0, Min(batch, limit, sp.floor(Max(one_pass, in_chunks))))
 
 
+#: What ⌈B/B_run⌉ subtracts before rounding up, far below 1/B_run for any engine's B_run.
+WAVE_TOLERANCE = sp.Rational(1, 10**9)
+
+
 def kv_waves(batch: sp.Expr, running: sp.Expr) -> sp.Expr:
     """Waves W = ⌈B / B_run⌉ the batch runs in, B_run sequences each (the last one may be
     smaller: :func:`last_wave`); 0 when no sequence fits (B_run = 0)."""
-    return sp.Piecewise((0, running < 1), (sp.ceiling(batch / running), True))
+    # B/B_run is printed as B·(1/B_run): at a whole number of waves it may land an ulp above it
+    # (630·(1/210) = 3.0000000000000004); a fraction of a wave is at least 1/B_run above one
+    return sp.Piecewise((0, running < 1), (sp.ceiling(batch / running - WAVE_TOLERANCE), True))
 
 
 def last_wave(batch: sp.Expr, running: sp.Expr) -> sp.Expr:

@@ -179,3 +179,10 @@ def test_a_bad_max_num_seqs_is_one_line_and_exit_2(bad, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.startswith("perfmodel: error: ") and "max_num_seqs" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_whole_number_of_waves_is_not_rounded_up_by_a_float():
+    """630 sequences in waves of 210 are 3 waves: B/B_run printed as B·(1/B_run) gave
+    3.0000000000000004, rounded up to a fourth wave of none."""
+    m = predict("mixtral", engine="roofline", gpu="h100-sxm", batch=630, input_len=71, output_len=894, ep=2).metrics
+    assert (m["concurrent_sequences"], m["kv_waves"]) == (210, 3)
