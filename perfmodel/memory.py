@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sympy as sp
 
-from perfmodel.graph import ModelGraph
+from perfmodel.graph import GraphOptions, ModelGraph
 from perfmodel.minmax import Max, Min
 from perfmodel.ops import Role
-from perfmodel.symbols import (B, E, H, I_d, I_e, I_sh, N_seqs, T, V, W, a_res, b_a, b_aq, b_res, c_res, k, n_sh, pp,
-                               s_logit, tp)
+from perfmodel.symbols import (B, E, H, I_d, I_e, I_sh, N_seqs, T, V, W, a_res, b_a, b_aq, b_res, c_res, dp, ep, k,
+                               n_sh, pp, s_logit, tp, x_ep)
+
+if TYPE_CHECKING:
+    from perfmodel.quantization import QuantScheme
+    from perfmodel.specs.model import ModelSpec
 
 
 def weights_bytes(graph: ModelGraph) -> sp.Expr:
@@ -37,7 +43,7 @@ def activation_peak_bytes(graph: ModelGraph, subs: dict[sp.Symbol, sp.Expr]) -> 
     return Max(*[op.act_bytes.subs(subs) for _, op in graph.all_ops()])
 
 
-def reserved_activation_bytes(graph: ModelGraph, *, quantized_expert_inputs: bool = False) -> sp.Expr:
+def reserved_activation_bytes(graph: ModelGraph, options: GraphOptions) -> sp.Expr:
     """Activation bytes an engine keeps out of its KV cache on one GPU, as vLLM measures them at
     start-up: the peak of one pass of T tokens (its ``max_num_batched_tokens``) and of its
     sampler over N_seqs rows (``max_num_seqs``), coefficients a_res, b_res, c_res and s_logit
@@ -52,8 +58,8 @@ def reserved_activation_bytes(graph: ModelGraph, *, quantized_expert_inputs: boo
     tokens: under data parallelism each rank sizes its start-up pass alone, and how far gathering
     the ranks' tokens grows them has not been measured) of
     max(2·I_e/shard, H) and max(I_e/shard, H) activations, and, where the experts' inputs are
-    quantized on the fly (``quantized_expert_inputs``), one more of I_e/shard at b_aq (vLLM
-    0.26's Triton experts' workspace shapes); 0 without routed experts. R: the pass's other
+    quantized on the fly (``options``, the graph's: a W8A8 scheme over the experts), one more of
+    I_e/shard at b_aq (vLLM 0.26's Triton experts' workspace shapes); 0 without routed experts. R: the pass's other
     activations, a fixed part, b hidden-width copies per token and c of a gated MLP's three
     intermediates of the widest unrouted MLP on one GPU (shared experts beside the routed ones;
     a dense layer's MLP, which runs before any expert allocates W). s·N_seqs·V: the sampler's
@@ -66,7 +72,7 @@ def reserved_activation_bytes(graph: ModelGraph, *, quantized_expert_inputs: boo
         shard = expert_split()[1]
         rows = T * k
         workspace = rows * (Max(2 * I_e / shard, H) + Max(I_e / shard, H)) * b_a
-        if quantized_expert_inputs:
+        if options.quantized_activations and options.quantizes("experts"):
             workspace += rows * I_e / shard * b_aq
 
     def rest(width: sp.Expr) -> sp.Expr:
@@ -74,6 +80,19 @@ def reserved_activation_bytes(graph: ModelGraph, *, quantized_expert_inputs: boo
 
     sampler = s_logit * N_seqs * V
     return Max(workspace + Max(rest(n_sh * I_sh), sampler), rest(I_d))
+
+
+def one_gpu_reserve(model: ModelSpec, options: GraphOptions, scheme: QuantScheme, tokens: float,
+                    seqs: float) -> sp.Expr:
+    """:func:`reserved_activation_bytes` of ``model`` on one GPU (no TP, EP or DP) with bf16
+    activations, for an engine of ``tokens`` per pass and ``seqs`` sequences, its linear layers
+    stored by ``scheme`` under the graph ``options``: an expression of the reserve's coefficients
+    (a_res, b_res, c_res, s_logit) alone, bytes."""
+    from perfmodel.graph import build_graph, model_values
+
+    values = {**model_values(model), **scheme.values(2.0), T: tokens, N_seqs: seqs, b_a: 2.0,
+              tp: 1, dp: 1, ep: 1, x_ep: 0}
+    return reserved_activation_bytes(build_graph(model, decode=False, options=options), options).subs(values)
 
 
 def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, activations: sp.Expr,

@@ -630,8 +630,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
                      **{c: Min(last_subs[c], s.M_chunk / s.B) for c in (s.C, s.Cw) if c in last_subs}}
     if profile.activation_reserve is not None:
         # the engine keeps its start-up pass's peak out of the cache, whatever the batch's own passes hold
-        quantized_inputs = options.quantized_activations and "experts" in options.quantized_layers
-        reserve = reserved_activation_bytes(prefill_graph, quantized_expert_inputs=quantized_inputs)
+        reserve = reserved_activation_bytes(prefill_graph, options)
         activation = reserve.subs(s.T, s.M_chunk if opts.prefill_chunk_tokens is not None else last_subs[s.T])
     else:
         activation = activation_peak_bytes(prefill_graph if phase != "decode" else any_graph, last_subs)

@@ -6,9 +6,10 @@ import sympy as sp
 
 from perfmodel import symbols as s
 from perfmodel.calibration.fit_vllm_memory import engine_memory_logs, fit_activation_reserve, read_engine_log
-from perfmodel.graph import GraphOptions, build_graph, model_values
-from perfmodel.memory import reserved_activation_bytes
+from perfmodel.graph import GraphOptions
+from perfmodel.memory import one_gpu_reserve
 from perfmodel.paths import results_file
+from perfmodel.quantization import resolve
 from perfmodel.specs.model import load_model
 
 GIB = 2.0**30
@@ -16,12 +17,10 @@ H100_LOGS = results_file("vllm", "h100-sxm").with_name("h100-vllm-engine-logs")
 
 
 def _reserve_gib(model, overrides=(), tokens=16384, seqs=64, a=0.0, b=0.0, c=0.0, logit=0.0, w8a8=False):
-    spec = load_model(model, list(overrides))
-    expr = reserved_activation_bytes(build_graph(spec, decode=False, options=GraphOptions()),
-                                     quantized_expert_inputs=w8a8)
-    values = {**model_values(spec), s.T: tokens, s.N_seqs: seqs, s.b_a: 2, s.b_aq: 1, s.tp: 1, s.dp: 1, s.ep: 1,
-              s.x_ep: 0, s.a_res: a, s.b_res: b, s.c_res: c, s.s_logit: logit}
-    return float(sp.sympify(expr).subs(values)) / GIB
+    options = GraphOptions(quantized=w8a8, quantized_activations=w8a8)
+    expr = one_gpu_reserve(load_model(model, list(overrides)), options, resolve("fp8" if w8a8 else None, "bf16"),
+                           tokens, seqs)
+    return float(sp.sympify(expr).subs({s.a_res: a, s.b_res: b, s.c_res: c, s.s_logit: logit})) / GIB
 
 
 def test_a_committed_engine_log_gives_its_start_up_memory_and_settings():

@@ -115,19 +115,17 @@ def _reserve_functions(entries: list[dict[str, Any]]):
     import sympy as sp
 
     from perfmodel import symbols as s
-    from perfmodel.graph import GraphOptions, build_graph, model_values
-    from perfmodel.memory import reserved_activation_bytes
+    from perfmodel.graph import GraphOptions
+    from perfmodel.memory import one_gpu_reserve
+    from perfmodel.quantization import resolve
 
     params = (s.a_res, s.b_res, s.c_res, s.s_logit)
     out = []
     for e in entries:
         options = GraphOptions(quantized=e["w8a8"], quantized_activations=e["w8a8"])
-        expr = reserved_activation_bytes(build_graph(e["spec"], decode=False, options=options),
-                                         quantized_expert_inputs=e["w8a8"])
-        values = {**model_values(e["spec"]), s.T: float(e["max_num_batched_tokens"]),
-                  s.N_seqs: float(e["max_num_seqs"]), s.b_a: 2.0, s.b_aq: 1.0 if e["w8a8"] else 0.0,
-                  s.tp: 1.0, s.dp: 1.0, s.ep: 1.0, s.x_ep: 0.0}
-        out.append(sp.lambdify(params, expr.subs(values), "numpy"))
+        scheme = resolve("fp8" if e["w8a8"] else None, "bf16")
+        expr = one_gpu_reserve(e["spec"], options, scheme, e["max_num_batched_tokens"], e["max_num_seqs"])
+        out.append(sp.lambdify(params, expr, "numpy"))
     return out
 
 
@@ -144,12 +142,12 @@ def fit_activation_reserve(results: Path, train: tuple[str, ...]) -> tuple[dict[
 
     entries = engine_memory_logs(results)
     train_set = {m.lower() for m in train}
-    fitted = [e for e in entries if e["model"].lower() in train_set]
+    train_index = [i for i, e in enumerate(entries) if e["model"].lower() in train_set]
+    fitted = [entries[i] for i in train_index]
     if not fitted:
         return None, {"reason": f"no engine log of a training model in {logs_dir(results)}"}
     functions = _reserve_functions(entries)
     measured = np.array([e["peak_gib"] for e in entries])
-    train_index = [i for i, e in enumerate(entries) if e["model"].lower() in train_set]
     scale = np.array([GIB, 1.0, 1.0, 1.0])  # a_res in GiB while fitting
 
     def peaks(x: np.ndarray, index) -> np.ndarray:

@@ -31,7 +31,8 @@ def engine_kv_capacity(rows: Iterable[dict[str, Any]], profile, gpu: str,
     profile without an activation reserve. ``all_held_out``: a profile fitted on another GPU's
     logs, none of these engines."""
     from perfmodel.measuring.compare import row_kv_dtype, row_layout, row_overrides, row_quant, row_speculative
-    from perfmodel.prediction import Workload, evaluate
+    from perfmodel.memory import one_gpu_reserve
+    from perfmodel.prediction import Workload, evaluate, graph_options, reserve_values
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
 
@@ -39,6 +40,7 @@ def engine_kv_capacity(rows: Iterable[dict[str, Any]], profile, gpu: str,
         return []
     train = set() if all_held_out else set(((profile.fit or {}).get("activation_reserve") or {}).get("train_models")
                                            or [])
+    gpu_spec = load_gpu(gpu)
     seen, out = set(), []
     for row in rows:
         resolved = (row.get("engine_detail") or {}).get("resolved") or {}
@@ -48,40 +50,25 @@ def engine_kv_capacity(rows: Iterable[dict[str, Any]], profile, gpu: str,
                 or not resolved.get("num_gpu_blocks") or not seqs or not budget or seqs > MAX_SEQS
                 or quant not in RESERVE_SCHEMES or row.get("model_type") == "gpt_oss"):
             continue
-        key = (row["model"], tuple(row_overrides(row)), quant, row_kv_dtype(row), seqs, budget)
+        overrides, kv_dtype = row_overrides(row), row_kv_dtype(row)
+        key = (row["model"], tuple(overrides), quant, kv_dtype, seqs, budget)
         if key in seen:
             continue
         seen.add(key)
-        spec = load_model(row["model"], row_overrides(row))
+        spec = load_model(row["model"], overrides)
         if spec.quantization is not None:
             continue
-        workload = Workload(batch=1, input_len=1024, output_len=1024, quant=quant, kv_dtype=row_kv_dtype(row))
-        m = evaluate(spec, load_gpu(gpu), profile, workload, "request").metrics
-        free = m["memory_capacity_bytes"] - m["weights_bytes"] - _reserve_at(spec, profile, workload, budget, seqs)
+        workload = Workload(batch=1, input_len=1024, output_len=1024, quant=quant, kv_dtype=kv_dtype)
+        m = evaluate(spec, gpu_spec, profile, workload, "request").metrics
+        reserve = one_gpu_reserve(spec, graph_options(profile, workload, spec), workload.scheme, budget, seqs)
+        free = m["memory_capacity_bytes"] - m["weights_bytes"] - float(reserve.subs(reserve_values(profile)))
         tokens = free / (m["kv_cache_bytes"] / 2048)
         engine = int(resolved["num_gpu_blocks"]) * int(resolved.get("block_size") or 16)
-        out.append({"model": row["model"], "overrides": list(row_overrides(row)), "quant": quant or "none",
-                    "kv_dtype": row_kv_dtype(row) or "model", "max_num_seqs": seqs,
+        out.append({"model": row["model"], "overrides": list(overrides), "quant": quant or "none",
+                    "kv_dtype": kv_dtype or "model", "max_num_seqs": seqs,
                     "max_num_batched_tokens": budget, "split": "train" if row["model"] in train else "held-out",
                     "engine_tokens": engine, "model_tokens": int(tokens), "rel_error": tokens / engine - 1.0})
     return out
-
-
-def _reserve_at(spec, profile, workload, budget: int, seqs: int) -> float:
-    """The profile's activation reserve of a model (bytes) for an engine of ``budget`` tokens per
-    pass and ``seqs`` sequences, on one GPU."""
-    from perfmodel import symbols as s
-    from perfmodel.graph import build_graph, model_values
-    from perfmodel.memory import reserved_activation_bytes
-    from perfmodel.prediction import graph_options, reserve_values
-
-    options = graph_options(profile, workload, spec)
-    expr = reserved_activation_bytes(build_graph(spec, decode=False, options=options),
-                                     quantized_expert_inputs=options.quantized_activations
-                                     and "experts" in options.quantized_layers)
-    values = {**model_values(spec), **reserve_values(profile), **workload.scheme.values(2.0),
-              s.T: budget, s.N_seqs: seqs, s.b_a: 2, s.tp: 1, s.dp: 1, s.ep: 1, s.x_ep: 0}
-    return float(expr.subs(values))
 
 
 def kv_capacity_sentence(entries: list[dict[str, Any]]) -> str:
