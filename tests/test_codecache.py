@@ -54,7 +54,9 @@ def _numbers(p) -> np.ndarray:
 
 
 def _entry(directory: Path) -> Path:
-    entries = sorted(directory.glob("*.json"))
+    """The one entry of a compiled model in ``directory`` (a fixed set of named expressions, such
+    as the layout's expert split, is an entry without passes)."""
+    entries = [p for p in sorted(directory.glob("*.json")) if _payload(p)["passes"]]
     assert len(entries) == 1, entries
     return entries[0]
 
@@ -130,7 +132,7 @@ def test_entry_is_data_with_private_permissions_and_no_leftovers(cache):
     text = path.read_text()
     assert "def " not in text and "lambdify" not in text and "import" not in text
     assert set(payload) == {"args", "replacements", "exprs", "passes", "outputs"}
-    assert [p.name for p in cache.iterdir()] == [path.name]  # the temporary file was renamed
+    assert all(p.suffix == ".json" for p in cache.iterdir())  # each temporary file was renamed
     if os.name == "posix":
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(cache.stat().st_mode) & 0o077 == 0

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import sympy as sp
 
+from perfmodel.codecache import lambdify_named
 from perfmodel.minmax import Max, Min
 from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all, dp_gather
@@ -152,14 +153,20 @@ def expert_split() -> tuple[sp.Expr, sp.Expr]:
 
 
 @functools.cache
-def _split_numbers() -> Any:
-    return sp.lambdify((tp, ep, dp, x_ep), expert_split(), "numpy")
+def _split_numbers() -> tuple[tuple[str, ...], Any]:
+    """(argument names in the function's order, the function) of :func:`expert_split`, compiled
+    once and kept on disk (:func:`perfmodel.codecache.lambdify_named`)."""
+    _, order, fn = lambdify_named("moe.expert_split", lambda: dict(zip(("groups", "shard"), expert_split())),
+                                  ("tp", "ep", "dp", "x_ep"))
+    return order, fn
 
 
 def expert_cut(tp_: Any, ep_: Any, dp_: Any, expert_parallel: bool) -> tuple[Any, Any]:
     """:func:`expert_split` at numbers or numpy arrays of tp, ep and dp, with or without vLLM's
     expert parallelism: (groups, shard), lambdified."""
-    groups, shard = _split_numbers()(tp_, ep_, dp_, float(expert_parallel))
+    order, fn = _split_numbers()
+    values = {"tp": tp_, "ep": ep_, "dp": dp_, "x_ep": float(expert_parallel)}
+    groups, shard = fn(*[values[name] for name in order])
     return groups, shard
 
 

@@ -30,6 +30,7 @@ experts split over the groups, each sharded by tp within its group.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -85,11 +86,15 @@ def expected_max_normal(g: Any) -> Any:
     """The expected largest of g independent standard normal draws (z_busy of
     :func:`perfmodel.ops.moe.local_load`), by Blom's approximation Φ⁻¹((g − 0.375)/(g + 0.25))
     (within 0.03 of the exact value from g = 2 on; exactly 0 at g = 1); numbers or arrays."""
-    from scipy.special import ndtri
-
     g = np.asarray(g, dtype=float)
-    out = ndtri((g - 0.375) / (g + 0.25))
+    with np.errstate(invalid="ignore"):  # a NaN layout stays NaN
+        out = _normal_quantile((g - 0.375) / (g + 0.25))
     return float(out) if out.ndim == 0 else out
+
+
+#: Φ⁻¹ of the standard normal, elementwise (the standard library's, which needs no scipy import
+#: on the way to a prediction).
+_normal_quantile = np.vectorize(statistics.NormalDist().inv_cdf, otypes=[float])
 
 
 def sizes(model: ModelSpec) -> dict[str, int]:
