@@ -14,8 +14,8 @@
 # ROUTING=1 adds, per entry, a routing probe in a process of its own (an eager engine of the same
 # config and seed: which experts the router picks under random and greedy sampling, and the skew
 # that implies) -> $OUT/routing.jsonl; ROUTING=model1,model2 probes only the entries of those models.
-# Env: OUT, PLAN, ROUTING, RESUME_FROM (rows of earlier calls, copied first; default
-# validate/results/<gpu>-vllm.jsonl if present), TOTAL_BUDGET (default 540 s).
+# Env: OUT, PLAN, ROUTING, RESUME_FROM (rows of earlier calls, copied first, whose point ids are
+# not measured again; none by default), TOTAL_BUDGET (default 540 s).
 # An entry over several GPUs (--tp/--pp/--dp N > 1 in its extra flags, e.g.
 # "mixtral-8x7b|1,16|128|300|--tp 4") runs with VLLM_ENABLE_V1_MULTIPROCESSING unset (vLLM's
 # default: the engine core in a process of its own beside the tp*pp workers), the way vLLM runs
