@@ -574,6 +574,9 @@ def sweep(
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
         None, "--max-points", help="Refuse a grid of more combinations than this (default 10,000,000)."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="KEY=VALUE of a swept key: add each row's change in % against the row "
+        "that has VALUE there and every other key alike (columns <metric>_vs_base_pct), e.g. quant=none."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write report.html (each metric against "
                                        "the first swept key) and summary.md into this folder."),
 ) -> None:
@@ -604,7 +607,22 @@ def sweep(
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
     axes = parse_grid(grid)
+    if baseline is not None:
+        from perfmodel.sweep_change import parse_baseline
+
+        base_key, base_value = parse_baseline(baseline, axes)
     table = run(model, axes, gpu=gpu, engine=engine, phase=phase.value, overrides=overrides, **limit, **fixed)
+    if baseline is not None:
+        from perfmodel.sweep_change import with_changes
+
+        table = with_changes(table, list(axes), base_key, base_value)
+        base = table.attrs["baseline"]
+        if not base["rows"]:
+            _warn(f"no row of the baseline ({baseline}) is left, each a combination predict refuses: "
+                  "the changes are empty")
+        elif base["misfits"]:
+            _warn(f"{base['misfits']:,} of the {base['rows']:,} baseline rows ({baseline}) do not fit in memory: "
+                  "the changes against them compare with a configuration that would not run")
     if "quant" not in fixed and "quant" not in axes:  # rows at a dtype no scheme aliases run unquantized
         from perfmodel.quantization import dtype_aliases
         from perfmodel.specs.model import load_model
@@ -652,6 +670,8 @@ def sweep(
     header = {"model": load_model(model, overrides).name,
               "gpu": swept_gpus or load_gpu(gpu or "h200-sxm").name, "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": shape, "overrides": overrides}
+    if baseline is not None:
+        header["baseline"] = {"key": base_key, "value": base_value}
     if csv is not None:
         constant = {"model": header["model"], "engine": header["engine"], "phase": header["phase"],
                     **({} if swept_gpus else {"gpu": header["gpu"]}), **shape}

@@ -78,10 +78,16 @@ def speculative_text(record: dict) -> str:
 
 
 def sweep_header(header: dict) -> str:
-    """The line above a sweep's table: model, GPU, engine, phase, fixed values, overrides."""
+    """The line above a sweep's table: model, GPU, engine, phase, fixed values, overrides, and the
+    baseline of the change columns where one was given."""
     fixed = " ".join(f"{k}={v}" for k, v in header["fixed"].items())
-    return (f"{header['model']} on {header['gpu']} · {header['engine']} · phase {header['phase']}"
+    line = (f"{header['model']} on {header['gpu']} · {header['engine']} · phase {header['phase']}"
             f"{f' · {fixed}' if fixed else ''} · overrides: {overrides_text(header['overrides'])}")
+    base = header.get("baseline")
+    if base:
+        value = f"{base['value']:g}" if isinstance(base["value"], float) else base["value"]
+        line += f"\n*_vs_base_pct: change in % against the row with {base['key']}={value}, every other key alike"
+    return line
 
 
 def _waves_text(m: dict, batch: int) -> str:

@@ -68,11 +68,14 @@ def metric_chart(part, keys: list[str], column: str, title: str, scale: float):
 
 def context(table, keys: list[str], header: dict[str, Any]) -> dict[str, Any]:
     """What both templates show: the sweep's header line, the held keys, the columns and rows
-    of the points drawn."""
+    of the points drawn (each metric's change against a baseline too, where the sweep has one)."""
     from perfmodel.report_terminal import sweep_header
 
+    from perfmodel.sweep_change import SUFFIX
+
     part, held = shown(table, keys)
-    columns = [*keys, *(c for c, *_ in METRICS if c in part.columns), "fits_in_memory"]
+    changes = [c for c in part.columns if c.endswith(SUFFIX)]  # with a baseline (sweep --baseline)
+    columns = [*keys, *(c for c, *_ in METRICS if c in part.columns), *changes, "fits_in_memory"]
     rows = [[_cell(v) for v in row] for row in part[columns].itertuples(index=False)]
     return {"title": f"Sweep: {header['model']}", "header": sweep_header(header), "keys": keys, "held": held,
             "columns": columns, "rows": rows, "points": len(table), "drawn": len(part), "max_rows": MAX_ROWS}

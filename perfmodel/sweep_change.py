@@ -1,0 +1,89 @@
+"""A sweep's rows against a baseline: each metric's change from the row that differs in one swept key
+alone, that key at the baseline's value (``perfmodel sweep ... --baseline KEY=VALUE``).
+
+``quant=none`` as the baseline of ``--grid quant=none,fp8 --grid batch=1,16,64`` gives each fp8 row
+its change against the unquantized row at the same batch (and 0 on the baseline rows themselves):
+the question "fp8 or not" answered per workload. A change is 100·(row/baseline − 1), in %; NaN where
+the baseline's row was dropped (a combination predict refuses) or has no value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from perfmodel.errors import InputError
+from perfmodel.sweeps import GRID_SYMBOLS
+
+#: Metrics whose change a baseline adds, each as a column ``<metric>_vs_base_pct``.
+CHANGED = ("ttft_s", "itl_s", "e2e_s", "throughput_tok_s", "memory_bytes")
+
+#: Suffix of a change column.
+SUFFIX = "_vs_base_pct"
+
+
+def parse_baseline(text: str, grid: dict[str, Sequence[Any]]) -> tuple[str, Any]:
+    """``"quant=none"`` → ``("quant", "none")``: a swept key of ``grid`` (as
+    :func:`perfmodel.sweeps.parse_grid` gives it) and one of its values (a number for a numeric
+    key); anything else is refused in one line."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key or not raw:
+        raise InputError(f"bad --baseline '{text}': expected KEY=VALUE, a swept key and one of its values")
+    if key not in grid:
+        swept = ", ".join(grid) or "none"
+        raise InputError(f"--baseline {key}: not a swept key (swept: {swept})")
+    value: Any = raw
+    if key in GRID_SYMBOLS:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError(f"--baseline {key}={raw}: {key} takes a number") from None
+    values = list(grid[key])
+    if not any(_same(value, v) for v in values):
+        shown = ", ".join(_text(v) for v in values)
+        raise InputError(f"--baseline {key}={raw}: not among the swept values of {key} ({shown})")
+    return key, value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a) == str(b)
+    return bool(np.isclose(float(a), float(b), rtol=1e-12, atol=0.0))
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequence[str] = CHANGED):
+    """``table`` (a :func:`perfmodel.sweeps.sweep` result over the grid ``keys``) with a column
+    ``<metric>_vs_base_pct`` per metric it holds, placed after the key columns: 100·(row/base − 1),
+    base the row with the same value of every other key of ``keys`` and ``key`` at ``value`` (NaN
+    where there is none). ``attrs["baseline"]`` says the key, the value, how many rows are
+    baselines and how many of those do not fit in memory."""
+    metrics = [m for m in metrics if m in table.columns]
+    column = table[key].to_numpy()
+    is_base = np.array([_same(value, v) for v in column], dtype=bool)
+    others = [k for k in keys if k != key]
+    base = table.loc[is_base, [*others, *metrics]]
+    if others:
+        base = base.drop_duplicates(subset=others)
+        joined = table[others].merge(base, on=others, how="left")
+    else:
+        joined = base.iloc[[0] * len(table)] if len(base) else table[[]].reindex(columns=metrics)
+    changes = {}
+    for name in metrics:
+        row = table[name].to_numpy(dtype=float)
+        ref = joined[name].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            changes[f"{name}{SUFFIX}"] = np.where(ref > 0, 100.0 * (row / ref - 1.0), np.nan)
+    # the changes beside the keys, where a reader of the table looks first
+    lead = [k for k in table.columns if k in keys]
+    out = table[lead].assign(**changes).join(table.drop(columns=lead))
+    out.attrs = dict(table.attrs)
+    misfits = int((~table.loc[is_base, "fits_in_memory"].astype(bool)).sum()) if "fits_in_memory" in table else 0
+    out.attrs["baseline"] = {"key": key, "value": value, "rows": int(is_base.sum()), "misfits": misfits}
+    return out
