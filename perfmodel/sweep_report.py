@@ -1,6 +1,7 @@
 """A sweep as a report (``perfmodel sweep ... --out DIR``): ``report.html``, curves of each metric
-against the first swept key (one line per value of the second, one panel per value of the third),
-with the points drawn in a sortable table, and ``summary.md``, the table alone.
+against the first swept key (one line per value of the second, one panel per value of the third;
+with a baseline, the throughput's and ITL's changes against it too), with the points drawn in a
+sortable table, and ``summary.md``, the table alone.
 
 Keys swept beyond the third are held at their first value in the charts (the page says so); the
 table holds the points drawn, at most :data:`MAX_ROWS`. Times in ms, throughput in tokens/s.
@@ -17,6 +18,9 @@ METRICS = (("throughput_tok_s", "throughput B·(S+O)/E2E, tok/s", 1.0),
            ("output_throughput_tok_s", "output tokens/s", 1.0),
            ("itl_s", "ITL (decode step), ms", 1e3),
            ("ttft_s", "TTFT, ms", 1e3))
+#: The changes drawn where the sweep has a baseline (``sweep --baseline``): column, title, scale.
+CHANGE_METRICS = (("throughput_tok_s_vs_base_pct", "throughput against the baseline, % change", 1.0),
+                  ("itl_s_vs_base_pct", "ITL against the baseline, % change", 1.0))
 #: Most points the page draws and lists.
 MAX_ROWS = 5000
 #: A numeric key whose values span at least this factor is drawn on a log scale.
@@ -100,7 +104,7 @@ def report_html(table, keys: list[str], header: dict[str, Any]) -> str:
 
     part, _ = shown(table, keys)
     specs = {}
-    for column, title, scale in METRICS:
+    for column, title, scale in (*METRICS, *CHANGE_METRICS):
         chart = metric_chart(part, keys, column, title, scale) if column in part.columns else None
         if chart is not None:
             specs[f"chart-{column}"] = chart.to_dict(validate=False)

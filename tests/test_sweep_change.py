@@ -93,3 +93,5 @@ def test_the_report_lists_the_changes(tmp_path, capsys):
     capsys.readouterr()
     summary = (tmp_path / "summary.md").read_text()
     assert f"throughput_tok_s{SUFFIX}" in summary and "against the row with batch=1" in summary
+    page = (tmp_path / "report.html").read_text()
+    assert "id='chart-throughput_tok_s_vs_base_pct'" in page and "id='chart-itl_s_vs_base_pct'" in page
