@@ -160,6 +160,40 @@ def op_table_rows(p: Prediction) -> list[dict]:
             for op in p.op_dicts() if op["time_s"] > 0]
 
 
+def leading_ops(p: Prediction, pass_name: str, count: int = 2) -> list[dict]:
+    """The ``count`` ops of a pass that take the most time, longest first, each with its
+    ``share`` of the pass's op time (:func:`op_table_rows`)."""
+    ops = [op for op in op_table_rows(p) if op["pass"] == pass_name]
+    return sorted(ops, key=lambda op: op["time_s"], reverse=True)[:count]
+
+
+def time_split_text(p: Prediction) -> str | None:
+    """Where the time goes, in one line: the decode's share of E2E (a batch in one wave), and each
+    pass with its two leading ops (share of the pass's op time, bound), said to be under the
+    host's time where that sets the pass; None where the prediction has neither pass (a
+    speculative decode's passes are its draft and verify passes, listed in the per-op table)."""
+    m = p.metrics
+    parts = []
+    decoding = any(op["pass"] == "decode" for op in p.ops)
+    if p.phase == "request" and decoding and m["e2e_s"] > 0 and m.get("kv_waves", 1) <= 1:
+        parts.append(f"decode {1 - m['ttft_s'] / m['e2e_s']:.0%} of E2E")
+    for pass_name, label, value in (("prefill", "prefill", m.get("prefill_s")),
+                                    ("decode", "decode step", m.get("decode_step_s"))):
+        ops = leading_ops(p, pass_name)
+        if not ops or value is None or not value == value:
+            continue
+        lead = ", ".join(f"{op['name']} {op['share']:.0%} ({op['bound']}-bound)" for op in ops)
+        if pass_name == "decode" and decode_regime(m) == HOST_BOUND:
+            lead = f"the host's time for it, over its kernels: {lead}"
+        elif pass_name == "prefill" and prefill_regime(m, True) == LAUNCH_BOUND:
+            lead = f"the host's launch of it, over its kernels: {lead}"
+        parts.append(f"{label} {format_time(value)}: {lead}")
+    if not parts:
+        return None
+    waves = " (the first wave's passes)" if m.get("kv_waves", 1) > 1 else ""
+    return f"where the time goes{waves}: " + " · ".join(parts)
+
+
 def _of_roof(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
 
@@ -188,6 +222,9 @@ def print_prediction(p: Prediction, console: Console) -> None:
     console.print(table)
     if p.speculative:
         console.print(speculative_text(p.speculative), highlight=False, markup=False)
+    split = time_split_text(p)
+    if split:
+        console.print(split, highlight=False, markup=False)
     console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
     table_note = moe_table_text(prov.get("moe_tile_table"))
     if table_note:

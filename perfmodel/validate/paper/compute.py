@@ -22,6 +22,7 @@ import pandas as pd
 
 from perfmodel import predict, sweep
 from perfmodel.errors import InputError, SpecError
+from perfmodel.report_terminal import leading_ops
 from perfmodel.validate.paper.effects import Effect, Study
 from perfmodel.validate.paper.verdict import NOT_EXPRESSIBLE, ClaimVerdict, effect_verdict, judge_claim, pct
 
@@ -112,10 +113,8 @@ def anatomy(p) -> Anatomy:
     m = p.metrics
     top: dict[str, tuple[str, float, str, float, float]] = {}
     for phase in ("prefill", "decode"):
-        ops = [o for o in p.ops if o["pass"] == phase]
-        total = sum(o["time_s"] for o in ops) or 1.0
-        best = max(ops, key=lambda o: o["time_s"])
-        top[phase] = (best["name"], best["time_s"] / total, best["bound"], best["time_s"], best["bytes"])
+        (best,) = leading_ops(p, phase, 1)
+        top[phase] = (best["name"], best["share"], best["bound"], best["time_s"], best["bytes"])
     return Anatomy(m[THROUGHPUT], m["e2e_s"], m["ttft_s"], m["itl_s"], 1 - m["ttft_s"] / m["e2e_s"], top,
                    {(o["pass"], o["name"]): o["time_s"] for o in p.ops},
                    {(o["pass"], o["name"]): o["bytes"] for o in p.ops}, bool(m["fits_in_memory"]),
