@@ -12,7 +12,9 @@ from typing import Any
 
 from perfmodel.prediction import Prediction
 from perfmodel.prediction_charts import above_roofs, op_time_chart, roofline_chart
-from perfmodel.report_terminal import header_lines, metric_rows, op_table_rows, speculative_text
+from perfmodel.report_terminal import (
+    header_lines, metric_rows, op_table_rows, speculative_text, time_split_text,
+)
 
 #: The page's templates, in the shared templates folder.
 TEMPLATES = ("prediction.html.j2", "prediction.md.j2")
@@ -20,14 +22,15 @@ TEMPLATES = ("prediction.html.j2", "prediction.md.j2")
 
 def context(p: Prediction) -> dict[str, Any]:
     """What both templates show: header lines, metric rows (name, its depth under the row it is
-    part of, value, band), the band's note, speculative decoding, the ops (with their share of
-    the pass), those above the GPU's roofline and the provenance."""
+    part of, value, band), the band's note, speculative decoding, where the time goes, the ops
+    (with their share of the pass), those above the GPU's roofline and the provenance."""
     prov = p.provenance
     return {"title": header_lines(p)[0], "header": header_lines(p)[1:],
             "metrics": [{"name": n.strip(), "depth": (len(n) - len(n.lstrip())) // 2, "value": v,
                          "band": f"±{rel:.0%}" if rel else ""} for n, v, rel in metric_rows(p)],
             "band_note": prov.get("error_band_note") or "no error band",
             "speculative": speculative_text(p.speculative) if p.speculative else None,
+            "time_split": time_split_text(p),
             "ops": op_table_rows(p), "above_roofs": above_roofs(p), "provenance": prov, "model": p.model}
 
 

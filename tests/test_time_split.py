@@ -48,6 +48,8 @@ def test_waves_and_phases():
     assert decode.startswith("where the time goes: decode step ") and "prefill" not in decode
 
 
-def test_predict_prints_it(capsys):
-    main(["predict", "mixtral", "-b", "16"])
+def test_predict_prints_it_and_its_report_shows_it(capsys, tmp_path):
+    main(["predict", "mixtral", "-b", "16", "--out", str(tmp_path)])
     assert "where the time goes: decode " in capsys.readouterr().out
+    for page in ("summary.md", "report.html"):
+        assert "where the time goes: decode " in (tmp_path / page).read_text(), page
