@@ -543,7 +543,8 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
 
 @app.command()
 def sweep(
-    model: str = typer.Argument(..., help="Zoo name or path to a config.json."),
+    model: str = typer.Argument(..., help="Zoo name or path to a config.json; several, comma-separated, "
+                                "sweep the grid for each (a model column)."),
     grid: List[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (repeatable, each KEY once)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU name or alias (default h200-sxm)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
@@ -607,6 +608,11 @@ def sweep(
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
     axes = parse_grid(grid)
+    models = [m.strip() for m in model.split(",")] if "," in model else [model]
+    if not all(models):
+        raise InputError(f"bad model list '{model}': an empty name between commas")
+    if len(models) > 1:  # the lines of the report's charts: one per model
+        axes = {**dict(list(axes.items())[:1]), "model": models, **dict(list(axes.items())[1:])}
     if baseline is not None:
         from perfmodel.sweep_change import parse_baseline
 
@@ -628,9 +634,11 @@ def sweep(
         from perfmodel.specs.model import load_model
 
         plain = [str(d) for d in axes.get("dtype", [fixed.get("dtype", "bf16")]) if str(d) not in dtype_aliases()]
-        unread = load_model(model, set_ or []).unread_quantization
-        if unread is not None and plain:
-            _warn_unread(unread, f"its rows at --dtype {', '.join(plain)} predicted unquantized")
+        for name in models:
+            unread = load_model(name, set_ or []).unread_quantization
+            if unread is not None and plain:
+                _warn_unread(unread, f"its rows at --dtype {', '.join(plain)} predicted unquantized"
+                             + (f" ({name})" if len(models) > 1 else ""))
     dropped = table.attrs.get("dropped") or {}
     if dropped.get("count"):
         _warn(f"dropped {dropped['count']:,} of {dropped['of']:,} combinations that predict "
@@ -667,7 +675,7 @@ def sweep(
     # the workload a row stands at, defaults included, where the grid does not set it
     shape = {k: v for k, v in {"batch": Workload.batch, "input_len": Workload.input_len,
                                "output_len": Workload.output_len, **fixed}.items() if k not in axes}
-    header = {"model": load_model(model, overrides).name,
+    header = {"model": ", ".join(load_model(name, overrides).name for name in models),
               "gpu": swept_gpus or load_gpu(gpu or "h200-sxm").name, "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": shape, "overrides": overrides}
     if baseline is not None:

@@ -91,6 +91,9 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or not raw.strip():
             raise InputError(f"bad --grid '{item}': expected KEY=V1,V2,...")
+        if key == "model":
+            raise InputError("models are swept by the first argument, comma-separated: "
+                             "perfmodel sweep mixtral,qwen3-30b-a3b --grid ...")
         if key not in GRID_SYMBOLS and key not in CATEGORICAL:
             raise InputError(f"unknown grid key '{key}' (known: {_known_keys()})")
         if key in grid:
@@ -376,6 +379,10 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     swept, fixed or set, not two of them. A grid of more than ``max_points`` combinations is
     refused before it is built.
 
+    ``grid["model"]``, a list of models, sweeps the rest of the grid for each of them
+    (:mod:`perfmodel.sweep_models`; ``model`` itself is then not read), one table with a
+    ``model`` column first.
+
     Returns a pandas DataFrame: one column per grid key, then the metrics of
     :data:`perfmodel.prediction.METRICS` (seconds, bytes, tokens/s), with speculative decoding
     those of :data:`perfmodel.speculative.SPEC_METRICS` (NaN where ``spec_draft`` is
@@ -395,6 +402,11 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     """
     import pandas as pd
 
+    if isinstance(grid, dict) and "model" in grid:  # several models: the same grid for each
+        from perfmodel.sweep_models import sweep_models
+
+        return sweep_models(grid["model"], {k: v for k, v in grid.items() if k != "model"}, gpu=gpu,
+                            engine=engine, phase=phase, overrides=overrides, max_points=max_points, **fixed)
     phase = check_choice("phase", phase, PHASES)  # type: ignore[assignment]
     model = check_model(model)
     overrides = check_overrides(overrides)
