@@ -138,6 +138,8 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
             ("E2E", format_time(m["e2e_s"]), band and band["e2e"]),
             (THROUGHPUT_LABELS.get(p.phase, THROUGHPUT_LABELS["request"]), f"{m['throughput_tok_s']:,.0f} tok/s",
              band and band["throughput"]),
+            *([(f"  per GPU, of the layout's {p.workload.gpus}", f"{m['throughput_tok_s'] / p.workload.gpus:,.0f} tok/s",
+                None)] if p.workload.gpus > 1 else []),
             ("output tokens/s", f"{m['output_throughput_tok_s']:,.0f} tok/s", None),
             ("params / active", f"{m['params'] / 1e9:.2f} B / {m['active_params'] / 1e9:.2f} B", None),
             ("weights", _bytes(m["weights_bytes"]), None),

@@ -18,7 +18,7 @@ from perfmodel.errors import InputError
 from perfmodel.sweeps import GRID_SYMBOLS
 
 #: Metrics whose change a baseline adds, each as a column ``<metric>_vs_base_pct``.
-CHANGED = ("ttft_s", "itl_s", "e2e_s", "throughput_tok_s", "memory_bytes")
+CHANGED = ("ttft_s", "itl_s", "e2e_s", "throughput_tok_s", "throughput_per_gpu_tok_s", "memory_bytes")
 
 #: Suffix of a change column.
 SUFFIX = "_vs_base_pct"

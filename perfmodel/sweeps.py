@@ -387,8 +387,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     :data:`perfmodel.prediction.METRICS` (seconds, bytes, tokens/s), with speculative decoding
     those of :data:`perfmodel.speculative.SPEC_METRICS` (NaN where ``spec_draft`` is
     ``none``), ``fits_in_memory``, ``concurrent_sequences`` and ``kv_waves`` (a request whose
-    KV cache does not hold the batch at once runs in waves: :mod:`perfmodel.waves`) and ``gpus``
-    (GPUs of the tp/ep/pp layout). Each row equals
+    KV cache does not hold the batch at once runs in waves: :mod:`perfmodel.waves`), ``gpus``
+    (GPUs of the tp/ep/pp/dp layout) and ``throughput_per_gpu_tok_s`` (throughput over them). Each row equals
     :func:`perfmodel.prediction.predict` with the row's values (hyperparameters as overrides):
     each distinct model passes predict's checks, and combinations predict would refuse are
     dropped (top_k > num_experts, num_heads not a multiple of num_kv_heads, a head width of 0,
@@ -568,6 +568,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         parts = [m[name] for m in metric_parts]
         data[name] = np.concatenate(parts) if n_combos > 1 else parts[0]
     data["gpus"] = np.tile(gpus, n_combos) if n_combos > 1 else gpus
+    data["throughput_per_gpu_tok_s"] = data["throughput_tok_s"] / data["gpus"]  # a layout's worth of each GPU
     for name in COUNT_METRICS:  # counts (parameters, bytes) are whole numbers in every output
         if name in data and np.isfinite(data[name]).all():
             data[name] = np.rint(data[name]).astype(np.int64)

@@ -84,6 +84,14 @@ def test_predict_header_shows_layout_gpus_and_overrides(capsys):
     assert "layout: TP=2 EP=1 PP=1 DP=4 +EP = 8 GPUs" in out
 
 
+def test_a_layout_of_several_gpus_shows_its_throughput_per_gpu(capsys):
+    p = predict("mixtral-8x7b", batch=64, tp=4)
+    out, _ = run(["predict", "mixtral", "-b", "64", "--tp", "4"], capsys)
+    assert f"per GPU, of the layout's 4 │ {p.metrics['throughput_tok_s'] / 4:,.0f} tok/s" in " ".join(out.split())
+    out, _ = run(["predict", "mixtral", "-b", "64"], capsys)
+    assert "per GPU" not in out
+
+
 def test_predict_json_counts_are_integers_and_echo_overrides_and_gpus(capsys):
     out, _ = run(["predict", "mixtral", "--tp", "2", "--pp", "2", "--set", "top_k=4", "--json"], capsys)
     data = strict_json(out)

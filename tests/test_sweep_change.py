@@ -32,7 +32,7 @@ def test_a_change_is_the_ratio_of_two_predictions(quant_by_batch, batch):
     fp8 = predict("mixtral-8x7b", gpu="h200-sxm", batch=batch, quant="fp8").metrics
     plain = predict("mixtral-8x7b", gpu="h200-sxm", batch=batch, quant="none").metrics
     row = _row(quant_by_batch, quant="fp8", batch=batch)
-    for metric in ("throughput_tok_s", "itl_s", "ttft_s", "e2e_s", "memory_bytes"):
+    for metric in ("throughput_tok_s", "itl_s", "ttft_s", "e2e_s", "memory_bytes"):  # one GPU: per GPU alike
         expected = 100 * (fp8[metric] / plain[metric] - 1)
         assert row[f"{metric}{SUFFIX}"] == pytest.approx(expected, rel=1e-9, abs=1e-9), metric
     assert row[f"throughput_tok_s{SUFFIX}"] > 20  # fp8 halves the weights a decode step reads
@@ -41,7 +41,7 @@ def test_a_change_is_the_ratio_of_two_predictions(quant_by_batch, batch):
 def test_baseline_rows_change_by_nothing_and_the_columns_follow_the_keys(quant_by_batch):
     base = quant_by_batch[quant_by_batch["quant"] == "none"]
     changes = [c for c in quant_by_batch.columns if c.endswith(SUFFIX)]
-    assert len(changes) == 5 and (base[changes].to_numpy() == 0).all()
+    assert len(changes) == 6 and (base[changes].to_numpy() == 0).all()
     columns = list(quant_by_batch.columns)
     assert set(columns[:2]) == {"quant", "batch"} and columns[2:2 + len(changes)] == changes
     assert quant_by_batch.attrs["baseline"] == {"key": "quant", "value": "none", "rows": 2, "misfits": 0}
@@ -95,3 +95,13 @@ def test_the_report_lists_the_changes(tmp_path, capsys):
     assert f"throughput_tok_s{SUFFIX}" in summary and "against the row with batch=1" in summary
     page = (tmp_path / "report.html").read_text()
     assert "id='chart-throughput_tok_s_vs_base_pct'" in page and "id='chart-itl_s_vs_base_pct'" in page
+
+
+def test_per_gpu_throughput_shows_what_a_wider_layout_costs():
+    grid = {"tp": [1, 2, 4]}
+    table = with_changes(sweep("mixtral-8x7b", grid, batch=64), list(grid), "tp", 1.0)
+    assert (table["throughput_per_gpu_tok_s"] == table["throughput_tok_s"] / table["tp"]).all()
+    wide = _row(table, tp=4)
+    assert wide[f"throughput_per_gpu_tok_s{SUFFIX}"] == pytest.approx(
+        100 * ((1 + wide[f"throughput_tok_s{SUFFIX}"] / 100) / 4 - 1), rel=1e-9)
+    assert wide[f"throughput_per_gpu_tok_s{SUFFIX}"] < 0 < wide[f"throughput_tok_s{SUFFIX}"]
