@@ -225,7 +225,9 @@ def predict(
 
         report = [str(path) for path in write_report(result, out)]
     if as_json:
-        print_json({**result.to_dict(), **({"report": report} if report else {}),
+        from perfmodel.report_terminal import time_split
+
+        print_json({**result.to_dict(), "time_split": time_split(result), **({"report": report} if report else {}),
                     **({} if fits else {"fits_with": ways})})
     else:
         from perfmodel.report_terminal import print_prediction

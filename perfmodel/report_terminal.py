@@ -169,30 +169,46 @@ def leading_ops(p: Prediction, pass_name: str, count: int = 2) -> list[dict]:
     return sorted(ops, key=lambda op: op["time_s"], reverse=True)[:count]
 
 
-def time_split_text(p: Prediction) -> str | None:
-    """Where the time goes, in one line: the decode's share of E2E (a batch in one wave), and each
-    pass with its two leading ops (share of the pass's op time, bound), said to be under the
-    host's time where that sets the pass; None where the prediction has neither pass (a
-    speculative decode's passes are its draft and verify passes, listed in the per-op table)."""
+def time_split(p: Prediction) -> dict | None:
+    """Where the time goes: ``decode_share_of_e2e`` (None unless a request whose batch runs in one
+    wave), ``first_wave`` (the passes are the first KV-cache wave's) and ``passes``, each pass
+    (prefill, decode) with its time ``time_s``, ``set_by`` (``gpu``, or ``host`` where the host's
+    time for the pass sets it: a decode step's floor, a prefill's launch) and its two ``leading``
+    ops (``op``, ``share`` of the pass's op time, ``bound``); None where the prediction has neither
+    pass (a speculative decode's passes are its draft and verify passes, in the per-op table)."""
     m = p.metrics
-    parts = []
-    decoding = any(op["pass"] == "decode" for op in p.ops)
-    if p.phase == "request" and decoding and m["e2e_s"] > 0 and m.get("kv_waves", 1) <= 1:
-        parts.append(f"decode {1 - m['ttft_s'] / m['e2e_s']:.0%} of E2E")
-    for pass_name, label, value in (("prefill", "prefill", m.get("prefill_s")),
-                                    ("decode", "decode step", m.get("decode_step_s"))):
+    passes = []
+    for pass_name, value in (("prefill", m.get("prefill_s")), ("decode", m.get("decode_step_s"))):
         ops = leading_ops(p, pass_name)
         if not ops or value is None or not value == value:
             continue
-        lead = ", ".join(f"{op['name']} {op['share']:.0%} ({op['bound']}-bound)" for op in ops)
-        if pass_name == "decode" and decode_regime(m) == HOST_BOUND:
-            lead = f"the host's time for it, over its kernels: {lead}"
-        elif pass_name == "prefill" and prefill_regime(m, True) == LAUNCH_BOUND:
-            lead = f"the host's launch of it, over its kernels: {lead}"
-        parts.append(f"{label} {format_time(value)}: {lead}")
-    if not parts:
+        host = (decode_regime(m) == HOST_BOUND if pass_name == "decode"
+                else prefill_regime(m, True) == LAUNCH_BOUND)
+        passes.append({"pass": pass_name, "time_s": value, "set_by": "host" if host else "gpu",
+                       "leading": [{"op": op["name"], "share": op["share"], "bound": op["bound"]} for op in ops]})
+    if not passes:
         return None
-    waves = " (the first wave's passes)" if m.get("kv_waves", 1) > 1 else ""
+    waves = m.get("kv_waves", 1) > 1
+    decoding = any(part["pass"] == "decode" for part in passes)
+    share = 1 - m["ttft_s"] / m["e2e_s"] if p.phase == "request" and decoding and m["e2e_s"] > 0 and not waves else None
+    return {"decode_share_of_e2e": share, "first_wave": waves, "passes": passes}
+
+
+def time_split_text(p: Prediction) -> str | None:
+    """:func:`time_split` in one line: ``where the time goes: decode 97% of E2E · prefill 1.5 s:
+    moe.experts 81% (compute-bound), … · decode step 24.9 ms: …``."""
+    split = time_split(p)
+    if split is None:
+        return None
+    parts = [] if split["decode_share_of_e2e"] is None else [f"decode {split['decode_share_of_e2e']:.0%} of E2E"]
+    for part in split["passes"]:
+        lead = ", ".join(f"{op['op']} {op['share']:.0%} ({op['bound']}-bound)" for op in part["leading"])
+        if part["set_by"] == "host":
+            what = "time for it" if part["pass"] == "decode" else "launch of it"
+            lead = f"the host's {what}, over its kernels: {lead}"
+        label = "decode step" if part["pass"] == "decode" else "prefill"
+        parts.append(f"{label} {format_time(part['time_s'])}: {lead}")
+    waves = " (the first wave's passes)" if split["first_wave"] else ""
     return f"where the time goes{waves}: " + " · ".join(parts)
 
 

@@ -48,6 +48,18 @@ def test_waves_and_phases():
     assert decode.startswith("where the time goes: decode step ") and "prefill" not in decode
 
 
+def test_the_json_holds_it(capsys):
+    import json
+
+    main(["predict", "olmoe", "-b", "1", "--json"])
+    split = json.loads(capsys.readouterr().out)["time_split"]
+    assert split["decode_share_of_e2e"] > 0.9 and split["first_wave"] is False
+    prefill, decode = split["passes"]
+    assert prefill["pass"] == "prefill" and prefill["set_by"] == "gpu"
+    assert decode["set_by"] == "host" and decode["leading"][0]["op"] == "moe.experts"
+    assert 0 < decode["leading"][1]["share"] <= decode["leading"][0]["share"] < 1
+
+
 def test_predict_prints_it_and_its_report_shows_it(capsys, tmp_path):
     main(["predict", "mixtral", "-b", "16", "--out", str(tmp_path)])
     assert "where the time goes: decode " in capsys.readouterr().out
