@@ -577,6 +577,9 @@ def sweep(
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
         None, "--max-points", help="Refuse a grid of more combinations than this (default 10,000,000)."),
+    sort: Optional[str] = typer.Option(
+        None, "--sort", help="Order the rows by a column of the table, largest first with a leading '-' "
+        "(e.g. -throughput_per_gpu_tok_s); the grid's order otherwise."),
     baseline: Optional[str] = typer.Option(
         None, "--baseline", help="KEY=VALUE of a swept key: add each row's change in % against the row "
         "that has VALUE there and every other key alike (columns <metric>_vs_base_pct), e.g. quant=none."),
@@ -641,6 +644,8 @@ def sweep(
             if unread is not None and plain:
                 _warn_unread(unread, f"its rows at --dtype {', '.join(plain)} predicted unquantized"
                              + (f" ({name})" if len(models) > 1 else ""))
+    if sort is not None:
+        table = _sorted(table, sort)
     dropped = table.attrs.get("dropped") or {}
     if dropped.get("count"):
         _warn(f"dropped {dropped['count']:,} of {dropped['of']:,} combinations that predict "
@@ -705,6 +710,19 @@ def sweep(
         print(table.to_string(index=False, max_rows=60))
     if report and not as_json:
         print(f"report: {report[0]}  markdown: {report[1]}")
+
+
+def _sorted(table, sort: str):
+    """``table``'s rows ordered by the column ``sort`` names (``-name``: largest first), ties in
+    the grid's order, NaN last; a name that is no column is refused with the columns it may be."""
+    column = sort.strip()
+    descending = column.startswith("-")
+    column = column.lstrip("-").strip()
+    if column not in table.columns:
+        raise InputError(f"--sort {sort}: no such column (columns: {', '.join(map(str, table.columns))})")
+    out = table.sort_values(column, ascending=not descending, kind="stable", na_position="last")
+    out.attrs = dict(table.attrs)
+    return out
 
 
 def _records(table) -> list[dict[str, Any]]:

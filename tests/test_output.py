@@ -356,3 +356,16 @@ def test_the_terminal_says_why_there_is_no_band(capsys):
     assert "±" in out.split("± band", 1)[1].split("fits in memory")[0]
     out, _ = run(["predict", "qwen3-30b-a3b", "--engine", "roofline"], capsys)
     assert "no error band: uncalibrated profile" in out
+
+
+def test_sweep_sort_orders_the_rows_by_a_column(capsys):
+    out, _ = run(["sweep", "mixtral", "--grid", "batch=1,16,64", "--grid", "tp=1,2",
+                  "--sort", "-throughput_per_gpu_tok_s", "--json"], capsys)
+    rows = json.loads(out)["rows"]
+    per_gpu = [r["throughput_per_gpu_tok_s"] for r in rows]
+    assert per_gpu == sorted(per_gpu, reverse=True) and len(rows) == 6
+    out, _ = run(["sweep", "mixtral", "--grid", "batch=1,16,64", "--sort", "itl_s", "--json"], capsys)
+    itl = [r["itl_s"] for r in json.loads(out)["rows"]]
+    assert itl == sorted(itl)
+    _, err = run(["sweep", "mixtral", "--grid", "batch=1,16", "--sort", "speed"], capsys, code=2)
+    assert "--sort speed: no such column" in err and "throughput_tok_s" in err
