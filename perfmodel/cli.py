@@ -613,7 +613,7 @@ def sweep(
     overrides = check_overrides(set_ or [])
     limit = {} if max_points is None else {"max_points": max_points}
     axes = parse_grid(grid)
-    models = [m.strip() for m in model.split(",")] if "," in model else [model]
+    models = [m.strip() for m in model.split(",")] if "," in model and not Path(model).exists() else [model]
     if not all(models):
         raise InputError(f"bad model list '{model}': an empty name between commas")
     if len(models) > 1:  # the lines of the report's charts: one per model

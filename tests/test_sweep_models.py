@@ -57,3 +57,15 @@ def test_the_cli_takes_models_comma_separated_and_compares_them(capsys, tmp_path
         assert b["itl_s_vs_base_pct"] == pytest.approx(expected, rel=1e-9) and a["itl_s_vs_base_pct"] == 0
     page = (tmp_path / "report.html").read_text()
     assert "one line per model" in page
+
+
+def test_a_config_path_with_a_comma_is_one_model(tmp_path, capsys):
+    folder = tmp_path / "olmoe,variant"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024, "num_hidden_layers": 16,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "num_experts": 64, "num_experts_per_tok": 8,
+        "vocab_size": 50304, "max_position_embeddings": 4096}))
+    main(["sweep", str(folder / "config.json"), "--grid", "batch=1,16", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 2 and "model" not in rows[0]
