@@ -152,20 +152,26 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
             if not (value.startswith("nan") or value == "–")]
 
 
-def op_table_rows(p: Prediction) -> list[dict]:
+def _with_shares(ops: list[dict]) -> list[dict]:
     """The ops that take time, each with its ``share`` of its pass's time (the whole pass, all
-    layers) and ``of_roof`` (:meth:`~perfmodel.prediction.Prediction.op_dicts`)."""
+    layers)."""
     by_pass: dict[str, float] = {}
-    for op in p.ops:
+    for op in ops:
         by_pass[op["pass"]] = by_pass.get(op["pass"], 0.0) + op["time_s"]
     return [{**op, "share": op["time_s"] / by_pass[op["pass"]] if by_pass[op["pass"]] else 0.0}
-            for op in p.op_dicts() if op["time_s"] > 0]
+            for op in ops if op["time_s"] > 0]
+
+
+def op_table_rows(p: Prediction) -> list[dict]:
+    """The ops that take time, each with its ``share`` of its pass's time and ``of_roof``
+    (:meth:`~perfmodel.prediction.Prediction.op_dicts`)."""
+    return _with_shares(p.op_dicts())
 
 
 def leading_ops(p: Prediction, pass_name: str, count: int = 2) -> list[dict]:
     """The ``count`` ops of a pass that take the most time, longest first, each with its
-    ``share`` of the pass's op time (:func:`op_table_rows`)."""
-    ops = [op for op in op_table_rows(p) if op["pass"] == pass_name]
+    ``share`` of the pass's op time."""
+    ops = [op for op in _with_shares(p.ops) if op["pass"] == pass_name]
     return sorted(ops, key=lambda op: op["time_s"], reverse=True)[:count]
 
 
