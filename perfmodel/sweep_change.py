@@ -66,7 +66,10 @@ def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequ
     baselines and how many of those do not fit in memory."""
     metrics = [m for m in metrics if m in table.columns]
     column = table[key].to_numpy()
-    is_base = np.array([_same(value, v) for v in column], dtype=bool)
+    if isinstance(value, str) or column.dtype.kind not in "iuf":
+        is_base = column.astype(str) == str(value)
+    else:
+        is_base = np.isclose(column.astype(float), float(value), rtol=1e-12, atol=0.0)
     others = [k for k in keys if k != key]
     base = table.loc[is_base, [*others, *metrics]]
     if others:
