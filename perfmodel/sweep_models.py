@@ -33,6 +33,8 @@ def sweep_models(models: Sequence[str | ModelSpec], grid: dict[str, Any], **kwar
 
     from perfmodel.sweeps import sweep
 
+    if hasattr(models, "tolist") and not isinstance(models, (str, ModelSpec)):  # a numpy array, a pandas Series
+        models = models.tolist()
     if isinstance(models, (str, ModelSpec)) or not isinstance(models, Sequence) or not models:
         raise InputError(f"grid key '{MODEL_KEY}' needs a list of one or more models, got {models!r}")
     labels = [model_label(m) for m in models]

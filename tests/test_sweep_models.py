@@ -25,6 +25,12 @@ def test_the_stack_is_each_models_own_sweep():
     assert both.attrs["dropped"] == {"count": 0, "of": 8, "reasons": []}
 
 
+def test_models_may_come_as_an_array_or_a_series():
+    names = ["olmoe-1b-7b", "qwen1.5-moe-a2.7b"]
+    for given in (pd.Series(names), pd.Index(names).to_numpy()):
+        assert list(sweep("x", {"model": given, "batch": [1]})["model"]) == names
+
+
 def test_a_model_spec_is_named_by_its_name_and_drops_are_named_by_model():
     spec = load_model("mixtral-8x7b")
     table = sweep(spec, {"model": [spec, "olmoe-1b-7b"], "top_k": [2, 9]})
