@@ -591,7 +591,9 @@ def sweep(
     A key is given once: swept by --grid, or fixed by its flag or --set. Combinations that
     predict would refuse are dropped, with a warning on stderr saying how many and why.
     What-ifs sweep too: --grid prune_experts=0,0.25,0.5, --grid spec_draft=none,qwen3-1.7b,
-    --grid spec_tokens=1,3,5, --grid spec_accept=0.5,0.7,0.9.
+    --grid spec_tokens=1,3,5, --grid spec_accept=0.5,0.7,0.9. Several models, comma-separated,
+    sweep the same grid each; --baseline quant=none gives each row's change against the
+    unquantized row (model=NAME against a model); --sort -throughput_per_gpu_tok_s puts the best first.
     """
     from perfmodel.prediction import check_overrides
     from perfmodel.sweeps import NO_DRAFT, parse_grid, sweep as run
