@@ -688,7 +688,11 @@ def sweep(
               "gpu": swept_gpus or load_gpu(gpu or "h200-sxm").name, "engine": engine or DEFAULT_ENGINE,
               "phase": phase.value, "fixed": shape, "overrides": overrides}
     if baseline is not None:
-        header["baseline"] = {"key": base_key, "value": base_value}
+        from perfmodel.sweep_change import change_band
+
+        gpus = [load_gpu(str(g)).name for g in axes["gpu"]] if "gpu" in axes else [header["gpu"]]
+        header["baseline"] = {"key": base_key, "value": base_value,
+                              "change_band": change_band(base_key, gpus, header["engine"])}
     if csv is not None:
         constant = {"model": header["model"], "engine": header["engine"], "phase": header["phase"],
                     **({} if swept_gpus else {"gpu": header["gpu"]}), **shape}

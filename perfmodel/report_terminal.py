@@ -87,6 +87,10 @@ def sweep_header(header: dict) -> str:
     if base:
         value = f"{base['value']:g}" if isinstance(base["value"], float) else base["value"]
         line += f"\n*_vs_base_pct: change in % against the row with {base['key']}={value}, every other key alike"
+        if base.get("change_band"):
+            from perfmodel.sweep_change import change_band_text
+
+            line += "\n" + change_band_text(base["change_band"])
     return line
 
 

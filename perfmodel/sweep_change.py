@@ -9,12 +9,14 @@ the baseline's row was dropped (a combination predict refuses) or has no value.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from perfmodel.errors import InputError
+from perfmodel.paths import RESULTS_DIR
 from perfmodel.sweeps import GRID_SYMBOLS
 
 #: Metrics whose change a baseline adds, each as a column ``<metric>_vs_base_pct``.
@@ -22,6 +24,14 @@ CHANGED = ("ttft_s", "itl_s", "e2e_s", "throughput_tok_s", "throughput_per_gpu_t
 
 #: Suffix of a change column.
 SUFFIX = "_vs_base_pct"
+
+#: The measured knob whose pairs stand behind a swept key's change (``validate all --changes``:
+#: validate/results/<gpu>-vllm-changes.json): quantization, top-k, experts and their FFN width,
+#: pruning being fewer experts or narrower ones.
+BAND_KNOBS = {"quant": "quant", "dtype": "quant", "top_k": "top_k", "num_experts": "num_experts",
+              "prune_experts": "num_experts", "moe_intermediate_size": "ffn", "ffn": "ffn", "prune_ffn": "ffn"}
+#: The engine whose measured pairs the bands are of.
+BAND_ENGINE = "vllm"
 
 
 def parse_baseline(text: str, grid: dict[str, Sequence[Any]]) -> tuple[str, Any]:
@@ -90,3 +100,46 @@ def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequ
     misfits = int((~table.loc[is_base, "fits_in_memory"].astype(bool)).sum()) if "fits_in_memory" in table else 0
     out.attrs["baseline"] = {"key": key, "value": value, "rows": int(is_base.sum()), "misfits": misfits}
     return out
+
+
+def change_band(key: str, gpus: Sequence[str], engine: str) -> list[dict[str, Any]]:
+    """How far the model's change of throughput along ``key`` was from measured changes, per GPU of
+    the sweep: the band of the knob ``key`` changes (:data:`BAND_KNOBS`) in that GPU's
+    ``validate/results/<gpu>-vllm-changes.json`` (written by ``perfmodel validate all --changes``
+    from held-out measured pairs): ``{"gpu", "knob", "pairs", "band_pp", "median_pp"}``, ``band_pp``
+    None under the file's fewest pairs; or ``{"gpu", "none": why}`` where no measured pair speaks
+    to the change (another engine, a key no pair varies, a GPU without pairs)."""
+    knob = BAND_KNOBS.get(key)
+    out = []
+    for gpu in dict.fromkeys(gpus):
+        if engine != BAND_ENGINE:
+            out.append({"gpu": gpu, "none": f"the measured pairs are of engine {BAND_ENGINE}, not {engine}"})
+            continue
+        if knob is None:
+            knobs = ", ".join(dict.fromkeys(BAND_KNOBS.values()))
+            out.append({"gpu": gpu, "none": f"no measured pair varies {key} alone (they vary {knobs})"})
+            continue
+        path = RESULTS_DIR / f"{gpu.split('-')[0]}-{BAND_ENGINE}-changes.json"
+        try:
+            entry = json.loads(path.read_text())["knobs"][knob]
+            band = {"pairs": int(entry["pairs"]), "band_pp": entry["band_pp"], "median_pp": entry["median_pp"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            out.append({"gpu": gpu, "none": f"no measured pairs of {knob} on {gpu}"})
+            continue
+        out.append({"gpu": gpu, "knob": knob, **band})
+    return out
+
+
+def change_band_text(bands: Sequence[dict[str, Any]]) -> str:
+    """One line per GPU for a sweep's header: ``change band (throughput, measured pairs held out):
+    h100-sxm quant ±20.8 pp (p90 of 6 pairs, median 10.8)``."""
+    parts = []
+    for b in bands:
+        if "none" in b:
+            parts.append(f"{b['gpu']}: none ({b['none']})")
+        elif b["band_pp"] is None:
+            parts.append(f"{b['gpu']}: none ({b['pairs']} held-out measured pairs of {b['knob']}, too few)")
+        else:
+            parts.append(f"{b['gpu']}: ±{b['band_pp']:.1f} pp (90th percentile of |model − measured| over "
+                         f"{b['pairs']} held-out measured pairs of {b['knob']}, median {b['median_pp']:.1f})")
+    return "change band of throughput_tok_s_vs_base_pct: " + "; ".join(parts)

@@ -3,8 +3,8 @@
 # the offline reports (validate/results/h200-{hf,vllm}-validation.md; the H100's,
 # h100-{hf,vllm}-validation.md; the H200's fits carried to it, h100-{hf,vllm}-transfer-validation.md;
 # the H100's hf fit carried to the H200, h200-hf-transfer-validation.md), one serving report per
-# serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md) and the paper report
-# (reports/paper).
+# serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md), each GPU's change band
+# (validate/results/{h200,h100}-vllm-changes.json) and the paper report (reports/paper).
 # No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
@@ -45,6 +45,12 @@ for rows in "$results"/h[12]00-vllm-serving*.jsonl; do
     "$PERFMODEL" validate all --serving --gpu "$gpu" --results "$rows" --out "$work/$name" > /dev/null
     cp "$work/$name/summary.md" "$results/$name-validation.md"
     echo "wrote $results/$name-validation.md"
+done
+
+# the model's changes against measured pairs that differ in one knob (read by sweep --baseline)
+for gpu in h200-sxm h100-sxm; do
+    "$PERFMODEL" validate all --changes --gpu "$gpu" > /dev/null
+    echo "wrote $results/${gpu%%-*}-vllm-changes.json"
 done
 
 "$PERFMODEL" report paper --gpu h100-sxm --engine vllm --out reports/paper > /dev/null

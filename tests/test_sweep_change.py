@@ -81,7 +81,9 @@ def test_the_cli_prints_the_baseline_and_warns_when_it_does_not_fit(capsys):
           "--baseline", "quant=none", "--json"])
     captured = capsys.readouterr()
     out = json.loads(captured.out)
+    band = out["baseline"].pop("change_band")
     assert out["baseline"] == {"key": "quant", "value": "none"}
+    assert [b["gpu"] for b in band] == ["h100-sxm"] and band[0]["knob"] == "quant"
     fp8 = [r for r in out["rows"] if r["quant"] == "fp8"]
     assert len(fp8) == 2 and all(r[f"memory_bytes{SUFFIX}"] < -40 for r in fp8)
     # bf16 Mixtral-8x7B (87 GiB of weights) does not fit one 80 GB H100

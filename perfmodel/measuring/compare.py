@@ -288,6 +288,16 @@ def row_gpus(row: dict[str, Any]) -> int:
     return int(row_layout(row)["gpus"])
 
 
+def row_fitted(row: dict[str, Any], train_models: Iterable[str] = (), train_points: Iterable[str] = ()) -> bool:
+    """Whether a fit read a measured row (its split is "train"): one of ``train_models`` as built,
+    on one GPU, with the fused MoE, without speculative decoding, the KV cache in the model's
+    dtype; or a one-GPU row whose point id is one of ``train_points`` (:func:`compare`)."""
+    train = {m.lower() for m in train_models}
+    fitted = (not row_speculative(row) and row_moe_impl(row) == "fused" and row["model"].lower() in train
+              and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in set(train_points)
+    return fitted and row_gpus(row) == 1
+
+
 def layout_label(row: dict[str, Any]) -> str:
     """A row's layout as the validation tables group it: ``1 GPU``, ``TP=2``, ``TP=4+EP``,
     ``TP=2 PP=2+EP``, ``PP=4``, vLLM's data parallelism ``DP=4+EP``, ``TP=2 DP=2``, and
@@ -490,8 +500,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     from perfmodel.specs.model import load_model
 
     engine_profile = load_profile(engine, load_gpu(gpu).name)
-    train = {m.lower() for m in train_models}
-    fitted_points = set(train_points)
+    train_models, train_points = tuple(train_models), tuple(train_points)
     wanted = None if models is None else {m.lower() for m in models}
     specs: dict[tuple, Any] = {}
     categories: dict[tuple, dict[str, str]] = {}
@@ -521,9 +530,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         prefill = predict(spec, phase="prefill", skew=skew, **workload) if skew > 0 else p
         metrics = as_measured(p.metrics, row, prefill.metrics["prefill_s"] if skew > 0 else None)
         replicas = row_replicas(row)
-        fitted = (not speculation and moe_impl == "fused" and row["model"].lower() in train
-                  and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in fitted_points
-        split = "train" if fitted and row_gpus(row) == 1 else "held-out"
+        split = "train" if row_fitted(row, train_models, train_points) else "held-out"
         what_ifs = row_what_ifs(row, spec)
         for metric, (field, scale, predicted) in METRIC_FIELDS.items():
             measured = row.get(field)

@@ -24,8 +24,15 @@ def validate(
                                            "rows; --serving: validate/results/{gpu}-vllm-serving.jsonl)."),
     fitted_on: Optional[str] = typer.Option(None, "--fitted-on", help="Predict with the profile fitted on this "
                                             "GPU (default: --gpu's own): a transfer check, every row held out."),
+    changes: bool = typer.Option(False, "--changes", help="The model's changes against measured pairs of "
+                                 "--gpu's vLLM rows that differ in one knob (quant, top_k, ffn, num_experts), "
+                                 "held out; writes validate/results/{gpu}-vllm-changes.json (or --out FILE), "
+                                 "the band sweep --baseline shows."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
+    if changes is True:
+        _changes(model, backend, gpu, out, results, serving, fitted_on, as_json)
+        return
     if serving is True:
         from perfmodel.validate.serving import print_serving_validation, run_serving_validation
 
@@ -48,3 +55,26 @@ def validate(
     from perfmodel.validate.terminal import print_validation
 
     print_validation(result, make_console())
+
+
+def _changes(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
+    """``validate all --changes``: the change band of a GPU's vLLM rows, written and shown."""
+    from perfmodel.validate.change_band import write_change_band
+
+    if model != "all":
+        raise InputError(f"--changes pairs every model's rows: give 'all', not '{model}'")
+    if backend not in (None, "vllm"):
+        raise InputError(f"--changes pairs vLLM rows: --backend {backend} does not apply")
+    given = [flag for flag, value in (("--serving", serving is True), ("--results", isinstance(results, Path)),
+                                      ("--fitted-on", isinstance(fitted_on, str))) if value]
+    if given:
+        raise InputError(f"--changes takes the committed rows and the GPU's own profile: {given[0]} does not apply")
+    if isinstance(out, Path) and out.is_dir():
+        raise InputError(f"--out {out}: --changes writes one JSON file, and this is a folder")
+    result = write_change_band(gpu, out if isinstance(out, Path) else None)
+    if as_json:
+        print_json(result)
+        return
+    from perfmodel.validate.terminal import print_change_band
+
+    print_change_band(result, make_console())

@@ -61,3 +61,19 @@ def print_validation(result: dict, console: Console) -> None:
         console.print(f"{len(repeats['points'])} points were measured more than once (the report's "
                       f"\"Repeated measurements\"): {summary_line(repeats['summary'])}", markup=False)
     console.print(f"report: {result['report_html']}  summary: {result['summary_md']}")
+
+
+def print_change_band(result: dict, console: Console) -> None:
+    """The change band of a GPU's vLLM rows (``validate all --changes``): per knob, its held-out
+    pairs, the band, the median |error| and how many lie within 10 points."""
+    table = Table(title=f"the model's change against measured pairs · vllm on {result['gpu']} (held out)")
+    for name in ("knob", "pairs", f"band (p{result['percentile']:g} |error|)", "median |error|", "within ±10 pp",
+                 "pairs a fit read"):
+        table.add_column(name, justify="left" if name == "knob" else "right")
+    for knob, entry in result["knobs"].items():
+        shown = (f"±{entry['band_pp']:.1f} pp" if entry["band_pp"] is not None
+                 else f"– (fewer than {result['min_pairs']})")
+        median = "–" if entry["median_pp"] is None else f"{entry['median_pp']:.1f} pp"
+        table.add_row(knob, str(entry["pairs"]), shown, median, str(entry["within_10pp"]), str(entry["fitted_pairs"]))
+    console.print(table)
+    console.print(Text(f"{result['source']}. Written to {result['written']}; sweep --baseline shows it."))

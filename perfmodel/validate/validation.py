@@ -156,6 +156,25 @@ def _check_row(row: dict[str, Any], path: Path) -> None:
         raise InputError(f"malformed row {name or 'without a point_id'} in {path}: {problems[0]}")
 
 
+def training_set(profile, gpu: str) -> tuple[list[str], list[str]]:
+    """The rows of ``gpu`` a profile was fitted on, as :func:`perfmodel.measuring.compare.compare`
+    takes them: ``(train_models, train_points)``. A profile carried from another GPU's fit read
+    none of this GPU's rows (refused where that fit is anchored on this GPU's); one that names
+    every row it read (``fit.points``) gives those; else its training models as built, and the
+    points of its further terms (the draft pass, the experts' sync)."""
+    fit = profile.fit or {}
+    carried = transferred(profile, gpu)
+    if carried and (fit.get("anchor") or {}).get("gpu") == gpu:
+        raise InputError(f"{profile.name} is anchored on {gpu}'s fit (fit.anchor): the rows of "
+                         f"{gpu} are not held out from it")
+    if carried:  # no row of this GPU was fitted on: every row is held out
+        return [], []
+    if "points" in fit:  # the profile names every row it was fitted on: those are the training points
+        return [], list(fit["points"])
+    return (list(fit.get("train_models", [])),
+            [p for term in ("draft_pass", "expert_sync") for p in (fit.get(term) or {}).get("points", [])])
+
+
 def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                    out_dir: Path | None = None, live: bool | None = None,
                    results: Path | None = None, fitted_on: str | None = None) -> dict[str, Any]:
@@ -224,18 +243,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     read = [path, *([what_if_file(path)] if committed and what_if_file(path).exists() else [])]
     if wanted is not None and not any(r.get("model") in wanted and r.get("status") == "ok" for r in rows):
         raise InputError(f"no measurements of {wanted[0]} in {path.name}")
-    fit = profile.fit or {}
     carried = transferred(profile, gpu_spec.name)
-    if carried and (fit.get("anchor") or {}).get("gpu") == gpu_spec.name:
-        raise InputError(f"{profile.name} is anchored on {gpu_spec.name}'s fit (fit.anchor): the rows of "
-                         f"{gpu_spec.name} are not held out from it")
-    if carried:  # no row of this GPU was fitted on: every row is held out
-        train, train_points = [], []
-    elif "points" in fit:  # the profile names every row it was fitted on: those are the training points
-        train, train_points = [], fit["points"]
-    else:
-        train = fit.get("train_models", [])
-        train_points = [p for term in ("draft_pass", "expert_sync") for p in (fit.get(term) or {}).get("points", [])]
+    train, train_points = training_set(profile, gpu_spec.name)
     import pandas as pd
 
     points, ops = [], []

@@ -1,0 +1,146 @@
+"""How far the model's change is from the measured change, knob by knob: the band a what-if carries.
+
+``perfmodel sweep --baseline KEY=VALUE`` gives each row's change against the row at VALUE
+(:mod:`perfmodel.sweep_change`). Measured pairs say how far such a change is to be trusted: two
+committed vLLM rows of one GPU (its results file and ``-whatif`` companion,
+:func:`perfmodel.validate.paper.measured.load_rows`; the groups whose routing collapsed under
+dummy weights left out, :func:`~perfmodel.validate.paper.measured.without_collapsed_routing`)
+that differ in one knob only, every other knob alike
+(:func:`~perfmodel.validate.paper.measured.knobs`: model, layers, B, S, O, GPU count, routing,
+the other MoE hyperparameters, speculative decoding, the MoE implementation; and the decode
+sampling). The knobs
+(:data:`KNOBS`): the quantization scheme, top-k, the experts' FFN width and their number. Each
+side is predicted as the validation predicts its row, at the host speed it probed
+(:func:`~perfmodel.validate.paper.measured.predicted_throughput`). A pair's error is the model's
+change of throughput B·(S+O)/E2E minus the measured change, in points of percent; the pair's
+baseline side is the unquantized row, or the one of the smaller value.
+
+Only pairs neither of whose rows a fit read count (:func:`perfmodel.measuring.compare.row_fitted`
+under the GPU's own profile, :func:`perfmodel.validate.validation.training_set`): the band is
+held out. A knob's band is the :data:`BAND_PERCENTILE` th percentile of |error| over its
+held-out pairs, stated where it has at least :data:`MIN_PAIRS` of them.
+
+``perfmodel validate all --backend vllm --changes --gpu GPU`` writes it to
+``validate/results/<gpu>-vllm-changes.json`` (:func:`write_change_band`), which ``sweep
+--baseline`` reads as data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfmodel.errors import InputError
+from perfmodel.paths import RESULTS_DIR
+
+#: The knobs a pair varies (as :func:`perfmodel.validate.paper.measured.knobs` names them).
+KNOBS = ("quant", "top_k", "ffn", "num_experts")
+#: The percentile of |change error| a band is.
+BAND_PERCENTILE = 90.0
+#: Fewest held-out pairs behind a band.
+MIN_PAIRS = 5
+#: The engine whose rows and profile the band is of.
+ENGINE = "vllm"
+
+
+def changes_file(gpu: str, results_dir: Path | None = None) -> Path:
+    """Where a GPU's change band is kept: ``validate/results/<gpu>-vllm-changes.json``."""
+    return (results_dir or RESULTS_DIR) / f"{gpu.split('-')[0]}-{ENGINE}-changes.json"
+
+
+def _order(knob: str, value: Any) -> tuple:
+    """A pair's baseline comes first: the unquantized row, else the smaller value."""
+    if knob == "quant":
+        return (value != "none", str(value))
+    return (0, float(value))
+
+
+def _label(k: dict[str, Any], knob: str) -> str:
+    others = {"quant": "quant", "top_k": "k", "ffn": "F", "num_experts": "E"}
+    shape = " ".join(f"{others[n]}={k[n]}" for n in KNOBS if n != knob and k[n] not in (None, "none"))
+    return f"{k['model']} L={k['layers']} {shape} B={k['batch']} S={k['input_len']} O={k['output_len']}".strip()
+
+
+def change_pairs(gpu: str) -> list[dict[str, Any]]:
+    """Every measured pair of ``gpu``'s vLLM rows that differs in one of :data:`KNOBS` alone: knob,
+    label (the point), value and baseline, the two rows' point ids, the measured and the model's
+    change of throughput (%), the error (points) and whether both rows are held out."""
+    from perfmodel.measuring.compare import row_fitted
+    from perfmodel.profile import load_profile
+    from perfmodel.validate.paper.measured import (knobs, load_rows, predicted_throughput, sampling,
+                                                   without_collapsed_routing)
+    from perfmodel.validate.validation import training_set
+
+    path = RESULTS_DIR / f"{gpu.split('-')[0]}-{ENGINE}.jsonl"
+    if not path.exists():
+        return []
+    rows, _ = without_collapsed_routing(load_rows(gpu, ENGINE, path))
+    train, train_points = training_set(load_profile(ENGINE, gpu), gpu)
+    keyed = [(row, {**knobs(row), "sampling": sampling(row)}) for row in rows if row.get("backend", ENGINE) == ENGINE]
+    pairs = []
+    for knob in KNOBS:
+        groups: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        for row, k in keyed:
+            if k[knob] is None:
+                continue
+            groups.setdefault(tuple((n, str(v)) for n, v in k.items() if n != knob), []).append((row, k))
+        for members in groups.values():
+            by_value = {}
+            for row, k in members:  # one row per value: the latest of a point measured again
+                by_value[k[knob]] = (row, k)
+            ordered = sorted(by_value.items(), key=lambda item: _order(knob, item[0]))
+            for (base_value, (base, kb)), (value, (side, _)) in itertools.combinations(ordered, 2):
+                ms, mb = float(side["throughput_tok_s"]), float(base["throughput_tok_s"])
+                ps, pb = predicted_throughput(side, ENGINE), predicted_throughput(base, ENGINE)
+                measured, model = 100 * (ms / mb - 1), 100 * (ps / pb - 1)
+                pairs.append({"knob": knob, "point": _label(kb, knob), "value": value, "baseline": base_value,
+                              "side_id": side["point_id"], "base_id": base["point_id"],
+                              "measured_pct": measured, "model_pct": model, "error_pp": model - measured,
+                              "held_out": not (row_fitted(side, train, train_points)
+                                               or row_fitted(base, train, train_points))})
+    return pairs
+
+
+def band(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per knob, over its held-out pairs: their number, the band (the :data:`BAND_PERCENTILE` th
+    percentile of |error|, points; None under :data:`MIN_PAIRS` pairs), the median |error| and
+    how many lie within 10 points; and how many pairs a fit read a side of."""
+    out = {}
+    for knob in KNOBS:
+        mine = [p for p in pairs if p["knob"] == knob]
+        errors = np.abs([p["error_pp"] for p in mine if p["held_out"]])
+        n = len(errors)
+        out[knob] = {"pairs": n, "fitted_pairs": len(mine) - n,
+                     "band_pp": round(float(np.percentile(errors, BAND_PERCENTILE)), 2) if n >= MIN_PAIRS else None,
+                     "median_pp": round(float(np.median(errors)), 2) if n else None,
+                     "within_10pp": int((errors <= 10).sum())}
+    return out
+
+
+def write_change_band(gpu: str, out: Path | None = None) -> dict[str, Any]:
+    """Compute ``gpu``'s change band (:func:`change_pairs`, :func:`band`) and write it, with its
+    pairs, to ``out`` (default :func:`changes_file`); returns what was written."""
+    from perfmodel.specs.hardware import load_gpu
+
+    name = load_gpu(gpu).name
+    pairs = change_pairs(name)
+    result = {
+        "gpu": name, "engine": ENGINE, "metric": "throughput_tok_s", "percentile": BAND_PERCENTILE,
+        "min_pairs": MIN_PAIRS,
+        "source": (f"validate/results/{name.split('-')[0]}-{ENGINE}.jsonl and its -whatif rows: pairs of rows "
+                   "differing in one knob alone, both rows held out from the profile's fit; the error is the "
+                   "model's change of throughput minus the measured one, in points"),
+        "knobs": band(pairs),
+        "pairs": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs],
+    }
+    path = Path(out) if out is not None else changes_file(name)
+    try:
+        path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    result["written"] = str(path)
+    return result
