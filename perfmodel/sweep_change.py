@@ -103,12 +103,13 @@ def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequ
 
 
 def change_band(key: str, gpus: Sequence[str], engine: str) -> list[dict[str, Any]]:
-    """How far the model's change of throughput along ``key`` was from measured changes, per GPU of
-    the sweep: the band of the knob ``key`` changes (:data:`BAND_KNOBS`) in that GPU's
+    """How far the model's changes along ``key`` were from measured changes, per GPU of the sweep:
+    the band of the knob ``key`` changes (:data:`BAND_KNOBS`) in that GPU's
     ``validate/results/<gpu>-vllm-changes.json`` (written by ``perfmodel validate all --changes``
-    from held-out measured pairs): ``{"gpu", "knob", "pairs", "band_pp", "median_pp"}``, ``band_pp``
-    None under the file's fewest pairs; or ``{"gpu", "none": why}`` where no measured pair speaks
-    to the change (another engine, a key no pair varies, a GPU without pairs)."""
+    from held-out measured pairs): ``{"gpu", "knob", "metrics": {metric: {"pairs", "band_pct",
+    "median_pct"}}}`` for the metrics of the sweep's change columns it has (``band_pct`` None under
+    the file's fewest pairs); or ``{"gpu", "none": why}`` where no measured pair speaks to the
+    change (another engine, a key no pair varies, a GPU without pairs)."""
     knob = BAND_KNOBS.get(key)
     out = []
     for gpu in dict.fromkeys(gpus):
@@ -121,25 +122,36 @@ def change_band(key: str, gpus: Sequence[str], engine: str) -> list[dict[str, An
             continue
         path = RESULTS_DIR / f"{gpu.split('-')[0]}-{BAND_ENGINE}-changes.json"
         try:
-            entry = json.loads(path.read_text())["knobs"][knob]
-            band = {"pairs": int(entry["pairs"]), "band_pp": entry["band_pp"], "median_pp": entry["median_pp"]}
-        except (OSError, ValueError, KeyError, TypeError):
+            entries = json.loads(path.read_text())["knobs"][knob]
+            metrics = {m: {"pairs": int(e["pairs"]), "band_pct": e["band_pct"], "median_pct": e["median_pct"]}
+                       for m, e in entries.items() if m in CHANGED and e["pairs"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            metrics = {}
+        if not metrics:
             out.append({"gpu": gpu, "none": f"no measured pairs of {knob} on {gpu}"})
             continue
-        out.append({"gpu": gpu, "knob": knob, **band})
+        out.append({"gpu": gpu, "knob": knob, "metrics": metrics})
     return out
 
 
+#: How the header names a metric whose change has a band.
+_SHORT = {"throughput_tok_s": "throughput", "itl_s": "ITL", "ttft_s": "TTFT", "e2e_s": "E2E"}
+
+
 def change_band_text(bands: Sequence[dict[str, Any]]) -> str:
-    """One line per GPU for a sweep's header: ``change band (throughput, measured pairs held out):
-    h100-sxm quant ±20.8 pp (p90 of 6 pairs, median 10.8)``."""
-    parts = []
+    """The line under a sweep's baseline: per GPU, each metric's band (%, of the ratio to the
+    baseline) and its pairs, e.g. ``h100-sxm: throughput ±12.1% (6 pairs), ITL ±8.2% (6 pairs)``."""
+    parts, knob = [], None
     for b in bands:
         if "none" in b:
             parts.append(f"{b['gpu']}: none ({b['none']})")
-        elif b["band_pp"] is None:
-            parts.append(f"{b['gpu']}: none ({b['pairs']} held-out measured pairs of {b['knob']}, too few)")
-        else:
-            parts.append(f"{b['gpu']}: ±{b['band_pp']:.1f} pp (90th percentile of |model − measured| over "
-                         f"{b['pairs']} held-out measured pairs of {b['knob']}, median {b['median_pp']:.1f})")
-    return "change band of throughput_tok_s_vs_base_pct: " + "; ".join(parts)
+            continue
+        knob = b["knob"]
+        shown = []
+        for metric, e in b["metrics"].items():
+            value = "none, too few" if e["band_pct"] is None else f"±{e['band_pct']:.1f}%"
+            shown.append(f"{_SHORT.get(metric, metric)} {value} ({e['pairs']} pairs)")
+        parts.append(f"{b['gpu']}: " + ", ".join(shown))
+    what = f" of {knob}" if knob else ""
+    return (f"change band (each row's ratio to its baseline against the measured ratio: 90th percentile of "
+            f"|error| over held-out measured pairs{what}): " + "; ".join(parts))

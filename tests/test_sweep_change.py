@@ -84,6 +84,7 @@ def test_the_cli_prints_the_baseline_and_warns_when_it_does_not_fit(capsys):
     band = out["baseline"].pop("change_band")
     assert out["baseline"] == {"key": "quant", "value": "none"}
     assert [b["gpu"] for b in band] == ["h100-sxm"] and band[0]["knob"] == "quant"
+    assert band[0]["metrics"]["throughput_tok_s"]["pairs"] >= 5
     fp8 = [r for r in out["rows"] if r["quant"] == "fp8"]
     assert len(fp8) == 2 and all(r[f"memory_bytes{SUFFIX}"] < -40 for r in fp8)
     # bf16 Mixtral-8x7B (87 GiB of weights) does not fit one 80 GB H100

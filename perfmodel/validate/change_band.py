@@ -11,14 +11,18 @@ the other MoE hyperparameters, speculative decoding, the MoE implementation; and
 sampling). The knobs
 (:data:`KNOBS`): the quantization scheme, top-k, the experts' FFN width and their number. Each
 side is predicted as the validation predicts its row, at the host speed it probed
-(:func:`~perfmodel.validate.paper.measured.predicted_throughput`). A pair's error is the model's
-change of throughput B·(S+O)/E2E minus the measured change, in points of percent; the pair's
+(:func:`~perfmodel.validate.paper.measured.predicted_metrics`). A pair's error in a metric
+(:data:`METRICS`: throughput B·(S+O)/E2E, ITL, TTFT) is that of the model's ratio of the two sides
+against the measured ratio, (1 + c_model)/(1 + c_measured) − 1 in %, for the changes c: a
+change of +150% and one of +15% are read on one scale, where their difference in points would
+grow with the change (the points, model minus measured, are kept beside it). The pair's
 baseline side is the unquantized row, or the one of the smaller value.
 
 Only pairs neither of whose rows a fit read count (:func:`perfmodel.measuring.compare.row_fitted`
 under the GPU's own profile, :func:`perfmodel.validate.validation.training_set`): the band is
-held out. A knob's band is the :data:`BAND_PERCENTILE` th percentile of |error| over its
-held-out pairs, stated where it has at least :data:`MIN_PAIRS` of them.
+held out. A knob's band in a metric is the :data:`BAND_PERCENTILE` th percentile of |error| over
+its held-out pairs, stated where it has at least :data:`MIN_PAIRS` of them: a change c the model
+predicts stands for a measured one within (1 + c)·(1 ± band) − 1.
 
 ``perfmodel validate all --backend vllm --changes --gpu GPU`` writes it to
 ``validate/results/<gpu>-vllm-changes.json`` (:func:`write_change_band`), which ``sweep
@@ -45,6 +49,9 @@ BAND_PERCENTILE = 90.0
 MIN_PAIRS = 5
 #: The engine whose rows and profile the band is of.
 ENGINE = "vllm"
+#: The metrics a change is checked in: the sweep's column, and the measured row's field (a ratio
+#: of two rows needs no unit).
+METRICS = {"throughput_tok_s": "throughput_tok_s", "itl_s": "itl_ms", "ttft_s": "ttft_ms"}
 
 
 def changes_file(gpu: str, results_dir: Path | None = None) -> Path:
@@ -67,11 +74,12 @@ def _label(k: dict[str, Any], knob: str) -> str:
 
 def change_pairs(gpu: str) -> list[dict[str, Any]]:
     """Every measured pair of ``gpu``'s vLLM rows that differs in one of :data:`KNOBS` alone: knob,
-    label (the point), value and baseline, the two rows' point ids, the measured and the model's
-    change of throughput (%), the error (points) and whether both rows are held out."""
+    label (the point), value and baseline, the two rows' point ids, whether both rows are held out,
+    and per metric of :data:`METRICS` both rows measured, the measured and the model's change (%),
+    the error in points and the error of the model's ratio (%)."""
     from perfmodel.measuring.compare import row_fitted
     from perfmodel.profile import load_profile
-    from perfmodel.validate.paper.measured import (knobs, load_rows, predicted_throughput, sampling,
+    from perfmodel.validate.paper.measured import (knobs, load_rows, predicted_metrics, sampling,
                                                    without_collapsed_routing)
     from perfmodel.validate.validation import training_set
 
@@ -94,30 +102,39 @@ def change_pairs(gpu: str) -> list[dict[str, Any]]:
                 by_value[k[knob]] = (row, k)
             ordered = sorted(by_value.items(), key=lambda item: _order(knob, item[0]))
             for (base_value, (base, kb)), (value, (side, _)) in itertools.combinations(ordered, 2):
-                ms, mb = float(side["throughput_tok_s"]), float(base["throughput_tok_s"])
-                ps, pb = predicted_throughput(side, ENGINE), predicted_throughput(base, ENGINE)
-                measured, model = 100 * (ms / mb - 1), 100 * (ps / pb - 1)
-                pairs.append({"knob": knob, "point": _label(kb, knob), "value": value, "baseline": base_value,
-                              "side_id": side["point_id"], "base_id": base["point_id"],
-                              "measured_pct": measured, "model_pct": model, "error_pp": model - measured,
-                              "held_out": not (row_fitted(side, train, train_points)
-                                               or row_fitted(base, train, train_points))})
+                model_side, model_base = predicted_metrics(side, ENGINE), predicted_metrics(base, ENGINE)
+                pair = {"knob": knob, "point": _label(kb, knob), "value": value, "baseline": base_value,
+                        "side_id": side["point_id"], "base_id": base["point_id"],
+                        "held_out": not (row_fitted(side, train, train_points)
+                                         or row_fitted(base, train, train_points))}
+                for metric, field in METRICS.items():
+                    ms, mb = side.get(field), base.get(field)
+                    if not (ms and mb and model_side.get(metric) and model_base.get(metric)):
+                        continue
+                    measured = 100 * (float(ms) / float(mb) - 1)
+                    model = 100 * (model_side[metric] / model_base[metric] - 1)
+                    pair[metric] = {"measured_pct": measured, "model_pct": model, "error_pp": model - measured,
+                                    "ratio_error_pct": 100 * ((100 + model) / (100 + measured) - 1)}
+                pairs.append(pair)
     return pairs
 
 
-def band(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per knob, over its held-out pairs: their number, the band (the :data:`BAND_PERCENTILE` th
-    percentile of |error|, points; None under :data:`MIN_PAIRS` pairs), the median |error| and
-    how many lie within 10 points; and how many pairs a fit read a side of."""
-    out = {}
+def band(pairs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per knob and metric, over the held-out pairs that have it: their number, the band (the
+    :data:`BAND_PERCENTILE` th percentile of |ratio error|, %; None under :data:`MIN_PAIRS` pairs),
+    the median |ratio error| and how many lie within 10%; and how many pairs a fit read a side of."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for knob in KNOBS:
-        mine = [p for p in pairs if p["knob"] == knob]
-        errors = np.abs([p["error_pp"] for p in mine if p["held_out"]])
-        n = len(errors)
-        out[knob] = {"pairs": n, "fitted_pairs": len(mine) - n,
-                     "band_pp": round(float(np.percentile(errors, BAND_PERCENTILE)), 2) if n >= MIN_PAIRS else None,
-                     "median_pp": round(float(np.median(errors)), 2) if n else None,
-                     "within_10pp": int((errors <= 10).sum())}
+        out[knob] = {}
+        for metric in METRICS:
+            mine = [p for p in pairs if p["knob"] == knob and metric in p]
+            errors = np.abs([p[metric]["ratio_error_pct"] for p in mine if p["held_out"]])
+            n = len(errors)
+            out[knob][metric] = {
+                "pairs": n, "fitted_pairs": len(mine) - n,
+                "band_pct": round(float(np.percentile(errors, BAND_PERCENTILE)), 2) if n >= MIN_PAIRS else None,
+                "median_pct": round(float(np.median(errors)), 2) if n else None,
+                "within_10pct": int((errors <= 10).sum())}
     return out
 
 
@@ -129,13 +146,14 @@ def write_change_band(gpu: str, out: Path | None = None) -> dict[str, Any]:
     name = load_gpu(gpu).name
     pairs = change_pairs(name)
     result = {
-        "gpu": name, "engine": ENGINE, "metric": "throughput_tok_s", "percentile": BAND_PERCENTILE,
+        "gpu": name, "engine": ENGINE, "metrics": list(METRICS), "percentile": BAND_PERCENTILE,
         "min_pairs": MIN_PAIRS,
         "source": (f"validate/results/{name.split('-')[0]}-{ENGINE}.jsonl and its -whatif rows: pairs of rows "
                    "differing in one knob alone, both rows held out from the profile's fit; the error is the "
-                   "model's change of throughput minus the measured one, in points"),
+                   "model's ratio of the two rows against the measured ratio, in %"),
         "knobs": band(pairs),
-        "pairs": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs],
+        "pairs": [{k: ({m: round(x, 2) for m, x in v.items()} if isinstance(v, dict) else v)
+                   for k, v in p.items()} for p in pairs],
     }
     path = Path(out) if out is not None else changes_file(name)
     try:

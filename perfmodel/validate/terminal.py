@@ -64,16 +64,18 @@ def print_validation(result: dict, console: Console) -> None:
 
 
 def print_change_band(result: dict, console: Console) -> None:
-    """The change band of a GPU's vLLM rows (``validate all --changes``): per knob, its held-out
-    pairs, the band, the median |error| and how many lie within 10 points."""
+    """The change band of a GPU's vLLM rows (``validate all --changes``): per knob and metric, its
+    held-out pairs, the band, the median |ratio error| and how many lie within 10%."""
     table = Table(title=f"the model's change against measured pairs · vllm on {result['gpu']} (held out)")
-    for name in ("knob", "pairs", f"band (p{result['percentile']:g} |error|)", "median |error|", "within ±10 pp",
-                 "pairs a fit read"):
-        table.add_column(name, justify="left" if name == "knob" else "right")
-    for knob, entry in result["knobs"].items():
-        shown = (f"±{entry['band_pp']:.1f} pp" if entry["band_pp"] is not None
-                 else f"– (fewer than {result['min_pairs']})")
-        median = "–" if entry["median_pp"] is None else f"{entry['median_pp']:.1f} pp"
-        table.add_row(knob, str(entry["pairs"]), shown, median, str(entry["within_10pp"]), str(entry["fitted_pairs"]))
+    for name in ("knob", "metric", "pairs", f"band (p{result['percentile']:g} |ratio error|)", "median",
+                 "within ±10%", "pairs a fit read"):
+        table.add_column(name, justify="left" if name in ("knob", "metric") else "right")
+    for knob, metrics in result["knobs"].items():
+        for metric, entry in metrics.items():
+            shown = (f"±{entry['band_pct']:.1f}%" if entry["band_pct"] is not None
+                     else f"– (fewer than {result['min_pairs']})")
+            median = "–" if entry["median_pct"] is None else f"{entry['median_pct']:.1f}%"
+            table.add_row(knob, metric, str(entry["pairs"]), shown, median, str(entry["within_10pct"]),
+                          str(entry["fitted_pairs"]))
     console.print(table)
     console.print(Text(f"{result['source']}. Written to {result['written']}; sweep --baseline shows it."))

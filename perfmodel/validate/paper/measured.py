@@ -282,7 +282,13 @@ def _predicted(gpu: str, model: str, overrides: tuple[str, ...], batch: int, inp
 
 
 def predicted_throughput(row: dict[str, Any], engine: str) -> float:
-    """The model's throughput (tok/s) for a measured row, on its GPU (``measured_gpu``), as built
+    """The model's throughput (tok/s) for a measured row (:func:`predicted_metrics`)."""
+    return predicted_metrics(row, engine)["throughput_tok_s"]
+
+
+def predicted_metrics(row: dict[str, Any], engine: str) -> dict[str, float]:
+    """The model's metrics for a measured row (``ttft_s``, ``itl_s``, ``throughput_tok_s``…), on its
+    GPU (``measured_gpu``), as built
     and quantized, with its MoE implementation, as the row timed its passes and at the routing its prefill ran
     (:func:`perfmodel.measuring.compare.as_measured`, :func:`~perfmodel.measuring.compare.prefill_skew`);
     a speculative row with its draft and γ at the tokens per step τ it measured; at the host's
@@ -300,7 +306,7 @@ def predicted_throughput(row: dict[str, Any], engine: str) -> float:
     metrics = _predicted(*point, **host)
     skew = prefill_skew(row, load_model(row["model"], row_overrides(row)))
     prefill = _predicted(*point, "prefill", skew, **host)["prefill_s"] if skew > 0 else None
-    return as_measured(metrics, row, prefill)["throughput_tok_s"]
+    return as_measured(metrics, row, prefill)
 
 
 def prediction_engine(measured: Measured, engine: str) -> str:
