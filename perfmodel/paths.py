@@ -32,3 +32,9 @@ RESULTS_DIR = ROOT / "validate" / "results"
 def results_file(backend: str, gpu: str) -> Path:
     """The committed results of a backend on a GPU (``validate/results/<gpu>-<backend>.jsonl``)."""
     return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"
+
+
+def changes_file(engine: str, gpu: str) -> Path:
+    """A GPU's change band of an engine, the model's changes against measured pairs
+    (``validate/results/<gpu>-<engine>-changes.json``, :mod:`perfmodel.validate.change_band`)."""
+    return RESULTS_DIR / f"{gpu.split('-')[0]}-{engine}-changes.json"

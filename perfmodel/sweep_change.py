@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.errors import InputError
-from perfmodel.paths import RESULTS_DIR
+from perfmodel.paths import changes_file
 from perfmodel.sweeps import GRID_SYMBOLS
 
 #: Metrics whose change a baseline adds, each as a column ``<metric>_vs_base_pct``.
@@ -120,9 +120,8 @@ def change_band(key: str, gpus: Sequence[str], engine: str) -> list[dict[str, An
             knobs = ", ".join(dict.fromkeys(BAND_KNOBS.values()))
             out.append({"gpu": gpu, "none": f"no measured pair varies {key} alone (they vary {knobs})"})
             continue
-        path = RESULTS_DIR / f"{gpu.split('-')[0]}-{BAND_ENGINE}-changes.json"
         try:
-            entries = json.loads(path.read_text())["knobs"][knob]
+            entries = json.loads(changes_file(BAND_ENGINE, gpu).read_text())["knobs"][knob]
             metrics = {m: {"pairs": int(e["pairs"]), "band_pct": e["band_pct"], "median_pct": e["median_pct"]}
                        for m, e in entries.items() if m in CHANGED and e["pairs"]}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

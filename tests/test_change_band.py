@@ -12,8 +12,8 @@ from perfmodel.commands import main
 from perfmodel.measuring.compare import row_fitted
 from perfmodel.profile import load_profile
 from perfmodel.sweep_change import change_band, change_band_text
-from perfmodel.validate.change_band import (BAND_PERCENTILE, KNOBS, METRICS, MIN_PAIRS, band, change_pairs,
-                                            changes_file)
+from perfmodel.paths import changes_file
+from perfmodel.validate.change_band import BAND_PERCENTILE, KNOBS, METRICS, MIN_PAIRS, band, change_pairs
 from perfmodel.validate.paper.measured import knobs, load_rows, predicted_metrics
 from perfmodel.validate.validation import training_set
 
@@ -82,7 +82,7 @@ def test_the_committed_band_is_what_the_committed_rows_give(gpu, tmp_path, capsy
     main(["validate", "all", "--changes", "--gpu", gpu, "--out", str(tmp_path / "c.json"), "--json"])
     shown = json.loads(capsys.readouterr().out)
     fresh = json.loads((tmp_path / "c.json").read_text())
-    committed = json.loads(changes_file(gpu).read_text())
+    committed = json.loads(changes_file("vllm", gpu).read_text())
     assert shown["knobs"] == fresh["knobs"]
     for knob in KNOBS:
         for metric in METRICS:
@@ -95,7 +95,7 @@ def test_the_committed_band_is_what_the_committed_rows_give(gpu, tmp_path, capsy
 
 
 def test_sweep_names_the_band_of_the_knob_it_changes():
-    committed = json.loads(changes_file("h100-sxm").read_text())["knobs"]
+    committed = json.loads(changes_file("vllm", "h100-sxm").read_text())["knobs"]
     quant = change_band("dtype", ["h100-sxm"], "vllm")[0]
     assert quant["knob"] == "quant" and set(quant["metrics"]) == set(METRICS)
     assert quant["metrics"]["throughput_tok_s"]["band_pct"] == committed["quant"]["throughput_tok_s"]["band_pct"]
@@ -112,6 +112,6 @@ def test_the_sweep_header_prints_the_band(capsys):
     main(["sweep", "qwen3-30b-a3b", "--gpu", "h200", "--grid", "top_k=4,8", "--baseline", "top_k=8"])
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("change band"))
-    entry = json.loads(changes_file("h200-sxm").read_text())["knobs"]["top_k"]
+    entry = json.loads(changes_file("vllm", "h200-sxm").read_text())["knobs"]["top_k"]
     for metric, name in (("throughput_tok_s", "throughput"), ("itl_s", "ITL"), ("ttft_s", "TTFT")):
         assert f"{name} ±{entry[metric]['band_pct']:.1f}% ({entry[metric]['pairs']} pairs)" in line

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.errors import InputError
-from perfmodel.paths import RESULTS_DIR
+from perfmodel.paths import changes_file, results_file
 
 #: The knobs a pair varies (as :func:`perfmodel.validate.paper.measured.knobs` names them).
 KNOBS = ("quant", "top_k", "ffn", "num_experts")
@@ -52,11 +52,6 @@ ENGINE = "vllm"
 #: The metrics a change is checked in: the sweep's column, and the measured row's field (a ratio
 #: of two rows needs no unit).
 METRICS = {"throughput_tok_s": "throughput_tok_s", "itl_s": "itl_ms", "ttft_s": "ttft_ms"}
-
-
-def changes_file(gpu: str, results_dir: Path | None = None) -> Path:
-    """Where a GPU's change band is kept: ``validate/results/<gpu>-vllm-changes.json``."""
-    return (results_dir or RESULTS_DIR) / f"{gpu.split('-')[0]}-{ENGINE}-changes.json"
 
 
 def _order(knob: str, value: Any) -> tuple:
@@ -83,10 +78,9 @@ def change_pairs(gpu: str) -> list[dict[str, Any]]:
                                                    without_collapsed_routing)
     from perfmodel.validate.validation import training_set
 
-    path = RESULTS_DIR / f"{gpu.split('-')[0]}-{ENGINE}.jsonl"
-    if not path.exists():
+    if not results_file(ENGINE, gpu).exists():
         return []
-    rows, _ = without_collapsed_routing(load_rows(gpu, ENGINE, path))
+    rows, _ = without_collapsed_routing(load_rows(gpu, ENGINE))
     train, train_points = training_set(load_profile(ENGINE, gpu), gpu)
     keyed = [(row, {**knobs(row), "sampling": sampling(row)}) for row in rows if row.get("backend", ENGINE) == ENGINE]
     pairs = []
@@ -140,7 +134,7 @@ def band(pairs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
 
 def write_change_band(gpu: str, out: Path | None = None) -> dict[str, Any]:
     """Compute ``gpu``'s change band (:func:`change_pairs`, :func:`band`) and write it, with its
-    pairs, to ``out`` (default :func:`changes_file`); returns what was written."""
+    pairs, to ``out`` (default :func:`perfmodel.paths.changes_file`); returns what was written."""
     from perfmodel.specs.hardware import load_gpu
 
     name = load_gpu(gpu).name
@@ -155,7 +149,7 @@ def write_change_band(gpu: str, out: Path | None = None) -> dict[str, Any]:
         "pairs": [{k: ({m: round(x, 2) for m, x in v.items()} if isinstance(v, dict) else v)
                    for k, v in p.items()} for p in pairs],
     }
-    path = Path(out) if out is not None else changes_file(name)
+    path = Path(out) if out is not None else changes_file(ENGINE, name)
     try:
         path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     except OSError as exc:
