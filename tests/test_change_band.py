@@ -115,3 +115,17 @@ def test_the_sweep_header_prints_the_band(capsys):
     entry = json.loads(changes_file("vllm", "h200-sxm").read_text())["knobs"]["top_k"]
     for metric, name in (("throughput_tok_s", "throughput"), ("itl_s", "ITL"), ("ttft_s", "TTFT")):
         assert f"{name} ±{entry[metric]['band_pct']:.1f}% ({entry[metric]['pairs']} pairs)" in line
+
+
+def test_rows_of_other_engine_settings_do_not_pair():
+    from perfmodel.validate.change_band import _settings
+
+    base = "vllm|olmoe-1b-7b|set=|layers=all|B=16|S=128|O=128|experts=vllm_fused_moe|dtype=bfloat16|graphs=1" \
+           "|full=0|ep=0|moe_backend=triton|quant=none|tp=1"
+    kv = base.replace("|tp=1", "|kv=fp8|tp=1")
+    marlin = base.replace("moe_backend=triton|quant=none", "moe_backend=marlin|quant=w4a16")
+    topk = base.replace("set=", "set=top_k=4")
+    assert _settings({"point_id": base}, "top_k") != _settings({"point_id": kv}, "top_k")
+    assert _settings({"point_id": base}, "quant") == _settings({"point_id": marlin}, "quant")  # its scheme's backend
+    assert _settings({"point_id": base}, "top_k") != _settings({"point_id": marlin}, "top_k")
+    assert _settings({"point_id": base}, "top_k") == _settings({"point_id": topk}, "top_k")  # the knob's own override

@@ -7,8 +7,8 @@ committed vLLM rows of one GPU (its results file and ``-whatif`` companion,
 dummy weights left out, :func:`~perfmodel.validate.paper.measured.without_collapsed_routing`)
 that differ in one knob only, every other knob alike
 (:func:`~perfmodel.validate.paper.measured.knobs`: model, layers, B, S, O, GPU count, routing,
-the other MoE hyperparameters, speculative decoding, the MoE implementation; and the decode
-sampling). The knobs
+the other MoE hyperparameters, speculative decoding, the MoE implementation; the decode sampling
+and every engine setting the point id records, the KV cache's dtype among them). The knobs
 (:data:`KNOBS`): the quantization scheme, top-k, the experts' FFN width and their number. Each
 side is predicted as the validation predicts its row, at the host speed it probed
 (:func:`~perfmodel.validate.paper.measured.predicted_metrics`). A pair's error in a metric
@@ -67,6 +67,16 @@ def _label(k: dict[str, Any], knob: str) -> str:
     return f"{k['model']} L={k['layers']} {shape} B={k['batch']} S={k['input_len']} O={k['output_len']}".strip()
 
 
+def _settings(row: dict[str, Any], knob: str) -> tuple[tuple[str, str], ...]:
+    """The engine settings a row's point id records (KV-cache dtype, graphs, MoE backend…), all but
+    those that carry the knobs (``set=`` overrides, ``quant=``) and, for a quantization pair, the
+    MoE backend the scheme runs on (Marlin for weight-only int4): rows that differ in any other
+    setting do not pair."""
+    skip = {"set", "quant", *(("moe_backend",) if knob == "quant" else ())}
+    parts = (segment.partition("=") for segment in row["point_id"].split("|")[2:])
+    return tuple((name, value) for name, _, value in parts if name not in skip)
+
+
 def change_pairs(gpu: str) -> list[dict[str, Any]]:
     """Every measured pair of ``gpu``'s vLLM rows that differs in one of :data:`KNOBS` alone: knob,
     label (the point), value and baseline, the two rows' point ids, whether both rows are held out,
@@ -89,7 +99,8 @@ def change_pairs(gpu: str) -> list[dict[str, Any]]:
         for row, k in keyed:
             if k[knob] is None:
                 continue
-            groups.setdefault(tuple((n, str(v)) for n, v in k.items() if n != knob), []).append((row, k))
+            key = (*((n, str(v)) for n, v in k.items() if n != knob), *_settings(row, knob))
+            groups.setdefault(key, []).append((row, k))
         for members in groups.values():
             by_value = {}
             for row, k in members:  # one row per value: the latest of a point measured again
