@@ -15,6 +15,8 @@ cd "$tmp"
 test -s "$tmp/predict/report.html" && test -s "$tmp/predict/summary.md" && echo "plain install: predict report written"
 "$tmp/venv/bin/perfmodel" sweep olmoe --grid batch=1,16 --out "$tmp/sweep" > /dev/null
 test -s "$tmp/sweep/report.html" && echo "plain install: sweep report written"
+"$tmp/venv/bin/perfmodel" sweep olmoe --gpu h100 --grid quant=none,fp8 --baseline quant=none > sweep.txt
+grep -q "h100-sxm: throughput ±" sweep.txt && echo "plain install: sweep --baseline shows the measured change band"
 "$tmp/venv/bin/python" -c "import json; p = json.load(open('predict.json')); assert p['itl_s'] > 0 and p['fits_in_memory'], p; print('plain install: predict ok, ITL', round(p['itl_s'] * 1e3, 2), 'ms')"
 "$tmp/venv/bin/perfmodel" plan olmoe-1b-7b --rate 2 --input-len 512 --output-len 128 --ttft-p90 2 --itl-p90 0.1 \
     --gpu h200 --max-gpus 2 --out "$tmp/plan" --json > plan.json
