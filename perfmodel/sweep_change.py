@@ -68,6 +68,14 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def baseline_rows(table, key: str, value: Any) -> np.ndarray:
+    """Which rows of ``table`` are baselines: ``key`` at ``value`` (a number to 1e-12)."""
+    column = table[key].to_numpy()
+    if isinstance(value, str) or column.dtype.kind not in "iuf":
+        return column.astype(str) == str(value)
+    return np.isclose(column.astype(float), float(value), rtol=1e-12, atol=0.0)
+
+
 def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequence[str] = CHANGED):
     """``table`` (a :func:`perfmodel.sweeps.sweep` result over the grid ``keys``) with a column
     ``<metric>_vs_base_pct`` per metric it holds, placed after the key columns: 100·(row/base − 1),
@@ -75,11 +83,7 @@ def with_changes(table, keys: Sequence[str], key: str, value: Any, metrics: Sequ
     where there is none). ``attrs["baseline"]`` says the key, the value, how many rows are
     baselines and how many of those do not fit in memory."""
     metrics = [m for m in metrics if m in table.columns]
-    column = table[key].to_numpy()
-    if isinstance(value, str) or column.dtype.kind not in "iuf":
-        is_base = column.astype(str) == str(value)
-    else:
-        is_base = np.isclose(column.astype(float), float(value), rtol=1e-12, atol=0.0)
+    is_base = baseline_rows(table, key, value)
     others = [k for k in keys if k != key]
     base = table.loc[is_base, [*others, *metrics]]
     if others:

@@ -1,7 +1,8 @@
 """A sweep as a report (``perfmodel sweep ... --out DIR``): ``report.html``, curves of each metric
 against the first swept key (one line per value of the second, one panel per value of the third;
-with a baseline, the throughput's and ITL's changes against it too), with the points drawn in a
-sortable table, and ``summary.md``, the table alone.
+with a baseline, the throughput's and ITL's changes against it too, each with the band measured
+pairs give it where they do), with the points drawn in a sortable table, and ``summary.md``, the
+table alone.
 
 Keys swept beyond the third are held at their first value in the charts (the page says so); the
 table holds the points drawn, at most :data:`MAX_ROWS`. Times in ms, throughput in tokens/s.
@@ -43,12 +44,44 @@ def _numeric(values) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def metric_chart(part, keys: list[str], column: str, title: str, scale: float):
+def band_limits(part, column: str, header: dict[str, Any]):
+    """Where a change column has a measured band (``sweep --baseline``: the header's
+    ``baseline.change_band``, per GPU, :func:`perfmodel.sweep_change.change_band`): the lowest and
+    highest change (%) the measured pairs put each row's change at, (1 + c)·(1 ± band) − 1, as
+    two arrays (NaN on the baseline's own rows and on rows of a GPU without a band); None for a
+    column without one."""
+    import numpy as np
+
+    from perfmodel.sweep_change import SUFFIX, baseline_rows
+
+    metric = column.removesuffix(SUFFIX)
+    bands = {b["gpu"]: b["metrics"][metric]["band_pct"]
+             for b in ((header.get("baseline") or {}).get("change_band") or [])
+             if metric in b.get("metrics", {}) and b["metrics"][metric]["band_pct"] is not None}
+    if not bands or not column.endswith(SUFFIX):
+        return None
+    if "gpu" in part.columns:  # a swept GPU, as the grid names it (h100): its band by the GPU's name
+        from perfmodel.specs.hardware import load_gpu
+
+        names = {g: load_gpu(g).name for g in part["gpu"].astype(str).unique()}
+        gpus = [names[g] for g in part["gpu"].astype(str)]
+    else:
+        gpus = [header["gpu"]] * len(part)
+    width = np.array([bands.get(g, np.nan) for g in gpus], dtype=float) / 100
+    width[baseline_rows(part, header["baseline"]["key"], header["baseline"]["value"])] = np.nan
+    ratio = 1 + part[column].to_numpy(dtype=float) / 100
+    return 100 * (ratio * (1 - width) - 1), 100 * (ratio * (1 + width) - 1)
+
+
+def metric_chart(part, keys: list[str], column: str, title: str, scale: float, band=None):
     """One metric against the first key: a line per value of the second, a panel per value of
-    the third; points that do not fit in memory drawn as crosses. None when the metric is empty."""
+    the third; points that do not fit in memory drawn as crosses; ``band``, a change's measured
+    band (:func:`band_limits`), as a bar through each point. None when the metric is empty."""
     import altair as alt
 
     data = part.assign(value=part[column] * scale, fits=part["fits_in_memory"].map({True: "yes", False: "no"}))
+    if band is not None:
+        data = data.assign(band_low=band[0], band_high=band[1])
     data = data[data["value"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
     if data.empty:
         return None
@@ -61,9 +94,15 @@ def metric_chart(part, keys: list[str], column: str, title: str, scale: float):
                                     tooltip=[*keys[:3], alt.Tooltip("value:Q", format=",.4g", title=title), "fits:N"])
     if len(keys) > 1:
         encoding["color"] = alt.Color(f"{keys[1]}:N", title=keys[1])
-    base = alt.Chart(data[[*keys[:3], "value", "fits"]]).encode(**encoding)
+    extra = ["band_low", "band_high"] if band is not None else []
+    base = alt.Chart(data[[*keys[:3], "value", "fits", *extra]]).encode(**encoding)
     chart = base.mark_line() + base.mark_point(size=50, filled=True).encode(
         shape=alt.Shape("fits:N", title="fits in memory", scale=alt.Scale(domain=["yes", "no"], range=["circle", "cross"])))
+    if band is not None:  # the measured pairs' band around each change
+        chart = base.mark_rule(opacity=0.5, strokeWidth=3).encode(
+            y=alt.Y("band_low:Q", title=title), y2="band_high:Q",
+            tooltip=[*keys[:3], alt.Tooltip("band_low:Q", format=".1f", title="measured pairs: from %"),
+                     alt.Tooltip("band_high:Q", format=".1f", title="to %")]) + chart
     chart = chart.properties(width=300, height=220)
     if len(keys) > 2:
         chart = chart.facet(column=alt.Column(f"{keys[2]}:N", title=keys[2]))
@@ -105,7 +144,9 @@ def report_html(table, keys: list[str], header: dict[str, Any]) -> str:
     part, _ = shown(table, keys)
     specs = {}
     for column, title, scale in (*METRICS, *CHANGE_METRICS):
-        chart = metric_chart(part, keys, column, title, scale) if column in part.columns else None
+        if column not in part.columns:
+            continue
+        chart = metric_chart(part, keys, column, title, scale, band_limits(part, column, header))
         if chart is not None:
             specs[f"chart-{column}"] = chart.to_dict(validate=False)
     page = _environments()[0].get_template("sweep.html.j2").render(

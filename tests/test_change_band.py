@@ -129,3 +129,30 @@ def test_rows_of_other_engine_settings_do_not_pair():
     assert _settings({"point_id": base}, "quant") == _settings({"point_id": marlin}, "quant")  # its scheme's backend
     assert _settings({"point_id": base}, "top_k") != _settings({"point_id": marlin}, "top_k")
     assert _settings({"point_id": base}, "top_k") == _settings({"point_id": topk}, "top_k")  # the knob's own override
+
+
+def test_the_sweep_report_draws_each_changes_band(tmp_path, capsys):
+    from perfmodel.sweep_change import with_changes
+    from perfmodel.sweep_report import band_limits
+    from perfmodel.sweeps import sweep
+
+    grid = {"batch": [1, 16], "quant": ["none", "fp8"], "gpu": ["h100", "h200"]}
+    table = with_changes(sweep("mixtral-8x7b", grid), list(grid), "quant", "none")
+    header = {"gpu": "h200-sxm", "baseline": {"key": "quant", "value": "none",
+                                              "change_band": change_band("quant", ["h100-sxm", "h200-sxm"], "vllm")}}
+    low, high = band_limits(table, "throughput_tok_s_vs_base_pct", header)
+    bands = {b["gpu"]: b["metrics"]["throughput_tok_s"]["band_pct"] / 100 for b in header["baseline"]["change_band"]}
+    for i, row in enumerate(table.itertuples(index=False)):
+        if row.quant == "none":  # the baseline's own rows carry no band
+            assert np.isnan(low[i]) and np.isnan(high[i])
+            continue
+        ratio, width = 1 + row.throughput_tok_s_vs_base_pct / 100, bands[f"{row.gpu}-sxm"]
+        assert low[i] == pytest.approx(100 * (ratio * (1 - width) - 1))
+        assert high[i] == pytest.approx(100 * (ratio * (1 + width) - 1))
+    assert band_limits(table, "throughput_tok_s", header) is None  # a value, not a change
+    main(["sweep", "mixtral", "--grid", "batch=1,16", "--grid", "quant=none,fp8", "--baseline", "quant=none",
+          "--gpu", "h100", "--out", str(tmp_path / "q")])
+    main(["sweep", "mixtral", "--grid", "batch=1,16", "--baseline", "batch=1", "--out", str(tmp_path / "b")])
+    capsys.readouterr()
+    assert '"band_low"' in (tmp_path / "q" / "report.html").read_text()
+    assert '"band_low"' not in (tmp_path / "b" / "report.html").read_text()  # no measured pair varies the batch
