@@ -24,7 +24,7 @@ all-reduce as TP) is predicted with the model's (``expert_parallel``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from perfmodel.errors import InputError
 from perfmodel.host_speed import row_probe_ms
@@ -288,13 +288,13 @@ def row_gpus(row: dict[str, Any]) -> int:
     return int(row_layout(row)["gpus"])
 
 
-def row_fitted(row: dict[str, Any], train_models: Iterable[str] = (), train_points: Iterable[str] = ()) -> bool:
-    """Whether a fit read a measured row (its split is "train"): one of ``train_models`` as built,
-    on one GPU, with the fused MoE, without speculative decoding, the KV cache in the model's
-    dtype; or a one-GPU row whose point id is one of ``train_points`` (:func:`compare`)."""
-    train = {m.lower() for m in train_models}
-    fitted = (not row_speculative(row) and row_moe_impl(row) == "fused" and row["model"].lower() in train
-              and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in set(train_points)
+def row_fitted(row: dict[str, Any], train_models: Collection[str] = (), train_points: Collection[str] = ()) -> bool:
+    """Whether a fit read a measured row (its split is "train"): one of ``train_models`` (lower
+    case) as built, on one GPU, with the fused MoE, without speculative decoding, the KV cache in
+    the model's dtype; or a one-GPU row whose point id is one of ``train_points`` (:func:`compare`;
+    a caller asking of many rows passes sets)."""
+    fitted = (not row_speculative(row) and row_moe_impl(row) == "fused" and row["model"].lower() in train_models
+              and not is_variant(row) and row_kv_dtype(row) is None) or row["point_id"] in train_points
     return fitted and row_gpus(row) == 1
 
 
@@ -500,7 +500,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     from perfmodel.specs.model import load_model
 
     engine_profile = load_profile(engine, load_gpu(gpu).name)
-    train_models, train_points = tuple(train_models), tuple(train_points)
+    train_models, train_points = frozenset(m.lower() for m in train_models), frozenset(train_points)
     wanted = None if models is None else {m.lower() for m in models}
     specs: dict[tuple, Any] = {}
     categories: dict[tuple, dict[str, str]] = {}

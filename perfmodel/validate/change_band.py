@@ -91,7 +91,15 @@ def change_pairs(gpu: str) -> list[dict[str, Any]]:
     if not results_file(ENGINE, gpu).exists():
         return []
     rows, _ = without_collapsed_routing(load_rows(gpu, ENGINE))
-    train, train_points = training_set(load_profile(ENGINE, gpu), gpu)
+    train, points = training_set(load_profile(ENGINE, gpu), gpu)
+    train, points = frozenset(m.lower() for m in train), frozenset(points)
+    predicted: dict[str, dict[str, float]] = {}  # each row predicted once, whatever pairs it stands in
+
+    def prediction(row: dict[str, Any]) -> dict[str, float]:
+        if row["point_id"] not in predicted:
+            predicted[row["point_id"]] = predicted_metrics(row, ENGINE)
+        return predicted[row["point_id"]]
+
     keyed = [(row, {**knobs(row), "sampling": sampling(row)}) for row in rows if row.get("backend", ENGINE) == ENGINE]
     pairs = []
     for knob in KNOBS:
@@ -107,11 +115,10 @@ def change_pairs(gpu: str) -> list[dict[str, Any]]:
                 by_value[k[knob]] = (row, k)
             ordered = sorted(by_value.items(), key=lambda item: _order(knob, item[0]))
             for (base_value, (base, kb)), (value, (side, _)) in itertools.combinations(ordered, 2):
-                model_side, model_base = predicted_metrics(side, ENGINE), predicted_metrics(base, ENGINE)
+                model_side, model_base = prediction(side), prediction(base)
                 pair = {"knob": knob, "point": _label(kb, knob), "value": value, "baseline": base_value,
                         "side_id": side["point_id"], "base_id": base["point_id"],
-                        "held_out": not (row_fitted(side, train, train_points)
-                                         or row_fitted(base, train, train_points))}
+                        "held_out": not (row_fitted(side, train, points) or row_fitted(base, train, points))}
                 for metric, field in METRICS.items():
                     ms, mb = side.get(field), base.get(field)
                     if not (ms and mb and model_side.get(metric) and model_base.get(metric)):
