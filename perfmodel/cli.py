@@ -359,7 +359,8 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
         from perfmodel.moe_tables import load_tables, zoo_shapes
 
         def entry(table):  # its zoo models; per profile with the factor: it, and whether this table's A/B gave
-            shapes = zoo_shapes(table)  # it; and the profiles whose factor is another scheme's tables'
+            shapes = zoo_shapes(table)  # it; the profiles whose factor is another scheme's tables'; and
+            # the profiles that timed the table against the default rule, whose timing replaces the factor
             factors, other_schemes = {}, {}
             for p in profiles:
                 if p.gpu != table.gpu or p.options.moe_off_table_memory is None:
@@ -371,8 +372,14 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                 a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
                 factors[p.name] = {"memory_factor": p.options.moe_off_table_memory,
                                    "measured": any(name in a_b and tp == 1 for name, tp in shapes)}
+            timed = {p.name: {"passes": len(t.tokens), "extra_us": [round(1e6 * min(t.extra_s), 1),
+                                                                    round(1e6 * max(t.extra_s), 1)]}
+                     for p in profiles if p.gpu == table.gpu for t in (p.options.moe_table_extra or ())
+                     if (t.experts, t.width, t.scheme) == (table.experts, table.width, table.scheme)}
+            factors = {name: f for name, f in factors.items() if name not in timed}  # the timing replaces it
             return {**table.model_dump(), "models": [f"{name} (tp {tp})" for name, tp in shapes], "profiles": factors,
-                    "no_factor": other_schemes}
+                    "no_factor": {name: s for name, s in other_schemes.items() if name not in timed},
+                    "timed": timed}
 
         return [entry(table) for table in load_tables()]
     if what is ListWhat.schemes:
@@ -529,9 +536,11 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
     elif what is ListWhat.tables:
         for t in items:
             models = ", ".join(t["models"]) or "no zoo model"
-            measured = ", ".join([f"{name}: memory x {f['memory_factor']:.2f}, "
-                                  f"{'measured on it' if f['measured'] else 'assumed'}"
-                                  for name, f in t["profiles"].items()]
+            measured = ", ".join([f"{name}: timed at {f['passes']} passes, {f['extra_us'][0]:+.0f} to "
+                                  f"{f['extra_us'][1]:+.0f} us per layer" for name, f in t["timed"].items()]
+                                 + [f"{name}: memory x {f['memory_factor']:.2f}, "
+                                    f"{'measured on it' if f['measured'] else 'assumed'}"
+                                    for name, f in t["profiles"].items()]
                                  + [f"{name}: no factor, its A/B ran {'/'.join(schemes)} tables"
                                     for name, schemes in t["no_factor"].items()]) or "no profile measured the factor"
             print(f"{t['gpu']:10s} E={t['experts']:<4d} N={t['width']:<5d} {t['scheme']:9s} from {t['from_tokens']:4d} "

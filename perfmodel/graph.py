@@ -48,8 +48,11 @@ class GraphOptions:
     tiles whose waves of K loops set a floor under its time (the scheme's ``moe_tile``,
     :func:`perfmodel.ops.moe.tile_floor`). ``moe_tuned_from``: the smallest pass, tokens, of the
     engine's tuned tile table for the routed experts where it starts above small passes
-    (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``cudagraph_padding``: a pass replayed from a CUDA graph runs its
-    tokens padded up to the next captured size (:func:`perfmodel.phases.graph_batch`).
+    (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``moe_table_extra_s``: the time that
+    table adds over the engine's default tile rule, measured at passes of (tokens, s)
+    (:func:`perfmodel.ops.moe.table_extra`; empty: not measured). ``cudagraph_padding``: a pass
+    replayed from a CUDA graph runs its tokens padded up to the next captured size
+    (:func:`perfmodel.phases.graph_batch`).
     """
 
     mla_cache: str = "latent"
@@ -64,6 +67,7 @@ class GraphOptions:
     quantized_layers: tuple[str, ...] = LINEAR_LAYERS
     moe_tiled: bool = False
     moe_tuned_from: int = 0
+    moe_table_extra_s: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -137,7 +141,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
-                             tuned_from=options.moe_tuned_from)
+                             tuned_from=options.moe_tuned_from, table_extra_s=options.moe_table_extra_s)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

@@ -540,6 +540,26 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
     return moe_table_start(profile.gpu, workload, model)
 
 
+def moe_table_extra(profile: EngineProfile, workload: Workload,
+                    model: ModelSpec | None) -> tuple[tuple[float, float], ...]:
+    """The time the engine's tuned fused-MoE tile table for the model's routed experts on one GPU
+    of the workload adds over its default rule's, per layer, at passes of (tokens, s), where the
+    profile timed that table (``options.moe_table_extra``: the expert shape E/g experts of width
+    I/shard at the scheme its experts run at, :func:`perfmodel.ops.moe.table_extra`); empty
+    without a model, a MoE, such a measurement, and for a workload at the default tile rule
+    (``moe_tables`` false) or with unfused experts."""
+    measured = profile.options.moe_table_extra
+    if (not measured or model is None or model.moe is None or not workload.moe_tables
+            or workload.moe_impl != "fused"):
+        return ()
+    groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
+    shape = (model.moe.n_experts / groups, model.moe.expert_intermediate / shard, experts_scheme(workload))
+    for table in measured:
+        if (table.experts, table.width, table.scheme) == shape:
+            return table.points()
+    return ()
+
+
 def experts_scheme(workload: Workload) -> str:
     """The scheme a workload's routed experts run at (``none``: unquantized)."""
     scheme = workload.scheme
@@ -566,7 +586,8 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
     implementation; default: none and fused), that change which ops run (:class:`GraphOptions`).
     A scheme whose MoE kernel picks its own row blocks (``moe_row_blocks``: Marlin's) replaces
     the profile's tiers where the profile pads expert rows at all. With ``model``: the tuned
-    tile table its routed experts meet on the profile's GPU (:func:`moe_tuned_from`)."""
+    tile table its routed experts meet on the profile's GPU (:func:`moe_tuned_from`), or its
+    time measured against the default rule's (:func:`moe_table_extra`), which replaces it."""
     opts = profile.options
     w = workload if workload is not None else Workload()
     tiers, by_rows = profile.moe_block_tiers, False
@@ -575,10 +596,12 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
         # an engine that pads expert rows runs this scheme's experts on a kernel with blocks of its own
         tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
+    extra = moe_table_extra(profile, w, model)
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
-                        cudagraph_padding=profile.pads_cudagraphs, moe_tuned_from=moe_tuned_from(profile, w, model),
-                        **workload_graph_options(w))
+                        cudagraph_padding=profile.pads_cudagraphs,
+                        moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model),
+                        moe_table_extra_s=extra, **workload_graph_options(w))
 
 
 def prefill_chunking(options: Options) -> tuple[sp.Expr, sp.Expr | None]:
@@ -1093,19 +1116,24 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
         # a checkpoint format no scheme describes, predicted unquantized: neither --quant nor an alias --dtype
         "unread_quantization": (model.unread_quantization if workload.quant is None
                                 and workload.scheme.name == quantization.NO_QUANT else None),
-        "moe_tile_table": moe_tile_table(profile, options.moe_tuned_from),
+        "moe_tile_table": moe_tile_table(profile, options),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
                       ops=ops, provenance=provenance, overrides=dict(overrides or {}), gpu=gpu)
 
 
-def moe_tile_table(profile: EngineProfile, start: int) -> dict[str, Any] | None:
-    """The engine's tuned fused-MoE tile table made for larger passes that a prediction's routed
-    experts meet, from its smallest tuned pass ``start`` (tokens; :func:`moe_tuned_from`, 0:
-    none): that pass and the factor on the experts' memory time; None where they meet none."""
-    if not start:
+def moe_tile_table(profile: EngineProfile, options: GraphOptions) -> dict[str, Any] | None:
+    """The engine's tuned fused-MoE tile table that a prediction's routed experts meet, where the
+    profile costs it: the time it adds over the default rule's, timed by pass (``extra``: tokens
+    and seconds per layer, :func:`moe_table_extra`), else, for a table made for larger passes,
+    its smallest tuned pass and the factor on the experts' memory time (:func:`moe_tuned_from`);
+    None where they meet neither."""
+    if options.moe_table_extra_s:
+        tokens, extra = zip(*options.moe_table_extra_s)
+        return {"extra": {"tokens": list(tokens), "extra_s": list(extra)}}
+    if not options.moe_tuned_from:
         return None
-    return {"from_tokens": start, "memory_factor": profile.options.moe_off_table_memory}
+    return {"from_tokens": options.moe_tuned_from, "memory_factor": profile.options.moe_off_table_memory}
 
 
 def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any]:

@@ -160,6 +160,30 @@ class BlockTier(_Strict):
     block_m: PositiveInt
 
 
+class TableExtra(_Strict):
+    """A tuned fused-MoE tile table timed against the engine's default tile rule on one GPU: the
+    expert shape on one GPU (``experts``, intermediate ``width``), the ``scheme`` its experts run
+    at (specs/quantization.yaml names; none: bf16), and at passes of ``tokens`` (increasing) the
+    kernel's time at the table less its time at the default rule, s per layer (``extra_s``;
+    negative where the table is faster)."""
+
+    experts: PositiveInt
+    width: PositiveInt
+    scheme: str
+    tokens: tuple[PositiveInt, ...]
+    extra_s: tuple[float, ...]
+
+    def model_post_init(self, _context: object) -> None:
+        if not self.tokens or len(self.tokens) != len(self.extra_s):
+            raise ValueError("a table's extra time needs as many values as passes, at least one")
+        if list(self.tokens) != sorted(set(self.tokens)):
+            raise ValueError("a table's measured passes must increase")
+
+    def points(self) -> tuple[tuple[float, float], ...]:
+        """((tokens, s), ...), as :func:`perfmodel.ops.moe.table_extra` takes them."""
+        return tuple(zip(self.tokens, self.extra_s))
+
+
 #: BLOCK_SIZE_M of vLLM's default fused-MoE config (bf16 and fp8 per-tensor; vLLM 0.26
 #: ``get_default_config``: M ≤ 32 tokens → 16, ≤ 96 → 32, ≤ 512 → 64, else 128), for a vllm
 #: profile that states no ``moe_block_m``. Its tuned configs (e.g. Mixtral's on H200) pick
@@ -220,6 +244,12 @@ class Options(_Strict):
         "moe_off_table_memory (specs/quantization.yaml names; none: bf16): only those schemes' "
         "tables get the factor. None: every listed table's (a profile fitted before the schemes "
         "were recorded).")
+    moe_table_extra: tuple[TableExtra, ...] | None = Field(
+        default=None, description="vLLM's fused-MoE kernel at its tuned tile tables made for larger "
+        "passes (specs/vllm-moe-tables.yaml), timed pass by pass against its default tile rule "
+        "(scripts/bench_moe_tiles.py): on such an expert shape the experts' time per layer + the "
+        "difference at the measured pass nearest each pass (perfmodel.ops.moe.table_extra), in "
+        "place of moe_off_table_memory. None: none measured.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

@@ -227,9 +227,14 @@ def _of_roof(share: float | None) -> str:
 
 
 def moe_table_text(table: dict | None) -> str | None:
-    """One line on the tuned fused-MoE tile table made for larger passes the experts meet, if any."""
+    """One line on the tuned fused-MoE tile table the experts meet, where the profile costs it."""
     if not table:
         return None
+    if "extra" in table:
+        extra = [1e6 * x for x in table["extra"]["extra_s"]]
+        return (f"moe.experts: vLLM's tuned tile table for these experts, timed against its default tile rule "
+                f"pass by pass: {min(extra):+.0f} to {max(extra):+.0f} us per layer by the pass's tokens "
+                "(the measured pass nearest each pass)")
     return (f"moe.experts: vLLM's tuned tile table for these experts starts at {table['from_tokens']} tokens, so "
             f"its decode steps run tiles made for larger passes: memory time x {table['memory_factor']:.2f}, as "
             "an A/B of the tiles measured at 1-64 sequences (assumed at every pass)")

@@ -145,5 +145,6 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
     exposed = (efficiency_symbols(cls)["exposed"] * Min(compute, memory) if cls.peak is not Peak.NONE
                else sp.Integer(0))
     per_kernel = t_kernel_small if cls.small_kernels else t_kernel
-    return OpTime(compute, memory, sp.Integer(0), kernels * per_kernel + op.fixed_latency, exposed,
+    fixed = sp.sympify(op.fixed_latency).subs(subs)  # an expression of the pass's tokens where measured so
+    return OpTime(compute, memory, sp.Integer(0), kernels * per_kernel + fixed, exposed,
                   sp.sympify(op.tile_floor).subs(subs))

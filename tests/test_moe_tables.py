@@ -1,6 +1,6 @@
 """vLLM's tuned fused-MoE tables made for larger passes: which shapes meet one, the factor on the
-experts' memory time at such a shape,
-and the A/B pairs the factor is fitted on."""
+experts' memory time at such a shape, the A/B pairs the factor is fitted on, and the kernel's
+timings at the table and at the default rule, whose difference replaces the factor."""
 
 from __future__ import annotations
 
@@ -138,15 +138,21 @@ def test_a_workload_at_the_default_tile_rule_reads_no_table(roofline_with):
     assert "moe_tables" not in model_workload(_row("a", 1, 3.0))
 
 
-def test_a_prediction_says_which_table_its_experts_meet(capsys):
+def test_a_prediction_says_which_table_its_experts_meet(capsys, roofline_with):
     from perfmodel.commands import main
 
-    p = predict("phi-3.5-moe", gpu="h100-sxm", dtype="fp8", batch=16)
+    p = predict("phi-3.5-moe", gpu="h100-sxm", dtype="fp8", batch=16)  # the committed H100 profile timed it
     table = p.provenance["moe_tile_table"]
-    assert table["from_tokens"] == 256 and table["memory_factor"] > 1
+    assert set(table) == {"extra"} and len(table["extra"]["tokens"]) == len(table["extra"]["extra_s"]) > 1
+    assert max(table["extra"]["extra_s"]) > 0
     assert predict("phi-3.5-moe", gpu="h100-sxm", batch=16).provenance["moe_tile_table"] is None  # bf16
     assert predict("phi-3.5-moe", gpu="h200-sxm", dtype="fp8", batch=16).provenance["moe_tile_table"] is None
     main(["predict", "phi-3.5-moe", "--gpu", "h100", "--dtype", "fp8", "-b", "16"])
+    assert "timed against its default tile rule" in capsys.readouterr().out
+    factor_only = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
+    table = predict("phi-3.5-moe", engine=factor_only, gpu="h100-sxm", dtype="fp8", batch=16).provenance
+    assert table["moe_tile_table"] == {"from_tokens": 256, "memory_factor": 2.0}
+    main(["predict", "phi-3.5-moe", "--engine", factor_only, "--gpu", "h100", "--dtype", "fp8", "-b", "16"])
     assert "tuned tile table for these experts starts at 256 tokens" in capsys.readouterr().out
 
 
@@ -157,18 +163,107 @@ def test_unfused_experts_meet_no_table(roofline_with):
     assert p.provenance["moe_tile_table"] is None
 
 
-def test_list_tables_names_the_models_each_table_meets_and_where_the_factor_was_measured(capsys):
+def test_list_tables_names_the_models_each_table_meets_and_where_its_cost_was_measured(capsys):
     from perfmodel.commands import main
 
     main(["list", "tables", "--json"])
     tables = json.loads(capsys.readouterr().out)["tables"]
     phi = {t["width"]: t for t in tables if t["experts"] == 16}
     assert phi[6400]["models"] == ["phi-3.5-moe (tp 1)"] and phi[3200]["models"] == ["phi-3.5-moe (tp 2)"]
-    assert phi[6400]["profiles"]["h100-sxm-vllm"]["measured"] is True  # the A/B ran at one GPU
-    assert phi[3200]["profiles"]["h100-sxm-vllm"]["measured"] is False  # carried to two: assumed
-    skeleton = next(t for t in tables if t["experts"] == 32)  # a bf16 table: the fp8 factor is not its
-    assert skeleton["profiles"] == {} and skeleton["no_factor"] == {"h100-sxm-vllm": ["fp8"]}
+    for table in tables:  # the H100's kernel timings cover every listed table: they replace the factor
+        timed = table["timed"]["h100-sxm-vllm"]
+        assert timed["passes"] > 1 and timed["extra_us"][1] > 0 and table["profiles"] == {}
     main(["list", "tables"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(tables) and "measured on it" in lines[0] and "assumed" in lines[1]
-    assert "no factor, its A/B ran fp8 tables" in lines[tables.index(skeleton)]
+    assert len(lines) == len(tables) and all("h100-sxm-vllm: timed at" in line for line in lines)
+
+
+def test_list_tables_shows_the_factor_where_a_profile_has_no_timing(monkeypatch, capsys, roofline_with):
+    from perfmodel import cli
+    from perfmodel.commands import main
+    from pathlib import Path
+
+    from perfmodel.profile import load_profile_file
+
+    factor_only = load_profile_file(Path(roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0,
+                                                               "moe_off_table_schemes": ["fp8"]})))
+    monkeypatch.setattr(cli, "_committed_profiles", lambda: [factor_only])
+    main(["list", "tables"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "memory x 2.00, assumed" in lines[0]  # no A/B of its own in that profile's fit record
+    assert "no factor, its A/B ran fp8 tables" in next(line for line in lines if "E=32" in line)
+
+
+def test_table_extra_takes_the_measured_pass_nearest_the_tokens():
+    import sympy as sp
+
+    from perfmodel.ops.moe import table_extra
+
+    tokens = sp.Symbol("T")
+    extra = table_extra(tokens, ((1, 1e-5), (16, 2e-5), (256, 3e-5), (2048, -1e-5)))
+    values = {t: float(extra.subs(tokens, t)) for t in (1, 8, 9, 135, 136, 1151, 1152, 10**6)}
+    assert values == pytest.approx({1: 1e-5, 8: 1e-5, 9: 2e-5, 135: 2e-5, 136: 3e-5, 1151: 3e-5,
+                                    1152: -1e-5, 10**6: -1e-5})
+    assert table_extra(tokens, ()) == 0
+
+
+def _kernel_row(experts, width, scheme, tokens, tiles, us, **kw):
+    return {"experts": experts, "width": width, "hidden": 4096, "top_k": 2, "scheme": scheme, "tokens": tokens,
+            "tiles": tiles, "us": us, **kw}
+
+
+def test_the_kernel_timings_give_the_listed_tables_extra_time(tmp_path):
+    from perfmodel.calibration.fit_moe_tables import fit_table_extra, kernel_file
+
+    results = tmp_path / "h100-vllm.jsonl"
+    assert fit_table_extra(results, "h100-sxm") == ([], {})  # no timings: nothing
+    rows = [_kernel_row(16, 6400, "fp8", 1, "table", 130.0), _kernel_row(16, 6400, "fp8", 1, "default", 100.0),
+            _kernel_row(16, 6400, "fp8", 2048, "table", 1600.0), _kernel_row(16, 6400, "fp8", 2048, "table", 1600.0),
+            _kernel_row(16, 6400, "fp8", 2048, "default", 1000.0),
+            _kernel_row(16, 6400, "fp8", 4096, "default", 1800.0),  # one side only: not a pass of the record
+            _kernel_row(16, 6400, "fp8", 8192, "table", 1.0, error="RuntimeError: out of resources"),
+            _kernel_row(8, 14336, "fp8", 1, "table", 160.0), _kernel_row(8, 14336, "fp8", 1, "default", 170.0),
+            _kernel_row(128, 768, "none", 1, "default", 40.0)]  # no table: no pair
+    kernel_file(results).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    extra, record = fit_table_extra(results, "h100-sxm")
+    assert extra == [{"experts": 16, "width": 6400, "scheme": "fp8", "tokens": [1, 2048],
+                      "extra_s": [pytest.approx(30e-6), pytest.approx(600e-6)]}]
+    assert record["file"] == "h100-vllm-moe-kernel.jsonl" and len(record["shapes"]) == 2
+    assert "taken (a listed table)" in record["shapes"][0] and "1.30-1.60" in record["shapes"][0]
+    assert "not taken (a table the rows ran)" in record["shapes"][1]  # Mixtral's fp8 table starts at one token
+    assert fit_table_extra(results, "h200-sxm")[0] == []  # the listed tables are the H100's
+
+
+def test_a_timed_table_adds_its_extra_time_to_the_experts_in_place_of_the_factor(roofline_with):
+    extra = {"experts": 16, "width": 6400, "scheme": "fp8", "tokens": [1, 256, 2048], "extra_s": [1e-5, 2e-5, 4e-5]}
+    timed = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0, "moe_table_extra": [extra]})
+    layers = 32  # Phi-3.5-MoE's MoE layers
+
+    def experts(engine, batch=1, **kw):
+        p = predict("phi-3.5-moe", engine=engine, gpu="h100-sxm", phase="decode", batch=batch, input_len=128,
+                    context=128, dtype="fp8", **kw)
+        return next(op for op in p.ops if op["name"] == "moe.experts")
+
+    for batch, added in ((1, 1e-5), (64, 1e-5), (200, 2e-5)):
+        plain, with_table = experts("roofline", batch), experts(timed, batch)
+        assert with_table["memory_s"] == pytest.approx(plain["memory_s"], rel=1e-9)  # no factor: the timing
+        assert with_table["latency_s"] - plain["latency_s"] == pytest.approx(layers * added, rel=1e-6)
+    prefill = predict("phi-3.5-moe", engine=timed, gpu="h100-sxm", phase="prefill", batch=16, input_len=128,
+                      dtype="fp8")
+    plain = predict("phi-3.5-moe", engine="roofline", gpu="h100-sxm", phase="prefill", batch=16, input_len=128,
+                    dtype="fp8")
+    ops = [next(op for op in p.ops if op["name"] == "moe.experts") for p in (prefill, plain)]
+    assert ops[0]["latency_s"] - ops[1]["latency_s"] == pytest.approx(layers * 4e-5, rel=1e-6)  # 2,048 tokens
+    for kw in ({"moe_tables": False}, {"moe_impl": "unfused"}, {"tp": 2}):  # default rule; no fused kernel;
+        assert experts(timed, **kw)["latency_s"] == pytest.approx(experts("roofline", **kw)["latency_s"])  # I/2
+
+
+@pytest.mark.parametrize("bad", [{"tokens": [1, 2], "extra_s": [1e-5]}, {"tokens": [16, 1], "extra_s": [0.0, 0.0]},
+                                 {"tokens": [], "extra_s": []}])
+def test_a_malformed_table_timing_is_refused(bad):
+    from pydantic import ValidationError
+
+    from perfmodel.profile import TableExtra
+
+    with pytest.raises(ValidationError):
+        TableExtra(experts=16, width=6400, scheme="fp8", **bad)

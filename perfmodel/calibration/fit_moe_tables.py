@@ -96,3 +96,65 @@ def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[
               "schemes": sorted({_experts_scheme(a) for a, _ in pairs}),
               "ratios": {f"B={a['batch']} S={a['input_len']}": round(x, 4) for (a, _), x in zip(pairs, ratios)}}
     return factor, [r["point_id"] for pair in pairs for r in pair], record
+
+
+def kernel_file(results: Path) -> Path:
+    """The companion file of a results file holding vLLM's fused-MoE kernel timed alone, pass by
+    pass, at its shipped tile tables and at its default rule (``scripts/bench_moe_tiles.py``)."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-moe-kernel{results.suffix}")
+
+
+def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``options.moe_table_extra``: per expert shape timed at a shipped table made for larger
+    passes (``specs/vllm-moe-tables.yaml``: experts, width, scheme), the kernel's time at the
+    table less its time at the default rule, s, at every pass timed at both (each side's
+    geometric mean where a pass was timed more than once); and the record (file; every shape
+    timed at a table, with its hidden size, top-k, passes, the range of table/default, and
+    whether the profile takes it). ([], {}) without the file or such shapes. The kernel timings
+    are of the op alone: no validation row is read.
+
+    Only the listed tables are taken: the fit's own rows set the experts' terms at the tables
+    their shapes run (Mixtral-8x7B's fp8 rows at a tuned table that runs 0.64-0.92 times the
+    default rule's time from 256 tokens, the bf16 training models at the default rule, having no
+    table), so a difference from the default rule belongs where a table is known to stray from
+    what the rows measured, as the listed ones do."""
+    import json
+    from collections import defaultdict
+
+    from perfmodel.moe_tables import tuned_from
+
+    path = kernel_file(results)
+    if not path.is_file():
+        return [], {}
+    times: dict[tuple, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    measured: dict[tuple, tuple[int, int]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if "us" not in row or "error" in row:
+            continue
+        shape = (row["experts"], row["width"], row["scheme"])
+        measured.setdefault(shape, (row["hidden"], row["top_k"]))
+        times[shape][row["tokens"]][row["tiles"]].append(float(row["us"]))
+
+    def seconds(values: list[float]) -> float:  # µs -> s, the geometric mean of repeats
+        return 1e-6 * math.exp(sum(map(math.log, values)) / len(values))
+
+    out, shapes = [], []
+    for shape in sorted(times, key=str):
+        passes = sorted(m for m, t in times[shape].items() if t.get("table") and t.get("default"))
+        if not passes:
+            continue
+        table = [seconds(times[shape][m]["table"]) for m in passes]
+        default = [seconds(times[shape][m]["default"]) for m in passes]
+        ratios = [a / b for a, b in zip(table, default)]
+        experts, width, scheme = shape
+        listed = tuned_from(gpu, experts, width, scheme) > 0
+        if listed:
+            out.append({"experts": experts, "width": width, "scheme": scheme, "tokens": passes,
+                        "extra_s": [_sig(a - b) for a, b in zip(table, default)]})
+        hidden, top_k = measured[shape]
+        shapes.append(f"E={experts} N={width} {scheme} (hidden {hidden}, top-{top_k}): {len(passes)} passes, "
+                      f"table/default {min(ratios):.2f}-{max(ratios):.2f}, "
+                      + ("taken (a listed table)" if listed else "not taken (a table the rows ran)"))
+    return out, ({"file": path.name, "shapes": shapes} if shapes else {})

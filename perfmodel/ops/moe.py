@@ -35,6 +35,17 @@ slower than at the default rule's tiles, at every batch measured (1 to 64 sequen
 f_off on its memory time at every pass of such a shape (:func:`off_table_scale`; the tables:
 ``specs/vllm-moe-tables.yaml``).
 
+Tables made for larger passes, timed. Where the kernel itself was timed on such a shape at
+the shipped table and at the default rule, pass by pass (``scripts/bench_moe_tiles.py``), the
+difference Δt(T) of the two times at the measured pass nearest the pass's T tokens is added to
+the experts' time, per layer (:func:`table_extra`), in place of f_off: a table's entries are
+tiles of different kinds (64 × 256 with two stages, 128 × 128 with four, ...), and what the
+table costs moves with the entry a pass meets (Phi-3.5-MoE's experts in fp8 on the H100: the
+table's time 1.3–1.45 times the default rule's up to 256 tokens, 1.1–1.75 above, by entry). A
+difference, not a ratio: the timed op holds the quantization of its inputs, the expert
+alignment, the activation and the top-k sum beside its GEMMs, the same kernels at either tile
+choice, which a ratio would spread over the GEMMs alone.
+
 Three implementations of the routed experts (:data:`MOE_IMPLS`): ``fused`` (one grouped GEMM
 per projection for the whole block, the kernels a fused MoE launches), ``staged`` (the same
 grouped GEMMs with the routing, the activation and the top-k sum as kernels of their own
@@ -266,6 +277,19 @@ def off_table_scale(tuned_from: int) -> sp.Expr:
     return f_off if tuned_from > 0 else sp.Integer(1)
 
 
+def table_extra(tokens: sp.Expr, points: tuple[tuple[float, float], ...]) -> sp.Expr:
+    """The time a fused-MoE kernel's tuned table adds over the default rule's tiles per layer, s,
+    as measured at the passes ``points`` ((tokens, seconds), increasing tokens): the measured
+    pass nearest ``tokens`` (a step between two measured passes at their midpoint, as vLLM takes
+    the table entry nearest a pass); 0 with no points. A step in the tokens, as the measured
+    kernel is: an entry of better tiles can make a larger pass faster."""
+    if not points:
+        return sp.Integer(0)
+    pieces = [(sp.Float(extra, 6), sp.StrictLessThan(tokens, sp.Rational(int(m + n), 2)))
+              for (m, extra), (n, _) in zip(points, points[1:])]
+    return sp.Piecewise(*pieces, (sp.Float(points[-1][1], 6), True))
+
+
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
          matrices: sp.Expr = 1, param_bytes: sp.Expr = b_w, computed_rows: sp.Expr | None = None,
          quantized: bool = False, input_rows: sp.Expr | None = None) -> Op:
@@ -361,7 +385,7 @@ def router(bias: bool) -> Op:
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
-                   tuned_from: int = 0) -> Op:
+                   tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = ()) -> Op:
     """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
     g = ep and shard = tp·dp, or whole experts under vLLM's expert parallelism, g = ep·tp·dp),
     serving the dp·T tokens of the dp ranks (:func:`expert_tokens`).
@@ -384,7 +408,9 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     eager pass pays t_moe_host per layer for it (:attr:`Op.launch_host`). ``tuned_from`` (a
     fused block; ignored for ``impl="unfused"``): the smallest pass of the engine's tuned tile
     table for these experts, tokens (:func:`off_table_scale`; 0: none that starts above small
-    passes).
+    passes). ``table_extra_s`` (a fused block): the time that table adds over the default rule's
+    tiles, measured at passes of (tokens, s) (:func:`table_extra`); it replaces ``tuned_from``'s
+    factor where given.
     """
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
@@ -406,7 +432,9 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     if tiled:
         op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / shard, H), (H, I_e / shard))),
                      launch_host=t_moe_host)
-    if tuned_from > 0:
+    if table_extra_s:
+        op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s))
+    elif tuned_from > 0:
         op = replace(op, memory_scale=off_table_scale(tuned_from))
     return op
 
@@ -512,7 +540,7 @@ def routing_bitmatrix() -> Op:
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
-              tuned_from: int = 0) -> list[Op]:
+              tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = ()) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -522,7 +550,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     and ``quantized_shared`` the shared experts' (default: as the routed experts'); ``tiled``:
     the routed experts' kernel runs in tiles whose waves set a floor under its time
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
-    the routed experts (:func:`off_table_scale`). How the experts are cut over GPUs is a symbol's
+    the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
+    default rule's, measured by tokens per pass (:func:`table_extra`). How the experts are cut over GPUs is a symbol's
     (:func:`expert_split`).
     """
     if quantized_shared is None:
@@ -536,7 +565,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
            *([routing_bitmatrix()] if impl == "staged" else []),
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
-                          quantized=quantized, tiled=tiled, tuned_from=tuned_from),
+                          quantized=quantized, tiled=tiled, tuned_from=tuned_from,
+                          table_extra_s=table_extra_s),
            activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
