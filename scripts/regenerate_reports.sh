@@ -4,7 +4,9 @@
 # h100-{hf,vllm}-validation.md; the H200's fits carried to it, h100-{hf,vllm}-transfer-validation.md;
 # the H100's hf fit carried to the H200, h200-hf-transfer-validation.md), one serving report per
 # serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md), each GPU's change band
-# (validate/results/{h200,h100}-vllm-changes.json) and the paper report (reports/paper).
+# (validate/results/{h200,h100}-vllm-changes.json), the fused-MoE ops against the kernel timed alone
+# where a GPU has such timings (validate/results/h100-vllm-moe-kernel-validation.md) and the paper
+# report (reports/paper).
 # No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
@@ -51,6 +53,13 @@ done
 for gpu in h200-sxm h100-sxm; do
     "$PERFMODEL" validate all --changes --gpu "$gpu" > /dev/null
     echo "wrote $results/${gpu%%-*}-vllm-changes.json"
+done
+
+# the fused-MoE ops against vLLM's kernel timed alone, where a GPU has such timings
+for gpu in h200-sxm h100-sxm; do
+    [ -f "$results/${gpu%%-*}-vllm-moe-kernel.jsonl" ] || continue
+    "$PERFMODEL" validate all --moe-kernel --gpu "$gpu" > /dev/null
+    echo "wrote $results/${gpu%%-*}-vllm-moe-kernel-validation.md"
 done
 
 "$PERFMODEL" report paper --gpu h100-sxm --engine vllm --out reports/paper > /dev/null

@@ -28,10 +28,19 @@ def validate(
                                  "--gpu's vLLM rows that differ in one knob (quant, top_k, ffn, num_experts), "
                                  "held out; writes validate/results/{gpu}-vllm-changes.json (or --out FILE), "
                                  "the band sweep --baseline shows."),
+    moe_kernel: bool = typer.Option(False, "--moe-kernel", help="The model's fused-MoE ops against vLLM's "
+                                    "fused-MoE kernel timed alone pass by pass "
+                                    "(validate/results/{gpu}-vllm-moe-kernel.jsonl); writes "
+                                    "validate/results/{gpu}-vllm-moe-kernel-validation.md (or --out FILE)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
+    if changes is True and moe_kernel is True:
+        raise InputError("--changes and --moe-kernel are two reports: give one")
     if changes is True:
         _changes(model, backend, gpu, out, results, serving, fitted_on, as_json)
+        return
+    if moe_kernel is True:
+        _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json)
         return
     if serving is True:
         from perfmodel.validate.serving import print_serving_validation, run_serving_validation
@@ -78,3 +87,28 @@ def _changes(model, backend, gpu, out, results, serving, fitted_on, as_json) -> 
     from perfmodel.validate.terminal import print_change_band
 
     print_change_band(result, make_console())
+
+
+def _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
+    """``validate all --moe-kernel``: the fused-MoE ops against the kernel timed alone, written and shown."""
+    from perfmodel.validate.moe_kernel import write_moe_kernel_validation
+
+    if model != "all":
+        raise InputError(f"--moe-kernel compares every timed expert shape: give 'all', not '{model}'")
+    if backend not in (None, "vllm"):
+        raise InputError(f"--moe-kernel times vLLM's kernel: --backend {backend} does not apply")
+    given = [flag for flag, value in (("--serving", serving is True), ("--results", isinstance(results, Path)),
+                                      ("--fitted-on", isinstance(fitted_on, str))) if value]
+    if given:
+        raise InputError(f"--moe-kernel takes the committed timings and the GPU's own profile: {given[0]} "
+                         "does not apply")
+    if isinstance(out, Path) and out.is_dir():
+        raise InputError(f"--out {out}: --moe-kernel writes one markdown file, and this is a folder")
+    result = write_moe_kernel_validation(gpu, out if isinstance(out, Path) else None)
+    if as_json:
+        print_json(result)
+        return
+    console = make_console()
+    console.print(f"held-out MAPE {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} passes "
+                  f"of {len(result['shapes'])} shape × tile choices; wrote {result['path']}",
+                  highlight=False, markup=False)

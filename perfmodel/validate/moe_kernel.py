@@ -1,0 +1,190 @@
+"""The model's fused-MoE ops against vLLM's fused-MoE kernel timed alone, pass by pass.
+
+``scripts/bench_moe_tiles.py`` times vLLM's Triton fused-MoE op (the inputs' quantization under a
+W8A8 scheme, the expert alignment, both GEMMs, the activation and the top-k sum) on expert shapes
+at passes of T tokens, at the tile table vLLM ships for the GPU and at its default tile rule:
+``validate/results/<gpu>-vllm-moe-kernel.jsonl``. The model's counterpart of one such call is the
+per-layer time of the MoE block's ops that kernel runs (:data:`KERNEL_OPS`: the dispatch, the
+inputs' quantization, the routed experts and their activation; not the router, not shared
+experts), predicted for one sequence's prefill pass of T tokens with the GPU's own vllm profile:
+the ops' GPU time, with no host and no CUDA-graph padding, as the kernel was timed (replayed from
+a graph). The expert shape is set on a zoo model of the same hidden size (:data:`BASES`) by
+``--set num_experts, ffn, top_k``; the zoo models whose experts have the shape are named beside it.
+
+A row at the default rule is predicted at the default rule (``moe_tables`` false), a row at the
+shipped table with the tables the profile costs. A profile's timing of a listed table
+(``options.moe_table_extra``) is the difference of these very rows, so the table rows of a shape
+it takes are not held out: the held-out rows are every default-rule row, and the table rows of
+the shapes it does not take (the tables the fit's own rows ran).
+
+``perfmodel validate all --moe-kernel --gpu GPU`` writes the comparison to
+``validate/results/<gpu>-vllm-moe-kernel-validation.md`` (:func:`write_moe_kernel_validation`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from perfmodel.errors import InputError
+
+#: The model's ops that vLLM's fused-MoE op runs, per MoE layer.
+KERNEL_OPS = ("moe.dispatch", "moe.experts.act_quant", "moe.experts", "moe.experts_act")
+
+#: The zoo model an expert shape is set on, by hidden size (its MoE block's other ops do not count).
+BASES = {4096: "mixtral-8x7b", 2048: "qwen3-30b-a3b"}
+
+#: Passes up to this many tokens are decode-sized (the engine's CUDA graphs hold them).
+DECODE_TOKENS = 256
+
+
+def kernel_rows(gpu: str) -> tuple[Path, list[dict[str, Any]]]:
+    """The kernel timings of a GPU (the file and its timed rows); one clear line where none."""
+    from perfmodel.calibration.fit_moe_tables import kernel_file
+    from perfmodel.paths import results_file
+
+    path = kernel_file(results_file("vllm", gpu))
+    if not path.is_file():
+        raise InputError(f"no fused-MoE kernel timings for {gpu} ({path.name}: scripts/bench_moe_tiles.py)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path.name}, line {number}: not JSON") from None
+        if "us" in row and "error" not in row:
+            rows.append(row)
+    return path, rows
+
+
+def zoo_models(experts: int, width: int, hidden: int, top_k: int) -> list[str]:
+    """Zoo models whose routed experts have this shape on one GPU at some tensor-parallel degree
+    (``name`` at tp 1, ``name (tp N)`` beyond)."""
+    from perfmodel.specs.model import load_model
+    from perfmodel.specs.zoo import zoo_names
+
+    out = []
+    for name in zoo_names():
+        model = load_model(name)
+        moe = model.moe
+        if moe is None or (moe.n_experts, model.hidden, moe.top_k) != (experts, hidden, top_k):
+            continue
+        out += [name if tp == 1 else f"{name} (tp {tp})" for tp in (1, 2, 4, 8)
+                if moe.expert_intermediate == width * tp]
+    return out
+
+
+def predicted_us(row: dict[str, Any], gpu: str) -> float | None:
+    """The model's time of one fused-MoE call of ``row``'s shape, pass and tile choice, µs per
+    layer; None for a hidden size no base model has."""
+    from perfmodel import predict
+    from perfmodel.specs.model import load_model
+
+    base = BASES.get(row["hidden"])
+    if base is None:
+        return None
+    overrides = {"num_experts": row["experts"], "ffn": row["width"], "top_k": row["top_k"]}
+    scheme = None if row["scheme"] == "none" else row["scheme"]
+    p = predict(base, gpu=gpu, phase="prefill", batch=1, input_len=row["tokens"], quant=scheme,
+                overrides=overrides, moe_tables=row["tiles"] == "table")
+    layers = load_model(base, overrides).n_moe_layers
+    return 1e6 * sum(op["time_s"] for op in p.ops if op["name"] in KERNEL_OPS) / layers
+
+
+def compare_kernel(gpu: str) -> dict[str, Any]:
+    """Every timed row beside the model: per row the shape, pass, tile choice, measured and
+    predicted µs, their ratio and whether it is held out; per shape and tile choice the held-out
+    rows' MAPE, median and range of predicted/measured, at decode-sized passes and above; and
+    the held-out MAPE over all."""
+    from perfmodel.profile import load_profile
+
+    path, rows = kernel_rows(gpu)
+    profile = load_profile("vllm", gpu)
+    taken = {(t.experts, t.width, t.scheme) for t in (profile.options.moe_table_extra or ())}
+    points = []
+    for row in rows:
+        us = predicted_us(row, gpu)
+        if us is None:
+            continue
+        shape = (row["experts"], row["width"], row["scheme"])
+        points.append({"experts": row["experts"], "width": row["width"], "hidden": row["hidden"],
+                       "top_k": row["top_k"], "scheme": row["scheme"], "tokens": row["tokens"],
+                       "tiles": row["tiles"], "measured_us": row["us"], "predicted_us": us,
+                       "ratio": us / row["us"], "held_out": row["tiles"] == "default" or shape not in taken})
+    if not points:
+        raise InputError(f"{path.name}: no timed row of a hidden size the model sets shapes on "
+                         f"({', '.join(map(str, BASES))})")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for point in points:
+        groups.setdefault((point["experts"], point["width"], point["hidden"], point["top_k"], point["scheme"],
+                           point["tiles"]), []).append(point)
+    shapes = []
+    for (experts, width, hidden, top_k, scheme, tiles), part in groups.items():
+        summary = {"experts": experts, "width": width, "hidden": hidden, "top_k": top_k, "scheme": scheme,
+                   "tiles": tiles, "models": zoo_models(experts, width, hidden, top_k),
+                   "held_out": all(p["held_out"] for p in part), "passes": len(part)}
+        for label, sub in (("decode", [p for p in part if p["tokens"] <= DECODE_TOKENS]),
+                           ("prefill", [p for p in part if p["tokens"] > DECODE_TOKENS])):
+            ratios = [p["ratio"] for p in sub]
+            summary[label] = ({"mape_pct": 100 * statistics.fmean(abs(r - 1) for r in ratios),
+                               "median_ratio": statistics.median(ratios), "min_ratio": min(ratios),
+                               "max_ratio": max(ratios)} if ratios else None)
+        shapes.append(summary)
+    held = [abs(p["ratio"] - 1) for p in points if p["held_out"]]
+    return {"gpu": gpu, "file": path.name, "source": {k: rows[0].get(k) for k in
+                                                       ("gpu_name", "vllm", "torch", "triton", "driver", "date",
+                                                        "git_commit")},
+            "profile": profile.name, "held_out_mape_pct": 100 * statistics.fmean(held) if held else None,
+            "held_out_points": len(held), "shapes": shapes, "points": points}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as a markdown page."""
+    src = result["source"]
+    lines = [f"# The fused-MoE ops against vLLM's kernel timed alone: {result['gpu']}", "",
+             f"**REPLAY** of `validate/results/{result['file']}`: {src['gpu_name']}, driver {src['driver']}, "
+             f"vLLM {src['vllm']}, torch {src['torch']}, Triton {src['triton']}, measured {src['date']} "
+             f"(commit {src['git_commit']}); predicted with `{result['profile']}` (perfmodel.validate.moe_kernel).",
+             "",
+             "Per expert shape and tile choice, the model's time of one call (the dispatch, the inputs' "
+             "quantization, the routed experts and their activation, per layer) over the kernel's, at passes "
+             f"of up to {DECODE_TOKENS} tokens (decode-sized) and above. Held out: every row at vLLM's default "
+             "rule, and the shipped-table rows of the shapes whose table the profile does not time "
+             "(`options.moe_table_extra` is the difference of the others' rows).", "",
+             f"Held-out MAPE: {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} passes.", "",
+             "| experts × width, hidden, top-k | scheme | tiles | zoo models | held out | decode-sized: MAPE, "
+             "median (range) of model/kernel | larger: MAPE, median (range) |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(part: dict[str, Any] | None) -> str:
+        if part is None:
+            return "–"
+        return (f"{part['mape_pct']:.1f}%, {part['median_ratio']:.2f} "
+                f"({part['min_ratio']:.2f}–{part['max_ratio']:.2f})")
+
+    for s in sorted(result["shapes"], key=lambda s: (s["hidden"], s["experts"], s["width"], s["scheme"], s["tiles"])):
+        lines.append(f"| {s['experts']} × {s['width']}, {s['hidden']}, {s['top_k']} | {s['scheme']} | {s['tiles']} | "
+                     f"{', '.join(s['models']) or '–'} | {'yes' if s['held_out'] else 'no'} | {cell(s['decode'])} | "
+                     f"{cell(s['prefill'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_moe_kernel_validation(gpu: str, out: Path | None = None) -> dict[str, Any]:
+    """:func:`compare_kernel` of a GPU, written as markdown to ``out`` (default
+    ``validate/results/<gpu>-vllm-moe-kernel-validation.md``); the result, with its ``path``."""
+    from perfmodel.paths import results_file
+    from perfmodel.specs.hardware import load_gpu
+
+    name = load_gpu(gpu).name
+    result = compare_kernel(name)
+    rows_file = results_file("vllm", name)
+    path = out or rows_file.with_name(f"{rows_file.stem}-moe-kernel-validation.md")
+    try:
+        Path(path).write_text(markdown(result))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return {**result, "path": str(path)}
