@@ -34,6 +34,13 @@ def results_file(backend: str, gpu: str) -> Path:
     return RESULTS_DIR / f"{gpu.split('-')[0]}-{backend}.jsonl"
 
 
+def moe_kernel_file(results: Path) -> Path:
+    """The companion file of a results file holding vLLM's fused-MoE kernel timed alone, pass by
+    pass, at its shipped tile tables and at its default rule (``scripts/bench_moe_tiles.py``)."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-moe-kernel{results.suffix}")
+
+
 def changes_file(engine: str, gpu: str) -> Path:
     """A GPU's change band of an engine, the model's changes against measured pairs
     (``validate/results/<gpu>-<engine>-changes.json``, :mod:`perfmodel.validate.change_band`)."""

@@ -213,7 +213,8 @@ def _kernel_row(experts, width, scheme, tokens, tiles, us, **kw):
 
 
 def test_the_kernel_timings_give_the_listed_tables_extra_time(tmp_path):
-    from perfmodel.calibration.fit_moe_tables import fit_table_extra, kernel_file
+    from perfmodel.calibration.fit_moe_tables import fit_table_extra
+    from perfmodel.paths import moe_kernel_file as kernel_file
 
     results = tmp_path / "h100-vllm.jsonl"
     assert fit_table_extra(results, "h100-sxm") == ([], {})  # no timings: nothing

@@ -98,13 +98,6 @@ def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[
     return factor, [r["point_id"] for pair in pairs for r in pair], record
 
 
-def kernel_file(results: Path) -> Path:
-    """The companion file of a results file holding vLLM's fused-MoE kernel timed alone, pass by
-    pass, at its shipped tile tables and at its default rule (``scripts/bench_moe_tiles.py``)."""
-    results = Path(results)
-    return results.with_name(f"{results.stem}-moe-kernel{results.suffix}")
-
-
 def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``options.moe_table_extra``: per expert shape timed at a shipped table made for larger
     passes (``specs/vllm-moe-tables.yaml``: experts, width, scheme), the kernel's time at the
@@ -124,7 +117,9 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
 
     from perfmodel.moe_tables import tuned_from
 
-    path = kernel_file(results)
+    from perfmodel.paths import moe_kernel_file
+
+    path = moe_kernel_file(results)
     if not path.is_file():
         return [], {}
     times: dict[tuple, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))

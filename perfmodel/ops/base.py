@@ -63,7 +63,8 @@ class Op:
     ``efficiency_size`` is the argument x of its class's compute efficiency curve η_c(x), in
     the class's unit (GEMM rows, tokens per expert, keys attended, elements). ``kernels``
     counts kernel launches, for fixed per-kernel latency; ``fixed_latency`` is any other fixed
-    time, s (collective steps). ``stored_bytes`` is the parameter memory the op keeps on one
+    time, s (collective steps; what a timed tile table adds to the experts, an expression of the
+    pass's tokens: :func:`perfmodel.ops.moe.table_extra`). ``stored_bytes`` is the parameter memory the op keeps on one
     GPU and ``kv_bytes_per_token`` the KV-cache bytes it keeps per cached token per sequence
     on one GPU. ``role``: what the op is in the model (:class:`Role`); ``windowed``: it
     attends over a sliding (or chunked) window, so the cache it keeps holds at most W tokens.

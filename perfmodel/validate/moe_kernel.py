@@ -42,10 +42,9 @@ DECODE_TOKENS = 256
 
 def kernel_rows(gpu: str) -> tuple[Path, list[dict[str, Any]]]:
     """The kernel timings of a GPU (the file and its timed rows); one clear line where none."""
-    from perfmodel.calibration.fit_moe_tables import kernel_file
-    from perfmodel.paths import results_file
+    from perfmodel.paths import moe_kernel_file, results_file
 
-    path = kernel_file(results_file("vllm", gpu))
+    path = moe_kernel_file(results_file("vllm", gpu))
     if not path.is_file():
         raise InputError(f"no fused-MoE kernel timings for {gpu} ({path.name}: scripts/bench_moe_tiles.py)")
     rows = []
