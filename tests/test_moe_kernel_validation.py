@@ -65,3 +65,20 @@ def test_the_command_writes_the_page_it_shows(tmp_path, capsys):
     committed = (ROOT / "validate/results/h100-vllm-moe-kernel-validation.md").read_text()
     line = next(x for x in page.splitlines() if x.startswith("Held-out MAPE"))
     assert line in committed  # rerun scripts/regenerate_reports.sh after a refit or new timings
+
+
+def test_a_kernel_timings_file_is_read_strictly(tmp_path):
+    from perfmodel.errors import InputError
+    from perfmodel.measuring.kernel_timings import read_kernel_timings
+
+    row = {"experts": 16, "width": 6400, "hidden": 4096, "top_k": 2, "scheme": "fp8", "tokens": 1, "tiles": "table",
+           "us": 100.0}
+    path = tmp_path / "h100-vllm-moe-kernel.jsonl"
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps({**row, "us": None, "error": "OutOfResources"}) + "\n")
+    assert read_kernel_timings(path) == [row]  # the failed row left out
+    path.write_text(json.dumps(row) + "\n{not json\n")
+    with pytest.raises(InputError, match="line 2: not JSON"):
+        read_kernel_timings(path)
+    path.write_text(json.dumps({k: v for k, v in row.items() if k != "tiles"}) + "\n")
+    with pytest.raises(InputError, match="line 1: a timed row without tiles"):
+        read_kernel_timings(path)

@@ -112,9 +112,9 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
     default rule's time from 256 tokens, the bf16 training models at the default rule, having no
     table), so a difference from the default rule belongs where a table is known to stray from
     what the rows measured, as the listed ones do."""
-    import json
     from collections import defaultdict
 
+    from perfmodel.measuring.kernel_timings import read_kernel_timings
     from perfmodel.moe_tables import tuned_from
 
     from perfmodel.paths import moe_kernel_file
@@ -124,10 +124,7 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
         return [], {}
     times: dict[tuple, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     measured: dict[tuple, tuple[int, int]] = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
-        if "us" not in row or "error" in row:
-            continue
+    for row in read_kernel_timings(path):
         shape = (row["experts"], row["width"], row["scheme"])
         measured.setdefault(shape, (row["hidden"], row["top_k"]))
         times[shape][row["tokens"]][row["tiles"]].append(float(row["us"]))

@@ -23,7 +23,6 @@ the shapes it does not take (the tables the fit's own rows ran).
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -42,22 +41,13 @@ DECODE_TOKENS = 256
 
 def kernel_rows(gpu: str) -> tuple[Path, list[dict[str, Any]]]:
     """The kernel timings of a GPU (the file and its timed rows); one clear line where none."""
+    from perfmodel.measuring.kernel_timings import read_kernel_timings
     from perfmodel.paths import moe_kernel_file, results_file
 
     path = moe_kernel_file(results_file("vllm", gpu))
     if not path.is_file():
         raise InputError(f"no fused-MoE kernel timings for {gpu} ({path.name}: scripts/bench_moe_tiles.py)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{path.name}, line {number}: not JSON") from None
-        if "us" in row and "error" not in row:
-            rows.append(row)
-    return path, rows
+    return path, read_kernel_timings(path)
 
 
 def zoo_models(experts: int, width: int, hidden: int, top_k: int) -> list[str]:
