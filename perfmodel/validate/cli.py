@@ -66,20 +66,29 @@ def validate(
     print_validation(result, make_console())
 
 
+def _check_file_report(flag: str, model, backend, out, results, serving, fitted_on, *, scope: str,
+                       engine: str, taken: str, writes: str) -> None:
+    """The checks of a report over a GPU's committed files that ``flag`` writes to one file: every
+    model (``scope`` says why), vLLM's rows (``engine``), no rows or profile of the user's
+    (``taken``: what it takes), and an ``--out`` that is not a folder (``writes``: what it writes)."""
+    if model != "all":
+        raise InputError(f"{flag} {scope}: give 'all', not '{model}'")
+    if backend not in (None, "vllm"):
+        raise InputError(f"{flag} {engine}: --backend {backend} does not apply")
+    given = [name for name, value in (("--serving", serving is True), ("--results", isinstance(results, Path)),
+                                      ("--fitted-on", isinstance(fitted_on, str))) if value]
+    if given:
+        raise InputError(f"{flag} takes {taken} and the GPU's own profile: {given[0]} does not apply")
+    if isinstance(out, Path) and out.is_dir():
+        raise InputError(f"--out {out}: {flag} writes {writes}, and this is a folder")
+
+
 def _changes(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
     """``validate all --changes``: the change band of a GPU's vLLM rows, written and shown."""
     from perfmodel.validate.change_band import write_change_band
 
-    if model != "all":
-        raise InputError(f"--changes pairs every model's rows: give 'all', not '{model}'")
-    if backend not in (None, "vllm"):
-        raise InputError(f"--changes pairs vLLM rows: --backend {backend} does not apply")
-    given = [flag for flag, value in (("--serving", serving is True), ("--results", isinstance(results, Path)),
-                                      ("--fitted-on", isinstance(fitted_on, str))) if value]
-    if given:
-        raise InputError(f"--changes takes the committed rows and the GPU's own profile: {given[0]} does not apply")
-    if isinstance(out, Path) and out.is_dir():
-        raise InputError(f"--out {out}: --changes writes one JSON file, and this is a folder")
+    _check_file_report("--changes", model, backend, out, results, serving, fitted_on, scope="pairs every model's rows",
+                       engine="pairs vLLM rows", taken="the committed rows", writes="one JSON file")
     result = write_change_band(gpu, out if isinstance(out, Path) else None)
     if as_json:
         print_json(result)
@@ -93,17 +102,9 @@ def _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json) 
     """``validate all --moe-kernel``: the fused-MoE ops against the kernel timed alone, written and shown."""
     from perfmodel.validate.moe_kernel import write_moe_kernel_validation
 
-    if model != "all":
-        raise InputError(f"--moe-kernel compares every timed expert shape: give 'all', not '{model}'")
-    if backend not in (None, "vllm"):
-        raise InputError(f"--moe-kernel times vLLM's kernel: --backend {backend} does not apply")
-    given = [flag for flag, value in (("--serving", serving is True), ("--results", isinstance(results, Path)),
-                                      ("--fitted-on", isinstance(fitted_on, str))) if value]
-    if given:
-        raise InputError(f"--moe-kernel takes the committed timings and the GPU's own profile: {given[0]} "
-                         "does not apply")
-    if isinstance(out, Path) and out.is_dir():
-        raise InputError(f"--out {out}: --moe-kernel writes one markdown file, and this is a folder")
+    _check_file_report("--moe-kernel", model, backend, out, results, serving, fitted_on,
+                       scope="compares every timed expert shape", engine="times vLLM's kernel",
+                       taken="the committed timings", writes="one markdown file")
     result = write_moe_kernel_validation(gpu, out if isinstance(out, Path) else None)
     if as_json:
         print_json(result)
