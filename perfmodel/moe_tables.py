@@ -52,15 +52,25 @@ def zoo_shapes(table: TunedTable, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> li
     """The zoo models whose routed experts have the table's shape on one GPU at some tensor-
     parallel degree of ``degrees`` (E experts of width I/tp), as (name, tp); the scheme is the
     table's (a model at another scheme meets another table)."""
+    return zoo_experts(table.experts, table.width, degrees=degrees)
+
+
+def zoo_experts(experts: int, width: int, *, hidden: int | None = None, top_k: int | None = None,
+                degrees: tuple[int, ...] = (1, 2, 4, 8)) -> list[tuple[str, int]]:
+    """The zoo models with ``experts`` routed experts of width ``width`` on one GPU at some tensor-
+    parallel degree of ``degrees`` (I/tp), and of that hidden size and top-k where given, as
+    (name, tp)."""
     from perfmodel.specs.model import load_model
     from perfmodel.specs.zoo import zoo_names
 
     out = []
     for name in zoo_names():
-        moe = load_model(name).moe
-        if moe is None or moe.n_experts != table.experts:
+        model = load_model(name)
+        moe = model.moe
+        if (moe is None or moe.n_experts != experts or hidden not in (None, model.hidden)
+                or top_k not in (None, moe.top_k)):
             continue
-        out += [(name, tp) for tp in degrees if moe.expert_intermediate == table.width * tp]
+        out += [(name, tp) for tp in degrees if moe.expert_intermediate == width * tp]
     return out
 
 

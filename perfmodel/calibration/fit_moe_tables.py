@@ -116,7 +116,6 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
 
     from perfmodel.measuring.kernel_timings import read_kernel_timings
     from perfmodel.moe_tables import tuned_from
-
     from perfmodel.paths import moe_kernel_file
 
     path = moe_kernel_file(results)

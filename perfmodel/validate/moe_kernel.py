@@ -53,18 +53,10 @@ def kernel_rows(gpu: str) -> tuple[Path, list[dict[str, Any]]]:
 def zoo_models(experts: int, width: int, hidden: int, top_k: int) -> list[str]:
     """Zoo models whose routed experts have this shape on one GPU at some tensor-parallel degree
     (``name`` at tp 1, ``name (tp N)`` beyond)."""
-    from perfmodel.specs.model import load_model
-    from perfmodel.specs.zoo import zoo_names
+    from perfmodel.moe_tables import zoo_experts
 
-    out = []
-    for name in zoo_names():
-        model = load_model(name)
-        moe = model.moe
-        if moe is None or (moe.n_experts, model.hidden, moe.top_k) != (experts, hidden, top_k):
-            continue
-        out += [name if tp == 1 else f"{name} (tp {tp})" for tp in (1, 2, 4, 8)
-                if moe.expert_intermediate == width * tp]
-    return out
+    return [name if tp == 1 else f"{name} (tp {tp})"
+            for name, tp in zoo_experts(experts, width, hidden=hidden, top_k=top_k)]
 
 
 def predicted_us(row: dict[str, Any], gpu: str) -> float | None:
