@@ -226,18 +226,35 @@ def _of_roof(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
 
 
-def moe_table_text(table: dict | None) -> str | None:
-    """One line on the tuned fused-MoE tile table the experts meet, where the profile costs it."""
+def moe_table_text(table: dict | None, passes: dict[str, int] | None = None) -> str | None:
+    """One line on the tuned fused-MoE tile table the experts meet, where the profile costs it;
+    for a timed table, what it adds at each of the prediction's ``passes`` ({pass: tokens})."""
     if not table:
         return None
     if "extra" in table:
+        import sympy as sp
+
+        from perfmodel.ops.moe import table_extra
+
+        points = tuple(zip(table["extra"]["tokens"], table["extra"]["extra_s"]))
+        at = ", ".join(f"{1e6 * float(table_extra(sp.Integer(tokens), points)):+.0f} us at the {name}'s {tokens:,} "
+                       "tokens" for name, tokens in (passes or {}).items())
         extra = [1e6 * x for x in table["extra"]["extra_s"]]
         return (f"moe.experts: vLLM's tuned tile table for these experts, timed against its default tile rule "
-                f"pass by pass: {min(extra):+.0f} to {max(extra):+.0f} us per layer by the pass's tokens "
-                "(the measured pass nearest each pass)")
+                f"pass by pass, adds per layer {at or 'by the pass'} (the measured pass nearest each pass; "
+                f"{min(extra):+.0f} to {max(extra):+.0f} us over the passes timed)")
     return (f"moe.experts: vLLM's tuned tile table for these experts starts at {table['from_tokens']} tokens, so "
             f"its decode steps run tiles made for larger passes: memory time x {table['memory_factor']:.2f}, as "
             "an A/B of the tiles measured at 1-64 sequences (assumed at every pass)")
+
+
+def prediction_passes(p: Prediction) -> dict[str, int]:
+    """The tokens of one pass of each phase a prediction holds: a prefill pass (B·S, at most the
+    engine's chunk) and a decode step (B)."""
+    w, chunk = p.workload, p.provenance["options"].get("prefill_chunk_tokens")
+    prefill = w.batch * w.input_len if chunk is None else min(w.batch * w.input_len, chunk)
+    return {name: tokens for name, tokens in (("prefill", prefill), ("decode step", w.batch))
+            if p.phase in ("request", name.split()[0])}
 
 
 def print_prediction(p: Prediction, console: Console) -> None:
@@ -259,7 +276,7 @@ def print_prediction(p: Prediction, console: Console) -> None:
     if split:
         console.print(split, highlight=False, markup=False)
     console.print(prov.get("error_band_note") or "no error band", highlight=False, markup=False)
-    table_note = moe_table_text(prov.get("moe_tile_table"))
+    table_note = moe_table_text(prov.get("moe_tile_table"), prediction_passes(p))
     if table_note:
         console.print(table_note, highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")

@@ -148,7 +148,11 @@ def test_a_prediction_says_which_table_its_experts_meet(capsys, roofline_with):
     assert predict("phi-3.5-moe", gpu="h100-sxm", batch=16).provenance["moe_tile_table"] is None  # bf16
     assert predict("phi-3.5-moe", gpu="h200-sxm", dtype="fp8", batch=16).provenance["moe_tile_table"] is None
     main(["predict", "phi-3.5-moe", "--gpu", "h100", "--dtype", "fp8", "-b", "16"])
-    assert "timed against its default tile rule" in capsys.readouterr().out
+    line = next(x for x in capsys.readouterr().out.splitlines() if "timed against its default tile rule" in x)
+    extra = dict(zip(table["extra"]["tokens"], table["extra"]["extra_s"]))
+    # B = 16, S = 128: a prefill pass of 2,048 tokens and decode steps of 16, each at its timed pass
+    assert f"{1e6 * extra[2048]:+.0f} us at the prefill's 2,048 tokens" in line
+    assert f"{1e6 * extra[16]:+.0f} us at the decode step's 16 tokens" in line
     factor_only = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0})
     table = predict("phi-3.5-moe", engine=factor_only, gpu="h100-sxm", dtype="fp8", batch=16).provenance
     assert table["moe_tile_table"] == {"from_tokens": 256, "memory_factor": 2.0}
