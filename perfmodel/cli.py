@@ -372,10 +372,15 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                 a_b = ((p.fit or {}).get("moe_off_table") or {}).get("models", [])
                 factors[p.name] = {"memory_factor": p.options.moe_off_table_memory,
                                    "measured": any(name in a_b and tp == 1 for name, tp in shapes)}
-            timed = {p.name: {"passes": len(t.tokens), "extra_us": [round(1e6 * min(t.extra_s), 1),
-                                                                    round(1e6 * max(t.extra_s), 1)]}
-                     for p in profiles if p.gpu == table.gpu for t in (p.options.moe_table_extra or ())
-                     if (t.experts, t.width, t.scheme) == (table.experts, table.width, table.scheme)}
+            timed = {}  # per profile, over the top-k it was timed at
+            for p in profiles:
+                found = [t for t in (p.options.moe_table_extra or ()) if p.gpu == table.gpu
+                         and (t.experts, t.width, t.scheme) == (table.experts, table.width, table.scheme)]
+                if found:
+                    extra = [x for t in found for x in t.extra_s]
+                    timed[p.name] = {"passes": max(len(t.tokens) for t in found),
+                                     "top_k": sorted({t.top_k for t in found if t.top_k is not None}),
+                                     "extra_us": [round(1e6 * min(extra), 1), round(1e6 * max(extra), 1)]}
             factors = {name: f for name, f in factors.items() if name not in timed}  # the timing replaces it
             return {**table.model_dump(), "models": [f"{name} (tp {tp})" for name, tp in shapes], "profiles": factors,
                     "no_factor": {name: s for name, s in other_schemes.items() if name not in timed},

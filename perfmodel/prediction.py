@@ -545,7 +545,8 @@ def moe_table_extra(profile: EngineProfile, workload: Workload,
     """The time the engine's tuned fused-MoE tile table for the model's routed experts on one GPU
     of the workload adds over its default rule's, per layer, at passes of (tokens, s), where the
     profile timed that table (``options.moe_table_extra``: the expert shape E/g experts of width
-    I/shard at the scheme its experts run at, :func:`perfmodel.ops.moe.table_extra`); empty
+    I/shard at the scheme its experts run at and the model's hidden size, timed at the model's
+    top-k or else the nearest top-k timed, :func:`perfmodel.ops.moe.table_extra`); empty
     without a model, a MoE, such a measurement, and for a workload at the default tile rule
     (``moe_tables`` false) or with unfused experts."""
     measured = profile.options.moe_table_extra
@@ -554,10 +555,13 @@ def moe_table_extra(profile: EngineProfile, workload: Workload,
         return ()
     groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
     shape = (model.moe.n_experts / groups, model.moe.expert_intermediate / shard, experts_scheme(workload))
-    for table in measured:
-        if (table.experts, table.width, table.scheme) == shape:
-            return table.points()
-    return ()
+    found = [t for t in measured if (t.experts, t.width, t.scheme) == shape and t.hidden in (None, model.hidden)]
+    if not found:
+        return ()
+    # the timing at the model's top-k, else at the nearest one timed (the same table, another
+    # number of experts per token: the difference at the same tokens per pass)
+    top_k = model.moe.top_k
+    return min(found, key=lambda t: (t.top_k != top_k, abs((t.top_k or top_k) - top_k), t.top_k or 0)).points()
 
 
 def experts_scheme(workload: Workload) -> str:
@@ -791,6 +795,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_bitpack: kernels.bitmatrix_column_s, s.t_bitpack_loop: kernels.bitmatrix_loop_s,
         s.t_bitpack_one: kernels.bitmatrix_one_s,
         s.f_off: profile.options.moe_off_table_memory or 1.0,
+        s.s_l2: profile.options.moe_l2_spill or 0.0, s.L2: gpu.l2_cache_mib * 2**20,
         s.mu_kv: 1.0,  # the KV cache at the model's dtype (numeric_values: the workload's)
     }
     for op_class in (*OP_CLASSES, *OPTIONAL_OP_CLASSES):

@@ -163,13 +163,16 @@ class BlockTier(_Strict):
 class TableExtra(_Strict):
     """A tuned fused-MoE tile table timed against the engine's default tile rule on one GPU: the
     expert shape on one GPU (``experts``, intermediate ``width``), the ``scheme`` its experts run
-    at (specs/quantization.yaml names; none: bf16), and at passes of ``tokens`` (increasing) the
-    kernel's time at the table less its time at the default rule, s per layer (``extra_s``;
-    negative where the table is faster)."""
+    at (specs/quantization.yaml names; none: bf16), the model's ``hidden`` size and ``top_k`` it
+    was timed at (null: any), and at passes of ``tokens`` (increasing) the kernel's time at the
+    table less its time at the default rule, s per layer (``extra_s``; negative where the table
+    is faster)."""
 
     experts: PositiveInt
     width: PositiveInt
     scheme: str
+    hidden: PositiveInt | None = None
+    top_k: PositiveInt | None = None
     tokens: tuple[PositiveInt, ...]
     extra_s: tuple[float, ...]
 
@@ -250,6 +253,11 @@ class Options(_Strict):
         "(scripts/bench_moe_tiles.py): on such an expert shape the experts' time per layer + the "
         "difference at the measured pass nearest each pass (perfmodel.ops.moe.table_extra), in "
         "place of moe_off_table_memory. None: none measured.")
+    moe_l2_spill: float | None = Field(
+        default=None, ge=0, description="vLLM's fused-MoE kernel on experts whose weights outgrow the "
+        "GPU's L2 cache: its compute time x (1 + this x the share of one expert's weights beyond "
+        "L2), fitted on the kernel timed alone (perfmodel.ops.moe.l2_spill_scale). None: 0, not "
+        "measured.")
     moe_block_m: PositiveInt | tuple[BlockTier, ...] | None = Field(
         default=None, description="Rows of a fused-MoE tile (BLOCK_SIZE_M): each touched expert's "
         "rows are padded to a multiple of it. One number, or tiers by tokens per pass "

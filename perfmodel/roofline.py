@@ -135,6 +135,7 @@ def op_time(op: Op, subs: dict[sp.Symbol, sp.Expr]) -> OpTime:
         compute = op.flops.subs(subs) / (rate * efficiency(cls, "compute", size))
         if q is not None:  # weights dequantized in registers: n_dq FLOP-equivalents per weight read
             compute += n_dq * q.weights.subs(subs) / (rate * efficiency_symbols(cls)["compute"])
+        compute = compute * sp.sympify(op.compute_scale).subs(subs)
     moved = op.bytes + efficiency_symbols(cls)["context_half"] * op.context_bytes
     rate = bw if q is None else bw * mu["memory"]
     if cls.peak is Peak.ATTENTION:  # the attention kernels' η_m at the KV cache's dtype

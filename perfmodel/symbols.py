@@ -80,6 +80,9 @@ t_bitpack_loop = sp.Symbol("t_bitpack_loop", nonnegative=True)
 t_bitpack_one = sp.Symbol("t_bitpack_one", nonnegative=True)
 #: the fused-MoE kernel's memory time at the tiles of a tuned table made for larger passes
 f_off = sp.Symbol("f_off", positive=True)
+#: the fused-MoE kernel's compute time per share of one expert's weights beyond the L2 cache
+s_l2 = sp.Symbol("s_L2", nonnegative=True)
+L2 = sp.Symbol("L2", positive=True)  #: the GPU's L2 cache, B
 
 # --- parallelism ---------------------------------------------------------------------------
 tp = sp.Symbol("tp", **_pos_int)  #: tensor-parallel degree

@@ -216,7 +216,7 @@ def _kernel_row(experts, width, scheme, tokens, tiles, us, **kw):
             "tiles": tiles, "us": us, **kw}
 
 
-def test_the_kernel_timings_give_the_listed_tables_extra_time(tmp_path):
+def test_the_kernel_timings_give_every_timed_tables_extra_time(tmp_path):
     from perfmodel.calibration.fit_moe_tables import fit_table_extra
     from perfmodel.paths import moe_kernel_file as kernel_file
 
@@ -227,16 +227,40 @@ def test_the_kernel_timings_give_the_listed_tables_extra_time(tmp_path):
             _kernel_row(16, 6400, "fp8", 2048, "default", 1000.0),
             _kernel_row(16, 6400, "fp8", 4096, "default", 1800.0),  # one side only: not a pass of the record
             _kernel_row(16, 6400, "fp8", 8192, "table", 1.0, error="RuntimeError: out of resources"),
+            _kernel_row(16, 6400, "fp8", 1, "table", 150.0, top_k=4),  # another top-k: a timing of its own
+            _kernel_row(16, 6400, "fp8", 1, "default", 100.0, top_k=4),
             _kernel_row(8, 14336, "fp8", 1, "table", 160.0), _kernel_row(8, 14336, "fp8", 1, "default", 170.0),
             _kernel_row(128, 768, "none", 1, "default", 40.0)]  # no table: no pair
     kernel_file(results).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     extra, record = fit_table_extra(results, "h100-sxm")
-    assert extra == [{"experts": 16, "width": 6400, "scheme": "fp8", "tokens": [1, 2048],
-                      "extra_s": [pytest.approx(30e-6), pytest.approx(600e-6)]}]
-    assert record["file"] == "h100-vllm-moe-kernel.jsonl" and len(record["shapes"]) == 2
-    assert "taken (a listed table)" in record["shapes"][0] and "1.30-1.60" in record["shapes"][0]
-    assert "not taken (a table the rows ran)" in record["shapes"][1]  # Mixtral's fp8 table starts at one token
-    assert fit_table_extra(results, "h200-sxm")[0] == []  # the listed tables are the H100's
+    assert extra == [{"experts": 8, "width": 14336, "scheme": "fp8", "hidden": 4096, "top_k": 2, "tokens": [1],
+                      "extra_s": [pytest.approx(-10e-6)]},  # a table faster than the default rule
+                     {"experts": 16, "width": 6400, "scheme": "fp8", "hidden": 4096, "top_k": 2, "tokens": [1, 2048],
+                      "extra_s": [pytest.approx(30e-6), pytest.approx(600e-6)]},
+                     {"experts": 16, "width": 6400, "scheme": "fp8", "hidden": 4096, "top_k": 4, "tokens": [1],
+                      "extra_s": [pytest.approx(50e-6)]}]
+    assert record["file"] == "h100-vllm-moe-kernel.jsonl" and len(record["shapes"]) == 3
+    assert "1.30-1.60 (made for larger passes)" in record["shapes"][1]
+    assert "(tuned from small passes)" in record["shapes"][0]  # Mixtral's fp8 table starts at one token
+
+
+def test_a_timing_at_the_models_top_k_is_taken_before_the_nearest_one(roofline_with):
+    from perfmodel.prediction import Workload, moe_table_extra
+    from perfmodel.profile import TableExtra, load_profile
+    from perfmodel.specs.model import load_model
+
+    timings = [{"experts": 8, "width": 1792, "scheme": "none", "hidden": 4096, "top_k": k, "tokens": [1],
+                "extra_s": [k * 1e-6]} for k in (1, 2, 8)]
+    profile = load_profile(roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_table_extra": timings}), "h100-sxm")
+    extra = {k: moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792, "top_k": k}))
+             for k in (1, 2, 3, 4, 6, 8)}
+    assert extra == {1: ((1, 1e-6),), 2: ((1, 2e-6),), 3: ((1, 2e-6),), 4: ((1, 2e-6),), 6: ((1, 8e-6),),
+                     8: ((1, 8e-6),)}  # 3 and 4 nearest 2; 6 nearest 8
+    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 3584})) == ()  # not timed
+    other_hidden = (TableExtra(**{**timings[1], "hidden": 2048}),)
+    options = profile.options.model_copy(update={"moe_table_extra": other_hidden})
+    profile = profile.model_copy(update={"options": options})
+    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792})) == ()  # another hidden
 
 
 def test_a_timed_table_adds_its_extra_time_to_the_experts_in_place_of_the_factor(roofline_with):

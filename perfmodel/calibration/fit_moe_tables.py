@@ -99,19 +99,23 @@ def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[
 
 
 def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``options.moe_table_extra``: per expert shape timed at a shipped table made for larger
-    passes (``specs/vllm-moe-tables.yaml``: experts, width, scheme), the kernel's time at the
-    table less its time at the default rule, s, at every pass timed at both (each side's
-    geometric mean where a pass was timed more than once); and the record (file; every shape
-    timed at a table, with its hidden size, top-k, passes, the range of table/default, and
-    whether the profile takes it). ([], {}) without the file or such shapes. The kernel timings
-    are of the op alone: no validation row is read.
+    """``options.moe_table_extra``: per expert shape (experts, width, scheme, hidden size, top-k)
+    timed at a shipped table, the kernel's time at the table less its time at the default rule,
+    s, at every pass timed at both (each side's geometric mean where a pass was timed more than
+    once); and the record (file; every shape timed at a table, with its passes, the range of
+    table/default, and whether the table is made for larger passes, ``specs/vllm-moe-tables.yaml``).
+    ([], {}) without the file or such shapes. The kernel timings are of the op alone: no
+    validation row is read.
 
-    Only the listed tables are taken: the fit's own rows set the experts' terms at the tables
-    their shapes run (Mixtral-8x7B's fp8 rows at a tuned table that runs 0.64-0.92 times the
-    default rule's time from 256 tokens, the bf16 training models at the default rule, having no
-    table), so a difference from the default rule belongs where a table is known to stray from
-    what the rows measured, as the listed ones do."""
+    Every timed table is taken, so that the experts' terms the rows fit are the default rule's on
+    every shape: a row at a timed table is predicted at the default rule plus that table's
+    measured difference, whether the table is made for larger passes (Phi-3.5-MoE's fp8 tables,
+    1.1-1.75 times the default rule's time) or tuned from a single token (Mixtral-8x7B's in fp8,
+    0.64-0.92 of it from 256 tokens). Without the cost of experts larger than the L2 cache
+    (:func:`fit_l2_spill`) this was tried and not kept: fp8's compute multiplier, fitted on
+    Mixtral-8x7B's rows with its table's difference taken, fell to 0.85 to stand for its 176 MB
+    experts, and put the other fp8 models' prompts 5-15% long; with it, the multiplier is 0.99
+    (docs/h100.md, "Experts larger than the L2 cache")."""
     from collections import defaultdict
 
     from perfmodel.measuring.kernel_timings import read_kernel_timings
@@ -122,30 +126,88 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
     if not path.is_file():
         return [], {}
     times: dict[tuple, dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    measured: dict[tuple, tuple[int, int]] = {}
     for row in read_kernel_timings(path):
-        shape = (row["experts"], row["width"], row["scheme"])
-        measured.setdefault(shape, (row["hidden"], row["top_k"]))
+        shape = (row["experts"], row["width"], row["scheme"], row["hidden"], row["top_k"])
         times[shape][row["tokens"]][row["tiles"]].append(float(row["us"]))
 
     def seconds(values: list[float]) -> float:  # µs -> s, the geometric mean of repeats
         return 1e-6 * math.exp(sum(map(math.log, values)) / len(values))
 
     out, shapes = [], []
-    for shape in sorted(times, key=str):
+    for shape in sorted(times):
         passes = sorted(m for m, t in times[shape].items() if t.get("table") and t.get("default"))
         if not passes:
             continue
         table = [seconds(times[shape][m]["table"]) for m in passes]
         default = [seconds(times[shape][m]["default"]) for m in passes]
         ratios = [a / b for a, b in zip(table, default)]
-        experts, width, scheme = shape
-        listed = tuned_from(gpu, experts, width, scheme) > 0
-        if listed:
-            out.append({"experts": experts, "width": width, "scheme": scheme, "tokens": passes,
-                        "extra_s": [_sig(a - b) for a, b in zip(table, default)]})
-        hidden, top_k = measured[shape]
+        experts, width, scheme, hidden, top_k = shape
+        out.append({"experts": experts, "width": width, "scheme": scheme, "hidden": hidden, "top_k": top_k,
+                    "tokens": passes, "extra_s": [_sig(a - b) for a, b in zip(table, default)]})
+        kind = "made for larger passes" if tuned_from(gpu, experts, width, scheme) > 0 else "tuned from small passes"
         shapes.append(f"E={experts} N={width} {scheme} (hidden {hidden}, top-{top_k}): {len(passes)} passes, "
-                      f"table/default {min(ratios):.2f}-{max(ratios):.2f}, "
-                      + ("taken (a listed table)" if listed else "not taken (a table the rows ran)"))
+                      f"table/default {min(ratios):.2f}-{max(ratios):.2f} ({kind})")
     return out, ({"file": path.name, "shapes": shapes} if shapes else {})
+
+#: Passes of at least this many tokens run the fused-MoE kernel compute-bound: there its
+#: default-rule timings fit the cost of experts larger than the L2 cache (:func:`fit_l2_spill`).
+L2_SPILL_TOKENS = 1024
+
+
+def l2_spill_rows(rows: list[dict[str, Any]], train: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The timed rows :func:`fit_l2_spill` fits on: unquantized, at the default tile rule, of
+    passes of at least :data:`L2_SPILL_TOKENS` tokens, of a training model's own expert shape at
+    one GPU (its experts, width, hidden size and top-k)."""
+    from perfmodel.specs.model import load_model
+
+    shapes = {(m.moe.n_experts, m.moe.expert_intermediate, m.hidden, m.moe.top_k)
+              for m in map(load_model, train) if m.moe is not None}
+    return [r for r in rows if r["scheme"] == "none" and r["tiles"] == "default" and r["tokens"] >= L2_SPILL_TOKENS
+            and (r["experts"], r["width"], r["hidden"], r["top_k"]) in shapes]
+
+
+def fit_l2_spill(results: Path, base: dict[str, Any], gpu: str,
+                 train: tuple[str, ...]) -> tuple[float | None, dict[str, Any]]:
+    """``options.moe_l2_spill``, s_L2 (:func:`perfmodel.ops.moe.l2_spill_scale`): by least squares
+    on log(predicted/measured) of one fused-MoE call of the kernel timed alone
+    (:func:`l2_spill_rows`; :func:`perfmodel.measuring.kernel_timings.kernel_call_seconds`), every
+    other term at ``base`` (the bf16 fit); and the record (file, shapes, passes, predicted/measured
+    before and at the fit). (None, {}) without the file, or without a training shape whose
+    experts outgrow the GPU's L2 cache (nothing then speaks to s_L2).
+
+    The training models' own rows fit the fused MoE's compute fraction, on experts that fit in
+    L2 (OLMoE-1B-7B's 13 MB, Qwen1.5-MoE-A2.7B's 17 MB in bf16); Mixtral-8x7B's experts (352 MB in
+    bf16) are the training shape that outgrows it, timed alone. Every other shape the kernel was
+    timed on (other widths, other top-k, Phi-3.5-MoE's experts, fp8) stays held out for
+    ``perfmodel validate all --moe-kernel``."""
+    from scipy.optimize import least_squares
+
+    from perfmodel.calibration.fit import _profile
+    from perfmodel.measuring.kernel_timings import kernel_call_seconds, read_kernel_timings
+    from perfmodel.paths import moe_kernel_file
+    from perfmodel.specs.hardware import load_gpu
+
+    path = moe_kernel_file(results)
+    if not path.is_file():
+        return None, {}
+    l2_bytes = load_gpu(gpu).l2_cache_mib * 2**20
+    rows = [r for r in l2_spill_rows(read_kernel_timings(path), train)
+            if 3 * r["hidden"] * r["width"] * 2 > l2_bytes]
+    if not rows:
+        return None, {}
+    measured = [1e-6 * float(r["us"]) for r in rows]
+
+    def ratios(value: float) -> list[float]:
+        profile = _profile({**base, "options": {**base["options"], "moe_l2_spill": value}})
+        return [kernel_call_seconds(r, gpu, profile) / m for r, m in zip(rows, measured)]
+
+    # from inside the bounds (a start on the bound at 0 stalled there), steps of 0.1% of the value
+    result = least_squares(lambda x: [math.log(v) for v in ratios(float(x[0]))], [0.2], bounds=([0.0], [5.0]),
+                           diff_step=1e-3)
+    value = _sig(float(result.x[0]))
+    before, at_fit = ratios(0.0), ratios(value)
+    shapes = sorted({f"E={r['experts']} N={r['width']} (hidden {r['hidden']}, top-{r['top_k']})" for r in rows})
+    return value, {"file": path.name, "tiles": "default", "scheme": "none", "min_tokens": L2_SPILL_TOKENS,
+                   "shapes": shapes, "passes": len(rows),
+                   "predicted_over_measured": {"without": [round(min(before), 3), round(max(before), 3)],
+                                               "fitted": [round(min(at_fit), 3), round(max(at_fit), 3)]}}

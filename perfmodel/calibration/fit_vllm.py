@@ -520,7 +520,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     """The fitted vllm profile of a GPU as a YAML-ready dict (same data -> same dict). ``anchor``:
     the GPU whose fit gives the terms this GPU's rows do not (:mod:`perfmodel.calibration.fit_anchor`;
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
-    from perfmodel.calibration.fit_moe_tables import fit_off_table, fit_table_extra
+    from perfmodel.calibration.fit_moe_tables import fit_l2_spill, fit_off_table, fit_table_extra
     from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
                                                   carried_regime_bands, held_parameters, read_anchor, same_compute,
                                                   seeded)
@@ -530,8 +530,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
 
     results = results or results_file("vllm", gpu)
     base = _base(gpu)
-    # first: the fused-MoE kernel at the tuned tables made for larger passes, timed alone against
-    # its default rule, so the experts' terms are fitted with those tables' cost in place
+    # first: the fused-MoE kernel at vLLM's tuned tables, timed alone against its default rule, so
+    # the experts' terms are fitted with those tables' cost in place (the terms: the default rule's)
     table_extra, table_record = fit_table_extra(results, gpu)
     if table_extra:
         base["options"]["moe_table_extra"] = table_extra
@@ -564,6 +564,10 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     values = fit_parameters(rows, base, gpu, tuple(kernels),
                             held=held_parameters(shared_compute, unprofiled) if reference is not None else frozenset())
     base = _with(base, values)
+    # the fused-MoE kernel on experts larger than the L2 cache, timed alone (the bf16 fit in place)
+    l2_spill, l2_record = fit_l2_spill(results, base, gpu, train)
+    if l2_spill is not None:
+        base["options"]["moe_l2_spill"] = l2_spill
     quant_fits: dict[str, int] = {}
     for scheme in FITTED_SCHEMES:
         try:
@@ -713,6 +717,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kv_cache": kv_fits,
         **({"moe_off_table": off_record} if off_record else {}),
         **({"moe_table_extra": table_record} if table_record else {}),
+        **({"moe_l2_spill": l2_record} if l2_record else {}),
         **({"draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                            "points": draft_points},
             "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},

@@ -88,6 +88,8 @@ class Op:
     tiled MXFP4 MoE kernel, t_moe_host); a replayed CUDA graph none; 0: none.
     ``memory_scale``: a factor on its memory time, as an expression (a fused-MoE kernel at tiles
     tuned for larger passes, :func:`perfmodel.ops.moe.off_table_scale`); 1: none.
+    ``compute_scale``: a factor on its compute time, as an expression (a fused-MoE kernel on
+    experts whose weights outgrow the L2 cache, :func:`perfmodel.ops.moe.l2_spill_scale`); 1: none.
     """
 
     name: str
@@ -112,6 +114,7 @@ class Op:
     tile_floor: sp.Expr = ZERO
     launch_host: sp.Expr = ZERO
     memory_scale: sp.Expr = field(default_factory=lambda: sp.Integer(1))
+    compute_scale: sp.Expr = field(default_factory=lambda: sp.Integer(1))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "op_class", OpClass(self.op_class))

@@ -4,18 +4,22 @@
 W8A8 scheme, the expert alignment, both GEMMs, the activation and the top-k sum) on expert shapes
 at passes of T tokens, at the tile table vLLM ships for the GPU and at its default tile rule:
 ``validate/results/<gpu>-vllm-moe-kernel.jsonl``. The model's counterpart of one such call is the
-per-layer time of the MoE block's ops that kernel runs (:data:`KERNEL_OPS`: the dispatch, the
-inputs' quantization, the routed experts and their activation; not the router, not shared
-experts), predicted for one sequence's prefill pass of T tokens with the GPU's own vllm profile:
-the ops' GPU time, with no host and no CUDA-graph padding, as the kernel was timed (replayed from
-a graph). The expert shape is set on a zoo model of the same hidden size (:data:`BASES`) by
-``--set num_experts, ffn, top_k``; the zoo models whose experts have the shape are named beside it.
+per-layer time of the MoE block's ops that kernel runs, predicted for one sequence's prefill pass
+of T tokens with the GPU's own vllm profile
+(:func:`perfmodel.measuring.kernel_timings.kernel_call_seconds`: the dispatch, the inputs'
+quantization, the routed experts and their activation; not the router, not shared experts; their
+GPU time, with no host and no CUDA-graph padding, as the kernel was timed, replayed from a graph).
+The expert shape is set on a zoo model of the same hidden size by ``--set num_experts, ffn,
+top_k``; the zoo models whose experts have the shape are named beside it.
 
 A row at the default rule is predicted at the default rule (``moe_tables`` false), a row at the
-shipped table with the tables the profile costs. A profile's timing of a listed table
-(``options.moe_table_extra``) is the difference of these very rows, so the table rows of a shape
-it takes are not held out: the held-out rows are every default-rule row, and the table rows of
-the shapes it does not take (the tables the fit's own rows ran).
+shipped table with the tables the profile costs. A profile's timing of a table
+(``options.moe_table_extra``: every table timed, :func:`perfmodel.calibration.fit_moe_tables.fit_table_extra`)
+is the difference of these very rows, so the table rows of a shape it takes are not held out:
+the held-out rows are every default-rule row, and the table rows of any shape it does not take.
+The default-rule rows the cost of experts larger than the L2 cache is fitted on
+(``options.moe_l2_spill``, :func:`perfmodel.calibration.fit_moe_tables.fit_l2_spill`: a training
+model's own shape) are counted apart, as training rows.
 
 ``perfmodel validate all --moe-kernel --gpu GPU`` writes the comparison to
 ``validate/results/<gpu>-vllm-moe-kernel-validation.md`` (:func:`write_moe_kernel_validation`).
@@ -28,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.errors import InputError
+from perfmodel.measuring.kernel_timings import BASES, kernel_call_seconds
 
-#: The model's ops that vLLM's fused-MoE op runs, per MoE layer.
-KERNEL_OPS = ("moe.dispatch", "moe.experts.act_quant", "moe.experts", "moe.experts_act")
-
-#: The zoo model an expert shape is set on, by hidden size (its MoE block's other ops do not count).
-BASES = {4096: "mixtral-8x7b", 2048: "qwen3-30b-a3b"}
+#: How a shape's held-out rows read in the page: all of them, some, none.
+HELD_OUT_WORDS = {True: "yes", "partly": "partly", False: "no"}
 
 #: Passes up to this many tokens are decode-sized (the engine's CUDA graphs hold them).
 DECODE_TOKENS = 256
@@ -59,21 +61,16 @@ def zoo_models(experts: int, width: int, hidden: int, top_k: int) -> list[str]:
             for name, tp in zoo_experts(experts, width, hidden=hidden, top_k=top_k)]
 
 
-def predicted_us(row: dict[str, Any], gpu: str) -> float | None:
+def predicted_us(row: dict[str, Any], gpu: str, profile=None) -> float | None:
     """The model's time of one fused-MoE call of ``row``'s shape, pass and tile choice, µs per
-    layer; None for a hidden size no base model has."""
-    from perfmodel import predict
-    from perfmodel.specs.model import load_model
+    layer (:func:`perfmodel.measuring.kernel_timings.kernel_call_seconds`), with ``profile``
+    (default: the GPU's vllm profile); None for a hidden size no base model has."""
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
 
-    base = BASES.get(row["hidden"])
-    if base is None:
-        return None
-    overrides = {"num_experts": row["experts"], "ffn": row["width"], "top_k": row["top_k"]}
-    scheme = None if row["scheme"] == "none" else row["scheme"]
-    p = predict(base, gpu=gpu, phase="prefill", batch=1, input_len=row["tokens"], quant=scheme,
-                overrides=overrides, moe_tables=row["tiles"] == "table")
-    layers = load_model(base, overrides).n_moe_layers
-    return 1e6 * sum(op["time_s"] for op in p.ops if op["name"] in KERNEL_OPS) / layers
+    name = load_gpu(gpu).name
+    seconds = kernel_call_seconds(row, name, profile if profile is not None else load_profile("vllm", name))
+    return None if seconds is None else 1e6 * seconds
 
 
 def compare_kernel(gpu: str) -> dict[str, Any]:
@@ -85,17 +82,29 @@ def compare_kernel(gpu: str) -> dict[str, Any]:
 
     path, rows = kernel_rows(gpu)
     profile = load_profile("vllm", gpu)
-    taken = {(t.experts, t.width, t.scheme) for t in (profile.options.moe_table_extra or ())}
+    taken = [(t.experts, t.width, t.scheme, t.hidden, t.top_k) for t in (profile.options.moe_table_extra or ())]
+
+    def timed(row: dict[str, Any]) -> bool:  # the profile's extra time is the difference of this shape's rows
+        return any((e, w, s) == (row["experts"], row["width"], row["scheme"]) and h in (None, row["hidden"])
+                   and k in (None, row["top_k"]) for e, w, s, h, k in taken)
+
+    spill = (profile.fit or {}).get("moe_l2_spill") or {}
+
+    def spill_fitted(row: dict[str, Any]) -> bool:  # a row the L2 term was fitted on
+        shape = f"E={row['experts']} N={row['width']} (hidden {row['hidden']}, top-{row['top_k']})"
+        return (bool(spill) and shape in spill["shapes"] and row["tiles"] == spill["tiles"]
+                and row["scheme"] == spill["scheme"] and row["tokens"] >= spill["min_tokens"])
+
     points = []
     for row in rows:
-        us = predicted_us(row, gpu)
+        us = predicted_us(row, gpu, profile)
         if us is None:
             continue
-        shape = (row["experts"], row["width"], row["scheme"])
         points.append({"experts": row["experts"], "width": row["width"], "hidden": row["hidden"],
                        "top_k": row["top_k"], "scheme": row["scheme"], "tokens": row["tokens"],
                        "tiles": row["tiles"], "measured_us": row["us"], "predicted_us": us,
-                       "ratio": us / row["us"], "held_out": row["tiles"] == "default" or shape not in taken})
+                       "ratio": us / row["us"],
+                       "held_out": not spill_fitted(row) if row["tiles"] == "default" else not timed(row)})
     if not points:
         raise InputError(f"{path.name}: no timed row of a hidden size the model sets shapes on "
                          f"({', '.join(map(str, BASES))})")
@@ -107,7 +116,9 @@ def compare_kernel(gpu: str) -> dict[str, Any]:
     for (experts, width, hidden, top_k, scheme, tiles), part in groups.items():
         summary = {"experts": experts, "width": width, "hidden": hidden, "top_k": top_k, "scheme": scheme,
                    "tiles": tiles, "models": zoo_models(experts, width, hidden, top_k),
-                   "held_out": all(p["held_out"] for p in part), "passes": len(part)}
+                   "held_out": (True if all(p["held_out"] for p in part)
+                                else "partly" if any(p["held_out"] for p in part) else False),
+                   "passes": len(part)}
         for label, sub in (("decode", [p for p in part if p["tokens"] <= DECODE_TOKENS]),
                            ("prefill", [p for p in part if p["tokens"] > DECODE_TOKENS])):
             ratios = [p["ratio"] for p in sub]
@@ -134,7 +145,8 @@ def markdown(result: dict[str, Any]) -> str:
              "Per expert shape and tile choice, the model's time of one call (the dispatch, the inputs' "
              "quantization, the routed experts and their activation, per layer) over the kernel's, at passes "
              f"of up to {DECODE_TOKENS} tokens (decode-sized) and above. Held out: every row at vLLM's default "
-             "rule, and the shipped-table rows of the shapes whose table the profile does not time "
+             "rule but those the cost of experts larger than the L2 cache is fitted on (`fit.moe_l2_spill`), "
+             "and the shipped-table rows of the shapes whose table the profile does not time "
              "(`options.moe_table_extra` is the difference of the others' rows).", "",
              f"Held-out MAPE: {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} passes.", "",
              "| experts × width, hidden, top-k | scheme | tiles | zoo models | held out | decode-sized: MAPE, "
@@ -149,7 +161,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     for s in sorted(result["shapes"], key=lambda s: (s["hidden"], s["experts"], s["width"], s["scheme"], s["tiles"])):
         lines.append(f"| {s['experts']} × {s['width']}, {s['hidden']}, {s['top_k']} | {s['scheme']} | {s['tiles']} | "
-                     f"{', '.join(s['models']) or '–'} | {'yes' if s['held_out'] else 'no'} | {cell(s['decode'])} | "
+                     f"{', '.join(s['models']) or '–'} | {HELD_OUT_WORDS[s['held_out']]} | {cell(s['decode'])} | "
                      f"{cell(s['prefill'])} |")
     return "\n".join(lines) + "\n"
 
