@@ -248,11 +248,11 @@ class Options(_Strict):
         "tables get the factor. None: every listed table's (a profile fitted before the schemes "
         "were recorded).")
     moe_table_extra: tuple[TableExtra, ...] | None = Field(
-        default=None, description="vLLM's fused-MoE kernel at its tuned tile tables made for larger "
-        "passes (specs/vllm-moe-tables.yaml), timed pass by pass against its default tile rule "
-        "(scripts/bench_moe_tiles.py): on such an expert shape the experts' time per layer + the "
-        "difference at the measured pass nearest each pass (perfmodel.ops.moe.table_extra), in "
-        "place of moe_off_table_memory. None: none measured.")
+        default=None, description="vLLM's fused-MoE kernel at its tuned tile tables, timed pass by "
+        "pass against its default tile rule (scripts/bench_moe_tiles.py): on such an expert shape "
+        "the experts' time per layer + the difference at the measured pass nearest each pass "
+        "(perfmodel.ops.moe.table_extra), in place of moe_off_table_memory on a table made for larger "
+        "passes (specs/vllm-moe-tables.yaml). None: none measured.")
     moe_l2_spill: float | None = Field(
         default=None, ge=0, description="vLLM's fused-MoE kernel on experts whose weights outgrow the "
         "GPU's L2 cache: its compute time x (1 + this x the share of one expert's weights beyond "

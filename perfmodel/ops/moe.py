@@ -35,10 +35,11 @@ slower than at the default rule's tiles, at every batch measured (1 to 64 sequen
 f_off on its memory time at every pass of such a shape (:func:`off_table_scale`; the tables:
 ``specs/vllm-moe-tables.yaml``).
 
-Tables made for larger passes, timed. Where the kernel itself was timed on such a shape at
-the shipped table and at the default rule, pass by pass (``scripts/bench_moe_tiles.py``), the
-difference Δt(T) of the two times at the measured pass nearest the pass's T tokens is added to
-the experts' time, per layer (:func:`table_extra`), in place of f_off: a table's entries are
+Tables, timed. Where the kernel itself was timed on a shape at the shipped table and at the
+default rule, pass by pass (``scripts/bench_moe_tiles.py``), the difference Δt(T) of the two
+times at the measured pass nearest the pass's T tokens is added to the experts' time, per layer
+(:func:`table_extra`), so that the experts' own terms are the default rule's; on a table made for
+larger passes it stands in place of f_off: a table's entries are
 tiles of different kinds (64 × 256 with two stages, 128 × 128 with four, ...), and what the
 table costs moves with the entry a pass meets (Phi-3.5-MoE's experts in fp8 on the H100: the
 table's time 1.3–1.45 times the default rule's up to 256 tokens, 1.1–1.75 above, by entry). A
