@@ -1122,9 +1122,41 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
         "unread_quantization": (model.unread_quantization if workload.quant is None
                                 and workload.scheme.name == quantization.NO_QUANT else None),
         "moe_tile_table": moe_tile_table(profile, options),
+        "moe_l2_spill": moe_l2_spill(profile, options, model, values),
     }
     return Prediction(model=model.name, phase=phase, workload=workload, metrics=metrics,
                       ops=ops, provenance=provenance, overrides=dict(overrides or {}), gpu=gpu)
+
+
+@functools.cache
+def _expert_l2_functions(quantized: bool) -> tuple[tuple[sp.Symbol, ...], Callable[..., tuple[float, float]]]:
+    """The free symbols of, and a compiled function giving, (one expert's weight bytes on one GPU,
+    the factor on the fused experts' compute time) of :func:`perfmodel.ops.moe.l2_spill_scale`,
+    as the routed experts' op writes them (``quantized``: at the scheme's bytes per weight)."""
+    from perfmodel.ops.moe import expert_split, l2_spill_scale
+
+    _, shard = expert_split()
+    expert = 3 * s.H * s.I_e / shard * (s.b_q if quantized else s.b_e)
+    exprs = (expert, l2_spill_scale(expert))
+    free = tuple(sorted(set().union(*(e.free_symbols for e in exprs)), key=lambda x: x.name))
+    return free, sp.lambdify(free, exprs, modules="math")
+
+
+def moe_l2_spill(profile: EngineProfile, options: GraphOptions, model: ModelSpec,
+                 values: Mapping[str, float]) -> dict[str, float] | None:
+    """Where the fused routed experts outgrow the GPU's L2 cache and the profile costs it
+    (``options.moe_l2_spill``, :func:`perfmodel.ops.moe.l2_spill_scale`): the factor on their
+    compute time, one expert's weight MiB on one GPU, the cache's MiB and s_L2; None otherwise
+    (no such cost fitted, no MoE, unfused or tiled experts, or experts that fit)."""
+    if (not profile.options.moe_l2_spill or model.moe is None or options.moe_impl == "unfused"
+            or (options.moe_tiled and options.quantizes("experts"))):
+        return None
+    free, function = _expert_l2_functions(options.quantizes("experts"))
+    expert, factor = function(*(values[x.name] for x in free))
+    if factor <= 1:
+        return None
+    return {"factor": float(factor), "expert_mib": float(expert) / 2**20, "l2_mib": values[s.L2.name] / 2**20,
+            "s_l2": profile.options.moe_l2_spill}
 
 
 def moe_tile_table(profile: EngineProfile, options: GraphOptions) -> dict[str, Any] | None:

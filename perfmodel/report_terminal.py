@@ -226,6 +226,16 @@ def _of_roof(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
 
 
+def moe_l2_text(spill: dict | None) -> str | None:
+    """One line on routed experts larger than the GPU's L2 cache, where the profile costs it."""
+    if not spill:
+        return None
+    share = 1 - spill["l2_mib"] / spill["expert_mib"]
+    return (f"moe.experts: one expert's {spill['expert_mib']:,.0f} MiB of weights on one GPU outgrow the "
+            f"{spill['l2_mib']:.0f} MiB L2 cache: compute time x {spill['factor']:.2f} (1 + s_L2 {spill['s_l2']:.2f} "
+            f"x the {share:.0%} that L2 cannot hold, fitted on the fused-MoE kernel timed alone)")
+
+
 def moe_table_text(table: dict | None, passes: dict[str, int] | None = None) -> str | None:
     """One line on the tuned fused-MoE tile table the experts meet, where the profile costs it;
     for a timed table, what it adds at each of the prediction's ``passes`` ({pass: tokens})."""
@@ -279,6 +289,9 @@ def print_prediction(p: Prediction, console: Console) -> None:
     table_note = moe_table_text(prov.get("moe_tile_table"), prediction_passes(p))
     if table_note:
         console.print(table_note, highlight=False, markup=False)
+    spill_note = moe_l2_text(prov.get("moe_l2_spill"))
+    if spill_note:
+        console.print(spill_note, highlight=False, markup=False)
     ops = Table(title="per-op breakdown (whole pass, all layers)", header_style="bold")
     for col in ("pass", "op", "GFLOP", "GB moved", "time", "share", "bound", "of roof"):
         ops.add_column(col, justify="left" if col in ("pass", "op", "bound") else "right",

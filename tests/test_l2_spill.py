@@ -87,3 +87,20 @@ def test_the_h100_profile_carries_the_fitted_cost_and_its_record():
     record = profile.fit["moe_l2_spill"]
     assert record["shapes"] == ["E=8 N=14336 (hidden 4096, top-2)"] and record["passes"] >= 10
     assert load_profile("vllm", "h200-sxm").options.moe_l2_spill is None  # no kernel timings there
+
+
+def test_a_prediction_names_the_factor_where_its_experts_outgrow_l2(capsys):
+    from perfmodel.commands import main
+
+    p = predict("mixtral-8x7b", gpu="h100-sxm", phase="prefill", batch=1, input_len=1024, quant="fp8")
+    spill = p.provenance["moe_l2_spill"]
+    w = 3 * 4096 * 14336 / MIB  # one byte a weight, MiB
+    assert spill["expert_mib"] == pytest.approx(w, rel=1e-9) and spill["l2_mib"] == 50
+    assert spill["factor"] == pytest.approx(1 + spill["s_l2"] * (1 - 50 / w), rel=1e-9)
+    for kw in ({"tp": 4}, {"moe_impl": "unfused"}):  # 42 MiB a GPU: within L2; no fused kernel
+        assert predict("mixtral-8x7b", gpu="h100-sxm", phase="prefill", batch=1, input_len=1024, quant="fp8",
+                       **kw).provenance["moe_l2_spill"] is None
+    assert predict("mixtral-8x7b", gpu="h200-sxm", quant="fp8").provenance["moe_l2_spill"] is None  # not fitted
+    main(["predict", "mixtral-8x7b", "--gpu", "h100", "--quant", "fp8"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "L2 cache" in x)
+    assert f"x {spill['factor']:.2f}" in line and "168 MiB" in line
