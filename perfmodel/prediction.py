@@ -1133,10 +1133,9 @@ def _expert_l2_functions(quantized: bool) -> tuple[tuple[sp.Symbol, ...], Callab
     """The free symbols of, and a compiled function giving, (one expert's weight bytes on one GPU,
     the factor on the fused experts' compute time) of :func:`perfmodel.ops.moe.l2_spill_scale`,
     as the routed experts' op writes them (``quantized``: at the scheme's bytes per weight)."""
-    from perfmodel.ops.moe import expert_split, l2_spill_scale
+    from perfmodel.ops.moe import expert_weight_bytes, l2_spill_scale
 
-    _, shard = expert_split()
-    expert = 3 * s.H * s.I_e / shard * (s.b_q if quantized else s.b_e)
+    expert = expert_weight_bytes(quantized)
     exprs = (expert, l2_spill_scale(expert))
     free = tuple(sorted(set().union(*(e.free_symbols for e in exprs)), key=lambda x: x.name))
     return free, sp.lambdify(free, exprs, modules="math")

@@ -20,6 +20,7 @@ listed table's.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def fit_off_table(rows: list[dict[str, Any]], results: Path, gpu: str) -> tuple[
     if not pairs:
         return None, [], {}
     ratios = [_expert_ms(a) / _expert_ms(b) for a, b in pairs]
-    factor = _sig(math.exp(sum(math.log(x) for x in ratios) / len(ratios)))
+    factor = _sig(statistics.geometric_mean(ratios))
     record = {"file": tiles_file(results).name, "models": sorted({a["model"] for a, _ in pairs}),
               "schemes": sorted({_experts_scheme(a) for a, _ in pairs}),
               "ratios": {f"B={a['batch']} S={a['input_len']}": round(x, 4) for (a, _), x in zip(pairs, ratios)}}
@@ -131,7 +132,7 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
         times[shape][row["tokens"]][row["tiles"]].append(float(row["us"]))
 
     def seconds(values: list[float]) -> float:  # µs -> s, the geometric mean of repeats
-        return 1e-6 * math.exp(sum(map(math.log, values)) / len(values))
+        return 1e-6 * statistics.geometric_mean(values)
 
     out, shapes = [], []
     for shape in sorted(times):
@@ -185,21 +186,25 @@ def fit_l2_spill(results: Path, base: dict[str, Any], gpu: str,
     from perfmodel.calibration.fit import _profile
     from perfmodel.measuring.kernel_timings import kernel_call_seconds, read_kernel_timings
     from perfmodel.paths import moe_kernel_file
-    from perfmodel.specs.hardware import load_gpu
 
     path = moe_kernel_file(results)
     if not path.is_file():
         return None, {}
-    l2_bytes = load_gpu(gpu).l2_cache_mib * 2**20
-    rows = [r for r in l2_spill_rows(read_kernel_timings(path), train)
-            if 3 * r["hidden"] * r["width"] * 2 > l2_bytes]
+
+    def predicted(rows: list[dict[str, Any]], value: float) -> list[float | None]:
+        profile = _profile({**base, "options": {**base["options"], "moe_l2_spill": value}})
+        return [kernel_call_seconds(r, gpu, profile) for r in rows]
+
+    candidates = l2_spill_rows(read_kernel_timings(path), train)
+    # the rows whose experts outgrow L2: those the term moves
+    rows = [r for r, plain, spilled in zip(candidates, predicted(candidates, 0.0), predicted(candidates, 1.0))
+            if plain is not None and spilled > plain]
     if not rows:
         return None, {}
     measured = [1e-6 * float(r["us"]) for r in rows]
 
     def ratios(value: float) -> list[float]:
-        profile = _profile({**base, "options": {**base["options"], "moe_l2_spill": value}})
-        return [kernel_call_seconds(r, gpu, profile) / m for r, m in zip(rows, measured)]
+        return [p / m for p, m in zip(predicted(rows, value), measured)]
 
     # from inside the bounds (a start on the bound at 0 stalled there), steps of 0.1% of the value
     result = least_squares(lambda x: [math.log(v) for v in ratios(float(x[0]))], [0.2], bounds=([0.0], [5.0]),

@@ -288,6 +288,13 @@ def off_table_scale(tuned_from: int) -> sp.Expr:
     return f_off if tuned_from > 0 else sp.Integer(1)
 
 
+def expert_weight_bytes(quantized: bool = False) -> sp.Expr:
+    """One routed expert's weight bytes on one GPU: its three matrices of H × I/shard
+    (:func:`expert_split`), at b_q per weight where its scheme stores them quantized, else b_e."""
+    _, shard = expert_split()
+    return 3 * H * I_e / shard * (b_q if quantized else b_e)
+
+
 def l2_spill_scale(expert_bytes: sp.Expr) -> sp.Expr:
     """The factor on a fused-MoE kernel's compute time for experts of ``expert_bytes`` weight
     bytes each on one GPU: 1 + s_L2 · max(0, 1 − L2/w), the share of one expert's weights that
@@ -452,7 +459,7 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
         op = replace(op, tile_floor=tile_floor(d_local, ((2 * I_e / shard, H), (H, I_e / shard))),
                      launch_host=t_moe_host)
     else:  # one expert's weights on one GPU against the L2 cache
-        op = replace(op, compute_scale=l2_spill_scale(3 * H * I_e / shard * (b_q if quantized else b_e)))
+        op = replace(op, compute_scale=l2_spill_scale(expert_weight_bytes(quantized)))
     if table_extra_s:
         op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s))
     elif tuned_from > 0:
