@@ -454,3 +454,29 @@ def test_measure_records_the_engine_ttft_of_its_timed_runs(monkeypatch):
     assert row["ttft_ms"] == pytest.approx(70.0) and row["ttft_reps"] == 3
     assert row["ttft_engine_ms"] == pytest.approx(20.0) and row["engine_ttft_ms"] == pytest.approx(20.0)
     assert row["engine_itl_ms"] == pytest.approx(5.0) and row["host_probe_ms"] == [35.0, 35.0]
+
+
+def test_request_timeline_orders_requests_by_first_token_and_finds_waves():
+    from types import SimpleNamespace as NS
+
+    def req(scheduled, first, last):
+        return NS(metrics=NS(scheduled_ts=scheduled, first_token_ts=first, last_token_ts=last))
+
+    # two requests at once, a third scheduled after both finished: a second wave
+    outs = [req(50.0, 50.2, 60.0), req(60.1, 60.3, 70.0), req(50.0, 50.1, 59.0)]
+    timeline = vb.request_timeline(outs)
+    assert timeline == [[0.0, 0.1, 9.0], [0.0, 0.2, 10.0], [10.1, 10.3, 20.0]]
+    assert vb.in_waves(timeline)
+    assert not vb.in_waves(timeline[:2])
+    assert vb.request_timeline([req(1.0, 0.0, 2.0)]) is None  # a missing stamp
+    assert vb.request_timeline([]) is None
+
+
+def test_preemptions_are_read_from_the_engine_counter():
+    from types import SimpleNamespace as NS
+
+    llm = NS(get_metrics=lambda: [NS(name="vllm:num_preemptions_total", value=7),
+                                  NS(name="vllm:num_requests_running", value=3)])
+    assert vb.engine_counters(llm, vb.PREEMPTION_COUNTER) == {"preemptions": 7}
+    broken = NS(get_metrics=lambda: (_ for _ in ()).throw(RuntimeError("no stats")))
+    assert vb.engine_counters(broken, vb.PREEMPTION_COUNTER) == {"preemptions": 0}

@@ -34,7 +34,10 @@ per-request timestamps give a second ITL, ``engine_itl_ms`` = (last token - firs
 averaged over the batch, and the engine-side TTFT (first token - scheduled), from the full runs
 (``engine_ttft_ms``) and from the timed O = 1 runs themselves (``ttft_engine_ms``: where the wall
 clock's TTFT of those runs far exceeds it, the front end or the host, not the prefill, held them
-up). The requested MoE backend is passed as ``moe_backend`` when the installed vLLM's
+up). A batch whose KV cache the engine does not hold at once: ``preemptions`` counts the requests
+vLLM preempted per full run (``vllm:num_preemptions``), and ``request_timeline_s`` keeps each
+request's scheduled, first-token and last-token times of the last full run where it preempted or
+ran the batch in waves. The requested MoE backend is passed as ``moe_backend`` when the installed vLLM's
 ``EngineArgs`` has that field; the row records the request and whether it was applied.
 """
 
@@ -234,19 +237,53 @@ SPEC_COUNTERS = {"vllm:spec_decode_num_drafts": "spec_drafts",
                  "vllm:spec_decode_num_accepted_tokens": "spec_accepted_tokens"}
 
 
-def spec_counters(llm) -> dict[str, int]:
-    """The engine's speculative-decoding counters so far (``LLM.get_metrics``; 0 where absent)."""
-    out = dict.fromkeys(SPEC_COUNTERS.values(), 0)
+#: vLLM's counter of requests preempted (their KV cache freed, to be recomputed) -> row field.
+PREEMPTION_COUNTER = {"vllm:num_preemptions": "preemptions"}
+
+
+def engine_counters(llm, names: dict[str, str]) -> dict[str, int]:
+    """The engine's counters named in ``names`` (vLLM metric -> field) so far
+    (``LLM.get_metrics``; 0 where absent)."""
+    out = dict.fromkeys(names.values(), 0)
     try:
         metrics = llm.get_metrics()
     except Exception:  # noqa: BLE001 - an engine without metrics records zeros
         return out
     for metric in metrics:
-        field_name = SPEC_COUNTERS.get(str(getattr(metric, "name", "")).removesuffix("_total"))
+        field_name = names.get(str(getattr(metric, "name", "")).removesuffix("_total"))
         value = getattr(metric, "value", None)
         if field_name is not None and isinstance(value, (int, float)):
             out[field_name] += int(value)
     return out
+
+
+def spec_counters(llm) -> dict[str, int]:
+    """The engine's speculative-decoding counters so far (``LLM.get_metrics``; 0 where absent)."""
+    return engine_counters(llm, SPEC_COUNTERS)
+
+
+def request_timeline(outputs) -> list[list[float]] | None:
+    """Each request's (scheduled, first token, last token) in seconds since the earliest
+    scheduled stamp of the run (``RequestOutput.metrics``, engine-core monotonic), ordered by
+    first token, rounded to 0.1 ms; None without the stamps. It shows how the engine admitted a
+    batch its KV cache does not hold at once: in groups, and with which prompts recomputed late."""
+    stamps = []
+    for out in outputs:
+        m = getattr(out, "metrics", None)
+        three = [getattr(m, k, 0.0) or 0.0 for k in ("scheduled_ts", "first_token_ts", "last_token_ts")]
+        if not all(three):
+            return None
+        stamps.append(three)
+    if not stamps:
+        return None
+    t0 = min(s[0] for s in stamps)
+    return sorted([[round(t - t0, 4) for t in s] for s in stamps], key=lambda s: s[1])
+
+
+def in_waves(timeline: list[list[float]]) -> bool:
+    """Whether a run's requests (:func:`request_timeline`) ran in waves: one was first scheduled
+    after another had finished."""
+    return max(s[0] for s in timeline) > min(s[2] for s in timeline)
 
 
 def spec_fields(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -611,12 +648,20 @@ class VLLMBackend:
         produced = None
         spec = spec_setting(_settings(point)) is not None
         counted = spec_counters(llm) if spec else {}
+        preempted = engine_counters(llm, PREEMPTION_COUNTER)["preemptions"]
+        timeline = None
         for _ in range(FULL_RUN_REPS if o > 1 else 0):
             ms, outs = run(o)
             e2es.append(ms)
             engine.append(engine_times(outs, o))
             produced = [len(x.outputs[0].token_ids) for x in outs]
+            timeline = request_timeline(outs)
         extra = spec_fields(counted, spec_counters(llm)) if spec else {}
+        if e2es:  # preemptions per full run; the last run's requests where the engine preempted
+            preempted = (engine_counters(llm, PREEMPTION_COUNTER)["preemptions"] - preempted) / len(e2es)
+            extra["preemptions"] = preempted
+            if timeline is not None and (preempted or in_waves(timeline)):
+                extra["request_timeline_s"] = timeline
         probes.append(probe_ms())
         if self.profile:  # after the timed runs: the profiler slows the host, not the kernels
             extra.update(self.kernel_profiles(lambda n: run(n)[1], o))
