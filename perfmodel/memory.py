@@ -117,12 +117,22 @@ def concurrent_sequences(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, acti
     planned with them beside the weights and ``activations`` 0: B_run = min(B, N_seqs,
     ⌊(usable − weights − reserve)/κ⌋) (:func:`perfmodel.waves.run_in_waves`, ``reserved``).
     """
+    fit = sequences_that_fit(batch, prompt, weights, activations, kv_batch, usable, chunk)
+    return Max(0, Min(batch, limit, sp.floor(fit)))
+
+
+def sequences_that_fit(batch: sp.Expr, prompt: sp.Expr, weights: sp.Expr, activations: sp.Expr,
+                       kv_batch: sp.Expr, usable: sp.Expr, chunk: sp.Expr) -> sp.Expr:
+    """Whole sequences (S + O tokens of cache each) the memory beside the weights holds, before
+    rounding down and the engine's limits: max(min(F/(κ + a·S), M/S), (F − a·M)/κ) in the terms
+    of :func:`concurrent_sequences`. Times S + O, it is the KV cache in tokens the engine
+    schedules on (:mod:`perfmodel.kv_schedule`)."""
     per_sequence = kv_batch / batch
     per_token = activations / Min(batch * prompt, chunk)
     free = usable - weights
     one_pass = Min(free / (per_sequence + per_token * prompt), chunk / prompt)
     in_chunks = (free - per_token * chunk) / per_sequence
-    return Max(0, Min(batch, limit, sp.floor(Max(one_pass, in_chunks))))
+    return Max(one_pass, in_chunks)
 
 
 #: What ⌈B/B_run⌉ subtracts before rounding up, far below 1/B_run for any engine's B_run.

@@ -1,24 +1,31 @@
-"""A fixed batch whose KV cache does not fit runs in waves, as vLLM's offline engine runs it.
+"""A fixed batch whose KV cache does not fit at once, run as vLLM's offline engine runs it.
 
-vLLM does not refuse B prompts whose KV cache exceeds its memory: the scheduler runs as many
-sequences as the cache (and ``max_num_seqs``) allows and admits the rest as earlier ones
-finish. The model runs a request of B sequences as W = ⌈B / B_run⌉ waves
-(:func:`perfmodel.memory.concurrent_sequences`, :func:`perfmodel.memory.kv_waves`): W − 1 full
-waves of B_run sequences, then the rest (:func:`perfmodel.memory.last_wave`), each a prefill
-and O − 1 decode steps at its own batch size, one after another. What vLLM does between waves
-is not modelled: it admits prompts by their prefill's blocks and preempts (recomputes) the
-newest sequences when growing decodes run out of blocks, so waves overlap a little and some
-prompts are prefilled twice.
+vLLM does not refuse B prompts whose KV cache exceeds its memory. Its scheduler admits prompts
+by the tokens they hold now, so all of them go in while their S tokens each fit, and preempts
+the newest running sequences (to be recomputed later) as the decodes grow past the cache
+(:mod:`perfmodel.kv_schedule` plays it for B identical requests on the cache of
+C = (S + O)·B_fit tokens, B_fit the whole sequences that fit beside the weights,
+:func:`perfmodel.memory.sequences_that_fit`). B_run sequences hold their whole S + O tokens at
+once (:func:`perfmodel.memory.concurrent_sequences`), and W = ⌈B / B_run⌉ is still reported as
+``kv_waves``: where W > 1 the batch outgrows the cache.
 
-Reported for a batch in W > 1 waves (seconds, tokens/s):
+Reported for a batch with W > 1 (seconds, tokens/s):
 
-- E2E: the sum of the waves' E2E, (W − 1)·E2E(B_run) + E2E(B_last);
-- TTFT: the first wave's;
-- ITL: the mean of the waves' ITL weighted by each wave's duration, Σ_w E2E_w·ITL_w / Σ_w E2E_w
-  (the decode step in progress at a moment drawn uniformly over the run);
+- TTFT: the prefill of all B prompts (what a run of one output token takes: its prompts need
+  S + 1 tokens each, admitted in turn);
+- E2E = TTFT · P/(B·S) + Σ_k w_k · t_k: every token prefilled (P: each prompt once, and each
+  recompute's S + g), then the decode steps, w_k of them apportioned to the running counts
+  n_k ∈ {1, B_run, the most that ran at once} (a step's time t_k, the ITL of a batch of n_k,
+  taken linear in the count between them: :meth:`perfmodel.kv_schedule.Schedule.knot_weights`);
+- ITL = (E2E − TTFT)/(O − 1), as the seed study and the measured rows define it;
 - throughput B·(S + O)/E2E and output throughput B·O/E2E, over the whole batch;
-- every other number is the first wave's: its passes (``prefill_s``, ``decode_step_s``, the op
-  breakdown), its memory (what is on the GPU at once), its speculative step split.
+- every other number is that of B_run sequences at once: the passes (``prefill_s``,
+  ``decode_step_s``, the op breakdown), the memory (the cache full), the speculative split.
+
+Against vLLM 0.26 on one H100 (S = O = 2,048; OLMoE-1B-7B at B = 128, Qwen1.5-MoE-A2.7B,
+Qwen3-30B-A3B and Mixtral-8x7B in fp8 at B = 64), where waves run one after another, each of
+B_run sequences, over-predicted E2E by 18, 19, 2 and 25%: vLLM's first sequences run together
+at more than B_run, and only the preempted few run after them.
 
 ``concurrent_sequences`` = B_run and ``kv_waves`` = W: B and 1 when the batch fits at once; 0
 and 0, with the whole batch's numbers, when not even one sequence fits.
@@ -35,36 +42,43 @@ import sympy as sp
 
 from perfmodel import symbols as s
 from perfmodel.codecache import lambdify_named
-from perfmodel.memory import concurrent_sequences, kv_waves, last_wave
+from perfmodel.kv_schedule import schedule
+from perfmodel.memory import concurrent_sequences, kv_waves, sequences_that_fit
 
 #: What a prediction adds about its waves (counts; integers in JSON).
 WAVE_METRICS = ("concurrent_sequences", "kv_waves")
 
-_PLAN_ARGS = ("B", "S", "weights_bytes", "activation_bytes", "kv_cache_bytes", "usable_bytes", "chunk_tokens",
+#: The running counts whose step times set the decode time: one sequence, B_run, the most at once.
+KNOTS = ("one", "run", "most")
+
+_PLAN_ARGS = ("B", "S", "O", "weights_bytes", "activation_bytes", "kv_cache_bytes", "usable_bytes", "chunk_tokens",
               "max_sequences")
-_WAVE_ARGS = ("W", "B", "S", "O", "e2e_first", "itl_first", "e2e_last", "itl_last")
+_WAVE_ARGS = ("ranks", "B", "S", "O", "prefill_tokens", "ttft_whole", *(f"{w}_{k}" for k in KNOTS for w in ("w", "itl")))
 
 
 def plan_expressions() -> dict[str, sp.Expr]:
-    """B_run, W and the last wave's size in the symbols of :data:`_PLAN_ARGS`: B, S, the whole
-    batch's weights, activation peak and KV cache and the usable capacity (bytes per GPU), the
-    engine's prefill chunk (tokens) and sequence limit."""
-    weights, act, kv, usable, chunk, limit = (sp.Symbol(n, positive=True) for n in _PLAN_ARGS[2:])
+    """B_run, W and the KV cache in tokens, in the symbols of :data:`_PLAN_ARGS`: B, S, O, the
+    whole batch's weights, activation peak and KV cache and the usable capacity (bytes per GPU),
+    the engine's prefill chunk (tokens) and sequence limit."""
+    weights, act, kv, usable, chunk, limit = (sp.Symbol(n, positive=True) for n in _PLAN_ARGS[3:])
     batch = s.B
     running = concurrent_sequences(batch, s.S, weights, act, kv, usable, chunk, limit)
+    fit = sequences_that_fit(batch, s.S, weights, act, kv, usable, chunk)
     return {"concurrent_sequences": running, "kv_waves": kv_waves(batch, running),
-            "last_wave": last_wave(batch, running)}
+            "kv_capacity_tokens": sp.floor(fit * (s.S + s.O))}
 
 
 def timeline_expressions() -> dict[str, sp.Expr]:
-    """The metrics W waves set (see the module: E2E, ITL, throughputs) from a full wave's and the
-    last wave's E2E and ITL (s), W, B, S and O."""
-    W, e2e_1, itl_1, e2e_n, itl_n = sp.symbols("W e2e_first itl_first e2e_last itl_last", positive=True)
+    """The metrics of a batch that outgrows its cache (see the module: TTFT, E2E, ITL,
+    throughputs) from the whole batch's TTFT (s), the tokens prefilled, the decode steps
+    apportioned to :data:`KNOTS` and a step's time at each (s), one rank's B, S, O and the
+    data-parallel ranks."""
+    ranks, prefilled, ttft = sp.symbols("ranks prefill_tokens ttft_whole", positive=True)
     B, S, O = s.B, s.S, s.O
-    e2e = (W - 1) * e2e_1 + e2e_n
-    itl = ((W - 1) * e2e_1 * itl_1 + e2e_n * itl_n) / e2e
-    return {"e2e_s": e2e, "itl_s": itl, "throughput_tok_s": B * (S + O) / e2e,
-            "output_throughput_tok_s": B * O / e2e}
+    decode = sum(sp.Symbol(f"w_{k}", nonnegative=True) * sp.Symbol(f"itl_{k}", positive=True) for k in KNOTS)
+    e2e = ttft * prefilled / (B * S) + decode
+    return {"ttft_s": ttft, "e2e_s": e2e, "itl_s": (e2e - ttft) / sp.Max(O - 1, 1),
+            "throughput_tok_s": ranks * B * (S + O) / e2e, "output_throughput_tok_s": ranks * B * O / e2e}
 
 
 @functools.cache
@@ -129,8 +143,8 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     the broadcast shape of ``batch``, ``input_len``, ``output_len`` and ``metrics`` (0-d for
     single numbers), marks them; ``b`` (1-D, in C order of the marked points) gives their batch
     sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
-    called only when some point runs in waves: at the full waves' size, then at the last
-    wave's where that differs at some point. Adds :data:`WAVE_METRICS` and sets
+    called only when some point outgrows its cache: at B_run, at one sequence, and at the most
+    that ran at once where that is not B. Adds :data:`WAVE_METRICS` and sets
     ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each running ``batch``
     sequences in waves of its own (``rerun`` gets one rank's sizes): the throughputs and
     ``concurrent_sequences`` count all of them. ``reserved``: the engine keeps the activations
@@ -142,7 +156,7 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
         weights, activations = np.add(weights, metrics["activation_bytes"]), 0.0
     else:
         activations = _activations_at_most(metrics, batch, input_len, output_len, limit, rerun)
-    plan = _evaluate("plan", batch, input_len, weights, activations,
+    plan = _evaluate("plan", batch, input_len, output_len, weights, activations,
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
                      np.inf if limit is None else limit)
     running, waves = plan["concurrent_sequences"], plan["kv_waves"]
@@ -159,11 +173,26 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
         value = np.asarray(value)
         return (value if value.shape == shape else np.broadcast_to(value, shape))[where]
 
-    full_size, last_size = waved(running), waved(plan["last_wave"])
-    first = rerun(full_size, where)
-    last = first if np.array_equal(last_size, full_size) else rerun(last_size, where)
-    timeline = _evaluate("timeline", waved(waves), waved(np.multiply(batch, ranks)), waved(input_len),
-                         waved(output_len), first["e2e_s"], first["itl_s"], last["e2e_s"], last["itl_s"])
+    b, s_in, s_out, run = (waved(v).astype(int) for v in (batch, input_len, output_len, running))
+    cap = waved(plan["kv_capacity_tokens"]).astype(int)
+    seqs = np.minimum(b, np.inf if limit is None else limit).astype(int)
+    runs = [schedule(*key) for key in zip(b.tolist(), s_in.tolist(), s_out.tolist(), cap.tolist(), seqs.tolist())]
+    most = np.array([r.max_running for r in runs])
+    sizes = {"one": np.ones_like(run), "run": run, "most": most}
+    steps = {}
+    for n, r in enumerate(runs):
+        knots = sorted({int(sizes[k][n]) for k in KNOTS})
+        weight = dict(zip(knots, r.knot_weights(tuple(knots))))
+        for k in KNOTS:  # a knot shared by two names counts once
+            first = next(j for j in KNOTS if int(sizes[j][n]) == int(sizes[k][n]))
+            steps.setdefault(k, np.zeros(len(runs)))[n] = weight[int(sizes[k][n])] if k == first else 0.0
+    at = {"run": rerun(run, where)}
+    at["one"] = rerun(sizes["one"], where)
+    at["most"] = {"itl_s": waved(metrics["itl_s"])} if np.array_equal(most, b) else rerun(most, where)
+    knot_args = [v for k in KNOTS for v in (steps[k], at[k]["itl_s"])]
+    timeline = _evaluate("timeline", waved(ranks), b, s_in, s_out, np.array([r.prefill_tokens for r in runs]),
+                         waved(metrics["ttft_s"]), *knot_args)
+    first = at["run"]
     for name, value in out.items():
         if name in WAVE_METRICS or name == "fits_in_memory":
             continue

@@ -337,17 +337,18 @@ def test_named_expressions_are_built_once_and_then_read_from_disk(cache, monkeyp
     from perfmodel import waves
 
     names, order, first = codecache.lambdify_named("waves.plan", waves.plan_expressions, waves._PLAN_ARGS, cse=True)
-    assert set(names) == {"concurrent_sequences", "kv_waves", "last_wave"} and list(order) == sorted(order)
+    assert set(names) == {"concurrent_sequences", "kv_waves", "kv_capacity_tokens"} and list(order) == sorted(order)
     monkeypatch.setattr(waves, "plan_expressions", lambda: pytest.fail("rebuilt"))
     again_names, again_order, again = codecache.lambdify_named("waves.plan", waves.plan_expressions,
                                                                waves._PLAN_ARGS, cse=True)
     assert (again_names, again_order) == (names, order)
-    values = dict(B=300.0, S=2048.0, weights_bytes=9e10, activation_bytes=3e9, kv_cache_bytes=8e10,
+    values = dict(B=300.0, S=2048.0, O=2048.0, weights_bytes=9e10, activation_bytes=3e9, kv_cache_bytes=8e10,
                   usable_bytes=1.26e11, chunk_tokens=16384.0, max_sequences=np.inf)
     args = [values[a] for a in order]
     assert [float(v) for v in again(*args)] == pytest.approx([float(v) for v in first(*args)])
-    # (1.26e11 - 9e10 - 3e9) / (8e10 / 300) = 123.75 sequences at once: 3 waves, the last of 54
-    assert [float(v) for v in first(*args)] == [123.0, 3.0, 54.0]
+    # (1.26e11 - 9e10 - 3e9) / (8e10 / 300) = 123.75 sequences at once: 3 waves; 123.75·4,096 tokens
+    assert dict(zip(names, (float(v) for v in first(*args)))) == {
+        "concurrent_sequences": 123.0, "kv_waves": 3.0, "kv_capacity_tokens": 506880.0}
 
 
 def test_a_named_entry_in_other_arguments_is_rebuilt(cache):

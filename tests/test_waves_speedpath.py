@@ -1,5 +1,5 @@
-"""A sweep evaluates the waves' batch sizes only at the points that run in waves
-(perfmodel.waves.run_in_waves): its rows stay those of predict, point by point."""
+"""A sweep evaluates the batch sizes a batch that outgrows its KV cache needs only at those
+points (perfmodel.waves.run_in_waves): its rows stay those of predict, point by point."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from perfmodel import predict, sweep
 from perfmodel.prediction import METRICS
+from perfmodel.kv_schedule import schedule
 from perfmodel.waves import WAVE_METRICS, run_in_waves
 
 REL = 1e-9
@@ -47,58 +48,75 @@ def test_every_row_is_the_prediction_of_its_point(table):
             assert got[name] == pytest.approx(m[name], rel=REL, nan_ok=True), (name, row.batch, row.input_len)
 
 
-def test_rows_in_waves_combine_the_waves_own_predictions(table):
-    """Independent of how predict runs waves: the waves' batches fit at once, each one pass."""
+def test_rows_that_outgrow_the_cache_combine_their_own_predictions(table):
+    """Independent of how predict composes them: TTFT is the prefill of all B prompts, the
+    memory that of B_run sequences at once, E2E = TTFT + (O − 1)·ITL, E2E above O − 1 steps of
+    one sequence, and, where prompts are no longer than the outputs, below the waves of B_run
+    run one after another (vLLM's admission by prompt starts twice B_run's sequences or more)."""
     for row in table[table["kv_waves"] > 1].itertuples(index=False):
         waves, running = row.kv_waves, row.concurrent_sequences
+        last_size = row.batch - (waves - 1) * running
         one = {b: predict("mixtral-8x7b", batch=b, input_len=row.input_len, output_len=OUTPUT_LEN).metrics
-               for b in (running, row.batch - (waves - 1) * running)}
-        full, last = one[running], one[row.batch - (waves - 1) * running]
+               for b in (1, running, last_size)}
+        full, last = one[running], one[last_size]
         assert full["kv_waves"] == last["kv_waves"] == 1
-        e2e = (waves - 1) * full["e2e_s"] + last["e2e_s"]
-        assert row.e2e_s == pytest.approx(e2e, rel=REL)
-        assert row.itl_s == pytest.approx(((waves - 1) * full["e2e_s"] * full["itl_s"]
-                                           + last["e2e_s"] * last["itl_s"]) / e2e, rel=REL)
-        assert row.throughput_tok_s == pytest.approx(row.batch * (row.input_len + OUTPUT_LEN) / e2e, rel=REL)
-        assert row.ttft_s == pytest.approx(full["ttft_s"], rel=REL)
+        prefill = predict("mixtral-8x7b", phase="prefill", batch=row.batch, input_len=row.input_len,
+                          output_len=OUTPUT_LEN).metrics
+        assert row.ttft_s == pytest.approx(prefill["ttft_s"], rel=REL)
         assert row.memory_bytes == pytest.approx(full["memory_bytes"], rel=REL)
+        assert row.e2e_s == pytest.approx(row.ttft_s + (OUTPUT_LEN - 1) * row.itl_s, rel=REL)
+        assert row.throughput_tok_s == pytest.approx(row.batch * (row.input_len + OUTPUT_LEN) / row.e2e_s, rel=REL)
+        assert row.ttft_s + (OUTPUT_LEN - 1) * one[1]["itl_s"] < row.e2e_s
+        if row.input_len <= OUTPUT_LEN:  # twice B_run's sequences or more start at once
+            assert row.e2e_s < (waves - 1) * full["e2e_s"] + last["e2e_s"]
 
 
 def _metrics(batch: np.ndarray, prompt: np.ndarray) -> dict[str, np.ndarray]:
-    """One wave's numbers of a toy model: 40 bytes of weights, one KV byte per prompt token of a
-    sequence, no activations; E2E = b seconds, ITL = b/1000 s at a batch of b."""
+    """One pass's numbers of a toy model: 40 bytes of weights, one KV byte per prompt token of a
+    sequence, no activations; TTFT = b·S/100 s, ITL = b/1000 s and E2E = b s at a batch of b."""
     kv = batch * prompt * 1.0
     return {"weights_bytes": np.full_like(kv, 40.0), "activation_bytes": np.zeros_like(kv), "kv_cache_bytes": kv,
-            "e2e_s": batch * 1.0 + 0 * prompt, "itl_s": batch / 1000.0 + 0 * prompt, "memory_bytes": 40.0 + kv}
+            "ttft_s": kv / 100.0, "e2e_s": batch * 1.0 + 0 * prompt, "itl_s": batch / 1000.0 + 0 * prompt,
+            "memory_bytes": 40.0 + kv}
 
 
 def test_only_the_points_in_waves_are_evaluated_again():
     batch = np.array([1.0, 2.0, 8.0, 15.0])[:, None]
     prompt = np.array([1.0, 2.0, 4.0])[None, :]
+    output = 10
     calls = []
 
     def rerun(b, where):
         calls.append((b.copy(), where.copy()))
         return _metrics(b, np.broadcast_to(prompt, where.shape)[where])
 
-    # 8 bytes for the KV cache: B_run = 8, 4, 2 sequences at S = 1, 2, 4
-    out = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 48.0, CHUNK, None, rerun)
+    # 8 bytes for the KV cache: B_run = 8, 4, 2 sequences at S = 1, 2, 4; 8/S·(S + O) tokens
+    out = run_in_waves(_metrics(batch, prompt), batch, prompt, output, 48.0, CHUNK, None, rerun)
     running = np.minimum(batch, 8 // prompt)
     waves = np.ceil(batch / running)
     assert (out["concurrent_sequences"] == running).all() and (out["kv_waves"] == waves).all()
     split = waves > 1
-    assert len(calls) == 2  # the full waves, then the last ones (some smaller)
-    (full, where), (last, where_last) = calls
-    assert where.shape == (4, 3) and (where == split).all() and (where_last == split).all()
-    assert full.tolist() == running[split].tolist()
-    assert last.tolist() == (batch - (waves - 1) * running)[split].tolist()
-    # E2E sums the waves (b seconds each), the rest stays the batch's own where it fits
-    assert out["e2e_s"].tolist() == np.where(split, (waves - 1) * running + (batch - (waves - 1) * running),
-                                             np.broadcast_to(batch, split.shape)).tolist()
+    points = list(zip(*np.nonzero(split)))
+    runs = {p: schedule(int(batch[p[0], 0]), int(prompt[0, p[1]]), output,
+                        int(8 / prompt[0, p[1]] * (prompt[0, p[1]] + output)), int(batch[p[0], 0])) for p in points}
+    # evaluated again at B_run, at one sequence, and at the most at once where that is not B
+    assert 2 <= len(calls) <= 3 and all((where == split).all() for _, where in calls)
+    assert calls[0][0].tolist() == running[split].tolist() and calls[1][0].tolist() == [1] * len(points)
+    most = [runs[p].max_running for p in points]
+    assert (len(calls) == 3) == (most != np.broadcast_to(batch, split.shape)[split].tolist())
+    # E2E: every token prefilled at the batch's rate, then every decode step at its own count
+    for p in points:
+        b, s = batch[p[0], 0], prompt[0, p[1]]
+        decode = sum(n * steps for n, steps in runs[p].steps_by_running) / 1000.0  # the toy's ITL is linear
+        e2e = b * s / 100.0 * runs[p].prefill_tokens / (b * s) + decode
+        assert out["e2e_s"][p] == pytest.approx(e2e, rel=REL)
+        assert out["ttft_s"][p] == pytest.approx(b * s / 100.0, rel=REL)
+        assert out["itl_s"][p] == pytest.approx((e2e - b * s / 100.0) / (output - 1), rel=REL)
+    assert out["e2e_s"][~split].tolist() == np.broadcast_to(batch, split.shape)[~split].tolist()
     assert out["memory_bytes"].tolist() == (40.0 + np.where(split, running, batch) * prompt).tolist()
 
 
-def test_even_waves_are_evaluated_once_and_a_fitting_batch_not_at_all():
+def test_a_batch_that_fits_at_once_is_not_evaluated_again():
     batch, prompt = np.array([16.0, 4.0]), 1.0
     calls = []
 
@@ -107,7 +125,8 @@ def test_even_waves_are_evaluated_once_and_a_fitting_batch_not_at_all():
         return _metrics(b, prompt)
 
     out = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 48.0, CHUNK, None, rerun)
-    assert calls == [[8.0]] and out["kv_waves"].tolist() == [2, 1]  # 16 = 8 + 8: one size
+    # B_run = 8 and one sequence; all 16 prompts fit at once (88 tokens), so not at the most again
+    assert calls == [[8.0], [1.0]] and out["kv_waves"].tolist() == [2, 1]
 
     def never(b, where):
         raise AssertionError("a batch that fits at once is not evaluated again")

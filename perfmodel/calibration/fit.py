@@ -137,16 +137,19 @@ def _rows(results: Path, models: tuple[str, ...], quant: str | None = None,
     """The ok one-GPU rows of ``models`` as built (no variants), with the fused MoE, at one
     quantization (None: unquantized) and the KV cache at the model's dtype; under an engine that
     chunks prefills into ``chunk`` tokens per step, only those whose decode steps hardly ride
-    along their prefill's chunks (:func:`rides_chunks`)."""
+    along their prefill's chunks (:func:`rides_chunks`). Rows whose batch outgrew the engine's
+    KV cache are left out (:func:`perfmodel.measuring.compare.row_outgrows_cache`): the fit
+    predicts every row as one pass of all B sequences, and their times are the scheduler's
+    (:mod:`perfmodel.kv_schedule`, no parameter fitted), which they check held out."""
     from perfmodel.measuring.compare import (is_variant, load_measurements, row_kv_dtype, row_moe_impl,
-                                             row_quant, row_speculative)
+                                             row_outgrows_cache, row_quant, row_speculative)
 
     if not results.exists():
         raise SpecError(f"no measurements at {results}: run perfmodel measure first")
     rows = [r for r in one_gpu_rows(load_measurements(results))
             if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
             and row_quant(r) == quant and row_kv_dtype(r) is None and not row_speculative(r)
-            and row_moe_impl(r) == "fused" and not rides_chunks(r, chunk)]
+            and row_moe_impl(r) == "fused" and not rides_chunks(r, chunk) and not row_outgrows_cache(r)]
     if not rows:
         raise SpecError(f"{results} holds no ok rows of the training models {', '.join(models)}")
     return rows
