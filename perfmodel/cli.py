@@ -688,8 +688,8 @@ def sweep(
               "does not cover there")
     in_waves = int((table["kv_waves"] > 1).sum()) if "kv_waves" in table else 0
     if in_waves:
-        _warn(f"{in_waves:,} of {len(table):,} rows run their batch in KV-cache waves (kv_waves > 1): "
-              "their E2E and throughput are those of several waves, one after another")
+        _warn(f"{in_waves:,} of {len(table):,} rows outgrow the KV cache (kv_waves > 1): their E2E and "
+              "throughput are vLLM's schedule of the batch, its preempted requests recomputed (kv_preemptions)")
     from perfmodel.prediction import Workload
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model

@@ -95,13 +95,16 @@ def sweep_header(header: dict) -> str:
 
 
 def _waves_text(m: dict, batch: int) -> str:
-    """How the batch runs: all sequences at once, or W waves of at most B_run (memory and
-    TTFT are then the first wave's); "–" when it does not run or the prediction has no waves."""
+    """How the batch runs: all sequences at once, or, where it outgrows the KV cache, B_run
+    holding their whole cache at once and the requests preempted as vLLM's scheduler runs it
+    (memory and the passes are then B_run's); "–" when it does not run or the prediction has no
+    schedule."""
     waves, running = m.get("kv_waves", 0), m.get("concurrent_sequences", 0)
     if waves == 1:
-        return f"1 (all {batch} sequences at once)"
+        return f"all {batch} sequences at once"
     if waves > 1:
-        return f"{waves} waves of ≤ {running} sequences (memory, TTFT: the first wave's)"
+        return (f"outgrown: {running} of {batch} sequences hold their whole cache at once; "
+                f"{m.get('kv_preemptions', 0)} preempted and recomputed (memory, passes: of {running})")
     return "–"
 
 
@@ -151,7 +154,7 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
             (f"activations ({p.provenance.get('activations', 'peak op')})", _bytes(m["activation_bytes"]), None),
             ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
              f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None),
-            ("KV-cache waves", _waves_text(m, p.workload.batch), None)]
+            ("KV cache", _waves_text(m, p.workload.batch), None)]
     return [(name, value, rel or None) for name, value, rel in rows
             if not (value.startswith("nan") or value == "–")]
 
@@ -181,7 +184,8 @@ def leading_ops(p: Prediction, pass_name: str, count: int = 2) -> list[dict]:
 
 def time_split(p: Prediction) -> dict | None:
     """Where the time goes: ``decode_share_of_e2e`` (None unless a request whose batch runs in one
-    wave), ``first_wave`` (the passes are the first KV-cache wave's) and ``passes``, each pass
+    wave), ``first_wave`` (the passes are those of B_run sequences, the batch outgrowing its KV
+    cache) and ``passes``, each pass
     (prefill, decode) with its time ``time_s``, ``set_by`` (``gpu``, or ``host`` where the host's
     time for the pass sets it: a decode step's floor, a prefill's launch) and its two ``leading``
     ops (``op``, ``share`` of the pass's op time, ``bound``); None where the prediction has neither
@@ -218,7 +222,7 @@ def time_split_text(p: Prediction) -> str | None:
             lead = f"the host's {what}, over its kernels: {lead}"
         label = "decode step" if part["pass"] == "decode" else "prefill"
         parts.append(f"{label} {format_time(part['time_s'])}: {lead}")
-    waves = " (the first wave's passes)" if split["first_wave"] else ""
+    waves = " (the passes of the sequences whose whole cache fits at once)" if split["first_wave"] else ""
     return f"where the time goes{waves}: " + " · ".join(parts)
 
 

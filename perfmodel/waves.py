@@ -27,8 +27,9 @@ Qwen3-30B-A3B and Mixtral-8x7B in fp8 at B = 64), where waves run one after anot
 B_run sequences, over-predicted E2E by 18, 19, 2 and 25%: vLLM's first sequences run together
 at more than B_run, and only the preempted few run after them.
 
-``concurrent_sequences`` = B_run and ``kv_waves`` = W: B and 1 when the batch fits at once; 0
-and 0, with the whole batch's numbers, when not even one sequence fits.
+``concurrent_sequences`` = B_run, ``kv_waves`` = W and ``kv_preemptions``, the requests the
+schedule preempts (each one recomputed): B, 1 and 0 when the batch fits at once; 0, 0 and 0,
+with the whole batch's numbers, when not even one sequence fits.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from perfmodel.codecache import lambdify_named
 from perfmodel.kv_schedule import schedule
 from perfmodel.memory import concurrent_sequences, kv_waves, sequences_that_fit
 
-#: What a prediction adds about its waves (counts; integers in JSON).
-WAVE_METRICS = ("concurrent_sequences", "kv_waves")
+#: What a prediction adds about its KV cache's schedule (counts; integers in JSON): B_run, W and
+#: the requests preempted (and recomputed) over the run.
+WAVE_METRICS = ("concurrent_sequences", "kv_waves", "kv_preemptions")
 
 #: The running counts whose step times set the decode time: one sequence, B_run, the most at once.
 KNOTS = ("one", "run", "most")
@@ -102,13 +104,28 @@ def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
     return {n: v if v.shape == shape else np.broadcast_to(v, shape) for n, v in zip(names, out)}
 
 
+@functools.lru_cache(maxsize=65536)
+def _played(batch: int, prompt: int, output: int, capacity: int, max_sequences: int,
+            running: int) -> tuple[float, ...]:
+    """The schedule of one point (:func:`perfmodel.kv_schedule.schedule`) as the numbers the
+    timeline takes: tokens prefilled, preemptions, the most at once, then the decode steps
+    apportioned to each of :data:`KNOTS` (one sequence, B_run = ``running``, the most at once;
+    a running count two knots share counts once, at the first)."""
+    run = schedule(batch, prompt, output, capacity, max_sequences)
+    sizes = (1, running, run.max_running)
+    knots = tuple(sorted(set(sizes)))
+    weight = dict(zip(knots, run.knot_weights(knots)))
+    shares = [weight[n] if sizes.index(n) == i else 0.0 for i, n in enumerate(sizes)]
+    return (float(run.prefill_tokens), float(run.preemptions), float(run.max_running), *shares)
+
+
 def one_pass(metrics: Mapping[str, Any], batch: Any, ranks: Any = 1) -> dict[str, Any]:
     """A single pass (a prefill, a decode step) holds all B sequences at once: B and one wave
     where it fits, 0 and 0 where not (``fits_in_memory``); B of each of ``ranks`` data-parallel
     ranks, ``concurrent_sequences`` counting all of them."""
     fits = np.asarray(metrics["fits_in_memory"])
     return {**metrics, "concurrent_sequences": np.where(fits, np.multiply(batch, ranks), 0),
-            "kv_waves": np.where(fits, 1, 0)}
+            "kv_waves": np.where(fits, 1, 0), "kv_preemptions": np.zeros_like(fits, dtype=int)}
 
 
 def _activations_at_most(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_len: Any,
@@ -160,7 +177,8 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
                      metrics["kv_cache_bytes"], usable, np.inf if chunk is None else chunk,
                      np.inf if limit is None else limit)
     running, waves = plan["concurrent_sequences"], plan["kv_waves"]
-    out = {**metrics, "concurrent_sequences": running * ranks, "kv_waves": waves, "fits_in_memory": running >= 1}
+    out = {**metrics, "concurrent_sequences": running * ranks, "kv_waves": waves,
+           "kv_preemptions": np.zeros_like(running), "fits_in_memory": running >= 1}
     split = waves > 1
     if not split.any():
         return out
@@ -176,23 +194,21 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     b, s_in, s_out, run = (waved(v).astype(int) for v in (batch, input_len, output_len, running))
     cap = waved(plan["kv_capacity_tokens"]).astype(int)
     seqs = np.minimum(b, np.inf if limit is None else limit).astype(int)
-    runs = [schedule(*key) for key in zip(b.tolist(), s_in.tolist(), s_out.tolist(), cap.tolist(), seqs.tolist())]
-    most = np.array([r.max_running for r in runs])
+    played = np.array([_played(*key) for key in zip(b.tolist(), s_in.tolist(), s_out.tolist(), cap.tolist(),
+                                                     seqs.tolist(), run.tolist())]).reshape(-1, 3 + len(KNOTS))
+    prefilled, preemptions, most = played[:, 0], played[:, 1], played[:, 2].astype(int)
+    steps = dict(zip(KNOTS, played[:, 3:].T))
     sizes = {"one": np.ones_like(run), "run": run, "most": most}
-    steps = {}
-    for n, r in enumerate(runs):
-        knots = sorted({int(sizes[k][n]) for k in KNOTS})
-        weight = dict(zip(knots, r.knot_weights(tuple(knots))))
-        for k in KNOTS:  # a knot shared by two names counts once
-            first = next(j for j in KNOTS if int(sizes[j][n]) == int(sizes[k][n]))
-            steps.setdefault(k, np.zeros(len(runs)))[n] = weight[int(sizes[k][n])] if k == first else 0.0
     at = {"run": rerun(run, where)}
     at["one"] = rerun(sizes["one"], where)
     at["most"] = {"itl_s": waved(metrics["itl_s"])} if np.array_equal(most, b) else rerun(most, where)
     knot_args = [v for k in KNOTS for v in (steps[k], at[k]["itl_s"])]
-    timeline = _evaluate("timeline", waved(ranks), b, s_in, s_out, np.array([r.prefill_tokens for r in runs]),
+    timeline = _evaluate("timeline", waved(ranks), b, s_in, s_out, prefilled,
                          waved(metrics["ttft_s"]), *knot_args)
     first = at["run"]
+    preempted = np.zeros(shape)
+    preempted[where] = preemptions * waved(ranks)
+    out["kv_preemptions"] = preempted
     for name, value in out.items():
         if name in WAVE_METRICS or name == "fits_in_memory":
             continue

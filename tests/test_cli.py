@@ -282,15 +282,16 @@ def test_columns_a_kind_of_row_has_no_value_in_are_not_said_to_be_broken(capsys)
     assert "not finite" not in capsys.readouterr().err
 
 
-def test_sweep_warns_of_rows_run_in_kv_cache_waves(capsys):
-    """A row whose batch the KV cache does not hold at once runs in waves; the sweep says how many
-    rows do, on stderr (their E2E is several waves')."""
+def test_sweep_warns_of_rows_that_outgrow_the_kv_cache(capsys):
+    """A row whose batch the KV cache does not hold at once runs as vLLM's scheduler runs it,
+    with preemptions; the sweep says how many rows do, on stderr."""
     main(["sweep", "mixtral", "--gpu", "h100", "--dtype", "fp8", "-s", "2048", "-o", "2048",
           "--grid", "batch=1,128", "--json"])
     captured = capsys.readouterr()
     rows = json.loads(captured.out)["rows"]
     assert [r["kv_waves"] > 1 for r in rows] == [False, True]
-    assert "1 of 2 rows run their batch in KV-cache waves (kv_waves > 1)" in captured.err
+    assert [r["kv_preemptions"] > 0 for r in rows] == [False, True]
+    assert "1 of 2 rows outgrow the KV cache (kv_waves > 1)" in captured.err
 
 
 def test_sweep_table_to_stdout(capsys):

@@ -1,5 +1,6 @@
-"""A fixed batch whose KV cache does not fit runs in waves (perfmodel.waves): B_run sequences at
-once, W = ⌈B / B_run⌉ waves, E2E the sum of the waves' predictions at their own batch sizes."""
+"""A fixed batch whose KV cache does not fit runs as vLLM's scheduler runs it (perfmodel.waves,
+perfmodel.kv_schedule): B_run sequences hold their whole cache at once, W = ⌈B / B_run⌉, and E2E
+composes the predictions at one sequence, B_run and the most at once over the schedule's steps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 
 from perfmodel import predict, sweep
 from perfmodel.commands import main
+from perfmodel.kv_schedule import schedule
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.prediction import METRICS, Workload, evaluate
 from perfmodel.profile import VLLM_MAX_NUM_SEQS, load_profile
@@ -43,7 +45,7 @@ def test_a_batch_that_fits_is_one_wave_with_the_numbers_of_one_pass():
     assert {k: m[k] for k in METRICS} == {k: before[k] for k in METRICS}  # identical, not close
 
 
-def test_three_waves_sum_the_predictions_at_the_waves_batch_sizes():
+def test_a_batch_that_outgrows_the_cache_runs_as_vllms_scheduler_runs_it():
     m = predict("mixtral", **WAVED).metrics
     # 46 sequences of 4,096 tokens at once, as vLLM's engine allocated Mixtral-8x7B in fp8 on the
     # H100: 23.34 GiB of KV cache (validate/results/h100-vllm-engine-logs/h1c3-engine-mixtral-8x7b-x1.log)
@@ -56,13 +58,21 @@ def test_three_waves_sum_the_predictions_at_the_waves_batch_sizes():
     assert not whole["fits_in_memory"]
     full, last = (predict("mixtral", **{**WAVED, "batch": b}).metrics for b in (46, 36))
     assert full["kv_waves"] == last["kv_waves"] == 1
-    assert close(m["e2e_s"], 2 * full["e2e_s"] + last["e2e_s"])
-    assert close(m["ttft_s"], full["ttft_s"]) and close(m["prefill_s"], full["prefill_s"])
-    weighted = (2 * full["e2e_s"] * full["itl_s"] + last["e2e_s"] * last["itl_s"]) / m["e2e_s"]
-    assert close(m["itl_s"], weighted) and last["itl_s"] < m["itl_s"] < full["itl_s"]
+    # the schedule on the cache in tokens: 46.x whole sequences of 4,096
+    run = schedule(128, 2048, 2048, math.floor(free / per_sequence * 4096), VLLM_MAX_NUM_SEQS)
+    assert run.max_running == math.floor(free / per_sequence * 4096) // 2048 < 128
+    assert m["kv_preemptions"] == run.preemptions > 0
+    knots = (1, 46, run.max_running)
+    at = {b: one_wave("mixtral-8x7b", gpu="h100-sxm", dtype="fp8", batch=b, input_len=2048,
+                      output_len=2048).metrics["itl_s"] for b in knots}  # each one pass
+    decode = sum(w * at[k] for w, k in zip(run.knot_weights(knots), knots))
+    assert close(m["ttft_s"], whole["ttft_s"]) and close(m["prefill_s"], full["prefill_s"])
+    assert close(m["e2e_s"], whole["ttft_s"] * run.prefill_tokens / (128 * 2048) + decode)
+    assert close(m["itl_s"], (m["e2e_s"] - m["ttft_s"]) / 2047)
+    assert m["e2e_s"] < 2 * full["e2e_s"] + last["e2e_s"]  # waves of 46 one after another
     assert close(m["throughput_tok_s"], 128 * 4096 / m["e2e_s"])
     assert close(m["output_throughput_tok_s"], 128 * 2048 / m["e2e_s"])
-    # what is on the GPU at once: the first wave's memory, within the usable capacity
+    # what is on the GPU at once: B_run's memory, within the usable capacity
     assert close(m["kv_cache_bytes"], 46 * per_sequence) and m["fits_in_memory"]
     assert m["memory_bytes"] <= m["memory_capacity_bytes"] < whole["memory_bytes"]
 
@@ -78,8 +88,11 @@ def test_the_engine_limits_the_sequences_at_once(tmp_path):
     path.write_text(yaml.safe_dump(profile))
     limited = predict("mixtral", engine=str(path), **small).metrics
     assert (limited["concurrent_sequences"], limited["kv_waves"]) == (1000, 3)
-    first, last = (predict("mixtral", engine=str(path), **{**small, "batch": b}).metrics for b in (1000, 500))
-    assert close(limited["e2e_s"], 2 * first["e2e_s"] + last["e2e_s"])
+    # the cache holds them all: 1,000, 1,000 and 500 run 15 decode steps each, none preempted
+    one, first = (predict("mixtral", engine=str(path), **{**small, "batch": b}).metrics for b in (1, 1000))
+    half = one["itl_s"] + (first["itl_s"] - one["itl_s"]) * 499 / 999  # a step's time, linear between
+    assert limited["kv_preemptions"] == 0
+    assert close(limited["e2e_s"], limited["ttft_s"] + 30 * first["itl_s"] + 15 * half)
 
 
 def test_a_batch_far_above_the_engines_limit_runs_waves_as_large_as_a_smaller_ones():
@@ -124,8 +137,9 @@ def test_speculative_decoding_runs_in_waves_too():
     assert m["kv_waves"] > 1
     b, waves = m["concurrent_sequences"], m["kv_waves"]
     full, last = (predict("qwen3-30b-a3b", **{**spec, "batch": n}) for n in (b, 256 - (waves - 1) * b))
-    assert close(m["e2e_s"], (waves - 1) * full.metrics["e2e_s"] + last.metrics["e2e_s"])
-    assert p.speculative == full.speculative  # the step split is the first wave's
+    assert close(m["e2e_s"], m["ttft_s"] + (spec["output_len"] - 1) * m["itl_s"]) and m["kv_preemptions"] > 0
+    assert m["e2e_s"] < (waves - 1) * full.metrics["e2e_s"] + last.metrics["e2e_s"]
+    assert p.speculative == full.speculative  # the step split is B_run's
 
 
 def test_sweep_rows_carry_the_waves_of_predict():
@@ -151,7 +165,8 @@ def test_predict_and_sweep_outputs_show_the_waves(capsys):
     assert (data["concurrent_sequences"], data["kv_waves"], data["fits_in_memory"]) == (46, 3, True)
     main(argv)
     out, err = capsys.readouterr()
-    assert "KV-cache waves" in out and "3 waves of ≤ 46 sequences" in out and err == ""
+    assert "KV cache" in out and "46 of 128 sequences hold their whole cache at once" in out and err == ""
+    assert f"{data['kv_preemptions']} preempted and recomputed" in out
     main(["sweep", "mixtral", "--grid", "batch=16,128", "-s", "2048", "-o", "2048", "--gpu", "h100-sxm",
           "--dtype", "fp8", "--json"])
     rows = json.loads(capsys.readouterr().out)["rows"]

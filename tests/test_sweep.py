@@ -37,8 +37,8 @@ def test_grid_size_is_the_product_in_c_order():
     expected = list(itertools.product(*grid.values()))
     assert list(zip(table["batch"], table["input_len"], table["output_len"])) == expected
     assert list(table.columns[:3]) == ["batch", "input_len", "output_len"]
-    assert list(table.columns[3:]) == [*METRICS, "fits_in_memory", "concurrent_sequences", "kv_waves", "gpus",
-                                     "throughput_per_gpu_tok_s"]
+    assert list(table.columns[3:]) == [*METRICS, "fits_in_memory", "concurrent_sequences", "kv_waves",
+                                       "kv_preemptions", "gpus", "throughput_per_gpu_tok_s"]
     assert all(table[k].dtype == np.int64 for k in grid)
 
 

@@ -41,7 +41,8 @@ def test_waves_and_phases():
     waves = predict("qwen3-30b-a3b", gpu="h100-sxm", batch=128, input_len=2048, output_len=2048)
     assert waves.metrics["kv_waves"] > 1
     line = time_split_text(waves)
-    assert line.startswith("where the time goes (the first wave's passes): prefill ") and "of E2E" not in line
+    assert line.startswith("where the time goes (the passes of the sequences whose whole cache fits at once): "
+                           "prefill ") and "of E2E" not in line
     prefill = time_split_text(predict("mixtral-8x7b", batch=4, phase="prefill"))
     assert prefill.startswith("where the time goes: prefill ") and "decode" not in prefill
     decode = time_split_text(predict("mixtral-8x7b", batch=4, phase="decode"))

@@ -3,8 +3,8 @@
 Every number comes from the public API, :func:`perfmodel.predict` and :func:`perfmodel.sweep`
 (grids go through ``sweep``: one vectorized call per model). Each effect's function returns a
 long table of the changes its claims look at (column ``quantity``, ``pct`` in %, ``fits``:
-whether both sides run in the GPUs' usable memory, ``waves``: the KV-cache waves of the side
-that needs more, and the point's keys), the throughputs behind them for the charts, and an
+whether both sides run in the GPUs' usable memory, ``waves``: W = ⌈B/B_run⌉ of the side that
+needs more, above 1 where it outgrows its KV cache, and the point's keys), the throughputs behind them for the charts, and an
 explanation in the model's terms: which op dominates each side, its bound, and what the compared
 knob does to it (expected distinct experts from the MoE op's own formula,
 :func:`perfmodel.ops.moe.distinct_experts`, lambdified).
@@ -87,8 +87,9 @@ def _pairs(table: pd.DataFrame, knob: str, value: Any, baseline: Any, keys: list
 class Anatomy:
     """One prediction, read for an explanation: E2E and its decode share, and the top op of
     each pass (name, share of the pass's op time, bound, time in s, bytes moved); ``waves``:
-    the KV-cache waves of B_run = ``running`` sequences the batch runs in (the ops and TTFT
-    are then the first wave's, and the decode share is not read)."""
+    W = ⌈B/B_run⌉, above 1 where the batch outgrows its KV cache, B_run = ``running`` sequences
+    holding their whole cache at once (the ops are then theirs, and the decode share is not
+    read)."""
 
     throughput: float
     e2e_s: float
@@ -139,7 +140,7 @@ def describe(a: Anatomy, label: str) -> str:
     name, share, bound, _, _ = a.top["decode"]
     pname, pshare, pbound, _, _ = a.top["prefill"]
     decode = f"decode {a.decode_share:.0%} of E2E, " if a.waves <= 1 else (
-        f"in {a.waves} KV-cache waves of ≤ {a.running} sequences (ops of the first), ")
+        f"outgrowing its KV cache ({a.running} sequences whole at once, their ops), ")
     return (f"{label}: {decode}step {_ms(a.itl_s)} led by {name} "
             f"({share:.0%}, {bound}-bound); prefill led by {pname} ({pshare:.0%}, {pbound}-bound)")
 
