@@ -150,23 +150,23 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
                  chunk: int | None, limit: int | None,
                  rerun: Callable[[np.ndarray, np.ndarray], Mapping[str, Any]], ranks: Any = 1,
                  reserved: bool = False) -> dict[str, Any]:
-    """The request metrics of a fixed batch run in waves (see the module), numbers or numpy
-    arrays alike.
+    """The request metrics of a fixed batch, run as vLLM's scheduler runs it where it outgrows
+    its KV cache (see the module), numbers or numpy arrays alike.
 
     ``metrics``: the batch's metrics as one wave (:data:`perfmodel.prediction.METRICS`);
     ``usable``: bytes per GPU the engine may fill; ``chunk``: its prefill chunk (tokens; None:
     none); ``limit``: its most sequences at once (None: no limit); ``rerun(b, where)``: the same
-    prediction's metrics at the points that run in waves only. ``where``, a boolean mask over
+    prediction's metrics, one pass of b sequences, at the points that outgrow the cache only. ``where``, a boolean mask over
     the broadcast shape of ``batch``, ``input_len``, ``output_len`` and ``metrics`` (0-d for
     single numbers), marks them; ``b`` (1-D, in C order of the marked points) gives their batch
     sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
     called only when some point outgrows its cache: at B_run, at one sequence, and at the most
     that ran at once where that is not B. Adds :data:`WAVE_METRICS` and sets
-    ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each running ``batch``
-    sequences in waves of its own (``rerun`` gets one rank's sizes): the throughputs and
-    ``concurrent_sequences`` count all of them. ``reserved``: the engine keeps the activations
-    out of its cache at start-up (a profile's ``activation_reserve``), whatever a wave holds: they
-    are counted once beside the weights, not per prefill token.
+    ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each scheduling ``batch``
+    sequences on a cache of its own (``rerun`` gets one rank's sizes): the throughputs,
+    ``concurrent_sequences`` and ``kv_preemptions`` count all of them. ``reserved``: the engine
+    keeps the activations out of its cache at start-up (a profile's ``activation_reserve``),
+    whatever a pass holds: they are counted once beside the weights, not per prefill token.
     """
     weights = metrics["weights_bytes"]
     if reserved:
@@ -187,7 +187,7 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     where = np.broadcast_to(split, shape)
 
     def waved(value: Any) -> np.ndarray:
-        """``value`` at the points in waves (1-D)."""
+        """``value`` at the points that outgrow the cache (1-D)."""
         value = np.asarray(value)
         return (value if value.shape == shape else np.broadcast_to(value, shape))[where]
 

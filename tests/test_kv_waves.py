@@ -178,9 +178,9 @@ def test_paper_points_in_waves_count_and_are_named():
     values = pd.DataFrame({"model": ["a", "b"], "batch": [64, 64], "pct": [20.0, 25.0], "fits": [True, True],
                            "waves": [1, 3], "quantity": "short_vs_long"})
     result = judge(effect, Computed(values, pd.DataFrame(), ""), 10)
-    assert result.claims[0].values == (25.0,)  # the point in waves is judged (largest over models)
-    assert result.notes == ["E6a: 1 of 2 points run in waves, their batch's KV cache not fitting at once "
-                            "(model=b batch=64: 3 waves)"]
+    assert result.claims[0].values == (25.0,)  # the point that outgrows its cache is judged (largest over models)
+    assert result.notes == ["E6a: 1 of 2 points outgrow the KV cache, their batch's sequences not holding their "
+                            "whole cache at once (vLLM's schedule, with preemptions) (model=b batch=64: W = 3)"]
 
 
 @pytest.mark.parametrize("bad", [0, -3, "many"])

@@ -542,7 +542,8 @@ def select(values: pd.DataFrame, quantity: str, where: dict[str, Any]) -> pd.Dat
 
 def judge(effect: Effect, computed: Computed, tolerance: float) -> EffectResult:
     """Judge each claim on the points that fit in memory (all of them when none does); a point
-    whose batch the KV cache does not hold at once counts, run in waves, and a note says which."""
+    whose batch the KV cache does not hold at once counts, run as vLLM's scheduler runs it, and a
+    note says which."""
     notes = list(computed.notes)
     left_out: dict[str, list[str]] = {}  # note → the claims it applies to
     verdicts = []
@@ -560,8 +561,9 @@ def judge(effect: Effect, computed: Computed, tolerance: float) -> EffectResult:
             left_out.setdefault(note, []).append(claim.id)
         waved = fitting[fitting["waves"] > 1] if "waves" in fitting.columns else fitting.iloc[:0]
         if len(waved):
-            note = (f"{len(waved)} of {len(rows)} points run in waves, their batch's KV cache not fitting at once "
-                    f"({'; '.join(f'{point_text(r)}: {int(r.waves)} waves' for _, r in waved.iterrows())})")
+            note = (f"{len(waved)} of {len(rows)} points outgrow the KV cache, their batch's sequences not "
+                    "holding their whole cache at once (vLLM's schedule, with preemptions) "
+                    f"({'; '.join(f'{point_text(r)}: W = {int(r.waves)}' for _, r in waved.iterrows())})")
             left_out.setdefault(note, []).append(claim.id)
         used = fitting if len(fitting) else rows
         verdicts.append(judge_claim(claim, used["pct"].tolist(), tolerance))
