@@ -15,8 +15,9 @@ Reported for a batch with W > 1 (seconds, tokens/s):
   S + 1 tokens each, admitted in turn);
 - E2E = TTFT · P/(B·S) + Σ_k w_k · t_k: every token prefilled (P: each prompt once, and each
   recompute's S + g), then the decode steps, w_k of them apportioned to the running counts
-  n_k ∈ {1, B_run, the most that ran at once} (a step's time t_k, the ITL of a batch of n_k,
-  taken linear in the count between them: :meth:`perfmodel.kv_schedule.Schedule.knot_weights`);
+  n_k ∈ {1, 4, 16, … below the most that ran at once, B_run, the most} (a step's time t_k, the
+  ITL of one pass of n_k sequences, taken linear in the count between them:
+  :func:`knot_sizes`, :meth:`perfmodel.kv_schedule.Schedule.knot_weights`);
 - ITL = (E2E − TTFT)/(O − 1), as the seed study and the measured rows define it;
 - throughput B·(S + O)/E2E and output throughput B·O/E2E, over the whole batch;
 - every other number is that of B_run sequences at once: the passes (``prefill_s``,
@@ -50,12 +51,21 @@ from perfmodel.memory import concurrent_sequences, kv_waves, sequences_that_fit
 #: the requests preempted (and recomputed) over the run.
 WAVE_METRICS = ("concurrent_sequences", "kv_waves", "kv_preemptions")
 
-#: The running counts whose step times set the decode time: one sequence, B_run, the most at once.
-KNOTS = ("one", "run", "most")
+def knot_sizes(most: np.ndarray, running: np.ndarray) -> list[np.ndarray]:
+    """The running counts a decode step's time is taken at, per point (arrays of the points'
+    shape): ``running`` (B_run), ``most``, then min(4^j, most) for each 4^j below the largest
+    ``most``; between them the time is taken linear in the count. Powers, because a step's time
+    grows fast over its first sequences (each brings experts of its own) and slowly once most
+    experts are read; of four, because on the four H100 batches that outgrew the cache E2E came
+    within 0.4–2.6% of taking every running count's own step time (powers of two: 0.3–2.9%, with
+    more evaluations; 1, B_run and the most alone: 1.1–10.5%)."""
+    top = int(np.max(most))
+    powers = [4 ** j for j in range(top.bit_length()) if 4 ** j < top] or [1]
+    return [running, most, *(np.minimum(p, most) for p in powers)]
 
 _PLAN_ARGS = ("B", "S", "O", "weights_bytes", "activation_bytes", "kv_cache_bytes", "usable_bytes", "chunk_tokens",
               "max_sequences")
-_WAVE_ARGS = ("ranks", "B", "S", "O", "prefill_tokens", "ttft_whole", *(f"{w}_{k}" for k in KNOTS for w in ("w", "itl")))
+_WAVE_ARGS = ("ranks", "B", "S", "O", "prefill_tokens", "ttft_whole", "decode_s")
 
 
 def plan_expressions() -> dict[str, sp.Expr]:
@@ -72,12 +82,11 @@ def plan_expressions() -> dict[str, sp.Expr]:
 
 def timeline_expressions() -> dict[str, sp.Expr]:
     """The metrics of a batch that outgrows its cache (see the module: TTFT, E2E, ITL,
-    throughputs) from the whole batch's TTFT (s), the tokens prefilled, the decode steps
-    apportioned to :data:`KNOTS` and a step's time at each (s), one rank's B, S, O and the
-    data-parallel ranks."""
+    throughputs) from the whole batch's TTFT (s), the tokens prefilled, the decode steps' time
+    D = Σ_k w_k·t_k (s; :func:`run_in_waves`), one rank's B, S, O and the data-parallel ranks."""
     ranks, prefilled, ttft = sp.symbols("ranks prefill_tokens ttft_whole", positive=True)
     B, S, O = s.B, s.S, s.O
-    decode = sum(sp.Symbol(f"w_{k}", nonnegative=True) * sp.Symbol(f"itl_{k}", positive=True) for k in KNOTS)
+    decode = sp.Symbol("decode_s", nonnegative=True)
     e2e = ttft * prefilled / (B * S) + decode
     return {"ttft_s": ttft, "e2e_s": e2e, "itl_s": (e2e - ttft) / sp.Max(O - 1, 1),
             "throughput_tok_s": ranks * B * (S + O) / e2e, "output_throughput_tok_s": ranks * B * O / e2e}
@@ -106,13 +115,13 @@ def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=65536)
 def _played(batch: int, prompt: int, output: int, capacity: int, max_sequences: int,
-            running: int) -> tuple[float, ...]:
+            running: int, slots: int) -> tuple[float, ...]:
     """The schedule of one point (:func:`perfmodel.kv_schedule.schedule`) as the numbers the
     timeline takes: tokens prefilled, preemptions, the most at once, then the decode steps
-    apportioned to each of :data:`KNOTS` (one sequence, B_run = ``running``, the most at once;
-    a running count two knots share counts once, at the first)."""
+    apportioned to each of the :func:`knot_sizes` with ``slots`` powers of four (a running count
+    two of them share counts once, at the first)."""
     run = schedule(batch, prompt, output, capacity, max_sequences)
-    sizes = (1, running, run.max_running)
+    sizes = [running, run.max_running, *(min(4 ** j, run.max_running) for j in range(slots))]
     knots = tuple(sorted(set(sizes)))
     weight = dict(zip(knots, run.knot_weights(knots)))
     shares = [weight[n] if sizes.index(n) == i else 0.0 for i, n in enumerate(sizes)]
@@ -160,8 +169,9 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     the broadcast shape of ``batch``, ``input_len``, ``output_len`` and ``metrics`` (0-d for
     single numbers), marks them; ``b`` (1-D, in C order of the marked points) gives their batch
     sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
-    called only when some point outgrows its cache: at B_run, at one sequence, and at the most
-    that ran at once where that is not B. Adds :data:`WAVE_METRICS` and sets
+    called only when some point outgrows its cache: at B_run, then at each of the
+    :func:`knot_sizes` some point's decode steps fall on (at the most that ran at once where
+    that is not B). Adds :data:`WAVE_METRICS` and sets
     ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each scheduling ``batch``
     sequences on a cache of its own (``rerun`` gets one rank's sizes): the throughputs,
     ``concurrent_sequences`` and ``kv_preemptions`` count all of them. ``reserved``: the engine
@@ -194,18 +204,19 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     b, s_in, s_out, run = (waved(v).astype(int) for v in (batch, input_len, output_len, running))
     cap = waved(plan["kv_capacity_tokens"]).astype(int)
     seqs = np.minimum(b, np.inf if limit is None else limit).astype(int)
-    played = np.array([_played(*key) for key in zip(b.tolist(), s_in.tolist(), s_out.tolist(), cap.tolist(),
-                                                     seqs.tolist(), run.tolist())]).reshape(-1, 3 + len(KNOTS))
-    prefilled, preemptions, most = played[:, 0], played[:, 1], played[:, 2].astype(int)
-    steps = dict(zip(KNOTS, played[:, 3:].T))
-    sizes = {"one": np.ones_like(run), "run": run, "most": most}
-    at = {"run": rerun(run, where)}
-    at["one"] = rerun(sizes["one"], where)
-    at["most"] = {"itl_s": waved(metrics["itl_s"])} if np.array_equal(most, b) else rerun(most, where)
-    knot_args = [v for k in KNOTS for v in (steps[k], at[k]["itl_s"])]
-    timeline = _evaluate("timeline", waved(ranks), b, s_in, s_out, prefilled,
-                         waved(metrics["ttft_s"]), *knot_args)
-    first = at["run"]
+    keys = list(zip(b.tolist(), s_in.tolist(), s_out.tolist(), cap.tolist(), seqs.tolist()))
+    most = np.array([schedule(*key).max_running for key in keys])
+    sizes = knot_sizes(most, run)
+    played = np.array([_played(*key, r, len(sizes) - 2) for key, r in zip(keys, run.tolist())])
+    prefilled, preemptions, steps = played[:, 0], played[:, 1], played[:, 3:].T
+    first = rerun(run, where)  # B_run's pass: the numbers the run reports beside its timeline
+    decode = steps[0] * np.asarray(first["itl_s"])
+    for size, weight in zip(sizes[1:], steps[1:]):
+        if not weight.any():  # a knot no point's steps fall on (or one B_run or the most took)
+            continue
+        itl = waved(metrics["itl_s"]) if np.array_equal(size, b) else rerun(size, where)["itl_s"]
+        decode = decode + weight * np.asarray(itl)
+    timeline = _evaluate("timeline", waved(ranks), b, s_in, s_out, prefilled, waved(metrics["ttft_s"]), decode)
     preempted = np.zeros(shape)
     preempted[where] = preemptions * waved(ranks)
     out["kv_preemptions"] = preempted

@@ -62,7 +62,7 @@ def test_a_batch_that_outgrows_the_cache_runs_as_vllms_scheduler_runs_it():
     run = schedule(128, 2048, 2048, math.floor(free / per_sequence * 4096), VLLM_MAX_NUM_SEQS)
     assert run.max_running == math.floor(free / per_sequence * 4096) // 2048 < 128
     assert m["kv_preemptions"] == run.preemptions > 0
-    knots = (1, 46, run.max_running)
+    knots = tuple(sorted({46, run.max_running, 1, 4, 16, 64}))  # B_run, the most, powers of four below it
     at = {b: one_wave("mixtral-8x7b", gpu="h100-sxm", dtype="fp8", batch=b, input_len=2048,
                       output_len=2048).metrics["itl_s"] for b in knots}  # each one pass
     decode = sum(w * at[k] for w, k in zip(run.knot_weights(knots), knots))
@@ -88,9 +88,10 @@ def test_the_engine_limits_the_sequences_at_once(tmp_path):
     path.write_text(yaml.safe_dump(profile))
     limited = predict("mixtral", engine=str(path), **small).metrics
     assert (limited["concurrent_sequences"], limited["kv_waves"]) == (1000, 3)
-    # the cache holds them all: 1,000, 1,000 and 500 run 15 decode steps each, none preempted
-    one, first = (predict("mixtral", engine=str(path), **{**small, "batch": b}).metrics for b in (1, 1000))
-    half = one["itl_s"] + (first["itl_s"] - one["itl_s"]) * 499 / 999  # a step's time, linear between
+    # the cache holds them all: 1,000, 1,000 and 500 run 15 decode steps each, none preempted; a
+    # step of 500 is taken between those of 256 (a power of four) and 1,000 sequences, linear
+    low, first = (predict("mixtral", engine=str(path), **{**small, "batch": b}).metrics for b in (256, 1000))
+    half = low["itl_s"] + (first["itl_s"] - low["itl_s"]) * (500 - 256) / (1000 - 256)
     assert limited["kv_preemptions"] == 0
     assert close(limited["e2e_s"], limited["ttft_s"] + 30 * first["itl_s"] + 15 * half)
 

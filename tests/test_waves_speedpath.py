@@ -50,9 +50,10 @@ def test_every_row_is_the_prediction_of_its_point(table):
 
 def test_rows_that_outgrow_the_cache_combine_their_own_predictions(table):
     """Independent of how predict composes them: TTFT is the prefill of all B prompts, the
-    memory that of B_run sequences at once, E2E = TTFT + (O − 1)·ITL, E2E above O − 1 steps of
-    one sequence, and, where prompts are no longer than the outputs, below the waves of B_run
-    run one after another (vLLM's admission by prompt starts twice B_run's sequences or more)."""
+    memory that of B_run sequences at once, E2E = TTFT + (O − 1)·ITL, and E2E above O − 1 steps
+    of one sequence and at most 10% above the waves of B_run run one after another (vLLM's
+    admission by prompt starts more sequences at once; its preempted few finish alone, at
+    small batches, and are prefilled again)."""
     for row in table[table["kv_waves"] > 1].itertuples(index=False):
         waves, running = row.kv_waves, row.concurrent_sequences
         last_size = row.batch - (waves - 1) * running
@@ -67,8 +68,7 @@ def test_rows_that_outgrow_the_cache_combine_their_own_predictions(table):
         assert row.e2e_s == pytest.approx(row.ttft_s + (OUTPUT_LEN - 1) * row.itl_s, rel=REL)
         assert row.throughput_tok_s == pytest.approx(row.batch * (row.input_len + OUTPUT_LEN) / row.e2e_s, rel=REL)
         assert row.ttft_s + (OUTPUT_LEN - 1) * one[1]["itl_s"] < row.e2e_s
-        if row.input_len <= OUTPUT_LEN:  # twice B_run's sequences or more start at once
-            assert row.e2e_s < (waves - 1) * full["e2e_s"] + last["e2e_s"]
+        assert row.e2e_s < 1.10 * ((waves - 1) * full["e2e_s"] + last["e2e_s"])
 
 
 def _metrics(batch: np.ndarray, prompt: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,11 +99,14 @@ def test_only_the_points_in_waves_are_evaluated_again():
     points = list(zip(*np.nonzero(split)))
     runs = {p: schedule(int(batch[p[0], 0]), int(prompt[0, p[1]]), output,
                         int(8 / prompt[0, p[1]] * (prompt[0, p[1]] + output)), int(batch[p[0], 0])) for p in points}
-    # evaluated again at B_run, at one sequence, and at the most at once where that is not B
-    assert 2 <= len(calls) <= 3 and all((where == split).all() for _, where in calls)
-    assert calls[0][0].tolist() == running[split].tolist() and calls[1][0].tolist() == [1] * len(points)
-    most = [runs[p].max_running for p in points]
-    assert (len(calls) == 3) == (most != np.broadcast_to(batch, split.shape)[split].tolist())
+    # evaluated again at B_run, then at running counts the schedule's steps fall on: powers of four
+    # below the most at once, capped there, and the most where that is not B
+    assert len(calls) >= 2 and all((where == split).all() for _, where in calls)
+    assert calls[0][0].tolist() == running[split].tolist()
+    for n, p in enumerate(points):
+        most = runs[p].max_running
+        knots = {most, *(min(4 ** j, most) for j in range(6))}
+        assert {int(b[n]) for b, _ in calls[1:]} <= knots
     # E2E: every token prefilled at the batch's rate, then every decode step at its own count
     for p in points:
         b, s = batch[p[0], 0], prompt[0, p[1]]
@@ -125,8 +128,10 @@ def test_a_batch_that_fits_at_once_is_not_evaluated_again():
         return _metrics(b, prompt)
 
     out = run_in_waves(_metrics(batch, prompt), batch, prompt, 10.0, 48.0, CHUNK, None, rerun)
-    # B_run = 8 and one sequence; all 16 prompts fit at once (88 tokens), so not at the most again
-    assert calls == [[8.0], [1.0]] and out["kv_waves"].tolist() == [2, 1]
+    # B_run = 8, then powers of four below the most where steps ran; all 16 prompts fit at once (88
+    # tokens), so B is the most at once, whose numbers are the batch's own
+    assert calls[0] == [8.0] and all(c in ([1.0], [4.0]) for c in calls[1:])
+    assert out["kv_waves"].tolist() == [2, 1]
 
     def never(b, where):
         raise AssertionError("a batch that fits at once is not evaluated again")
