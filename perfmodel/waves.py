@@ -87,7 +87,8 @@ def timeline_expressions() -> dict[str, sp.Expr]:
     ranks, prefilled, ttft = sp.symbols("ranks prefill_tokens ttft_whole", positive=True)
     B, S, O = s.B, s.S, s.O
     decode = sp.Symbol("decode_s", nonnegative=True)
-    e2e = ttft * prefilled / (B * S) + decode
+    recomputed = prefilled - B * S  # the tokens prefilled again, beyond each prompt's first prefill
+    e2e = ttft + ttft * recomputed / (B * S) + decode
     return {"ttft_s": ttft, "e2e_s": e2e, "itl_s": (e2e - ttft) / sp.Max(O - 1, 1),
             "throughput_tok_s": ranks * B * (S + O) / e2e, "output_throughput_tok_s": ranks * B * O / e2e}
 
