@@ -13,8 +13,8 @@ Reported for a batch with W > 1 (seconds, tokens/s):
 
 - TTFT: the prefill of all B prompts (what a run of one output token takes: its prompts need
   S + 1 tokens each, admitted in turn);
-- E2E = TTFT · P/(B·S) + Σ_k w_k · t_k: every token prefilled (P: each prompt once, and each
-  recompute's S + g), then the decode steps, w_k of them apportioned to the running counts
+- E2E = TTFT + TTFT·(P − B·S)/(B·S) + Σ_k w_k · t_k: every token prefilled (P: each prompt
+  once, and each recompute's S + g), then the decode steps, w_k of them apportioned to the running counts
   n_k ∈ {1, 4, 16, … below the most that ran at once, B_run, the most} (a step's time t_k, the
   ITL of one pass of n_k sequences, taken linear in the count between them:
   :func:`knot_sizes`, :meth:`perfmodel.kv_schedule.Schedule.knot_weights`);
@@ -26,7 +26,8 @@ Reported for a batch with W > 1 (seconds, tokens/s):
 Against vLLM 0.26 on one H100 (S = O = 2,048; OLMoE-1B-7B at B = 128, Qwen1.5-MoE-A2.7B,
 Qwen3-30B-A3B and Mixtral-8x7B in fp8 at B = 64), where waves run one after another, each of
 B_run sequences, over-predicted E2E by 18, 19, 2 and 25%: vLLM's first sequences run together
-at more than B_run, and only the preempted few run after them.
+at more than B_run, and only the preempted few run after them. This schedule: +0.8, −0.8, −5.8
+and +0.7%.
 
 ``concurrent_sequences`` = B_run, ``kv_waves`` = W and ``kv_preemptions``, the requests the
 schedule preempts (each one recomputed): B, 1 and 0 when the batch fits at once; 0, 0 and 0,
@@ -51,6 +52,7 @@ from perfmodel.memory import concurrent_sequences, kv_waves, sequences_that_fit
 #: the requests preempted (and recomputed) over the run.
 WAVE_METRICS = ("concurrent_sequences", "kv_waves", "kv_preemptions")
 
+
 def knot_sizes(most: np.ndarray, running: np.ndarray) -> list[np.ndarray]:
     """The running counts a decode step's time is taken at, per point (arrays of the points'
     shape): ``running`` (B_run), ``most``, then min(4^j, most) for each 4^j below the largest
@@ -62,6 +64,7 @@ def knot_sizes(most: np.ndarray, running: np.ndarray) -> list[np.ndarray]:
     top = int(np.max(most))
     powers = [4 ** j for j in range(top.bit_length()) if 4 ** j < top] or [1]
     return [running, most, *(np.minimum(p, most) for p in powers)]
+
 
 _PLAN_ARGS = ("B", "S", "O", "weights_bytes", "activation_bytes", "kv_cache_bytes", "usable_bytes", "chunk_tokens",
               "max_sequences")
@@ -166,14 +169,14 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     ``metrics``: the batch's metrics as one wave (:data:`perfmodel.prediction.METRICS`);
     ``usable``: bytes per GPU the engine may fill; ``chunk``: its prefill chunk (tokens; None:
     none); ``limit``: its most sequences at once (None: no limit); ``rerun(b, where)``: the same
-    prediction's metrics, one pass of b sequences, at the points that outgrow the cache only. ``where``, a boolean mask over
-    the broadcast shape of ``batch``, ``input_len``, ``output_len`` and ``metrics`` (0-d for
-    single numbers), marks them; ``b`` (1-D, in C order of the marked points) gives their batch
-    sizes; ``rerun`` returns, per metric, one value per marked point or one for all. It is
-    called only when some point outgrows its cache: at B_run, then at each of the
-    :func:`knot_sizes` some point's decode steps fall on (at the most that ran at once where
-    that is not B). Adds :data:`WAVE_METRICS` and sets
-    ``fits_in_memory`` to B_run ≥ 1. ``ranks``: data-parallel ranks, each scheduling ``batch``
+    prediction's metrics, one pass of b sequences, at the points that outgrow the cache only.
+    ``where``, a boolean mask over the broadcast shape of ``batch``, ``input_len``,
+    ``output_len`` and ``metrics`` (0-d for single numbers), marks them; ``b`` (1-D, in C order
+    of the marked points) gives their batch sizes; ``rerun`` returns, per metric, one value per
+    marked point or one for all. It is called only when some point outgrows its cache: at B_run,
+    then at each of the :func:`knot_sizes` some point's decode steps fall on (at the most that
+    ran at once where that is not B). Adds :data:`WAVE_METRICS` and sets ``fits_in_memory`` to
+    B_run ≥ 1. ``ranks``: data-parallel ranks, each scheduling ``batch``
     sequences on a cache of its own (``rerun`` gets one rank's sizes): the throughputs,
     ``concurrent_sequences`` and ``kv_preemptions`` count all of them. ``reserved``: the engine
     keeps the activations out of its cache at start-up (a profile's ``activation_reserve``),

@@ -71,8 +71,9 @@ def test_the_batch_plan_of_waves_matches_sympys_lambdify():
     symbols = {sym.name: sym for e in exprs.values() for sym in e.free_symbols}
     args = [symbols[a] for a in waves._PLAN_ARGS]
     values = [RNG.integers(1, 4096, 200).astype(float), RNG.integers(1, 32768, 200).astype(float),
-              RNG.integers(1, 8192, 200).astype(float), RNG.uniform(1e9, 1e11, 200), RNG.uniform(1e8, 1e10, 200), RNG.uniform(1e9, 2e11, 200),
-              np.full(200, 1.4e11), np.full(200, 16384.0), RNG.integers(1, 512, 200).astype(float)]
+              RNG.integers(1, 8192, 200).astype(float), RNG.uniform(1e9, 1e11, 200), RNG.uniform(1e8, 1e10, 200),
+              RNG.uniform(1e9, 2e11, 200), np.full(200, 1.4e11), np.full(200, 16384.0),
+              RNG.integers(1, 512, 200).astype(float)]
     replacements, reduced = sp.cse(list(exprs.values()), list=False)
     codecache.numpy_source(args, replacements, reduced)  # printable
     ours = codecache.lambdify_exprs(args, list(exprs.values()), cse=True)(*values)

@@ -4,10 +4,10 @@ Every number comes from the public API, :func:`perfmodel.predict` and :func:`per
 (grids go through ``sweep``: one vectorized call per model). Each effect's function returns a
 long table of the changes its claims look at (column ``quantity``, ``pct`` in %, ``fits``:
 whether both sides run in the GPUs' usable memory, ``waves``: W = ⌈B/B_run⌉ of the side that
-needs more, above 1 where it outgrows its KV cache, and the point's keys), the throughputs behind them for the charts, and an
-explanation in the model's terms: which op dominates each side, its bound, and what the compared
-knob does to it (expected distinct experts from the MoE op's own formula,
-:func:`perfmodel.ops.moe.distinct_experts`, lambdified).
+needs more, above 1 where it outgrows its KV cache, and the point's keys), the throughputs
+behind them for the charts, and an explanation in the model's terms: which op dominates each
+side, its bound, and what the compared knob does to it (expected distinct experts from the MoE
+op's own formula, :func:`perfmodel.ops.moe.distinct_experts`, lambdified).
 """
 
 from __future__ import annotations
