@@ -121,7 +121,7 @@ def _evaluate(which: str, *values: Any) -> dict[str, np.ndarray]:
 def _played(batch: int, prompt: int, output: int, capacity: int, max_sequences: int,
             running: int, slots: int) -> tuple[float, ...]:
     """The schedule of one point (:func:`perfmodel.kv_schedule.schedule`) as the numbers the
-    timeline takes: tokens prefilled, preemptions, the most at once, then the decode steps
+    timeline takes: tokens prefilled, preemptions, then the decode steps
     apportioned to each of the :func:`knot_sizes` with ``slots`` powers of four (a running count
     two of them share counts once, at the first)."""
     run = schedule(batch, prompt, output, capacity, max_sequences)
@@ -129,7 +129,7 @@ def _played(batch: int, prompt: int, output: int, capacity: int, max_sequences: 
     knots = tuple(sorted(set(sizes)))
     weight = dict(zip(knots, run.knot_weights(knots)))
     shares = [weight[n] if sizes.index(n) == i else 0.0 for i, n in enumerate(sizes)]
-    return (float(run.prefill_tokens), float(run.preemptions), float(run.max_running), *shares)
+    return (float(run.prefill_tokens), float(run.preemptions), *shares)
 
 
 def one_pass(metrics: Mapping[str, Any], batch: Any, ranks: Any = 1) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def run_in_waves(metrics: Mapping[str, Any], batch: Any, input_len: Any, output_
     most = np.array([schedule(*key).max_running for key in keys])
     sizes = knot_sizes(most, run)
     played = np.array([_played(*key, r, len(sizes) - 2) for key, r in zip(keys, run.tolist())])
-    prefilled, preemptions, steps = played[:, 0], played[:, 1], played[:, 3:].T
+    prefilled, preemptions, steps = played[:, 0], played[:, 1], played[:, 2:].T
     first = rerun(run, where)  # B_run's pass: the numbers the run reports beside its timeline
     decode = steps[0] * np.asarray(first["itl_s"])
     for size, weight in zip(sizes[1:], steps[1:]):

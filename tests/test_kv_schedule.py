@@ -7,6 +7,7 @@ import json
 import pytest
 
 from perfmodel.kv_schedule import schedule
+from perfmodel.measuring.serving_replay import engine_kv_tokens
 from perfmodel.paths import results_file
 
 
@@ -45,9 +46,7 @@ def test_the_engines_preemptions_are_played():
     measured = [r for r in rows if r.get("preemptions")]
     assert len(measured) >= 4
     for r in measured:
-        resolved = r["engine_detail"]["resolved"]
-        capacity = resolved["num_gpu_blocks"] * resolved.get("block_size", 16)
-        run = schedule(r["batch"], r["input_len"], r["output_len"], capacity, r["batch"])
+        run = schedule(r["batch"], r["input_len"], r["output_len"], engine_kv_tokens(r), r["batch"])
         assert abs(run.preemptions - r["preemptions"]) <= 1, r["point_id"]
 
 

@@ -139,15 +139,12 @@ def row_kv_dtype(row: dict[str, Any]) -> str | None:
 
 def row_outgrows_cache(row: dict[str, Any]) -> bool:
     """Whether a measured vLLM row's batch outgrew the KV cache its engine allocated
-    (``num_gpu_blocks`` blocks of ``block_size`` tokens, logged at start-up, fewer than
-    B·(S + O) tokens), so that its sequences did not all run at once; False where the row
-    does not say."""
-    resolved = (row.get("engine_detail") or {}).get("resolved") or {}
-    blocks = resolved.get("num_gpu_blocks")
-    if not blocks:
-        return False
-    tokens = int(blocks) * int(resolved.get("block_size") or 16)
-    return int(row["batch"]) * (int(row["input_len"]) + int(row["output_len"])) > tokens
+    (:func:`perfmodel.measuring.serving_replay.engine_kv_tokens`, fewer than B·(S + O) tokens),
+    so that its sequences did not all run at once; False where the row does not say."""
+    from perfmodel.measuring.serving_replay import engine_kv_tokens
+
+    tokens = engine_kv_tokens(row)
+    return tokens is not None and int(row["batch"]) * (int(row["input_len"]) + int(row["output_len"])) > tokens
 
 
 #: transformers' experts implementations the model has: ``grouped_mm`` (one grouped GEMM per
