@@ -154,7 +154,7 @@ def metric_rows(p: Prediction) -> list[tuple[str, str, float | None]]:
             (f"activations ({p.provenance.get('activations', 'peak op')})", _bytes(m["activation_bytes"]), None),
             ("fits in memory", f"{'yes' if m['fits_in_memory'] else 'NO'} "
              f"({_bytes(m['memory_bytes'])} of {_bytes(m['memory_capacity_bytes'])})", None),
-            ("KV cache", _waves_text(m, p.workload.batch), None)]
+            ("KV-cache schedule", _waves_text(m, p.workload.batch), None)]
     return [(name, value, rel or None) for name, value, rel in rows
             if not (value.startswith("nan") or value == "–")]
 

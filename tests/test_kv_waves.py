@@ -166,7 +166,8 @@ def test_predict_and_sweep_outputs_show_the_waves(capsys):
     assert (data["concurrent_sequences"], data["kv_waves"], data["fits_in_memory"]) == (46, 3, True)
     main(argv)
     out, err = capsys.readouterr()
-    assert "KV cache" in out and "46 of 128 sequences hold their whole cache at once" in out and err == ""
+    assert "KV-cache schedule" in out and err == ""
+    assert "46 of 128 sequences hold their whole cache at once" in out
     assert f"{data['kv_preemptions']} preempted and recomputed" in out
     main(["sweep", "mixtral", "--grid", "batch=16,128", "-s", "2048", "-o", "2048", "--gpu", "h100-sxm",
           "--dtype", "fp8", "--json"])
