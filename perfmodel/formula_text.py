@@ -103,7 +103,7 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
     (chunked into engine steps where the profile chunks prefills), symbolic, with the model's
     numbers, and its value with the profile's host times (0 where the prefill fits a captured
     CUDA graph, or the engine launches no prefill)."""
-    from perfmodel.prediction import hardware_values, launch_floor, prefill_chunking
+    from perfmodel.prediction import hardware_values, launch_floor, prefill_chunking, split_host
 
     if phase != "prefill" or quantity != "time":
         raise InputError(f"--op {LAUNCH} is the host's time to launch a prefill: give --phase prefill "
@@ -120,12 +120,27 @@ def _launch_parts(model, graph, quantity: str, phase: str, w, gpu_spec, profile,
     at = {B: w.batch, S: w.input_len}
     values = {**at, **hardware_values(gpu_spec, profile, "bf16", w.scheme.name)}
     value = concrete.subs(values)
+    split = sp.sympify(split_host(graph, subs)).subs(numbers)
+    split_value = split.subs(values) if split != 0 else None
     return {"model": model, "op": None, "layers": 1, "numbers": numbers, "expr": expr, "subs": subs,
+            "split": split if split != 0 else None,
+            "split_value": float(split_value) if split_value is not None and not split_value.free_symbols else None,
             "phased": phased, "concrete": concrete, "at": at,
             "where": ", ".join(f"{k}={v}" for k, v in at.items()) + f" on {gpu_spec.name} ({engine}, "
                      "its host times at the profile's reference host)",
             "value": float(value) if not value.free_symbols else None, "scheme": w.scheme.name,
             "moe_impl": w.moe_impl, "noise": profile.latency.launch_noise}
+
+
+def _split_lines(parts: dict, show) -> list[str]:
+    """``--op launch``'s lines on what a serving step holding prompt tokens beside decodes adds
+    on the host (:func:`perfmodel.prediction.split_host`; none for a model that pays none)."""
+    if parts.get("split") is None:
+        return []
+    value = parts["split_value"]
+    return ["", "a serving step that holds prompt tokens beside decodes adds (its attention run as two "
+            "paths, t_mla_split per layer):", show(parts["split"]),
+            "= " + (f"{value:.6g} s" if value is not None else "(not a number)")]
 
 
 def _noise_values(noise) -> dict:
@@ -198,6 +213,7 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
             show(parts["concrete"]),
             "",
             f"at {parts['where']}: " + (f"{value:.6g} s" if value is not None else "(not a number)"),
+            *_split_lines(parts, show),
             *_noise_lines(parts["noise"], show),
         ]
     return [
@@ -242,6 +258,8 @@ def _formula_data(parts: dict, op_name: str, quantity: str, phase: str) -> dict:
                 "substitutions": {str(k): str(v) for k, v in parts["subs"].items()},
                 "phase_expression": str(parts["phased"]), "with_model_numbers": str(parts["concrete"]),
                 "at": {str(k): int(v) for k, v in parts["at"].items()}, "value": parts["value"],
+                "mixed_step_split": (None if parts.get("split") is None else
+                                     {"expression": str(parts["split"]), "value_s": parts["split_value"]}),
                 "serving_noise": _noise_data(parts["noise"])}
     if op_name == "list":
         return {"model": parts["model"].name, "phase": phase, "ops": [

@@ -109,7 +109,8 @@ def _attention(model: ModelSpec, windowed: bool, decode: bool, options: GraphOpt
         return mla_ops(spec, windowed=windowed, norm_kind=model.norm, latent_cache=latent,
                        absorbed=decode and latent and options.mla_absorb_decode,
                        expand_kv=options.decode_kv_expand, decode=decode,
-                       quantized=options.quantizes("attention"))
+                       quantized=options.quantizes("attention"),
+                       split=not decode and latent and options.mla_absorb_decode)
     return gqa_ops(spec, windowed=windowed, norm_kind=model.norm,
                    expand_kv=decode and options.decode_kv_expand, quantized=options.quantizes("attention"))
 

@@ -488,6 +488,16 @@ def uncompiled_launch(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer
     return launched(subs, chunk) * steps * from_python
 
 
+def split_host(graph: ModelGraph, subs: dict) -> sp.Expr:
+    """The host time (s) an engine step adds when it holds prompt tokens beside decodes:
+    Σ count·split_host over the ops of a prompt's pass (:attr:`Op.split_host`; N_layers·t_mla_split
+    for an MLA model on an engine that absorbs its decodes, 0 for any other), which a serving
+    step pays (:mod:`perfmodel.planning.steptime`). The offline passes, prompts then decodes, pay
+    none: a chunked offline prefill's later chunks that run beside the first prompts' decodes are
+    a few steps of a batch, left out."""
+    return _per_pass(graph, subs, "split_host")
+
+
 def request_metrics(phase: str, t: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     """TTFT, ITL, E2E and throughputs of a phase from its pass times (seed study's definitions).
 
@@ -639,6 +649,7 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
                                           else sp.Integer(0))
             totals["prefill_uncompiled_s"] = (uncompiled_launch(graph, subs, steps, chunk) if eager
                                               else sp.Integer(0))
+            totals["prefill_split_host_s"] = split_host(graph, subs)
         else:  # the host's time a decode step is held to, to tell a host-bound step
             totals["decode_host_s"] = decode_host_floor(subs)
             totals["decode_kernels_s"] = decode_kernel_time(op_rows)
@@ -782,7 +793,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_step: profile.latency.per_step_s,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_uncompiled: profile.latency.uncompiled_op_s,
-        s.t_piece_layer: profile.latency.piecewise_layer_s,
+        s.t_piece_layer: profile.latency.piecewise_layer_s, s.t_mla_split: profile.latency.mla_split_layer_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.t_req: profile.latency.request_s,
         s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,

@@ -110,6 +110,12 @@ class Latency(_Strict):
         default=0.0, description="Host time per layer of a prefill an eager-prefill engine replays "
         "from piecewise CUDA graphs (the attention between the graph's pieces is launched from the "
         "host), serial with the pass's GPU work.")
+    mla_split_layer_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time per MLA layer of an engine step that holds prompt tokens "
+        "beside decodes: the engine runs such a step's attention as two paths, the prompts' over "
+        "re-expanded keys and the decodes' absorbed over the latent cache, the second launched from "
+        "the host beside the first (perfmodel.ops.attention.mla_ops); a step of prompts alone, or of "
+        "decodes alone, pays none.")
     request_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per request of one offline batch call (the front end "
         "admits each request before its prefill and returns each output after it), serial with the "

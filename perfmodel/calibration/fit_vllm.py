@@ -62,6 +62,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
   serving step traces of the training models' runs that filled ``max_num_seqs``
   (:mod:`perfmodel.calibration.fit_step_host`); every other serving run is held out.
+- ``mla_split_layer_s``: a step holding a prompt beside decodes runs an MLA model's attention as
+  two paths, the second launched from the host. Fitted after ``eager_seq_s``, from the profiled
+  steps of ``scripts/profile_mixed_steps.py`` (every GPU's, at the reference host) whose host was
+  steady and set the step (:mod:`perfmodel.calibration.fit_mla_split`); every serving run is held out.
 - ``launch_noise``: how a launched step's host time varies within a serving run (a part drawn
   anew at each launch, a fast and a slow drifting one: :mod:`perfmodel.host_noise`). Fitted
   after ``eager_seq_s``, from the launches in the training models' traced bf16 serving runs
@@ -121,6 +125,7 @@ from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
+from perfmodel.calibration.fit_mla_split import fit_mla_split
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_bitmatrix, fit_tile_host, fit_tile_times
 from perfmodel.calibration.fit_vllm_memory import fit_activation_reserve
@@ -638,6 +643,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         fitted += off_points
     all_rows = load_with_what_ifs(results)
     draft_points, eager_seq_runs, piecewise_points, noise_record, noise_runs = [], [], [], {}, []
+    split_record: dict = {}
     carried = []
     if reference is None:  # the host's terms, last, from this GPU's rows
         draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
@@ -646,6 +652,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
         if eager_seq is not None:
             base["latency"]["eager_seq_s"] = eager_seq
+        mla_split, split_record = fit_mla_split(base)
+        if mla_split is not None:
+            base["latency"]["mla_split_layer_s"] = mla_split
         piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
         if piecewise is not None:
             base["latency"]["piecewise_layer_s"] = piecewise
@@ -721,6 +730,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         **({"draft_pass": {"draft": TRAIN_DRAFT[0], "spec_tokens": TRAIN_DRAFT[1], "batch": TRAIN_DRAFT[2],
                            "points": draft_points},
             "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
+            "mla_split": split_record,
             "piecewise_layer": {"points": piecewise_points},
             "launch_noise": noise_record} if reference is None
            else {"anchor": anchor_record(anchored, reference, taken, carried)}),

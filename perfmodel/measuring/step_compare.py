@@ -108,11 +108,12 @@ class MixedSteps:
     asynchronous: bool  #: whether the engine schedules one step ahead
     measured_gaps_s: np.ndarray  #: the measured gap before each busy step's outputs
     end_s: np.ndarray  #: when each busy step's outputs were handed over (the engine's clock)
+    split_s: np.ndarray | float = 0.0  #: host time each busy step adds for an attention run as two paths
 
     def model_gaps_s(self, per_seq_s: float) -> np.ndarray:
         """The model's gap before each busy step's outputs (s), each run of busy steps replayed
         from its start, with ``per_seq_s`` of host time per further sequence of a launched step."""
-        floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s
+        floor = self.floor_s + np.maximum(self.sequences - 1.0, 0.0) * per_seq_s + self.split_s
         host = np.where(self.launched, floor, self.host_s)
         if not self.asynchronous:
             return np.maximum(self.gpu_s, host)
@@ -174,9 +175,10 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     measured = (gaps[busy].sum() - decode_s) / mixed.sum()
     index = np.flatnonzero(busy)
     stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
+    split = np.where((p > 0) & (n > 0), steps.split_s, 0.0)
     return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
                       launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
-                      decode_s, steps.floor_s, asynchronous, gaps[busy], b.columns["t_s"][busy])
+                      decode_s, steps.floor_s, asynchronous, gaps[busy], b.columns["t_s"][busy], split[busy])
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from perfmodel.ops.base import Op, OpClass, Quantized
 from perfmodel.ops.elementwise import norm, qk_norm, rope
 from perfmodel.ops.quant import weight_bytes
 from perfmodel.symbols import (
-    B, C, Cw, H, Pw, T, P, b_a, b_kv, b_q, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, tp,
+    B, C, Cw, H, Pw, T, P, b_a, b_kv, b_q, b_w, d_h, d_nope, d_rope, d_v, n_h, n_kv, r_kv, r_q, t_mla_split, tp,
 )
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
@@ -161,7 +161,7 @@ def gqa_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str,
 
 def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache: bool,
             absorbed: bool, expand_kv: bool = False, decode: bool = False,
-            quantized: bool = False) -> list[Op]:
+            quantized: bool = False, split: bool = False) -> list[Op]:
     """Ops of multi-head latent attention (DeepSeek-V2/V3).
 
     ``latent_cache``: the cache keeps the compressed latent (r_kv + d_rope per token, not
@@ -171,7 +171,12 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
     not absorbed): the re-expanded per-head keys are assembled from their non-rotary part and
     the shared rotary part (a copy per cached token), and the kernel reads per-head keys and
     values. ``quantized``: the projections are quantized linear layers (the absorbed per-head
-    matrices stay at b_w: vLLM dequantizes them when it absorbs them).
+    matrices stay at b_w: vLLM dequantizes them when it absorbs them). ``split`` (a prompt's
+    pass, on an engine that absorbs its decodes): a step that holds decodes beside the prompt
+    tokens runs them through the absorbed path, a second attention launched from the host beside
+    the prompts' (vLLM's MLA backends order a step's decodes first and run the two apart; its
+    kernel profiles show four kernels more per layer), t_mla_split of host time per layer
+    (:attr:`Op.split_host`); a step of prompts alone pays none (:mod:`perfmodel.planning.steptime`).
     """
     qk = d_nope + d_rope
     ops = [norm("attn.norm", H, norm_kind)]
@@ -209,8 +214,9 @@ def mla_ops(spec: AttentionSpec, *, windowed: bool, norm_kind: str, latent_cache
             ops.append(kv_expand("attn.kv_expand", (n_h * d_nope + d_rope) / tp, n_h * qk / tp,
                                  windowed, width=n_h * qk / tp))
             read = n_h * (qk + d_v) / tp
-        ops.append(attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
-                                  cache_per_token=cache, windowed=windowed, sinks=False,
-                                  read_per_token=read, masked=expand_kv and decode))
+        core = attention_core("attn.core", qk_dim=qk, v_dim=d_v, heads=n_h,
+                              cache_per_token=cache, windowed=windowed, sinks=False,
+                              read_per_token=read, masked=expand_kv and decode)
+        ops.append(replace(core, split_host=t_mla_split) if split else core)
     ops.append(projection("attn.o_proj", n_h * d_v, H, bias=spec.o_bias, quantized=quantized))
     return ops

@@ -86,6 +86,9 @@ class Op:
     ``launch_host``: host time per pass its kernels add to a launched eager pass, s, as an
     expression: kernels a library launches from Python, beside the layer's compiled code (the
     tiled MXFP4 MoE kernel, t_moe_host); a replayed CUDA graph none; 0: none.
+    ``split_host``: host time per pass it adds to an engine step that holds prompt tokens beside
+    decodes, s, as an expression: an attention the engine runs as two paths in such a step, the
+    second launched from the host beside the first (MLA's, t_mla_split); 0: none.
     ``memory_scale``: a factor on its memory time, as an expression (a fused-MoE kernel at tiles
     tuned for larger passes, :func:`perfmodel.ops.moe.off_table_scale`); 1: none.
     ``compute_scale``: a factor on its compute time, as an expression (a fused-MoE kernel on
@@ -113,6 +116,7 @@ class Op:
     context_bytes: sp.Expr = ZERO
     tile_floor: sp.Expr = ZERO
     launch_host: sp.Expr = ZERO
+    split_host: sp.Expr = ZERO
     memory_scale: sp.Expr = field(default_factory=lambda: sp.Integer(1))
     compute_scale: sp.Expr = field(default_factory=lambda: sp.Integer(1))
 

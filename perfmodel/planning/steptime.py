@@ -17,7 +17,10 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
   takes at least the host floor of a prefill pass, where the profile has one (vLLM launches
   such a step's pieces and attention from the host; a smaller one it replays from a graph),
   plus the host's time per sequence for each further sequence the step holds (decodes and
-  prompt chunks).
+  prompt chunks);
+- a step holding prompt tokens beside decodes adds the host time of an attention the engine
+  runs as two paths in it (MLA's: :func:`perfmodel.prediction.split_host`), to the host floor of a
+  launched step, serial with the GPU's work in a replayed one.
 
 Which ops are which is read off the compiled model numerically (an op whose decode time
 changes with L, or whose prefill time changes when the same tokens are split into more
@@ -72,7 +75,9 @@ class StepTimes:
     chunk) adds to that floor; ``piecewise_s``: what a step holding prompt tokens within
     ``graph_tokens`` adds, replayed from piecewise graphs with each layer's attention launched
     from the host; ``host_s`` and ``host_seq_s``: the host's time of a step replayed from a
-    graph, per step and per sequence it holds (the step takes at least their sum);
+    graph, per step and per sequence it holds (the step takes at least their sum); ``split_s``:
+    what a step holding prompt tokens beside decodes adds on the host (an attention run as two
+    paths, :func:`perfmodel.prediction.split_host`; 0 for most models);
     ``launch_noise``: how a launched step's host time varies within a run (the profile's,
     :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws. Memory
     per GPU in bytes.
@@ -97,6 +102,7 @@ class StepTimes:
     piecewise_s: float = 0.0
     host_s: float = 0.0
     host_seq_s: float = 0.0
+    split_s: float = 0.0
     launch_noise: LaunchNoise | None = None
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
@@ -200,9 +206,10 @@ class StepTimes:
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
         gpu = tok + ctx + p_time + self.fixed_s
         launched = (p > 0) & (total > self.graph_tokens)
-        gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s, gpu)
+        split = np.where((p > 0) & (n > 0), self.split_s, 0.0)
+        gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s + split, gpu)
         sequences = n + np.where(p > 0, chunks, 0.0)
-        host = np.where(launched, self.floor(sequences), self.host(sequences))
+        host = np.where(launched, self.floor(sequences) + split, self.host(sequences))
         return gpu, host, launched
 
     def steps(self, n: np.ndarray, context: float, prompt_tokens: np.ndarray | float,
@@ -219,9 +226,10 @@ class StepTimes:
         gpu = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         if prompt_tokens <= 0:
             return gpu, float(self.host(n)), False
+        split = self.split_s if n > 0 else 0.0
         if n + prompt_tokens > self.graph_tokens:
-            return gpu, float(self.floor(n + prompts)), True
-        return gpu + self.piecewise_s, float(self.host(n + prompts)), False
+            return gpu, float(self.floor(n + prompts)) + split, True
+        return gpu + self.piecewise_s + split, float(self.host(n + prompts)), False
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
              prompts: int = 1) -> float:
@@ -333,6 +341,7 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     replayed = {**base, "B": 1.0, "S": 1.0, "M_graph": max(float(base.get("M_graph", 0.0)), 1.0)}
     piecewise = (float(prefill.evaluate(replayed).totals["prefill_s"])
                  - float(prefill.evaluate({**replayed, "t_piece_layer": 0.0}).totals["prefill_s"]))
+    split = float(prefill.evaluate(replayed).totals.get("prefill_split_host_s", 0.0))
     # the activations of a pass of the step's budget; an engine that reserves them at start-up does
     # so for a pass of its budget and a sampler of its max_seqs rows (perfmodel.memory)
     act = float(prefill.evaluate({**base, "B": 1.0, "S": float(max_tokens), "M_chunk": float(max_tokens),
@@ -347,7 +356,7 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
         floor_seq_s=floor_seq, piecewise_s=piecewise, host_s=float(base.get("t_host_step", 0.0)),
-        host_seq_s=float(base.get("t_host_seq", 0.0)), launch_noise=profile.latency.launch_noise)
+        host_seq_s=float(base.get("t_host_seq", 0.0)), split_s=split, launch_noise=profile.latency.launch_noise)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

@@ -1,0 +1,125 @@
+"""The host time per MLA layer of a step that holds a prompt beside decodes, from profiled steps.
+
+vLLM's MLA backends run a step that holds prompt tokens and decodes as two attentions: the
+decodes first, absorbed over the latent cache, then the prompts over re-expanded keys. In a
+launched step (more tokens than the largest CUDA graph) the second path is launched from the
+host beside the first, four kernels more per layer in the kernel profiles, and the step's
+host time grows by ``mla_split_layer_s`` per MLA layer (:func:`perfmodel.prediction.split_host`).
+
+Measured by ``scripts/profile_mixed_steps.py`` (rows ``validate/results/<gpu>-vllm-mixed-steps.jsonl``):
+on one synchronous engine, the wall time of the step that adds a prompt of 1,024 tokens to D
+running decodes, D = 0 first (the prompt alone), then D = 16, 64, 128. Each D > 0 row against the
+D = 0 row of the same call gives
+
+    t = (step(D) − step(0) − D·eager_seq_s·h) / (N_split · h),     h = (p_host / p_ref)^α
+
+the growth of the step less the model's host time for the D further sequences, per layer that
+splits (N_split: the count of :attr:`perfmodel.ops.base.Op.split_host` in the model's prompt pass),
+at the reference host (``h``: :data:`perfmodel.host_speed.HOST_FACTOR` at the mean of the pair's
+host probes). The fitted value is the mean of ``t`` over the pairs that qualify:
+
+- the host steady across both rows (each row's probes before and after within
+  :data:`STEADY` of each other, and of the other row's): a host that changed its speed between
+  the two rows of a pair swings their difference by more than the term;
+- the step host-bound (the profiled GPU kernels busy for at most :data:`HOST_BOUND` of the
+  D = 0 step's wall time): where the GPU sets the step, more host work hides behind it, and
+  the difference does not measure it.
+
+Every row that does not qualify is reported with its reason, and every serving run is held out.
+Units: seconds, ms where named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from perfmodel.host_speed import host_factor
+from perfmodel.paths import RESULTS_DIR, ROOT
+
+#: Largest ratio of the highest to the lowest host probe over a pair's rows.
+STEADY = 1.10
+#: Largest share of the prompt-alone step's wall time its GPU kernels may be busy.
+HOST_BOUND = 0.6
+
+
+def mixed_step_files(results_dir: Path = RESULTS_DIR) -> list[Path]:
+    """The profiled mixed-step rows of every GPU: ``<gpu>-vllm-mixed-steps.jsonl``."""
+    return sorted(results_dir.glob("*-vllm-mixed-steps.jsonl"))
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _split_layers(row: dict[str, Any], profile) -> float:
+    """N_split of a row's model: the layers of its prompt pass whose attention splits
+    (Σ count·split_host at t_mla_split = 1; 0: none)."""
+    import sympy as sp
+
+    from perfmodel import symbols as s
+    from perfmodel.graph import build_graph, model_values
+    from perfmodel.prediction import graph_options
+    from perfmodel.specs.model import load_model
+
+    model = load_model(row["model"], list(row.get("overrides") or []))
+    graph = build_graph(model, decode=False, options=graph_options(profile))
+    total = sp.Add(*[count * sp.sympify(op.split_host) for count, op in graph.all_ops()])
+    return float(total.subs({**model_values(model), s.t_mla_split: 1.0}))
+
+
+def _why_not(pair: tuple[dict, dict]) -> str | None:
+    """Why a (D = 0, D > 0) pair cannot measure the term, or None."""
+    alone, beside = pair
+    probes = [*alone["host_probe_ms"], *beside["host_probe_ms"]]
+    if max(probes) > STEADY * min(probes):
+        return f"host not steady (probes {min(probes):.1f}-{max(probes):.1f} ms)"
+    busy = ((alone.get("profiles") or {}).get("mixed") or {}).get("busy_ms")
+    if busy is None or busy > HOST_BOUND * alone["mixed_median_ms"]:
+        return (f"GPU-bound (kernels busy {busy:.1f} of {alone['mixed_median_ms']:.1f} ms)" if busy is not None
+                else "no kernel profile of the prompt's step")
+    return None
+
+
+def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
+                  ) -> tuple[float | None, dict[str, Any]]:
+    """``mla_split_layer_s`` (s) and its record (the pairs used and left out, with reasons);
+    None where no pair qualifies. ``base``: the profile as fitted so far (its host terms and
+    host speed hold)."""
+    from perfmodel.calibration.fit import _profile, _sig
+
+    profile = _profile(base)
+    latency = base["latency"]
+    per_seq = float(latency.get("eager_seq_s") or 0.0)
+    used, left_out, values = [], [], []
+    for path in files if files is not None else mixed_step_files():
+        rows = _rows(path)
+        alone = {(r["model"], tuple(r.get("overrides") or []), r.get("quantization")): r
+                 for r in rows if int(r["decodes"]) == 0 and r.get("mixed_median_ms")}
+        for row in rows:
+            key = (row["model"], tuple(row.get("overrides") or []), row.get("quantization"))
+            if int(row["decodes"]) == 0 or key not in alone or not row.get("mixed_median_ms"):
+                continue
+            name = f"{path.name}: {row['model']} D={row['decodes']}"
+            layers = _split_layers(row, profile)
+            if layers <= 0:
+                continue  # an attention that does not split: nothing to measure
+            reason = _why_not((alone[key], row))
+            if reason:
+                left_out.append(f"{name}: {reason}")
+                continue
+            probes = [*alone[key]["host_probe_ms"], *row["host_probe_ms"]]
+            h = host_factor(profile, fmean(probes))
+            grown_s = (row["mixed_median_ms"] - alone[key]["mixed_median_ms"]) * 1e-3
+            t = (grown_s - int(row["decodes"]) * per_seq * h) / (layers * h)
+            values.append(t)
+            used.append({"row": name, "grown_ms": round(grown_s * 1e3, 3), "split_layers": layers,
+                         "host_factor": round(h, 4), "per_layer_ms": round(t * 1e3, 4)})
+    record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+                          for p in (files if files is not None else mixed_step_files())],
+              "pairs": used, "left_out": left_out}
+    if not values:
+        return None, record
+    return max(0.0, _sig(fmean(values))), record
