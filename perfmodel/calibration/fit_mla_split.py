@@ -16,7 +16,8 @@ D = 0 row of the same call gives
 the growth of the step less the model's host time for the D further sequences, per layer that
 splits (N_split: the count of :attr:`perfmodel.ops.base.Op.split_host` in the model's prompt pass),
 at the reference host (``h``: :data:`perfmodel.host_speed.HOST_FACTOR` at the mean of the pair's
-host probes). The fitted value is the mean of ``t`` over the pairs that qualify:
+host probes; 1 for a profile without a host-speed fit). The fitted value is the mean of ``t``
+over the pairs that qualify:
 
 - the host steady across both rows (each row's probes before and after within
   :data:`STEADY` of each other, and of the other row's): a host that changed its speed between
@@ -36,7 +37,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from perfmodel.host_speed import host_factor
+from perfmodel.host_speed import factor_at
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Largest ratio of the highest to the lowest host probe over a pair's rows.
@@ -111,7 +112,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
                 left_out.append(f"{name}: {reason}")
                 continue
             probes = [*alone[key]["host_probe_ms"], *row["host_probe_ms"]]
-            h = host_factor(profile, fmean(probes))
+            h = factor_at(fmean(probes), latency.get("host_probe_ref_ms"), latency.get("host_speed_exponent"))
             grown_s = (row["mixed_median_ms"] - alone[key]["mixed_median_ms"]) * 1e-3
             t = (grown_s - int(row["decodes"]) * per_seq * h) / (layers * h)
             values.append(t)
