@@ -339,9 +339,11 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     floor_seq = float(base.get("t_eager_seq", 0.0)) if profile.options.prefill_eager else 0.0
     # a one-token prefill replayed from piecewise graphs, with and without the host's launches
     replayed = {**base, "B": 1.0, "S": 1.0, "M_graph": max(float(base.get("M_graph", 0.0)), 1.0)}
-    piecewise = (float(prefill.evaluate(replayed).totals["prefill_s"])
+    one_token = prefill.evaluate(replayed).totals
+    piecewise = (float(one_token["prefill_s"])
                  - float(prefill.evaluate({**replayed, "t_piece_layer": 0.0}).totals["prefill_s"]))
-    split = float(prefill.evaluate(replayed).totals.get("prefill_split_host_s", 0.0))
+    # what a step holding prompt tokens beside decodes adds on the host (an attention run as two)
+    split = float(one_token.get("prefill_split_host_s", 0.0))
     # the activations of a pass of the step's budget; an engine that reserves them at start-up does
     # so for a pass of its budget and a sampler of its max_seqs rows (perfmodel.memory)
     act = float(prefill.evaluate({**base, "B": 1.0, "S": float(max_tokens), "M_chunk": float(max_tokens),
