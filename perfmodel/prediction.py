@@ -1190,6 +1190,21 @@ def host_record(profile: EngineProfile, probe_ms: float | None) -> dict[str, Any
             "factor": host_factor(profile, probe_ms)}
 
 
+def evaluate_metrics(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: Workload,
+                     phase: Phase = "request", like: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` alone (its ``metrics``, all B sequences at once), from the
+    compiled totals without the per-op rows, error band or provenance: what a batch run in waves
+    needs of each other batch size it is evaluated at (:func:`in_waves`). ``like``: the
+    :func:`numeric_values` of the same workload at another batch size, of which only B differs
+    (computed afresh when None)."""
+    workload = workload.stored_as(model)
+    values = (numeric_values(model, gpu, profile, workload) if like is None
+              else {**like, s.B.name: workload.rank_batch})
+    options = graph_options(profile, workload, model)
+    outputs = compile_model(model, phase, profile, options=options, with_ops=False).evaluate(values)
+    return _metrics({n: float(v) for n, v in outputs.totals.items()}, gpu, profile)
+
+
 def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[str, Any]:
     nan = float("nan")
     m: dict[str, Any] = {name: t.get(name, nan) for name in METRICS}
@@ -1280,24 +1295,38 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
         one = replace(one, pruning=pruning)
         return speculative_prediction(one, spec, gpu_spec, profile, speculative) if speculative is not None else one
 
-    return in_waves(at(workload.batch), at, profile)
+    like: dict[str, Any] = {}
+
+    def metrics_at(batch: int) -> dict[str, Any]:
+        """The metrics with all ``batch`` sequences at once (a speculative one's through :func:`at`)."""
+        if speculative is not None:
+            return at(batch).metrics
+        w = replace(workload, batch=batch).stored_as(spec)
+        if not like:
+            like.update(numeric_values(spec, gpu_spec, profile, w))
+        return evaluate_metrics(spec, gpu_spec, profile, w, phase, like=like)  # type: ignore[arg-type]
+
+    return in_waves(at(workload.batch), at, profile, metrics_at)
 
 
-def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: EngineProfile) -> Prediction:
+def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: EngineProfile,
+             metrics_at: Callable[[int], Mapping[str, Any]] | None = None) -> Prediction:
     """A request whose batch the KV cache does not hold at once, run in waves
     (:mod:`perfmodel.waves`: E2E summed over the waves, TTFT, memory and ops of the first);
-    ``whole``: the batch as one wave, ``at(b)``: the same prediction at batch b. A prefill or
+    ``whole``: the batch as one wave, ``at(b)``: the same prediction at batch b, ``metrics_at(b)``
+    its metrics alone (default: ``at(b).metrics``), which the schedule's other batch sizes take. A prefill or
     decode phase is one pass of all B sequences (:func:`perfmodel.waves.one_pass`), and so is a
     request on an engine that allocates the whole batch's cache at once (``options.kv_waves``
     false: it fits whole or not at all). Each of dp data-parallel ranks runs its B/dp sequences
     in waves of its own; ``concurrent_sequences`` counts all ranks'."""
     w, runs = whole.workload, {}
+    metrics_of = metrics_at if metrics_at is not None else (lambda b: at(b).metrics)
 
-    def rerun(batch: Any, where: Any) -> dict[str, Any]:
+    def rerun(batch: Any, where: Any) -> Mapping[str, Any]:
         b = int(batch.item()) * w.dp  # one point: one size; every rank's sequences
         if b not in runs:
-            runs[b] = at(b)
-        return runs[b].metrics
+            runs[b] = metrics_of(b)
+        return runs[b]
 
     if whole.phase == "request" and profile.options.kv_waves:
         metrics = run_in_waves(whole.metrics, w.rank_batch, w.input_len, w.output_len,
@@ -1308,5 +1337,6 @@ def in_waves(whole: Prediction, at: Callable[[int], Prediction], profile: Engine
         metrics = one_pass(whole.metrics, w.rank_batch, ranks=w.dp)
     metrics = {k: bool(v) if k == "fits_in_memory" else int(v) if k in WAVE_METRICS else float(v)
                for k, v in metrics.items()}
-    first = runs.get(metrics["concurrent_sequences"], whole)
+    running = metrics["concurrent_sequences"]
+    first = at(running) if running in runs else whole
     return replace(first, workload=w, metrics=metrics)

@@ -158,3 +158,24 @@ def test_a_sweep_that_fits_at_once_runs_the_model_once(monkeypatch):
     mixed = sweep("mixtral-8x7b", {"batch": [8, 300], "input_len": [512, 2048]}, output_len=OUTPUT_LEN)
     waved = int((mixed["kv_waves"] > 1).sum())
     assert waved == 2 and calls and all(n == waved for n in calls)
+
+
+def test_the_metrics_alone_at_another_batch_are_the_full_evaluations():
+    from dataclasses import replace
+
+    from perfmodel.prediction import Workload, evaluate, evaluate_metrics, numeric_values
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.model import load_model
+
+    spec, gpu = load_model("qwen3-30b-a3b"), load_gpu("h100-sxm")
+    profile = load_profile("vllm", gpu.name)
+    base = Workload(batch=5, input_len=2048, output_len=512, dtype="fp8").stored_as(spec)
+    like = numeric_values(spec, gpu, profile, base)
+    for batch in (1, 64, 300):
+        w = replace(base, batch=batch)
+        full = evaluate(spec, gpu, profile, w).metrics
+        alone = evaluate_metrics(spec, gpu, profile, w, like=like)
+        assert alone.keys() == full.keys()
+        for name, value in full.items():
+            assert alone[name] == pytest.approx(value, rel=1e-9, nan_ok=True), name
