@@ -32,12 +32,12 @@ Units: seconds, ms where named.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from perfmodel.host_speed import factor_at
+from perfmodel.measuring.results import read_rows
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Largest ratio of the highest to the lowest host probe over a pair's rows.
@@ -49,10 +49,6 @@ HOST_BOUND = 0.6
 def mixed_step_files(results_dir: Path = RESULTS_DIR) -> list[Path]:
     """The profiled mixed-step rows of every GPU: ``<gpu>-vllm-mixed-steps.jsonl``."""
     return sorted(results_dir.glob("*-vllm-mixed-steps.jsonl"))
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _split_layers(row: dict[str, Any], profile) -> float:
@@ -95,8 +91,9 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
     latency = base["latency"]
     per_seq = float(latency.get("eager_seq_s") or 0.0)
     used, left_out, values = [], [], []
-    for path in files if files is not None else mixed_step_files():
-        rows = _rows(path)
+    paths = files if files is not None else mixed_step_files()
+    for path in paths:
+        rows = read_rows(path, unique=False, warn=False).rows  # one point id for every D
         alone = {(r["model"], tuple(r.get("overrides") or []), r.get("quantization")): r
                  for r in rows if int(r["decodes"]) == 0 and r.get("mixed_median_ms")}
         for row in rows:
@@ -118,8 +115,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
             values.append(t)
             used.append({"row": name, "grown_ms": round(grown_s * 1e3, 3), "split_layers": layers,
                          "host_factor": round(h, 4), "per_layer_ms": round(t * 1e3, 4)})
-    record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
-                          for p in (files if files is not None else mixed_step_files())],
+    record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
               "pairs": used, "left_out": left_out}
     if not values:
         return None, record

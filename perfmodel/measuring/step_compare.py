@@ -175,10 +175,9 @@ def mixed_steps(row: dict[str, Any], trace: dict[str, Any], steps, asynchronous:
     measured = (gaps[busy].sum() - decode_s) / mixed.sum()
     index = np.flatnonzero(busy)
     stretches = np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1)
-    split = np.where((p > 0) & (n > 0), steps.split_s, 0.0)
     return MixedSteps(float(measured), gpu[busy], host[busy], (n + np.where(p > 0, chunks, 0.0))[busy],
                       launched[busy], (p > 0)[busy], [r for r in stretches if len(r)],
-                      decode_s, steps.floor_s, asynchronous, gaps[busy], b.columns["t_s"][busy], split[busy])
+                      decode_s, steps.floor_s, asynchronous, gaps[busy], b.columns["t_s"][busy], steps.split(n, p)[busy])
 
 
 def decode_bands(row: dict[str, Any], trace: dict[str, Any], steps) -> list[dict[str, Any]]:

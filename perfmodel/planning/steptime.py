@@ -179,6 +179,11 @@ class StepTimes:
         (decodes and prompt chunks): the host's time for it, per step and per sequence."""
         return self.host_s + np.asarray(sequences, dtype=float) * self.host_seq_s
 
+    def split(self, n: np.ndarray | float, prompt_tokens: np.ndarray | float) -> np.ndarray:
+        """Host time (s) a step of ``n`` decodes and ``prompt_tokens`` prompt tokens adds for an
+        attention run as two paths: ``split_s`` where it holds both, else 0."""
+        return np.where((np.asarray(prompt_tokens) > 0) & (np.asarray(n) > 0), self.split_s, 0.0)
+
     def parts(self, n: np.ndarray | float, context: float, prompt_tokens: np.ndarray | float,
               prompt_time: np.ndarray | float, prompts: np.ndarray | float = 1.0
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,7 +211,7 @@ class StepTimes:
             ctx = np.where(n > self.ctx_n[-1], column[-1] + slope * (n - self.ctx_n[-1]), ctx)
         gpu = tok + ctx + p_time + self.fixed_s
         launched = (p > 0) & (total > self.graph_tokens)
-        split = np.where((p > 0) & (n > 0), self.split_s, 0.0)
+        split = self.split(n, p)
         gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s + split, gpu)
         sequences = n + np.where(p > 0, chunks, 0.0)
         host = np.where(launched, self.floor(sequences) + split, self.host(sequences))
@@ -226,7 +231,7 @@ class StepTimes:
         gpu = self.tokens(n + prompt_tokens) + self.decode_context(n, context) + prompt_time + self.fixed_s
         if prompt_tokens <= 0:
             return gpu, float(self.host(n)), False
-        split = self.split_s if n > 0 else 0.0
+        split = float(self.split(n, prompt_tokens))
         if n + prompt_tokens > self.graph_tokens:
             return gpu, float(self.floor(n + prompts)) + split, True
         return gpu + self.piecewise_s + split, float(self.host(n + prompts)), False
