@@ -89,6 +89,24 @@ def test_the_fit_recovers_the_host_time_that_made_the_steps(tmp_path):
     assert len(record["pairs"]) == 3 and record["left_out"] == []
 
 
+def test_a_model_cut_to_fewer_layers_is_a_check_not_a_fitted_pair(tmp_path):
+    base = _base(0.0)
+    h = host_factor(_profile(base), 50.0)
+    per_seq = base["latency"]["eager_seq_s"]
+    cut = ["num_hidden_layers=8"]
+    rows = [_profiled(0, 45.0, [50.0, 50.0])]
+    rows += [_profiled(d, 45.0 + 1e3 * h * (d * per_seq + DSV2_LAYERS * PER_LAYER_S), [50.0, 50.0]) for d in (16, 64)]
+    rows += [{**_profiled(0, 15.0, [50.0, 50.0], busy_ms=5.0), "overrides": cut}]
+    rows += [{**_profiled(d, 15.0 + 1e3 * h * (d * per_seq + 8 * 2 * PER_LAYER_S), [50.0, 50.0]), "overrides": cut}
+             for d in (16, 64)]
+    path = tmp_path / "x-vllm-mixed-steps.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    value, record = fit_mla_split(base, [path])
+    assert value == pytest.approx(PER_LAYER_S, rel=1e-3)  # the cut model's twice as large a term is not fitted on
+    assert len(record["pairs"]) == 2 and all("num_hidden_layers=8" not in p["row"] for p in record["pairs"])
+    assert [c["per_layer_ms"] for c in record["checks"]] == pytest.approx([2e3 * PER_LAYER_S] * 2, rel=1e-3)
+
+
 def test_the_fit_leaves_out_a_host_that_changed_speed_and_a_step_the_gpu_sets(tmp_path):
     rows = [_profiled(0, 45.0, [35.0, 70.0]), _profiled(16, 60.0, [35.0, 36.0])]
     unsteady = tmp_path / "a-vllm-mixed-steps.jsonl"

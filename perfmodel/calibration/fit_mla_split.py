@@ -26,7 +26,10 @@ over the pairs that qualify:
   D = 0 step's wall time): where the GPU sets the step, more host work hides behind it, and
   the difference does not measure it.
 
-Every row that does not qualify is reported with its reason, and every serving run is held out.
+Only the models as built are fitted on: the pairs of a model cut to other dimensions
+(``--set num_hidden_layers=8``) are its check, the per-layer form held out, reported with their
+values (``checks``). Every row that does not qualify is reported with its reason, and every
+serving run is held out.
 Units: seconds, ms where named.
 """
 
@@ -90,7 +93,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
     profile = _profile(base)
     latency = base["latency"]
     per_seq = float(latency.get("eager_seq_s") or 0.0)
-    used, left_out, values = [], [], []
+    used, checks, left_out, values = [], [], [], []
     paths = files if files is not None else mixed_step_files()
     for path in paths:
         rows = read_rows(path, unique=False, warn=False).rows  # one point id for every D
@@ -100,7 +103,8 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
             key = (row["model"], tuple(row.get("overrides") or []), row.get("quantization"))
             if int(row["decodes"]) == 0 or key not in alone or not row.get("mixed_median_ms"):
                 continue
-            name = f"{path.name}: {row['model']} D={row['decodes']}"
+            cut = " ".join(row.get("overrides") or [])
+            name = f"{path.name}: {row['model']}{' ' + cut if cut else ''} D={row['decodes']}"
             layers = _split_layers(row, profile)
             if layers <= 0:
                 continue  # an attention that does not split: nothing to measure
@@ -112,11 +116,15 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
             h = factor_at(fmean(probes), latency.get("host_probe_ref_ms"), latency.get("host_speed_exponent"))
             grown_s = (row["mixed_median_ms"] - alone[key]["mixed_median_ms"]) * 1e-3
             t = (grown_s - int(row["decodes"]) * per_seq * h) / (layers * h)
+            entry = {"row": name, "grown_ms": round(grown_s * 1e3, 3), "split_layers": layers,
+                     "host_factor": round(h, 4), "per_layer_ms": round(t * 1e3, 4)}
+            if cut:  # a model cut to other dimensions: a check of the per-layer form, not fitted on
+                checks.append(entry)
+                continue
             values.append(t)
-            used.append({"row": name, "grown_ms": round(grown_s * 1e3, 3), "split_layers": layers,
-                         "host_factor": round(h, 4), "per_layer_ms": round(t * 1e3, 4)})
+            used.append(entry)
     record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
-              "pairs": used, "left_out": left_out}
+              "pairs": used, "checks": checks, "left_out": left_out}
     if not values:
         return None, record
     return max(0.0, _sig(fmean(values))), record
