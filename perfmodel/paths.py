@@ -41,6 +41,13 @@ def moe_kernel_file(results: Path) -> Path:
     return results.with_name(f"{results.stem}-moe-kernel{results.suffix}")
 
 
+def mixed_steps_file(results: Path) -> Path:
+    """The companion file of a results file holding profiled engine steps that add a prompt to
+    running decodes (``scripts/profile_mixed_steps.py``)."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-mixed-steps{results.suffix}")
+
+
 def changes_file(engine: str, gpu: str) -> Path:
     """A GPU's change band of an engine, the model's changes against measured pairs
     (``validate/results/<gpu>-<engine>-changes.json``, :mod:`perfmodel.validate.change_band`)."""

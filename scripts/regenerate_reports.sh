@@ -5,8 +5,9 @@
 # the H100's hf fit carried to the H200, h200-hf-transfer-validation.md), one serving report per
 # serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md), each GPU's change band
 # (validate/results/{h200,h100}-vllm-changes.json), the fused-MoE ops against the kernel timed alone
-# where a GPU has such timings (validate/results/h100-vllm-moe-kernel-validation.md) and the paper
-# report (reports/paper).
+# where a GPU has such timings (validate/results/h100-vllm-moe-kernel-validation.md), the model's
+# engine step against the profiled steps that add a prompt to running decodes
+# (validate/results/{h200,h100}-vllm-mixed-steps-validation.md) and the paper report (reports/paper).
 # No GPU: each is a replay. Run after `perfmodel calibrate fit`.
 #
 #   bash scripts/regenerate_reports.sh            # all of them
@@ -60,6 +61,13 @@ for gpu in h200-sxm h100-sxm; do
     [ -f "$results/${gpu%%-*}-vllm-moe-kernel.jsonl" ] || continue
     "$PERFMODEL" validate all --moe-kernel --gpu "$gpu" > /dev/null
     echo "wrote $results/${gpu%%-*}-vllm-moe-kernel-validation.md"
+done
+
+# the model's engine step against vLLM's profiled steps that add a prompt to running decodes
+for gpu in h200-sxm h100-sxm; do
+    [ -f "$results/${gpu%%-*}-vllm-mixed-steps.jsonl" ] || continue
+    "$PERFMODEL" validate all --mixed-steps --gpu "$gpu" > /dev/null
+    echo "wrote $results/${gpu%%-*}-vllm-mixed-steps-validation.md"
 done
 
 "$PERFMODEL" report paper --gpu h100-sxm --engine vllm --out reports/paper > /dev/null

@@ -22,7 +22,8 @@ over the pairs that qualify:
 - the host steady across both rows (each row's probes before and after within
   :data:`STEADY` of each other, and of the other row's): a host that changed its speed between
   the two rows of a pair swings their difference by more than the term;
-- the step host-bound (the profiled GPU kernels busy for at most :data:`HOST_BOUND` of the
+- the step host-bound (the profiled GPU kernels busy for at most
+  :data:`perfmodel.measuring.mixed_steps.HOST_BOUND` of the
   D = 0 step's wall time): where the GPU sets the step, more host work hides behind it, and
   the difference does not measure it.
 
@@ -40,13 +41,12 @@ from statistics import fmean
 from typing import Any
 
 from perfmodel.host_speed import factor_at
+from perfmodel.measuring.mixed_steps import busy_ms, host_bound
 from perfmodel.measuring.results import read_rows
 from perfmodel.paths import RESULTS_DIR, ROOT
 
 #: Largest ratio of the highest to the lowest host probe over a pair's rows.
 STEADY = 1.10
-#: Largest share of the prompt-alone step's wall time its GPU kernels may be busy.
-HOST_BOUND = 0.6
 
 
 def mixed_step_files(results_dir: Path = RESULTS_DIR) -> list[Path]:
@@ -76,8 +76,8 @@ def _why_not(pair: tuple[dict, dict]) -> str | None:
     probes = [*alone["host_probe_ms"], *beside["host_probe_ms"]]
     if max(probes) > STEADY * min(probes):
         return f"host not steady (probes {min(probes):.1f}-{max(probes):.1f} ms)"
-    busy = ((alone.get("profiles") or {}).get("mixed") or {}).get("busy_ms")
-    if busy is None or busy > HOST_BOUND * alone["mixed_median_ms"]:
+    busy = busy_ms(alone)
+    if not host_bound(alone):
         return (f"GPU-bound (kernels busy {busy:.1f} of {alone['mixed_median_ms']:.1f} ms)" if busy is not None
                 else "no kernel profile of the prompt's step")
     return None

@@ -32,15 +32,24 @@ def validate(
                                     "fused-MoE kernel timed alone pass by pass "
                                     "(validate/results/{gpu}-vllm-moe-kernel.jsonl); writes "
                                     "validate/results/{gpu}-vllm-moe-kernel-validation.md (or --out FILE)."),
+    mixed_steps: bool = typer.Option(False, "--mixed-steps", help="The model's engine step against vLLM's "
+                                     "profiled steps that add a prompt to running decodes "
+                                     "(validate/results/{gpu}-vllm-mixed-steps.jsonl); writes "
+                                     "validate/results/{gpu}-vllm-mixed-steps-validation.md (or --out FILE)."),
 ) -> None:
     """Predicted vs measured: live on a GPU, else a labelled replay of committed measurements."""
-    if changes is True and moe_kernel is True:
-        raise InputError("--changes and --moe-kernel are two reports: give one")
+    reports = [flag for flag, on in (("--changes", changes), ("--moe-kernel", moe_kernel),
+                                     ("--mixed-steps", mixed_steps)) if on is True]
+    if len(reports) > 1:
+        raise InputError(f"{' and '.join(reports)} are separate reports: give one")
     if changes is True:
         _changes(model, backend, gpu, out, results, serving, fitted_on, as_json)
         return
     if moe_kernel is True:
         _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json)
+        return
+    if mixed_steps is True:
+        _mixed_steps(model, backend, gpu, out, results, serving, fitted_on, as_json)
         return
     if serving is True:
         from perfmodel.validate.serving import print_serving_validation, run_serving_validation
@@ -113,3 +122,19 @@ def _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json) 
     console.print(f"held-out MAPE {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} passes "
                   f"of {len(result['shapes'])} shape × tile choices; wrote {result['path']}",
                   highlight=False, markup=False)
+
+
+def _mixed_steps(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
+    """``validate all --mixed-steps``: the model's step against the profiled mixed steps, written and shown."""
+    from perfmodel.validate.mixed_steps import write_mixed_steps_validation
+
+    _check_file_report("--mixed-steps", model, backend, out, results, serving, fitted_on,
+                       scope="compares every profiled model", engine="profiles vLLM's steps",
+                       taken="the committed profiles", writes="one markdown file")
+    result = write_mixed_steps_validation(gpu, out if isinstance(out, Path) else None)
+    if as_json:
+        print_json(result)
+        return
+    mape = result["held_out_mape_pct"]
+    make_console().print(f"held-out MAPE {'–' if mape is None else f'{mape:.1f}%'} over {result['held_out_points']} "
+                         f"profiled steps; wrote {result['path']}", highlight=False, markup=False)
