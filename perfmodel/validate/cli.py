@@ -107,34 +107,38 @@ def _changes(model, backend, gpu, out, results, serving, fitted_on, as_json) -> 
     print_change_band(result, make_console())
 
 
-def _moe_kernel(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
+def _page(flag, write, shown, model, backend, gpu, out, results, serving, fitted_on, as_json, **checks) -> None:
+    """A report over a GPU's committed files written as one markdown page by ``write(gpu, out)``,
+    after :func:`_check_file_report`'s checks (``checks``), and shown: its JSON, or the line
+    ``shown(result)``."""
+    _check_file_report(flag, model, backend, out, results, serving, fitted_on, writes="one markdown file", **checks)
+    result = write(gpu, out if isinstance(out, Path) else None)
+    if as_json:
+        print_json(result)
+        return
+    make_console().print(f"{shown(result)}; wrote {result['path']}", highlight=False, markup=False)
+
+
+def _mape(result: dict) -> str:
+    """A report's held-out MAPE, '–' where it has no held-out point."""
+    mape = result["held_out_mape_pct"]
+    return "–" if mape is None else f"{mape:.1f}%"
+
+
+def _moe_kernel(*args) -> None:
     """``validate all --moe-kernel``: the fused-MoE ops against the kernel timed alone, written and shown."""
     from perfmodel.validate.moe_kernel import write_moe_kernel_validation
 
-    _check_file_report("--moe-kernel", model, backend, out, results, serving, fitted_on,
-                       scope="compares every timed expert shape", engine="times vLLM's kernel",
-                       taken="the committed timings", writes="one markdown file")
-    result = write_moe_kernel_validation(gpu, out if isinstance(out, Path) else None)
-    if as_json:
-        print_json(result)
-        return
-    console = make_console()
-    console.print(f"held-out MAPE {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} passes "
-                  f"of {len(result['shapes'])} shape × tile choices; wrote {result['path']}",
-                  highlight=False, markup=False)
+    _page("--moe-kernel", write_moe_kernel_validation,
+          lambda r: f"held-out MAPE {_mape(r)} over {r['held_out_points']} passes of {len(r['shapes'])} "
+                    "shape × tile choices", *args,
+          scope="compares every timed expert shape", engine="times vLLM's kernel", taken="the committed timings")
 
 
-def _mixed_steps(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
+def _mixed_steps(*args) -> None:
     """``validate all --mixed-steps``: the model's step against the profiled mixed steps, written and shown."""
     from perfmodel.validate.mixed_steps import write_mixed_steps_validation
 
-    _check_file_report("--mixed-steps", model, backend, out, results, serving, fitted_on,
-                       scope="compares every profiled model", engine="profiles vLLM's steps",
-                       taken="the committed profiles", writes="one markdown file")
-    result = write_mixed_steps_validation(gpu, out if isinstance(out, Path) else None)
-    if as_json:
-        print_json(result)
-        return
-    mape = result["held_out_mape_pct"]
-    make_console().print(f"held-out MAPE {'–' if mape is None else f'{mape:.1f}%'} over {result['held_out_points']} "
-                         f"profiled steps; wrote {result['path']}", highlight=False, markup=False)
+    _page("--mixed-steps", write_mixed_steps_validation,
+          lambda r: f"held-out MAPE {_mape(r)} over {r['held_out_points']} profiled steps", *args,
+          scope="compares every profiled model", engine="profiles vLLM's steps", taken="the committed profiles")

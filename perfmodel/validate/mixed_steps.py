@@ -181,15 +181,6 @@ def markdown(result: dict[str, Any]) -> str:
 def write_mixed_steps_validation(gpu: str, out: Path | None = None) -> dict[str, Any]:
     """:func:`compare_mixed_steps` of a GPU, written as markdown to ``out`` (default
     ``validate/results/<gpu>-vllm-mixed-steps-validation.md``); the result, with its ``path``."""
-    from perfmodel.paths import mixed_steps_file, results_file
-    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.validate.report_pages import write_gpu_page
 
-    name = load_gpu(gpu).name
-    result = compare_mixed_steps(name)
-    rows_file = mixed_steps_file(results_file("vllm", name))
-    path = out or rows_file.with_name(f"{rows_file.stem}-validation.md")
-    try:
-        Path(path).write_text(markdown(result))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return {**result, "path": str(path)}
+    return write_gpu_page(gpu, out, compare_mixed_steps, markdown, "mixed-steps")

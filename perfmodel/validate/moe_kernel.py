@@ -169,15 +169,6 @@ def markdown(result: dict[str, Any]) -> str:
 def write_moe_kernel_validation(gpu: str, out: Path | None = None) -> dict[str, Any]:
     """:func:`compare_kernel` of a GPU, written as markdown to ``out`` (default
     ``validate/results/<gpu>-vllm-moe-kernel-validation.md``); the result, with its ``path``."""
-    from perfmodel.paths import results_file
-    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.validate.report_pages import write_gpu_page
 
-    name = load_gpu(gpu).name
-    result = compare_kernel(name)
-    rows_file = results_file("vllm", name)
-    path = out or rows_file.with_name(f"{rows_file.stem}-moe-kernel-validation.md")
-    try:
-        Path(path).write_text(markdown(result))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return {**result, "path": str(path)}
+    return write_gpu_page(gpu, out, compare_kernel, markdown, "moe-kernel")

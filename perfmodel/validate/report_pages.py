@@ -330,3 +330,22 @@ def write_report(points, ops, out_dir: Path, *, title: str,
                                         every=every, prefill=prefill),
                        encoding="utf-8")
     return html_path, md_path
+
+
+def write_gpu_page(gpu: str, out: Path | None, compare, page, suffix: str) -> dict[str, Any]:
+    """A comparison over a GPU's committed files written as one markdown page: ``compare(gpu)``
+    (the GPU's spec name) shown by ``page(result)``, written to ``out`` (default
+    ``validate/results/<gpu>-vllm-<suffix>-validation.md``); the result, with its ``path``."""
+    from perfmodel.errors import InputError
+    from perfmodel.paths import results_file
+    from perfmodel.specs.hardware import load_gpu
+
+    name = load_gpu(gpu).name
+    result = compare(name)
+    rows_file = results_file("vllm", name)
+    path = out or rows_file.with_name(f"{rows_file.stem}-{suffix}-validation.md")
+    try:
+        Path(path).write_text(page(result))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return {**result, "path": str(path)}
