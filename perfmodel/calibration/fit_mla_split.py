@@ -41,7 +41,7 @@ from statistics import fmean
 from typing import Any
 
 from perfmodel.host_speed import factor_at
-from perfmodel.measuring.mixed_steps import busy_ms, host_bound
+from perfmodel.measuring.mixed_steps import busy_ms, group_name, host_bound
 from perfmodel.measuring.results import read_rows
 from perfmodel.paths import RESULTS_DIR, ROOT
 
@@ -103,8 +103,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
             key = (row["model"], tuple(row.get("overrides") or []), row.get("quantization"))
             if int(row["decodes"]) == 0 or key not in alone or not row.get("mixed_median_ms"):
                 continue
-            cut = " ".join(row.get("overrides") or [])
-            name = f"{path.name}: {row['model']}{' ' + cut if cut else ''} D={row['decodes']}"
+            name = f"{path.name}: {group_name(row)} D={row['decodes']}"
             layers = _split_layers(row, profile)
             if layers <= 0:
                 continue  # an attention that does not split: nothing to measure
@@ -118,7 +117,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
             t = (grown_s - int(row["decodes"]) * per_seq * h) / (layers * h)
             entry = {"row": name, "grown_ms": round(grown_s * 1e3, 3), "split_layers": layers,
                      "host_factor": round(h, 4), "per_layer_ms": round(t * 1e3, 4)}
-            if cut:  # a model cut to other dimensions: a check of the per-layer form, not fitted on
+            if row.get("overrides"):  # a model cut to other dimensions: a check of the per-layer form, not fitted on
                 checks.append(entry)
                 continue
             values.append(t)

@@ -27,3 +27,10 @@ def host_bound(row: dict[str, Any]) -> bool | None:
     wall time); None where the step was not profiled."""
     busy = busy_ms(row)
     return None if busy is None else busy <= HOST_BOUND * row["mixed_median_ms"]
+
+
+def group_name(row: dict[str, Any]) -> str:
+    """A row's model with its overrides (``deepseek-v2-lite num_hidden_layers=8``): the name the
+    MLA fit's record gives its pairs, and the comparison its rows."""
+    cut = " ".join(row.get("overrides") or [])
+    return f"{row['model']}{' ' + cut if cut else ''}"

@@ -66,12 +66,6 @@ def fitted_groups(profile) -> set[tuple[str, str]]:
     return groups
 
 
-def group_name(row: dict[str, Any]) -> str:
-    """A row's model with its overrides, as the fit names it (``deepseek-v2-lite num_hidden_layers=8``)."""
-    cut = " ".join(row.get("overrides") or [])
-    return f"{row['model']}{' ' + cut if cut else ''}"
-
-
 def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
     """The model's step for one profiled row: its time, its GPU and host parts (ms), and whether
     the engine launched it (more tokens than its largest CUDA graph)."""
@@ -101,7 +95,7 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
 
 def compare_mixed_steps(gpu: str) -> dict[str, Any]:
     """Every profiled step of a GPU against the model's (see the module docstring)."""
-    from perfmodel.measuring.mixed_steps import busy_ms, host_bound
+    from perfmodel.measuring.mixed_steps import busy_ms, group_name, host_bound
     from perfmodel.profile import load_profile
 
     path, rows = step_rows(gpu)
