@@ -18,7 +18,8 @@ back-to-back calls (as vLLM's decode steps run), after a warm-up that JIT-compil
 and keeps the median over ``--reps`` replays, timed with CUDA events: microseconds per call.
 
 One JSON row per (shape, pass, tiles), appended as it is measured, with the GPU, driver, vLLM,
-torch and Triton versions, the date, the tiles' parameters and the table file (if any).
+torch and Triton versions, the date, the tiles' parameters, the table file (if any) and its keys
+(the passes it was tuned at, in the file's order, which breaks vLLM's ties between two nearest).
 A shape, a pass or a tile choice that fails is written as a row with ``error``; the run goes on.
 """
 from __future__ import annotations
@@ -189,7 +190,8 @@ def measure_shape(spec: dict, tokens: list[int], meta: dict, out, args, t0: floa
             choices.insert(0, ("table", table[min(table, key=lambda key: abs(key - m))]))
         for kind, tiles in choices:
             row = {**meta, **spec, "tokens": m, "tiles": kind, "config": tiles,
-                   "table_file": table_file if table else None}
+                   "table_file": table_file if table else None,
+                   "table_keys": list(table) if table else None}
             try:
                 with override_config(None if kind == "table" else tiles):
                     row.update(time_call(lambda: shape.call(hidden, weights, ids), args.calls, args.reps))
