@@ -1,14 +1,16 @@
-"""vLLM's tuned fused-MoE tile tables that start above small passes (``specs/vllm-moe-tables.yaml``).
+"""vLLM's tuned fused-MoE tile tables (``specs/vllm-moe-tables.yaml``).
 
-A decode step whose expert shape has such a table runs tiles tuned for passes many times its
-size (:func:`perfmodel.ops.moe.off_table_scale`); :func:`tuned_from` says where a table starts.
+A decode step whose expert shape has a table that starts above small passes runs tiles tuned for
+passes many times its size (:func:`perfmodel.ops.moe.off_table_scale`); :func:`tuned_from` says
+where such a table starts. A table's keys (:func:`table_keys`) say which entry a pass runs
+(:func:`nearest_key`, vLLM's rule), and so where the kernel's tiles change.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from perfmodel.errors import SpecError
 from perfmodel.paths import SPECS_DIR
@@ -29,23 +31,68 @@ class TunedTable(BaseModel):
     from_tokens: PositiveInt
 
 
-@cache
-def load_tables() -> tuple[TunedTable, ...]:
-    """Every table of ``specs/vllm-moe-tables.yaml``."""
+class TableKeys(BaseModel):
+    """The keys of one tuned table: the GPU, the expert shape on one GPU, the scheme, and the
+    passes (tokens) the table was tuned at, in its file's order (which breaks vLLM's ties)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu: str
+    experts: PositiveInt
+    width: PositiveInt
+    scheme: str
+    keys: tuple[PositiveInt, ...] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, keys: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(keys)) != len(keys):
+            raise ValueError("a table's keys must be distinct")
+        return keys
+
+
+def _entries(section: str, kind: type[BaseModel], label: str) -> tuple:
+    """The entries of one list of ``specs/vllm-moe-tables.yaml``, each checked as ``kind``."""
     data = read_mapping(TABLES_FILE, SpecError, expected="a mapping 'tables: [...]'")
-    entries = data.get("tables")
+    entries = data.get(section, [] if section != "tables" else None)
     if not isinstance(entries, list):
-        raise SpecError(f"{TABLES_FILE.name}: expected a list under 'tables'")
-    tables = []
+        raise SpecError(f"{TABLES_FILE.name}: expected a list under '{section}'")
+    out = []
     for entry in entries:
         try:
-            tables.append(TunedTable(**entry))
+            out.append(kind(**entry))
         except (TypeError, ValidationError) as exc:
             msg = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
             where = ".".join(str(p) for p in msg["loc"])
-            raise SpecError(f"{TABLES_FILE.name}: invalid table {entry}: {where + ': ' if where else ''}"
-                            f"{msg['msg']}") from None
-    return tuple(tables)
+            raise SpecError(f"{TABLES_FILE.name}: invalid {label} {entry}: "
+                            f"{where + ': ' if where else ''}{msg['msg']}") from None
+    return tuple(out)
+
+
+@cache
+def load_tables() -> tuple[TunedTable, ...]:
+    """Every table of ``specs/vllm-moe-tables.yaml`` that starts above small passes."""
+    return _entries("tables", TunedTable, "table")
+
+
+@cache
+def load_table_keys() -> tuple[TableKeys, ...]:
+    """The keys of every table ``specs/vllm-moe-tables.yaml`` lists them for."""
+    return _entries("keys", TableKeys, "table keys")
+
+
+def table_keys(gpu: str | None, experts: float, width: float, scheme: str) -> tuple[int, ...]:
+    """The keys, in the file's order, of vLLM's table for ``experts`` experts of intermediate width
+    ``width`` on one ``gpu``, run at ``scheme``, where they are listed; () otherwise."""
+    for table in load_table_keys():
+        if (table.gpu, table.experts, table.width, table.scheme) == (gpu, experts, width, scheme):
+            return table.keys
+    return ()
+
+
+def nearest_key(tokens: float, keys: tuple[int, ...]) -> int:
+    """The key whose entry vLLM runs for a pass of ``tokens``: the nearest, the first in the
+    file's order on a tie (vLLM 0.26 ``fused_moe.py``: ``min(keys, key=lambda x: abs(x - M))``)."""
+    return min(keys, key=lambda key: abs(key - tokens))
 
 
 def zoo_shapes(table: TunedTable, degrees: tuple[int, ...] = (1, 2, 4, 8)) -> list[tuple[str, int]]:

@@ -30,7 +30,8 @@ from perfmodel.memory import (
 from perfmodel.minmax import Max, Min
 from perfmodel.phases import (decode_mean_substitutions, decode_substitutions, prefill_steps,
                               prefill_substitutions)
-from perfmodel.profile import DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, Options, load_profile
+from perfmodel.profile import (DEFAULT_ENGINE, OP_CLASSES, OPTIONAL_OP_CLASSES, EngineProfile, Options, TableExtra,
+                               load_profile)
 from perfmodel import quantization
 from perfmodel.ops.moe import MOE_IMPLS, busiest_z, expert_cut, row_tiers
 from perfmodel.pruning import check_ratio, prune, pruning_record
@@ -551,27 +552,27 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
 
 
 def moe_table_extra(profile: EngineProfile, workload: Workload,
-                    model: ModelSpec | None) -> tuple[tuple[float, float], ...]:
+                    model: ModelSpec | None) -> TableExtra | None:
     """The time the engine's tuned fused-MoE tile table for the model's routed experts on one GPU
     of the workload adds over its default rule's, per layer, at passes of (tokens, s), where the
     profile timed that table (``options.moe_table_extra``: the expert shape E/g experts of width
     I/shard at the scheme its experts run at and the model's hidden size, timed at the model's
-    top-k or else the nearest top-k timed, :func:`perfmodel.ops.moe.table_extra`); empty
-    without a model, a MoE, such a measurement, and for a workload at the default tile rule
-    (``moe_tables`` false) or with unfused experts."""
+    top-k or else the nearest top-k timed, :func:`perfmodel.ops.moe.table_extra`), with the
+    table's keys; None without a model, a MoE, such a measurement, and for a workload at the
+    default tile rule (``moe_tables`` false) or with unfused experts."""
     measured = profile.options.moe_table_extra
     if (not measured or model is None or model.moe is None or not workload.moe_tables
             or workload.moe_impl != "fused"):
-        return ()
+        return None
     groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
     shape = (model.moe.n_experts / groups, model.moe.expert_intermediate / shard, experts_scheme(workload))
     found = [t for t in measured if (t.experts, t.width, t.scheme) == shape and t.hidden in (None, model.hidden)]
     if not found:
-        return ()
+        return None
     # the timing at the model's top-k, else at the nearest one timed (the same table, another
     # number of experts per token: the difference at the same tokens per pass)
     top_k = model.moe.top_k
-    return min(found, key=lambda t: (t.top_k != top_k, abs((t.top_k or top_k) - top_k), t.top_k or 0)).points()
+    return min(found, key=lambda t: (t.top_k != top_k, abs((t.top_k or top_k) - top_k), t.top_k or 0))
 
 
 def experts_scheme(workload: Workload) -> str:
@@ -615,7 +616,8 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs,
                         moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model),
-                        moe_table_extra_s=extra, **workload_graph_options(w))
+                        moe_table_extra_s=extra.points() if extra else (),
+                        moe_table_keys=extra.keys if extra else (), **workload_graph_options(w))
 
 
 def prefill_chunking(options: Options) -> tuple[sp.Expr, sp.Expr | None]:
@@ -1177,7 +1179,7 @@ def moe_tile_table(profile: EngineProfile, options: GraphOptions) -> dict[str, A
     None where they meet neither."""
     if options.moe_table_extra_s:
         tokens, extra = zip(*options.moe_table_extra_s)
-        return {"extra": {"tokens": list(tokens), "extra_s": list(extra)}}
+        return {"extra": {"tokens": list(tokens), "extra_s": list(extra), "keys": list(options.moe_table_keys)}}
     if not options.moe_tuned_from:
         return None
     return {"from_tokens": options.moe_tuned_from, "memory_factor": profile.options.moe_off_table_memory}

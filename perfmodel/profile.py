@@ -172,7 +172,8 @@ class TableExtra(_Strict):
     at (specs/quantization.yaml names; none: bf16), the model's ``hidden`` size and ``top_k`` it
     was timed at (null: any), and at passes of ``tokens`` (increasing) the kernel's time at the
     table less its time at the default rule, s per layer (``extra_s``; negative where the table
-    is faster)."""
+    is faster), and the table's ``keys`` in its file's order (``specs/vllm-moe-tables.yaml``;
+    empty: not known), which say where its entry changes."""
 
     experts: PositiveInt
     width: PositiveInt
@@ -181,12 +182,15 @@ class TableExtra(_Strict):
     top_k: PositiveInt | None = None
     tokens: tuple[PositiveInt, ...]
     extra_s: tuple[float, ...]
+    keys: tuple[PositiveInt, ...] = ()
 
     def model_post_init(self, _context: object) -> None:
         if not self.tokens or len(self.tokens) != len(self.extra_s):
             raise ValueError("a table's extra time needs as many values as passes, at least one")
         if list(self.tokens) != sorted(set(self.tokens)):
             raise ValueError("a table's measured passes must increase")
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("a table's keys must be distinct")
 
     def points(self) -> tuple[tuple[float, float], ...]:
         """((tokens, s), ...), as :func:`perfmodel.ops.moe.table_extra` takes them."""

@@ -18,14 +18,14 @@ def h100():
 
 def test_every_profiled_step_is_compared_and_the_mla_terms_rows_are_not_held_out(h100):
     points = h100["points"]
-    assert len(points) == 36 and {p["decodes"] for p in points} == {0, 16, 64, 128}
+    assert len(points) == 66 and {p["decodes"] for p in points} == {0, 16, 64, 128}
     for p in points:  # DeepSeek-V2-Lite as built is what the MLA term was fitted on; its cut is a check
         assert p["held_out"] == (p["group"] != "deepseek-v2-lite"), p
         assert p["predicted_ms"] == pytest.approx(max(p["gpu_ms"], p["host_ms"]))
         assert p["ratio"] == pytest.approx(p["predicted_ms"] / p["measured_ms"])
         assert p["launched"]  # 1,024 prompt tokens: beyond the engine's largest graph (256)
     held = [abs(p["ratio"] - 1) for p in points if p["held_out"]]
-    assert h100["held_out_points"] == len(held) == 32
+    assert h100["held_out_points"] == len(held) == 62
     assert h100["held_out_mape_pct"] == pytest.approx(100 * sum(held) / len(held))
 
 
@@ -35,6 +35,17 @@ def test_a_prompt_alone_sets_whether_its_steps_are_host_or_gpu_bound(h100):
     assert bound[("phi-3.5-moe", "fp8")] is False  # 43.5 of 48.0 ms
     assert bound[("qwen3-30b-a3b num_hidden_layers=8", "none")] is True
     assert sum(s["points"] for s in h100["summary"].values()) == h100["held_out_points"]
+
+
+def test_the_gpu_bound_steps_gpu_time_is_set_against_the_profiled_busy_time(h100):
+    side = h100["gpu_side"]
+    gpu_bound = [p for p in h100["points"] if p["held_out"] and p["host_bound"] is False]
+    assert sum(s["points"] for s in side.values()) == len(gpu_bound) > 0
+    built = [p for p in gpu_bound if " " not in p["group"]]
+    assert side["as built"]["mape_pct"] == pytest.approx(
+        100 * sum(abs(p["gpu_ms"] / p["busy_ms"] - 1) for p in built) / len(built))
+    assert side["as built"]["median_gap_ms"] > 0  # the wall holds host time the GPU does not hide
+    assert "median wall − busy" in markdown(h100)
 
 
 def test_the_model_adds_mla_s_split_only_beside_decodes(h100):
@@ -54,7 +65,7 @@ def test_the_command_writes_the_page_and_refuses_what_does_not_apply(tmp_path, c
     out = tmp_path / "mixed.md"
     main(["validate", "all", "--mixed-steps", "--gpu", "h100-sxm", "--out", str(out), "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert out.read_text().startswith("# A prompt's engine step") and data["held_out_points"] == 32
+    assert out.read_text().startswith("# A prompt's engine step") and data["held_out_points"] == 62
     from perfmodel.paths import ROOT
 
     committed = (ROOT / "validate/results/h100-vllm-mixed-steps-validation.md").read_text()

@@ -105,6 +105,49 @@ def test_a_malformed_table_file_is_one_line(monkeypatch, tmp_path):
         moe_tables.load_tables.cache_clear()
 
 
+@pytest.mark.parametrize("entry", ["{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8, keys: []}",
+                                   "{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8, keys: [1, 2, 1]}",
+                                   "{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8}"])
+def test_malformed_table_keys_are_one_line(monkeypatch, tmp_path, entry):
+    bad = tmp_path / "tables.yaml"
+    bad.write_text(f"tables: []\nkeys:\n  - {entry}\n")
+    monkeypatch.setattr(moe_tables, "TABLES_FILE", bad)
+    moe_tables.load_table_keys.cache_clear()
+    try:
+        with pytest.raises(SpecError) as info:
+            moe_tables.table_keys("h100-sxm", 8, 14336, "fp8")
+        assert "\n" not in str(info.value) and "tables.yaml: invalid table keys" in str(info.value)
+    finally:
+        moe_tables.load_table_keys.cache_clear()
+
+
+def test_a_pass_runs_the_entry_of_the_nearest_key_the_files_first_on_a_tie():
+    keys = moe_tables.table_keys("h100-sxm", 16, 6400, "fp8")  # Phi-3.5-MoE's experts in fp8
+    assert keys[0] == 3840 and sorted(keys)[:3] == [256, 512, 768]  # the file's order, kept
+    assert [moe_tables.nearest_key(m, keys) for m in (1, 640, 896, 1136, 1152, 1153, 10**5)] == \
+        [256, 512, 768, 1024, 1280, 1280, 4096]  # 640: 512 before 768; 896: 768 before 1024; 1152: 1280 first
+    assert moe_tables.table_keys("h100-sxm", 16, 6400, "none") == ()  # not listed
+
+
+def test_the_listed_keys_are_those_the_kernel_timings_recorded():
+    """The keys in specs/vllm-moe-tables.yaml against the keys bench_moe_tiles.py read from vLLM's
+    own files on the GPU machine, for every committed timing that recorded them."""
+    from pathlib import Path
+
+    from perfmodel.measuring.kernel_timings import read_kernel_timings
+
+    results = Path(__file__).resolve().parent.parent / "validate/results"
+    recorded = {}
+    for path in results.glob("*-vllm-moe-kernel.jsonl"):
+        gpu = {"h100": "h100-sxm", "h200": "h200-sxm"}[path.name.split("-")[0]]
+        for row in read_kernel_timings(path):
+            if row.get("table_keys"):
+                recorded[(gpu, row["experts"], row["width"], row["scheme"])] = tuple(row["table_keys"])
+    assert len(recorded) >= 3
+    for (gpu, experts, width, scheme), keys in recorded.items():
+        assert moe_tables.table_keys(gpu, experts, width, scheme) == keys
+
+
 def _row(point: str, batch: int, expert_ms: float, own_tiles: bool = False) -> dict:
     resolved = {"fused_moe_config_folder": "/tmp/tiles"} if own_tiles else {}
     return {"point_id": point, "status": "ok", "model": "phi-3.5-moe", "batch": batch, "input_len": 128,
@@ -211,6 +254,31 @@ def test_table_extra_takes_the_measured_pass_nearest_the_tokens():
     assert table_extra(tokens, ()) == 0
 
 
+def test_with_its_keys_a_tables_extra_time_steps_where_its_entry_changes():
+    import sympy as sp
+
+    from perfmodel.ops.moe import table_extra
+
+    tokens = sp.Symbol("T")
+    points = ((768, 1.0), (896, 3.0), (1024, 10.0), (1136, 12.0), (1152, 4.0), (1280, 6.0), (4096, 9.0))
+    keys = (1280, 768, 1024, 256)  # the file's order: 1,152 is 1,280's, 896 is 768's
+    extra = table_extra(tokens, points, keys)
+    values = {t: float(extra.subs(tokens, t)) for t in (1, 800, 896, 897, 1080, 1151, 1152, 1216, 2000, 10**5)}
+    assert values == pytest.approx({1: 1.0,  # 256's entry: not timed, the pass nearest 256
+                                    800: 1.5, 896: 3.0,  # 768's: linear between its passes 768 and 896
+                                    897: 10.0, 1080: 11.0, 1151: 12.0,  # 1,024's: flat below 1,024
+                                    1152: 4.0, 1216: 5.0, 2000: 6.0 + 3.0 * 720 / 2816, 10**5: 9.0})  # 1,280's
+    assert table_extra(tokens, ((1024, 2.0),), (1024,)) == pytest.approx(2.0)  # one entry, one pass
+
+
+def test_a_running_median_of_three_pulls_one_pass_to_its_neighbours():
+    from perfmodel.calibration.fit_moe_tables import running_median
+
+    assert running_median([-240.0, -300.0, -100.0, -120.0, 90.0, -130.0]) == [-240.0, -240.0, -120.0, -100.0,
+                                                                               -120.0, -130.0]
+    assert running_median([1.0, 5.0]) == [1.0, 5.0] and running_median([]) == []
+
+
 def _kernel_row(experts, width, scheme, tokens, tiles, us, **kw):
     return {"experts": experts, "width": width, "hidden": 4096, "top_k": 2, "scheme": scheme, "tokens": tokens,
             "tiles": tiles, "us": us, **kw}
@@ -230,18 +298,23 @@ def test_the_kernel_timings_give_every_timed_tables_extra_time(tmp_path):
             _kernel_row(16, 6400, "fp8", 1, "table", 150.0, top_k=4),  # another top-k: a timing of its own
             _kernel_row(16, 6400, "fp8", 1, "default", 100.0, top_k=4),
             _kernel_row(8, 14336, "fp8", 1, "table", 160.0), _kernel_row(8, 14336, "fp8", 1, "default", 170.0),
+            *[_kernel_row(8, 14336, "fp8", m, tiles, us) for m, table in ((1040, 900.0), (1104, 1090.0), (1152, 880.0))
+              for tiles, us in (("table", table), ("default", 1000.0))],  # one entry (1,024): 1,104 pulled in
             _kernel_row(128, 768, "none", 1, "default", 40.0)]  # no table: no pair
     kernel_file(results).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     extra, record = fit_table_extra(results, "h100-sxm")
-    assert extra == [{"experts": 8, "width": 14336, "scheme": "fp8", "hidden": 4096, "top_k": 2, "tokens": [1],
-                      "extra_s": [pytest.approx(-10e-6)]},  # a table faster than the default rule
+    mixtral, phi = (list(moe_tables.table_keys("h100-sxm", *shape, "fp8")) for shape in ((8, 14336), (16, 6400)))
+    assert extra == [{"experts": 8, "width": 14336, "scheme": "fp8", "hidden": 4096, "top_k": 2,
+                      "tokens": [1, 1040, 1104, 1152], "keys": mixtral,  # a table faster than the default rule
+                      "extra_s": [pytest.approx(-10e-6), pytest.approx(-100e-6), pytest.approx(-100e-6),
+                                  pytest.approx(-120e-6)]},  # 1,104's +90 µs: its neighbours' median
                      {"experts": 16, "width": 6400, "scheme": "fp8", "hidden": 4096, "top_k": 2, "tokens": [1, 2048],
-                      "extra_s": [pytest.approx(30e-6), pytest.approx(600e-6)]},
+                      "extra_s": [pytest.approx(30e-6), pytest.approx(600e-6)], "keys": phi},
                      {"experts": 16, "width": 6400, "scheme": "fp8", "hidden": 4096, "top_k": 4, "tokens": [1],
-                      "extra_s": [pytest.approx(50e-6)]}]
+                      "extra_s": [pytest.approx(50e-6)], "keys": phi}]
     assert record["file"] == "h100-vllm-moe-kernel.jsonl" and len(record["shapes"]) == 3
-    assert "1.30-1.60 (made for larger passes)" in record["shapes"][1]
-    assert "(tuned from small passes)" in record["shapes"][0]  # Mixtral's fp8 table starts at one token
+    assert "1.30-1.60 (made for larger passes; 16 keys)" in record["shapes"][1]
+    assert "(tuned from small passes; 17 keys)" in record["shapes"][0]  # Mixtral's fp8 table starts at one token
 
 
 def test_a_timing_at_the_models_top_k_is_taken_before_the_nearest_one(roofline_with):
@@ -252,15 +325,15 @@ def test_a_timing_at_the_models_top_k_is_taken_before_the_nearest_one(roofline_w
     timings = [{"experts": 8, "width": 1792, "scheme": "none", "hidden": 4096, "top_k": k, "tokens": [1],
                 "extra_s": [k * 1e-6]} for k in (1, 2, 8)]
     profile = load_profile(roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_table_extra": timings}), "h100-sxm")
-    extra = {k: moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792, "top_k": k}))
+    extra = {k: moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792, "top_k": k})).points()
              for k in (1, 2, 3, 4, 6, 8)}
     assert extra == {1: ((1, 1e-6),), 2: ((1, 2e-6),), 3: ((1, 2e-6),), 4: ((1, 2e-6),), 6: ((1, 8e-6),),
                      8: ((1, 8e-6),)}  # 3 and 4 nearest 2; 6 nearest 8
-    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 3584})) == ()  # not timed
+    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 3584})) is None  # not timed
     other_hidden = (TableExtra(**{**timings[1], "hidden": 2048}),)
     options = profile.options.model_copy(update={"moe_table_extra": other_hidden})
     profile = profile.model_copy(update={"options": options})
-    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792})) == ()  # another hidden
+    assert moe_table_extra(profile, Workload(), load_model("mixtral-8x7b", {"ffn": 1792})) is None  # another hidden
 
 
 def test_a_timed_table_adds_its_extra_time_to_the_experts_in_place_of_the_factor(roofline_with):

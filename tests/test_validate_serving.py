@@ -478,3 +478,27 @@ def test_a_quantized_run_is_replayed_in_its_scheme(monkeypatch, quantization, kv
     replay.predict_row(row, "h200-sxm")
     ((_, _, _, _, kw),) = calls
     assert kw["dtype"] == ("none" if quantization == "none" else dtype) and kw["kv_dtype"] == kv_dtype
+
+
+def test_the_closed_form_is_set_against_a_bracket_at_each_of_its_runs_hosts():
+    def run(rate, overloaded, saturation, host_ms):
+        return {"rate": rate, "offered_rate": rate, "measured_overloaded": overloaded, "predicted_overloaded": overloaded,
+                "measured_aborted": 0, "measured_capacity_rps": None, "predicted_capacity_rps": None,
+                "predicted_saturation_rps": saturation, "host_ms": host_ms}
+    # kept up at 36 on a fast host, overloaded at 40 on one twice as slow: the closed form at each
+    # host agrees with each run, though the slow host's figure lies below the bracket's low end
+    s = sv.saturation([run(36.0, False, 40.6, 29.5), run(40.0, True, 24.6, 85.4)], 24.6)
+    assert s["closed_form_position"] == "below" and s["closed_form_host_position"] == "inside"
+    assert s["closed_form_at_hosts"] == {"kept_up": 40.6, "kept_up_host_ms": 29.5, "overloaded": 24.6,
+                                         "overloaded_host_ms": 85.4}
+    above = sv.saturation([run(13.0, False, 19.0, 34.3), run(14.2, True, 16.5, 78.6)], 16.5)
+    assert above["closed_form_host_position"] == "above"
+    assert above["closed_form_host_rel_error"] == pytest.approx(16.5 / 14.2 - 1)
+    below = sv.saturation([run(24.0, False, 21.2, 40.5), run(32.0, True, 24.5, 30.1)], 24.5)
+    assert below["closed_form_host_position"] == "below"
+    assert below["closed_form_host_rel_error"] == pytest.approx(21.2 / 24.0 - 1)
+    head = {"model": "phi-3.5-moe", "input_len": 1024, "output_len": 256, "max_num_seqs": 256, "gpu": "h100-sxm",
+            "layout": "1 GPU"}
+    line = " ".join(sv.saturation_lines({**head, **above}))
+    assert "19 req/s at the kept-up run's host (34.3 ms)" in line and "above the bracket at those hosts (+16" in line
+    assert sv.saturation([run(1.0, False, None, None)], None)["closed_form_host_position"] is None

@@ -103,10 +103,21 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
     """``options.moe_table_extra``: per expert shape (experts, width, scheme, hidden size, top-k)
     timed at a shipped table, the kernel's time at the table less its time at the default rule,
     s, at every pass timed at both (each side's geometric mean where a pass was timed more than
-    once); and the record (file; every shape timed at a table, with its passes, the range of
-    table/default, and whether the table is made for larger passes, ``specs/vllm-moe-tables.yaml``).
-    ([], {}) without the file or such shapes. The kernel timings are of the op alone: no
-    validation row is read.
+    once), with the table's keys where ``specs/vllm-moe-tables.yaml`` lists them; and the record
+    (file; every shape timed at a table, with its passes, the range of table/default, and whether
+    the table is made for larger passes). ([], {}) without the file or such shapes. The kernel
+    timings are of the op alone: no validation row is read.
+
+    With the keys, the passes that run one entry of the table (:func:`perfmodel.moe_tables.nearest_key`)
+    have their differences taken as the running median of three neighbours among them
+    (:func:`running_median`; the first and last as timed). One entry runs one set of tiles over
+    its range, and a single pass carries the draw of its routing: Mixtral-8x7B's experts in fp8
+    on the H100, timed every 16 tokens from 1,024 to 1,184 in one entry, gave a difference of
+    -312 µs at 1,024 tokens, +15 µs at 1,040 (its replays spread over 957-1,204 µs) and -86 to
+    -157 µs at the twelve passes from 1,056 to 1,280 (h1c49); at 1,152 tokens +90 µs in one call,
+    -143 µs in another. Phi-3.5-MoE's fp8 table changes entry at 1,152 tokens
+    (the tie of 1,024 and 1,280 goes to 1,280): +520 to +600 µs below, +355 to +385 µs above,
+    where a step at the midpoint of two timed passes put it at 1,088.
 
     Every timed table is taken, so that the experts' terms the rows fit are the default rule's on
     every shape: a row at a timed table is predicted at the default rule plus that table's
@@ -120,7 +131,7 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
     from collections import defaultdict
 
     from perfmodel.measuring.kernel_timings import read_kernel_timings
-    from perfmodel.moe_tables import tuned_from
+    from perfmodel.moe_tables import nearest_key, table_keys, tuned_from
     from perfmodel.paths import moe_kernel_file
 
     path = moe_kernel_file(results)
@@ -143,12 +154,30 @@ def fit_table_extra(results: Path, gpu: str) -> tuple[list[dict[str, Any]], dict
         default = [seconds(times[shape][m]["default"]) for m in passes]
         ratios = [a / b for a, b in zip(table, default)]
         experts, width, scheme, hidden, top_k = shape
+        keys = table_keys(gpu, experts, width, scheme)
+        extra = [a - b for a, b in zip(table, default)]
+        if keys:  # each entry's passes smoothed among themselves
+            entry = [nearest_key(m, keys) for m in passes]
+            for key in set(entry):
+                where = [i for i, e in enumerate(entry) if e == key]
+                for i, value in zip(where, running_median([extra[i] for i in where])):
+                    extra[i] = value
         out.append({"experts": experts, "width": width, "scheme": scheme, "hidden": hidden, "top_k": top_k,
-                    "tokens": passes, "extra_s": [_sig(a - b) for a, b in zip(table, default)]})
+                    "tokens": passes, "extra_s": [_sig(x) for x in extra],
+                    **({"keys": list(keys)} if keys else {})})
         kind = "made for larger passes" if tuned_from(gpu, experts, width, scheme) > 0 else "tuned from small passes"
         shapes.append(f"E={experts} N={width} {scheme} (hidden {hidden}, top-{top_k}): {len(passes)} passes, "
-                      f"table/default {min(ratios):.2f}-{max(ratios):.2f} ({kind})")
+                      f"table/default {min(ratios):.2f}-{max(ratios):.2f} ({kind}"
+                      f"{f'; {len(keys)} keys' if keys else '; keys not listed'})")
     return out, ({"file": path.name, "shapes": shapes} if shapes else {})
+
+def running_median(values: list[float]) -> list[float]:
+    """Each value replaced by the median of itself and its two neighbours; the first and the last
+    kept (Tukey's running median of three: one value off its neighbours is pulled to them, a
+    trend kept)."""
+    return [v if i in (0, len(values) - 1) else statistics.median(values[i - 1:i + 2])
+            for i, v in enumerate(values)]
+
 
 #: Passes of at least this many tokens run the fused-MoE kernel compute-bound: there its
 #: default-rule timings fit the cost of experts larger than the L2 cache (:func:`fit_l2_spill`).

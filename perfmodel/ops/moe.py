@@ -37,8 +37,10 @@ f_off on its memory time at every pass of such a shape (:func:`off_table_scale`;
 
 Tables, timed. Where the kernel itself was timed on a shape at the shipped table and at the
 default rule, pass by pass (``scripts/bench_moe_tiles.py``), the difference Δt(T) of the two
-times at the measured pass nearest the pass's T tokens is added to the experts' time, per layer
-(:func:`table_extra`), so that the experts' own terms are the default rule's; on a table made for
+times is added to the experts' time, per layer (:func:`table_extra`): the table's entry a pass of
+T tokens runs is the one whose key is nearest T (``specs/vllm-moe-tables.yaml`` lists the keys),
+and Δt(T) runs linearly between the passes measured in that entry's range, stepping where the
+entry changes; so that the experts' own terms are the default rule's. On a table made for
 larger passes it stands in place of f_off: a table's entries are
 tiles of different kinds (64 × 256 with two stages, 128 × 128 with four, ...), and what the
 table costs moves with the entry a pass meets (Phi-3.5-MoE's experts in fp8 on the H100: the
@@ -303,17 +305,46 @@ def l2_spill_scale(expert_bytes: sp.Expr) -> sp.Expr:
     return 1 + s_l2 * Max(0, 1 - L2 / expert_bytes)
 
 
-def table_extra(tokens: sp.Expr, points: tuple[tuple[float, float], ...]) -> sp.Expr:
+def table_extra(tokens: sp.Expr, points: tuple[tuple[float, float], ...],
+                keys: tuple[int, ...] = ()) -> sp.Expr:
     """The time a fused-MoE kernel's tuned table adds over the default rule's tiles per layer, s,
-    as measured at the passes ``points`` ((tokens, seconds), increasing tokens): the measured
-    pass nearest ``tokens`` (a step between two measured passes at their midpoint, as vLLM takes
-    the table entry nearest a pass); 0 with no points. A step in the tokens, as the measured
-    kernel is: an entry of better tiles can make a larger pass faster."""
+    as measured at the passes ``points`` ((tokens, seconds), increasing tokens); 0 with no points.
+
+    With the table's ``keys`` (in its file's order): a pass runs the entry of the key nearest its
+    tokens (:func:`perfmodel.moe_tables.nearest_key`), so the time steps where the entry changes,
+    at the midpoint of two keys (on the side vLLM breaks the tie to); within one entry's range it
+    runs linearly between the passes measured there, flat beyond the first and last of them. An
+    entry without a measured pass takes the measured pass nearest its key. Without keys: the
+    measured pass nearest ``tokens``, a step at the midpoint of two."""
     if not points:
         return sp.Integer(0)
-    pieces = [(sp.Float(extra, 6), sp.StrictLessThan(tokens, sp.Rational(int(m + n), 2)))
-              for (m, extra), (n, _) in zip(points, points[1:])]
-    return sp.Piecewise(*pieces, (sp.Float(points[-1][1], 6), True))
+    if not keys:
+        pieces = [(sp.Float(extra, 6), sp.StrictLessThan(tokens, sp.Rational(int(m + n), 2)))
+                  for (m, extra), (n, _) in zip(points, points[1:])]
+        return sp.Piecewise(*pieces, (sp.Float(points[-1][1], 6), True))
+    from perfmodel.moe_tables import nearest_key
+
+    ordered = sorted(keys)
+    pieces = []
+    for i, key in enumerate(ordered):
+        measured = [p for p in points if nearest_key(p[0], keys) == key]
+        curve = _interpolated(tokens, measured or [min(points, key=lambda p: abs(p[0] - key))])
+        if i + 1 == len(ordered):
+            pieces.append((curve, True))
+            continue
+        mid = sp.Rational(key + ordered[i + 1], 2)
+        below = sp.LessThan if nearest_key(mid, keys) == key else sp.StrictLessThan
+        pieces.append((curve, below(tokens, mid)))
+    return sp.Piecewise(*pieces)
+
+
+def _interpolated(tokens: sp.Expr, points: list[tuple[float, float]]) -> sp.Expr:
+    """Linear between ``points`` ((tokens, value), increasing tokens), flat beyond the first and last."""
+    first, last = points[0], points[-1]
+    pieces = [(sp.Float(first[1], 6), sp.StrictLessThan(tokens, first[0]))]
+    for (m, a), (n, b) in zip(points, points[1:]):
+        pieces.append((sp.Float(a, 6) + sp.Float((b - a) / (n - m), 6) * (tokens - m), sp.StrictLessThan(tokens, n)))
+    return sp.Piecewise(*pieces, (sp.Float(last[1], 6), True))
 
 
 def gemm(name: str, op_class: OpClass, *, rows: sp.Expr, d_in: sp.Expr, d_out: sp.Expr,
@@ -411,7 +442,8 @@ def router(bias: bool) -> Op:
 
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
-                   tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = ()) -> Op:
+                   tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
+                   table_keys: tuple[int, ...] = ()) -> Op:
     """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
     g = ep and shard = tp·dp, or whole experts under vLLM's expert parallelism, g = ep·tp·dp),
     serving the dp·T tokens of the dp ranks (:func:`expert_tokens`).
@@ -435,8 +467,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     fused block; ignored for ``impl="unfused"``): the smallest pass of the engine's tuned tile
     table for these experts, tokens (:func:`off_table_scale`; 0: none that starts above small
     passes). ``table_extra_s`` (a fused block): the time that table adds over the default rule's
-    tiles, measured at passes of (tokens, s) (:func:`table_extra`); it replaces ``tuned_from``'s
-    factor where given.
+    tiles, measured at passes of (tokens, s), stepping where the table's ``table_keys`` change
+    its entry (:func:`table_extra`); it replaces ``tuned_from``'s factor where given.
     """
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
@@ -461,7 +493,7 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     else:  # one expert's weights on one GPU against the L2 cache
         op = replace(op, compute_scale=l2_spill_scale(expert_weight_bytes(quantized)))
     if table_extra_s:
-        op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s))
+        op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s, table_keys))
     elif tuned_from > 0:
         op = replace(op, memory_scale=off_table_scale(tuned_from))
     return op
@@ -568,7 +600,8 @@ def routing_bitmatrix() -> Op:
 def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
-              tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = ()) -> list[Op]:
+              tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
+              table_keys: tuple[int, ...] = ()) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -579,7 +612,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     the routed experts' kernel runs in tiles whose waves set a floor under its time
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
     the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
-    default rule's, measured by tokens per pass (:func:`table_extra`). How the experts are cut over GPUs is a symbol's
+    default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`). How the experts are cut over GPUs is a symbol's
     (:func:`expert_split`).
     """
     if quantized_shared is None:
@@ -594,7 +627,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
                           quantized=quantized, tiled=tiled, tuned_from=tuned_from,
-                          table_extra_s=table_extra_s),
+                          table_extra_s=table_extra_s, table_keys=table_keys),
            activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]

@@ -146,7 +146,13 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
 
     The bracket is the highest rate kept up with below the lowest overloaded one, and that rate;
     runs kept up with above it (too short to reach a steady state) are listed apart
-    (``kept_up_above``)."""
+    (``kept_up_above``). The closed form is also taken at each bracketing run's own host
+    (``closed_form_at_hosts``: each run's ``predicted_saturation_rps``), where two runs of a
+    bracket ran on hosts of different speeds: ``closed_form_host_position`` is ``inside`` where
+    it agrees with both runs (at least the rate the kept-up run was offered, at most the rate the
+    overloaded run was), ``below`` where it says the kept-up run should have overloaded, ``above``
+    where it says the overloaded run should have kept up, with ``closed_form_host_rel_error``
+    against that run's offered rate."""
     runs = sorted(runs, key=lambda r: r["rate"])
 
     def bracket(flag: str) -> tuple[dict | None, dict | None, list[dict]]:
@@ -166,6 +172,15 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
     replay_capacity = _mean(replay) if len(replay) == len(busy) else None
     low = below["offered_rate"] if below else None
     high = above["offered_rate"] if above else None
+    at_low = below.get("predicted_saturation_rps") if below else None
+    at_high = above.get("predicted_saturation_rps") if above else None
+    host_position, host_error = None, None
+    if at_low is not None and low is not None and at_low < low:
+        host_position, host_error = "below", _rel(at_low, low)
+    elif at_high is not None and high is not None and at_high > high:
+        host_position, host_error = "above", _rel(at_high, high)
+    elif at_low is not None or at_high is not None:
+        host_position = "inside"
     return {
         "rates": [r["rate"] for r in runs],
         "followed_up_to": low, "followed_up_to_nominal": below["rate"] if below else None,
@@ -178,6 +193,9 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
         "predicted_saturation_rps": predicted_rate,
         "closed_form_position": _position(predicted_rate, low, high),
         "closed_form_rel_error": _rel(predicted_rate, capacity),
+        "closed_form_at_hosts": {"kept_up": at_low, "kept_up_host_ms": below.get("host_ms") if below else None,
+                                 "overloaded": at_high, "overloaded_host_ms": above.get("host_ms") if above else None},
+        "closed_form_host_position": host_position, "closed_form_host_rel_error": host_error,
         "replay_capacity_rps": replay_capacity,
         "replay_capacity_rel_error": _rel(replay_capacity, capacity),
         "replay_followed_up_to": p_below["offered_rate"] if p_below else None,
@@ -564,6 +582,15 @@ def saturation_lines(s: dict[str, Any]) -> list[str]:
         closed += f", {s['closed_form_position']} the measured bracket"
     if s["closed_form_rel_error"] is not None:
         closed += f", {_err(s['closed_form_rel_error'])} vs the measured capacity"
+    hosts = s.get("closed_form_at_hosts") or {}
+    at = [f"{_rate(hosts[k])} req/s at the {k.replace('_', '-')} run's host"
+          + (f" ({hosts[k + '_host_ms']:.1f} ms)" if hosts.get(k + "_host_ms") is not None else "")
+          for k in ("kept_up", "overloaded") if hosts.get(k) is not None]
+    if at and any(hosts.get(k + "_host_ms") is not None for k in ("kept_up", "overloaded")):
+        position = s.get("closed_form_host_position")
+        closed += (f"; {' and '.join(at)}: "
+                   + ("agreeing with both runs" if position == "inside" else
+                      f"{position} the bracket at those hosts ({_err(s['closed_form_host_rel_error'])})"))
     replay = ""
     if s["capacity_rates"]:
         replay = f"replay capacity at the same rates {_rate(s['replay_capacity_rps'])} req/s"
