@@ -116,6 +116,12 @@ class Latency(_Strict):
         "re-expanded keys and the decodes' absorbed over the latent cache, the second launched from "
         "the host beside the first (perfmodel.ops.attention.mla_ops); a step of prompts alone, or of "
         "decodes alone, pays none.")
+    launch_serial_s: NonNegativeFloat = Field(
+        default=0.0, description="Host time of a serving step launched from the host (prompt tokens "
+        "beyond the largest CUDA graph) that its GPU work does not hide: the scheduling, the inputs "
+        "and the first launches before its first kernel, the sampling and outputs after its last. "
+        "The serving planner adds it to such a step's GPU time (perfmodel.planning.steptime); where "
+        "the host's launches set the step it lies within them.")
     request_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per request of one offline batch call (the front end "
         "admits each request before its prefill and returns each output after it), serial with the "

@@ -90,3 +90,18 @@ def test_the_simulation_hands_tokens_over_as_the_two_resources_allow():
     a_sync = sync.token_times[0]
     assert np.max(np.diff(a_sync)) == pytest.approx(0.05)
     assert a_sync[-1] > a[-1]  # the overlap shortens A's run
+
+
+def test_a_launched_steps_gpu_time_holds_the_hosts_work_its_kernels_do_not_overlap():
+    from dataclasses import replace
+
+    plain, serial = _steps(0.005), replace(_steps(0.005), serial_s=0.004)
+    # a launched step (prompt tokens, no CUDA graph): the GPU's 10 + 0.1·T ms and 4 ms more
+    assert serial.step_parts(2, 100.0, 30, 0.0)[0] == pytest.approx(plain.step_parts(2, 100.0, 30, 0.0)[0] + 0.004)
+    assert serial.step(2, 100.0, 30, 0.0) == pytest.approx(0.01 + 32e-4 + 0.004)
+    assert serial.step(0, 100.0, 0, 0.0) == pytest.approx(plain.step(0, 100.0, 0, 0.0))  # decodes alone: none
+    gpu, _, launched = serial.parts(np.array([2.0, 2.0]), 100.0, np.array([30.0, 0.0]), 0.0)
+    assert list(launched) == [True, False] and gpu == pytest.approx([0.01 + 32e-4 + 0.004, 0.01 + 2e-4])
+    # where the host's launches set the step, the part lies within them
+    host_set = replace(_steps(0.05), serial_s=0.004)
+    assert host_set.step(2, 100.0, 30, 0.0) == pytest.approx(_steps(0.05).step(2, 100.0, 30, 0.0))

@@ -42,14 +42,19 @@ def _fixed(rate: float, n: int, seed: int = 0) -> Requests:
 
 
 def test_step_tables_reproduce_predict(steps):
-    """A decode-only step is predict's decode step; a prefill-only step its prefill pass."""
+    """A decode-only step is predict's decode step; a prefill-only step its prefill pass, and a
+    launched one the host's work its kernels do not overlap beside (launch_serial_s)."""
     for batch, context in ((1, 1024), (64, 1100), (200, 1200)):
         want = predict("mixtral", gpu="h200", phase="decode", batch=batch, context=context).metrics["decode_step_s"]
         assert steps.step(batch, context, 0, 0) == pytest.approx(want, rel=1e-3)
+    assert steps.serial_s > 0
+    assert steps.serial_s == pytest.approx(load_profile("vllm", "h200-sxm").latency.launch_serial_s)
     for prompts, length in ((1, 1024), (4, 1024), (1, 4096)):
         want = predict("mixtral", gpu="h200", phase="prefill", batch=prompts, input_len=length).metrics["prefill_s"]
         tokens = prompts * length
-        assert steps.step(0, 1, tokens, tokens * steps.prefill_rate(length)) == pytest.approx(want, rel=0.01)
+        gpu, host, launched = steps.step_parts(0, 1, tokens, tokens * steps.prefill_rate(length))
+        assert launched and max(gpu - steps.serial_s, host) == pytest.approx(want, rel=0.01)
+        assert steps.step(0, 1, tokens, tokens * steps.prefill_rate(length)) == pytest.approx(max(gpu, host))
     assert "attn.core" in steps.sequence_ops and "moe.experts" in steps.token_ops
     # a step holding prompt tokens takes at least the host floor of a prefill, unless all its
     # tokens fit the largest captured CUDA graph (vLLM replays it)

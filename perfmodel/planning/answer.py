@@ -202,6 +202,7 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "host": prov["host"],
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
+                    "launch_serial_s": setup.steps.serial_s if setup.steps else None,
                     "launch_factor_p10_p90": (factor_range(setup.steps.launch_noise)
                                               if setup.steps and setup.steps.launch_noise else None),
                     "graph_tokens": int(default_graph_tokens(setup.steps, setup.profile, pool.engine.max_num_seqs,
@@ -276,7 +277,10 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
             beyond = f" and more than {graph:,} tokens (the largest captured CUDA graph)" if graph else ""
             out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
-                       "on offline prefills), which sets the ITL of tokens that share a step with a prefill.")
+                       "on offline prefills), which sets the ITL of tokens that share a step with a prefill"
+                       + (f"; where its kernels take longer, they and {p['launch_serial_s'] * 1e3:.1f} ms of the "
+                          "host's work they do not overlap (its scheduling and first launches, its outputs)"
+                          if p.get("launch_serial_s") else "") + ".")
     noisy = {p["gpu"]: p["launch_factor_p10_p90"] for p in prov if p.get("launch_factor_p10_p90")}
     for gpu, (lo, hi) in noisy.items():
         out.append(f"{gpu}: a step the host launches (prompt tokens beyond the largest CUDA graph) takes a host "

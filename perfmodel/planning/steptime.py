@@ -17,7 +17,9 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
   takes at least the host floor of a prefill pass, where the profile has one (vLLM launches
   such a step's pieces and attention from the host; a smaller one it replays from a graph),
   plus the host's time per sequence for each further sequence the step holds (decodes and
-  prompt chunks);
+  prompt chunks); such a launched step's GPU time also holds the host's work its kernels do not
+  overlap, before the first and after the last (the profile's ``launch_serial_s``,
+  :mod:`perfmodel.calibration.fit_launch_serial`);
 - a step holding prompt tokens beside decodes adds the host time of an attention the engine
   runs as two paths in it (MLA's: :func:`perfmodel.prediction.split_host`), to the host floor of a
   launched step, serial with the GPU's work in a replayed one.
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from perfmodel import quantization
+from perfmodel import symbols as sym
 from perfmodel.errors import InputError
 from perfmodel.prediction import DTYPE_BYTES, Workload, compile_model, graph_options, numeric_values
 from perfmodel.profile import EngineProfile, LaunchNoise
@@ -78,6 +81,10 @@ class StepTimes:
     graph, per step and per sequence it holds (the step takes at least their sum); ``split_s``:
     what a step holding prompt tokens beside decodes adds on the host (an attention run as two
     paths, :func:`perfmodel.prediction.split_host`; 0 for most models);
+    ``serial_s``: what a launched step's GPU time gains from the host's work its kernels do not
+    overlap (the scheduling, inputs and first launches before them, the sampling and outputs
+    after; the profile's ``launch_serial_s`` at the host's speed); where the host's launches set
+    the step, it lies within them.
     ``launch_noise``: how a launched step's host time varies within a run (the profile's,
     :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws. Memory
     per GPU in bytes.
@@ -104,6 +111,7 @@ class StepTimes:
     host_seq_s: float = 0.0
     split_s: float = 0.0
     launch_noise: LaunchNoise | None = None
+    serial_s: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -192,7 +200,8 @@ class StepTimes:
         step's tokens (with the host's attention launches of a step replayed from piecewise
         graphs); the host time is its work for the step: a step replayed from a CUDA graph,
         :meth:`host`; a launched step (prompt tokens, more tokens than the largest graph),
-        :meth:`floor`, over which its kernels run as they are launched. A step alone takes
+        :meth:`floor`, over which its kernels run as they are launched, its GPU time holding the
+        host's work they do not overlap (``serial_s``). A step alone takes
         the larger of the two (:meth:`steps`)."""
         n, p, p_time, chunks = np.broadcast_arrays(
             np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
@@ -213,6 +222,7 @@ class StepTimes:
         launched = (p > 0) & (total > self.graph_tokens)
         split = self.split(n, p)
         gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s + split, gpu)
+        gpu = np.where(launched, gpu + self.serial_s, gpu)
         sequences = n + np.where(p > 0, chunks, 0.0)
         host = np.where(launched, self.floor(sequences) + split, self.host(sequences))
         return gpu, host, launched
@@ -233,7 +243,7 @@ class StepTimes:
             return gpu, float(self.host(n)), False
         split = float(self.split(n, prompt_tokens))
         if n + prompt_tokens > self.graph_tokens:
-            return gpu, float(self.floor(n + prompts)) + split, True
+            return gpu + self.serial_s, float(self.floor(n + prompts)) + split, True
         return gpu + self.piecewise_s + split, float(self.host(n + prompts)), False
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
@@ -363,7 +373,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         kv_bytes_per_token=kv_per_token, usable_bytes=usable, token_ops=token,
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
         floor_seq_s=floor_seq, piecewise_s=piecewise, host_s=float(base.get("t_host_step", 0.0)),
-        host_seq_s=float(base.get("t_host_seq", 0.0)), split_s=split, launch_noise=profile.latency.launch_noise)
+        host_seq_s=float(base.get("t_host_seq", 0.0)), split_s=split, launch_noise=profile.latency.launch_noise,
+        serial_s=float(base.get(sym.t_launch_serial.name, 0.0)) if profile.options.prefill_eager else 0.0)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

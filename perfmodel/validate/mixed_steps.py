@@ -47,28 +47,46 @@ def step_rows(gpu: str) -> tuple[Path, list[dict[str, Any]]]:
     return path, rows
 
 
-def fitted_groups(profile) -> set[tuple[str, str]]:
-    """(file, model with its overrides) of the rows the profile's MLA term was fitted on: its own
-    ``fit.mla_split.pairs``, else its anchor's (an anchored profile carries the anchor's host terms)."""
+def _host_record(profile, name: str) -> dict[str, Any]:
+    """The profile's ``fit.<name>`` record, else its anchor's (an anchored profile carries the
+    anchor's host terms); {} where neither has one."""
     import yaml
 
     from perfmodel.paths import ROOT
 
     fit = profile.fit or {}
-    record = fit.get("mla_split")
+    record = fit.get(name)
     if record is None and (fit.get("anchor") or {}).get("profile"):
         anchor = yaml.safe_load((ROOT / fit["anchor"]["profile"]).read_text()) or {}
-        record = (anchor.get("fit") or {}).get("mla_split")
+        record = (anchor.get("fit") or {}).get(name)
+    return record or {}
+
+
+def fitted_groups(profile) -> set[tuple[str, str]]:
+    """(file, model with its overrides) of the rows the profile's MLA term was fitted on
+    (``fit.mla_split.pairs``, its own or its anchor's)."""
     groups = set()
-    for pair in (record or {}).get("pairs", []):
+    for pair in _host_record(profile, "mla_split").get("pairs", []):
         file, rest = pair["row"].split(": ", 1)
         groups.add((file, rest.rsplit(" D=", 1)[0]))
     return groups
 
 
+def fitted_prompts(profile) -> set[tuple[str, str, str]]:
+    """(file, model with its overrides, scheme) of the prompt-alone rows (D = 0) the profile's
+    ``launch_serial_s`` was fitted on (``fit.launch_serial.rows``, its own or its anchor's)."""
+    rows = set()
+    for entry in _host_record(profile, "launch_serial").get("rows", []):
+        file, rest = entry["row"].split(": ", 1)
+        group, scheme = rest.rsplit(" ", 1)
+        rows.add((file, group, scheme))
+    return rows
+
+
 def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
     """The model's step for one profiled row: its time, its GPU and host parts (ms), and whether
-    the engine launched it (more tokens than its largest CUDA graph)."""
+    the engine launched it (more tokens than its largest CUDA graph); of the GPU part, the
+    kernels' time and the host's work they do not overlap in a launched step (``serial_ms``)."""
     from statistics import fmean
 
     from perfmodel.planning.steptime import build_step_times
@@ -90,7 +108,9 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
     decodes, prompt = int(row["decodes"]), int(row["prompt"])
     context = float(row["context"]) + len(row.get("mixed_ms") or [])
     gpu_s, host_s, launched = steps.step_parts(decodes, context, prompt, prompt * steps.prefill_rate(prompt))
-    return {"ms": 1e3 * max(gpu_s, host_s), "gpu_ms": 1e3 * gpu_s, "host_ms": 1e3 * host_s, "launched": launched}
+    serial_s = steps.serial_s if launched else 0.0
+    return {"ms": 1e3 * max(gpu_s, host_s), "gpu_ms": 1e3 * gpu_s, "host_ms": 1e3 * host_s, "launched": launched,
+            "kernels_ms": 1e3 * (gpu_s - serial_s), "serial_ms": 1e3 * serial_s}
 
 
 def compare_mixed_steps(gpu: str) -> dict[str, Any]:
@@ -100,7 +120,7 @@ def compare_mixed_steps(gpu: str) -> dict[str, Any]:
 
     path, rows = step_rows(gpu)
     profile = load_profile("vllm", gpu)
-    fitted = fitted_groups(profile)
+    fitted, prompts = fitted_groups(profile), fitted_prompts(profile)
     alone = {}
     for row in rows:  # the prompt alone of each group sets whether the group is host- or GPU-bound
         if int(row["decodes"]) == 0:
@@ -115,8 +135,10 @@ def compare_mixed_steps(gpu: str) -> dict[str, Any]:
                        "busy_ms": busy_ms(row),
                        "host_probe_ms": row.get("host_probe_ms"), "predicted_ms": model["ms"],
                        "gpu_ms": model["gpu_ms"], "host_ms": model["host_ms"], "launched": bool(model["launched"]),
+                       "kernels_ms": model["kernels_ms"], "serial_ms": model["serial_ms"],
                        "host_bound": alone.get((group, quant)),
-                       "held_out": (path.name, group) not in fitted,
+                       "held_out": ((path.name, group) not in fitted
+                                    and not (int(row["decodes"]) == 0 and (path.name, group, quant) in prompts)),
                        "ratio": model["ms"] / row["mixed_median_ms"]})
     summary = {}
     for label, keep in (("host-bound", lambda p: p["host_bound"] is True),
@@ -133,9 +155,11 @@ def compare_mixed_steps(gpu: str) -> dict[str, Any]:
                 and (" " in p["group"]) == cut]
         if part:
             gpu_side["cut to fewer layers" if cut else "as built"] = {
-                "points": len(part), "mape_pct": 100 * statistics.fmean(abs(p["gpu_ms"] / p["busy_ms"] - 1) for p in part),
-                "median_ratio": statistics.median(p["gpu_ms"] / p["busy_ms"] for p in part),
-                "median_gap_ms": statistics.median(p["measured_ms"] - p["busy_ms"] for p in part)}
+                "points": len(part),
+                "mape_pct": 100 * statistics.fmean(abs(p["kernels_ms"] / p["busy_ms"] - 1) for p in part),
+                "median_ratio": statistics.median(p["kernels_ms"] / p["busy_ms"] for p in part),
+                "median_gap_ms": statistics.median(p["measured_ms"] - p["busy_ms"] for p in part),
+                "median_serial_ms": statistics.median(p["serial_ms"] for p in part)}
     held = [abs(p["ratio"] - 1) for p in points if p["held_out"]]
     first = rows[0].get("provenance") or {}
     return {"gpu": gpu, "file": path.name, "profile": profile.name,
@@ -157,7 +181,8 @@ def markdown(result: dict[str, Any]) -> str:
              "Each row: the median wall time of the synchronous engine's step that adds a prompt to D running "
              "decodes (D = 0: the prompt alone), against the serving planner's step at the row's host speed, the "
              "larger of its GPU time and its host time (a launched step's floor and what a prompt beside decodes "
-             "adds). Held out: every row but those the profile's MLA term was fitted on (`fit.mla_split`). "
+             "adds). Held out: every row but those the profile's MLA term was fitted on (`fit.mla_split`) and the "
+             "prompts alone its launched step's serial host time was (`fit.launch_serial`). "
              "Host-bound: the prompt alone kept the GPU busy for at most 60% of its step.", "",
              (f"Held-out MAPE: {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} steps."
               if result["held_out_mape_pct"] is not None else "No held-out step."), "",
@@ -165,14 +190,15 @@ def markdown(result: dict[str, Any]) -> str:
     for label, s in result["summary"].items():
         lines.append(f"| {label} | {s['points']} | {s['mape_pct']:.1f}% | {s['median_ratio']:.2f} |")
     if result.get("gpu_side"):
-        lines += ["", "The GPU-bound steps' GPU time alone: the model's against the profiled step's GPU busy time (the "
-                  "kernels' union), and what the wall time adds to that busy time (the host's part of the step that "
-                  "the GPU does not hide: its scheduling, inputs, first launches and outputs).", "",
-                  "| held-out GPU-bound steps | points | GPU MAPE | median model GPU/busy | median wall − busy |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "The GPU-bound steps' kernels alone: the model's kernel time against the profiled step's GPU "
+                  "busy time (the kernels' union), and what the wall time adds to that busy time (the host's part of "
+                  "the step that the GPU does not hide: its scheduling, inputs, first launches and outputs) beside "
+                  "the model's (`latency.launch_serial_s` at the row's host speed).", "",
+                  "| held-out GPU-bound steps | points | kernel MAPE | median model kernels/busy | "
+                  "median wall − busy | median model's part |", "|---|---|---|---|---|---|"]
         for label, s in result["gpu_side"].items():
             lines.append(f"| {label} | {s['points']} | {s['mape_pct']:.1f}% | {s['median_ratio']:.2f} | "
-                         f"{s['median_gap_ms']:.1f} ms |")
+                         f"{s['median_gap_ms']:.1f} ms | {s['median_serial_ms']:.1f} ms |")
     lines += ["", "| model | scheme | D | measured ms | GPU busy ms | host probe ms | model ms (GPU / host) | "
               "model/measured | bound | held out |", "|---|---|---|---|---|---|---|---|---|---|"]
 
