@@ -92,33 +92,21 @@ def test_the_roofline_profile_states_the_options_these_tests_add_to(roofline_wit
     assert yaml.safe_load((root / "calibration/profiles/roofline.yaml").read_text())["options"] == OPTIONS
 
 
-def test_a_malformed_table_file_is_one_line(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("text", "loader", "ask", "said"), [
+    ("tables:\n  - {gpu: h100-sxm, experts: -1}\n", "load_tables", "tuned_from", "invalid table"),
+    *[(f"tables: []\nkeys:\n  - {{gpu: h100-sxm, experts: 16, width: 6400, scheme: fp8{keys}}}\n", "load_table_keys",
+       "table_keys", "invalid table keys") for keys in (", keys: []", ", keys: [1, 2, 1]", "")]])
+def test_a_malformed_table_file_is_one_line(monkeypatch, tmp_path, text, loader, ask, said):
     bad = tmp_path / "tables.yaml"
-    bad.write_text("tables:\n  - {gpu: h100-sxm, experts: -1}\n")
+    bad.write_text(text)
     monkeypatch.setattr(moe_tables, "TABLES_FILE", bad)
-    moe_tables.load_tables.cache_clear()
+    getattr(moe_tables, loader).cache_clear()
     try:
         with pytest.raises(SpecError) as info:
-            moe_tables.tuned_from("h100-sxm", 16, 6400, "fp8")
-        assert "\n" not in str(info.value) and "tables.yaml: invalid table" in str(info.value)
+            getattr(moe_tables, ask)("h100-sxm", 16, 6400, "fp8")
+        assert "\n" not in str(info.value) and f"tables.yaml: {said}" in str(info.value)
     finally:
-        moe_tables.load_tables.cache_clear()
-
-
-@pytest.mark.parametrize("entry", ["{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8, keys: []}",
-                                   "{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8, keys: [1, 2, 1]}",
-                                   "{gpu: h100-sxm, experts: 8, width: 14336, scheme: fp8}"])
-def test_malformed_table_keys_are_one_line(monkeypatch, tmp_path, entry):
-    bad = tmp_path / "tables.yaml"
-    bad.write_text(f"tables: []\nkeys:\n  - {entry}\n")
-    monkeypatch.setattr(moe_tables, "TABLES_FILE", bad)
-    moe_tables.load_table_keys.cache_clear()
-    try:
-        with pytest.raises(SpecError) as info:
-            moe_tables.table_keys("h100-sxm", 8, 14336, "fp8")
-        assert "\n" not in str(info.value) and "tables.yaml: invalid table keys" in str(info.value)
-    finally:
-        moe_tables.load_table_keys.cache_clear()
+        getattr(moe_tables, loader).cache_clear()
 
 
 def test_a_pass_runs_the_entry_of_the_nearest_key_the_files_first_on_a_tie():

@@ -34,11 +34,10 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from perfmodel.calibration.fit_mla_split import STEADY, mixed_step_files
+from perfmodel.calibration.fit_mla_split import STEADY, mixed_step_files, profiled_mean
 from perfmodel.host_speed import factor_at
 from perfmodel.measuring.mixed_steps import busy_ms, group_name, host_bound
 from perfmodel.measuring.results import read_rows
-from perfmodel.paths import ROOT
 
 
 def _why_not(row: dict[str, Any]) -> str | None:
@@ -60,8 +59,6 @@ def fit_launch_serial(base: dict[str, Any], train: tuple[str, ...], files: list[
     the rows left out with their reasons); None where no training model's row qualifies.
     ``base``: the profile as fitted so far (its host speed holds); ``train``: the training
     models' names."""
-    from perfmodel.calibration.fit import _sig
-
     latency = base["latency"]
     used, checks, left_out, values = [], [], [], []
     paths = files if files is not None else mixed_step_files()
@@ -84,8 +81,4 @@ def fit_launch_serial(base: dict[str, Any], train: tuple[str, ...], files: list[
                 continue
             values.append(gap_ms * 1e-3 / h)
             used.append(entry)
-    record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
-              "rows": used, "checks": checks, "left_out": left_out}
-    if not values:
-        return None, record
-    return max(0.0, _sig(fmean(values))), record
+    return profiled_mean(values, paths, rows=used, checks=checks, left_out=left_out)

@@ -88,7 +88,7 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
     """``mla_split_layer_s`` (s) and its record (the pairs used and left out, with reasons);
     None where no pair qualifies. ``base``: the profile as fitted so far (its host terms and
     host speed hold)."""
-    from perfmodel.calibration.fit import _profile, _sig
+    from perfmodel.calibration.fit import _profile
 
     profile = _profile(base)
     latency = base["latency"]
@@ -122,8 +122,13 @@ def fit_mla_split(base: dict[str, Any], files: list[Path] | None = None
                 continue
             values.append(t)
             used.append(entry)
-    record = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
-              "pairs": used, "checks": checks, "left_out": left_out}
-    if not values:
-        return None, record
-    return max(0.0, _sig(fmean(values))), record
+    return profiled_mean(values, paths, pairs=used, checks=checks, left_out=left_out)
+
+
+def profiled_mean(values: list[float], paths: list[Path], **record: list) -> tuple[float | None, dict[str, Any]]:
+    """A term fitted on profiled steps: the mean of its ``values`` (s, at least 0; None without
+    any) and its record (the files read, then ``record``'s lists: what was used, checked and left out)."""
+    from perfmodel.calibration.fit import _sig
+
+    out = {"sources": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths], **record}
+    return (max(0.0, _sig(fmean(values))) if values else None), out
