@@ -50,10 +50,11 @@ class TableKeys(BaseModel):
         return keys
 
 
-def _entries(section: str, kind: type[BaseModel], label: str) -> tuple:
-    """The entries of one list of ``specs/vllm-moe-tables.yaml``, each checked as ``kind``."""
+def _entries(section: str, kind: type[BaseModel], label: str, required: bool = True) -> tuple:
+    """The entries of one list of ``specs/vllm-moe-tables.yaml``, each checked as ``kind``
+    (none where the file has no such list and it is not ``required``)."""
     data = read_mapping(TABLES_FILE, SpecError, expected="a mapping 'tables: [...]'")
-    entries = data.get(section, [] if section != "tables" else None)
+    entries = data.get(section, None if required else [])
     if not isinstance(entries, list):
         raise SpecError(f"{TABLES_FILE.name}: expected a list under '{section}'")
     out = []
@@ -77,7 +78,7 @@ def load_tables() -> tuple[TunedTable, ...]:
 @cache
 def load_table_keys() -> tuple[TableKeys, ...]:
     """The keys of every table ``specs/vllm-moe-tables.yaml`` lists them for."""
-    return _entries("keys", TableKeys, "table keys")
+    return _entries("keys", TableKeys, "table keys", required=False)
 
 
 def table_keys(gpu: str | None, experts: float, width: float, scheme: str) -> tuple[int, ...]:
