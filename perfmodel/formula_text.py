@@ -54,7 +54,7 @@ def _parts(model_name: str, op_name: str, quantity: str, phase: str, overrides: 
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
     # the ops as the engine runs them, as predict builds them (its expert-row tiles, MLA's path)
-    graph = build_graph(model, decode=phase == "decode", options=graph_options(profile, w, model))
+    graph = build_graph(model, decode=phase == "decode", options=graph_options(profile, w, model, gpu_spec.name))
     ops = {op.name: (count, op) for count, op in graph.all_ops()}
     if op_name == "list":
         return {"model": model, "phase": phase, "ops": ops, "numbers": model_values(model)}

@@ -534,9 +534,10 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
                 moe_tiled=scheme.moe_tile is not None)
 
 
-def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec | None) -> int:
+def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec | None,
+                   gpu: str | None = None) -> int:
     """The smallest pass of the engine's tuned fused-MoE tile table for the model's routed experts
-    on one GPU of the workload, where it starts above small passes
+    on one ``gpu`` of the workload (default: the profile's own), where it starts above small passes
     (:func:`perfmodel.moe_tables.tuned_from`); 0 without a model, a MoE, a profile that measured
     such tables (``options.moe_off_table_memory``), or such a table, for a table of a scheme the
     profile's A/B did not run (``options.moe_off_table_schemes``: the factor is one table kind's),
@@ -548,21 +549,23 @@ def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec 
         return 0
     if options.moe_off_table_schemes is not None and experts_scheme(workload) not in options.moe_off_table_schemes:
         return 0
-    return moe_table_start(profile.gpu, workload, model)
+    return moe_table_start(gpu or profile.gpu, workload, model)
 
 
 def moe_table_extra(profile: EngineProfile, workload: Workload,
-                    model: ModelSpec | None) -> TableExtra | None:
+                    model: ModelSpec | None, gpu: str | None = None) -> TableExtra | None:
     """The time the engine's tuned fused-MoE tile table for the model's routed experts on one GPU
     of the workload adds over its default rule's, per layer, at passes of (tokens, s), where the
     profile timed that table (``options.moe_table_extra``: the expert shape E/g experts of width
     I/shard at the scheme its experts run at and the model's hidden size, timed at the model's
     top-k or else the nearest top-k timed, :func:`perfmodel.ops.moe.table_extra`), with the
     table's keys; None without a model, a MoE, such a measurement, and for a workload at the
-    default tile rule (``moe_tables`` false) or with unfused experts."""
+    default tile rule (``moe_tables`` false) or with unfused experts. None too on a ``gpu`` other
+    than the one the profile was fitted on: the engine there runs that GPU's own table, whose
+    time was not measured (the off-table factor, :func:`moe_tuned_from`, stands for it)."""
     measured = profile.options.moe_table_extra
     if (not measured or model is None or model.moe is None or not workload.moe_tables
-            or workload.moe_impl != "fused"):
+            or workload.moe_impl != "fused" or (gpu is not None and gpu != profile.gpu)):
         return None
     groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
     shape = (model.moe.n_experts / groups, model.moe.expert_intermediate / shard, experts_scheme(workload))
@@ -596,13 +599,14 @@ def moe_table_start(gpu: str | None, workload: Workload, model: ModelSpec) -> in
 
 
 def graph_options(profile: EngineProfile, workload: Workload | None = None,
-                  model: ModelSpec | None = None) -> GraphOptions:
+                  model: ModelSpec | None = None, gpu: str | None = None) -> GraphOptions:
     """The engine choices of a profile, and of a workload (its quantization scheme and MoE
     implementation; default: none and fused), that change which ops run (:class:`GraphOptions`).
     A scheme whose MoE kernel picks its own row blocks (``moe_row_blocks``: Marlin's) replaces
     the profile's tiers where the profile pads expert rows at all. With ``model``: the tuned
-    tile table its routed experts meet on the profile's GPU (:func:`moe_tuned_from`), or its
-    time measured against the default rule's (:func:`moe_table_extra`), which replaces it."""
+    tile table its routed experts meet on ``gpu`` (the GPU predicted, a spec name; default: the
+    profile's own) (:func:`moe_tuned_from`), or its time measured against the default rule's on
+    the profile's GPU (:func:`moe_table_extra`), which replaces it there."""
     opts = profile.options
     w = workload if workload is not None else Workload()
     tiers, by_rows = profile.moe_block_tiers, False
@@ -611,11 +615,11 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
         # an engine that pads expert rows runs this scheme's experts on a kernel with blocks of its own
         tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
-    extra = moe_table_extra(profile, w, model)
+    extra = moe_table_extra(profile, w, model, gpu)
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs,
-                        moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model),
+                        moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model, gpu),
                         moe_table_extra_s=extra.points() if extra else (),
                         moe_table_keys=extra.keys if extra else (), **workload_graph_options(w))
 
@@ -796,7 +800,7 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_uncompiled: profile.latency.uncompiled_op_s,
         s.t_piece_layer: profile.latency.piecewise_layer_s, s.t_mla_split: profile.latency.mla_split_layer_s,
-        s.t_launch_serial: profile.latency.launch_serial_s,
+        s.t_launch_serial: profile.latency.launch_serial_s, s.t_launch_serial_seq: profile.latency.launch_serial_seq_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.t_req: profile.latency.request_s,
         s.t_host_step: profile.latency.host_step_s, s.t_host_seq: profile.latency.host_seq_s,
@@ -1112,7 +1116,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     workload = workload.stored_as(model)
     workload.check(model)
     values = numeric_values(model, gpu, profile, workload)  # before compiling: bad input fails fast
-    options = graph_options(profile, workload, model)
+    options = graph_options(profile, workload, model, gpu.name)
     outputs = compile_model(model, phase, profile, options=options).evaluate(values)
     totals = {n: float(v) for n, v in outputs.totals.items()}
     ops = op_rows(outputs.ops)
@@ -1203,7 +1207,7 @@ def evaluate_metrics(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, wor
     workload = workload.stored_as(model)
     values = (numeric_values(model, gpu, profile, workload) if like is None
               else {**like, s.B.name: workload.rank_batch})
-    options = graph_options(profile, workload, model)
+    options = graph_options(profile, workload, model, gpu.name)
     outputs = compile_model(model, phase, profile, options=options, with_ops=False).evaluate(values)
     return _metrics({n: float(v) for n, v in outputs.totals.items()}, gpu, profile)
 

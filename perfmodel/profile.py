@@ -122,6 +122,11 @@ class Latency(_Strict):
         "and the first launches before its first kernel, the sampling and outputs after its last. "
         "The serving planner adds it to such a step's GPU time (perfmodel.planning.steptime); where "
         "the host's launches set the step it lies within them.")
+    launch_serial_seq_s: NonNegativeFloat = Field(
+        default=0.0, description="What each sequence beyond the first adds to launch_serial_s (a "
+        "step holding decodes beside its prompt schedules, prepares and samples each of them), s per "
+        "sequence: a launched step of n sequences adds launch_serial_s + (n − 1)·launch_serial_seq_s "
+        "to its GPU time in the serving planner.")
     request_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per request of one offline batch call (the front end "
         "admits each request before its prefill and returns each output after it), serial with the "

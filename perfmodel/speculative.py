@@ -262,7 +262,7 @@ def compile_verify(model: ModelSpec, phase: str, profile: EngineProfile, options
 
 def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile: EngineProfile,
                         workload: Workload, values: dict[str, Any], draft_values: dict[str, Any],
-                        target_totals: dict[str, Any], tokens: Any, *,
+                        target_totals: dict[str, Any], tokens: Any, *, gpu: str | None = None,
                         with_ops: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The metrics of :func:`metric_expressions` (and :data:`SPEC_METRICS`) from the compiled
     passes, numbers or numpy arrays alike, with the verify and draft passes' op values.
@@ -270,16 +270,17 @@ def speculative_outputs(target: ModelSpec, draft: ModelSpec, phase: str, profile
     ``workload``: the target's (its graph options; the draft's is :func:`draft_workload`);
     ``values``: the target's symbol values with ``gamma``; ``draft_values``: the draft's;
     ``target_totals``: the target's compiled totals of the phase (prefill time, memory);
-    ``tokens``: τ per step.
+    ``tokens``: τ per step; ``gpu``: the GPU predicted (its tuned tile tables; default: the
+    profile's own).
     """
     parts = {name: target_totals[name] for name in PARTS if name in target_totals}
     ops: list[dict[str, Any]] = []
     if phase != "prefill":
-        options = graph_options(profile, workload, target)
+        options = graph_options(profile, workload, target, gpu)
         verify = compile_verify(target, phase, profile, options, with_ops=with_ops).evaluate(values)
         parts["verify_s"] = verify.totals["verify_s"]
         ops += verify.ops
-    draft_options = graph_options(profile, draft_workload(workload, draft), draft)
+    draft_options = graph_options(profile, draft_workload(workload, draft), draft, gpu)
     compiled = compile_model(draft, phase, profile, with_ops=with_ops, options=draft_options)
     drafted = compiled.evaluate(draft_values)
     for name in ("weights_bytes", "kv_cache_bytes", "activation_bytes"):
@@ -310,7 +311,7 @@ def speculative_prediction(base: Prediction, target: ModelSpec, gpu: GPUSpec, pr
     values = {**numeric_values(target, gpu, profile, w), "gamma": settings.tokens}
     tokens = settings.tokens_per_step()
     out, ops = speculative_outputs(target, draft, base.phase, profile, w, values, draft_values,
-                                   base.metrics, tokens, with_ops=True)
+                                   base.metrics, tokens, gpu=gpu.name, with_ops=True)
     metrics = dict(base.metrics)
     metrics.update({name: float(out[name]) for name in METRICS if name in out})
     metrics.update(dict.fromkeys(PLAIN_DECODE_ONLY, float("nan")))

@@ -347,13 +347,14 @@ def _speculation(spec: ModelSpec, numeric: dict[str, np.ndarray], categorical: d
 
 def _with_speculation(speculation: _Speculation, target: ModelSpec, draft: ModelSpec, phase: str,
                       profile: Any, workload: Workload, values: dict[str, Any], draft_base: dict[str, Any],
-                      outputs: dict[str, Any]) -> dict[str, Any]:
+                      outputs: dict[str, Any], gpu: str) -> dict[str, Any]:
     """The outputs of one model of the grid with speculative decoding by ``draft``
-    (:func:`perfmodel.speculative.speculative_outputs`), at the grid's workload values."""
+    (:func:`perfmodel.speculative.speculative_outputs`), at the grid's workload values on
+    ``gpu`` (a spec name)."""
     values = {**values, **speculation.fixed}
     draft_values = {**draft_base, **{name: values[name] for name in ("B", "S", "O", "L")}}
     spec_out, _ = speculative_outputs(target, draft, phase, profile, workload, values, draft_values,
-                                      outputs, speculation.tokens(values))
+                                      outputs, speculation.tokens(values), gpu=gpu)
     nan = {name: np.full(np.shape(outputs[name]), np.nan) for name in PLAIN_DECODE_ONLY if name in outputs}
     return {**outputs, **nan, **{n: v for n, v in spec_out.items() if n in METRICS or n in SPEC_METRICS}}
 
@@ -509,7 +510,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         merged: dict[str, Any] = {}
         for index, variant in enumerate(models.specs):
             compiled = compile_model(variant, phase, profile, with_ops=False,
-                                     options=graph_options(profile, point_workload, variant))
+                                     options=graph_options(profile, point_workload, variant, gpu_spec.name))
             values = {**base_values, **models.values}
             if "context" not in numeric and "input_len" in numeric and phase == "decode" \
                     and point_workload.context is None:
@@ -527,7 +528,7 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
                 outputs = {name: value for name, value in zip(compiled.expressions, out) if name in METRICS}
                 if draft:
                     outputs = _with_speculation(speculation, variant, draft, phase, profile, point_workload,
-                                                values, draft_base, outputs)
+                                                values, draft_base, outputs, gpu_spec.name)
                 return outputs
 
             # the open mesh evaluates invalid combinations (and other structures' models) too,

@@ -114,6 +114,7 @@ t_uncompiled = sp.Symbol("t_uncompiled", nonnegative=True)  #: host time per unc
 t_moe_host = sp.Symbol("t_moe_host", nonnegative=True)  #: host time per layer of a launched tiled MoE kernel, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
 t_launch_serial = sp.Symbol("t_launch_serial", nonnegative=True)  #: host time of a launched step its GPU work does not hide, s
+t_launch_serial_seq = sp.Symbol("t_launch_serial_seq", nonnegative=True)  #: what each further sequence adds to it, s
 t_mla_split = sp.Symbol("t_mla_split", nonnegative=True)  #: host time per MLA layer of a step holding prompts beside decodes, s
 t_req = sp.Symbol("t_req", nonnegative=True)  #: host time per request of one offline batch call (admission, output), s
 t_host_step = sp.Symbol("t_host_step", nonnegative=True)  #: host time of one graph-replayed decode step, s

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from perfmodel.calibration.fit_launch_serial import fit_launch_serial
+from perfmodel.calibration.fit_launch_serial import fit_launch_serial, fit_launch_serial_seq
 
 BASE = {"latency": {"host_probe_ref_ms": 36.0, "host_speed_exponent": 0.5}}
 
@@ -56,3 +57,65 @@ def test_the_committed_profiles_take_it_from_the_training_models_profiled_steps(
     mean_ms = sum(r["serial_ms"] for r in record["rows"]) / len(record["rows"])
     assert h200.latency.launch_serial_s == pytest.approx(mean_ms * 1e-3, rel=1e-3)
     assert h100.latency.launch_serial_s == h200.latency.launch_serial_s  # a host term: the anchor's
+
+
+def test_each_decode_beside_the_prompt_adds_the_least_squares_slope_through_the_prompt_alone(tmp_path):
+    serial = {"latency": {**BASE["latency"], "launch_serial_s": 4e-3}}
+    rows = [_row("mixtral-8x7b", 40.0, 35.0),  # the prompt alone: not this term's
+            _row("mixtral-8x7b", 40.0 + 5.0, 35.0, decodes=16),  # gap 10 ms: 6 ms over 4 at D = 16
+            _row("mixtral-8x7b", 60.0, 48.0, decodes=64),  # gap 12 ms: 8 ms over 4 at D = 64
+            _row("mixtral-8x7b", 20.0, 8.0, decodes=128),  # host-bound: left out
+            _row("mixtral-8x7b", 20.0, 14.0, decodes=32, probes=(144.0, 144.0)),  # h = 2: 3 ms, −1 ms at D = 32
+            _row("phi-3.5-moe", 55.0, 48.0, decodes=64)]  # another model's: a check
+    value, record = fit_launch_serial_seq(serial, ("mixtral-8x7b",), files=_write(tmp_path, rows))
+    want = (16 * 6.0 + 64 * 8.0 + 32 * -1.0) / (16 ** 2 + 64 ** 2 + 32 ** 2) * 1e-3
+    assert value == pytest.approx(want, rel=1e-3)  # four significant digits
+    assert [r["row"].rsplit(" ", 1)[1] for r in record["rows"]] == ["D=16", "D=64", "D=32"]
+    assert [c["serial_ms"] for c in record["checks"]] == pytest.approx([7.0])
+    assert any("D=128: host-bound" in r for r in record["left_out"])
+    # a slope below zero is none; without the prompt alone's term, or a qualifying row, no term
+    shrinking = [_row("mixtral-8x7b", 37.0, 35.0, decodes=16)]
+    assert fit_launch_serial_seq(serial, ("mixtral-8x7b",), files=_write(tmp_path, shrinking))[0] == 0.0
+    assert fit_launch_serial_seq(BASE, ("mixtral-8x7b",), files=_write(tmp_path, rows))[0] is None
+    assert fit_launch_serial_seq(serial, ("olmoe-1b-7b",), files=_write(tmp_path, rows))[0] is None
+
+
+def test_a_launched_steps_gpu_time_holds_the_serial_time_of_each_further_sequence():
+    from dataclasses import replace
+
+    from perfmodel.planning.steptime import build_step_times
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.hardware import load_gpu
+    from perfmodel.specs.layout import Layout
+    from perfmodel.specs.model import load_model
+
+    gpu = load_gpu("h200")
+    steps = build_step_times(load_model("mixtral"), gpu, load_profile("vllm", gpu.name), "bf16", Layout(),
+                             max_tokens=8192, max_seqs=256, max_context=2048)
+    steps = replace(steps, serial_s=4e-3, serial_seq_s=30e-6)
+    assert steps.serial(1) == pytest.approx(4e-3) and steps.serial(101) == pytest.approx(4e-3 + 100 * 30e-6)
+    alone = steps.step_parts(0, 1100, 1024, 1024 * steps.prefill_rate(1024))
+    beside = steps.step_parts(100, 1100, 1024, 1024 * steps.prefill_rate(1024))
+    plain = replace(steps, serial_seq_s=0.0).step_parts(100, 1100, 1024, 1024 * steps.prefill_rate(1024))
+    assert alone[2] and beside[2]
+    assert beside[0] - plain[0] == pytest.approx(100 * 30e-6)  # its GPU time, on top of the kernels
+    assert beside[1] == pytest.approx(plain[1])  # the host's launches do not change
+    gpu_times, _, launched = steps.parts(np.array([0.0, 100.0]), 1100, 1024, 1024 * steps.prefill_rate(1024))
+    assert launched.all() and gpu_times == pytest.approx([alone[0], beside[0]])
+    replayed = steps.step_parts(100, 1100, 16, 16 * steps.prefill_rate(16))  # within the graph: not launched
+    assert not replayed[2]
+    assert replayed[0] == pytest.approx(replace(steps, serial_seq_s=0.0).step_parts(
+        100, 1100, 16, 16 * steps.prefill_rate(16))[0])
+
+
+def test_the_committed_profiles_per_sequence_term_is_the_slope_of_its_rows():
+    from perfmodel.profile import load_profile
+
+    h200, h100 = load_profile("vllm", "h200-sxm"), load_profile("vllm", "h100-sxm")
+    rows = h200.fit["launch_serial_seq"]["rows"]
+    serial_ms = h200.latency.launch_serial_s * 1e3
+    pairs = [(int(r["row"].rsplit("D=", 1)[1]), r["serial_ms"]) for r in rows]
+    slope = sum(d * (t - serial_ms) for d, t in pairs) / sum(d * d for d, _ in pairs) * 1e-3
+    assert h200.latency.launch_serial_seq_s == pytest.approx(slope, rel=1e-3) and slope > 0
+    assert h100.latency.launch_serial_seq_s == h200.latency.launch_serial_seq_s  # a host term: the anchor's
+    assert h200.latency.eager_seq_s >= h200.latency.launch_serial_seq_s  # serial with the launches too

@@ -18,9 +18,11 @@ from perfmodel.planning.pipeline import handover_times
 S, O, SEQS, BUDGET = 1024, 256, 256, 8192
 
 
-def _base(per_seq_s: float = 0.0) -> dict:
+def _base(per_seq_s: float = 0.0, serial_seq_s: float = 0.0) -> dict:
+    """The committed H200 profile with the launched step's host time per sequence, on its launches
+    (``eager_seq_s``) and serial with its kernels (``launch_serial_seq_s``), as given."""
     base = yaml.safe_load((ROOT / "calibration" / "profiles" / "h200-sxm-vllm.yaml").read_text())
-    base["latency"]["eager_seq_s"] = per_seq_s
+    base["latency"].update(eager_seq_s=per_seq_s, launch_serial_seq_s=serial_seq_s)
     return base
 
 
@@ -85,6 +87,9 @@ def test_the_fit_recovers_the_host_time_that_made_the_trace(tmp_path, tables):
     # a trace no slower than the model without the term gives 0; no qualifying run gives None
     assert fit_eager_seq(_base(), "h200-sxm", ("olmoe-1b-7b",), path=_write(tmp_path, [(full, _trace(tables, 0.0))]))[0] == 0.0
     assert fit_eager_seq(_base(), "h200-sxm", ("mixtral-8x7b",), path=path) == (None, [])
+    # never below the per-sequence work serial with the kernels: serial with the launches as well
+    quick = _write(tmp_path, [(full, _trace(tables, 0.0))])
+    assert fit_eager_seq(_base(serial_seq_s=2e-5), "h200-sxm", ("olmoe-1b-7b",), path=quick)[0] == 2e-5
 
 
 def test_a_traced_run_beside_the_model_by_decode_count_and_mixed_steps():

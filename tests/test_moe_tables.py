@@ -357,3 +357,27 @@ def test_a_malformed_table_timing_is_refused(bad):
 
     with pytest.raises(ValidationError):
         TableExtra(experts=16, width=6400, scheme="fp8", **bad)
+
+
+def test_a_tables_timing_holds_on_the_gpu_it_was_timed_on_alone(roofline_with):
+    """Another GPU runs a table of its own: a profile's timed extra time is not carried to it, and
+    the table a pass meets there is that GPU's."""
+    from perfmodel.prediction import Workload, graph_options, moe_table_extra, moe_table_start, moe_tuned_from
+    from perfmodel.profile import load_profile
+    from perfmodel.specs.model import load_model
+
+    extra = {"experts": 16, "width": 6400, "scheme": "fp8", "tokens": [1, 256], "extra_s": [1e-5, 2e-5]}
+    timed = roofline_with(gpu="h100-sxm", options={**OPTIONS, "moe_off_table_memory": 2.0, "moe_table_extra": [extra]})
+    profile, phi, fp8 = load_profile(timed, "h100-sxm"), load_model("phi-3.5-moe"), Workload(quant="fp8")
+    assert moe_table_extra(profile, fp8, phi) is not None and moe_table_extra(profile, fp8, phi, "h100-sxm")
+    assert moe_table_extra(profile, fp8, phi, "h200-sxm") is None
+    assert graph_options(profile, fp8, phi, "h200-sxm").moe_table_extra_s == ()
+    assert moe_tuned_from(profile, fp8, phi, "h200-sxm") == moe_table_start("h200-sxm", fp8, phi)
+
+    def experts(engine, gpu):
+        p = predict("phi-3.5-moe", engine=engine, gpu=gpu, phase="decode", batch=64, input_len=128, context=128,
+                    dtype="fp8")
+        return next(op for op in p.ops if op["name"] == "moe.experts")["latency_s"]
+
+    assert experts(timed, "h100-sxm") - experts("roofline", "h100-sxm") == pytest.approx(32 * 1e-5, rel=1e-6)
+    assert experts(timed, "h200-sxm") == pytest.approx(experts("roofline", "h200-sxm"))

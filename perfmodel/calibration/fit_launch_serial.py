@@ -25,7 +25,19 @@ host probes). The fitted value is the mean of ``t`` over the rows that qualify:
   :data:`perfmodel.calibration.fit_mla_split.STEADY` of each other).
 
 The other models' qualifying rows are its check (``checks``, with their values); every serving
-run is held out. Units: seconds, ms where named.
+run is held out.
+
+A step that holds decodes beside the prompt does more of that work: it schedules, prepares the
+inputs of and samples every sequence it holds, and the profiles show the gap growing with them
+(Mixtral-8x7B in bf16 cut to 8 layers: 2.6 ms at the reference host alone, 7.0 ms beside 128
+decodes). ``launch_serial_seq_s`` is what each sequence beyond the first adds: with D decodes,
+the model's gap is ``launch_serial_s + D·launch_serial_seq_s``, and the fitted value is the
+least-squares slope of the qualifying rows' ``t`` over D, through ``launch_serial_s``:
+
+    launch_serial_seq_s = Σ D·(t − launch_serial_s) / Σ D²
+
+over the training models' rows with D > 0 that qualify as above; the other models' are its
+check. Units: seconds, ms where named.
 """
 
 from __future__ import annotations
@@ -53,20 +65,19 @@ def _why_not(row: dict[str, Any]) -> str | None:
     return None
 
 
-def fit_launch_serial(base: dict[str, Any], train: tuple[str, ...], files: list[Path] | None = None
-                      ) -> tuple[float | None, dict[str, Any]]:
-    """``launch_serial_s`` (s) and its record (the rows used, the other models' rows as checks,
-    the rows left out with their reasons); None where no training model's row qualifies.
-    ``base``: the profile as fitted so far (its host speed holds); ``train``: the training
-    models' names."""
+def _qualifying(base: dict[str, Any], train: tuple[str, ...], paths: list[Path], decodes: bool):
+    """The profiled rows that measure the term, with D = 0 (``decodes`` false) or D > 0: (used,
+    checks, left_out, values) where ``values`` are the training rows' (D, t) with t in s at the
+    reference host, and used / checks their records."""
     latency = base["latency"]
     used, checks, left_out, values = [], [], [], []
-    paths = files if files is not None else mixed_step_files()
     for path in paths:
         for row in read_rows(path, unique=False, warn=False).rows:
-            if int(row["decodes"]) != 0 or not row.get("mixed_median_ms"):
+            if (int(row["decodes"]) > 0) != decodes or not row.get("mixed_median_ms"):
                 continue
             name = f"{path.name}: {group_name(row)} {row.get('quantization') or 'none'}"
+            if decodes:
+                name += f" D={int(row['decodes'])}"
             reason = _why_not(row)
             if reason:
                 left_out.append(f"{name}: {reason}")
@@ -79,6 +90,35 @@ def fit_launch_serial(base: dict[str, Any], train: tuple[str, ...], files: list[
             if row["model"] not in train:
                 checks.append(entry)
                 continue
-            values.append(gap_ms * 1e-3 / h)
+            values.append((int(row["decodes"]), gap_ms * 1e-3 / h))
             used.append(entry)
-    return profiled_mean(values, paths, rows=used, checks=checks, left_out=left_out)
+    return used, checks, left_out, values
+
+
+def fit_launch_serial(base: dict[str, Any], train: tuple[str, ...], files: list[Path] | None = None
+                      ) -> tuple[float | None, dict[str, Any]]:
+    """``launch_serial_s`` (s) and its record (the rows used, the other models' rows as checks,
+    the rows left out with their reasons); None where no training model's row qualifies.
+    ``base``: the profile as fitted so far (its host speed holds); ``train``: the training
+    models' names."""
+    paths = files if files is not None else mixed_step_files()
+    used, checks, left_out, values = _qualifying(base, train, paths, decodes=False)
+    return profiled_mean([t for _, t in values], paths, rows=used, checks=checks, left_out=left_out)
+
+
+def fit_launch_serial_seq(base: dict[str, Any], train: tuple[str, ...], files: list[Path] | None = None
+                          ) -> tuple[float | None, dict[str, Any]]:
+    """``launch_serial_seq_s`` (s per sequence beyond the first, at least 0) and its record (as
+    :func:`fit_launch_serial`'s, of the rows with decodes beside the prompt); None where no
+    training model's row qualifies or ``base`` has no ``launch_serial_s``. ``base``: the profile
+    as fitted so far, ``launch_serial_s`` included."""
+    from perfmodel.calibration.fit import _sig
+
+    serial = base["latency"].get("launch_serial_s")
+    paths = files if files is not None else mixed_step_files()
+    used, checks, left_out, values = _qualifying(base, train, paths, decodes=True)
+    _, record = profiled_mean([], paths, rows=used, checks=checks, left_out=left_out)
+    if not values or serial is None:
+        return None, record
+    slope = sum(d * (t - serial) for d, t in values) / sum(d * d for d, _ in values)
+    return max(0.0, _sig(slope)), record

@@ -12,8 +12,9 @@ Measured per run, from the engine's own step trace (:mod:`perfmodel.measuring.vl
 over the steps while the engine was busy, the time not spent in decode-only steps (each taken
 at the model's time, which their medians match) per step holding prompt tokens. The model's
 mean over the same steps, max(GPU time, floor + (n + p − 1)·t), with n decodes and p prompt
-chunks each, rises with t; the fitted value makes the two equal (0 when the model is already
-slower). Runs enter the fit by construction: those of the training models whose engine ran
+chunks each, rises with t; the fitted value makes the two equal, and is at least
+``launch_serial_seq_s`` (that value when the model is already slower): the per-sequence work a
+launched step's kernels do not hide is serial with its launches as well. Runs enter the fit by construction: those of the training models whose engine ran
 ``max_num_seqs`` sequences at once (where the term matters most); every other traced run, and
 every untraced serving run, is held out.
 """
@@ -43,7 +44,9 @@ def fit_eager_seq(base: dict[str, Any], gpu: str, train_models: tuple[str, ...],
                   path: Path | None = None) -> tuple[float | None, list[str]]:
     """``eager_seq_s`` (s) and the point ids of the runs it comes from (see the module); None and
     no runs when no traced run qualifies. Several runs: the value that makes the model's mixed
-    steps as long as the measured ones over all of them together."""
+    steps as long as the measured ones over all of them together, and at least the profile's
+    ``launch_serial_seq_s`` (the per-sequence work serial with a launched step's kernels is
+    serial with its launches too)."""
     runs = [(row, trace) for row, trace in load_traced_runs(path or traced_runs_path(gpu))
             if row["model"].lower() in {m.lower() for m in train_models}
             and ((row.get("engine_steps") or {}).get("max_running") or 0) >= int(row["max_num_seqs"])]
@@ -58,10 +61,13 @@ def fit_eager_seq(base: dict[str, Any], gpu: str, train_models: tuple[str, ...],
     def gap(per_seq_s: float) -> float:
         return float(np.average([m.model_mean_s(per_seq_s) for m in found], weights=weights)) - target
 
-    if gap(0.0) >= 0.0:
-        value = 0.0
+    # at least the per-sequence work a launched step's kernels do not hide (launch_serial_seq_s):
+    # work serial with the GPU's is serial with the host's launches too
+    least = float(base["latency"].get("launch_serial_seq_s") or 0.0)
+    if gap(least) >= 0.0:
+        value = least
     elif gap(_MAX_SEQ_S) <= 0.0:
         value = _MAX_SEQ_S
     else:
-        value = brentq(gap, 0.0, _MAX_SEQ_S, xtol=1e-9)
+        value = brentq(gap, least, _MAX_SEQ_S, xtol=1e-9)
     return float(f"{value:.4g}"), [row["point_id"] for row, _ in runs]

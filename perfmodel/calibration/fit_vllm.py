@@ -64,6 +64,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   that hold a training model's prompt alone and that the GPU set (:mod:`perfmodel.calibration.fit_launch_serial`);
   the other models' are its check, and every serving run is held out. The offline passes do not
   take it: their host terms are fitted end to end on offline TTFTs, which hold it.
+- ``launch_serial_seq_s``: what each further sequence of such a step (a decode beside the prompt)
+  adds to that time: fitted next, the least-squares slope over D of the same profiles with D
+  decodes beside the prompt, through ``launch_serial_s``
+  (:func:`perfmodel.calibration.fit_launch_serial.fit_launch_serial_seq`).
 - ``eager_seq_s``: a launched step's host work for each sequence it holds (the scheduler's, the
   model runner's input preparation), serial with the launch; offline prefills hide it, a serving
   step with hundreds of decodes beside a prompt chunk does not. Fitted after the rest, from the
@@ -132,7 +136,7 @@ from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
-from perfmodel.calibration.fit_launch_serial import fit_launch_serial
+from perfmodel.calibration.fit_launch_serial import fit_launch_serial, fit_launch_serial_seq
 from perfmodel.calibration.fit_mla_split import fit_mla_split
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
 from perfmodel.calibration.fit_tiles import TILE_TRAIN, fit_bitmatrix, fit_tile_host, fit_tile_times
@@ -653,6 +657,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     draft_points, eager_seq_runs, piecewise_points, noise_record, noise_runs = [], [], [], {}, []
     split_record: dict = {}
     serial_record: dict = {}
+    serial_seq_record: dict = {}
     carried = []
     if reference is None:  # the host's terms, last, from this GPU's rows
         draft_pass, draft_points = fit_draft_pass(one_gpu_rows(every_row), base, gpu)
@@ -661,6 +666,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         launch_serial, serial_record = fit_launch_serial(base, train)
         if launch_serial is not None:
             base["latency"]["launch_serial_s"] = launch_serial
+        serial_seq, serial_seq_record = fit_launch_serial_seq(base, train)
+        if serial_seq is not None:
+            base["latency"]["launch_serial_seq_s"] = serial_seq
         eager_seq, eager_seq_runs = fit_eager_seq(base, gpu, train)
         if eager_seq is not None:
             base["latency"]["eager_seq_s"] = eager_seq
@@ -744,6 +752,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "eager_seq": {"source": str(traced_runs_path(gpu).relative_to(ROOT)), "runs": eager_seq_runs},
             "mla_split": split_record,
             "launch_serial": serial_record,
+            "launch_serial_seq": serial_seq_record,
             "piecewise_layer": {"points": piecewise_points},
             "launch_noise": noise_record} if reference is None
            else {"anchor": anchor_record(anchored, reference, taken, carried)}),

@@ -18,7 +18,8 @@ lambdified expressions ``predict`` evaluates, per op), split by what each op's c
   such a step's pieces and attention from the host; a smaller one it replays from a graph),
   plus the host's time per sequence for each further sequence the step holds (decodes and
   prompt chunks); such a launched step's GPU time also holds the host's work its kernels do not
-  overlap, before the first and after the last (the profile's ``launch_serial_s``,
+  overlap, before the first and after the last, and for each further sequence it holds (the
+  profile's ``launch_serial_s`` and ``launch_serial_seq_s``,
   :mod:`perfmodel.calibration.fit_launch_serial`);
 - a step holding prompt tokens beside decodes adds the host time of an attention the engine
   runs as two paths in it (MLA's: :func:`perfmodel.prediction.split_host`), to the host floor of a
@@ -83,8 +84,9 @@ class StepTimes:
     paths, :func:`perfmodel.prediction.split_host`; 0 for most models);
     ``serial_s``: what a launched step's GPU time gains from the host's work its kernels do not
     overlap (the scheduling, inputs and first launches before them, the sampling and outputs
-    after; the profile's ``launch_serial_s`` at the host's speed); where the host's launches set
-    the step, it lies within them.
+    after; the profile's ``launch_serial_s`` at the host's speed), and ``serial_seq_s`` what each
+    sequence beyond the first adds to it (``launch_serial_seq_s``; :meth:`serial`); where the
+    host's launches set the step, it lies within them.
     ``launch_noise``: how a launched step's host time varies within a run (the profile's,
     :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws. Memory
     per GPU in bytes.
@@ -112,6 +114,7 @@ class StepTimes:
     split_s: float = 0.0
     launch_noise: LaunchNoise | None = None
     serial_s: float = 0.0
+    serial_seq_s: float = 0.0
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -187,6 +190,12 @@ class StepTimes:
         (decodes and prompt chunks): the host's time for it, per step and per sequence."""
         return self.host_s + np.asarray(sequences, dtype=float) * self.host_seq_s
 
+    def serial(self, sequences: np.ndarray | float) -> np.ndarray | float:
+        """What a launched step holding ``sequences`` sequences (decodes and prompt chunks) adds
+        to its GPU time, s: the host's work its kernels do not overlap, for the step and for each
+        sequence beyond the first."""
+        return self.serial_s + np.maximum(np.asarray(sequences, dtype=float) - 1.0, 0.0) * self.serial_seq_s
+
     def split(self, n: np.ndarray | float, prompt_tokens: np.ndarray | float) -> np.ndarray:
         """Host time (s) a step of ``n`` decodes and ``prompt_tokens`` prompt tokens adds for an
         attention run as two paths: ``split_s`` where it holds both, else 0."""
@@ -201,7 +210,7 @@ class StepTimes:
         graphs); the host time is its work for the step: a step replayed from a CUDA graph,
         :meth:`host`; a launched step (prompt tokens, more tokens than the largest graph),
         :meth:`floor`, over which its kernels run as they are launched, its GPU time holding the
-        host's work they do not overlap (``serial_s``). A step alone takes
+        host's work they do not overlap (:meth:`serial`). A step alone takes
         the larger of the two (:meth:`steps`)."""
         n, p, p_time, chunks = np.broadcast_arrays(
             np.asarray(n, dtype=float), np.asarray(prompt_tokens, dtype=float),
@@ -222,8 +231,8 @@ class StepTimes:
         launched = (p > 0) & (total > self.graph_tokens)
         split = self.split(n, p)
         gpu = np.where((p > 0) & ~launched, gpu + self.piecewise_s + split, gpu)
-        gpu = np.where(launched, gpu + self.serial_s, gpu)
         sequences = n + np.where(p > 0, chunks, 0.0)
+        gpu = np.where(launched, gpu + self.serial(sequences), gpu)
         host = np.where(launched, self.floor(sequences) + split, self.host(sequences))
         return gpu, host, launched
 
@@ -243,7 +252,7 @@ class StepTimes:
             return gpu, float(self.host(n)), False
         split = float(self.split(n, prompt_tokens))
         if n + prompt_tokens > self.graph_tokens:
-            return gpu + self.serial_s, float(self.floor(n + prompts)) + split, True
+            return gpu + float(self.serial(n + prompts)), float(self.floor(n + prompts)) + split, True
         return gpu + self.piecewise_s + split, float(self.host(n + prompts)), False
 
     def step(self, n: float, context: float, prompt_tokens: float, prompt_time: float,
@@ -265,10 +274,11 @@ def default_graph_tokens(steps: StepTimes, profile: EngineProfile, max_num_seqs:
     return float(min(steps.graph_tokens, 2 * max_num_seqs, budget))
 
 
-def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload):
-    """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload (its graph
-    options follow the workload's quantization scheme and MoE implementation)."""
-    return compile_model(model, phase, profile, options=graph_options(profile, workload, model))
+def _compiled(model: ModelSpec, phase: str, profile: EngineProfile, workload: Workload, gpu: GPUSpec):
+    """The compiled model :func:`perfmodel.prediction.evaluate` uses for this workload on ``gpu``
+    (its graph options follow the workload's quantization scheme and MoE implementation, and the
+    GPU's tuned tile tables)."""
+    return compile_model(model, phase, profile, options=graph_options(profile, workload, model, gpu.name))
 
 
 def weight_choice(choice: str) -> dict[str, str | None]:
@@ -310,8 +320,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
                         **weight_choice(dtype), host_probe_ms=host_probe_ms,
                         graph_tokens=graph_tokens, kv_dtype=kv_dtype).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
-    decode = _compiled(model, "decode", profile, workload)
-    prefill = _compiled(model, "prefill", profile, workload)
+    decode = _compiled(model, "decode", profile, workload, gpu)
+    prefill = _compiled(model, "prefill", profile, workload, gpu)
 
     def run_decode(B, L):
         return decode.evaluate({**base, "B": B, "L": L})
@@ -374,7 +384,8 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
         sequence_ops=tuple(sorted(sequence)), graph_tokens=float(base.get("M_graph", 0.0)),
         floor_seq_s=floor_seq, piecewise_s=piecewise, host_s=float(base.get("t_host_step", 0.0)),
         host_seq_s=float(base.get("t_host_seq", 0.0)), split_s=split, launch_noise=profile.latency.launch_noise,
-        serial_s=float(base.get(sym.t_launch_serial.name, 0.0)) if profile.options.prefill_eager else 0.0)
+        serial_s=float(base.get(sym.t_launch_serial.name, 0.0)) if profile.options.prefill_eager else 0.0,
+        serial_seq_s=float(base.get(sym.t_launch_serial_seq.name, 0.0)) if profile.options.prefill_eager else 0.0)
     if not math.isfinite(table.fixed_s):
         raise ValueError("step time tables hold a non-finite value")
     return table

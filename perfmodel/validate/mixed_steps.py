@@ -14,7 +14,9 @@ context plus its timed repetitions (each advances a decode by two tokens: one de
 step, one mixed step), a few tokens that move no step measurably.
 
 Which rows a fit read: the MLA models' rows the profile's ``mla_split_layer_s`` was fitted on
-(its ``fit.mla_split.pairs``, or its anchor's, :mod:`perfmodel.calibration.fit_mla_split`);
+(its ``fit.mla_split.pairs``, or its anchor's, :mod:`perfmodel.calibration.fit_mla_split`), and
+the training models' GPU-bound rows its launched step's serial host time was
+(``fit.launch_serial`` and ``fit.launch_serial_seq``, :mod:`perfmodel.calibration.fit_launch_serial`);
 every other row is held out. A row whose prompt alone kept the GPU busy for more than
 :data:`perfmodel.measuring.mixed_steps.HOST_BOUND` of its wall time is GPU-bound (the
 model's GPU terms set it), the rest host-bound (its launch floor sets it).
@@ -72,14 +74,18 @@ def fitted_groups(profile) -> set[tuple[str, str]]:
     return groups
 
 
-def fitted_prompts(profile) -> set[tuple[str, str, str]]:
-    """(file, model with its overrides, scheme) of the prompt-alone rows (D = 0) the profile's
-    ``launch_serial_s`` was fitted on (``fit.launch_serial.rows``, its own or its anchor's)."""
+def fitted_prompts(profile) -> set[tuple[str, str, str, int]]:
+    """(file, model with its overrides, scheme, D) of the rows the profile's launched-step serial
+    time was fitted on: the prompts alone (D = 0) of ``launch_serial_s`` (``fit.launch_serial.rows``)
+    and the prompts beside D decodes of ``launch_serial_seq_s`` (``fit.launch_serial_seq.rows``),
+    its own or its anchor's."""
     rows = set()
-    for entry in _host_record(profile, "launch_serial").get("rows", []):
-        file, rest = entry["row"].split(": ", 1)
-        group, scheme = rest.rsplit(" ", 1)
-        rows.add((file, group, scheme))
+    for name in ("launch_serial", "launch_serial_seq"):
+        for entry in _host_record(profile, name).get("rows", []):
+            file, rest = entry["row"].split(": ", 1)
+            rest, _, decodes = rest.partition(" D=")
+            group, scheme = rest.rsplit(" ", 1)
+            rows.add((file, group, scheme, int(decodes or 0)))
     return rows
 
 
@@ -108,7 +114,7 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
     decodes, prompt = int(row["decodes"]), int(row["prompt"])
     context = float(row["context"]) + len(row.get("mixed_ms") or [])
     gpu_s, host_s, launched = steps.step_parts(decodes, context, prompt, prompt * steps.prefill_rate(prompt))
-    serial_s = steps.serial_s if launched else 0.0
+    serial_s = float(steps.serial(decodes + 1)) if launched else 0.0
     return {"ms": 1e3 * max(gpu_s, host_s), "gpu_ms": 1e3 * gpu_s, "host_ms": 1e3 * host_s, "launched": launched,
             "kernels_ms": 1e3 * (gpu_s - serial_s), "serial_ms": 1e3 * serial_s}
 
@@ -138,7 +144,7 @@ def compare_mixed_steps(gpu: str) -> dict[str, Any]:
                        "kernels_ms": model["kernels_ms"], "serial_ms": model["serial_ms"],
                        "host_bound": alone.get((group, quant)),
                        "held_out": ((path.name, group) not in fitted
-                                    and not (int(row["decodes"]) == 0 and (path.name, group, quant) in prompts)),
+                                    and (path.name, group, quant, int(row["decodes"])) not in prompts),
                        "ratio": model["ms"] / row["mixed_median_ms"]})
     summary = {}
     for label, keep in (("host-bound", lambda p: p["host_bound"] is True),
@@ -182,7 +188,8 @@ def markdown(result: dict[str, Any]) -> str:
              "decodes (D = 0: the prompt alone), against the serving planner's step at the row's host speed, the "
              "larger of its GPU time and its host time (a launched step's floor and what a prompt beside decodes "
              "adds). Held out: every row but those the profile's MLA term was fitted on (`fit.mla_split`) and the "
-             "prompts alone its launched step's serial host time was (`fit.launch_serial`). "
+             "rows its launched step's serial host time was (`fit.launch_serial`, `fit.launch_serial_seq`: the "
+             "training models' GPU-bound rows). "
              "Host-bound: the prompt alone kept the GPU busy for at most 60% of its step.", "",
              (f"Held-out MAPE: {result['held_out_mape_pct']:.1f}% over {result['held_out_points']} steps."
               if result["held_out_mape_pct"] is not None else "No held-out step."), "",
@@ -193,7 +200,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "The GPU-bound steps' kernels alone: the model's kernel time against the profiled step's GPU "
                   "busy time (the kernels' union), and what the wall time adds to that busy time (the host's part of "
                   "the step that the GPU does not hide: its scheduling, inputs, first launches and outputs) beside "
-                  "the model's (`latency.launch_serial_s` at the row's host speed).", "",
+                  "the model's (`latency.launch_serial_s` and D·`latency.launch_serial_seq_s` at the row's host "
+                  "speed).", "",
                   "| held-out GPU-bound steps | points | kernel MAPE | median model kernels/busy | "
                   "median wall − busy | median model's part |", "|---|---|---|---|---|---|"]
         for label, s in result["gpu_side"].items():

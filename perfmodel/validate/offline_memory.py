@@ -60,7 +60,8 @@ def engine_kv_capacity(rows: Iterable[dict[str, Any]], profile, gpu: str,
             continue
         workload = Workload(batch=1, input_len=1024, output_len=1024, quant=quant, kv_dtype=kv_dtype)
         m = evaluate(spec, gpu_spec, profile, workload, "request").metrics
-        reserve = one_gpu_reserve(spec, graph_options(profile, workload, spec), workload.scheme, budget, seqs)
+        options = graph_options(profile, workload, spec, gpu_spec.name)
+        reserve = one_gpu_reserve(spec, options, workload.scheme, budget, seqs)
         free = m["memory_capacity_bytes"] - m["weights_bytes"] - float(reserve.subs(reserve_values(profile)))
         tokens = free / (m["kv_cache_bytes"] / 2048)
         engine = int(resolved["num_gpu_blocks"]) * int(resolved.get("block_size") or 16)
