@@ -19,18 +19,21 @@ def h100():
 
 def test_every_profiled_step_is_compared_and_the_mla_terms_rows_are_not_held_out(h100):
     points = h100["points"]
-    assert len(points) == 66 and {p["decodes"] for p in points} == {0, 16, 64, 128}
-    serial = {(r["row"].split(": ", 1)[1]) for r in load_profile("vllm", "h200-sxm").fit["launch_serial"]["rows"]}
-    assert len(serial) == 3
+    assert len(points) == 74 and {p["decodes"] for p in points} == {0, 16, 64, 128}
+    fit = load_profile("vllm", "h200-sxm").fit
+    serial = {r["row"].split(": ", 1)[1] + " D=0" for r in fit["launch_serial"]["rows"]}
+    serial |= {r["row"].split(": ", 1)[1] for r in fit["launch_serial_seq"]["rows"]}
+    assert len(serial) == 12
     for p in points:  # DeepSeek-V2-Lite as built is what the MLA term was fitted on; its cut is a check;
-        # the training models' GPU-bound prompts alone are what the launched step's serial part was
-        fitted = p["group"] == "deepseek-v2-lite" or (p["decodes"] == 0 and f"{p['group']} {p['quantization']}" in serial)
+        # the training models' GPU-bound steps are what the launched step's serial part was
+        fitted = (p["group"] == "deepseek-v2-lite"
+                  or f"{p['group']} {p['quantization']} D={p['decodes']}" in serial)
         assert p["held_out"] == (not fitted), p
         assert p["predicted_ms"] == pytest.approx(max(p["gpu_ms"], p["host_ms"]))
         assert p["ratio"] == pytest.approx(p["predicted_ms"] / p["measured_ms"])
         assert p["launched"]  # 1,024 prompt tokens: beyond the engine's largest graph (256)
     held = [abs(p["ratio"] - 1) for p in points if p["held_out"]]
-    assert h100["held_out_points"] == len(held) == 59
+    assert h100["held_out_points"] == len(held) == 58
     assert h100["held_out_mape_pct"] == pytest.approx(100 * sum(held) / len(held))
 
 
@@ -73,7 +76,7 @@ def test_the_command_writes_the_page_and_refuses_what_does_not_apply(tmp_path, c
     out = tmp_path / "mixed.md"
     main(["validate", "all", "--mixed-steps", "--gpu", "h100-sxm", "--out", str(out), "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert out.read_text().startswith("# A prompt's engine step") and data["held_out_points"] == 59
+    assert out.read_text().startswith("# A prompt's engine step") and data["held_out_points"] == 58
     from perfmodel.paths import ROOT
 
     committed = (ROOT / "validate/results/h100-vllm-mixed-steps-validation.md").read_text()

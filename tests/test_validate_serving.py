@@ -105,7 +105,13 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["source"]["mode"] == "replay" and "replay of the measured schedule" in result["source"]["comparison"]
     # the ok rows of that model only, each replayed with its own schedule, end and engine
-    assert [c[3]["rate"] for c in calls] == [2.0, 4.1, 8.2, 15.5]  # the rates really offered
+    assert [c[3]["rate"] for c in calls[:4]] == [2.0, 4.1, 8.2, 15.5]  # the rates really offered
+    # then the runs that kept up, offered faster and slower to read TTFT's error as a rate: the fake
+    # TTFT does not follow the rate, so the measured p50 (100 ms, under its 120) lies below the search
+    # and the p90 (200 ms, over its 150) above it
+    assert {c[3]["rate"] for c in calls[4:]} <= {2.0 * f for f in (0.5, 2.0)} | {4.1 * f for f in (0.5, 2.0)}
+    assert [(e["rate"], e["metric"], e["bound"]) for e in result["rate_errors"]] == [
+        (2.0, "ttft_p50", "below"), (2.0, "ttft_p90", "above"), (4.0, "ttft_p50", "below"), (4.0, "ttft_p90", "above")]
     model, gpu, layout, traffic, kw = calls[0]
     assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", Layout(1, 1, 1))
     assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}

@@ -193,14 +193,16 @@ def engine_kv_tokens(row: dict[str, Any]) -> int | None:
     return None
 
 
-def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine: str = ENGINE) -> dict[str, Any]:
+def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine: str = ENGINE,
+                rate_factor: float = 1.0) -> dict[str, Any]:
     """:func:`perfmodel.planning.predict_serving` replaying the run a row measured (each request
     at its submission time, with its own lengths where they were drawn), with the
     engine's own largest CUDA graph (:func:`perfmodel.measuring.compare.row_graph_tokens`), on the
     host's speed it measured where it has one (sampled through the rate, else its probes:
     :func:`perfmodel.host_speed.row_host_ms`), or
     on the profile's reference host with ``at_probe=False``; ``engine``: the profile (an engine
-    name, or a profile YAML's path)."""
+    name, or a profile YAML's path). ``rate_factor``: the same requests offered that many times
+    faster (each submission time, and the drain limit, divided by it)."""
     from perfmodel import planning
     from perfmodel.host_speed import row_host_ms
     from perfmodel.measuring.compare import row_graph_tokens, row_overrides
@@ -209,15 +211,18 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     kwargs: dict[str, Any] = {}
     if isinstance(settings.get("max_num_batched_tokens"), int):
         kwargs["max_batched_tokens"] = settings["max_num_batched_tokens"]
+    if not rate_factor > 0:
+        raise InputError(f"a rate factor must be positive, not {rate_factor}")
     arrivals, _ = measured_schedule(row)
     if not arrivals:
         raise InputError("no request was submitted")
+    until = drain_limit(row)
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
-        {"rate": offered_rate(row), **traffic_lengths(row)}, lengths=request_lengths(row),
+        {"rate": offered_rate(row) * rate_factor, **traffic_lengths(row)}, lengths=request_lengths(row),
         dtype=serving_weights(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
-        overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=arrivals,
-        until_s=drain_limit(row), kv_tokens=engine_kv_tokens(row),
+        overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=[t / rate_factor for t in arrivals],
+        until_s=None if until is None else until / rate_factor, kv_tokens=engine_kv_tokens(row),
         host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
 
 

@@ -468,10 +468,12 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     writes ``summary.md`` and ``report.html`` (:func:`report_html`) into ``out_dir`` (default
     ``reports/validate/serving-<model>``). Where the rows have the engine's step traces beside
     them, ``engine_steps`` sets each traced run's steps beside the model's
-    (:mod:`perfmodel.validate.serving_steps`; the summary's last section)."""
+    (:mod:`perfmodel.validate.serving_steps`; the summary's last section). ``rate_errors``: each
+    kept-up run's TTFT percentiles read as a rate (:mod:`perfmodel.validate.serving_rate`)."""
     from perfmodel.measuring.results import read_rows
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.validate.serving_quantiles import load_client_gaps
+    from perfmodel.validate.serving_rate import rate_errors, rate_markdown
     from perfmodel.validate.serving_steps import engine_step_comparison, engine_steps_markdown
 
     gpu = load_gpu(gpu).name
@@ -486,6 +488,7 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
         raise InputError(f"no measured serving rows in {path}")
     result = {"source": _source(rows, path),
               **compare_serving(rows, gpu=gpu, model=model, client_gaps=load_client_gaps(path))}
+    result["rate_errors"] = rate_errors(rows, result["rates"], gpu)
     result["engine_steps"] = engine_step_comparison(path, gpu, {p["model"] for p in result["points"]})
     from perfmodel.validate.validation import REPORTS_DIR
 
@@ -493,7 +496,8 @@ def run_serving_validation(model: str, *, gpu: str = "h200-sxm", results: Path |
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         md, html = out_dir / "summary.md", out_dir / "report.html"
-        md.write_text(summary_markdown(result) + engine_steps_markdown(result["engine_steps"]))
+        md.write_text(summary_markdown(result) + rate_markdown(result["rate_errors"])
+                      + engine_steps_markdown(result["engine_steps"]))
         html.write_text(report_html(result), encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report into {out_dir}: {exc.strerror or exc}") from None
@@ -746,9 +750,11 @@ def report_html(result: dict[str, Any]) -> str:
     from perfmodel.templating import environments, script_json
     from perfmodel.vega import vega_scripts
     from perfmodel.validate.serving_charts import chart_specs
+    from perfmodel.validate.serving_rate import ENTRY_COLUMNS, RATE_NOTE, SUMMARY_COLUMNS, rate_tables
 
     src = result["source"]
     specs = chart_specs(result)
+    rate_summary, rate_runs = rate_tables(result.get("rate_errors") or [])
     html, _ = environments("perfmodel.validate", "templates", strict=True)
     return html.get_template("serving.html.j2").render(
         title="perfmodel serving validation", banner=replay_banner(src), comparison=comparison_note(src),
@@ -762,6 +768,7 @@ def report_html(result: dict[str, Any]) -> str:
         saturation=[saturation_lines(s) for s in result["saturation"]], charts=list(specs),
         points=_points_table(result), band_note=band_summary(result["points"]), vega=vega_scripts(),
         kv_note=kv_sentence(result.get("kv_capacity") or []),
+        rate_note=RATE_NOTE, rate_tables=[(SUMMARY_COLUMNS, rate_summary), (ENTRY_COLUMNS, rate_runs)] if rate_runs else [],
         specs_json=script_json(specs),
     ).rstrip("\n") + "\n"
 
