@@ -107,11 +107,13 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     # the ok rows of that model only, each replayed with its own schedule, end and engine
     assert [c[3]["rate"] for c in calls[:4]] == [2.0, 4.1, 8.2, 15.5]  # the rates really offered
     # then the runs that kept up, offered faster and slower to read TTFT's error as a rate: the fake
-    # TTFT does not follow the rate, so the measured p50 (100 ms, under its 120) lies below the search
-    # and the p90 (200 ms, over its 150) above it
-    assert {c[3]["rate"] for c in calls[4:]} <= {2.0 * f for f in (0.5, 2.0)} | {4.1 * f for f in (0.5, 2.0)}
+    # TTFT does not follow the rate until the replay overloads (above 6 req/s), which counts as
+    # longer than any TTFT measured; so the measured p50 (100 ms, under its 120) lies below the
+    # search, the p90 (200 ms, over its 150) above it at 2 req/s and where the replay overloads at 4.1
+    assert all(1.0 <= c[3]["rate"] <= 8.2 for c in calls[4:])  # within 0.5x-2x of the kept-up runs' rates
     assert [(e["rate"], e["metric"], e["bound"]) for e in result["rate_errors"]] == [
-        (2.0, "ttft_p50", "below"), (2.0, "ttft_p90", "above"), (4.0, "ttft_p50", "below"), (4.0, "ttft_p90", "above")]
+        (2.0, "ttft_p50", "below"), (2.0, "ttft_p90", "above"), (4.0, "ttft_p50", "below"), (4.0, "ttft_p90", None)]
+    assert result["rate_errors"][-1]["factor"] * 4.1 == pytest.approx(6.0, rel=3e-3)
     model, gpu, layout, traffic, kw = calls[0]
     assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", Layout(1, 1, 1))
     assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}

@@ -33,23 +33,31 @@ FACTORS = (0.5, 2.0)
 RATE_TARGET = 0.10
 #: Precision of the search, in log f.
 _XTOL = 2e-3
+#: A replay's TTFT where no request got its first token (s): longer than any measured.
+_UNBOUNDED_S = 1e6
 
 
 def rate_error(row: dict[str, Any], gpu: str, metric: str) -> dict[str, Any]:
     """The rate factor at which the replay of ``row`` gives its measured ``metric`` (see the
     module): ``factor`` (f; None outside :data:`FACTORS`), ``error`` (f − 1), ``bound``
     (``below`` when even f = 0.5 gives a longer TTFT than measured, ``above`` when even f = 2
-    gives a shorter one, else None)."""
+    gives a shorter one, else None). A replay that overloads (the rule of
+    :func:`perfmodel.measuring.serving_replay.overload`: requests left at the drain limit, or a
+    queue that grows), or in which no request got its first token, counts as longer than any
+    measured TTFT: the run read kept up, and the percentiles of an overloaded replay's completed
+    requests leave out the queue."""
     from scipy.optimize import brentq
 
-    from perfmodel.measuring.serving_replay import LATENCY, predict_row
+    from perfmodel.measuring.serving_replay import LATENCY, predict_row, predicted_overload
 
     field, predicted, pct = LATENCY[metric]
     measured = row[field] * 1e-3
 
     def gap(log_f: float) -> float:
-        value = (predict_row(row, gpu, rate_factor=math.exp(log_f)).get(predicted) or {}).get(pct)
-        return math.inf if value is None else value - measured
+        replay = predict_row(row, gpu, rate_factor=math.exp(log_f))
+        value = (replay.get(predicted) or {}).get(pct)
+        bounded = value is not None and math.isfinite(value) and not predicted_overload(replay)["overloaded"]
+        return (value if bounded else _UNBOUNDED_S) - measured
 
     lo, hi = math.log(FACTORS[0]), math.log(FACTORS[1])
     if gap(lo) > 0:
