@@ -63,6 +63,8 @@ def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
     assert len(noise) == len({p["gpu"] for p in profiles}) and all("one seeded draw per candidate" in c for c in noise)
     lo, hi = profiles[0]["launch_factor_p10_p90"]
     assert lo < 1.0 < hi and lo * hi == pytest.approx(1.0, rel=1e-6)
+    # a launched step's serial host time, for the step and for each further sequence it holds
+    assert all(p["launch_serial_s"] > 0 and 0 < p["launch_serial_seq_s"] < p["launch_serial_s"] for p in profiles)
     front = data["frontier"]["throughput_vs_interactivity"]
     assert front and all(p["output_tok_s_per_gpu"] > 0 for p in front)
     per_user = [p["tok_s_per_user"] for p in front]

@@ -203,6 +203,7 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                     "intervals_at_mean_batch": pred.intervals(),
                     "prefill_step_floor_s": setup.steps.floor_s if setup.steps else None,
                     "launch_serial_s": setup.steps.serial_s if setup.steps else None,
+                    "launch_serial_seq_s": setup.steps.serial_seq_s if setup.steps else None,
                     "launch_factor_p10_p90": (factor_range(setup.steps.launch_noise)
                                               if setup.steps and setup.steps.launch_noise else None),
                     "graph_tokens": int(default_graph_tokens(setup.steps, setup.profile, pool.engine.max_num_seqs,
@@ -280,6 +281,8 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                        "on offline prefills), which sets the ITL of tokens that share a step with a prefill"
                        + (f"; where its kernels take longer, they and {p['launch_serial_s'] * 1e3:.1f} ms of the "
                           "host's work they do not overlap (its scheduling and first launches, its outputs)"
+                          + (f", and {p['launch_serial_seq_s'] * 1e6:.0f} us more for each further sequence it "
+                             "holds" if p.get("launch_serial_seq_s") else "")
                           if p.get("launch_serial_s") else "") + ".")
     noisy = {p["gpu"]: p["launch_factor_p10_p90"] for p in prov if p.get("launch_factor_p10_p90")}
     for gpu, (lo, hi) in noisy.items():
