@@ -63,3 +63,21 @@ def test_only_runs_that_kept_up_are_read_and_the_report_says_so(queue):
     text = rate_markdown(entries)
     assert "## TTFT's error as a rate" in text and "| olmoe-1b-7b | 5 | ttft_p50 | 250.000 ms | 6 req/s | +20.0% |" in text
     assert rate_markdown([]) == ""
+
+
+def test_a_runs_metrics_share_its_replays(monkeypatch):
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(kw["traffic"]["rate"] if "traffic" in kw else args[3]["rate"])
+        return _queue(*args, **kw)
+
+    monkeypatch.setattr(planning, "predict_serving", counted, raising=False)
+    row = _row(5.0, 250.0, 800.0)
+    replays = {}
+    first = rate_error(row, "h200-sxm", "ttft_p50", replays)
+    both_ends = len(calls)
+    second = rate_error(row, "h200-sxm", "ttft_p90", replays)
+    assert first["error"] == pytest.approx(0.2, abs=3e-3) and second["error"] == pytest.approx(0.5, abs=3e-3)
+    # the second search replays neither end again: the rates at 0.5x and 2x are each offered once
+    assert calls.count(2.5) == 1 and calls.count(10.0) == 1 and len(calls) > both_ends

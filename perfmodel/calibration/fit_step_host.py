@@ -14,9 +14,10 @@ at the model's time, which their medians match) per step holding prompt tokens. 
 mean over the same steps, max(GPU time, floor + (n + p − 1)·t), with n decodes and p prompt
 chunks each, rises with t; the fitted value makes the two equal, and is at least
 ``launch_serial_seq_s`` (that value when the model is already slower): the per-sequence work a
-launched step's kernels do not hide is serial with its launches as well. Runs enter the fit by construction: those of the training models whose engine ran
-``max_num_seqs`` sequences at once (where the term matters most); every other traced run, and
-every untraced serving run, is held out.
+launched step's kernels do not hide is serial with its launches as well. Runs enter the fit by
+construction: those of the training models whose engine ran ``max_num_seqs`` sequences at once
+(where the term matters most); every other traced run, and every untraced serving run, is held
+out.
 """
 
 from __future__ import annotations

@@ -276,14 +276,15 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
         if p.get("prefill_step_floor_s") and p["pool"] == "all":
             graph = p.get("graph_tokens") or 0
             beyond = f" and more than {graph:,} tokens (the largest captured CUDA graph)" if graph else ""
+            serial = ""
+            if p.get("launch_serial_s"):
+                serial = (f"; where its kernels take longer, they and {p['launch_serial_s'] * 1e3:.1f} ms of the "
+                          "host's work they do not overlap (its scheduling and first launches, its outputs)")
+                if p.get("launch_serial_seq_s"):
+                    serial += f", and {p['launch_serial_seq_s'] * 1e6:.0f} us more for each further sequence it holds"
             out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
-                       "on offline prefills), which sets the ITL of tokens that share a step with a prefill"
-                       + (f"; where its kernels take longer, they and {p['launch_serial_s'] * 1e3:.1f} ms of the "
-                          "host's work they do not overlap (its scheduling and first launches, its outputs)"
-                          + (f", and {p['launch_serial_seq_s'] * 1e6:.0f} us more for each further sequence it "
-                             "holds" if p.get("launch_serial_seq_s") else "")
-                          if p.get("launch_serial_s") else "") + ".")
+                       f"on offline prefills), which sets the ITL of tokens that share a step with a prefill{serial}.")
     noisy = {p["gpu"]: p["launch_factor_p10_p90"] for p in prov if p.get("launch_factor_p10_p90")}
     for gpu, (lo, hi) in noisy.items():
         out.append(f"{gpu}: a step the host launches (prompt tokens beyond the largest CUDA graph) takes a host "

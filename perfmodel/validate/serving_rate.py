@@ -37,7 +37,8 @@ _XTOL = 2e-3
 _UNBOUNDED_S = 1e6
 
 
-def rate_error(row: dict[str, Any], gpu: str, metric: str) -> dict[str, Any]:
+def rate_error(row: dict[str, Any], gpu: str, metric: str,
+               replays: dict[float, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The rate factor at which the replay of ``row`` gives its measured ``metric`` (see the
     module): ``factor`` (f; None outside :data:`FACTORS`), ``error`` (f − 1), ``bound``
     (``below`` when even f = 0.5 gives a longer TTFT than measured, ``above`` when even f = 2
@@ -45,16 +46,20 @@ def rate_error(row: dict[str, Any], gpu: str, metric: str) -> dict[str, Any]:
     :func:`perfmodel.measuring.serving_replay.overload`: requests left at the drain limit, or a
     queue that grows), or in which no request got its first token, counts as longer than any
     measured TTFT: the run read kept up, and the percentiles of an overloaded replay's completed
-    requests leave out the queue."""
+    requests leave out the queue. ``replays``: the row's replays by log f, kept between the
+    metrics of one run (each metric's search starts at the same two ends)."""
     from scipy.optimize import brentq
 
     from perfmodel.measuring.serving_replay import LATENCY, predict_row, predicted_overload
 
     field, predicted, pct = LATENCY[metric]
     measured = row[field] * 1e-3
+    replays = {} if replays is None else replays
 
     def gap(log_f: float) -> float:
-        replay = predict_row(row, gpu, rate_factor=math.exp(log_f))
+        if log_f not in replays:
+            replays[log_f] = predict_row(row, gpu, rate_factor=math.exp(log_f))
+        replay = replays[log_f]
         value = (replay.get(predicted) or {}).get(pct)
         bounded = value is not None and math.isfinite(value) and not predicted_overload(replay)["overloaded"]
         return (value if bounded else _UNBOUNDED_S) - measured
@@ -81,12 +86,13 @@ def rate_errors(rows: list[dict[str, Any]], runs: list[dict[str, Any]], gpu: str
         row = by_id.get(run.get("point_id"))
         if row is None or run.get("error") or run.get("measured_overloaded") is not False:
             continue
+        replays: dict[float, dict[str, Any]] = {}
         for metric in RATE_METRICS:
             entry = {key: run.get(key) for key in ("model", "scheme", "input_len", "output_len", "lengths",
                                                     "rate", "offered_rate", "gpu", "point_id")}
             entry.update(metric=metric, measured=row[LATENCY[metric][0]] * 1e-3)
             try:
-                entry.update(rate_error(row, run["gpu"], metric))
+                entry.update(rate_error(row, run["gpu"], metric, replays))
             except PerfModelError as exc:
                 entry.update(factor=None, error=None, bound=None, error_text=str(exc))
             out.append(entry)
