@@ -203,7 +203,7 @@ def op_formula(model_name: str, op_name: str, quantity: str, phase: str, latex: 
             f"{parts['model'].name} · {LAUNCH} · the host's time to launch a prefill, per pass "
             "(θ: Heaviside, 0 where each step fits the largest captured CUDA graph M_graph)",
             "",
-            "symbolic (T tokens of B sequences; N_uncompiled ops run uncompiled, t_moe_host a tiled MoE "
+            "symbolic (T tokens of B sequences; N_uncompiled ops run uncompiled, t_moe_host a quantized MoE "
             "kernel's launches from Python, syncs the host's waits):",
             show(parts["expr"]),
             "",

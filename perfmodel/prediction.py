@@ -484,7 +484,8 @@ def uncompiled_launch(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer
     θ(T − M_graph)·[θ(chunk − M_graph)]·steps·(N_uncompiled·t_uncompiled + Σ count·launch_host),
     N_uncompiled from :func:`uncompiled_ops` (an op run from Python inside an opaque custom op
     costs its host more than a layer's compiled code) and each op's :attr:`Op.launch_host` (a
-    kernel library's launches from Python: the tiled MXFP4 MoE kernel's t_moe_host per layer)."""
+    kernel library's launches from Python: the tiled MXFP4 MoE kernel's t_moe_host per layer, or a
+    W8A8 scheme's routed-expert input quantization inside the fused-MoE op, the same symbol)."""
     from_python = uncompiled_ops(graph, subs) * s.t_uncompiled + _per_pass(graph, subs, "launch_host")
     return launched(subs, chunk) * steps * from_python
 

@@ -334,8 +334,9 @@ class QuantEfficiency(BandChecked):
         default=0.0, description="time of one step of a tile's K loop of that kernel, s (t_kstep); "
         "0: no tile floor")
     host_layer_s: NonNegativeFloat = Field(
-        default=0.0, description="host time per layer that launching that kernel from Python adds to a "
-        "launched eager step, at the reference host, s (t_moe_host, perfmodel.prediction.uncompiled_launch)")
+        default=0.0, description="host time per layer that launching that kernel from Python, or the "
+        "routed experts' activation quantization inside the fused-MoE op, adds to a launched eager step, "
+        "at the reference host, s (t_moe_host, perfmodel.prediction.uncompiled_launch)")
     bitmatrix_one_s: NonNegativeFloat = Field(
         default=0.0, description="time of the routing bitmatrix pack that the kernel's library runs before "
         "it in a staged MoE block, over one 32-expert column, s (t_bitpack_one, "
@@ -502,13 +503,19 @@ class EngineProfile(_Strict):
         if unknown_kv:
             raise ValueError(f"kv_cache: unknown dtype '{unknown_kv[0]}' (known: {', '.join(KV_CACHE_DTYPES)})")
         untiled = [name for name, q in self.quantization.items()
-                   if (q.tile_s or q.k_step_s or q.host_layer_s or q.bitmatrix_one_s or q.bitmatrix_loop_s
-                       or q.bitmatrix_column_s)
+                   if (q.tile_s or q.k_step_s or q.bitmatrix_one_s or q.bitmatrix_loop_s or q.bitmatrix_column_s)
                    and load_schemes()[name].moe_tile is None]
         if untiled:
-            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s, host_layer_s and the "
-                             "bitmatrix_*_s are the times of a tiled MoE kernel, and this scheme names no moe_tile "
+            raise ValueError(f"quantization.{untiled[0]}: tile_s, k_step_s and the bitmatrix_*_s are the "
+                             "times of a tiled MoE kernel, and this scheme names no moe_tile "
                              "(specs/quantization.yaml)")
+        unlaunched = [name for name, q in self.quantization.items()
+                      if q.host_layer_s and load_schemes()[name].moe_tile is None
+                      and not load_schemes()[name].quantizes_activations]
+        if unlaunched:
+            raise ValueError(f"quantization.{unlaunched[0]}: host_layer_s is the host time of a tiled MoE "
+                             "kernel's launches or of the routed experts' activation quantization, and this "
+                             "scheme has neither (specs/quantization.yaml)")
 
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""

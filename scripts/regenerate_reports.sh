@@ -2,7 +2,7 @@
 # Regenerate every committed validation report from the committed measurements and profiles:
 # the offline reports (validate/results/h200-{hf,vllm}-validation.md; the H100's,
 # h100-{hf,vllm}-validation.md; the H200's fits carried to it, h100-{hf,vllm}-transfer-validation.md;
-# the H100's hf fit carried to the H200, h200-hf-transfer-validation.md), one serving report per
+# the H100's fits carried to the H200, h200-{hf,vllm}-transfer-validation.md), one serving report per
 # serving rows file (validate/results/{h200,h100}-vllm-serving*-validation.md), each GPU's change band
 # (validate/results/{h200,h100}-vllm-changes.json), the fused-MoE ops against the kernel timed alone
 # where a GPU has such timings (validate/results/h100-vllm-moe-kernel-validation.md), the model's
@@ -35,10 +35,15 @@ for backend in hf vllm; do
     cp "$work/h100-$backend-transfer/summary.md" "$results/h100-$backend-transfer-validation.md"
     echo "wrote $results/h100-$backend-validation.md and $results/h100-$backend-transfer-validation.md"
 done
-# and the H100's hf fit carried to the H200 (the H100's vllm fit holds the H200's host terms: refused)
+# and the H100's fits carried to the H200: hf's as committed; vllm's fitted on the H100's rows alone
+# (--anchor none: the committed one holds the H200's host terms, and a transfer from it is refused)
 "$PERFMODEL" validate all --backend hf --gpu h200-sxm --fitted-on h100-sxm --out "$work/h200-hf-transfer" > /dev/null
 cp "$work/h200-hf-transfer/summary.md" "$results/h200-hf-transfer-validation.md"
-echo "wrote $results/h200-hf-transfer-validation.md"
+"$PERFMODEL" calibrate fit --engine vllm --gpu h100-sxm --anchor none --out "$work/h100-sxm-vllm-own.yaml" > /dev/null
+"$PERFMODEL" validate all --backend vllm --gpu h200-sxm --fitted-on "$work/h100-sxm-vllm-own.yaml" \
+    --out "$work/h200-vllm-transfer" > /dev/null
+cp "$work/h200-vllm-transfer/summary.md" "$results/h200-vllm-transfer-validation.md"
+echo "wrote $results/h200-hf-transfer-validation.md and $results/h200-vllm-transfer-validation.md"
 
 for rows in "$results"/h[12]00-vllm-serving*.jsonl; do
     case "$rows" in *-steps.jsonl|*-tokens.jsonl) continue ;; esac

@@ -89,8 +89,17 @@ def test_a_scheme_tile_must_be_positive(schemes_file):
 
 def test_tile_times_for_a_scheme_without_a_tile_are_refused(roofline_with):
     for times in ({"k_step_s": 1e-6}, {"bitmatrix_column_s": 1e-5}):
-        with pytest.raises(SpecError, match="quantization.fp8: tile_s, k_step_s, .* no moe_tile"):
+        with pytest.raises(SpecError, match="quantization.fp8: tile_s, k_step_s .* no moe_tile"):
             load_profile_file(Path(roofline_with(quantization={"fp8": times})))
+
+
+def test_a_host_time_needs_a_tiled_kernel_or_quantized_activations(roofline_with):
+    """host_layer_s is a tiled kernel's launches or the routed experts' activation quantization
+    launched from Python: fp8 (W8A8) may carry it, a weight-only scheme without a tile may not."""
+    assert load_profile_file(Path(roofline_with(quantization={"fp8": {"host_layer_s": 1e-4}}))) \
+        .quant_efficiency("fp8").host_layer_s == 1e-4
+    with pytest.raises(SpecError, match="quantization.w4a16: host_layer_s .* neither"):
+        load_profile_file(Path(roofline_with(quantization={"w4a16": {"host_layer_s": 1e-4}})))
 
 
 def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_known_routing():

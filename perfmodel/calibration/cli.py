@@ -71,6 +71,9 @@ def fit(
                                "every term from this GPU's rows). hf: the GPU whose fit gives the engine's "
                                "fixed costs beside this GPU's microbenchmarks (auto: h200-sxm's where this "
                                "GPU has no transformers rows; none: fitted on its rows)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the profile to this file instead of the "
+                                       "committed one (with --check: compare with this file), e.g. a fit "
+                                       "with --anchor none for validate --fitted-on FILE."),
 ) -> None:
     """Fit an engine profile from the committed measurements (deterministic)."""
     import yaml
@@ -92,7 +95,10 @@ def fit(
                                    anchor if anchor == "auto" else load_gpu(anchor).name)
     else:
         raise InputError(f"unknown --engine '{engine}' (hf or vllm)")
-    path = PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
+    path = Path(out) if out is not None else PROFILES_DIR / f"{profile['gpu']}-{profile['engine']}.yaml"
+    if out is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise InputError(f"--out {path}: " + ("a folder; give the profile's file name" if path.is_dir()
+                                              else f"no folder {path.parent}"))
     if check:
         current = yaml.safe_load(path.read_text()) if path.exists() else None
         diff = profile_differences(current, profile) if current is not None else ["no profile"]

@@ -215,17 +215,19 @@ def fit_bitmatrix(every_row: list[dict[str, Any]], gpu: str,
 HOST_BOUNDS = (0.0, 5e-3)
 
 
-def launched_rows(rows: list[dict[str, Any]], scheme: str, profile, gpu: str) -> list[dict[str, Any]]:
+def launched_rows(rows: list[dict[str, Any]], scheme: str, profile, gpu: str,
+                  backends: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """The scheme's rows as built whose prefill ``profile`` puts launch-bound (the host's launch
     of the prefill sets TTFT, :func:`perfmodel.prediction.prefill_regime`), on a backend that runs
-    its tiled kernel, at a routing the model knows (the routing simulator, or B = 1): the latest
-    row of each point id."""
+    its tiled kernel (``backends``, default :data:`TILE_BACKENDS`' of the scheme), at a routing
+    the model knows (the routing simulator, or B = 1): the latest row of each point id."""
     from perfmodel.measuring.compare import model_workload, row_quant, row_routing, row_speculative
     from perfmodel.prediction import LAUNCH_BOUND, Workload, evaluate, prefill_regime
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
 
-    backends, gpu_spec = TILE_BACKENDS.get(scheme, ()), load_gpu(gpu)
+    backends = TILE_BACKENDS.get(scheme, ()) if backends is None else backends
+    gpu_spec = load_gpu(gpu)
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and row_quant(r) == scheme and not row_speculative(r)
               and not r.get("overrides") and not r.get("layers") and r.get("ttft_ms")
@@ -241,15 +243,17 @@ def launched_rows(rows: list[dict[str, Any]], scheme: str, profile, gpu: str) ->
     return out
 
 
-def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str,
-                  scheme: str) -> tuple[float | None, list[str], dict[str, Any]]:
-    """``host_layer_s`` of a scheme's tiled MoE kernel (s at the reference host, t_moe_host): the
-    host time per layer that launching it from Python adds to a launched prefill. Least squares
-    on log(model/measured) TTFT of the training models' (:data:`TILE_TRAIN`) rows whose prefill
-    the profile without it puts launch-bound (:func:`launched_rows`), each at its host's probe,
-    every other parameter held. Returns the time, the point ids it comes from, and the record
-    (training points, held-out TTFT errors of every other model's such rows); (None, [], {})
-    without training rows."""
+def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str, scheme: str,
+                  train_models: tuple[str, ...] | None = None,
+                  backends: tuple[str, ...] | None = None) -> tuple[float | None, list[str], dict[str, Any]]:
+    """``host_layer_s`` of a scheme's MoE kernel (s at the reference host, t_moe_host): the host
+    time per layer that its launches from Python add to a launched prefill (a tiled kernel's, or
+    the routed experts' activation quantization inside the fused-MoE op). Least squares on
+    log(model/measured) TTFT of the training models' rows (``train_models``, default
+    :data:`TILE_TRAIN`'s of the scheme) whose prefill the profile without it puts launch-bound
+    (:func:`launched_rows`, on ``backends``), each at its host's probe, every other parameter
+    held. Returns the time, the point ids it comes from, and the record (training points,
+    held-out TTFT errors of every other model's such rows); (None, [], {}) without training rows."""
     from scipy.optimize import least_squares
 
     from perfmodel.calibration.fit import _predict_many
@@ -259,8 +263,9 @@ def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: st
         entry = {**base.get("quantization", {}).get(scheme, {}), "host_layer_s": float(t)}
         return {**base, "quantization": {**base.get("quantization", {}), scheme: entry}}
 
-    rows = launched_rows(every_row, scheme, _profile(with_host(0.0)), gpu)
-    train_models = TILE_TRAIN.get(scheme, ())
+    backends = TILE_BACKENDS.get(scheme, ()) if backends is None else backends
+    rows = launched_rows(every_row, scheme, _profile(with_host(0.0)), gpu, backends)
+    train_models = TILE_TRAIN.get(scheme, ()) if train_models is None else train_models
     train = [r for r in rows if r["model"] in train_models]
     held = [r for r in rows if r["model"] not in train_models]
     if not train:
@@ -282,7 +287,7 @@ def fit_tile_host(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: st
         return _predict_many(part, fitted, gpu_spec)[:, 0] / truth - 1
 
     record: dict[str, Any] = {
-        "models": list(train_models), "backends": list(TILE_BACKENDS[scheme]),
+        "models": list(train_models), "backends": list(backends),
         "points": sorted(r["point_id"] for r in train),
         "train_mape_pct": _sig(float(100 * np.mean(np.abs(errors(train)))), 3),
     }

@@ -93,6 +93,12 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   the bitmatrix pack a staged MoE block runs before that kernel (vLLM's ``--moe-backend
   triton_unfused``), from the kernel timed alone over 8 to 512 experts
   (:func:`~perfmodel.calibration.fit_tiles.fit_bitmatrix`); every model's profiled packs held out.
+- ``quantization.<scheme>.host_layer_s`` of a scheme that quantizes its activations on the fly
+  (fp8, fp8-block): the host time per MoE layer of the routed experts' input quantization, which
+  vLLM's fused-MoE op (opaque to the compiler) launches from Python in a launched prefill. Fitted
+  after the scheme's multipliers, on the TTFT of its training models' launch-bound prefills, each
+  at its host's probe (:func:`fit_quant_hosts`); every other model's such rows held out
+  (``fit.quantization_host``). A fit anchored on another GPU's takes the anchor's, a host time.
 - a scheme no training model was measured in (:data:`SCHEME_TRAIN`: gpt-oss's MXFP4 experts on
   vLLM's Marlin MoE kernel, ``mxfp4-moe-marlin``) has its kernel multipliers fitted on the rows of
   the models named there, every other model's held out.
@@ -125,6 +131,7 @@ faster than the HBM floor of uniform routing allows (their experts are not all t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -531,6 +538,42 @@ def fit_piecewise_layer(rows: list[dict[str, Any]], base: dict[str, Any], gpu: s
     return max(0.0, _sig(float(np.mean(per_layer)))), list(ttft["point_id"])
 
 
+#: The backends whose fused-MoE op quantizes a W8A8 scheme's expert inputs from Python (vLLM 0.26's
+#: Triton fused-MoE kernel).
+ACT_QUANT_BACKENDS = ("triton",)
+
+
+def fit_quant_hosts(every_row: list[dict[str, Any]], base: dict[str, Any], gpu: str, train: tuple[str, ...],
+                    schemes: Iterable[str]) -> dict[str, Any]:
+    """``host_layer_s`` of each scheme of ``schemes`` that quantizes its activations on the fly
+    and has no tiled MoE kernel (fp8, fp8-block): the host time per layer of the routed experts'
+    activation quantization, which vLLM's fused-MoE op (opaque to the compiler) launches from
+    Python in a launched prefill (:func:`perfmodel.ops.quant.with_activation_quant`). Fitted on
+    the TTFT of the scheme's training models' (:data:`SCHEME_TRAIN`, else ``train``) launch-bound
+    prefills, each at its host's probe, the scheme's multipliers in ``base``
+    (:func:`~perfmodel.calibration.fit_tiles.fit_tile_host`); written into ``base``. Returns the
+    record per scheme fitted (its points, training and held-out TTFT errors)."""
+    from perfmodel.quantization import load_schemes
+
+    records: dict[str, Any] = {}
+    for scheme in schemes:
+        spec = load_schemes()[scheme]
+        if not spec.quantizes_activations or spec.moe_tile is not None:
+            continue
+        host, points, record = fit_tile_host(every_row, base, gpu, scheme, SCHEME_TRAIN.get(scheme, train),
+                                             ACT_QUANT_BACKENDS)
+        if host is None:
+            continue
+        entry = base["quantization"][scheme]
+        entry["host_layer_s"] = host
+        models = sorted({point.split("|")[1] for point in points})
+        entry["reason"] += (f"; host_layer_s (the routed experts' activation quantization launched from Python "
+                            f"in a launched prefill) fitted on the TTFT of {len(points)} launch-bound prefills of "
+                            f"{', '.join(models)} (every other model's held out: fit.quantization_host)")
+        records[scheme] = record
+    return records
+
+
 def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                      train: tuple[str, ...] = TRAIN_MODELS,
                      held_out: tuple[str, ...] = HELD_OUT_MODELS, anchor: str | None = "auto") -> dict[str, Any]:
@@ -609,6 +652,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                                       f"{dequant}{dense_note}; every other model's held out: "
                                       "fit.residuals.quantization")}
         quant_fits[scheme] = len(quant_rows)
+    quant_hosts = {} if reference is not None else fit_quant_hosts(every_row, base, gpu, train, quant_fits)
+    fitted += [p for record in quant_hosts.values() for p in record["points"]]
     tile_fits: dict[str, Any] = {}
     for scheme in TILE_TRAIN:  # a tiled MoE kernel's times, from its profiled kernels
         times, tile_points, record = fit_tile_times(every_row, base, gpu, scheme)
@@ -742,6 +787,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         "kernel_profile": kernel_record,
         "activation_reserve": reserve_record,
         "quantization_rows": quant_fits,
+        **({"quantization_host": quant_hosts} if quant_hosts else {}),
         "tiles": tile_fits,
         "kv_cache": kv_fits,
         **({"moe_off_table": off_record} if off_record else {}),

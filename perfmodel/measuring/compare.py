@@ -335,13 +335,14 @@ def row_graph_tokens(row: dict[str, Any]) -> int | None:
     return max(int(x) for x in sizes) if sizes else None
 
 
-def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
+def model_workload(row: dict[str, Any], profile=None, unprobed_ms: float | None = None) -> dict[str, Any]:
     """The model's workload arguments for a row on its GPUs (see the module docstring): ``batch``
     (B/dp: one replica; B with ``dp`` for vLLM's data parallelism), ``tp``, ``ep`` 1 and
     ``expert_parallel`` (vLLM's EP flag), ``pp``, the engine's
     largest CUDA-graph pass (``graph_tokens``, :func:`row_graph_tokens`) and, under a ``profile``
     that takes the host's speed as an input, the host's probe time the row measured
-    (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; None where it has none), and
+    (``host_probe_ms``, :func:`perfmodel.host_speed.row_probe_ms`; where it has none,
+    ``unprobed_ms``: the usual probe of the machines it was measured on, else None), and
     the KV cache's dtype where the row set one (``kv_dtype``, :func:`row_kv_dtype`), and
     ``moe_tables`` false for a row whose fused-MoE tiles came from a folder of its own
     (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table), and
@@ -357,7 +358,8 @@ def model_workload(row: dict[str, Any], profile=None) -> dict[str, Any]:
     if kv is not None:
         out["kv_dtype"] = kv
     if profile is not None and profile.latency.host_probe_ref_ms is not None:
-        out["host_probe_ms"] = row_probe_ms(row)
+        probe = row_probe_ms(row)
+        out["host_probe_ms"] = unprobed_ms if probe is None else probe
     if row_own_tiles(row):
         out["moe_tables"] = False
     if row_moe_impl(row) == "staged":
@@ -468,19 +470,21 @@ def point_identity(row: dict[str, Any], spec) -> dict[str, Any]:
                 input_len=row["input_len"], output_len=row["output_len"], point_id=row["point_id"])
 
 
-def prediction_args(row: dict[str, Any], *, engine: str, gpu: str, profile) -> dict[str, Any]:
+def prediction_args(row: dict[str, Any], *, engine: str, gpu: str, profile,
+                    unprobed_ms: float | None = None) -> dict[str, Any]:
     """``predict``'s arguments for a measured row, speculative decoding apart: the row's lengths,
     its quantization as measured (``none`` unquantized; not the checkpoint's own,
     :meth:`perfmodel.prediction.Workload.stored_as`), its MoE implementation
-    (:func:`row_moe_impl`) and its layout and host (:func:`model_workload`, under ``profile``)."""
-    workload = {"moe_impl": row_moe_impl(row), **model_workload(row, profile)}  # staged: the same impl
+    (:func:`row_moe_impl`) and its layout and host (:func:`model_workload`, under ``profile``,
+    a row without a probe at ``unprobed_ms``)."""
+    workload = {"moe_impl": row_moe_impl(row), **model_workload(row, profile, unprobed_ms)}  # staged: the same impl
     return dict(gpu=gpu, engine=engine, input_len=row["input_len"], output_len=row["output_len"],
                 quant=row_quant(row) or "none", **workload)
 
 
 def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm",
             train_models: Iterable[str] = (), models: Iterable[str] | None = None,
-            train_points: Iterable[str] = ()):
+            train_points: Iterable[str] = (), unprobed_ms: float | None = None):
     """Predicted vs measured for every ok row (optionally of some models only).
 
     A row is a training point when its model is one of ``train_models`` as built, on one GPU,
@@ -488,7 +492,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     ``train_points`` (the rows a further term was fitted on, e.g. the speculative rows of the
     profile's draft-pass time, :func:`perfmodel.calibration.fit_vllm.fit_draft_pass`); every
     other row is held out. A row of an experts implementation the model has no counterpart of
-    (:func:`row_moe_impl`) is left out.
+    (:func:`row_moe_impl`) is left out. A row without a host probe is predicted at
+    ``unprobed_ms`` (the usual probe of its machines) where given, else at the profile's host.
 
     Returns ``(points, ops)``: ``points`` has one row per point and metric (measured,
     predicted, rel_error, split, the point's identity: point_id, variant, model, batch,
@@ -530,7 +535,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                 raise InputError(f"measured row {row.get('point_id', row['model'])}: {exc}") from None
         spec = specs[spec_key]
         speculation = row_speculative(row)
-        workload = {**prediction_args(row, engine=engine, gpu=gpu, profile=engine_profile), **speculation}
+        workload = {**prediction_args(row, engine=engine, gpu=gpu, profile=engine_profile,
+                                      unprobed_ms=unprobed_ms), **speculation}
         quant = workload["quant"]
         if (spec_key, quant, moe_impl) not in categories:
             categories[spec_key, quant, moe_impl] = op_categories(spec, engine, gpu, quant, moe_impl)

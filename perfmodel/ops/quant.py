@@ -18,15 +18,21 @@ registers the weights it reads (:func:`perfmodel.roofline.op_time`).
 A W8A8 scheme with dynamic activation scales quantizes each GEMM's input just before it:
 one elementwise pass (:func:`activation_quant`) that reads the bf16 rows and writes them at
 b_aq bytes per element, plus their scales (z_ar bytes per row for per-token scales, z_ae per
-element for per-group scales).
+element for per-group scales). The routed experts' inputs are quantized inside vLLM's fused-MoE
+op, an opaque custom op its compiled code calls, so their quantization is launched from Python:
+a launched eager pass pays the scheme's host time per layer for it, t_moe_host (the engine
+profile's ``quantization.<scheme>.host_layer_s``; :attr:`perfmodel.ops.base.Op.launch_host`), a
+replayed CUDA graph none.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy as sp
 
-from perfmodel.ops.base import Op, OpClass
-from perfmodel.symbols import b_a, b_aq, z_ae, z_ar, z_c, z_g
+from perfmodel.ops.base import Op, OpClass, Role
+from perfmodel.symbols import b_a, b_aq, t_moe_host, z_ae, z_ar, z_c, z_g
 
 #: The linear layers a scheme can store quantized: the QKV and O projections, the routed
 #: experts, the shared experts, the dense MLP.
@@ -56,10 +62,15 @@ def activation_quant(name: str, inputs: tuple[tuple[sp.Expr, sp.Expr], ...]) -> 
 
 def with_activation_quant(ops: list[Op]) -> list[Op]:
     """``ops`` with an :func:`activation_quant` op (``<name>.act_quant``) before each
-    quantized linear layer (an op whose ``quantized`` is set)."""
+    quantized linear layer (an op whose ``quantized`` is set). The routed experts' (inside the
+    fused-MoE op, launched from Python) carries t_moe_host as its host time in a launched pass,
+    unless the experts' kernel already does (a tiled kernel's launches)."""
     out: list[Op] = []
     for op in ops:
         if op.quantized is not None and op.quantized.inputs:
-            out.append(activation_quant(f"{op.name}.act_quant", op.quantized.inputs))
+            quant = activation_quant(f"{op.name}.act_quant", op.quantized.inputs)
+            if op.role is Role.ROUTED_EXPERTS and sp.sympify(op.launch_host) == 0:
+                quant = replace(quant, launch_host=t_moe_host)
+            out.append(quant)
         out.append(op)
     return out

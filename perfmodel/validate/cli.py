@@ -23,7 +23,8 @@ def validate(
                                            "else validate/results/{gpu}-{backend}.jsonl with its what-if "
                                            "rows; --serving: validate/results/{gpu}-vllm-serving.jsonl)."),
     fitted_on: Optional[str] = typer.Option(None, "--fitted-on", help="Predict with the profile fitted on this "
-                                            "GPU (default: --gpu's own): a transfer check, every row held out."),
+                                            "GPU (default: --gpu's own), or with a profile file (.yaml): a "
+                                            "transfer check, every row held out."),
     changes: bool = typer.Option(False, "--changes", help="The model's changes against measured pairs of "
                                  "--gpu's vLLM rows that differ in one knob (quant, top_k, ffn, num_experts), "
                                  "held out; writes validate/results/{gpu}-vllm-changes.json (or --out FILE), "

@@ -44,6 +44,9 @@ COLLAPSED_SPLIT = "held-out, routing collapsed"
 #: The split of held-out vLLM points whose engine core ran in a process of its own
 #: (:func:`perfmodel.measuring.compare.row_engine_process`).
 ENGINE_PROCESS_SPLIT = "held-out, engine core apart"
+#: The split of a transfer's held-out points (``validate --fitted-on``) at a quantization scheme or
+#: KV-cache dtype the carried profile was never fitted in, on its own GPU's rows or its anchor's.
+UNFITTED_SPLIT = "held-out, scheme not fitted"
 #: Held-out points that measured something other than what the model describes, by split, with
 #: what they measured: reported with their MAPE, apart from the verdict (the error band leaves
 #: them out for the same reasons: ``fit.band_excludes`` of a vllm profile).
@@ -51,6 +54,8 @@ APART = {
     COLLAPSED_SPLIT: "whose routing collapsed under the engine's dummy weights, a routing the model does not assume",
     ENGINE_PROCESS_SPLIT: ("whose engine core ran in a process of its own, taking an offline batch's requests "
                            "while it steps, where the model admits the batch before its first step"),
+    UNFITTED_SPLIT: ("at a quantization scheme or KV-cache dtype the carried profile was never fitted in "
+                     "(its kernels at the bf16 kernels' rates: not a transfer between GPUs)"),
 }
 SPLITS = ("held-out", "train", *APART)
 SOURCE_KEYS = ("mode", "date", "gpu", "driver", "torch", "transformers", "results_file",

@@ -16,7 +16,7 @@ from typing import Any
 from perfmodel.errors import InputError
 from perfmodel.paths import ROOT, results_file
 from perfmodel.templating import check_out_dir
-from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, measured_span
+from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, UNFITTED_SPLIT, measured_span
 
 #: Where a report goes without --out: reports/validate/<model> in the working directory.
 REPORTS_DIR = Path("reports") / "validate"
@@ -79,24 +79,47 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         "calibrated_engine": profile.name, "baseline_engine": BASELINE_ENGINE,
         "train_models": [] if carried else list(fit.get("train_models", [])),
         "held_out_models": list(fit.get("held_out_models", [])),
-        **({"fitted_on": f"{profile.gpu}, transferred to {gpu}: no row here was fitted on, every one is held out"}
-           if carried else {}),
+        **({"fitted_on": (f"{profile.gpu} ({_anchoring(fit)}), transferred to {gpu}: no row here was fitted on, "
+                          "every one is held out")} if carried else {}),
         **({"vllm": first["vllm"]} if first.get("vllm") else {}),
-        **_host_speed(ok, profile),
+        **_host_speed(ok, profile, machine_probe_ms(backend, gpu) if carried else None),
     }
 
 
-def _host_speed(rows: list[dict[str, Any]], profile) -> dict[str, str]:
-    """The source line saying which rows were predicted at the host's speed they recorded."""
+def _anchoring(fit: dict[str, Any]) -> str:
+    """How a carried profile's fit was made: on its GPU's rows alone, or anchored on another's."""
+    anchor = (fit.get("anchor") or {}).get("gpu")
+    return f"its host's terms from {anchor}'s fit" if anchor else "every term from its own GPU's rows"
+
+
+def _host_speed(rows: list[dict[str, Any]], profile, unprobed: float | None = None) -> dict[str, str]:
+    """The source line saying which rows were predicted at the host's speed they recorded, and
+    at what speed the others were (``unprobed``, ms: their machines' usual probe; None: the
+    profile's host)."""
     from perfmodel.host_speed import row_probe_ms
 
     ref, alpha = profile.latency.host_probe_ref_ms, profile.latency.host_speed_exponent
     probed = sum(row_probe_ms(r) is not None for r in rows)
     if ref is None or not probed:
         return {}
+    others = ("the others at the profile's host" if unprobed is None else
+              f"the others at {unprobed:g} ms, the median probe of their machines' rows with one "
+              "(their GPU's own fit's host_probe_ref_ms)")
     return {"host_speed": (f"{probed} of {len(rows)} rows predicted at the host probe time they recorded "
-                           f"(host times x (probe / {ref:g} ms)^{alpha:g}, perfmodel.host_speed); "
-                           "the others at the profile's host")}
+                           f"(host times x (probe / {ref:g} ms)^{alpha:g}, perfmodel.host_speed); {others}")}
+
+
+def machine_probe_ms(backend: str, gpu: str) -> float | None:
+    """The usual host probe (ms) of the machines ``gpu``'s rows were measured on: the reference of
+    ``gpu``'s own fitted ``backend`` profile (``latency.host_probe_ref_ms``, the median probe of
+    its training rows that recorded one); None without that profile or reference. A row without
+    a probe, predicted by a profile fitted on another GPU, is predicted at it: that profile's
+    own reference is its machines' speed, not the row's."""
+    from perfmodel.profile import fitted_profile_path, load_profile
+
+    if not fitted_profile_path(backend, gpu).is_file():
+        return None
+    return load_profile(str(fitted_profile_path(backend, gpu)), gpu).latency.host_probe_ref_ms
 
 
 def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
@@ -128,6 +151,43 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
             "whose vLLM engine core ran in a process of its own (mp=1): the split "
             f"'{ENGINE_PROCESS_SPLIT}', apart from the verdict")
     return lines
+
+
+def _fitted_on_profile(backend: str, fitted_on: str) -> str:
+    """The profile ``--fitted-on`` names: a GPU's committed fit of ``backend``, or a profile file
+    (``.yaml``, e.g. one ``calibrate fit --anchor none --out FILE`` wrote) of that backend."""
+    from perfmodel.profile import fitted_profile_path
+    from perfmodel.specs.files import read_mapping
+    from perfmodel.specs.hardware import load_gpu
+
+    path = Path(fitted_on)
+    if path.suffix not in (".yaml", ".yml"):
+        return str(fitted_profile_path(backend, load_gpu(fitted_on).name))
+    if not path.is_file():
+        raise InputError(f"--fitted-on {fitted_on}: no such profile file")
+    engine = read_mapping(path, InputError, what="profile ").get("engine")
+    if engine != backend:
+        raise InputError(f"--fitted-on {fitted_on}: a profile of the {engine} engine, not --backend {backend}'s")
+    return str(path)
+
+
+def _set_apart_unfitted(points, profile) -> dict[str, str]:
+    """Move a transfer's held-out points at a quantization scheme or KV-cache dtype that
+    ``profile`` has no entry of (fitted on its GPU's rows, or carried from its anchor) to the split
+    :data:`~perfmodel.validate.report_metrics.UNFITTED_SPLIT`, in place. Returns the source line
+    that says which."""
+    held = points["split"] == "held-out"
+    scheme = ~points["quant"].isin(["none", *profile.quantization])
+    kv = ~points["kv_cache"].isin(["model", *profile.kv_cache])
+    unfitted = held & (scheme | kv)
+    if not unfitted.any():
+        return {}
+    points.loc[unfitted, "split"] = UNFITTED_SPLIT
+    names = sorted({*points.loc[unfitted & scheme, "quant"],
+                    *(f"KV {k}" for k in points.loc[unfitted & kv, "kv_cache"])})
+    return {"not_fitted": (f"{points.loc[unfitted, 'point_id'].nunique()} held-out points at {', '.join(names)}, "
+                           f"which {profile.name} was never fitted in: the split '{UNFITTED_SPLIT}', apart from "
+                           "the verdict")}
 
 
 def _check_given_rows(rows: list[dict[str, Any]], path: Path, backend: str) -> None:
@@ -192,7 +252,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     :func:`perfmodel.measuring.prefill_kernels.category_ratios`), decode_kernels (the same of the
     profiled decode steps), and the report paths.
     """
-    from perfmodel.profile import fitted_profile_path, load_profile
+    from perfmodel.profile import load_profile
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
     from perfmodel.measuring.compare import compare, load_measurements, load_with_what_ifs, mape, what_if_file
@@ -206,7 +266,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         check_out_dir(Path(out_dir))
     gpu_spec = load_gpu(gpu)
     # the calibrated engine as predictions name it: the backend, or the file of the profile asked for
-    calibrated = backend if fitted_on is None else str(fitted_profile_path(backend, load_gpu(fitted_on).name))
+    calibrated = backend if fitted_on is None else _fitted_on_profile(backend, fitted_on)
     profile = load_profile(calibrated, gpu_spec.name)
     wanted = None if model == "all" else [load_model(model).name]
     use_live = results is None and (live_available(backend) if live is None else live)
@@ -248,9 +308,10 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     import pandas as pd
 
     points, ops = [], []
+    unprobed = machine_probe_ms(backend, gpu_spec.name) if carried else None
     for engine, label in ((calibrated, profile.name), (BASELINE_ENGINE, BASELINE_ENGINE)):
         pts, op = compare(rows, engine=engine, gpu=gpu_spec.name, train_models=train, models=wanted,
-                          train_points=train_points)
+                          train_points=train_points, unprobed_ms=unprobed)
         pts["engine"], op["engine"] = label, label
         points.append(pts)
         ops.append(op)
@@ -260,6 +321,8 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
                          "implementation it has no counterpart of, or no measured metric)")
     source = _source(rows, mode, path, profile, backend, gpu_spec.name)
     source.update(_set_apart(points_df, rows, gpu_spec.name))
+    if carried:
+        source.update(_set_apart_unfitted(points_df, profile))
     kv_note = kv_capacity_sentence(engine_kv_capacity(
         [r for r in rows if wanted is None or r.get("model") in wanted], profile, gpu_spec.name, carried))
     if kv_note:
