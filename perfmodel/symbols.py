@@ -111,7 +111,7 @@ t_eager_layer = sp.Symbol("t_eager_layer", nonnegative=True)  #: host launch tim
 t_eager_step = sp.Symbol("t_eager_step", nonnegative=True)  #: host time per eager pass, s
 t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per sequence of an eager step, s
 t_uncompiled = sp.Symbol("t_uncompiled", nonnegative=True)  #: host time per uncompiled op of an eager step, s
-t_moe_host = sp.Symbol("t_moe_host", nonnegative=True)  #: host time per layer of a quantization scheme's MoE kernel launched from Python in a launched pass, s
+t_moe_host = sp.Symbol("t_moe_host", nonnegative=True)  #: host time per layer of a scheme's MoE kernel launched from Python, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
 t_launch_serial = sp.Symbol("t_launch_serial", nonnegative=True)  #: host time of a launched step its GPU work does not hide, s
 t_launch_serial_seq = sp.Symbol("t_launch_serial_seq", nonnegative=True)  #: what each further sequence adds to it, s

@@ -57,3 +57,19 @@ def roofline_with(tmp_path: Path) -> Callable[..., str]:
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def launch_profiles(roofline_with) -> Callable[[dict], tuple[str, str]]:
+    """A function writing two roofline profiles whose prefills of more than 64 tokens the host
+    launches (eager_layer_s 0.1 ms, eager_step_s 1 ms, graphs to 64 tokens), without and with the
+    ``quantization`` section given, and returning their paths (plain, with it)."""
+
+    def write(quantization: dict) -> tuple[str, str]:
+        latency = {"eager_layer_s": 1e-4, "eager_step_s": 1e-3}
+        options = {"prefill_eager": True, "cudagraph_max_tokens": 64}
+        plain = Path(roofline_with(latency=latency, options=options))
+        plain = plain.rename(plain.with_name("plain.yaml"))
+        return str(plain), roofline_with(latency=latency, options=options, quantization=quantization)
+
+    return write

@@ -135,16 +135,12 @@ def _launched(profile: str, model: str = "gpt-oss-20b", quant: str | None = None
     return p.metrics
 
 
-def test_a_launched_prefill_pays_the_tiled_kernels_launches_per_layer(roofline_with):
+def test_a_launched_prefill_pays_the_tiled_kernels_launches_per_layer(launch_profiles):
     """t_moe_host per MoE layer joins the launch floor of a prefill the host launches (gpt-oss's
     MXFP4 experts, launched from Python by triton_kernels); a prefill replayed from a captured
     graph, and the same weights on Marlin's kernel (mxfp4-moe-marlin), pay none of it."""
     host = 1e-3
-    latency = {"eager_layer_s": 1e-4, "eager_step_s": 1e-3}
-    options = {"prefill_eager": True, "cudagraph_max_tokens": 64}
-    plain = Path(roofline_with(latency=latency, options=options))
-    plain = str(plain.rename(plain.with_name("plain.yaml")))
-    with_host = roofline_with(latency=latency, options=options, quantization={"mxfp4-moe": {"host_layer_s": host}})
+    plain, with_host = launch_profiles({"mxfp4-moe": {"host_layer_s": host}})
     base, paid = _launched(plain), _launched(with_host)
     assert paid["prefill_launch_s"] - base["prefill_launch_s"] == pytest.approx(LAYERS * host, rel=1e-9)
     assert paid["prefill_uncompiled_s"] == pytest.approx(LAYERS * host, rel=1e-9)

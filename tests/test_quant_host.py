@@ -3,8 +3,6 @@ a W8A8 scheme's host time per layer in a launched prefill (``quantization.<schem
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import sympy as sp
 
@@ -34,15 +32,11 @@ def _launched(profile: str, quant: str, input_len: int = 128) -> dict[str, float
     return predict("olmoe-1b-7b", engine=profile, batch=1, input_len=input_len, output_len=16, quant=quant).metrics
 
 
-def test_a_launched_fp8_prefill_pays_the_host_time_per_moe_layer(roofline_with):
+def test_a_launched_fp8_prefill_pays_the_host_time_per_moe_layer(launch_profiles):
     """host_layer_s per MoE layer joins the launch floor of an fp8 prefill the host launches; a
     prefill replayed from a captured graph pays none of it, nor does bf16."""
     host = 2e-4
-    latency = {"eager_layer_s": 1e-4, "eager_step_s": 1e-3}
-    options = {"prefill_eager": True, "cudagraph_max_tokens": 64}
-    plain = Path(roofline_with(latency=latency, options=options))
-    plain = str(plain.rename(plain.with_name("plain.yaml")))
-    paid_profile = roofline_with(latency=latency, options=options, quantization={"fp8": {"host_layer_s": host}})
+    plain, paid_profile = launch_profiles({"fp8": {"host_layer_s": host}})
     base, paid = _launched(plain, "fp8"), _launched(paid_profile, "fp8")
     assert paid["prefill_launch_s"] - base["prefill_launch_s"] == pytest.approx(LAYERS * host, rel=1e-9)
     assert _launched(paid_profile, "fp8", input_len=32)["prefill_launch_s"] == 0  # fits the 64-token graph
