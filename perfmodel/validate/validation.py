@@ -61,7 +61,8 @@ def transferred(profile, gpu: str) -> bool:
     return profile.gpu is not None and profile.gpu != gpu
 
 
-def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str, gpu: str) -> dict[str, Any]:
+def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend: str, gpu: str,
+            unprobed: float | None = None) -> dict[str, Any]:
     ok = [r for r in rows if r.get("status") == "ok"]
     first = ok[0] if ok else {}
     span = measured_span(ok)
@@ -82,7 +83,7 @@ def _source(rows: list[dict[str, Any]], mode: str, path: Path, profile, backend:
         **({"fitted_on": (f"{profile.gpu} ({_anchoring(fit)}), transferred to {gpu}: no row here was fitted on, "
                           "every one is held out")} if carried else {}),
         **({"vllm": first["vllm"]} if first.get("vllm") else {}),
-        **_host_speed(ok, profile, machine_probe_ms(backend, gpu) if carried else None),
+        **_host_speed(ok, profile, unprobed),
     }
 
 
@@ -155,9 +156,9 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
 
 def _fitted_on_profile(backend: str, fitted_on: str) -> str:
     """The profile ``--fitted-on`` names: a GPU's committed fit of ``backend``, or a profile file
-    (``.yaml``, e.g. one ``calibrate fit --anchor none --out FILE`` wrote) of that backend."""
+    (``.yaml``, e.g. one ``calibrate fit --anchor none --out FILE`` wrote; its engine is checked
+    once loaded)."""
     from perfmodel.profile import fitted_profile_path
-    from perfmodel.specs.files import read_mapping
     from perfmodel.specs.hardware import load_gpu
 
     path = Path(fitted_on)
@@ -165,9 +166,6 @@ def _fitted_on_profile(backend: str, fitted_on: str) -> str:
         return str(fitted_profile_path(backend, load_gpu(fitted_on).name))
     if not path.is_file():
         raise InputError(f"--fitted-on {fitted_on}: no such profile file")
-    engine = read_mapping(path, InputError, what="profile ").get("engine")
-    if engine != backend:
-        raise InputError(f"--fitted-on {fitted_on}: a profile of the {engine} engine, not --backend {backend}'s")
     return str(path)
 
 
@@ -268,6 +266,9 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     # the calibrated engine as predictions name it: the backend, or the file of the profile asked for
     calibrated = backend if fitted_on is None else _fitted_on_profile(backend, fitted_on)
     profile = load_profile(calibrated, gpu_spec.name)
+    if fitted_on is not None and profile.engine != backend:
+        raise InputError(f"--fitted-on {fitted_on}: a profile of the {profile.engine} engine, "
+                         f"not --backend {backend}'s")
     wanted = None if model == "all" else [load_model(model).name]
     use_live = results is None and (live_available(backend) if live is None else live)
     if use_live:
@@ -319,7 +320,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     if points_df.empty:
         raise InputError(f"no measured row in {path} is one the model compares with (an experts "
                          "implementation it has no counterpart of, or no measured metric)")
-    source = _source(rows, mode, path, profile, backend, gpu_spec.name)
+    source = _source(rows, mode, path, profile, backend, gpu_spec.name, unprobed)
     source.update(_set_apart(points_df, rows, gpu_spec.name))
     if carried:
         source.update(_set_apart_unfitted(points_df, profile))
