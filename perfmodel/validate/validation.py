@@ -118,9 +118,8 @@ def machine_probe_ms(backend: str, gpu: str) -> float | None:
     own reference is its machines' speed, not the row's."""
     from perfmodel.profile import fitted_profile_path, load_profile
 
-    if not fitted_profile_path(backend, gpu).is_file():
-        return None
-    return load_profile(str(fitted_profile_path(backend, gpu)), gpu).latency.host_probe_ref_ms
+    path = fitted_profile_path(backend, gpu)
+    return load_profile(str(path), gpu).latency.host_probe_ref_ms if path.is_file() else None
 
 
 def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
