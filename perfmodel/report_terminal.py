@@ -175,10 +175,31 @@ def op_table_rows(p: Prediction) -> list[dict]:
     return _with_shares(p.op_dicts())
 
 
+#: Op fields that add up over an op's layer groups (s, FLOP, bytes).
+_ADDITIVE = ("flops", "bytes", "comm_bytes", "compute_s", "memory_s", "link_s", "tiles_s", "latency_s", "time_s")
+
+
+def merged_ops(ops: list[dict]) -> list[dict]:
+    """One row per pass and op name: an op that several layer groups hold (DeepSeek's dense first
+    layers beside its MoE layers, Llama 4's rotary and NoPE layers) summed over them, its other
+    fields (``bound``) those of its longest group."""
+    merged: dict[tuple[str, str], dict] = {}
+    for op in ops:
+        key = (op["pass"], op["name"])
+        if key not in merged:
+            merged[key] = dict(op)
+            continue
+        kept = merged[key]
+        longest = op if op["time_s"] > kept["time_s"] else kept
+        merged[key] = {**longest, **{f: kept.get(f, 0.0) + op.get(f, 0.0) for f in _ADDITIVE if f in op}}
+    return list(merged.values())
+
+
 def leading_ops(p: Prediction, pass_name: str, count: int = 2) -> list[dict]:
     """The ``count`` ops of a pass that take the most time, longest first, each with its
-    ``share`` of the pass's op time."""
-    ops = [op for op in _with_shares(p.ops) if op["pass"] == pass_name]
+    ``share`` of the pass's op time (an op of several layer groups summed over them:
+    :func:`merged_ops`)."""
+    ops = [op for op in _with_shares(merged_ops(p.ops)) if op["pass"] == pass_name]
     return sorted(ops, key=lambda op: op["time_s"], reverse=True)[:count]
 
 

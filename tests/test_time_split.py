@@ -8,7 +8,7 @@ import pytest
 
 from perfmodel.commands import main
 from perfmodel.prediction import predict
-from perfmodel.report_terminal import leading_ops, time_split_text
+from perfmodel.report_terminal import leading_ops, merged_ops, time_split_text
 
 
 def test_the_leading_ops_are_the_longest_with_their_share_of_the_pass():
@@ -66,3 +66,17 @@ def test_predict_prints_it_and_its_report_shows_it(capsys, tmp_path):
     assert "where the time goes: decode " in capsys.readouterr().out
     for page in ("summary.md", "report.html"):
         assert "where the time goes: decode " in (tmp_path / page).read_text(), page
+
+
+def test_an_op_of_several_layer_groups_is_named_once_with_its_whole_time():
+    # DeepSeek-V2-Lite: a dense first layer beside 26 MoE layers, so its attention ops come twice
+    p = predict("deepseek-v2-lite", batch=16)
+    groups = [op for op in p.ops if op["pass"] == "decode" and op["name"] == "attn.core"]
+    assert len(groups) == 2
+    merged = {op["name"]: op for op in merged_ops(p.ops) if op["pass"] == "decode"}
+    assert merged["attn.core"]["time_s"] == pytest.approx(sum(op["time_s"] for op in groups))
+    assert merged["attn.core"]["bytes"] == pytest.approx(sum(op["bytes"] for op in groups))
+    assert sum(op["time_s"] for op in merged.values()) == pytest.approx(
+        sum(op["time_s"] for op in p.ops if op["pass"] == "decode"))
+    names = [op["name"] for op in leading_ops(p, "decode", 5)]
+    assert len(names) == len(set(names))

@@ -22,7 +22,7 @@ import pandas as pd
 
 from perfmodel import predict, sweep
 from perfmodel.errors import InputError, SpecError
-from perfmodel.report_terminal import leading_ops
+from perfmodel.report_terminal import leading_ops, merged_ops
 from perfmodel.validate.paper.effects import Effect, Study
 from perfmodel.validate.paper.verdict import NOT_EXPRESSIBLE, ClaimVerdict, effect_verdict, judge_claim, pct
 
@@ -116,9 +116,10 @@ def anatomy(p) -> Anatomy:
     for phase in ("prefill", "decode"):
         (best,) = leading_ops(p, phase, 1)
         top[phase] = (best["name"], best["share"], best["bound"], best["time_s"], best["bytes"])
+    ops = merged_ops(p.ops)
     return Anatomy(m[THROUGHPUT], m["e2e_s"], m["ttft_s"], m["itl_s"], 1 - m["ttft_s"] / m["e2e_s"], top,
-                   {(o["pass"], o["name"]): o["time_s"] for o in p.ops},
-                   {(o["pass"], o["name"]): o["bytes"] for o in p.ops}, bool(m["fits_in_memory"]),
+                   {(o["pass"], o["name"]): o["time_s"] for o in ops},
+                   {(o["pass"], o["name"]): o["bytes"] for o in ops}, bool(m["fits_in_memory"]),
                    int(m.get("kv_waves", 1)), int(m.get("concurrent_sequences", 0)))
 
 
