@@ -232,6 +232,28 @@ def test_validate_marks_held_out_models(tmp_path, capsys):
     assert sum(abs(p["rel_error"]) for p in calibrated) / len(calibrated) < 0.08
 
 
+def test_validate_states_each_models_held_out_error_against_the_targets(tmp_path, capsys):
+    """The per-model table: each model's held-out MAPE, recomputed from the points, and whether it
+    meets the targets the verdict holds all of them to together."""
+    main(["validate", "all", "--json", "--out", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    targets = {c["metric"]: c["target_pct"] for c in out["verdict"]["checks"]}
+    rows = {r[0]: r for r in out["models"]["rows"]}
+    held = [p for p in out["points"] if p["engine"] == "h200-sxm-hf" and p["split"] == "held-out"]
+    assert set(rows) == {p["model"] for p in held} and "qwen3-30b-a3b" in rows
+    for model, row in rows.items():
+        mapes = {}
+        for column, metric in ((1, "decode_step"), (2, "ttft"), (3, "throughput")):
+            errors = [abs(p["rel_error"]) for p in held if p["model"] == model and p["metric"] == metric]
+            mapes[metric] = 100 * sum(errors) / len(errors)
+            assert float(row[column]) == pytest.approx(mapes[metric], abs=0.006)
+        over = [m for m, v in mapes.items() if v > targets[m]]
+        assert (row[5] == "yes") == (not over)
+        assert row[4] == str(len({p["point_id"] for p in held if p["model"] == model}))
+    assert "Held-out error by model" in Path(out["summary_md"]).read_text()
+    assert "Held-out error by model" in Path(out["report_html"]).read_text()
+
+
 def test_validate_states_its_verdict_in_json_and_on_the_terminal(tmp_path, capsys):
     """The verdict the summary opens with is in --json (result, checks against the targets) and
     printed after the MAPE table; it agrees with the held-out MAPE it judges."""

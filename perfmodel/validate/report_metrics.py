@@ -199,6 +199,34 @@ def what_if_rows(points, calibrated: str, bound: float = WHAT_IF_BOUND_PCT) -> d
                        f"all ≤ {bound:g}%"], "rows": rows, "note": WHAT_IF_NOTE}
 
 
+#: What the per-model table groups, as its reports say above it.
+MODEL_NOTE = ("Each model's held-out points (the verdict's split: a training model's points that no fit read, "
+              "its what-ifs and cuts among them; a held-out model's every point at the routing the model assumes), "
+              "against the held-out targets, which the verdict holds over all of them together.")
+
+
+def model_rows(points, calibrated: str, bounds: dict[str, float]) -> dict[str, Any]:
+    """The calibrated engine's held-out error per model (ITL, TTFT and throughput MAPE, %), its
+    point count, and the metrics whose MAPE is over ``bounds`` (the held-out targets); no rows
+    without held-out points."""
+    if points.empty:
+        return {"header": [], "rows": []}
+    mine = points[(points["engine"] == calibrated) & (points["split"] == "held-out")]
+    if mine.empty:
+        return {"header": [], "rows": []}
+    metrics = ("decode_step", "ttft", "throughput")
+    rows = []
+    for model, group in sorted(mine.groupby("model")):
+        mapes = {m: group.loc[group["metric"] == m, "rel_error"].abs().mean() * 100.0 for m in metrics}
+        over = [METRIC_LABEL.get(m, m) for m in metrics
+                if m in bounds and mapes[m] == mapes[m] and mapes[m] > bounds[m]]
+        rows.append([str(model), *(pct(float(v)) if v == v else "–" for v in mapes.values()),
+                     str(int(group["point_id"].nunique())), "yes" if not over else "no: " + ", ".join(over)])
+    label = " / ".join(f"{bounds[m]:g}" for m in metrics if m in bounds)
+    return {"header": ["model", f"ITL {calibrated} MAPE", "TTFT MAPE", "throughput MAPE", "points",
+                       f"within the targets ({label}%)"], "rows": rows, "note": MODEL_NOTE}
+
+
 def shown_splits(points) -> list[str]:
     """The splits a report shows: held-out and train always, those of :data:`APART` where they have points."""
     have = set(points["split"]) if not points.empty else set()

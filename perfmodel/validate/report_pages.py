@@ -34,7 +34,8 @@ from perfmodel.validate.repeats import repeat_section
 from perfmodel.validate.report_metrics import (
     BAD_ERROR_PCT, METRIC_LABEL, METRIC_UNIT, METRICS, N_WORST, check_mode, decode_regime_rows,
     engines, layout_rows, lookup, mape_table, num, ordered_metrics, pct, provenance_line, regime_rows,
-    shown_splits, signed, source_items, targets, verdict, verdict_line, what_if_rows, with_variant, worst_points,
+    model_rows, shown_splits, signed, source_items, targets, verdict, verdict_line, what_if_rows, with_variant,
+    worst_points,
 )
 from perfmodel.validate.report_prefill import decode_summary, prefill_section, profiled_steps
 from perfmodel.vega import vega_scripts
@@ -160,7 +161,8 @@ def summary_markdown(points, *, title: str, source: dict[str, Any], repeats=None
         splits=splits, layouts=layout_rows(points, calibrated, baseline), n_worst=N_WORST,
         worst=worst_table, replay=mode == "replay", repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
-        what_ifs=what_if_rows(points, calibrated), ops=ops_rows(points, ops, calibrated),
+        what_ifs=what_if_rows(points, calibrated), models=model_rows(points, calibrated, bounds),
+        ops=ops_rows(points, ops, calibrated),
         decode=decode_summary(ops, calibrated),
         prefill=prefill_section(points, prefill, calibrated))
     return text
@@ -305,7 +307,8 @@ def report_html(points, ops, *, title: str, source: dict[str, Any], repeats=None
         mape=mape_rows(points, calibrated, baseline, targets(source)),
         repeats=repeat_section(repeats, points, calibrated, every),
         regimes=regime_rows(points, calibrated), decode_regimes=decode_regime_rows(points, calibrated),
-        what_ifs=what_if_rows(points, calibrated), metrics=metrics, ops_chart=ops_slot,
+        what_ifs=what_if_rows(points, calibrated), models=model_rows(points, calibrated, targets(source)),
+        metrics=metrics, ops_chart=ops_slot,
         decode=decode_summary(ops, calibrated),
         decode_chart=decode_slot, prefill_chart=prefill_slot,
         prefill=prefill_section(points, prefill, calibrated),

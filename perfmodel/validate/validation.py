@@ -343,7 +343,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
         extra["engine"] = profile.name
         every = pd.concat([points_df[points_df["engine"] == profile.name], extra], ignore_index=True)
     from perfmodel.measuring.prefill_kernels import category_ratios, prefill_kernels
-    from perfmodel.validate.report_metrics import what_if_rows
+    from perfmodel.validate.report_metrics import model_rows, targets, what_if_rows
     from perfmodel.validate.report_prefill import profiled_steps
 
     prefill = prefill_kernels(rows if wanted is None else [r for r in rows if r.get("model") in wanted],
@@ -356,6 +356,7 @@ def run_validation(model: str, *, backend: str = "hf", gpu: str = "h200-sxm",
     return {"source": source, "verdict": held_out_verdict(points_df, profile.name, source),
             "mape": table.to_dict(orient="records"),
             "what_ifs": what_if_rows(points_df, profile.name),
+            "models": model_rows(points_df, profile.name, targets(source)),
             "points": points_df.to_dict(orient="records"),
             "repeats": {"points": repeats.to_dict(orient="records"), "summary": repeat_summary(repeats),
                         "every_measurement": every_measurement(points_df, every, profile.name)},
