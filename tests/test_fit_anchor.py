@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from perfmodel.calibration.fit import profile_differences
-from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, PROFILE_PINNED, REFERENCE_GPU,
-                                              anchor_path, carried_entries, held_parameters, read_anchor, same_compute,
-                                              seeded)
+from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, HOST_PACED_BATCH, OWN_HOST_FIELDS,
+                                              PROFILE_PINNED, REFERENCE_GPU, anchor_path, carried_entries,
+                                              held_parameters, own_host_rows, read_anchor, same_compute, seeded)
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -33,10 +33,20 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     reference = _committed(REFERENCE_GPU)
     anchor = h100["fit"]["anchor"]
     assert anchor["gpu"] == REFERENCE_GPU and anchor["profile"].endswith("h200-sxm-vllm.yaml")
-    assert {"per_step_s", "per_layer_s", "host_step_s", "launch_noise"} <= set(anchor["held"])
-    # the host's terms and the fixed GPU times are the reference's, exactly
+    assert {"per_step_s", "per_layer_s", "eager_layer_s", "launch_noise"} <= set(anchor["held"])
+    # the host's terms and the fixed GPU times are the reference's, exactly, but the host's times that
+    # pace a replayed decode step: the H100's training rows at B >= 256 fit them on its own hosts
+    own = anchor["own_host"]
+    assert own["fields"] == list(OWN_HOST_FIELDS) and own["min_batch"] == HOST_PACED_BATCH
+    assert own["points"] and all(int(p.split("|B=")[1].split("|")[0]) >= HOST_PACED_BATCH for p in own["points"])
+    assert set(own["points"]) <= set(h100["fit"]["points"])
+    for field in OWN_HOST_FIELDS:
+        assert field not in anchor["held"]
+        assert h100["latency"][field] != reference["latency"][field], field
+    # the H100's lent hosts spend longer per sequence than the H200's at one probe
+    assert h100["latency"]["host_seq_s"] > reference["latency"]["host_seq_s"]
     for field in (*HOST_LATENCY_FIELDS, "per_step_s", "per_layer_s", "host_probe_ref_ms", "host_speed_exponent"):
-        if field in reference["latency"]:
+        if field in reference["latency"] and field not in OWN_HOST_FIELDS:
             assert h100["latency"][field] == reference["latency"][field], field
     assert h100["latency"]["launch_noise"] == reference["latency"]["launch_noise"]
     # the H100's own microbenchmark tables give its graph node's cost, not the reference's
@@ -140,6 +150,19 @@ def test_a_gpu_of_the_anchors_die_takes_its_compute_fractions():
     assert ("efficiency", "attention", "context_half") not in held_parameters(True)
 
 
+def test_the_hosts_decode_times_are_fitted_where_the_gpus_rows_hold_batches_the_host_paces():
+    wide = {"point_id": "vllm|olmoe-1b-7b|B=1024|S=16", "batch": 1024}
+    narrow = {"point_id": "vllm|olmoe-1b-7b|B=64|S=128", "batch": 64}
+    assert own_host_rows([narrow, wide, dict(wide)]) == [wide["point_id"]]
+    assert own_host_rows([narrow]) == []
+    for field in OWN_HOST_FIELDS:
+        assert ("latency", field, None) in held_parameters(True)
+        assert ("latency", field, None) not in held_parameters(True, own_host=True)
+    # the other host times stay the anchor's either way
+    latency = {field for section, field, _ in held_parameters(True, own_host=True) if section == "latency"}
+    assert latency == HELD_LATENCY - set(OWN_HOST_FIELDS)
+
+
 def test_an_anchoring_profile_names_its_gpu(tmp_path):
     (tmp_path / "x-vllm.yaml").write_text("name: x-vllm\nengine: vllm\n")
     with pytest.raises(SpecError, match="x-vllm.yaml: the anchoring profile names no gpu"):
@@ -236,20 +259,28 @@ def test_a_regime_too_few_of_its_prefills_state_takes_the_anchors_ttft_band_wher
     assert carried_regime_bands(own_split, steps, anchor) == [] and own_split["e2e_host_bound"] == 0.2
 
 
-def test_the_h100_states_its_own_graph_replayed_and_host_bound_bands_from_five_points_each(h100):
-    """With fewer than MIN_REGIME_POINTS held-out points of a regime, the H100 carried the H200's
-    band for it (four graph-replayed prefills, one host-bound decode step); its seventeenth lease's
-    rows brought five of each, and the bands are now its own: each the 90th percentile of its
-    points' |error|, none of them said to be the H200's."""
+def test_the_h100_states_a_regimes_band_from_five_points_and_carries_it_from_fewer(h100):
+    """With at least MIN_REGIME_POINTS held-out points of a regime the H100 states its own band for
+    it (the 90th percentile of their |error|: its graph-replayed prefills, five since its
+    seventeenth lease); with fewer it carries the H200's, where its points lie within it (its
+    host-bound decode steps: four since its own host times per decode step, which put a fifth
+    step, Mixtral-8x7B's 8-layer skeleton at B = 16, on the GPU's side)."""
     from perfmodel.calibration.fit import MIN_REGIME_POINTS
 
+    reference = _committed(REFERENCE_GPU)
     points = h100["fit"]["residuals"]["band points"]
-    for regime, field in (("ttft graph-replayed", "ttft_graph_replayed"),
-                          ("decode_step host-bound", "decode_step_host_bound"),
-                          ("throughput host-bound", "throughput_host_bound")):
-        assert points[regime]["n"] >= MIN_REGIME_POINTS
-        assert h100["error_band"][field] == pytest.approx(points[regime]["p90_abs_pct"] / 100, rel=1e-3)
-    assert "h200-sxm's" not in h100["error_band"]["source"]
+    regimes = (("ttft graph-replayed", "ttft_graph_replayed"),
+               ("decode_step host-bound", "decode_step_host_bound"),
+               ("throughput host-bound", "throughput_host_bound"))
+    assert points["ttft graph-replayed"]["n"] >= MIN_REGIME_POINTS
+    for regime, field in regimes:
+        own = points[regime]
+        if own["n"] >= MIN_REGIME_POINTS:
+            assert h100["error_band"][field] == pytest.approx(own["p90_abs_pct"] / 100, rel=1e-3)
+        else:
+            assert h100["error_band"][field] == reference["error_band"][field]
+            assert own["p90_abs_pct"] / 100 <= reference["error_band"][field]
+            assert "h200-sxm's" in h100["error_band"]["source"]
 
 
 @pytest.mark.parametrize("name", ["h100-sxm-vllm", "h200-sxm-vllm", "h100-sxm-hf", "h200-sxm-hf"])

@@ -28,7 +28,10 @@ from the reference's fit, and fits from its own rows what they do determine:
 - **the reference's**: the host's times (:data:`perfmodel.host_speed.HOST_LATENCY_FIELDS`) with
   the host's speed (``host_probe_ref_ms``, ``host_speed_exponent``) and its launch noise: they are
   the host's and the engine's, not the GPU's, and every row, on either GPU, is predicted at the
-  host probe time it recorded; the fixed time per step and per layer of a replayed graph
+  host probe time it recorded; but the host's times that pace a replayed decode step, per step
+  and per sequence (:data:`OWN_HOST_FIELDS`), are fitted on the GPU's own rows where its training
+  rows hold batches the host paces (:func:`own_host_rows`): the machines lent with a GPU kind are
+  their own pool of hosts, which one probe does not make alike; the fixed time per step and per layer of a replayed graph
   (``per_step_s``, ``per_layer_s``: rows of models of a few layer counts cannot tell the two
   apart); the cost of a graph node (``per_kernel_s``) where the GPU has no microbenchmark
   tables; and every quantization scheme, KV-cache dtype and tiled kernel the GPU
@@ -65,6 +68,15 @@ HOST_SPEED_FIELDS = ("host_probe_ref_ms", "host_speed_exponent")
 FIXED_GPU_FIELDS = ("per_step_s", "per_layer_s")
 #: The fitted parameters' ``latency`` fields an anchored fit holds at the anchor's.
 HELD_LATENCY = frozenset((*HOST_LATENCY_FIELDS, *FIXED_GPU_FIELDS))
+#: The host's times that pace a graph-replayed decode step (a time per step and one per sequence
+#: in it), which an anchored fit takes from the GPU's own rows where its training rows hold batches
+#: the host paces (:data:`HOST_PACED_BATCH`): the lent machines of one GPU kind are one pool of
+#: hosts, and at one probe the H100's spend about 30% longer per sequence than the H200's
+#: (docs/h100.md, "The joint refit: the H100's own host times per decode step").
+OWN_HOST_FIELDS = ("host_step_s", "host_seq_s")
+#: The smallest batch at which a training model's graph-replayed decode step is the host's: its
+#: rows at this many sequences and more fit :data:`OWN_HOST_FIELDS` on their own GPU.
+HOST_PACED_BATCH = 256
 #: Every ``latency`` field taken from the anchor where it has one.
 TAKEN_LATENCY = (*HOST_LATENCY_FIELDS, *HOST_SPEED_FIELDS, *FIXED_GPU_FIELDS, "launch_noise")
 #: The kernel classes whose compute efficiency (a fraction of the tensor cores' peak) a GPU of the
@@ -92,11 +104,20 @@ def anchored_efficiencies(shared_compute: bool, unprofiled: tuple[str, ...] = ()
     return terms + [PROFILE_PINNED[category] for category in unprofiled]
 
 
-def held_parameters(shared_compute: bool, unprofiled: tuple[str, ...] = ()) -> frozenset[tuple[str, str, str | None]]:
+def own_host_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The point ids of the training rows whose decode steps the host paces (B ≥
+    :data:`HOST_PACED_BATCH`): where there are any, an anchored fit takes :data:`OWN_HOST_FIELDS`
+    from its own rows."""
+    return sorted({r["point_id"] for r in rows if int(r.get("batch") or 0) >= HOST_PACED_BATCH})
+
+
+def held_parameters(shared_compute: bool, unprofiled: tuple[str, ...] = (),
+                    own_host: bool = False) -> frozenset[tuple[str, str, str | None]]:
     """The fitted parameters (:data:`perfmodel.calibration.fit_vllm.PARAMETERS`' names) an
-    anchored fit holds at the anchor's values: :data:`HELD_LATENCY` and
+    anchored fit holds at the anchor's values: :data:`HELD_LATENCY` (but :data:`OWN_HOST_FIELDS`
+    where ``own_host``: the GPU's rows fit them, :func:`own_host_rows`) and
     :func:`anchored_efficiencies`."""
-    held = {("latency", field, None) for field in HELD_LATENCY}
+    held = {("latency", field, None) for field in HELD_LATENCY if not (own_host and field in OWN_HOST_FIELDS)}
     held |= {("efficiency", name, field) for name, field in anchored_efficiencies(shared_compute, unprofiled)}
     return frozenset(held)
 
@@ -217,8 +238,15 @@ def carried_regime_bands(band: dict[str, Any], own_points: dict[str, Any], ancho
     return carried
 
 
-def anchor_record(path: Path, anchor: dict[str, Any], taken: list[str], carried: list[str]) -> dict[str, Any]:
-    """The ``fit.anchor`` record: which profile, which fields taken from it (:func:`seeded`'s),
-    which entries carried."""
-    return {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"), "held": sorted(taken),
-            "carried": carried}
+def anchor_record(path: Path, anchor: dict[str, Any], taken: list[str], carried: list[str],
+                  own_host: list[str] = ()) -> dict[str, Any]:
+    """The ``fit.anchor`` record: which profile, which fields taken from it (:func:`seeded`'s, but
+    :data:`OWN_HOST_FIELDS` where the GPU's ``own_host`` rows fit them), which entries carried,
+    and the rows the host's own times were fitted on."""
+    own = {field for field in OWN_HOST_FIELDS} if own_host else set()
+    record = {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"),
+              "held": sorted(field for field in taken if field not in own), "carried": carried}
+    if own_host:
+        record["own_host"] = {"fields": list(OWN_HOST_FIELDS), "min_batch": HOST_PACED_BATCH,
+                              "points": list(own_host)}
+    return record

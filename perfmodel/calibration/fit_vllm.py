@@ -582,8 +582,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
     from perfmodel.calibration.fit_moe_tables import fit_l2_spill, fit_off_table, fit_table_extra
     from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
-                                                  carried_regime_bands, held_parameters, read_anchor, same_compute,
-                                                  seeded)
+                                                  carried_regime_bands, held_parameters, own_host_rows, read_anchor,
+                                                  same_compute, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
     from perfmodel.paths import results_file
@@ -621,8 +621,11 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     ids = {r["point_id"] for r in rows}
     rows += list({r["point_id"]: r for r in kernels[0] if r["point_id"] not in ids}.values())
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
+    # an anchored fit's own host times per decode step, where its training rows hold batches the host paces
+    own_host = own_host_rows(rows) if reference is not None else []
     values = fit_parameters(rows, base, gpu, tuple(kernels),
-                            held=held_parameters(shared_compute, unprofiled) if reference is not None else frozenset())
+                            held=(held_parameters(shared_compute, unprofiled, bool(own_host))
+                                  if reference is not None else frozenset()))
     base = _with(base, values)
     # the fused-MoE kernel on experts larger than the L2 cache, timed alone (the bf16 fit in place)
     l2_spill, l2_record = fit_l2_spill(results, base, gpu, train)
@@ -801,7 +804,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
             "launch_serial_seq": serial_seq_record,
             "piecewise_layer": {"points": piecewise_points},
             "launch_noise": noise_record} if reference is None
-           else {"anchor": anchor_record(anchored, reference, taken, carried)}),
+           else {"anchor": anchor_record(anchored, reference, taken, carried, own_host)}),
         **({"host_speed": {**host_speed["record"], "points": host_points}} if host_speed is not None else {}),
         "points": sorted(set(fitted)),
         "residuals": stats,
