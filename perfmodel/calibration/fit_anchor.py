@@ -31,9 +31,9 @@ from the reference's fit, and fits from its own rows what they do determine:
   host probe time it recorded; but the host's times that pace a replayed decode step, per step
   and per sequence (:data:`OWN_HOST_FIELDS`), are fitted on the GPU's own rows where its training
   rows hold batches the host paces (:func:`own_host_rows`): the machines lent with a GPU kind are
-  their own pool of hosts, which one probe does not make alike; the fixed time per step and per layer of a replayed graph
-  (``per_step_s``, ``per_layer_s``: rows of models of a few layer counts cannot tell the two
-  apart); the cost of a graph node (``per_kernel_s``) where the GPU has no microbenchmark
+  their own pool of hosts, which one probe does not make alike; the fixed time per step and per
+  layer of a replayed graph (``per_step_s``, ``per_layer_s``: rows of models of a few layer counts
+  cannot tell the two apart); the cost of a graph node (``per_kernel_s``) where the GPU has no microbenchmark
   tables; and every quantization scheme, KV-cache dtype and tiled kernel the GPU
   was not measured in (their multipliers are fractions of the bf16 kernels' rates; a scheme
   whose dense GEMMs take another scheme's multipliers, :data:`~perfmodel.calibration.fit_vllm.DENSE_AS`,
@@ -243,7 +243,7 @@ def anchor_record(path: Path, anchor: dict[str, Any], taken: list[str], carried:
     """The ``fit.anchor`` record: which profile, which fields taken from it (:func:`seeded`'s, but
     :data:`OWN_HOST_FIELDS` where the GPU's ``own_host`` rows fit them), which entries carried,
     and the rows the host's own times were fitted on."""
-    own = {field for field in OWN_HOST_FIELDS} if own_host else set()
+    own = set(OWN_HOST_FIELDS) if own_host else set()
     record = {"profile": str(path.relative_to(ROOT)), "gpu": anchor.get("gpu"),
               "held": sorted(field for field in taken if field not in own), "carried": carried}
     if own_host:
