@@ -216,17 +216,16 @@ HOST_BOUNDS = (0.0, 5e-3)
 
 
 def launched_rows(rows: list[dict[str, Any]], scheme: str, profile, gpu: str,
-                  backends: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+                  backends: tuple[str, ...]) -> list[dict[str, Any]]:
     """The scheme's rows as built whose prefill ``profile`` puts launch-bound (the host's launch
-    of the prefill sets TTFT, :func:`perfmodel.prediction.prefill_regime`), on a backend that runs
-    its tiled kernel (``backends``, default :data:`TILE_BACKENDS`' of the scheme), at a routing
-    the model knows (the routing simulator, or B = 1): the latest row of each point id."""
+    of the prefill sets TTFT, :func:`perfmodel.prediction.prefill_regime`), on one of ``backends``
+    (the MoE backends that run the kernel whose launches are fitted), at a routing the model knows
+    (the routing simulator, or B = 1): the latest row of each point id."""
     from perfmodel.measuring.compare import model_workload, row_quant, row_routing, row_speculative
     from perfmodel.prediction import LAUNCH_BOUND, Workload, evaluate, prefill_regime
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.model import load_model
 
-    backends = TILE_BACKENDS.get(scheme, ()) if backends is None else backends
     gpu_spec = load_gpu(gpu)
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
               if r.get("status") == "ok" and row_quant(r) == scheme and not row_speculative(r)
