@@ -51,7 +51,9 @@ class GraphOptions:
     (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``moe_table_extra_s``: the time that
     table adds over the engine's default tile rule, measured at passes of (tokens, s)
     (:func:`perfmodel.ops.moe.table_extra`; empty: not measured), with the table's keys in its file's
-    order (``moe_table_keys``: where its entry changes; empty: not known). ``cudagraph_padding``: a pass
+    order (``moe_table_keys``: where its entry changes; empty: not known). ``moe_reread``: the
+    fused-MoE kernel's row blocks read again the weights of experts larger than L2, grouped as
+    vLLM's Triton tiles group them (:func:`perfmodel.ops.moe.reread_scale`). ``cudagraph_padding``: a pass
     replayed from a CUDA graph runs its tokens padded up to the next captured size
     (:func:`perfmodel.phases.graph_batch`).
     """
@@ -70,6 +72,7 @@ class GraphOptions:
     moe_tuned_from: int = 0
     moe_table_extra_s: tuple[tuple[float, float], ...] = ()
     moe_table_keys: tuple[int, ...] = ()
+    moe_reread: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -145,7 +148,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
                              tuned_from=options.moe_tuned_from, table_extra_s=options.moe_table_extra_s,
-                             table_keys=options.moe_table_keys)
+                             table_keys=options.moe_table_keys, reread=options.moe_reread)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

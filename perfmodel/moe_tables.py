@@ -31,6 +31,16 @@ class TunedTable(BaseModel):
     from_tokens: PositiveInt
 
 
+class ShippedTable(BaseModel):
+    """A tuned table vLLM ships: the GPU, the expert shape on one GPU, the scheme."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu: str
+    experts: PositiveInt
+    width: PositiveInt
+    scheme: str
+
+
 class TableKeys(BaseModel):
     """The keys of one tuned table: the GPU, the expert shape on one GPU, the scheme, and the
     passes (tokens) the table was tuned at, in its file's order (which breaks vLLM's ties)."""
@@ -79,6 +89,20 @@ def load_tables() -> tuple[TunedTable, ...]:
 def load_table_keys() -> tuple[TableKeys, ...]:
     """The keys of every table ``specs/vllm-moe-tables.yaml`` lists them for."""
     return _entries("keys", TableKeys, "table keys", required=False)
+
+
+@cache
+def load_shipped() -> frozenset[tuple[str, int, int, str]]:
+    """(gpu, experts, width, scheme) of every tuned table vLLM ships for the GPUs of
+    ``specs/hardware/`` (``shipped`` in ``specs/vllm-moe-tables.yaml``)."""
+    return frozenset((t.gpu, t.experts, t.width, t.scheme)
+                     for t in _entries("shipped", ShippedTable, "shipped table", required=False))
+
+
+def has_table(gpu: str | None, experts: float, width: float, scheme: str) -> bool:
+    """Whether vLLM ships a tuned table for ``experts`` experts of intermediate width ``width``
+    on one ``gpu``, run at ``scheme`` (else its default tile rule runs them)."""
+    return (gpu, experts, width, scheme) in load_shipped()
 
 
 def table_keys(gpu: str | None, experts: float, width: float, scheme: str) -> tuple[int, ...]:

@@ -535,6 +535,28 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
                 moe_tiled=scheme.moe_tile is not None)
 
 
+def moe_default_tiles(profile: EngineProfile, workload: Workload, model: ModelSpec | None,
+                      gpu: str | None = None) -> bool:
+    """Whether the model's routed experts run vLLM's default Triton fused-MoE tiles on one
+    ``gpu`` of the workload (default: the profile's own), whose row blocks and their grouping
+    the model knows (:func:`perfmodel.ops.moe.reread_scale`): a fused block whose kernel is
+    vLLM's Triton one (not Marlin's, not a tiled kernel's, not the block-scaled fp8 kernel's,
+    whose default groups 32 row blocks), of a shape for which vLLM ships no tuned table
+    (:func:`perfmodel.moe_tables.has_table`), or a workload at the default rule (``moe_tables``
+    false). False without a model or a MoE."""
+    scheme = workload.scheme
+    if (model is None or model.moe is None or workload.moe_impl != "fused" or scheme.moe_tile is not None
+            or scheme.moe_row_blocks is not None or scheme.weight_scales.granularity == "block"):
+        return False
+    if not workload.moe_tables:
+        return True
+    from perfmodel.moe_tables import has_table
+
+    groups, shard = expert_cut(workload.tp, workload.ep, workload.dp, workload.expert_parallel)
+    return not has_table(gpu or profile.gpu, model.moe.n_experts / groups,
+                         model.moe.expert_intermediate / shard, experts_scheme(workload))
+
+
 def moe_tuned_from(profile: EngineProfile, workload: Workload, model: ModelSpec | None,
                    gpu: str | None = None) -> int:
     """The smallest pass of the engine's tuned fused-MoE tile table for the model's routed experts
@@ -617,12 +639,14 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
         tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
     extra = moe_table_extra(profile, w, model, gpu)
+    reread = moe_default_tiles(profile, w, model, gpu) and any(m > 1 for _, m in tiers) and not by_rows
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs,
                         moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model, gpu),
                         moe_table_extra_s=extra.points() if extra else (),
-                        moe_table_keys=extra.keys if extra else (), **workload_graph_options(w))
+                        moe_table_keys=extra.keys if extra else (), moe_reread=reread,
+                        **workload_graph_options(w))
 
 
 def prefill_chunking(options: Options) -> tuple[sp.Expr, sp.Expr | None]:

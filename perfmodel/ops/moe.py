@@ -305,6 +305,46 @@ def l2_spill_scale(expert_bytes: sp.Expr) -> sp.Expr:
     return 1 + s_l2 * Max(0, 1 - L2 / expert_bytes)
 
 
+#: vLLM's default fused-MoE tiles group this many row blocks per column block where a pass holds
+#: more than :data:`GROUPED_ABOVE` tokens per local expert, else 1 (``get_default_config`` of
+#: vLLM 0.26, bf16 and fp8 per-tensor: ``GROUP_SIZE_M = 16 if M // E > 128 else 1``).
+GROUP_ROWS = 16
+GROUPED_ABOVE = 128
+
+
+def group_rows(tokens: sp.Expr, experts: sp.Expr) -> sp.Expr:
+    """GROUP_SIZE_M of vLLM's default fused-MoE tiles for a pass of ``tokens`` tokens over
+    ``experts`` local experts: :data:`GROUP_ROWS` where ⌊tokens/experts⌋ > :data:`GROUPED_ABOVE`
+    (tokens ≥ (GROUPED_ABOVE + 1)·experts), else 1."""
+    return 1 + (GROUP_ROWS - 1) * sp.Heaviside(tokens - (GROUPED_ABOVE + 1) * experts, 1)
+
+
+def row_blocks(rows: sp.Expr, experts: sp.Expr, block: sp.Expr) -> sp.Expr:
+    """Row blocks of ``block`` (M) rows per touched expert when ``rows`` routed rows fall on
+    ``experts`` touched experts: their padded rows over M (:func:`padded_rows`), whose padding
+    is the expectation over counts that scatter around their mean; ⌈rows/(experts·M)⌉ where every
+    token picks every expert (k = E), whose counts do not scatter."""
+    scattered = padded_rows(rows, experts, block) / (block * experts)
+    return sp.Piecewise((sp.ceiling(rows / (experts * block)), sp.Eq(k, E)), (scattered, True))
+
+
+def reread_scale(blocks: sp.Expr, group: sp.Expr, expert_bytes: sp.Expr) -> sp.Expr:
+    """The factor on a fused-MoE kernel's memory time for its weights read again by each row
+    block, where an expert's weights outgrow the L2 cache:
+
+        1 + (max(1, b/G) − 1) · max(0, 1 − L2/w)
+
+    ``blocks`` b: the row blocks of BLOCK_SIZE_M rows per touched expert (its padded rows over
+    M, :func:`padded_rows`); ``group`` G: the row blocks the kernel's tile order runs beside one
+    another over each column block (GROUP_SIZE_M, :func:`group_rows`), which share its weight
+    tiles; ``expert_bytes`` w: one expert's weight bytes on one GPU. The kernel's program order
+    walks every column block of one row block before the next, so that each group of G row
+    blocks streams the expert's weights from HBM again, but for the share L2/w the cache still
+    holds. 1 for experts that fit in L2 and for passes of one block per expert (decode below M
+    rows per expert)."""
+    return 1 + (Max(1, blocks / group) - 1) * Max(0, 1 - L2 / expert_bytes)
+
+
 def table_extra(tokens: sp.Expr, points: tuple[tuple[float, float], ...],
                 keys: tuple[int, ...] = ()) -> sp.Expr:
     """The time a fused-MoE kernel's tuned table adds over the default rule's tiles per layer, s,
@@ -443,7 +483,7 @@ def router(bias: bool) -> Op:
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
                    tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
-                   table_keys: tuple[int, ...] = ()) -> Op:
+                   table_keys: tuple[int, ...] = (), reread: bool = False) -> Op:
     """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
     g = ep and shard = tp·dp, or whole experts under vLLM's expert parallelism, g = ep·tp·dp),
     serving the dp·T tokens of the dp ranks (:func:`expert_tokens`).
@@ -469,6 +509,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     passes). ``table_extra_s`` (a fused block): the time that table adds over the default rule's
     tiles, measured at passes of (tokens, s), stepping where the table's ``table_keys`` change
     its entry (:func:`table_extra`); it replaces ``tuned_from``'s factor where given.
+    ``reread`` (a fused block at vLLM's Triton tiles): each group of row blocks reads the
+    weights of an expert larger than L2 again (:func:`reread_scale`, :func:`group_rows`).
     """
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
@@ -492,10 +534,14 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
                      launch_host=t_moe_host)
     else:  # one expert's weights on one GPU against the L2 cache
         op = replace(op, compute_scale=l2_spill_scale(expert_weight_bytes(quantized)))
+        if reread:
+            blocks = row_blocks(rows, d_local, block)
+            op = replace(op, memory_scale=reread_scale(blocks, group_rows(tokens, E / groups),
+                                                       expert_weight_bytes(quantized)))
     if table_extra_s:
         op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s, table_keys))
     elif tuned_from > 0:
-        op = replace(op, memory_scale=off_table_scale(tuned_from))
+        op = replace(op, memory_scale=op.memory_scale * off_table_scale(tuned_from))
     return op
 
 
@@ -601,7 +647,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
               tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
-              table_keys: tuple[int, ...] = ()) -> list[Op]:
+              table_keys: tuple[int, ...] = (), reread: bool = False) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -612,7 +658,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     the routed experts' kernel runs in tiles whose waves set a floor under its time
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
     the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
-    default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`). How the experts are cut over GPUs is a symbol's
+    default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`);
+    ``reread``: the routed experts' row blocks read their weights again (:func:`reread_scale`). How the experts are cut over GPUs is a symbol's
     (:func:`expert_split`).
     """
     if quantized_shared is None:
@@ -627,7 +674,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
                           quantized=quantized, tiled=tiled, tuned_from=tuned_from,
-                          table_extra_s=table_extra_s, table_keys=table_keys),
+                          table_extra_s=table_extra_s, table_keys=table_keys, reread=reread),
            activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
