@@ -53,7 +53,8 @@ class GraphOptions:
     (:func:`perfmodel.ops.moe.table_extra`; empty: not measured), with the table's keys in its file's
     order (``moe_table_keys``: where its entry changes; empty: not known). ``moe_reread``: the
     fused-MoE kernel's row blocks read again the weights of experts larger than L2, grouped as
-    vLLM's Triton tiles group them (:func:`perfmodel.ops.moe.reread_scale`). ``cudagraph_padding``: a pass
+    vLLM's Triton tiles group them (:func:`perfmodel.ops.moe.reread_scale`), in each engine step
+    of at most M_chunk tokens where ``moe_reread_chunked`` (the engine chunks prefills). ``cudagraph_padding``: a pass
     replayed from a CUDA graph runs its tokens padded up to the next captured size
     (:func:`perfmodel.phases.graph_batch`).
     """
@@ -73,6 +74,7 @@ class GraphOptions:
     moe_table_extra_s: tuple[tuple[float, float], ...] = ()
     moe_table_keys: tuple[int, ...] = ()
     moe_reread: bool = False
+    moe_reread_chunked: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_impl not in MOE_IMPLS:
@@ -148,7 +150,8 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
                              tuned_from=options.moe_tuned_from, table_extra_s=options.moe_table_extra_s,
-                             table_keys=options.moe_table_keys, reread=options.moe_reread)
+                             table_keys=options.moe_table_keys, reread=options.moe_reread,
+                             chunked=options.moe_reread_chunked)
         else:
             ops += dense_block(model.norm, model.mlp_bias, quantized=options.quantizes("dense_mlp"))
         ops.append(all_reduce("comm.mlp_all_reduce"))

@@ -105,6 +105,14 @@ def has_table(gpu: str | None, experts: float, width: float, scheme: str) -> boo
     return (gpu, experts, width, scheme) in load_shipped()
 
 
+def shipped_shape(experts: float, width: float) -> tuple[float, float] | None:
+    """(experts, width) where vLLM ships a tuned table for that expert shape on some GPU and
+    scheme, else None: the shapes whose fused-MoE tiles are not the default rule's somewhere, so
+    that a sweep builds their ops apart from those of shapes that run the rule."""
+    shapes = {(e, w) for _, e, w, _ in load_shipped()}
+    return (experts, width) if (experts, width) in shapes else None
+
+
 def table_keys(gpu: str | None, experts: float, width: float, scheme: str) -> tuple[int, ...]:
     """The keys, in the file's order, of vLLM's table for ``experts`` experts of intermediate width
     ``width`` on one ``gpu``, run at ``scheme``, where they are listed; () otherwise."""

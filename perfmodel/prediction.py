@@ -536,19 +536,20 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
 
 
 def moe_default_tiles(profile: EngineProfile, workload: Workload, model: ModelSpec | None,
-                      gpu: str | None = None) -> bool:
+                      gpu: str | None = None, timed: bool = False) -> bool:
     """Whether the model's routed experts run vLLM's default Triton fused-MoE tiles on one
     ``gpu`` of the workload (default: the profile's own), whose row blocks and their grouping
     the model knows (:func:`perfmodel.ops.moe.reread_scale`): a fused block whose kernel is
     vLLM's Triton one (not Marlin's, not a tiled kernel's, not the block-scaled fp8 kernel's,
     whose default groups 32 row blocks), of a shape for which vLLM ships no tuned table
     (:func:`perfmodel.moe_tables.has_table`), or a workload at the default rule (``moe_tables``
-    false). False without a model or a MoE."""
+    false), or a table whose time the profile measured over the default rule's (``timed``:
+    :func:`moe_table_extra`, added to the rule's tiles). False without a model or a MoE."""
     scheme = workload.scheme
     if (model is None or model.moe is None or workload.moe_impl != "fused" or scheme.moe_tile is not None
             or scheme.moe_row_blocks is not None or scheme.weight_scales.granularity == "block"):
         return False
-    if not workload.moe_tables:
+    if timed or not workload.moe_tables:
         return True
     from perfmodel.moe_tables import has_table
 
@@ -639,13 +640,15 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
         tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
     extra = moe_table_extra(profile, w, model, gpu)
-    reread = moe_default_tiles(profile, w, model, gpu) and any(m > 1 for _, m in tiers) and not by_rows
+    reread = (moe_default_tiles(profile, w, model, gpu, timed=bool(extra))
+              and any(m > 1 for _, m in tiers) and not by_rows)
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs,
                         moe_tuned_from=0 if extra else moe_tuned_from(profile, w, model, gpu),
                         moe_table_extra_s=extra.points() if extra else (),
                         moe_table_keys=extra.keys if extra else (), moe_reread=reread,
+                        moe_reread_chunked=reread and opts.prefill_chunk_tokens is not None,
                         **workload_graph_options(w))
 
 

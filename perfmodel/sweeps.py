@@ -243,6 +243,16 @@ def _with_fields(model: ModelSpec, point: dict[str, Any]) -> ModelSpec:
         raise InputError(f"invalid model: {validation_message(exc)}") from None
 
 
+def _tiles_key(variant: ModelSpec) -> tuple[float, float] | None:
+    """The routed experts' shape where vLLM ships a tuned table for it (whose tiles, not the
+    default rule's, then run it: :func:`perfmodel.prediction.moe_default_tiles`), else None:
+    variants of one structure whose experts meet different tiles are built apart."""
+    from perfmodel.moe_tables import shipped_shape
+
+    moe = variant.moe
+    return None if moe is None else shipped_shape(moe.n_experts, moe.expert_intermediate)
+
+
 def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
             names: list[str], numeric: dict[str, np.ndarray], pruning: dict[str, float]) -> _Models:
     """Build and check each distinct model of the grid once (see :func:`_variant`); ``spec``
@@ -268,7 +278,7 @@ def _models(model: str | ModelSpec, spec: ModelSpec, overrides: dict[str, Any],
             if len(reasons) < 3:
                 reasons.append(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {exc}")
             continue
-        key = structure_key(variant)
+        key = (structure_key(variant), _tiles_key(variant))
         if key not in structures:
             structures[key] = len(specs)
             specs.append(variant)

@@ -9,7 +9,7 @@ import sympy as sp
 
 from perfmodel import predict
 from perfmodel.ops.moe import GROUP_ROWS, group_rows, reread_scale, row_blocks
-from perfmodel.symbols import L2, E, k
+from perfmodel.symbols import L2
 
 MIB = 2**20
 
@@ -32,12 +32,12 @@ def test_the_default_tiles_group_row_blocks_above_128_tokens_per_expert():
     assert int(rule.subs(tokens, 129 * 8)) == GROUP_ROWS
 
 
-def test_blocks_per_expert_pad_scattered_counts_and_not_counts_that_every_token_sets():
-    blocks = row_blocks(sp.Integer(1024), sp.Integer(8), sp.Integer(64))
-    assert float(blocks.subs({k: 2, E: 8})) == pytest.approx((1024 + 8 * 31.5) / 512)  # 128 rows each, scattered
-    every = row_blocks(sp.Integer(128), sp.Integer(8), sp.Integer(16))  # 16 tokens, top-8 of 8
-    assert float(every.subs({k: 8, E: 8})) == 1.0
-    assert float(every.subs({k: 2, E: 8})) > 1.0
+def test_blocks_per_expert_pad_scattered_counts_and_never_pass_the_tokens():
+    blocks = row_blocks(sp.Integer(1024), sp.Integer(8), sp.Integer(64), sp.Integer(512))
+    assert float(blocks) == pytest.approx((1024 + 8 * 31.5) / 512)  # 128 rows each, scattered
+    every = row_blocks(sp.Integer(128), sp.Integer(8), sp.Integer(16), sp.Integer(16))  # top-8 of 8
+    assert float(every) == 1.0  # no expert holds more than the 16 tokens: one block each
+    assert float(row_blocks(sp.Integer(40), sp.Integer(8), sp.Integer(16), sp.Integer(20))) == 1.0
 
 
 def test_only_vllms_default_tiles_read_again():

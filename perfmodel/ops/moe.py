@@ -99,8 +99,8 @@ from perfmodel.ops.base import Op, OpClass, Quantized, Role
 from perfmodel.ops.comm import all_to_all, dp_gather
 from perfmodel.ops.elementwise import norm
 from perfmodel.ops.quant import weight_bytes
-from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, L2, N_tile, T, b_a, b_e, b_q, b_w, dp, ep, f_off, k,
-                               n_SM, n_sh, s_l2, sigma, t_bitpack, t_bitpack_loop, t_bitpack_one, t_kstep,
+from perfmodel.symbols import (E, H, I_d, I_e, I_sh, K_tile, L2, M_chunk, N_tile, T, b_a, b_e, b_q, b_w, dp, ep,
+                               f_off, k, n_SM, n_sh, s_l2, sigma, t_bitpack, t_bitpack_loop, t_bitpack_one, t_kstep,
                                t_moe_host, t_tile, tp, x_ep, z_busy)
 
 if TYPE_CHECKING:  # the specs need pydantic; the ops read only their fields
@@ -315,17 +315,21 @@ GROUPED_ABOVE = 128
 def group_rows(tokens: sp.Expr, experts: sp.Expr) -> sp.Expr:
     """GROUP_SIZE_M of vLLM's default fused-MoE tiles for a pass of ``tokens`` tokens over
     ``experts`` local experts: :data:`GROUP_ROWS` where ⌊tokens/experts⌋ > :data:`GROUPED_ABOVE`
-    (tokens ≥ (GROUPED_ABOVE + 1)·experts), else 1."""
-    return 1 + (GROUP_ROWS - 1) * sp.Heaviside(tokens - (GROUPED_ABOVE + 1) * experts, 1)
+    (whole tokens ≥ (GROUPED_ABOVE + 1)·experts), else 1."""
+    return 1 + (GROUP_ROWS - 1) * sp.Heaviside(tokens - (GROUPED_ABOVE + 1) * experts + sp.Rational(1, 2), 0)
 
 
-def row_blocks(rows: sp.Expr, experts: sp.Expr, block: sp.Expr) -> sp.Expr:
-    """Row blocks of ``block`` (M) rows per touched expert when ``rows`` routed rows fall on
-    ``experts`` touched experts: their padded rows over M (:func:`padded_rows`), whose padding
-    is the expectation over counts that scatter around their mean; ⌈rows/(experts·M)⌉ where every
-    token picks every expert (k = E), whose counts do not scatter."""
-    scattered = padded_rows(rows, experts, block) / (block * experts)
-    return sp.Piecewise((sp.ceiling(rows / (experts * block)), sp.Eq(k, E)), (scattered, True))
+def row_blocks(rows: sp.Expr, experts: sp.Expr, block: sp.Expr, tokens: sp.Expr) -> sp.Expr:
+    """Row blocks of ``block`` (M) rows per touched expert when ``rows`` routed rows of a pass
+    of ``tokens`` tokens fall on ``experts`` touched experts:
+
+        min(padded/(D·M), ⌈tokens/M⌉)
+
+    their padded rows over M (:func:`padded_rows`: counts that scatter around their mean sit
+    anywhere on the grid of blocks, half a block of padding each on average), and never more
+    than ⌈tokens/M⌉, since a token picks an expert once: an expert holds at most ``tokens``
+    rows (top-k = E at 16 tokens and M = 16: one block each, exactly)."""
+    return Min(padded_rows(rows, experts, block) / (block * experts), sp.ceiling(tokens / block))
 
 
 def reread_scale(blocks: sp.Expr, group: sp.Expr, expert_bytes: sp.Expr) -> sp.Expr:
@@ -483,7 +487,7 @@ def router(bias: bool) -> Op:
 def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float, int], ...] = NO_PADDING,
                    tiers_by_rows: bool = False, quantized: bool = False, tiled: bool = False,
                    tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
-                   table_keys: tuple[int, ...] = (), reread: bool = False) -> Op:
+                   table_keys: tuple[int, ...] = (), reread: bool = False, chunked: bool = False) -> Op:
     """The E routed experts on one GPU: E/g local experts of width I/shard (:func:`expert_split`:
     g = ep and shard = tp·dp, or whole experts under vLLM's expert parallelism, g = ep·tp·dp),
     serving the dp·T tokens of the dp ranks (:func:`expert_tokens`).
@@ -510,7 +514,8 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
     tiles, measured at passes of (tokens, s), stepping where the table's ``table_keys`` change
     its entry (:func:`table_extra`); it replaces ``tuned_from``'s factor where given.
     ``reread`` (a fused block at vLLM's Triton tiles): each group of row blocks reads the
-    weights of an expert larger than L2 again (:func:`reread_scale`, :func:`group_rows`).
+    weights of an expert larger than L2 again (:func:`reread_scale`, :func:`group_rows`), in
+    each engine step: one of at most M_chunk tokens where the engine ``chunked`` its prefill.
     """
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
@@ -534,9 +539,10 @@ def routed_experts(bias: bool, *, impl: str = "fused", tiers: tuple[tuple[float,
                      launch_host=t_moe_host)
     else:  # one expert's weights on one GPU against the L2 cache
         op = replace(op, compute_scale=l2_spill_scale(expert_weight_bytes(quantized)))
-        if reread:
-            blocks = row_blocks(rows, d_local, block)
-            op = replace(op, memory_scale=reread_scale(blocks, group_rows(tokens, E / groups),
+        if reread:  # the blocks of one engine step, of at most M_chunk tokens where prefills are chunked
+            step = Min(tokens, M_chunk) if chunked else tokens
+            blocks = row_blocks(rows * step / tokens, d_local, block, step)
+            op = replace(op, memory_scale=reread_scale(blocks, group_rows(step, E / groups),
                                                        expert_weight_bytes(quantized)))
     if table_extra_s:
         op = replace(op, fixed_latency=op.fixed_latency + table_extra(tokens, table_extra_s, table_keys))
@@ -647,7 +653,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
               tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
-              table_keys: tuple[int, ...] = (), reread: bool = False) -> list[Op]:
+              table_keys: tuple[int, ...] = (), reread: bool = False, chunked: bool = False) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -659,7 +665,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     (:func:`tile_floor`); ``tuned_from``: the smallest pass of the engine's tuned tile table for
     the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
     default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`);
-    ``reread``: the routed experts' row blocks read their weights again (:func:`reread_scale`). How the experts are cut over GPUs is a symbol's
+    ``reread``: the routed experts' row blocks read their weights again (:func:`reread_scale`), per
+    engine step of at most M_chunk tokens where ``chunked``. How the experts are cut over GPUs is a symbol's
     (:func:`expert_split`).
     """
     if quantized_shared is None:
@@ -674,7 +681,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
                           quantized=quantized, tiled=tiled, tuned_from=tuned_from,
-                          table_extra_s=table_extra_s, table_keys=table_keys, reread=reread),
+                          table_extra_s=table_extra_s, table_keys=table_keys, reread=reread,
+                          chunked=chunked),
            activation("moe.experts_act", rows, I_e, shard=shard, kernels=act_kernels)]
     if spec.n_shared:
         ops += [shared_experts(spec.shared_gate, quantized_shared), activation("moe.shared_act", T, n_sh * I_sh)]
