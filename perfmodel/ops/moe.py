@@ -338,8 +338,8 @@ def reread_scale(blocks: sp.Expr, group: sp.Expr, expert_bytes: sp.Expr) -> sp.E
 
         1 + (max(1, b/G) − 1) · max(0, 1 − L2/w)
 
-    ``blocks`` b: the row blocks of BLOCK_SIZE_M rows per touched expert (its padded rows over
-    M, :func:`padded_rows`); ``group`` G: the row blocks the kernel's tile order runs beside one
+    ``blocks`` b: the row blocks of BLOCK_SIZE_M rows per touched expert (:func:`row_blocks`);
+    ``group`` G: the row blocks the kernel's tile order runs beside one
     another over each column block (GROUP_SIZE_M, :func:`group_rows`), which share its weight
     tiles; ``expert_bytes`` w: one expert's weight bytes on one GPU. The kernel's program order
     walks every column block of one row block before the next, so that each group of G row
