@@ -109,8 +109,13 @@ def shipped_shape(experts: float, width: float) -> tuple[float, float] | None:
     """(experts, width) where vLLM ships a tuned table for that expert shape on some GPU and
     scheme, else None: the shapes whose fused-MoE tiles are not the default rule's somewhere, so
     that a sweep builds their ops apart from those of shapes that run the rule."""
-    shapes = {(e, w) for _, e, w, _ in load_shipped()}
-    return (experts, width) if (experts, width) in shapes else None
+    return (experts, width) if (experts, width) in _shipped_shapes() else None
+
+
+@cache
+def _shipped_shapes() -> frozenset[tuple[int, int]]:
+    """(experts, width) of every tuned table vLLM ships, whatever the GPU and scheme."""
+    return frozenset((e, w) for _, e, w, _ in load_shipped())
 
 
 def table_keys(gpu: str | None, experts: float, width: float, scheme: str) -> tuple[int, ...]:

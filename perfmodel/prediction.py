@@ -544,10 +544,12 @@ def moe_default_tiles(profile: EngineProfile, workload: Workload, model: ModelSp
     whose default groups 32 row blocks), of a shape for which vLLM ships no tuned table
     (:func:`perfmodel.moe_tables.has_table`), or a workload at the default rule (``moe_tables``
     false), or a table whose time the profile measured over the default rule's (``timed``:
-    :func:`moe_table_extra`, added to the rule's tiles). False without a model or a MoE."""
+    :func:`moe_table_extra`, added to the rule's tiles). False without a model or a MoE, and
+    for an engine that does not pad expert rows to tiles (``moe_block_tiers`` of one row)."""
     scheme = workload.scheme
     if (model is None or model.moe is None or workload.moe_impl != "fused" or scheme.moe_tile is not None
-            or scheme.moe_row_blocks is not None or scheme.weight_scales.granularity == "block"):
+            or scheme.moe_row_blocks is not None or scheme.weight_scales.granularity == "block"
+            or not any(m > 1 for _, m in profile.moe_block_tiers)):
         return False
     if timed or not workload.moe_tables:
         return True
@@ -640,8 +642,7 @@ def graph_options(profile: EngineProfile, workload: Workload | None = None,
         tiers = row_tiers(scheme.moe_row_blocks)
         by_rows = True
     extra = moe_table_extra(profile, w, model, gpu)
-    reread = (moe_default_tiles(profile, w, model, gpu, timed=bool(extra))
-              and any(m > 1 for _, m in tiers) and not by_rows)
+    reread = moe_default_tiles(profile, w, model, gpu, timed=bool(extra))
     return GraphOptions(mla_cache=opts.mla_cache, mla_absorb_decode=opts.mla_absorb_decode,
                         decode_kv_expand=opts.decode_kv_expand, moe_block_m=tiers, moe_block_by_rows=by_rows,
                         cudagraph_padding=profile.pads_cudagraphs,

@@ -501,29 +501,25 @@ def engine_times(engine: str, name: str, phase: str, top_k: int | None = None, *
     return {"batch": wave_batch(m, kw.get("batch", 1)), **{t: m[t] for t in PHASE_TIMES[phase]}}
 
 
-def _graph_size(n: int) -> int:
-    """The CUDA-graph size vLLM pads a decode step of ``n`` sequences to (perfmodel.phases.graph_batch)."""
-    return n if n <= 2 else 4 if n <= 4 else 8 * math.ceil(n / 8) if n <= 256 else 16 * math.ceil(n / 16)
-
-
 def default_tiles(engine: str, name: str, phase: str, top_k: int | None = None, **kw) -> set:
     """(BLOCK_SIZE_M, GROUP_SIZE_M) of vLLM's default fused-MoE tiles at each pass a workload
     runs, where the engine pads expert rows to them and the model's experts run them
     (perfmodel.prediction.moe_default_tiles: their row blocks read the weights again); empty
     elsewhere."""
     from perfmodel.ops.moe import GROUP_ROWS, GROUPED_ABOVE
+    from perfmodel.phases import graph_batch
     from perfmodel.prediction import Workload, moe_default_tiles
 
     profile = load_profile(engine, kw.get("gpu", "h200-sxm"))
     model = spec(name) if top_k is None else spec_with_top_k(name, top_k)
     tiers = profile.moe_block_tiers
-    if not any(m > 1 for _, m in tiers) or not moe_default_tiles(profile, Workload(), model, kw.get("gpu")):
+    if not moe_default_tiles(profile, Workload(), model, kw.get("gpu")):
         return set()
     batch, passes = kw.get("batch", 1), []
     if phase != "decode":
         passes.append(min(batch * kw.get("input_len", 128), profile.options.prefill_chunk_tokens or 1 << 30))
     if phase != "prefill":
-        passes += [batch, _graph_size(batch)]
+        passes += [batch, int(graph_batch(sp.Integer(batch), profile.options.cudagraph_max_tokens or 0))]
     experts = model.moe.n_experts
     return {(next(m for bound, m in tiers if bound is None or n <= bound),
              GROUP_ROWS if n // experts > GROUPED_ABOVE else 1) for n in passes}
