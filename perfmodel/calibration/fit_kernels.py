@@ -219,6 +219,35 @@ def _stats(table: str, r: Rows, pred: np.ndarray, excluded, at_bound) -> ClassSt
 
 # --------------------------------------------------------------------------- public API
 
+def _hardware(gpu: GPUSpec, dtype: str) -> dict:
+    """The numbers every class's rows are predicted with: the datasheet peaks (the GEMMs' at
+    ``dtype``) and the benchmarks' bf16 caches. The microbenchmarks' kernels cost their bytes
+    alone: no class pays a per-sequence context half or an exposed overlap here (a vllm profile
+    fits those, ``fit_vllm.PARAMETERS``)."""
+    return {F_PEAK: gpu.peak(_PEAK_KEY[dtype]), F_PEAK_ATTN: gpu.peak("bf16"), BW: gpu.hbm_bandwidth, mu_kv: 1.0,
+            **{efficiency_symbols(c)[k]: 0.0 for c in (*PROFILE_CLASSES, *EXTRA_CLASSES)
+               for k in ("context_half", "exposed")}}
+
+
+def fit_gemm_class(data_dir: Path, gpu: GPUSpec, per_kernel_s: float, exclude_models: set[str] = frozenset(),
+                   dtype: str = "bfloat16") -> tuple[dict[str, float], ClassStats]:
+    """The dense GEMM class alone: its η curves (:data:`PARAM_KEYS`) fitted to the ``dtype``
+    rows of ``gemm.csv`` in ``data_dir`` (rows only of ``exclude_models`` left out), each kernel
+    costing ``per_kernel_s`` (s), and how they match those rows. Raises :class:`SpecError` when
+    the table is missing or has no usable row."""
+    if dtype not in _PEAK_KEY:
+        raise SpecError(f"unsupported dtype '{dtype}' (known: {', '.join(_PEAK_KEY)})")
+    hardware = _hardware(gpu, dtype)
+    rows, excluded = gemm_rows(read_table(Path(data_dir), TABLES["gemm"]), set(exclude_models), dtype,
+                               hardware[F_PEAK], hardware[BW])
+    if len(rows) == 0:
+        raise SpecError(f"no usable rows in {data_dir}/{TABLES['gemm']} ({dtype} rows)")
+    costs = {T_KERNEL: per_kernel_s, T_KERNEL_SMALL: per_kernel_s}
+    params, _, at = _fit_class(rows, OpClass.GEMM, hardware, costs)
+    values = {**hardware, **costs, **_eta_values(OpClass.GEMM.value, params)}
+    return params, _stats(TABLES["gemm"], rows, predict(rows, values), excluded, at)
+
+
 def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[str] = frozenset(),
                             dtype: str = "bfloat16",
                             per_kernel: Literal["graph", "gemm_intercept"] = "graph") -> KernelFit:
@@ -240,11 +269,7 @@ def fit_kernel_efficiencies(data_dir: Path, gpu: GPUSpec, exclude_models: set[st
     tables = {cls: read_table(data_dir, name) for cls, name in TABLES.items()}
     excl = set(exclude_models)
     f_gemm, f_bf16, bw = gpu.peak(_PEAK_KEY[dtype]), gpu.peak("bf16"), gpu.hbm_bandwidth
-    # the microbenchmarks' kernels cost their bytes alone: no class pays a per-sequence context
-    # half or an exposed overlap here (a vllm profile fits those, fit_vllm.PARAMETERS)
-    hardware = {F_PEAK: f_gemm, F_PEAK_ATTN: f_bf16, BW: bw, mu_kv: 1.0,  # the benchmarks' bf16 caches
-                **{efficiency_symbols(c)[k]: 0.0 for c in (*PROFILE_CLASSES, *EXTRA_CLASSES)
-                   for k in ("context_half", "exposed")}}
+    hardware = _hardware(gpu, dtype)
 
     gemm, gemm_ex = gemm_rows(tables["gemm"], excl, dtype, f_gemm, bw)
     grouped, grouped_ex = grouped_rows(tables["grouped_gemm"], excl, dtype, f_gemm, bw)

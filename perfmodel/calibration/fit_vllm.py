@@ -14,7 +14,9 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   kernel's pipeline does not hide behind the longer (t = max + a·min). The profiled steps show
   it: between the two bounds (tens to a hundred rows per expert) the kernel runs 10–25% slower
   than the larger of the two, in every model;
-- ``gemm`` memory and compute η: cuBLAS for the dense projections and the LM head;
+- ``gemm`` compute η: cuBLAS for the dense projections and the LM head; their memory curve (η_m
+  and its half) is not fitted where the GPU has a GEMM microbenchmark: it is the benchmark's
+  (:func:`dense_gemm_memory`), as is the memory multiplier of the dense GEMMs of per-tensor fp8;
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
   ``context_half``: the kernel's work per sequence and head, which a short context does not
@@ -23,7 +25,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   the scheduler, input preparation and sampling once per step, and graph nodes per layer;
   ``per_kernel_s`` is not fitted: it is the benchmarked cost of one kernel node in a replayed
   CUDA graph on the same GPU (:func:`graph_node_cost`), so that ops with more kernels (an
-  unfused expert loop, activation-quantization passes) cost what their launches cost;
+  unfused expert loop, activation-quantization passes) cost what their launches cost; nor is
+  ``per_small_kernel_s``, a small kernel's duration (norms, rotary, cache writes, top-k), the
+  median of the training models' profiled decode steps
+  (:mod:`perfmodel.calibration.fit_small_kernels`);
 - ``host_step_s`` and ``host_seq_s``: the host's work for one decode step (scheduling it,
   preparing its inputs, processing its outputs), per step and per sequence it holds. vLLM's
   asynchronous scheduling prepares step k + 1 while the GPU runs step k, so the step takes
@@ -143,6 +148,7 @@ from perfmodel.calibration.fit_host_speed import fit_host_speed
 from perfmodel.calibration.fit_kv_cache import fit_kv_cache, kv_dtypes
 from perfmodel.calibration.fit_launch_noise import fit_launch_noise
 from perfmodel.calibration.fit_serving_band import fit_serving_band
+from perfmodel.calibration.fit_small_kernels import fit_small_kernel
 from perfmodel.calibration.fit_launch_serial import fit_launch_serial, fit_launch_serial_seq
 from perfmodel.calibration.fit_mla_split import fit_mla_split
 from perfmodel.calibration.fit_step_host import fit_eager_seq, traced_runs_path
@@ -222,6 +228,53 @@ def graph_node_cost(gpu: str) -> tuple[float, str]:
     if cost is None:
         return 0.0, f"none: {data_dir}/memory.csv has no graph_tiny_kernel rows"
     return _sig(cost[0]), f"{data_dir.relative_to(ROOT)}/memory.csv, {cost[1]}"
+
+
+#: The dense GEMMs' parameter of :data:`PARAMETERS` that a GPU with a GEMM microbenchmark takes
+#: from it instead (:func:`dense_gemm_memory`).
+DENSE_GEMM_MEMORY = ("efficiency", "gemm", "memory")
+#: Quantization schemes whose dense GEMMs the microbenchmark times, and the dtype of its rows:
+#: vLLM's fp8 W8A8 with per-tensor scales runs its linear layers as fp8 tensor-core GEMMs, as
+#: ``torch._scaled_mm`` with per-tensor scales does in the benchmark.
+BENCH_DENSE_SCHEMES = {"fp8": "float8_e4m3fn"}
+
+
+def dense_gemm_memory(gpu: str) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
+    """The dense GEMMs' memory curve, {memory: η_m, memory_half: bytes}, fitted to this GPU's
+    GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the bf16 rows of the training
+    models' shapes, each kernel at the benchmarked graph node's cost;
+    :func:`perfmodel.calibration.fit_kernels.fit_gemm_class`); the memory multiplier of the dense
+    GEMMs of each scheme of :data:`BENCH_DENSE_SCHEMES` (its rows' η_m over the bf16 rows'); and
+    the record. vLLM's unquantized linear layers and LM head call the same cuBLAS GEMMs through
+    torch's ``linear``, so the benchmark times the kernels a decode step streams its dense
+    weights through, the small ones with their fixed cost (the half: about 4 µs of a 2–20 MB
+    GEMM), which the end-to-end rows cannot tell from a step's fixed time per layer (fitted
+    freely there, η_m ran to its bound, 1.2 of the datasheet bandwidth). The compute curve stays
+    fitted end to end: a prefill's time holds launches and attention the fit cannot tell from its
+    GEMMs'. (None, {}, why) where the GPU has no such table."""
+    from perfmodel.calibration.fit_kernels import fit_gemm_class
+    from perfmodel.paths import CALIBRATION_DATA_DIR
+    from perfmodel.specs.hardware import load_gpu
+
+    data_dir = CALIBRATION_DATA_DIR / gpu
+    spec, node_s = load_gpu(gpu), graph_node_cost(gpu)[0]
+    try:
+        params, stats = fit_gemm_class(data_dir, spec, node_s, set(HELD_OUT_MODELS))
+    except SpecError as exc:
+        return None, {}, {"source": f"none: {exc}"}
+    record = {"source": f"{(data_dir / 'gemm.csv').relative_to(ROOT)}: the training models' shapes",
+              "bf16": {"rows": stats.n_rows, "median_abs_rel_err": _sig(stats.median_abs_rel_err, 3),
+                       "p90_abs_rel_err": _sig(stats.p90_abs_rel_err, 3), "at_bound": list(stats.at_bound)}}
+    schemes = {}
+    for scheme, dtype in BENCH_DENSE_SCHEMES.items():
+        try:
+            theirs, their_stats = fit_gemm_class(data_dir, spec, node_s, set(HELD_OUT_MODELS), dtype)
+        except SpecError:
+            continue
+        schemes[scheme] = _sig(theirs["memory"] / params["memory"])
+        record[scheme] = {"rows": their_stats.n_rows, "memory": _sig(theirs["memory"]),
+                          "median_abs_rel_err": _sig(their_stats.median_abs_rel_err, 3)}
+    return {"memory": _sig(params["memory"]), "memory_half": _sig(params["memory_half"])}, schemes, record
 
 
 def _base(gpu: str) -> dict[str, Any]:
@@ -419,15 +472,16 @@ def _quant_parameters(scheme: str) -> tuple[tuple[str, float, float, float], ...
 
 
 def _quant_entry(x: np.ndarray, scheme: str, dense: dict[str, float] | None = None) -> dict[str, float]:
-    """A scheme's multipliers from the fitted values ``x``; ``dense``: the dense GEMMs' own
-    (``gemm_memory``, ``gemm_compute``: :data:`DENSE_AS`), else the fitted ones shared."""
+    """A scheme's multipliers from the fitted values ``x``; ``dense``: the dense GEMMs' own, those
+    it names (``gemm_memory``, ``gemm_compute``: :data:`DENSE_AS`; ``gemm_memory`` alone:
+    :data:`BENCH_DENSE_SCHEMES`), else the fitted ones shared."""
     from perfmodel.quantization import load_schemes
 
     memory, compute, *weight_only = (float(v) for v in x)
     entry = {"gemm_memory": memory, "grouped_gemm_memory": memory,
              "gemm_compute": compute, "grouped_gemm_compute": compute}
     if dense is not None:
-        entry.update(gemm_memory=dense["gemm_memory"], gemm_compute=dense["gemm_compute"])
+        entry.update({k: dense[k] for k in ("gemm_memory", "gemm_compute") if k in dense})
     if weight_only:
         dequant, half = weight_only
         entry["dequant_flops_per_weight"] = dequant * load_schemes()[scheme].dequant_flops_per_weight
@@ -440,7 +494,7 @@ def fit_quant_multipliers(rows: list[dict[str, Any]], base: dict[str, Any], gpu:
     """The kernel multipliers of one quantization scheme (:func:`_quant_parameters`), by least
     squares on log(predicted/measured) TTFT and decode step of the training models' rows at that
     scheme, every other parameter held at the bf16 fit's value; ``dense``: the dense GEMMs'
-    multipliers where they are not fitted (:data:`DENSE_AS`). The memory multiplier stays at
+    multipliers where they are not fitted (:data:`DENSE_AS`, :data:`BENCH_DENSE_SCHEMES`). The memory multiplier stays at
     or under 1/η_m of the fused-MoE class: the expert kernels, which carry nearly all of the
     quantized bytes, read them no faster than the datasheet bandwidth (with a fitted memory
     half, a larger one would trade a fixed cost per kernel for a bandwidth no HBM has)."""
@@ -608,6 +662,14 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows), chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
+    # the kernels timed rather than fitted: the dense GEMMs' memory curve (the GEMM microbenchmark)
+    # and a small kernel's duration (the training models' profiled decode steps)
+    dense, dense_schemes, dense_record = dense_gemm_memory(gpu)
+    if dense is not None:
+        base["efficiency"]["gemm"].update(dense)
+    small_kernel, small_record = fit_small_kernel(one_gpu_rows(every_row), train)
+    if small_kernel is not None:
+        base["latency"]["per_small_kernel_s"] = small_kernel
     *kernels, kernel_record = kernel_profile_points(every_row, train, _profile(base))
     taken: list[str] = []
     shared_compute = reference is not None and same_compute(gpu, reference["gpu"])
@@ -623,9 +685,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     fitted = [r["point_id"] for r in rows]  # every row a parameter is fitted on
     # an anchored fit's own host times per decode step, where its training rows hold batches the host paces
     own_host = own_host_rows(rows) if reference is not None else []
+    held = held_parameters(shared_compute, unprofiled, bool(own_host)) if reference is not None else frozenset()
     values = fit_parameters(rows, base, gpu, tuple(kernels),
-                            held=(held_parameters(shared_compute, unprofiled, bool(own_host))
-                                  if reference is not None else frozenset()))
+                            held=held | ({DENSE_GEMM_MEMORY} if dense is not None else set()))
     base = _with(base, values)
     # the fused-MoE kernel on experts larger than the L2 cache, timed alone (the bf16 fit in place)
     l2_spill, l2_record = fit_l2_spill(results, base, gpu, train)
@@ -639,16 +701,20 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         except SpecError:
             continue
         like = DENSE_AS.get(scheme)
-        dense = (base.get("quantization") or {}).get(like)
-        multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme, dense)
+        dense_as = (base.get("quantization") or {}).get(like)
+        if scheme in dense_schemes:  # the dense GEMMs' memory multiplier, timed alone
+            dense_as = {"gemm_memory": dense_schemes[scheme]}
+        multipliers = fit_quant_multipliers(quant_rows, base, gpu, scheme, dense_as)
         fitted += [r["point_id"] for r in quant_rows]
         models = sorted({r["model"] for r in quant_rows})
         methods = sorted({str((r.get("engine") or {}).get("quantization")) for r in quant_rows})
         methods += [f"--moe-backend {b}" for b in sorted({r.get("moe_backend", "triton") for r in quant_rows})
                     if b != "triton"]
         dequant = ", n_dq and the memory half with them" if "dequant_flops_per_weight" in multipliers else ""
-        dense_note = (f"; the dense GEMMs' multipliers are {like}'s (their kernels are alike; its experts' "
-                      "are not: fit_vllm.DENSE_AS)" if dense is not None else "")
+        dense_note = ("; the dense GEMMs' memory multiplier is the GEMM microbenchmark's (fit.dense_gemm_memory)"
+                      if scheme in dense_schemes else
+                      f"; the dense GEMMs' multipliers are {like}'s (their kernels are alike; its experts' "
+                      "are not: fit_vllm.DENSE_AS)" if dense_as is not None else "")
         base.setdefault("quantization", {})[scheme] = {
             **multipliers, "reason": (f"fitted on {len(quant_rows)} {scheme} rows of {', '.join(models)} "
                                       f"(vLLM --quantization {', '.join(methods)}), the bf16 fit held fixed"
@@ -787,6 +853,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
                                   + ("" if reference is None else " and those taken from fit.anchor")
                                   + ", with the kernels of the profiled decode steps in kernel_profile")},
         "per_kernel_source": per_kernel_source,
+        "dense_gemm_memory": dense_record,
+        **({"small_kernel": small_record} if small_record else {}),
         "kernel_profile": kernel_record,
         "activation_reserve": reserve_record,
         "quantization_rows": quant_fits,
