@@ -25,7 +25,7 @@ def test_dense_gemms_stream_their_weights_below_the_datasheet_bandwidth(gpu):
     """The committed profile's dense GEMM memory curve is the GEMM microbenchmark's: a fraction
     of the datasheet bandwidth (fitted end to end it had run to its bound, 1.2) with a fixed
     cost of a few MB per kernel; the benchmark's rows are matched within 10% at the median."""
-    curve, schemes, record = dense_gemm_memory(gpu)
+    curve, schemes, record = dense_gemm_memory(gpu, graph_node_cost(gpu)[0])
     gemm = load_profile("vllm", gpu).efficiency["gemm"]
     assert gemm.memory == pytest.approx(curve["memory"]) and gemm.memory_half == pytest.approx(curve["memory_half"])
     assert 0.7 < gemm.memory < 1.0 and 1e6 < gemm.memory_half < 5e7

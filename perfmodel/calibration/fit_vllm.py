@@ -239,10 +239,10 @@ DENSE_GEMM_MEMORY = ("efficiency", "gemm", "memory")
 BENCH_DENSE_SCHEMES = {"fp8": "float8_e4m3fn"}
 
 
-def dense_gemm_memory(gpu: str) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
+def dense_gemm_memory(gpu: str, node_s: float) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
     """The dense GEMMs' memory curve, {memory: η_m, memory_half: bytes}, fitted to this GPU's
     GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the bf16 rows of the training
-    models' shapes, each kernel at the benchmarked graph node's cost;
+    models' shapes, each kernel at a graph node's cost ``node_s``, s;
     :func:`perfmodel.calibration.fit_kernels.fit_gemm_class`); the memory multiplier of the dense
     GEMMs of each scheme of :data:`BENCH_DENSE_SCHEMES` (its rows' η_m over the bf16 rows'); and
     the record. vLLM's unquantized linear layers and LM head call the same cuBLAS GEMMs through
@@ -256,8 +256,7 @@ def dense_gemm_memory(gpu: str) -> tuple[dict[str, float] | None, dict[str, floa
     from perfmodel.paths import CALIBRATION_DATA_DIR
     from perfmodel.specs.hardware import load_gpu
 
-    data_dir = CALIBRATION_DATA_DIR / gpu
-    spec, node_s = load_gpu(gpu), graph_node_cost(gpu)[0]
+    data_dir, spec = CALIBRATION_DATA_DIR / gpu, load_gpu(gpu)
     try:
         params, stats = fit_gemm_class(data_dir, spec, node_s, set(HELD_OUT_MODELS))
     except SpecError as exc:
@@ -664,7 +663,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     # the kernels timed rather than fitted: the dense GEMMs' memory curve (the GEMM microbenchmark)
     # and a small kernel's duration (the training models' profiled decode steps)
-    dense, dense_schemes, dense_record = dense_gemm_memory(gpu)
+    dense, dense_schemes, dense_record = dense_gemm_memory(gpu, base["latency"]["per_kernel_s"])
     if dense is not None:
         base["efficiency"]["gemm"].update(dense)
     small_kernel, small_record = fit_small_kernel(one_gpu_rows(every_row), train)
@@ -849,7 +848,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     base["fit"] = {
         "train_models": list(train), "held_out_models": list(held_out),
         "kernel_fit": {"dtype": "bf16",
-                       "source": ("none: end-to-end fit of every parameter but per_kernel_s"
+                       "source": ("none: end-to-end fit of every parameter but per_kernel_s, "
+                                  "per_small_kernel_s and the dense GEMMs' memory curve (fit.small_kernel, "
+                                  "fit.dense_gemm_memory)"
                                   + ("" if reference is None else " and those taken from fit.anchor")
                                   + ", with the kernels of the profiled decode steps in kernel_profile")},
         "per_kernel_source": per_kernel_source,
