@@ -32,16 +32,14 @@ MAX_BATCH = 64
 
 
 def small_kernel_rows(rows: list[dict[str, Any]], train: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The ok one-GPU rows of the ``train`` models as built (unquantized, the KV cache at the
-    model's dtype, no speculative decoding) at B ≤ :data:`MAX_BATCH` whose decode step was
-    profiled kernel by kernel: the latest of each point id."""
+    """The one-GPU rows of the ``train`` models as built, unquantized
+    (:func:`perfmodel.calibration.fit_vllm.plain_bf16_row`), at B ≤ :data:`MAX_BATCH` whose
+    decode step was profiled kernel by kernel: the latest of each point id."""
     from perfmodel.calibration.fit import one_gpu_rows
-    from perfmodel.measuring.compare import is_variant, row_kv_dtype, row_quant, row_speculative
+    from perfmodel.calibration.fit_vllm import plain_bf16_row
 
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
-              if r.get("status") == "ok" and r.get("model") in train and not is_variant(r)
-              and row_quant(r) is None and row_kv_dtype(r) is None and not row_speculative(r)
-              and int(r.get("batch") or 0) <= MAX_BATCH
+              if plain_bf16_row(r, train) and int(r.get("batch") or 0) <= MAX_BATCH
               and (r.get("decode_profile") or {}).get("top_kernels")}
     return list(latest.values())
 

@@ -314,23 +314,29 @@ KERNEL_PROFILE: dict[str, tuple[tuple[str, ...], int]] = {
 }
 
 
+def plain_bf16_row(row: dict[str, Any], models: tuple[str, ...]) -> bool:
+    """Whether a row is an ok one of ``models`` as built (any routing; unquantized, with the KV
+    cache at the model's dtype; no speculative decoding): what the profiled kernels the fit reads
+    are measured on."""
+    from perfmodel.measuring.compare import is_variant, row_kv_dtype, row_quant, row_speculative
+
+    return (row.get("status") == "ok" and row.get("model") in models and not is_variant(row)
+            and row_quant(row) is None and row_kv_dtype(row) is None and not row_speculative(row))
+
+
 def kernel_profile_rows(rows: list[dict[str, Any]], category: str, models: tuple[str, ...],
                         min_batch: int) -> list[dict[str, Any]]:
-    """The ok one-GPU rows of ``models`` as built (any routing; unquantized, with the KV cache at
-    the model's dtype; no speculative decoding) whose decode profile measured kernels of
+    """The one-GPU rows of :func:`plain_bf16_row` whose decode profile measured kernels of
     ``category``, at B ≥ ``min_batch``, and whose prefill fits one engine step (B·S ≤ the chunk: a
     decode profile of a chunked prefill also holds the decodes that ride along its later chunks):
     the latest row of each point id. A quantized row's profile is left to its scheme's fit: its
     TTFT and decode step would join the bf16 fit's end-to-end rows."""
     from perfmodel.calibration.fit import one_gpu_rows
-    from perfmodel.measuring.compare import (is_variant, profiled_context, row_kv_dtype, row_quant,
-                                             row_speculative)
+    from perfmodel.measuring.compare import profiled_context
 
     chunk = VLLM_OPTIONS["prefill_chunk_tokens"]
     latest = {r["point_id"]: r for r in one_gpu_rows(rows)
-              if r.get("status") == "ok" and r["model"] in models and not is_variant(r)
-              and row_quant(r) is None and row_kv_dtype(r) is None and not row_speculative(r)
-              and r["batch"] >= min_batch
+              if plain_bf16_row(r, models) and r["batch"] >= min_batch
               and profiled_context(r) is not None
               and r["batch"] * r["input_len"] <= chunk
               and ((r.get("decode_profile") or {}).get("split_ms") or {}).get(category)}
