@@ -1,8 +1,10 @@
-"""The README's accuracy table reads as the committed H200 vllm profile's own record of its fit.
+"""The README's accuracy figures read as the committed profile and validation reports do.
 
-The table in "How accurate" is written by hand; each regime row's point count, MAPE and band
-must be the profile's ``fit.residuals['band points']`` entry, rounded as printed, so that a refit
-which moves them fails here until the README says what the profile now says.
+"How accurate" is written by hand. Each regime row of its table (point count, MAPE and band) must
+be the H200 vllm profile's ``fit.residuals['band points']`` entry, rounded as printed, and each
+vLLM verdict it states (per GPU, and each GPU's fit carried to the other) the three MAPEs of the
+committed report's verdict line, so that a refit or a regenerated report that moves them fails
+here until the README says what they now say.
 """
 
 from __future__ import annotations
@@ -60,3 +62,26 @@ def test_the_readme_accuracy_row_is_the_profiles_record(label):
             printed = match[name]
             assert float(printed) == round(record[key], _decimals(printed)), (
                 f"row {label!r}, {column} {name}: README {printed}%, profile {record[key]:.3g}%")
+
+
+VERDICT = re.compile(r"Decode step \(ITL\) (?P<itl>[\d.]+)%.*?TTFT (?P<ttft>[\d.]+)%.*?Throughput (?P<thr>[\d.]+)%")
+
+# committed validation report -> how the README's "How accurate" prints its verdict's three MAPEs
+VERDICTS = {
+    "h200-vllm-validation.md": "**PASS, ITL {itl}%, TTFT {ttft}%, throughput {thr}% over",
+    "h100-vllm-validation.md": "**PASS, ITL {itl}%, TTFT {ttft}%, throughput {thr}%**",
+    "h100-vllm-transfer-validation.md": "**ITL {itl}%, TTFT {ttft}%, throughput {thr}%**",
+    "h200-vllm-transfer-validation.md": "**{itl} / {ttft} / {thr}%**",
+}
+
+
+@pytest.mark.parametrize("report", sorted(VERDICTS))
+def test_the_readme_states_each_vllm_verdict_as_its_report_does(report):
+    text = (ROOT / "validate" / "results" / report).read_text()
+    line = next((ln for ln in text.splitlines() if ln.startswith("Verdict: PASS")), None)
+    assert line is not None, f"{report}: no PASS verdict line"
+    match = VERDICT.search(line)
+    assert match, f"{report}: verdict line without the three MAPEs: {line[:200]}"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    expected = VERDICTS[report].format(**match.groupdict())
+    assert expected in readme, f"README does not state {report}'s verdict as {expected!r}"
