@@ -920,7 +920,10 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     Outside any of them there is no band: it is not widened, since how far the errors grow
     there has not been measured. A quantization scheme is inside where the profile says its
     held-out rows were checked against the band and lie within it (``quantization.<scheme>.band``,
-    :func:`perfmodel.calibration.fit.band_check`). Where the profile states TTFT bands per regime of the prefill
+    :func:`perfmodel.calibration.fit.band_check`). Where they were checked and lie outside it,
+    the band is widened to their own 90th percentile |error| metric by metric, at the
+    prediction's regimes, where enough of them were measured there (``own_band``,
+    :func:`_widen_to_own`), and is none where none was; a KV-cache dtype's likewise. Where the profile states TTFT bands per regime of the prefill
     (:func:`prefill_regime`: ``ttft_launch_bound``, ``ttft_graph_replayed``, ``ttft`` for the
     GPU-bound rest), the prediction's ``regime`` picks one; a regime the profile has no band for
     (too few held-out points) gets no TTFT band. The band's ``ttft_regime`` says which. Likewise
@@ -960,9 +963,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     elif phase == "decode":  # the throughput is the step's sequences over it
         chosen["throughput"] = chosen["decode_step"]
     note = f" ({'; '.join(notes)})" if notes else ""
-    rels = [chosen[m] for m in ("ttft", "decode_step", "e2e", "throughput") if chosen[m] is not None]
-    width = (f"±{min(rels):.0%}" if f"{min(rels):.0%}" == f"{max(rels):.0%}"
-             else f"±{min(rels):.0%}–{max(rels):.0%}")
+    width = _band_width(chosen)
     n = scope["gpus"]
     where = (f"held-out {scope['gpu'] or '(unstated GPU)'} {scope['dtype'] or '(unstated dtype)'} "
              f"points on {n} GPU{'s' if n != 1 else ''}")
@@ -986,16 +987,25 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     kv_measured = kv_other and kv in (residuals.get("kv_cache") or {})
     if scope["dtype"] is not None and (scope["dtype"] != weights or (kv_other and not kv_measured)):
         outside.append(f"not measured at {w.dtype} weights with a {kv} KV cache")
+    widened = []  # held-out points of another scheme or cache dtype whose own scatter the band takes
     if measured and not checked:
-        outside.append(_outside_note(f"its held-out {scheme} points",
-                                     residuals["quantization"][scheme], f"quantization.{scheme}", regime, decode))
+        check = residuals["quantization"][scheme]
+        if _widen_to_own(chosen, check, regime, decode, prefill_only, phase):
+            widened.append(f"its held-out {scheme} points' own 90th percentile (fit.residuals.quantization.{scheme})")
+        else:
+            outside.append(_outside_note(f"its held-out {scheme} points", check, f"quantization.{scheme}",
+                                         regime, decode))
     elif w.quant not in (None, quantization.NO_QUANT) and not checked:
         carried = profile.quant_efficiency(scheme).carried_from
         outside.append(f"not measured with {w.quant} quantization"
                        + (f" on {profile.gpu} (its kernels carried from {carried}'s fit)" if carried else ""))
     if kv_measured and not kv_checked:
-        outside.append(_outside_note(f"its held-out {kv} KV-cache points", residuals["kv_cache"][kv],
-                                     f"kv_cache.{kv}", regime, decode))
+        check = residuals["kv_cache"][kv]
+        if _widen_to_own(chosen, check, regime, decode, prefill_only, phase):
+            widened.append(f"its held-out {kv} KV-cache points' own 90th percentile (fit.residuals.kv_cache.{kv})")
+        else:
+            outside.append(_outside_note(f"its held-out {kv} KV-cache points", check, f"kv_cache.{kv}",
+                                         regime, decode))
     types = measured_model_types(profile)
     if model_type is not None and types is not None and model_type not in types:
         outside.append(f"no {model_type} model measured (its fit compared {', '.join(sorted(types))})")
@@ -1010,7 +1020,48 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
                        f"({w.layout_label})")
     if outside:
         return None, f"no band: {'; '.join(outside)} (the profile's band, {width} from {where}{note})"
+    if widened:
+        missing = [m for m in ("ttft", "decode_step", "e2e", "throughput") if chosen[m] is None]
+        gaps = f"; no {', '.join(missing)} band: too few of those points at its regime" if missing else ""
+        return chosen, (f"band {_band_width(chosen)}, widened to {' and '.join(widened)} where they scatter "
+                        f"wider than the profile's band ({width} from {where}{note}){gaps}")
     return chosen, f"band {width} from {where}{note}"
+
+
+def _band_width(chosen: Mapping[str, Any]) -> str:
+    """A band's half-widths as printed: ``±8%``, or ``±8%–13%`` where the metrics differ."""
+    rels = [chosen[m] for m in ("ttft", "decode_step", "e2e", "throughput") if chosen[m] is not None]
+    low, high = f"{min(rels):.0%}", f"{max(rels):.0%}"
+    return f"±{low}" if low == high else f"±{low}–{high}"
+
+
+def _widen_to_own(chosen: dict[str, Any], check: Mapping[str, Any], regime: str, decode: str,
+                  prefill_only: bool, phase: str) -> bool:
+    """Widen the band ``chosen`` (in place) to the own 90th percentile |error| of held-out points
+    that lie outside it (a quantization scheme's, a KV-cache dtype's: ``check``, as
+    ``fit.residuals`` holds it, whose ``own_band`` has each metric and regime with enough of
+    them, :func:`perfmodel.calibration.fit.band_check`), metric by metric at this prediction's
+    regimes: each takes the wider of the two; where its regime has too few of those points for
+    their own, it keeps the band if the few lie within it, and gets none if not or if there are
+    none. False, and ``chosen`` unchanged, where no metric has an own width."""
+    own, p90 = check.get("own_band") or {}, check.get("p90_abs_pct") or {}
+    source = {"ttft": f"ttft {regime}", "decode_step": f"decode_step {decode}",
+              "e2e": f"e2e {decode}", "throughput": f"throughput {decode}"}
+    if prefill_only:  # as the band itself: E2E and throughput are the prefill's
+        source["e2e"] = source["throughput"] = source["ttft"]
+    elif phase == "decode":
+        source["throughput"] = source["decode_step"]
+
+    def width(metric: str, key: str) -> float | None:
+        if key in own:
+            return max(own[key], chosen[metric] or 0.0)
+        within = chosen[metric] is not None and key in p90 and p90[key] <= 100 * chosen[metric]
+        return chosen[metric] if within else None
+
+    if not any(key in own for key in source.values()):
+        return False
+    chosen.update({metric: width(metric, key) for metric, key in source.items()})
+    return True
 
 
 def _outside_note(points: str, check: Mapping[str, Any], key: str, regime: str, decode: str) -> str:

@@ -142,6 +142,28 @@ def test_an_unchecked_quantization_or_an_unfused_prediction_has_no_error_band():
     assert error_band(within, gpu, Workload(quant="fp8"))[0] is not None
     band, note = error_band(outside, gpu, Workload(quant="fp8"))
     assert band is None and "its held-out fp8 points do not carry the band" in note
+    # outside, with enough of its held-out points in some regime: each metric the wider of the
+    # band and their own 90th percentile there; where a regime has too few of them for their
+    # own, the band if those few lie within it, else none
+    residuals = profile.fit["residuals"]
+
+    def scattered(ttft_p90_pct):
+        own = {"decode_step GPU-bound": 0.2, "e2e GPU-bound": 0.01, "throughput GPU-bound": 0.15}
+        p90 = {**{key: 100 * value for key, value in own.items()}, "ttft GPU-bound": ttft_p90_pct}
+        fp8 = {**residuals["quantization"]["fp8"], "within": False, "own_band": own, "p90_abs_pct": p90}
+        return outside.model_copy(update={"fit": {**profile.fit, "residuals": {
+            **residuals, "quantization": {**residuals["quantization"], "fp8": fp8}}}})
+
+    limits = profile.error_band
+    band, note = error_band(scattered(50.0), gpu, Workload(quant="fp8"))
+    assert band["decode_step"] == 0.2 and band["throughput"] == max(0.15, limits.throughput)
+    assert band["e2e"] == limits.e2e and band["ttft"] is None  # e2e: the band is wider; ttft: few, outside
+    assert "widened to its held-out fp8 points' own 90th percentile" in note
+    assert "no ttft band: too few of those points at its regime" in note
+    band, note = error_band(scattered(1.0), gpu, Workload(quant="fp8"))
+    assert band["ttft"] == limits.ttft and band["decode_step"] == 0.2  # ttft: few, within the band
+    band, note = error_band(scattered(1.0), gpu, Workload(quant="fp8"), decode="host-bound")
+    assert band is None and "its held-out fp8 points do not carry the band" in note  # none host-bound
     unmeasured = outside.model_copy(update={"fit": {}})
     band, note = error_band(unmeasured, gpu, Workload(quant="fp8"))
     assert band is None and "not measured with fp8 quantization" in note

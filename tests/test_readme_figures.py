@@ -1,10 +1,11 @@
-"""The README's accuracy figures read as the committed profile and validation reports do.
+"""The accuracy figures written by hand read as the committed profiles and validation reports do.
 
 "How accurate" is written by hand. Each regime row of its table (point count, MAPE and band) must
 be the H200 vllm profile's ``fit.residuals['band points']`` entry, rounded as printed, and each
 vLLM verdict it states (per GPU, and each GPU's fit carried to the other) the three MAPEs of the
-committed report's verdict line, so that a refit or a regenerated report that moves them fails
-here until the README says what they now say.
+committed report's verdict line; and each row of docs/accuracy.md's table of how each scheme
+takes the band its profile's check of that scheme (points, within or not, ITL p90), so that a
+refit or a regenerated report that moves them fails here until the page says what they now say.
 """
 
 from __future__ import annotations
@@ -85,3 +86,30 @@ def test_the_readme_states_each_vllm_verdict_as_its_report_does(report):
     readme = " ".join((ROOT / "README.md").read_text().split())
     expected = VERDICTS[report].format(**match.groupdict())
     assert expected in readme, f"README does not state {report}'s verdict as {expected!r}"
+
+
+# docs/accuracy.md's table of how each scheme takes the band: row prefix -> (profile GPU, residuals key, name)
+SCHEME_ROWS = {
+    "| H200 | fp8 W8A8": ("h200-sxm", "quantization", "fp8"),
+    "| H200 | int4 weight-only": ("h200-sxm", "quantization", "w4a16"),
+    "| H200 | fp8 in 128×128 blocks": ("h200-sxm", "quantization", "fp8-block"),
+    "| H200 | MXFP4 experts": ("h200-sxm", "quantization", "mxfp4-moe"),
+    "| H200 | MXFP4 on Marlin": ("h200-sxm", "quantization", "mxfp4-moe-marlin"),
+    "| H200 | int8 weight-only experts": ("h200-sxm", "quantization", "w8a16-experts"),
+    "| H200 | fp8 KV cache": ("h200-sxm", "kv_cache", "fp8"),
+    "| H100 | fp8 W8A8": ("h100-sxm", "quantization", "fp8"),
+}
+
+
+@pytest.mark.parametrize("prefix", sorted(SCHEME_ROWS))
+def test_the_scheme_band_table_reads_as_the_profiles_check(prefix):
+    gpu, kind, name = SCHEME_ROWS[prefix]
+    lines = [ln for ln in (ROOT / "docs" / "accuracy.md").read_text().splitlines() if ln.startswith(prefix)]
+    assert len(lines) == 1, f"docs/accuracy.md: {len(lines)} rows start {prefix!r}"
+    cells = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    profile = yaml.safe_load((ROOT / "calibration" / "profiles" / f"{gpu}-vllm.yaml").read_text())
+    check = profile["fit"]["residuals"][kind][name]
+    assert int(cells[2]) == check["points"], f"{prefix}: {cells[2]} points, the profile has {check['points']}"
+    assert cells[3].startswith("yes" if check["within"] else "no"), f"{prefix}: within is {check['within']}"
+    itl = float(cells[4].split("%")[0])
+    assert itl == round(check["p90_abs_pct"]["decode_step GPU-bound"], 1), f"{prefix}: ITL p90 {itl}%"

@@ -525,8 +525,13 @@ def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
     speculative rows apart) lie within ``band``: the 90th percentile |error| of each metric in
     each regime (of the prefill for TTFT, of the decode step for the rest) at most the band's
     half-width for that regime, and at least :data:`MIN_REGIME_POINTS` GPU-bound decode steps.
-    Returns the points counted, the percentiles (%), ``within`` and, where not, ``why``."""
+    Returns the points counted, the percentiles (%) and the points behind each (``counts``),
+    ``within`` and, where not, ``why`` and ``own_band``: the scheme's own 90th percentile |error|
+    (a fraction) in each metric and regime it has at least :data:`MIN_REGIME_POINTS` points of,
+    which a prediction in that scheme takes where it is wider than the band
+    (:func:`perfmodel.prediction.error_band`)."""
     p90: dict[str, float] = {}
+    counts: dict[str, int] = {}
     within = True
     for regime, suffix in DECODE_BAND_SUFFIX.items():
         for metric in DECODE_BAND_METRICS:
@@ -534,18 +539,24 @@ def band_check(points, band: dict[str, Any]) -> dict[str, Any]:
             limit = band.get(metric + suffix, band[metric])
             if not part.empty:
                 p90[f"{metric} {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
+                counts[f"{metric} {regime}"] = len(part)
                 within &= p90[f"{metric} {regime}"] <= 100 * limit
     ttft = points[points["metric"] == "ttft"]
     for regime, part in ttft.groupby("prefill_regime"):
         limit = band.get(TTFT_BAND_FIELDS.get(regime, "ttft"))
         p90[f"ttft {regime}"] = _sig(100 * float(part["rel_error"].abs().quantile(0.9)))
+        counts[f"ttft {regime}"] = len(part)
         within &= limit is not None and p90[f"ttft {regime}"] <= 100 * limit
     steps = points[(points["metric"] == "decode_step") & (points["decode_regime"] == GPU_BOUND)]
     why = "" if within else "outside the band in some regime"
     if len(steps) < MIN_REGIME_POINTS:
         within, why = False, why or f"fewer than {MIN_REGIME_POINTS} GPU-bound decode steps"
-    out = {"points": int((points["metric"] == "decode_step").sum()), "p90_abs_pct": p90, "within": bool(within)}
-    return {**out, "why": why} if why else out
+    out = {"points": int((points["metric"] == "decode_step").sum()), "p90_abs_pct": p90, "counts": counts,
+           "within": bool(within)}
+    if within:
+        return out
+    own = {key: _sig(value / 100) for key, value in p90.items() if counts[key] >= MIN_REGIME_POINTS}
+    return {**out, "why": why, **({"own_band": own} if own else {})}
 
 
 def _metadata(data_dir: Path) -> str:
