@@ -987,25 +987,22 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     kv_measured = kv_other and kv in (residuals.get("kv_cache") or {})
     if scope["dtype"] is not None and (scope["dtype"] != weights or (kv_other and not kv_measured)):
         outside.append(f"not measured at {w.dtype} weights with a {kv} KV cache")
-    widened = []  # held-out points of another scheme or cache dtype whose own scatter the band takes
+    scattered = []  # (held-out points, their fit.residuals entry) checked against the band, outside it
     if measured and not checked:
-        check = residuals["quantization"][scheme]
-        if _widen_to_own(chosen, check, regime, decode, prefill_only, phase):
-            widened.append(f"its held-out {scheme} points' own 90th percentile (fit.residuals.quantization.{scheme})")
-        else:
-            outside.append(_outside_note(f"its held-out {scheme} points", check, f"quantization.{scheme}",
-                                         regime, decode))
+        scattered.append((f"its held-out {scheme} points", ("quantization", scheme)))
     elif w.quant not in (None, quantization.NO_QUANT) and not checked:
         carried = profile.quant_efficiency(scheme).carried_from
         outside.append(f"not measured with {w.quant} quantization"
                        + (f" on {profile.gpu} (its kernels carried from {carried}'s fit)" if carried else ""))
     if kv_measured and not kv_checked:
-        check = residuals["kv_cache"][kv]
+        scattered.append((f"its held-out {kv} KV-cache points", ("kv_cache", kv)))
+    widened = []  # those whose own scatter the band takes
+    for points, (kind, name) in scattered:
+        check = residuals[kind][name]
         if _widen_to_own(chosen, check, regime, decode, prefill_only, phase):
-            widened.append(f"its held-out {kv} KV-cache points' own 90th percentile (fit.residuals.kv_cache.{kv})")
+            widened.append(f"{points}' own 90th percentile (fit.residuals.{kind}.{name})")
         else:
-            outside.append(_outside_note(f"its held-out {kv} KV-cache points", check, f"kv_cache.{kv}",
-                                         regime, decode))
+            outside.append(_outside_note(points, check, f"{kind}.{name}", regime, decode))
     types = measured_model_types(profile)
     if model_type is not None and types is not None and model_type not in types:
         outside.append(f"no {model_type} model measured (its fit compared {', '.join(sorted(types))})")
