@@ -115,18 +115,28 @@ def test_the_kernel_times_come_from_profiled_steps_of_the_tiled_kernel_at_a_know
     assert record["held_out"]["mape_pct"] < 10 and max(abs(e) for e in held.values()) < 20
 
 
-def test_without_a_band_the_note_gives_the_schemes_own_held_out_spread():
-    """gpt-oss's MXFP4 points on Marlin lie outside the band: the note says how far they scatter at
-    the prediction's regimes (their p90 |error|, fit.residuals.quantization)."""
+def test_outside_the_band_a_scheme_takes_its_own_held_out_spread_or_the_note_gives_it():
+    """gpt-oss's MXFP4 points on Marlin lie outside the band: where enough of them were measured at
+    a prediction's regimes, it takes their own p90 |error| (fit.residuals.quantization, own_band);
+    where none were, it has no band and the note says how far they scatter at its regimes."""
+    from perfmodel.prediction import Workload, error_band
+    from perfmodel.specs.hardware import load_gpu
+
     profile = load_profile("vllm", "h200-sxm")
     check = profile.fit["residuals"]["quantization"]["mxfp4-moe-marlin"]
     assert not check["within"] and not profile.quant_efficiency("mxfp4-moe-marlin").band
     p90 = check["p90_abs_pct"]
     p = predict("gpt-oss-120b", engine="vllm", batch=64, input_len=512, output_len=512, quant="mxfp4-moe-marlin")
-    note = p.provenance["error_band_note"]
-    assert p.provenance["error_band"] is None and note.startswith("no band: ")
-    assert f"ITL p90 {p90['decode_step GPU-bound']:.0f}%" in note and f"TTFT p90 {p90['ttft GPU-bound']:.0f}%" in note
-
+    band, note = p.provenance["error_band"], p.provenance["error_band_note"]
+    assert band["decode_regime"] == "GPU-bound" and check["counts"]["decode_step GPU-bound"] >= 5
+    assert band["decode_step"] == pytest.approx(p90["decode_step GPU-bound"] / 100, rel=1e-3)
+    assert band["decode_step"] > profile.error_band.decode_step  # wider than the band: why it is outside
+    assert "widened to its held-out mxfp4-moe-marlin points' own 90th percentile" in note
+    # no host-bound decode step of theirs was measured, and too few launch-bound prefills
+    band, note = error_band(profile, load_gpu("h200-sxm"), Workload(quant="mxfp4-moe-marlin"),
+                            regime="launch-bound", decode="host-bound")
+    assert band is None and note.startswith("no band: ") and check["counts"]["ttft launch-bound"] < 5
+    assert f"TTFT p90 {p90['ttft launch-bound']:.0f}%" in note and "ITL p90" not in note
 
 
 def _launched(profile: str, model: str = "gpt-oss-20b", quant: str | None = None, input_len: int = 128):
