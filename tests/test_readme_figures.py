@@ -3,8 +3,9 @@
 "How accurate" is written by hand. Each regime row of its table (point count, MAPE and band) must
 be the H200 vllm profile's ``fit.residuals['band points']`` entry, rounded as printed, and each
 vLLM verdict it states (per GPU, and each GPU's fit carried to the other) the three MAPEs of the
-committed report's verdict line; and each row of docs/accuracy.md's table of how each scheme
-takes the band its profile's check of that scheme (points, within or not, ITL p90), so that a
+committed report's verdict line; its H200 serving figures the profile's serving_error_band; and
+each row of docs/accuracy.md's table of how each scheme takes the band its profile's check of
+that scheme (points, within or not, ITL p90), so that a
 refit or a regenerated report that moves them fails here until the page says what they now say.
 """
 
@@ -113,3 +114,22 @@ def test_the_scheme_band_table_reads_as_the_profiles_check(prefix):
     assert cells[3].startswith("yes" if check["within"] else "no"), f"{prefix}: within is {check['within']}"
     itl = float(cells[4].split("%")[0])
     assert itl == round(check["p90_abs_pct"]["decode_step GPU-bound"], 1), f"{prefix}: ITL p90 {itl}%"
+
+
+def _pct(fraction: float, decimals: int = 0) -> str:
+    return f"{100 * fraction:.{decimals}f}%"
+
+
+def test_the_readme_states_the_h200_serving_accuracy_as_the_profile_records_it():
+    """The serving figures `plan` stands on: the share of held-out runs within each target and
+    the band (the H200 vllm profile's serving_error_band), as the README's Serving bullet gives them."""
+    serving = yaml.safe_load(PROFILE.read_text())["serving_error_band"]
+    within = serving["accuracy"]["within_target"]
+    expected = (
+        f"On the H200 ({serving['runs']} such runs of seven models): served tokens/s within 10% in "
+        f"{_pct(within['served_tok_s'])} of them, ITL p50 within 15% in {_pct(within['itl_p50'])}, ITL p90 in "
+        f"{_pct(within['itl_p90'])}, TTFT p50 in {_pct(within['ttft_p50'])}, TTFT p90 in "
+        f"{_pct(within['ttft_p90'])}; band TTFT p50 ±{_pct(serving['ttft_p50'])}, p90 ±{_pct(serving['ttft_p90'])}, "
+        f"ITL p50 ±{_pct(serving['itl_p50'], 1)}, p90 ±{_pct(serving['itl_p90'])}.")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert expected in readme, f"README's H200 serving figures should read: {expected}"
