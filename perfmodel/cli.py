@@ -391,7 +391,8 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
         from perfmodel.quantization import load_schemes
 
         # per scheme, the calibrated profiles that measured it: whether its held-out rows carry the
-        # band; and those that served it: how many held-out serving runs, within the serving band or not
+        # band, and where not, whether they give their own (fit.residuals.quantization.<scheme>.own_band);
+        # and those that served it: how many held-out serving runs, within the serving band or not
         def served(name):
             checks = ((p.name, p.serving_error_band.schemes.get(name)) for p in profiles if p.serving_error_band)
             return {profile: {"runs": c.runs, "band": c.within} for profile, c in checks if c is not None}
@@ -399,8 +400,9 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
         return [{**scheme.model_dump(mode="json", include={
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
                      "description"}),
-                 "measured": {p.name: {"band": bool(p.quantization[scheme.name].band)} for p in profiles
-                              if p.calibrated and scheme.name in p.quantization
+                 "measured": {p.name: {"band": bool(p.quantization[scheme.name].band),
+                                       "own_band": bool(_scheme_check(p, scheme.name).get("own_band"))}
+                              for p in profiles if p.calibrated and scheme.name in p.quantization
                               and not p.quantization[scheme.name].carried_from},
                  "served": served(scheme.name)}
                 for scheme in load_schemes().values()]
@@ -497,6 +499,12 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
               f"(--host-probe-ms {p['mean']:.1f})")
 
 
+def _scheme_check(profile: Any, scheme: str) -> dict[str, Any]:
+    """A profile's check of a quantization scheme's held-out rows against its band
+    (``fit.residuals.quantization.<scheme>``), empty where it holds none."""
+    return ((((profile.fit or {}).get("residuals") or {}).get("quantization") or {}).get(scheme)) or {}
+
+
 def _whence(profile: dict[str, Any]) -> str:
     """Where a GPU's profile of an engine comes from (:func:`_list_data`'s ``profiles``), in words."""
     if not profile["fitted_here"]:
@@ -533,7 +541,7 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
         for s in items:
             bits = f"{s['weight_bits']}-bit" if s["weight_bits"] else "-"
             formats = ", ".join(c["quant_method"] for c in s["checkpoints"]) or "-"
-            measured = ", ".join(f"{name} ({'band' if m['band'] else 'no band'})"
+            measured = ", ".join(f"{name} ({'band' if m['band'] else 'own band' if m['own_band'] else 'no band'})"
                                  for name, m in s["measured"].items()) or "not measured"
             served = "".join(f"; served: {name} ({m['runs']} runs, {'band' if m['band'] else 'no band'})"
                              for name, m in s["served"].items())

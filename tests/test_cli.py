@@ -180,6 +180,23 @@ def test_list_models_includes_the_zoo(capsys):
     assert "(also: " in mixtral and "mixtral" in mixtral.split("(also: ")[1].split(", ")  # the README's name
 
 
+def test_list_schemes_says_which_band_each_measured_scheme_takes(capsys):
+    """Per scheme and profile that measured it: the band where its held-out rows lie within it,
+    their own where they lie outside it with enough of them (fit.residuals.quantization)."""
+    from perfmodel.paths import PROFILES_DIR
+
+    schemes = {s["name"]: s for s in json.loads(cli(["list", "schemes", "--json"], capsys))["schemes"]}
+    for gpu in ("h100-sxm", "h200-sxm"):
+        profile = yaml.safe_load((PROFILES_DIR / f"{gpu}-vllm.yaml").read_text())
+        for name, check in profile["fit"]["residuals"]["quantization"].items():
+            listed = schemes[name]["measured"].get(f"{gpu}-vllm")
+            if listed is not None:
+                assert listed == {"band": check["within"], "own_band": bool(check.get("own_band"))}
+    assert schemes["fp8"]["measured"]["h100-sxm-vllm"] == {"band": False, "own_band": True}
+    fp8 = next(line for line in cli(["list", "schemes"], capsys).splitlines() if line.startswith("fp8 "))
+    assert "h100-sxm-vllm (own band)" in fp8
+
+
 def test_list_models_says_where_each_model_was_measured(capsys):
     """Per model, each calibrated profile that compared it with committed rows: the points it was
     fitted on and those it was checked on, held out (from the profile's fit.residuals.models)."""
