@@ -180,7 +180,9 @@ def test_list_json(what, names, capsys):
         profile = load_profile("vllm", "h200-sxm")
         # (the H100's fit carries fp8-block from the H200's, unmeasured there: not listed)
         assert load_profile("vllm", "h100-sxm").quantization["fp8-block"].carried_from == "h200-sxm"
-        assert by_name["fp8-block"]["measured"] == {profile.name: {"band": bool(profile.quantization["fp8-block"].band)}}
+        check = profile.fit["residuals"]["quantization"]["fp8-block"]
+        assert by_name["fp8-block"]["measured"] == {profile.name: {
+            "band": bool(profile.quantization["fp8-block"].band), "own_band": bool(check.get("own_band"))}}
         assert by_name["fp8-channel"]["measured"] == {} and by_name["none"]["checkpoints"] == []
         assert {"quant_method": "awq", "bits": 4} in by_name["w4a16"]["checkpoints"]
         served = profile.serving_error_band.schemes["w4a16"]  # a GPTQ Qwen3-30B-A3B served on vLLM
