@@ -395,7 +395,8 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
         # and those that served it: how many held-out serving runs, within the serving band or not
         def served(name):
             checks = ((p.name, p.serving_error_band.schemes.get(name)) for p in profiles if p.serving_error_band)
-            return {profile: {"runs": c.runs, "band": c.within} for profile, c in checks if c is not None}
+            return {profile: {"runs": c.runs, "band": c.within, "own_band": c.own_band}
+                    for profile, c in checks if c is not None}
 
         return [{**scheme.model_dump(mode="json", include={
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
@@ -505,6 +506,11 @@ def _scheme_check(profile: Any, scheme: str) -> dict[str, Any]:
     return ((((profile.fit or {}).get("residuals") or {}).get("quantization") or {}).get(scheme)) or {}
 
 
+def _band_word(check: dict[str, Any]) -> str:
+    """How a scheme's held-out rows or serving runs take a profile's band, as ``list schemes`` prints it."""
+    return "band" if check["band"] else "own band" if check["own_band"] else "no band"
+
+
 def _whence(profile: dict[str, Any]) -> str:
     """Where a GPU's profile of an engine comes from (:func:`_list_data`'s ``profiles``), in words."""
     if not profile["fitted_here"]:
@@ -541,10 +547,8 @@ def list_(what: ListWhat = typer.Argument(..., help="models, gpus, engines, sche
         for s in items:
             bits = f"{s['weight_bits']}-bit" if s["weight_bits"] else "-"
             formats = ", ".join(c["quant_method"] for c in s["checkpoints"]) or "-"
-            measured = ", ".join(f"{name} ({'band' if m['band'] else 'own band' if m['own_band'] else 'no band'})"
-                                 for name, m in s["measured"].items()) or "not measured"
-            served = "".join(f"; served: {name} ({m['runs']} runs, {'band' if m['band'] else 'no band'})"
-                             for name, m in s["served"].items())
+            measured = ", ".join(f"{name} ({_band_word(m)})" for name, m in s["measured"].items()) or "not measured"
+            served = "".join(f"; served: {name} ({m['runs']} runs, {_band_word(m)})" for name, m in s["served"].items())
             print(f"{s['name']:16s} {bits:6s} {s['compute']:11s} checkpoints: {formats:32s} {measured}{served}")
     elif what is ListWhat.tables:
         for t in items:

@@ -394,6 +394,9 @@ class ServingSchemeCheck(_Strict):
     within: bool = Field(description="Every metric's 90th-percentile |error| at most the band's.")
     errors: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="90th percentile of |relative error| per metric over the runs.")
+    own_band: bool = Field(False, description=(
+        "Outside the band, with as many runs as a band of its own takes: a plan in this scheme "
+        "takes, per metric, the wider of the band and ``errors``."))
 
 
 class ServingAccuracy(_Strict):

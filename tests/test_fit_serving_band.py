@@ -94,6 +94,7 @@ def test_a_schemes_runs_are_checked_against_the_band_not_part_of_it(tmp_path, pr
         assert value == pytest.approx(np.percentile(errors, 90), rel=1e-3)
     for check in (fp8, w4a16):
         assert check["within"] == all(v <= band[m] for m, v in check["errors"].items() if m in band)
+        assert "own_band" not in check  # too few runs (< MIN_RUNS) for a band of their own
     every = compare_serving(kept + quantized)["points"]  # the summary over every scheme's runs
     errors = [abs(p["rel_error"]) for p in every if p["metric"] == "itl_p50"]
     assert band["accuracy_all_schemes"]["runs"] == len(kept) + 3
@@ -139,3 +140,30 @@ def test_the_h100s_band_is_its_own_once_it_has_enough_runs_that_kept_up():
     assert all(r.split(":")[0] in files for r in runs)  # every H100 serving file, none of the H200's
     for metric, values in errors.items():
         assert getattr(band, metric) == pytest.approx(np.percentile(values, 90), rel=1e-3), metric
+
+
+def test_a_scheme_served_outside_the_band_with_runs_enough_plans_with_its_own(capsys):
+    """The H100's fp8 serving runs (at least MIN_RUNS, held out) lie outside its bf16 band: the
+    fit marks them own_band, and a plan in fp8 takes, per metric, the wider of the band and their
+    own 90th percentile, where one with too few runs outside the band has none."""
+    from perfmodel.commands import main
+    from perfmodel.profile import load_profile
+
+    band = load_profile("vllm", "h100-sxm").serving_error_band
+    fp8 = band.schemes["fp8"]
+    assert fp8.runs >= MIN_RUNS and not fp8.within and fp8.own_band
+    assert any(error > getattr(band, metric) for metric, error in fp8.errors.items())
+    out = []
+    for dtype in ("fp8", "bf16"):
+        main(["plan", "qwen3-30b-a3b", "--rate", "4", "--input-len", "1024", "--output-len", "256", "--gpu", "h100",
+              "--max-gpus", "1", "--no-disagg", "--requests", "40", "--dtype", dtype, "--json"])
+        out.append(json.loads(capsys.readouterr().out)["profile"][0])
+    planned, plain = out
+    for metric in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90", "served_tok_s"):
+        want = max(getattr(band, metric), fp8.errors[metric])
+        assert planned["serving_error_band"][metric] == pytest.approx(want)
+        assert plain["serving_error_band"][metric] == pytest.approx(getattr(band, metric))
+    assert (f"its {fp8.runs} fp8 runs lie outside it, and each metric takes the wider"
+            in planned["serving_error_band_note"])
+    few = load_profile("vllm", "h200-sxm").serving_error_band.schemes["fp8"]
+    assert few.runs < MIN_RUNS and not few.own_band

@@ -186,7 +186,8 @@ def test_list_json(what, names, capsys):
         assert by_name["fp8-channel"]["measured"] == {} and by_name["none"]["checkpoints"] == []
         assert {"quant_method": "awq", "bits": 4} in by_name["w4a16"]["checkpoints"]
         served = profile.serving_error_band.schemes["w4a16"]  # a GPTQ Qwen3-30B-A3B served on vLLM
-        assert by_name["w4a16"]["served"] == {profile.name: {"runs": served.runs, "band": served.within}}
+        assert by_name["w4a16"]["served"] == {profile.name: {"runs": served.runs, "band": served.within,
+                                                             "own_band": served.own_band}}
         assert by_name["fp8-channel"]["served"] == {} and by_name["none"]["served"] == {}
     elif what == "models":
         assert {"model_type", "display_name", "aliases"} <= set(items[0])

@@ -108,13 +108,17 @@ def accuracy(errors: dict[str, list[float]], runs: int) -> dict[str, Any]:
 def scheme_checks(band: dict[str, Any], schemes: dict[str, tuple[dict[str, list[float]], list[str]]]
                   ) -> dict[str, dict[str, Any]]:
     """Each other scheme's runs against ``band``: ``runs``, ``errors`` (the 90th percentile of
-    each metric's |errors|, interpolated as numpy does between a few runs' values) and ``within``
-    (every metric the band has at most its half-width)."""
+    each metric's |errors|, interpolated as numpy does between a few runs' values), ``within``
+    (every metric the band has at most its half-width) and, outside it with at least
+    :data:`MIN_RUNS` runs, ``own_band``: a plan in that scheme takes, per metric, the wider of
+    the band and ``errors`` (:func:`perfmodel.planning.answer.serving_band`)."""
     checks = {}
     for name, (errors, runs) in sorted(schemes.items()):
         p90 = {metric: _p90(values) for metric, values in errors.items() if values}
         within = all(value <= band[metric] for metric, value in p90.items() if metric in band)
         checks[name] = {"runs": len(runs), "within": within, "errors": p90}
+        if not within and len(runs) >= MIN_RUNS:
+            checks[name]["own_band"] = True
     return checks
 
 

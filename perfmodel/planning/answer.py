@@ -145,9 +145,14 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     scheme = weights_text(setup.dtype, kv)  # a checkpoint stored quantized is searched as its scheme
     check = band.schemes.get(scheme) if own is not None and scheme != own else None
     checked = ""
+    widen = {}  # a scheme outside the band with runs enough for its own: per metric, the wider
     if check is not None:  # a scheme whose serving runs were checked against the band
         if check.within:
             checked = f"; its {check.runs} {scheme} runs lie within it"
+        elif check.own_band:
+            widen = check.errors
+            checked = (f"; its {check.runs} {scheme} runs lie outside it, and each metric takes the wider of "
+                       f"it and their own 90th percentile")
         else:
             worst = max((m for m in check.errors if getattr(band, m, None) is not None),
                         key=lambda m: check.errors[m] / getattr(band, m), default=None)
@@ -164,6 +169,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     if outside:
         return None, f"no serving band: {'; '.join(outside)}"
     values = band.model_dump(exclude={"runs", "source", "schemes"}, exclude_none=True)
+    values.update({metric: max(values[metric], error) for metric, error in widen.items() if metric in values})
     host = ("" if plan.question.host_probe_ms is not None else
             "; they were replayed at their hosts' measured speeds, and this plan is at the profile's "
             "reference host (--host-probe-ms gives yours)")
