@@ -322,7 +322,7 @@ def _measured_models() -> dict[str, list[dict[str, Any]]]:
     ``fit.residuals.models`` (:func:`perfmodel.calibration.fit.held_out_residuals`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for profile in _committed_profiles():
-        for model, counts in (((profile.fit or {}).get("residuals") or {}).get("models") or {}).items():
+        for model, counts in profile.residuals("models").items():
             out.setdefault(model, []).append({"profile": profile.name, "gpu": profile.gpu, "engine": profile.engine,
                                               "train": int(counts.get("train", 0)),
                                               "held_out": int(counts.get("held-out", 0))})
@@ -402,7 +402,7 @@ def _list_data(what: ListWhat) -> list[dict[str, Any]]:
                      "name", "aliases", "dtype_alias", "weight_bits", "compute", "layers", "checkpoints",
                      "description"}),
                  "measured": {p.name: {"band": bool(p.quantization[scheme.name].band),
-                                       "own_band": bool(_scheme_check(p, scheme.name).get("own_band"))}
+                                       "own_band": bool(p.residuals("quantization").get(scheme.name, {}).get("own_band"))}
                               for p in profiles if p.calibrated and scheme.name in p.quantization
                               and not p.quantization[scheme.name].carried_from},
                  "served": served(scheme.name)}
@@ -498,12 +498,6 @@ def _host_trace(seconds: float, workers: int, out: Optional[Path], profile, as_j
               f"(profile {profile.name}, reference {profile.latency.host_probe_ref_ms:.1f} ms); "
               f"x {f['mean']:.2f} at the mean, the speed the serving band's runs are replayed at "
               f"(--host-probe-ms {p['mean']:.1f})")
-
-
-def _scheme_check(profile: Any, scheme: str) -> dict[str, Any]:
-    """A profile's check of a quantization scheme's held-out rows against its band
-    (``fit.residuals.quantization.<scheme>``), empty where it holds none."""
-    return ((((profile.fit or {}).get("residuals") or {}).get("quantization") or {}).get(scheme)) or {}
 
 
 def _band_word(check: dict[str, Any]) -> str:

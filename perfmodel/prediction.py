@@ -892,7 +892,7 @@ def band_scope(profile: EngineProfile) -> dict[str, Any] | None:
 def measured_model_types(profile: EngineProfile) -> frozenset[str] | None:
     """The architectures (config.json ``model_type``) of the models a profile's fit compared, fitted
     on or held out (``fit.residuals.models``); None where its fit does not record them."""
-    models = (((profile.fit or {}).get("residuals") or {}).get("models")) or {}
+    models = profile.residuals("models")
     return _model_types(tuple(sorted(models))) if models else None
 
 
@@ -976,15 +976,13 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         outside.append("the profile does not say which dtype it was measured at")
     scheme = w.scheme.name
     checked = scheme != quantization.NO_QUANT and profile.quant_efficiency(scheme).band
-    measured = scheme != quantization.NO_QUANT and scheme in (
-        ((profile.fit or {}).get("residuals") or {}).get("quantization") or {})
+    measured = scheme != quantization.NO_QUANT and scheme in profile.residuals("quantization")
     # a measured scheme's alias dtype (--dtype fp8) is in scope: the check below decides
     weights = w.base_dtype if checked or measured else w.dtype
     kv = w.kv_dtype_used
-    residuals = (profile.fit or {}).get("residuals") or {}
     kv_other = scope["dtype"] is not None and kv != scope["dtype"]
     kv_checked = kv_other and kv in profile.kv_cache and profile.kv_cache[kv].band
-    kv_measured = kv_other and kv in (residuals.get("kv_cache") or {})
+    kv_measured = kv_other and kv in profile.residuals("kv_cache")
     if scope["dtype"] is not None and (scope["dtype"] != weights or (kv_other and not kv_measured)):
         outside.append(f"not measured at {w.dtype} weights with a {kv} KV cache")
     scattered = []  # (held-out points, their fit.residuals entry) checked against the band, outside it
@@ -998,7 +996,7 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         scattered.append((f"its held-out {kv} KV-cache points", ("kv_cache", kv)))
     widened = []  # those whose own scatter the band takes
     for points, (kind, name) in scattered:
-        check = residuals[kind][name]
+        check = profile.residuals(kind)[name]
         if _widen_to_own(chosen, check, regime, decode, prefill_only, phase):
             widened.append(f"{points}' own 90th percentile (fit.residuals.{kind}.{name})")
         else:

@@ -520,6 +520,12 @@ class EngineProfile(_Strict):
                              "kernel's launches or of the routed experts' activation quantization, and this "
                              "scheme has neither (specs/quantization.yaml)")
 
+    def residuals(self, key: str) -> dict[str, Any]:
+        """What the fit recorded of its residuals under ``fit.residuals.<key>`` (``models``,
+        ``quantization``, ``kv_cache``, …; :mod:`perfmodel.calibration.fit`), empty where it
+        recorded none."""
+        return (((self.fit or {}).get("residuals") or {}).get(key)) or {}
+
     def quant_efficiency(self, scheme: str) -> QuantEfficiency:
         """The efficiency multipliers of a quantization scheme's kernels (1.0 when not listed)."""
         return self.quantization.get(scheme, QuantEfficiency())
