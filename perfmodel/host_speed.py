@@ -10,7 +10,7 @@ its runs.
 A profile's host times (``latency``: ``host_step_s``, ``host_seq_s``, ``eager_layer_s``,
 ``eager_step_s``, ``eager_seq_s``, ``uncompiled_op_s``, ``piecewise_layer_s``, ``request_s``,
 ``draft_pass_s``, ``expert_sync_s``, ``mla_split_layer_s``, ``launch_serial_s``,
-``launch_serial_seq_s``) hold on a host whose probe takes
+``launch_serial_seq_s``, ``dense_layer_s``) hold on a host whose probe takes
 ``latency.host_probe_ref_ms``. On a host whose probe takes p_host ms each is multiplied by
 
     h = (p_host / p_ref) ** α_host
@@ -42,14 +42,14 @@ HOST_FACTOR: sp.Expr = (s.p_host / s.p_ref) ** s.alpha_host
 HOST_TIMES: tuple[sp.Symbol, ...] = (
     s.t_host_step, s.t_host_seq, s.t_eager_layer, s.t_eager_step, s.t_eager_seq, s.t_uncompiled,
     s.t_piece_layer, s.t_req, s.t_draft, s.t_sync, s.t_moe_host, s.t_mla_split, s.t_launch_serial,
-    s.t_launch_serial_seq,
+    s.t_launch_serial_seq, s.t_dense_launch,
 )
 
 #: The profile's ``latency`` fields that hold those host times (s each).
 HOST_LATENCY_FIELDS: tuple[str, ...] = (
     "host_step_s", "host_seq_s", "eager_layer_s", "eager_step_s", "eager_seq_s", "uncompiled_op_s",
     "piecewise_layer_s", "request_s", "draft_pass_s", "expert_sync_s", "mla_split_layer_s", "launch_serial_s",
-    "launch_serial_seq_s",
+    "launch_serial_seq_s", "dense_layer_s",
 )
 
 

@@ -384,9 +384,9 @@ def pass_time(graph: ModelGraph, subs: dict, eager: bool = False, steps: sp.Expr
     and the longer sets the pace.
 
     An eager pass cannot finish before the host has launched it: its time is
-    max(GPU time, N_layers·t_eager_layer + N_uncompiled·t_uncompiled + Σ launch_host + t_eager_step
-    + B·t_eager_seq) (the launch, its ops run from Python, and the host's work for each of the B sequences the step
-    holds; :func:`launch_floor`), unless each of its steps fits the
+    max(GPU time, (N_layers − N_dense)·t_eager_layer + N_dense·t_dense_launch + N_uncompiled·t_uncompiled
+    + Σ launch_host + t_eager_step + B·t_eager_seq) (the launch, its ops run from Python, and the host's
+    work for each of the B sequences the step holds; :func:`launch_floor`), unless each of its steps fits the
     largest captured CUDA graph, M_graph, which the engine replays: a step holds min(T, chunk)
     tokens, so the floor counts θ(T − M_graph)·θ(chunk − M_graph) times (Heaviside, θ(0) = 0;
     no chunk: θ(T − M_graph)). A step it replays runs the graph's pieces with each layer's
@@ -469,11 +469,18 @@ def uncompiled_ops(graph: ModelGraph, subs: dict) -> sp.Expr:
 def launch_floor(graph: ModelGraph, subs: dict, steps: sp.Expr = sp.Integer(1),
                  chunk: sp.Expr | None = None) -> sp.Expr:
     """The host's time of an eager pass of ``graph`` (s), the floor :func:`pass_time` holds it to:
-    θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·(N_layers·t_eager_layer + N_uncompiled·t_uncompiled
-    + Σ launch_host + t_eager_step) + B·t_eager_seq + syncs·t_sync), the ops it runs from Python
+    θ(T − M_graph)·[θ(chunk − M_graph)]·(steps·((N_layers − N_dense)·t_eager_layer + N_dense·t_dense_launch
+    + N_uncompiled·t_uncompiled + Σ launch_host + t_eager_step) + B·t_eager_seq + syncs·t_sync): an MoE
+    layer's launch (its fused-MoE op runs from Python) at t_eager_layer, a layer with a dense MLP's
+    at t_dense_launch, the profile's ``dense_layer_s`` (vllm's: what a layer of a replayed
+    piecewise graph costs the host, its attention launched between compiled pieces, which is all
+    such a layer runs from Python; a draft's prefill inside a speculative step is launched
+    otherwise: :data:`perfmodel.speculative.DRAFT_LAUNCH`) or, where it states none,
+    t_eager_layer (an engine that launches every layer op by op); the ops it runs from Python
     (:func:`uncompiled_launch`) and ``syncs`` the times it waits for the GPU
     (:func:`host_syncs`); zero for a pass whose steps fit the largest captured CUDA graph."""
-    host = (steps * (s.N_layers * s.t_eager_layer + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
+    layers = (s.N_layers - s.N_dense) * s.t_eager_layer + s.N_dense * s.t_dense_launch
+    host = (steps * (layers + s.t_eager_step) + subs.get(s.B, s.B) * s.t_eager_seq
             + host_syncs(graph, subs) * s.t_sync)
     return launched(subs, chunk) * host + uncompiled_launch(graph, subs, steps, chunk)
 
@@ -829,6 +836,8 @@ def hardware_values(gpu: GPUSpec, profile: EngineProfile, dtype: str,
         s.t_eager_layer: profile.latency.eager_layer_s, s.t_eager_step: profile.latency.eager_step_s,
         s.t_eager_seq: profile.latency.eager_seq_s, s.t_uncompiled: profile.latency.uncompiled_op_s,
         s.t_piece_layer: profile.latency.piecewise_layer_s, s.t_mla_split: profile.latency.mla_split_layer_s,
+        s.t_dense_launch: (profile.latency.eager_layer_s if profile.latency.dense_layer_s is None
+                           else profile.latency.dense_layer_s),
         s.t_launch_serial: profile.latency.launch_serial_s, s.t_launch_serial_seq: profile.latency.launch_serial_seq_s,
         s.t_draft: profile.latency.draft_pass_s, s.t_sync: profile.latency.expert_sync_s,
         s.t_req: profile.latency.request_s,
@@ -911,7 +920,8 @@ def _model_types(models: tuple[str, ...]) -> frozenset[str]:
 
 def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
                regime: str = GPU_BOUND, decode: str = GPU_BOUND,
-               phase: str = "request", model_type: str | None = None) -> tuple[dict[str, Any] | None, str]:
+               phase: str = "request", model_type: str | None = None,
+               dense: bool = False) -> tuple[dict[str, Any] | None, str]:
     """The profile's error band if the prediction lies where the band was measured, and a line
     saying so or why not.
 
@@ -933,7 +943,11 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
     token, E2E is the prefill and the throughput its tokens over it: both take TTFT's band; a
     decode step's throughput (its sequences over it) takes the step's. A model of an architecture
     (``model_type``) no model of the fit's was of is outside (:func:`measured_model_types`): the
-    band's held-out models stand for new shapes of the architectures measured, not for others.
+    band's held-out models stand for new shapes of the architectures measured, not for others. The
+    band is the MoE models'; a ``dense`` model (no layer routes tokens to experts) takes it where
+    the fit's held-out dense models lie within it, is widened to their own 90th percentiles as a
+    scheme's are where they lie outside (``fit.residuals.architecture.dense``), and has none
+    where the fit held out no dense model.
     """
     band = profile.error_band
     if band is None:
@@ -994,6 +1008,11 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
                        + (f" on {profile.gpu} (its kernels carried from {carried}'s fit)" if carried else ""))
     if kv_measured and not kv_checked:
         scattered.append((f"its held-out {kv} KV-cache points", ("kv_cache", kv)))
+    dense_check = profile.residuals("architecture").get("dense") if dense else None
+    if dense and dense_check is None:
+        outside.append("no dense model held out in its fit (the band is the MoE models')")
+    elif dense and not dense_check["within"]:
+        scattered.append(("its held-out dense-model points", ("architecture", "dense")))
     widened = []  # those whose own scatter the band takes
     for points, (kind, name) in scattered:
         check = profile.residuals(kind)[name]
@@ -1008,6 +1027,8 @@ def error_band(profile: EngineProfile, gpu: GPUSpec, w: Workload,
         where += f", its held-out {scheme} points within it"
     if kv_checked:
         where += f", its held-out {kv} KV-cache points within it"
+    if dense_check is not None and dense_check["within"]:
+        where += ", its held-out dense-model points within it"
     if w.moe_impl == "unfused":
         outside.append("the band is the fused MoE's, not the unfused one's")
     if w.gpus != n:
@@ -1197,7 +1218,7 @@ def evaluate(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, workload: W
     ops = op_rows(outputs.ops)
     metrics = _metrics(totals, gpu, profile)
     band, band_note = error_band(profile, gpu, workload, prefill_regime(totals, profile.options.prefill_eager),
-                                 decode_regime(metrics), phase, model.model_type)
+                                 decode_regime(metrics), phase, model.model_type, not model.is_moe)
     provenance = {
         "profile": profile.name, "engine": profile.engine, "gpu": gpu.name,
         "calibrated": profile.calibrated,

@@ -110,6 +110,11 @@ class Latency(_Strict):
         default=0.0, description="Host time per layer of a prefill an eager-prefill engine replays "
         "from piecewise CUDA graphs (the attention between the graph's pieces is launched from the "
         "host), serial with the pass's GPU work.")
+    dense_layer_s: NonNegativeFloat | None = Field(
+        default=None, description="Host time per layer with a dense MLP in a launched prefill, where "
+        "it differs from an MoE layer's eager_layer_s: vLLM launches only such a layer's attention "
+        "between compiled pieces (its piecewise_layer_s), where an MoE layer's fused-MoE op runs "
+        "from Python. None: eager_layer_s (an engine that launches every layer op by op).")
     mla_split_layer_s: NonNegativeFloat = Field(
         default=0.0, description="Host time per MLA layer of an engine step that holds prompt tokens "
         "beside decodes: the engine runs such a step's attention as two paths, the prompts' over "

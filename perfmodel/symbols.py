@@ -113,6 +113,7 @@ t_eager_seq = sp.Symbol("t_eager_seq", nonnegative=True)  #: host time per seque
 t_uncompiled = sp.Symbol("t_uncompiled", nonnegative=True)  #: host time per uncompiled op of an eager step, s
 t_moe_host = sp.Symbol("t_moe_host", nonnegative=True)  #: host time per layer of a scheme's MoE kernel launched from Python, s
 t_piece_layer = sp.Symbol("t_piece_layer", nonnegative=True)  #: host time per layer of a piecewise-graph pass, s
+t_dense_launch = sp.Symbol("t_dense_launch", nonnegative=True)  #: host time per dense-MLP layer of a launched pass, s
 t_launch_serial = sp.Symbol("t_launch_serial", nonnegative=True)  #: host time of a launched step its GPU work does not hide, s
 t_launch_serial_seq = sp.Symbol("t_launch_serial_seq", nonnegative=True)  #: what each further sequence adds to it, s
 t_mla_split = sp.Symbol("t_mla_split", nonnegative=True)  #: host time per MLA layer of a step holding prompts beside decodes, s

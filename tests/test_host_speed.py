@@ -74,7 +74,7 @@ def test_every_host_time_is_a_latency_of_the_profile():
     names = {sym.name for sym in HOST_TIMES}
     assert {"t_host_step", "t_host_seq", "t_eager_layer", "t_eager_step", "t_eager_seq", "t_uncompiled",
             "t_piece_layer", "t_req", "t_draft", "t_sync", "t_moe_host", "t_mla_split", "t_launch_serial",
-            "t_launch_serial_seq"} == names
+            "t_launch_serial_seq", "t_dense_launch"} == names
     assert all(isinstance(sym, sp.Symbol) for sym in HOST_TIMES)
 
 

@@ -307,7 +307,7 @@ def test_no_band_for_an_architecture_no_measured_model_had(model, model_type):
     assert model_type not in measured_model_types(load_profile("vllm", "h200-sxm"))
     p = predict(model)
     assert p.provenance["error_band"] is None and p.intervals() is None
-    assert p.provenance["error_band_note"].startswith(f"no band: no {model_type} model measured")
+    assert f"no {model_type} model measured" in p.provenance["error_band_note"]
     # a hypothetical shape of a measured architecture keeps it
     assert predict("mixtral-8x7b", overrides=["num_experts=16"]).provenance["error_band"] is not None
 

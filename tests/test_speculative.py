@@ -17,6 +17,7 @@ from perfmodel.errors import InputError
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.phases import decode_substitutions, verify_substitutions
 from perfmodel.profile import load_profile
+from perfmodel.specs.model import load_model
 from perfmodel.speculative import PLAIN_DECODE_ONLY, alpha, expected_tokens, gamma
 from perfmodel.symbols import B, C, Cw, L, P, Pw, T, W
 
@@ -102,15 +103,21 @@ def test_a_step_is_the_drafts_passes_and_one_verify_pass(spec, tmp_path):
     assert math.isclose(record["tokens_per_step"], (1 - 0.7**4) / 0.3, rel_tol=1e-12)
     # TTFT: the target's prefill, then inside its step the draft's prefill without what the step
     # already paid (its fixed GPU time, an eager step's host time and host time per sequence:
-    # the draft alone under a profile without them) and γ − 1 draft passes at their GPU time (no
-    # proposer host time)
+    # the draft alone under a profile without them, its dense layers launched at an MoE layer's
+    # host time: speculative.DRAFT_LAUNCH) and γ − 1 draft passes at their GPU time (no proposer
+    # host time)
     data = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())
-    data["latency"].update(per_step_s=0.0, eager_step_s=0.0, eager_seq_s=0.0)
+    data["latency"].update(per_step_s=0.0, eager_step_s=0.0, eager_seq_s=0.0,
+                           dense_layer_s=data["latency"]["eager_layer_s"])
     (tmp_path / "in-step.yaml").write_text(yaml.safe_dump(data))
     in_step = predict(DRAFT, **WORK, engine=str(tmp_path / "in-step.yaml"), gpu="h200-sxm", phase="prefill")
     target_alone = predict(TARGET, **WORK)  # its TTFT holds the call's requests, once
     passes = 2 * (draft_alone.metrics["decode_step_s"] - T_STEP)
-    assert 0 < in_step.metrics["prefill_s"] < draft_alone.metrics["prefill_s"] - T_STEP
+    # 8,192 prompt tokens: launched from the host, every layer at an MoE layer's host time (the
+    # step's own host times are zero in this profile)
+    layers = load_model(DRAFT).n_layers
+    assert in_step.metrics["prefill_launch_s"] == pytest.approx(layers * data["latency"]["eager_layer_s"], rel=1e-9)
+    assert 0 < in_step.metrics["prefill_s"]
     assert math.isclose(spec.metrics["ttft_s"], target_alone.metrics["ttft_s"]
                         + in_step.metrics["prefill_s"] + passes, rel_tol=1e-9)
     one_more = predict(TARGET, **WORK, **{**SPEC, "spec_tokens": 4}, spec_accept=0.7)

@@ -406,7 +406,8 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
     that of the fused MoE's grouped GEMMs, which the staged block runs too: its rows, all
     MXFP4's, are checked with their scheme's); quantized rows count in the residuals and are
     checked against the band per scheme (:func:`band_check`), not in it (the band is stated at the profile's dtype), and
-    so are rows whose KV cache was stored in another dtype, per dtype (``kv_cache``). TTFT
+    so are rows whose KV cache was stored in another dtype, per dtype (``kv_cache``), and rows of
+    dense models, whatever their scheme (``architecture.dense``: the band is the MoE models'). TTFT
     gets a band per regime of the prefill (:func:`perfmodel.prediction.prefill_regime`) where
     the launch-bound and the GPU-bound ones each have at least :data:`MIN_REGIME_POINTS`
     held-out points: ``ttft`` (GPU-bound),
@@ -440,6 +441,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         raise SpecError(f"{results} holds no held-out rows: nothing to state an error band from")
     excluded = {r["point_id"] for r in rows if band_exclude is not None and band_exclude(r)}
     checked = points[(points["split"] == "held-out") & ~points["point_id"].isin(excluded)]
+    # the band is the MoE models'; a dense model's held-out points are checked against it apart
+    dense = checked[checked["dense"]] if "dense" in checked else checked.iloc[:0]
+    checked = checked[~checked["dense"]] if "dense" in checked else checked
     # the band is stated at the profile's own dtype, weights and KV cache; a quantization scheme's
     # rows, and a KV-cache dtype's, are checked against it; speculative rows are not in it (their
     # predictions carry no band, and their TTFT adds the draft's prefill)
@@ -517,6 +521,9 @@ def held_out_residuals(profile: dict[str, Any], results: Path, gpu: str, train: 
         caches = {kv: band_check(part, band) for kv, part in unquantized.groupby("kv_cache") if kv != "model"}
         if caches:
             stats["kv_cache"] = caches
+    dense = dense[~dense["speculative"]] if "speculative" in dense else dense
+    if not dense.empty:  # every scheme of theirs together: their prefills set them apart, in bf16 and fp8 alike
+        stats["architecture"] = {"dense": band_check(dense, band)}
     return stats, band
 
 

@@ -47,6 +47,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   requests: a prefill step takes at least that host time (``prefill_eager``), unless the
   prefill's B·S tokens fit the largest captured graph (``cudagraph_max_tokens``: 512, vLLM's
   default cap; each measured row states its own capture sizes), which is replayed.
+  ``eager_layer_s`` is an MoE layer's (its fused-MoE op, opaque to the compiler, runs from
+  Python); a layer with a dense MLP launches only its attention between compiled pieces, and its
+  ``dense_layer_s`` is ``piecewise_layer_s``, once fitted (:func:`perfmodel.prediction.launch_floor`):
+  the training models are MoE throughout, and the H100's dense models, held out, check it.
 - ``uncompiled_op_s``: the host's time, in such a launched step, for each op vLLM runs from
   Python inside an opaque custom op rather than in its compiled code: the shared experts, which
   the fused-MoE op (``moe_forward_shared``) calls op by op (:attr:`perfmodel.ops.base.Op.uncompiled`).
@@ -795,8 +799,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         if mla_split is not None:
             base["latency"]["mla_split_layer_s"] = mla_split
         piecewise, piecewise_points = fit_piecewise_layer(one_gpu_rows(all_rows), base, gpu, train)
-        if piecewise is not None:
-            base["latency"]["piecewise_layer_s"] = piecewise
+        if piecewise is not None:  # and a dense layer's launch: its attention between compiled pieces alone
+            base["latency"]["piecewise_layer_s"] = base["latency"]["dense_layer_s"] = piecewise
         launch_noise, noise_record, noise_runs = fit_launch_noise(base, gpu, train, results_dir=results.parent)
         if launch_noise is not None:
             base["latency"]["launch_noise"] = launch_noise

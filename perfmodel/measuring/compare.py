@@ -502,7 +502,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
     ``decode_regime``: what sets its predicted decode step, :func:`perfmodel.prediction.decode_regime`;
     ``quant``: the quantization scheme it ran (:func:`row_quant`, ``none`` unquantized);
     ``speculative``: it ran speculative decoding; ``what_if``: what it changed from its model as
-    built, :func:`row_what_ifs` joined by ``; ``, empty for none); ``ops`` the predicted per-op
+    built, :func:`row_what_ifs` joined by ``; ``, empty for none; ``dense``: its model, as it ran,
+    routes no token to experts); ``ops`` the predicted per-op
     decode-step time (whole step, s) and the measured kernel split of the same step, by category,
     per point: the step predicted at the context the profile measured (:func:`profiled_context`)
     where the engine attends the context, else the request's mean step.
@@ -561,7 +562,8 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
                                                             p.provenance["options"]["prefill_eager"]),
                            "decode_regime": decode_regime(p.metrics),
                            "quant": quant or "none", "kv_cache": row_kv_dtype(row) or "model",
-                           "speculative": bool(speculation), "what_if": "; ".join(what_ifs)})
+                           "speculative": bool(speculation), "what_if": "; ".join(what_ifs),
+                           "dense": not spec.is_moe})
         profile = row.get("decode_profile") or {}
         measured_split = profile.get("split_ms") or {}
         # an engine that attends its whole allocated cache costs every step alike: the mean is it

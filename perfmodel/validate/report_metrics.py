@@ -47,6 +47,12 @@ ENGINE_PROCESS_SPLIT = "held-out, engine core apart"
 #: The split of a transfer's held-out points (``validate --fitted-on``) at a quantization scheme or
 #: KV-cache dtype the carried profile was never fitted in, on its own GPU's rows or its anchor's.
 UNFITTED_SPLIT = "held-out, scheme not fitted"
+#: The split of held-out points of dense models (no layer routes tokens to experts): the targets
+#: are stated for MoE models, which a dense model's easier decode steps would flatter; a dense
+#: model's predictions take the MoE models' band where its held-out points lie within it, and
+#: their own 90th percentile where wider (``fit.residuals.architecture.dense``,
+#: :func:`perfmodel.calibration.fit.band_check`).
+DENSE_SPLIT = "held-out, dense"
 #: Held-out points that measured something other than what the model describes, by split, with
 #: what they measured: reported with their MAPE, apart from the verdict (the error band leaves
 #: them out for the same reasons: ``fit.band_excludes`` of a vllm profile).
@@ -56,6 +62,9 @@ APART = {
                            "while it steps, where the model admits the batch before its first step"),
     UNFITTED_SPLIT: ("at a quantization scheme or KV-cache dtype the carried profile was never fitted in "
                      "(its kernels at the bf16 kernels' rates: not a transfer between GPUs)"),
+    DENSE_SPLIT: ("of dense models (no routed experts), beside the targets, which are stated for MoE models; "
+                  "their predictions take the band where these points lie within it, else their own "
+                  "90th percentile (fit.residuals.architecture.dense)"),
 }
 SPLITS = ("held-out", "train", *APART)
 SOURCE_KEYS = ("mode", "date", "gpu", "driver", "torch", "transformers", "results_file",

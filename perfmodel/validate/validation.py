@@ -16,7 +16,8 @@ from typing import Any
 from perfmodel.errors import InputError
 from perfmodel.paths import ROOT, results_file
 from perfmodel.templating import check_out_dir
-from perfmodel.validate.report_metrics import COLLAPSED_SPLIT, ENGINE_PROCESS_SPLIT, UNFITTED_SPLIT, measured_span
+from perfmodel.validate.report_metrics import (COLLAPSED_SPLIT, DENSE_SPLIT, ENGINE_PROCESS_SPLIT, UNFITTED_SPLIT,
+                                               measured_span)
 
 #: Where a report goes without --out: reports/validate/<model> in the working directory.
 REPORTS_DIR = Path("reports") / "validate"
@@ -127,7 +128,8 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
     their split of :data:`~perfmodel.validate.report_metrics.APART`, in place: those of the
     (model, quantization, routing) groups whose routing collapsed
     (:func:`perfmodel.measuring.routing_floor.collapsed_routing`), then those of engines whose
-    core ran in a process of its own (:func:`perfmodel.measuring.compare.row_engine_process`).
+    core ran in a process of its own (:func:`perfmodel.measuring.compare.row_engine_process`),
+    then the rest of dense models' (:data:`~perfmodel.validate.report_metrics.DENSE_SPLIT`).
     Returns the source lines that say which."""
     from perfmodel.measuring.compare import row_engine_process
     from perfmodel.measuring.routing_floor import collapsed_routing, group_name, routing_group
@@ -139,6 +141,8 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
     points.loc[held & collapsed, "split"] = COLLAPSED_SPLIT
     apart = points["point_id"].isin({r.get("point_id") for r in ok if row_engine_process(r)})
     points.loc[held & ~collapsed & apart, "split"] = ENGINE_PROCESS_SPLIT
+    dense = held & ~collapsed & ~apart & (points["dense"] if "dense" in points else False)
+    points.loc[dense, "split"] = DENSE_SPLIT
     lines = {}
     if groups:
         lines["routing_collapsed"] = (
@@ -150,6 +154,11 @@ def _set_apart(points, rows: list[dict[str, Any]], gpu: str) -> dict[str, str]:
             f"{points.loc[held & ~collapsed & apart, 'point_id'].nunique()} held-out points "
             "whose vLLM engine core ran in a process of its own (mp=1): the split "
             f"'{ENGINE_PROCESS_SPLIT}', apart from the verdict")
+    if dense.any():
+        lines["dense_models"] = (
+            f"{points.loc[dense, 'point_id'].nunique()} held-out points of dense models "
+            f"({', '.join(sorted(set(points.loc[dense, 'model'])))}): the split '{DENSE_SPLIT}', apart from "
+            "the verdict, whose targets are stated for MoE models; their error is stated beside it")
     return lines
 
 
