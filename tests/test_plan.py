@@ -458,14 +458,15 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     """One engine on one H200 in bf16, colocated: the profile's serving band (from held-out
     measured serving runs), saying the runs were replayed at their hosts' speeds; a quantization
     scheme carries it where its own serving runs lie within it, and says how many; a scheme whose
-    runs lie outside, one never served, an fp8 KV cache or another GPU: no band, and why."""
+    runs lie outside, one never served, an fp8 KV cache, another GPU or a dense model (every
+    serving run is an MoE model's): no band, and why."""
     from perfmodel.planning.answer import answer
     from perfmodel.planning.question import PlanQuestion
     from perfmodel.planning.search import run_search
     from perfmodel.profile import ServingSchemeCheck, load_profile
 
-    def plan(**search):
-        q = PlanQuestion(model="olmoe", traffic={"rate": 2, "input_len": 256, "output_len": 32},
+    def plan(model="olmoe", **search):
+        q = PlanQuestion(model=model, traffic={"rate": 2, "input_len": 256, "output_len": 32},
                          slo={"ttft_p90": 2.0, "itl_p90": 0.1}, search={"max_gpus": 1, **search},
                          simulation={"requests": 60, "warmup": 20})
         (p,) = answer(run_search(q), sweep=False)["profile"]
@@ -500,6 +501,9 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     assert own.carried_from is None and h100["serving_error_band"]["runs"] == own.runs != band.runs
     assert "carried" not in h100["serving_error_band_note"]
     assert h100["serving_error_band"]["itl_p50"] == own.itl_p50
+    dense = plan(model="qwen3-0.6b", gpus=["h100"])  # its offline band: the dense models' check
+    assert dense["serving_error_band"] is None and "no dense model was served" in dense["serving_error_band_note"]
+    assert dense["error_band"] is not None and "dense-model points" in dense["error_band_note"]
 
 
 def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(monkeypatch):

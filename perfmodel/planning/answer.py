@@ -127,8 +127,11 @@ def frontiers(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any] | None, str]:
     """The profile's serving error band (:class:`perfmodel.profile.ServingBand`) where the
-    deployment lies where it was measured (one engine on one GPU of the profile's own type, in
-    the dtype of its fit, prefill and decode colocated), and a line saying so or why not."""
+    deployment lies where it was measured (an MoE model, one engine on one GPU of the profile's own
+    type, in the dtype of its fit, prefill and decode colocated), and a line saying so or why not.
+    Every serving run is an MoE model's: a dense model's plan has none, as its offline predictions
+    take the MoE models' band only where held-out dense models were checked against it
+    (:func:`perfmodel.prediction.error_band`), and none was served."""
     from perfmodel.prediction import band_scope
 
     band = setup.profile.serving_error_band
@@ -137,6 +140,8 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     scope = band_scope(setup.profile) or {}
     own = scope.get("dtype")
     outside = []
+    if not plan.model.is_moe:
+        outside.append("measured on MoE models' runs (no dense model was served)")
     if setup.offer.gpu.name != setup.profile.gpu:
         outside.append(f"measured on {setup.profile.gpu}, not {setup.offer.gpu.name}")
     if pool.engine.layout.gpus != 1:
