@@ -393,7 +393,7 @@ class ErrorBand(_Strict):
 
 
 class ServingSchemeCheck(_Strict):
-    """A quantization scheme's serving runs against the band (held out, kept up)."""
+    """A quantization scheme's serving runs, or the dense models', against the band (held out, kept up)."""
 
     runs: PositiveInt
     within: bool = Field(description="Every metric's 90th-percentile |error| at most the band's.")
@@ -421,7 +421,7 @@ class ServingBand(_Strict):
     (:mod:`perfmodel.calibration.fit_serving_band`), or where the profile's GPU has too few of
     them, its anchor's band as far as the runs it has check it (``carried_from``, ``own_runs``);
     ``schemes``: the runs of each quantization scheme (or fp8 KV cache, ``bf16 kv-fp8``) checked
-    against it."""
+    against it; ``dense``: the dense models' runs checked against it."""
 
     ttft_p50: NonNegativeFloat | None = None
     ttft_p90: NonNegativeFloat | None = None
@@ -437,6 +437,9 @@ class ServingBand(_Strict):
                                   "one; ``runs`` are that GPU's (perfmodel.calibration.fit_serving_band.carried_band).")
     own_runs: ServingSchemeCheck | None = Field(
         default=None, description="This GPU's own runs against a carried band: a metric they lie outside is left out.")
+    dense: ServingSchemeCheck | None = Field(
+        default=None, description="The dense models' runs (every scheme) against the band, which is the MoE "
+                                  "models': a dense model's plan carries it as far as they lie within it.")
     accuracy: ServingAccuracy | None = Field(
         default=None, description="This GPU's held-out runs in the band's dtype that kept up: median |error| and "
                                   "share within target per metric.")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from perfmodel.calibration.fit_serving_band import MIN_RUNS, fit_serving_band, serving_files
+from perfmodel.calibration.fit_serving_band import DENSE, MIN_RUNS, fit_serving_band, serving_files
 from perfmodel.measuring.serving_replay import TARGETS
 from perfmodel.paths import PROFILES_DIR, RESULTS_DIR
 
@@ -132,14 +132,25 @@ def test_the_h100s_band_is_its_own_once_it_has_enough_runs_that_kept_up():
     from perfmodel.profile import load_profile
 
     band = load_profile("vllm", "h100-sxm").serving_error_band
-    errors, runs = serving_errors(PROFILES_DIR / "h100-sxm-vllm.yaml", "h100-sxm",
-                                  serving_files("h100-sxm"))["bf16"]
+    groups = serving_errors(PROFILES_DIR / "h100-sxm-vllm.yaml", "h100-sxm", serving_files("h100-sxm"))
+    errors, runs = groups["bf16"]
     assert band.carried_from is None and band.runs == len(runs) >= MIN_RUNS
     files = {path.name for path in serving_files("h100-sxm")}
-    assert {"h100-vllm-serving.jsonl", "h100-vllm-serving-repeat.jsonl"} <= files
+    assert {"h100-vllm-serving.jsonl", "h100-vllm-serving-repeat.jsonl", "h100-vllm-serving-dense.jsonl"} <= files
     assert all(r.split(":")[0] in files for r in runs)  # every H100 serving file, none of the H200's
     for metric, values in errors.items():
         assert getattr(band, metric) == pytest.approx(np.percentile(values, 90), rel=1e-3), metric
+    # the dense models' runs (Llama-3.1-8B, Qwen3-8B in fp8 among them) are not the band's: they
+    # are checked against it apart, whatever their scheme
+    dense_errors, dense_runs = groups[DENSE]
+    assert not any(r.startswith("h100-vllm-serving-dense.jsonl") for r in runs)
+    assert {r.split(":")[0] for r in dense_runs} == {"h100-vllm-serving-dense.jsonl"}
+    assert any("quant=fp8" in r for r in dense_runs)
+    assert not any(r.startswith("h100-vllm-serving-dense.jsonl") for r in groups["fp8"][1])
+    assert band.dense.runs == len(dense_runs) >= MIN_RUNS
+    for metric, values in dense_errors.items():
+        assert band.dense.errors[metric] == pytest.approx(np.percentile(values, 90), rel=1e-3), metric
+    assert band.dense.within == all(v <= getattr(band, m) for m, v in band.dense.errors.items())
 
 
 def test_a_scheme_served_outside_the_band_with_runs_enough_plans_with_its_own(capsys):

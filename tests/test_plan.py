@@ -458,8 +458,9 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     """One engine on one H200 in bf16, colocated: the profile's serving band (from held-out
     measured serving runs), saying the runs were replayed at their hosts' speeds; a quantization
     scheme carries it where its own serving runs lie within it, and says how many; a scheme whose
-    runs lie outside, one never served, an fp8 KV cache, another GPU or a dense model (every
-    serving run is an MoE model's): no band, and why."""
+    runs lie outside, one never served, an fp8 KV cache, another GPU: no band, and why. A dense
+    model (the band is the MoE models' runs') takes it as far as the dense models' served runs,
+    checked apart, lie within it; where none was served, none."""
     from perfmodel.planning.answer import answer
     from perfmodel.planning.question import PlanQuestion
     from perfmodel.planning.search import run_search
@@ -501,9 +502,29 @@ def test_a_plan_carries_the_serving_band_where_it_was_measured(monkeypatch):
     assert own.carried_from is None and h100["serving_error_band"]["runs"] == own.runs != band.runs
     assert "carried" not in h100["serving_error_band_note"]
     assert h100["serving_error_band"]["itl_p50"] == own.itl_p50
+    # a dense model: the H100's dense runs, checked against its band apart, lie outside it with runs
+    # enough, and each metric takes the wider of it and theirs; on the H200 none was served
+    checked = own.dense
+    assert checked is not None and checked.runs >= 5 and not checked.within and checked.own_band
     dense = plan(model="qwen3-0.6b", gpus=["h100"])  # its offline band: the dense models' check
-    assert dense["serving_error_band"] is None and "no dense model was served" in dense["serving_error_band_note"]
+    for metric in ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90", "served_tok_s"):
+        assert dense["serving_error_band"][metric] == pytest.approx(
+            max(getattr(own, metric), checked.errors[metric])), metric
+    assert (f"its {checked.runs} runs of dense models lie outside it, and each metric takes the wider"
+            in dense["serving_error_band_note"])
     assert dense["error_band"] is not None and "dense-model points" in dense["error_band_note"]
+    monkeypatch.setitem(own.__dict__, "dense", ServingSchemeCheck(runs=3, within=False, errors={"ttft_p50": 1.0}))
+    few = plan(model="qwen3-0.6b", gpus=["h100"])
+    assert few["serving_error_band"] is None
+    assert ("measured on MoE models' runs; its 3 runs of dense models lie outside it (ttft_p50 100% against "
+            f"±{own.ttft_p50:.0%})") in few["serving_error_band_note"]
+    monkeypatch.setitem(own.__dict__, "dense", ServingSchemeCheck(runs=3, within=True, errors={"ttft_p50": 0.0}))
+    inside = plan(model="qwen3-0.6b", gpus=["h100"])
+    assert inside["serving_error_band"]["ttft_p50"] == own.ttft_p50
+    assert "its 3 runs of dense models lie within it" in inside["serving_error_band_note"]
+    unserved = plan(model="qwen3-0.6b", gpus=["h200"])
+    assert band.dense is None and unserved["serving_error_band"] is None
+    assert "no dense model was served" in unserved["serving_error_band_note"]
 
 
 def test_a_plan_of_a_quantized_checkpoint_says_so_and_carries_no_serving_band(monkeypatch):

@@ -133,3 +133,15 @@ def test_the_readme_states_the_h200_serving_accuracy_as_the_profile_records_it()
         f"ITL p50 ±{_pct(serving['itl_p50'], 1)}, p90 ±{_pct(serving['itl_p90'])}.")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert expected in readme, f"README's H200 serving figures should read: {expected}"
+
+
+def test_the_readme_states_a_dense_plans_serving_band_as_the_h100_profile_records_it():
+    """The serving band a dense model's plan takes on the H100: the dense models' runs checked
+    against the MoE models' band (serving_error_band.dense), their own 90th percentile where wider."""
+    serving = yaml.safe_load((PROFILE.parent / "h100-sxm-vllm.yaml").read_text())["serving_error_band"]
+    dense = serving["dense"]
+    assert dense["own_band"] and not dense["within"]
+    ttft, itl = (max(serving[m], dense["errors"][m]) for m in ("ttft_p50", "itl_p50"))
+    expected = f"takes their own 90th percentile, TTFT p50 ±{_pct(ttft)} and ITL p50 ±{_pct(itl)}, and"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert expected in readme, f"README's dense serving band should read: {expected}"

@@ -19,6 +19,9 @@ of a quantization scheme (``--quantization fp8``, a GPTQ checkpoint: w4a16…) o
 cache are checked against it instead, as the offline rows of a scheme are
 (:func:`scheme_checks`): each scheme's |errors| at their 90th percentile, metric by metric,
 and whether every one lies within the band; a plan in that scheme carries the band only then.
+The runs of a dense model (no routed experts), whatever their scheme, are checked against it
+apart (``dense``), as its offline rows are (``fit.residuals.architecture.dense``): the band is
+the MoE models', and a dense model's plan carries it only as far as they lie within it.
 
 A GPU with fewer than :data:`MIN_RUNS` such runs of its own, whose fit is anchored on another
 GPU's (:mod:`perfmodel.calibration.fit_anchor`), takes the anchor's band where its own runs
@@ -47,6 +50,8 @@ from perfmodel.paths import RESULTS_DIR
 BAND_PERCENTILE = 90.0
 #: Fewest runs behind a band.
 MIN_RUNS = 5
+#: The group of :func:`serving_errors` that holds every dense model's runs, whatever their scheme.
+DENSE = "dense"
 
 
 def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
@@ -59,14 +64,17 @@ def serving_files(gpu: str, results_dir: Path | None = None) -> list[Path]:
 
 def serving_errors(profile_path: Path, gpu: str, files: Iterable[Path],
                    fitted: Iterable[tuple[str, str]] = ()) -> dict[str, tuple[dict[str, list[float]], list[str]]]:
-    """Per scheme (:func:`perfmodel.measuring.serving_replay.serving_scheme`): the |relative
-    error| per metric over the held-out serving runs that kept up, replayed on the profile at
-    ``profile_path``, and those runs (``file name:point id``); ``fitted``: the runs a parameter
-    was fitted on, as (file name, point id)."""
+    """Per scheme (:func:`perfmodel.measuring.serving_replay.serving_scheme`) of the MoE models'
+    runs, and :data:`DENSE` for every dense model's: the |relative error| per metric over the
+    held-out serving runs that kept up, replayed on the profile at ``profile_path``, and those
+    runs (``file name:point id``); ``fitted``: the runs a parameter was fitted on, as (file
+    name, point id)."""
     from perfmodel.errors import PerfModelError
+    from perfmodel.measuring.compare import row_overrides
     from perfmodel.measuring.results import read_rows
     from perfmodel.measuring.serving_replay import (METRICS, gpu_spec_name, measured_overload, predict_row,
                                                    replayed_values, serving_scheme)
+    from perfmodel.specs.model import load_model
 
     skip = set(fitted)
     out: dict[str, tuple[dict[str, list[float]], list[str]]] = {}
@@ -78,9 +86,11 @@ def serving_errors(profile_path: Path, gpu: str, files: Iterable[Path],
                 continue
             try:
                 pred = predict_row(row, gpu_spec_name(row.get("gpu_name"), gpu), engine=str(profile_path))
+                dense = not load_model(row["model"], row_overrides(row)).is_moe
             except PerfModelError:
                 continue
-            errors, runs = out.setdefault(serving_scheme(row), ({m: [] for m in METRICS}, []))
+            group = DENSE if dense else serving_scheme(row)
+            errors, runs = out.setdefault(group, ({m: [] for m in METRICS}, []))
             runs.append(f"{path.name}:{row['point_id']}")
             for metric, (measured, value) in replayed_values(row, pred).items():
                 if measured and value is not None:
@@ -158,7 +168,7 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
     ``anchor`` (the anchoring GPU and its profile's serving band) gives one those runs check
     (:func:`carried_band`); ``fitted``: the serving runs a parameter was fitted on, as (file
     name, point id). The runs of every other scheme are checked against it (``schemes``,
-    :func:`scheme_checks`)."""
+    :func:`scheme_checks`), and the dense models' runs apart (``dense``)."""
     from perfmodel.calibration.fit import write_profile
     from perfmodel.profile import load_profile
 
@@ -172,6 +182,7 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
         finally:
             load_profile.cache_clear()  # the temporary profile is gone
     errors, runs = schemes.pop(dtype, ({}, []))
+    dense = schemes.pop(DENSE, None)
     if len(runs) < MIN_RUNS:
         if anchor is None or not anchor[1]:
             return None
@@ -194,4 +205,6 @@ def fit_serving_band(profile: dict[str, Any], gpu: str, fitted: Iterable[tuple[s
             for metric, values in other.items():
                 merged.setdefault(metric, []).extend(values)
         band["accuracy_all_schemes"] = accuracy(merged, len(runs) + sum(len(r) for _, r in schemes.values()))
+    if dense is not None:
+        band["dense"] = scheme_checks(band, {DENSE: dense})[DENSE]
     return band

@@ -125,13 +125,31 @@ def frontiers(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "cost_vs_ttft": pareto(points, "ttft_p90_s", "usd_per_million_output_tokens", False, False)}
 
 
+def _band_check(band, check, runs: str) -> tuple[str, dict[str, float], str]:
+    """What a plan takes from a group's serving runs checked against ``band``
+    (:class:`perfmodel.profile.ServingSchemeCheck`; ``runs`` names them, e.g. "fp8 runs"): the
+    clause saying so, the metrics to widen to their own 90th percentile (outside the band, with
+    runs enough), and why there is no band (outside it, with too few), one of the two empty."""
+    if check.within:
+        return f"; its {check.runs} {runs} lie within it", {}, ""
+    if check.own_band:
+        return (f"; its {check.runs} {runs} lie outside it, and each metric takes the wider of it and their "
+                f"own 90th percentile"), dict(check.errors), ""
+    worst = max((m for m in check.errors if getattr(band, m, None) is not None),
+                key=lambda m: check.errors[m] / getattr(band, m), default=None)
+    return "", {}, (f"its {check.runs} {runs} lie outside it"
+                    + (f" ({worst} {check.errors[worst]:.0%} against ±{getattr(band, worst):.0%})" if worst else ""))
+
+
 def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any] | None, str]:
     """The profile's serving error band (:class:`perfmodel.profile.ServingBand`) where the
-    deployment lies where it was measured (an MoE model, one engine on one GPU of the profile's own
-    type, in the dtype of its fit, prefill and decode colocated), and a line saying so or why not.
-    Every serving run is an MoE model's: a dense model's plan has none, as its offline predictions
-    take the MoE models' band only where held-out dense models were checked against it
-    (:func:`perfmodel.prediction.error_band`), and none was served."""
+    deployment lies where it was measured (one engine on one GPU of the profile's own type, in the
+    dtype of its fit, prefill and decode colocated), and a line saying so or why not. The band is
+    the MoE models' runs': a dense model's plan carries it as far as the dense models'
+    served runs, checked against it apart (``dense``), lie within it (each metric at the wider of
+    it and their own 90th percentile where they lie outside it with runs enough), and none
+    where no dense model was served, as its offline predictions take the MoE models' band only
+    where held-out dense models were checked against it (:func:`perfmodel.prediction.error_band`)."""
     from perfmodel.prediction import band_scope
 
     band = setup.profile.serving_error_band
@@ -140,8 +158,15 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     scope = band_scope(setup.profile) or {}
     own = scope.get("dtype")
     outside = []
+    checked = ""
+    widen: dict[str, float] = {}  # runs outside the band with runs enough for their own: per metric, the wider
     if not plan.model.is_moe:
-        outside.append("measured on MoE models' runs (no dense model was served)")
+        if band.dense is None:
+            outside.append("measured on MoE models' runs (no dense model was served)")
+        else:
+            checked, widen, out = _band_check(band, band.dense, "runs of dense models")
+            if out:
+                outside.append(f"measured on MoE models' runs; {out}")
     if setup.offer.gpu.name != setup.profile.gpu:
         outside.append(f"measured on {setup.profile.gpu}, not {setup.offer.gpu.name}")
     if pool.engine.layout.gpus != 1:
@@ -149,21 +174,13 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
     kv = setup.kv_dtype if setup.kv_dtype not in (None, own) else None
     scheme = weights_text(setup.dtype, kv)  # a checkpoint stored quantized is searched as its scheme
     check = band.schemes.get(scheme) if own is not None and scheme != own else None
-    checked = ""
-    widen = {}  # a scheme outside the band with runs enough for its own: per metric, the wider
     if check is not None:  # a scheme whose serving runs were checked against the band
-        if check.within:
-            checked = f"; its {check.runs} {scheme} runs lie within it"
-        elif check.own_band:
-            widen = check.errors
-            checked = (f"; its {check.runs} {scheme} runs lie outside it, and each metric takes the wider of "
-                       f"it and their own 90th percentile")
-        else:
-            worst = max((m for m in check.errors if getattr(band, m, None) is not None),
-                        key=lambda m: check.errors[m] / getattr(band, m), default=None)
-            outside.append(f"measured in {own}; its {check.runs} {scheme} runs lie outside it"
-                           + (f" ({worst} {check.errors[worst]:.0%} against ±{getattr(band, worst):.0%})"
-                              if worst else ""))
+        text, wider, out = _band_check(band, check, f"{scheme} runs")
+        checked += text
+        for metric, error in wider.items():
+            widen[metric] = max(error, widen.get(metric, 0.0))
+        if out:
+            outside.append(f"measured in {own}; {out}")
     else:
         if own not in (None, setup.dtype):
             outside.append(f"measured in {own}")
@@ -173,7 +190,7 @@ def serving_band(plan: Plan, ev: Evaluation, setup, pool) -> tuple[dict[str, Any
         outside.append("measured with prefill and decode colocated")
     if outside:
         return None, f"no serving band: {'; '.join(outside)}"
-    values = band.model_dump(exclude={"runs", "source", "schemes"}, exclude_none=True)
+    values = band.model_dump(exclude={"runs", "source", "schemes", "dense"}, exclude_none=True)
     values.update({metric: max(values[metric], error) for metric, error in widen.items() if metric in values})
     host = ("" if plan.question.host_probe_ms is not None else
             "; they were replayed at their hosts' measured speeds, and this plan is at the profile's "
