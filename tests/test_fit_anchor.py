@@ -10,8 +10,8 @@ import yaml
 
 from perfmodel.calibration.fit import profile_differences
 from perfmodel.calibration.fit_anchor import (COMPUTE_EFFICIENCIES, HELD_LATENCY, HOST_PACED_BATCH, OWN_HOST_FIELDS,
-                                              PROFILE_PINNED, REFERENCE_GPU, anchor_path, carried_entries,
-                                              held_parameters, own_host_rows, read_anchor, same_compute, seeded)
+                                              PROFILE_PINNED, REFERENCE_GPU, anchor_path, carried_entries, held_parameters,
+                                              note_carried_checks, own_host_rows, read_anchor, same_compute, seeded)
 from perfmodel.calibration.fit_vllm import DENSE_AS, fit_vllm_profile
 from perfmodel.commands import main
 from perfmodel.errors import SpecError
@@ -194,6 +194,17 @@ def test_carried_entries_keep_what_this_gpu_fitted():
     assert (block["gemm_memory"], block["gemm_compute"], block["grouped_gemm_compute"]) == (0.5, 0.6, 0.4)
     assert block["band"] is False and "y's" in block["reason"]
     assert base["kv_cache"]["fp8"]["attention_memory"] == 0.6
+    # this GPU's held-out rows then check two of them: the flag follows, and the carried reason
+    # says it was checked here instead of "not checked here"
+    note_carried_checks(base, {"quantization": {"mxfp4-moe": {"within": False}, "fp8": {"within": True}},
+                               "kv_cache": {"fp8": {"within": True}}})
+    mx = base["quantization"]["mxfp4-moe"]
+    assert mx["band"] is False and "not checked here" not in mx["reason"]
+    assert "fit.residuals.quantization.mxfp4-moe, outside the band" in mx["reason"] and mx["reason"].endswith(": t")
+    assert base["kv_cache"]["fp8"]["band"] is True
+    assert "fit.residuals.kv_cache.fp8, within the band" in base["kv_cache"]["fp8"]["reason"]
+    assert base["quantization"]["fp8"]["reason"] == "mine" and base["quantization"]["fp8"]["band"] is True
+    assert "not checked here" in block["reason"]  # no check of it: the reason stands
 
 
 def test_validate_fitted_on_another_gpu_holds_out_every_row(tmp_path, capsys):

@@ -165,6 +165,29 @@ def seeded(base: dict[str, Any], anchor: dict[str, Any], shared_compute: bool = 
     return {**base, "latency": latency, "efficiency": efficiency}, taken
 
 
+UNCHECKED = "no row of it on {gpu}; not checked here"
+
+
+def note_carried_checks(base: dict[str, Any], stats: dict[str, Any]) -> None:
+    """Set, in place, the band flag of each of ``base``'s quantization schemes and KV-cache dtypes
+    that this GPU's held-out rows check (``stats``: the fit's ``residuals``, by section), and, for
+    an entry carried from the anchor, say in its reason that it was checked here, not left
+    unchecked."""
+    for section in ("quantization", "kv_cache"):
+        mine = base.get(section) or {}
+        for key, check in (stats.get(section) or {}).items():
+            if key not in mine:
+                continue
+            entry = mine[key]
+            entry["band"] = check["within"]
+            if entry.get("carried_from") and isinstance(entry.get("reason"), str):
+                verdict = "within the band" if check["within"] else "outside the band"
+                entry["reason"] = entry["reason"].replace(
+                    UNCHECKED.format(gpu=base["gpu"]),
+                    f"no fit of it on {base['gpu']}; its held-out rows there check it: "
+                    f"fit.residuals.{section}.{key}, {verdict}")
+
+
 def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict[str, str]) -> list[str]:
     """Fill ``base`` (in place) with the anchor's quantization schemes and KV-cache dtypes it has
     no fit of, and with the anchor's host times of the schemes it fitted; returns what was
@@ -180,7 +203,7 @@ def carried_entries(base: dict[str, Any], anchor: dict[str, Any], dense_as: dict
                     mine[key]["host_layer_s"] = entry["host_layer_s"]
                 continue
             entry = {**entry, "band": False, "carried_from": name,
-                     "reason": f"{name}'s (no row of it on {base['gpu']}; not checked here): {entry.get('reason', '')}"}
+                     "reason": f"{name}'s ({UNCHECKED.format(gpu=base['gpu'])}): {entry.get('reason', '')}"}
             like = dense_as.get(key) if section == "quantization" else None
             if like in own:
                 for field in ("gemm_memory", "gemm_compute"):

@@ -645,8 +645,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     ``"auto"``: the reference GPU's, for any other GPU; None: every term from this GPU's rows)."""
     from perfmodel.calibration.fit_moe_tables import fit_l2_spill, fit_off_table, fit_table_extra
     from perfmodel.calibration.fit_anchor import (PROFILE_PINNED, anchor_path, anchor_record, carried_entries,
-                                                  carried_regime_bands, held_parameters, own_host_rows, read_anchor,
-                                                  same_compute, seeded)
+                                                  carried_regime_bands, held_parameters, note_carried_checks,
+                                                  own_host_rows, read_anchor, same_compute, seeded)
     from perfmodel.measuring.compare import (load_with_what_ifs, row_engine_process, row_speculative,
                                              verify_replayed, what_if_file)
     from perfmodel.paths import results_file
@@ -835,12 +835,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         base, results, gpu, (), held_out, note, train_points=tuple(fitted),
         band_exclude=lambda r: (routing_group(r) in collapsed or r["point_id"] in eager_verify
                                 or r["point_id"] in engine_process), carry_bands=carry)
-    for scheme, check in stats.get("quantization", {}).items():  # the band holds where checked
-        if scheme in base.get("quantization", {}):
-            base["quantization"][scheme]["band"] = check["within"]
-    for kv, check in stats.get("kv_cache", {}).items():
-        if kv in base.get("kv_cache", {}):
-            base["kv_cache"][kv]["band"] = check["within"]
+    note_carried_checks(base, stats)  # the band holds where checked
     prov = next((r for r in all_rows if r.get("status") == "ok"), {})
     node_s, per_kernel_source = graph_node_cost(gpu)
     if reference is not None and not node_s:
