@@ -206,6 +206,7 @@ class Workload:
     graph_tokens: int | None = None  # largest CUDA-graph pass (tokens); None: the profile's
     host_probe_ms: float | None = None  # the host's probe time (ms); None: the profile's host
     moe_tables: bool = True  # the engine's tuned fused-MoE tile tables; False: its default rule for every shape
+    routing_ids: bool = False  # the experts' kernel is handed expert ids (vLLM's routing simulator), not logits
 
     def __post_init__(self) -> None:
         """Check every field's type and range (see :func:`check_count`) and store plain Python
@@ -231,7 +232,7 @@ class Workload:
             object.__setattr__(self, "graph_tokens",
                                0 if _is_number(tokens) and tokens == 0 else check_count("graph_tokens", tokens))
         object.__setattr__(self, "host_probe_ms", check_probe(self.host_probe_ms))
-        for name in ("moe_tables", "expert_parallel"):
+        for name in ("moe_tables", "expert_parallel", "routing_ids"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise InputError(f"{name} must be true or false, got {value!r}")
@@ -537,9 +538,10 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
     """The :class:`GraphOptions` fields a workload sets: its MoE implementation, and which
     linear layers its quantization scheme stores and how."""
     scheme = w.scheme
+    tiled = scheme.moe_tile is not None
     return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
                 quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers,
-                moe_tiled=scheme.moe_tile is not None)
+                moe_tiled=tiled, moe_bitmatrix=w.moe_impl == "staged" or (tiled and w.routing_ids))
 
 
 def moe_default_tiles(profile: EngineProfile, workload: Workload, model: ModelSpec | None,
@@ -1327,7 +1329,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
             spec_accept: float | None = None, spec_accepted_len: float | None = None,
             graph_tokens: int | None = None, host_probe_ms: float | None = None,
-            moe_tables: bool = True) -> Prediction:
+            moe_tables: bool = True, routing_ids: bool = False) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
@@ -1351,7 +1353,10 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     profile's host times are scaled to that host (:mod:`perfmodel.host_speed`); None: the host
     the profile was fitted on. ``moe_tables``: the engine's tuned fused-MoE tile tables, where a
     shape has one made for larger passes (:func:`perfmodel.ops.moe.off_table_scale`); False: its
-    default tile rule for every shape (a run given tile files of its own).
+    default tile rule for every shape (a run given tile files of its own). ``routing_ids``: the
+    routed experts' kernel is handed each token's expert ids instead of the router's logits, as
+    vLLM's routing simulator hands them: a tiled kernel then packs them into a bitmatrix first
+    (:func:`perfmodel.ops.moe.routing_bitmatrix`; a measured row's setting, not a deployment's).
 
     A request whose batch the KV cache does not hold at once (or more sequences than the
     engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
@@ -1372,7 +1377,7 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     workload = Workload(batch=batch, input_len=input_len, output_len=output_len, context=context,
                         tp=tp, ep=ep, pp=pp, dp=dp, expert_parallel=expert_parallel, dtype=dtype,
                         kv_dtype=kv_dtype, skew=skew, quant=quant, moe_impl=moe_impl, graph_tokens=graph_tokens,
-                        host_probe_ms=host_probe_ms, moe_tables=moe_tables)
+                        host_probe_ms=host_probe_ms, moe_tables=moe_tables, routing_ids=routing_ids)
     check_context(phase, workload.context)
     from perfmodel.speculative import speculative_prediction, speculative_settings
 

@@ -119,3 +119,50 @@ def test_the_pack_times_come_from_the_kernel_timed_alone_and_hold_on_every_profi
         n = bitmatrix_columns(row)
         law = kernels.bitmatrix_one_s if n == 1 else kernels.bitmatrix_loop_s + n * kernels.bitmatrix_column_s
         assert np.isclose(law, pack_kernel_s(row), rtol=0.15), row["point_id"]
+
+
+def test_the_fused_block_handed_expert_ids_packs_them_too():
+    """vLLM's routing simulator hands the fused block's tiled kernel expert ids, not logits: the
+    pack runs there as in the staged block; nothing else of the block changes, and a block whose
+    kernel is not tiled (or one given logits) has no pack."""
+    spec = load_model("gpt-oss-120b")
+    handed = {op.name: op for op in moe_block(spec.moe, spec.norm, impl="fused", quantized=True, tiled=True,
+                                              bitmatrix=True)}
+    fused = _ops("fused")
+    assert "moe.routing_bitmatrix" in handed
+    assert {name: op for name, op in handed.items() if name != "moe.routing_bitmatrix"} == fused
+    common = dict(engine="vllm", gpu="h100-sxm", batch=1, input_len=128, output_len=128)
+    ids, logits = (predict("gpt-oss-120b", routing_ids=flag, **common) for flag in (True, False))
+    assert "moe.routing_bitmatrix" in {op["name"] for op in ids.ops}
+    assert "moe.routing_bitmatrix" not in {op["name"] for op in logits.ops}
+    assert ids.metrics["itl_s"] > logits.metrics["itl_s"]
+    # a kernel that is not tiled takes ids without a pack
+    olmoe = [predict("olmoe-1b-7b", routing_ids=flag, **common).metrics["itl_s"] for flag in (True, False)]
+    assert olmoe[0] == olmoe[1]
+    with pytest.raises(InputError, match="routing_ids must be true or false"):
+        predict("gpt-oss-120b", routing_ids="yes", **common)
+
+
+def test_a_simulator_row_is_predicted_with_its_profiled_pack():
+    """The H100's gpt-oss-120b rows at the routing simulator on the fused (TRITON) backend ran a
+    pack_bitmatrix per MoE layer in their profiled decode steps (a step that also held a prompt
+    chunk, more): their workload says the kernel
+    was handed ids, and the model's router and pack kernels (the profiler's router_topk) lie
+    within 15% of the profiled ones, where without the pack they would be a tenth of them."""
+    from perfmodel.measuring.compare import compare, load_with_what_ifs
+
+    rows = [r for r in load_with_what_ifs(RESULTS_DIR / "h100-vllm.jsonl")
+            if r["model"] == "gpt-oss-120b" and r.get("moe_backend") == "triton" and r.get("decode_profile")
+            and "routing=uniform_random" in r["point_id"] and r["status"] == "ok"]
+    assert len(rows) >= 4
+    layers, counts = load_model("gpt-oss-120b").n_layers, []
+    for row in rows:
+        counts += [k[2] for k in row["decode_profile"]["top_kernels"] if k[0] == "pack_bitmatrix"]
+        assert model_workload(row).get("routing_ids") is True
+        assert "routing_ids" not in model_workload({**row, "point_id": row["point_id"].replace(
+            "|routing=uniform_random", "")})
+    assert len(counts) == len(rows) and min(counts) == layers  # one per MoE layer and step
+    _, ops = compare(rows, engine="vllm", gpu="h100-sxm", train_models=())
+    router = ops[ops["category"] == "router_topk"]
+    assert len(router) == len(rows)
+    assert np.allclose(router["predicted_s"], router["measured_s"], rtol=0.15)

@@ -41,15 +41,17 @@ METRIC_FIELDS = {
 }
 
 def op_categories(spec, engine: str, gpu: str, quant: str | None = None,
-                  moe_impl: str = "fused", decode: bool = True) -> dict[str, str]:
+                  moe_impl: str = "fused", decode: bool = True, routing_ids: bool = False) -> dict[str, str]:
     """Op name → the measured profiler category its kernels run as (hf engine, transformers
     5.x), for the decode graph (``decode=False``: the prefill graph) ``engine`` builds of a
-    model at a quantization scheme and MoE implementation: each op's
+    model at a quantization scheme and MoE implementation, its experts handed expert ids where
+    ``routing_ids`` (:attr:`perfmodel.prediction.Workload.routing_ids`): each op's
     :attr:`perfmodel.ops.Op.category` (its role's, else its class's)."""
     from perfmodel.prediction import Workload, graph_options
     from perfmodel.profile import load_profile
 
-    options = graph_options(load_profile(engine, gpu), Workload(quant=quant, moe_impl=moe_impl))
+    options = graph_options(load_profile(engine, gpu),
+                            Workload(quant=quant, moe_impl=moe_impl, routing_ids=routing_ids))
     return graph_categories(spec, options, decode=decode)
 
 
@@ -347,7 +349,9 @@ def model_workload(row: dict[str, Any], profile=None, unprobed_ms: float | None 
     ``moe_tables`` false for a row whose fused-MoE tiles came from a folder of its own
     (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table), and
     ``moe_impl`` ``staged`` for a row whose vLLM MoE backend runs the staged block
-    (:data:`STAGED_MOE_BACKENDS`), so that every fit predicts its kernels."""
+    (:data:`STAGED_MOE_BACKENDS`), and ``routing_ids`` for a row at vLLM's routing simulator
+    (:func:`row_routing`: its experts' kernel is handed expert ids), so that every fit predicts
+    its kernels."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // row_replicas(row), "tp": int(lay["tp"]), "ep": 1,
            "expert_parallel": bool(lay["ep"]), "pp": int(lay["pp"]),
@@ -364,6 +368,8 @@ def model_workload(row: dict[str, Any], profile=None, unprobed_ms: float | None 
         out["moe_tables"] = False
     if row_moe_impl(row) == "staged":
         out["moe_impl"] = "staged"
+    if row_routing(row) != "model":  # vLLM's routing simulator hands the experts' kernel ids
+        out["routing_ids"] = True
     return out
 
 
@@ -538,9 +544,10 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         speculation = row_speculative(row)
         workload = {**prediction_args(row, engine=engine, gpu=gpu, profile=engine_profile,
                                       unprobed_ms=unprobed_ms), **speculation}
-        quant = workload["quant"]
-        if (spec_key, quant, moe_impl) not in categories:
-            categories[spec_key, quant, moe_impl] = op_categories(spec, engine, gpu, quant, moe_impl)
+        quant, ids = workload["quant"], bool(workload.get("routing_ids"))
+        if (spec_key, quant, moe_impl, ids) not in categories:
+            categories[spec_key, quant, moe_impl, ids] = op_categories(spec, engine, gpu, quant, moe_impl,
+                                                                       routing_ids=ids)
         key = {**point_identity(row, spec), "layout": layout_label(row)}
         p = predict(spec, **workload)
         skew = prefill_skew(row, spec)
@@ -573,7 +580,7 @@ def compare(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "h200-sxm
         predicted_split: dict[str, float] = {}
         for op in step.ops:
             if op["pass"] == "decode":
-                cat = categories[spec_key, quant, moe_impl][op["name"]]
+                cat = categories[spec_key, quant, moe_impl, ids][op["name"]]
                 predicted_split[cat] = predicted_split.get(cat, 0.0) + op["time_s"]
         for cat in sorted(set(measured_split) | set(predicted_split)):
             ops.append({**key, "engine": engine, "split": split, "category": cat,

@@ -53,9 +53,11 @@ def prefill_kernels(rows: Iterable[dict[str, Any]], *, engine: str, gpu: str = "
             continue
         spec = load_model(row["model"], row_overrides(row))
         args = prediction_args(row, engine=engine, gpu=gpu, profile=profile)
-        key = (row["model"], tuple(row_overrides(row)), args["quant"], moe_impl)
+        ids = bool(args.get("routing_ids"))
+        key = (row["model"], tuple(row_overrides(row)), args["quant"], moe_impl, ids)
         if key not in categories:
-            categories[key] = op_categories(spec, engine, gpu, args["quant"], moe_impl, decode=False)
+            categories[key] = op_categories(spec, engine, gpu, args["quant"], moe_impl, decode=False,
+                                            routing_ids=ids)
         p = predict(spec, phase="prefill", **args)
         predicted: dict[str, float] = {}
         for op in p.ops:

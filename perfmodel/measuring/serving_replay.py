@@ -205,7 +205,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     faster (each submission time, and the drain limit, divided by it)."""
     from perfmodel import planning
     from perfmodel.host_speed import row_host_ms
-    from perfmodel.measuring.compare import row_graph_tokens, row_overrides
+    from perfmodel.measuring.compare import row_graph_tokens, row_overrides, row_routing
 
     settings = row.get("engine") or {}
     kwargs: dict[str, Any] = {}
@@ -223,7 +223,8 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
         dtype=serving_weights(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=[t / rate_factor for t in arrivals],
         until_s=None if until is None else until / rate_factor, kv_tokens=engine_kv_tokens(row),
-        host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row), **kwargs)
+        host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row),
+        routing_ids=row_routing(row) != "model", **kwargs)
 
 
 def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],

@@ -622,7 +622,11 @@ def dispatch(impl: str = "fused") -> Op:
 
 
 def routing_bitmatrix() -> Op:
-    """The staged block's bitmatrix pack (``pack_bitmatrix``): each token's k expert ids (int16)
+    """The bitmatrix pack (``pack_bitmatrix``) of a tiled kernel's routing given as expert ids:
+    the staged block's, and the fused block's where it is handed ids instead of the router's
+    logits (vLLM 0.26's TRITON MXFP4 MoE under its routing simulator builds its routing data
+    from the ids so: the kernel shows in the profiled decode steps of gpt-oss-120b on the H100,
+    36 packs a step, where its own routing from logits runs none). Each token's k expert ids (int16)
     set a bit each in a T × n matrix of 32-bit words (T: the dp·T tokens the experts serve,
     :func:`expert_tokens`), n = ⌈E/(32·g)⌉ columns for the E/g local experts
     (:func:`expert_split`). One program per
@@ -653,7 +657,8 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               tiers: tuple[tuple[float, int], ...] = NO_PADDING, tiers_by_rows: bool = False,
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
               tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
-              table_keys: tuple[int, ...] = (), reread: bool = False, chunked: bool = False) -> list[Op]:
+              table_keys: tuple[int, ...] = (), reread: bool = False, chunked: bool = False,
+              bitmatrix: bool | None = None) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -666,8 +671,10 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
     default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`);
     ``reread``: the routed experts' row blocks read their weights again (:func:`reread_scale`), per
-    engine step of at most M_chunk tokens where ``chunked``. How the experts are cut over GPUs is a symbol's
-    (:func:`expert_split`).
+    engine step of at most M_chunk tokens where ``chunked``; ``bitmatrix``: the routing reaches
+    a tiled kernel as expert ids, packed into a bitmatrix first (:func:`routing_bitmatrix`; None:
+    for the staged block only, whose routing runs apart from its GEMMs). How the experts are cut
+    over GPUs is a symbol's (:func:`expert_split`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
@@ -676,8 +683,10 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * d_local if impl == "unfused" else 1
+    if bitmatrix is None:
+        bitmatrix = impl == "staged"
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
-           *([routing_bitmatrix()] if impl == "staged" else []),
+           *([routing_bitmatrix()] if bitmatrix else []),
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),
            routed_experts(spec.expert_bias, impl=impl, tiers=tiers, tiers_by_rows=tiers_by_rows,
                           quantized=quantized, tiled=tiled, tuned_from=tuned_from,

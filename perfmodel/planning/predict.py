@@ -42,7 +42,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     until_s: float | None = None, kv_tokens: int | None = None,
                     host_probe_ms: float | None = None, graph_tokens: int | None = None,
                     lengths: tuple[Sequence[int], Sequence[int]] | None = None,
-                    kv_dtype: str | None = None) -> dict[str, Any]:
+                    kv_dtype: str | None = None, routing_ids: bool = False) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -73,7 +73,9 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     :mod:`perfmodel.host_speed`); None: the profile's host. ``graph_tokens``: the engine's
     largest captured CUDA graph (tokens; 0: none); None: the profile's
     (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8: half the bytes
-    of a cached token); None: the weights' unquantized dtype.
+    of a cached token); None: the weights' unquantized dtype. ``routing_ids``: the experts' kernel
+    is handed expert ids, as under vLLM's routing simulator
+    (:attr:`perfmodel.prediction.Workload.routing_ids`).
     """
     from pydantic import ValidationError
 
@@ -98,7 +100,7 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     if graph_tokens is not None and (isinstance(graph_tokens, bool) or not isinstance(graph_tokens, int)
                                      or graph_tokens < 0):
         raise InputError(f"graph_tokens must be a whole number of tokens >= 0, got {graph_tokens!r}")
-    search = Search(question, priced=False, graph_tokens=graph_tokens)
+    search = Search(question, priced=False, graph_tokens=graph_tokens, routing_ids=bool(routing_ids))
     lay.check(search.model)
     setup = search.setup(search.offers[0], dtype, lay, kv_dtype)
     if setup.failure:

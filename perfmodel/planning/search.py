@@ -125,9 +125,10 @@ class Search:
     """State of one planning run (see the module docstring)."""
 
     def __init__(self, question: PlanQuestion, progress: Optional[Progress] = None,
-                 priced: bool = True, graph_tokens: Optional[int] = None):
+                 priced: bool = True, graph_tokens: Optional[int] = None, routing_ids: bool = False):
         self.q = question
         self.graph_tokens = graph_tokens  # the engine's largest CUDA graph; None: the profile's
+        self.routing_ids = routing_ids  # the experts' kernel handed expert ids (a replay of vLLM's routing simulator)
         self.progress = progress or (lambda stage, fraction: None)
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
@@ -192,7 +193,8 @@ class Search:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
                                      max_tokens=self.budget, max_seqs=max(self.seqs),
                                      max_context=self.longest, host_probe_ms=self.q.host_probe_ms,
-                                     graph_tokens=self.graph_tokens, kv_dtype=kv_dtype)
+                                     graph_tokens=self.graph_tokens, kv_dtype=kv_dtype,
+                                     routing_ids=self.routing_ids)
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:

@@ -303,7 +303,7 @@ def weight_choice(choice: str) -> dict[str, str | None]:
 def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dtype: str,
                      layout: Layout, *, max_tokens: int, max_seqs: int, max_context: int,
                      host_probe_ms: float | None = None, graph_tokens: int | None = None,
-                     kv_dtype: str | None = None) -> StepTimes:
+                     kv_dtype: str | None = None, routing_ids: bool = False) -> StepTimes:
     """Evaluate the step tables of one configuration (see the module docstring).
 
     ``max_tokens``: the step's token budget; ``max_seqs``: most decoding sequences;
@@ -311,14 +311,16 @@ def build_step_times(model: ModelSpec, gpu: GPUSpec, profile: EngineProfile, dty
     probe time (ms; :mod:`perfmodel.host_speed`), None for the profile's host; ``graph_tokens``:
     the engine's largest captured CUDA graph (tokens), None for the profile's
     (``options.cudagraph_max_tokens``); ``kv_dtype``: the KV cache's dtype, None for the
-    unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`). ``dtype``: a dtype or
-    a quantization scheme's name (:func:`weight_choice`).
+    unquantized layers' (:attr:`perfmodel.prediction.Workload.kv_dtype`); ``routing_ids``: the
+    experts' kernel is handed expert ids (vLLM's routing simulator,
+    :attr:`perfmodel.prediction.Workload.routing_ids`). ``dtype``: a dtype or a quantization
+    scheme's name (:func:`weight_choice`).
     """
     # one data-parallel rank's steps (B its sequences), its MoE layers serving every rank alike
     workload = Workload(batch=layout.dp, input_len=1, output_len=2, tp=layout.tp, ep=layout.ep,
                         pp=layout.pp, dp=layout.dp, expert_parallel=layout.expert_parallel,
                         **weight_choice(dtype), host_probe_ms=host_probe_ms,
-                        graph_tokens=graph_tokens, kv_dtype=kv_dtype).stored_as(model)
+                        graph_tokens=graph_tokens, kv_dtype=kv_dtype, routing_ids=routing_ids).stored_as(model)
     base = numeric_values(model, gpu, profile, workload)
     decode = _compiled(model, "decode", profile, workload, gpu)
     prefill = _compiled(model, "prefill", profile, workload, gpu)
