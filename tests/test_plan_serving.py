@@ -64,6 +64,21 @@ def test_step_tables_reproduce_predict(steps):
     assert steps.step(4, 1000, 1, 1e-9) < steps.floor_s
 
 
+@pytest.mark.parametrize("model, dtype", [("gpt-oss-20b", "mxfp4-moe"), ("deepseek-v2-lite", "bf16")])
+def test_step_tables_count_every_layer_group(model, dtype):
+    """A model of two layer groups (gpt-oss: windowed and full-attention layers; DeepSeek-V2-Lite:
+    a dense layer before its MoE layers) names its ops alike in each: the tables sum them, so a
+    decode-only step is predict's at any batch and context, not one group's ops beside the
+    other's frozen at the tables' probe."""
+    gpu = load_gpu("h100-sxm")
+    tables = build_step_times(load_model(model), gpu, load_profile("vllm", gpu.name), dtype, Layout(),
+                              max_tokens=4096, max_seqs=128, max_context=2048)
+    for batch, context in ((1, 200), (16, 768), (64, 1500)):
+        want = predict(model, gpu="h100-sxm", phase="decode", batch=batch, context=context,
+                       dtype="bf16" if dtype == "mxfp4-moe" else dtype).metrics["decode_step_s"]
+        assert tables.step(batch, context, 0, 0) == pytest.approx(want, rel=1e-3)
+
+
 def test_vectorized_steps_match_scalar(steps):
     n = np.array([0.5, 1, 2, 7, 33, 100, 255.5])
     for p in (0.0, 500.0):

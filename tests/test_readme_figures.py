@@ -99,6 +99,7 @@ SCHEME_ROWS = {
     "| H200 | int8 weight-only experts": ("h200-sxm", "quantization", "w8a16-experts"),
     "| H200 | fp8 KV cache": ("h200-sxm", "kv_cache", "fp8"),
     "| H100 | fp8 W8A8": ("h100-sxm", "quantization", "fp8"),
+    "| H100 | fp8 in 128×128 blocks": ("h100-sxm", "quantization", "fp8-block"),
     "| H100 | MXFP4 experts": ("h100-sxm", "quantization", "mxfp4-moe"),
 }
 

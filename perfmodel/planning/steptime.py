@@ -62,8 +62,14 @@ def _grid(top: int, points: int, start: int = 1) -> np.ndarray:
 
 
 def _op_time(ops: list[dict]) -> dict[str, np.ndarray]:
-    """Op name -> time (s); an op name may appear once per pass only."""
-    return {op["name"]: np.asarray(op["time_s"], dtype=float) for op in ops}
+    """Op name -> time (s) of one pass, summed over the layer groups that hold an op of that
+    name (a model of windowed and full-attention layers, or of dense and MoE layers, lists the
+    ops of each group: ``attn.core`` once per group)."""
+    out: dict[str, np.ndarray] = {}
+    for op in ops:
+        time = np.asarray(op["time_s"], dtype=float)
+        out[op["name"]] = out[op["name"]] + time if op["name"] in out else time
+    return out
 
 
 @dataclass
