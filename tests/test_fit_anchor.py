@@ -70,9 +70,12 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     # fp8's multipliers are fitted on the H100's own fp8 rows (Mixtral-8x7B's), both of them
     for field in ("grouped_gemm_compute", "grouped_gemm_memory"):
         assert h100["quantization"]["fp8"][field] != reference["quantization"]["fp8"][field], field
+    # and the MXFP4 kernel's tile times on gpt-oss-120b's own profiled decode steps here (fit.tiles)
     named = h100["fit"]["points"]
     assert named and all(p.split("|")[1] in ("olmoe-1b-7b", "qwen1.5-moe-a2.7b") or "quant=fp8|" in p
-                         for p in named)
+                         or (p.split("|")[1] == "gpt-oss-120b" and "quant=mxfp4|" in p) for p in named)
+    assert set(h100["fit"]["tiles"]["mxfp4-moe"]["points"]) <= set(named)
+    assert "carried_from" not in h100["quantization"]["mxfp4-moe"]
     rows = {json.loads(line)["point_id"] for name in ("h100-vllm.jsonl", "h100-vllm-tiles.jsonl")
             for line in open(RESULTS_DIR / name)}
     assert set(named) <= rows
@@ -81,11 +84,14 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
     assert h100["options"]["moe_off_table_memory"] > 1
     assert h100["fit"]["moe_off_table"]["models"] == ["phi-3.5-moe"]
     assert "moe_off_table_memory" not in reference["options"]
-    # fp8 was measured here (Mixtral-8x7B): fitted; the schemes not measured here are carried, unchecked
+    # fp8 was measured here (Mixtral-8x7B): fitted; the schemes fitted only there are carried, and
+    # checked where this GPU has held-out rows of them (fp8-block: DeepSeek-V3's), else not
     assert "fp8" not in anchor["carried"] and h100["quantization"]["fp8"]["reason"].startswith("fitted on")
     assert "quantization.fp8-block" in anchor["carried"] and "kv_cache.fp8" in anchor["carried"]
     block = h100["quantization"]["fp8-block"]
     assert block["band"] is False and block["reason"].startswith("h200-sxm's")
+    assert "fit.residuals.quantization.fp8-block, outside the band" in block["reason"]
+    assert "not checked here" in h100["quantization"]["w4a16"]["reason"]
     # fp8-block's dense GEMMs take fp8's multipliers: this GPU's, its experts' the reference's
     assert block["gemm_memory"] == h100["quantization"]["fp8"]["gemm_memory"]
     assert block["grouped_gemm_compute"] == reference["quantization"]["fp8-block"]["grouped_gemm_compute"]
@@ -98,7 +104,7 @@ def test_committed_h100_profile_is_what_the_data_fits_on_the_h200_anchor(h100):
 def test_a_prediction_in_a_carried_scheme_says_where_its_kernels_come_from():
     from perfmodel import predict
 
-    p = predict("olmoe-1b-7b", engine="vllm", gpu="h100-sxm", quant="fp8-block", batch=16, input_len=512,
+    p = predict("olmoe-1b-7b", engine="vllm", gpu="h100-sxm", quant="w4a16", batch=16, input_len=512,
                 output_len=64)
     assert p.provenance["profile"] == "h100-sxm-vllm" and p.provenance["error_band"] is None
     assert "carried from h200-sxm's fit" in p.provenance["error_band_note"]
