@@ -49,9 +49,9 @@ class GraphOptions:
     :func:`perfmodel.ops.moe.tile_floor`). ``moe_bitmatrix``: the routing reaches the experts'
     tiled kernel as each token's expert ids, packed into a bitmatrix first
     (:func:`perfmodel.ops.moe.routing_bitmatrix`): the staged block, and the fused block handed
-    ids instead of the router's logits (vLLM's routing simulator). ``moe_tuned_from``: the smallest pass, tokens, of the
-    engine's tuned tile table for the routed experts where it starts above small passes
-    (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``moe_table_extra_s``: the time that
+    ids instead of the router's logits (vLLM's routing simulator). ``moe_tuned_from``: the
+    smallest pass, tokens, of the engine's tuned tile table for the routed experts where it
+    starts above small passes (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``moe_table_extra_s``: the time that
     table adds over the engine's default tile rule, measured at passes of (tokens, s)
     (:func:`perfmodel.ops.moe.table_extra`; empty: not measured), with the table's keys in its file's
     order (``moe_table_keys``: where its entry changes; empty: not known). ``moe_reread``: the

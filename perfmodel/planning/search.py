@@ -128,7 +128,7 @@ class Search:
                  priced: bool = True, graph_tokens: Optional[int] = None, routing_ids: bool = False):
         self.q = question
         self.graph_tokens = graph_tokens  # the engine's largest CUDA graph; None: the profile's
-        self.routing_ids = routing_ids  # the experts' kernel handed expert ids (a replay of vLLM's routing simulator)
+        self.routing_ids = routing_ids  # the experts' kernel handed expert ids (vLLM's routing simulator)
         self.progress = progress or (lambda stage, fraction: None)
         self.model = load_model(question.model, list(question.set))
         for dtype in question.search.dtypes:
