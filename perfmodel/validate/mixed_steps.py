@@ -110,7 +110,8 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
         max_seqs=int(settings.get("max_num_seqs") or 256),
         max_context=int(engine.get("max_model_len") or row["prompt"] + row["context"]),
         host_probe_ms=fmean(probes) if probes and profile.latency.host_probe_ref_ms is not None else None,
-        graph_tokens=max(settings.get("cudagraph_capture_sizes") or [0]) or None)
+        graph_tokens=max(settings.get("cudagraph_capture_sizes") or [0]) or None,
+        routing_ids=row.get("routing", "model") != "model")  # the routing simulator hands ids
     decodes, prompt = int(row["decodes"]), int(row["prompt"])
     context = float(row["context"]) + len(row.get("mixed_ms") or [])
     gpu_s, host_s, launched = steps.step_parts(decodes, context, prompt, prompt * steps.prefill_rate(prompt))
