@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,8 @@ def _run(argv, capsys):
 
 
 def test_the_exact_command_answers_and_writes_the_report(tmp_path, capsys):
-    started = time.perf_counter()
     code, out, err = _run(EXACT + ["--out", str(tmp_path / "plan"), "--json"], capsys)
-    elapsed = time.perf_counter() - started
-    assert code == 0, err
-    assert elapsed < 15.0
+    assert code == 0, err  # how long it takes: benchmarks/plan_speed.py
     data = json.loads(out)
     chosen = data["chosen"]
     assert chosen["gpu"] in ("h100-sxm", "h200-sxm") and chosen["gpus"] >= 1
