@@ -46,14 +46,14 @@ class GraphOptions:
     ``quantized_activations``: the scheme quantizes each such layer's input on the fly, an
     elementwise op before it. ``moe_tiled``: the quantized routed experts' kernel runs in
     tiles whose waves of K loops set a floor under its time (the scheme's ``moe_tile``,
-    :func:`perfmodel.ops.moe.tile_floor`). ``moe_bitmatrix``: the routing reaches the experts'
-    tiled kernel as each token's expert ids, packed into a bitmatrix first
-    (:func:`perfmodel.ops.moe.routing_bitmatrix`): the staged block, and the fused block handed
-    ids instead of the router's logits (vLLM's routing simulator). ``moe_tuned_from``: the
-    smallest pass, tokens, of the engine's tuned tile table for the routed experts where it
-    starts above small passes (:func:`perfmodel.ops.moe.off_table_scale`; 0: none). ``moe_table_extra_s``: the time that
-    table adds over the engine's default tile rule, measured at passes of (tokens, s)
-    (:func:`perfmodel.ops.moe.table_extra`; empty: not measured), with the table's keys in its file's
+    :func:`perfmodel.ops.moe.tile_floor`). ``moe_routing_ids``: the experts' kernel is
+    handed each token's expert ids instead of the router's logits (vLLM's routing simulator): a
+    tiled kernel packs them into a bitmatrix first (:func:`perfmodel.ops.moe.moe_block`).
+    ``moe_tuned_from``: the smallest pass, tokens, of the engine's tuned tile table for the routed
+    experts where it starts above small passes (:func:`perfmodel.ops.moe.off_table_scale`; 0:
+    none). ``moe_table_extra_s``: the time that table adds over the engine's default tile rule,
+    measured at passes of (tokens, s) (:func:`perfmodel.ops.moe.table_extra`; empty: not
+    measured), with the table's keys in its file's
     order (``moe_table_keys``: where its entry changes; empty: not known). ``moe_reread``: the
     fused-MoE kernel's row blocks read again the weights of experts larger than L2, grouped as
     vLLM's Triton tiles group them (:func:`perfmodel.ops.moe.reread_scale`), in each engine step
@@ -73,7 +73,7 @@ class GraphOptions:
     cudagraph_padding: bool = False
     quantized_layers: tuple[str, ...] = LINEAR_LAYERS
     moe_tiled: bool = False
-    moe_bitmatrix: bool = False
+    moe_routing_ids: bool = False
     moe_tuned_from: int = 0
     moe_table_extra_s: tuple[tuple[float, float], ...] = ()
     moe_table_keys: tuple[int, ...] = ()
@@ -153,7 +153,7 @@ def build_graph(model: ModelSpec, *, decode: bool, options: GraphOptions = Graph
                              tiers_by_rows=options.moe_block_by_rows, quantized=options.quantizes("experts"),
                              quantized_shared=options.quantizes("shared_experts"),
                              tiled=options.moe_tiled and options.quantizes("experts"),
-                             bitmatrix=options.moe_bitmatrix,
+                             routing_ids=options.moe_routing_ids,
                              tuned_from=options.moe_tuned_from, table_extra_s=options.moe_table_extra_s,
                              table_keys=options.moe_table_keys, reread=options.moe_reread,
                              chunked=options.moe_reread_chunked)

@@ -538,10 +538,9 @@ def workload_graph_options(w: Workload) -> dict[str, Any]:
     """The :class:`GraphOptions` fields a workload sets: its MoE implementation, and which
     linear layers its quantization scheme stores and how."""
     scheme = w.scheme
-    tiled = scheme.moe_tile is not None
     return dict(moe_impl=w.moe_impl, quantized=scheme.quantizes_weights,
                 quantized_activations=scheme.quantizes_activations, quantized_layers=scheme.layers,
-                moe_tiled=tiled, moe_bitmatrix=w.moe_impl == "staged" or (tiled and w.routing_ids))
+                moe_tiled=scheme.moe_tile is not None, moe_routing_ids=w.routing_ids)
 
 
 def moe_default_tiles(profile: EngineProfile, workload: Workload, model: ModelSpec | None,

@@ -127,7 +127,7 @@ def test_the_fused_block_handed_expert_ids_packs_them_too():
     kernel is not tiled (or one given logits) has no pack."""
     spec = load_model("gpt-oss-120b")
     handed = {op.name: op for op in moe_block(spec.moe, spec.norm, impl="fused", quantized=True, tiled=True,
-                                              bitmatrix=True)}
+                                              routing_ids=True)}
     fused = _ops("fused")
     assert "moe.routing_bitmatrix" in handed
     assert {name: op for name, op in handed.items() if name != "moe.routing_bitmatrix"} == fused

@@ -229,6 +229,13 @@ def row_routing(row: dict[str, Any]) -> str:
     return _id_settings(row).get("routing", "model")
 
 
+def row_routing_ids(row: dict[str, Any]) -> bool:
+    """Whether a row's experts' kernel was handed expert ids rather than the router's logits: a
+    row at vLLM's routing simulator (:func:`row_routing`;
+    :attr:`perfmodel.prediction.Workload.routing_ids`)."""
+    return row_routing(row) != "model"
+
+
 def row_engine_process(row: dict[str, Any]) -> bool:
     """Whether a vLLM row ran its engine core in a process of its own (``mp=1`` in its point id,
     ``measure --engine-process``: vLLM's default); the rows without it ran it in the measuring
@@ -350,8 +357,7 @@ def model_workload(row: dict[str, Any], profile=None, unprobed_ms: float | None 
     (``measure --moe-config-dir``: vLLM's default rule, in the A/B of a tuned table), and
     ``moe_impl`` ``staged`` for a row whose vLLM MoE backend runs the staged block
     (:data:`STAGED_MOE_BACKENDS`), and ``routing_ids`` for a row at vLLM's routing simulator
-    (:func:`row_routing`: its experts' kernel is handed expert ids), so that every fit predicts
-    its kernels."""
+    (:func:`row_routing_ids`), so that every fit predicts its kernels."""
     lay = row_layout(row)
     out = {"batch": int(row["batch"]) // row_replicas(row), "tp": int(lay["tp"]), "ep": 1,
            "expert_parallel": bool(lay["ep"]), "pp": int(lay["pp"]),
@@ -368,7 +374,7 @@ def model_workload(row: dict[str, Any], profile=None, unprobed_ms: float | None 
         out["moe_tables"] = False
     if row_moe_impl(row) == "staged":
         out["moe_impl"] = "staged"
-    if row_routing(row) != "model":  # vLLM's routing simulator hands the experts' kernel ids
+    if row_routing_ids(row):
         out["routing_ids"] = True
     return out
 

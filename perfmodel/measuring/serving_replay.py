@@ -205,7 +205,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     faster (each submission time, and the drain limit, divided by it)."""
     from perfmodel import planning
     from perfmodel.host_speed import row_host_ms
-    from perfmodel.measuring.compare import row_graph_tokens, row_overrides, row_routing
+    from perfmodel.measuring.compare import row_graph_tokens, row_overrides, row_routing_ids
 
     settings = row.get("engine") or {}
     kwargs: dict[str, Any] = {}
@@ -224,7 +224,7 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=[t / rate_factor for t in arrivals],
         until_s=None if until is None else until / rate_factor, kv_tokens=engine_kv_tokens(row),
         host_probe_ms=row_host_ms(row) if at_probe else None, graph_tokens=row_graph_tokens(row),
-        routing_ids=row_routing(row) != "model", **kwargs)
+        routing_ids=row_routing_ids(row), **kwargs)
 
 
 def overload(submitted: Sequence[float | None], ttft: Sequence[float | None],

@@ -56,7 +56,7 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
     :class:`perfmodel.profile.EngineProfile`), at the host's speed the row measured where the
     profile takes it (:mod:`perfmodel.host_speed`)."""
     from perfmodel.host_speed import row_host_ms
-    from perfmodel.measuring.compare import row_graph_tokens, row_overrides, row_routing
+    from perfmodel.measuring.compare import row_graph_tokens, row_overrides, row_routing_ids
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.layout import Layout
@@ -69,7 +69,7 @@ def step_tables(row: dict[str, Any], profile, gpu: str):
                             max_context=_longest(row),
                             host_probe_ms=(row_host_ms(row) if profile.latency.host_probe_ref_ms is not None
                                            else None),
-                            graph_tokens=row_graph_tokens(row), routing_ids=row_routing(row) != "model")
+                            graph_tokens=row_graph_tokens(row), routing_ids=row_routing_ids(row))
 
 
 def _prompt_and_context(row: dict[str, Any]) -> tuple[float, float]:

@@ -658,7 +658,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
               quantized: bool = False, quantized_shared: bool | None = None, tiled: bool = False,
               tuned_from: int = 0, table_extra_s: tuple[tuple[float, float], ...] = (),
               table_keys: tuple[int, ...] = (), reread: bool = False, chunked: bool = False,
-              bitmatrix: bool | None = None) -> list[Op]:
+              routing_ids: bool = False) -> list[Op]:
     """The MoE block of one layer: norm, router, the exchanges between GPUs (the model's ep
     groups' all-to-all, the dp ranks' gather), dispatch, routed experts, shared experts.
 
@@ -671,10 +671,11 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     the routed experts (:func:`off_table_scale`); ``table_extra_s``: the time it adds over the
     default rule's, measured by tokens per pass, and the table's keys (:func:`table_extra`);
     ``reread``: the routed experts' row blocks read their weights again (:func:`reread_scale`), per
-    engine step of at most M_chunk tokens where ``chunked``; ``bitmatrix``: the routing reaches
-    a tiled kernel as expert ids, packed into a bitmatrix first (:func:`routing_bitmatrix`; None:
-    for the staged block only, whose routing runs apart from its GEMMs). How the experts are cut
-    over GPUs is a symbol's (:func:`expert_split`).
+    engine step of at most M_chunk tokens where ``chunked``; ``routing_ids``: the experts' kernel
+    is handed each token's expert ids, not the router's logits (vLLM's routing simulator). A
+    tiled kernel's routing given as ids is packed into a bitmatrix first (:func:`routing_bitmatrix`):
+    always in the staged block, whose routing runs apart from its GEMMs, and in the fused block
+    where it is handed ids. How the experts are cut over GPUs is a symbol's (:func:`expert_split`).
     """
     if quantized_shared is None:
         quantized_shared = quantized
@@ -683,8 +684,7 @@ def moe_block(spec: MoESpec, norm_kind: str, *, impl: str = "fused",
     tokens, (groups, shard) = expert_tokens(), expert_split()
     rows, d_local = local_load(tokens, groups)
     act_kernels = UNFUSED_ACT_KERNELS_PER_EXPERT * d_local if impl == "unfused" else 1
-    if bitmatrix is None:
-        bitmatrix = impl == "staged"
+    bitmatrix = impl == "staged" or (tiled and routing_ids)
     ops = [norm("mlp.norm", H, norm_kind), router(spec.router_bias),
            *([routing_bitmatrix()] if bitmatrix else []),
            all_to_all("comm.moe_all_to_all"), dp_gather("comm.moe_dp_gather"), dispatch(impl),

@@ -95,6 +95,7 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
     kernels' time and the host's work they do not overlap in a launched step (``serial_ms``)."""
     from statistics import fmean
 
+    from perfmodel.measuring.compare import row_routing_ids
     from perfmodel.planning.steptime import build_step_times
     from perfmodel.specs.hardware import load_gpu
     from perfmodel.specs.layout import Layout
@@ -111,7 +112,7 @@ def predicted_ms(row: dict[str, Any], gpu: str, profile) -> dict[str, Any]:
         max_context=int(engine.get("max_model_len") or row["prompt"] + row["context"]),
         host_probe_ms=fmean(probes) if probes and profile.latency.host_probe_ref_ms is not None else None,
         graph_tokens=max(settings.get("cudagraph_capture_sizes") or [0]) or None,
-        routing_ids=row.get("routing", "model") != "model")  # the routing simulator hands ids
+        routing_ids=row_routing_ids(row))
     decodes, prompt = int(row["decodes"]), int(row["prompt"])
     context = float(row["context"]) + len(row.get("mixed_ms") or [])
     gpu_s, host_s, launched = steps.step_parts(decodes, context, prompt, prompt * steps.prefill_rate(prompt))
