@@ -576,12 +576,21 @@ class EngineProfile(_Strict):
         given = self.options.max_num_seqs
         return given if given is not None else (VLLM_MAX_NUM_SEQS if self.engine == "vllm" else None)
 
-    def usable_bytes(self, gpu) -> float:
+    def usable_bytes(self, gpu, fraction: float | None = None) -> float:
         """Bytes of one GPU (``gpu``: a GPUSpec) the engine may fill with weights, activations and
-        KV cache: its memory fraction of what CUDA reports (``hbm_capacity_gib``), less what CUDA
-        holds outside the framework's allocator (``activation_reserve.non_torch_bytes``)."""
+        KV cache: its memory fraction (``fraction``; default ``options.memory_usable_fraction``)
+        of what CUDA reports (``hbm_capacity_gib``), less what CUDA holds outside the framework's
+        allocator (``activation_reserve.non_torch_bytes``)."""
         outside = self.activation_reserve.non_torch_bytes if self.activation_reserve is not None else 0.0
-        return gpu.hbm_capacity_bytes * self.options.memory_usable_fraction - outside
+        share = self.options.memory_usable_fraction if fraction is None else fraction
+        return gpu.hbm_capacity_bytes * share - outside
+
+    def with_memory_fraction(self, fraction: float) -> "EngineProfile":
+        """This profile for an engine allowed ``fraction`` (0 < f ≤ 1) of each GPU's memory
+        (vLLM's --gpu-memory-utilization): ``options.memory_usable_fraction`` replaced."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"a GPU memory fraction is in (0, 1], got {fraction!r}")
+        return self.model_copy(update={"options": self.options.model_copy(update={"memory_usable_fraction": fraction})})
 
     def efficiency_of(self, op_class: str) -> Efficiency:
         """η of an op class, an optional class falling back to its base class."""

@@ -288,6 +288,54 @@ def test_a_plan_searches_several_kv_cache_dtypes_and_keeps_to_its_gpu_limit(caps
     assert data["chosen"] is None and all(point["gpus"] <= 2 for point in data["points"])
 
 
+def test_a_plan_takes_the_engines_memory_flags(capsys):
+    """--gpu-memory-utilization sets the share of each GPU the engine fills (vLLM's flag:
+    usable memory HBM × share less what CUDA holds outside torch), and --kv-cache-memory the KV
+    cache itself (GiB per GPU), whatever the weights leave: the plan's memory_per_gpu says
+    both, and its cache's tokens are the given bytes over the KV bytes per token. A cache the
+    GPU cannot hold beside the weights and activations does not fit; bad values are refused."""
+    import json
+
+    from perfmodel.commands import main
+
+    args = ["plan", "olmoe-1b-7b", "--rate", "2", "--input-len", "512", "--output-len", "32", "--gpu", "h200",
+            "--max-gpus", "1", "--no-disagg", "--requests", "40", "--json"]
+    memory = {}
+    for name, extra in (("default", []), ("share", ["--gpu-memory-utilization", "0.5"]),
+                        ("given", ["--kv-cache-memory", "3"])):
+        main([*args, *extra])
+        data = json.loads(capsys.readouterr().out)
+        memory[name] = data["profile"][0]["memory_per_gpu"]
+    gpu, profile = load_gpu("h200"), load_profile("vllm", "h200-sxm")
+    outside = profile.activation_reserve.non_torch_bytes / 2**30
+    assert memory["default"]["usable_gib"] == pytest.approx(gpu.hbm_capacity_bytes * 0.9 / 2**30 - outside, rel=1e-9)
+    assert memory["share"]["usable_gib"] == pytest.approx(gpu.hbm_capacity_bytes * 0.5 / 2**30 - outside, rel=1e-9)
+    for m in memory.values():
+        assert m["weights_gib"] == pytest.approx(memory["default"]["weights_gib"], rel=1e-9)
+    left = memory["share"]["usable_gib"] - memory["share"]["weights_gib"] - memory["share"]["activations_gib"]
+    assert memory["share"]["kv_cache_gib"] == pytest.approx(left, rel=1e-9)
+    assert memory["share"]["kv_cache_tokens"] < memory["default"]["kv_cache_tokens"]
+    assert memory["given"]["kv_cache_given"] and not memory["default"]["kv_cache_given"]
+    assert memory["given"]["kv_cache_gib"] == 3
+    per_token = memory["default"]["kv_cache_gib"] / memory["default"]["kv_cache_tokens"]
+    assert memory["given"]["kv_cache_tokens"] == pytest.approx(3 / per_token, rel=1e-4)
+    main([*args[:-1], "--kv-cache-memory", "3"])  # the terminal answer says it too
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (f"KV cache 3.0 GiB (given: {memory['given']['kv_cache_tokens']:,} tokens)" in printed
+            and "memory per GPU (h200-sxm):" in printed)
+    with pytest.raises(SystemExit) as exit_info:  # nothing fits: exit 1, and the reason says why
+        main([*args, "--kv-cache-memory", "140"])
+    assert exit_info.value.code == 1
+    reasons = [r["reason"] for r in json.loads(capsys.readouterr().out)["candidates"]["rejected"]]
+    assert reasons and all("the KV cache asked for (140 GiB)" in r for r in reasons)
+    for bad in (["--gpu-memory-utilization", "1.5"], ["--gpu-memory-utilization", "0"], ["--kv-cache-memory", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, *bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("perfmodel: error:"), bad
+
+
 # --------------------------------------------------------------------------- replays on hand-built step times
 
 #: Toy step times: a step of n decodes and p prompt tokens takes FIXED + PER_TOKEN·(n + p) s.

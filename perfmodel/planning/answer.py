@@ -236,8 +236,22 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
                                               if setup.steps and setup.steps.launch_noise else None),
                     "graph_tokens": int(default_graph_tokens(setup.steps, setup.profile, pool.engine.max_num_seqs,
                                                              pool.engine.max_batched_tokens))
-                    if setup.steps else None})
+                    if setup.steps else None,
+                    "memory_per_gpu": memory_per_gpu(setup.steps) if setup.steps else None})
     return out
+
+
+def memory_per_gpu(steps) -> dict[str, Any]:
+    """One GPU's memory as the plan holds it (GiB): what the engine may fill, its weights, the
+    activations it reserves, its KV cache (``kv_cache_given``: the size it was given, vLLM's
+    --kv-cache-memory, rather than what the rest leaves), and the tokens that cache holds over
+    the replica's GPUs (what vLLM's log names 'GPU KV cache size')."""
+    gib = 2.0**30
+    given = steps.kv_cache_bytes is not None
+    kv = steps.kv_cache_bytes if given else max(0.0, steps.usable_bytes - steps.weights_bytes - steps.activation_bytes)
+    return {"usable_gib": steps.usable_bytes / gib, "weights_gib": steps.weights_bytes / gib,
+            "activations_gib": steps.activation_bytes / gib, "kv_cache_gib": kv / gib,
+            "kv_cache_given": given, "kv_cache_tokens": steps.kv_tokens}
 
 
 #: Below this share of requests within their own SLOs (goodput), or this close to the KV cache's

@@ -72,7 +72,7 @@ def _overrides(**flags: Any) -> dict[str, Any]:
         search["dtypes"] = _csv(f["dtype"], "--dtype")
     if f["max_num_seqs"] is not None:
         search["max_num_seqs"] = _ints(f["max_num_seqs"], "--max-num-seqs")
-    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s"):
+    for key in ("max_gpus", "max_batched_tokens", "kv_link_gb_s", "gpu_memory_utilization", "kv_cache_memory_gib"):
         if f[key] is not None:
             search[key] = f[key]
     if f["kv_dtype"] is not None:  # one KV-cache dtype, or several to search
@@ -121,6 +121,13 @@ def plan(
                                                    "over data-parallel ranks (a model with experts; default on)."),
     kv_link_gb_s: Optional[float] = typer.Option(None, "--kv-link-gb-s",
                                                  help="KV transfer bandwidth between pools, GB/s per GPU."),
+    gpu_memory_utilization: Optional[float] = typer.Option(
+        None, "--gpu-memory-utilization", help="Share of each GPU's memory the engine may fill "
+        "(vLLM's flag of that name; default 0.9)."),
+    kv_cache_memory: Optional[float] = typer.Option(
+        None, "--kv-cache-memory", help="KV cache per GPU, GiB (vLLM's --kv-cache-memory, there in "
+        "bytes; e.g. the 'Available KV cache memory' its log names), in place of what the memory "
+        "left after the weights and activations holds."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine profile (default vllm)."),
     host_probe_ms: Optional[float] = typer.Option(None, "--host-probe-ms", help="The serving host's "
                                                   "probe time, ms (perfmodel host-probe); default: the "
@@ -152,7 +159,8 @@ def plan(
         ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,
         max_batched_tokens=max_batched_tokens, disaggregation=disaggregation, expert_parallel=expert_parallel,
-        kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms))
+        kv_link_gb_s=kv_link_gb_s, kv_dtype=kv_dtype, requests=requests, seed=seed, host_probe_ms=host_probe_ms,
+        gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_gib=kv_cache_memory))
     if out is not None:
         check_out_dir(out)
     if question.host_probe_ms is not None:  # a profile without a host-speed fit: bad input, not infeasible

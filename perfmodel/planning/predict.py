@@ -42,7 +42,9 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     until_s: float | None = None, kv_tokens: int | None = None,
                     host_probe_ms: float | None = None, graph_tokens: int | None = None,
                     lengths: tuple[Sequence[int], Sequence[int]] | None = None,
-                    kv_dtype: str | None = None, routing_ids: bool = False) -> dict[str, Any]:
+                    kv_dtype: str | None = None, routing_ids: bool = False,
+                    gpu_memory_utilization: float | None = None,
+                    kv_cache_memory_gib: float | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
     ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
@@ -75,7 +77,10 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
     (``options.cudagraph_max_tokens``). ``kv_dtype``: the KV cache's dtype (fp8: half the bytes
     of a cached token); None: the weights' unquantized dtype. ``routing_ids``: the experts' kernel
     is handed expert ids, as under vLLM's routing simulator
-    (:attr:`perfmodel.prediction.Workload.routing_ids`).
+    (:attr:`perfmodel.prediction.Workload.routing_ids`). ``gpu_memory_utilization``: the share of
+    each GPU's memory the engine may fill (vLLM's flag; None: the profile's);
+    ``kv_cache_memory_gib``: the KV cache per GPU, GiB, the engine is given in its place (vLLM's
+    --kv-cache-memory; None: what the memory left after weights and activations holds).
     """
     from pydantic import ValidationError
 
@@ -92,7 +97,9 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
             model=model, set=list(overrides or []), engine=engine, traffic=traffic_obj,
             search=SearchSpace(gpus=[gpu], dtypes=[dtype], max_num_seqs=[max_num_seqs],
                                max_batched_tokens=max_batched_tokens, disaggregation=False,
-                               max_gpus=lay.gpus * replicas, kv_dtype=kv_dtype),
+                               max_gpus=lay.gpus * replicas, kv_dtype=kv_dtype,
+                               gpu_memory_utilization=gpu_memory_utilization,
+                               kv_cache_memory_gib=kv_cache_memory_gib),
             simulation=Simulation(requests=requests, warmup=warmup, seed=seed), host_probe_ms=host_probe_ms)
     except ValidationError as exc:
         err = exc.errors()[0]

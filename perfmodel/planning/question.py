@@ -148,6 +148,14 @@ class Search(_Strict):
     kv_link_gb_s: Optional[PositiveFloat] = Field(
         default=None, description="KV transfer bandwidth between pools per GPU, 10^9 B/s "
                                   "(default: the GPU's scale-up link).")
+    gpu_memory_utilization: Optional[float] = Field(
+        default=None, gt=0, le=1, description="Share of each GPU's memory the engine may fill with "
+        "weights, activations and KV cache (vLLM's --gpu-memory-utilization); default: the "
+        "profile's (options.memory_usable_fraction: 0.9, vLLM's default).")
+    kv_cache_memory_gib: Optional[PositiveFloat] = Field(
+        default=None, description="KV cache of each GPU, GiB (vLLM's --kv-cache-memory, there in "
+        "bytes), in place of what the memory left after the weights and activations holds; "
+        "a candidate whose weights and activations leave less than it does not fit.")
 
 
 class Simulation(_Strict):

@@ -188,6 +188,8 @@ class Search:
         if key in self.setups:
             return self.setups[key]
         profile = load_profile(self.q.engine, offer.gpu.name)
+        if self.q.search.gpu_memory_utilization is not None:  # the engine's share of each GPU's memory
+            profile = profile.with_memory_fraction(self.q.search.gpu_memory_utilization)
         setup = Setup(offer, profile, dtype, layout, kv_dtype)
         try:
             steps = build_step_times(self.model, offer.gpu, profile, dtype, layout,
@@ -198,9 +200,19 @@ class Search:
         except PerfModelError as exc:
             setup.failure = str(exc)
         else:
+            kv_gib = self.q.search.kv_cache_memory_gib
+            if kv_gib is not None:  # the KV cache the engine is given, beside the weights and activations
+                steps = replace(steps, kv_cache_bytes=kv_gib * 2**30)
             setup.steps = steps
             kv = steps.kv_tokens // layout.pp
-            if kv < self.longest:
+            whole = profile.usable_bytes(offer.gpu, fraction=1.0)
+            if kv_gib is not None and steps.weights_bytes + steps.activation_bytes + kv_gib * 2**30 > whole:
+                gib = 2**30
+                setup.failure = (
+                    f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations "
+                    f"{steps.activation_bytes / gib:.1f} GiB + the KV cache asked for ({kv_gib:g} GiB) per "
+                    f"GPU exceed the {whole / gib:.1f} GiB it has")
+            elif kv < self.longest:
                 gib = 2**30
                 setup.failure = (
                     f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations "

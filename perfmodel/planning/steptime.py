@@ -94,8 +94,10 @@ class StepTimes:
     sequence beyond the first adds to it (``launch_serial_seq_s``; :meth:`serial`); where the
     host's launches set the step, it lies within them.
     ``launch_noise``: how a launched step's host time varies within a run (the profile's,
-    :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws. Memory
-    per GPU in bytes.
+    :mod:`perfmodel.host_noise`; None: not at all), which the serving simulation draws.
+    ``kv_cache_bytes``: the KV cache the engine is given (vLLM's --kv-cache-memory) in place of
+    what ``usable_bytes`` leaves after the weights and activations (None). Memory per GPU in
+    bytes.
     """
 
     token_s: np.ndarray
@@ -121,6 +123,7 @@ class StepTimes:
     launch_noise: LaunchNoise | None = None
     serial_s: float = 0.0
     serial_seq_s: float = 0.0
+    kv_cache_bytes: float | None = None
     _token_list: list[float] = field(default_factory=list, repr=False)
     _L_list: list[float] = field(default_factory=list, repr=False)
     _n_index: dict[int, int] = field(default_factory=dict, repr=False)
@@ -140,8 +143,11 @@ class StepTimes:
 
     @property
     def kv_tokens(self) -> int:
-        """Tokens the KV cache of one replica holds: memory left after weights and activations."""
-        free = self.usable_bytes - self.weights_bytes - self.activation_bytes
+        """Tokens the KV cache of one replica holds: its bytes per GPU, ``kv_cache_bytes`` where the
+        engine is given them (vLLM's --kv-cache-memory), else the memory left after weights and
+        activations, over the KV bytes per token of one GPU."""
+        free = (self.usable_bytes - self.weights_bytes - self.activation_bytes if self.kv_cache_bytes is None
+                else self.kv_cache_bytes)
         return max(0, int(free // self.kv_bytes_per_token)) if self.kv_bytes_per_token > 0 else 0
 
     @property

@@ -81,6 +81,14 @@ def print_answer(data: dict[str, Any], console) -> None:
             lines.setdefault(text, []).append(p["gpu"] if p["pool"] == "all" else f"{p['pool']} pool, {p['gpu']}")
         for text, pools in lines.items():
             console.print(f"profile ({'; '.join(pools)}): {text}")
+        for p in data["profile"]:
+            m = p.get("memory_per_gpu")
+            if m:
+                pool = p["gpu"] if p["pool"] == "all" else f"{p['pool']} pool, {p['gpu']}"
+                kv = "given" if m["kv_cache_given"] else "what is left"
+                console.print(f"memory per GPU ({pool}): {m['usable_gib']:.1f} GiB usable, weights "
+                              f"{m['weights_gib']:.1f} GiB, activations {m['activations_gib']:.1f} GiB, KV cache "
+                              f"{m['kv_cache_gib']:.1f} GiB ({kv}: {m['kv_cache_tokens']:,} tokens)")
     for choice, options in (data.get("cheapest_by") or {}).items():
         table = Table(title=f"cheapest meeting every SLO, per {'weights' if choice == 'dtype' else 'GPU type'}")
         for col in (choice, "deployment", "GPUs", "$/h", "$/M out tok", "from"):
