@@ -189,6 +189,9 @@ def predict(
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
     host_probe_ms: Optional[float] = _HOST_PROBE,
+    gpu_memory_utilization: Optional[float] = typer.Option(
+        None, "--gpu-memory-utilization", help="Share of each GPU's memory the engine may fill "
+        "(vLLM's flag of that name; default the profile's, 0.9 for vllm)."),
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
@@ -212,7 +215,8 @@ def predict(
                      expert_parallel=expert_parallel, dtype=dtype, kv_dtype=kv_dtype,
                      skew=skew, overrides=set_ or [], quant=quant, moe_impl=moe_impl, prune_experts=prune_experts,
                      prune_ffn=prune_ffn, spec_draft=spec_draft, spec_tokens=spec_tokens, spec_accept=spec_accept,
-                     spec_accepted_len=spec_accepted_len, host_probe_ms=host_probe_ms)
+                     spec_accepted_len=spec_accepted_len, host_probe_ms=host_probe_ms,
+                     gpu_memory_utilization=gpu_memory_utilization)
     result = run(**arguments)
     fits = bool(result.metrics["fits_in_memory"])
     if not fits:

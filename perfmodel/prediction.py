@@ -1317,6 +1317,14 @@ def _metrics(t: dict[str, float], gpu: GPUSpec, profile: EngineProfile) -> dict[
     return m
 
 
+def check_memory_share(value: Any) -> float:
+    """A share of a GPU's memory in (0, 1] (vLLM's --gpu-memory-utilization) as a ``float``."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not number or not 0.0 < value <= 1.0:  # NaN fails the comparison
+        raise InputError(f"gpu-memory-utilization must be in (0, 1], got {value if number else repr(value)}")
+    return float(value)
+
+
 def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFAULT_ENGINE,
             phase: Phase = "request", batch: int = 1, input_len: int = 128, output_len: int = 128,
             context: int | None = None, tp: int = 1, ep: int = 1, pp: int = 1, dp: int = 1,
@@ -1328,7 +1336,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
             spec_draft: str | ModelSpec | None = None, spec_tokens: int | None = None,
             spec_accept: float | None = None, spec_accepted_len: float | None = None,
             graph_tokens: int | None = None, host_probe_ms: float | None = None,
-            moe_tables: bool = True, routing_ids: bool = False) -> Prediction:
+            moe_tables: bool = True, routing_ids: bool = False,
+            gpu_memory_utilization: float | None = None) -> Prediction:
     """Predict TTFT, ITL, E2E, throughput and memory for one workload.
 
     ``model``: a zoo name, a config.json path, or a :class:`ModelSpec`; ``overrides`` are
@@ -1356,6 +1365,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     routed experts' kernel is handed each token's expert ids instead of the router's logits, as
     vLLM's routing simulator hands them: a tiled kernel then packs them into a bitmatrix first
     (:func:`perfmodel.ops.moe.routing_bitmatrix`; a measured row's setting, not a deployment's).
+    ``gpu_memory_utilization``: the share of each GPU's memory the engine may fill (vLLM's flag
+    of that name, in (0, 1]; None: the profile's ``options.memory_usable_fraction``).
 
     A request whose batch the KV cache does not hold at once (or more sequences than the
     engine runs at once) runs in waves (:mod:`perfmodel.waves`): ``concurrent_sequences`` and
@@ -1393,6 +1404,8 @@ def predict(model: str | ModelSpec, *, gpu: str = "h200-sxm", engine: str = DEFA
     workload = workload.stored_as(spec)
     gpu_spec = load_gpu(gpu)
     profile = load_profile(engine, gpu_spec.name)
+    if gpu_memory_utilization is not None:
+        profile = profile.with_memory_fraction(check_memory_share(gpu_memory_utilization))
     pruning = pruning_record(loaded, spec, *ratios)
 
     def at(batch: int) -> Prediction:

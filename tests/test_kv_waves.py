@@ -13,6 +13,7 @@ import yaml
 
 from perfmodel import predict, sweep
 from perfmodel.commands import main
+from perfmodel.errors import InputError
 from perfmodel.kv_schedule import schedule
 from perfmodel.paths import PROFILES_DIR
 from perfmodel.prediction import METRICS, Workload, evaluate
@@ -75,6 +76,29 @@ def test_a_batch_that_outgrows_the_cache_runs_as_vllms_scheduler_runs_it():
     # what is on the GPU at once: B_run's memory, within the usable capacity
     assert close(m["kv_cache_bytes"], 46 * per_sequence) and m["fits_in_memory"]
     assert m["memory_bytes"] <= m["memory_capacity_bytes"] < whole["memory_bytes"]
+
+
+def test_the_engines_memory_share_sets_the_sequences_at_once(capsys):
+    """--gpu-memory-utilization (vLLM's flag) sets the usable memory, HBM × share less what CUDA
+    holds outside torch: at 0.95 the waved batch of WAVED runs more sequences at once than at
+    vLLM's default 0.9, each as many as that memory holds; a share outside (0, 1] is refused."""
+    gpu, profile = load_gpu("h100-sxm"), load_profile("vllm", "h100-sxm")
+    outside = profile.activation_reserve.non_torch_bytes
+    base, more = (predict("mixtral", **WAVED, gpu_memory_utilization=share).metrics for share in (None, 0.95))
+    assert base["memory_capacity_bytes"] == pytest.approx(gpu.hbm_capacity_bytes * 0.9 - outside, rel=REL)
+    assert more["memory_capacity_bytes"] == pytest.approx(gpu.hbm_capacity_bytes * 0.95 - outside, rel=REL)
+    per_sequence = base["kv_cache_bytes"] / base["concurrent_sequences"]
+    for m in (base, more):
+        free = m["memory_capacity_bytes"] - m["weights_bytes"] - m["activation_bytes"]
+        assert m["concurrent_sequences"] == math.floor(free / per_sequence)
+    assert more["concurrent_sequences"] > base["concurrent_sequences"] and more["e2e_s"] < base["e2e_s"]
+    for bad in (0, 1.5, True, "0.9"):
+        with pytest.raises(InputError, match=r"gpu-memory-utilization must be in \(0, 1\]"):
+            predict("mixtral", **WAVED, gpu_memory_utilization=bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "mixtral", "--gpu", "h100", "--gpu-memory-utilization", "1.5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "perfmodel: error: gpu-memory-utilization must be in (0, 1], got 1.5"
 
 
 def test_the_engine_limits_the_sequences_at_once(tmp_path):
