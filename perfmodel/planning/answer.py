@@ -254,6 +254,11 @@ def memory_per_gpu(steps) -> dict[str, Any]:
             "kv_cache_given": given, "kv_cache_tokens": steps.kv_tokens}
 
 
+#: A KV cache per GPU (GiB) below which vLLM's estimate of its CUDA graphs' memory, which the plan
+#: does not count, may take a large share of it: up to 4.0 GiB in the committed engine logs
+#: (gpt-oss-120b on one H100; docs/h100.md).
+SMALL_KV_CACHE_GIB = 8.0
+
 #: Below this share of requests within their own SLOs (goodput), or this close to the KV cache's
 #: capacity or the closed form's saturation rate, the answer says the deployment runs near its limit.
 GOODPUT_WARN, KV_FULL_WARN, UTILIZATION_WARN = 0.5, 0.95, 0.85
@@ -327,6 +332,14 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
             out.append(f"{p['gpu']}: a step holding prompt tokens{beyond} takes at least "
                        f"{p['prefill_step_floor_s'] * 1e3:.1f} ms (the profile's prefill host floor, fitted "
                        f"on offline prefills), which sets the ITL of tokens that share a step with a prefill{serial}.")
+        m = p.get("memory_per_gpu")
+        if m and not m["kv_cache_given"] and m["kv_cache_gib"] < SMALL_KV_CACHE_GIB:
+            out.append(f"{p['gpu']}: the weights and activations leave a KV cache of {m['kv_cache_gib']:.1f} GiB "
+                       "per GPU, from which vLLM also takes its estimate of its CUDA graphs' memory, not "
+                       "counted here: 0.01–0.64 GiB in the committed engine logs of most models, 2.1 GiB for "
+                       "DeepSeek-V3 cut to 6 layers, 4.0 GiB for gpt-oss-120b at vLLM's routing simulator. "
+                       "The engine log's 'Available KV cache memory', given as --kv-cache-memory, plans on "
+                       "the engine's own.")
     noisy = {p["gpu"]: p["launch_factor_p10_p90"] for p in prov if p.get("launch_factor_p10_p90")}
     for gpu, (lo, hi) in noisy.items():
         out.append(f"{gpu}: a step the host launches (prompt tokens beyond the largest CUDA graph) takes a host "
