@@ -159,6 +159,9 @@ _HOST_PROBE = typer.Option(
     None, "--host-probe-ms", help="The host's speed: its probe time in ms (perfmodel host-probe "
     "times it on the serving host); the profile's host times are scaled to it. Default: the "
     "host the profile was fitted on.")
+_GPU_MEMORY = typer.Option(
+    None, "--gpu-memory-utilization", help="Share of each GPU's memory the engine may fill "
+    "(vLLM's flag of that name; default the profile's, 0.9 for vllm).")
 
 
 @app.command()
@@ -189,9 +192,7 @@ def predict(
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
     host_probe_ms: Optional[float] = _HOST_PROBE,
-    gpu_memory_utilization: Optional[float] = typer.Option(
-        None, "--gpu-memory-utilization", help="Share of each GPU's memory the engine may fill "
-        "(vLLM's flag of that name; default the profile's, 0.9 for vllm)."),
+    gpu_memory_utilization: Optional[float] = _GPU_MEMORY,
     as_json: bool = JSON_OPTION,
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the workload "
                                 "does not fit in memory (always warned about on stderr)."),
@@ -597,6 +598,7 @@ def sweep(
     spec_accept: Optional[float] = _SPEC_ACCEPT,
     spec_accepted_len: Optional[float] = _SPEC_ACCEPTED_LEN,
     host_probe_ms: Optional[float] = _HOST_PROBE,
+    gpu_memory_utilization: Optional[float] = _GPU_MEMORY,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the table to a CSV file."),
     as_json: bool = JSON_OPTION,
     max_points: Optional[int] = typer.Option(
@@ -648,7 +650,8 @@ def sweep(
         from perfmodel.sweep_change import parse_baseline
 
         base_key, base_value = parse_baseline(baseline, axes)
-    table = run(model, axes, gpu=gpu, engine=engine, phase=phase.value, overrides=overrides, **limit, **fixed)
+    table = run(model, axes, gpu=gpu, engine=engine, phase=phase.value, overrides=overrides,
+                gpu_memory_utilization=gpu_memory_utilization, **limit, **fixed)
     if baseline is not None:
         from perfmodel.sweep_change import with_changes
 

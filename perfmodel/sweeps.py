@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from perfmodel.errors import InputError, validation_message
 from perfmodel.graph import model_values
 from perfmodel.prediction import (
-    COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_model, check_name,
-    check_overrides, compile_model, graph_options, layout_gpus, numeric_values, structure_key,
+    COUNT_METRICS, DTYPE_BYTES, METRICS, PHASES, Workload, check_choice, check_count, check_memory_share, check_model,
+    check_name, check_overrides, compile_model, graph_options, layout_gpus, numeric_values, structure_key,
 )
 from perfmodel.ops.moe import MOE_IMPLS, busiest_z
 from perfmodel.quantization import check_quant
@@ -380,7 +380,7 @@ def _at_points(values: dict[str, Any], where: np.ndarray) -> dict[str, Any]:
 def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = None,
           engine: str | None = None, phase: str = "request",
           overrides: list[str] | dict[str, Any] | None = None, max_points: int = MAX_POINTS,
-          **fixed: Any):
+          gpu_memory_utilization: float | None = None, **fixed: Any):
     """Evaluate every combination of ``grid`` (other workload fields from ``fixed``).
 
     ``grid`` maps keys (:data:`GRID_SYMBOLS` and :data:`CATEGORICAL`) to lists of values;
@@ -388,7 +388,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
     :data:`WHATIF_KEYS` (pruning ratios, speculative decoding: ``spec_accepted_len`` is fixed
     only); ``gpu`` and ``engine`` default to h200-sxm and vllm. A key may be given once:
     swept, fixed or set, not two of them. A grid of more than ``max_points`` combinations is
-    refused before it is built.
+    refused before it is built. ``gpu_memory_utilization``: the share of each GPU's memory the
+    engine may fill (vLLM's flag; None: the profile's), as :func:`perfmodel.prediction.predict`.
 
     ``grid["model"]``, a list of models, sweeps the rest of the grid for each of them
     (:mod:`perfmodel.sweep_models`; ``model`` itself is then not read), one table with a
@@ -417,8 +418,10 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         from perfmodel.sweep_models import sweep_models
 
         return sweep_models(grid["model"], {k: v for k, v in grid.items() if k != "model"}, gpu=gpu,
-                            engine=engine, phase=phase, overrides=overrides, max_points=max_points, **fixed)
+                            engine=engine, phase=phase, overrides=overrides, max_points=max_points,
+                            gpu_memory_utilization=gpu_memory_utilization, **fixed)
     phase = check_choice("phase", phase, PHASES)  # type: ignore[assignment]
+    share = None if gpu_memory_utilization is None else check_memory_share(gpu_memory_utilization)
     model = check_model(model)
     overrides = check_overrides(overrides)
     if isinstance(model, ModelSpec) and overrides:
@@ -506,6 +509,8 @@ def sweep(model: str | ModelSpec, grid: dict[str, Any], *, gpu: str | None = Non
         cat = dict(zip(categorical, combo))
         gpu_spec = load_gpu(cat.get("gpu", gpu))
         profile = load_profile(cat.get("engine", engine), gpu_spec.name)
+        if share is not None:
+            profile = profile.with_memory_fraction(share)
         point_workload = replace(workload, **{k: cat[k] for k in ("dtype", "kv_dtype", "quant", "moe_impl")
                                               if k in cat}).stored_as(models.specs[0])
         point_workload.check_moe_impl(models.specs[0])

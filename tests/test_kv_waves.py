@@ -81,7 +81,8 @@ def test_a_batch_that_outgrows_the_cache_runs_as_vllms_scheduler_runs_it():
 def test_the_engines_memory_share_sets_the_sequences_at_once(capsys):
     """--gpu-memory-utilization (vLLM's flag) sets the usable memory, HBM × share less what CUDA
     holds outside torch: at 0.95 the waved batch of WAVED runs more sequences at once than at
-    vLLM's default 0.9, each as many as that memory holds; a share outside (0, 1] is refused."""
+    vLLM's default 0.9, each as many as that memory holds, in predict and sweep alike; a share
+    outside (0, 1] is refused."""
     gpu, profile = load_gpu("h100-sxm"), load_profile("vllm", "h100-sxm")
     outside = profile.activation_reserve.non_torch_bytes
     base, more = (predict("mixtral", **WAVED, gpu_memory_utilization=share).metrics for share in (None, 0.95))
@@ -92,9 +93,15 @@ def test_the_engines_memory_share_sets_the_sequences_at_once(capsys):
         free = m["memory_capacity_bytes"] - m["weights_bytes"] - m["activation_bytes"]
         assert m["concurrent_sequences"] == math.floor(free / per_sequence)
     assert more["concurrent_sequences"] > base["concurrent_sequences"] and more["e2e_s"] < base["e2e_s"]
+    table = sweep("mixtral", {"batch": [128]}, gpu_memory_utilization=0.95,
+                  **{k: v for k, v in WAVED.items() if k not in ("batch", "gpu")}, gpu="h100-sxm")
+    assert int(table["concurrent_sequences"].iloc[0]) == more["concurrent_sequences"]
+    assert table["e2e_s"].iloc[0] == pytest.approx(more["e2e_s"], rel=1e-6)
     for bad in (0, 1.5, True, "0.9"):
         with pytest.raises(InputError, match=r"gpu-memory-utilization must be in \(0, 1\]"):
             predict("mixtral", **WAVED, gpu_memory_utilization=bad)
+    with pytest.raises(InputError, match=r"gpu-memory-utilization must be in \(0, 1\]"):
+        sweep("mixtral", {"batch": [1]}, gpu_memory_utilization=0)
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "mixtral", "--gpu", "h100", "--gpu-memory-utilization", "1.5"])
     assert exit_info.value.code == 2
