@@ -244,8 +244,9 @@ def provenance(plan: Plan, ev: Evaluation) -> list[dict[str, Any]]:
 def memory_per_gpu(steps) -> dict[str, Any]:
     """One GPU's memory as the plan holds it (GiB): what the engine may fill, its weights, the
     activations it reserves, its KV cache (``kv_cache_given``: the size it was given, vLLM's
-    --kv-cache-memory, rather than what the rest leaves), and the tokens that cache holds over
-    the replica's GPUs (what vLLM's log names 'GPU KV cache size')."""
+    --kv-cache-memory, rather than what the rest leaves), and the tokens one engine's cache holds
+    (a tensor-parallel group's GPUs together; each data-parallel rank has its own), what vLLM's
+    log names 'GPU KV cache size'."""
     gib = 2.0**30
     given = steps.kv_cache_bytes is not None
     kv = steps.kv_cache_bytes if given else max(0.0, steps.usable_bytes - steps.weights_bytes - steps.activation_bytes)
