@@ -248,11 +248,9 @@ def memory_per_gpu(steps) -> dict[str, Any]:
     (a tensor-parallel group's GPUs together; each data-parallel rank has its own), what vLLM's
     log names 'GPU KV cache size'."""
     gib = 2.0**30
-    given = steps.kv_cache_bytes is not None
-    kv = steps.kv_cache_bytes if given else max(0.0, steps.usable_bytes - steps.weights_bytes - steps.activation_bytes)
     return {"usable_gib": steps.usable_bytes / gib, "weights_gib": steps.weights_bytes / gib,
-            "activations_gib": steps.activation_bytes / gib, "kv_cache_gib": kv / gib,
-            "kv_cache_given": given, "kv_cache_tokens": steps.kv_tokens}
+            "activations_gib": steps.activation_bytes / gib, "kv_cache_gib": steps.kv_capacity_bytes / gib,
+            "kv_cache_given": steps.kv_cache_bytes is not None, "kv_cache_tokens": steps.kv_tokens}
 
 
 #: A KV cache per GPU (GiB) below which vLLM's estimate of its CUDA graphs' memory, which the plan

@@ -204,21 +204,16 @@ class Search:
             if kv_gib is not None:  # the KV cache the engine is given, beside the weights and activations
                 steps = replace(steps, kv_cache_bytes=kv_gib * 2**30)
             setup.steps = steps
-            kv = steps.kv_tokens // layout.pp
+            kv, gib = steps.kv_tokens // layout.pp, 2**30
+            held = f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations " \
+                   f"{steps.activation_bytes / gib:.1f} GiB"
             whole = profile.usable_bytes(offer.gpu, fraction=1.0)
-            if kv_gib is not None and steps.weights_bytes + steps.activation_bytes + kv_gib * 2**30 > whole:
-                gib = 2**30
-                setup.failure = (
-                    f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations "
-                    f"{steps.activation_bytes / gib:.1f} GiB + the KV cache asked for ({kv_gib:g} GiB) per "
-                    f"GPU exceed the {whole / gib:.1f} GiB it has")
+            if kv_gib is not None and steps.weights_bytes + steps.activation_bytes + steps.kv_capacity_bytes > whole:
+                setup.failure = (f"{held} + the KV cache asked for ({kv_gib:g} GiB) per GPU exceed the "
+                                 f"{whole / gib:.1f} GiB it has")
             elif kv < self.longest:
-                gib = 2**30
-                setup.failure = (
-                    f"does not fit: weights {steps.weights_bytes / gib:.1f} GiB + activations "
-                    f"{steps.activation_bytes / gib:.1f} GiB per GPU of {steps.usable_bytes / gib:.1f} GiB "
-                    f"usable leave KV room for {kv:,} tokens per stream, under the longest "
-                    f"request ({self.longest:,})")
+                setup.failure = (f"{held} per GPU of {steps.usable_bytes / gib:.1f} GiB usable leave KV room "
+                                 f"for {kv:,} tokens per stream, under the longest request ({self.longest:,})")
             else:
                 setup.curve = serving_curve(steps, self._curve_limits(setup), self.mean_in, self.mean_out)
         if setup.failure:

@@ -142,13 +142,18 @@ class StepTimes:
         return len(self._token_list) - 1
 
     @property
+    def kv_capacity_bytes(self) -> float:
+        """The KV cache of one GPU, bytes: ``kv_cache_bytes`` where the engine is given it (vLLM's
+        --kv-cache-memory), else the memory left after weights and activations (0 if none is)."""
+        if self.kv_cache_bytes is not None:
+            return self.kv_cache_bytes
+        return max(0.0, self.usable_bytes - self.weights_bytes - self.activation_bytes)
+
+    @property
     def kv_tokens(self) -> int:
-        """Tokens the KV cache of one replica holds: its bytes per GPU, ``kv_cache_bytes`` where the
-        engine is given them (vLLM's --kv-cache-memory), else the memory left after weights and
-        activations, over the KV bytes per token of one GPU."""
-        free = (self.usable_bytes - self.weights_bytes - self.activation_bytes if self.kv_cache_bytes is None
-                else self.kv_cache_bytes)
-        return max(0, int(free // self.kv_bytes_per_token)) if self.kv_bytes_per_token > 0 else 0
+        """Tokens the KV cache of one replica holds: :attr:`kv_capacity_bytes` over the KV bytes per token
+        of one GPU."""
+        return int(self.kv_capacity_bytes // self.kv_bytes_per_token) if self.kv_bytes_per_token > 0 else 0
 
     @property
     def fits(self) -> bool:
