@@ -131,6 +131,8 @@ BAD = [
     ("huge step budget", ["plan", "mixtral", "--rate", "5", "--max-batched-tokens", "99999999999999999999"],
      "max_batched_tokens"),
     ("negative seed", ["plan", "mixtral", "--rate", "5", "--seed", "-1"], "simulation.seed"),
+    ("zero burstiness", ["plan", "mixtral", "--rate", "5", "--burstiness", "0"], "traffic.burstiness"),
+    ("infinite burstiness", ["plan", "mixtral", "--rate", "5", "--burstiness", "inf"], "traffic.burstiness"),
     ("probe under a profile without a host-speed fit",
      ["plan", "mixtral", "--rate", "5", "--engine", "roofline", "--host-probe-ms", "5"], "no host-speed fit"),
 ]
@@ -148,7 +150,7 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("model: mixtral\ntraffic: {rate: 20\n", "malformed YAML"),
     ("model: mixtral\ntraffic: {rate: [1, 2}\n", "while parsing a flow sequence (line 2, column 22)"),
     ("- just\n- a list\n", "expected a mapping"),
-    ("model: mixtral\ntraffic: 5\n", "traffic must be a mapping (rate, input_len, output_len, lengths_file), got 5"),
+    ("model: mixtral\ntraffic: 5\n", "traffic must be a mapping (rate, burstiness, input_len, output_len, lengths_file), got 5"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: 0}\n",
      "a token count must be an integer from 1 to 10,000,000, got 0"),
     ("model: mixtral\ntraffic: {rate: 5}\nsurprise: 1\n", "surprise"),
@@ -160,6 +162,7 @@ def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     ("model: mixtral\ntraffic: {rate: 5}\nmax_gpus: 8\n", "'max_gpus' belongs under 'search:'"),
     ("model: mixtral\ntraffic: {rate: 5}\nsearch: {max_gpus: 1000000}\n", "search.max_gpus"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: true}\n", "not true/false"),
+    ("model: mixtral\ntraffic: {rate: 5, burstiness: -1}\n", "traffic.burstiness"),
     ("model: mixtral\ntraffic: {rate: 5, input_len: {p50: a, p90: 2}}\n", "percentile p50 must be a number"),
 ])
 def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, content, fragment):
@@ -573,3 +576,22 @@ def test_the_answer_names_the_cheapest_deployment_of_each_dtype_it_searched():
     alone = plan(dtypes=["bf16", "fp8"], max_gpus=1)["cheapest_by"]["dtype"]
     assert alone["bf16"] is None and alone["fp8"] is not None
     assert plan(dtypes=["fp8"], max_gpus=1)["cheapest_by"] == {}
+
+
+def test_a_plan_under_bursty_traffic_says_so(tmp_path, capsys):
+    """traffic.burstiness (or --burstiness, which overrides it) reaches the answer: its traffic,
+    its question, a caveat naming the gamma gaps and that no bursty run was measured, and the
+    report's title; Poisson traffic (1, the default) has no such caveat."""
+    config = tmp_path / "q.yaml"
+    config.write_text("model: olmoe-1b-7b\ntraffic: {rate: 4, burstiness: 0.5}\n"
+                      "slo: {ttft_p90: 1.0, itl_p90: 0.05}\nsearch: {gpus: [h200], max_gpus: 1}\n")
+    code, out, _ = _run(["plan", "--config", str(config), "--json", "--out", str(tmp_path / "r")], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["traffic"]["burstiness"] == 0.5 and data["question"]["traffic"]["burstiness"] == 0.5
+    (caveat,) = [c for c in data["caveats"] if "gamma-distributed gaps of shape 0.5" in c]
+    assert "burstier than Poisson" in caveat and "measured once" in caveat
+    assert "(burstiness 0.5)" in (tmp_path / "r" / "summary.md").read_text().splitlines()[0]
+    code, out, _ = _run(["plan", "--config", str(config), "--burstiness", "1", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["traffic"]["burstiness"] == 1.0
+    assert not [c for c in data["caveats"] if "gamma-distributed" in c]

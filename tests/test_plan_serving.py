@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from perfmodel.planning.serving import serving_curve
-from perfmodel.planning.simulate import EngineLimits, Requests, poisson_requests, simulate
+from perfmodel.planning.simulate import EngineLimits, Requests, arrival_requests, simulate
 from perfmodel.planning.steptime import build_step_times
 from perfmodel.prediction import predict
 from perfmodel.profile import load_profile
@@ -38,7 +38,7 @@ def limits(steps):
 
 
 def _fixed(rate: float, n: int, seed: int = 0) -> Requests:
-    return poisson_requests(rate, np.full(n, S), np.full(n, O), seed=seed)
+    return arrival_requests(rate, np.full(n, S), np.full(n, O), seed=seed)
 
 
 def test_step_tables_reproduce_predict(steps):
@@ -124,7 +124,7 @@ def test_littles_law_and_token_counts_under_preemption(steps):
     still finishes, and Little's law still balances."""
     rng = np.random.default_rng(3)
     small = EngineLimits(64, 8192, 6000)
-    requests = poisson_requests(3.0, rng.integers(200, 2000, 150), rng.integers(20, 300, 150), seed=1)
+    requests = arrival_requests(3.0, rng.integers(200, 2000, 150), rng.integers(20, 300, 150), seed=1)
     result = simulate(steps, small, requests, warmup=0)
     assert result.preemptions > 0
     assert result.completed == 150 and not result.overloaded
@@ -138,7 +138,7 @@ def test_a_higher_rate_never_lowers_latency_percentiles(steps, limits):
     s, o = rng.integers(200, 2000, 300), rng.integers(20, 300, 300)
     previous = None
     for rate in (1.0, 2.0, 4.0, 6.0, 8.0):
-        summary = simulate(steps, limits, poisson_requests(rate, s, o, seed=0), warmup=50).summary()
+        summary = simulate(steps, limits, arrival_requests(rate, s, o, seed=0), warmup=50).summary()
         row = {f"{m}_{q}": summary[m][q] for m in ("ttft", "itl", "e2e") for q in ("p50", "p90", "p99")}
         if previous is not None:
             lower = {k: (previous[k], v) for k, v in row.items() if v < previous[k]}
@@ -162,7 +162,7 @@ def test_decode_pool_has_no_prefill_steps(steps, limits):
 
 def test_a_request_larger_than_the_cache_ends_the_run(steps):
     """A prompt that cannot fit even alone is reported (overloaded), not retried forever."""
-    requests = poisson_requests(1.0, np.array([2000, 100]), np.array([10, 10]), seed=0)
+    requests = arrival_requests(1.0, np.array([2000, 100]), np.array([10, 10]), seed=0)
     result = simulate(steps, EngineLimits(8, 512, 1500), requests)
     assert result.overloaded and "does not fit" in result.reason
 
@@ -446,7 +446,7 @@ def test_record_tokens_matches_the_per_request_latencies():
     simulated TTFT and E2E and exactly O tokens."""
     rng = np.random.default_rng(2)
     n = 60
-    requests = poisson_requests(4.0, rng.integers(100, 1200, n), rng.integers(5, 120, n), seed=3)
+    requests = arrival_requests(4.0, rng.integers(100, 1200, n), rng.integers(5, 120, n), seed=3)
     result = simulate(_toy_steps(per_ctx=2e-8, floor=0.012), EngineLimits(16, 1024, 3000), requests,
                       record_tokens=True)
     assert result.preemptions > 0 and result.completed == n
@@ -474,7 +474,7 @@ def test_planning_simulation_unchanged_without_the_replay_arguments(case):
     rng = np.random.default_rng(4)
     s, o = rng.integers(100, 1500, 200), rng.integers(10, 200, 200)
     for record in (False, True):  # recording the token times changes nothing either
-        result = simulate(steps, EngineLimits(*limits), poisson_requests(rate, s, o, seed=5), warmup=20,
+        result = simulate(steps, EngineLimits(*limits), arrival_requests(rate, s, o, seed=5), warmup=20,
                           record_tokens=record, **kw)
         summary = result.summary()
         assert [summary["ttft"][q] for q in ("p50", "p90", "mean")] == pytest.approx(ttft, rel=1e-9)
@@ -583,3 +583,42 @@ def test_short_prompts_under_a_small_sequence_limit_are_launched_from_the_host()
     told = predict_serving("olmoe-1b-7b", "h200", (1, 1, 1), traffic, max_num_seqs=64, requests=60, warmup=10,
                            graph_tokens=512)
     assert told["ttft_s"]["p50"] == pytest.approx(large["ttft_s"]["p50"], rel=0.05)
+
+
+@pytest.mark.parametrize("burstiness, share", [(0.25, 1.0), (0.25, 0.25), (4.0, 1.0), (4.0, 0.1), (1.0, 0.5)])
+def test_arrival_gaps_keep_their_mean_and_one_streams_share_is_less_bursty(burstiness, share):
+    """Gamma gaps of shape k keep a unit mean at squared CV 1/k; a stream that takes each request
+    at random with probability p sees gaps of squared CV p/k + 1 − p (toward Poisson's 1); k = 1
+    is the exponential draw itself, thinned or not."""
+    from perfmodel.planning.simulate import arrival_gaps, arrival_scv
+
+    gaps = arrival_gaps(200_000, seed=7, burstiness=burstiness, share=share)
+    assert gaps.mean() == pytest.approx(1.0, rel=0.02)
+    assert gaps.var() / gaps.mean() ** 2 == pytest.approx(arrival_scv(burstiness, share), rel=0.05)
+    assert arrival_scv(burstiness, 1.0) == pytest.approx(1 / burstiness) and arrival_scv(burstiness, 0.0) == 1.0
+    if burstiness == 1.0:
+        assert np.array_equal(gaps, np.random.default_rng(7).exponential(1.0, size=200_000))
+
+
+def test_burstier_arrivals_wait_longer_below_saturation(steps, limits):
+    """At 2 req/s (a tenth of the engine's saturation) the same requests arriving in bursts wait
+    for each other's prefills: TTFT p90 rises as the gaps' shape k falls (8 → 1 → 0.25), the
+    decodes' ITL p50 hardly moves."""
+    n = 600
+    results = {k: simulate(steps, limits, arrival_requests(2.0, np.full(n, S), np.full(n, O), seed=3,
+                                                           burstiness=k), warmup=100).summary()
+               for k in (8.0, 1.0, 0.25)}
+    assert results[0.25]["ttft"]["p90"] > 1.2 * results[1.0]["ttft"]["p90"]
+    assert results[1.0]["ttft"]["p90"] > 1.1 * results[8.0]["ttft"]["p90"]
+    assert results[0.25]["itl"]["p50"] == pytest.approx(results[8.0]["itl"]["p50"], rel=0.25)
+
+
+def test_a_prefill_pools_wait_follows_the_gaps_variation(steps):
+    """A prefill pool's closed-form wait is M/D/1's times the arrivals' squared CV (Kingman's
+    G/D/1): none for evenly spaced arrivals, twice Poisson's at c_a² = 2."""
+    curve = serving_curve(steps, EngineLimits(256, 8192, steps.kv_tokens), S, O, kind="prefill")
+    rate = 0.6 * curve.saturation_rate
+    m1 = curve.single_prefill_s
+    poisson, bursty, even = (curve.at(rate, scv).ttft["mean"] - m1 for scv in (1.0, 2.0, 0.0))
+    assert poisson > 0 and bursty == pytest.approx(2 * poisson) and even == pytest.approx(0.0, abs=1e-12)
+    assert poisson == pytest.approx(0.6 / (2 * 0.4) * m1)

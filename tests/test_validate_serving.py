@@ -116,7 +116,7 @@ def test_replay_against_known_predictions(tmp_path, monkeypatch, capsys):
     assert result["rate_errors"][-1]["factor"] * 4.1 == pytest.approx(6.0, rel=3e-3)
     model, gpu, layout, traffic, kw = calls[0]
     assert (model, gpu, layout) == ("olmoe-1b-7b", "h200-sxm", Layout(1, 1, 1))
-    assert traffic == {"rate": 2.0, "input_len": 512, "output_len": O}
+    assert traffic == {"rate": 2.0, "burstiness": 1.0, "input_len": 512, "output_len": O}  # no field: Poisson
     assert kw["arrivals"] == rows[0]["per_request"]["submitted_s"] and kw["until_s"] == pytest.approx(45.0)
     assert kw["kv_tokens"] == 16_000 and kw["max_num_seqs"] == 128 and kw["max_batched_tokens"] == 8192
     assert kw["dtype"] == "none" and kw["seed"] == 3 and kw["engine"] == "vllm"  # unquantized, as it ran

@@ -625,3 +625,35 @@ def test_lengths_from_a_file_are_drawn_as_plan_draws_them(tmp_path, monkeypatch,
                      str(tmp_path / "x.jsonl")]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, (extra, err)
+
+
+def test_bursty_arrivals_are_gamma_gaps_of_the_same_mean_and_poisson_ids_stay(tmp_path, monkeypatch, capsys):
+    """--burstiness k draws gamma gaps of shape k (squared CV 1/k) at the rate's mean; k = 1 is
+    the Poisson schedule as before, whose point ids do not change; the row records k and its id
+    carries it; k <= 0 or a k off a serving run is one line, exit 2."""
+    poisson = vs.poisson_arrivals(4.0, 20_000, seed=3)
+    assert vs.poisson_arrivals(4.0, 20_000, seed=3, burstiness=1.0) == poisson
+    for k in (0.25, 4.0):
+        a = vs.poisson_arrivals(4.0, 20_000, seed=3, burstiness=k)
+        gaps = np.diff(a)
+        assert (len(a) - 1) / a[-1] == pytest.approx(4.0, rel=0.05)
+        assert np.var(gaps) / np.mean(gaps) ** 2 == pytest.approx(1 / k, rel=0.1)
+    spec = vs.ServingSpec(model="olmoe-1b-7b", rates=(2.0,))
+    assert "burstiness" not in spec.point(2.0).point_id and "serving=poisson" in spec.point(2.0).point_id
+    bursty = vs.ServingSpec(model="olmoe-1b-7b", rates=(2.0,), burstiness=0.5)
+    assert "serving=gamma" in bursty.point(2.0).point_id and "burstiness=0.5" in bursty.point(2.0).point_id
+    _install(tmp_path, monkeypatch)
+    out = tmp_path / "bursty.jsonl"
+    assert _measure(out, "--rate", "2", "--seed", "5", "--burstiness", "0.5") == 0
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["burstiness"] == 0.5 and "burstiness=0.5" in row["point_id"]
+    assert row["per_request"]["arrival_s"] == pytest.approx(vs.poisson_arrivals(2.0, N, 5, 0.5), abs=1e-6)
+    capsys.readouterr()
+    for extra, expected in ((["--serving", "--rate", "2", "--burstiness", "0"], "bad burstiness 0"),
+                            (["--serving", "--rate", "2", "--burstiness", "nan"], "bad burstiness nan"),
+                            (["--burstiness", "0.5"], "--burstiness applies to --serving runs")):
+        from perfmodel.measuring.measure import main
+
+        assert main(["olmoe", "--backend", "vllm", *extra, "--out", str(tmp_path / "x.jsonl")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (extra, err)

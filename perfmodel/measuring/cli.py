@@ -261,6 +261,8 @@ def measure(
     lengths_file: Optional[Path] = typer.Option(None, "--lengths-file", help="--serving: CSV of input,output "
                                                 "token counts; each request's drawn from it (as plan does)."),
     seed: int = typer.Option(0, "--seed", help="--serving: seed of the arrival times and the prompts."),
+    burstiness: float = typer.Option(1.0, "--burstiness", help="--serving: gamma shape of the gaps between "
+                                     "arrivals, as vllm bench serve's (1: Poisson; below 1 burstier)."),
     ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", help="--serving: TTFT target for goodput, s."),
     itl_slo: Optional[float] = typer.Option(None, "--itl-slo", help="--serving: TPOT target for goodput, s."),
 ) -> SweepSummary:
@@ -311,11 +313,14 @@ def measure(
             models=models, out=out, budget_s=budget_s, allow_cpu=allow_cpu, rates=rate,
             num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=max_num_seqs,
             seed=seed, duration_s=duration_s, ttft_slo_s=ttft_slo, itl_slo_s=itl_slo, overrides=overrides,
-            layers=layers, cuda_graphs=cuda_graphs, settings=settings, lengths_file=lengths_file)
+            layers=layers, cuda_graphs=cuda_graphs, settings=settings, lengths_file=lengths_file,
+            burstiness=burstiness if isinstance(burstiness, (int, float)) else 1.0)
     if isinstance(rate, str):
         raise InputError("--rate applies to --serving runs")
     if isinstance(lengths_file, Path):
         raise InputError("--lengths-file applies to --serving runs")
+    if isinstance(burstiness, (int, float)) and burstiness != 1.0:
+        raise InputError("--burstiness applies to --serving runs")
     require_gpu_libraries("measure")
     if backend == "vllm":
         from perfmodel.measuring import vllm_backend

@@ -118,17 +118,24 @@ def offered_rate(row: dict[str, Any]) -> float:
 # --------------------------------------------------------------------------- the measured run
 
 
+def row_burstiness(row: dict[str, Any]) -> float:
+    """The gamma shape of a row's arrival gaps (rows before the field: 1, Poisson)."""
+    value = row.get("burstiness")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
+
+
 def measured_schedule(row: dict[str, Any]) -> tuple[list[float], str]:
     """The submission times (s from the rate's start) of a row's submitted requests, and where
-    they come from: ``submitted`` (its per-request data) or ``scheduled`` (the seeded Poisson
-    schedule the measurement drew, cut at its duration cap, where the row lacks them)."""
+    they come from: ``submitted`` (its per-request data) or ``scheduled`` (the seeded schedule the
+    measurement drew, at its burstiness, cut at its duration cap, where the row lacks them)."""
     per = row.get("per_request")
     if isinstance(per, dict) and per.get("submitted_s") is not None:
         return [float(t) for t in per["submitted_s"] if t is not None], "submitted"
     from perfmodel.measuring.vllm_serving import poisson_arrivals
 
     cap = row.get("duration_cap_s")
-    times = poisson_arrivals(float(row["rate"]), int(row["num_requests"]), int(row.get("seed") or 0))
+    times = poisson_arrivals(float(row["rate"]), int(row["num_requests"]), int(row.get("seed") or 0),
+                             row_burstiness(row))
     return [t for t in times if cap is None or t <= cap], "scheduled"
 
 
@@ -219,7 +226,8 @@ def predict_row(row: dict[str, Any], gpu: str, *, at_probe: bool = True, engine:
     until = drain_limit(row)
     return planning.predict_serving(
         row["model"], gpu, serving_layout(row),
-        {"rate": offered_rate(row) * rate_factor, **traffic_lengths(row)}, lengths=request_lengths(row),
+        {"rate": offered_rate(row) * rate_factor, "burstiness": row_burstiness(row), **traffic_lengths(row)},
+        lengths=request_lengths(row),
         dtype=serving_weights(row), kv_dtype=serving_kv_dtype(row), max_num_seqs=int(row["max_num_seqs"]), engine=engine,
         overrides=row_overrides(row), seed=int(row.get("seed") or 0), arrivals=[t / rate_factor for t in arrivals],
         until_s=None if until is None else until / rate_factor, kv_tokens=engine_kv_tokens(row),

@@ -121,20 +121,36 @@ DEFAULT_OUTPUT_LEN = 256
 # --------------------------------------------------------------------------- the schedule
 
 
-def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
+def poisson_arrivals(rate: float, n: int, seed: int = 0, burstiness: float = 1.0) -> list[float]:
     """Arrival offsets (s) of ``n`` requests at ``rate`` req/s: the first at 0, then exponential
-    gaps of mean 1/rate from ``random.Random(seed)``. The same seed draws the same unit-rate gaps
-    at every rate (times scale as 1/rate), as the planning simulation's arrivals do."""
+    gaps of mean 1/rate from ``random.Random(seed)``, or with ``burstiness`` k other than 1
+    gamma-distributed gaps of shape k and the same mean (``vllm bench serve --burstiness``:
+    below 1 burstier, above 1 steadier). The same seed draws the same unit-rate gaps at every
+    rate (times scale as 1/rate), as the planning simulation's arrivals do."""
     if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
         raise InputError(f"bad rate {rate}: must be a number of requests per second > 0")
     if n < 1:
         raise InputError(f"bad number of requests {n}: must be >= 1")
+    check_burstiness(burstiness)
     rng = random.Random(seed)
     out, t = [0.0], 0.0
     for _ in range(n - 1):
-        t += rng.expovariate(1.0) / rate
+        gap = rng.expovariate(1.0) if burstiness == 1.0 else rng.gammavariate(burstiness, 1.0 / burstiness)
+        t += gap / rate
         out.append(t)
     return out
+
+
+def check_burstiness(burstiness: float) -> float:
+    """``burstiness`` if it is a gamma shape the schedule takes (> 0, at most
+    :data:`perfmodel.planning.question.MAX_BURSTINESS`), else InputError."""
+    from perfmodel.planning.question import MAX_BURSTINESS
+
+    if (isinstance(burstiness, bool) or not isinstance(burstiness, (int, float)) or not math.isfinite(burstiness)
+            or not 0 < burstiness <= MAX_BURSTINESS):
+        raise InputError(f"bad burstiness {burstiness}: the gaps' gamma shape must be > 0 and at most "
+                         f"{MAX_BURSTINESS:g} (1: Poisson)")
+    return float(burstiness)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -199,6 +215,7 @@ class ServingSpec:
     lengths_sha256: str | None = None  # of that file's bytes (the point id carries its first 12 hex digits)
     max_num_seqs: int = 256
     seed: int = 0
+    burstiness: float = 1.0  # gamma shape of the gaps between arrivals (1: Poisson)
     duration_s: float | None = None
     ttft_slo_s: float | None = None
     itl_slo_s: float | None = None
@@ -210,7 +227,9 @@ class ServingSpec:
     def point(self, rate: float) -> SweepPoint:
         """The point of one rate (its id: the model, S, O, ``B`` = max_num_seqs, the engine
         settings, and the rate, N and seed of the schedule)."""
-        extra = {"serving": "poisson", "rate": rate_key(rate), "n": str(self.num_requests),
+        extra = {"serving": "poisson" if self.burstiness == 1.0 else "gamma", "rate": rate_key(rate),
+                 **({"burstiness": f"{self.burstiness:g}"} if self.burstiness != 1.0 else {}),
+                 "n": str(self.num_requests),
                  "seed": str(self.seed), **{f"s_{q}": str(v) for q, v in self.input_spread},
                  **{f"o_{q}": str(v) for q, v in self.output_spread},
                  **({"lengths": self.lengths_sha256[:12]} if self.lengths_file and self.lengths_sha256 else {})}
@@ -712,7 +731,8 @@ def base_row(spec: ServingSpec, rate: float, prov: dict[str, Any]) -> dict[str, 
         "overrides": list(spec.overrides), "layers": spec.layers, "rate": float(rate),
         "num_requests": spec.num_requests, "input_len": spec.input_len, "output_len": spec.output_len,
         "lengths": ({"drawn": spec.drawn(), **spec.traffic_lengths()} if spec.spread else None),
-        "max_num_seqs": spec.max_num_seqs, "seed": spec.seed, "duration_cap_s": spec.duration_s,
+        "max_num_seqs": spec.max_num_seqs, "seed": spec.seed, "burstiness": spec.burstiness,
+        "duration_cap_s": spec.duration_s,
         "ttft_slo_s": spec.ttft_slo_s, "itl_slo_s": spec.itl_slo_s,
     }
     row.update(prov)
@@ -751,7 +771,7 @@ async def measure_rate(engine: Engine, spec: ServingSpec, rate: float, prompts: 
     include ``engine_steps`` (:func:`vllm_steps.step_summary`). ``outputs``: each request's
     output tokens (default: all O)."""
     outputs = outputs if outputs is not None else [spec.output_len] * len(prompts)
-    arrivals = poisson_arrivals(rate, spec.num_requests, spec.seed)
+    arrivals = poisson_arrivals(rate, spec.num_requests, spec.seed, spec.burstiness)
     first_step = engine.steps.mark() if engine.steps is not None else 0
     traces, t0 = await run_schedule(engine.llm, prompts, arrivals, lambda i: engine.make_params(outputs[i]),
                                     clock=clock, delta=engine.delta, request_prefix=f"r{rate_key(rate)}",
@@ -966,7 +986,7 @@ def build_specs(*, models: list[str], rates: str | None, num_requests: int, inpu
                 output_len: str | None, max_num_seqs: int, seed: int, duration_s: float | None,
                 ttft_slo_s: float | None, itl_slo_s: float | None, overrides: list[str],
                 layers: int | None, cuda_graphs: bool, settings: dict[str, str],
-                lengths_file: Path | None = None) -> list[ServingSpec]:
+                lengths_file: Path | None = None, burstiness: float = 1.0) -> list[ServingSpec]:
     """The serving specs of the command's arguments; bad values raise InputError (one line)."""
     if rates is None:
         raise InputError("--serving needs --rate (requests per second, e.g. 2,4,8)")
@@ -984,7 +1004,8 @@ def build_specs(*, models: list[str], rates: str | None, num_requests: int, inpu
         o, o_spread = _one_length(output_len, DEFAULT_OUTPUT_LEN, "--output-len")
         lengths = dict(input_len=s, output_len=o, input_spread=s_spread, output_spread=o_spread)
     common = dict(rates=tuple(rate_list), num_requests=n, max_num_seqs=seqs, **lengths,
-                  seed=seed, duration_s=_positive(duration_s, "--duration-s"),
+                  seed=seed, burstiness=check_burstiness(burstiness),
+                  duration_s=_positive(duration_s, "--duration-s"),
                   ttft_slo_s=_positive(ttft_slo_s, "--ttft-slo"), itl_slo_s=_positive(itl_slo_s, "--itl-slo"),
                   overrides=tuple(overrides), layers=layers, cuda_graphs=cuda_graphs,
                   settings=tuple(sorted(settings.items())))

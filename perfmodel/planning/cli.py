@@ -56,6 +56,8 @@ def _overrides(**flags: Any) -> dict[str, Any]:
             out[key] = f[key]
     if f["rate"] is not None:
         sections["traffic"]["rate"] = f["rate"]
+    if f["burstiness"] is not None:
+        sections["traffic"]["burstiness"] = f["burstiness"]
     if f["input_len"] is not None:
         sections["traffic"]["input_len"] = parse_length(f["input_len"], "--input-len")
     if f["output_len"] is not None:
@@ -91,7 +93,10 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 def plan(
     model: Optional[str] = typer.Argument(None, help="Zoo name or config.json (or 'model:' in --config)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file holding the whole question."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="Arrival rate, requests/s (Poisson)."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Arrival rate, requests/s (Poisson unless --burstiness)."),
+    burstiness: Optional[float] = typer.Option(
+        None, "--burstiness", help="Shape of the gamma-distributed gaps between arrivals, as vllm bench "
+                                   "serve's: 1 (default) Poisson, below 1 burstier, above 1 steadier."),
     input_len: Optional[str] = typer.Option(None, "--input-len", "-s",
                                             help="Prompt tokens: N, or percentiles p50=512,p90=4096."),
     output_len: Optional[str] = typer.Option(None, "--output-len", "-o",
@@ -154,7 +159,8 @@ def plan(
     from perfmodel.templating import check_out_dir
 
     question = build_question(config, _overrides(
-        model=model, set_=set_, engine=engine, prices=prices, rate=rate, input_len=input_len,
+        model=model, set_=set_, engine=engine, prices=prices, rate=rate, burstiness=burstiness,
+        input_len=input_len,
         output_len=output_len, lengths_file=lengths_file, ttft_p50=ttft_p50, ttft_p90=ttft_p90,
         ttft_p99=ttft_p99, itl_p50=itl_p50, itl_p90=itl_p90, itl_p99=itl_p99, e2e_p90=e2e_p90,
         gpu=gpu, max_gpus=max_gpus, dtype=dtype, max_num_seqs=max_num_seqs,

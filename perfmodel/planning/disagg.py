@@ -10,7 +10,9 @@ request's share at a time, so at utilisation ρ of its busier end (requests per 
 × seconds per share) a request waits ρ·t/(2(1 − ρ)) on average before its share of t seconds
 (M/D/1), and at ρ ≥ 1 the pair cannot keep up. TTFT = prefill pool's TTFT + the transfer and its
 wait; ITL and TPOT are the decode pool's; E2E = TTFT + the decode pool's time. Each pool is sized
-by the closed form, cheapest first, then both are simulated and grown until the SLOs hold.
+by the closed form, cheapest first, then both are simulated and grown until the SLOs hold. Under
+bursty traffic each pool's replicas take the requests at random (:func:`.simulate.arrival_gaps`),
+the decode pool's as they arrive (the prefill pool does not smooth them: the conservative side).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from perfmodel.planning.candidates import Engine, Evaluation, Pool, judge, request_goodput
 from perfmodel.planning.serving import serving_curve
-from perfmodel.planning.simulate import EngineLimits, percentile, weighted_percentile
+from perfmodel.planning.simulate import EngineLimits, arrival_scv, percentile, weighted_percentile
 
 #: Simulation rounds that may grow a pool before giving up.
 _GROW_ROUNDS = 4
@@ -86,7 +88,8 @@ def _cheapest_prefill(search, dtype: str, kv_dtype: Optional[str], gpu: Optional
         move = transfer_s(search, setup)
         engine = Engine(setup.offer.name, dtype, setup.layout, max(search.seqs), search.budget, kv_dtype)
         for r in range(1, search.q.search.max_gpus // engine.gpus + 1):
-            state = curve.at(search.rate / (r * setup.layout.streams))
+            share = 1.0 / (r * setup.layout.streams)
+            state = curve.at(search.rate * share, arrival_scv(search.q.traffic.burstiness, share))
             if not state.stable:
                 continue
             ttft = {k: v + move for k, v in state.ttft.items()}
@@ -134,17 +137,19 @@ def simulate_pair(search, p_setup, p_engine, r_p, d_setup, d_engine, r_d,
     link = kv_link(search, p_setup, r_p, d_setup, r_d, rate)
     move = link["transfer_s"] + link["wait_s"]
     pp_p, pp_d = p_engine.layout.pp, d_engine.layout.pp
-    p_rate, d_rate = rate / (r_p * p_engine.layout.streams), rate / (r_d * d_engine.layout.streams)
+    p_share, d_share = 1.0 / (r_p * p_engine.layout.streams), 1.0 / (r_d * d_engine.layout.streams)
+    p_rate, d_rate = rate * p_share, rate * d_share
     p_limits = EngineLimits(max(search.seqs), search.budget, p_setup.steps.kv_tokens // pp_p,
                             p_setup.profile.options.async_scheduling)
     d_limits = EngineLimits(max(1, d_engine.max_num_seqs // pp_d), search.budget,
                             d_setup.steps.kv_tokens // pp_d, d_setup.profile.options.async_scheduling)
-    p_state = serving_curve(p_setup.steps, p_limits, search.mean_in, search.mean_out, "prefill").at(p_rate)
+    p_state = serving_curve(p_setup.steps, p_limits, search.mean_in, search.mean_out, "prefill").at(
+        p_rate, arrival_scv(search.q.traffic.burstiness, p_share))
     d_state = serving_curve(d_setup.steps, d_limits, search.mean_in, search.mean_out,
                             "decode").capped(d_limits.max_num_seqs).at(d_rate)
     pre = search.run_sim(p_setup.steps, p_limits, p_rate, d_state if d_state.stable else p_state,
-                         output_one=True)
-    dec = search.run_sim(d_setup.steps, d_limits, d_rate, d_state, prefilled=True)
+                         output_one=True, share=p_share)
+    dec = search.run_sim(d_setup.steps, d_limits, d_rate, d_state, prefilled=True, share=d_share)
     m = min(len(pre.ttft), len(dec.e2e))
     ttft = pre.ttft[:m] + move
     e2e = ttft + dec.e2e[:m]

@@ -6,6 +6,7 @@ One YAML file can hold a whole question (``perfmodel plan --config plan.yaml``):
     set: [top_k=2]                 # --set overrides, as for predict
     traffic:
       rate: 20                     # requests/s, Poisson arrivals
+      # burstiness: 0.5            # gamma gaps' shape (vllm bench serve --burstiness): < 1 burstier
       input_len: 1024              # tokens: a number, or percentiles {p50: 512, p90: 4096}
       output_len: 256
       # lengths_file: lengths.csv  # CSV of input,output token counts, sampled with replacement
@@ -76,10 +77,19 @@ def check_length(value: Any) -> Any:
     return value
 
 
+#: The steadiest arrivals a plan takes (gamma shape; squared coefficient of variation 1/k).
+MAX_BURSTINESS = 1000.0
+
+
 class Traffic(_Strict):
-    """Requests: Poisson arrivals at ``rate`` req/s, input and output lengths in tokens."""
+    """Requests: arrivals at ``rate`` req/s (Poisson, or gamma gaps of shape ``burstiness``),
+    input and output lengths in tokens."""
 
     rate: PositiveFloat = Field(description="Arrival rate, requests per second.")
+    burstiness: float = Field(
+        default=1.0, gt=0, le=MAX_BURSTINESS,
+        description="Shape of the gamma-distributed gaps between arrivals, as vllm bench serve's "
+                    "--burstiness: 1 is Poisson, below 1 burstier, above 1 steadier.")
     input_len: Length = Field(default=1024, description="Prompt tokens: fixed, or {p50: .., p90: ..}.")
     output_len: Length = Field(default=256, description="Output tokens: fixed, or {p50: .., p90: ..}.")
     lengths_file: Optional[Path] = Field(
@@ -248,7 +258,7 @@ def build_question(config: Path | None, overrides: dict[str, Any]) -> PlanQuesti
     if "model" not in data:
         raise InputError("no model: give MODEL, or 'model:' in the --config file")
     if "traffic" in data and not isinstance(data["traffic"], dict):
-        raise InputError(f"invalid plan question: traffic must be a mapping (rate, input_len, output_len, "
+        raise InputError(f"invalid plan question: traffic must be a mapping (rate, burstiness, input_len, output_len, "
                          f"lengths_file), got {data['traffic']!r}")
     if not isinstance(data.get("traffic"), dict) or "rate" not in data["traffic"]:
         raise InputError("no arrival rate: give --rate (requests/s), or traffic.rate in the --config file")

@@ -54,7 +54,8 @@ def _context(plan: Plan, data: dict[str, Any]) -> dict[str, Any]:
     rows = evaluation_rows(plan)
     configs = config_rows(rows)
     q = plan.question
-    return {"title": f"Capacity plan: {plan.model.name} at {q.traffic.rate:g} req/s", "data": data,
+    bursty = f" (burstiness {q.traffic.burstiness:g})" if q.traffic.burstiness != 1.0 else ""
+    return {"title": f"Capacity plan: {plan.model.name} at {q.traffic.rate:g} req/s{bursty}", "data": data,
             "rows": sorted(rows, key=lambda r: (r["usd_per_hour"], r["config"])), "configs": configs,
             "targets": q.slo.targets(), "question_yaml": _yaml(q.model_dump(mode="json", exclude_none=True)),
             "ms": _fmt_ms}

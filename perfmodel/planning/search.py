@@ -4,7 +4,8 @@
    rank's, its MoE layers serving every rank alike) and its memory check (weights, activations
    and the longest request's KV cache must fit); each ``max_num_seqs`` then gets the
    closed-form curve (:mod:`.serving`) of one engine stream.
-2. Replicas split the traffic evenly (Poisson stays Poisson); a PP replica runs ``pp``
+2. Replicas split the traffic evenly, each request to one at random (Poisson stays Poisson;
+   bursty traffic comes to each a little less bursty: :func:`.simulate.arrival_gaps`); a PP replica runs ``pp``
    micro-batch streams, each with 1/pp of the KV cache and of ``max_num_seqs``, and each of a
    replica's dp data-parallel ranks is a stream with a KV cache and ``max_num_seqs`` of its own
    (:attr:`perfmodel.specs.layout.Layout.streams`). The closed
@@ -29,7 +30,7 @@ from perfmodel.planning.candidates import Engine, Evaluation, Pool, judge, reque
 from perfmodel.planning.catalogue import Offer, load_prices, offers
 from perfmodel.planning.question import Lengths, PlanQuestion
 from perfmodel.planning.serving import ServingCurve, SteadyState, serving_curve
-from perfmodel.planning.simulate import EngineLimits, SimResult, poisson_requests, simulate
+from perfmodel.planning.simulate import EngineLimits, SimResult, arrival_requests, simulate
 from perfmodel.planning.steptime import StepTimes, build_step_times, default_graph_tokens, weight_choice
 from perfmodel.prediction import DTYPE_BYTES, Workload, check_choice
 from perfmodel.profile import EngineProfile, load_profile
@@ -271,8 +272,10 @@ class Search:
 
     # --- simulation ----------------------------------------------------------------------
     def sample(self, rate: float, state: SteadyState, prefilled: bool = False,
-               output_one: bool = False) -> tuple[Any, int]:
-        """Seeded requests for one stream at ``rate`` sized from the closed form, and the warmup."""
+               output_one: bool = False, share: float = 1.0) -> tuple[Any, int]:
+        """Seeded requests for one stream at ``rate`` sized from the closed form, and the warmup;
+        ``share``: the stream's share of the whole traffic, each request its own at random (the
+        traffic's burstiness, thinned: :func:`perfmodel.planning.simulate.arrival_gaps`)."""
         sim = self.q.simulation
         batch = state.batch if state.stable and state.batch == state.batch else 1.0
         e2e = state.e2e["mean"] if state.stable and math.isfinite(state.e2e["mean"]) else 10.0
@@ -284,11 +287,12 @@ class Search:
         s, o = self.lengths.sample(total, np.random.default_rng(sim.seed))
         if output_one:
             o = np.ones_like(o)
-        return poisson_requests(rate, s, o, seed=sim.seed + 1, prefilled=prefilled), warmup
+        return arrival_requests(rate, s, o, seed=sim.seed + 1, prefilled=prefilled,
+                                burstiness=self.q.traffic.burstiness, share=share), warmup
 
     def run_sim(self, steps: StepTimes, limits: EngineLimits, rate: float, state: SteadyState,
-                prefilled: bool = False, output_one: bool = False) -> SimResult:
-        requests, warmup = self.sample(rate, state, prefilled, output_one)
+                prefilled: bool = False, output_one: bool = False, share: float = 1.0) -> SimResult:
+        requests, warmup = self.sample(rate, state, prefilled, output_one, share)
         self.simulations += 1
         return simulate(steps, limits, requests, warmup=warmup, max_steps=20 * STEP_BUDGET,
                         abort_wait_s=self.abort_wait, noise_seed=self.q.simulation.seed + 2)
@@ -306,7 +310,8 @@ class Search:
         limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp,
                               setup.profile.options.async_scheduling)
         state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
-        result = self.run_sim(self.engine_steps(setup, engine.max_num_seqs)[0], limits, stream_rate, state)
+        result = self.run_sim(self.engine_steps(setup, engine.max_num_seqs)[0], limits, stream_rate, state,
+                              share=1.0 / (replicas * engine.layout.streams))
         metrics = result.summary()
         stable = not result.overloaded and result.completed == len(result.ttft)
         failures, ratios = judge(metrics, self.targets)

@@ -26,7 +26,9 @@ token budget) is the saturation rate. It holds below saturation, where queues st
 simulation (:mod:`perfmodel.planning.simulate`) gives percentiles with queueing.
 
 Pools of a disaggregated deployment: a prefill pool (Ō = 1: prompts only, its wait from an
-M/D/1 queue) and a decode pool (prompts arrive computed: φ = 0).
+M/D/1 queue, or under bursty arrivals a G/D/1 queue by Kingman's approximation, the M/D/1 wait
+times the gaps' squared coefficient of variation c_a²) and a decode pool (prompts arrive
+computed: φ = 0).
 """
 
 from __future__ import annotations
@@ -130,13 +132,16 @@ class ServingCurve:
                             self.decode[cut], self.mixed[cut], self.fraction[cut], float(rate[-1]),
                             "max_num_seqs", self.mean_in, self.mean_out, self.single_prefill_s)
 
-    def at(self, rate: float) -> SteadyState:
-        """The steady state at ``rate`` req/s (unstable at or above the saturation rate)."""
+    def at(self, rate: float, arrival_scv: float = 1.0) -> SteadyState:
+        """The steady state at ``rate`` req/s (unstable at or above the saturation rate).
+        ``arrival_scv``: the squared coefficient of variation of the gaps between arrivals (1:
+        Poisson; :func:`perfmodel.planning.simulate.arrival_scv`), which a prefill pool's queue
+        feels; the colocated form knows no queueing."""
         if not rate < self.saturation_rate:
             return SteadyState(rate, False, self.limit, math.nan, math.inf, math.inf, math.nan,
                                _inf(), _inf(), _inf(), _inf())
         if self.kind == "prefill":
-            return self._prefill_at(rate)
+            return self._prefill_at(rate, arrival_scv)
         j = int(np.clip(np.searchsorted(self.rate, rate), 1, len(self.rate) - 1))
         w = (rate - self.rate[j - 1]) / (self.rate[j] - self.rate[j - 1])
         w = min(max(w, 0.0), 1.0)
@@ -154,10 +159,11 @@ class ServingCurve:
         return SteadyState(rate, True, self.limit, float(pick(self.n)), float(pick(self.decode)),
                            float(pick(self.mixed)), float(pick(self.fraction)), ttft, itl, tpot, e2e)
 
-    def _prefill_at(self, rate: float) -> SteadyState:
+    def _prefill_at(self, rate: float, arrival_scv: float = 1.0) -> SteadyState:
         m1 = self.single_prefill_s
         rho = rate / self.saturation_rate
-        wait = rho / (2.0 * (1.0 - rho)) * m1  # M/D/1 mean wait, one prompt's step as service
+        # G/D/1 mean wait, one prompt's step as service (Kingman: M/D/1's times c_a²)
+        wait = arrival_scv * rho / (2.0 * (1.0 - rho)) * m1
         ttft = {f"p{q}": m1 + wait * _EXP_Q[q] for q in _QS}
         ttft["mean"] = m1 + wait
         nan = dict.fromkeys(("mean", "p50", "p90", "p99"), math.nan)

@@ -1,4 +1,4 @@
-"""A discrete-event simulation (simpy) of one engine replica under Poisson arrivals.
+"""A discrete-event simulation (simpy) of one engine replica under Poisson or bursty arrivals.
 
 The engine is vLLM's continuous batching: each step takes the running decodes (one token
 each), then continues partial prefills and admits waiting requests in arrival order while the
@@ -74,12 +74,34 @@ class Requests:
         return len(self.arrival)
 
 
-def poisson_requests(rate: float, input_len: np.ndarray, output_len: np.ndarray, seed: int,
-                     prefilled: bool = False) -> Requests:
-    """Poisson arrivals at ``rate`` req/s for the given lengths. The same seed draws the same
-    unit-rate gaps at every rate (times scale as 1/rate), so runs at different rates are
+def arrival_gaps(n: int, seed: int, burstiness: float = 1.0, share: float = 1.0) -> np.ndarray:
+    """``n`` gaps between arrivals, in units of their mean (the stream's rate sets the seconds).
+
+    The whole traffic's gaps are gamma-distributed with shape ``burstiness`` k (``vllm bench
+    serve --burstiness``: k = 1 is Poisson, k < 1 burstier, k > 1 steadier; squared coefficient
+    of variation 1/k). One stream of it takes each request at random with probability ``share``
+    (a replica among equals): its gap is the sum of a geometric number N (mean 1/share) of the
+    traffic's gaps, Gamma(N·k, 1/k), so that its squared coefficient of variation is
+    share/k + 1 − share (:func:`arrival_scv`). The same seed draws the same gaps at every rate."""
+    rng = np.random.default_rng(seed)
+    if burstiness == 1.0:  # Poisson, thinned or not
+        return rng.exponential(1.0, size=n)
+    counts = rng.geometric(share, size=n) if share < 1.0 else np.ones(n)
+    return share * rng.gamma(counts * burstiness, 1.0 / burstiness)
+
+
+def arrival_scv(burstiness: float = 1.0, share: float = 1.0) -> float:
+    """Squared coefficient of variation of a stream's gaps (:func:`arrival_gaps`): 1 for Poisson."""
+    return share / burstiness + 1.0 - share
+
+
+def arrival_requests(rate: float, input_len: np.ndarray, output_len: np.ndarray, seed: int,
+                     prefilled: bool = False, burstiness: float = 1.0, share: float = 1.0) -> Requests:
+    """Requests arriving at ``rate`` req/s (one stream's) for the given lengths, the gaps of
+    :func:`arrival_gaps` (Poisson unless ``burstiness`` is not 1). The same seed draws the same
+    unit-mean gaps at every rate (times scale as 1/rate), so runs at different rates are
     coupled."""
-    gaps = np.random.default_rng(seed).exponential(1.0, size=len(input_len))
+    gaps = arrival_gaps(len(input_len), seed, burstiness, share)
     return Requests(np.cumsum(gaps) / rate, np.asarray(input_len), np.asarray(output_len), prefilled)
 
 

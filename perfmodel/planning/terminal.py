@@ -41,7 +41,8 @@ def print_answer(data: dict[str, Any], console) -> None:
 
     q = data["question"]
     t = data["traffic"]
-    console.print(f"[bold]{data['model']}[/bold] at {t['rate_req_s']:g} req/s, "
+    bursty = f" (burstiness {t['burstiness']:g})" if t.get("burstiness", 1.0) != 1.0 else ""
+    console.print(f"[bold]{data['model']}[/bold] at {t['rate_req_s']:g} req/s{bursty}, "
                   f"{t['mean_input_len']:.0f} in / {t['mean_output_len']:.0f} out tokens (means); "
                   f"GPUs {', '.join(q['search']['gpus'])}, at most {q['search']['max_gpus']}")
     c = data["chosen"]
