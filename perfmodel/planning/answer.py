@@ -359,8 +359,8 @@ def caveats(plan: Plan, ev: Optional[Evaluation], prov: list[dict[str, Any]]) ->
                    f"shape {k:g} (vllm bench serve --burstiness; squared coefficient of variation {1 / k:.3g}), "
                    "which each replica takes a share of at random, so that it sees them less "
                    f"{'bursty' if k < 1 else 'steady'}. The simulation draws them; the closed form that sizes "
-                   "the candidates before it knows Poisson arrivals only (a prefill pool's queue: Kingman's "
-                   "G/D/1). " + BURSTY_VALIDATION)
+                   "the candidates before it takes them for Poisson arrivals, but for a prefill pool's queue "
+                   "(Kingman's G/D/1). " + BURSTY_VALIDATION)
     if ev is not None and ev.kind == "disaggregated":
         link = (f"the network at {plan.question.search.kv_link_gb_s:g} GB/s per GPU (--kv-link-gb-s)"
                 if plan.question.search.kv_link_gb_s else "the GPU's scale-up link (both pools in one NVLink "

@@ -1,6 +1,6 @@
 """Serving latencies of one deployment, as a function: what a validator compares with
 measured serving runs (``vllm bench serve`` at a request rate), either under a fresh seeded
-Poisson draw or as a replay of a measured run's own submission times."""
+draw of arrivals (Poisson, or gamma gaps) or as a replay of a measured run's own submission times."""
 
 from __future__ import annotations
 
@@ -47,15 +47,16 @@ def predict_serving(model: str, gpu: str, layout: Union[Layout, Mapping[str, int
                     kv_cache_memory_gib: float | None = None) -> dict[str, Any]:
     """Simulated serving latencies of ``replicas`` replicas of one engine configuration.
 
-    ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``input_len``,
-    ``output_len``, ``lengths_file``). Returns ``ttft_s``, ``itl_s``, ``tpot_s`` and ``e2e_s``
+    ``traffic``: a :class:`Traffic` or its fields (``rate`` req/s, ``burstiness``: the gamma
+    shape of the gaps between arrivals, 1 for Poisson; ``input_len``, ``output_len``,
+    ``lengths_file``). Returns ``ttft_s``, ``itl_s``, ``tpot_s`` and ``e2e_s``
     (each {p50, p90, p99, mean}, seconds), ``overloaded``, ``mean_batch``,
     ``peak_kv_fraction``, ``preemptions``, ``saturation_rate_per_replica`` (req/s),
     ``closed_form`` (the steady-state estimate, or None above saturation), ``measured_requests``
     and the ``kv_tokens`` of one replica. Bad input raises :class:`InputError`.
 
     A replay (``arrivals`` given: the requests' submission times, s from the run's start; one
-    replica, pp = 1) simulates exactly those requests from an idle engine instead of a Poisson
+    replica, pp = 1) simulates exactly those requests from an idle engine instead of a seeded
     draw (``requests`` and ``warmup`` are then unused), ends the run at ``until_s`` (s, on the
     same clock; None: when every request has finished), where the requests still running are
     aborted, and holds the engine's KV cache at ``kv_tokens`` tokens where given (else the
