@@ -260,7 +260,7 @@ SMALL_KV_CACHE_GIB = 8.0
 #: What the measured serving runs say of arrivals other than Poisson.
 BURSTY_VALIDATION = ("Bursty arrivals were measured once: OLMoE-1B-7B on one H200 at 8, 24 and 40 req/s with "
                      "gamma gaps of shape 0.25, beside Poisson (docs/serving.md, 'Bursty arrivals'): replayed, "
-                     "TTFT p50 and p90 within 20% and ITL within 14%; steadier traffic is not validated.")
+                     "TTFT p50 and p90 within 20% and ITL within 15%; steadier traffic is not validated.")
 
 #: Below this share of requests within their own SLOs (goodput), or this close to the KV cache's
 #: capacity or the closed form's saturation rate, the answer says the deployment runs near its limit.
