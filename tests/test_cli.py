@@ -204,8 +204,9 @@ def test_list_models_says_where_each_model_was_measured(capsys):
 
     lines = {line.split()[0]: line for line in cli(["list", "models"], capsys).splitlines() if line.strip()}
     h100 = yaml.safe_load((PROFILES_DIR / "h100-sxm-vllm.yaml").read_text())["fit"]["residuals"]["models"]
-    dense = h100["llama-3.1-8b"]["held-out"]  # a dense model, held out on the H100 alone
-    assert lines["llama-3.1-8b"].endswith(f"[h100-sxm vllm {dense} held out]")
+    h200 = yaml.safe_load((PROFILES_DIR / "h200-sxm-vllm.yaml").read_text())["fit"]["residuals"]["models"]
+    dense, dense_h200 = h100["llama-3.1-8b"]["held-out"], h200["llama-3.1-8b"]["held-out"]  # a dense model
+    assert lines["llama-3.1-8b"].endswith(f"[h100-sxm vllm {dense} held out; h200-sxm vllm {dense_h200} held out]")
     assert "h100-sxm vllm 6 held out" in lines["qwen2-57b-a14b"] and "fitted on" not in lines["qwen2-57b-a14b"]
     models = {m["name"]: m for m in json.loads(cli(["list", "models", "--json"], capsys))["models"]}
     olmoe = {e["profile"]: e for e in models["olmoe-1b-7b"]["measured"]}
@@ -214,7 +215,8 @@ def test_list_models_says_where_each_model_was_measured(capsys):
     assert olmoe["h200-sxm-vllm"] == {"profile": "h200-sxm-vllm", "gpu": "h200-sxm", "engine": "vllm",
                                       "train": counts["train"], "held_out": counts["held-out"]}
     assert "olmoe-1b-7b" in profile["fit"]["train_models"] and counts["train"] > 0
-    assert [(e["profile"], e["train"]) for e in models["qwen3-8b"]["measured"]] == [("h100-sxm-vllm", 0)]
+    assert [(e["profile"], e["train"]) for e in models["qwen3-8b"]["measured"]] == [("h100-sxm-vllm", 0),
+                                                                                     ("h200-sxm-vllm", 0)]
     scout = {e["profile"]: e for e in models["llama-4-scout-17b-16e"]["measured"]}  # cut to 12 layers
     assert scout["h100-sxm-vllm"]["train"] == 0 and scout["h100-sxm-vllm"]["held_out"] > 0
 

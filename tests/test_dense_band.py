@@ -69,9 +69,12 @@ def test_a_dense_model_within_the_band_takes_it_and_none_is_given_where_no_dense
     band, note = error_band(unmeasured, gpu, Workload(), dense=True)
     assert band is None and "no dense model held out in its fit" in note
     assert error_band(unmeasured, gpu, Workload())[0] is not None  # an MoE model: the band
-    h200 = load_profile("vllm", "h200-sxm")
-    assert _dense_check(h200) is None
-    assert predict(DENSE, batch=16, input_len=512, output_len=512).provenance["error_band"] is None
+    # the H200's dense models (call s29a) lie outside its band in TTFT: a dense prediction there
+    # takes their own 90th percentile where the GPU sets the prefill, the band elsewhere
+    h200 = _dense_check(load_profile("vllm", "h200-sxm"))
+    assert h200 is not None and h200["points"] >= 24 and not h200["within"]
+    band = predict(DENSE, batch=16, input_len=512, output_len=512).provenance["error_band"]
+    assert band is not None and band["ttft"] == h200["own_band"]["ttft GPU-bound"]
 
 
 def test_validation_sets_held_out_dense_points_apart():

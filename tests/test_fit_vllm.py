@@ -106,8 +106,12 @@ def test_the_band_is_the_p90_of_the_held_out_points_it_names():
     checked = points[points["split"] == "held-out"]
     # the band is stated unquantized; a scheme's held-out rows are checked against it, each scheme
     # apart (gpt-oss, measured only in its checkpoint's MXFP4, is checked: on Marlin outside)
-    held = checked[(checked["quant"] == "none") & (checked["kv_cache"] == "model")]
+    held = checked[(checked["quant"] == "none") & (checked["kv_cache"] == "model") & ~checked["dense"]]
     quantized = checked[checked["quant"] != "none"]
+    # dense models, every point held out, are checked apart from the band too (fit.residuals.architecture.dense)
+    dense = checked[checked["dense"]]
+    assert set(dense["model"]) == {"qwen3-4b", "llama-3.1-8b", "qwen3-8b", "mistral-7b"}
+    assert profile.fit["residuals"]["architecture"]["dense"]["points"] == dense["point_id"].nunique()
     # so is a KV cache stored in another dtype (vLLM's fp8 KV cache), weights unquantized
     cached = checked[(checked["quant"] == "none") & (checked["kv_cache"] != "model")]
     assert set(cached["kv_cache"]) == set(profile.fit["residuals"]["kv_cache"]) == {"fp8"}
