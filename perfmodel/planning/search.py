@@ -306,12 +306,13 @@ class Search:
             return self._sim_cache[key]
         assert setup.steps is not None
         pp = engine.layout.pp
-        stream_rate = rate / (replicas * engine.layout.streams)
+        streams = replicas * engine.layout.streams
+        stream_rate = rate / streams
         limits = EngineLimits(max(1, engine.max_num_seqs // pp), self.budget, setup.steps.kv_tokens // pp,
                               setup.profile.options.async_scheduling)
         state = self.stream_curve(setup, engine.max_num_seqs).at(stream_rate)
         result = self.run_sim(self.engine_steps(setup, engine.max_num_seqs)[0], limits, stream_rate, state,
-                              share=1.0 / (replicas * engine.layout.streams))
+                              share=1.0 / streams)
         metrics = result.summary()
         stable = not result.overloaded and result.completed == len(result.ttft)
         failures, ratios = judge(metrics, self.targets)
