@@ -6,7 +6,8 @@ For each pair of serving rows of one model, rate and engine that differ only in 
 of their arrival gaps (``burstiness``: one bursty, one Poisson), prints the measured change of
 TTFT and ITL p50/p90 (bursty over Poisson, %) beside the change the model gives when it draws the
 arrivals itself (:func:`perfmodel.planning.predict_serving` at the row's nominal rate and shape,
-its N requests from an idle engine, at the row's host speed, the mean over ``--seeds`` seeds).
+its N requests from an idle engine, with the row's weights, KV cache's type and CUDA graphs, at the row's
+host speed, the mean over ``--seeds`` seeds).
 No measured submission time enters the model's side: that is what a plan says. The replay of each
 run's own schedule is the serving validation's (``perfmodel validate all --serving``).
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from perfmodel.host_speed import row_host_ms
-from perfmodel.measuring.serving_replay import row_burstiness
+from perfmodel.measuring.compare import row_graph_tokens, row_overrides
+from perfmodel.measuring.serving_replay import row_burstiness, serving_kv_dtype, serving_weights
 from perfmodel.planning import predict_serving
 
 METRICS = ("ttft_p50", "ttft_p90", "itl_p50", "itl_p90")
@@ -31,7 +33,9 @@ def drawn(row: dict, gpu: str, seeds: int) -> dict[str, float]:
     runs = [predict_serving(row["model"], gpu, (1, 1, 1),
                             {"rate": row["rate"], "burstiness": row_burstiness(row),
                              "input_len": row["input_len"], "output_len": row["output_len"]},
-                            max_num_seqs=int(row["max_num_seqs"]),
+                            dtype=serving_weights(row), kv_dtype=serving_kv_dtype(row),
+                            overrides=row_overrides(row),
+                            graph_tokens=row_graph_tokens(row), max_num_seqs=int(row["max_num_seqs"]),
                             max_batched_tokens=engine.get("max_num_batched_tokens", 8192),
                             requests=int(row["num_requests"]), warmup=0, seed=seed,
                             host_probe_ms=row_host_ms(row))

@@ -347,6 +347,37 @@ def test_a_short_run_kept_up_above_an_overloaded_rate_does_not_invert_the_bracke
     assert "kept up at 56 req/s offered as well" in " ".join(sv.saturation_lines({**head, **s}))
 
 
+def test_a_run_too_short_for_a_steady_state_bounds_no_bracket():
+    """A run kept up whose submissions span under two of its requests' median E2E met an engine
+    still filling its batch: it is listed apart, and the bracket is the steady runs'."""
+    def measured(n, rate, e2e_ms):
+        return {"e2e_p50_ms": e2e_ms, "num_requests": n, "rate": rate,
+                "per_request": {"submitted_s": [i / rate for i in range(n)]}}
+
+    assert replay.steady_span(measured(300, 40.0, 4000.0)) is False  # 7.5 s of submissions, E2E 4 s
+    assert replay.steady_span(measured(450, 36.0, 4000.0)) is True  # 12.5 s
+    assert replay.steady_span({"e2e_p50_ms": 4000.0, "num_requests": 450, "rate": 36.0}) is True  # N over the rate
+    assert replay.steady_span({"num_requests": 450, "rate": 36.0}) is None
+
+    def run(rate, overloaded, steady):
+        return {"rate": rate, "offered_rate": rate, "measured_overloaded": overloaded, "predicted_overloaded": overloaded,
+                "measured_aborted": 0, "measured_capacity_rps": None, "predicted_capacity_rps": None, "steady": steady}
+    s = sv.saturation([run(8.0, False, True), run(24.0, False, True), run(40.0, False, False)], 29.0)
+    assert (s["followed_up_to"], s["saturated_from"], s["kept_up_above"]) == (24.0, None, [40.0])
+    assert s["closed_form_position"] == "inside"
+    assert sv.saturation([run(24.0, False, True), run(40.0, False, True)], 29.0)["closed_form_position"] == "below"
+
+
+def test_a_bursty_run_is_named_by_its_arrivals():
+    assert replay.model_label("olmoe-1b-7b", "bf16", 0.25) == "olmoe-1b-7b (burstiness 0.25)"
+    assert replay.model_label("mixtral-8x7b", "fp8", 0.25) == "mixtral-8x7b (fp8, burstiness 0.25)"
+    assert replay.model_label("mixtral-8x7b", "fp8", 1.0) == replay.model_label("mixtral-8x7b", "fp8") == "mixtral-8x7b (fp8)"
+    assert replay.model_label("olmoe-1b-7b", None) == "olmoe-1b-7b"
+    poisson = _row(8.0, achieved=8.0, served=7.9)
+    bursty = {**poisson, "burstiness": 0.25}
+    assert sv._group_key(bursty, "h200-sxm") != sv._group_key(poisson, "h200-sxm")  # saturation apart
+
+
 def test_real_replay_on_a_small_workload(tmp_path):
     """The real planning simulation replays a light run: every request completes, the served
     throughput is the run's own N·O over its window, the engine's KV cache is used."""

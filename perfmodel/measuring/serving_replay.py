@@ -22,6 +22,10 @@ from perfmodel.specs.layout import Layout
 QUEUE_GROWTH = 2.0
 #: Fewest submitted requests for the TTFT-growth test (two per quarter).
 MIN_GROWTH_REQUESTS = 8
+#: A run that kept up shows a steady state where its submissions span at least this many of its
+#: requests' median E2E: the engine's batch fills within one E2E of the first submission, so the
+#: later half of a shorter run's requests met an engine still filling, whatever the rate.
+STEADY_E2E_SPANS = 2.0
 #: Compared latency metrics: name -> (measured field, ms; predicted metric, percentile).
 LATENCY = {
     "ttft_p50": ("ttft_p50_ms", "ttft_s", "p50"),
@@ -104,9 +108,13 @@ def serving_scheme(row: dict[str, Any]) -> str:
     return weights_text(serving_dtype(row), serving_kv_dtype(row))
 
 
-def model_label(model: str, scheme: str | None) -> str:
-    """A report's name for a run: the model, with its scheme in brackets where it is not bf16."""
-    return model if scheme in (None, "bf16") else f"{model} ({scheme})"
+def model_label(model: str, scheme: str | None, burstiness: float | None = None) -> str:
+    """A report's name for a run: the model, with its scheme in brackets where it is not bf16
+    and its arrivals' gamma shape where they were not Poisson (``burstiness`` other than 1)."""
+    notes = [] if scheme in (None, "bf16") else [scheme]
+    if burstiness is not None and burstiness != 1.0:
+        notes.append(f"burstiness {burstiness:g}")
+    return f"{model} ({', '.join(notes)})" if notes else model
 
 
 def offered_rate(row: dict[str, Any]) -> float:
@@ -278,6 +286,19 @@ def measured_overload(row: dict[str, Any]) -> dict[str, Any]:
                 "why": f"{aborted} requests aborted at the drain limit"}
     return {"overloaded": None, "aborted": aborted, "never_prefilled": None, "ttft_growth": None,
             "why": "no per-request data"}
+
+
+def steady_span(row: dict[str, Any]) -> bool | None:
+    """Whether a measured run lasted long enough to show a steady state: its submissions span
+    (the last submission's time less the first's, s; N over the offered rate without per-request
+    data) at least :data:`STEADY_E2E_SPANS` times its median E2E; None without an E2E."""
+    e2e = row.get("e2e_p50_ms")
+    if not isinstance(e2e, (int, float)) or e2e <= 0:
+        return None
+    per = row.get("per_request")
+    times = [t for t in (per or {}).get("submitted_s") or () if t is not None] if isinstance(per, dict) else []
+    span = max(times) - min(times) if len(times) > 1 else (int(row.get("num_requests") or 0) - 1) / offered_rate(row)
+    return span >= STEADY_E2E_SPANS * e2e * 1e-3
 
 
 def predicted_overload(prediction: dict[str, Any]) -> dict[str, Any]:

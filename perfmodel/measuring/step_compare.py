@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.measuring.serving_replay import (mean_lengths, request_lengths, serving_kv_dtype, serving_scheme,
-                                               serving_weights)
+from perfmodel.measuring.serving_replay import (mean_lengths, request_lengths, row_burstiness, serving_kv_dtype,
+                                               serving_scheme, serving_weights)
 from perfmodel.measuring.vllm_serving import trace_path
 from perfmodel.measuring.vllm_steps import busy_steps
 from perfmodel.planning.pipeline import handover_times
@@ -209,7 +209,8 @@ def compare_steps(row: dict[str, Any], trace: dict[str, Any], profile, gpu: str)
     without any) at the profile's per-sequence host time."""
     steps = step_tables(row, profile, gpu)
     mixed = mixed_steps(row, trace, steps, profile.options.async_scheduling)
-    return {"model": row["model"], "scheme": serving_scheme(row), "rate": row.get("rate"), "point_id": row["point_id"],
+    return {"model": row["model"], "scheme": serving_scheme(row), "burstiness": row_burstiness(row),
+            "rate": row.get("rate"), "point_id": row["point_id"],
             "decode": decode_bands(row, trace, steps),
             "mixed": None if mixed is None else {
                 "steps": int(mixed.mixed.sum()), "mean_sequences": round(float(mixed.sequences[mixed.mixed].mean()), 1),

@@ -92,7 +92,7 @@ from perfmodel.measuring.serving_replay import (ENGINE, LATENCY, METRICS, QUEUE_
                                                mean_lengths, measured_overload,
                                                measured_schedule, offered_rate, predict_row,
                                                model_label, predicted_overload, replayed_values,
-                                               serving_layout, serving_scheme)
+                                               row_burstiness, serving_layout, serving_scheme, steady_span)
 from perfmodel.limits import MAX_LEN
 from perfmodel.planning.predict import NOISE_DRAWS
 from perfmodel.validate.serving_charts import lengths_text as _lengths
@@ -145,8 +145,9 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
     lists them in ``rates``) beside the closed form's saturation rate (req/s) and the replay's.
 
     The bracket is the highest rate kept up with below the lowest overloaded one, and that rate;
-    runs kept up with above it (too short to reach a steady state) are listed apart
-    (``kept_up_above``). The closed form is also taken at each bracketing run's own host
+    runs kept up with above it, or kept up in a run too short to reach a steady state (``steady``
+    False: :func:`perfmodel.measuring.serving_replay.steady_span`), are listed apart
+    (``kept_up_above``) and bound neither side. The closed form is also taken at each bracketing run's own host
     (``closed_form_at_hosts``: each run's ``predicted_saturation_rps``), where two runs of a
     bracket ran on hosts of different speeds: ``closed_form_host_position`` is ``inside`` where
     it agrees with both runs (at least the rate the kept-up run was offered, at most the rate the
@@ -159,7 +160,7 @@ def saturation(runs: list[dict[str, Any]], predicted_rate: float | None) -> dict
         lost = [r for r in runs if r[flag] is True]
         first = min(lost, key=lambda r: r["rate"]) if lost else None
         kept = [r for r in runs if r[flag] is False]
-        under = [r for r in kept if first is None or r["rate"] < first["rate"]]
+        under = [r for r in kept if (first is None or r["rate"] < first["rate"]) and r.get("steady") is not False]
         return (max(under, key=lambda r: r["rate"]) if under else None, first,
                 [r for r in kept if r not in under])
 
@@ -331,7 +332,7 @@ def check_row(row: dict[str, Any]) -> None:
 def _group_key(row: dict[str, Any], gpu: str) -> tuple:
     engine = row.get("engine") or {}
     return (row["model"], tuple(row.get("overrides") or ()), row.get("layers"), lengths_label(row),
-            row["max_num_seqs"], gpu, serving_layout(row), serving_scheme(row),
+            row["max_num_seqs"], gpu, serving_layout(row), serving_scheme(row), row_burstiness(row),
             engine.get("max_num_batched_tokens"))
 
 
@@ -353,6 +354,7 @@ def _run(row: dict[str, Any], pred: dict[str, Any], key: dict[str, Any]) -> dict
         "predicted_submitted": pred.get("submitted"), "predicted_completed": pred.get("completed"),
         "predicted_aborted": pred.get("aborted"),
         "measured_overloaded": m["overloaded"], "measured_ttft_growth": m["ttft_growth"], "measured_why": m["why"],
+        "steady": steady_span(row),
         "predicted_overloaded": p["overloaded"], "predicted_ttft_growth": p["ttft_growth"], "predicted_why": p["why"],
         "measured_capacity_rps": capacity_rps(row.get("output_tok_s"), O),
         "predicted_capacity_rps": capacity_rps(pred.get("output_tok_s"), O),
@@ -390,7 +392,8 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         spec_gpu = gpu_spec_name(row.get("gpu_name"), gpu)
         key = dict(model=row["model"], input_len=row["input_len"], output_len=row["output_len"],
                    lengths=lengths_label(row), max_num_seqs=row["max_num_seqs"], rate=row["rate"], gpu=spec_gpu,
-                   layout=layout_label(row), scheme=serving_scheme(row), point_id=row["point_id"])
+                   layout=layout_label(row), scheme=serving_scheme(row), burstiness=row_burstiness(row),
+                   point_id=row["point_id"])
         try:
             if int(row_layout(row)["dp"]) > 1:
                 raise InputError("a replay simulates one engine; this row ran data-parallel replicas")
@@ -434,6 +437,7 @@ def compare_serving(rows: Iterable[dict[str, Any]], *, gpu: str = "h200-sxm",
         sat.append({"model": k["model"], "input_len": k["input_len"], "output_len": k["output_len"],
                     "lengths": k["lengths"],
                     "max_num_seqs": k["max_num_seqs"], "gpu": k["gpu"], "layout": k["layout"], "scheme": k["scheme"],
+                    "burstiness": k["burstiness"],
                     **saturation(group["runs"], group["sat"])})
     return {"points": points, "rates": rates, "mape": mape, "saturation": sat,
             "host_speed": host_speed_mape(probed), "kv_capacity": kv_capacity(r for r in rates if not r.get("error"))}
@@ -551,7 +555,7 @@ def _count(value: Any) -> str:
 
 
 def _head(s: dict[str, Any]) -> str:
-    return (f"{model_label(s['model'], s.get('scheme'))} S/O={_lengths(s)} seqs≤{s['max_num_seqs']} "
+    return (f"{model_label(s['model'], s.get('scheme'), s.get('burstiness'))} S/O={_lengths(s)} seqs≤{s['max_num_seqs']} "
             f"{s['gpu']} {s['layout']}")
 
 
@@ -612,7 +616,7 @@ _RUN_COLUMNS = ("model", "rate", "offered", "submitted", "completed m/p", "abort
 
 
 def _run_cells(r: dict[str, Any]) -> list[str]:
-    return [str(r["model"]), _rate(r["rate"]), _rate(r["offered_rate"]), _count(r["predicted_submitted"]),
+    return [model_label(str(r["model"]), r.get("scheme"), r.get("burstiness")), _rate(r["rate"]), _rate(r["offered_rate"]), _count(r["predicted_submitted"]),
             f"{_count(r['measured_completed'])}/{_count(r['predicted_completed'])}",
             f"{_count(r['measured_aborted'])}/{_count(r['predicted_aborted'])}",
             f"{_growth(r['measured_ttft_growth'])}/{_growth(r['predicted_ttft_growth'])}",
@@ -679,7 +683,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        lines.append(f"| {model_label(p['model'], p.get('scheme'))} | {_lengths(p)} | {p['max_num_seqs']} | {_rate(p['rate'])} "
+        lines.append(f"| {model_label(p['model'], p.get('scheme'), p.get('burstiness'))} | {_lengths(p)} | {p['max_num_seqs']} | {_rate(p['rate'])} "
                      f"| {p['metric']} | {_fmt(p['metric'], p['measured'])} | {_fmt(p['metric'], p['predicted'])} "
                      f"| {_err(p['rel_error'])} | {band_text(p)} |")
     failed = [r for r in result["rates"] if r.get("error")]
@@ -732,7 +736,8 @@ def _points_table(result: dict[str, Any]) -> list[list[dict[str, Any]]]:
     for p in result["points"]:
         so = _lengths(p)
         err = p["rel_error"]
-        rows.append([_cell(p["model"], str(p["model"]), "l"), _cell(so, so),
+        name = model_label(str(p["model"]), p.get("scheme"), p.get("burstiness"))
+        rows.append([_cell(name, name, "l"), _cell(so, so),
                      _cell(p["max_num_seqs"], str(p["max_num_seqs"])), _cell(p["rate"], _rate(p["rate"])),
                      _cell(p["metric"], p["metric"], "l"),
                      _cell(p["measured"], _fmt(p["metric"], p["measured"])),
@@ -787,7 +792,7 @@ def print_serving_validation(result: dict[str, Any], console) -> None:
     for col in ("model", "S/O", "seqs", "rate", "metric", "measured", "predicted", "error"):
         table.add_column(col, justify="left" if col in ("model", "metric") else "right")
     for p in result["points"]:
-        table.add_row(Text(model_label(str(p["model"]), p.get("scheme"))), _lengths(p), str(p["max_num_seqs"]),
+        table.add_row(Text(model_label(str(p["model"]), p.get("scheme"), p.get("burstiness"))), _lengths(p), str(p["max_num_seqs"]),
                       _rate(p["rate"]), p["metric"], _fmt(p["metric"], p["measured"]),
                       _fmt(p["metric"], p["predicted"]), _err(p["rel_error"]))
     console.print(table)

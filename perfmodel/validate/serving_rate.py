@@ -88,7 +88,7 @@ def rate_errors(rows: list[dict[str, Any]], runs: list[dict[str, Any]], gpu: str
             continue
         replays: dict[float, dict[str, Any]] = {}
         for metric in RATE_METRICS:
-            entry = {key: run.get(key) for key in ("model", "scheme", "input_len", "output_len", "lengths",
+            entry = {key: run.get(key) for key in ("model", "scheme", "burstiness", "input_len", "output_len", "lengths",
                                                     "rate", "offered_rate", "gpu", "point_id")}
             entry.update(metric=metric, measured=row[LATENCY[metric][0]] * 1e-3)
             try:
@@ -147,7 +147,7 @@ def rate_tables(entries: list[dict[str, Any]]) -> tuple[list[list[str]], list[li
             at = f"{e['bound']} {f * e['offered_rate']:.3g} req/s"
         else:
             at = e.get("error_text", "–")
-        runs.append([model_label(e["model"], e.get("scheme")), f"{e['rate']:g}", e["metric"],
+        runs.append([model_label(e["model"], e.get("scheme"), e.get("burstiness")), f"{e['rate']:g}", e["metric"],
                      format_time(e["measured"]), at, "–" if e.get("error") is None else f"{100 * e['error']:+.1f}%"])
     return summary, runs
 

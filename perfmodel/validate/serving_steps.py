@@ -56,6 +56,6 @@ def engine_steps_markdown(runs: list[dict[str, Any]]) -> str:
         launch_text = "–" if launches is None else (
             f"({launches['pairs']}) {launches['before_ms'][0]:.1f} / {launches['before_ms'][1]:.1f}; "
             f"{launches['launched_ms'][0]:.1f} / {launches['launched_ms'][1]:.1f}")
-        lines.append(f"| {model_label(r['model'], r.get('scheme'))} | {r['rate']:g} | {'; '.join(_band(b) for b in r['decode']) or '–'} "
+        lines.append(f"| {model_label(r['model'], r.get('scheme'), r.get('burstiness'))} | {r['rate']:g} | {'; '.join(_band(b) for b in r['decode']) or '–'} "
                      f"| {mixed_text} | {launch_text} |")
     return "\n".join(lines) + "\n"
