@@ -73,8 +73,10 @@ capacity. The window still holds the ramp from an idle engine; the replay's capa
 same rates is computed the same way (like with like), the closed form's saturation rate is a
 steady state (without that ramp).
 
-Saturation, per group of rows that differ only in rate: the measured bracket (the highest
-offered rate not overloaded, the lowest overloaded one), the measured capacity, and beside them
+Saturation, per group of rows that differ only in rate (a bursty group apart from a Poisson
+one): the measured bracket (the highest offered rate not overloaded in a run long enough for a
+steady state, the lowest overloaded one; a run that kept up for less than two of its requests'
+E2E is listed beside it: :func:`perfmodel.measuring.serving_replay.steady_span`), the measured capacity, and beside them
 the planning's closed-form saturation rate (where it falls relative to the bracket, its error
 against the capacity) and the replay's capacity at the same rates and its own bracket (by the
 same rule).
