@@ -369,6 +369,20 @@ def test_measured_percentiles_match_the_hand_computed_queue(tmp_path, monkeypatc
     assert rows[60.0]["completion_rate"] < 0.5 * rows[60.0]["achieved_rate"]
 
 
+def test_a_run_too_short_for_a_steady_state_says_so(tmp_path, monkeypatch, capsys):
+    """At 60 req/s the 40 requests submit for 0.65 s while the queue holds each for far longer:
+    the log says the run cannot tell whether the engine keeps up, and how many requests would;
+    at 2 req/s (20 s of submissions, E2E 0.12 s) it says nothing."""
+    _install(tmp_path, monkeypatch)
+    out = tmp_path / "serving.jsonl"
+    assert _measure(out, "--rate", "2,60", "--max-num-seqs", "2", "--seed", "5") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note  rate")]
+    assert len(notes) == 1 and notes[0].startswith("note  rate 60 req/s") and "too short for a steady state" in notes[0]
+    row = {r["rate"]: r for r in _rows(out)}[60.0]
+    need = int(notes[0].split("--num-requests ")[1].split()[0])
+    assert need > N and need >= 2 * row["e2e_p50_ms"] * 1e-3 * row["achieved_rate"]
+
+
 def test_rows_resume_by_point_id(tmp_path, monkeypatch):
     engine_cls = _install(tmp_path, monkeypatch)
     out = tmp_path / "serving.jsonl"

@@ -722,6 +722,21 @@ def _describe(spec: ServingSpec) -> dict[str, Any]:
     }
 
 
+def short_run_note(row: dict[str, Any]) -> str | None:
+    """A line for a measured run too short to show a steady state
+    (:func:`perfmodel.measuring.serving_replay.steady_span`: its submissions span under
+    STEADY_E2E_SPANS of its median E2E), with the requests a rate would need; None otherwise."""
+    from perfmodel.measuring.serving_replay import STEADY_E2E_SPANS, offered_rate, steady_span
+
+    if steady_span(row) is not False:
+        return None
+    e2e_s = row["e2e_p50_ms"] * 1e-3
+    need = math.ceil(STEADY_E2E_SPANS * e2e_s * offered_rate(row)) + 1
+    return (f"its submissions spanned less than {STEADY_E2E_SPANS:g}x its median E2E ({e2e_s:.2f} s): too "
+            f"short for a steady state, so whether the engine keeps up at this rate is not known "
+            f"(--num-requests {need} or more would tell)")
+
+
 def base_row(spec: ServingSpec, rate: float, prov: dict[str, Any]) -> dict[str, Any]:
     """Identity, settings and provenance of one rate's row (any status)."""
     point = spec.point(rate)
@@ -835,6 +850,9 @@ async def _measure(spec: ServingSpec, out_path: Path, budget_s: float | None,
             log(f"ok    rate {rate_key(rate)} req/s: {row['completed']}/{spec.num_requests} completed, "
                 f"ttft p50 {row['ttft_p50_ms']} ms, itl p50 {row['itl_p50_ms']} ms, "
                 f"{row['completion_rate'] or 0:.2f} req/s served ({row['wall_s']:.0f} s)")
+            short = short_run_note(row)
+            if short:
+                log(f"note  rate {rate_key(rate)} req/s: {short}")
         else:
             log(f"{status:5s} rate {rate_key(rate)} req/s: {error}")
         if error and _is_fatal(error):
