@@ -111,9 +111,9 @@ def serving_scheme(row: dict[str, Any]) -> str:
 def model_label(model: str, scheme: str | None, burstiness: float | None = None) -> str:
     """A report's name for a run: the model, with its scheme in brackets where it is not bf16
     and its arrivals' gamma shape where they were not Poisson (``burstiness`` other than 1)."""
-    notes = [] if scheme in (None, "bf16") else [scheme]
-    if burstiness is not None and burstiness != 1.0:
-        notes.append(f"burstiness {burstiness:g}")
+    from perfmodel.planning.question import burstiness_text
+
+    notes = [n for n in ((None if scheme in (None, "bf16") else scheme), burstiness_text(burstiness)) if n]
     return f"{model} ({', '.join(notes)})" if notes else model
 
 

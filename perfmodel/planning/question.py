@@ -81,6 +81,12 @@ def check_length(value: Any) -> Any:
 MAX_BURSTINESS = 1000.0
 
 
+def burstiness_text(burstiness: float | None) -> str:
+    """How a report names arrivals of gamma shape ``burstiness``: "burstiness k", or "" for
+    Poisson (k = 1, or None: not stated)."""
+    return "" if burstiness is None or burstiness == 1.0 else f"burstiness {burstiness:g}"
+
+
 class Traffic(_Strict):
     """Requests: arrivals at ``rate`` req/s (Poisson, or gamma gaps of shape ``burstiness``),
     input and output lengths in tokens."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.planning import charts
+from perfmodel.planning.question import burstiness_text
 from perfmodel.planning.search import Plan
 from perfmodel.vega import vega_scripts
 
@@ -54,7 +55,8 @@ def _context(plan: Plan, data: dict[str, Any]) -> dict[str, Any]:
     rows = evaluation_rows(plan)
     configs = config_rows(rows)
     q = plan.question
-    bursty = f" (burstiness {q.traffic.burstiness:g})" if q.traffic.burstiness != 1.0 else ""
+    bursty = burstiness_text(q.traffic.burstiness)
+    bursty = f" ({bursty})" if bursty else ""
     return {"title": f"Capacity plan: {plan.model.name} at {q.traffic.rate:g} req/s{bursty}", "data": data,
             "rows": sorted(rows, key=lambda r: (r["usd_per_hour"], r["config"])), "configs": configs,
             "targets": q.slo.targets(), "question_yaml": _yaml(q.model_dump(mode="json", exclude_none=True)),

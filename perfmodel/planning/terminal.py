@@ -6,6 +6,8 @@ import contextlib
 import sys
 from typing import Any, Iterator
 
+from perfmodel.planning.question import burstiness_text
+
 
 @contextlib.contextmanager
 def progress_bar() -> Iterator[Any]:
@@ -41,7 +43,8 @@ def print_answer(data: dict[str, Any], console) -> None:
 
     q = data["question"]
     t = data["traffic"]
-    bursty = f" (burstiness {t['burstiness']:g})" if t.get("burstiness", 1.0) != 1.0 else ""
+    bursty = burstiness_text(t.get("burstiness"))
+    bursty = f" ({bursty})" if bursty else ""
     console.print(f"[bold]{data['model']}[/bold] at {t['rate_req_s']:g} req/s{bursty}, "
                   f"{t['mean_input_len']:.0f} in / {t['mean_output_len']:.0f} out tokens (means); "
                   f"GPUs {', '.join(q['search']['gpus'])}, at most {q['search']['max_gpus']}")
