@@ -580,7 +580,7 @@ def test_the_answer_names_the_cheapest_deployment_of_each_dtype_it_searched():
 
 def test_a_plan_under_bursty_traffic_says_so(tmp_path, capsys):
     """traffic.burstiness (or --burstiness, which overrides it) reaches the answer: its traffic,
-    its question, a caveat naming the gamma gaps and that no bursty run was measured, and the
+    its question, a caveat naming the gamma gaps and the bursty runs that were measured, and the
     report's title; Poisson traffic (1, the default) has no such caveat."""
     config = tmp_path / "q.yaml"
     config.write_text("model: olmoe-1b-7b\ntraffic: {rate: 4, burstiness: 0.5}\n"
@@ -589,7 +589,7 @@ def test_a_plan_under_bursty_traffic_says_so(tmp_path, capsys):
     data = json.loads(out)
     assert code == 0 and data["traffic"]["burstiness"] == 0.5 and data["question"]["traffic"]["burstiness"] == 0.5
     (caveat,) = [c for c in data["caveats"] if "gamma-distributed gaps of shape 0.5" in c]
-    assert "burstier than Poisson" in caveat and "measured once" in caveat
+    assert "burstier than Poisson" in caveat and "on two machines" in caveat and "Mixtral-8x7B in fp8" in caveat
     assert "(burstiness 0.5)" in (tmp_path / "r" / "summary.md").read_text().splitlines()[0]
     code, out, _ = _run(["plan", "--config", str(config), "--burstiness", "1", "--json"], capsys)
     data = json.loads(out)

@@ -258,9 +258,11 @@ def memory_per_gpu(steps) -> dict[str, Any]:
 #: (gpt-oss-120b on one H100; docs/h100.md).
 SMALL_KV_CACHE_GIB = 8.0
 #: What the measured serving runs say of arrivals other than Poisson.
-BURSTY_VALIDATION = ("Bursty arrivals were measured once: OLMoE-1B-7B on one H200 at 8, 24 and 40 req/s with "
-                     "gamma gaps of shape 0.25, beside Poisson (docs/serving.md, 'Bursty arrivals'): replayed, "
-                     "TTFT p50 and p90 within 20% and ITL within 15%; steadier traffic is not validated.")
+BURSTY_VALIDATION = ("Bursty arrivals were measured with gamma gaps of shape 0.25, beside Poisson, on two "
+                     "machines (docs/serving.md, 'Bursty arrivals'): OLMoE-1B-7B on one H200 at 8, 24 and 40 "
+                     "req/s, replayed with TTFT p50 and p90 within 20% and ITL within 15%; OLMoE-1B-7B at 8, 24 "
+                     "and 40 req/s and Mixtral-8x7B in fp8 at 9 and 13 on one H100, replayed with TTFT p50 "
+                     "MAPE 9.5% and ITL p90 MAPE 9.0%; steadier traffic is not validated.")
 
 #: Below this share of requests within their own SLOs (goodput), or this close to the KV cache's
 #: capacity or the closed form's saturation rate, the answer says the deployment runs near its limit.
