@@ -51,6 +51,10 @@ class OpClass(_Named):
 
     GEMM = ("gemm", Peak.MATMUL, None, ProfilerCategory.DENSE_GEMM)
     GROUPED_GEMM = ("grouped_gemm", Peak.MATMUL, None, ProfilerCategory.EXPERT_GEMM)
+    #: the GEMMs of a dense MLP (a dense model's, a dense layer's of an MoE model): the same
+    #: library GEMMs as the projections, stated apart where a profile's ``gemm`` compute was
+    #: fitted on models that have none (the vllm fit takes them from the GEMM microbenchmark)
+    DENSE_MLP = ("dense_mlp", Peak.MATMUL, "gemm", ProfilerCategory.DENSE_GEMM)
     #: the attention core
     ATTENTION = ("attention", Peak.ATTENTION, None, ProfilerCategory.ATTENTION)
     #: decode attention over a whole allocated cache with an explicit mask

@@ -352,8 +352,10 @@ class QuantEfficiency(BandChecked):
         default=0.0, description="time of one column of that loop, s (t_bitpack)")
 
     def multiplier(self, op_class: str, which: str) -> float:
-        """μ of an op class (gemm, grouped_gemm), which ∈ {compute, memory}; 1 for any other."""
-        return float(getattr(self, f"{op_class}_{which}", 1.0))
+        """μ of an op class (gemm, grouped_gemm; an optional class as the class it falls back
+        to, :data:`OPTIONAL_OP_CLASSES`), which ∈ {compute, memory}; 1 for any other."""
+        name = OPTIONAL_OP_CLASSES.get(op_class, op_class)
+        return float(getattr(self, f"{name}_{which}", 1.0))
 
 
 class KVCacheEfficiency(BandChecked):

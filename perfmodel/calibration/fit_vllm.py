@@ -17,6 +17,9 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
 - ``gemm`` compute η: cuBLAS for the dense projections and the LM head; their memory curve (η_m
   and its half) is not fitted where the GPU has a GEMM microbenchmark: it is the benchmark's
   (:func:`dense_gemm_memory`), as is the memory multiplier of the dense GEMMs of per-tensor fp8;
+- ``dense_mlp``: the GEMMs of a dense MLP (a dense model's, DeepSeek's first dense layers), the
+  same cuBLAS GEMMs, which no training model runs: the GEMM microbenchmark's whole curve, compute
+  and memory, where the GPU has one (:func:`dense_gemm_memory`); else they run as ``gemm``;
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
   ``context_half``: the kernel's work per sequence and head, which a short context does not
@@ -244,8 +247,8 @@ BENCH_DENSE_SCHEMES = {"fp8": "float8_e4m3fn"}
 
 
 def dense_gemm_memory(gpu: str, node_s: float) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
-    """The dense GEMMs' memory curve, {memory: η_m, memory_half: bytes}, fitted to this GPU's
-    GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the bf16 rows of the training
+    """The dense GEMMs' curves, {memory: η_m, memory_half: bytes, compute: η_c, compute_half:
+    tokens}, fitted to this GPU's GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the bf16 rows of the training
     models' shapes, each kernel at a graph node's cost ``node_s``, s;
     :func:`perfmodel.calibration.fit_kernels.fit_gemm_class`); the memory multiplier of the dense
     GEMMs of each scheme of :data:`BENCH_DENSE_SCHEMES` (its rows' η_m over the bf16 rows'); and
@@ -253,9 +256,11 @@ def dense_gemm_memory(gpu: str, node_s: float) -> tuple[dict[str, float] | None,
     torch's ``linear``, so the benchmark times the kernels a decode step streams its dense
     weights through, the small ones with their fixed cost (the half: about 4 µs of a 2–20 MB
     GEMM), which the end-to-end rows cannot tell from a step's fixed time per layer (fitted
-    freely there, η_m ran to its bound, 1.2 of the datasheet bandwidth). The compute curve stays
-    fitted end to end: a prefill's time holds launches and attention the fit cannot tell from its
-    GEMMs'. (None, {}, why) where the GPU has no such table."""
+    freely there, η_m ran to its bound, 1.2 of the datasheet bandwidth). The projections' compute
+    curve stays fitted end to end: a prefill's time holds launches, copies and attention the fit
+    cannot tell from its GEMMs'. The dense MLP's GEMMs (``dense_mlp``) take the benchmark's whole
+    curve: no training model has a dense MLP, so the fit cannot speak to them, and they run the
+    same cuBLAS kernels the benchmark times. (None, {}, why) where the GPU has no such table."""
     from perfmodel.calibration.fit_kernels import fit_gemm_class
     from perfmodel.paths import CALIBRATION_DATA_DIR
     from perfmodel.specs.hardware import load_gpu
@@ -277,7 +282,7 @@ def dense_gemm_memory(gpu: str, node_s: float) -> tuple[dict[str, float] | None,
         schemes[scheme] = _sig(theirs["memory"] / params["memory"])
         record[scheme] = {"rows": their_stats.n_rows, "memory": _sig(theirs["memory"]),
                           "median_abs_rel_err": _sig(their_stats.median_abs_rel_err, 3)}
-    return {"memory": _sig(params["memory"]), "memory_half": _sig(params["memory_half"])}, schemes, record
+    return {key: _sig(params[key]) for key in ("memory", "memory_half", "compute", "compute_half")}, schemes, record
 
 
 def _base(gpu: str) -> dict[str, Any]:
@@ -675,7 +680,8 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
     # and a small kernel's duration (the training models' profiled decode steps)
     dense, dense_schemes, dense_record = dense_gemm_memory(gpu, base["latency"]["per_kernel_s"])
     if dense is not None:
-        base["efficiency"]["gemm"].update(dense)
+        base["efficiency"]["gemm"].update({k: dense[k] for k in ("memory", "memory_half")})
+        base["efficiency"]["dense_mlp"] = dict(dense)
     small_kernel, small_record = fit_small_kernel(one_gpu_rows(every_row), train)
     if small_kernel is not None:
         base["latency"]["per_small_kernel_s"] = small_kernel

@@ -703,7 +703,7 @@ def dense_block(norm_kind: str, bias: bool, quantized: bool = False) -> list[Op]
     are stored by a quantization scheme (biases at b_w)."""
     weights = 3 * H * I_d
     params = weights + ((2 * I_d + H) if bias else 0)
-    op = gated_ffn("mlp.ffn", OpClass.GEMM, tokens=T, width=I_d, experts=1,
+    op = gated_ffn("mlp.ffn", OpClass.DENSE_MLP, tokens=T, width=I_d, experts=1,
                    param_bytes=b_q if quantized else b_w, shard=tp, params=params, quantized=quantized)
     stored = params * b_w / tp
     if quantized:
