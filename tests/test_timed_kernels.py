@@ -1,5 +1,6 @@
-"""The vllm profile's kernels timed rather than fitted: the dense GEMMs' memory curve (the GEMM
-microbenchmark) and a small kernel's duration (the training models' profiled decode steps)."""
+"""The vllm profile's kernels timed rather than fitted: the dense GEMMs' memory curve and a dense
+MLP's whole curve (the GEMM microbenchmark), and a small kernel's duration (the training models'
+profiled decode steps)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,30 @@ def test_dense_gemms_stream_their_weights_below_the_datasheet_bandwidth(gpu):
     # per-tensor fp8 GEMMs stream their (half as many) bytes about as fast
     assert 0.8 < schemes["fp8"] <= 1.05
     assert load_profile("vllm", gpu).quantization["fp8"].gemm_memory == pytest.approx(schemes["fp8"])
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+def test_a_dense_mlp_runs_at_the_gemm_microbenchmarks_curve(gpu):
+    """A dense MLP's GEMMs (no training model has one, so the end-to-end fit cannot speak to
+    them) take the benchmark's whole curve: its compute, well above the projections' fitted
+    η_c, which holds a prefill's other work besides; its memory curve is the projections'."""
+    curve, _, _ = dense_gemm_memory(gpu, graph_node_cost(gpu)[0])
+    profile = load_profile("vllm", gpu)
+    mlp, gemm = profile.efficiency_of("dense_mlp"), profile.efficiency_of("gemm")
+    assert mlp.compute == pytest.approx(curve["compute"]) and mlp.compute_half == pytest.approx(curve["compute_half"])
+    assert (mlp.memory, mlp.memory_half) == (gemm.memory, gemm.memory_half)
+    assert 0.6 < mlp.compute < 0.8 and mlp.compute > gemm.compute + 0.1
+    # a scheme's kernels scale it as they scale the projections
+    fp8 = profile.quantization["fp8"]
+    assert fp8.multiplier("dense_mlp", "compute") == fp8.multiplier("gemm", "compute") != 1.0
+
+
+def test_a_profile_without_a_dense_mlp_entry_runs_it_as_its_gemms():
+    """The hf profile (its GEMMs are the microbenchmark's already) and the roofline state none."""
+    for engine in ("hf", "roofline"):
+        profile = load_profile(engine, "h200-sxm")
+        assert "dense_mlp" not in profile.efficiency
+        assert profile.efficiency_of("dense_mlp") == profile.efficiency_of("gemm")
 
 
 def test_a_gemm_fit_leaves_out_the_held_out_models_shapes():
