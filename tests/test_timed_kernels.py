@@ -11,7 +11,7 @@ from perfmodel.calibration.fit import HELD_OUT_MODELS, TRAIN_MODELS, one_gpu_row
 from perfmodel.calibration.fit_kernels import fit_gemm_class
 from perfmodel.calibration.fit_small_kernels import (MAX_BATCH, fit_small_kernel, small_kernel_rows,
                                                      weighted_median)
-from perfmodel.calibration.fit_vllm import (category_op_names, dense_gemm_memory, graph_node_cost,
+from perfmodel.calibration.fit_vllm import (category_op_names, dense_gemm_bench, graph_node_cost,
                                             kernel_profile_rows, profiled_kernels_s)
 from perfmodel.measuring.compare import load_with_what_ifs
 from perfmodel.paths import CALIBRATION_DATA_DIR, RESULTS_DIR
@@ -26,7 +26,7 @@ def test_dense_gemms_stream_their_weights_below_the_datasheet_bandwidth(gpu):
     """The committed profile's dense GEMM memory curve is the GEMM microbenchmark's: a fraction
     of the datasheet bandwidth (fitted end to end it had run to its bound, 1.2) with a fixed
     cost of a few MB per kernel; the benchmark's rows are matched within 10% at the median."""
-    curve, schemes, record = dense_gemm_memory(gpu, graph_node_cost(gpu)[0])
+    curve, schemes, record = dense_gemm_bench(gpu, graph_node_cost(gpu)[0])
     gemm = load_profile("vllm", gpu).efficiency["gemm"]
     assert gemm.memory == pytest.approx(curve["memory"]) and gemm.memory_half == pytest.approx(curve["memory_half"])
     assert 0.7 < gemm.memory < 1.0 and 1e6 < gemm.memory_half < 5e7
@@ -41,7 +41,7 @@ def test_a_dense_mlp_runs_at_the_gemm_microbenchmarks_curve(gpu):
     """A dense MLP's GEMMs (no training model has one, so the end-to-end fit cannot speak to
     them) take the benchmark's whole curve: its compute, well above the projections' fitted
     η_c, which holds a prefill's other work besides; its memory curve is the projections'."""
-    curve, _, _ = dense_gemm_memory(gpu, graph_node_cost(gpu)[0])
+    curve, _, _ = dense_gemm_bench(gpu, graph_node_cost(gpu)[0])
     profile = load_profile("vllm", gpu)
     mlp, gemm = profile.efficiency_of("dense_mlp"), profile.efficiency_of("gemm")
     assert mlp.compute == pytest.approx(curve["compute"]) and mlp.compute_half == pytest.approx(curve["compute_half"])

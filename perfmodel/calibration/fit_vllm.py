@@ -16,10 +16,10 @@ training points). What each parameter stands for in vLLM (0.26, offline ``LLM``,
   than the larger of the two, in every model;
 - ``gemm`` compute η: cuBLAS for the dense projections and the LM head; their memory curve (η_m
   and its half) is not fitted where the GPU has a GEMM microbenchmark: it is the benchmark's
-  (:func:`dense_gemm_memory`), as is the memory multiplier of the dense GEMMs of per-tensor fp8;
+  (:func:`dense_gemm_bench`), as is the memory multiplier of the dense GEMMs of per-tensor fp8;
 - ``dense_mlp``: the GEMMs of a dense MLP (a dense model's, DeepSeek's first dense layers), the
   same cuBLAS GEMMs, which no training model runs: the GEMM microbenchmark's whole curve, compute
-  and memory, where the GPU has one (:func:`dense_gemm_memory`); else they run as ``gemm``;
+  and memory, where the GPU has one (:func:`dense_gemm_bench`); else they run as ``gemm``;
 - ``attention`` memory and compute η: FlashAttention 3 over each sequence's real context
   (paged; never the allocated length), FlashMLA-style absorbed decode for MLA; its
   ``context_half``: the kernel's work per sequence and head, which a short context does not
@@ -238,7 +238,7 @@ def graph_node_cost(gpu: str) -> tuple[float, str]:
 
 
 #: The dense GEMMs' parameter of :data:`PARAMETERS` that a GPU with a GEMM microbenchmark takes
-#: from it instead (:func:`dense_gemm_memory`).
+#: from it instead (:func:`dense_gemm_bench`).
 DENSE_GEMM_MEMORY = ("efficiency", "gemm", "memory")
 #: Quantization schemes whose dense GEMMs the microbenchmark times, and the dtype of its rows:
 #: vLLM's fp8 W8A8 with per-tensor scales runs its linear layers as fp8 tensor-core GEMMs, as
@@ -246,10 +246,10 @@ DENSE_GEMM_MEMORY = ("efficiency", "gemm", "memory")
 BENCH_DENSE_SCHEMES = {"fp8": "float8_e4m3fn"}
 
 
-def dense_gemm_memory(gpu: str, node_s: float) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
+def dense_gemm_bench(gpu: str, node_s: float) -> tuple[dict[str, float] | None, dict[str, float], dict[str, Any]]:
     """The dense GEMMs' curves, {memory: η_m, memory_half: bytes, compute: η_c, compute_half:
-    tokens}, fitted to this GPU's GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the bf16 rows of the training
-    models' shapes, each kernel at a graph node's cost ``node_s``, s;
+    tokens}, fitted to this GPU's GEMM microbenchmark (``calibration/data/<gpu>/gemm.csv``: the
+    bf16 rows of the training models' shapes, each kernel at a graph node's cost ``node_s``, s;
     :func:`perfmodel.calibration.fit_kernels.fit_gemm_class`); the memory multiplier of the dense
     GEMMs of each scheme of :data:`BENCH_DENSE_SCHEMES` (its rows' η_m over the bf16 rows'); and
     the record. vLLM's unquantized linear layers and LM head call the same cuBLAS GEMMs through
@@ -678,7 +678,7 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
     # the kernels timed rather than fitted: the dense GEMMs' memory curve (the GEMM microbenchmark)
     # and a small kernel's duration (the training models' profiled decode steps)
-    dense, dense_schemes, dense_record = dense_gemm_memory(gpu, base["latency"]["per_kernel_s"])
+    dense, dense_schemes, dense_record = dense_gemm_bench(gpu, base["latency"]["per_kernel_s"])
     if dense is not None:
         base["efficiency"]["gemm"].update({k: dense[k] for k in ("memory", "memory_half")})
         base["efficiency"]["dense_mlp"] = dict(dense)
