@@ -590,6 +590,7 @@ def test_a_plan_under_bursty_traffic_says_so(tmp_path, capsys):
     assert code == 0 and data["traffic"]["burstiness"] == 0.5 and data["question"]["traffic"]["burstiness"] == 0.5
     (caveat,) = [c for c in data["caveats"] if "gamma-distributed gaps of shape 0.5" in c]
     assert "burstier than Poisson" in caveat and "on two machines" in caveat and "Mixtral-8x7B in fp8" in caveat
+    assert "Steadier gaps (shape 4) were measured once" in caveat and "against Poisson is not measured" in caveat
     assert "(burstiness 0.5)" in (tmp_path / "r" / "summary.md").read_text().splitlines()[0]
     code, out, _ = _run(["plan", "--config", str(config), "--burstiness", "1", "--json"], capsys)
     data = json.loads(out)
