@@ -4,7 +4,9 @@ Building a model's expressions and eliminating their common subexpressions takes
 second; a cold ``perfmodel predict`` reuses the result of an earlier run instead. An entry
 holds the expressions after common-subexpression elimination as a JSON tree of a few
 whitelisted node types (:data:`NODE_TYPES`: sums, products, powers, max/min, sign, abs,
-ceiling/floor/Heaviside, and Piecewise over the four order relations; symbols and numbers); loading rebuilds the sympy expressions and prints
+ceiling/floor/Heaviside, and Piecewise over conditions of the four order relations joined by
+and/or/not, a condition common to several pieces kept as a temporary of its own; symbols and
+numbers); loading rebuilds the sympy expressions and prints
 them as Python source in this process (:func:`numpy_source`: identifiers checked, numbers printed
 from their values, a fixed text for each node type), so nothing read from the cache is ever
 executed as code. An entry with
@@ -45,7 +47,7 @@ _FORMULA_FILES = ("symbols.py", "op_classes.py", "minmax.py", "graph.py", "phase
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 #: Version of the entry layout; part of every key.
-FORMAT = 2
+FORMAT = 3
 _MAGIC = b"perfmodel-expressions"
 #: Entries larger than this (bytes) are not read.
 MAX_ENTRY_BYTES = 32 * 2**20
@@ -161,6 +163,13 @@ def lambdify_named(name: str, build: Callable[[], Mapping[str, sp.Expr]], args: 
 
 # --- printing -------------------------------------------------------------------------------
 
+def _float(expr: sp.Float) -> float:
+    """A Float's value as sympy prints it: a Float of fewer digits than a double's (``sp.Float(x,
+    6)``) is the decimal number of those digits, not the binary fraction of about 3.3 bits a digit
+    it is held in; a double's, its value exactly."""
+    return float(expr) if expr._prec >= 53 else float(str(expr))
+
+
 def _number(value: float | int) -> str:
     text = repr(value)
     return f"({text})" if text.startswith("-") else text
@@ -185,7 +194,7 @@ def _code(expr: Any, depth: int = 0) -> str:
     if expr.is_Rational:
         return f"({int(expr.p)}/{int(expr.q)})"
     if expr.is_Float:
-        value = float(expr)
+        value = _float(expr)
         if not math.isfinite(value):
             raise _Invalid("non-finite float")
         return _number(value)
@@ -230,14 +239,42 @@ _RELATION_NAMES = {sp.StrictLessThan: "Lt", sp.LessThan: "Le", sp.StrictGreaterT
 _RELATION_CLASSES = {name: cls for cls, name in _RELATION_NAMES.items()}
 
 
+#: The connectives a condition may join relations with, as numpy functions, and by the names an
+#: entry stores them under.
+_CONNECTIVES = {sp.And: "numpy.logical_and", sp.Or: "numpy.logical_or", sp.Not: "numpy.logical_not"}
+_CONNECTIVE_NAMES = {sp.And: "And", sp.Or: "Or", sp.Not: "Not"}
+_CONNECTIVE_CLASSES = {name: cls for cls, name in _CONNECTIVE_NAMES.items()}
+
+
+def _is_condition(expr: Any) -> bool:
+    """Whether ``expr`` is a condition (true, a relation of :data:`_RELATIONS` or a connective of
+    :data:`_CONNECTIVES`) rather than a number: what a temporary of common-subexpression
+    elimination may hold too."""
+    return expr is sp.true or type(expr) in _RELATIONS or type(expr) in _CONNECTIVES
+
+
 def _condition(cond: Any, depth: int) -> str:
-    """Python source of one condition of a Piecewise: a relation of :data:`_RELATIONS`, or true."""
+    """Python source of one condition: true, a relation of :data:`_RELATIONS`, a connective of
+    :data:`_CONNECTIVES` over conditions, or a temporary holding one."""
+    if depth > MAX_DEPTH:
+        raise _Invalid("expression too deep")
     if cond is sp.true:
         return "True"
+    if type(cond) is sp.Symbol:
+        return _code(cond, depth)
     call = _RELATIONS.get(type(cond))
+    if call is not None:
+        return f"{call}({_code(cond.lhs, depth + 1)}, {_code(cond.rhs, depth + 1)})"
+    call = _CONNECTIVES.get(type(cond))
     if call is None:
         raise _Invalid(f"condition {type(cond).__name__}")
-    return f"{call}({_code(cond.lhs, depth)}, {_code(cond.rhs, depth)})"
+    args = [_condition(a, depth + 1) for a in cond.args]
+    if type(cond) is sp.Not:
+        return f"{call}({args[0]})"
+    out = args[0]
+    for arg in args[1:]:
+        out = f"{call}({out}, {arg})"
+    return out
 
 
 def numpy_source(symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.Symbol, sp.Expr]],
@@ -249,7 +286,8 @@ def numpy_source(symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.S
     if "numpy" in args + temporaries or len(set(args + temporaries)) != len(args + temporaries):
         raise _Invalid("argument names")
     lines = [f"def _expressions({', '.join(args)}):"]
-    lines += [f"    {name} = {_code(e)}" for name, (_, e) in zip(temporaries, replacements)]
+    lines += [f"    {name} = {_condition(e, 0) if _is_condition(e) else _code(e)}"
+              for name, (_, e) in zip(temporaries, replacements)]
     lines.append("    return [" + ", ".join(_code(e) for e in exprs) + "]")
     return "\n".join(lines) + "\n"
 
@@ -274,7 +312,7 @@ def _encode(expr: Any, depth: int = 0) -> Any:
     if expr.is_Rational:
         return ["Rational", int(expr.p), int(expr.q)]
     if expr.is_Float:
-        value = float(expr)
+        value = _float(expr)
         if not math.isfinite(value):
             raise _Invalid("non-finite float")
         return ["Float", value]
@@ -290,13 +328,21 @@ def _encode(expr: Any, depth: int = 0) -> Any:
 
 
 def _encode_condition(cond: Any, depth: int) -> Any:
-    """A Piecewise condition: ["true"], or a relation of :data:`_RELATION_NAMES` and its sides."""
+    """A condition: ["true"], a relation of :data:`_RELATION_NAMES` and its sides, a connective of
+    :data:`_CONNECTIVE_NAMES` and its conditions, or the name of a temporary holding one."""
+    if depth > MAX_DEPTH:
+        raise _Invalid("expression too deep")
     if cond is sp.true:
         return ["true"]
+    if type(cond) is sp.Symbol:
+        return _encode(cond, depth)
     name = _RELATION_NAMES.get(type(cond))
+    if name is not None:
+        return [name, _encode(cond.lhs, depth + 1), _encode(cond.rhs, depth + 1)]
+    name = _CONNECTIVE_NAMES.get(type(cond))
     if name is None:
         raise _Invalid(f"condition {type(cond).__name__}")
-    return [name, _encode(cond.lhs, depth), _encode(cond.rhs, depth)]
+    return [name, *(_encode_condition(a, depth + 1) for a in cond.args)]
 
 
 def store(key: str, *, symbols: Sequence[sp.Symbol], replacements: Sequence[tuple[sp.Symbol, sp.Expr]],
@@ -309,7 +355,8 @@ def store(key: str, *, symbols: Sequence[sp.Symbol], replacements: Sequence[tupl
     try:
         body = json.dumps({
             "args": [x.name for x in symbols],
-            "replacements": [[_encode(x), _encode(e)] for x, e in replacements],
+            "replacements": [[_encode(x), _encode_condition(e, 0) if _is_condition(e) else _encode(e)]
+                             for x, e in replacements],
             "exprs": [_encode(e) for e in exprs],
             "passes": [[name, list(ops)] for name, ops in passes],
             "outputs": list(outputs),
@@ -351,17 +398,29 @@ class _Decoder:
         self.symbols: dict[str, sp.Symbol] = {}
         self.args = set(args)
         self.used: set[str] = set()
+        self.conditions: set[str] = set()  # the temporaries that hold a condition, not a number
 
-    def define(self, name: Any) -> sp.Symbol:
+    def define(self, name: Any, *, condition: bool = False) -> sp.Symbol:
         if not isinstance(name, str) or not _TEMPORARY.match(name) or name in self.symbols or name in self.args:
             raise _Invalid("bad temporary name")
         symbol = self.symbols[name] = sp.Symbol(name)
+        if condition:
+            self.conditions.add(name)
         return symbol
+
+    def replacement(self, name: Any, node: Any) -> tuple[sp.Symbol, Any]:
+        """A temporary and its value: a condition where the node is one, else a number."""
+        is_condition = isinstance(node, list) and bool(node) and (
+            node[0] in _RELATION_CLASSES or node[0] in _CONNECTIVE_CLASSES or node == ["true"])
+        value = self.condition(node, 0) if is_condition else self.expr(node)  # before its name: no self-reference
+        return self.define(name, condition=is_condition), value
 
     def expr(self, node: Any, depth: int = 0) -> sp.Expr:
         if depth > MAX_DEPTH:
             raise _Invalid("expression too deep")
         if isinstance(node, str):
+            if node in self.conditions:
+                raise _Invalid("a condition where a number belongs")
             if node in self.symbols:
                 return self.symbols[node]
             if node not in self.args:
@@ -407,12 +466,27 @@ class _Decoder:
         return sp.Piecewise(*args, evaluate=False)
 
     def condition(self, node: Any, depth: int) -> Any:
+        """A condition: true, a relation of two numbers, a connective of conditions, or a temporary
+        holding a condition."""
+        if depth > MAX_DEPTH:
+            raise _Invalid("expression too deep")
         if node == ["true"]:
             return sp.true
-        if not isinstance(node, list) or len(node) != 3 or node[0] not in _RELATION_CLASSES:
+        if isinstance(node, str):
+            if node not in self.conditions:
+                raise _Invalid("a number where a condition belongs")
+            return self.symbols[node]
+        if not isinstance(node, list) or not node or not isinstance(node[0], str):
             raise _Invalid("bad condition")
-        return _RELATION_CLASSES[node[0]](self.expr(node[1], depth + 1), self.expr(node[2], depth + 1),
-                                          evaluate=False)
+        kind, rest = node[0], node[1:]
+        if kind in _RELATION_CLASSES and len(rest) == 2:
+            return _RELATION_CLASSES[kind](self.expr(rest[0], depth + 1), self.expr(rest[1], depth + 1),
+                                           evaluate=False)
+        if kind == "Not" and len(rest) == 1:
+            return sp.Not(self.condition(rest[0], depth + 1), evaluate=False)
+        if kind in ("And", "Or") and len(rest) >= 2:
+            return _CONNECTIVE_CLASSES[kind](*(self.condition(a, depth + 1) for a in rest), evaluate=False)
+        raise _Invalid("bad condition")
 
 
 def _strings(value: Any) -> list[str]:
@@ -473,8 +547,7 @@ def _parse(data: bytes, op_fields: int) -> CachedExpressions:
     for item in raw_replacements:
         if not isinstance(item, list) or len(item) != 2:
             raise _Invalid("bad replacement")
-        value = decoder.expr(item[1])  # before its name is defined: no self-reference
-        replacements.append((decoder.define(item[0]), value))
+        replacements.append(decoder.replacement(item[0], item[1]))
     exprs = tuple(decoder.expr(e) for e in raw_exprs)
     if decoder.used != set(args):
         raise _Invalid("arguments do not match the expressions")

@@ -115,6 +115,25 @@ def test_loaded_entry_predicts_what_the_uncached_path_predicts(model, engine, ph
         np.testing.assert_allclose(_numbers(predict(model, **point)), expected, rtol=1e-12, atol=0)
 
 
+def test_a_tuned_tables_step_is_cached_and_loads_with_the_same_numbers(cache, monkeypatch):
+    """The Mixtral skeleton at FFN 1792 meets a fused-MoE table timed against the default rule on
+    the H100 (the profile's moe_table_extra): its expressions hold a Piecewise per table entry,
+    nested, whose conditions sympy joins with or and common-subexpression elimination keeps as
+    temporaries. They are stored, and a new process loads them with the same numbers."""
+    stored = []
+    original = codecache.store
+    monkeypatch.setattr(codecache, "store", lambda key, **kw: (stored.append(key), original(key, **kw)))
+    points = [dict(engine="vllm", gpu="h100-sxm", phase="request", batch=b, input_len=s, output_len=32,
+                   overrides={"intermediate_size": 1792}) for b, s in ((1, 16), (16, 128), (64, 512))]
+    uncached = [_numbers(predict("mixtral-8x7b", **point)) for point in points]
+    payloads = [_payload(cache / f"{key}.json") for key in stored]  # every built entry was written
+    assert any("Or" in json.dumps(payload) for payload in payloads)
+    _forget_in_memory(monkeypatch)
+    _no_building(monkeypatch)
+    for point, expected in zip(points, uncached):
+        np.testing.assert_allclose(_numbers(predict("mixtral-8x7b", **point)), expected, rtol=1e-12, atol=0)
+
+
 def test_sweep_totals_come_from_the_cache_unchanged(cache, monkeypatch):
     grid = {"batch": [1, 8, 64], "top_k": [1, 4]}
     uncached = sweep(MODEL, grid, input_len=256, output_len=64)
@@ -321,6 +340,47 @@ def test_a_piecewise_with_a_bad_condition_is_refused(condition):
     data = b"perfmodel-expressions %d %s\n" % (codecache.FORMAT, hashlib.sha256(body).hexdigest().encode()) + body
     with pytest.raises(ValueError):
         codecache._parse(data, 0)
+
+
+def test_conditions_joined_or_kept_as_temporaries_are_stored_and_give_sympys_numbers(cache):
+    b, s = sp.symbols("B S", positive=True)
+    small, t0, t1 = b < 4, sp.Symbol("x0"), sp.Symbol("x1")
+    exprs = [sp.Piecewise((b, sp.Or(small, s >= 8)), (s, sp.And(b <= 6, sp.Not(s > 2))), (b * s, True)),
+             sp.Piecewise((t1 + 1, t0), (2 * t1, sp.Or(t0, s < 3)), (0, True))]
+    replacements = [(t0, small), (t1, b + s)]
+    codecache.store("c" * 24, symbols=[b, s], replacements=replacements, exprs=exprs, passes=[], outputs=["y", "z"])
+    hit = codecache.load("c" * 24, op_fields=0)
+    assert hit is not None and [type(v) for _, v in hit.replacements] == [sp.StrictLessThan, sp.Add]
+    fn = codecache.lambdify(hit.symbols, hit.replacements, hit.exprs)
+    inline = [e.subs(t1, b + s).subs(t0, small) for e in exprs]
+    for bv, sv in ((1.0, 1.0), (5.0, 2.0), (5.0, 9.0), (7.0, 2.5), (7.0, 1.0)):
+        assert fn(bv, sv) == pytest.approx([float(e.subs({b: bv, s: sv})) for e in inline])
+
+
+@pytest.mark.parametrize("replacements, expr", [
+    ([["x0", ["Lt", "B", 2]]], ["Add", "x0", 1]),  # a condition where a number belongs
+    ([["x0", ["Add", "B", 2]]], ["Piecewise", [1, "x0"], [0, ["true"]]]),  # a number where a condition belongs
+    ([], ["Piecewise", [1, "B"], [0, ["true"]]]),  # an argument as a condition
+    ([], ["Piecewise", [1, ["Or", ["Lt", "B", 2]]], [0, ["true"]]]),  # or of one condition
+    ([], ["Piecewise", [1, ["Not", ["Lt", "B", 2], ["Lt", "B", 3]]], [0, ["true"]]]),  # not of two
+], ids=["condition-as-number", "number-as-condition", "argument-as-condition", "or-of-one", "not-of-two"])
+def test_a_condition_and_a_number_are_not_mistaken_for_each_other(replacements, expr):
+    body = json.dumps({"args": ["B"], "replacements": replacements, "exprs": [expr], "passes": [],
+                       "outputs": ["y"]}).encode()
+    data = b"perfmodel-expressions %d %s\n" % (codecache.FORMAT, hashlib.sha256(body).hexdigest().encode()) + body
+    with pytest.raises(ValueError):
+        codecache._parse(data, 0)
+
+
+def test_a_float_of_few_digits_is_its_decimal_number():
+    """sp.Float(x, 6) is held in about 20 bits: the cache prints and stores the six digits, as
+    sympy's own printer does, so a cached expression gives what an uncached one gives."""
+    x = sp.Symbol("x")
+    few = sp.Float(2.754e-5, 6)
+    assert float(few) != 2.754e-5  # the binary fraction behind the six digits
+    assert codecache.lambdify((x,), [], [few * x])(1.0)[0] == 2.754e-5
+    assert codecache._encode(few) == ["Float", 2.754e-5]
+    assert codecache._encode(sp.Float(1 / 3)) == ["Float", 1 / 3]  # a double's, exactly
 
 
 def test_a_piecewise_must_end_on_a_true_condition():

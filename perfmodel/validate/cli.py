@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from perfmodel.cli import GPU_OPTION, JSON_OPTION, make_console, print_json
+from perfmodel.cli import GPU_OPTION, JSON_OPTION, check_writable, make_console, print_json
 from perfmodel.errors import InputError
 
 
@@ -91,6 +91,8 @@ def _check_file_report(flag: str, model, backend, out, results, serving, fitted_
         raise InputError(f"{flag} takes {taken} and the GPU's own profile: {given[0]} does not apply")
     if isinstance(out, Path) and out.is_dir():
         raise InputError(f"--out {out}: {flag} writes {writes}, and this is a folder")
+    if isinstance(out, Path):
+        check_writable(out)  # before the report is computed, not after
 
 
 def _changes(model, backend, gpu, out, results, serving, fitted_on, as_json) -> None:
