@@ -729,6 +729,18 @@ def phase_expressions(model: ModelSpec, phase: str, profile: EngineProfile,
 
 _COMPILED: dict[tuple, CompiledModel] = {}
 
+#: Engine options that give a symbol its value (:func:`hardware_values`, the profile's usable
+#: memory) and no expression its form: a compiled structure's key leaves them out
+#: (:func:`options_key`), so profiles that differ only in them share their expressions (a fit
+#: that moves ``moe_l2_spill``, a plan's ``--gpu-memory-utilization``).
+VALUE_OPTIONS = ("moe_l2_spill", "memory_usable_fraction")
+
+
+def options_key(options: Options) -> Options:
+    """``options`` with :data:`VALUE_OPTIONS` at their defaults: what a compiled structure's key
+    holds of a profile's options."""
+    return options.model_copy(update={name: Options.model_fields[name].default for name in VALUE_OPTIONS})
+
 
 def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
                   with_ops: bool = True, options: GraphOptions | None = None) -> CompiledModel:
@@ -741,7 +753,7 @@ def compile_model(model: ModelSpec, phase: str, profile: EngineProfile, *,
     elimination (data, lambdified again on load), so a new process skips building them.
     """
     options = options if options is not None else graph_options(profile)
-    key = (structure_key(model), phase, profile.options, options, with_ops,
+    key = (structure_key(model), phase, options_key(profile.options), options, with_ops,
            profile.activation_reserve is not None)
     return compile_cached(key, phase, lambda: phase_expressions(model, phase, profile, options),
                           with_ops=with_ops)

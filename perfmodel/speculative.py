@@ -52,7 +52,7 @@ from perfmodel.minmax import Max
 from perfmodel.phases import decode_mean_substitutions, decode_substitutions, verify_substitutions
 from perfmodel.prediction import (
     METRICS, CompiledModel, Prediction, Workload, check_count, compile_cached, compile_model,
-    graph_options, numeric_values, op_rows, pass_time, request_metrics, structure_key,
+    graph_options, numeric_values, op_rows, options_key, pass_time, request_metrics, structure_key,
 )
 from perfmodel.profile import EngineProfile
 from perfmodel.specs.hardware import GPUSpec
@@ -261,7 +261,7 @@ def compile_verify(model: ModelSpec, phase: str, profile: EngineProfile, options
         total, rows = pass_time(graph, subs)
         return {"verify_s": total}, [("verify", tuple(op.name for _, op in graph.all_ops()))], rows
 
-    key = ("verify", _SOURCE, structure_key(model), phase, profile.options, options, with_ops)
+    key = ("verify", _SOURCE, structure_key(model), phase, options_key(profile.options), options, with_ops)
     return compile_cached(key, "verify", build, with_ops=with_ops)
 
 

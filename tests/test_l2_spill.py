@@ -47,6 +47,26 @@ def test_only_the_compute_time_of_experts_larger_than_l2_grows(roofline_with):
         _experts("roofline", "mixtral-8x7b", tp=4)["compute_s"] * (1 + 0.5 * (1 - 50 * MIB / (w / 4))), rel=1e-9)
 
 
+def test_profiles_that_differ_in_the_cost_alone_share_their_compiled_expressions(roofline_with, monkeypatch):
+    """s_L2 is a symbol's value, not part of an expression's form: a profile with another cost (a
+    refit, the anchored and unanchored fits) reuses the compiled expressions, and its numbers move."""
+    from perfmodel import prediction
+
+    monkeypatch.setattr(prediction, "_COMPILED", {})
+    first = Path(roofline_with(gpu="h100-sxm", options={"moe_l2_spill": 0.5}))
+    half = _experts(str(first), "mixtral-8x7b")["compute_s"]
+    built = len(prediction._COMPILED)
+    data = yaml.safe_load(first.read_text())
+    data["options"].update(moe_l2_spill=1.0, memory_usable_fraction=0.8)
+    other = first.with_name("other.yaml")
+    other.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(prediction, "phase_expressions", lambda *a, **k: pytest.fail("rebuilt"))
+    whole = _experts(str(other), "mixtral-8x7b")
+    assert len(prediction._COMPILED) == built
+    w = 3 * 4096 * 14336 * 2
+    assert whole["compute_s"] / half == pytest.approx((1 + (1 - 50 * MIB / w)) / (1 + 0.5 * (1 - 50 * MIB / w)))
+
+
 def _timed(rows, gpu, profile):
     from perfmodel.measuring.kernel_timings import kernel_call_seconds
 
