@@ -119,7 +119,8 @@ def test_a_tuned_tables_step_is_cached_and_loads_with_the_same_numbers(cache, mo
     """The Mixtral skeleton at FFN 1792 meets a fused-MoE table timed against the default rule on
     the H100 (the profile's moe_table_extra): its expressions hold a Piecewise per table entry,
     nested, whose conditions sympy joins with or and common-subexpression elimination keeps as
-    temporaries. They are stored, and a new process loads them with the same numbers."""
+    temporaries. They are stored, and with nothing compiled in memory and building refused they load
+    with the same numbers."""
     stored = []
     original = codecache.store
     monkeypatch.setattr(codecache, "store", lambda key, **kw: (stored.append(key), original(key, **kw)))
@@ -373,7 +374,7 @@ def test_a_condition_and_a_number_are_not_mistaken_for_each_other(replacements, 
 
 
 def test_a_float_of_few_digits_is_its_decimal_number():
-    """sp.Float(x, 6) is held in about 20 bits: the cache prints and stores the six digits, as
+    """sp.Float(x, 6) is held in 23 bits: the cache prints and stores the six digits, as
     sympy's own printer does, so a cached expression gives what an uncached one gives."""
     x = sp.Symbol("x")
     few = sp.Float(2.754e-5, 6)
