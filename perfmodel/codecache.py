@@ -244,6 +244,8 @@ _RELATION_CLASSES = {name: cls for cls, name in _RELATION_NAMES.items()}
 _CONNECTIVES = {sp.And: "numpy.logical_and", sp.Or: "numpy.logical_or", sp.Not: "numpy.logical_not"}
 _CONNECTIVE_NAMES = {sp.And: "And", sp.Or: "Or", sp.Not: "Not"}
 _CONNECTIVE_CLASSES = {name: cls for cls, name in _CONNECTIVE_NAMES.items()}
+#: The node kinds an entry stores a condition under (:func:`_encode_condition`).
+_CONDITION_KINDS = frozenset({"true", *_RELATION_CLASSES, *_CONNECTIVE_CLASSES})
 
 
 def _is_condition(expr: Any) -> bool:
@@ -410,8 +412,7 @@ class _Decoder:
 
     def replacement(self, name: Any, node: Any) -> tuple[sp.Symbol, Any]:
         """A temporary and its value: a condition where the node is one, else a number."""
-        is_condition = isinstance(node, list) and bool(node) and (
-            node[0] in _RELATION_CLASSES or node[0] in _CONNECTIVE_CLASSES or node == ["true"])
+        is_condition = isinstance(node, list) and bool(node) and isinstance(node[0], str) and node[0] in _CONDITION_KINDS
         value = self.condition(node, 0) if is_condition else self.expr(node)  # before its name: no self-reference
         return self.define(name, condition=is_condition), value
 

@@ -227,6 +227,7 @@ def _damage(path: Path, payload: dict, kind: str) -> None:
         field, value = {"wrong-type-args": ("args", 5), "wrong-type-outputs": ("outputs", "ttft_s"),
                         "wrong-type-passes": ("passes", [[1, 2]]), "wrong-type-exprs": ("exprs", {"a": 1}),
                         "wrong-type-replacements": ("replacements", [["x0"]]),
+                        "wrong-type-replacement-node": ("replacements", [["x0", [[1], 2]]]),
                         "wrong-type-ops": ("passes", [["decode", "moe.experts"]]),
                         "wrong-type-bool": ("exprs", [True, *payload["exprs"][1:]]),
                         "wrong-type-rational": ("exprs", [["Rational", 1, 0], *payload["exprs"][1:]]),
@@ -262,7 +263,7 @@ def _damage(path: Path, payload: dict, kind: str) -> None:
 
 DAMAGE = ["truncated", "empty", "binary-garbage", "invalid-utf8", "bit-flip", "a-directory",
           "json-nesting", "expression-nesting", "not-an-object", "wrong-type-args",
-          "wrong-type-outputs", "wrong-type-passes", "wrong-type-exprs", "wrong-type-replacements",
+          "wrong-type-outputs", "wrong-type-passes", "wrong-type-exprs", "wrong-type-replacements", "wrong-type-replacement-node",
           "wrong-type-ops", "wrong-type-bool", "wrong-type-rational", "wrong-type-arity",
           "missing-field", "too-few-expressions", "unknown-symbol", "self-reference",
           "shadowing-argument", "huge-exponent", "unused-argument", "old-format-header", "too-large", "fifo"]
