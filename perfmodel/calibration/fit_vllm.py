@@ -676,8 +676,9 @@ def fit_vllm_profile(gpu: str = "h200-sxm", *, results: Path | None = None,
         one_gpu_rows(every_row), train, fitted=one_gpu_rows(main_rows), chunk=VLLM_OPTIONS["prefill_chunk_tokens"])
     if host_speed is not None:  # first: the rows with a probe are fitted at their host's speed
         base["latency"].update({k: host_speed[k] for k in ("host_probe_ref_ms", "host_speed_exponent")})
-    # the kernels timed rather than fitted: the dense GEMMs' memory curve (the GEMM microbenchmark)
-    # and a small kernel's duration (the training models' profiled decode steps)
+    # the kernels timed rather than fitted: the dense GEMMs' memory curve and a dense MLP's whole
+    # curve (the GEMM microbenchmark), and a small kernel's duration (the training models' profiled
+    # decode steps)
     dense, dense_schemes, dense_record = dense_gemm_bench(gpu, base["latency"]["per_kernel_s"])
     if dense is not None:
         base["efficiency"]["gemm"].update({k: dense[k] for k in ("memory", "memory_half")})
